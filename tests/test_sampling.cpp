@@ -1,0 +1,121 @@
+// Tests for include/specdec/sampling.hpp.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "specdec/sampling.hpp"
+
+namespace {
+using specdec::sampling_params;
+using specdec::token_id;
+
+TEST(sampling, greedy_distribution_is_one_hot_at_first_max) {
+  std::vector<float> logits{0.5f, 2.0f, -1.0f, 2.0f};
+  std::vector<float> probs(4);
+  specdec::make_distribution(logits, sampling_params{}, probs);
+  EXPECT_EQ(probs, (std::vector<float>{0.0f, 1.0f, 0.0f, 0.0f}));
+  specdec::sampler s({}, 123);
+  EXPECT_EQ(s.next(logits, probs), 1);
+}
+
+TEST(sampling, softmax_matches_hand_values) {
+  // softmax(ln 1, ln 2, ln 3, ln 4) = (0.1, 0.2, 0.3, 0.4)
+  std::vector<float> logits{0.0f, std::log(2.0f), std::log(3.0f), std::log(4.0f)};
+  std::vector<float> p(4);
+  specdec::make_distribution(logits, {.temperature = 1.0f}, p);
+  EXPECT_NEAR(p[0], 0.1f, 1e-6f);
+  EXPECT_NEAR(p[1], 0.2f, 1e-6f);
+  EXPECT_NEAR(p[2], 0.3f, 1e-6f);
+  EXPECT_NEAR(p[3], 0.4f, 1e-6f);
+  // temperature 0.5 squares the odds: (1,4,9,16)/30
+  specdec::make_distribution(logits, {.temperature = 0.5f}, p);
+  EXPECT_NEAR(p[0], 1.0f / 30, 1e-6f);
+  EXPECT_NEAR(p[3], 16.0f / 30, 1e-6f);
+}
+
+TEST(sampling, top_k_and_top_p_keep_the_right_sets) {
+  std::vector<float> logits{0.0f, std::log(2.0f), std::log(3.0f), std::log(4.0f)};
+  std::vector<float> p(4);
+  // top-k 2 keeps {3, 2} with mass 0.4 and 0.3 -> 4/7, 3/7
+  specdec::make_distribution(logits, {.temperature = 1.0f, .top_k = 2}, p);
+  EXPECT_EQ(p[0], 0.0f);
+  EXPECT_EQ(p[1], 0.0f);
+  EXPECT_NEAR(p[2], 3.0f / 7, 1e-6f);
+  EXPECT_NEAR(p[3], 4.0f / 7, 1e-6f);
+  // top-p 0.75: 0.4 < 0.75, 0.7 < 0.75, 0.9 >= 0.75 -> keeps {3,2,1}: (2,3,4)/9
+  specdec::make_distribution(logits, {.temperature = 1.0f, .top_p = 0.75f}, p);
+  EXPECT_EQ(p[0], 0.0f);
+  EXPECT_NEAR(p[1], 2.0f / 9, 1e-6f);
+  EXPECT_NEAR(p[3], 4.0f / 9, 1e-6f);
+  // top-p 0.4 keeps only the most likely token
+  specdec::make_distribution(logits, {.temperature = 1.0f, .top_p = 0.4f}, p);
+  EXPECT_EQ(p, (std::vector<float>{0.0f, 0.0f, 0.0f, 1.0f}));
+}
+
+TEST(sampling, draws_follow_the_distribution) {
+  // Chi-square goodness of fit, 3 degrees of freedom: critical value at p = 1e-4 is 21.11.
+  std::vector<float> probs{0.1f, 0.2f, 0.3f, 0.4f};
+  specdec::random_source rng(7);
+  const int n = 100000;
+  std::vector<int> counts(4, 0);
+  for (int i = 0; i < n; ++i) ++counts[static_cast<std::size_t>(specdec::sample_from(probs, rng.uniform()))];
+  double chi2 = 0;
+  for (std::size_t i = 0; i < 4; ++i) {
+    double e = n * probs[i];
+    chi2 += (counts[i] - e) * (counts[i] - e) / e;
+  }
+  EXPECT_LT(chi2, 21.11);
+}
+
+TEST(sampling, zero_probability_tokens_are_never_drawn) {
+  std::vector<float> probs{0.0f, 0.5f, 0.0f, 0.5f, 0.0f};
+  EXPECT_EQ(specdec::sample_from(probs, 0.0), 1);
+  EXPECT_EQ(specdec::sample_from(probs, 0.999999999), 3);
+  EXPECT_EQ(specdec::sample_from(probs, 1.0), 3);  // rounding past the end stays on mass
+}
+
+TEST(sampling, same_seed_same_tokens) {
+  std::vector<float> logits{0.1f, 0.3f, -0.2f, 0.05f, 0.4f};
+  std::vector<float> p(5);
+  specdec::sampler a({.temperature = 1.0f}, 99), b({.temperature = 1.0f}, 99), c({.temperature = 1.0f}, 100);
+  std::vector<token_id> ta, tb, tc;
+  for (int i = 0; i < 64; ++i) {
+    ta.push_back(a.next(logits, p));
+    tb.push_back(b.next(logits, p));
+    tc.push_back(c.next(logits, p));
+  }
+  EXPECT_EQ(ta, tb);
+  EXPECT_NE(ta, tc);
+}
+
+TEST(sampling, entropy_of_known_distributions) {
+  std::vector<float> uniform4(4, 0.25f);
+  EXPECT_NEAR(specdec::entropy(uniform4), std::log(4.0f), 1e-6f);
+  std::vector<float> one_hot{0.0f, 1.0f, 0.0f};
+  EXPECT_EQ(specdec::entropy(one_hot), 0.0f);
+}
+
+TEST(sampling, bad_parameters_throw_with_the_parameter_name) {
+  auto message_of = [](sampling_params p) {
+    try {
+      p.validate();
+    } catch (const specdec::invalid_argument& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_NE(message_of({.temperature = -1.0f}).find("temperature"), std::string::npos);
+  EXPECT_NE(message_of({.temperature = std::numeric_limits<float>::quiet_NaN()}).find("temperature"),
+            std::string::npos);
+  EXPECT_NE(message_of({.top_k = -3}).find("top_k"), std::string::npos);
+  EXPECT_NE(message_of({.top_p = 0.0f}).find("top_p"), std::string::npos);
+  EXPECT_NE(message_of({.top_p = 1.5f}).find("top_p"), std::string::npos);
+  EXPECT_THROW(specdec::sampler({.temperature = -0.5f}), specdec::invalid_argument);
+  std::vector<float> a(3), b(4);
+  EXPECT_THROW(specdec::make_distribution(a, {}, b), specdec::invalid_argument);
+  std::vector<float> zero(3, 0.0f);
+  EXPECT_THROW((void)specdec::sample_from(zero, 0.5), specdec::invalid_argument);
+}
+}  // namespace
