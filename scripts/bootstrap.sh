@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# One entry point for a fresh machine (run as root; nothing else needs installing by hand).
+#   scripts/bootstrap.sh demo   install what is missing, build, run the demo on the bundled models
+#   scripts/bootstrap.sh test   install what is missing, build, run the whole test suite,
+#                               then again under AddressSanitizer + UndefinedBehaviorSanitizer
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(cmake g++ make libeigen3-dev libxtensor-dev librange-v3-dev libgtest-dev libbenchmark-dev sentencepiece)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "bootstrap: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+jobs=$(nproc 2>/dev/null || echo 2)
+mode=${1:-test}
+case "$mode" in
+  demo)
+    cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DSPECDEC_BUILD_TESTS=OFF -DSPECDEC_BUILD_BENCH=OFF >/dev/null
+    cmake --build build -j"$jobs" --target specdec-generate
+    for prompt in "In the beginning" "And God said"; do
+      echo "== kjv-big, greedy: \"$prompt\"" >&2
+      ./build/bin/specdec-generate --model models/kjv-big.bin --tokenizer models/kjv2k-tokenizer.bin \
+        --prompt "$prompt" --max-new-tokens 60
+      echo
+    done
+    echo "== stories260K, temperature 0.8, seed 42" >&2
+    ./build/bin/specdec-generate --model models/stories260K.bin --tokenizer models/tok512.bin \
+      --prompt "Once upon a time" --max-new-tokens 80 --temperature 0.8 --seed 42
+    echo
+    ;;
+  test)
+    cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
+    cmake --build build -j"$jobs"
+    ctest --test-dir build --output-on-failure -j"$jobs"
+    echo "== again under AddressSanitizer + UndefinedBehaviorSanitizer" >&2
+    cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSPECDEC_SANITIZE=ON \
+      -DSPECDEC_BUILD_BENCH=OFF -DSPECDEC_BUILD_EXAMPLES=OFF >/dev/null
+    cmake --build build-asan -j"$jobs"
+    ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+      ctest --test-dir build-asan --output-on-failure -j"$jobs"
+    ;;
+  *)
+    echo "usage: scripts/bootstrap.sh demo|test" >&2
+    exit 2
+    ;;
+esac
