@@ -1,0 +1,178 @@
+#pragma once
+/// \file backend/cpu/detail/kernels.hpp
+/// The numeric kernels of the CPU transformer, written for batch invariance: every
+/// reduction (dot product, sum of squares, softmax sum) runs in one fixed order that
+/// depends only on the vector length, never on how many tokens are in the block, on the
+/// position of a row or token inside a tile, or on memory alignment. That is what makes
+/// row i of a k-token forward bit-identical to the i-th of k single-token forwards.
+///
+/// Why not Eigen's GEMM/GEMV for the projections: Eigen picks different kernels (and so
+/// different summation orders) for matrix-vector and matrix-matrix products and for
+/// different block shapes, which breaks bit-exactness between k = 1 and k > 1. Eigen is
+/// used only for elementwise work, where every output element is one correctly rounded
+/// operation and vectorisation cannot change the result.
+///
+/// The dot product uses GCC/Clang vector extensions: one 16-lane accumulator per
+/// (weight row, token) pair, unaligned loads through __builtin_memcpy (no misaligned
+/// pointer casts), a fixed horizontal tree reduction, then a scalar tail added in index
+/// order. This compiles to AVX-512 with -march=native and to narrower SIMD otherwise.
+/// Whether `acc + w * x` is contracted into an FMA is a per-build decision that is the
+/// same for every instantiation of the tile template, so exactness across k holds in
+/// every build (results may differ between builds with different -march flags).
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+
+namespace specdec::cpu::detail {
+
+typedef float v16 __attribute__((vector_size(64)));
+
+inline constexpr std::size_t lanes = 16;
+
+inline v16 load16(const float* p) noexcept {
+  v16 v;
+  __builtin_memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+/// Fixed-order horizontal sum: a binary tree over the 16 lanes.
+inline float hsum16(v16 v) noexcept {
+  float s[16];
+  __builtin_memcpy(s, &v, sizeof(s));
+  for (int w = 8; w > 0; w /= 2)
+    for (int i = 0; i < w; ++i) s[i] += s[i + w];
+  return s[0];
+}
+
+/// Y[t][r] = dot(W[r], X[t]) for an R x T tile: R weight rows (stride ldw) against T
+/// input vectors (stride ldx), written to Y (stride ldy). Each weight chunk is loaded
+/// once and applied to all T tokens. Every (r, t) result is computed exactly as
+/// `dot(W[r], X[t], n)` would be.
+template <int R, int T>
+inline void dot_tile(const float* w, std::size_t ldw, const float* x, std::size_t ldx, float* y,
+                     std::size_t ldy, std::size_t n) noexcept {
+  v16 acc[R][T];
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) acc[r][t] = v16{};
+  const std::size_t n16 = n - n % lanes;
+  for (std::size_t j = 0; j < n16; j += lanes) {
+    v16 xv[T];
+    for (int t = 0; t < T; ++t) xv[t] = load16(x + t * ldx + j);
+    for (int r = 0; r < R; ++r) {
+      const v16 wv = load16(w + r * ldw + j);
+      for (int t = 0; t < T; ++t) acc[r][t] += wv * xv[t];
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int t = 0; t < T; ++t) {
+      float tail = 0.0f;
+      const float* wr = w + r * ldw;
+      const float* xt = x + t * ldx;
+      for (std::size_t j = n16; j < n; ++j) tail += wr[j] * xt[j];
+      y[t * ldy + r] = hsum16(acc[r][t]) + tail;
+    }
+  }
+}
+
+/// The batch-invariant dot product every reduction of the model goes through.
+inline float dot(const float* a, const float* b, std::size_t n) noexcept {
+  float out;
+  dot_tile<1, 1>(a, 0, b, 0, &out, 0, n);
+  return out;
+}
+
+template <int R>
+inline void dot_tile_tokens(int tokens, const float* w, std::size_t ldw, const float* x,
+                            std::size_t ldx, float* y, std::size_t ldy, std::size_t n) noexcept {
+  switch (tokens) {
+    case 1: dot_tile<R, 1>(w, ldw, x, ldx, y, ldy, n); break;
+    case 2: dot_tile<R, 2>(w, ldw, x, ldx, y, ldy, n); break;
+    case 3: dot_tile<R, 3>(w, ldw, x, ldx, y, ldy, n); break;
+    default: dot_tile<R, 4>(w, ldw, x, ldx, y, ldy, n); break;
+  }
+}
+
+/// Y[t][i] = sum_j W[i][j] X[t][j] for i < rows, t < k: a block of k input vectors
+/// (stride ldx) against a row-major [rows][n] weight matrix (row stride ldw), output
+/// row stride ldy. Weight rows are processed in tiles of 4 and tokens in tiles of up to
+/// 4, so every weight row is streamed from memory once per call whatever k is.
+///
+/// ```cpp
+/// // logits[t] = wcls * x[t] for a block of k tokens
+/// matmul(wcls, vocab, dim, dim, x, k, dim, logits, vocab);
+/// ```
+inline void matmul(const float* w, std::size_t rows, std::size_t n, std::size_t ldw,
+                   const float* x, std::size_t k, std::size_t ldx, float* y,
+                   std::size_t ldy) noexcept {
+  constexpr std::size_t row_tile = 4;
+  constexpr std::size_t token_tile = 4;
+  std::size_t i = 0;
+  for (; i + row_tile <= rows; i += row_tile) {
+    for (std::size_t t = 0; t < k; t += token_tile) {
+      const int tt = static_cast<int>(std::min(token_tile, k - t));
+      dot_tile_tokens<4>(tt, w + i * ldw, ldw, x + t * ldx, ldx, y + t * ldy + i, ldy, n);
+    }
+  }
+  for (; i < rows; ++i) {
+    for (std::size_t t = 0; t < k; t += token_tile) {
+      const int tt = static_cast<int>(std::min(token_tile, k - t));
+      dot_tile_tokens<1>(tt, w + i * ldw, ldw, x + t * ldx, ldx, y + t * ldy + i, ldy, n);
+    }
+  }
+}
+
+/// Inverse RMS of x as llama2.c computes it: 1 / sqrt(mean(x^2) + 1e-5), with the sum of
+/// squares taken by the fixed-order `dot`.
+inline float rms_inverse(const float* x, std::size_t n) noexcept {
+  float ss = dot(x, x, n);
+  ss /= static_cast<float>(n);
+  ss += 1e-5f;
+  return 1.0f / std::sqrt(ss);
+}
+
+/// In-place softmax over x[0..n) with sequential (index order) max and sum.
+inline void softmax(float* x, std::size_t n) noexcept {
+  float mx = x[0];
+  for (std::size_t i = 1; i < n; ++i) mx = std::max(mx, x[i]);
+  float sum = 0.0f;
+  for (std::size_t i = 0; i < n; ++i) {
+    x[i] = std::exp(x[i] - mx);
+    sum += x[i];
+  }
+  for (std::size_t i = 0; i < n; ++i) x[i] /= sum;
+}
+
+/// Rotary embedding at position `pos` of the pairs (2i, 2i+1) of every head of a q row
+/// (width dim) and a k row (width kv_dim), computed in float like llama2.c's run.c.
+inline void rope(float* q, float* k, std::size_t dim, std::size_t kv_dim, std::size_t head_size,
+                 std::size_t pos) noexcept {
+  for (std::size_t i = 0; i < dim; i += 2) {
+    const std::size_t head_dim = i % head_size;
+    const float freq =
+        1.0f / std::pow(10000.0f, static_cast<float>(head_dim) / static_cast<float>(head_size));
+    const float val = static_cast<float>(pos) * freq;
+    const float fcr = std::cos(val);
+    const float fci = std::sin(val);
+    const int rotn = i < kv_dim ? 2 : 1;
+    for (int v = 0; v < rotn; ++v) {
+      float* vec = v == 0 ? q : k;
+      const float v0 = vec[i];
+      const float v1 = vec[i + 1];
+      vec[i] = v0 * fcr - v1 * fci;
+      vec[i + 1] = v0 * fci + v1 * fcr;
+    }
+  }
+}
+
+/// hb[i] = silu(hb[i]) * hb2[i], elementwise with scalar std::exp so that no element's
+/// result depends on where it falls relative to a SIMD boundary.
+inline void swiglu(float* hb, const float* hb2, std::size_t n) noexcept {
+  for (std::size_t i = 0; i < n; ++i) {
+    float val = hb[i];
+    val *= 1.0f / (1.0f + std::exp(-val));
+    val *= hb2[i];
+    hb[i] = val;
+  }
+}
+
+}  // namespace specdec::cpu::detail
