@@ -5,10 +5,32 @@
 /// A fallback policy sees each draft position as it is produced (its distribution q and
 /// the sampled token) and answers with a `draft_action`. After every verification the
 /// decoder reports the outcome through `observe`, so adaptive policies can learn.
+///
+/// Shipped policies (all aggregates: set knobs with designated initialisers, then call
+/// `validate()`, which the decoders also do):
+///
+/// | policy                   | knobs (defaults)                                           |
+/// |--------------------------|------------------------------------------------------------|
+/// | `fixed_gamma`            | gamma = 4                                                  |
+/// | `max_prob_fallback`      | alpha_fb = 0.6, max_draft = 10 (BiLD)                      |
+/// | `entropy_fallback`       | max_entropy = 1.5 nats, max_draft = 10                     |
+/// | `adaptive_gamma`         | initial = 4, min_gamma = 1, max_gamma = 16                 |
+/// | `expected_speedup_gamma` | max_gamma = 16, prior_acceptance = 0.7, prior_strength =   |
+/// |                          | 10, decay = 0.98, cost_ratio = 0 (= measure online)        |
+///
+/// Every shipped policy has `reset()` (forget what was learnt; call before a new
+/// generation) and `validate()`; see the `resettable` and `validatable_policy` concepts
+/// and `reset_policy` / `validate_policy` for user policies that may lack them.
+#include <algorithm>
+#include <cmath>
 #include <concepts>
 #include <cstddef>
+#include <limits>
 #include <span>
+#include <string>
 
+#include "specdec/error.hpp"
+#include "specdec/sampling.hpp"
 #include "specdec/token.hpp"
 
 namespace specdec {
@@ -61,5 +83,364 @@ concept observes_outcomes = requires(P& p, const step_outcome& o) { p.observe(o)
 /// `adaptive_gamma`, `expected_speedup_gamma`.
 template <class P>
 concept fallback_policy = has_draft_decision<P> && observes_outcomes<P>;
+
+/// `p.reset()` forgets whatever the policy learnt, as before a new generation. Decoders
+/// call it (through `reset_policy`) when present. Also used for rollback policies.
+///
+/// ```cpp
+/// specdec::adaptive_gamma g{};
+/// static_assert(specdec::resettable<specdec::adaptive_gamma>);
+/// g.reset();  // back to g.initial
+/// ```
+template <class P>
+concept resettable = requires(P& p) { p.reset(); };
+
+/// `p.validate()` on a const policy checks its knobs, throwing `invalid_argument`.
+///
+/// ```cpp
+/// static_assert(specdec::validatable_policy<specdec::fixed_gamma>);
+/// ```
+template <class P>
+concept validatable_policy = requires(const P& p) { p.validate(); };
+
+/// Calls `p.reset()` if the policy has one; otherwise does nothing.
+///
+/// ```cpp
+/// specdec::reset_policy(policy);  // at the start of every generation
+/// ```
+template <class P>
+void reset_policy(P& p) {
+  if constexpr (resettable<P>) p.reset();
+}
+
+/// Calls `p.validate()` if the policy has one; otherwise does nothing.
+///
+/// ```cpp
+/// specdec::validate_policy(policy);  // in a decoder's constructor
+/// ```
+template <class P>
+void validate_policy(const P& p) {
+  if constexpr (validatable_policy<P>) p.validate();
+}
+
+/// `max_draft` value meaning "no cap on the draft length".
+inline constexpr std::size_t no_cap = 0;
+
+namespace detail::fallback_impl {
+
+inline std::string num(double v) {
+  if (std::isnan(v)) return "nan";
+  if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
+  return std::to_string(v);
+}
+
+[[noreturn]] inline void fail(const char* policy, const char* knob, const std::string& value,
+                              const char* range) {
+  throw invalid_argument(std::string(policy) + "." + knob + " must be " + range + ", got " + value);
+}
+
+/// Throws unless lo <= v <= hi (NaN fails).
+inline void check_range(const char* policy, const char* knob, double v, double lo, double hi,
+                        const char* range) {
+  if (!(v >= lo && v <= hi)) fail(policy, knob, num(v), range);
+}
+
+/// True when `position` is the last one a cap of `max_draft` allows (0 = no cap).
+[[nodiscard]] constexpr bool at_cap(std::size_t position, std::size_t max_draft) noexcept {
+  return max_draft != no_cap && position + 1 >= max_draft;
+}
+
+}  // namespace detail::fallback_impl
+
+/// Classic speculative decoding: always draft exactly `gamma` tokens.
+///
+/// ```cpp
+/// specdec::fixed_gamma policy{.gamma = 5};
+/// policy.validate();
+/// ```
+struct fixed_gamma {
+  std::size_t gamma = 4;  ///< tokens drafted per step; >= 1
+
+  void validate() const {
+    if (gamma == 0) detail::fallback_impl::fail("fixed_gamma", "gamma", "0", ">= 1");
+  }
+  [[nodiscard]] draft_action decide(const draft_step& s) const noexcept {
+    return s.position + 1 >= gamma ? draft_action::keep_and_stop : draft_action::keep_and_continue;
+  }
+  void observe(const step_outcome&) noexcept {}
+  void reset() noexcept {}
+};
+
+/// BiLD's fallback (arXiv 2302.07863, Sec. 3.2): the little model keeps drafting while it
+/// is confident, and falls back to the big model as soon as its top probability
+/// max_y q(y) drops below `alpha_fb`. The unconfident token is discarded: the big model
+/// writes that position. Drafting also stops after `max_draft` kept tokens.
+///
+/// q is the distribution the token was drawn from; under greedy sampling that is one-hot,
+/// so the criterion never fires. Decoders that want BiLD's behaviour with greedy decoding
+/// should pass the draft's plain softmax as q.
+///
+/// ```cpp
+/// specdec::max_prob_fallback policy{.alpha_fb = 0.5f, .max_draft = 8};
+/// policy.validate();
+/// ```
+struct max_prob_fallback {
+  float alpha_fb = 0.6f;         ///< fall back when max_y q(y) < alpha_fb; in [0, 1]
+  std::size_t max_draft = 10;    ///< stop after this many kept tokens; `no_cap` (0) = none
+
+  void validate() const {
+    detail::fallback_impl::check_range("max_prob_fallback", "alpha_fb", alpha_fb, 0.0, 1.0,
+                                       "in [0, 1]");
+  }
+  [[nodiscard]] draft_action decide(const draft_step& s) const {
+    if (s.q.empty()) throw invalid_argument("max_prob_fallback::decide: empty distribution q");
+    if (*std::ranges::max_element(s.q) < alpha_fb) return draft_action::discard_and_stop;
+    return detail::fallback_impl::at_cap(s.position, max_draft) ? draft_action::keep_and_stop
+                                                                : draft_action::keep_and_continue;
+  }
+  void observe(const step_outcome&) noexcept {}
+  void reset() noexcept {}
+};
+
+/// Falls back to the target when the draft is uncertain in the entropy sense: if the
+/// Shannon entropy H(q) (nats) of the draft distribution exceeds `max_entropy`, the token
+/// is discarded and the target writes the position. Stops after `max_draft` kept tokens.
+/// (A uniform distribution over n tokens has entropy ln n: 1.5 nats ~ uniform over 4.5.)
+///
+/// ```cpp
+/// specdec::entropy_fallback policy{.max_entropy = 1.0f};
+/// policy.validate();
+/// ```
+struct entropy_fallback {
+  float max_entropy = 1.5f;     ///< discard when H(q) > max_entropy; >= 0 (+inf = never)
+  std::size_t max_draft = 10;   ///< stop after this many kept tokens; `no_cap` (0) = none
+
+  void validate() const {
+    detail::fallback_impl::check_range("entropy_fallback", "max_entropy", max_entropy, 0.0,
+                                       std::numeric_limits<double>::infinity(),
+                                       ">= 0 (+inf allowed)");
+  }
+  [[nodiscard]] draft_action decide(const draft_step& s) const {
+    if (entropy(s.q) > max_entropy) return draft_action::discard_and_stop;
+    return detail::fallback_impl::at_cap(s.position, max_draft) ? draft_action::keep_and_stop
+                                                                : draft_action::keep_and_continue;
+  }
+  void observe(const step_outcome&) noexcept {}
+  void reset() noexcept {}
+};
+
+/// The classic adaptive draft length (as in Hugging Face's assisted generation): draft
+/// `current_gamma()` tokens; after a verification, gamma += 2 if every proposed token was
+/// accepted, otherwise gamma -= 1, clamped to [min_gamma, max_gamma]. Outcomes with
+/// nothing proposed are ignored.
+///
+/// ```cpp
+/// specdec::adaptive_gamma policy{.initial = 4, .min_gamma = 2, .max_gamma = 12};
+/// policy.validate();
+/// policy.observe({.proposed = 4, .accepted = 4});  // current_gamma() == 6
+/// ```
+struct adaptive_gamma {
+  std::size_t initial = 4;     ///< gamma of the first step; in [min_gamma, max_gamma]
+  std::size_t min_gamma = 1;   ///< >= 1
+  std::size_t max_gamma = 16;  ///< >= min_gamma
+
+  /// Learnt state: the current gamma, 0 before the first use. Public only so that the
+  /// knobs above stay designated-initialisable; use `current_gamma()` and `reset()`.
+  std::size_t gamma_ = 0;
+
+  void validate() const {
+    using detail::fallback_impl::fail;
+    if (min_gamma == 0) fail("adaptive_gamma", "min_gamma", "0", ">= 1");
+    if (max_gamma < min_gamma)
+      fail("adaptive_gamma", "max_gamma", std::to_string(max_gamma),
+           (">= min_gamma = " + std::to_string(min_gamma)).c_str());
+    if (initial < min_gamma || initial > max_gamma)
+      fail("adaptive_gamma", "initial", std::to_string(initial),
+           ("in [min_gamma, max_gamma] = [" + std::to_string(min_gamma) + ", " +
+            std::to_string(max_gamma) + "]")
+               .c_str());
+  }
+  /// The draft length of the next step.
+  [[nodiscard]] std::size_t current_gamma() const noexcept { return gamma_ == 0 ? initial : gamma_; }
+
+  [[nodiscard]] draft_action decide(const draft_step& s) {
+    start();
+    return s.position + 1 >= gamma_ ? draft_action::keep_and_stop : draft_action::keep_and_continue;
+  }
+  void observe(const step_outcome& o) {
+    start();
+    if (o.proposed == 0) return;
+    if (o.accepted >= o.proposed) {
+      gamma_ = std::min(max_gamma, gamma_ + 2);
+    } else {
+      gamma_ = std::max(min_gamma, gamma_ - 1);
+    }
+  }
+  void reset() noexcept { gamma_ = 0; }
+
+ private:
+  void start() {
+    if (gamma_ != 0) return;
+    validate();
+    gamma_ = initial;
+  }
+};
+
+/// Draft length chosen to maximise the expected speedup, learnt online.
+///
+/// Model (Leviathan et al. 2023, Sec. 3.4): each drafted token is accepted independently
+/// with probability a, a draft forward costs c target forwards. Drafting g tokens yields
+/// on average (1 - a^(g+1)) / (1 - a) tokens per step at cost g c + 1, so the expected
+/// speedup over plain decoding is
+///
+///     S(g) = (1 - a^(g+1)) / ((1 - a)(g c + 1))   (= (g + 1) / (g c + 1) at a = 1).
+///
+/// Estimating a: every proposed position until the first rejection is a Bernoulli trial;
+/// positions after the first rejection are never judged, so a step with `accepted <
+/// proposed` contributes `accepted` successes and one failure, and a fully accepted step
+/// contributes `proposed` successes and no failure (the maximum-likelihood counts for the
+/// truncated geometric). The counts decay by `decay` per step (forgetting old context)
+/// and are combined with a Beta prior of mean `prior_acceptance` and weight
+/// `prior_strength` pseudo-trials:
+///
+///     a_hat = (prior_acceptance * prior_strength + successes)
+///             / (prior_strength + successes + failures).
+///
+/// Estimating c (unless `cost_ratio` > 0 fixes it): decayed sums of draft seconds, draft
+/// forwards, target seconds and target calls give c_hat = (draft seconds per draft
+/// forward) / (target seconds per target call). Steps whose timings are zero are skipped;
+/// until the first timed step `default_cost_ratio` is used.
+///
+/// After each observation the policy picks g in [1, max_gamma] maximising S(g) for
+/// (a_hat, c_hat) (ties go to the smaller g), and drafts exactly g tokens.
+///
+/// ```cpp
+/// specdec::expected_speedup_gamma policy{.max_gamma = 12, .cost_ratio = 0.05};
+/// policy.validate();
+/// double s = specdec::expected_speedup_gamma::expected_speedup(0.8, 4, 0.1);  // 2.401
+/// ```
+struct expected_speedup_gamma {
+  std::size_t max_gamma = 16;     ///< largest draft length considered; >= 1
+  double prior_acceptance = 0.7;  ///< prior mean of a; in [0, 1]
+  double prior_strength = 10;     ///< prior weight in pseudo-trials; finite, >= 0
+  double decay = 0.98;            ///< per-step forgetting factor of the counts; in (0, 1]
+  double cost_ratio = 0;          ///< draft/target cost per forward; 0 = measure online; finite, >= 0
+
+  /// The cost ratio assumed before any timing has been observed (when `cost_ratio` is 0).
+  static constexpr double default_cost_ratio = 0.1;
+
+  /// Learnt state. Public only so that the knobs above stay designated-initialisable;
+  /// read it through the accessors and clear it with `reset()`.
+  struct learnt_state {
+    bool started = false;
+    double successes = 0, failures = 0;                     // decayed acceptance counts
+    double draft_seconds = 0, draft_forwards = 0;           // decayed draft timing
+    double target_seconds = 0, target_calls = 0;            // decayed target timing
+    std::size_t gamma = 0;
+  } state_{};
+
+  /// S(gamma) for acceptance rate a in [0, 1] and cost ratio c >= 0 (see the type's
+  /// doc). Computed as the geometric sum 1 + a + ... + a^gamma, so a -> 1 is exact.
+  /// expected_speedup(a, 0, c) == 1 (plain decoding).
+  [[nodiscard]] static double expected_speedup(double a, std::size_t gamma, double c) {
+    detail::fallback_impl::check_range("expected_speedup", "a", a, 0.0, 1.0, "in [0, 1]");
+    detail::fallback_impl::check_range("expected_speedup", "c", c, 0.0,
+                                       std::numeric_limits<double>::max(), "finite and >= 0");
+    double tokens = 1.0;  // Horner: 1 + a (1 + a (1 + ...)), gamma times
+    for (std::size_t i = 0; i < gamma; ++i) tokens = 1.0 + a * tokens;
+    return tokens / (static_cast<double>(gamma) * c + 1.0);
+  }
+
+  /// The g in [1, max_gamma] maximising `expected_speedup(a, g, c)`; ties go to the smaller.
+  [[nodiscard]] static std::size_t best_gamma(double a, double c, std::size_t max_gamma) {
+    std::size_t best = 1;
+    double best_s = expected_speedup(a, 1, c);
+    for (std::size_t g = 2; g <= max_gamma; ++g) {
+      const double s = expected_speedup(a, g, c);
+      if (s > best_s) {
+        best_s = s;
+        best = g;
+      }
+    }
+    return best;
+  }
+
+  void validate() const {
+    using detail::fallback_impl::check_range;
+    using detail::fallback_impl::fail;
+    constexpr double big = std::numeric_limits<double>::max();
+    if (max_gamma == 0) fail("expected_speedup_gamma", "max_gamma", "0", ">= 1");
+    check_range("expected_speedup_gamma", "prior_acceptance", prior_acceptance, 0.0, 1.0, "in [0, 1]");
+    check_range("expected_speedup_gamma", "prior_strength", prior_strength, 0.0, big, "finite and >= 0");
+    if (!(decay > 0.0 && decay <= 1.0))
+      fail("expected_speedup_gamma", "decay", detail::fallback_impl::num(decay), "in (0, 1]");
+    check_range("expected_speedup_gamma", "cost_ratio", cost_ratio, 0.0, big,
+                "finite and >= 0 (0 = measure online)");
+  }
+
+  /// The draft length of the next step.
+  [[nodiscard]] std::size_t current_gamma() const {
+    if (state_.started) return state_.gamma;
+    validate();
+    return best_gamma(acceptance_estimate(), cost_ratio_estimate(), max_gamma);
+  }
+  /// Posterior mean of the per-token acceptance rate.
+  [[nodiscard]] double acceptance_estimate() const noexcept {
+    const double n = prior_strength + state_.successes + state_.failures;
+    if (!(n > 0.0)) return prior_acceptance;
+    return (prior_acceptance * prior_strength + state_.successes) / n;
+  }
+  /// The cost ratio in use: `cost_ratio` if set, else the online estimate (or
+  /// `default_cost_ratio` before any timed step).
+  [[nodiscard]] double cost_ratio_estimate() const noexcept {
+    if (cost_ratio > 0.0) return cost_ratio;
+    if (!(state_.draft_forwards > 0.0 && state_.target_seconds > 0.0)) return default_cost_ratio;
+    const double per_draft = state_.draft_seconds / state_.draft_forwards;
+    const double per_target = state_.target_seconds / state_.target_calls;
+    const double c = per_draft / per_target;
+    return std::isfinite(c) && c >= 0.0 ? c : default_cost_ratio;
+  }
+
+  [[nodiscard]] draft_action decide(const draft_step& s) {
+    start();
+    return s.position + 1 >= state_.gamma ? draft_action::keep_and_stop
+                                          : draft_action::keep_and_continue;
+  }
+
+  void observe(const step_outcome& o) {
+    start();
+    if (o.proposed > 0) {
+      const std::size_t acc = std::min(o.accepted, o.proposed);
+      state_.successes = decay * state_.successes + static_cast<double>(acc);
+      state_.failures = decay * state_.failures + (acc < o.proposed ? 1.0 : 0.0);
+    }
+    const bool timed = o.draft_forwards > 0 && o.draft_seconds > 0.0 && o.target_seconds > 0.0 &&
+                       std::isfinite(o.draft_seconds) && std::isfinite(o.target_seconds);
+    if (timed) {
+      state_.draft_seconds = decay * state_.draft_seconds + o.draft_seconds;
+      state_.draft_forwards = decay * state_.draft_forwards + static_cast<double>(o.draft_forwards);
+      state_.target_seconds = decay * state_.target_seconds + o.target_seconds;
+      state_.target_calls = decay * state_.target_calls + 1.0;
+    }
+    state_.gamma = best_gamma(acceptance_estimate(), cost_ratio_estimate(), max_gamma);
+  }
+
+  void reset() noexcept { state_ = learnt_state{}; }
+
+ private:
+  void start() {
+    if (state_.started) return;
+    validate();
+    state_.started = true;
+    state_.gamma = best_gamma(acceptance_estimate(), cost_ratio_estimate(), max_gamma);
+  }
+};
+
+static_assert(fallback_policy<fixed_gamma>);
+static_assert(fallback_policy<max_prob_fallback>);
+static_assert(fallback_policy<entropy_fallback>);
+static_assert(fallback_policy<adaptive_gamma>);
+static_assert(fallback_policy<expected_speedup_gamma>);
+static_assert(resettable<adaptive_gamma> && resettable<expected_speedup_gamma>);
 
 }  // namespace specdec

@@ -1,0 +1,482 @@
+// Tests for include/specdec/fallback.hpp: the shared contract of every fallback policy
+// (typed suite), each policy's own rule on crafted draft distributions, and the concept's
+// near-misses.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <map>
+#include <random>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "specdec/fallback.hpp"
+
+namespace {
+using specdec::draft_action;
+using specdec::draft_step;
+using specdec::step_outcome;
+
+constexpr float nan_f = std::numeric_limits<float>::quiet_NaN();
+constexpr double nan_d = std::numeric_limits<double>::quiet_NaN();
+constexpr float inf_f = std::numeric_limits<float>::infinity();
+
+// ---- concept checks, including near-misses ------------------------------------------
+
+struct no_observe {
+  draft_action decide(const draft_step&) { return draft_action::keep_and_stop; }
+};
+struct decide_returns_bool {
+  bool decide(const draft_step&) { return true; }
+  void observe(const step_outcome&) {}
+};
+struct decide_takes_position {
+  draft_action decide(std::size_t) { return draft_action::keep_and_stop; }
+  void observe(const step_outcome&) {}
+};
+struct minimal_policy {
+  draft_action decide(const draft_step&) { return draft_action::keep_and_stop; }
+  void observe(const step_outcome&) {}
+};
+
+static_assert(specdec::fallback_policy<specdec::fixed_gamma>);
+static_assert(specdec::fallback_policy<specdec::max_prob_fallback>);
+static_assert(specdec::fallback_policy<specdec::entropy_fallback>);
+static_assert(specdec::fallback_policy<specdec::adaptive_gamma>);
+static_assert(specdec::fallback_policy<specdec::expected_speedup_gamma>);
+static_assert(specdec::fallback_policy<minimal_policy>);
+static_assert(!specdec::fallback_policy<no_observe>);
+static_assert(specdec::has_draft_decision<no_observe> && !specdec::observes_outcomes<no_observe>);
+static_assert(!specdec::fallback_policy<decide_returns_bool>);
+static_assert(!specdec::has_draft_decision<decide_returns_bool>);
+static_assert(!specdec::fallback_policy<decide_takes_position>);
+static_assert(specdec::resettable<specdec::fixed_gamma> && !specdec::resettable<minimal_policy>);
+static_assert(specdec::validatable_policy<specdec::expected_speedup_gamma> &&
+              !specdec::validatable_policy<minimal_policy>);
+// Knobs stay designated-initialisable (aggregates), like sampling_params.
+static_assert(std::is_aggregate_v<specdec::adaptive_gamma>);
+static_assert(std::is_aggregate_v<specdec::expected_speedup_gamma>);
+
+// ---- helpers --------------------------------------------------------------------------
+
+std::vector<float> uniform(std::size_t n, std::size_t vocab = 0) {
+  std::vector<float> q(vocab == 0 ? n : vocab, 0.0f);
+  for (std::size_t i = 0; i < n; ++i) q[i] = 1.0f / static_cast<float>(n);
+  return q;
+}
+std::vector<float> one_hot(std::size_t vocab, std::size_t at) {
+  std::vector<float> q(vocab, 0.0f);
+  q[at] = 1.0f;
+  return q;
+}
+std::vector<float> random_distribution(std::mt19937_64& g, std::size_t vocab) {
+  std::exponential_distribution<float> e(1.0f);
+  std::vector<float> q(vocab);
+  float z = 0;
+  for (float& x : q) z += x = e(g);
+  for (float& x : q) x /= z;
+  return q;
+}
+
+/// Runs the draft loop with the same q at every position: the number of positions until
+/// the policy stops (including the stopping one), and the final action. Gives up after
+/// `limit` positions (returns limit + 1 and keep_and_continue).
+template <class P>
+std::pair<std::size_t, draft_action> run_block(P& policy, const std::vector<float>& q,
+                                               std::size_t limit = 1000) {
+  for (std::size_t pos = 0; pos < limit; ++pos) {
+    const draft_action a = policy.decide(draft_step{pos, q, 0});
+    if (a != draft_action::keep_and_continue) return {pos + 1, a};
+  }
+  return {limit + 1, draft_action::keep_and_continue};
+}
+
+// ---- typed contract suite ---------------------------------------------------------------
+
+/// Per-policy data for the shared contract: the most positions a block may last with the
+/// default knobs, and knob settings that validate() must reject (with the knob's name).
+template <class P>
+struct policy_traits;
+
+template <>
+struct policy_traits<specdec::fixed_gamma> {
+  static constexpr std::size_t cap = 4;
+  static std::vector<std::pair<specdec::fixed_gamma, std::string>> bad() { return {{{.gamma = 0}, "gamma"}}; }
+};
+template <>
+struct policy_traits<specdec::max_prob_fallback> {
+  static constexpr std::size_t cap = 10;
+  static std::vector<std::pair<specdec::max_prob_fallback, std::string>> bad() {
+    return {{{.alpha_fb = nan_f}, "alpha_fb"},
+            {{.alpha_fb = -0.1f}, "alpha_fb"},
+            {{.alpha_fb = 1.5f}, "alpha_fb"},
+            {{.alpha_fb = inf_f}, "alpha_fb"}};
+  }
+};
+template <>
+struct policy_traits<specdec::entropy_fallback> {
+  static constexpr std::size_t cap = 10;
+  static std::vector<std::pair<specdec::entropy_fallback, std::string>> bad() {
+    return {{{.max_entropy = nan_f}, "max_entropy"}, {{.max_entropy = -1.0f}, "max_entropy"}};
+  }
+};
+template <>
+struct policy_traits<specdec::adaptive_gamma> {
+  static constexpr std::size_t cap = 16;
+  static std::vector<std::pair<specdec::adaptive_gamma, std::string>> bad() {
+    return {{{.initial = 4, .min_gamma = 0}, "min_gamma"},
+            {{.initial = 4, .min_gamma = 5, .max_gamma = 3}, "max_gamma"},
+            {{.initial = 20, .min_gamma = 1, .max_gamma = 16}, "initial"},
+            {{.initial = 1, .min_gamma = 2, .max_gamma = 16}, "initial"}};
+  }
+};
+template <>
+struct policy_traits<specdec::expected_speedup_gamma> {
+  static constexpr std::size_t cap = 16;
+  static std::vector<std::pair<specdec::expected_speedup_gamma, std::string>> bad() {
+    return {{{.max_gamma = 0}, "max_gamma"},
+            {{.prior_acceptance = nan_d}, "prior_acceptance"},
+            {{.prior_acceptance = 1.01}, "prior_acceptance"},
+            {{.prior_acceptance = -0.01}, "prior_acceptance"},
+            {{.prior_strength = -1}, "prior_strength"},
+            {{.prior_strength = nan_d}, "prior_strength"},
+            {{.prior_strength = std::numeric_limits<double>::infinity()}, "prior_strength"},
+            {{.decay = 0.0}, "decay"},
+            {{.decay = 1.5}, "decay"},
+            {{.decay = nan_d}, "decay"},
+            {{.cost_ratio = -0.5}, "cost_ratio"},
+            {{.cost_ratio = nan_d}, "cost_ratio"}};
+  }
+};
+
+template <class P>
+class fallback_contract : public ::testing::Test {};
+
+using fallback_types = ::testing::Types<specdec::fixed_gamma, specdec::max_prob_fallback,
+                                        specdec::entropy_fallback, specdec::adaptive_gamma,
+                                        specdec::expected_speedup_gamma>;
+TYPED_TEST_SUITE(fallback_contract, fallback_types);
+
+TYPED_TEST(fallback_contract, defaults_validate_and_blocks_stop_within_the_cap) {
+  TypeParam policy{};
+  EXPECT_NO_THROW(policy.validate());
+  constexpr std::size_t cap = policy_traits<TypeParam>::cap;
+  std::mt19937_64 g(11);
+  std::vector<std::vector<float>> qs{one_hot(8, 3), uniform(8), uniform(2, 8), random_distribution(g, 8)};
+  for (const auto& q : qs) {
+    auto [n, action] = run_block(policy, q);
+    EXPECT_GE(n, 1u);
+    EXPECT_LE(n, cap);
+    EXPECT_NE(action, draft_action::keep_and_continue);
+  }
+}
+
+TYPED_TEST(fallback_contract, validate_names_the_bad_knob) {
+  for (const auto& [policy, knob] : policy_traits<TypeParam>::bad()) {
+    try {
+      policy.validate();
+      ADD_FAILURE() << "validate() accepted a bad " << knob;
+    } catch (const specdec::invalid_argument& e) {
+      EXPECT_NE(std::string(e.what()).find(knob), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("got"), std::string::npos) << e.what();
+    }
+    // Stateful policies validate on first use too, so a decoder that forgot still fails.
+    if constexpr (std::is_same_v<TypeParam, specdec::adaptive_gamma> ||
+                  std::is_same_v<TypeParam, specdec::expected_speedup_gamma>) {
+      TypeParam copy = policy;
+      EXPECT_THROW((void)copy.decide(draft_step{0, uniform(4), 0}), specdec::invalid_argument);
+    }
+  }
+}
+
+TYPED_TEST(fallback_contract, observe_never_breaks_the_cap) {
+  TypeParam policy{};
+  constexpr std::size_t cap = policy_traits<TypeParam>::cap;
+  std::mt19937_64 g(5);
+  std::vector<step_outcome> odd{
+      {},                                                        // nothing proposed
+      {.proposed = 3, .accepted = 3},                            // no timing
+      {.proposed = 4, .accepted = 9},                            // accepted > proposed (bad report)
+      {.proposed = 4, .accepted = 0, .draft_seconds = 0.0, .draft_forwards = 4, .target_seconds = 0.0},
+      {.proposed = 2, .accepted = 1, .draft_seconds = 1e-9, .draft_forwards = 0, .target_seconds = 1.0},
+      {.proposed = 2, .accepted = 2, .draft_seconds = 1e300, .draft_forwards = 1, .target_seconds = 1e-300},
+      {.proposed = 5, .accepted = 2, .draft_seconds = nan_d, .draft_forwards = 5, .target_seconds = 0.1},
+  };
+  for (int round = 0; round < 300; ++round) {
+    step_outcome o = odd[static_cast<std::size_t>(round) % odd.size()];
+    if (round >= 100) {  // then plausible random outcomes
+      std::uniform_int_distribution<std::size_t> prop(0, 16);
+      o.proposed = prop(g);
+      o.accepted = std::uniform_int_distribution<std::size_t>(0, o.proposed)(g);
+      o.draft_forwards = o.proposed;
+      o.draft_seconds = 0.001 * static_cast<double>(o.proposed);
+      o.target_seconds = 0.02;
+    }
+    EXPECT_NO_THROW(policy.observe(o));
+    auto [n, action] = run_block(policy, random_distribution(g, 6));
+    ASSERT_LE(n, cap) << "round " << round;
+    ASSERT_NE(action, draft_action::keep_and_continue);
+  }
+}
+
+TYPED_TEST(fallback_contract, reset_restores_the_fresh_behaviour) {
+  TypeParam fresh{};
+  TypeParam used{};
+  for (int i = 0; i < 20; ++i) used.observe({.proposed = 8, .accepted = 8, .draft_seconds = 0.001,
+                                             .draft_forwards = 8, .target_seconds = 0.5});
+  used.reset();
+  const auto q = uniform(3, 8);
+  EXPECT_EQ(run_block(fresh, q), run_block(used, q));
+}
+
+// ---- fixed_gamma ------------------------------------------------------------------------
+
+TEST(fixed_gamma, drafts_exactly_gamma_tokens) {
+  for (std::size_t gamma : {1u, 2u, 4u, 7u}) {
+    specdec::fixed_gamma policy{.gamma = gamma};
+    auto [n, action] = run_block(policy, uniform(5));
+    EXPECT_EQ(n, gamma);
+    EXPECT_EQ(action, draft_action::keep_and_stop);
+  }
+}
+
+// ---- max_prob_fallback (BiLD) -------------------------------------------------------------
+
+TEST(max_prob_fallback, discards_when_the_top_probability_is_below_alpha) {
+  specdec::max_prob_fallback policy{.alpha_fb = 0.6f, .max_draft = 10};
+  const std::vector<float> unsure{0.5f, 0.3f, 0.2f};     // max 0.5 < 0.6
+  const std::vector<float> sure{0.7f, 0.2f, 0.1f};       // max 0.7 >= 0.6
+  const std::vector<float> boundary{0.6f, 0.4f, 0.0f};   // max == alpha: not below, keep
+  for (std::size_t pos : {0u, 3u, 9u})
+    EXPECT_EQ(policy.decide({pos, unsure, 1}), draft_action::discard_and_stop) << pos;
+  EXPECT_EQ(policy.decide({0, sure, 0}), draft_action::keep_and_continue);
+  EXPECT_EQ(policy.decide({8, sure, 0}), draft_action::keep_and_continue);
+  EXPECT_EQ(policy.decide({9, sure, 0}), draft_action::keep_and_stop);  // 10th kept token
+  EXPECT_EQ(policy.decide({2, boundary, 0}), draft_action::keep_and_continue);
+  // The confident-then-unsure block: three kept tokens, the fourth discarded.
+  std::size_t pos = 0;
+  for (const auto* q : {&sure, &sure, &sure, &unsure}) {
+    const auto a = policy.decide({pos, *q, 0});
+    if (a != draft_action::keep_and_continue) {
+      EXPECT_EQ(a, draft_action::discard_and_stop);
+      break;
+    }
+    ++pos;
+  }
+  EXPECT_EQ(pos, 3u);
+}
+
+TEST(max_prob_fallback, extreme_alphas_and_no_cap) {
+  const std::vector<float> flat = uniform(10);
+  specdec::max_prob_fallback never{.alpha_fb = 0.0f, .max_draft = specdec::no_cap};
+  EXPECT_NO_THROW(never.validate());
+  EXPECT_EQ(never.decide({100000, flat, 0}), draft_action::keep_and_continue);
+  specdec::max_prob_fallback always{.alpha_fb = 1.0f};
+  EXPECT_EQ(always.decide({0, std::vector<float>{0.999f, 0.001f}, 0}), draft_action::discard_and_stop);
+  EXPECT_EQ(always.decide({0, one_hot(4, 2), 2}), draft_action::keep_and_continue);
+  EXPECT_THROW((void)always.decide({0, std::span<const float>{}, 0}), specdec::invalid_argument);
+}
+
+// ---- entropy_fallback -------------------------------------------------------------------
+
+TEST(entropy_fallback, discards_above_the_entropy_threshold) {
+  specdec::entropy_fallback policy{.max_entropy = 1.5f, .max_draft = 3};
+  // Uniform over 4: H = ln 4 = 1.386 <= 1.5, kept. Uniform over 5: ln 5 = 1.609 > 1.5.
+  EXPECT_EQ(policy.decide({0, uniform(4, 10), 0}), draft_action::keep_and_continue);
+  EXPECT_EQ(policy.decide({0, uniform(5, 10), 0}), draft_action::discard_and_stop);
+  EXPECT_EQ(policy.decide({2, uniform(4, 10), 0}), draft_action::keep_and_stop);  // cap 3
+  EXPECT_EQ(policy.decide({2, uniform(5, 10), 0}), draft_action::discard_and_stop);
+  // (0.5, 0.5): H = ln 2 = 0.693; with max_entropy 0.69 it is over, with 0.70 under.
+  const std::vector<float> coin{0.5f, 0.5f};
+  EXPECT_EQ((specdec::entropy_fallback{.max_entropy = 0.69f}.decide({0, coin, 0})),
+            draft_action::discard_and_stop);
+  EXPECT_EQ((specdec::entropy_fallback{.max_entropy = 0.70f}.decide({0, coin, 0})),
+            draft_action::keep_and_continue);
+  // +inf never discards; a one-hot q (entropy 0) is kept even with max_entropy 0.
+  specdec::entropy_fallback never{.max_entropy = inf_f, .max_draft = specdec::no_cap};
+  EXPECT_NO_THROW(never.validate());
+  EXPECT_EQ(never.decide({500, uniform(1000), 0}), draft_action::keep_and_continue);
+  EXPECT_EQ((specdec::entropy_fallback{.max_entropy = 0.0f}.decide({0, one_hot(3, 1), 1})),
+            draft_action::keep_and_continue);
+}
+
+// ---- adaptive_gamma -----------------------------------------------------------------------
+
+TEST(adaptive_gamma, plus_two_on_full_acceptance_minus_one_otherwise_clamped) {
+  specdec::adaptive_gamma policy{.initial = 4, .min_gamma = 2, .max_gamma = 11};
+  EXPECT_EQ(policy.current_gamma(), 4u);
+  const auto all = [&] { policy.observe({.proposed = policy.current_gamma(), .accepted = policy.current_gamma()}); };
+  const auto miss = [&] { policy.observe({.proposed = policy.current_gamma(), .accepted = 0}); };
+  std::vector<std::size_t> seen;
+  all(); seen.push_back(policy.current_gamma());   // 6
+  all(); seen.push_back(policy.current_gamma());   // 8
+  miss(); seen.push_back(policy.current_gamma());  // 7
+  all(); seen.push_back(policy.current_gamma());   // 9
+  all(); seen.push_back(policy.current_gamma());   // 11
+  all(); seen.push_back(policy.current_gamma());   // 13 -> clamped to 11
+  for (int i = 0; i < 12; ++i) miss();
+  seen.push_back(policy.current_gamma());          // 11 - 12 -> clamped to 2
+  policy.observe({.proposed = 0, .accepted = 0});  // ignored
+  seen.push_back(policy.current_gamma());
+  EXPECT_EQ(seen, (std::vector<std::size_t>{6, 8, 7, 9, 11, 11, 2, 2}));
+  // Partial acceptance counts as a miss.
+  policy.observe({.proposed = 2, .accepted = 2});
+  policy.observe({.proposed = 4, .accepted = 3});
+  EXPECT_EQ(policy.current_gamma(), 3u);
+  // decide drafts exactly current_gamma tokens.
+  EXPECT_EQ(run_block(policy, uniform(3)).first, 3u);
+  policy.reset();
+  EXPECT_EQ(policy.current_gamma(), 4u);
+  EXPECT_EQ(run_block(policy, uniform(3)).first, 4u);
+}
+
+// ---- expected_speedup_gamma -------------------------------------------------------------
+
+using esg = specdec::expected_speedup_gamma;
+
+TEST(expected_speedup_gamma, expected_speedup_matches_hand_values) {
+  // S(g) = (1 - a^(g+1)) / ((1 - a)(g c + 1))
+  // a = 0.8, g = 4, c = 0.1: (1 - 0.32768) / (0.2 * 1.4) = 0.67232 / 0.28 = 2.4011428571
+  EXPECT_NEAR(esg::expected_speedup(0.8, 4, 0.1), 2.4011428571, 1e-9);
+  // a = 0.5, g = 2, c = 0.1: (1 - 0.125) / (0.5 * 1.2) = 0.875 / 0.6 = 1.4583333333
+  EXPECT_NEAR(esg::expected_speedup(0.5, 2, 0.1), 1.4583333333, 1e-9);
+  // a = 0.9, g = 5, c = 0.05: (1 - 0.531441) / (0.1 * 1.25) = 0.468559 / 0.125 = 3.748472
+  EXPECT_NEAR(esg::expected_speedup(0.9, 5, 0.05), 3.748472, 1e-9);
+  // a = 1 (limit): (g + 1) / (g c + 1) = 5 / 1.4 = 3.5714285714
+  EXPECT_NEAR(esg::expected_speedup(1.0, 4, 0.1), 3.5714285714, 1e-9);
+  // a just below 1 is continuous with the limit.
+  EXPECT_NEAR(esg::expected_speedup(1.0 - 1e-12, 4, 0.1), 3.5714285714, 1e-9);
+  // a = 0: only the target's token, at cost 1 + 3 * 0.5 = 2.5: 1 / 2.5 = 0.4
+  EXPECT_NEAR(esg::expected_speedup(0.0, 3, 0.5), 0.4, 1e-12);
+  // gamma = 0 is plain decoding.
+  EXPECT_DOUBLE_EQ(esg::expected_speedup(0.7, 0, 0.3), 1.0);
+  // c = 0 (free draft): just the expected tokens per step, 1 + 0.5 + 0.25 = 1.75.
+  EXPECT_DOUBLE_EQ(esg::expected_speedup(0.5, 2, 0.0), 1.75);
+  EXPECT_THROW((void)esg::expected_speedup(nan_d, 2, 0.1), specdec::invalid_argument);
+  EXPECT_THROW((void)esg::expected_speedup(1.5, 2, 0.1), specdec::invalid_argument);
+  EXPECT_THROW((void)esg::expected_speedup(0.5, 2, -0.1), specdec::invalid_argument);
+  EXPECT_THROW((void)esg::expected_speedup(0.5, 2, nan_d), specdec::invalid_argument);
+}
+
+TEST(expected_speedup_gamma, best_gamma_matches_hand_argmax) {
+  // a = 0.8, c = 0.1: S(4) = 0.67232/0.28 = 2.40114, S(5) = 0.737856/0.30 = 2.45952,
+  //   S(6) = 0.7902848/0.32 = 2.46964, S(7) = 0.83222784/0.34 = 2.44773, and S keeps
+  //   falling after (S(8) = 0.865782272/0.36 = 2.40495): the best gamma is 6.
+  EXPECT_EQ(esg::best_gamma(0.8, 0.1, 16), 6u);
+  // a = 0.5, c = 0.1: S(1) = 0.75/0.55 = 1.36364, S(2) = 0.875/0.60 = 1.45833,
+  //   S(3) = 0.9375/0.65 = 1.44231, S(4) = 0.96875/0.70 = 1.38393: the best gamma is 2.
+  EXPECT_EQ(esg::best_gamma(0.5, 0.1, 16), 2u);
+  // Clamped by max_gamma; a = 1 with c = 0 grows without bound -> max_gamma.
+  EXPECT_EQ(esg::best_gamma(0.8, 0.1, 4), 4u);
+  EXPECT_EQ(esg::best_gamma(1.0, 0.0, 16), 16u);
+  // a = 0: every extra draft token is waste -> 1 (the smallest allowed).
+  EXPECT_EQ(esg::best_gamma(0.0, 0.1, 16), 1u);
+}
+
+/// Feeds `steps` simulated verifications: each proposes current_gamma() tokens (as the
+/// draft loop does, via decide) and accepts each with probability a until the first
+/// rejection. Returns the gamma chosen at each step.
+std::vector<std::size_t> simulate(esg& policy, double a, int steps, std::uint64_t seed,
+                                  double draft_s = 0.0, double target_s = 0.0) {
+  std::mt19937_64 g(seed);
+  std::bernoulli_distribution accept(a);
+  std::vector<std::size_t> gammas;
+  const auto q = uniform(4);
+  for (int s = 0; s < steps; ++s) {
+    const std::size_t proposed = run_block(policy, q).first;
+    EXPECT_EQ(proposed, policy.current_gamma());
+    gammas.push_back(proposed);
+    std::size_t accepted = 0;
+    while (accepted < proposed && accept(g)) ++accepted;
+    policy.observe({.proposed = proposed, .accepted = accepted,
+                    .draft_seconds = draft_s * static_cast<double>(proposed),
+                    .draft_forwards = proposed, .target_seconds = target_s});
+  }
+  return gammas;
+}
+
+TEST(expected_speedup_gamma, converges_to_the_gamma_maximising_speedup) {
+  // No forgetting, a weak prior: the estimate converges to the true a, and the chosen
+  // gamma to the hand-computed argmax (6 for a = 0.8, 2 for a = 0.5, c = 0.1; see above).
+  for (auto [a, expected] : {std::pair{0.8, std::size_t{6}}, std::pair{0.5, std::size_t{2}}}) {
+    esg policy{.max_gamma = 16, .prior_acceptance = 0.7, .prior_strength = 1, .decay = 1.0,
+               .cost_ratio = 0.1};
+    const auto gammas = simulate(policy, a, 20000, 42);
+    EXPECT_NEAR(policy.acceptance_estimate(), a, 0.01) << a;
+    EXPECT_EQ(policy.current_gamma(), expected) << a;
+    EXPECT_EQ(gammas.back(), expected) << a;
+    EXPECT_DOUBLE_EQ(policy.cost_ratio_estimate(), 0.1);
+  }
+  // Default forgetting (decay 0.98, ~50-step memory): the estimate is noisier, but the
+  // most frequent gamma over the last 2000 steps is still the optimum.
+  for (auto [a, expected] : {std::pair{0.8, std::size_t{6}}, std::pair{0.5, std::size_t{2}}}) {
+    esg policy{.cost_ratio = 0.1};
+    const auto gammas = simulate(policy, a, 4000, 7);
+    std::map<std::size_t, int> hist;
+    for (std::size_t i = 2000; i < gammas.size(); ++i) ++hist[gammas[i]];
+    auto mode = std::max_element(hist.begin(), hist.end(),
+                                 [](auto& x, auto& y) { return x.second < y.second; });
+    EXPECT_EQ(mode->first, expected) << a;
+  }
+}
+
+TEST(expected_speedup_gamma, counts_accepted_trials_and_one_rejection) {
+  esg policy{.prior_acceptance = 0.5, .prior_strength = 0, .decay = 1.0, .cost_ratio = 0.1};
+  EXPECT_DOUBLE_EQ(policy.acceptance_estimate(), 0.5);  // no data, no prior weight: prior mean
+  policy.observe({.proposed = 5, .accepted = 2});  // 2 successes, 1 failure, 2 unobserved
+  EXPECT_DOUBLE_EQ(policy.acceptance_estimate(), 2.0 / 3.0);
+  policy.observe({.proposed = 4, .accepted = 4});  // 4 successes, no failure
+  EXPECT_DOUBLE_EQ(policy.acceptance_estimate(), 6.0 / 7.0);
+  policy.observe({.proposed = 3, .accepted = 0});  // 1 failure
+  EXPECT_DOUBLE_EQ(policy.acceptance_estimate(), 6.0 / 8.0);
+  policy.observe({.proposed = 0, .accepted = 0});  // nothing judged
+  EXPECT_DOUBLE_EQ(policy.acceptance_estimate(), 6.0 / 8.0);
+  // With a prior of weight 10 at 0.7 and decay 0.5: successes 0.5*0 + 3, failures 0 + 1,
+  // then 0.5*3 + 2 = 3.5, 0.5*1 + 0 = 0.5: a = (7 + 3.5) / (10 + 3.5 + 0.5) = 0.75.
+  esg decayed{.prior_acceptance = 0.7, .prior_strength = 10, .decay = 0.5, .cost_ratio = 0.1};
+  decayed.observe({.proposed = 4, .accepted = 3});
+  decayed.observe({.proposed = 2, .accepted = 2});
+  EXPECT_NEAR(decayed.acceptance_estimate(), 0.75, 1e-12);
+}
+
+TEST(expected_speedup_gamma, measures_the_cost_ratio_online) {
+  esg policy{.decay = 1.0};
+  EXPECT_DOUBLE_EQ(policy.cost_ratio_estimate(), esg::default_cost_ratio);
+  // 4 draft forwards in 0.02 s (0.005 s each), target 0.05 s: c = 0.1.
+  policy.observe({.proposed = 4, .accepted = 4, .draft_seconds = 0.02, .draft_forwards = 4,
+                  .target_seconds = 0.05});
+  EXPECT_NEAR(policy.cost_ratio_estimate(), 0.1, 1e-12);
+  // Another step at 0.03 s per draft forward (2 forwards), target 0.05: pooled
+  // (0.02 + 0.06) / 6 = 0.013333 per draft forward, 0.05 per target: c = 0.266667.
+  policy.observe({.proposed = 2, .accepted = 0, .draft_seconds = 0.06, .draft_forwards = 2,
+                  .target_seconds = 0.05});
+  EXPECT_NEAR(policy.cost_ratio_estimate(), (0.08 / 6) / 0.05, 1e-12);
+  // Untimed steps leave it alone.
+  policy.observe({.proposed = 2, .accepted = 1});
+  EXPECT_NEAR(policy.cost_ratio_estimate(), (0.08 / 6) / 0.05, 1e-12);
+  // A fixed cost_ratio wins over measurements.
+  esg fixed{.cost_ratio = 0.25};
+  fixed.observe({.proposed = 4, .accepted = 4, .draft_seconds = 0.02, .draft_forwards = 4,
+                 .target_seconds = 0.05});
+  EXPECT_DOUBLE_EQ(fixed.cost_ratio_estimate(), 0.25);
+  // Measured ratio drives gamma: at a = 0.8 measured c = 0.1 gives the same optimum as fixed.
+  esg measured{.prior_strength = 1, .decay = 1.0};
+  simulate(measured, 0.8, 5000, 3, /*draft_s=*/0.001, /*target_s=*/0.01);
+  EXPECT_NEAR(measured.cost_ratio_estimate(), 0.1, 1e-9);
+  EXPECT_EQ(measured.current_gamma(), 6u);
+}
+
+TEST(expected_speedup_gamma, initial_gamma_comes_from_the_prior) {
+  // Prior a = 0.7, default c = 0.1 before any timing: best gamma for (0.7, 0.1).
+  esg policy{};
+  EXPECT_EQ(policy.current_gamma(), esg::best_gamma(0.7, 0.1, 16));
+  EXPECT_EQ(run_block(policy, uniform(2)).first, policy.current_gamma());
+  esg capped{.max_gamma = 1};
+  EXPECT_EQ(run_block(capped, uniform(2)).first, 1u);
+}
+
+}  // namespace
