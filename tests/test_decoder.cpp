@@ -1,0 +1,707 @@
+// Tests for include/specdec/decoder.hpp: speculative and autoregressive decoding.
+//
+// - Greedy exactness: at temperature 0, speculative decoding with an exact rollback
+//   policy reproduces the target's own greedy tokens, on a Markov pair, on the KJV pair
+//   and on stories260K paired with itself.
+// - Sampled exactness: with rejection sampling the distribution of generated sequences
+//   is the target's, checked by chi-square and total variation against distributions
+//   computed exactly in this file (with a negative control that must fail the same test).
+// - BiLD limits, cache state after generate, errors, streaming, statistics.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "specdec/backend/cpu/transformer.hpp"
+#include "specdec/decoder.hpp"
+#include "specdec/distance.hpp"
+#include "specdec/fallback.hpp"
+#include "specdec/rollback.hpp"
+#include "specdec/telemetry.hpp"
+#include "specdec/testing/archetypes.hpp"
+
+namespace {
+using specdec::generation_options;
+using specdec::sampling_params;
+using specdec::token_id;
+using specdec::testing::markov_model;
+using specdec::testing::markov_options;
+
+// ---------------------------------------------------------------------------------------
+// Policies under test (one place to adapt if a constructor changes).
+specdec::fixed_gamma gamma_policy(std::size_t g) {
+  specdec::fixed_gamma f{};
+  f.gamma = g;
+  return f;
+}
+specdec::max_prob_fallback max_prob(float alpha_fb, std::size_t max_draft) {
+  specdec::max_prob_fallback f{};
+  f.alpha_fb = alpha_fb;
+  f.max_draft = max_draft;
+  return f;
+}
+template <class Metric = specdec::drafted_cross_entropy>
+specdec::distance_rollback<Metric> distance(float alpha_rb) {
+  specdec::distance_rollback<Metric> r{};
+  r.alpha_rb = alpha_rb;
+  return r;
+}
+
+// Test-only policies.
+/// Accepts every drafted token and draws the bonus from the target: NOT exact (it emits
+/// the draft's distribution), but claims to be, so the decoder always verifies. Used as
+/// the negative control of the statistical tests.
+struct always_accept {
+  static constexpr bool exact = true;
+  specdec::verify_result verify(const specdec::verify_input& in) {
+    return {in.k(), specdec::sample_from(in.p_row(in.k()), in.rng->uniform())};
+  }
+};
+/// Never hands over before `n` tokens (so `n` large = no fallback at all).
+struct never_fallback {
+  specdec::draft_action decide(const specdec::draft_step&) { return specdec::draft_action::keep_and_continue; }
+  void observe(const specdec::step_outcome&) {}
+};
+
+// ---------------------------------------------------------------------------------------
+// Models.
+std::string model_path(const char* name) { return std::string(SPECDEC_MODELS_DIR) + "/" + name; }
+std::shared_ptr<const specdec::cpu::checkpoint> load(const char* name) {
+  return std::make_shared<const specdec::cpu::checkpoint>(specdec::cpu::load_checkpoint(model_path(name)));
+}
+const std::shared_ptr<const specdec::cpu::checkpoint>& kjv_big() {
+  static const auto ck = load("kjv-big.bin");
+  return ck;
+}
+const std::shared_ptr<const specdec::cpu::checkpoint>& kjv_little() {
+  static const auto ck = load("kjv-little.bin");
+  return ck;
+}
+const std::shared_ptr<const specdec::cpu::checkpoint>& stories() {
+  static const auto ck = load("stories260K.bin");
+  return ck;
+}
+
+markov_options markov_target_opts(std::size_t vocab, int order, std::uint64_t seed) {
+  return {.vocab = vocab, .order = order, .seed = seed};
+}
+markov_options markov_draft_opts(std::size_t vocab, int order, std::uint64_t seed, float noise = 0.7f) {
+  return {.vocab = vocab, .order = order, .seed = seed, .noise_seed = seed + 100, .noise = noise};
+}
+
+struct markov_pair {
+  markov_model draft{markov_draft_opts(8, 2, 11)};
+  markov_model target{markov_target_opts(8, 2, 11)};
+  static std::vector<std::vector<token_id>> prompts() { return {{1}, {3, 4}, {1, 5, 6, 7}}; }
+  // EOS (id 2) is an ordinary token of the chain: don't stop on it, to get long outputs.
+  static generation_options options() { return {.max_new_tokens = 40, .stop_at_eos = false}; }
+};
+struct kjv_pair {
+  specdec::cpu::transformer draft{kjv_little()};
+  specdec::cpu::transformer target{kjv_big()};
+  static std::vector<std::vector<token_id>> prompts() { return {{1}, {1, 450, 200}, {1, 1000, 37, 1500}}; }
+  static generation_options options() { return {.max_new_tokens = 24}; }
+};
+struct stories_pair {  // one checkpoint, two instances: draft == target
+  specdec::cpu::transformer draft{stories()};
+  specdec::cpu::transformer target{stories()};
+  static std::vector<std::vector<token_id>> prompts() { return {{1}, {1, 400, 300}}; }
+  static generation_options options() { return {.max_new_tokens = 32}; }
+};
+
+template <class M>
+std::vector<token_id> autoregressive(M& model, std::span<const token_id> prompt, const generation_options& o,
+                                     sampling_params params = {}, std::uint64_t seed = 0) {
+  specdec::autoregressive_decoder ar(model, params, seed);
+  return ar.generate(prompt, o).tokens;
+}
+
+// ---------------------------------------------------------------------------------------
+// Typed over model pairs.
+template <class Pair>
+class decoder_pairs : public ::testing::Test {
+ protected:
+  Pair pair;
+};
+using pair_types = ::testing::Types<markov_pair, kjv_pair, stories_pair>;
+TYPED_TEST_SUITE(decoder_pairs, pair_types);
+
+template <class Pair, class Fallback, class Rollback>
+void expect_greedy_equals_target(Pair& pair, Fallback fb, Rollback rb, const std::string& what) {
+  const auto opts = Pair::options();
+  for (const auto& prompt : Pair::prompts()) {
+    const auto expected = autoregressive(pair.target, prompt, opts);
+    specdec::speculative_decoder dec(pair.draft, pair.target, fb, rb);
+    const auto got = dec.generate(prompt, opts);
+    EXPECT_EQ(got.tokens, expected) << what << ", prompt of " << prompt.size() << " tokens";
+    EXPECT_EQ(got.stats.tokens_emitted, got.tokens.size());
+  }
+}
+
+TYPED_TEST(decoder_pairs, greedy_output_equals_target_autoregressive) {
+  for (std::size_t g : {1u, 2u, 4u, 7u}) {
+    expect_greedy_equals_target(this->pair, gamma_policy(g), specdec::greedy_match{},
+                                "greedy_match, gamma " + std::to_string(g));
+    expect_greedy_equals_target(this->pair, gamma_policy(g), specdec::rejection_sampling{},
+                                "rejection_sampling, gamma " + std::to_string(g));
+  }
+  expect_greedy_equals_target(this->pair, max_prob(0.6f, 8), specdec::greedy_match{}, "max_prob + greedy_match");
+  expect_greedy_equals_target(this->pair, max_prob(0.9f, 16), specdec::rejection_sampling{},
+                              "max_prob + rejection_sampling");
+}
+
+TYPED_TEST(decoder_pairs, bild_limits) {
+  auto& p = this->pair;
+  const auto opts = TypeParam::options();
+  for (const auto& prompt : TypeParam::prompts()) {
+    // alpha_rb = 0: every draft token that the target would not pick greedily is rolled
+    // back, so the output is the target's greedy output.
+    const auto target_greedy = autoregressive(p.target, prompt, opts);
+    specdec::speculative_decoder strict(p.draft, p.target, max_prob(0.6f, 6), distance(0.0f));
+    EXPECT_EQ(strict.generate(prompt, opts).tokens, target_greedy);
+    // alpha_fb = 0 and no cap: the draft never falls back, the target never runs, and the
+    // output is the draft's own greedy output.
+    const auto draft_greedy = autoregressive(p.draft, prompt, opts);
+    specdec::speculative_decoder loose(p.draft, p.target, max_prob(0.0f, specdec::no_cap), distance(1.0f));
+    const auto r = loose.generate(prompt, opts);
+    EXPECT_EQ(r.tokens, draft_greedy);
+    EXPECT_EQ(r.stats.target_calls, 0u);
+    EXPECT_EQ(r.stats.fallbacks, 0u);
+  }
+}
+
+template <class M>
+void expect_cache_is_fresh(M& model, const std::shared_ptr<const specdec::cpu::checkpoint>* ck,
+                           const std::vector<token_id>& seq, const char* who) {
+  ASSERT_EQ(model.cache_length(), seq.size() - 1) << who;
+  std::vector<float> next;
+  {
+    auto l = specdec::forward_one(model, seq.back());
+    next.assign(l.row(0).begin(), l.row(0).end());
+  }
+  auto fresh = [&] {
+    if constexpr (std::is_same_v<M, markov_model>) return model;  // copy; reset below
+    else return specdec::cpu::transformer(*ck);
+  }();
+  fresh.truncate(0);
+  auto l = fresh.forward(seq);
+  ASSERT_EQ(l.rows, seq.size());
+  const auto row = l.row(seq.size() - 1);
+  for (std::size_t j = 0; j < next.size(); ++j) ASSERT_EQ(next[j], row[j]) << who << ", logit " << j;
+}
+
+TYPED_TEST(decoder_pairs, caches_equal_a_fresh_model_after_generate) {
+  auto& p = this->pair;
+  const auto prompt = TypeParam::prompts().back();
+  struct run {
+    sampling_params params;
+    std::size_t gamma;
+  };
+  for (const run r : {run{{}, 3}, run{{.temperature = 1.0f}, 4}, run{{.temperature = 0.8f, .top_p = 0.9f}, 2}}) {
+    specdec::speculative_decoder dec(p.draft, p.target, gamma_policy(r.gamma), specdec::rejection_sampling{},
+                                     r.params, 5);
+    const auto res = dec.generate(prompt, TypeParam::options());
+    std::vector<token_id> seq(prompt);
+    seq.insert(seq.end(), res.tokens.begin(), res.tokens.end());
+    const std::shared_ptr<const specdec::cpu::checkpoint>* dck = nullptr;
+    const std::shared_ptr<const specdec::cpu::checkpoint>* tck = nullptr;
+    if constexpr (!std::is_same_v<TypeParam, markov_pair>) {
+      dck = &p.draft.weights();
+      tck = &p.target.weights();
+    }
+    expect_cache_is_fresh(p.draft, dck, seq, "draft");
+    expect_cache_is_fresh(p.target, tck, seq, "target");
+    // And generate is repeatable: same seed, same tokens, from whatever cache state.
+    EXPECT_EQ(dec.generate(prompt, TypeParam::options()).tokens, res.tokens);
+  }
+}
+
+TYPED_TEST(decoder_pairs, statistics_are_consistent) {
+  auto& p = this->pair;
+  const auto opts = TypeParam::options();
+  for (const auto& prompt : TypeParam::prompts()) {
+    specdec::speculative_decoder dec(p.draft, p.target, gamma_policy(3), specdec::greedy_match{});
+    const auto r = dec.generate(prompt, opts);
+    const auto& s = r.stats;
+    EXPECT_EQ(s.tokens_emitted, r.tokens.size());
+    EXPECT_LE(s.draft_tokens_accepted, s.draft_tokens_proposed);
+    EXPECT_GE(s.target_calls, 1u);
+    EXPECT_EQ(s.prompt_tokens, prompt.size());
+    EXPECT_EQ(s.method, "speculative");
+    ASSERT_EQ(s.per_position_proposed.size(), s.per_position_accepted.size());
+    for (std::size_t i = 0; i < s.per_position_proposed.size(); ++i)
+      EXPECT_LE(s.per_position_accepted[i], s.per_position_proposed[i]);
+    EXPECT_GE(s.total_seconds, 0.0);
+    EXPECT_NEAR(s.draft_seconds + s.target_seconds + s.policy_seconds, s.total_seconds, 1e-9 + 1e-6 * s.total_seconds);
+    // Each target call yields the accepted drafts plus one token, except that the last
+    // call's output may be cut by the token budget.
+    if (r.stop_reason == "max_tokens") {
+      EXPECT_LE(s.tokens_emitted, s.draft_tokens_accepted + s.target_calls);
+    } else {
+      EXPECT_EQ(s.tokens_emitted, s.draft_tokens_accepted + s.target_calls);
+    }
+    if (std::is_same_v<TypeParam, stories_pair>) {  // draft == target: everything accepted
+      EXPECT_EQ(s.draft_tokens_accepted, s.draft_tokens_proposed);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Typed over the exact rollback policies.
+template <class Rollback>
+class exact_rollback : public ::testing::Test {};
+using exact_types = ::testing::Types<specdec::greedy_match, specdec::rejection_sampling>;
+TYPED_TEST_SUITE(exact_rollback, exact_types);
+
+TYPED_TEST(exact_rollback, greedy_equals_target_on_markov_chains) {
+  for (int order : {1, 2}) {
+    for (std::uint64_t seed : {3u, 17u}) {
+      markov_model target(markov_target_opts(6, order, seed));
+      markov_model draft(markov_draft_opts(6, order, seed, 1.0f));
+      const generation_options opts{.max_new_tokens = 50, .stop_at_eos = false};
+      for (const std::vector<token_id>& prompt : {std::vector<token_id>{0}, {5, 1}, {2, 3, 4}}) {
+        const auto expected = autoregressive(target, prompt, opts);
+        ASSERT_EQ(expected.size(), 50u);
+        for (std::size_t g : {1u, 2u, 4u, 7u}) {
+          specdec::speculative_decoder dec(draft, target, gamma_policy(g), TypeParam{});
+          EXPECT_EQ(dec.generate(prompt, opts).tokens, expected) << "order " << order << " gamma " << g;
+        }
+        specdec::speculative_decoder mp(draft, target, max_prob(0.7f, 5), TypeParam{});
+        EXPECT_EQ(mp.generate(prompt, opts).tokens, expected) << "max_prob, order " << order;
+        // Stopping at EOS: both stop at the same place, EOS included.
+        generation_options eos_opts = opts;
+        eos_opts.stop_at_eos = true;
+        const auto ar = autoregressive(target, prompt, eos_opts);
+        specdec::speculative_decoder dec(draft, target, gamma_policy(4), TypeParam{});
+        const auto r = dec.generate(prompt, eos_opts);
+        EXPECT_EQ(r.tokens, ar);
+        if (!ar.empty() && ar.back() == specdec::eos_token) {
+          EXPECT_EQ(r.stop_reason, "eos");
+        }
+      }
+    }
+  }
+}
+
+TYPED_TEST(exact_rollback, telemetry_relation_on_markov_pair) {
+  markov_model target(markov_target_opts(8, 2, 4));
+  markov_model draft(markov_draft_opts(8, 2, 4, 1.0f));
+  const std::vector<token_id> prompt{1};
+  for (float temperature : {0.0f, 1.0f}) {
+    specdec::speculative_decoder dec(draft, target, gamma_policy(4), TypeParam{}, {.temperature = temperature}, 7);
+    std::size_t proposed = 0, accepted = 0;
+    for (std::size_t m : {1u, 2u, 5u, 17u, 60u}) {
+      const auto r = dec.generate(prompt, {.max_new_tokens = m, .stop_at_eos = false});
+      const auto& s = r.stats;
+      ASSERT_EQ(r.tokens.size(), m);
+      // Each target call yields its accepted drafts plus one token; exact policies never
+      // draft past the budget (k <= remaining - 1), so not even the last call is cut.
+      EXPECT_EQ(s.tokens_emitted, s.draft_tokens_accepted + s.target_calls) << "budget " << m;
+      EXPECT_LE(s.draft_tokens_accepted, s.draft_tokens_proposed);
+      proposed += s.draft_tokens_proposed;
+      accepted += s.draft_tokens_accepted;
+    }
+    if (temperature > 0) {
+      EXPECT_GT(accepted, 0u);
+      EXPECT_LT(accepted, proposed);
+    }
+    // A stop sequence or EOS may cut a call's output short: then only <= holds.
+    const auto full = dec.generate(prompt, {.max_new_tokens = 60, .stop_at_eos = false}).tokens;
+    const generation_options so{.max_new_tokens = 60, .stop_at_eos = true, .stop_sequences = {{full[30], full[31]}}};
+    const auto r2 = dec.generate(prompt, so);
+    EXPECT_LE(r2.stats.tokens_emitted, r2.stats.draft_tokens_accepted + r2.stats.target_calls);
+    EXPECT_NE(r2.stop_reason, "max_tokens");
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Sampled exactness on Markov chains: exact distribution of a 3-token continuation.
+
+/// The processed distribution in double precision, computed independently of sampling.hpp:
+/// top-p keeps the smallest most-likely prefix with cumulative mass >= top_p.
+std::vector<double> processed(std::vector<double> p, double top_p) {
+  if (top_p >= 1.0) return p;
+  std::vector<std::size_t> idx(p.size());
+  std::iota(idx.begin(), idx.end(), 0);
+  std::stable_sort(idx.begin(), idx.end(), [&](std::size_t a, std::size_t b) { return p[a] > p[b]; });
+  double cum = 0;
+  std::size_t keep = 0;
+  while (keep < idx.size()) {
+    cum += p[idx[keep++]];
+    // The float implementation must make the same cut: require a clear margin.
+    EXPECT_GT(std::abs(cum - top_p), 1e-4) << "top_p boundary too close to call";
+    if (cum >= top_p) break;
+  }
+  std::vector<double> out(p.size(), 0.0);
+  for (std::size_t i = 0; i < keep; ++i) out[idx[i]] = p[idx[i]] / cum;
+  return out;
+}
+
+/// Exact probabilities of every length-`n` continuation of `prompt` (index base vocab).
+std::vector<double> exact_sequences(const markov_model& m, const std::vector<token_id>& prompt, std::size_t n,
+                                    double top_p) {
+  const std::size_t v = m.vocab_size();
+  std::size_t bins = 1;
+  for (std::size_t i = 0; i < n; ++i) bins *= v;
+  std::vector<double> out(bins);
+  for (std::size_t b = 0; b < bins; ++b) {
+    std::vector<token_id> seq(prompt);
+    double prob = 1;
+    std::size_t rest = b;
+    std::vector<token_id> cont(n);
+    for (std::size_t i = n; i-- > 0;) {
+      cont[i] = static_cast<token_id>(rest % v);
+      rest /= v;
+    }
+    for (std::size_t i = 0; i < n; ++i) {
+      prob *= processed(m.probabilities_after(seq), top_p)[static_cast<std::size_t>(cont[i])];
+      seq.push_back(cont[i]);
+    }
+    out[b] = prob;
+  }
+  return out;
+}
+
+struct fit {
+  double chi2 = 0;
+  double critical = 0;
+  double tv = 0;
+  std::size_t df = 0;
+};
+
+/// Chi-square (bins with expected count < 5 pooled into one) and total variation.
+/// Critical value at significance 1e-4 by the Wilson-Hilferty approximation
+/// chi2_crit = df (1 - 2/(9 df) + z sqrt(2/(9 df)))^3 with z = 3.7190 (the standard normal
+/// 1 - 1e-4 quantile); for df = 10, 30, 100 it gives 35.6, 59.7, 149.4 (tables: 35.56,
+/// 59.70, 149.45).
+fit goodness_of_fit(const std::vector<double>& expected_p, const std::vector<std::size_t>& counts, std::size_t n) {
+  fit f;
+  double pooled_e = 0, pooled_o = 0;
+  std::size_t bins = 0;
+  for (std::size_t i = 0; i < expected_p.size(); ++i) {
+    const double e = expected_p[i] * double(n);
+    const double o = double(counts[i]);
+    f.tv += 0.5 * std::abs(o / double(n) - expected_p[i]);
+    if (e < 5) {
+      pooled_e += e;
+      pooled_o += o;
+      continue;
+    }
+    f.chi2 += (o - e) * (o - e) / e;
+    ++bins;
+  }
+  if (pooled_e > 0) {
+    f.chi2 += (pooled_o - pooled_e) * (pooled_o - pooled_e) / std::max(pooled_e, 1e-300);
+    ++bins;
+  }
+  f.df = bins - 1;
+  const double d = double(f.df), z = 3.7190;
+  f.critical = d * std::pow(1 - 2 / (9 * d) + z * std::sqrt(2 / (9 * d)), 3);
+  return f;
+}
+
+template <class Generate>
+std::vector<std::size_t> histogram(std::size_t runs, std::size_t vocab, std::size_t n, Generate&& gen) {
+  std::size_t bins = 1;
+  for (std::size_t i = 0; i < n; ++i) bins *= vocab;
+  std::vector<std::size_t> counts(bins, 0);
+  for (std::size_t run = 0; run < runs; ++run) {
+    const std::vector<token_id> toks = gen(run);
+    EXPECT_EQ(toks.size(), n);
+    std::size_t b = 0;
+    for (token_id t : toks) b = b * vocab + static_cast<std::size_t>(t);
+    ++counts[b];
+  }
+  return counts;
+}
+
+struct sampled_case {
+  int order;
+  std::size_t vocab;
+  float top_p;
+  std::size_t gamma;
+  std::uint64_t seed;
+};
+
+TEST(sampled_exactness, rejection_sampling_matches_the_target_distribution) {
+  constexpr std::size_t runs = 40000, n = 3;
+  for (const sampled_case c : {sampled_case{1, 5, 1.0f, 2, 21}, sampled_case{2, 4, 1.0f, 3, 8},
+                               sampled_case{1, 5, 0.8f, 3, 21}, sampled_case{2, 5, 0.8f, 2, 5}}) {
+    SCOPED_TRACE("order " + std::to_string(c.order) + ", vocab " + std::to_string(c.vocab) + ", top_p " +
+                 std::to_string(c.top_p));
+    markov_model target(markov_target_opts(c.vocab, c.order, c.seed));
+    markov_model draft(markov_draft_opts(c.vocab, c.order, c.seed));
+    const std::vector<token_id> prompt{1};
+    const sampling_params params{.temperature = 1.0f, .top_p = c.top_p};
+    const generation_options opts{.max_new_tokens = n, .stop_at_eos = false};
+    const auto exact = exact_sequences(target, prompt, n, c.top_p);
+
+    specdec::speculative_decoder dec(draft, target, gamma_policy(c.gamma), specdec::rejection_sampling{}, params);
+    const auto counts = histogram(runs, c.vocab, n, [&](std::size_t run) {
+      dec.set_seed(run);
+      return dec.generate(prompt, opts).tokens;
+    });
+    const fit f = goodness_of_fit(exact, counts, runs);
+    EXPECT_LT(f.chi2, f.critical) << "df " << f.df;
+    EXPECT_LT(f.tv, 0.02);
+
+    // Negative control 1: accepting every draft gives the draft's distribution, which
+    // the same test must reject.
+    specdec::speculative_decoder bad(draft, target, gamma_policy(c.gamma), always_accept{}, params);
+    const auto bad_counts = histogram(runs, c.vocab, n, [&](std::size_t run) {
+      bad.set_seed(run);
+      return bad.generate(prompt, opts).tokens;
+    });
+    const fit fb = goodness_of_fit(exact, bad_counts, runs);
+    EXPECT_GT(fb.chi2, fb.critical) << "the negative control passed: the test has no power";
+    // Negative control 2: the draft's own samples.
+    const auto draft_counts = histogram(runs / 4, c.vocab, n, [&](std::size_t run) {
+      return autoregressive(draft, prompt, opts, params, run);
+    });
+    const fit fd = goodness_of_fit(exact, draft_counts, runs / 4);
+    EXPECT_GT(fd.chi2, fd.critical) << "the draft's own distribution passed: the test has no power";
+    // Positive control for the test itself: the target's own samples pass.
+    const auto target_counts = histogram(runs / 4, c.vocab, n, [&](std::size_t run) {
+      return autoregressive(target, prompt, opts, params, run);
+    });
+    const fit ft = goodness_of_fit(exact, target_counts, runs / 4);
+    EXPECT_LT(ft.chi2, ft.critical);
+  }
+}
+
+// Sampled exactness on the real KJV pair: the joint distribution of the first two tokens.
+TEST(sampled_exactness, kjv_first_two_tokens_follow_the_target) {
+  specdec::cpu::transformer little(kjv_little()), big(kjv_big());
+  const std::vector<token_id> prompt{1};
+  const sampling_params params{.temperature = 1.0f};
+  const std::size_t vocab = big.vocab_size();
+
+  // Exact p(x1) p(x2 | x1) from the target, for the x1 with p(x1) >= 0.01; the remaining
+  // mass is one "other" bin.
+  std::vector<float> p1(vocab), p2(vocab);
+  {
+    big.truncate(0);
+    auto l = big.forward(prompt);
+    specdec::softmax(l.row(l.rows - 1), p1);
+  }
+  std::map<std::pair<token_id, token_id>, double> joint;
+  for (std::size_t x1 = 0; x1 < vocab; ++x1) {
+    if (p1[x1] < 0.01f) continue;
+    big.truncate(prompt.size());
+    auto l = specdec::forward_one(big, static_cast<token_id>(x1));
+    specdec::softmax(l.row(0), p2);
+    for (std::size_t x2 = 0; x2 < vocab; ++x2) {
+      const double pj = double(p1[x1]) * double(p2[x2]);
+      if (pj >= 0.01) joint[{static_cast<token_id>(x1), static_cast<token_id>(x2)}] = pj;
+    }
+  }
+  ASSERT_GE(joint.size(), 3u) << "prompt too predictable for a useful test";
+  std::vector<double> expected;
+  std::map<std::pair<token_id, token_id>, std::size_t> bin_of;
+  double covered = 0;
+  for (const auto& [k, v] : joint) {
+    bin_of[k] = expected.size();
+    expected.push_back(v);
+    covered += v;
+  }
+  expected.push_back(1.0 - covered);  // "other"
+
+  constexpr std::size_t runs = 1500;
+  auto sample = [&](auto& dec) {
+    std::vector<std::size_t> counts(expected.size(), 0);
+    for (std::size_t run = 0; run < runs; ++run) {
+      dec.set_seed(run);
+      const auto t = dec.generate(prompt, {.max_new_tokens = 2, .stop_at_eos = false}).tokens;
+      auto it = bin_of.find({t[0], t[1]});
+      ++counts[it == bin_of.end() ? expected.size() - 1 : it->second];
+    }
+    return counts;
+  };
+  specdec::speculative_decoder dec(little, big, gamma_policy(3), specdec::rejection_sampling{}, params);
+  const fit f = goodness_of_fit(expected, sample(dec), runs);
+  // Under exactness each bin's frequency has standard deviation sqrt(p(1-p)/N), so
+  // E[TV] ~ 1/2 sum sqrt(2 p (1-p) / (pi N)); with at most 1/0.01 = 100 bins of mass
+  // >= 0.01 this is at most 1/2 sqrt(2/(pi N)) sum sqrt(p) <= 0.5 * 0.0206 * sqrt(#bins).
+  // We require TV below 3x its expectation computed for the actual bins (and the
+  // chi-square test), which the negative control below exceeds.
+  double etv = 0;
+  for (double p : expected) etv += 0.5 * std::sqrt(2 * p * (1 - p) / (3.14159265358979 * runs));
+  EXPECT_LT(f.chi2, f.critical) << "df " << f.df;
+  EXPECT_LT(f.tv, 3 * etv) << "E[TV] " << etv;
+  EXPECT_LT(f.tv, 0.06);
+
+  // Negative control: accepting every draft token gives (mostly) kjv-little's
+  // distribution, which the same test rejects.
+  specdec::speculative_decoder bad(little, big, gamma_policy(3), always_accept{}, params);
+  const fit fb = goodness_of_fit(expected, sample(bad), runs);
+  EXPECT_GT(fb.chi2, fb.critical) << "negative control passed: no power";
+}
+
+// ---------------------------------------------------------------------------------------
+// Errors.
+template <class F>
+std::string thrown_message(F&& f) {
+  try {
+    f();
+  } catch (const specdec::error& e) {
+    return e.what();
+  }
+  return "<nothing thrown>";
+}
+
+TEST(decoder_errors, bad_parameters_throw_clear_messages) {
+  markov_model t(markov_target_opts(6, 1, 1)), d(markov_draft_opts(6, 1, 1)), d5(markov_target_opts(5, 1, 1));
+  using specdec::speculative_decoder;
+  EXPECT_THROW(speculative_decoder(d, t, gamma_policy(0), specdec::greedy_match{}), specdec::invalid_argument);
+  EXPECT_THROW(speculative_decoder(d, t, max_prob(1.5f, 4), specdec::greedy_match{}), specdec::invalid_argument);
+  EXPECT_THROW(speculative_decoder(d, t, max_prob(-0.1f, 4), specdec::greedy_match{}), specdec::invalid_argument);
+  EXPECT_THROW(speculative_decoder(d, t, max_prob(std::nanf(""), 4), specdec::greedy_match{}),
+               specdec::invalid_argument);
+  EXPECT_THROW(speculative_decoder(d, t, gamma_policy(2), distance(std::nanf(""))), specdec::invalid_argument);
+  EXPECT_THROW(speculative_decoder(d, t, gamma_policy(2), distance(-1.0f)), specdec::invalid_argument);
+  EXPECT_THROW(speculative_decoder(d, t, gamma_policy(2), specdec::greedy_match{}, {.temperature = -1.0f}),
+               specdec::invalid_argument);
+  EXPECT_THROW(specdec::autoregressive_decoder(t, {.temperature = -1.0f}), specdec::invalid_argument);
+  EXPECT_THROW(speculative_decoder(d, d, gamma_policy(2), specdec::greedy_match{}), specdec::invalid_argument);
+
+  const std::string vm = thrown_message([&] { speculative_decoder(d5, t, gamma_policy(2), specdec::greedy_match{}); });
+  EXPECT_NE(vm.find("5"), std::string::npos) << vm;
+  EXPECT_NE(vm.find("6"), std::string::npos) << vm;
+  EXPECT_THROW(speculative_decoder(d5, t, gamma_policy(2), specdec::greedy_match{}), specdec::vocabulary_mismatch);
+
+  speculative_decoder dec(d, t, gamma_policy(2), specdec::greedy_match{});
+  const std::vector<token_id> bad{1, 6};
+  EXPECT_THROW(dec.generate(bad, {}), specdec::token_out_of_range);
+  const std::string oor = thrown_message([&] { dec.generate(bad, {}); });
+  EXPECT_NE(oor.find("token id 6"), std::string::npos) << oor;
+  EXPECT_THROW(dec.generate(std::vector<token_id>{}, {}), specdec::invalid_argument);
+  EXPECT_THROW(dec.generate(std::vector<token_id>{1}, {.stop_sequences = {{}}}), specdec::invalid_argument);
+  specdec::autoregressive_decoder ar(t);
+  EXPECT_THROW(ar.generate(std::vector<token_id>{}, {}), specdec::invalid_argument);
+  EXPECT_THROW(ar.generate(bad, {}), specdec::token_out_of_range);
+}
+
+TEST(decoder_errors, context_edge) {
+  markov_model t({.vocab = 6, .seed = 1, .context = 10});
+  markov_model d({.vocab = 6, .seed = 1, .noise_seed = 2, .noise = 0.7f, .context = 12});
+  specdec::speculative_decoder dec(d, t, gamma_policy(4), specdec::rejection_sampling{});
+  EXPECT_EQ(dec.context_length(), 10u);
+  const std::vector<token_id> long_prompt(10, 1);
+  const std::string msg = thrown_message([&] { dec.generate(long_prompt, {}); });
+  EXPECT_NE(msg.find("10"), std::string::npos) << msg;
+  EXPECT_THROW(dec.generate(long_prompt, {}), specdec::context_overflow);
+  const std::vector<token_id> prompt(4, 1);
+  for (float temp : {0.0f, 1.0f}) {
+    dec.set_params({.temperature = temp});
+    const auto r = dec.generate(prompt, {.max_new_tokens = 100, .stop_at_eos = false});
+    EXPECT_EQ(r.stop_reason, "context");
+    EXPECT_EQ(r.tokens.size(), 6u);  // prompt + tokens fill the 10-token context
+    if (temp == 0.0f) {
+      EXPECT_EQ(r.tokens, autoregressive(t, prompt, {.max_new_tokens = 100, .stop_at_eos = false}));
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Streaming and stopping.
+TEST(decoder_streaming, callback_sees_the_result_tokens_in_order_and_can_stop) {
+  markov_model t(markov_target_opts(8, 2, 9)), d(markov_draft_opts(8, 2, 9));
+  specdec::speculative_decoder dec(d, t, gamma_policy(4), specdec::rejection_sampling{}, {.temperature = 1.0f}, 3);
+  const std::vector<token_id> prompt{1, 4};
+  std::vector<token_id> seen;
+  const auto r = dec.generate(prompt, {.max_new_tokens = 37, .stop_at_eos = false},
+                              [&](token_id x) { seen.push_back(x); });
+  EXPECT_EQ(r.tokens.size(), 37u);
+  EXPECT_EQ(r.stop_reason, "max_tokens");
+  EXPECT_EQ(seen, r.tokens);
+
+  // Returning false stops right after that token.
+  std::vector<token_id> seen2;
+  const auto r2 = dec.generate(prompt, {.max_new_tokens = 37, .stop_at_eos = false}, [&](token_id x) {
+    seen2.push_back(x);
+    return seen2.size() < 5;
+  });
+  EXPECT_EQ(seen2.size(), 5u);
+  EXPECT_EQ(r2.tokens, seen2);
+  EXPECT_EQ(r2.stop_reason, "callback");
+  EXPECT_EQ(r2.tokens, std::vector<token_id>(r.tokens.begin(), r.tokens.begin() + 5));  // same seed
+
+  // A stop sequence taken from the full output: generation ends right after its first
+  // occurrence, which is kept.
+  const std::vector<token_id> stop{r.tokens[20], r.tokens[21], r.tokens[22]};
+  const auto r3 = dec.generate(prompt, {.max_new_tokens = 37, .stop_at_eos = false, .stop_sequences = {{7, 7, 7, 7, 7, 7}, stop}});
+  EXPECT_EQ(r3.stop_reason, "stop_sequence");
+  ASSERT_GE(r3.tokens.size(), 3u);
+  EXPECT_TRUE(std::equal(stop.begin(), stop.end(), r3.tokens.end() - 3));
+  EXPECT_LE(r3.tokens.size(), 23u);
+  EXPECT_EQ(r3.tokens, std::vector<token_id>(r.tokens.begin(), r.tokens.begin() + static_cast<std::ptrdiff_t>(r3.tokens.size())));
+
+  // EOS stops generation and is kept; the markov chain reaches id 2 quickly.
+  const auto r4 = dec.generate(prompt, {.max_new_tokens = 200});
+  if (r4.stop_reason == "eos") {
+    EXPECT_EQ(r4.tokens.back(), specdec::eos_token);
+    EXPECT_EQ(std::count(r4.tokens.begin(), r4.tokens.end(), specdec::eos_token), 1);
+  } else {
+    EXPECT_EQ(std::count(r4.tokens.begin(), r4.tokens.end(), specdec::eos_token), 0);
+  }
+
+  // max_new_tokens for every budget, greedy and sampled.
+  for (std::size_t m : {0u, 1u, 2u, 3u, 5u, 8u}) {
+    std::size_t calls = 0;
+    const auto rm = dec.generate(prompt, {.max_new_tokens = m, .stop_at_eos = false}, [&](token_id) { ++calls; });
+    EXPECT_EQ(rm.tokens.size(), m);
+    EXPECT_EQ(calls, m);
+    EXPECT_EQ(rm.stop_reason, "max_tokens");
+  }
+}
+
+TEST(decoder_streaming, autoregressive_respects_the_same_options) {
+  markov_model t(markov_target_opts(8, 1, 12));
+  specdec::autoregressive_decoder ar(t, {.temperature = 1.0f}, 8);
+  const std::vector<token_id> prompt{1};
+  std::vector<token_id> seen;
+  const auto r = ar.generate(prompt, {.max_new_tokens = 25, .stop_at_eos = false}, [&](token_id x) { seen.push_back(x); });
+  EXPECT_EQ(r.tokens, seen);
+  EXPECT_EQ(r.tokens.size(), 25u);
+  EXPECT_EQ(r.stats.target_calls, 25u);
+  EXPECT_EQ(r.stats.method, "autoregressive");
+  EXPECT_EQ(ar.generate(prompt, {.max_new_tokens = 25, .stop_at_eos = false}).tokens, r.tokens);
+  EXPECT_EQ(t.cache_length(), prompt.size() + 24);
+  const auto r2 = ar.generate(prompt, {.max_new_tokens = 25, .stop_at_eos = false}, [&](token_id) { return false; });
+  EXPECT_EQ(r2.tokens.size(), 1u);
+  EXPECT_EQ(r2.stop_reason, "callback");
+}
+
+// Lossy (BiLD) decoding with a budget emits unverified drafts but never more than asked.
+TEST(decoder_bild, lossy_policy_respects_budget_and_eos) {
+  markov_model t(markov_target_opts(8, 2, 9)), d(markov_draft_opts(8, 2, 9));
+  specdec::speculative_decoder dec(d, t, never_fallback{}, distance(0.5f));
+  const std::vector<token_id> prompt{1};
+  for (std::size_t m : {1u, 4u, 19u}) {
+    const auto r = dec.generate(prompt, {.max_new_tokens = m, .stop_at_eos = false});
+    EXPECT_EQ(r.tokens.size(), m);
+    EXPECT_EQ(r.stats.target_calls, 0u);
+    EXPECT_EQ(r.tokens, autoregressive(d, prompt, {.max_new_tokens = m, .stop_at_eos = false}));
+  }
+}
+
+// Concept checks: a type missing a member is rejected at the class template.
+struct no_truncate_model {
+  std::size_t vocab_size() const { return 2; }
+  std::size_t context_length() const { return 2; }
+  std::size_t cache_length() const { return 0; }
+  specdec::logits_block forward(std::span<const token_id>) { return {}; }
+};
+template <class D, class F, class R>
+concept decoder_instantiable = requires { typename specdec::speculative_decoder<D, markov_model, F, R>; };
+static_assert(decoder_instantiable<markov_model, never_fallback, specdec::greedy_match>);
+static_assert(!decoder_instantiable<no_truncate_model, never_fallback, specdec::greedy_match>);
+static_assert(!decoder_instantiable<markov_model, specdec::greedy_match, specdec::greedy_match>);
+
+}  // namespace
