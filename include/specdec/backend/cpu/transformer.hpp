@@ -50,6 +50,15 @@ class transformer {
     cache_ = kv_cache(static_cast<std::size_t>(c.n_layers), static_cast<std::size_t>(c.seq_len),
                       static_cast<std::size_t>(c.kv_dim()));
     att_.resize(static_cast<std::size_t>(c.seq_len));
+    // RoPE angles depend only on (position, pair): tabulate them once instead of per
+    // token, layer and head (same float computation, so the same values as run.c's).
+    const std::size_t half = static_cast<std::size_t>(c.head_size() / 2);
+    rope_cos_.resize(static_cast<std::size_t>(c.seq_len) * half);
+    rope_sin_.resize(rope_cos_.size());
+    for (std::size_t pos = 0; pos < static_cast<std::size_t>(c.seq_len); ++pos)
+      for (std::size_t i = 0; i < half; ++i)
+        detail::rope_angle(pos, i, static_cast<std::size_t>(c.head_size()), rope_cos_[pos * half + i],
+                           rope_sin_[pos * half + i]);
     reserve_rows(std::min<std::size_t>(8, static_cast<std::size_t>(c.seq_len)));
   }
 
@@ -93,7 +102,9 @@ class transformer {
       detail::matmul(ck_->wk(l), kvd, dim, dim, xb_.data(), k, dim, cache_.key(ul, pos0), kvd);
       detail::matmul(ck_->wv(l), kvd, dim, dim, xb_.data(), k, dim, cache_.value(ul, pos0), kvd);
       for (std::size_t t = 0; t < k; ++t) {
-        detail::rope(q_.data() + t * dim, cache_.key(ul, pos0 + t), dim, kvd, hs, pos0 + t);
+        const std::size_t r = (pos0 + t) * (hs / 2);
+        detail::rope(q_.data() + t * dim, cache_.key(ul, pos0 + t), dim, kvd, hs, rope_cos_.data() + r,
+                     rope_sin_.data() + r);
       }
       // Causal attention, one token and head at a time: token t sees positions 0..pos0+t.
       for (std::size_t t = 0; t < k; ++t) {
@@ -110,7 +121,7 @@ class transformer {
           for (std::size_t p = 0; p <= pos; ++p) {
             const float a = att_[p];
             const float* v = cache_.value(ul, p) + kv_off;
-            for (std::size_t i = 0; i < hs; ++i) out[i] += a * v[i];
+            for (std::size_t i = 0; i < hs; ++i) out[i] = detail::fmadd(a, v[i], out[i]);
           }
         }
       }
@@ -177,6 +188,7 @@ class transformer {
   kv_cache cache_;
   std::size_t rows_ = 0;  ///< token rows the scratch buffers hold
   std::vector<float> x_, xb_, xb2_, q_, hb_, hb2_, logits_, att_;
+  std::vector<float> rope_cos_, rope_sin_;  ///< [seq_len][head_size / 2]
 };
 
 static_assert(specdec::language_model<transformer>);

@@ -16,9 +16,11 @@
 /// (weight row, token) pair, unaligned loads through __builtin_memcpy (no misaligned
 /// pointer casts), a fixed horizontal tree reduction, then a scalar tail added in index
 /// order. This compiles to AVX-512 with -march=native and to narrower SIMD otherwise.
-/// Whether `acc + w * x` is contracted into an FMA is a per-build decision that is the
-/// same for every instantiation of the tile template, so exactness across k holds in
-/// every build (results may differ between builds with different -march flags).
+/// The vector `acc += w * x` is contracted into an FMA (or not) by the same rule in every
+/// instantiation of the tile template (a single-use multiply feeding an add, no
+/// vectoriser involved), and scalar multiply-adds go through `fmadd`, so exactness
+/// across k holds in every build; results may differ between builds with different
+/// -march flags.
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
@@ -28,11 +30,36 @@ namespace specdec::cpu::detail {
 typedef float v16 __attribute__((vector_size(64)));
 
 inline constexpr std::size_t lanes = 16;
+/// How far ahead (in floats) the weight streams are software-prefetched. Prefetching
+/// past the end of a row is harmless (prefetches never fault).
+inline constexpr std::size_t prefetch_distance = 128;
 
 inline v16 load16(const float* p) noexcept {
   v16 v;
   __builtin_memcpy(&v, p, sizeof(v));
   return v;
+}
+
+/// c + a * b with a rounding behaviour fixed by the build, not by the optimiser: a fused
+/// multiply-add when the target has one (FP_FAST_FMAF), otherwise a multiply and an add
+/// (no FMA instruction exists then, so nothing can be contracted). Written explicitly
+/// because GCC may vectorise a scalar loop in one inlined copy and not in another, and
+/// only the scalar copy would then be contracted into FMAs.
+inline float fmadd(float a, float b, float c) noexcept {
+#ifdef FP_FAST_FMAF
+  return std::fma(a, b, c);
+#else
+  return a * b + c;
+#endif
+}
+
+/// Keeps a loaded vector in a register: without this GCC folds the load into every FMA
+/// that uses it as a memory operand, doubling the loads of the inner loop (load ports,
+/// not FMAs, then bound the block forward). The empty asm changes no value.
+inline void pin_register([[maybe_unused]] v16& v) noexcept {
+#if defined(__x86_64__) && defined(__AVX512F__)
+  asm("" : "+v"(v));
+#endif
 }
 
 /// Fixed-order horizontal sum: a binary tree over the 16 lanes.
@@ -56,11 +83,16 @@ inline void dot_tile(const float* w, std::size_t ldw, const float* x, std::size_
     for (int t = 0; t < T; ++t) acc[r][t] = v16{};
   const std::size_t n16 = n - n % lanes;
   for (std::size_t j = 0; j < n16; j += lanes) {
-    v16 xv[T];
-    for (int t = 0; t < T; ++t) xv[t] = load16(x + t * ldx + j);
+    v16 wv[R];
     for (int r = 0; r < R; ++r) {
-      const v16 wv = load16(w + r * ldw + j);
-      for (int t = 0; t < T; ++t) acc[r][t] += wv * xv[t];
+      wv[r] = load16(w + r * ldw + j);
+      pin_register(wv[r]);
+      __builtin_prefetch(w + r * ldw + j + prefetch_distance);
+    }
+    for (int t = 0; t < T; ++t) {
+      v16 xv = load16(x + t * ldx + j);
+      pin_register(xv);
+      for (int r = 0; r < R; ++r) acc[r][t] += wv[r] * xv;
     }
   }
   for (int r = 0; r < R; ++r) {
@@ -68,7 +100,7 @@ inline void dot_tile(const float* w, std::size_t ldw, const float* x, std::size_
       float tail = 0.0f;
       const float* wr = w + r * ldw;
       const float* xt = x + t * ldx;
-      for (std::size_t j = n16; j < n; ++j) tail += wr[j] * xt[j];
+      for (std::size_t j = n16; j < n; ++j) tail = fmadd(wr[j], xt[j], tail);
       y[t * ldy + r] = hsum16(acc[r][t]) + tail;
     }
   }
@@ -88,14 +120,19 @@ inline void dot_tile_tokens(int tokens, const float* w, std::size_t ldw, const f
     case 1: dot_tile<R, 1>(w, ldw, x, ldx, y, ldy, n); break;
     case 2: dot_tile<R, 2>(w, ldw, x, ldx, y, ldy, n); break;
     case 3: dot_tile<R, 3>(w, ldw, x, ldx, y, ldy, n); break;
-    default: dot_tile<R, 4>(w, ldw, x, ldx, y, ldy, n); break;
+    case 4: dot_tile<R, 4>(w, ldw, x, ldx, y, ldy, n); break;
+    case 5: dot_tile<R, 5>(w, ldw, x, ldx, y, ldy, n); break;
+    default: dot_tile<R, 6>(w, ldw, x, ldx, y, ldy, n); break;
   }
 }
 
 /// Y[t][i] = sum_j W[i][j] X[t][j] for i < rows, t < k: a block of k input vectors
 /// (stride ldx) against a row-major [rows][n] weight matrix (row stride ldw), output
-/// row stride ldy. Weight rows are processed in tiles of 4 and tokens in tiles of up to
-/// 4, so every weight row is streamed from memory once per call whatever k is.
+/// row stride ldy. Weight rows are processed in tiles of 4 and the block in balanced
+/// token tiles of at most 6 (4 x 6 accumulators + 4 weight + 1 input vector fit the 32
+/// AVX-512 registers), so every weight row is streamed from memory once per call and
+/// re-read only from L1 for further token tiles. Tile shapes never change any result:
+/// each (row, token) dot product is summed in the order `dot` uses.
 ///
 /// ```cpp
 /// // logits[t] = wcls * x[t] for a block of k tokens
@@ -105,7 +142,10 @@ inline void matmul(const float* w, std::size_t rows, std::size_t n, std::size_t 
                    const float* x, std::size_t k, std::size_t ldx, float* y,
                    std::size_t ldy) noexcept {
   constexpr std::size_t row_tile = 4;
-  constexpr std::size_t token_tile = 4;
+  constexpr std::size_t max_token_tile = 6;
+  if (k == 0) return;
+  const std::size_t tiles = (k + max_token_tile - 1) / max_token_tile;
+  const std::size_t token_tile = (k + tiles - 1) / tiles;  // e.g. k = 8 -> 4 + 4
   std::size_t i = 0;
   for (; i + row_tile <= rows; i += row_tile) {
     for (std::size_t t = 0; t < k; t += token_tile) {
@@ -142,24 +182,32 @@ inline void softmax(float* x, std::size_t n) noexcept {
   for (std::size_t i = 0; i < n; ++i) x[i] /= sum;
 }
 
-/// Rotary embedding at position `pos` of the pairs (2i, 2i+1) of every head of a q row
-/// (width dim) and a k row (width kv_dim), computed in float like llama2.c's run.c.
+/// The rotation of pair i (0 <= i < head_size/2) of every head at position `pos`, as
+/// llama2.c's run.c computes it in float: val = pos * 10000^(-2i/head_size).
+inline void rope_angle(std::size_t pos, std::size_t i, std::size_t head_size, float& fcr,
+                       float& fci) noexcept {
+  const std::size_t head_dim = 2 * i;
+  const float freq =
+      1.0f / std::pow(10000.0f, static_cast<float>(head_dim) / static_cast<float>(head_size));
+  const float val = static_cast<float>(pos) * freq;
+  fcr = std::cos(val);
+  fci = std::sin(val);
+}
+
+/// Rotary embedding of the pairs (2i, 2i+1) of every head of a q row (width dim) and a
+/// k row (width kv_dim), with the cos/sin of the position precomputed by `rope_angle`
+/// (`fcr[i]`, `fci[i]` for i < head_size/2).
 inline void rope(float* q, float* k, std::size_t dim, std::size_t kv_dim, std::size_t head_size,
-                 std::size_t pos) noexcept {
+                 const float* fcr, const float* fci) noexcept {
   for (std::size_t i = 0; i < dim; i += 2) {
-    const std::size_t head_dim = i % head_size;
-    const float freq =
-        1.0f / std::pow(10000.0f, static_cast<float>(head_dim) / static_cast<float>(head_size));
-    const float val = static_cast<float>(pos) * freq;
-    const float fcr = std::cos(val);
-    const float fci = std::sin(val);
-    const int rotn = i < kv_dim ? 2 : 1;
-    for (int v = 0; v < rotn; ++v) {
+    const std::size_t pair = (i % head_size) / 2;
+    const std::size_t rotn = i < kv_dim ? 2 : 1;
+    for (std::size_t v = 0; v < rotn; ++v) {
       float* vec = v == 0 ? q : k;
       const float v0 = vec[i];
       const float v1 = vec[i + 1];
-      vec[i] = v0 * fcr - v1 * fci;
-      vec[i + 1] = v0 * fci + v1 * fcr;
+      vec[i] = v0 * fcr[pair] - v1 * fci[pair];
+      vec[i + 1] = v0 * fci[pair] + v1 * fcr[pair];
     }
   }
 }
