@@ -43,6 +43,7 @@ static_assert(specdec::rollback_policy<specdec::distance_rollback<specdec::jense
 static_assert(specdec::rollback_policy<specdec::typical_acceptance>);
 static_assert(!specdec::rollback_policy<no_exact>);
 static_assert(!specdec::rollback_policy<verify_returns_count>);
+static_assert(specdec::declares_exactness<verify_returns_count> && !specdec::has_verify<verify_returns_count>);
 static_assert(specdec::rejection_sampling::exact && specdec::greedy_match::exact);
 static_assert(!specdec::distance_rollback<>::exact && !specdec::typical_acceptance::exact);
 static_assert(std::is_same_v<specdec::distance_rollback<>::metric_type, specdec::drafted_cross_entropy>);
@@ -361,6 +362,18 @@ TEST(typical_acceptance, thresholds_match_hand_values) {
   b.drafted = {2, 0, 1};
   r = specdec::typical_acceptance{.epsilon = 0.0f}.verify(b.input());
   EXPECT_EQ(r.accepted, 3u);
+  // Strictly greater: a token exactly at the threshold is rejected. With epsilon 0.02 the
+  // hard threshold binds on the peaked row (0.02 < 0.3 * 0.746), and p(x) = 0.02 exactly.
+  b.drafted = {1};
+  b.q.assign(4, 0.25f);
+  b.p.assign(peaked.begin(), peaked.end());
+  b.p.insert(b.p.end(), flat.begin(), flat.end());
+  EXPECT_EQ((specdec::typical_acceptance{.epsilon = 0.02f}.verify(b.input()).accepted), 0u);
+  EXPECT_EQ((specdec::typical_acceptance{.epsilon = std::nextafter(0.02f, 0.0f)}.verify(b.input()).accepted), 1u);
+  b.drafted = {2, 0, 1};
+  b.q.assign(12, 0.25f);
+  b.p.clear();
+  for (const auto* row : {&flat, &peaked, &peaked, &flat}) b.p.insert(b.p.end(), row->begin(), row->end());
   // Greedy next is the argmax of the logits row.
   b.params = {};
   b.logits[0 * 4 + 1] = 2.0f;

@@ -36,13 +36,21 @@
 namespace specdec {
 
 /// What the draft loop does with the token it just sampled.
+///
+/// ```cpp
+/// if (policy.decide(step) == specdec::draft_action::discard_and_stop) draft.truncate(n - 1);
+/// ```
 enum class draft_action {
   keep_and_continue,  ///< keep the token and draft another
   keep_and_stop,      ///< keep the token, then hand the block to the target
   discard_and_stop,   ///< drop the token (the target will write this position) and hand over
 };
 
-/// One draft position as the fallback policy sees it.
+/// One draft position as the fallback policy sees it. `q` is only valid during `decide`.
+///
+/// ```cpp
+/// specdec::draft_action a = policy.decide({.position = i, .q = q_row, .token = t});
+/// ```
 struct draft_step {
   std::size_t position;         ///< 0-based index within the current draft block
   std::span<const float> q;     ///< the distribution the token was drawn from
@@ -50,6 +58,11 @@ struct draft_step {
 };
 
 /// What one verification did, reported back to the fallback policy.
+///
+/// ```cpp
+/// policy.observe({.proposed = 5, .accepted = 3, .draft_seconds = 0.004, .draft_forwards = 5,
+///                 .target_seconds = 0.030});
+/// ```
 struct step_outcome {
   std::size_t proposed = 0;             ///< drafted tokens sent to the target
   std::size_t accepted = 0;             ///< of those, how many survived

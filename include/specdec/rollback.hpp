@@ -37,6 +37,11 @@ namespace specdec {
 /// target's distribution for the same position after the same temperature/top-k/top-p,
 /// and row k of `p` (one more row) is the target's distribution after the whole block.
 /// `target_logits` are the raw target logits, k+1 rows.
+///
+/// ```cpp
+/// specdec::verify_input in{drafted, q, p, logits, vocab, &params, &rng};
+/// specdec::verify_result r = specdec::rejection_sampling{}.verify(in);
+/// ```
 struct verify_input {
   std::span<const token_id> drafted;  ///< k drafted tokens
   std::span<const float> q;           ///< k x vocab, row-major
@@ -56,6 +61,11 @@ struct verify_input {
 
 /// The verdict: the first `accepted` drafted tokens survive, then `next` follows (the
 /// replacement for the first rejected token, or the bonus token when all survived).
+///
+/// ```cpp
+/// out.insert(out.end(), drafted.begin(), drafted.begin() + r.accepted);
+/// out.push_back(r.next);
+/// ```
 struct verify_result {
   std::size_t accepted = 0;
   token_id next = 0;
