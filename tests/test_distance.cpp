@@ -190,6 +190,28 @@ std::vector<std::vector<float>> distributions_with_zeros() {
           {0, 0, 0, 0}};
 }
 
+// GCC 12.2 at -O2 with -mavx512f (our default -march=native on AVX-512 hosts) has been seen
+// to materialise some constant vectors wrongly (std::vector<std::size_t>{2, 2, 0, 0} as
+// {2, 2, 2, 2}). Guard the literal test data so such a miscompile fails loudly instead of
+// silently weakening the tests below.
+TEST(distance_test_data, literals_are_what_they_say) {
+  const auto dists = distributions_with_zeros();
+  ASSERT_EQ(dists.size(), 7u);
+  const float want_sums[] = {1, 1, 1, 1, 1, 1, 0};
+  const std::size_t want_nonzeros[] = {1, 1, 2, 4, 1, 2, 0};
+  for (std::size_t i = 0; i < dists.size(); ++i) {
+    ASSERT_EQ(dists[i].size(), 4u);
+    float sum = 0;
+    std::size_t nonzeros = 0;
+    for (float x : dists[i]) {
+      sum += x;
+      nonzeros += x != 0.0f;
+    }
+    EXPECT_FLOAT_EQ(sum, want_sums[i]) << "distribution " << i;
+    EXPECT_EQ(nonzeros, want_nonzeros[i]) << "distribution " << i;
+  }
+}
+
 template <class D>
 class distance_contract : public ::testing::Test {};
 
