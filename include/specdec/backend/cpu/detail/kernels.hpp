@@ -30,14 +30,14 @@ namespace specdec::cpu::detail {
 typedef float v16 __attribute__((vector_size(64)));
 
 inline constexpr std::size_t lanes = 16;
-/// How far ahead (in floats) the weight streams are software-prefetched. Prefetching
-/// past the end of a row is harmless (prefetches never fault).
+/// How far ahead (in floats) the weight streams are software-prefetched, within a row
+/// (no pointer past the end of the weights is ever formed).
 inline constexpr std::size_t prefetch_distance = 128;
 
-inline v16 load16(const float* p) noexcept {
-  v16 v;
+// Vectors are passed by reference so that builds without AVX-512 do not warn about the
+// ABI of 64-byte vector arguments (-Wpsabi).
+inline void load16(v16& v, const float* p) noexcept {
   __builtin_memcpy(&v, p, sizeof(v));
-  return v;
 }
 
 /// c + a * b with a rounding behaviour fixed by the build, not by the optimiser: a fused
@@ -63,7 +63,7 @@ inline void pin_register([[maybe_unused]] v16& v) noexcept {
 }
 
 /// Fixed-order horizontal sum: a binary tree over the 16 lanes.
-inline float hsum16(v16 v) noexcept {
+inline float hsum16(const v16& v) noexcept {
   float s[16];
   __builtin_memcpy(s, &v, sizeof(s));
   for (int w = 8; w > 0; w /= 2)
@@ -85,12 +85,13 @@ inline void dot_tile(const float* w, std::size_t ldw, const float* x, std::size_
   for (std::size_t j = 0; j < n16; j += lanes) {
     v16 wv[R];
     for (int r = 0; r < R; ++r) {
-      wv[r] = load16(w + r * ldw + j);
+      load16(wv[r], w + r * ldw + j);
       pin_register(wv[r]);
-      __builtin_prefetch(w + r * ldw + j + prefetch_distance);
+      if (j + prefetch_distance < n) __builtin_prefetch(w + r * ldw + j + prefetch_distance);
     }
     for (int t = 0; t < T; ++t) {
-      v16 xv = load16(x + t * ldx + j);
+      v16 xv;
+      load16(xv, x + t * ldx + j);
       pin_register(xv);
       for (int r = 0; r < R; ++r) acc[r][t] += wv[r] * xv;
     }
