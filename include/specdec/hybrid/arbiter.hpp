@@ -1,0 +1,736 @@
+#pragma once
+/// \file arbiter.hpp
+/// The device/cloud router of hybrid inference. An arbiter looks at what is known about
+/// a request (`request_features`, see predictor.hpp), at an estimate of the link and at
+/// the budget, and returns a `route`: answer on the device, in the cloud, speculatively
+/// (draft on the device, verify in the cloud) or with a cloud-written prefix that the
+/// device completes (as in GKT).
+///
+/// Budgets (`budget::max_cloud_fraction`) are honoured by calibration: every calibratable
+/// arbiter computes a scalar "cloud score" per request and `calibrated(sample, link, b)`
+/// returns a copy whose threshold sends at most that fraction of the sample to the cloud
+/// (`calibrate_threshold`). On fresh requests from the same distribution the fraction is
+/// then the target up to sampling error. `budget_guard` enforces the fraction exactly, on
+/// every prefix of a request stream, by demoting cloud routes to the device.
+///
+/// Every decision is a deterministic function of the arbiter's knobs (including its seed),
+/// the features, the link estimate and the budget.
+#include <algorithm>
+#include <cmath>
+#include <concepts>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "specdec/error.hpp"
+#include "specdec/hybrid/link.hpp"
+#include "specdec/hybrid/predictor.hpp"
+
+namespace specdec::hybrid {
+
+/// Where a request (or the rest of it) is generated.
+enum class route_kind {
+  device,        ///< the device model answers alone
+  cloud,         ///< the cloud model answers alone
+  speculative,   ///< the device drafts `gamma` tokens per round, the cloud verifies
+  cloud_prefix,  ///< the cloud writes `prefix_tokens` tokens, then the device completes
+};
+
+/// Name of a route kind ("device", "cloud", "speculative", "cloud_prefix").
+[[nodiscard]] constexpr std::string_view to_string(route_kind k) noexcept {
+  switch (k) {
+    case route_kind::device: return "device";
+    case route_kind::cloud: return "cloud";
+    case route_kind::speculative: return "speculative";
+    case route_kind::cloud_prefix: return "cloud_prefix";
+  }
+  return "?";
+}
+
+/// An arbiter's decision.
+///
+/// ```cpp
+/// using specdec::hybrid::route;
+/// route a = route::on_device();
+/// route b = route::speculative(4);     // draft 4 tokens per round on the device
+/// route c = route::cloud_prefix(16);   // the cloud writes 16 tokens, the device the rest
+/// bool remote = b.uses_cloud();        // true
+/// ```
+struct route {
+  route_kind kind = route_kind::device;
+  std::size_t gamma = 0;          ///< draft length per round (speculative only)
+  std::size_t prefix_tokens = 0;  ///< cloud-written tokens (cloud_prefix only)
+
+  [[nodiscard]] static constexpr route on_device() noexcept { return {route_kind::device, 0, 0}; }
+  [[nodiscard]] static constexpr route in_cloud() noexcept { return {route_kind::cloud, 0, 0}; }
+  [[nodiscard]] static constexpr route speculative(std::size_t gamma) noexcept {
+    return {route_kind::speculative, gamma, 0};
+  }
+  [[nodiscard]] static constexpr route cloud_prefix(std::size_t k) noexcept {
+    return {route_kind::cloud_prefix, 0, k};
+  }
+  /// Whether the route needs the cloud at all (everything but `device`).
+  [[nodiscard]] constexpr bool uses_cloud() const noexcept { return kind != route_kind::device; }
+  friend constexpr bool operator==(const route&, const route&) = default;
+};
+
+/// What an arbiter believes about the link: RTT and bandwidths.
+///
+/// ```cpp
+/// auto est = specdec::hybrid::link_estimate::of(specdec::hybrid::link_config::lte());
+/// // est.rtt_seconds == 0.06, est.up_bps == 20e6, est.down_bps == 50e6
+/// ```
+struct link_estimate {
+  double rtt_seconds = 0.015;
+  double up_bps = 100e6;
+  double down_bps = 100e6;
+
+  /// The nominal estimate of a simulated link: its (median) RTT, or for a
+  /// Gilbert-Elliott channel the stationary mix of the two states' RTTs.
+  [[nodiscard]] static link_estimate of(const link_config& c) {
+    double rtt = c.rtt_seconds;
+    if (c.channel) {
+      const double pb = c.channel->stationary_bad_fraction();
+      rtt = (1.0 - pb) * c.channel->good_rtt_seconds + pb * c.channel->bad_rtt_seconds;
+    }
+    return {rtt, c.up_bps, c.down_bps};
+  }
+  void validate() const {
+    detail::check_non_negative("link_estimate.rtt_seconds", rtt_seconds);
+    detail::check_positive("link_estimate.up_bps", up_bps);
+    detail::check_positive("link_estimate.down_bps", down_bps);
+  }
+};
+
+/// Limits on cloud use. `max_cloud_fraction` caps the share of requests routed to the
+/// cloud (honoured by calibration or by `budget_guard`). A cloud forward pass costs
+/// `cost_per_cloud_token` units of money, which latency-based arbiters turn into seconds
+/// with the exchange rate `lambda` (seconds per unit of money).
+///
+/// ```cpp
+/// specdec::hybrid::budget b{.max_cloud_fraction = 0.3, .cost_per_cloud_token = 1e-4, .lambda = 10.0};
+/// b.validate();
+/// ```
+struct budget {
+  double max_cloud_fraction = 1.0;   ///< in [0, 1]
+  double cost_per_cloud_token = 0.0;  ///< >= 0, money per cloud forward pass
+  double lambda = 1.0;               ///< >= 0, seconds per unit of money
+
+  void validate() const {
+    detail::check_range("budget.max_cloud_fraction", max_cloud_fraction, 0.0, 1.0, "[0, 1]");
+    detail::check_non_negative("budget.cost_per_cloud_token", cost_per_cloud_token);
+    detail::check_non_negative("budget.lambda", lambda);
+  }
+};
+
+/// Per-token compute times of the two sides (already scaled to the simulated hardware,
+/// e.g. with `compute_model`).
+///
+/// ```cpp
+/// specdec::hybrid::cost_model c{.t_device_per_token = 0.02, .t_cloud_per_token = 0.01,
+///                               .cloud_prefill_seconds_per_token = 1e-4};
+/// ```
+struct cost_model {
+  double t_device_per_token = 0.02;               ///< one device decode step, seconds
+  double t_cloud_per_token = 0.01;                ///< one cloud forward (decode or verify), seconds
+  double cloud_prefill_seconds_per_token = 1e-4;  ///< cloud prefill per prompt token, seconds
+
+  void validate() const {
+    detail::check_non_negative("cost_model.t_device_per_token", t_device_per_token);
+    detail::check_non_negative("cost_model.t_cloud_per_token", t_cloud_per_token);
+    detail::check_non_negative("cost_model.cloud_prefill_seconds_per_token", cloud_prefill_seconds_per_token);
+  }
+};
+
+/// What a per-segment arbiter sees in the middle of a generation.
+///
+/// ```cpp
+/// specdec::hybrid::segment_state s{.tokens_so_far = 48, .recent_max_prob_mean = 0.31f,
+///                                  .recent_mean_entropy = 2.4f, .current = route::on_device()};
+/// ```
+struct segment_state {
+  std::size_t tokens_so_far = 0;
+  float recent_max_prob_mean = 1.0f;  ///< draft confidence over the last segment
+  float recent_mean_entropy = 0.0f;   ///< draft entropy (nats) over the last segment
+  route current = route::on_device();
+};
+
+// ---------------------------------------------------------------------------------------
+// Concepts
+
+/// `a.decide(features, link, budget)` returns a `route`.
+///
+/// ```cpp
+/// struct always_device {
+///   specdec::hybrid::route decide(const specdec::hybrid::request_features&,
+///                                 const specdec::hybrid::link_estimate&,
+///                                 const specdec::hybrid::budget&) const { return {}; }
+/// };
+/// static_assert(specdec::hybrid::has_decide<always_device>);
+/// ```
+template <class A>
+concept has_decide = requires(A& a, const request_features& f, const link_estimate& l, const budget& b) {
+  { a.decide(f, l, b) } -> std::same_as<route>;
+};
+
+/// A router: decides per request and validates its knobs.
+///
+/// ```cpp
+/// template <specdec::hybrid::arbiter A>
+/// double cloud_share(A& a, const std::vector<specdec::hybrid::request_features>& reqs,
+///                    const specdec::hybrid::link_estimate& l, const specdec::hybrid::budget& b) {
+///   double n = 0;
+///   for (const auto& f : reqs) n += a.decide(f, l, b).uses_cloud();
+///   return n / reqs.size();
+/// }
+/// ```
+template <class A>
+concept arbiter = has_decide<A> && validatable<A>;
+
+/// `a.on_segment(state)` re-routes the rest of a generation.
+///
+/// ```cpp
+/// static_assert(specdec::hybrid::has_on_segment<specdec::hybrid::confidence_arbiter>);
+/// ```
+template <class A>
+concept has_on_segment = requires(A& a, const segment_state& s) {
+  { a.on_segment(s) } -> std::same_as<route>;
+};
+
+/// An arbiter that may also re-route mid-generation, once per segment.
+///
+/// ```cpp
+/// template <specdec::hybrid::segment_arbiter A>
+/// bool hand_over(A& a, const specdec::hybrid::segment_state& s) { return a.on_segment(s).uses_cloud(); }
+/// ```
+template <class A>
+concept segment_arbiter = arbiter<A> && has_on_segment<A>;
+
+/// `a.calibrated(sample, link, budget)` returns a copy of `a` whose threshold sends at
+/// most `budget.max_cloud_fraction` of `sample` to the cloud.
+///
+/// ```cpp
+/// auto tuned = arb.calibrated(calibration_sample, link, specdec::hybrid::budget{.max_cloud_fraction = 0.2});
+/// ```
+template <class A>
+concept has_calibration =
+    requires(const A& a, std::span<const request_features> s, const link_estimate& l, const budget& b) {
+      { a.calibrated(s, l, b) } -> std::same_as<A>;
+    };
+
+/// An arbiter whose cloud share can be calibrated to a budget.
+///
+/// ```cpp
+/// template <specdec::hybrid::calibratable_arbiter A>
+/// A fit_budget(const A& a, std::span<const specdec::hybrid::request_features> s,
+///              const specdec::hybrid::link_estimate& l, double frac) {
+///   return a.calibrated(s, l, {.max_cloud_fraction = frac});
+/// }
+/// ```
+template <class A>
+concept calibratable_arbiter = arbiter<A> && has_calibration<A>;
+
+// ---------------------------------------------------------------------------------------
+// Calibration
+
+/// The threshold `t` such that routing "cloud iff score > t" sends at most
+/// `floor(max_cloud_fraction * n)` of the `n` scores to the cloud, and exactly that many
+/// when there are no ties at the threshold. Returns -infinity when the fraction allows
+/// every request to go to the cloud.
+///
+/// ```cpp
+/// std::vector<double> s{0.1, 0.9, 0.5, 0.7};
+/// double t = specdec::hybrid::calibrate_threshold(s, 0.5);  // 0.5: only 0.9 and 0.7 exceed it
+/// ```
+[[nodiscard]] inline double calibrate_threshold(std::span<const double> scores, double max_cloud_fraction) {
+  detail::check_range("calibrate_threshold max_cloud_fraction", max_cloud_fraction, 0.0, 1.0, "[0, 1]");
+  if (scores.empty())
+    throw invalid_argument("calibrate_threshold: no scores; expected a non-empty calibration sample");
+  std::vector<double> s(scores.begin(), scores.end());
+  for (double v : s)
+    if (std::isnan(v)) throw invalid_argument("calibrate_threshold: a score is NaN; expected comparable scores");
+  const std::size_t n = s.size();
+  const auto k = static_cast<std::size_t>(std::floor(max_cloud_fraction * static_cast<double>(n) + 1e-9));
+  if (k >= n) return -std::numeric_limits<double>::infinity();
+  // The (k+1)-th largest score: at most k scores are strictly greater.
+  std::nth_element(s.begin(), s.begin() + static_cast<std::ptrdiff_t>(k), s.end(), std::greater<>());
+  return s[k];
+}
+
+namespace detail {
+
+/// splitmix64 finaliser.
+[[nodiscard]] constexpr std::uint64_t mix64(std::uint64_t x) noexcept {
+  x += 0x9e3779b97f4a7c15ULL;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+template <class T>
+[[nodiscard]] std::uint64_t bits_of(T v) noexcept {
+  if constexpr (sizeof(T) == 4) {
+    std::uint32_t u;
+    std::memcpy(&u, &v, 4);
+    return u;
+  } else {
+    std::uint64_t u;
+    std::memcpy(&u, &v, 8);
+    return u;
+  }
+}
+/// A hash of every field of the features, mixed with a seed.
+[[nodiscard]] inline std::uint64_t hash_features(const request_features& f, std::uint64_t seed) noexcept {
+  std::uint64_t h = mix64(seed ^ 0x5eedULL);
+  auto add = [&h](std::uint64_t v) { h = mix64(h ^ v); };
+  add(f.request_id);
+  add(f.prompt_tokens);
+  add(bits_of(f.draft_mean_entropy));
+  add(bits_of(f.draft_max_prob_mean));
+  add(bits_of(f.draft_first_token_entropy));
+  add(bits_of(f.predicted_length));
+  add(bits_of(f.predicted_difficulty));
+  for (float e : f.extra) add(bits_of(e));
+  return h;
+}
+/// A uniform in [0, 1) determined by (seed, features).
+[[nodiscard]] inline double uniform_of(const request_features& f, std::uint64_t seed) noexcept {
+  return static_cast<double>(hash_features(f, seed) >> 11) * 0x1.0p-53;
+}
+
+inline void check_not_nan(const char* what, double v, const char* range) {
+  if (std::isnan(v)) throw invalid_argument(std::string(what) + " must be in " + range + ", got nan");
+}
+
+}  // namespace detail
+
+// ---------------------------------------------------------------------------------------
+// Arbiters
+
+/// Sends a seeded pseudo-random `cloud_fraction` of requests to the cloud (capped by
+/// the budget). The coin of a request is a hash of (seed, all its features), so a
+/// decision never depends on call order. A baseline.
+///
+/// ```cpp
+/// specdec::hybrid::random_arbiter a{.cloud_fraction = 0.25, .seed = 7};
+/// auto r = a.decide(features, link, budget);
+/// ```
+struct random_arbiter {
+  double cloud_fraction = 0.5;  ///< in [0, 1]
+  std::uint64_t seed = 0;
+
+  [[nodiscard]] route decide(const request_features& f, const link_estimate&, const budget& b) const {
+    const double p = std::min(cloud_fraction, b.max_cloud_fraction);
+    return detail::uniform_of(f, seed) < p ? route::in_cloud() : route::on_device();
+  }
+  void validate() const {
+    detail::check_range("random_arbiter.cloud_fraction", cloud_fraction, 0.0, 1.0, "[0, 1]");
+  }
+  /// A copy with `cloud_fraction = budget.max_cloud_fraction` (the sample is not needed).
+  [[nodiscard]] random_arbiter calibrated(std::span<const request_features>, const link_estimate&,
+                                          const budget& b) const {
+    b.validate();
+    random_arbiter a = *this;
+    a.cloud_fraction = b.max_cloud_fraction;
+    return a;
+  }
+};
+
+/// For evaluation: knows whether the device's answer to a request is good enough
+/// (`device_ok`) and sends exactly the requests it is not good enough for to the cloud;
+/// with `hard_cloud_fraction < 1`, only that seeded fraction of them (to meet a budget).
+///
+/// ```cpp
+/// std::vector<int> ok = {1, 0, 1};  // by request_id
+/// auto o = specdec::hybrid::oracle_arbiter::from_labels(ok);
+/// auto r = o.decide(f, link, budget);  // cloud iff ok[f.request_id] == 0
+/// ```
+struct oracle_arbiter {
+  std::function<bool(const request_features&)> device_ok;  ///< the true label
+  double hard_cloud_fraction = 1.0;  ///< in [0, 1]: share of hard requests sent to the cloud
+  std::uint64_t seed = 0;
+
+  /// Labels indexed by `request_features::request_id` (non-zero = device ok).
+  [[nodiscard]] static oracle_arbiter from_labels(std::vector<int> labels) {
+    auto shared = std::make_shared<const std::vector<int>>(std::move(labels));
+    oracle_arbiter o;
+    o.device_ok = [shared](const request_features& f) {
+      if (f.request_id >= shared->size())
+        throw invalid_argument("oracle_arbiter: request_id " + std::to_string(f.request_id) +
+                               " has no label; expected request_id < " + std::to_string(shared->size()));
+      return (*shared)[f.request_id] != 0;
+    };
+    return o;
+  }
+
+  [[nodiscard]] route decide(const request_features& f, const link_estimate&, const budget& b) const {
+    if (b.max_cloud_fraction <= 0.0 || device_ok(f)) return route::on_device();
+    return detail::uniform_of(f, seed) < hard_cloud_fraction ? route::in_cloud() : route::on_device();
+  }
+  void validate() const {
+    if (!device_ok)
+      throw invalid_argument("oracle_arbiter.device_ok must be set, got an empty function; expected a labeller");
+    detail::check_range("oracle_arbiter.hard_cloud_fraction", hard_cloud_fraction, 0.0, 1.0, "[0, 1]");
+  }
+  /// A copy with `hard_cloud_fraction = min(1, max_cloud_fraction / hard share of sample)`.
+  [[nodiscard]] oracle_arbiter calibrated(std::span<const request_features> sample, const link_estimate&,
+                                          const budget& b) const {
+    b.validate();
+    validate();
+    if (sample.empty())
+      throw invalid_argument("oracle_arbiter::calibrated: empty sample; expected a non-empty calibration sample");
+    std::size_t hard = 0;
+    for (const auto& f : sample) hard += !device_ok(f);
+    oracle_arbiter o = *this;
+    const double h = static_cast<double>(hard) / static_cast<double>(sample.size());
+    o.hard_cloud_fraction = h > 0.0 ? std::min(1.0, b.max_cloud_fraction / h) : 1.0;
+    return o;
+  }
+};
+
+/// The device answers when the small model is confident: a request goes to the cloud if
+/// the draft's mean max-probability is below `min_max_prob` or its mean entropy above
+/// `max_entropy`. Optionally (GKT-style), a confident request whose *first* token is
+/// uncertain (`draft_first_token_entropy > max_first_token_entropy`) gets a cloud-written
+/// prefix of `prefix_tokens` tokens. Mid-generation, `on_segment` hands the rest of a
+/// generation to the cloud when the recent segment's confidence fails the same test.
+///
+/// ```cpp
+/// specdec::hybrid::confidence_arbiter a{.min_max_prob = 0.4f, .max_entropy = 2.0f};
+/// auto r = a.decide(features, link, budget);
+/// auto tuned = a.calibrated(sample, link, {.max_cloud_fraction = 0.2});  // entropy threshold
+/// ```
+struct confidence_arbiter {
+  float min_max_prob = 0.5f;  ///< >= 0; 0 switches the rule off, > 1 sends everything to the cloud
+  float max_entropy = 2.0f;   ///< not NaN; +inf switches the rule off, -inf sends everything
+  float max_first_token_entropy = std::numeric_limits<float>::infinity();  ///< not NaN
+  std::size_t prefix_tokens = 0;  ///< 0 = never route to cloud_prefix
+
+  [[nodiscard]] bool confident(float max_prob_mean, float mean_entropy) const noexcept {
+    return !(max_prob_mean < min_max_prob) && !(mean_entropy > max_entropy);
+  }
+  [[nodiscard]] route decide(const request_features& f, const link_estimate&, const budget& b) const {
+    if (b.max_cloud_fraction <= 0.0) return route::on_device();
+    if (!confident(f.draft_max_prob_mean, f.draft_mean_entropy)) return route::in_cloud();
+    if (prefix_tokens > 0 && f.draft_first_token_entropy > max_first_token_entropy)
+      return route::cloud_prefix(prefix_tokens);
+    return route::on_device();
+  }
+  [[nodiscard]] route on_segment(const segment_state& s) const {
+    if (s.current.kind == route_kind::cloud) return s.current;  // already remote: stay
+    return confident(s.recent_max_prob_mean, s.recent_mean_entropy) ? s.current : route::in_cloud();
+  }
+  void validate() const {
+    if (!(min_max_prob >= 0.0f))
+      throw invalid_argument("confidence_arbiter.min_max_prob must be >= 0 (0 = off), got " +
+                             std::to_string(min_max_prob));
+    detail::check_not_nan("confidence_arbiter.max_entropy", max_entropy, "[-inf, +inf] (not NaN)");
+    detail::check_not_nan("confidence_arbiter.max_first_token_entropy", max_first_token_entropy,
+                          "[-inf, +inf] (not NaN)");
+  }
+  /// A copy whose entropy threshold sends at most `b.max_cloud_fraction` of `sample` to
+  /// the cloud; the max-probability and first-token rules are switched off.
+  [[nodiscard]] confidence_arbiter calibrated(std::span<const request_features> sample, const link_estimate&,
+                                              const budget& b) const {
+    std::vector<double> s;
+    s.reserve(sample.size());
+    for (const auto& f : sample) s.push_back(f.draft_mean_entropy);
+    confidence_arbiter a = *this;
+    a.max_entropy = static_cast<float>(calibrate_threshold(s, b.max_cloud_fraction));  // a float score: exact
+    a.min_max_prob = 0.0f;
+    a.max_first_token_entropy = std::numeric_limits<float>::infinity();
+    return a;
+  }
+  /// As `calibrated`, but thresholding the draft's mean max-probability instead (entropy
+  /// and first-token rules off).
+  [[nodiscard]] confidence_arbiter calibrated_on_max_prob(std::span<const request_features> sample,
+                                                          const budget& b) const {
+    std::vector<double> s;
+    s.reserve(sample.size());
+    for (const auto& f : sample) s.push_back(-static_cast<double>(f.draft_max_prob_mean));
+    confidence_arbiter a = *this;
+    // cloud iff -p > t  <=>  p < -t
+    a.min_max_prob = static_cast<float>(-calibrate_threshold(s, b.max_cloud_fraction));
+    a.max_entropy = std::numeric_limits<float>::infinity();
+    a.max_first_token_entropy = std::numeric_limits<float>::infinity();
+    return a;
+  }
+};
+
+/// Expected end-to-end times of the routes, as `latency_arbiter` computes them.
+struct route_costs {
+  double device = 0.0;       ///< L * t_device + lambda * difficulty
+  double cloud = 0.0;        ///< see `latency_arbiter`
+  double speculative = std::numeric_limits<double>::infinity();  ///< best gamma; inf if disabled
+  std::size_t best_gamma = 0;
+};
+
+/// Routes by expected latency. With L = `predicted_length`, P = `prompt_tokens`:
+///
+///     T_device      = L t_dev + lambda * predicted_difficulty        (quality penalty)
+///     T_cloud       = RTT + 32 P / up_bps + P t_prefill + L t_cloud + 32 L / down_bps
+///                     + budget.lambda * budget.cost_per_cloud_token * L
+///     T_spec(gamma) = RTT + 32 P / up_bps + P t_prefill
+///                     + (L / E(gamma)) * (gamma t_dev + RTT + 32 gamma / up_bps + t_cloud
+///                                         + 32 (gamma + 1) / down_bps
+///                                         + budget.lambda * budget.cost_per_cloud_token)
+///
+/// (token ids are 4 bytes = 32 bits). Speculative decoding is exact, so it carries no
+/// quality penalty; E(gamma) = (1 - a^(gamma+1)) / (1 - a) is the expected number of
+/// tokens per verification round with per-token acceptance a = clamp(draft_max_prob_mean,
+/// 0, 0.99), and the cloud runs one forward per round. The arbiter takes the cheapest
+/// cloud-using route (cloud or the best gamma in [1, max_gamma]) if it beats T_device by
+/// more than `cloud_bias_seconds` (0 = pure latency; calibration raises it to meet a
+/// budget); ties go to the device.
+///
+/// ```cpp
+/// specdec::hybrid::latency_arbiter a{.costs = {.t_device_per_token = 0.03, .t_cloud_per_token = 0.01},
+///                                    .lambda = 2.0};
+/// auto r = a.decide(features, specdec::hybrid::link_estimate::of(link_config::lte()), budget);
+/// ```
+struct latency_arbiter {
+  cost_model costs{};
+  double lambda = 0.0;              ///< >= 0, seconds of penalty per unit of difficulty on the device
+  bool allow_speculative = true;
+  std::size_t max_gamma = 8;        ///< >= 1 when allow_speculative
+  double cloud_bias_seconds = 0.0;  ///< >= 0, extra advantage the cloud must show
+
+  [[nodiscard]] route_costs estimate(const request_features& f, const link_estimate& l, const budget& b) const {
+    const double L = std::max(0.0, f.predicted_length);
+    const double P = static_cast<double>(f.prompt_tokens);
+    const double money = b.lambda * b.cost_per_cloud_token;  // seconds per cloud forward
+    route_costs c;
+    c.device = L * costs.t_device_per_token + lambda * f.predicted_difficulty;
+    const double setup = l.rtt_seconds + 32.0 * P / l.up_bps + P * costs.cloud_prefill_seconds_per_token;
+    c.cloud = setup + L * costs.t_cloud_per_token + 32.0 * L / l.down_bps + money * L;
+    if (allow_speculative) {
+      const double a = std::clamp(static_cast<double>(f.draft_max_prob_mean), 0.0, 0.99);
+      for (std::size_t g = 1; g <= max_gamma; ++g) {
+        const double gd = static_cast<double>(g);
+        const double tokens_per_round = (1.0 - std::pow(a, gd + 1.0)) / (1.0 - a);
+        const double round = gd * costs.t_device_per_token + l.rtt_seconds + 32.0 * gd / l.up_bps +
+                             costs.t_cloud_per_token + 32.0 * (gd + 1.0) / l.down_bps + money;
+        const double t = setup + (L / tokens_per_round) * round;
+        if (t < c.speculative) {
+          c.speculative = t;
+          c.best_gamma = g;
+        }
+      }
+    }
+    return c;
+  }
+  /// T_device minus the cheapest cloud-using route: > 0 when the cloud is faster.
+  [[nodiscard]] double cloud_advantage(const request_features& f, const link_estimate& l, const budget& b) const {
+    const auto c = estimate(f, l, b);
+    return c.device - std::min(c.cloud, c.speculative);
+  }
+  [[nodiscard]] route decide(const request_features& f, const link_estimate& l, const budget& b) const {
+    if (b.max_cloud_fraction <= 0.0) return route::on_device();
+    const auto c = estimate(f, l, b);
+    const double best_remote = std::min(c.cloud, c.speculative);
+    if (!(c.device - best_remote > cloud_bias_seconds)) return route::on_device();
+    return c.speculative < c.cloud ? route::speculative(c.best_gamma) : route::in_cloud();
+  }
+  void validate() const {
+    costs.validate();
+    detail::check_non_negative("latency_arbiter.lambda", lambda);
+    if (allow_speculative && max_gamma < 1)
+      throw invalid_argument("latency_arbiter.max_gamma must be >= 1 when allow_speculative, got 0");
+    detail::check_non_negative("latency_arbiter.cloud_bias_seconds", cloud_bias_seconds);
+  }
+  /// A copy whose `cloud_bias_seconds` is the smallest non-negative value that sends at
+  /// most `b.max_cloud_fraction` of `sample` to the cloud.
+  [[nodiscard]] latency_arbiter calibrated(std::span<const request_features> sample, const link_estimate& l,
+                                           const budget& b) const {
+    std::vector<double> s;
+    s.reserve(sample.size());
+    for (const auto& f : sample) s.push_back(cloud_advantage(f, l, b));
+    latency_arbiter a = *this;
+    a.cloud_bias_seconds = std::max(0.0, calibrate_threshold(s, b.max_cloud_fraction));
+    return a;
+  }
+};
+
+/// The feature vector the logistic arbiter uses: `probe_features(f)` followed by
+/// `predicted_length` and `predicted_difficulty`.
+///
+/// ```cpp
+/// std::vector<double> x = specdec::hybrid::arbiter_features(f);  // 6 + f.extra.size() values
+/// ```
+[[nodiscard]] inline std::vector<double> arbiter_features(const request_features& f) {
+  auto x = probe_features(f);
+  x.push_back(f.predicted_length);
+  x.push_back(f.predicted_difficulty);
+  return x;
+}
+
+/// Logistic regression on standardised `arbiter_features`, trained in C++ from logged
+/// runs (label 1 = the device's output agreed with the cloud's), predicting P(device ok).
+/// Routes to the device when P >= `threshold`, to the cloud otherwise.
+///
+/// ```cpp
+/// specdec::hybrid::logistic_arbiter a;
+/// a.train(X, y, /*iterations=*/500, /*learning_rate=*/0.5, /*l2=*/1e-3);
+/// double p = a.probability_device_ok(f);
+/// auto tuned = a.calibrated(sample, link, {.max_cloud_fraction = 0.3});
+/// ```
+struct logistic_arbiter {
+  double threshold = 0.5;        ///< >= 0; > 1 sends everything to the cloud
+  std::vector<double> mean{};    ///< per-feature mean of the training data
+  std::vector<double> scale{};   ///< per-feature standard deviation (1 for constant features)
+  std::vector<double> weights{};  ///< on standardised features
+  double bias = 0.0;
+
+  [[nodiscard]] bool trained() const noexcept { return !weights.empty(); }
+
+  /// P(device ok) for a raw feature vector.
+  [[nodiscard]] double probability(std::span<const double> x) const {
+    if (!trained())
+      throw invalid_argument("logistic_arbiter: not trained; expected train() or weights before use");
+    if (x.size() != weights.size())
+      throw invalid_argument("logistic_arbiter: " + std::to_string(x.size()) + " features, expected " +
+                             std::to_string(weights.size()));
+    double z = bias;
+    for (std::size_t j = 0; j < x.size(); ++j) z += weights[j] * (x[j] - mean[j]) / scale[j];
+    return detail::sigmoid(z);
+  }
+  [[nodiscard]] double probability_device_ok(const request_features& f) const {
+    const auto x = arbiter_features(f);
+    return probability(x);
+  }
+  /// Weights on the raw (unstandardised) features: weights[j] / scale[j].
+  [[nodiscard]] std::vector<double> raw_weights() const {
+    std::vector<double> w(weights.size());
+    for (std::size_t j = 0; j < w.size(); ++j) w[j] = weights[j] / scale[j];
+    return w;
+  }
+
+  [[nodiscard]] route decide(const request_features& f, const link_estimate&, const budget& b) const {
+    if (b.max_cloud_fraction <= 0.0) return route::on_device();
+    return probability_device_ok(f) >= threshold ? route::on_device() : route::in_cloud();
+  }
+  void validate() const {
+    if (!(threshold >= 0.0))
+      throw invalid_argument("logistic_arbiter.threshold must be >= 0 (a probability; > 1 = always cloud), got " +
+                             std::to_string(threshold));
+    if (mean.size() != weights.size() || scale.size() != weights.size())
+      throw invalid_argument("logistic_arbiter: mean, scale and weights must have equal sizes, got " +
+                             std::to_string(mean.size()) + ", " + std::to_string(scale.size()) + ", " +
+                             std::to_string(weights.size()));
+    for (std::size_t j = 0; j < scale.size(); ++j)
+      if (!(scale[j] > 0.0) || !std::isfinite(scale[j]))
+        throw invalid_argument("logistic_arbiter.scale[" + std::to_string(j) + "] must be finite and > 0, got " +
+                               std::to_string(scale[j]));
+  }
+
+  /// Full-batch gradient descent on the mean log-loss plus `l2 / 2 * |w|^2` (the bias is
+  /// not penalised), over features standardised with the training data's mean and
+  /// standard deviation. Deterministic. Labels must be 0 or 1.
+  void train(const std::vector<std::vector<double>>& x, const std::vector<int>& y, int iterations = 500,
+             double learning_rate = 0.5, double l2 = 1e-3) {
+    const std::size_t d = detail::check_design(x, y.size(), "logistic_arbiter::train");
+    if (iterations < 1)
+      throw invalid_argument("logistic_arbiter::train iterations must be >= 1, got " + std::to_string(iterations));
+    if (!(learning_rate > 0.0) || !std::isfinite(learning_rate))
+      throw invalid_argument("logistic_arbiter::train learning_rate must be finite and > 0, got " +
+                             std::to_string(learning_rate));
+    detail::check_non_negative("logistic_arbiter::train l2", l2);
+    for (std::size_t i = 0; i < y.size(); ++i)
+      if (y[i] != 0 && y[i] != 1)
+        throw invalid_argument("logistic_arbiter::train: label " + std::to_string(i) + " is " +
+                               std::to_string(y[i]) + "; expected 0 or 1");
+    const std::size_t n = x.size();
+    const double nd = static_cast<double>(n);
+    mean.assign(d, 0.0);
+    scale.assign(d, 0.0);
+    for (const auto& row : x)
+      for (std::size_t j = 0; j < d; ++j) mean[j] += row[j];
+    for (double& m : mean) m /= nd;
+    for (const auto& row : x)
+      for (std::size_t j = 0; j < d; ++j) scale[j] += (row[j] - mean[j]) * (row[j] - mean[j]);
+    for (double& s : scale) {
+      s = std::sqrt(s / nd);
+      if (!(s > 1e-12)) s = 1.0;
+    }
+    std::vector<double> z(n * d);
+    for (std::size_t i = 0; i < n; ++i)
+      for (std::size_t j = 0; j < d; ++j) z[i * d + j] = (x[i][j] - mean[j]) / scale[j];
+    weights.assign(d, 0.0);
+    bias = 0.0;
+    std::vector<double> grad(d);
+    for (int it = 0; it < iterations; ++it) {
+      std::fill(grad.begin(), grad.end(), 0.0);
+      double gb = 0.0;
+      for (std::size_t i = 0; i < n; ++i) {
+        double s = bias;
+        for (std::size_t j = 0; j < d; ++j) s += weights[j] * z[i * d + j];
+        const double r = detail::sigmoid(s) - static_cast<double>(y[i]);
+        gb += r;
+        for (std::size_t j = 0; j < d; ++j) grad[j] += r * z[i * d + j];
+      }
+      bias -= learning_rate * gb / nd;
+      for (std::size_t j = 0; j < d; ++j) weights[j] -= learning_rate * (grad[j] / nd + l2 * weights[j]);
+    }
+  }
+  /// Trains on logged requests' `arbiter_features`.
+  void train(const std::vector<request_features>& features, const std::vector<int>& y, int iterations = 500,
+             double learning_rate = 0.5, double l2 = 1e-3) {
+    std::vector<std::vector<double>> x;
+    x.reserve(features.size());
+    for (const auto& f : features) x.push_back(arbiter_features(f));
+    train(x, y, iterations, learning_rate, l2);
+  }
+
+  /// A copy whose threshold sends at most `b.max_cloud_fraction` of `sample` to the cloud.
+  [[nodiscard]] logistic_arbiter calibrated(std::span<const request_features> sample, const link_estimate&,
+                                            const budget& b) const {
+    std::vector<double> s;
+    s.reserve(sample.size());
+    for (const auto& f : sample) s.push_back(-probability_device_ok(f));
+    logistic_arbiter a = *this;
+    // cloud iff -P > t  <=>  P < -t: the threshold on P is -t (+inf when all may go).
+    a.threshold = -calibrate_threshold(s, b.max_cloud_fraction);
+    return a;
+  }
+};
+
+/// Wraps an arbiter and enforces `budget::max_cloud_fraction` exactly over the stream of
+/// decisions it makes: a cloud-using route that would push the running cloud share above
+/// the budget is demoted to the device. Stateful (decide is non-const), deterministic.
+///
+/// ```cpp
+/// specdec::hybrid::budget_guard guard{specdec::hybrid::latency_arbiter{}};
+/// for (const auto& f : requests) run(guard.decide(f, link, {.max_cloud_fraction = 0.2}));
+/// ```
+template <arbiter A>
+struct budget_guard {
+  A inner;
+  std::size_t decisions = 0;
+  std::size_t cloud_decisions = 0;
+
+  [[nodiscard]] route decide(const request_features& f, const link_estimate& l, const budget& b) {
+    route r = inner.decide(f, l, b);
+    ++decisions;
+    if (r.uses_cloud()) {
+      if (static_cast<double>(cloud_decisions + 1) <= b.max_cloud_fraction * static_cast<double>(decisions) + 1e-9)
+        ++cloud_decisions;
+      else
+        r = route::on_device();
+    }
+    return r;
+  }
+  void validate() const { inner.validate(); }
+  /// Forgets the decisions made so far.
+  void reset() noexcept { decisions = cloud_decisions = 0; }
+};
+template <class A>
+budget_guard(A) -> budget_guard<A>;
+
+}  // namespace specdec::hybrid
