@@ -62,13 +62,18 @@ inline void pin_register([[maybe_unused]] v16& v) noexcept {
 #endif
 }
 
-/// Fixed-order horizontal sum: a binary tree over the 16 lanes.
+typedef float v8 __attribute__((vector_size(32)));
+typedef float v4 __attribute__((vector_size(16)));
+
+/// Fixed-order horizontal sum, a binary tree over the 16 lanes:
+/// a[i] = v[i] + v[i+8], b[i] = a[i] + a[i+4], c[i] = b[i] + b[i+2], c[0] + c[1].
 inline float hsum16(const v16& v) noexcept {
-  float s[16];
-  __builtin_memcpy(s, &v, sizeof(s));
-  for (int w = 8; w > 0; w /= 2)
-    for (int i = 0; i < w; ++i) s[i] += s[i + w];
-  return s[0];
+  const v8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+               __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+  const v4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
+  const float c0 = b[0] + b[2];
+  const float c1 = b[1] + b[3];
+  return c0 + c1;
 }
 
 /// Y[t][r] = dot(W[r], X[t]) for an R x T tile: R weight rows (stride ldw) against T
