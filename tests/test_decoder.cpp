@@ -476,11 +476,11 @@ TEST(sampled_exactness, rejection_sampling_matches_the_target_distribution) {
     // Negative control 1: accepting every draft gives the draft's distribution, which
     // the same test must reject.
     specdec::speculative_decoder bad(draft, target, gamma_policy(c.gamma), always_accept{}, params);
-    const auto bad_counts = histogram(runs / 4, c.vocab, n, [&](std::size_t run) {
+    const auto bad_counts = histogram(runs, c.vocab, n, [&](std::size_t run) {
       bad.set_seed(run);
       return bad.generate(prompt, opts).tokens;
     });
-    const fit fb = goodness_of_fit(exact, bad_counts, runs / 4);
+    const fit fb = goodness_of_fit(exact, bad_counts, runs);
     EXPECT_GT(fb.chi2, fb.critical) << "the negative control passed: the test has no power";
     // Negative control 2: the draft's own samples.
     const auto draft_counts = histogram(runs / 4, c.vocab, n, [&](std::size_t run) {
