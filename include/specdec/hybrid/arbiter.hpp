@@ -37,6 +37,10 @@
 namespace specdec::hybrid {
 
 /// Where a request (or the rest of it) is generated.
+///
+/// ```cpp
+/// if (r.kind == specdec::hybrid::route_kind::speculative) draft_then_verify(r.gamma);
+/// ```
 enum class route_kind {
   device,        ///< the device model answers alone
   cloud,         ///< the cloud model answers alone
@@ -45,6 +49,10 @@ enum class route_kind {
 };
 
 /// Name of a route kind ("device", "cloud", "speculative", "cloud_prefix").
+///
+/// ```cpp
+/// std::string_view n = specdec::hybrid::to_string(r.kind);  // e.g. "speculative"
+/// ```
 [[nodiscard]] constexpr std::string_view to_string(route_kind k) noexcept {
   switch (k) {
     case route_kind::device: return "device";
@@ -465,6 +473,11 @@ struct confidence_arbiter {
 };
 
 /// Expected end-to-end times of the routes, as `latency_arbiter` computes them.
+///
+/// ```cpp
+/// specdec::hybrid::route_costs c = latency.estimate(features, link, budget);
+/// bool spec_wins = c.speculative < c.cloud;  // then c.best_gamma is the draft length
+/// ```
 struct route_costs {
   double device = 0.0;       ///< L * t_device + lambda * difficulty
   double cloud = 0.0;        ///< see `latency_arbiter`

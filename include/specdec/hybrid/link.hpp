@@ -21,6 +21,7 @@
 #include <random>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "specdec/error.hpp"
@@ -255,6 +256,11 @@ struct compute_model {
 };
 
 /// The outcome of one logical message.
+///
+/// ```cpp
+/// auto r = link.send_up(payload_bytes::token_ids(8));
+/// if (!r.delivered) continue_on_device();  // the link gave up after r.delay_seconds
+/// ```
 struct send_result {
   double delay_seconds = 0.0;  ///< virtual time from send to delivery (or to giving up)
   bool delivered = true;       ///< false after an outage or too many losses
@@ -262,6 +268,11 @@ struct send_result {
 };
 
 /// The outcome of `round_trip`: upload, cloud compute, download.
+///
+/// ```cpp
+/// auto rt = link.round_trip(payload_bytes::token_ids(5), payload_bytes::top_k(5, 8), cloud_seconds);
+/// double wait = rt.total_seconds;  // up delay + cloud_seconds + down delay
+/// ```
 struct round_trip_result {
   double total_seconds = 0.0;  ///< virtual time from the first send to the end
   bool delivered = true;       ///< both directions delivered
@@ -271,6 +282,11 @@ struct round_trip_result {
 
 /// Byte and message counters of a `simulated_link`. Bytes are counted on the wire, per
 /// transmission attempt, headers included; messages count logical sends.
+///
+/// ```cpp
+/// const auto& k = link.counters();
+/// double loss_rate = double(k.retransmits) / double(k.attempts);
+/// ```
 struct link_counters {
   std::size_t bytes_up = 0;
   std::size_t bytes_down = 0;
