@@ -131,7 +131,7 @@ class transformer {
       rmsnorm_rows(xb_.data(), x_.data(), ck_->rms_ffn(l), k, dim);
       detail::matmul(ck_->w1(l), hid, dim, dim, xb_.data(), k, dim, hb_.data(), hid);
       detail::matmul(ck_->w3(l), hid, dim, dim, xb_.data(), k, dim, hb2_.data(), hid);
-      detail::swiglu(hb_.data(), hb2_.data(), k * hid);
+      for (std::size_t t = 0; t < k; ++t) detail::swiglu(hb_.data() + t * hid, hb2_.data() + t * hid, hid);
       detail::matmul(ck_->w2(l), dim, hid, hid, hb_.data(), k, hid, xb2_.data(), dim);
       add_rows(x_.data(), xb2_.data(), k * dim);
     }

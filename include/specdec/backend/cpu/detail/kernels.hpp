@@ -25,6 +25,10 @@
 #include <cmath>
 #include <cstddef>
 
+#if defined(__FAST_MATH__)
+#warning "specdec cpu backend: -ffast-math allows reassociation; block and single-token forwards may then differ in the last bits"
+#endif
+
 namespace specdec::cpu::detail {
 
 typedef float v16 __attribute__((vector_size(64)));
@@ -212,14 +216,18 @@ inline void rope(float* q, float* k, std::size_t dim, std::size_t kv_dim, std::s
       float* vec = v == 0 ? q : k;
       const float v0 = vec[i];
       const float v1 = vec[i + 1];
-      vec[i] = v0 * fcr[pair] - v1 * fci[pair];
-      vec[i + 1] = v0 * fci[pair] + v1 * fcr[pair];
+      // Explicit fmadd: the rounding must not depend on whether the optimiser vectorised
+      // (or alignment-peeled) this element.
+      vec[i] = fmadd(v0, fcr[pair], -(v1 * fci[pair]));
+      vec[i + 1] = fmadd(v0, fci[pair], v1 * fcr[pair]);
     }
   }
 }
 
-/// hb[i] = silu(hb[i]) * hb2[i], elementwise with scalar std::exp so that no element's
-/// result depends on where it falls relative to a SIMD boundary.
+/// hb[i] = silu(hb[i]) * hb2[i] over one token row, elementwise with std::exp. Called
+/// per row, so an element's position relative to any SIMD boundary is fixed by its
+/// index in the row, never by the block size. (Like every kernel here it assumes no
+/// -ffast-math: reassociation would void the fixed summation orders.)
 inline void swiglu(float* hb, const float* hb2, std::size_t n) noexcept {
   for (std::size_t i = 0; i < n; ++i) {
     float val = hb[i];
