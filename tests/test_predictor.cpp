@@ -98,6 +98,13 @@ TEST(linear_length_predictor, exact_fit_on_a_tiny_case_and_clamps_at_zero) {
   EXPECT_NEAR(p.coefficients[0], 2.0, 1e-12);
   const std::vector<double> neg{-5.0};
   EXPECT_EQ(p.predict_raw(neg), 0.0);  // 1 - 10 < 0 is clamped
+  // A constant second feature: singular without a ridge, coefficient 0 with the default one.
+  const std::vector<std::vector<double>> xc{{0.0, 7.0}, {1.0, 7.0}, {2.0, 7.0}, {3.0, 7.0}};
+  EXPECT_THROW((void)linear_length_predictor::fit(xc, y, 0.0), specdec::invalid_argument);
+  const auto pc = linear_length_predictor::fit(xc, y);
+  EXPECT_NEAR(pc.intercept, 1.0, 1e-6);
+  EXPECT_NEAR(pc.coefficients[0], 2.0, 1e-6);
+  EXPECT_EQ(pc.coefficients[1], 0.0);
 }
 
 TEST(linear_length_predictor, rejects_bad_input) {
@@ -139,6 +146,12 @@ TEST(entropy_difficulty_predictor, recovers_scale_and_midpoint) {
   // Reversed labels give a negative slope, which the model does not allow.
   for (int& h : hard) h = 1 - h;
   EXPECT_THROW((void)entropy_difficulty_predictor::fit(e, hard), specdec::invalid_argument);
+  EXPECT_THROW((void)entropy_difficulty_predictor::fit({1.0, std::nan("")}, {0, 1}), specdec::invalid_argument);
+  EXPECT_THROW((void)entropy_difficulty_predictor::fit({1.0, 2.0}, {0, 1}, 1e-3, 0), specdec::invalid_argument);
+  // Perfectly separable labels: the slope penalty keeps the fit finite.
+  const auto sep = entropy_difficulty_predictor::fit({0.5, 1.0, 2.0, 2.5}, {0, 0, 1, 1});
+  EXPECT_TRUE(std::isfinite(sep.scale));
+  EXPECT_NEAR(sep.midpoint, 1.5, 1e-6);  // symmetric data: the midpoint is the centre
   EXPECT_THROW((entropy_difficulty_predictor{.scale = 0.0}.validate()), specdec::invalid_argument);
   EXPECT_THROW((entropy_difficulty_predictor{.scale = 1.0, .midpoint = std::nan("")}.validate()),
                specdec::invalid_argument);

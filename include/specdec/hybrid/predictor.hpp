@@ -197,7 +197,9 @@ struct constant_length_predictor {
 
 /// Least-squares length model `length = intercept + sum_j coefficients[j] * x_j` over
 /// `probe_features`, fitted from logged (features, actual length) runs by solving the
-/// ridge normal equations `(X'X + ridge I) beta = X'y` (the intercept is not penalised).
+/// ridge normal equations `(Z'Z + ridge I) g = Z'y` on standardised features Z (the
+/// intercept is not penalised; the default ridge is negligible next to Z'Z's diagonal n
+/// and only resolves constant or collinear features).
 /// Predictions are clamped at 0.
 ///
 /// ```cpp
@@ -240,30 +242,42 @@ struct linear_length_predictor {
       if (!std::isfinite(y[i]))
         throw invalid_argument("linear_length_predictor::fit: target " + std::to_string(i) +
                                " is not finite; expected finite lengths");
-    // Centre the features and the target so the intercept drops out of the penalised
-    // system; this also keeps the normal equations well conditioned.
+    // Standardise the features (centre, divide by the standard deviation) and centre the
+    // target: the intercept drops out of the penalised system, the ridge acts on
+    // comparable scales, and the normal equations stay well conditioned. A constant
+    // feature standardises to 0; with a positive ridge its coefficient is then 0.
     const std::size_t n = x.size();
-    std::vector<double> mean(d, 0.0);
+    const double nd = static_cast<double>(n);
+    std::vector<double> mean(d, 0.0), sd(d, 0.0);
     double ymean = 0.0;
     for (std::size_t i = 0; i < n; ++i) {
       for (std::size_t j = 0; j < d; ++j) mean[j] += x[i][j];
       ymean += y[i];
     }
-    for (double& m : mean) m /= static_cast<double>(n);
-    ymean /= static_cast<double>(n);
-    std::vector<double> a(d * d, 0.0), b(d, 0.0);
+    for (double& m : mean) m /= nd;
+    ymean /= nd;
+    for (std::size_t i = 0; i < n; ++i)
+      for (std::size_t j = 0; j < d; ++j) sd[j] += (x[i][j] - mean[j]) * (x[i][j] - mean[j]);
+    for (double& s : sd) {
+      s = std::sqrt(s / nd);
+      if (!(s > 0.0)) s = 1.0;
+    }
+    std::vector<double> a(d * d, 0.0), b(d, 0.0), z(d);
     for (std::size_t i = 0; i < n; ++i) {
+      for (std::size_t j = 0; j < d; ++j) z[j] = (x[i][j] - mean[j]) / sd[j];
       for (std::size_t j = 0; j < d; ++j) {
-        const double xj = x[i][j] - mean[j];
-        b[j] += xj * (y[i] - ymean);
-        for (std::size_t k = 0; k < d; ++k) a[j * d + k] += xj * (x[i][k] - mean[k]);
+        b[j] += z[j] * (y[i] - ymean);
+        for (std::size_t k = 0; k < d; ++k) a[j * d + k] += z[j] * z[k];
       }
     }
     for (std::size_t j = 0; j < d; ++j) a[j * d + j] += ridge;
     linear_length_predictor p;
-    p.coefficients = d == 0 ? std::vector<double>{} : detail::solve_linear(a, b, "linear_length_predictor::fit");
+    if (d > 0) p.coefficients = detail::solve_linear(a, b, "linear_length_predictor::fit");
     p.intercept = ymean;
-    for (std::size_t j = 0; j < d; ++j) p.intercept -= p.coefficients[j] * mean[j];
+    for (std::size_t j = 0; j < d; ++j) {
+      p.coefficients[j] /= sd[j];
+      p.intercept -= p.coefficients[j] * mean[j];
+    }
     return p;
   }
   /// Fits on logged requests' `probe_features` and their actual lengths.
@@ -316,11 +330,28 @@ struct entropy_difficulty_predictor {
     if (!(l2 > 0.0) || !std::isfinite(l2))
       throw invalid_argument("entropy_difficulty_predictor::fit l2 must be finite and > 0, got " +
                              std::to_string(l2));
+    if (iterations < 1)
+      throw invalid_argument("entropy_difficulty_predictor::fit iterations must be >= 1, got " +
+                             std::to_string(iterations));
+    for (std::size_t i = 0; i < entropies.size(); ++i)
+      if (!std::isfinite(entropies[i]))
+        throw invalid_argument("entropy_difficulty_predictor::fit: entropy " + std::to_string(i) +
+                               " is not finite; expected finite entropies");
     const double n = static_cast<double>(entropies.size());
     // Newton on the model sigmoid(a + w * e) with e centred.
     double em = 0.0;
     for (double e : entropies) em += e;
     em /= n;
+    auto objective = [&](double a0, double w0) {
+      double loss = 0.5 * l2 * n * w0 * w0;
+      for (std::size_t i = 0; i < entropies.size(); ++i) {
+        const double s = a0 + w0 * (entropies[i] - em);
+        // -log sigmoid(s) for hard, -log(1 - sigmoid(s)) otherwise, computed stably.
+        const double m = hard[i] != 0 ? -s : s;
+        loss += m > 0 ? m + std::log1p(std::exp(-m)) : std::log1p(std::exp(m));
+      }
+      return loss;
+    };
     double a = 0.0, w = 0.0;
     for (int it = 0; it < iterations; ++it) {
       double ga = 0, gw = 0, haa = 0, haw = 0, hww = 0;
@@ -339,12 +370,18 @@ struct entropy_difficulty_predictor {
       hww += l2 * n;
       haa += 1e-12 * n;
       const double det = haa * hww - haw * haw;
-      const double da = (hww * ga - haw * gw) / det;
-      const double dw = (haa * gw - haw * ga) / det;
-      a -= da;
-      w -= dw;
-      if (std::abs(da) + std::abs(dw) < 1e-12) break;
+      double da = (hww * ga - haw * gw) / det;
+      double dw = (haa * gw - haw * ga) / det;
+      // Backtrack until the penalised log-loss does not increase (Newton may overshoot).
+      const double before = objective(a, w);
+      double step = 1.0;
+      while (step > 1e-8 && !(objective(a - step * da, w - step * dw) <= before)) step *= 0.5;
+      a -= step * da;
+      w -= step * dw;
+      if (step * (std::abs(da) + std::abs(dw)) < 1e-12) break;
     }
+    if (!std::isfinite(a) || !std::isfinite(w))
+      throw invalid_argument("entropy_difficulty_predictor::fit: the fit diverged; expected finite data");
     if (!(w > 0.0))
       throw invalid_argument(
           "entropy_difficulty_predictor::fit: fitted slope " + std::to_string(w) +
