@@ -497,6 +497,35 @@ TEST(sampled_exactness, rejection_sampling_matches_the_target_distribution) {
   }
 }
 
+// Exactness does not depend on the fallback policy: BiLD's max-prob fallback discards
+// unconfident drafts (so some steps have k = 0 and the target samples alone) and
+// adaptive_gamma changes the draft length from step to step.
+TEST(sampled_exactness, exact_with_discarding_and_adaptive_fallbacks) {
+  constexpr std::size_t runs = 40000, n = 3;
+  markov_model target(markov_target_opts(5, 1, 21));
+  markov_model draft(markov_draft_opts(5, 1, 21));
+  const std::vector<token_id> prompt{3};
+  const sampling_params params{.temperature = 1.0f};
+  const generation_options opts{.max_new_tokens = n, .stop_at_eos = false};
+  const auto exact = exact_sequences(target, prompt, n, 1.0);
+  auto check = [&](auto fallback, const char* what) {
+    specdec::speculative_decoder dec(draft, target, fallback, specdec::rejection_sampling{}, params);
+    std::size_t fallbacks = 0;
+    const auto counts = histogram(runs, 5, n, [&](std::size_t run) {
+      dec.set_seed(run);
+      auto r = dec.generate(prompt, opts);
+      fallbacks += r.stats.fallbacks;
+      return r.tokens;
+    });
+    const fit f = goodness_of_fit(exact, counts, runs);
+    EXPECT_LT(f.chi2, f.critical) << what << ", df " << f.df;
+    EXPECT_LT(f.tv, 0.02) << what;
+    EXPECT_GT(fallbacks, runs / 10) << what;
+  };
+  check(max_prob(0.5f, 3), "max_prob_fallback");
+  check(specdec::adaptive_gamma{.initial = 1, .min_gamma = 1, .max_gamma = 3}, "adaptive_gamma");
+}
+
 // Sampled exactness on the real KJV pair: the joint distribution of the first two tokens
 // after BOS, at temperature 1, against p(x1) p(x2 | x1) computed by running kjv-big.
 TEST(sampled_exactness, kjv_first_two_tokens_follow_the_target) {
@@ -731,6 +760,37 @@ TEST(decoder_bild, lossy_policy_respects_budget_and_eos) {
     EXPECT_EQ(r.tokens.size(), m);
     EXPECT_EQ(r.stats.target_calls, 0u);
     EXPECT_EQ(r.tokens, autoregressive(d, prompt, {.max_new_tokens = m, .stop_at_eos = false}));
+  }
+}
+
+// Policies are reset at the start of every generate: an adaptive policy does not carry
+// what it learnt into the next call, so the same seed gives the same tokens.
+TEST(decoder_policies, adaptive_policy_is_reset_and_output_repeatable) {
+  markov_model t(markov_target_opts(8, 2, 9)), d(markov_draft_opts(8, 2, 9));
+  auto dec = specdec::make_speculative_decoder(d, t, specdec::adaptive_gamma{.initial = 2}, specdec::rejection_sampling{},
+                                               {.temperature = 1.0f}, 11);
+  const std::vector<token_id> prompt{1};
+  const generation_options o{.max_new_tokens = 50, .stop_at_eos = false};
+  const auto a = dec.generate(prompt, o);
+  EXPECT_NE(dec.fallback().current_gamma(), 2u);  // it learnt something...
+  const auto b = dec.generate(prompt, o);         // ...and forgot it
+  EXPECT_EQ(a.tokens, b.tokens);
+  EXPECT_EQ(a.stats.draft_tokens_proposed, b.stats.draft_tokens_proposed);
+  dec.set_seed(12);
+  EXPECT_NE(dec.generate(prompt, o).tokens, a.tokens);
+}
+
+TEST(decoder_policies, lossy_policies_run_sampled) {
+  markov_model t(markov_target_opts(8, 2, 9)), d(markov_draft_opts(8, 2, 9));
+  const std::vector<token_id> prompt{1};
+  specdec::speculative_decoder bild(d, t, max_prob(0.5f, 6), distance(1.0f), {.temperature = 1.0f}, 3);
+  specdec::speculative_decoder typical(d, t, gamma_policy(3), specdec::typical_acceptance{}, {.temperature = 0.7f}, 3);
+  for (std::size_t m : {1u, 7u, 40u}) {
+    const auto r = bild.generate(prompt, {.max_new_tokens = m, .stop_at_eos = false});
+    EXPECT_EQ(r.tokens.size(), m);
+    EXPECT_EQ(r.stats.tokens_emitted, m);
+    const auto r2 = typical.generate(prompt, {.max_new_tokens = m, .stop_at_eos = false});
+    EXPECT_EQ(r2.tokens.size(), m);
   }
 }
 

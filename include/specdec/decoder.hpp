@@ -316,6 +316,10 @@ class speculative_decoder {
           dl = detail::feed_block(draft_, seq_, draft_fed, s_old);
         }
         ++step_draft_forwards;
+        if (dl.rows == 0 || dl.vocab != vocab)
+          throw error("speculative_decoder: the draft's forward returned " + std::to_string(dl.rows) +
+                      " rows of " + std::to_string(dl.vocab) + " logits; expected at least one row of " +
+                      std::to_string(vocab));
         while (true) {
           ensure_rows(q_, k + 1, vocab);
           std::span<float> q_row(q_.data() + k * vocab, vocab);
