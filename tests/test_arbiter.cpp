@@ -317,6 +317,27 @@ TEST(latency_arbiter, speculative_on_a_fast_link_cloud_on_a_slow_one) {
   EXPECT_EQ(a.decide(f, slow, {}), route::on_device());
 }
 
+TEST(latency_arbiter, cloud_estimate_equals_the_simulated_link_without_headers) {
+  // The estimate's T_cloud is what a lossless simulated link charges for: upload the
+  // prompt ids, prefill and decode in the cloud, download the answer's ids (headers 0).
+  const latency_arbiter a{.costs = {.t_device_per_token = 0.03, .t_cloud_per_token = 0.012,
+                                    .cloud_prefill_seconds_per_token = 3e-4}};
+  const request_features f{.prompt_tokens = 250, .predicted_length = 80};
+  for (const char* name : {"lan", "wan", "lte", "degraded"}) {
+    SCOPED_TRACE(name);
+    auto cfg = link_config::preset(name);
+    cfg.header_bytes = 0;
+    cfg.jitter_sigma = 0.0;
+    cfg.loss_probability = 0.0;
+    simulated_link link(cfg, 1);
+    const double cloud = 250 * 3e-4 + 80 * 0.012;
+    const auto rt = link.round_trip(payload_bytes::token_ids(250), payload_bytes::token_ids(80), cloud);
+    ASSERT_TRUE(rt.delivered);
+    // One RTT (two halves), 32 * 250 bits up, 32 * 80 bits down, plus the cloud compute.
+    EXPECT_NEAR(a.estimate(f, link_estimate::of(cfg), {}).cloud, rt.total_seconds, 1e-12);
+  }
+}
+
 TEST(link_estimate, of_a_gilbert_elliott_link_mixes_the_states) {
   auto cfg = link_config::wan();
   cfg.channel = gilbert_elliott{.p_good_to_bad = 0.05, .p_bad_to_good = 0.2, .good_rtt_seconds = 0.02,
@@ -343,6 +364,8 @@ TEST(confidence_arbiter, routes_on_confidence_prefix_and_segments) {
   f.draft_mean_entropy = 2.5f;
   EXPECT_EQ(a.decide(f, lte_link, {}), route::in_cloud());
   EXPECT_EQ(a.decide(f, lte_link, {.max_cloud_fraction = 0.0}), route::on_device());
+  f.draft_mean_entropy = std::nanf("");  // no usable confidence: not confident
+  EXPECT_EQ(a.decide(f, lte_link, {}), route::in_cloud());
 
   segment_state s{.tokens_so_far = 32, .recent_max_prob_mean = 0.8f, .recent_mean_entropy = 0.5f};
   EXPECT_EQ(a.on_segment(s), route::on_device());

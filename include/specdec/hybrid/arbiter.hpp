@@ -421,8 +421,9 @@ struct confidence_arbiter {
   float max_first_token_entropy = std::numeric_limits<float>::infinity();  ///< not NaN
   std::size_t prefix_tokens = 0;  ///< 0 = never route to cloud_prefix
 
+  /// Whether the device may answer; NaN confidence is never confident (goes remote).
   [[nodiscard]] bool confident(float max_prob_mean, float mean_entropy) const noexcept {
-    return !(max_prob_mean < min_max_prob) && !(mean_entropy > max_entropy);
+    return max_prob_mean >= min_max_prob && mean_entropy <= max_entropy;
   }
   [[nodiscard]] route decide(const request_features& f, const link_estimate&, const budget& b) const {
     if (b.max_cloud_fraction <= 0.0) return route::on_device();
