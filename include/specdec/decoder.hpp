@@ -300,7 +300,7 @@ class speculative_decoder {
       const std::size_t remaining = out.remaining();
       // Exact policies always get a bonus/replacement token from the target, so k drafts
       // yield up to k + 1 tokens; lossy ones may emit k drafts unverified.
-      const std::size_t budget_cap = Rollback::exact ? remaining - 1 : remaining;
+      const std::size_t budget_cap = static_cast<bool>(Rollback::exact) ? remaining - 1 : remaining;
       const std::size_t context_cap = ctx - s_old - 1;  // S_new = s_old + k + 1 <= ctx
       const std::size_t k_max = std::min(budget_cap, context_cap);
 
@@ -368,7 +368,7 @@ class speculative_decoder {
       st.draft_seconds += step_draft_seconds;
 
       // ---- lossy shortcut: emit unverified drafts ----
-      if constexpr (!Rollback::exact) {
+      if (!static_cast<bool>(Rollback::exact)) {
         if (k > 0 && (why == ended::budget || why == ended::eos)) {
           for (std::size_t i = 0; i < k; ++i)
             if (!out.emit(drafted_[i])) break;
