@@ -123,26 +123,38 @@ inline float dot(const float* a, const float* b, std::size_t n) noexcept {
   return out;
 }
 
-template <int R>
-inline void dot_tile_tokens(int tokens, const float* w, std::size_t ldw, const float* x,
-                            std::size_t ldx, float* y, std::size_t ldy, std::size_t n) noexcept {
-  switch (tokens) {
-    case 1: dot_tile<R, 1>(w, ldw, x, ldx, y, ldy, n); break;
-    case 2: dot_tile<R, 2>(w, ldw, x, ldx, y, ldy, n); break;
-    case 3: dot_tile<R, 3>(w, ldw, x, ldx, y, ldy, n); break;
-    case 4: dot_tile<R, 4>(w, ldw, x, ldx, y, ldy, n); break;
-    case 5: dot_tile<R, 5>(w, ldw, x, ldx, y, ldy, n); break;
-    default: dot_tile<R, 6>(w, ldw, x, ldx, y, ldy, n); break;
+/// dot_tile<R, tokens> for a runtime tokens <= T.
+template <int R, int T>
+inline void dot_tile_upto(int tokens, const float* w, std::size_t ldw, const float* x,
+                          std::size_t ldx, float* y, std::size_t ldy, std::size_t n) noexcept {
+  if constexpr (T > 1) {
+    if (tokens < T) return dot_tile_upto<R, T - 1>(tokens, w, ldw, x, ldx, y, ldy, n);
+  }
+  dot_tile<R, T>(w, ldw, x, ldx, y, ldy, n);
+}
+
+/// Rows [i, i + R*m) of a matmul in R-row tiles (advancing i), every token tile at most
+/// T wide.
+template <int R, int T>
+inline void matmul_row_tiles(std::size_t& i, const float* w, std::size_t rows, std::size_t n,
+                             std::size_t ldw, const float* x, std::size_t k, std::size_t ldx,
+                             float* y, std::size_t ldy, std::size_t token_tile) noexcept {
+  for (; i + R <= rows; i += R) {
+    for (std::size_t t = 0; t < k; t += token_tile) {
+      const int tt = static_cast<int>(std::min(token_tile, k - t));
+      dot_tile_upto<R, T>(tt, w + i * ldw, ldw, x + t * ldx, ldx, y + t * ldy + i, ldy, n);
+    }
   }
 }
 
 /// Y[t][i] = sum_j W[i][j] X[t][j] for i < rows, t < k: a block of k input vectors
 /// (stride ldx) against a row-major [rows][n] weight matrix (row stride ldw), output
-/// row stride ldy. Weight rows are processed in tiles of 4 and the block in balanced
-/// token tiles of at most 6 (4 x 6 accumulators + 4 weight + 1 input vector fit the 32
-/// AVX-512 registers), so every weight row is streamed from memory once per call and
-/// re-read only from L1 for further token tiles. Tile shapes never change any result:
-/// each (row, token) dot product is summed in the order `dot` uses.
+/// row stride ldy. The block is cut into balanced token tiles of at most 6, and the rows
+/// into tiles of R = 12, 8, 6 or 4 for token tiles of 1, 2, 3 or 4-6 (R x T accumulators
+/// + R weight vectors + 1 input vector fit the 32 AVX-512 registers; more rows in flight
+/// means more concurrent weight streams). Every weight row is streamed from memory once
+/// per call and re-read only from L1 for further token tiles. Tile shapes never change
+/// any result: each (row, token) dot product is summed in the order `dot` uses.
 ///
 /// ```cpp
 /// // logits[t] = wcls * x[t] for a block of k tokens
@@ -151,24 +163,21 @@ inline void dot_tile_tokens(int tokens, const float* w, std::size_t ldw, const f
 inline void matmul(const float* w, std::size_t rows, std::size_t n, std::size_t ldw,
                    const float* x, std::size_t k, std::size_t ldx, float* y,
                    std::size_t ldy) noexcept {
-  constexpr std::size_t row_tile = 4;
   constexpr std::size_t max_token_tile = 6;
   if (k == 0) return;
   const std::size_t tiles = (k + max_token_tile - 1) / max_token_tile;
   const std::size_t token_tile = (k + tiles - 1) / tiles;  // e.g. k = 8 -> 4 + 4
   std::size_t i = 0;
-  for (; i + row_tile <= rows; i += row_tile) {
-    for (std::size_t t = 0; t < k; t += token_tile) {
-      const int tt = static_cast<int>(std::min(token_tile, k - t));
-      dot_tile_tokens<4>(tt, w + i * ldw, ldw, x + t * ldx, ldx, y + t * ldy + i, ldy, n);
-    }
+  switch (token_tile) {
+    case 1: matmul_row_tiles<12, 1>(i, w, rows, n, ldw, x, k, ldx, y, ldy, token_tile); break;
+    case 2: matmul_row_tiles<8, 2>(i, w, rows, n, ldw, x, k, ldx, y, ldy, token_tile); break;
+    case 3: matmul_row_tiles<6, 3>(i, w, rows, n, ldw, x, k, ldx, y, ldy, token_tile); break;
+    case 4:
+    case 5: matmul_row_tiles<5, 5>(i, w, rows, n, ldw, x, k, ldx, y, ldy, token_tile); break;
+    default: break;
   }
-  for (; i < rows; ++i) {
-    for (std::size_t t = 0; t < k; t += token_tile) {
-      const int tt = static_cast<int>(std::min(token_tile, k - t));
-      dot_tile_tokens<1>(tt, w + i * ldw, ldw, x + t * ldx, ldx, y + t * ldy + i, ldy, n);
-    }
-  }
+  matmul_row_tiles<4, max_token_tile>(i, w, rows, n, ldw, x, k, ldx, y, ldy, token_tile);
+  matmul_row_tiles<1, max_token_tile>(i, w, rows, n, ldw, x, k, ldx, y, ldy, token_tile);
 }
 
 /// Inverse RMS of x as llama2.c computes it: 1 / sqrt(mean(x^2) + 1e-5), with the sum of
