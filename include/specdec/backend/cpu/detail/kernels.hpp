@@ -150,7 +150,7 @@ inline void matmul_row_tiles(std::size_t& i, const float* w, std::size_t rows, s
 /// Y[t][i] = sum_j W[i][j] X[t][j] for i < rows, t < k: a block of k input vectors
 /// (stride ldx) against a row-major [rows][n] weight matrix (row stride ldw), output
 /// row stride ldy. The block is cut into balanced token tiles of at most 6, and the rows
-/// into tiles of R = 12, 8, 6 or 4 for token tiles of 1, 2, 3 or 4-6 (R x T accumulators
+/// into tiles of R = 12, 8, 6, 5 or 4 for token tiles of 1, 2, 3, 4-5 or 6 (R x T accumulators
 /// + R weight vectors + 1 input vector fit the 32 AVX-512 registers; more rows in flight
 /// means more concurrent weight streams). Every weight row is streamed from memory once
 /// per call and re-read only from L1 for further token tiles. Tile shapes never change
