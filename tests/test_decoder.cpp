@@ -641,6 +641,22 @@ TEST(decoder_errors, bad_parameters_throw_clear_messages) {
                specdec::invalid_argument);
   EXPECT_THROW(specdec::autoregressive_decoder(t, {.temperature = -1.0f}), specdec::invalid_argument);
   EXPECT_THROW(speculative_decoder(d, d, gamma_policy(2), specdec::greedy_match{}), specdec::invalid_argument);
+  // The messages name the knob and the value seen.
+  const auto msg_of = [&](auto fb, auto rb, sampling_params sp = {}) {
+    return thrown_message([&] { speculative_decoder(d, t, fb, rb, sp); });
+  };
+  const std::string g0 = msg_of(gamma_policy(0), specdec::greedy_match{});
+  EXPECT_NE(g0.find("gamma"), std::string::npos) << g0;
+  const std::string a15 = msg_of(max_prob(1.5f, 4), specdec::greedy_match{});
+  EXPECT_NE(a15.find("alpha_fb"), std::string::npos) << a15;
+  EXPECT_NE(a15.find("1.5"), std::string::npos) << a15;
+  const std::string rnan = msg_of(gamma_policy(2), distance(std::nanf("")));
+  EXPECT_NE(rnan.find("alpha_rb"), std::string::npos) << rnan;
+  EXPECT_NE(rnan.find("nan"), std::string::npos) << rnan;
+  const std::string tneg = msg_of(gamma_policy(2), specdec::greedy_match{}, {.temperature = -1.0f});
+  EXPECT_NE(tneg.find("temperature"), std::string::npos) << tneg;
+  const std::string same = thrown_message([&] { speculative_decoder(d, d, gamma_policy(2), specdec::greedy_match{}); });
+  EXPECT_NE(same.find("same object"), std::string::npos) << same;
 
   const std::string vm = thrown_message([&] { speculative_decoder(d5, t, gamma_policy(2), specdec::greedy_match{}); });
   EXPECT_NE(vm.find("5"), std::string::npos) << vm;
@@ -715,13 +731,16 @@ TEST(decoder_streaming, callback_sees_the_result_tokens_in_order_and_can_stop) {
   EXPECT_EQ(r3.tokens, std::vector<token_id>(r.tokens.begin(), r.tokens.begin() + static_cast<std::ptrdiff_t>(r3.tokens.size())));
 
   // EOS stops generation and is kept; the markov chain reaches id 2 quickly.
-  const auto r4 = dec.generate(prompt, {.max_new_tokens = 200});
-  if (r4.stop_reason == "eos") {
+  for (std::uint64_t seed : {3u, 4u, 5u}) {
+    dec.set_seed(seed);
+    std::vector<token_id> streamed;
+    const auto r4 = dec.generate(prompt, {.max_new_tokens = 200}, [&](token_id x) { streamed.push_back(x); });
+    ASSERT_EQ(r4.stop_reason, "eos") << "seed " << seed;
     EXPECT_EQ(r4.tokens.back(), specdec::eos_token);
     EXPECT_EQ(std::count(r4.tokens.begin(), r4.tokens.end(), specdec::eos_token), 1);
-  } else {
-    EXPECT_EQ(std::count(r4.tokens.begin(), r4.tokens.end(), specdec::eos_token), 0);
+    EXPECT_EQ(streamed, r4.tokens);
   }
+  dec.set_seed(3);
 
   // max_new_tokens for every budget, greedy and sampled.
   for (std::size_t m : {0u, 1u, 2u, 3u, 5u, 8u}) {
