@@ -208,8 +208,10 @@ inline double decoder_seconds_since(decoder_clock::time_point t0) {
 /// policies always get the one-hot q/p rows of greedy decoding in `verify_input`.
 ///
 /// Statistics: `draft_calls`/`target_calls` count forwards, `record_verification(k, a)`
-/// is called for each target verification with k >= 1, `fallbacks` counts draft blocks
-/// ended by the fallback policy (keep_and_stop or discard_and_stop), `draft_seconds` and
+/// is called for each target verification with k >= 1, `fallbacks` counts the drafted
+/// tokens the fallback policy discarded (`discard_and_stop`: the draft judged itself unfit
+/// and the target writes that position; a planned `keep_and_stop`, as fixed_gamma's at
+/// gamma, is not a fallback), `draft_seconds` and
 /// `target_seconds` time the forwards and `policy_seconds` is everything else of
 /// `total_seconds`. Tokens emitted unverified (lossy policies) count in `tokens_emitted`
 /// but not in the verification counters. `fallback.observe` is told the outcome of every
@@ -339,6 +341,7 @@ class speculative_decoder {
           const draft_action act = fallback_.decide(draft_step{k, confidence, x});
           if (act == draft_action::discard_and_stop) {
             why = ended::fallback;
+            ++st.fallbacks;
             break;
           }
           if (drafted_.size() < k + 1) drafted_.resize(k + 1);
@@ -362,7 +365,6 @@ class speculative_decoder {
           ++draft_fed;
           ++step_draft_forwards;
         }
-        if (why == ended::fallback) ++st.fallbacks;
       }
       st.draft_calls += step_draft_forwards;
       st.draft_seconds += step_draft_seconds;
