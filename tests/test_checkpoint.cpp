@@ -169,7 +169,9 @@ TEST(checkpoint, unshared_classifier_is_read_from_the_tail) {
 
 TEST(checkpoint, missing_file) {
   temp_file f("specdec-missing");  // never written
-  expect_rejected(f, "expected an existing llama2.c checkpoint file");
+  expect_rejected(f, "no such file; expected an existing llama2.c checkpoint file");
+  fs::create_directory(f.path());
+  expect_rejected(f, "not a regular file");
 }
 
 TEST(checkpoint, truncated_header) {

@@ -177,8 +177,11 @@ inline void check_positive(const std::string& path, const char* name, std::int64
 inline checkpoint load_checkpoint(const std::filesystem::path& file) {
   const std::string path = file.string();
   std::error_code ec;
-  if (!std::filesystem::is_regular_file(file, ec)) {
+  if (!std::filesystem::exists(file, ec)) {
     detail::checkpoint_fail(path, "no such file; expected an existing llama2.c checkpoint file");
+  }
+  if (!std::filesystem::is_regular_file(file, ec)) {
+    detail::checkpoint_fail(path, "not a regular file; expected an existing llama2.c checkpoint file");
   }
   const std::uintmax_t file_size = std::filesystem::file_size(file, ec);
   if (ec) detail::checkpoint_fail(path, "cannot determine the file size: " + ec.message());
