@@ -207,6 +207,25 @@ TYPED_TEST(model_contract, bad_input_throws_and_leaves_the_cache_alone) {
   for (std::size_t j = 0; j < m.vocab_size(); ++j) ASSERT_EQ(again.row(0)[j], want.row(0)[j]);
 }
 
+TEST(transformer, long_blocks_deep_in_the_context_are_bit_exact) {
+  // Long attention spans and many token tiles: a 200-token prompt as one block, then
+  // blocks of 13 and 7 near the end of the context, against single-token forwards.
+  for (const char* name : {"stories260K.bin", "kjv-little.bin"}) {
+    SCOPED_TRACE(name);
+    transformer m(shared_checkpoint(name));
+    const std::size_t n = 220;
+    auto seq = random_tokens(n, m.vocab_size(), 21);
+    auto ref = single_token_rows(m, seq);
+    m.reset();
+    auto a = m.forward(std::span(seq).first(200));
+    expect_rows_equal<transformer>(a, 0, ref, "200-token block");
+    auto b = m.forward(std::span(seq).subspan(200, 13));
+    expect_rows_equal<transformer>(b, 200, ref, "13-token block at 200");
+    auto c = m.forward(std::span(seq).subspan(213, 7));
+    expect_rows_equal<transformer>(c, 213, ref, "7-token block at 213");
+  }
+}
+
 TEST(transformer, several_instances_share_one_checkpoint) {
   auto ck = shared_checkpoint("stories260K.bin");
   transformer a(ck), b(ck);
