@@ -180,7 +180,8 @@ int main(int argc, char** argv) try {
     return measure("ar", name, encoded, o.repeats, [&](const auto& p) { return dec.generate(p, gen); });
   };
   runs.push_back(ar(greedy, "greedy"));
-  const run_record& baseline = runs.front();
+  runs.reserve(64);  // records are referenced below while more are appended
+  const std::size_t greedy_baseline = 0;
   runs.push_back(ar(sampled, "temperature=1"));
   const std::size_t sampled_baseline = 1;
 
@@ -230,7 +231,7 @@ int main(int argc, char** argv) try {
   for (std::size_t i = 0; i < runs.size(); ++i) {
     const run_record& r = runs[i];
     const bool is_sampled = r.config.find("temperature=1") != std::string::npos;
-    const run_record& base = is_sampled ? runs[sampled_baseline] : baseline;
+    const run_record& base = runs[is_sampled ? sampled_baseline : greedy_baseline];
     const double tps = r.seconds > 0 ? double(r.tokens) / r.seconds : 0;
     const double base_tps = base.seconds > 0 ? double(base.tokens) / base.seconds : 0;
     const double speedup = base_tps > 0 ? tps / base_tps : 0;
@@ -243,7 +244,7 @@ int main(int argc, char** argv) try {
     double nll = 0;
     for (std::size_t p = 0; p < encoded.size(); ++p) nll += target_nll(target, encoded[p], r.outputs[p]);
     const double ppl = std::exp(nll / double(encoded.size()));
-    const double agree = agreement(r.outputs, baseline.outputs);
+    const double agree = agreement(r.outputs, runs[greedy_baseline].outputs);
     std::fprintf(stderr, "%-6s %-40s %9.1f %8.2f %8.3f %8.2f %9.2f %7.3f %8.2f\n", r.method.c_str(), r.config.c_str(),
                  tps, speedup, r.stats.acceptance_rate(), r.stats.mean_accepted_per_target_call(), predicted, agree, ppl);
     json << "    {\"method\": \"" << r.method << "\", \"config\": \"" << r.config << "\", \"tokens\": " << r.tokens
