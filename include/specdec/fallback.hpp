@@ -53,7 +53,10 @@ enum class draft_action {
 /// ```
 struct draft_step {
   std::size_t position;         ///< 0-based index within the current draft block
-  std::span<const float> q;     ///< the distribution the token was drawn from
+  /// The draft's confidence distribution at this position: the distribution the token was
+  /// drawn from when sampling; under greedy decoding (where that is one-hot and says
+  /// nothing about confidence) the draft's plain softmax (temperature 1).
+  std::span<const float> q;
   token_id token;               ///< the drafted token
 };
 
