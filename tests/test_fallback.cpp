@@ -1,6 +1,6 @@
 // Tests for include/specdec/fallback.hpp: the shared contract of every fallback policy
-// (typed suite), each policy's own rule on crafted draft distributions, and the concept's
-// near-misses.
+// (the public typed suite of specdec/testing/contracts.hpp), each policy's own rule on
+// crafted draft distributions, and the concept's near-misses.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "specdec/fallback.hpp"
+#include "specdec/testing/contracts.hpp"
 
 namespace {
 using specdec::draft_action;
@@ -61,56 +62,35 @@ static_assert(specdec::validatable_policy<specdec::expected_speedup_gamma> &&
 static_assert(std::is_aggregate_v<specdec::adaptive_gamma>);
 static_assert(std::is_aggregate_v<specdec::expected_speedup_gamma>);
 
-// ---- helpers --------------------------------------------------------------------------
+// ---- helpers (shared with the public contract suite) ----------------------------------------
 
 std::vector<float> uniform(std::size_t n, std::size_t vocab = 0) {
-  std::vector<float> q(vocab == 0 ? n : vocab, 0.0f);
-  for (std::size_t i = 0; i < n; ++i) q[i] = 1.0f / static_cast<float>(n);
-  return q;
+  return specdec::testing::uniform_distribution(n, vocab);
 }
 std::vector<float> one_hot(std::size_t vocab, std::size_t at) {
-  std::vector<float> q(vocab, 0.0f);
-  q[at] = 1.0f;
-  return q;
+  return specdec::testing::one_hot_distribution(vocab, at);
 }
-std::vector<float> random_distribution(std::mt19937_64& g, std::size_t vocab) {
-  std::exponential_distribution<float> e(1.0f);
-  std::vector<float> q(vocab);
-  float z = 0;
-  for (float& x : q) z += x = e(g);
-  for (float& x : q) x /= z;
-  return q;
-}
+using specdec::testing::random_distribution;
+using specdec::testing::run_block;
 
-/// Runs the draft loop with the same q at every position: the number of positions until
-/// the policy stops (including the stopping one), and the final action. Gives up after
-/// `limit` positions (returns limit + 1 and keep_and_continue).
-template <class P>
-std::pair<std::size_t, draft_action> run_block(P& policy, const std::vector<float>& q,
-                                               std::size_t limit = 1000) {
-  for (std::size_t pos = 0; pos < limit; ++pos) {
-    const draft_action a = policy.decide(draft_step{pos, q, 0});
-    if (a != draft_action::keep_and_continue) return {pos + 1, a};
-  }
-  return {limit + 1, draft_action::keep_and_continue};
-}
+}  // namespace
 
-// ---- typed contract suite ---------------------------------------------------------------
+// ---- the shared contract (include/specdec/testing/contracts.hpp) ----------------------------
+// Per-policy data: the most positions a block may last with the default knobs, and knob
+// settings that validate() must reject (with the knob's name).
 
-/// Per-policy data for the shared contract: the most positions a block may last with the
-/// default knobs, and knob settings that validate() must reject (with the knob's name).
-template <class P>
-struct policy_traits;
-
+namespace specdec::testing {
 template <>
-struct policy_traits<specdec::fixed_gamma> {
+struct fallback_traits<fixed_gamma> : default_fallback_traits<fixed_gamma> {
   static constexpr std::size_t cap = 4;
-  static std::vector<std::pair<specdec::fixed_gamma, std::string>> bad() { return {{{.gamma = 0}, "gamma"}}; }
+  static std::vector<std::pair<fixed_gamma, std::string>> bad_knobs() { return {{{.gamma = 0}, "gamma"}}; }
 };
 template <>
-struct policy_traits<specdec::max_prob_fallback> {
+struct fallback_traits<max_prob_fallback> : default_fallback_traits<max_prob_fallback> {
   static constexpr std::size_t cap = 10;
-  static std::vector<std::pair<specdec::max_prob_fallback, std::string>> bad() {
+  static std::vector<std::pair<max_prob_fallback, std::string>> bad_knobs() {
+    constexpr float nan_f = std::numeric_limits<float>::quiet_NaN();
+    constexpr float inf_f = std::numeric_limits<float>::infinity();
     return {{{.alpha_fb = nan_f}, "alpha_fb"},
             {{.alpha_fb = -0.1f}, "alpha_fb"},
             {{.alpha_fb = 1.5f}, "alpha_fb"},
@@ -118,16 +98,18 @@ struct policy_traits<specdec::max_prob_fallback> {
   }
 };
 template <>
-struct policy_traits<specdec::entropy_fallback> {
+struct fallback_traits<entropy_fallback> : default_fallback_traits<entropy_fallback> {
   static constexpr std::size_t cap = 10;
-  static std::vector<std::pair<specdec::entropy_fallback, std::string>> bad() {
+  static std::vector<std::pair<entropy_fallback, std::string>> bad_knobs() {
+    constexpr float nan_f = std::numeric_limits<float>::quiet_NaN();
     return {{{.max_entropy = nan_f}, "max_entropy"}, {{.max_entropy = -1.0f}, "max_entropy"}};
   }
 };
 template <>
-struct policy_traits<specdec::adaptive_gamma> {
+struct fallback_traits<adaptive_gamma> : default_fallback_traits<adaptive_gamma> {
   static constexpr std::size_t cap = 16;
-  static std::vector<std::pair<specdec::adaptive_gamma, std::string>> bad() {
+  static constexpr bool validates_on_use = true;
+  static std::vector<std::pair<adaptive_gamma, std::string>> bad_knobs() {
     return {{{.initial = 4, .min_gamma = 0}, "min_gamma"},
             {{.initial = 4, .min_gamma = 5, .max_gamma = 3}, "max_gamma"},
             {{.initial = 20, .min_gamma = 1, .max_gamma = 16}, "initial"},
@@ -135,9 +117,11 @@ struct policy_traits<specdec::adaptive_gamma> {
   }
 };
 template <>
-struct policy_traits<specdec::expected_speedup_gamma> {
+struct fallback_traits<expected_speedup_gamma> : default_fallback_traits<expected_speedup_gamma> {
   static constexpr std::size_t cap = 16;
-  static std::vector<std::pair<specdec::expected_speedup_gamma, std::string>> bad() {
+  static constexpr bool validates_on_use = true;
+  static std::vector<std::pair<expected_speedup_gamma, std::string>> bad_knobs() {
+    constexpr double nan_d = std::numeric_limits<double>::quiet_NaN();
     return {{{.max_gamma = 0}, "max_gamma"},
             {{.prior_acceptance = nan_d}, "prior_acceptance"},
             {{.prior_acceptance = 1.01}, "prior_acceptance"},
@@ -152,86 +136,16 @@ struct policy_traits<specdec::expected_speedup_gamma> {
             {{.cost_ratio = nan_d}, "cost_ratio"}};
   }
 };
+}  // namespace specdec::testing
 
-template <class P>
-class fallback_contract : public ::testing::Test {};
+SPECDEC_FALLBACK_CONTRACT_TESTS(shipped, specdec::fixed_gamma, specdec::max_prob_fallback,
+                                specdec::entropy_fallback, specdec::adaptive_gamma,
+                                specdec::expected_speedup_gamma);
 
-using fallback_types = ::testing::Types<specdec::fixed_gamma, specdec::max_prob_fallback,
-                                        specdec::entropy_fallback, specdec::adaptive_gamma,
-                                        specdec::expected_speedup_gamma>;
-TYPED_TEST_SUITE(fallback_contract, fallback_types);
-
-TYPED_TEST(fallback_contract, defaults_validate_and_blocks_stop_within_the_cap) {
-  TypeParam policy{};
-  EXPECT_NO_THROW(policy.validate());
-  constexpr std::size_t cap = policy_traits<TypeParam>::cap;
-  std::mt19937_64 g(11);
-  std::vector<std::vector<float>> qs{one_hot(8, 3), uniform(8), uniform(2, 8), random_distribution(g, 8)};
-  for (const auto& q : qs) {
-    auto [n, action] = run_block(policy, q);
-    EXPECT_GE(n, 1u);
-    EXPECT_LE(n, cap);
-    EXPECT_NE(action, draft_action::keep_and_continue);
-  }
-}
-
-TYPED_TEST(fallback_contract, validate_names_the_bad_knob) {
-  for (const auto& [policy, knob] : policy_traits<TypeParam>::bad()) {
-    try {
-      policy.validate();
-      ADD_FAILURE() << "validate() accepted a bad " << knob;
-    } catch (const specdec::invalid_argument& e) {
-      EXPECT_NE(std::string(e.what()).find(knob), std::string::npos) << e.what();
-      EXPECT_NE(std::string(e.what()).find("got"), std::string::npos) << e.what();
-    }
-    // Stateful policies validate on first use too, so a decoder that forgot still fails.
-    if constexpr (std::is_same_v<TypeParam, specdec::adaptive_gamma> ||
-                  std::is_same_v<TypeParam, specdec::expected_speedup_gamma>) {
-      TypeParam copy = policy;
-      EXPECT_THROW((void)copy.decide(draft_step{0, uniform(4), 0}), specdec::invalid_argument);
-    }
-  }
-}
-
-TYPED_TEST(fallback_contract, observe_never_breaks_the_cap) {
-  TypeParam policy{};
-  constexpr std::size_t cap = policy_traits<TypeParam>::cap;
-  std::mt19937_64 g(5);
-  std::vector<step_outcome> odd{
-      {},                                                        // nothing proposed
-      {.proposed = 3, .accepted = 3},                            // no timing
-      {.proposed = 4, .accepted = 9},                            // accepted > proposed (bad report)
-      {.proposed = 4, .accepted = 0, .draft_seconds = 0.0, .draft_forwards = 4, .target_seconds = 0.0},
-      {.proposed = 2, .accepted = 1, .draft_seconds = 1e-9, .draft_forwards = 0, .target_seconds = 1.0},
-      {.proposed = 2, .accepted = 2, .draft_seconds = 1e300, .draft_forwards = 1, .target_seconds = 1e-300},
-      {.proposed = 5, .accepted = 2, .draft_seconds = nan_d, .draft_forwards = 5, .target_seconds = 0.1},
-  };
-  for (int round = 0; round < 300; ++round) {
-    step_outcome o = odd[static_cast<std::size_t>(round) % odd.size()];
-    if (round >= 100) {  // then plausible random outcomes
-      std::uniform_int_distribution<std::size_t> prop(0, 16);
-      o.proposed = prop(g);
-      o.accepted = std::uniform_int_distribution<std::size_t>(0, o.proposed)(g);
-      o.draft_forwards = o.proposed;
-      o.draft_seconds = 0.001 * static_cast<double>(o.proposed);
-      o.target_seconds = 0.02;
-    }
-    EXPECT_NO_THROW(policy.observe(o));
-    auto [n, action] = run_block(policy, random_distribution(g, 6));
-    ASSERT_LE(n, cap) << "round " << round;
-    ASSERT_NE(action, draft_action::keep_and_continue);
-  }
-}
-
-TYPED_TEST(fallback_contract, reset_restores_the_fresh_behaviour) {
-  TypeParam fresh{};
-  TypeParam used{};
-  for (int i = 0; i < 20; ++i) used.observe({.proposed = 8, .accepted = 8, .draft_seconds = 0.001,
-                                             .draft_forwards = 8, .target_seconds = 0.5});
-  used.reset();
-  const auto q = uniform(3, 8);
-  EXPECT_EQ(run_block(fresh, q), run_block(used, q));
-}
+namespace {
+using specdec::draft_action;
+using specdec::draft_step;
+using specdec::step_outcome;
 
 // ---- fixed_gamma ------------------------------------------------------------------------
 

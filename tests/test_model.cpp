@@ -1,11 +1,22 @@
 // Tests for include/specdec/model.hpp: the concept accepts its archetypes and rejects
-// near-misses, and the archetypes keep the contract.
+// near-misses, and the archetypes and the reference transformer keep the contract (the
+// public typed suite of specdec/testing/contracts.hpp).
 #include <gtest/gtest.h>
 
 #include <vector>
 
 #include "specdec/model.hpp"
+#include "specdec/backend/cpu/transformer.hpp"
 #include "specdec/testing/archetypes.hpp"
+#include "specdec/testing/contracts.hpp"
+
+// The shared contract: the archetypes (default-made) and the bundled draft checkpoint.
+template <>
+struct specdec::testing::model_factory<specdec::cpu::transformer> {
+  static specdec::cpu::transformer make() { return specdec::cpu::transformer(SPECDEC_MODELS_DIR "/kjv-little.bin"); }
+};
+SPECDEC_MODEL_CONTRACT_TESTS(archetypes, specdec::testing::minimal_model, specdec::testing::markov_model);
+SPECDEC_MODEL_CONTRACT_TESTS(cpu, specdec::cpu::transformer);
 
 namespace {
 using specdec::token_id;

@@ -1,6 +1,6 @@
 // Tests for include/specdec/rollback.hpp: the shared contract of every rollback policy
-// (typed suite), greedy equivalence, BiLD's and Medusa's thresholds on crafted inputs,
-// and the statistical exactness of rejection sampling (with a negative control).
+// (the public typed suite of specdec/testing/contracts.hpp), greedy equivalence, BiLD's
+// and Medusa's thresholds on crafted inputs, and the statistical exactness of rejection sampling (with a negative control).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -16,6 +16,7 @@
 #include "specdec/distance.hpp"
 #include "specdec/rollback.hpp"
 #include "specdec/sampling.hpp"
+#include "specdec/testing/contracts.hpp"
 
 namespace {
 using specdec::random_source;
@@ -48,160 +49,58 @@ static_assert(specdec::rejection_sampling::exact && specdec::greedy_match::exact
 static_assert(!specdec::distance_rollback<>::exact && !specdec::typical_acceptance::exact);
 static_assert(std::is_same_v<specdec::distance_rollback<>::metric_type, specdec::drafted_cross_entropy>);
 
-// ---- a verification block built from logits, as a decoder would ---------------------------
+// ---- a verification block built from logits, as a decoder would (contracts.hpp) ------------
 
-/// Owns the arrays a `verify_input` views. `make` fills p and q from target and draft
-/// logits under `params` and draws the drafted tokens from q.
-struct block {
-  std::size_t vocab = 0;
-  std::vector<token_id> drafted;
-  std::vector<float> q, p, logits;
-  sampling_params params{};
-  random_source rng{0};
+using block = specdec::testing::verify_block;
 
-  verify_input input() {
-    return {drafted, q, p, logits, vocab, &params, &rng};
-  }
+}  // namespace
 
-  /// k drafted positions over `vocab` tokens. Draft logits are the target's plus noise
-  /// of scale `noise` (0 = identical distributions).
-  static block make(std::mt19937_64& g, std::size_t k, std::size_t vocab, sampling_params params,
-                    float noise, std::uint64_t seed) {
-    block b;
-    b.vocab = vocab;
-    b.params = params;
-    b.rng.reseed(seed);
-    std::normal_distribution<float> n01(0.0f, 1.0f);
-    b.logits.resize((k + 1) * vocab);
-    for (float& x : b.logits) x = 2.0f * n01(g);
-    b.p.resize((k + 1) * vocab);
-    b.q.resize(k * vocab);
-    std::vector<float> draft_logits(vocab);
-    random_source draw_rng(seed ^ 0x9e3779b97f4a7c15ULL);
-    for (std::size_t i = 0; i <= k; ++i) {
-      std::span<const float> row(b.logits.data() + i * vocab, vocab);
-      specdec::make_distribution(row, params, std::span(b.p.data() + i * vocab, vocab));
-      if (i == k) break;
-      for (std::size_t j = 0; j < vocab; ++j) draft_logits[j] = row[j] + noise * n01(g);
-      auto qrow = std::span(b.q.data() + i * vocab, vocab);
-      specdec::make_distribution(draft_logits, params, qrow);
-      b.drafted.push_back(params.greedy() ? specdec::argmax(draft_logits)
-                                          : specdec::sample_from(qrow, draw_rng.uniform()));
-    }
-    return b;
-  }
-};
+// ---- the shared contract (include/specdec/testing/contracts.hpp) ----------------------------
 
-// ---- typed contract suite -----------------------------------------------------------------
-
-template <class R>
-struct policy_traits {
-  static std::vector<std::pair<R, std::string>> bad() { return {}; }
-};
+namespace specdec::testing {
 template <>
-struct policy_traits<specdec::distance_rollback<>> {
-  static std::vector<std::pair<specdec::distance_rollback<>, std::string>> bad() {
+struct rollback_traits<distance_rollback<>> : default_rollback_traits<distance_rollback<>> {
+  static constexpr bool verify_validates = true;
+  static std::vector<std::pair<distance_rollback<>, std::string>> bad_knobs() {
+    constexpr float nan_f = std::numeric_limits<float>::quiet_NaN();
+    constexpr float inf_f = std::numeric_limits<float>::infinity();
     return {{{.alpha_rb = nan_f}, "alpha_rb"}, {{.alpha_rb = -0.5f}, "alpha_rb"},
             {{.alpha_rb = -inf_f}, "alpha_rb"}};
   }
 };
 template <>
-struct policy_traits<specdec::distance_rollback<specdec::total_variation>> {
-  static std::vector<std::pair<specdec::distance_rollback<specdec::total_variation>, std::string>> bad() {
+struct rollback_traits<distance_rollback<total_variation>>
+    : default_rollback_traits<distance_rollback<total_variation>> {
+  static constexpr bool verify_validates = true;
+  static std::vector<std::pair<distance_rollback<total_variation>, std::string>> bad_knobs() {
+    constexpr float nan_f = std::numeric_limits<float>::quiet_NaN();
     return {{{.alpha_rb = nan_f}, "alpha_rb"}, {{.alpha_rb = -1e-3f}, "alpha_rb"}};
   }
 };
 template <>
-struct policy_traits<specdec::typical_acceptance> {
-  static std::vector<std::pair<specdec::typical_acceptance, std::string>> bad() {
+struct rollback_traits<typical_acceptance> : default_rollback_traits<typical_acceptance> {
+  static constexpr bool verify_validates = true;
+  static std::vector<std::pair<typical_acceptance, std::string>> bad_knobs() {
+    constexpr float nan_f = std::numeric_limits<float>::quiet_NaN();
+    constexpr float inf_f = std::numeric_limits<float>::infinity();
     return {{{.epsilon = nan_f}, "epsilon"},  {{.epsilon = -0.1f}, "epsilon"},
             {{.epsilon = 1.0f}, "epsilon"},   {{.delta = nan_f}, "delta"},
             {{.delta = -0.3f}, "delta"},      {{.delta = inf_f}, "delta"}};
   }
 };
+}  // namespace specdec::testing
 
-template <class R>
-class rollback_contract : public ::testing::Test {};
-using rollback_types =
-    ::testing::Types<specdec::rejection_sampling, specdec::greedy_match, specdec::distance_rollback<>,
-                     specdec::distance_rollback<specdec::total_variation>, specdec::typical_acceptance>;
-TYPED_TEST_SUITE(rollback_contract, rollback_types);
+SPECDEC_ROLLBACK_CONTRACT_TESTS(shipped, specdec::rejection_sampling, specdec::greedy_match,
+                                specdec::distance_rollback<>,
+                                specdec::distance_rollback<specdec::total_variation>,
+                                specdec::typical_acceptance);
 
-TYPED_TEST(rollback_contract, accepted_is_at_most_k_and_next_is_possible_for_the_target) {
-  TypeParam policy{};
-  EXPECT_NO_THROW(policy.validate());
-  std::mt19937_64 g(1);
-  const std::vector<sampling_params> settings{
-      {}, {.temperature = 1.0f}, {.temperature = 0.7f, .top_k = 3}, {.temperature = 1.3f, .top_p = 0.8f}};
-  for (int trial = 0; trial < 400; ++trial) {
-    const auto& params = settings[static_cast<std::size_t>(trial) % settings.size()];
-    const std::size_t k = static_cast<std::size_t>(trial) % 6;  // includes k = 0
-    block b = block::make(g, k, 7, params, trial % 3 == 0 ? 0.0f : 1.5f, static_cast<std::uint64_t>(trial));
-    const verify_result r = policy.verify(b.input());
-    ASSERT_LE(r.accepted, k);
-    ASSERT_GE(r.next, 0);
-    ASSERT_LT(static_cast<std::size_t>(r.next), b.vocab);
-    EXPECT_GT(b.input().p_row(r.accepted)[static_cast<std::size_t>(r.next)], 0.0f)
-        << "trial " << trial << ": next has zero target probability";
-  }
-}
-
-TYPED_TEST(rollback_contract, greedy_identical_draft_accepts_everything) {
-  TypeParam policy{};
-  std::mt19937_64 g(2);
-  for (int trial = 0; trial < 100; ++trial) {
-    const std::size_t k = 1 + static_cast<std::size_t>(trial) % 8;
-    block b = block::make(g, k, 9, sampling_params{}, /*noise=*/0.0f, 17);
-    const double before = random_source(17).uniform();
-    const verify_result r = policy.verify(b.input());
-    EXPECT_EQ(r.accepted, k);
-    EXPECT_EQ(r.next, specdec::argmax(b.input().logits_row(k)));
-    EXPECT_EQ(b.rng.uniform(), before) << "greedy verification consumed randomness";
-  }
-}
-
-TYPED_TEST(rollback_contract, same_seed_same_verdict) {
-  TypeParam policy{};
-  std::mt19937_64 g(3);
-  for (int trial = 0; trial < 100; ++trial) {
-    block b = block::make(g, 4, 6, {.temperature = 1.0f}, 1.0f, 99);
-    block c = b;
-    const verify_result r1 = policy.verify(b.input());
-    const verify_result r2 = policy.verify(c.input());
-    EXPECT_EQ(r1.accepted, r2.accepted);
-    EXPECT_EQ(r1.next, r2.next);
-  }
-}
-
-TYPED_TEST(rollback_contract, bad_knobs_and_malformed_input_throw) {
-  for (const auto& [policy, knob] : policy_traits<TypeParam>::bad()) {
-    try {
-      policy.validate();
-      ADD_FAILURE() << "validate() accepted a bad " << knob;
-    } catch (const specdec::invalid_argument& e) {
-      EXPECT_NE(std::string(e.what()).find(knob), std::string::npos) << e.what();
-      EXPECT_NE(std::string(e.what()).find("got"), std::string::npos) << e.what();
-    }
-    std::mt19937_64 g(4);
-    block b = block::make(g, 2, 5, {.temperature = 1.0f}, 1.0f, 1);
-    TypeParam copy = policy;
-    EXPECT_THROW((void)copy.verify(b.input()), specdec::invalid_argument);  // verify validates too
-  }
-  TypeParam policy{};
-  std::mt19937_64 g(5);
-  block b = block::make(g, 3, 5, {.temperature = 1.0f}, 1.0f, 1);
-  verify_input in = b.input();
-  in.p = in.p.first(3 * 5);  // one row short
-  EXPECT_THROW((void)policy.verify(in), specdec::invalid_argument);
-  in = b.input();
-  in.q = in.q.first(2 * 5);
-  EXPECT_THROW((void)policy.verify(in), specdec::invalid_argument);
-  in = b.input();
-  in.vocab = 0;
-  EXPECT_THROW((void)policy.verify(in), specdec::invalid_argument);
-  b.drafted[1] = 5;  // out of range
-  EXPECT_THROW((void)policy.verify(b.input()), specdec::token_out_of_range);
-}
+namespace {
+using specdec::random_source;
+using specdec::sampling_params;
+using specdec::token_id;
+using specdec::verify_input;
+using specdec::verify_result;
 
 // ---- greedy equivalence ---------------------------------------------------------------------
 
