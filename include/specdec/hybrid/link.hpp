@@ -13,6 +13,7 @@
 /// through this file's own uniform and Box-Muller normal transforms, never through
 /// `std::*_distribution`, so the same seed gives the same delays with every standard
 /// library.
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -345,6 +346,25 @@ class simulated_link {
   send_result send_down(std::size_t bytes) {
     counters_.messages_down += 1;
     return send(bytes, config_.down_bps, counters_.bytes_down);
+  }
+
+  /// A cloud -> device message that leaves the cloud at virtual time `start_seconds`,
+  /// which may lie before `now()`: the messages of a pipelined stream, whose sender runs
+  /// ahead of the device's clock. The delay is drawn as for `send_down` (outage windows
+  /// are checked at the start time); afterwards `now()` is the later of its old value and
+  /// the delivery (or give-up) time `start_seconds + delay`.
+  ///
+  /// ```cpp
+  /// // the cloud finished token i at cloud_t; the device sees it when it arrives
+  /// auto r = link.send_down_at(cloud_t, specdec::hybrid::payload_bytes::token_ids(1));
+  /// ```
+  send_result send_down_at(double start_seconds, std::size_t bytes) {
+    detail::check_non_negative("simulated_link::send_down_at start_seconds", start_seconds);
+    const double before = now_;
+    now_ = start_seconds;
+    send_result r = send_down(bytes);
+    now_ = std::max(before, now_);
+    return r;
   }
 
   /// Upload `up_bytes`, compute `cloud_compute_seconds` in the cloud, download

@@ -1,0 +1,558 @@
+// Tests for include/specdec/hybrid/{remote_model,session}.hpp: the virtual clock and the
+// byte counters of speculative and streamed requests equal hand-computed values on a
+// fixed link with fixed compute costs; greedy speculative decoding over the link gives the
+// cloud's own greedy output; cloud_prefix(k) is the cloud's first k greedy tokens and the
+// device's greedy continuation; an outage mid-request falls back to the device and
+// completes; routes are deterministic given a seed; every arbiter's routes execute end to
+// end; a segment arbiter can move a generation from the device; bad knobs throw naming
+// the knob.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "specdec/backend/cpu/tokenizer.hpp"
+#include "specdec/backend/cpu/transformer.hpp"
+#include "specdec/decoder.hpp"
+#include "specdec/hybrid/session.hpp"
+#include "specdec/testing/archetypes.hpp"
+
+namespace {
+
+using namespace specdec::hybrid;
+using specdec::generation_options;
+using specdec::token_id;
+using specdec::testing::markov_model;
+
+constexpr double kTol = 1e-12;
+
+// Fixed compute costs: a device forward of n tokens costs 1 ms + 0.1 ms n, a cloud one 2 ms + 0.5 ms n.
+session_options fixed_costs() {
+  session_options o;
+  o.device_cost = linear_cost{.per_call = 1e-3, .per_token = 1e-4};
+  o.cloud_cost = linear_cost{.per_call = 2e-3, .per_token = 5e-4};
+  return o;
+}
+
+markov_model target_model() { return markov_model({.vocab = 8, .order = 2, .seed = 3}); }
+markov_model draft_model(float noise = 0.0f) {
+  return markov_model({.vocab = 8, .order = 2, .seed = 3, .noise_seed = 11, .noise = noise});
+}
+
+std::vector<token_id> greedy(markov_model& m, const std::vector<token_id>& prompt, std::size_t n) {
+  specdec::autoregressive_decoder dec(m);
+  return dec.generate(prompt, {.max_new_tokens = n, .stop_at_eos = false}).tokens;
+}
+
+generation_options no_eos(std::size_t n) { return {.max_new_tokens = n, .stop_at_eos = false}; }
+
+// ---------------------------------------------------------------------------------------
+// Hand-computed clock and bytes
+
+// wan: RTT 15 ms, 100 Mbit/s both ways, 40 header bytes. Identical draft and target, greedy,
+// gamma 3, prompt of 3 tokens, 8 new tokens: two rounds, every draft accepted.
+//   probe:   device forward of 3 tokens                        1.3 ms
+//   round 1: draft forwards of 3, 1, 1 tokens                  3.5 ms
+//            up 6 ids = 24 B (+40): 7.5 ms + 64*8/1e8 s
+//            cloud forward of 6 tokens                         5.0 ms
+//            down verdict 8 B (+40): 7.5 ms + 48*8/1e8 s      -> 4 tokens (first token here)
+//   round 2: draft forwards of 2, 1, 1 tokens                  3.4 ms
+//            up 4 ids = 16 B (+40): 7.5 ms + 56*8/1e8 s
+//            cloud forward of 4 tokens                         4.0 ms
+//            down verdict: 7.5 ms + 48*8/1e8 s                -> 4 tokens
+TEST(HybridSession, SpeculativeClockAndBytesMatchHandComputation) {
+  auto device = draft_model(), cloud = target_model();
+  simulated_link link(link_config::wan(), 1);
+  session s(device, cloud, fixed_arbiter{route::speculative(3)}, link, fixed_costs());
+  const std::vector<token_id> prompt{1, 4, 5};
+  const auto r = s.run(prompt, no_eos(8));
+
+  const double up1 = 0.0075 + 64 * 8 / 1e8, down = 0.0075 + 48 * 8 / 1e8, up2 = 0.0075 + 56 * 8 / 1e8;
+  EXPECT_EQ(r.tokens, greedy(cloud, prompt, 8));
+  EXPECT_EQ(r.planned, route::speculative(3));
+  ASSERT_EQ(r.legs.size(), 1u);
+  EXPECT_NEAR(r.ttft_seconds, 1.3e-3 + 3.5e-3 + up1 + 5e-3 + down, kTol);
+  EXPECT_NEAR(r.latency_seconds, 1.3e-3 + 3.5e-3 + up1 + 5e-3 + down + 3.4e-3 + up2 + 4e-3 + down, kTol);
+  EXPECT_NEAR(link.now(), r.latency_seconds, kTol);
+  EXPECT_EQ(r.bytes_up, 64u + 56u);
+  EXPECT_EQ(r.bytes_down, 48u + 48u);
+  EXPECT_EQ(r.round_trips, 2u);
+  EXPECT_EQ(r.cloud_calls, 2u);
+  EXPECT_EQ(r.cloud_forward_tokens, 10u);
+  EXPECT_NEAR(r.device_seconds, 1.3e-3 + 3.5e-3 + 3.4e-3, kTol);
+  EXPECT_NEAR(r.cloud_seconds, 9e-3, kTol);
+  EXPECT_EQ(r.cloud_tokens, 8u);
+  EXPECT_EQ(r.device_tokens, 0u);
+  EXPECT_DOUBLE_EQ(r.bytes_per_token(), 216.0 / 8.0);
+  EXPECT_DOUBLE_EQ(r.round_trips_per_token(), 0.25);
+  EXPECT_FALSE(r.fell_back_to_device);
+  EXPECT_EQ(r.stop_reason, "max_tokens");
+  EXPECT_EQ(r.stats.draft_tokens_proposed, 6u);
+  EXPECT_EQ(r.stats.draft_tokens_accepted, 6u);
+  EXPECT_EQ(r.stats.target_calls, 2u);
+}
+
+// The same request with q shipped as top-4 rows (3 drafted positions per round: 3*4*6 =
+// 72 B more up per round), and with device-side verification of full distributions
+// (k+1 = 4 rows of 8 fp32 = 128 B down per round, ids only up).
+TEST(HybridSession, PayloadModesChangeBytesAsHandComputed) {
+  const std::vector<token_id> prompt{1, 4, 5};
+  {
+    auto device = draft_model(), cloud = target_model();
+    simulated_link link(link_config::wan(), 1);
+    auto o = fixed_costs();
+    o.wire = {.mode = payload_mode::top_k, .site = verify_site::cloud, .top_k = 4};
+    session s(device, cloud, fixed_arbiter{route::speculative(3)}, link, o);
+    const auto r = s.run(prompt, no_eos(8));
+    EXPECT_EQ(r.bytes_up, (24u + 72u + 40u) + (16u + 72u + 40u));
+    EXPECT_EQ(r.bytes_down, 96u);
+    const double up1 = 0.0075 + 136 * 8 / 1e8, up2 = 0.0075 + 128 * 8 / 1e8, down = 0.0075 + 48 * 8 / 1e8;
+    EXPECT_NEAR(r.latency_seconds, 17.2e-3 + up1 + up2 + 2 * down, kTol);
+  }
+  {
+    auto device = draft_model(), cloud = target_model();
+    simulated_link link(link_config::wan(), 1);
+    auto o = fixed_costs();
+    o.wire = {.mode = payload_mode::full_distribution, .site = verify_site::device};
+    session s(device, cloud, fixed_arbiter{route::speculative(3)}, link, o);
+    const auto r = s.run(prompt, no_eos(8));
+    EXPECT_EQ(r.bytes_up, 120u);
+    EXPECT_EQ(r.bytes_down, 2u * (4u * 8u * 4u + 40u));
+    EXPECT_EQ(r.tokens, greedy(cloud, prompt, 8));
+  }
+}
+
+// Streaming: one upload, then the cloud runs ahead and each token arrives one downlink
+// delay after the cloud produced it (pipelined), not one delay after the previous token.
+//   probe 1.3 ms; up 3 ids: 7.5 ms + 52*8/1e8; cloud 3.5 ms (prompt) + 3 x 2.5 ms;
+//   each token down: 7.5 ms + 44*8/1e8.
+TEST(HybridSession, CloudRouteStreamsWithPipelinedDelays) {
+  auto device = draft_model(), cloud = target_model();
+  simulated_link link(link_config::wan(), 1);
+  session s(device, cloud, fixed_arbiter{route::in_cloud()}, link, fixed_costs());
+  const std::vector<token_id> prompt{1, 4, 5};
+  const auto r = s.run(prompt, no_eos(4));
+  const double up = 0.0075 + 52 * 8 / 1e8, down = 0.0075 + 44 * 8 / 1e8;
+  EXPECT_EQ(r.tokens, greedy(cloud, prompt, 4));
+  EXPECT_NEAR(r.ttft_seconds, 1.3e-3 + up + 3.5e-3 + down, kTol);
+  EXPECT_NEAR(r.latency_seconds, 1.3e-3 + up + 3.5e-3 + 3 * 2.5e-3 + down, kTol);
+  EXPECT_EQ(r.bytes_up, 52u);
+  EXPECT_EQ(r.bytes_down, 4u * 44u);
+  EXPECT_EQ(r.round_trips, 1u);
+  EXPECT_EQ(r.cloud_tokens, 4u);
+  EXPECT_NEAR(r.device_seconds, 1.3e-3, kTol);
+}
+
+TEST(HybridSession, DeviceRouteUsesNoLinkAndChargesDeviceCompute) {
+  auto device = draft_model(0.8f), cloud = target_model();
+  simulated_link link(link_config::lte(), 1);
+  auto o = fixed_costs();
+  o.compute.device_scale = 3.0;
+  session s(device, cloud, fixed_arbiter{}, link, o);
+  const std::vector<token_id> prompt{1, 4, 5};
+  const auto r = s.run(prompt, no_eos(5));
+  EXPECT_EQ(r.tokens, greedy(device, prompt, 5));
+  // probe (3 tokens) + prefill (3 tokens) + 4 single-token forwards, each x3
+  EXPECT_NEAR(r.latency_seconds, 3.0 * (1.3e-3 + 1.3e-3 + 4 * 1.1e-3), kTol);
+  EXPECT_NEAR(r.ttft_seconds, 3.0 * (1.3e-3 + 1.3e-3), kTol);
+  EXPECT_EQ(r.bytes_up + r.bytes_down + r.round_trips + r.cloud_tokens, 0u);
+  EXPECT_EQ(r.device_tokens, 5u);
+}
+
+TEST(HybridSession, ProbeChargeIsOptional) {
+  auto device = draft_model(), cloud = target_model();
+  simulated_link link(link_config::wan(), 1);
+  auto o = fixed_costs();
+  o.charge_probe = false;
+  session s(device, cloud, fixed_arbiter{}, link, o);
+  const auto r = s.run(std::vector<token_id>{1, 4, 5}, no_eos(2));
+  EXPECT_NEAR(r.latency_seconds, 1.3e-3 + 1.1e-3, kTol);
+  EXPECT_GT(r.features.draft_max_prob_mean, 0.0f);
+  EXPECT_EQ(r.features.prompt_tokens, 3u);
+}
+
+// ---------------------------------------------------------------------------------------
+// Outputs
+
+TEST(HybridSession, GreedySpeculativeOverLinkEqualsCloudGreedy) {
+  auto device = draft_model(1.0f), cloud = target_model();
+  for (const char* preset : {"lan", "lte", "degraded"}) {
+    for (std::size_t gamma : {1u, 3u, 6u}) {
+      simulated_link link(link_config::preset(preset), 5);
+      session s(device, cloud, fixed_arbiter{route::speculative(gamma)}, link, fixed_costs());
+      for (token_id start = 3; start < 7; ++start) {
+        const std::vector<token_id> prompt{1, start, 6};
+        const auto r = s.run(prompt, no_eos(20));
+        EXPECT_EQ(r.tokens, greedy(cloud, prompt, 20)) << preset << " gamma " << gamma;
+        EXPECT_FALSE(r.fell_back_to_device);
+        EXPECT_GE(r.round_trips, 20u / (gamma + 1));
+      }
+    }
+  }
+}
+
+TEST(HybridSession, CloudPrefixIsCloudHeadThenDeviceContinuation) {
+  auto device = draft_model(1.5f), cloud = target_model();
+  simulated_link link(link_config::lte(), 2);
+  session s(device, cloud, fixed_arbiter{route::cloud_prefix(4)}, link, fixed_costs());
+  const std::vector<token_id> prompt{1, 3, 6};
+  const auto r = s.run(prompt, no_eos(12));
+  const auto head = greedy(cloud, prompt, 4);
+  auto ctx = prompt;
+  ctx.insert(ctx.end(), head.begin(), head.end());
+  const auto tail = greedy(device, ctx, 8);
+  auto expected = head;
+  expected.insert(expected.end(), tail.begin(), tail.end());
+  EXPECT_EQ(r.tokens, expected);
+  ASSERT_EQ(r.legs.size(), 2u);
+  EXPECT_EQ(r.legs[1].kind, route_kind::device);
+  EXPECT_EQ(r.cloud_tokens, 4u);
+  EXPECT_EQ(r.device_tokens, 8u);
+  EXPECT_EQ(r.round_trips, 1u);
+  EXPECT_EQ(r.bytes_down, 4u * 44u);
+}
+
+TEST(HybridSession, StopSequenceAndEosEndTheRequestAcrossLegs) {
+  auto device = draft_model(1.5f), cloud = target_model();
+  const std::vector<token_id> prompt{1, 3, 6};
+  const auto full = [&] {
+    simulated_link link(link_config::wan(), 2);
+    session s(device, cloud, fixed_arbiter{route::cloud_prefix(2)}, link, fixed_costs());
+    return s.run(prompt, no_eos(12)).tokens;
+  }();
+  // A stop sequence spanning the cloud/device boundary (tokens 1 and 2 of the output).
+  simulated_link link(link_config::wan(), 2);
+  session s(device, cloud, fixed_arbiter{route::cloud_prefix(2)}, link, fixed_costs());
+  auto opts = no_eos(12);
+  opts.stop_sequences = {{full[1], full[2]}};
+  const auto r = s.run(prompt, opts);
+  EXPECT_EQ(r.stop_reason, "stop_sequence");
+  ASSERT_LE(r.tokens.size(), 3u);
+  EXPECT_EQ(r.tokens.back(), full[2]);
+}
+
+// ---------------------------------------------------------------------------------------
+// Outage
+
+TEST(HybridSession, OutageMidRequestFallsBackToDeviceAndCompletes) {
+  auto device = draft_model(), cloud = target_model();
+  auto cfg = link_config::wan();
+  cfg.outages.push_back({.start_seconds = 0.02, .end_seconds = 100.0});  // after round 1 left
+  simulated_link link(cfg, 1);
+  session s(device, cloud, fixed_arbiter{route::speculative(3)}, link, fixed_costs());
+  const std::vector<token_id> prompt{1, 4, 5};
+  const auto r = s.run(prompt, no_eos(16));
+  EXPECT_TRUE(r.fell_back_to_device);
+  ASSERT_EQ(r.tokens.size(), 16u);
+  EXPECT_EQ(r.cloud_tokens, 4u);  // round 1 (3 drafts + bonus) was committed
+  EXPECT_EQ(r.device_tokens, 12u);
+  ASSERT_EQ(r.legs.size(), 2u);
+  EXPECT_EQ(r.legs[0].kind, route_kind::speculative);
+  EXPECT_EQ(r.legs[1].kind, route_kind::device);
+  const auto head = greedy(cloud, prompt, 4);
+  EXPECT_TRUE(std::equal(head.begin(), head.end(), r.tokens.begin()));
+  auto ctx = prompt;
+  ctx.insert(ctx.end(), head.begin(), head.end());
+  const auto tail = greedy(device, ctx, 12);
+  EXPECT_TRUE(std::equal(tail.begin(), tail.end(), r.tokens.begin() + 4));
+  EXPECT_GE(r.latency_seconds, cfg.outage_timeout_seconds);
+  EXPECT_EQ(link.counters().timeouts, 1u);
+  EXPECT_EQ(r.stop_reason, "max_tokens");
+}
+
+TEST(HybridSession, CloudRouteDuringOutageRunsOnDevice) {
+  auto device = draft_model(0.8f), cloud = target_model();
+  auto cfg = link_config::lte();
+  cfg.outages.push_back({.start_seconds = 0.0, .end_seconds = 100.0});
+  simulated_link link(cfg, 1);
+  session s(device, cloud, fixed_arbiter{route::in_cloud()}, link, fixed_costs());
+  const std::vector<token_id> prompt{1, 4, 5};
+  const auto r = s.run(prompt, no_eos(6));
+  EXPECT_TRUE(r.fell_back_to_device);
+  EXPECT_EQ(r.tokens, greedy(device, prompt, 6));
+  EXPECT_EQ(r.cloud_tokens, 0u);
+  EXPECT_EQ(r.route_trace(), "cloud>device");
+}
+
+TEST(HybridSession, RemoteModelFailureLeavesCacheUntouched) {
+  auto cloud = target_model();
+  auto cfg = link_config::lan();
+  cfg.outage_probability = 1.0;
+  simulated_link link(cfg, 1);
+  remote_model remote(cloud, link);
+  const std::vector<token_id> block{1, 2, 3};
+  EXPECT_THROW((void)remote.forward(block), link_unavailable);
+  EXPECT_EQ(remote.cache_length(), 0u);
+  EXPECT_EQ(remote.failures(), 1u);
+  EXPECT_NEAR(link.now(), cfg.outage_timeout_seconds, kTol);
+  try {
+    (void)remote.forward(block);
+  } catch (const specdec::error& e) {  // derives from specdec::error
+    EXPECT_NE(std::string(e.what()).find("remote_model"), std::string::npos);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Determinism
+
+std::vector<std::vector<token_id>> prompts_for_tests(std::size_t n) {
+  std::vector<std::vector<token_id>> out;
+  for (std::size_t i = 0; i < n; ++i)
+    out.push_back({1, static_cast<token_id>(3 + i % 5), static_cast<token_id>(i % 8), static_cast<token_id>((i * 3) % 8)});
+  return out;
+}
+
+TEST(HybridSession, RoutesAndResultsAreDeterministicGivenSeeds) {
+  auto run_all = [](std::uint64_t arbiter_seed) {
+    auto device = draft_model(0.8f), cloud = target_model();
+    simulated_link link(link_config::lte(), 9);
+    auto o = fixed_costs();
+    o.sampling.temperature = 1.0f;
+    o.seed = 4;
+    session s(device, cloud, random_arbiter{.cloud_fraction = 0.5, .seed = arbiter_seed}, link, o);
+    std::vector<request_result> rs;
+    std::uint64_t id = 0;
+    for (const auto& p : prompts_for_tests(12)) rs.push_back(s.run(p, no_eos(10), id++));
+    return rs;
+  };
+  const auto a = run_all(7), b = run_all(7), c = run_all(8);
+  std::size_t differ = 0, cloud = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(a[i].planned, b[i].planned);
+    EXPECT_EQ(a[i].tokens, b[i].tokens);
+    EXPECT_EQ(a[i].latency_seconds, b[i].latency_seconds);
+    EXPECT_EQ(a[i].bytes_up, b[i].bytes_up);
+    differ += a[i].planned != c[i].planned;
+    cloud += a[i].planned.uses_cloud();
+  }
+  EXPECT_GT(cloud, 0u);
+  EXPECT_LT(cloud, a.size());
+  EXPECT_GT(differ, 0u);  // another seed routes differently
+}
+
+TEST(HybridSession, SampledSpeculativeIsReproducibleAndCountsQPayload) {
+  const std::vector<token_id> prompt{1, 4, 5};
+  auto once = [&] {
+    auto device = draft_model(0.8f), cloud = target_model();
+    simulated_link link(link_config::wan(), 3);
+    auto o = fixed_costs();
+    o.sampling.temperature = 1.0f;
+    o.seed = 21;
+    o.wire = {.mode = payload_mode::full_distribution};
+    session s(device, cloud, fixed_arbiter{route::speculative(2)}, link, o);
+    return s.run(prompt, no_eos(16));
+  };
+  const auto a = once(), b = once();
+  EXPECT_EQ(a.tokens, b.tokens);
+  EXPECT_EQ(a.tokens.size(), 16u);
+  EXPECT_EQ(a.latency_seconds, b.latency_seconds);
+  // Every round uploads 4 bytes per id plus a full q row (8 x 4 B) per drafted token.
+  const std::size_t drafted = a.stats.draft_tokens_proposed;
+  const std::size_t ids = a.cloud_forward_tokens;
+  EXPECT_EQ(a.bytes_up, 4 * ids + 32 * drafted + 40 * a.round_trips);
+}
+
+// ---------------------------------------------------------------------------------------
+// Every arbiter's routes execute end to end
+
+request_features synthetic(std::uint64_t id, float entropy) {
+  return {.prompt_tokens = 4, .draft_mean_entropy = entropy, .draft_max_prob_mean = 1.0f / (1.0f + entropy),
+          .draft_first_token_entropy = entropy, .predicted_length = 12, .predicted_difficulty = 0.5, .request_id = id};
+}
+
+template <class A>
+A make_arbiter();
+template <>
+random_arbiter make_arbiter() { return {.cloud_fraction = 0.5, .seed = 3}; }
+template <>
+oracle_arbiter make_arbiter() { return oracle_arbiter::from_labels({1, 0, 1, 0, 0, 1, 1, 0, 1, 0}); }
+template <>
+confidence_arbiter make_arbiter() {
+  return {.min_max_prob = 0.0f, .max_entropy = 1.2f, .max_first_token_entropy = 0.9f, .prefix_tokens = 3};
+}
+template <>
+latency_arbiter make_arbiter() {
+  return {.costs = {.t_device_per_token = 0.02, .t_cloud_per_token = 0.002, .cloud_prefill_seconds_per_token = 1e-4}};
+}
+template <>
+logistic_arbiter make_arbiter() {
+  logistic_arbiter a;
+  std::vector<request_features> f;
+  std::vector<int> y;
+  for (int i = 0; i < 40; ++i) {
+    const float e = 0.2f + 0.05f * static_cast<float>(i);
+    f.push_back(synthetic(static_cast<std::uint64_t>(i), e));
+    y.push_back(e < 1.2f ? 1 : 0);
+  }
+  a.train(f, y, 300);
+  return a;
+}
+template <>
+fixed_arbiter make_arbiter() { return {route::speculative(3)}; }
+
+template <class A>
+class ArbiterSession : public ::testing::Test {};
+using arbiter_types =
+    ::testing::Types<random_arbiter, oracle_arbiter, confidence_arbiter, latency_arbiter, logistic_arbiter, fixed_arbiter>;
+TYPED_TEST_SUITE(ArbiterSession, arbiter_types);
+
+TYPED_TEST(ArbiterSession, RoutesExecuteEndToEnd) {
+  auto device = draft_model(1.0f), cloud = target_model();
+  simulated_link link(link_config::wan(), 4);
+  session s(device, cloud, make_arbiter<TypeParam>(), link, fixed_costs(), constant_length_predictor{.length = 12});
+  std::vector<request_result> results;
+  std::uint64_t id = 0;
+  for (const auto& p : prompts_for_tests(10)) results.push_back(s.run(p, no_eos(12), id++));
+  // Plus every route forced, so each arbiter's session runs each kind.
+  for (route r : {route::on_device(), route::in_cloud(), route::speculative(2), route::cloud_prefix(3)})
+    results.push_back(s.execute(std::vector<token_id>{1, 5, 2}, no_eos(12), r));
+  std::size_t i = 0;
+  for (const auto& r : results) {
+    const auto& p = i < 10 ? prompts_for_tests(10)[i] : std::vector<token_id>{1, 5, 2};
+    ++i;
+    ASSERT_EQ(r.tokens.size(), 12u);
+    EXPECT_EQ(r.cloud_tokens + r.device_tokens, 12u);
+    EXPECT_GT(r.latency_seconds, 0.0);
+    EXPECT_LE(r.ttft_seconds, r.latency_seconds);
+    EXPECT_FALSE(r.fell_back_to_device);
+    switch (r.planned.kind) {
+      case route_kind::device:
+        EXPECT_EQ(r.tokens, greedy(device, p, 12));
+        EXPECT_EQ(r.bytes_up + r.bytes_down + r.round_trips, 0u);
+        break;
+      case route_kind::cloud:
+      case route_kind::speculative:
+        EXPECT_EQ(r.tokens, greedy(cloud, p, 12));
+        EXPECT_GT(r.bytes_up, 0u);
+        EXPECT_GE(r.round_trips, 1u);
+        break;
+      case route_kind::cloud_prefix: {
+        const auto head = greedy(cloud, p, r.planned.prefix_tokens);
+        EXPECT_TRUE(std::equal(head.begin(), head.end(), r.tokens.begin()));
+        EXPECT_EQ(r.cloud_tokens, r.planned.prefix_tokens);
+        break;
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Per-segment hook
+
+/// Starts on the device and moves to speculation at the first segment boundary.
+struct escalate_after_segment {
+  std::vector<segment_state>* seen = nullptr;
+  route decide(const request_features&, const link_estimate&, const budget&) const { return route::on_device(); }
+  route on_segment(const segment_state& s) const {
+    seen->push_back(s);
+    return s.current.kind == route_kind::device ? route::speculative(2) : s.current;
+  }
+  void validate() const {}
+};
+static_assert(segment_arbiter<escalate_after_segment>);
+
+TEST(HybridSession, SegmentArbiterEscalatesFromDevice) {
+  auto device = draft_model(1.5f), cloud = target_model();
+  simulated_link link(link_config::wan(), 4);
+  std::vector<segment_state> seen;
+  auto o = fixed_costs();
+  o.segment_tokens = 5;
+  session s(device, cloud, escalate_after_segment{&seen}, link, o);
+  const std::vector<token_id> prompt{1, 3, 6};
+  const auto r = s.run(prompt, no_eos(14));
+  ASSERT_EQ(seen.size(), 1u);
+  EXPECT_EQ(seen[0].tokens_so_far, 5u);
+  EXPECT_GT(seen[0].recent_max_prob_mean, 0.0f);
+  EXPECT_LE(seen[0].recent_max_prob_mean, 1.0f);
+  EXPECT_GT(seen[0].recent_mean_entropy, 0.0f);
+  EXPECT_EQ(r.route_trace(), "device>speculative(2)");
+  EXPECT_EQ(r.segment_switches, 1u);
+  const auto head = greedy(device, prompt, 5);
+  auto ctx = prompt;
+  ctx.insert(ctx.end(), head.begin(), head.end());
+  const auto tail = greedy(cloud, ctx, 9);
+  auto expected = head;
+  expected.insert(expected.end(), tail.begin(), tail.end());
+  EXPECT_EQ(r.tokens, expected);
+  EXPECT_EQ(r.device_tokens, 5u);
+  EXPECT_EQ(r.cloud_tokens, 9u);
+}
+
+TEST(HybridSession, ConfidenceArbiterSegmentHookHandsUnconfidentGenerationToCloud) {
+  auto device = draft_model(1.5f), cloud = target_model();
+  simulated_link link(link_config::wan(), 4);
+  auto o = fixed_costs();
+  o.segment_tokens = 4;
+  // decide() sees the prompt probe and keeps the device; on_segment() needs 0.999 max-prob.
+  confidence_arbiter a{.min_max_prob = 0.0f, .max_entropy = std::numeric_limits<float>::infinity()};
+  session s(device, cloud, a, link, o);
+  s.arbiter().min_max_prob = 0.999f;  // (decide uses the same rule: route the probe first)
+  const std::vector<token_id> prompt{1, 3, 6};
+  auto f = s.features(prompt);
+  const auto r = s.execute(prompt, no_eos(12), route::on_device(), f);
+  EXPECT_EQ(r.route_trace(), "device>cloud");
+  EXPECT_EQ(r.device_tokens, 4u);
+  EXPECT_EQ(r.cloud_tokens, 8u);
+}
+
+// ---------------------------------------------------------------------------------------
+// Knobs
+
+TEST(HybridSession, BadKnobsThrowNamingTheKnob) {
+  auto device = draft_model(), cloud = target_model();
+  simulated_link link(link_config::wan(), 1);
+  auto expect_msg = [](auto&& f, const char* knob) {
+    try {
+      f();
+      ADD_FAILURE() << "no throw for " << knob;
+    } catch (const specdec::invalid_argument& e) {
+      EXPECT_NE(std::string(e.what()).find(knob), std::string::npos) << e.what();
+    }
+  };
+  expect_msg([] { wire_format{.mode = payload_mode::top_k, .top_k = 0}.validate(); }, "wire_format.top_k");
+  expect_msg([&] { session_options o; o.compute.device_scale = 0; session s(device, cloud, fixed_arbiter{}, link, o); },
+             "compute_model.device_scale");
+  expect_msg([&] { session s(device, cloud, fixed_arbiter{route::speculative(0)}, link); }, "fixed_arbiter.fixed.gamma");
+  expect_msg([&] { timed_model t(device, link, -1.0); }, "timed_model scale");
+  expect_msg([&] { session s(device, device, fixed_arbiter{}, link); }, "same object");
+  expect_msg([&] {
+    session s(device, cloud, fixed_arbiter{}, link);
+    (void)s.execute(std::vector<token_id>{1}, no_eos(4), route::cloud_prefix(0));
+  }, "prefix_tokens");
+  expect_msg([&] { session_options o; o.sampling.temperature = -1; o.validate(); }, "sampling_params.temperature");
+  markov_model small({.vocab = 5});
+  EXPECT_THROW((session(device, small, fixed_arbiter{}, link)), specdec::vocabulary_mismatch);
+}
+
+// ---------------------------------------------------------------------------------------
+// The KJV pair
+
+std::string model_path(const char* name) { return std::string(SPECDEC_MODELS_DIR) + "/" + name; }
+
+TEST(HybridSessionKjv, SpeculativeAndPrefixOnRealModels) {
+  specdec::cpu::transformer little(model_path("kjv-little.bin")), big(model_path("kjv-big.bin"));
+  specdec::cpu::tokenizer tok(model_path("kjv2k-tokenizer.bin"), little.vocab_size());
+  const auto prompt = tok.encode("And the LORD said unto Noah, Come thou");
+  simulated_link link(link_config::lte(), 1);
+  session s(little, big, fixed_arbiter{route::speculative(4)}, link,
+            {.compute = {.device_scale = 3.0, .cloud_scale = 0.5}});
+  const auto r = s.run(prompt, {.max_new_tokens = 12});
+  specdec::autoregressive_decoder big_dec(big), little_dec(little);
+  const auto big_out = big_dec.generate(prompt, {.max_new_tokens = 12}).tokens;
+  EXPECT_EQ(r.tokens, big_out);
+  EXPECT_GT(r.latency_seconds, 0.0);
+  EXPECT_GT(r.features.draft_max_prob_mean, 0.0f);
+
+  const auto p = s.execute(prompt, {.max_new_tokens = 12}, route::cloud_prefix(3));
+  ASSERT_EQ(p.tokens.size(), 12u);
+  EXPECT_TRUE(std::equal(big_out.begin(), big_out.begin() + 3, p.tokens.begin()));
+  auto ctx = prompt;
+  ctx.insert(ctx.end(), big_out.begin(), big_out.begin() + 3);
+  const auto tail = little_dec.generate(ctx, {.max_new_tokens = 9}).tokens;
+  EXPECT_TRUE(std::equal(tail.begin(), tail.end(), p.tokens.begin() + 3));
+}
+
+}  // namespace
