@@ -15,9 +15,11 @@
 #include <type_traits>
 #include <span>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "specdec/backend/cpu/checkpoint.hpp"
+#include "specdec/backend/cpu/tokenizer.hpp"
 #include "specdec/backend/cpu/transformer.hpp"
 #include "specdec/model.hpp"
 #include "specdec/testing/archetypes.hpp"
@@ -56,10 +58,36 @@ struct kjv_big_traits {
   using model = transformer;
   static model make() { return model(shared_checkpoint("kjv-big.bin")); }
 };
+// The same contract for every weight format and for 1, 2 and 3 threads (3 > cores: an
+// uneven split of rows and heads).
+using specdec::cpu::weight_format;
+template <weight_format F, std::size_t Threads>
+struct formatted_traits {
+  using model = transformer;
+  static constexpr weight_format format = F;
+  static constexpr std::size_t threads = Threads;
+};
+struct stories_q8_t2_traits : formatted_traits<weight_format::q8_0, 2> {
+  static model make() { return model(shared_checkpoint("stories260K.bin"), {.threads = 2, .format = format}); }
+};
+struct kjv_little_bf16_t1_traits : formatted_traits<weight_format::bf16, 1> {
+  static model make() { return model(shared_checkpoint("kjv-little.bin"), {.threads = 1, .format = format}); }
+};
+struct kjv_little_fp16_t3_traits : formatted_traits<weight_format::fp16, 3> {
+  static model make() { return model(shared_checkpoint("kjv-little.bin"), {.threads = 3, .format = format}); }
+};
+struct kjv_little_q8_t2_traits : formatted_traits<weight_format::q8_0, 2> {
+  static model make() { return model(shared_checkpoint("kjv-little.bin"), {.threads = 2, .format = format}); }
+};
+struct kjv_big_q8_t1_traits : formatted_traits<weight_format::q8_0, 1> {
+  static model make() { return model(shared_checkpoint("kjv-big.bin"), {.threads = 1, .format = format}); }
+};
 
 template <class Traits>
 class model_contract : public ::testing::Test {};
-using model_types = ::testing::Types<markov_traits, stories_traits, kjv_little_traits, kjv_big_traits>;
+using model_types = ::testing::Types<markov_traits, stories_traits, kjv_little_traits, kjv_big_traits,
+                                     stories_q8_t2_traits, kjv_little_bf16_t1_traits, kjv_little_fp16_t3_traits,
+                                     kjv_little_q8_t2_traits, kjv_big_q8_t1_traits>;
 class type_names {
  public:
   template <class T>
@@ -67,6 +95,11 @@ class type_names {
     if (std::is_same_v<T, markov_traits>) return "markov";
     if (std::is_same_v<T, stories_traits>) return "stories260K";
     if (std::is_same_v<T, kjv_little_traits>) return "kjv_little";
+    if (std::is_same_v<T, stories_q8_t2_traits>) return "stories260K_q8_0_2threads";
+    if (std::is_same_v<T, kjv_little_bf16_t1_traits>) return "kjv_little_bf16_1thread";
+    if (std::is_same_v<T, kjv_little_fp16_t3_traits>) return "kjv_little_fp16_3threads";
+    if (std::is_same_v<T, kjv_little_q8_t2_traits>) return "kjv_little_q8_0_2threads";
+    if (std::is_same_v<T, kjv_big_q8_t1_traits>) return "kjv_big_q8_0_1thread";
     return "kjv_big";
   }
 };
@@ -453,6 +486,180 @@ TEST(transformer_reference, kjv_big_greedy_matches_naive_llama2c_forward) {
   EXPECT_GE(r.tokens.size(), 10u);
   std::printf("kjv-big greedy text: %s\n", decode(model_path("kjv2k-tokenizer.bin"), r.tokens).c_str());
   std::printf("max |logit diff| vs naive over the first 10 steps: %g\n", double(r.max_logit_diff));
+}
+
+// ---- weight formats and threads ----
+
+const weight_format all_formats[] = {weight_format::fp32, weight_format::bf16, weight_format::fp16,
+                                     weight_format::q8_0};
+
+std::vector<float> flat_copy(const specdec::logits_block& b) { return {b.flat().begin(), b.flat().end()}; }
+
+TEST(transformer_threads, results_do_not_depend_on_the_thread_count_bit_for_bit) {
+  // The same block and single-token forwards on 1, 2 and 3 threads, every format, on a
+  // model where every product is threaded (kjv-big) and one where most are below the
+  // threading threshold (kjv-little).
+  for (const char* name : {"kjv-little.bin", "kjv-big.bin"}) {
+    auto ck = shared_checkpoint(name);
+    for (weight_format f : all_formats) {
+      SCOPED_TRACE(std::string(name) + " " + std::string(specdec::cpu::to_string(f)));
+      auto seq = random_tokens(24, std::size_t(ck->config.vocab_size), 77);
+      std::vector<float> ref_block, ref_single;
+      for (std::size_t threads : {1u, 2u, 3u}) {
+        transformer m(ck, {.threads = threads, .format = f});
+        EXPECT_EQ(m.options().threads, threads);
+        EXPECT_EQ(m.options().format, f);
+        auto block = flat_copy(m.forward(std::span(seq).first(17)));
+        auto single = flat_copy(specdec::forward_one(m, seq[17]));
+        if (threads == 1) {
+          ref_block = block, ref_single = single;
+          continue;
+        }
+        std::size_t mismatches = 0;
+        for (std::size_t j = 0; j < block.size(); ++j) mismatches += block[j] != ref_block[j];
+        for (std::size_t j = 0; j < single.size(); ++j) mismatches += single[j] != ref_single[j];
+        EXPECT_EQ(mismatches, 0u) << threads << " threads vs 1";
+      }
+    }
+  }
+}
+
+TEST(transformer_threads, default_uses_all_cores_and_models_share_one_pool) {
+  auto ck = shared_checkpoint("stories260K.bin");
+  transformer a(ck), b(ck, {.threads = 1});
+  EXPECT_EQ(a.options().threads, std::max(1u, std::thread::hardware_concurrency()));
+  EXPECT_EQ(b.options().threads, 1u);
+  EXPECT_EQ(a.options().format, weight_format::fp32);
+}
+
+TEST(weight_formats, conversions_round_to_nearest_even_and_widen_exactly) {
+  using namespace specdec::cpu::detail;
+  // bf16: 1 + 2^-8 is a tie between 1 and 1 + 2^-7 -> even (1); just above rounds up.
+  EXPECT_EQ(bf16_to_float(float_to_bf16(1.0f + 0x1p-8f)), 1.0f);
+  EXPECT_EQ(bf16_to_float(float_to_bf16(1.0f + 0x1p-8f + 0x1p-20f)), 1.0f + 0x1p-7f);
+  EXPECT_EQ(bf16_to_float(float_to_bf16(-3.5f)), -3.5f);
+  // fp16: exact values, ties to even, subnormals, overflow.
+  for (float v : {0.0f, 1.0f, -2.5f, 65504.0f, 0x1p-14f, 0x1p-24f, 3 * 0x1p-24f, -0.333251953125f})
+    EXPECT_EQ(fp16_to_float(float_to_fp16(v)), v) << v;
+  EXPECT_EQ(fp16_to_float(float_to_fp16(1.0f + 0x1p-11f)), 1.0f);  // tie -> even
+  EXPECT_EQ(fp16_to_float(float_to_fp16(1.0f + 0x1p-11f + 0x1p-20f)), 1.0f + 0x1p-10f);
+  EXPECT_EQ(fp16_to_float(float_to_fp16(0x1p-25f)), 0.0f);  // tie between 0 and 2^-24 -> 0
+  EXPECT_EQ(fp16_to_float(float_to_fp16(1e6f)), INFINITY);
+  EXPECT_EQ(fp16_to_float(float_to_fp16(65519.0f)), 65504.0f);
+  // Every fp16 bit pattern (not NaN) survives float and back.
+  for (std::uint32_t h = 0; h < 0x10000; ++h) {
+    if ((h & 0x7c00u) == 0x7c00u && (h & 0x3ffu)) continue;
+    ASSERT_EQ(float_to_fp16(fp16_to_float(std::uint16_t(h))), h) << h;
+  }
+  // q8_0: per-group scale amax / 127, so |error| <= scale / 2; a partial last group.
+  std::vector<float> w(2 * 45);
+  std::mt19937 rng(3);
+  std::normal_distribution<float> nd(0.0f, 0.1f);
+  for (auto& v : w) v = nd(rng);
+  w[50] = 0.0f;
+  weight_matrix q(w.data(), 2, 45, specdec::cpu::weight_format::q8_0);
+  EXPECT_EQ(q.bytes(), 2 * 45 + 2 * 2 * 4u);
+  for (std::size_t r = 0; r < 2; ++r) {
+    for (std::size_t g = 0; g < 2; ++g) {
+      float amax = 0;
+      for (std::size_t j = g * 32; j < std::min<std::size_t>(45, g * 32 + 32); ++j) amax = std::max(amax, std::abs(w[r * 45 + j]));
+      for (std::size_t j = g * 32; j < std::min<std::size_t>(45, g * 32 + 32); ++j)
+        EXPECT_LE(std::abs(q.at(r, j) - w[r * 45 + j]), amax / 127 * 0.5001f) << r << "," << j;
+    }
+  }
+  EXPECT_EQ(q.at(1, 5), 0.0f);
+}
+
+TEST(weight_formats, names_parse_and_unknown_names_throw) {
+  using specdec::cpu::parse_weight_format;
+  for (weight_format f : all_formats) EXPECT_EQ(parse_weight_format(specdec::cpu::to_string(f)), f);
+  EXPECT_EQ(parse_weight_format("q8"), weight_format::q8_0);
+  try {
+    (void)parse_weight_format("int4");
+    FAIL() << "expected invalid_argument";
+  } catch (const specdec::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("'int4'"), std::string::npos);
+    EXPECT_NE(std::string(e.what()).find("fp32, bf16, fp16 or q8_0"), std::string::npos);
+  }
+}
+
+// Logit error of each format against fp32 on the same 64 tokens (teacher forced), as a
+// fraction of the fp32 logits' standard deviation. Bounds are ~3x the measured values
+// (docs/performance.md): bf16 has 8 mantissa bits (relative step 2^-8 per weight),
+// fp16 11, q8_0 about 7 within a group's range.
+TEST(weight_formats, logits_stay_close_to_fp32) {
+  struct bound { weight_format f; double max_rel; };
+  for (const char* name : {"kjv-little.bin", "kjv-big.bin"}) {
+    auto ck = shared_checkpoint(name);
+    auto seq = random_tokens(64, std::size_t(ck->config.vocab_size), 31);
+    transformer ref_model(ck, {.threads = 2});
+    auto ref = flat_copy(ref_model.forward(seq));
+    double mean = 0, var = 0;
+    for (float v : ref) mean += v;
+    mean /= double(ref.size());
+    for (float v : ref) var += (v - mean) * (v - mean);
+    const double sd = std::sqrt(var / double(ref.size()));
+    for (bound b : {bound{weight_format::bf16, 0.04}, bound{weight_format::fp16, 0.006}, bound{weight_format::q8_0, 0.15}}) {
+      transformer m(ck, {.threads = 2, .format = b.f});
+      auto got = flat_copy(m.forward(seq));
+      double max_abs = 0, sum_sq = 0;
+      for (std::size_t j = 0; j < ref.size(); ++j) {
+        max_abs = std::max(max_abs, double(std::abs(got[j] - ref[j])));
+        sum_sq += double(got[j] - ref[j]) * double(got[j] - ref[j]);
+      }
+      const double rms = std::sqrt(sum_sq / double(ref.size()));
+      std::printf("%s %s: logit sd %.3f, max |diff| %.4f (%.4f sd), rms diff %.5f (%.5f sd)\n", name,
+                  std::string(specdec::cpu::to_string(b.f)).c_str(), sd, max_abs, max_abs / sd, rms, rms / sd);
+      EXPECT_LT(max_abs / sd, b.max_rel) << name << " " << specdec::cpu::to_string(b.f);
+      EXPECT_LT(rms / sd, b.max_rel / 5) << name << " " << specdec::cpu::to_string(b.f);
+    }
+  }
+}
+
+// Greedy agreement of kjv-big in each format with fp32 on held-out prompts: along fp32's
+// own greedy continuation (teacher forced), the fraction of positions where the format's
+// argmax equals fp32's.
+TEST(weight_formats, kjv_big_greedy_agreement_with_fp32_on_held_out_prompts) {
+  auto ck = shared_checkpoint("kjv-big.bin");
+  specdec::cpu::tokenizer tok(model_path("kjv2k-tokenizer.bin"), std::size_t(ck->config.vocab_size));
+  std::ifstream in(model_path("kjv_val_openings.tsv"));
+  std::vector<std::vector<token_id>> prompts;
+  std::string line;
+  while (prompts.size() < 4 && std::getline(in, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    std::string verse = line.substr(line.rfind('\t') + 1);
+    prompts.push_back(tok.encode(verse.substr(0, verse.find(' ', 30))));
+  }
+  ASSERT_EQ(prompts.size(), 4u);
+  const std::size_t gen = 48;
+  transformer ref_model(ck, {.threads = 2});
+  std::vector<std::vector<token_id>> ref_seqs;  // prompt + fp32 greedy continuation
+  for (const auto& p : prompts) {
+    ref_model.reset();
+    std::vector<token_id> s = p;
+    auto out = ref_model.forward(p);
+    token_id next = argmax(out.row(out.rows - 1));
+    for (std::size_t i = 0; i < gen; ++i) {
+      s.push_back(next);
+      next = argmax(specdec::forward_one(ref_model, next).row(0));
+    }
+    ref_seqs.push_back(std::move(s));
+  }
+  for (weight_format f : {weight_format::bf16, weight_format::fp16, weight_format::q8_0}) {
+    transformer m(ck, {.threads = 2, .format = f});
+    std::size_t same = 0, total = 0;
+    for (std::size_t i = 0; i < prompts.size(); ++i) {
+      m.reset();
+      const auto& s = ref_seqs[i];
+      auto out = m.forward(std::span(s).first(s.size() - 1));
+      for (std::size_t pos = prompts[i].size() - 1; pos + 1 < s.size(); ++pos, ++total)
+        same += argmax(out.row(pos)) == s[pos + 1];
+    }
+    const double agreement = double(same) / double(total);
+    std::printf("kjv-big %s greedy agreement with fp32: %zu / %zu = %.3f\n",
+                std::string(specdec::cpu::to_string(f)).c_str(), same, total, agreement);
+    EXPECT_GE(agreement, 0.9) << specdec::cpu::to_string(f);
+  }
 }
 
 }  // namespace

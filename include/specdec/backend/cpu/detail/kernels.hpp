@@ -80,13 +80,28 @@ inline float hsum16(const v16& v) noexcept {
   return c0 + c1;
 }
 
-/// Y[t][r] = dot(W[r], X[t]) for an R x T tile: R weight rows (stride ldw) against T
-/// input vectors (stride ldx), written to Y (stride ldy). Each weight chunk is loaded
-/// once and applied to all T tokens. Every (r, t) result is computed exactly as
-/// `dot(W[r], X[t], n)` would be.
-template <int R, int T>
-inline void dot_tile(const float* w, std::size_t ldw, const float* x, std::size_t ldx, float* y,
-                     std::size_t ldy, std::size_t n) noexcept {
+/// The fp32 weight stream: a row-major matrix with row stride `ld` (in floats).
+struct f32_rows {
+  const float* w;
+  std::size_t ld;
+  [[nodiscard]] f32_rows advance(std::size_t rows) const noexcept { return {w + rows * ld, ld}; }
+  /// 16 weights of row r starting at column j.
+  void load(v16& out, std::size_t r, std::size_t j) const noexcept { load16(out, w + r * ld + j); }
+  [[nodiscard]] float at(std::size_t r, std::size_t j) const noexcept { return w[r * ld + j]; }
+  void prefetch(std::size_t r, std::size_t j, std::size_t n) const noexcept {
+    if (j + prefetch_distance < n) __builtin_prefetch(w + r * ld + j + prefetch_distance);
+  }
+};
+
+/// Y[t][r] = dot(W[r], X[t]) for an R x T tile: R weight rows of the stream `w` (any
+/// format of detail/weights.hpp, decoded to fp32 in registers) against T input vectors
+/// (stride ldx), written to Y (stride ldy). Each weight chunk is loaded and decoded once
+/// and applied to all T tokens. Every (r, t) result is computed exactly as the 1 x 1
+/// tile would compute it: the decoded weights are exact functions of the stored bits, and
+/// the accumulation order depends on n only.
+template <int R, int T, class W>
+inline void dot_tile(const W& w, const float* x, std::size_t ldx, float* y, std::size_t ldy,
+                     std::size_t n) noexcept {
   v16 acc[R][T];
   for (int r = 0; r < R; ++r)
     for (int t = 0; t < T; ++t) acc[r][t] = v16{};
@@ -94,9 +109,9 @@ inline void dot_tile(const float* w, std::size_t ldw, const float* x, std::size_
   for (std::size_t j = 0; j < n16; j += lanes) {
     v16 wv[R];
     for (int r = 0; r < R; ++r) {
-      load16(wv[r], w + r * ldw + j);
+      w.load(wv[r], static_cast<std::size_t>(r), j);
       pin_register(wv[r]);
-      if (j + prefetch_distance < n) __builtin_prefetch(w + r * ldw + j + prefetch_distance);
+      w.prefetch(static_cast<std::size_t>(r), j, n);
     }
     for (int t = 0; t < T; ++t) {
       v16 xv;
@@ -108,53 +123,82 @@ inline void dot_tile(const float* w, std::size_t ldw, const float* x, std::size_
   for (int r = 0; r < R; ++r) {
     for (int t = 0; t < T; ++t) {
       float tail = 0.0f;
-      const float* wr = w + r * ldw;
       const float* xt = x + t * ldx;
-      for (std::size_t j = n16; j < n; ++j) tail = fmadd(wr[j], xt[j], tail);
+      for (std::size_t j = n16; j < n; ++j) tail = fmadd(w.at(static_cast<std::size_t>(r), j), xt[j], tail);
       y[t * ldy + r] = hsum16(acc[r][t]) + tail;
     }
   }
 }
 
+/// fp32 overload of the tile (raw row pointer and stride).
+template <int R, int T>
+inline void dot_tile(const float* w, std::size_t ldw, const float* x, std::size_t ldx, float* y,
+                     std::size_t ldy, std::size_t n) noexcept {
+  dot_tile<R, T>(f32_rows{w, ldw}, x, ldx, y, ldy, n);
+}
+
 /// The batch-invariant dot product every reduction of the model goes through.
 inline float dot(const float* a, const float* b, std::size_t n) noexcept {
   float out;
-  dot_tile<1, 1>(a, 0, b, 0, &out, 0, n);
+  dot_tile<1, 1>(f32_rows{a, 0}, b, 0, &out, 0, n);
   return out;
 }
 
 /// dot_tile<R, tokens> for a runtime tokens <= T.
-template <int R, int T>
-inline void dot_tile_upto(int tokens, const float* w, std::size_t ldw, const float* x,
-                          std::size_t ldx, float* y, std::size_t ldy, std::size_t n) noexcept {
+template <int R, int T, class W>
+inline void dot_tile_upto(int tokens, const W& w, const float* x, std::size_t ldx, float* y,
+                          std::size_t ldy, std::size_t n) noexcept {
   if constexpr (T > 1) {
-    if (tokens < T) return dot_tile_upto<R, T - 1>(tokens, w, ldw, x, ldx, y, ldy, n);
+    if (tokens < T) return dot_tile_upto<R, T - 1>(tokens, w, x, ldx, y, ldy, n);
   }
-  dot_tile<R, T>(w, ldw, x, ldx, y, ldy, n);
+  dot_tile<R, T>(w, x, ldx, y, ldy, n);
 }
 
 /// Rows [i, i + R*m) of a matmul in R-row tiles (advancing i), every token tile at most
 /// T wide.
-template <int R, int T>
-inline void matmul_row_tiles(std::size_t& i, const float* w, std::size_t rows, std::size_t n,
-                             std::size_t ldw, const float* x, std::size_t k, std::size_t ldx,
-                             float* y, std::size_t ldy, std::size_t token_tile) noexcept {
+template <int R, int T, class W>
+inline void matmul_row_tiles(std::size_t& i, const W& w, std::size_t rows, std::size_t n,
+                             const float* x, std::size_t k, std::size_t ldx, float* y,
+                             std::size_t ldy, std::size_t token_tile) noexcept {
   for (; i + R <= rows; i += R) {
+    const W wi = w.advance(i);
     for (std::size_t t = 0; t < k; t += token_tile) {
       const int tt = static_cast<int>(std::min(token_tile, k - t));
-      dot_tile_upto<R, T>(tt, w + i * ldw, ldw, x + t * ldx, ldx, y + t * ldy + i, ldy, n);
+      dot_tile_upto<R, T>(tt, wi, x + t * ldx, ldx, y + t * ldy + i, ldy, n);
     }
   }
 }
 
 /// Y[t][i] = sum_j W[i][j] X[t][j] for i < rows, t < k: a block of k input vectors
-/// (stride ldx) against a row-major [rows][n] weight matrix (row stride ldw), output
-/// row stride ldy. The block is cut into balanced token tiles of at most 6, and the rows
-/// into tiles of R = 12, 8, 6, 5 or 4 for token tiles of 1, 2, 3, 4-5 or 6 (R x T accumulators
-/// + R weight vectors + 1 input vector fit the 32 AVX-512 registers; more rows in flight
-/// means more concurrent weight streams). Every weight row is streamed from memory once
-/// per call and re-read only from L1 for further token tiles. Tile shapes never change
-/// any result: each (row, token) dot product is summed in the order `dot` uses.
+/// (stride ldx) against a row-major [rows][n] weight stream `w` (fp32, bf16, fp16 or
+/// q8_0), output row stride ldy. The block is cut into balanced token tiles of at most 6,
+/// and the rows into tiles of R = 12, 8, 6, 5 or 4 for token tiles of 1, 2, 3, 4-5 or 6
+/// (R x T accumulators + R weight vectors + 1 input vector fit the 32 AVX-512 registers;
+/// more rows in flight means more concurrent weight streams). Every weight row is
+/// streamed from memory once per call and re-read only from L1 for further token tiles.
+/// Tile shapes never change any result: each (row, token) dot product is summed in the
+/// order `dot` uses. So any split of the rows (e.g. across threads) gives the same bits.
+template <class W>
+inline void matmul_rows(const W& w, std::size_t rows, std::size_t n, const float* x, std::size_t k,
+                        std::size_t ldx, float* y, std::size_t ldy) noexcept {
+  constexpr std::size_t max_token_tile = 6;
+  if (k == 0) return;
+  const std::size_t tiles = (k + max_token_tile - 1) / max_token_tile;
+  const std::size_t token_tile = (k + tiles - 1) / tiles;  // e.g. k = 8 -> 4 + 4
+  std::size_t i = 0;
+  switch (token_tile) {
+    case 1: matmul_row_tiles<12, 1>(i, w, rows, n, x, k, ldx, y, ldy, token_tile); break;
+    case 2: matmul_row_tiles<8, 2>(i, w, rows, n, x, k, ldx, y, ldy, token_tile); break;
+    case 3: matmul_row_tiles<6, 3>(i, w, rows, n, x, k, ldx, y, ldy, token_tile); break;
+    case 4:
+    case 5: matmul_row_tiles<5, 5>(i, w, rows, n, x, k, ldx, y, ldy, token_tile); break;
+    default: break;
+  }
+  matmul_row_tiles<4, max_token_tile>(i, w, rows, n, x, k, ldx, y, ldy, token_tile);
+  matmul_row_tiles<1, max_token_tile>(i, w, rows, n, x, k, ldx, y, ldy, token_tile);
+}
+
+/// fp32 matmul over a raw row-major weight pointer with row stride ldw.
 ///
 /// ```cpp
 /// // logits[t] = wcls * x[t] for a block of k tokens
@@ -163,21 +207,7 @@ inline void matmul_row_tiles(std::size_t& i, const float* w, std::size_t rows, s
 inline void matmul(const float* w, std::size_t rows, std::size_t n, std::size_t ldw,
                    const float* x, std::size_t k, std::size_t ldx, float* y,
                    std::size_t ldy) noexcept {
-  constexpr std::size_t max_token_tile = 6;
-  if (k == 0) return;
-  const std::size_t tiles = (k + max_token_tile - 1) / max_token_tile;
-  const std::size_t token_tile = (k + tiles - 1) / tiles;  // e.g. k = 8 -> 4 + 4
-  std::size_t i = 0;
-  switch (token_tile) {
-    case 1: matmul_row_tiles<12, 1>(i, w, rows, n, ldw, x, k, ldx, y, ldy, token_tile); break;
-    case 2: matmul_row_tiles<8, 2>(i, w, rows, n, ldw, x, k, ldx, y, ldy, token_tile); break;
-    case 3: matmul_row_tiles<6, 3>(i, w, rows, n, ldw, x, k, ldx, y, ldy, token_tile); break;
-    case 4:
-    case 5: matmul_row_tiles<5, 5>(i, w, rows, n, ldw, x, k, ldx, y, ldy, token_tile); break;
-    default: break;
-  }
-  matmul_row_tiles<4, max_token_tile>(i, w, rows, n, ldw, x, k, ldx, y, ldy, token_tile);
-  matmul_row_tiles<1, max_token_tile>(i, w, rows, n, ldw, x, k, ldx, y, ldy, token_tile);
+  matmul_rows(f32_rows{w, ldw}, rows, n, x, k, ldx, y, ldy);
 }
 
 /// Inverse RMS of x as llama2.c computes it: 1 / sqrt(mean(x^2) + 1e-5), with the sum of

@@ -1,0 +1,279 @@
+#pragma once
+/// \file backend/cpu/detail/weights.hpp
+/// Weight formats of the CPU transformer: fp32 (as stored in the checkpoint), bf16, fp16
+/// and q8_0 (int8 with one fp32 scale per group of 32 consecutive weights of a row, like
+/// llama.cpp's Q8_0), converted once at load time. Each format is a "row stream" that the
+/// tile kernels of kernels.hpp decode to fp32 in registers: the decoded value of a weight
+/// is an exact function of its stored bits (bf16/fp16 widen exactly; q8_0 is the single
+/// correctly rounded product float(q) * scale), so the fixed summation order of the fp32
+/// kernels, and with it batch invariance, carries over unchanged to every format.
+///
+/// Fast paths: AVX-512F (vpmovzxwd + shift for bf16, vcvtph2ps for fp16, vpmovsxbd +
+/// vcvtdq2ps for q8_0) when compiled with __AVX512F__; otherwise portable scalar
+/// decoding into a 16-float buffer, which yields the same values.
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#include "specdec/backend/cpu/detail/kernels.hpp"
+#include "specdec/error.hpp"
+
+namespace specdec::cpu {
+
+/// How the weight matrices of a transformer are held in memory (chosen at load time).
+enum class weight_format {
+  fp32,  ///< as stored in the checkpoint, 4 bytes a weight
+  bf16,  ///< bfloat16 (round to nearest even), 2 bytes a weight
+  fp16,  ///< IEEE half precision (round to nearest even), 2 bytes a weight
+  q8_0,  ///< int8 with one fp32 scale per 32 weights of a row: 1.125 bytes a weight
+};
+
+/// "fp32", "bf16", "fp16" or "q8_0".
+[[nodiscard]] inline std::string_view to_string(weight_format f) noexcept {
+  switch (f) {
+    case weight_format::fp32: return "fp32";
+    case weight_format::bf16: return "bf16";
+    case weight_format::fp16: return "fp16";
+    case weight_format::q8_0: return "q8_0";
+  }
+  return "?";
+}
+
+/// Parses a format name as printed by `to_string` ("q8" is accepted for "q8_0");
+/// throws `invalid_argument` naming the accepted values.
+[[nodiscard]] inline weight_format parse_weight_format(std::string_view s) {
+  if (s == "fp32") return weight_format::fp32;
+  if (s == "bf16") return weight_format::bf16;
+  if (s == "fp16") return weight_format::fp16;
+  if (s == "q8_0" || s == "q8") return weight_format::q8_0;
+  throw invalid_argument("weight format '" + std::string(s) + "' is unknown; expected fp32, bf16, fp16 or q8_0");
+}
+
+namespace detail {
+
+inline constexpr std::size_t q8_group = 32;
+
+inline std::uint32_t float_bits(float f) noexcept {
+  std::uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+inline float bits_float(std::uint32_t u) noexcept {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+/// fp32 -> bf16, round to nearest even (NaN stays NaN).
+inline std::uint16_t float_to_bf16(float f) noexcept {
+  const std::uint32_t u = float_bits(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((u >> 16) | 0x40u);
+  return static_cast<std::uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+inline float bf16_to_float(std::uint16_t h) noexcept { return bits_float(std::uint32_t(h) << 16); }
+
+/// fp32 -> IEEE binary16, round to nearest even, overflow to infinity, subnormals kept.
+inline std::uint16_t float_to_fp16(float f) noexcept {
+  const std::uint32_t u = float_bits(f);
+  const std::uint32_t sign = (u >> 16) & 0x8000u;
+  const std::uint32_t a = u & 0x7fffffffu;
+  if (a > 0x7f800000u) return static_cast<std::uint16_t>(sign | 0x7e00u);  // NaN
+  if (a >= 0x477ff000u) return static_cast<std::uint16_t>(sign | 0x7c00u);  // rounds to >= 65520: inf
+  if (a < 0x38800000u) {  // below 2^-14: subnormal half (or zero)
+    // value = a_float; half subnormal unit = 2^-24. Round a_float / 2^-24 to nearest even.
+    const float scaled = bits_float(a) * 16777216.0f;  // exact (power of two)
+    const float r = std::nearbyint(scaled);              // default mode: nearest even
+    return static_cast<std::uint16_t>(sign | static_cast<std::uint32_t>(r));
+  }
+  // Normal: rebias exponent (127 -> 15), round the 23-bit mantissa to 10 bits.
+  std::uint32_t v = a - (112u << 23);
+  v = v + 0xfffu + ((v >> 13) & 1u);
+  return static_cast<std::uint16_t>(sign | (v >> 13));
+}
+inline float fp16_to_float(std::uint16_t h) noexcept {
+  const std::uint32_t sign = std::uint32_t(h & 0x8000u) << 16;
+  const std::uint32_t e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+  if (e == 0) {  // zero or subnormal: m * 2^-24, exact in float
+    const float v = static_cast<float>(m) * (1.0f / 16777216.0f);
+    return bits_float(float_bits(v) | sign);
+  }
+  if (e == 31) return bits_float(sign | 0x7f800000u | (m << 13));
+  return bits_float(sign | ((e + 112u) << 23) | (m << 13));
+}
+
+/// bf16 row stream (row-major, row stride ld elements).
+struct bf16_rows {
+  const std::uint16_t* w;
+  std::size_t ld;
+  [[nodiscard]] bf16_rows advance(std::size_t rows) const noexcept { return {w + rows * ld, ld}; }
+  void load(v16& out, std::size_t r, std::size_t j) const noexcept {
+    const std::uint16_t* p = w + r * ld + j;
+#if defined(__AVX512F__)
+    // maskz forms: GCC 12's unmasked intrinsics warn (-Wmaybe-uninitialized) about their
+    // internal undefined passthrough; an all-ones mask compiles to the same instruction.
+    const __m512i wide = _mm512_maskz_cvtepu16_epi32(0xffff, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    out = (v16)(_mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xffff, wide, 16)));
+#else
+    float f[16];
+    for (int i = 0; i < 16; ++i) f[i] = bf16_to_float(p[i]);
+    load16(out, f);
+#endif
+  }
+  [[nodiscard]] float at(std::size_t r, std::size_t j) const noexcept { return bf16_to_float(w[r * ld + j]); }
+  void prefetch(std::size_t r, std::size_t j, std::size_t n) const noexcept {
+    if (j + 2 * prefetch_distance < n) __builtin_prefetch(w + r * ld + j + 2 * prefetch_distance);
+  }
+};
+
+/// fp16 row stream.
+struct fp16_rows {
+  const std::uint16_t* w;
+  std::size_t ld;
+  [[nodiscard]] fp16_rows advance(std::size_t rows) const noexcept { return {w + rows * ld, ld}; }
+  void load(v16& out, std::size_t r, std::size_t j) const noexcept {
+    const std::uint16_t* p = w + r * ld + j;
+#if defined(__AVX512F__)
+    out = (v16)(_mm512_maskz_cvtph_ps(0xffff, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))));
+#else
+    float f[16];
+    for (int i = 0; i < 16; ++i) f[i] = fp16_to_float(p[i]);
+    load16(out, f);
+#endif
+  }
+  [[nodiscard]] float at(std::size_t r, std::size_t j) const noexcept { return fp16_to_float(w[r * ld + j]); }
+  void prefetch(std::size_t r, std::size_t j, std::size_t n) const noexcept {
+    if (j + 2 * prefetch_distance < n) __builtin_prefetch(w + r * ld + j + 2 * prefetch_distance);
+  }
+};
+
+/// q8_0 row stream: int8 weights (row stride ld) and one fp32 scale per group of 32
+/// (row stride lds = ceil(ld / 32)); weight = float(q) * scale, one rounding.
+struct q8_rows {
+  const std::int8_t* q;
+  const float* s;
+  std::size_t ld, lds;
+  [[nodiscard]] q8_rows advance(std::size_t rows) const noexcept { return {q + rows * ld, s + rows * lds, ld, lds}; }
+  void load(v16& out, std::size_t r, std::size_t j) const noexcept {
+    const std::int8_t* p = q + r * ld + j;
+    const float scale = s[r * lds + j / q8_group];  // j % 16 == 0: one group
+#if defined(__AVX512F__)
+    const __m512 f = _mm512_maskz_cvtepi32_ps(
+        0xffff, _mm512_maskz_cvtepi8_epi32(0xffff, _mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+    out = (v16)(_mm512_mul_ps(f, _mm512_set1_ps(scale)));
+#else
+    float f[16];
+    for (int i = 0; i < 16; ++i) f[i] = static_cast<float>(p[i]) * scale;
+    load16(out, f);
+#endif
+  }
+  [[nodiscard]] float at(std::size_t r, std::size_t j) const noexcept {
+    return static_cast<float>(q[r * ld + j]) * s[r * lds + j / q8_group];
+  }
+  void prefetch(std::size_t r, std::size_t j, std::size_t n) const noexcept {
+    if (j + 4 * prefetch_distance < n) __builtin_prefetch(q + r * ld + j + 4 * prefetch_distance);
+  }
+};
+
+/// One weight matrix `[rows][cols]` in a chosen format. fp32 matrices point into the
+/// checkpoint (no copy); the others own their converted data.
+class weight_matrix {
+ public:
+  weight_matrix() = default;
+  weight_matrix(const float* src, std::size_t rows, std::size_t cols, weight_format f)
+      : format_(f), rows_(rows), cols_(cols), f32_(src) {
+    const std::size_t n = rows * cols;
+    switch (f) {
+      case weight_format::fp32: break;
+      case weight_format::bf16:
+        u16_.resize(n);
+        for (std::size_t i = 0; i < n; ++i) u16_[i] = float_to_bf16(src[i]);
+        break;
+      case weight_format::fp16:
+        u16_.resize(n);
+        for (std::size_t i = 0; i < n; ++i) u16_[i] = float_to_fp16(src[i]);
+        break;
+      case weight_format::q8_0: {
+        const std::size_t groups = (cols + q8_group - 1) / q8_group;
+        q8_.resize(n);
+        scales_.resize(rows * groups);
+        for (std::size_t r = 0; r < rows; ++r) {
+          for (std::size_t g = 0; g < groups; ++g) {
+            const std::size_t j0 = g * q8_group, j1 = std::min(cols, j0 + q8_group);
+            float amax = 0.0f;
+            for (std::size_t j = j0; j < j1; ++j) amax = std::max(amax, std::abs(src[r * cols + j]));
+            const float scale = amax / 127.0f;
+            const float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
+            scales_[r * groups + g] = scale;
+            for (std::size_t j = j0; j < j1; ++j) {
+              const float v = std::nearbyint(src[r * cols + j] * inv);
+              q8_[r * cols + j] = static_cast<std::int8_t>(std::clamp(v, -127.0f, 127.0f));
+            }
+          }
+        }
+        break;
+      }
+    }
+  }
+
+  [[nodiscard]] weight_format format() const noexcept { return format_; }
+  [[nodiscard]] std::size_t rows() const noexcept { return rows_; }
+  [[nodiscard]] std::size_t cols() const noexcept { return cols_; }
+  /// Bytes a full pass over the matrix reads (weights and scales).
+  [[nodiscard]] std::size_t bytes() const noexcept {
+    switch (format_) {
+      case weight_format::fp32: return rows_ * cols_ * 4;
+      case weight_format::bf16:
+      case weight_format::fp16: return rows_ * cols_ * 2;
+      case weight_format::q8_0: return rows_ * cols_ + scales_.size() * 4;
+    }
+    return 0;
+  }
+  /// The decoded weight (r, c), for tests and tools.
+  [[nodiscard]] float at(std::size_t r, std::size_t c) const noexcept {
+    switch (format_) {
+      case weight_format::fp32: return f32_[r * cols_ + c];
+      case weight_format::bf16: return bf16_to_float(u16_[r * cols_ + c]);
+      case weight_format::fp16: return fp16_to_float(u16_[r * cols_ + c]);
+      case weight_format::q8_0: return q8_stream().at(r, c);
+    }
+    return 0.0f;
+  }
+
+  /// Y[t][i] = W[row0 + i] . X[t] for i < nrows, t < k (see detail::matmul_rows).
+  void matmul(std::size_t row0, std::size_t nrows, const float* x, std::size_t k, std::size_t ldx, float* y,
+              std::size_t ldy) const noexcept {
+    switch (format_) {
+      case weight_format::fp32:
+        return matmul_rows(f32_rows{f32_, cols_}.advance(row0), nrows, cols_, x, k, ldx, y, ldy);
+      case weight_format::bf16:
+        return matmul_rows(bf16_rows{u16_.data(), cols_}.advance(row0), nrows, cols_, x, k, ldx, y, ldy);
+      case weight_format::fp16:
+        return matmul_rows(fp16_rows{u16_.data(), cols_}.advance(row0), nrows, cols_, x, k, ldx, y, ldy);
+      case weight_format::q8_0:
+        return matmul_rows(q8_stream().advance(row0), nrows, cols_, x, k, ldx, y, ldy);
+    }
+  }
+
+ private:
+  [[nodiscard]] q8_rows q8_stream() const noexcept {
+    return {q8_.data(), scales_.data(), cols_, (cols_ + q8_group - 1) / q8_group};
+  }
+  weight_format format_ = weight_format::fp32;
+  std::size_t rows_ = 0, cols_ = 0;
+  const float* f32_ = nullptr;
+  std::vector<std::uint16_t> u16_;
+  std::vector<std::int8_t> q8_;
+  std::vector<float> scales_;
+};
+
+}  // namespace detail
+}  // namespace specdec::cpu
