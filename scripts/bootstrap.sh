@@ -24,16 +24,25 @@ case "$mode" in
   demo)
     cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DSPECDEC_BUILD_TESTS=OFF -DSPECDEC_BUILD_BENCH=OFF >/dev/null
     cmake --build build -j"$jobs" --target specdec-generate
-    for prompt in "In the beginning" "And God said"; do
-      echo "== kjv-big, greedy: \"$prompt\"" >&2
-      ./build/bin/specdec-generate --model models/kjv-big.bin --tokenizer models/kjv2k-tokenizer.bin \
-        --prompt "$prompt" --max-new-tokens 60
-      echo
-    done
-    echo "== stories260K, temperature 0.8, seed 42" >&2
-    ./build/bin/specdec-generate --model models/stories260K.bin --tokenizer models/tok512.bin \
-      --prompt "Once upon a time" --max-new-tokens 80 --temperature 0.8 --seed 42
-    echo
+    gen=./build/bin/specdec-generate
+    kjv=(--model models/kjv-big.bin --tokenizer models/kjv2k-tokenizer.bin --max-new-tokens 120)
+    prompt="And it came to pass"
+    echo "== kjv-big alone, greedy: \"$prompt\"" >&2
+    "$gen" "${kjv[@]}" --prompt "$prompt" | tee build/demo_ar.txt
+    echo "== speculative: kjv-little drafts, kjv-big verifies (gamma 4, exact)" >&2
+    "$gen" "${kjv[@]}" --prompt "$prompt" --draft models/kjv-little.bin --method sd --gamma 4 | tee build/demo_sd.txt
+    if cmp -s build/demo_ar.txt build/demo_sd.txt; then
+      echo "== speculative output is identical to kjv-big's own greedy output" >&2
+    else
+      echo "== ERROR: speculative output differs from kjv-big's greedy output" >&2
+      exit 1
+    fi
+    echo "== Big Little Decoder (alpha_fb 0.3, alpha_rb 3, lossy)" >&2
+    "$gen" "${kjv[@]}" --prompt "$prompt" --draft models/kjv-little.bin --method bild \
+      --fallback-threshold 0.3 --rollback-threshold 3
+    echo "== stories260K, temperature 0.8, top-p 0.9, seed 42" >&2
+    "$gen" --model models/stories260K.bin --tokenizer models/tok512.bin \
+      --prompt "Once upon a time" --max-new-tokens 80 --temperature 0.8 --top-p 0.9 --seed 42
     ;;
   test)
     cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
