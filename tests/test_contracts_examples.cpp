@@ -11,6 +11,8 @@
 
 #include "../examples/margin_fallback.hpp"
 #include "../examples/prompt_lookup_model.hpp"
+#include "specdec/decoder.hpp"
+#include "specdec/testing/archetypes.hpp"
 #include "specdec/testing/contracts.hpp"
 
 // How the model contract builds a prompt-lookup drafter: a small vocabulary, so that the
@@ -91,6 +93,24 @@ TEST(prompt_lookup_model, rejects_bad_options) {
   EXPECT_THROW(example::prompt_lookup_model({.max_ngram = 1, .min_ngram = 2}), specdec::invalid_argument);
   EXPECT_THROW(example::prompt_lookup_model({.vocab = 4, .confidence = 0.2f}), specdec::invalid_argument);
   EXPECT_THROW(example::prompt_lookup_model({.confidence = 1.0f}), specdec::invalid_argument);
+}
+
+TEST(prompt_lookup_model, as_a_draft_keeps_greedy_output_exact_and_drafts_on_repetition) {
+  // An order-1 Markov target over 6 tokens, greedy, soon cycles: prompt lookup then drafts
+  // the cycle, and the output must still be exactly the target's own greedy output.
+  specdec::testing::markov_model target({.vocab = 6, .seed = 4, .context = 512});
+  example::prompt_lookup_model draft({.vocab = 6, .context = 512});
+  const std::vector<token_id> prompt{1, 3};
+  const specdec::generation_options opts{.max_new_tokens = 120, .stop_at_eos = false};
+  const auto want = specdec::autoregressive_decoder(target).generate(prompt, opts);
+  for (auto fallback : {example::top2_margin_fallback{.min_margin = 0.5f},
+                        example::top2_margin_fallback{.min_margin = 0.0f, .max_draft = 3}}) {
+    specdec::speculative_decoder dec(draft, target, fallback, specdec::greedy_match{});
+    const auto got = dec.generate(prompt, opts);
+    EXPECT_EQ(got.tokens, want.tokens);
+    EXPECT_GT(got.stats.draft_tokens_accepted, 60u) << "the lookup should predict the cycle";
+    EXPECT_LT(got.stats.target_calls, want.stats.target_calls / 2);
+  }
 }
 
 TEST(top2_margin_fallback, discards_when_the_margin_is_small) {
