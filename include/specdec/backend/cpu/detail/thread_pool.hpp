@@ -1,18 +1,23 @@
 #pragma once
 /// \file backend/cpu/detail/thread_pool.hpp
 /// A small persistent thread pool for the CPU transformer (no OpenMP): `run(f)` calls
-/// f(part, parts) once for every part in [0, parts), part 0 on the calling thread and the
-/// others on the pool's workers, and returns when all are done. Workers spin briefly on
-/// an atomic generation counter (the gaps between the products of one forward are a few
-/// microseconds) and then block on a condition variable, so an idle pool costs no CPU.
+/// f(part, parts) exactly once for every part in [0, parts), parts = size(), and returns
+/// when all are done. Parts are claimed dynamically: the caller claims parts too, so if a
+/// worker is descheduled (a shared, oversubscribed machine) the caller simply does its
+/// part as well instead of waiting for it. Which thread runs a part never changes what
+/// the part computes, so results do not depend on scheduling. Workers spin briefly on the
+/// ticket (the gaps between the products of one forward are a few microseconds) and then
+/// block on a condition variable, so an idle pool costs no CPU.
 ///
-/// Synchronisation (TSan-clean by construction): the job is published by a seq_cst
-/// increment of `generation_` after it is written, and read by workers after they observe
-/// the new generation; completion is a seq_cst decrement of `remaining_` that the caller
-/// waits for. A worker going to sleep increments `sleepers_` under the mutex before
-/// re-checking the generation, and the caller notifies under the mutex whenever it sees a
-/// sleeper, so no wake-up is lost. Callers are serialised by `run_mutex_`, so one pool can
-/// be shared by several models (`shared_pool`) and used from several threads.
+/// Synchronisation (TSan-clean by construction): the job (function, context) is written
+/// before a seq_cst store of `ticket_` = (generation, parts, next part) publishes it; a
+/// thread reads the job only after claiming a part of that generation by CAS on the
+/// ticket, and signals the part's end by incrementing `done_`; the caller returns (and
+/// may overwrite the job) only after `done_` reached `parts`. A worker going to sleep
+/// increments `sleepers_` under the mutex before re-checking the ticket, and the caller
+/// notifies under the mutex whenever it sees a sleeper, so no wake-up is lost. Callers
+/// are serialised by `run_mutex_`, so one pool can be shared by several models
+/// (`shared_pool`) and used from several threads.
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -46,7 +51,8 @@ class thread_pool {
   explicit thread_pool(std::size_t threads) {
     if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
     workers_.reserve(threads - 1);
-    for (std::size_t i = 1; i < threads; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
+    if (threads > 4095) threads = 4095;  // parts must fit the ticket
+    for (std::size_t i = 1; i < threads; ++i) workers_.emplace_back([this] { worker_loop(); });
   }
   thread_pool(const thread_pool&) = delete;
   thread_pool& operator=(const thread_pool&) = delete;
@@ -54,7 +60,7 @@ class thread_pool {
     {
       std::lock_guard<std::mutex> lock(sleep_mutex_);
       stop_.store(true);
-      generation_.fetch_add(1);
+      ticket_.store(pack(++generation_, 0, 0));
     }
     sleep_cv_.notify_all();
     for (auto& w : workers_) w.join();
@@ -75,43 +81,63 @@ class thread_pool {
     using Fn = std::remove_reference_t<F>;
     job_ctx_ = const_cast<void*>(static_cast<const void*>(&f));
     job_ = [](void* ctx, std::size_t part, std::size_t n) { (*static_cast<Fn*>(ctx))(part, n); };
-    remaining_.store(parts - 1);
-    generation_.fetch_add(1);  // publishes job_ and job_ctx_
+    done_.store(0);
+    const std::uint64_t gen = ++generation_;
+    ticket_.store(pack(gen, parts, 0));  // publishes the job
     if (sleepers_.load() > 0) {
       std::lock_guard<std::mutex> lock(sleep_mutex_);
       sleep_cv_.notify_all();
     }
-    f(std::size_t{0}, parts);
-    for (unsigned spins = 0; remaining_.load() != 0; ++spins) {
-      if (spins < 100000) cpu_relax();
+    work_on(gen);
+    for (unsigned spins = 0; done_.load() != parts; ++spins) {
+      if (spins < 4096) cpu_relax();
       else std::this_thread::yield();
     }
   }
 
  private:
-  void worker_loop(std::size_t part) {
+  // ticket = generation (40 bits) | parts (12 bits) | next unclaimed part (12 bits)
+  static std::uint64_t pack(std::uint64_t gen, std::size_t parts, std::size_t next) noexcept {
+    return (gen << 24) | (std::uint64_t(parts) << 12) | std::uint64_t(next);
+  }
+  static std::uint64_t gen_of(std::uint64_t t) noexcept { return t >> 24; }
+
+  /// Claims and runs parts of generation `gen` until none is left.
+  void work_on(std::uint64_t gen) {
+    std::uint64_t t = ticket_.load();
+    for (;;) {
+      const std::size_t parts = std::size_t((t >> 12) & 0xfffu), next = std::size_t(t & 0xfffu);
+      if (gen_of(t) != gen || next >= parts) return;
+      if (ticket_.compare_exchange_weak(t, t + 1)) {
+        job_(job_ctx_, next, parts);
+        done_.fetch_add(1);
+        t = ticket_.load();
+      }
+    }
+  }
+
+  void worker_loop() {
     std::uint64_t seen = 0;
     for (;;) {
-      std::uint64_t g = generation_.load();
+      std::uint64_t g = gen_of(ticket_.load());
       if (g == seen) {
         // Spin for a short while, then sleep.
         const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(spin_us);
         unsigned n = 0;
-        while ((g = generation_.load()) == seen) {
+        while ((g = gen_of(ticket_.load())) == seen) {
           cpu_relax();
           if ((++n & 63u) == 0 && std::chrono::steady_clock::now() > deadline) break;
         }
         if (g == seen) {
           std::unique_lock<std::mutex> lock(sleep_mutex_);
           sleepers_.fetch_add(1);
-          sleep_cv_.wait(lock, [&] { return (g = generation_.load()) != seen; });
+          sleep_cv_.wait(lock, [&] { return (g = gen_of(ticket_.load())) != seen; });
           sleepers_.fetch_sub(1);
         }
       }
       seen = g;
       if (stop_.load()) return;
-      job_(job_ctx_, part, workers_.size() + 1);
-      remaining_.fetch_sub(1);
+      work_on(g);
     }
   }
 
@@ -120,8 +146,9 @@ class thread_pool {
   std::mutex run_mutex_;
   std::mutex sleep_mutex_;
   std::condition_variable sleep_cv_;
-  std::atomic<std::uint64_t> generation_{0};
-  std::atomic<std::size_t> remaining_{0};
+  std::uint64_t generation_ = 0;  ///< written by callers (under run_mutex_) and the destructor only
+  std::atomic<std::uint64_t> ticket_{0};
+  std::atomic<std::size_t> done_{0};
   std::atomic<int> sleepers_{0};
   std::atomic<bool> stop_{false};
   void (*job_)(void*, std::size_t, std::size_t) = nullptr;
