@@ -1,0 +1,328 @@
+// specdec-batch-bench: batched decoding and length-aware scheduling on the KJV models.
+//
+// 1. Throughput/latency curve: for each batch size B (default 1 2 4 8 16 32), B users
+//    (prompts: the first words of the held-out chapter openings, cycled) generate
+//    `--tokens` tokens each with batched autoregressive decoding of kjv-big and batched
+//    speculative decoding kjv-little -> kjv-big (fixed gamma 4, greedy). Reports total
+//    tokens/s, tokens/s per user, and p50/p95 per-token latency (each step's wall time
+//    divided by the tokens it gave each user, one sample per token).
+// 2. Scheduler comparison: `--requests` requests whose max_new_tokens come from a bimodal
+//    distribution (short 8..16 or long 96..160, EOS ignored so the length is known), with a
+//    noisy oracle prediction (true length x U[1 - noise, 1 + noise]); FIFO vs length-aware
+//    under static and continuous batching, batch cap `--max-batch`, KV budget `--budget-mb`.
+//    Reports tokens/s, tokens per step, wasted slot-steps, p50/p95 latency, preemptions.
+//
+// The batched model is a template parameter of every run (`run_curve<BM>`,
+// `run_schedulers<BM>`): today `independent_batch<cpu::transformer>` (one transformer per
+// sequence, weights read once per sequence), to be replaced by the CPU backend's batched
+// model when it exists. With independent_batch the step cost grows linearly with the batch,
+// so total tokens/s stays flat and the scheduler's gain shows in tokens per step.
+//
+//   specdec-batch-bench [--batches 1,2,4,8,16,32] [--tokens 32] [--requests 24]
+//                       [--max-batch 8] [--budget-mb 8] [--noise 0.2] [--quick]
+//                       [--csv batch_bench.csv] [--no-sd] [--no-sched]
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "specdec/backend/cpu/tokenizer.hpp"
+#include "specdec/backend/cpu/transformer.hpp"
+#include "specdec/batch.hpp"
+#include "specdec/batch_decoder.hpp"
+#include "specdec/fallback.hpp"
+#include "specdec/rollback.hpp"
+#include "specdec/scheduler.hpp"
+
+namespace {
+
+using specdec::token_id;
+using clock_type = std::chrono::steady_clock;
+
+struct options {
+  std::vector<std::size_t> batches{1, 2, 4, 8, 16, 32};
+  std::size_t tokens = 32;
+  std::size_t requests = 24;
+  std::size_t max_batch = 8;
+  double budget_mb = 8.0;
+  double noise = 0.2;
+  bool sd = true;
+  bool sched = true;
+  std::string csv = "batch_bench.csv";
+  std::string prompts = SPECDEC_MODELS_DIR "/kjv_val_openings.tsv";
+};
+
+std::vector<std::string> opening_words(const std::string& path, std::size_t words) {
+  std::ifstream in(path);
+  if (!in) throw specdec::invalid_argument("prompts file '" + path + "' cannot be opened");
+  std::vector<std::string> out;
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    std::istringstream ws(line.substr(line.rfind('\t') + 1));
+    std::string w, p;
+    for (std::size_t i = 0; i < words && ws >> w; ++i) p += (i ? " " : "") + w;
+    out.push_back(p);
+  }
+  if (out.empty()) throw specdec::invalid_argument("prompts file '" + path + "' has no prompts");
+  return out;
+}
+
+double seconds_since(clock_type::time_point t) { return std::chrono::duration<double>(clock_type::now() - t).count(); }
+
+double pct(std::vector<double> v, double q) { return specdec::detail::percentile(std::move(v), q); }
+
+struct csv_row {
+  std::string section, method;
+  std::size_t batch = 0, requests = 0, tokens = 0, steps = 0;
+  double seconds = 0, total_tps = 0, user_tps = 0, p50_token_ms = 0, p95_token_ms = 0, tokens_per_step = 0;
+  std::size_t wasted = 0, preemptions = 0;
+  double p50_latency_steps = 0, p95_latency_steps = 0, p50_latency_s = 0, p95_latency_s = 0;
+};
+
+// ---------------------------------------------------------------------------------------
+// 1. The throughput / latency curve over batch sizes.
+template <class Engine>
+csv_row run_users(Engine& dec, const std::vector<std::vector<token_id>>& prompts, std::size_t users,
+                  std::size_t tokens, const char* method) {
+  for (std::size_t u = 0; u < users; ++u)
+    dec.submit({.prompt = prompts[u % prompts.size()], .options = {.max_new_tokens = tokens, .stop_at_eos = false},
+                .id = u});
+  std::vector<double> per_token;  // seconds, one sample per generated token
+  std::map<specdec::request_id, std::size_t> before;
+  std::size_t total = 0, steps = 0;
+  const auto t0 = clock_type::now();
+  while (!dec.idle()) {
+    const auto ts = clock_type::now();
+    dec.step();
+    const double dt = seconds_since(ts);
+    ++steps;
+    for (specdec::request_id id : dec.active_ids()) {
+      const std::size_t n = dec.generated(id) - before[id];
+      for (std::size_t i = 0; i < n; ++i) per_token.push_back(dt / static_cast<double>(n));
+      before[id] = dec.generated(id);
+    }
+    for (const auto& r : dec.take_results()) {
+      const std::size_t n = r.result.tokens.size() - before[r.id];
+      for (std::size_t i = 0; i < n; ++i) per_token.push_back(dt / static_cast<double>(n));
+      total += r.result.tokens.size();
+    }
+  }
+  csv_row row;
+  row.section = "curve";
+  row.method = method;
+  row.batch = users;
+  row.requests = users;
+  row.tokens = total;
+  row.steps = steps;
+  row.seconds = seconds_since(t0);
+  row.total_tps = static_cast<double>(total) / row.seconds;
+  row.user_tps = row.total_tps / static_cast<double>(users);
+  row.p50_token_ms = 1e3 * pct(per_token, 0.50);
+  row.p95_token_ms = 1e3 * pct(per_token, 0.95);
+  row.tokens_per_step = static_cast<double>(total) / static_cast<double>(steps);
+  return row;
+}
+
+template <class BM, class MakeTarget, class MakeDraft>
+std::vector<csv_row> run_curve(MakeTarget make_target, MakeDraft make_draft, const options& o,
+                               const std::vector<std::vector<token_id>>& prompts) {
+  std::vector<csv_row> rows;
+  BM target = make_target();
+  BM draft = make_draft();
+  for (std::size_t b : o.batches) {
+    specdec::batched_autoregressive_decoder ar(target);
+    rows.push_back(run_users(ar, prompts, b, o.tokens, "batched_ar"));
+    if (o.sd) {
+      specdec::batched_speculative_decoder sd(draft, target, specdec::fixed_gamma{.gamma = 4},
+                                              specdec::greedy_match{});
+      rows.push_back(run_users(sd, prompts, b, o.tokens, "batched_sd_gamma4"));
+    }
+    for (std::size_t i = rows.size() - (o.sd ? 2 : 1); i < rows.size(); ++i) {
+      const auto& r = rows[i];
+      std::printf("%-18s B=%2zu  %7.1f tok/s total  %6.1f tok/s/user  per-token p50 %7.2f ms p95 %7.2f ms  "
+                  "%5.2f tok/step\n",
+                  r.method.c_str(), r.batch, r.total_tps, r.user_tps, r.p50_token_ms, r.p95_token_ms,
+                  r.tokens_per_step);
+      std::fflush(stdout);
+    }
+  }
+  return rows;
+}
+
+// ---------------------------------------------------------------------------------------
+// 2. FIFO vs length-aware scheduling on a bimodal length mix.
+template <class BM, class MakeTarget>
+std::vector<csv_row> run_schedulers(MakeTarget make_target, const options& o,
+                                    const std::vector<std::vector<token_id>>& prompts, double kv_bytes_per_token) {
+  std::mt19937_64 rng(2023);
+  std::vector<specdec::scheduled_request> reqs;
+  for (std::size_t i = 0; i < o.requests; ++i) {
+    const bool long_one = (rng() % 2) == 1;
+    const std::size_t len = long_one ? 96 + rng() % 65 : 8 + rng() % 9;
+    const double f = 1.0 - o.noise + 2.0 * o.noise * static_cast<double>(rng() % 1001) / 1000.0;
+    specdec::scheduled_request r;
+    r.request = {.prompt = prompts[i % prompts.size()], .options = {.max_new_tokens = len, .stop_at_eos = false},
+                 .id = i};
+    r.predicted_length = static_cast<double>(len) * f;
+    reqs.push_back(std::move(r));
+  }
+  BM target = make_target();
+  specdec::batched_autoregressive_decoder engine(target);
+  std::vector<csv_row> rows;
+  for (const auto mode : {specdec::batching_mode::static_batching, specdec::batching_mode::continuous}) {
+    const specdec::scheduler_options so{.mode = mode,
+                                        .max_batch = o.max_batch,
+                                        .memory_budget_bytes = o.budget_mb * 1e6,
+                                        .kv_bytes_per_token = kv_bytes_per_token};
+    for (int s = 0; s < 2; ++s) {
+      const auto rep = s == 0 ? specdec::simulate(engine, specdec::fifo_scheduler{}, reqs, so)
+                              : specdec::simulate(engine, specdec::length_aware_scheduler{}, reqs, so);
+      csv_row row;
+      row.section = std::string("scheduler_") + specdec::to_string(mode);
+      row.method = rep.scheduler;
+      row.batch = o.max_batch;
+      row.requests = rep.requests;
+      row.tokens = rep.tokens;
+      row.steps = rep.steps;
+      row.seconds = rep.seconds;
+      row.total_tps = rep.tokens_per_second;
+      row.tokens_per_step = rep.tokens_per_step;
+      row.wasted = rep.wasted_slot_steps;
+      row.preemptions = rep.preemptions;
+      row.p50_latency_steps = rep.p50_latency_steps;
+      row.p95_latency_steps = rep.p95_latency_steps;
+      row.p50_latency_s = rep.p50_latency_seconds;
+      row.p95_latency_s = rep.p95_latency_seconds;
+      std::vector<double> step_ms;
+      for (double x : rep.step_seconds) step_ms.push_back(1e3 * x);
+      row.p50_token_ms = pct(step_ms, 0.5);
+      row.p95_token_ms = pct(step_ms, 0.95);
+      std::printf("%-10s %-12s %4zu steps %5zu tokens  %6.1f tok/s  %5.2f tok/step  wasted %5zu slot-steps  "
+                  "preempted %2zu  latency p50 %5.0f / p95 %5.0f steps, %6.2f / %6.2f s  peak KV %.2f MB\n",
+                  specdec::to_string(mode), rep.scheduler.c_str(), rep.steps, rep.tokens, rep.tokens_per_second,
+                  rep.tokens_per_step, rep.wasted_slot_steps, rep.preemptions, rep.p50_latency_steps,
+                  rep.p95_latency_steps, rep.p50_latency_seconds, rep.p95_latency_seconds,
+                  rep.peak_reserved_bytes / 1e6);
+      std::fflush(stdout);
+      rows.push_back(row);
+    }
+    const auto& f = rows[rows.size() - 2];
+    const auto& l = rows.back();
+    std::printf("%-10s length_aware / fifo: %.2fx tokens per step, %.2fx tokens/s, wasted slot-steps %zu -> %zu\n",
+                specdec::to_string(mode), l.tokens_per_step / f.tokens_per_step, l.total_tps / f.total_tps, f.wasted,
+                l.wasted);
+  }
+  return rows;
+}
+
+void write_csv(const std::string& path, const std::vector<csv_row>& rows) {
+  std::ofstream out(path);
+  out << "section,method,batch,requests,tokens,steps,seconds,total_tok_s,tok_s_per_user,p50_token_ms,p95_token_ms,"
+         "tokens_per_step,wasted_slot_steps,preemptions,p50_latency_steps,p95_latency_steps,p50_latency_s,"
+         "p95_latency_s\n";
+  for (const auto& r : rows)
+    out << r.section << ',' << r.method << ',' << r.batch << ',' << r.requests << ',' << r.tokens << ',' << r.steps
+        << ',' << r.seconds << ',' << r.total_tps << ',' << r.user_tps << ',' << r.p50_token_ms << ','
+        << r.p95_token_ms << ',' << r.tokens_per_step << ',' << r.wasted << ',' << r.preemptions << ','
+        << r.p50_latency_steps << ',' << r.p95_latency_steps << ',' << r.p50_latency_s << ',' << r.p95_latency_s
+        << '\n';
+}
+
+// A text chart of total tokens/s over batch sizes.
+void chart(const std::vector<csv_row>& rows) {
+  double mx = 0;
+  for (const auto& r : rows)
+    if (r.section == "curve") mx = std::max(mx, r.total_tps);
+  if (mx <= 0) return;
+  std::printf("\ntotal tokens/s by batch size\n");
+  for (const auto& r : rows) {
+    if (r.section != "curve") continue;
+    const int w = static_cast<int>(50.0 * r.total_tps / mx);
+    std::printf("%-18s B=%2zu |%s %.0f\n", r.method.c_str(), r.batch, std::string(static_cast<std::size_t>(w), '#').c_str(),
+                r.total_tps);
+  }
+}
+
+options parse(int argc, char** argv) {
+  options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto next = [&]() -> std::string {
+      if (i + 1 >= argc) throw specdec::invalid_argument("specdec-batch-bench: " + a + " needs a value");
+      return argv[++i];
+    };
+    if (a == "--batches") {
+      o.batches.clear();
+      std::stringstream ss(next());
+      std::string item;
+      while (std::getline(ss, item, ',')) o.batches.push_back(std::stoul(item));
+    } else if (a == "--tokens") o.tokens = std::stoul(next());
+    else if (a == "--requests") o.requests = std::stoul(next());
+    else if (a == "--max-batch") o.max_batch = std::stoul(next());
+    else if (a == "--budget-mb") o.budget_mb = std::stod(next());
+    else if (a == "--noise") o.noise = std::stod(next());
+    else if (a == "--csv") o.csv = next();
+    else if (a == "--prompts") o.prompts = next();
+    else if (a == "--no-sd") o.sd = false;
+    else if (a == "--no-sched") o.sched = false;
+    else if (a == "--quick") {
+      o.batches = {1, 4, 16};
+      o.tokens = 12;
+      o.requests = 12;
+    } else {
+      throw specdec::invalid_argument("specdec-batch-bench: unknown argument '" + a + "'; see the file comment");
+    }
+  }
+  for (std::size_t b : o.batches)
+    if (b == 0) throw specdec::invalid_argument("specdec-batch-bench: --batches entries must be >= 1");
+  if (!(o.noise >= 0.0 && o.noise < 1.0)) throw specdec::invalid_argument("specdec-batch-bench: --noise must be in [0, 1)");
+  return o;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) try {
+  const options o = parse(argc, argv);
+  const auto big = std::make_shared<const specdec::cpu::checkpoint>(
+      specdec::cpu::load_checkpoint(SPECDEC_MODELS_DIR "/kjv-big.bin"));
+  const auto little = std::make_shared<const specdec::cpu::checkpoint>(
+      specdec::cpu::load_checkpoint(SPECDEC_MODELS_DIR "/kjv-little.bin"));
+  const specdec::cpu::tokenizer tok(SPECDEC_MODELS_DIR "/kjv2k-tokenizer.bin",
+                                    static_cast<std::size_t>(big->config.vocab_size));
+  std::vector<std::vector<token_id>> prompts;
+  for (const auto& p : opening_words(o.prompts, 8)) prompts.push_back(tok.encode(p));
+
+  // The batched model type: swap in the backend's batched transformer here.
+  using batched = specdec::independent_batch<specdec::cpu::transformer>;
+  auto make_big = [&] { return batched([&] { return std::make_unique<specdec::cpu::transformer>(big); }); };
+  auto make_little = [&] { return batched([&] { return std::make_unique<specdec::cpu::transformer>(little); }); };
+
+  const auto& c = big->config;
+  const double kv_bytes_per_token = 2.0 * c.n_layers * c.kv_dim() * sizeof(float);
+  std::printf("kjv-big: dim %d, %d layers, kv_dim %d, context %d; %.0f KV bytes per token; model %s\n", c.dim,
+              c.n_layers, c.kv_dim(), c.seq_len, kv_bytes_per_token, "independent_batch<cpu::transformer>");
+
+  const auto t0 = clock_type::now();
+  std::vector<csv_row> rows = run_curve<batched>(make_big, make_little, o, prompts);
+  chart(rows);
+  if (o.sched) {
+    std::printf("\nscheduler comparison: %zu requests, bimodal lengths (8..16 | 96..160), prediction noise %.0f%%, "
+                "max batch %zu, KV budget %.1f MB\n",
+                o.requests, 100 * o.noise, o.max_batch, o.budget_mb);
+    auto s = run_schedulers<batched>(make_big, o, prompts, kv_bytes_per_token);
+    rows.insert(rows.end(), s.begin(), s.end());
+  }
+  write_csv(o.csv, rows);
+  std::printf("\nwrote %s (%zu rows) in %.1f s\n", o.csv.c_str(), rows.size(), seconds_since(t0));
+  return 0;
+} catch (const std::exception& e) {
+  std::fprintf(stderr, "specdec-batch-bench: %s\n", e.what());
+  return 1;
+}
