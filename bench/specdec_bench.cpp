@@ -1,15 +1,25 @@
-// specdec-bench: end-to-end speculative decoding benchmark on a draft -> target pair.
+// specdec-bench: end-to-end speculative decoding benchmark on draft -> target pairs.
 //
-// For a fixed prompt set it runs autoregressive decoding of the target (the baseline),
-// speculative decoding (greedy and sampled, fixed and adaptive gamma) and BiLD over a
-// sweep of thresholds, all in one process, and writes one JSON document with tokens/s,
-// speedup over the baseline, acceptance rates, the speedup the analytic formula predicts
-// from the measured acceptance rate and cost ratio, and for lossy methods the agreement
-// with the target's greedy output and the target's perplexity of the generated text.
+// For a fixed prompt set it runs, for every model pair and thread count requested,
+// autoregressive decoding of the target (the baseline), speculative decoding (greedy
+// with a gamma sweep, sampled, adaptive gamma) and BiLD over a sweep of thresholds, all
+// in one process, and writes one JSON document and (with --csv) one CSV row per run:
+// tokens/s, speedup over the baseline, acceptance, the speedup the analytic formula
+// predicts from the measured acceptance rate and cost ratio, a refined prediction that
+// uses the measured cost of a (gamma+1)-token target block instead of assuming it costs
+// one forward, the framework overhead (policy_seconds / total_seconds), whether greedy
+// output is identical to the baseline, and for lossy methods the agreement with the
+// target's greedy output and the target's perplexity of the generated text.
 //
-//   specdec-bench [--draft models/kjv-little.bin] [--target models/kjv-big.bin]
-//                 [--tokenizer models/kjv2k-tokenizer.bin] [--tokens 96] [--repeats 1]
-//                 [--prompts models/kjv_val_openings.tsv] [--quick] [--json out.json]
+// Pairs: "little" = kjv-little (--draft-format) -> kjv-big (--format); "self" = kjv-big
+// in --self-draft-format (default q8_0) -> kjv-big (--format): self-speculative decoding
+// with the same weights at lower precision.
+//
+//   specdec-bench [--pairs little,self] [--threads 1,2] [--format fp32] [--draft-format fp32]
+//                 [--self-draft-format q8_0] [--draft models/kjv-little.bin]
+//                 [--target models/kjv-big.bin] [--tokenizer models/kjv2k-tokenizer.bin]
+//                 [--tokens 96] [--repeats 1] [--prompts models/kjv_val_openings.tsv]
+//                 [--quick] [--no-bild] [--json out.json] [--csv out.csv]
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -36,6 +46,13 @@ using specdec::token_id;
 using specdec::cpu::transformer;
 
 struct bench_options {
+  std::vector<std::string> pairs{"little", "self"};
+  std::vector<std::size_t> threads{0};
+  specdec::cpu::weight_format format = specdec::cpu::weight_format::fp32;
+  specdec::cpu::weight_format draft_format = specdec::cpu::weight_format::fp32;
+  specdec::cpu::weight_format self_draft_format = specdec::cpu::weight_format::q8_0;
+  std::string csv;
+  bool bild = true;
   std::string draft = SPECDEC_MODELS_DIR "/kjv-little.bin";
   std::string target = SPECDEC_MODELS_DIR "/kjv-big.bin";
   std::string tokenizer = SPECDEC_MODELS_DIR "/kjv2k-tokenizer.bin";
@@ -66,10 +83,13 @@ std::vector<std::string> held_out_prompts(const std::string& path, std::size_t c
 struct run_record {
   std::string method;
   std::string config;
+  std::size_t gamma = 0;          // fixed gamma, 0 otherwise
+  float alpha_fb = 0, alpha_rb = 0;  // BiLD thresholds, 0 otherwise
   double seconds = 0;
   std::size_t tokens = 0;
   specdec::generation_stats stats;
   std::vector<std::vector<token_id>> outputs;
+  double ppl = 0;
 };
 
 double now() {
@@ -80,7 +100,9 @@ double now() {
 template <class Generate>
 run_record measure(std::string method, std::string config, const std::vector<std::vector<token_id>>& encoded,
                    int repeats, Generate&& generate) {
-  run_record r{std::move(method), std::move(config)};
+  run_record r;
+  r.method = std::move(method);
+  r.config = std::move(config);
   for (int rep = 0; rep < repeats; ++rep) {
     r.outputs.clear();
     for (const auto& p : encoded) {
@@ -123,11 +145,179 @@ double agreement(const std::vector<std::vector<token_id>>& a, const std::vector<
   return total ? double(same) / double(total) : 0.0;
 }
 
+// Expected tokens per target call with per-token acceptance a and draft length gamma.
+double expected_tokens_per_call(double a, double gamma) {
+  return a >= 1.0 ? gamma + 1.0 : (1.0 - std::pow(a, gamma + 1.0)) / (1.0 - a);
+}
+
 // The analytic expected speedup of speculative decoding (Leviathan et al. 2023, eq. for
-// walltime improvement): (1 - a^(g+1)) / ((1 - a) (g c + 1)).
+// walltime improvement): (1 - a^(g+1)) / ((1 - a) (g c + 1)). It assumes the target's
+// verification of g + 1 tokens costs one single-token forward.
 double formula_speedup(double a, double gamma, double c) {
-  const double tokens_per_call = a >= 1.0 ? gamma + 1.0 : (1.0 - std::pow(a, gamma + 1.0)) / (1.0 - a);
-  return tokens_per_call / (gamma * c + 1.0);
+  return expected_tokens_per_call(a, gamma) / (gamma * c + 1.0);
+}
+
+// The same with the measured block cost: verification of g + 1 tokens costs
+// block_cost(g + 1) single-token forwards (linear interpolation for a fractional mean g).
+double refined_speedup(double a, double gamma, double c, const std::vector<double>& block_cost) {
+  const double k = gamma + 1.0;
+  const std::size_t lo = std::min<std::size_t>(block_cost.size() - 2, static_cast<std::size_t>(std::floor(k)));
+  const double frac = std::clamp(k - double(lo), 0.0, 1.0);
+  const double b = block_cost[lo] + frac * (block_cost[lo + 1] - block_cost[lo]);
+  return expected_tokens_per_call(a, gamma) / (gamma * c + b);
+}
+
+double now_seconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// Per-call seconds of a k-token forward at position `at` (min over repetitions).
+double time_block(transformer& m, std::size_t k, std::size_t at, int calls, int reps) {
+  std::vector<token_id> ctx(at), block(k);
+  for (std::size_t i = 0; i < at; ++i) ctx[i] = static_cast<token_id>((i * 37 + 1) % m.vocab_size());
+  for (std::size_t i = 0; i < k; ++i) block[i] = static_cast<token_id>((i * 101 + 7) % m.vocab_size());
+  m.reset();
+  m.forward(ctx);
+  double best = 1e30;
+  for (int r = 0; r < reps; ++r) {
+    const double t0 = now_seconds();
+    for (int i = 0; i < calls; ++i) {
+      m.truncate(at);
+      m.forward(block);
+    }
+    best = std::min(best, (now_seconds() - t0) / calls);
+  }
+  m.reset();
+  return best;
+}
+
+std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> out;
+  std::string item;
+  std::istringstream in(s);
+  while (std::getline(in, item, ',')) if (!item.empty()) out.push_back(item);
+  return out;
+}
+
+std::string csv_quote(const std::string& s) { return "\"" + s + "\""; }
+
+
+struct pair_result {
+  std::string pair, draft_path, target_path;
+  std::string draft_format, target_format;
+  std::size_t threads = 0;
+  double t_target = 0, t_draft = 0, cost_ratio = 0;
+  std::vector<double> block_cost;  // block_cost[k] = T(k tokens) / T(1 token), k = 0..12
+  std::vector<run_record> runs;
+};
+
+// All runs of one pair at one thread count.
+pair_result run_pair(const bench_options& o, const std::string& pair, std::size_t threads,
+                     const std::vector<std::vector<token_id>>& encoded) {
+  using specdec::cpu::weight_format;
+  pair_result pr;
+  pr.pair = pair;
+  const bool self = pair == "self";
+  if (!self && pair != "little")
+    throw specdec::invalid_argument("--pairs: unknown pair '" + pair + "'; expected little or self");
+  const weight_format df = self ? o.self_draft_format : o.draft_format;
+  auto target_ck = std::make_shared<const specdec::cpu::checkpoint>(specdec::cpu::load_checkpoint(o.target));
+  auto draft_ck = self ? target_ck
+                       : std::make_shared<const specdec::cpu::checkpoint>(specdec::cpu::load_checkpoint(o.draft));
+  transformer target(target_ck, {.threads = threads, .format = o.format});
+  transformer draft(draft_ck, {.threads = threads, .format = df});
+  pr.draft_path = self ? o.target : o.draft;
+  pr.target_path = o.target;
+  pr.draft_format = std::string(specdec::cpu::to_string(df));
+  pr.target_format = std::string(specdec::cpu::to_string(o.format));
+  pr.threads = target.options().threads;
+
+  const specdec::generation_options gen{.max_new_tokens = o.tokens, .stop_at_eos = false};
+  const specdec::sampling_params greedy{}, sampled{.temperature = 1.0f};
+
+  // Cost ratio c: one draft forward over one target forward, and the target's block
+  // cost curve, at a position typical of the runs (prompt ~16 tokens + half the output).
+  const std::size_t at = std::min<std::size_t>(16 + o.tokens / 2, target.context_length() - 16);
+  pr.t_target = time_block(target, 1, at, 20, 7);
+  pr.t_draft = time_block(draft, 1, at, 20, 7);
+  pr.cost_ratio = pr.t_draft / pr.t_target;
+  pr.block_cost.assign(13, 0.0);
+  for (std::size_t k = 1; k <= 12; ++k) pr.block_cost[k] = time_block(target, k, at, 10, 5) / pr.t_target;
+  std::cerr << "specdec-bench: pair " << pair << " (" << pr.draft_format << " draft -> " << pr.target_format
+            << " target, " << pr.threads << " threads): target forward " << pr.t_target * 1e3 << " ms, draft "
+            << pr.t_draft * 1e3 << " ms, c = " << pr.cost_ratio << ", block of 5 = " << pr.block_cost[5]
+            << " x one token\n";
+
+  std::vector<run_record>& runs = pr.runs;
+  runs.reserve(64);
+  auto ar = [&](const specdec::sampling_params& sp, std::string name) {
+    specdec::autoregressive_decoder dec(target, sp, 1);
+    return measure("ar", name, encoded, o.repeats, [&](const auto& p) { return dec.generate(p, gen); });
+  };
+  runs.push_back(ar(greedy, "greedy"));
+  runs.push_back(ar(sampled, "temperature=1"));
+
+  std::vector<std::size_t> gammas =
+      o.quick ? std::vector<std::size_t>{4} : std::vector<std::size_t>{1, 2, 3, 4, 5, 6, 8, 10};
+  for (std::size_t g : gammas) {
+    specdec::speculative_decoder dec(draft, target, specdec::fixed_gamma{.gamma = g}, specdec::greedy_match{}, greedy, 1);
+    runs.push_back(measure("sd", "greedy gamma=" + std::to_string(g), encoded, o.repeats,
+                           [&](const auto& p) { return dec.generate(p, gen); }));
+    runs.back().gamma = g;
+  }
+  {
+    specdec::speculative_decoder dec(draft, target, specdec::fixed_gamma{.gamma = 4}, specdec::rejection_sampling{},
+                                     sampled, 1);
+    runs.push_back(measure("sd", "temperature=1 gamma=4", encoded, o.repeats,
+                           [&](const auto& p) { return dec.generate(p, gen); }));
+    runs.back().gamma = 4;
+  }
+  {
+    specdec::speculative_decoder dec(draft, target, specdec::adaptive_gamma{}, specdec::greedy_match{}, greedy, 1);
+    runs.push_back(measure("sd", "greedy adaptive_gamma(+2/-1)", encoded, o.repeats,
+                           [&](const auto& p) { return dec.generate(p, gen); }));
+  }
+  {
+    specdec::speculative_decoder dec(draft, target, specdec::expected_speedup_gamma{}, specdec::greedy_match{},
+                                     greedy, 1);
+    runs.push_back(measure("sd", "greedy expected_speedup_gamma", encoded, o.repeats,
+                           [&](const auto& p) { return dec.generate(p, gen); }));
+  }
+  if (o.bild) {
+    std::vector<float> fbs = o.quick ? std::vector<float>{0.6f} : std::vector<float>{0.3f, 0.5f, 0.6f, 0.7f, 0.8f, 0.9f};
+    std::vector<float> rbs = o.quick ? std::vector<float>{5.0f} : std::vector<float>{1.0f, 2.0f, 3.0f, 5.0f, 8.0f};
+    for (float fb : fbs) {
+      for (float rb : rbs) {
+        specdec::speculative_decoder dec(draft, target, specdec::max_prob_fallback{.alpha_fb = fb, .max_draft = 10},
+                                         specdec::distance_rollback<>{.alpha_rb = rb}, greedy, 1);
+        std::ostringstream name;
+        name << "greedy alpha_fb=" << fb << " alpha_rb=" << rb;
+        runs.push_back(measure("bild", name.str(), encoded, o.repeats,
+                               [&](const auto& p) { return dec.generate(p, gen); }));
+        runs.back().alpha_fb = fb;
+        runs.back().alpha_rb = rb;
+      }
+    }
+  }
+  // Perplexity under the target needs the target model: compute it here, per run.
+  for (auto& r : runs) {
+    double nll = 0;
+    for (std::size_t p = 0; p < encoded.size(); ++p) nll += target_nll(target, encoded[p], r.outputs[p]);
+    r.ppl = std::exp(nll / double(encoded.size()));
+  }
+  return pr;
+}
+
+std::vector<std::size_t> parse_threads(const std::string& s) {
+  std::vector<std::size_t> out;
+  for (const auto& item : split_list(s)) {
+    std::size_t pos = 0;
+    const unsigned long v = std::stoul(item, &pos);
+    if (pos != item.size()) throw specdec::invalid_argument("--threads: '" + item + "' is not a number");
+    out.push_back(v);
+  }
+  if (out.empty()) throw specdec::invalid_argument("--threads: expected a comma-separated list of thread counts");
+  return out;
 }
 
 }  // namespace
@@ -144,119 +334,106 @@ int main(int argc, char** argv) try {
     else if (a == "--target") o.target = next();
     else if (a == "--tokenizer") o.tokenizer = next();
     else if (a == "--json") o.json = next();
+    else if (a == "--csv") o.csv = next();
     else if (a == "--prompts") o.prompts = next();
     else if (a == "--tokens") o.tokens = std::stoul(next());
     else if (a == "--repeats") o.repeats = std::stoi(next());
+    else if (a == "--threads") o.threads = parse_threads(next());
+    else if (a == "--format") o.format = specdec::cpu::parse_weight_format(next());
+    else if (a == "--draft-format") o.draft_format = specdec::cpu::parse_weight_format(next());
+    else if (a == "--self-draft-format") o.self_draft_format = specdec::cpu::parse_weight_format(next());
+    else if (a == "--pairs") o.pairs = split_list(next());
     else if (a == "--quick") o.quick = true;
+    else if (a == "--no-bild") o.bild = false;
     else throw specdec::invalid_argument("unknown option '" + a + "'");
   }
-  transformer target(o.target), draft(o.draft);
-  specdec::cpu::tokenizer tok(o.tokenizer, target.vocab_size());
+  if (o.repeats < 1) throw specdec::invalid_argument("--repeats must be >= 1");
+  if (o.tokens < 1) throw specdec::invalid_argument("--tokens must be >= 1");
+  std::size_t vocab = 0;
+  {
+    auto ck = specdec::cpu::load_checkpoint(o.target);
+    vocab = std::size_t(ck.config.vocab_size);
+  }
+  specdec::cpu::tokenizer tok(o.tokenizer, vocab);
   std::vector<std::vector<token_id>> encoded;
   for (const auto& p : held_out_prompts(o.prompts, o.quick ? 3 : 12, 8)) encoded.push_back(tok.encode(p));
-  const specdec::generation_options gen{.max_new_tokens = o.tokens, .stop_at_eos = false};
-  const specdec::sampling_params greedy{}, sampled{.temperature = 1.0f};
 
-  // Cost ratio c: one draft forward over one target forward, measured here.
-  auto time_forward = [](transformer& m, int n) {
-    m.reset();
-    std::vector<token_id> ctx{1, 100, 200, 300};
-    m.forward(ctx);
-    const double t0 = now();
-    for (int i = 0; i < n; ++i) {
-      m.truncate(4);
-      specdec::forward_one(m, 400);
-    }
-    return (now() - t0) / n;
-  };
-  const double t_target = time_forward(target, 50), t_draft = time_forward(draft, 200);
-  const double cost_ratio = t_draft / t_target;
-  std::cerr << "specdec-bench: target forward " << t_target * 1e3 << " ms, draft " << t_draft * 1e3
-            << " ms, cost ratio c = " << cost_ratio << "\n";
-
-  std::vector<run_record> runs;
-  auto ar = [&](const specdec::sampling_params& sp, std::string name) {
-    specdec::autoregressive_decoder dec(target, sp, 1);
-    return measure("ar", name, encoded, o.repeats, [&](const auto& p) { return dec.generate(p, gen); });
-  };
-  runs.push_back(ar(greedy, "greedy"));
-  runs.reserve(64);  // records are referenced below while more are appended
-  const std::size_t greedy_baseline = 0;
-  runs.push_back(ar(sampled, "temperature=1"));
-  const std::size_t sampled_baseline = 1;
-
-  std::vector<std::size_t> gammas = o.quick ? std::vector<std::size_t>{4} : std::vector<std::size_t>{1, 2, 3, 4, 5, 6, 8};
-  for (std::size_t g : gammas) {
-    specdec::speculative_decoder dec(draft, target, specdec::fixed_gamma{.gamma = g}, specdec::greedy_match{}, greedy, 1);
-    runs.push_back(measure("sd", "greedy gamma=" + std::to_string(g), encoded, o.repeats,
-                           [&](const auto& p) { return dec.generate(p, gen); }));
-  }
-  {
-    specdec::speculative_decoder dec(draft, target, specdec::fixed_gamma{.gamma = 4}, specdec::rejection_sampling{},
-                                     sampled, 1);
-    runs.push_back(measure("sd", "temperature=1 gamma=4", encoded, o.repeats,
-                           [&](const auto& p) { return dec.generate(p, gen); }));
-  }
-  {
-    specdec::speculative_decoder dec(draft, target, specdec::adaptive_gamma{}, specdec::greedy_match{}, greedy, 1);
-    runs.push_back(measure("sd", "greedy adaptive_gamma(+2/-1)", encoded, o.repeats,
-                           [&](const auto& p) { return dec.generate(p, gen); }));
-  }
-  {
-    specdec::speculative_decoder dec(draft, target, specdec::expected_speedup_gamma{}, specdec::greedy_match{},
-                                     greedy, 1);
-    runs.push_back(measure("sd", "greedy expected_speedup_gamma", encoded, o.repeats,
-                           [&](const auto& p) { return dec.generate(p, gen); }));
-  }
-  std::vector<float> fbs = o.quick ? std::vector<float>{0.6f} : std::vector<float>{0.3f, 0.5f, 0.6f, 0.7f, 0.8f, 0.9f};
-  std::vector<float> rbs = o.quick ? std::vector<float>{5.0f} : std::vector<float>{1.0f, 2.0f, 3.0f, 5.0f, 8.0f};
-  for (float fb : fbs) {
-    for (float rb : rbs) {
-      specdec::speculative_decoder dec(draft, target, specdec::max_prob_fallback{.alpha_fb = fb, .max_draft = 10},
-                                       specdec::distance_rollback<>{.alpha_rb = rb}, greedy, 1);
-      std::ostringstream name;
-      name << "greedy alpha_fb=" << fb << " alpha_rb=" << rb;
-      runs.push_back(measure("bild", name.str(), encoded, o.repeats,
-                             [&](const auto& p) { return dec.generate(p, gen); }));
-    }
-  }
+  std::vector<pair_result> results;
+  for (std::size_t threads : o.threads)
+    for (const auto& pair : o.pairs) results.push_back(run_pair(o, pair, threads, encoded));
 
   std::ofstream json(o.json);
-  json << "{\n  \"target\": \"" << o.target << "\",\n  \"draft\": \"" << o.draft << "\",\n  \"prompts\": "
-       << encoded.size() << ",\n  \"max_new_tokens\": " << o.tokens << ",\n  \"target_forward_seconds\": " << t_target
-       << ",\n  \"draft_forward_seconds\": " << t_draft << ",\n  \"cost_ratio\": " << cost_ratio
-       << ",\n  \"runs\": [\n";
-  std::fprintf(stderr, "%-6s %-40s %9s %8s %8s %8s %9s %7s %8s\n", "method", "config", "tok/s", "speedup",
-               "accept", "tok/call", "predicted", "agree", "ppl");
-  for (std::size_t i = 0; i < runs.size(); ++i) {
-    const run_record& r = runs[i];
-    const bool is_sampled = r.config.find("temperature=1") != std::string::npos;
-    const run_record& base = runs[is_sampled ? sampled_baseline : greedy_baseline];
-    const double tps = r.seconds > 0 ? double(r.tokens) / r.seconds : 0;
-    const double base_tps = base.seconds > 0 ? double(base.tokens) / base.seconds : 0;
-    const double speedup = base_tps > 0 ? tps / base_tps : 0;
-    // Per-token acceptance a: accepted trials over observed trials (each rollback ends one
-    // block with one observed rejection).
-    const double trials = double(r.stats.draft_tokens_accepted + r.stats.rollbacks);
-    const double a = trials > 0 ? double(r.stats.draft_tokens_accepted) / trials : 0;
-    const double mean_gamma = r.stats.target_calls ? double(r.stats.draft_tokens_proposed) / double(r.stats.target_calls) : 0;
-    const double predicted = r.method == "ar" ? 1.0 : formula_speedup(a, mean_gamma, cost_ratio);
-    double nll = 0;
-    for (std::size_t p = 0; p < encoded.size(); ++p) nll += target_nll(target, encoded[p], r.outputs[p]);
-    const double ppl = std::exp(nll / double(encoded.size()));
-    const double agree = agreement(r.outputs, runs[greedy_baseline].outputs);
-    std::fprintf(stderr, "%-6s %-40s %9.1f %8.2f %8.3f %8.2f %9.2f %7.3f %8.2f\n", r.method.c_str(), r.config.c_str(),
-                 tps, speedup, r.stats.acceptance_rate(), r.stats.mean_accepted_per_target_call(), predicted, agree, ppl);
-    json << "    {\"method\": \"" << r.method << "\", \"config\": \"" << r.config << "\", \"tokens\": " << r.tokens
-         << ", \"seconds\": " << r.seconds << ", \"tokens_per_second\": " << tps << ", \"speedup\": " << speedup
-         << ", \"per_token_acceptance\": " << a << ", \"mean_draft_length\": " << mean_gamma
-         << ", \"predicted_speedup\": " << predicted
-         << ", \"achieved_over_predicted\": " << (predicted > 0 ? speedup / predicted : 0)
-         << ", \"agreement_with_target_greedy\": " << agree << ", \"target_perplexity\": " << ppl
-         << ", \"telemetry\": " << r.stats.to_json() << "}" << (i + 1 < runs.size() ? "," : "") << "\n";
+  std::ofstream csv;
+  if (!o.csv.empty()) {
+    csv.open(o.csv);
+    if (!csv) throw specdec::invalid_argument("--csv: cannot write '" + o.csv + "'");
+    csv << "pair,draft_format,target_format,threads,method,config,gamma,alpha_fb,alpha_rb,tokens,seconds,"
+           "tokens_per_second,baseline_tokens_per_second,speedup,per_token_acceptance,mean_draft_length,"
+           "tokens_per_target_call,cost_ratio,block5_cost,predicted_speedup,refined_predicted_speedup,"
+           "achieved_over_predicted,achieved_over_refined,overhead_fraction,identical_to_baseline,"
+           "agreement_with_target_greedy,target_perplexity\n";
+  }
+  json << "{\n  \"prompts\": " << encoded.size() << ",\n  \"max_new_tokens\": " << o.tokens << ",\n  \"pairs\": [\n";
+  for (std::size_t pi = 0; pi < results.size(); ++pi) {
+    const pair_result& pr = results[pi];
+    json << "  {\"pair\": \"" << pr.pair << "\", \"target\": \"" << pr.target_path << "\", \"draft\": \""
+         << pr.draft_path << "\", \"target_format\": \"" << pr.target_format << "\", \"draft_format\": \""
+         << pr.draft_format << "\", \"threads\": " << pr.threads << ", \"target_forward_seconds\": " << pr.t_target
+         << ", \"draft_forward_seconds\": " << pr.t_draft << ", \"cost_ratio\": " << pr.cost_ratio
+         << ", \"block_cost\": [";
+    for (std::size_t k = 1; k < pr.block_cost.size(); ++k) json << (k > 1 ? ", " : "") << pr.block_cost[k];
+    json << "],\n   \"runs\": [\n";
+    std::fprintf(stderr, "\n== pair %s: %s %s -> %s %s, %zu threads ==\n", pr.pair.c_str(), pr.draft_path.c_str(),
+                 pr.draft_format.c_str(), pr.target_path.c_str(), pr.target_format.c_str(), pr.threads);
+    std::fprintf(stderr, "%-6s %-36s %8s %7s %7s %8s %7s %7s %7s %6s %5s %6s %7s\n", "method", "config", "tok/s",
+                 "speedup", "accept", "tok/call", "formula", "refined", "ach/ref", "ovhd%", "same", "agree", "ppl");
+    for (std::size_t i = 0; i < pr.runs.size(); ++i) {
+      const run_record& r = pr.runs[i];
+      const bool is_sampled = r.config.find("temperature=1") != std::string::npos;
+      const run_record& base = pr.runs[is_sampled ? 1 : 0];
+      const double tps = r.seconds > 0 ? double(r.tokens) / r.seconds : 0;
+      const double base_tps = base.seconds > 0 ? double(base.tokens) / base.seconds : 0;
+      const double speedup = base_tps > 0 ? tps / base_tps : 0;
+      // Per-token acceptance a: accepted trials over observed trials (each rollback ends
+      // one block with one observed rejection).
+      const double trials = double(r.stats.draft_tokens_accepted + r.stats.rollbacks);
+      const double a = trials > 0 ? double(r.stats.draft_tokens_accepted) / trials : 0;
+      const double mean_gamma =
+          r.stats.target_calls ? double(r.stats.draft_tokens_proposed) / double(r.stats.target_calls) : 0;
+      const double per_call = r.stats.target_calls ? double(r.stats.tokens_emitted) / double(r.stats.target_calls) : 0;
+      const double predicted = r.method == "ar" ? 1.0 : formula_speedup(a, mean_gamma, pr.cost_ratio);
+      const double refined = r.method == "ar" ? 1.0 : refined_speedup(a, mean_gamma, pr.cost_ratio, pr.block_cost);
+      const double overhead = r.stats.total_seconds > 0 ? r.stats.policy_seconds / r.stats.total_seconds : 0;
+      const bool identical = !is_sampled && r.outputs == pr.runs[0].outputs;
+      const double agree = agreement(r.outputs, pr.runs[0].outputs);
+      std::fprintf(stderr, "%-6s %-36s %8.1f %7.2f %7.3f %8.2f %7.2f %7.2f %7.2f %6.2f %5s %6.3f %7.2f\n",
+                   r.method.c_str(), r.config.c_str(), tps, speedup, a, per_call, predicted, refined,
+                   refined > 0 ? speedup / refined : 0, 100 * overhead, is_sampled ? "-" : (identical ? "yes" : "no"),
+                   agree, r.ppl);
+      json << "    {\"method\": \"" << r.method << "\", \"config\": \"" << r.config << "\", \"tokens\": " << r.tokens
+           << ", \"seconds\": " << r.seconds << ", \"tokens_per_second\": " << tps << ", \"speedup\": " << speedup
+           << ", \"per_token_acceptance\": " << a << ", \"mean_draft_length\": " << mean_gamma
+           << ", \"predicted_speedup\": " << predicted << ", \"refined_predicted_speedup\": " << refined
+           << ", \"achieved_over_predicted\": " << (predicted > 0 ? speedup / predicted : 0)
+           << ", \"achieved_over_refined\": " << (refined > 0 ? speedup / refined : 0)
+           << ", \"overhead_fraction\": " << overhead << ", \"identical_to_baseline\": "
+           << (identical ? "true" : "false") << ", \"agreement_with_target_greedy\": " << agree
+           << ", \"target_perplexity\": " << r.ppl << ", \"telemetry\": " << r.stats.to_json() << "}"
+           << (i + 1 < pr.runs.size() ? "," : "") << "\n";
+      if (csv.is_open()) {
+        csv << pr.pair << ',' << pr.draft_format << ',' << pr.target_format << ',' << pr.threads << ',' << r.method
+            << ',' << csv_quote(r.config) << ',' << r.gamma << ',' << r.alpha_fb << ',' << r.alpha_rb << ','
+            << r.tokens << ',' << r.seconds << ',' << tps << ',' << base_tps << ',' << speedup << ',' << a << ','
+            << mean_gamma << ',' << per_call << ',' << pr.cost_ratio << ',' << pr.block_cost[5] << ',' << predicted
+            << ',' << refined << ',' << (predicted > 0 ? speedup / predicted : 0) << ','
+            << (refined > 0 ? speedup / refined : 0) << ',' << overhead << ',' << (identical ? 1 : 0) << ','
+            << agree << ',' << r.ppl << '\n';
+      }
+    }
+    json << "   ]}" << (pi + 1 < results.size() ? "," : "") << "\n";
   }
   json << "  ]\n}\n";
-  std::cerr << "specdec-bench: wrote " << o.json << "\n";
+  std::cerr << "specdec-bench: wrote " << o.json << (o.csv.empty() ? "" : " and " + o.csv) << "\n";
   return 0;
 } catch (const std::exception& e) {
   std::cerr << "specdec-bench: error: " << e.what() << "\n";
