@@ -8,6 +8,7 @@
 // the knob.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -172,6 +173,96 @@ TEST(HybridSession, ProbeChargeIsOptional) {
   EXPECT_NEAR(r.latency_seconds, 1.3e-3 + 1.1e-3, kTol);
   EXPECT_GT(r.features.draft_max_prob_mean, 0.0f);
   EXPECT_EQ(r.features.prompt_tokens, 3u);
+}
+
+// ---------------------------------------------------------------------------------------
+// The adapters on their own
+
+TEST(SimulatedLink, SendDownAtPipelinesAgainstTheDeviceClock) {
+  simulated_link link(link_config::wan(), 1);
+  link.advance(0.1);
+  const double d = 0.0075 + 44 * 8 / 1e8;
+  // Sent long ago: arrived before now, the clock does not move.
+  auto r = link.send_down_at(0.05, 4);
+  EXPECT_TRUE(r.delivered);
+  EXPECT_NEAR(r.delay_seconds, d, kTol);
+  EXPECT_NEAR(link.now(), 0.1, kTol);
+  // Sent just before now: the clock moves to its arrival.
+  (void)link.send_down_at(0.099, 4);
+  EXPECT_NEAR(link.now(), 0.099 + d, kTol);
+  EXPECT_EQ(link.counters().bytes_down, 88u);
+  // Outage windows are checked at the send time, not at now().
+  auto cfg = link_config::wan();
+  cfg.outages.push_back({.start_seconds = 0.0, .end_seconds = 0.05});
+  simulated_link down(cfg, 1);
+  down.advance(0.2);
+  EXPECT_FALSE(down.send_down_at(0.01, 4).delivered);
+  EXPECT_NEAR(down.now(), 0.01 + cfg.outage_timeout_seconds, kTol);  // gave up at 1.01 > 0.2
+  EXPECT_THROW((void)down.send_down_at(-1.0, 4), specdec::invalid_argument);
+}
+
+TEST(RemoteModel, VerifyModeWithoutCommittedCounterAssumesOneCommittedToken) {
+  auto cloud = target_model();
+  simulated_link link(link_config::lan(), 1);
+  remote_model remote(cloud, link, 1.0, {.mode = payload_mode::top_k, .top_k = 2}, linear_cost{.per_call = 1e-3});
+  const std::vector<token_id> block{1, 2, 3, 4};  // read as 1 committed + 3 drafts
+  (void)remote.forward(block);
+  EXPECT_EQ(remote.drafted_tokens(), 3u);
+  EXPECT_EQ(link.counters().bytes_up, 16u + 3u * 2u * 6u + 40u);
+  EXPECT_EQ(link.counters().bytes_down, 8u + 40u);
+  EXPECT_EQ(remote.round_trips(), 1u);
+  EXPECT_NEAR(link.now(), 0.001 + 0.001 + (16 + 36 + 40) * 8 / 1e9 + 0.001 + 48 * 8 / 1e9, kTol);
+  static_assert(specdec::language_model<remote_model<markov_model>>);
+  static_assert(specdec::language_model<timed_model<markov_model>>);
+}
+
+TEST(RemoteModel, StreamReopensAfterATruncate) {
+  auto cloud = target_model();
+  simulated_link link(link_config::lan(), 1);
+  remote_model remote(cloud, link, 1.0, {}, linear_cost{.per_call = 1e-3});
+  remote.set_mode(remote_mode::stream);
+  const std::vector<token_id> prompt{1, 2, 3};
+  (void)remote.forward(prompt);
+  (void)specdec::forward_one(remote, 4);
+  (void)specdec::forward_one(remote, 5);
+  EXPECT_EQ(remote.round_trips(), 1u);
+  EXPECT_EQ(link.counters().messages_up, 1u);
+  EXPECT_EQ(link.counters().messages_down, 3u);
+  remote.truncate(2);  // the stream is broken: the next forward uploads again
+  (void)specdec::forward_one(remote, 6);
+  EXPECT_EQ(remote.round_trips(), 2u);
+  EXPECT_EQ(link.counters().messages_up, 2u);
+}
+
+TEST(TimedModel, ChargesScaledCostsAndTracksConfidence) {
+  auto m = target_model();
+  simulated_link link(link_config::lan(), 1);
+  timed_model t(m, link, 3.0, linear_cost{.per_call = 1e-3, .per_token = 1e-4});
+  t.track_confidence(true);
+  const std::vector<token_id> block{1, 2};
+  (void)t.forward(block);
+  EXPECT_NEAR(link.now(), 3.0 * 1.2e-3, kTol);
+  EXPECT_EQ(t.calls(), 1u);
+  EXPECT_EQ(t.tokens(), 2u);
+  const auto p = target_model().probabilities_after(block);
+  double h = 0.0;
+  for (double x : p) h -= x * std::log(x);
+  EXPECT_NEAR(t.mean_max_prob(), *std::max_element(p.begin(), p.end()), 1e-5);
+  EXPECT_NEAR(t.mean_entropy(), h, 1e-4);
+  t.reset_confidence();
+  EXPECT_EQ(t.confidence_rows(), 0u);
+}
+
+TEST(HybridSession, ArbiterSeesTheSessionBudget) {
+  auto device = draft_model(), cloud = target_model();
+  simulated_link link(link_config::wan(), 1);
+  auto o = fixed_costs();
+  o.limits.max_cloud_fraction = 0.0;  // confidence_arbiter keeps everything on the device
+  session s(device, cloud, confidence_arbiter{.min_max_prob = 2.0f}, link, o);
+  EXPECT_EQ(s.run(std::vector<token_id>{1, 4, 5}, no_eos(3)).planned, route::on_device());
+  o.limits.max_cloud_fraction = 1.0;
+  session t(device, cloud, confidence_arbiter{.min_max_prob = 2.0f}, link, o);
+  EXPECT_EQ(t.run(std::vector<token_id>{1, 4, 5}, no_eos(3)).planned, route::in_cloud());
 }
 
 // ---------------------------------------------------------------------------------------
