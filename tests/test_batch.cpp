@@ -13,7 +13,9 @@
 
 #include "specdec/backend/cpu/transformer.hpp"
 #include "specdec/batch.hpp"
+#include "specdec/decoder.hpp"
 #include "specdec/testing/batch_archetypes.hpp"
+#include "specdec/testing/contracts.hpp"
 
 namespace {
 using specdec::sequence_block;
@@ -127,6 +129,52 @@ TYPED_TEST(batched_models, errors_leave_every_sequence_untouched) {
   EXPECT_NE(c, b);
   EXPECT_EQ(bm.cache_length(c), 0u);  // a reused pooled model starts empty
   EXPECT_EQ(bm.sequence_count(), 2u);
+}
+
+// One sequence of a batched model, next to a busy neighbour, as a language_model: the
+// library's public model contract runs on it.
+struct markov_batch_sequence {
+  std::shared_ptr<specdec::independent_batch<markov_model>> batch =
+      std::make_shared<specdec::independent_batch<markov_model>>(specdec::testing::markov_batch(markov_fixture::opts));
+  specdec::sequence_view<specdec::independent_batch<markov_model>> view = make_view(*batch);
+
+  static specdec::sequence_view<specdec::independent_batch<markov_model>> make_view(
+      specdec::independent_batch<markov_model>& b) {
+    const sequence_id neighbour = b.add_sequence();
+    const std::vector<token_id> t{1, 2, 3};
+    const std::vector<sequence_block> blocks{{neighbour, t}};
+    b.forward_batch(blocks);
+    return {b, b.add_sequence()};
+  }
+  std::size_t vocab_size() const { return view.vocab_size(); }
+  std::size_t context_length() const { return view.context_length(); }
+  std::size_t cache_length() const { return view.cache_length(); }
+  specdec::logits_block forward(std::span<const token_id> tokens) { return view.forward(tokens); }
+  void truncate(std::size_t n) { view.truncate(n); }
+};
+}  // namespace
+template <>
+struct specdec::testing::model_factory<markov_batch_sequence> {
+  static markov_batch_sequence make() { return {}; }
+};
+namespace {
+SPECDEC_MODEL_CONTRACT_TESTS(batch_sequence, markov_batch_sequence);
+
+TEST(sequence_view, single_sequence_decoders_run_on_a_batched_model) {
+  auto bm = kjv_little_fixture::make_batch();
+  const sequence_id other = bm.add_sequence();
+  const std::vector<token_id> busy{1, 450, 200, 17};
+  const std::vector<sequence_block> blocks{{other, busy}};
+  bm.forward_batch(blocks);
+  specdec::sequence_view one(bm, bm.add_sequence());
+  static_assert(specdec::language_model<decltype(one)>);
+  specdec::autoregressive_decoder via_view(one);
+  specdec::cpu::transformer plain(kjv_little());
+  specdec::autoregressive_decoder direct(plain);
+  const std::vector<token_id> prompt{1, 1043, 261};
+  EXPECT_EQ(via_view.generate(prompt, {.max_new_tokens = 12}).tokens,
+            direct.generate(prompt, {.max_new_tokens = 12}).tokens);
+  EXPECT_EQ(bm.cache_length(other), 4u);  // the neighbour was not touched
 }
 
 TEST(independent_batch, factory_may_return_a_value_or_a_unique_ptr_and_deduces_the_model) {

@@ -29,6 +29,14 @@
 /// 5. The returned `batch_logits` view is owned by the model and valid until its next
 ///    non-const call.
 ///
+/// How a backend gets the batching speedup: gather the new tokens of all blocks into one
+/// `sum(k_i) x dim` activation matrix and run every weight product once for all rows
+/// (each weight row is read once per step, as the CPU transformer's block forward already
+/// does for one sequence's k tokens); only attention is per sequence, each row attending
+/// to its own sequence's cache region up to its own position. Keeping each row's
+/// reductions in a fixed order independent of the batch (as detail/kernels.hpp does for
+/// block size) gives bit-for-bit equality with the per-sequence forward.
+///
 /// ```cpp
 /// auto bm = specdec::independent_batch<specdec::testing::markov_model>(
 ///     [] { return specdec::testing::markov_model({.vocab = 8}); });
@@ -311,5 +319,35 @@ struct factory_model<std::unique_ptr<M>> {
 template <class Factory>
 independent_batch(Factory)
     -> independent_batch<typename detail::factory_model<std::remove_cvref_t<std::invoke_result_t<Factory&>>>::type>;
+
+/// One sequence of a batched model seen as a `language_model` (its forward is a batch
+/// step with a single block), so single-sequence code (decoders, the model contract tests
+/// of specdec/testing/contracts.hpp) runs on a batched backend. Holds a reference to the
+/// batched model, which must outlive it; the sequence stays owned by the batched model.
+///
+/// ```cpp
+/// specdec::sequence_id s = bm.add_sequence();
+/// specdec::sequence_view one(bm, s);
+/// specdec::autoregressive_decoder ar(one);
+/// auto r = ar.generate(prompt);
+/// ```
+template <batched_model B>
+class sequence_view {
+ public:
+  sequence_view(B& batch, sequence_id id) : batch_(&batch), id_(id) {}
+  [[nodiscard]] sequence_id id() const noexcept { return id_; }
+  [[nodiscard]] std::size_t vocab_size() const { return static_cast<std::size_t>(batch_->vocab_size()); }
+  [[nodiscard]] std::size_t context_length() const { return static_cast<std::size_t>(batch_->context_length()); }
+  [[nodiscard]] std::size_t cache_length() const { return static_cast<std::size_t>(batch_->cache_length(id_)); }
+  logits_block forward(std::span<const token_id> tokens) {
+    const sequence_block b{id_, tokens};
+    return batch_->forward_batch(std::span<const sequence_block>(&b, 1)).block(0);
+  }
+  void truncate(std::size_t n) { batch_->truncate(id_, n); }
+
+ private:
+  B* batch_;
+  sequence_id id_;
+};
 
 }  // namespace specdec
