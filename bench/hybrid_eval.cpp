@@ -21,7 +21,8 @@
 // start-up on this machine (minimum over repeats, robust to other load; --device-cost /
 // --cloud-cost pin it, --measured charges live wall times instead), scaled by
 // --device-scale and --cloud-scale. Arbiters that read request
-// features pay the device probe (one device forward of the prompt) on the clock; the fixed
+// features pay the device probe (one device forward of the prompt, charged from the linear
+// device cost even with --measured) on the clock; the fixed
 // baselines do not. `confidence_seg16` is the confidence arbiter also used as a segment
 // arbiter: every 16 device tokens it re-reads the device's recent confidence and may hand
 // the rest of the generation to the cloud. Executions are cached per (prompt, route, link), so arbiters that
