@@ -7,7 +7,7 @@
 //    tokens/s, tokens/s per user, and p50/p95 per-token latency (each step's wall time
 //    divided by the tokens it gave each user, one sample per token).
 // 2. Scheduler comparison: `--requests` requests whose max_new_tokens come from a bimodal
-//    distribution (short 8..16 or long 96..160, EOS ignored so the length is known), with a
+//    distribution (short 8..16 or long 64..96, EOS ignored so the length is known), with a
 //    noisy oracle prediction (true length x U[1 - noise, 1 + noise]); FIFO vs length-aware
 //    under static and continuous batching, batch cap `--max-batch`, KV budget `--budget-mb`.
 //    Reports tokens/s, tokens per step, wasted slot-steps, p50/p95 latency, preemptions.
@@ -18,9 +18,11 @@
 // model when it exists. With independent_batch the step cost grows linearly with the batch,
 // so total tokens/s stays flat and the scheduler's gain shows in tokens per step.
 //
-//   specdec-batch-bench [--batches 1,2,4,8,16,32] [--tokens 32] [--requests 24]
+//   specdec-batch-bench [--batches 1,2,4,8,16,32] [--tokens 32] [--requests 48]
 //                       [--max-batch 8] [--budget-mb 8] [--noise 0.2] [--quick]
-//                       [--csv batch_bench.csv] [--no-sd] [--no-sched]
+//                       [--csv batch_bench.csv] [--no-sd] [--no-sched] [--continue]
+//
+// --continue: under-predicted sequences keep running (default: preempt and requeue).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -48,11 +50,12 @@ using clock_type = std::chrono::steady_clock;
 struct options {
   std::vector<std::size_t> batches{1, 2, 4, 8, 16, 32};
   std::size_t tokens = 32;
-  std::size_t requests = 24;
+  std::size_t requests = 48;
   std::size_t max_batch = 8;
   double budget_mb = 8.0;
   double noise = 0.2;
   bool sd = true;
+  specdec::under_prediction_policy policy = specdec::under_prediction_policy::preempt_and_requeue;
   bool sched = true;
   std::string csv = "batch_bench.csv";
   std::string prompts = SPECDEC_MODELS_DIR "/kjv_val_openings.tsv";
@@ -165,7 +168,7 @@ std::vector<csv_row> run_schedulers(MakeTarget make_target, const options& o,
   std::vector<specdec::scheduled_request> reqs;
   for (std::size_t i = 0; i < o.requests; ++i) {
     const bool long_one = (rng() % 2) == 1;
-    const std::size_t len = long_one ? 96 + rng() % 65 : 8 + rng() % 9;
+    const std::size_t len = long_one ? 64 + rng() % 33 : 8 + rng() % 9;
     const double f = 1.0 - o.noise + 2.0 * o.noise * static_cast<double>(rng() % 1001) / 1000.0;
     specdec::scheduled_request r;
     r.request = {.prompt = prompts[i % prompts.size()], .options = {.max_new_tokens = len, .stop_at_eos = false},
@@ -180,7 +183,8 @@ std::vector<csv_row> run_schedulers(MakeTarget make_target, const options& o,
     const specdec::scheduler_options so{.mode = mode,
                                         .max_batch = o.max_batch,
                                         .memory_budget_bytes = o.budget_mb * 1e6,
-                                        .kv_bytes_per_token = kv_bytes_per_token};
+                                        .kv_bytes_per_token = kv_bytes_per_token,
+                                        .on_under_prediction = o.policy};
     for (int s = 0; s < 2; ++s) {
       const auto rep = s == 0 ? specdec::simulate(engine, specdec::fifo_scheduler{}, reqs, so)
                               : specdec::simulate(engine, specdec::length_aware_scheduler{}, reqs, so);
@@ -271,11 +275,12 @@ options parse(int argc, char** argv) {
     else if (a == "--csv") o.csv = next();
     else if (a == "--prompts") o.prompts = next();
     else if (a == "--no-sd") o.sd = false;
+    else if (a == "--continue") o.policy = specdec::under_prediction_policy::continue_running;
     else if (a == "--no-sched") o.sched = false;
     else if (a == "--quick") {
       o.batches = {1, 4, 16};
       o.tokens = 12;
-      o.requests = 12;
+      o.requests = 16;
     } else {
       throw specdec::invalid_argument("specdec-batch-bench: unknown argument '" + a + "'; see the file comment");
     }
@@ -313,9 +318,9 @@ int main(int argc, char** argv) try {
   std::vector<csv_row> rows = run_curve<batched>(make_big, make_little, o, prompts);
   chart(rows);
   if (o.sched) {
-    std::printf("\nscheduler comparison: %zu requests, bimodal lengths (8..16 | 96..160), prediction noise %.0f%%, "
-                "max batch %zu, KV budget %.1f MB\n",
-                o.requests, 100 * o.noise, o.max_batch, o.budget_mb);
+    std::printf("\nscheduler comparison: %zu requests, bimodal lengths (8..16 | 64..96), prediction noise %.0f%%, "
+                "max batch %zu, KV budget %.1f MB, under-prediction: %s\n",
+                o.requests, 100 * o.noise, o.max_batch, o.budget_mb, specdec::to_string(o.policy));
     auto s = run_schedulers<batched>(make_big, o, prompts, kv_bytes_per_token);
     rows.insert(rows.end(), s.begin(), s.end());
   }
