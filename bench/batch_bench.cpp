@@ -16,7 +16,9 @@
 // `run_schedulers<BM>`): today `independent_batch<cpu::transformer>` (one transformer per
 // sequence, weights read once per sequence), to be replaced by the CPU backend's batched
 // model when it exists. With independent_batch the step cost grows linearly with the batch,
-// so total tokens/s stays flat and the scheduler's gain shows in tokens per step.
+// so total tokens/s stays flat and the scheduler's gain shows in tokens per step. Section
+// 1b projects what a batched kernel would give: a B-token block forward of one sequence
+// reads the weights once for B rows, as a batched step over B sequences would.
 //
 //   specdec-batch-bench [--batches 1,2,4,8,16,32] [--tokens 32] [--requests 48]
 //                       [--max-batch 8] [--budget-mb 8] [--noise 0.2] [--quick]
@@ -155,6 +157,45 @@ std::vector<csv_row> run_curve(MakeTarget make_target, MakeDraft make_draft, con
                   r.tokens_per_step);
       std::fflush(stdout);
     }
+  }
+  return rows;
+}
+
+// ---------------------------------------------------------------------------------------
+// 1b. Projection for a true batched forward: one sequence's B-token block forward reads
+// each weight once for B rows, like a batched step over B sequences would (attention
+// differs: here the rows share one cache). B / t(B-token block) estimates the total
+// tokens/s of a batched kernel of the current single-thread kernels.
+std::vector<csv_row> run_projection(const std::shared_ptr<const specdec::cpu::checkpoint>& ck, const options& o) {
+  specdec::cpu::transformer m(ck);
+  std::vector<token_id> ctx(24), block;
+  for (std::size_t i = 0; i < ctx.size(); ++i) ctx[i] = static_cast<token_id>(1 + (i * 37) % 2000);
+  m.forward(ctx);
+  std::vector<csv_row> rows;
+  double t1 = 0.0;
+  for (std::size_t b : o.batches) {
+    block.assign(b, 0);
+    for (std::size_t i = 0; i < b; ++i) block[i] = static_cast<token_id>(3 + (i * 101) % 2000);
+    double best = 1e30;
+    for (int rep = 0; rep < 5; ++rep) {
+      const auto ts = clock_type::now();
+      m.forward(block);
+      best = std::min(best, seconds_since(ts));
+      m.truncate(ctx.size());
+    }
+    if (b == o.batches.front()) t1 = best / static_cast<double>(b);
+    csv_row row;
+    row.section = "projection";
+    row.method = "block_forward_as_batch";
+    row.batch = b;
+    row.seconds = best;
+    row.total_tps = static_cast<double>(b) / best;
+    row.user_tps = 1.0 / best;
+    row.p50_token_ms = row.p95_token_ms = 1e3 * best;
+    row.tokens_per_step = static_cast<double>(b);
+    std::printf("projection        B=%2zu  %7.1f tok/s total  %6.1f tok/s/user  step %6.2f ms  (%.2fx batch %zu)\n", b,
+                row.total_tps, row.user_tps, 1e3 * best, row.total_tps * t1, o.batches.front());
+    rows.push_back(row);
   }
   return rows;
 }
@@ -317,6 +358,12 @@ int main(int argc, char** argv) try {
   const auto t0 = clock_type::now();
   std::vector<csv_row> rows = run_curve<batched>(make_big, make_little, o, prompts);
   chart(rows);
+  std::printf("\nprojection for a batched forward (a B-token block forward of one sequence as a proxy for one "
+              "batched step of B sequences)\n");
+  {
+    auto p = run_projection(big, o);
+    rows.insert(rows.end(), p.begin(), p.end());
+  }
   if (o.sched) {
     std::printf("\nscheduler comparison: %zu requests, bimodal lengths (8..16 | 64..96), prediction noise %.0f%%, "
                 "max batch %zu, KV budget %.1f MB, under-prediction: %s\n",
