@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <map>
+#include <random>
 #include <memory>
 #include <string>
 #include <vector>
@@ -357,6 +358,55 @@ TEST(batched_decoders, errors_are_clear) {
   ASSERT_EQ(r.size(), 1u);
   EXPECT_EQ(r[0].result.stop_reason, "context");
   EXPECT_EQ(r[0].result.tokens.size(), 2u);
+}
+
+// Random requests (EOS on, stop sequences, top-k/top-p), joining at random steps: every
+// request's result equals the single-sequence decoder's with seed + id, token for token,
+// with the same stop reason and verification counts.
+TEST(batched_speculative, random_mixes_equal_the_single_sequence_decoder) {
+  std::mt19937_64 rng(99);
+  for (int round = 0; round < 6; ++round) {
+    const sampling_params params = round % 3 == 0 ? sampling_params{}
+                                   : round % 3 == 1 ? sampling_params{.temperature = 0.9f, .top_k = 5}
+                                                    : sampling_params{.temperature = 1.2f, .top_p = 0.8f};
+    const specdec::adaptive_gamma fb{};
+    const specdec::rejection_sampling rb{};
+    auto d = specdec::testing::markov_batch(draft_opts);
+    auto t = specdec::testing::markov_batch(target_opts);
+    specdec::batched_speculative_decoder dec(d, t, fb, rb, params, 1000 + round);
+    std::vector<batch_request> reqs;
+    for (request_id i = 0; i < 9; ++i) {
+      batch_request r;
+      r.id = 17 * i + static_cast<request_id>(round);
+      r.prompt.push_back(1);
+      for (std::size_t j = rng() % 5; j > 0; --j) r.prompt.push_back(static_cast<token_id>(rng() % 8));
+      r.options.max_new_tokens = rng() % 40;
+      r.options.stop_at_eos = rng() % 2 == 0;
+      if (rng() % 3 == 0) r.options.stop_sequences = {{static_cast<token_id>(rng() % 8), static_cast<token_id>(rng() % 8)}};
+      reqs.push_back(r);
+    }
+    std::size_t next = 0;
+    std::vector<batch_result> got;
+    while (next < reqs.size() || !dec.idle()) {
+      for (std::size_t n = rng() % 3; n > 0 && next < reqs.size(); --n) dec.submit(reqs[next++]);
+      dec.step();
+      for (auto& r : dec.take_results()) got.push_back(std::move(r));
+    }
+    const auto m = by_id(std::move(got));
+    ASSERT_EQ(m.size(), reqs.size());
+    for (const auto& r : reqs) {
+      markov_model sd(draft_opts), st(target_opts);
+      specdec::speculative_decoder single(sd, st, fb, rb, params, 1000 + round + r.id);
+      const auto want = single.generate(r.prompt, r.options);
+      const auto& res = m.at(r.id).result;
+      EXPECT_EQ(res.tokens, want.tokens) << "round " << round << ", request " << r.id;
+      EXPECT_EQ(res.stop_reason, want.stop_reason) << "round " << round << ", request " << r.id;
+      EXPECT_EQ(res.stats.target_calls, want.stats.target_calls);
+      EXPECT_EQ(res.stats.draft_calls, want.stats.draft_calls);
+      EXPECT_EQ(res.stats.draft_tokens_accepted, want.stats.draft_tokens_accepted);
+      EXPECT_EQ(res.stats.fallbacks, want.stats.fallbacks);
+    }
+  }
 }
 
 TEST(batched_speculative, max_draft_per_step_bounds_the_growth_of_a_step) {
