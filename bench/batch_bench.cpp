@@ -21,9 +21,11 @@
 // reads the weights once for B rows, as a batched step over B sequences would.
 //
 //   specdec-batch-bench [--batches 1,2,4,8,16,32] [--tokens 32] [--requests 48]
-//                       [--max-batch 8] [--budget-mb 8] [--noise 0.2] [--quick]
+//                       [--max-batch 8] [--budget-mb 8] [--noise 0.2] [--threads 0] [--quick]
 //                       [--csv batch_bench.csv] [--no-sd] [--no-sched] [--continue]
 //
+// --threads: transformer_options.threads of every transformer (0 = all cores; each
+// transformer of an independent_batch has its own pool).
 // --continue: under-predicted sequences keep running (default: preempt and requeue).
 #include <algorithm>
 #include <chrono>
@@ -54,6 +56,7 @@ struct options {
   std::size_t tokens = 32;
   std::size_t requests = 48;
   std::size_t max_batch = 8;
+  std::size_t threads = 0;  ///< transformer_options.threads of every transformer (0 = all cores)
   double budget_mb = 8.0;
   double noise = 0.2;
   bool sd = true;
@@ -167,7 +170,7 @@ std::vector<csv_row> run_curve(MakeTarget make_target, MakeDraft make_draft, con
 // differs: here the rows share one cache). B / t(B-token block) estimates the total
 // tokens/s of a batched kernel of the current single-thread kernels.
 std::vector<csv_row> run_projection(const std::shared_ptr<const specdec::cpu::checkpoint>& ck, const options& o) {
-  specdec::cpu::transformer m(ck);
+  specdec::cpu::transformer m(ck, specdec::cpu::transformer_options{.threads = o.threads});
   std::vector<token_id> ctx(24), block;
   for (std::size_t i = 0; i < ctx.size(); ++i) ctx[i] = static_cast<token_id>(1 + (i * 37) % 2000);
   m.forward(ctx);
@@ -311,6 +314,7 @@ options parse(int argc, char** argv) {
     } else if (a == "--tokens") o.tokens = std::stoul(next());
     else if (a == "--requests") o.requests = std::stoul(next());
     else if (a == "--max-batch") o.max_batch = std::stoul(next());
+    else if (a == "--threads") o.threads = std::stoul(next());
     else if (a == "--budget-mb") o.budget_mb = std::stod(next());
     else if (a == "--noise") o.noise = std::stod(next());
     else if (a == "--csv") o.csv = next();
@@ -347,8 +351,9 @@ int main(int argc, char** argv) try {
 
   // The batched model type: swap in the backend's batched transformer here.
   using batched = specdec::independent_batch<specdec::cpu::transformer>;
-  auto make_big = [&] { return batched([&] { return std::make_unique<specdec::cpu::transformer>(big); }); };
-  auto make_little = [&] { return batched([&] { return std::make_unique<specdec::cpu::transformer>(little); }); };
+  const specdec::cpu::transformer_options topts{.threads = o.threads};
+  auto make_big = [&] { return batched([&] { return std::make_unique<specdec::cpu::transformer>(big, topts); }); };
+  auto make_little = [&] { return batched([&] { return std::make_unique<specdec::cpu::transformer>(little, topts); }); };
 
   const auto& c = big->config;
   const double kv_bytes_per_token = 2.0 * c.n_layers * c.kv_dim() * sizeof(float);
