@@ -3,7 +3,8 @@
 // For a fixed prompt set it runs, for every model pair and thread count requested,
 // autoregressive decoding of the target (the baseline), speculative decoding (greedy
 // with a gamma sweep, sampled, adaptive gamma) and BiLD over a sweep of thresholds, all
-// in one process, and writes one JSON document and (with --csv) one CSV row per run:
+// in one process, each run paired prompt by prompt with a baseline run right before it
+// (min over --repeats of both: the machine may be shared), and writes one JSON document and (with --csv) one CSV row per run:
 // tokens/s, speedup over the baseline, acceptance, the speedup the analytic formula
 // predicts from the measured acceptance rate and cost ratio, a refined prediction that
 // uses the measured cost of a (gamma+1)-token target block instead of assuming it costs
@@ -18,7 +19,7 @@
 //   specdec-bench [--pairs little,self] [--threads 1,2] [--format fp32] [--draft-format fp32]
 //                 [--self-draft-format q8_0] [--draft models/kjv-little.bin]
 //                 [--target models/kjv-big.bin] [--tokenizer models/kjv2k-tokenizer.bin]
-//                 [--tokens 96] [--repeats 1] [--prompts models/kjv_val_openings.tsv]
+//                 [--tokens 96] [--repeats 3] [--prompts models/kjv_val_openings.tsv]
 //                 [--quick] [--no-bild] [--json out.json] [--csv out.csv]
 #include <algorithm>
 #include <chrono>
@@ -59,7 +60,7 @@ struct bench_options {
   std::string json = "specdec_bench.json";
   std::string prompts = SPECDEC_MODELS_DIR "/kjv_val_openings.tsv";
   std::size_t tokens = 96;
-  int repeats = 1;
+  int repeats = 3;
   bool quick = false;
 };
 
@@ -90,29 +91,46 @@ struct run_record {
   specdec::generation_stats stats;
   std::vector<std::vector<token_id>> outputs;
   double ppl = 0;
+  double base_seconds = 0;     // the paired autoregressive baseline runs
+  std::size_t base_tokens = 0;
 };
 
 double now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-// Runs `make_and_generate(prompt)` over all prompts `repeats` times; keeps the last outputs.
-template <class Generate>
+// Runs `generate(prompt)` over all prompts, each prompt `repeats` times, and right
+// before each run the baseline `base(prompt)` on the same prompt: the two see the same
+// machine conditions (the machine may be shared), and per prompt the minimum time over
+// the repeats is kept for both. Speedups are then ratios of paired measurements. Keeps
+// the outputs of the last repeat; the telemetry of all repeats is merged.
+template <class Generate, class Baseline>
 run_record measure(std::string method, std::string config, const std::vector<std::vector<token_id>>& encoded,
-                   int repeats, Generate&& generate) {
+                   int repeats, Generate&& generate, Baseline&& base) {
   run_record r;
   r.method = std::move(method);
   r.config = std::move(config);
-  for (int rep = 0; rep < repeats; ++rep) {
-    r.outputs.clear();
-    for (const auto& p : encoded) {
-      const double t0 = now();
+  for (const auto& p : encoded) {
+    double best = 1e30, best_base = 1e30;
+    std::size_t tokens = 0, base_tokens = 0;
+    std::vector<token_id> out;
+    for (int rep = 0; rep < repeats; ++rep) {
+      double t0 = now();
+      specdec::generation_result b = base(p);
+      best_base = std::min(best_base, now() - t0);
+      base_tokens = b.tokens.size();
+      t0 = now();
       specdec::generation_result res = generate(p);
-      r.seconds += now() - t0;
-      r.tokens += res.tokens.size();
+      best = std::min(best, now() - t0);
+      tokens = res.tokens.size();
       r.stats.merge(res.stats);
-      r.outputs.push_back(std::move(res.tokens));
+      out = std::move(res.tokens);
     }
+    r.seconds += best;
+    r.tokens += tokens;
+    r.base_seconds += best_base;
+    r.base_tokens += base_tokens;
+    r.outputs.push_back(std::move(out));
   }
   return r;
 }
@@ -250,42 +268,41 @@ pair_result run_pair(const bench_options& o, const std::string& pair, std::size_
 
   std::vector<run_record>& runs = pr.runs;
   runs.reserve(64);
-  auto ar = [&](const specdec::sampling_params& sp, std::string name) {
-    specdec::autoregressive_decoder dec(target, sp, 1);
-    return measure("ar", name, encoded, o.repeats, [&](const auto& p) { return dec.generate(p, gen); });
-  };
-  runs.push_back(ar(greedy, "greedy"));
-  runs.push_back(ar(sampled, "temperature=1"));
+  specdec::autoregressive_decoder ar_greedy(target, greedy, 1), ar_sampled(target, sampled, 1);
+  auto base_greedy = [&](const auto& p) { return ar_greedy.generate(p, gen); };
+  auto base_sampled = [&](const auto& p) { return ar_sampled.generate(p, gen); };
+  runs.push_back(measure("ar", "greedy", encoded, o.repeats, base_greedy, base_greedy));
+  runs.push_back(measure("ar", "temperature=1", encoded, o.repeats, base_sampled, base_sampled));
 
   std::vector<std::size_t> gammas =
       o.quick ? std::vector<std::size_t>{4} : std::vector<std::size_t>{1, 2, 3, 4, 5, 6, 8, 10};
   for (std::size_t g : gammas) {
     specdec::speculative_decoder dec(draft, target, specdec::fixed_gamma{.gamma = g}, specdec::greedy_match{}, greedy, 1);
     runs.push_back(measure("sd", "greedy gamma=" + std::to_string(g), encoded, o.repeats,
-                           [&](const auto& p) { return dec.generate(p, gen); }));
+                           [&](const auto& p) { return dec.generate(p, gen); }, base_greedy));
     runs.back().gamma = g;
   }
   {
     specdec::speculative_decoder dec(draft, target, specdec::fixed_gamma{.gamma = 4}, specdec::rejection_sampling{},
                                      sampled, 1);
     runs.push_back(measure("sd", "temperature=1 gamma=4", encoded, o.repeats,
-                           [&](const auto& p) { return dec.generate(p, gen); }));
+                           [&](const auto& p) { return dec.generate(p, gen); }, base_sampled));
     runs.back().gamma = 4;
   }
   {
     specdec::speculative_decoder dec(draft, target, specdec::adaptive_gamma{}, specdec::greedy_match{}, greedy, 1);
     runs.push_back(measure("sd", "greedy adaptive_gamma(+2/-1)", encoded, o.repeats,
-                           [&](const auto& p) { return dec.generate(p, gen); }));
+                           [&](const auto& p) { return dec.generate(p, gen); }, base_greedy));
   }
   {
     specdec::speculative_decoder dec(draft, target, specdec::expected_speedup_gamma{}, specdec::greedy_match{},
                                      greedy, 1);
     runs.push_back(measure("sd", "greedy expected_speedup_gamma", encoded, o.repeats,
-                           [&](const auto& p) { return dec.generate(p, gen); }));
+                           [&](const auto& p) { return dec.generate(p, gen); }, base_greedy));
   }
   if (o.bild) {
-    std::vector<float> fbs = o.quick ? std::vector<float>{0.6f} : std::vector<float>{0.3f, 0.5f, 0.6f, 0.7f, 0.8f, 0.9f};
-    std::vector<float> rbs = o.quick ? std::vector<float>{5.0f} : std::vector<float>{1.0f, 2.0f, 3.0f, 5.0f, 8.0f};
+    std::vector<float> fbs = o.quick ? std::vector<float>{0.6f} : std::vector<float>{0.3f, 0.5f, 0.7f, 0.9f};
+    std::vector<float> rbs = o.quick ? std::vector<float>{5.0f} : std::vector<float>{1.0f, 3.0f, 8.0f};
     for (float fb : fbs) {
       for (float rb : rbs) {
         specdec::speculative_decoder dec(draft, target, specdec::max_prob_fallback{.alpha_fb = fb, .max_draft = 10},
@@ -293,7 +310,7 @@ pair_result run_pair(const bench_options& o, const std::string& pair, std::size_
         std::ostringstream name;
         name << "greedy alpha_fb=" << fb << " alpha_rb=" << rb;
         runs.push_back(measure("bild", name.str(), encoded, o.repeats,
-                               [&](const auto& p) { return dec.generate(p, gen); }));
+                               [&](const auto& p) { return dec.generate(p, gen); }, base_greedy));
         runs.back().alpha_fb = fb;
         runs.back().alpha_rb = rb;
       }
@@ -390,9 +407,8 @@ int main(int argc, char** argv) try {
     for (std::size_t i = 0; i < pr.runs.size(); ++i) {
       const run_record& r = pr.runs[i];
       const bool is_sampled = r.config.find("temperature=1") != std::string::npos;
-      const run_record& base = pr.runs[is_sampled ? 1 : 0];
       const double tps = r.seconds > 0 ? double(r.tokens) / r.seconds : 0;
-      const double base_tps = base.seconds > 0 ? double(base.tokens) / base.seconds : 0;
+      const double base_tps = r.base_seconds > 0 ? double(r.base_tokens) / r.base_seconds : 0;
       const double speedup = base_tps > 0 ? tps / base_tps : 0;
       // Per-token acceptance a: accepted trials over observed trials (each rollback ends
       // one block with one observed rejection).
