@@ -167,6 +167,52 @@ TEST(checkpoint, unshared_classifier_is_read_from_the_tail) {
   }
 }
 
+TEST(checkpoint, every_weight_format_converts_odd_shapes_and_all_zero_classifiers) {
+  // hidden 24 and dim 16: partial q8_0 groups (24 = 16 + 8 of a 32-group) and scalar tails;
+  // an all-zero unshared classifier must give scale 0 and exactly zero logits in q8_0.
+  const header shared_h{16, 24, 2, 4, 2, 10, 8};
+  header unshared_h = shared_h;
+  unshared_h.vocab_size = -10;
+  std::vector<float> payload(floats_for(shared_h));
+  std::mt19937 rng(5);
+  std::normal_distribution<float> d(0.0f, 0.5f);
+  for (float& f : payload) f = d(rng);
+  temp_file shared_file("specdec-fmt-shared"), unshared_file("specdec-fmt-unshared");
+  shared_file.write(&shared_h, sizeof shared_h, payload);
+  payload.resize(floats_for(unshared_h), 0.0f);
+  unshared_file.write(&unshared_h, sizeof unshared_h, payload);
+  auto shared_ck = std::make_shared<const specdec::cpu::checkpoint>(load_checkpoint(shared_file.path()));
+  auto unshared_ck = std::make_shared<const specdec::cpu::checkpoint>(load_checkpoint(unshared_file.path()));
+  std::vector<token_id> seq{1, 4, 9, 0, 3, 7, 2};
+  specdec::cpu::transformer ref(shared_ck, {.threads = 1});
+  auto ref_out = ref.forward(seq);
+  std::vector<float> ref_logits(ref_out.flat().begin(), ref_out.flat().end());
+  using specdec::cpu::weight_format;
+  for (weight_format f : {weight_format::fp32, weight_format::bf16, weight_format::fp16, weight_format::q8_0}) {
+    SCOPED_TRACE(std::string(specdec::cpu::to_string(f)));
+    specdec::cpu::transformer zero(unshared_ck, {.threads = 2, .format = f});
+    for (float v : zero.forward(seq).flat()) ASSERT_EQ(v, 0.0f);
+    std::vector<float> one_thread;
+    for (std::size_t threads : {1u, 3u}) {
+      specdec::cpu::transformer m(shared_ck, {.threads = threads, .format = f});
+      auto out = m.forward(seq);
+      std::vector<float> block(out.flat().begin(), out.flat().end());
+      if (threads == 1) one_thread = block;
+      else
+        for (std::size_t j = 0; j < block.size(); ++j) ASSERT_EQ(block[j], one_thread[j]) << "threads, " << j;
+      m.reset();
+      for (std::size_t i = 0; i < seq.size(); ++i) {
+        auto row = specdec::forward_one(m, seq[i]).row(0);
+        for (std::size_t j = 0; j < row.size(); ++j) ASSERT_EQ(row[j], block[i * 10 + j]) << i << "," << j;
+      }
+      float max_diff = 0.0f;
+      for (std::size_t j = 0; j < block.size(); ++j) max_diff = std::max(max_diff, std::abs(block[j] - ref_logits[j]));
+      if (f == weight_format::fp32) EXPECT_EQ(max_diff, 0.0f);
+      else EXPECT_LT(max_diff, 0.25f);  // logits of this random model have s.d. ~4
+    }
+  }
+}
+
 TEST(checkpoint, missing_file) {
   temp_file f("specdec-missing");  // never written
   expect_rejected(f, "no such file; expected an existing llama2.c checkpoint file");
