@@ -46,6 +46,8 @@
 #include "specdec/rollback.hpp"
 #include "specdec/scheduler.hpp"
 
+#include "held_out_prompts.hpp"
+
 namespace {
 
 using specdec::token_id;
@@ -65,22 +67,6 @@ struct options {
   std::string csv = "batch_bench.csv";
   std::string prompts = SPECDEC_MODELS_DIR "/kjv_val_openings.tsv";
 };
-
-std::vector<std::string> opening_words(const std::string& path, std::size_t words) {
-  std::ifstream in(path);
-  if (!in) throw specdec::invalid_argument("prompts file '" + path + "' cannot be opened");
-  std::vector<std::string> out;
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.empty() || line[0] == '#') continue;
-    std::istringstream ws(line.substr(line.rfind('\t') + 1));
-    std::string w, p;
-    for (std::size_t i = 0; i < words && ws >> w; ++i) p += (i ? " " : "") + w;
-    out.push_back(p);
-  }
-  if (out.empty()) throw specdec::invalid_argument("prompts file '" + path + "' has no prompts");
-  return out;
-}
 
 double seconds_since(clock_type::time_point t) { return std::chrono::duration<double>(clock_type::now() - t).count(); }
 
@@ -347,7 +333,7 @@ int main(int argc, char** argv) try {
   const specdec::cpu::tokenizer tok(SPECDEC_MODELS_DIR "/kjv2k-tokenizer.bin",
                                     static_cast<std::size_t>(big->config.vocab_size));
   std::vector<std::vector<token_id>> prompts;
-  for (const auto& p : opening_words(o.prompts, 8)) prompts.push_back(tok.encode(p));
+  for (const auto& p : specdec::bench::held_out_prompts(o.prompts, SIZE_MAX, 8)) prompts.push_back(tok.encode(p));
 
   // The batched model type: swap in the backend's batched transformer here.
   using batched = specdec::independent_batch<specdec::cpu::transformer>;

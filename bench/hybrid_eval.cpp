@@ -54,6 +54,8 @@
 #include "specdec/hybrid/predictor.hpp"
 #include "specdec/hybrid/session.hpp"
 
+#include "held_out_prompts.hpp"
+
 #ifndef SPECDEC_HYBRID_EVAL_OUT
 #define SPECDEC_HYBRID_EVAL_OUT "."
 #endif
@@ -94,23 +96,6 @@ constexpr const char* usage =
     "         [--cloud-fraction F] [--lambda SECONDS] [--seed S] [--measured] [--prompts TSV]\n"
     "         [--device-cost PER_CALL_MS,PER_TOKEN_MS] [--cloud-cost PER_CALL_MS,PER_TOKEN_MS] [--segment N]\n"
     "         [--device PATH] [--cloud PATH] [--tokenizer PATH]\n";
-
-std::vector<std::string> held_out_prompts(const std::string& path, std::size_t count, std::size_t words) {
-  std::ifstream in(path);
-  if (!in) throw specdec::invalid_argument("--prompts file '" + path + "' cannot be opened");
-  std::vector<std::string> out;
-  std::string line;
-  while (out.size() < count && std::getline(in, line)) {
-    if (line.empty() || line[0] == '#') continue;
-    std::string verse = line.substr(line.rfind('\t') + 1);
-    std::istringstream ws(verse);
-    std::string w, prompt;
-    for (std::size_t i = 0; i < words && ws >> w; ++i) prompt += (i ? " " : "") + w;
-    out.push_back(prompt);
-  }
-  if (out.empty()) throw specdec::invalid_argument("--prompts file '" + path + "' has no prompts");
-  return out;
-}
 
 // Per-model linear cost (seconds per call + per token), measured on this machine: a
 // single-token forward and a 16-token block forward after a 16-token context, alternated,
@@ -295,7 +280,7 @@ int main(int argc, char** argv) try {
 
   // Prompts, references, features.
   std::vector<prompt_data> P;
-  for (const auto& text : held_out_prompts(o.prompts, o.count, o.words)) {
+  for (const auto& text : specdec::bench::held_out_prompts(o.prompts, o.count, o.words)) {
     prompt_data d;
     d.text = text;
     d.ids = tok.encode(text);

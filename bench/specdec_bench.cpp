@@ -41,6 +41,8 @@
 #include "specdec/sampling.hpp"
 #include "specdec/telemetry.hpp"
 
+#include "held_out_prompts.hpp"
+
 namespace {
 
 using specdec::token_id;
@@ -63,23 +65,6 @@ struct bench_options {
   int repeats = 3;
   bool quick = false;
 };
-
-// The first `words` words of the first verse of each held-out chapter (models/README.md).
-std::vector<std::string> held_out_prompts(const std::string& path, std::size_t count, std::size_t words) {
-  std::ifstream in(path);
-  if (!in) throw specdec::invalid_argument("prompts file '" + path + "' cannot be opened");
-  std::vector<std::string> out;
-  std::string line;
-  while (out.size() < count && std::getline(in, line)) {
-    if (line.empty() || line[0] == '#') continue;
-    std::string verse = line.substr(line.rfind('\t') + 1);
-    std::istringstream ws(verse);
-    std::string w, prompt;
-    for (std::size_t i = 0; i < words && ws >> w; ++i) prompt += (i ? " " : "") + w;
-    out.push_back(prompt);
-  }
-  return out;
-}
 
 struct run_record {
   std::string method;
@@ -373,7 +358,7 @@ int main(int argc, char** argv) try {
   }
   specdec::cpu::tokenizer tok(o.tokenizer, vocab);
   std::vector<std::vector<token_id>> encoded;
-  for (const auto& p : held_out_prompts(o.prompts, o.quick ? 3 : 12, 8)) encoded.push_back(tok.encode(p));
+  for (const auto& p : specdec::bench::held_out_prompts(o.prompts, o.quick ? 3 : 12, 8)) encoded.push_back(tok.encode(p));
 
   std::vector<pair_result> results;
   for (std::size_t threads : o.threads)
