@@ -119,3 +119,37 @@ TEST(sampling, bad_parameters_throw_with_the_parameter_name) {
   EXPECT_THROW((void)specdec::sample_from(zero, 0.5), specdec::invalid_argument);
 }
 }  // namespace
+
+namespace {
+// Top-p over a large vocabulary against a brute-force nucleus computed here in double:
+// sort every token by probability, keep the shortest prefix reaching top_p.
+TEST(sampling, top_p_on_a_large_vocabulary_matches_a_brute_force_nucleus) {
+  const std::size_t n = 32000;
+  specdec::random_source rng(11);
+  std::vector<float> logits(n);
+  for (float& l : logits) l = static_cast<float>(6.0 * rng.uniform());
+  for (float top_p : {0.1f, 0.5f, 0.9f, 0.99f}) {
+    std::vector<float> p(n);
+    specdec::make_distribution(logits, {.temperature = 1.0f, .top_p = top_p}, p);
+    std::vector<double> full(n);
+    double z = 0;
+    const float mx = *std::max_element(logits.begin(), logits.end());
+    for (std::size_t i = 0; i < n; ++i) z += full[i] = std::exp(double(logits[i]) - mx);
+    std::vector<std::size_t> idx(n);
+    for (std::size_t i = 0; i < n; ++i) idx[i] = i;
+    std::sort(idx.begin(), idx.end(), [&](std::size_t a, std::size_t b) { return full[a] > full[b]; });
+    double cum = 0;
+    std::size_t kept = 0;
+    while (kept < n && cum < top_p * z) cum += full[idx[kept++]];
+    std::size_t nonzero = 0;
+    for (float x : p) nonzero += x > 0.0f;
+    // Float and double may disagree on the boundary token only.
+    EXPECT_LE(std::max(nonzero, kept) - std::min(nonzero, kept), 1u) << "top_p " << top_p;
+    for (std::size_t r = 0; r + 1 < std::min(nonzero, kept); ++r)
+      EXPECT_GT(p[idx[r]], 0.0f) << "top_p " << top_p << ", rank " << r;
+    double mass = 0;
+    for (float x : p) mass += x;
+    EXPECT_NEAR(mass, 1.0, 1e-4);
+  }
+}
+}  // namespace

@@ -108,14 +108,21 @@ inline void make_distribution(std::span<const float> logits, const sampling_para
     return probs[a] > probs[b] || (probs[a] == probs[b] && a < b);
   };
   std::size_t keep = use_k ? static_cast<std::size_t>(params.top_k) : n;
+  float kept_mass = 0.0f;  // the mass the nucleus is a fraction of
   if (use_k) {
     std::partial_sort(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(keep), order.end(), by_prob);
+    for (std::size_t i = 0; i < keep; ++i) kept_mass += probs[order[i]];
   } else {
-    std::sort(order.begin(), order.end(), by_prob);
+    // Top-p alone: only tokens with p >= (1 - top_p) / (n - 1) can be in the nucleus (all
+    // the others together hold less than 1 - top_p, so the rest reach top_p first and sort
+    // ahead of them). Sorting just those candidates avoids sorting the whole vocabulary.
+    for (float x : probs) kept_mass += x;
+    const float cutoff = n > 1 ? (1.0f - params.top_p) * kept_mass / static_cast<float>(n - 1) : 0.0f;
+    const auto last = std::partition(order.begin(), order.end(), [&](std::uint32_t a) { return probs[a] >= cutoff; });
+    std::sort(order.begin(), last, by_prob);
+    keep = static_cast<std::size_t>(last - order.begin());
   }
   if (use_p) {
-    float kept_mass = 0.0f;
-    for (std::size_t i = 0; i < keep; ++i) kept_mass += probs[order[i]];
     const float target = params.top_p * kept_mass;  // nucleus within the top-k set
     float cum = 0.0f;
     std::size_t i = 0;
