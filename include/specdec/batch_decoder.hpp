@@ -56,6 +56,7 @@
 
 #include "specdec/batch.hpp"
 #include "specdec/decoder.hpp"
+#include "specdec/detail/speculation.hpp"
 #include "specdec/error.hpp"
 #include "specdec/fallback.hpp"
 #include "specdec/rollback.hpp"
@@ -367,10 +368,7 @@ class batched_autoregressive_decoder : public detail::batch_frontend<detail::ar_
         s.fed = s.seq.size();
         ++s.result.stats.target_calls;
         s.result.stats.target_seconds += seconds;
-        const auto logits = l.row(l.rows - 1);
-        make_distribution(logits, params_, probs_);
-        const token_id t = params_.greedy() ? argmax(logits) : sample_from(probs_, s.rng.uniform());
-        s.emit(t);
+        s.emit(detail::sample_token(l.row(l.rows - 1), params_, probs_, s.rng));
       }
     }
     return retire([&](seq_state& s) { model_.remove_sequence(s.sid); });
@@ -404,31 +402,16 @@ class batched_autoregressive_decoder : public detail::batch_frontend<detail::ar_
 
 namespace detail {
 
-/// Per-sequence state of the batched speculative decoder.
+/// Per-sequence state of the batched speculative decoder: the frontend's part plus the
+/// speculative state `speculative_decoder` keeps (policies, cache counters, step buffers).
 template <class Fallback, class Rollback>
 struct spec_sequence : batch_sequence {
-  enum class ended { none, fallback, budget, eos, context };
   sequence_id draft_sid = 0;
   sequence_id target_sid = 0;
-  std::size_t draft_fed = 0;   ///< tokens of `seq` (then drafts) in the draft's cache
-  std::size_t target_fed = 0;  ///< tokens of `seq` in the target's cache
-  Fallback fallback;
-  Rollback rollback;
-  // This step's draft block.
-  std::size_t s_old = 0, k = 0, k_max = 0, budget_cap = 0;
-  bool drafting = false;
-  ended why = ended::none;
-  double step_draft_seconds = 0.0;
-  std::size_t step_draft_forwards = 0;
-  std::vector<token_id> drafted, block;
-  std::vector<float> q, p, conf;
+  speculation_state<Fallback, Rollback> spec;
 
-  spec_sequence(const Fallback& f, const Rollback& r) : fallback(f), rollback(r) {}
+  spec_sequence(const Fallback& f, const Rollback& r) : spec(f, r) {}
 };
-
-inline void ensure_rows(std::vector<float>& buf, std::size_t rows, std::size_t vocab) {
-  if (buf.size() < rows * vocab) buf.resize(std::max(rows * vocab, 2 * buf.size()));
-}
 
 }  // namespace detail
 
@@ -459,7 +442,6 @@ class batched_speculative_decoder
     : public detail::batch_frontend<detail::spec_sequence<Fallback, Rollback>> {
   using seq_state = detail::spec_sequence<Fallback, Rollback>;
   using base = detail::batch_frontend<seq_state>;
-  using ended = typename seq_state::ended;
 
  public:
   /// Holds references to both batched models (distinct objects that outlive the
@@ -515,8 +497,7 @@ class batched_speculative_decoder
       s.draft_sid = draft_.add_sequence();
       s.target_sid = target_.add_sequence();
       s.result.stats.method = "batched_speculative";
-      reset_policy(s.fallback);
-      reset_policy(s.rollback);
+      s.spec.restart();
     });
     const std::size_t vocab = static_cast<std::size_t>(target_.vocab_size());
     const std::size_t ctx = context_length();
@@ -531,16 +512,7 @@ class batched_speculative_decoder
         s.stop("context");
         continue;
       }
-      s.s_old = s.seq.size();
-      const std::size_t remaining = s.remaining();
-      s.budget_cap = static_cast<bool>(Rollback::exact) ? remaining - 1 : remaining;
-      const std::size_t context_cap = ctx - s.s_old - 1;
-      s.k_max = std::min({s.budget_cap, context_cap, options_.max_draft_per_step});
-      s.k = 0;
-      s.why = ended::none;
-      s.drafting = s.k_max > 0;
-      s.step_draft_seconds = 0.0;
-      s.step_draft_forwards = 0;
+      s.spec.plan(s.seq.size(), s.remaining(), ctx, options_.max_draft_per_step);
       stepping_.push_back(&s);
     }
 
@@ -551,11 +523,12 @@ class batched_speculative_decoder
       drafting_.clear();
       for (seq_state* sp : stepping_) {
         seq_state& s = *sp;
-        if (!s.drafting) continue;
+        const auto& spec = s.spec;
+        if (!spec.drafting) continue;
         if (first)
-          blocks_.push_back({s.draft_sid, std::span<const token_id>(s.seq.data() + s.draft_fed, s.s_old - s.draft_fed)});
+          blocks_.push_back({s.draft_sid, std::span<const token_id>(s.seq.data() + spec.draft_fed, spec.s_old - spec.draft_fed)});
         else
-          blocks_.push_back({s.draft_sid, std::span<const token_id>(s.drafted.data() + s.k - 1, 1)});
+          blocks_.push_back({s.draft_sid, std::span<const token_id>(spec.drafted.data() + spec.k - 1, 1)});
         drafting_.push_back(&s);
       }
       if (blocks_.empty()) break;
@@ -572,31 +545,18 @@ class batched_speculative_decoder
           throw error("batched_speculative_decoder: the draft's forward_batch returned " + std::to_string(dl.rows) +
                       " rows of " + std::to_string(dl.vocab) + " for a block; expected at least one row of " +
                       std::to_string(vocab));
-        s.draft_fed = first ? s.s_old : s.draft_fed + 1;
-        ++s.step_draft_forwards;
-        s.step_draft_seconds += seconds;
-        draft_position(s, dl.row(dl.rows - 1), vocab);
+        s.spec.draft_fed = first ? s.spec.s_old : s.spec.draft_fed + 1;
+        ++s.spec.step_draft_forwards;
+        s.spec.step_draft_seconds += seconds;
+        s.spec.on_draft_row(dl.row(dl.rows - 1), vocab, params_, s.rng, s.req.options.stop_at_eos, s.result.stats);
       }
       first = false;
     }
     for (seq_state* sp : stepping_) {
-      sp->result.stats.draft_calls += sp->step_draft_forwards;
-      sp->result.stats.draft_seconds += sp->step_draft_seconds;
-    }
-
-    // ---- lossy shortcut: emit unverified drafts ----
-    if constexpr (!static_cast<bool>(Rollback::exact)) {
-      for (seq_state* sp : stepping_) {
-        seq_state& s = *sp;
-        if (s.k > 0 && (s.why == ended::budget || s.why == ended::eos)) {
-          for (std::size_t i = 0; i < s.k; ++i)
-            if (!s.emit(s.drafted[i])) break;
-          const std::size_t keep = std::min(s.draft_fed, s.seq.size() - 1);
-          draft_.truncate(s.draft_sid, keep);
-          s.draft_fed = keep;
-          if (!s.stopped()) s.stop("max_tokens");
-        }
-      }
+      seq_state& s = *sp;
+      s.spec.record_drafting(s.result.stats);
+      // ---- lossy shortcut: emit unverified drafts ----
+      s.spec.emit_unverified(s.seq, s, [&](std::size_t keep) { draft_.truncate(s.draft_sid, keep); });
     }
 
     // ---- 2. verify: ONE target forward for all sequences ----
@@ -605,9 +565,7 @@ class batched_speculative_decoder
     for (seq_state* sp : stepping_) {
       seq_state& s = *sp;
       if (s.stopped()) continue;
-      s.block.assign(s.seq.begin() + static_cast<std::ptrdiff_t>(s.target_fed), s.seq.end());
-      s.block.insert(s.block.end(), s.drafted.begin(), s.drafted.begin() + static_cast<std::ptrdiff_t>(s.k));
-      blocks_.push_back({s.target_sid, s.block});
+      blocks_.push_back({s.target_sid, s.spec.verify_block(s.seq)});
       verifying_.push_back(&s);
     }
     if (!blocks_.empty()) {
@@ -620,14 +578,15 @@ class batched_speculative_decoder
       for (std::size_t i = 0; i < verifying_.size(); ++i) {
         seq_state& s = *verifying_[i];
         const logits_block tl = out.block(i);
-        s.target_fed += s.block.size();
-        ++s.result.stats.target_calls;
-        s.result.stats.target_seconds += seconds;
-        if (tl.rows != s.block.size() || tl.vocab != vocab)
+        s.spec.record_verify_forward(s.result.stats, seconds);
+        if (tl.rows != s.spec.block.size() || tl.vocab != vocab)
           throw error("batched_speculative_decoder: the target's forward_batch returned " + std::to_string(tl.rows) +
                       " rows of " + std::to_string(tl.vocab) + " for a block; expected " +
-                      std::to_string(s.block.size()) + " rows of " + std::to_string(vocab));
-        verify_and_commit(s, tl, vocab, seconds);
+                      std::to_string(s.spec.block.size()) + " rows of " + std::to_string(vocab));
+        s.spec.verify_and_commit(
+            tl, vocab, params_, s.rng, s.result.stats, seconds, "batched_speculative_decoder", s.seq, s,
+            [&](std::size_t keep) { target_.truncate(s.target_sid, keep); },
+            [&](std::size_t keep) { draft_.truncate(s.draft_sid, keep); });
       }
     }
     return this->retire([&](seq_state& s) { leave(s); });
@@ -648,90 +607,6 @@ class batched_speculative_decoder
   void leave(seq_state& s) {
     draft_.remove_sequence(s.draft_sid);
     target_.remove_sequence(s.target_sid);
-  }
-
-  /// One draft position of sequence s from its draft row: sample, ask the fallback
-  /// policy, record the drafted token, decide whether s keeps drafting (as in
-  /// speculative_decoder's draft loop).
-  void draft_position(seq_state& s, std::span<const float> logits, std::size_t vocab) {
-    detail::ensure_rows(s.q, s.k + 1, vocab);
-    std::span<float> q_row(s.q.data() + s.k * vocab, vocab);
-    make_distribution(logits, params_, q_row);
-    token_id x;
-    std::span<const float> confidence = q_row;
-    if (params_.greedy()) {
-      x = argmax(logits);
-      s.conf.resize(vocab);
-      softmax(logits, s.conf);
-      confidence = s.conf;
-    } else {
-      x = sample_from(q_row, s.rng.uniform());
-    }
-    const draft_action act = s.fallback.decide(draft_step{s.k, confidence, x});
-    s.drafting = false;
-    if (act == draft_action::discard_and_stop) {
-      s.why = ended::fallback;
-      ++s.result.stats.fallbacks;
-      return;
-    }
-    if (s.drafted.size() < s.k + 1) s.drafted.resize(s.k + 1);
-    s.drafted[s.k++] = x;
-    if (act == draft_action::keep_and_stop) {
-      s.why = ended::fallback;
-      return;
-    }
-    if (s.k >= s.k_max) {
-      s.why = (s.k >= s.budget_cap) ? ended::budget : ended::context;
-      return;
-    }
-    if (s.req.options.stop_at_eos && x == eos_token) {
-      s.why = ended::eos;
-      return;
-    }
-    s.drafting = true;
-  }
-
-  void verify_and_commit(seq_state& s, const logits_block& tl, std::size_t vocab, double target_seconds) {
-    const std::size_t k = s.k;
-    const std::size_t first = tl.rows - (k + 1);
-    detail::ensure_rows(s.p, k + 1, vocab);
-    for (std::size_t i = 0; i <= k; ++i)
-      make_distribution(tl.row(first + i), params_, std::span<float>(s.p.data() + i * vocab, vocab));
-    std::size_t accepted = 0;
-    token_id next = 0;
-    if (k == 0) {
-      const auto logits = tl.row(first);
-      next = params_.greedy() ? argmax(logits) : sample_from(std::span<const float>(s.p.data(), vocab), s.rng.uniform());
-    } else {
-      const verify_input in{std::span<const token_id>(s.drafted.data(), k),
-                            std::span<const float>(s.q.data(), k * vocab),
-                            std::span<const float>(s.p.data(), (k + 1) * vocab),
-                            std::span<const float>(tl.data + first * vocab, (k + 1) * vocab),
-                            vocab,
-                            &params_,
-                            &s.rng};
-      const verify_result vr = s.rollback.verify(in);
-      if (vr.accepted > k || vr.next < 0 || static_cast<std::size_t>(vr.next) >= vocab)
-        throw error("batched_speculative_decoder: the rollback policy returned accepted = " +
-                    std::to_string(vr.accepted) + ", next = " + std::to_string(vr.next) +
-                    "; expected accepted <= " + std::to_string(k) + " and 0 <= next < " + std::to_string(vocab));
-      accepted = vr.accepted;
-      next = vr.next;
-      s.result.stats.record_verification(k, accepted);
-      s.fallback.observe(step_outcome{k, accepted, s.step_draft_seconds, s.step_draft_forwards, target_seconds});
-    }
-    bool go = true;
-    for (std::size_t i = 0; i < accepted && go; ++i) go = s.emit(s.drafted[i]);
-    if (go) s.emit(next);
-    const std::size_t keep = s.seq.size() - 1;
-    if (s.target_fed > keep) {
-      target_.truncate(s.target_sid, keep);
-      s.target_fed = keep;
-    }
-    if (s.draft_fed > keep) {
-      draft_.truncate(s.draft_sid, keep);
-      s.draft_fed = keep;
-    }
   }
 
   DraftBM& draft_;

@@ -42,6 +42,7 @@
 #include <utility>
 #include <vector>
 
+#include "specdec/detail/speculation.hpp"
 #include "specdec/error.hpp"
 #include "specdec/fallback.hpp"
 #include "specdec/model.hpp"
@@ -228,8 +229,7 @@ class speculative_decoder {
                       sampling_params params = {}, std::uint64_t seed = 0)
       : draft_(draft),
         target_(target),
-        fallback_(std::move(fallback)),
-        rollback_(std::move(rollback)),
+        spec_(std::move(fallback), std::move(rollback)),
         params_(params),
         seed_(seed),
         rng_(seed) {
@@ -239,16 +239,16 @@ class speculative_decoder {
           "model instances (each keeps its own cache; two instances may share weights)");
     check_same_vocabulary(draft_, target_);
     params_.validate();
-    validate_policy(fallback_);
-    validate_policy(rollback_);
+    validate_policy(spec_.fallback);
+    validate_policy(spec_.rollback);
   }
 
   [[nodiscard]] Draft& draft() noexcept { return draft_; }
   [[nodiscard]] Target& target() noexcept { return target_; }
-  [[nodiscard]] Fallback& fallback() noexcept { return fallback_; }
-  [[nodiscard]] const Fallback& fallback() const noexcept { return fallback_; }
-  [[nodiscard]] Rollback& rollback() noexcept { return rollback_; }
-  [[nodiscard]] const Rollback& rollback() const noexcept { return rollback_; }
+  [[nodiscard]] Fallback& fallback() noexcept { return spec_.fallback; }
+  [[nodiscard]] const Fallback& fallback() const noexcept { return spec_.fallback; }
+  [[nodiscard]] Rollback& rollback() noexcept { return spec_.rollback; }
+  [[nodiscard]] const Rollback& rollback() const noexcept { return spec_.rollback; }
   [[nodiscard]] const sampling_params& params() const noexcept { return params_; }
   /// Replaces the sampling params (validated).
   void set_params(const sampling_params& p) {
@@ -277,10 +277,7 @@ class speculative_decoder {
     draft_.truncate(0);
     target_.truncate(0);
     rng_.reseed(seed_);
-    reset_policy(fallback_);
-    reset_policy(rollback_);
-    std::size_t draft_fed = 0;
-    std::size_t target_fed = 0;
+    spec_.restart();
 
     generation_result result;
     result.stats.method = "speculative";
@@ -298,149 +295,51 @@ class speculative_decoder {
         out.stop("context");
         break;
       }
-      const std::size_t s_old = seq_.size();
-      const std::size_t remaining = out.remaining();
-      // Exact policies always get a bonus/replacement token from the target, so k drafts
-      // yield up to k + 1 tokens; lossy ones may emit k drafts unverified.
-      const std::size_t budget_cap = static_cast<bool>(Rollback::exact) ? remaining - 1 : remaining;
-      const std::size_t context_cap = ctx - s_old - 1;  // S_new = s_old + k + 1 <= ctx
-      const std::size_t k_max = std::min(budget_cap, context_cap);
-
-      // ---- 1. draft ----
-      enum class ended { none, fallback, budget, eos, context } why = ended::none;
-      std::size_t k = 0;
-      double step_draft_seconds = 0.0;
-      std::size_t step_draft_forwards = 0;
-      if (k_max > 0) {
+      // ---- plan, then 1. draft ----
+      spec_.plan(seq_.size(), out.remaining(), ctx);
+      if (spec_.drafting) {
         logits_block dl;
         {
-          scoped_timer t(step_draft_seconds);
-          dl = detail::feed_block(draft_, seq_, draft_fed, s_old);
+          scoped_timer t(spec_.step_draft_seconds);
+          dl = detail::feed_block(draft_, seq_, spec_.draft_fed, spec_.s_old);
         }
-        ++step_draft_forwards;
+        ++spec_.step_draft_forwards;
         if (dl.rows == 0 || dl.vocab != vocab)
           throw error("speculative_decoder: the draft's forward returned " + std::to_string(dl.rows) +
                       " rows of " + std::to_string(dl.vocab) + " logits; expected at least one row of " +
                       std::to_string(vocab));
-        while (true) {
-          ensure_rows(q_, k + 1, vocab);
-          std::span<float> q_row(q_.data() + k * vocab, vocab);
-          const auto logits = dl.row(dl.rows - 1);
-          make_distribution(logits, params_, q_row);
-          token_id x;
-          std::span<const float> confidence = q_row;
-          if (params_.greedy()) {
-            x = argmax(logits);
-            // The one-hot q carries no confidence: let the policy see the plain softmax.
-            conf_.resize(vocab);
-            softmax(logits, conf_);
-            confidence = conf_;
-          } else {
-            x = sample_from(q_row, rng_.uniform());
-          }
-          const draft_action act = fallback_.decide(draft_step{k, confidence, x});
-          if (act == draft_action::discard_and_stop) {
-            why = ended::fallback;
-            ++st.fallbacks;
-            break;
-          }
-          if (drafted_.size() < k + 1) drafted_.resize(k + 1);
-          drafted_[k++] = x;
-          if (act == draft_action::keep_and_stop) {
-            why = ended::fallback;
-            break;
-          }
-          if (k >= k_max) {
-            why = (k >= budget_cap) ? ended::budget : ended::context;
-            break;
-          }
-          if (opts.stop_at_eos && x == eos_token) {
-            why = ended::eos;
-            break;
-          }
+        while (spec_.on_draft_row(dl.row(dl.rows - 1), vocab, params_, rng_, opts.stop_at_eos, st)) {
           {
-            scoped_timer t(step_draft_seconds);
-            dl = forward_one(draft_, x);
+            scoped_timer t(spec_.step_draft_seconds);
+            dl = forward_one(draft_, spec_.drafted[spec_.k - 1]);
           }
-          ++draft_fed;
-          ++step_draft_forwards;
+          ++spec_.draft_fed;
+          ++spec_.step_draft_forwards;
         }
       }
-      st.draft_calls += step_draft_forwards;
-      st.draft_seconds += step_draft_seconds;
+      spec_.record_drafting(st);
 
       // ---- lossy shortcut: emit unverified drafts ----
-      if (!static_cast<bool>(Rollback::exact)) {
-        if (k > 0 && (why == ended::budget || why == ended::eos)) {
-          for (std::size_t i = 0; i < k; ++i)
-            if (!out.emit(drafted_[i])) break;
-          draft_.truncate(std::min(draft_fed, seq_.size() - 1));
-          draft_fed = std::min(draft_fed, seq_.size() - 1);
-          if (!out.stopped()) out.stop("max_tokens");  // unreachable in practice: budget was exhausted
-          break;
-        }
-      }
+      if (spec_.emit_unverified(seq_, out, [&](std::size_t keep) { draft_.truncate(keep); })) break;
 
       // ---- 2. verify ----
-      block_.assign(seq_.begin() + static_cast<std::ptrdiff_t>(target_fed), seq_.end());
-      block_.insert(block_.end(), drafted_.begin(), drafted_.begin() + static_cast<std::ptrdiff_t>(k));
+      const std::vector<token_id>& block = spec_.verify_block(seq_);
       double step_target_seconds = 0.0;
       logits_block tl;
       {
         scoped_timer t(step_target_seconds);
-        tl = target_.forward(block_);
+        tl = target_.forward(block);
       }
-      target_fed += block_.size();
-      ++st.target_calls;
-      st.target_seconds += step_target_seconds;
-      if (tl.rows != block_.size() || tl.vocab != vocab)
+      spec_.record_verify_forward(st, step_target_seconds);
+      if (tl.rows != block.size() || tl.vocab != vocab)
         throw error("speculative_decoder: the target's forward returned " + std::to_string(tl.rows) +
                     " rows of " + std::to_string(tl.vocab) + " logits; expected " +
-                    std::to_string(block_.size()) + " rows of " + std::to_string(vocab));
-      const std::size_t first = tl.rows - (k + 1);
-      ensure_rows(p_, k + 1, vocab);
-      for (std::size_t i = 0; i <= k; ++i)
-        make_distribution(tl.row(first + i), params_, std::span<float>(p_.data() + i * vocab, vocab));
-
-      std::size_t accepted = 0;
-      token_id next = 0;
-      if (k == 0) {
-        const auto logits = tl.row(first);
-        next = params_.greedy() ? argmax(logits) : sample_from(std::span<const float>(p_.data(), vocab), rng_.uniform());
-      } else {
-        const verify_input in{std::span<const token_id>(drafted_.data(), k),
-                              std::span<const float>(q_.data(), k * vocab),
-                              std::span<const float>(p_.data(), (k + 1) * vocab),
-                              std::span<const float>(tl.data + first * vocab, (k + 1) * vocab),
-                              vocab,
-                              &params_,
-                              &rng_};
-        const verify_result vr = rollback_.verify(in);
-        if (vr.accepted > k || vr.next < 0 || static_cast<std::size_t>(vr.next) >= vocab)
-          throw error("speculative_decoder: the rollback policy returned accepted = " +
-                      std::to_string(vr.accepted) + ", next = " + std::to_string(vr.next) +
-                      "; expected accepted <= " + std::to_string(k) + " and 0 <= next < " +
-                      std::to_string(vocab));
-        accepted = vr.accepted;
-        next = vr.next;
-        st.record_verification(k, accepted);
-        fallback_.observe(step_outcome{k, accepted, step_draft_seconds, step_draft_forwards,
-                                       step_target_seconds});
-      }
+                    std::to_string(block.size()) + " rows of " + std::to_string(vocab));
 
       // ---- 3. commit ----
-      bool go = true;
-      for (std::size_t i = 0; i < accepted && go; ++i) go = out.emit(drafted_[i]);
-      if (go) out.emit(next);
-      const std::size_t keep = seq_.size() - 1;
-      if (target_fed > keep) {
-        target_.truncate(keep);
-        target_fed = keep;
-      }
-      if (draft_fed > keep) {
-        draft_.truncate(keep);
-        draft_fed = keep;
-      }
+      spec_.verify_and_commit(
+          tl, vocab, params_, rng_, st, step_target_seconds, "speculative_decoder", seq_, out,
+          [&](std::size_t keep) { target_.truncate(keep); }, [&](std::size_t keep) { draft_.truncate(keep); });
     }
 
     st.total_seconds = detail::decoder_seconds_since(t_start);
@@ -448,16 +347,13 @@ class speculative_decoder {
 
     if (opts.sync_caches) {
       const std::size_t keep = seq_.size() - 1;
-      sync(draft_, draft_fed, keep);
-      sync(target_, target_fed, keep);
+      sync(draft_, spec_.draft_fed, keep);
+      sync(target_, spec_.target_fed, keep);
     }
     return result;
   }
 
  private:
-  static void ensure_rows(std::vector<float>& buf, std::size_t rows, std::size_t vocab) {
-    if (buf.size() < rows * vocab) buf.resize(std::max(rows * vocab, 2 * buf.size()));
-  }
   template <class M>
   void sync(M& m, std::size_t& fed, std::size_t keep) {
     if (fed > keep) {
@@ -470,18 +366,11 @@ class speculative_decoder {
 
   Draft& draft_;
   Target& target_;
-  Fallback fallback_;
-  Rollback rollback_;
+  detail::speculation_state<Fallback, Rollback> spec_;  ///< policies, cache counters, step buffers
   sampling_params params_;
   std::uint64_t seed_;
   random_source rng_;
-  // Reused buffers: no allocation growth after warm-up.
   std::vector<token_id> seq_;
-  std::vector<token_id> drafted_;
-  std::vector<token_id> block_;
-  std::vector<float> q_;
-  std::vector<float> p_;
-  std::vector<float> conf_;
 };
 
 template <class Draft, class Target, class Fallback, class Rollback>
@@ -575,10 +464,7 @@ class autoregressive_decoder {
         l = detail::feed_block(model_, seq_, fed, seq_.size());
       }
       ++st.target_calls;
-      const auto logits = l.row(l.rows - 1);
-      make_distribution(logits, params_, probs_);
-      const token_id t = params_.greedy() ? argmax(logits) : sample_from(probs_, rng_.uniform());
-      out.emit(t);
+      out.emit(detail::sample_token(l.row(l.rows - 1), params_, probs_, rng_));
     }
     st.total_seconds = detail::decoder_seconds_since(t_start);
     st.policy_seconds = std::max(0.0, st.total_seconds - st.target_seconds);
