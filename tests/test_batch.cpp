@@ -1,7 +1,8 @@
 // Tests for include/specdec/batch.hpp: the batched model concept and independent_batch.
 //
 // Typed over batched models (independent_batch<markov_model>, independent_batch<
-// cpu::transformer> on kjv-little): every row of every batch step equals, bit for bit,
+// cpu::transformer> on kjv-little, cpu::batched_transformer on kjv-little and
+// stories260K): every row of every batch step equals, bit for bit,
 // the per-sequence model's row for that token, whatever the mix of block lengths
 // (including empty blocks), the block order, joins, leaves and per-sequence truncation.
 // A backend's own batched model joins the typed list with a fixture like the ones below.
@@ -11,8 +12,10 @@
 #include <string>
 #include <vector>
 
+#include "specdec/backend/cpu/batched_transformer.hpp"
 #include "specdec/backend/cpu/transformer.hpp"
 #include "specdec/batch.hpp"
+#include "specdec/batch_decoder.hpp"
 #include "specdec/decoder.hpp"
 #include "specdec/testing/batch_archetypes.hpp"
 #include "specdec/testing/contracts.hpp"
@@ -27,6 +30,17 @@ using specdec::testing::markov_options;
 std::shared_ptr<const specdec::cpu::checkpoint> kjv_little() {
   static const auto ck = std::make_shared<const specdec::cpu::checkpoint>(
       specdec::cpu::load_checkpoint(std::string(SPECDEC_MODELS_DIR) + "/kjv-little.bin"));
+  return ck;
+}
+
+std::shared_ptr<const specdec::cpu::checkpoint> kjv_big() {
+  static const auto ck = std::make_shared<const specdec::cpu::checkpoint>(
+      specdec::cpu::load_checkpoint(std::string(SPECDEC_MODELS_DIR) + "/kjv-big.bin"));
+  return ck;
+}
+std::shared_ptr<const specdec::cpu::checkpoint> stories260k() {
+  static const auto ck = std::make_shared<const specdec::cpu::checkpoint>(
+      specdec::cpu::load_checkpoint(std::string(SPECDEC_MODELS_DIR) + "/stories260K.bin"));
   return ck;
 }
 
@@ -47,9 +61,27 @@ struct kjv_little_fixture {
   }
 };
 
+// The real batched forward: one weight pass over all sequences' rows. Two threads, so
+// the threaded split of products and attention runs too (results do not depend on it).
+struct batched_kjv_little_fixture {
+  static auto make_batch() { return specdec::cpu::batched_transformer(kjv_little(), {.threads = 2}); }
+  static auto make_reference() { return std::make_unique<specdec::cpu::transformer>(kjv_little()); }
+  static specdec::testing::batch_check_options check() {
+    return {.steps = 14, .max_sequences = 5, .max_block = 5, .max_length = 32};
+  }
+};
+struct batched_stories_fixture {
+  static auto make_batch() { return specdec::cpu::batched_transformer(stories260k(), {.threads = 1}); }
+  static auto make_reference() { return std::make_unique<specdec::cpu::transformer>(stories260k()); }
+  static specdec::testing::batch_check_options check() {
+    return {.steps = 24, .max_sequences = 6, .max_block = 6, .max_length = 48};
+  }
+};
+
 template <class F>
 class batched_models : public ::testing::Test {};
-using batched_types = ::testing::Types<markov_fixture, kjv_little_fixture>;
+using batched_types =
+    ::testing::Types<markov_fixture, kjv_little_fixture, batched_kjv_little_fixture, batched_stories_fixture>;
 TYPED_TEST_SUITE(batched_models, batched_types);
 
 TYPED_TEST(batched_models, satisfies_the_concept) {
@@ -175,6 +207,53 @@ TEST(sequence_view, single_sequence_decoders_run_on_a_batched_model) {
   EXPECT_EQ(via_view.generate(prompt, {.max_new_tokens = 12}).tokens,
             direct.generate(prompt, {.max_new_tokens = 12}).tokens);
   EXPECT_EQ(bm.cache_length(other), 4u);  // the neighbour was not touched
+}
+
+TEST(batched_transformer, batched_greedy_speculative_equals_per_sequence_autoregressive) {
+  specdec::cpu::batched_transformer little(kjv_little(), {.threads = 2});
+  specdec::cpu::batched_transformer big(kjv_big(), {.threads = 2});
+  const std::vector<specdec::batch_request> reqs{
+      {.prompt = {1}, .options = {.max_new_tokens = 24}, .id = 0},
+      {.prompt = {1, 450, 200}, .options = {.max_new_tokens = 20}, .id = 1},
+      {.prompt = {1, 1043, 261}, .options = {.max_new_tokens = 24}, .id = 2},
+      {.prompt = {1, 450, 200, 300, 17}, .options = {.max_new_tokens = 16}, .id = 3},
+  };
+  specdec::batched_speculative_decoder dec(little, big, specdec::fixed_gamma{.gamma = 4}, specdec::greedy_match{});
+  for (const auto& r : reqs) dec.submit(r);
+  const std::vector<specdec::batch_result> got = dec.run();
+  ASSERT_EQ(got.size(), reqs.size());
+  specdec::cpu::transformer single(kjv_big(), {.threads = 1});
+  std::size_t accepted = 0;
+  for (const auto& res : got) {
+    const auto& r = reqs.at(res.id);
+    single.reset();
+    specdec::autoregressive_decoder ar(single);
+    EXPECT_EQ(res.result.tokens, ar.generate(r.prompt, r.options).tokens) << "request " << r.id;
+    accepted += res.result.stats.draft_tokens_accepted;
+  }
+  EXPECT_GT(accepted, 0u);
+  EXPECT_EQ(little.sequence_count(), 0u);
+  EXPECT_EQ(big.sequence_count(), 0u);
+}
+
+TEST(batched_transformer, loads_a_path_and_reports_options) {
+  specdec::cpu::batched_transformer bm(std::filesystem::path(std::string(SPECDEC_MODELS_DIR) + "/stories260K.bin"),
+                                       {.threads = 1, .format = specdec::cpu::weight_format::bf16});
+  EXPECT_EQ(bm.options().threads, 1u);
+  EXPECT_EQ(bm.vocab_size(), 512u);
+  EXPECT_THROW(specdec::cpu::batched_transformer(std::shared_ptr<const specdec::cpu::checkpoint>{}),
+               specdec::invalid_argument);
+  // bf16 weights: still the bf16 transformer's rows bit for bit.
+  specdec::cpu::transformer ref(stories260k(), {.threads = 1, .format = specdec::cpu::weight_format::bf16});
+  const sequence_id a = bm.add_sequence(), b = bm.add_sequence();
+  const std::vector<token_id> ta{1, 403, 407}, tb{1, 9};
+  const std::vector<sequence_block> blocks{{b, tb}, {a, ta}};
+  const auto out = bm.forward_batch(blocks);
+  const auto want = ref.forward(ta);
+  const auto got = out.block(1);
+  ASSERT_EQ(got.rows, 3u);
+  EXPECT_EQ(std::vector<float>(got.data, got.data + 3 * got.vocab),
+            std::vector<float>(want.data, want.data + 3 * want.vocab));
 }
 
 TEST(independent_batch, factory_may_return_a_value_or_a_unique_ptr_and_deduces_the_model) {

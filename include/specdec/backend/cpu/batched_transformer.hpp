@@ -1,0 +1,164 @@
+#pragma once
+/// \file backend/cpu/batched_transformer.hpp
+/// The CPU transformer as a `specdec::batched_model`: many sequences, each with its own
+/// KV cache, advanced by ONE forward whose weight products run once for all of them.
+#include <cstddef>
+#include <filesystem>
+#include <memory>
+#include <span>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "specdec/backend/cpu/checkpoint.hpp"
+#include "specdec/backend/cpu/kv_cache.hpp"
+#include "specdec/backend/cpu/transformer.hpp"
+#include "specdec/batch.hpp"
+#include "specdec/error.hpp"
+#include "specdec/model.hpp"
+#include "specdec/token.hpp"
+
+namespace specdec::cpu {
+
+/// A batch of independent sequences over one set of Llama weights. `forward_batch(blocks)`
+/// stacks the new tokens of every block into one `sum(k_i) x dim` activation matrix, so
+/// every weight matrix (projections, FFN, classifier) is streamed once per step for all
+/// sequences; RoPE is applied at each row's own position and each row attends to its own
+/// sequence's cache. The layer code is the `transformer`'s (`detail::llama_engine`), whose
+/// kernels give every row a fixed reduction order, so row j of block i equals, bit for
+/// bit, the `transformer`'s row for that token fed the same sequence history, whatever
+/// else is in the batch (the contract of specdec/batch.hpp).
+///
+/// Each sequence owns a `[n_layers][seq_len][kv_dim]` cache allocated by `add_sequence`
+/// (or taken from the pool of removed sequences' caches) and returned to the pool by
+/// `remove_sequence`. Options (`threads`, `format`) as for `transformer`.
+///
+/// ```cpp
+/// specdec::cpu::batched_transformer bm("models/kjv-big.bin", {.threads = 2});
+/// specdec::sequence_id a = bm.add_sequence(), b = bm.add_sequence();
+/// std::vector<specdec::token_id> pa{1, 450, 200}, pb{1};
+/// std::vector<specdec::sequence_block> blocks{{a, pa}, {b, pb}};
+/// specdec::batch_logits out = bm.forward_batch(blocks);   // 3 + 1 rows, one weight pass
+/// bm.truncate(a, 1);
+/// bm.remove_sequence(b);                                  // b's cache goes to the pool
+/// ```
+class batched_transformer {
+ public:
+  /// Loads the checkpoint at `checkpoint_path` (throws `checkpoint_error`).
+  explicit batched_transformer(const std::filesystem::path& checkpoint_path, transformer_options options = {})
+      : batched_transformer(std::make_shared<const checkpoint>(load_checkpoint(checkpoint_path)), options) {}
+
+  /// Runs over shared, already loaded weights (converted to `options.format` for this
+  /// instance). Throws `invalid_argument` on a null pointer.
+  explicit batched_transformer(std::shared_ptr<const checkpoint> ckpt, transformer_options options = {})
+      : engine_(std::move(ckpt), options, "batched_transformer") {}
+
+  [[nodiscard]] std::size_t vocab_size() const noexcept { return engine_.vocab_size(); }
+  [[nodiscard]] std::size_t context_length() const noexcept { return engine_.context_length(); }
+  [[nodiscard]] std::size_t sequence_count() const noexcept { return caches_.size(); }
+  [[nodiscard]] const model_config& config() const noexcept { return engine_.config(); }
+  [[nodiscard]] const std::shared_ptr<const checkpoint>& weights() const noexcept { return engine_.weights(); }
+  /// The options in effect (`threads` resolved to the actual thread count).
+  [[nodiscard]] const transformer_options& options() const noexcept { return engine_.options(); }
+  /// Bytes of weight matrices one batch step streams, whatever the number of sequences.
+  [[nodiscard]] std::size_t weight_bytes_per_forward() const noexcept { return engine_.weight_bytes_per_forward(); }
+
+  /// Starts an empty sequence (a pooled cache if one is free) and returns its id.
+  sequence_id add_sequence() {
+    std::unique_ptr<kv_cache> c;
+    if (!pool_.empty()) {
+      c = std::move(pool_.back());
+      pool_.pop_back();
+    } else {
+      c = std::make_unique<kv_cache>(engine_.make_cache());
+    }
+    c->set_length(0);
+    const sequence_id id = next_id_;
+    caches_.emplace(id, std::move(c));
+    ++next_id_;
+    return id;
+  }
+  /// Ends sequence `id`; its cache goes to the pool for later sequences.
+  void remove_sequence(sequence_id id) {
+    auto it = find(id, "batched_transformer::remove_sequence");
+    pool_.reserve(pool_.size() + 1);  // so the move below cannot throw half-way
+    it->second->set_length(0);
+    pool_.push_back(std::move(it->second));
+    caches_.erase(it);
+  }
+  [[nodiscard]] std::size_t cache_length(sequence_id id) const {
+    auto it = caches_.find(id);
+    if (it == caches_.end()) unknown(id, "batched_transformer::cache_length");
+    return it->second->length();
+  }
+  /// Keeps the first n cached tokens of sequence `id`, in O(1); `n >= cache_length(id)`
+  /// is a no-op.
+  void truncate(sequence_id id, std::size_t n) {
+    kv_cache& c = *find(id, "batched_transformer::truncate")->second;
+    if (n < c.length()) c.set_length(n);
+  }
+
+  /// Appends each block's tokens to its sequence and returns all rows (see
+  /// `batch_logits`), from one forward over the stacked rows. Throws `invalid_argument`
+  /// (unknown or repeated id), `token_out_of_range` or `context_overflow` before any
+  /// sequence changes.
+  batch_logits forward_batch(std::span<const sequence_block> blocks) {
+    constexpr const char* who = "batched_transformer::forward_batch";
+    specdec::detail::check_distinct_ids(blocks, who);
+    std::size_t rows = 0;
+    cache_of_.clear();
+    for (const auto& b : blocks) {
+      kv_cache* c = find(b.id, who)->second.get();
+      check_token_ids(b.tokens, vocab_size(), who);
+      check_context(c->length(), b.tokens.size(), context_length(), who);
+      cache_of_.push_back(c);
+      rows += b.tokens.size();
+    }
+    // Allocations (may throw) before any cache changes.
+    engine_.reserve_rows(rows);
+    tokens_.resize(rows);
+    targets_.resize(rows);
+    offsets_.resize(blocks.size() + 1);
+    offsets_[0] = 0;
+    std::size_t r = 0;
+    for (std::size_t i = 0; i < blocks.size(); ++i) {
+      const std::size_t pos0 = cache_of_[i]->length();
+      for (std::size_t t = 0; t < blocks[i].tokens.size(); ++t, ++r) {
+        tokens_[r] = blocks[i].tokens[t];
+        targets_[r] = {cache_of_[i], pos0 + t};
+      }
+      offsets_[i + 1] = r;
+    }
+    if (rows == 0) return {engine_.logits(), 0, vocab_size(), offsets_};
+    const float* logits = engine_.forward_rows(tokens_, targets_);
+    for (std::size_t i = 0; i < blocks.size(); ++i)
+      cache_of_[i]->set_length(cache_of_[i]->length() + blocks[i].tokens.size());
+    return {logits, rows, vocab_size(), offsets_};
+  }
+
+ private:
+  using cache_map = std::unordered_map<sequence_id, std::unique_ptr<kv_cache>>;
+  [[noreturn]] static void unknown(sequence_id id, const char* who) {
+    throw invalid_argument(std::string(who) + ": no live sequence has id " + std::to_string(id) +
+                           "; expected an id returned by add_sequence and not yet removed");
+  }
+  cache_map::iterator find(sequence_id id, const char* who) {
+    auto it = caches_.find(id);
+    if (it == caches_.end()) unknown(id, who);
+    return it;
+  }
+
+  detail::llama_engine engine_;
+  sequence_id next_id_ = 1;
+  cache_map caches_;
+  std::vector<std::unique_ptr<kv_cache>> pool_;
+  std::vector<kv_cache*> cache_of_;
+  std::vector<token_id> tokens_;
+  std::vector<detail::row_target> targets_;
+  std::vector<std::size_t> offsets_;
+};
+
+static_assert(specdec::batched_model<batched_transformer>);
+
+}  // namespace specdec::cpu
