@@ -91,6 +91,19 @@ struct f32_rows {
   void prefetch(std::size_t r, std::size_t j, std::size_t n) const noexcept {
     if (j + prefetch_distance < n) __builtin_prefetch(w + r * ld + j + prefetch_distance);
   }
+  /// Prefetches (into L2) the cache line holding element (r, j), j a multiple of 16.
+  void prefetch_l2(std::size_t r, std::size_t j) const noexcept { __builtin_prefetch(w + r * ld + j, 0, 2); }
+};
+
+/// A tile's extra prefetching: none, or (`prefetch_next`) the same elements of the next
+/// row tile, so that its weights arrive in L2 while this tile computes from L1.
+struct no_prefetch {
+  void at(std::size_t, std::size_t) const noexcept {}
+};
+template <class W>
+struct prefetch_next {
+  W next;
+  void at(std::size_t r, std::size_t j) const noexcept { next.prefetch_l2(r, j); }
 };
 
 /// Y[t][r] = dot(W[r], X[t]) for an R x T tile: R weight rows of the stream `w` (any
@@ -99,25 +112,51 @@ struct f32_rows {
 /// and applied to all T tokens. Every (r, t) result is computed exactly as the 1 x 1
 /// tile would compute it: the decoded weights are exact functions of the stored bits, and
 /// the accumulation order depends on n only.
-template <int R, int T, class W>
+template <int R, int T, class W, class P = no_prefetch>
 inline void dot_tile(const W& w, const float* x, std::size_t ldx, float* y, std::size_t ldy,
-                     std::size_t n) noexcept {
+                     std::size_t n, const P& pf = {}) noexcept {
   v16 acc[R][T];
   for (int r = 0; r < R; ++r)
     for (int t = 0; t < T; ++t) acc[r][t] = v16{};
   const std::size_t n16 = n - n % lanes;
-  for (std::size_t j = 0; j < n16; j += lanes) {
-    v16 wv[R];
-    for (int r = 0; r < R; ++r) {
-      w.load(wv[r], static_cast<std::size_t>(r), j);
-      pin_register(wv[r]);
-      w.prefetch(static_cast<std::size_t>(r), j, n);
+  // Which operand stays in registers: all R decoded weight vectors (token-outer order)
+  // when they fit next to the accumulators in the 32 AVX-512 registers, else the T input
+  // vectors (row-outer order, one weight register at a time). Pinning R weights next to
+  // R x T accumulators would spill an accumulator to the stack, putting a store-to-load
+  // round trip into every iteration's dependency chain (measured: 8 x 3 tiles ran at
+  // under half the FMA rate). Either order computes every accumulator identically.
+  if constexpr (R * T + R + 1 <= 32) {
+    for (std::size_t j = 0; j < n16; j += lanes) {
+      v16 wv[R];
+      for (int r = 0; r < R; ++r) {
+        w.load(wv[r], static_cast<std::size_t>(r), j);
+        pin_register(wv[r]);
+        w.prefetch(static_cast<std::size_t>(r), j, n);
+        pf.at(static_cast<std::size_t>(r), j);
+      }
+      for (int t = 0; t < T; ++t) {
+        v16 xv;
+        load16(xv, x + t * ldx + j);
+        pin_register(xv);
+        for (int r = 0; r < R; ++r) acc[r][t] += wv[r] * xv;
+      }
     }
-    for (int t = 0; t < T; ++t) {
-      v16 xv;
-      load16(xv, x + t * ldx + j);
-      pin_register(xv);
-      for (int r = 0; r < R; ++r) acc[r][t] += wv[r] * xv;
+  } else {
+    static_assert(R * T + T + 1 <= 32, "dot_tile: R x T accumulators and T inputs must fit 32 registers");
+    for (std::size_t j = 0; j < n16; j += lanes) {
+      v16 xv[T];
+      for (int t = 0; t < T; ++t) {
+        load16(xv[t], x + t * ldx + j);
+        pin_register(xv[t]);
+      }
+      for (int r = 0; r < R; ++r) {
+        v16 wv;
+        w.load(wv, static_cast<std::size_t>(r), j);
+        pin_register(wv);
+        w.prefetch(static_cast<std::size_t>(r), j, n);
+        pf.at(static_cast<std::size_t>(r), j);
+        for (int t = 0; t < T; ++t) acc[r][t] += wv * xv[t];
+      }
     }
   }
   for (int r = 0; r < R; ++r) {
@@ -145,61 +184,93 @@ inline float dot(const float* a, const float* b, std::size_t n) noexcept {
 }
 
 /// dot_tile<R, tokens> for a runtime tokens <= T.
-template <int R, int T, class W>
+template <int R, int T, class W, class P>
 inline void dot_tile_upto(int tokens, const W& w, const float* x, std::size_t ldx, float* y,
-                          std::size_t ldy, std::size_t n) noexcept {
+                          std::size_t ldy, std::size_t n, const P& pf) noexcept {
   if constexpr (T > 1) {
-    if (tokens < T) return dot_tile_upto<R, T - 1>(tokens, w, x, ldx, y, ldy, n);
+    if (tokens < T) return dot_tile_upto<R, T - 1>(tokens, w, x, ldx, y, ldy, n, pf);
   }
-  dot_tile<R, T>(w, x, ldx, y, ldy, n);
+  dot_tile<R, T>(w, x, ldx, y, ldy, n, pf);
 }
 
-/// Rows [i, i + R*m) of a matmul in R-row tiles (advancing i), every token tile at most
-/// T wide.
+/// First token of token tile `idx` when k tokens are cut into `tiles` near-equal tiles
+/// (sizes differ by at most one, the larger ones first).
+inline std::size_t token_tile_begin(std::size_t k, std::size_t tiles, std::size_t idx) noexcept {
+  return idx * (k / tiles) + std::min(idx, k % tiles);
+}
+
+/// All token tiles of one R-row tile `wi`; the second token tile prefetches the next row
+/// tile's weights (`pf`), which arrive while the rest of this tile computes from L1.
+template <int R, int T, class W, class P>
+inline void token_tiles(const W& wi, const P& pf, std::size_t n, const float* x, std::size_t k,
+                        std::size_t ldx, float* y, std::size_t ldy, std::size_t tiles) noexcept {
+  for (std::size_t ti = 0; ti < tiles; ++ti) {
+    const std::size_t t0 = token_tile_begin(k, tiles, ti);
+    const int tt = static_cast<int>(token_tile_begin(k, tiles, ti + 1) - t0);
+    if (ti == 1)
+      dot_tile_upto<R, T>(tt, wi, x + t0 * ldx, ldx, y + t0 * ldy, ldy, n, pf);
+    else
+      dot_tile_upto<R, T>(tt, wi, x + t0 * ldx, ldx, y + t0 * ldy, ldy, n, no_prefetch{});
+  }
+}
+
+/// Rows [i, i + R*m) of a matmul in R-row tiles (advancing i), the k tokens cut into
+/// `tiles` token tiles of at most T.
+///
+/// (Tried and dropped: decoding a compressed row tile once into fp32 scratch for all token
+/// tiles. On kjv-big, 1 thread, it was slower for bf16 at k = 5..16 and for q8_0 at
+/// k = 5..8, faster only for q8_0 at k = 16: decoding is cheap next to the FMAs, and the
+/// scratch round trip is not. Also tried: issuing the next-tile prefetch from the first
+/// token tile, or two row tiles ahead; no difference beyond the machine's noise.)
 template <int R, int T, class W>
 inline void matmul_row_tiles(std::size_t& i, const W& w, std::size_t rows, std::size_t n,
                              const float* x, std::size_t k, std::size_t ldx, float* y,
-                             std::size_t ldy, std::size_t token_tile) noexcept {
+                             std::size_t ldy, std::size_t tiles) noexcept {
   for (; i + R <= rows; i += R) {
     const W wi = w.advance(i);
-    for (std::size_t t = 0; t < k; t += token_tile) {
-      const int tt = static_cast<int>(std::min(token_tile, k - t));
-      dot_tile_upto<R, T>(tt, wi, x + t * ldx, ldx, y + t * ldy + i, ldy, n);
-    }
+    if (tiles > 1 && i + 2 * R <= rows)
+      token_tiles<R, T>(wi, prefetch_next<W>{w.advance(i + R)}, n, x, k, ldx, y + i, ldy, tiles);
+    else
+      token_tiles<R, T>(wi, no_prefetch{}, n, x, k, ldx, y + i, ldy, tiles);
   }
 }
 
 /// Y[t][i] = sum_j W[i][j] X[t][j] for i < rows, t < k: a block of k input vectors
 /// (stride ldx) against a row-major [rows][n] weight stream `w` (fp32, bf16, fp16 or
-/// q8_0), output row stride ldy. The block is cut into balanced token tiles of at most 3
+/// q8_0), output row stride ldy. The block is cut into ceil(k / 3) near-equal token tiles
 /// (k = 4: one tile of 4), and the rows into tiles of R = 12, 12, 8 or 5 for token tiles
-/// of 1, 2, 3 or 4 (R x T accumulators + T input vectors + 1 weight vector fit the 32
-/// AVX-512 registers; more rows in flight means more concurrent weight streams). Every weight row is
-/// streamed from memory once per call and re-read only from L1 for further token tiles.
-/// Tile shapes never change any result: each (row, token) dot product is summed in the
-/// order `dot` uses. So any split of the rows (e.g. across threads) gives the same bits.
+/// of 1, 2, 3 or 4 (the R x T accumulators, plus the R weight vectors or the T input
+/// vectors held in registers, fit the 32 AVX-512 registers; more rows in flight means more
+/// concurrent weight streams). Every weight row is streamed from memory once per call and
+/// re-read only from L1 for further token tiles. Tile shapes never change any result:
+/// each (row, token) dot product is summed in the order `dot` uses. So any split of the
+/// rows (e.g. across threads) gives the same bits.
 template <class W>
 inline void matmul_rows(const W& w, std::size_t rows, std::size_t n, const float* x, std::size_t k,
                         std::size_t ldx, float* y, std::size_t ldy) noexcept {
   // Token tiles of at most 3 over taller row tiles keep more weight rows streaming at once
   // (memory-level parallelism is what a memory-bound block forward needs); further token
   // tiles re-read the same rows from L1/L2. k = 4 stays one 4-token tile: as 2 + 2 it was
-  // slower. Measured on kjv-big fp32, 1 thread: k = 5 about 2.39 -> 2.04 ms. Tile shapes
-  // never change any element's summation order, so results are unchanged bit for bit.
+  // slower. Measured on kjv-big fp32, 1 thread: k = 5 about 2.39 -> 2.04 ms. Then two
+  // changes for k > 4 (several token tiles): no accumulator spill in 8 x 3 and 12 x 2 tiles
+  // (see dot_tile), and the second token tile prefetching the next row tile; k = 16 about
+  // 4.9 -> 4.2 ms, k = 5 about 2.1 -> 1.9 ms (noisy shared machine: min of alternating
+  // runs). Tile shapes never change any element's summation order, so results are
+  // unchanged bit for bit.
   constexpr std::size_t max_token_tile = 6;
   if (k == 0) return;
-  const std::size_t tiles = (k + 2) / 3;
-  const std::size_t token_tile = k == 4 ? 4 : (k + tiles - 1) / tiles;  // e.g. k = 5 -> 3 + 2
+  const std::size_t tiles = k == 4 ? 1 : (k + 2) / 3;
+  const std::size_t token_tile = (k + tiles - 1) / tiles;  // e.g. k = 5 -> 3 + 2
   std::size_t i = 0;
   switch (token_tile) {
-    case 1: matmul_row_tiles<12, 1>(i, w, rows, n, x, k, ldx, y, ldy, token_tile); break;
-    case 2: matmul_row_tiles<12, 2>(i, w, rows, n, x, k, ldx, y, ldy, token_tile); break;
-    case 3: matmul_row_tiles<8, 3>(i, w, rows, n, x, k, ldx, y, ldy, token_tile); break;
-    case 4: matmul_row_tiles<5, 5>(i, w, rows, n, x, k, ldx, y, ldy, token_tile); break;
+    case 1: matmul_row_tiles<12, 1>(i, w, rows, n, x, k, ldx, y, ldy, tiles); break;
+    case 2: matmul_row_tiles<12, 2>(i, w, rows, n, x, k, ldx, y, ldy, tiles); break;
+    case 3: matmul_row_tiles<8, 3>(i, w, rows, n, x, k, ldx, y, ldy, tiles); break;
+    case 4: matmul_row_tiles<5, 4>(i, w, rows, n, x, k, ldx, y, ldy, tiles); break;
     default: break;
   }
-  matmul_row_tiles<4, max_token_tile>(i, w, rows, n, x, k, ldx, y, ldy, token_tile);
-  matmul_row_tiles<1, max_token_tile>(i, w, rows, n, x, k, ldx, y, ldy, token_tile);
+  matmul_row_tiles<4, max_token_tile>(i, w, rows, n, x, k, ldx, y, ldy, tiles);
+  matmul_row_tiles<1, max_token_tile>(i, w, rows, n, x, k, ldx, y, ldy, tiles);
 }
 
 /// fp32 matmul over a raw row-major weight pointer with row stride ldw.

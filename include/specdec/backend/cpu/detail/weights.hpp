@@ -132,6 +132,10 @@ struct bf16_rows {
   void prefetch(std::size_t r, std::size_t j, std::size_t n) const noexcept {
     if (j + 2 * prefetch_distance < n) __builtin_prefetch(w + r * ld + j + 2 * prefetch_distance);
   }
+  /// Prefetches (into L2) the line holding element (r, j); one call per 64 bytes.
+  void prefetch_l2(std::size_t r, std::size_t j) const noexcept {
+    if (j % 32 == 0) __builtin_prefetch(w + r * ld + j, 0, 2);
+  }
 };
 
 /// fp16 row stream.
@@ -152,6 +156,10 @@ struct fp16_rows {
   [[nodiscard]] float at(std::size_t r, std::size_t j) const noexcept { return fp16_to_float(w[r * ld + j]); }
   void prefetch(std::size_t r, std::size_t j, std::size_t n) const noexcept {
     if (j + 2 * prefetch_distance < n) __builtin_prefetch(w + r * ld + j + 2 * prefetch_distance);
+  }
+  /// Prefetches (into L2) the line holding element (r, j); one call per 64 bytes.
+  void prefetch_l2(std::size_t r, std::size_t j) const noexcept {
+    if (j % 32 == 0) __builtin_prefetch(w + r * ld + j, 0, 2);
   }
 };
 
@@ -180,6 +188,12 @@ struct q8_rows {
   }
   void prefetch(std::size_t r, std::size_t j, std::size_t n) const noexcept {
     if (j + 4 * prefetch_distance < n) __builtin_prefetch(q + r * ld + j + 4 * prefetch_distance);
+  }
+  /// Prefetches (into L2) the lines holding element (r, j) and its scale; one call per
+  /// 64 bytes of each.
+  void prefetch_l2(std::size_t r, std::size_t j) const noexcept {
+    if (j % 64 == 0) __builtin_prefetch(q + r * ld + j, 0, 2);
+    if (j % (16 * q8_group) == 0) __builtin_prefetch(s + r * lds + j / q8_group, 0, 2);
   }
 };
 
