@@ -1,9 +1,10 @@
 // specdec-generate: text generation on llama2.c checkpoints, autoregressive or speculative.
 //
-//   specdec-generate --model models/kjv-big.bin --tokenizer models/kjv2k-tokenizer.bin \
+//   specdec-generate --model models/kjv-big.bin --tokenizer models/kjv2k-tokenizer.bin
 //                    --prompt "In the beginning" --max-new-tokens 60
-//   specdec-generate --model models/kjv-big.bin --draft models/kjv-little.bin \
+//   specdec-generate --model models/kjv-big.bin --draft models/kjv-little.bin
 //                    --tokenizer models/kjv2k-tokenizer.bin --method sd --gamma 4 --prompt "And God said"
+// (one command each; a line-continuation backslash in a // comment would splice lines)
 //
 // stdout carries only the generated continuation; progress and statistics go to stderr.
 #include <charconv>
