@@ -182,13 +182,7 @@ class llama_engine {
             matmul(cache.key(ul, 0) + kv_off, pos + 1, hs, kvd, q, 1, hs, att, 1);
             for (std::size_t p = 0; p <= pos; ++p) att[p] /= att_scale;
             softmax(att, pos + 1);
-            float* out = xb_.data() + t * dim + h * hs;
-            std::fill(out, out + hs, 0.0f);
-            for (std::size_t p = 0; p <= pos; ++p) {
-              const float a = att[p];
-              const float* v = cache.value(ul, p) + kv_off;
-              for (std::size_t i = 0; i < hs; ++i) out[i] = fmadd(a, v[i], out[i]);
-            }
+            weighted_rows_sum(att, pos + 1, cache.value(ul, 0) + kv_off, kvd, xb_.data() + t * dim + h * hs, hs);
           }
         }
       });

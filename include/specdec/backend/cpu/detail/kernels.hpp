@@ -237,9 +237,9 @@ inline void matmul_row_tiles(std::size_t& i, const W& w, std::size_t rows, std::
 
 /// Y[t][i] = sum_j W[i][j] X[t][j] for i < rows, t < k: a block of k input vectors
 /// (stride ldx) against a row-major [rows][n] weight stream `w` (fp32, bf16, fp16 or
-/// q8_0), output row stride ldy. The block is cut into ceil(k / 3) near-equal token tiles
-/// (k = 4: one tile of 4), and the rows into tiles of R = 12, 12, 8 or 5 for token tiles
-/// of 1, 2, 3 or 4 (the R x T accumulators, plus the R weight vectors or the T input
+/// q8_0), output row stride ldy. Up to k = 6 the block is cut into ceil(k / 3) near-equal
+/// token tiles (k = 4: one tile of 4), and the rows into tiles of R = 12, 12, 8 or 5 for
+/// token tiles of 1, 2, 3 or 4; from k = 7 on, into 6-row x 4-token tiles (the R x T accumulators, plus the R weight vectors or the T input
 /// vectors held in registers, fit the 32 AVX-512 registers; more rows in flight means more
 /// concurrent weight streams). Every weight row is streamed from memory once per call and
 /// re-read only from L1 for further token tiles. Tile shapes never change any result:
@@ -259,9 +259,21 @@ inline void matmul_rows(const W& w, std::size_t rows, std::size_t n, const float
   // unchanged bit for bit.
   constexpr std::size_t max_token_tile = 6;
   if (k == 0) return;
+  std::size_t i = 0;
+  if (k >= 7) {
+    // Large blocks (batched steps, long verify blocks, prefill): 6-row x 4-token tiles,
+    // i.e. fewer passes over each row tile than 8 x 3. Measured on kjv-big fp32 (min of
+    // alternating runs): k = 16 about 4.1 -> 3.3 ms on 1 thread, 2.0 -> 1.8 ms on 2;
+    // k = 8 2.4 -> 2.1 ms. 4 x 6 was as good at k = 16 and worse at k = 8; 3 x 8 and
+    // 2 x 12 were slower (too few weight rows streaming at once).
+    const std::size_t big_tiles = (k + 3) / 4;
+    matmul_row_tiles<6, 4>(i, w, rows, n, x, k, ldx, y, ldy, big_tiles);
+    matmul_row_tiles<2, 4>(i, w, rows, n, x, k, ldx, y, ldy, big_tiles);
+    matmul_row_tiles<1, 4>(i, w, rows, n, x, k, ldx, y, ldy, big_tiles);
+    return;
+  }
   const std::size_t tiles = k == 4 ? 1 : (k + 2) / 3;
   const std::size_t token_tile = (k + tiles - 1) / tiles;  // e.g. k = 5 -> 3 + 2
-  std::size_t i = 0;
   switch (token_tile) {
     case 1: matmul_row_tiles<12, 1>(i, w, rows, n, x, k, ldx, y, ldy, tiles); break;
     case 2: matmul_row_tiles<12, 2>(i, w, rows, n, x, k, ldx, y, ldy, tiles); break;
@@ -283,6 +295,43 @@ inline void matmul(const float* w, std::size_t rows, std::size_t n, std::size_t 
                    const float* x, std::size_t k, std::size_t ldx, float* y,
                    std::size_t ldy) noexcept {
   matmul_rows(f32_rows{w, ldw}, rows, n, x, k, ldx, y, ldy);
+}
+
+/// out[i] = sum over p < count of a[p] * v_p[i] for i < n, where v_p = v + p * ldv: the
+/// attention-weighted sum of value rows. Each element is one multiply-add chain in p
+/// order starting from 0 (as the scalar loop `out[i] = fmadd(a[p], v_p[i], out[i])`
+/// computes it), kept in registers for up to 64 elements at a time instead of being
+/// stored and reloaded per p.
+inline void weighted_rows_sum(const float* a, std::size_t count, const float* v, std::size_t ldv, float* out,
+                              std::size_t n) noexcept {
+  std::size_t i = 0;
+  for (; i + 4 * lanes <= n; i += 4 * lanes) {
+    v16 acc[4] = {v16{}, v16{}, v16{}, v16{}};
+    for (std::size_t p = 0; p < count; ++p) {
+      const float ap = a[p];
+      const float* vp = v + p * ldv + i;
+      for (int c = 0; c < 4; ++c) {
+        v16 vv;
+        load16(vv, vp + c * lanes);
+        acc[c] += ap * vv;
+      }
+    }
+    for (int c = 0; c < 4; ++c) __builtin_memcpy(out + i + c * lanes, &acc[c], sizeof(v16));
+  }
+  for (; i + lanes <= n; i += lanes) {
+    v16 acc{};
+    for (std::size_t p = 0; p < count; ++p) {
+      v16 vv;
+      load16(vv, v + p * ldv + i);
+      acc += a[p] * vv;
+    }
+    __builtin_memcpy(out + i, &acc, sizeof(v16));
+  }
+  for (; i < n; ++i) {
+    float acc = 0.0f;
+    for (std::size_t p = 0; p < count; ++p) acc = fmadd(a[p], v[p * ldv + i], acc);
+    out[i] = acc;
+  }
 }
 
 /// Inverse RMS of x as llama2.c computes it: 1 / sqrt(mean(x^2) + 1e-5), with the sum of
