@@ -29,7 +29,8 @@
 // --threads: transformer_options.threads of every transformer (0 = all cores; each
 // transformer of an independent_batch has its own pool).
 // --no-independent: skip the independent_batch comparison curve.
-// --repeats: each curve point is the best (highest decode tokens/s) of this many runs.
+// --repeats: each curve point is the best (highest decode tokens/s) of this many runs;
+// the repetitions go round all batch sizes in turn, so machine drift hits them alike.
 // The curve reports total tokens/s (wall time from submission, prompt prefill included)
 // and decode tokens/s (after the first step, which prefills every prompt).
 // --continue: under-predicted sequences keep running (default: preempt and requeue).
@@ -143,43 +144,44 @@ csv_row run_users(Engine& dec, const std::vector<std::vector<token_id>>& prompts
   return row;
 }
 
-// The run with the highest decode tokens/s of `repeats` (timings on a shared machine only
-// ever get slower through interference, so the best run is the least disturbed one).
-template <class Run>
-csv_row best_of(std::size_t repeats, Run run) {
-  csv_row best = run();
-  for (std::size_t i = 1; i < repeats; ++i) {
-    csv_row r = run();
-    if (r.decode_tps > best.decode_tps) best = r;
-  }
-  return best;
-}
-
 template <class BM, class MakeTarget, class MakeDraft>
 std::vector<csv_row> run_curve(MakeTarget make_target, MakeDraft make_draft, const options& o,
                                const std::vector<std::vector<token_id>>& prompts, const std::string& model) {
-  std::vector<csv_row> rows;
   BM target = make_target();
   BM draft = make_draft();
-  for (std::size_t b : o.batches) {
+  {  // warm-up (page faults on the weights, thread pool start-up), not reported
     specdec::batched_autoregressive_decoder ar(target);
-    rows.push_back(best_of(o.repeats, [&] { return run_users(ar, prompts, b, o.tokens, "batched_ar"); }));
-    rows.back().method = model + "/ar";
-    if (o.sd) {
-      specdec::batched_speculative_decoder sd(draft, target, specdec::fixed_gamma{.gamma = 4},
-                                              specdec::greedy_match{});
-      rows.push_back(best_of(o.repeats, [&] { return run_users(sd, prompts, b, o.tokens, "batched_sd_gamma4"); }));
-      rows.back().method = model + "/sd_gamma4";
-    }
-    for (std::size_t i = rows.size() - (o.sd ? 2 : 1); i < rows.size(); ++i) {
-      const auto& r = rows[i];
-      std::printf("%-26s B=%2zu  %7.1f tok/s total (%7.1f decode)  %6.1f tok/s/user  per-token p50 %7.2f ms "
-                  "p95 %7.2f ms  %5.2f tok/step\n",
-                  r.method.c_str(), r.batch, r.total_tps, r.decode_tps, r.user_tps, r.p50_token_ms, r.p95_token_ms,
-                  r.tokens_per_step);
-      std::fflush(stdout);
+    (void)run_users(ar, prompts, o.batches.front(), o.tokens, "warm-up");
+  }
+  // Repetitions outermost, batch sizes inside: a slow period of the shared machine then
+  // hits every batch size alike instead of one point of the curve. Each point keeps its
+  // best (highest decode tokens/s) repetition.
+  const std::size_t per_batch = o.sd ? 2 : 1;
+  std::vector<csv_row> rows(o.batches.size() * per_batch);
+  auto keep = [](csv_row& best, csv_row r, bool first) {
+    if (first || r.decode_tps > best.decode_tps) best = std::move(r);
+  };
+  for (std::size_t rep = 0; rep < o.repeats; ++rep) {
+    for (std::size_t bi = 0; bi < o.batches.size(); ++bi) {
+      const std::size_t b = o.batches[bi];
+      specdec::batched_autoregressive_decoder ar(target);
+      keep(rows[bi * per_batch], run_users(ar, prompts, b, o.tokens, "batched_ar"), rep == 0);
+      if (o.sd) {
+        specdec::batched_speculative_decoder sd(draft, target, specdec::fixed_gamma{.gamma = 4},
+                                                specdec::greedy_match{});
+        keep(rows[bi * per_batch + 1], run_users(sd, prompts, b, o.tokens, "batched_sd_gamma4"), rep == 0);
+      }
     }
   }
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    csv_row& r = rows[i];
+    r.method = model + (i % per_batch == 0 ? "/ar" : "/sd_gamma4");
+    std::printf("%-26s B=%2zu  %7.1f tok/s total (%7.1f decode)  %6.1f tok/s/user  per-token p50 %7.2f ms "
+                "p95 %7.2f ms  %5.2f tok/step\n",
+                r.method.c_str(), r.batch, r.total_tps, r.decode_tps, r.user_tps, r.p50_token_ms, r.p95_token_ms,
+                r.tokens_per_step);
+  }
+  std::fflush(stdout);
   return rows;
 }
 
