@@ -10,18 +10,9 @@
 set -euo pipefail
 csv=${1:-specdec_bench.csv}
 out=${2:-$(cd "$(dirname "$0")/.." && pwd)/docs}
-[ -f "$csv" ] || { echo "plot_bench.sh: no CSV at '$csv' (run specdec-bench --csv $csv first)" >&2; exit 1; }
-if ! command -v gnuplot >/dev/null 2>&1; then
-  echo "plot_bench.sh: installing gnuplot-nox" >&2
-  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
-  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq gnuplot-nox >/dev/null
-fi
-mkdir -p "$out"
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+me=plot_bench.sh
+. "$(dirname "$0")/plot_common.sh"
 
-# Column numbers by header name, so the script survives added columns.
-col() { head -1 "$csv" | tr ',' '\n' | grep -nx "$1" | cut -d: -f1; }
 c_pair=$(col pair); c_df=$(col draft_format); c_tf=$(col target_format); c_thr=$(col threads)
 c_method=$(col method); c_config=$(col config); c_gamma=$(col gamma); c_speed=$(col speedup)
 c_pred=$(col predicted_speedup); c_ref=$(col refined_predicted_speedup)
@@ -57,16 +48,6 @@ while IFS= read -r s; do
   fi
 done <<<"$series"
 
-join_plots() { local IFS=','; echo "$*"; }
-render() {  # $1 = basename, $2 = gnuplot body
-  for term in svg png; do
-    if [ $term = svg ]; then t="set terminal svg size 900,560 dynamic background rgb 'white' font 'Helvetica,12'"
-    else t="set terminal pngcairo size 900,560 font 'Helvetica,11'"; fi
-    gnuplot -e "$t; set termoption noenhanced; set output '$out/$1.$term'; $2" 2>/dev/null || {
-      [ $term = png ] && gnuplot -e "set terminal png size 900,560; set output '$out/$1.$term'; $2"; }
-  done
-  echo "plot_bench.sh: wrote $out/$1.svg and $out/$1.png"
-}
 if [ ${#gamma_plots[@]} -gt 0 ]; then
   render speedup_vs_gamma "set title 'Greedy speculative decoding: speedup over autoregressive vs gamma'; \
     set xlabel 'draft length gamma'; set ylabel 'speedup (tokens/s over AR tokens/s)'; set grid; \
