@@ -95,15 +95,43 @@ struct f32_rows {
   void prefetch_l2(std::size_t r, std::size_t j) const noexcept { __builtin_prefetch(w + r * ld + j, 0, 2); }
 };
 
-/// A tile's extra prefetching: none, or (`prefetch_next`) the same elements of the next
-/// row tile, so that its weights arrive in L2 while this tile computes from L1.
+/// A tile's extra prefetching: none, or (`prefetch_next`) a share of the next row tile's
+/// weights, so that they arrive in L2 while this row tile computes. The `tiles` token
+/// tiles of a row tile split the next tile between them: token tile `phase`, at its step
+/// s (column j = 16 s of `steps`), prefetches column 16 g / tiles of the next tile when
+/// g = phase * steps + s is a multiple of `tiles`. The prefetches are thus spread evenly
+/// over all of the row tile's compute, and together cover every column once.
+/// `column()` is called once per step, in order, and says which column to prefetch in all
+/// rows (`at(r, column)`), or `none`; it keeps a countdown, so there is no division per
+/// step.
+inline constexpr std::size_t no_column = ~std::size_t{0};
 struct no_prefetch {
+  std::size_t column() noexcept { return no_column; }
   void at(std::size_t, std::size_t) const noexcept {}
 };
 template <class W>
 struct prefetch_next {
-  W next;
-  void at(std::size_t r, std::size_t j) const noexcept { next.prefetch_l2(r, j); }
+  prefetch_next(const W& next, std::size_t phase, std::size_t tiles, std::size_t steps) noexcept
+      : next_(next), tiles_(tiles) {
+    const std::size_t g0 = phase * steps;  // this tile's first step, counted over all tiles
+    countdown_ = (tiles - g0 % tiles) % tiles;
+    col_ = (g0 + countdown_) / tiles * lanes;
+  }
+  std::size_t column() noexcept {
+    if (countdown_ != 0) {
+      --countdown_;
+      return no_column;
+    }
+    countdown_ = tiles_ - 1;
+    const std::size_t c = col_;
+    col_ += lanes;
+    return c;
+  }
+  void at(std::size_t r, std::size_t col) const noexcept { next_.prefetch_l2(r, col); }
+
+ private:
+  W next_;
+  std::size_t tiles_, countdown_ = 0, col_ = 0;
 };
 
 /// Y[t][r] = dot(W[r], X[t]) for an R x T tile: R weight rows of the stream `w` (any
@@ -114,7 +142,7 @@ struct prefetch_next {
 /// the accumulation order depends on n only.
 template <int R, int T, class W, class P = no_prefetch>
 inline void dot_tile(const W& w, const float* x, std::size_t ldx, float* y, std::size_t ldy,
-                     std::size_t n, const P& pf = {}) noexcept {
+                     std::size_t n, P pf = {}) noexcept {
   v16 acc[R][T];
   for (int r = 0; r < R; ++r)
     for (int t = 0; t < T; ++t) acc[r][t] = v16{};
@@ -128,11 +156,12 @@ inline void dot_tile(const W& w, const float* x, std::size_t ldx, float* y, std:
   if constexpr (R * T + R + 1 <= 32) {
     for (std::size_t j = 0; j < n16; j += lanes) {
       v16 wv[R];
+      const std::size_t pc = pf.column();
       for (int r = 0; r < R; ++r) {
         w.load(wv[r], static_cast<std::size_t>(r), j);
         pin_register(wv[r]);
         w.prefetch(static_cast<std::size_t>(r), j, n);
-        pf.at(static_cast<std::size_t>(r), j);
+        if (pc != no_column) pf.at(static_cast<std::size_t>(r), pc);
       }
       for (int t = 0; t < T; ++t) {
         v16 xv;
@@ -149,12 +178,13 @@ inline void dot_tile(const W& w, const float* x, std::size_t ldx, float* y, std:
         load16(xv[t], x + t * ldx + j);
         pin_register(xv[t]);
       }
+      const std::size_t pc = pf.column();
       for (int r = 0; r < R; ++r) {
         v16 wv;
         w.load(wv, static_cast<std::size_t>(r), j);
         pin_register(wv);
         w.prefetch(static_cast<std::size_t>(r), j, n);
-        pf.at(static_cast<std::size_t>(r), j);
+        if (pc != no_column) pf.at(static_cast<std::size_t>(r), pc);
         for (int t = 0; t < T; ++t) acc[r][t] += wv * xv[t];
       }
     }
@@ -199,16 +229,17 @@ inline std::size_t token_tile_begin(std::size_t k, std::size_t tiles, std::size_
   return idx * (k / tiles) + std::min(idx, k % tiles);
 }
 
-/// All token tiles of one R-row tile `wi`; the second token tile prefetches the next row
-/// tile's weights (`pf`), which arrive while the rest of this tile computes from L1.
-template <int R, int T, class W, class P>
-inline void token_tiles(const W& wi, const P& pf, std::size_t n, const float* x, std::size_t k,
+/// All token tiles of one R-row tile `wi`; with `next` (the next row tile, or null), each
+/// token tile prefetches its share of the next tile's weights (see `prefetch_next`).
+template <int R, int T, class W>
+inline void token_tiles(const W& wi, const W* next, std::size_t n, const float* x, std::size_t k,
                         std::size_t ldx, float* y, std::size_t ldy, std::size_t tiles) noexcept {
   for (std::size_t ti = 0; ti < tiles; ++ti) {
     const std::size_t t0 = token_tile_begin(k, tiles, ti);
     const int tt = static_cast<int>(token_tile_begin(k, tiles, ti + 1) - t0);
-    if (ti == 1)
-      dot_tile_upto<R, T>(tt, wi, x + t0 * ldx, ldx, y + t0 * ldy, ldy, n, pf);
+    if (next)
+      dot_tile_upto<R, T>(tt, wi, x + t0 * ldx, ldx, y + t0 * ldy, ldy, n,
+                          prefetch_next<W>{*next, ti, tiles, n / lanes});
     else
       dot_tile_upto<R, T>(tt, wi, x + t0 * ldx, ldx, y + t0 * ldy, ldy, n, no_prefetch{});
   }
@@ -228,10 +259,15 @@ inline void matmul_row_tiles(std::size_t& i, const W& w, std::size_t rows, std::
                              std::size_t ldy, std::size_t tiles) noexcept {
   for (; i + R <= rows; i += R) {
     const W wi = w.advance(i);
-    if (tiles > 1 && i + 2 * R <= rows)
-      token_tiles<R, T>(wi, prefetch_next<W>{w.advance(i + R)}, n, x, k, ldx, y + i, ldy, tiles);
-    else
-      token_tiles<R, T>(wi, no_prefetch{}, n, x, k, ldx, y + i, ldy, tiles);
+    // Single tokens are left to the in-row prefetch: there the stream is the bottleneck,
+    // and prefetching the next tile as well made it slower (50 -> 55-60 us per 1024 x 384
+    // matrix, 1 thread).
+    if (k > 1 && i + 2 * R <= rows) {
+      const W next = w.advance(i + R);
+      token_tiles<R, T>(wi, &next, n, x, k, ldx, y + i, ldy, tiles);
+    } else {
+      token_tiles<R, T>(wi, static_cast<const W*>(nullptr), n, x, k, ldx, y + i, ldy, tiles);
+    }
   }
 }
 
