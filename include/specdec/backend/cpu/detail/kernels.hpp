@@ -287,12 +287,12 @@ inline void matmul_rows(const W& w, std::size_t rows, std::size_t n, const float
   // Token tiles of at most 3 over taller row tiles keep more weight rows streaming at once
   // (memory-level parallelism is what a memory-bound block forward needs); further token
   // tiles re-read the same rows from L1/L2. k = 4 stays one 4-token tile: as 2 + 2 it was
-  // slower. Measured on kjv-big fp32, 1 thread: k = 5 about 2.39 -> 2.04 ms. Then two
-  // changes for k > 4 (several token tiles): no accumulator spill in 8 x 3 and 12 x 2 tiles
-  // (see dot_tile), and the second token tile prefetching the next row tile; k = 16 about
-  // 4.9 -> 4.2 ms, k = 5 about 2.1 -> 1.9 ms (noisy shared machine: min of alternating
-  // runs). Tile shapes never change any element's summation order, so results are
-  // unchanged bit for bit.
+  // slower. Measured on kjv-big fp32, 1 thread: k = 5 about 2.39 -> 2.04 ms. Then: no
+  // accumulator spill in 8 x 3 and 12 x 2 tiles (see dot_tile; k = 16 about 4.9 -> 4.2 ms),
+  // and every block of 2+ tokens prefetching the next row tile spread evenly over its token
+  // tiles (see prefetch_next and matmul_row_tiles; k = 5 / k = 1 went 1.45x -> 1.21x).
+  // Tile shapes and prefetches never change any element's summation order, so results
+  // are unchanged bit for bit.
   constexpr std::size_t max_token_tile = 6;
   if (k == 0) return;
   std::size_t i = 0;
