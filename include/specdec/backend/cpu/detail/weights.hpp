@@ -110,13 +110,9 @@ inline float fp16_to_float(std::uint16_t h) noexcept {
   return bits_float(sign | ((e + 112u) << 23) | (m << 13));
 }
 
-/// bf16 row stream (row-major, row stride ld elements).
-struct bf16_rows {
-  const std::uint16_t* w;
-  std::size_t ld;
-  [[nodiscard]] bf16_rows advance(std::size_t rows) const noexcept { return {w + rows * ld, ld}; }
-  void load(v16& out, std::size_t r, std::size_t j) const noexcept {
-    const std::uint16_t* p = w + r * ld + j;
+/// Decoding of bf16 weights: 16 at a time into a vector, or one.
+struct bf16_code {
+  static void load(v16& out, const std::uint16_t* p) noexcept {
 #if defined(__AVX512F__)
     // maskz forms: GCC 12's unmasked intrinsics warn (-Wmaybe-uninitialized) about their
     // internal undefined passthrough; an all-ones mask compiles to the same instruction.
@@ -128,23 +124,12 @@ struct bf16_rows {
     load16(out, f);
 #endif
   }
-  [[nodiscard]] float at(std::size_t r, std::size_t j) const noexcept { return bf16_to_float(w[r * ld + j]); }
-  void prefetch(std::size_t r, std::size_t j, std::size_t n) const noexcept {
-    if (j + 2 * prefetch_distance < n) __builtin_prefetch(w + r * ld + j + 2 * prefetch_distance);
-  }
-  /// Prefetches (into L2) the line holding element (r, j); one call per 64 bytes.
-  void prefetch_l2(std::size_t r, std::size_t j) const noexcept {
-    if (j % 32 == 0) __builtin_prefetch(w + r * ld + j, 0, 2);
-  }
+  static float one(std::uint16_t v) noexcept { return bf16_to_float(v); }
 };
 
-/// fp16 row stream.
-struct fp16_rows {
-  const std::uint16_t* w;
-  std::size_t ld;
-  [[nodiscard]] fp16_rows advance(std::size_t rows) const noexcept { return {w + rows * ld, ld}; }
-  void load(v16& out, std::size_t r, std::size_t j) const noexcept {
-    const std::uint16_t* p = w + r * ld + j;
+/// Decoding of fp16 weights: 16 at a time into a vector, or one.
+struct fp16_code {
+  static void load(v16& out, const std::uint16_t* p) noexcept {
 #if defined(__AVX512F__)
     out = (v16)(_mm512_maskz_cvtph_ps(0xffff, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))));
 #else
@@ -153,7 +138,18 @@ struct fp16_rows {
     load16(out, f);
 #endif
   }
-  [[nodiscard]] float at(std::size_t r, std::size_t j) const noexcept { return fp16_to_float(w[r * ld + j]); }
+  static float one(std::uint16_t v) noexcept { return fp16_to_float(v); }
+};
+
+/// A 16-bit weight row stream (row-major, row stride ld elements), decoded by `Code`
+/// (`bf16_code` or `fp16_code`).
+template <class Code>
+struct u16_rows {
+  const std::uint16_t* w;
+  std::size_t ld;
+  [[nodiscard]] u16_rows advance(std::size_t rows) const noexcept { return {w + rows * ld, ld}; }
+  void load(v16& out, std::size_t r, std::size_t j) const noexcept { Code::load(out, w + r * ld + j); }
+  [[nodiscard]] float at(std::size_t r, std::size_t j) const noexcept { return Code::one(w[r * ld + j]); }
   void prefetch(std::size_t r, std::size_t j, std::size_t n) const noexcept {
     if (j + 2 * prefetch_distance < n) __builtin_prefetch(w + r * ld + j + 2 * prefetch_distance);
   }
@@ -162,6 +158,8 @@ struct fp16_rows {
     if (j % 32 == 0) __builtin_prefetch(w + r * ld + j, 0, 2);
   }
 };
+using bf16_rows = u16_rows<bf16_code>;
+using fp16_rows = u16_rows<fp16_code>;
 
 /// q8_0 row stream: int8 weights (row stride ld) and one fp32 scale per group of 32
 /// (row stride lds = ceil(ld / 32)); weight = float(q) * scale, one rounding.
