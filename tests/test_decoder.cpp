@@ -679,6 +679,27 @@ TEST(decoder_errors, bad_parameters_throw_clear_messages) {
   EXPECT_THROW(ar.generate(bad, {}), specdec::token_out_of_range);
 }
 
+// A model that answers a block with one row too few: the decoder must refuse the answer.
+struct short_answer_model : markov_model {
+  using markov_model::markov_model;
+  specdec::logits_block forward(std::span<const token_id> tokens) {
+    specdec::logits_block l = markov_model::forward(tokens);
+    if (l.rows > 0) --l.rows;
+    return l;
+  }
+};
+static_assert(specdec::language_model<short_answer_model>);
+
+TEST(decoder_errors, a_model_answering_with_the_wrong_number_of_rows_is_an_error) {
+  short_answer_model bad_target(markov_target_opts(6, 1, 1));
+  markov_model draft(markov_draft_opts(6, 1, 1));
+  specdec::speculative_decoder dec(draft, bad_target, gamma_policy(3), specdec::greedy_match{});
+  const std::vector<token_id> prompt{1, 2};
+  const std::string msg = thrown_message([&] { (void)dec.generate(prompt, {.max_new_tokens = 8}); });
+  EXPECT_NE(msg.find("speculative_decoder: the target's forward returned"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("rows of 6"), std::string::npos) << msg;
+}
+
 TEST(decoder_errors, context_edge) {
   markov_model t({.vocab = 6, .seed = 1, .context = 10});
   markov_model d({.vocab = 6, .seed = 1, .noise_seed = 2, .noise = 0.7f, .context = 12});

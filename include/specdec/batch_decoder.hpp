@@ -361,10 +361,7 @@ class batched_autoregressive_decoder : public detail::batch_frontend<detail::ar_
       for (std::size_t i = 0; i < stepping_.size(); ++i) {
         seq_state& s = *stepping_[i];
         const logits_block l = out.block(i);
-        if (l.rows == 0 || l.vocab != vocab)
-          throw error("batched_autoregressive_decoder: forward_batch returned " + std::to_string(l.rows) +
-                      " rows of " + std::to_string(l.vocab) + " for a block; expected at least one row of " +
-                      std::to_string(vocab));
+        detail::check_logits_shape(l, 0, vocab, "batched_autoregressive_decoder: forward_batch, for a block,");
         s.fed = s.seq.size();
         ++s.result.stats.target_calls;
         s.result.stats.target_seconds += seconds;
@@ -541,10 +538,7 @@ class batched_speculative_decoder
       for (std::size_t i = 0; i < drafting_.size(); ++i) {
         seq_state& s = *drafting_[i];
         const logits_block dl = out.block(i);
-        if (dl.rows == 0 || dl.vocab != vocab)
-          throw error("batched_speculative_decoder: the draft's forward_batch returned " + std::to_string(dl.rows) +
-                      " rows of " + std::to_string(dl.vocab) + " for a block; expected at least one row of " +
-                      std::to_string(vocab));
+        detail::check_logits_shape(dl, 0, vocab, "batched_speculative_decoder: the draft's forward_batch, for a block,");
         s.spec.draft_fed = first ? s.spec.s_old : s.spec.draft_fed + 1;
         ++s.spec.step_draft_forwards;
         s.spec.step_draft_seconds += seconds;
@@ -579,10 +573,8 @@ class batched_speculative_decoder
         seq_state& s = *verifying_[i];
         const logits_block tl = out.block(i);
         s.spec.record_verify_forward(s.result.stats, seconds);
-        if (tl.rows != s.spec.block.size() || tl.vocab != vocab)
-          throw error("batched_speculative_decoder: the target's forward_batch returned " + std::to_string(tl.rows) +
-                      " rows of " + std::to_string(tl.vocab) + " for a block; expected " +
-                      std::to_string(s.spec.block.size()) + " rows of " + std::to_string(vocab));
+        detail::check_logits_shape(tl, s.spec.block.size(), vocab,
+                                   "batched_speculative_decoder: the target's forward_batch, for a block,");
         s.spec.verify_and_commit(
             tl, vocab, params_, s.rng, s.result.stats, seconds, "batched_speculative_decoder", s.seq, s,
             [&](std::size_t keep) { target_.truncate(s.target_sid, keep); },

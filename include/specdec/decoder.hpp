@@ -304,10 +304,7 @@ class speculative_decoder {
           dl = detail::feed_block(draft_, seq_, spec_.draft_fed, spec_.s_old);
         }
         ++spec_.step_draft_forwards;
-        if (dl.rows == 0 || dl.vocab != vocab)
-          throw error("speculative_decoder: the draft's forward returned " + std::to_string(dl.rows) +
-                      " rows of " + std::to_string(dl.vocab) + " logits; expected at least one row of " +
-                      std::to_string(vocab));
+        detail::check_logits_shape(dl, 0, vocab, "speculative_decoder: the draft's forward");
         while (spec_.on_draft_row(dl.row(dl.rows - 1), vocab, params_, rng_, opts.stop_at_eos, st)) {
           {
             scoped_timer t(spec_.step_draft_seconds);
@@ -331,10 +328,7 @@ class speculative_decoder {
         tl = target_.forward(block);
       }
       spec_.record_verify_forward(st, step_target_seconds);
-      if (tl.rows != block.size() || tl.vocab != vocab)
-        throw error("speculative_decoder: the target's forward returned " + std::to_string(tl.rows) +
-                    " rows of " + std::to_string(tl.vocab) + " logits; expected " +
-                    std::to_string(block.size()) + " rows of " + std::to_string(vocab));
+      detail::check_logits_shape(tl, block.size(), vocab, "speculative_decoder: the target's forward");
 
       // ---- 3. commit ----
       spec_.verify_and_commit(

@@ -32,6 +32,16 @@ inline void ensure_rows(std::vector<float>& buf, std::size_t rows, std::size_t v
   if (buf.size() < rows * vocab) buf.resize(std::max(rows * vocab, 2 * buf.size()));
 }
 
+/// Throws `error` unless the logits `l` that `what` returned (e.g. "speculative_decoder:
+/// the target's forward") have `vocab` columns and exactly `rows` rows, or with
+/// `rows == 0`, at least one row: the decoders' one check of a model's answer.
+inline void check_logits_shape(const logits_block& l, std::size_t rows, std::size_t vocab, const char* what) {
+  if (l.vocab == vocab && (rows == 0 ? l.rows > 0 : l.rows == rows)) return;
+  throw error(std::string(what) + " returned " + std::to_string(l.rows) + " rows of " + std::to_string(l.vocab) +
+              " logits; expected " + (rows == 0 ? std::string("at least one row") : std::to_string(rows) + " rows") +
+              " of " + std::to_string(vocab));
+}
+
 /// Fills `probs` with the processed distribution of `logits`, then picks the token: the
 /// first maximal logit when greedy (no randomness consumed), else one draw from `probs`
 /// with `rng.uniform()`.
