@@ -174,6 +174,8 @@ TYPED_TEST(decoder_pairs, greedy_output_equals_target_autoregressive) {
   expect_greedy_equals_target(this->pair, max_prob(0.6f, 8), specdec::greedy_match{}, "max_prob + greedy_match");
   expect_greedy_equals_target(this->pair, max_prob(0.9f, 16), specdec::rejection_sampling{},
                               "max_prob + rejection_sampling");
+  expect_greedy_equals_target(this->pair, specdec::confidence_stop{.min_confidence = 0.5f, .max_draft = 6},
+                              specdec::greedy_match{}, "confidence_stop + greedy_match");
 }
 
 TYPED_TEST(decoder_pairs, bild_limits) {
@@ -527,6 +529,7 @@ TEST(sampled_exactness, exact_with_discarding_and_adaptive_fallbacks) {
     }
   };
   check(max_prob(0.5f, 3), "max_prob_fallback", true);
+  check(specdec::confidence_stop{.min_confidence = 0.5f, .max_draft = 3}, "confidence_stop", false);
   check(specdec::adaptive_gamma{.initial = 1, .min_gamma = 1, .max_gamma = 3}, "adaptive_gamma", false);
 }
 

@@ -47,6 +47,7 @@ struct minimal_policy {
 static_assert(specdec::fallback_policy<specdec::fixed_gamma>);
 static_assert(specdec::fallback_policy<specdec::max_prob_fallback>);
 static_assert(specdec::fallback_policy<specdec::entropy_fallback>);
+static_assert(specdec::fallback_policy<specdec::confidence_stop>);
 static_assert(specdec::fallback_policy<specdec::adaptive_gamma>);
 static_assert(specdec::fallback_policy<specdec::expected_speedup_gamma>);
 static_assert(specdec::fallback_policy<minimal_policy>);
@@ -98,6 +99,17 @@ struct fallback_traits<max_prob_fallback> : default_fallback_traits<max_prob_fal
   }
 };
 template <>
+struct fallback_traits<confidence_stop> : default_fallback_traits<confidence_stop> {
+  static constexpr std::size_t cap = 8;
+  static std::vector<std::pair<confidence_stop, std::string>> bad_knobs() {
+    constexpr float nan_f = std::numeric_limits<float>::quiet_NaN();
+    return {{{.min_confidence = nan_f}, "min_confidence"},
+            {{.min_confidence = -0.1f}, "min_confidence"},
+            {{.min_confidence = 1.5f}, "min_confidence"},
+            {{.min_confidence = 0.5f, .max_draft = 0}, "max_draft"}};
+  }
+};
+template <>
 struct fallback_traits<entropy_fallback> : default_fallback_traits<entropy_fallback> {
   static constexpr std::size_t cap = 10;
   static std::vector<std::pair<entropy_fallback, std::string>> bad_knobs() {
@@ -139,7 +151,7 @@ struct fallback_traits<expected_speedup_gamma> : default_fallback_traits<expecte
 }  // namespace specdec::testing
 
 SPECDEC_FALLBACK_CONTRACT_TESTS(shipped, specdec::fixed_gamma, specdec::max_prob_fallback,
-                                specdec::entropy_fallback, specdec::adaptive_gamma,
+                                specdec::confidence_stop, specdec::entropy_fallback, specdec::adaptive_gamma,
                                 specdec::expected_speedup_gamma);
 
 namespace {
@@ -193,6 +205,38 @@ TEST(max_prob_fallback, extreme_alphas_and_no_cap) {
   EXPECT_EQ(always.decide({0, std::vector<float>{0.999f, 0.001f}, 0}), draft_action::discard_and_stop);
   EXPECT_EQ(always.decide({0, one_hot(4, 2), 2}), draft_action::keep_and_continue);
   EXPECT_THROW((void)always.decide({0, std::span<const float>{}, 0}), specdec::invalid_argument);
+}
+
+// ---- confidence_stop --------------------------------------------------------------------
+
+TEST(confidence_stop, keeps_the_unconfident_token_and_stops_after_it) {
+  specdec::confidence_stop policy{.min_confidence = 0.6f, .max_draft = 5};
+  const std::vector<float> unsure{0.5f, 0.3f, 0.2f};    // max 0.5 < 0.6
+  const std::vector<float> sure{0.7f, 0.2f, 0.1f};      // max 0.7 >= 0.6
+  const std::vector<float> boundary{0.6f, 0.4f, 0.0f};  // max == threshold: not below
+  // Never discards: an unconfident token is kept, and ends the block.
+  for (std::size_t pos : {0u, 2u, 4u}) EXPECT_EQ(policy.decide({pos, unsure, 1}), draft_action::keep_and_stop) << pos;
+  EXPECT_EQ(policy.decide({0, sure, 0}), draft_action::keep_and_continue);
+  EXPECT_EQ(policy.decide({3, sure, 0}), draft_action::keep_and_continue);
+  EXPECT_EQ(policy.decide({4, sure, 0}), draft_action::keep_and_stop);  // 5th token: the cap
+  EXPECT_EQ(policy.decide({1, boundary, 0}), draft_action::keep_and_continue);
+  // sure, sure, unsure: a block of three kept tokens.
+  std::size_t kept = 0;
+  for (const auto* q : {&sure, &sure, &unsure, &sure}) {
+    const auto a = policy.decide({kept, *q, 0});
+    ++kept;
+    if (a != draft_action::keep_and_continue) break;
+  }
+  EXPECT_EQ(kept, 3u);
+  EXPECT_THROW((void)policy.decide({0, std::span<const float>{}, 0}), specdec::invalid_argument);
+}
+
+TEST(confidence_stop, threshold_zero_is_fixed_gamma_of_max_draft) {
+  specdec::confidence_stop policy{.min_confidence = 0.0f, .max_draft = 3};
+  specdec::fixed_gamma gamma3{.gamma = 3};
+  std::mt19937_64 rng(11);
+  const std::vector<std::vector<float>> qs{uniform(50), one_hot(7, 3), random_distribution(rng, 20)};
+  for (const auto& q : qs) EXPECT_EQ(run_block(policy, q), run_block(gamma3, q));
 }
 
 // ---- entropy_fallback -------------------------------------------------------------------

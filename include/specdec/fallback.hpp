@@ -13,6 +13,7 @@
 /// |--------------------------|------------------------------------------------------------|
 /// | `fixed_gamma`            | gamma = 4                                                  |
 /// | `max_prob_fallback`      | alpha_fb = 0.6, max_draft = 10 (BiLD)                      |
+/// | `confidence_stop`        | min_confidence = 0.4, max_draft = 8 (lossless early stop)  |
 /// | `entropy_fallback`       | max_entropy = 1.5 nats, max_draft = 10                     |
 /// | `adaptive_gamma`         | initial = 4, min_gamma = 1, max_gamma = 16                 |
 /// | `expected_speedup_gamma` | max_gamma = 16, prior_acceptance = 0.7, prior_strength =   |
@@ -213,6 +214,38 @@ struct max_prob_fallback {
     if (*std::ranges::max_element(s.q) < alpha_fb) return draft_action::discard_and_stop;
     return detail::fallback_impl::at_cap(s.position, max_draft) ? draft_action::keep_and_stop
                                                                 : draft_action::keep_and_continue;
+  }
+  void observe(const step_outcome&) noexcept {}
+  void reset() noexcept {}
+};
+
+/// Lossless early stopping on draft confidence (like the assistant confidence threshold of
+/// Hugging Face's assisted generation): keep every drafted token, but stop drafting after
+/// a token whose top probability max_y q(y) is below `min_confidence`, or after
+/// `max_draft` tokens. Unlike `max_prob_fallback` the unconfident token is not thrown
+/// away: its draft forward is already paid for, and verifying one more row costs the
+/// target little. What it saves is the draft forwards after it, which would most likely
+/// be rejected. The output distribution is the rollback policy's business, so with
+/// `greedy_match` or `rejection_sampling` the output stays exactly the target's.
+///
+/// ```cpp
+/// specdec::confidence_stop policy{.min_confidence = 0.5f, .max_draft = 8};
+/// policy.validate();
+/// ```
+struct confidence_stop {
+  float min_confidence = 0.4f;  ///< stop after a token with max_y q(y) < this; in [0, 1]
+  std::size_t max_draft = 8;    ///< stop after this many tokens; >= 1
+
+  void validate() const {
+    detail::fallback_impl::check_range("confidence_stop", "min_confidence", min_confidence, 0.0, 1.0,
+                                       "in [0, 1]");
+    if (max_draft == 0) detail::fallback_impl::fail("confidence_stop", "max_draft", "0", ">= 1");
+  }
+  [[nodiscard]] draft_action decide(const draft_step& s) const {
+    if (s.q.empty()) throw invalid_argument("confidence_stop::decide: empty distribution q");
+    if (s.position + 1 >= max_draft || *std::ranges::max_element(s.q) < min_confidence)
+      return draft_action::keep_and_stop;
+    return draft_action::keep_and_continue;
   }
   void observe(const step_outcome&) noexcept {}
   void reset() noexcept {}
