@@ -2,7 +2,7 @@
 //
 // For a fixed prompt set it runs, for every model pair and thread count requested,
 // autoregressive decoding of the target (the baseline), speculative decoding (greedy
-// with a gamma sweep, sampled, adaptive gamma) and BiLD over a sweep of thresholds, all
+// with a gamma sweep, confidence_stop, sampled, adaptive gamma) and BiLD over a sweep of thresholds, all
 // in one process, each run paired prompt by prompt with a baseline run right before it
 // (min over --repeats of both: the machine may be shared), and writes one JSON document and (with --csv) one CSV row per run:
 // tokens/s, speedup over the baseline, acceptance, the speedup the analytic formula
@@ -20,7 +20,12 @@
 //                 [--self-draft-format q8_0] [--draft models/kjv-little.bin]
 //                 [--target models/kjv-big.bin] [--tokenizer models/kjv2k-tokenizer.bin]
 //                 [--tokens 96] [--repeats 3] [--prompts models/kjv_val_openings.tsv]
+//                 [--gammas 1,2,3,4,5,6,8,10] [--confidences 0.3,0.5] [--max-draft 8]
 //                 [--quick] [--no-bild] [--json out.json] [--csv out.csv]
+//
+// --confidences: the thresholds of the lossless `confidence_stop` runs (empty list = none).
+// The table on stderr also gives the mean in-loop milliseconds per draft and per target
+// call (from the telemetry), next to the isolated costs printed above it.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -64,6 +69,9 @@ struct bench_options {
   std::size_t tokens = 96;
   int repeats = 3;
   bool quick = false;
+  std::vector<std::size_t> gammas;  // fixed-gamma sweep; empty = the default sweep
+  std::vector<float> confidences{0.3f, 0.5f};  // confidence_stop sweep
+  std::size_t max_draft = 8;                    // confidence_stop's cap
 };
 
 struct run_record {
@@ -259,13 +267,22 @@ pair_result run_pair(const bench_options& o, const std::string& pair, std::size_
   runs.push_back(measure("ar", "greedy", encoded, o.repeats, base_greedy, base_greedy));
   runs.push_back(measure("ar", "temperature=1", encoded, o.repeats, base_sampled, base_sampled));
 
-  std::vector<std::size_t> gammas =
-      o.quick ? std::vector<std::size_t>{4} : std::vector<std::size_t>{1, 2, 3, 4, 5, 6, 8, 10};
+  std::vector<std::size_t> gammas = !o.gammas.empty() ? o.gammas
+                                     : o.quick         ? std::vector<std::size_t>{4}
+                                                       : std::vector<std::size_t>{1, 2, 3, 4, 5, 6, 8, 10};
   for (std::size_t g : gammas) {
     specdec::speculative_decoder dec(draft, target, specdec::fixed_gamma{.gamma = g}, specdec::greedy_match{}, greedy, 1);
     runs.push_back(measure("sd", "greedy gamma=" + std::to_string(g), encoded, o.repeats,
                            [&](const auto& p) { return dec.generate(p, gen); }, base_greedy));
     runs.back().gamma = g;
+  }
+  for (float conf : o.confidences) {
+    const specdec::confidence_stop stop{.min_confidence = conf, .max_draft = o.max_draft};
+    specdec::speculative_decoder dec(draft, target, stop, specdec::greedy_match{}, greedy, 1);
+    std::ostringstream name;
+    name << "greedy confidence_stop(" << conf << ", max " << o.max_draft << ")";
+    runs.push_back(measure("sd", name.str(), encoded, o.repeats, [&](const auto& p) { return dec.generate(p, gen); },
+                           base_greedy));
   }
   {
     specdec::speculative_decoder dec(draft, target, specdec::fixed_gamma{.gamma = 4}, specdec::rejection_sampling{},
@@ -310,15 +327,39 @@ pair_result run_pair(const bench_options& o, const std::string& pair, std::size_
   return pr;
 }
 
-std::vector<std::size_t> parse_threads(const std::string& s) {
+// A comma-separated list of counts for `option` (--threads 1,2; --gammas 3,4,5).
+std::vector<std::size_t> parse_counts(const std::string& option, const std::string& s) {
   std::vector<std::size_t> out;
   for (const auto& item : split_list(s)) {
     std::size_t pos = 0;
-    const unsigned long v = std::stoul(item, &pos);
-    if (pos != item.size()) throw specdec::invalid_argument("--threads: '" + item + "' is not a number");
+    unsigned long v = 0;
+    try {
+      v = std::stoul(item, &pos);
+    } catch (const std::exception&) {
+      pos = 0;
+    }
+    if (pos == 0 || pos != item.size()) throw specdec::invalid_argument(option + ": '" + item + "' is not a number");
     out.push_back(v);
   }
-  if (out.empty()) throw specdec::invalid_argument("--threads: expected a comma-separated list of thread counts");
+  if (out.empty()) throw specdec::invalid_argument(option + ": expected a comma-separated list of numbers");
+  return out;
+}
+
+// A comma-separated list of numbers in [0, 1] for `option` (--confidences 0.3,0.5).
+std::vector<float> parse_fractions(const std::string& option, const std::string& s) {
+  std::vector<float> out;
+  for (const auto& item : split_list(s)) {
+    std::size_t pos = 0;
+    float v = 0;
+    try {
+      v = std::stof(item, &pos);
+    } catch (const std::exception&) {
+      pos = 0;
+    }
+    if (pos == 0 || pos != item.size() || !(v >= 0.0f && v <= 1.0f))
+      throw specdec::invalid_argument(option + ": '" + item + "' is not a number in [0, 1]");
+    out.push_back(v);
+  }
   return out;
 }
 
@@ -340,7 +381,10 @@ int main(int argc, char** argv) try {
     else if (a == "--prompts") o.prompts = next();
     else if (a == "--tokens") o.tokens = std::stoul(next());
     else if (a == "--repeats") o.repeats = std::stoi(next());
-    else if (a == "--threads") o.threads = parse_threads(next());
+    else if (a == "--threads") o.threads = parse_counts("--threads", next());
+    else if (a == "--gammas") o.gammas = parse_counts("--gammas", next());
+    else if (a == "--confidences") o.confidences = parse_fractions("--confidences", next());
+    else if (a == "--max-draft") o.max_draft = std::stoul(next());
     else if (a == "--format") o.format = specdec::cpu::parse_weight_format(next());
     else if (a == "--draft-format") o.draft_format = specdec::cpu::parse_weight_format(next());
     else if (a == "--self-draft-format") o.self_draft_format = specdec::cpu::parse_weight_format(next());
@@ -387,8 +431,9 @@ int main(int argc, char** argv) try {
     json << "],\n   \"runs\": [\n";
     std::fprintf(stderr, "\n== pair %s: %s %s -> %s %s, %zu threads ==\n", pr.pair.c_str(), pr.draft_path.c_str(),
                  pr.draft_format.c_str(), pr.target_path.c_str(), pr.target_format.c_str(), pr.threads);
-    std::fprintf(stderr, "%-6s %-36s %8s %7s %7s %8s %7s %7s %7s %6s %5s %6s %7s\n", "method", "config", "tok/s",
-                 "speedup", "accept", "tok/call", "formula", "refined", "ach/ref", "ovhd%", "same", "agree", "ppl");
+    std::fprintf(stderr, "%-6s %-36s %8s %7s %7s %8s %7s %7s %7s %6s %7s %7s %5s %6s %7s\n", "method", "config",
+                 "tok/s", "speedup", "accept", "tok/call", "formula", "refined", "ach/ref", "ovhd%", "draft", "target",
+                 "same", "agree", "ppl");
     for (std::size_t i = 0; i < pr.runs.size(); ++i) {
       const run_record& r = pr.runs[i];
       const bool is_sampled = r.config.find("temperature=1") != std::string::npos;
@@ -407,10 +452,13 @@ int main(int argc, char** argv) try {
       const double overhead = r.stats.total_seconds > 0 ? r.stats.policy_seconds / r.stats.total_seconds : 0;
       const bool identical = !is_sampled && r.outputs == pr.runs[0].outputs;
       const double agree = agreement(r.outputs, pr.runs[0].outputs);
-      std::fprintf(stderr, "%-6s %-36s %8.1f %7.2f %7.3f %8.2f %7.2f %7.2f %7.2f %6.2f %5s %6.3f %7.2f\n",
+      // Mean in-loop milliseconds per draft call and per target call (all repeats).
+      const double draft_ms = r.stats.draft_calls ? 1e3 * r.stats.draft_seconds / double(r.stats.draft_calls) : 0;
+      const double target_ms = r.stats.target_calls ? 1e3 * r.stats.target_seconds / double(r.stats.target_calls) : 0;
+      std::fprintf(stderr, "%-6s %-36s %8.1f %7.2f %7.3f %8.2f %7.2f %7.2f %7.2f %6.2f %7.3f %7.3f %5s %6.3f %7.2f\n",
                    r.method.c_str(), r.config.c_str(), tps, speedup, a, per_call, predicted, refined,
-                   refined > 0 ? speedup / refined : 0, 100 * overhead, is_sampled ? "-" : (identical ? "yes" : "no"),
-                   agree, r.ppl);
+                   refined > 0 ? speedup / refined : 0, 100 * overhead, draft_ms, target_ms,
+                   is_sampled ? "-" : (identical ? "yes" : "no"), agree, r.ppl);
       json << "    {\"method\": \"" << r.method << "\", \"config\": \"" << r.config << "\", \"tokens\": " << r.tokens
            << ", \"seconds\": " << r.seconds << ", \"tokens_per_second\": " << tps << ", \"speedup\": " << speedup
            << ", \"per_token_acceptance\": " << a << ", \"mean_draft_length\": " << mean_gamma
