@@ -33,6 +33,7 @@
 #include <fstream>
 #include <functional>
 #include <iostream>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -72,6 +73,7 @@ struct bench_options {
   std::vector<std::size_t> gammas;  // fixed-gamma sweep; empty = the default sweep
   std::vector<float> confidences{0.3f, 0.5f};  // confidence_stop sweep
   std::size_t max_draft = 8;                    // confidence_stop's cap
+  std::optional<std::size_t> draft_threads;     // unset = the target's thread count
 };
 
 struct run_record {
@@ -236,7 +238,7 @@ pair_result run_pair(const bench_options& o, const std::string& pair, std::size_
   auto draft_ck = self ? target_ck
                        : std::make_shared<const specdec::cpu::checkpoint>(specdec::cpu::load_checkpoint(o.draft));
   transformer target(target_ck, {.threads = threads, .format = o.format});
-  transformer draft(draft_ck, {.threads = threads, .format = df});
+  transformer draft(draft_ck, {.threads = o.draft_threads.value_or(threads), .format = df});
   pr.draft_path = self ? o.target : o.draft;
   pr.target_path = o.target;
   pr.draft_format = std::string(specdec::cpu::to_string(df));
@@ -385,6 +387,7 @@ int main(int argc, char** argv) try {
     else if (a == "--gammas") o.gammas = parse_counts("--gammas", next());
     else if (a == "--confidences") o.confidences = parse_fractions("--confidences", next());
     else if (a == "--max-draft") o.max_draft = std::stoul(next());
+    else if (a == "--draft-threads") o.draft_threads = std::stoul(next());
     else if (a == "--format") o.format = specdec::cpu::parse_weight_format(next());
     else if (a == "--draft-format") o.draft_format = specdec::cpu::parse_weight_format(next());
     else if (a == "--self-draft-format") o.self_draft_format = specdec::cpu::parse_weight_format(next());
