@@ -532,6 +532,38 @@ TEST(transformer_threads, default_uses_all_cores_and_models_share_one_pool) {
   EXPECT_EQ(a.options().format, weight_format::fp32);
 }
 
+// Grouped-query attention reads each value row once for all heads of a KV group. Grouping
+// must change no bit: every head's outputs equal the one-head kernel's, for any group size
+// (1..4 use one register tile, 5 and 7 split into 4 + 1 and 4 + 3) and widths that
+// exercise the 64-wide, 16-wide and scalar paths; and they are the weighted sums (checked
+// against a double-precision sum, since whether the vector path fuses its multiply-adds
+// depends on the optimisation level).
+TEST(kernels, grouped_weighted_value_sums_equal_one_head_sums_bit_for_bit) {
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  const std::size_t count = 37, ldv = 160, lda = 41;
+  std::vector<float> v(count * ldv), a(7 * lda);
+  for (float& x : v) x = u(rng);
+  for (float& x : a) x = u(rng);
+  for (std::size_t heads : {1u, 2u, 3u, 4u, 5u, 7u}) {
+    for (std::size_t n : {64u, 16u, 5u, 64u + 16u + 3u, 150u}) {
+      const std::size_t ldo = n + 2;
+      std::vector<float> out(heads * ldo, -1.0f), one(n);
+      specdec::cpu::detail::weighted_rows_sum_heads(heads, a.data(), lda, count, v.data(), ldv, out.data(), ldo, n);
+      for (std::size_t m = 0; m < heads; ++m) {
+        specdec::cpu::detail::weighted_rows_sum(a.data() + m * lda, count, v.data(), ldv, one.data(), n);
+        for (std::size_t i = 0; i < n; ++i) {
+          ASSERT_EQ(out[m * ldo + i], one[i]) << "heads " << heads << " n " << n << " head " << m << " i " << i;
+          double want = 0.0;
+          for (std::size_t p = 0; p < count; ++p) want += double(a[m * lda + p]) * double(v[p * ldv + i]);
+          ASSERT_NEAR(out[m * ldo + i], want, 1e-5) << "heads " << heads << " n " << n << " head " << m;
+        }
+        EXPECT_EQ(out[m * ldo + n], -1.0f) << "wrote past the head's n outputs";
+      }
+    }
+  }
+}
+
 TEST(weight_formats, conversions_round_to_nearest_even_and_widen_exactly) {
   using namespace specdec::cpu::detail;
   // bf16: 1 + 2^-8 is a tie between 1 and 1 + 2^-7 -> even (1); just above rounds up.

@@ -74,7 +74,10 @@ class llama_engine {
     classifier_ = weight_matrix(ck_->classifier(), vocab_size(), dim, f);
     pool_ = shared_pool(options.threads);
     options_.threads = pool_->size();
-    att_.resize(static_cast<std::size_t>(c.seq_len) * pool_->size());
+    // Attention scratch: per thread, one row of seq_len scores for each query head of a
+    // KV group.
+    att_.resize(static_cast<std::size_t>(c.seq_len) * static_cast<std::size_t>(c.n_heads / c.n_kv_heads) *
+                pool_->size());
     // RoPE angles depend only on (position, pair): tabulate them once instead of per
     // token, layer and head (same float computation, so the same values as run.c's).
     const std::size_t half = static_cast<std::size_t>(c.head_size() / 2);
@@ -137,6 +140,7 @@ class llama_engine {
     const std::size_t hs = static_cast<std::size_t>(c.head_size());
     const std::size_t n_heads = static_cast<std::size_t>(c.n_heads);
     const std::size_t kv_mul = static_cast<std::size_t>(c.n_heads / c.n_kv_heads);
+    const std::size_t n_kv_heads = static_cast<std::size_t>(c.n_kv_heads);
     const std::size_t vocab = vocab_size();
     const std::size_t seq = context_length();
     const float att_scale = std::sqrt(static_cast<float>(hs));
@@ -165,25 +169,30 @@ class llama_engine {
         std::copy(key, key + kvd, rows[t].cache->key(ul, rows[t].pos));
         std::copy(v_.data() + t * kvd, v_.data() + (t + 1) * kvd, rows[t].cache->value(ul, rows[t].pos));
       }
-      // Causal attention, one row and head at a time: row t sees positions 0..pos of its
-      // own cache. Heads are split across threads; each (row, head) is computed by one
-      // thread in the same order whatever the split.
+      // Causal attention: row t sees positions 0..pos of its own cache. The kv_mul query
+      // heads sharing a KV head are computed together, so each key and value row is read
+      // once for all of them: their scores are one small matmul (keys as the weight rows,
+      // the group's queries as its tokens) and their weighted value sums one pass. Work
+      // is split across threads by (row, KV head) pairs; each pair is computed by one
+      // thread in the same order whatever the split, and grouping changes no result.
       parallel(n_heads * att_len * hs * 2, [&](std::size_t part, std::size_t parts) {
-        std::size_t h0, h1;
-        split_range(n_heads, part, parts, 1, h0, h1);
-        float* att = att_.data() + part * seq;
-        for (std::size_t t = 0; t < k; ++t) {
+        std::size_t i0, i1;
+        split_range(k * n_kv_heads, part, parts, 1, i0, i1);
+        float* att = att_.data() + part * kv_mul * seq;  // kv_mul rows of seq scores
+        for (std::size_t i = i0; i < i1; ++i) {
+          const std::size_t t = i / n_kv_heads, g = i % n_kv_heads;
           const kv_cache& cache = *rows[t].cache;
           const std::size_t pos = rows[t].pos;
-          for (std::size_t h = h0; h < h1; ++h) {
-            const float* q = q_.data() + t * dim + h * hs;
-            const std::size_t kv_off = (h / kv_mul) * hs;
-            // att[p] = q . key[p]: the keys are the "weight rows" (stride kv_dim).
-            matmul(cache.key(ul, 0) + kv_off, pos + 1, hs, kvd, q, 1, hs, att, 1);
-            for (std::size_t p = 0; p <= pos; ++p) att[p] /= att_scale;
-            softmax(att, pos + 1);
-            weighted_rows_sum(att, pos + 1, cache.value(ul, 0) + kv_off, kvd, xb_.data() + t * dim + h * hs, hs);
+          const std::size_t kv_off = g * hs;
+          const std::size_t head_off = t * dim + g * kv_mul * hs;  // the group's first head
+          matmul(cache.key(ul, 0) + kv_off, pos + 1, hs, kvd, q_.data() + head_off, kv_mul, hs, att, seq);
+          for (std::size_t m = 0; m < kv_mul; ++m) {
+            float* a = att + m * seq;
+            for (std::size_t p = 0; p <= pos; ++p) a[p] /= att_scale;
+            softmax(a, pos + 1);
           }
+          weighted_rows_sum_heads(kv_mul, att, seq, pos + 1, cache.value(ul, 0) + kv_off, kvd,
+                                  xb_.data() + head_off, hs, hs);
         }
       });
       parallel(k * dim * dim, [&](std::size_t part, std::size_t parts) {

@@ -333,41 +333,79 @@ inline void matmul(const float* w, std::size_t rows, std::size_t n, std::size_t 
   matmul_rows(f32_rows{w, ldw}, rows, n, x, k, ldx, y, ldy);
 }
 
-/// out[i] = sum over p < count of a[p] * v_p[i] for i < n, where v_p = v + p * ldv: the
-/// attention-weighted sum of value rows. Each element is one multiply-add chain in p
-/// order starting from 0 (as the scalar loop `out[i] = fmadd(a[p], v_p[i], out[i])`
-/// computes it), kept in registers for up to 64 elements at a time instead of being
-/// stored and reloaded per p.
-inline void weighted_rows_sum(const float* a, std::size_t count, const float* v, std::size_t ldv, float* out,
-                              std::size_t n) noexcept {
+/// out_m[i] = sum over p < count of a_m[p] * v_p[i] for i < n and each of M weight vectors
+/// a_m = a + m * lda (output out_m = out + m * ldo), where v_p = v + p * ldv: the
+/// attention-weighted sums of value rows for M query heads sharing one KV head (grouped-
+/// query attention), so each value row is loaded once for all M heads. Each element is
+/// one multiply-add chain in p order starting from 0 (as the scalar loop
+/// `out[i] = fmadd(a[p], v_p[i], out[i])` computes it), whatever M: grouping changes no
+/// result. Up to 64 elements per head stay in registers instead of being stored and
+/// reloaded per p.
+template <int M>
+inline void weighted_rows_sum_group(const float* a, std::size_t lda, std::size_t count, const float* v,
+                                    std::size_t ldv, float* out, std::size_t ldo, std::size_t n) noexcept {
+  static_assert(M >= 1 && M * 4 + 4 + M <= 32, "weighted_rows_sum_group: M heads x 4 chunks must fit the registers");
   std::size_t i = 0;
   for (; i + 4 * lanes <= n; i += 4 * lanes) {
-    v16 acc[4] = {v16{}, v16{}, v16{}, v16{}};
+    v16 acc[M][4];
+    for (int m = 0; m < M; ++m)
+      for (int c = 0; c < 4; ++c) acc[m][c] = v16{};
     for (std::size_t p = 0; p < count; ++p) {
-      const float ap = a[p];
       const float* vp = v + p * ldv + i;
+      v16 vv[4];
       for (int c = 0; c < 4; ++c) {
-        v16 vv;
-        load16(vv, vp + c * lanes);
-        acc[c] += ap * vv;
+        load16(vv[c], vp + c * lanes);
+        pin_register(vv[c]);
+      }
+      for (int m = 0; m < M; ++m) {
+        const float ap = a[static_cast<std::size_t>(m) * lda + p];
+        for (int c = 0; c < 4; ++c) acc[m][c] += ap * vv[c];
       }
     }
-    for (int c = 0; c < 4; ++c) __builtin_memcpy(out + i + c * lanes, &acc[c], sizeof(v16));
+    for (int m = 0; m < M; ++m)
+      for (int c = 0; c < 4; ++c)
+        __builtin_memcpy(out + static_cast<std::size_t>(m) * ldo + i + c * lanes, &acc[m][c], sizeof(v16));
   }
   for (; i + lanes <= n; i += lanes) {
-    v16 acc{};
-    for (std::size_t p = 0; p < count; ++p) {
-      v16 vv;
-      load16(vv, v + p * ldv + i);
-      acc += a[p] * vv;
+    for (int m = 0; m < M; ++m) {
+      const float* am = a + static_cast<std::size_t>(m) * lda;
+      v16 acc{};
+      for (std::size_t p = 0; p < count; ++p) {
+        v16 vv;
+        load16(vv, v + p * ldv + i);
+        acc += am[p] * vv;
+      }
+      __builtin_memcpy(out + static_cast<std::size_t>(m) * ldo + i, &acc, sizeof(v16));
     }
-    __builtin_memcpy(out + i, &acc, sizeof(v16));
   }
   for (; i < n; ++i) {
-    float acc = 0.0f;
-    for (std::size_t p = 0; p < count; ++p) acc = fmadd(a[p], v[p * ldv + i], acc);
-    out[i] = acc;
+    for (int m = 0; m < M; ++m) {
+      const float* am = a + static_cast<std::size_t>(m) * lda;
+      float acc = 0.0f;
+      for (std::size_t p = 0; p < count; ++p) acc = fmadd(am[p], v[p * ldv + i], acc);
+      out[static_cast<std::size_t>(m) * ldo + i] = acc;
+    }
   }
+}
+
+/// weighted_rows_sum_group for a runtime number of heads `heads`: groups of up to 4.
+inline void weighted_rows_sum_heads(std::size_t heads, const float* a, std::size_t lda, std::size_t count,
+                                    const float* v, std::size_t ldv, float* out, std::size_t ldo,
+                                    std::size_t n) noexcept {
+  std::size_t h = 0;
+  for (; h + 4 <= heads; h += 4) weighted_rows_sum_group<4>(a + h * lda, lda, count, v, ldv, out + h * ldo, ldo, n);
+  switch (heads - h) {
+    case 3: weighted_rows_sum_group<3>(a + h * lda, lda, count, v, ldv, out + h * ldo, ldo, n); break;
+    case 2: weighted_rows_sum_group<2>(a + h * lda, lda, count, v, ldv, out + h * ldo, ldo, n); break;
+    case 1: weighted_rows_sum_group<1>(a + h * lda, lda, count, v, ldv, out + h * ldo, ldo, n); break;
+    default: break;
+  }
+}
+
+/// The attention-weighted sum of value rows for one head (see weighted_rows_sum_group).
+inline void weighted_rows_sum(const float* a, std::size_t count, const float* v, std::size_t ldv, float* out,
+                              std::size_t n) noexcept {
+  weighted_rows_sum_group<1>(a, 0, count, v, ldv, out, 0, n);
 }
 
 /// Inverse RMS of x as llama2.c computes it: 1 / sqrt(mean(x^2) + 1e-5), with the sum of
