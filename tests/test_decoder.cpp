@@ -827,6 +827,37 @@ TEST(decoder_policies, adaptive_policy_is_reset_and_output_repeatable) {
   EXPECT_NE(dec.generate(prompt, o).tokens, a.tokens);
 }
 
+// Under greedy decoding a policy is shown the draft's plain softmax (it carries the
+// confidence the one-hot q lacks), unless it declares `reads_confidence = false`: then
+// the decoder skips that softmax and shows the one-hot q. Both see the same tokens.
+template <bool Reads>
+struct q_recorder {
+  static constexpr bool reads_confidence = Reads;
+  std::vector<float>* max_q;  // max_y q(y) of every decision
+  specdec::draft_action decide(const specdec::draft_step& s) {
+    max_q->push_back(*std::ranges::max_element(s.q));
+    return s.position + 1 >= 3 ? specdec::draft_action::keep_and_stop : specdec::draft_action::keep_and_continue;
+  }
+  void observe(const specdec::step_outcome&) {}
+};
+static_assert(!specdec::reads_confidence_v<q_recorder<false>> && specdec::reads_confidence_v<q_recorder<true>>);
+
+TEST(decoder_policies, greedy_policies_see_the_softmax_unless_they_declare_they_never_read_it) {
+  markov_model t(markov_target_opts(8, 2, 9)), d(markov_draft_opts(8, 2, 9));
+  const std::vector<token_id> prompt{1};
+  const generation_options o{.max_new_tokens = 30, .stop_at_eos = false};
+  std::vector<float> soft, hard;
+  specdec::speculative_decoder reads(d, t, q_recorder<true>{&soft}, specdec::greedy_match{});
+  specdec::speculative_decoder blind(d, t, q_recorder<false>{&hard}, specdec::greedy_match{});
+  const auto a = reads.generate(prompt, o);
+  const auto b = blind.generate(prompt, o);
+  EXPECT_EQ(a.tokens, b.tokens);
+  ASSERT_EQ(soft.size(), hard.size());
+  ASSERT_FALSE(soft.empty());
+  for (float m : hard) EXPECT_EQ(m, 1.0f);  // one-hot
+  EXPECT_LT(*std::ranges::min_element(soft), 1.0f);  // a real distribution somewhere
+}
+
 TEST(decoder_policies, lossy_policies_run_sampled) {
   markov_model t(markov_target_opts(8, 2, 9)), d(markov_draft_opts(8, 2, 9));
   const std::vector<token_id> prompt{1};

@@ -61,6 +61,15 @@ static_assert(specdec::validatable_policy<specdec::expected_speedup_gamma> &&
               !specdec::validatable_policy<minimal_policy>);
 // Knobs stay designated-initialisable (aggregates), like sampling_params.
 static_assert(std::is_aggregate_v<specdec::adaptive_gamma>);
+// Position-only policies let greedy decoders skip the draft's softmax; policies that read
+// q, and policies that declare nothing, get it.
+static_assert(!specdec::reads_confidence_v<specdec::fixed_gamma>);
+static_assert(!specdec::reads_confidence_v<specdec::adaptive_gamma>);
+static_assert(!specdec::reads_confidence_v<specdec::expected_speedup_gamma>);
+static_assert(specdec::reads_confidence_v<specdec::max_prob_fallback>);
+static_assert(specdec::reads_confidence_v<specdec::confidence_stop>);
+static_assert(specdec::reads_confidence_v<specdec::entropy_fallback>);
+static_assert(specdec::reads_confidence_v<minimal_policy>);
 static_assert(std::is_aggregate_v<specdec::expected_speedup_gamma>);
 
 // ---- helpers (shared with the public contract suite) ----------------------------------------

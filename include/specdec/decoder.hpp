@@ -205,7 +205,9 @@ inline double decoder_seconds_since(decoder_clock::time_point t0) {
 /// present) at the start of every `generate`. `fallback.decide` sees, as `draft_step::q`,
 /// the distribution the token was drawn from when sampling; when greedy, that would be
 /// one-hot and say nothing about the draft's confidence, so the policy sees the draft's
-/// plain softmax (temperature 1) instead (BiLD's `max_prob_fallback` needs it). Rollback
+/// plain softmax (temperature 1) instead (BiLD's `max_prob_fallback` needs it), unless the
+/// policy declares `reads_confidence = false` (then the one-hot q; see
+/// `reads_confidence_v`). Rollback
 /// policies always get the one-hot q/p rows of greedy decoding in `verify_input`.
 ///
 /// Statistics: `draft_calls`/`target_calls` count forwards, `record_verification(k, a)`

@@ -95,6 +95,30 @@ concept has_draft_decision = requires(P& p, const draft_step& s) {
 template <class P>
 concept observes_outcomes = requires(P& p, const step_outcome& o) { p.observe(o); };
 
+/// Whether a policy looks at the draft distribution `q` of a `draft_step`. Under greedy
+/// decoding the decoders compute the draft's full softmax only to show it to the policy
+/// (the one-hot q carries no confidence); a policy whose decisions depend on the position
+/// alone declares `static constexpr bool reads_confidence = false;` and is shown the
+/// one-hot q instead, which saves a softmax over the vocabulary per drafted token. Policies
+/// that declare nothing are assumed to read q.
+///
+/// ```cpp
+/// struct every_other {  // decides by position only
+///   static constexpr bool reads_confidence = false;
+///   specdec::draft_action decide(const specdec::draft_step& s) const;
+///   void observe(const specdec::step_outcome&) {}
+/// };
+/// static_assert(!specdec::reads_confidence_v<every_other>);
+/// ```
+template <class P>
+inline constexpr bool reads_confidence_v = [] {
+  if constexpr (requires { P::reads_confidence; }) {
+    return static_cast<bool>(P::reads_confidence);
+  } else {
+    return true;
+  }
+}();
+
 /// A fallback policy: decides per draft token, and observes verification outcomes.
 /// See `fixed_gamma`, `max_prob_fallback` (BiLD), `entropy_fallback`,
 /// `adaptive_gamma`, `expected_speedup_gamma`.
@@ -176,6 +200,7 @@ inline void check_range(const char* policy, const char* knob, double v, double l
 /// policy.validate();
 /// ```
 struct fixed_gamma {
+  static constexpr bool reads_confidence = false;  ///< decides by position and outcomes only
   std::size_t gamma = 4;  ///< tokens drafted per step; >= 1
 
   void validate() const {
@@ -289,6 +314,7 @@ struct entropy_fallback {
 /// policy.observe({.proposed = 4, .accepted = 4});  // current_gamma() == 6
 /// ```
 struct adaptive_gamma {
+  static constexpr bool reads_confidence = false;  ///< decides by position and outcomes only
   std::size_t initial = 4;     ///< gamma of the first step; in [min_gamma, max_gamma]
   std::size_t min_gamma = 1;   ///< >= 1
   std::size_t max_gamma = 16;  ///< >= min_gamma
@@ -369,6 +395,7 @@ struct adaptive_gamma {
 /// double s = specdec::expected_speedup_gamma::expected_speedup(0.8, 4, 0.1);  // 2.401
 /// ```
 struct expected_speedup_gamma {
+  static constexpr bool reads_confidence = false;  ///< decides by position and outcomes only
   std::size_t max_gamma = 16;     ///< largest draft length considered; >= 1
   double prior_acceptance = 0.7;  ///< prior mean of a; in [0, 1]
   double prior_strength = 10;     ///< prior weight in pseudo-trials; finite, >= 0

@@ -113,10 +113,13 @@ struct speculation_state {
     std::span<const float> confidence = q_row;
     if (params.greedy()) {
       x = argmax(logits);
-      // The one-hot q carries no confidence: let the policy see the plain softmax.
-      conf.resize(vocab);
-      softmax(logits, conf);
-      confidence = conf;
+      // The one-hot q carries no confidence: let the policy see the plain softmax, unless
+      // it declared that it never looks (see reads_confidence_v).
+      if constexpr (reads_confidence_v<Fallback>) {
+        conf.resize(vocab);
+        softmax(logits, conf);
+        confidence = conf;
+      }
     } else {
       x = sample_from(q_row, rng.uniform());
     }
