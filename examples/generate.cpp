@@ -44,6 +44,11 @@ constexpr std::string_view usage = R"(usage: specdec-generate --model PATH --tok
   --fallback-threshold A      bild: fall back when the draft's max probability < A (default 0.6)
   --rollback-threshold A      bild: roll back where distance > A (default 5.0)
   --metric NAME               bild: distance metric (default ce)
+  --threads N                 threads of each model, 0 = all cores (default 0)
+  --format F                  target weights: fp32, bf16, fp16 or q8_0 (default fp32)
+  --draft-format F            draft weights, as --format (default fp32). The output of exact
+                              speculative decoding depends on the target only, so a smaller
+                              draft format is a free speed-up: bf16 is fastest on kjv-little
 )";
 
 struct cli_options {
@@ -54,7 +59,19 @@ struct cli_options {
   float fallback_threshold = 0.6f, rollback_threshold = 5.0f;
   specdec::sampling_params sampling{};
   std::uint64_t seed = 0;
+  std::size_t threads = 0;
+  specdec::cpu::weight_format format = specdec::cpu::weight_format::fp32;
+  specdec::cpu::weight_format draft_format = specdec::cpu::weight_format::fp32;
 };
+
+// A weight format for `flag`, or an error naming the flag.
+specdec::cpu::weight_format parse_format(std::string_view flag, std::string_view text) {
+  try {
+    return specdec::cpu::parse_weight_format(text);
+  } catch (const specdec::invalid_argument& e) {
+    throw specdec::invalid_argument(std::string(flag) + ": " + e.what());
+  }
+}
 
 template <class T>
 T parse_number(std::string_view flag, std::string_view text) {
@@ -94,6 +111,9 @@ cli_options parse(int argc, char** argv) {
     else if (a == "--top-p") o.sampling.top_p = parse_number<float>(a, value());
     else if (a == "--top-k") o.sampling.top_k = parse_number<int>(a, value());
     else if (a == "--seed") o.seed = parse_number<std::uint64_t>(a, value());
+    else if (a == "--threads") o.threads = parse_number<std::size_t>(a, value());
+    else if (a == "--format") o.format = parse_format(a, value());
+    else if (a == "--draft-format") o.draft_format = parse_format(a, value());
     else throw specdec::invalid_argument("unknown option '" + std::string(a) + "' (see --help)");
   }
   if (o.model.empty()) throw specdec::invalid_argument("--model: a checkpoint path is required");
@@ -128,7 +148,7 @@ specdec::generation_result run(Decoder& decoder, const specdec::cpu::tokenizer& 
 int main(int argc, char** argv) try {
   const cli_options o = parse(argc, argv);
   using specdec::cpu::transformer;
-  transformer target(o.model);
+  transformer target(o.model, {.threads = o.threads, .format = o.format});
   specdec::cpu::tokenizer tok(o.tokenizer, target.vocab_size());
   const std::vector<specdec::token_id> prompt = tok.encode(o.prompt, /*add_bos=*/true);
   std::cerr << "specdec-generate: " << o.method << ", " << prompt.size() << " prompt tokens, model "
@@ -139,7 +159,7 @@ int main(int argc, char** argv) try {
     specdec::autoregressive_decoder dec(target, o.sampling, o.seed);
     result = run(dec, tok, prompt, o);
   } else {
-    transformer draft(o.draft);
+    transformer draft(o.draft, {.threads = o.threads, .format = o.draft_format});
     if (o.method == "sd") {
       if (o.adaptive) {
         specdec::speculative_decoder dec(draft, target, specdec::expected_speedup_gamma{},

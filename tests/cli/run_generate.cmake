@@ -1,0 +1,41 @@
+# cmake -DGENERATE=path/to/specdec-generate -DMODELS=path/to/models -P run_generate.cmake
+set(common --model ${MODELS}/kjv-big.bin --tokenizer ${MODELS}/kjv2k-tokenizer.bin
+           --prompt "And the LORD spake unto Moses" --max-new-tokens 48 --threads 1)
+
+function(run_ok out_var)
+  execute_process(COMMAND ${GENERATE} ${common} ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "specdec-generate ${ARGN} failed (${rc}):\n${err}")
+  endif()
+  set(${out_var} "${out}" PARENT_SCOPE)
+endfunction()
+
+# Fails, and says `expect` on stderr.
+function(run_fails expect)
+  execute_process(COMMAND ${GENERATE} ${common} ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  if(rc EQUAL 0)
+    message(FATAL_ERROR "specdec-generate ${ARGN} succeeded; expected an error")
+  endif()
+  string(FIND "${err}" "${expect}" at)
+  if(at EQUAL -1)
+    message(FATAL_ERROR "specdec-generate ${ARGN}: expected '${expect}' in the error, got:\n${err}")
+  endif()
+endfunction()
+
+run_ok(ar)
+string(LENGTH "${ar}" n)
+if(n LESS 40)
+  message(FATAL_ERROR "autoregressive output is suspiciously short: '${ar}'")
+endif()
+foreach(draft_format fp32 bf16 q8_0)
+  run_ok(sd --draft ${MODELS}/kjv-little.bin --method sd --gamma 5 --draft-format ${draft_format})
+  if(NOT sd STREQUAL ar)
+    message(FATAL_ERROR "greedy sd with a ${draft_format} draft differs from the target's greedy output:\n"
+                        "ar: ${ar}\nsd: ${sd}")
+  endif()
+endforeach()
+
+run_fails("--format" --format q4)
+run_fails("--draft-format" --draft kjv-little.bin --method sd --draft-format int3)
+run_fails("--threads" --threads two)
+run_fails("--draft" --method sd)
