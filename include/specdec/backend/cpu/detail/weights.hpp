@@ -153,9 +153,9 @@ struct u16_rows {
   void prefetch(std::size_t r, std::size_t j, std::size_t n) const noexcept {
     if (j + 2 * prefetch_distance < n) __builtin_prefetch(w + r * ld + j + 2 * prefetch_distance);
   }
-  /// Prefetches (into L2) the line holding element (r, j); one call per 64 bytes.
-  void prefetch_l2(std::size_t r, std::size_t j) const noexcept {
-    if (j % 32 == 0) __builtin_prefetch(w + r * ld + j, 0, 2);
+  /// Prefetches (into L1) the line holding element (r, j); one call per 64 bytes.
+  void prefetch_line(std::size_t r, std::size_t j) const noexcept {
+    if (j % 32 == 0) __builtin_prefetch(w + r * ld + j, 0, 3);
   }
 };
 using bf16_rows = u16_rows<bf16_code>;
@@ -187,11 +187,11 @@ struct q8_rows {
   void prefetch(std::size_t r, std::size_t j, std::size_t n) const noexcept {
     if (j + 4 * prefetch_distance < n) __builtin_prefetch(q + r * ld + j + 4 * prefetch_distance);
   }
-  /// Prefetches (into L2) the lines holding element (r, j) and its scale; one call per
+  /// Prefetches (into L1) the lines holding element (r, j) and its scale; one call per
   /// 64 bytes of each.
-  void prefetch_l2(std::size_t r, std::size_t j) const noexcept {
-    if (j % 64 == 0) __builtin_prefetch(q + r * ld + j, 0, 2);
-    if (j % (16 * q8_group) == 0) __builtin_prefetch(s + r * lds + j / q8_group, 0, 2);
+  void prefetch_line(std::size_t r, std::size_t j) const noexcept {
+    if (j % 64 == 0) __builtin_prefetch(q + r * ld + j, 0, 3);
+    if (j % (16 * q8_group) == 0) __builtin_prefetch(s + r * lds + j / q8_group, 0, 3);
   }
 };
 
