@@ -305,8 +305,11 @@ inline void matmul_row_tiles(std::size_t& i, const W& w, std::size_t rows, std::
     const W wi = w.advance(i);
     // Single tokens are left to the in-row prefetch: there the stream is the bottleneck,
     // and prefetching the next tile as well made it slower (50 -> 55-60 us per 1024 x 384
-    // matrix, 1 thread).
-    if (k > 1 && i + 2 * R <= rows) {
+    // matrix, 1 thread). Except for short rows (a draft model's, n <= 256), which the
+    // in-row prefetch, prefetch_distance floats ahead, hardly covers: a kjv-little bf16
+    // forward right after a kjv-big forward went 137-147 -> 112-123 us (mean of 200),
+    // the following ones 80-83 -> 72-75 us.
+    if ((k > 1 || n <= 2 * prefetch_distance) && i + 2 * R <= rows) {
       const W next = w.advance(i + R);
       token_tiles<R, T>(wi, &next, n, x, k, ldx, y + i, ldy, tiles);
     } else {
