@@ -384,10 +384,10 @@ inline void matmul(const float* w, std::size_t rows, std::size_t n, std::size_t 
 /// a_m = a + m * lda (output out_m = out + m * ldo), where v_p = v + p * ldv: the
 /// attention-weighted sums of value rows for M query heads sharing one KV head (grouped-
 /// query attention), so each value row is loaded once for all M heads. Each element is
-/// one multiply-add chain in p order starting from 0 (as the scalar loop
-/// `out[i] = fmadd(a[p], v_p[i], out[i])` computes it), whatever M: grouping changes no
-/// result. Up to 64 elements per head stay in registers instead of being stored and
-/// reloaded per p.
+/// one multiply-add chain in p order starting from 0, computed the same way whatever M
+/// (the vector `acc += a * v` is fused into an FMA or not by the same rule everywhere, see
+/// the file comment): grouping changes no result. Up to 64 elements per head stay in
+/// registers instead of being stored and reloaded per p.
 template <int M>
 inline void weighted_rows_sum_group(const float* a, std::size_t lda, std::size_t count, const float* v,
                                     std::size_t ldv, float* out, std::size_t ldo, std::size_t n) noexcept {
