@@ -551,7 +551,8 @@ TEST(kernels, grouped_weighted_value_sums_equal_one_head_sums_bit_for_bit) {
       std::vector<float> out(heads * ldo, -1.0f), one(n);
       specdec::cpu::detail::weighted_rows_sum_heads(heads, a.data(), lda, count, v.data(), ldv, out.data(), ldo, n);
       for (std::size_t m = 0; m < heads; ++m) {
-        specdec::cpu::detail::weighted_rows_sum(a.data() + m * lda, count, v.data(), ldv, one.data(), n);
+        specdec::cpu::detail::weighted_rows_sum_group<1>(a.data() + m * lda, lda, count, v.data(), ldv, one.data(), n,
+                                                         n);
         for (std::size_t i = 0; i < n; ++i) {
           ASSERT_EQ(out[m * ldo + i], one[i]) << "heads " << heads << " n " << n << " head " << m << " i " << i;
           double want = 0.0;

@@ -449,12 +449,6 @@ inline void weighted_rows_sum_heads(std::size_t heads, const float* a, std::size
   }
 }
 
-/// The attention-weighted sum of value rows for one head (see weighted_rows_sum_group).
-inline void weighted_rows_sum(const float* a, std::size_t count, const float* v, std::size_t ldv, float* out,
-                              std::size_t n) noexcept {
-  weighted_rows_sum_group<1>(a, 0, count, v, ldv, out, 0, n);
-}
-
 /// Inverse RMS of x as llama2.c computes it: 1 / sqrt(mean(x^2) + 1e-5), with the sum of
 /// squares taken by the fixed-order `dot`.
 inline float rms_inverse(const float* x, std::size_t n) noexcept {
