@@ -36,6 +36,7 @@
 #include <optional>
 #include <sstream>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "specdec/backend/cpu/tokenizer.hpp"
@@ -329,40 +330,37 @@ pair_result run_pair(const bench_options& o, const std::string& pair, std::size_
   return pr;
 }
 
-// A comma-separated list of counts for `option` (--threads 1,2; --gammas 3,4,5).
-std::vector<std::size_t> parse_counts(const std::string& option, const std::string& s) {
-  std::vector<std::size_t> out;
+// The items of the comma-separated `s`, each parsed whole as a T and accepted by `ok`;
+// otherwise an error naming `option` and saying the item is not `what`.
+template <class T, class Ok>
+std::vector<T> parse_list(const std::string& option, const std::string& s, const char* what, Ok ok) {
+  std::vector<T> out;
   for (const auto& item : split_list(s)) {
     std::size_t pos = 0;
-    unsigned long v = 0;
+    T v{};
     try {
-      v = std::stoul(item, &pos);
+      if constexpr (std::is_floating_point_v<T>) v = std::stof(item, &pos);
+      else v = std::stoul(item, &pos);
     } catch (const std::exception&) {
       pos = 0;
     }
-    if (pos == 0 || pos != item.size()) throw specdec::invalid_argument(option + ": '" + item + "' is not a number");
+    if (pos == 0 || pos != item.size() || !ok(v))
+      throw specdec::invalid_argument(option + ": '" + item + "' is not " + what);
     out.push_back(v);
   }
+  return out;
+}
+
+// A non-empty comma-separated list of counts for `option` (--threads 1,2; --gammas 3,4,5).
+std::vector<std::size_t> parse_counts(const std::string& option, const std::string& s) {
+  std::vector<std::size_t> out = parse_list<std::size_t>(option, s, "a number", [](std::size_t) { return true; });
   if (out.empty()) throw specdec::invalid_argument(option + ": expected a comma-separated list of numbers");
   return out;
 }
 
 // A comma-separated list of numbers in [0, 1] for `option` (--confidences 0.3,0.5).
 std::vector<float> parse_fractions(const std::string& option, const std::string& s) {
-  std::vector<float> out;
-  for (const auto& item : split_list(s)) {
-    std::size_t pos = 0;
-    float v = 0;
-    try {
-      v = std::stof(item, &pos);
-    } catch (const std::exception&) {
-      pos = 0;
-    }
-    if (pos == 0 || pos != item.size() || !(v >= 0.0f && v <= 1.0f))
-      throw specdec::invalid_argument(option + ": '" + item + "' is not a number in [0, 1]");
-    out.push_back(v);
-  }
-  return out;
+  return parse_list<float>(option, s, "a number in [0, 1]", [](float v) { return v >= 0.0f && v <= 1.0f; });
 }
 
 }  // namespace
