@@ -178,6 +178,65 @@ inline void check_distinct_ids(std::span<const sequence_block> blocks, const cha
                                " appears in blocks " + std::to_string(j) + " and " + std::to_string(i) +
                                "; expected each sequence at most once per step");
 }
+
+/// The live sequences of a batched model, each owning a T (a per-sequence model, a KV
+/// cache), with ids counted from 1 and a pool of removed Ts for reuse: the bookkeeping
+/// `independent_batch` and backends such as `cpu::batched_transformer` share. An unknown
+/// id throws `invalid_argument` naming the caller `who`.
+template <class T>
+class sequence_slots {
+ public:
+  /// Starts a sequence holding a pooled T, or `make()` (a `std::unique_ptr<T>`) when the
+  /// pool is empty; returns its id.
+  template <class Make>
+  sequence_id add(Make&& make) {
+    std::unique_ptr<T> t;
+    if (!pool_.empty()) {
+      t = std::move(pool_.back());
+      pool_.pop_back();
+    } else {
+      t = make();
+    }
+    const sequence_id id = next_id_;
+    live_.emplace(id, std::move(t));
+    ++next_id_;
+    return id;
+  }
+  /// Ends sequence `id`: `reset(T&)` (e.g. empties its cache), then the T goes to the pool.
+  template <class Reset>
+  void remove(sequence_id id, const char* who, Reset&& reset) {
+    auto it = find(id, who);
+    pool_.reserve(pool_.size() + 1);  // so the move below cannot throw half-way
+    reset(*it->second);
+    pool_.push_back(std::move(it->second));
+    live_.erase(it);
+  }
+  /// Puts an unused T into the pool (e.g. one made to learn a model's dimensions).
+  void pool(std::unique_ptr<T> t) { pool_.push_back(std::move(t)); }
+  [[nodiscard]] T& at(sequence_id id, const char* who) { return *find(id, who)->second; }
+  [[nodiscard]] const T& at(sequence_id id, const char* who) const {
+    auto it = live_.find(id);
+    if (it == live_.end()) unknown(id, who);
+    return *it->second;
+  }
+  [[nodiscard]] std::size_t size() const noexcept { return live_.size(); }
+
+ private:
+  using map = std::unordered_map<sequence_id, std::unique_ptr<T>>;
+  [[noreturn]] static void unknown(sequence_id id, const char* who) {
+    throw invalid_argument(std::string(who) + ": no live sequence has id " + std::to_string(id) +
+                           "; expected an id returned by add_sequence and not yet removed");
+  }
+  typename map::iterator find(sequence_id id, const char* who) {
+    auto it = live_.find(id);
+    if (it == live_.end()) unknown(id, who);
+    return it;
+  }
+
+  sequence_id next_id_ = 1;
+  map live_;
+  std::vector<std::unique_ptr<T>> pool_;
+};
 }  // namespace detail
 
 /// The reference batched model: one `language_model` M per sequence, stepped one after
@@ -211,7 +270,7 @@ class independent_batch {
     auto first = make_model();
     vocab_ = static_cast<std::size_t>(first->vocab_size());
     context_ = static_cast<std::size_t>(first->context_length());
-    pool_.push_back(std::move(first));
+    slots_.pool(std::move(first));
   }
 
   [[nodiscard]] std::size_t vocab_size() const noexcept { return vocab_; }
@@ -219,32 +278,18 @@ class independent_batch {
   [[nodiscard]] std::size_t sequence_count() const noexcept { return slots_.size(); }
 
   sequence_id add_sequence() {
-    std::unique_ptr<M> m;
-    if (!pool_.empty()) {
-      m = std::move(pool_.back());
-      pool_.pop_back();
-    } else {
-      m = make_model();
-    }
-    const sequence_id id = next_id_++;
-    slots_.emplace(id, std::move(m));
-    return id;
+    return slots_.add([&] { return make_model(); });
   }
   void remove_sequence(sequence_id id) {
-    auto it = find(id, "independent_batch::remove_sequence");
-    it->second->truncate(0);
-    pool_.push_back(std::move(it->second));
-    slots_.erase(it);
+    slots_.remove(id, "independent_batch::remove_sequence", [](M& m) { m.truncate(0); });
   }
   [[nodiscard]] std::size_t cache_length(sequence_id id) const {
-    auto it = slots_.find(id);
-    if (it == slots_.end()) unknown(id, "independent_batch::cache_length");
-    return static_cast<std::size_t>(it->second->cache_length());
+    return static_cast<std::size_t>(slots_.at(id, "independent_batch::cache_length").cache_length());
   }
-  void truncate(sequence_id id, std::size_t n) { find(id, "independent_batch::truncate")->second->truncate(n); }
+  void truncate(sequence_id id, std::size_t n) { slots_.at(id, "independent_batch::truncate").truncate(n); }
 
   /// The per-sequence model of `id` (e.g. to compare against a reference).
-  [[nodiscard]] M& model(sequence_id id) { return *find(id, "independent_batch::model")->second; }
+  [[nodiscard]] M& model(sequence_id id) { return slots_.at(id, "independent_batch::model"); }
 
   batch_logits forward_batch(std::span<const sequence_block> blocks) {
     constexpr const char* who = "independent_batch::forward_batch";
@@ -253,7 +298,7 @@ class independent_batch {
     std::size_t rows = 0;
     models_.clear();
     for (const auto& b : blocks) {
-      M& m = *find(b.id, who)->second;
+      M& m = slots_.at(b.id, who);
       check_token_ids(b.tokens, vocab_, who);
       check_context(static_cast<std::size_t>(m.cache_length()), b.tokens.size(), context_, who);
       models_.push_back(&m);
@@ -278,16 +323,6 @@ class independent_batch {
   }
 
  private:
-  using slot_map = std::unordered_map<sequence_id, std::unique_ptr<M>>;
-  [[noreturn]] static void unknown(sequence_id id, const char* who) {
-    throw invalid_argument(std::string(who) + ": no live sequence has id " + std::to_string(id) +
-                           "; expected an id returned by add_sequence and not yet removed");
-  }
-  typename slot_map::iterator find(sequence_id id, const char* who) {
-    auto it = slots_.find(id);
-    if (it == slots_.end()) unknown(id, who);
-    return it;
-  }
   std::unique_ptr<M> make_model() {
     auto m = make_();
     if (!m) throw invalid_argument("independent_batch: the factory returned a null model");
@@ -297,9 +332,7 @@ class independent_batch {
   std::function<std::unique_ptr<M>()> make_;
   std::size_t vocab_ = 0;
   std::size_t context_ = 0;
-  sequence_id next_id_ = 1;
-  slot_map slots_;
-  std::vector<std::unique_ptr<M>> pool_;
+  detail::sequence_slots<M> slots_;
   std::vector<M*> models_;
   std::vector<std::size_t> offsets_;
   std::vector<float> out_;

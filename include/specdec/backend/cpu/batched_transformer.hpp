@@ -6,8 +6,6 @@
 #include <filesystem>
 #include <memory>
 #include <span>
-#include <string>
-#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -66,36 +64,19 @@ class batched_transformer {
 
   /// Starts an empty sequence (a pooled cache if one is free) and returns its id.
   sequence_id add_sequence() {
-    std::unique_ptr<kv_cache> c;
-    if (!pool_.empty()) {
-      c = std::move(pool_.back());
-      pool_.pop_back();
-    } else {
-      c = std::make_unique<kv_cache>(engine_.make_cache());
-    }
-    c->set_length(0);
-    const sequence_id id = next_id_;
-    caches_.emplace(id, std::move(c));
-    ++next_id_;
-    return id;
+    return caches_.add([&] { return std::make_unique<kv_cache>(engine_.make_cache()); });
   }
   /// Ends sequence `id`; its cache goes to the pool for later sequences.
   void remove_sequence(sequence_id id) {
-    auto it = find(id, "batched_transformer::remove_sequence");
-    pool_.reserve(pool_.size() + 1);  // so the move below cannot throw half-way
-    it->second->set_length(0);
-    pool_.push_back(std::move(it->second));
-    caches_.erase(it);
+    caches_.remove(id, "batched_transformer::remove_sequence", [](kv_cache& c) { c.set_length(0); });
   }
   [[nodiscard]] std::size_t cache_length(sequence_id id) const {
-    auto it = caches_.find(id);
-    if (it == caches_.end()) unknown(id, "batched_transformer::cache_length");
-    return it->second->length();
+    return caches_.at(id, "batched_transformer::cache_length").length();
   }
   /// Keeps the first n cached tokens of sequence `id`, in O(1); `n >= cache_length(id)`
   /// is a no-op.
   void truncate(sequence_id id, std::size_t n) {
-    kv_cache& c = *find(id, "batched_transformer::truncate")->second;
+    kv_cache& c = caches_.at(id, "batched_transformer::truncate");
     if (n < c.length()) c.set_length(n);
   }
 
@@ -109,7 +90,7 @@ class batched_transformer {
     std::size_t rows = 0;
     cache_of_.clear();
     for (const auto& b : blocks) {
-      kv_cache* c = find(b.id, who)->second.get();
+      kv_cache* c = &caches_.at(b.id, who);
       check_token_ids(b.tokens, vocab_size(), who);
       check_context(c->length(), b.tokens.size(), context_length(), who);
       cache_of_.push_back(c);
@@ -138,21 +119,8 @@ class batched_transformer {
   }
 
  private:
-  using cache_map = std::unordered_map<sequence_id, std::unique_ptr<kv_cache>>;
-  [[noreturn]] static void unknown(sequence_id id, const char* who) {
-    throw invalid_argument(std::string(who) + ": no live sequence has id " + std::to_string(id) +
-                           "; expected an id returned by add_sequence and not yet removed");
-  }
-  cache_map::iterator find(sequence_id id, const char* who) {
-    auto it = caches_.find(id);
-    if (it == caches_.end()) unknown(id, who);
-    return it;
-  }
-
   detail::llama_engine engine_;
-  sequence_id next_id_ = 1;
-  cache_map caches_;
-  std::vector<std::unique_ptr<kv_cache>> pool_;
+  specdec::detail::sequence_slots<kv_cache> caches_;  ///< live sequences' caches, and the pool
   std::vector<kv_cache*> cache_of_;
   std::vector<token_id> tokens_;
   std::vector<detail::row_target> targets_;
