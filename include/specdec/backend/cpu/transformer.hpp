@@ -279,7 +279,8 @@ class llama_engine {
 
 /// A Llama transformer over llama2.c weights (fp32 as stored, or bf16 / fp16 / q8_0
 /// converted at load time, see `transformer_options`) with a preallocated KV cache,
-/// multi-threaded over output rows and attention heads on a persistent thread pool.
+/// multi-threaded over output rows and (row, KV head) pairs of the attention on a
+/// persistent thread pool.
 ///
 /// `forward(tokens)` runs a block of k tokens with matrix-matrix style products (each
 /// weight row is streamed once per call and applied to the whole block) and returns k
