@@ -10,6 +10,7 @@
 #include <fstream>
 #include <memory>
 #include <cstdint>
+#include <cstring>
 #include <filesystem>
 #include <random>
 #include <type_traits>
@@ -562,6 +563,98 @@ TEST(kernels, grouped_weighted_value_sums_equal_one_head_sums_bit_for_bit) {
         EXPECT_EQ(out[m * ldo + n], -1.0f) << "wrote past the head's n outputs";
       }
     }
+  }
+}
+
+// exp16 replaces std::exp in the softmax and SiLU: it must stay within 2 ulp of the
+// correctly rounded e^x over the range it computes, give 0 / +inf / NaN outside it, and
+// depend on the value only, whatever lane (or tail position) the value lands in.
+TEST(kernels, vector_exp_is_within_two_ulp_and_elementwise) {
+  namespace d = specdec::cpu::detail;
+  const auto ulps = [](float a, float b) {
+    std::int32_t ia, ib;
+    std::memcpy(&ia, &a, 4);
+    std::memcpy(&ib, &b, 4);
+    return std::abs(ia - ib);
+  };
+  int worst = 0;
+  std::vector<float> xs;
+  for (float x = -86.5f; x <= 88.0f; x = std::nextafter(x + 0.0173f * std::abs(x) + 1e-6f, 100.0f)) xs.push_back(x);
+  for (float x : {0.0f, -0.0f, 1e-30f, -1e-30f, 0.34657359f, -0.34657359f, 1.0f, -86.5f, 88.0f}) xs.push_back(x);
+  ASSERT_GT(xs.size(), 1000u);
+  std::vector<float> got = xs;
+  d::exp_inplace(got.data(), got.size());
+  for (std::size_t i = 0; i < xs.size(); ++i) {
+    const float want = static_cast<float>(std::exp(static_cast<double>(xs[i])));
+    worst = std::max(worst, ulps(got[i], want));
+    ASSERT_LE(ulps(got[i], want), 2) << "exp(" << xs[i] << ") = " << got[i] << ", want " << want;
+  }
+  std::printf("exp16: max %d ulp over %zu values\n", worst, xs.size());
+  // Outside the range, and special values.
+  std::vector<float> sp = {-86.6f, -1000.0f, -INFINITY, 88.1f, 1000.0f, INFINITY, NAN};
+  d::exp_inplace(sp.data(), sp.size());
+  EXPECT_EQ(sp[0], 0.0f);
+  EXPECT_EQ(sp[1], 0.0f);
+  EXPECT_EQ(sp[2], 0.0f);
+  EXPECT_TRUE(std::isinf(sp[3]) && sp[3] > 0);
+  EXPECT_TRUE(std::isinf(sp[4]) && sp[4] > 0);
+  EXPECT_TRUE(std::isinf(sp[5]) && sp[5] > 0);
+  EXPECT_TRUE(std::isnan(sp[6]));
+  // Elementwise: the same values at every offset and in every tail length give the same bits.
+  for (std::size_t off = 0; off < 17; ++off) {
+    for (std::size_t n : {1u, 15u, 16u, 17u, 40u}) {
+      std::vector<float> buf(off + n);
+      for (std::size_t i = 0; i < n; ++i) buf[off + i] = xs[(i * 97) % xs.size()];
+      d::exp_inplace(buf.data() + off, n);
+      for (std::size_t i = 0; i < n; ++i)
+        ASSERT_EQ(buf[off + i], got[(i * 97) % xs.size()]) << "offset " << off << " n " << n << " i " << i;
+    }
+  }
+}
+
+// The softmax sum runs in 16 lanes by index and one fixed tree, so the result depends on
+// the values and the length only (not on the buffer's alignment), and the SiLU gate is
+// elementwise, so any slicing of a hidden row (threads split it) gives the same bits.
+TEST(kernels, softmax_and_swiglu_are_fixed_order_and_accurate) {
+  namespace d = specdec::cpu::detail;
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<float> u(-12.0f, 12.0f);
+  for (std::size_t n : {1u, 7u, 16u, 33u, 221u}) {
+    std::vector<float> x(n);
+    for (float& v : x) v = u(rng);
+    std::vector<float> a = x;
+    d::softmax(a.data(), n);
+    double mx = x[0], sum = 0.0;
+    for (float v : x) mx = std::max(mx, double(v));
+    for (float v : x) sum += std::exp(double(v) - mx);
+    double total = 0.0;
+    for (std::size_t i = 0; i < n; ++i) {
+      ASSERT_NEAR(a[i], std::exp(double(x[i]) - mx) / sum, 1e-6) << "n " << n << " i " << i;
+      total += a[i];
+    }
+    EXPECT_NEAR(total, 1.0, 1e-5);
+    for (std::size_t off = 1; off < 4; ++off) {
+      std::vector<float> b(n + off);
+      std::copy(x.begin(), x.end(), b.begin() + off);
+      d::softmax(b.data() + off, n);
+      ASSERT_TRUE(std::equal(a.begin(), a.end(), b.begin() + off)) << "n " << n << " offset " << off;
+    }
+  }
+  const std::size_t hid = 101;
+  std::vector<float> h(hid), g(hid);
+  for (float& v : h) v = u(rng) * 8.0f;  // reaches both ends of exp16's range
+  for (float& v : g) v = u(rng);
+  std::vector<float> whole = h;
+  d::swiglu(whole.data(), g.data(), hid);
+  for (std::size_t i = 0; i < hid; ++i) {
+    const double want = double(h[i]) / (1.0 + std::exp(-double(h[i]))) * double(g[i]);
+    ASSERT_NEAR(whole[i], want, 1e-5 * std::max(1.0, std::abs(want))) << "i " << i;
+  }
+  for (std::size_t cut : {1u, 5u, 16u, 37u, 100u}) {
+    std::vector<float> parts = h;
+    d::swiglu(parts.data(), g.data(), cut);
+    d::swiglu(parts.data() + cut, g.data() + cut, hid - cut);
+    ASSERT_EQ(parts, whole) << "split at " << cut;
   }
 }
 
