@@ -522,13 +522,22 @@ inline void exp_inplace(float* x, std::size_t n) noexcept {
 /// sum in 16 lanes in index order (lane i % 16, the tail padded with zeros) reduced by
 /// `hsum16`'s tree, then a division per element. The order depends on n only.
 inline void softmax(float* x, std::size_t n) noexcept {
-  float mx = x[0];
-  for (std::size_t i = 1; i < n; ++i) mx = std::max(mx, x[i]);
-  for (std::size_t i = 0; i < n; ++i) x[i] -= mx;
-  exp_inplace(x, n);
-  v16 acc{};
+  // The maximum in 16 lanes (a scalar loop is one long dependency chain; GCC does not
+  // vectorise a float max reduction without -ffast-math). Max is exact in any order.
+  v16 vmax = v16{} - __builtin_inff();
   std::size_t i = 0;
   for (; i + lanes <= n; i += lanes) {
+    v16 v;
+    load16(v, x + i);
+    vmax = v > vmax ? v : vmax;
+  }
+  float mx = x[0];
+  for (std::size_t j = 0; j < lanes; ++j) mx = std::max(mx, vmax[j]);
+  for (; i < n; ++i) mx = std::max(mx, x[i]);
+  for (std::size_t j = 0; j < n; ++j) x[j] -= mx;
+  exp_inplace(x, n);
+  v16 acc{};
+  for (i = 0; i + lanes <= n; i += lanes) {
     v16 v;
     load16(v, x + i);
     acc += v;
