@@ -144,7 +144,7 @@ TYPED_TEST(model_contract, block_forward_equals_single_token_forwards_bit_for_bi
   const std::size_t n = 3 + 8 + 8;
   auto seq = random_tokens(n, m.vocab_size(), 5);
   auto ref = single_token_rows(m, seq);
-  for (std::size_t k : {1u, 2u, 3u, 5u, 8u}) {
+  for (std::size_t k : {1u, 2u, 3u, 5u, 6u, 8u}) {  // 5, 6: verify blocks of gamma 4, 5
     // 3-token prefix one at a time, then a k-token block, then another block after it.
     m.truncate(0);
     for (std::size_t i = 0; i < 3; ++i) specdec::forward_one(m, seq[i]);
