@@ -437,6 +437,64 @@ TEST(expected_speedup_gamma, measures_the_cost_ratio_online) {
   EXPECT_EQ(measured.current_gamma(), 6u);
 }
 
+// A verify block's cost depends on its size: here flat up to 6 rows, then a step up (the
+// CPU backend's 7-row blocks switch tile shape and cost ~1.45x). With learn_block_cost
+// the policy must settle on the g that maximises the true E(g) / (g d + T(g + 1));
+// without it, it only sees the mean cost per call and drafts longer.
+TEST(expected_speedup_gamma, learns_the_verify_cost_per_block_size) {
+  const double a = 0.8, d = 0.0005;
+  const auto T = [](std::size_t k) { return k <= 6 ? 0.01 * (1.0 + 0.02 * double(k - 1)) : 0.0145 + 0.002 * double(k - 7); };
+  std::size_t truth = 1;
+  double truth_s = 0.0;
+  for (std::size_t g = 1; g <= 16; ++g) {
+    double e = 0.0;
+    for (std::size_t i = 0; i <= g; ++i) e += std::pow(a, double(i));
+    const double s = e / (double(g) * d + T(g + 1));
+    if (s > truth_s) truth_s = s, truth = g;
+  }
+  ASSERT_EQ(truth, 5u);  // the hand check: the block of 6 before the step up
+  const auto run = [&](esg policy) {
+    std::mt19937_64 g(9);
+    std::bernoulli_distribution accept(a);
+    std::map<std::size_t, int> late;
+    const auto q = uniform(4);
+    for (int step = 0; step < 3000; ++step) {
+      const std::size_t proposed = run_block(policy, q).first;
+      std::size_t accepted = 0;
+      while (accepted < proposed && accept(g)) ++accepted;
+      // The first step's forward also consumes a 30-token prompt: 5x the cost, and
+      // target_rows says so; it must not count as a block of proposed + 1.
+      const std::size_t rows = step == 0 ? proposed + 31 : proposed + 1;
+      policy.observe({.proposed = proposed, .accepted = accepted, .draft_seconds = d * double(proposed),
+                      .draft_forwards = proposed, .target_seconds = step == 0 ? 0.05 : T(rows), .target_rows = rows});
+      if (step >= 2000) ++late[proposed];
+    }
+    return std::max_element(late.begin(), late.end(), [](auto& x, auto& y) { return x.second < y.second; })->first;
+  };
+  EXPECT_EQ(run(esg{}), truth);
+  EXPECT_GT(run(esg{.learn_block_cost = false}), 6u);  // one mean cost per call: drafts past the step
+}
+
+TEST(expected_speedup_gamma, block_cost_estimate_falls_back_to_the_nearest_timed_size) {
+  esg policy{.decay = 1.0};
+  EXPECT_EQ(policy.block_cost_estimate(3), 0.0);  // nothing timed
+  policy.observe({.proposed = 2, .accepted = 2, .draft_seconds = 0.002, .draft_forwards = 2,
+                  .target_seconds = 0.01, .target_rows = 3});
+  policy.observe({.proposed = 2, .accepted = 1, .draft_seconds = 0.002, .draft_forwards = 2,
+                  .target_seconds = 0.02, .target_rows = 3});
+  policy.observe({.proposed = 5, .accepted = 0, .draft_seconds = 0.005, .draft_forwards = 5,
+                  .target_seconds = 0.04, .target_rows = 6});
+  policy.observe({.proposed = 5, .accepted = 0, .draft_seconds = 0.005, .draft_forwards = 5,
+                  .target_seconds = 9.0, .target_rows = 40});  // prompt included: not a 6-block sample
+  EXPECT_DOUBLE_EQ(policy.block_cost_estimate(3), 0.015);  // mean of its two samples
+  EXPECT_DOUBLE_EQ(policy.block_cost_estimate(4), 0.015);  // nearest smaller timed size
+  EXPECT_DOUBLE_EQ(policy.block_cost_estimate(1), 0.015);  // none smaller: nearest larger
+  EXPECT_DOUBLE_EQ(policy.block_cost_estimate(6), 0.04);
+  EXPECT_DOUBLE_EQ(policy.block_cost_estimate(99), 0.04);
+  policy.reset();
+  EXPECT_EQ(policy.block_cost_estimate(3), 0.0);
+}
+
 TEST(expected_speedup_gamma, initial_gamma_comes_from_the_prior) {
   // Prior a = 0.7, default c = 0.1 before any timing: best gamma for (0.7, 0.1).
   esg policy{};

@@ -29,6 +29,7 @@
 #include <limits>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "specdec/error.hpp"
 #include "specdec/sampling.hpp"
@@ -73,6 +74,9 @@ struct step_outcome {
   double draft_seconds = 0.0;           ///< wall time of this step's draft forwards
   std::size_t draft_forwards = 0;       ///< how many draft forward calls that was
   double target_seconds = 0.0;          ///< wall time of this step's target forward
+  /// Rows of that target forward (0 = not reported): proposed + 1 for a plain verify
+  /// block, more when it also consumed uncached context (the prompt, on the first step).
+  std::size_t target_rows = 0;
 };
 
 /// `p.decide(step)` returns a `draft_action` for the token just drafted.
@@ -389,6 +393,18 @@ struct adaptive_gamma {
 /// After each observation the policy picks g in [1, max_gamma] maximising S(g) for
 /// (a_hat, c_hat) (ties go to the smaller g), and drafts exactly g tokens.
 ///
+/// Block cost (`learn_block_cost`, on by default when c is measured): S(g) assumes a
+/// (g + 1)-token verify block costs one forward, whatever g. Real backends do not: on the
+/// CPU backend a 6-token block costs ~1.1x one token and a 7-token block ~1.45x (another
+/// tile shape). So the policy also keeps a decayed mean T(k) of the target seconds of
+/// each block size k it has verified, and maximises
+///
+///     E(g) / (g d + T(g + 1)),   E(g) = (1 - a^(g+1)) / (1 - a),  d = draft seconds per forward,
+///
+/// where an unseen T(k) is taken from the nearest smaller seen size (or the nearest larger
+/// one): optimistic, so the policy tries one size past what it knows, measures it, and
+/// returns if it was dearer. With equal T(k) for all k this is the same argmax as S(g).
+///
 /// ```cpp
 /// specdec::expected_speedup_gamma policy{.max_gamma = 12, .cost_ratio = 0.05};
 /// policy.validate();
@@ -401,6 +417,7 @@ struct expected_speedup_gamma {
   double prior_strength = 10;     ///< prior weight in pseudo-trials; finite, >= 0
   double decay = 0.98;            ///< per-step forgetting factor of the counts; in (0, 1]
   double cost_ratio = 0;          ///< draft/target cost per forward; 0 = measure online; finite, >= 0
+  bool learn_block_cost = true;   ///< with c measured online: learn the verify cost per block size
 
   /// The cost ratio assumed before any timing has been observed (when `cost_ratio` is 0).
   static constexpr double default_cost_ratio = 0.1;
@@ -412,6 +429,7 @@ struct expected_speedup_gamma {
     double successes = 0, failures = 0;                     // decayed acceptance counts
     double draft_seconds = 0, draft_forwards = 0;           // decayed draft timing
     double target_seconds = 0, target_calls = 0;            // decayed target timing
+    std::vector<double> block_seconds, block_calls;         // decayed, per verify block size
     std::size_t gamma = 0;
   } state_{};
 
@@ -458,7 +476,22 @@ struct expected_speedup_gamma {
   [[nodiscard]] std::size_t current_gamma() const {
     if (state_.started) return state_.gamma;
     validate();
-    return best_gamma(acceptance_estimate(), cost_ratio_estimate(), max_gamma);
+    return choose();
+  }
+  /// The learnt mean target seconds of a k-token verify block (k >= 1), or, if no block of
+  /// that size was timed, of the nearest smaller timed size, else the nearest larger one;
+  /// 0 if no block was timed (see the type's doc).
+  [[nodiscard]] double block_cost_estimate(std::size_t k) const noexcept {
+    const auto& sec = state_.block_seconds;
+    const auto& cnt = state_.block_calls;
+    const auto mean = [&](std::size_t i) { return sec[i] / cnt[i]; };
+    if (cnt.empty()) return 0.0;
+    const std::size_t top = std::min(k, cnt.size() - 1);
+    for (std::size_t i = top + 1; i-- > 0;)
+      if (cnt[i] > 0.0) return mean(i);
+    for (std::size_t i = top + 1; i < cnt.size(); ++i)
+      if (cnt[i] > 0.0) return mean(i);
+    return 0.0;
   }
   /// Posterior mean of the per-token acceptance rate.
   [[nodiscard]] double acceptance_estimate() const noexcept {
@@ -497,8 +530,15 @@ struct expected_speedup_gamma {
       state_.draft_forwards = decay * state_.draft_forwards + static_cast<double>(o.draft_forwards);
       state_.target_seconds = decay * state_.target_seconds + o.target_seconds;
       state_.target_calls = decay * state_.target_calls + 1.0;
+      // The verify block: the drafts and the bonus row. A forward that also consumed the
+      // prompt is no sample of a k-token block's cost.
+      const std::size_t k = o.proposed + 1;
+      if (k < state_.block_calls.size() && (o.target_rows == 0 || o.target_rows == k)) {
+        state_.block_seconds[k] = decay * state_.block_seconds[k] + o.target_seconds;
+        state_.block_calls[k] = decay * state_.block_calls[k] + 1.0;
+      }
     }
-    state_.gamma = best_gamma(acceptance_estimate(), cost_ratio_estimate(), max_gamma);
+    state_.gamma = choose();
   }
 
   void reset() noexcept { state_ = learnt_state{}; }
@@ -508,7 +548,32 @@ struct expected_speedup_gamma {
     if (state_.started) return;
     validate();
     state_.started = true;
-    state_.gamma = best_gamma(acceptance_estimate(), cost_ratio_estimate(), max_gamma);
+    if (learn_block_cost && !(cost_ratio > 0.0)) {
+      state_.block_seconds.assign(max_gamma + 2, 0.0);
+      state_.block_calls.assign(max_gamma + 2, 0.0);
+    }
+    state_.gamma = choose();
+  }
+
+  // argmax over g of E(g) / (g d + T(g + 1)) once a draft forward and a block were timed
+  // (and block costs are learnt); the plain S(g) otherwise.
+  [[nodiscard]] std::size_t choose() const {
+    const double a = acceptance_estimate();
+    const bool blocks = learn_block_cost && !(cost_ratio > 0.0) && state_.draft_forwards > 0.0 &&
+                        block_cost_estimate(1) > 0.0;
+    if (!blocks) return best_gamma(a, cost_ratio_estimate(), max_gamma);
+    const double d = state_.draft_seconds / state_.draft_forwards;
+    std::size_t best = 1;
+    double best_s = 0.0, e = 1.0;
+    for (std::size_t g = 1; g <= max_gamma; ++g) {
+      e = 1.0 + a * e;  // E(g) = 1 + a E(g - 1), E(0) = 1
+      const double s = e / (static_cast<double>(g) * d + block_cost_estimate(g + 1));
+      if (std::isfinite(s) && s > best_s) {
+        best_s = s;
+        best = g;
+      }
+    }
+    return best;
   }
 };
 

@@ -222,7 +222,7 @@ struct speculation_state {
       accepted = vr.accepted;
       next = vr.next;
       st.record_verification(k, accepted);
-      fallback.observe(step_outcome{k, accepted, step_draft_seconds, step_draft_forwards, target_seconds});
+      fallback.observe(step_outcome{k, accepted, step_draft_seconds, step_draft_forwards, target_seconds, tl.rows});
     }
 
     bool go = true;
