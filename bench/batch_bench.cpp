@@ -23,6 +23,7 @@
 //
 //   specdec-batch-bench [--batches 1,2,4,8,16,32] [--tokens 32] [--requests 48]
 //                       [--max-batch 8] [--budget-mb 8] [--noise 0.2] [--threads 0] [--quick]
+//                       [--kv-format fp32|bf16|fp16]
 //                       [--csv batch_bench.csv] [--no-sd] [--no-sched] [--continue | --preempt]
 //                       [--no-independent] [--repeats 3] [--short-range 8,16] [--long-range 64,96]
 //
@@ -71,6 +72,7 @@ struct options {
   std::size_t requests = 48;
   std::size_t max_batch = 8;
   std::size_t threads = 0;  ///< transformer_options.threads of every transformer (0 = all cores)
+  specdec::cpu::weight_format kv_format = specdec::cpu::weight_format::fp32;  ///< every model's KV cache
   double budget_mb = 8.0;
   double noise = 0.2;
   bool sd = true;
@@ -199,7 +201,7 @@ std::vector<csv_row> run_curve(MakeTarget make_target, MakeDraft make_draft, con
 // differs: here the rows share one cache). B / t(B-token block) estimates the total
 // tokens/s of a batched kernel of the current single-thread kernels.
 std::vector<csv_row> run_projection(const std::shared_ptr<const specdec::cpu::checkpoint>& ck, const options& o) {
-  specdec::cpu::transformer m(ck, specdec::cpu::transformer_options{.threads = o.threads});
+  specdec::cpu::transformer m(ck, specdec::cpu::transformer_options{.threads = o.threads, .kv_format = o.kv_format});
   std::vector<token_id> ctx(24), block;
   for (std::size_t i = 0; i < ctx.size(); ++i) ctx[i] = static_cast<token_id>(1 + (i * 37) % 2000);
   m.forward(ctx);
@@ -380,6 +382,7 @@ options parse(int argc, char** argv) {
     else if (a == "--max-batch") o.max_batch = std::stoul(next());
     else if (a == "--threads") o.threads = std::stoul(next());
     else if (a == "--budget-mb") o.budget_mb = std::stod(next());
+    else if (a == "--kv-format") o.kv_format = specdec::cpu::parse_weight_format(next());
     else if (a == "--noise") o.noise = std::stod(next());
     else if (a == "--csv") o.csv = next();
     else if (a == "--prompts") o.prompts = next();
@@ -428,7 +431,7 @@ int main(int argc, char** argv) try {
   // The batched models: the backend's batched forward, and one transformer per sequence.
   using batched = specdec::cpu::batched_transformer;
   using independent = specdec::independent_batch<specdec::cpu::transformer>;
-  const specdec::cpu::transformer_options topts{.threads = o.threads};
+  const specdec::cpu::transformer_options topts{.threads = o.threads, .kv_format = o.kv_format};
   auto make_big = [&] { return batched(big, topts); };
   auto make_little = [&] { return batched(little, topts); };
   auto make_big_ind = [&] {
@@ -439,9 +442,11 @@ int main(int argc, char** argv) try {
   };
 
   const auto& c = big->config;
-  const double kv_bytes_per_token = 2.0 * c.n_layers * c.kv_dim() * sizeof(float);
-  std::printf("kjv-big: dim %d, %d layers, kv_dim %d, context %d; %.0f KV bytes per token; model %s\n", c.dim,
-              c.n_layers, c.kv_dim(), c.seq_len, kv_bytes_per_token, "cpu::batched_transformer");
+  const double kv_bytes_per_token =
+      2.0 * c.n_layers * c.kv_dim() * (o.kv_format == specdec::cpu::weight_format::fp32 ? 4.0 : 2.0);
+  std::printf("kjv-big: dim %d, %d layers, kv_dim %d, context %d; %.0f KV bytes per token (%s cache); model %s\n",
+              c.dim, c.n_layers, c.kv_dim(), c.seq_len, kv_bytes_per_token,
+              std::string(specdec::cpu::to_string(o.kv_format)).c_str(), "cpu::batched_transformer");
 
   const auto t0 = clock_type::now();
   std::vector<csv_row> rows = run_curve<batched>(make_big, make_little, o, prompts, "batched_transformer");

@@ -17,7 +17,8 @@
 // with the same weights at lower precision.
 //
 //   specdec-bench [--pairs little,self] [--threads 1,2] [--format fp32] [--draft-format fp32]
-//                 [--self-draft-format q8_0] [--draft models/kjv-little.bin]
+//                 [--self-draft-format q8_0] [--kv-format fp32] [--draft-kv-format fp32]
+//                 [--draft models/kjv-little.bin]
 //                 [--target models/kjv-big.bin] [--tokenizer models/kjv2k-tokenizer.bin]
 //                 [--tokens 96] [--repeats 3] [--prompts models/kjv_val_openings.tsv]
 //                 [--gammas 1,2,3,4,5,6,8,10] [--confidences 0.3,0.5] [--max-draft 8]
@@ -61,6 +62,8 @@ struct bench_options {
   specdec::cpu::weight_format format = specdec::cpu::weight_format::fp32;
   specdec::cpu::weight_format draft_format = specdec::cpu::weight_format::fp32;
   specdec::cpu::weight_format self_draft_format = specdec::cpu::weight_format::q8_0;
+  specdec::cpu::weight_format kv_format = specdec::cpu::weight_format::fp32;        ///< target's KV cache
+  specdec::cpu::weight_format draft_kv_format = specdec::cpu::weight_format::fp32;  ///< draft's KV cache
   std::string csv;
   bool bild = true;
   std::string draft = SPECDEC_MODELS_DIR "/kjv-little.bin";
@@ -238,12 +241,18 @@ pair_result run_pair(const bench_options& o, const std::string& pair, std::size_
   auto target_ck = std::make_shared<const specdec::cpu::checkpoint>(specdec::cpu::load_checkpoint(o.target));
   auto draft_ck = self ? target_ck
                        : std::make_shared<const specdec::cpu::checkpoint>(specdec::cpu::load_checkpoint(o.draft));
-  transformer target(target_ck, {.threads = threads, .format = o.format});
-  transformer draft(draft_ck, {.threads = o.draft_threads.value_or(threads), .format = df});
+  transformer target(target_ck, {.threads = threads, .format = o.format, .kv_format = o.kv_format});
+  transformer draft(draft_ck, {.threads = o.draft_threads.value_or(threads), .format = df, .kv_format = o.draft_kv_format});
   pr.draft_path = self ? o.target : o.draft;
   pr.target_path = o.target;
-  pr.draft_format = std::string(specdec::cpu::to_string(df));
-  pr.target_format = std::string(specdec::cpu::to_string(o.format));
+  // "bf16" or, with a 16-bit KV cache, "bf16+kv_fp16" (the CSV columns stay the same).
+  const auto describe = [](weight_format w, weight_format kv) {
+    std::string d(specdec::cpu::to_string(w));
+    if (kv != weight_format::fp32) d += "+kv_" + std::string(specdec::cpu::to_string(kv));
+    return d;
+  };
+  pr.draft_format = describe(df, o.draft_kv_format);
+  pr.target_format = describe(o.format, o.kv_format);
   pr.threads = target.options().threads;
 
   const specdec::generation_options gen{.max_new_tokens = o.tokens, .stop_at_eos = false};
@@ -389,6 +398,8 @@ int main(int argc, char** argv) try {
     else if (a == "--format") o.format = specdec::cpu::parse_weight_format(next());
     else if (a == "--draft-format") o.draft_format = specdec::cpu::parse_weight_format(next());
     else if (a == "--self-draft-format") o.self_draft_format = specdec::cpu::parse_weight_format(next());
+    else if (a == "--kv-format") o.kv_format = specdec::cpu::parse_weight_format(next());
+    else if (a == "--draft-kv-format") o.draft_kv_format = specdec::cpu::parse_weight_format(next());
     else if (a == "--pairs") o.pairs = split_list(next());
     else if (a == "--quick") o.quick = true;
     else if (a == "--no-bild") o.bild = false;

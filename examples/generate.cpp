@@ -49,6 +49,10 @@ constexpr std::string_view usage = R"(usage: specdec-generate --model PATH --tok
   --draft-format F            draft weights, as --format (default fp32). The output of exact
                               speculative decoding depends on the target only, so a smaller
                               draft format is a free speed-up: bf16 is fastest on kjv-little
+  --kv-format F               target KV cache: fp32, bf16 or fp16 (default fp32); 16-bit halves
+                              the cache and its reads, rounding each key and value once
+  --draft-kv-format F         draft KV cache, as --kv-format (default fp32); like
+                              --draft-format it cannot change exact speculative output
 )";
 
 struct cli_options {
@@ -62,6 +66,8 @@ struct cli_options {
   std::size_t threads = 0;
   specdec::cpu::weight_format format = specdec::cpu::weight_format::fp32;
   specdec::cpu::weight_format draft_format = specdec::cpu::weight_format::fp32;
+  specdec::cpu::weight_format kv_format = specdec::cpu::weight_format::fp32;
+  specdec::cpu::weight_format draft_kv_format = specdec::cpu::weight_format::fp32;
 };
 
 // A weight format for `flag`, or an error naming the flag.
@@ -71,6 +77,15 @@ specdec::cpu::weight_format parse_format(std::string_view flag, std::string_view
   } catch (const specdec::invalid_argument& e) {
     throw specdec::invalid_argument(std::string(flag) + ": " + e.what());
   }
+}
+
+// A KV cache format for `flag` (fp32, bf16 or fp16), or an error naming the flag.
+specdec::cpu::weight_format parse_kv_format(std::string_view flag, std::string_view text) {
+  const specdec::cpu::weight_format f = parse_format(flag, text);
+  if (f == specdec::cpu::weight_format::q8_0)
+    throw specdec::invalid_argument(std::string(flag) + ": '" + std::string(text) +
+                                    "' cannot hold a KV cache; expected fp32, bf16 or fp16");
+  return f;
 }
 
 template <class T>
@@ -114,6 +129,8 @@ cli_options parse(int argc, char** argv) {
     else if (a == "--threads") o.threads = parse_number<std::size_t>(a, value());
     else if (a == "--format") o.format = parse_format(a, value());
     else if (a == "--draft-format") o.draft_format = parse_format(a, value());
+    else if (a == "--kv-format") o.kv_format = parse_kv_format(a, value());
+    else if (a == "--draft-kv-format") o.draft_kv_format = parse_kv_format(a, value());
     else throw specdec::invalid_argument("unknown option '" + std::string(a) + "' (see --help)");
   }
   if (o.model.empty()) throw specdec::invalid_argument("--model: a checkpoint path is required");
@@ -148,7 +165,7 @@ specdec::generation_result run(Decoder& decoder, const specdec::cpu::tokenizer& 
 int main(int argc, char** argv) try {
   const cli_options o = parse(argc, argv);
   using specdec::cpu::transformer;
-  transformer target(o.model, {.threads = o.threads, .format = o.format});
+  transformer target(o.model, {.threads = o.threads, .format = o.format, .kv_format = o.kv_format});
   specdec::cpu::tokenizer tok(o.tokenizer, target.vocab_size());
   const std::vector<specdec::token_id> prompt = tok.encode(o.prompt, /*add_bos=*/true);
   std::cerr << "specdec-generate: " << o.method << ", " << prompt.size() << " prompt tokens, model "
@@ -159,7 +176,7 @@ int main(int argc, char** argv) try {
     specdec::autoregressive_decoder dec(target, o.sampling, o.seed);
     result = run(dec, tok, prompt, o);
   } else {
-    transformer draft(o.draft, {.threads = o.threads, .format = o.draft_format});
+    transformer draft(o.draft, {.threads = o.threads, .format = o.draft_format, .kv_format = o.draft_kv_format});
     if (o.method == "sd") {
       if (o.adaptive) {
         specdec::speculative_decoder dec(draft, target, specdec::expected_speedup_gamma{},

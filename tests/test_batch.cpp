@@ -78,10 +78,22 @@ struct batched_stories_fixture {
   }
 };
 
+// fp16 KV caches in the batch and in the per-sequence reference: rows still equal bit for
+// bit (each key and value is rounded once, when stored, whatever the batch).
+struct batched_kjv_little_kv_fp16_fixture {
+  static constexpr specdec::cpu::transformer_options options{.threads = 2,
+                                                             .kv_format = specdec::cpu::weight_format::fp16};
+  static auto make_batch() { return specdec::cpu::batched_transformer(kjv_little(), options); }
+  static auto make_reference() { return std::make_unique<specdec::cpu::transformer>(kjv_little(), options); }
+  static specdec::testing::batch_check_options check() {
+    return {.steps = 14, .max_sequences = 5, .max_block = 5, .max_length = 32};
+  }
+};
+
 template <class F>
 class batched_models : public ::testing::Test {};
-using batched_types =
-    ::testing::Types<markov_fixture, kjv_little_fixture, batched_kjv_little_fixture, batched_stories_fixture>;
+using batched_types = ::testing::Types<markov_fixture, kjv_little_fixture, batched_kjv_little_fixture,
+                                       batched_stories_fixture, batched_kjv_little_kv_fp16_fixture>;
 TYPED_TEST_SUITE(batched_models, batched_types);
 
 TYPED_TEST(batched_models, satisfies_the_concept) {

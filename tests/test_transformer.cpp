@@ -83,12 +83,29 @@ struct kjv_little_q8_t2_traits : formatted_traits<weight_format::q8_0, 2> {
 struct kjv_big_q8_t1_traits : formatted_traits<weight_format::q8_0, 1> {
   static model make() { return model(shared_checkpoint("kjv-big.bin"), {.threads = 1, .format = format}); }
 };
+// 16-bit KV caches: the contract holds for them too (keys and values are rounded once,
+// when stored). The three models cover head sizes 8 (scalar value tails), 32 and 64
+// (grouped-query attention, 3 heads per KV head).
+struct stories_kv_bf16_t3_traits : formatted_traits<weight_format::fp32, 3> {
+  static model make() {
+    return model(shared_checkpoint("stories260K.bin"), {.threads = 3, .kv_format = weight_format::bf16});
+  }
+};
+struct kjv_little_bf16_kv_fp16_t2_traits : formatted_traits<weight_format::bf16, 2> {
+  static model make() {
+    return model(shared_checkpoint("kjv-little.bin"), {.threads = 2, .format = format, .kv_format = weight_format::fp16});
+  }
+};
+struct kjv_big_kv_fp16_t1_traits : formatted_traits<weight_format::fp32, 1> {
+  static model make() { return model(shared_checkpoint("kjv-big.bin"), {.threads = 1, .kv_format = weight_format::fp16}); }
+};
 
 template <class Traits>
 class model_contract : public ::testing::Test {};
 using model_types = ::testing::Types<markov_traits, stories_traits, kjv_little_traits, kjv_big_traits,
                                      stories_q8_t2_traits, kjv_little_bf16_t1_traits, kjv_little_fp16_t3_traits,
-                                     kjv_little_q8_t2_traits, kjv_big_q8_t1_traits>;
+                                     kjv_little_q8_t2_traits, kjv_big_q8_t1_traits, stories_kv_bf16_t3_traits,
+                                     kjv_little_bf16_kv_fp16_t2_traits, kjv_big_kv_fp16_t1_traits>;
 class type_names {
  public:
   template <class T>
@@ -101,6 +118,9 @@ class type_names {
     if (std::is_same_v<T, kjv_little_fp16_t3_traits>) return "kjv_little_fp16_3threads";
     if (std::is_same_v<T, kjv_little_q8_t2_traits>) return "kjv_little_q8_0_2threads";
     if (std::is_same_v<T, kjv_big_q8_t1_traits>) return "kjv_big_q8_0_1thread";
+    if (std::is_same_v<T, stories_kv_bf16_t3_traits>) return "stories260K_kv_bf16_3threads";
+    if (std::is_same_v<T, kjv_little_bf16_kv_fp16_t2_traits>) return "kjv_little_bf16_kv_fp16_2threads";
+    if (std::is_same_v<T, kjv_big_kv_fp16_t1_traits>) return "kjv_big_kv_fp16_1thread";
     return "kjv_big";
   }
 };
@@ -497,17 +517,24 @@ const weight_format all_formats[] = {weight_format::fp32, weight_format::bf16, w
 std::vector<float> flat_copy(const specdec::logits_block& b) { return {b.flat().begin(), b.flat().end()}; }
 
 TEST(transformer_threads, results_do_not_depend_on_the_thread_count_bit_for_bit) {
-  // The same block and single-token forwards on 1, 2 and 3 threads, every format, on a
+  // The same block and single-token forwards on 1, 2 and 3 threads, every format (of the
+  // weights and of the KV cache), on a
   // model where every product is threaded (kjv-big) and one where most are below the
   // threading threshold (kjv-little).
   for (const char* name : {"kjv-little.bin", "kjv-big.bin"}) {
     auto ck = shared_checkpoint(name);
-    for (weight_format f : all_formats) {
-      SCOPED_TRACE(std::string(name) + " " + std::string(specdec::cpu::to_string(f)));
+    // Every weight format with an fp32 cache, then fp32 weights with each 16-bit cache.
+    const std::pair<weight_format, weight_format> configs[] = {
+        {weight_format::fp32, weight_format::fp32}, {weight_format::bf16, weight_format::fp32},
+        {weight_format::fp16, weight_format::fp32}, {weight_format::q8_0, weight_format::fp32},
+        {weight_format::fp32, weight_format::fp16}, {weight_format::fp32, weight_format::bf16}};
+    for (auto [f, kv] : configs) {
+      SCOPED_TRACE(std::string(name) + " " + std::string(specdec::cpu::to_string(f)) + ", kv " +
+                   std::string(specdec::cpu::to_string(kv)));
       auto seq = random_tokens(24, std::size_t(ck->config.vocab_size), 77);
       std::vector<float> ref_block, ref_single;
       for (std::size_t threads : {1u, 2u, 3u}) {
-        transformer m(ck, {.threads = threads, .format = f});
+        transformer m(ck, {.threads = threads, .format = f, .kv_format = kv});
         EXPECT_EQ(m.options().threads, threads);
         EXPECT_EQ(m.options().format, f);
         auto block = flat_copy(m.forward(std::span(seq).first(17)));
@@ -739,6 +766,47 @@ TEST(weight_formats, logits_stay_close_to_fp32) {
       EXPECT_LT(max_abs / sd, b.max_rel) << name << " " << specdec::cpu::to_string(b.f);
       EXPECT_LT(rms / sd, b.max_rel / 5) << name << " " << specdec::cpu::to_string(b.f);
     }
+  }
+}
+
+// 16-bit KV caches round each key and value once; the logits must stay close to an fp32
+// cache's. Measured (64 tokens): max |diff| / logit sd 6e-4 to 3e-3 (fp16) and 4e-3 to
+// 2e-2 (bf16), the larger values on stories260K.
+TEST(kv_formats, logits_stay_close_to_an_fp32_cache) {
+  for (const char* name : {"stories260K.bin", "kjv-little.bin", "kjv-big.bin"}) {
+    auto ck = shared_checkpoint(name);
+    auto seq = random_tokens(64, std::size_t(ck->config.vocab_size), 37);
+    transformer ref_model(ck, {.threads = 2});
+    auto ref = flat_copy(ref_model.forward(seq));
+    double mean = 0, var = 0;
+    for (float v : ref) mean += v;
+    mean /= double(ref.size());
+    for (float v : ref) var += (v - mean) * (v - mean);
+    const double sd = std::sqrt(var / double(ref.size()));
+    for (auto [f, max_rel] : {std::pair{weight_format::fp16, 0.005}, std::pair{weight_format::bf16, 0.05}}) {
+      transformer m(ck, {.threads = 2, .kv_format = f});
+      auto got = flat_copy(m.forward(seq));
+      double max_abs = 0;
+      for (std::size_t j = 0; j < ref.size(); ++j) max_abs = std::max(max_abs, double(std::abs(got[j] - ref[j])));
+      std::printf("%s kv %s: max |diff| %.5f (%.5f sd)\n", name, std::string(specdec::cpu::to_string(f)).c_str(),
+                  max_abs, max_abs / sd);
+      EXPECT_GT(max_abs, 0.0) << "a 16-bit cache that changes nothing is not rounding";
+      EXPECT_LT(max_abs / sd, max_rel) << name << " kv " << specdec::cpu::to_string(f);
+    }
+  }
+}
+
+TEST(kv_formats, sizes_and_bad_formats) {
+  specdec::cpu::kv_cache f32(6, 256, 128), f16(6, 256, 128, weight_format::fp16);
+  EXPECT_EQ(f32.bytes_per_position(), 2u * 6 * 128 * 4);
+  EXPECT_EQ(f16.bytes_per_position(), 2u * 6 * 128 * 2);
+  EXPECT_EQ(f16.format(), weight_format::fp16);
+  EXPECT_THROW(specdec::cpu::kv_cache(6, 256, 128, weight_format::q8_0), specdec::invalid_argument);
+  try {
+    transformer m(shared_checkpoint("stories260K.bin"), {.kv_format = weight_format::q8_0});
+    ADD_FAILURE() << "q8_0 KV cache accepted";
+  } catch (const specdec::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("kv_format"), std::string::npos) << e.what();
   }
 }
 

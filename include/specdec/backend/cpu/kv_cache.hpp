@@ -2,7 +2,12 @@
 /// \file backend/cpu/kv_cache.hpp
 /// The preallocated key/value cache of the CPU transformer.
 #include <cstddef>
+#include <cstdint>
+#include <string>
 #include <vector>
+
+#include "specdec/backend/cpu/detail/weights.hpp"
+#include "specdec/error.hpp"
 
 namespace specdec::cpu {
 
@@ -11,25 +16,66 @@ namespace specdec::cpu {
 /// valid entries; shrinking it is O(1) because entries past the length are simply
 /// overwritten by the next forward.
 ///
+/// Entries are held as `format()`: fp32 (exact), or fp16 / bf16 (2 bytes, rounded to
+/// nearest even when stored, widened exactly when read; half the memory and half the
+/// bytes each attention pass reads). The rounding happens once, when a position is
+/// stored, so it is the same whatever block or batch the position came in with.
+///
 /// ```cpp
 /// specdec::cpu::kv_cache cache(/*n_layers=*/6, /*seq_len=*/256, /*kv_dim=*/128);
-/// float* k = cache.key(0, cache.length());  // where the next position's key goes
+/// std::vector<float> k(128, 0.5f), v(128, -0.5f);
+/// cache.store(0, cache.length(), k.data(), v.data());  // layer 0, next position
 /// cache.set_length(cache.length() + 1);
 /// ```
 class kv_cache {
  public:
   kv_cache() = default;
-  kv_cache(std::size_t n_layers, std::size_t seq_len, std::size_t kv_dim)
-      : layers_(n_layers), capacity_(seq_len), kv_dim_(kv_dim),
-        keys_(n_layers * seq_len * kv_dim), values_(n_layers * seq_len * kv_dim) {}
+  /// Throws `invalid_argument` for q8_0, which is a weight format only.
+  kv_cache(std::size_t n_layers, std::size_t seq_len, std::size_t kv_dim, weight_format format = weight_format::fp32)
+      : layers_(n_layers), capacity_(seq_len), kv_dim_(kv_dim), format_(format) {
+    const std::size_t n = n_layers * seq_len * kv_dim;
+    switch (format) {
+      case weight_format::fp32: keys_.resize(n), values_.resize(n); break;
+      case weight_format::bf16:
+      case weight_format::fp16: keys16_.resize(n), values16_.resize(n); break;
+      default:
+        throw invalid_argument("kv_cache: format '" + std::string(to_string(format)) +
+                               "' cannot hold a KV cache; expected fp32, bf16 or fp16");
+    }
+  }
 
   [[nodiscard]] std::size_t length() const noexcept { return length_; }
   [[nodiscard]] std::size_t capacity() const noexcept { return capacity_; }
   [[nodiscard]] std::size_t kv_dim() const noexcept { return kv_dim_; }
   [[nodiscard]] std::size_t layers() const noexcept { return layers_; }
+  [[nodiscard]] weight_format format() const noexcept { return format_; }
+  /// Bytes one cached position takes over all layers (keys and values).
+  [[nodiscard]] std::size_t bytes_per_position() const noexcept {
+    return 2 * layers_ * kv_dim_ * (format_ == weight_format::fp32 ? sizeof(float) : sizeof(std::uint16_t));
+  }
   /// Sets the number of valid positions; the caller keeps it <= capacity().
   void set_length(std::size_t n) noexcept { length_ = n; }
 
+  /// Writes the key and value (kv_dim floats each) of `pos` in `layer`, rounded to
+  /// `format()`.
+  void store(std::size_t layer, std::size_t pos, const float* key, const float* value) noexcept {
+    const std::size_t at = index(layer, pos);
+    switch (format_) {
+      case weight_format::fp32:
+        for (std::size_t i = 0; i < kv_dim_; ++i) keys_[at + i] = key[i], values_[at + i] = value[i];
+        break;
+      case weight_format::bf16:
+        for (std::size_t i = 0; i < kv_dim_; ++i)
+          keys16_[at + i] = detail::float_to_bf16(key[i]), values16_[at + i] = detail::float_to_bf16(value[i]);
+        break;
+      default:
+        for (std::size_t i = 0; i < kv_dim_; ++i)
+          keys16_[at + i] = detail::float_to_fp16(key[i]), values16_[at + i] = detail::float_to_fp16(value[i]);
+        break;
+    }
+  }
+
+  /// fp32 caches: the key / value row of (layer, pos).
   [[nodiscard]] float* key(std::size_t layer, std::size_t pos) noexcept { return keys_.data() + index(layer, pos); }
   [[nodiscard]] const float* key(std::size_t layer, std::size_t pos) const noexcept {
     return keys_.data() + index(layer, pos);
@@ -37,6 +83,13 @@ class kv_cache {
   [[nodiscard]] float* value(std::size_t layer, std::size_t pos) noexcept { return values_.data() + index(layer, pos); }
   [[nodiscard]] const float* value(std::size_t layer, std::size_t pos) const noexcept {
     return values_.data() + index(layer, pos);
+  }
+  /// bf16 / fp16 caches: the stored 16-bit key / value row of (layer, pos).
+  [[nodiscard]] const std::uint16_t* key16(std::size_t layer, std::size_t pos) const noexcept {
+    return keys16_.data() + index(layer, pos);
+  }
+  [[nodiscard]] const std::uint16_t* value16(std::size_t layer, std::size_t pos) const noexcept {
+    return values16_.data() + index(layer, pos);
   }
 
  private:
@@ -47,8 +100,9 @@ class kv_cache {
   std::size_t capacity_ = 0;
   std::size_t kv_dim_ = 0;
   std::size_t length_ = 0;
-  std::vector<float> keys_;
-  std::vector<float> values_;
+  weight_format format_ = weight_format::fp32;
+  std::vector<float> keys_, values_;
+  std::vector<std::uint16_t> keys16_, values16_;
 };
 
 }  // namespace specdec::cpu

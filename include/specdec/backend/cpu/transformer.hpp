@@ -36,6 +36,11 @@ struct transformer_options {
   std::size_t threads = 0;
   /// How the weight matrices are held: converted from the checkpoint's fp32 at load time.
   weight_format format = weight_format::fp32;
+  /// How the KV cache holds keys and values: fp32 (exact), or fp16 / bf16 (half the
+  /// memory and half the attention's cache reads; each key and value rounded once when
+  /// stored, like llama.cpp's default f16 cache). q8_0 is rejected. Results stay
+  /// batch- and thread-invariant bit for bit in every format.
+  weight_format kv_format = weight_format::fp32;
 };
 
 namespace detail {
@@ -59,6 +64,9 @@ class llama_engine {
   llama_engine(std::shared_ptr<const checkpoint> ckpt, transformer_options options, const char* who)
       : ck_(std::move(ckpt)), options_(options) {
     if (!ck_) throw invalid_argument(std::string(who) + ": checkpoint pointer is null; expected loaded weights");
+    if (options.kv_format == weight_format::q8_0)
+      throw invalid_argument(std::string(who) + ": transformer_options::kv_format q8_0 cannot hold a KV cache; "
+                             "expected fp32, bf16 or fp16");
     const model_config& c = ck_->config;
     const std::size_t dim = static_cast<std::size_t>(c.dim);
     const std::size_t hid = static_cast<std::size_t>(c.hidden_dim);
@@ -104,7 +112,7 @@ class llama_engine {
   [[nodiscard]] kv_cache make_cache() const {
     const model_config& c = ck_->config;
     return kv_cache(static_cast<std::size_t>(c.n_layers), static_cast<std::size_t>(c.seq_len),
-                    static_cast<std::size_t>(c.kv_dim()));
+                    static_cast<std::size_t>(c.kv_dim()), options_.kv_format);
   }
   /// The logits buffer (valid rows: those of the last `forward_rows`).
   [[nodiscard]] const float* logits() const noexcept { return logits_.data(); }
@@ -166,8 +174,7 @@ class llama_engine {
         const std::size_t r = rows[t].pos * (hs / 2);
         float* key = k_.data() + t * kvd;
         rope(q_.data() + t * dim, key, dim, kvd, hs, rope_cos_.data() + r, rope_sin_.data() + r);
-        std::copy(key, key + kvd, rows[t].cache->key(ul, rows[t].pos));
-        std::copy(v_.data() + t * kvd, v_.data() + (t + 1) * kvd, rows[t].cache->value(ul, rows[t].pos));
+        rows[t].cache->store(ul, rows[t].pos, key, v_.data() + t * kvd);
       }
       // Causal attention: row t sees positions 0..pos of its own cache. The kv_mul query
       // heads sharing a KV head are computed together, so each key and value row is read
@@ -185,14 +192,28 @@ class llama_engine {
           const std::size_t pos = rows[t].pos;
           const std::size_t kv_off = g * hs;
           const std::size_t head_off = t * dim + g * kv_mul * hs;  // the group's first head
-          matmul(cache.key(ul, 0) + kv_off, pos + 1, hs, kvd, q_.data() + head_off, kv_mul, hs, att, seq);
-          for (std::size_t m = 0; m < kv_mul; ++m) {
-            float* a = att + m * seq;
-            for (std::size_t p = 0; p <= pos; ++p) a[p] /= att_scale;
-            softmax(a, pos + 1);
+          // Keys and values as row streams of the cache's format (decoded to fp32 in
+          // registers, exactly), so the same tile kernels and summation orders apply.
+          const auto attend = [&](const auto& keys, const auto& values) {
+            matmul_rows(keys, pos + 1, hs, q_.data() + head_off, kv_mul, hs, att, seq);
+            for (std::size_t m = 0; m < kv_mul; ++m) {
+              float* a = att + m * seq;
+              for (std::size_t p = 0; p <= pos; ++p) a[p] /= att_scale;
+              softmax(a, pos + 1);
+            }
+            weighted_rows_sum_heads(kv_mul, att, seq, pos + 1, values, xb_.data() + head_off, hs, hs);
+          };
+          switch (cache.format()) {
+            case weight_format::fp32:
+              attend(f32_rows{cache.key(ul, 0) + kv_off, kvd}, f32_rows{cache.value(ul, 0) + kv_off, kvd});
+              break;
+            case weight_format::bf16:
+              attend(bf16_rows{cache.key16(ul, 0) + kv_off, kvd}, bf16_rows{cache.value16(ul, 0) + kv_off, kvd});
+              break;
+            default:
+              attend(fp16_rows{cache.key16(ul, 0) + kv_off, kvd}, fp16_rows{cache.value16(ul, 0) + kv_off, kvd});
+              break;
           }
-          weighted_rows_sum_heads(kv_mul, att, seq, pos + 1, cache.value(ul, 0) + kv_off, kvd,
-                                  xb_.data() + head_off, hs, hs);
         }
       });
       parallel(k * dim * dim, [&](std::size_t part, std::size_t parts) {

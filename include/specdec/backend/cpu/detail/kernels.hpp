@@ -395,16 +395,17 @@ inline void matmul(const float* w, std::size_t rows, std::size_t n, std::size_t 
 }
 
 /// out_m[i] = sum over p < count of a_m[p] * v_p[i] for i < n and each of M weight vectors
-/// a_m = a + m * lda (output out_m = out + m * ldo), where v_p = v + p * ldv: the
+/// a_m = a + m * lda (output out_m = out + m * ldo), where v_p is row p of the row stream
+/// `v` (fp32, or a 16-bit KV cache decoded exactly to fp32 in registers): the
 /// attention-weighted sums of value rows for M query heads sharing one KV head (grouped-
 /// query attention), so each value row is loaded once for all M heads. Each element is
 /// one multiply-add chain in p order starting from 0, computed the same way whatever M
 /// (the vector `acc += a * v` is fused into an FMA or not by the same rule everywhere, see
 /// the file comment): grouping changes no result. Up to 64 elements per head stay in
 /// registers instead of being stored and reloaded per p.
-template <int M>
-inline void weighted_rows_sum_group(const float* a, std::size_t lda, std::size_t count, const float* v,
-                                    std::size_t ldv, float* out, std::size_t ldo, std::size_t n) noexcept {
+template <int M, class W>
+inline void weighted_rows_sum_group(const float* a, std::size_t lda, std::size_t count, const W& v, float* out,
+                                    std::size_t ldo, std::size_t n) noexcept {
   static_assert(M >= 1 && M * 4 + 4 + M <= 32, "weighted_rows_sum_group: M heads x 4 chunks must fit the registers");
   std::size_t i = 0;
   for (; i + 4 * lanes <= n; i += 4 * lanes) {
@@ -412,10 +413,9 @@ inline void weighted_rows_sum_group(const float* a, std::size_t lda, std::size_t
     for (int m = 0; m < M; ++m)
       for (int c = 0; c < 4; ++c) acc[m][c] = v16{};
     for (std::size_t p = 0; p < count; ++p) {
-      const float* vp = v + p * ldv + i;
       v16 vv[4];
       for (int c = 0; c < 4; ++c) {
-        load16(vv[c], vp + c * lanes);
+        v.load(vv[c], p, i + c * lanes);
         pin_register(vv[c]);
       }
       for (int m = 0; m < M; ++m) {
@@ -433,7 +433,7 @@ inline void weighted_rows_sum_group(const float* a, std::size_t lda, std::size_t
       v16 acc{};
       for (std::size_t p = 0; p < count; ++p) {
         v16 vv;
-        load16(vv, v + p * ldv + i);
+        v.load(vv, p, i);
         acc += am[p] * vv;
       }
       __builtin_memcpy(out + static_cast<std::size_t>(m) * ldo + i, &acc, sizeof(v16));
@@ -443,24 +443,39 @@ inline void weighted_rows_sum_group(const float* a, std::size_t lda, std::size_t
     for (int m = 0; m < M; ++m) {
       const float* am = a + static_cast<std::size_t>(m) * lda;
       float acc = 0.0f;
-      for (std::size_t p = 0; p < count; ++p) acc = fmadd(am[p], v[p * ldv + i], acc);
+      for (std::size_t p = 0; p < count; ++p) acc = fmadd(am[p], v.at(p, i), acc);
       out[static_cast<std::size_t>(m) * ldo + i] = acc;
     }
   }
 }
 
-/// weighted_rows_sum_group for a runtime number of heads `heads`: groups of up to 4.
+/// weighted_rows_sum_group over fp32 value rows v + p * ldv.
+template <int M>
+inline void weighted_rows_sum_group(const float* a, std::size_t lda, std::size_t count, const float* v,
+                                    std::size_t ldv, float* out, std::size_t ldo, std::size_t n) noexcept {
+  weighted_rows_sum_group<M>(a, lda, count, f32_rows{v, ldv}, out, ldo, n);
+}
+
+/// weighted_rows_sum_group for a runtime number of heads `heads`: groups of up to 4. The
+/// value rows are a row stream (`f32_rows`, or a 16-bit KV cache's `u16_rows`).
+template <class W>
+inline void weighted_rows_sum_heads(std::size_t heads, const float* a, std::size_t lda, std::size_t count,
+                                    const W& v, float* out, std::size_t ldo, std::size_t n) noexcept {
+  std::size_t h = 0;
+  for (; h + 4 <= heads; h += 4) weighted_rows_sum_group<4>(a + h * lda, lda, count, v, out + h * ldo, ldo, n);
+  switch (heads - h) {
+    case 3: weighted_rows_sum_group<3>(a + h * lda, lda, count, v, out + h * ldo, ldo, n); break;
+    case 2: weighted_rows_sum_group<2>(a + h * lda, lda, count, v, out + h * ldo, ldo, n); break;
+    case 1: weighted_rows_sum_group<1>(a + h * lda, lda, count, v, out + h * ldo, ldo, n); break;
+    default: break;
+  }
+}
+
+/// weighted_rows_sum_heads over fp32 value rows v + p * ldv.
 inline void weighted_rows_sum_heads(std::size_t heads, const float* a, std::size_t lda, std::size_t count,
                                     const float* v, std::size_t ldv, float* out, std::size_t ldo,
                                     std::size_t n) noexcept {
-  std::size_t h = 0;
-  for (; h + 4 <= heads; h += 4) weighted_rows_sum_group<4>(a + h * lda, lda, count, v, ldv, out + h * ldo, ldo, n);
-  switch (heads - h) {
-    case 3: weighted_rows_sum_group<3>(a + h * lda, lda, count, v, ldv, out + h * ldo, ldo, n); break;
-    case 2: weighted_rows_sum_group<2>(a + h * lda, lda, count, v, ldv, out + h * ldo, ldo, n); break;
-    case 1: weighted_rows_sum_group<1>(a + h * lda, lda, count, v, ldv, out + h * ldo, ldo, n); break;
-    default: break;
-  }
+  weighted_rows_sum_heads(heads, a, lda, count, f32_rows{v, ldv}, out, ldo, n);
 }
 
 /// Inverse RMS of x as llama2.c computes it: 1 / sqrt(mean(x^2) + 1e-5), with the sum of
