@@ -740,18 +740,31 @@ TEST(weight_formats, names_parse_and_unknown_names_throw) {
 // fraction of the fp32 logits' standard deviation. Bounds are ~3x the measured values
 // (docs/performance.md): bf16 has 8 mantissa bits (relative step 2^-8 per weight),
 // fp16 11, q8_0 about 7 within a group's range.
+// The fp32 model's (fp32 weights and cache) logits of 64 random tokens, and their
+// standard deviation: the scale the format tests measure their errors in.
+struct reference_logits {
+  std::vector<token_id> seq;
+  std::vector<float> logits;
+  double sd = 0;
+};
+reference_logits fp32_reference(const std::shared_ptr<const checkpoint>& ck, unsigned seed) {
+  reference_logits r;
+  r.seq = random_tokens(64, std::size_t(ck->config.vocab_size), seed);
+  transformer ref_model(ck, {.threads = 2});
+  r.logits = flat_copy(ref_model.forward(r.seq));
+  double mean = 0, var = 0;
+  for (float v : r.logits) mean += v;
+  mean /= double(r.logits.size());
+  for (float v : r.logits) var += (v - mean) * (v - mean);
+  r.sd = std::sqrt(var / double(r.logits.size()));
+  return r;
+}
+
 TEST(weight_formats, logits_stay_close_to_fp32) {
   struct bound { weight_format f; double max_rel; };
   for (const char* name : {"kjv-little.bin", "kjv-big.bin"}) {
     auto ck = shared_checkpoint(name);
-    auto seq = random_tokens(64, std::size_t(ck->config.vocab_size), 31);
-    transformer ref_model(ck, {.threads = 2});
-    auto ref = flat_copy(ref_model.forward(seq));
-    double mean = 0, var = 0;
-    for (float v : ref) mean += v;
-    mean /= double(ref.size());
-    for (float v : ref) var += (v - mean) * (v - mean);
-    const double sd = std::sqrt(var / double(ref.size()));
+    const auto [seq, ref, sd] = fp32_reference(ck, 31);
     for (bound b : {bound{weight_format::bf16, 0.04}, bound{weight_format::fp16, 0.006}, bound{weight_format::q8_0, 0.15}}) {
       transformer m(ck, {.threads = 2, .format = b.f});
       auto got = flat_copy(m.forward(seq));
@@ -775,14 +788,7 @@ TEST(weight_formats, logits_stay_close_to_fp32) {
 TEST(kv_formats, logits_stay_close_to_an_fp32_cache) {
   for (const char* name : {"stories260K.bin", "kjv-little.bin", "kjv-big.bin"}) {
     auto ck = shared_checkpoint(name);
-    auto seq = random_tokens(64, std::size_t(ck->config.vocab_size), 37);
-    transformer ref_model(ck, {.threads = 2});
-    auto ref = flat_copy(ref_model.forward(seq));
-    double mean = 0, var = 0;
-    for (float v : ref) mean += v;
-    mean /= double(ref.size());
-    for (float v : ref) var += (v - mean) * (v - mean);
-    const double sd = std::sqrt(var / double(ref.size()));
+    const auto [seq, ref, sd] = fp32_reference(ck, 37);
     for (auto [f, max_rel] : {std::pair{weight_format::fp16, 0.005}, std::pair{weight_format::bf16, 0.05}}) {
       transformer m(ck, {.threads = 2, .kv_format = f});
       auto got = flat_copy(m.forward(seq));
