@@ -42,6 +42,7 @@
 #include <array>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <map>
 #include <memory>
@@ -364,23 +365,48 @@ void summary(const std::vector<csv_row>& rows) {
   }
 }
 
+constexpr const char* usage = R"(usage: specdec-batch-bench [options]   (batched decoding and scheduling on kjv-big)
+  --batches 1,2,4,8,16,32   batch sizes of the curve       --tokens N        new tokens per user (32)
+  --threads N               threads per model (0 = all)    --kv-format F     KV cache: fp32, bf16, fp16
+  --repeats N               best of N runs per point (3)   --no-sd --no-independent --no-sched
+  --requests N              scheduler requests (48)        --max-batch N     batch cap (8)
+  --budget-mb X             KV budget in MB (8)            --noise X         prediction noise in [0, 1) (0.2)
+  --short-range MIN,MAX --long-range MIN,MAX   the scheduler mix's lengths (8,16 and 64,96)
+  --continue | --preempt    one under-prediction policy    --quick  --csv PATH  --prompts PATH
+)";
+
+// One count for `option`, or an error naming the option (std::stoul alone wraps "-1").
+std::size_t parse_count(const std::string& option, const std::string& s) {
+  std::size_t pos = 0, v = 0;
+  try {
+    if (!s.empty() && s[0] != '-') v = std::stoul(s, &pos);
+  } catch (const std::exception&) {
+    pos = 0;
+  }
+  if (pos == 0 || pos != s.size()) throw specdec::invalid_argument(option + ": '" + s + "' is not a number");
+  return v;
+}
+
 options parse(int argc, char** argv) {
   options o;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() -> std::string {
-      if (i + 1 >= argc) throw specdec::invalid_argument("specdec-batch-bench: " + a + " needs a value");
+      if (i + 1 >= argc) throw specdec::invalid_argument("" + a + " needs a value");
       return argv[++i];
     };
     if (a == "--batches") {
       o.batches.clear();
       std::stringstream ss(next());
       std::string item;
-      while (std::getline(ss, item, ',')) o.batches.push_back(std::stoul(item));
-    } else if (a == "--tokens") o.tokens = std::stoul(next());
-    else if (a == "--requests") o.requests = std::stoul(next());
-    else if (a == "--max-batch") o.max_batch = std::stoul(next());
-    else if (a == "--threads") o.threads = std::stoul(next());
+      while (std::getline(ss, item, ',')) o.batches.push_back(parse_count(a, item));
+    } else if (a == "--help" || a == "-h") {
+      std::fputs(usage, stdout);
+      std::exit(0);
+    } else if (a == "--tokens") o.tokens = parse_count(a, next());
+    else if (a == "--requests") o.requests = parse_count(a, next());
+    else if (a == "--max-batch") o.max_batch = parse_count(a, next());
+    else if (a == "--threads") o.threads = parse_count(a, next());
     else if (a == "--budget-mb") o.budget_mb = std::stod(next());
     else if (a == "--kv-format") o.kv_format = specdec::cpu::parse_weight_format(next());
     else if (a == "--noise") o.noise = std::stod(next());
@@ -395,23 +421,23 @@ options parse(int argc, char** argv) {
       const std::string v = next();
       const auto comma = v.find(',');
       std::array<std::size_t, 2> r{};
-      if (comma != std::string::npos) r = {std::stoul(v.substr(0, comma)), std::stoul(v.substr(comma + 1))};
+      if (comma != std::string::npos) r = {parse_count(a, v.substr(0, comma)), parse_count(a, v.substr(comma + 1))};
       if (comma == std::string::npos || r[0] == 0 || r[1] < r[0])
         throw specdec::invalid_argument(a + ": expected MIN,MAX with 0 < MIN <= MAX, got '" + v + "'");
       (a == "--short-range" ? o.short_range : o.long_range) = r;
     }
-    else if (a == "--repeats") o.repeats = std::max<std::size_t>(1, std::stoul(next()));
+    else if (a == "--repeats") o.repeats = std::max<std::size_t>(1, parse_count(a, next()));
     else if (a == "--quick") {
       o.batches = {1, 4, 16};
       o.tokens = 12;
       o.requests = 16;
     } else {
-      throw specdec::invalid_argument("specdec-batch-bench: unknown argument '" + a + "'; see the file comment");
+      throw specdec::invalid_argument("unknown argument '" + a + "'; see --help");
     }
   }
   for (std::size_t b : o.batches)
-    if (b == 0) throw specdec::invalid_argument("specdec-batch-bench: --batches entries must be >= 1");
-  if (!(o.noise >= 0.0 && o.noise < 1.0)) throw specdec::invalid_argument("specdec-batch-bench: --noise must be in [0, 1)");
+    if (b == 0) throw specdec::invalid_argument("--batches entries must be >= 1");
+  if (!(o.noise >= 0.0 && o.noise < 1.0)) throw specdec::invalid_argument("--noise must be in [0, 1)");
   return o;
 }
 

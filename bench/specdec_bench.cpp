@@ -349,7 +349,7 @@ std::vector<T> parse_list(const std::string& option, const std::string& s, const
     T v{};
     try {
       if constexpr (std::is_floating_point_v<T>) v = std::stof(item, &pos);
-      else v = std::stoul(item, &pos);
+      else if (item.empty() || item[0] != '-') v = std::stoul(item, &pos);  // stoul wraps "-1"
     } catch (const std::exception&) {
       pos = 0;
     }
@@ -361,10 +361,29 @@ std::vector<T> parse_list(const std::string& option, const std::string& s, const
 }
 
 // A non-empty comma-separated list of counts for `option` (--threads 1,2; --gammas 3,4,5).
+constexpr const char* usage = R"(usage: specdec-bench [options]   (speculative decoding vs autoregressive on the KJV pair)
+  --pairs little,self        draft -> target pairs (little: kjv-little -> kjv-big; self: kjv-big q8_0 -> fp32)
+  --threads 1,2              thread counts (0 = all cores)     --draft-threads N   draft's own thread count
+  --format F                 target weights: fp32, bf16, fp16, q8_0 (default fp32)
+  --draft-format F           kjv-little weights (default fp32) --self-draft-format F  self pair's draft (q8_0)
+  --kv-format F              target KV cache: fp32, bf16, fp16 --draft-kv-format F  the draft's
+  --gammas 1,2,...           fixed draft lengths               --confidences 0.3,0.5  confidence_stop runs
+  --max-draft N              confidence_stop's cap             --no-bild            skip the BiLD sweep
+  --tokens N                 new tokens per prompt (96)        --repeats N          best of N (3)
+  --prompts PATH  --draft PATH  --target PATH  --tokenizer PATH  --quick  --json PATH  --csv PATH
+)";
+
 std::vector<std::size_t> parse_counts(const std::string& option, const std::string& s) {
   std::vector<std::size_t> out = parse_list<std::size_t>(option, s, "a number", [](std::size_t) { return true; });
   if (out.empty()) throw specdec::invalid_argument(option + ": expected a comma-separated list of numbers");
   return out;
+}
+
+// One count for `option` (--tokens 96), or an error naming the option.
+std::size_t parse_count(const std::string& option, const std::string& s) {
+  const std::vector<std::size_t> v = parse_counts(option, s);
+  if (v.size() != 1) throw specdec::invalid_argument(option + ": expected one number, got '" + s + "'");
+  return v[0];
 }
 
 // A comma-separated list of numbers in [0, 1] for `option` (--confidences 0.3,0.5).
@@ -382,19 +401,23 @@ int main(int argc, char** argv) try {
       if (i + 1 >= argc) throw specdec::invalid_argument(a + ": expected a value");
       return argv[++i];
     };
+    if (a == "--help" || a == "-h") {
+      std::cout << usage;
+      return 0;
+    }
     if (a == "--draft") o.draft = next();
     else if (a == "--target") o.target = next();
     else if (a == "--tokenizer") o.tokenizer = next();
     else if (a == "--json") o.json = next();
     else if (a == "--csv") o.csv = next();
     else if (a == "--prompts") o.prompts = next();
-    else if (a == "--tokens") o.tokens = std::stoul(next());
-    else if (a == "--repeats") o.repeats = std::stoi(next());
+    else if (a == "--tokens") o.tokens = parse_count(a, next());
+    else if (a == "--repeats") o.repeats = static_cast<int>(parse_count(a, next()));
     else if (a == "--threads") o.threads = parse_counts("--threads", next());
     else if (a == "--gammas") o.gammas = parse_counts("--gammas", next());
     else if (a == "--confidences") o.confidences = parse_fractions("--confidences", next());
-    else if (a == "--max-draft") o.max_draft = std::stoul(next());
-    else if (a == "--draft-threads") o.draft_threads = std::stoul(next());
+    else if (a == "--max-draft") o.max_draft = parse_count(a, next());
+    else if (a == "--draft-threads") o.draft_threads = parse_count(a, next());
     else if (a == "--format") o.format = specdec::cpu::parse_weight_format(next());
     else if (a == "--draft-format") o.draft_format = specdec::cpu::parse_weight_format(next());
     else if (a == "--self-draft-format") o.self_draft_format = specdec::cpu::parse_weight_format(next());
@@ -403,7 +426,7 @@ int main(int argc, char** argv) try {
     else if (a == "--pairs") o.pairs = split_list(next());
     else if (a == "--quick") o.quick = true;
     else if (a == "--no-bild") o.bild = false;
-    else throw specdec::invalid_argument("unknown option '" + a + "'");
+    else throw specdec::invalid_argument("unknown option '" + a + "' (see --help)");
   }
   if (o.repeats < 1) throw specdec::invalid_argument("--repeats must be >= 1");
   if (o.tokens < 1) throw specdec::invalid_argument("--tokens must be >= 1");
