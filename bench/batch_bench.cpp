@@ -408,7 +408,16 @@ options parse(int argc, char** argv) {
     else if (a == "--max-batch") o.max_batch = parse_count(a, next());
     else if (a == "--threads") o.threads = parse_count(a, next());
     else if (a == "--budget-mb") o.budget_mb = std::stod(next());
-    else if (a == "--kv-format") o.kv_format = specdec::cpu::parse_weight_format(next());
+    else if (a == "--kv-format") {
+      const std::string v = next();
+      try {
+        o.kv_format = specdec::cpu::parse_weight_format(v);
+      } catch (const specdec::invalid_argument& e) {
+        throw specdec::invalid_argument(a + ": " + e.what());
+      }
+      if (o.kv_format == specdec::cpu::weight_format::q8_0)
+        throw specdec::invalid_argument(a + ": 'q8_0' cannot hold a KV cache; expected fp32, bf16 or fp16");
+    }
     else if (a == "--noise") o.noise = std::stod(next());
     else if (a == "--csv") o.csv = next();
     else if (a == "--prompts") o.prompts = next();

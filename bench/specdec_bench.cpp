@@ -379,6 +379,20 @@ std::vector<std::size_t> parse_counts(const std::string& option, const std::stri
   return out;
 }
 
+// A weight format for `option`, or an error naming the option; KV caches (`kv`) take
+// fp32, bf16 or fp16 only.
+specdec::cpu::weight_format parse_format(const std::string& option, const std::string& s, bool kv = false) {
+  specdec::cpu::weight_format f{};
+  try {
+    f = specdec::cpu::parse_weight_format(s);
+  } catch (const specdec::invalid_argument& e) {
+    throw specdec::invalid_argument(option + ": " + e.what());
+  }
+  if (kv && f == specdec::cpu::weight_format::q8_0)
+    throw specdec::invalid_argument(option + ": 'q8_0' cannot hold a KV cache; expected fp32, bf16 or fp16");
+  return f;
+}
+
 // One count for `option` (--tokens 96), or an error naming the option.
 std::size_t parse_count(const std::string& option, const std::string& s) {
   const std::vector<std::size_t> v = parse_counts(option, s);
@@ -418,11 +432,11 @@ int main(int argc, char** argv) try {
     else if (a == "--confidences") o.confidences = parse_fractions("--confidences", next());
     else if (a == "--max-draft") o.max_draft = parse_count(a, next());
     else if (a == "--draft-threads") o.draft_threads = parse_count(a, next());
-    else if (a == "--format") o.format = specdec::cpu::parse_weight_format(next());
-    else if (a == "--draft-format") o.draft_format = specdec::cpu::parse_weight_format(next());
-    else if (a == "--self-draft-format") o.self_draft_format = specdec::cpu::parse_weight_format(next());
-    else if (a == "--kv-format") o.kv_format = specdec::cpu::parse_weight_format(next());
-    else if (a == "--draft-kv-format") o.draft_kv_format = specdec::cpu::parse_weight_format(next());
+    else if (a == "--format") o.format = parse_format(a, next());
+    else if (a == "--draft-format") o.draft_format = parse_format(a, next());
+    else if (a == "--self-draft-format") o.self_draft_format = parse_format(a, next());
+    else if (a == "--kv-format") o.kv_format = parse_format(a, next(), /*kv=*/true);
+    else if (a == "--draft-kv-format") o.draft_kv_format = parse_format(a, next(), /*kv=*/true);
     else if (a == "--pairs") o.pairs = split_list(next());
     else if (a == "--quick") o.quick = true;
     else if (a == "--no-bild") o.bild = false;
