@@ -505,7 +505,8 @@ inline void exp16(v16& v) noexcept {
   v16 xc = x < zero + lo ? zero + lo : x;
   xc = xc > zero + hi ? zero + hi : xc;
   xc = x == x ? xc : zero;  // NaN: computed as 0 (no float-to-int conversion of NaN), restored below
-  // n = round-to-nearest-even(x / ln2) by the 1.5 * 2^23 trick; |n| <= 127.
+  // n = round-to-nearest-even(x / ln2) by the 1.5 * 2^23 trick; -125 <= n <= 127, so 2^n
+  // is a normal float, built directly in the exponent bits.
   constexpr float magic = 12582912.0f;
   const v16 n = (xc * 1.44269504088896341f + magic) - magic;
   v16 r = xc - n * 0.693359375f;  // ln2 split in two: the first part has 9 bits
@@ -518,12 +519,10 @@ inline void exp16(v16& v) noexcept {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   v16 y = p * z + r + 1.0f;
-  // y * 2^n as y * 2^(n-1) * 2, so that n = 128 (x near 88) needs no exponent 255 and
-  // n = -125 (x near -86.5) no exponent 0.
-  const vi16 bits = (__builtin_convertvector(n, vi16) + 126) << 23;
+  const vi16 bits = (__builtin_convertvector(n, vi16) + 127) << 23;
   v16 scale;
   __builtin_memcpy(&scale, &bits, sizeof(scale));
-  y = y * scale * 2.0f;
+  y = y * scale;
   y = x > zero + hi ? zero + __builtin_inff() : y;
   y = x < zero + lo ? zero : y;
   v = x == x ? y : x;
