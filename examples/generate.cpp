@@ -82,9 +82,7 @@ specdec::cpu::weight_format parse_format(std::string_view flag, std::string_view
 // A KV cache format for `flag` (fp32, bf16 or fp16), or an error naming the flag.
 specdec::cpu::weight_format parse_kv_format(std::string_view flag, std::string_view text) {
   const specdec::cpu::weight_format f = parse_format(flag, text);
-  if (f == specdec::cpu::weight_format::q8_0)
-    throw specdec::invalid_argument(std::string(flag) + ": '" + std::string(text) +
-                                    "' cannot hold a KV cache; expected fp32, bf16 or fp16");
+  specdec::cpu::check_kv_format(f, flag);
   return f;
 }
 

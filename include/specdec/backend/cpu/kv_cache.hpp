@@ -4,12 +4,22 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "specdec/backend/cpu/detail/weights.hpp"
 #include "specdec/error.hpp"
 
 namespace specdec::cpu {
+
+/// Throws `invalid_argument` ("<who>: 'q8_0' cannot hold a KV cache; expected fp32, bf16 or
+/// fp16") unless `format` can hold a KV cache; q8_0 is a weight format only. The KV cache,
+/// the transformer options and the command-line tools all check through here.
+inline void check_kv_format(weight_format format, std::string_view who) {
+  if (format == weight_format::fp32 || format == weight_format::bf16 || format == weight_format::fp16) return;
+  throw invalid_argument(std::string(who) + ": '" + std::string(to_string(format)) +
+                         "' cannot hold a KV cache; expected fp32, bf16 or fp16");
+}
 
 /// Keys and values of every layer for up to `capacity()` positions, laid out
 /// `[layer][position][kv_dim]` and allocated once. `length()` is how many positions hold
@@ -33,15 +43,10 @@ class kv_cache {
   /// Throws `invalid_argument` for q8_0, which is a weight format only.
   kv_cache(std::size_t n_layers, std::size_t seq_len, std::size_t kv_dim, weight_format format = weight_format::fp32)
       : layers_(n_layers), capacity_(seq_len), kv_dim_(kv_dim), format_(format) {
+    check_kv_format(format, "kv_cache");
     const std::size_t n = n_layers * seq_len * kv_dim;
-    switch (format) {
-      case weight_format::fp32: keys_.resize(n), values_.resize(n); break;
-      case weight_format::bf16:
-      case weight_format::fp16: keys16_.resize(n), values16_.resize(n); break;
-      default:
-        throw invalid_argument("kv_cache: format '" + std::string(to_string(format)) +
-                               "' cannot hold a KV cache; expected fp32, bf16 or fp16");
-    }
+    if (format == weight_format::fp32) keys_.resize(n), values_.resize(n);
+    else keys16_.resize(n), values16_.resize(n);
   }
 
   [[nodiscard]] std::size_t length() const noexcept { return length_; }
@@ -50,8 +55,11 @@ class kv_cache {
   [[nodiscard]] std::size_t layers() const noexcept { return layers_; }
   [[nodiscard]] weight_format format() const noexcept { return format_; }
   /// Bytes one cached position takes over all layers (keys and values).
-  [[nodiscard]] std::size_t bytes_per_position() const noexcept {
-    return 2 * layers_ * kv_dim_ * (format_ == weight_format::fp32 ? sizeof(float) : sizeof(std::uint16_t));
+  [[nodiscard]] std::size_t bytes_per_position() const noexcept { return bytes_per_position(layers_, kv_dim_, format_); }
+  /// The same for a cache of `n_layers` x `kv_dim` in `format`, without allocating one.
+  [[nodiscard]] static std::size_t bytes_per_position(std::size_t n_layers, std::size_t kv_dim,
+                                                      weight_format format) noexcept {
+    return 2 * n_layers * kv_dim * (format == weight_format::fp32 ? sizeof(float) : sizeof(std::uint16_t));
   }
   /// Sets the number of valid positions; the caller keeps it <= capacity().
   void set_length(std::size_t n) noexcept { length_ = n; }

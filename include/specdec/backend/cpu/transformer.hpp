@@ -64,9 +64,7 @@ class llama_engine {
   llama_engine(std::shared_ptr<const checkpoint> ckpt, transformer_options options, const char* who)
       : ck_(std::move(ckpt)), options_(options) {
     if (!ck_) throw invalid_argument(std::string(who) + ": checkpoint pointer is null; expected loaded weights");
-    if (options.kv_format == weight_format::q8_0)
-      throw invalid_argument(std::string(who) + ": transformer_options::kv_format q8_0 cannot hold a KV cache; "
-                             "expected fp32, bf16 or fp16");
+    check_kv_format(options.kv_format, std::string(who) + ": transformer_options::kv_format");
     const model_config& c = ck_->config;
     const std::size_t dim = static_cast<std::size_t>(c.dim);
     const std::size_t hid = static_cast<std::size_t>(c.hidden_dim);
