@@ -47,7 +47,6 @@
 #include <map>
 #include <memory>
 #include <random>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -60,9 +59,14 @@
 #include "specdec/rollback.hpp"
 #include "specdec/scheduler.hpp"
 
+#include "cli_args.hpp"
 #include "held_out_prompts.hpp"
 
 namespace {
+
+using specdec::bench::parse_count;
+using specdec::bench::parse_counts;
+using specdec::bench::parse_format;
 
 using specdec::token_id;
 using clock_type = std::chrono::steady_clock;
@@ -375,31 +379,16 @@ constexpr const char* usage = R"(usage: specdec-batch-bench [options]   (batched
   --continue | --preempt    one under-prediction policy    --quick  --csv PATH  --prompts PATH
 )";
 
-// One count for `option`, or an error naming the option (std::stoul alone wraps "-1").
-std::size_t parse_count(const std::string& option, const std::string& s) {
-  std::size_t pos = 0, v = 0;
-  try {
-    if (!s.empty() && s[0] != '-') v = std::stoul(s, &pos);
-  } catch (const std::exception&) {
-    pos = 0;
-  }
-  if (pos == 0 || pos != s.size()) throw specdec::invalid_argument(option + ": '" + s + "' is not a number");
-  return v;
-}
-
 options parse(int argc, char** argv) {
   options o;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() -> std::string {
-      if (i + 1 >= argc) throw specdec::invalid_argument("" + a + " needs a value");
+      if (i + 1 >= argc) throw specdec::invalid_argument(a + " needs a value");
       return argv[++i];
     };
     if (a == "--batches") {
-      o.batches.clear();
-      std::stringstream ss(next());
-      std::string item;
-      while (std::getline(ss, item, ',')) o.batches.push_back(parse_count(a, item));
+      o.batches = parse_counts(a, next());
     } else if (a == "--help" || a == "-h") {
       std::fputs(usage, stdout);
       std::exit(0);
@@ -408,16 +397,7 @@ options parse(int argc, char** argv) {
     else if (a == "--max-batch") o.max_batch = parse_count(a, next());
     else if (a == "--threads") o.threads = parse_count(a, next());
     else if (a == "--budget-mb") o.budget_mb = std::stod(next());
-    else if (a == "--kv-format") {
-      const std::string v = next();
-      try {
-        o.kv_format = specdec::cpu::parse_weight_format(v);
-      } catch (const specdec::invalid_argument& e) {
-        throw specdec::invalid_argument(a + ": " + e.what());
-      }
-      if (o.kv_format == specdec::cpu::weight_format::q8_0)
-        throw specdec::invalid_argument(a + ": 'q8_0' cannot hold a KV cache; expected fp32, bf16 or fp16");
-    }
+    else if (a == "--kv-format") o.kv_format = parse_format(a, next(), /*kv=*/true);
     else if (a == "--noise") o.noise = std::stod(next());
     else if (a == "--csv") o.csv = next();
     else if (a == "--prompts") o.prompts = next();
@@ -477,8 +457,8 @@ int main(int argc, char** argv) try {
   };
 
   const auto& c = big->config;
-  const double kv_bytes_per_token =
-      2.0 * c.n_layers * c.kv_dim() * (o.kv_format == specdec::cpu::weight_format::fp32 ? 4.0 : 2.0);
+  const double kv_bytes_per_token = static_cast<double>(specdec::cpu::kv_cache::bytes_per_position(
+      static_cast<std::size_t>(c.n_layers), static_cast<std::size_t>(c.kv_dim()), o.kv_format));
   std::printf("kjv-big: dim %d, %d layers, kv_dim %d, context %d; %.0f KV bytes per token (%s cache); model %s\n",
               c.dim, c.n_layers, c.kv_dim(), c.seq_len, kv_bytes_per_token,
               std::string(specdec::cpu::to_string(o.kv_format)).c_str(), "cpu::batched_transformer");

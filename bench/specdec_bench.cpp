@@ -37,7 +37,6 @@
 #include <optional>
 #include <sstream>
 #include <string>
-#include <type_traits>
 #include <vector>
 
 #include "specdec/backend/cpu/tokenizer.hpp"
@@ -49,9 +48,16 @@
 #include "specdec/sampling.hpp"
 #include "specdec/telemetry.hpp"
 
+#include "cli_args.hpp"
 #include "held_out_prompts.hpp"
 
 namespace {
+
+using specdec::bench::parse_count;
+using specdec::bench::parse_counts;
+using specdec::bench::parse_format;
+using specdec::bench::parse_fractions;
+using specdec::bench::split_list;
 
 using specdec::token_id;
 using specdec::cpu::transformer;
@@ -208,14 +214,6 @@ double time_block(transformer& m, std::size_t k, std::size_t at, int calls, int 
   return best;
 }
 
-std::vector<std::string> split_list(const std::string& s) {
-  std::vector<std::string> out;
-  std::string item;
-  std::istringstream in(s);
-  while (std::getline(in, item, ',')) if (!item.empty()) out.push_back(item);
-  return out;
-}
-
 std::string csv_quote(const std::string& s) { return "\"" + s + "\""; }
 
 
@@ -339,28 +337,6 @@ pair_result run_pair(const bench_options& o, const std::string& pair, std::size_
   return pr;
 }
 
-// The items of the comma-separated `s`, each parsed whole as a T and accepted by `ok`;
-// otherwise an error naming `option` and saying the item is not `what`.
-template <class T, class Ok>
-std::vector<T> parse_list(const std::string& option, const std::string& s, const char* what, Ok ok) {
-  std::vector<T> out;
-  for (const auto& item : split_list(s)) {
-    std::size_t pos = 0;
-    T v{};
-    try {
-      if constexpr (std::is_floating_point_v<T>) v = std::stof(item, &pos);
-      else if (item.empty() || item[0] != '-') v = std::stoul(item, &pos);  // stoul wraps "-1"
-    } catch (const std::exception&) {
-      pos = 0;
-    }
-    if (pos == 0 || pos != item.size() || !ok(v))
-      throw specdec::invalid_argument(option + ": '" + item + "' is not " + what);
-    out.push_back(v);
-  }
-  return out;
-}
-
-// A non-empty comma-separated list of counts for `option` (--threads 1,2; --gammas 3,4,5).
 constexpr const char* usage = R"(usage: specdec-bench [options]   (speculative decoding vs autoregressive on the KJV pair)
   --pairs little,self        draft -> target pairs (little: kjv-little -> kjv-big; self: kjv-big q8_0 -> fp32)
   --threads 1,2              thread counts (0 = all cores)     --draft-threads N   draft's own thread count
@@ -372,38 +348,6 @@ constexpr const char* usage = R"(usage: specdec-bench [options]   (speculative d
   --tokens N                 new tokens per prompt (96)        --repeats N          best of N (3)
   --prompts PATH  --draft PATH  --target PATH  --tokenizer PATH  --quick  --json PATH  --csv PATH
 )";
-
-std::vector<std::size_t> parse_counts(const std::string& option, const std::string& s) {
-  std::vector<std::size_t> out = parse_list<std::size_t>(option, s, "a number", [](std::size_t) { return true; });
-  if (out.empty()) throw specdec::invalid_argument(option + ": expected a comma-separated list of numbers");
-  return out;
-}
-
-// A weight format for `option`, or an error naming the option; KV caches (`kv`) take
-// fp32, bf16 or fp16 only.
-specdec::cpu::weight_format parse_format(const std::string& option, const std::string& s, bool kv = false) {
-  specdec::cpu::weight_format f{};
-  try {
-    f = specdec::cpu::parse_weight_format(s);
-  } catch (const specdec::invalid_argument& e) {
-    throw specdec::invalid_argument(option + ": " + e.what());
-  }
-  if (kv && f == specdec::cpu::weight_format::q8_0)
-    throw specdec::invalid_argument(option + ": 'q8_0' cannot hold a KV cache; expected fp32, bf16 or fp16");
-  return f;
-}
-
-// One count for `option` (--tokens 96), or an error naming the option.
-std::size_t parse_count(const std::string& option, const std::string& s) {
-  const std::vector<std::size_t> v = parse_counts(option, s);
-  if (v.size() != 1) throw specdec::invalid_argument(option + ": expected one number, got '" + s + "'");
-  return v[0];
-}
-
-// A comma-separated list of numbers in [0, 1] for `option` (--confidences 0.3,0.5).
-std::vector<float> parse_fractions(const std::string& option, const std::string& s) {
-  return parse_list<float>(option, s, "a number in [0, 1]", [](float v) { return v >= 0.0f && v <= 1.0f; });
-}
 
 }  // namespace
 
