@@ -2,24 +2,16 @@
 set(common --model ${MODELS}/kjv-big.bin --tokenizer ${MODELS}/kjv2k-tokenizer.bin
            --prompt "And the LORD spake unto Moses" --max-new-tokens 48 --threads 1)
 
+include(${CMAKE_CURRENT_LIST_DIR}/cli_checks.cmake)
+
 function(run_ok out_var)
-  execute_process(COMMAND ${GENERATE} ${common} ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
-  if(NOT rc EQUAL 0)
-    message(FATAL_ERROR "specdec-generate ${ARGN} failed (${rc}):\n${err}")
-  endif()
+  cli_run_ok(out ${GENERATE} ${common} ${ARGN})
   set(${out_var} "${out}" PARENT_SCOPE)
 endfunction()
 
 # Fails, and says `expect` on stderr.
 function(run_fails expect)
-  execute_process(COMMAND ${GENERATE} ${common} ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
-  if(rc EQUAL 0)
-    message(FATAL_ERROR "specdec-generate ${ARGN} succeeded; expected an error")
-  endif()
-  string(FIND "${err}" "${expect}" at)
-  if(at EQUAL -1)
-    message(FATAL_ERROR "specdec-generate ${ARGN}: expected '${expect}' in the error, got:\n${err}")
-  endif()
+  cli_run_fails("${expect}" ${GENERATE} ${common} ${ARGN})
 endfunction()
 
 run_ok(ar)
