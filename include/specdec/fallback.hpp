@@ -556,11 +556,11 @@ struct expected_speedup_gamma {
   }
 
   // argmax over g of E(g) / (g d + T(g + 1)) once a draft forward and a block were timed
-  // (and block costs are learnt); the plain S(g) otherwise.
+  // (block costs are only learnt, by `start`, with learn_block_cost and c measured); the
+  // plain S(g) otherwise.
   [[nodiscard]] std::size_t choose() const {
     const double a = acceptance_estimate();
-    const bool blocks = learn_block_cost && !(cost_ratio > 0.0) && state_.draft_forwards > 0.0 &&
-                        block_cost_estimate(1) > 0.0;
+    const bool blocks = state_.draft_forwards > 0.0 && block_cost_estimate(1) > 0.0;
     if (!blocks) return best_gamma(a, cost_ratio_estimate(), max_gamma);
     const double d = state_.draft_seconds / state_.draft_forwards;
     std::size_t best = 1;
