@@ -8,7 +8,9 @@
 // tokens/s, speedup over the baseline, acceptance, the speedup the analytic formula
 // predicts from the measured acceptance rate and cost ratio, a refined prediction that
 // uses the measured cost of a (gamma+1)-token target block instead of assuming it costs
-// one forward, the framework overhead (policy_seconds / total_seconds), whether greedy
+// one forward, the speedup of the decode phase alone (after each generation's first step,
+// i.e. without the prompt's prefill, which the formula does not model) and its ratio to
+// the formula, the framework overhead (policy_seconds / total_seconds), whether greedy
 // output is identical to the baseline, and for lossy methods the agreement with the
 // target's greedy output and the target's perplexity of the generated text.
 //
@@ -98,6 +100,23 @@ struct run_record {
   double ppl = 0;
   double base_seconds = 0;     // the paired autoregressive baseline runs
   std::size_t base_tokens = 0;
+  // The decode phase (after each generation's first step, i.e. without the prompt's
+  // prefill; see generation_stats::decode_tokens_per_second), best repeat per prompt.
+  double decode_seconds = 0, base_decode_seconds = 0;
+  std::size_t decode_tokens = 0, base_decode_tokens = 0;
+};
+
+// A generation's decode phase: seconds and tokens after its first step.
+struct decode_phase {
+  double seconds = 1e30;
+  std::size_t tokens = 0;
+  void keep_best(const specdec::generation_stats& s) {
+    const double t = s.total_seconds - s.first_token_seconds;
+    if (t < seconds) {
+      seconds = t;
+      tokens = s.tokens_emitted - s.first_step_tokens;
+    }
+  }
 };
 
 double now() {
@@ -118,16 +137,19 @@ run_record measure(std::string method, std::string config, const std::vector<std
   for (const auto& p : encoded) {
     double best = 1e30, best_base = 1e30;
     std::size_t tokens = 0, base_tokens = 0;
+    decode_phase decode, base_decode;
     std::vector<token_id> out;
     for (int rep = 0; rep < repeats; ++rep) {
       double t0 = now();
       specdec::generation_result b = base(p);
       best_base = std::min(best_base, now() - t0);
       base_tokens = b.tokens.size();
+      base_decode.keep_best(b.stats);
       t0 = now();
       specdec::generation_result res = generate(p);
       best = std::min(best, now() - t0);
       tokens = res.tokens.size();
+      decode.keep_best(res.stats);
       r.stats.merge(res.stats);
       out = std::move(res.tokens);
     }
@@ -135,6 +157,10 @@ run_record measure(std::string method, std::string config, const std::vector<std
     r.tokens += tokens;
     r.base_seconds += best_base;
     r.base_tokens += base_tokens;
+    r.decode_seconds += decode.seconds;
+    r.decode_tokens += decode.tokens;
+    r.base_decode_seconds += base_decode.seconds;
+    r.base_decode_tokens += base_decode.tokens;
     r.outputs.push_back(std::move(out));
   }
   return r;
@@ -410,7 +436,8 @@ int main(int argc, char** argv) try {
            "tokens_per_second,baseline_tokens_per_second,speedup,per_token_acceptance,mean_draft_length,"
            "tokens_per_target_call,cost_ratio,block5_cost,predicted_speedup,refined_predicted_speedup,"
            "achieved_over_predicted,achieved_over_refined,overhead_fraction,identical_to_baseline,"
-           "agreement_with_target_greedy,target_perplexity\n";
+           "agreement_with_target_greedy,target_perplexity,decode_tokens_per_second,"
+           "baseline_decode_tokens_per_second,decode_speedup,decode_achieved_over_predicted\n";
   }
   json << "{\n  \"prompts\": " << encoded.size() << ",\n  \"max_new_tokens\": " << o.tokens << ",\n  \"pairs\": [\n";
   for (std::size_t pi = 0; pi < results.size(); ++pi) {
@@ -424,15 +451,20 @@ int main(int argc, char** argv) try {
     json << "],\n   \"runs\": [\n";
     std::fprintf(stderr, "\n== pair %s: %s %s -> %s %s, %zu threads ==\n", pr.pair.c_str(), pr.draft_path.c_str(),
                  pr.draft_format.c_str(), pr.target_path.c_str(), pr.target_format.c_str(), pr.threads);
-    std::fprintf(stderr, "%-6s %-36s %8s %7s %7s %8s %7s %7s %7s %6s %7s %7s %5s %6s %7s\n", "method", "config",
-                 "tok/s", "speedup", "accept", "tok/call", "formula", "refined", "ach/ref", "ovhd%", "draft", "target",
-                 "same", "agree", "ppl");
+    std::fprintf(stderr, "%-6s %-36s %8s %7s %7s %8s %7s %7s %7s %7s %7s %6s %7s %7s %5s %6s %7s\n", "method",
+                 "config", "tok/s", "speedup", "accept", "tok/call", "formula", "refined", "ach/ref", "decode",
+                 "dec/for", "ovhd%", "draft", "target", "same", "agree", "ppl");
     for (std::size_t i = 0; i < pr.runs.size(); ++i) {
       const run_record& r = pr.runs[i];
       const bool is_sampled = r.config.find("temperature=1") != std::string::npos;
       const double tps = r.seconds > 0 ? double(r.tokens) / r.seconds : 0;
       const double base_tps = r.base_seconds > 0 ? double(r.base_tokens) / r.base_seconds : 0;
       const double speedup = base_tps > 0 ? tps / base_tps : 0;
+      // The same over the decode phase only (what the formula models: no prefill).
+      const double decode_tps = r.decode_seconds > 0 ? double(r.decode_tokens) / r.decode_seconds : 0;
+      const double base_decode_tps =
+          r.base_decode_seconds > 0 ? double(r.base_decode_tokens) / r.base_decode_seconds : 0;
+      const double decode_speedup = base_decode_tps > 0 ? decode_tps / base_decode_tps : 0;
       // Per-token acceptance a: accepted trials over observed trials (each rollback ends
       // one block with one observed rejection).
       const double trials = double(r.stats.draft_tokens_accepted + r.stats.rollbacks);
@@ -448,10 +480,12 @@ int main(int argc, char** argv) try {
       // Mean in-loop milliseconds per draft call and per target call (all repeats).
       const double draft_ms = r.stats.draft_calls ? 1e3 * r.stats.draft_seconds / double(r.stats.draft_calls) : 0;
       const double target_ms = r.stats.target_calls ? 1e3 * r.stats.target_seconds / double(r.stats.target_calls) : 0;
-      std::fprintf(stderr, "%-6s %-36s %8.1f %7.2f %7.3f %8.2f %7.2f %7.2f %7.2f %6.2f %7.3f %7.3f %5s %6.3f %7.2f\n",
+      const double decode_over_predicted = predicted > 0 ? decode_speedup / predicted : 0;
+      std::fprintf(stderr,
+                   "%-6s %-36s %8.1f %7.2f %7.3f %8.2f %7.2f %7.2f %7.2f %7.2f %7.2f %6.2f %7.3f %7.3f %5s %6.3f %7.2f\n",
                    r.method.c_str(), r.config.c_str(), tps, speedup, a, per_call, predicted, refined,
-                   refined > 0 ? speedup / refined : 0, 100 * overhead, draft_ms, target_ms,
-                   is_sampled ? "-" : (identical ? "yes" : "no"), agree, r.ppl);
+                   refined > 0 ? speedup / refined : 0, decode_speedup, decode_over_predicted, 100 * overhead,
+                   draft_ms, target_ms, is_sampled ? "-" : (identical ? "yes" : "no"), agree, r.ppl);
       json << "    {\"method\": \"" << r.method << "\", \"config\": \"" << r.config << "\", \"tokens\": " << r.tokens
            << ", \"seconds\": " << r.seconds << ", \"tokens_per_second\": " << tps << ", \"speedup\": " << speedup
            << ", \"per_token_acceptance\": " << a << ", \"mean_draft_length\": " << mean_gamma
@@ -460,7 +494,11 @@ int main(int argc, char** argv) try {
            << ", \"achieved_over_refined\": " << (refined > 0 ? speedup / refined : 0)
            << ", \"overhead_fraction\": " << overhead << ", \"identical_to_baseline\": "
            << (identical ? "true" : "false") << ", \"agreement_with_target_greedy\": " << agree
-           << ", \"target_perplexity\": " << r.ppl << ", \"telemetry\": " << r.stats.to_json() << "}"
+           << ", \"target_perplexity\": " << r.ppl << ", \"decode_tokens_per_second\": " << decode_tps
+           << ", \"baseline_decode_tokens_per_second\": " << base_decode_tps
+           << ", \"decode_speedup\": " << decode_speedup
+           << ", \"decode_achieved_over_predicted\": " << decode_over_predicted
+           << ", \"telemetry\": " << r.stats.to_json() << "}"
            << (i + 1 < pr.runs.size() ? "," : "") << "\n";
       if (csv.is_open()) {
         csv << pr.pair << ',' << pr.draft_format << ',' << pr.target_format << ',' << pr.threads << ',' << r.method
@@ -469,7 +507,8 @@ int main(int argc, char** argv) try {
             << mean_gamma << ',' << per_call << ',' << pr.cost_ratio << ',' << pr.block_cost[5] << ',' << predicted
             << ',' << refined << ',' << (predicted > 0 ? speedup / predicted : 0) << ','
             << (refined > 0 ? speedup / refined : 0) << ',' << overhead << ',' << (identical ? 1 : 0) << ','
-            << agree << ',' << r.ppl << '\n';
+            << agree << ',' << r.ppl << ',' << decode_tps << ',' << base_decode_tps << ',' << decode_speedup << ','
+            << decode_over_predicted << '\n';
       }
     }
     json << "   ]}" << (pi + 1 < results.size() ? "," : "") << "\n";

@@ -111,6 +111,8 @@ TEST(batched_autoregressive, greedy_and_sampled_equal_the_single_sequence_decode
       EXPECT_EQ(res.result.stop_reason, want.stop_reason);
       EXPECT_EQ(res.result.stats.tokens_emitted, res.result.tokens.size());
       EXPECT_EQ(res.result.stats.target_calls, res.result.tokens.size());  // one token per step
+      EXPECT_EQ(res.result.stats.first_step_tokens, res.result.tokens.empty() ? 0u : 1u);
+      EXPECT_LE(res.result.stats.first_token_seconds, res.result.stats.total_seconds);
       EXPECT_EQ(res.timing.steps_in_batch, res.result.tokens.size());
       EXPECT_EQ(res.timing.finished_step, res.timing.admitted_step + res.timing.steps_in_batch);
     }
@@ -138,6 +140,11 @@ void expect_markov_greedy_exact(Fallback fb, Rollback rb, const char* what) {
     EXPECT_EQ(res.result.stats.tokens_emitted, res.result.tokens.size());
     EXPECT_EQ(res.result.stats.target_calls, res.timing.steps_in_batch);
     EXPECT_LT(res.timing.steps_in_batch, res.result.tokens.size()) << what << ": no speculation happened";
+    // The first step emitted the accepted drafts of the first verification plus one token.
+    EXPECT_GE(res.result.stats.first_step_tokens, 1u) << what;
+    EXPECT_LE(res.result.stats.first_step_tokens, res.result.tokens.size()) << what;
+    EXPECT_GT(res.result.stats.first_token_seconds, 0.0) << what;
+    EXPECT_LE(res.result.stats.first_token_seconds, res.result.stats.total_seconds) << what;
     proposed += res.result.stats.draft_tokens_proposed;
   }
   EXPECT_GT(proposed, 0u);

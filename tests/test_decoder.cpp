@@ -797,6 +797,55 @@ TEST(decoder_streaming, autoregressive_respects_the_same_options) {
   EXPECT_EQ(r2.stop_reason, "callback");
 }
 
+// A model that counts its forward calls (to tell which call a streamed token came from).
+template <class M>
+struct counting_model {
+  M& inner;
+  std::size_t forwards = 0;
+  std::size_t vocab_size() const { return inner.vocab_size(); }
+  std::size_t context_length() const { return inner.context_length(); }
+  std::size_t cache_length() const { return inner.cache_length(); }
+  specdec::logits_block forward(std::span<const token_id> t) {
+    ++forwards;
+    return inner.forward(t);
+  }
+  void truncate(std::size_t n) { inner.truncate(n); }
+};
+
+// Time to first token and the decode-phase rate: the first step is the first target
+// call's commit, whatever it emitted; the rest of the generation is the decode phase.
+TEST(decoder_telemetry, first_step_is_what_the_first_target_call_emitted) {
+  markov_model t(markov_target_opts(8, 2, 9)), d(markov_draft_opts(8, 2, 9));
+  counting_model<markov_model> target{t};
+  const std::vector<token_id> prompt{1, 4};
+  for (std::size_t gamma : {1u, 3u, 6u}) {
+    for (std::uint64_t seed : {1u, 2u, 3u}) {
+      specdec::speculative_decoder dec(d, target, gamma_policy(gamma), specdec::rejection_sampling{},
+                                       {.temperature = 1.0f}, seed);
+      std::vector<std::size_t> call_of_token;  // the target call that preceded each token
+      target.forwards = 0;
+      const auto r = dec.generate(prompt, {.max_new_tokens = 30, .stop_at_eos = false},
+                                  [&](token_id) { call_of_token.push_back(target.forwards); });
+      const auto& s = r.stats;
+      const auto first_call = static_cast<std::size_t>(std::count(call_of_token.begin(), call_of_token.end(), 1u));
+      EXPECT_EQ(s.first_step_tokens, first_call) << "gamma " << gamma << ", seed " << seed;
+      EXPECT_GE(s.first_step_tokens, 1u);
+      EXPECT_LE(s.first_step_tokens, gamma + 1);
+      EXPECT_GT(s.first_token_seconds, 0.0);
+      EXPECT_LE(s.first_token_seconds, s.total_seconds);
+      EXPECT_GT(s.decode_tokens_per_second(), 0.0);
+    }
+  }
+  specdec::autoregressive_decoder ar(target);
+  const auto r = ar.generate(prompt, {.max_new_tokens = 12, .stop_at_eos = false});
+  EXPECT_EQ(r.stats.first_step_tokens, 1u);
+  EXPECT_GT(r.stats.first_token_seconds, 0.0);
+  EXPECT_LE(r.stats.first_token_seconds, r.stats.total_seconds);
+  const auto none = ar.generate(prompt, {.max_new_tokens = 0});
+  EXPECT_EQ(none.stats.first_step_tokens, 0u);
+  EXPECT_EQ(none.stats.first_token_seconds, 0.0);
+}
+
 // Lossy (BiLD) decoding with a budget emits unverified drafts but never more than asked.
 TEST(decoder_bild, lossy_policy_respects_budget_and_eos) {
   markov_model t(markov_target_opts(8, 2, 9)), d(markov_draft_opts(8, 2, 9));

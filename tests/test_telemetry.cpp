@@ -344,7 +344,64 @@ TEST(generation_stats, json_parses_with_expected_values) {
   EXPECT_EQ(j.at("policy_seconds").num, 1e-7);
   EXPECT_EQ(j.at("total_seconds").num, 0.5);
   EXPECT_EQ(j.at("tokens_per_second").num, 40.0);  // 20 / 0.5
-  EXPECT_EQ(j.obj.size(), 19u) << text;
+  EXPECT_EQ(j.at("first_token_seconds").num, 0.0);
+  EXPECT_EQ(j.at("first_step_tokens").num, 0);
+  EXPECT_EQ(j.at("decode_tokens_per_second").num, 40.0);  // no first step recorded: all of it
+  EXPECT_EQ(j.obj.size(), 22u) << text;
+
+  generation_stats t = s;
+  t.record_step_end(0.125);  // first step: all 20 tokens, nothing after it
+  const json k = parse_json(t.to_json());
+  EXPECT_EQ(k.at("first_token_seconds").num, 0.125);
+  EXPECT_EQ(k.at("first_step_tokens").num, 20);
+  EXPECT_EQ(k.at("decode_tokens_per_second").k, json::kind::null);
+}
+
+TEST(generation_stats, first_step_is_recorded_once_and_only_once_tokens_exist) {
+  generation_stats s;
+  EXPECT_FALSE(s.awaiting_first_step());
+  s.record_step_end(0.5);  // a step that emitted nothing (e.g. the draft ran, no commit yet)
+  EXPECT_EQ(s.first_step_tokens, 0u);
+  EXPECT_EQ(s.first_token_seconds, 0.0);
+  s.tokens_emitted = 3;  // a verification emitted three tokens at once
+  EXPECT_TRUE(s.awaiting_first_step());
+  s.record_step_end(0.75);
+  EXPECT_FALSE(s.awaiting_first_step());
+  EXPECT_EQ(s.first_step_tokens, 3u);
+  EXPECT_EQ(s.first_token_seconds, 0.75);
+  s.tokens_emitted = 11;
+  s.record_step_end(2.0);  // later steps change nothing
+  EXPECT_EQ(s.first_step_tokens, 3u);
+  EXPECT_EQ(s.first_token_seconds, 0.75);
+}
+
+TEST(generation_stats, decode_rate_excludes_the_first_step) {
+  generation_stats s;
+  EXPECT_EQ(s.decode_tokens_per_second(), 0.0);
+  s.tokens_emitted = 3;
+  s.record_step_end(0.6);
+  s.tokens_emitted = 10;
+  s.total_seconds = 2.0;
+  EXPECT_DOUBLE_EQ(s.decode_tokens_per_second(), 5.0);  // (10 - 3) / (2.0 - 0.6)
+  EXPECT_DOUBLE_EQ(s.tokens_per_second(), 5.0 * 1.4 / 2.0 + 3.0 / 2.0);  // 10 / 2.0, for contrast
+
+  // Aggregating runs aggregates the phases: (7 + 4) / (1.4 + 0.5).
+  generation_stats b;
+  b.tokens_emitted = 1;
+  b.record_step_end(0.25);
+  b.tokens_emitted = 5;
+  b.total_seconds = 0.75;
+  s.merge(b);
+  EXPECT_EQ(s.first_step_tokens, 4u);
+  EXPECT_DOUBLE_EQ(s.first_token_seconds, 0.85);
+  EXPECT_DOUBLE_EQ(s.decode_tokens_per_second(), 11.0 / 1.9);
+
+  // Nothing after the first step: undefined, reported as 0 (and null in JSON).
+  generation_stats one;
+  one.tokens_emitted = 4;
+  one.record_step_end(0.5);
+  one.total_seconds = 0.5;
+  EXPECT_EQ(one.decode_tokens_per_second(), 0.0);
 }
 
 TEST(generation_stats, json_of_empty_stats_has_no_nan_or_inf) {
@@ -427,6 +484,15 @@ TEST(generation_stats, summary_is_readable_and_leaves_stream_flags_alone) {
   EXPECT_NE(text.find("5 target (4.00 tokens per target call)"), std::string::npos) << text;
   EXPECT_NE(text.find("40.0 tokens/s"), std::string::npos) << text;
   EXPECT_GE(std::count(text.begin(), text.end(), '\n'), 4) << text;
+  EXPECT_EQ(text.find("first step"), std::string::npos) << text;  // not recorded: not printed
+  s.tokens_emitted = 4;
+  s.record_step_end(0.1);
+  s.tokens_emitted = 20;
+  std::ostringstream with_first;
+  with_first << s;
+  // 16 tokens in 0.4 s after the first step.
+  EXPECT_NE(with_first.str().find("first step: 4 tokens after 0.100 s; then 40.0 tokens/s"), std::string::npos)
+      << with_first.str();
   os.str("");
   os << 255;
   EXPECT_EQ(os.str(), "ff");  // the caller's hex flag survived

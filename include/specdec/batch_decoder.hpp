@@ -234,6 +234,11 @@ class batch_frontend {
   template <class Leave>
   std::size_t retire(Leave leave) {
     ++steps_;
+    const auto now = decoder_clock::now();
+    for (auto& s : active_) {
+      generation_stats& st = s->result.stats;
+      if (st.awaiting_first_step()) st.record_step_end(std::chrono::duration<double>(now - s->admitted_at).count());
+    }
     std::size_t n = 0;
     for (std::size_t i = 0; i < active_.size();) {
       if (active_[i]->stopped()) {

@@ -336,9 +336,11 @@ class speculative_decoder {
       spec_.verify_and_commit(
           tl, vocab, params_, rng_, st, step_target_seconds, "speculative_decoder", seq_, out,
           [&](std::size_t keep) { target_.truncate(keep); }, [&](std::size_t keep) { draft_.truncate(keep); });
+      if (st.awaiting_first_step()) st.record_step_end(detail::decoder_seconds_since(t_start));
     }
 
     st.total_seconds = detail::decoder_seconds_since(t_start);
+    st.record_step_end(st.total_seconds);  // a lossy shortcut's last block ends the loop early
     st.policy_seconds = std::max(0.0, st.total_seconds - st.draft_seconds - st.target_seconds);
 
     if (opts.sync_caches) {
@@ -461,6 +463,7 @@ class autoregressive_decoder {
       }
       ++st.target_calls;
       out.emit(detail::sample_token(l.row(l.rows - 1), params_, probs_, rng_));
+      if (st.awaiting_first_step()) st.record_step_end(detail::decoder_seconds_since(t_start));
     }
     st.total_seconds = detail::decoder_seconds_since(t_start);
     st.policy_seconds = std::max(0.0, st.total_seconds - st.target_seconds);

@@ -61,6 +61,22 @@ struct generation_stats {
   double target_seconds = 0.0;   ///< wall time inside the target model
   double policy_seconds = 0.0;   ///< sampling, policies and bookkeeping
   double total_seconds = 0.0;    ///< the whole generation
+  /// Wall time from the start of the generation to the end of the first step that
+  /// emitted tokens (time to first token: it includes the prompt's prefill); 0 if none.
+  double first_token_seconds = 0.0;
+  /// Tokens that first step emitted (a verification can emit several at once).
+  std::size_t first_step_tokens = 0;
+
+  /// Records the end of a decoding step `seconds_since_start` into the generation: the
+  /// first step that emitted tokens sets `first_token_seconds` and `first_step_tokens`;
+  /// later calls change nothing. Decoders call it after every step.
+  void record_step_end(double seconds_since_start) noexcept {
+    if (first_step_tokens != 0 || tokens_emitted == 0) return;
+    first_step_tokens = tokens_emitted;
+    first_token_seconds = seconds_since_start;
+  }
+  /// Whether `record_step_end` would record anything (so callers can skip reading the clock).
+  [[nodiscard]] bool awaiting_first_step() const noexcept { return first_step_tokens == 0 && tokens_emitted > 0; }
 
   /// Records one verification of `proposed` drafted tokens of which the first `accepted`
   /// survived: updates the totals, the per-position counts, and `rollbacks` (when
@@ -109,8 +125,21 @@ struct generation_stats {
     return total_seconds > 0.0 ? static_cast<double>(tokens_emitted) / total_seconds : 0.0;
   }
 
+  /// Decode-phase rate: the tokens after the first step over the time after it,
+  /// (tokens_emitted - first_step_tokens) / (total_seconds - first_token_seconds), i.e.
+  /// without the prompt's prefill and the first step (time to first token), the part
+  /// of a generation that the speculative-decoding speedup formula models. 0 when no
+  /// token or no time came after the first step.
+  [[nodiscard]] double decode_tokens_per_second() const noexcept {
+    const double t = total_seconds - first_token_seconds;
+    return tokens_emitted > first_step_tokens && t > 0.0
+               ? static_cast<double>(tokens_emitted - first_step_tokens) / t
+               : 0.0;
+  }
+
   /// Adds `other`'s counts and times to this (per-position arrays element-wise), to
-  /// aggregate several runs. An empty `method` takes `other`'s; two different non-empty
+  /// aggregate several runs (`first_token_seconds` and `first_step_tokens` add up too, so
+  /// `decode_tokens_per_second` of the sum is the decode rate over all the runs). An empty `method` takes `other`'s; two different non-empty
   /// methods throw `invalid_argument`, since their per-position counts do not mix.
   generation_stats& merge(const generation_stats& other) {
     if (method.empty()) {
@@ -133,6 +162,8 @@ struct generation_stats {
     target_seconds += other.target_seconds;
     policy_seconds += other.policy_seconds;
     total_seconds += other.total_seconds;
+    first_token_seconds += other.first_token_seconds;
+    first_step_tokens += other.first_step_tokens;
     return *this;
   }
 
@@ -261,6 +292,13 @@ inline std::string generation_stats::to_json() const {
   append_json_number(out, total_seconds);
   append_json_key(out, "tokens_per_second");
   append_json_rate(out, total_seconds > 0.0, tokens_per_second());
+  append_json_key(out, "first_token_seconds");
+  append_json_number(out, first_token_seconds);
+  append_json_key(out, "first_step_tokens");
+  append_json_number(out, first_step_tokens);
+  append_json_key(out, "decode_tokens_per_second");
+  append_json_rate(out, tokens_emitted > first_step_tokens && total_seconds - first_token_seconds > 0.0,
+                   decode_tokens_per_second());
   out += '}';
   return out;
 }
@@ -273,6 +311,7 @@ inline std::string generation_stats::to_json() const {
 ///   per position: 0:90.0% 1:80.0% 2:70.0%
 ///   calls: 160 draft, 40 target (3.20 tokens per target call)
 ///   time: 1.234 s total = draft 0.500 + target 0.600 + policy 0.100 (103.7 tokens/s)
+///   first step: 3 tokens after 0.021 s; then 103.5 tokens/s
 /// ```
 inline std::ostream& operator<<(std::ostream& os, const generation_stats& s) {
   std::ostringstream o;  // own formatting state, so the caller's stream is not altered
@@ -303,6 +342,15 @@ inline std::ostream& operator<<(std::ostream& os, const generation_stats& s) {
     o << " (" << s.tokens_per_second() << " tokens/s)";
   }
   o << '\n';
+  if (s.first_step_tokens > 0) {
+    o.precision(3);
+    o << "  first step: " << s.first_step_tokens << " tokens after " << s.first_token_seconds << " s";
+    if (s.decode_tokens_per_second() > 0.0) {
+      o.precision(1);
+      o << "; then " << s.decode_tokens_per_second() << " tokens/s";
+    }
+    o << '\n';
+  }
   return os << o.str();
 }
 
