@@ -34,9 +34,9 @@ namespace specdec::cpu::detail {
 typedef float v16 __attribute__((vector_size(64)));
 
 inline constexpr std::size_t lanes = 16;
-/// How far ahead (in floats) the weight streams are software-prefetched, within a row
-/// (no pointer past the end of the weights is ever formed).
-inline constexpr std::size_t prefetch_distance = 128;
+/// Rows at most this long (elements; a draft model's) count as short: single tokens
+/// over them prefetch the next row tile too (see matmul_row_tiles).
+inline constexpr std::size_t short_row = 256;
 
 // Vectors are passed by reference so that builds without AVX-512 do not warn about the
 // ABI of 64-byte vector arguments (-Wpsabi).
@@ -59,7 +59,8 @@ inline float fmadd(float a, float b, float c) noexcept {
 
 /// Keeps a loaded vector in a register: without this GCC folds the load into every FMA
 /// that uses it as a memory operand, doubling the loads of the inner loop (load ports,
-/// not FMAs, then bound the block forward). The empty asm changes no value.
+/// not FMAs, then bound the block forward). The empty asm changes no value. (Not for
+/// weights used by one token only: see dot_tile.)
 inline void pin_register([[maybe_unused]] v16& v) noexcept {
 #if defined(__x86_64__) && defined(__AVX512F__)
   asm("" : "+v"(v));
@@ -110,11 +111,12 @@ struct f32_rows {
   /// 16 weights of row r starting at column j.
   void load(v16& out, std::size_t r, std::size_t j) const noexcept { load16(out, w + r * ld + j); }
   [[nodiscard]] float at(std::size_t r, std::size_t j) const noexcept { return w[r * ld + j]; }
-  void prefetch(std::size_t r, std::size_t j, std::size_t n) const noexcept {
-    if (j + prefetch_distance < n) __builtin_prefetch(w + r * ld + j + prefetch_distance);
-  }
   /// Prefetches (into L1) the cache line holding element (r, j), j a multiple of 16.
-  void prefetch_line(std::size_t r, std::size_t j) const noexcept { __builtin_prefetch(w + r * ld + j, 0, 3); }
+  /// Always inlined, like every prefetch helper here: GCC 12 deduces that an out-of-line
+  /// void function containing only __builtin_prefetch is pure and deletes its calls.
+  [[gnu::always_inline]] void prefetch_line(std::size_t r, std::size_t j) const noexcept {
+    __builtin_prefetch(w + r * ld + j, 0, 3);
+  }
 };
 
 /// A tile's extra prefetching: none, or (`prefetch_next`) a share of the next row tile's
@@ -152,7 +154,7 @@ struct prefetch_next {
     col_ += lanes;
     return c;
   }
-  void at(std::size_t r, std::size_t col) const noexcept { next_.prefetch_line(r, col); }
+  [[gnu::always_inline]] void at(std::size_t r, std::size_t col) const noexcept { next_.prefetch_line(r, col); }
 
  private:
   W next_;
@@ -184,8 +186,12 @@ inline void dot_tile(const W& w, const float* x, std::size_t ldx, float* y, std:
       const std::size_t pc = pf.column();
       for (int r = 0; r < R; ++r) {
         w.load(wv[r], static_cast<std::size_t>(r), j);
-        pin_register(wv[r]);
-        w.prefetch(static_cast<std::size_t>(r), j, n);
+        // A weight used by one token only may be folded into its FMA as a memory
+        // operand: half the instructions per weight, so the out-of-order window holds
+        // more of the stream in flight. Single-token kjv-big fp32 forwards ~10 % faster
+        // (median of 40 alternating pairs, same bits); no effect on the 16-bit and q8_0
+        // streams, whose loads decode.
+        if constexpr (T > 1) pin_register(wv[r]);
         if (pc != no_column) pf.at(static_cast<std::size_t>(r), pc);
       }
       for (int t = 0; t < T; ++t) {
@@ -208,7 +214,6 @@ inline void dot_tile(const W& w, const float* x, std::size_t ldx, float* y, std:
         v16 wv;
         w.load(wv, static_cast<std::size_t>(r), j);
         pin_register(wv);
-        w.prefetch(static_cast<std::size_t>(r), j, n);
         if (pc != no_column) pf.at(static_cast<std::size_t>(r), pc);
         for (int t = 0; t < T; ++t) acc[r][t] += wv * xv[t];
       }
@@ -303,13 +308,16 @@ inline void matmul_row_tiles(std::size_t& i, const W& w, std::size_t rows, std::
                              std::size_t ldy, std::size_t tiles) noexcept {
   for (; i + R <= rows; i += R) {
     const W wi = w.advance(i);
-    // Single tokens are left to the in-row prefetch: there the stream is the bottleneck,
-    // and prefetching the next tile as well made it slower (50 -> 55-60 us per 1024 x 384
-    // matrix, 1 thread). Except for short rows (a draft model's, n <= 256), which the
-    // in-row prefetch, prefetch_distance floats ahead, hardly covers: a kjv-little bf16
-    // forward right after a kjv-big forward went 137-147 -> 112-123 us (mean of 200),
-    // the following ones 80-83 -> 72-75 us.
-    if ((k > 1 || n <= 2 * prefetch_distance) && i + 2 * R <= rows) {
+    // Single tokens over long rows are left to the hardware prefetchers: prefetching the
+    // next tile made them slower (50 -> 55-60 us per 1024 x 384 matrix, 1 thread), and so
+    // did a software prefetch a fixed distance ahead within each row (128-512 elements:
+    // kjv-big fp32 ~11 % slower, kjv-little bf16 ~26 %, kjv-big q8_0 1.5x slower; median
+    // of 40 alternating pairs in one process), which is why there is none. (Until
+    // 2026-11-22 the tiles called one; GCC 12 had deleted those calls for fp32 and 16-bit
+    // rows, see prefetch_line, but not for q8_0.) Short rows (a draft model's, n <= 256)
+    // do prefetch the next tile: a kjv-little bf16 forward right after a kjv-big forward
+    // went 137-147 -> 112-123 us (mean of 200), the following ones 80-83 -> 72-75 us.
+    if ((k > 1 || n <= short_row) && i + 2 * R <= rows) {
       const W next = w.advance(i + R);
       token_tiles<R, T>(wi, &next, n, x, k, ldx, y + i, ldy, tiles);
     } else {

@@ -150,11 +150,8 @@ struct u16_rows {
   [[nodiscard]] u16_rows advance(std::size_t rows) const noexcept { return {w + rows * ld, ld}; }
   void load(v16& out, std::size_t r, std::size_t j) const noexcept { Code::load(out, w + r * ld + j); }
   [[nodiscard]] float at(std::size_t r, std::size_t j) const noexcept { return Code::one(w[r * ld + j]); }
-  void prefetch(std::size_t r, std::size_t j, std::size_t n) const noexcept {
-    if (j + 2 * prefetch_distance < n) __builtin_prefetch(w + r * ld + j + 2 * prefetch_distance);
-  }
   /// Prefetches (into L1) the line holding element (r, j); one call per 64 bytes.
-  void prefetch_line(std::size_t r, std::size_t j) const noexcept {
+  [[gnu::always_inline]] void prefetch_line(std::size_t r, std::size_t j) const noexcept {
     if (j % 32 == 0) __builtin_prefetch(w + r * ld + j, 0, 3);
   }
 };
@@ -184,12 +181,9 @@ struct q8_rows {
   [[nodiscard]] float at(std::size_t r, std::size_t j) const noexcept {
     return static_cast<float>(q[r * ld + j]) * s[r * lds + j / q8_group];
   }
-  void prefetch(std::size_t r, std::size_t j, std::size_t n) const noexcept {
-    if (j + 4 * prefetch_distance < n) __builtin_prefetch(q + r * ld + j + 4 * prefetch_distance);
-  }
   /// Prefetches (into L1) the lines holding element (r, j) and its scale; one call per
   /// 64 bytes of each.
-  void prefetch_line(std::size_t r, std::size_t j) const noexcept {
+  [[gnu::always_inline]] void prefetch_line(std::size_t r, std::size_t j) const noexcept {
     if (j % 64 == 0) __builtin_prefetch(q + r * ld + j, 0, 3);
     if (j % (16 * q8_group) == 0) __builtin_prefetch(s + r * lds + j / q8_group, 0, 3);
   }
