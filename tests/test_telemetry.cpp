@@ -493,6 +493,12 @@ TEST(generation_stats, summary_is_readable_and_leaves_stream_flags_alone) {
   // 16 tokens in 0.4 s after the first step.
   EXPECT_NE(with_first.str().find("first step: 4 tokens after 0.100 s; then 40.0 tokens/s"), std::string::npos)
       << with_first.str();
+  generation_stats one;
+  one.tokens_emitted = 1;
+  one.record_step_end(0.25);
+  std::ostringstream single;
+  single << one;
+  EXPECT_NE(single.str().find("first step: 1 token after 0.250 s\n"), std::string::npos) << single.str();
   os.str("");
   os << 255;
   EXPECT_EQ(os.str(), "ff");  // the caller's hex flag survived

@@ -344,7 +344,8 @@ inline std::ostream& operator<<(std::ostream& os, const generation_stats& s) {
   o << '\n';
   if (s.first_step_tokens > 0) {
     o.precision(3);
-    o << "  first step: " << s.first_step_tokens << " tokens after " << s.first_token_seconds << " s";
+    o << "  first step: " << s.first_step_tokens << (s.first_step_tokens == 1 ? " token" : " tokens") << " after "
+      << s.first_token_seconds << " s";
     if (s.decode_tokens_per_second() > 0.0) {
       o.precision(1);
       o << "; then " << s.decode_tokens_per_second() << " tokens/s";
