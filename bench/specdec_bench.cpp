@@ -338,6 +338,15 @@ pair_result run_pair(const bench_options& o, const std::string& pair, std::size_
     runs.push_back(measure("sd", "greedy expected_speedup_gamma", encoded, o.repeats,
                            [&](const auto& p) { return dec.generate(p, gen); }, base_greedy));
   }
+  {
+    // The same policy serving all the prompts in turn, learning across them (carry_over).
+    // measure() runs each prompt `repeats` times in a row, so the first repeat of a prompt
+    // already starts from what the earlier prompts taught.
+    specdec::speculative_decoder dec(draft, target, specdec::expected_speedup_gamma{.carry_over = true},
+                                     specdec::greedy_match{}, greedy, 1);
+    runs.push_back(measure("sd", "greedy expected_speedup_gamma(carry)", encoded, o.repeats,
+                           [&](const auto& p) { return dec.generate(p, gen); }, base_greedy));
+  }
   if (o.bild) {
     std::vector<float> fbs = o.quick ? std::vector<float>{0.6f} : std::vector<float>{0.3f, 0.5f, 0.7f, 0.9f};
     std::vector<float> rbs = o.quick ? std::vector<float>{5.0f} : std::vector<float>{1.0f, 3.0f, 8.0f};

@@ -891,6 +891,29 @@ struct q_recorder {
 };
 static_assert(!specdec::reads_confidence_v<q_recorder<false>> && specdec::reads_confidence_v<q_recorder<true>>);
 
+// The decoder resets its policies before every generation; expected_speedup_gamma with
+// carry_over keeps what it learnt across them (and the greedy output stays the target's).
+TEST(decoder_policies, carry_over_survives_the_reset_of_each_generation) {
+  markov_model t(markov_target_opts(8, 2, 9)), d(markov_draft_opts(8, 2, 9));
+  const std::vector<token_id> prompt{1, 4};
+  const generation_options o{.max_new_tokens = 40, .stop_at_eos = false};
+  const auto want = autoregressive(t, prompt, o);
+  for (const bool carry : {false, true}) {
+    auto dec = specdec::make_speculative_decoder(
+        d, t, specdec::expected_speedup_gamma{.decay = 1.0, .cost_ratio = 0.1, .carry_over = carry},
+        specdec::greedy_match{});
+    EXPECT_EQ(dec.generate(prompt, o).tokens, want);
+    const double after_one = dec.fallback().state_.successes + dec.fallback().state_.failures;
+    EXPECT_EQ(dec.generate(prompt, o).tokens, want);
+    const double after_two = dec.fallback().state_.successes + dec.fallback().state_.failures;
+    if (carry) {
+      EXPECT_GT(after_two, after_one + 1.0);  // the second generation's trials add to the first's
+    } else {
+      EXPECT_DOUBLE_EQ(after_two, after_one);
+    }
+  }
+}
+
 TEST(decoder_policies, greedy_policies_see_the_softmax_unless_they_declare_they_never_read_it) {
   markov_model t(markov_target_opts(8, 2, 9)), d(markov_draft_opts(8, 2, 9));
   const std::vector<token_id> prompt{1};

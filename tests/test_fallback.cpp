@@ -495,6 +495,54 @@ TEST(expected_speedup_gamma, block_cost_estimate_falls_back_to_the_nearest_timed
   EXPECT_EQ(policy.block_cost_estimate(3), 0.0);
 }
 
+// Short generations, each preceded by reset() as the decoders do, on the self-speculative
+// pair's cost model (acceptance ~1, a draft forward a quarter of a target forward, verify
+// blocks equally dear whatever their size, so the longest draft pays): by default every
+// generation climbs from the prior again; with carry_over the later ones start where the
+// last one ended.
+TEST(expected_speedup_gamma, carry_over_keeps_what_earlier_generations_taught) {
+  const double a = 0.998, d = 0.0025, T = 0.01;
+  const auto generations = [&](esg policy) {
+    std::mt19937_64 g(5);
+    std::bernoulli_distribution accept(a);
+    const auto q = uniform(4);
+    std::vector<double> mean_proposed;
+    for (int gen = 0; gen < 4; ++gen) {
+      policy.reset();
+      double sum = 0;
+      const int steps = 20;
+      for (int step = 0; step < steps; ++step) {
+        const std::size_t proposed = run_block(policy, q).first;
+        std::size_t accepted = 0;
+        while (accepted < proposed && accept(g)) ++accepted;
+        policy.observe({.proposed = proposed, .accepted = accepted, .draft_seconds = d * double(proposed),
+                        .draft_forwards = proposed, .target_seconds = T, .target_rows = proposed + 1});
+        sum += double(proposed);
+      }
+      mean_proposed.push_back(sum / steps);
+    }
+    return mean_proposed;
+  };
+  const auto fresh = generations(esg{});
+  const auto carried = generations(esg{.carry_over = true});
+  EXPECT_DOUBLE_EQ(carried[0], fresh[0]);  // the first generation is the same either way
+  for (int gen = 1; gen < 4; ++gen) {
+    EXPECT_NEAR(fresh[gen], fresh[0], 1.5) << gen;  // climbs from scratch every time
+    EXPECT_EQ(carried[gen], 16.0) << gen;           // the cap, from the first step on
+  }
+  // reset() with carry_over keeps the estimates; without, it restores the prior.
+  esg kept{.decay = 1.0, .carry_over = true}, forgetful{.decay = 1.0};
+  for (esg* p : {&kept, &forgetful})
+    p->observe({.proposed = 4, .accepted = 4, .draft_seconds = 0.002, .draft_forwards = 4, .target_seconds = 0.01,
+                .target_rows = 5});
+  kept.reset();
+  forgetful.reset();
+  EXPECT_GT(kept.acceptance_estimate(), kept.prior_acceptance);
+  EXPECT_DOUBLE_EQ(kept.block_cost_estimate(5), 0.01);
+  EXPECT_DOUBLE_EQ(forgetful.acceptance_estimate(), forgetful.prior_acceptance);
+  EXPECT_EQ(forgetful.block_cost_estimate(5), 0.0);
+}
+
 TEST(expected_speedup_gamma, initial_gamma_comes_from_the_prior) {
   // Prior a = 0.7, default c = 0.1 before any timing: best gamma for (0.7, 0.1).
   esg policy{};

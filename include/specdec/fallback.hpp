@@ -405,6 +405,16 @@ struct adaptive_gamma {
 /// one): optimistic, so the policy tries one size past what it knows, measures it, and
 /// returns if it was dearer. With equal T(k) for all k this is the same argmax as S(g).
 ///
+/// Across generations (`carry_over`, off by default): the decoders call `reset()` before
+/// every generation, so each one starts again from the prior. A generation of ~100
+/// tokens is only 20-30 steps, and when the acceptance is far above the prior (0.998 on
+/// the self-speculative kjv pair) most of them go by before gamma has climbed to where it
+/// pays. With `carry_over` a decoder serving many requests keeps what the last ones taught
+/// (the decay still forgets old steps): `reset()` then keeps the learnt state. Sampled
+/// output then depends on the earlier generations, so repeating a seed no longer repeats
+/// the output (greedy output is the target's whatever gamma is; and a policy that
+/// measures its costs online is not reproducible anyway).
+///
 /// ```cpp
 /// specdec::expected_speedup_gamma policy{.max_gamma = 12, .cost_ratio = 0.05};
 /// policy.validate();
@@ -418,6 +428,7 @@ struct expected_speedup_gamma {
   double decay = 0.98;            ///< per-step forgetting factor of the counts; in (0, 1]
   double cost_ratio = 0;          ///< draft/target cost per forward; 0 = measure online; finite, >= 0
   bool learn_block_cost = true;   ///< with c measured online: learn the verify cost per block size
+  bool carry_over = false;        ///< `reset()` keeps the learnt state (see the type's doc)
 
   /// The cost ratio assumed before any timing has been observed (when `cost_ratio` is 0).
   static constexpr double default_cost_ratio = 0.1;
@@ -541,7 +552,10 @@ struct expected_speedup_gamma {
     state_.gamma = choose();
   }
 
-  void reset() noexcept { state_ = learnt_state{}; }
+  /// Forgets what was learnt, unless `carry_over`.
+  void reset() noexcept {
+    if (!carry_over) state_ = learnt_state{};
+  }
 
  private:
   void start() {
