@@ -475,6 +475,46 @@ TEST(expected_speedup_gamma, learns_the_verify_cost_per_block_size) {
   EXPECT_GT(run(esg{.learn_block_cost = false}), 6u);  // one mean cost per call: drafts past the step
 }
 
+// The first draft forward of a step runs cache-cold after the target's pass and costs
+// more than the next ones. Charging every drafted token the mean forward overrates what a
+// longer draft costs; with the first forward reported apart, the policy must settle on
+// the g that maximises the true E(g) / (d1 + (g - 1) d + T).
+TEST(expected_speedup_gamma, separates_the_cold_first_draft_forward) {
+  const double a = 0.85, d1 = 0.004, d = 0.0005, T = 0.01;
+  const auto truth_for = [&](auto cost) {
+    std::size_t best = 1;
+    double best_s = 0.0;
+    for (std::size_t g = 1; g <= 16; ++g) {
+      double e = 0.0;
+      for (std::size_t i = 0; i <= g; ++i) e += std::pow(a, double(i));
+      const double s = e / (cost(g) + T);
+      if (s > best_s) best_s = s, best = g;
+    }
+    return best;
+  };
+  const std::size_t truth = truth_for([&](std::size_t g) { return d1 + double(g - 1) * d; });
+  const auto run = [&](bool report_first) {
+    esg policy{};
+    std::mt19937_64 g(3);
+    std::bernoulli_distribution accept(a);
+    std::map<std::size_t, int> late;
+    const auto q = uniform(4);
+    for (int step = 0; step < 3000; ++step) {
+      const std::size_t proposed = run_block(policy, q).first;
+      std::size_t accepted = 0;
+      while (accepted < proposed && accept(g)) ++accepted;
+      policy.observe({.proposed = proposed, .accepted = accepted, .draft_seconds = d1 + double(proposed - 1) * d,
+                      .draft_forwards = proposed, .target_seconds = T, .target_rows = proposed + 1,
+                      .first_draft_seconds = report_first ? d1 : 0.0});
+      if (step >= 2000) ++late[proposed];
+    }
+    return std::max_element(late.begin(), late.end(), [](auto& x, auto& y) { return x.second < y.second; })->first;
+  };
+  ASSERT_GT(truth, 3u);
+  EXPECT_EQ(run(true), truth);
+  EXPECT_LT(run(false), truth);  // the mean forward overrates longer drafts
+}
+
 TEST(expected_speedup_gamma, block_cost_estimate_falls_back_to_the_nearest_timed_size) {
   esg policy{.decay = 1.0};
   EXPECT_EQ(policy.block_cost_estimate(3), 0.0);  // nothing timed

@@ -545,6 +545,7 @@ class batched_speculative_decoder
         const logits_block dl = out.block(i);
         detail::check_logits_shape(dl, 0, vocab, "batched_speculative_decoder: the draft's forward_batch, for a block,");
         s.spec.draft_fed = first ? s.spec.s_old : s.spec.draft_fed + 1;
+        if (s.spec.step_draft_forwards == 0) s.spec.step_first_draft_seconds = seconds;
         ++s.spec.step_draft_forwards;
         s.spec.step_draft_seconds += seconds;
         s.spec.on_draft_row(dl.row(dl.rows - 1), vocab, params_, s.rng, s.req.options.stop_at_eos, s.result.stats);

@@ -305,6 +305,7 @@ class speculative_decoder {
           scoped_timer t(spec_.step_draft_seconds);
           dl = detail::feed_block(draft_, seq_, spec_.draft_fed, spec_.s_old);
         }
+        spec_.step_first_draft_seconds = spec_.step_draft_seconds;
         ++spec_.step_draft_forwards;
         detail::check_logits_shape(dl, 0, vocab, "speculative_decoder: the draft's forward");
         while (spec_.on_draft_row(dl.row(dl.rows - 1), vocab, params_, rng_, opts.stop_at_eos, st)) {

@@ -77,6 +77,10 @@ struct step_outcome {
   /// Rows of that target forward (0 = not reported): proposed + 1 for a plain verify
   /// block, more when it also consumed uncached context (the prompt, on the first step).
   std::size_t target_rows = 0;
+  /// Of `draft_seconds`, the step's first draft forward (0 = not reported). After a
+  /// target forward the draft's weights are out of cache, so the first call costs more
+  /// than the next ones (on the kjv pair ~0.077 against ~0.05 ms).
+  double first_draft_seconds = 0.0;
 };
 
 /// `p.decide(step)` returns a `draft_action` for the token just drafted.
@@ -399,7 +403,12 @@ struct adaptive_gamma {
 /// tile shape). So the policy also keeps a decayed mean T(k) of the target seconds of
 /// each block size k it has verified, and maximises
 ///
-///     E(g) / (g d + T(g + 1)),   E(g) = (1 - a^(g+1)) / (1 - a),  d = draft seconds per forward,
+///     E(g) / (D(g) + T(g + 1)),   E(g) = (1 - a^(g+1)) / (1 - a),
+///
+/// where D(g) = d1 + (g - 1) d is the cost of drafting g tokens: d1 the mean first draft
+/// forward of a step and d the mean of the others, when the decoder reports the first
+/// one (`step_outcome::first_draft_seconds`; it runs cache-cold after the target's pass),
+/// else g times the mean draft forward.
 ///
 /// where an unseen T(k) is taken from the nearest smaller seen size (or the nearest larger
 /// one): optimistic, so the policy tries one size past what it knows, measures it, and
@@ -439,6 +448,8 @@ struct expected_speedup_gamma {
     bool started = false;
     double successes = 0, failures = 0;                     // decayed acceptance counts
     double draft_seconds = 0, draft_forwards = 0;           // decayed draft timing
+    double draft_steps = 0;                                 // decayed count of the steps in draft timing
+    double first_draft_seconds = 0, first_draft_steps = 0;  // decayed, the steps' first draft forwards
     double target_seconds = 0, target_calls = 0;            // decayed target timing
     std::vector<double> block_seconds, block_calls;         // decayed, per verify block size
     std::size_t gamma = 0;
@@ -537,8 +548,18 @@ struct expected_speedup_gamma {
     const bool timed = o.draft_forwards > 0 && o.draft_seconds > 0.0 && o.target_seconds > 0.0 &&
                        std::isfinite(o.draft_seconds) && std::isfinite(o.target_seconds);
     if (timed) {
-      state_.draft_seconds = decay * state_.draft_seconds + o.draft_seconds;
-      state_.draft_forwards = decay * state_.draft_forwards + static_cast<double>(o.draft_forwards);
+      // A step whose forwards also consumed the prompt (target_rows says so) is no sample
+      // of what drafting costs: its first draft forward took the whole prompt too.
+      const bool plain = o.target_rows == 0 || o.target_rows == o.proposed + 1;
+      if (plain) {
+        state_.draft_seconds = decay * state_.draft_seconds + o.draft_seconds;
+        state_.draft_forwards = decay * state_.draft_forwards + static_cast<double>(o.draft_forwards);
+        state_.draft_steps = decay * state_.draft_steps + 1.0;
+        const bool first_timed = o.first_draft_seconds > 0.0 && o.first_draft_seconds <= o.draft_seconds;
+        state_.first_draft_seconds =
+            decay * state_.first_draft_seconds + (first_timed ? o.first_draft_seconds : 0.0);
+        state_.first_draft_steps = decay * state_.first_draft_steps + (first_timed ? 1.0 : 0.0);
+      }
       state_.target_seconds = decay * state_.target_seconds + o.target_seconds;
       state_.target_calls = decay * state_.target_calls + 1.0;
       // The verify block: the drafts and the bonus row. A forward that also consumed the
@@ -569,19 +590,29 @@ struct expected_speedup_gamma {
     state_.gamma = choose();
   }
 
-  // argmax over g of E(g) / (g d + T(g + 1)) once a draft forward and a block were timed
+  // argmax over g of E(g) / (D(g) + T(g + 1)) once a draft forward and a block were timed
   // (block costs are only learnt, by `start`, with learn_block_cost and c measured); the
   // plain S(g) otherwise.
   [[nodiscard]] std::size_t choose() const {
     const double a = acceptance_estimate();
     const bool blocks = state_.draft_forwards > 0.0 && block_cost_estimate(1) > 0.0;
     if (!blocks) return best_gamma(a, cost_ratio_estimate(), max_gamma);
-    const double d = state_.draft_seconds / state_.draft_forwards;
+    // D(g) = d1 + (g - 1) d: the first draft forward and the others apart when the first
+    // ones were reported for every timed step and some steps drafted more than one
+    // token; else g times the mean.
+    double d1 = state_.draft_seconds / state_.draft_forwards, d = d1;
+    const double rest_forwards = state_.draft_forwards - state_.first_draft_steps;
+    const bool all_reported = state_.first_draft_steps >= state_.draft_steps * (1.0 - 1e-9);
+    if (state_.first_draft_steps > 0.0 && all_reported && rest_forwards > 1e-9 * state_.draft_forwards) {
+      const double rest = (state_.draft_seconds - state_.first_draft_seconds) / rest_forwards;
+      const double first = state_.first_draft_seconds / state_.first_draft_steps;
+      if (std::isfinite(rest) && std::isfinite(first) && rest > 0.0 && first > 0.0) d1 = first, d = rest;
+    }
     std::size_t best = 1;
     double best_s = 0.0, e = 1.0;
     for (std::size_t g = 1; g <= max_gamma; ++g) {
       e = 1.0 + a * e;  // E(g) = 1 + a E(g - 1), E(0) = 1
-      const double s = e / (static_cast<double>(g) * d + block_cost_estimate(g + 1));
+      const double s = e / (d1 + static_cast<double>(g - 1) * d + block_cost_estimate(g + 1));
       if (std::isfinite(s) && s > best_s) {
         best_s = s;
         best = g;

@@ -70,6 +70,7 @@ struct speculation_state {
   ended why = ended::none;
   double step_draft_seconds = 0.0;
   std::size_t step_draft_forwards = 0;
+  double step_first_draft_seconds = 0.0;  ///< of step_draft_seconds, the first forward's
   // Reused buffers: no allocation growth after warm-up.
   std::vector<token_id> drafted, block;
   std::vector<float> q, p, conf;
@@ -99,6 +100,7 @@ struct speculation_state {
     drafting = k_max > 0;
     step_draft_seconds = 0.0;
     step_draft_forwards = 0;
+    step_first_draft_seconds = 0.0;
   }
 
   /// One draft position from the draft's last row of logits: draw the token, ask the
@@ -222,7 +224,8 @@ struct speculation_state {
       accepted = vr.accepted;
       next = vr.next;
       st.record_verification(k, accepted);
-      fallback.observe(step_outcome{k, accepted, step_draft_seconds, step_draft_forwards, target_seconds, tl.rows});
+      fallback.observe(step_outcome{k, accepted, step_draft_seconds, step_draft_forwards, target_seconds, tl.rows,
+                                    step_first_draft_seconds});
     }
 
     bool go = true;
