@@ -437,6 +437,39 @@ TEST(expected_speedup_gamma, measures_the_cost_ratio_online) {
   EXPECT_EQ(measured.current_gamma(), 6u);
 }
 
+// The g in [1, 16] maximising E(g) / cost(g) at per-token acceptance a, by brute force.
+template <class Cost>
+std::size_t true_best_gamma(double a, Cost cost) {
+  std::size_t best = 1;
+  double best_s = 0.0;
+  for (std::size_t g = 1; g <= 16; ++g) {
+    double e = 0.0;
+    for (std::size_t i = 0; i <= g; ++i) e += std::pow(a, double(i));
+    const double s = e / cost(g);
+    if (s > best_s) best_s = s, best = g;
+  }
+  return best;
+}
+
+// Runs `policy` for 3000 simulated steps at per-token acceptance a, each step's outcome
+// from outcome(step, proposed, accepted); returns the gamma drafted most often in the
+// last 1000 steps.
+template <class Outcome>
+std::size_t settled_gamma(esg policy, double a, std::uint64_t seed, Outcome outcome) {
+  std::mt19937_64 g(seed);
+  std::bernoulli_distribution accept(a);
+  std::map<std::size_t, int> late;
+  const auto q = uniform(4);
+  for (int step = 0; step < 3000; ++step) {
+    const std::size_t proposed = run_block(policy, q).first;
+    std::size_t accepted = 0;
+    while (accepted < proposed && accept(g)) ++accepted;
+    policy.observe(outcome(step, proposed, accepted));
+    if (step >= 2000) ++late[proposed];
+  }
+  return std::max_element(late.begin(), late.end(), [](auto& x, auto& y) { return x.second < y.second; })->first;
+}
+
 // A verify block's cost depends on its size: here flat up to 6 rows, then a step up (the
 // CPU backend's 7-row blocks switch tile shape and cost ~1.45x). With learn_block_cost
 // the policy must settle on the g that maximises the true E(g) / (g d + T(g + 1));
@@ -444,35 +477,19 @@ TEST(expected_speedup_gamma, measures_the_cost_ratio_online) {
 TEST(expected_speedup_gamma, learns_the_verify_cost_per_block_size) {
   const double a = 0.8, d = 0.0005;
   const auto T = [](std::size_t k) { return k <= 6 ? 0.01 * (1.0 + 0.02 * double(k - 1)) : 0.0145 + 0.002 * double(k - 7); };
-  std::size_t truth = 1;
-  double truth_s = 0.0;
-  for (std::size_t g = 1; g <= 16; ++g) {
-    double e = 0.0;
-    for (std::size_t i = 0; i <= g; ++i) e += std::pow(a, double(i));
-    const double s = e / (double(g) * d + T(g + 1));
-    if (s > truth_s) truth_s = s, truth = g;
-  }
+  const std::size_t truth = true_best_gamma(a, [&](std::size_t g) { return double(g) * d + T(g + 1); });
   ASSERT_EQ(truth, 5u);  // the hand check: the block of 6 before the step up
-  const auto run = [&](esg policy) {
-    std::mt19937_64 g(9);
-    std::bernoulli_distribution accept(a);
-    std::map<std::size_t, int> late;
-    const auto q = uniform(4);
-    for (int step = 0; step < 3000; ++step) {
-      const std::size_t proposed = run_block(policy, q).first;
-      std::size_t accepted = 0;
-      while (accepted < proposed && accept(g)) ++accepted;
-      // The first step's forward also consumes a 30-token prompt: 5x the cost, and
-      // target_rows says so; it must not count as a block of proposed + 1.
-      const std::size_t rows = step == 0 ? proposed + 31 : proposed + 1;
-      policy.observe({.proposed = proposed, .accepted = accepted, .draft_seconds = d * double(proposed),
-                      .draft_forwards = proposed, .target_seconds = step == 0 ? 0.05 : T(rows), .target_rows = rows});
-      if (step >= 2000) ++late[proposed];
-    }
-    return std::max_element(late.begin(), late.end(), [](auto& x, auto& y) { return x.second < y.second; })->first;
+  const auto outcome = [&](int step, std::size_t proposed, std::size_t accepted) {
+    // The first step's forward also consumes a 30-token prompt: 5x the cost, and
+    // target_rows says so; it must not count as a block of proposed + 1.
+    const std::size_t rows = step == 0 ? proposed + 31 : proposed + 1;
+    return specdec::step_outcome{.proposed = proposed, .accepted = accepted, .draft_seconds = d * double(proposed),
+                                 .draft_forwards = proposed, .target_seconds = step == 0 ? 0.05 : T(rows),
+                                 .target_rows = rows};
   };
-  EXPECT_EQ(run(esg{}), truth);
-  EXPECT_GT(run(esg{.learn_block_cost = false}), 6u);  // one mean cost per call: drafts past the step
+  EXPECT_EQ(settled_gamma(esg{}, a, 9, outcome), truth);
+  // One mean cost per call: drafts past the step.
+  EXPECT_GT(settled_gamma(esg{.learn_block_cost = false}, a, 9, outcome), 6u);
 }
 
 // The first draft forward of a step runs cache-cold after the target's pass and costs
@@ -481,38 +498,18 @@ TEST(expected_speedup_gamma, learns_the_verify_cost_per_block_size) {
 // the g that maximises the true E(g) / (d1 + (g - 1) d + T).
 TEST(expected_speedup_gamma, separates_the_cold_first_draft_forward) {
   const double a = 0.85, d1 = 0.004, d = 0.0005, T = 0.01;
-  const auto truth_for = [&](auto cost) {
-    std::size_t best = 1;
-    double best_s = 0.0;
-    for (std::size_t g = 1; g <= 16; ++g) {
-      double e = 0.0;
-      for (std::size_t i = 0; i <= g; ++i) e += std::pow(a, double(i));
-      const double s = e / (cost(g) + T);
-      if (s > best_s) best_s = s, best = g;
-    }
-    return best;
-  };
-  const std::size_t truth = truth_for([&](std::size_t g) { return d1 + double(g - 1) * d; });
-  const auto run = [&](bool report_first) {
-    esg policy{};
-    std::mt19937_64 g(3);
-    std::bernoulli_distribution accept(a);
-    std::map<std::size_t, int> late;
-    const auto q = uniform(4);
-    for (int step = 0; step < 3000; ++step) {
-      const std::size_t proposed = run_block(policy, q).first;
-      std::size_t accepted = 0;
-      while (accepted < proposed && accept(g)) ++accepted;
-      policy.observe({.proposed = proposed, .accepted = accepted, .draft_seconds = d1 + double(proposed - 1) * d,
-                      .draft_forwards = proposed, .target_seconds = T, .target_rows = proposed + 1,
-                      .first_draft_seconds = report_first ? d1 : 0.0});
-      if (step >= 2000) ++late[proposed];
-    }
-    return std::max_element(late.begin(), late.end(), [](auto& x, auto& y) { return x.second < y.second; })->first;
+  const std::size_t truth = true_best_gamma(a, [&](std::size_t g) { return d1 + double(g - 1) * d + T; });
+  const auto outcome_reporting = [&](bool report_first) {
+    return [=](int, std::size_t proposed, std::size_t accepted) {
+      return specdec::step_outcome{.proposed = proposed, .accepted = accepted,
+                                   .draft_seconds = d1 + double(proposed - 1) * d, .draft_forwards = proposed,
+                                   .target_seconds = T, .target_rows = proposed + 1,
+                                   .first_draft_seconds = report_first ? d1 : 0.0};
+    };
   };
   ASSERT_GT(truth, 3u);
-  EXPECT_EQ(run(true), truth);
-  EXPECT_LT(run(false), truth);  // the mean forward overrates longer drafts
+  EXPECT_EQ(settled_gamma(esg{}, a, 3, outcome_reporting(true)), truth);
+  EXPECT_LT(settled_gamma(esg{}, a, 3, outcome_reporting(false)), truth);  // the mean forward overrates longer drafts
 }
 
 TEST(expected_speedup_gamma, block_cost_estimate_falls_back_to_the_nearest_timed_size) {
