@@ -235,10 +235,7 @@ class batch_frontend {
   std::size_t retire(Leave leave) {
     ++steps_;
     const auto now = decoder_clock::now();
-    for (auto& s : active_) {
-      generation_stats& st = s->result.stats;
-      if (st.awaiting_first_step()) st.record_step_end(std::chrono::duration<double>(now - s->admitted_at).count());
-    }
+    for (auto& s : active_) s->result.stats.record_step_end(std::chrono::duration<double>(now - s->admitted_at).count());
     std::size_t n = 0;
     for (std::size_t i = 0; i < active_.size();) {
       if (active_[i]->stopped()) {
@@ -545,9 +542,7 @@ class batched_speculative_decoder
         const logits_block dl = out.block(i);
         detail::check_logits_shape(dl, 0, vocab, "batched_speculative_decoder: the draft's forward_batch, for a block,");
         s.spec.draft_fed = first ? s.spec.s_old : s.spec.draft_fed + 1;
-        if (s.spec.step_draft_forwards == 0) s.spec.step_first_draft_seconds = seconds;
-        ++s.spec.step_draft_forwards;
-        s.spec.step_draft_seconds += seconds;
+        s.spec.record_draft_forward(seconds);
         s.spec.on_draft_row(dl.row(dl.rows - 1), vocab, params_, s.rng, s.req.options.stop_at_eos, s.result.stats);
       }
       first = false;

@@ -301,20 +301,21 @@ class speculative_decoder {
       spec_.plan(seq_.size(), out.remaining(), ctx);
       if (spec_.drafting) {
         logits_block dl;
+        double seconds = 0.0;
         {
-          scoped_timer t(spec_.step_draft_seconds);
+          scoped_timer t(seconds);
           dl = detail::feed_block(draft_, seq_, spec_.draft_fed, spec_.s_old);
         }
-        spec_.step_first_draft_seconds = spec_.step_draft_seconds;
-        ++spec_.step_draft_forwards;
+        spec_.record_draft_forward(seconds);
         detail::check_logits_shape(dl, 0, vocab, "speculative_decoder: the draft's forward");
         while (spec_.on_draft_row(dl.row(dl.rows - 1), vocab, params_, rng_, opts.stop_at_eos, st)) {
+          seconds = 0.0;
           {
-            scoped_timer t(spec_.step_draft_seconds);
+            scoped_timer t(seconds);
             dl = forward_one(draft_, spec_.drafted[spec_.k - 1]);
           }
           ++spec_.draft_fed;
-          ++spec_.step_draft_forwards;
+          spec_.record_draft_forward(seconds);
         }
       }
       spec_.record_drafting(st);

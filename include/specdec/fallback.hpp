@@ -548,9 +548,11 @@ struct expected_speedup_gamma {
     const bool timed = o.draft_forwards > 0 && o.draft_seconds > 0.0 && o.target_seconds > 0.0 &&
                        std::isfinite(o.draft_seconds) && std::isfinite(o.target_seconds);
     if (timed) {
-      // A step whose forwards also consumed the prompt (target_rows says so) is no sample
-      // of what drafting costs: its first draft forward took the whole prompt too.
-      const bool plain = o.target_rows == 0 || o.target_rows == o.proposed + 1;
+      // The verify block: the drafts and the bonus row. A step whose forwards also
+      // consumed the prompt (target_rows says so) is no sample of a k-token block's cost,
+      // nor of what drafting costs: its first draft forward took the whole prompt too.
+      const std::size_t k = o.proposed + 1;
+      const bool plain = o.target_rows == 0 || o.target_rows == k;
       if (plain) {
         state_.draft_seconds = decay * state_.draft_seconds + o.draft_seconds;
         state_.draft_forwards = decay * state_.draft_forwards + static_cast<double>(o.draft_forwards);
@@ -562,10 +564,7 @@ struct expected_speedup_gamma {
       }
       state_.target_seconds = decay * state_.target_seconds + o.target_seconds;
       state_.target_calls = decay * state_.target_calls + 1.0;
-      // The verify block: the drafts and the bonus row. A forward that also consumed the
-      // prompt is no sample of a k-token block's cost.
-      const std::size_t k = o.proposed + 1;
-      if (k < state_.block_calls.size() && (o.target_rows == 0 || o.target_rows == k)) {
+      if (plain && k < state_.block_calls.size()) {
         state_.block_seconds[k] = decay * state_.block_seconds[k] + o.target_seconds;
         state_.block_calls[k] = decay * state_.block_calls[k] + 1.0;
       }

@@ -71,7 +71,7 @@ struct generation_stats {
   /// first step that emitted tokens sets `first_token_seconds` and `first_step_tokens`;
   /// later calls change nothing. Decoders call it after every step.
   void record_step_end(double seconds_since_start) noexcept {
-    if (first_step_tokens != 0 || tokens_emitted == 0) return;
+    if (!awaiting_first_step()) return;
     first_step_tokens = tokens_emitted;
     first_token_seconds = seconds_since_start;
   }
@@ -297,8 +297,7 @@ inline std::string generation_stats::to_json() const {
   append_json_key(out, "first_step_tokens");
   append_json_number(out, first_step_tokens);
   append_json_key(out, "decode_tokens_per_second");
-  append_json_rate(out, tokens_emitted > first_step_tokens && total_seconds - first_token_seconds > 0.0,
-                   decode_tokens_per_second());
+  append_json_rate(out, decode_tokens_per_second() > 0.0, decode_tokens_per_second());
   out += '}';
   return out;
 }

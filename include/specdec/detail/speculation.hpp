@@ -103,6 +103,14 @@ struct speculation_state {
     step_first_draft_seconds = 0.0;
   }
 
+  /// Counts one draft forward of this step that took `seconds` (the step's first one also
+  /// as `step_first_draft_seconds`).
+  void record_draft_forward(double seconds) noexcept {
+    if (step_draft_forwards == 0) step_first_draft_seconds = seconds;
+    ++step_draft_forwards;
+    step_draft_seconds += seconds;
+  }
+
   /// One draft position from the draft's last row of logits: draw the token, ask the
   /// fallback policy, record the drafted token and decide whether drafting goes on.
   /// Returns (and sets) `drafting`.
