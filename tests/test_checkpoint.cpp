@@ -112,6 +112,12 @@ TEST(checkpoint, bundled_models_have_the_documented_headers) {
     EXPECT_EQ(ck.data.size(), floats_for(m.h));
     EXPECT_EQ(ck.path, model_path(m.file));
     EXPECT_EQ(ck.classifier(), ck.token_embedding());
+    // The tensors start on a cache line (the file's 28-byte header is not copied), so
+    // the weight rows the kernels stream do too: every bundled tensor is a multiple of
+    // 16 floats. (malloc'd storage started 16 bytes into a line.)
+    EXPECT_EQ(reinterpret_cast<std::uintptr_t>(ck.data.data()) % 64, 0u);
+    EXPECT_EQ(reinterpret_cast<std::uintptr_t>(ck.wq(1)) % 64, 0u);
+    EXPECT_EQ(reinterpret_cast<std::uintptr_t>(ck.w2(m.h.n_layers - 1)) % 64, 0u);
     EXPECT_EQ(fs::file_size(model_path(m.file)), 28 + 4 * floats_for(m.h));
     // The last tensor before freq_cis is rms_final: it must sit just before the tables.
     EXPECT_EQ(ck.rms_final() + m.h.dim + std::size_t(m.h.seq_len) * (m.h.dim / m.h.n_heads),

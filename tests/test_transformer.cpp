@@ -593,6 +593,40 @@ TEST(kernels, grouped_weighted_value_sums_equal_one_head_sums_bit_for_bit) {
   }
 }
 
+// The buffers the kernels stream are cache-line aligned for speed (detail/aligned.hpp),
+// but no result may depend on alignment: a matmul over weights and inputs at every
+// 4-byte offset within a cache line, for token counts that take each tile path (1, 2, 3,
+// 4, 6 tokens, long rows at 5 and 6, 16) and in every weight format, gives the same bits
+// as over aligned copies.
+TEST(kernels, matmul_results_do_not_depend_on_buffer_alignment) {
+  namespace d = specdec::cpu::detail;
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  for (std::size_t n : {std::size_t{48}, std::size_t{530}}) {
+    const std::size_t rows = 29, kmax = 16;
+    d::aligned_vector<float> w(rows * n + 16), x(kmax * n + 16);
+    for (float& v : w) v = u(rng);
+    for (float& v : x) v = u(rng);
+    for (const auto f : {weight_format::fp32, weight_format::bf16, weight_format::fp16, weight_format::q8_0}) {
+      for (std::size_t k : {1u, 2u, 3u, 4u, 5u, 6u, 16u}) {
+        std::vector<float> want(k * rows), got(k * rows);
+        const d::weight_matrix wa(w.data(), rows, n, f);
+        wa.matmul(0, rows, x.data(), k, n, want.data(), rows);
+        for (std::size_t off = 1; off < 16; off += 3) {
+          // The same values, shifted off the cache line.
+          d::aligned_vector<float> ws(rows * n + 16), xs(kmax * n + 16);
+          std::copy_n(w.data(), rows * n, ws.data() + off);
+          std::copy_n(x.data(), k * n, xs.data() + (15 - off));
+          const d::weight_matrix wb(ws.data() + off, rows, n, f);
+          wb.matmul(0, rows, xs.data() + (15 - off), k, n, got.data(), rows);
+          ASSERT_EQ(0, std::memcmp(want.data(), got.data(), want.size() * sizeof(float)))
+              << specdec::cpu::to_string(f) << " n " << n << " k " << k << " offset " << off;
+        }
+      }
+    }
+  }
+}
+
 // exp16 replaces std::exp in the softmax and SiLU: it must stay within 2 ulp of the
 // correctly rounded e^x over the range it computes, give 0 / +inf / NaN outside it, and
 // depend on the value only, whatever lane (or tail position) the value lands in.
@@ -804,6 +838,11 @@ TEST(kv_formats, logits_stay_close_to_an_fp32_cache) {
 
 TEST(kv_formats, sizes_and_bad_formats) {
   specdec::cpu::kv_cache f32(6, 256, 128), f16(6, 256, 128, weight_format::fp16);
+  // Cache-line aligned storage, like every buffer the kernels stream.
+  EXPECT_EQ(reinterpret_cast<std::uintptr_t>(f32.key(0, 0)) % 64, 0u);
+  EXPECT_EQ(reinterpret_cast<std::uintptr_t>(f32.value(0, 0)) % 64, 0u);
+  EXPECT_EQ(reinterpret_cast<std::uintptr_t>(f16.key16(0, 0)) % 64, 0u);
+  EXPECT_EQ(reinterpret_cast<std::uintptr_t>(f16.value16(0, 0)) % 64, 0u);
   EXPECT_EQ(f32.bytes_per_position(), 2u * 6 * 128 * 4);
   EXPECT_EQ(f16.bytes_per_position(), 2u * 6 * 128 * 2);
   EXPECT_EQ(f16.format(), weight_format::fp16);

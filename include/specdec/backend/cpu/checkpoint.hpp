@@ -13,6 +13,7 @@
 #include <system_error>
 #include <vector>
 
+#include "specdec/backend/cpu/detail/aligned.hpp"
 #include "specdec/error.hpp"
 
 namespace specdec::cpu {
@@ -52,7 +53,9 @@ struct model_config {
 struct checkpoint {
   model_config config{};
   std::string path;
-  std::vector<float> data;  ///< every fp32 tensor of the file, in file order
+  /// Every fp32 tensor of the file, in file order, in cache-line-aligned storage (so
+  /// the weight rows the kernels stream start on a cache line; see detail/aligned.hpp).
+  detail::aligned_vector<float> data;
 
   [[nodiscard]] const float* token_embedding() const noexcept { return data.data(); }
   [[nodiscard]] const float* rms_att(int l) const noexcept { return at(off_rms_att(), l, dim()); }

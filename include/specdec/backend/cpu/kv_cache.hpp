@@ -7,6 +7,7 @@
 #include <string_view>
 #include <vector>
 
+#include "specdec/backend/cpu/detail/aligned.hpp"
 #include "specdec/backend/cpu/detail/weights.hpp"
 #include "specdec/error.hpp"
 
@@ -109,8 +110,8 @@ class kv_cache {
   std::size_t kv_dim_ = 0;
   std::size_t length_ = 0;
   weight_format format_ = weight_format::fp32;
-  std::vector<float> keys_, values_;
-  std::vector<std::uint16_t> keys16_, values16_;
+  detail::aligned_vector<float> keys_, values_;  // cache-line aligned, like every buffer the kernels stream
+  detail::aligned_vector<std::uint16_t> keys16_, values16_;
 };
 
 }  // namespace specdec::cpu

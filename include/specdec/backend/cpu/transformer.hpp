@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "specdec/backend/cpu/checkpoint.hpp"
+#include "specdec/backend/cpu/detail/aligned.hpp"
 #include "specdec/backend/cpu/detail/kernels.hpp"
 #include "specdec/backend/cpu/detail/thread_pool.hpp"
 #include "specdec/backend/cpu/detail/weights.hpp"
@@ -124,8 +125,8 @@ class llama_engine {
     const std::size_t dim = static_cast<std::size_t>(c.dim);
     const std::size_t hid = static_cast<std::size_t>(c.hidden_dim);
     const std::size_t kvd = static_cast<std::size_t>(c.kv_dim());
-    std::vector<float> x(cap * dim), xb(cap * dim), xb2(cap * dim), q(cap * dim), kk(cap * kvd), vv(cap * kvd);
-    std::vector<float> hb(cap * hid), hb2(cap * hid), logits(cap * vocab_size());
+    aligned_vector<float> x(cap * dim), xb(cap * dim), xb2(cap * dim), q(cap * dim), kk(cap * kvd), vv(cap * kvd);
+    aligned_vector<float> hb(cap * hid), hb2(cap * hid), logits(cap * vocab_size());
     x_.swap(x), xb_.swap(xb), xb2_.swap(xb2), q_.swap(q), k_.swap(kk), v_.swap(vv), hb_.swap(hb), hb2_.swap(hb2);
     logits_.swap(logits);
     rows_ = cap;
@@ -290,7 +291,9 @@ class llama_engine {
   weight_matrix classifier_;
   std::shared_ptr<thread_pool> pool_;
   std::size_t rows_ = 0;  ///< token rows the scratch buffers hold
-  std::vector<float> x_, xb_, xb2_, q_, k_, v_, hb_, hb2_, logits_, att_;
+  // Cache-line aligned (detail/aligned.hpp): rows of dim, kv_dim and hidden floats then
+  // start on a cache line whenever those are multiples of 16, as in every bundled model.
+  aligned_vector<float> x_, xb_, xb2_, q_, k_, v_, hb_, hb2_, logits_, att_;
   std::vector<float> rope_cos_, rope_sin_;  ///< [seq_len][head_size / 2]
 };
 

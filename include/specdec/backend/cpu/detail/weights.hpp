@@ -24,6 +24,7 @@
 #include <immintrin.h>
 #endif
 
+#include "specdec/backend/cpu/detail/aligned.hpp"
 #include "specdec/backend/cpu/detail/kernels.hpp"
 #include "specdec/error.hpp"
 
@@ -276,9 +277,9 @@ class weight_matrix {
   weight_format format_ = weight_format::fp32;
   std::size_t rows_ = 0, cols_ = 0;
   const float* f32_ = nullptr;
-  std::vector<std::uint16_t> u16_;
-  std::vector<std::int8_t> q8_;
-  std::vector<float> scales_;
+  aligned_vector<std::uint16_t> u16_;
+  aligned_vector<std::int8_t> q8_;
+  aligned_vector<float> scales_;
 };
 
 }  // namespace detail
