@@ -26,6 +26,7 @@
 //                       [--kv-format fp32|bf16|fp16]
 //                       [--csv batch_bench.csv] [--no-sd] [--no-sched] [--continue | --preempt]
 //                       [--no-independent] [--repeats 3] [--short-range 8,16] [--long-range 64,96]
+//                       [--long-fraction 0.5]
 //
 // --threads: transformer_options.threads of every transformer (0 = all cores; each
 // transformer of an independent_batch has its own pool).
@@ -37,10 +38,13 @@
 // --continue / --preempt: run the scheduler comparison only with under-predicted sequences
 // continuing / preempted and requeued (default: both policies, one after the other).
 // --short-range MIN,MAX / --long-range MIN,MAX: the scheduler mix's two length ranges
-// (default 8,16 and 64,96); each request is short or long with probability 1/2.
+// (default 8,16 and 64,96). --long-fraction P: each request is long with probability P
+// (default 0.5; real response lengths are right-skewed, most short and a few long, which
+// smaller values model).
 #include <algorithm>
 #include <array>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -67,6 +71,7 @@ namespace {
 using specdec::bench::parse_count;
 using specdec::bench::parse_counts;
 using specdec::bench::parse_format;
+using specdec::bench::parse_fraction;
 
 using specdec::token_id;
 using clock_type = std::chrono::steady_clock;
@@ -89,6 +94,7 @@ struct options {
   std::size_t repeats = 3;  ///< curve and schedulers: best of this many runs per point
   std::array<std::size_t, 2> short_range{8, 16};  ///< scheduler mix: short lengths, inclusive
   std::array<std::size_t, 2> long_range{64, 96};   ///< scheduler mix: long lengths, inclusive
+  double long_fraction = 0.5;                       ///< scheduler mix: probability of a long request
   std::string csv = "batch_bench.csv";
   std::string prompts = SPECDEC_MODELS_DIR "/kjv_val_openings.tsv";
 };
@@ -247,7 +253,10 @@ std::vector<csv_row> run_schedulers(MakeTarget make_target, const options& o,
   std::mt19937_64 rng(2023);
   std::vector<specdec::scheduled_request> reqs;
   for (std::size_t i = 0; i < o.requests; ++i) {
-    const bool long_one = (rng() % 2) == 1;
+    // The default half-and-half mix keeps its original draw (rng() % 2) so that its
+    // request set, and the step counts published for it, stay the same.
+    const std::uint64_t u = rng();
+    const bool long_one = o.long_fraction == 0.5 ? u % 2 == 1 : static_cast<double>(u >> 11) * 0x1.0p-53 < o.long_fraction;
     const auto& range = long_one ? o.long_range : o.short_range;
     const std::size_t len = range[0] + rng() % (range[1] - range[0] + 1);
     const double f = 1.0 - o.noise + 2.0 * o.noise * static_cast<double>(rng() % 1001) / 1000.0;
@@ -376,6 +385,7 @@ constexpr const char* usage = R"(usage: specdec-batch-bench [options]   (batched
   --requests N              scheduler requests (48)        --max-batch N     batch cap (8)
   --budget-mb X             KV budget in MB (8)            --noise X         prediction noise in [0, 1) (0.2)
   --short-range MIN,MAX --long-range MIN,MAX   the scheduler mix's lengths (8,16 and 64,96)
+  --long-fraction P         probability that a scheduler request is long (0.5)
   --continue | --preempt    one under-prediction policy    --quick  --csv PATH  --prompts PATH
 )";
 
@@ -398,7 +408,8 @@ options parse(int argc, char** argv) {
     else if (a == "--threads") o.threads = parse_count(a, next());
     else if (a == "--budget-mb") o.budget_mb = std::stod(next());
     else if (a == "--kv-format") o.kv_format = parse_format(a, next(), /*kv=*/true);
-    else if (a == "--noise") o.noise = std::stod(next());
+    else if (a == "--noise") o.noise = parse_fraction(a, next());
+    else if (a == "--long-fraction") o.long_fraction = parse_fraction(a, next());
     else if (a == "--csv") o.csv = next();
     else if (a == "--prompts") o.prompts = next();
     else if (a == "--no-sd") o.sd = false;
@@ -478,9 +489,10 @@ int main(int argc, char** argv) try {
     rows.insert(rows.end(), p.begin(), p.end());
   }
   if (o.sched) {
-    std::printf("\nscheduler comparison: %zu requests, bimodal lengths (%zu..%zu | %zu..%zu), prediction noise %.0f%%, "
-                "max batch %zu, KV budget %.1f MB, best of %zu rounds\n",
-                o.requests, o.short_range[0], o.short_range[1], o.long_range[0], o.long_range[1], 100 * o.noise,
+    std::printf("\nscheduler comparison: %zu requests, bimodal lengths (%zu..%zu | %zu..%zu, %.0f%% long), prediction "
+                "noise %.0f%%, max batch %zu, KV budget %.1f MB, best of %zu rounds\n",
+                o.requests, o.short_range[0], o.short_range[1], o.long_range[0], o.long_range[1], 100 * o.long_fraction,
+                100 * o.noise,
                 o.max_batch, o.budget_mb, o.repeats);
     auto s = run_schedulers<batched>(make_big, o, prompts, kv_bytes_per_token);
     rows.insert(rows.end(), s.begin(), s.end());

@@ -62,6 +62,13 @@ inline std::vector<float> parse_fractions(const std::string& option, const std::
   return parse_list<float>(option, s, "a number in [0, 1]", [](float v) { return v >= 0.0f && v <= 1.0f; });
 }
 
+/// One number in [0, 1] for `option` (--long-fraction 0.25), or an error naming the option.
+inline double parse_fraction(const std::string& option, const std::string& s) {
+  const std::vector<float> v = parse_fractions(option, s);
+  if (v.size() != 1) throw specdec::invalid_argument(option + ": expected one number in [0, 1], got '" + s + "'");
+  return v[0];
+}
+
 /// A weight format for `option`, or an error naming the option; a KV cache's (`kv`) must
 /// be one that can hold it (`cpu::check_kv_format`).
 inline cpu::weight_format parse_format(const std::string& option, const std::string& s, bool kv = false) {
