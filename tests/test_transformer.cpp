@@ -600,6 +600,15 @@ TEST(kernels, grouped_weighted_value_sums_equal_one_head_sums_bit_for_bit) {
 // as over aligned copies.
 TEST(kernels, matmul_results_do_not_depend_on_buffer_alignment) {
   namespace d = specdec::cpu::detail;
+  // The storage of the 1-, 2- and 4-byte formats starts on a cache line at any size.
+  for (std::size_t size : {1u, 3u, 45u, 1000u, 300000u}) {
+    const d::aligned_vector<std::int8_t> q(size);
+    const d::aligned_vector<std::uint16_t> h(size);
+    const d::aligned_vector<float> f(size);
+    EXPECT_EQ(reinterpret_cast<std::uintptr_t>(q.data()) % d::cache_line, 0u) << size;
+    EXPECT_EQ(reinterpret_cast<std::uintptr_t>(h.data()) % d::cache_line, 0u) << size;
+    EXPECT_EQ(reinterpret_cast<std::uintptr_t>(f.data()) % d::cache_line, 0u) << size;
+  }
   std::mt19937 rng(11);
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);
   for (std::size_t n : {std::size_t{48}, std::size_t{530}}) {

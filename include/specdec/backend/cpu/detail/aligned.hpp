@@ -5,13 +5,12 @@
 /// scratch of a forward.
 ///
 /// Why: `std::vector` storage comes from malloc, which aligns to 16 bytes only; a large
-/// block is mmapped and starts 16 bytes past a page, so every 64-byte weight or input
-/// load of the AVX-512 tiles straddled two cache lines. Alignment changes no result (the
-/// same loads in the same order), only their cost. Measured on kjv-big fp32, one process
-/// per variant, alternated: a 16-sequence batched step 1.71-2.22 -> 1.43-1.46 ms, a
-/// 16-token forward (1 thread) 3.2-4.6 -> 2.4 ms; single-token forwards unchanged within
-/// noise. (A k = 16 matmul from L2: 199 GFLOP/s with weights and inputs aligned, 170 with
-/// the weights 28 bytes off, 151 with the inputs 16 bytes off, 141 with both.)
+/// block is mmapped and starts 16 bytes into a cache line, and small ones land at any
+/// 16-byte offset, so most 64-byte weight and input loads of the AVX-512 tiles straddled
+/// two cache lines. Alignment changes no result (the same loads in the same order), only
+/// their cost: a k = 16 matmul from L2 ran at 141 GFLOP/s misaligned and 199 aligned, a
+/// 16-token kjv-big forward went 3.0-3.8 -> 2.35 ms (docs/performance.md, "Cache-line-
+/// aligned buffers").
 ///
 /// The alignment is a fixed 64 bytes, not Eigen's `aligned_allocator` (which follows
 /// EIGEN_MAX_ALIGN_BYTES, a setting users may lower) nor xsimd's (not a dependency of the
