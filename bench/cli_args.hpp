@@ -31,7 +31,8 @@ std::vector<T> parse_list(const std::string& option, const std::string& s, const
     std::size_t pos = 0;
     T v{};
     try {
-      if constexpr (std::is_floating_point_v<T>) v = std::stof(item, &pos);
+      if constexpr (std::is_same_v<T, double>) v = std::stod(item, &pos);
+      else if constexpr (std::is_floating_point_v<T>) v = std::stof(item, &pos);
       else if (item[0] != '-') v = std::stoul(item, &pos);  // stoul wraps "-1"
     } catch (const std::exception&) {
       pos = 0;
@@ -64,7 +65,8 @@ inline std::vector<float> parse_fractions(const std::string& option, const std::
 
 /// One number in [0, 1] for `option` (--long-fraction 0.25), or an error naming the option.
 inline double parse_fraction(const std::string& option, const std::string& s) {
-  const std::vector<float> v = parse_fractions(option, s);
+  const std::vector<double> v =
+      parse_list<double>(option, s, "a number in [0, 1]", [](double x) { return x >= 0.0 && x <= 1.0; });
   if (v.size() != 1) throw specdec::invalid_argument(option + ": expected one number in [0, 1], got '" + s + "'");
   return v[0];
 }
