@@ -58,15 +58,15 @@ inline std::size_t parse_count(const std::string& option, const std::string& s) 
   return v[0];
 }
 
-/// A comma-separated list of numbers in [0, 1] for `option` (--confidences 0.3,0.5).
-inline std::vector<float> parse_fractions(const std::string& option, const std::string& s) {
-  return parse_list<float>(option, s, "a number in [0, 1]", [](float v) { return v >= 0.0f && v <= 1.0f; });
+/// A comma-separated list of numbers in [0, 1] for `option` (--confidences 0.3,0.5), as T.
+template <class T = float>
+std::vector<T> parse_fractions(const std::string& option, const std::string& s) {
+  return parse_list<T>(option, s, "a number in [0, 1]", [](T v) { return v >= T(0) && v <= T(1); });
 }
 
 /// One number in [0, 1] for `option` (--long-fraction 0.25), or an error naming the option.
 inline double parse_fraction(const std::string& option, const std::string& s) {
-  const std::vector<double> v =
-      parse_list<double>(option, s, "a number in [0, 1]", [](double x) { return x >= 0.0 && x <= 1.0; });
+  const std::vector<double> v = parse_fractions<double>(option, s);
   if (v.size() != 1) throw specdec::invalid_argument(option + ": expected one number in [0, 1], got '" + s + "'");
   return v[0];
 }
