@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -20,6 +21,7 @@
 #include <vector>
 
 #include "specdec/backend/cpu/checkpoint.hpp"
+#include "specdec/backend/cpu/detail/thread_pool.hpp"
 #include "specdec/backend/cpu/tokenizer.hpp"
 #include "specdec/backend/cpu/transformer.hpp"
 #include "specdec/model.hpp"
@@ -550,6 +552,59 @@ TEST(transformer_threads, results_do_not_depend_on_the_thread_count_bit_for_bit)
       }
     }
   }
+}
+
+TEST(work_split, static_parts_compute_their_slice_and_balanced_parts_take_over_a_stalled_one) {
+  using specdec::cpu::detail::split_range;
+  using specdec::cpu::detail::work_split;
+  for (std::size_t parts : {1u, 2u, 3u, 4u})
+    for (std::size_t n : {0u, 1u, 5u, 40u, 64u, 1001u})
+      for (std::size_t chunk : {0u, 1u, 3u, 7u}) {
+        SCOPED_TRACE(std::to_string(parts) + " parts, " + std::to_string(n) + " units, chunk " + std::to_string(chunk));
+        work_split split;
+        split.reset(n, parts, chunk);
+        EXPECT_EQ(split.chunked(), chunk != 0);
+        // Part 0 stalls until every other part has returned (a descheduled thread). The
+        // others run concurrently.
+        std::vector<std::atomic<int>> hits(n);
+        std::vector<std::vector<std::pair<std::size_t, std::size_t>>> got(parts);
+        const auto work = [&](std::size_t p) {
+          split.run(p, [&](std::size_t b, std::size_t e) {
+            got[p].emplace_back(b, e);
+            for (std::size_t u = b; u < e; ++u) hits[u].fetch_add(1);
+          });
+        };
+        std::vector<std::thread> others;
+        for (std::size_t p = 1; p < parts; ++p) others.emplace_back(work, p);
+        for (auto& t : others) t.join();
+        work(0);
+        for (std::size_t u = 0; u < n; ++u) ASSERT_EQ(hits[u].load(), 1) << "unit " << u;
+        std::size_t b0, e0;
+        split_range(n, 0, parts, 1, b0, e0);
+        std::size_t by_part0 = 0;
+        for (auto [b, e] : got[0]) by_part0 += e - b;
+        if (chunk == 0 || parts == 1) {
+          EXPECT_EQ(by_part0, e0 - b0);  // its own slice, all of it and nothing else
+          for (auto [b, e] : got[0]) EXPECT_TRUE(b0 <= b && e <= e0);
+        } else {
+          EXPECT_EQ(by_part0, 0u);  // the others took over the stalled part's slice
+        }
+        // Every chunk is at most `chunk` units, and a part's own slice comes front to back.
+        for (std::size_t p = 0; p < parts; ++p) {
+          std::size_t bp, ep, next;
+          split_range(n, p, parts, 1, bp, ep);
+          next = bp;
+          for (auto [b, e] : got[p]) {
+            if (chunk != 0) {
+              EXPECT_LE(e - b, chunk);
+            }
+            if (b >= bp && e <= ep && b >= next) {
+              EXPECT_EQ(b, next) << "part " << p << " skipped part of its own slice";
+              next = e;
+            }
+          }
+        }
+      }
 }
 
 TEST(transformer_threads, default_uses_all_cores_and_models_share_one_pool) {

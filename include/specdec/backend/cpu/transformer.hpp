@@ -5,9 +5,11 @@
 #include <Eigen/Core>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstddef>
 #include <filesystem>
+#include <initializer_list>
 #include <memory>
 #include <span>
 #include <string>
@@ -163,11 +165,12 @@ class llama_engine {
       const std::size_t ul = static_cast<std::size_t>(l);
       const layer_weights& L = layers_[ul];
       rmsnorm_rows(xb_.data(), x_.data(), ck_->rms_att(l), k, dim);
-      parallel(k * (dim + 2 * kvd) * dim, [&](std::size_t part, std::size_t parts) {
-        rows_part(L.wq, part, parts, xb_.data(), k, dim, q_.data(), dim);
-        rows_part(L.wk, part, parts, xb_.data(), k, dim, k_.data(), kvd);
-        rows_part(L.wv, part, parts, xb_.data(), k, dim, v_.data(), kvd);
-      });
+      parallel_rows(k * (dim + 2 * kvd) * dim, k, {units_of(L.wq), units_of(L.wk), units_of(L.wv)},
+                    [&](std::size_t part) {
+                      rows_part(splits_[0], part, L.wq, xb_.data(), k, dim, q_.data(), dim);
+                      rows_part(splits_[1], part, L.wk, xb_.data(), k, dim, k_.data(), kvd);
+                      rows_part(splits_[2], part, L.wv, xb_.data(), k, dim, v_.data(), kvd);
+                    });
       // RoPE at each row's own position; then the row's key and value go to its cache.
       for (std::size_t t = 0; t < k; ++t) {
         const std::size_t r = rows[t].pos * (hs / 2);
@@ -215,28 +218,32 @@ class llama_engine {
           }
         }
       });
-      parallel(k * dim * dim, [&](std::size_t part, std::size_t parts) {
-        rows_part(L.wo, part, parts, xb_.data(), k, dim, xb2_.data(), dim);
+      parallel_rows(k * dim * dim, k, {units_of(L.wo)}, [&](std::size_t part) {
+        rows_part(splits_[0], part, L.wo, xb_.data(), k, dim, xb2_.data(), dim);
       });
       add_rows(x_.data(), xb2_.data(), k * dim);
 
       rmsnorm_rows(xb_.data(), x_.data(), ck_->rms_ffn(l), k, dim);
-      parallel(k * 2 * hid * dim, [&](std::size_t part, std::size_t parts) {
-        std::size_t r0, r1;
-        rows_part(L.w1, part, parts, xb_.data(), k, dim, hb_.data(), hid, &r0, &r1);
-        rows_part(L.w3, part, parts, xb_.data(), k, dim, hb2_.data(), hid);
-        for (std::size_t t = 0; t < k; ++t)  // elementwise: any split gives the same bits
-          swiglu(hb_.data() + t * hid + r0, hb2_.data() + t * hid + r0, r1 - r0);
+      // w1 and w3 in the same row chunks, each chunk's SwiGLU right after them
+      // (elementwise: any split gives the same bits).
+      parallel_rows(k * 2 * hid * dim, k, {units_of(L.w1)}, [&](std::size_t part) {
+        const bool chunked = splits_[0].chunked();
+        splits_[0].run(part, [&](std::size_t b, std::size_t e) {
+          const std::size_t r0 = b * row_unit, r1 = std::min(e * row_unit, hid);
+          L.w1.matmul(r0, r1 - r0, xb_.data(), k, dim, hb_.data() + r0, hid, chunked);
+          L.w3.matmul(r0, r1 - r0, xb_.data(), k, dim, hb2_.data() + r0, hid, chunked);
+          for (std::size_t t = 0; t < k; ++t) swiglu(hb_.data() + t * hid + r0, hb2_.data() + t * hid + r0, r1 - r0);
+        });
       });
-      parallel(k * dim * hid, [&](std::size_t part, std::size_t parts) {
-        rows_part(L.w2, part, parts, hb_.data(), k, hid, xb2_.data(), dim);
+      parallel_rows(k * dim * hid, k, {units_of(L.w2)}, [&](std::size_t part) {
+        rows_part(splits_[0], part, L.w2, hb_.data(), k, hid, xb2_.data(), dim);
       });
       add_rows(x_.data(), xb2_.data(), k * dim);
     }
 
     rmsnorm_rows(xb_.data(), x_.data(), ck_->rms_final(), k, dim);
-    parallel(k * vocab * dim, [&](std::size_t part, std::size_t parts) {
-      rows_part(classifier_, part, parts, xb_.data(), k, dim, logits_.data(), vocab);
+    parallel_rows(k * vocab * dim, k, {units_of(classifier_)}, [&](std::size_t part) {
+      rows_part(splits_[0], part, classifier_, xb_.data(), k, dim, logits_.data(), vocab);
     });
     return logits_.data();
   }
@@ -264,15 +271,44 @@ class llama_engine {
     else pool_->run(f);
   }
 
-  /// Rows of `w` belonging to part `part` of `parts`: y[t][r] = w[r] . x[t] for those rows.
-  static void rows_part(const weight_matrix& w, std::size_t part, std::size_t parts, const float* x,
-                        std::size_t k, std::size_t ldx, float* y, std::size_t ldy, std::size_t* r0_out = nullptr,
-                        std::size_t* r1_out = nullptr) noexcept {
-    std::size_t r0, r1;
-    split_range(w.rows(), part, parts, 16, r0, r1);
-    if (r1 > r0) w.matmul(r0, r1 - r0, x, k, ldx, y + r0, ldy);
-    if (r0_out) *r0_out = r0;
-    if (r1_out) *r1_out = r1;
+  /// Weight products are shared out among threads in units of 16 rows.
+  static constexpr std::size_t row_unit = 16;
+  /// Blocks of at least this many rows (batched steps, prefill) share their products out
+  /// dynamically (see work_split) in chunks of `unit_chunk` units (96 rows: whole 6-, 8-
+  /// and 12-row tiles); smaller ones statically, one contiguous slice per thread. A block
+  /// of 7+ rows is compute-bound (6 x 4 tiles, see matmul_rows), so a thread slowed by a
+  /// neighbour on its core held every product up: in a 16-sequence kjv-big step profiled
+  /// on the 2-vCPU dev host, the caller's thread ran the same tiles ~17 % faster than the
+  /// worker and spent ~20 % of its time waiting at the ends of products. Measured with a
+  /// CPU hog on one core (50 us busy every 250 us) against the static split, alternating
+  /// binaries: 16-sequence steps 5.8 % more tokens/s, unchanged without the hog. Smaller
+  /// blocks are bound by memory bandwidth, which the threads share anyway; 48-row chunks
+  /// made single-token forwards ~10 % slower, so they keep the static split.
+  static constexpr std::size_t balanced_rows = 7;
+  static constexpr std::size_t unit_chunk = 6;
+  static std::size_t units_of(const weight_matrix& w) noexcept { return (w.rows() + row_unit - 1) / row_unit; }
+
+  /// Runs f(part) for every part of a weight-product job after resetting splits_[i] over
+  /// units[i] units: on the calling thread alone (one part) for small work, else on the
+  /// pool, balanced for blocks of `balanced_rows` or more.
+  template <class F>
+  void parallel_rows(std::size_t work, std::size_t k, std::initializer_list<std::size_t> units, F&& f) {
+    const std::size_t parts = work < min_parallel_work ? 1 : pool_->size();
+    const std::size_t chunk = parts > 1 && k >= balanced_rows ? unit_chunk : 0;
+    std::size_t i = 0;
+    for (std::size_t u : units) splits_[i++].reset(u, parts, chunk);
+    if (parts == 1) f(std::size_t{0});
+    else pool_->run([&](std::size_t part, std::size_t) { f(part); });
+  }
+
+  /// Part `part`'s rows of `w` under `split`: y[t][r] = w[r] . x[t] for those rows.
+  static void rows_part(work_split& split, std::size_t part, const weight_matrix& w, const float* x,
+                        std::size_t k, std::size_t ldx, float* y, std::size_t ldy) noexcept {
+    const bool chunked = split.chunked();
+    split.run(part, [&](std::size_t b, std::size_t e) {
+      const std::size_t r0 = b * row_unit, r1 = std::min(e * row_unit, w.rows());
+      w.matmul(r0, r1 - r0, x, k, ldx, y + r0, ldy, chunked);
+    });
   }
 
   /// Residual connection x += y over n contiguous floats (elementwise, order-free).
@@ -290,6 +326,7 @@ class llama_engine {
   std::vector<layer_weights> layers_;
   weight_matrix classifier_;
   std::shared_ptr<thread_pool> pool_;
+  std::array<work_split, 3> splits_;  ///< per weight product of a job (q, k, v share one)
   std::size_t rows_ = 0;  ///< token rows the scratch buffers hold
   // Cache-line aligned (detail/aligned.hpp): rows of dim, kv_dim and hidden floats then
   // start on a cache line whenever those are multiples of 16, as in every bundled model.

@@ -305,7 +305,7 @@ inline void token_tiles(const W& wi, const W* next, std::size_t n, const float* 
 template <int R, int T, class W>
 inline void matmul_row_tiles(std::size_t& i, const W& w, std::size_t rows, std::size_t n,
                              const float* x, std::size_t k, std::size_t ldx, float* y,
-                             std::size_t ldy, std::size_t tiles) noexcept {
+                             std::size_t ldy, std::size_t tiles, std::size_t prefetch_rows) noexcept {
   for (; i + R <= rows; i += R) {
     const W wi = w.advance(i);
     // Single tokens over long rows are left to the hardware prefetchers: prefetching the
@@ -317,7 +317,7 @@ inline void matmul_row_tiles(std::size_t& i, const W& w, std::size_t rows, std::
     // rows, see prefetch_line, but not for q8_0.) Short rows (a draft model's, n <= 256)
     // do prefetch the next tile: a kjv-little bf16 forward right after a kjv-big forward
     // went 137-147 -> 112-123 us (mean of 200), the following ones 80-83 -> 72-75 us.
-    if ((k > 1 || n <= short_row) && i + 2 * R <= rows) {
+    if ((k > 1 || n <= short_row) && i + 2 * R <= prefetch_rows) {
       const W next = w.advance(i + R);
       token_tiles<R, T>(wi, &next, n, x, k, ldx, y + i, ldy, tiles);
     } else {
@@ -336,10 +336,14 @@ inline void matmul_row_tiles(std::size_t& i, const W& w, std::size_t rows, std::
 /// concurrent weight streams). Every weight row is streamed from memory once per call and
 /// re-read only from L1 for further token tiles. Tile shapes never change any result:
 /// each (row, token) dot product is summed in the order `dot` uses. So any split of the
-/// rows (e.g. across threads) gives the same bits.
+/// rows (e.g. across threads) gives the same bits. `prefetch_rows` (at least `rows`) says
+/// how many rows the stream has from its start: when the caller's next call continues
+/// at row `rows` (a thread's next chunk of the same matrix), the last row tiles prefetch
+/// its first rows like any next row tile.
 template <class W>
 inline void matmul_rows(const W& w, std::size_t rows, std::size_t n, const float* x, std::size_t k,
-                        std::size_t ldx, float* y, std::size_t ldy) noexcept {
+                        std::size_t ldx, float* y, std::size_t ldy, std::size_t prefetch_rows = 0) noexcept {
+  prefetch_rows = std::max(prefetch_rows, rows);
   // Token tiles of at most 3 over taller row tiles keep more weight rows streaming at once
   // (memory-level parallelism is what a memory-bound block forward needs); further token
   // tiles re-read the same rows from L1/L2. k = 4 stays one 4-token tile: as 2 + 2 it was
@@ -360,9 +364,9 @@ inline void matmul_rows(const W& w, std::size_t rows, std::size_t n, const float
     // k = 8 2.4 -> 2.1 ms. 4 x 6 was as good at k = 16 and worse at k = 8; 3 x 8 and
     // 2 x 12 were slower (too few weight rows streaming at once).
     const std::size_t big_tiles = (k + 3) / 4;
-    matmul_row_tiles<6, 4>(i, w, rows, n, x, k, ldx, y, ldy, big_tiles);
-    matmul_row_tiles<2, 4>(i, w, rows, n, x, k, ldx, y, ldy, big_tiles);
-    matmul_row_tiles<1, 4>(i, w, rows, n, x, k, ldx, y, ldy, big_tiles);
+    matmul_row_tiles<6, 4>(i, w, rows, n, x, k, ldx, y, ldy, big_tiles, prefetch_rows);
+    matmul_row_tiles<2, 4>(i, w, rows, n, x, k, ldx, y, ldy, big_tiles, prefetch_rows);
+    matmul_row_tiles<1, 4>(i, w, rows, n, x, k, ldx, y, ldy, big_tiles, prefetch_rows);
     return;
   }
   if (k >= 5 && n > long_row) {
@@ -373,21 +377,21 @@ inline void matmul_rows(const W& w, std::size_t rows, std::size_t n, const float
     // k = 6 1506-1535 -> 1374-1382 us, k = 5 1514-1558 -> 1387-1404 us (k = 1: 1157-1231).
     // (The same for k >= 7, and L2 instead of L1 prefetch for long rows at k <= 4, were
     // no faster.)
-    matmul_row_tiles<4, max_token_tile>(i, w, rows, n, x, k, ldx, y, ldy, 1);
-    matmul_row_tiles<1, max_token_tile>(i, w, rows, n, x, k, ldx, y, ldy, 1);
+    matmul_row_tiles<4, max_token_tile>(i, w, rows, n, x, k, ldx, y, ldy, 1, prefetch_rows);
+    matmul_row_tiles<1, max_token_tile>(i, w, rows, n, x, k, ldx, y, ldy, 1, prefetch_rows);
     return;
   }
   const std::size_t tiles = k == 4 ? 1 : (k + 2) / 3;
   const std::size_t token_tile = (k + tiles - 1) / tiles;  // e.g. k = 5 -> 3 + 2
   switch (token_tile) {
-    case 1: matmul_row_tiles<12, 1>(i, w, rows, n, x, k, ldx, y, ldy, tiles); break;
-    case 2: matmul_row_tiles<12, 2>(i, w, rows, n, x, k, ldx, y, ldy, tiles); break;
-    case 3: matmul_row_tiles<8, 3>(i, w, rows, n, x, k, ldx, y, ldy, tiles); break;
-    case 4: matmul_row_tiles<5, 4>(i, w, rows, n, x, k, ldx, y, ldy, tiles); break;
+    case 1: matmul_row_tiles<12, 1>(i, w, rows, n, x, k, ldx, y, ldy, tiles, prefetch_rows); break;
+    case 2: matmul_row_tiles<12, 2>(i, w, rows, n, x, k, ldx, y, ldy, tiles, prefetch_rows); break;
+    case 3: matmul_row_tiles<8, 3>(i, w, rows, n, x, k, ldx, y, ldy, tiles, prefetch_rows); break;
+    case 4: matmul_row_tiles<5, 4>(i, w, rows, n, x, k, ldx, y, ldy, tiles, prefetch_rows); break;
     default: break;
   }
-  matmul_row_tiles<4, max_token_tile>(i, w, rows, n, x, k, ldx, y, ldy, tiles);
-  matmul_row_tiles<1, max_token_tile>(i, w, rows, n, x, k, ldx, y, ldy, tiles);
+  matmul_row_tiles<4, max_token_tile>(i, w, rows, n, x, k, ldx, y, ldy, tiles, prefetch_rows);
+  matmul_row_tiles<1, max_token_tile>(i, w, rows, n, x, k, ldx, y, ldy, tiles, prefetch_rows);
 }
 
 /// fp32 matmul over a raw row-major weight pointer with row stride ldw.

@@ -30,6 +30,8 @@
 #include <thread>
 #include <vector>
 
+#include "specdec/backend/cpu/detail/aligned.hpp"
+
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #endif
@@ -177,5 +179,75 @@ inline void split_range(std::size_t n, std::size_t part, std::size_t parts, std:
   begin = std::min(n, units * part / parts * align);
   end = part + 1 == parts ? n : std::min(n, units * (part + 1) / parts * align);
 }
+
+
+/// Units [0, n) of one pool job, shared out among its `parts` parts. Each part owns the
+/// contiguous slice split_range gives it. Static (`chunk` 0): a part computes exactly its
+/// slice. Balanced (`chunk` > 0): a part takes `chunk` units at a time from the front of
+/// its slice, and when that is empty takes chunks from the back of the other parts'
+/// slices. So a thread that runs slower for a while (on a shared host, a busy neighbour
+/// on its physical core) hands work to the others instead of making them wait at the end
+/// of the product, while each thread still streams one long contiguous range. Which part
+/// computes a unit never changes what the unit computes.
+///
+/// The caller calls `reset` before the pool publishes the job (the publishing store
+/// orders it before every part's `run`).
+class work_split {
+ public:
+  void reset(std::size_t n, std::size_t parts, std::size_t chunk) {
+    if (slots_.size() < parts) slots_ = std::vector<slot>(parts);
+    parts_ = parts;
+    chunk_ = chunk;
+    for (std::size_t p = 0; p < parts; ++p) {
+      std::size_t b, e;
+      split_range(n, p, parts, 1, b, e);
+      slots_[p].range.store(pack(b, e), std::memory_order_relaxed);
+    }
+  }
+
+  [[nodiscard]] bool chunked() const noexcept { return chunk_ != 0; }
+
+  /// Calls body(begin, end) for part `part`'s share of the units, front to back within
+  /// each of its own chunks.
+  template <class Body>
+  void run(std::size_t part, Body&& body) {
+    std::size_t b, e;
+    if (chunk_ == 0) {
+      unpack(slots_[part].range.load(std::memory_order_relaxed), b, e);
+      if (b < e) body(b, e);
+      return;
+    }
+    while (take(part, /*front=*/true, b, e)) body(b, e);
+    for (std::size_t i = 1; i < parts_; ++i)
+      while (take((part + i) % parts_, /*front=*/false, b, e)) body(b, e);
+  }
+
+ private:
+  static std::uint64_t pack(std::size_t front, std::size_t back) noexcept {
+    return (std::uint64_t(front) << 32) | std::uint64_t(back);
+  }
+  static void unpack(std::uint64_t v, std::size_t& front, std::size_t& back) noexcept {
+    front = std::size_t(v >> 32), back = std::size_t(v & 0xffffffffu);
+  }
+  /// Claims `chunk_` units (or what is left) from the front or the back of slice p.
+  bool take(std::size_t p, bool front, std::size_t& b, std::size_t& e) noexcept {
+    std::atomic<std::uint64_t>& r = slots_[p].range;
+    std::uint64_t v = r.load(std::memory_order_relaxed);
+    for (;;) {
+      std::size_t f, k;
+      unpack(v, f, k);
+      if (f >= k) return false;
+      const std::size_t c = std::min(chunk_, k - f);
+      b = front ? f : k - c;
+      e = b + c;
+      if (r.compare_exchange_weak(v, front ? pack(e, k) : pack(f, b), std::memory_order_relaxed)) return true;
+    }
+  }
+  struct alignas(cache_line) slot {  // one cache line each: owners claim without sharing a line
+    std::atomic<std::uint64_t> range{0};  ///< front << 32 | back of the unclaimed units
+  };
+  std::vector<slot> slots_;
+  std::size_t parts_ = 0, chunk_ = 0;
+};
 
 }  // namespace specdec::cpu::detail

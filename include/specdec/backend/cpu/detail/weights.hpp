@@ -255,18 +255,21 @@ class weight_matrix {
     return 0.0f;
   }
 
-  /// Y[t][i] = W[row0 + i] . X[t] for i < nrows, t < k (see detail::matmul_rows).
+  /// Y[t][i] = W[row0 + i] . X[t] for i < nrows, t < k (see detail::matmul_rows). With
+  /// `prefetch_on`, the last row tiles prefetch the rows after row0 + nrows (if any), for
+  /// a next call that continues there.
   void matmul(std::size_t row0, std::size_t nrows, const float* x, std::size_t k, std::size_t ldx, float* y,
-              std::size_t ldy) const noexcept {
+              std::size_t ldy, bool prefetch_on = false) const noexcept {
+    const std::size_t pr = prefetch_on ? rows_ - row0 : nrows;
     switch (format_) {
       case weight_format::fp32:
-        return matmul_rows(f32_rows{f32_, cols_}.advance(row0), nrows, cols_, x, k, ldx, y, ldy);
+        return matmul_rows(f32_rows{f32_, cols_}.advance(row0), nrows, cols_, x, k, ldx, y, ldy, pr);
       case weight_format::bf16:
-        return matmul_rows(bf16_rows{u16_.data(), cols_}.advance(row0), nrows, cols_, x, k, ldx, y, ldy);
+        return matmul_rows(bf16_rows{u16_.data(), cols_}.advance(row0), nrows, cols_, x, k, ldx, y, ldy, pr);
       case weight_format::fp16:
-        return matmul_rows(fp16_rows{u16_.data(), cols_}.advance(row0), nrows, cols_, x, k, ldx, y, ldy);
+        return matmul_rows(fp16_rows{u16_.data(), cols_}.advance(row0), nrows, cols_, x, k, ldx, y, ldy, pr);
       case weight_format::q8_0:
-        return matmul_rows(q8_stream().advance(row0), nrows, cols_, x, k, ldx, y, ldy);
+        return matmul_rows(q8_stream().advance(row0), nrows, cols_, x, k, ldx, y, ldy, pr);
     }
   }
 
