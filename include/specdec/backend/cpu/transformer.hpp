@@ -165,7 +165,7 @@ class llama_engine {
       const std::size_t ul = static_cast<std::size_t>(l);
       const layer_weights& L = layers_[ul];
       rmsnorm_rows(xb_.data(), x_.data(), ck_->rms_att(l), k, dim);
-      parallel_rows(k * (dim + 2 * kvd) * dim, k, {units_of(L.wq), units_of(L.wk), units_of(L.wv)},
+      parallel_split(k * (dim + 2 * kvd) * dim, balance(k, unit_chunk), {units_of(L.wq), units_of(L.wk), units_of(L.wv)},
                     [&](std::size_t part) {
                       rows_part(splits_[0], part, L.wq, xb_.data(), k, dim, q_.data(), dim);
                       rows_part(splits_[1], part, L.wk, xb_.data(), k, dim, k_.data(), kvd);
@@ -182,43 +182,47 @@ class llama_engine {
       // heads sharing a KV head are computed together, so each key and value row is read
       // once for all of them: their scores are one small matmul (keys as the weight rows,
       // the group's queries as its tokens) and their weighted value sums one pass. Work
-      // is split across threads by (row, KV head) pairs; each pair is computed by one
-      // thread in the same order whatever the split, and grouping changes no result.
-      parallel(n_heads * att_len * hs * 2, [&](std::size_t part, std::size_t parts) {
-        std::size_t i0, i1;
-        split_range(k * n_kv_heads, part, parts, 1, i0, i1);
-        float* att = att_.data() + part * kv_mul * seq;  // kv_mul rows of seq scores
-        for (std::size_t i = i0; i < i1; ++i) {
-          const std::size_t t = i / n_kv_heads, g = i % n_kv_heads;
-          const kv_cache& cache = *rows[t].cache;
-          const std::size_t pos = rows[t].pos;
-          const std::size_t kv_off = g * hs;
-          const std::size_t head_off = t * dim + g * kv_mul * hs;  // the group's first head
-          // Keys and values as row streams of the cache's format (decoded to fp32 in
-          // registers, exactly), so the same tile kernels and summation orders apply.
-          const auto attend = [&](const auto& keys, const auto& values) {
-            matmul_rows(keys, pos + 1, hs, q_.data() + head_off, kv_mul, hs, att, seq);
-            for (std::size_t m = 0; m < kv_mul; ++m) {
-              float* a = att + m * seq;
-              for (std::size_t p = 0; p <= pos; ++p) a[p] /= att_scale;
-              softmax(a, pos + 1);
-            }
-            weighted_rows_sum_heads(kv_mul, att, seq, pos + 1, values, xb_.data() + head_off, hs, hs);
-          };
-          switch (cache.format()) {
-            case weight_format::fp32:
-              attend(f32_rows{cache.key(ul, 0) + kv_off, kvd}, f32_rows{cache.value(ul, 0) + kv_off, kvd});
-              break;
-            case weight_format::bf16:
-              attend(bf16_rows{cache.key16(ul, 0) + kv_off, kvd}, bf16_rows{cache.value16(ul, 0) + kv_off, kvd});
-              break;
-            default:
-              attend(fp16_rows{cache.key16(ul, 0) + kv_off, kvd}, fp16_rows{cache.value16(ul, 0) + kv_off, kvd});
-              break;
+      // is split across threads by (row, KV head) pairs, balanced one pair at a time for
+      // big blocks (a batch's rows sit at different positions, so pairs differ in cost);
+      // each pair is computed by one thread in the same order whatever the split, and
+      // grouping changes no result. Pair i = t * n_kv_heads + g is query-head group g of
+      // row t; `att` holds kv_mul rows of seq scores (one scratch per part).
+      const auto attend_pair = [&](std::size_t i, float* att) {
+        const std::size_t t = i / n_kv_heads, g = i % n_kv_heads;
+        const kv_cache& cache = *rows[t].cache;
+        const std::size_t pos = rows[t].pos;
+        const std::size_t kv_off = g * hs;
+        const std::size_t head_off = t * dim + g * kv_mul * hs;  // the group's first head
+        // Keys and values as row streams of the cache's format (decoded to fp32 in
+        // registers, exactly), so the same tile kernels and summation orders apply.
+        const auto attend = [&](const auto& keys, const auto& values) {
+          matmul_rows(keys, pos + 1, hs, q_.data() + head_off, kv_mul, hs, att, seq);
+          for (std::size_t m = 0; m < kv_mul; ++m) {
+            float* a = att + m * seq;
+            for (std::size_t p = 0; p <= pos; ++p) a[p] /= att_scale;
+            softmax(a, pos + 1);
           }
+          weighted_rows_sum_heads(kv_mul, att, seq, pos + 1, values, xb_.data() + head_off, hs, hs);
+        };
+        switch (cache.format()) {
+          case weight_format::fp32:
+            attend(f32_rows{cache.key(ul, 0) + kv_off, kvd}, f32_rows{cache.value(ul, 0) + kv_off, kvd});
+            break;
+          case weight_format::bf16:
+            attend(bf16_rows{cache.key16(ul, 0) + kv_off, kvd}, bf16_rows{cache.value16(ul, 0) + kv_off, kvd});
+            break;
+          default:
+            attend(fp16_rows{cache.key16(ul, 0) + kv_off, kvd}, fp16_rows{cache.value16(ul, 0) + kv_off, kvd});
+            break;
         }
+      };
+      parallel_split(n_heads * att_len * hs * 2, balance(k, 1), {k * n_kv_heads}, [&](std::size_t part) {
+        float* att = att_.data() + part * kv_mul * seq;
+        splits_[0].run(part, [&](std::size_t i0, std::size_t i1) {
+          for (std::size_t i = i0; i < i1; ++i) attend_pair(i, att);
+        });
       });
-      parallel_rows(k * dim * dim, k, {units_of(L.wo)}, [&](std::size_t part) {
+      parallel_split(k * dim * dim, balance(k, unit_chunk), {units_of(L.wo)}, [&](std::size_t part) {
         rows_part(splits_[0], part, L.wo, xb_.data(), k, dim, xb2_.data(), dim);
       });
       add_rows(x_.data(), xb2_.data(), k * dim);
@@ -226,7 +230,7 @@ class llama_engine {
       rmsnorm_rows(xb_.data(), x_.data(), ck_->rms_ffn(l), k, dim);
       // w1 and w3 in the same row chunks, each chunk's SwiGLU right after them
       // (elementwise: any split gives the same bits).
-      parallel_rows(k * 2 * hid * dim, k, {units_of(L.w1)}, [&](std::size_t part) {
+      parallel_split(k * 2 * hid * dim, balance(k, unit_chunk), {units_of(L.w1)}, [&](std::size_t part) {
         const bool chunked = splits_[0].chunked();
         splits_[0].run(part, [&](std::size_t b, std::size_t e) {
           const std::size_t r0 = b * row_unit, r1 = std::min(e * row_unit, hid);
@@ -235,14 +239,14 @@ class llama_engine {
           for (std::size_t t = 0; t < k; ++t) swiglu(hb_.data() + t * hid + r0, hb2_.data() + t * hid + r0, r1 - r0);
         });
       });
-      parallel_rows(k * dim * hid, k, {units_of(L.w2)}, [&](std::size_t part) {
+      parallel_split(k * dim * hid, balance(k, unit_chunk), {units_of(L.w2)}, [&](std::size_t part) {
         rows_part(splits_[0], part, L.w2, hb_.data(), k, hid, xb2_.data(), dim);
       });
       add_rows(x_.data(), xb2_.data(), k * dim);
     }
 
     rmsnorm_rows(xb_.data(), x_.data(), ck_->rms_final(), k, dim);
-    parallel_rows(k * vocab * dim, k, {units_of(classifier_)}, [&](std::size_t part) {
+    parallel_split(k * vocab * dim, balance(k, unit_chunk), {units_of(classifier_)}, [&](std::size_t part) {
       rows_part(splits_[0], part, classifier_, xb_.data(), k, dim, logits_.data(), vocab);
     });
     return logits_.data();
@@ -265,12 +269,6 @@ class llama_engine {
   /// workers would cost more than it saves). Splitting never changes a result.
   static constexpr std::size_t min_parallel_work = std::size_t{1} << 16;
 
-  template <class F>
-  void parallel(std::size_t work, F&& f) {
-    if (work < min_parallel_work || pool_->size() == 1) f(std::size_t{0}, std::size_t{1});
-    else pool_->run(f);
-  }
-
   /// Weight products are shared out among threads in units of 16 rows.
   static constexpr std::size_t row_unit = 16;
   /// Blocks of at least this many rows (batched steps, prefill) share their products out
@@ -288,13 +286,17 @@ class llama_engine {
   static constexpr std::size_t unit_chunk = 6;
   static std::size_t units_of(const weight_matrix& w) noexcept { return (w.rows() + row_unit - 1) / row_unit; }
 
-  /// Runs f(part) for every part of a weight-product job after resetting splits_[i] over
-  /// units[i] units: on the calling thread alone (one part) for small work, else on the
-  /// pool, balanced for blocks of `balanced_rows` or more.
+  /// The work_split chunk for a k-row block: `chunk` from `balanced_rows` rows on, else
+  /// 0 (static slices).
+  static std::size_t balance(std::size_t k, std::size_t chunk) noexcept { return k >= balanced_rows ? chunk : 0; }
+
+  /// Runs f(part) for every part of a job after resetting splits_[i] over units[i] units
+  /// with chunk `chunk` (see work_split): on the calling thread alone (one part) for
+  /// small work, else on the pool.
   template <class F>
-  void parallel_rows(std::size_t work, std::size_t k, std::initializer_list<std::size_t> units, F&& f) {
+  void parallel_split(std::size_t work, std::size_t chunk, std::initializer_list<std::size_t> units, F&& f) {
     const std::size_t parts = work < min_parallel_work ? 1 : pool_->size();
-    const std::size_t chunk = parts > 1 && k >= balanced_rows ? unit_chunk : 0;
+    if (parts == 1) chunk = 0;
     std::size_t i = 0;
     for (std::size_t u : units) splits_[i++].reset(u, parts, chunk);
     if (parts == 1) f(std::size_t{0});
