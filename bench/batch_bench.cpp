@@ -72,6 +72,7 @@ using specdec::bench::parse_count;
 using specdec::bench::parse_counts;
 using specdec::bench::parse_format;
 using specdec::bench::parse_fraction;
+using specdec::bench::parse_positive;
 
 using specdec::token_id;
 using clock_type = std::chrono::steady_clock;
@@ -406,7 +407,7 @@ options parse(int argc, char** argv) {
     else if (a == "--requests") o.requests = parse_count(a, next());
     else if (a == "--max-batch") o.max_batch = parse_count(a, next());
     else if (a == "--threads") o.threads = parse_count(a, next());
-    else if (a == "--budget-mb") o.budget_mb = std::stod(next());
+    else if (a == "--budget-mb") o.budget_mb = parse_positive(a, next());
     else if (a == "--kv-format") o.kv_format = parse_format(a, next(), /*kv=*/true);
     else if (a == "--noise") o.noise = parse_fraction(a, next());
     else if (a == "--long-fraction") o.long_fraction = parse_fraction(a, next());

@@ -1,6 +1,8 @@
 #pragma once
-// Command-line values of the benchmark tools (specdec-bench, specdec-batch-bench): counts,
-// lists and formats, each parsed whole, with errors that name the option.
+// Command-line values of the benchmark tools (specdec-bench, specdec-batch-bench,
+// specdec-hybrid-eval): counts, numbers, lists and formats, each parsed whole, with errors
+// that name the option.
+#include <cmath>
 #include <cstddef>
 #include <exception>
 #include <sstream>
@@ -51,11 +53,17 @@ inline std::vector<std::size_t> parse_counts(const std::string& option, const st
   return out;
 }
 
+/// The one item of `v` parsed from `s`, or an error naming `option` and saying it
+/// expected one `what`.
+template <class T>
+T single(const std::string& option, const std::string& s, const std::vector<T>& v, const char* what) {
+  if (v.size() != 1) throw specdec::invalid_argument(option + ": expected one " + what + ", got '" + s + "'");
+  return v[0];
+}
+
 /// One count for `option` (--tokens 96), or an error naming the option.
 inline std::size_t parse_count(const std::string& option, const std::string& s) {
-  const std::vector<std::size_t> v = parse_counts(option, s);
-  if (v.size() != 1) throw specdec::invalid_argument(option + ": expected one number, got '" + s + "'");
-  return v[0];
+  return single(option, s, parse_counts(option, s), "number");
 }
 
 /// A comma-separated list of numbers in [0, 1] for `option` (--confidences 0.3,0.5), as T.
@@ -66,9 +74,19 @@ std::vector<T> parse_fractions(const std::string& option, const std::string& s) 
 
 /// One number in [0, 1] for `option` (--long-fraction 0.25), or an error naming the option.
 inline double parse_fraction(const std::string& option, const std::string& s) {
-  const std::vector<double> v = parse_fractions<double>(option, s);
-  if (v.size() != 1) throw specdec::invalid_argument(option + ": expected one number in [0, 1], got '" + s + "'");
-  return v[0];
+  return single(option, s, parse_fractions<double>(option, s), "number in [0, 1]");
+}
+
+/// One finite number > 0 for `option` (--budget-mb 16), or an error naming the option.
+inline double parse_positive(const std::string& option, const std::string& s) {
+  const auto ok = [](double v) { return v > 0 && std::isfinite(v); };
+  return single(option, s, parse_list<double>(option, s, "a finite number > 0", ok), "finite number > 0");
+}
+
+/// One finite number >= 0 for `option` (--lambda 0.05), or an error naming the option.
+inline double parse_non_negative(const std::string& option, const std::string& s) {
+  const auto ok = [](double v) { return v >= 0 && std::isfinite(v); };
+  return single(option, s, parse_list<double>(option, s, "a finite number >= 0", ok), "finite number >= 0");
 }
 
 /// A weight format for `option`, or an error naming the option; a KV cache's (`kv`) must

@@ -54,6 +54,7 @@
 #include "specdec/hybrid/predictor.hpp"
 #include "specdec/hybrid/session.hpp"
 
+#include "cli_args.hpp"
 #include "held_out_prompts.hpp"
 
 #ifndef SPECDEC_HYBRID_EVAL_OUT
@@ -63,6 +64,10 @@
 namespace {
 
 using specdec::token_id;
+using specdec::bench::parse_count;
+using specdec::bench::parse_fraction;
+using specdec::bench::parse_non_negative;
+using specdec::bench::parse_positive;
 using specdec::cpu::transformer;
 namespace hy = specdec::hybrid;
 
@@ -126,7 +131,8 @@ hy::linear_cost parse_cost(const std::string& flag, const std::string& v) {
   const auto comma = v.find(',');
   if (comma == std::string::npos)
     throw specdec::invalid_argument(flag + " expects PER_CALL_MS,PER_TOKEN_MS, got '" + v + "'");
-  hy::linear_cost c{.per_call = std::stod(v.substr(0, comma)) * 1e-3, .per_token = std::stod(v.substr(comma + 1)) * 1e-3};
+  hy::linear_cost c{.per_call = parse_non_negative(flag, v.substr(0, comma)) * 1e-3,
+                    .per_token = parse_non_negative(flag, v.substr(comma + 1)) * 1e-3};
   c.validate();
   return c;
 }
@@ -227,18 +233,18 @@ int main(int argc, char** argv) try {
     if (a == "--quick") o.count = 4;
     else if (a == "--json") o.json = next();
     else if (a == "--csv") o.csv = next();
-    else if (a == "--tokens") o.tokens = std::stoul(next());
-    else if (a == "--words") o.words = std::stoul(next());
-    else if (a == "--device-scale") o.device_scale = std::stod(next());
-    else if (a == "--cloud-scale") o.cloud_scale = std::stod(next());
-    else if (a == "--agree") o.agree = std::stod(next());
-    else if (a == "--gamma") o.gamma = std::stoul(next());
-    else if (a == "--prefix") o.prefix = std::stoul(next());
-    else if (a == "--cloud-fraction") o.cloud_fraction = std::stod(next());
-    else if (a == "--lambda") o.lambda = std::stod(next());
-    else if (a == "--seed") o.seed = std::stoull(next());
+    else if (a == "--tokens") o.tokens = parse_count(a, next());
+    else if (a == "--words") o.words = parse_count(a, next());
+    else if (a == "--device-scale") o.device_scale = parse_positive(a, next());
+    else if (a == "--cloud-scale") o.cloud_scale = parse_positive(a, next());
+    else if (a == "--agree") o.agree = parse_fraction(a, next());
+    else if (a == "--gamma") o.gamma = parse_count(a, next());
+    else if (a == "--prefix") o.prefix = parse_count(a, next());
+    else if (a == "--cloud-fraction") o.cloud_fraction = parse_fraction(a, next());
+    else if (a == "--lambda") o.lambda = parse_non_negative(a, next());
+    else if (a == "--seed") o.seed = parse_count(a, next());
     else if (a == "--measured") o.measured = true;
-    else if (a == "--segment") o.segment = std::stoul(next());
+    else if (a == "--segment") o.segment = parse_count(a, next());
     else if (a == "--device-cost") o.device_cost = next();
     else if (a == "--cloud-cost") o.cloud_cost = next();
     else if (a == "--prompts") o.prompts = next();

@@ -1,4 +1,5 @@
-# cmake -DBENCH=path/to/specdec-bench -DBATCH_BENCH=path/to/specdec-batch-bench -P run_bench_cli.cmake
+# cmake -DBENCH=path/to/specdec-bench -DBATCH_BENCH=path/to/specdec-batch-bench
+#       -DHYBRID_EVAL=path/to/specdec-hybrid-eval -P run_bench_cli.cmake
 # The benchmark tools' command lines, without running a benchmark: --help prints the
 # usage and exits 0; a bad value fails naming its option (a negative count used to wrap
 # around in std::stoul); an unknown option points to --help.
@@ -29,3 +30,13 @@ cli_run_fails("see --help" ${BATCH_BENCH} --bogus)
 cli_run_fails("--kv-format: 'q8_0' cannot hold a KV cache" ${BATCH_BENCH} --kv-format q8_0)
 cli_run_fails("--long-fraction: '1.5' is not a number in [0, 1]" ${BATCH_BENCH} --long-fraction 1.5)
 cli_run_fails("--noise: 'x' is not a number in [0, 1]" ${BATCH_BENCH} --noise x)
+cli_run_fails("--budget-mb: '0' is not a finite number > 0" ${BATCH_BENCH} --budget-mb 0)
+cli_run_fails("--budget-mb: 'inf' is not a finite number > 0" ${BATCH_BENCH} --budget-mb inf)
+cli_run_fails("--budget-mb: expected one finite number > 0" ${BATCH_BENCH} --budget-mb 4,8)
+
+expect_ok(${HYBRID_EVAL} "usage: specdec-hybrid-eval" --help)
+cli_run_fails("--gamma: '-1' is not a number" ${HYBRID_EVAL} --gamma -1)
+cli_run_fails("--cloud-fraction: '2' is not a number in [0, 1]" ${HYBRID_EVAL} --cloud-fraction 2)
+cli_run_fails("--device-scale: '0' is not a finite number > 0" ${HYBRID_EVAL} --device-scale 0)
+cli_run_fails("--lambda: '-0.1' is not a finite number >= 0" ${HYBRID_EVAL} --lambda -0.1)
+cli_run_fails("--cloud-cost: 'x' is not a finite number >= 0" ${HYBRID_EVAL} --cloud-cost 1,x)
