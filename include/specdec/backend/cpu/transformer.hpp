@@ -9,7 +9,6 @@
 #include <cmath>
 #include <cstddef>
 #include <filesystem>
-#include <initializer_list>
 #include <memory>
 #include <span>
 #include <string>
@@ -165,12 +164,12 @@ class llama_engine {
       const std::size_t ul = static_cast<std::size_t>(l);
       const layer_weights& L = layers_[ul];
       rmsnorm_rows(xb_.data(), x_.data(), ck_->rms_att(l), k, dim);
-      parallel_split(k * (dim + 2 * kvd) * dim, balance(k, unit_chunk), {units_of(L.wq), units_of(L.wk), units_of(L.wv)},
-                    [&](std::size_t part) {
-                      rows_part(splits_[0], part, L.wq, xb_.data(), k, dim, q_.data(), dim);
-                      rows_part(splits_[1], part, L.wk, xb_.data(), k, dim, k_.data(), kvd);
-                      rows_part(splits_[2], part, L.wv, xb_.data(), k, dim, v_.data(), kvd);
-                    });
+      parallel_split(k * (dim + 2 * kvd) * dim, balance(k, unit_chunk),
+                     {units_of(L.wq), units_of(L.wk), units_of(L.wv)}, [&](std::size_t part) {
+        rows_part(splits_[0], part, L.wq, xb_.data(), k, dim, q_.data(), dim);
+        rows_part(splits_[1], part, L.wk, xb_.data(), k, dim, k_.data(), kvd);
+        rows_part(splits_[2], part, L.wv, xb_.data(), k, dim, v_.data(), kvd);
+      });
       // RoPE at each row's own position; then the row's key and value go to its cache.
       for (std::size_t t = 0; t < k; ++t) {
         const std::size_t r = rows[t].pos * (hs / 2);
@@ -293,12 +292,12 @@ class llama_engine {
   /// Runs f(part) for every part of a job after resetting splits_[i] over units[i] units
   /// with chunk `chunk` (see work_split): on the calling thread alone (one part) for
   /// small work, else on the pool.
-  template <class F>
-  void parallel_split(std::size_t work, std::size_t chunk, std::initializer_list<std::size_t> units, F&& f) {
+  template <std::size_t N, class F>
+  void parallel_split(std::size_t work, std::size_t chunk, const std::size_t (&units)[N], F&& f) {
+    static_assert(N >= 1 && N <= std::tuple_size_v<decltype(splits_)>, "parallel_split: one work_split per product");
     const std::size_t parts = work < min_parallel_work ? 1 : pool_->size();
     if (parts == 1) chunk = 0;
-    std::size_t i = 0;
-    for (std::size_t u : units) splits_[i++].reset(u, parts, chunk);
+    for (std::size_t i = 0; i < N; ++i) splits_[i].reset(units[i], parts, chunk);
     if (parts == 1) f(std::size_t{0});
     else pool_->run([&](std::size_t part, std::size_t) { f(part); });
   }

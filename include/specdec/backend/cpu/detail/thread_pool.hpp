@@ -180,7 +180,6 @@ inline void split_range(std::size_t n, std::size_t part, std::size_t parts, std:
   end = part + 1 == parts ? n : std::min(n, units * (part + 1) / parts * align);
 }
 
-
 /// Units [0, n) of one pool job, shared out among its `parts` parts. Each part owns the
 /// contiguous slice split_range gives it. Static (`chunk` 0): a part computes exactly its
 /// slice. Balanced (`chunk` > 0): a part takes `chunk` units at a time from the front of
