@@ -240,9 +240,7 @@ class llama_engine {
       // w1 and w3 in the same row chunks, each chunk's SwiGLU right after them
       // (elementwise: any split gives the same bits).
       parallel_split(k * 2 * hid * dim, balance(k, unit_chunk), {units_of(L.w1)}, [&](std::size_t part) {
-        const bool chunked = splits_[0].chunked();
-        splits_[0].run(part, [&](std::size_t b, std::size_t e) {
-          const std::size_t r0 = b * row_unit, r1 = std::min(e * row_unit, hid);
+        for_rows(splits_[0], part, hid, [&](std::size_t r0, std::size_t r1, bool chunked) {
           L.w1.matmul(r0, r1 - r0, xb_.data(), k, dim, hb_.data() + r0, hid, chunked);
           L.w3.matmul(r0, r1 - r0, xb_.data(), k, dim, hb2_.data() + r0, hid, chunked);
           for (std::size_t t = 0; t < k; ++t) swiglu(hb_.data() + t * hid + r0, hb2_.data() + t * hid + r0, r1 - r0);
@@ -312,12 +310,19 @@ class llama_engine {
     else pool_->run([&](std::size_t part, std::size_t) { f(part); });
   }
 
+  /// Calls body(r0, r1, chunked) on each chunk of part `part`'s share of rows [0, rows)
+  /// under `split` (units of `row_unit` rows); `chunked` says that a next chunk may follow
+  /// the part's last row, so the product may prefetch past it.
+  template <class Body>
+  static void for_rows(work_split& split, std::size_t part, std::size_t rows, Body&& body) {
+    const bool chunked = split.chunked();
+    split.run(part, [&](std::size_t b, std::size_t e) { body(b * row_unit, std::min(e * row_unit, rows), chunked); });
+  }
+
   /// Part `part`'s rows of `w` under `split`: y[t][r] = w[r] . x[t] for those rows.
   static void rows_part(work_split& split, std::size_t part, const weight_matrix& w, const float* x,
                         std::size_t k, std::size_t ldx, float* y, std::size_t ldy) noexcept {
-    const bool chunked = split.chunked();
-    split.run(part, [&](std::size_t b, std::size_t e) {
-      const std::size_t r0 = b * row_unit, r1 = std::min(e * row_unit, w.rows());
+    for_rows(split, part, w.rows(), [&](std::size_t r0, std::size_t r1, bool chunked) {
       w.matmul(r0, r1 - r0, x, k, ldx, y + r0, ldy, chunked);
     });
   }
@@ -337,7 +342,7 @@ class llama_engine {
   std::vector<layer_weights> layers_;
   weight_matrix classifier_;
   std::shared_ptr<thread_pool> pool_;
-  std::array<work_split, 3> splits_;  ///< per weight product of a job (q, k, v share one)
+  std::array<work_split, 3> splits_;  ///< one per product of a job: q, k and v use all three, other jobs the first
   std::size_t rows_ = 0;  ///< token rows the scratch buffers hold
   // Cache-line aligned (detail/aligned.hpp): rows of dim, kv_dim and hidden floats then
   // start on a cache line whenever those are multiples of 16, as in every bundled model.
