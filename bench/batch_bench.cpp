@@ -493,8 +493,7 @@ int main(int argc, char** argv) try {
     std::printf("\nscheduler comparison: %zu requests, bimodal lengths (%zu..%zu | %zu..%zu, %.0f%% long), prediction "
                 "noise %.0f%%, max batch %zu, KV budget %.1f MB, best of %zu rounds\n",
                 o.requests, o.short_range[0], o.short_range[1], o.long_range[0], o.long_range[1], 100 * o.long_fraction,
-                100 * o.noise,
-                o.max_batch, o.budget_mb, o.repeats);
+                100 * o.noise, o.max_batch, o.budget_mb, o.repeats);
     auto s = run_schedulers<batched>(make_big, o, prompts, kv_bytes_per_token);
     rows.insert(rows.end(), s.begin(), s.end());
   }
