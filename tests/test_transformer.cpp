@@ -651,8 +651,7 @@ TEST(kernels, grouped_weighted_value_sums_equal_one_head_sums_bit_for_bit) {
 // The buffers the kernels stream are cache-line aligned for speed (detail/aligned.hpp),
 // but no result may depend on alignment: a matmul over weights and inputs at every
 // 4-byte offset within a cache line, for token counts that take each tile path (1, 2, 3,
-// 4, 6 tokens, long rows at 5 and 6, 16) and in every weight format, gives the same bits
-// as over aligned copies.
+// 4-6, 7+ tokens) and in every weight format, gives the same bits as over aligned copies.
 TEST(kernels, matmul_results_do_not_depend_on_buffer_alignment) {
   namespace d = specdec::cpu::detail;
   // The storage of the 1-, 2- and 4-byte formats starts on a cache line at any size.
@@ -672,7 +671,7 @@ TEST(kernels, matmul_results_do_not_depend_on_buffer_alignment) {
     for (float& v : w) v = u(rng);
     for (float& v : x) v = u(rng);
     for (const auto f : {weight_format::fp32, weight_format::bf16, weight_format::fp16, weight_format::q8_0}) {
-      for (std::size_t k : {1u, 2u, 3u, 4u, 5u, 6u, 16u}) {
+      for (std::size_t k : {1u, 2u, 3u, 4u, 5u, 6u, 7u, 16u}) {
         std::vector<float> want(k * rows), got(k * rows);
         const d::weight_matrix wa(w.data(), rows, n, f);
         wa.matmul(0, rows, x.data(), k, n, want.data(), rows);
@@ -685,6 +684,46 @@ TEST(kernels, matmul_results_do_not_depend_on_buffer_alignment) {
           wb.matmul(0, rows, xs.data() + (15 - off), k, n, got.data(), rows);
           ASSERT_EQ(0, std::memcmp(want.data(), got.data(), want.size() * sizeof(float)))
               << specdec::cpu::to_string(f) << " n " << n << " k " << k << " offset " << off;
+        }
+      }
+    }
+  }
+}
+
+// The summation order every weight product keeps (detail::matmul_panels): output (t, r)
+// is one multiply-add chain over the columns in order, starting from 0, over the
+// decoded weights. Checked bit for bit against that chain written out one element at a
+// time, for row counts with partial 16-row panels, every tile path (1-9, 16, 17 tokens),
+// every weight format, and products cut into two calls at a panel boundary (as the
+// thread split cuts them). The chain is written with detail::fmadd: a fused multiply-add
+// where the target has one, as the kernels' contracted `acc += w * x` is in the GNU-mode
+// builds this project makes (CMake's default -std=gnu++20; -ffp-contract=fast).
+TEST(kernels, weight_products_are_one_in_order_multiply_add_chain_per_output) {
+  namespace d = specdec::cpu::detail;
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  for (const std::size_t rows : {1u, 16u, 37u, 100u}) {
+    for (const std::size_t n : {1u, 45u, 64u}) {
+      std::vector<float> w(rows * n), x(17 * n);
+      for (float& v : w) v = u(rng);
+      for (float& v : x) v = u(rng);
+      for (const auto f : {weight_format::fp32, weight_format::bf16, weight_format::fp16, weight_format::q8_0}) {
+        const d::weight_matrix wm(w.data(), rows, n, f);
+        for (const std::size_t k : {1u, 2u, 3u, 4u, 5u, 6u, 7u, 8u, 9u, 16u, 17u}) {
+          std::vector<float> whole(k * rows), split(k * rows);
+          wm.matmul(0, rows, x.data(), k, n, whole.data(), rows);
+          const std::size_t cut = rows > 16 ? 16 : rows;
+          wm.matmul(0, cut, x.data(), k, n, split.data(), rows, true);
+          wm.matmul(cut, rows - cut, x.data(), k, n, split.data() + cut, rows);
+          for (std::size_t t = 0; t < k; ++t) {
+            for (std::size_t r = 0; r < rows; ++r) {
+              float chain = 0.0f;
+              for (std::size_t j = 0; j < n; ++j) chain = d::fmadd(wm.at(r, j), x[t * n + j], chain);
+              ASSERT_EQ(whole[t * rows + r], chain) << specdec::cpu::to_string(f) << " rows " << rows << " n " << n
+                                                    << " k " << k << " t " << t << " r " << r;
+              ASSERT_EQ(split[t * rows + r], chain) << specdec::cpu::to_string(f) << " split, k " << k;
+            }
+          }
         }
       }
     }
@@ -809,7 +848,9 @@ TEST(weight_formats, conversions_round_to_nearest_even_and_widen_exactly) {
   for (auto& v : w) v = nd(rng);
   w[50] = 0.0f;
   weight_matrix q(w.data(), 2, 45, specdec::cpu::weight_format::q8_0);
-  EXPECT_EQ(q.bytes(), 2 * 45 + 2 * 2 * 4u);
+  // Stored as one panel of 16 rows (14 of them zero padding): 16 x 45 int8 weights and
+  // 16 x 2 fp32 group scales.
+  EXPECT_EQ(q.bytes(), 16 * 45 + 16 * 2 * 4u);
   for (std::size_t r = 0; r < 2; ++r) {
     for (std::size_t g = 0; g < 2; ++g) {
       float amax = 0;

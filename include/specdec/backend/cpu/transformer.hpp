@@ -276,12 +276,14 @@ class llama_engine {
   /// workers would cost more than it saves). Splitting never changes a result.
   static constexpr std::size_t min_parallel_work = std::size_t{1} << 16;
 
-  /// Weight products are shared out among threads in units of 16 rows.
+  /// Weight products are shared out among threads in units of 16 rows (one weight panel,
+  /// see detail::matmul_panels).
   static constexpr std::size_t row_unit = 16;
+  static_assert(row_unit % lanes == 0, "thread splits must cut weight products at panel boundaries");
   /// Blocks of at least this many rows (batched steps, prefill) share their products out
-  /// dynamically (see work_split) in chunks of `unit_chunk` units (96 rows: whole 6-, 8-
-  /// and 12-row tiles); smaller ones statically, one contiguous slice per thread. A block
-  /// of 7+ rows is compute-bound (6 x 4 tiles, see matmul_rows), so a thread slowed by a
+  /// dynamically (see work_split) in chunks of `unit_chunk` units (96 rows: three tiles of
+  /// 2 panels); smaller ones statically, one contiguous slice per thread. A block of 7+
+  /// rows is compute-bound (2-panel x 8-token tiles, see matmul_panels), so a thread slowed by a
   /// neighbour on its core held every product up: in a 16-sequence kjv-big step profiled
   /// on the 2-vCPU dev host, the caller's thread ran the same tiles ~17 % faster than the
   /// worker and spent ~20 % of its time waiting at the ends of products. Measured with a

@@ -2,8 +2,9 @@
 /// \file backend/cpu/detail/weights.hpp
 /// Weight formats of the CPU transformer: fp32 (as stored in the checkpoint), bf16, fp16
 /// and q8_0 (int8 with one fp32 scale per group of 32 consecutive weights of a row, like
-/// llama.cpp's Q8_0), converted once at load time. Each format is a "row stream" that the
-/// tile kernels of kernels.hpp decode to fp32 in registers: the decoded value of a weight
+/// llama.cpp's Q8_0), converted once at load time into panels of 16 rows (see
+/// matmul_panels in kernels.hpp). Each format is a "panel stream" that the tile kernels
+/// decode to fp32 in registers: the decoded value of a weight
 /// is an exact function of its stored bits (bf16/fp16 widen exactly; q8_0 is the single
 /// correctly rounded product float(q) * scale), so the fixed summation order of the fp32
 /// kernels, and with it batch invariance, carries over unchanged to every format.
@@ -142,8 +143,8 @@ struct fp16_code {
   static float one(std::uint16_t v) noexcept { return fp16_to_float(v); }
 };
 
-/// A 16-bit weight row stream (row-major, row stride ld elements), decoded by `Code`
-/// (`bf16_code` or `fp16_code`).
+/// A 16-bit row stream (row-major, row stride ld elements), decoded by `Code` (`bf16_code`
+/// or `fp16_code`): a 16-bit KV cache's keys and values.
 template <class Code>
 struct u16_rows {
   const std::uint16_t* w;
@@ -159,73 +160,92 @@ struct u16_rows {
 using bf16_rows = u16_rows<bf16_code>;
 using fp16_rows = u16_rows<fp16_code>;
 
-/// q8_0 row stream: int8 weights (row stride ld) and one fp32 scale per group of 32
-/// (row stride lds = ceil(ld / 32)); weight = float(q) * scale, one rounding.
-struct q8_rows {
-  const std::int8_t* q;
-  const float* s;
-  std::size_t ld, lds;
-  [[nodiscard]] q8_rows advance(std::size_t rows) const noexcept { return {q + rows * ld, s + rows * lds, ld, lds}; }
-  void load(v16& out, std::size_t r, std::size_t j) const noexcept {
-    const std::int8_t* p = q + r * ld + j;
-    const float scale = s[r * lds + j / q8_group];  // j % 16 == 0: one group
-#if defined(__AVX512F__)
-    const __m512 f = _mm512_maskz_cvtepi32_ps(
-        0xffff, _mm512_maskz_cvtepi8_epi32(0xffff, _mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
-    out = (v16)(_mm512_mul_ps(f, _mm512_set1_ps(scale)));
-#else
-    float f[16];
-    for (int i = 0; i < 16; ++i) f[i] = static_cast<float>(p[i]) * scale;
-    load16(out, f);
-#endif
-  }
-  [[nodiscard]] float at(std::size_t r, std::size_t j) const noexcept {
-    return static_cast<float>(q[r * ld + j]) * s[r * lds + j / q8_group];
-  }
-  /// Prefetches (into L1) the lines holding element (r, j) and its scale; one call per
-  /// 64 bytes of each.
-  [[gnu::always_inline]] void prefetch_line(std::size_t r, std::size_t j) const noexcept {
-    if (j % 64 == 0) __builtin_prefetch(q + r * ld + j, 0, 3);
-    if (j % (16 * q8_group) == 0) __builtin_prefetch(s + r * lds + j / q8_group, 0, 3);
+/// A 16-bit weight panel stream (panel-major like `f32_panels`, see matmul_panels; n
+/// columns), decoded by `Code` (`bf16_code` or `fp16_code`).
+template <class Code>
+struct u16_panels {
+  const std::uint16_t* w;
+  std::size_t n;
+  void load(v16& out, std::size_t p, std::size_t j) const noexcept { Code::load(out, w + (p * n + j) * lanes); }
+  /// Prefetches (into L1) the line holding column j of panel p; one call per 64 bytes.
+  [[gnu::always_inline]] void prefetch_line(std::size_t p, std::size_t j) const noexcept {
+    if (j % 2 == 0) __builtin_prefetch(w + (p * n + j) * lanes, 0, 3);
   }
 };
 
-/// One weight matrix `[rows][cols]` in a chosen format. fp32 matrices point into the
-/// checkpoint (no copy); the others own their converted data.
+/// q8_0 panel stream: int8 weights panel-major (column j of panel p: 16 bytes at
+/// q + (p n + j) 16) and the fp32 scales of the 16 rows side by side per group of 32
+/// columns (s + (p groups + j / 32) 16); weight = float(q) * scale, one rounding, the
+/// same value the row's own group scale gives it.
+struct q8_panels {
+  const std::int8_t* q;
+  const float* s;
+  std::size_t n, groups;
+  void load(v16& out, std::size_t p, std::size_t j) const noexcept {
+    const std::int8_t* qp = q + (p * n + j) * lanes;
+    const float* sp = s + (p * groups + j / q8_group) * lanes;
+#if defined(__AVX512F__)
+    const __m512 f = _mm512_maskz_cvtepi32_ps(
+        0xffff, _mm512_maskz_cvtepi8_epi32(0xffff, _mm_loadu_si128(reinterpret_cast<const __m128i*>(qp))));
+    out = (v16)(_mm512_mul_ps(f, _mm512_loadu_ps(sp)));
+#else
+    float f[16];
+    for (int i = 0; i < 16; ++i) f[i] = static_cast<float>(qp[i]) * sp[i];
+    load16(out, f);
+#endif
+  }
+  /// Prefetches (into L1) the lines holding column j of panel p and its scales; one call
+  /// per 64 bytes of each.
+  [[gnu::always_inline]] void prefetch_line(std::size_t p, std::size_t j) const noexcept {
+    if (j % 4 == 0) __builtin_prefetch(q + (p * n + j) * lanes, 0, 3);
+    if (j % q8_group == 0) __builtin_prefetch(s + (p * groups + j / q8_group) * lanes, 0, 3);
+  }
+};
+
+/// Row-major [rows][cols] values (converted by `conv`) in panel-major order: panels of 16
+/// rows, column j of panel p at (p cols + j) 16; the padding rows of a partial last panel
+/// hold T{}.
+template <class T, class Conv>
+[[nodiscard]] aligned_vector<T> to_panels(std::size_t rows, std::size_t cols, Conv&& conv) {
+  aligned_vector<T> out((rows + lanes - 1) / lanes * cols * lanes, T{});
+  for (std::size_t r = 0; r < rows; ++r)
+    for (std::size_t j = 0; j < cols; ++j) out[((r / lanes) * cols + j) * lanes + r % lanes] = conv(r, j);
+  return out;
+}
+
+/// One weight matrix `[rows][cols]` in a chosen format, converted from the checkpoint's
+/// row-major fp32 at construction. fp32 is held panel-major (see matmul_panels).
 class weight_matrix {
  public:
   weight_matrix() = default;
   weight_matrix(const float* src, std::size_t rows, std::size_t cols, weight_format f)
-      : format_(f), rows_(rows), cols_(cols), f32_(src) {
-    const std::size_t n = rows * cols;
+      : format_(f), rows_(rows), cols_(cols) {
+    const auto at = [&](std::size_t r, std::size_t j) { return src[r * cols + j]; };
     switch (f) {
-      case weight_format::fp32: break;
+      case weight_format::fp32: f32_ = to_panels<float>(rows, cols, at); break;
       case weight_format::bf16:
-        u16_.resize(n);
-        for (std::size_t i = 0; i < n; ++i) u16_[i] = float_to_bf16(src[i]);
+        u16_ = to_panels<std::uint16_t>(rows, cols, [&](std::size_t r, std::size_t j) { return float_to_bf16(at(r, j)); });
         break;
       case weight_format::fp16:
-        u16_.resize(n);
-        for (std::size_t i = 0; i < n; ++i) u16_[i] = float_to_fp16(src[i]);
+        u16_ = to_panels<std::uint16_t>(rows, cols, [&](std::size_t r, std::size_t j) { return float_to_fp16(at(r, j)); });
         break;
       case weight_format::q8_0: {
-        const std::size_t groups = (cols + q8_group - 1) / q8_group;
-        q8_.resize(n);
-        scales_.resize(rows * groups);
-        for (std::size_t r = 0; r < rows; ++r) {
+        // Per row and group of 32 columns: scale = max |w| / 127, q = round(w / scale).
+        const std::size_t groups = q8_groups();
+        std::vector<float> scale(rows * groups);
+        for (std::size_t r = 0; r < rows; ++r)
           for (std::size_t g = 0; g < groups; ++g) {
-            const std::size_t j0 = g * q8_group, j1 = std::min(cols, j0 + q8_group);
             float amax = 0.0f;
-            for (std::size_t j = j0; j < j1; ++j) amax = std::max(amax, std::abs(src[r * cols + j]));
-            const float scale = amax / 127.0f;
-            const float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
-            scales_[r * groups + g] = scale;
-            for (std::size_t j = j0; j < j1; ++j) {
-              const float v = std::nearbyint(src[r * cols + j] * inv);
-              q8_[r * cols + j] = static_cast<std::int8_t>(std::clamp(v, -127.0f, 127.0f));
-            }
+            for (std::size_t j = g * q8_group; j < std::min(cols, (g + 1) * q8_group); ++j)
+              amax = std::max(amax, std::abs(at(r, j)));
+            scale[r * groups + g] = amax / 127.0f;
           }
-        }
+        q8_ = to_panels<std::int8_t>(rows, cols, [&](std::size_t r, std::size_t j) {
+          const float sc = scale[r * groups + j / q8_group];
+          const float v = std::nearbyint(at(r, j) * (sc > 0.0f ? 1.0f / sc : 0.0f));
+          return static_cast<std::int8_t>(std::clamp(v, -127.0f, 127.0f));
+        });
+        scales_ = to_panels<float>(rows, groups, [&](std::size_t r, std::size_t g) { return scale[r * groups + g]; });
         break;
       }
     }
@@ -234,52 +254,49 @@ class weight_matrix {
   [[nodiscard]] weight_format format() const noexcept { return format_; }
   [[nodiscard]] std::size_t rows() const noexcept { return rows_; }
   [[nodiscard]] std::size_t cols() const noexcept { return cols_; }
-  /// Bytes a full pass over the matrix reads (weights and scales).
+  /// Bytes a full pass over the matrix reads (weights and scales, padding rows included).
   [[nodiscard]] std::size_t bytes() const noexcept {
-    switch (format_) {
-      case weight_format::fp32: return rows_ * cols_ * 4;
-      case weight_format::bf16:
-      case weight_format::fp16: return rows_ * cols_ * 2;
-      case weight_format::q8_0: return rows_ * cols_ + scales_.size() * 4;
-    }
-    return 0;
+    return f32_.size() * 4 + u16_.size() * 2 + q8_.size() + scales_.size() * 4;
   }
   /// The decoded weight (r, c), for tests and tools.
   [[nodiscard]] float at(std::size_t r, std::size_t c) const noexcept {
+    const std::size_t i = ((r / lanes) * cols_ + c) * lanes + r % lanes;
     switch (format_) {
-      case weight_format::fp32: return f32_[r * cols_ + c];
-      case weight_format::bf16: return bf16_to_float(u16_[r * cols_ + c]);
-      case weight_format::fp16: return fp16_to_float(u16_[r * cols_ + c]);
-      case weight_format::q8_0: return q8_stream().at(r, c);
+      case weight_format::fp32: return f32_[i];
+      case weight_format::bf16: return bf16_to_float(u16_[i]);
+      case weight_format::fp16: return fp16_to_float(u16_[i]);
+      case weight_format::q8_0: return static_cast<float>(q8_[i]) * scales_[((r / lanes) * q8_groups() + c / q8_group) * lanes + r % lanes];
     }
     return 0.0f;
   }
 
-  /// Y[t][i] = W[row0 + i] . X[t] for i < nrows, t < k (see detail::matmul_rows). With
-  /// `prefetch_on`, the last row tiles prefetch the rows after row0 + nrows (if any), for
-  /// a next call that continues there.
+  /// Panels of 16 rows (the last one possibly partial).
+  [[nodiscard]] std::size_t panels() const noexcept { return (rows_ + lanes - 1) / lanes; }
+
+  /// Y[t][i] = W[row0 + i] . X[t] for i < nrows, t < k (see detail::matmul_panels); row0
+  /// is a multiple of 16. With `prefetch_on`, the last tiles prefetch the rows after
+  /// row0 + nrows (if any), for a next call that continues there.
   void matmul(std::size_t row0, std::size_t nrows, const float* x, std::size_t k, std::size_t ldx, float* y,
               std::size_t ldy, bool prefetch_on = false) const noexcept {
-    const std::size_t pr = prefetch_on ? rows_ - row0 : nrows;
+    const std::size_t p0 = row0 / lanes, pf = prefetch_on ? panels() - p0 : 0;
     switch (format_) {
       case weight_format::fp32:
-        return matmul_rows(f32_rows{f32_, cols_}.advance(row0), nrows, cols_, x, k, ldx, y, ldy, pr);
+        return matmul_panels(f32_panels{f32_.data(), cols_}, p0, nrows, cols_, x, k, ldx, y, ldy, pf);
       case weight_format::bf16:
-        return matmul_rows(bf16_rows{u16_.data(), cols_}.advance(row0), nrows, cols_, x, k, ldx, y, ldy, pr);
+        return matmul_panels(u16_panels<bf16_code>{u16_.data(), cols_}, p0, nrows, cols_, x, k, ldx, y, ldy, pf);
       case weight_format::fp16:
-        return matmul_rows(fp16_rows{u16_.data(), cols_}.advance(row0), nrows, cols_, x, k, ldx, y, ldy, pr);
+        return matmul_panels(u16_panels<fp16_code>{u16_.data(), cols_}, p0, nrows, cols_, x, k, ldx, y, ldy, pf);
       case weight_format::q8_0:
-        return matmul_rows(q8_stream().advance(row0), nrows, cols_, x, k, ldx, y, ldy, pr);
+        return matmul_panels(q8_panels{q8_.data(), scales_.data(), cols_, q8_groups()}, p0, nrows, cols_, x, k, ldx,
+                             y, ldy, pf);
     }
   }
 
  private:
-  [[nodiscard]] q8_rows q8_stream() const noexcept {
-    return {q8_.data(), scales_.data(), cols_, (cols_ + q8_group - 1) / q8_group};
-  }
+  [[nodiscard]] std::size_t q8_groups() const noexcept { return (cols_ + q8_group - 1) / q8_group; }
   weight_format format_ = weight_format::fp32;
   std::size_t rows_ = 0, cols_ = 0;
-  const float* f32_ = nullptr;
+  aligned_vector<float> f32_;
   aligned_vector<std::uint16_t> u16_;
   aligned_vector<std::int8_t> q8_;
   aligned_vector<float> scales_;
