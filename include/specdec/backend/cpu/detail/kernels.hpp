@@ -345,8 +345,12 @@ inline void matmul_rows(const W& w, std::size_t rows, std::size_t n, const float
 // 1024 x 384 matrices, 41 MB, 1 thread, alternating medians: 1.6x faster for one token,
 // 1.3x for 16).
 
+/// Half the 48 KB L1 data cache of the machines this was tuned on (see matmul_panels).
+inline constexpr std::size_t half_l1_bytes = 24 * 1024;
+
 /// fp32 panels (see above): column j of panel p at w + (p n + j) 16.
 struct f32_panels {
+  static constexpr std::size_t column_bytes = 64;  ///< bytes of one column of a panel
   const float* w;
   std::size_t n;  ///< columns
   void load(v16& out, std::size_t p, std::size_t j) const noexcept { load16(out, w + (p * n + j) * lanes); }
@@ -437,14 +441,15 @@ inline void panel_tiles(std::size_t& p, std::size_t p_end, const W& w, std::size
 /// panel p0; output row stride ldy. `pf_panels` (at least the panels the rows span) says
 /// how many panels the stream has from p0: when the caller's next call continues after
 /// these rows (a thread's next chunk), the last tile prefetches its first panels.
-/// Tiles (panels x tokens): one token 8 x 1, without software prefetch (the panels are
-/// long sequential streams, which the hardware prefetchers follow; prefetching the next
-/// tile made it slower); 2 tokens 4 x 2, 3 tokens 3 x 3, 4-6 tokens 2 x k (at least 8
-/// independent accumulator chains, so the multiply-add latency does not bind); 7+ tokens
-/// 2 x 8 over token tiles of at most 8, re-reading the tile's panels from L1/L2. Blocks of
-/// 2+ tokens prefetch the next tile's panels into L1 while they compute (without it a
-/// 6-token block was ~1.7x slower). Measured on kjv-big fp32, 1 thread, medians of
-/// alternating binaries; shapes never change a result.
+/// Tiles (panels x tokens): one token 8 x 1, without software prefetch (eight long
+/// sequential streams, which the hardware prefetchers follow; prefetching the next tile
+/// made it slower); 2-8 tokens 1 x k, 9+ tokens 2 x 8 over token tiles of at most 8 (the
+/// second token tile re-reads the tile's panels from L1/L2). Blocks of 2+ tokens
+/// prefetch the next tile's panels into L1 while they compute: one panel ahead (24 KB
+/// at kjv-big's 384 columns) stays within the 48 KB L1, where two panels x 6 tokens with
+/// two panels ahead did not (5-token blocks ~13 % slower, 2-4 tokens 15-25 %); without
+/// any software prefetch a 6-token block was ~1.7x slower. Measured on kjv-big fp32,
+/// 1 thread, alternating binaries; shapes never change a result.
 template <class W>
 inline void matmul_panels(const W& w, std::size_t p0, std::size_t rows, std::size_t n, const float* x,
                           std::size_t k, std::size_t ldx, float* y, std::size_t ldy,
@@ -458,13 +463,13 @@ inline void matmul_panels(const W& w, std::size_t p0, std::size_t rows, std::siz
     panel_tiles<1, 1>(p, p_end, w, p0, rows, n, x, k, ldx, y, ldy, 1, false, pf_end);
     return;
   }
-  if (k <= 6) {
-    switch (k) {
-      case 2: panel_tiles<4, 2>(p, p_end, w, p0, rows, n, x, k, ldx, y, ldy, 1, true, pf_end); break;
-      case 3: panel_tiles<3, 3>(p, p_end, w, p0, rows, n, x, k, ldx, y, ldy, 1, true, pf_end); break;
-      default: panel_tiles<2, 6>(p, p_end, w, p0, rows, n, x, k, ldx, y, ldy, 1, true, pf_end); break;
-    }
-    panel_tiles<1, 6>(p, p_end, w, p0, rows, n, x, k, ldx, y, ldy, 1, true, pf_end);
+  if (k <= 8) {
+    // As many panels per tile as keep the tile, and so the prefetch distance, within
+    // half the L1 (the tile being read plus the one being prefetched), up to 4.
+    const std::size_t tile_panels = std::clamp<std::size_t>(half_l1_bytes / (n * W::column_bytes), 1, 4);
+    if (tile_panels >= 4 && k <= 6) panel_tiles<4, 6>(p, p_end, w, p0, rows, n, x, k, ldx, y, ldy, 1, true, pf_end);
+    if (tile_panels >= 2) panel_tiles<2, 8>(p, p_end, w, p0, rows, n, x, k, ldx, y, ldy, 1, true, pf_end);
+    panel_tiles<1, 8>(p, p_end, w, p0, rows, n, x, k, ldx, y, ldy, 1, true, pf_end);
     return;
   }
   const std::size_t tiles = (k + 7) / 8;

@@ -164,6 +164,7 @@ using fp16_rows = u16_rows<fp16_code>;
 /// columns), decoded by `Code` (`bf16_code` or `fp16_code`).
 template <class Code>
 struct u16_panels {
+  static constexpr std::size_t column_bytes = 32;  ///< bytes of one column of a panel
   const std::uint16_t* w;
   std::size_t n;
   void load(v16& out, std::size_t p, std::size_t j) const noexcept { Code::load(out, w + (p * n + j) * lanes); }
@@ -178,6 +179,7 @@ struct u16_panels {
 /// columns (s + (p groups + j / 32) 16); weight = float(q) * scale, one rounding, the
 /// same value the row's own group scale gives it.
 struct q8_panels {
+  static constexpr std::size_t column_bytes = 18;  ///< 16 weights and 1/32 of 16 scales
   const std::int8_t* q;
   const float* s;
   std::size_t n, groups;
