@@ -1,6 +1,6 @@
 #pragma once
 /// \file backend/cpu/detail/weights.hpp
-/// Weight formats of the CPU transformer: fp32 (as stored in the checkpoint), bf16, fp16
+/// Weight formats of the CPU transformer: fp32 (the checkpoint's values), bf16, fp16
 /// and q8_0 (int8 with one fp32 scale per group of 32 consecutive weights of a row, like
 /// llama.cpp's Q8_0), converted once at load time into panels of 16 rows (see
 /// matmul_panels in kernels.hpp). Each format is a "panel stream" that the tile kernels
@@ -204,19 +204,24 @@ struct q8_panels {
   }
 };
 
-/// Row-major [rows][cols] values (converted by `conv`) in panel-major order: panels of 16
-/// rows, column j of panel p at (p cols + j) 16; the padding rows of a partial last panel
-/// hold T{}.
+/// Where element (r, j) of a [rows][cols] matrix lives in panel-major order: panels of 16
+/// rows, column j of panel p at (p cols + j) 16.
+[[nodiscard]] inline std::size_t panel_offset(std::size_t r, std::size_t j, std::size_t cols) noexcept {
+  return ((r / lanes) * cols + j) * lanes + r % lanes;
+}
+
+/// Row-major [rows][cols] values (converted by `conv(r, j)`) in panel-major order; the
+/// padding rows of a partial last panel hold T{}.
 template <class T, class Conv>
 [[nodiscard]] aligned_vector<T> to_panels(std::size_t rows, std::size_t cols, Conv&& conv) {
   aligned_vector<T> out((rows + lanes - 1) / lanes * cols * lanes, T{});
   for (std::size_t r = 0; r < rows; ++r)
-    for (std::size_t j = 0; j < cols; ++j) out[((r / lanes) * cols + j) * lanes + r % lanes] = conv(r, j);
+    for (std::size_t j = 0; j < cols; ++j) out[panel_offset(r, j, cols)] = conv(r, j);
   return out;
 }
 
 /// One weight matrix `[rows][cols]` in a chosen format, converted from the checkpoint's
-/// row-major fp32 at construction. fp32 is held panel-major (see matmul_panels).
+/// row-major fp32 at construction, every format panel-major (see matmul_panels).
 class weight_matrix {
  public:
   weight_matrix() = default;
@@ -262,12 +267,12 @@ class weight_matrix {
   }
   /// The decoded weight (r, c), for tests and tools.
   [[nodiscard]] float at(std::size_t r, std::size_t c) const noexcept {
-    const std::size_t i = ((r / lanes) * cols_ + c) * lanes + r % lanes;
+    const std::size_t i = panel_offset(r, c, cols_);
     switch (format_) {
       case weight_format::fp32: return f32_[i];
       case weight_format::bf16: return bf16_to_float(u16_[i]);
       case weight_format::fp16: return fp16_to_float(u16_[i]);
-      case weight_format::q8_0: return static_cast<float>(q8_[i]) * scales_[((r / lanes) * q8_groups() + c / q8_group) * lanes + r % lanes];
+      case weight_format::q8_0: return static_cast<float>(q8_[i]) * scales_[panel_offset(r, c / q8_group, q8_groups())];
     }
     return 0.0f;
   }
