@@ -695,9 +695,9 @@ TEST(kernels, matmul_results_do_not_depend_on_buffer_alignment) {
 // decoded weights. Checked bit for bit against that chain written out one element at a
 // time, for row counts with partial 16-row panels, every tile path (1-9, 16, 17 tokens),
 // every weight format, and products cut into two calls at a panel boundary (as the
-// thread split cuts them). The chain is written with detail::fmadd: a fused multiply-add
-// where the target has one, as the kernels' contracted `acc += w * x` is in the GNU-mode
-// builds this project makes (CMake's default -std=gnu++20; -ffp-contract=fast).
+// thread split cuts them). The chain is written with detail::fmadd (a fused multiply-add
+// where the target has one), the rounding rule the kernels' fmadd_lanes keeps at every
+// optimisation level.
 TEST(kernels, weight_products_are_one_in_order_multiply_add_chain_per_output) {
   namespace d = specdec::cpu::detail;
   std::mt19937 rng(5);

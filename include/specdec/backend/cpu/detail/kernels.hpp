@@ -28,6 +28,10 @@
 #include <cmath>
 #include <cstddef>
 
+#if defined(__x86_64__) && defined(FP_FAST_FMAF) && (defined(__AVX512F__) || defined(__AVX2__))
+#include <immintrin.h>
+#endif
+
 #if defined(__FAST_MATH__)
 #warning "specdec cpu backend: -ffast-math allows reassociation; block and single-token forwards may then differ in the last bits"
 #endif
@@ -54,6 +58,28 @@ inline float fmadd(float a, float b, float c) noexcept {
   return std::fma(a, b, c);
 #else
   return a * b + c;
+#endif
+}
+
+/// acc[i] = fmadd(w[i], x, acc[i]) for the 16 lanes: the weight products' multiply-add,
+/// rounded by the same rule as `fmadd` in every build and at every optimisation level
+/// (GCC contracts a vector `acc += w * x` into an FMA only from -O2 on, so an -O1 build
+/// would round it differently from `fmadd`; the result is unchanged where it did).
+inline void fmadd_lanes(v16& acc, const v16& w, float x) noexcept {
+#if defined(__x86_64__) && defined(FP_FAST_FMAF) && defined(__AVX512F__)
+  acc = (v16)_mm512_fmadd_ps((__m512)w, _mm512_set1_ps(x), (__m512)acc);
+#elif defined(__x86_64__) && defined(FP_FAST_FMAF) && defined(__AVX2__)
+  __m256 w2[2], a2[2];
+  __builtin_memcpy(w2, &w, sizeof(w));
+  __builtin_memcpy(a2, &acc, sizeof(acc));
+  const __m256 xv = _mm256_set1_ps(x);
+  a2[0] = _mm256_fmadd_ps(w2[0], xv, a2[0]);
+  a2[1] = _mm256_fmadd_ps(w2[1], xv, a2[1]);
+  __builtin_memcpy(&acc, a2, sizeof(acc));
+#elif defined(FP_FAST_FMAF)
+  for (int i = 0; i < 16; ++i) acc[i] = std::fma(w[i], x, acc[i]);
+#else
+  acc += w * x;  // no FMA instruction: a multiply and an add, nothing to contract
 #endif
 }
 
@@ -387,7 +413,7 @@ inline void panel_tile(const W& w, std::size_t p0, std::size_t n, const float* x
     for (int t = 0; t < T; ++t) {
       const float xs = x[static_cast<std::size_t>(t) * ldx + j];
 #pragma GCC unroll 16
-      for (int p = 0; p < P; ++p) acc[p][t] += wv[p] * xs;
+      for (int p = 0; p < P; ++p) fmadd_lanes(acc[p][t], wv[p], xs);
     }
   }
 #pragma GCC unroll 16
