@@ -20,10 +20,12 @@
 /// - dot products (`dot`, `matmul_rows`: attention scores, sums of squares): one 16-lane
 ///   accumulator per (row, vector) pair, a fixed horizontal tree reduction, then a scalar
 ///   tail added in index order.
-/// The vector `acc += w * x` is contracted into an FMA (or not) by the same rule in every
-/// instantiation of a tile template (a single-use multiply feeding an add, no vectoriser
-/// involved), and scalar multiply-adds go through `fmadd`, so exactness across k holds in
-/// every build; results may differ between builds with different -march flags.
+/// The weight products' multiply-adds go through `fmadd_lanes`, which rounds like the
+/// scalar `fmadd` (fused where the target has an FMA) at every optimisation level. In the
+/// dot-product tiles the vector `acc += w * x` is contracted into an FMA (or not) by the
+/// same rule in every instantiation (a single-use multiply feeding an add, no vectoriser
+/// involved), and scalar tails go through `fmadd`. So exactness across k holds in every
+/// build; results may differ between builds with different -march flags.
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
