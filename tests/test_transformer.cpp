@@ -20,6 +20,7 @@
 #include <thread>
 #include <vector>
 
+#include "specdec/backend/cpu/batched_transformer.hpp"
 #include "specdec/backend/cpu/checkpoint.hpp"
 #include "specdec/backend/cpu/detail/thread_pool.hpp"
 #include "specdec/backend/cpu/tokenizer.hpp"
@@ -286,6 +287,21 @@ TEST(transformer, several_instances_share_one_checkpoint) {
   auto ck = shared_checkpoint("stories260K.bin");
   transformer a(ck), b(ck);
   EXPECT_EQ(a.weights().get(), b.weights().get());
+  // One converted copy per checkpoint and format: shared by a batched model too, not by
+  // another format, and freed with its last user (then rebuilt on demand).
+  std::weak_ptr<const specdec::cpu::detail::model_weights> bf16_copy;
+  {
+    const specdec::cpu::batched_transformer batched(ck);
+    const transformer c(ck, {.format = weight_format::bf16});
+    EXPECT_EQ(a.converted_weights().get(), b.converted_weights().get());
+    EXPECT_EQ(a.converted_weights().get(), batched.converted_weights().get());
+    EXPECT_NE(a.converted_weights().get(), c.converted_weights().get());
+    EXPECT_EQ(c.converted_weights()->format, weight_format::bf16);
+    bf16_copy = c.converted_weights();
+  }
+  EXPECT_TRUE(bf16_copy.expired());
+  const transformer d(ck, {.format = weight_format::bf16});
+  EXPECT_EQ(d.converted_weights()->format, weight_format::bf16);
   EXPECT_EQ(a.config().dim, 64);
   std::vector<token_id> seq{1, 400, 401};
   auto ra = a.forward(seq);

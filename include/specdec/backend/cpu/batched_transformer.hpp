@@ -61,6 +61,12 @@ class batched_transformer {
   [[nodiscard]] const transformer_options& options() const noexcept { return engine_.options(); }
   /// Bytes of weight matrices one batch step streams, whatever the number of sequences.
   [[nodiscard]] std::size_t weight_bytes_per_forward() const noexcept { return engine_.weight_bytes_per_forward(); }
+  /// The weight matrices converted to `options().format`: one copy per checkpoint and
+  /// format in the process, shared by every transformer and batched_transformer using
+  /// them (and freed with the last).
+  [[nodiscard]] const std::shared_ptr<const detail::model_weights>& converted_weights() const noexcept {
+    return engine_.converted_weights();
+  }
 
   /// Starts an empty sequence (a pooled cache if one is free) and returns its id.
   sequence_id add_sequence() {

@@ -9,7 +9,9 @@
 #include <cmath>
 #include <cstddef>
 #include <filesystem>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 #include <utility>
@@ -55,6 +57,56 @@ struct row_target {
   std::size_t pos = 0;
 };
 
+/// A checkpoint's weight matrices converted to one weight format (panel-major, see
+/// detail::matmul_panels): immutable once built, and shared (`shared_model_weights`) by
+/// every transformer and batched_transformer over the same checkpoint and format.
+struct model_weights {
+  struct layer {
+    weight_matrix wq, wk, wv, wo, w1, w2, w3;
+  };
+  std::shared_ptr<const checkpoint> source;  ///< keeps the checkpoint (and its address) alive
+  weight_format format = weight_format::fp32;
+  std::vector<layer> layers;
+  weight_matrix classifier;
+
+  model_weights(std::shared_ptr<const checkpoint> ck, weight_format f) : source(std::move(ck)), format(f) {
+    const model_config& c = source->config;
+    const std::size_t dim = static_cast<std::size_t>(c.dim);
+    const std::size_t hid = static_cast<std::size_t>(c.hidden_dim);
+    const std::size_t kvd = static_cast<std::size_t>(c.kv_dim());
+    layers.reserve(static_cast<std::size_t>(c.n_layers));
+    for (int l = 0; l < c.n_layers; ++l)
+      layers.push_back({weight_matrix(source->wq(l), dim, dim, f), weight_matrix(source->wk(l), kvd, dim, f),
+                        weight_matrix(source->wv(l), kvd, dim, f), weight_matrix(source->wo(l), dim, dim, f),
+                        weight_matrix(source->w1(l), hid, dim, f), weight_matrix(source->w2(l), dim, hid, f),
+                        weight_matrix(source->w3(l), hid, dim, f)});
+    classifier = weight_matrix(source->classifier(), static_cast<std::size_t>(c.vocab_size), dim, f);
+  }
+  /// Bytes one forward streams through the weight products.
+  [[nodiscard]] std::size_t bytes() const noexcept {
+    std::size_t b = classifier.bytes();
+    for (const auto& L : layers) b += L.wq.bytes() + L.wk.bytes() + L.wv.bytes() + L.wo.bytes() + L.w1.bytes() + L.w2.bytes() + L.w3.bytes();
+    return b;
+  }
+};
+
+/// The process-wide converted weights of `ck` in format `f`, built on first use and shared
+/// while any model holds them (like `shared_pool`): a draft, a target, a batched model
+/// and the transformers of an independent batch over one checkpoint keep one copy (41 MB
+/// for kjv-big in fp32) instead of one each.
+inline std::shared_ptr<const model_weights> shared_model_weights(const std::shared_ptr<const checkpoint>& ck,
+                                                                 weight_format f) {
+  static std::mutex m;
+  static std::map<std::pair<const checkpoint*, weight_format>, std::weak_ptr<const model_weights>> cache;
+  std::lock_guard<std::mutex> lock(m);
+  // A live entry holds its checkpoint, so its address cannot have been reused by another.
+  for (auto it = cache.begin(); it != cache.end();) it = it->second.expired() ? cache.erase(it) : std::next(it);
+  auto& slot = cache[{ck.get(), f}];
+  std::shared_ptr<const model_weights> w = slot.lock();
+  if (!w) slot = w = std::make_shared<const model_weights>(ck, f);
+  return w;
+}
+
 /// The layer computation shared by `transformer` (one sequence: rows at consecutive
 /// positions of one cache) and `batched_transformer` (rows of many sequences, each at its
 /// own position in its own cache): weights in the chosen format, the thread pool, the
@@ -68,18 +120,7 @@ class llama_engine {
     if (!ck_) throw invalid_argument(std::string(who) + ": checkpoint pointer is null; expected loaded weights");
     check_kv_format(options.kv_format, std::string(who) + ": transformer_options::kv_format");
     const model_config& c = ck_->config;
-    const std::size_t dim = static_cast<std::size_t>(c.dim);
-    const std::size_t hid = static_cast<std::size_t>(c.hidden_dim);
-    const std::size_t kvd = static_cast<std::size_t>(c.kv_dim());
-    const weight_format f = options.format;
-    layers_.reserve(static_cast<std::size_t>(c.n_layers));
-    for (int l = 0; l < c.n_layers; ++l) {
-      layers_.push_back({weight_matrix(ck_->wq(l), dim, dim, f), weight_matrix(ck_->wk(l), kvd, dim, f),
-                         weight_matrix(ck_->wv(l), kvd, dim, f), weight_matrix(ck_->wo(l), dim, dim, f),
-                         weight_matrix(ck_->w1(l), hid, dim, f), weight_matrix(ck_->w2(l), dim, hid, f),
-                         weight_matrix(ck_->w3(l), hid, dim, f)});
-    }
-    classifier_ = weight_matrix(ck_->classifier(), vocab_size(), dim, f);
+    weights_ = shared_model_weights(ck_, options.format);
     pool_ = shared_pool(options.threads);
     options_.threads = pool_->size();
     // Attention scratch: per thread, one row of seq_len scores for each query head of a
@@ -103,11 +144,8 @@ class llama_engine {
   [[nodiscard]] const model_config& config() const noexcept { return ck_->config; }
   [[nodiscard]] const std::shared_ptr<const checkpoint>& weights() const noexcept { return ck_; }
   [[nodiscard]] const transformer_options& options() const noexcept { return options_; }
-  [[nodiscard]] std::size_t weight_bytes_per_forward() const noexcept {
-    std::size_t b = classifier_.bytes();
-    for (const auto& L : layers_) b += L.wq.bytes() + L.wk.bytes() + L.wv.bytes() + L.wo.bytes() + L.w1.bytes() + L.w2.bytes() + L.w3.bytes();
-    return b;
-  }
+  [[nodiscard]] std::size_t weight_bytes_per_forward() const noexcept { return weights_->bytes(); }
+  [[nodiscard]] const std::shared_ptr<const model_weights>& converted_weights() const noexcept { return weights_; }
   /// An empty cache for one sequence: [n_layers][seq_len][kv_dim].
   [[nodiscard]] kv_cache make_cache() const {
     const model_config& c = ck_->config;
@@ -162,7 +200,7 @@ class llama_engine {
 
     for (int l = 0; l < c.n_layers; ++l) {
       const std::size_t ul = static_cast<std::size_t>(l);
-      const layer_weights& L = layers_[ul];
+      const model_weights::layer& L = weights_->layers[ul];
       rmsnorm_rows(xb_.data(), x_.data(), ck_->rms_att(l), k, dim);
       parallel_split(k * (dim + 2 * kvd) * dim, balance(k, unit_chunk),
                      {units_of(L.wq), units_of(L.wk), units_of(L.wv)}, [&](std::size_t part) {
@@ -253,8 +291,8 @@ class llama_engine {
     }
 
     rmsnorm_rows(xb_.data(), x_.data(), ck_->rms_final(), k, dim);
-    parallel_split(k * vocab * dim, balance(k, unit_chunk), {units_of(classifier_)}, [&](std::size_t part) {
-      rows_part(splits_[0], part, classifier_, xb_.data(), k, dim, logits_.data(), vocab);
+    parallel_split(k * vocab * dim, balance(k, unit_chunk), {units_of(weights_->classifier)}, [&](std::size_t part) {
+      rows_part(splits_[0], part, weights_->classifier, xb_.data(), k, dim, logits_.data(), vocab);
     });
     return logits_.data();
   }
@@ -335,14 +373,9 @@ class llama_engine {
     Eigen::Map<Eigen::ArrayXf>(x, en) += Eigen::Map<const Eigen::ArrayXf>(y, en);
   }
 
-  struct layer_weights {
-    weight_matrix wq, wk, wv, wo, w1, w2, w3;
-  };
-
   std::shared_ptr<const checkpoint> ck_;
   transformer_options options_;
-  std::vector<layer_weights> layers_;
-  weight_matrix classifier_;
+  std::shared_ptr<const model_weights> weights_;
   std::shared_ptr<thread_pool> pool_;
   std::array<work_split, 3> splits_;  ///< one per product of a job: q, k and v use all three, other jobs the first
   std::size_t rows_ = 0;  ///< token rows the scratch buffers hold
@@ -396,6 +429,12 @@ class transformer {
   /// one forward streams, whatever its block size. Norm weights, the one embedding row
   /// per token and the KV cache are not counted (together < 1% for the bundled models).
   [[nodiscard]] std::size_t weight_bytes_per_forward() const noexcept { return engine_.weight_bytes_per_forward(); }
+  /// The weight matrices converted to `options().format`: one copy per checkpoint and
+  /// format in the process, shared by every transformer and batched_transformer using
+  /// them (and freed with the last).
+  [[nodiscard]] const std::shared_ptr<const detail::model_weights>& converted_weights() const noexcept {
+    return engine_.converted_weights();
+  }
 
   /// Appends `tokens` to the cache and returns one row of logits per token, valid until
   /// the next non-const call. An empty block gives 0 rows. Throws `token_out_of_range` or
