@@ -471,12 +471,13 @@ inline void panel_tiles(std::size_t& p, std::size_t p_end, const W& w, std::size
 /// these rows (a thread's next chunk), the last tile prefetches its first panels.
 /// Tiles (panels x tokens): one token 8 x 1, without software prefetch (eight long
 /// sequential streams, which the hardware prefetchers follow; prefetching the next tile
-/// made it slower); 2-8 tokens 1 x k, 9+ tokens 2 x 8 over token tiles of at most 8 (the
-/// second token tile re-reads the tile's panels from L1/L2). Blocks of 2+ tokens
-/// prefetch the next tile's panels into L1 while they compute: one panel ahead (24 KB
-/// at kjv-big's 384 columns) stays within the 48 KB L1, where two panels x 6 tokens with
-/// two panels ahead did not (5-token blocks ~13 % slower, 2-4 tokens 15-25 %); without
-/// any software prefetch a 6-token block was ~1.7x slower. Measured on kjv-big fp32,
+/// made it slower); 2-8 tokens as many panels x k as fit half the L1 (1, 2, or 4 up to 6
+/// tokens: kjv-big fp32 takes 1, bf16 2); 9+ tokens 2 x 8 over token tiles of at most 8
+/// (the second token tile re-reads the tile's panels from L1/L2). Blocks of 2+ tokens
+/// prefetch the next tile's panels into L1 while they compute: one fp32 panel ahead
+/// (24 KB at kjv-big's 384 columns) stays within the 48 KB L1, where two panels x 6
+/// tokens with two panels ahead did not (5-token blocks ~13 % slower, 2-4 tokens
+/// 15-25 %); without any software prefetch a 6-token block was ~1.7x slower. Measured on kjv-big fp32,
 /// 1 thread, alternating binaries; shapes never change a result.
 template <class W>
 inline void matmul_panels(const W& w, std::size_t p0, std::size_t rows, std::size_t n, const float* x,
@@ -494,7 +495,7 @@ inline void matmul_panels(const W& w, std::size_t p0, std::size_t rows, std::siz
   if (k <= 8) {
     // As many panels per tile as keep the tile, and so the prefetch distance, within
     // half the L1 (the tile being read plus the one being prefetched), up to 4.
-    const std::size_t tile_panels = std::clamp<std::size_t>(half_l1_bytes / (n * W::column_bytes), 1, 4);
+    const std::size_t tile_panels = std::clamp<std::size_t>(half_l1_bytes / std::max<std::size_t>(1, n * W::column_bytes), 1, 4);
     if (tile_panels >= 4 && k <= 6) panel_tiles<4, 6>(p, p_end, w, p0, rows, n, x, k, ldx, y, ldy, 1, true, pf_end);
     if (tile_panels >= 2) panel_tiles<2, 8>(p, p_end, w, p0, rows, n, x, k, ldx, y, ldy, 1, true, pf_end);
     panel_tiles<1, 8>(p, p_end, w, p0, rows, n, x, k, ldx, y, ldy, 1, true, pf_end);
