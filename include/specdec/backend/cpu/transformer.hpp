@@ -9,9 +9,7 @@
 #include <cmath>
 #include <cstddef>
 #include <filesystem>
-#include <map>
 #include <memory>
-#include <mutex>
 #include <span>
 #include <string>
 #include <utility>
@@ -20,6 +18,7 @@
 #include "specdec/backend/cpu/checkpoint.hpp"
 #include "specdec/backend/cpu/detail/aligned.hpp"
 #include "specdec/backend/cpu/detail/kernels.hpp"
+#include "specdec/backend/cpu/detail/shared_instance.hpp"
 #include "specdec/backend/cpu/detail/thread_pool.hpp"
 #include "specdec/backend/cpu/detail/weights.hpp"
 #include "specdec/backend/cpu/kv_cache.hpp"
@@ -94,17 +93,12 @@ struct model_weights {
 /// while any model holds them (like `shared_pool`): a draft, a target, a batched model
 /// and the transformers of an independent batch over one checkpoint keep one copy (41 MB
 /// for kjv-big in fp32) instead of one each.
+/// (Keyed by the checkpoint's address: a live entry holds its checkpoint, so the address
+/// cannot have been reused by another.)
 inline std::shared_ptr<const model_weights> shared_model_weights(const std::shared_ptr<const checkpoint>& ck,
                                                                  weight_format f) {
-  static std::mutex m;
-  static std::map<std::pair<const checkpoint*, weight_format>, std::weak_ptr<const model_weights>> cache;
-  std::lock_guard<std::mutex> lock(m);
-  // A live entry holds its checkpoint, so its address cannot have been reused by another.
-  for (auto it = cache.begin(); it != cache.end();) it = it->second.expired() ? cache.erase(it) : std::next(it);
-  auto& slot = cache[{ck.get(), f}];
-  std::shared_ptr<const model_weights> w = slot.lock();
-  if (!w) slot = w = std::make_shared<const model_weights>(ck, f);
-  return w;
+  return shared_instance<const model_weights>(
+      std::pair{ck.get(), f}, [&] { return std::make_shared<const model_weights>(ck, f); });
 }
 
 /// The layer computation shared by `transformer` (one sequence: rows at consecutive

@@ -24,13 +24,13 @@
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
-#include <map>
 #include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
 
 #include "specdec/backend/cpu/detail/aligned.hpp"
+#include "specdec/backend/cpu/detail/shared_instance.hpp"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -162,13 +162,7 @@ class thread_pool {
 /// keep two sets of spinning workers.
 inline std::shared_ptr<thread_pool> shared_pool(std::size_t threads) {
   if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
-  static std::mutex m;
-  static std::map<std::size_t, std::weak_ptr<thread_pool>> pools;
-  std::lock_guard<std::mutex> lock(m);
-  auto& slot = pools[threads];
-  std::shared_ptr<thread_pool> p = slot.lock();
-  if (!p) slot = p = std::make_shared<thread_pool>(threads);
-  return p;
+  return shared_instance<thread_pool>(threads, [&] { return std::make_shared<thread_pool>(threads); });
 }
 
 /// [begin, end) of part `part` of `parts` over n items, boundaries rounded to multiples
