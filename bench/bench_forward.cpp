@@ -37,7 +37,8 @@ using specdec::cpu::transformer;
 using specdec::cpu::weight_format;
 
 const char* const model_names[] = {"stories260K", "kjv-little", "kjv-big"};
-const weight_format formats[] = {weight_format::fp32, weight_format::bf16, weight_format::fp16, weight_format::q8_0};
+const weight_format formats[] = {weight_format::fp32, weight_format::bf16, weight_format::fp16, weight_format::q8_0,
+                                 weight_format::w8a8};
 
 std::shared_ptr<const specdec::cpu::checkpoint> load(const std::string& name) {
   static std::vector<std::pair<std::string, std::shared_ptr<const specdec::cpu::checkpoint>>> cache;

@@ -375,7 +375,7 @@ pair_result run_pair(const bench_options& o, const std::string& pair, std::size_
 constexpr const char* usage = R"(usage: specdec-bench [options]   (speculative decoding vs autoregressive on the KJV pair)
   --pairs little,self        draft -> target pairs (little: kjv-little -> kjv-big; self: kjv-big q8_0 -> fp32)
   --threads 1,2              thread counts (0 = all cores)     --draft-threads N   draft's own thread count
-  --format F                 target weights: fp32, bf16, fp16, q8_0 (default fp32)
+  --format F                 target weights: fp32, bf16, fp16, q8_0, w8a8 (default fp32)
   --draft-format F           kjv-little weights (default fp32) --self-draft-format F  self pair's draft (q8_0)
   --kv-format F              target KV cache: fp32, bf16, fp16 --draft-kv-format F  the draft's
   --gammas 1,2,...           fixed draft lengths               --confidences 0.3,0.5  confidence_stop runs

@@ -45,10 +45,10 @@ constexpr std::string_view usage = R"(usage: specdec-generate --model PATH --tok
   --rollback-threshold A      bild: roll back where distance > A (default 5.0)
   --metric NAME               bild: distance metric (default ce)
   --threads N                 threads of each model, 0 = all cores (default 0)
-  --format F                  target weights: fp32, bf16, fp16 or q8_0 (default fp32)
+  --format F                  target weights: fp32, bf16, fp16, q8_0 or w8a8 (default fp32)
   --draft-format F            draft weights, as --format (default fp32). The output of exact
                               speculative decoding depends on the target only, so a smaller
-                              draft format is a free speed-up: bf16 is fastest on kjv-little
+                              draft format is a free speed-up: w8a8 is fastest on kjv-little
   --kv-format F               target KV cache: fp32, bf16 or fp16 (default fp32); 16-bit halves
                               the cache and its reads, rounding each key and value once
   --draft-kv-format F         draft KV cache, as --kv-format (default fp32); like

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <limits>
 #include <memory>
 #include <cstdint>
 #include <cstring>
@@ -86,6 +87,13 @@ struct kjv_little_q8_t2_traits : formatted_traits<weight_format::q8_0, 2> {
 struct kjv_big_q8_t1_traits : formatted_traits<weight_format::q8_0, 1> {
   static model make() { return model(shared_checkpoint("kjv-big.bin"), {.threads = 1, .format = format}); }
 };
+// w8a8: stories260K's hidden width 172 ends in a partial 32-column group.
+struct stories_w8a8_t3_traits : formatted_traits<weight_format::w8a8, 3> {
+  static model make() { return model(shared_checkpoint("stories260K.bin"), {.threads = 3, .format = format}); }
+};
+struct kjv_little_w8a8_t2_traits : formatted_traits<weight_format::w8a8, 2> {
+  static model make() { return model(shared_checkpoint("kjv-little.bin"), {.threads = 2, .format = format}); }
+};
 // 16-bit KV caches: the contract holds for them too (keys and values are rounded once,
 // when stored). The three models cover head sizes 8 (scalar value tails), 32 and 64
 // (grouped-query attention, 3 heads per KV head).
@@ -107,7 +115,8 @@ template <class Traits>
 class model_contract : public ::testing::Test {};
 using model_types = ::testing::Types<markov_traits, stories_traits, kjv_little_traits, kjv_big_traits,
                                      stories_q8_t2_traits, kjv_little_bf16_t1_traits, kjv_little_fp16_t3_traits,
-                                     kjv_little_q8_t2_traits, kjv_big_q8_t1_traits, stories_kv_bf16_t3_traits,
+                                     kjv_little_q8_t2_traits, kjv_big_q8_t1_traits, stories_w8a8_t3_traits,
+                                     kjv_little_w8a8_t2_traits, stories_kv_bf16_t3_traits,
                                      kjv_little_bf16_kv_fp16_t2_traits, kjv_big_kv_fp16_t1_traits>;
 class type_names {
  public:
@@ -121,6 +130,8 @@ class type_names {
     if (std::is_same_v<T, kjv_little_fp16_t3_traits>) return "kjv_little_fp16_3threads";
     if (std::is_same_v<T, kjv_little_q8_t2_traits>) return "kjv_little_q8_0_2threads";
     if (std::is_same_v<T, kjv_big_q8_t1_traits>) return "kjv_big_q8_0_1thread";
+    if (std::is_same_v<T, stories_w8a8_t3_traits>) return "stories260K_w8a8_3threads";
+    if (std::is_same_v<T, kjv_little_w8a8_t2_traits>) return "kjv_little_w8a8_2threads";
     if (std::is_same_v<T, stories_kv_bf16_t3_traits>) return "stories260K_kv_bf16_3threads";
     if (std::is_same_v<T, kjv_little_bf16_kv_fp16_t2_traits>) return "kjv_little_bf16_kv_fp16_2threads";
     if (std::is_same_v<T, kjv_big_kv_fp16_t1_traits>) return "kjv_big_kv_fp16_1thread";
@@ -530,7 +541,7 @@ TEST(transformer_reference, kjv_big_greedy_matches_naive_llama2c_forward) {
 // ---- weight formats and threads ----
 
 const weight_format all_formats[] = {weight_format::fp32, weight_format::bf16, weight_format::fp16,
-                                     weight_format::q8_0};
+                                     weight_format::q8_0, weight_format::w8a8};
 
 std::vector<float> flat_copy(const specdec::logits_block& b) { return {b.flat().begin(), b.flat().end()}; }
 
@@ -545,7 +556,8 @@ TEST(transformer_threads, results_do_not_depend_on_the_thread_count_bit_for_bit)
     const std::pair<weight_format, weight_format> configs[] = {
         {weight_format::fp32, weight_format::fp32}, {weight_format::bf16, weight_format::fp32},
         {weight_format::fp16, weight_format::fp32}, {weight_format::q8_0, weight_format::fp32},
-        {weight_format::fp32, weight_format::fp16}, {weight_format::fp32, weight_format::bf16}};
+        {weight_format::w8a8, weight_format::fp32}, {weight_format::fp32, weight_format::fp16},
+        {weight_format::fp32, weight_format::bf16}};
     for (auto [f, kv] : configs) {
       SCOPED_TRACE(std::string(name) + " " + std::string(specdec::cpu::to_string(f)) + ", kv " +
                    std::string(specdec::cpu::to_string(kv)));
@@ -686,7 +698,7 @@ TEST(kernels, matmul_results_do_not_depend_on_buffer_alignment) {
     d::aligned_vector<float> w(rows * n + 16), x(kmax * n + 16);
     for (float& v : w) v = u(rng);
     for (float& v : x) v = u(rng);
-    for (const auto f : {weight_format::fp32, weight_format::bf16, weight_format::fp16, weight_format::q8_0}) {
+    for (const auto f : all_formats) {
       for (std::size_t k : {1u, 2u, 3u, 4u, 5u, 6u, 7u, 16u}) {
         std::vector<float> want(k * rows), got(k * rows);
         const d::weight_matrix wa(w.data(), rows, n, f);
@@ -743,6 +755,112 @@ TEST(kernels, weight_products_are_one_in_order_multiply_add_chain_per_output) {
         }
       }
     }
+  }
+}
+
+// The w8a8 product rule (detail/int8_products.hpp), written out here from its definition:
+// weights and inputs quantized per row and group of 32 (scale = max|v| / 127, q =
+// nearest-even(v * (1 / scale)) in [-127, 127]), then per output (t, r):
+// acc = fmadd(float(integer dot of the group), w_scale * x_scale, acc) over the groups in
+// order. The VNNI tiles (every tile path: 1-9 and 16 tokens, partial panels, partial
+// groups, a product cut at a panel boundary) and the portable scalar path must both give
+// exactly that.
+TEST(kernels, w8a8_products_follow_the_integer_group_rule) {
+  namespace d = specdec::cpu::detail;
+  const auto quantize = [](const float* v, std::size_t n, std::vector<int>& q, std::vector<float>& scale) {
+    const std::size_t groups = (n + 31) / 32;
+    q.assign(groups * 32, 0);
+    scale.assign(groups, 0.0f);
+    for (std::size_t g = 0; g < groups; ++g) {
+      float amax = 0.0f;
+      for (std::size_t j = g * 32; j < std::min(n, g * 32 + 32); ++j) amax = std::max(amax, std::abs(v[j]));
+      scale[g] = amax / 127.0f;
+      const float inv = scale[g] > 0.0f ? 1.0f / scale[g] : 0.0f;
+      for (std::size_t j = g * 32; j < std::min(n, g * 32 + 32); ++j)
+        q[j] = static_cast<int>(std::clamp(std::nearbyint(v[j] * inv), -127.0f, 127.0f));
+    }
+  };
+  std::mt19937 rng(9);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  for (const std::size_t rows : {1u, 16u, 37u, 130u}) {
+    for (const std::size_t n : {1u, 45u, 64u, 172u}) {
+      const std::size_t groups = (n + 31) / 32;
+      std::vector<float> w(rows * n), x(17 * n);
+      for (float& v : w) v = u(rng);
+      for (float& v : x) v = u(rng);
+      x[3] = 0.0f;
+      for (std::size_t j = 0; j < std::min<std::size_t>(n, 32); ++j) x[n + j] = 0.0f;  // an all-zero group
+      const d::weight_matrix wm(w.data(), rows, n, weight_format::w8a8);
+      std::vector<std::vector<int>> wq(rows), xq(17);
+      std::vector<std::vector<float>> ws(rows), xs(17);
+      for (std::size_t r = 0; r < rows; ++r) quantize(w.data() + r * n, n, wq[r], ws[r]);
+      for (std::size_t t = 0; t < 17; ++t) quantize(x.data() + t * n, n, xq[t], xs[t]);
+      // The stored weights decode to q * scale.
+      for (std::size_t r = 0; r < rows; ++r)
+        for (std::size_t j = 0; j < n; ++j) ASSERT_EQ(wm.at(r, j), float(wq[r][j]) * ws[r][j / 32]) << r << "," << j;
+      for (const std::size_t k : {1u, 2u, 3u, 4u, 5u, 6u, 7u, 8u, 9u, 16u}) {
+        std::vector<float> whole(k * rows), split(k * rows), scalar(k * rows);
+        wm.matmul(0, rows, x.data(), k, n, whole.data(), rows);
+        const std::size_t cut = rows > 16 ? 16 : rows;
+        d::i8_inputs in;
+        in.reserve(k, n);
+        in.quantize(x.data(), k, n, n);
+        wm.matmul(0, cut, x.data(), k, n, split.data(), rows, true, &in);
+        wm.matmul(cut, rows - cut, x.data(), k, n, split.data() + cut, rows, false, &in);
+        for (std::size_t t = 0; t < k; ++t)
+          for (std::size_t j = 0; j < groups * 32; ++j) ASSERT_EQ(int(in.q[t * groups * 32 + j]), xq[t][j]) << t << "," << j;
+        for (std::size_t t = 0; t < k; ++t) {
+          for (std::size_t r = 0; r < rows; ++r) {
+            float acc = 0.0f;
+            for (std::size_t g = 0; g < groups; ++g) {
+              int dot = 0;
+              for (std::size_t j = g * 32; j < g * 32 + 32; ++j) dot += wq[r][j] * xq[t][j];
+              acc = d::fmadd(float(dot), ws[r][g] * xs[t][g], acc);
+            }
+            ASSERT_EQ(whole[t * rows + r], acc) << "rows " << rows << " n " << n << " k " << k << " t " << t << " r " << r;
+            ASSERT_EQ(split[t * rows + r], acc) << "split, k " << k;
+          }
+        }
+        if (k == 3 || k == 9) {  // the portable path (what builds without AVX512-VNNI run)
+          for (std::size_t p = 0; p * 16 < rows; ++p) {
+            const std::size_t prow = std::min<std::size_t>(16, rows - p * 16);
+            std::vector<float> part(k * 16);
+            // Through the public accessors: the weights' layout is the header's business.
+            d::i8_product_scalar(wm.i8_view(), p, prow, in, 0, k, part.data(), 16);
+            for (std::size_t t = 0; t < k; ++t)
+              for (std::size_t i = 0; i < prow; ++i)
+                ASSERT_EQ(part[t * 16 + i], whole[t * rows + p * 16 + i]) << "scalar path, k " << k;
+          }
+        }
+      }
+    }
+  }
+}
+
+// Input quantization: whole groups take a vector path, a partial last group a scalar one;
+// both round half to even, clamp to +-127, skip NaN in the maximum and quantize it to 0.
+TEST(kernels, w8a8_input_quantization_rounds_to_nearest_even_and_tolerates_nan) {
+  namespace d = specdec::cpu::detail;
+  for (const std::size_t n : {32u, 40u}) {  // the tie group is whole, or the partial last one
+    std::vector<float> x(n, 0.0f);
+    const std::size_t g0 = n == 32 ? 0 : 32;  // the group under test
+    // max |x| = 127 gives scale 1 and inverse 1: every value is rounded as written.
+    x[g0] = 127.0f;
+    x[g0 + 1] = 2.5f;   // tie -> 2
+    x[g0 + 2] = 3.5f;   // tie -> 4
+    x[g0 + 3] = -2.5f;  // tie -> -2
+    x[g0 + 4] = -0.4f;  // -> 0
+    x[g0 + 5] = std::numeric_limits<float>::quiet_NaN();  // skipped in the max, quantized to 0
+    x[g0 + 6] = 126.6f;  // -> 127
+    d::i8_inputs in;
+    in.reserve(1, n);
+    in.quantize(x.data(), 1, n, n);
+    const std::int8_t* q = in.q.data() + g0;
+    const int want[] = {127, 2, 4, -2, 0, 0, 127};
+    for (int i = 0; i < 7; ++i) EXPECT_EQ(int(q[i]), want[i]) << "n " << n << " i " << i;
+    for (std::size_t i = 7; i < 32; ++i) EXPECT_EQ(int(q[i]), 0) << i;
+    EXPECT_EQ(in.scale[g0 / 32], 1.0f);
+    EXPECT_EQ(in.bias[g0 / 32], 128 * (127 + 2 + 4 - 2 + 127));
   }
 }
 
@@ -887,14 +1005,15 @@ TEST(weight_formats, names_parse_and_unknown_names_throw) {
     FAIL() << "expected invalid_argument";
   } catch (const specdec::invalid_argument& e) {
     EXPECT_NE(std::string(e.what()).find("'int4'"), std::string::npos);
-    EXPECT_NE(std::string(e.what()).find("fp32, bf16, fp16 or q8_0"), std::string::npos);
+    EXPECT_NE(std::string(e.what()).find("fp32, bf16, fp16, q8_0 or w8a8"), std::string::npos);
   }
 }
 
 // Logit error of each format against fp32 on the same 64 tokens (teacher forced), as a
 // fraction of the fp32 logits' standard deviation. Bounds are ~3x the measured values
 // (docs/performance.md): bf16 has 8 mantissa bits (relative step 2^-8 per weight),
-// fp16 11, q8_0 about 7 within a group's range.
+// fp16 11, q8_0 about 7 within a group's range; w8a8 rounds the inputs of every product
+// to 8 bits too.
 // The fp32 model's (fp32 weights and cache) logits of 64 random tokens, and their
 // standard deviation: the scale the format tests measure their errors in.
 struct reference_logits {
@@ -920,7 +1039,8 @@ TEST(weight_formats, logits_stay_close_to_fp32) {
   for (const char* name : {"kjv-little.bin", "kjv-big.bin"}) {
     auto ck = shared_checkpoint(name);
     const auto [seq, ref, sd] = fp32_reference(ck, 31);
-    for (bound b : {bound{weight_format::bf16, 0.04}, bound{weight_format::fp16, 0.006}, bound{weight_format::q8_0, 0.15}}) {
+    for (bound b : {bound{weight_format::bf16, 0.04}, bound{weight_format::fp16, 0.006}, bound{weight_format::q8_0, 0.15},
+                    bound{weight_format::w8a8, 0.2}}) {
       transformer m(ck, {.threads = 2, .format = b.f});
       auto got = flat_copy(m.forward(seq));
       double max_abs = 0, sum_sq = 0;
@@ -968,6 +1088,7 @@ TEST(kv_formats, sizes_and_bad_formats) {
   EXPECT_EQ(f16.bytes_per_position(), 2u * 6 * 128 * 2);
   EXPECT_EQ(f16.format(), weight_format::fp16);
   EXPECT_THROW(specdec::cpu::kv_cache(6, 256, 128, weight_format::q8_0), specdec::invalid_argument);
+  EXPECT_THROW(specdec::cpu::kv_cache(6, 256, 128, weight_format::w8a8), specdec::invalid_argument);
   try {
     transformer m(shared_checkpoint("stories260K.bin"), {.kv_format = weight_format::q8_0});
     ADD_FAILURE() << "q8_0 KV cache accepted";
@@ -1005,7 +1126,7 @@ TEST(weight_formats, kjv_big_greedy_agreement_with_fp32_on_held_out_prompts) {
     }
     ref_seqs.push_back(std::move(s));
   }
-  for (weight_format f : {weight_format::bf16, weight_format::fp16, weight_format::q8_0}) {
+  for (weight_format f : {weight_format::bf16, weight_format::fp16, weight_format::q8_0, weight_format::w8a8}) {
     transformer m(ck, {.threads = 2, .format = f});
     std::size_t same = 0, total = 0;
     for (std::size_t i = 0; i < prompts.size(); ++i) {

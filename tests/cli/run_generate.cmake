@@ -19,7 +19,7 @@ string(LENGTH "${ar}" n)
 if(n LESS 40)
   message(FATAL_ERROR "autoregressive output is suspiciously short: '${ar}'")
 endif()
-foreach(draft_format fp32 bf16 q8_0)
+foreach(draft_format fp32 bf16 q8_0 w8a8)
   run_ok(sd --draft ${MODELS}/kjv-little.bin --method sd --gamma 5 --draft-format ${draft_format})
   if(NOT sd STREQUAL ar)
     message(FATAL_ERROR "greedy sd with a ${draft_format} draft differs from the target's greedy output:\n"

@@ -162,6 +162,7 @@ class llama_engine {
     aligned_vector<float> hb(cap * hid), hb2(cap * hid), logits(cap * vocab_size());
     x_.swap(x), xb_.swap(xb), xb2_.swap(xb2), q_.swap(q), k_.swap(kk), v_.swap(vv), hb_.swap(hb), hb2_.swap(hb2);
     logits_.swap(logits);
+    if (options_.format == weight_format::w8a8) xq_.reserve(cap, std::max(dim, hid));
     rows_ = cap;
   }
 
@@ -196,11 +197,12 @@ class llama_engine {
       const std::size_t ul = static_cast<std::size_t>(l);
       const model_weights::layer& L = weights_->layers[ul];
       rmsnorm_rows(xb_.data(), x_.data(), ck_->rms_att(l), k, dim);
+      const i8_inputs* xq = quantized(xb_.data(), k, dim);
       parallel_split(k * (dim + 2 * kvd) * dim, balance(k, unit_chunk),
                      {units_of(L.wq), units_of(L.wk), units_of(L.wv)}, [&](std::size_t part) {
-        rows_part(splits_[0], part, L.wq, xb_.data(), k, dim, q_.data(), dim);
-        rows_part(splits_[1], part, L.wk, xb_.data(), k, dim, k_.data(), kvd);
-        rows_part(splits_[2], part, L.wv, xb_.data(), k, dim, v_.data(), kvd);
+        rows_part(splits_[0], part, L.wq, xb_.data(), k, dim, q_.data(), dim, xq);
+        rows_part(splits_[1], part, L.wk, xb_.data(), k, dim, k_.data(), kvd, xq);
+        rows_part(splits_[2], part, L.wv, xb_.data(), k, dim, v_.data(), kvd, xq);
       });
       // RoPE at each row's own position; then the row's key and value go to its cache.
       for (std::size_t t = 0; t < k; ++t) {
@@ -263,30 +265,34 @@ class llama_engine {
           for (std::size_t i = i0; i < i1; ++i) attend_pair(i, att);
         });
       });
+      xq = quantized(xb_.data(), k, dim);
       parallel_split(k * dim * dim, balance(k, unit_chunk), {units_of(L.wo)}, [&](std::size_t part) {
-        rows_part(splits_[0], part, L.wo, xb_.data(), k, dim, xb2_.data(), dim);
+        rows_part(splits_[0], part, L.wo, xb_.data(), k, dim, xb2_.data(), dim, xq);
       });
       add_rows(x_.data(), xb2_.data(), k * dim);
 
       rmsnorm_rows(xb_.data(), x_.data(), ck_->rms_ffn(l), k, dim);
+      xq = quantized(xb_.data(), k, dim);
       // w1 and w3 in the same row chunks, each chunk's SwiGLU right after them
       // (elementwise: any split gives the same bits).
       parallel_split(k * 2 * hid * dim, balance(k, unit_chunk), {units_of(L.w1)}, [&](std::size_t part) {
         for_rows(splits_[0], part, hid, [&](std::size_t r0, std::size_t r1, bool chunked) {
-          L.w1.matmul(r0, r1 - r0, xb_.data(), k, dim, hb_.data() + r0, hid, chunked);
-          L.w3.matmul(r0, r1 - r0, xb_.data(), k, dim, hb2_.data() + r0, hid, chunked);
+          L.w1.matmul(r0, r1 - r0, xb_.data(), k, dim, hb_.data() + r0, hid, chunked, xq);
+          L.w3.matmul(r0, r1 - r0, xb_.data(), k, dim, hb2_.data() + r0, hid, chunked, xq);
           for (std::size_t t = 0; t < k; ++t) swiglu(hb_.data() + t * hid + r0, hb2_.data() + t * hid + r0, r1 - r0);
         });
       });
+      xq = quantized(hb_.data(), k, hid);
       parallel_split(k * dim * hid, balance(k, unit_chunk), {units_of(L.w2)}, [&](std::size_t part) {
-        rows_part(splits_[0], part, L.w2, hb_.data(), k, hid, xb2_.data(), dim);
+        rows_part(splits_[0], part, L.w2, hb_.data(), k, hid, xb2_.data(), dim, xq);
       });
       add_rows(x_.data(), xb2_.data(), k * dim);
     }
 
     rmsnorm_rows(xb_.data(), x_.data(), ck_->rms_final(), k, dim);
+    const i8_inputs* xq = quantized(xb_.data(), k, dim);
     parallel_split(k * vocab * dim, balance(k, unit_chunk), {units_of(weights_->classifier)}, [&](std::size_t part) {
-      rows_part(splits_[0], part, weights_->classifier, xb_.data(), k, dim, logits_.data(), vocab);
+      rows_part(splits_[0], part, weights_->classifier, xb_.data(), k, dim, logits_.data(), vocab, xq);
     });
     return logits_.data();
   }
@@ -353,12 +359,22 @@ class llama_engine {
     split.run(part, [&](std::size_t b, std::size_t e) { body(b * row_unit, std::min(e * row_unit, rows), chunked); });
   }
 
-  /// Part `part`'s rows of `w` under `split`: y[t][r] = w[r] . x[t] for those rows.
+  /// Part `part`'s rows of `w` under `split`: y[t][r] = w[r] . x[t] for those rows (x
+  /// as quantized by `quantized` for w8a8 weights).
   static void rows_part(work_split& split, std::size_t part, const weight_matrix& w, const float* x,
-                        std::size_t k, std::size_t ldx, float* y, std::size_t ldy) noexcept {
+                        std::size_t k, std::size_t ldx, float* y, std::size_t ldy, const i8_inputs* xq) {
     for_rows(split, part, w.rows(), [&](std::size_t r0, std::size_t r1, bool chunked) {
-      w.matmul(r0, r1 - r0, x, k, ldx, y + r0, ldy, chunked);
+      w.matmul(r0, r1 - r0, x, k, ldx, y + r0, ldy, chunked, xq);
     });
+  }
+
+  /// For w8a8 weights: the k rows of n inputs at x quantized once (on the calling thread,
+  /// into scratch sized by reserve_rows) for all the products that read them; otherwise
+  /// null (the products read x).
+  const i8_inputs* quantized(const float* x, std::size_t k, std::size_t n) noexcept {
+    if (options_.format != weight_format::w8a8) return nullptr;
+    xq_.quantize(x, k, n, n);
+    return &xq_;
   }
 
   /// Residual connection x += y over n contiguous floats (elementwise, order-free).
@@ -376,6 +392,7 @@ class llama_engine {
   // Cache-line aligned (detail/aligned.hpp): rows of dim, kv_dim and hidden floats then
   // start on a cache line whenever those are multiples of 16, as in every bundled model.
   aligned_vector<float> x_, xb_, xb2_, q_, k_, v_, hb_, hb2_, logits_, att_;
+  i8_inputs xq_;  ///< w8a8: the current product's inputs, quantized
   std::vector<float> rope_cos_, rope_sin_;  ///< [seq_len][head_size / 2]
 };
 

@@ -12,6 +12,10 @@
 /// Fast paths: AVX-512F (vpmovzxwd + shift for bf16, vcvtph2ps for fp16, vpmovsxbd +
 /// vcvtdq2ps for q8_0) when compiled with __AVX512F__; otherwise portable scalar
 /// decoding into a 16-float buffer, which yields the same values.
+///
+/// w8a8 is the exception: q8_0's weights, but its products also quantize their inputs
+/// and run as integer dot products (int8_products.hpp); batch-invariant by the same
+/// rules, not the same values as q8_0.
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
@@ -26,6 +30,7 @@
 #endif
 
 #include "specdec/backend/cpu/detail/aligned.hpp"
+#include "specdec/backend/cpu/detail/int8_products.hpp"
 #include "specdec/backend/cpu/detail/kernels.hpp"
 #include "specdec/error.hpp"
 
@@ -37,15 +42,21 @@ enum class weight_format {
   bf16,  ///< bfloat16 (round to nearest even), 2 bytes a weight
   fp16,  ///< IEEE half precision (round to nearest even), 2 bytes a weight
   q8_0,  ///< int8 with one fp32 scale per 32 weights of a row: 1.125 bytes a weight
+  /// q8_0's weights, and every product quantizes its input rows the same way (one fp32
+  /// scale per 32 inputs) and multiplies int8 by int8 (AVX512-VNNI where the build has
+  /// it): 1.125 bytes a weight, a fraction of q8_0's instructions, less accurate. Meant
+  /// for drafts, whose numerics change only their proposals (docs/performance.md).
+  w8a8,
 };
 
-/// "fp32", "bf16", "fp16" or "q8_0".
+/// "fp32", "bf16", "fp16", "q8_0" or "w8a8".
 [[nodiscard]] inline std::string_view to_string(weight_format f) noexcept {
   switch (f) {
     case weight_format::fp32: return "fp32";
     case weight_format::bf16: return "bf16";
     case weight_format::fp16: return "fp16";
     case weight_format::q8_0: return "q8_0";
+    case weight_format::w8a8: return "w8a8";
   }
   return "?";
 }
@@ -57,7 +68,8 @@ enum class weight_format {
   if (s == "bf16") return weight_format::bf16;
   if (s == "fp16") return weight_format::fp16;
   if (s == "q8_0" || s == "q8") return weight_format::q8_0;
-  throw invalid_argument("weight format '" + std::string(s) + "' is unknown; expected fp32, bf16, fp16 or q8_0");
+  if (s == "w8a8") return weight_format::w8a8;
+  throw invalid_argument("weight format '" + std::string(s) + "' is unknown; expected fp32, bf16, fp16, q8_0 or w8a8");
 }
 
 namespace detail {
@@ -236,7 +248,8 @@ class weight_matrix {
       case weight_format::fp16:
         u16_ = to_panels<std::uint16_t>(rows, cols, [&](std::size_t r, std::size_t j) { return float_to_fp16(at(r, j)); });
         break;
-      case weight_format::q8_0: {
+      case weight_format::q8_0:
+      case weight_format::w8a8: {
         // Per row and group of 32 columns: scale = max |w| / 127, q = round(w / scale).
         const std::size_t groups = q8_groups();
         std::vector<float> scale(rows * groups);
@@ -247,11 +260,20 @@ class weight_matrix {
               amax = std::max(amax, std::abs(at(r, j)));
             scale[r * groups + g] = amax / 127.0f;
           }
-        q8_ = to_panels<std::int8_t>(rows, cols, [&](std::size_t r, std::size_t j) {
+        const auto quantized = [&](std::size_t r, std::size_t j) {
           const float sc = scale[r * groups + j / q8_group];
           const float v = std::nearbyint(at(r, j) * (sc > 0.0f ? 1.0f / sc : 0.0f));
           return static_cast<std::int8_t>(std::clamp(v, -127.0f, 127.0f));
-        });
+        };
+        if (f == weight_format::q8_0) {
+          q8_ = to_panels<std::int8_t>(rows, cols, quantized);
+        } else {
+          // Biased by 128 in VNNI order (int8_products.hpp); padding rows and columns 0.
+          u8_.assign(panels() * groups * q8_group * lanes, std::uint8_t{128});
+          for (std::size_t r = 0; r < rows; ++r)
+            for (std::size_t j = 0; j < cols; ++j)
+              u8_[i8_offset(r, j, groups)] = static_cast<std::uint8_t>(quantized(r, j) + 128);
+        }
         scales_ = to_panels<float>(rows, groups, [&](std::size_t r, std::size_t g) { return scale[r * groups + g]; });
         break;
       }
@@ -263,7 +285,7 @@ class weight_matrix {
   [[nodiscard]] std::size_t cols() const noexcept { return cols_; }
   /// Bytes a full pass over the matrix reads (weights and scales, padding rows included).
   [[nodiscard]] std::size_t bytes() const noexcept {
-    return f32_.size() * 4 + u16_.size() * 2 + q8_.size() + scales_.size() * 4;
+    return f32_.size() * 4 + u16_.size() * 2 + q8_.size() + u8_.size() + scales_.size() * 4;
   }
   /// The decoded weight (r, c), for tests and tools.
   [[nodiscard]] float at(std::size_t r, std::size_t c) const noexcept {
@@ -273,20 +295,38 @@ class weight_matrix {
       case weight_format::bf16: return bf16_to_float(u16_[i]);
       case weight_format::fp16: return fp16_to_float(u16_[i]);
       case weight_format::q8_0: return static_cast<float>(q8_[i]) * scales_[panel_offset(r, c / q8_group, q8_groups())];
+      case weight_format::w8a8:
+        return static_cast<float>(static_cast<int>(u8_[i8_offset(r, c, q8_groups())]) - 128) *
+               scales_[panel_offset(r, c / q8_group, q8_groups())];
     }
     return 0.0f;
   }
+
+  /// A w8a8 matrix as its product kernels read it (for tests and tools).
+  [[nodiscard]] i8_panels i8_view() const noexcept { return {u8_.data(), scales_.data(), q8_groups()}; }
 
   /// Panels of 16 rows (the last one possibly partial).
   [[nodiscard]] std::size_t panels() const noexcept { return (rows_ + lanes - 1) / lanes; }
 
   /// Y[t][i] = W[row0 + i] . X[t] for i < nrows, t < k (see detail::matmul_panels); row0
   /// is a multiple of 16. With `prefetch_on`, the last tiles prefetch the rows after
-  /// row0 + nrows (if any), for a next call that continues there.
+  /// row0 + nrows (if any), for a next call that continues there. A w8a8 matrix reads
+  /// the inputs from `xq` (X quantized by `i8_inputs::quantize`, which a caller running
+  /// several products over one X does once); without it, it quantizes X itself (which
+  /// allocates, and so may throw).
   void matmul(std::size_t row0, std::size_t nrows, const float* x, std::size_t k, std::size_t ldx, float* y,
-              std::size_t ldy, bool prefetch_on = false) const noexcept {
+              std::size_t ldy, bool prefetch_on = false, const i8_inputs* xq = nullptr) const {
     const std::size_t p0 = row0 / lanes, pf = prefetch_on ? panels() - p0 : 0;
     switch (format_) {
+      case weight_format::w8a8: {
+        if (xq == nullptr) {
+          i8_inputs own;
+          own.reserve(k, cols_);
+          own.quantize(x, k, ldx, cols_);
+          return matmul_i8(i8_view(), p0, nrows, own, k, y, ldy);
+        }
+        return matmul_i8(i8_view(), p0, nrows, *xq, k, y, ldy);
+      }
       case weight_format::fp32:
         return matmul_panels(f32_panels{f32_.data(), cols_}, p0, nrows, cols_, x, k, ldx, y, ldy, pf);
       case weight_format::bf16:
@@ -306,6 +346,7 @@ class weight_matrix {
   aligned_vector<float> f32_;
   aligned_vector<std::uint16_t> u16_;
   aligned_vector<std::int8_t> q8_;
+  aligned_vector<std::uint8_t> u8_;  ///< w8a8: q + 128 in i8_offset order
   aligned_vector<float> scales_;
 };
 

@@ -1,0 +1,296 @@
+#pragma once
+/// \file backend/cpu/detail/int8_products.hpp
+/// The products of the w8a8 weight format: q8_0 weights (int8, one fp32 scale per group
+/// of 32 weights of a row) against input rows quantized the same way at every product
+/// (one fp32 scale per 32 inputs of a row, as llama.cpp's q8_0 matrix products do), so
+/// that each group's 32 multiply-adds are one exact integer dot product. With
+/// AVX512-VNNI one `vpdpbusd` does 64 of them (4 columns x 16 rows of a panel), against
+/// one fp32 FMA per 16 multiply-adds plus three instructions to widen and scale each 16
+/// int8 weights in the q8_0 format: a kjv-little forward takes a fraction of the
+/// instructions, and its weights (1.2 MB) fit a core's L2 next to its KV cache, where
+/// fp32 (4.3 MB) and bf16 (2.1 MB) do not. It is a format for drafts (docs/performance.md,
+/// "Drafts in w8a8"): their numerics decide only which tokens they propose, never the
+/// exact output.
+///
+/// Exactness rules, as everywhere in the backend (see kernels.hpp): output (t, r) is
+///   acc = 0; for each group g in order: acc = fmadd(float(isum_g), ws[r][g] * xs[t][g], acc)
+/// where isum_g is the exact integer dot product of the group's int8 weights and int8
+/// inputs (|isum_g| <= 127 * 127 * 32 < 2^24, so float(isum_g) is exact) and the scale
+/// product is one rounded multiply. Integer sums are exact in any order, the float steps
+/// are the same operations in the same order in the VNNI tiles and in the portable
+/// scalar path, and a row's quantization depends on that row alone: so results are
+/// identical whatever the block size, tile shape, thread split or instruction set.
+///
+/// VNNI multiplies unsigned by signed bytes (and only the signed operand can be broadcast
+/// from memory), so weights are stored biased, u = q + 128 in [1, 255], and each input
+/// group carries its correction 128 * sum(q_x): isum = sum(u * q_x) - 128 * sum(q_x).
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+
+#if defined(__x86_64__) && defined(__AVX512F__) && defined(__AVX512VNNI__) && defined(FP_FAST_FMAF)
+#include <immintrin.h>
+#define SPECDEC_DETAIL_VNNI 1
+#else
+#define SPECDEC_DETAIL_VNNI 0
+#endif
+
+#include "specdec/backend/cpu/detail/aligned.hpp"
+#include "specdec/backend/cpu/detail/kernels.hpp"
+
+namespace specdec::cpu::detail {
+
+/// Weights and inputs share q8_0's group of 32 columns; a row's columns are padded to
+/// whole groups (zero weights, zero inputs).
+inline constexpr std::size_t i8_group = 32;
+/// Columns per VNNI step: 4 bytes of each of a panel's 16 rows make one 64-byte vector.
+inline constexpr std::size_t i8_quad = 4;
+
+[[nodiscard]] inline constexpr std::size_t i8_groups(std::size_t cols) noexcept { return (cols + i8_group - 1) / i8_group; }
+
+/// Rows of inputs quantized for w8a8 products: row t, group g has scale d = max|x| / 127
+/// and values q = round-to-nearest-even(x / d) in [-127, 127] (0 for a zero group), as
+/// the weights are quantized (weights.hpp), plus the VNNI correction 128 * sum(q).
+/// Storage is sized by `reserve` and reused: `quantize` never allocates within it.
+struct i8_inputs {
+  std::size_t groups = 0;             ///< groups per row of the last `quantize`
+  aligned_vector<std::int8_t> q;      ///< [rows][groups * 32]
+  aligned_vector<float> scale;        ///< [rows][groups]
+  aligned_vector<std::int32_t> bias;  ///< [rows][groups]: 128 * sum of the group's q
+
+  /// Room for `rows` rows of up to `cols` columns.
+  void reserve(std::size_t rows, std::size_t cols) {
+    const std::size_t g = i8_groups(cols);
+    if (q.size() < rows * g * i8_group) q.resize(rows * g * i8_group);
+    if (scale.size() < rows * g) scale.resize(rows * g), bias.resize(rows * g);
+  }
+  [[nodiscard]] bool fits(std::size_t rows, std::size_t cols) const noexcept {
+    return q.size() >= rows * i8_groups(cols) * i8_group && scale.size() >= rows * i8_groups(cols);
+  }
+
+  /// Quantizes k rows of n floats (row stride ldx). Requires `fits(k, n)`. Whole groups
+  /// go through 16-lane vectors, a partial last group through scalar code; both give
+  /// the same values (max is exact in any order, the rest is elementwise).
+  void quantize(const float* x, std::size_t k, std::size_t ldx, std::size_t n) noexcept {
+    groups = i8_groups(n);
+    for (std::size_t t = 0; t < k; ++t) {
+      const float* xt = x + t * ldx;
+      for (std::size_t g = 0; g < groups; ++g) {
+        const std::size_t j0 = g * i8_group;
+        std::int8_t* qg = q.data() + (t * groups + g) * i8_group;
+        std::int32_t sum = 0;
+        float d = 0.0f;
+        if (j0 + i8_group <= n) {
+          d = quantize_group(xt + j0, qg, sum);
+        } else {
+          float amax = 0.0f;  // NaN is skipped here (and quantized to 0 below)
+          for (std::size_t j = j0; j < n; ++j) amax = std::max(amax, std::abs(xt[j]));
+          d = amax / 127.0f;
+          const float id = d > 0.0f ? 1.0f / d : 0.0f;
+          for (std::size_t j = j0; j < j0 + i8_group; ++j) {
+            const std::int8_t v = j < n ? quantize_one(xt[j] * id) : std::int8_t{0};
+            qg[j - j0] = v;
+            sum += v;
+          }
+        }
+        scale[t * groups + g] = d;
+        bias[t * groups + g] = 128 * sum;
+      }
+    }
+  }
+
+  /// round-to-nearest-even(r) clamped to [-127, 127]; NaN gives 0.
+  static std::int8_t quantize_one(float r) noexcept {
+    r = r == r ? std::clamp(r, -127.0f, 127.0f) : 0.0f;
+    return static_cast<std::int8_t>(std::nearbyint(r));
+  }
+
+ private:
+  typedef std::int32_t vi32x16 __attribute__((vector_size(64)));
+  typedef std::int8_t vi8x16 __attribute__((vector_size(16)));
+
+  /// One whole group of 32: writes q, adds sum(q) to `sum`, returns the scale.
+  static float quantize_group(const float* x, std::int8_t* qg, std::int32_t& sum) noexcept {
+    v16 a, b;
+    load16(a, x);
+    load16(b, x + lanes);
+    const v16 zero{};
+    const v16 aa = a < zero ? -a : a, ab = b < zero ? -b : b;
+    v16 m = aa > zero ? aa : zero;  // NaN compares false: skipped, as in the scalar loop
+    m = ab > m ? ab : m;
+    float amax = 0.0f;
+    for (std::size_t i = 0; i < lanes; ++i) amax = std::max(amax, m[i]);
+    const float d = amax / 127.0f;
+    const float id = d > 0.0f ? 1.0f / d : 0.0f;
+    // Round to nearest even by adding and removing 1.5 * 2^23 (exact for |r| <= 127,
+    // the same result as nearbyint in the default rounding mode); NaN -> 0.
+    constexpr float magic = 12582912.0f;
+    vi32x16 s{};
+    for (int h = 0; h < 2; ++h) {
+      v16 r = (h == 0 ? a : b) * id;
+      r = r == r ? r : zero;
+      r = r < zero - 127.0f ? zero - 127.0f : r;
+      r = r > zero + 127.0f ? zero + 127.0f : r;
+      r = (r + magic) - magic;
+      const vi32x16 qi = __builtin_convertvector(r, vi32x16);
+      s += qi;
+      const vi8x16 q8 = __builtin_convertvector(qi, vi8x16);
+      __builtin_memcpy(qg + h * lanes, &q8, sizeof(q8));
+    }
+    for (std::size_t i = 0; i < lanes; ++i) sum += s[i];
+    return d;
+  }
+};
+
+/// Where weight (r, j) of a w8a8 matrix with `groups` groups per row lives: panels of 16
+/// rows, and within a panel, per 4 columns, 16 rows x 4 bytes (one VNNI operand).
+[[nodiscard]] inline std::size_t i8_offset(std::size_t r, std::size_t j, std::size_t groups) noexcept {
+  const std::size_t quads = groups * (i8_group / i8_quad);
+  return (((r / lanes) * quads + j / i8_quad) * lanes + r % lanes) * i8_quad + j % i8_quad;
+}
+
+/// A w8a8 weight matrix as the tiles read it: biased weights (`i8_offset` order) and the
+/// fp32 scales of each panel's 16 rows side by side per group (s + (p groups + g) 16).
+struct i8_panels {
+  const std::uint8_t* u;
+  const float* s;
+  std::size_t groups;
+};
+
+/// The portable path, and the reference the tests hold the VNNI tiles to: output rows
+/// [16 p0, 16 p0 + rows) for tokens [t0, t0 + tokens).
+inline void i8_product_scalar(const i8_panels& w, std::size_t p0, std::size_t rows, const i8_inputs& x,
+                              std::size_t t0, std::size_t tokens, float* y, std::size_t ldy) noexcept {
+  const std::size_t G = w.groups;
+  for (std::size_t t = 0; t < tokens; ++t) {
+    const std::int8_t* xq = x.q.data() + (t0 + t) * G * i8_group;
+    const float* xs = x.scale.data() + (t0 + t) * G;
+    for (std::size_t i = 0; i < rows; ++i) {
+      const std::size_t r = p0 * lanes + i;
+      float acc = 0.0f;
+      for (std::size_t g = 0; g < G; ++g) {
+        std::int32_t s = 0;
+        for (std::size_t j = g * i8_group; j < (g + 1) * i8_group; ++j)
+          s += (static_cast<std::int32_t>(w.u[i8_offset(r, j, G)]) - 128) * xq[j];
+        const float d = w.s[((r / lanes) * G + g) * lanes + r % lanes] * xs[g];
+        acc = fmadd(static_cast<float>(s), d, acc);
+      }
+      y[t * ldy + i] = acc;
+    }
+  }
+}
+
+#if SPECDEC_DETAIL_VNNI
+/// Outputs of P panels x T tokens (rows: at most 16 P valid rows from the tile's first).
+template <int P, int T>
+inline void i8_tile(const i8_panels& w, std::size_t p0, const i8_inputs& x, std::size_t t0, float* y,
+                    std::size_t ldy, std::size_t rows) noexcept {
+  static_assert(2 * P * T + P + 2 <= 32, "i8_tile: P x T int and float accumulators and P weights must fit 32 registers");
+  const std::size_t G = w.groups;
+  const std::size_t quads = G * (i8_group / i8_quad);
+  __m512 acc[P][T];
+#pragma GCC unroll 16
+  for (int p = 0; p < P; ++p)
+#pragma GCC unroll 16
+    for (int t = 0; t < T; ++t) acc[p][t] = _mm512_setzero_ps();
+  const std::uint8_t* up[P];
+#pragma GCC unroll 16
+  for (int p = 0; p < P; ++p) up[p] = w.u + (p0 + static_cast<std::size_t>(p)) * quads * 64;
+  for (std::size_t g = 0; g < G; ++g) {
+    __m512i is[P][T];
+#pragma GCC unroll 16
+    for (int p = 0; p < P; ++p)
+#pragma GCC unroll 16
+      for (int t = 0; t < T; ++t) is[p][t] = _mm512_setzero_si512();
+#pragma GCC unroll 8
+    for (std::size_t c = 0; c < i8_group / i8_quad; ++c) {
+      const std::size_t quad = g * (i8_group / i8_quad) + c;
+      __m512i wv[P];
+#pragma GCC unroll 16
+      for (int p = 0; p < P; ++p) wv[p] = _mm512_load_si512(up[p] + quad * 64);
+#pragma GCC unroll 16
+      for (int t = 0; t < T; ++t) {
+        std::int32_t four;
+        __builtin_memcpy(&four, x.q.data() + (t0 + static_cast<std::size_t>(t)) * G * i8_group + quad * i8_quad, 4);
+        const __m512i xb = _mm512_set1_epi32(four);
+#pragma GCC unroll 16
+        for (int p = 0; p < P; ++p) is[p][t] = _mm512_dpbusd_epi32(is[p][t], wv[p], xb);
+      }
+    }
+    __m512 ws[P];
+#pragma GCC unroll 16
+    for (int p = 0; p < P; ++p) ws[p] = _mm512_load_ps(w.s + ((p0 + static_cast<std::size_t>(p)) * G + g) * lanes);
+#pragma GCC unroll 16
+    for (int t = 0; t < T; ++t) {
+      const std::size_t xi = (t0 + static_cast<std::size_t>(t)) * G + g;
+      const __m512 xs = _mm512_set1_ps(x.scale[xi]);
+      const __m512i bias = _mm512_set1_epi32(x.bias[xi]);
+#pragma GCC unroll 16
+      for (int p = 0; p < P; ++p) {
+        // maskz form: see bf16_code::load on GCC 12's unmasked intrinsics.
+        const __m512 f = _mm512_maskz_cvtepi32_ps(0xffff, _mm512_sub_epi32(is[p][t], bias));
+        acc[p][t] = _mm512_fmadd_ps(f, _mm512_mul_ps(ws[p], xs), acc[p][t]);
+      }
+    }
+  }
+#pragma GCC unroll 16
+  for (int t = 0; t < T; ++t) {
+    float* yt = y + static_cast<std::size_t>(t) * ldy;
+#pragma GCC unroll 16
+    for (int p = 0; p < P; ++p) {
+      const std::size_t r = static_cast<std::size_t>(p) * lanes;
+      if (r + lanes <= rows) _mm512_storeu_ps(yt + r, acc[p][t]);
+      else if (r < rows) _mm512_mask_storeu_ps(yt + r, static_cast<__mmask16>((1u << (rows - r)) - 1u), acc[p][t]);
+    }
+  }
+}
+
+/// i8_tile<P, tokens> for a runtime tokens <= T.
+template <int P, int T>
+inline void i8_tile_upto(int tokens, const i8_panels& w, std::size_t p0, const i8_inputs& x, std::size_t t0,
+                         float* y, std::size_t ldy, std::size_t rows) noexcept {
+  if constexpr (T > 1) {
+    if (tokens < T) return i8_tile_upto<P, T - 1>(tokens, w, p0, x, t0, y, ldy, rows);
+  }
+  i8_tile<P, T>(w, p0, x, t0, y, ldy, rows);
+}
+
+/// Panels [p, p_end) in tiles of P (advancing p), all k tokens in token tiles of at most T.
+template <int P, int T>
+inline void i8_tiles(std::size_t& p, std::size_t p_end, const i8_panels& w, std::size_t first, std::size_t rows,
+                     const i8_inputs& x, std::size_t k, float* y, std::size_t ldy) noexcept {
+  for (; p + P <= p_end; p += P) {
+    const std::size_t r0 = (p - first) * lanes;
+    const std::size_t tile_rows = std::min<std::size_t>(rows - r0, P * lanes);
+    for (std::size_t t0 = 0; t0 < k; t0 += T) {
+      const int tt = static_cast<int>(std::min<std::size_t>(T, k - t0));
+      i8_tile_upto<P, T>(tt, w, p, x, t0, y + t0 * ldy + r0, ldy, tile_rows);
+    }
+  }
+}
+#endif
+
+/// Y[t][i] = sum over groups of the w8a8 product of weight row 16 p0 + i and input row t
+/// (quantized by `x.quantize`), for i < rows, t < k; output row stride ldy. Tiles: one
+/// token 8 x 1 panels (then 4, 2, 1 for the rest), more tokens 2 panels x up to 4 tokens.
+inline void matmul_i8(const i8_panels& w, std::size_t p0, std::size_t rows, const i8_inputs& x, std::size_t k,
+                      float* y, std::size_t ldy) noexcept {
+  if (k == 0 || rows == 0) return;
+#if SPECDEC_DETAIL_VNNI
+  const std::size_t p_end = p0 + (rows + lanes - 1) / lanes;
+  std::size_t p = p0;
+  if (k == 1) {
+    i8_tiles<8, 1>(p, p_end, w, p0, rows, x, k, y, ldy);
+    i8_tiles<4, 1>(p, p_end, w, p0, rows, x, k, y, ldy);
+    i8_tiles<2, 1>(p, p_end, w, p0, rows, x, k, y, ldy);
+  } else {
+    i8_tiles<2, 4>(p, p_end, w, p0, rows, x, k, y, ldy);
+  }
+  i8_tiles<1, 4>(p, p_end, w, p0, rows, x, k, y, ldy);
+#else
+  i8_product_scalar(w, p0, rows, x, 0, k, y, ldy);
+#endif
+}
+
+}  // namespace specdec::cpu::detail
