@@ -273,7 +273,7 @@ inline void i8_tiles(std::size_t& p, std::size_t p_end, const i8_panels& w, std:
 
 /// Y[t][i] = sum over groups of the w8a8 product of weight row 16 p0 + i and input row t
 /// (quantized by `x.quantize`), for i < rows, t < k; output row stride ldy. Tiles: one
-/// token 8 x 1 panels (then 4, 2, 1 for the rest), more tokens 2 panels x up to 4 tokens.
+/// token 8 x 1 panels (then 4, 2, 1 for the rest), more tokens 2 panels x up to 6 tokens.
 inline void matmul_i8(const i8_panels& w, std::size_t p0, std::size_t rows, const i8_inputs& x, std::size_t k,
                       float* y, std::size_t ldy) noexcept {
   if (k == 0 || rows == 0) return;
@@ -285,9 +285,9 @@ inline void matmul_i8(const i8_panels& w, std::size_t p0, std::size_t rows, cons
     i8_tiles<4, 1>(p, p_end, w, p0, rows, x, k, y, ldy);
     i8_tiles<2, 1>(p, p_end, w, p0, rows, x, k, y, ldy);
   } else {
-    i8_tiles<2, 4>(p, p_end, w, p0, rows, x, k, y, ldy);
+    i8_tiles<2, 6>(p, p_end, w, p0, rows, x, k, y, ldy);
   }
-  i8_tiles<1, 4>(p, p_end, w, p0, rows, x, k, y, ldy);
+  i8_tiles<1, 6>(p, p_end, w, p0, rows, x, k, y, ldy);
 #else
   i8_product_scalar(w, p0, rows, x, 0, k, y, ldy);
 #endif
