@@ -29,8 +29,8 @@ case "$mode" in
     prompt="And it came to pass"
     echo "== kjv-big alone, greedy: \"$prompt\"" >&2
     "$gen" "${kjv[@]}" --prompt "$prompt" | tee build/demo_ar.txt
-    echo "== speculative: kjv-little (bf16 weights) drafts, kjv-big verifies (gamma 5, exact)" >&2
-    "$gen" "${kjv[@]}" --prompt "$prompt" --draft models/kjv-little.bin --draft-format bf16 --method sd --gamma 5 \
+    echo "== speculative: kjv-little (int8 w8a8) drafts, kjv-big verifies (gamma 4, exact)" >&2
+    "$gen" "${kjv[@]}" --prompt "$prompt" --draft models/kjv-little.bin --draft-format w8a8 --method sd --gamma 4 \
       | tee build/demo_sd.txt
     if cmp -s build/demo_ar.txt build/demo_sd.txt; then
       echo "== speculative output is identical to kjv-big's own greedy output" >&2
