@@ -44,11 +44,25 @@ typedef float v16 __attribute__((vector_size(64)));
 
 inline constexpr std::size_t lanes = 16;
 
+/// A v16 at any float-aligned address (and allowed to alias floats).
+typedef float v16_unaligned __attribute__((vector_size(64), aligned(4), may_alias));
+
 // Vectors are passed by reference so that builds without AVX-512 do not warn about the
 // ABI of 64-byte vector arguments (-Wpsabi).
+/// One 16-float load. A vector-typed load, not a 64-byte memcpy: with Intel tuning
+/// (-march=native there implies -mprefer-vector-width=256) GCC 12 copies a memcpy into a
+/// vector that lives on the stack as two 32-byte halves, and the 64-byte reload that
+/// follows cannot be forwarded from two stores: the attention's value sums stalled on
+/// every position (docs/performance.md, "2026-12-04: ... store forwarding").
 inline void load16(v16& v, const float* p) noexcept {
-  __builtin_memcpy(&v, p, sizeof(v));
+  v = *reinterpret_cast<const v16_unaligned*>(p);
 }
+/// One 16-float store, vector-typed for the same reason: a memcpy from an accumulator
+/// takes its address, and GCC then kept a tile's accumulators in memory too, storing
+/// every one of them on every column (a 6-token kjv-big block ~15 % slower).
+inline void store16(float* p, const v16& v) noexcept { *reinterpret_cast<v16_unaligned*>(p) = v; }
+/// The first n < 16 floats of v, through a copy whose address may be taken.
+inline void store_first(float* p, v16 v, std::size_t n) noexcept { __builtin_memcpy(p, &v, n * sizeof(float)); }
 
 /// c + a * b with a rounding behaviour fixed by the build, not by the optimiser: a fused
 /// multiply-add when the target has one (FP_FAST_FMAF), otherwise a multiply and an add
@@ -424,8 +438,8 @@ inline void panel_tile(const W& w, std::size_t p0, std::size_t n, const float* x
 #pragma GCC unroll 16
     for (int p = 0; p < P; ++p) {
       const std::size_t r = static_cast<std::size_t>(p) * lanes;
-      if (r + lanes <= rows) __builtin_memcpy(yt + r, &acc[p][t], sizeof(v16));
-      else if (r < rows) __builtin_memcpy(yt + r, &acc[p][t], (rows - r) * sizeof(float));
+      if (r + lanes <= rows) store16(yt + r, acc[p][t]);
+      else if (r < rows) store_first(yt + r, acc[p][t], rows - r);
     }
   }
 }
@@ -537,7 +551,7 @@ inline void weighted_rows_sum_group(const float* a, std::size_t lda, std::size_t
     }
     for (int m = 0; m < M; ++m)
       for (int c = 0; c < 4; ++c)
-        __builtin_memcpy(out + static_cast<std::size_t>(m) * ldo + i + c * lanes, &acc[m][c], sizeof(v16));
+        store16(out + static_cast<std::size_t>(m) * ldo + i + c * lanes, acc[m][c]);
   }
   for (; i + lanes <= n; i += lanes) {
     for (int m = 0; m < M; ++m) {
@@ -548,7 +562,7 @@ inline void weighted_rows_sum_group(const float* a, std::size_t lda, std::size_t
         v.load(vv, p, i);
         acc += am[p] * vv;
       }
-      __builtin_memcpy(out + static_cast<std::size_t>(m) * ldo + i, &acc, sizeof(v16));
+      store16(out + static_cast<std::size_t>(m) * ldo + i, acc);
     }
   }
   for (; i < n; ++i) {
@@ -648,7 +662,7 @@ inline void exp_inplace(float* x, std::size_t n) noexcept {
     v16 v;
     load16(v, x + i);
     exp16(v);
-    __builtin_memcpy(x + i, &v, sizeof(v));
+    store16(x + i, v);
   }
   if (i < n) {
     v16 v{};
@@ -748,7 +762,7 @@ inline void swiglu(float* hb, const float* hb2, std::size_t n) noexcept {
     load16(val, hb + i);
     load16(gate, hb2 + i);
     silu_times(val, gate);
-    __builtin_memcpy(hb + i, &val, sizeof(val));
+    store16(hb + i, val);
   }
   if (i < n) {
     v16 val{}, gate{};
