@@ -1,6 +1,8 @@
 // Tests for include/specdec/sampling.hpp.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -18,6 +20,29 @@ TEST(sampling, greedy_distribution_is_one_hot_at_first_max) {
   EXPECT_EQ(probs, (std::vector<float>{0.0f, 1.0f, 0.0f, 0.0f}));
   specdec::sampler s({}, 123);
   EXPECT_EQ(s.next(logits, probs), 1);
+}
+
+// argmax runs 16 lanes at a time; it must return what std::max_element does: the first
+// maximal index, a NaN never winning unless it is first, -0 and +0 equal.
+TEST(sampling, argmax_is_max_elements_first_maximum) {
+  std::mt19937 rng(4);
+  std::uniform_int_distribution<int> small(-3, 3);
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  for (std::size_t n : {1u, 2u, 15u, 16u, 17u, 31u, 32u, 33u, 70u, 2048u}) {
+    for (int trial = 0; trial < 200; ++trial) {
+      std::vector<float> v(n);
+      for (float& x : v) x = static_cast<float>(small(rng));  // many ties
+      const int kind = trial % 6;
+      if (kind == 1) v[rng() % n] = nan;
+      if (kind == 2) v[0] = nan;
+      if (kind == 3) for (float& x : v) x = -inf;
+      if (kind == 4) v[rng() % n] = inf, v[rng() % n] = nan;
+      if (kind == 5) for (float& x : v) x = (rng() % 2) ? 0.0f : -0.0f;
+      const auto want = static_cast<specdec::token_id>(std::max_element(v.begin(), v.end()) - v.begin());
+      ASSERT_EQ(specdec::argmax(v), want) << "n " << n << " trial " << trial;
+    }
+  }
+  EXPECT_THROW((void)specdec::argmax(std::span<const float>{}), specdec::invalid_argument);
 }
 
 TEST(sampling, softmax_matches_hand_values) {
