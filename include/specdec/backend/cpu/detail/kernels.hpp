@@ -13,7 +13,8 @@
 /// operation and vectorisation cannot change the result.
 ///
 /// Two product kernels, both written with GCC/Clang vector extensions (AVX-512 with
-/// -march=native, narrower SIMD otherwise; unaligned loads through __builtin_memcpy):
+/// -march=native, narrower SIMD otherwise; unaligned loads and stores through a 4-byte-
+/// aligned, may_alias vector type, see load16):
 /// - weight products (`matmul_panels`, every weight format): weights stored in panels of
 ///   16 rows, one in-order multiply-add chain per output over the columns, each input
 ///   element broadcast into the 16-row accumulators of a panel;
