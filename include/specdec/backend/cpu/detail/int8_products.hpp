@@ -189,11 +189,11 @@ inline void i8_tile(const i8_panels& w, std::size_t p0, const i8_inputs& x, std:
   static_assert(2 * P * T + P + 2 <= 32, "i8_tile: P x T int and float accumulators and P weights must fit 32 registers");
   const std::size_t G = w.groups;
   const std::size_t quads = G * (i8_group / i8_quad);
-  __m512 acc[P][T];
+  v16 acc[P][T];
 #pragma GCC unroll 16
   for (int p = 0; p < P; ++p)
 #pragma GCC unroll 16
-    for (int t = 0; t < T; ++t) acc[p][t] = _mm512_setzero_ps();
+    for (int t = 0; t < T; ++t) acc[p][t] = v16{};
   const std::uint8_t* up[P];
 #pragma GCC unroll 16
   for (int p = 0; p < P; ++p) up[p] = w.u + (p0 + static_cast<std::size_t>(p)) * quads * 64;
@@ -230,20 +230,11 @@ inline void i8_tile(const i8_panels& w, std::size_t p0, const i8_inputs& x, std:
       for (int p = 0; p < P; ++p) {
         // maskz form: see bf16_code::load on GCC 12's unmasked intrinsics.
         const __m512 f = _mm512_maskz_cvtepi32_ps(0xffff, _mm512_sub_epi32(is[p][t], bias));
-        acc[p][t] = _mm512_fmadd_ps(f, _mm512_mul_ps(ws[p], xs), acc[p][t]);
+        acc[p][t] = (v16)_mm512_fmadd_ps(f, _mm512_mul_ps(ws[p], xs), (__m512)acc[p][t]);
       }
     }
   }
-#pragma GCC unroll 16
-  for (int t = 0; t < T; ++t) {
-    float* yt = y + static_cast<std::size_t>(t) * ldy;
-#pragma GCC unroll 16
-    for (int p = 0; p < P; ++p) {
-      const std::size_t r = static_cast<std::size_t>(p) * lanes;
-      if (r + lanes <= rows) _mm512_storeu_ps(yt + r, acc[p][t]);
-      else if (r < rows) _mm512_mask_storeu_ps(yt + r, static_cast<__mmask16>((1u << (rows - r)) - 1u), acc[p][t]);
-    }
-  }
+  store_tile<P, T>(acc, y, ldy, rows);
 }
 
 /// i8_tile<P, tokens> for a runtime tokens <= T.

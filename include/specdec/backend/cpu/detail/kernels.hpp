@@ -403,6 +403,22 @@ struct f32_panels {
   }
 };
 
+/// Y[t][16 p + l] = acc[p][t][l] for the first `rows` (at most 16 P) rows: a panel tile's
+/// outputs, the last panel possibly partial.
+template <int P, int T>
+inline void store_tile(const v16 (&acc)[P][T], float* y, std::size_t ldy, std::size_t rows) noexcept {
+#pragma GCC unroll 16
+  for (int t = 0; t < T; ++t) {
+    float* yt = y + static_cast<std::size_t>(t) * ldy;
+#pragma GCC unroll 16
+    for (int p = 0; p < P; ++p) {
+      const std::size_t r = static_cast<std::size_t>(p) * lanes;
+      if (r + lanes <= rows) store16(yt + r, acc[p][t]);
+      else if (r < rows) store_first(yt + r, acc[p][t], rows - r);
+    }
+  }
+}
+
 /// Y[t][16 (p0 + p) + l] for the P panels p0 .. p0 + P - 1 and T tokens: `rows` (at most
 /// 16 P) output rows from the tile's first are written (the last panel of a matrix may be
 /// partial; its padding rows are zero and not written). With `Prefetch`, the loop also
@@ -433,16 +449,7 @@ inline void panel_tile(const W& w, std::size_t p0, std::size_t n, const float* x
       for (int p = 0; p < P; ++p) fmadd_lanes(acc[p][t], wv[p], xs);
     }
   }
-#pragma GCC unroll 16
-  for (int t = 0; t < T; ++t) {
-    float* yt = y + static_cast<std::size_t>(t) * ldy;
-#pragma GCC unroll 16
-    for (int p = 0; p < P; ++p) {
-      const std::size_t r = static_cast<std::size_t>(p) * lanes;
-      if (r + lanes <= rows) store16(yt + r, acc[p][t]);
-      else if (r < rows) store_first(yt + r, acc[p][t], rows - r);
-    }
-  }
+  store_tile<P, T>(acc, y, ldy, rows);
 }
 
 /// panel_tile<P, tokens> for a runtime tokens <= T.
