@@ -41,20 +41,27 @@
 
 namespace specdec::cpu::detail {
 
-/// Weights and inputs share q8_0's group of 32 columns; a row's columns are padded to
-/// whole groups (zero weights, zero inputs).
-inline constexpr std::size_t i8_group = 32;
+/// The 8-bit formats' group: q8_0 and w8a8 weights, and w8a8's inputs, carry one fp32
+/// scale per 32 consecutive values of a row. In w8a8 a row's columns are padded to whole
+/// groups (zero weights, zero inputs).
+inline constexpr std::size_t q8_group = 32;
 /// Columns per VNNI step: 4 bytes of each of a panel's 16 rows make one 64-byte vector.
 inline constexpr std::size_t i8_quad = 4;
 
-[[nodiscard]] inline constexpr std::size_t i8_groups(std::size_t cols) noexcept { return (cols + i8_group - 1) / i8_group; }
+[[nodiscard]] inline constexpr std::size_t i8_groups(std::size_t cols) noexcept { return (cols + q8_group - 1) / q8_group; }
+
+/// round-to-nearest-even(r) clamped to [-127, 127], NaN to 0: an 8-bit value, r being a
+/// weight or an input times the inverse of its group's scale.
+[[nodiscard]] inline std::int8_t q8_round(float r) noexcept {
+  r = r == r ? std::clamp(r, -127.0f, 127.0f) : 0.0f;
+  return static_cast<std::int8_t>(std::nearbyint(r));
+}
 
 /// Rows of inputs quantized for w8a8 products: row t, group g has scale d = max|x| / 127
 /// and values q = round-to-nearest-even(x / d) in [-127, 127] (0 for a zero group), as
 /// the weights are quantized (weights.hpp), plus the VNNI correction 128 * sum(q).
 /// Storage is sized by `reserve` and reused: `quantize` never allocates within it.
 struct i8_inputs {
-  std::size_t groups = 0;             ///< groups per row of the last `quantize`
   aligned_vector<std::int8_t> q;      ///< [rows][groups * 32]
   aligned_vector<float> scale;        ///< [rows][groups]
   aligned_vector<std::int32_t> bias;  ///< [rows][groups]: 128 * sum of the group's q
@@ -62,34 +69,31 @@ struct i8_inputs {
   /// Room for `rows` rows of up to `cols` columns.
   void reserve(std::size_t rows, std::size_t cols) {
     const std::size_t g = i8_groups(cols);
-    if (q.size() < rows * g * i8_group) q.resize(rows * g * i8_group);
+    if (q.size() < rows * g * q8_group) q.resize(rows * g * q8_group);
     if (scale.size() < rows * g) scale.resize(rows * g), bias.resize(rows * g);
   }
-  [[nodiscard]] bool fits(std::size_t rows, std::size_t cols) const noexcept {
-    return q.size() >= rows * i8_groups(cols) * i8_group && scale.size() >= rows * i8_groups(cols);
-  }
 
-  /// Quantizes k rows of n floats (row stride ldx). Requires `fits(k, n)`. Whole groups
+  /// Quantizes k rows of n floats (row stride ldx), after `reserve(k, n)`. Whole groups
   /// go through 16-lane vectors, a partial last group through scalar code; both give
   /// the same values (max is exact in any order, the rest is elementwise).
   void quantize(const float* x, std::size_t k, std::size_t ldx, std::size_t n) noexcept {
-    groups = i8_groups(n);
+    const std::size_t groups = i8_groups(n);
     for (std::size_t t = 0; t < k; ++t) {
       const float* xt = x + t * ldx;
       for (std::size_t g = 0; g < groups; ++g) {
-        const std::size_t j0 = g * i8_group;
-        std::int8_t* qg = q.data() + (t * groups + g) * i8_group;
+        const std::size_t j0 = g * q8_group;
+        std::int8_t* qg = q.data() + (t * groups + g) * q8_group;
         std::int32_t sum = 0;
         float d = 0.0f;
-        if (j0 + i8_group <= n) {
+        if (j0 + q8_group <= n) {
           d = quantize_group(xt + j0, qg, sum);
         } else {
           float amax = 0.0f;  // NaN is skipped here (and quantized to 0 below)
           for (std::size_t j = j0; j < n; ++j) amax = std::max(amax, std::abs(xt[j]));
           d = amax / 127.0f;
           const float id = d > 0.0f ? 1.0f / d : 0.0f;
-          for (std::size_t j = j0; j < j0 + i8_group; ++j) {
-            const std::int8_t v = j < n ? quantize_one(xt[j] * id) : std::int8_t{0};
+          for (std::size_t j = j0; j < j0 + q8_group; ++j) {
+            const std::int8_t v = j < n ? q8_round(xt[j] * id) : std::int8_t{0};
             qg[j - j0] = v;
             sum += v;
           }
@@ -98,12 +102,6 @@ struct i8_inputs {
         bias[t * groups + g] = 128 * sum;
       }
     }
-  }
-
-  /// round-to-nearest-even(r) clamped to [-127, 127]; NaN gives 0.
-  static std::int8_t quantize_one(float r) noexcept {
-    r = r == r ? std::clamp(r, -127.0f, 127.0f) : 0.0f;
-    return static_cast<std::int8_t>(std::nearbyint(r));
   }
 
  private:
@@ -123,8 +121,8 @@ struct i8_inputs {
     for (std::size_t i = 0; i < lanes; ++i) amax = std::max(amax, m[i]);
     const float d = amax / 127.0f;
     const float id = d > 0.0f ? 1.0f / d : 0.0f;
-    // Round to nearest even by adding and removing 1.5 * 2^23 (exact for |r| <= 127,
-    // the same result as nearbyint in the default rounding mode); NaN -> 0.
+    // q8_round in 16 lanes: round to nearest even by adding and removing 1.5 * 2^23
+    // (exact for |r| <= 127, the same result as nearbyint in the default rounding mode).
     constexpr float magic = 12582912.0f;
     vi32x16 s{};
     for (int h = 0; h < 2; ++h) {
@@ -146,7 +144,7 @@ struct i8_inputs {
 /// Where weight (r, j) of a w8a8 matrix with `groups` groups per row lives: panels of 16
 /// rows, and within a panel, per 4 columns, 16 rows x 4 bytes (one VNNI operand).
 [[nodiscard]] inline std::size_t i8_offset(std::size_t r, std::size_t j, std::size_t groups) noexcept {
-  const std::size_t quads = groups * (i8_group / i8_quad);
+  const std::size_t quads = groups * (q8_group / i8_quad);
   return (((r / lanes) * quads + j / i8_quad) * lanes + r % lanes) * i8_quad + j % i8_quad;
 }
 
@@ -164,14 +162,14 @@ inline void i8_product_scalar(const i8_panels& w, std::size_t p0, std::size_t ro
                               std::size_t t0, std::size_t tokens, float* y, std::size_t ldy) noexcept {
   const std::size_t G = w.groups;
   for (std::size_t t = 0; t < tokens; ++t) {
-    const std::int8_t* xq = x.q.data() + (t0 + t) * G * i8_group;
+    const std::int8_t* xq = x.q.data() + (t0 + t) * G * q8_group;
     const float* xs = x.scale.data() + (t0 + t) * G;
     for (std::size_t i = 0; i < rows; ++i) {
       const std::size_t r = p0 * lanes + i;
       float acc = 0.0f;
       for (std::size_t g = 0; g < G; ++g) {
         std::int32_t s = 0;
-        for (std::size_t j = g * i8_group; j < (g + 1) * i8_group; ++j)
+        for (std::size_t j = g * q8_group; j < (g + 1) * q8_group; ++j)
           s += (static_cast<std::int32_t>(w.u[i8_offset(r, j, G)]) - 128) * xq[j];
         const float d = w.s[((r / lanes) * G + g) * lanes + r % lanes] * xs[g];
         acc = fmadd(static_cast<float>(s), d, acc);
@@ -188,7 +186,7 @@ inline void i8_tile(const i8_panels& w, std::size_t p0, const i8_inputs& x, std:
                     std::size_t ldy, std::size_t rows) noexcept {
   static_assert(2 * P * T + P + 2 <= 32, "i8_tile: P x T int and float accumulators and P weights must fit 32 registers");
   const std::size_t G = w.groups;
-  const std::size_t quads = G * (i8_group / i8_quad);
+  const std::size_t quads = G * (q8_group / i8_quad);
   v16 acc[P][T];
 #pragma GCC unroll 16
   for (int p = 0; p < P; ++p)
@@ -204,15 +202,15 @@ inline void i8_tile(const i8_panels& w, std::size_t p0, const i8_inputs& x, std:
 #pragma GCC unroll 16
       for (int t = 0; t < T; ++t) is[p][t] = _mm512_setzero_si512();
 #pragma GCC unroll 8
-    for (std::size_t c = 0; c < i8_group / i8_quad; ++c) {
-      const std::size_t quad = g * (i8_group / i8_quad) + c;
+    for (std::size_t c = 0; c < q8_group / i8_quad; ++c) {
+      const std::size_t quad = g * (q8_group / i8_quad) + c;
       __m512i wv[P];
 #pragma GCC unroll 16
       for (int p = 0; p < P; ++p) wv[p] = _mm512_load_si512(up[p] + quad * 64);
 #pragma GCC unroll 16
       for (int t = 0; t < T; ++t) {
         std::int32_t four;
-        __builtin_memcpy(&four, x.q.data() + (t0 + static_cast<std::size_t>(t)) * G * i8_group + quad * i8_quad, 4);
+        __builtin_memcpy(&four, x.q.data() + (t0 + static_cast<std::size_t>(t)) * G * q8_group + quad * i8_quad, 4);
         const __m512i xb = _mm512_set1_epi32(four);
 #pragma GCC unroll 16
         for (int p = 0; p < P; ++p) is[p][t] = _mm512_dpbusd_epi32(is[p][t], wv[p], xb);

@@ -74,8 +74,6 @@ enum class weight_format {
 
 namespace detail {
 
-inline constexpr std::size_t q8_group = 32;
-
 inline std::uint32_t float_bits(float f) noexcept {
   std::uint32_t u;
   std::memcpy(&u, &f, 4);
@@ -262,8 +260,7 @@ class weight_matrix {
           }
         const auto quantized = [&](std::size_t r, std::size_t j) {
           const float sc = scale[r * groups + j / q8_group];
-          const float v = std::nearbyint(at(r, j) * (sc > 0.0f ? 1.0f / sc : 0.0f));
-          return static_cast<std::int8_t>(std::clamp(v, -127.0f, 127.0f));
+          return q8_round(at(r, j) * (sc > 0.0f ? 1.0f / sc : 0.0f));
         };
         if (f == weight_format::q8_0) {
           q8_ = to_panels<std::int8_t>(rows, cols, quantized);
@@ -340,7 +337,7 @@ class weight_matrix {
   }
 
  private:
-  [[nodiscard]] std::size_t q8_groups() const noexcept { return (cols_ + q8_group - 1) / q8_group; }
+  [[nodiscard]] std::size_t q8_groups() const noexcept { return i8_groups(cols_); }
   weight_format format_ = weight_format::fp32;
   std::size_t rows_ = 0, cols_ = 0;
   aligned_vector<float> f32_;
