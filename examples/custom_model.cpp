@@ -1,6 +1,6 @@
-// custom_model: a model specdec has never seen, a prompt-lookup (n-gram) drafter over the
-// prompt's and the generated text's own tokens (examples/prompt_lookup_model.hpp), used as
-// the draft for the bundled kjv-big target, greedy.
+// custom_model: a drafter specdec has never seen, a prompt-lookup (n-gram) drafter over the
+// prompt's and the generated text's own tokens (examples/prompt_lookup_drafter.hpp): ids
+// only, no model and no logits, used as the draft for the bundled kjv-big target, greedy.
 //
 //   build/bin/specdec-custom-model [MODELS_DIR] [PROMPT]
 //
@@ -17,7 +17,7 @@
 #include <specdec/backend/cpu/transformer.hpp>
 #include <specdec/decoder.hpp>
 
-#include "prompt_lookup_model.hpp"
+#include "prompt_lookup_drafter.hpp"
 
 int main(int argc, char** argv) try {
   const std::filesystem::path dir = argc > 1 ? argv[1] : SPECDEC_MODELS_DIR;
@@ -27,7 +27,7 @@ int main(int argc, char** argv) try {
                                         "Israel, and say unto them,";
   specdec::cpu::transformer target(dir / "kjv-big.bin");
   specdec::cpu::tokenizer tok(dir / "kjv2k-tokenizer.bin", target.vocab_size());
-  example::prompt_lookup_model draft({.vocab = target.vocab_size(), .context = target.context_length()});
+  example::prompt_lookup_drafter draft;
   const std::vector<specdec::token_id> ids = tok.encode(prompt);
   const specdec::generation_options opts{.max_new_tokens = 200};
 
@@ -35,10 +35,8 @@ int main(int argc, char** argv) try {
   // Best of 3 wall times for both, so that a busy machine disturbs the ratio less.
   double ar_seconds = 1e300, sd_seconds = 1e300;
   specdec::generation_result want, got;
-  // The drafter's rows are near-one-hot (0.9) after a match and uniform otherwise, so
-  // BiLD's max-probability fallback hands over exactly when there is nothing to look up.
-  specdec::speculative_decoder sd(draft, target, specdec::max_prob_fallback{.alpha_fb = 0.5f, .max_draft = 8},
-                                  specdec::greedy_match{});
+  // The drafter proposes only when it finds a match, up to 8 tokens at a time.
+  specdec::speculative_decoder sd(draft, target, specdec::fixed_gamma{.gamma = 8}, specdec::greedy_match{});
   for (int run = 0; run < 3; ++run) {
     want = ar.generate(ids, opts);
     ar_seconds = std::min(ar_seconds, want.stats.total_seconds);

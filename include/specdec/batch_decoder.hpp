@@ -56,7 +56,9 @@
 
 #include "specdec/batch.hpp"
 #include "specdec/decoder.hpp"
-#include "specdec/detail/speculation.hpp"
+#include "specdec/draft.hpp"
+#include "specdec/generation.hpp"
+#include "specdec/verifier.hpp"
 #include "specdec/error.hpp"
 #include "specdec/fallback.hpp"
 #include "specdec/rollback.hpp"
@@ -146,14 +148,14 @@ struct batch_sequence {
   decoder_clock::time_point admitted_at{};
   bool finished = false;
 
-  [[nodiscard]] bool stopped() const noexcept { return !result.stop_reason.empty(); }
+  [[nodiscard]] bool stopped() const noexcept { return result.stop_reason != stop_reason::none; }
   /// Emits `t` through the single-sequence committer; false once the request must stop.
   bool emit(token_id t) {
     request_callback cb{&req.on_token};
     committer<request_callback> out(seq, result, req.options, cb);
     return out.emit(t);
   }
-  void stop(const char* reason) { result.stop_reason = reason; }
+  void stop(stop_reason why) { result.stop_reason = why; }
   [[nodiscard]] std::size_t remaining() const noexcept {
     return req.options.max_new_tokens - result.tokens.size();
   }
@@ -219,7 +221,7 @@ class batch_frontend {
       s->seq.assign(s->req.prompt.begin(), s->req.prompt.end());
       s->result.stats.prompt_tokens = s->req.prompt.size();
       join(*s);
-      if (s->req.options.max_new_tokens == 0) s->stop("max_tokens");
+      if (s->req.options.max_new_tokens == 0) s->stop(stop_reason::max_tokens);
       active_.push_back(std::move(s));
     }
   }
@@ -266,7 +268,7 @@ class batch_frontend {
       if (pending_[i]->req.id == id) {
         auto s = std::move(pending_[i]);
         pending_.erase(pending_.begin() + static_cast<std::ptrdiff_t>(i));
-        s->stop("preempted");
+        s->stop(stop_reason::preempted);
         return finish(*s);
       }
     }
@@ -275,7 +277,7 @@ class batch_frontend {
         auto s = std::move(active_[i]);
         active_.erase(active_.begin() + static_cast<std::ptrdiff_t>(i));
         leave(*s);
-        if (!s->stopped()) s->stop("preempted");
+        if (!s->stopped()) s->stop(stop_reason::preempted);
         return finish(*s);
       }
     }
@@ -346,7 +348,7 @@ class batched_autoregressive_decoder : public detail::batch_frontend<detail::ar_
     for (auto& s : active_) {
       if (s->stopped()) continue;
       if (s->seq.size() >= ctx) {
-        s->stop("context");
+        s->stop(stop_reason::context);
         continue;
       }
       blocks_.push_back({s->sid, std::span<const token_id>(s->seq.data() + s->fed, s->seq.size() - s->fed)});
@@ -367,7 +369,7 @@ class batched_autoregressive_decoder : public detail::batch_frontend<detail::ar_
         s.fed = s.seq.size();
         ++s.result.stats.target_calls;
         s.result.stats.target_seconds += seconds;
-        s.emit(detail::sample_token(l.row(l.rows - 1), params_, probs_, s.rng));
+        s.emit(sample_token(l.row(l.rows - 1), params_, probs_, s.rng));
       }
     }
     return retire([&](seq_state& s) { model_.remove_sequence(s.sid); });
@@ -407,9 +409,13 @@ template <class Fallback, class Rollback>
 struct spec_sequence : batch_sequence {
   sequence_id draft_sid = 0;
   sequence_id target_sid = 0;
-  speculation_state<Fallback, Rollback> spec;
+  model_drafter<Fallback> drafter;
+  Rollback rollback;
+  std::size_t target_fed = 0;       ///< tokens of S in the target's cache
+  std::vector<token_id> block;      ///< this step's target block: unseen S, then the drafts
+  judge_buffers buf;
 
-  spec_sequence(const Fallback& f, const Rollback& r) : spec(f, r) {}
+  spec_sequence(const Fallback& f, const Rollback& r) : drafter(f), rollback(r) {}
 };
 
 }  // namespace detail
@@ -443,6 +449,8 @@ class batched_speculative_decoder
   using base = detail::batch_frontend<seq_state>;
 
  public:
+  static constexpr bool exact = static_cast<bool>(Rollback::exact);
+
   /// Holds references to both batched models (distinct objects that outlive the
   /// decoder). `fallback` and `rollback` are prototypes copied into every request.
   /// Throws `vocabulary_mismatch`, or `invalid_argument` for bad params, policy knobs or
@@ -496,7 +504,9 @@ class batched_speculative_decoder
       s.draft_sid = draft_.add_sequence();
       s.target_sid = target_.add_sequence();
       s.result.stats.method = "batched_speculative";
-      s.spec.restart();
+      s.drafter.reset();
+      s.target_fed = 0;
+      reset_policy(s.rollback);
     });
     const std::size_t vocab = static_cast<std::size_t>(target_.vocab_size());
     const std::size_t ctx = context_length();
@@ -508,10 +518,10 @@ class batched_speculative_decoder
       seq_state& s = *sp;
       if (s.stopped()) continue;
       if (s.seq.size() >= ctx) {
-        s.stop("context");
+        s.stop(stop_reason::context);
         continue;
       }
-      s.spec.plan(s.seq.size(), s.remaining(), ctx, options_.max_draft_per_step);
+      s.drafter.begin_step(s.seq.size(), s.remaining(), ctx, exact, options_.max_draft_per_step);
       stepping_.push_back(&s);
     }
 
@@ -522,12 +532,8 @@ class batched_speculative_decoder
       drafting_.clear();
       for (seq_state* sp : stepping_) {
         seq_state& s = *sp;
-        const auto& spec = s.spec;
-        if (!spec.drafting) continue;
-        if (first)
-          blocks_.push_back({s.draft_sid, std::span<const token_id>(s.seq.data() + spec.draft_fed, spec.s_old - spec.draft_fed)});
-        else
-          blocks_.push_back({s.draft_sid, std::span<const token_id>(spec.drafted.data() + spec.k - 1, 1)});
+        if (!s.drafter.drafting()) continue;
+        blocks_.push_back({s.draft_sid, first ? s.drafter.pending(s.seq) : s.drafter.last_drafted()});
         drafting_.push_back(&s);
       }
       if (blocks_.empty()) break;
@@ -541,17 +547,23 @@ class batched_speculative_decoder
         seq_state& s = *drafting_[i];
         const logits_block dl = out.block(i);
         detail::check_logits_shape(dl, 0, vocab, "batched_speculative_decoder: the draft's forward_batch, for a block,");
-        s.spec.draft_fed = first ? s.spec.s_old : s.spec.draft_fed + 1;
-        s.spec.record_draft_forward(seconds);
-        s.spec.on_draft_row(dl.row(dl.rows - 1), vocab, params_, s.rng, s.req.options.stop_at_eos, s.result.stats);
+        if (first) s.drafter.fed_pending();
+        s.drafter.record_forward(seconds);
+        s.drafter.on_row(dl.row(dl.rows - 1), vocab, params_, s.rng, s.req.options.stop_at_eos, s.result.stats);
       }
       first = false;
     }
     for (seq_state* sp : stepping_) {
       seq_state& s = *sp;
-      s.spec.record_drafting(s.result.stats);
+      s.drafter.record_drafting(s.result.stats);
       // ---- lossy shortcut: emit unverified drafts ----
-      s.spec.emit_unverified(s.seq, s, [&](std::size_t keep) { draft_.truncate(s.draft_sid, keep); });
+      if (s.drafter.ends_unverified(exact)) {
+        bool go = true;
+        for (const token_id t : s.drafter.block().tokens)
+          if (go) go = s.emit(t);
+        if (go) s.stop(stop_reason::max_tokens);  // the budget is exhausted
+        rewind_draft(s);
+      }
     }
 
     // ---- 2. verify: ONE target forward for all sequences ----
@@ -560,7 +572,10 @@ class batched_speculative_decoder
     for (seq_state* sp : stepping_) {
       seq_state& s = *sp;
       if (s.stopped()) continue;
-      blocks_.push_back({s.target_sid, s.spec.verify_block(s.seq)});
+      const draft_block d = s.drafter.block();
+      s.block.assign(s.seq.begin() + static_cast<std::ptrdiff_t>(s.target_fed), s.seq.end());
+      s.block.insert(s.block.end(), d.tokens.begin(), d.tokens.end());
+      blocks_.push_back({s.target_sid, s.block});
       verifying_.push_back(&s);
     }
     if (!blocks_.empty()) {
@@ -573,13 +588,30 @@ class batched_speculative_decoder
       for (std::size_t i = 0; i < verifying_.size(); ++i) {
         seq_state& s = *verifying_[i];
         const logits_block tl = out.block(i);
-        s.spec.record_verify_forward(s.result.stats, seconds);
-        detail::check_logits_shape(tl, s.spec.block.size(), vocab,
+        generation_stats& st = s.result.stats;
+        s.target_fed += s.block.size();
+        ++st.target_calls;
+        st.target_seconds += seconds;
+        detail::check_logits_shape(tl, s.block.size(), vocab,
                                    "batched_speculative_decoder: the target's forward_batch, for a block,");
-        s.spec.verify_and_commit(
-            tl, vocab, params_, s.rng, s.result.stats, seconds, "batched_speculative_decoder", s.seq, s,
-            [&](std::size_t keep) { target_.truncate(s.target_sid, keep); },
-            [&](std::size_t keep) { draft_.truncate(s.draft_sid, keep); });
+        // ---- 3. commit ----
+        const draft_block d = s.drafter.block();
+        const logits_block last{tl.data + (tl.rows - d.size() - 1) * tl.vocab, d.size() + 1, tl.vocab};
+        const verdict v = judge(s.rollback, last, d, params_, s.rng, s.buf, "batched_speculative_decoder");
+        if (!d.empty()) {
+          st.record_verification(d.size(), v.accepted);
+          s.drafter.finish_step(v.accepted, seconds, tl.rows);
+        }
+        bool go = true;
+        for (const token_id t : d.tokens.first(v.accepted))
+          if (go) go = s.emit(t);
+        if (go) s.emit(v.next);
+        const std::size_t keep = s.seq.size() - 1;
+        if (s.target_fed > keep) {
+          target_.truncate(s.target_sid, keep);
+          s.target_fed = keep;
+        }
+        rewind_draft(s);
       }
     }
     return this->retire([&](seq_state& s) { leave(s); });
@@ -597,6 +629,10 @@ class batched_speculative_decoder
   }
 
  private:
+  void rewind_draft(seq_state& s) {
+    const std::size_t keep = s.seq.size() - 1;
+    if (s.drafter.rewind(keep)) draft_.truncate(s.draft_sid, keep);
+  }
   void leave(seq_state& s) {
     draft_.remove_sequence(s.draft_sid);
     target_.remove_sequence(s.target_sid);

@@ -35,136 +35,26 @@
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
-#include <functional>
 #include <span>
 #include <string>
 #include <type_traits>
 #include <utility>
 #include <vector>
 
-#include "specdec/detail/speculation.hpp"
+#include "specdec/draft.hpp"
 #include "specdec/error.hpp"
 #include "specdec/fallback.hpp"
+#include "specdec/generation.hpp"
 #include "specdec/model.hpp"
 #include "specdec/rollback.hpp"
 #include "specdec/sampling.hpp"
 #include "specdec/telemetry.hpp"
 #include "specdec/token.hpp"
+#include "specdec/verifier.hpp"
 
 namespace specdec {
 
-/// When and how a generation stops.
-struct generation_options {
-  std::size_t max_new_tokens = 128;  ///< never emit more than this many tokens
-  bool stop_at_eos = true;           ///< stop after emitting `eos_token` (it is kept in the output)
-  /// Generation stops right after the generated tokens end with one of these sequences
-  /// (matched against generated tokens only, never the prompt); the sequence is kept in
-  /// the output. Each sequence must be non-empty.
-  std::vector<std::vector<token_id>> stop_sequences{};
-  /// Bring both caches to "S minus its last token" before returning (see the file comment).
-  bool sync_caches = true;
-};
-
-/// What `generate` returns.
-struct generation_result {
-  std::vector<token_id> tokens;  ///< generated tokens only, not the prompt
-  generation_stats stats;
-  /// Why generation stopped: "eos", "max_tokens", "stop_sequence", "context" (the
-  /// sequence filled the context), or "callback" (the token callback returned false).
-  std::string stop_reason;
-};
-
-/// The default token callback: does nothing.
-struct no_callback {
-  constexpr void operator()(token_id) const noexcept {}
-};
-
 namespace detail {
-
-/// Calls `f(t)`; returns false only if `f` returns something that converts to false.
-template <class F>
-bool invoke_on_token(F& f, token_id t) {
-  static_assert(std::is_invocable_v<F&, token_id>,
-                "specdec: the on_token callback must be callable as f(specdec::token_id) and "
-                "return void or bool (false = stop now)");
-  using R = std::invoke_result_t<F&, token_id>;
-  if constexpr (std::is_void_v<R>) {
-    std::invoke(f, t);
-    return true;
-  } else {
-    static_assert(std::is_convertible_v<R, bool>,
-                  "specdec: the on_token callback must return void or something convertible to bool");
-    return static_cast<bool>(std::invoke(f, t));
-  }
-}
-
-inline void validate_request(std::span<const token_id> prompt, const generation_options& opts,
-                             std::size_t vocab, std::size_t context, const char* who) {
-  if (prompt.empty())
-    throw invalid_argument(std::string(who) +
-                           ": the prompt is empty; expected at least one token (e.g. BOS = 1)");
-  check_token_ids(prompt, vocab, who);
-  if (prompt.size() >= context)
-    throw context_overflow(std::string(who) + ": the prompt has " + std::to_string(prompt.size()) +
-                           " tokens but the context length is " + std::to_string(context) +
-                           "; expected at most " + std::to_string(context - 1) +
-                           " prompt tokens so that at least one token can be generated");
-  for (std::size_t i = 0; i < opts.stop_sequences.size(); ++i) {
-    if (opts.stop_sequences[i].empty())
-      throw invalid_argument(std::string(who) + ": generation_options.stop_sequences[" +
-                             std::to_string(i) + "] is empty; expected at least one token");
-    check_token_ids(opts.stop_sequences[i], vocab, who);
-  }
-}
-
-/// Commits tokens one at a time: appends to S and the result, calls the callback, and
-/// decides whether generation stops.
-template <class OnToken>
-class committer {
- public:
-  committer(std::vector<token_id>& seq, generation_result& result, const generation_options& opts,
-            OnToken& on_token)
-      : seq_(seq), result_(result), opts_(opts), on_token_(on_token) {}
-
-  /// Emits `t`; returns false when generation must stop (and sets the stop reason).
-  bool emit(token_id t) {
-    seq_.push_back(t);
-    result_.tokens.push_back(t);
-    ++result_.stats.tokens_emitted;
-    const bool keep_going = invoke_on_token(on_token_, t);
-    if (opts_.stop_at_eos && t == eos_token) return stop("eos");
-    if (ends_with_stop_sequence()) return stop("stop_sequence");
-    if (result_.tokens.size() >= opts_.max_new_tokens) return stop("max_tokens");
-    if (!keep_going) return stop("callback");
-    return true;
-  }
-
-  [[nodiscard]] bool stopped() const noexcept { return stopped_; }
-  bool stop(const char* reason) {
-    stopped_ = true;
-    result_.stop_reason = reason;
-    return false;
-  }
-  [[nodiscard]] std::size_t remaining() const noexcept {
-    return opts_.max_new_tokens - result_.tokens.size();
-  }
-
- private:
-  [[nodiscard]] bool ends_with_stop_sequence() const {
-    const auto& out = result_.tokens;
-    for (const auto& s : opts_.stop_sequences) {
-      if (s.size() <= out.size() && std::equal(s.begin(), s.end(), out.end() - static_cast<std::ptrdiff_t>(s.size())))
-        return true;
-    }
-    return false;
-  }
-
-  std::vector<token_id>& seq_;
-  generation_result& result_;
-  const generation_options& opts_;
-  OnToken& on_token_;
-  bool stopped_ = false;
-};
 
 /// Feeds `seq[fed, upto)` to `m` as one block (nothing if empty); returns the logits.
 template <language_model M>
@@ -219,38 +109,53 @@ inline double decoder_seconds_since(decoder_clock::time_point t0) {
 /// `total_seconds`. Tokens emitted unverified (lossy policies) count in `tokens_emitted`
 /// but not in the verification counters. `fallback.observe` is told the outcome of every
 /// verification with k >= 1.
-template <language_model Draft, language_model Target, fallback_policy Fallback,
-          rollback_policy Rollback>
-class speculative_decoder {
+/// Something that drafts: a `language_model` (a draft model, drafting from its rows) or
+/// a `token_drafter` (ids only, e.g. prompt lookup).
+///
+/// ```cpp
+/// static_assert(specdec::drafter<specdec::testing::markov_model>);
+/// ```
+template <class D>
+concept drafter = language_model<D> || token_drafter<D>;
+
+/// The speculative decoding loop over any `verifier`: a drafter proposes a `draft_block`
+/// under a fallback policy, the verifier returns a `verdict`, and the decoder commits it
+/// (emits the tokens, cuts the draft model's cache back itself). `speculative_decoder`
+/// is this loop with a `local_verifier` (a target model and a rollback policy in this
+/// process); a verifier on a server (hybrid/) plugs in the same way.
+///
+/// ```cpp
+/// specdec::local_verifier v(big, specdec::greedy_match{});
+/// specdec::basic_speculative_decoder dec(little, specdec::fixed_gamma{.gamma = 4}, std::move(v));
+/// auto r = dec.generate(prompt, {.max_new_tokens = 64});
+/// ```
+///
+/// With a `token_drafter` the fallback policy sees each proposed id with no distribution
+/// (`draft_step::q` empty), so it must declare `reads_confidence = false`; verification
+/// treats the proposal as one-hot (greedy and rejection sampling stay exact).
+template <drafter Draft, fallback_policy Fallback, verifier Verifier>
+class basic_speculative_decoder {
  public:
-  /// Holds references to `draft` and `target` (they must outlive the decoder and be two
-  /// distinct objects). Throws `vocabulary_mismatch` if they disagree on the vocabulary,
-  /// `invalid_argument` for bad sampling params or policy parameters (policies with a
-  /// `validate()` member are validated).
-  speculative_decoder(Draft& draft, Target& target, Fallback fallback, Rollback rollback,
-                      sampling_params params = {}, std::uint64_t seed = 0)
-      : draft_(draft),
-        target_(target),
-        spec_(std::move(fallback), std::move(rollback)),
-        params_(params),
-        seed_(seed),
+  static constexpr bool exact = static_cast<bool>(Verifier::exact);
+  static constexpr bool drafts_ids_only = !language_model<Draft>;
+
+  /// Holds a reference to `draft` (it must outlive the decoder) and owns the verifier.
+  /// Throws `vocabulary_mismatch` if draft and verifier disagree on the vocabulary,
+  /// `invalid_argument` for bad sampling params or fallback knobs.
+  basic_speculative_decoder(Draft& draft, Fallback fallback, Verifier verifier, sampling_params params = {},
+                            std::uint64_t seed = 0)
+      : draft_(draft), drafter_(std::move(fallback)), verifier_(std::move(verifier)), params_(params), seed_(seed),
         rng_(seed) {
-    if (static_cast<const void*>(&draft) == static_cast<const void*>(&target))
-      throw invalid_argument(
-          "speculative_decoder: draft and target are the same object; expected two distinct "
-          "model instances (each keeps its own cache; two instances may share weights)");
-    check_same_vocabulary(draft_, target_);
+    if constexpr (has_vocabulary<Draft>) check_same_vocabulary(draft_, verifier_);
     params_.validate();
-    validate_policy(spec_.fallback);
-    validate_policy(spec_.rollback);
+    validate_policy(drafter_.fallback());
   }
 
   [[nodiscard]] Draft& draft() noexcept { return draft_; }
-  [[nodiscard]] Target& target() noexcept { return target_; }
-  [[nodiscard]] Fallback& fallback() noexcept { return spec_.fallback; }
-  [[nodiscard]] const Fallback& fallback() const noexcept { return spec_.fallback; }
-  [[nodiscard]] Rollback& rollback() noexcept { return spec_.rollback; }
-  [[nodiscard]] const Rollback& rollback() const noexcept { return spec_.rollback; }
+  [[nodiscard]] Verifier& verifier() noexcept { return verifier_; }
+  [[nodiscard]] const Verifier& verifier() const noexcept { return verifier_; }
+  [[nodiscard]] Fallback& fallback() noexcept { return drafter_.fallback(); }
+  [[nodiscard]] const Fallback& fallback() const noexcept { return drafter_.fallback(); }
   [[nodiscard]] const sampling_params& params() const noexcept { return params_; }
   /// Replaces the sampling params (validated).
   void set_params(const sampling_params& p) {
@@ -260,26 +165,29 @@ class speculative_decoder {
   [[nodiscard]] std::uint64_t seed() const noexcept { return seed_; }
   /// The seed the next `generate` starts from.
   void set_seed(std::uint64_t seed) noexcept { seed_ = seed; }
-  /// The smaller context length of the two models: the most tokens S may hold.
+  /// The most tokens S may hold: the verifier's context, and the draft model's if smaller.
   [[nodiscard]] std::size_t context_length() const {
-    return std::min<std::size_t>(draft_.context_length(), target_.context_length());
+    const std::size_t v = static_cast<std::size_t>(verifier_.context_length());
+    if constexpr (has_context<Draft>) return std::min<std::size_t>(draft_.context_length(), v);
+    else return v;
   }
 
-  /// Generates up to `opts.max_new_tokens` tokens after `prompt`; see the class comment.
+  /// Generates up to `opts.max_new_tokens` tokens after `prompt`; see speculative_decoder.
   /// `on_token(t)` is called for each token as soon as it is committed; if it returns
   /// `false`, generation stops after that token.
   template <class OnToken = no_callback>
   generation_result generate(std::span<const token_id> prompt, const generation_options& opts = {},
                              OnToken&& on_token = {}) {
     const auto t_start = detail::decoder_clock::now();
-    const std::size_t vocab = static_cast<std::size_t>(target_.vocab_size());
+    const std::size_t vocab = static_cast<std::size_t>(verifier_.vocab_size());
     const std::size_t ctx = context_length();
     detail::validate_request(prompt, opts, vocab, ctx, "speculative_decoder::generate");
 
-    draft_.truncate(0);
-    target_.truncate(0);
+    if constexpr (language_model<Draft>) draft_.truncate(0);
+    else if constexpr (resettable<Draft>) draft_.reset();
+    verifier_.reset();
     rng_.reseed(seed_);
-    spec_.restart();
+    drafter_.reset();
 
     generation_result result;
     result.stats.method = "speculative";
@@ -290,54 +198,37 @@ class speculative_decoder {
     detail::committer<std::remove_reference_t<OnToken>> out(seq_, result, opts, on_token);
     generation_stats& st = result.stats;
 
-    if (opts.max_new_tokens == 0) out.stop("max_tokens");
+    if (opts.max_new_tokens == 0) out.stop(stop_reason::max_tokens);
 
     while (!out.stopped()) {
       if (seq_.size() >= ctx) {
-        out.stop("context");
+        out.stop(stop_reason::context);
         break;
       }
-      // ---- plan, then 1. draft ----
-      spec_.plan(seq_.size(), out.remaining(), ctx);
-      if (spec_.drafting) {
-        logits_block dl;
-        double seconds = 0.0;
-        {
-          scoped_timer t(seconds);
-          dl = detail::feed_block(draft_, seq_, spec_.draft_fed, spec_.s_old);
-        }
-        spec_.record_draft_forward(seconds);
-        detail::check_logits_shape(dl, 0, vocab, "speculative_decoder: the draft's forward");
-        while (spec_.on_draft_row(dl.row(dl.rows - 1), vocab, params_, rng_, opts.stop_at_eos, st)) {
-          seconds = 0.0;
-          {
-            scoped_timer t(seconds);
-            dl = forward_one(draft_, spec_.drafted[spec_.k - 1]);
-          }
-          ++spec_.draft_fed;
-          spec_.record_draft_forward(seconds);
-        }
-      }
-      spec_.record_drafting(st);
+      // ---- 1. draft -> draft_block ----
+      if (drafter_.begin_step(seq_.size(), out.remaining(), ctx, exact)) draft_step(vocab, opts.stop_at_eos, st);
+      drafter_.record_drafting(st);
+      const draft_block d = drafter_.block();
 
-      // ---- lossy shortcut: emit unverified drafts ----
-      if (spec_.emit_unverified(seq_, out, [&](std::size_t keep) { draft_.truncate(keep); })) break;
-
-      // ---- 2. verify ----
-      const std::vector<token_id>& block = spec_.verify_block(seq_);
-      double step_target_seconds = 0.0;
-      logits_block tl;
-      {
-        scoped_timer t(step_target_seconds);
-        tl = target_.forward(block);
+      // Lossy verification: a block that ended at the budget or EOS is emitted unverified.
+      if (drafter_.ends_unverified(exact)) {
+        if (out.emit_all(d.tokens)) out.stop(stop_reason::max_tokens);  // budget exhausted
+        rewind_draft(seq_.size() - 1);
+        break;
       }
-      spec_.record_verify_forward(st, step_target_seconds);
-      detail::check_logits_shape(tl, block.size(), vocab, "speculative_decoder: the target's forward");
+
+      // ---- 2. verify -> verdict ----
+      const verdict v = verifier_.verify(seq_, d, params_, rng_);
+      ++st.target_calls;
+      st.target_seconds += v.target_seconds;
+      if (!d.empty()) {
+        st.record_verification(d.size(), v.accepted);
+        drafter_.finish_step(v.accepted, v.target_seconds, v.target_rows);
+      }
 
       // ---- 3. commit ----
-      spec_.verify_and_commit(
-          tl, vocab, params_, rng_, st, step_target_seconds, "speculative_decoder", seq_, out,
-          [&](std::size_t keep) { target_.truncate(keep); }, [&](std::size_t keep) { draft_.truncate(keep); });
+      if (out.emit_all(d.tokens.first(v.accepted))) out.emit(v.next);
+      rewind_draft(seq_.size() - 1);
       if (st.awaiting_first_step()) st.record_step_end(detail::decoder_seconds_since(t_start));
     }
 
@@ -347,30 +238,140 @@ class speculative_decoder {
 
     if (opts.sync_caches) {
       const std::size_t keep = seq_.size() - 1;
-      sync(draft_, spec_.draft_fed, keep);
-      sync(target_, spec_.target_fed, keep);
+      if constexpr (language_model<Draft>) {
+        if (drafter_.rewind(keep)) draft_.truncate(keep);
+        if (drafter_.fed() < keep) {
+          draft_.forward(std::span<const token_id>(seq_).subspan(drafter_.fed(), keep - drafter_.fed()));
+          drafter_.fed_up_to(keep);
+        }
+      }
+      verifier_.sync(seq_);
     }
     return result;
   }
 
  private:
-  template <class M>
-  void sync(M& m, std::size_t& fed, std::size_t keep) {
-    if (fed > keep) {
-      m.truncate(keep);
-      fed = keep;
-    } else if (fed < keep) {
-      detail::feed_block(m, seq_, fed, keep);
+  /// The drafting part of a step: the draft model's forwards row by row, or one proposal.
+  void draft_step(std::size_t vocab, bool stop_at_eos, generation_stats& st) {
+    double seconds = 0.0;
+    if constexpr (language_model<Draft>) {
+      logits_block dl;
+      {
+        scoped_timer t(seconds);
+        dl = draft_.forward(drafter_.pending(seq_));
+      }
+      drafter_.fed_pending();
+      drafter_.record_forward(seconds);
+      detail::check_logits_shape(dl, 0, vocab, "speculative_decoder: the draft's forward");
+      while (drafter_.on_row(dl.row(dl.rows - 1), vocab, params_, rng_, stop_at_eos, st)) {
+        seconds = 0.0;
+        {
+          scoped_timer t(seconds);
+          dl = draft_.forward(drafter_.last_drafted());
+        }
+        drafter_.record_forward(seconds);
+        detail::check_logits_shape(dl, 1, vocab, "speculative_decoder: the draft's forward");
+      }
+    } else {
+      std::span<const token_id> ids;
+      {
+        scoped_timer t(seconds);
+        ids = draft_.propose(seq_, drafter_.capacity());
+      }
+      drafter_.record_forward(seconds);
+      check_token_ids(ids, vocab, "speculative_decoder: the drafter's proposal");
+      drafter_.take_proposal(ids, stop_at_eos, st);
+    }
+  }
+
+  void rewind_draft(std::size_t keep) {
+    if constexpr (language_model<Draft>) {
+      if (drafter_.rewind(keep)) draft_.truncate(keep);
     }
   }
 
   Draft& draft_;
-  Target& target_;
-  detail::speculation_state<Fallback, Rollback> spec_;  ///< policies, cache counters, step buffers
+  model_drafter<Fallback> drafter_;
+  Verifier verifier_;
   sampling_params params_;
   std::uint64_t seed_;
   random_source rng_;
   std::vector<token_id> seq_;
+};
+
+template <class Draft, class Fallback, class Verifier>
+basic_speculative_decoder(Draft&, Fallback, Verifier, sampling_params = {}, std::uint64_t = 0)
+    -> basic_speculative_decoder<Draft, Fallback, Verifier>;
+
+/// Draft-then-verify decoding with a pluggable fallback policy (when the draft hands over
+/// to the target) and rollback policy (which drafted tokens survive verification): the
+/// `basic_speculative_decoder` loop with a `local_verifier` over `Target`.
+///
+/// One step, with S the committed sequence (prompt + emitted tokens):
+/// 1. Draft: the committed tokens the draft has not seen go in as one block; then the
+///    draft proposes tokens one at a time, asking `fallback.decide` after each. Drafting
+///    also ends at EOS (with `stop_at_eos`), at the token budget and at the context edge.
+///    The result is a `draft_block` value.
+/// 2. Verify: ONE target forward of the committed tokens the target has not seen (at
+///    least the last token of S) plus the k drafted tokens; `rollback.verify` gets the
+///    k+1 target rows and decides how many drafts survive and which token follows: a
+///    `verdict` value. With k = 0 the target simply samples the next token.
+///    For a lossy rollback policy (`Rollback::exact == false`, e.g. BiLD's
+///    `distance_rollback`) a block that ended at the token budget or at EOS without the
+///    fallback policy asking for the target is emitted unverified: the big model runs
+///    only on fallback. Exact policies always verify, so their output has exactly the
+///    target's distribution (and, greedy, exactly the target's greedy tokens).
+/// 3. Commit: accepted drafts and the next token are emitted in order (callback, EOS,
+///    stop sequences, budget); each cache is cut back to the part that agrees with S.
+///
+/// Policies: `validate()` is called (when present) by the constructor and `reset()` (when
+/// present) at the start of every `generate`. `fallback.decide` sees, as `draft_step::q`,
+/// the distribution the token was drawn from when sampling; when greedy, that would be
+/// one-hot and say nothing about the draft's confidence, so the policy sees the draft's
+/// plain softmax (temperature 1) instead (BiLD's `max_prob_fallback` needs it), unless the
+/// policy declares `reads_confidence = false` (then the one-hot q; see
+/// `reads_confidence_v`). Rollback policies always get the one-hot q/p rows of greedy
+/// decoding in `verify_input`.
+///
+/// Statistics: `draft_calls`/`target_calls` count forwards, `record_verification(k, a)`
+/// is called for each target verification with k >= 1, `fallbacks` counts the drafted
+/// tokens the fallback policy discarded (`discard_and_stop`: the draft judged itself unfit
+/// and the target writes that position; a planned `keep_and_stop`, as fixed_gamma's at
+/// gamma, is not a fallback), `draft_seconds` and `target_seconds` time the forwards and
+/// `policy_seconds` is everything else of `total_seconds`. Tokens emitted unverified
+/// (lossy policies) count in `tokens_emitted` but not in the verification counters.
+/// `fallback.observe` is told the outcome of every verification with k >= 1.
+template <drafter Draft, language_model Target, fallback_policy Fallback, rollback_policy Rollback>
+class speculative_decoder
+    : public basic_speculative_decoder<Draft, Fallback, local_verifier<Target, Rollback>> {
+  using base = basic_speculative_decoder<Draft, Fallback, local_verifier<Target, Rollback>>;
+
+ public:
+  /// Holds references to `draft` and `target` (they must outlive the decoder and be two
+  /// distinct objects). Throws `vocabulary_mismatch` if they disagree on the vocabulary,
+  /// `invalid_argument` for bad sampling params or policy parameters (policies with a
+  /// `validate()` member are validated).
+  speculative_decoder(Draft& draft, Target& target, Fallback fallback, Rollback rollback,
+                      sampling_params params = {}, std::uint64_t seed = 0)
+      : base(check_distinct(draft, target), std::move(fallback),
+             local_verifier<Target, Rollback>(target, validated(std::move(rollback))), params, seed) {}
+
+  [[nodiscard]] Target& target() noexcept { return this->verifier().target(); }
+  [[nodiscard]] Rollback& rollback() noexcept { return this->verifier().rollback(); }
+  [[nodiscard]] const Rollback& rollback() const noexcept { return this->verifier().rollback(); }
+
+ private:
+  static Draft& check_distinct(Draft& draft, const Target& target) {
+    if (static_cast<const void*>(&draft) == static_cast<const void*>(&target))
+      throw invalid_argument(
+          "speculative_decoder: draft and target are the same object; expected two distinct "
+          "model instances (each keeps its own cache; two instances may share weights)");
+    return draft;
+  }
+  static Rollback validated(Rollback r) {
+    validate_policy(r);
+    return r;
+  }
 };
 
 template <class Draft, class Target, class Fallback, class Rollback>
@@ -450,12 +451,12 @@ class autoregressive_decoder {
     result.tokens.reserve(std::min(opts.max_new_tokens, ctx));
     detail::committer<std::remove_reference_t<OnToken>> out(seq_, result, opts, on_token);
     generation_stats& st = result.stats;
-    if (opts.max_new_tokens == 0) out.stop("max_tokens");
+    if (opts.max_new_tokens == 0) out.stop(stop_reason::max_tokens);
     probs_.resize(vocab);
 
     while (!out.stopped()) {
       if (seq_.size() >= ctx) {
-        out.stop("context");
+        out.stop(stop_reason::context);
         break;
       }
       logits_block l;
@@ -464,7 +465,7 @@ class autoregressive_decoder {
         l = detail::feed_block(model_, seq_, fed, seq_.size());
       }
       ++st.target_calls;
-      out.emit(detail::sample_token(l.row(l.rows - 1), params_, probs_, rng_));
+      out.emit(sample_token(l.row(l.rows - 1), params_, probs_, rng_));
       if (st.awaiting_first_step()) st.record_step_end(detail::decoder_seconds_since(t_start));
     }
     st.total_seconds = detail::decoder_seconds_since(t_start);

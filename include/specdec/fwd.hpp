@@ -1,7 +1,8 @@
 #pragma once
 /// \file fwd.hpp
 /// Light forward declarations of specdec's vocabulary types. Include this where you
-/// only name types; it pulls in nothing heavier than <cstdint> and <cstddef>.
+/// only name types; it pulls in nothing heavier than <cstdint> and <cstddef>. It names
+/// the core's types only: the backends and test support declare their own.
 #include <cstddef>
 #include <cstdint>
 
@@ -19,15 +20,13 @@ class vocabulary_mismatch;
 class context_overflow;
 class token_out_of_range;
 
-namespace testing {
-class markov_model;
-struct minimal_model;
-}  // namespace testing
-
-namespace cpu {
-class transformer;
-class tokenizer;
-struct checkpoint;
-}  // namespace cpu
+enum class stop_reason;
+struct generation_options;
+struct generation_result;
+struct generation_stats;
+struct sampling_params;
+class random_source;
+struct draft_block;
+struct verdict;
 
 }  // namespace specdec

@@ -17,9 +17,6 @@
 #include <string>
 #include <vector>
 
-#include <xtensor/xadapt.hpp>
-#include <xtensor/xmath.hpp>
-
 #include "specdec/error.hpp"
 #include "specdec/token.hpp"
 
@@ -91,16 +88,14 @@ inline void softmax(std::span<const float> logits, std::span<float> out, float t
   if (logits.size() != out.size() || logits.empty())
     throw invalid_argument("softmax: logits and out must have the same non-zero size, got " +
                            std::to_string(logits.size()) + " and " + std::to_string(out.size()));
-  const std::vector<std::size_t> shape{logits.size()};
-  auto l = xt::adapt(logits.data(), logits.size(), xt::no_ownership(), shape);
-  auto o = xt::adapt(out.data(), out.size(), xt::no_ownership(), shape);
   const float mx = *std::max_element(logits.begin(), logits.end());
   const float inv_t = 1.0f / temperature;
-  o = xt::exp((l - mx) * inv_t);
+  for (std::size_t i = 0; i < logits.size(); ++i) out[i] = std::exp((logits[i] - mx) * inv_t);
   // Fixed-order scalar sum: the same distribution whatever the caller's batching.
   float z = 0.0f;
   for (float x : out) z += x;
-  o *= (1.0f / z);
+  const float inv_z = 1.0f / z;
+  for (float& x : out) x *= inv_z;
 }
 
 /// Shannon entropy (nats) of a probability distribution; zeros contribute nothing.
@@ -180,6 +175,15 @@ class random_source {
   explicit random_source(std::uint64_t seed = 0) : engine_(seed) {}
   /// Uniform in [0, 1) with 53 random bits.
   double uniform() { return static_cast<double>(engine_() >> 11) * 0x1.0p-53; }
+  /// Standard normal by Box-Muller (two uniforms per draw, no cached second value, so
+  /// the stream position depends only on how many draws were made).
+  double normal() {
+    const double u1 = 1.0 - uniform();  // (0, 1]: log is finite
+    const double u2 = uniform();
+    return std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586476925 * u2);
+  }
+  /// True with probability p (consumes one uniform).
+  bool bernoulli(double p) { return uniform() < p; }
   void reseed(std::uint64_t seed) { engine_.seed(seed); }
 
  private:
@@ -206,6 +210,21 @@ class random_source {
   return static_cast<token_id>(last_nonzero);
 }
 
+/// The one sampling path: fills `probs` with the processed distribution of `logits`,
+/// then picks the token: the first maximal logit when greedy (no randomness consumed),
+/// else one draw from `probs` with `rng.uniform()`.
+///
+/// ```cpp
+/// specdec::random_source rng(7);
+/// std::vector<float> probs(logits.size());
+/// specdec::token_id t = specdec::sample_token(logits, {.temperature = 0.8f}, probs, rng);
+/// ```
+inline token_id sample_token(std::span<const float> logits, const sampling_params& params, std::span<float> probs,
+                             random_source& rng) {
+  make_distribution(logits, params, probs);
+  return params.greedy() ? argmax(logits) : sample_from(probs, rng.uniform());
+}
+
 /// Sampling params plus a seeded random source: what a decoder holds to turn logits into
 /// tokens. `next` fills the processed distribution (for policies that need it) and
 /// returns the drawn token; greedy consumes no randomness.
@@ -226,9 +245,7 @@ class sampler {
 
   /// Processed distribution of `logits` into `probs`, then a draw from it.
   token_id next(std::span<const float> logits, std::span<float> probs) {
-    make_distribution(logits, params_, probs);
-    if (params_.greedy()) return argmax(logits);
-    return sample_from(probs, rng_.uniform());
+    return sample_token(logits, params_, probs, rng_);
   }
 
  private:

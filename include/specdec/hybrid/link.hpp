@@ -10,7 +10,7 @@
 /// work by a `compute_model`, so a simulated end-to-end latency rests on real work.
 ///
 /// Randomness comes from `std::mt19937_64` (whose output sequence the C++ standard fixes)
-/// through this file's own uniform and Box-Muller normal transforms, never through
+/// through `random_source` (sampling.hpp: its own uniform and Box-Muller transforms), never through
 /// `std::*_distribution`, so the same seed gives the same delays with every standard
 /// library.
 #include <algorithm>
@@ -26,52 +26,17 @@
 #include <vector>
 
 #include "specdec/error.hpp"
+#include "specdec/validation.hpp"
+#include "specdec/sampling.hpp"
 
 namespace specdec::hybrid {
 
 namespace detail {
 
-/// Throws `invalid_argument` naming `what`, the value and the valid range unless
-/// `lo <= v <= hi` (NaN always fails).
-inline void check_range(const char* what, double v, double lo, double hi, const char* range) {
-  if (!(v >= lo && v <= hi))
-    throw invalid_argument(std::string(what) + " must be in " + range + ", got " + std::to_string(v));
-}
-/// As `check_range` with an open upper bound `v < hi`.
-inline void check_below(const char* what, double v, double lo, double hi, const char* range) {
-  if (!(v >= lo && v < hi))
-    throw invalid_argument(std::string(what) + " must be in " + range + ", got " + std::to_string(v));
-}
-/// Finite and > 0.
-inline void check_positive(const char* what, double v) {
-  if (!(v > 0.0) || !std::isfinite(v))
-    throw invalid_argument(std::string(what) + " must be finite and > 0, got " + std::to_string(v));
-}
-/// Finite and >= 0.
-inline void check_non_negative(const char* what, double v) {
-  if (!(v >= 0.0) || !std::isfinite(v))
-    throw invalid_argument(std::string(what) + " must be finite and >= 0, got " + std::to_string(v));
-}
-
-/// Library-independent random draws on a 64-bit Mersenne Twister.
-class link_rng {
- public:
-  explicit link_rng(std::uint64_t seed) : engine_(seed) {}
-  /// Uniform in [0, 1) with 53 random bits.
-  double uniform() { return static_cast<double>(engine_() >> 11) * 0x1.0p-53; }
-  /// Standard normal by Box-Muller (two uniforms per draw, no cached second value, so
-  /// the stream position depends only on how many draws were made).
-  double normal() {
-    const double u1 = 1.0 - uniform();  // (0, 1]: log is finite
-    const double u2 = uniform();
-    return std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586476925 * u2);
-  }
-  /// True with probability p (consumes one uniform).
-  bool bernoulli(double p) { return uniform() < p; }
-
- private:
-  std::mt19937_64 engine_;
-};
+using specdec::detail::check_below;
+using specdec::detail::check_non_negative;
+using specdec::detail::check_positive;
+using specdec::detail::check_range;
 
 }  // namespace detail
 
@@ -99,16 +64,16 @@ struct gilbert_elliott {
   }
 
   void validate() const {
-    detail::check_range("gilbert_elliott.p_good_to_bad", p_good_to_bad, 0.0, 1.0, "[0, 1]");
-    detail::check_range("gilbert_elliott.p_bad_to_good", p_bad_to_good, 0.0, 1.0, "[0, 1]");
+    detail::check_range("gilbert_elliott.p_good_to_bad", p_good_to_bad, 0.0, 1.0, "in [0, 1]");
+    detail::check_range("gilbert_elliott.p_bad_to_good", p_bad_to_good, 0.0, 1.0, "in [0, 1]");
     if (p_good_to_bad + p_bad_to_good <= 0.0)
       throw invalid_argument(
           "gilbert_elliott.p_good_to_bad + p_bad_to_good must be > 0 (a channel that never moves has no "
           "stationary distribution), got 0");
     detail::check_non_negative("gilbert_elliott.good_rtt_seconds", good_rtt_seconds);
     detail::check_non_negative("gilbert_elliott.bad_rtt_seconds", bad_rtt_seconds);
-    detail::check_below("gilbert_elliott.good_loss", good_loss, 0.0, 1.0, "[0, 1)");
-    detail::check_below("gilbert_elliott.bad_loss", bad_loss, 0.0, 1.0, "[0, 1)");
+    detail::check_below("gilbert_elliott.good_loss", good_loss, 0.0, 1.0, "in [0, 1)");
+    detail::check_below("gilbert_elliott.bad_loss", bad_loss, 0.0, 1.0, "in [0, 1)");
   }
 };
 
@@ -191,7 +156,7 @@ struct link_config {
     if (channel) channel->validate();
     detail::check_positive("link_config.up_bps", up_bps);
     detail::check_positive("link_config.down_bps", down_bps);
-    detail::check_below("link_config.loss_probability", loss_probability, 0.0, 1.0, "[0, 1)");
+    detail::check_below("link_config.loss_probability", loss_probability, 0.0, 1.0, "in [0, 1)");
     detail::check_non_negative("link_config.retransmit_timeout_seconds", retransmit_timeout_seconds);
     for (std::size_t i = 0; i < outages.size(); ++i) {
       const auto& w = outages[i];
@@ -200,7 +165,7 @@ struct link_config {
                                "] must have a finite start_seconds <= end_seconds, got [" +
                                std::to_string(w.start_seconds) + ", " + std::to_string(w.end_seconds) + ")");
     }
-    detail::check_range("link_config.outage_probability", outage_probability, 0.0, 1.0, "[0, 1]");
+    detail::check_range("link_config.outage_probability", outage_probability, 0.0, 1.0, "in [0, 1]");
     detail::check_non_negative("link_config.outage_timeout_seconds", outage_timeout_seconds);
   }
 
@@ -431,7 +396,7 @@ class simulated_link {
   }
 
   link_config config_;
-  detail::link_rng rng_;
+  random_source rng_;
   link_counters counters_{};
   double now_ = 0.0;
   bool bad_ = false;

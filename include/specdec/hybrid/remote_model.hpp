@@ -266,10 +266,9 @@ enum class remote_mode {
 /// `simulated_link`. A failed send throws `link_unavailable`, leaving the cache as it was.
 ///
 /// In `verify` mode the number k of drafted tokens in a block (which sets the q / row
-/// payload) is `cache_length + block - committed`, where `committed` is the length of the
-/// committed sequence S at the time of the call, read through `track_committed` (the
-/// session points it at its own counter); without it k = block - 1 (the steady state of
-/// speculative decoding, where the block is the last committed token plus the drafts).
+/// payload) is told by the verifier through `forward_drafts(block, k)` (`local_verifier`
+/// calls it when a target has it); a plain `forward(block)` assumes k = block - 1 (the
+/// steady state of speculative decoding: the last committed token plus the drafts).
 ///
 /// ```cpp
 /// specdec::hybrid::simulated_link link(specdec::hybrid::link_config::lte(), 3);
@@ -298,7 +297,13 @@ class remote_model {
   }
 
   logits_block forward(std::span<const token_id> tokens) {
-    return mode_ == remote_mode::verify ? forward_verify(tokens) : forward_stream(tokens);
+    return forward_drafts(tokens, tokens.empty() ? 0 : tokens.size() - 1);
+  }
+  /// A forward whose last `drafts` tokens are drafted (verify mode: the payload carries
+  /// their q or rows); in stream mode the same as `forward`.
+  logits_block forward_drafts(std::span<const token_id> tokens, std::size_t drafts) {
+    return mode_ == remote_mode::verify ? forward_verify(tokens, std::min(drafts, tokens.size()))
+                                        : forward_stream(tokens);
   }
 
   [[nodiscard]] M& inner() noexcept { return inner_; }
@@ -313,8 +318,6 @@ class remote_model {
     w.validate();
     wire_ = w;
   }
-  /// Reads the committed sequence length from `*committed` (null = steady-state rule).
-  void track_committed(const std::size_t* committed) noexcept { committed_ = committed; }
 
   /// Round trips started (verify rounds and stream openings).
   [[nodiscard]] std::size_t round_trips() const noexcept { return round_trips_; }
@@ -337,11 +340,9 @@ class remote_model {
                            std::to_string(link_.now()) + " s (outage or retransmit limit); expected a delivered message");
   }
 
-  logits_block forward_verify(std::span<const token_id> tokens) {
+  logits_block forward_verify(std::span<const token_id> tokens, std::size_t k) {
     const std::size_t cached = cache_length();
     const std::size_t n = tokens.size();
-    std::size_t k = n > 0 ? n - 1 : 0;
-    if (committed_) k = cached + n > *committed_ ? std::min(n, cached + n - *committed_) : 0;
     const std::size_t v = vocab_size();
     ++round_trips_;
     // Upload first: a block that never arrives is never computed.
@@ -389,7 +390,6 @@ class remote_model {
   wire_format wire_;
   cost_function cost_;
   remote_mode mode_ = remote_mode::verify;
-  const std::size_t* committed_ = nullptr;
   bool stream_open_ = false;
   std::size_t stream_cached_ = 0;
   double cloud_time_ = 0.0;

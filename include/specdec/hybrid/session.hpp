@@ -128,7 +128,7 @@ struct request_result {
   double device_seconds = 0.0;   ///< virtual device compute (probe included if charged)
   double cloud_seconds = 0.0;    ///< virtual cloud compute
   generation_stats stats;        ///< counters of all legs, method "hybrid"
-  std::string stop_reason;       ///< as `generation_result::stop_reason`
+  specdec::stop_reason stop_reason = specdec::stop_reason::none;  ///< as `generation_result::stop_reason`
   bool fell_back_to_device = false;  ///< a cloud-using leg lost the link
   std::size_t segment_switches = 0;  ///< routes changed by `on_segment`
 
@@ -225,7 +225,6 @@ class session {
     arbiter_.validate();
     length_.validate();
     difficulty_.validate();
-    remote_.track_committed(&committed_);
   }
 
   [[nodiscard]] A& arbiter() noexcept { return arbiter_; }
@@ -288,10 +287,10 @@ class session {
     bool segments = segment_arbiter<A> && opts_.segment_tokens > 0;
     std::size_t leg_index = 0;
     route cur = r;
-    if (gen.max_new_tokens == 0) res.stop_reason = "max_tokens";
-    while (res.stop_reason.empty()) {
+    if (gen.max_new_tokens == 0) res.stop_reason = stop_reason::max_tokens;
+    while (res.stop_reason == stop_reason::none) {
       if (prompt_.size() + res.tokens.size() >= context_length()) {
-        res.stop_reason = "context";
+        res.stop_reason = stop_reason::context;
         break;
       }
       res.legs.push_back(cur);
@@ -364,17 +363,16 @@ class session {
   bool commit(token_id t, bool by_cloud) {
     request_result& res = *res_;
     res.tokens.push_back(t);
-    ++committed_;
     (by_cloud ? res.cloud_tokens : res.device_tokens) += 1;
     if (res.tokens.size() == 1) res.ttft_seconds = link_.now() - t0_;
-    for (const auto& s : gen_->stop_sequences)
-      if (s.size() <= res.tokens.size() && std::equal(s.begin(), s.end(), res.tokens.end() - static_cast<std::ptrdiff_t>(s.size()))) {
-        res.stop_reason = "stop_sequence";
-        return false;
-      }
-    if (gen_->stop_at_eos && t == eos_token) res.stop_reason = "eos";
-    if (res.tokens.size() >= gen_->max_new_tokens && res.stop_reason.empty()) res.stop_reason = "max_tokens";
-    return res.stop_reason.empty();
+    if (specdec::detail::ends_with_any(res.tokens, gen_->stop_sequences)) {
+      res.stop_reason = stop_reason::stop_sequence;
+      return false;
+    }
+    if (gen_->stop_at_eos && t == eos_token) res.stop_reason = stop_reason::eos;
+    if (res.tokens.size() >= gen_->max_new_tokens && res.stop_reason == stop_reason::none)
+      res.stop_reason = stop_reason::max_tokens;
+    return res.stop_reason == stop_reason::none;
   }
 
   void merge_stats(const generation_stats& s) {
@@ -388,18 +386,14 @@ class session {
   leg_end finish_leg(const generation_result& g, bool capped_leg) {
     merge_stats(g.stats);
     request_result& res = *res_;
-    if (!res.stop_reason.empty()) return leg_end::done;  // commit decided
-    if (g.stop_reason == "context") res.stop_reason = "context";
-    else if (g.stop_reason == "eos") res.stop_reason = "eos";
-    else if (g.stop_reason == "max_tokens" && capped_leg) return leg_end::prefix_done;
-    else if (g.stop_reason == "max_tokens") res.stop_reason = "max_tokens";
-    else if (!g.stop_reason.empty() && g.stop_reason != "callback") res.stop_reason = g.stop_reason;
+    if (res.stop_reason != stop_reason::none) return leg_end::done;  // commit decided
+    if (g.stop_reason == stop_reason::max_tokens && capped_leg) return leg_end::prefix_done;
+    if (g.stop_reason != stop_reason::callback) res.stop_reason = g.stop_reason;
     return leg_end::done;
   }
 
   leg_end run_device(std::uint64_t seed, bool segments, const route& cur, route& next) {
     const auto p = leg_prompt();
-    committed_ = p.size();
     autoregressive_decoder<timed_model<Device>> dec(dev_, opts_.sampling, seed);
     bool switched = false;
     [[maybe_unused]] std::size_t in_segment = 0;
@@ -435,7 +429,6 @@ class session {
 
   leg_end run_cloud(std::uint64_t seed, std::size_t cap) {
     const auto p = leg_prompt();
-    committed_ = p.size();
     remote_.set_mode(remote_mode::stream);
     autoregressive_decoder<remote_model<Cloud>> dec(remote_, opts_.sampling, seed);
     auto on_token = [&](token_id t) { return commit(t, true); };
@@ -446,13 +439,12 @@ class session {
       return finish_leg(g, capped);
     } catch (const link_unavailable&) {
       remote_.set_mode(remote_mode::verify);
-      return res_->stop_reason.empty() ? leg_end::link_lost : leg_end::done;
+      return res_->stop_reason == stop_reason::none ? leg_end::link_lost : leg_end::done;
     }
   }
 
   leg_end run_speculative(std::uint64_t seed, std::size_t gamma) {
     const auto p = leg_prompt();
-    committed_ = p.size();
     remote_.set_mode(remote_mode::verify);
     auto on_token = [&](token_id t) { return commit(t, true); };
     try {
@@ -463,7 +455,7 @@ class session {
       speculative_decoder dec(dev_, remote_, fixed_gamma{gamma}, rejection_sampling{}, opts_.sampling, seed);
       return finish_leg(dec.generate(p, leg_options(gen_->max_new_tokens), on_token), false);
     } catch (const link_unavailable&) {
-      return res_->stop_reason.empty() ? leg_end::link_lost : leg_end::done;
+      return res_->stop_reason == stop_reason::none ? leg_end::link_lost : leg_end::done;
     }
   }
 
@@ -478,7 +470,6 @@ class session {
   remote_model<Cloud> remote_;
   // Per-request state.
   std::vector<token_id> prompt_;
-  std::size_t committed_ = 0;  ///< |S| = prompt + committed tokens: the remote's draft count reads it
   const generation_options* gen_ = nullptr;
   request_result* res_ = nullptr;
   double t0_ = 0.0;

@@ -36,6 +36,7 @@
 /// | `SPECDEC_FALLBACK_CONTRACT_TESTS`   | `fallback_policy` | `fallback_traits<P>`      |
 /// | `SPECDEC_ROLLBACK_CONTRACT_TESTS`   | `rollback_policy` | `rollback_traits<R>`      |
 /// | `SPECDEC_DISTANCE_CONTRACT_TESTS`   | `distance_metric` | `distance_traits<D>`      |
+/// | `SPECDEC_VERIFIER_CONTRACT_TESTS`   | `verifier`        | `verifier_factory<V>`     |
 ///
 /// What is checked:
 /// - model: a block forward of k tokens gives the same rows, bit for bit, as k single
@@ -55,6 +56,13 @@
 /// - distance: non-negative and finite, also with zeros and disjoint supports; d(p, p)
 ///   is 0 (or -log p(y) for a cross-entropy-like metric); symmetry and an upper bound
 ///   where the traits promise them; mismatched sizes and out-of-range tokens throw.
+/// - verifier: against `verifier_factory<V>::reference()`, a `language_model` with the
+///   target's logits: an empty draft gets the target's greedy token; a draft of the
+///   target's own greedy continuation is accepted whole and the bonus is the next greedy
+///   token; a draft corrupted at position j keeps exactly j tokens and gets the greedy
+///   replacement; the same seed gives the same sampled verdict; `sync` and `reset` keep it
+///   reusable; a draft block at the wrong position throws `specdec::error`; and a
+///   `basic_speculative_decoder` over it reproduces the reference's greedy output.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -72,6 +80,7 @@
 #include <utility>
 #include <vector>
 
+#include "specdec/decoder.hpp"
 #include "specdec/distance.hpp"
 #include "specdec/error.hpp"
 #include "specdec/fallback.hpp"
@@ -79,6 +88,7 @@
 #include "specdec/rollback.hpp"
 #include "specdec/sampling.hpp"
 #include "specdec/token.hpp"
+#include "specdec/verifier.hpp"
 
 namespace specdec::testing {
 
@@ -99,6 +109,20 @@ struct model_factory {
 };
 
 /// Defaults of `fallback_traits`; derive from it to override single members.
+/// How the verifier contract builds a verifier of type V and the reference it must agree
+/// with. No default: specialise it with `static V make()` (a fresh verifier; it may keep
+/// its target in a static) and `static R reference()` (a fresh `language_model` whose
+/// logits are the target's), plus `static std::size_t vocab()`.
+///
+/// ```cpp
+/// template <> struct specdec::testing::verifier_factory<my_remote_verifier> {
+///   static my_remote_verifier make() { return my_remote_verifier(server_address()); }
+///   static my_model reference() { return my_model("target.bin"); }
+/// };
+/// ```
+template <class V>
+struct verifier_factory;
+
 template <class P>
 struct default_fallback_traits {
   /// A fresh policy as the tests use it.
@@ -742,6 +766,140 @@ REGISTER_TYPED_TEST_SUITE_P(specdec_distance_contract, has_a_name, identical_inp
                             non_negative_and_finite_with_zeros, symmetry_and_bound_where_promised,
                             rejects_size_mismatch_and_bad_token);
 
+// ---- verifier ----------------------------------------------------------------------------
+
+template <class V>
+class specdec_verifier_contract : public ::testing::Test {
+ protected:
+  using factory = specdec::testing::verifier_factory<V>;
+  static constexpr specdec::sampling_params greedy{};
+
+  /// The reference's greedy continuation of `prompt`, `n` tokens long.
+  static std::vector<specdec::token_id> greedy_tokens(const std::vector<specdec::token_id>& prompt, std::size_t n) {
+    auto ref = factory::reference();
+    specdec::autoregressive_decoder<decltype(ref)> dec(ref);
+    return dec.generate(prompt, {.max_new_tokens = n, .stop_at_eos = false}).tokens;
+  }
+  static std::vector<specdec::token_id> prompt() { return {1, 3, 4}; }
+};
+TYPED_TEST_SUITE_P(specdec_verifier_contract);
+GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(specdec_verifier_contract);
+
+TYPED_TEST_P(specdec_verifier_contract, satisfies_the_concept) {
+  static_assert(specdec::verifier<TypeParam>, "the type does not model specdec::verifier");
+  auto v = TestFixture::factory::make();
+  auto ref = TestFixture::factory::reference();
+  EXPECT_EQ(v.vocab_size(), static_cast<std::size_t>(ref.vocab_size()));
+}
+
+TYPED_TEST_P(specdec_verifier_contract, greedy_verdicts_follow_the_target) {
+  auto v = TestFixture::factory::make();
+  specdec::random_source rng(1);
+  const auto s = TestFixture::prompt();
+  const auto want = TestFixture::greedy_tokens(s, 6);
+  const std::size_t vocab = v.vocab_size();
+  // An empty draft: the target's own next token.
+  v.reset();
+  specdec::verdict r = v.verify(s, specdec::draft_block{.position = s.size()}, TestFixture::greedy, rng);
+  EXPECT_EQ(r.accepted, 0u);
+  EXPECT_EQ(r.next, want[0]);
+  // The target's own continuation is accepted whole; the bonus is the next greedy token.
+  for (std::size_t k = 1; k <= 5; ++k) {
+    v.reset();
+    const std::vector<specdec::token_id> draft(want.begin(), want.begin() + static_cast<std::ptrdiff_t>(k));
+    r = v.verify(s, specdec::draft_block{.tokens = draft, .position = s.size()}, TestFixture::greedy, rng);
+    EXPECT_EQ(r.accepted, k);
+    EXPECT_EQ(r.next, want[k]);
+  }
+  // Corrupted at position j: exactly j survive and the replacement is the greedy token.
+  for (std::size_t j = 0; j < 4; ++j) {
+    v.reset();
+    std::vector<specdec::token_id> draft(want.begin(), want.begin() + 4);
+    draft[j] = static_cast<specdec::token_id>((static_cast<std::size_t>(draft[j]) + 1) % vocab);
+    r = v.verify(s, specdec::draft_block{.tokens = draft, .position = s.size()}, TestFixture::greedy, rng);
+    EXPECT_EQ(r.accepted, j) << "corrupted at " << j;
+    EXPECT_EQ(r.next, want[j]) << "corrupted at " << j;
+  }
+}
+
+TYPED_TEST_P(specdec_verifier_contract, consecutive_steps_continue_the_sequence) {
+  // Two steps in a row without reset: the second sees S grown by the first verdict.
+  auto v = TestFixture::factory::make();
+  specdec::random_source rng(1);
+  auto s = TestFixture::prompt();
+  const auto want = TestFixture::greedy_tokens(s, 8);
+  v.reset();
+  std::vector<specdec::token_id> d1{want[0], want[1], static_cast<specdec::token_id>((want[2] + 1) % static_cast<specdec::token_id>(v.vocab_size()))};
+  specdec::verdict r = v.verify(s, specdec::draft_block{.tokens = d1, .position = s.size()}, TestFixture::greedy, rng);
+  ASSERT_EQ(r.accepted, 2u);
+  ASSERT_EQ(r.next, want[2]);
+  s.insert(s.end(), {want[0], want[1], want[2]});
+  const std::vector<specdec::token_id> d2{want[3], want[4]};
+  r = v.verify(s, specdec::draft_block{.tokens = d2, .position = s.size()}, TestFixture::greedy, rng);
+  EXPECT_EQ(r.accepted, 2u);
+  EXPECT_EQ(r.next, want[5]);
+  s.insert(s.end(), {want[3], want[4], want[5]});
+  v.sync(s);  // end of a generation: must stay usable after a reset
+  v.reset();
+  r = v.verify(TestFixture::prompt(), specdec::draft_block{.position = TestFixture::prompt().size()},
+               TestFixture::greedy, rng);
+  EXPECT_EQ(r.next, want[0]);
+}
+
+TYPED_TEST_P(specdec_verifier_contract, same_seed_same_sampled_verdict) {
+  const auto s = TestFixture::prompt();
+  const std::vector<specdec::token_id> draft{2, 3, 1};
+  const specdec::sampling_params hot{.temperature = 1.0f};
+  std::vector<std::pair<std::size_t, specdec::token_id>> seen;
+  for (int rep = 0; rep < 2; ++rep) {
+    auto v = TestFixture::factory::make();
+    for (std::uint64_t seed = 0; seed < 8; ++seed) {
+      v.reset();
+      specdec::random_source rng(seed);
+      const specdec::verdict r = v.verify(s, specdec::draft_block{.tokens = draft, .position = s.size()}, hot, rng);
+      EXPECT_LE(r.accepted, draft.size());
+      EXPECT_LT(static_cast<std::size_t>(r.next), v.vocab_size());
+      if (rep == 0) seen.emplace_back(r.accepted, r.next);
+      else EXPECT_EQ(seen[seed], std::make_pair(r.accepted, r.next)) << "seed " << seed;
+    }
+  }
+}
+
+TYPED_TEST_P(specdec_verifier_contract, a_draft_at_the_wrong_position_throws) {
+  auto v = TestFixture::factory::make();
+  specdec::random_source rng(1);
+  const auto s = TestFixture::prompt();
+  const std::vector<specdec::token_id> draft{2};
+  v.reset();
+  EXPECT_THROW((void)v.verify(s, specdec::draft_block{.tokens = draft, .position = s.size() + 1},
+                              TestFixture::greedy, rng),
+               specdec::error);
+}
+
+TYPED_TEST_P(specdec_verifier_contract, speculative_decoding_over_it_is_exact_under_greedy) {
+  auto v = TestFixture::factory::make();
+  auto draft = TestFixture::factory::reference();  // a perfect draft ...
+  const auto s = TestFixture::prompt();
+  const auto want = TestFixture::greedy_tokens(s, 24);
+  specdec::basic_speculative_decoder dec(draft, specdec::fixed_gamma{.gamma = 3}, std::move(v));
+  EXPECT_EQ(dec.generate(s, {.max_new_tokens = 24, .stop_at_eos = false}).tokens, want);
+  // ... and an id-only drafter that is right only some of the time.
+  struct every_other {
+    std::vector<specdec::token_id> out;
+    std::span<const specdec::token_id> propose(std::span<const specdec::token_id> seq, std::size_t max) {
+      out.assign(std::min<std::size_t>(max, 2), seq.back());
+      return out;
+    }
+  } ids;
+  specdec::basic_speculative_decoder dec2(ids, specdec::fixed_gamma{.gamma = 2}, TestFixture::factory::make());
+  EXPECT_EQ(dec2.generate(s, {.max_new_tokens = 24, .stop_at_eos = false}).tokens, want);
+}
+
+REGISTER_TYPED_TEST_SUITE_P(specdec_verifier_contract, satisfies_the_concept, greedy_verdicts_follow_the_target,
+                            consecutive_steps_continue_the_sequence, same_seed_same_sampled_verdict,
+                            a_draft_at_the_wrong_position_throws,
+                            speculative_decoding_over_it_is_exact_under_greedy);
+
 // ---------------------------------------------------------------------------------------
 // The macros
 
@@ -780,3 +938,12 @@ REGISTER_TYPED_TEST_SUITE_P(specdec_distance_contract, has_a_name, identical_inp
 #define SPECDEC_DISTANCE_CONTRACT_TESTS(prefix, ...) \
   using specdec_distance_contract_types_##prefix = ::testing::Types<__VA_ARGS__>;       \
   INSTANTIATE_TYPED_TEST_SUITE_P(prefix, specdec_distance_contract, specdec_distance_contract_types_##prefix)
+
+/// Runs the `verifier` contract on each type (built by `verifier_factory<V>`).
+///
+/// ```cpp
+/// SPECDEC_VERIFIER_CONTRACT_TESTS(local, my_local_verifier);
+/// ```
+#define SPECDEC_VERIFIER_CONTRACT_TESTS(prefix, ...) \
+  using specdec_verifier_contract_types_##prefix = ::testing::Types<__VA_ARGS__>;       \
+  INSTANTIATE_TYPED_TEST_SUITE_P(prefix, specdec_verifier_contract, specdec_verifier_contract_types_##prefix)
