@@ -34,6 +34,7 @@
 #include "specdec/error.hpp"
 #include "specdec/sampling.hpp"
 #include "specdec/token.hpp"
+#include "specdec/validation.hpp"
 
 namespace specdec {
 
@@ -144,13 +145,13 @@ concept fallback_policy = has_draft_decision<P> && observes_outcomes<P>;
 template <class P>
 concept resettable = requires(P& p) { p.reset(); };
 
-/// `p.validate()` on a const policy checks its knobs, throwing `invalid_argument`.
+/// A policy that checks its own knobs (the library-wide `validatable`).
 ///
 /// ```cpp
 /// static_assert(specdec::validatable_policy<specdec::fixed_gamma>);
 /// ```
 template <class P>
-concept validatable_policy = requires(const P& p) { p.validate(); };
+concept validatable_policy = validatable<P>;
 
 /// Calls `p.reset()` if the policy has one; otherwise does nothing.
 ///
@@ -162,37 +163,10 @@ void reset_policy(P& p) {
   if constexpr (resettable<P>) p.reset();
 }
 
-/// Calls `p.validate()` if the policy has one; otherwise does nothing.
-///
-/// ```cpp
-/// specdec::validate_policy(policy);  // in a decoder's constructor
-/// ```
-template <class P>
-void validate_policy(const P& p) {
-  if constexpr (validatable_policy<P>) p.validate();
-}
-
 /// `max_draft` value meaning "no cap on the draft length".
 inline constexpr std::size_t no_cap = 0;
 
 namespace detail::fallback_impl {
-
-inline std::string num(double v) {
-  if (std::isnan(v)) return "nan";
-  if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
-  return std::to_string(v);
-}
-
-[[noreturn]] inline void fail(const char* policy, const char* knob, const std::string& value,
-                              const char* range) {
-  throw invalid_argument(std::string(policy) + "." + knob + " must be " + range + ", got " + value);
-}
-
-/// Throws unless lo <= v <= hi (NaN fails).
-inline void check_range(const char* policy, const char* knob, double v, double lo, double hi,
-                        const char* range) {
-  if (!(v >= lo && v <= hi)) fail(policy, knob, num(v), range);
-}
 
 /// True when `position` is the last one a cap of `max_draft` allows (0 = no cap).
 [[nodiscard]] constexpr bool at_cap(std::size_t position, std::size_t max_draft) noexcept {
@@ -212,7 +186,7 @@ struct fixed_gamma {
   std::size_t gamma = 4;  ///< tokens drafted per step; >= 1
 
   void validate() const {
-    if (gamma == 0) detail::fallback_impl::fail("fixed_gamma", "gamma", "0", ">= 1");
+    if (gamma == 0) detail::fail_knob("fixed_gamma.gamma", "0", ">= 1");
   }
   [[nodiscard]] draft_action decide(const draft_step& s) const noexcept {
     return s.position + 1 >= gamma ? draft_action::keep_and_stop : draft_action::keep_and_continue;
@@ -239,7 +213,7 @@ struct max_prob_fallback {
   std::size_t max_draft = 10;    ///< stop after this many kept tokens; `no_cap` (0) = none
 
   void validate() const {
-    detail::fallback_impl::check_range("max_prob_fallback", "alpha_fb", alpha_fb, 0.0, 1.0,
+    detail::check_range("max_prob_fallback.alpha_fb", alpha_fb, 0.0, 1.0,
                                        "in [0, 1]");
   }
   [[nodiscard]] draft_action decide(const draft_step& s) const {
@@ -270,9 +244,9 @@ struct confidence_stop {
   std::size_t max_draft = 8;    ///< stop after this many tokens; >= 1
 
   void validate() const {
-    detail::fallback_impl::check_range("confidence_stop", "min_confidence", min_confidence, 0.0, 1.0,
+    detail::check_range("confidence_stop.min_confidence", min_confidence, 0.0, 1.0,
                                        "in [0, 1]");
-    if (max_draft == 0) detail::fallback_impl::fail("confidence_stop", "max_draft", "0", ">= 1");
+    if (max_draft == 0) detail::fail_knob("confidence_stop.max_draft", "0", ">= 1");
   }
   [[nodiscard]] draft_action decide(const draft_step& s) const {
     if (s.q.empty()) throw invalid_argument("confidence_stop::decide: empty distribution q");
@@ -298,7 +272,7 @@ struct entropy_fallback {
   std::size_t max_draft = 10;   ///< stop after this many kept tokens; `no_cap` (0) = none
 
   void validate() const {
-    detail::fallback_impl::check_range("entropy_fallback", "max_entropy", max_entropy, 0.0,
+    detail::check_range("entropy_fallback.max_entropy", max_entropy, 0.0,
                                        std::numeric_limits<double>::infinity(),
                                        ">= 0 (+inf allowed)");
   }
@@ -332,13 +306,13 @@ struct adaptive_gamma {
   std::size_t gamma_ = 0;
 
   void validate() const {
-    using detail::fallback_impl::fail;
-    if (min_gamma == 0) fail("adaptive_gamma", "min_gamma", "0", ">= 1");
+    using detail::fail_knob;
+    if (min_gamma == 0) fail_knob("adaptive_gamma.min_gamma", "0", ">= 1");
     if (max_gamma < min_gamma)
-      fail("adaptive_gamma", "max_gamma", std::to_string(max_gamma),
+      fail_knob("adaptive_gamma.max_gamma", std::to_string(max_gamma),
            (">= min_gamma = " + std::to_string(min_gamma)).c_str());
     if (initial < min_gamma || initial > max_gamma)
-      fail("adaptive_gamma", "initial", std::to_string(initial),
+      fail_knob("adaptive_gamma.initial", std::to_string(initial),
            ("in [min_gamma, max_gamma] = [" + std::to_string(min_gamma) + ", " +
             std::to_string(max_gamma) + "]")
                .c_str());
@@ -459,8 +433,8 @@ struct expected_speedup_gamma {
   /// doc). Computed as the geometric sum 1 + a + ... + a^gamma, so a -> 1 is exact.
   /// expected_speedup(a, 0, c) == 1 (plain decoding).
   [[nodiscard]] static double expected_speedup(double a, std::size_t gamma, double c) {
-    detail::fallback_impl::check_range("expected_speedup", "a", a, 0.0, 1.0, "in [0, 1]");
-    detail::fallback_impl::check_range("expected_speedup", "c", c, 0.0,
+    detail::check_range("expected_speedup.a", a, 0.0, 1.0, "in [0, 1]");
+    detail::check_range("expected_speedup.c", c, 0.0,
                                        std::numeric_limits<double>::max(), "finite and >= 0");
     double tokens = 1.0;  // Horner: 1 + a (1 + a (1 + ...)), gamma times
     for (std::size_t i = 0; i < gamma; ++i) tokens = 1.0 + a * tokens;
@@ -482,15 +456,15 @@ struct expected_speedup_gamma {
   }
 
   void validate() const {
-    using detail::fallback_impl::check_range;
-    using detail::fallback_impl::fail;
+    using detail::check_range;
+    using detail::fail_knob;
     constexpr double big = std::numeric_limits<double>::max();
-    if (max_gamma == 0) fail("expected_speedup_gamma", "max_gamma", "0", ">= 1");
-    check_range("expected_speedup_gamma", "prior_acceptance", prior_acceptance, 0.0, 1.0, "in [0, 1]");
-    check_range("expected_speedup_gamma", "prior_strength", prior_strength, 0.0, big, "finite and >= 0");
+    if (max_gamma == 0) fail_knob("expected_speedup_gamma.max_gamma", "0", ">= 1");
+    check_range("expected_speedup_gamma.prior_acceptance", prior_acceptance, 0.0, 1.0, "in [0, 1]");
+    check_range("expected_speedup_gamma.prior_strength", prior_strength, 0.0, big, "finite and >= 0");
     if (!(decay > 0.0 && decay <= 1.0))
-      fail("expected_speedup_gamma", "decay", detail::fallback_impl::num(decay), "in (0, 1]");
-    check_range("expected_speedup_gamma", "cost_ratio", cost_ratio, 0.0, big,
+      fail_knob("expected_speedup_gamma.decay", detail::format_value(decay), "in (0, 1]");
+    check_range("expected_speedup_gamma.cost_ratio", cost_ratio, 0.0, big,
                 "finite and >= 0 (0 = measure online)");
   }
 

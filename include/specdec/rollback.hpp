@@ -29,6 +29,7 @@
 #include "specdec/error.hpp"
 #include "specdec/sampling.hpp"
 #include "specdec/token.hpp"
+#include "specdec/validation.hpp"
 
 namespace specdec {
 
@@ -100,16 +101,6 @@ template <class R>
 concept rollback_policy = has_verify<R> && declares_exactness<R>;
 
 namespace detail::rollback_impl {
-
-inline std::string num(double v) {
-  if (std::isnan(v)) return "nan";
-  if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
-  return std::to_string(v);
-}
-
-[[noreturn]] inline void fail(const char* policy, const char* knob, double value, const char* range) {
-  throw invalid_argument(std::string(policy) + "." + knob + " must be " + range + ", got " + num(value));
-}
 
 /// Throws `invalid_argument` (naming `who`) unless the spans of `in` have the shapes the
 /// struct documents, every drafted id is in range, and the pointers the policy needs are set.
@@ -187,7 +178,7 @@ struct rejection_sampling {
       if (!(qx > 0.0f))
         throw invalid_argument("rejection_sampling::verify: drafted token " + std::to_string(x) +
                                " at position " + std::to_string(i) + " has draft probability " +
-                               detail::rollback_impl::num(qx) +
+                               detail::format_value(qx) +
                                "; expected > 0 (it must have been drawn from q)");
       // Accept with probability min(1, px / qx): certain when px >= qx, impossible when
       // px == 0; otherwise u * qx < px (no division).
@@ -257,7 +248,7 @@ struct distance_rollback {
 
   void validate() const {
     if (!(alpha_rb >= 0.0f))
-      detail::rollback_impl::fail("distance_rollback", "alpha_rb", alpha_rb, ">= 0 (+inf allowed)");
+      detail::fail_knob("distance_rollback.alpha_rb", detail::format_value(alpha_rb), ">= 0 (+inf allowed)");
   }
   void reset() noexcept {}
 
@@ -291,9 +282,9 @@ struct typical_acceptance {
 
   void validate() const {
     if (!(epsilon >= 0.0f && epsilon < 1.0f))
-      detail::rollback_impl::fail("typical_acceptance", "epsilon", epsilon, "in [0, 1)");
+      detail::fail_knob("typical_acceptance.epsilon", detail::format_value(epsilon), "in [0, 1)");
     if (!(delta >= 0.0f && delta <= std::numeric_limits<float>::max()))
-      detail::rollback_impl::fail("typical_acceptance", "delta", delta, "finite and >= 0");
+      detail::fail_knob("typical_acceptance.delta", detail::format_value(delta), "finite and >= 0");
   }
   void reset() noexcept {}
 

@@ -133,7 +133,7 @@ struct budget {
   double lambda = 1.0;               ///< >= 0, seconds per unit of money
 
   void validate() const {
-    detail::check_range("budget.max_cloud_fraction", max_cloud_fraction, 0.0, 1.0, "[0, 1]");
+    detail::check_range("budget.max_cloud_fraction", max_cloud_fraction, 0.0, 1.0, "in [0, 1]");
     detail::check_non_negative("budget.cost_per_cloud_token", cost_per_cloud_token);
     detail::check_non_negative("budget.lambda", lambda);
   }
@@ -259,7 +259,7 @@ concept calibratable_arbiter = arbiter<A> && has_calibration<A>;
 /// double t = specdec::hybrid::calibrate_threshold(s, 0.5);  // 0.5: only 0.9 and 0.7 exceed it
 /// ```
 [[nodiscard]] inline double calibrate_threshold(std::span<const double> scores, double max_cloud_fraction) {
-  detail::check_range("calibrate_threshold max_cloud_fraction", max_cloud_fraction, 0.0, 1.0, "[0, 1]");
+  detail::check_range("calibrate_threshold max_cloud_fraction", max_cloud_fraction, 0.0, 1.0, "in [0, 1]");
   if (scores.empty())
     throw invalid_argument("calibrate_threshold: no scores; expected a non-empty calibration sample");
   std::vector<double> s(scores.begin(), scores.end());
@@ -313,9 +313,7 @@ template <class T>
   return static_cast<double>(hash_features(f, seed) >> 11) * 0x1.0p-53;
 }
 
-inline void check_not_nan(const char* what, double v, const char* range) {
-  if (std::isnan(v)) throw invalid_argument(std::string(what) + " must be in " + range + ", got nan");
-}
+using specdec::detail::check_not_nan;
 
 }  // namespace detail
 
@@ -339,7 +337,7 @@ struct random_arbiter {
     return detail::uniform_of(f, seed) < p ? route::in_cloud() : route::on_device();
   }
   void validate() const {
-    detail::check_range("random_arbiter.cloud_fraction", cloud_fraction, 0.0, 1.0, "[0, 1]");
+    detail::check_range("random_arbiter.cloud_fraction", cloud_fraction, 0.0, 1.0, "in [0, 1]");
   }
   /// A copy with `cloud_fraction = budget.max_cloud_fraction` (the sample is not needed).
   [[nodiscard]] random_arbiter calibrated(std::span<const request_features>, const link_estimate&,
@@ -385,7 +383,7 @@ struct oracle_arbiter {
   void validate() const {
     if (!device_ok)
       throw invalid_argument("oracle_arbiter.device_ok must be set, got an empty function; expected a labeller");
-    detail::check_range("oracle_arbiter.hard_cloud_fraction", hard_cloud_fraction, 0.0, 1.0, "[0, 1]");
+    detail::check_range("oracle_arbiter.hard_cloud_fraction", hard_cloud_fraction, 0.0, 1.0, "in [0, 1]");
   }
   /// A copy with `hard_cloud_fraction = min(1, max_cloud_fraction / hard share of sample)`.
   [[nodiscard]] oracle_arbiter calibrated(std::span<const request_features> sample, const link_estimate&,
@@ -440,9 +438,9 @@ struct confidence_arbiter {
     if (!(min_max_prob >= 0.0f))
       throw invalid_argument("confidence_arbiter.min_max_prob must be >= 0 (0 = off), got " +
                              std::to_string(min_max_prob));
-    detail::check_not_nan("confidence_arbiter.max_entropy", max_entropy, "[-inf, +inf] (not NaN)");
+    detail::check_not_nan("confidence_arbiter.max_entropy", max_entropy, "in [-inf, +inf] (not NaN)");
     detail::check_not_nan("confidence_arbiter.max_first_token_entropy", max_first_token_entropy,
-                          "[-inf, +inf] (not NaN)");
+                          "in [-inf, +inf] (not NaN)");
   }
   /// A copy whose entropy threshold sends at most `b.max_cloud_fraction` of `sample` to
   /// the cloud; the max-probability and first-token rules are switched off.

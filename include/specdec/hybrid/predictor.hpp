@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "specdec/error.hpp"
+#include "specdec/validation.hpp"
 
 namespace specdec::hybrid {
 
@@ -130,14 +131,8 @@ concept has_predict = requires(const P& p, const request_features& f) {
   { p.predict(f) } -> std::convertible_to<double>;
 };
 
-/// `x.validate()` on a const object checks its knobs and throws `invalid_argument`.
-///
-/// ```cpp
-/// struct knobs { double a = 1; void validate() const { if (!(a > 0)) throw specdec::invalid_argument("a"); } };
-/// static_assert(specdec::hybrid::validatable<knobs>);
-/// ```
-template <class P>
-concept validatable = requires(const P& p) { p.validate(); };
+/// The library-wide `specdec::validatable` (validation.hpp).
+using specdec::validatable;
 
 /// Predicts a response length in tokens from request features.
 ///
