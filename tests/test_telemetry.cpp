@@ -21,193 +21,19 @@
 #include <type_traits>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "specdec/telemetry.hpp"
 
 namespace {
 using specdec::generation_stats;
 
-// ---------------------------------------------------------------------------------------
-// A minimal strict JSON parser (RFC 8259 subset sufficient for to_json's output: objects,
-// arrays, strings with escapes, numbers, true/false/null). Any syntax error, NaN/inf
-// literal or trailing garbage fails the parse.
+// to_json's output is read back with nlohmann/json, a strict RFC 8259 parser: a syntax
+// error, a NaN/inf literal or trailing garbage fails the parse.
+using json = nlohmann::json;
+json parse_json(const std::string& s) { return json::parse(s); }
 
-struct json {
-  enum class kind { null, boolean, number, string, array, object } k = kind::null;
-  bool b = false;
-  double num = 0;
-  std::string str;
-  std::vector<json> arr;
-  std::map<std::string, json> obj;
-
-  const json& at(const std::string& key) const {
-    auto it = obj.find(key);
-    if (it == obj.end()) throw std::runtime_error("missing key " + key);
-    return it->second;
-  }
-};
-
-class json_parser {
- public:
-  explicit json_parser(const std::string& s) : s_(s) {}
-
-  json parse() {
-    json v = value();
-    ws();
-    if (i_ != s_.size()) fail("trailing characters");
-    return v;
-  }
-
- private:
-  [[noreturn]] void fail(const std::string& what) const {
-    throw std::runtime_error("JSON error at " + std::to_string(i_) + ": " + what + " in " + s_);
-  }
-  void ws() {
-    while (i_ < s_.size() && (s_[i_] == ' ' || s_[i_] == '\n' || s_[i_] == '\t' || s_[i_] == '\r')) ++i_;
-  }
-  char peek() {
-    ws();
-    if (i_ >= s_.size()) fail("unexpected end");
-    return s_[i_];
-  }
-  void expect(char c) {
-    if (peek() != c) fail(std::string("expected '") + c + "'");
-    ++i_;
-  }
-  bool literal(const char* lit) {
-    const std::string l(lit);
-    if (s_.compare(i_, l.size(), l) == 0) {
-      i_ += l.size();
-      return true;
-    }
-    return false;
-  }
-  json value() {
-    const char c = peek();
-    json v;
-    if (c == '{') {
-      v.k = json::kind::object;
-      ++i_;
-      if (peek() == '}') {
-        ++i_;
-        return v;
-      }
-      for (;;) {
-        if (peek() != '"') fail("expected key");
-        std::string key = string_body();
-        if (v.obj.count(key)) fail("duplicate key " + key);
-        expect(':');
-        v.obj.emplace(key, value());
-        if (peek() == ',') {
-          ++i_;
-          continue;
-        }
-        expect('}');
-        return v;
-      }
-    }
-    if (c == '[') {
-      v.k = json::kind::array;
-      ++i_;
-      if (peek() == ']') {
-        ++i_;
-        return v;
-      }
-      for (;;) {
-        v.arr.push_back(value());
-        if (peek() == ',') {
-          ++i_;
-          continue;
-        }
-        expect(']');
-        return v;
-      }
-    }
-    if (c == '"') {
-      v.k = json::kind::string;
-      v.str = string_body();
-      return v;
-    }
-    if (literal("null")) return v;
-    if (literal("true") || literal("false")) {
-      v.k = json::kind::boolean;
-      v.b = s_[i_ - 1] == 'e' && s_[i_ - 2] == 'u';
-      return v;
-    }
-    v.k = json::kind::number;
-    v.num = number();
-    return v;
-  }
-  double number() {
-    const std::size_t start = i_;
-    auto digits = [&] {
-      const std::size_t d = i_;
-      while (i_ < s_.size() && std::isdigit(static_cast<unsigned char>(s_[i_]))) ++i_;
-      if (i_ == d) fail("expected digit");
-    };
-    if (s_[i_] == '-') ++i_;
-    if (i_ < s_.size() && s_[i_] == '0') {
-      ++i_;
-    } else {
-      digits();
-    }
-    if (i_ < s_.size() && s_[i_] == '.') {
-      ++i_;
-      digits();
-    }
-    if (i_ < s_.size() && (s_[i_] == 'e' || s_[i_] == 'E')) {
-      ++i_;
-      if (i_ < s_.size() && (s_[i_] == '+' || s_[i_] == '-')) ++i_;
-      digits();
-    }
-    return std::strtod(s_.substr(start, i_ - start).c_str(), nullptr);
-  }
-  std::string string_body() {
-    ++i_;  // opening quote
-    std::string out;
-    while (true) {
-      if (i_ >= s_.size()) fail("unterminated string");
-      const char c = s_[i_++];
-      if (c == '"') return out;
-      if (static_cast<unsigned char>(c) < 0x20) fail("raw control character in string");
-      if (c != '\\') {
-        out += c;
-        continue;
-      }
-      if (i_ >= s_.size()) fail("dangling escape");
-      const char e = s_[i_++];
-      switch (e) {
-        case '"': out += '"'; break;
-        case '\\': out += '\\'; break;
-        case '/': out += '/'; break;
-        case 'b': out += '\b'; break;
-        case 'f': out += '\f'; break;
-        case 'n': out += '\n'; break;
-        case 'r': out += '\r'; break;
-        case 't': out += '\t'; break;
-        case 'u': {
-          if (i_ + 4 > s_.size()) fail("short \\u escape");
-          const unsigned cp = static_cast<unsigned>(std::stoul(s_.substr(i_, 4), nullptr, 16));
-          i_ += 4;
-          if (cp >= 0x80) fail("test parser only decodes ASCII \\u escapes");
-          out += static_cast<char>(cp);
-          break;
-        }
-        default: fail("bad escape");
-      }
-    }
-  }
-
-  const std::string& s_;
-  std::size_t i_ = 0;
-};
-
-json parse_json(const std::string& s) { return json_parser(s).parse(); }
-
-std::vector<std::size_t> as_counts(const json& a) {
-  std::vector<std::size_t> v;
-  for (const auto& x : a.arr) v.push_back(static_cast<std::size_t>(x.num));
-  return v;
-}
+std::vector<std::size_t> as_counts(const json& a) { return a.get<std::vector<std::size_t>>(); }
 
 void expect_invariants(const generation_stats& s) {
   EXPECT_LE(s.draft_tokens_accepted, s.draft_tokens_proposed);
@@ -320,41 +146,41 @@ TEST(generation_stats, json_parses_with_expected_values) {
   const std::string text = s.to_json();
   json j;
   ASSERT_NO_THROW(j = parse_json(text)) << text;
-  ASSERT_EQ(j.k, json::kind::object);
-  EXPECT_EQ(j.at("method").str, s.method);  // escapes round-trip
-  EXPECT_EQ(j.at("prompt_tokens").num, 7);
-  EXPECT_EQ(j.at("tokens_emitted").num, 20);
-  EXPECT_EQ(j.at("draft_tokens_proposed").num, 7);  // 4 + 3
-  EXPECT_EQ(j.at("draft_tokens_accepted").num, 5);  // 2 + 3
-  EXPECT_EQ(j.at("acceptance_rate").num, 5.0 / 7.0);
-  EXPECT_EQ(j.at("mean_accepted_per_target_call").num, 4.0);  // 20 / 5
+  ASSERT_TRUE(j.is_object());
+  EXPECT_EQ(j.at("method").get<std::string>(), s.method);  // escapes round-trip
+  EXPECT_EQ(j.at("prompt_tokens").get<double>(), 7);
+  EXPECT_EQ(j.at("tokens_emitted").get<double>(), 20);
+  EXPECT_EQ(j.at("draft_tokens_proposed").get<double>(), 7);  // 4 + 3
+  EXPECT_EQ(j.at("draft_tokens_accepted").get<double>(), 5);  // 2 + 3
+  EXPECT_EQ(j.at("acceptance_rate").get<double>(), 5.0 / 7.0);
+  EXPECT_EQ(j.at("mean_accepted_per_target_call").get<double>(), 4.0);  // 20 / 5
   EXPECT_EQ(as_counts(j.at("per_position_proposed")), (std::vector<std::size_t>{2, 2, 2, 1}));
   EXPECT_EQ(as_counts(j.at("per_position_accepted")), (std::vector<std::size_t>{2, 2, 1, 0}));
-  const auto& rates = j.at("per_position_acceptance_rate").arr;
+  const auto& rates = j.at("per_position_acceptance_rate");
   ASSERT_EQ(rates.size(), 4u);
-  EXPECT_EQ(rates[0].num, 1.0);
-  EXPECT_EQ(rates[3].num, 0.0);
-  EXPECT_EQ(j.at("fallbacks").num, 3);
-  EXPECT_EQ(j.at("rollbacks").num, 1);
-  EXPECT_EQ(j.at("draft_calls").num, 11);
-  EXPECT_EQ(j.at("target_calls").num, 5);
+  EXPECT_EQ(rates[0].get<double>(), 1.0);
+  EXPECT_EQ(rates[3].get<double>(), 0.0);
+  EXPECT_EQ(j.at("fallbacks").get<double>(), 3);
+  EXPECT_EQ(j.at("rollbacks").get<double>(), 1);
+  EXPECT_EQ(j.at("draft_calls").get<double>(), 11);
+  EXPECT_EQ(j.at("target_calls").get<double>(), 5);
   // Doubles round-trip exactly (shortest round-trip formatting).
-  EXPECT_EQ(j.at("draft_seconds").num, 0.1);
-  EXPECT_EQ(j.at("target_seconds").num, 1.0 / 3.0);
-  EXPECT_EQ(j.at("policy_seconds").num, 1e-7);
-  EXPECT_EQ(j.at("total_seconds").num, 0.5);
-  EXPECT_EQ(j.at("tokens_per_second").num, 40.0);  // 20 / 0.5
-  EXPECT_EQ(j.at("first_token_seconds").num, 0.0);
-  EXPECT_EQ(j.at("first_step_tokens").num, 0);
-  EXPECT_EQ(j.at("decode_tokens_per_second").num, 40.0);  // no first step recorded: all of it
-  EXPECT_EQ(j.obj.size(), 22u) << text;
+  EXPECT_EQ(j.at("draft_seconds").get<double>(), 0.1);
+  EXPECT_EQ(j.at("target_seconds").get<double>(), 1.0 / 3.0);
+  EXPECT_EQ(j.at("policy_seconds").get<double>(), 1e-7);
+  EXPECT_EQ(j.at("total_seconds").get<double>(), 0.5);
+  EXPECT_EQ(j.at("tokens_per_second").get<double>(), 40.0);  // 20 / 0.5
+  EXPECT_EQ(j.at("first_token_seconds").get<double>(), 0.0);
+  EXPECT_EQ(j.at("first_step_tokens").get<double>(), 0);
+  EXPECT_EQ(j.at("decode_tokens_per_second").get<double>(), 40.0);  // no first step recorded: all of it
+  EXPECT_EQ(j.size(), 22u) << text;
 
   generation_stats t = s;
   t.record_step_end(0.125);  // first step: all 20 tokens, nothing after it
   const json k = parse_json(t.to_json());
-  EXPECT_EQ(k.at("first_token_seconds").num, 0.125);
-  EXPECT_EQ(k.at("first_step_tokens").num, 20);
-  EXPECT_EQ(k.at("decode_tokens_per_second").k, json::kind::null);
+  EXPECT_EQ(k.at("first_token_seconds").get<double>(), 0.125);
+  EXPECT_EQ(k.at("first_step_tokens").get<double>(), 20);
+  EXPECT_TRUE(k.at("decode_tokens_per_second").is_null());
 }
 
 TEST(generation_stats, first_step_is_recorded_once_and_only_once_tokens_exist) {
@@ -410,20 +236,20 @@ TEST(generation_stats, json_of_empty_stats_has_no_nan_or_inf) {
   for (const char* bad : {"nan", "NaN", "inf", "Inf"}) EXPECT_EQ(text.find(bad), std::string::npos) << text;
   json j;
   ASSERT_NO_THROW(j = parse_json(text)) << text;
-  EXPECT_EQ(j.at("acceptance_rate").k, json::kind::null);
-  EXPECT_EQ(j.at("mean_accepted_per_target_call").k, json::kind::null);
-  EXPECT_EQ(j.at("tokens_per_second").k, json::kind::null);
-  EXPECT_EQ(j.at("per_position_proposed").arr.size(), 0u);
-  EXPECT_EQ(j.at("method").str, "");
+  EXPECT_TRUE(j.at("acceptance_rate").is_null());
+  EXPECT_TRUE(j.at("mean_accepted_per_target_call").is_null());
+  EXPECT_TRUE(j.at("tokens_per_second").is_null());
+  EXPECT_EQ(j.at("per_position_proposed").size(), 0u);
+  EXPECT_EQ(j.at("method").get<std::string>(), "");
 
   // Non-finite timings (a broken clock, a bad division upstream) become null too.
   s.total_seconds = std::numeric_limits<double>::quiet_NaN();
   s.draft_seconds = std::numeric_limits<double>::infinity();
   const std::string bad_text = s.to_json();
   ASSERT_NO_THROW(j = parse_json(bad_text)) << bad_text;
-  EXPECT_EQ(j.at("total_seconds").k, json::kind::null);
-  EXPECT_EQ(j.at("draft_seconds").k, json::kind::null);
-  EXPECT_EQ(j.at("tokens_per_second").k, json::kind::null);
+  EXPECT_TRUE(j.at("total_seconds").is_null());
+  EXPECT_TRUE(j.at("draft_seconds").is_null());
+  EXPECT_TRUE(j.at("tokens_per_second").is_null());
 }
 
 TEST(generation_stats, merge_adds_counts_times_and_positions) {

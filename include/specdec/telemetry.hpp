@@ -14,6 +14,8 @@
 #include <string>
 #include <string_view>
 #include <system_error>
+#include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "specdec/error.hpp"
@@ -141,31 +143,7 @@ struct generation_stats {
   /// aggregate several runs (`first_token_seconds` and `first_step_tokens` add up too, so
   /// `decode_tokens_per_second` of the sum is the decode rate over all the runs). An empty `method` takes `other`'s; two different non-empty
   /// methods throw `invalid_argument`, since their per-position counts do not mix.
-  generation_stats& merge(const generation_stats& other) {
-    if (method.empty()) {
-      method = other.method;
-    } else if (!other.method.empty() && other.method != method) {
-      throw invalid_argument("generation_stats::merge: cannot merge method '" + other.method +
-                             "' into '" + method + "'; expected the same method");
-    }
-    prompt_tokens += other.prompt_tokens;
-    tokens_emitted += other.tokens_emitted;
-    draft_tokens_proposed += other.draft_tokens_proposed;
-    draft_tokens_accepted += other.draft_tokens_accepted;
-    detail::add_elementwise(per_position_proposed, other.per_position_proposed);
-    detail::add_elementwise(per_position_accepted, other.per_position_accepted);
-    fallbacks += other.fallbacks;
-    rollbacks += other.rollbacks;
-    draft_calls += other.draft_calls;
-    target_calls += other.target_calls;
-    draft_seconds += other.draft_seconds;
-    target_seconds += other.target_seconds;
-    policy_seconds += other.policy_seconds;
-    total_seconds += other.total_seconds;
-    first_token_seconds += other.first_token_seconds;
-    first_step_tokens += other.first_step_tokens;
-    return *this;
-  }
+  generation_stats& merge(const generation_stats& other);
 
   /// One JSON object with every field plus the derived rates. Rates that are undefined
   /// (nothing proposed, no target call, no time) and any non-finite time are written as
@@ -246,27 +224,75 @@ inline void append_json_key(std::string& out, std::string_view key) {
 
 }  // namespace detail
 
+/// A named member of `generation_stats`.
+template <class T>
+struct stats_field {
+  std::string_view name;
+  T generation_stats::*member;
+};
+
+/// The one list of `generation_stats`' stored fields, in JSON order: merging and JSON
+/// walk it, so a new field is added here once (and printed by `operator<<` if it is
+/// worth a line of the summary).
+inline constexpr auto generation_stats_fields = std::tuple{
+    stats_field<std::string>{"method", &generation_stats::method},
+    stats_field<std::size_t>{"prompt_tokens", &generation_stats::prompt_tokens},
+    stats_field<std::size_t>{"tokens_emitted", &generation_stats::tokens_emitted},
+    stats_field<std::size_t>{"draft_tokens_proposed", &generation_stats::draft_tokens_proposed},
+    stats_field<std::size_t>{"draft_tokens_accepted", &generation_stats::draft_tokens_accepted},
+    stats_field<std::vector<std::size_t>>{"per_position_proposed", &generation_stats::per_position_proposed},
+    stats_field<std::vector<std::size_t>>{"per_position_accepted", &generation_stats::per_position_accepted},
+    stats_field<std::size_t>{"fallbacks", &generation_stats::fallbacks},
+    stats_field<std::size_t>{"rollbacks", &generation_stats::rollbacks},
+    stats_field<std::size_t>{"draft_calls", &generation_stats::draft_calls},
+    stats_field<std::size_t>{"target_calls", &generation_stats::target_calls},
+    stats_field<double>{"draft_seconds", &generation_stats::draft_seconds},
+    stats_field<double>{"target_seconds", &generation_stats::target_seconds},
+    stats_field<double>{"policy_seconds", &generation_stats::policy_seconds},
+    stats_field<double>{"total_seconds", &generation_stats::total_seconds},
+    stats_field<double>{"first_token_seconds", &generation_stats::first_token_seconds},
+    stats_field<std::size_t>{"first_step_tokens", &generation_stats::first_step_tokens},
+};
+
+/// Calls `f(field)` for each entry of `generation_stats_fields`.
+template <class F>
+constexpr void for_each_stats_field(F&& f) {
+  std::apply([&](const auto&... field) { (f(field), ...); }, generation_stats_fields);
+}
+
+inline generation_stats& generation_stats::merge(const generation_stats& other) {
+  if (method.empty()) {
+    method = other.method;
+  } else if (!other.method.empty() && other.method != method) {
+    throw invalid_argument("generation_stats::merge: cannot merge method '" + other.method + "' into '" + method +
+                           "'; expected the same method");
+  }
+  for_each_stats_field([&](const auto& field) {
+    auto& into = this->*field.member;
+    const auto& from = other.*field.member;
+    using T = std::remove_cvref_t<decltype(into)>;
+    if constexpr (std::is_same_v<T, std::vector<std::size_t>>) detail::add_elementwise(into, from);
+    else if constexpr (std::is_arithmetic_v<T>) into += from;
+  });
+  return *this;
+}
+
 inline std::string generation_stats::to_json() const {
   using namespace detail;
   std::string out = "{";
-  append_json_key(out, "method");
-  append_json_string(out, method);
-  append_json_key(out, "prompt_tokens");
-  append_json_number(out, prompt_tokens);
-  append_json_key(out, "tokens_emitted");
-  append_json_number(out, tokens_emitted);
-  append_json_key(out, "draft_tokens_proposed");
-  append_json_number(out, draft_tokens_proposed);
-  append_json_key(out, "draft_tokens_accepted");
-  append_json_number(out, draft_tokens_accepted);
+  for_each_stats_field([&](const auto& field) {
+    append_json_key(out, field.name);
+    const auto& v = this->*field.member;
+    using T = std::remove_cvref_t<decltype(v)>;
+    if constexpr (std::is_same_v<T, std::string>) append_json_string(out, v);
+    else if constexpr (std::is_same_v<T, std::vector<std::size_t>>) append_json_array(out, v);
+    else append_json_number(out, v);
+  });
+  // Derived rates (null where undefined).
   append_json_key(out, "acceptance_rate");
   append_json_rate(out, draft_tokens_proposed > 0, acceptance_rate());
   append_json_key(out, "mean_accepted_per_target_call");
   append_json_rate(out, target_calls > 0, mean_accepted_per_target_call());
-  append_json_key(out, "per_position_proposed");
-  append_json_array(out, per_position_proposed);
-  append_json_key(out, "per_position_accepted");
-  append_json_array(out, per_position_accepted);
   append_json_key(out, "per_position_acceptance_rate");
   out += '[';
   for (std::size_t i = 0; i < per_position_proposed.size(); ++i) {
@@ -274,28 +300,8 @@ inline std::string generation_stats::to_json() const {
     append_json_rate(out, per_position_proposed[i] > 0, position_acceptance_rate(i));
   }
   out += ']';
-  append_json_key(out, "fallbacks");
-  append_json_number(out, fallbacks);
-  append_json_key(out, "rollbacks");
-  append_json_number(out, rollbacks);
-  append_json_key(out, "draft_calls");
-  append_json_number(out, draft_calls);
-  append_json_key(out, "target_calls");
-  append_json_number(out, target_calls);
-  append_json_key(out, "draft_seconds");
-  append_json_number(out, draft_seconds);
-  append_json_key(out, "target_seconds");
-  append_json_number(out, target_seconds);
-  append_json_key(out, "policy_seconds");
-  append_json_number(out, policy_seconds);
-  append_json_key(out, "total_seconds");
-  append_json_number(out, total_seconds);
   append_json_key(out, "tokens_per_second");
   append_json_rate(out, total_seconds > 0.0, tokens_per_second());
-  append_json_key(out, "first_token_seconds");
-  append_json_number(out, first_token_seconds);
-  append_json_key(out, "first_step_tokens");
-  append_json_number(out, first_step_tokens);
   append_json_key(out, "decode_tokens_per_second");
   append_json_rate(out, decode_tokens_per_second() > 0.0, decode_tokens_per_second());
   out += '}';
