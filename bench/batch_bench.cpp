@@ -62,6 +62,7 @@
 #include "specdec/fallback.hpp"
 #include "specdec/rollback.hpp"
 #include "specdec/scheduler.hpp"
+#include "specdec/hybrid/scheduling.hpp"
 
 #include "cli_args.hpp"
 #include "held_out_prompts.hpp"

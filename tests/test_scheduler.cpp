@@ -15,6 +15,7 @@
 #include "specdec/batch_decoder.hpp"
 #include "specdec/decoder.hpp"
 #include "specdec/scheduler.hpp"
+#include "specdec/hybrid/scheduling.hpp"
 #include "specdec/testing/batch_archetypes.hpp"
 
 namespace {
