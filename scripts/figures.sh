@@ -18,7 +18,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 table=$root/docs/bench/figures.tsv
-pages=("$root/README.md")
+pages=("$root/README.md" "$root/docs/performance.md")
 mode=measure record=0 build=$root/build bin="" out=""
 while [ $# -gt 0 ]; do
   case "$1" in
