@@ -3,8 +3,33 @@
 #   scripts/bootstrap.sh demo   install what is missing, build, run the demo on the bundled models
 #   scripts/bootstrap.sh test   install what is missing, build, run the whole test suite,
 #                               then again under AddressSanitizer + UndefinedBehaviorSanitizer
+#   scripts/bootstrap.sh configure STAGE DIR   only STAGE's cmake configure line, into DIR
+#                               (STAGE: demo, test, asan; tests/bootstrap checks the stages)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# Each stage's configure line sets every option the stage relies on: stages share build
+# directories, and cmake keeps cached values, so `demo` then `test` in one clone would
+# otherwise test a build configured without tests.
+configure_stage() {  # STAGE DIR
+  case "$1" in
+    demo) cmake -S . -B "$2" -DCMAKE_BUILD_TYPE=Release -DSPECDEC_SANITIZE=OFF -DSPECDEC_NATIVE=ON \
+            -DSPECDEC_BUILD_TESTS=OFF -DSPECDEC_BUILD_BENCH=OFF -DSPECDEC_BUILD_EXAMPLES=ON >/dev/null ;;
+    test) cmake -S . -B "$2" -DCMAKE_BUILD_TYPE=Release -DSPECDEC_SANITIZE=OFF -DSPECDEC_NATIVE=ON \
+            -DSPECDEC_BUILD_TESTS=ON -DSPECDEC_BUILD_BENCH=ON -DSPECDEC_BUILD_EXAMPLES=ON >/dev/null ;;
+    # -O1 -g1: sanitizer builds are compile-bound here; -O1 halves the build of the heaviest
+    # test files against -O2 -g, and -g1 still gives file:line stack traces.
+    asan) cmake -S . -B "$2" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1" \
+            -DSPECDEC_SANITIZE=ON -DSPECDEC_NATIVE=ON \
+            -DSPECDEC_BUILD_TESTS=ON -DSPECDEC_BUILD_BENCH=OFF -DSPECDEC_BUILD_EXAMPLES=OFF >/dev/null ;;
+    *) echo "bootstrap: unknown stage '$1'; expected demo, test or asan" >&2; return 2 ;;
+  esac
+}
+if [ "${1:-}" = configure ]; then
+  [ $# -eq 3 ] || { echo "usage: scripts/bootstrap.sh configure STAGE DIR" >&2; exit 2; }
+  configure_stage "$2" "$3"
+  exit
+fi
 
 packages=(cmake g++ make libeigen3-dev libxtensor-dev libgtest-dev libbenchmark-dev sentencepiece nlohmann-json3-dev)
 missing=()
@@ -22,7 +47,7 @@ jobs=$(nproc 2>/dev/null || echo 2)
 mode=${1:-test}
 case "$mode" in
   demo)
-    cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DSPECDEC_BUILD_TESTS=OFF -DSPECDEC_BUILD_BENCH=OFF >/dev/null
+    configure_stage demo build
     cmake --build build -j"$jobs" --target specdec-generate
     gen=./build/bin/specdec-generate
     kjv=(--model models/kjv-big.bin --tokenizer models/kjv2k-tokenizer.bin --max-new-tokens 120)
@@ -46,21 +71,17 @@ case "$mode" in
       --prompt "Once upon a time" --max-new-tokens 80 --temperature 0.8 --top-p 0.9 --seed 42
     ;;
   test)
-    cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
+    configure_stage test build
     cmake --build build -j"$jobs"
-    ctest --test-dir build --output-on-failure -j"$jobs"
+    ctest --test-dir build --output-on-failure --no-tests=error -j"$jobs"
     echo "== again under AddressSanitizer + UndefinedBehaviorSanitizer" >&2
-    # -O1 -g1: sanitizer builds are compile-bound here; -O1 halves the build of the heaviest
-    # test files against -O2 -g, and -g1 still gives file:line stack traces.
-    cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1" \
-      -DSPECDEC_SANITIZE=ON \
-      -DSPECDEC_BUILD_BENCH=OFF -DSPECDEC_BUILD_EXAMPLES=OFF >/dev/null
+    configure_stage asan build-asan
     cmake --build build-asan -j"$jobs"
     ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
-      ctest --test-dir build-asan --output-on-failure -j"$jobs"
+      ctest --test-dir build-asan --output-on-failure --no-tests=error -j"$jobs"
     ;;
   *)
-    echo "usage: scripts/bootstrap.sh demo|test" >&2
+    echo "usage: scripts/bootstrap.sh demo|test|configure STAGE DIR" >&2
     exit 2
     ;;
 esac

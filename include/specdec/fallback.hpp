@@ -80,7 +80,7 @@ struct step_outcome {
   std::size_t target_rows = 0;
   /// Of `draft_seconds`, the step's first draft forward (0 = not reported). After a
   /// target forward the draft's weights are out of cache, so the first call costs more
-  /// than the next ones (on the kjv pair ~0.077 against ~0.05 ms).
+  /// than the next ones.
   double first_draft_seconds = 0.0;
 };
 
@@ -373,9 +373,9 @@ struct adaptive_gamma {
 ///
 /// Block cost (`learn_block_cost`, on by default when c is measured): S(g) assumes a
 /// (g + 1)-token verify block costs one forward, whatever g. Real backends do not: on the
-/// CPU backend a 6-token block costs ~1.1x one token and a 7-token block ~1.45x (another
-/// tile shape). So the policy also keeps a decayed mean T(k) of the target seconds of
-/// each block size k it has verified, and maximises
+/// CPU backend the cost grows with k and jumps where the tile shape changes (see
+/// bench/bench_forward.cpp, k:1..16). So the policy also keeps a decayed mean T(k) of the
+/// target seconds of each block size k it has verified, and maximises
 ///
 ///     E(g) / (D(g) + T(g + 1)),   E(g) = (1 - a^(g+1)) / (1 - a),
 ///
@@ -390,9 +390,9 @@ struct adaptive_gamma {
 ///
 /// Across generations (`carry_over`, off by default): the decoders call `reset()` before
 /// every generation, so each one starts again from the prior. A generation of ~100
-/// tokens is only 20-30 steps, and when the acceptance is far above the prior (0.998 on
-/// the self-speculative kjv pair) most of them go by before gamma has climbed to where it
-/// pays. With `carry_over` a decoder serving many requests keeps what the last ones taught
+/// tokens is only 20-30 steps, and when the acceptance is far above the prior (as with a
+/// self-speculative pair, whose draft nearly always agrees) most of them go by before
+/// gamma has climbed to where it pays. With `carry_over` a decoder serving many requests keeps what the last ones taught
 /// (the decay still forgets old steps): `reset()` then keeps the learnt state. Sampled
 /// output then depends on the earlier generations, so repeating a seed no longer repeats
 /// the output (greedy output is the target's whatever gamma is; and a policy that

@@ -232,10 +232,9 @@ class llama_engine {
           // Big blocks (a batch: each row reads its own cache, which the weight stream
           // has evicted) first ask for all value rows, so that their misses overlap the
           // score computation: a head's row is 256 bytes at a 512-byte stride, which the
-          // hardware prefetchers follow slowly. A 16-sequence kjv-big step at position
-          // 80 (2 threads) went from 1.196x to 1.171x the cost of one sequence's 16-token
-          // block, whose rows share one hot cache (medians of 8 alternating runs). Not
-          // shown to help single tokens and verify blocks, so they skip it.
+          // hardware prefetchers follow slowly (see specdec-batch-bench,
+          // bench/batch_bench.cpp). Single tokens and verify blocks read one cache that
+          // is already hot, so they skip it.
           if (k >= balanced_rows)
             for (std::size_t p = 0; p <= pos; ++p)
               for (std::size_t j = 0; j < hs; j += lanes) values.prefetch_line(p, j);
@@ -321,14 +320,13 @@ class llama_engine {
   /// Blocks of at least this many rows (batched steps, prefill) share their products out
   /// dynamically (see work_split) in chunks of `unit_chunk` units (96 rows: three tiles of
   /// 2 panels); smaller ones statically, one contiguous slice per thread. A block of 7+
-  /// rows is compute-bound (2-panel x 8-token tiles, see matmul_panels), so a thread slowed by a
-  /// neighbour on its core held every product up: in a 16-sequence kjv-big step profiled
-  /// on the 2-vCPU dev host, the caller's thread ran the same tiles ~17 % faster than the
-  /// worker and spent ~20 % of its time waiting at the ends of products. Measured with a
-  /// CPU hog on one core (50 us busy every 250 us) against the static split, alternating
-  /// binaries: 16-sequence steps 5.8 % more tokens/s, unchanged without the hog. Smaller
-  /// blocks are bound by memory bandwidth, which the threads share anyway; 48-row chunks
-  /// made single-token forwards ~10 % slower, so they keep the static split.
+  /// rows is compute-bound (2-panel x 8-token tiles, see matmul_panels), so under a static
+  /// split a thread slowed by a neighbour on its core (SMT sibling, other tenants) holds
+  /// every product up while the others wait at its end. Smaller blocks are bound by
+  /// memory bandwidth, which the threads share anyway, and each thread's single long
+  /// contiguous stream is what the hardware prefetchers follow best, so they keep the
+  /// static split (batched steps: bench/batch_bench.cpp; single tokens:
+  /// bench/bench_forward.cpp).
   static constexpr std::size_t balanced_rows = 7;
   static constexpr std::size_t unit_chunk = 6;
   static std::size_t units_of(const weight_matrix& w) noexcept { return (w.rows() + row_unit - 1) / row_unit; }

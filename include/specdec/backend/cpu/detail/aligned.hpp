@@ -7,10 +7,9 @@
 /// Why: `std::vector` storage comes from malloc, which aligns to 16 bytes only; a large
 /// block is mmapped and starts 16 bytes into a cache line, and small ones land at any
 /// 16-byte offset, so most 64-byte weight and input loads of the AVX-512 tiles straddled
-/// two cache lines. Alignment changes no result (the same loads in the same order), only
-/// their cost: a k = 16 matmul from L2 ran at 141 GFLOP/s misaligned and 199 aligned, a
-/// 16-token kjv-big forward went 3.0-3.8 -> 2.35 ms (docs/performance.md, "Cache-line-
-/// aligned buffers").
+/// two cache lines, which costs a second cache access per load. Alignment changes no
+/// result (the same loads in the same order), only their cost (see
+/// bench/bench_forward.cpp, blocks of 8-16 tokens, where the tiles are compute-bound).
 ///
 /// The alignment is a fixed 64 bytes, not Eigen's `aligned_allocator` (which follows
 /// EIGEN_MAX_ALIGN_BYTES, a setting users may lower) nor xsimd's (not a dependency of the

@@ -8,9 +8,8 @@
 /// one fp32 FMA per 16 multiply-adds plus three instructions to widen and scale each 16
 /// int8 weights in the q8_0 format: a kjv-little forward takes a fraction of the
 /// instructions, and its weights (1.2 MB) fit a core's L2 next to its KV cache, where
-/// fp32 (4.3 MB) and bf16 (2.1 MB) do not. It is a format for drafts (docs/performance.md,
-/// "Drafts in w8a8"): their numerics decide only which tokens they propose, never the
-/// exact output.
+/// fp32 (4.3 MB) and bf16 (2.1 MB) do not. It is a format for drafts (docs/performance.md):
+/// their numerics decide only which tokens they propose, never the exact output.
 ///
 /// Exactness rules, as everywhere in the backend (see kernels.hpp): output (t, r) is
 ///   acc = 0; for each group g in order: acc = fmadd(float(isum_g), ws[r][g] * xs[t][g], acc)

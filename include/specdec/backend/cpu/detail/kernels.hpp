@@ -53,14 +53,14 @@ typedef float v16_unaligned __attribute__((vector_size(64), aligned(4), may_alia
 /// One 16-float load. A vector-typed load, not a 64-byte memcpy: with Intel tuning
 /// (-march=native there implies -mprefer-vector-width=256) GCC 12 copies a memcpy into a
 /// vector that lives on the stack as two 32-byte halves, and the 64-byte reload that
-/// follows cannot be forwarded from two stores: the attention's value sums stalled on
-/// every position (docs/performance.md, "2026-12-04: ... store forwarding").
+/// follows cannot be forwarded from two stores, so the attention's value sums would stall
+/// on a failed store forward at every position (see bench/bench_forward.cpp).
 inline void load16(v16& v, const float* p) noexcept {
   v = *reinterpret_cast<const v16_unaligned*>(p);
 }
 /// One 16-float store, vector-typed for the same reason: a memcpy from an accumulator
-/// takes its address, and GCC then kept a tile's accumulators in memory too, storing
-/// every one of them on every column (a 6-token kjv-big block ~15 % slower).
+/// takes its address, and GCC then keeps a tile's accumulators in memory too, storing
+/// every one of them on every column.
 inline void store16(float* p, const v16& v) noexcept { *reinterpret_cast<v16_unaligned*>(p) = v; }
 /// The first n < 16 floats of v, through a copy whose address may be taken.
 inline void store_first(float* p, v16 v, std::size_t n) noexcept { __builtin_memcpy(p, &v, n * sizeof(float)); }
@@ -165,9 +165,8 @@ struct f32_rows {
 
 /// A tile's extra prefetching: none, or (`prefetch_next`) a share of the next row tile's
 /// rows, so that they arrive in L1 while this row tile computes (a row tile, the next
-/// one and a token tile's inputs fit the 48 KB L1; prefetching into L1 instead of L2 made a
-/// 1024 x 384 matmul from DRAM ~5-10 % faster at k = 8 and 16, and from L3 ~13 % faster at
-/// k = 5, when the weight products still used these tiles; alternating binaries). The `tiles` token
+/// one and a token tile's inputs fit a 48 KB L1, so the prefetch targets L1, not L2: the
+/// data is then in place when the next row tile starts). The `tiles` token
 /// tiles of a row tile split the next tile between them: token tile `phase`, at its step
 /// s (column j = 16 s of `steps`), prefetches column 16 g / tiles of the next tile when
 /// g = phase * steps + s is a multiple of `tiles`. The prefetches are thus spread evenly
@@ -222,8 +221,8 @@ inline void dot_tile(const W& w, const float* x, std::size_t ldx, float* y, std:
   // when they fit next to the accumulators in the 32 AVX-512 registers, else the T input
   // vectors (row-outer order, one weight register at a time). Pinning R weights next to
   // R x T accumulators would spill an accumulator to the stack, putting a store-to-load
-  // round trip into every iteration's dependency chain (measured: 8 x 3 tiles ran at
-  // under half the FMA rate). Either order computes every accumulator identically.
+  // round trip into every iteration's dependency chain. Either order computes every
+  // accumulator identically.
   if constexpr (R * T + R + 1 <= 32) {
     for (std::size_t j = 0; j < n16; j += lanes) {
       v16 wv[R];
@@ -232,9 +231,8 @@ inline void dot_tile(const W& w, const float* x, std::size_t ldx, float* y, std:
         w.load(wv[r], static_cast<std::size_t>(r), j);
         // A weight used by one token only may be folded into its FMA as a memory
         // operand: half the instructions per weight, so the out-of-order window holds
-        // more of the stream in flight. Single-token kjv-big fp32 forwards 3-10 % faster
-        // (median of 40 alternating pairs, same bits); no effect on the 16-bit and q8_0
-        // streams, whose loads decode.
+        // more of the stream in flight (the same bits; see bench/bench_forward.cpp, k:1).
+        // The 16-bit and q8_0 streams decode their loads, so it does not apply to them.
         if constexpr (T > 1) pin_register(wv[r]);
         if (pc != no_column) pf.at(static_cast<std::size_t>(r), pc);
       }
@@ -266,8 +264,7 @@ inline void dot_tile(const W& w, const float* x, std::size_t ldx, float* y, std:
   // y[t][r] = hsum16(acc[r][t]) + (the scalar tail of columns n16..n), four rows of a
   // token at a time through hsum16x4 (the same bits as hsum16). Fully unrolled (R and T
   // are constants), and the tail loop only entered when there is a tail: otherwise GCC
-  // kept the whole acc array on the stack, main loop included (measured: a kjv-little
-  // forward 25 % slower).
+  // kept the whole acc array on the stack, main loop included.
 #pragma GCC unroll 8
   for (int t = 0; t < T; ++t) {
     const float* xt = x + t * ldx;
@@ -333,8 +330,7 @@ inline void token_tiles(const W& wi, const W* next, std::size_t n, const float* 
 
 /// Rows [i, i + R*m) of a row-stream product in R-row tiles (advancing i), the k vectors
 /// cut into `tiles` token tiles of at most T; each row tile prefetches the next one (the
-/// rows here are short: a draft model's short rows went 137-147 -> 112-123 us per forward
-/// with it, when weights still used these tiles).
+/// rows here are short, too short for the hardware prefetchers to ramp up on).
 template <int R, int T, class W>
 inline void matmul_row_tiles(std::size_t& i, const W& w, std::size_t rows, std::size_t n, const float* x,
                              std::size_t k, std::size_t ldx, float* y, std::size_t ldy, std::size_t tiles) noexcept {
@@ -384,11 +380,11 @@ inline void matmul_rows(const W& w, std::size_t rows, std::size_t n, const float
 // row-major dot-product tiles (`matmul_rows`, still used for attention, where the "weight
 // rows" are the KV cache) there is no horizontal reduction per output and one broadcast
 // feeds a whole panel, and the single-token stream is a few long sequential panels instead
-// of many 1.5 KB rows, which the hardware prefetchers follow better (kjv-big-shaped
-// 1024 x 384 matrices, 41 MB, 1 thread, alternating medians: 1.6x faster for one token,
-// 1.3x for 16).
+// of many 1.5 KB rows, which the hardware prefetchers follow better (see
+// bench/bench_forward.cpp).
 
-/// Half the 48 KB L1 data cache of the machines this was tuned on (see matmul_panels).
+/// Half of a 48 KB L1 data cache, the size the tile shapes are chosen for (see
+/// matmul_panels); a smaller L1 changes only their cost, never a result.
 inline constexpr std::size_t half_l1_bytes = 24 * 1024;
 
 /// fp32 panels (see above): column j of panel p at w + (p n + j) 16.
@@ -428,7 +424,7 @@ inline void panel_tile(const W& w, std::size_t p0, std::size_t n, const float* x
                        std::size_t ldy, std::size_t rows, std::size_t pf) noexcept {
   static_assert(P * T + P + 1 <= 32, "panel_tile: P x T accumulators, P weights and a broadcast must fit 32 registers");
   // The loops over panels and tokens are unrolled explicitly: at -O2 GCC otherwise kept
-  // the accumulators in memory (a single-token kjv-big forward ~4x slower).
+  // the accumulators in memory.
   v16 acc[P][T];
 #pragma GCC unroll 16
   for (int p = 0; p < P; ++p)
@@ -497,10 +493,10 @@ inline void panel_tiles(std::size_t& p, std::size_t p_end, const W& w, std::size
 /// tokens: kjv-big fp32 takes 1, bf16 2); 9+ tokens 2 x 8 over token tiles of at most 8
 /// (the second token tile re-reads the tile's panels from L1/L2). Blocks of 2+ tokens
 /// prefetch the next tile's panels into L1 while they compute: one fp32 panel ahead
-/// (24 KB at kjv-big's 384 columns) stays within the 48 KB L1, where two panels x 6
-/// tokens with two panels ahead did not (5-token blocks ~13 % slower, 2-4 tokens
-/// 15-25 %); without any software prefetch a 6-token block was ~1.7x slower. Measured on kjv-big fp32,
-/// 1 thread, alternating binaries; shapes never change a result.
+/// (24 KB at kjv-big's 384 columns) stays within a 48 KB L1, where two panels x 6
+/// tokens with two panels ahead would not; the hardware prefetchers alone do not keep
+/// up with several tokens' compute per panel. Shapes never change a result; the tile
+/// choice per block size is what bench/bench_forward.cpp's k:1..16 rows show.
 template <class W>
 inline void matmul_panels(const W& w, std::size_t p0, std::size_t rows, std::size_t n, const float* x,
                           std::size_t k, std::size_t ldx, float* y, std::size_t ldy,
@@ -630,8 +626,8 @@ typedef int vi16 __attribute__((vector_size(64)));
 /// bits; within 2 ulp of the correctly rounded e^x (tests compare it with std::exp over
 /// the whole float range). Below -86.5 the result is 0 (e^-86.5 < 2^-124, which the
 /// softmax and SiLU callers cannot tell from 0), above 88.0 it is +inf, NaN stays NaN.
-/// It replaces a scalar libm call per element, which took ~6 % of a speculative step
-/// (one softmax per head and position, one SiLU per hidden unit).
+/// It replaces a scalar libm call per element, which does not vectorise and runs once per
+/// head and position (softmax) and once per hidden unit (SiLU) in every forward.
 inline void exp16(v16& v) noexcept {
   constexpr float lo = -86.5f, hi = 88.0f;
   const v16 zero{};
@@ -728,8 +724,8 @@ inline void rope_angle(std::size_t pos, std::size_t i, std::size_t head_size, fl
 /// Rotary embedding of the pairs (2i, 2i+1) of every head of a row of `width` floats
 /// (whole heads), with the cos/sin of the position precomputed by `rope_angle` (`fcr[i]`,
 /// `fci[i]` for i < head_size/2). One plain loop per head, which GCC vectorises (16 pairs
-/// per AVX-512 step; a scalar loop over the row with a per-element head index did not
-/// vectorise and took ~2 % of a 16-sequence step, on the calling thread alone).
+/// per AVX-512 step; a scalar loop over the row with a per-element head index does not
+/// vectorise, and this runs on the calling thread alone).
 inline void rope_row(float* v, std::size_t width, std::size_t head_size, const float* fcr,
                      const float* fci) noexcept {
   const std::size_t half = head_size / 2;

@@ -1,0 +1,39 @@
+#pragma once
+/// \file specdec.hpp
+/// The whole generic library in one include: the concepts (models, batched models,
+/// fallback and rollback policies, distance metrics, arbiters, schedulers), the bundled
+/// policies, the single-sequence and batched decoders, telemetry, the batch scheduler and
+/// the device/cloud hybrid layer. It needs xtensor and range-v3 (the `specdec::specdec`
+/// CMake target), not Eigen: the CPU backend is `specdec/cpu.hpp`, and the test helpers
+/// (`specdec/testing/...`) are included on their own.
+///
+/// ```cpp
+/// #include <specdec/specdec.hpp>
+///
+/// template <specdec::language_model M>
+/// std::vector<specdec::token_id> greedy(M& draft, M& target, std::span<const specdec::token_id> prompt) {
+///   specdec::speculative_decoder dec(draft, target, specdec::fixed_gamma{.gamma = 4},
+///                                    specdec::greedy_match{});
+///   return dec.generate(prompt, {.max_new_tokens = 32}).tokens;
+/// }
+/// ```
+///
+/// Every public header is listed here (tests/umbrella checks that none is missing).
+#include "specdec/fwd.hpp"
+#include "specdec/error.hpp"
+#include "specdec/token.hpp"
+#include "specdec/model.hpp"
+#include "specdec/sampling.hpp"
+#include "specdec/distance.hpp"
+#include "specdec/fallback.hpp"
+#include "specdec/rollback.hpp"
+#include "specdec/telemetry.hpp"
+#include "specdec/decoder.hpp"
+#include "specdec/batch.hpp"
+#include "specdec/batch_decoder.hpp"
+#include "specdec/scheduler.hpp"
+#include "specdec/hybrid/link.hpp"
+#include "specdec/hybrid/predictor.hpp"
+#include "specdec/hybrid/arbiter.hpp"
+#include "specdec/hybrid/remote_model.hpp"
+#include "specdec/hybrid/session.hpp"
