@@ -35,6 +35,7 @@
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <span>
 #include <string>
 #include <type_traits>
@@ -64,6 +65,30 @@ logits_block feed_block(M& m, const std::vector<token_id>& seq, std::size_t& fed
   fed = upto;
   return out;
 }
+
+/// What every single-sequence decoder holds to sample: validated params, the seed the
+/// next `generate` starts from, and the random source it reseeds.
+class seeded_sampling {
+ public:
+  seeded_sampling(sampling_params params, std::uint64_t seed) : params_(params), seed_(seed), rng_(seed) {
+    params_.validate();
+  }
+  [[nodiscard]] const sampling_params& params() const noexcept { return params_; }
+  /// Replaces the sampling params (validated).
+  void set_params(const sampling_params& p) {
+    p.validate();
+    params_ = p;
+  }
+  [[nodiscard]] std::uint64_t seed() const noexcept { return seed_; }
+  /// The seed the next `generate` starts from.
+  void set_seed(std::uint64_t seed) noexcept { seed_ = seed; }
+
+ protected:
+  void restart_rng() { rng_.reseed(seed_); }
+  sampling_params params_;
+  std::uint64_t seed_;
+  random_source rng_;
+};
 
 using decoder_clock = std::chrono::steady_clock;
 inline double decoder_seconds_since(decoder_clock::time_point t0) {
@@ -134,7 +159,7 @@ concept drafter = language_model<D> || token_drafter<D>;
 /// (`draft_step::q` empty), so it must declare `reads_confidence = false`; verification
 /// treats the proposal as one-hot (greedy and rejection sampling stay exact).
 template <drafter Draft, fallback_policy Fallback, verifier Verifier>
-class basic_speculative_decoder {
+class basic_speculative_decoder : public detail::seeded_sampling {
  public:
   static constexpr bool exact = static_cast<bool>(Verifier::exact);
   static constexpr bool drafts_ids_only = !language_model<Draft>;
@@ -144,10 +169,8 @@ class basic_speculative_decoder {
   /// `invalid_argument` for bad sampling params or fallback knobs.
   basic_speculative_decoder(Draft& draft, Fallback fallback, Verifier verifier, sampling_params params = {},
                             std::uint64_t seed = 0)
-      : draft_(draft), drafter_(std::move(fallback)), verifier_(std::move(verifier)), params_(params), seed_(seed),
-        rng_(seed) {
+      : seeded_sampling(params, seed), draft_(draft), drafter_(std::move(fallback)), verifier_(std::move(verifier)) {
     if constexpr (has_vocabulary<Draft>) check_same_vocabulary(draft_, verifier_);
-    params_.validate();
     validate_policy(drafter_.fallback());
   }
 
@@ -156,15 +179,6 @@ class basic_speculative_decoder {
   [[nodiscard]] const Verifier& verifier() const noexcept { return verifier_; }
   [[nodiscard]] Fallback& fallback() noexcept { return drafter_.fallback(); }
   [[nodiscard]] const Fallback& fallback() const noexcept { return drafter_.fallback(); }
-  [[nodiscard]] const sampling_params& params() const noexcept { return params_; }
-  /// Replaces the sampling params (validated).
-  void set_params(const sampling_params& p) {
-    p.validate();
-    params_ = p;
-  }
-  [[nodiscard]] std::uint64_t seed() const noexcept { return seed_; }
-  /// The seed the next `generate` starts from.
-  void set_seed(std::uint64_t seed) noexcept { seed_ = seed; }
   /// The most tokens S may hold: the verifier's context, and the draft model's if smaller.
   [[nodiscard]] std::size_t context_length() const {
     const std::size_t v = static_cast<std::size_t>(verifier_.context_length());
@@ -186,7 +200,7 @@ class basic_speculative_decoder {
     if constexpr (language_model<Draft>) draft_.truncate(0);
     else if constexpr (resettable<Draft>) draft_.reset();
     verifier_.reset();
-    rng_.reseed(seed_);
+    restart_rng();
     drafter_.reset();
 
     generation_result result;
@@ -206,7 +220,8 @@ class basic_speculative_decoder {
         break;
       }
       // ---- 1. draft -> draft_block ----
-      if (drafter_.begin_step(seq_.size(), out.remaining(), ctx, exact)) draft_step(vocab, opts.stop_at_eos, st);
+      if (drafter_.begin_step(seq_.size(), out.remaining(), ctx, exact, verifier_draft_cap()))
+        draft_step(vocab, opts.stop_at_eos, st);
       drafter_.record_drafting(st);
       const draft_block d = drafter_.block();
 
@@ -284,6 +299,13 @@ class basic_speculative_decoder {
     }
   }
 
+  /// A verifier may cap the drafts it takes per round (a server under load announces a
+  /// smaller cap, down to none: `max_draft()`); otherwise there is no cap.
+  [[nodiscard]] std::size_t verifier_draft_cap() const {
+    if constexpr (requires { verifier_.max_draft(); }) return static_cast<std::size_t>(verifier_.max_draft());
+    else return std::numeric_limits<std::size_t>::max();
+  }
+
   void rewind_draft(std::size_t keep) {
     if constexpr (language_model<Draft>) {
       if (drafter_.rewind(keep)) draft_.truncate(keep);
@@ -293,9 +315,6 @@ class basic_speculative_decoder {
   Draft& draft_;
   model_drafter<Fallback> drafter_;
   Verifier verifier_;
-  sampling_params params_;
-  std::uint64_t seed_;
-  random_source rng_;
   std::vector<token_id> seq_;
 };
 
@@ -416,21 +435,12 @@ auto make_speculative_decoder(Draft& draft, Target& target, Fallback fallback, R
 /// block), with the same sampling rules, options, callback and statistics as
 /// `speculative_decoder` (here `target_calls` counts the model's forwards).
 template <language_model Model>
-class autoregressive_decoder {
+class autoregressive_decoder : public detail::seeded_sampling {
  public:
   explicit autoregressive_decoder(Model& model, sampling_params params = {}, std::uint64_t seed = 0)
-      : model_(model), params_(params), seed_(seed), rng_(seed) {
-    params_.validate();
-  }
+      : seeded_sampling(params, seed), model_(model) {}
 
   [[nodiscard]] Model& model() noexcept { return model_; }
-  [[nodiscard]] const sampling_params& params() const noexcept { return params_; }
-  void set_params(const sampling_params& p) {
-    p.validate();
-    params_ = p;
-  }
-  [[nodiscard]] std::uint64_t seed() const noexcept { return seed_; }
-  void set_seed(std::uint64_t seed) noexcept { seed_ = seed; }
   [[nodiscard]] std::size_t context_length() const { return model_.context_length(); }
 
   template <class OnToken = no_callback>
@@ -441,7 +451,7 @@ class autoregressive_decoder {
     const std::size_t ctx = context_length();
     detail::validate_request(prompt, opts, vocab, ctx, "autoregressive_decoder::generate");
     model_.truncate(0);
-    rng_.reseed(seed_);
+    restart_rng();
     std::size_t fed = 0;
 
     generation_result result;
@@ -480,9 +490,6 @@ class autoregressive_decoder {
 
  private:
   Model& model_;
-  sampling_params params_;
-  std::uint64_t seed_;
-  random_source rng_;
   std::vector<token_id> seq_;
   std::vector<float> probs_;
 };
