@@ -9,7 +9,7 @@
 /// Budgets (`budget::max_cloud_fraction`) are honoured by calibration: every calibratable
 /// arbiter computes a scalar "cloud score" per request and `calibrated(sample, link, b)`
 /// returns a copy whose threshold sends at most that fraction of the sample to the cloud
-/// (`calibrate_threshold`). On fresh requests from the same distribution the fraction is
+/// (`calibrate_threshold`, calibration.hpp). On fresh requests from the same distribution the fraction is
 /// then the target up to sampling error. `budget_guard` enforces the fraction exactly, on
 /// every prefix of a request stream, by demoting cloud routes to the device.
 ///
@@ -31,8 +31,10 @@
 #include <vector>
 
 #include "specdec/error.hpp"
+#include "specdec/hybrid/calibration.hpp"
 #include "specdec/hybrid/link.hpp"
 #include "specdec/hybrid/predictor.hpp"
+#include "specdec/hybrid/training.hpp"
 
 namespace specdec::hybrid {
 
@@ -245,33 +247,6 @@ concept has_calibration =
 /// ```
 template <class A>
 concept calibratable_arbiter = arbiter<A> && has_calibration<A>;
-
-// ---------------------------------------------------------------------------------------
-// Calibration
-
-/// The threshold `t` such that routing "cloud iff score > t" sends at most
-/// `floor(max_cloud_fraction * n)` of the `n` scores to the cloud, and exactly that many
-/// when there are no ties at the threshold. Returns -infinity when the fraction allows
-/// every request to go to the cloud.
-///
-/// ```cpp
-/// std::vector<double> s{0.1, 0.9, 0.5, 0.7};
-/// double t = specdec::hybrid::calibrate_threshold(s, 0.5);  // 0.5: only 0.9 and 0.7 exceed it
-/// ```
-[[nodiscard]] inline double calibrate_threshold(std::span<const double> scores, double max_cloud_fraction) {
-  detail::check_range("calibrate_threshold max_cloud_fraction", max_cloud_fraction, 0.0, 1.0, "[0, 1]");
-  if (scores.empty())
-    throw invalid_argument("calibrate_threshold: no scores; expected a non-empty calibration sample");
-  std::vector<double> s(scores.begin(), scores.end());
-  for (double v : s)
-    if (std::isnan(v)) throw invalid_argument("calibrate_threshold: a score is NaN; expected comparable scores");
-  const std::size_t n = s.size();
-  const auto k = static_cast<std::size_t>(std::floor(max_cloud_fraction * static_cast<double>(n) + 1e-9));
-  if (k >= n) return -std::numeric_limits<double>::infinity();
-  // The (k+1)-th largest score: at most k scores are strictly greater.
-  std::nth_element(s.begin(), s.begin() + static_cast<std::ptrdiff_t>(k), s.end(), std::greater<>());
-  return s[k];
-}
 
 namespace detail {
 
@@ -585,9 +560,10 @@ struct latency_arbiter {
   return x;
 }
 
-/// Logistic regression on standardised `arbiter_features`, trained in C++ from logged
-/// runs (label 1 = the device's output agreed with the cloud's), predicting P(device ok).
-/// Routes to the device when P >= `threshold`, to the cloud otherwise.
+/// Logistic regression on standardised `arbiter_features` (`logistic_regression`, see
+/// training.hpp), trained in C++ from logged runs (label 1 = the device's output was good
+/// enough), predicting P(device ok). Routes to the device when P >= `threshold`, to the
+/// cloud otherwise.
 ///
 /// ```cpp
 /// specdec::hybrid::logistic_arbiter a;
@@ -596,35 +572,18 @@ struct latency_arbiter {
 /// auto tuned = a.calibrated(sample, link, {.max_cloud_fraction = 0.3});
 /// ```
 struct logistic_arbiter {
-  double threshold = 0.5;        ///< >= 0; > 1 sends everything to the cloud
-  std::vector<double> mean{};    ///< per-feature mean of the training data
-  std::vector<double> scale{};   ///< per-feature standard deviation (1 for constant features)
-  std::vector<double> weights{};  ///< on standardised features
-  double bias = 0.0;
+  double threshold = 0.5;      ///< >= 0; > 1 sends everything to the cloud
+  logistic_regression model{};  ///< P(device ok) from `arbiter_features`
 
-  [[nodiscard]] bool trained() const noexcept { return !weights.empty(); }
-
+  [[nodiscard]] bool trained() const noexcept { return model.trained(); }
   /// P(device ok) for a raw feature vector.
-  [[nodiscard]] double probability(std::span<const double> x) const {
-    if (!trained())
-      throw invalid_argument("logistic_arbiter: not trained; expected train() or weights before use");
-    if (x.size() != weights.size())
-      throw invalid_argument("logistic_arbiter: " + std::to_string(x.size()) + " features, expected " +
-                             std::to_string(weights.size()));
-    double z = bias;
-    for (std::size_t j = 0; j < x.size(); ++j) z += weights[j] * (x[j] - mean[j]) / scale[j];
-    return detail::sigmoid(z);
-  }
+  [[nodiscard]] double probability(std::span<const double> x) const { return model.probability(x); }
   [[nodiscard]] double probability_device_ok(const request_features& f) const {
     const auto x = arbiter_features(f);
     return probability(x);
   }
-  /// Weights on the raw (unstandardised) features: weights[j] / scale[j].
-  [[nodiscard]] std::vector<double> raw_weights() const {
-    std::vector<double> w(weights.size());
-    for (std::size_t j = 0; j < w.size(); ++j) w[j] = weights[j] / scale[j];
-    return w;
-  }
+  /// Weights on the raw (unstandardised) features.
+  [[nodiscard]] std::vector<double> raw_weights() const { return model.raw_weights(); }
 
   [[nodiscard]] route decide(const request_features& f, const link_estimate&, const budget& b) const {
     if (b.max_cloud_fraction <= 0.0) return route::on_device();
@@ -634,64 +593,13 @@ struct logistic_arbiter {
     if (!(threshold >= 0.0))
       throw invalid_argument("logistic_arbiter.threshold must be >= 0 (a probability; > 1 = always cloud), got " +
                              std::to_string(threshold));
-    if (mean.size() != weights.size() || scale.size() != weights.size())
-      throw invalid_argument("logistic_arbiter: mean, scale and weights must have equal sizes, got " +
-                             std::to_string(mean.size()) + ", " + std::to_string(scale.size()) + ", " +
-                             std::to_string(weights.size()));
-    for (std::size_t j = 0; j < scale.size(); ++j)
-      if (!(scale[j] > 0.0) || !std::isfinite(scale[j]))
-        throw invalid_argument("logistic_arbiter.scale[" + std::to_string(j) + "] must be finite and > 0, got " +
-                               std::to_string(scale[j]));
+    model.validate();
   }
 
-  /// Full-batch gradient descent on the mean log-loss plus `l2 / 2 * |w|^2` (the bias is
-  /// not penalised), over features standardised with the training data's mean and
-  /// standard deviation. Deterministic. Labels must be 0 or 1.
+  /// Trains the model on raw feature rows (see `logistic_regression::train`).
   void train(const std::vector<std::vector<double>>& x, const std::vector<int>& y, int iterations = 500,
              double learning_rate = 0.5, double l2 = 1e-3) {
-    const std::size_t d = detail::check_design(x, y.size(), "logistic_arbiter::train");
-    if (iterations < 1)
-      throw invalid_argument("logistic_arbiter::train iterations must be >= 1, got " + std::to_string(iterations));
-    if (!(learning_rate > 0.0) || !std::isfinite(learning_rate))
-      throw invalid_argument("logistic_arbiter::train learning_rate must be finite and > 0, got " +
-                             std::to_string(learning_rate));
-    detail::check_non_negative("logistic_arbiter::train l2", l2);
-    for (std::size_t i = 0; i < y.size(); ++i)
-      if (y[i] != 0 && y[i] != 1)
-        throw invalid_argument("logistic_arbiter::train: label " + std::to_string(i) + " is " +
-                               std::to_string(y[i]) + "; expected 0 or 1");
-    const std::size_t n = x.size();
-    const double nd = static_cast<double>(n);
-    mean.assign(d, 0.0);
-    scale.assign(d, 0.0);
-    for (const auto& row : x)
-      for (std::size_t j = 0; j < d; ++j) mean[j] += row[j];
-    for (double& m : mean) m /= nd;
-    for (const auto& row : x)
-      for (std::size_t j = 0; j < d; ++j) scale[j] += (row[j] - mean[j]) * (row[j] - mean[j]);
-    for (double& s : scale) {
-      s = std::sqrt(s / nd);
-      if (!(s > 1e-12)) s = 1.0;
-    }
-    std::vector<double> z(n * d);
-    for (std::size_t i = 0; i < n; ++i)
-      for (std::size_t j = 0; j < d; ++j) z[i * d + j] = (x[i][j] - mean[j]) / scale[j];
-    weights.assign(d, 0.0);
-    bias = 0.0;
-    std::vector<double> grad(d);
-    for (int it = 0; it < iterations; ++it) {
-      std::fill(grad.begin(), grad.end(), 0.0);
-      double gb = 0.0;
-      for (std::size_t i = 0; i < n; ++i) {
-        double s = bias;
-        for (std::size_t j = 0; j < d; ++j) s += weights[j] * z[i * d + j];
-        const double r = detail::sigmoid(s) - static_cast<double>(y[i]);
-        gb += r;
-        for (std::size_t j = 0; j < d; ++j) grad[j] += r * z[i * d + j];
-      }
-      bias -= learning_rate * gb / nd;
-      for (std::size_t j = 0; j < d; ++j) weights[j] -= learning_rate * (grad[j] / nd + l2 * weights[j]);
-    }
+    model.train(x, y, iterations, learning_rate, l2);
   }
   /// Trains on logged requests' `arbiter_features`.
   void train(const std::vector<request_features>& features, const std::vector<int>& y, int iterations = 500,

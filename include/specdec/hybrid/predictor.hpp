@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "specdec/error.hpp"
+#include "specdec/hybrid/training.hpp"
 
 namespace specdec::hybrid {
 
@@ -50,74 +51,6 @@ struct request_features {
   for (float e : f.extra) x.push_back(e);
   return x;
 }
-
-namespace detail {
-
-/// Solves the square system `A x = b` (A row-major n x n) by Gaussian elimination with
-/// partial pivoting. Throws `invalid_argument` naming `what` if A is singular.
-[[nodiscard]] inline std::vector<double> solve_linear(std::vector<double> a, std::vector<double> b,
-                                                      const char* what) {
-  const std::size_t n = b.size();
-  if (a.size() != n * n)
-    throw invalid_argument(std::string(what) + ": matrix has " + std::to_string(a.size()) +
-                           " entries, expected " + std::to_string(n * n));
-  double scale = 0.0;
-  for (double v : a) scale = std::max(scale, std::abs(v));
-  for (std::size_t c = 0; c < n; ++c) {
-    std::size_t piv = c;
-    for (std::size_t r = c + 1; r < n; ++r)
-      if (std::abs(a[r * n + c]) > std::abs(a[piv * n + c])) piv = r;
-    if (!(std::abs(a[piv * n + c]) > 1e-13 * scale))
-      throw invalid_argument(std::string(what) +
-                             ": the normal equations are singular (collinear or constant features); "
-                             "expected linearly independent features or a positive ridge");
-    if (piv != c) {
-      for (std::size_t k = 0; k < n; ++k) std::swap(a[c * n + k], a[piv * n + k]);
-      std::swap(b[c], b[piv]);
-    }
-    for (std::size_t r = c + 1; r < n; ++r) {
-      const double m = a[r * n + c] / a[c * n + c];
-      if (m == 0.0) continue;
-      for (std::size_t k = c; k < n; ++k) a[r * n + k] -= m * a[c * n + k];
-      b[r] -= m * b[c];
-    }
-  }
-  std::vector<double> x(n);
-  for (std::size_t i = n; i-- > 0;) {
-    double s = b[i];
-    for (std::size_t k = i + 1; k < n; ++k) s -= a[i * n + k] * x[k];
-    x[i] = s / a[i * n + i];
-  }
-  return x;
-}
-
-/// Throws unless X is a non-empty rectangular matrix of finite values whose row count
-/// equals `n_targets`; returns the column count.
-inline std::size_t check_design(const std::vector<std::vector<double>>& x, std::size_t n_targets,
-                                const char* what) {
-  if (x.empty())
-    throw invalid_argument(std::string(what) + ": no training rows; expected at least one");
-  if (x.size() != n_targets)
-    throw invalid_argument(std::string(what) + ": " + std::to_string(x.size()) + " feature rows but " +
-                           std::to_string(n_targets) + " targets; expected equal counts");
-  const std::size_t d = x.front().size();
-  for (std::size_t i = 0; i < x.size(); ++i) {
-    if (x[i].size() != d)
-      throw invalid_argument(std::string(what) + ": row " + std::to_string(i) + " has " +
-                             std::to_string(x[i].size()) + " features, expected " + std::to_string(d));
-    for (double v : x[i])
-      if (!std::isfinite(v))
-        throw invalid_argument(std::string(what) + ": row " + std::to_string(i) +
-                               " has a non-finite feature; expected finite values");
-  }
-  return d;
-}
-
-[[nodiscard]] inline double sigmoid(double z) noexcept {
-  return z >= 0 ? 1.0 / (1.0 + std::exp(-z)) : std::exp(z) / (1.0 + std::exp(z));
-}
-
-}  // namespace detail
 
 /// `p.predict(features)` returns a number.
 ///
