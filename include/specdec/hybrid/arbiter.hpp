@@ -142,7 +142,8 @@ struct budget {
 };
 
 /// Per-token compute times of the two sides (already scaled to the simulated hardware,
-/// e.g. with `compute_model`).
+/// e.g. with `compute_model`), and the time a cloud request waits before its prefill
+/// starts (admission queueing under load).
 ///
 /// ```cpp
 /// specdec::hybrid::cost_model c{.t_device_per_token = 0.02, .t_cloud_per_token = 0.01,
@@ -152,11 +153,35 @@ struct cost_model {
   double t_device_per_token = 0.02;               ///< one device decode step, seconds
   double t_cloud_per_token = 0.01;                ///< one cloud forward (decode or verify), seconds
   double cloud_prefill_seconds_per_token = 1e-4;  ///< cloud prefill per prompt token, seconds
+  double cloud_queue_seconds = 0.0;               ///< wait before a cloud request is served, seconds
 
   void validate() const {
     detail::check_non_negative("cost_model.t_device_per_token", t_device_per_token);
     detail::check_non_negative("cost_model.t_cloud_per_token", t_cloud_per_token);
     detail::check_non_negative("cost_model.cloud_prefill_seconds_per_token", cloud_prefill_seconds_per_token);
+    detail::check_non_negative("cost_model.cloud_queue_seconds", cloud_queue_seconds);
+  }
+};
+
+/// What one tier of a device-centric deployment offers a user: a decode rate and the time
+/// from request to first token (network, queueing, prefill). The named profiles are the
+/// tiers hybrid AI is designed around: a phone-class device running a model of a few
+/// billion parameters, an edge server with tens of billions, a loaded cloud with hundreds.
+///
+/// ```cpp
+/// auto dev = specdec::hybrid::tier_profile::device();  // 30 tok/s, 30 ms to first token
+/// auto cloud = specdec::hybrid::tier_profile::cloud(); // 60 tok/s, 1 s to first token
+/// ```
+struct tier_profile {
+  double tokens_per_second = 30.0;   ///< > 0, decode rate per user
+  double first_token_seconds = 0.03;  ///< >= 0, request to first token
+
+  [[nodiscard]] static constexpr tier_profile device() noexcept { return {30.0, 0.03}; }
+  [[nodiscard]] static constexpr tier_profile edge() noexcept { return {50.0, 0.3}; }
+  [[nodiscard]] static constexpr tier_profile cloud() noexcept { return {60.0, 1.0}; }
+  void validate() const {
+    detail::check_positive("tier_profile.tokens_per_second", tokens_per_second);
+    detail::check_non_negative("tier_profile.first_token_seconds", first_token_seconds);
   }
 };
 
@@ -459,30 +484,48 @@ struct route_costs {
   double cloud = 0.0;        ///< see `latency_arbiter`
   double speculative = std::numeric_limits<double>::infinity();  ///< best gamma; inf if disabled
   std::size_t best_gamma = 0;
+  double cloud_prefix = std::numeric_limits<double>::infinity();  ///< inf if disabled
+
+  /// The cheapest route that uses the cloud and its expected time.
+  [[nodiscard]] std::pair<route, double> best_remote(std::size_t prefix_tokens) const {
+    std::pair<route, double> best{route::in_cloud(), cloud};
+    if (speculative < best.second) best = {route::speculative(best_gamma), speculative};
+    if (cloud_prefix < best.second) best = {route::cloud_prefix(prefix_tokens), cloud_prefix};
+    return best;
+  }
 };
 
-/// Routes by expected latency. With L = `predicted_length`, P = `prompt_tokens`:
+/// Routes by expected latency plus a quality penalty. With L = `predicted_length`, P =
+/// `prompt_tokens`, d = `predicted_difficulty` (P(the device's answer is not good
+/// enough)), setup = RTT + 32 P / up_bps + t_queue + P t_prefill and
+/// m = budget.lambda * budget.cost_per_cloud_token (seconds of money per cloud forward):
 ///
-///     T_device      = L t_dev + lambda * predicted_difficulty        (quality penalty)
-///     T_cloud       = RTT + 32 P / up_bps + P t_prefill + L t_cloud + 32 L / down_bps
-///                     + budget.lambda * budget.cost_per_cloud_token * L
-///     T_spec(gamma) = RTT + 32 P / up_bps + P t_prefill
-///                     + (L / E(gamma)) * (gamma t_dev + RTT + 32 gamma / up_bps + t_cloud
-///                                         + 32 (gamma + 1) / down_bps
-///                                         + budget.lambda * budget.cost_per_cloud_token)
+///     T_device      = L t_dev + lambda d                             (quality penalty)
+///     T_cloud       = setup + L t_cloud + 32 L / down_bps + m L
+///     T_spec(gamma) = setup + (L / E(gamma)) * (gamma t_dev + RTT + 32 gamma / up_bps + t_cloud
+///                                               + 32 (gamma + 1) / down_bps + m)
+///     T_prefix(k)   = setup + k' t_cloud + 32 k' / down_bps + m k' + (L - k') t_dev
+///                     + lambda d (1 - prefix_quality_share),   k' = min(k, L)
 ///
-/// (token ids are 4 bytes = 32 bits). Speculative decoding is exact, so it carries no
-/// quality penalty; E(gamma) = (1 - a^(gamma+1)) / (1 - a) is the expected number of
-/// tokens per verification round with per-token acceptance a = clamp(draft_max_prob_mean,
-/// 0, 0.99), and the cloud runs one forward per round. The arbiter takes the cheapest
-/// cloud-using route (cloud or the best gamma in [1, max_gamma]) if it beats T_device by
-/// more than `cloud_bias_seconds` (0 = pure latency; calibration raises it to meet a
-/// budget); ties go to the device.
+/// (token ids are 4 bytes = 32 bits). The device's prefill of the prompt is the probe,
+/// paid by every route, so it is not part of the comparison. Speculative decoding is
+/// exact, so it carries no quality penalty; E(gamma) = (1 - a^(gamma+1)) / (1 - a) is the
+/// expected number of tokens per verification round with per-token acceptance
+/// a = clamp(draft_max_prob_mean, 0, 0.99), and the cloud runs one forward per round. A
+/// cloud-written prefix of k tokens (GKT) removes a share `prefix_quality_share` of the
+/// device's quality penalty (measure it: the mean quality gain of the prefix route over
+/// the device's, divided by the cloud's). The arbiter takes the cheapest cloud-using route
+/// (cloud, the best gamma in [1, max_gamma], or the prefix when `allow_cloud_prefix`) if
+/// it beats T_device by more than `cloud_bias_seconds` (0 = pure cost; calibration raises
+/// it to meet a budget); ties go to the device. Requests differ in L and d, so where the
+/// tiers trade speed against quality the decisions mix routes.
 ///
 /// ```cpp
 /// specdec::hybrid::latency_arbiter a{.costs = {.t_device_per_token = 0.03, .t_cloud_per_token = 0.01},
 ///                                    .lambda = 2.0};
 /// auto r = a.decide(features, specdec::hybrid::link_estimate::of(link_config::lte()), budget);
+/// auto tiers = specdec::hybrid::latency_arbiter::from_profiles(
+///     specdec::hybrid::tier_profile::device(), specdec::hybrid::tier_profile::cloud(), {.rtt_seconds = 0.08});
 /// ```
 struct latency_arbiter {
   cost_model costs{};
@@ -490,6 +533,26 @@ struct latency_arbiter {
   bool allow_speculative = true;
   std::size_t max_gamma = 8;        ///< >= 1 when allow_speculative
   double cloud_bias_seconds = 0.0;  ///< >= 0, extra advantage the cloud must show
+  bool allow_cloud_prefix = false;
+  std::size_t prefix_tokens = 4;        ///< >= 1 when allow_cloud_prefix
+  double prefix_quality_share = 0.5;    ///< in [0, 1]
+
+  /// An arbiter for a device tier and a remote (edge or cloud) tier reached over `link`:
+  /// per-token times from the decode rates; the remote's time to first token, less one
+  /// RTT, becomes its queueing time (its prefill is folded into it).
+  [[nodiscard]] static latency_arbiter from_profiles(const tier_profile& device, const tier_profile& remote,
+                                                     const link_estimate& link, double lambda = 0.0) {
+    device.validate();
+    remote.validate();
+    link.validate();
+    latency_arbiter a;
+    a.costs = {.t_device_per_token = 1.0 / device.tokens_per_second,
+               .t_cloud_per_token = 1.0 / remote.tokens_per_second,
+               .cloud_prefill_seconds_per_token = 0.0,
+               .cloud_queue_seconds = std::max(0.0, remote.first_token_seconds - link.rtt_seconds)};
+    a.lambda = lambda;
+    return a;
+  }
 
   [[nodiscard]] route_costs estimate(const request_features& f, const link_estimate& l, const budget& b) const {
     const double L = std::max(0.0, f.predicted_length);
@@ -497,7 +560,8 @@ struct latency_arbiter {
     const double money = b.lambda * b.cost_per_cloud_token;  // seconds per cloud forward
     route_costs c;
     c.device = L * costs.t_device_per_token + lambda * f.predicted_difficulty;
-    const double setup = l.rtt_seconds + 32.0 * P / l.up_bps + P * costs.cloud_prefill_seconds_per_token;
+    const double setup = l.rtt_seconds + 32.0 * P / l.up_bps + costs.cloud_queue_seconds +
+                         P * costs.cloud_prefill_seconds_per_token;
     c.cloud = setup + L * costs.t_cloud_per_token + 32.0 * L / l.down_bps + money * L;
     if (allow_speculative) {
       const double a = std::clamp(static_cast<double>(f.draft_max_prob_mean), 0.0, 0.99);
@@ -513,19 +577,24 @@ struct latency_arbiter {
         }
       }
     }
+    if (allow_cloud_prefix) {
+      const double k = std::min(static_cast<double>(prefix_tokens), L);
+      c.cloud_prefix = setup + k * (costs.t_cloud_per_token + 32.0 / l.down_bps + money) +
+                       (L - k) * costs.t_device_per_token +
+                       lambda * f.predicted_difficulty * (1.0 - prefix_quality_share);
+    }
     return c;
   }
   /// T_device minus the cheapest cloud-using route: > 0 when the cloud is faster.
   [[nodiscard]] double cloud_advantage(const request_features& f, const link_estimate& l, const budget& b) const {
     const auto c = estimate(f, l, b);
-    return c.device - std::min(c.cloud, c.speculative);
+    return c.device - c.best_remote(prefix_tokens).second;
   }
   [[nodiscard]] route decide(const request_features& f, const link_estimate& l, const budget& b) const {
     if (b.max_cloud_fraction <= 0.0) return route::on_device();
     const auto c = estimate(f, l, b);
-    const double best_remote = std::min(c.cloud, c.speculative);
-    if (!(c.device - best_remote > cloud_bias_seconds)) return route::on_device();
-    return c.speculative < c.cloud ? route::speculative(c.best_gamma) : route::in_cloud();
+    const auto [r, t] = c.best_remote(prefix_tokens);
+    return c.device - t > cloud_bias_seconds ? r : route::on_device();
   }
   void validate() const {
     costs.validate();
@@ -533,6 +602,9 @@ struct latency_arbiter {
     if (allow_speculative && max_gamma < 1)
       throw invalid_argument("latency_arbiter.max_gamma must be >= 1 when allow_speculative, got 0");
     detail::check_non_negative("latency_arbiter.cloud_bias_seconds", cloud_bias_seconds);
+    if (allow_cloud_prefix && prefix_tokens < 1)
+      throw invalid_argument("latency_arbiter.prefix_tokens must be >= 1 when allow_cloud_prefix, got 0");
+    detail::check_range("latency_arbiter.prefix_quality_share", prefix_quality_share, 0.0, 1.0, "[0, 1]");
   }
   /// A copy whose `cloud_bias_seconds` is the smallest non-negative value that sends at
   /// most `b.max_cloud_fraction` of `sample` to the cloud.

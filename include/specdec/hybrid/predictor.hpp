@@ -325,6 +325,38 @@ struct entropy_difficulty_predictor {
   }
 };
 
+/// Difficulty from the small model's own distribution: logistic regression
+/// (`logistic_regression`) on all `probe_features`, which with `probe_trajectory` include
+/// the entropy trajectory, top-2 margin, confidence decay and prompt surprise, predicting
+/// P(the device's answer is not good enough). Fit it on logged requests' labels.
+///
+/// ```cpp
+/// auto d = specdec::hybrid::logistic_difficulty_predictor::fit(logged_features, hard_labels);
+/// f.predicted_difficulty = d.predict(f);  // f from probe_trajectory, like the logged ones
+/// ```
+struct logistic_difficulty_predictor {
+  static constexpr bool unit_interval = true;
+  logistic_regression model{};  ///< P(hard) from `probe_features`
+
+  [[nodiscard]] double predict(const request_features& f) const {
+    const auto x = probe_features(f);
+    return model.probability(x);
+  }
+  void validate() const { model.validate(); }
+
+  /// Fits on logged requests' features and labels (1 = hard for the device).
+  [[nodiscard]] static logistic_difficulty_predictor fit(const std::vector<request_features>& features,
+                                                         const std::vector<int>& hard, int iterations = 2000,
+                                                         double learning_rate = 0.5, double l2 = 1e-2) {
+    std::vector<std::vector<double>> x;
+    x.reserve(features.size());
+    for (const auto& f : features) x.push_back(probe_features(f));
+    logistic_difficulty_predictor d;
+    d.model.train(x, hard, iterations, learning_rate, l2);
+    return d;
+  }
+};
+
 /// How well predictions match the truth.
 ///
 /// ```cpp
