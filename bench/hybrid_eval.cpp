@@ -299,6 +299,7 @@ struct tiers {
   std::string name;
   hy::tier_profile device, remote;
   hy::link_estimate link;
+  hy::budget price{};  // cloud tokens priced in seconds (budget.lambda * cost_per_cloud_token)
 };
 
 struct realised {
@@ -437,6 +438,10 @@ json analyse(const eval_options& o, const std::vector<hy::logged_request>& log, 
   }
   const tiers edge{"device+edge", hy::tier_profile::device(), hy::tier_profile::edge(), {.rtt_seconds = 0.03}};
   const tiers cloud_tiers{"device+cloud", hy::tier_profile::device(), hy::tier_profile::cloud(), {.rtt_seconds = 0.08}};
+  // The same edge, with every cloud forward priced at 100 ms of latency: the prefix route's
+  // few cloud tokens then compete with the cloud route's many.
+  const tiers priced{"device+edge priced", hy::tier_profile::device(), hy::tier_profile::edge(), {.rtt_seconds = 0.03},
+                     {.cost_per_cloud_token = 0.1, .lambda = 1.0}};
   auto latency_for = [&](const tiers& t, double lambda) {
     auto a = hy::latency_arbiter::from_profiles(t.device, t.remote, t.link, lambda);
     a.allow_cloud_prefix = true;
@@ -460,16 +465,8 @@ json analyse(const eval_options& o, const std::vector<hy::logged_request>& log, 
     r.cpt50 = hy::cost_to_reach(r.curve, 0.5);
     r.cpt80 = hy::cost_to_reach(r.curve, 0.8);
     if (!score.empty()) r.auc = hy::roc_auc(score, test_hard);
-    r.apgr_gain = hy::bootstrap(
-        test.size(),
-        [&](std::span<const std::size_t> ix) {
-          std::vector<hy::request_features> f;
-          std::vector<hy::routing_outcome> oc;
-          for (std::size_t i : ix) f.push_back(testp[i]), oc.push_back(outcomes[i]);
-          for (std::size_t i = 0; i < f.size(); ++i) f[i].request_id = ix[i];
-          return hy::average_pgr(hy::routing_curve(arb, calib, f, oc, cloud_tiers.link, budgets)) - 0.5;
-        },
-        name.rfind("oracle", 0) == 0 ? 2 : o.bootstrap, 0.90, o.seed);
+    r.apgr_gain = hy::apgr_gain_over_random(arb, calib, testp, outcomes, cloud_tiers.link, budgets, o.bootstrap, 0.90,
+                                            o.seed);
     reports.push_back(std::move(r));
   };
   std::vector<double> lscore, latscore, rscore;
@@ -482,6 +479,7 @@ json analyse(const eval_options& o, const std::vector<hy::logged_request>& log, 
   run("random", hy::random_arbiter{.seed = o.seed}, calp, rscore);
   run("confidence", hy::confidence_arbiter{}, calp, escore);
   run("confidence_max_prob", max_prob_arbiter{}, calp, mscore);
+  run("confidence_lookahead", hy::confidence_arbiter{.read_lookahead = true}, calp, tscore);
   run("logistic", logistic, calp, lscore);
   run("difficulty", difficulty_arbiter{}, calp, dscore);
   run("latency", lat, calp, latscore);
@@ -534,7 +532,7 @@ json analyse(const eval_options& o, const std::vector<hy::logged_request>& log, 
   lat_csv << "tiers,route,seconds\n";
   trade << "tiers,arbiter,lambda,budget,cloud_fraction,quality,pgr,mean_latency_s,p95_latency_s,device,cloud,speculative,"
            "cloud_prefix\n";
-  for (const tiers& t : {edge, cloud_tiers}) {
+  for (const tiers& t : {edge, cloud_tiers, priced}) {
     const auto base = latency_for(t, 0.0);
     std::vector<realised> times;
     for (const auto& r : test) times.push_back(realised_latency(base, r, o.gamma, o.prefix, t.link));
@@ -547,7 +545,7 @@ json analyse(const eval_options& o, const std::vector<hy::logged_request>& log, 
       double q = 0;
       std::size_t cloud = 0;
       for (std::size_t i = 0; i < test.size(); ++i) {
-        const auto r = arb.decide(testp[i], t.link, {});
+        const auto r = arb.decide(testp[i], t.link, t.price);
         secs.push_back(time_of(times[i], r));
         q += outcomes[i].quality_of(r);
         ++mix[r.kind];
@@ -561,7 +559,9 @@ json analyse(const eval_options& o, const std::vector<hy::logged_request>& log, 
     };
     for (double lam : {0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0}) row("latency", lam, 1.0, latency_for(t, lam));
     const hy::budget b30{.max_cloud_fraction = 0.3};
-    row("latency", lambda, 0.3, latency_for(t, lambda).calibrated(calp, t.link, b30));
+    hy::budget b30p = t.price;
+    b30p.max_cloud_fraction = 0.3;
+    row("latency", lambda, 0.3, latency_for(t, lambda).calibrated(calp, t.link, b30p));
     row("confidence", 0.0, 0.3, hy::confidence_arbiter{}.calibrated(calp, t.link, b30));
     row("logistic", 0.0, 0.3, logistic.calibrated(calp, t.link, b30));
     row("random", 0.0, 0.3, hy::random_arbiter{.seed = o.seed}.calibrated(calp, t.link, b30));

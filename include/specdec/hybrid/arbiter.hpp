@@ -420,14 +420,28 @@ struct confidence_arbiter {
   float max_entropy = 2.0f;   ///< not NaN; +inf switches the rule off, -inf sends everything
   float max_first_token_entropy = std::numeric_limits<float>::infinity();  ///< not NaN
   std::size_t prefix_tokens = 0;  ///< 0 = never route to cloud_prefix
+  /// Read the device's confidence on its own first tokens (the look-ahead rows of
+  /// `probe_trajectory`: `extra[trajectory_feature::mean_entropy]` and `::min_max_prob`)
+  /// instead of over the prompt. Requests without trajectory features then throw.
+  bool read_lookahead = false;
 
   /// Whether the device may answer; NaN confidence is never confident (goes remote).
   [[nodiscard]] bool confident(float max_prob_mean, float mean_entropy) const noexcept {
     return max_prob_mean >= min_max_prob && mean_entropy <= max_entropy;
   }
+  /// The (max-probability, entropy) pair the rules read from `f`.
+  [[nodiscard]] std::pair<float, float> signals(const request_features& f) const {
+    if (!read_lookahead) return {f.draft_max_prob_mean, f.draft_mean_entropy};
+    if (f.extra.size() < trajectory_feature::count)
+      throw invalid_argument("confidence_arbiter.read_lookahead: request " + std::to_string(f.request_id) + " has " +
+                             std::to_string(f.extra.size()) + " extra features, expected " +
+                             std::to_string(trajectory_feature::count) + " (from probe_trajectory)");
+    return {f.extra[trajectory_feature::min_max_prob], f.extra[trajectory_feature::mean_entropy]};
+  }
   [[nodiscard]] route decide(const request_features& f, const link_estimate&, const budget& b) const {
     if (b.max_cloud_fraction <= 0.0) return route::on_device();
-    if (!confident(f.draft_max_prob_mean, f.draft_mean_entropy)) return route::in_cloud();
+    const auto [max_prob, mean_entropy] = signals(f);
+    if (!confident(max_prob, mean_entropy)) return route::in_cloud();
     if (prefix_tokens > 0 && f.draft_first_token_entropy > max_first_token_entropy)
       return route::cloud_prefix(prefix_tokens);
     return route::on_device();
@@ -450,7 +464,7 @@ struct confidence_arbiter {
                                               const budget& b) const {
     std::vector<double> s;
     s.reserve(sample.size());
-    for (const auto& f : sample) s.push_back(f.draft_mean_entropy);
+    for (const auto& f : sample) s.push_back(signals(f).second);
     confidence_arbiter a = *this;
     a.max_entropy = static_cast<float>(calibrate_threshold(s, b.max_cloud_fraction));  // a float score: exact
     a.min_max_prob = 0.0f;
@@ -463,7 +477,7 @@ struct confidence_arbiter {
                                                           const budget& b) const {
     std::vector<double> s;
     s.reserve(sample.size());
-    for (const auto& f : sample) s.push_back(-static_cast<double>(f.draft_max_prob_mean));
+    for (const auto& f : sample) s.push_back(-static_cast<double>(signals(f).first));
     confidence_arbiter a = *this;
     // cloud iff -p > t  <=>  p < -t
     a.min_max_prob = static_cast<float>(-calibrate_threshold(s, b.max_cloud_fraction));

@@ -74,34 +74,6 @@ template <language_model M>
   return f;
 }
 
-/// Indices of the trajectory summaries in `request_features::extra` (see
-/// `probe_trajectory`). The look-ahead rows are the device's distributions for its first
-/// `lookahead_tokens` generated positions (row 0 = the prompt's last row).
-///
-/// ```cpp
-/// float slope = f.extra[specdec::hybrid::trajectory_feature::entropy_slope];
-/// ```
-namespace trajectory_feature {
-inline constexpr std::size_t mean_entropy = 0;      ///< nats, mean over the look-ahead rows
-inline constexpr std::size_t entropy_slope = 1;     ///< nats per token, least-squares slope over those rows
-inline constexpr std::size_t mean_margin = 2;       ///< mean top-1 minus top-2 probability
-inline constexpr std::size_t min_max_prob = 3;      ///< the least confident look-ahead row
-inline constexpr std::size_t confidence_decay = 4;  ///< mean max-prob, first half minus second half
-inline constexpr std::size_t prompt_nll = 5;        ///< nats per token the device assigns the prompt
-inline constexpr std::size_t stop_hazard = 6;       ///< mean probability of a stop token per row
-inline constexpr std::size_t stopped_at = 7;        ///< 1-based position of a greedy stop token; 0 = none
-inline constexpr std::size_t count = 8;
-}  // namespace trajectory_feature
-
-/// Column names of the trajectory summaries, in `extra` order.
-///
-/// ```cpp
-/// for (auto n : specdec::hybrid::trajectory_feature_names) std::cout << n << ',';
-/// ```
-inline constexpr std::array<std::string_view, trajectory_feature::count> trajectory_feature_names{
-    "traj_mean_entropy", "traj_entropy_slope",  "traj_mean_margin", "traj_min_max_prob",
-    "traj_confidence_decay", "traj_prompt_nll", "traj_stop_hazard", "traj_stopped_at"};
-
 /// Knobs of `probe_trajectory`.
 ///
 /// ```cpp
