@@ -338,6 +338,50 @@ TEST(latency_arbiter, cloud_estimate_equals_the_simulated_link_without_headers) 
   }
 }
 
+template <class F>
+void expect_invalid(F&& f, const std::string& knob) {
+  try {
+    f();
+    ADD_FAILURE() << "expected invalid_argument naming " << knob;
+  } catch (const specdec::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find(knob), std::string::npos) << e.what();
+  }
+}
+
+TEST(latency_arbiter, tier_profiles_mix_routes_and_choose_the_prefix_where_it_wins) {
+  // Device 30 tok/s vs edge 50 tok/s, 300 ms to first token over a 30 ms RTT: queue 0.27 s.
+  auto a = latency_arbiter::from_profiles(tier_profile::device(), tier_profile::edge(), {.rtt_seconds = 0.03}, 16.0);
+  EXPECT_NEAR(a.costs.t_device_per_token, 1.0 / 30, 1e-15);
+  EXPECT_NEAR(a.costs.t_cloud_per_token, 1.0 / 50, 1e-15);
+  EXPECT_NEAR(a.costs.cloud_queue_seconds, 0.27, 1e-15);
+  a.allow_speculative = false;
+  a.allow_cloud_prefix = true;
+  a.prefix_tokens = 4;
+  a.prefix_quality_share = 0.3;
+  const link_estimate l{.rtt_seconds = 0.03, .up_bps = 1e12, .down_bps = 1e12};
+  const budget priced{.cost_per_cloud_token = 0.1, .lambda = 1.0};  // a cloud forward = 100 ms
+  // Setup 0.3 s. L = 30: T_device = 1 + 16 d; T_cloud = 0.3 + 30 (0.02 + 0.1) = 3.9;
+  // T_prefix = 0.3 + 4 (0.12) + 26 / 30 + 16 d 0.7 = 1.6467 + 11.2 d.
+  auto at = [&](double d) {
+    return request_features{.prompt_tokens = 0, .predicted_length = 30, .predicted_difficulty = d};
+  };
+  EXPECT_EQ(a.decide(at(0.05), l, priced), route::on_device());        // 1.8 < 2.21
+  EXPECT_EQ(a.decide(at(0.20), l, priced), route::cloud_prefix(4));    // 3.89 < 4.2, < 3.9
+  EXPECT_EQ(a.decide(at(0.30), l, priced), route::in_cloud());         // 3.9 < 5.01, < 5.8
+  const auto c = a.estimate(at(0.2), l, priced);
+  EXPECT_NEAR(c.device, 1.0 + 3.2, 1e-12);  // below: + 32 bits / 1e12 bps per token
+  EXPECT_NEAR(c.cloud_prefix, 0.3 + 4 * 0.12 + 26.0 / 30 + 16 * 0.2 * 0.7, 1e-8);
+  EXPECT_NEAR(c.cloud, 0.3 + 30 * 0.12, 1e-8);
+  // Without a price the edge is faster per token than the device: long answers go up,
+  // short ones stay (setup 0.3 s vs 1/75 s saved per token: break-even at 22.5 tokens).
+  a.lambda = 0.0;
+  EXPECT_EQ(a.decide({.predicted_length = 20}, l, {}), route::on_device());
+  EXPECT_EQ(a.decide({.predicted_length = 25}, l, {}), route::in_cloud());
+  expect_invalid([] { latency_arbiter{.allow_cloud_prefix = true, .prefix_tokens = 0}.validate(); }, "prefix_tokens");
+  expect_invalid([] { latency_arbiter{.prefix_quality_share = 1.5}.validate(); }, "prefix_quality_share");
+  expect_invalid([] { tier_profile{.tokens_per_second = 0}.validate(); }, "tokens_per_second");
+}
+
 TEST(link_estimate, of_a_gilbert_elliott_link_mixes_the_states) {
   auto cfg = link_config::wan();
   cfg.channel = gilbert_elliott{.p_good_to_bad = 0.05, .p_bad_to_good = 0.2, .good_rtt_seconds = 0.02,
@@ -494,15 +538,6 @@ TEST(arbiters_on_real_outputs, random_routing_is_the_negative_control) {
 // ---------------------------------------------------------------------------------------
 // Bad knobs
 
-template <class F>
-void expect_invalid(F&& f, const std::string& knob) {
-  try {
-    f();
-    ADD_FAILURE() << "expected invalid_argument naming " << knob;
-  } catch (const specdec::invalid_argument& e) {
-    EXPECT_NE(std::string(e.what()).find(knob), std::string::npos) << e.what();
-  }
-}
 
 TEST(arbiters, bad_knobs_throw_naming_the_knob) {
   const double nan = std::numeric_limits<double>::quiet_NaN();
