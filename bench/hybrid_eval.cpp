@@ -1,45 +1,40 @@
-// specdec-hybrid-eval: device/cloud routing on one virtual clock.
+// specdec-hybrid-eval: does routing beat chance? A RouteLLM-style evaluation of the hybrid
+// arbiters and predictors on held-out KJV verses (docs/hybrid_routing.md).
 //
-// Over the held-out KJV prompts (the first words of the first verse of each held-out
-// chapter, models/kjv_val_openings.tsv), with the device = kjv-little and the cloud =
-// kjv-big, it sweeps arbiters x link presets and writes JSON and CSV with, per
-// configuration: quality (token agreement with the cloud-only greedy output; kjv-big
-// perplexity of the generated text), cloud fraction (requests and tokens), p50/p95/p99
-// end-to-end virtual latency, mean time to first token, bytes and round trips per token;
-// plus the length predictor's error.
+// Requests. Every verse of the 24 held-out chapters (models/kjv_val_verses.tsv) with more
+// than --words words gives one request: the previous verse of its chapter (if any) plus the
+// first --words words of the verse; the answer is the rest of the sentence (generation
+// stops after the first token containing '.', '?' or '!', at EOS, or after --tokens).
+// Chapters alternate between the calibration fold (0) and the test fold (1).
 //
-// Protocol. A response is the rest of the first sentence: generation stops at the first
-// token containing '.', '?' or '!' (or EOS, or --tokens). Greedy decoding. Learned parts
-// are cross-fitted over two folds (even / odd prompts): the length predictor, the
-// difficulty predictor, the logistic arbiter and the budget calibrations of the random and
-// confidence arbiters are fitted on one fold and applied to the other, so every prompt is
-// routed by a model that never saw it. A prompt's label ("device ok") is: the device's
-// greedy output agrees with the cloud's on >= --agree of the cloud's tokens (position by
-// position; free-running greedy outputs drift apart after a few tokens, so position-wise
-// agreement is low and the default --agree 0.15 labels about a third of these prompts ok).
-// Compute time is charged from a per-model linear cost (per call + per token) measured at
-// start-up on this machine (minimum over repeats, robust to other load; --device-cost /
-// --cloud-cost pin it, --measured charges live wall times instead), scaled by
-// --device-scale and --cloud-scale. Arbiters that read request
-// features pay the device probe (one device forward of the prompt, charged from the linear
-// device cost even with --measured) on the clock; the fixed
-// baselines do not. `confidence_seg16` is the confidence arbiter also used as a segment
-// arbiter: every 16 device tokens it re-reads the device's recent confidence and may hand
-// the rest of the generation to the cloud. Executions are cached per (prompt, route, link), so arbiters that
-// agree on a route share one run.
+// Per request, with device = kjv-little and cloud = kjv-big, greedy: the device's answer,
+// the cloud's, the cloud-prefix answer (the cloud's first --prefix tokens, the device
+// completes), the rounds of greedy speculative decoding (gamma --gamma; its answer is the
+// cloud's), the device's trajectory probe (probe.hpp, --lookahead tokens). Quality of an
+// answer = the cloud model's mean log-likelihood per token of it. The device is good
+// enough when the cloud finds its answer no more surprising than its own typical output:
+// mean -log p_cloud(device token) <= the cloud's mean entropy at those positions.
+// These go to routing_log.csv (routing_log.hpp); the committed copy is
+// models/kjv_routing_log.csv.
 //
-//   specdec-hybrid-eval [--quick] [--json PATH] [--csv PATH] [--tokens 48] [--words 8]
-//                       [--device-scale 3] [--cloud-scale 0.5] [--agree 0.15] [--gamma 4]
-//                       [--prefix 4] [--cloud-fraction 0.3] [--lambda 0.05] [--seed 1]
-//                       [--measured] [--device-cost MS,MS] [--cloud-cost MS,MS]
+// Analysis (also alone, from a log: --from-log PATH): predictors fitted on the calibration
+// fold, arbiters calibrated there to budgets 0, 0.05, ..., 1 and evaluated on the test
+// fold: curves (routing_curves.csv), APGR / CPT(50%) / CPT(80%) / AUC with bootstrap
+// intervals, length and difficulty predictor errors, the latency arbiter on the
+// device/edge/cloud tier profiles (routing_latency.csv, routing_tradeoff.csv), all in
+// routing_summary.json. With the models loaded it also runs the length-aware scheduler
+// on the test fold with true, predicted and constant lengths.
+//
+//   specdec-hybrid-eval [--out DIR] [--from-log CSV] [--limit N] [--words 6] [--tokens 64]
+//                       [--prefix 4] [--gamma 4] [--lookahead 8] [--bootstrap 2000] [--seed 1]
+//                       [--prompts TSV] [--device PATH] [--cloud PATH] [--tokenizer PATH]
 #include <algorithm>
-#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <functional>
-#include <iomanip>
 #include <iostream>
 #include <map>
 #include <numeric>
@@ -47,15 +42,21 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
+#include "specdec/backend/cpu/batched_transformer.hpp"
 #include "specdec/backend/cpu/tokenizer.hpp"
 #include "specdec/backend/cpu/transformer.hpp"
+#include "specdec/batch_decoder.hpp"
 #include "specdec/decoder.hpp"
 #include "specdec/hybrid/arbiter.hpp"
 #include "specdec/hybrid/predictor.hpp"
-#include "specdec/hybrid/session.hpp"
+#include "specdec/hybrid/probe.hpp"
+#include "specdec/hybrid/routing_log.hpp"
+#include "specdec/hybrid/routing_metrics.hpp"
+#include "specdec/scheduler.hpp"
 
 #include "cli_args.hpp"
-#include "held_out_prompts.hpp"
 
 #ifndef SPECDEC_HYBRID_EVAL_OUT
 #define SPECDEC_HYBRID_EVAL_OUT "."
@@ -64,160 +65,550 @@
 namespace {
 
 using specdec::token_id;
-using specdec::bench::parse_count;
-using specdec::bench::parse_fraction;
-using specdec::bench::parse_non_negative;
-using specdec::bench::parse_positive;
 using specdec::cpu::transformer;
 namespace hy = specdec::hybrid;
+using json = nlohmann::ordered_json;
 
 struct eval_options {
   std::string device = SPECDEC_MODELS_DIR "/kjv-little.bin";
   std::string cloud = SPECDEC_MODELS_DIR "/kjv-big.bin";
   std::string tokenizer = SPECDEC_MODELS_DIR "/kjv2k-tokenizer.bin";
-  std::string prompts = SPECDEC_MODELS_DIR "/kjv_val_openings.tsv";
-  std::string json = SPECDEC_HYBRID_EVAL_OUT "/hybrid_eval.json";
-  std::string csv = SPECDEC_HYBRID_EVAL_OUT "/hybrid_eval.csv";
+  std::string prompts = SPECDEC_MODELS_DIR "/kjv_val_verses.tsv";
+  std::string out = SPECDEC_HYBRID_EVAL_OUT;
+  std::string from_log;
+  std::size_t limit = 0;  // 0 = every verse
+  std::size_t words = 6;
   std::size_t tokens = 48;
-  std::size_t words = 8;
-  std::size_t count = 24;
-  double device_scale = 3.0;
-  double cloud_scale = 0.5;
-  double agree = 0.15;
-  std::size_t gamma = 4;
   std::size_t prefix = 4;
-  double cloud_fraction = 0.3;
-  double lambda = 0.05;
+  std::size_t gamma = 4;
+  std::size_t lookahead = 8;
+  std::size_t bootstrap = 2000;
   std::uint64_t seed = 1;
-  bool measured = false;
-  std::string device_cost, cloud_cost;  // "A,B" ms overrides of the measured costs
-  int cost_reps = 40;
-  std::size_t segment = 16;  // tokens per segment of the confidence_seg configuration
 };
 
 constexpr const char* usage =
-    "usage: specdec-hybrid-eval [--quick] [--json PATH] [--csv PATH] [--tokens N] [--words N]\n"
-    "         [--device-scale S] [--cloud-scale S] [--agree X] [--gamma G] [--prefix K]\n"
-    "         [--cloud-fraction F] [--lambda SECONDS] [--seed S] [--measured] [--prompts TSV]\n"
-    "         [--device-cost PER_CALL_MS,PER_TOKEN_MS] [--cloud-cost PER_CALL_MS,PER_TOKEN_MS] [--segment N]\n"
-    "         [--device PATH] [--cloud PATH] [--tokenizer PATH]\n";
+    "usage: specdec-hybrid-eval [--out DIR] [--from-log CSV] [--limit N] [--words N] [--tokens N]\n"
+    "         [--prefix K] [--gamma G] [--lookahead N] [--bootstrap B] [--seed S]\n"
+    "         [--prompts TSV] [--device PATH] [--cloud PATH] [--tokenizer PATH]\n";
 
-// Per-model linear cost (seconds per call + per token), measured on this machine: a
-// single-token forward and a 16-token block forward after a 16-token context, alternated,
-// keeping the minimum of each (the uncontended cost: other processes only add time).
-hy::linear_cost measure_cost(transformer& m, int reps) {
-  std::vector<token_id> ctx(16, 300), one{301}, block(16, 302);
-  auto time_block = [&](const std::vector<token_id>& b) {
-    m.truncate(0);
-    (void)m.forward(ctx);
-    const auto t0 = std::chrono::steady_clock::now();
-    (void)m.forward(b);
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  };
-  (void)time_block(one);  // warm-up
-  double t1 = 1e30, t16 = 1e30;
-  for (int r = 0; r < reps; ++r) {
-    t1 = std::min(t1, time_block(one));
-    t16 = std::min(t16, time_block(block));
+// ---------------------------------------------------------------------------------------
+// Requests from the held-out verses
+
+struct verse {
+  std::string chapter, reference;
+  int number = 0;
+  std::string text;
+};
+
+std::vector<verse> read_verses(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw specdec::invalid_argument("--prompts file '" + path + "' cannot be opened");
+  std::vector<verse> out;
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    std::vector<std::string> f;
+    std::istringstream ls(line);
+    std::string cell;
+    while (std::getline(ls, cell, '\t')) f.push_back(cell);
+    if (f.size() != 4) throw specdec::invalid_argument("--prompts file '" + path + "': expected 4 tab-separated fields in '" + line + "'");
+    out.push_back({f[0], f[1], std::stoi(f[2]), f[3]});
   }
-  const double per_token = std::max(0.0, (t16 - t1) / 15.0);
-  const double per_call = std::max(0.0, t1 - per_token);
-  m.truncate(0);
-  return {.per_call = per_call, .per_token = per_token};
+  if (out.empty()) throw specdec::invalid_argument("--prompts file '" + path + "' has no verses");
+  return out;
 }
 
-// "A,B" in milliseconds -> linear_cost{A ms per call, B ms per token}.
-hy::linear_cost parse_cost(const std::string& flag, const std::string& v) {
-  const auto comma = v.find(',');
-  if (comma == std::string::npos)
-    throw specdec::invalid_argument(flag + " expects PER_CALL_MS,PER_TOKEN_MS, got '" + v + "'");
-  hy::linear_cost c{.per_call = parse_non_negative(flag, v.substr(0, comma)) * 1e-3,
-                    .per_token = parse_non_negative(flag, v.substr(comma + 1)) * 1e-3};
-  c.validate();
-  return c;
+std::vector<std::string> words_of(const std::string& s) {
+  std::istringstream ws(s);
+  std::vector<std::string> w;
+  for (std::string x; ws >> x;) w.push_back(x);
+  return w;
 }
 
-double agreement(const std::vector<token_id>& out, const std::vector<token_id>& ref, std::size_t& same) {
-  same = 0;
-  for (std::size_t j = 0; j < ref.size(); ++j)
-    if (j < out.size() && out[j] == ref[j]) ++same;
-  return ref.empty() ? 1.0 : static_cast<double>(same) / static_cast<double>(ref.size());
-}
-
-// Summed negative log-likelihood of `gen` after `prompt` under `model`.
-double nll_sum(transformer& model, const std::vector<token_id>& prompt, const std::vector<token_id>& gen) {
-  if (gen.empty()) return 0.0;
-  std::vector<token_id> all(prompt);
-  all.insert(all.end(), gen.begin(), gen.end());
-  all.resize(std::min(all.size(), model.context_length()));
-  model.truncate(0);
-  const specdec::logits_block out = model.forward(all);
-  std::vector<float> p(model.vocab_size());
-  double nll = 0.0;
-  for (std::size_t i = prompt.size() - 1; i + 1 < all.size(); ++i) {
-    specdec::softmax(out.row(i), p);
-    nll -= std::log(std::max(1e-30, static_cast<double>(p[static_cast<std::size_t>(all[i + 1])])));
-  }
-  model.truncate(0);
-  return nll;
-}
-
-double percentile(std::vector<double> v, double q) {
-  if (v.empty()) return 0.0;
-  std::sort(v.begin(), v.end());
-  const double pos = q * static_cast<double>(v.size() - 1);
-  const auto lo = static_cast<std::size_t>(std::floor(pos));
-  const std::size_t hi = std::min(lo + 1, v.size() - 1);
-  return v[lo] + (pos - static_cast<double>(lo)) * (v[hi] - v[lo]);
-}
-
-std::string route_name(const hy::route& r) {
-  std::string s(hy::to_string(r.kind));
-  if (r.kind == hy::route_kind::speculative) s += "(" + std::to_string(r.gamma) + ")";
-  if (r.kind == hy::route_kind::cloud_prefix) s += "(" + std::to_string(r.prefix_tokens) + ")";
+std::string join(const std::vector<std::string>& w, std::size_t b, std::size_t e) {
+  std::string s;
+  for (std::size_t i = b; i < e; ++i) s += (i > b ? " " : "") + w[i];
   return s;
 }
 
-struct prompt_data {
-  std::string text;
-  std::vector<token_id> ids;
-  hy::request_features features;  // probe + cross-fitted predictions
-  std::vector<token_id> cloud_out, device_out;
-  double device_agreement = 0.0;
-  int device_ok = 0;
-  double probe_seconds = 0.0;  // virtual device seconds of the probe
-  int fold = 0;
+// ---------------------------------------------------------------------------------------
+// Quality of an answer under the cloud model
+
+struct answer_score {
+  double mean_nll = 0.0;      // -log p_cloud per token
+  double mean_entropy = 0.0;  // the cloud's entropy at the same positions
 };
 
-struct config_result {
-  std::string arbiter, link;
-  std::size_t requests = 0, cloud_requests = 0, tokens = 0, cloud_tokens = 0, same = 0, ref_tokens = 0;
-  std::size_t cloud_forward_tokens = 0, bytes = 0, round_trips = 0, fell_back = 0;
-  double nll = 0.0;
-  std::vector<double> latency, ttft;
-  std::map<std::string, std::size_t> routes;
-
-  [[nodiscard]] double quality() const { return ref_tokens ? double(same) / double(ref_tokens) : 0.0; }
-  [[nodiscard]] double perplexity() const { return tokens ? std::exp(nll / double(tokens)) : 0.0; }
-  [[nodiscard]] double cloud_request_fraction() const { return requests ? double(cloud_requests) / double(requests) : 0.0; }
-  [[nodiscard]] double cloud_token_fraction() const { return tokens ? double(cloud_tokens) / double(tokens) : 0.0; }
-  [[nodiscard]] double per_token(std::size_t x) const { return tokens ? double(x) / double(tokens) : 0.0; }
-  [[nodiscard]] double mean_ttft() const {
-    return ttft.empty() ? 0.0 : std::accumulate(ttft.begin(), ttft.end(), 0.0) / double(ttft.size());
+answer_score score_answer(transformer& cloud, const std::vector<token_id>& prompt, const std::vector<token_id>& out) {
+  answer_score s;
+  if (out.empty()) return s;
+  std::vector<token_id> all(prompt);
+  all.insert(all.end(), out.begin(), out.end());
+  cloud.truncate(0);
+  const specdec::logits_block rows = cloud.forward(all);
+  std::vector<float> p(cloud.vocab_size());
+  for (std::size_t i = prompt.size() - 1; i + 1 < all.size(); ++i) {
+    specdec::softmax(rows.row(i), p);
+    s.mean_nll -= std::log(std::max(1e-30, static_cast<double>(p[static_cast<std::size_t>(all[i + 1])])));
+    s.mean_entropy += specdec::entropy(p);
   }
+  s.mean_nll /= static_cast<double>(out.size());
+  s.mean_entropy /= static_cast<double>(out.size());
+  cloud.truncate(0);
+  return s;
+}
+
+// Position-wise agreement over the shorter of the two answers.
+double matched_agreement(const std::vector<token_id>& a, const std::vector<token_id>& b) {
+  const std::size_t m = std::min(a.size(), b.size());
+  if (m == 0) return a.size() == b.size() ? 1.0 : 0.0;
+  std::size_t same = 0;
+  for (std::size_t i = 0; i < m; ++i) same += a[i] == b[i];
+  return static_cast<double>(same) / static_cast<double>(m);
+}
+
+struct built_request {
+  std::vector<token_id> prompt;
+  hy::logged_request log;
 };
 
-std::string json_escape(const std::string& s) {
-  std::string o;
-  for (char c : s) {
-    if (c == '"' || c == '\\') o += '\\';
-    if (static_cast<unsigned char>(c) < 0x20) {
-      o += ' ';
-      continue;
+std::vector<built_request> build_log(const eval_options& o, transformer& little, transformer& big,
+                                     const specdec::cpu::tokenizer& tok, const specdec::generation_options& gen,
+                                     const std::vector<token_id>& stops) {
+  const auto verses = read_verses(o.prompts);
+  std::map<std::string, int> chapter_fold;
+  std::vector<built_request> out;
+  for (std::size_t vi = 0; vi < verses.size(); ++vi) {
+    const verse& v = verses[vi];
+    if (!chapter_fold.count(v.chapter)) chapter_fold[v.chapter] = static_cast<int>(chapter_fold.size() % 2);
+    const auto w = words_of(v.text);
+    if (w.size() <= o.words) continue;
+    std::string text = join(w, 0, o.words);
+    if (vi > 0 && verses[vi - 1].chapter == v.chapter) text = verses[vi - 1].text + " " + text;
+    built_request b;
+    b.prompt = tok.encode(text);
+    hy::logged_request& r = b.log;
+    r.id = out.size();
+    r.fold = chapter_fold[v.chapter];
+    r.group = v.reference;
+    for (char& c : r.group)
+      if (c == ' ') c = '_';
+    r.group += ":" + std::to_string(v.number);
+    // The reference continuation's own length, to its first sentence end.
+    const auto rest = tok.encode(" " + join(w, o.words, w.size()), false);
+    r.reference_tokens = rest.size();
+    for (std::size_t i = 0; i < rest.size(); ++i)
+      if (std::find(stops.begin(), stops.end(), rest[i]) != stops.end()) {
+        r.reference_tokens = i + 1;
+        break;
+      }
+    specdec::autoregressive_decoder cloud_dec(big), device_dec(little);
+    const auto cloud_out = cloud_dec.generate(b.prompt, gen).tokens;
+    const auto device_out = device_dec.generate(b.prompt, gen).tokens;
+    std::vector<token_id> prefix_out(cloud_out.begin(),
+                                     cloud_out.begin() + static_cast<std::ptrdiff_t>(std::min(o.prefix, cloud_out.size())));
+    if (prefix_out.size() == o.prefix && cloud_out.size() > o.prefix) {
+      std::vector<token_id> p2(b.prompt);
+      p2.insert(p2.end(), prefix_out.begin(), prefix_out.end());
+      auto g2 = gen;
+      g2.max_new_tokens = o.tokens - o.prefix;
+      const bool ended = std::find(stops.begin(), stops.end(), prefix_out.back()) != stops.end();
+      if (!ended) {
+        const auto tail = device_dec.generate(p2, g2).tokens;
+        prefix_out.insert(prefix_out.end(), tail.begin(), tail.end());
+      }
+    } else {
+      prefix_out = cloud_out;
     }
-    o += c;
+    specdec::speculative_decoder spec(little, big, specdec::fixed_gamma{o.gamma}, specdec::greedy_match{});
+    const auto sr = spec.generate(b.prompt, gen);
+    if (sr.tokens != cloud_out)
+      throw std::logic_error("greedy speculative output differs from the cloud's on request " + std::to_string(r.id));
+    r.speculative_rounds = sr.stats.target_calls;
+    r.features = hy::probe_trajectory(little, b.prompt, {.lookahead_tokens = o.lookahead, .stop_tokens = stops}).features;
+    const auto sc = score_answer(big, b.prompt, cloud_out), sd = score_answer(big, b.prompt, device_out),
+               sp = score_answer(big, b.prompt, prefix_out);
+    r.outcome = {.device_quality = -sd.mean_nll, .cloud_quality = -sc.mean_nll, .prefix_quality = -sp.mean_nll,
+                 .device_ok = sd.mean_nll - sc.mean_nll <= std::log(2.0)};
+    r.cloud_entropy = sd.mean_entropy;
+    r.device_agreement = matched_agreement(device_out, cloud_out);
+    r.prefix_agreement = matched_agreement(prefix_out, cloud_out);
+    r.cloud_tokens = cloud_out.size();
+    r.device_tokens = device_out.size();
+    r.prefix_tokens = prefix_out.size();
+    out.push_back(std::move(b));
+    if (out.size() % 50 == 0) std::cerr << out.size() << " requests\n";
+    if (o.limit && out.size() >= o.limit) break;
   }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------
+// Analysis
+
+std::vector<hy::request_features> features_of(const std::vector<hy::logged_request>& v) {
+  std::vector<hy::request_features> f;
+  for (const auto& r : v) f.push_back(r.features);
+  return f;
+}
+std::vector<hy::routing_outcome> outcomes_of(const std::vector<hy::logged_request>& v, bool agreement = false) {
+  std::vector<hy::routing_outcome> o;
+  for (const auto& r : v)
+    o.push_back(agreement ? hy::routing_outcome{.device_quality = r.device_agreement, .cloud_quality = 1.0,
+                                                .prefix_quality = r.prefix_agreement, .device_ok = r.outcome.device_ok}
+                          : r.outcome);
   return o;
+}
+
+// The confidence arbiter calibrated on the draft's mean max-probability instead of entropy.
+struct max_prob_arbiter {
+  hy::confidence_arbiter inner{};
+  hy::route decide(const hy::request_features& f, const hy::link_estimate& l, const hy::budget& b) const {
+    return inner.decide(f, l, b);
+  }
+  void validate() const { inner.validate(); }
+  max_prob_arbiter calibrated(std::span<const hy::request_features> s, const hy::link_estimate&, const hy::budget& b) const {
+    return {inner.calibrated_on_max_prob(s, b)};
+  }
+};
+
+// A learned-difficulty arbiter: cloud iff predicted_difficulty > threshold.
+struct difficulty_arbiter {
+  double threshold = 0.5;
+  hy::route decide(const hy::request_features& f, const hy::link_estimate&, const hy::budget& b) const {
+    if (b.max_cloud_fraction <= 0.0) return hy::route::on_device();
+    return f.predicted_difficulty > threshold ? hy::route::in_cloud() : hy::route::on_device();
+  }
+  void validate() const {}
+  difficulty_arbiter calibrated(std::span<const hy::request_features> s, const hy::link_estimate&, const hy::budget& b) const {
+    std::vector<double> d;
+    for (const auto& f : s) d.push_back(f.predicted_difficulty);
+    return {hy::calibrate_threshold(d, b.max_cloud_fraction)};
+  }
+};
+
+struct arbiter_report {
+  std::string name;
+  std::vector<hy::routing_point> curve, agreement_curve;
+  double apgr = 0, cpt50 = 0, cpt80 = 0, auc = std::nan(""), agreement_apgr = 0;
+  hy::interval apgr_gain{};  // APGR - 0.5 with its bootstrap interval
+};
+
+// Tier profiles: the realised time of each route on a request, with its true lengths.
+struct tiers {
+  std::string name;
+  hy::tier_profile device, remote;
+  hy::link_estimate link;
+  hy::budget price{};  // cloud tokens priced in seconds (budget.lambda * cost_per_cloud_token)
+};
+
+struct realised {
+  double device = 0, cloud = 0, speculative = 0, prefix = 0;
+};
+
+realised realised_latency(const hy::latency_arbiter& a, const hy::logged_request& r, std::size_t gamma,
+                          std::size_t prefix, const hy::link_estimate& l) {
+  const auto& c = a.costs;
+  const double P = static_cast<double>(r.features.prompt_tokens);
+  const double setup = l.rtt_seconds + 32.0 * P / l.up_bps + c.cloud_queue_seconds + P * c.cloud_prefill_seconds_per_token;
+  const double Lc = static_cast<double>(r.cloud_tokens), Ld = static_cast<double>(r.device_tokens);
+  const double Lp = static_cast<double>(r.prefix_tokens), k = std::min(static_cast<double>(prefix), Lp);
+  const double g = static_cast<double>(gamma);
+  realised t;
+  t.device = Ld * c.t_device_per_token;
+  t.cloud = setup + Lc * (c.t_cloud_per_token + 32.0 / l.down_bps);
+  t.speculative = setup + static_cast<double>(r.speculative_rounds) *
+                              (g * c.t_device_per_token + l.rtt_seconds + 32.0 * g / l.up_bps + c.t_cloud_per_token +
+                               32.0 * (g + 1.0) / l.down_bps);
+  t.prefix = setup + k * (c.t_cloud_per_token + 32.0 / l.down_bps) + (Lp - k) * c.t_device_per_token;
+  return t;
+}
+
+double time_of(const realised& t, const hy::route& r) {
+  switch (r.kind) {
+    case hy::route_kind::device: return t.device;
+    case hy::route_kind::cloud: return t.cloud;
+    case hy::route_kind::speculative: return t.speculative;
+    case hy::route_kind::cloud_prefix: return t.prefix;
+  }
+  return t.device;
+}
+
+double pct(std::vector<double> v, double q) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0.0 : v[std::min(v.size() - 1, static_cast<std::size_t>(q * static_cast<double>(v.size())))];
+}
+
+void write_text(const std::filesystem::path& p, const std::string& s) {
+  std::ofstream f(p);
+  if (!f) throw specdec::invalid_argument("--out: cannot write '" + p.string() + "'");
+  f << s;
+}
+
+json analyse(const eval_options& o, const std::vector<hy::logged_request>& log, std::vector<double>* test_predicted,
+             std::vector<double>* test_constant) {
+  auto [cal, test] = hy::split_folds(log);
+  const auto dir = std::filesystem::path(o.out);
+  json J;
+  J["requests"] = log.size();
+  J["calibration_requests"] = cal.size();
+  J["test_requests"] = test.size();
+  auto ok_share = [](const std::vector<hy::logged_request>& v) {
+    double n = 0;
+    for (const auto& r : v) n += r.outcome.device_ok;
+    return n / static_cast<double>(v.size());
+  };
+  J["device_ok_share"] = {{"calibration", ok_share(cal)}, {"test", ok_share(test)}};
+  const auto cal_f = features_of(cal), test_f0 = features_of(test);
+
+  // Length predictors (fitted on the calibration fold, measured on the test fold).
+  std::vector<double> cal_len, test_len;
+  for (const auto& r : cal) cal_len.push_back(static_cast<double>(r.cloud_tokens));
+  for (const auto& r : test) test_len.push_back(static_cast<double>(r.cloud_tokens));
+  const auto constant = hy::constant_length_predictor::fit(cal_len);
+  const auto linear = hy::linear_length_predictor::fit(cal_f, cal_len, 1.0);
+  std::vector<std::vector<double>> cal_roll, test_roll;
+  for (const auto& r : cal) cal_roll.push_back({static_cast<double>(r.device_tokens)});
+  for (const auto& r : test) test_roll.push_back({static_cast<double>(r.device_tokens)});
+  const auto rollout = hy::linear_length_predictor::fit(cal_roll, cal_len, 1.0);
+  std::vector<double> pc, pl, pr;
+  for (std::size_t i = 0; i < test.size(); ++i) {
+    pc.push_back(constant.predict(test_f0[i]));
+    pl.push_back(linear.predict(test_f0[i]));
+    pr.push_back(rollout.predict_raw(test_roll[i]));
+  }
+  const auto ec = hy::prediction_error::of(pc, test_len), el = hy::prediction_error::of(pl, test_len),
+             er = hy::prediction_error::of(pr, test_len);
+  auto err_json = [](const hy::prediction_error& e, const hy::prediction_error& base) {
+    return json{{"mae", e.mean_absolute_error}, {"within_20_percent", e.within_20_percent},
+                {"mae_over_constant", e.mean_absolute_error / base.mean_absolute_error}};
+  };
+  J["length"] = {{"target", "cloud answer tokens"},
+                 {"test_mean", std::accumulate(test_len.begin(), test_len.end(), 0.0) / double(test_len.size())},
+                 {"constant", err_json(ec, ec)},
+                 {"linear_probe", err_json(el, ec)},
+                 {"device_rollout", err_json(er, ec)}};
+  if (test_predicted) *test_predicted = pl;
+  if (test_constant) *test_constant = pc;
+
+  // Difficulty predictors: AUC against the label "device not good enough".
+  std::vector<int> cal_hard, cal_ok;
+  std::vector<bool> test_hard;
+  for (const auto& r : cal) cal_hard.push_back(r.outcome.device_ok ? 0 : 1), cal_ok.push_back(r.outcome.device_ok ? 1 : 0);
+  for (const auto& r : test) test_hard.push_back(!r.outcome.device_ok);
+  const auto difficulty = hy::logistic_difficulty_predictor::fit(cal_f, cal_hard);
+  std::vector<double> dscore, escore, cscore(test.size(), 0.5), mscore, tscore;
+  for (const auto& f : test_f0) {
+    dscore.push_back(difficulty.predict(f));
+    escore.push_back(f.draft_mean_entropy);
+    mscore.push_back(-f.draft_max_prob_mean);
+    tscore.push_back(f.extra[hy::trajectory_feature::mean_entropy]);
+  }
+  J["difficulty_auc"] = {{"constant", hy::roc_auc(cscore, test_hard)},
+                         {"prompt_entropy", hy::roc_auc(escore, test_hard)},
+                         {"prompt_max_prob", hy::roc_auc(mscore, test_hard)},
+                         {"lookahead_entropy", hy::roc_auc(tscore, test_hard)},
+                         {"logistic_trajectory", hy::roc_auc(dscore, test_hard)}};
+
+  // Features with the predictions filled in, as a session would give the arbiters.
+  auto predicted = [&](std::vector<hy::request_features> v) {
+    for (auto& f : v) {
+      f.predicted_length = linear.predict(f);
+      f.predicted_difficulty = difficulty.predict(f);
+    }
+    return v;
+  };
+  const auto calp = predicted(cal_f), testp = predicted(test_f0);
+  const auto outcomes = outcomes_of(test), agree = outcomes_of(test, true);
+  std::vector<double> budgets;
+  for (int i = 0; i <= 20; ++i) budgets.push_back(i / 20.0);
+
+  hy::logistic_arbiter logistic;
+  logistic.train(calp, cal_ok, 2000, 0.5, 1e-2);
+  std::vector<int> labels;
+  for (const auto& r : test) labels.push_back(r.outcome.device_ok ? 1 : 0);
+  std::vector<int> cal_labels(cal_ok);
+  // The oracle knows the test labels; its calibration sample is the test fold itself.
+  const auto oracle = hy::oracle_arbiter::from_labels(labels);
+  double prefix_share = 0.0;
+  {
+    double gp = 0, gc = 0;
+    for (const auto& r : cal) gp += r.outcome.prefix_quality - r.outcome.device_quality, gc += r.device_quality_gap();
+    prefix_share = std::clamp(gp / gc, 0.0, 1.0);
+  }
+  const tiers edge{"device+edge", hy::tier_profile::device(), hy::tier_profile::edge(), {.rtt_seconds = 0.03}};
+  const tiers cloud_tiers{"device+cloud", hy::tier_profile::device(), hy::tier_profile::cloud(), {.rtt_seconds = 0.08}};
+  // The same edge, with every cloud forward priced at 100 ms of latency: the prefix route's
+  // few cloud tokens then compete with the cloud route's many.
+  const tiers priced{"device+edge priced", hy::tier_profile::device(), hy::tier_profile::edge(), {.rtt_seconds = 0.03},
+                     {.cost_per_cloud_token = 0.1, .lambda = 1.0}};
+  auto latency_for = [&](const tiers& t, double lambda) {
+    auto a = hy::latency_arbiter::from_profiles(t.device, t.remote, t.link, lambda);
+    a.allow_cloud_prefix = true;
+    a.prefix_tokens = o.prefix;
+    a.prefix_quality_share = prefix_share;
+    a.max_gamma = 8;
+    return a;
+  };
+  const double lambda = 4.0;
+  J["latency_arbiter"] = {{"lambda_seconds", lambda}, {"prefix_tokens", o.prefix}, {"prefix_quality_share", prefix_share}};
+
+  std::vector<arbiter_report> reports;
+  auto run = [&](const std::string& name, const auto& arb, std::span<const hy::request_features> calib,
+                 const std::vector<double>& score) {
+    arbiter_report r;
+    r.name = name;
+    r.curve = hy::routing_curve(arb, calib, testp, outcomes, cloud_tiers.link, budgets);
+    r.agreement_curve = hy::routing_curve(arb, calib, testp, agree, cloud_tiers.link, budgets);
+    r.apgr = hy::average_pgr(r.curve);
+    r.agreement_apgr = hy::average_pgr(r.agreement_curve);
+    r.cpt50 = hy::cost_to_reach(r.curve, 0.5);
+    r.cpt80 = hy::cost_to_reach(r.curve, 0.8);
+    if (!score.empty()) r.auc = hy::roc_auc(score, test_hard);
+    r.apgr_gain = hy::apgr_gain_over_random(arb, calib, testp, outcomes, cloud_tiers.link, budgets, o.bootstrap, 0.90,
+                                            o.seed);
+    reports.push_back(std::move(r));
+  };
+  std::vector<double> lscore, latscore, rscore;
+  const auto lat = latency_for(cloud_tiers, lambda);
+  for (const auto& f : testp) {
+    lscore.push_back(-logistic.probability_device_ok(f));
+    latscore.push_back(lat.cloud_advantage(f, cloud_tiers.link, {}));
+    rscore.push_back(hy::detail::uniform_of(f, o.seed));
+  }
+  run("random", hy::random_arbiter{.seed = o.seed}, calp, rscore);
+  run("confidence", hy::confidence_arbiter{}, calp, escore);
+  run("confidence_max_prob", max_prob_arbiter{}, calp, mscore);
+  run("confidence_lookahead", hy::confidence_arbiter{.read_lookahead = true}, calp, tscore);
+  run("logistic", logistic, calp, lscore);
+  run("difficulty", difficulty_arbiter{}, calp, dscore);
+  run("latency", lat, calp, latscore);
+  {
+    std::vector<double> os;
+    for (int l : labels) os.push_back(l ? 0.0 : 1.0);
+    run("oracle_label", oracle, testp, os);
+  }
+  {
+    arbiter_report r;
+    r.name = "oracle_quality";
+    r.curve = hy::oracle_curve(outcomes, budgets);
+    r.agreement_curve = hy::oracle_curve(agree, budgets);
+    r.apgr = hy::average_pgr(r.curve);
+    r.agreement_apgr = hy::average_pgr(r.agreement_curve);
+    r.cpt50 = hy::cost_to_reach(r.curve, 0.5);
+    r.cpt80 = hy::cost_to_reach(r.curve, 0.8);
+    r.apgr_gain = {r.apgr - 0.5, r.apgr - 0.5, r.apgr - 0.5};
+    reports.push_back(std::move(r));
+  }
+  const auto range = hy::quality_range::of(outcomes);
+  J["quality"] = {{"definition", "cloud mean log-likelihood per token of the answer"},
+                  {"device_only", range.device_only},
+                  {"cloud_only", range.cloud_only},
+                  {"prefix_only", [&] {
+                     double s = 0;
+                     for (const auto& oc : outcomes) s += oc.prefix_quality;
+                     return s / double(outcomes.size());
+                   }()}};
+  std::ostringstream curves;
+  curves << "arbiter,budget,cloud_fraction,quality,pgr,agreement_cloud_fraction,agreement,agreement_pgr\n";
+  for (const auto& r : reports) {
+    for (std::size_t i = 0; i < r.curve.size(); ++i)
+      curves << r.name << ',' << r.curve[i].budget << ',' << r.curve[i].cloud_fraction << ',' << r.curve[i].quality
+             << ',' << r.curve[i].pgr << ',' << r.agreement_curve[i].cloud_fraction << ','
+             << r.agreement_curve[i].quality << ',' << r.agreement_curve[i].pgr << '\n';
+    J["arbiters"][r.name] = {{"apgr", r.apgr},
+                             {"apgr_minus_random", r.apgr_gain.estimate},
+                             {"apgr_minus_random_90ci", {r.apgr_gain.lower, r.apgr_gain.upper}},
+                             {"cpt50", r.cpt50},
+                             {"cpt80", r.cpt80},
+                             {"auc", std::isnan(r.auc) ? json(nullptr) : json(r.auc)},
+                             {"agreement_apgr", r.agreement_apgr}};
+  }
+  write_text(dir / "routing_curves.csv", curves.str());
+
+  // Latency on the tier profiles: per-route realised times (CDF), and each arbiter's
+  // quality and latency at a 30% budget, plus the latency arbiter's own trade-off.
+  std::ostringstream lat_csv, trade;
+  lat_csv << "tiers,route,seconds\n";
+  trade << "tiers,arbiter,lambda,budget,cloud_fraction,quality,pgr,mean_latency_s,p95_latency_s,device,cloud,speculative,"
+           "cloud_prefix\n";
+  for (const tiers& t : {edge, cloud_tiers, priced}) {
+    const auto base = latency_for(t, 0.0);
+    std::vector<realised> times;
+    for (const auto& r : test) times.push_back(realised_latency(base, r, o.gamma, o.prefix, t.link));
+    for (const auto& x : times)
+      lat_csv << t.name << ",device," << x.device << '\n' << t.name << ",cloud," << x.cloud << '\n' << t.name
+              << ",speculative," << x.speculative << '\n' << t.name << ",cloud_prefix," << x.prefix << '\n';
+    auto row = [&](const std::string& name, double lam, double b, const auto& arb) {
+      std::vector<double> secs;
+      std::map<hy::route_kind, std::size_t> mix;
+      double q = 0;
+      std::size_t cloud = 0;
+      for (std::size_t i = 0; i < test.size(); ++i) {
+        const auto r = arb.decide(testp[i], t.link, t.price);
+        secs.push_back(time_of(times[i], r));
+        q += outcomes[i].quality_of(r);
+        ++mix[r.kind];
+        cloud += r.uses_cloud();
+      }
+      q /= double(test.size());
+      trade << t.name << ',' << name << ',' << lam << ',' << b << ',' << double(cloud) / double(test.size()) << ',' << q
+            << ',' << range.pgr(q) << ',' << std::accumulate(secs.begin(), secs.end(), 0.0) / double(secs.size()) << ','
+            << pct(secs, 0.95) << ',' << mix[hy::route_kind::device] << ',' << mix[hy::route_kind::cloud] << ','
+            << mix[hy::route_kind::speculative] << ',' << mix[hy::route_kind::cloud_prefix] << '\n';
+    };
+    for (double lam : {0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0}) row("latency", lam, 1.0, latency_for(t, lam));
+    const hy::budget b30{.max_cloud_fraction = 0.3};
+    hy::budget b30p = t.price;
+    b30p.max_cloud_fraction = 0.3;
+    row("latency", lambda, 0.3, latency_for(t, lambda).calibrated(calp, t.link, b30p));
+    row("confidence", 0.0, 0.3, hy::confidence_arbiter{}.calibrated(calp, t.link, b30));
+    row("logistic", 0.0, 0.3, logistic.calibrated(calp, t.link, b30));
+    row("random", 0.0, 0.3, hy::random_arbiter{.seed = o.seed}.calibrated(calp, t.link, b30));
+    row("device_only", 0.0, 0.0, hy::random_arbiter{.cloud_fraction = 0.0});
+    row("cloud_only", 0.0, 1.0, hy::random_arbiter{.cloud_fraction = 1.0});
+  }
+  write_text(dir / "routing_latency.csv", lat_csv.str());
+  write_text(dir / "routing_tradeoff.csv", trade.str());
+  return J;
+}
+
+// Length-aware scheduling of the test fold on the cloud model, static batches of 16.
+json schedule(const eval_options& o, const std::vector<built_request>& reqs, const std::vector<double>& predicted,
+              const std::vector<double>& constant, const specdec::generation_options& gen) {
+  std::vector<const built_request*> test;
+  for (const auto& r : reqs)
+    if (r.log.fold == 1) test.push_back(&r);
+  specdec::cpu::batched_transformer engine_model(o.cloud);
+  specdec::batched_autoregressive_decoder engine(engine_model);
+  auto make = [&](auto length_of) {
+    std::vector<specdec::scheduled_request> v;
+    for (std::size_t i = 0; i < test.size(); ++i) {
+      specdec::scheduled_request s;
+      s.request = {.prompt = test[i]->prompt, .options = gen, .id = i};
+      s.predicted_length = length_of(i);
+      v.push_back(std::move(s));
+    }
+    return v;
+  };
+  const specdec::scheduler_options so{.mode = specdec::batching_mode::static_batching, .max_batch = 16,
+                                      .memory_budget_bytes = 1e12, .kv_bytes_per_token = 1.0};
+  const auto fifo = specdec::simulate(engine, specdec::fifo_scheduler{}, make([&](std::size_t i) { return constant[i]; }), so);
+  json J;
+  J["fifo"] = {{"steps", fifo.steps}, {"tokens_per_step", fifo.tokens_per_step}, {"wasted_slot_steps", fifo.wasted_slot_steps}};
+  const std::pair<const char*, std::function<double(std::size_t)>> kinds[] = {
+      {"true_lengths", [&](std::size_t i) { return static_cast<double>(test[i]->log.cloud_tokens); }},
+      {"predicted_lengths", [&](std::size_t i) { return predicted[i]; }},
+      {"device_rollout_lengths", [&](std::size_t i) { return static_cast<double>(test[i]->log.device_tokens); }},
+      {"constant_lengths", [&](std::size_t i) { return constant[i]; }}};
+  for (const auto& [name, f] : kinds) {
+    const auto la = specdec::simulate(engine, specdec::length_aware_scheduler{}, make(f), so);
+    J[name] = {{"steps", la.steps},
+               {"tokens_per_step", la.tokens_per_step},
+               {"wasted_slot_steps", la.wasted_slot_steps},
+               {"gain_over_fifo", la.tokens_per_step / fifo.tokens_per_step}};
+  }
+  return J;
 }
 
 }  // namespace
@@ -230,23 +621,17 @@ int main(int argc, char** argv) try {
       if (i + 1 >= argc) throw specdec::invalid_argument(a + ": expected a value");
       return argv[++i];
     };
-    if (a == "--quick") o.count = 4;
-    else if (a == "--json") o.json = next();
-    else if (a == "--csv") o.csv = next();
-    else if (a == "--tokens") o.tokens = parse_count(a, next());
+    using specdec::bench::parse_count;
+    if (a == "--out") o.out = next();
+    else if (a == "--from-log") o.from_log = next();
+    else if (a == "--limit") o.limit = parse_count(a, next());
     else if (a == "--words") o.words = parse_count(a, next());
-    else if (a == "--device-scale") o.device_scale = parse_positive(a, next());
-    else if (a == "--cloud-scale") o.cloud_scale = parse_positive(a, next());
-    else if (a == "--agree") o.agree = parse_fraction(a, next());
-    else if (a == "--gamma") o.gamma = parse_count(a, next());
+    else if (a == "--tokens") o.tokens = parse_count(a, next());
     else if (a == "--prefix") o.prefix = parse_count(a, next());
-    else if (a == "--cloud-fraction") o.cloud_fraction = parse_fraction(a, next());
-    else if (a == "--lambda") o.lambda = parse_non_negative(a, next());
+    else if (a == "--gamma") o.gamma = parse_count(a, next());
+    else if (a == "--lookahead") o.lookahead = parse_count(a, next());
+    else if (a == "--bootstrap") o.bootstrap = parse_count(a, next());
     else if (a == "--seed") o.seed = parse_count(a, next());
-    else if (a == "--measured") o.measured = true;
-    else if (a == "--segment") o.segment = parse_count(a, next());
-    else if (a == "--device-cost") o.device_cost = next();
-    else if (a == "--cloud-cost") o.cloud_cost = next();
     else if (a == "--prompts") o.prompts = next();
     else if (a == "--device") o.device = next();
     else if (a == "--cloud") o.cloud = next();
@@ -258,296 +643,61 @@ int main(int argc, char** argv) try {
       throw specdec::invalid_argument("unknown argument '" + a + "'\n" + usage);
     }
   }
-  const hy::compute_model cm{.device_scale = o.device_scale, .cloud_scale = o.cloud_scale};
-  cm.validate();
   if (o.gamma == 0) throw specdec::invalid_argument("--gamma must be >= 1, got 0");
-  if (o.prefix == 0) throw specdec::invalid_argument("--prefix must be >= 1, got 0");
-  if (!(o.agree >= 0.0 && o.agree <= 1.0)) throw specdec::invalid_argument("--agree must be in [0, 1]");
+  if (o.prefix == 0 || o.prefix >= o.tokens)
+    throw specdec::invalid_argument("--prefix must be in [1, --tokens), got " + std::to_string(o.prefix));
+  if (o.lookahead == 0) throw specdec::invalid_argument("--lookahead must be >= 1, got 0");
+  if (o.bootstrap < 2) throw specdec::invalid_argument("--bootstrap must be >= 2, got " + std::to_string(o.bootstrap));
+  std::filesystem::create_directories(o.out);
   const auto wall0 = std::chrono::steady_clock::now();
 
-  transformer little(o.device), big(o.cloud);
-  const specdec::cpu::tokenizer tok(o.tokenizer, little.vocab_size());
-
-  // Compute costs.
-  const hy::linear_cost device_cost =
-      o.device_cost.empty() ? measure_cost(little, o.cost_reps) : parse_cost("--device-cost", o.device_cost);
-  const hy::linear_cost cloud_cost =
-      o.cloud_cost.empty() ? measure_cost(big, o.cost_reps) : parse_cost("--cloud-cost", o.cloud_cost);
-  std::cerr << "measured costs: device " << device_cost.per_call * 1e3 << " ms/call + " << device_cost.per_token * 1e3
-            << " ms/token, cloud " << cloud_cost.per_call * 1e3 << " ms/call + " << cloud_cost.per_token * 1e3
-            << " ms/token (before scaling)\n";
-
-  // Responses end at the first sentence end.
+  json J;
+  J["tool"] = "specdec-hybrid-eval";
+  std::vector<hy::logged_request> log;
+  std::vector<built_request> built;
+  std::unique_ptr<transformer> little, big;
   specdec::generation_options gen{.max_new_tokens = o.tokens};
-  for (std::size_t id = 3; id < little.vocab_size(); ++id) {
-    const std::string piece = tok.decode_piece(-1, static_cast<token_id>(id));
-    if (piece.find_first_of(".?!") != std::string::npos) gen.stop_sequences.push_back({static_cast<token_id>(id)});
-  }
-
-  // Prompts, references, features.
-  std::vector<prompt_data> P;
-  for (const auto& text : specdec::bench::held_out_prompts(o.prompts, o.count, o.words)) {
-    prompt_data d;
-    d.text = text;
-    d.ids = tok.encode(text);
-    P.push_back(std::move(d));
-  }
-  for (std::size_t i = 0; i < P.size(); ++i) {
-    auto& d = P[i];
-    d.fold = static_cast<int>(i % 2);
-    specdec::autoregressive_decoder cloud_dec(big), device_dec(little);
-    d.cloud_out = cloud_dec.generate(d.ids, gen).tokens;
-    d.device_out = device_dec.generate(d.ids, gen).tokens;
-    std::size_t same = 0;
-    d.device_agreement = agreement(d.device_out, d.cloud_out, same);
-    d.device_ok = d.device_agreement >= o.agree ? 1 : 0;
-    d.features = hy::probe_request(little, d.ids);
-    d.features.request_id = i;
-    d.probe_seconds = cm.device(device_cost(d.ids.size(), 0));
-  }
-
-  // Cross-fitted predictors: fit on one fold, predict the other.
-  std::vector<double> predicted_length(P.size()), actual_length(P.size()), constant_length(P.size());
-  std::vector<std::string> difficulty_fit(2, "fitted");
-  std::array<hy::logistic_arbiter, 2> logistic{};
-  std::array<hy::random_arbiter, 2> random_arb{};
-  std::array<hy::confidence_arbiter, 2> confidence{};
-  for (int f = 0; f < 2; ++f) {
-    std::vector<hy::request_features> train;
-    std::vector<double> lengths, entropies;
-    std::vector<int> ok, hard;
-    for (const auto& d : P)
-      if (d.fold != f) {
-        train.push_back(d.features);
-        lengths.push_back(static_cast<double>(d.cloud_out.size()));
-        entropies.push_back(d.features.draft_mean_entropy);
-        ok.push_back(d.device_ok);
-        hard.push_back(1 - d.device_ok);
+  if (o.from_log.empty()) {
+    little = std::make_unique<transformer>(o.device);
+    big = std::make_unique<transformer>(o.cloud);
+    const specdec::cpu::tokenizer tok(o.tokenizer, little->vocab_size());
+    std::vector<token_id> stops{specdec::eos_token};
+    for (std::size_t id = 3; id < little->vocab_size(); ++id)
+      if (tok.decode_piece(-1, static_cast<token_id>(id)).find_first_of(".?!:;") != std::string::npos) {
+        gen.stop_sequences.push_back({static_cast<token_id>(id)});
+        stops.push_back(static_cast<token_id>(id));
       }
-    if (train.empty()) train.push_back(P.front().features), lengths.push_back(double(P.front().cloud_out.size())),
-        entropies.push_back(P.front().features.draft_mean_entropy), ok.push_back(P.front().device_ok),
-        hard.push_back(1 - P.front().device_ok);
-    hy::linear_length_predictor lp;
-    try {
-      lp = hy::linear_length_predictor::fit(train, lengths, 1.0);  // ridge 1: a dozen samples
-    } catch (const specdec::invalid_argument&) {
-      lp = {};
-    }
-    const auto cp = hy::constant_length_predictor::fit(lengths);
-    hy::entropy_difficulty_predictor dp;
-    try {
-      dp = hy::entropy_difficulty_predictor::fit(entropies, hard);
-    } catch (const specdec::invalid_argument&) {
-      difficulty_fit[static_cast<std::size_t>(f)] = "default (fit failed: slope not positive or one class)";
-    }
-    for (std::size_t i = 0; i < P.size(); ++i)
-      if (P[i].fold == f) {
-        auto& feat = P[i].features;
-        feat.predicted_length = lp.coefficients.empty() ? cp.predict(feat) : lp.predict(feat);
-        feat.predicted_difficulty = dp.predict(feat);
-        predicted_length[i] = feat.predicted_length;
-        constant_length[i] = cp.predict(feat);
-        actual_length[i] = static_cast<double>(P[i].cloud_out.size());
-      }
-    // Arbiters trained / calibrated on the other fold (features there carry their own
-    // cross-fitted predictions only after both folds are done, so train on probe
-    // features + the predictions of this fold's predictors).
-    for (auto& t : train) {
-      t.predicted_length = lp.coefficients.empty() ? cp.predict(t) : lp.predict(t);
-      t.predicted_difficulty = dp.predict(t);
-    }
-    logistic[static_cast<std::size_t>(f)].train(train, ok, 500, 0.5, 1e-2);
-    const hy::budget b{.max_cloud_fraction = o.cloud_fraction};
-    random_arb[static_cast<std::size_t>(f)] = hy::random_arbiter{.seed = o.seed}.calibrated(train, {}, b);
-    confidence[static_cast<std::size_t>(f)] = hy::confidence_arbiter{}.calibrated(train, {}, b);
+    built = build_log(o, *little, *big, tok, gen, stops);
+    for (const auto& b : built) log.push_back(b.log);
+    std::ofstream f(std::filesystem::path(o.out) / "routing_log.csv");
+    hy::write_routing_log(f, log);
+    J["log"] = "generated";
+  } else {
+    log = hy::read_routing_log(o.from_log);
+    J["log"] = o.from_log;
   }
-  const auto length_error = hy::prediction_error::of(predicted_length, actual_length);
-  const auto constant_error = hy::prediction_error::of(constant_length, actual_length);
-  std::vector<int> labels;
-  for (const auto& d : P) labels.push_back(d.device_ok);
-  const auto oracle = hy::oracle_arbiter::from_labels(labels);
+  std::vector<double> predicted, constant;
+  J["analysis"] = analyse(o, log, &predicted, &constant);
+  if (!built.empty()) J["scheduler"] = schedule(o, built, predicted, constant, gen);
+  J["wall_seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();
+  write_text(std::filesystem::path(o.out) / "routing_summary.json", J.dump(2) + "\n");
 
-  // Latency arbiter's per-token costs: the measured costs, scaled.
-  const hy::latency_arbiter latency{
-      .costs = {.t_device_per_token = cm.device(device_cost(1, 0)),
-                .t_cloud_per_token = cm.cloud(cloud_cost(1, 0)),
-                .cloud_prefill_seconds_per_token = cm.cloud(cloud_cost.per_token)},
-      .lambda = o.lambda,
-      .max_gamma = 8};
-  latency.validate();
-
-  // The arbiters: name, whether they read features (pay the probe), route per prompt.
-  struct arbiter_entry {
-    std::string name;
-    bool probes;
-    std::function<hy::route(const prompt_data&, const hy::link_estimate&)> decide;
-    bool segments = false;  // executed with the fold's confidence arbiter as a segment arbiter
-  };
-  const hy::budget open{};
-  auto fold_of = [](const prompt_data& d) { return static_cast<std::size_t>(d.fold); };
-  std::vector<arbiter_entry> arbiters{
-      {"device_only", false, [](const prompt_data&, const hy::link_estimate&) { return hy::route::on_device(); }},
-      {"cloud_only", false, [](const prompt_data&, const hy::link_estimate&) { return hy::route::in_cloud(); }},
-      {"random_" + std::to_string(int(std::lround(o.cloud_fraction * 100))), true,
-       [&](const prompt_data& d, const hy::link_estimate& l) { return random_arb[fold_of(d)].decide(d.features, l, open); }},
-      {"confidence", true,
-       [&](const prompt_data& d, const hy::link_estimate& l) { return confidence[fold_of(d)].decide(d.features, l, open); }},
-      {"confidence_seg" + std::to_string(o.segment), true,
-       [&](const prompt_data& d, const hy::link_estimate& l) { return confidence[fold_of(d)].decide(d.features, l, open); },
-       true},
-      {"latency", true, [&](const prompt_data& d, const hy::link_estimate& l) { return latency.decide(d.features, l, open); }},
-      {"logistic", true,
-       [&](const prompt_data& d, const hy::link_estimate& l) { return logistic[fold_of(d)].decide(d.features, l, open); }},
-      {"oracle", true, [&](const prompt_data& d, const hy::link_estimate& l) { return oracle.decide(d.features, l, open); }},
-      {"speculative_" + std::to_string(o.gamma), false,
-       [&](const prompt_data&, const hy::link_estimate&) { return hy::route::speculative(o.gamma); }},
-      {"cloud_prefix_" + std::to_string(o.prefix), false,
-       [&](const prompt_data&, const hy::link_estimate&) { return hy::route::cloud_prefix(o.prefix); }},
-  };
-
-  // Perplexity cache by output.
-  std::map<std::pair<std::size_t, std::vector<token_id>>, double> nll_cache;
-  auto nll_of = [&](std::size_t i, const std::vector<token_id>& out) {
-    auto key = std::make_pair(i, out);
-    auto it = nll_cache.find(key);
-    if (it != nll_cache.end()) return it->second;
-    const double v = nll_sum(big, P[i].ids, out);
-    nll_cache.emplace(std::move(key), v);
-    return v;
-  };
-
-  hy::session_options so{.compute = cm};
-  if (!o.measured) {
-    so.device_cost = device_cost;
-    so.cloud_cost = cloud_cost;
-  }
-  so.charge_probe = false;  // execute() does not probe; the probe cost is added per arbiter below
-
-  std::vector<config_result> results;
-  const std::vector<std::string> presets{"lan", "wan", "lte", "degraded"};
-  std::size_t executions = 0;
-  for (std::size_t li = 0; li < presets.size(); ++li) {
-    const auto cfg = hy::link_config::preset(presets[li]);
-    const auto est = hy::link_estimate::of(cfg);
-    hy::simulated_link link(cfg, o.seed * 1000 + li);
-    hy::session s(little, big, hy::fixed_arbiter{}, link, so);
-    // The confidence arbiter of each fold, also consulted every --segment device tokens.
-    auto seg_opts = so;
-    seg_opts.segment_tokens = o.segment;
-    std::array<hy::session<transformer, transformer, hy::confidence_arbiter>, 2> seg{
-        hy::session(little, big, confidence[0], link, seg_opts), hy::session(little, big, confidence[1], link, seg_opts)};
-    std::map<std::pair<std::size_t, std::string>, hy::request_result> cache;
-    for (const auto& a : arbiters) {
-      config_result c;
-      c.arbiter = a.name;
-      c.link = presets[li];
-      for (std::size_t i = 0; i < P.size(); ++i) {
-        const hy::route r = a.decide(P[i], est);
-        const auto key = std::make_pair(i, (a.segments ? "seg/" + std::to_string(P[i].fold) + "/" : "") + route_name(r));
-        auto it = cache.find(key);
-        if (it == cache.end()) {
-          it = cache.emplace(key, a.segments ? seg[fold_of(P[i])].execute(P[i].ids, gen, r, P[i].features)
-                                             : s.execute(P[i].ids, gen, r, P[i].features))
-                   .first;
-          ++executions;
-        }
-        const hy::request_result& res = it->second;
-        const double probe = a.probes ? P[i].probe_seconds : 0.0;
-        ++c.requests;
-        c.cloud_requests += std::any_of(res.legs.begin(), res.legs.end(), [](const hy::route& l) { return l.uses_cloud(); });
-        c.routes[res.route_trace()] += 1;
-        c.tokens += res.tokens.size();
-        c.cloud_tokens += res.cloud_tokens;
-        c.cloud_forward_tokens += res.cloud_forward_tokens;
-        c.bytes += res.bytes_up + res.bytes_down;
-        c.round_trips += res.round_trips;
-        c.fell_back += res.fell_back_to_device ? 1 : 0;
-        std::size_t same = 0;
-        (void)agreement(res.tokens, P[i].cloud_out, same);
-        c.same += same;
-        c.ref_tokens += P[i].cloud_out.size();
-        c.nll += nll_of(i, res.tokens);
-        c.latency.push_back(res.latency_seconds + probe);
-        if (!res.tokens.empty()) c.ttft.push_back(res.ttft_seconds + probe);
-      }
-      results.push_back(std::move(c));
-    }
-  }
-
-  // Report.
-  std::ofstream js(o.json);
-  if (!js) throw specdec::invalid_argument("--json path '" + o.json + "' cannot be written");
-  js << std::setprecision(6);
-  js << "{\n  \"tool\": \"specdec-hybrid-eval\",\n  \"prompts\": " << P.size() << ",\n  \"max_new_tokens\": " << o.tokens
-     << ",\n  \"stop\": \"first token containing . ? or !, or EOS\",\n  \"device_scale\": " << o.device_scale
-     << ",\n  \"cloud_scale\": " << o.cloud_scale << ",\n  \"timing\": \""
-     << (o.measured ? "measured per forward" : (o.device_cost.empty() && o.cloud_cost.empty()) ? "linear cost measured at start-up" : "linear cost given on the command line")
-     << "\",\n  \"device_cost\": {\"per_call_s\": " << device_cost.per_call << ", \"per_token_s\": " << device_cost.per_token
-     << "},\n  \"cloud_cost\": {\"per_call_s\": " << cloud_cost.per_call << ", \"per_token_s\": " << cloud_cost.per_token
-     << "},\n  \"agree_threshold\": " << o.agree << ",\n  \"device_ok_fraction\": "
-     << double(std::accumulate(labels.begin(), labels.end(), 0)) / double(labels.size())
-     << ",\n  \"length_predictor\": {\"kind\": \"linear (cross-fitted, ridge 1)\", \"mae\": " << length_error.mean_absolute_error
-     << ", \"within_20_percent\": " << length_error.within_20_percent
-     << ", \"constant_baseline_mae\": " << constant_error.mean_absolute_error
-     << ", \"constant_baseline_within_20_percent\": " << constant_error.within_20_percent
-     << "},\n  \"difficulty_fit\": [\"" << json_escape(difficulty_fit[0]) << "\", \"" << json_escape(difficulty_fit[1])
-     << "\"],\n  \"executions\": " << executions << ",\n  \"per_prompt\": [\n";
-  for (std::size_t i = 0; i < P.size(); ++i) {
-    const auto& d = P[i];
-    js << "    {\"prompt\": \"" << json_escape(d.text) << "\", \"cloud_tokens\": " << d.cloud_out.size()
-       << ", \"device_agreement\": " << d.device_agreement << ", \"device_ok\": " << d.device_ok
-       << ", \"draft_mean_entropy\": " << d.features.draft_mean_entropy
-       << ", \"draft_max_prob_mean\": " << d.features.draft_max_prob_mean
-       << ", \"predicted_length\": " << d.features.predicted_length
-       << ", \"predicted_difficulty\": " << d.features.predicted_difficulty << ", \"cloud_text\": \""
-       << json_escape(tok.decode(d.cloud_out)) << "\", \"device_text\": \"" << json_escape(tok.decode(d.device_out))
-       << "\"}" << (i + 1 < P.size() ? "," : "") << "\n";
-  }
-  js << "  ],\n  \"configs\": [\n";
-  std::ofstream csv(o.csv);
-  if (!csv) throw specdec::invalid_argument("--csv path '" + o.csv + "' cannot be written");
-  csv << std::setprecision(6);
-  csv << "arbiter,link,requests,quality_agreement,perplexity,cloud_request_fraction,cloud_token_fraction,"
-         "cloud_forward_tokens_per_token,latency_p50_s,latency_p95_s,latency_p99_s,ttft_mean_s,bytes_per_token,"
-         "round_trips_per_token,fell_back,length_mae,length_within_20pct\n";
-  for (std::size_t k = 0; k < results.size(); ++k) {
-    const auto& c = results[k];
-    const double p50 = percentile(c.latency, 0.5), p95 = percentile(c.latency, 0.95), p99 = percentile(c.latency, 0.99);
-    js << "    {\"arbiter\": \"" << c.arbiter << "\", \"link\": \"" << c.link << "\", \"requests\": " << c.requests
-       << ", \"quality_agreement\": " << c.quality() << ", \"perplexity\": " << c.perplexity()
-       << ", \"cloud_request_fraction\": " << c.cloud_request_fraction()
-       << ", \"cloud_token_fraction\": " << c.cloud_token_fraction()
-       << ", \"cloud_forward_tokens_per_token\": " << c.per_token(c.cloud_forward_tokens)
-       << ", \"latency_p50_s\": " << p50 << ", \"latency_p95_s\": " << p95 << ", \"latency_p99_s\": " << p99
-       << ", \"ttft_mean_s\": " << c.mean_ttft() << ", \"bytes_per_token\": " << c.per_token(c.bytes)
-       << ", \"round_trips_per_token\": " << c.per_token(c.round_trips) << ", \"fell_back\": " << c.fell_back
-       << ", \"tokens\": " << c.tokens << ", \"routes\": {";
-    std::size_t n = 0;
-    for (const auto& [name, count] : c.routes) js << (n++ ? ", " : "") << "\"" << name << "\": " << count;
-    js << "}}" << (k + 1 < results.size() ? "," : "") << "\n";
-    csv << c.arbiter << ',' << c.link << ',' << c.requests << ',' << c.quality() << ',' << c.perplexity() << ','
-        << c.cloud_request_fraction() << ',' << c.cloud_token_fraction() << ',' << c.per_token(c.cloud_forward_tokens)
-        << ',' << p50 << ',' << p95 << ',' << p99 << ',' << c.mean_ttft() << ',' << c.per_token(c.bytes) << ','
-        << c.per_token(c.round_trips) << ',' << c.fell_back << ',' << length_error.mean_absolute_error << ','
-        << length_error.within_20_percent << '\n';
-  }
-  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();
-  js << "  ],\n  \"wall_seconds\": " << wall << "\n}\n";
-
-  // Console summary.
-  std::printf("%zu prompts, device ok (agreement >= %.2f) on %.0f%%; length predictor MAE %.2f tokens, %.0f%% within 20%% "
-              "(constant baseline MAE %.2f, %.0f%%)\n",
-              P.size(), o.agree, 100.0 * double(std::accumulate(labels.begin(), labels.end(), 0)) / double(labels.size()),
-              length_error.mean_absolute_error, 100.0 * length_error.within_20_percent,
-              constant_error.mean_absolute_error, 100.0 * constant_error.within_20_percent);
-  std::printf("%-16s %-9s %7s %7s %7s %9s %9s %9s %9s %8s %7s\n", "arbiter", "link", "quality", "ppl", "cloud%",
-              "p50 ms", "p95 ms", "p99 ms", "ttft ms", "B/token", "rt/tok");
-  for (const auto& c : results)
-    std::printf("%-16s %-9s %7.3f %7.2f %7.1f %9.1f %9.1f %9.1f %9.1f %8.1f %7.3f\n", c.arbiter.c_str(), c.link.c_str(),
-                c.quality(), c.perplexity(), 100.0 * c.cloud_request_fraction(), 1e3 * percentile(c.latency, 0.5),
-                1e3 * percentile(c.latency, 0.95), 1e3 * percentile(c.latency, 0.99), 1e3 * c.mean_ttft(),
-                c.per_token(c.bytes), c.per_token(c.round_trips));
-  std::printf("%zu executions, %.1f s wall; wrote %s and %s\n", executions, wall, o.json.c_str(), o.csv.c_str());
+  const json& A = J["analysis"];
+  std::printf("%zu requests (%zu test); device good enough on %.0f%% of the test fold\n", log.size(),
+              A["test_requests"].get<std::size_t>(), 100.0 * A["device_ok_share"]["test"].get<double>());
+  std::printf("%-20s %7s %16s %7s %7s %7s\n", "arbiter", "APGR", "-0.5 (90% CI)", "CPT50", "CPT80", "AUC");
+  for (const auto& [name, r] : A["arbiters"].items())
+    std::printf("%-20s %7.3f %+6.3f [%+.3f,%+.3f] %7.3f %7.3f %7s\n", name.c_str(), r["apgr"].get<double>(),
+                r["apgr_minus_random"].get<double>(), r["apgr_minus_random_90ci"][0].get<double>(),
+                r["apgr_minus_random_90ci"][1].get<double>(), r["cpt50"].get<double>(), r["cpt80"].get<double>(),
+                r["auc"].is_null() ? "-" : std::to_string(r["auc"].get<double>()).substr(0, 5).c_str());
+  std::printf("length MAE: constant %.2f, linear probe %.2f, device rollout %.2f tokens\n",
+              A["length"]["constant"]["mae"].get<double>(), A["length"]["linear_probe"]["mae"].get<double>(),
+              A["length"]["device_rollout"]["mae"].get<double>());
+  std::printf("difficulty AUC: %s\n", A["difficulty_auc"].dump().c_str());
+  if (J.contains("scheduler")) std::printf("scheduler: %s\n", J["scheduler"].dump().c_str());
+  std::printf("wrote %s/routing_{log,curves,latency,tradeoff}.csv and routing_summary.json (%.1f s)\n", o.out.c_str(),
+              J["wall_seconds"].get<double>());
   return 0;
 } catch (const std::exception& e) {
   std::cerr << "specdec-hybrid-eval: " << e.what() << '\n';

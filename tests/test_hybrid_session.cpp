@@ -56,7 +56,7 @@ generation_options no_eos(std::size_t n) { return {.max_new_tokens = n, .stop_at
 // wan: RTT 15 ms, 100 Mbit/s both ways, 40 header bytes. Identical draft and target, greedy,
 // gamma 3, prompt of 3 tokens, 8 new tokens: two rounds, every draft accepted.
 //   probe:   device forward of 3 tokens                        1.3 ms
-//   round 1: draft forwards of 3, 1, 1 tokens                  3.5 ms
+//   round 1: draft forwards of 3 (the probe's prompt, prepaid), 1, 1 tokens   2.2 ms
 //            up 6 ids = 24 B (+40): 7.5 ms + 64*8/1e8 s
 //            cloud forward of 6 tokens                         5.0 ms
 //            down verdict 8 B (+40): 7.5 ms + 48*8/1e8 s      -> 4 tokens (first token here)
@@ -75,15 +75,15 @@ TEST(HybridSession, SpeculativeClockAndBytesMatchHandComputation) {
   EXPECT_EQ(r.tokens, greedy(cloud, prompt, 8));
   EXPECT_EQ(r.planned, route::speculative(3));
   ASSERT_EQ(r.legs.size(), 1u);
-  EXPECT_NEAR(r.ttft_seconds, 1.3e-3 + 3.5e-3 + up1 + 5e-3 + down, kTol);
-  EXPECT_NEAR(r.latency_seconds, 1.3e-3 + 3.5e-3 + up1 + 5e-3 + down + 3.4e-3 + up2 + 4e-3 + down, kTol);
+  EXPECT_NEAR(r.ttft_seconds, 1.3e-3 + 2.2e-3 + up1 + 5e-3 + down, kTol);
+  EXPECT_NEAR(r.latency_seconds, 1.3e-3 + 2.2e-3 + up1 + 5e-3 + down + 3.4e-3 + up2 + 4e-3 + down, kTol);
   EXPECT_NEAR(link.now(), r.latency_seconds, kTol);
   EXPECT_EQ(r.bytes_up, 64u + 56u);
   EXPECT_EQ(r.bytes_down, 48u + 48u);
   EXPECT_EQ(r.round_trips, 2u);
   EXPECT_EQ(r.cloud_calls, 2u);
   EXPECT_EQ(r.cloud_forward_tokens, 10u);
-  EXPECT_NEAR(r.device_seconds, 1.3e-3 + 3.5e-3 + 3.4e-3, kTol);
+  EXPECT_NEAR(r.device_seconds, 1.3e-3 + 2.2e-3 + 3.4e-3, kTol);
   EXPECT_NEAR(r.cloud_seconds, 9e-3, kTol);
   EXPECT_EQ(r.cloud_tokens, 8u);
   EXPECT_EQ(r.device_tokens, 0u);
@@ -111,7 +111,7 @@ TEST(HybridSession, PayloadModesChangeBytesAsHandComputed) {
     EXPECT_EQ(r.bytes_up, (24u + 72u + 40u) + (16u + 72u + 40u));
     EXPECT_EQ(r.bytes_down, 96u);
     const double up1 = 0.0075 + 136 * 8 / 1e8, up2 = 0.0075 + 128 * 8 / 1e8, down = 0.0075 + 48 * 8 / 1e8;
-    EXPECT_NEAR(r.latency_seconds, 17.2e-3 + up1 + up2 + 2 * down, kTol);
+    EXPECT_NEAR(r.latency_seconds, 15.9e-3 + up1 + up2 + 2 * down, kTol);  // compute as above
   }
   {
     auto device = draft_model(), cloud = target_model();
@@ -156,9 +156,10 @@ TEST(HybridSession, DeviceRouteUsesNoLinkAndChargesDeviceCompute) {
   const std::vector<token_id> prompt{1, 4, 5};
   const auto r = s.run(prompt, no_eos(5));
   EXPECT_EQ(r.tokens, greedy(device, prompt, 5));
-  // probe (3 tokens) + prefill (3 tokens) + 4 single-token forwards, each x3
-  EXPECT_NEAR(r.latency_seconds, 3.0 * (1.3e-3 + 1.3e-3 + 4 * 1.1e-3), kTol);
-  EXPECT_NEAR(r.ttft_seconds, 3.0 * (1.3e-3 + 1.3e-3), kTol);
+  // probe (3 tokens; the decoder's prefill replays it uncharged) + 4 single-token
+  // forwards, each x3
+  EXPECT_NEAR(r.latency_seconds, 3.0 * (1.3e-3 + 4 * 1.1e-3), kTol);
+  EXPECT_NEAR(r.ttft_seconds, 3.0 * 1.3e-3, kTol);
   EXPECT_EQ(r.bytes_up + r.bytes_down + r.round_trips + r.cloud_tokens, 0u);
   EXPECT_EQ(r.device_tokens, 5u);
 }
@@ -173,6 +174,48 @@ TEST(HybridSession, ProbeChargeIsOptional) {
   EXPECT_NEAR(r.latency_seconds, 1.3e-3 + 1.1e-3, kTol);
   EXPECT_GT(r.features.draft_max_prob_mean, 0.0f);
   EXPECT_EQ(r.features.prompt_tokens, 3u);
+}
+
+TEST(HybridSession, EveryRoutePaysTheProbeExactlyOnce) {
+  // A probing session's request costs the probe plus what the route costs unprobed, minus
+  // the device's prefill of the prompt where the route starts with one (the probe was
+  // that prefill): device and speculative pay the probe instead of their prefill, cloud
+  // and cloud_prefix pay it on top.
+  const std::vector<token_id> prompt{1, 4, 5};
+  const double probe = 1.3e-3;  // the fixed cost of one 3-token device forward
+  for (const route r : {route::on_device(), route::in_cloud(), route::speculative(2), route::cloud_prefix(2)}) {
+    auto device = draft_model(0.5f), cloud = target_model();
+    simulated_link l1(link_config::wan(), 9), l2(link_config::wan(), 9);
+    auto probed = fixed_costs(), unprobed = fixed_costs();
+    unprobed.charge_probe = false;
+    session s1(device, cloud, fixed_arbiter{r}, l1, probed), s2(device, cloud, fixed_arbiter{r}, l2, unprobed);
+    const auto a = s1.run(prompt, no_eos(6)), b = s2.run(prompt, no_eos(6));
+    EXPECT_EQ(a.tokens, b.tokens) << to_string(r.kind);
+    const bool starts_on_device = r.kind == route_kind::device || r.kind == route_kind::speculative;
+    EXPECT_NEAR(a.latency_seconds - b.latency_seconds, starts_on_device ? 0.0 : probe, kTol) << to_string(r.kind);
+    EXPECT_NEAR(a.device_seconds - b.device_seconds, starts_on_device ? 0.0 : probe, kTol) << to_string(r.kind);
+  }
+}
+
+TEST(TimedModel, PrepaidReplayIsFreeOnceAndInOrder) {
+  auto m = draft_model();
+  simulated_link clock(link_config::lan(), 1);
+  timed_model dev(m, clock, 1.0, linear_cost{.per_call = 1e-3, .per_token = 1e-4});
+  const std::vector<token_id> p{1, 4, 5, 6};
+  dev.prepay(p);
+  (void)dev.forward(std::span(p).first(3));  // replays positions 0-2: free
+  (void)dev.forward(std::span(p).subspan(3));  // position 3: free
+  EXPECT_EQ(dev.charged_seconds(), 0.0);
+  dev.truncate(0);
+  (void)dev.forward(p);  // the credit is spent: charged
+  EXPECT_NEAR(dev.charged_seconds(), 1.4e-3, kTol);
+  dev.prepay(p);
+  const std::vector<token_id> other{1, 4, 7};
+  dev.truncate(0);
+  (void)dev.forward(other);  // a different block ends the credit
+  dev.truncate(0);
+  (void)dev.forward(p);
+  EXPECT_NEAR(dev.charged_seconds(), 1.4e-3 + 1.3e-3 + 1.4e-3, kTol);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 /// The whole generic library in one include: the concepts (models, batched models,
 /// fallback and rollback policies, distance metrics, arbiters, schedulers), the bundled
 /// policies, the single-sequence and batched decoders, telemetry, the batch scheduler and
-/// the device/cloud hybrid layer. It needs xtensor and range-v3 (the `specdec::specdec`
+/// the device/cloud hybrid layer. It needs xtensor (the `specdec::specdec`
 /// CMake target), not Eigen: the CPU backend is `specdec/cpu.hpp`, and the test helpers
 /// (`specdec/testing/...`) are included on their own.
 ///
@@ -40,5 +40,10 @@
 #include "specdec/hybrid/predictor.hpp"
 #include "specdec/hybrid/scheduling.hpp"
 #include "specdec/hybrid/arbiter.hpp"
+#include "specdec/hybrid/calibration.hpp"
+#include "specdec/hybrid/training.hpp"
+#include "specdec/hybrid/probe.hpp"
+#include "specdec/hybrid/routing_metrics.hpp"
+#include "specdec/hybrid/routing_log.hpp"
 #include "specdec/hybrid/remote_model.hpp"
 #include "specdec/hybrid/session.hpp"

@@ -36,7 +36,7 @@ cli_run_fails("--budget-mb: expected one finite number > 0" ${BATCH_BENCH} --bud
 
 expect_ok(${HYBRID_EVAL} "usage: specdec-hybrid-eval" --help)
 cli_run_fails("--gamma: '-1' is not a number" ${HYBRID_EVAL} --gamma -1)
-cli_run_fails("--cloud-fraction: '2' is not a number in [0, 1]" ${HYBRID_EVAL} --cloud-fraction 2)
-cli_run_fails("--device-scale: '0' is not a finite number > 0" ${HYBRID_EVAL} --device-scale 0)
-cli_run_fails("--lambda: '-0.1' is not a finite number >= 0" ${HYBRID_EVAL} --lambda -0.1)
-cli_run_fails("--cloud-cost: 'x' is not a finite number >= 0" ${HYBRID_EVAL} --cloud-cost 1,x)
+cli_run_fails("--prefix must be in [1, --tokens), got 0" ${HYBRID_EVAL} --prefix 0)
+cli_run_fails("--bootstrap must be >= 2, got 1" ${HYBRID_EVAL} --bootstrap 1)
+cli_run_fails("routing log 'no/such.csv' cannot be opened" ${HYBRID_EVAL} --from-log no/such.csv --out ${CMAKE_CURRENT_BINARY_DIR}/hybrid_eval_cli)
+cli_run_fails("unknown argument '--agree'" ${HYBRID_EVAL} --agree 0.2)

@@ -9,7 +9,7 @@
 /// Budgets (`budget::max_cloud_fraction`) are honoured by calibration: every calibratable
 /// arbiter computes a scalar "cloud score" per request and `calibrated(sample, link, b)`
 /// returns a copy whose threshold sends at most that fraction of the sample to the cloud
-/// (`calibrate_threshold`). On fresh requests from the same distribution the fraction is
+/// (`calibrate_threshold`, calibration.hpp). On fresh requests from the same distribution the fraction is
 /// then the target up to sampling error. `budget_guard` enforces the fraction exactly, on
 /// every prefix of a request stream, by demoting cloud routes to the device.
 ///
@@ -31,8 +31,10 @@
 #include <vector>
 
 #include "specdec/error.hpp"
+#include "specdec/hybrid/calibration.hpp"
 #include "specdec/hybrid/link.hpp"
 #include "specdec/hybrid/predictor.hpp"
+#include "specdec/hybrid/training.hpp"
 
 namespace specdec::hybrid {
 
@@ -140,7 +142,8 @@ struct budget {
 };
 
 /// Per-token compute times of the two sides (already scaled to the simulated hardware,
-/// e.g. with `compute_model`).
+/// e.g. with `compute_model`), and the time a cloud request waits before its prefill
+/// starts (admission queueing under load).
 ///
 /// ```cpp
 /// specdec::hybrid::cost_model c{.t_device_per_token = 0.02, .t_cloud_per_token = 0.01,
@@ -150,11 +153,35 @@ struct cost_model {
   double t_device_per_token = 0.02;               ///< one device decode step, seconds
   double t_cloud_per_token = 0.01;                ///< one cloud forward (decode or verify), seconds
   double cloud_prefill_seconds_per_token = 1e-4;  ///< cloud prefill per prompt token, seconds
+  double cloud_queue_seconds = 0.0;               ///< wait before a cloud request is served, seconds
 
   void validate() const {
     detail::check_non_negative("cost_model.t_device_per_token", t_device_per_token);
     detail::check_non_negative("cost_model.t_cloud_per_token", t_cloud_per_token);
     detail::check_non_negative("cost_model.cloud_prefill_seconds_per_token", cloud_prefill_seconds_per_token);
+    detail::check_non_negative("cost_model.cloud_queue_seconds", cloud_queue_seconds);
+  }
+};
+
+/// What one tier of a device-centric deployment offers a user: a decode rate and the time
+/// from request to first token (network, queueing, prefill). The named profiles are the
+/// tiers hybrid AI is designed around: a phone-class device running a model of a few
+/// billion parameters, an edge server with tens of billions, a loaded cloud with hundreds.
+///
+/// ```cpp
+/// auto dev = specdec::hybrid::tier_profile::device();  // 30 tok/s, 30 ms to first token
+/// auto cloud = specdec::hybrid::tier_profile::cloud(); // 60 tok/s, 1 s to first token
+/// ```
+struct tier_profile {
+  double tokens_per_second = 30.0;   ///< > 0, decode rate per user
+  double first_token_seconds = 0.03;  ///< >= 0, request to first token
+
+  [[nodiscard]] static constexpr tier_profile device() noexcept { return {30.0, 0.03}; }
+  [[nodiscard]] static constexpr tier_profile edge() noexcept { return {50.0, 0.3}; }
+  [[nodiscard]] static constexpr tier_profile cloud() noexcept { return {60.0, 1.0}; }
+  void validate() const {
+    detail::check_positive("tier_profile.tokens_per_second", tokens_per_second);
+    detail::check_non_negative("tier_profile.first_token_seconds", first_token_seconds);
   }
 };
 
@@ -245,33 +272,6 @@ concept has_calibration =
 /// ```
 template <class A>
 concept calibratable_arbiter = arbiter<A> && has_calibration<A>;
-
-// ---------------------------------------------------------------------------------------
-// Calibration
-
-/// The threshold `t` such that routing "cloud iff score > t" sends at most
-/// `floor(max_cloud_fraction * n)` of the `n` scores to the cloud, and exactly that many
-/// when there are no ties at the threshold. Returns -infinity when the fraction allows
-/// every request to go to the cloud.
-///
-/// ```cpp
-/// std::vector<double> s{0.1, 0.9, 0.5, 0.7};
-/// double t = specdec::hybrid::calibrate_threshold(s, 0.5);  // 0.5: only 0.9 and 0.7 exceed it
-/// ```
-[[nodiscard]] inline double calibrate_threshold(std::span<const double> scores, double max_cloud_fraction) {
-  detail::check_range("calibrate_threshold max_cloud_fraction", max_cloud_fraction, 0.0, 1.0, "in [0, 1]");
-  if (scores.empty())
-    throw invalid_argument("calibrate_threshold: no scores; expected a non-empty calibration sample");
-  std::vector<double> s(scores.begin(), scores.end());
-  for (double v : s)
-    if (std::isnan(v)) throw invalid_argument("calibrate_threshold: a score is NaN; expected comparable scores");
-  const std::size_t n = s.size();
-  const auto k = static_cast<std::size_t>(std::floor(max_cloud_fraction * static_cast<double>(n) + 1e-9));
-  if (k >= n) return -std::numeric_limits<double>::infinity();
-  // The (k+1)-th largest score: at most k scores are strictly greater.
-  std::nth_element(s.begin(), s.begin() + static_cast<std::ptrdiff_t>(k), s.end(), std::greater<>());
-  return s[k];
-}
 
 namespace detail {
 
@@ -418,14 +418,28 @@ struct confidence_arbiter {
   float max_entropy = 2.0f;   ///< not NaN; +inf switches the rule off, -inf sends everything
   float max_first_token_entropy = std::numeric_limits<float>::infinity();  ///< not NaN
   std::size_t prefix_tokens = 0;  ///< 0 = never route to cloud_prefix
+  /// Read the device's confidence on its own first tokens (the look-ahead rows of
+  /// `probe_trajectory`: `extra[trajectory_feature::mean_entropy]` and `::min_max_prob`)
+  /// instead of over the prompt. Requests without trajectory features then throw.
+  bool read_lookahead = false;
 
   /// Whether the device may answer; NaN confidence is never confident (goes remote).
   [[nodiscard]] bool confident(float max_prob_mean, float mean_entropy) const noexcept {
     return max_prob_mean >= min_max_prob && mean_entropy <= max_entropy;
   }
+  /// The (max-probability, entropy) pair the rules read from `f`.
+  [[nodiscard]] std::pair<float, float> signals(const request_features& f) const {
+    if (!read_lookahead) return {f.draft_max_prob_mean, f.draft_mean_entropy};
+    if (f.extra.size() < trajectory_feature::count)
+      throw invalid_argument("confidence_arbiter.read_lookahead: request " + std::to_string(f.request_id) + " has " +
+                             std::to_string(f.extra.size()) + " extra features, expected " +
+                             std::to_string(trajectory_feature::count) + " (from probe_trajectory)");
+    return {f.extra[trajectory_feature::min_max_prob], f.extra[trajectory_feature::mean_entropy]};
+  }
   [[nodiscard]] route decide(const request_features& f, const link_estimate&, const budget& b) const {
     if (b.max_cloud_fraction <= 0.0) return route::on_device();
-    if (!confident(f.draft_max_prob_mean, f.draft_mean_entropy)) return route::in_cloud();
+    const auto [max_prob, mean_entropy] = signals(f);
+    if (!confident(max_prob, mean_entropy)) return route::in_cloud();
     if (prefix_tokens > 0 && f.draft_first_token_entropy > max_first_token_entropy)
       return route::cloud_prefix(prefix_tokens);
     return route::on_device();
@@ -448,7 +462,7 @@ struct confidence_arbiter {
                                               const budget& b) const {
     std::vector<double> s;
     s.reserve(sample.size());
-    for (const auto& f : sample) s.push_back(f.draft_mean_entropy);
+    for (const auto& f : sample) s.push_back(signals(f).second);
     confidence_arbiter a = *this;
     a.max_entropy = static_cast<float>(calibrate_threshold(s, b.max_cloud_fraction));  // a float score: exact
     a.min_max_prob = 0.0f;
@@ -461,7 +475,7 @@ struct confidence_arbiter {
                                                           const budget& b) const {
     std::vector<double> s;
     s.reserve(sample.size());
-    for (const auto& f : sample) s.push_back(-static_cast<double>(f.draft_max_prob_mean));
+    for (const auto& f : sample) s.push_back(-static_cast<double>(signals(f).first));
     confidence_arbiter a = *this;
     // cloud iff -p > t  <=>  p < -t
     a.min_max_prob = static_cast<float>(-calibrate_threshold(s, b.max_cloud_fraction));
@@ -482,30 +496,48 @@ struct route_costs {
   double cloud = 0.0;        ///< see `latency_arbiter`
   double speculative = std::numeric_limits<double>::infinity();  ///< best gamma; inf if disabled
   std::size_t best_gamma = 0;
+  double cloud_prefix = std::numeric_limits<double>::infinity();  ///< inf if disabled
+
+  /// The cheapest route that uses the cloud and its expected time.
+  [[nodiscard]] std::pair<route, double> best_remote(std::size_t prefix_tokens) const {
+    std::pair<route, double> best{route::in_cloud(), cloud};
+    if (speculative < best.second) best = {route::speculative(best_gamma), speculative};
+    if (cloud_prefix < best.second) best = {route::cloud_prefix(prefix_tokens), cloud_prefix};
+    return best;
+  }
 };
 
-/// Routes by expected latency. With L = `predicted_length`, P = `prompt_tokens`:
+/// Routes by expected latency plus a quality penalty. With L = `predicted_length`, P =
+/// `prompt_tokens`, d = `predicted_difficulty` (P(the device's answer is not good
+/// enough)), setup = RTT + 32 P / up_bps + t_queue + P t_prefill and
+/// m = budget.lambda * budget.cost_per_cloud_token (seconds of money per cloud forward):
 ///
-///     T_device      = L t_dev + lambda * predicted_difficulty        (quality penalty)
-///     T_cloud       = RTT + 32 P / up_bps + P t_prefill + L t_cloud + 32 L / down_bps
-///                     + budget.lambda * budget.cost_per_cloud_token * L
-///     T_spec(gamma) = RTT + 32 P / up_bps + P t_prefill
-///                     + (L / E(gamma)) * (gamma t_dev + RTT + 32 gamma / up_bps + t_cloud
-///                                         + 32 (gamma + 1) / down_bps
-///                                         + budget.lambda * budget.cost_per_cloud_token)
+///     T_device      = L t_dev + lambda d                             (quality penalty)
+///     T_cloud       = setup + L t_cloud + 32 L / down_bps + m L
+///     T_spec(gamma) = setup + (L / E(gamma)) * (gamma t_dev + RTT + 32 gamma / up_bps + t_cloud
+///                                               + 32 (gamma + 1) / down_bps + m)
+///     T_prefix(k)   = setup + k' t_cloud + 32 k' / down_bps + m k' + (L - k') t_dev
+///                     + lambda d (1 - prefix_quality_share),   k' = min(k, L)
 ///
-/// (token ids are 4 bytes = 32 bits). Speculative decoding is exact, so it carries no
-/// quality penalty; E(gamma) = (1 - a^(gamma+1)) / (1 - a) is the expected number of
-/// tokens per verification round with per-token acceptance a = clamp(draft_max_prob_mean,
-/// 0, 0.99), and the cloud runs one forward per round. The arbiter takes the cheapest
-/// cloud-using route (cloud or the best gamma in [1, max_gamma]) if it beats T_device by
-/// more than `cloud_bias_seconds` (0 = pure latency; calibration raises it to meet a
-/// budget); ties go to the device.
+/// (token ids are 4 bytes = 32 bits). The device's prefill of the prompt is the probe,
+/// paid by every route, so it is not part of the comparison. Speculative decoding is
+/// exact, so it carries no quality penalty; E(gamma) = (1 - a^(gamma+1)) / (1 - a) is the
+/// expected number of tokens per verification round with per-token acceptance
+/// a = clamp(draft_max_prob_mean, 0, 0.99), and the cloud runs one forward per round. A
+/// cloud-written prefix of k tokens (GKT) removes a share `prefix_quality_share` of the
+/// device's quality penalty (measure it: the mean quality gain of the prefix route over
+/// the device's, divided by the cloud's). The arbiter takes the cheapest cloud-using route
+/// (cloud, the best gamma in [1, max_gamma], or the prefix when `allow_cloud_prefix`) if
+/// it beats T_device by more than `cloud_bias_seconds` (0 = pure cost; calibration raises
+/// it to meet a budget); ties go to the device. Requests differ in L and d, so where the
+/// tiers trade speed against quality the decisions mix routes.
 ///
 /// ```cpp
 /// specdec::hybrid::latency_arbiter a{.costs = {.t_device_per_token = 0.03, .t_cloud_per_token = 0.01},
 ///                                    .lambda = 2.0};
 /// auto r = a.decide(features, specdec::hybrid::link_estimate::of(link_config::lte()), budget);
+/// auto tiers = specdec::hybrid::latency_arbiter::from_profiles(
+///     specdec::hybrid::tier_profile::device(), specdec::hybrid::tier_profile::cloud(), {.rtt_seconds = 0.08});
 /// ```
 struct latency_arbiter {
   cost_model costs{};
@@ -513,6 +545,26 @@ struct latency_arbiter {
   bool allow_speculative = true;
   std::size_t max_gamma = 8;        ///< >= 1 when allow_speculative
   double cloud_bias_seconds = 0.0;  ///< >= 0, extra advantage the cloud must show
+  bool allow_cloud_prefix = false;
+  std::size_t prefix_tokens = 4;        ///< >= 1 when allow_cloud_prefix
+  double prefix_quality_share = 0.5;    ///< in [0, 1]
+
+  /// An arbiter for a device tier and a remote (edge or cloud) tier reached over `link`:
+  /// per-token times from the decode rates; the remote's time to first token, less one
+  /// RTT, becomes its queueing time (its prefill is folded into it).
+  [[nodiscard]] static latency_arbiter from_profiles(const tier_profile& device, const tier_profile& remote,
+                                                     const link_estimate& link, double lambda = 0.0) {
+    device.validate();
+    remote.validate();
+    link.validate();
+    latency_arbiter a;
+    a.costs = {.t_device_per_token = 1.0 / device.tokens_per_second,
+               .t_cloud_per_token = 1.0 / remote.tokens_per_second,
+               .cloud_prefill_seconds_per_token = 0.0,
+               .cloud_queue_seconds = std::max(0.0, remote.first_token_seconds - link.rtt_seconds)};
+    a.lambda = lambda;
+    return a;
+  }
 
   [[nodiscard]] route_costs estimate(const request_features& f, const link_estimate& l, const budget& b) const {
     const double L = std::max(0.0, f.predicted_length);
@@ -520,7 +572,8 @@ struct latency_arbiter {
     const double money = b.lambda * b.cost_per_cloud_token;  // seconds per cloud forward
     route_costs c;
     c.device = L * costs.t_device_per_token + lambda * f.predicted_difficulty;
-    const double setup = l.rtt_seconds + 32.0 * P / l.up_bps + P * costs.cloud_prefill_seconds_per_token;
+    const double setup = l.rtt_seconds + 32.0 * P / l.up_bps + costs.cloud_queue_seconds +
+                         P * costs.cloud_prefill_seconds_per_token;
     c.cloud = setup + L * costs.t_cloud_per_token + 32.0 * L / l.down_bps + money * L;
     if (allow_speculative) {
       const double a = std::clamp(static_cast<double>(f.draft_max_prob_mean), 0.0, 0.99);
@@ -536,19 +589,24 @@ struct latency_arbiter {
         }
       }
     }
+    if (allow_cloud_prefix) {
+      const double k = std::min(static_cast<double>(prefix_tokens), L);
+      c.cloud_prefix = setup + k * (costs.t_cloud_per_token + 32.0 / l.down_bps + money) +
+                       (L - k) * costs.t_device_per_token +
+                       lambda * f.predicted_difficulty * (1.0 - prefix_quality_share);
+    }
     return c;
   }
   /// T_device minus the cheapest cloud-using route: > 0 when the cloud is faster.
   [[nodiscard]] double cloud_advantage(const request_features& f, const link_estimate& l, const budget& b) const {
     const auto c = estimate(f, l, b);
-    return c.device - std::min(c.cloud, c.speculative);
+    return c.device - c.best_remote(prefix_tokens).second;
   }
   [[nodiscard]] route decide(const request_features& f, const link_estimate& l, const budget& b) const {
     if (b.max_cloud_fraction <= 0.0) return route::on_device();
     const auto c = estimate(f, l, b);
-    const double best_remote = std::min(c.cloud, c.speculative);
-    if (!(c.device - best_remote > cloud_bias_seconds)) return route::on_device();
-    return c.speculative < c.cloud ? route::speculative(c.best_gamma) : route::in_cloud();
+    const auto [r, t] = c.best_remote(prefix_tokens);
+    return c.device - t > cloud_bias_seconds ? r : route::on_device();
   }
   void validate() const {
     costs.validate();
@@ -556,6 +614,9 @@ struct latency_arbiter {
     if (allow_speculative && max_gamma < 1)
       throw invalid_argument("latency_arbiter.max_gamma must be >= 1 when allow_speculative, got 0");
     detail::check_non_negative("latency_arbiter.cloud_bias_seconds", cloud_bias_seconds);
+    if (allow_cloud_prefix && prefix_tokens < 1)
+      throw invalid_argument("latency_arbiter.prefix_tokens must be >= 1 when allow_cloud_prefix, got 0");
+    detail::check_range("latency_arbiter.prefix_quality_share", prefix_quality_share, 0.0, 1.0, "in [0, 1]");
   }
   /// A copy whose `cloud_bias_seconds` is the smallest non-negative value that sends at
   /// most `b.max_cloud_fraction` of `sample` to the cloud.
@@ -583,9 +644,10 @@ struct latency_arbiter {
   return x;
 }
 
-/// Logistic regression on standardised `arbiter_features`, trained in C++ from logged
-/// runs (label 1 = the device's output agreed with the cloud's), predicting P(device ok).
-/// Routes to the device when P >= `threshold`, to the cloud otherwise.
+/// Logistic regression on standardised `arbiter_features` (`logistic_regression`, see
+/// training.hpp), trained in C++ from logged runs (label 1 = the device's output was good
+/// enough), predicting P(device ok). Routes to the device when P >= `threshold`, to the
+/// cloud otherwise.
 ///
 /// ```cpp
 /// specdec::hybrid::logistic_arbiter a;
@@ -594,35 +656,18 @@ struct latency_arbiter {
 /// auto tuned = a.calibrated(sample, link, {.max_cloud_fraction = 0.3});
 /// ```
 struct logistic_arbiter {
-  double threshold = 0.5;        ///< >= 0; > 1 sends everything to the cloud
-  std::vector<double> mean{};    ///< per-feature mean of the training data
-  std::vector<double> scale{};   ///< per-feature standard deviation (1 for constant features)
-  std::vector<double> weights{};  ///< on standardised features
-  double bias = 0.0;
+  double threshold = 0.5;      ///< >= 0; > 1 sends everything to the cloud
+  logistic_regression model{};  ///< P(device ok) from `arbiter_features`
 
-  [[nodiscard]] bool trained() const noexcept { return !weights.empty(); }
-
+  [[nodiscard]] bool trained() const noexcept { return model.trained(); }
   /// P(device ok) for a raw feature vector.
-  [[nodiscard]] double probability(std::span<const double> x) const {
-    if (!trained())
-      throw invalid_argument("logistic_arbiter: not trained; expected train() or weights before use");
-    if (x.size() != weights.size())
-      throw invalid_argument("logistic_arbiter: " + std::to_string(x.size()) + " features, expected " +
-                             std::to_string(weights.size()));
-    double z = bias;
-    for (std::size_t j = 0; j < x.size(); ++j) z += weights[j] * (x[j] - mean[j]) / scale[j];
-    return detail::sigmoid(z);
-  }
+  [[nodiscard]] double probability(std::span<const double> x) const { return model.probability(x); }
   [[nodiscard]] double probability_device_ok(const request_features& f) const {
     const auto x = arbiter_features(f);
     return probability(x);
   }
-  /// Weights on the raw (unstandardised) features: weights[j] / scale[j].
-  [[nodiscard]] std::vector<double> raw_weights() const {
-    std::vector<double> w(weights.size());
-    for (std::size_t j = 0; j < w.size(); ++j) w[j] = weights[j] / scale[j];
-    return w;
-  }
+  /// Weights on the raw (unstandardised) features.
+  [[nodiscard]] std::vector<double> raw_weights() const { return model.raw_weights(); }
 
   [[nodiscard]] route decide(const request_features& f, const link_estimate&, const budget& b) const {
     if (b.max_cloud_fraction <= 0.0) return route::on_device();
@@ -632,64 +677,13 @@ struct logistic_arbiter {
     if (!(threshold >= 0.0))
       throw invalid_argument("logistic_arbiter.threshold must be >= 0 (a probability; > 1 = always cloud), got " +
                              std::to_string(threshold));
-    if (mean.size() != weights.size() || scale.size() != weights.size())
-      throw invalid_argument("logistic_arbiter: mean, scale and weights must have equal sizes, got " +
-                             std::to_string(mean.size()) + ", " + std::to_string(scale.size()) + ", " +
-                             std::to_string(weights.size()));
-    for (std::size_t j = 0; j < scale.size(); ++j)
-      if (!(scale[j] > 0.0) || !std::isfinite(scale[j]))
-        throw invalid_argument("logistic_arbiter.scale[" + std::to_string(j) + "] must be finite and > 0, got " +
-                               std::to_string(scale[j]));
+    model.validate();
   }
 
-  /// Full-batch gradient descent on the mean log-loss plus `l2 / 2 * |w|^2` (the bias is
-  /// not penalised), over features standardised with the training data's mean and
-  /// standard deviation. Deterministic. Labels must be 0 or 1.
+  /// Trains the model on raw feature rows (see `logistic_regression::train`).
   void train(const std::vector<std::vector<double>>& x, const std::vector<int>& y, int iterations = 500,
              double learning_rate = 0.5, double l2 = 1e-3) {
-    const std::size_t d = detail::check_design(x, y.size(), "logistic_arbiter::train");
-    if (iterations < 1)
-      throw invalid_argument("logistic_arbiter::train iterations must be >= 1, got " + std::to_string(iterations));
-    if (!(learning_rate > 0.0) || !std::isfinite(learning_rate))
-      throw invalid_argument("logistic_arbiter::train learning_rate must be finite and > 0, got " +
-                             std::to_string(learning_rate));
-    detail::check_non_negative("logistic_arbiter::train l2", l2);
-    for (std::size_t i = 0; i < y.size(); ++i)
-      if (y[i] != 0 && y[i] != 1)
-        throw invalid_argument("logistic_arbiter::train: label " + std::to_string(i) + " is " +
-                               std::to_string(y[i]) + "; expected 0 or 1");
-    const std::size_t n = x.size();
-    const double nd = static_cast<double>(n);
-    mean.assign(d, 0.0);
-    scale.assign(d, 0.0);
-    for (const auto& row : x)
-      for (std::size_t j = 0; j < d; ++j) mean[j] += row[j];
-    for (double& m : mean) m /= nd;
-    for (const auto& row : x)
-      for (std::size_t j = 0; j < d; ++j) scale[j] += (row[j] - mean[j]) * (row[j] - mean[j]);
-    for (double& s : scale) {
-      s = std::sqrt(s / nd);
-      if (!(s > 1e-12)) s = 1.0;
-    }
-    std::vector<double> z(n * d);
-    for (std::size_t i = 0; i < n; ++i)
-      for (std::size_t j = 0; j < d; ++j) z[i * d + j] = (x[i][j] - mean[j]) / scale[j];
-    weights.assign(d, 0.0);
-    bias = 0.0;
-    std::vector<double> grad(d);
-    for (int it = 0; it < iterations; ++it) {
-      std::fill(grad.begin(), grad.end(), 0.0);
-      double gb = 0.0;
-      for (std::size_t i = 0; i < n; ++i) {
-        double s = bias;
-        for (std::size_t j = 0; j < d; ++j) s += weights[j] * z[i * d + j];
-        const double r = detail::sigmoid(s) - static_cast<double>(y[i]);
-        gb += r;
-        for (std::size_t j = 0; j < d; ++j) grad[j] += r * z[i * d + j];
-      }
-      bias -= learning_rate * gb / nd;
-      for (std::size_t j = 0; j < d; ++j) weights[j] -= learning_rate * (grad[j] / nd + l2 * weights[j]);
-    }
+    model.train(x, y, iterations, learning_rate, l2);
   }
   /// Trains on logged requests' `arbiter_features`.
   void train(const std::vector<request_features>& features, const std::vector<int>& y, int iterations = 500,

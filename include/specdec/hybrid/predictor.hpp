@@ -4,16 +4,19 @@
 /// and predictors of the response length and of its difficulty for the device model,
 /// fitted in C++ from logged runs.
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
 #include <span>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
 #include "specdec/error.hpp"
+#include "specdec/hybrid/training.hpp"
 #include "specdec/validation.hpp"
 
 namespace specdec::hybrid {
@@ -38,6 +41,34 @@ struct request_features {
   std::uint64_t request_id = 0;            ///< identifies the request (oracle labels, seeded routing)
 };
 
+/// Indices of the trajectory summaries in `request_features::extra` (filled by
+/// `probe_trajectory`, probe.hpp). The look-ahead rows are the device's distributions for its first
+/// `lookahead_tokens` generated positions (row 0 = the prompt's last row).
+///
+/// ```cpp
+/// float slope = f.extra[specdec::hybrid::trajectory_feature::entropy_slope];
+/// ```
+namespace trajectory_feature {
+inline constexpr std::size_t mean_entropy = 0;      ///< nats, mean over the look-ahead rows
+inline constexpr std::size_t entropy_slope = 1;     ///< nats per token, least-squares slope over those rows
+inline constexpr std::size_t mean_margin = 2;       ///< mean top-1 minus top-2 probability
+inline constexpr std::size_t min_max_prob = 3;      ///< the least confident look-ahead row
+inline constexpr std::size_t confidence_decay = 4;  ///< mean max-prob, first half minus second half
+inline constexpr std::size_t prompt_nll = 5;        ///< nats per token the device assigns the prompt
+inline constexpr std::size_t stop_hazard = 6;       ///< mean probability of a stop token per row
+inline constexpr std::size_t stopped_at = 7;        ///< 1-based position of a greedy stop token; 0 = none
+inline constexpr std::size_t count = 8;
+}  // namespace trajectory_feature
+
+/// Column names of the trajectory summaries, in `extra` order.
+///
+/// ```cpp
+/// for (auto n : specdec::hybrid::trajectory_feature_names) std::cout << n << ',';
+/// ```
+inline constexpr std::array<std::string_view, trajectory_feature::count> trajectory_feature_names{
+    "traj_mean_entropy", "traj_entropy_slope",  "traj_mean_margin", "traj_min_max_prob",
+    "traj_confidence_decay", "traj_prompt_nll", "traj_stop_hazard", "traj_stopped_at"};
+
 /// The feature vector the learned predictors regress on: prompt_tokens,
 /// draft_mean_entropy, draft_max_prob_mean, draft_first_token_entropy, then `extra`.
 /// (The predictions `predicted_length` / `predicted_difficulty` are outputs, not inputs.)
@@ -51,74 +82,6 @@ struct request_features {
   for (float e : f.extra) x.push_back(e);
   return x;
 }
-
-namespace detail {
-
-/// Solves the square system `A x = b` (A row-major n x n) by Gaussian elimination with
-/// partial pivoting. Throws `invalid_argument` naming `what` if A is singular.
-[[nodiscard]] inline std::vector<double> solve_linear(std::vector<double> a, std::vector<double> b,
-                                                      const char* what) {
-  const std::size_t n = b.size();
-  if (a.size() != n * n)
-    throw invalid_argument(std::string(what) + ": matrix has " + std::to_string(a.size()) +
-                           " entries, expected " + std::to_string(n * n));
-  double scale = 0.0;
-  for (double v : a) scale = std::max(scale, std::abs(v));
-  for (std::size_t c = 0; c < n; ++c) {
-    std::size_t piv = c;
-    for (std::size_t r = c + 1; r < n; ++r)
-      if (std::abs(a[r * n + c]) > std::abs(a[piv * n + c])) piv = r;
-    if (!(std::abs(a[piv * n + c]) > 1e-13 * scale))
-      throw invalid_argument(std::string(what) +
-                             ": the normal equations are singular (collinear or constant features); "
-                             "expected linearly independent features or a positive ridge");
-    if (piv != c) {
-      for (std::size_t k = 0; k < n; ++k) std::swap(a[c * n + k], a[piv * n + k]);
-      std::swap(b[c], b[piv]);
-    }
-    for (std::size_t r = c + 1; r < n; ++r) {
-      const double m = a[r * n + c] / a[c * n + c];
-      if (m == 0.0) continue;
-      for (std::size_t k = c; k < n; ++k) a[r * n + k] -= m * a[c * n + k];
-      b[r] -= m * b[c];
-    }
-  }
-  std::vector<double> x(n);
-  for (std::size_t i = n; i-- > 0;) {
-    double s = b[i];
-    for (std::size_t k = i + 1; k < n; ++k) s -= a[i * n + k] * x[k];
-    x[i] = s / a[i * n + i];
-  }
-  return x;
-}
-
-/// Throws unless X is a non-empty rectangular matrix of finite values whose row count
-/// equals `n_targets`; returns the column count.
-inline std::size_t check_design(const std::vector<std::vector<double>>& x, std::size_t n_targets,
-                                const char* what) {
-  if (x.empty())
-    throw invalid_argument(std::string(what) + ": no training rows; expected at least one");
-  if (x.size() != n_targets)
-    throw invalid_argument(std::string(what) + ": " + std::to_string(x.size()) + " feature rows but " +
-                           std::to_string(n_targets) + " targets; expected equal counts");
-  const std::size_t d = x.front().size();
-  for (std::size_t i = 0; i < x.size(); ++i) {
-    if (x[i].size() != d)
-      throw invalid_argument(std::string(what) + ": row " + std::to_string(i) + " has " +
-                             std::to_string(x[i].size()) + " features, expected " + std::to_string(d));
-    for (double v : x[i])
-      if (!std::isfinite(v))
-        throw invalid_argument(std::string(what) + ": row " + std::to_string(i) +
-                               " has a non-finite feature; expected finite values");
-  }
-  return d;
-}
-
-[[nodiscard]] inline double sigmoid(double z) noexcept {
-  return z >= 0 ? 1.0 / (1.0 + std::exp(-z)) : std::exp(z) / (1.0 + std::exp(z));
-}
-
-}  // namespace detail
 
 /// `p.predict(features)` returns a number.
 ///
@@ -383,6 +346,38 @@ struct entropy_difficulty_predictor {
           " is not positive; expected hard requests to have higher draft entropy");
     entropy_difficulty_predictor d{.scale = w, .midpoint = em - a / w};
     d.validate();
+    return d;
+  }
+};
+
+/// Difficulty from the small model's own distribution: logistic regression
+/// (`logistic_regression`) on all `probe_features`, which with `probe_trajectory` include
+/// the entropy trajectory, top-2 margin, confidence decay and prompt surprise, predicting
+/// P(the device's answer is not good enough). Fit it on logged requests' labels.
+///
+/// ```cpp
+/// auto d = specdec::hybrid::logistic_difficulty_predictor::fit(logged_features, hard_labels);
+/// f.predicted_difficulty = d.predict(f);  // f from probe_trajectory, like the logged ones
+/// ```
+struct logistic_difficulty_predictor {
+  static constexpr bool unit_interval = true;
+  logistic_regression model{};  ///< P(hard) from `probe_features`
+
+  [[nodiscard]] double predict(const request_features& f) const {
+    const auto x = probe_features(f);
+    return model.probability(x);
+  }
+  void validate() const { model.validate(); }
+
+  /// Fits on logged requests' features and labels (1 = hard for the device).
+  [[nodiscard]] static logistic_difficulty_predictor fit(const std::vector<request_features>& features,
+                                                         const std::vector<int>& hard, int iterations = 2000,
+                                                         double learning_rate = 0.5, double l2 = 1e-2) {
+    std::vector<std::vector<double>> x;
+    x.reserve(features.size());
+    for (const auto& f : features) x.push_back(probe_features(f));
+    logistic_difficulty_predictor d;
+    d.model.train(x, hard, iterations, learning_rate, l2);
     return d;
   }
 };

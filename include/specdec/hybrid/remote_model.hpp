@@ -119,8 +119,14 @@ class timed_model {
   void truncate(std::size_t n) { inner_.truncate(n); }
 
   logits_block forward(std::span<const token_id> tokens) {
+    // Prepaid: the block replays, at the next credited positions, tokens already charged.
+    const std::size_t at = static_cast<std::size_t>(inner_.cache_length());
+    const bool prepaid = at == credit_pos_ && at + tokens.size() <= prepaid_.size() &&
+                         std::equal(tokens.begin(), tokens.end(), prepaid_.begin() + static_cast<std::ptrdiff_t>(at));
+    if (prepaid) credit_pos_ += tokens.size();
+    else prepaid_.clear();
     auto [out, real] = detail::metered_forward(inner_, tokens, cost_);
-    const double charged = real * scale_;
+    const double charged = prepaid ? 0.0 : real * scale_;
     clock_.advance(charged);
     charged_seconds_ += charged;
     ++calls_;
@@ -142,6 +148,16 @@ class timed_model {
   [[nodiscard]] std::size_t calls() const noexcept { return calls_; }
   /// Tokens forwarded so far (all blocks).
   [[nodiscard]] std::size_t tokens() const noexcept { return tokens_; }
+
+  /// Declares that forwarding `tokens` from an empty cache has already been charged (by a
+  /// probe of the same model): the following forwards that replay them in order, from
+  /// position 0, are computed but not charged; the first forward that does not ends the
+  /// credit. An empty span cancels it. A request's probe is thus paid once, whichever
+  /// route re-runs its prefix.
+  void prepay(std::span<const token_id> tokens) {
+    prepaid_.assign(tokens.begin(), tokens.end());
+    credit_pos_ = 0;
+  }
 
   /// Starts (or stops) recording the confidence of each forward's last row.
   void track_confidence(bool on) noexcept { track_confidence_ = on; }
@@ -170,6 +186,8 @@ class timed_model {
   double conf_sum_entropy_ = 0.0;
   std::size_t conf_rows_ = 0;
   std::vector<float> probs_;
+  std::vector<token_id> prepaid_;  ///< see `prepay`
+  std::size_t credit_pos_ = 0;     ///< the next position a replayed block may be credited from
 };
 
 template <class M>

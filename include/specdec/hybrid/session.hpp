@@ -44,6 +44,7 @@
 #include "specdec/hybrid/arbiter.hpp"
 #include "specdec/hybrid/link.hpp"
 #include "specdec/hybrid/predictor.hpp"
+#include "specdec/hybrid/probe.hpp"
 #include "specdec/hybrid/remote_model.hpp"
 #include "specdec/model.hpp"
 #include "specdec/rollback.hpp"
@@ -91,7 +92,9 @@ struct session_options {
   budget limits{};             ///< passed to the arbiter
   /// Consult a `segment_arbiter` after every `segment_tokens` device tokens; 0 = never.
   std::size_t segment_tokens = 16;
-  /// Charge the feature probe (one device forward of the prompt) to the clock.
+  /// Charge the feature probe (one device forward of the prompt) to the clock, once: a
+  /// device leg that re-forwards the prompt from an empty cache is not charged for it
+  /// again (`timed_model::prepay`), so every route pays the probe exactly once.
   bool charge_probe = true;
 
   void validate() const {
@@ -158,37 +161,6 @@ struct request_result {
   }
 };
 
-/// The device model's confidence over the prompt: the `request_features` fields a probe
-/// fills (prompt length, mean entropy and max probability of the softmax rows over all
-/// prompt positions, the last of which is the first generated token's, and that last
-/// row's entropy). Forwards the prompt once from an empty cache and leaves the cache
-/// holding the prompt.
-///
-/// ```cpp
-/// specdec::hybrid::request_features f = specdec::hybrid::probe_request(little, prompt);
-/// ```
-template <language_model M>
-[[nodiscard]] request_features probe_request(M& model, std::span<const token_id> prompt) {
-  if (prompt.empty())
-    throw invalid_argument("probe_request: the prompt is empty; expected at least one token (e.g. BOS = 1)");
-  model.truncate(0);
-  const logits_block out = model.forward(prompt);
-  request_features f;
-  f.prompt_tokens = prompt.size();
-  std::vector<float> p(out.vocab);
-  double h_sum = 0.0, m_sum = 0.0;
-  for (std::size_t i = 0; i < out.rows; ++i) {
-    softmax(out.row(i), p);
-    const float h = entropy(p);
-    h_sum += h;
-    m_sum += *std::max_element(p.begin(), p.end());
-    if (i + 1 == out.rows) f.draft_first_token_entropy = h;
-  }
-  f.draft_mean_entropy = static_cast<float>(h_sum / static_cast<double>(out.rows));
-  f.draft_max_prob_mean = static_cast<float>(m_sum / static_cast<double>(out.rows));
-  return f;
-}
-
 /// Runs hybrid requests: device model, cloud model, arbiter, predictors, one link.
 /// Holds references to the two models and the link (they must outlive the session); the
 /// link's clock and counters keep running across requests, and each result reports its
@@ -238,6 +210,7 @@ class session {
   /// Probes the device (charged to the clock if `charge_probe`) and fills the predictions.
   [[nodiscard]] request_features features(std::span<const token_id> prompt, std::uint64_t request_id = 0) {
     request_features f = opts_.charge_probe ? probe_request(dev_, prompt) : probe_request(device_, prompt);
+    if (opts_.charge_probe) dev_.prepay(prompt);  // a device leg replaying the prompt pays it once
     f.request_id = request_id;
     f.predicted_length = static_cast<double>(length_.predict(f));
     f.predicted_difficulty = static_cast<double>(difficulty_.predict(f));
@@ -328,6 +301,7 @@ class session {
     res.stats.tokens_emitted = res.tokens.size();
     res_ = nullptr;
     gen_ = nullptr;
+    dev_.prepay({});  // the probe's credit is this request's only
     return res;
   }
 

@@ -1,0 +1,248 @@
+#pragma once
+/// \file hybrid/remote_verifier.hpp
+/// Split speculative decoding over a real network: `remote_verifier` models
+/// `specdec::verifier` over a `verify_client` connected to `specdec-serve`, so
+/// `basic_speculative_decoder` drafts on the device (with any fallback policy) and
+/// verifies in the cloud. Greedy sends token ids up and gets verdicts down. Sampling
+/// sends, per draft position, the exact distribution the draft token was drawn from,
+/// restricted to its support (so a draft that samples with top-k / top-p sends k entries,
+/// not the vocabulary): rejection sampling is exact for any q the verifier knows exactly,
+/// so the output still follows the target's distribution.
+///
+/// `failover_verifier` keeps a generation going when the link fails: on a timeout, a
+/// refused connection or a server error it verifies with a backup verifier on the device
+/// (e.g. the device's own model), from the committed prefix, and tries the primary again
+/// after `retry_seconds`. No token is lost or duplicated: the committed sequence is the
+/// decoder's, and each verifier re-synchronises from it when it takes over.
+///
+/// ```cpp
+/// specdec::hybrid::remote_verifier cloud("127.0.0.1", port, {.vocab = little.vocab_size()});
+/// specdec::basic_speculative_decoder dec(little, specdec::fixed_gamma{.gamma = 4}, std::move(cloud));
+/// auto r = dec.generate(prompt, {.max_new_tokens = 64});
+/// ```
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "specdec/draft.hpp"
+#include "specdec/error.hpp"
+#include "specdec/hybrid/errors.hpp"
+#include "specdec/hybrid/link_monitor.hpp"
+#include "specdec/hybrid/verify_client.hpp"
+#include "specdec/hybrid/wire.hpp"
+#include "specdec/sampling.hpp"
+#include "specdec/token.hpp"
+#include "specdec/verifier.hpp"
+
+namespace specdec::hybrid {
+
+/// Knobs of a `remote_verifier`.
+///
+/// ```cpp
+/// specdec::hybrid::remote_verifier_options o{.vocab = 2048, .context = 1024};
+/// ```
+struct remote_verifier_options {
+  std::size_t vocab = 0;      ///< the device draft's vocabulary; the server's must match (> 0)
+  std::size_t context = 0;    ///< the most tokens S may hold on the device side (0 = the server's)
+  verify_client_options client{};
+  hybrid::privacy privacy = hybrid::privacy::may_leave_device;  ///< local_only: never connects
+
+  void validate() const {
+    if (vocab == 0) detail::fail_knob("remote_verifier_options.vocab", "0", "the draft's vocabulary size (> 0)");
+    client.validate();
+  }
+};
+
+/// A verifier on a `specdec-serve` process (see the file comment). Move-only: it owns a
+/// connection.
+class remote_verifier {
+ public:
+  static constexpr bool exact = true;
+
+  remote_verifier(std::string host, std::uint16_t port, remote_verifier_options o)
+      : opt_(std::move(o)), client_(std::make_unique<verify_client>(std::move(host), port, opt_.client)) {
+    opt_.validate();
+  }
+
+  [[nodiscard]] std::size_t vocab_size() const noexcept { return opt_.vocab; }
+  [[nodiscard]] std::size_t context_length() const noexcept {
+    if (opt_.context != 0) return opt_.context;
+    return client_->context_length() != 0 ? client_->context_length() : std::size_t{1} << 20;
+  }
+  /// Committed tokens the server's session holds.
+  [[nodiscard]] std::size_t cache_length() const noexcept { return sent_; }
+  /// The most drafts the server verifies next round (its dynamic speculation).
+  [[nodiscard]] std::size_t max_draft() const noexcept {
+    return opened_ ? client_->max_draft() : std::size_t{1} << 20;
+  }
+
+  [[nodiscard]] verify_client& client() noexcept { return *client_; }
+  [[nodiscard]] const link_monitor& monitor() const noexcept { return monitor_; }
+
+  /// A new generation: the next `verify` opens a fresh session with S as its prefix.
+  void reset() {
+    opened_ = false;
+    sent_ = 0;
+  }
+  /// Nothing to bring along: the server session holds what was sent.
+  void sync(std::span<const token_id>) noexcept {}
+
+  verdict verify(std::span<const token_id> s, const draft_block& d, const sampling_params& params,
+                 random_source& rng) {
+    if (d.position != s.size() || s.size() < sent_ || s.empty())
+      throw invalid_argument("remote_verifier: the draft block is at position " + std::to_string(d.position) +
+                             " after " + std::to_string(s.size()) + " committed tokens of which the server holds " +
+                             std::to_string(sent_) + "; expected position == committed >= held");
+    const std::uint64_t up0 = client_->bytes_sent(), down0 = client_->bytes_received();
+    try {
+      if (!opened_) {
+        // The server's random source: derived from the decoder's, so a seed reproduces a
+        // run; greedy consumes no randomness.
+        const std::uint64_t seed =
+            params.greedy() ? 0 : static_cast<std::uint64_t>(rng.uniform() * 9007199254740992.0);
+        client_->open(s, params, seed, opt_.privacy);
+        if (client_->vocab_size() != opt_.vocab)
+          throw vocabulary_mismatch("remote_verifier: the server's model has a vocabulary of " +
+                                    std::to_string(client_->vocab_size()) + " tokens, the draft's " +
+                                    std::to_string(opt_.vocab) + "; expected the same vocabulary");
+        opened_ = true;
+        sent_ = s.size();
+      }
+      const wire::sparse_rows* q = nullptr;
+      if (!params.greedy() && !d.empty()) {
+        q_.clear();
+        for (std::size_t i = 0; i < d.size(); ++i) {
+          if (d.has_distributions()) {
+            q_.add_dense_row(d.q.subspan(i * opt_.vocab, opt_.vocab));
+          } else {
+            const float one = 1.0f;
+            q_.add_row(d.tokens.subspan(i, 1), std::span<const float>(&one, 1));
+          }
+        }
+        q = &q_;
+      }
+      const verify_verdict r = client_->verify(s.subspan(sent_), d.tokens, q);
+      sent_ = s.size();
+      monitor_.record(client_->last_rtt_seconds(), client_->bytes_sent() - up0, client_->bytes_received() - down0);
+      return verdict{r.accepted, r.next, d.size() + 1, client_->last_rtt_seconds()};
+    } catch (const link_unavailable&) {
+      monitor_.record_failure();
+      opened_ = false;  // the next call reopens from the committed prefix
+      sent_ = 0;
+      throw;
+    }
+  }
+
+ private:
+  remote_verifier_options opt_;
+  std::unique_ptr<verify_client> client_;
+  link_monitor monitor_;
+  wire::sparse_rows q_;
+  bool opened_ = false;
+  std::size_t sent_ = 0;  ///< tokens of S the server's session holds
+};
+
+static_assert(specdec::verifier<remote_verifier>);
+
+/// Which verifier judged a step of a `failover_verifier`.
+enum class verified_by { primary, backup };
+
+/// One switch of a `failover_verifier`: from `position` of S on, `by` verifies.
+struct failover_event {
+  std::size_t position = 0;
+  verified_by by = verified_by::primary;
+};
+
+/// Verifies with `Primary` and, when it throws `link_unavailable`, with `Backup` from the
+/// same committed sequence; retries the primary every `retry_seconds`. Exact when both
+/// are. `events()` lists the switches, so a caller (or a test) knows which verifier
+/// produced which part of the output.
+///
+/// ```cpp
+/// specdec::local_verifier device(little_copy, specdec::greedy_match{});
+/// specdec::hybrid::failover_verifier v(std::move(cloud), std::move(device), /*retry_seconds=*/1.0);
+/// ```
+template <specdec::verifier Primary, specdec::verifier Backup>
+class failover_verifier {
+ public:
+  static constexpr bool exact = static_cast<bool>(Primary::exact) && static_cast<bool>(Backup::exact);
+
+  failover_verifier(Primary primary, Backup backup, double retry_seconds = 1.0)
+      : primary_(std::move(primary)), backup_(std::move(backup)), retry_seconds_(retry_seconds) {
+    detail::check_non_negative("failover_verifier retry_seconds", retry_seconds);
+    if (primary_.vocab_size() != backup_.vocab_size())
+      throw vocabulary_mismatch("failover_verifier: the primary's vocabulary has " +
+                                std::to_string(primary_.vocab_size()) + " tokens, the backup's " +
+                                std::to_string(backup_.vocab_size()) + "; expected the same");
+  }
+
+  [[nodiscard]] std::size_t vocab_size() const { return primary_.vocab_size(); }
+  [[nodiscard]] std::size_t context_length() const {
+    return std::min<std::size_t>(primary_.context_length(), backup_.context_length());
+  }
+  [[nodiscard]] std::size_t cache_length() const { return on_backup_ ? backup_.cache_length() : primary_.cache_length(); }
+  [[nodiscard]] Primary& primary() noexcept { return primary_; }
+  [[nodiscard]] Backup& backup() noexcept { return backup_; }
+  [[nodiscard]] const std::vector<failover_event>& events() const noexcept { return events_; }
+  [[nodiscard]] bool on_backup() const noexcept { return on_backup_; }
+  /// The primary's draft cap while it verifies (see `remote_verifier::max_draft`).
+  [[nodiscard]] std::size_t max_draft() const noexcept {
+    if constexpr (requires { primary_.max_draft(); }) {
+      if (!on_backup_) return primary_.max_draft();
+    }
+    return std::size_t{1} << 20;
+  }
+
+  void reset() {
+    primary_.reset();
+    backup_.reset();
+    on_backup_ = false;
+    events_.assign(1, failover_event{0, verified_by::primary});
+  }
+  void sync(std::span<const token_id> s) {
+    if (on_backup_) backup_.sync(s);
+    else primary_.sync(s);
+  }
+
+  verdict verify(std::span<const token_id> s, const draft_block& d, const sampling_params& params,
+                 random_source& rng) {
+    if (events_.empty()) events_.push_back({0, verified_by::primary});
+    if (!on_backup_ || clock::now() >= retry_at_) {
+      try {
+        if (on_backup_) primary_.reset();  // resynchronise from S
+        const verdict v = primary_.verify(s, d, params, rng);
+        switch_to(false, s.size());
+        return v;
+      } catch (const link_unavailable&) {
+        retry_at_ = clock::now() + std::chrono::duration_cast<clock::duration>(std::chrono::duration<double>(retry_seconds_));
+        switch_to(true, s.size());  // the backup starts from the committed prefix
+      }
+    }
+    return backup_.verify(s, d, params, rng);
+  }
+
+ private:
+  using clock = std::chrono::steady_clock;
+  void switch_to(bool backup, std::size_t position) {
+    if (backup == on_backup_) return;
+    if (backup) backup_.reset();
+    on_backup_ = backup;
+    events_.push_back({position, backup ? verified_by::backup : verified_by::primary});
+  }
+
+  Primary primary_;
+  Backup backup_;
+  double retry_seconds_;
+  bool on_backup_ = false;
+  clock::time_point retry_at_{};
+  std::vector<failover_event> events_;
+};
+
+}  // namespace specdec::hybrid
