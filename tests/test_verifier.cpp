@@ -63,6 +63,14 @@ static_assert(specdec::token_drafter<lookup_drafter>);
 static_assert(specdec::drafter<lookup_drafter>);
 static_assert(!specdec::language_model<lookup_drafter>);
 
+/// A broken rollback policy that accepts every draft (the negative control).
+struct accept_all {
+  static constexpr bool exact = true;
+  specdec::verify_result verify(const specdec::verify_input& in) const {
+    return {in.k(), specdec::argmax(in.p_row(in.k()))};
+  }
+};
+
 TEST(judge, an_id_only_block_is_judged_as_one_hot_q) {
   markov_model target = shared_target();
   const std::vector<token_id> s{1, 3, 4};
@@ -144,10 +152,6 @@ TEST(id_only_drafter, sampled_steps_keep_the_target_s_law_at_the_first_position)
   // 3 sigma of the TV estimate at n = 20000 over 8 bins is about 0.012.
   EXPECT_LT(first_token_tv(dec), 0.015);
   // Negative control: a verifier that accepts every proposal emits the proposal's law.
-  struct accept_all {
-    static constexpr bool exact = true;
-    specdec::verify_result verify(const specdec::verify_input& in) const { return {in.k(), specdec::argmax(in.p_row(in.k()))}; }
-  };
   specdec::speculative_decoder bad(ids, target, specdec::fixed_gamma{.gamma = 3}, accept_all{}, hot);
   EXPECT_GT(first_token_tv(bad), 0.3);
 }
