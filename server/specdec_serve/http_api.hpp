@@ -456,6 +456,7 @@ class http_api {
     std::string id;
     std::int64_t created = 0;
     std::vector<token_id> tokens;  ///< generated
+    std::size_t tokens_sent = 0;   ///< streamed already (each chunk carries only new ids)
     token_id prev = 0;             ///< the token before the next one (for its text)
     std::string echo;              ///< the prompt's text when echoing
     std::vector<std::size_t> prompt_offsets;  ///< byte offset of each prompt token in `echo`
@@ -636,10 +637,16 @@ class http_api {
     return s;
   }
 
-  [[nodiscard]] json envelope(const generation& g, const std::string& text, const std::string& finish) const {
+  /// A response (or, streaming, a chunk) with one choice; `token_ids` are all generated
+  /// ids, or in a stream those not sent yet.
+  [[nodiscard]] json envelope(generation& g, const std::string& text, const std::string& finish) const {
     json choice{{"text", text}, {"index", 0}, {"logprobs", nullptr},
                 {"finish_reason", finish.empty() ? json(nullptr) : json(finish)}};
-    if (g.req.return_token_ids) choice["token_ids"] = g.tokens;
+    if (g.req.return_token_ids) {
+      const std::size_t from = g.req.stream ? g.tokens_sent : 0;
+      choice["token_ids"] = std::vector<token_id>(g.tokens.begin() + static_cast<std::ptrdiff_t>(from), g.tokens.end());
+      g.tokens_sent = g.tokens.size();
+    }
     return {{"id", g.id}, {"object", "text_completion"}, {"created", g.created}, {"model", model_.id},
             {"choices", json::array({choice})}};
   }

@@ -156,6 +156,7 @@ class verify_listener {
       auto done = std::make_shared<std::atomic<bool>>(false);
       workers_.push_back({conn, done, std::thread([this, conn, done] {
                             serve(*conn);
+                            conn->shutdown();  // the peer sees the end now; the descriptor closes when reaped
                             account(*conn);
                             *done = true;
                           })});
