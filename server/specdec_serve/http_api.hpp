@@ -22,6 +22,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -432,6 +433,9 @@ class http_api {
     });
   }
 
+  /// Completion responses still being written (a stream counts until its last byte).
+  [[nodiscard]] std::size_t responses_in_flight() const noexcept { return in_flight_; }
+
   static void reply(httplib::Response& res, const api_error& e) {
     res.status = e.status;
     res.set_content(dump(e.body()), "application/json");
@@ -483,7 +487,17 @@ class http_api {
     [[nodiscard]] std::size_t logprob_entries() const { return logprobs.is_object() ? logprobs["tokens"].size() : 0; }
   };
 
+  /// Counts a response in `in_flight_` for as long as it lives.
+  struct in_flight_token {
+    std::atomic<std::size_t>& n;
+    explicit in_flight_token(std::atomic<std::size_t>& c) : n(c) { ++n; }
+    ~in_flight_token() { --n; }
+    in_flight_token(const in_flight_token&) = delete;
+    in_flight_token& operator=(const in_flight_token&) = delete;
+  };
+
   void completions(const httplib::Request& req, httplib::Response& res) {
+    auto token = std::make_shared<in_flight_token>(in_flight_);  // held by the stream's provider too
     std::shared_ptr<generation> g;
     try {
       completion_request r = parser_.parse(req.body);
@@ -513,7 +527,7 @@ class http_api {
     auto echoed = std::make_shared<bool>(!g->req.echo);
     res.set_chunked_content_provider(
         "text/event-stream",
-        [this, g, echoed](std::size_t, httplib::DataSink& sink) {
+        [this, g, echoed, token](std::size_t, httplib::DataSink& sink) {
           const auto write = [&](const json& j) {
             const std::string s = "data: " + dump(j) + "\n\n";
             return sink.write(s.data(), s.size());
@@ -674,6 +688,7 @@ class http_api {
   model_info model_;
   request_parser parser_;
   std::int64_t created_;
+  std::atomic<std::size_t> in_flight_{0};
 };
 
 }  // namespace specdec::serve

@@ -90,8 +90,13 @@ class server {
     engine_.begin_drain();
     engine_.wait_idle(clock::now() + std::chrono::duration_cast<clock::duration>(
                                          std::chrono::duration<double>(options_.drain_seconds)));
-    engine_.stop();
+    engine_.stop();  // every stream now has its last event queued
     listener_.stop();
+    // Let the HTTP workers write those last events before the server closes the sockets
+    // (httplib abandons a chunked response that is still being written when stopped).
+    const auto until = clock::now() + std::chrono::seconds(2);
+    while (http_api_.responses_in_flight() > 0 && clock::now() < until)
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
     http_.stop();
     if (http_thread_.joinable()) http_thread_.join();
   }

@@ -43,6 +43,13 @@
 
 namespace specdec::hybrid {
 
+/// Bounds of `http_response_parser`: a line, the headers, the body.
+struct http_limits {
+  std::size_t max_line = 8192;
+  std::size_t max_header_bytes = 65536;
+  std::size_t max_body_bytes = std::size_t{64} << 20;
+};
+
 /// Incremental parser of one HTTP/1.1 response: status line, headers, then the body as
 /// sent (Content-Length, chunked transfer coding, or until the connection closes),
 /// delivered to `on_body` piece by piece. Lines are bounded by `max_line`, the headers
@@ -55,11 +62,7 @@ namespace specdec::hybrid {
 /// ```
 class http_response_parser {
  public:
-  struct limits {
-    std::size_t max_line = 8192;
-    std::size_t max_header_bytes = 65536;
-    std::size_t max_body_bytes = std::size_t{64} << 20;
-  };
+  using limits = http_limits;
 
   explicit http_response_parser(std::function<void(std::string_view)> on_body, limits lim = {})
       : on_body_(std::move(on_body)), lim_(lim) {}
@@ -282,7 +285,7 @@ struct completion_client_options {
   /// Longest wait for the response to start and between two events.
   double read_timeout_seconds = 30.0;
   std::string model{};  ///< sent as "model" when non-empty
-  http_response_parser::limits limits{};
+  http_limits limits{};
 };
 
 /// The streaming client of the file comment. One request at a time; each opens its own
