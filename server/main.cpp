@@ -148,6 +148,10 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "specdec-serve: model %s (vocab %zu, context %zu) on http://%s:%u, verify port %u\n",
                  eo.model_id.c_str(), model.vocab_size(), model.context_length(), so.host.c_str(),
                  static_cast<unsigned>(srv.http_port()), static_cast<unsigned>(srv.verify_port()));
+    std::string curve;
+    for (const auto& [rows, secs] : srv.core().cost_points())
+      curve += " " + std::to_string(static_cast<int>(rows + 0.5)) + ":" + std::to_string(secs * 1e3).substr(0, 6);
+    if (!curve.empty()) std::fprintf(stderr, "specdec-serve: step time (rows:ms)%s\n", curve.c_str());
     char c = 0;
     while (::read(stop_pipe[0], &c, 1) < 0 && errno == EINTR) {
     }

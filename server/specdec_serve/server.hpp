@@ -55,7 +55,10 @@ class server {
       : options_(std::move(options)),
         engine_(model, options_.engine, metrics_),
         http_api_(engine_, metrics_, std::move(codec), options_.http,
-                  [this](json& h) { h["verify_port"] = listener_.port(); }),
+                  [this](json& h) {
+                    h["verify_port"] = listener_.port();
+                    h["step_time_curve"] = engine_.cost_points();  // [[rows, seconds], ...]
+                  }),
         listener_(engine_, metrics_, with_address(options_.listener)) {}
   server(const server&) = delete;
   server& operator=(const server&) = delete;
