@@ -13,8 +13,10 @@
 #include <atomic>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
+#include "serve_test_support.hpp"
 #include "specdec/hybrid/completion_client.hpp"
 
 namespace {
@@ -92,15 +94,7 @@ struct scripted_server {
   std::string request;
   std::thread th;
   explicit scripted_server(std::string response, bool hang = false) {
-    fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-    ::listen(fd, 4);
-    socklen_t len = sizeof a;
-    ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-    port = ntohs(a.sin_port);
+    std::tie(fd, port) = test_support::loopback_socket();
     th = std::thread([this, response = std::move(response), hang] {
       pollfd p{fd, POLLIN, 0};
       if (::poll(&p, 1, 3000) <= 0) return;

@@ -25,6 +25,8 @@
 #include "specdec/decoder.hpp"
 #include "specdec/hybrid/completion_client.hpp"
 #include "specdec_serve/server.hpp"
+#define SPECDEC_SERVE_TESTS
+#include "serve_test_support.hpp"
 
 namespace {
 using namespace specdec;
@@ -32,23 +34,12 @@ using serve::json;
 
 const std::string models = SPECDEC_MODELS_DIR;
 
-serve::serve_options test_options() {
-  serve::serve_options o;
-  o.http_port = 0;
-  o.verify_port = 0;
-  o.http_threads = 6;
-  o.drain_seconds = 5.0;
-  o.engine.speculation.calibrate = false;
-  o.engine.speculation.fixed = 4;
-  return o;
-}
-
 struct served {
   cpu::batched_transformer model;
   cpu::tokenizer tok;
   serve::server<cpu::batched_transformer> srv;
   httplib::Client http;
-  served(const std::string& name, const std::string& tokenizer, serve::serve_options o = test_options())
+  served(const std::string& name, const std::string& tokenizer, serve::serve_options o = test_support::serve_options())
       : model(models + "/" + name + ".bin", {.threads = 1}),
         tok(models + "/" + tokenizer, model.vocab_size()),
         srv(model, codec(tok), with_id(std::move(o), name)),
@@ -336,47 +327,46 @@ TEST(serve, metrics_registry_renders_prometheus_text) {
   EXPECT_THROW(r.describe("x", "summary", "no"), specdec::invalid_argument);
 }
 
-TEST(serve, stop_drains_in_flight_streams_and_refuses_new_work) {
-  auto s = std::make_unique<served>("kjv-big", "kjv2k-tokenizer.bin");
+// Starts a streaming greedy completion of `max_tokens` on `s` in a thread, waits until the
+// engine runs it, calls `during(s)`, then `s.srv.stop()`; returns the stream's events.
+template <class During>
+std::vector<std::string> stream_through_stop(served& s, int max_tokens, During during) {
   std::string body;
   std::thread client([&] {
-    httplib::Client c("127.0.0.1", s->srv.http_port());
+    httplib::Client c("127.0.0.1", s.srv.http_port());
     auto r = c.Post("/v1/completions",
-                    json{{"prompt", "In the beginning"}, {"max_tokens", 200}, {"temperature", 0}, {"stream", true}}.dump(),
+                    json{{"prompt", "In the beginning"}, {"max_tokens", max_tokens}, {"temperature", 0}, {"stream", true}}
+                        .dump(),
                     "application/json");
     if (r) body = r->body;
   });
-  for (int i = 0; i < 400 && s->srv.core().completions() == 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  s->srv.core().begin_drain();  // what stop() does first: new work is refused ...
-  auto [status, refused] = s->post({{"prompt", "x"}, {"max_tokens", 2}});
-  EXPECT_EQ(status, 503) << refused.dump();
-  auto h = s->http.Get("/health");
-  ASSERT_TRUE(h);
-  EXPECT_EQ(h->status, 503);
-  s->srv.stop();  // ... and the in-flight stream finishes within the drain time
+  for (int i = 0; i < 400 && s.srv.core().completions() == 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  during(s);
+  s.srv.stop();
   client.join();
-  const auto events = sse_events(body);
+  return sse_events(body);
+}
+
+TEST(serve, stop_drains_in_flight_streams_and_refuses_new_work) {
+  served s("kjv-big", "kjv2k-tokenizer.bin");
+  const auto events = stream_through_stop(s, 200, [](served& x) {
+    x.srv.core().begin_drain();  // what stop() does first: new work is refused ...
+    auto [status, refused] = x.post({{"prompt", "x"}, {"max_tokens", 2}});
+    EXPECT_EQ(status, 503) << refused.dump();
+    auto h = x.http.Get("/health");
+    ASSERT_TRUE(h);
+    EXPECT_EQ(h->status, 503);
+  });  // ... and the in-flight stream finishes within the drain time
   ASSERT_GE(events.size(), 2u);
   EXPECT_EQ(events.back(), "[DONE]");
   EXPECT_EQ(json::parse(events[events.size() - 2])["choices"][0]["finish_reason"], "length");
 }
 
 TEST(serve, an_expired_drain_fails_the_stream_cleanly) {
-  serve::serve_options o = test_options();
+  serve::serve_options o = test_support::serve_options();
   o.drain_seconds = 0.0;
-  auto s = std::make_unique<served>("kjv-big", "kjv2k-tokenizer.bin", o);
-  std::string body;
-  std::thread client([&] {
-    httplib::Client c("127.0.0.1", s->srv.http_port());
-    auto r = c.Post("/v1/completions",
-                    json{{"prompt", "In the beginning"}, {"max_tokens", 250}, {"temperature", 0}, {"stream", true}}.dump(),
-                    "application/json");
-    if (r) body = r->body;
-  });
-  for (int i = 0; i < 400 && s->srv.core().completions() == 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  s->srv.stop();
-  client.join();
-  const auto events = sse_events(body);
+  served s("kjv-big", "kjv2k-tokenizer.bin", o);
+  const auto events = stream_through_stop(s, 250, [](served&) {});
   ASSERT_GE(events.size(), 2u);
   EXPECT_EQ(events.back(), "[DONE]");
   const json last = json::parse(events[events.size() - 2]);

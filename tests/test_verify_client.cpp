@@ -17,6 +17,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "specdec/backend/cpu/batched_transformer.hpp"
@@ -25,6 +26,8 @@
 #include "specdec/decoder.hpp"
 #include "specdec/hybrid/verify_client.hpp"
 #include "specdec_serve/server.hpp"
+#define SPECDEC_SERVE_TESTS
+#include "serve_test_support.hpp"
 
 namespace {
 using namespace specdec;
@@ -33,22 +36,11 @@ namespace wire = hybrid::wire;
 
 const std::string models = SPECDEC_MODELS_DIR;
 
-serve::serve_options test_options() {
-  serve::serve_options o;
-  o.http_port = 0;
-  o.verify_port = 0;
-  o.http_threads = 2;
-  o.drain_seconds = 2.0;
-  o.engine.speculation.fixed = 4;
-  o.engine.speculation.calibrate = false;
-  return o;
-}
-
 // A target served in process.
 struct served {
   cpu::batched_transformer model;
   serve::server<cpu::batched_transformer> srv;
-  explicit served(const std::string& checkpoint, serve::serve_options o = test_options())
+  explicit served(const std::string& checkpoint, serve::serve_options o = test_support::serve_options())
       : model(checkpoint, {.threads = 1}), srv(model, {}, std::move(o)) {
     srv.start();
   }
@@ -143,6 +135,10 @@ TEST(verify_client, greedy_split_decoding_with_rejections_and_byte_budget) {
   EXPECT_LT(accepted, drafted);
   const double per_token = static_cast<double>(c.bytes_sent() + c.bytes_received()) / 60.0;
   EXPECT_LT(per_token, 100.0) << c.bytes_sent() << " up, " << c.bytes_received() << " down";
+  // Each token is fed once: the prefix but its last token at open, then per round the one
+  // committed token the server has not seen (accepted drafts stay cached) plus the drafts.
+  const double rounds = s.srv.metrics().value("specdec_verify_requests_total", "type=\"verify\",result=\"verdict\"");
+  EXPECT_EQ(s.srv.metrics().sum("specdec_batch_rows"), static_cast<double>(prompt.size() - 1) + drafted + rounds);
 }
 
 // A sampling session whose draft is the target itself: q == p bit for bit, so rejection
@@ -288,7 +284,7 @@ TEST(verify_protocol, bad_requests_get_errors_and_the_server_keeps_serving) {
 
 TEST(verify_client, an_expired_session_is_reopened_with_the_committed_prefix) {
   const std::string path = models + "/stories260K.bin";
-  serve::serve_options o = test_options();
+  serve::serve_options o = test_support::serve_options();
   o.engine.session_ttl_seconds = 0.05;
   served s(path, o);
   cpu::transformer draft(path, {.threads = 1});
@@ -304,7 +300,7 @@ TEST(verify_client, an_expired_session_is_reopened_with_the_committed_prefix) {
 
 TEST(verify_client, a_dropped_connection_is_resumed_without_reapplying) {
   const std::string path = models + "/stories260K.bin";
-  serve::serve_options o = test_options();
+  serve::serve_options o = test_support::serve_options();
   o.listener.idle_timeout_seconds = 0.15;  // the server hangs up on idle connections
   served s(path, o);
   cpu::transformer draft(path, {.threads = 1});
@@ -326,15 +322,7 @@ struct counting_listener {
   std::atomic<bool> stop{false};
   std::thread th;
   counting_listener() {
-    fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-    ::listen(fd, 8);
-    socklen_t len = sizeof a;
-    ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-    port = ntohs(a.sin_port);
+    std::tie(fd, port) = test_support::loopback_socket();
     th = std::thread([this] {
       while (!stop) {
         pollfd p{fd, POLLIN, 0};
@@ -383,15 +371,9 @@ TEST(verify_client, a_local_only_session_sends_nothing) {
 
 TEST(verify_client, an_unreachable_server_is_link_unavailable) {
   // A port that was just free: bound, never listened on, closed.
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  socklen_t len = sizeof a;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  const auto [fd, port] = test_support::loopback_socket(/*listen=*/false);
   ::close(fd);
-  verify_client c("127.0.0.1", ntohs(a.sin_port), {.connect_timeout_seconds = 0.5, .retries = 1});
+  verify_client c("127.0.0.1", port, {.connect_timeout_seconds = 0.5, .retries = 1});
   EXPECT_THROW(c.open(std::vector<token_id>{1, 2}), hybrid::link_unavailable);
   EXPECT_FALSE(c.connected());
 }

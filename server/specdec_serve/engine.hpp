@@ -572,7 +572,9 @@ class engine final : public completion_service, public session_service {
       rows += n;
     }
     for (auto& [id, s] : sessions_) {
-      const std::size_t unseen = s.committed.size() - s.kv.size();
+      // Between requests the cache may hold more than `committed` (the accepted drafts of
+      // the last verdict, which the next delta will commit): then nothing is unseen.
+      const std::size_t unseen = s.committed.size() > s.kv.size() ? s.committed.size() - s.kv.size() : 0;
       std::vector<token_id>& buf = scratch_[scratch_used];
       buf.clear();
       bool verdict = false;

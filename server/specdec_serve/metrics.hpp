@@ -67,6 +67,14 @@ class metrics_registry {
     return f.type == "histogram" ? static_cast<double>(it->second.count) : it->second.value;
   }
 
+  /// A histogram's sum of observations (0 if none).
+  [[nodiscard]] double sum(std::string_view name, std::string_view labels = "") {
+    std::lock_guard lock(mu_);
+    const family& f = find(name);
+    const auto it = f.series.find(std::string(labels));
+    return it == f.series.end() ? 0.0 : it->second.value;
+  }
+
   /// Every metric in the Prometheus text format (version 0.0.4).
   [[nodiscard]] std::string render() const {
     std::lock_guard lock(mu_);

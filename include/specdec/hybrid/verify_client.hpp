@@ -114,9 +114,12 @@ class verify_client {
   /// since `open`), the previous verdict's accepted drafts and next token included;
   /// `draft` the block to verify (at most `draft_limit()` tokens); `q`, for a sampling
   /// session, one support row per draft token (the distribution it was drawn from).
-  /// Throws `invalid_argument` for inconsistent arguments, `link_unavailable` when the
-  /// server cannot be reached within the retries, `remote_error` if it rejects the
-  /// request, `protocol_error` if it answers nonsense.
+  /// Throws `invalid_argument` for inconsistent arguments (nothing recorded), else
+  /// `link_unavailable` when the server cannot be reached within the retries,
+  /// `remote_error` if it rejects the request, `protocol_error` if it answers nonsense.
+  /// Once the arguments are valid the delta counts as committed even if the call throws:
+  /// the next call's delta starts after it (the session is then reopened with every
+  /// committed token).
   verify_verdict verify(std::span<const token_id> committed_delta, std::span<const token_id> draft,
                         const wire::sparse_rows* q = nullptr) {
     check_may_leave(privacy_, "verify_client::verify");
@@ -223,10 +226,10 @@ class verify_client {
         drop_connection();
         opened_ = false;
         throw;
-      } catch (const remote_error& e) {
-        if (e.code() == static_cast<int>(wire::error_code::bad_sequence) ||
-            e.code() == static_cast<int>(wire::error_code::malformed))
-          opened_ = false;  // out of step with the server: start over from the committed tokens
+      } catch (const remote_error&) {
+        // Refused (bad sequence, invalid request): the server applied nothing, but this
+        // client already counts the delta as committed; start over from its tokens.
+        opened_ = false;
         throw;
       }
     }
