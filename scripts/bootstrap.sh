@@ -31,7 +31,8 @@ if [ "${1:-}" = configure ]; then
   exit
 fi
 
-packages=(cmake g++ make libeigen3-dev libxtensor-dev libgtest-dev libbenchmark-dev sentencepiece nlohmann-json3-dev)
+packages=(cmake g++ make pkg-config libeigen3-dev libxtensor-dev libgtest-dev libbenchmark-dev sentencepiece
+          libcpp-httplib-dev nlohmann-json3-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -23,25 +23,13 @@
 #include <vector>
 
 #include "specdec/error.hpp"
+#include "specdec/hybrid/errors.hpp"
 #include "specdec/hybrid/link.hpp"
 #include "specdec/model.hpp"
 #include "specdec/sampling.hpp"
 #include "specdec/token.hpp"
 
 namespace specdec::hybrid {
-
-/// The link failed (outage, or a message lost more often than the retransmit limit):
-/// a remote forward could not complete. The remote model's cache is left as it was
-/// before the call, and the clock has been charged the time spent giving up.
-///
-/// ```cpp
-/// try { dec.generate(prompt, opts); }
-/// catch (const specdec::hybrid::link_unavailable&) { continue_on_device(); }
-/// ```
-class link_unavailable : public error {
- public:
-  using error::error;
-};
 
 /// Seconds of real work a forward of `block` new tokens after `cached` cached tokens
 /// stands for (before scaling). Empty = measure the wall time of the forward.

@@ -1,0 +1,335 @@
+#pragma once
+/// \file hybrid/verify_client.hpp
+/// The device's side of split speculative decoding over the network: a blocking client of
+/// `specdec-serve`'s verify port (protocol in wire.hpp, rules in docs/hybrid.md). It holds
+/// one persistent TCP connection and one server session whose KV cache mirrors the
+/// device's committed tokens, so a round sends only what is new: the tokens committed
+/// since the last round and the draft block (plus, when sampling, the draft's truncated
+/// distributions). Verdicts come back with the number of drafts the server will verify in
+/// the next round (its dynamic speculation).
+///
+/// Faults: every request has a deadline. A lost connection is re-established and the
+/// request resent with the same sequence number (the server answers a replay from its
+/// cache, never applying it twice); a session the server no longer has (expired, evicted,
+/// server restarted) is reopened by resending the committed prefix. When that does not
+/// succeed within the retries the call throws `link_unavailable` (or its `link_timeout`)
+/// and the device decodes on its own; the next call reopens the session from the
+/// client's committed tokens, so no token is lost or duplicated.
+///
+/// ```cpp
+/// specdec::hybrid::verify_client c("127.0.0.1", port);
+/// c.open(prompt);                                            // greedy, the prompt as prefix
+/// specdec::hybrid::verify_verdict v = c.verify({}, draft);   // nothing new committed yet
+/// // commit draft[0..v.accepted) and v.next, then draft again, at most v.max_draft tokens
+/// std::vector<specdec::token_id> delta(draft.begin(), draft.begin() + v.accepted);
+/// delta.push_back(v.next);
+/// v = c.verify(delta, next_draft);
+/// ```
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include "specdec/error.hpp"
+#include "specdec/hybrid/errors.hpp"
+#include "specdec/hybrid/transport.hpp"
+#include "specdec/hybrid/wire.hpp"
+#include "specdec/sampling.hpp"
+#include "specdec/token.hpp"
+
+namespace specdec::hybrid {
+
+/// Deadlines and retries of a `verify_client`.
+///
+/// ```cpp
+/// specdec::hybrid::verify_client_options o{.request_timeout_seconds = 0.5, .retries = 0};
+/// ```
+struct verify_client_options {
+  double connect_timeout_seconds = 2.0;  ///< per connection attempt
+  double request_timeout_seconds = 5.0;  ///< from sending a request to its answer
+  /// How many times one call reconnects and resends after a lost connection or a missed
+  /// deadline before it throws `link_unavailable`.
+  std::size_t retries = 1;
+  /// Bounds on what the client accepts from the server (frame size, error text); the
+  /// vocabulary bound is taken from the server's `session_opened`.
+  wire::limits limits{};
+
+  void validate() const {
+    if (!(connect_timeout_seconds > 0.0) || !(request_timeout_seconds > 0.0))
+      throw invalid_argument("verify_client_options: connect_timeout_seconds = " +
+                             std::to_string(connect_timeout_seconds) + ", request_timeout_seconds = " +
+                             std::to_string(request_timeout_seconds) + "; expected both > 0");
+  }
+};
+
+/// The server's answer to one round: keep `accepted` drafts, then `next`; draft at most
+/// `max_draft` tokens next round.
+struct verify_verdict {
+  std::size_t accepted = 0;
+  token_id next = 0;
+  std::size_t max_draft = 0;
+};
+
+/// A blocking client of the verify protocol (see the file comment). Not thread-safe: one
+/// client per decoding loop.
+class verify_client {
+ public:
+  verify_client(std::string host, std::uint16_t port, verify_client_options options = {})
+      : host_(std::move(host)), port_(port), options_(std::move(options)) {
+    options_.validate();
+  }
+  verify_client(const verify_client&) = delete;
+  verify_client& operator=(const verify_client&) = delete;
+  /// Ends the session (best effort: a `close_session` with a short deadline).
+  ~verify_client() { close(); }
+
+  /// Starts a session holding `prefix` (the committed tokens so far, non-empty) that
+  /// verifies with `params` and a server random source seeded with `seed`. A local_only
+  /// request throws `privacy_violation` before any connection is opened, and marks the
+  /// client so that no later call sends anything either. Throws `link_unavailable` (the
+  /// next `verify` retries the open), `remote_error` if the server refuses.
+  void open(std::span<const token_id> prefix, const sampling_params& params = {}, std::uint64_t seed = 0,
+            privacy p = privacy::may_leave_device) {
+    privacy_ = p;
+    check_may_leave(privacy_, "verify_client::open");
+    params.validate();
+    if (prefix.empty())
+      throw invalid_argument("verify_client::open: empty prefix; expected the committed tokens (at least BOS)");
+    committed_.assign(prefix.begin(), prefix.end());
+    params_ = params;
+    seed_ = seed;
+    opened_ = false;
+    pending_.clear();
+    with_retries("verify_client::open", [&] {
+      ensure_connected();
+      open_session_now();
+    });
+  }
+
+  /// One round: `committed_delta` are the tokens committed since the previous call (or
+  /// since `open`), the previous verdict's accepted drafts and next token included;
+  /// `draft` the block to verify (at most `draft_limit()` tokens); `q`, for a sampling
+  /// session, one support row per draft token (the distribution it was drawn from).
+  /// Throws `invalid_argument` for inconsistent arguments (nothing recorded), else
+  /// `link_unavailable` when the server cannot be reached within the retries,
+  /// `remote_error` if it rejects the request, `protocol_error` if it answers nonsense.
+  /// Once the arguments are valid the delta counts as committed even if the call throws:
+  /// the next call's delta starts after it (the session is then reopened with every
+  /// committed token).
+  verify_verdict verify(std::span<const token_id> committed_delta, std::span<const token_id> draft,
+                        const wire::sparse_rows* q = nullptr) {
+    check_may_leave(privacy_, "verify_client::verify");
+    if (committed_.empty())
+      throw invalid_argument("verify_client::verify: no session; call open(prefix, ...) first");
+    if (q != nullptr && q->rows() != 0 && q->rows() != draft.size())
+      throw invalid_argument("verify_client::verify: q has " + std::to_string(q->rows()) + " rows for " +
+                             std::to_string(draft.size()) + " draft tokens; expected one row per draft token");
+    if (draft_limit_ != 0 && draft.size() > draft_limit_)
+      throw invalid_argument("verify_client::verify: " + std::to_string(draft.size()) +
+                             " draft tokens; the server verifies at most draft_limit = " +
+                             std::to_string(draft_limit_));
+    committed_.insert(committed_.end(), committed_delta.begin(), committed_delta.end());
+    pending_.insert(pending_.end(), committed_delta.begin(), committed_delta.end());
+    request_.draft.assign(draft.begin(), draft.end());
+    if (q != nullptr) request_.q = *q;
+    else request_.q.clear();
+    bool fresh = true;  // a new sequence number for this call's first send
+    const verify_verdict v = with_retries("verify_client::verify", [&] {
+      ensure_connected();
+      if (!opened_) {
+        open_session_now();
+        fresh = true;
+      }
+      if (fresh) {
+        request_.seq = ++seq_;
+        request_.committed = pending_;
+        fresh = false;
+      }
+      const auto t0 = std::chrono::steady_clock::now();
+      write_frame(conn_, request_, deadline_after(options_.request_timeout_seconds));
+      wire::message reply = receive();
+      if (auto* e = std::get_if<wire::error_reply>(&reply); e && e->code == wire::error_code::unknown_session) {
+        // The server lost the session: reopen with every committed token (pending_ included).
+        ++reopens_;
+        open_session_now();
+        request_.seq = ++seq_;
+        request_.committed.clear();
+        write_frame(conn_, request_, deadline_after(options_.request_timeout_seconds));
+        reply = receive();
+      }
+      const auto& r = expect<wire::verdict>(reply, "verify_request");
+      if (r.seq != request_.seq || r.accepted > request_.draft.size())
+        fail_protocol("verdict for seq " + std::to_string(r.seq) + " accepting " + std::to_string(r.accepted) +
+                      " of " + std::to_string(request_.draft.size()) + " drafts; expected seq " +
+                      std::to_string(request_.seq));
+      last_rtt_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      max_draft_ = std::min<std::size_t>(r.max_draft, draft_limit_);
+      return verify_verdict{r.accepted, r.next, max_draft_};
+    });
+    pending_.clear();
+    return v;
+  }
+
+  /// Ends the session and the connection (best effort, never throws).
+  void close() noexcept {
+    if (conn_.is_open() && opened_ && privacy_ == privacy::may_leave_device) {
+      try {
+        write_frame(conn_, wire::close_session{}, deadline_after(0.2));
+      } catch (...) {
+      }
+    }
+    drop_connection();
+    opened_ = false;
+  }
+
+  /// Whether a session is open on a live connection right now.
+  [[nodiscard]] bool connected() const noexcept { return conn_.is_open() && opened_; }
+  /// Bytes written to / read from the sockets so far (all connections, framing included).
+  [[nodiscard]] std::uint64_t bytes_sent() const noexcept { return sent_ + conn_.bytes_sent(); }
+  [[nodiscard]] std::uint64_t bytes_received() const noexcept { return received_ + conn_.bytes_received(); }
+  /// Seconds from sending the last successful verify request to its verdict.
+  [[nodiscard]] double last_rtt_seconds() const noexcept { return last_rtt_; }
+  /// Drafts the server will verify next round (0: it wants plain decoding for now).
+  [[nodiscard]] std::size_t max_draft() const noexcept { return max_draft_; }
+  /// The most drafts one request may carry (0 before the first `session_opened`).
+  [[nodiscard]] std::size_t draft_limit() const noexcept { return draft_limit_; }
+  [[nodiscard]] std::size_t vocab_size() const noexcept { return vocab_; }
+  [[nodiscard]] std::size_t context_length() const noexcept { return context_; }
+  /// Connections opened after the first one, and sessions reopened because the server
+  /// had lost them.
+  [[nodiscard]] std::size_t reconnects() const noexcept { return connects_ > 0 ? connects_ - 1 : 0; }
+  [[nodiscard]] std::size_t reopens() const noexcept { return reopens_; }
+  /// The committed tokens as the client knows them (prefix and every delta).
+  [[nodiscard]] std::span<const token_id> committed() const noexcept { return committed_; }
+  [[nodiscard]] const wire::session_id& session() const noexcept { return session_; }
+
+ private:
+  /// Runs `f` (which sends and receives), reconnecting and retrying after a lost
+  /// connection or a missed deadline. Any failure that leaves the server's state unknown
+  /// marks the session for reopening.
+  template <class F>
+  auto with_retries(const char* who, F&& f) -> decltype(f()) {
+    for (std::size_t attempt = 0;; ++attempt) {
+      try {
+        return f();
+      } catch (const link_unavailable& e) {
+        drop_connection();
+        if (attempt >= options_.retries) {
+          opened_ = false;  // the server may or may not have applied the last request
+          throw_same(e, std::string(who) + ": " + e.what() + " (after " + std::to_string(attempt + 1) + " attempts)");
+        }
+      } catch (const protocol_error&) {
+        drop_connection();
+        opened_ = false;
+        throw;
+      } catch (const remote_error&) {
+        // Refused (bad sequence, invalid request): the server applied nothing, but this
+        // client already counts the delta as committed; start over from its tokens.
+        opened_ = false;
+        throw;
+      }
+    }
+  }
+  [[noreturn]] static void throw_same(const link_unavailable& e, const std::string& what) {
+    if (dynamic_cast<const link_timeout*>(&e) != nullptr) throw link_timeout(what);
+    throw link_unavailable(what);
+  }
+
+  void ensure_connected() {
+    if (conn_.is_open()) return;
+    conn_ = tcp_connection::connect(host_, port_, options_.connect_timeout_seconds, privacy_);
+    ++connects_;
+    in_.clear();
+    if (!opened_) return;
+    // A new connection to a live session: attach to it (or reopen if it is gone).
+    write_frame(conn_, wire::resume_session{session_}, deadline_after(options_.request_timeout_seconds));
+    wire::message reply = receive();
+    if (auto* e = std::get_if<wire::error_reply>(&reply); e && e->code == wire::error_code::unknown_session) {
+      opened_ = false;
+      ++reopens_;
+      return;
+    }
+    apply_opened(expect<wire::session_opened>(reply, "resume_session"));
+  }
+
+  /// Opens a session with all committed tokens on the current connection.
+  void open_session_now() {
+    wire::open_session o{.params = params_, .seed = seed_, .prefix = committed_};
+    write_frame(conn_, o, deadline_after(options_.request_timeout_seconds));
+    apply_opened(expect<wire::session_opened>(receive(), "open_session"));
+    pending_.clear();
+    seq_ = 0;
+  }
+  void apply_opened(const wire::session_opened& s) {
+    if (s.vocab_size == 0 || s.max_draft > s.draft_limit)
+      fail_protocol("session_opened with vocab_size " + std::to_string(s.vocab_size) + ", max_draft " +
+                    std::to_string(s.max_draft) + ", draft_limit " + std::to_string(s.draft_limit));
+    session_ = s.id;
+    vocab_ = s.vocab_size;
+    context_ = s.context_length;
+    max_draft_ = s.max_draft;
+    draft_limit_ = s.draft_limit;
+    opened_ = true;
+  }
+
+  wire::message receive() {
+    wire::limits lim = options_.limits;
+    if (vocab_ != 0) lim.vocab_size = vocab_;
+    if (draft_limit_ != 0) lim.max_draft = draft_limit_;
+    return read_frame(conn_, in_, lim, deadline_after(options_.request_timeout_seconds)).message;
+  }
+
+  /// The reply as a T, or the server's error as an exception: `link_unavailable` when it
+  /// cannot serve now (overloaded, shutting down, internal failure: decode on the device),
+  /// `remote_error` when the request itself was wrong.
+  template <class T>
+  const T& expect(const wire::message& m, const char* request) {
+    if (const T* t = std::get_if<T>(&m)) return *t;
+    if (const auto* e = std::get_if<wire::error_reply>(&m)) {
+      const std::string what = std::string("verify_client: the server answered ") + request + " with " +
+                               wire::to_string(e->code) + ": " + e->text;
+      if (e->code == wire::error_code::overloaded || e->code == wire::error_code::shutting_down ||
+          e->code == wire::error_code::internal)
+        throw link_unavailable(what);
+      throw remote_error(static_cast<int>(e->code), 0, what);
+    }
+    fail_protocol(std::string("answered ") + request + " with " + wire::name_of(m));
+  }
+  [[noreturn]] void fail_protocol(const std::string& what) {
+    throw protocol_error("verify_client: the server at " + host_ + ":" + std::to_string(port_) + " " + what);
+  }
+
+  void drop_connection() noexcept {
+    sent_ += conn_.bytes_sent();
+    received_ += conn_.bytes_received();
+    conn_ = tcp_connection{};
+    in_.clear();
+  }
+
+  std::string host_;
+  std::uint16_t port_;
+  verify_client_options options_;
+  privacy privacy_ = privacy::may_leave_device;
+  tcp_connection conn_;
+  std::vector<std::uint8_t> in_;
+  // The session as the server knows it.
+  bool opened_ = false;
+  wire::session_id session_{};
+  std::uint64_t seq_ = 0;
+  std::size_t vocab_ = 0, context_ = 0, max_draft_ = 0, draft_limit_ = 0;
+  sampling_params params_{};
+  std::uint64_t seed_ = 0;
+  std::vector<token_id> committed_;  ///< every committed token (prefix + deltas)
+  std::vector<token_id> pending_;    ///< committed tokens not yet delivered to the session
+  wire::verify_request request_;
+  // Counters.
+  std::uint64_t sent_ = 0, received_ = 0;
+  std::size_t connects_ = 0, reopens_ = 0;
+  double last_rtt_ = 0.0;
+};
+
+}  // namespace specdec::hybrid

@@ -1,0 +1,809 @@
+#pragma once
+/// \file specdec_serve/engine.hpp
+/// The engine of `specdec-serve`: ONE scheduler thread owns a `batched_model` (the CPU
+/// backend's `batched_transformer`, or any other) and runs continuous batching over
+/// everything the front ends submit. Each step gathers the pending work of all
+/// completions (a prompt chunk or the last generated token) and of all verify sessions (a
+/// prefix chunk, or the committed tokens the session has not seen plus the draft block)
+/// into ONE `forward_batch`, so the weights are read once per step for all clients; then
+/// it samples each completion's next token and computes each session's verdict
+/// (`greedy_match` when greedy, `rejection_sampling` with the draft's q densified from the
+/// sent support otherwise, drawing from the session's own seeded random source).
+///
+/// ## A session's state (docs/hybrid.md, "Verify protocol")
+/// `committed` is the device's committed sequence as far as the session has been told;
+/// `kv` the tokens in the session's cache. A verify request with delta d and drafts
+/// x_1..x_k sets committed += d, keeps the longest common prefix of kv and committed (at
+/// most |committed| - 1 tokens, so at least one committed token is fed), feeds the rest of
+/// committed plus the drafts, reads the last k + 1 rows, and keeps the accepted drafts in
+/// the cache: the next request's delta starts with exactly those tokens (then the verdict's
+/// next token), which are therefore not fed twice.
+///
+/// Sequence numbers: a session accepts seq = last + 1 (applied once) or seq = last with the
+/// same body (answered from the cached verdict, or re-pointed to the new connection while
+/// the original is still being computed); anything else is `bad_sequence`.
+///
+/// ```cpp
+/// specdec::cpu::batched_transformer model("models/kjv-big.bin");
+/// specdec::serve::metrics_registry metrics;
+/// specdec::serve::engine eng(model, {.model_id = "kjv-big"}, metrics);
+/// eng.start();
+/// auto stream = eng.submit({.prompt = {1, 403}, .max_tokens = 8});
+/// ```
+#include <sys/random.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <numeric>
+#include <optional>
+#include <random>
+#include <span>
+#include <string>
+#include <thread>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include "specdec/batch.hpp"
+#include "specdec/detail/speculation.hpp"
+#include "specdec/error.hpp"
+#include "specdec/hybrid/wire.hpp"
+#include "specdec/rollback.hpp"
+#include "specdec/sampling.hpp"
+#include "specdec/token.hpp"
+#include "specdec_serve/metrics.hpp"
+#include "specdec_serve/services.hpp"
+#include "specdec_serve/speculation.hpp"
+
+namespace specdec::serve {
+
+/// Knobs of an `engine`.
+///
+/// ```cpp
+/// specdec::serve::engine_options o{.model_id = "kjv-big", .max_sessions = 16, .session_ttl_seconds = 60};
+/// ```
+struct engine_options {
+  std::string model_id = "model";
+  std::size_t max_sessions = 64;           ///< open verify sessions at most
+  double session_ttl_seconds = 300.0;      ///< an idle session expires after this
+  std::size_t draft_limit = 16;            ///< drafts one verify request may carry
+  std::size_t max_step_rows = 256;         ///< rows of one batched forward (more work waits a step)
+  std::size_t prefill_chunk = 128;         ///< prompt / prefix tokens one sequence feeds per step
+  std::size_t max_completions = 64;        ///< completions running at once
+  speculation_options speculation{};
+
+  void validate() const {
+    if (max_sessions == 0 || max_completions == 0 || draft_limit == 0 || prefill_chunk == 0 ||
+        max_step_rows < draft_limit + 1 || !(session_ttl_seconds > 0.0))
+      throw invalid_argument("engine_options: max_sessions, max_completions, draft_limit, prefill_chunk >= 1, "
+                             "max_step_rows >= draft_limit + 1 and session_ttl_seconds > 0 expected; got " +
+                             std::to_string(max_sessions) + ", " + std::to_string(max_completions) + ", " +
+                             std::to_string(draft_limit) + ", " + std::to_string(prefill_chunk) + ", " +
+                             std::to_string(max_step_rows) + ", " + std::to_string(session_ttl_seconds));
+    speculation.validate(draft_limit);
+  }
+};
+
+/// `n` bytes from the kernel's CSPRNG (getrandom(2)); throws `error` if it fails.
+inline void secure_random(void* out, std::size_t n) {
+  auto* p = static_cast<unsigned char*>(out);
+  while (n > 0) {
+    const ssize_t got = ::getrandom(p, n, 0);
+    if (got < 0) {
+      if (errno == EINTR) continue;
+      throw error("secure_random: getrandom failed: " + std::string(std::strerror(errno)));
+    }
+    p += got;
+    n -= static_cast<std::size_t>(got);
+  }
+}
+
+/// The log-probabilities of `token` and of the `top` most likely tokens of a logits row.
+[[nodiscard]] inline token_logprobs logprobs_of(std::span<const float> row, token_id token, std::size_t top) {
+  const float mx = *std::max_element(row.begin(), row.end());
+  double z = 0.0;
+  for (float x : row) z += std::exp(static_cast<double>(x) - mx);
+  const double lse = mx + std::log(z);
+  token_logprobs out{token, static_cast<float>(row[static_cast<std::size_t>(token)] - lse), {}};
+  top = std::min(top, row.size());
+  if (top > 0) {
+    std::vector<token_id> ids(row.size());
+    std::iota(ids.begin(), ids.end(), 0);
+    std::partial_sort(ids.begin(), ids.begin() + static_cast<std::ptrdiff_t>(top), ids.end(), [&](token_id a, token_id b) {
+      return row[static_cast<std::size_t>(a)] > row[static_cast<std::size_t>(b)] ||
+             (row[static_cast<std::size_t>(a)] == row[static_cast<std::size_t>(b)] && a < b);
+    });
+    for (std::size_t i = 0; i < top; ++i)
+      out.top.emplace_back(ids[i], static_cast<float>(row[static_cast<std::size_t>(ids[i])] - lse));
+  }
+  return out;
+}
+
+/// The engine of the file comment, over a `batched_model` B that must outlive it.
+template <batched_model B>
+class engine final : public completion_service, public session_service {
+ public:
+  engine(B& model, engine_options options, metrics_registry& metrics)
+      : model_(model), options_(std::move(options)), metrics_(metrics) {
+    options_.validate();
+    vocab_ = static_cast<std::size_t>(model_.vocab_size());
+    context_ = static_cast<std::size_t>(model_.context_length());
+    describe_metrics();
+  }
+  engine(const engine&) = delete;
+  engine& operator=(const engine&) = delete;
+  ~engine() override { stop(); }
+
+  /// Measures the step-time curve (unless disabled or fixed) and starts the scheduler.
+  void start() {
+    if (thread_.joinable()) return;
+    if (options_.speculation.calibrate && !options_.speculation.fixed) calibrate();
+    thread_ = std::thread([this] { run(); });
+  }
+  /// Stops accepting new sessions, verify requests and completions; in-flight work goes on.
+  void begin_drain() noexcept { draining_ = true; }
+  /// Waits until no completion runs and no verify request is in flight, or until `until`;
+  /// true if idle.
+  bool wait_idle(clock::time_point until) {
+    while (active_completions_ > 0 || inflight_verifies_ > 0) {
+      if (clock::now() >= until) return false;
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    return true;
+  }
+  /// Stops the scheduler; what is still pending fails (completions with an error event,
+  /// verify requests with `shutting_down`). Idempotent.
+  void stop() {
+    draining_ = true;
+    {
+      std::lock_guard lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    if (thread_.joinable()) thread_.join();
+    fail_everything();
+  }
+
+  /// The measured step-time curve (read after `stop`, or for diagnostics).
+  [[nodiscard]] std::vector<std::pair<double, double>> cost_points() const {
+    std::lock_guard lock(curve_mu_);
+    return curve_.points();
+  }
+
+  // completion_service
+  [[nodiscard]] model_info info() const override { return {options_.model_id, vocab_, context_}; }
+  [[nodiscard]] bool accepting() const override { return !draining_; }
+  [[nodiscard]] std::size_t sessions() const override { return open_sessions_; }
+  [[nodiscard]] std::size_t completions() const override { return active_completions_; }
+  std::shared_ptr<completion_stream> submit(completion_params p) override {
+    if (draining_) throw unavailable("the server is shutting down");
+    if (active_completions_ >= options_.max_completions)
+      throw unavailable("the server runs its maximum of " + std::to_string(options_.max_completions) +
+                        " completions; retry later");
+    check_token_ids(p.prompt, vocab_, "completion prompt");
+    if (p.prompt.empty() || p.prompt.size() + p.max_tokens > context_)
+      throw invalid_argument("completion: " + std::to_string(p.prompt.size()) + " prompt tokens + max_tokens " +
+                             std::to_string(p.max_tokens) + " exceed the context length " + std::to_string(context_) +
+                             " (or the prompt is empty)");
+    p.sampling.validate();
+    auto job = std::make_shared<completion_job>();
+    job->out = std::make_shared<completion_stream>();
+    job->rng.reseed(p.seed);
+    job->p = std::move(p);
+    ++active_completions_;
+    auto out = job->out;
+    enqueue(completion_cmd{std::move(job)});
+    return out;
+  }
+
+  // session_service
+  [[nodiscard]] hybrid::wire::limits wire_limits() const override {
+    return {.vocab_size = vocab_, .max_frame_bytes = std::size_t{1} << 22, .max_tokens = context_,
+            .max_draft = options_.draft_limit, .max_support = vocab_};
+  }
+  hybrid::wire::message open(hybrid::wire::open_session m) override {
+    if (draining_) return error_message(hybrid::wire::error_code::shutting_down, "the server is shutting down");
+    if (m.version != hybrid::wire::protocol_version)
+      return error_message(hybrid::wire::error_code::unsupported_version,
+                           "protocol version " + std::to_string(m.version) + "; this server speaks " +
+                               std::to_string(hybrid::wire::protocol_version));
+    return call(open_cmd{std::move(m), {}});
+  }
+  hybrid::wire::message resume(const hybrid::wire::session_id& id) override {
+    if (draining_) return error_message(hybrid::wire::error_code::shutting_down, "the server is shutting down");
+    return call(resume_cmd{id, {}});
+  }
+  hybrid::wire::message verify(const hybrid::wire::session_id& id, hybrid::wire::verify_request m,
+                               std::uint64_t body_hash) override {
+    if (draining_)
+      return error_message(hybrid::wire::error_code::shutting_down, "the server is shutting down", m.seq);
+    ++inflight_verifies_;
+    const std::uint64_t seq = m.seq;
+    hybrid::wire::message r = call(verify_cmd{id, std::move(m), body_hash, clock::now(), {}});
+    --inflight_verifies_;
+    if (auto* e = std::get_if<hybrid::wire::error_reply>(&r); e && e->seq == 0) e->seq = seq;
+    return r;
+  }
+  void close(const hybrid::wire::session_id& id) override { enqueue(close_cmd{id}); }
+
+ private:
+  // ---- commands from the front-end threads ----
+  struct open_cmd {
+    hybrid::wire::open_session msg;
+    std::shared_ptr<reply_slot> reply;
+  };
+  struct resume_cmd {
+    hybrid::wire::session_id id;
+    std::shared_ptr<reply_slot> reply;
+  };
+  struct verify_cmd {
+    hybrid::wire::session_id id;
+    hybrid::wire::verify_request req;
+    std::uint64_t hash = 0;
+    clock::time_point received;
+    std::shared_ptr<reply_slot> reply;
+  };
+  struct close_cmd {
+    hybrid::wire::session_id id;
+  };
+  struct completion_job {
+    completion_params p;
+    std::shared_ptr<completion_stream> out;
+    sequence_id seq = 0;
+    bool started = false;
+    std::vector<token_id> tokens;  ///< prompt + generated
+    std::size_t fed = 0;           ///< tokens in the cache
+    std::size_t generated = 0;
+    random_source rng;
+  };
+  struct completion_cmd {
+    std::shared_ptr<completion_job> job;
+  };
+  using command = std::variant<open_cmd, resume_cmd, verify_cmd, close_cmd, completion_cmd>;
+
+  // ---- scheduler-owned state ----
+  struct session_state {
+    hybrid::wire::session_id id{};
+    sequence_id seq = 0;
+    sampling_params params{};
+    random_source rng;
+    std::vector<token_id> committed;  ///< the device's committed tokens, as told so far
+    std::vector<token_id> kv;         ///< the tokens in this session's cache
+    std::uint64_t last_seq = 0, last_hash = 0;
+    std::optional<hybrid::wire::message> last_reply;  ///< the answer to last_seq, once computed
+    std::optional<verify_cmd> job;                    ///< the request being computed
+    double accepted = 0.0, trials = 0.0;              ///< draft positions accepted / examined
+    clock::time_point last_active, last_verify;
+  };
+  /// One block of a step.
+  struct part {
+    completion_job* completion = nullptr;
+    session_state* session = nullptr;
+    bool verdict = false;  ///< the block ends with a verify request's drafts
+    std::size_t first = 0;  ///< completion: index of its first token in `tokens`
+  };
+
+  template <class Cmd>
+  hybrid::wire::message call(Cmd cmd) {
+    auto slot = std::make_shared<reply_slot>();
+    cmd.reply = slot;
+    enqueue(std::move(cmd));
+    return slot->wait();
+  }
+  void enqueue(command c) {
+    {
+      std::lock_guard lock(mu_);
+      if (!stop_) {
+        inbox_.push_back(std::move(c));
+        c = close_cmd{};
+      }
+    }
+    cv_.notify_all();
+    // Stopped already: answer here.
+    std::visit([&](auto& x) { fail_command(x); }, c);
+  }
+
+  void run() {
+    std::vector<command> cmds;
+    for (;;) {
+      const bool busy = has_work();
+      {
+        std::unique_lock lock(mu_);
+        if (!busy) cv_.wait_for(lock, std::chrono::milliseconds(200), [&] { return stop_ || !inbox_.empty(); });
+        if (stop_) return;
+        cmds.swap(inbox_);
+      }
+      for (auto& c : cmds) {
+        try {
+          std::visit([&](auto& x) { handle(x); }, c);
+        } catch (const std::exception& e) {
+          std::visit([&](auto& x) { fail_command(x, e.what()); }, c);
+        }
+      }
+      cmds.clear();
+      expire_sessions(clock::now());
+      try {
+        step();
+      } catch (const std::exception& e) {
+        fail_step(e.what());
+      }
+    }
+  }
+
+  [[nodiscard]] bool has_work() const {
+    if (!completions_.empty()) return true;
+    for (const auto& [id, s] : sessions_)
+      if (s.job || s.committed.size() > s.kv.size() + 1) return true;
+    return false;
+  }
+
+  // ---- commands ----
+  void handle(open_cmd& c) {
+    const auto now = clock::now();
+    if (sessions_.size() >= options_.max_sessions) expire_sessions(now);
+    if (sessions_.size() >= options_.max_sessions) {
+      metrics_.add("specdec_verify_requests_total", "type=\"open\",result=\"overloaded\"");
+      c.reply->set(error_message(hybrid::wire::error_code::overloaded,
+                                 "the server holds its maximum of " + std::to_string(options_.max_sessions) +
+                                     " sessions; decode on the device and retry later"));
+      return;
+    }
+    if (c.msg.prefix.empty() || c.msg.prefix.size() > context_) {
+      c.reply->set(error_message(hybrid::wire::error_code::invalid_request,
+                                 "open_session.prefix has " + std::to_string(c.msg.prefix.size()) +
+                                     " tokens; expected 1 to the context length " + std::to_string(context_)));
+      return;
+    }
+    session_state s;
+    secure_random(s.id.data(), s.id.size());
+    s.params = c.msg.params;
+    s.rng.reseed(c.msg.seed);
+    s.committed = std::move(c.msg.prefix);
+    s.last_active = now;
+    const sequence_id seq = model_.add_sequence();
+    s.seq = seq;
+    auto [it, inserted] = sessions_.emplace(s.id, std::move(s));
+    if (!inserted) {  // 2^-128: a repeated id is a broken random source, not bad luck
+      model_.remove_sequence(seq);
+      throw error("session id collision: the random source is broken");
+    }
+    open_sessions_ = sessions_.size();
+    metrics_.add("specdec_verify_requests_total", "type=\"open\",result=\"ok\"");
+    metrics_.set("specdec_active_sessions", "", static_cast<double>(sessions_.size()));
+    c.reply->set(opened(it->second, now));
+  }
+  void handle(resume_cmd& c) {
+    const auto it = sessions_.find(c.id);
+    if (it == sessions_.end()) {
+      metrics_.add("specdec_verify_requests_total", "type=\"resume\",result=\"unknown_session\"");
+      c.reply->set(unknown(c.id));
+      return;
+    }
+    it->second.last_active = clock::now();
+    metrics_.add("specdec_verify_requests_total", "type=\"resume\",result=\"ok\"");
+    c.reply->set(opened(it->second, it->second.last_active));
+  }
+  void handle(close_cmd& c) {
+    const auto it = sessions_.find(c.id);
+    if (it == sessions_.end()) return;
+    remove_session(it, "closed by the client");
+  }
+  void handle(completion_cmd& c) {
+    completion_job& j = *c.job;
+    j.seq = model_.add_sequence();
+    j.started = true;
+    j.tokens = j.p.prompt;
+    metrics_.add("specdec_tokens_total", "kind=\"prompt\"", static_cast<double>(j.p.prompt.size()));
+    completions_.push_back(std::move(c.job));
+    metrics_.set("specdec_active_completions", "", static_cast<double>(completions_.size()));
+  }
+  void handle(verify_cmd& c) {
+    using hybrid::wire::error_code;
+    const auto it = sessions_.find(c.id);
+    if (it == sessions_.end()) {
+      count_verify("unknown_session");
+      c.reply->set(unknown(c.id));
+      return;
+    }
+    session_state& s = it->second;
+    const auto now = clock::now();
+    s.last_active = now;
+    const std::uint64_t seq = c.req.seq;
+    const auto reject = [&](error_code code, const std::string& text) {
+      count_verify(hybrid::wire::to_string(code));
+      c.reply->set(error_message(code, text, seq));
+    };
+    if (seq == s.last_seq && seq != 0) {
+      if (c.hash != s.last_hash)
+        return reject(error_code::bad_sequence, "seq " + std::to_string(seq) +
+                                                    " was already used for a different request; expected " +
+                                                    std::to_string(seq + 1));
+      count_verify("replay");
+      if (s.job) {  // still being computed: the answer goes to the retrying connection
+        s.job->reply->set(error_message(error_code::bad_sequence, "superseded by a retry of the same request", seq));
+        s.job->reply = std::move(c.reply);
+      } else {
+        c.reply->set(*s.last_reply);
+      }
+      return;
+    }
+    if (s.job) return reject(error_code::bad_sequence, "request " + std::to_string(s.last_seq) +
+                                                           " is still being verified; send one request at a time");
+    if (seq != s.last_seq + 1)
+      return reject(error_code::bad_sequence, "seq " + std::to_string(seq) + "; expected " +
+                                                  std::to_string(s.last_seq + 1) + " (next) or " +
+                                                  std::to_string(s.last_seq) + " (a retry)");
+    const std::size_t k = c.req.draft.size();
+    const std::size_t n = s.committed.size() + c.req.committed.size();
+    if (n == 0) return reject(error_code::invalid_request, "no committed tokens; expected at least one");
+    if (n + k > context_)
+      return reject(error_code::invalid_request, std::to_string(n) + " committed + " + std::to_string(k) +
+                                                     " draft tokens exceed the context length " +
+                                                     std::to_string(context_));
+    if (!s.params.greedy() && k > 0 && c.req.q.rows() != k)
+      return reject(error_code::invalid_request,
+                    "a sampling session verifies by rejection sampling and needs the draft's distribution: " +
+                        std::to_string(c.req.q.rows()) + " support rows for " + std::to_string(k) + " drafts");
+    // Accepted: apply the delta, keep the cached prefix it shares, queue the block.
+    s.committed.insert(s.committed.end(), c.req.committed.begin(), c.req.committed.end());
+    std::size_t keep = 0;
+    while (keep < s.kv.size() && keep + 1 < s.committed.size() && s.kv[keep] == s.committed[keep]) ++keep;
+    model_.truncate(s.seq, keep);
+    s.kv.resize(keep);
+    s.last_seq = seq;
+    s.last_hash = c.hash;
+    s.last_reply.reset();
+    s.last_verify = now;
+    s.job = std::move(c);
+  }
+
+  hybrid::wire::message opened(const session_state& s, clock::time_point now) {
+    return hybrid::wire::session_opened{s.id, static_cast<std::uint32_t>(vocab_), static_cast<std::uint32_t>(context_),
+                                        static_cast<std::uint32_t>(announce(s, now, true)),
+                                        static_cast<std::uint32_t>(options_.draft_limit)};
+  }
+  static hybrid::wire::message unknown(const hybrid::wire::session_id& id) {
+    return error_message(hybrid::wire::error_code::unknown_session,
+                         "no session " + hybrid::wire::to_hex(id) +
+                             " (expired, evicted, closed or never opened); reopen it with the committed prefix");
+  }
+  void count_verify(const char* result) {
+    metrics_.add("specdec_verify_requests_total", std::string("type=\"verify\",result=\"") + result + "\"");
+  }
+
+  void remove_session(typename std::map<hybrid::wire::session_id, session_state>::iterator it, const char* why) {
+    if (it->second.job)
+      it->second.job->reply->set(error_message(hybrid::wire::error_code::unknown_session,
+                                               std::string("the session ended: ") + why, it->second.job->req.seq));
+    model_.remove_sequence(it->second.seq);
+    sessions_.erase(it);
+    open_sessions_ = sessions_.size();
+    metrics_.set("specdec_active_sessions", "", static_cast<double>(sessions_.size()));
+  }
+  void expire_sessions(clock::time_point now) {
+    const auto ttl = std::chrono::duration<double>(options_.session_ttl_seconds);
+    for (auto it = sessions_.begin(); it != sessions_.end();) {
+      auto next = std::next(it);
+      if (!it->second.job && now - it->second.last_active > ttl) {
+        remove_session(it, "idle longer than the session TTL");
+        metrics_.add("specdec_sessions_expired_total", "");
+      }
+      it = next;
+    }
+  }
+
+  // ---- dynamic speculation ----
+  std::size_t announce(const session_state& s, clock::time_point now, bool counting_self) {
+    const speculation_options& o = options_.speculation;
+    std::size_t n = 0;
+    if (o.fixed) {
+      n = *o.fixed;
+    } else {
+      const auto window = std::chrono::duration<double>(o.active_window_seconds);
+      load l{0, completions_.size()};
+      for (const auto& [id, t] : sessions_)
+        if (now - t.last_verify <= window) ++l.sessions;
+      if (counting_self && now - s.last_verify > window) ++l.sessions;
+      const double a = (s.accepted + o.prior_acceptance * o.prior_weight) / (s.trials + o.prior_weight);
+      std::lock_guard lock(curve_mu_);
+      n = choose_draft(curve_, l, a, o.max_draft);
+    }
+    metrics_.set("specdec_announced_max_draft", "", static_cast<double>(n));
+    return n;
+  }
+
+  /// Times forwards of 1, 2, 4, ... rows (blocks of at most 8 rows, as verify blocks are)
+  /// before serving, so the first announcements already rest on measurements.
+  void calibrate() {
+    std::vector<token_id> ones(8, bos_token);
+    for (std::size_t rows = 1; rows <= options_.max_step_rows; rows *= 2) {
+      const std::size_t seqs = (rows + 7) / 8;
+      std::vector<sequence_id> ids;
+      std::vector<sequence_block> blocks;
+      for (std::size_t i = 0; i < seqs; ++i) {
+        ids.push_back(model_.add_sequence());
+        const std::size_t n = std::min<std::size_t>(8, rows - 8 * i);
+        blocks.push_back({ids.back(), std::span<const token_id>(ones.data(), n)});
+      }
+      // The fastest of 5 (after a warm-up): a shared machine's other tenants only add time;
+      // the online observations then pull the curve towards the load actually seen.
+      double best = 1e30;
+      for (int rep = 0; rep < 6; ++rep) {
+        for (sequence_id id : ids) model_.truncate(id, 0);
+        const auto t0 = clock::now();
+        (void)model_.forward_batch(blocks);
+        if (rep > 0) best = std::min(best, std::chrono::duration<double>(clock::now() - t0).count());
+      }
+      {
+        std::lock_guard lock(curve_mu_);
+        curve_.observe(rows, best);
+      }
+      for (sequence_id id : ids) model_.remove_sequence(id);
+    }
+  }
+
+  // ---- one batched step ----
+  void step() {
+    blocks_.clear();
+    parts_.clear();
+    scratch_.resize(sessions_.size() + 1);
+    std::size_t rows = 0, scratch_used = 0;
+    const std::size_t budget = options_.max_step_rows;
+    const auto fits = [&](std::size_t n) { return blocks_.empty() || rows + n <= budget; };
+    // Completions first (one row each when decoding), rotating who goes first.
+    const std::size_t nc = completions_.size();
+    for (std::size_t i = 0; i < nc; ++i) {
+      completion_job& j = *completions_[(i + rotation_) % nc];
+      if (j.out->cancelled()) continue;
+      const std::size_t n = std::min(options_.prefill_chunk, j.tokens.size() - j.fed);
+      if (n == 0 || !fits(n)) continue;
+      blocks_.push_back({j.seq, std::span<const token_id>(j.tokens.data() + j.fed, n)});
+      parts_.push_back({&j, nullptr, false, j.fed});
+      rows += n;
+    }
+    for (auto& [id, s] : sessions_) {
+      // Between requests the cache may hold more than `committed` (the accepted drafts of
+      // the last verdict, which the next delta will commit): then nothing is unseen.
+      const std::size_t unseen = s.committed.size() > s.kv.size() ? s.committed.size() - s.kv.size() : 0;
+      std::vector<token_id>& buf = scratch_[scratch_used];
+      buf.clear();
+      bool verdict = false;
+      if (s.job && unseen <= options_.prefill_chunk + 1) {
+        buf.assign(s.committed.begin() + static_cast<std::ptrdiff_t>(s.kv.size()), s.committed.end());
+        buf.insert(buf.end(), s.job->req.draft.begin(), s.job->req.draft.end());
+        verdict = true;
+      } else if (unseen > 1) {  // prefill: feed all but the last committed token, in chunks
+        const std::size_t n = std::min(options_.prefill_chunk, unseen - 1);
+        buf.assign(s.committed.begin() + static_cast<std::ptrdiff_t>(s.kv.size()),
+                   s.committed.begin() + static_cast<std::ptrdiff_t>(s.kv.size() + n));
+      }
+      if (buf.empty() || !fits(buf.size())) continue;
+      blocks_.push_back({s.seq, buf});
+      parts_.push_back({nullptr, &s, verdict, 0});
+      rows += buf.size();
+      ++scratch_used;
+    }
+    ++rotation_;
+    if (blocks_.empty()) {
+      drop_cancelled();
+      return;
+    }
+    const auto t0 = clock::now();
+    const batch_logits out = model_.forward_batch(blocks_);
+    const double dt = std::chrono::duration<double>(clock::now() - t0).count();
+    {
+      std::lock_guard lock(curve_mu_);
+      curve_.observe(rows, dt);
+    }
+    metrics_.observe("specdec_step_seconds", "", dt);
+    metrics_.observe("specdec_batch_rows", "", static_cast<double>(rows));
+    metrics_.observe("specdec_batch_sequences", "", static_cast<double>(blocks_.size()));
+    for (std::size_t i = 0; i < parts_.size(); ++i) {
+      const logits_block l = out.block(i);
+      if (parts_[i].completion != nullptr) after_completion(*parts_[i].completion, l, parts_[i].first);
+      else after_session(*parts_[i].session, l, blocks_[i].tokens, parts_[i].verdict);
+    }
+    drop_cancelled();
+  }
+
+  void after_completion(completion_job& j, const logits_block& l, std::size_t first) {
+    j.fed += l.rows;
+    if (j.p.prompt_logprobs) {  // row r predicts token first + r + 1
+      for (std::size_t r = 0; r < l.rows && first + r + 1 < j.p.prompt.size(); ++r) {
+        const token_id t = j.p.prompt[first + r + 1];
+        j.out->push({completion_event::kind::prompt, t, logprobs_of(l.row(r), t, j.p.logprobs.value_or(0)), {}});
+      }
+    }
+    if (j.fed < j.tokens.size()) return;  // still feeding the prompt
+    if (j.p.max_tokens == 0) return finish(j, "length");
+    probs_.resize(vocab_);
+    const std::span<const float> row = l.row(l.rows - 1);
+    const token_id t = specdec::detail::sample_token(row, j.p.sampling, probs_, j.rng);
+    j.tokens.push_back(t);
+    ++j.generated;
+    metrics_.add("specdec_tokens_total", "kind=\"generated\"");
+    completion_event e{completion_event::kind::token, t, std::nullopt, {}};
+    if (j.p.logprobs) e.logprobs = logprobs_of(row, t, *j.p.logprobs);
+    j.out->push(std::move(e));
+    if (j.p.stop_at_eos && t == eos_token) return finish(j, "stop");
+    if (j.generated >= j.p.max_tokens || j.tokens.size() >= context_) return finish(j, "length");
+  }
+  void finish(completion_job& j, const char* reason) {
+    j.out->push({completion_event::kind::finished, 0, std::nullopt, reason});
+    j.out->cancel();  // done: dropped from the batch below
+  }
+  void drop_cancelled() {
+    const auto it = std::stable_partition(completions_.begin(), completions_.end(),
+                                          [](const auto& j) { return !j->out->cancelled(); });
+    for (auto d = it; d != completions_.end(); ++d) {
+      model_.remove_sequence((*d)->seq);
+      --active_completions_;
+    }
+    if (it != completions_.end()) {
+      completions_.erase(it, completions_.end());
+      metrics_.set("specdec_active_completions", "", static_cast<double>(completions_.size()));
+    }
+  }
+
+  void after_session(session_state& s, const logits_block& l, std::span<const token_id> fed, bool verdict) {
+    s.kv.insert(s.kv.end(), fed.begin(), fed.end());
+    if (!verdict) return;
+    verify_cmd& job = *s.job;
+    const std::size_t k = job.req.draft.size();
+    const std::span<const float> rows(l.data + (l.rows - k - 1) * vocab_, (k + 1) * vocab_);
+    verify_result v{};
+    if (k == 0) {
+      probs_.resize(vocab_);
+      v.next = specdec::detail::sample_token(rows, s.params, probs_, s.rng);
+    } else if (s.params.greedy()) {
+      // greedy_match reads only the logits; q and p are shape-checked, so the logits stand in.
+      const verify_input in{job.req.draft, rows, rows, rows, vocab_, &s.params, &s.rng};
+      v = greedy_match{}.verify(in);
+    } else {
+      q_.resize(k * vocab_);
+      p_.resize((k + 1) * vocab_);
+      for (std::size_t i = 0; i < k; ++i) job.req.q.densify(i, std::span<float>(q_).subspan(i * vocab_, vocab_));
+      for (std::size_t i = 0; i <= k; ++i)
+        make_distribution(rows.subspan(i * vocab_, vocab_), s.params, std::span<float>(p_).subspan(i * vocab_, vocab_));
+      const verify_input in{job.req.draft, q_, p_, rows, vocab_, &s.params, &s.rng};
+      v = rejection_sampling{}.verify(in);
+    }
+    // Keep the accepted drafts cached: the next delta starts with them.
+    const std::size_t keep = s.committed.size() + v.accepted;
+    model_.truncate(s.seq, keep);
+    s.kv.resize(keep);
+    if (k > 0) {
+      s.accepted += static_cast<double>(v.accepted);
+      s.trials += static_cast<double>(v.accepted + (v.accepted < k ? 1 : 0));
+    }
+    const auto now = clock::now();
+    metrics_.add("specdec_tokens_total", "kind=\"drafted\"", static_cast<double>(k));
+    metrics_.add("specdec_tokens_total", "kind=\"accepted\"", static_cast<double>(v.accepted));
+    metrics_.add("specdec_tokens_total", "kind=\"verified\"", static_cast<double>(v.accepted + 1));
+    metrics_.observe("specdec_verify_seconds", "", std::chrono::duration<double>(now - job.received).count());
+    metrics_.add("specdec_verify_requests_total", "type=\"verify\",result=\"verdict\"");
+    hybrid::wire::message reply = hybrid::wire::verdict{job.req.seq, static_cast<std::uint32_t>(v.accepted), v.next,
+                                                        static_cast<std::uint32_t>(announce(s, now, false))};
+    s.last_reply = reply;
+    job.reply->set(std::move(reply));
+    s.job.reset();
+  }
+
+  // ---- failure paths ----
+  void fail_step(const std::string& what) {
+    for (auto& j : completions_) {
+      j->out->push({completion_event::kind::failed, 0, std::nullopt, "internal error: " + what});
+      j->out->cancel();
+    }
+    for (auto it = sessions_.begin(); it != sessions_.end();) {
+      auto next = std::next(it);
+      if (it->second.job) {  // its cache state is unknown now: end the session, the client reopens
+        it->second.job->reply->set(
+            error_message(hybrid::wire::error_code::internal, "internal error: " + what, it->second.job->req.seq));
+        it->second.job.reset();
+        remove_session(it, "internal error");
+      }
+      it = next;
+    }
+    drop_cancelled();
+  }
+  void fail_command(open_cmd& c, const std::string& why = "the server is shutting down") {
+    if (c.reply) c.reply->set(error_message(failure_code(), why));
+  }
+  void fail_command(resume_cmd& c, const std::string& why = "the server is shutting down") {
+    if (c.reply) c.reply->set(error_message(failure_code(), why));
+  }
+  void fail_command(verify_cmd& c, const std::string& why = "the server is shutting down") {
+    if (c.reply) c.reply->set(error_message(failure_code(), why, c.req.seq));
+  }
+  void fail_command(close_cmd&, const std::string& = {}) {}
+  void fail_command(completion_cmd& c, const std::string& why = "the server is shutting down") {
+    if (!c.job) return;
+    c.job->out->push({completion_event::kind::failed, 0, std::nullopt, why});
+    c.job->out->cancel();
+    --active_completions_;
+  }
+  [[nodiscard]] hybrid::wire::error_code failure_code() const {
+    return stop_ ? hybrid::wire::error_code::shutting_down : hybrid::wire::error_code::internal;
+  }
+  /// After the scheduler stopped: every pending request fails, every sequence is freed.
+  void fail_everything() {
+    std::vector<command> cmds;
+    {
+      std::lock_guard lock(mu_);
+      cmds.swap(inbox_);
+    }
+    for (auto& c : cmds) std::visit([&](auto& x) { fail_command(x); }, c);
+    for (auto& j : completions_) {
+      j->out->push({completion_event::kind::failed, 0, std::nullopt, "the server is shutting down"});
+      j->out->cancel();
+    }
+    drop_cancelled();
+    while (!sessions_.empty()) {
+      auto it = sessions_.begin();
+      if (it->second.job)
+        it->second.job->reply->set(error_message(hybrid::wire::error_code::shutting_down,
+                                                 "the server is shutting down", it->second.job->req.seq));
+      it->second.job.reset();
+      remove_session(it, "the server is shutting down");
+    }
+  }
+
+  void describe_metrics() {
+    const std::vector<double> secs{0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5};
+    const std::vector<double> counts{1, 2, 4, 8, 16, 32, 64, 128, 256, 512};
+    metrics_.describe("specdec_verify_requests_total", "counter",
+                      "Verify-protocol requests by type (open, resume, verify) and result");
+    metrics_.describe("specdec_sessions_expired_total", "counter", "Verify sessions removed after their idle TTL");
+    metrics_.describe("specdec_tokens_total", "counter",
+                      "Tokens by kind: prompt (completions), generated (completions), drafted, accepted and "
+                      "verified (= accepted + next) in verify rounds");
+    metrics_.describe("specdec_active_sessions", "gauge", "Open verify sessions");
+    metrics_.describe("specdec_active_completions", "gauge", "Completions being generated");
+    metrics_.describe("specdec_announced_max_draft", "gauge", "The draft length announced last (dynamic speculation)");
+    metrics_.describe("specdec_step_seconds", "histogram", "Wall time of one batched forward", secs);
+    metrics_.describe("specdec_verify_seconds", "histogram",
+                      "Server time of a verify request, from its arrival to its verdict", secs);
+    metrics_.describe("specdec_batch_rows", "histogram", "Rows (tokens) per batched forward", counts);
+    metrics_.describe("specdec_batch_sequences", "histogram", "Sequences (blocks) per batched forward", counts);
+    metrics_.set("specdec_active_sessions", "", 0);
+    metrics_.set("specdec_active_completions", "", 0);
+  }
+
+  B& model_;
+  engine_options options_;
+  metrics_registry& metrics_;
+  std::size_t vocab_ = 0, context_ = 0;
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<command> inbox_;  ///< guarded by mu_
+  std::atomic<bool> stop_{false};  ///< set under mu_ (the scheduler waits on it)
+  std::atomic<bool> draining_{false};
+  std::atomic<std::size_t> active_completions_{0}, inflight_verifies_{0}, open_sessions_{0};
+  std::thread thread_;
+
+  mutable std::mutex curve_mu_;
+  cost_curve curve_;  ///< guarded by curve_mu_
+
+  // Scheduler thread only.
+  std::map<hybrid::wire::session_id, session_state> sessions_;
+  std::vector<std::shared_ptr<completion_job>> completions_;
+  std::vector<sequence_block> blocks_;
+  std::vector<part> parts_;
+  std::vector<std::vector<token_id>> scratch_;
+  std::size_t rotation_ = 0;
+  std::vector<float> probs_, q_, p_;
+};
+
+}  // namespace specdec::serve

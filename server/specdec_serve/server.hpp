@@ -1,0 +1,131 @@
+#pragma once
+/// \file specdec_serve/server.hpp
+/// `specdec-serve` as a class: the engine (one scheduler thread over the batched model),
+/// the HTTP API on one port and the verify protocol on another, started and stopped
+/// together. The program (server/main.cpp) and the tests (in process, on ephemeral
+/// loopback ports) both use it.
+///
+/// Graceful stop: new sessions, verify requests and completions are refused (503 /
+/// `shutting_down`, and `/health` turns 503 "draining"), in-flight work gets
+/// `drain_seconds` to finish, then whatever remains fails cleanly (streams end with an
+/// error event and `[DONE]`, verify requests get `shutting_down`) and both ports close.
+///
+/// ```cpp
+/// specdec::cpu::batched_transformer model("models/kjv-big.bin", {.threads = 2});
+/// specdec::serve::server srv(model, {}, {.http_port = 0, .verify_port = 0});
+/// srv.start();
+/// std::uint16_t http = srv.http_port(), verify = srv.verify_port();
+/// srv.stop();
+/// ```
+#include <httplib.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <thread>
+#include <utility>
+
+#include "specdec/batch.hpp"
+#include "specdec/error.hpp"
+#include "specdec_serve/engine.hpp"
+#include "specdec_serve/http_api.hpp"
+#include "specdec_serve/metrics.hpp"
+#include "specdec_serve/verify_listener.hpp"
+
+namespace specdec::serve {
+
+/// Everything `specdec-serve` can be told.
+struct serve_options {
+  std::string host = "127.0.0.1";  ///< address both ports bind
+  std::uint16_t http_port = 8080;  ///< 0 = ephemeral
+  std::uint16_t verify_port = 0;   ///< 0 = ephemeral (announced in /health as "verify_port")
+  std::size_t http_threads = 16;   ///< HTTP worker threads (a streaming completion holds one)
+  double drain_seconds = 10.0;     ///< how long a graceful stop waits for in-flight work
+  engine_options engine{};
+  http_options http{};
+  listener_options listener{};     ///< host and port are taken from above
+};
+
+template <batched_model B>
+class server {
+ public:
+  server(B& model, text_codec codec, serve_options options)
+      : options_(std::move(options)),
+        engine_(model, options_.engine, metrics_),
+        http_api_(engine_, metrics_, std::move(codec), options_.http,
+                  [this](json& h) {
+                    h["verify_port"] = listener_.port();
+                    h["step_time_curve"] = engine_.cost_points();  // [[rows, seconds], ...]
+                  }),
+        listener_(engine_, metrics_, with_address(options_.listener)) {}
+  server(const server&) = delete;
+  server& operator=(const server&) = delete;
+  ~server() { stop(); }
+
+  /// Calibrates the engine, binds both ports (throws `error` naming the address if one
+  /// cannot be bound) and starts serving.
+  void start() {
+    engine_.start();
+    listener_.start();
+    http_.new_task_queue = [n = options_.http_threads] { return new httplib::ThreadPool(n); };
+    http_.set_read_timeout(10, 0);
+    http_.set_write_timeout(10, 0);
+    http_.set_keep_alive_timeout(5);
+    http_api_.install(http_);
+    int port = options_.http_port == 0 ? http_.bind_to_any_port(options_.host)
+                                       : (http_.bind_to_port(options_.host, options_.http_port) ? options_.http_port : -1);
+    if (port <= 0) {
+      listener_.stop();
+      engine_.stop();
+      throw error("specdec-serve: cannot bind HTTP on " + options_.host + ":" + std::to_string(options_.http_port));
+    }
+    http_port_ = static_cast<std::uint16_t>(port);
+    // bind_to_*port already listens: connections queue until the accept loop runs.
+    http_thread_ = std::thread([this] { http_.listen_after_bind(); });
+    running_ = true;
+  }
+
+  /// The graceful stop of the file comment. Idempotent.
+  void stop() {
+    if (!running_.exchange(false)) return;
+    engine_.begin_drain();
+    engine_.wait_idle(clock::now() + std::chrono::duration_cast<clock::duration>(
+                                         std::chrono::duration<double>(options_.drain_seconds)));
+    engine_.stop();  // every stream now has its last event queued
+    listener_.stop();
+    // Let the HTTP workers write those last events before the server closes the sockets
+    // (httplib abandons a chunked response that is still being written when stopped).
+    const auto until = clock::now() + std::chrono::seconds(2);
+    while (http_api_.responses_in_flight() > 0 && clock::now() < until)
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    http_.stop();
+    if (http_thread_.joinable()) http_thread_.join();
+  }
+
+  [[nodiscard]] std::uint16_t http_port() const noexcept { return http_port_; }
+  [[nodiscard]] std::uint16_t verify_port() const noexcept { return listener_.port(); }
+  [[nodiscard]] bool running() const noexcept { return running_; }
+  [[nodiscard]] metrics_registry& metrics() noexcept { return metrics_; }
+  [[nodiscard]] engine<B>& core() noexcept { return engine_; }
+
+ private:
+  listener_options with_address(listener_options l) const {
+    l.host = options_.host;
+    l.port = options_.verify_port;
+    return l;
+  }
+
+  serve_options options_;
+  metrics_registry metrics_;
+  engine<B> engine_;
+  http_api http_api_;
+  verify_listener listener_;
+  httplib::Server http_;
+  std::thread http_thread_;
+  std::uint16_t http_port_ = 0;
+  std::atomic<bool> running_{false};
+};
+
+}  // namespace specdec::serve

@@ -1,0 +1,146 @@
+#pragma once
+/// \file specdec_serve/speculation.hpp
+/// The server's dynamic speculation: how many draft tokens it announces it will verify
+/// per round, from its measured step-time curve t(R) (seconds of one batched forward of R
+/// rows) and its current load.
+///
+/// With S split-decoding sessions active, C completion streams decoding and a per-position
+/// acceptance rate a, a step in which every session verifies n drafts costs
+/// t(S (n + 1) + C) and yields S E(n, a) + C tokens, E(n, a) = 1 + a + ... + a^n the
+/// expected tokens of a round. The server announces the n in [0, max_draft] that
+/// maximises tokens per server-second,
+///
+///     n* = argmax_n (S E(n, a) + C) / t(S (n + 1) + C),
+///
+/// so n* = 0 (plain decoding through the verify protocol, one row per token) whenever no
+/// draft length would serve more tokens per second than none: under load split decoding
+/// never costs the server throughput. At batch 1 on a bandwidth-bound model t(n + 1)
+/// barely exceeds t(1) and n* is large; as the batch grows the forward turns compute-bound,
+/// t(S (n + 1)) approaches (n + 1) t(S) and n* falls to 0.
+///
+/// ```cpp
+/// specdec::serve::cost_curve t;
+/// t.observe(1, 0.0010);
+/// t.observe(16, 0.0030);
+/// t.observe(64, 0.0110);
+/// std::size_t n = specdec::serve::choose_draft(t, {.sessions = 1}, 0.7, 8);   // large
+/// std::size_t m = specdec::serve::choose_draft(t, {.sessions = 16}, 0.7, 8);  // smaller
+/// ```
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstddef>
+#include <optional>
+#include <utility>
+#include <vector>
+
+#include "specdec/error.hpp"
+
+namespace specdec::serve {
+
+/// Seconds of one batched forward as a function of its row count, learned from
+/// observations: one exponentially weighted mean (of rows and of seconds) per
+/// power-of-two bucket of rows, interpolated linearly between buckets. Above the largest
+/// observed bucket the time is extrapolated proportionally to the rows (the compute-bound
+/// limit, the pessimistic side); below the smallest it is that bucket's time.
+class cost_curve {
+ public:
+  static constexpr std::size_t buckets = 24;
+
+  /// Records one forward of `rows` rows that took `seconds`. The first observations of a
+  /// bucket are averaged plainly, later ones weighted by `weight` (recent load counts).
+  void observe(std::size_t rows, double seconds, double weight = 0.1) {
+    if (rows == 0 || !(seconds >= 0.0) || !std::isfinite(seconds)) return;
+    bucket& b = b_[std::min<std::size_t>(static_cast<std::size_t>(std::log2(static_cast<double>(rows))), buckets - 1)];
+    ++b.n;
+    const double w = std::max(weight, 1.0 / static_cast<double>(b.n));
+    b.rows += w * (static_cast<double>(rows) - b.rows);
+    b.seconds += w * (seconds - b.seconds);
+  }
+  [[nodiscard]] bool empty() const noexcept {
+    return std::none_of(b_.begin(), b_.end(), [](const bucket& b) { return b.n > 0; });
+  }
+  /// The curve's (rows, seconds) points, by increasing rows.
+  [[nodiscard]] std::vector<std::pair<double, double>> points() const {
+    std::vector<std::pair<double, double>> p;
+    for (const bucket& b : b_)
+      if (b.n > 0) p.emplace_back(b.rows, b.seconds);
+    return p;
+  }
+  /// t(rows); 0 when nothing was observed.
+  [[nodiscard]] double seconds(double rows) const {
+    const auto p = points();
+    if (p.empty()) return 0.0;
+    if (rows <= p.front().first) return p.front().second;
+    for (std::size_t i = 1; i < p.size(); ++i) {
+      if (rows <= p[i].first) {
+        const double f = (rows - p[i - 1].first) / (p[i].first - p[i - 1].first);
+        return p[i - 1].second + f * (p[i].second - p[i - 1].second);
+      }
+    }
+    return p.back().second * rows / p.back().first;
+  }
+
+ private:
+  struct bucket {
+    double rows = 0.0, seconds = 0.0;
+    std::size_t n = 0;
+  };
+  std::array<bucket, buckets> b_{};
+};
+
+/// E(n, a) = 1 + a + ... + a^n: expected tokens of a round with n drafts, each accepted
+/// with probability a independently (the verdict's own token included).
+[[nodiscard]] inline double expected_tokens(std::size_t n, double a) {
+  double e = 0.0, ai = 1.0;
+  for (std::size_t i = 0; i <= n; ++i, ai *= a) e += ai;
+  return e;
+}
+
+/// The load the announcement is computed for.
+struct load {
+  std::size_t sessions = 1;     ///< split-decoding sessions active (the asking one included)
+  std::size_t completions = 0;  ///< completion streams decoding
+};
+
+/// n* of the file comment; `max_draft` when the curve is still empty.
+[[nodiscard]] inline std::size_t choose_draft(const cost_curve& t, load l, double acceptance, std::size_t max_draft) {
+  if (max_draft == 0 || t.empty()) return max_draft;
+  const double s = static_cast<double>(std::max<std::size_t>(l.sessions, 1));
+  const double c = static_cast<double>(l.completions);
+  const double a = std::clamp(acceptance, 0.0, 1.0);
+  std::size_t best_n = 0;
+  double best = (s + c) / t.seconds(s + c);
+  for (std::size_t n = 1; n <= max_draft; ++n) {
+    const double g = (s * expected_tokens(n, a) + c) / t.seconds(s * static_cast<double>(n + 1) + c);
+    if (g > best) best = g, best_n = n;
+  }
+  return best_n;
+}
+
+/// How the server announces draft lengths.
+///
+/// ```cpp
+/// specdec::serve::speculation_options fixed{.fixed = 4};   // always announce 4
+/// ```
+struct speculation_options {
+  std::size_t max_draft = 8;          ///< never announce more (<= the server's draft_limit)
+  std::optional<std::size_t> fixed;   ///< announce this constant instead of n*
+  double prior_acceptance = 0.6;      ///< a of a new session ...
+  double prior_weight = 4.0;          ///< ... worth this many observed draft positions
+  double active_window_seconds = 1.0; ///< a session counts as active this long after a verify
+  bool calibrate = true;              ///< measure t(R) at startup (else learn it online only)
+
+  void validate(std::size_t draft_limit) const {
+    if (max_draft > draft_limit || (fixed && *fixed > draft_limit))
+      throw invalid_argument("speculation_options: max_draft = " + std::to_string(max_draft) +
+                             (fixed ? ", fixed = " + std::to_string(*fixed) : std::string()) +
+                             "; expected at most draft_limit = " + std::to_string(draft_limit));
+    if (!(prior_acceptance >= 0.0 && prior_acceptance <= 1.0) || !(prior_weight > 0.0) ||
+        !(active_window_seconds > 0.0))
+      throw invalid_argument("speculation_options: prior_acceptance in [0, 1], prior_weight > 0 and "
+                             "active_window_seconds > 0 expected");
+  }
+};
+
+}  // namespace specdec::serve
