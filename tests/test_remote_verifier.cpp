@@ -29,7 +29,8 @@
 namespace {
 using namespace specdec;
 using hybrid::remote_verifier;
-using testing::markov_model;
+using specdec::testing::markov_model;
+using specdec::testing::markov_options;
 
 const std::string models = SPECDEC_MODELS_DIR;
 

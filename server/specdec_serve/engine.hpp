@@ -55,7 +55,7 @@
 #include <vector>
 
 #include "specdec/batch.hpp"
-#include "specdec/detail/speculation.hpp"
+#include "specdec/verifier.hpp"
 #include "specdec/error.hpp"
 #include "specdec/hybrid/wire.hpp"
 #include "specdec/rollback.hpp"
@@ -628,7 +628,7 @@ class engine final : public completion_service, public session_service {
     if (j.p.max_tokens == 0) return finish(j, "length");
     probs_.resize(vocab_);
     const std::span<const float> row = l.row(l.rows - 1);
-    const token_id t = specdec::detail::sample_token(row, j.p.sampling, probs_, j.rng);
+    const token_id t = specdec::sample_token(row, j.p.sampling, probs_, j.rng);
     j.tokens.push_back(t);
     ++j.generated;
     metrics_.add("specdec_tokens_total", "kind=\"generated\"");
@@ -660,24 +660,19 @@ class engine final : public completion_service, public session_service {
     if (!verdict) return;
     verify_cmd& job = *s.job;
     const std::size_t k = job.req.draft.size();
-    const std::span<const float> rows(l.data + (l.rows - k - 1) * vocab_, (k + 1) * vocab_);
-    verify_result v{};
-    if (k == 0) {
-      probs_.resize(vocab_);
-      v.next = specdec::detail::sample_token(rows, s.params, probs_, s.rng);
-    } else if (s.params.greedy()) {
-      // greedy_match reads only the logits; q and p are shape-checked, so the logits stand in.
-      const verify_input in{job.req.draft, rows, rows, rows, vocab_, &s.params, &s.rng};
-      v = greedy_match{}.verify(in);
-    } else {
+    // The library's one verdict path (verifier.hpp): greedy_match when greedy, rejection
+    // sampling with the draft's exact q (densified from the sent support) otherwise.
+    const logits_block rows{l.data + (l.rows - k - 1) * vocab_, k + 1, vocab_};
+    draft_block d{.tokens = job.req.draft, .position = s.committed.size()};
+    if (!s.params.greedy() && k > 0) {
       q_.resize(k * vocab_);
-      p_.resize((k + 1) * vocab_);
       for (std::size_t i = 0; i < k; ++i) job.req.q.densify(i, std::span<float>(q_).subspan(i * vocab_, vocab_));
-      for (std::size_t i = 0; i <= k; ++i)
-        make_distribution(rows.subspan(i * vocab_, vocab_), s.params, std::span<float>(p_).subspan(i * vocab_, vocab_));
-      const verify_input in{job.req.draft, q_, p_, rows, vocab_, &s.params, &s.rng};
-      v = rejection_sampling{}.verify(in);
+      d.q = q_;
     }
+    greedy_match greedy;
+    rejection_sampling sampled;
+    const specdec::verdict v = s.params.greedy() ? judge(greedy, rows, d, s.params, s.rng, judge_buf_, "specdec-serve")
+                                        : judge(sampled, rows, d, s.params, s.rng, judge_buf_, "specdec-serve");
     // Keep the accepted drafts cached: the next delta starts with them.
     const std::size_t keep = s.committed.size() + v.accepted;
     model_.truncate(s.seq, keep);
@@ -803,7 +798,8 @@ class engine final : public completion_service, public session_service {
   std::vector<part> parts_;
   std::vector<std::vector<token_id>> scratch_;
   std::size_t rotation_ = 0;
-  std::vector<float> probs_, q_, p_;
+  std::vector<float> probs_, q_;
+  specdec::detail::judge_buffers judge_buf_;
 };
 
 }  // namespace specdec::serve

@@ -30,8 +30,8 @@ struct link_monitor_options {
   link_estimate prior{};
 
   void validate() const {
-    detail::check_range("link_monitor_options.ewma_weight", ewma_weight, 1e-9, 1.0, "in (0, 1]");
-    if (window == 0) detail::fail_knob("link_monitor_options.window", "0", ">= 1");
+    specdec::detail::check_range("link_monitor_options.ewma_weight", ewma_weight, 1e-9, 1.0, "in (0, 1]");
+    if (window == 0) specdec::detail::fail_knob("link_monitor_options.window", "0", ">= 1");
     prior.validate();
   }
 };
@@ -44,7 +44,7 @@ class link_monitor {
   /// A successful round trip of `rtt_seconds` that moved the given bytes (payload and
   /// framing, as counted at the socket).
   void record(double rtt_seconds, std::uint64_t bytes_up, std::uint64_t bytes_down) {
-    detail::check_non_negative("link_monitor::record rtt_seconds", rtt_seconds);
+    specdec::detail::check_non_negative("link_monitor::record rtt_seconds", rtt_seconds);
     ewma_ = samples_ == 0 ? rtt_seconds : (1.0 - opt_.ewma_weight) * ewma_ + opt_.ewma_weight * rtt_seconds;
     if (window_.size() < opt_.window) window_.push_back(rtt_seconds);
     else window_[samples_ % opt_.window] = rtt_seconds;
@@ -64,7 +64,7 @@ class link_monitor {
   [[nodiscard]] double rtt_ewma() const noexcept { return samples_ == 0 ? opt_.prior.rtt_seconds : ewma_; }
   /// The q-quantile (q in [0, 1]) of the RTTs in the window, nearest rank.
   [[nodiscard]] double rtt_quantile(double q) const {
-    detail::check_range("link_monitor::rtt_quantile q", q, 0.0, 1.0, "in [0, 1]");
+    specdec::detail::check_range("link_monitor::rtt_quantile q", q, 0.0, 1.0, "in [0, 1]");
     if (window_.empty()) return opt_.prior.rtt_seconds;
     std::vector<double> s(window_);
     const std::size_t i = std::min(s.size() - 1, static_cast<std::size_t>(std::ceil(q * static_cast<double>(s.size()))) -

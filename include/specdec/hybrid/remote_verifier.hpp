@@ -55,7 +55,7 @@ struct remote_verifier_options {
   hybrid::privacy privacy = hybrid::privacy::may_leave_device;  ///< local_only: never connects
 
   void validate() const {
-    if (vocab == 0) detail::fail_knob("remote_verifier_options.vocab", "0", "the draft's vocabulary size (> 0)");
+    if (vocab == 0) specdec::detail::fail_knob("remote_verifier_options.vocab", "0", "the draft's vocabulary size (> 0)");
     client.validate();
   }
 };
@@ -86,8 +86,10 @@ class remote_verifier {
   [[nodiscard]] verify_client& client() noexcept { return *client_; }
   [[nodiscard]] const link_monitor& monitor() const noexcept { return monitor_; }
 
-  /// A new generation: the next `verify` opens a fresh session with S as its prefix.
+  /// A new generation: ends the server's session (it keeps no state for a finished
+  /// request), and the next `verify` opens a fresh one with S as its prefix.
   void reset() {
+    if (opened_) client_->close();
     opened_ = false;
     sent_ = 0;
   }
@@ -176,7 +178,7 @@ class failover_verifier {
 
   failover_verifier(Primary primary, Backup backup, double retry_seconds = 1.0)
       : primary_(std::move(primary)), backup_(std::move(backup)), retry_seconds_(retry_seconds) {
-    detail::check_non_negative("failover_verifier retry_seconds", retry_seconds);
+    specdec::detail::check_non_negative("failover_verifier retry_seconds", retry_seconds);
     if (primary_.vocab_size() != backup_.vocab_size())
       throw vocabulary_mismatch("failover_verifier: the primary's vocabulary has " +
                                 std::to_string(primary_.vocab_size()) + " tokens, the backup's " +
