@@ -6,7 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(cmake g++ make libeigen3-dev libxtensor-dev librange-v3-dev libgtest-dev libbenchmark-dev sentencepiece)
+packages=(cmake g++ make libeigen3-dev libxtensor-dev librange-v3-dev libgtest-dev libbenchmark-dev sentencepiece
+          nlohmann-json3-dev libssl-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
