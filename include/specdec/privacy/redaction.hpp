@@ -36,6 +36,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "specdec/error.hpp"
@@ -193,8 +194,9 @@ constexpr bool may_start_placeholder(char c) noexcept {
       if (e.kind == s.kind && e.original == value) entry = &e;
     if (entry == nullptr) {
       const unsigned number = ++next[static_cast<std::size_t>(s.kind)];
-      out.entries.push_back({"<" + std::string(to_string(s.kind)) + "_" + std::to_string(number) + ">",
-                             std::string(value), s.kind, number});
+      std::string placeholder(1, '<');
+      placeholder.append(to_string(s.kind)).append("_").append(std::to_string(number)).push_back('>');
+      out.entries.push_back({std::move(placeholder), std::string(value), s.kind, number});
       entry = &out.entries.back();
     }
     out.text.append(text.substr(copied, s.begin - copied));
