@@ -74,9 +74,9 @@ void bm_detect(benchmark::State& state) {
     benchmark::DoNotOptimize(d);
   }
   state.SetBytesProcessed(state.iterations() * static_cast<std::int64_t>(text.size()));
-  state.counters["per_KB"] = benchmark::Counter(static_cast<double>(state.iterations()) *
-                                                    static_cast<double>(text.size()) / 1024.0,
-                                                benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+  state.counters["per_KB"] =
+      benchmark::Counter(static_cast<double>(state.iterations()) * static_cast<double>(text.size()) / 1024.0,
+                         benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
   state.counters["spans"] = static_cast<double>(spans);
   state.SetLabel(input_name(which));
 }
@@ -101,9 +101,9 @@ void bm_std_regex_three_patterns(benchmark::State& state) {
     benchmark::DoNotOptimize(n);
   }
   state.SetBytesProcessed(state.iterations() * static_cast<std::int64_t>(text.size()));
-  state.counters["per_KB"] = benchmark::Counter(static_cast<double>(state.iterations()) *
-                                                    static_cast<double>(text.size()) / 1024.0,
-                                                benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+  state.counters["per_KB"] =
+      benchmark::Counter(static_cast<double>(state.iterations()) * static_cast<double>(text.size()) / 1024.0,
+                         benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
 }
 BENCHMARK(bm_std_regex_three_patterns)->Arg(1024)->Arg(16384)->Unit(benchmark::kMicrosecond);
 

@@ -58,7 +58,8 @@ inline std::vector<labelled_text> read_pii_corpus(const std::string& path) {
         if (!kind || dash == std::string::npos)
           throw std::runtime_error(path + ":" + std::to_string(n) + ": bad label '" + item + "'");
         privacy::pii_span s{.begin = std::stoul(item.substr(colon + 1, dash - colon - 1)),
-                            .end = std::stoul(item.substr(dash + 1)), .kind = *kind};
+                            .end = std::stoul(item.substr(dash + 1)),
+                            .kind = *kind};
         if (s.begin >= s.end || s.end > row.text.size())
           throw std::runtime_error(path + ":" + std::to_string(n) + ": label '" + item + "' outside the text");
         row.gold.push_back(s);

@@ -73,8 +73,10 @@ TEST(pii_detector, threshold_and_overlaps) {
       out.push_back({.begin = b, .end = e, .kind = pii_kind::secret, .score = score});
     };
   };
-  const pv::pii_detector two({{"a", pii_kind::secret, fixed(0, 4, 0.7f)}, {"b", pii_kind::secret, fixed(2, 9, 0.7f)},
-                              {"c", pii_kind::secret, fixed(8, 10, 0.9f)}, {"d", pii_kind::secret, fixed(10, 12, 0.6f)}},
+  const pv::pii_detector two({{"a", pii_kind::secret, fixed(0, 4, 0.7f)},
+                              {"b", pii_kind::secret, fixed(2, 9, 0.7f)},
+                              {"c", pii_kind::secret, fixed(8, 10, 0.9f)},
+                              {"d", pii_kind::secret, fixed(10, 12, 0.6f)}},
                              {});
   const auto s = two.find("0123456789abcdef");
   ASSERT_EQ(s.size(), 3u);
@@ -133,7 +135,8 @@ TEST(pii_detector, custom_recognizers_join_the_built_in_ones) {
          .find =
              [](std::string_view t, std::vector<pv::pii_span>& out) {
                for (auto at = t.find("EMP-"); at != std::string_view::npos; at = t.find("EMP-", at + 1))
-                 out.push_back({.begin = at, .end = std::min(t.size(), at + 10), .kind = pii_kind::secret, .score = 0.3f});
+                 out.push_back(
+                     {.begin = at, .end = std::min(t.size(), at + 10), .kind = pii_kind::secret, .score = 0.3f});
              },
          .context = {"employee"}});
   EXPECT_TRUE(d.find("ticket EMP-123456").empty());

@@ -4,6 +4,7 @@
 // ends, cut patterns), and that any byte string yields spans inside the text.
 #include <gtest/gtest.h>
 
+#include <initializer_list>
 #include <random>
 #include <string>
 #include <string_view>
@@ -27,6 +28,21 @@ std::vector<std::string> found(finder f, std::string_view text) {
 }
 
 using strings = std::vector<std::string>;
+
+// The scores of what `f` finds in `text`, in order.
+std::vector<float> scores(finder f, std::string_view text) {
+  std::vector<pii_span> spans;
+  f(text, spans);
+  std::vector<float> out;
+  for (const auto& s : spans) out.push_back(s.score);
+  return out;
+}
+using floats = std::vector<float>;
+
+// `f` finds nothing in any of `texts`.
+void expect_nothing(finder f, std::initializer_list<std::string_view> texts) {
+  for (auto t : texts) EXPECT_TRUE(found(f, t).empty()) << t;
+}
 
 TEST(validators, luhn) {
   EXPECT_TRUE(pv::luhn_valid("4111111111111111"));
@@ -64,17 +80,17 @@ TEST(validators, card_issuers) {
 
 TEST(validators, iban_registry_examples_and_single_changes) {
   // Examples from the SWIFT IBAN registry.
-  for (std::string_view s : {"GB82WEST12345698765432", "DE89370400440532013000", "FR1420041010050500013M02606",
-                             "NL91ABNA0417164300", "BE68539007547034", "CH9300762011623852957",
-                             "ES9121000418450200051332", "IT60X0542811101000000123456", "NO9386011117947",
-                             "MT84MALT011000012345MTLCAST001S"})
+  for (std::string_view s :
+       {"GB82WEST12345698765432", "DE89370400440532013000", "FR1420041010050500013M02606", "NL91ABNA0417164300",
+        "BE68539007547034", "CH9300762011623852957", "ES9121000418450200051332", "IT60X0542811101000000123456",
+        "NO9386011117947", "MT84MALT011000012345MTLCAST001S"})
     EXPECT_TRUE(pv::iban_valid(s)) << s;
   EXPECT_EQ(pv::iban_length("DE"), 22u);
   EXPECT_EQ(pv::iban_length("NO"), 15u);
   EXPECT_EQ(pv::iban_length("US"), 0u);
-  EXPECT_FALSE(pv::iban_valid("GB82WEST1234569876543"));    // one short
-  EXPECT_FALSE(pv::iban_valid("US82WEST12345698765432"));   // no IBANs in the US
-  EXPECT_FALSE(pv::iban_valid("gb82west12345698765432"));   // compact form is upper case
+  EXPECT_FALSE(pv::iban_valid("GB82WEST1234569876543"));   // one short
+  EXPECT_FALSE(pv::iban_valid("US82WEST12345698765432"));  // no IBANs in the US
+  EXPECT_FALSE(pv::iban_valid("gb82west12345698765432"));  // compact form is upper case
   const std::string good = "GB82WEST12345698765432";
   for (std::size_t i = 4; i < good.size(); ++i) {
     std::string s = good;
@@ -115,10 +131,10 @@ TEST(validators, ip_addresses) {
   EXPECT_EQ(pv::ipv6_groups("::ffff:192.0.2.1", c), 3);
   EXPECT_EQ(pv::ipv6_groups("::", c), 0);
   EXPECT_EQ(pv::ipv6_groups("1::2::3", c), -1);
-  EXPECT_EQ(pv::ipv6_groups("1:2:3:4:5:6:7", c), -1);      // seven groups, no "::"
+  EXPECT_EQ(pv::ipv6_groups("1:2:3:4:5:6:7", c), -1);  // seven groups, no "::"
   EXPECT_EQ(pv::ipv6_groups("1:2:3:4:5:6:7:8:9", c), -1);
   EXPECT_EQ(pv::ipv6_groups("12345::1", c), -1);
-  EXPECT_EQ(pv::ipv6_groups("1:2:3:4:5:6:7::8", c), -1);   // "::" must stand for >= 1 group
+  EXPECT_EQ(pv::ipv6_groups("1:2:3:4:5:6:7::8", c), -1);  // "::" must stand for >= 1 group
   EXPECT_EQ(pv::ipv6_groups(":1:2:3:4:5:6:7", c), -1);
   EXPECT_EQ(pv::ipv6_groups("1:2:3:4:5:6:7:", c), -1);
   EXPECT_EQ(pv::ipv6_groups("00:1A:2B:3C:4D:5E", c), -1);  // a MAC address
@@ -148,29 +164,38 @@ TEST(find_emails, spans_and_lookalikes) {
 }
 
 TEST(find_phones, international_north_american_and_national_forms) {
-  for (std::string_view p : {"+44 20 7946 0958", "+1 415 555 2671", "+1-415-555-2671", "+14155552671",
-                             "(415) 555-2671", "415-555-2671", "415.555.2671", "1-415-555-2671",
-                             "+1 (415) 555-2671", "+33 1 23 45 67 89", "01 23 45 67 89", "020 7946 0958",
-                             "030/12345678", "+49 30 12345678", "0044 20 7946 0958", "+7 (495) 123-45-67",
-                             "+44 (0)20 7946 0958", "(02) 9876 5432", "010-1234-5678"}) {
+  for (std::string_view p : {"+44 20 7946 0958", "+1 415 555 2671", "+1-415-555-2671", "+14155552671", "(415) 555-2671",
+                             "415-555-2671", "415.555.2671", "1-415-555-2671", "+1 (415) 555-2671", "+33 1 23 45 67 89",
+                             "01 23 45 67 89", "020 7946 0958", "030/12345678", "+49 30 12345678", "0044 20 7946 0958",
+                             "+7 (495) 123-45-67", "+44 (0)20 7946 0958", "(02) 9876 5432", "010-1234-5678"}) {
     EXPECT_EQ(found(pv::find_phones, "call " + std::string(p) + ", thanks"), strings{std::string(p)}) << p;
   }
-  std::vector<pii_span> s;
-  pv::find_phones("x 4155552671 y 415 555 2671", s);  // bare and spaced NANP: weak
-  ASSERT_EQ(s.size(), 2u);
-  EXPECT_FLOAT_EQ(s[0].score, 0.3f);
-  EXPECT_FLOAT_EQ(s[1].score, 0.5f);
+  EXPECT_EQ(scores(pv::find_phones, "x 4155552671 y 415 555 2671"), (floats{0.3f, 0.5f}));  // bare, spaced: weak
 }
 
 TEST(find_phones, lookalikes) {
-  for (std::string_view t : {"(123) 456-7890",  // NANP area code cannot start with 1
-                             "415-155-2671",    // nor an exchange
-                             "911-555-2671",    // N11 area code
-                             "+1 123 456 7890", "2024-03-15", "15.03.2024", "03/15/2024 10:30", "ISBN 0-306-40615-2",
-                             "02134-1234", "1 234 567 890", "555-2671", "v1.415.555.2671", "ORD-415-555-2671",
-                             "3:16", "+", "(", "+1", "0", "0044", "4294967296x", "+123456", "1-800-FLOWERS"}) {
-    EXPECT_TRUE(found(pv::find_phones, t).empty()) << t;
-  }
+  expect_nothing(pv::find_phones, {"(123) 456-7890",  // NANP area code cannot start with 1
+                                   "415-155-2671",    // nor an exchange
+                                   "911-555-2671",    // N11 area code
+                                   "+1 123 456 7890",
+                                   "2024-03-15",
+                                   "15.03.2024",
+                                   "03/15/2024 10:30",
+                                   "ISBN 0-306-40615-2",
+                                   "02134-1234",
+                                   "1 234 567 890",
+                                   "555-2671",
+                                   "v1.415.555.2671",
+                                   "ORD-415-555-2671",
+                                   "3:16",
+                                   "+",
+                                   "(",
+                                   "+1",
+                                   "0",
+                                   "0044",
+                                   "4294967296x",
+                                   "+123456",
+                                   "1-800-FLOWERS"});
 }
 
 TEST(find_payment_cards, shapes_luhn_and_issuers) {
@@ -179,49 +204,34 @@ TEST(find_payment_cards, shapes_luhn_and_issuers) {
     EXPECT_EQ(found(pv::find_payment_cards, "card " + std::string(c) + ".").size(), 1u) << c;
   }
   EXPECT_EQ(found(pv::find_payment_cards, "4111 1111 1111 1111 12/29"), strings{"4111 1111 1111 1111"});
-  std::vector<pii_span> s;
-  pv::find_payment_cards("1234567812345670", s);  // Luhn-valid, no known issuer
-  ASSERT_EQ(s.size(), 1u);
-  EXPECT_FLOAT_EQ(s[0].score, 0.3f);
-  for (std::string_view t : {"4111 1111 1111 1112",        // Luhn fails
-                             "4111-1111 1111-1111",        // mixed separators
-                             "41111 1111 1111 111",        // not a printed shape
-                             "4111 1111 1111 1111 1111",   // twenty digits in fours
-                             "4111111111111111111111",     // too long
-                             "x4111111111111111", "4111111111111111x", "4111111111111111.5", "+4111111111111111"}) {
-    EXPECT_TRUE(found(pv::find_payment_cards, t).empty()) << t;
-  }
+  EXPECT_EQ(scores(pv::find_payment_cards, "1234567812345670"), floats{0.3f});  // Luhn-valid, no known issuer
+  expect_nothing(pv::find_payment_cards,
+                 {"4111 1111 1111 1112",       // Luhn fails
+                  "4111-1111 1111-1111",       // mixed separators
+                  "41111 1111 1111 111",       // not a printed shape
+                  "4111 1111 1111 1111 1111",  // twenty digits in fours
+                  "4111111111111111111111",    // too long
+                  "x4111111111111111", "4111111111111111x", "4111111111111111.5", "+4111111111111111"});
 }
 
 TEST(find_us_ssns, forms_scores_and_rules) {
-  std::vector<pii_span> s;
-  pv::find_us_ssns("a 536-22-1492 b 536 22 1492 c 536.22.1492 d 536221492", s);
-  ASSERT_EQ(s.size(), 4u);
-  EXPECT_FLOAT_EQ(s[0].score, 0.6f);
-  EXPECT_FLOAT_EQ(s[1].score, 0.5f);
-  EXPECT_FLOAT_EQ(s[2].score, 0.4f);
-  EXPECT_FLOAT_EQ(s[3].score, 0.2f);
-  for (std::string_view t : {"666-22-1492", "000-22-1492", "936-22-1492", "536-00-1492", "536-22-0000", "078-05-1120",
-                             "536-22-14920", "536-22-1492-1", "5536-22-1492", "536-22 1492", "x536-22-1492"}) {
-    EXPECT_TRUE(found(pv::find_us_ssns, t).empty()) << t;
-  }
+  EXPECT_EQ(scores(pv::find_us_ssns, "a 536-22-1492 b 536 22 1492 c 536.22.1492 d 536221492"),
+            (floats{0.6f, 0.5f, 0.4f, 0.2f}));
+  expect_nothing(pv::find_us_ssns,
+                 {"666-22-1492", "000-22-1492", "936-22-1492", "536-00-1492", "536-22-0000", "078-05-1120",
+                  "536-22-14920", "536-22-1492-1", "5536-22-1492", "536-22 1492", "x536-22-1492"});
 }
 
 TEST(find_ibans, grouped_compact_and_lookalikes) {
   EXPECT_EQ(found(pv::find_ibans, "IBAN DE89 3704 0044 0532 0130 00."), strings{"DE89 3704 0044 0532 0130 00"});
   EXPECT_EQ(found(pv::find_ibans, "to GB82WEST12345698765432 ok"), strings{"GB82WEST12345698765432"});
   EXPECT_EQ(found(pv::find_ibans, "iban: be68 5390 0754 7034"), strings{"be68 5390 0754 7034"});
-  std::vector<pii_span> s;
-  pv::find_ibans("DE89370400440532013000", s);
-  ASSERT_EQ(s.size(), 1u);
-  EXPECT_FLOAT_EQ(s[0].score, 0.95f);
-  for (std::string_view t : {"DE89 3704 0044 0532 0130 01",   // check fails
-                             "DE89370400440532013000X",       // runs on
-                             "XDE89370400440532013000",       // inside a word
-                             "DE89 370 400 440 532 013 000",  // not grouped by four
-                             "US82WEST12345698765432", "DE89 3704", "DE"}) {
-    EXPECT_TRUE(found(pv::find_ibans, t).empty()) << t;
-  }
+  EXPECT_EQ(scores(pv::find_ibans, "DE89370400440532013000"), (floats{0.95f}));
+  expect_nothing(pv::find_ibans, {"DE89 3704 0044 0532 0130 01",   // check fails
+                                  "DE89370400440532013000X",       // runs on
+                                  "XDE89370400440532013000",       // inside a word
+                                  "DE89 370 400 440 532 013 000",  // not grouped by four
+                                  "US82WEST12345698765432", "DE89 3704", "DE"});
 }
 
 TEST(find_ipv4, addresses_cidr_and_lookalikes) {
@@ -230,10 +240,8 @@ TEST(find_ipv4, addresses_cidr_and_lookalikes) {
   EXPECT_EQ(found(pv::find_ipv4, "host 8.8.8.8:53"), strings{"8.8.8.8"});
   EXPECT_EQ(found(pv::find_ipv4, "10.0.0.1-10.0.0.9"), (strings{"10.0.0.1", "10.0.0.9"}));
   EXPECT_EQ(found(pv::find_ipv4, "http://192.168.1.1/admin"), strings{"192.168.1.1"});
-  for (std::string_view t : {"1.2.3.4.5", "256.1.1.1", "01.2.3.4", "1.2.3", "v1.2.3.4", "1.2.3.4-beta", "a1.2.3.4",
-                             "0.0.0.0", "127.0.0.1", "255.255.255.0", "::ffff:192.0.2.1", "10.1.2.3x"}) {
-    EXPECT_TRUE(found(pv::find_ipv4, t).empty()) << t;
-  }
+  expect_nothing(pv::find_ipv4, {"1.2.3.4.5", "256.1.1.1", "01.2.3.4", "1.2.3", "v1.2.3.4", "1.2.3.4-beta", "a1.2.3.4",
+                                 "0.0.0.0", "127.0.0.1", "255.255.255.0", "::ffff:192.0.2.1", "10.1.2.3x"});
 }
 
 TEST(find_ipv6, forms_and_lookalikes) {
@@ -242,15 +250,9 @@ TEST(find_ipv6, forms_and_lookalikes) {
             strings{"2001:0db8:0000:0000:0000:ff00:0042:8329"});
   EXPECT_EQ(found(pv::find_ipv6, "mapped ::ffff:192.0.2.1 here"), strings{"::ffff:192.0.2.1"});
   EXPECT_EQ(found(pv::find_ipv6, "at 2001:db8::1: done"), strings{"2001:db8::1"});
-  std::vector<pii_span> s;
-  pv::find_ipv6("1:2:3:4:5:6:7:8 and 1:2::3", s);
-  ASSERT_EQ(s.size(), 2u);
-  EXPECT_FLOAT_EQ(s[0].score, 0.7f);
-  EXPECT_FLOAT_EQ(s[1].score, 0.6f);
-  for (std::string_view t : {"::1", "fe80::1", "std::vector<int>", "a::b::c", "12:30:45", "00:1A:2B:3C:4D:5E",
-                             "John 3:16", "2001:db8::1g", "::", ":::"}) {
-    EXPECT_TRUE(found(pv::find_ipv6, t).empty()) << t;
-  }
+  EXPECT_EQ(scores(pv::find_ipv6, "1:2:3:4:5:6:7:8 and 1:2::3"), (floats{0.7f, 0.6f}));
+  expect_nothing(pv::find_ipv6, {"::1", "fe80::1", "std::vector<int>", "a::b::c", "12:30:45", "00:1A:2B:3C:4D:5E",
+                                 "John 3:16", "2001:db8::1g", "::", ":::"});
 }
 
 TEST(find_secrets, published_formats) {
@@ -272,16 +274,12 @@ TEST(find_secrets, published_formats) {
   const std::string cut = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC";
   EXPECT_EQ(found(pv::find_secrets, "see " + cut), strings{cut});
   // The shape of an AWS secret access key is weak on its own.
-  std::vector<pii_span> s;
-  pv::find_secrets("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", s);
-  ASSERT_EQ(s.size(), 1u);
-  EXPECT_FLOAT_EQ(s[0].score, 0.3f);
-  for (std::string_view t : {"pip install scikit-learn sk-learn", "xoxo hugs", "AKIA is a prefix", "ghp_short",
-                             "eyJhbGciOi", "eyJhbGciOiJIUzI1NiJ9.x", "-----BEGIN PUBLIC KEY-----\nMIIB\n-----END PUBLIC KEY-----",
-                             "-----BEGIN CERTIFICATE-----", "AKIAIOSFODNN7EXAMPLEX", "xAKIAIOSFODNN7EXAMPLE",
-                             "sk-aaaaaaaaaaaaaaaaaaaaaaaaa", "0123456789abcdef0123456789abcdef01234567"}) {
-    EXPECT_TRUE(found(pv::find_secrets, t).empty()) << t;
-  }
+  EXPECT_EQ(scores(pv::find_secrets, "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"), (floats{0.3f}));
+  expect_nothing(pv::find_secrets,
+                 {"pip install scikit-learn sk-learn", "xoxo hugs", "AKIA is a prefix", "ghp_short", "eyJhbGciOi",
+                  "eyJhbGciOiJIUzI1NiJ9.x", "-----BEGIN PUBLIC KEY-----\nMIIB\n-----END PUBLIC KEY-----",
+                  "-----BEGIN CERTIFICATE-----", "AKIAIOSFODNN7EXAMPLEX", "xAKIAIOSFODNN7EXAMPLE",
+                  "sk-aaaaaaaaaaaaaaaaaaaaaaaaa", "0123456789abcdef0123456789abcdef01234567"});
 }
 
 TEST(recognizers, every_span_lies_inside_any_byte_string) {

@@ -93,8 +93,8 @@ TEST(privacy_class, names_round_trip_and_bad_names_fail_clearly) {
 
 TEST(require_may_leave_device, throws_a_privacy_violation_naming_class_route_and_form) {
   EXPECT_NO_THROW(specdec::privacy::require_may_leave_device(privacy_class::cloud_allowed, route::in_cloud()));
-  EXPECT_NO_THROW(specdec::privacy::require_may_leave_device(privacy_class::redactable, route::in_cloud(),
-                                                             payload_form::redacted));
+  EXPECT_NO_THROW(
+      specdec::privacy::require_may_leave_device(privacy_class::redactable, route::in_cloud(), payload_form::redacted));
   try {
     specdec::privacy::require_may_leave_device(privacy_class::redactable, route::speculative(3),
                                                payload_form::redacted);

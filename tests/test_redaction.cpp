@@ -71,7 +71,7 @@ TEST(restore, handles_repeated_dropped_invented_and_mangled_placeholders) {
       {"[email_1] {Email 1} (EMAIL-1) <  EMAIL_1 > &lt;EMAIL_1&gt; \\<EMAIL_1\\>",
        "jane@example.org jane@example.org jane@example.org jane@example.org jane@example.org jane@example.org"},
       {"<EMAIL1> and <EMAIL_1 then", "jane@example.org and jane@example.org then"},  // glued, unclosed
-      {"EMAIL_1 wrote", "jane@example.org wrote"},                                      // brackets dropped
+      {"EMAIL_1 wrote", "jane@example.org wrote"},                                   // brackets dropped
       {"<us ssn 1>, <US-SSN_1>, US_SSN_1", "536-22-1492, 536-22-1492, 536-22-1492"},
       {"card <CARD_1>.", "card 4111 1111 1111 1111."},
       // Not placeholders: ordinary words, other numbers, parts of words.

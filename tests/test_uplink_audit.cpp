@@ -27,9 +27,9 @@
 
 namespace {
 namespace pv = specdec::privacy;
+using pv::privacy_class;
 using specdec::hybrid::route;
 using specdec::hybrid::route_kind;
-using pv::privacy_class;
 
 // A fresh path in the temporary directory, removed with the object.
 struct temp_log {
@@ -90,8 +90,8 @@ TEST(audit_record, escapes_or_rejects_odd_destinations) {
   const auto r = nlohmann::json::parse(pv::audit_record(
       {.destination = R"(h"x\y:1)", .route = route::in_cloud(), .privacy = privacy_class::cloud_allowed}, t));
   EXPECT_EQ(r["destination"], R"(h"x\y:1)");
-  for (std::string bad : {std::string(""), std::string("a b"), std::string("a\nb"), std::string("caf\xc3\xa9"),
-                          std::string(513, 'x')}) {
+  for (std::string bad :
+       {std::string(""), std::string("a b"), std::string("a\nb"), std::string("caf\xc3\xa9"), std::string(513, 'x')}) {
     EXPECT_THROW((void)pv::audit_record({.destination = bad, .route = route::in_cloud()}, t), specdec::invalid_argument)
         << bad;
   }
@@ -99,11 +99,12 @@ TEST(audit_record, escapes_or_rejects_odd_destinations) {
 
 TEST(uplink_audit_log, appends_without_touching_earlier_records) {
   temp_log f("append");
-  {
-    std::ofstream(f.path) << "{\"earlier\":\"line\"}\n";
-  }
-  const pv::uplink_message m{.destination = "127.0.0.1:9", .route = route::in_cloud(),
-                             .privacy = privacy_class::cloud_allowed, .payload = "abc", .tokens = 1};
+  { std::ofstream(f.path) << "{\"earlier\":\"line\"}\n"; }
+  const pv::uplink_message m{.destination = "127.0.0.1:9",
+                             .route = route::in_cloud(),
+                             .privacy = privacy_class::cloud_allowed,
+                             .payload = "abc",
+                             .tokens = 1};
   {
     pv::uplink_audit_log log(f.path.string());
     log.append(m);
@@ -148,8 +149,11 @@ TEST(uplink_audit_log, concurrent_processes_append_whole_records) {
         const std::string dest = "child-" + std::to_string(c) + ":1";
         const std::string payload(static_cast<std::size_t>(100 + c), 'p');
         for (int i = 0; i < per_child; ++i)
-          log.append({.destination = dest, .route = route::in_cloud(), .privacy = privacy_class::cloud_allowed,
-                      .payload = payload, .tokens = static_cast<std::size_t>(c)});
+          log.append({.destination = dest,
+                      .route = route::in_cloud(),
+                      .privacy = privacy_class::cloud_allowed,
+                      .payload = payload,
+                      .tokens = static_cast<std::size_t>(c)});
       } catch (...) {
         status = 1;
       }
@@ -178,9 +182,9 @@ TEST(uplink_audit_log, concurrent_processes_append_whole_records) {
 }
 
 TEST(audit_summary, rejects_malformed_records_naming_the_line) {
-  const std::string good = pv::audit_record({.destination = "d:1", .route = route::in_cloud(),
-                                             .privacy = privacy_class::cloud_allowed, .payload = "x"},
-                                            std::chrono::system_clock::now());
+  const std::string good = pv::audit_record(
+      {.destination = "d:1", .route = route::in_cloud(), .privacy = privacy_class::cloud_allowed, .payload = "x"},
+      std::chrono::system_clock::now());
   auto patched = [&](const char* key, const nlohmann::json& value) {
     auto j = nlohmann::json::parse(good);
     j[key] = value;
@@ -230,8 +234,13 @@ void execute(const request& q, const route& r, counting_server& server, pv::upli
   if (!pv::may_leave_device(q.detection.decision, r, form)) return;  // the device answers instead
   ++server.connections;
   for (const auto& [bytes, tokens] : messages) {
-    pv::authorize_uplink({.destination = "127.0.0.1:8080", .route = r, .privacy = q.detection.decision, .form = form,
-                          .detected = q.detection.counts(), .payload = bytes, .tokens = tokens},
+    pv::authorize_uplink({.destination = "127.0.0.1:8080",
+                          .route = r,
+                          .privacy = q.detection.decision,
+                          .form = form,
+                          .detected = q.detection.counts(),
+                          .payload = bytes,
+                          .tokens = tokens},
                          &log);
     server.bytes += bytes.size();
     ++server.messages;
@@ -257,11 +266,14 @@ TEST(uplink_gate, local_only_requests_send_zero_bytes_under_every_route_and_arbi
     const auto& row = rows[i];
     const auto declared = static_cast<privacy_class>(rng() % 3);
     const request q{row.text, (rng() % 2 ? strict : opt_in).analyze(row.text, declared)};
-    const specdec::hybrid::request_features feats{.prompt_tokens = row.text.size() / 4, .draft_mean_entropy = 3.0f,
-                                                  .draft_max_prob_mean = 0.2f, .predicted_length = 64,
-                                                  .predicted_difficulty = 0.9, .request_id = i};
-    std::vector<route> routes{coin.decide(feats, {}, {}), nervous.decide(feats, {}, {}),
-                              latency.decide(feats, {}, {}), fixed[rng() % 4]};
+    const specdec::hybrid::request_features feats{.prompt_tokens = row.text.size() / 4,
+                                                  .draft_mean_entropy = 3.0f,
+                                                  .draft_max_prob_mean = 0.2f,
+                                                  .predicted_length = 64,
+                                                  .predicted_difficulty = 0.9,
+                                                  .request_id = i};
+    std::vector<route> routes{coin.decide(feats, {}, {}), nervous.decide(feats, {}, {}), latency.decide(feats, {}, {}),
+                              fixed[rng() % 4]};
     route adversarial;
     adversarial.kind = static_cast<route_kind>(rng() % 4);
     adversarial.gamma = 1 + rng() % 8;
@@ -303,8 +315,10 @@ TEST(uplink_gate, local_only_requests_send_zero_bytes_under_every_route_and_arbi
 TEST(uplink_gate, a_refused_message_is_neither_recorded_nor_sent) {
   temp_log f("refused");
   pv::uplink_audit_log log(f.path.string());
-  const pv::uplink_message refused{.destination = "127.0.0.1:1", .route = route::speculative(3),
-                                   .privacy = privacy_class::redactable, .form = pv::payload_form::redacted,
+  const pv::uplink_message refused{.destination = "127.0.0.1:1",
+                                   .route = route::speculative(3),
+                                   .privacy = privacy_class::redactable,
+                                   .form = pv::payload_form::redacted,
                                    .payload = "x"};
   EXPECT_THROW(pv::authorize_uplink(refused, &log), pv::privacy_violation);
   EXPECT_TRUE(f.lines().empty());

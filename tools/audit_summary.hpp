@@ -2,11 +2,10 @@
 // messages, bytes and tokens per destination, per route and per privacy class. Used by the
 // specdec-audit tool and its tests; needs nlohmann-json (Debian nlohmann-json3-dev).
 #pragma once
-#include <nlohmann/json.hpp>
-
 #include <cstdint>
 #include <istream>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
 
@@ -53,7 +52,8 @@ struct summary {
     if (hash.size() != 64 || hash.find_first_not_of("0123456789abcdef") != std::string::npos)
       fail("field 'sha256' must be 64 lower-case hexadecimal digits");
     if (!r.contains("decision") || !r["decision"].is_object() || !r["decision"].contains("pii") ||
-        !r["decision"]["pii"].is_boolean() || !r["decision"].contains("payload") || !r["decision"]["payload"].is_string())
+        !r["decision"]["pii"].is_boolean() || !r["decision"].contains("payload") ||
+        !r["decision"]["payload"].is_string())
       fail("field 'decision' must be an object with a boolean 'pii' and a string 'payload'");
     const std::uint64_t bytes = uint("bytes"), tokens = uint("tokens");
     all.add(bytes, tokens);

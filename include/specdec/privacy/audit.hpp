@@ -77,8 +77,8 @@ struct uplink_message {
   privacy_class privacy = privacy_class::local_only;  ///< the request's class (detector's decision)
   payload_form form = payload_form::plain;
   std::array<std::uint32_t, pii_kind_count> detected{};  ///< spans per kind in the request
-  std::string_view payload{};  ///< the bytes to be sent
-  std::size_t tokens = 0;    ///< token ids the payload carries (0 for text)
+  std::string_view payload{};                            ///< the bytes to be sent
+  std::size_t tokens = 0;                                ///< token ids the payload carries (0 for text)
 };
 
 namespace detail {
@@ -103,8 +103,8 @@ inline std::string rfc3339_utc(std::chrono::system_clock::time_point t) {
   std::tm tm{};
   gmtime_r(&secs, &tm);
   char buf[128];
-  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%06ldZ", tm.tm_year + 1900, tm.tm_mon + 1,
-                tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, frac);
+  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%06ldZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+                tm.tm_hour, tm.tm_min, tm.tm_sec, frac);
   return buf;
 }
 
@@ -162,7 +162,8 @@ class uplink_audit_log {
   /// and the system's reason.
   explicit uplink_audit_log(std::string path) : path_(std::move(path)) {
     fd_ = ::open(path_.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
-    if (fd_ < 0) throw audit_error("uplink audit log '" + path_ + "': cannot open for appending: " + std::strerror(errno));
+    if (fd_ < 0)
+      throw audit_error("uplink audit log '" + path_ + "': cannot open for appending: " + std::strerror(errno));
   }
   uplink_audit_log(const uplink_audit_log&) = delete;
   uplink_audit_log& operator=(const uplink_audit_log&) = delete;

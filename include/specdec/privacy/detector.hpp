@@ -51,11 +51,11 @@ namespace specdec::privacy {
 /// o.validate();
 /// ```
 struct detector_options {
-  float threshold = 0.5f;                 ///< in [0, 1]: report spans scoring at least this
-  std::size_t context_bytes = 64;         ///< how far before a span context words count
-  std::size_t negative_context_words = 2;  ///< how many words before a span negative words count
-  float context_boost = 0.35f;            ///< >= 0, added for a context word
-  float negative_context_penalty = 0.4f;  ///< >= 0, subtracted for a negative context word
+  float threshold = 0.5f;                                  ///< in [0, 1]: report spans scoring at least this
+  std::size_t context_bytes = 64;                          ///< how far before a span context words count
+  std::size_t negative_context_words = 2;                  ///< how many words before a span negative words count
+  float context_boost = 0.35f;                             ///< >= 0, added for a context word
+  float negative_context_penalty = 0.4f;                   ///< >= 0, subtracted for a negative context word
   privacy_class on_detection = privacy_class::local_only;  ///< the class a detected span imposes
 
   void validate() const {
@@ -82,7 +82,7 @@ struct detector_options {
 /// bool local = d.decision == specdec::privacy::privacy_class::local_only;  // false
 /// ```
 struct detection {
-  std::vector<pii_span> spans;                          ///< sorted by `begin`, disjoint
+  std::vector<pii_span> spans;                            ///< sorted by `begin`, disjoint
   privacy_class declared = privacy_class::cloud_allowed;  ///< what the caller said
   privacy_class decision = privacy_class::cloud_allowed;  ///< what the request may do
 
@@ -168,7 +168,8 @@ class pii_detector {
 
   /// Adds a recognizer (e.g. a domain-specific identifier).
   pii_detector& add(recognizer r) {
-    if (!r.find) throw invalid_argument("pii_detector::add: recognizer '" + std::string(r.name) + "' has no find function");
+    if (!r.find)
+      throw invalid_argument("pii_detector::add: recognizer '" + std::string(r.name) + "' has no find function");
     recognizers_.push_back(std::move(r));
     return *this;
   }
@@ -182,12 +183,11 @@ class pii_detector {
       for (auto s : candidates) {
         if (s.begin >= s.end || s.end > text.size())
           throw invalid_argument("pii_detector: recognizer '" + std::string(r.name) + "' returned span [" +
-                                 std::to_string(s.begin) + ", " + std::to_string(s.end) +
-                                 ") outside a text of " + std::to_string(text.size()) + " bytes");
+                                 std::to_string(s.begin) + ", " + std::to_string(s.end) + ") outside a text of " +
+                                 std::to_string(text.size()) + " bytes");
         if (s.recognizer.empty()) s.recognizer = r.name;
         const std::size_t from = s.begin > options_.context_bytes ? s.begin - options_.context_bytes : 0;
-        if (detail::has_context_word(text, from, s.begin, r.context))
-          s.score += options_.context_boost;
+        if (detail::has_context_word(text, from, s.begin, r.context)) s.score += options_.context_boost;
         if (detail::has_preceding_word(text, s.begin, options_.negative_context_words, r.negative_context))
           s.score -= options_.negative_context_penalty;
         s.score = std::clamp(s.score, 0.0f, 1.0f);

@@ -152,8 +152,8 @@ inline void require_may_leave_device(privacy_class c, const hybrid::route& r, pa
                         ? "a redactable request may leave only redacted and only on the cloud route"
                         : "refused";
   throw privacy_violation("uplink refused for privacy class " + std::string(to_string(c)) + ", route " +
-                          std::string(hybrid::to_string(r.kind)) + ", payload " + std::string(to_string(f)) +
-                          ": " + why);
+                          std::string(hybrid::to_string(r.kind)) + ", payload " + std::string(to_string(f)) + ": " +
+                          why);
 }
 
 }  // namespace specdec::privacy

@@ -56,8 +56,8 @@ inline constexpr std::size_t pii_kind_count = 8;
 /// for (auto k : specdec::privacy::all_pii_kinds) std::cout << to_string(k) << '\n';
 /// ```
 inline constexpr std::array<pii_kind, pii_kind_count> all_pii_kinds{
-    pii_kind::email, pii_kind::phone, pii_kind::payment_card, pii_kind::iban,
-    pii_kind::us_ssn, pii_kind::ipv4, pii_kind::ipv6, pii_kind::secret};
+    pii_kind::email,  pii_kind::phone, pii_kind::payment_card, pii_kind::iban,
+    pii_kind::us_ssn, pii_kind::ipv4,  pii_kind::ipv6,         pii_kind::secret};
 
 /// Upper-case name of a kind ("EMAIL", "PHONE", "CARD", "IBAN", "US_SSN", "IPV4", "IPV6",
 /// "SECRET"): the corpus labels, the audit log's keys and the redaction placeholders' stem.
@@ -241,8 +241,10 @@ constexpr std::optional<digit_run> parse_digit_run(std::string_view t, std::size
     while (p < t.size() && is_digit(t[p])) ++p;
     const std::size_t ge = p;
     if (paren) {
-      if (p < t.size() && t[p] == ')') ++p;
-      else break;  // an unclosed parenthesis ends the run before this group
+      if (p < t.size() && t[p] == ')')
+        ++p;
+      else
+        break;  // an unclosed parenthesis ends the run before this group
     }
     if (r.count == digit_run::max_groups) {
       r.truncated = true;
@@ -308,7 +310,12 @@ inline bool base64url_decode(std::string_view s, std::string& out, std::size_t m
   std::uint32_t acc = 0;
   int bits = 0;
   for (char c : s) {
-    int v = is_upper(c) ? c - 'A' : is_lower(c) ? c - 'a' + 26 : is_digit(c) ? c - '0' + 52 : c == '-' ? 62 : c == '_' ? 63 : -1;
+    int v = is_upper(c)   ? c - 'A'
+            : is_lower(c) ? c - 'a' + 26
+            : is_digit(c) ? c - '0' + 52
+            : c == '-'    ? 62
+            : c == '_'    ? 63
+                          : -1;
     if (v < 0) return false;
     acc = (acc << 6) | static_cast<std::uint32_t>(v);
     bits += 6;
@@ -363,15 +370,15 @@ inline bool base64url_decode(std::string_view s, std::string& out, std::size_t m
     return v;
   };
   const int p2 = prefix(2), p3 = prefix(3), p4 = prefix(4);
-  if (d[0] == '4') return n == 13 || n == 16 || n == 19;                           // Visa
-  if (p2 >= 51 && p2 <= 55) return n == 16;                                         // Mastercard
-  if (p4 >= 2221 && p4 <= 2720) return n == 16;                                     // Mastercard 2-series
-  if (p2 == 34 || p2 == 37) return n == 15;                                         // American Express
-  if (p4 == 6011 || p2 == 65 || (p3 >= 644 && p3 <= 649)) return n >= 16;           // Discover
-  if (p4 >= 3528 && p4 <= 3589) return n >= 16;                                     // JCB
-  if ((p3 >= 300 && p3 <= 305) || p2 == 36 || p2 == 38 || p2 == 39) return n >= 14; // Diners Club
-  if (p2 == 62) return n >= 16;                                                     // UnionPay
-  if (p2 == 50 || (p2 >= 56 && p2 <= 69)) return n >= 12;                           // Maestro
+  if (d[0] == '4') return n == 13 || n == 16 || n == 19;                             // Visa
+  if (p2 >= 51 && p2 <= 55) return n == 16;                                          // Mastercard
+  if (p4 >= 2221 && p4 <= 2720) return n == 16;                                      // Mastercard 2-series
+  if (p2 == 34 || p2 == 37) return n == 15;                                          // American Express
+  if (p4 == 6011 || p2 == 65 || (p3 >= 644 && p3 <= 649)) return n >= 16;            // Discover
+  if (p4 >= 3528 && p4 <= 3589) return n >= 16;                                      // JCB
+  if ((p3 >= 300 && p3 <= 305) || p2 == 36 || p2 == 38 || p2 == 39) return n >= 14;  // Diners Club
+  if (p2 == 62) return n >= 16;                                                      // UnionPay
+  if (p2 == 50 || (p2 >= 56 && p2 <= 69)) return n >= 12;                            // Maestro
   return false;
 }
 
@@ -387,15 +394,14 @@ inline bool base64url_decode(std::string_view s, std::string& out, std::size_t m
     unsigned char len;
   };
   constexpr entry table[] = {
-      {"AD", 24}, {"AE", 23}, {"AL", 28}, {"AT", 20}, {"AZ", 28}, {"BA", 20}, {"BE", 16}, {"BG", 22},
-      {"BH", 22}, {"BR", 29}, {"BY", 28}, {"CH", 21}, {"CR", 22}, {"CY", 28}, {"CZ", 24}, {"DE", 22},
-      {"DK", 18}, {"DO", 28}, {"EE", 20}, {"EG", 29}, {"ES", 24}, {"FI", 18}, {"FO", 18}, {"FR", 27},
-      {"GB", 22}, {"GE", 22}, {"GI", 23}, {"GL", 18}, {"GR", 27}, {"GT", 28}, {"HR", 21}, {"HU", 28},
-      {"IE", 22}, {"IL", 23}, {"IQ", 23}, {"IS", 26}, {"IT", 27}, {"JO", 30}, {"KW", 30}, {"KZ", 20},
-      {"LB", 28}, {"LC", 32}, {"LI", 21}, {"LT", 20}, {"LU", 20}, {"LV", 21}, {"MC", 27}, {"MD", 24},
-      {"ME", 22}, {"MK", 19}, {"MR", 27}, {"MT", 31}, {"MU", 30}, {"NL", 18}, {"NO", 15}, {"PK", 24},
-      {"PL", 28}, {"PS", 29}, {"PT", 25}, {"QA", 29}, {"RO", 24}, {"RS", 22}, {"SA", 24}, {"SC", 31},
-      {"SE", 24}, {"SI", 19}, {"SK", 24}, {"SM", 27}, {"ST", 25}, {"SV", 28}, {"TL", 23}, {"TN", 24},
+      {"AD", 24}, {"AE", 23}, {"AL", 28}, {"AT", 20}, {"AZ", 28}, {"BA", 20}, {"BE", 16}, {"BG", 22}, {"BH", 22},
+      {"BR", 29}, {"BY", 28}, {"CH", 21}, {"CR", 22}, {"CY", 28}, {"CZ", 24}, {"DE", 22}, {"DK", 18}, {"DO", 28},
+      {"EE", 20}, {"EG", 29}, {"ES", 24}, {"FI", 18}, {"FO", 18}, {"FR", 27}, {"GB", 22}, {"GE", 22}, {"GI", 23},
+      {"GL", 18}, {"GR", 27}, {"GT", 28}, {"HR", 21}, {"HU", 28}, {"IE", 22}, {"IL", 23}, {"IQ", 23}, {"IS", 26},
+      {"IT", 27}, {"JO", 30}, {"KW", 30}, {"KZ", 20}, {"LB", 28}, {"LC", 32}, {"LI", 21}, {"LT", 20}, {"LU", 20},
+      {"LV", 21}, {"MC", 27}, {"MD", 24}, {"ME", 22}, {"MK", 19}, {"MR", 27}, {"MT", 31}, {"MU", 30}, {"NL", 18},
+      {"NO", 15}, {"PK", 24}, {"PL", 28}, {"PS", 29}, {"PT", 25}, {"QA", 29}, {"RO", 24}, {"RS", 22}, {"SA", 24},
+      {"SC", 31}, {"SE", 24}, {"SI", 19}, {"SK", 24}, {"SM", 27}, {"ST", 25}, {"SV", 28}, {"TL", 23}, {"TN", 24},
       {"TR", 26}, {"UA", 29}, {"VA", 22}, {"VG", 24}, {"XK", 20},
   };
   if (country.size() != 2) return 0;
@@ -417,9 +423,12 @@ inline bool base64url_decode(std::string_view s, std::string& out, std::size_t m
   unsigned rem = 0;
   for (std::size_t k = 0; k < iban.size(); ++k) {
     const char c = iban[(k + 4) % iban.size()];
-    if (detail::is_digit(c)) rem = (rem * 10 + static_cast<unsigned>(c - '0')) % 97;
-    else if (detail::is_upper(c)) rem = (rem * 100 + static_cast<unsigned>(c - 'A' + 10)) % 97;
-    else return false;
+    if (detail::is_digit(c))
+      rem = (rem * 10 + static_cast<unsigned>(c - '0')) % 97;
+    else if (detail::is_upper(c))
+      rem = (rem * 100 + static_cast<unsigned>(c - 'A' + 10)) % 97;
+    else
+      return false;
   }
   return rem == 1;
 }
@@ -593,8 +602,7 @@ inline void find_phones(std::string_view t, std::vector<pii_span>& out) {
       // "+1": North American numbering, 1 + NXX NXX XXXX.
       if (t[g[0].begin + skip] == '1') {
         const std::size_t cc = g[0].size() - skip;
-        if (cc == 1 && r.count >= 4 && nanp_groups(r, 1) && r.ends_cleanly_after(t, 3))
-          return push(r, 3, 0.8f);
+        if (cc == 1 && r.count >= 4 && nanp_groups(r, 1) && r.ends_cleanly_after(t, 3)) return push(r, 3, 0.8f);
         if (cc == 1 && r.count >= 2 && g[1].size() == 10 && nanp_compact(g[1].begin) && r.ends_cleanly_after(t, 1))
           return push(r, 1, 0.8f);
         if (cc == 11 && nanp_compact(g[0].begin + skip + 1) && r.ends_cleanly_after(t, 0)) return push(r, 0, 0.8f);
@@ -648,7 +656,8 @@ inline void find_phones(std::string_view t, std::vector<pii_span>& out) {
 /// Diners Club, separated uniformly by spaces or hyphens, passing the Luhn check. The
 /// longest card-shaped prefix of a run of digit groups is the candidate: if it fails Luhn
 /// nothing shorter is tried, so a card directly followed by more digit groups ("4111 1111
-/// 1111 1111 12/29") is not found unless a word or punctuation separates them. Score 0.9 for a known issuer prefix and length
+/// 1111 1111 12/29") is not found unless a word or punctuation separates them. Score 0.9 for a known issuer prefix and
+/// length
 /// (`known_card_issuer`), 0.3 otherwise (a context word such as "card" lifts it).
 ///
 /// ```cpp
@@ -661,8 +670,7 @@ inline void find_payment_cards(std::string_view t, std::vector<pii_span>& out) {
     if (r.plus) return;
     for (std::size_t last = r.count; last-- > 0;) {
       const std::size_t d = r.digits(last);
-      if (d < 13 || d > 19 || any_paren(r, last) || !uniform_separator(r, last, " -") ||
-          !r.ends_cleanly_after(t, last))
+      if (d < 13 || d > 19 || any_paren(r, last) || !uniform_separator(r, last, " -") || !r.ends_cleanly_after(t, last))
         continue;
       // Printed shapes: compact, fours with a shorter last group (4-4-4-1 for 13 digits up to
       // 4-4-4-4-3 for 19), 4-6-5 (American Express), 4-6-4 (Diners Club). A number whose
@@ -681,8 +689,8 @@ inline void find_payment_cards(std::string_view t, std::vector<pii_span>& out) {
       // A card-shaped number failing Luhn is no card; its prefixes are not tried (a 19-digit
       // number is not a 16-digit card followed by three digits).
       if (!luhn_valid(digits)) return;
-      out.push_back({r.g[0].begin, r.end_of(last), pii_kind::payment_card,
-                     known_card_issuer(digits) ? 0.9f : 0.3f, "payment_card"});
+      out.push_back({r.g[0].begin, r.end_of(last), pii_kind::payment_card, known_card_issuer(digits) ? 0.9f : 0.3f,
+                     "payment_card"});
       return;
     }
   });
@@ -750,7 +758,8 @@ inline void find_ibans(std::string_view t, std::vector<pii_span>& out) {
 
 /// IPv4 addresses (`ipv4_valid`), with an optional CIDR suffix "/0".."/32" in the span,
 /// except 0.0.0.0/8, loopback 127.0.0.0/8 and 255.x (netmasks, broadcast), which identify
-/// no one, and the IPv4 tail of an IPv6 address. Score 0.6; version-number context ("version 1.2.3.4") lowers it below the threshold.
+/// no one, and the IPv4 tail of an IPv6 address. Score 0.6; version-number context ("version 1.2.3.4") lowers it below
+/// the threshold.
 ///
 /// ```cpp
 /// std::vector<specdec::privacy::pii_span> out;
@@ -762,8 +771,9 @@ inline void find_ipv4(std::string_view t, std::vector<pii_span>& out) {
   std::size_t i = 0;
   while (i < t.size()) {
     // Starts after a non-word byte; "-" only inside a range of addresses ("10.0.0.1-10.0.0.9").
-    const bool starts = is_digit(t[i]) && (i == 0 || !(is_word(t[i - 1]) || t[i - 1] == '.' ||
-                                                       (t[i - 1] == '-' && i >= 2 && !is_digit(t[i - 2]))));
+    const bool starts =
+        is_digit(t[i]) &&
+        (i == 0 || !(is_word(t[i - 1]) || t[i - 1] == '.' || (t[i - 1] == '-' && i >= 2 && !is_digit(t[i - 2]))));
     if (!starts) {
       ++i;
       continue;
@@ -775,11 +785,12 @@ inline void find_ipv4(std::string_view t, std::vector<pii_span>& out) {
         e == t.size() || !(is_word(t[e]) || (t[e] == '-' && e + 1 < t.size() && !is_digit(t[e + 1])));
     // The tail of an IPv6 address ("::ffff:192.0.2.1") belongs to the IPv6 recognizer.
     std::size_t colons = 0;
-    for (std::size_t p = i; p > 0 && (is_hex(t[p - 1]) || t[p - 1] == ':') && colons < 2; --p) colons += t[p - 1] == ':';
+    for (std::size_t p = i; p > 0 && (is_hex(t[p - 1]) || t[p - 1] == ':') && colons < 2; --p)
+      colons += t[p - 1] == ':';
     // 0/8 ("this network", 0.0.0.0), 127/8 (loopback) and 255.x (netmasks, broadcast) are no
     // one's address.
-    const bool personal = !(t[i] == '0' || (e - i > 4 && t.substr(i, 4) == "127.") ||
-                            (e - i > 4 && t.substr(i, 4) == "255."));
+    const bool personal =
+        !(t[i] == '0' || (e - i > 4 && t.substr(i, 4) == "127.") || (e - i > 4 && t.substr(i, 4) == "255."));
     if (clean_end && colons < 2 && personal && ipv4_valid(t.substr(i, e - i))) {
       std::size_t end = e;
       if (end + 1 < t.size() && t[end] == '/' && is_digit(t[end + 1])) {
@@ -983,8 +994,8 @@ inline void find_secrets(std::string_view t, std::vector<pii_span>& out) {
       {"phone",
        pii_kind::phone,
        find_phones,
-       {"phone", "telephone", "tel", "mobile", "cell", "call", "fax", "contact", "whatsapp", "sms",
-        "landline", "reach", "text", "ring", "dial"},
+       {"phone", "telephone", "tel", "mobile", "cell", "call", "fax", "contact", "whatsapp", "sms", "landline", "reach",
+        "text", "ring", "dial"},
        {"isbn", "order", "invoice", "ref", "reference", "tracking", "serial", "account", "id", "total"}},
       {"payment_card",
        pii_kind::payment_card,

@@ -53,7 +53,7 @@ struct redaction_entry {
   std::string placeholder;  ///< as written into the redacted text, e.g. "<EMAIL_1>"
   std::string original;     ///< the value it replaced
   pii_kind kind = pii_kind::email;
-  unsigned number = 0;      ///< the 1-based number within its kind
+  unsigned number = 0;  ///< the 1-based number within its kind
 };
 
 /// A redacted text and its mapping (device-side only).
@@ -98,8 +98,8 @@ struct placeholder_match {
 
 /// A placeholder (in any accepted mangling, see the file comment) starting at `at`.
 inline std::optional<placeholder_match> match_placeholder(std::string_view t, std::size_t at) {
-  static constexpr std::array<std::pair<std::string_view, std::string_view>, 6> brackets{{
-      {"<", ">"}, {"[", "]"}, {"{", "}"}, {"(", ")"}, {"&lt;", "&gt;"}, {"\\<", "\\>"}}};
+  static constexpr std::array<std::pair<std::string_view, std::string_view>, 6> brackets{
+      {{"<", ">"}, {"[", "]"}, {"{", "}"}, {"(", ")"}, {"&lt;", "&gt;"}, {"\\<", "\\>"}}};
   std::size_t p = at;
   std::string_view close{};
   for (const auto& [o, c] : brackets)
@@ -120,18 +120,24 @@ inline std::optional<placeholder_match> match_placeholder(std::string_view t, st
       if (q >= t.size()) {
         ok = false;
       } else if (name[k] == '_') {  // "US_SSN": '_', ' ', '-' or nothing inside brackets
-        if (t[q] == '_') ++q;
-        else if (bracketed && (t[q] == ' ' || t[q] == '-')) ++q;
-        else if (!bracketed) ok = false;
+        if (t[q] == '_')
+          ++q;
+        else if (bracketed && (t[q] == ' ' || t[q] == '-'))
+          ++q;
+        else if (!bracketed)
+          ok = false;
       } else {
         ok = bracketed ? to_lower(t[q]) == to_lower(name[k]) : t[q] == name[k];
         ++q;
       }
     }
     if (!ok) continue;
-    if (q < t.size() && t[q] == '_') ++q;
-    else if (bracketed && q < t.size() && (t[q] == ' ' || t[q] == '-')) ++q;
-    else if (!bracketed) continue;
+    if (q < t.size() && t[q] == '_')
+      ++q;
+    else if (bracketed && q < t.size() && (t[q] == ' ' || t[q] == '-'))
+      ++q;
+    else if (!bracketed)
+      continue;
     const std::size_t digits = run_length(t, q, is_digit);
     if (digits == 0 || digits > 6 || t[q] == '0') continue;
     unsigned number = 0;
@@ -152,8 +158,18 @@ inline std::optional<placeholder_match> match_placeholder(std::string_view t, st
 /// Whether byte `c` can start a placeholder.
 constexpr bool may_start_placeholder(char c) noexcept {
   switch (c) {
-    case '<': case '[': case '{': case '(': case '&': case '\\':
-    case 'E': case 'P': case 'C': case 'I': case 'U': case 'S': return true;
+    case '<':
+    case '[':
+    case '{':
+    case '(':
+    case '&':
+    case '\\':
+    case 'E':
+    case 'P':
+    case 'C':
+    case 'I':
+    case 'U':
+    case 'S': return true;
     default: return false;
   }
 }
