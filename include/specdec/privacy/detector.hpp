@@ -144,7 +144,8 @@ inline bool has_preceding_word(std::string_view t, std::size_t at, std::size_t m
 
 }  // namespace detail
 
-/// Runs recognizers over text; see the file comment for scoring and overlaps.
+/// Runs recognizers over text; see the file comment for scoring and overlaps. `find` and
+/// `analyze` are const and keep no state between calls: one detector may serve many threads.
 ///
 /// ```cpp
 /// specdec::privacy::pii_detector d({.threshold = 0.5f});
