@@ -74,6 +74,7 @@ TEST(restore, handles_repeated_dropped_invented_and_mangled_placeholders) {
       {"EMAIL_1 wrote", "jane@example.org wrote"},                                   // brackets dropped
       {"<us ssn 1>, <US-SSN_1>, US_SSN_1", "536-22-1492, 536-22-1492, 536-22-1492"},
       {"card <CARD_1>.", "card 4111 1111 1111 1111."},
+      {"\\<EMAIL_1> &lt;<EMAIL_1>", "\\jane@example.org &lt;jane@example.org"},  // an escape, then a placeholder
       // Not placeholders: ordinary words, other numbers, parts of words.
       {"send an email 1 more time", "send an email 1 more time"},
       {"XEMAIL_1 EMAIL_10 EMAIL_1x email_1", "XEMAIL_1 EMAIL_10 EMAIL_1x email_1"},

@@ -146,7 +146,10 @@ inline std::optional<placeholder_match> match_placeholder(std::string_view t, st
     if (bracketed) {
       std::size_t r = q;
       for (int k = 0; k < 2 && r < t.size() && t[r] == ' '; ++k) ++r;
-      if (t.substr(r).starts_with(close)) q = r + close.size();
+      if (t.substr(r).starts_with(close))
+        q = r + close.size();
+      else if (close.size() > 1)
+        return std::nullopt;  // "\<EMAIL_1>" is a backslash and a placeholder, not an unclosed "\<"
     } else if (q < t.size() && is_word(t[q])) {
       continue;
     }
