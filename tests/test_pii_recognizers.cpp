@@ -204,6 +204,7 @@ TEST(find_payment_cards, shapes_luhn_and_issuers) {
     EXPECT_EQ(found(pv::find_payment_cards, "card " + std::string(c) + ".").size(), 1u) << c;
   }
   EXPECT_EQ(found(pv::find_payment_cards, "4111 1111 1111 1111 12/29"), strings{"4111 1111 1111 1111"});
+  EXPECT_TRUE(found(pv::find_payment_cards, "4111 1111 1111 1111 123").empty());  // the documented limit
   EXPECT_EQ(scores(pv::find_payment_cards, "1234567812345670"), floats{0.3f});  // Luhn-valid, no known issuer
   expect_nothing(pv::find_payment_cards,
                  {"4111 1111 1111 1112",       // Luhn fails

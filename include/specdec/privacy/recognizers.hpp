@@ -655,10 +655,10 @@ inline void find_phones(std::string_view t, std::vector<pii_span>& out) {
 /// shorter: 4-4-4-1 to 4-4-4-4-3) or the 4-6-5 / 4-6-4 groups of American Express and
 /// Diners Club, separated uniformly by spaces or hyphens, passing the Luhn check. The
 /// longest card-shaped prefix of a run of digit groups is the candidate: if it fails Luhn
-/// nothing shorter is tried, so a card directly followed by more digit groups ("4111 1111
-/// 1111 1111 12/29") is not found unless a word or punctuation separates them. Score 0.9 for a known issuer prefix and
-/// length
-/// (`known_card_issuer`), 0.3 otherwise (a context word such as "card" lifts it).
+/// nothing shorter is tried, so a card directly followed by a group of one to three digits
+/// ("4111 1111 1111 1111 123") is read as one 19-digit number and not found. Score 0.9 for
+/// a known issuer prefix and length (`known_card_issuer`), 0.3 otherwise (a context word
+/// such as "card" lifts it).
 ///
 /// ```cpp
 /// std::vector<specdec::privacy::pii_span> out;
@@ -758,8 +758,8 @@ inline void find_ibans(std::string_view t, std::vector<pii_span>& out) {
 
 /// IPv4 addresses (`ipv4_valid`), with an optional CIDR suffix "/0".."/32" in the span,
 /// except 0.0.0.0/8, loopback 127.0.0.0/8 and 255.x (netmasks, broadcast), which identify
-/// no one, and the IPv4 tail of an IPv6 address. Score 0.6; version-number context ("version 1.2.3.4") lowers it below
-/// the threshold.
+/// no one, and the IPv4 tail of an IPv6 address. Score 0.6; version-number context
+/// ("version 1.2.3.4") lowers it below the threshold.
 ///
 /// ```cpp
 /// std::vector<specdec::privacy::pii_span> out;
