@@ -32,7 +32,7 @@ if [ "${1:-}" = configure ]; then
 fi
 
 packages=(cmake g++ make pkg-config libeigen3-dev libxtensor-dev libgtest-dev libbenchmark-dev sentencepiece
-          libcpp-httplib-dev nlohmann-json3-dev)
+          libcpp-httplib-dev nlohmann-json3-dev libssl-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
