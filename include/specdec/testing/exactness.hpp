@@ -595,9 +595,59 @@ struct exactness_report {
   return r;
 }
 
-/// The fraction of `trials` simulated samples of `runs` sequences drawn from `actual` (a
-/// joint law shaped like `law.joint`) that `check_exactness` against `law` rejects: the
-/// power of the verdict against `actual`, or its false-alarm rate when actual == law.
+namespace detail::exactness_impl {
+
+/// The fraction of `trials` multinomial samples of `runs` draws from `actual` that
+/// `rejects(counts)` rejects.
+template <class Rejects>
+double rejection_rate(std::span<const double> actual, std::size_t runs, std::size_t trials, std::uint64_t seed,
+                      Rejects&& rejects) {
+  if (trials == 0 || runs == 0) throw invalid_argument("rejection_rate: runs and trials must be >= 1");
+  std::mt19937_64 g(seed);
+  std::vector<std::uint64_t> counts(actual.size(), 0);
+  std::size_t rejected = 0;
+  for (std::size_t t = 0; t < trials; ++t) {
+    // A multinomial sample as a chain of binomials: bin i takes Binomial(left, p_i / mass left).
+    std::uint64_t left = runs;
+    double mass = 1.0;
+    for (std::size_t i = 0; i < actual.size(); ++i) {
+      std::uint64_t c = 0;
+      if (left > 0 && actual[i] > 0.0)
+        c = std::binomial_distribution<std::uint64_t>(left, std::min(1.0, actual[i] / std::max(mass, actual[i])))(g);
+      counts[i] = c;
+      left -= c;
+      mass -= actual[i];
+    }
+    for (std::size_t i = actual.size(); left > 0 && i-- > 0;)  // rounding left some over: the last bin with mass
+      if (actual[i] > 0.0) counts[i] += std::exchange(left, 0);
+    rejected += rejects(std::span<const std::uint64_t>(counts)) ? 1 : 0;
+  }
+  return double(rejected) / double(trials);
+}
+
+}  // namespace detail::exactness_impl
+
+/// The fraction of `trials` simulated samples of `runs` draws from `actual` (a law over
+/// the same bins as `law`) that `goodness_of_fit` against `law` rejects: the power of
+/// the check against `actual`, or its false-alarm rate when actual == law.
+///
+/// ```cpp
+/// double power = specdec::testing::rejection_rate(std::vector<double>{0.5, 0.5}, std::vector<double>{0.6, 0.4}, 1000, 200);
+/// ```
+[[nodiscard]] inline double rejection_rate(std::span<const double> law, std::span<const double> actual,
+                                           std::size_t runs, std::size_t trials, const fit_options& o = {},
+                                           std::uint64_t seed = 1) {
+  if (actual.size() != law.size())
+    throw invalid_argument("rejection_rate: actual has " + std::to_string(actual.size()) + " bins; expected " +
+                           std::to_string(law.size()));
+  return detail::exactness_impl::rejection_rate(actual, runs, trials, seed, [&](std::span<const std::uint64_t> c) {
+    return !goodness_of_fit(law, c, o).passed();
+  });
+}
+
+/// The same for samples of sequences: the fraction of simulated samples of `runs`
+/// sequences drawn from `actual` (a joint law shaped like `law.joint`) that
+/// `check_exactness` against `law` rejects.
 ///
 /// ```cpp
 /// double power = specdec::testing::rejection_rate(law, specdec::testing::biased_law(law.joint, draft_law.joint, 0.02),
@@ -608,34 +658,11 @@ struct exactness_report {
   if (actual.size() != law.joint.size())
     throw invalid_argument("rejection_rate: actual has " + std::to_string(actual.size()) + " bins; expected " +
                            std::to_string(law.joint.size()));
-  if (trials == 0 || runs == 0) throw invalid_argument("rejection_rate: runs and trials must be >= 1");
-  std::mt19937_64 g(seed);
-  sequence_counts counts{law.vocab, law.length, std::vector<std::uint64_t>(actual.size(), 0)};
-  std::size_t rejected = 0;
-  for (std::size_t t = 0; t < trials; ++t) {
-    // A multinomial sample as a chain of binomials: bin i takes Binomial(left, p_i / mass left).
-    std::uint64_t left = runs;
-    double mass = 1.0;
-    for (std::size_t i = 0; i < actual.size(); ++i) {
-      std::uint64_t c = 0;
-      if (left > 0 && actual[i] > 0.0) {
-        const double share = std::min(1.0, actual[i] / std::max(mass, actual[i]));
-        c = i + 1 == actual.size() ? left : std::binomial_distribution<std::uint64_t>(left, share)(g);
-      }
-      counts.joint[i] = c;
-      left -= c;
-      mass -= actual[i];
-    }
-    if (left > 0) {  // rounding left samples unassigned: give them to the last bin with mass
-      for (std::size_t i = actual.size(); i-- > 0;)
-        if (actual[i] > 0.0) {
-          counts.joint[i] += left;
-          break;
-        }
-    }
-    rejected += !check_exactness(law, counts, o).passed();
-  }
-  return double(rejected) / double(trials);
+  sequence_counts counts{law.vocab, law.length, {}};
+  return detail::exactness_impl::rejection_rate(actual, runs, trials, seed, [&](std::span<const std::uint64_t> c) {
+    counts.joint.assign(c.begin(), c.end());
+    return !check_exactness(law, counts, o).passed();
+  });
 }
 
 // ---------------------------------------------------------------------------------------
