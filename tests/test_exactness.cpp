@@ -27,10 +27,14 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <memory>
+#include <random>
 #include <span>
 #include <string>
 #include <vector>
 
+#include "specdec/batch.hpp"
+#include "specdec/batch_decoder.hpp"
 #include "specdec/decoder.hpp"
 #include "specdec/fallback.hpp"
 #include "specdec/rollback.hpp"
@@ -348,6 +352,144 @@ TEST(negative_controls, replacement_from_the_untruncated_distribution_fails) {
     EXPECT_GT(r.out_of_support(), 0u) << r.describe();
     SPECDEC_EXPECT_NOT_EXACT(r);
   }
+}
+
+// ---------------------------------------------------------------------------------------
+// Greedy near-ties: the target's top two logits equal or one ulp apart, at every state.
+
+/// An order-1 model over a table of logits: row s is the logits after token s (the
+/// prompt's last token, or the last generated one).
+struct table_model {
+  std::size_t vocab = 0;
+  std::vector<float> table{};
+  std::vector<token_id> history{};
+  std::vector<float> out{};
+
+  [[nodiscard]] std::size_t vocab_size() const { return vocab; }
+  [[nodiscard]] std::size_t context_length() const { return 4096; }
+  [[nodiscard]] std::size_t cache_length() const { return history.size(); }
+  specdec::logits_block forward(std::span<const token_id> tokens) {
+    specdec::check_token_ids(tokens, vocab, "table_model::forward");
+    specdec::check_context(history.size(), tokens.size(), context_length(), "table_model::forward");
+    out.resize(tokens.size() * vocab);
+    for (std::size_t i = 0; i < tokens.size(); ++i) {
+      history.push_back(tokens[i]);
+      const auto row = table.begin() + static_cast<std::ptrdiff_t>(static_cast<std::size_t>(tokens[i]) * vocab);
+      std::copy(row, row + static_cast<std::ptrdiff_t>(vocab), out.begin() + static_cast<std::ptrdiff_t>(i * vocab));
+    }
+    return {out.data(), tokens.size(), vocab};
+  }
+  void truncate(std::size_t n) { history.resize(std::min(n, history.size())); }
+};
+static_assert(specdec::language_model<table_model>);
+
+/// How a state's two top logits relate.
+enum class tie { equal, higher_id_one_ulp_above, lower_id_one_ulp_above };
+
+/// A target whose every row has a near-tie at the top, of kind `tie(s % 3)` for row s, at
+/// logit scales 1, 37 and 1e4 (one ulp: 1.2e-7, 3.8e-6, 9.8e-4), and a draft with the same table but
+/// each tie resolved the other way (its argmax is the target's runner-up, so greedy
+/// verification rejects it exactly at the ties) or, with `same_draft`, the target's table.
+std::pair<table_model, table_model> near_tie_pair(std::size_t vocab, std::uint64_t seed, bool same_draft) {
+  std::mt19937_64 g(seed);
+  std::normal_distribution<float> n01;
+  table_model target{vocab, std::vector<float>(vocab * vocab)}, draft = target;
+  const float scales[] = {1.0f, 37.0f, 1e4f};
+  for (std::size_t s = 0; s < vocab; ++s) {
+    const float top = scales[s % 3];
+    float* t = &target.table[s * vocab];
+    float* d = &draft.table[s * vocab];
+    for (std::size_t j = 0; j < vocab; ++j) t[j] = top - 2.0f - std::abs(n01(g));  // all clearly below the top
+    std::size_t a = g() % vocab, b = g() % (vocab - 1);
+    if (b >= a) ++b;
+    if (a > b) std::swap(a, b);  // a < b: the two tied ids
+    const float up = std::nextafter(top, 2 * top);
+    std::copy(t, t + vocab, d);
+    switch (static_cast<tie>(s % 3)) {
+      case tie::equal:  // the first maximum, a, wins
+        t[a] = t[b] = top;
+        d[a] = top, d[b] = up;
+        break;
+      case tie::higher_id_one_ulp_above:
+        t[a] = top, t[b] = up;
+        d[a] = up, d[b] = top;
+        break;
+      case tie::lower_id_one_ulp_above:
+        t[a] = up, t[b] = top;
+        d[a] = top, d[b] = up;
+        break;
+    }
+    if (same_draft) std::copy(t, t + vocab, d);
+  }
+  return {std::move(draft), std::move(target)};
+}
+
+/// A broken greedy verifier (the negative control): it accepts a drafted token whose logit
+/// is within a relative `slack` of the row's maximum, so with slack 0 any of tied maxima
+/// rather than the first one, and with slack 1e-6 also a token one ulp below the top.
+struct tolerant_match {
+  static constexpr bool exact = true;
+  float slack = 0.0f;
+  specdec::verify_result verify(const specdec::verify_input& in) const {
+    std::size_t i = 0;
+    for (; i < in.k(); ++i) {
+      const auto row = in.logits_row(i);
+      const float top = *std::max_element(row.begin(), row.end());
+      if (row[static_cast<std::size_t>(in.drafted[i])] < top - slack * std::abs(top)) break;
+    }
+    return {i, specdec::argmax(in.logits_row(i))};
+  }
+};
+
+TEST(greedy_near_ties, speculative_output_is_the_targets_through_every_exact_verifier) {
+  const generation_options opts{.max_new_tokens = 60, .stop_at_eos = false};
+  const std::vector<std::vector<token_id>> prompts{{0}, {3}, {5, 1}};
+  std::size_t kinds_met[3] = {0, 0, 0};
+  std::size_t controls_caught[2] = {0, 0};  // flipped-draft runs where tolerant_match went wrong
+  for (std::uint64_t seed : {1u, 2u, 3u}) {
+    for (bool same_draft : {false, true}) {
+      auto [draft, target] = near_tie_pair(7, seed, same_draft);
+      for (std::size_t p = 0; p < prompts.size(); ++p) {
+        SCOPED_TRACE("seed " + std::to_string(seed) + (same_draft ? ", identical draft" : ", flipped draft") +
+                     ", prompt " + std::to_string(p));
+        const auto expected = specdec::autoregressive_decoder(target).generate(prompts[p], opts).tokens;
+        ASSERT_EQ(expected.size(), opts.max_new_tokens);
+        // Every step is at a near-tie by construction; count the kinds the path meets.
+        for (std::size_t i = 0; i < expected.size(); ++i)
+          ++kinds_met[static_cast<std::size_t>(i == 0 ? prompts[p].back() : expected[i - 1]) % 3];
+        for (std::size_t gamma : {1u, 2u, 3u, 5u, 8u}) {
+          specdec::speculative_decoder gm(draft, target, gamma_policy(gamma), specdec::greedy_match{});
+          const auto r = gm.generate(prompts[p], opts);
+          EXPECT_EQ(r.tokens, expected) << "greedy_match, gamma " << gamma;
+          if (!same_draft) {
+            EXPECT_GT(r.stats.rollbacks, 0u) << "the flipped ties are rejected";
+          }
+          specdec::speculative_decoder rs(draft, target, gamma_policy(gamma), specdec::rejection_sampling{});
+          EXPECT_EQ(rs.generate(prompts[p], opts).tokens, expected) << "rejection_sampling, gamma " << gamma;
+          for (float slack : {0.0f, 1e-6f}) {
+            specdec::speculative_decoder bad(draft, target, gamma_policy(gamma), tolerant_match{slack});
+            controls_caught[slack > 0] += !same_draft && bad.generate(prompts[p], opts).tokens != expected;
+          }
+        }
+      }
+      // The batched decoder, all prompts in one batch.
+      const auto tables = std::make_shared<std::pair<table_model, table_model>>(draft, target);
+      specdec::independent_batch<table_model> bd([tables] { return tables->first; });
+      specdec::independent_batch<table_model> bt([tables] { return tables->second; });
+      specdec::batched_speculative_decoder dec(bd, bt, gamma_policy(4), specdec::rejection_sampling{});
+      for (std::size_t p = 0; p < prompts.size(); ++p) dec.submit({.prompt = prompts[p], .options = opts, .id = p});
+      for (const specdec::batch_result& r : dec.run())
+        EXPECT_EQ(r.result.tokens, specdec::autoregressive_decoder(target).generate(prompts[r.id], opts).tokens)
+            << "batched, prompt " << r.id;
+    }
+  }
+  for (std::size_t kind = 0; kind < 3; ++kind) EXPECT_GE(kinds_met[kind], 30u) << "tie kind " << kind;
+  // The negative controls: a verifier that accepts any tied maximum, or a token one ulp
+  // below the top, leaves the target's path in nearly every flipped-draft run (of 45).
+  EXPECT_GE(controls_caught[0], 35u);
+  EXPECT_GE(controls_caught[1], 40u);
+  std::printf("near ties: tolerant_match went wrong in %zu (slack 0) and %zu (slack 1e-6) of 45 runs\n",
+              controls_caught[0], controls_caught[1]);
 }
 
 }  // namespace
