@@ -17,6 +17,7 @@
 #include <map>
 #include <memory>
 #include <numeric>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -589,6 +590,130 @@ TEST(decoder_errors, a_model_answering_with_the_wrong_number_of_rows_is_an_error
   const std::string msg = thrown_message([&] { (void)dec.generate(prompt, {.max_new_tokens = 8}); });
   EXPECT_NE(msg.find("speculative_decoder: the target's forward returned"), std::string::npos) << msg;
   EXPECT_NE(msg.find("rows of 6"), std::string::npos) << msg;
+}
+
+// The same for the draft: every answer one row short (the single-token forwards then
+// answer with no row at all), or one row long.
+// DISABLED until the decoder checks the draft's answers as it checks the target's: today
+// it accepts any draft block answer with at least one row and does not check the
+// single-token answers at all, so one row too many goes unnoticed and an empty answer is
+// read at row -1 (an out-of-bounds read; ASan reports it). The fix belongs to
+// decoder.hpp / batch_decoder.hpp (check_logits_shape with the exact row count after
+// every draft forward); enable this test with it.
+struct miscounting_draft : markov_model {
+  using markov_model::markov_model;
+  long extra = 0;  ///< rows added to (or, negative, removed from) every answer
+  specdec::logits_block forward(std::span<const token_id> tokens) {
+    specdec::logits_block l = markov_model::forward(tokens);
+    const long rows = static_cast<long>(l.rows) + extra;
+    if (rows > static_cast<long>(l.rows)) {  // room for the extra rows: repeat the last one
+      pad.assign(l.data, l.data + l.rows * l.vocab);
+      for (long i = static_cast<long>(l.rows); i < rows; ++i) pad.insert(pad.end(), l.data + (l.rows - 1) * l.vocab, l.data + l.rows * l.vocab);
+      l.data = pad.data();
+    }
+    l.rows = static_cast<std::size_t>(std::max(0L, rows));
+    return l;
+  }
+  std::vector<float> pad;
+};
+static_assert(specdec::language_model<miscounting_draft>);
+
+TEST(decoder_errors, DISABLED_a_draft_answering_with_the_wrong_number_of_rows_is_an_error) {
+  markov_model target(markov_target_opts(6, 1, 1));
+  for (long extra : {-1L, 1L}) {
+    SCOPED_TRACE("extra rows " + std::to_string(extra));
+    miscounting_draft draft(markov_draft_opts(6, 1, 1));
+    draft.extra = extra;
+    specdec::speculative_decoder dec(draft, target, gamma_policy(3), specdec::greedy_match{});
+    const std::vector<token_id> prompt{1, 2, 3};
+    const std::string msg = thrown_message([&] { (void)dec.generate(prompt, {.max_new_tokens = 8}); });
+    EXPECT_NE(msg.find("draft"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("rows"), std::string::npos) << msg;
+  }
+}
+
+// A rollback policy that breaks its contract (accepted > k, next out of range) is an error
+// naming the policy's verdict and what was expected, never an out-of-range read.
+struct lying_rollback {
+  static constexpr bool exact = true;
+  long accepted_offset = 0;  ///< accepted = k + this
+  token_id next = 0;
+  specdec::verify_result verify(const specdec::verify_input& in) const {
+    return {static_cast<std::size_t>(static_cast<long>(in.k()) + accepted_offset), next};
+  }
+};
+
+TEST(decoder_errors, a_rollback_verdict_breaking_its_contract_is_an_error) {
+  markov_model target(markov_target_opts(6, 1, 1)), draft(markov_draft_opts(6, 1, 1));
+  const std::vector<token_id> prompt{1, 2};
+  struct bad_verdict {
+    long accepted_offset;
+    token_id next;
+    std::string value;  // as the message must show it
+  };
+  for (const bad_verdict& b : {bad_verdict{1, 0, "accepted = 4"}, bad_verdict{0, 6, "next = 6"},
+                               bad_verdict{0, -1, "next = -1"}, bad_verdict{7, 2, "accepted = 10"}}) {
+    SCOPED_TRACE(b.value);
+    specdec::speculative_decoder dec(draft, target, gamma_policy(3), lying_rollback{b.accepted_offset, b.next},
+                                     {.temperature = 1.0f});
+    EXPECT_THROW((void)dec.generate(prompt, {.max_new_tokens = 8, .stop_at_eos = false}), specdec::error);
+    const std::string msg = thrown_message([&] { (void)dec.generate(prompt, {.max_new_tokens = 8, .stop_at_eos = false}); });
+    EXPECT_NE(msg.find("rollback"), std::string::npos) << msg;
+    EXPECT_NE(msg.find(b.value), std::string::npos) << msg;
+    EXPECT_NE(msg.find("expected"), std::string::npos) << msg;
+  }
+}
+
+// A model that throws from its forward on one chosen call (after its cache has grown, the
+// worst case): the decoder is used again afterwards.
+struct failing_model : markov_model {
+  using markov_model::markov_model;
+  long fail_on_call = -1;  ///< the 0-based forward call that throws; -1 = never
+  long calls = 0;
+  specdec::logits_block forward(std::span<const token_id> tokens) {
+    specdec::logits_block l = markov_model::forward(tokens);
+    if (calls++ == fail_on_call) throw std::runtime_error("failing_model: injected failure");
+    return l;
+  }
+};
+
+// After an exception mid-generation (from the draft, the target or the token callback),
+// the same decoder gives exactly what a fresh one gives: generate resets the caches, the
+// random source and the policies.
+TEST(decoder_errors, a_decoder_reused_after_an_exception_gives_a_fresh_decoders_output) {
+  const std::vector<token_id> prompt{1, 4};
+  const generation_options opts{.max_new_tokens = 40, .stop_at_eos = false};
+  for (const sampling_params& params : {sampling_params{}, sampling_params{.temperature = 1.0f, .top_k = 4}}) {
+    SCOPED_TRACE("temperature " + std::to_string(params.temperature));
+    const auto fresh_output = [&] {
+      markov_model d(markov_draft_opts(6, 2, 4)), t(markov_target_opts(6, 2, 4));
+      specdec::speculative_decoder fresh(d, t, specdec::adaptive_gamma{}, specdec::rejection_sampling{}, params, 9);
+      return fresh.generate(prompt, opts).tokens;
+    }();
+    ASSERT_EQ(fresh_output.size(), 40u);
+    for (int who = 0; who < 3; ++who) {  // 0: draft, 1: target, 2: callback
+      SCOPED_TRACE("failure in " + std::string(who == 0 ? "the draft" : who == 1 ? "the target" : "the callback"));
+      failing_model d(markov_draft_opts(6, 2, 4)), t(markov_target_opts(6, 2, 4));
+      specdec::speculative_decoder dec(d, t, specdec::adaptive_gamma{}, specdec::rejection_sampling{}, params, 9);
+      if (who == 0) d.fail_on_call = 9;
+      if (who == 1) t.fail_on_call = 4;
+      std::size_t seen = 0;
+      const auto throwing_callback = [&](token_id) {
+        if (who == 2 && ++seen == 17) throw std::runtime_error("callback: injected failure");
+      };
+      EXPECT_THROW((void)dec.generate(prompt, opts, throwing_callback), std::runtime_error);
+      d.fail_on_call = t.fail_on_call = -1;
+      EXPECT_EQ(dec.generate(prompt, opts).tokens, fresh_output);
+      EXPECT_EQ(dec.generate(prompt, opts).tokens, fresh_output);  // and again
+    }
+    // The autoregressive decoder too.
+    failing_model m(markov_target_opts(6, 2, 4));
+    specdec::autoregressive_decoder ar(m, params, 9);
+    const auto ar_fresh = ar.generate(prompt, opts).tokens;
+    m.fail_on_call = m.calls + 12;
+    EXPECT_THROW((void)ar.generate(prompt, opts), std::runtime_error);
+    EXPECT_EQ(ar.generate(prompt, opts).tokens, ar_fresh);
+  }
 }
 
 TEST(decoder_errors, context_edge) {
