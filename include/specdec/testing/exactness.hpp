@@ -14,8 +14,8 @@
 /// - `sequence_counts` / `sample_sequences`: the empirical joint law of `runs` seeded
 ///   generations, one seed per run.
 /// - `goodness_of_fit` and `check_exactness`: the verdict. Each law (the joint law of all
-///   `length` emitted tokens, then the marginal law at every position) passes three
-///   checks: no sample at all in a bin of probability 0 (one such sample fails outright);
+///   `length` emitted tokens, the law of each token, the joint law of each two adjacent
+///   tokens) must pass three checks: no sample at all in a bin of probability 0 (one such sample fails outright);
 ///   a chi-square test (bins with an expected count below `min_expected` pooled) against
 ///   the critical value at the stated `significance`; and total variation below a bound
 ///   a correct sampler exceeds with probability at most `significance`.
