@@ -356,6 +356,15 @@ TYPED_TEST(exact_rollback, telemetry_relation_on_markov_pair) {
 // negative controls and states the power; here: every draft length, and the fallback
 // policies that change it.
 
+// Sanitizer builds (5-10x slower) sample fewer runs here: 10,000 per check instead of
+// 40,000 (the negative controls below fail by orders of magnitude either way), and 250
+// instead of 1000 in the KJV smoke test. test_exactness.cpp keeps the full count.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+constexpr std::size_t markov_runs = 10000, kjv_runs = 250;
+#else
+constexpr std::size_t markov_runs = 40000, kjv_runs = 1000;
+#endif
+
 /// A generator factory for `specdec::testing::check_case`: speculative decoding of
 /// `c.length` tokens with `fallback` and `rollback`; `*fallbacks` counts the discards.
 template <class Fallback, class Rollback>
@@ -390,7 +399,7 @@ auto autoregressive_generator(const specdec::testing::exactness_case& c, bool dr
 // samples pass the same check; the draft's own samples and a policy that accepts every
 // draft fail it.
 TEST(sampled_exactness, rejection_sampling_is_exact_at_every_draft_length) {
-  const auto c = specdec::testing::standard_exactness_cases(40000)[2];  // T 1.3, top-p 0.8
+  const auto c = specdec::testing::standard_exactness_cases(markov_runs)[2];  // T 1.3, top-p 0.8
   ASSERT_LT(c.params.top_p, 1.0f);
   for (std::size_t g : {1u, 2u, 3u, 7u}) {
     SCOPED_TRACE("gamma " + std::to_string(g));
@@ -406,7 +415,7 @@ TEST(sampled_exactness, rejection_sampling_is_exact_at_every_draft_length) {
 // unconfident drafts (so some steps have k = 0 and the target samples alone) and
 // adaptive_gamma changes the draft length from step to step.
 TEST(sampled_exactness, exact_with_discarding_and_adaptive_fallbacks) {
-  const auto c = specdec::testing::standard_exactness_cases(40000)[0];  // T 1, no truncation
+  const auto c = specdec::testing::standard_exactness_cases(markov_runs)[0];  // T 1, no truncation
   const auto check = [&](auto fallback, const char* what, bool discards) {
     std::size_t fallbacks = 0;
     SPECDEC_EXPECT_EXACT(
@@ -424,7 +433,7 @@ TEST(sampled_exactness, exact_with_discarding_and_adaptive_fallbacks) {
 
 // Sampled exactness on the real KJV pair: the first two tokens after BOS at temperature 1.
 // A SMOKE TEST, not a proof: each run costs a kjv-big forward (milliseconds), so a unit
-// test affords N = 1000 runs, and at that size the check sees only gross errors: it is
+// test affords N = 1000 runs (250 in sanitizer builds), and at that size the check sees only gross errors: it is
 // rejected by kjv-little's own law but is nearly blind to a joint law moved by TV 0.02
 // towards kjv-little's (both powers are computed and printed below). The statistical
 // evidence is the Markov battery of test_exactness.cpp; this test shows that the real
@@ -470,7 +479,7 @@ TEST(sampled_exactness, kjv_first_two_tokens_smoke_test) {
   };
   const std::vector<double> target_law = law_of(big), draft_law = law_of(little);
 
-  constexpr std::size_t runs = 1000;
+  constexpr std::size_t runs = kjv_runs;
   const auto sample = [&](auto&& generate) {
     std::vector<std::uint64_t> counts(target_law.size(), 0);
     for (std::size_t run = 0; run < runs; ++run) {
@@ -500,7 +509,7 @@ TEST(sampled_exactness, kjv_first_two_tokens_smoke_test) {
   const specdec::testing::fit_result fd = specdec::testing::goodness_of_fit(target_law, draft_counts);
   EXPECT_FALSE(fd.passed()) << "kjv-little's own samples passed: " << fd.describe();
 
-  // The power of this check at N = 1000, by simulation (200 samples each).
+  // The power of this check at this N, by simulation (200 samples each).
   const double power_draft = specdec::testing::rejection_rate(target_law, draft_law, runs, 200);
   const double power_tv002 =
       specdec::testing::rejection_rate(target_law, specdec::testing::biased_law(target_law, draft_law, 0.02), runs, 200);

@@ -26,6 +26,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <limits>
 #include <memory>
 #include <random>
@@ -202,6 +203,12 @@ TEST(rejection_rate, a_correct_law_passes_and_a_biased_one_fails) {
   // The draft's own law is rejected every time.
   EXPECT_EQ(specdec::testing::rejection_rate(l.target, l.draft.joint, runs_per_case, 50), 1.0);
   EXPECT_THROW((void)specdec::testing::biased_law(l.target.joint, l.draft.joint, 2.0), specdec::invalid_argument);
+  // One law over plain bins: a fair coin passes, a 65:35 coin fails at N = 1000
+  // (chi-square noncentrality 90 against a critical value of 23.9).
+  const std::vector<double> fair{0.5, 0.5}, biased{0.65, 0.35};
+  EXPECT_EQ(specdec::testing::rejection_rate(fair, fair, 1000, 200), 0.0);
+  EXPECT_GE(specdec::testing::rejection_rate(fair, biased, 1000, 200), 0.99);
+  EXPECT_NEAR(specdec::testing::tv_distance(fair, specdec::testing::biased_law(fair, biased, 0.1)), 0.1, 1e-12);
 }
 
 // The power statement in the file comment: a joint law moved by TV 0.03 towards the
