@@ -52,6 +52,7 @@
 
 #include "cli_args.hpp"
 #include "held_out_prompts.hpp"
+#include "speedup_formula.hpp"
 
 namespace {
 
@@ -59,6 +60,8 @@ using specdec::bench::parse_count;
 using specdec::bench::parse_counts;
 using specdec::bench::parse_format;
 using specdec::bench::parse_fractions;
+using specdec::bench::formula_speedup;
+using specdec::bench::refined_speedup;
 using specdec::bench::split_list;
 
 using specdec::token_id;
@@ -192,28 +195,6 @@ double agreement(const std::vector<std::vector<token_id>>& a, const std::vector<
       if (j < a[i].size() && a[i][j] == b[i][j]) ++same;
   }
   return total ? double(same) / double(total) : 0.0;
-}
-
-// Expected tokens per target call with per-token acceptance a and draft length gamma.
-double expected_tokens_per_call(double a, double gamma) {
-  return a >= 1.0 ? gamma + 1.0 : (1.0 - std::pow(a, gamma + 1.0)) / (1.0 - a);
-}
-
-// The analytic expected speedup of speculative decoding (Leviathan et al. 2023, eq. for
-// walltime improvement): (1 - a^(g+1)) / ((1 - a) (g c + 1)). It assumes the target's
-// verification of g + 1 tokens costs one single-token forward.
-double formula_speedup(double a, double gamma, double c) {
-  return expected_tokens_per_call(a, gamma) / (gamma * c + 1.0);
-}
-
-// The same with the measured block cost: verification of g + 1 tokens costs
-// block_cost(g + 1) single-token forwards (linear interpolation for a fractional mean g).
-double refined_speedup(double a, double gamma, double c, const std::vector<double>& block_cost) {
-  const double k = gamma + 1.0;
-  const std::size_t lo = std::min<std::size_t>(block_cost.size() - 2, static_cast<std::size_t>(std::floor(k)));
-  const double frac = std::clamp(k - double(lo), 0.0, 1.0);
-  const double b = block_cost[lo] + frac * (block_cost[lo + 1] - block_cost[lo]);
-  return expected_tokens_per_call(a, gamma) / (gamma * c + b);
 }
 
 double now_seconds() {

@@ -2,7 +2,8 @@
 # One entry point for a fresh machine (run as root; nothing else needs installing by hand).
 #   scripts/bootstrap.sh demo   install what is missing, build, run the demo on the bundled models
 #   scripts/bootstrap.sh test   install what is missing, build, run the whole test suite,
-#                               then again under AddressSanitizer + UndefinedBehaviorSanitizer
+#                               then again under AddressSanitizer + UndefinedBehaviorSanitizer,
+#                               then the threaded tests under ThreadSanitizer
 #   scripts/bootstrap.sh configure STAGE DIR   only STAGE's cmake configure line, into DIR
 #                               (STAGE: demo, test, asan; tests/bootstrap checks the stages)
 set -euo pipefail
@@ -80,6 +81,11 @@ case "$mode" in
     cmake --build build-asan -j"$jobs"
     ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
       ctest --test-dir build-asan --output-on-failure --no-tests=error -j"$jobs"
+    echo "== the threaded tests under ThreadSanitizer" >&2
+    cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1" \
+      -DSPECDEC_TSAN=ON -DSPECDEC_SANITIZE=OFF -DSPECDEC_BUILD_TESTS=ON -DSPECDEC_BUILD_BENCH=OFF -DSPECDEC_BUILD_EXAMPLES=OFF >/dev/null
+    cmake --build build-tsan -j"$jobs" --target test_thread_pool
+    TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 ./build-tsan/bin/test_thread_pool
     ;;
   *)
     echo "usage: scripts/bootstrap.sh demo|test|configure STAGE DIR" >&2

@@ -4,8 +4,9 @@
 //   policy reproduces the target's own greedy tokens, on a Markov pair, on the KJV pair
 //   and on stories260K paired with itself.
 // - Sampled exactness: with rejection sampling the distribution of generated sequences
-//   is the target's, checked by chi-square and total variation against distributions
-//   computed exactly in this file (with a negative control that must fail the same test).
+//   is the target's at every draft length and with every fallback policy (the harness of
+//   specdec/testing/exactness.hpp; test_exactness.cpp has the battery, the negative
+//   controls and the power), and a smoke test on the KJV pair.
 // - BiLD limits, cache state after generate, errors, streaming, statistics.
 #include <gtest/gtest.h>
 
@@ -16,6 +17,7 @@
 #include <map>
 #include <memory>
 #include <numeric>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -26,6 +28,8 @@
 #include "specdec/rollback.hpp"
 #include "specdec/telemetry.hpp"
 #include "specdec/testing/archetypes.hpp"
+#include "specdec/testing/contracts.hpp"
+#include "specdec/testing/exactness.hpp"
 
 namespace {
 using specdec::generation_options;
@@ -345,281 +349,175 @@ TYPED_TEST(exact_rollback, telemetry_relation_on_markov_pair) {
 }
 
 // ---------------------------------------------------------------------------------------
-// Sampled exactness on Markov chains: exact distribution of a 3-token continuation.
+// Sampled exactness on Markov chains, with the harness of specdec/testing/exactness.hpp
+// (the joint law of all emitted tokens, each token's and each adjacent pair's law;
+// chi-square at significance 1e-6 per law, a TV bound, and any sample the target can
+// never emit failing outright). test_exactness.cpp runs the full battery with the
+// negative controls and states the power; here: every draft length, and the fallback
+// policies that change it.
 
-/// The processed distribution in double precision, computed independently of sampling.hpp:
-/// top-p keeps the smallest most-likely prefix with cumulative mass >= top_p.
-std::vector<double> processed(std::vector<double> p, double top_p) {
-  if (top_p >= 1.0) return p;
-  std::vector<std::size_t> idx(p.size());
-  std::iota(idx.begin(), idx.end(), 0);
-  std::stable_sort(idx.begin(), idx.end(), [&](std::size_t a, std::size_t b) { return p[a] > p[b]; });
-  double cum = 0;
-  std::size_t keep = 0;
-  while (keep < idx.size()) {
-    cum += p[idx[keep++]];
-    // The float implementation must make the same cut: require a clear margin.
-    EXPECT_GT(std::abs(cum - top_p), 1e-4) << "top_p boundary too close to call";
-    if (cum >= top_p) break;
-  }
-  std::vector<double> out(p.size(), 0.0);
-  for (std::size_t i = 0; i < keep; ++i) out[idx[i]] = p[idx[i]] / cum;
-  return out;
+// Sanitizer builds (5-10x slower) sample fewer runs here: 10,000 per check instead of
+// 40,000 (the negative controls below fail by orders of magnitude either way), and 250
+// instead of 1000 in the KJV smoke test. test_exactness.cpp keeps the full count.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+constexpr std::size_t markov_runs = 10000, kjv_runs = 250;
+#else
+constexpr std::size_t markov_runs = 40000, kjv_runs = 1000;
+#endif
+
+/// A generator factory for `specdec::testing::check_case`: speculative decoding of
+/// `c.length` tokens with `fallback` and `rollback`; `*fallbacks` counts the discards.
+template <class Fallback, class Rollback>
+auto speculative_generator(const specdec::testing::exactness_case& c, Fallback fallback, Rollback rollback,
+                           std::size_t* fallbacks = nullptr) {
+  return [=, opts = generation_options{.max_new_tokens = c.length, .stop_at_eos = false}](
+             markov_model& draft, markov_model& target, const sampling_params& params) {
+    return [dec = specdec::speculative_decoder(draft, target, fallback, rollback, params), opts, prompt = c.prompt,
+            fallbacks](std::uint64_t seed) mutable {
+      dec.set_seed(seed);
+      auto r = dec.generate(prompt, opts);
+      if (fallbacks != nullptr) *fallbacks += r.stats.fallbacks;
+      return r.tokens;
+    };
+  };
 }
 
-/// Exact probabilities of every length-`n` continuation of `prompt` (index base vocab).
-std::vector<double> exact_sequences(const markov_model& m, const std::vector<token_id>& prompt, std::size_t n,
-                                    double top_p) {
-  const std::size_t v = m.vocab_size();
-  std::size_t bins = 1;
-  for (std::size_t i = 0; i < n; ++i) bins *= v;
-  std::vector<double> out(bins);
-  for (std::size_t b = 0; b < bins; ++b) {
-    std::vector<token_id> seq(prompt);
-    double prob = 1;
-    std::size_t rest = b;
-    std::vector<token_id> cont(n);
-    for (std::size_t i = n; i-- > 0;) {
-      cont[i] = static_cast<token_id>(rest % v);
-      rest /= v;
-    }
-    for (std::size_t i = 0; i < n; ++i) {
-      prob *= processed(m.probabilities_after(seq), top_p)[static_cast<std::size_t>(cont[i])];
-      seq.push_back(cont[i]);
-    }
-    out[b] = prob;
-  }
-  return out;
-}
-
-struct fit {
-  double chi2 = 0;
-  double critical = 0;
-  double tv = 0;
-  std::size_t df = 0;
-};
-
-/// Chi-square (bins with expected count < 5 pooled into one) and total variation.
-/// Critical value at significance 1e-4 by the Wilson-Hilferty approximation
-/// chi2_crit = df (1 - 2/(9 df) + z sqrt(2/(9 df)))^3 with z = 3.7190 (the standard normal
-/// 1 - 1e-4 quantile); for df = 10, 30, 100 it gives 35.6, 59.7, 149.4 (tables: 35.56,
-/// 59.70, 149.45).
-fit goodness_of_fit(const std::vector<double>& expected_p, const std::vector<std::size_t>& counts, std::size_t n) {
-  fit f;
-  double pooled_e = 0, pooled_o = 0;
-  std::size_t bins = 0;
-  for (std::size_t i = 0; i < expected_p.size(); ++i) {
-    const double e = expected_p[i] * double(n);
-    const double o = double(counts[i]);
-    f.tv += 0.5 * std::abs(o / double(n) - expected_p[i]);
-    if (e < 5) {
-      pooled_e += e;
-      pooled_o += o;
-      continue;
-    }
-    f.chi2 += (o - e) * (o - e) / e;
-    ++bins;
-  }
-  if (pooled_e > 0) {
-    f.chi2 += (pooled_o - pooled_e) * (pooled_o - pooled_e) / std::max(pooled_e, 1e-300);
-    ++bins;
-  }
-  f.df = bins - 1;
-  const double d = double(f.df), z = 3.7190;
-  f.critical = d * std::pow(1 - 2 / (9 * d) + z * std::sqrt(2 / (9 * d)), 3);
-  return f;
-}
-
-template <class Generate>
-std::vector<std::size_t> histogram(std::size_t runs, std::size_t vocab, std::size_t n, Generate&& gen) {
-  std::size_t bins = 1;
-  for (std::size_t i = 0; i < n; ++i) bins *= vocab;
-  std::vector<std::size_t> counts(bins, 0);
-  for (std::size_t run = 0; run < runs; ++run) {
-    const std::vector<token_id> toks = gen(run);
-    EXPECT_EQ(toks.size(), n);
-    std::size_t b = 0;
-    for (token_id t : toks) b = b * vocab + static_cast<std::size_t>(t);
-    ++counts[b];
-  }
-  return counts;
-}
-
-struct sampled_case {
-  int order;
-  std::size_t vocab;
-  float top_p;
-  std::size_t gamma;
-  std::uint64_t seed;
-};
-
-TEST(sampled_exactness, rejection_sampling_matches_the_target_distribution) {
-  constexpr std::size_t runs = 40000, n = 3;
-  for (const sampled_case c : {sampled_case{1, 5, 1.0f, 2, 21}, sampled_case{2, 4, 1.0f, 3, 8},
-                               sampled_case{1, 5, 0.8f, 3, 21}, sampled_case{2, 5, 0.8f, 2, 5}}) {
-    SCOPED_TRACE("order " + std::to_string(c.order) + ", vocab " + std::to_string(c.vocab) + ", top_p " +
-                 std::to_string(c.top_p));
-    markov_model target(markov_target_opts(c.vocab, c.order, c.seed));
-    markov_model draft(markov_draft_opts(c.vocab, c.order, c.seed));
-    const std::vector<token_id> prompt{1};
-    const sampling_params params{.temperature = 1.0f, .top_p = c.top_p};
-    const generation_options opts{.max_new_tokens = n, .stop_at_eos = false};
-    const auto exact = exact_sequences(target, prompt, n, c.top_p);
-
-    specdec::speculative_decoder dec(draft, target, gamma_policy(c.gamma), specdec::rejection_sampling{}, params);
-    const auto counts = histogram(runs, c.vocab, n, [&](std::size_t run) {
-      dec.set_seed(run);
+/// The same for one model decoding alone: the draft's (`draft_alone`) or the target's.
+auto autoregressive_generator(const specdec::testing::exactness_case& c, bool draft_alone) {
+  return [=, opts = generation_options{.max_new_tokens = c.length, .stop_at_eos = false}](
+             markov_model& draft, markov_model& target, const sampling_params& params) {
+    return [dec = specdec::autoregressive_decoder(draft_alone ? draft : target, params), opts,
+            prompt = c.prompt](std::uint64_t seed) mutable {
+      dec.set_seed(seed);
       return dec.generate(prompt, opts).tokens;
-    });
-    const fit f = goodness_of_fit(exact, counts, runs);
-    EXPECT_LT(f.chi2, f.critical) << "df " << f.df;
-    EXPECT_LT(f.tv, 0.02);
+    };
+  };
+}
 
-    // Negative control 1: accepting every draft gives the draft's distribution, which
-    // the same test must reject.
-    specdec::speculative_decoder bad(draft, target, gamma_policy(c.gamma), always_accept{}, params);
-    const auto bad_counts = histogram(runs, c.vocab, n, [&](std::size_t run) {
-      bad.set_seed(run);
-      return bad.generate(prompt, opts).tokens;
-    });
-    const fit fb = goodness_of_fit(exact, bad_counts, runs);
-    EXPECT_GT(fb.chi2, fb.critical) << "the negative control passed: the test has no power";
-    // Negative control 2: the draft's own samples.
-    const auto draft_counts = histogram(runs / 4, c.vocab, n, [&](std::size_t run) {
-      return autoregressive(draft, prompt, opts, params, run);
-    });
-    const fit fd = goodness_of_fit(exact, draft_counts, runs / 4);
-    EXPECT_GT(fd.chi2, fd.critical) << "the draft's own distribution passed: the test has no power";
-    // Positive control for the test itself: the target's own samples pass.
-    const auto target_counts = histogram(runs / 4, c.vocab, n, [&](std::size_t run) {
-      return autoregressive(target, prompt, opts, params, run);
-    });
-    const fit ft = goodness_of_fit(exact, target_counts, runs / 4);
-    EXPECT_LT(ft.chi2, ft.critical);
+// Every draft length from 1 to beyond the generation (7 > 6 tokens: capped by the budget),
+// on a case with top-p (so zero-probability tokens exist): exact. The target's own
+// samples pass the same check; the draft's own samples and a policy that accepts every
+// draft fail it.
+TEST(sampled_exactness, rejection_sampling_is_exact_at_every_draft_length) {
+  const auto c = specdec::testing::standard_exactness_cases(markov_runs)[2];  // T 1.3, top-p 0.8
+  ASSERT_LT(c.params.top_p, 1.0f);
+  for (std::size_t g : {1u, 2u, 3u, 7u}) {
+    SCOPED_TRACE("gamma " + std::to_string(g));
+    SPECDEC_EXPECT_EXACT(
+        specdec::testing::check_case(c, speculative_generator(c, gamma_policy(g), specdec::rejection_sampling{})));
   }
+  SPECDEC_EXPECT_EXACT(specdec::testing::check_case(c, autoregressive_generator(c, false)));
+  SPECDEC_EXPECT_NOT_EXACT(specdec::testing::check_case(c, autoregressive_generator(c, true)));
+  SPECDEC_EXPECT_NOT_EXACT(specdec::testing::check_case(c, speculative_generator(c, gamma_policy(3), always_accept{})));
 }
 
 // Exactness does not depend on the fallback policy: BiLD's max-prob fallback discards
 // unconfident drafts (so some steps have k = 0 and the target samples alone) and
 // adaptive_gamma changes the draft length from step to step.
 TEST(sampled_exactness, exact_with_discarding_and_adaptive_fallbacks) {
-  constexpr std::size_t runs = 40000, n = 3;
-  markov_model target(markov_target_opts(5, 1, 21));
-  markov_model draft(markov_draft_opts(5, 1, 21));
-  const std::vector<token_id> prompt{3};
-  const sampling_params params{.temperature = 1.0f};
-  const generation_options opts{.max_new_tokens = n, .stop_at_eos = false};
-  const auto exact = exact_sequences(target, prompt, n, 1.0);
-  auto check = [&](auto fallback, const char* what, bool discards) {
-    specdec::speculative_decoder dec(draft, target, fallback, specdec::rejection_sampling{}, params);
+  const auto c = specdec::testing::standard_exactness_cases(markov_runs)[0];  // T 1, no truncation
+  const auto check = [&](auto fallback, const char* what, bool discards) {
     std::size_t fallbacks = 0;
-    const auto counts = histogram(runs, 5, n, [&](std::size_t run) {
-      dec.set_seed(run);
-      auto r = dec.generate(prompt, opts);
-      fallbacks += r.stats.fallbacks;
-      return r.tokens;
-    });
-    const fit f = goodness_of_fit(exact, counts, runs);
-    EXPECT_LT(f.chi2, f.critical) << what << ", df " << f.df;
-    EXPECT_LT(f.tv, 0.02) << what;
+    SPECDEC_EXPECT_EXACT(
+        specdec::testing::check_case(c, speculative_generator(c, fallback, specdec::rejection_sampling{}, &fallbacks)));
     if (discards) {
-      EXPECT_GT(fallbacks, runs / 10) << what;  // the k = 0 path is exercised
+      EXPECT_GT(fallbacks, c.runs / 10) << what;  // the k = 0 path is exercised
     } else {
       EXPECT_EQ(fallbacks, 0u) << what;
     }
   };
   check(max_prob(0.5f, 3), "max_prob_fallback", true);
   check(specdec::confidence_stop{.min_confidence = 0.5f, .max_draft = 3}, "confidence_stop", false);
-  check(specdec::adaptive_gamma{.initial = 1, .min_gamma = 1, .max_gamma = 3}, "adaptive_gamma", false);
+  check(specdec::adaptive_gamma{.initial = 1, .min_gamma = 1, .max_gamma = 4}, "adaptive_gamma", false);
 }
 
-// Sampled exactness on the real KJV pair: the joint distribution of the first two tokens
-// after BOS, at temperature 1, against p(x1) p(x2 | x1) computed by running kjv-big.
-TEST(sampled_exactness, kjv_first_two_tokens_follow_the_target) {
-  specdec::cpu::transformer little(kjv_little()), big(kjv_big());
+// Sampled exactness on the real KJV pair: the first two tokens after BOS at temperature 1.
+// A SMOKE TEST, not a proof: each run costs a kjv-big forward (milliseconds), so a unit
+// test affords N = 1000 runs (250 in sanitizer builds), and at that size the check sees only gross errors: it is
+// rejected by kjv-little's own law but is nearly blind to a joint law moved by TV 0.02
+// towards kjv-little's (both powers are computed and printed below). The statistical
+// evidence is the Markov battery of test_exactness.cpp; this test shows that the real
+// backend goes through the same harness and is not grossly wrong.
+TEST(sampled_exactness, kjv_first_two_tokens_smoke_test) {
+  specdec::cpu::transformer big(kjv_big());
+  // The draft's numerics change its proposals only, never the law: w8a8 is the cheapest.
+  specdec::cpu::transformer little(kjv_little(), {.format = specdec::cpu::weight_format::w8a8});
   const std::vector<token_id> prompt{1};
   const sampling_params params{.temperature = 1.0f};
   const std::size_t vocab = big.vocab_size();
 
-  // Exact joint probabilities of (x1, x2) for a model, for the x1 with p(x1) >= 0.005;
-  // the bins are the pairs with target probability >= 0.01, plus one "other" bin.
-  auto joint_of = [&](specdec::cpu::transformer& m) {
-    std::map<std::pair<token_id, token_id>, double> joint;
-    std::vector<float> p1(vocab), p2(vocab);
-    m.truncate(0);
-    auto l = m.forward(prompt);
-    specdec::softmax(l.row(l.rows - 1), p1);
-    for (std::size_t x1 = 0; x1 < vocab; ++x1) {
-      if (p1[x1] < 0.005f) continue;
-      m.truncate(prompt.size());
-      auto l2 = specdec::forward_one(m, static_cast<token_id>(x1));
-      specdec::softmax(l2.row(0), p2);
-      for (std::size_t x2 = 0; x2 < vocab; ++x2)
-        joint[{static_cast<token_id>(x1), static_cast<token_id>(x2)}] = double(p1[x1]) * double(p2[x2]);
-    }
-    return joint;
-  };
-  const auto target_joint = joint_of(big);
-  const auto draft_joint = joint_of(little);
-  std::vector<double> expected, draft_expected;
-  std::map<std::pair<token_id, token_id>, std::size_t> bin_of;
-  double covered = 0, draft_covered = 0;
-  for (const auto& [k, v] : target_joint) {
-    if (v < 0.01) continue;
-    bin_of[k] = expected.size();
-    expected.push_back(v);
-    covered += v;
-    const auto d = draft_joint.find(k);
-    draft_expected.push_back(d == draft_joint.end() ? 0.0 : d->second);
-    draft_covered += draft_expected.back();
+  // The bins: the pair (x1, x2) for every x1 with target probability >= 0.005 and every
+  // x2, and one bin for all the other x1 (the harness pools the small bins).
+  std::vector<token_id> firsts;
+  {
+    std::vector<float> p1(vocab);
+    specdec::softmax(big.forward(prompt).row(0), p1);
+    for (std::size_t x1 = 0; x1 < vocab; ++x1)
+      if (p1[x1] >= 0.005f) firsts.push_back(static_cast<token_id>(x1));
   }
-  expected.push_back(1.0 - covered);  // "other"
-  draft_expected.push_back(1.0 - draft_covered);
-  ASSERT_GE(expected.size(), 6u) << "prompt too predictable for a useful test";
+  ASSERT_GE(firsts.size(), 6u) << "prompt too predictable for a useful test";
+  const std::size_t other = firsts.size() * vocab;
+  const auto bin_of = [&](token_id x1, token_id x2) {
+    const auto it = std::find(firsts.begin(), firsts.end(), x1);
+    return it == firsts.end() ? other : static_cast<std::size_t>(it - firsts.begin()) * vocab + static_cast<std::size_t>(x2);
+  };
+  // A model's exact law over those bins: p(x1) p(x2 | x1), in double.
+  const auto law_of = [&](specdec::cpu::transformer& m) {
+    std::vector<double> law(other + 1, 0.0);
+    m.truncate(0);
+    const auto p1 = specdec::testing::processed_distribution(m.forward(prompt).row(0), params);
+    double covered = 0.0;
+    for (std::size_t f = 0; f < firsts.size(); ++f) {
+      m.truncate(prompt.size());
+      const auto p2 = specdec::testing::processed_distribution(specdec::forward_one(m, firsts[f]).row(0), params);
+      const double px1 = p1[static_cast<std::size_t>(firsts[f])];
+      for (std::size_t x2 = 0; x2 < vocab; ++x2) law[f * vocab + x2] = px1 * p2[x2];
+      covered += px1;
+    }
+    law[other] = 1.0 - covered;
+    return law;
+  };
+  const std::vector<double> target_law = law_of(big), draft_law = law_of(little);
 
-  // kjv-big forwards take milliseconds, so the sample is small: N = 1000 runs.
-  constexpr std::size_t runs = 1000;
-  std::vector<std::size_t> counts(expected.size(), 0);
+  constexpr std::size_t runs = kjv_runs;
+  const auto sample = [&](auto&& generate) {
+    std::vector<std::uint64_t> counts(target_law.size(), 0);
+    for (std::size_t run = 0; run < runs; ++run) {
+      const auto t = generate(run);
+      ++counts[bin_of(t[0], t[1])];
+    }
+    return counts;
+  };
   specdec::speculative_decoder dec(little, big, gamma_policy(3), specdec::rejection_sampling{}, params);
   std::size_t rejected_runs = 0;
-  for (std::size_t run = 0; run < runs; ++run) {
+  const auto counts = sample([&](std::size_t run) {
     dec.set_seed(run);
-    const auto r = dec.generate(prompt, {.max_new_tokens = 2, .stop_at_eos = false, .sync_caches = false});
-    ASSERT_EQ(r.tokens.size(), 2u);
+    auto r = dec.generate(prompt, {.max_new_tokens = 2, .stop_at_eos = false, .sync_caches = false});
     rejected_runs += r.stats.rollbacks > 0;
-    const auto it = bin_of.find({r.tokens[0], r.tokens[1]});
-    ++counts[it == bin_of.end() ? expected.size() - 1 : it->second];
-  }
+    return r.tokens;
+  });
   EXPECT_GT(rejected_runs, runs / 20) << "the draft is rejected sometimes, so rejection sampling is exercised";
-  const fit f = goodness_of_fit(expected, counts, runs);
-  // TV bound. Under exactness bin i's frequency has standard deviation
-  // s_i = sqrt(p_i (1 - p_i) / N), so E|freq_i - p_i| ~ s_i sqrt(2/pi) and
-  // E[TV] ~ 1/2 sum_i s_i sqrt(2/pi); TV is a sum of many bounded terms, concentrated
-  // within a fraction of its mean, so 2.5 E[TV] (~0.05 here) is a bound a correct decoder
-  // exceeds rarely (other seed offsets gave TV 0.005-0.028 for E[TV] = 0.020), while the
-  // draft's own distribution is ~0.19 away (checked below).
-  double etv = 0;
-  for (double p : expected) etv += 0.5 * std::sqrt(2 * p * (1 - p) / (3.14159265358979 * runs));
-  EXPECT_LT(f.chi2, f.critical) << "df " << f.df;
-  EXPECT_LT(f.tv, 2.5 * etv) << "E[TV] under exactness " << etv;
+  const specdec::testing::fit_result f = specdec::testing::goodness_of_fit(target_law, counts);
+  EXPECT_TRUE(f.passed()) << f.describe();
 
-  // Negative control (power): the draft's own distribution over the same bins differs
-  // from the target's by far more than the bound, and its expected counts fail the
-  // chi-square test at this N (here with exact expected counts, no sampling noise).
-  double tv_draft = 0, chi2_draft = 0;
-  for (std::size_t i = 0; i < expected.size(); ++i) {
-    tv_draft += 0.5 * std::abs(draft_expected[i] - expected[i]);
-  }
-  std::vector<std::size_t> draft_counts(expected.size());
-  for (std::size_t i = 0; i < expected.size(); ++i)
-    draft_counts[i] = static_cast<std::size_t>(std::llround(draft_expected[i] * runs));
-  const fit fd = goodness_of_fit(expected, draft_counts, runs);
-  chi2_draft = fd.chi2;
-  std::printf("kjv joint: %zu bins, chi2 %.1f (df %zu, critical %.1f), TV %.4f (E[TV] %.4f), "
-              "draft TV %.4f, draft chi2 %.1f, runs with a rejection %zu/%zu\n",
-              expected.size(), f.chi2, f.df, f.critical, f.tv, etv, tv_draft, chi2_draft, rejected_runs, runs);
-  EXPECT_GT(tv_draft, 4 * etv) << "kjv-little is too close to kjv-big for this test to have power";
-  EXPECT_GT(chi2_draft, fd.critical);
+  // Negative control, sampled: kjv-little decoding alone fails the same check.
+  specdec::autoregressive_decoder alone(little, params);
+  const auto draft_counts = sample([&](std::size_t run) {
+    alone.set_seed(run);
+    return alone.generate(prompt, {.max_new_tokens = 2, .stop_at_eos = false, .sync_caches = false}).tokens;
+  });
+  const specdec::testing::fit_result fd = specdec::testing::goodness_of_fit(target_law, draft_counts);
+  EXPECT_FALSE(fd.passed()) << "kjv-little's own samples passed: " << fd.describe();
+
+  // The power of this check at this N, by simulation (200 samples each).
+  const double power_draft = specdec::testing::rejection_rate(target_law, draft_law, runs, 200);
+  const double power_tv002 =
+      specdec::testing::rejection_rate(target_law, specdec::testing::biased_law(target_law, draft_law, 0.02), runs, 200);
+  std::printf("kjv smoke test: %zu bins, %s; kjv-little alone: %s; power against kjv-little's law %.2f, against TV "
+              "0.02 towards it %.2f; runs with a rejection %zu/%zu\n",
+              target_law.size(), f.describe().c_str(), fd.describe().c_str(), power_draft, power_tv002, rejected_runs,
+              runs);
+  EXPECT_GE(power_draft, 0.9);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -701,6 +599,130 @@ TEST(decoder_errors, a_model_answering_with_the_wrong_number_of_rows_is_an_error
   const std::string msg = thrown_message([&] { (void)dec.generate(prompt, {.max_new_tokens = 8}); });
   EXPECT_NE(msg.find("speculative_decoder: the target's forward returned"), std::string::npos) << msg;
   EXPECT_NE(msg.find("rows of 6"), std::string::npos) << msg;
+}
+
+// The same for the draft: every answer one row short (the single-token forwards then
+// answer with no row at all), or one row long.
+// DISABLED until the decoder checks the draft's answers as it checks the target's: today
+// it accepts any draft block answer with at least one row and does not check the
+// single-token answers at all, so one row too many goes unnoticed and an empty answer is
+// read at row -1 (an out-of-bounds read; ASan reports it). The fix belongs to
+// decoder.hpp / batch_decoder.hpp (check_logits_shape with the exact row count after
+// every draft forward); enable this test with it.
+struct miscounting_draft : markov_model {
+  using markov_model::markov_model;
+  long extra = 0;  ///< rows added to (or, negative, removed from) every answer
+  specdec::logits_block forward(std::span<const token_id> tokens) {
+    specdec::logits_block l = markov_model::forward(tokens);
+    const long rows = static_cast<long>(l.rows) + extra;
+    if (rows > static_cast<long>(l.rows)) {  // room for the extra rows: repeat the last one
+      pad.assign(l.data, l.data + l.rows * l.vocab);
+      for (long i = static_cast<long>(l.rows); i < rows; ++i) pad.insert(pad.end(), l.data + (l.rows - 1) * l.vocab, l.data + l.rows * l.vocab);
+      l.data = pad.data();
+    }
+    l.rows = static_cast<std::size_t>(std::max(0L, rows));
+    return l;
+  }
+  std::vector<float> pad;
+};
+static_assert(specdec::language_model<miscounting_draft>);
+
+TEST(decoder_errors, DISABLED_a_draft_answering_with_the_wrong_number_of_rows_is_an_error) {
+  markov_model target(markov_target_opts(6, 1, 1));
+  for (long extra : {-1L, 1L}) {
+    SCOPED_TRACE("extra rows " + std::to_string(extra));
+    miscounting_draft draft(markov_draft_opts(6, 1, 1));
+    draft.extra = extra;
+    specdec::speculative_decoder dec(draft, target, gamma_policy(3), specdec::greedy_match{});
+    const std::vector<token_id> prompt{1, 2, 3};
+    const std::string msg = thrown_message([&] { (void)dec.generate(prompt, {.max_new_tokens = 8}); });
+    EXPECT_NE(msg.find("draft"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("rows"), std::string::npos) << msg;
+  }
+}
+
+// A rollback policy that breaks its contract (accepted > k, next out of range) is an error
+// naming the policy's verdict and what was expected, never an out-of-range read.
+struct lying_rollback {
+  static constexpr bool exact = true;
+  long accepted_offset = 0;  ///< accepted = k + this
+  token_id next = 0;
+  specdec::verify_result verify(const specdec::verify_input& in) const {
+    return {static_cast<std::size_t>(static_cast<long>(in.k()) + accepted_offset), next};
+  }
+};
+
+TEST(decoder_errors, a_rollback_verdict_breaking_its_contract_is_an_error) {
+  markov_model target(markov_target_opts(6, 1, 1)), draft(markov_draft_opts(6, 1, 1));
+  const std::vector<token_id> prompt{1, 2};
+  struct bad_verdict {
+    long accepted_offset;
+    token_id next;
+    std::string value;  // as the message must show it
+  };
+  for (const bad_verdict& b : {bad_verdict{1, 0, "accepted = 4"}, bad_verdict{0, 6, "next = 6"},
+                               bad_verdict{0, -1, "next = -1"}, bad_verdict{7, 2, "accepted = 10"}}) {
+    SCOPED_TRACE(b.value);
+    specdec::speculative_decoder dec(draft, target, gamma_policy(3), lying_rollback{b.accepted_offset, b.next},
+                                     {.temperature = 1.0f});
+    EXPECT_THROW((void)dec.generate(prompt, {.max_new_tokens = 8, .stop_at_eos = false}), specdec::error);
+    const std::string msg = thrown_message([&] { (void)dec.generate(prompt, {.max_new_tokens = 8, .stop_at_eos = false}); });
+    EXPECT_NE(msg.find("rollback"), std::string::npos) << msg;
+    EXPECT_NE(msg.find(b.value), std::string::npos) << msg;
+    EXPECT_NE(msg.find("expected"), std::string::npos) << msg;
+  }
+}
+
+// A model that throws from its forward on one chosen call (after its cache has grown, the
+// worst case): the decoder is used again afterwards.
+struct failing_model : markov_model {
+  using markov_model::markov_model;
+  long fail_on_call = -1;  ///< the 0-based forward call that throws; -1 = never
+  long calls = 0;
+  specdec::logits_block forward(std::span<const token_id> tokens) {
+    specdec::logits_block l = markov_model::forward(tokens);
+    if (calls++ == fail_on_call) throw std::runtime_error("failing_model: injected failure");
+    return l;
+  }
+};
+
+// After an exception mid-generation (from the draft, the target or the token callback),
+// the same decoder gives exactly what a fresh one gives: generate resets the caches, the
+// random source and the policies.
+TEST(decoder_errors, a_decoder_reused_after_an_exception_gives_a_fresh_decoders_output) {
+  const std::vector<token_id> prompt{1, 4};
+  const generation_options opts{.max_new_tokens = 40, .stop_at_eos = false};
+  for (const sampling_params& params : {sampling_params{}, sampling_params{.temperature = 1.0f, .top_k = 4}}) {
+    SCOPED_TRACE("temperature " + std::to_string(params.temperature));
+    const auto fresh_output = [&] {
+      markov_model d(markov_draft_opts(6, 2, 4)), t(markov_target_opts(6, 2, 4));
+      specdec::speculative_decoder fresh(d, t, specdec::adaptive_gamma{}, specdec::rejection_sampling{}, params, 9);
+      return fresh.generate(prompt, opts).tokens;
+    }();
+    ASSERT_EQ(fresh_output.size(), 40u);
+    for (int who = 0; who < 3; ++who) {  // 0: draft, 1: target, 2: callback
+      SCOPED_TRACE("failure in " + std::string(who == 0 ? "the draft" : who == 1 ? "the target" : "the callback"));
+      failing_model d(markov_draft_opts(6, 2, 4)), t(markov_target_opts(6, 2, 4));
+      specdec::speculative_decoder dec(d, t, specdec::adaptive_gamma{}, specdec::rejection_sampling{}, params, 9);
+      if (who == 0) d.fail_on_call = 9;
+      if (who == 1) t.fail_on_call = 4;
+      std::size_t seen = 0;
+      const auto throwing_callback = [&](token_id) {
+        if (who == 2 && ++seen == 17) throw std::runtime_error("callback: injected failure");
+      };
+      EXPECT_THROW((void)dec.generate(prompt, opts, throwing_callback), std::runtime_error);
+      d.fail_on_call = t.fail_on_call = -1;
+      EXPECT_EQ(dec.generate(prompt, opts).tokens, fresh_output);
+      EXPECT_EQ(dec.generate(prompt, opts).tokens, fresh_output);  // and again
+    }
+    // The autoregressive decoder too.
+    failing_model m(markov_target_opts(6, 2, 4));
+    specdec::autoregressive_decoder ar(m, params, 9);
+    const auto ar_fresh = ar.generate(prompt, opts).tokens;
+    m.fail_on_call = m.calls + 12;
+    EXPECT_THROW((void)ar.generate(prompt, opts), std::runtime_error);
+    EXPECT_EQ(ar.generate(prompt, opts).tokens, ar_fresh);
+  }
 }
 
 TEST(decoder_errors, context_edge) {

@@ -1,11 +1,13 @@
 // Tests for include/specdec/rollback.hpp: the shared contract of every rollback policy
 // (the public typed suite of specdec/testing/contracts.hpp), greedy equivalence, BiLD's
-// and Medusa's thresholds on crafted inputs, and the statistical exactness of rejection sampling (with a negative control).
+// and Medusa's thresholds on crafted inputs, and the statistical exactness of rejection
+// sampling, one position and a whole block with its bonus (with negative controls).
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <functional>
 #include <limits>
 #include <random>
@@ -16,7 +18,9 @@
 #include "specdec/distance.hpp"
 #include "specdec/rollback.hpp"
 #include "specdec/sampling.hpp"
+#include "specdec/testing/archetypes.hpp"
 #include "specdec/testing/contracts.hpp"
+#include "specdec/testing/exactness.hpp"
 
 namespace {
 using specdec::random_source;
@@ -398,37 +402,76 @@ TEST(rejection_sampling, negative_controls_fail_the_same_test) {
   EXPECT_GT(wrong2.impossible, 0);
 }
 
-TEST(rejection_sampling, two_positions_and_bonus_follow_the_target) {
-  // k = 2 with position-independent p and q: the first two emitted tokens must be i.i.d. p
-  // (bonus from row 2 when both survive). Check the second emitted token's law, which
-  // mixes accepted drafts, residual draws and the bonus.
-  const std::vector<float> p{0.6f, 0.3f, 0.1f};
-  const std::vector<float> q{0.2f, 0.3f, 0.5f};
-  const std::size_t v = 3;
-  std::vector<float> qq, pp;
-  for (int i = 0; i < 2; ++i) qq.insert(qq.end(), q.begin(), q.end());
-  for (int i = 0; i < 3; ++i) pp.insert(pp.end(), p.begin(), p.end());
-  std::vector<float> logits(3 * v, 0.0f);
+// A whole block as a decoder verifies it: k = 2 drafts from an order-1 Markov draft, the
+// target's p rows after each drafted prefix (so p and q differ from row to row, and the
+// bonus row p_2 depends on the second draft), the emitted tokens completed to 3 with the
+// target's own draws. The joint law of the 3 tokens must be the target's: the bonus is
+// token 2 whenever both drafts survive. A bonus drawn from the wrong row fails the same
+// check (it scored chi-square 3.7 against a critical 23.5 in this test's earlier form,
+// which looked only at the second token with identical rows).
+template <class Verify>
+specdec::testing::sequence_counts block_samples(Verify verify, std::size_t runs) {
+  const specdec::testing::markov_model target({.vocab = 4, .seed = 7});
+  const specdec::testing::markov_model draft({.vocab = 4, .seed = 7, .noise_seed = 8, .noise = 0.6f});
+  constexpr std::size_t v = 4, k = 2, n = 3;
   const sampling_params params{.temperature = 1.0f};
   random_source rng(5);
-  std::vector<token_id> drafted(2);
-  const verify_input in{drafted, qq, pp, logits, v, &params, &rng};
-  std::vector<long> second(v, 0);
-  long n = 0;
-  for (int t = 0; t < 200000; ++t) {
-    drafted[0] = specdec::sample_from(q, rng.uniform());
-    drafted[1] = specdec::sample_from(q, rng.uniform());
-    const verify_result r = specdec::rejection_sampling{}.verify(in);
-    if (r.accepted == 0) continue;  // only one token emitted this step
-    ++n;
-    ++second[static_cast<std::size_t>(r.accepted == 1 ? r.next : drafted[1])];
+  std::vector<token_id> drafted(k), hist;
+  std::vector<float> q(k * v), p((k + 1) * v), logits((k + 1) * v);
+  const auto row = [&](std::vector<float>& m, std::size_t i) { return std::span<float>(m).subspan(i * v, v); };
+  specdec::testing::sequence_counts counts{v, n};
+  for (std::size_t run = 0; run < runs; ++run) {
+    hist = {1};
+    for (std::size_t i = 0; i < k; ++i) {
+      specdec::make_distribution(draft.logits_after(hist), params, row(q, i));
+      hist.push_back(drafted[i] = specdec::sample_from(row(q, i), rng.uniform()));
+    }
+    hist = {1};
+    for (std::size_t i = 0; i <= k; ++i) {
+      const auto l = target.logits_after(hist);
+      std::copy(l.begin(), l.end(), row(logits, i).begin());
+      specdec::make_distribution(l, params, row(p, i));
+      if (i < k) hist.push_back(drafted[i]);
+    }
+    const verify_result r = verify(verify_input{drafted, q, p, logits, v, &params, &rng});
+    hist = {1};
+    hist.insert(hist.end(), drafted.begin(), drafted.begin() + static_cast<std::ptrdiff_t>(r.accepted));
+    hist.push_back(r.next);
+    std::vector<float> next(v);
+    while (hist.size() < 1 + n) {  // the target continues on its own
+      specdec::make_distribution(target.logits_after(hist), params, next);
+      hist.push_back(specdec::sample_from(next, rng.uniform()));
+    }
+    counts.add(std::span<const token_id>(hist).subspan(1, n));
   }
-  double chi2 = 0;
-  for (std::size_t i = 0; i < v; ++i) {
-    const double e = n * double(p[i]);
-    chi2 += (second[i] - e) * (second[i] - e) / e;
-  }
-  EXPECT_LT(chi2, chi2_critical(2));
+  return counts;
+}
+
+TEST(rejection_sampling, a_whole_block_and_its_bonus_follow_the_target) {
+  const specdec::testing::markov_model target({.vocab = 4, .seed = 7});
+  const auto law = specdec::testing::exact_sequence_law(target, std::vector<token_id>{1}, 3, {.temperature = 1.0f});
+  constexpr std::size_t runs = 50000;
+  const auto counts = block_samples(exact_verify, runs);
+  SPECDEC_EXPECT_EXACT(specdec::testing::check_exactness(law, counts));
+  // Power: a law moved by TV 0.02 towards the draft's is rejected in >= 99% of simulated
+  // samples of this size.
+  const specdec::testing::markov_model draft({.vocab = 4, .seed = 7, .noise_seed = 8, .noise = 0.6f});
+  const auto draft_law = specdec::testing::exact_sequence_law(draft, std::vector<token_id>{1}, 3, {.temperature = 1.0f});
+  EXPECT_GE(specdec::testing::rejection_rate(law, specdec::testing::biased_law(law.joint, draft_law.joint, 0.02), runs, 200),
+            0.99);
+  const auto wrong_row_bonus = [](const verify_input& in) {
+    verify_result r = specdec::rejection_sampling{}.verify(in);
+    if (r.accepted == in.k())  // redraw the bonus from p_{k-1}
+      r.next = specdec::sample_from(in.p_row(in.k() - 1), in.rng->uniform());
+    return r;
+  };
+  const auto wrong = specdec::testing::check_exactness(law, block_samples(wrong_row_bonus, runs));
+  std::printf("bonus from the wrong row: smallest p-value %.3g\n", wrong.min_p_value());
+  SPECDEC_EXPECT_NOT_EXACT(wrong);
+  const auto always_accept = [](const verify_input& in) {
+    return verify_result{in.k(), specdec::sample_from(in.p_row(in.k()), in.rng->uniform())};
+  };
+  SPECDEC_EXPECT_NOT_EXACT(specdec::testing::check_exactness(law, block_samples(always_accept, runs)));
 }
 
 }  // namespace

@@ -38,6 +38,10 @@
 /// | `SPECDEC_DISTANCE_CONTRACT_TESTS`   | `distance_metric` | `distance_traits<D>`      |
 /// | `SPECDEC_VERIFIER_CONTRACT_TESTS`   | `verifier`        | `verifier_factory<V>`     |
 ///
+/// And for the statistical exactness harness of `testing/exactness.hpp`:
+/// `SPECDEC_EXPECT_EXACT(report)` and `SPECDEC_EXPECT_NOT_EXACT(report)` (a negative
+/// control) on an `exactness_report`, printing the report when the expectation fails.
+///
 /// What is checked:
 /// - model: a block forward of k tokens gives the same rows, bit for bit, as k single
 ///   forwards; `truncate(n)` then forwarding again gives the rows a fresh model gives;
@@ -87,6 +91,7 @@
 #include "specdec/model.hpp"
 #include "specdec/rollback.hpp"
 #include "specdec/sampling.hpp"
+#include "specdec/testing/exactness.hpp"
 #include "specdec/token.hpp"
 #include "specdec/verifier.hpp"
 
@@ -947,3 +952,27 @@ REGISTER_TYPED_TEST_SUITE_P(specdec_verifier_contract, satisfies_the_concept, gr
 #define SPECDEC_VERIFIER_CONTRACT_TESTS(prefix, ...) \
   using specdec_verifier_contract_types_##prefix = ::testing::Types<__VA_ARGS__>;       \
   INSTANTIATE_TYPED_TEST_SUITE_P(prefix, specdec_verifier_contract, specdec_verifier_contract_types_##prefix)
+
+/// Expects an `exactness_report` (testing/exactness.hpp) to pass; prints it otherwise.
+///
+/// ```cpp
+/// SPECDEC_EXPECT_EXACT(specdec::testing::check_case(c, my_generator_factory));
+/// ```
+#define SPECDEC_EXPECT_EXACT(report)                                    \
+  do {                                                                  \
+    const ::specdec::testing::exactness_report& specdec_report_ = (report); \
+    EXPECT_TRUE(specdec_report_.passed()) << specdec_report_.describe(); \
+  } while (false)
+
+/// Expects an `exactness_report` to fail: a negative control, showing the check has the
+/// power to see the bug it was given. Prints the report when it passes.
+///
+/// ```cpp
+/// SPECDEC_EXPECT_NOT_EXACT(specdec::testing::check_case(c, broken_generator_factory));
+/// ```
+#define SPECDEC_EXPECT_NOT_EXACT(report)                                \
+  do {                                                                  \
+    const ::specdec::testing::exactness_report& specdec_report_ = (report); \
+    EXPECT_FALSE(specdec_report_.passed())                              \
+        << "the negative control passed: the check has no power against it\n" << specdec_report_.describe(); \
+  } while (false)
