@@ -54,20 +54,12 @@
 #include "specdec/hybrid/predictor.hpp"
 #include "specdec/hybrid/session.hpp"
 
-#include "cli_args.hpp"
+#include "args.hpp"
 #include "held_out_prompts.hpp"
-
-#ifndef SPECDEC_HYBRID_EVAL_OUT
-#define SPECDEC_HYBRID_EVAL_OUT "."
-#endif
 
 namespace {
 
 using specdec::token_id;
-using specdec::bench::parse_count;
-using specdec::bench::parse_fraction;
-using specdec::bench::parse_non_negative;
-using specdec::bench::parse_positive;
 using specdec::cpu::transformer;
 namespace hy = specdec::hybrid;
 
@@ -76,8 +68,7 @@ struct eval_options {
   std::string cloud = SPECDEC_MODELS_DIR "/kjv-big.bin";
   std::string tokenizer = SPECDEC_MODELS_DIR "/kjv2k-tokenizer.bin";
   std::string prompts = SPECDEC_MODELS_DIR "/kjv_val_openings.tsv";
-  std::string json = SPECDEC_HYBRID_EVAL_OUT "/hybrid_eval.json";
-  std::string csv = SPECDEC_HYBRID_EVAL_OUT "/hybrid_eval.csv";
+  std::string json, csv;  // written only when given
   std::size_t tokens = 48;
   std::size_t words = 8;
   std::size_t count = 24;
@@ -94,13 +85,6 @@ struct eval_options {
   int cost_reps = 40;
   std::size_t segment = 16;  // tokens per segment of the confidence_seg configuration
 };
-
-constexpr const char* usage =
-    "usage: specdec-hybrid-eval [--quick] [--json PATH] [--csv PATH] [--tokens N] [--words N]\n"
-    "         [--device-scale S] [--cloud-scale S] [--agree X] [--gamma G] [--prefix K]\n"
-    "         [--cloud-fraction F] [--lambda SECONDS] [--seed S] [--measured] [--prompts TSV]\n"
-    "         [--device-cost PER_CALL_MS,PER_TOKEN_MS] [--cloud-cost PER_CALL_MS,PER_TOKEN_MS] [--segment N]\n"
-    "         [--device PATH] [--cloud PATH] [--tokenizer PATH]\n";
 
 // Per-model linear cost (seconds per call + per token), measured on this machine: a
 // single-token forward and a 16-token block forward after a 16-token context, alternated,
@@ -127,14 +111,51 @@ hy::linear_cost measure_cost(transformer& m, int reps) {
 }
 
 // "A,B" in milliseconds -> linear_cost{A ms per call, B ms per token}.
-hy::linear_cost parse_cost(const std::string& flag, const std::string& v) {
-  const auto comma = v.find(',');
-  if (comma == std::string::npos)
-    throw specdec::invalid_argument(flag + " expects PER_CALL_MS,PER_TOKEN_MS, got '" + v + "'");
-  hy::linear_cost c{.per_call = parse_non_negative(flag, v.substr(0, comma)) * 1e-3,
-                    .per_token = parse_non_negative(flag, v.substr(comma + 1)) * 1e-3};
+hy::linear_cost parse_cost(std::string_view flag, std::string_view v) {
+  const auto ms = specdec::cli::parse_tuple<double>(flag, v, 2, specdec::cli::non_negative<double>());
+  hy::linear_cost c{.per_call = ms[0] * 1e-3, .per_token = ms[1] * 1e-3};
   c.validate();
   return c;
+}
+
+// Parses argv into `o`; false when --help was printed.
+bool parse(int argc, char** argv, eval_options& o) {
+  namespace cli = specdec::cli;
+  using cli::store;
+  const auto count = cli::between<std::size_t>(1, 1 << 20);
+  const auto cost = [](std::string& out) {
+    return [&out](std::string_view opt, std::string_view v) {
+      (void)parse_cost(opt, v);  // checked now, used after the models are loaded
+      out = std::string(v);
+    };
+  };
+  cli::parser p("specdec-hybrid-eval",
+                "Device/cloud routing (arbiters x link presets) on one virtual clock; writes files only where
+"
+                "--json / --csv say.");
+  p.flag("--quick", "4 prompts", [&o] { o.count = 4; })
+      .add("--json", "PATH", "write the results as JSON", store(o.json))
+      .add("--csv", "PATH", "write one CSV row per configuration", store(o.csv))
+      .add("--tokens", "N", "max new tokens (48)", store(o.tokens, count))
+      .add("--words", "N", "prompt words (8)", store(o.words, count))
+      .add("--device-scale", "S", "device compute time scale (3)", store(o.device_scale, cli::above(0.0)))
+      .add("--cloud-scale", "S", "cloud compute time scale (0.5)", store(o.cloud_scale, cli::above(0.0)))
+      .add("--agree", "X", "agreement that labels a prompt device-ok (0.15)", store(o.agree, cli::between(0.0, 1.0)))
+      .add("--gamma", "G", "draft length of the speculative route (4)", store(o.gamma, cli::between<std::size_t>(1, 1024)))
+      .add("--prefix", "K", "cloud tokens of the cloud_prefix route (4)", store(o.prefix, count))
+      .add("--cloud-fraction", "F", "cloud budget of the calibrated arbiters (0.3)",
+           store(o.cloud_fraction, cli::between(0.0, 1.0)))
+      .add("--lambda", "SECONDS", "latency arbiter's price of quality (0.05)", store(o.lambda, cli::non_negative<double>()))
+      .add("--seed", "S", "seed of the random arbiter and the links (1)", store(o.seed))
+      .flag("--measured", "charge live wall times instead of the linear costs", o.measured)
+      .add("--segment", "N", "tokens per segment of confidence_seg (16)", store(o.segment, count))
+      .add("--device-cost", "MS,MS", "per-call and per-token device cost (default: measured)", cost(o.device_cost))
+      .add("--cloud-cost", "MS,MS", "per-call and per-token cloud cost (default: measured)", cost(o.cloud_cost))
+      .add("--prompts", "TSV", "held-out prompts", store(o.prompts))
+      .add("--device", "PATH", "device checkpoint", store(o.device))
+      .add("--cloud", "PATH", "cloud checkpoint", store(o.cloud))
+      .add("--tokenizer", "PATH", "tokenizer", store(o.tokenizer));
+  return p.parse(argc, argv);
 }
 
 double agreement(const std::vector<token_id>& out, const std::vector<token_id>& ref, std::size_t& same) {
@@ -224,45 +245,19 @@ std::string json_escape(const std::string& s) {
 
 int main(int argc, char** argv) try {
   eval_options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto next = [&]() -> std::string {
-      if (i + 1 >= argc) throw specdec::invalid_argument(a + ": expected a value");
-      return argv[++i];
-    };
-    if (a == "--quick") o.count = 4;
-    else if (a == "--json") o.json = next();
-    else if (a == "--csv") o.csv = next();
-    else if (a == "--tokens") o.tokens = parse_count(a, next());
-    else if (a == "--words") o.words = parse_count(a, next());
-    else if (a == "--device-scale") o.device_scale = parse_positive(a, next());
-    else if (a == "--cloud-scale") o.cloud_scale = parse_positive(a, next());
-    else if (a == "--agree") o.agree = parse_fraction(a, next());
-    else if (a == "--gamma") o.gamma = parse_count(a, next());
-    else if (a == "--prefix") o.prefix = parse_count(a, next());
-    else if (a == "--cloud-fraction") o.cloud_fraction = parse_fraction(a, next());
-    else if (a == "--lambda") o.lambda = parse_non_negative(a, next());
-    else if (a == "--seed") o.seed = parse_count(a, next());
-    else if (a == "--measured") o.measured = true;
-    else if (a == "--segment") o.segment = parse_count(a, next());
-    else if (a == "--device-cost") o.device_cost = next();
-    else if (a == "--cloud-cost") o.cloud_cost = next();
-    else if (a == "--prompts") o.prompts = next();
-    else if (a == "--device") o.device = next();
-    else if (a == "--cloud") o.cloud = next();
-    else if (a == "--tokenizer") o.tokenizer = next();
-    else if (a == "--help" || a == "-h") {
-      std::cout << usage;
-      return 0;
-    } else {
-      throw specdec::invalid_argument("unknown argument '" + a + "'\n" + usage);
-    }
+  if (!parse(argc, argv, o)) return 0;
+  // Output files are opened before the evaluation runs, so a bad path fails at once.
+  std::ofstream js, csv;
+  if (!o.json.empty()) {
+    js.open(o.json);
+    if (!js) throw specdec::invalid_argument("--json: cannot write '" + o.json + "'");
+  }
+  if (!o.csv.empty()) {
+    csv.open(o.csv);
+    if (!csv) throw specdec::invalid_argument("--csv: cannot write '" + o.csv + "'");
   }
   const hy::compute_model cm{.device_scale = o.device_scale, .cloud_scale = o.cloud_scale};
   cm.validate();
-  if (o.gamma == 0) throw specdec::invalid_argument("--gamma must be >= 1, got 0");
-  if (o.prefix == 0) throw specdec::invalid_argument("--prefix must be >= 1, got 0");
-  if (!(o.agree >= 0.0 && o.agree <= 1.0)) throw specdec::invalid_argument("--agree must be in [0, 1]");
   const auto wall0 = std::chrono::steady_clock::now();
 
   transformer little(o.device), big(o.cloud);
@@ -475,8 +470,6 @@ int main(int argc, char** argv) try {
   }
 
   // Report.
-  std::ofstream js(o.json);
-  if (!js) throw specdec::invalid_argument("--json path '" + o.json + "' cannot be written");
   js << std::setprecision(6);
   js << "{\n  \"tool\": \"specdec-hybrid-eval\",\n  \"prompts\": " << P.size() << ",\n  \"max_new_tokens\": " << o.tokens
      << ",\n  \"stop\": \"first token containing . ? or !, or EOS\",\n  \"device_scale\": " << o.device_scale
@@ -504,8 +497,6 @@ int main(int argc, char** argv) try {
        << "\"}" << (i + 1 < P.size() ? "," : "") << "\n";
   }
   js << "  ],\n  \"configs\": [\n";
-  std::ofstream csv(o.csv);
-  if (!csv) throw specdec::invalid_argument("--csv path '" + o.csv + "' cannot be written");
   csv << std::setprecision(6);
   csv << "arbiter,link,requests,quality_agreement,perplexity,cloud_request_fraction,cloud_token_fraction,"
          "cloud_forward_tokens_per_token,latency_p50_s,latency_p95_s,latency_p99_s,ttft_mean_s,bytes_per_token,"
@@ -547,7 +538,8 @@ int main(int argc, char** argv) try {
                 c.quality(), c.perplexity(), 100.0 * c.cloud_request_fraction(), 1e3 * percentile(c.latency, 0.5),
                 1e3 * percentile(c.latency, 0.95), 1e3 * percentile(c.latency, 0.99), 1e3 * c.mean_ttft(),
                 c.per_token(c.bytes), c.per_token(c.round_trips));
-  std::printf("%zu executions, %.1f s wall; wrote %s and %s\n", executions, wall, o.json.c_str(), o.csv.c_str());
+  std::printf("%zu executions, %.1f s wall%s%s%s%s\n", executions, wall, o.json.empty() ? "" : "; wrote ",
+              o.json.c_str(), o.csv.empty() ? "" : "; wrote ", o.csv.c_str());
   return 0;
 } catch (const std::exception& e) {
   std::cerr << "specdec-hybrid-eval: " << e.what() << '\n';
