@@ -130,8 +130,7 @@ bool parse(int argc, char** argv, eval_options& o) {
     };
   };
   cli::parser p("specdec-hybrid-eval",
-                "Device/cloud routing (arbiters x link presets) on one virtual clock; writes files only where
-"
+                "Device/cloud routing (arbiters x link presets) on one virtual clock; writes files only where\n"
                 "--json / --csv say.");
   p.flag("--quick", "4 prompts", [&o] { o.count = 4; })
       .add("--json", "PATH", "write the results as JSON", store(o.json))

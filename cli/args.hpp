@@ -59,9 +59,11 @@ struct range {
   /// "a whole number in [0, 4095]", "a finite number > 0", "a number in (0, 1]", ...
   [[nodiscard]] std::string describe() const {
     const bool whole = std::is_integral_v<T>;
+    const bool no_lo = lo == std::numeric_limits<T>::lowest() && !lo_open;
     const bool no_hi = hi == std::numeric_limits<T>::max() && !hi_open;
     const std::string kind = whole ? "a whole number" : no_hi ? "a finite number" : "a number";
-    if (no_hi) return kind + (lo_open ? " > " : " >= ") + text(lo);
+    if (!whole && no_lo && no_hi) return kind;
+    if (no_hi && !no_lo) return kind + (lo_open ? " > " : " >= ") + text(lo);
     return kind + " in " + (lo_open ? "(" : "[") + text(lo) + ", " + text(hi) + (hi_open ? ")" : "]");
   }
 
@@ -158,7 +160,7 @@ template <class T>
 std::vector<T> parse_list(std::string_view option, std::string_view text, range<T> r = {}, bool allow_empty = false) {
   std::vector<T> out;
   for (const std::string& item : split_list(text)) out.push_back(parse_number<T>(option, item, r));
-  if (out.empty() && !allow_empty) fail(option, text, "is empty", "a comma-separated list of " + r.describe() + "s");
+  if (out.empty() && !allow_empty) fail(option, text, "is empty", "a comma-separated list, each item " + r.describe());
   return out;
 }
 
@@ -307,16 +309,24 @@ class parser {
     std::size_t width = 0;
     for (const option& o : options_) width = std::max(width, label(o).size());
     width = std::min<std::size_t>(width, 30);
-    std::string s = "usage: " + program_ + " [options]\n" + summary_ + "\n";
+    // Built by appending (GCC 12 warns falsely about "literal" + std::string here).
+    std::string s("usage: ");
+    s.append(program_).append(" [options]\n").append(summary_).append("\n");
     for (const option& o : options_) {
-      std::string l = "  " + label(o);
-      l += l.size() < width + 4 ? std::string(width + 4 - l.size(), ' ') : "\n" + std::string(width + 4, ' ');
-      const std::string h = o.help + (o.required ? " (required)" : "");
-      s += l;
-      for (char c : h) s += c == '\n' ? "\n" + std::string(width + 4, ' ') : std::string(1, c);
-      s += "\n";
+      const std::size_t start = s.size();
+      s.append("  ").append(label(o));
+      if (s.size() - start < width + 4) {
+        s.append(width + 4 - (s.size() - start), ' ');
+      } else {
+        s.append("\n").append(width + 4, ' ');
+      }
+      for (char c : o.help) {
+        s += c;
+        if (c == '\n') s.append(width + 4, ' ');  // continuation lines line up
+      }
+      s.append(o.required ? " (required)\n" : "\n");
     }
-    s += "  --help, -h" + std::string(width > 8 ? width - 8 : 1, ' ') + "this text\n";
+    s.append("  --help, -h").append(width > 8 ? width - 8 : 1, ' ').append("this text\n");
     return s;
   }
 

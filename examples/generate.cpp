@@ -113,6 +113,15 @@ bool parse(int argc, char** argv, cli_options& o) {
   return true;
 }
 
+// A transformer over `path`; a thread that would not start is reported against --threads.
+specdec::cpu::transformer load_model(const std::string& path, specdec::cpu::transformer_options options) {
+  try {
+    return specdec::cpu::transformer(path, options);
+  } catch (const specdec::thread_start_error& e) {
+    throw specdec::thread_start_error("--threads " + std::to_string(options.threads) + ": " + e.what());
+  }
+}
+
 // The --stats-json document.
 void write_stats_json(std::ostream& out, const cli_options& o, std::size_t prompt_tokens,
                       const specdec::generation_result& result) {
@@ -157,8 +166,8 @@ int main(int argc, char** argv) try {
   }
   using specdec::cpu::transformer;
   const std::size_t memory_limit = o.memory_limit_mb << 20;
-  transformer target(o.model, {.threads = o.threads, .format = o.format, .kv_format = o.kv_format,
-                               .memory_limit = memory_limit});
+  transformer target = load_model(o.model, {.threads = o.threads, .format = o.format, .kv_format = o.kv_format,
+                                            .memory_limit = memory_limit});
   specdec::cpu::tokenizer tok(o.tokenizer, target.vocab_size());
   const std::vector<specdec::token_id> prompt = tok.encode(o.prompt, /*add_bos=*/true);
   std::cerr << "specdec-generate: " << o.method << ", " << prompt.size() << " prompt tokens, model "
@@ -169,8 +178,8 @@ int main(int argc, char** argv) try {
     specdec::autoregressive_decoder dec(target, o.sampling, o.seed);
     result = run(dec, tok, prompt, o);
   } else {
-    transformer draft(o.draft, {.threads = o.threads, .format = o.draft_format, .kv_format = o.draft_kv_format,
-                                .memory_limit = memory_limit});
+    transformer draft = load_model(o.draft, {.threads = o.threads, .format = o.draft_format,
+                                             .kv_format = o.draft_kv_format, .memory_limit = memory_limit});
     // A draft with a shorter context would end the generation at its length, short of
     // what the target alone gives: refuse rather than return a silently shorter text.
     const std::size_t wanted = prompt.size() + o.max_new_tokens;

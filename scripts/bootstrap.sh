@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(cmake g++ make libeigen3-dev libxtensor-dev librange-v3-dev libgtest-dev libbenchmark-dev sentencepiece)
+packages=(cmake g++ make libeigen3-dev libxtensor-dev librange-v3-dev libgtest-dev libbenchmark-dev sentencepiece clang-14 libclang-rt-14-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -58,6 +58,7 @@ case "$mode" in
     cmake --build build-asan -j"$jobs"
     ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
       ctest --test-dir build-asan --output-on-failure -j"$jobs"
+    scripts/fuzz.sh 30  # libFuzzer harnesses of tests/fuzz, 30 s each
     ;;
   *)
     echo "usage: scripts/bootstrap.sh demo|test" >&2

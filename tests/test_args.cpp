@@ -67,7 +67,7 @@ TEST(args, lists_and_tuples) {
   EXPECT_EQ(error_of([] { (void)cli::parse_list("--b", "4,-1", cli::at_least<std::size_t>(1)); }),
             "--b: '-1' is out of range; expected a whole number >= 1");
   EXPECT_EQ(error_of([] { (void)cli::parse_list("--b", "", cli::at_least<std::size_t>(1)); }),
-            "--b: '' is empty; expected a comma-separated list of a whole number >= 1s");
+            "--b: '' is empty; expected a comma-separated list, each item a whole number >= 1");
   EXPECT_TRUE(cli::parse_list("--c", "", cli::between(0.0f, 1.0f), /*allow_empty=*/true).empty());
   EXPECT_EQ(cli::parse_tuple<double>("--cost", "1.5,0", 2), (std::vector<double>{1.5, 0.0}));
   EXPECT_EQ(error_of([] { (void)cli::parse_tuple("--cost", "1,2,3", 2, cli::non_negative<double>()); }),

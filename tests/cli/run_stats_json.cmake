@@ -3,8 +3,9 @@
 include(${CMAKE_CURRENT_LIST_DIR}/cli_checks.cmake)
 file(REMOVE_RECURSE ${WORK_DIR})
 set(dir "${WORK_DIR}/a \"quoted\" \\ dir")
-file(MAKE_DIRECTORY "${dir}")
-file(CREATE_LINK ${MODELS}/stories260K.bin "${dir}/model.bin" COPY_ON_ERROR SYMBOLIC)
+# mkdir and ln take the name verbatim (CMake's file() reads a backslash as a separator).
+execute_process(COMMAND mkdir -p "${dir}" COMMAND_ERROR_IS_FATAL ANY)
+execute_process(COMMAND ln -s ${MODELS}/stories260K.bin "${dir}/model.bin" COMMAND_ERROR_IS_FATAL ANY)
 cli_run_ok(out ${GENERATE} --model "${dir}/model.bin" --tokenizer ${MODELS}/tok512.bin --prompt "Once"
            --max-new-tokens 4 --threads 1 --stats-json ${WORK_DIR}/stats.json)
 file(READ ${WORK_DIR}/stats.json json)

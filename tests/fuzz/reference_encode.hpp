@@ -40,7 +40,8 @@ template <class CharLength>
 std::vector<token_id> reference_encode(const cpu::tokenizer& t, std::string_view text, CharLength char_length) {
   std::vector<token_id> ids;
   if (text.empty()) return ids;
-  const std::string s = " " + std::string(text);
+  std::string s(1, ' ');  // the dummy prefix
+  s += text;
   for (std::size_t i = 0; i < s.size();) {
     const std::size_t n = char_length(std::string_view(s), i);
     if (auto id = t.find(std::string_view(s).substr(i, n))) {
