@@ -423,11 +423,8 @@ options parse(int argc, char** argv) {
 
 int main(int argc, char** argv) try {
   const options o = parse(argc, argv);
-  std::ofstream csv;  // opened before the runs, so a bad path fails at once
-  if (!o.csv.empty()) {
-    csv.open(o.csv);
-    if (!csv) throw specdec::invalid_argument("--csv: cannot write '" + o.csv + "'");
-  }
+  std::ofstream csv;
+  specdec::cli::open_output("--csv", o.csv, csv);
   const auto big = std::make_shared<const specdec::cpu::checkpoint>(
       specdec::cpu::load_checkpoint(SPECDEC_MODELS_DIR "/kjv-big.bin"));
   const auto little = std::make_shared<const specdec::cpu::checkpoint>(

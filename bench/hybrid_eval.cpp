@@ -247,14 +247,8 @@ int main(int argc, char** argv) try {
   if (!parse(argc, argv, o)) return 0;
   // Output files are opened before the evaluation runs, so a bad path fails at once.
   std::ofstream js, csv;
-  if (!o.json.empty()) {
-    js.open(o.json);
-    if (!js) throw specdec::invalid_argument("--json: cannot write '" + o.json + "'");
-  }
-  if (!o.csv.empty()) {
-    csv.open(o.csv);
-    if (!csv) throw specdec::invalid_argument("--csv: cannot write '" + o.csv + "'");
-  }
+  specdec::cli::open_output("--json", o.json, js);
+  specdec::cli::open_output("--csv", o.csv, csv);
   const hy::compute_model cm{.device_scale = o.device_scale, .cloud_scale = o.cloud_scale};
   cm.validate();
   const auto wall0 = std::chrono::steady_clock::now();

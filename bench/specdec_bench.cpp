@@ -414,14 +414,8 @@ int main(int argc, char** argv) try {
   if (!parse(argc, argv, o)) return 0;
   // Output files are opened before the benchmark runs, so a bad path fails at once.
   std::ofstream json, csv;
-  if (!o.json.empty()) {
-    json.open(o.json);
-    if (!json) throw specdec::invalid_argument("--json: cannot write '" + o.json + "'");
-  }
-  if (!o.csv.empty()) {
-    csv.open(o.csv);
-    if (!csv) throw specdec::invalid_argument("--csv: cannot write '" + o.csv + "'");
-  }
+  specdec::cli::open_output("--json", o.json, json);
+  specdec::cli::open_output("--csv", o.csv, csv);
   std::size_t vocab = 0;
   {
     auto ck = specdec::cpu::load_checkpoint(o.target);

@@ -19,10 +19,13 @@
 /// if (!p.parse(argc, argv)) return 0;  // --help was printed
 /// ```
 #include <algorithm>
+#include <cerrno>
 #include <charconv>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
+#include <fstream>
 #include <functional>
 #include <iostream>
 #include <limits>
@@ -185,6 +188,17 @@ inline cpu::weight_format parse_format(std::string_view option, std::string_view
   }
   if (kv) cpu::check_kv_format(f, option);
   return f;
+}
+
+/// Opens `path` for writing into `out` when the option gave one (a tool writes files
+/// only where it is told to), before any work: an unwritable path fails at once, with an
+/// error naming `option`, the path and the reason.
+inline void open_output(std::string_view option, const std::string& path, std::ofstream& out) {
+  if (path.empty()) return;
+  out.open(path);
+  if (!out)
+    throw invalid_argument(std::string(option) + ": cannot write '" + path + "': " + std::strerror(errno) +
+                           "; expected a writable file path");
 }
 
 /// How an option handles its value: called with the option's name and the value text.

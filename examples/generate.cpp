@@ -7,10 +7,8 @@
 // (one command each; a line-continuation backslash in a // comment would splice lines)
 //
 // stdout carries only the generated continuation; progress and statistics go to stderr.
-#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <fstream>
 #include <iostream>
 #include <optional>
@@ -158,12 +156,7 @@ int main(int argc, char** argv) try {
   // Opened (and so created) before anything is generated: an unwritable path fails now,
   // not after the whole generation.
   std::ofstream stats;
-  if (!o.stats_json.empty()) {
-    stats.open(o.stats_json);
-    if (!stats)
-      throw specdec::invalid_argument("--stats-json: cannot write '" + o.stats_json + "': " + std::strerror(errno) +
-                                      "; expected a writable file path");
-  }
+  specdec::cli::open_output("--stats-json", o.stats_json, stats);
   using specdec::cpu::transformer;
   const std::size_t memory_limit = o.memory_limit_mb << 20;
   transformer target = load_model(o.model, {.threads = o.threads, .format = o.format, .kv_format = o.kv_format,

@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <cstdio>
+#include <fstream>
 #include <optional>
 #include <sstream>
 #include <string>
@@ -80,6 +82,20 @@ TEST(args, formats_name_the_option) {
   EXPECT_NE(error_of([] { (void)cli::parse_format("--format", "q4"); }).find("--format: "), std::string::npos);
   EXPECT_NE(error_of([] { (void)cli::parse_format("--kv-format", "q8_0", true); }).find("--kv-format: 'q8_0' cannot hold"),
             std::string::npos);
+}
+
+TEST(args, outputs_open_only_when_given_and_bad_paths_fail_first) {
+  std::ofstream out;
+  cli::open_output("--csv", "", out);
+  EXPECT_FALSE(out.is_open());
+  const std::string bad = "/nonexistent-specdec-dir/out.csv";
+  EXPECT_EQ(error_of([&] { cli::open_output("--csv", bad, out); }),
+            "--csv: cannot write '" + bad + "': No such file or directory; expected a writable file path");
+  const std::string good = testing::TempDir() + "specdec_args_out.csv";
+  cli::open_output("--csv", good, out);
+  EXPECT_TRUE(out.is_open());
+  out.close();
+  std::remove(good.c_str());
 }
 
 struct tool_options {

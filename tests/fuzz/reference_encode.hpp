@@ -51,12 +51,13 @@ std::vector<token_id> reference_encode(const cpu::tokenizer& t, std::string_view
     }
     i += n;
   }
+  std::string merged;
   for (;;) {
     float best = -std::numeric_limits<float>::infinity();
     int best_id = -1;
     std::size_t best_at = 0;
     for (std::size_t i = 0; i + 1 < ids.size(); ++i) {
-      const std::string merged = t.piece(ids[i]) + t.piece(ids[i + 1]);
+      merged.assign(t.piece(ids[i])).append(t.piece(ids[i + 1]));
       if (auto id = t.find(merged); id && (best_id < 0 || t.score(*id) > best)) {
         best = t.score(*id);
         best_id = *id;
