@@ -133,7 +133,7 @@ class llama_engine {
     memory_limit_ = options.memory_limit != 0 ? options.memory_limit : available_memory();
     cache_bytes_ = kv_cache::bytes(static_cast<std::size_t>(c.n_layers), static_cast<std::size_t>(c.seq_len),
                                    static_cast<std::size_t>(c.kv_dim()), options.kv_format);
-    const std::uint64_t unbounded = std::numeric_limits<std::uint64_t>::max() / 4;
+    const std::uint64_t unbounded = std::numeric_limits<std::uint64_t>::max() / 16;  // 4 * (att + rope) fits
     if (!checked_product(seq, static_cast<std::uint64_t>(c.n_heads / c.n_kv_heads), pool_->size(), unbounded, att) ||
         !checked_product(seq, half, 2, unbounded, rope))
       att = rope = unbounded;
@@ -170,9 +170,6 @@ class llama_engine {
     return kv_cache(static_cast<std::size_t>(c.n_layers), static_cast<std::size_t>(c.seq_len),
                     static_cast<std::size_t>(c.kv_dim()), options_.kv_format);
   }
-  /// The bound of `transformer_options::memory_limit` in effect (resolved when 0).
-  [[nodiscard]] std::uint64_t memory_limit() const noexcept { return memory_limit_; }
-
   /// Throws `resource_error` naming the checkpoint, the sizes and the limit unless
   /// `caches` KV caches plus the per-context scratch fit the memory limit.
   void check_memory(std::uint64_t caches) const {
