@@ -24,7 +24,7 @@
 //   specdec-batch-bench [--batches 1,2,4,8,16,32] [--tokens 32] [--requests 48]
 //                       [--max-batch 8] [--budget-mb 8] [--noise 0.2] [--threads 0] [--quick]
 //                       [--kv-format fp32|bf16|fp16]
-//                       [--csv batch_bench.csv] [--no-sd] [--no-sched] [--continue | --preempt]
+//                       [--csv PATH] [--no-sd] [--no-sched] [--continue | --preempt]
 //                       [--no-independent] [--repeats 3] [--short-range 8,16] [--long-range 64,96]
 //                       [--long-fraction 0.5]
 //
@@ -64,16 +64,10 @@
 #include "specdec/scheduler.hpp"
 #include "specdec/hybrid/scheduling.hpp"
 
-#include "cli_args.hpp"
+#include "args.hpp"
 #include "held_out_prompts.hpp"
 
 namespace {
-
-using specdec::bench::parse_count;
-using specdec::bench::parse_counts;
-using specdec::bench::parse_format;
-using specdec::bench::parse_fraction;
-using specdec::bench::parse_positive;
 
 using specdec::token_id;
 using clock_type = std::chrono::steady_clock;
@@ -97,7 +91,7 @@ struct options {
   std::array<std::size_t, 2> short_range{8, 16};  ///< scheduler mix: short lengths, inclusive
   std::array<std::size_t, 2> long_range{64, 96};   ///< scheduler mix: long lengths, inclusive
   double long_fraction = 0.5;                       ///< scheduler mix: probability of a long request
-  std::string csv = "batch_bench.csv";
+  std::string csv;  ///< written only when given
   std::string prompts = SPECDEC_MODELS_DIR "/kjv_val_openings.tsv";
 };
 
@@ -328,8 +322,7 @@ std::vector<csv_row> run_schedulers(MakeTarget make_target, const options& o,
   return rows;
 }
 
-void write_csv(const std::string& path, const std::vector<csv_row>& rows) {
-  std::ofstream out(path);
+void write_csv(std::ostream& out, const std::vector<csv_row>& rows) {
   out << "section,method,batch,requests,tokens,steps,seconds,total_tok_s,tok_s_per_user,p50_token_ms,p95_token_ms,"
          "tokens_per_step,wasted_slot_steps,preemptions,p50_latency_steps,p95_latency_steps,p50_latency_s,"
          "p95_latency_s,decode_tok_s\n";
@@ -380,66 +373,50 @@ void summary(const std::vector<csv_row>& rows) {
   }
 }
 
-constexpr const char* usage = R"(usage: specdec-batch-bench [options]   (batched decoding and scheduling on kjv-big)
-  --batches 1,2,4,8,16,32   batch sizes of the curve       --tokens N        new tokens per user (32)
-  --threads N               threads per model (0 = all)    --kv-format F     KV cache: fp32, bf16, fp16
-  --repeats N               best of N runs per point (3)   --no-sd --no-independent --no-sched
-  --requests N              scheduler requests (48)        --max-batch N     batch cap (8)
-  --budget-mb X             KV budget in MB (8)            --noise X         prediction noise in [0, 1) (0.2)
-  --short-range MIN,MAX --long-range MIN,MAX   the scheduler mix's lengths (8,16 and 64,96)
-  --long-fraction P         probability that a scheduler request is long (0.5)
-  --continue | --preempt    one under-prediction policy    --quick  --csv PATH  --prompts PATH
-)";
-
+// The options from argv; exits 0 after printing --help.
 options parse(int argc, char** argv) {
+  namespace cli = specdec::cli;
+  using cli::store;
   options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto next = [&]() -> std::string {
-      if (i + 1 >= argc) throw specdec::invalid_argument(a + " needs a value");
-      return argv[++i];
+  const auto count = cli::between<std::size_t>(1, 1 << 20), batch = cli::between<std::size_t>(1, 1024);
+  const auto length_range = [](std::array<std::size_t, 2>& out) {
+    return [&out](std::string_view opt, std::string_view v) {
+      const auto r = cli::parse_tuple<std::size_t>(opt, v, 2, cli::between<std::size_t>(1, 1 << 20));
+      if (r[1] < r[0]) cli::fail(opt, v, "is not a range", "MIN,MAX with 0 < MIN <= MAX");
+      out = {r[0], r[1]};
     };
-    if (a == "--batches") {
-      o.batches = parse_counts(a, next());
-    } else if (a == "--help" || a == "-h") {
-      std::fputs(usage, stdout);
-      std::exit(0);
-    } else if (a == "--tokens") o.tokens = parse_count(a, next());
-    else if (a == "--requests") o.requests = parse_count(a, next());
-    else if (a == "--max-batch") o.max_batch = parse_count(a, next());
-    else if (a == "--threads") o.threads = parse_count(a, next());
-    else if (a == "--budget-mb") o.budget_mb = parse_positive(a, next());
-    else if (a == "--kv-format") o.kv_format = parse_format(a, next(), /*kv=*/true);
-    else if (a == "--noise") o.noise = parse_fraction(a, next());
-    else if (a == "--long-fraction") o.long_fraction = parse_fraction(a, next());
-    else if (a == "--csv") o.csv = next();
-    else if (a == "--prompts") o.prompts = next();
-    else if (a == "--no-sd") o.sd = false;
-    else if (a == "--continue") o.policies = {specdec::under_prediction_policy::continue_running};
-    else if (a == "--preempt") o.policies = {specdec::under_prediction_policy::preempt_and_requeue};
-    else if (a == "--no-sched") o.sched = false;
-    else if (a == "--no-independent") o.independent = false;
-    else if (a == "--short-range" || a == "--long-range") {
-      const std::string v = next();
-      const auto comma = v.find(',');
-      std::array<std::size_t, 2> r{};
-      if (comma != std::string::npos) r = {parse_count(a, v.substr(0, comma)), parse_count(a, v.substr(comma + 1))};
-      if (comma == std::string::npos || r[0] == 0 || r[1] < r[0])
-        throw specdec::invalid_argument(a + ": expected MIN,MAX with 0 < MIN <= MAX, got '" + v + "'");
-      (a == "--short-range" ? o.short_range : o.long_range) = r;
-    }
-    else if (a == "--repeats") o.repeats = std::max<std::size_t>(1, parse_count(a, next()));
-    else if (a == "--quick") {
-      o.batches = {1, 4, 16};
-      o.tokens = 12;
-      o.requests = 16;
-    } else {
-      throw specdec::invalid_argument("unknown argument '" + a + "'; see --help");
-    }
-  }
-  for (std::size_t b : o.batches)
-    if (b == 0) throw specdec::invalid_argument("--batches entries must be >= 1");
-  if (!(o.noise >= 0.0 && o.noise < 1.0)) throw specdec::invalid_argument("--noise must be in [0, 1)");
+  };
+  cli::parser p("specdec-batch-bench",
+                "Batched decoding and scheduling on kjv-big; writes a CSV only where --csv says.");
+  p.add("--batches", "1,2,4,8,16,32", "batch sizes of the curve", store(o.batches, batch))
+      .add("--tokens", "N", "new tokens per user (32)", store(o.tokens, count))
+      .add("--threads", "N", "threads per model (0 = all)", store(o.threads, cli::between<std::size_t>(0, 4095)))
+      .add("--kv-format", "F", "KV cache: fp32, bf16, fp16", cli::store_format(o.kv_format, true))
+      .add("--repeats", "N", "best of N runs per point (3)", store(o.repeats, cli::between<std::size_t>(1, 1000)))
+      .flag("--no-sd", "skip the speculative curve", [&o] { o.sd = false; })
+      .flag("--no-independent", "skip the independent_batch comparison curve", [&o] { o.independent = false; })
+      .flag("--no-sched", "skip the scheduler comparison", [&o] { o.sched = false; })
+      .add("--requests", "N", "scheduler requests (48)", store(o.requests, count))
+      .add("--max-batch", "N", "batch cap (8)", store(o.max_batch, batch))
+      .add("--budget-mb", "X", "KV budget in MB (8)", store(o.budget_mb, cli::above(0.0)))
+      .add("--noise", "X", "prediction noise (0.2)", store(o.noise, cli::range<double>{.lo = 0, .hi = 1, .hi_open = true}))
+      .add("--short-range", "MIN,MAX", "the scheduler mix's short lengths (8,16)", length_range(o.short_range))
+      .add("--long-range", "MIN,MAX", "the scheduler mix's long lengths (64,96)", length_range(o.long_range))
+      .add("--long-fraction", "P", "probability that a scheduler request is long (0.5)",
+           store(o.long_fraction, cli::between(0.0, 1.0)))
+      .flag("--continue", "only the continue policy for under-predicted sequences",
+            [&o] { o.policies = {specdec::under_prediction_policy::continue_running}; })
+      .flag("--preempt", "only the preempt-and-requeue policy",
+            [&o] { o.policies = {specdec::under_prediction_policy::preempt_and_requeue}; })
+      .flag("--quick", "batches 1,4,16, 12 tokens, 16 requests",
+            [&o] {
+              o.batches = {1, 4, 16};
+              o.tokens = 12;
+              o.requests = 16;
+            })
+      .add("--csv", "PATH", "write the rows as CSV", store(o.csv))
+      .add("--prompts", "PATH", "held-out prompts (TSV)", store(o.prompts));
+  if (!p.parse(argc, argv)) std::exit(0);
   return o;
 }
 
@@ -447,6 +424,8 @@ options parse(int argc, char** argv) {
 
 int main(int argc, char** argv) try {
   const options o = parse(argc, argv);
+  std::ofstream csv;
+  specdec::cli::open_output("--csv", o.csv, csv);
   const auto big = std::make_shared<const specdec::cpu::checkpoint>(
       specdec::cpu::load_checkpoint(SPECDEC_MODELS_DIR "/kjv-big.bin"));
   const auto little = std::make_shared<const specdec::cpu::checkpoint>(
@@ -498,8 +477,10 @@ int main(int argc, char** argv) try {
     auto s = run_schedulers<batched>(make_big, o, prompts, kv_bytes_per_token);
     rows.insert(rows.end(), s.begin(), s.end());
   }
-  write_csv(o.csv, rows);
-  std::printf("\nwrote %s (%zu rows) in %.1f s\n", o.csv.c_str(), rows.size(), seconds_since(t0));
+  if (csv.is_open()) {
+    write_csv(csv, rows);
+    std::printf("\nwrote %s (%zu rows) in %.1f s\n", o.csv.c_str(), rows.size(), seconds_since(t0));
+  }
   return 0;
 } catch (const std::exception& e) {
   std::fprintf(stderr, "specdec-batch-bench: %s\n", e.what());

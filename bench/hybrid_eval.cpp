@@ -56,7 +56,7 @@
 #include "specdec/hybrid/routing_metrics.hpp"
 #include "specdec/scheduler.hpp"
 
-#include "cli_args.hpp"
+#include "args.hpp"
 
 #ifndef SPECDEC_HYBRID_EVAL_OUT
 #define SPECDEC_HYBRID_EVAL_OUT "."
@@ -85,11 +85,6 @@ struct eval_options {
   std::size_t bootstrap = 2000;
   std::uint64_t seed = 1;
 };
-
-constexpr const char* usage =
-    "usage: specdec-hybrid-eval [--out DIR] [--from-log CSV] [--limit N] [--words N] [--tokens N]\n"
-    "         [--prefix K] [--gamma G] [--lookahead N] [--bootstrap B] [--seed S]\n"
-    "         [--prompts TSV] [--device PATH] [--cloud PATH] [--tokenizer PATH]\n";
 
 // ---------------------------------------------------------------------------------------
 // Requests from the held-out verses
@@ -615,34 +610,28 @@ json schedule(const eval_options& o, const std::vector<built_request>& reqs, con
 
 int main(int argc, char** argv) try {
   eval_options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto next = [&]() -> std::string {
-      if (i + 1 >= argc) throw specdec::invalid_argument(a + ": expected a value");
-      return argv[++i];
-    };
-    using specdec::bench::parse_count;
-    if (a == "--out") o.out = next();
-    else if (a == "--from-log") o.from_log = next();
-    else if (a == "--limit") o.limit = parse_count(a, next());
-    else if (a == "--words") o.words = parse_count(a, next());
-    else if (a == "--tokens") o.tokens = parse_count(a, next());
-    else if (a == "--prefix") o.prefix = parse_count(a, next());
-    else if (a == "--gamma") o.gamma = parse_count(a, next());
-    else if (a == "--lookahead") o.lookahead = parse_count(a, next());
-    else if (a == "--bootstrap") o.bootstrap = parse_count(a, next());
-    else if (a == "--seed") o.seed = parse_count(a, next());
-    else if (a == "--prompts") o.prompts = next();
-    else if (a == "--device") o.device = next();
-    else if (a == "--cloud") o.cloud = next();
-    else if (a == "--tokenizer") o.tokenizer = next();
-    else if (a == "--help" || a == "-h") {
-      std::cout << usage;
-      return 0;
-    } else {
-      throw specdec::invalid_argument("unknown argument '" + a + "'\n" + usage);
-    }
-  }
+  namespace cli = specdec::cli;
+  using cli::store;
+  const auto count = cli::between<std::size_t>(1, std::size_t{1} << 20);
+  cli::parser p("specdec-hybrid-eval",
+                "Routing evaluation on held-out prompts: every arbiter calibrated to the same budgets, "
+                "APGR / CPT / AUC against random and oracle, length and difficulty predictors, "
+                "tier latencies (docs/hybrid_routing.md).");
+  p.add("--out", "DIR", "where the CSV/JSON results go", store(o.out))
+      .add("--from-log", "CSV", "analyse a committed routing log instead of running the models", store(o.from_log))
+      .add("--limit", "N", "use at most N verses (0 = all)", store(o.limit, cli::between<std::size_t>(0, 1 << 20)))
+      .add("--words", "N", "prompt words per verse (6)", store(o.words, count))
+      .add("--tokens", "N", "tokens per answer (48)", store(o.tokens, count))
+      .add("--prefix", "K", "tokens the cloud writes on the cloud-prefix route (4)", store(o.prefix, count))
+      .add("--gamma", "G", "draft length of the speculative route (4)", store(o.gamma, cli::between<std::size_t>(1, 1024)))
+      .add("--lookahead", "N", "tokens the device writes for its look-ahead probe (8)", store(o.lookahead, count))
+      .add("--bootstrap", "B", "bootstrap resamples (2000)", store(o.bootstrap, cli::between<std::size_t>(2, 1 << 20)))
+      .add("--seed", "S", "seed of the folds and the bootstrap (1)", store(o.seed))
+      .add("--prompts", "TSV", "held-out verses", store(o.prompts))
+      .add("--device", "PATH", "device checkpoint", store(o.device))
+      .add("--cloud", "PATH", "cloud checkpoint", store(o.cloud))
+      .add("--tokenizer", "PATH", "tokenizer", store(o.tokenizer));
+  if (!p.parse(argc, argv)) return 0;
   if (o.gamma == 0) throw specdec::invalid_argument("--gamma must be >= 1, got 0");
   if (o.prefix == 0 || o.prefix >= o.tokens)
     throw specdec::invalid_argument("--prefix must be in [1, --tokens), got " + std::to_string(o.prefix));

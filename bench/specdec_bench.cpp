@@ -50,19 +50,14 @@
 #include "specdec/sampling.hpp"
 #include "specdec/telemetry.hpp"
 
-#include "cli_args.hpp"
+#include "args.hpp"
 #include "held_out_prompts.hpp"
 #include "speedup_formula.hpp"
 
 namespace {
 
-using specdec::bench::parse_count;
-using specdec::bench::parse_counts;
-using specdec::bench::parse_format;
-using specdec::bench::parse_fractions;
 using specdec::bench::formula_speedup;
 using specdec::bench::refined_speedup;
-using specdec::bench::split_list;
 
 using specdec::token_id;
 using specdec::cpu::transformer;
@@ -80,7 +75,7 @@ struct bench_options {
   std::string draft = SPECDEC_MODELS_DIR "/kjv-little.bin";
   std::string target = SPECDEC_MODELS_DIR "/kjv-big.bin";
   std::string tokenizer = SPECDEC_MODELS_DIR "/kjv2k-tokenizer.bin";
-  std::string json = "specdec_bench.json";
+  std::string json;  // written only when given
   std::string prompts = SPECDEC_MODELS_DIR "/kjv_val_openings.tsv";
   std::size_t tokens = 96;
   int repeats = 3;
@@ -353,57 +348,56 @@ pair_result run_pair(const bench_options& o, const std::string& pair, std::size_
   return pr;
 }
 
-constexpr const char* usage = R"(usage: specdec-bench [options]   (speculative decoding vs autoregressive on the KJV pair)
-  --pairs little,self        draft -> target pairs (little: kjv-little -> kjv-big; self: kjv-big q8_0 -> fp32)
-  --threads 1,2              thread counts (0 = all cores)     --draft-threads N   draft's own thread count
-  --format F                 target weights: fp32, bf16, fp16, q8_0, w8a8 (default fp32)
-  --draft-format F           kjv-little weights (default fp32) --self-draft-format F  self pair's draft (q8_0)
-  --kv-format F              target KV cache: fp32, bf16, fp16 --draft-kv-format F  the draft's
-  --gammas 1,2,...           fixed draft lengths               --confidences 0.3,0.5  confidence_stop runs
-  --max-draft N              confidence_stop's cap             --no-bild            skip the BiLD sweep
-  --tokens N                 new tokens per prompt (96)        --repeats N          best of N (3)
-  --prompts PATH  --draft PATH  --target PATH  --tokenizer PATH  --quick  --json PATH  --csv PATH
-)";
+// Parses argv into `o`; false when --help was printed.
+bool parse(int argc, char** argv, bench_options& o) {
+  namespace cli = specdec::cli;
+  using cli::store;
+  const auto count = cli::between<std::size_t>(1, 1 << 20), threads = cli::between<std::size_t>(0, 4095);
+  cli::parser p("specdec-bench", "Speculative decoding vs autoregressive decoding on the KJV pair; writes files only "
+                                 "where --json / --csv say.");
+  p.add("--pairs", "little,self",
+        "draft -> target pairs (little: kjv-little -> kjv-big; self: kjv-big\nin --self-draft-format -> kjv-big)",
+        [&o](std::string_view opt, std::string_view v) {
+          o.pairs = cli::split_list(v);
+          for (const auto& pair : o.pairs)
+            if (pair != "little" && pair != "self") cli::fail(opt, pair, "is not a pair", "little or self");
+          if (o.pairs.empty()) cli::fail(opt, v, "is empty", "a comma-separated list of little and self");
+        })
+      .add("--threads", "1,2", "thread counts (0 = all cores)", store(o.threads, threads))
+      .add("--draft-threads", "N", "the draft's own thread count (default: the target's)", store(o.draft_threads, threads))
+      .add("--format", "F", "target weights: fp32, bf16, fp16, q8_0, w8a8 (default fp32)", cli::store_format(o.format))
+      .add("--draft-format", "F", "kjv-little weights (default fp32)", cli::store_format(o.draft_format))
+      .add("--self-draft-format", "F", "the self pair's draft weights (default q8_0)", cli::store_format(o.self_draft_format))
+      .add("--kv-format", "F", "target KV cache: fp32, bf16, fp16", cli::store_format(o.kv_format, true))
+      .add("--draft-kv-format", "F", "the draft's KV cache", cli::store_format(o.draft_kv_format, true))
+      .add("--gammas", "1,2,...", "fixed draft lengths (default 1,2,3,4,5,6,8,10)", store(o.gammas, cli::between<std::size_t>(1, 1024)))
+      .add("--confidences", "0.3,0.5", "confidence_stop thresholds (an empty list: none)",
+           [&o](std::string_view opt, std::string_view v) {
+             o.confidences = cli::parse_list<float>(opt, v, cli::between(0.0f, 1.0f), /*allow_empty=*/true);
+           })
+      .add("--max-draft", "N", "confidence_stop's cap (default 8)", store(o.max_draft, cli::between<std::size_t>(1, 1024)))
+      .flag("--no-bild", "skip the BiLD sweep", [&o] { o.bild = false; })
+      .add("--tokens", "N", "new tokens per prompt (default 96)", store(o.tokens, count))
+      .add("--repeats", "N", "best of N (default 3)", store(o.repeats, cli::between(1, 1000)))
+      .add("--prompts", "PATH", "held-out prompts (TSV)", store(o.prompts))
+      .add("--draft", "PATH", "draft checkpoint", store(o.draft))
+      .add("--target", "PATH", "target checkpoint", store(o.target))
+      .add("--tokenizer", "PATH", "tokenizer", store(o.tokenizer))
+      .flag("--quick", "3 prompts, gamma 4 and one BiLD setting", o.quick)
+      .add("--json", "PATH", "write the results as JSON", store(o.json))
+      .add("--csv", "PATH", "write one CSV row per run", store(o.csv));
+  return p.parse(argc, argv);
+}
 
 }  // namespace
 
 int main(int argc, char** argv) try {
   bench_options o;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    auto next = [&]() -> std::string {
-      if (i + 1 >= argc) throw specdec::invalid_argument(a + ": expected a value");
-      return argv[++i];
-    };
-    if (a == "--help" || a == "-h") {
-      std::cout << usage;
-      return 0;
-    }
-    if (a == "--draft") o.draft = next();
-    else if (a == "--target") o.target = next();
-    else if (a == "--tokenizer") o.tokenizer = next();
-    else if (a == "--json") o.json = next();
-    else if (a == "--csv") o.csv = next();
-    else if (a == "--prompts") o.prompts = next();
-    else if (a == "--tokens") o.tokens = parse_count(a, next());
-    else if (a == "--repeats") o.repeats = static_cast<int>(parse_count(a, next()));
-    else if (a == "--threads") o.threads = parse_counts("--threads", next());
-    else if (a == "--gammas") o.gammas = parse_counts("--gammas", next());
-    else if (a == "--confidences") o.confidences = parse_fractions("--confidences", next());
-    else if (a == "--max-draft") o.max_draft = parse_count(a, next());
-    else if (a == "--draft-threads") o.draft_threads = parse_count(a, next());
-    else if (a == "--format") o.format = parse_format(a, next());
-    else if (a == "--draft-format") o.draft_format = parse_format(a, next());
-    else if (a == "--self-draft-format") o.self_draft_format = parse_format(a, next());
-    else if (a == "--kv-format") o.kv_format = parse_format(a, next(), /*kv=*/true);
-    else if (a == "--draft-kv-format") o.draft_kv_format = parse_format(a, next(), /*kv=*/true);
-    else if (a == "--pairs") o.pairs = split_list(next());
-    else if (a == "--quick") o.quick = true;
-    else if (a == "--no-bild") o.bild = false;
-    else throw specdec::invalid_argument("unknown option '" + a + "' (see --help)");
-  }
-  if (o.repeats < 1) throw specdec::invalid_argument("--repeats must be >= 1");
-  if (o.tokens < 1) throw specdec::invalid_argument("--tokens must be >= 1");
+  if (!parse(argc, argv, o)) return 0;
+  // Output files are opened before the benchmark runs, so a bad path fails at once.
+  std::ofstream json, csv;
+  specdec::cli::open_output("--json", o.json, json);
+  specdec::cli::open_output("--csv", o.csv, csv);
   std::size_t vocab = 0;
   {
     auto ck = specdec::cpu::load_checkpoint(o.target);
@@ -417,11 +411,7 @@ int main(int argc, char** argv) try {
   for (std::size_t threads : o.threads)
     for (const auto& pair : o.pairs) results.push_back(run_pair(o, pair, threads, encoded));
 
-  std::ofstream json(o.json);
-  std::ofstream csv;
-  if (!o.csv.empty()) {
-    csv.open(o.csv);
-    if (!csv) throw specdec::invalid_argument("--csv: cannot write '" + o.csv + "'");
+  if (csv.is_open()) {
     csv << "pair,draft_format,target_format,threads,method,config,gamma,alpha_fb,alpha_rb,tokens,seconds,"
            "tokens_per_second,baseline_tokens_per_second,speedup,per_token_acceptance,mean_draft_length,"
            "tokens_per_target_call,cost_ratio,block5_cost,predicted_speedup,refined_predicted_speedup,"
@@ -504,7 +494,8 @@ int main(int argc, char** argv) try {
     json << "   ]}" << (pi + 1 < results.size() ? "," : "") << "\n";
   }
   json << "  ]\n}\n";
-  std::cerr << "specdec-bench: wrote " << o.json << (o.csv.empty() ? "" : " and " + o.csv) << "\n";
+  if (!o.json.empty() || !o.csv.empty())
+    std::cerr << "specdec-bench: wrote " << o.json << (o.json.empty() || o.csv.empty() ? "" : " and ") << o.csv << "\n";
   return 0;
 } catch (const std::exception& e) {
   std::cerr << "specdec-bench: error: " << e.what() << "\n";

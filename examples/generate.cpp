@@ -7,17 +7,16 @@
 // (one command each; a line-continuation backslash in a // comment would splice lines)
 //
 // stdout carries only the generated continuation; progress and statistics go to stderr.
-#include <charconv>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
-#include <map>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "args.hpp"
 #include "specdec/backend/cpu/tokenizer.hpp"
 #include "specdec/backend/cpu/transformer.hpp"
 #include "specdec/decoder.hpp"
@@ -29,32 +28,6 @@
 
 namespace {
 
-constexpr std::string_view usage = R"(usage: specdec-generate --model PATH --tokenizer PATH [options]
-  --prompt TEXT               prompt (default: empty, generation starts from BOS)
-  --max-new-tokens N          tokens to generate (default 128)
-  --temperature T             0 = greedy (default 0)
-  --top-p P                   nucleus sampling mass in (0, 1] (default 1)
-  --top-k K                   keep the K most likely tokens, 0 = off (default 0)
-  --seed S                    random seed (default 0)
-  --stats-json PATH           write timing, token counts and telemetry as JSON
-  --draft PATH                draft (little) model checkpoint, needed by sd and bild
-  --method ar|sd|bild         autoregressive, speculative decoding, Big Little Decoder (default ar)
-  --gamma K                   sd: draft length; bild: cap on consecutive draft steps (default 4 / 10)
-  --adaptive                  sd: choose the draft length online from the measured acceptance rate
-  --fallback-threshold A      bild: fall back when the draft's max probability < A (default 0.6)
-  --rollback-threshold A      bild: roll back where distance > A (default 5.0)
-  --metric NAME               bild: distance metric (default ce)
-  --threads N                 threads of each model, 0 = all cores (default 0)
-  --format F                  target weights: fp32, bf16, fp16, q8_0 or w8a8 (default fp32)
-  --draft-format F            draft weights, as --format (default fp32). The output of exact
-                              speculative decoding depends on the target only, so a smaller
-                              draft format is a free speed-up: w8a8 is fastest on kjv-little
-  --kv-format F               target KV cache: fp32, bf16 or fp16 (default fp32); 16-bit halves
-                              the cache and its reads, rounding each key and value once
-  --draft-kv-format F         draft KV cache, as --kv-format (default fp32); like
-                              --draft-format it cannot change exact speculative output
-)";
-
 struct cli_options {
   std::string model, tokenizer, draft, prompt, stats_json, method = "ar", metric = "ce";
   std::size_t max_new_tokens = 128;
@@ -64,81 +37,98 @@ struct cli_options {
   specdec::sampling_params sampling{};
   std::uint64_t seed = 0;
   std::size_t threads = 0;
+  std::size_t memory_limit_mb = 0;
   specdec::cpu::weight_format format = specdec::cpu::weight_format::fp32;
   specdec::cpu::weight_format draft_format = specdec::cpu::weight_format::fp32;
   specdec::cpu::weight_format kv_format = specdec::cpu::weight_format::fp32;
   specdec::cpu::weight_format draft_kv_format = specdec::cpu::weight_format::fp32;
 };
 
-// A weight format for `flag`, or an error naming the flag.
-specdec::cpu::weight_format parse_format(std::string_view flag, std::string_view text) {
-  try {
-    return specdec::cpu::parse_weight_format(text);
-  } catch (const specdec::invalid_argument& e) {
-    throw specdec::invalid_argument(std::string(flag) + ": " + e.what());
-  }
-}
-
-// A KV cache format for `flag` (fp32, bf16 or fp16), or an error naming the flag.
-specdec::cpu::weight_format parse_kv_format(std::string_view flag, std::string_view text) {
-  const specdec::cpu::weight_format f = parse_format(flag, text);
-  specdec::cpu::check_kv_format(f, flag);
-  return f;
-}
-
-template <class T>
-T parse_number(std::string_view flag, std::string_view text) {
-  T value{};
-  const char* end = text.data() + text.size();
-  auto [ptr, ec] = std::from_chars(text.data(), end, value);
-  if (ec != std::errc{} || ptr != end)
-    throw specdec::invalid_argument(std::string(flag) + ": expected a number, got '" + std::string(text) + "'");
-  return value;
-}
-
-cli_options parse(int argc, char** argv) {
-  cli_options o;
-  std::vector<std::string_view> args(argv + 1, argv + argc);
-  for (std::size_t i = 0; i < args.size(); ++i) {
-    std::string_view a = args[i];
-    auto value = [&]() -> std::string_view {
-      if (i + 1 >= args.size()) throw specdec::invalid_argument(std::string(a) + ": expected a value");
-      return args[++i];
+// Parses argv into `o`; false when --help was printed.
+bool parse(int argc, char** argv, cli_options& o) {
+  namespace cli = specdec::cli;
+  using cli::store;
+  // Validates the sampling field just set, so that its error names the option.
+  const auto sampling = [&o](auto& field, auto r) {
+    return [&o, &field, r](std::string_view opt, std::string_view v) {
+      field = cli::parse_number(opt, v, r);
+      o.sampling.validate();
     };
-    if (a == "--help" || a == "-h") {
-      std::cout << usage;
-      std::exit(0);
-    } else if (a == "--model") o.model = value();
-    else if (a == "--tokenizer") o.tokenizer = value();
-    else if (a == "--draft") o.draft = value();
-    else if (a == "--prompt") o.prompt = value();
-    else if (a == "--stats-json") o.stats_json = value();
-    else if (a == "--method") o.method = value();
-    else if (a == "--metric") o.metric = value();
-    else if (a == "--max-new-tokens") o.max_new_tokens = parse_number<std::size_t>(a, value());
-    else if (a == "--gamma") o.gamma = parse_number<std::size_t>(a, value());
-    else if (a == "--adaptive") o.adaptive = true;
-    else if (a == "--fallback-threshold") o.fallback_threshold = parse_number<float>(a, value());
-    else if (a == "--rollback-threshold") o.rollback_threshold = parse_number<float>(a, value());
-    else if (a == "--temperature") o.sampling.temperature = parse_number<float>(a, value());
-    else if (a == "--top-p") o.sampling.top_p = parse_number<float>(a, value());
-    else if (a == "--top-k") o.sampling.top_k = parse_number<int>(a, value());
-    else if (a == "--seed") o.seed = parse_number<std::uint64_t>(a, value());
-    else if (a == "--threads") o.threads = parse_number<std::size_t>(a, value());
-    else if (a == "--format") o.format = parse_format(a, value());
-    else if (a == "--draft-format") o.draft_format = parse_format(a, value());
-    else if (a == "--kv-format") o.kv_format = parse_kv_format(a, value());
-    else if (a == "--draft-kv-format") o.draft_kv_format = parse_kv_format(a, value());
-    else throw specdec::invalid_argument("unknown option '" + std::string(a) + "' (see --help)");
-  }
-  if (o.model.empty()) throw specdec::invalid_argument("--model: a checkpoint path is required");
-  if (o.tokenizer.empty()) throw specdec::invalid_argument("--tokenizer: a tokenizer path is required");
-  if (o.method != "ar" && o.method != "sd" && o.method != "bild")
-    throw specdec::invalid_argument("--method: expected ar, sd or bild, got '" + o.method + "'");
+  };
+  cli::parser p("specdec-generate",
+                "Generates text with a llama2.c checkpoint, autoregressively or speculatively with a draft.\n"
+                "stdout carries only the generated text; progress and statistics go to stderr.");
+  p.add("--model", "PATH", "target checkpoint", store(o.model), cli::required)
+      .add("--tokenizer", "PATH", "tokenizer.bin of the model's vocabulary", store(o.tokenizer), cli::required)
+      .add("--prompt", "TEXT", "prompt (default: empty, generation starts from BOS)", store(o.prompt))
+      .add("--max-new-tokens", "N", "tokens to generate (default 128)",
+           store(o.max_new_tokens, cli::between<std::size_t>(0, std::size_t{1} << 30)))
+      .add("--temperature", "T", "0 = greedy (default 0)", sampling(o.sampling.temperature, cli::non_negative<float>()))
+      .add("--top-p", "P", "nucleus sampling mass in (0, 1] (default 1)",
+           sampling(o.sampling.top_p, cli::range<float>{.lo = 0, .hi = 1, .lo_open = true}))
+      .add("--top-k", "K", "keep the K most likely tokens, 0 = off (default 0)",
+           sampling(o.sampling.top_k, cli::non_negative<int>()))
+      .add("--seed", "S", "random seed (default 0)", store(o.seed))
+      .add("--stats-json", "PATH", "write timing, token counts and telemetry as JSON (checked before generating)",
+           store(o.stats_json))
+      .add("--draft", "PATH", "draft (little) model checkpoint, needed by sd and bild", store(o.draft))
+      .add("--method", "ar|sd|bild", "autoregressive, speculative decoding, Big Little Decoder (default ar)",
+           cli::store_choice(o.method, {"ar", "sd", "bild"}))
+      .add("--gamma", "K",
+           "sd: draft length, >= 1 (default 4);\nbild: cap on consecutive draft steps, 0 = no cap (default 10)",
+           store(o.gamma, cli::between<std::size_t>(0, 1024)))
+      .flag("--adaptive", "sd: choose the draft length online from the measured acceptance rate", o.adaptive)
+      .add("--fallback-threshold", "A", "bild: fall back when the draft's max probability < A (default 0.6)",
+           store(o.fallback_threshold, cli::between(0.0f, 1.0f)))
+      .add("--rollback-threshold", "A", "bild: roll back where distance > A (default 5.0)",
+           store(o.rollback_threshold, cli::non_negative<float>()))
+      .add("--metric", "NAME", "bild: distance metric (default ce)", [&o](std::string_view, std::string_view v) {
+        specdec::with_distance_metric(v, [](auto) {});  // throws, listing the names, for an unknown one
+        o.metric = std::string(v);
+      })
+      .add("--threads", "N", "threads of each model, 0 = all cores (default 0)",
+           store(o.threads, cli::between<std::size_t>(0, specdec::cpu::detail::thread_pool::max_threads)))
+      .add("--memory-limit-mb", "MB",
+           "bound on each model's KV cache and attention scratch, 0 = the\navailable memory (default 0)",
+           store(o.memory_limit_mb, cli::between<std::size_t>(0, std::size_t{1} << 40)))
+      .add("--format", "F", "target weights: fp32, bf16, fp16, q8_0 or w8a8 (default fp32)", cli::store_format(o.format))
+      .add("--draft-format", "F",
+           "draft weights, as --format (default fp32). The output of exact\nspeculative decoding depends on the target "
+           "only, so a smaller\ndraft format is a free speed-up: w8a8 is fastest on kjv-little",
+           cli::store_format(o.draft_format))
+      .add("--kv-format", "F",
+           "target KV cache: fp32, bf16 or fp16 (default fp32); 16-bit halves\nthe cache and its reads, rounding each "
+           "key and value once",
+           cli::store_format(o.kv_format, /*kv=*/true))
+      .add("--draft-kv-format", "F",
+           "draft KV cache, as --kv-format (default fp32); like\n--draft-format it cannot change exact speculative output",
+           cli::store_format(o.draft_kv_format, /*kv=*/true));
+  if (!p.parse(argc, argv)) return false;
   if (o.method != "ar" && o.draft.empty())
     throw specdec::invalid_argument("--draft: --method " + o.method + " needs a draft model");
-  o.sampling.validate();
-  return o;
+  if (o.method == "sd" && !o.adaptive && o.gamma == std::size_t{0})
+    throw specdec::invalid_argument("--gamma: '0' is out of range for --method sd; expected a draft length >= 1");
+  return true;
+}
+
+// A transformer over `path`; a thread that would not start is reported against --threads.
+specdec::cpu::transformer load_model(const std::string& path, specdec::cpu::transformer_options options) {
+  try {
+    return specdec::cpu::transformer(path, options);
+  } catch (const specdec::thread_start_error& e) {
+    throw specdec::thread_start_error("--threads " + std::to_string(options.threads) + ": " + e.what());
+  }
+}
+
+// The --stats-json document.
+void write_stats_json(std::ostream& out, const cli_options& o, std::size_t prompt_tokens,
+                      const specdec::generation_result& result) {
+  const auto& s = result.stats;
+  out << "{\"model\": \"" << o.model << "\", \"draft\": \"" << o.draft << "\", \"method\": \"" << o.method
+      << "\", \"prompt_tokens\": " << prompt_tokens << ", \"generated_tokens\": " << result.tokens.size()
+      << ", \"tokens_per_second\": "
+      << (s.total_seconds > 0 ? double(result.tokens.size()) / s.total_seconds : 0.0)
+      << ", \"stop_reason\": \"" << result.stop_reason << "\", \"telemetry\": " << s.to_json() << "}\n";
 }
 
 // Runs `decoder.generate`, streaming decoded text to stdout as tokens are committed.
@@ -161,9 +151,16 @@ specdec::generation_result run(Decoder& decoder, const specdec::cpu::tokenizer& 
 }  // namespace
 
 int main(int argc, char** argv) try {
-  const cli_options o = parse(argc, argv);
+  cli_options o;
+  if (!parse(argc, argv, o)) return 0;
+  // Opened (and so created) before anything is generated: an unwritable path fails now,
+  // not after the whole generation.
+  std::ofstream stats;
+  specdec::cli::open_output("--stats-json", o.stats_json, stats);
   using specdec::cpu::transformer;
-  transformer target(o.model, {.threads = o.threads, .format = o.format, .kv_format = o.kv_format});
+  const std::size_t memory_limit = o.memory_limit_mb << 20;
+  transformer target = load_model(o.model, {.threads = o.threads, .format = o.format, .kv_format = o.kv_format,
+                                            .memory_limit = memory_limit});
   specdec::cpu::tokenizer tok(o.tokenizer, target.vocab_size());
   const std::vector<specdec::token_id> prompt = tok.encode(o.prompt, /*add_bos=*/true);
   std::cerr << "specdec-generate: " << o.method << ", " << prompt.size() << " prompt tokens, model "
@@ -174,7 +171,18 @@ int main(int argc, char** argv) try {
     specdec::autoregressive_decoder dec(target, o.sampling, o.seed);
     result = run(dec, tok, prompt, o);
   } else {
-    transformer draft(o.draft, {.threads = o.threads, .format = o.draft_format, .kv_format = o.draft_kv_format});
+    transformer draft = load_model(o.draft, {.threads = o.threads, .format = o.draft_format,
+                                             .kv_format = o.draft_kv_format, .memory_limit = memory_limit});
+    // A draft with a shorter context would end the generation at its length, short of
+    // what the target alone gives: refuse rather than return a silently shorter text.
+    const std::size_t wanted = prompt.size() + o.max_new_tokens;
+    if (draft.context_length() < target.context_length() && wanted > draft.context_length())
+      throw specdec::invalid_argument(
+          "--draft: '" + o.draft + "' holds a context of " + std::to_string(draft.context_length()) +
+          " tokens, the target " + std::to_string(target.context_length()) + "; the prompt (" +
+          std::to_string(prompt.size()) + " tokens) plus --max-new-tokens " + std::to_string(o.max_new_tokens) +
+          " would stop at the draft's length; expected a draft with the target's context, or --max-new-tokens <= " +
+          std::to_string(draft.context_length() > prompt.size() ? draft.context_length() - prompt.size() : 0));
     if (o.method == "sd") {
       if (o.adaptive) {
         specdec::speculative_decoder dec(draft, target, specdec::expected_speedup_gamma{},
@@ -205,14 +213,10 @@ int main(int argc, char** argv) try {
   std::cerr << "specdec-generate: " << result.tokens.size() << " tokens in " << s.total_seconds << " s ("
             << (s.total_seconds > 0 ? double(result.tokens.size()) / s.total_seconds : 0.0)
             << " tokens/s), stop: " << result.stop_reason << "\n";
-  if (!o.stats_json.empty()) {
-    std::ofstream out(o.stats_json);
-    if (!out) throw specdec::invalid_argument("--stats-json: cannot write '" + o.stats_json + "'");
-    out << "{\"model\": \"" << o.model << "\", \"draft\": \"" << o.draft << "\", \"method\": \"" << o.method
-        << "\", \"prompt_tokens\": " << prompt.size() << ", \"generated_tokens\": " << result.tokens.size()
-        << ", \"tokens_per_second\": "
-        << (s.total_seconds > 0 ? double(result.tokens.size()) / s.total_seconds : 0.0)
-        << ", \"stop_reason\": \"" << result.stop_reason << "\", \"telemetry\": " << s.to_json() << "}\n";
+  if (stats.is_open()) {
+    write_stats_json(stats, o, prompt.size(), result);
+    stats.close();
+    if (!stats) throw specdec::invalid_argument("--stats-json: writing '" + o.stats_json + "' failed");
   }
   return 0;
 } catch (const std::exception& e) {

@@ -33,7 +33,7 @@ if [ "${1:-}" = configure ]; then
 fi
 
 packages=(cmake g++ make pkg-config libeigen3-dev libxtensor-dev libgtest-dev libbenchmark-dev sentencepiece
-          libcpp-httplib-dev nlohmann-json3-dev libssl-dev)
+          libcpp-httplib-dev nlohmann-json3-dev libssl-dev clang-14 libclang-rt-14-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -86,6 +86,7 @@ case "$mode" in
       -DSPECDEC_TSAN=ON -DSPECDEC_SANITIZE=OFF -DSPECDEC_BUILD_TESTS=ON -DSPECDEC_BUILD_BENCH=OFF -DSPECDEC_BUILD_EXAMPLES=OFF >/dev/null
     cmake --build build-tsan -j"$jobs" --target test_thread_pool
     TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 ./build-tsan/bin/test_thread_pool
+    scripts/fuzz.sh 30  # libFuzzer harnesses of tests/fuzz, 30 s each
     ;;
   *)
     echo "usage: scripts/bootstrap.sh demo|test|configure STAGE DIR" >&2

@@ -8,7 +8,9 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <random>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -295,6 +297,69 @@ TEST(checkpoint, absurd_sizes_are_rejected_before_allocating) {
   const header llama{4096, 11008, 32, 32, 32, 32000, 2048};
   big.write(llama, 10);
   expect_rejected(big, "expected " + std::to_string(28 + 4 * floats_for(llama)) + " bytes, got 68");
+}
+
+// kv_dim() multiplied two ints (signed overflow, UB) for headers the loader then rejects:
+// the 28-byte file, dim 2^20 and n_heads = n_kv_heads = 4096.
+TEST(checkpoint, header_products_do_not_overflow) {
+  model_config c;
+  c.dim = 1 << 20, c.n_heads = 4096, c.n_kv_heads = 4096;
+  EXPECT_EQ(c.kv_dim(), 1 << 20);
+  c.n_kv_heads = 1024;
+  EXPECT_EQ(c.kv_dim(), 1 << 18);
+  temp_file f("specdec-kv-dim-overflow");
+  const unsigned char raw[28] = {0x00, 0x00, 0x10, 0x00, 0x01, 0, 0, 0, 0x01, 0, 0, 0, 0x00, 0x10, 0x00, 0x00,
+                                 0x00, 0x10, 0x00, 0x00, 0x01, 0,    0, 0, 0x02, 0, 0, 0};
+  f.write(raw, sizeof raw, {});
+  expect_rejected(f, "absurd");  // dim x dim x n_layers alone is 2^40 floats
+}
+
+// NaN weights decoded greedily to <unk><unk>... with exit code 0; now the loader names
+// the tensor, its layer and the element.
+TEST(checkpoint, non_finite_weights_are_rejected_naming_the_tensor) {
+  const header h{24, 32, 2, 4, 2, 10, 8};
+  std::vector<float> payload(floats_for(h), 0.01f);
+  const std::size_t dim = 24, vocab = 10, L = 2;
+  const std::size_t wq1 = vocab * dim + L * dim + dim * dim;  // wq of layer 1
+  payload[wq1 + 5 * dim + 7] = std::numeric_limits<float>::quiet_NaN();
+  temp_file f("specdec-nan-weights");
+  f.write(&h, sizeof h, payload);
+  expect_rejected(f, "tensor wq of layer 1 (row 5, column 7) holds nan; expected finite weights");
+  payload[wq1 + 5 * dim + 7] = 0.0f;
+  payload[vocab * dim + 3] = -std::numeric_limits<float>::infinity();  // rms_att, layer 0
+  f.write(&h, sizeof h, payload);
+  expect_rejected(f, "tensor rms_att of layer 0 (row 0, column 3) holds -inf");
+  payload[vocab * dim + 3] = 1.0f;
+  // The RoPE tables are never read (RoPE is recomputed): non-finite values there are harmless.
+  payload[payload.size() - 1] = std::numeric_limits<float>::quiet_NaN();
+  f.write(&h, sizeof h, payload);
+  EXPECT_NO_THROW((void)load_checkpoint(f.path()));
+  // An unshared classifier is checked too.
+  header u = h;
+  u.vocab_size = -10;
+  std::vector<float> unshared(floats_for(u), 0.01f);
+  unshared.back() = std::numeric_limits<float>::infinity();
+  f.write(&u, sizeof u, unshared);
+  expect_rejected(f, "tensor wcls (row 9, column 23) holds inf");
+}
+
+TEST(checkpoint, parsing_bytes_in_memory_equals_loading_the_file) {
+  const std::string path = model_path("stories260K.bin");
+  std::ifstream in(path, std::ios::binary);
+  const std::vector<unsigned char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const auto a = load_checkpoint(path);
+  const auto b = specdec::cpu::parse_checkpoint(bytes, "in-memory copy");
+  EXPECT_EQ(b.path, "in-memory copy");
+  expect_config(b.config, header{64, 172, 5, 8, 4, 512, 512}, true);
+  ASSERT_EQ(a.data.size(), b.data.size());
+  EXPECT_EQ(std::memcmp(a.data.data(), b.data.data(), 4 * a.data.size()), 0);
+  try {
+    (void)specdec::cpu::parse_checkpoint(std::span(bytes).first(bytes.size() - 1), "in-memory copy");
+    ADD_FAILURE() << "no exception";
+  } catch (const specdec::checkpoint_error& e) {
+    EXPECT_NE(std::string(e.what()).find("'in-memory copy': file size does not match"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW((void)specdec::cpu::parse_checkpoint(std::span(bytes).first(27), "x"), specdec::checkpoint_error);
 }
 
 }  // namespace

@@ -143,6 +143,56 @@ TEST(sampling, bad_parameters_throw_with_the_parameter_name) {
   std::vector<float> zero(3, 0.0f);
   EXPECT_THROW((void)specdec::sample_from(zero, 0.5), specdec::invalid_argument);
 }
+
+// A temperature whose reciprocal overflows made every logit / T NaN and failed later in
+// sample_from, naming neither the parameter nor the cause.
+TEST(sampling, temperatures_whose_reciprocal_overflows_are_rejected) {
+  auto message_of = [](float t) {
+    try {
+      sampling_params{.temperature = t}.validate();
+    } catch (const specdec::invalid_argument& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  for (float t : {1e-39f, std::numeric_limits<float>::denorm_min(), 2e-39f}) {
+    const std::string m = message_of(t);
+    EXPECT_NE(m.find("temperature"), std::string::npos) << t;
+    EXPECT_NE(m.find("overflows"), std::string::npos) << t << ": " << m;
+  }
+  // The smallest normal temperature is fine: its reciprocal is finite.
+  EXPECT_EQ(message_of(std::numeric_limits<float>::min()), "");
+  EXPECT_EQ(message_of(1e-30f), "");
+  EXPECT_EQ(message_of(0.0f), "");
+}
+
+// Non-finite logits (a model with NaN weights) are reported as such, with the position,
+// instead of "no positive finite mass" from the draw.
+TEST(sampling, errors_name_their_cause) {
+  const auto message_of = [](std::vector<float> logits, sampling_params p) {
+    std::vector<float> probs(logits.size());
+    try {
+      specdec::make_distribution(logits, p, probs);
+    } catch (const specdec::invalid_argument& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  std::string m = message_of({0.5f, nan, 1.0f}, {.temperature = 1.0f});
+  EXPECT_NE(m.find("logit 1 of 3 is nan"), std::string::npos) << m;
+  m = message_of({0.5f, 1.0f, inf}, {.temperature = 0.7f, .top_p = 0.9f});
+  EXPECT_NE(m.find("logit 2 of 3 is inf"), std::string::npos) << m;
+  EXPECT_EQ(message_of({0.5f, 1.0f, 2.0f}, {.temperature = 1e-30f}), "");  // tiny but finite 1 / T
+  std::vector<float> bad{0.2f, -0.1f, 0.0f};
+  bad[0] = nan;
+  try {
+    (void)specdec::sample_from(bad, 0.5);
+    ADD_FAILURE() << "no exception";
+  } catch (const specdec::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("total mass over 3 tokens is nan"), std::string::npos) << e.what();
+  }
+}
 }  // namespace
 
 namespace {

@@ -3,6 +3,7 @@
 // loop, agreement with SentencePiece's own spm_encode, and every bad-input error.
 #include <gtest/gtest.h>
 
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -19,6 +20,7 @@
 #include <utility>
 #include <vector>
 
+#include "fuzz/reference_encode.hpp"
 #include "specdec/backend/cpu/tokenizer.hpp"
 
 namespace {
@@ -191,39 +193,10 @@ TEST(tokenizer, round_trip_is_exact_on_random_bytes) {
 }
 
 // ---------------------------------------------------------------------------------------
-// The priority-queue encoder against llama2.c's quadratic merge loop, transcribed.
+// The priority-queue encoder against llama2.c's quadratic merge loop (fuzz/reference_encode.hpp).
 
 std::vector<token_id> llama2c_encode(const tokenizer& t, std::string_view text) {
-  std::vector<token_id> ids;
-  if (text.empty()) return ids;
-  const std::string s = " " + std::string(text);
-  for (std::size_t i = 0; i < s.size();) {
-    std::size_t n = 1;  // llama2.c: a lead byte plus up to 3 continuation bytes
-    while (n < 4 && i + n < s.size() && (static_cast<unsigned char>(s[i + n]) & 0xC0) == 0x80) ++n;
-    if (auto id = t.find(std::string_view(s).substr(i, n))) {
-      ids.push_back(*id);
-    } else {
-      for (std::size_t k = 0; k < n; ++k) ids.push_back(static_cast<unsigned char>(s[i + k]) + 3);
-    }
-    i += n;
-  }
-  for (;;) {
-    float best = -std::numeric_limits<float>::infinity();
-    int best_id = -1;
-    std::size_t best_at = 0;
-    for (std::size_t i = 0; i + 1 < ids.size(); ++i) {
-      const std::string merged = t.piece(ids[i]) + t.piece(ids[i + 1]);
-      if (auto id = t.find(merged); id && (best_id < 0 || t.score(*id) > best)) {
-        best = t.score(*id);
-        best_id = *id;
-        best_at = i;
-      }
-    }
-    if (best_id < 0) break;
-    ids[best_at] = best_id;
-    ids.erase(ids.begin() + static_cast<std::ptrdiff_t>(best_at) + 1);
-  }
-  return ids;
+  return specdec::testing::reference_encode(t, text, specdec::testing::llama2c_char_length);
 }
 
 TEST(tokenizer, matches_llama2c_merge_loop_on_random_text) {
@@ -494,6 +467,34 @@ TEST(tokenizer_errors, missing_file) {
   const fs::path dir = fs::temp_directory_path();
   expect_error<specdec::tokenizer_error>([&] { tokenizer(dir, 512); },
                                          {dir.string(), "is a directory", "expected"});
+}
+
+// --tokenizer /dev/zero grew to gigabytes before failing with std::bad_alloc: special files
+// are refused before anything is read, and a regular file larger than vocab_size entries
+// can be is refused from its size alone.
+TEST(tokenizer_errors, special_and_oversized_files_are_refused_before_reading) {
+  expect_error<specdec::tokenizer_error>([&] { tokenizer("/dev/zero", 512); },
+                                         {"/dev/zero", "is not a regular file", "expected"});
+  temp_file fifo("fifo");
+  ASSERT_EQ(::mkfifo(fifo.path.c_str(), 0600), 0);  // opening it for reading would block
+  expect_error<specdec::tokenizer_error>([&] { tokenizer(fifo.path, 512); },
+                                         {fifo.path.string(), "is not a regular file"});
+  temp_file sparse("sparse.bin");
+  sparse.write(serialize(7, tok512_entries()));
+  fs::resize_file(sparse.path, std::uintmax_t{1} << 34);  // 16 GiB, sparse: never read
+  const std::string most = std::to_string(4 + 512 * (8 + (std::uintmax_t{1} << 16)));
+  expect_error<specdec::vocabulary_mismatch>([&] { tokenizer(sparse.path, 512); },
+                                             {sparse.path.string(), "17179869184 bytes", "expected at most " + most});
+}
+
+TEST(tokenizer_errors, bytes_in_memory_load_like_the_file) {
+  const tokenizer t = tokenizer::from_bytes(file_bytes(kjv_path), 2048, "kjv in memory");
+  EXPECT_EQ(t.encode("In the beginning God created"), kjv().encode("In the beginning God created"));
+  expect_error<specdec::tokenizer_error>(
+      [&] { (void)tokenizer::from_bytes(file_bytes(kjv_path).substr(0, 1000), 2048, "cut copy"); },
+      {"'cut copy'", "fewer tokens"});
+  expect_error<specdec::invalid_argument>([&] { (void)tokenizer::from_bytes("", 3, "tiny"); },
+                                          {"'tiny'", "vocab_size = 3"});
 }
 
 TEST(tokenizer_errors, vocab_size_below_the_fixed_layout) {

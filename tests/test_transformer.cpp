@@ -635,6 +635,103 @@ TEST(work_split, static_parts_compute_their_slice_and_balanced_parts_take_over_a
       }
 }
 
+// A worker that fails to start used to leave the started ones waiting on a condition
+// variable the half-built pool destroyed: the process hung in pthread_cond_destroy.
+TEST(thread_pool, a_worker_that_fails_to_start_unwinds_and_says_how_many_started) {
+  using specdec::cpu::detail::thread_pool;
+  for (int fail_at : {1, 3}) {
+    int calls = 0;
+    const auto start = [&](auto&& body) {
+      if (++calls == fail_at)
+        throw std::system_error(std::make_error_code(std::errc::resource_unavailable_try_again), "thread creation");
+      return std::thread(std::forward<decltype(body)>(body));
+    };
+    try {
+      thread_pool pool(6, start);
+      ADD_FAILURE() << "no exception";
+    } catch (const specdec::thread_start_error& e) {
+      const std::string m = e.what();
+      // fail_at - 1 workers started, plus the caller.
+      EXPECT_NE(m.find("could start only " + std::to_string(fail_at) + " of 6 threads"), std::string::npos) << m;
+      EXPECT_NE(m.find("thread creation"), std::string::npos) << m;
+    }
+  }
+  // Absurd counts are rejected before anything is reserved (reserve() used to throw
+  // length_error or bad_alloc first).
+  for (std::size_t n : {std::size_t{4096}, std::size_t{1} << 40, ~std::size_t{0}}) {
+    try {
+      thread_pool pool(n);
+      ADD_FAILURE() << n;
+    } catch (const specdec::invalid_argument& e) {
+      EXPECT_NE(std::string(e.what()).find("expected at most 4095"), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_THROW(transformer(shared_checkpoint("stories260K.bin"), {.threads = std::size_t{1} << 40}),
+               specdec::invalid_argument);
+  thread_pool fine(3);  // and a pool that can start still runs every part
+  std::atomic<int> parts{0};
+  fine.run([&](std::size_t, std::size_t) { parts.fetch_add(1); });
+  EXPECT_EQ(parts.load(), 3);
+}
+
+// A header's seq_len x n_layers implied KV caches of any size, allocated unchecked (a
+// bare std::bad_alloc, or an ASan abort). The engine now checks them, and its scratch,
+// against transformer_options::memory_limit (default: available memory) first.
+TEST(memory_limit, caches_over_the_limit_are_rejected_before_allocating_naming_checkpoint_sizes_and_limit) {
+  auto ck = shared_checkpoint("stories260K.bin");  // 5 layers x 512 x kv_dim 32: 655360 bytes of fp32 cache, plus 20480 bytes of scratch on 1 thread
+  const std::uint64_t one = specdec::cpu::kv_cache::bytes(5, 512, 32, weight_format::fp32);
+  EXPECT_EQ(one, 5u * 512u * 32u * 2u * 4u);
+  const auto expect_rejected = [&](auto make, const std::string& sizes) {
+    try {
+      make();
+      ADD_FAILURE() << "no exception";
+    } catch (const specdec::resource_error& e) {
+      const std::string m = e.what();
+      for (const std::string& part : {ck->path, sizes, std::string("memory limit of 500000 bytes")})
+        EXPECT_NE(m.find(part), std::string::npos) << "'" << part << "' not in: " << m;
+    }
+  };
+  expect_rejected([&] { transformer(ck, {.threads = 1, .memory_limit = 500000}); },
+                  "1 KV cache(s) of n_layers 5 x seq_len 512 x kv_dim 32 in fp32 (655360 bytes each)");
+  // fp16 halves the cache: then one fits.
+  transformer half(ck, {.threads = 1, .kv_format = weight_format::fp16, .memory_limit = 500000});
+  EXPECT_EQ(half.forward(std::vector<token_id>{1, 42}).rows, 2u);
+  // The batched model counts every cache it holds, the pooled ones too.
+  specdec::cpu::batched_transformer bm(ck, {.threads = 1, .kv_format = weight_format::fp16, .memory_limit = 500000});
+  const specdec::sequence_id a = bm.add_sequence();
+  expect_rejected([&] { (void)bm.add_sequence(); }, "2 KV cache(s) of n_layers 5 x seq_len 512 x kv_dim 32 in fp16");
+  EXPECT_EQ(bm.sequence_count(), 1u);
+  bm.remove_sequence(a);
+  (void)bm.add_sequence();  // the pooled cache is reused: nothing new to allocate
+  EXPECT_EQ(bm.sequence_count(), 1u);
+  // Sizes whose product overflows are an error, not a wrapped allocation.
+  EXPECT_THROW((void)specdec::cpu::kv_cache::bytes(std::size_t{1} << 30, std::size_t{1} << 30, std::size_t{1} << 30,
+                                                   weight_format::fp32),
+               specdec::invalid_argument);
+  EXPECT_THROW(specdec::cpu::kv_cache(std::size_t{1} << 30, std::size_t{1} << 30, 1 << 4), specdec::invalid_argument);
+}
+
+TEST(memory_limit, a_header_implying_terabytes_of_cache_is_rejected_by_default) {
+  // dim 2 (one head of 2), 65536 layers, seq_len 2^20: a 15 MB file whose fp32 caches
+  // would take 1 TiB.
+  specdec::cpu::model_config c;
+  c.dim = 2, c.hidden_dim = 2, c.n_layers = 65536, c.n_heads = 1, c.n_kv_heads = 1, c.vocab_size = 300;
+  c.seq_len = 1 << 20;
+  auto ck = std::make_shared<specdec::cpu::checkpoint>();
+  ck->config = c;
+  ck->path = "terabyte-cache.bin";
+  ck->data.assign(specdec::cpu::detail::expected_float_count(c, ck->path), 0.01f);
+  try {
+    transformer m(std::shared_ptr<const specdec::cpu::checkpoint>(ck), {.threads = 1});
+    ADD_FAILURE() << "no exception";
+  } catch (const specdec::resource_error& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("terabyte-cache.bin"), std::string::npos) << m;
+    EXPECT_NE(m.find("n_layers 65536 x seq_len 1048576 x kv_dim 2"), std::string::npos) << m;
+    EXPECT_NE(m.find("memory limit of"), std::string::npos) << m;
+  }
+}
+
 TEST(transformer_threads, default_uses_all_cores_and_models_share_one_pool) {
   auto ck = shared_checkpoint("stories260K.bin");
   transformer a(ck), b(ck, {.threads = 1});

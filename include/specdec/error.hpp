@@ -45,6 +45,20 @@ class context_overflow : public error {
   using error::error;
 };
 
+/// The system refused a resource a component needs to start: a thread that could not be
+/// created, or memory over the configured limit. The message says how much was asked,
+/// how much was available and which option bounds it.
+class resource_error : public error {
+ public:
+  using error::error;
+};
+
+/// A worker thread that could not be started (the message says how many did start).
+class thread_start_error : public resource_error {
+ public:
+  using resource_error::resource_error;
+};
+
 /// A token id outside [0, vocab_size).
 class token_out_of_range : public error {
  public:

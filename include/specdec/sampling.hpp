@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <limits>
 #include <numeric>
 #include <random>
@@ -37,9 +38,18 @@ struct sampling_params {
   [[nodiscard]] bool greedy() const noexcept { return temperature == 0.0f; }
 
   void validate() const {
+    const auto to_chars = [](float v) {
+      char b[32];
+      std::snprintf(b, sizeof b, "%g", static_cast<double>(v));
+      return std::string(b);
+    };
     if (!std::isfinite(temperature) || temperature < 0.0f)
       throw invalid_argument("sampling_params.temperature must be finite and >= 0, got " +
                              std::to_string(temperature));
+    if (temperature > 0.0f && !std::isfinite(1.0f / temperature))  // logits are scaled by 1 / T
+      throw invalid_argument("sampling_params.temperature = " + to_chars(temperature) +
+                             " is so small that 1 / temperature overflows float; expected 0 (greedy) or a "
+                             "temperature whose reciprocal is finite (about 3e-39 or more)");
     if (top_k < 0)
       throw invalid_argument("sampling_params.top_k must be >= 0 (0 = off), got " + std::to_string(top_k));
     if (!(top_p > 0.0f && top_p <= 1.0f))
@@ -105,6 +115,26 @@ inline void softmax(std::span<const float> logits, std::span<float> out, float t
   return static_cast<float>(h);
 }
 
+/// Throws `invalid_argument` naming the cause when softmax(logits / T) in `probs` is not
+/// a distribution: a non-finite logit (the model produced NaN or infinity), or a
+/// temperature too small for the logits' range. One pass over `probs`, cheap next to the
+/// exponentials that filled it.
+inline void check_distribution(std::span<const float> logits, const sampling_params& params,
+                               std::span<const float> probs) {
+  float total = 0.0f;
+  for (float x : probs) total += x;
+  if (total > 0.0f && std::isfinite(total)) return;
+  for (std::size_t i = 0; i < logits.size(); ++i)
+    if (!std::isfinite(logits[i]))
+      throw invalid_argument("make_distribution: logit " + std::to_string(i) + " of " +
+                             std::to_string(logits.size()) + " is " + std::to_string(logits[i]) +
+                             "; expected finite logits (the model produced NaN or infinity: check its weights "
+                             "and inputs)");
+  throw invalid_argument("make_distribution: softmax(logits / temperature) has total mass " +
+                         std::to_string(total) + " at temperature " + std::to_string(params.temperature) +
+                         "; expected a positive finite total (a larger sampling_params.temperature)");
+}
+
 /// Writes into `probs` the distribution a token is drawn from under `params`: one-hot at
 /// the argmax when greedy, otherwise softmax(logits / T) restricted to top-k and top-p
 /// and renormalised. Tokens outside the kept set get exactly 0.
@@ -119,6 +149,7 @@ inline void make_distribution(std::span<const float> logits, const sampling_para
     return;
   }
   softmax(logits, probs, params.temperature);
+  check_distribution(logits, params, probs);
   const std::size_t n = probs.size();
   const bool use_k = params.top_k > 0 && static_cast<std::size_t>(params.top_k) < n;
   const bool use_p = params.top_p < 1.0f;
@@ -196,7 +227,9 @@ class random_source {
   double total = 0.0;
   for (float x : probs) total += x;
   if (!(total > 0.0) || !std::isfinite(total))
-    throw invalid_argument("sample_from: distribution has no positive finite mass");
+    throw invalid_argument("sample_from: the distribution's total mass over " + std::to_string(probs.size()) +
+                           " tokens is " + std::to_string(total) +
+                           "; expected a positive finite total (non-negative, finite probabilities, not all 0)");
   const double target = u * total;
   double cum = 0.0;
   std::size_t last_nonzero = 0;

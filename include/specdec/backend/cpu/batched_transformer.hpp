@@ -69,8 +69,14 @@ class batched_transformer {
   }
 
   /// Starts an empty sequence (a pooled cache if one is free) and returns its id.
+  /// Throws `resource_error` (nothing changes) when a new cache would take the caches
+  /// of all sequences, pooled ones included, over `transformer_options::memory_limit`.
   sequence_id add_sequence() {
-    return caches_.add([&] { return std::make_unique<kv_cache>(engine_.make_cache()); });
+    return caches_.add([&] {
+      auto cache = std::make_unique<kv_cache>(engine_.make_cache(allocated_ + 1));
+      ++allocated_;
+      return cache;
+    });
   }
   /// Ends sequence `id`; its cache goes to the pool for later sequences.
   void remove_sequence(sequence_id id) {
@@ -127,6 +133,7 @@ class batched_transformer {
  private:
   detail::llama_engine engine_;
   specdec::detail::sequence_slots<kv_cache> caches_;  ///< live sequences' caches, and the pool
+  std::uint64_t allocated_ = 0;  ///< caches made so far (live and pooled: the pool keeps them)
   std::vector<kv_cache*> cache_of_;
   std::vector<token_id> tokens_;
   std::vector<detail::row_target> targets_;

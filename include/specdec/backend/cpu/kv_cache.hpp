@@ -3,9 +3,15 @@
 /// The preallocated key/value cache of the CPU transformer.
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
+#include <limits>
 #include <string>
 #include <string_view>
 #include <vector>
+
+#if __has_include(<unistd.h>)
+#include <unistd.h>
+#endif
 
 #include "specdec/backend/cpu/detail/aligned.hpp"
 #include "specdec/backend/cpu/detail/weights.hpp"
@@ -21,6 +27,39 @@ inline void check_kv_format(weight_format format, std::string_view who) {
   throw invalid_argument(std::string(who) + ": '" + std::string(to_string(format)) +
                          "' cannot hold a KV cache; expected fp32, bf16 or fp16");
 }
+
+namespace detail {
+
+/// Bytes of memory the system reports available for new allocations: MemAvailable of
+/// /proc/meminfo (Linux), else the free physical pages of sysconf, else unlimited. The
+/// default bound of the memory a model's KV caches and scratch may take.
+inline std::uint64_t available_memory() noexcept {
+  if (std::FILE* f = std::fopen("/proc/meminfo", "r")) {
+    char line[256];
+    unsigned long long kib = 0;
+    bool found = false;
+    while (!found && std::fgets(line, sizeof line, f)) found = std::sscanf(line, "MemAvailable: %llu kB", &kib) == 1;
+    std::fclose(f);
+    if (found && kib <= std::numeric_limits<std::uint64_t>::max() / 1024) return std::uint64_t{kib} * 1024;
+  }
+#if defined(_SC_AVPHYS_PAGES) && defined(_SC_PAGESIZE)
+  const long pages = ::sysconf(_SC_AVPHYS_PAGES), page = ::sysconf(_SC_PAGESIZE);
+  if (pages > 0 && page > 0) return std::uint64_t(pages) * std::uint64_t(page);
+#endif
+  return std::numeric_limits<std::uint64_t>::max();
+}
+
+/// a * b * c, or false if it exceeds `limit` (checked before multiplying, nothing wraps).
+inline bool checked_product(std::uint64_t a, std::uint64_t b, std::uint64_t c, std::uint64_t limit,
+                            std::uint64_t& out) noexcept {
+  if (a != 0 && b > limit / a) return false;
+  const std::uint64_t ab = a * b;
+  if (ab != 0 && c > limit / ab) return false;
+  out = ab * c;
+  return true;
+}
+
+}  // namespace detail
 
 /// Keys and values of every layer for up to `capacity()` positions, laid out
 /// `[layer][position][kv_dim]` and allocated once. `length()` is how many positions hold
@@ -41,13 +80,30 @@ inline void check_kv_format(weight_format format, std::string_view who) {
 class kv_cache {
  public:
   kv_cache() = default;
-  /// Throws `invalid_argument` for q8_0, which is a weight format only.
+  /// Throws `invalid_argument` for q8_0, which is a weight format only, and for sizes
+  /// whose product overflows (before allocating anything).
   kv_cache(std::size_t n_layers, std::size_t seq_len, std::size_t kv_dim, weight_format format = weight_format::fp32)
       : layers_(n_layers), capacity_(seq_len), kv_dim_(kv_dim), format_(format) {
     check_kv_format(format, "kv_cache");
-    const std::size_t n = n_layers * seq_len * kv_dim;
+    const std::size_t n = entries(n_layers, seq_len, kv_dim);
     if (format == weight_format::fp32) keys_.resize(n), values_.resize(n);
     else keys16_.resize(n), values16_.resize(n);
+  }
+
+  /// Bytes a cache of these sizes holds (keys and values), computed before allocating
+  /// one; `invalid_argument` if the product overflows.
+  ///
+  /// ```cpp
+  /// std::uint64_t b = specdec::cpu::kv_cache::bytes(6, 256, 128, specdec::cpu::weight_format::fp16);  // 786432
+  /// ```
+  [[nodiscard]] static std::uint64_t bytes(std::size_t n_layers, std::size_t seq_len, std::size_t kv_dim,
+                                           weight_format format) {
+    const std::uint64_t element = format == weight_format::fp32 ? sizeof(float) : sizeof(std::uint16_t);
+    std::uint64_t b = 0;
+    if (!detail::checked_product(entries(n_layers, seq_len, kv_dim), 2 * element, 1,
+                                 std::numeric_limits<std::uint64_t>::max(), b))
+      overflow(n_layers, seq_len, kv_dim);
+    return b;
   }
 
   [[nodiscard]] std::size_t length() const noexcept { return length_; }
@@ -102,6 +158,18 @@ class kv_cache {
   }
 
  private:
+  /// n_layers x seq_len x kv_dim entries per tensor, or `invalid_argument` on overflow.
+  static std::size_t entries(std::size_t n_layers, std::size_t seq_len, std::size_t kv_dim) {
+    std::uint64_t n = 0;
+    if (!detail::checked_product(n_layers, seq_len, kv_dim, std::numeric_limits<std::size_t>::max() / 4, n))
+      overflow(n_layers, seq_len, kv_dim);
+    return static_cast<std::size_t>(n);
+  }
+  [[noreturn]] static void overflow(std::size_t n_layers, std::size_t seq_len, std::size_t kv_dim) {
+    throw invalid_argument("kv_cache: n_layers " + std::to_string(n_layers) + " x seq_len " +
+                           std::to_string(seq_len) + " x kv_dim " + std::to_string(kv_dim) +
+                           " entries overflow a size; expected a cache that fits the address space");
+  }
   [[nodiscard]] std::size_t index(std::size_t layer, std::size_t pos) const noexcept {
     return (layer * capacity_ + pos) * kv_dim_;
   }

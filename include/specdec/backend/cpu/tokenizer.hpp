@@ -76,19 +76,24 @@ class tokenizer {
   /// specdec::cpu::tokenizer tok("models/tok512.bin", 512);
   /// ```
   tokenizer(const std::filesystem::path& path, std::size_t vocab_size) {
-    if (vocab_size < min_vocab_size) {
-      throw invalid_argument(where(path) + "vocab_size = " + std::to_string(vocab_size) +
-                             " is too small; expected at least " +
-                             std::to_string(min_vocab_size) +
-                             " (<unk>, BOS, EOS and the 256 byte-fallback pieces)");
-    }
-    if (vocab_size > static_cast<std::size_t>(std::numeric_limits<token_id>::max())) {
-      throw invalid_argument(where(path) + "vocab_size = " + std::to_string(vocab_size) +
-                             " does not fit token_id; expected at most " +
-                             std::to_string(std::numeric_limits<token_id>::max()));
-    }
-    const std::vector<char> bytes = read_file(path);
-    load(path, bytes, vocab_size);
+    check_vocab_size(path.string(), vocab_size);
+    const std::vector<char> bytes = read_file(path, vocab_size);
+    load(path.string(), std::string_view(bytes.data(), bytes.size()), vocab_size);
+  }
+
+  /// The tokenizer held in memory in `bytes` (a whole tokenizer.bin), validated exactly
+  /// as the file constructor validates a file; errors name `name` in place of a path.
+  ///
+  /// ```cpp
+  /// std::ifstream in("models/kjv2k-tokenizer.bin", std::ios::binary);  // or any other source
+  /// std::string bytes(std::istreambuf_iterator<char>(in), {});
+  /// auto tok = specdec::cpu::tokenizer::from_bytes(bytes, 2048, "kjv2k (in memory)");
+  /// ```
+  [[nodiscard]] static tokenizer from_bytes(std::string_view bytes, std::size_t vocab_size, const std::string& name) {
+    check_vocab_size(name, vocab_size);
+    tokenizer t;
+    t.load(name, bytes, vocab_size);
+    return t;
   }
 
   /// Token ids of `text`, optionally preceded by BOS and followed by EOS.
@@ -190,24 +195,59 @@ class tokenizer {
   std::unordered_map<std::string, token_id, string_hash, std::equal_to<>> lookup_;
   std::size_t max_token_length_ = 0;
 
-  static std::string where(const std::filesystem::path& path) {
-    return "specdec::cpu::tokenizer: '" + path.string() + "': ";
+  tokenizer() = default;
+
+  static std::string where(const std::string& path) { return "specdec::cpu::tokenizer: '" + path + "': "; }
+  static std::string where(const std::filesystem::path& path) { return where(path.string()); }
+
+  static void check_vocab_size(const std::string& path, std::size_t vocab_size) {
+    if (vocab_size < min_vocab_size) {
+      throw invalid_argument(where(path) + "vocab_size = " + std::to_string(vocab_size) +
+                             " is too small; expected at least " +
+                             std::to_string(min_vocab_size) +
+                             " (<unk>, BOS, EOS and the 256 byte-fallback pieces)");
+    }
+    if (vocab_size > static_cast<std::size_t>(std::numeric_limits<token_id>::max())) {
+      throw invalid_argument(where(path) + "vocab_size = " + std::to_string(vocab_size) +
+                             " does not fit token_id; expected at most " +
+                             std::to_string(std::numeric_limits<token_id>::max()));
+    }
   }
 
-  static std::vector<char> read_file(const std::filesystem::path& path) {
+  /// The bytes of the regular file `path`, read only after its size was checked against
+  /// the most a tokenizer of `vocab_size` entries can take: a special file (/dev/zero, a
+  /// pipe) or an oversized file is rejected before anything is read.
+  static std::vector<char> read_file(const std::filesystem::path& path, std::size_t vocab_size) {
     std::error_code ec;
     if (std::filesystem::is_directory(path, ec)) {
       throw tokenizer_error(where(path) +
                             "is a directory; expected a llama2.c tokenizer.bin file");
+    }
+    // Checked before opening: opening a pipe would block until a writer comes.
+    if (std::filesystem::exists(path, ec) && !std::filesystem::is_regular_file(path, ec)) {
+      throw tokenizer_error(where(path) + "is not a regular file (a device, pipe or socket); expected a "
+                            "llama2.c tokenizer.bin file");
     }
     std::ifstream in(path, std::ios::binary);
     if (!in) {
       throw tokenizer_error(where(path) +
                             "cannot open the file; expected a readable llama2.c tokenizer.bin");
     }
-    std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    if (in.bad()) {
-      throw tokenizer_error(where(path) + "read error; expected a readable llama2.c tokenizer.bin");
+    const std::uintmax_t size = std::filesystem::file_size(path, ec);
+    if (ec) throw tokenizer_error(where(path) + "cannot determine the file size: " + ec.message());
+    // Header + vocab_size entries of an 8-byte score and length plus at most
+    // max_token_length_limit bytes each (vocab_size < 2^31, so this cannot overflow).
+    const std::uintmax_t most = 4 + std::uintmax_t(vocab_size) * (8 + max_token_length_limit);
+    if (size > most) {
+      throw vocabulary_mismatch(where(path) + "file is " + std::to_string(size) + " bytes; expected at most " +
+                                std::to_string(most) + " for vocab_size = " + std::to_string(vocab_size) +
+                                " entries (the file is not this model's tokenizer)");
+    }
+    std::vector<char> bytes(static_cast<std::size_t>(size));
+    if (!in.read(bytes.data(), static_cast<std::streamsize>(size)) || in.peek() != std::char_traits<char>::eof()) {
+      throw tokenizer_error(where(path) + "read " + std::to_string(in.gcount()) + " bytes of the file's " +
+                            std::to_string(size) + " (it changed while being read?); expected a readable, "
+                            "unchanging llama2.c tokenizer.bin");
     }
     return bytes;
   }
@@ -225,8 +265,7 @@ class tokenizer {
     return std::string{'<', '0', 'x', hex[b >> 4], hex[b & 15], '>'};
   }
 
-  void load(const std::filesystem::path& path, const std::vector<char>& bytes,
-            std::size_t vocab_size) {
+  void load(const std::string& path, std::string_view bytes, std::size_t vocab_size) {
     const std::size_t size = bytes.size();
     if (size < 4) {
       throw tokenizer_error(where(path) + "file is " + std::to_string(size) +

@@ -8,7 +8,9 @@
 #include <array>
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
 #include <filesystem>
+#include <limits>
 #include <memory>
 #include <span>
 #include <string>
@@ -44,6 +46,13 @@ struct transformer_options {
   /// stored, like llama.cpp's default f16 cache). q8_0 is rejected. Results stay
   /// batch- and thread-invariant bit for bit in every format.
   weight_format kv_format = weight_format::fp32;
+  /// Bytes this model's KV caches and per-context scratch (attention scores, RoPE tables)
+  /// may take, checked before they are allocated; 0 = the memory the system reports
+  /// available when the model is built (MemAvailable). A header whose seq_len and n_layers
+  /// ask for more is rejected with a `resource_error` naming the checkpoint, the sizes and
+  /// the limit, instead of failing in the allocator. A `batched_transformer` counts the
+  /// caches of all its sequences, pooled ones included.
+  std::size_t memory_limit = 0;
 };
 
 namespace detail {
@@ -114,16 +123,28 @@ class llama_engine {
     if (!ck_) throw invalid_argument(std::string(who) + ": checkpoint pointer is null; expected loaded weights");
     check_kv_format(options.kv_format, std::string(who) + ": transformer_options::kv_format");
     const model_config& c = ck_->config;
-    weights_ = shared_model_weights(ck_, options.format);
     pool_ = shared_pool(options.threads);
     options_.threads = pool_->size();
+    // Sizes that scale with seq_len and n_layers, checked against the limit before any
+    // of them is allocated (the weights are bounded by the file's size already).
+    const std::uint64_t seq = static_cast<std::uint64_t>(c.seq_len);
+    const std::size_t half = static_cast<std::size_t>(c.head_size() / 2);
+    std::uint64_t att = 0, rope = 0;
+    memory_limit_ = options.memory_limit != 0 ? options.memory_limit : available_memory();
+    cache_bytes_ = kv_cache::bytes(static_cast<std::size_t>(c.n_layers), static_cast<std::size_t>(c.seq_len),
+                                   static_cast<std::size_t>(c.kv_dim()), options.kv_format);
+    const std::uint64_t unbounded = std::numeric_limits<std::uint64_t>::max() / 16;  // 4 * (att + rope) fits
+    if (!checked_product(seq, static_cast<std::uint64_t>(c.n_heads / c.n_kv_heads), pool_->size(), unbounded, att) ||
+        !checked_product(seq, half, 2, unbounded, rope))
+      att = rope = unbounded;
+    scratch_bytes_ = 4 * (att + rope);
+    check_memory(0);
+    weights_ = shared_model_weights(ck_, options.format);
     // Attention scratch: per thread, one row of seq_len scores for each query head of a
     // KV group.
-    att_.resize(static_cast<std::size_t>(c.seq_len) * static_cast<std::size_t>(c.n_heads / c.n_kv_heads) *
-                pool_->size());
+    att_.resize(static_cast<std::size_t>(att));
     // RoPE angles depend only on (position, pair): tabulate them once instead of per
     // token, layer and head (same float computation, so the same values as run.c's).
-    const std::size_t half = static_cast<std::size_t>(c.head_size() / 2);
     rope_cos_.resize(static_cast<std::size_t>(c.seq_len) * half);
     rope_sin_.resize(rope_cos_.size());
     for (std::size_t pos = 0; pos < static_cast<std::size_t>(c.seq_len); ++pos)
@@ -140,11 +161,31 @@ class llama_engine {
   [[nodiscard]] const transformer_options& options() const noexcept { return options_; }
   [[nodiscard]] std::size_t weight_bytes_per_forward() const noexcept { return weights_->bytes(); }
   [[nodiscard]] const std::shared_ptr<const model_weights>& converted_weights() const noexcept { return weights_; }
-  /// An empty cache for one sequence: [n_layers][seq_len][kv_dim].
-  [[nodiscard]] kv_cache make_cache() const {
+  /// An empty cache for one sequence: [n_layers][seq_len][kv_dim], the model's
+  /// `caches`-th: throws `resource_error` before allocating if that many caches and the
+  /// scratch exceed the memory limit.
+  [[nodiscard]] kv_cache make_cache(std::uint64_t caches = 1) const {
+    check_memory(caches);
     const model_config& c = ck_->config;
     return kv_cache(static_cast<std::size_t>(c.n_layers), static_cast<std::size_t>(c.seq_len),
                     static_cast<std::size_t>(c.kv_dim()), options_.kv_format);
+  }
+  /// Throws `resource_error` naming the checkpoint, the sizes and the limit unless
+  /// `caches` KV caches plus the per-context scratch fit the memory limit.
+  void check_memory(std::uint64_t caches) const {
+    std::uint64_t need = 0;
+    const bool fits = checked_product(caches, cache_bytes_, 1, memory_limit_, need) &&
+                      scratch_bytes_ <= memory_limit_ - need;
+    if (fits) return;
+    const model_config& c = ck_->config;
+    throw resource_error(
+        "checkpoint '" + ck_->path + "': " + std::to_string(caches) + " KV cache(s) of n_layers " +
+        std::to_string(c.n_layers) + " x seq_len " + std::to_string(c.seq_len) + " x kv_dim " +
+        std::to_string(c.kv_dim()) + " in " + std::string(to_string(options_.kv_format)) + " (" +
+        std::to_string(cache_bytes_) + " bytes each) and " + std::to_string(scratch_bytes_) +
+        " bytes of attention and RoPE scratch exceed the memory limit of " + std::to_string(memory_limit_) +
+        " bytes; expected at most that (transformer_options::memory_limit, default: the available memory; a "
+        "16-bit kv_format halves the caches)");
   }
   /// The logits buffer (valid rows: those of the last `forward_rows`).
   [[nodiscard]] const float* logits() const noexcept { return logits_.data(); }
@@ -385,6 +426,9 @@ class llama_engine {
   transformer_options options_;
   std::shared_ptr<const model_weights> weights_;
   std::shared_ptr<thread_pool> pool_;
+  std::uint64_t memory_limit_ = 0;   ///< bytes the caches and the scratch may take
+  std::uint64_t cache_bytes_ = 0;    ///< one sequence's KV cache
+  std::uint64_t scratch_bytes_ = 0;  ///< attention scores and RoPE tables
   std::array<work_split, 3> splits_;  ///< one per product of a job: q, k and v use all three, other jobs the first
   std::size_t rows_ = 0;  ///< token rows the scratch buffers hold
   // Cache-line aligned (detail/aligned.hpp): rows of dim, kv_dim and hidden floats then

@@ -26,11 +26,14 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "specdec/backend/cpu/detail/aligned.hpp"
 #include "specdec/backend/cpu/detail/shared_instance.hpp"
+#include "specdec/error.hpp"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -48,25 +51,49 @@ inline void cpu_relax() noexcept {
 
 class thread_pool {
  public:
+  /// Most threads a pool runs (the caller included): a job's part count must fit the
+  /// ticket's 12-bit fields.
+  static constexpr std::size_t max_threads = 4095;
+
   /// A pool running jobs on `threads` threads in total (the caller plus threads - 1
-  /// workers); threads == 0 means std::thread::hardware_concurrency().
-  explicit thread_pool(std::size_t threads) {
+  /// workers); threads == 0 means std::thread::hardware_concurrency(). Throws
+  /// `invalid_argument` above `max_threads` (before allocating anything), and
+  /// `thread_start_error` naming how many threads did start when the system refuses one
+  /// (after stopping and joining those: nothing is left waiting).
+  ///
+  /// ```cpp
+  /// specdec::cpu::detail::thread_pool pool(2);
+  /// pool.run([](std::size_t part, std::size_t parts) { /* part in [0, parts) */ });
+  /// ```
+  explicit thread_pool(std::size_t threads)
+      : thread_pool(threads, [](auto&& body) { return std::thread(std::forward<decltype(body)>(body)); }) {}
+
+  /// As above, with each worker started by `start(body)`, which returns the std::thread
+  /// running `body` or throws (tests inject a failing start through it).
+  template <class Start>
+  thread_pool(std::size_t threads, Start&& start) {
     if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
+    if (threads > max_threads) {
+      throw invalid_argument("thread_pool: threads = " + std::to_string(threads) + "; expected at most " +
+                             std::to_string(max_threads) + " (0 = all cores)");
+    }
     workers_.reserve(threads - 1);
-    if (threads > 4095) threads = 4095;  // parts must fit the ticket
-    for (std::size_t i = 1; i < threads; ++i) workers_.emplace_back([this] { worker_loop(); });
+    try {
+      for (std::size_t i = 1; i < threads; ++i) workers_.push_back(start([this] { worker_loop(); }));
+    } catch (const std::exception& e) {
+      // The workers already started wait on sleep_cv_: stop and join them before the
+      // members they use are destroyed.
+      const std::size_t started = workers_.size() + 1;
+      stop_workers();
+      throw thread_start_error("thread_pool: could start only " + std::to_string(started) + " of " +
+                               std::to_string(threads) + " threads (the caller's included): " + e.what() +
+                               "; expected the system to allow " + std::to_string(threads) +
+                               " threads (ask for fewer threads)");
+    }
   }
   thread_pool(const thread_pool&) = delete;
   thread_pool& operator=(const thread_pool&) = delete;
-  ~thread_pool() {
-    {
-      std::lock_guard<std::mutex> lock(sleep_mutex_);
-      stop_.store(true);
-      ticket_.store(pack(++generation_, 0, 0));
-    }
-    sleep_cv_.notify_all();
-    for (auto& w : workers_) w.join();
-  }
+  ~thread_pool() { stop_workers(); }
 
   [[nodiscard]] std::size_t size() const noexcept { return workers_.size() + 1; }
 
@@ -103,6 +130,18 @@ class thread_pool {
     return (gen << 24) | (std::uint64_t(parts) << 12) | std::uint64_t(next);
   }
   static std::uint64_t gen_of(std::uint64_t t) noexcept { return t >> 24; }
+
+  /// Wakes every worker with the stop flag set and joins them.
+  void stop_workers() noexcept {
+    {
+      std::lock_guard<std::mutex> lock(sleep_mutex_);
+      stop_.store(true);
+      ticket_.store(pack(++generation_, 0, 0));
+    }
+    sleep_cv_.notify_all();
+    for (auto& w : workers_) w.join();
+    workers_.clear();
+  }
 
   /// Claims and runs parts of generation `gen` until none is left.
   void work_on(std::uint64_t gen) {

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Builds the libFuzzer harnesses of tests/fuzz with clang (-fsanitize=fuzzer,address,undefined)
+# in build-fuzz/ and runs each for a bounded time, starting from its committed seeds.
+#   scripts/fuzz.sh [seconds per harness, default 30] [harness names, default all]
+# A crash stops with the reproducer in build-fuzz/crashes/NAME/; copy it to
+# tests/fuzz/regressions/NAME/ (the ordinary test build replays that directory and the
+# seeds in ctest, fuzz_NAME_replay) and fix the bug.
+#
+# Adding a harness (e.g. a network message parser):
+#   1. tests/fuzz/fuzz_NAME.cpp defining extern "C" int LLVMFuzzerTestOneInput(const uint8_t*, size_t)
+#   2. a few small seed inputs in tests/fuzz/corpus/NAME/
+#   3. an empty tests/fuzz/regressions/NAME/.gitkeep
+# CMake's glob picks the file up for both builds; this script runs every fuzz_* it built.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds=${1:-30}
+shift || true
+cxx=${SPECDEC_FUZZ_CXX:-clang++-14}
+command -v "$cxx" >/dev/null || { echo "fuzz.sh: $cxx not found (apt-get install clang-14 libclang-rt-14-dev)" >&2; exit 1; }
+
+cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER="$cxx" -DSPECDEC_FUZZ=ON \
+  -DSPECDEC_BUILD_TESTS=OFF -DSPECDEC_BUILD_BENCH=OFF -DSPECDEC_BUILD_EXAMPLES=OFF >/dev/null
+cmake --build build-fuzz -j"$(nproc 2>/dev/null || echo 2)"
+
+names=("$@")
+if [ ${#names[@]} -eq 0 ]; then
+  for f in tests/fuzz/fuzz_*.cpp; do names+=("$(basename "$f" .cpp | sed 's/^fuzz_//')"); done
+fi
+status=0
+for name in "${names[@]}"; do
+  work=build-fuzz/corpus/$name crashes=build-fuzz/crashes/$name
+  mkdir -p "$work" "$crashes"
+  echo "== fuzz_$name for ${seconds} s" >&2
+  # New inputs go to build-fuzz/corpus/NAME (the committed seeds stay as they are).
+  if ! ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+      "build-fuzz/bin/fuzz_$name" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+      -artifact_prefix="$crashes/" "$work" "tests/fuzz/corpus/$name" 2> "build-fuzz/fuzz_$name.log"; then
+    tail -n 60 "build-fuzz/fuzz_$name.log" >&2
+    echo "fuzz.sh: fuzz_$name failed; reproducer in $crashes/" >&2
+    status=1
+  else
+    grep -E "stat::number_of_executed_units|stat::peak_rss_mb" "build-fuzz/fuzz_$name.log" >&2 || true
+  fi
+done
+exit $status
