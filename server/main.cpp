@@ -17,36 +17,13 @@
 #include <string>
 #include <string_view>
 
-#include "cli_args.hpp"
+#include "args.hpp"
 #include "specdec/backend/cpu/batched_transformer.hpp"
 #include "specdec/backend/cpu/tokenizer.hpp"
 #include "specdec_serve/server.hpp"
 
 namespace {
 
-constexpr std::string_view usage = R"(usage: specdec-serve --model PATH [options]
-  --model PATH              target checkpoint (llama2.c format)
-  --tokenizer PATH          its tokenizer.bin (without it prompts must be token ids)
-  --model-id NAME           the id /v1/models reports (default: the checkpoint's file stem)
-  --host ADDR               numeric address both ports bind (default 127.0.0.1; 0.0.0.0 = all)
-  --port N                  HTTP port (default 8080; 0 = ephemeral)
-  --verify-port N           verify-protocol port (default 0 = ephemeral, announced in /health)
-  --threads N               threads of the batched forward, 0 = all cores (default 0)
-  --format F                weights: fp32, bf16, fp16, q8_0 or w8a8 (default fp32)
-  --kv-format F             KV cache: fp32, bf16 or fp16 (default fp32)
-  --max-sessions N          open verify sessions at most (default 64)
-  --session-ttl S           seconds an idle session lives (default 300)
-  --draft-limit N           drafts one verify request may carry (default 16)
-  --max-draft N             most drafts the server announces per round (default 8)
-  --fixed-draft N           always announce N drafts (no dynamic speculation)
-  --no-calibrate            learn the step-time curve online only (faster start)
-  --max-step-rows N         rows of one batched forward (default 256)
-  --prefill-chunk N         prompt tokens one sequence feeds per step (default 128)
-  --max-completions N       completions running at once (default 64)
-  --http-threads N          HTTP worker threads (default 16)
-  --max-body-bytes N        largest request body (default 1048576)
-  --drain-seconds S         graceful-stop wait for in-flight work (default 10)
-)";
 
 // The signal handler only writes a byte; the main thread waits for it.
 int stop_pipe[2] = {-1, -1};
@@ -59,78 +36,56 @@ extern "C" void on_signal(int) {
 
 int main(int argc, char** argv) {
   using namespace specdec;
-  namespace b = specdec::bench;
   try {
-    std::map<std::string, std::string> args;
-    for (int i = 1; i < argc; ++i) {
-      const std::string a = argv[i];
-      if (a == "--help" || a == "-h") {
-        std::cout << usage;
-        return 0;
-      }
-      if (a == "--no-calibrate") {
-        args[a] = "1";
-        continue;
-      }
-      if (a.rfind("--", 0) != 0 || i + 1 >= argc)
-        throw invalid_argument("specdec-serve: unexpected argument '" + a + "'; expected --option VALUE (see --help)");
-      args[a] = argv[++i];
-    }
-    const auto take = [&](const char* name) -> std::optional<std::string> {
-      const auto it = args.find(name);
-      if (it == args.end()) return std::nullopt;
-      std::string v = it->second;
-      args.erase(it);
-      return v;
-    };
-    const auto count = [&](const char* name, std::size_t def) {
-      const auto v = take(name);
-      return v ? b::parse_count(name, *v) : def;
-    };
-    const auto seconds = [&](const char* name, double def) {
-      const auto v = take(name);
-      return v ? b::parse_positive(name, *v) : def;
-    };
-    const auto port = [&](const char* name, std::size_t def) {
-      const std::size_t p = count(name, def);
-      if (p > 65535) throw invalid_argument(std::string(name) + ": " + std::to_string(p) + " is not a port (0..65535)");
-      return static_cast<std::uint16_t>(p);
-    };
-
-    const auto model_path = take("--model");
-    if (!model_path) throw invalid_argument("specdec-serve: --model PATH is required (see --help)");
-    const auto tokenizer_path = take("--tokenizer");
+    std::string model_path, tokenizer_path, model_id;
     cpu::transformer_options mo;
-    mo.threads = count("--threads", 0);
-    if (const auto f = take("--format")) mo.format = b::parse_format("--format", *f);
-    if (const auto f = take("--kv-format")) mo.kv_format = b::parse_format("--kv-format", *f, true);
-
     serve::serve_options so;
-    so.host = take("--host").value_or("127.0.0.1");
-    so.http_port = port("--port", 8080);
-    so.verify_port = port("--verify-port", 0);
-    so.http_threads = count("--http-threads", 16);
-    so.drain_seconds = seconds("--drain-seconds", 10.0);
-    so.http.max_body_bytes = count("--max-body-bytes", so.http.max_body_bytes);
     serve::engine_options& eo = so.engine;
-    eo.model_id = take("--model-id").value_or(std::filesystem::path(*model_path).stem().string());
-    eo.max_sessions = count("--max-sessions", eo.max_sessions);
-    eo.session_ttl_seconds = seconds("--session-ttl", eo.session_ttl_seconds);
-    eo.draft_limit = count("--draft-limit", eo.draft_limit);
-    eo.speculation.max_draft = count("--max-draft", eo.speculation.max_draft);
-    if (const auto f = take("--fixed-draft")) eo.speculation.fixed = b::parse_count("--fixed-draft", *f);
-    eo.speculation.calibrate = !take("--no-calibrate");
-    eo.max_step_rows = count("--max-step-rows", eo.max_step_rows);
-    eo.prefill_chunk = count("--prefill-chunk", eo.prefill_chunk);
-    eo.max_completions = count("--max-completions", eo.max_completions);
-    if (!args.empty())
-      throw invalid_argument("specdec-serve: unknown option " + args.begin()->first + " (see --help)");
+    std::optional<std::size_t> fixed_draft;
+    std::size_t threads = 0;
+    bool no_calibrate = false;
+    const auto count = cli::between<std::size_t>(0, std::size_t{1} << 30);
+    const auto port = cli::between<std::uint16_t>(0, 65535);
+    const auto secs = cli::above(0.0);
+    cli::parser p("specdec-serve",
+                  "Serves one target model: an OpenAI-compatible HTTP API and the verify protocol of split "
+                  "speculative decoding, continuous batching over all clients (docs/hybrid.md).");
+    p.add("--model", "PATH", "target checkpoint (llama2.c format)", cli::store(model_path), cli::required)
+        .add("--tokenizer", "PATH", "its tokenizer.bin (without it prompts must be token ids)", cli::store(tokenizer_path))
+        .add("--model-id", "NAME", "the id /v1/models reports (default: the checkpoint's file stem)", cli::store(model_id))
+        .add("--host", "ADDR", "numeric address both ports bind (default 127.0.0.1; 0.0.0.0 = all)", cli::store(so.host))
+        .add("--port", "N", "HTTP port (default 8080; 0 = ephemeral)", cli::store(so.http_port, port))
+        .add("--verify-port", "N", "verify-protocol port (default 0 = ephemeral, announced in /health)",
+             cli::store(so.verify_port, port))
+        .add("--threads", "N", "threads of the batched forward, 0 = all cores (default 0)",
+             cli::store(threads, cli::between<std::size_t>(0, 4095)))
+        .add("--format", "F", "weights: fp32, bf16, fp16, q8_0 or w8a8 (default fp32)", cli::store_format(mo.format))
+        .add("--kv-format", "F", "KV cache: fp32, bf16 or fp16 (default fp32)", cli::store_format(mo.kv_format, true))
+        .add("--max-sessions", "N", "open verify sessions at most (default 64)", cli::store(eo.max_sessions, count))
+        .add("--session-ttl", "S", "seconds an idle session lives (default 300)", cli::store(eo.session_ttl_seconds, secs))
+        .add("--draft-limit", "N", "drafts one verify request may carry (default 16)", cli::store(eo.draft_limit, count))
+        .add("--max-draft", "N", "most drafts the server announces per round (default 8)",
+             cli::store(eo.speculation.max_draft, count))
+        .add("--fixed-draft", "N", "always announce N drafts (no dynamic speculation)", cli::store(fixed_draft, count))
+        .flag("--no-calibrate", "learn the step-time curve online only (faster start)", no_calibrate)
+        .add("--max-step-rows", "N", "rows of one batched forward (default 256)", cli::store(eo.max_step_rows, count))
+        .add("--prefill-chunk", "N", "prompt tokens one sequence feeds per step (default 128)",
+             cli::store(eo.prefill_chunk, count))
+        .add("--max-completions", "N", "completions running at once (default 64)", cli::store(eo.max_completions, count))
+        .add("--http-threads", "N", "HTTP worker threads (default 16)", cli::store(so.http_threads, count))
+        .add("--max-body-bytes", "N", "largest request body (default 1048576)", cli::store(so.http.max_body_bytes, count))
+        .add("--drain-seconds", "S", "graceful-stop wait for in-flight work (default 10)", cli::store(so.drain_seconds, secs));
+    if (!p.parse(argc, argv)) return 0;
+    mo.threads = threads;
+    if (fixed_draft) eo.speculation.fixed = *fixed_draft;
+    eo.speculation.calibrate = !no_calibrate;
+    eo.model_id = model_id.empty() ? std::filesystem::path(model_path).stem().string() : model_id;
 
-    cpu::batched_transformer model(*model_path, mo);
+    cpu::batched_transformer model(model_path, mo);
     std::unique_ptr<cpu::tokenizer> tok;
     serve::text_codec codec;
-    if (tokenizer_path) {
-      tok = std::make_unique<cpu::tokenizer>(*tokenizer_path, model.vocab_size());
+    if (!tokenizer_path.empty()) {
+      tok = std::make_unique<cpu::tokenizer>(tokenizer_path, model.vocab_size());
       codec = {[&tok](std::string_view s) { return tok->encode(s); },
                [&tok](token_id prev, token_id t) { return tok->decode_piece(prev, t); }};
     }
