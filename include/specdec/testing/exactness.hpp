@@ -687,7 +687,7 @@ struct exactness_case {
 };
 
 /// The standard battery: order-1 and order-2 Markov pairs over 4 tokens whose draft is
-/// close to the target (per-token acceptance about 0.8-0.9, never 1), generating 6
+/// close to the target (per-token acceptance 0.75-0.85 with rejection sampling), generating 6
 /// tokens, so a verifier drafting 5 at a time proposes and verifies draft positions 0-4
 /// in its first step and adds the bonus: temperature 1; 0.7 with top-k 3; 1.3 with
 /// top-p 0.8; 1 with top-k 3 and top-p 0.9. Every top-k/top-p cut along every path is
