@@ -546,7 +546,8 @@ class batched_speculative_decoder
       for (std::size_t i = 0; i < drafting_.size(); ++i) {
         seq_state& s = *drafting_[i];
         const logits_block dl = out.block(i);
-        detail::check_logits_shape(dl, 0, vocab, "batched_speculative_decoder: the draft's forward_batch, for a block,");
+        detail::check_logits_shape(dl, blocks_[i].tokens.size(), vocab,
+                                   "batched_speculative_decoder: the draft's forward_batch, for a block,");
         if (first) s.drafter.fed_pending();
         s.drafter.record_forward(seconds);
         s.drafter.on_row(dl.row(dl.rows - 1), vocab, params_, s.rng, s.req.options.stop_at_eos, s.result.stats);

@@ -271,13 +271,14 @@ class basic_speculative_decoder : public detail::seeded_sampling {
     double seconds = 0.0;
     if constexpr (language_model<Draft>) {
       logits_block dl;
+      const std::span<const token_id> pending = drafter_.pending(seq_);
       {
         scoped_timer t(seconds);
-        dl = draft_.forward(drafter_.pending(seq_));
+        dl = draft_.forward(pending);
       }
       drafter_.fed_pending();
       drafter_.record_forward(seconds);
-      detail::check_logits_shape(dl, 0, vocab, "speculative_decoder: the draft's forward");
+      detail::check_logits_shape(dl, pending.size(), vocab, "speculative_decoder: the draft's forward");
       while (drafter_.on_row(dl.row(dl.rows - 1), vocab, params_, rng_, stop_at_eos, st)) {
         seconds = 0.0;
         {
