@@ -428,8 +428,10 @@ class llama_engine {
 /// weight row is streamed once per call and applied to the whole block) and returns k
 /// rows of logits. Row i is bit-for-bit identical to what feeding the same tokens one at
 /// a time would give (see detail/kernels.hpp for why), and `truncate(n)` followed by a
-/// forward is bit-for-bit identical to a fresh model fed the same n-token prefix.
-/// Several transformers can share one checkpoint (e.g. draft = target in tests). The
+/// forward is bit-for-bit identical to a fresh model fed the same n-token prefix. It is
+/// a `specdec::tree_model` too: `forward_tree` verifies a token tree in one forward, each
+/// node's row bit-for-bit that of a chain forward of its path, and `keep_path` keeps the
+/// accepted path. Several transformers can share one checkpoint (e.g. draft = target in tests). The
 /// layer code is `detail::llama_engine`, shared with `batched_transformer` (many
 /// sequences in one forward), of which this is the one-sequence case.
 ///
