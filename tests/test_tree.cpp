@@ -28,20 +28,17 @@ struct markov2 : specdec::testing::markov_model {
 
 // A transformer over a bundled checkpoint (loaded once per test binary) in one weight
 // format, KV format and thread count: one type per configuration, for the typed suite.
-std::shared_ptr<const specdec::cpu::checkpoint> checkpoint_of(const std::string& name) {
-  static std::vector<std::pair<std::string, std::shared_ptr<const specdec::cpu::checkpoint>>> loaded;
-  for (auto& [n, ck] : loaded)
-    if (n == name) return ck;
-  auto ck = std::make_shared<const specdec::cpu::checkpoint>(
-      specdec::cpu::load_checkpoint(std::string(SPECDEC_MODELS_DIR) + "/" + name + ".bin"));
-  loaded.emplace_back(name, ck);
-  return ck;
-}
 constexpr const char stories[] = "stories260K";
 constexpr const char kjv_little[] = "kjv-little";
+template <const char* Model>
+std::shared_ptr<const specdec::cpu::checkpoint> checkpoint_of() {
+  static const auto ck = std::make_shared<const specdec::cpu::checkpoint>(
+      specdec::cpu::load_checkpoint(std::string(SPECDEC_MODELS_DIR) + "/" + Model + ".bin"));
+  return ck;
+}
 template <const char* Model, weight_format Weights, weight_format Kv, std::size_t Threads>
 struct configured : specdec::cpu::transformer {
-  configured() : transformer(checkpoint_of(Model), {.threads = Threads, .format = Weights, .kv_format = Kv}) {}
+  configured() : transformer(checkpoint_of<Model>(), {.threads = Threads, .format = Weights, .kv_format = Kv}) {}
 };
 }  // namespace
 
