@@ -384,7 +384,9 @@ verify_cost_curve measure_verify_cost(M& m, std::size_t max_n, verify_cost_optio
     parents[i] = i == 0 ? no_parent : static_cast<std::int32_t>((i - 1) / 2);
   }
   using clock = std::chrono::steady_clock;
-  const auto seconds = [](clock::time_point a, clock::time_point b) { return std::chrono::duration<double>(b - a).count(); };
+  const auto seconds = [](clock::time_point a, clock::time_point b) {
+    return std::chrono::duration<double>(b - a).count();
+  };
   verify_cost_curve out{std::vector<double>(max_n, std::numeric_limits<double>::infinity()),
                         std::vector<double>(max_n, std::numeric_limits<double>::infinity())};
   for (std::size_t round = 0; round <= options.repeats; ++round) {
@@ -394,7 +396,8 @@ verify_cost_curve measure_verify_cost(M& m, std::size_t max_n, verify_cost_optio
       const auto t1 = clock::now();
       m.truncate(at);
       const auto t2 = clock::now();
-      (void)m.forward_tree(std::span<const token_id>(tokens).first(n), std::span<const std::int32_t>(parents).first(n));
+      (void)m.forward_tree(std::span<const token_id>(tokens).first(n),
+                           std::span<const std::int32_t>(parents).first(n));
       const auto t3 = clock::now();
       m.truncate(at);
       if (round == 0) continue;

@@ -568,7 +568,8 @@ TYPED_TEST_P(specdec_tree_model_contract, keep_path_then_forward_equals_a_fresh_
     fresh.truncate(0);
     (void)fresh.forward(kept);
     const std::vector<float> want = specdec::testing::copy_rows(fresh.forward(next));
-    TestFixture::expect_rows_match(got, want, "forward after keep_path of a " + std::to_string(path.size()) + "-node path");
+    TestFixture::expect_rows_match(got, want,
+                                   "forward after keep_path of a " + std::to_string(path.size()) + "-node path");
     // A new tree on top of the kept path reads it too.
     m.truncate(kept.size());
     const std::vector<std::int32_t> root{specdec::no_parent};
@@ -628,10 +629,13 @@ TYPED_TEST_P(specdec_tree_model_contract, bad_trees_and_paths_throw_and_leave_th
     expect_unchanged(what);
   };
   // Malformed parents (nodes of this call are numbered from 2 on).
-  expect_invalid([&] { (void)m.forward_tree(two, std::vector<std::int32_t>{-1}); }, "fewer parents than tokens", "parent");
-  expect_invalid([&] { (void)m.forward_tree(two, std::vector<std::int32_t>{-1, 3}); }, "a node as its own parent", "parents[1]");
-  expect_invalid([&] { (void)m.forward_tree(two, std::vector<std::int32_t>{4, 0}); }, "a later node as parent", "parents[0]");
-  expect_invalid([&] { (void)m.forward_tree(two, std::vector<std::int32_t>{-2, 0}); }, "a parent below -1", "parents[0]");
+  const auto tree_with = [&](std::vector<std::int32_t> parents) {
+    return [&m, &two, parents] { (void)m.forward_tree(two, parents); };
+  };
+  expect_invalid(tree_with({-1}), "fewer parents than tokens", "parent");
+  expect_invalid(tree_with({-1, 3}), "a node as its own parent", "parents[1]");
+  expect_invalid(tree_with({4, 0}), "a later node as parent", "parents[0]");
+  expect_invalid(tree_with({-2, 0}), "a parent below -1", "parents[0]");
   // A chain forward while the tree is pending.
   expect_invalid([&] { (void)m.forward(two); }, "forward during a tree", "keep_path");
   // Malformed paths.

@@ -181,8 +181,9 @@ class llama_engine {
   /// `vocab_size()` each, valid until the next call). Row t writes its key and value at
   /// position `rows[t].pos` of `rows[t].cache` and attends to positions 0..pos of that
   /// cache (through `row_target::slot`), so every earlier position must hold valid
-  /// entries (from earlier calls, or from earlier rows of this call). The caller validated the tokens and positions and
-  /// called `reserve_rows(tokens.size())`; cache lengths are the caller's business.
+  /// entries (from earlier calls, or from earlier rows of this call). The caller
+  /// validated the tokens and positions and called `reserve_rows(tokens.size())`; cache
+  /// lengths are the caller's business.
   const float* forward_rows(std::span<const token_id> tokens, std::span<const row_target> rows) {
     const std::size_t k = tokens.size();
     const model_config& c = ck_->config;
@@ -431,8 +432,8 @@ class llama_engine {
 /// forward is bit-for-bit identical to a fresh model fed the same n-token prefix. It is
 /// a `specdec::tree_model` too: `forward_tree` verifies a token tree in one forward, each
 /// node's row bit-for-bit that of a chain forward of its path, and `keep_path` keeps the
-/// accepted path. Several transformers can share one checkpoint (e.g. draft = target in tests). The
-/// layer code is `detail::llama_engine`, shared with `batched_transformer` (many
+/// accepted path. Several transformers can share one checkpoint (e.g. draft = target in
+/// tests). The layer code is `detail::llama_engine`, shared with `batched_transformer` (many
 /// sequences in one forward), of which this is the one-sequence case.
 ///
 /// ```cpp
