@@ -12,6 +12,7 @@ namespace specdec {
 using token_id = std::int32_t;
 
 struct logits_block;
+class token_tree;
 class error;
 class invalid_argument;
 class checkpoint_error;

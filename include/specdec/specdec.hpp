@@ -23,6 +23,7 @@
 #include "specdec/error.hpp"
 #include "specdec/token.hpp"
 #include "specdec/model.hpp"
+#include "specdec/tree.hpp"
 #include "specdec/validation.hpp"
 #include "specdec/sampling.hpp"
 #include "specdec/distance.hpp"

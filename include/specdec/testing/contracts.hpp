@@ -33,6 +33,7 @@
 /// | macro                               | concept           | customise with            |
 /// |-------------------------------------|-------------------|---------------------------|
 /// | `SPECDEC_MODEL_CONTRACT_TESTS`      | `language_model`  | `model_factory<M>`        |
+/// | `SPECDEC_TREE_MODEL_CONTRACT_TESTS` | `tree_model`      | `model_factory<M>`, `tree_model_traits<M>` |
 /// | `SPECDEC_FALLBACK_CONTRACT_TESTS`   | `fallback_policy` | `fallback_traits<P>`      |
 /// | `SPECDEC_ROLLBACK_CONTRACT_TESTS`   | `rollback_policy` | `rollback_traits<R>`      |
 /// | `SPECDEC_DISTANCE_CONTRACT_TESTS`   | `distance_metric` | `distance_traits<D>`      |
@@ -48,6 +49,15 @@
 ///   `cache_length()` counts what was forwarded and what truncate kept; logits are finite
 ///   and `vocab_size()` wide; an out-of-range id throws `token_out_of_range` and a block
 ///   past the context throws `context_overflow`, both leaving `cache_length()` unchanged.
+/// - tree model (specdec/tree.hpp): each node's row of `forward_tree` equals (bit for bit,
+///   or within `tree_model_traits<M>::tolerance`) the last row of a chain forward of its
+///   root-to-node path, with and without cached tokens before the tree and across two
+///   forwards extending one pending tree; `cache_length()` counts the pending nodes;
+///   `keep_path` then forwarding equals a fresh model fed the kept path (empty, partial,
+///   full paths); `truncate` ends a tree without keeping nodes; a chain `forward` while
+///   a tree is pending, malformed parents and paths throw `invalid_argument`, bad ids
+///   `token_out_of_range`, too many nodes `context_overflow`, all leaving the model
+///   unchanged. Needs a context of >= 16 tokens.
 /// - fallback: the default-made policy validates; every block stops (`keep_and_stop` or
 ///   `discard_and_stop`) within `cap` positions, for one-hot, uniform and random q, also
 ///   after arbitrary (even inconsistent or NaN-timed) outcomes were observed; bad knobs
@@ -93,6 +103,7 @@
 #include "specdec/sampling.hpp"
 #include "specdec/testing/exactness.hpp"
 #include "specdec/token.hpp"
+#include "specdec/tree.hpp"
 #include "specdec/verifier.hpp"
 
 namespace specdec::testing {
@@ -112,6 +123,18 @@ template <class M>
 struct model_factory {
   static M make() { return M{}; }
 };
+
+/// Defaults of `tree_model_traits`; derive from it to override single members.
+template <class M>
+struct default_tree_model_traits {
+  /// How far a node's logit may be from the chain forward's (0: bit for bit, as the CPU
+  /// transformer and the archetypes promise).
+  static constexpr float tolerance = 0.0f;
+};
+
+/// What a tree model promises to the tree-model contract (see `fallback_traits`).
+template <class M>
+struct tree_model_traits : default_tree_model_traits<M> {};
 
 /// Defaults of `fallback_traits`; derive from it to override single members.
 /// How the verifier contract builds a verifier of type V and the reference it must agree
@@ -472,6 +495,206 @@ REGISTER_TYPED_TEST_SUITE_P(specdec_model_contract, satisfies_the_concept,
                             block_forward_equals_single_forwards_bit_for_bit,
                             truncate_then_forward_equals_a_fresh_model, cache_length_bookkeeping,
                             logits_are_finite, bad_input_throws_and_leaves_the_cache_alone);
+
+// ---- tree_model --------------------------------------------------------------------------
+
+template <class M>
+class specdec_tree_model_contract : public ::testing::Test {
+ protected:
+  static M make() { return specdec::testing::model_factory<M>::make(); }
+  static constexpr float tolerance = specdec::testing::tree_model_traits<M>::tolerance;
+
+  // A 9-node tree with two roots, branching and depths up to 4, then 3 more nodes that
+  // extend it (one under the deepest node, one under node 2, one under that new node).
+  static std::vector<std::int32_t> parents() { return {-1, 0, 0, 1, 1, -1, 3, 5, 6}; }
+  static std::vector<std::int32_t> more_parents() { return {8, 2, 9}; }
+  static specdec::token_tree whole_tree(std::size_t vocab) {
+    specdec::token_tree t(specdec::testing::some_tokens(vocab, 9, 11), parents());
+    t.append(specdec::testing::some_tokens(vocab, 3, 12), more_parents());
+    return t;
+  }
+  // Forwards `prefix`, then the tree in its two calls; returns all rows (12 x vocab).
+  static std::vector<float> forward_whole_tree(M& m, const std::vector<specdec::token_id>& prefix) {
+    const std::size_t vocab = m.vocab_size();
+    if (!prefix.empty()) (void)m.forward(prefix);
+    const auto a = specdec::testing::some_tokens(vocab, 9, 11), b = specdec::testing::some_tokens(vocab, 3, 12);
+    const auto pa = parents(), pb = more_parents();
+    std::vector<float> rows = specdec::testing::copy_rows(m.forward_tree(a, pa));
+    EXPECT_EQ(static_cast<std::size_t>(m.cache_length()), prefix.size() + 9) << "cache_length counts the pending nodes";
+    const std::vector<float> more = specdec::testing::copy_rows(m.forward_tree(b, pb));
+    EXPECT_EQ(static_cast<std::size_t>(m.cache_length()), prefix.size() + 12);
+    rows.insert(rows.end(), more.begin(), more.end());
+    return rows;
+  }
+  // The last row of a chain forward of prefix + tokens on `ref` (reset first).
+  static std::vector<float> chain_last_row(M& ref, const std::vector<specdec::token_id>& prefix,
+                                           const std::vector<specdec::token_id>& tokens) {
+    ref.truncate(0);
+    std::vector<specdec::token_id> all = prefix;
+    all.insert(all.end(), tokens.begin(), tokens.end());
+    const specdec::logits_block out = ref.forward(all);
+    const auto last = out.row(out.rows - 1);
+    return {last.begin(), last.end()};
+  }
+  static void expect_rows_match(std::span<const float> got, std::span<const float> want, const std::string& what) {
+    if (tolerance == 0.0f) {
+      EXPECT_TRUE(specdec::testing::same_bits(got, want)) << what << " differs bit for bit";
+      return;
+    }
+    ASSERT_EQ(got.size(), want.size()) << what;
+    for (std::size_t i = 0; i < got.size(); ++i) ASSERT_NEAR(got[i], want[i], tolerance) << what << ", logit " << i;
+  }
+};
+TYPED_TEST_SUITE_P(specdec_tree_model_contract);
+GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(specdec_tree_model_contract);
+
+TYPED_TEST_P(specdec_tree_model_contract, satisfies_the_concept) {
+  static_assert(specdec::tree_model<TypeParam>,
+                "specdec: the type given to SPECDEC_TREE_MODEL_CONTRACT_TESTS is not a specdec::tree_model");
+  TypeParam m = TestFixture::make();
+  EXPECT_GE(static_cast<std::size_t>(m.context_length()), 16u) << "the tree contract needs a context of >= 16 tokens";
+  EXPECT_EQ(static_cast<std::size_t>(m.cache_length()), 0u) << "a fresh model has an empty cache";
+  const specdec::logits_block none = m.forward_tree({}, {});
+  EXPECT_EQ(none.rows, 0u) << "an empty tree gives no rows";
+  EXPECT_EQ(static_cast<std::size_t>(m.cache_length()), 0u);
+}
+
+TYPED_TEST_P(specdec_tree_model_contract, node_rows_equal_chain_forwards_of_their_paths) {
+  TypeParam ref = TestFixture::make();
+  const std::size_t vocab = ref.vocab_size();
+  const specdec::token_tree t = TestFixture::whole_tree(vocab);
+  for (const auto& prefix : {std::vector<specdec::token_id>{}, specdec::testing::some_tokens(vocab, 3, 10)}) {
+    TypeParam m = TestFixture::make();
+    const std::vector<float> rows = TestFixture::forward_whole_tree(m, prefix);
+    ASSERT_EQ(rows.size(), t.size() * vocab);
+    for (std::size_t node = 0; node < t.size(); ++node) {
+      const std::vector<float> want = TestFixture::chain_last_row(ref, prefix, t.path_tokens(node));
+      TestFixture::expect_rows_match(std::span(rows).subspan(node * vocab, vocab), want,
+                                     "node " + std::to_string(node) + " (depth " + std::to_string(t.depth(node)) +
+                                         ") after " + std::to_string(prefix.size()) + " cached tokens");
+    }
+  }
+}
+
+TYPED_TEST_P(specdec_tree_model_contract, keep_path_then_forward_equals_a_fresh_model) {
+  TypeParam m = TestFixture::make();
+  TypeParam fresh = TestFixture::make();
+  const std::size_t vocab = m.vocab_size();
+  const specdec::token_tree t = TestFixture::whole_tree(vocab);
+  const auto prefix = specdec::testing::some_tokens(vocab, 3, 13);
+  const auto next = specdec::testing::some_tokens(vocab, 2, 14);
+  // Empty, one root, a partial path, the other root's path, the deepest path (through
+  // the second forward's nodes), a path ending at a node of the second forward.
+  const std::vector<std::vector<std::size_t>> paths{{}, {0}, {0, 1}, {5, 7}, t.path_to(11), t.path_to(10)};
+  for (const auto& path : paths) {
+    m.truncate(0);
+    (void)TestFixture::forward_whole_tree(m, prefix);
+    m.keep_path(path);
+    ASSERT_EQ(static_cast<std::size_t>(m.cache_length()), prefix.size() + path.size());
+    const std::vector<float> got = specdec::testing::copy_rows(m.forward(next));
+    std::vector<specdec::token_id> kept = prefix;
+    for (std::size_t n : path) kept.push_back(t.token(n));
+    fresh.truncate(0);
+    (void)fresh.forward(kept);
+    const std::vector<float> want = specdec::testing::copy_rows(fresh.forward(next));
+    TestFixture::expect_rows_match(got, want,
+                                   "forward after keep_path of a " + std::to_string(path.size()) + "-node path");
+    // A new tree on top of the kept path reads it too.
+    m.truncate(kept.size());
+    const std::vector<std::int32_t> root{specdec::no_parent};
+    const std::vector<float> tree_row = specdec::testing::copy_rows(m.forward_tree(std::span(next).first(1), root));
+    fresh.truncate(kept.size());
+    const std::vector<float> chain_row = specdec::testing::copy_rows(fresh.forward(std::span(next).first(1)));
+    TestFixture::expect_rows_match(tree_row, chain_row, "a new tree's root after keep_path");
+  }
+}
+
+TYPED_TEST_P(specdec_tree_model_contract, truncate_ends_a_tree_without_keeping_nodes) {
+  TypeParam m = TestFixture::make();
+  TypeParam fresh = TestFixture::make();
+  const std::size_t vocab = m.vocab_size();
+  const auto prefix = specdec::testing::some_tokens(vocab, 4, 15);
+  const auto next = specdec::testing::some_tokens(vocab, 3, 16);
+  for (std::size_t keep : {std::size_t{100}, std::size_t{6}, std::size_t{4}, std::size_t{2}}) {
+    m.truncate(0);
+    (void)TestFixture::forward_whole_tree(m, prefix);
+    m.truncate(keep);  // never keeps a tree node, whatever keep is
+    const std::size_t kept = std::min(keep, prefix.size());
+    ASSERT_EQ(static_cast<std::size_t>(m.cache_length()), kept) << "truncate(" << keep << ") during a tree";
+    const std::vector<float> got = specdec::testing::copy_rows(m.forward(next));
+    fresh.truncate(0);
+    if (kept > 0) (void)fresh.forward(std::span(prefix).first(kept));
+    const std::vector<float> want = specdec::testing::copy_rows(fresh.forward(next));
+    TestFixture::expect_rows_match(got, want, "forward after truncate(" + std::to_string(keep) + ") during a tree");
+  }
+}
+
+TYPED_TEST_P(specdec_tree_model_contract, bad_trees_and_paths_throw_and_leave_the_model_alone) {
+  TypeParam m = TestFixture::make();
+  TypeParam fresh = TestFixture::make();
+  const std::size_t vocab = m.vocab_size();
+  const auto prefix = specdec::testing::some_tokens(vocab, 3, 17);
+  const std::vector<specdec::token_id> two{0, 1};
+  // With no tree pending, a non-empty path names no node.
+  (void)m.forward(prefix);
+  const std::vector<std::size_t> root_path{0};
+  EXPECT_THROW(m.keep_path(root_path), specdec::invalid_argument);
+  EXPECT_EQ(static_cast<std::size_t>(m.cache_length()), prefix.size());
+  (void)m.forward_tree(two, std::vector<std::int32_t>{-1, 0});  // nodes 0 and 1 pending
+  const std::size_t pending = prefix.size() + 2;
+  const auto expect_unchanged = [&](const char* what) {
+    EXPECT_EQ(static_cast<std::size_t>(m.cache_length()), pending) << what;
+  };
+  const auto expect_invalid = [&](auto&& call, const char* what, const char* mentions) {
+    try {
+      call();
+      ADD_FAILURE() << what << ": no exception";
+    } catch (const specdec::invalid_argument& e) {
+      EXPECT_NE(std::string(e.what()).find(mentions), std::string::npos)
+          << what << ": the message should mention '" << mentions << "': " << e.what();
+    } catch (...) {
+      ADD_FAILURE() << what << ": not a specdec::invalid_argument";
+    }
+    expect_unchanged(what);
+  };
+  // Malformed parents (nodes of this call are numbered from 2 on).
+  const auto tree_with = [&](std::vector<std::int32_t> parents) {
+    return [&m, &two, parents] { (void)m.forward_tree(two, parents); };
+  };
+  expect_invalid(tree_with({-1}), "fewer parents than tokens", "parent");
+  expect_invalid(tree_with({-1, 3}), "a node as its own parent", "parents[1]");
+  expect_invalid(tree_with({4, 0}), "a later node as parent", "parents[0]");
+  expect_invalid(tree_with({-2, 0}), "a parent below -1", "parents[0]");
+  // A chain forward while the tree is pending.
+  expect_invalid([&] { (void)m.forward(two); }, "forward during a tree", "keep_path");
+  // Malformed paths.
+  expect_invalid([&] { m.keep_path(std::vector<std::size_t>{1}); }, "a path not starting at a root", "path[0]");
+  expect_invalid([&] { m.keep_path(std::vector<std::size_t>{0, 0}); }, "a path that repeats a node", "path[1]");
+  expect_invalid([&] { m.keep_path(std::vector<std::size_t>{0, 1, 2}); }, "a path past the tree", "path[2]");
+  // Bad ids and too many nodes.
+  const std::vector<specdec::token_id> bad_id{0, static_cast<specdec::token_id>(vocab)};
+  EXPECT_THROW((void)m.forward_tree(bad_id, std::vector<std::int32_t>{-1, 0}), specdec::token_out_of_range);
+  expect_unchanged("an out-of-range id");
+  const std::size_t room = static_cast<std::size_t>(m.context_length()) - pending;
+  const std::vector<specdec::token_id> overflow(room + 1, specdec::token_id{0});
+  EXPECT_THROW((void)m.forward_tree(overflow, std::vector<std::int32_t>(room + 1, -1)), specdec::context_overflow);
+  expect_unchanged("nodes past the context");
+  // The tree is intact: extending it and keeping a path still gives a fresh model's rows.
+  (void)m.forward_tree(std::span(two).first(1), std::vector<std::int32_t>{1});  // node 2 under node 1
+  m.keep_path(std::vector<std::size_t>{0, 1, 2});
+  ASSERT_EQ(static_cast<std::size_t>(m.cache_length()), prefix.size() + 3);
+  const std::vector<float> got = specdec::testing::copy_rows(specdec::forward_one(m, specdec::token_id{1}));
+  std::vector<specdec::token_id> kept = prefix;
+  kept.insert(kept.end(), {0, 1, 0, 1});
+  const specdec::logits_block out = fresh.forward(kept);
+  const auto last = out.row(out.rows - 1);
+  TestFixture::expect_rows_match(got, std::vector<float>(last.begin(), last.end()), "after the rejected calls");
+}
+
+REGISTER_TYPED_TEST_SUITE_P(specdec_tree_model_contract, satisfies_the_concept,
+                            node_rows_equal_chain_forwards_of_their_paths,
+                            keep_path_then_forward_equals_a_fresh_model, truncate_ends_a_tree_without_keeping_nodes,
+                            bad_trees_and_paths_throw_and_leave_the_model_alone);
 
 // ---- fallback_policy ---------------------------------------------------------------------
 
@@ -916,6 +1139,16 @@ REGISTER_TYPED_TEST_SUITE_P(specdec_verifier_contract, satisfies_the_concept, gr
 #define SPECDEC_MODEL_CONTRACT_TESTS(prefix, ...) \
   using specdec_model_contract_types_##prefix = ::testing::Types<__VA_ARGS__>;       \
   INSTANTIATE_TYPED_TEST_SUITE_P(prefix, specdec_model_contract, specdec_model_contract_types_##prefix)
+
+/// Runs the `tree_model` contract on each type (built by `model_factory<M>::make()`,
+/// promises in `tree_model_traits<M>`).
+///
+/// ```cpp
+/// SPECDEC_TREE_MODEL_CONTRACT_TESTS(markov, specdec::testing::markov_model);
+/// ```
+#define SPECDEC_TREE_MODEL_CONTRACT_TESTS(prefix, ...) \
+  using specdec_tree_model_contract_types_##prefix = ::testing::Types<__VA_ARGS__>;       \
+  INSTANTIATE_TYPED_TEST_SUITE_P(prefix, specdec_tree_model_contract, specdec_tree_model_contract_types_##prefix)
 
 /// Runs the `fallback_policy` contract on each type (see `fallback_traits<P>`).
 ///

@@ -1,6 +1,7 @@
 #pragma once
 /// \file backend/cpu/kv_cache.hpp
 /// The preallocated key/value cache of the CPU transformer.
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -137,6 +138,23 @@ class kv_cache {
         for (std::size_t i = 0; i < kv_dim_; ++i)
           keys16_[at + i] = detail::float_to_fp16(key[i]), values16_[at + i] = detail::float_to_fp16(value[i]);
         break;
+    }
+  }
+
+  /// Copies the key and value of position `from` to position `to` in every layer (the
+  /// stored bits, so the copy is exact in every format): O(layers x kv_dim). A token
+  /// tree's accepted path is compacted this way.
+  void copy_position(std::size_t from, std::size_t to) noexcept {
+    if (from == to) return;
+    for (std::size_t l = 0; l < layers_; ++l) {
+      const std::size_t a = index(l, from), b = index(l, to);
+      if (format_ == weight_format::fp32) {
+        std::copy_n(keys_.data() + a, kv_dim_, keys_.data() + b);
+        std::copy_n(values_.data() + a, kv_dim_, values_.data() + b);
+      } else {
+        std::copy_n(keys16_.data() + a, kv_dim_, keys16_.data() + b);
+        std::copy_n(values16_.data() + a, kv_dim_, values16_.data() + b);
+      }
     }
   }
 

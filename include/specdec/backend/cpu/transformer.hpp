@@ -14,6 +14,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -27,6 +28,7 @@
 #include "specdec/error.hpp"
 #include "specdec/model.hpp"
 #include "specdec/token.hpp"
+#include "specdec/tree.hpp"
 
 namespace specdec::cpu {
 
@@ -58,11 +60,20 @@ struct transformer_options {
 namespace detail {
 
 /// Where one activation row of a block forward belongs: the KV cache of its sequence and
-/// its position there. The row's key and value are written at `pos` and it attends to
-/// positions 0..pos of `cache`.
+/// its position there. The row is rotated (RoPE) for position `pos` and attends to
+/// positions 0..pos, and its key and value are written at position `pos`. A chain row
+/// finds position p at cache slot p. A token tree's node (`slots` set) finds positions
+/// 0..prefix-1 at their own slots and position prefix + j at `slots[j]` (its ancestors
+/// root first, then its own slot, where its key and value go): the positions a chain
+/// forward of its root-to-node path would give them.
 struct row_target {
   kv_cache* cache = nullptr;
   std::size_t pos = 0;
+  const std::size_t* slots = nullptr;  ///< tree rows: the slots of positions prefix..pos
+  std::size_t prefix = 0;
+
+  /// The cache slot holding position p (p <= pos).
+  [[nodiscard]] std::size_t slot(std::size_t p) const noexcept { return slots && p >= prefix ? slots[p - prefix] : p; }
 };
 
 /// A checkpoint's weight matrices converted to one weight format (panel-major, see
@@ -209,10 +220,11 @@ class llama_engine {
 
   /// Runs `tokens.size()` rows through the network and returns their logits (row-major,
   /// `vocab_size()` each, valid until the next call). Row t writes its key and value at
-  /// `rows[t].pos` of `rows[t].cache` and attends to positions 0..pos of that cache, so
-  /// every earlier position of that cache must hold valid entries (from earlier calls, or
-  /// from earlier rows of this call). The caller validated the tokens and positions and
-  /// called `reserve_rows(tokens.size())`; cache lengths are the caller's business.
+  /// position `rows[t].pos` of `rows[t].cache` and attends to positions 0..pos of that
+  /// cache (through `row_target::slot`), so every earlier position must hold valid
+  /// entries (from earlier calls, or from earlier rows of this call). The caller
+  /// validated the tokens and positions and called `reserve_rows(tokens.size())`; cache
+  /// lengths are the caller's business.
   const float* forward_rows(std::span<const token_id> tokens, std::span<const row_target> rows) {
     const std::size_t k = tokens.size();
     const model_config& c = ck_->config;
@@ -250,7 +262,7 @@ class llama_engine {
         const std::size_t r = rows[t].pos * (hs / 2);
         float* key = k_.data() + t * kvd;
         rope(q_.data() + t * dim, key, dim, kvd, hs, rope_cos_.data() + r, rope_sin_.data() + r);
-        rows[t].cache->store(ul, rows[t].pos, key, v_.data() + t * kvd);
+        rows[t].cache->store(ul, rows[t].slot(rows[t].pos), key, v_.data() + t * kvd);
       }
       // Causal attention: row t sees positions 0..pos of its own cache. The kv_mul query
       // heads sharing a KV head are computed together, so each key and value row is read
@@ -287,15 +299,25 @@ class llama_engine {
           }
           weighted_rows_sum_heads(kv_mul, att, seq, pos + 1, values, xb_.data() + head_off, hs, hs);
         };
+        // A tree row reads its ancestors through its slot map (same values, same order).
+        const auto attend_rows = [&](const auto& keys, const auto& values) {
+          using K = std::decay_t<decltype(keys)>;
+          using V = std::decay_t<decltype(values)>;
+          if (rows[t].slots)
+            attend(gathered_rows<K>{keys, rows[t].prefix, rows[t].slots},
+                   gathered_rows<V>{values, rows[t].prefix, rows[t].slots});
+          else
+            attend(keys, values);
+        };
         switch (cache.format()) {
           case weight_format::fp32:
-            attend(f32_rows{cache.key(ul, 0) + kv_off, kvd}, f32_rows{cache.value(ul, 0) + kv_off, kvd});
+            attend_rows(f32_rows{cache.key(ul, 0) + kv_off, kvd}, f32_rows{cache.value(ul, 0) + kv_off, kvd});
             break;
           case weight_format::bf16:
-            attend(bf16_rows{cache.key16(ul, 0) + kv_off, kvd}, bf16_rows{cache.value16(ul, 0) + kv_off, kvd});
+            attend_rows(bf16_rows{cache.key16(ul, 0) + kv_off, kvd}, bf16_rows{cache.value16(ul, 0) + kv_off, kvd});
             break;
           default:
-            attend(fp16_rows{cache.key16(ul, 0) + kv_off, kvd}, fp16_rows{cache.value16(ul, 0) + kv_off, kvd});
+            attend_rows(fp16_rows{cache.key16(ul, 0) + kv_off, kvd}, fp16_rows{cache.value16(ul, 0) + kv_off, kvd});
             break;
         }
       };
@@ -449,9 +471,11 @@ class llama_engine {
 /// weight row is streamed once per call and applied to the whole block) and returns k
 /// rows of logits. Row i is bit-for-bit identical to what feeding the same tokens one at
 /// a time would give (see detail/kernels.hpp for why), and `truncate(n)` followed by a
-/// forward is bit-for-bit identical to a fresh model fed the same n-token prefix.
-/// Several transformers can share one checkpoint (e.g. draft = target in tests). The
-/// layer code is `detail::llama_engine`, shared with `batched_transformer` (many
+/// forward is bit-for-bit identical to a fresh model fed the same n-token prefix. It is
+/// a `specdec::tree_model` too: `forward_tree` verifies a token tree in one forward, each
+/// node's row bit-for-bit that of a chain forward of its path, and `keep_path` keeps the
+/// accepted path. Several transformers can share one checkpoint (e.g. draft = target in
+/// tests). The layer code is `detail::llama_engine`, shared with `batched_transformer` (many
 /// sequences in one forward), of which this is the one-sequence case.
 ///
 /// ```cpp
@@ -493,6 +517,7 @@ class transformer {
   /// the next non-const call. An empty block gives 0 rows. Throws `token_out_of_range` or
   /// `context_overflow` before touching any state.
   specdec::logits_block forward(std::span<const specdec::token_id> tokens) {
+    tree_.check_idle("transformer::forward");
     check_token_ids(tokens, vocab_size(), "transformer::forward");
     check_context(cache_.length(), tokens.size(), context_length(), "transformer::forward");
     const std::size_t k = tokens.size();
@@ -507,9 +532,86 @@ class transformer {
   }
 
   /// Keeps the first n cached tokens, in O(1). `n >= cache_length()` is a no-op (like the
-  /// archetypes in specdec/testing), it never grows the cache.
+  /// archetypes in specdec/testing), it never grows the cache. A pending token tree ends
+  /// and none of its nodes is kept (at most the tokens cached before it).
   void truncate(std::size_t n) noexcept {
+    if (tree_.active()) {
+      n = std::min(n, tree_.base);
+      tree_.clear();
+    }
     if (n < cache_.length()) cache_.set_length(n);
+  }
+
+  /// Forwards the nodes of a token tree (`specdec::tree_model`, specdec/tree.hpp): node i
+  /// has token `tokens[i]` and parent `parents[i]` (`no_parent`, or an earlier node of
+  /// the pending tree, whose nodes this call extends), and row i holds its logits,
+  /// bit for bit those of a chain `forward` of its root-to-node path on this model
+  /// before the tree (any weight and KV format, any thread count): the weight products
+  /// are the chain's block products (one row per node), a node at depth d is rotated
+  /// for position b + d (b = cache length before the tree), and it attends to the b
+  /// cached positions and then to its ancestors in root-to-node order, the chain's
+  /// summation order. Node j of the pending tree occupies cache slot b + j, so
+  /// `cache_length()` is b plus the pending nodes. Throws `token_out_of_range`,
+  /// `invalid_argument` (malformed parents) or `context_overflow` before touching any
+  /// state.
+  ///
+  /// ```cpp
+  /// std::vector<specdec::token_id> tokens{450, 200, 201, 17};
+  /// std::vector<std::int32_t> parents{-1, 0, 0, 1};     // 450 -> {200 -> 17, 201}
+  /// auto rows = m.forward_tree(tokens, parents);       // 4 rows
+  /// std::vector<std::size_t> accepted{0, 1, 3};
+  /// m.keep_path(accepted);                             // cache: ... 450 200 17
+  /// ```
+  specdec::logits_block forward_tree(std::span<const specdec::token_id> tokens,
+                                     std::span<const std::int32_t> parents) {
+    constexpr const char* who = "transformer::forward_tree";
+    const std::size_t n = tokens.size();
+    const std::size_t first = tree_.nodes.size();  // this call's first node
+    tree_.check(cache_.length(), tokens, parents, vocab_size(), context_length(), who);
+    if (n == 0) return {engine_.logits(), 0, vocab_size()};
+    // Allocations (may throw) before the cache changes: the row scratch, the nodes and,
+    // per node, its ancestors' slots (depth + 1 of them).
+    engine_.reserve_rows(n);
+    tree_.extend(cache_.length(), tokens, parents, vocab_size(), context_length(), who);
+    const std::size_t b = tree_.base;
+    std::size_t total = 0;
+    for (std::size_t i = 0; i < n; ++i) total += tree_.nodes.depth(first + i) + 1;
+    try {
+      slots_.resize(total);
+      targets_.resize(n);
+    } catch (...) {
+      tree_.nodes.truncate(first);
+      throw;
+    }
+    for (std::size_t i = 0, at = 0; i < n; ++i) {
+      const std::size_t node = first + i;
+      const std::size_t d = tree_.nodes.depth(node);
+      // slots_[at + j] = slot of the node's ancestor at depth j (the node itself at j = d).
+      std::size_t a = node;
+      for (std::size_t j = d + 1; j-- > 0; a = static_cast<std::size_t>(tree_.nodes.parent(a))) slots_[at + j] = b + a;
+      targets_[i] = {&cache_, b + d, slots_.data() + at, b};
+      at += d + 1;
+    }
+    const float* logits = engine_.forward_rows(tokens, targets_);
+    cache_.set_length(b + tree_.nodes.size());
+    return {logits, n, vocab_size()};
+  }
+
+  /// Keeps the root-to-node path `path` of the pending tree (`path[0]` a root, each next
+  /// node a child of the one before; empty keeps none) and ends the tree: the cache
+  /// becomes the tokens before the tree plus the path's, and the model then behaves
+  /// bit for bit as a fresh model fed them. Moves the path's keys and values down to
+  /// their positions: O(path.size()) work. Throws `invalid_argument` (nothing changed)
+  /// unless `path` is such a path (with no tree pending, only the empty path is).
+  void keep_path(std::span<const std::size_t> path) {
+    tree_.nodes.check_path(path, "transformer::keep_path");
+    if (!tree_.active()) return;
+    const std::size_t b = tree_.base;
+    // path[j] >= j (a parent precedes its child), so no slot is overwritten before it is
+    // read.
+    for (std::size_t j = 0; j < path.size(); ++j) cache_.copy_position(b + path[j], b + j);
+    cache_.set_length(b + path.size());
+    tree_.clear();
   }
   /// Forgets every cached token: `truncate(0)`.
   void reset() noexcept { truncate(0); }
@@ -518,8 +620,11 @@ class transformer {
   detail::llama_engine engine_;
   kv_cache cache_;
   std::vector<detail::row_target> targets_;
+  specdec::pending_tree tree_;       ///< the token tree forwarded since the last keep_path / truncate
+  std::vector<std::size_t> slots_;   ///< forward_tree: each node's ancestors' slots, root first
 };
 
 static_assert(specdec::language_model<transformer>);
+static_assert(specdec::tree_model<transformer>);
 
 }  // namespace specdec::cpu

@@ -163,6 +163,31 @@ struct f32_rows {
   }
 };
 
+/// Row stream `W` seen through a position map: row p is row p of `base` for p < `prefix`,
+/// and row `slots[p - prefix]` from there on. A token tree's node attends to the cached
+/// positions 0..prefix-1 and then to its ancestors, whose keys and values sit at the
+/// slots of their nodes: through this map a node reads them in the order a chain forward
+/// of its root-to-node path reads them, so every score and every weighted value sum
+/// (the kernels' results depend on the loaded values and the row count only) is the
+/// chain's, bit for bit.
+template <class W>
+struct gathered_rows {
+  W base;
+  std::size_t prefix;
+  const std::size_t* slots;
+  std::size_t first = 0;  ///< rows skipped by advance()
+  [[nodiscard]] gathered_rows advance(std::size_t rows) const noexcept { return {base, prefix, slots, first + rows}; }
+  [[nodiscard]] std::size_t slot(std::size_t r) const noexcept {
+    const std::size_t p = first + r;
+    return p < prefix ? p : slots[p - prefix];
+  }
+  void load(v16& out, std::size_t r, std::size_t j) const noexcept { base.load(out, slot(r), j); }
+  [[nodiscard]] float at(std::size_t r, std::size_t j) const noexcept { return base.at(slot(r), j); }
+  [[gnu::always_inline]] void prefetch_line(std::size_t r, std::size_t j) const noexcept {
+    base.prefetch_line(slot(r), j);
+  }
+};
+
 /// A tile's extra prefetching: none, or (`prefetch_next`) a share of the next row tile's
 /// rows, so that they arrive in L1 while this row tile computes (a row tile, the next
 /// one and a token tile's inputs fit a 48 KB L1, so the prefetch targets L1, not L2: the
