@@ -36,7 +36,8 @@
 #endif
 
 #include "specdec/backend/cpu/detail/aligned.hpp"
-#include "specdec/backend/cpu/detail/kernels.hpp"
+#include "specdec/backend/cpu/detail/arch/vector.hpp"
+#include "specdec/backend/cpu/detail/matmul.hpp"
 
 namespace specdec::cpu::detail {
 

@@ -31,7 +31,8 @@
 
 #include "specdec/backend/cpu/detail/aligned.hpp"
 #include "specdec/backend/cpu/detail/int8_products.hpp"
-#include "specdec/backend/cpu/detail/kernels.hpp"
+#include "specdec/backend/cpu/detail/arch/vector.hpp"
+#include "specdec/backend/cpu/detail/matmul.hpp"
 #include "specdec/error.hpp"
 
 namespace specdec::cpu {
