@@ -28,13 +28,6 @@
 #include <cstddef>
 #include <cstdint>
 
-#if defined(__x86_64__) && defined(__AVX512F__) && defined(__AVX512VNNI__) && defined(FP_FAST_FMAF)
-#include <immintrin.h>
-#define SPECDEC_DETAIL_VNNI 1
-#else
-#define SPECDEC_DETAIL_VNNI 0
-#endif
-
 #include "specdec/backend/cpu/detail/aligned.hpp"
 #include "specdec/backend/cpu/detail/arch/vector.hpp"
 #include "specdec/backend/cpu/detail/matmul.hpp"
@@ -105,9 +98,6 @@ struct i8_inputs {
   }
 
  private:
-  typedef std::int32_t vi32x16 __attribute__((vector_size(64)));
-  typedef std::int8_t vi8x16 __attribute__((vector_size(16)));
-
   /// One whole group of 32: writes q, adds sum(q) to `sum`, returns the scale.
   static float quantize_group(const float* x, std::int8_t* qg, std::int32_t& sum) noexcept {
     v16 a, b;
@@ -124,14 +114,14 @@ struct i8_inputs {
     // q8_round in 16 lanes: round to nearest even by adding and removing 1.5 * 2^23
     // (exact for |r| <= 127, the same result as nearbyint in the default rounding mode).
     constexpr float magic = 12582912.0f;
-    vi32x16 s{};
+    vi16 s{};
     for (int h = 0; h < 2; ++h) {
       v16 r = (h == 0 ? a : b) * id;
       r = r == r ? r : zero;
       r = r < zero - 127.0f ? zero - 127.0f : r;
       r = r > zero + 127.0f ? zero + 127.0f : r;
       r = (r + magic) - magic;
-      const vi32x16 qi = __builtin_convertvector(r, vi32x16);
+      const vi16 qi = __builtin_convertvector(r, vi16);
       s += qi;
       const vi8x16 q8 = __builtin_convertvector(qi, vi8x16);
       __builtin_memcpy(qg + h * lanes, &q8, sizeof(q8));
@@ -196,39 +186,40 @@ inline void i8_tile(const i8_panels& w, std::size_t p0, const i8_inputs& x, std:
 #pragma GCC unroll 16
   for (int p = 0; p < P; ++p) up[p] = w.u + (p0 + static_cast<std::size_t>(p)) * quads * 64;
   for (std::size_t g = 0; g < G; ++g) {
-    __m512i is[P][T];
+    vi16 is[P][T];
 #pragma GCC unroll 16
     for (int p = 0; p < P; ++p)
 #pragma GCC unroll 16
-      for (int t = 0; t < T; ++t) is[p][t] = _mm512_setzero_si512();
+      for (int t = 0; t < T; ++t) is[p][t] = vi16{};
 #pragma GCC unroll 8
     for (std::size_t c = 0; c < q8_group / i8_quad; ++c) {
       const std::size_t quad = g * (q8_group / i8_quad) + c;
-      __m512i wv[P];
+      vi16 wv[P];
 #pragma GCC unroll 16
-      for (int p = 0; p < P; ++p) wv[p] = _mm512_load_si512(up[p] + quad * 64);
+      for (int p = 0; p < P; ++p) load_bytes64(wv[p], up[p] + quad * 64);
 #pragma GCC unroll 16
       for (int t = 0; t < T; ++t) {
         std::int32_t four;
         __builtin_memcpy(&four, x.q.data() + (t0 + static_cast<std::size_t>(t)) * G * q8_group + quad * i8_quad, 4);
-        const __m512i xb = _mm512_set1_epi32(four);
+        const vi16 xb = vi16{} + four;
 #pragma GCC unroll 16
-        for (int p = 0; p < P; ++p) is[p][t] = _mm512_dpbusd_epi32(is[p][t], wv[p], xb);
+        for (int p = 0; p < P; ++p) dpbusd_lanes(is[p][t], wv[p], xb);
       }
     }
-    __m512 ws[P];
+    v16 ws[P];
 #pragma GCC unroll 16
-    for (int p = 0; p < P; ++p) ws[p] = _mm512_load_ps(w.s + ((p0 + static_cast<std::size_t>(p)) * G + g) * lanes);
+    for (int p = 0; p < P; ++p) load16(ws[p], w.s + ((p0 + static_cast<std::size_t>(p)) * G + g) * lanes);
 #pragma GCC unroll 16
     for (int t = 0; t < T; ++t) {
       const std::size_t xi = (t0 + static_cast<std::size_t>(t)) * G + g;
-      const __m512 xs = _mm512_set1_ps(x.scale[xi]);
-      const __m512i bias = _mm512_set1_epi32(x.bias[xi]);
+      v16 xs;
+      splat(xs, x.scale[xi]);
+      const vi16 bias = vi16{} + x.bias[xi];
 #pragma GCC unroll 16
       for (int p = 0; p < P; ++p) {
-        // maskz form: see bf16_code::load on GCC 12's unmasked intrinsics.
-        const __m512 f = _mm512_maskz_cvtepi32_ps(0xffff, _mm512_sub_epi32(is[p][t], bias));
-        acc[p][t] = (v16)_mm512_fmadd_ps(f, _mm512_mul_ps(ws[p], xs), (__m512)acc[p][t]);
+        // float(isum) exactly (|isum| < 2^24), times the one rounded product of the scales.
+        const v16 f = __builtin_convertvector(is[p][t] - bias, v16);
+        fmadd_lanes(acc[p][t], f, ws[p] * xs);
       }
     }
   }

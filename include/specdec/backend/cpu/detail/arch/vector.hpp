@@ -1,15 +1,43 @@
 #pragma once
 /// \file backend/cpu/detail/arch/vector.hpp
-/// The backend's vector layer: the 16-lane float vector every kernel computes in
-/// (GCC/Clang vector extensions), its loads and stores, the multiply-adds whose rounding
-/// the fixed summation orders rely on, and the fixed-order horizontal sums.
-#include <algorithm>
+/// The backend's one vector layer: every kernel computes in `v16`, 16 floats written with
+/// GCC/Clang vector extensions (one AVX-512 register, two AVX2 registers, or whatever the
+/// compiler makes of it elsewhere), through the operations declared here. This is the
+/// only place that knows instruction sets, in the manner of Eigen's arch/*/PacketMath.h:
+/// the generic part is here, and the few operations whose instruction decides the
+/// rounding or the speed come from exactly one instruction-set file, chosen at compile
+/// time:
+///
+/// | file              | chosen when                                  |
+/// | ---               | ---                                          |
+/// | arch/avx512.hpp   | AVX-512F (with VNNI: the w8a8 integer tiles) |
+/// | arch/avx2.hpp     | AVX2 + FMA + F16C (x86-64-v3)                |
+/// | arch/scalar.hpp   | anything else (plain C++ on the vector type) |
+///
+/// Each of them defines, with the same result in every file:
+/// - `fmadd_lanes(acc, a, b)`: acc[i] = fmadd(a[i], b[i], acc[i]), rounded like the
+///   scalar `fmadd` below;
+/// - `pin_register(v)`: keeps a loaded vector in a register (a hint, changes no value);
+/// - `widen_bf16(out, p)`, `widen_fp16(out, p)`: 16 bf16 or IEEE half values to fp32,
+///   exactly; `widen_q8(out, q, s)`: out[i] = float(q[i]) * s[i], one rounding (GCC 12
+///   lowers the generic vector conversions for these lane by lane);
+/// - `SPECDEC_DETAIL_VNNI` (1 or 0) and, where it is 1, `dpbusd_lanes` (integer dot
+///   products of unsigned by signed bytes, exact).
+/// The results of the kernels therefore depend on whether the target has a fused
+/// multiply-add, not on which of these files computes them: the AVX-512, the AVX2 and
+/// the scalar build of a target with FMA give the same bits.
+///
+/// ```cpp
+/// namespace d = specdec::cpu::detail;
+/// float w[16], out[16];
+/// d::v16 acc{}, wv;
+/// d::load16(wv, w);
+/// d::fmadd_lanes(acc, wv, 0.5f);  // acc[i] = fmadd(w[i], 0.5f, acc[i])
+/// d::store16(out, acc);
+/// ```
 #include <cmath>
 #include <cstddef>
-
-#if defined(__x86_64__) && defined(FP_FAST_FMAF) && (defined(__AVX512F__) || defined(__AVX2__))
-#include <immintrin.h>
-#endif
+#include <cstdint>
 
 #if defined(__FAST_MATH__)
 #warning "specdec cpu backend: -ffast-math allows reassociation; block and single-token forwards may then differ in the last bits"
@@ -17,12 +45,21 @@
 
 namespace specdec::cpu::detail {
 
+/// 16 floats: the vector every kernel computes in.
 typedef float v16 __attribute__((vector_size(64)));
+/// 16 32-bit integers (exponent bits in `exp16`, integer dot products in the w8a8 tiles).
+typedef int vi16 __attribute__((vector_size(64)));
+/// 16 signed bytes (quantized inputs).
+typedef std::int8_t vi8x16 __attribute__((vector_size(16)));
+typedef float v8 __attribute__((vector_size(32)));
+typedef float v4 __attribute__((vector_size(16)));
 
 inline constexpr std::size_t lanes = 16;
 
 /// A v16 at any float-aligned address (and allowed to alias floats).
 typedef float v16_unaligned __attribute__((vector_size(64), aligned(4), may_alias));
+/// A vi16 at any address (and allowed to alias any bytes).
+typedef int vi16_unaligned __attribute__((vector_size(64), aligned(1), may_alias));
 
 // Vectors are passed by reference so that builds without AVX-512 do not warn about the
 // ABI of 64-byte vector arguments (-Wpsabi).
@@ -34,12 +71,20 @@ typedef float v16_unaligned __attribute__((vector_size(64), aligned(4), may_alia
 inline void load16(v16& v, const float* p) noexcept {
   v = *reinterpret_cast<const v16_unaligned*>(p);
 }
+/// 64 bytes as 16 32-bit lanes (the w8a8 tiles' weight operand).
+inline void load_bytes64(vi16& v, const void* p) noexcept { v = *static_cast<const vi16_unaligned*>(p); }
 /// One 16-float store, vector-typed for the same reason: a memcpy from an accumulator
 /// takes its address, and GCC then keeps a tile's accumulators in memory too, storing
 /// every one of them on every column.
 inline void store16(float* p, const v16& v) noexcept { *reinterpret_cast<v16_unaligned*>(p) = v; }
-/// The first n < 16 floats of v, through a copy whose address may be taken.
-inline void store_first(float* p, v16 v, std::size_t n) noexcept { __builtin_memcpy(p, &v, n * sizeof(float)); }
+/// The first n < 16 floats of v, through a copy whose address may be taken (not the
+/// caller's accumulator's).
+inline void store_first(float* p, const v16& v, std::size_t n) noexcept {
+  const v16 copy = v;
+  __builtin_memcpy(p, &copy, n * sizeof(float));
+}
+/// v[i] = x in every lane, exactly (also -0.0f and NaN payloads).
+inline void splat(v16& v, float x) noexcept { v = v16{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }
 
 /// c + a * b with a rounding behaviour fixed by the build, not by the optimiser: a fused
 /// multiply-add when the target has one (FP_FAST_FMAF), otherwise a multiply and an add
@@ -53,41 +98,6 @@ inline float fmadd(float a, float b, float c) noexcept {
   return a * b + c;
 #endif
 }
-
-/// acc[i] = fmadd(w[i], x, acc[i]) for the 16 lanes: the weight products' multiply-add,
-/// rounded by the same rule as `fmadd` in every build and at every optimisation level
-/// (GCC contracts a vector `acc += w * x` into an FMA only from -O2 on, so an -O1 build
-/// would round it differently from `fmadd`; the result is unchanged where it did).
-inline void fmadd_lanes(v16& acc, const v16& w, float x) noexcept {
-#if defined(__x86_64__) && defined(FP_FAST_FMAF) && defined(__AVX512F__)
-  acc = (v16)_mm512_fmadd_ps((__m512)w, _mm512_set1_ps(x), (__m512)acc);
-#elif defined(__x86_64__) && defined(FP_FAST_FMAF) && defined(__AVX2__)
-  __m256 w2[2], a2[2];
-  __builtin_memcpy(w2, &w, sizeof(w));
-  __builtin_memcpy(a2, &acc, sizeof(acc));
-  const __m256 xv = _mm256_set1_ps(x);
-  a2[0] = _mm256_fmadd_ps(w2[0], xv, a2[0]);
-  a2[1] = _mm256_fmadd_ps(w2[1], xv, a2[1]);
-  __builtin_memcpy(&acc, a2, sizeof(acc));
-#elif defined(FP_FAST_FMAF)
-  for (int i = 0; i < 16; ++i) acc[i] = std::fma(w[i], x, acc[i]);
-#else
-  acc += w * x;  // no FMA instruction: a multiply and an add, nothing to contract
-#endif
-}
-
-/// Keeps a loaded vector in a register: without this GCC folds the load into every FMA
-/// that uses it as a memory operand, doubling the loads of the inner loop (load ports,
-/// not FMAs, then bound the block forward). The empty asm changes no value. (Not for
-/// weights used by one token only: see dot_tile.)
-inline void pin_register([[maybe_unused]] v16& v) noexcept {
-#if defined(__x86_64__) && defined(__AVX512F__)
-  asm("" : "+v"(v));
-#endif
-}
-
-typedef float v8 __attribute__((vector_size(32)));
-typedef float v4 __attribute__((vector_size(16)));
 
 /// Fixed-order horizontal sum, a binary tree over the 16 lanes:
 /// a[i] = v[i] + v[i+8], b[i] = a[i] + a[i+4], c[i] = b[i] + b[i+2], c[0] + c[1].
@@ -122,6 +132,27 @@ inline v4 hsum16x4(const v16& v0, const v16& v1, const v16& v2, const v16& v3) n
   return __builtin_shufflevector(d, d, 0, 4, 8, 12);
 }
 
-typedef int vi16 __attribute__((vector_size(64)));
+}  // namespace specdec::cpu::detail
+
+// The instruction-set file: fmadd_lanes, pin_register, widen_*, SPECDEC_DETAIL_VNNI.
+#if defined(__x86_64__) && defined(__AVX512F__)
+#include "specdec/backend/cpu/detail/arch/avx512.hpp"
+#elif defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#include "specdec/backend/cpu/detail/arch/avx2.hpp"
+#else
+#include "specdec/backend/cpu/detail/arch/scalar.hpp"
+#endif
+
+namespace specdec::cpu::detail {
+
+/// acc[i] = fmadd(w[i], x, acc[i]) for the 16 lanes: the weight products' multiply-add,
+/// rounded by the same rule as `fmadd` in every build and at every optimisation level
+/// (GCC contracts a vector `acc += w * x` into an FMA only from -O2 on, so an -O1 build
+/// would round it differently from `fmadd`; the result is unchanged where it did).
+inline void fmadd_lanes(v16& acc, const v16& w, float x) noexcept {
+  v16 xv;
+  splat(xv, x);
+  fmadd_lanes(acc, w, xv);
+}
 
 }  // namespace specdec::cpu::detail
