@@ -19,7 +19,7 @@ namespace specdec::cpu::detail {
 /// query attention), so each value row is loaded once for all M heads. Each element is
 /// one multiply-add chain in p order starting from 0, computed the same way whatever M
 /// (the vector `acc += a * v` is fused into an FMA or not by the same rule everywhere, see
-/// the file comment): grouping changes no result. Up to 64 elements per head stay in
+/// kernels.hpp): grouping changes no result. Up to 64 elements per head stay in
 /// registers instead of being stored and reloaded per p.
 template <int M, class W>
 inline void weighted_rows_sum_group(const float* a, std::size_t lda, std::size_t count, const W& v, float* out,

@@ -6,6 +6,7 @@
 #include <cstddef>
 
 #include "specdec/backend/cpu/detail/arch/vector.hpp"
+#include "specdec/backend/cpu/detail/tiles.hpp"
 
 namespace specdec::cpu::detail {
 
@@ -169,12 +170,6 @@ inline void dot_tile_upto(int tokens, const W& w, const float* x, std::size_t ld
   dot_tile<R, T>(w, x, ldx, y, ldy, n, pf);
 }
 
-/// First token of token tile `idx` when k tokens are cut into `tiles` near-equal tiles
-/// (sizes differ by at most one, the larger ones first).
-inline std::size_t token_tile_begin(std::size_t k, std::size_t tiles, std::size_t idx) noexcept {
-  return idx * (k / tiles) + std::min(idx, k % tiles);
-}
-
 /// All token tiles of one R-row tile `wi`; with `next` (the next row tile, or null), each
 /// token tile prefetches its share of the next tile's rows (see `prefetch_next`).
 template <int R, int T, class W>
@@ -191,43 +186,56 @@ inline void token_tiles(const W& wi, const W* next, std::size_t n, const float* 
   }
 }
 
-/// Rows [i, i + R*m) of a row-stream product in R-row tiles (advancing i), the k vectors
-/// cut into `tiles` token tiles of at most T; each row tile prefetches the next one (the
-/// rows here are short, too short for the hardware prefetchers to ramp up on).
-template <int R, int T, class W>
-inline void matmul_row_tiles(std::size_t& i, const W& w, std::size_t rows, std::size_t n, const float* x,
-                             std::size_t k, std::size_t ldx, float* y, std::size_t ldy, std::size_t tiles) noexcept {
-  for (; i + R <= rows; i += R) {
-    const W wi = w.advance(i);
-    if (i + 2 * R <= rows) {
-      const W next = w.advance(i + R);
-      token_tiles<R, T>(wi, &next, n, x, k, ldx, y + i, ldy, tiles);
+/// The operands of one `matmul_rows` call.
+template <class W>
+struct row_product {
+  const W& w;
+  std::size_t rows, n;
+  const float* x;
+  std::size_t k, ldx;
+  float* y;
+  std::size_t ldy;
+};
+
+/// Rows [i, rows) of a row-stream product in tiles of Policy::rows (advancing i past the
+/// whole tiles), the k vectors cut into ceil(k / Policy::tokens) near-equal token tiles;
+/// each row tile prefetches the next one.
+template <class Policy, class W>
+inline void row_tiles(std::size_t& i, const row_product<W>& m) noexcept {
+  constexpr int R = Policy::rows, T = Policy::tokens;
+  const std::size_t tiles = token_tile_count(m.k, T);
+  for (; i + R <= m.rows; i += R) {
+    const W wi = m.w.advance(i);
+    if (i + 2 * R <= m.rows) {
+      const W next = m.w.advance(i + R);
+      token_tiles<R, T>(wi, &next, m.n, m.x, m.k, m.ldx, m.y + i, m.ldy, tiles);
     } else {
-      token_tiles<R, T>(wi, static_cast<const W*>(nullptr), n, x, k, ldx, y + i, ldy, tiles);
+      token_tiles<R, T>(wi, static_cast<const W*>(nullptr), m.n, m.x, m.k, m.ldx, m.y + i, m.ldy, tiles);
     }
   }
+}
+
+/// Every tile of `family`, in order, over all rows.
+template <class... Policies, class W>
+inline void run_row_tiles(tile_family<Policies...>, const row_product<W>& m) noexcept {
+  std::size_t i = 0;
+  (row_tiles<Policies>(i, m), ...);
 }
 
 /// Y[t][i] = dot(W[i], X[t]) for i < rows, t < k over a row stream `w` (fp32 or a 16-bit
 /// KV cache; row-major, stride from the stream): attention scores, where the "weight rows"
 /// are one KV head's keys and the k vectors its query heads (k = n_heads / n_kv_heads).
-/// The vectors are cut into ceil(k / 3) near-equal token tiles, the rows into tiles of 12,
-/// 12 or 8 for token tiles of 1, 2 or 3 (then 4- and 1-row tails). Every (row, vector)
-/// result is exactly `dot(W[i], X[t])`, whatever the tiles. (The weight products use
-/// panel-major weights instead, see matmul_panels below.)
+/// Tiles as `row_tile_table` (tiles.hpp) chooses them. Every (row, vector) result is
+/// exactly `dot(W[i], X[t])`, whatever the tiles. (The weight products use panel-major
+/// weights instead, see matmul.hpp.)
 template <class W>
 inline void matmul_rows(const W& w, std::size_t rows, std::size_t n, const float* x, std::size_t k,
                         std::size_t ldx, float* y, std::size_t ldy) noexcept {
   if (k == 0) return;
-  std::size_t i = 0;
-  const std::size_t tiles = (k + 2) / 3;
-  switch ((k + tiles - 1) / tiles) {
-    case 1: matmul_row_tiles<12, 1>(i, w, rows, n, x, k, ldx, y, ldy, tiles); break;
-    case 2: matmul_row_tiles<12, 2>(i, w, rows, n, x, k, ldx, y, ldy, tiles); break;
-    default: matmul_row_tiles<8, 3>(i, w, rows, n, x, k, ldx, y, ldy, tiles); break;
-  }
-  matmul_row_tiles<4, 3>(i, w, rows, n, x, k, ldx, y, ldy, tiles);
-  matmul_row_tiles<1, 3>(i, w, rows, n, x, k, ldx, y, ldy, tiles);
+  const std::size_t tiles = token_tile_count(k, 3);
+  const std::size_t per_tile = (k + tiles - 1) / tiles;  // the table's key
+  const row_product<W> m{w, rows, n, x, k, ldx, y, ldy};
+  choose_tiles(row_tile_table{}, per_tile, 0, [&](auto family) { run_row_tiles(family, m); });
 }
 
 }  // namespace specdec::cpu::detail

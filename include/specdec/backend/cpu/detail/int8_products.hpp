@@ -31,6 +31,7 @@
 #include "specdec/backend/cpu/detail/aligned.hpp"
 #include "specdec/backend/cpu/detail/arch/vector.hpp"
 #include "specdec/backend/cpu/detail/matmul.hpp"
+#include "specdec/backend/cpu/detail/tiles.hpp"
 
 namespace specdec::cpu::detail {
 
@@ -236,38 +237,44 @@ inline void i8_tile_upto(int tokens, const i8_panels& w, std::size_t p0, const i
   i8_tile<P, T>(w, p0, x, t0, y, ldy, rows);
 }
 
-/// Panels [p, p_end) in tiles of P (advancing p), all k tokens in token tiles of at most T.
-template <int P, int T>
-inline void i8_tiles(std::size_t& p, std::size_t p_end, const i8_panels& w, std::size_t first, std::size_t rows,
-                     const i8_inputs& x, std::size_t k, float* y, std::size_t ldy) noexcept {
-  for (; p + P <= p_end; p += P) {
-    const std::size_t r0 = (p - first) * lanes;
-    const std::size_t tile_rows = std::min<std::size_t>(rows - r0, P * lanes);
-    for (std::size_t t0 = 0; t0 < k; t0 += T) {
-      const int tt = static_cast<int>(std::min<std::size_t>(T, k - t0));
-      i8_tile_upto<P, T>(tt, w, p, x, t0, y + t0 * ldy + r0, ldy, tile_rows);
-    }
-  }
+/// The operands of one `matmul_i8` call (as `panel_product`'s, over quantized inputs).
+struct i8_product {
+  const i8_panels& w;
+  std::size_t first, p_end, rows;
+  const i8_inputs& x;
+  std::size_t k;
+  float* y;
+  std::size_t ldy;
+};
+
+/// Panels [p, p_end) in tiles of Policy::panels (advancing p past the whole tiles), all k
+/// tokens in ceil(k / Policy::tokens) near-equal token tiles.
+template <class Policy>
+inline void i8_tiles(std::size_t& p, const i8_product& m) noexcept {
+  const auto tile = [&](std::size_t pt, std::size_t r0, std::size_t rows, std::size_t, std::size_t t0, int tokens) {
+    i8_tile_upto<Policy::panels, Policy::tokens>(tokens, m.w, pt, m.x, t0, m.y + t0 * m.ldy + r0, m.ldy, rows);
+  };
+  for_each_panel_tile<Policy>(p, m.first, m.p_end, m.rows, m.k, tile);
+}
+
+/// Every tile of `family`, in order, over all panels of the product.
+template <class... Policies>
+inline void run_i8_tiles(tile_family<Policies...>, const i8_product& m) noexcept {
+  std::size_t p = m.first;
+  (i8_tiles<Policies>(p, m), ...);
 }
 #endif
 
 /// Y[t][i] = sum over groups of the w8a8 product of weight row 16 p0 + i and input row t
-/// (quantized by `x.quantize`), for i < rows, t < k; output row stride ldy. Tiles: one
-/// token 8 x 1 panels (then 4, 2, 1 for the rest), more tokens 2 panels x up to 6 tokens.
+/// (quantized by `x.quantize`), for i < rows, t < k; output row stride ldy. Tiles as
+/// `i8_tile_table` (tiles.hpp) chooses them where the target has VNNI, else the portable
+/// scalar path: the same values.
 inline void matmul_i8(const i8_panels& w, std::size_t p0, std::size_t rows, const i8_inputs& x, std::size_t k,
                       float* y, std::size_t ldy) noexcept {
   if (k == 0 || rows == 0) return;
 #if SPECDEC_DETAIL_VNNI
-  const std::size_t p_end = p0 + (rows + lanes - 1) / lanes;
-  std::size_t p = p0;
-  if (k == 1) {
-    i8_tiles<8, 1>(p, p_end, w, p0, rows, x, k, y, ldy);
-    i8_tiles<4, 1>(p, p_end, w, p0, rows, x, k, y, ldy);
-    i8_tiles<2, 1>(p, p_end, w, p0, rows, x, k, y, ldy);
-  } else {
-    i8_tiles<2, 6>(p, p_end, w, p0, rows, x, k, y, ldy);
-  }
-  i8_tiles<1, 6>(p, p_end, w, p0, rows, x, k, y, ldy);
+  const i8_product m{w, p0, p0 + (rows + lanes - 1) / lanes, rows, x, k, y, ldy};
+  choose_tiles(i8_tile_table{}, k, 0, [&](auto family) { run_i8_tiles(family, m); });
 #else
   i8_product_scalar(w, p0, rows, x, 0, k, y, ldy);
 #endif

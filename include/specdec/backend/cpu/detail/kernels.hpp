@@ -1,10 +1,22 @@
 #pragma once
 /// \file backend/cpu/detail/kernels.hpp
-/// The numeric kernels of the CPU transformer, written for batch invariance: every
-/// reduction (dot product, sum of squares, softmax sum) runs in one fixed order that
-/// depends only on the vector length, never on how many tokens are in the block, on the
-/// position of a row or token inside a tile, or on memory alignment. That is what makes
-/// row i of a k-token forward bit-identical to the i-th of k single-token forwards.
+/// The numeric kernels of the CPU transformer, one header per family (this one includes
+/// them all), written for batch invariance: every reduction (dot product, sum of squares,
+/// softmax sum) runs in one fixed order that depends only on the vector length, never on
+/// how many tokens are in the block, on the position of a row or token inside a tile, or
+/// on memory alignment. That is what makes row i of a k-token forward bit-identical to
+/// the i-th of k single-token forwards.
+///
+/// - arch/vector.hpp: the vector layer (`v16`, loads, stores, `fmadd`, the fixed-order
+///   sums), with the instruction sets behind it in arch/avx512.hpp, arch/avx2.hpp and
+///   arch/scalar.hpp;
+/// - tiles.hpp: tile shapes as policy types, and every product's choice of them, one
+///   table each;
+/// - matmul.hpp: weight products over panel-major weights (`matmul_panels`: fp32, bf16,
+///   fp16, q8_0); int8_products.hpp: the w8a8 format's integer products (`matmul_i8`);
+/// - dot.hpp: row-major dot-product tiles (`dot`, `matmul_rows`: attention scores);
+/// - attention.hpp: RoPE, the scores' softmax, the weighted sums of value rows;
+/// - activations.hpp: RMSNorm's scale, `exp16`, SwiGLU.
 ///
 /// Why not Eigen's GEMM/GEMV for the projections: Eigen picks different kernels (and so
 /// different summation orders) for matrix-vector and matrix-matrix products and for
@@ -12,9 +24,8 @@
 /// used only for elementwise work, where every output element is one correctly rounded
 /// operation and vectorisation cannot change the result.
 ///
-/// Two product kernels, both written with GCC/Clang vector extensions (AVX-512 with
-/// -march=native, narrower SIMD otherwise; unaligned loads and stores through a 4-byte-
-/// aligned, may_alias vector type, see load16):
+/// Two product kernels, both written over the vector layer (unaligned loads and stores
+/// through a 4-byte-aligned, may_alias vector type, see load16):
 /// - weight products (`matmul_panels`, every weight format): weights stored in panels of
 ///   16 rows, one in-order multiply-add chain per output over the columns, each input
 ///   element broadcast into the 16-row accumulators of a panel;
@@ -23,13 +34,17 @@
 ///   tail added in index order.
 /// The weight products' multiply-adds go through `fmadd_lanes`, which rounds like the
 /// scalar `fmadd` (fused where the target has an FMA) at every optimisation level. In the
-/// dot-product tiles the vector `acc += w * x` is contracted into an FMA (or not) by the
-/// same rule in every instantiation (a single-use multiply feeding an add, no vectoriser
-/// involved), and scalar tails go through `fmadd`. So exactness across k holds in every
-/// build; results may differ between builds with different -march flags.
+/// dot-product tiles and the attention's value sums the vector `acc += w * x` is
+/// contracted into an FMA (or not) by the same rule in every instantiation (a single-use
+/// multiply feeding an add, no vectoriser involved), and scalar tails go through `fmadd`.
+/// So exactness across k holds in every build. Across builds, results depend on whether
+/// the target has an FMA, not on its vector width: an AVX-512 and an AVX2 + FMA
+/// (x86-64-v3) build give the same bits; a build without FMA (plain x86-64) rounds every
+/// multiply-add twice and gives other, equally batch-invariant, bits.
 #include "specdec/backend/cpu/detail/activations.hpp"
 #include "specdec/backend/cpu/detail/arch/vector.hpp"
 #include "specdec/backend/cpu/detail/attention.hpp"
 #include "specdec/backend/cpu/detail/dot.hpp"
 #include "specdec/backend/cpu/detail/int8_products.hpp"
 #include "specdec/backend/cpu/detail/matmul.hpp"
+#include "specdec/backend/cpu/detail/tiles.hpp"

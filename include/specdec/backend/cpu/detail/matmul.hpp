@@ -6,7 +6,7 @@
 #include <cstddef>
 
 #include "specdec/backend/cpu/detail/arch/vector.hpp"
-#include "specdec/backend/cpu/detail/dot.hpp"
+#include "specdec/backend/cpu/detail/tiles.hpp"
 
 namespace specdec::cpu::detail {
 
@@ -25,10 +25,6 @@ namespace specdec::cpu::detail {
 // feeds a whole panel, and the single-token stream is a few long sequential panels instead
 // of many 1.5 KB rows, which the hardware prefetchers follow better (see
 // bench/bench_forward.cpp).
-
-/// Half of a 48 KB L1 data cache, the size the tile shapes are chosen for (see
-/// matmul_panels); a smaller L1 changes only their cost, never a result.
-inline constexpr std::size_t half_l1_bytes = 24 * 1024;
 
 /// fp32 panels (see above): column j of panel p at w + (p n + j) 16.
 struct f32_panels {
@@ -101,70 +97,60 @@ inline void panel_tile_upto(int tokens, const W& w, std::size_t p0, std::size_t 
   panel_tile<P, T, Prefetch>(w, p0, n, x, ldx, y, ldy, rows, pf);
 }
 
-/// Panels [p, p_end) in tiles of P (advancing p) for all k tokens, cut into `tiles`
-/// near-equal token tiles of at most T. Output row 0 is panel `first`'s first row;
-/// `rows` output rows exist from there. The first token tile of a row tile prefetches the
-/// next P panels when they exist below `pf_end`.
-template <int P, int T, class W>
-inline void panel_tiles(std::size_t& p, std::size_t p_end, const W& w, std::size_t first, std::size_t rows,
-                        std::size_t n, const float* x, std::size_t k, std::size_t ldx, float* y, std::size_t ldy,
-                        std::size_t tiles, bool prefetch, std::size_t pf_end) noexcept {
-  for (; p + P <= p_end; p += P) {
-    const std::size_t r0 = (p - first) * lanes;
-    const std::size_t tile_rows = std::min<std::size_t>(rows - r0, P * lanes);
-    for (std::size_t ti = 0; ti < tiles; ++ti) {
-      const std::size_t t0 = token_tile_begin(k, tiles, ti);
-      const int tt = static_cast<int>(token_tile_begin(k, tiles, ti + 1) - t0);
-      const float* xt = x + t0 * ldx;
-      float* yt = y + t0 * ldy + r0;
-      if (prefetch && ti == 0 && p + 2 * P <= pf_end)
-        panel_tile_upto<P, T, true>(tt, w, p, n, xt, ldx, yt, ldy, tile_rows, p + P);
-      else
-        panel_tile_upto<P, T, false>(tt, w, p, n, xt, ldx, yt, ldy, tile_rows, 0);
+/// The operands of one `matmul_panels` call: panels [first, p_end) of `w` (n columns),
+/// `rows` output rows from panel `first`'s first row, k input rows at x (stride ldx),
+/// outputs at y (stride ldy); prefetches stay below panel `pf_end`.
+template <class W>
+struct panel_product {
+  const W& w;
+  std::size_t first, p_end, rows, n;
+  const float* x;
+  std::size_t k, ldx;
+  float* y;
+  std::size_t ldy, pf_end;
+};
+
+/// Panels [p, p_end) in tiles of Policy::panels (advancing p past the whole tiles) for all
+/// k tokens, cut into ceil(k / Policy::tokens) near-equal token tiles. With
+/// Policy::prefetch, the first token tile of a row tile prefetches the next tile's panels
+/// when they exist below `pf_end`.
+template <class Policy, class W>
+inline void panel_tiles(std::size_t& p, const panel_product<W>& m) noexcept {
+  constexpr int P = Policy::panels, T = Policy::tokens;
+  const auto tile = [&](std::size_t pt, std::size_t r0, std::size_t rows, std::size_t ti, std::size_t t0, int tokens) {
+    const float* xt = m.x + t0 * m.ldx;
+    float* yt = m.y + t0 * m.ldy + r0;
+    if constexpr (Policy::prefetch) {
+      if (ti == 0 && pt + 2 * P <= m.pf_end)
+        return panel_tile_upto<P, T, true>(tokens, m.w, pt, m.n, xt, m.ldx, yt, m.ldy, rows, pt + P);
     }
-  }
+    panel_tile_upto<P, T, false>(tokens, m.w, pt, m.n, xt, m.ldx, yt, m.ldy, rows, 0);
+  };
+  for_each_panel_tile<Policy>(p, m.first, m.p_end, m.rows, m.k, tile);
+}
+
+/// Every tile of `family`, in order, over all panels of the product.
+template <class... Policies, class W>
+inline void run_panel_tiles(tile_family<Policies...>, const panel_product<W>& m) noexcept {
+  std::size_t p = m.first;
+  (panel_tiles<Policies>(p, m), ...);
 }
 
 /// Y[t][i] = sum_j W[16 p0 + i][j] X[t][j] for i < rows, t < k over a panel stream `w`
 /// (fp32, or a 16-bit or q8_0 format decoded exactly to fp32 in registers), starting at
 /// panel p0; output row stride ldy. `pf_panels` (at least the panels the rows span) says
 /// how many panels the stream has from p0: when the caller's next call continues after
-/// these rows (a thread's next chunk), the last tile prefetches its first panels.
-/// Tiles (panels x tokens): one token 8 x 1, without software prefetch (eight long
-/// sequential streams, which the hardware prefetchers follow; prefetching the next tile
-/// made it slower); 2-8 tokens as many panels x k as fit half the L1 (1, 2, or 4 up to 6
-/// tokens: kjv-big fp32 takes 1, bf16 2); 9+ tokens 2 x 8 over token tiles of at most 8
-/// (the second token tile re-reads the tile's panels from L1/L2). Blocks of 2+ tokens
-/// prefetch the next tile's panels into L1 while they compute: one fp32 panel ahead
-/// (24 KB at kjv-big's 384 columns) stays within a 48 KB L1, where two panels x 6
-/// tokens with two panels ahead would not; the hardware prefetchers alone do not keep
-/// up with several tokens' compute per panel. Shapes never change a result; the tile
-/// choice per block size is what bench/bench_forward.cpp's k:1..16 rows show.
+/// these rows (a thread's next chunk), the last tile prefetches its first panels. Tiles
+/// as `panel_tile_table` (tiles.hpp) chooses them; shapes never change a result.
 template <class W>
 inline void matmul_panels(const W& w, std::size_t p0, std::size_t rows, std::size_t n, const float* x,
                           std::size_t k, std::size_t ldx, float* y, std::size_t ldy,
                           std::size_t pf_panels = 0) noexcept {
   if (k == 0 || rows == 0) return;
   const std::size_t p_end = p0 + (rows + lanes - 1) / lanes;
-  const std::size_t pf_end = std::max(p_end, p0 + pf_panels);
-  std::size_t p = p0;
-  if (k == 1) {
-    panel_tiles<8, 1>(p, p_end, w, p0, rows, n, x, k, ldx, y, ldy, 1, false, pf_end);
-    panel_tiles<1, 1>(p, p_end, w, p0, rows, n, x, k, ldx, y, ldy, 1, false, pf_end);
-    return;
-  }
-  if (k <= 8) {
-    // As many panels per tile as keep the tile, and so the prefetch distance, within
-    // half the L1 (the tile being read plus the one being prefetched), up to 4.
-    const std::size_t tile_panels = std::clamp<std::size_t>(half_l1_bytes / std::max<std::size_t>(1, n * W::column_bytes), 1, 4);
-    if (tile_panels >= 4 && k <= 6) panel_tiles<4, 6>(p, p_end, w, p0, rows, n, x, k, ldx, y, ldy, 1, true, pf_end);
-    if (tile_panels >= 2) panel_tiles<2, 8>(p, p_end, w, p0, rows, n, x, k, ldx, y, ldy, 1, true, pf_end);
-    panel_tiles<1, 8>(p, p_end, w, p0, rows, n, x, k, ldx, y, ldy, 1, true, pf_end);
-    return;
-  }
-  const std::size_t tiles = (k + 7) / 8;
-  panel_tiles<2, 8>(p, p_end, w, p0, rows, n, x, k, ldx, y, ldy, tiles, true, pf_end);
-  panel_tiles<1, 8>(p, p_end, w, p0, rows, n, x, k, ldx, y, ldy, tiles, true, pf_end);
+  const panel_product<W> m{w, p0, p_end, rows, n, x, k, ldx, y, ldy, std::max(p_end, p0 + pf_panels)};
+  const std::size_t l1_panels = std::max<std::size_t>(1, half_l1_bytes / std::max<std::size_t>(1, n * W::column_bytes));
+  choose_tiles(panel_tile_table{}, k, l1_panels, [&](auto family) { run_panel_tiles(family, m); });
 }
 
 }  // namespace specdec::cpu::detail

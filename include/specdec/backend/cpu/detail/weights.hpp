@@ -3,15 +3,15 @@
 /// Weight formats of the CPU transformer: fp32 (the checkpoint's values), bf16, fp16
 /// and q8_0 (int8 with one fp32 scale per group of 32 consecutive weights of a row, like
 /// llama.cpp's Q8_0), converted once at load time into panels of 16 rows (see
-/// matmul_panels in kernels.hpp). Each format is a "panel stream" that the tile kernels
+/// matmul_panels in matmul.hpp). Each format is a "panel stream" that the tile kernels
 /// decode to fp32 in registers: the decoded value of a weight
 /// is an exact function of its stored bits (bf16/fp16 widen exactly; q8_0 is the single
 /// correctly rounded product float(q) * scale), so the fixed summation order of the fp32
 /// kernels, and with it batch invariance, carries over unchanged to every format.
 ///
-/// Fast paths: AVX-512F (vpmovzxwd + shift for bf16, vcvtph2ps for fp16, vpmovsxbd +
-/// vcvtdq2ps for q8_0) when compiled with __AVX512F__; otherwise portable scalar
-/// decoding into a 16-float buffer, which yields the same values.
+/// The decoding, 16 values at a time, is the vector layer's `widen_bf16`, `widen_fp16` and
+/// `widen_q8` (arch/vector.hpp): AVX-512 or AVX2 instructions where the target has them,
+/// scalar code elsewhere, the same values in every build.
 ///
 /// w8a8 is the exception: q8_0's weights, but its products also quantize their inputs
 /// and run as integer dot products (int8_products.hpp); batch-invariant by the same
