@@ -12,6 +12,7 @@
 #include <cstring>
 #include <limits>
 #include <random>
+#include <type_traits>
 #include <vector>
 
 #include "cpu_fixtures.hpp"
@@ -332,6 +333,117 @@ TEST(kernels, softmax_and_swiglu_are_fixed_order_and_accurate) {
     d::swiglu(parts.data(), g.data(), cut);
     d::swiglu(parts.data() + cut, g.data() + cut, hid - cut);
     ASSERT_EQ(parts, whole) << "split at " << cut;
+  }
+}
+
+// The vector layer's widening conversions (arch/vector.hpp, from the instruction-set file
+// this build selected) give exactly the scalar conversions' values: every bf16 and fp16
+// bit pattern (bit for bit; a NaN stays a NaN: the hardware quiets signalling NaN halves,
+// which no conversion from fp32 stores), every int8 value times scales of every sign, at
+// an address off any vector alignment.
+TEST(kernels, vector_widening_equals_the_scalar_conversions) {
+  namespace d = specdec::cpu::detail;
+  std::vector<std::uint16_t> h(65536 + 1);
+  for (std::size_t i = 0; i < 65536; ++i) h[i + 1] = static_cast<std::uint16_t>(i);
+  for (std::size_t i = 0; i < 65536; i += 16) {
+    d::v16 b, f;
+    d::widen_bf16(b, h.data() + 1 + i);
+    d::widen_fp16(f, h.data() + 1 + i);
+    for (std::size_t l = 0; l < 16; ++l) {
+      const auto v = static_cast<std::uint16_t>(i + l);
+      ASSERT_EQ(d::float_bits(b[l]), d::float_bits(d::bf16_to_float(v))) << "bf16 " << v;
+      const float want = d::fp16_to_float(v);
+      if (std::isnan(want)) ASSERT_TRUE(std::isnan(f[l])) << "fp16 " << v;
+      else ASSERT_EQ(d::float_bits(f[l]), d::float_bits(want)) << "fp16 " << v;
+    }
+  }
+  std::vector<std::int8_t> q(256 + 1);
+  std::vector<float> s(256 + 1);
+  std::mt19937 rng(4);
+  std::uniform_real_distribution<float> u(-0.1f, 0.1f);
+  for (std::size_t i = 0; i < 256; ++i) q[i + 1] = static_cast<std::int8_t>(int(i) - 128), s[i + 1] = u(rng);
+  s[1 + 7] = 0.0f, s[1 + 8] = -0.0f, s[1 + 9] = 1e-30f;
+  for (std::size_t i = 0; i < 256; i += 16) {
+    d::v16 out;
+    d::widen_q8(out, q.data() + 1 + i, s.data() + 1 + i);
+    for (std::size_t l = 0; l < 16; ++l)
+      ASSERT_EQ(d::float_bits(out[l]), d::float_bits(static_cast<float>(q[1 + i + l]) * s[1 + i + l])) << i + l;
+  }
+}
+
+// Every tile family of every selection table (tiles.hpp) computes every output of its
+// product exactly once and exactly as the summation rule says, whatever the table would
+// choose for the block: each family of the weight products over fp32 and bf16 panels
+// (the in-order fmadd chain), of the attention scores (`dot` per row and vector) and, with
+// VNNI, of the w8a8 products (the portable scalar path), for partial panels, every token
+// tile count up to 17, and nothing written past the product's rows.
+template <class... Choices, class F>
+void for_each_family(specdec::cpu::detail::tile_table<Choices...>, F&& f) {
+  (f(typename Choices::family{}), ...);
+}
+
+TEST(kernels, every_tile_family_computes_every_output_by_the_summation_rule) {
+  namespace d = specdec::cpu::detail;
+  std::mt19937 rng(13);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  const std::size_t n = 45, kmax = 17;
+  std::vector<float> x(kmax * n);
+  for (float& v : x) v = u(rng);
+  for (const std::size_t rows : {1u, 13u, 16u, 37u, 100u, 130u}) {
+    std::vector<float> w(rows * n);
+    for (float& v : w) v = u(rng);
+    const auto f32 = d::to_panels<float>(rows, n, [&](std::size_t r, std::size_t j) { return w[r * n + j]; });
+    const auto b16 =
+        d::to_panels<std::uint16_t>(rows, n, [&](std::size_t r, std::size_t j) { return d::float_to_bf16(w[r * n + j]); });
+    const std::size_t ldy = rows + 3;
+    for (std::size_t k = 1; k <= kmax; ++k) {
+      const auto check_panels = [&](const auto& stream, auto decode, const char* what) {
+        for_each_family(d::panel_tile_table{}, [&](auto family) {
+          std::vector<float> y(k * ldy, -7.0f);
+          const std::size_t panels = (rows + 15) / 16;
+          d::run_panel_tiles(family, d::panel_product<std::decay_t<decltype(stream)>>{
+                                         stream, 0, panels, rows, n, x.data(), k, n, y.data(), ldy, panels});
+          for (std::size_t t = 0; t < k; ++t) {
+            for (std::size_t r = 0; r < rows; ++r) {
+              float chain = 0.0f;
+              for (std::size_t j = 0; j < n; ++j) chain = d::fmadd(decode(w[r * n + j]), x[t * n + j], chain);
+              ASSERT_EQ(y[t * ldy + r], chain) << what << " rows " << rows << " k " << k << " t " << t << " r " << r;
+            }
+            for (std::size_t r = rows; r < ldy; ++r) ASSERT_EQ(y[t * ldy + r], -7.0f) << what << " wrote past the rows";
+          }
+        });
+      };
+      check_panels(d::f32_panels{f32.data(), n}, [](float v) { return v; }, "fp32 panels");
+      check_panels(d::u16_panels<d::bf16_code>{b16.data(), n},
+                   [](float v) { return d::bf16_to_float(d::float_to_bf16(v)); }, "bf16 panels");
+      for_each_family(d::row_tile_table{}, [&](auto family) {
+        std::vector<float> y(k * ldy, -7.0f);
+        const d::f32_rows keys{w.data(), n};
+        d::run_row_tiles(family, d::row_product<d::f32_rows>{keys, rows, n, x.data(), k, n, y.data(), ldy});
+        for (std::size_t t = 0; t < k; ++t) {
+          for (std::size_t r = 0; r < rows; ++r)
+            ASSERT_EQ(y[t * ldy + r], d::dot(w.data() + r * n, x.data() + t * n, n)) << "rows " << rows << " k " << k;
+          for (std::size_t r = rows; r < ldy; ++r) ASSERT_EQ(y[t * ldy + r], -7.0f) << "row tiles wrote past the rows";
+        }
+      });
+#if SPECDEC_DETAIL_VNNI
+      const d::weight_matrix wm(w.data(), rows, n, weight_format::w8a8);
+      d::i8_inputs in;
+      in.reserve(k, n);
+      in.quantize(x.data(), k, n, n);
+      std::vector<float> want(k * ldy);
+      d::i8_product_scalar(wm.i8_view(), 0, rows, in, 0, k, want.data(), ldy);
+      for_each_family(d::i8_tile_table{}, [&](auto family) {
+        std::vector<float> y(k * ldy, -7.0f);
+        const d::i8_panels view = wm.i8_view();
+        d::run_i8_tiles(family, d::i8_product{view, 0, wm.panels(), rows, in, k, y.data(), ldy});
+        for (std::size_t t = 0; t < k; ++t) {
+          for (std::size_t r = 0; r < rows; ++r) ASSERT_EQ(y[t * ldy + r], want[t * ldy + r]) << "w8a8 rows " << rows << " k " << k;
+          for (std::size_t r = rows; r < ldy; ++r) ASSERT_EQ(y[t * ldy + r], -7.0f) << "w8a8 tiles wrote past the rows";
+        }
+      });
+#endif
+    }
   }
 }
 
