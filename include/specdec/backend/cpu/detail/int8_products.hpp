@@ -28,15 +28,10 @@
 #include <cstddef>
 #include <cstdint>
 
-#if defined(__x86_64__) && defined(__AVX512F__) && defined(__AVX512VNNI__) && defined(FP_FAST_FMAF)
-#include <immintrin.h>
-#define SPECDEC_DETAIL_VNNI 1
-#else
-#define SPECDEC_DETAIL_VNNI 0
-#endif
-
 #include "specdec/backend/cpu/detail/aligned.hpp"
-#include "specdec/backend/cpu/detail/kernels.hpp"
+#include "specdec/backend/cpu/detail/arch/vector.hpp"
+#include "specdec/backend/cpu/detail/matmul.hpp"
+#include "specdec/backend/cpu/detail/tiles.hpp"
 
 namespace specdec::cpu::detail {
 
@@ -104,9 +99,6 @@ struct i8_inputs {
   }
 
  private:
-  typedef std::int32_t vi32x16 __attribute__((vector_size(64)));
-  typedef std::int8_t vi8x16 __attribute__((vector_size(16)));
-
   /// One whole group of 32: writes q, adds sum(q) to `sum`, returns the scale.
   static float quantize_group(const float* x, std::int8_t* qg, std::int32_t& sum) noexcept {
     v16 a, b;
@@ -123,14 +115,14 @@ struct i8_inputs {
     // q8_round in 16 lanes: round to nearest even by adding and removing 1.5 * 2^23
     // (exact for |r| <= 127, the same result as nearbyint in the default rounding mode).
     constexpr float magic = 12582912.0f;
-    vi32x16 s{};
+    vi16 s{};
     for (int h = 0; h < 2; ++h) {
       v16 r = (h == 0 ? a : b) * id;
       r = r == r ? r : zero;
       r = r < zero - 127.0f ? zero - 127.0f : r;
       r = r > zero + 127.0f ? zero + 127.0f : r;
       r = (r + magic) - magic;
-      const vi32x16 qi = __builtin_convertvector(r, vi32x16);
+      const vi16 qi = __builtin_convertvector(r, vi16);
       s += qi;
       const vi8x16 q8 = __builtin_convertvector(qi, vi8x16);
       __builtin_memcpy(qg + h * lanes, &q8, sizeof(q8));
@@ -195,39 +187,40 @@ inline void i8_tile(const i8_panels& w, std::size_t p0, const i8_inputs& x, std:
 #pragma GCC unroll 16
   for (int p = 0; p < P; ++p) up[p] = w.u + (p0 + static_cast<std::size_t>(p)) * quads * 64;
   for (std::size_t g = 0; g < G; ++g) {
-    __m512i is[P][T];
+    vi16 is[P][T];
 #pragma GCC unroll 16
     for (int p = 0; p < P; ++p)
 #pragma GCC unroll 16
-      for (int t = 0; t < T; ++t) is[p][t] = _mm512_setzero_si512();
+      for (int t = 0; t < T; ++t) is[p][t] = vi16{};
 #pragma GCC unroll 8
     for (std::size_t c = 0; c < q8_group / i8_quad; ++c) {
       const std::size_t quad = g * (q8_group / i8_quad) + c;
-      __m512i wv[P];
+      vi16 wv[P];
 #pragma GCC unroll 16
-      for (int p = 0; p < P; ++p) wv[p] = _mm512_load_si512(up[p] + quad * 64);
+      for (int p = 0; p < P; ++p) load_bytes64(wv[p], up[p] + quad * 64);
 #pragma GCC unroll 16
       for (int t = 0; t < T; ++t) {
         std::int32_t four;
         __builtin_memcpy(&four, x.q.data() + (t0 + static_cast<std::size_t>(t)) * G * q8_group + quad * i8_quad, 4);
-        const __m512i xb = _mm512_set1_epi32(four);
+        const vi16 xb = vi16{} + four;
 #pragma GCC unroll 16
-        for (int p = 0; p < P; ++p) is[p][t] = _mm512_dpbusd_epi32(is[p][t], wv[p], xb);
+        for (int p = 0; p < P; ++p) dpbusd_lanes(is[p][t], wv[p], xb);
       }
     }
-    __m512 ws[P];
+    v16 ws[P];
 #pragma GCC unroll 16
-    for (int p = 0; p < P; ++p) ws[p] = _mm512_load_ps(w.s + ((p0 + static_cast<std::size_t>(p)) * G + g) * lanes);
+    for (int p = 0; p < P; ++p) load16(ws[p], w.s + ((p0 + static_cast<std::size_t>(p)) * G + g) * lanes);
 #pragma GCC unroll 16
     for (int t = 0; t < T; ++t) {
       const std::size_t xi = (t0 + static_cast<std::size_t>(t)) * G + g;
-      const __m512 xs = _mm512_set1_ps(x.scale[xi]);
-      const __m512i bias = _mm512_set1_epi32(x.bias[xi]);
+      v16 xs;
+      splat(xs, x.scale[xi]);
+      const vi16 bias = vi16{} + x.bias[xi];
 #pragma GCC unroll 16
       for (int p = 0; p < P; ++p) {
-        // maskz form: see bf16_code::load on GCC 12's unmasked intrinsics.
-        const __m512 f = _mm512_maskz_cvtepi32_ps(0xffff, _mm512_sub_epi32(is[p][t], bias));
-        acc[p][t] = (v16)_mm512_fmadd_ps(f, _mm512_mul_ps(ws[p], xs), (__m512)acc[p][t]);
+        // float(isum) exactly (|isum| < 2^24), times the one rounded product of the scales.
+        const v16 f = __builtin_convertvector(is[p][t] - bias, v16);
+        fmadd_lanes(acc[p][t], f, ws[p] * xs);
       }
     }
   }
@@ -244,38 +237,44 @@ inline void i8_tile_upto(int tokens, const i8_panels& w, std::size_t p0, const i
   i8_tile<P, T>(w, p0, x, t0, y, ldy, rows);
 }
 
-/// Panels [p, p_end) in tiles of P (advancing p), all k tokens in token tiles of at most T.
-template <int P, int T>
-inline void i8_tiles(std::size_t& p, std::size_t p_end, const i8_panels& w, std::size_t first, std::size_t rows,
-                     const i8_inputs& x, std::size_t k, float* y, std::size_t ldy) noexcept {
-  for (; p + P <= p_end; p += P) {
-    const std::size_t r0 = (p - first) * lanes;
-    const std::size_t tile_rows = std::min<std::size_t>(rows - r0, P * lanes);
-    for (std::size_t t0 = 0; t0 < k; t0 += T) {
-      const int tt = static_cast<int>(std::min<std::size_t>(T, k - t0));
-      i8_tile_upto<P, T>(tt, w, p, x, t0, y + t0 * ldy + r0, ldy, tile_rows);
-    }
-  }
+/// The operands of one `matmul_i8` call (as `panel_product`'s, over quantized inputs).
+struct i8_product {
+  const i8_panels& w;
+  std::size_t first, p_end, rows;
+  const i8_inputs& x;
+  std::size_t k;
+  float* y;
+  std::size_t ldy;
+};
+
+/// Panels [p, p_end) in tiles of Policy::panels (advancing p past the whole tiles), all k
+/// tokens in ceil(k / Policy::tokens) near-equal token tiles.
+template <class Policy>
+inline void i8_tiles(std::size_t& p, const i8_product& m) noexcept {
+  const auto tile = [&](std::size_t pt, std::size_t r0, std::size_t rows, std::size_t, std::size_t t0, int tokens) {
+    i8_tile_upto<Policy::panels, Policy::tokens>(tokens, m.w, pt, m.x, t0, m.y + t0 * m.ldy + r0, m.ldy, rows);
+  };
+  for_each_panel_tile<Policy>(p, m.first, m.p_end, m.rows, m.k, tile);
+}
+
+/// Every tile of `family`, in order, over all panels of the product.
+template <class... Policies>
+inline void run_i8_tiles(tile_family<Policies...>, const i8_product& m) noexcept {
+  std::size_t p = m.first;
+  (i8_tiles<Policies>(p, m), ...);
 }
 #endif
 
 /// Y[t][i] = sum over groups of the w8a8 product of weight row 16 p0 + i and input row t
-/// (quantized by `x.quantize`), for i < rows, t < k; output row stride ldy. Tiles: one
-/// token 8 x 1 panels (then 4, 2, 1 for the rest), more tokens 2 panels x up to 6 tokens.
+/// (quantized by `x.quantize`), for i < rows, t < k; output row stride ldy. Tiles as
+/// `i8_tile_table` (tiles.hpp) chooses them where the target has VNNI, else the portable
+/// scalar path: the same values.
 inline void matmul_i8(const i8_panels& w, std::size_t p0, std::size_t rows, const i8_inputs& x, std::size_t k,
                       float* y, std::size_t ldy) noexcept {
   if (k == 0 || rows == 0) return;
 #if SPECDEC_DETAIL_VNNI
-  const std::size_t p_end = p0 + (rows + lanes - 1) / lanes;
-  std::size_t p = p0;
-  if (k == 1) {
-    i8_tiles<8, 1>(p, p_end, w, p0, rows, x, k, y, ldy);
-    i8_tiles<4, 1>(p, p_end, w, p0, rows, x, k, y, ldy);
-    i8_tiles<2, 1>(p, p_end, w, p0, rows, x, k, y, ldy);
-  } else {
-    i8_tiles<2, 6>(p, p_end, w, p0, rows, x, k, y, ldy);
-  }
-  i8_tiles<1, 6>(p, p_end, w, p0, rows, x, k, y, ldy);
+  const i8_product m{w, p0, p0 + (rows + lanes - 1) / lanes, rows, x, k, y, ldy};
+  choose_tiles(i8_tile_table{}, k, 0, [&](auto family) { run_i8_tiles(family, m); });
 #else
   i8_product_scalar(w, p0, rows, x, 0, k, y, ldy);
 #endif

@@ -3,15 +3,15 @@
 /// Weight formats of the CPU transformer: fp32 (the checkpoint's values), bf16, fp16
 /// and q8_0 (int8 with one fp32 scale per group of 32 consecutive weights of a row, like
 /// llama.cpp's Q8_0), converted once at load time into panels of 16 rows (see
-/// matmul_panels in kernels.hpp). Each format is a "panel stream" that the tile kernels
+/// matmul_panels in matmul.hpp). Each format is a "panel stream" that the tile kernels
 /// decode to fp32 in registers: the decoded value of a weight
 /// is an exact function of its stored bits (bf16/fp16 widen exactly; q8_0 is the single
 /// correctly rounded product float(q) * scale), so the fixed summation order of the fp32
 /// kernels, and with it batch invariance, carries over unchanged to every format.
 ///
-/// Fast paths: AVX-512F (vpmovzxwd + shift for bf16, vcvtph2ps for fp16, vpmovsxbd +
-/// vcvtdq2ps for q8_0) when compiled with __AVX512F__; otherwise portable scalar
-/// decoding into a 16-float buffer, which yields the same values.
+/// The decoding, 16 values at a time, is the vector layer's `widen_bf16`, `widen_fp16` and
+/// `widen_q8` (arch/vector.hpp): AVX-512 or AVX2 instructions where the target has them,
+/// scalar code elsewhere, the same values in every build.
 ///
 /// w8a8 is the exception: q8_0's weights, but its products also quantize their inputs
 /// and run as integer dot products (int8_products.hpp); batch-invariant by the same
@@ -25,13 +25,11 @@
 #include <string_view>
 #include <vector>
 
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
-
 #include "specdec/backend/cpu/detail/aligned.hpp"
 #include "specdec/backend/cpu/detail/int8_products.hpp"
-#include "specdec/backend/cpu/detail/kernels.hpp"
+#include "specdec/backend/cpu/detail/arch/vector.hpp"
+#include "specdec/backend/cpu/detail/float16.hpp"
+#include "specdec/backend/cpu/detail/matmul.hpp"
 #include "specdec/error.hpp"
 
 namespace specdec::cpu {
@@ -74,82 +72,15 @@ enum class weight_format {
 
 namespace detail {
 
-inline std::uint32_t float_bits(float f) noexcept {
-  std::uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return u;
-}
-inline float bits_float(std::uint32_t u) noexcept {
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-
-/// fp32 -> bf16, round to nearest even (NaN stays NaN).
-inline std::uint16_t float_to_bf16(float f) noexcept {
-  const std::uint32_t u = float_bits(f);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((u >> 16) | 0x40u);
-  return static_cast<std::uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
-inline float bf16_to_float(std::uint16_t h) noexcept { return bits_float(std::uint32_t(h) << 16); }
-
-/// fp32 -> IEEE binary16, round to nearest even, overflow to infinity, subnormals kept.
-inline std::uint16_t float_to_fp16(float f) noexcept {
-  const std::uint32_t u = float_bits(f);
-  const std::uint32_t sign = (u >> 16) & 0x8000u;
-  const std::uint32_t a = u & 0x7fffffffu;
-  if (a > 0x7f800000u) return static_cast<std::uint16_t>(sign | 0x7e00u);  // NaN
-  if (a >= 0x477ff000u) return static_cast<std::uint16_t>(sign | 0x7c00u);  // rounds to >= 65520: inf
-  if (a < 0x38800000u) {  // below 2^-14: subnormal half (or zero)
-    // value = a_float; half subnormal unit = 2^-24. Round a_float / 2^-24 to nearest even.
-    const float scaled = bits_float(a) * 16777216.0f;  // exact (power of two)
-    const float r = std::nearbyint(scaled);              // default mode: nearest even
-    return static_cast<std::uint16_t>(sign | static_cast<std::uint32_t>(r));
-  }
-  // Normal: rebias exponent (127 -> 15), round the 23-bit mantissa to 10 bits.
-  std::uint32_t v = a - (112u << 23);
-  v = v + 0xfffu + ((v >> 13) & 1u);
-  return static_cast<std::uint16_t>(sign | (v >> 13));
-}
-inline float fp16_to_float(std::uint16_t h) noexcept {
-  const std::uint32_t sign = std::uint32_t(h & 0x8000u) << 16;
-  const std::uint32_t e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
-  if (e == 0) {  // zero or subnormal: m * 2^-24, exact in float
-    const float v = static_cast<float>(m) * (1.0f / 16777216.0f);
-    return bits_float(float_bits(v) | sign);
-  }
-  if (e == 31) return bits_float(sign | 0x7f800000u | (m << 13));
-  return bits_float(sign | ((e + 112u) << 23) | (m << 13));
-}
-
 /// Decoding of bf16 weights: 16 at a time into a vector, or one.
 struct bf16_code {
-  static void load(v16& out, const std::uint16_t* p) noexcept {
-#if defined(__AVX512F__)
-    // maskz forms: GCC 12's unmasked intrinsics warn (-Wmaybe-uninitialized) about their
-    // internal undefined passthrough; an all-ones mask compiles to the same instruction.
-    const __m512i wide = _mm512_maskz_cvtepu16_epi32(0xffff, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-    out = (v16)(_mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xffff, wide, 16)));
-#else
-    float f[16];
-    for (int i = 0; i < 16; ++i) f[i] = bf16_to_float(p[i]);
-    load16(out, f);
-#endif
-  }
+  static void load(v16& out, const std::uint16_t* p) noexcept { widen_bf16(out, p); }
   static float one(std::uint16_t v) noexcept { return bf16_to_float(v); }
 };
 
 /// Decoding of fp16 weights: 16 at a time into a vector, or one.
 struct fp16_code {
-  static void load(v16& out, const std::uint16_t* p) noexcept {
-#if defined(__AVX512F__)
-    out = (v16)(_mm512_maskz_cvtph_ps(0xffff, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))));
-#else
-    float f[16];
-    for (int i = 0; i < 16; ++i) f[i] = fp16_to_float(p[i]);
-    load16(out, f);
-#endif
-  }
+  static void load(v16& out, const std::uint16_t* p) noexcept { widen_fp16(out, p); }
   static float one(std::uint16_t v) noexcept { return fp16_to_float(v); }
 };
 
@@ -194,17 +125,7 @@ struct q8_panels {
   const float* s;
   std::size_t n, groups;
   void load(v16& out, std::size_t p, std::size_t j) const noexcept {
-    const std::int8_t* qp = q + (p * n + j) * lanes;
-    const float* sp = s + (p * groups + j / q8_group) * lanes;
-#if defined(__AVX512F__)
-    const __m512 f = _mm512_maskz_cvtepi32_ps(
-        0xffff, _mm512_maskz_cvtepi8_epi32(0xffff, _mm_loadu_si128(reinterpret_cast<const __m128i*>(qp))));
-    out = (v16)(_mm512_mul_ps(f, _mm512_loadu_ps(sp)));
-#else
-    float f[16];
-    for (int i = 0; i < 16; ++i) f[i] = static_cast<float>(qp[i]) * sp[i];
-    load16(out, f);
-#endif
+    widen_q8(out, q + (p * n + j) * lanes, s + (p * groups + j / q8_group) * lanes);
   }
   /// Prefetches (into L1) the lines holding column j of panel p and its scales; one call
   /// per 64 bytes of each.

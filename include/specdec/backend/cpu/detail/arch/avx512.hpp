@@ -1,0 +1,65 @@
+#pragma once
+/// \file backend/cpu/detail/arch/avx512.hpp
+/// The vector layer's instruction-set operations for AVX-512F (and AVX512-VNNI where the
+/// target has it); included by arch/vector.hpp only, which documents the set.
+#include <cmath>
+#include <cstdint>
+
+#include <immintrin.h>
+
+#ifndef FP_FAST_FMAF
+#error "specdec: an AVX-512F target has a fused multiply-add; FP_FAST_FMAF is expected"
+#endif
+
+namespace specdec::cpu::detail {
+
+/// acc[i] = fma(a[i], b[i], acc[i]): one vfmadd.
+inline void fmadd_lanes(v16& acc, const v16& a, const v16& b) noexcept {
+  acc = (v16)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)acc);
+}
+
+/// Keeps a loaded vector in a register: without this GCC folds the load into every FMA
+/// that uses it as a memory operand, doubling the loads of the inner loop (load ports,
+/// not FMAs, then bound the block forward). The empty asm changes no value. (Not for
+/// weights used by one token only: see dot_tile.)
+inline void pin_register(v16& v) noexcept { asm("" : "+v"(v)); }
+
+// The widening conversions use the maskz forms: GCC 12's unmasked intrinsics warn
+// (-Wmaybe-uninitialized) about their internal undefined passthrough; an all-ones mask
+// compiles to the same instruction.
+
+/// 16 bf16 values to fp32, exactly: vpmovzxwd and a shift into the upper halves.
+inline void widen_bf16(v16& out, const std::uint16_t* p) noexcept {
+  const __m512i wide = _mm512_maskz_cvtepu16_epi32(0xffff, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  out = (v16)(_mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xffff, wide, 16)));
+}
+
+/// 16 IEEE half values to fp32, exactly: one vcvtph2ps.
+inline void widen_fp16(v16& out, const std::uint16_t* p) noexcept {
+  out = (v16)(_mm512_maskz_cvtph_ps(0xffff, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))));
+}
+
+/// out[i] = float(q[i]) * s[i]: vpmovsxbd, vcvtdq2ps (exact), one rounded vmulps.
+inline void widen_q8(v16& out, const std::int8_t* q, const float* s) noexcept {
+  const __m512 f = _mm512_maskz_cvtepi32_ps(
+      0xffff, _mm512_maskz_cvtepi8_epi32(0xffff, _mm_loadu_si128(reinterpret_cast<const __m128i*>(q))));
+  out = (v16)(_mm512_mul_ps(f, _mm512_loadu_ps(s)));
+}
+
+}  // namespace specdec::cpu::detail
+
+#if defined(__AVX512VNNI__)
+#define SPECDEC_DETAIL_VNNI 1
+
+namespace specdec::cpu::detail {
+
+/// acc[i] += sum over b < 4 of u[4 i + b] * s[4 i + b] for the 16 lanes, u unsigned and
+/// s signed bytes: one vpdpbusd, exact (no saturation in this form).
+inline void dpbusd_lanes(vi16& acc, const vi16& u, const vi16& s) noexcept {
+  acc = (vi16)_mm512_dpbusd_epi32((__m512i)acc, (__m512i)u, (__m512i)s);
+}
+
+}  // namespace specdec::cpu::detail
+#else
+#define SPECDEC_DETAIL_VNNI 0
+#endif

@@ -1,0 +1,172 @@
+#pragma once
+/// \file backend/cpu/detail/attention.hpp
+/// The attention's kernels besides its scores (`matmul_rows`, dot.hpp): rotary
+/// embeddings, the scores' softmax, and the attention-weighted sums of value rows.
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+
+#include "specdec/backend/cpu/detail/activations.hpp"
+#include "specdec/backend/cpu/detail/arch/vector.hpp"
+#include "specdec/backend/cpu/detail/dot.hpp"
+
+namespace specdec::cpu::detail {
+
+/// out_m[i] = sum over p < count of a_m[p] * v_p[i] for i < n and each of M weight vectors
+/// a_m = a + m * lda (output out_m = out + m * ldo), where v_p is row p of the row stream
+/// `v` (fp32, or a 16-bit KV cache decoded exactly to fp32 in registers): the
+/// attention-weighted sums of value rows for M query heads sharing one KV head (grouped-
+/// query attention), so each value row is loaded once for all M heads. Each element is
+/// one multiply-add chain in p order starting from 0, computed the same way whatever M
+/// (the vector `acc += a * v` is fused into an FMA or not by the same rule everywhere, see
+/// kernels.hpp): grouping changes no result. Up to 64 elements per head stay in
+/// registers instead of being stored and reloaded per p.
+template <int M, class W>
+inline void weighted_rows_sum_group(const float* a, std::size_t lda, std::size_t count, const W& v, float* out,
+                                    std::size_t ldo, std::size_t n) noexcept {
+  static_assert(M >= 1 && M * 4 + 4 + M <= 32, "weighted_rows_sum_group: M heads x 4 chunks must fit the registers");
+  std::size_t i = 0;
+  for (; i + 4 * lanes <= n; i += 4 * lanes) {
+    v16 acc[M][4];
+    for (int m = 0; m < M; ++m)
+      for (int c = 0; c < 4; ++c) acc[m][c] = v16{};
+    for (std::size_t p = 0; p < count; ++p) {
+      v16 vv[4];
+      for (int c = 0; c < 4; ++c) {
+        v.load(vv[c], p, i + c * lanes);
+        pin_register(vv[c]);
+      }
+      for (int m = 0; m < M; ++m) {
+        const float ap = a[static_cast<std::size_t>(m) * lda + p];
+        for (int c = 0; c < 4; ++c) acc[m][c] += ap * vv[c];
+      }
+    }
+    for (int m = 0; m < M; ++m)
+      for (int c = 0; c < 4; ++c)
+        store16(out + static_cast<std::size_t>(m) * ldo + i + c * lanes, acc[m][c]);
+  }
+  for (; i + lanes <= n; i += lanes) {
+    for (int m = 0; m < M; ++m) {
+      const float* am = a + static_cast<std::size_t>(m) * lda;
+      v16 acc{};
+      for (std::size_t p = 0; p < count; ++p) {
+        v16 vv;
+        v.load(vv, p, i);
+        acc += am[p] * vv;
+      }
+      store16(out + static_cast<std::size_t>(m) * ldo + i, acc);
+    }
+  }
+  for (; i < n; ++i) {
+    for (int m = 0; m < M; ++m) {
+      const float* am = a + static_cast<std::size_t>(m) * lda;
+      float acc = 0.0f;
+      for (std::size_t p = 0; p < count; ++p) acc = fmadd(am[p], v.at(p, i), acc);
+      out[static_cast<std::size_t>(m) * ldo + i] = acc;
+    }
+  }
+}
+
+/// weighted_rows_sum_group over fp32 value rows v + p * ldv.
+template <int M>
+inline void weighted_rows_sum_group(const float* a, std::size_t lda, std::size_t count, const float* v,
+                                    std::size_t ldv, float* out, std::size_t ldo, std::size_t n) noexcept {
+  weighted_rows_sum_group<M>(a, lda, count, f32_rows{v, ldv}, out, ldo, n);
+}
+
+/// weighted_rows_sum_group for a runtime number of heads `heads`: groups of up to 4. The
+/// value rows are a row stream (`f32_rows`, or a 16-bit KV cache's `u16_rows`).
+template <class W>
+inline void weighted_rows_sum_heads(std::size_t heads, const float* a, std::size_t lda, std::size_t count,
+                                    const W& v, float* out, std::size_t ldo, std::size_t n) noexcept {
+  std::size_t h = 0;
+  for (; h + 4 <= heads; h += 4) weighted_rows_sum_group<4>(a + h * lda, lda, count, v, out + h * ldo, ldo, n);
+  switch (heads - h) {
+    case 3: weighted_rows_sum_group<3>(a + h * lda, lda, count, v, out + h * ldo, ldo, n); break;
+    case 2: weighted_rows_sum_group<2>(a + h * lda, lda, count, v, out + h * ldo, ldo, n); break;
+    case 1: weighted_rows_sum_group<1>(a + h * lda, lda, count, v, out + h * ldo, ldo, n); break;
+    default: break;
+  }
+}
+
+/// weighted_rows_sum_heads over fp32 value rows v + p * ldv.
+inline void weighted_rows_sum_heads(std::size_t heads, const float* a, std::size_t lda, std::size_t count,
+                                    const float* v, std::size_t ldv, float* out, std::size_t ldo,
+                                    std::size_t n) noexcept {
+  weighted_rows_sum_heads(heads, a, lda, count, f32_rows{v, ldv}, out, ldo, n);
+}
+
+/// In-place softmax over x[0..n): max (exact in any order), e^(x - max) by `exp16`, their
+/// sum in 16 lanes in index order (lane i % 16, the tail padded with zeros) reduced by
+/// `hsum16`'s tree, then a division per element. The order depends on n only.
+inline void softmax(float* x, std::size_t n) noexcept {
+  // The maximum in 16 lanes (a scalar loop is one long dependency chain; GCC does not
+  // vectorise a float max reduction without -ffast-math). Max is exact in any order.
+  v16 vmax = v16{} - __builtin_inff();
+  std::size_t i = 0;
+  for (; i + lanes <= n; i += lanes) {
+    v16 v;
+    load16(v, x + i);
+    vmax = v > vmax ? v : vmax;
+  }
+  float mx = x[0];
+  for (std::size_t j = 0; j < lanes; ++j) mx = std::max(mx, vmax[j]);
+  for (; i < n; ++i) mx = std::max(mx, x[i]);
+  for (std::size_t j = 0; j < n; ++j) x[j] -= mx;
+  exp_inplace(x, n);
+  v16 acc{};
+  for (i = 0; i + lanes <= n; i += lanes) {
+    v16 v;
+    load16(v, x + i);
+    acc += v;
+  }
+  if (i < n) {
+    v16 v{};
+    __builtin_memcpy(&v, x + i, (n - i) * sizeof(float));
+    acc += v;
+  }
+  const float sum = hsum16(acc);
+  for (std::size_t j = 0; j < n; ++j) x[j] /= sum;
+}
+
+/// The rotation of pair i (0 <= i < head_size/2) of every head at position `pos`, as
+/// llama2.c's run.c computes it in float: val = pos * 10000^(-2i/head_size).
+inline void rope_angle(std::size_t pos, std::size_t i, std::size_t head_size, float& fcr,
+                       float& fci) noexcept {
+  const std::size_t head_dim = 2 * i;
+  const float freq =
+      1.0f / std::pow(10000.0f, static_cast<float>(head_dim) / static_cast<float>(head_size));
+  const float val = static_cast<float>(pos) * freq;
+  fcr = std::cos(val);
+  fci = std::sin(val);
+}
+
+/// Rotary embedding of the pairs (2i, 2i+1) of every head of a row of `width` floats
+/// (whole heads), with the cos/sin of the position precomputed by `rope_angle` (`fcr[i]`,
+/// `fci[i]` for i < head_size/2). One plain loop per head, which GCC vectorises (16 pairs
+/// per AVX-512 step; a scalar loop over the row with a per-element head index does not
+/// vectorise, and this runs on the calling thread alone).
+inline void rope_row(float* v, std::size_t width, std::size_t head_size, const float* fcr,
+                     const float* fci) noexcept {
+  const std::size_t half = head_size / 2;
+  for (std::size_t h = 0; h + head_size <= width; h += head_size) {
+    float* x = v + h;
+    for (std::size_t i = 0; i < half; ++i) {
+      const float v0 = x[2 * i];
+      const float v1 = x[2 * i + 1];
+      // Explicit fmadd: the rounding must not depend on whether the optimiser vectorised
+      // (or alignment-peeled) this element.
+      x[2 * i] = fmadd(v0, fcr[i], -(v1 * fci[i]));
+      x[2 * i + 1] = fmadd(v0, fci[i], v1 * fcr[i]);
+    }
+  }
+}
+
+/// rope_row over a q row (width dim) and a k row (width kv_dim).
+inline void rope(float* q, float* k, std::size_t dim, std::size_t kv_dim, std::size_t head_size,
+                 const float* fcr, const float* fci) noexcept {
+  rope_row(q, dim, head_size, fcr, fci);
+  rope_row(k, kv_dim, head_size, fcr, fci);
+}
+
+}  // namespace specdec::cpu::detail

@@ -1,0 +1,156 @@
+#pragma once
+/// \file backend/cpu/detail/matmul.hpp
+/// Weight products over panel-major weights (`matmul_panels`, every weight format but
+/// w8a8, whose integer products are in int8_products.hpp).
+#include <algorithm>
+#include <cstddef>
+
+#include "specdec/backend/cpu/detail/arch/vector.hpp"
+#include "specdec/backend/cpu/detail/tiles.hpp"
+
+namespace specdec::cpu::detail {
+
+// ---- Weight products over panel-major weights (every weight format's `matmul`) ----
+//
+// A weight matrix [rows][n] is stored as panels of 16 rows: panel p holds, for each column
+// j in order, the 16 weights W[16 p + l][j] (l < 16) side by side, so a panel is one
+// sequential stream and one vector load yields column j of 16 rows. The product is then
+// an outer-product kernel: per column, each token's input x[t][j] is broadcast and
+// multiplied into the 16-row accumulators of every panel of the tile. Each output is one
+// multiply-add chain over j = 0 .. n - 1 in order, from 0 (as llama2.c's scalar loop sums
+// it), whatever the tile shape, the number of tokens, the thread split or the rows' place
+// in a tile, so k-token blocks equal k single-token forwards bit for bit. Against the
+// row-major dot-product tiles (`matmul_rows`, still used for attention, where the "weight
+// rows" are the KV cache) there is no horizontal reduction per output and one broadcast
+// feeds a whole panel, and the single-token stream is a few long sequential panels instead
+// of many 1.5 KB rows, which the hardware prefetchers follow better (see
+// bench/bench_forward.cpp).
+
+/// fp32 panels (see above): column j of panel p at w + (p n + j) 16.
+struct f32_panels {
+  static constexpr std::size_t column_bytes = 64;  ///< bytes of one column of a panel
+  const float* w;
+  std::size_t n;  ///< columns
+  void load(v16& out, std::size_t p, std::size_t j) const noexcept { load16(out, w + (p * n + j) * lanes); }
+  /// Prefetches (into L1) the line holding column j of panel p; one call per 64 bytes.
+  [[gnu::always_inline]] void prefetch_line(std::size_t p, std::size_t j) const noexcept {
+    __builtin_prefetch(w + (p * n + j) * lanes, 0, 3);
+  }
+};
+
+/// Y[t][16 p + l] = acc[p][t][l] for the first `rows` (at most 16 P) rows: a panel tile's
+/// outputs, the last panel possibly partial.
+template <int P, int T>
+inline void store_tile(const v16 (&acc)[P][T], float* y, std::size_t ldy, std::size_t rows) noexcept {
+#pragma GCC unroll 16
+  for (int t = 0; t < T; ++t) {
+    float* yt = y + static_cast<std::size_t>(t) * ldy;
+#pragma GCC unroll 16
+    for (int p = 0; p < P; ++p) {
+      const std::size_t r = static_cast<std::size_t>(p) * lanes;
+      if (r + lanes <= rows) store16(yt + r, acc[p][t]);
+      else if (r < rows) store_first(yt + r, acc[p][t], rows - r);
+    }
+  }
+}
+
+/// Y[t][16 (p0 + p) + l] for the P panels p0 .. p0 + P - 1 and T tokens: `rows` (at most
+/// 16 P) output rows from the tile's first are written (the last panel of a matrix may be
+/// partial; its padding rows are zero and not written). With `Prefetch`, the loop also
+/// prefetches column j of panels `pf .. pf + P - 1` (the next tile) as it goes.
+template <int P, int T, bool Prefetch, class W>
+inline void panel_tile(const W& w, std::size_t p0, std::size_t n, const float* x, std::size_t ldx, float* y,
+                       std::size_t ldy, std::size_t rows, std::size_t pf) noexcept {
+  static_assert(P * T + P + 1 <= 32, "panel_tile: P x T accumulators, P weights and a broadcast must fit 32 registers");
+  // The loops over panels and tokens are unrolled explicitly: at -O2 GCC otherwise kept
+  // the accumulators in memory.
+  v16 acc[P][T];
+#pragma GCC unroll 16
+  for (int p = 0; p < P; ++p)
+#pragma GCC unroll 16
+    for (int t = 0; t < T; ++t) acc[p][t] = v16{};
+  for (std::size_t j = 0; j < n; ++j) {
+    v16 wv[P];
+#pragma GCC unroll 16
+    for (int p = 0; p < P; ++p) {
+      w.load(wv[p], p0 + static_cast<std::size_t>(p), j);
+      if constexpr (T > 1) pin_register(wv[p]);
+      if constexpr (Prefetch) w.prefetch_line(pf + static_cast<std::size_t>(p), j);
+    }
+#pragma GCC unroll 16
+    for (int t = 0; t < T; ++t) {
+      const float xs = x[static_cast<std::size_t>(t) * ldx + j];
+#pragma GCC unroll 16
+      for (int p = 0; p < P; ++p) fmadd_lanes(acc[p][t], wv[p], xs);
+    }
+  }
+  store_tile<P, T>(acc, y, ldy, rows);
+}
+
+/// panel_tile<P, tokens> for a runtime tokens <= T.
+template <int P, int T, bool Prefetch, class W>
+inline void panel_tile_upto(int tokens, const W& w, std::size_t p0, std::size_t n, const float* x, std::size_t ldx,
+                            float* y, std::size_t ldy, std::size_t rows, std::size_t pf) noexcept {
+  if constexpr (T > 1) {
+    if (tokens < T) return panel_tile_upto<P, T - 1, Prefetch>(tokens, w, p0, n, x, ldx, y, ldy, rows, pf);
+  }
+  panel_tile<P, T, Prefetch>(w, p0, n, x, ldx, y, ldy, rows, pf);
+}
+
+/// The operands of one `matmul_panels` call: panels [first, p_end) of `w` (n columns),
+/// `rows` output rows from panel `first`'s first row, k input rows at x (stride ldx),
+/// outputs at y (stride ldy); prefetches stay below panel `pf_end`.
+template <class W>
+struct panel_product {
+  const W& w;
+  std::size_t first, p_end, rows, n;
+  const float* x;
+  std::size_t k, ldx;
+  float* y;
+  std::size_t ldy, pf_end;
+};
+
+/// Panels [p, p_end) in tiles of Policy::panels (advancing p past the whole tiles) for all
+/// k tokens, cut into ceil(k / Policy::tokens) near-equal token tiles. With
+/// Policy::prefetch, the first token tile of a row tile prefetches the next tile's panels
+/// when they exist below `pf_end`.
+template <class Policy, class W>
+inline void panel_tiles(std::size_t& p, const panel_product<W>& m) noexcept {
+  constexpr int P = Policy::panels, T = Policy::tokens;
+  const auto tile = [&](std::size_t pt, std::size_t r0, std::size_t rows, std::size_t ti, std::size_t t0, int tokens) {
+    const float* xt = m.x + t0 * m.ldx;
+    float* yt = m.y + t0 * m.ldy + r0;
+    if constexpr (Policy::prefetch) {
+      if (ti == 0 && pt + 2 * P <= m.pf_end)
+        return panel_tile_upto<P, T, true>(tokens, m.w, pt, m.n, xt, m.ldx, yt, m.ldy, rows, pt + P);
+    }
+    panel_tile_upto<P, T, false>(tokens, m.w, pt, m.n, xt, m.ldx, yt, m.ldy, rows, 0);
+  };
+  for_each_panel_tile<Policy>(p, m.first, m.p_end, m.rows, m.k, tile);
+}
+
+/// Every tile of `family`, in order, over all panels of the product.
+template <class... Policies, class W>
+inline void run_panel_tiles(tile_family<Policies...>, const panel_product<W>& m) noexcept {
+  std::size_t p = m.first;
+  (panel_tiles<Policies>(p, m), ...);
+}
+
+/// Y[t][i] = sum_j W[16 p0 + i][j] X[t][j] for i < rows, t < k over a panel stream `w`
+/// (fp32, or a 16-bit or q8_0 format decoded exactly to fp32 in registers), starting at
+/// panel p0; output row stride ldy. `pf_panels` (at least the panels the rows span) says
+/// how many panels the stream has from p0: when the caller's next call continues after
+/// these rows (a thread's next chunk), the last tile prefetches its first panels. Tiles
+/// as `panel_tile_table` (tiles.hpp) chooses them; shapes never change a result.
+template <class W>
+inline void matmul_panels(const W& w, std::size_t p0, std::size_t rows, std::size_t n, const float* x,
+                          std::size_t k, std::size_t ldx, float* y, std::size_t ldy,
+                          std::size_t pf_panels = 0) noexcept {
+  if (k == 0 || rows == 0) return;
+  const std::size_t p_end = p0 + (rows + lanes - 1) / lanes;
+  const panel_product<W> m{w, p0, p_end, rows, n, x, k, ldx, y, ldy, std::max(p_end, p0 + pf_panels)};
+  const std::size_t l1_panels = std::max<std::size_t>(1, half_l1_bytes / std::max<std::size_t>(1, n * W::column_bytes));
+  choose_tiles(panel_tile_table{}, k, l1_panels, [&](auto family) { run_panel_tiles(family, m); });
+}
+
+}  // namespace specdec::cpu::detail

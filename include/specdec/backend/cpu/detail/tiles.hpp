@@ -1,0 +1,162 @@
+#pragma once
+/// \file backend/cpu/detail/tiles.hpp
+/// The tile shapes of the backend's products as named policy types, and which blocks take
+/// which, in one table per product (in the manner of CUTLASS's MmaPolicy: a kernel is
+/// written once over a policy's constants, and the policy names the shape).
+///
+/// A tile keeps (weight rows) x (input rows) accumulators in registers while it streams
+/// its weights once; a family lists a main tile and the smaller tiles that cover the rows
+/// it leaves; a table picks a family by block size (and, for the weight products, by how
+/// many panels fit half the L1). Shapes decide only which loads are shared and what is
+/// prefetched: every output has the same summation order in every tile, so nothing here
+/// changes a result (tests/test_kernels.cpp runs every tile path against the plain chain).
+///
+/// ```cpp
+/// namespace d = specdec::cpu::detail;
+/// static_assert(d::panel_policy<2, 8, true>::panels == 2);
+/// d::choose_tiles(d::panel_tile_table{}, /*tokens*/ 5, /*panels in half the L1*/ 2,
+///                 [](auto family) { /* d::block_tiles: 2 x 8, then 1 x 8 */ });
+/// ```
+#include <algorithm>
+#include <cstddef>
+#include <limits>
+
+#include "specdec/backend/cpu/detail/arch/vector.hpp"
+
+namespace specdec::cpu::detail {
+
+/// Half of a 48 KB L1 data cache, the size the tile shapes are chosen for; a smaller L1
+/// changes only their cost, never a result.
+inline constexpr std::size_t half_l1_bytes = 24 * 1024;
+
+/// A tile of a weight product over panel-major weights (matmul.hpp, int8_products.hpp):
+/// `panels` panels of 16 weight rows x `tokens` input rows. With `prefetch`, the first
+/// token tile of each row tile prefetches the next row tile's panels into L1 while it
+/// computes.
+template <int Panels, int Tokens, bool Prefetch = false>
+struct panel_policy {
+  static constexpr int panels = Panels;
+  static constexpr int tokens = Tokens;
+  static constexpr bool prefetch = Prefetch;
+};
+
+/// A tile of a row-major dot-product (dot.hpp, `matmul_rows`): `rows` rows x `tokens`
+/// vectors. Every row tile that has a successor prefetches it (the rows are a KV head's
+/// keys, too short for the hardware prefetchers to ramp up on).
+template <int Rows, int Tokens>
+struct row_policy {
+  static constexpr int rows = Rows;
+  static constexpr int tokens = Tokens;
+};
+
+/// Tiles applied in order: each covers as many whole tiles of the remaining rows as fit,
+/// the next takes the rest (the last is one panel or one row wide, so nothing remains).
+/// A block of k tokens is cut into ceil(k / tokens) near-equal token tiles per tile.
+template <class... Policies>
+struct tile_family {};
+
+/// A table row: `Family` for blocks of at most `MaxTokens` tokens (per token tile, where
+/// the table says so) when at least `MinL1Panels` panels fit half the L1.
+template <std::size_t MaxTokens, std::size_t MinL1Panels, class Family>
+struct tile_choice {
+  static constexpr std::size_t max_tokens = MaxTokens;
+  static constexpr std::size_t min_l1_panels = MinL1Panels;
+  using family = Family;
+};
+inline constexpr std::size_t any_tokens = std::numeric_limits<std::size_t>::max();
+
+/// Rows tried in order; the last must admit every block.
+template <class... Choices>
+struct tile_table {};
+
+/// Calls f(Family{}) with the family of the first row of the table that admits `tokens`
+/// and `l1_panels`.
+template <class... Choices, class F>
+inline void choose_tiles(tile_table<Choices...>, std::size_t tokens, std::size_t l1_panels, F&& f) {
+  constexpr std::size_t n = sizeof...(Choices);
+  constexpr std::size_t max_tokens[] = {Choices::max_tokens...};
+  constexpr std::size_t min_l1[] = {Choices::min_l1_panels...};
+  static_assert(max_tokens[n - 1] == any_tokens && min_l1[n - 1] <= 1, "choose_tiles: the last row must admit every block");
+  (void)((tokens <= Choices::max_tokens && l1_panels >= Choices::min_l1_panels && (f(typename Choices::family{}), true)) ||
+         ...);
+}
+
+/// First token of token tile `idx` when k tokens are cut into `tiles` near-equal tiles
+/// (sizes differ by at most one, the larger ones first).
+inline std::size_t token_tile_begin(std::size_t k, std::size_t tiles, std::size_t idx) noexcept {
+  return idx * (k / tiles) + std::min(idx, k % tiles);
+}
+
+/// Token tiles of at most `tokens` for a block of k: ceil(k / tokens).
+inline constexpr std::size_t token_tile_count(std::size_t k, int tokens) noexcept {
+  return (k + static_cast<std::size_t>(tokens) - 1) / static_cast<std::size_t>(tokens);
+}
+
+/// The tiles of a panel policy over panels [p, p_end) of a product whose output row 0 is
+/// panel `first`'s first row and which has `rows` output rows and k tokens: calls
+/// tile(p, r0, tile_rows, ti, t0, tokens) for every row tile (p advancing past the whole
+/// tiles; output rows r0 .. r0 + tile_rows) and each of its ceil(k / Policy::tokens)
+/// near-equal token tiles ti (tokens t0 .. t0 + tokens).
+template <class Policy, class Tile>
+inline void for_each_panel_tile(std::size_t& p, std::size_t first, std::size_t p_end, std::size_t rows, std::size_t k,
+                                Tile&& tile) {
+  const std::size_t tiles = token_tile_count(k, Policy::tokens);
+  for (; p + Policy::panels <= p_end; p += Policy::panels) {
+    const std::size_t r0 = (p - first) * lanes;
+    const std::size_t tile_rows = std::min<std::size_t>(rows - r0, Policy::panels * lanes);
+    for (std::size_t ti = 0; ti < tiles; ++ti) {
+      const std::size_t t0 = token_tile_begin(k, tiles, ti);
+      tile(p, r0, tile_rows, ti, t0, static_cast<int>(token_tile_begin(k, tiles, ti + 1) - t0));
+    }
+  }
+}
+
+// ---- Weight products (matmul_panels: fp32, bf16, fp16, q8_0) ----------------------------
+
+/// One token: 8 panels, then single panels, without software prefetch: eight long
+/// sequential streams, which the hardware prefetchers follow (prefetching the next tile
+/// made it slower, see bench/bench_forward.cpp, k:1).
+using single_token_tiles = tile_family<panel_policy<8, 1>, panel_policy<1, 1>>;
+/// Up to 6 tokens where 4 panels fit half the L1 (the tile being read plus the one being
+/// prefetched within the L1): 4 panels x 6, then 2 x 8 and 1 x 8 for the rest.
+using short_block_tiles = tile_family<panel_policy<4, 6, true>, panel_policy<2, 8, true>, panel_policy<1, 8, true>>;
+/// 2 panels x 8 tokens, then 1 x 8. Blocks of more than 8 take several token tiles, the
+/// second re-reading the tile's panels from L1/L2.
+using block_tiles = tile_family<panel_policy<2, 8, true>, panel_policy<1, 8, true>>;
+/// 1 panel x 8 tokens: rows so long that one panel fills half the L1.
+using narrow_block_tiles = tile_family<panel_policy<1, 8, true>>;
+
+/// The weight products' choice, by tokens in the block and panels that fit half the L1
+/// (`half_l1_bytes / (columns x column bytes)`, at least 1; kjv-big's 384 columns: 1 in
+/// fp32, 2 in bf16). Blocks of 2+ tokens prefetch the next tile's panels into L1 while
+/// they compute: one fp32 panel ahead (24 KB at 384 columns) stays within a 48 KB L1,
+/// where two panels x 6 tokens with two panels ahead would not, and the hardware
+/// prefetchers alone do not keep up with several tokens' compute per panel. What each
+/// choice costs per block size is what bench/bench_forward.cpp's k:1..16 rows show.
+using panel_tile_table = tile_table<tile_choice<1, 1, single_token_tiles>,  //
+                                    tile_choice<6, 4, short_block_tiles>,   //
+                                    tile_choice<8, 2, block_tiles>,         //
+                                    tile_choice<8, 1, narrow_block_tiles>,  //
+                                    tile_choice<any_tokens, 1, block_tiles>>;
+
+// ---- Attention scores (matmul_rows: one KV head's keys x its query heads) -------------
+
+/// The query heads (k of them) are cut into ceil(k / 3) near-equal token tiles, and the
+/// table is keyed on the tokens per token tile: rows in tiles of 12, 12 or 8 for 1, 2 or
+/// 3 tokens, then 4 and 1 for the rest (at most 3 x 12 + 12 + 1 + 1 registers).
+using row_tile_table =
+    tile_table<tile_choice<1, 0, tile_family<row_policy<12, 1>, row_policy<4, 3>, row_policy<1, 3>>>,
+               tile_choice<2, 0, tile_family<row_policy<12, 2>, row_policy<4, 3>, row_policy<1, 3>>>,
+               tile_choice<any_tokens, 0, tile_family<row_policy<8, 3>, row_policy<4, 3>, row_policy<1, 3>>>>;
+
+// ---- w8a8 products (matmul_i8, AVX512-VNNI tiles) --------------------------------------
+
+/// One token: 8 panels, then 4, 2 and 1.
+using i8_single_token_tiles = tile_family<panel_policy<8, 1>, panel_policy<4, 1>, panel_policy<2, 1>, panel_policy<1, 1>>;
+/// More tokens: 2 panels x 6 tokens, then 1 x 6 (int and float accumulators: 2 P T + P + 2
+/// registers).
+using i8_block_tiles = tile_family<panel_policy<2, 6>, panel_policy<1, 6>>;
+
+using i8_tile_table = tile_table<tile_choice<1, 0, i8_single_token_tiles>, tile_choice<any_tokens, 0, i8_block_tiles>>;
+
+}  // namespace specdec::cpu::detail
