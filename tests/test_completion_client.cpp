@@ -101,7 +101,9 @@ struct scripted_server {
       const int c = ::accept(fd, nullptr, nullptr);
       char buf[4096];
       pollfd q{c, POLLIN, 0};
-      while (request.find("\r\n\r\n") == std::string::npos || request.find('}') == std::string::npos) {
+      // The headers, and for a POST its JSON body.
+      while (request.find("\r\n\r\n") == std::string::npos ||
+             (request.rfind("POST", 0) == 0 && request.find('}') == std::string::npos)) {
         if (::poll(&q, 1, 1000) <= 0) break;
         const ssize_t n = ::recv(c, buf, sizeof buf, 0);
         if (n <= 0) break;
@@ -197,6 +199,25 @@ TEST(completion_client, errors_map_to_exceptions) {
     hybrid::completion_client c("127.0.0.1", srv.port, {.read_timeout_seconds = 0.2});
     EXPECT_THROW(c.complete({.prompt = {1}}), hybrid::link_timeout);
   }
+}
+
+TEST(completion_client, health) {
+  {
+    const std::string body = R"({"status":"draining","model":"m","verify_port":4321,"vocab_size":10})";
+    scripted_server srv("HTTP/1.1 503 Service Unavailable\r\nContent-Length: " + std::to_string(body.size()) +
+                        "\r\n\r\n" + body);
+    const hybrid::server_health h = hybrid::completion_client("127.0.0.1", srv.port).health();
+    EXPECT_FALSE(h.ok);
+    EXPECT_EQ(h.status, "draining");
+    EXPECT_EQ(h.verify_port, 4321);
+    EXPECT_EQ(srv.request.rfind("GET /health HTTP/1.1\r\n", 0), 0u);
+  }
+  {
+    scripted_server srv("HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnope");
+    EXPECT_THROW(hybrid::completion_client("127.0.0.1", srv.port).health(), hybrid::protocol_error);
+  }
+  hybrid::completion_client nowhere("127.0.0.1", 1);
+  EXPECT_THROW(nowhere.health(hybrid::privacy::local_only), hybrid::privacy_violation);
 }
 
 TEST(completion_client, a_local_only_request_never_connects) {

@@ -104,19 +104,19 @@ TEST(verify_client, greedy_split_decoding_equals_the_targets_greedy_output_kjv) 
   cpu::transformer target(big, {.threads = 1});
   cpu::tokenizer tok(models + "/kjv2k-tokenizer.bin", little.vocab_size());
   std::size_t announced = 0;
-  for (const char* text : {"In the beginning", "And it came to pass", "The LORD is my shepherd"}) {
+  for (const char* text : {"In the beginning", "The LORD is my shepherd"}) {
     const auto prompt = tok.encode(text);
     verify_client c("127.0.0.1", s.srv.verify_port());
-    const auto got = split_greedy(c, little, prompt, 40);
-    EXPECT_EQ(got, reference_greedy(target, prompt, 40)) << text;
+    const auto got = split_greedy(c, little, prompt, 32);
+    EXPECT_EQ(got, reference_greedy(target, prompt, 32)) << text;
     EXPECT_GT(c.bytes_sent(), 0u);
     EXPECT_GT(c.bytes_received(), 0u);
     EXPECT_GT(c.last_rtt_seconds(), 0.0);
     announced += c.max_draft() == 4 ? 1 : 0;
     // Greedy rounds cost a few dozen bytes: at most 100 per token, up plus down.
-    EXPECT_LT(static_cast<double>(c.bytes_sent() + c.bytes_received()) / 40.0, 100.0);
+    EXPECT_LT(static_cast<double>(c.bytes_sent() + c.bytes_received()) / 32.0, 100.0);
   }
-  EXPECT_EQ(announced, 3u);  // the fixed announcement reached the client
+  EXPECT_EQ(announced, 2u);  // the fixed announcement reached the client
   EXPECT_GT(s.srv.metrics().value("specdec_tokens_total", "kind=\"accepted\""), 0.0);
 }
 

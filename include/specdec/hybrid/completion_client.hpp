@@ -279,6 +279,16 @@ struct completion_result {
   double total_seconds = 0.0;
 };
 
+/// What `GET /health` says: `ok` when the server takes work now.
+struct server_health {
+  bool ok = false;
+  std::string status;  ///< "ok" or "draining"
+  std::string model;
+  std::uint16_t verify_port = 0;  ///< where `verify_client` connects
+  std::size_t vocab_size = 0;
+  std::size_t context_length = 0;
+};
+
 /// Deadlines and bounds of a `completion_client`.
 struct completion_client_options {
   double connect_timeout_seconds = 2.0;
@@ -288,9 +298,9 @@ struct completion_client_options {
   http_limits limits{};
 };
 
-/// The streaming client of the file comment. One request at a time; each opens its own
-/// connection (a generation is one request, so the handshake is paid once per
-/// generation).
+/// The streaming client of the file comment, plus `health()` (is the server back, and
+/// where is its verify port). One request at a time; each opens its own connection (a
+/// generation is one request, so the handshake is paid once per generation).
 class completion_client {
  public:
   completion_client(std::string host, std::uint16_t port, completion_client_options options = {})
@@ -308,14 +318,8 @@ class completion_client {
     check_may_leave(req.data, "completion_client::complete");
     const auto t0 = std::chrono::steady_clock::now();
     const std::string body = request_body(req);
-    const std::string head = "POST /v1/completions HTTP/1.1\r\nHost: " + host_ + ":" + std::to_string(port_) +
-                             "\r\nContent-Type: application/json\r\nAccept: text/event-stream\r\nContent-Length: " +
-                             std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n";
-    tcp_connection conn = tcp_connection::connect(host_, port_, options_.connect_timeout_seconds, req.data);
     completion_result result;
-    std::string error_body;
     bool done = false, cancelled = false;
-    std::optional<http_response_parser> http;
     sse_parser sse([&](std::string_view data) {
       if (done || cancelled) return;
       if (data == "[DONE]") {
@@ -324,8 +328,7 @@ class completion_client {
       }
       completion_chunk chunk = parse_event(data, result);
       if (chunk.text.empty() && chunk.tokens.empty()) return;
-      if (result.tokens.empty() && !chunk.tokens.empty())
-        result.first_token_seconds = seconds_since(t0);
+      if (result.tokens.empty() && !chunk.tokens.empty()) result.first_token_seconds = seconds_since(t0);
       result.text += chunk.text;
       result.tokens.insert(result.tokens.end(), chunk.tokens.begin(), chunk.tokens.end());
       if constexpr (!std::is_same_v<std::decay_t<OnChunk>, std::nullptr_t>) {
@@ -336,17 +339,71 @@ class completion_client {
         }
       }
     });
-    http.emplace(
-        [&](std::string_view piece) {
-          if (http->status() == 200) sse.feed(piece);
-          else error_body.append(piece.substr(0, 65536 - std::min<std::size_t>(error_body.size(), 65536)));
+    const std::string head = "POST /v1/completions HTTP/1.1\r\nHost: " + host_ + ":" + std::to_string(port_) +
+                             "\r\nContent-Type: application/json\r\nAccept: text/event-stream\r\nContent-Length: " +
+                             std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n";
+    std::string error_body;
+    const int status = exchange(
+        head + body, req.data,
+        [&](int st, std::string_view piece) {
+          if (st == 200) sse.feed(piece);
+          else append_bounded(error_body, piece);
         },
-        options_.limits);
+        [&] { return done || cancelled; });
+    if (status != 200) fail_status(status, error_body);
+    if (cancelled) result.finish_reason = "cancelled";
+    else if (!done)
+      throw link_unavailable("completion_client: the stream from " + host_ + ":" + std::to_string(port_) +
+                             " ended without [DONE] after " + std::to_string(result.tokens.size()) + " tokens");
+    result.total_seconds = seconds_since(t0);
+    return result;
+  }
+
+  /// `GET /health`: whether the server takes work now (200 "ok"; 503 "draining" gives
+  /// `ok == false`), and where its verify port is. Throws `link_unavailable` when it
+  /// cannot be reached, `protocol_error` for an answer that is not the health JSON.
+  server_health health(privacy data = privacy::may_leave_device) {
+    check_may_leave(data, "completion_client::health");
+    const std::string head = "GET /health HTTP/1.1\r\nHost: " + host_ + ":" + std::to_string(port_) +
+                             "\r\nConnection: close\r\n\r\n";
+    std::string body;
+    const int status = exchange(
+        head, data, [&](int, std::string_view piece) { append_bounded(body, piece); }, [] { return false; });
+    if (status != 200 && status != 503) fail_status(status, body);
+    server_health h;
     try {
-      conn.send_all(head, deadline_after(options_.read_timeout_seconds));
-      conn.send_all(body, deadline_after(options_.read_timeout_seconds));
+      const auto j = nlohmann::json::parse(body);
+      h.status = j.at("status").get<std::string>();
+      h.model = j.value("model", std::string());
+      h.verify_port = j.value("verify_port", std::uint16_t{0});
+      h.vocab_size = j.value("vocab_size", std::size_t{0});
+      h.context_length = j.value("context_length", std::size_t{0});
+    } catch (const nlohmann::json::exception& e) {
+      throw protocol_error(std::string("completion_client::health: not the health JSON: ") + e.what());
+    }
+    h.ok = status == 200 && h.status == "ok";
+    return h;
+  }
+
+  /// Bytes written to / read from the sockets by all requests so far (HTTP headers included).
+  [[nodiscard]] std::uint64_t bytes_sent() const noexcept { return sent_; }
+  [[nodiscard]] std::uint64_t bytes_received() const noexcept { return received_; }
+
+ private:
+  static double seconds_since(std::chrono::steady_clock::time_point t0) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+  /// Sends `request` on a new connection and reads the response: the body goes to
+  /// `on_body(status, piece)` until `stop()` says enough. Returns the status.
+  template <class OnBody, class Stop>
+  int exchange(const std::string& request, privacy data, OnBody&& on_body, Stop&& stop) {
+    tcp_connection conn = tcp_connection::connect(host_, port_, options_.connect_timeout_seconds, data);
+    std::optional<http_response_parser> http;
+    http.emplace([&](std::string_view piece) { on_body(http->status(), piece); }, options_.limits);
+    try {
+      conn.send_all(request, deadline_after(options_.read_timeout_seconds));
       std::uint8_t buf[8192];
-      while (!done && !cancelled && !http->complete()) {
+      while (!stop() && !http->complete()) {
         std::size_t n = 0;
         try {
           n = conn.recv_some(buf, deadline_after(options_.read_timeout_seconds));
@@ -364,22 +421,11 @@ class completion_client {
       throw;
     }
     account(conn);
-    if (http->status() != 200) fail_status(http->status(), error_body);
-    if (cancelled) result.finish_reason = "cancelled";
-    else if (!done)
-      throw link_unavailable("completion_client: the stream from " + host_ + ":" + std::to_string(port_) +
-                             " ended without [DONE] after " + std::to_string(result.tokens.size()) + " tokens");
-    result.total_seconds = seconds_since(t0);
-    return result;
+    return http->status();
   }
-
-  /// Bytes written to / read from the sockets by all requests so far (HTTP headers included).
-  [[nodiscard]] std::uint64_t bytes_sent() const noexcept { return sent_; }
-  [[nodiscard]] std::uint64_t bytes_received() const noexcept { return received_; }
-
- private:
-  static double seconds_since(std::chrono::steady_clock::time_point t0) {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  /// Appends `piece` to `body`, keeping at most its first 64 KiB.
+  static void append_bounded(std::string& body, std::string_view piece) {
+    body.append(piece.substr(0, 65536 - std::min<std::size_t>(body.size(), 65536)));
   }
   void account(const tcp_connection& c) {
     sent_ += c.bytes_sent();
