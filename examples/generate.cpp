@@ -123,12 +123,28 @@ specdec::cpu::transformer load_model(const std::string& path, specdec::cpu::tran
 // The --stats-json document.
 void write_stats_json(std::ostream& out, const cli_options& o, std::size_t prompt_tokens,
                       const specdec::generation_result& result) {
+  // Strings go through the library's JSON writer (telemetry.hpp): a path may hold `"` or `\`.
+  using namespace specdec::detail;
   const auto& s = result.stats;
-  out << "{\"model\": \"" << o.model << "\", \"draft\": \"" << o.draft << "\", \"method\": \"" << o.method
-      << "\", \"prompt_tokens\": " << prompt_tokens << ", \"generated_tokens\": " << result.tokens.size()
-      << ", \"tokens_per_second\": "
-      << (s.total_seconds > 0 ? double(result.tokens.size()) / s.total_seconds : 0.0)
-      << ", \"stop_reason\": \"" << result.stop_reason << "\", \"telemetry\": " << s.to_json() << "}\n";
+  std::string j = "{";
+  append_json_key(j, "model");
+  append_json_string(j, o.model);
+  append_json_key(j, "draft");
+  append_json_string(j, o.draft);
+  append_json_key(j, "method");
+  append_json_string(j, o.method);
+  append_json_key(j, "prompt_tokens");
+  append_json_number(j, prompt_tokens);
+  append_json_key(j, "generated_tokens");
+  append_json_number(j, result.tokens.size());
+  append_json_key(j, "tokens_per_second");
+  append_json_number(j, s.total_seconds > 0 ? double(result.tokens.size()) / s.total_seconds : 0.0);
+  append_json_key(j, "stop_reason");
+  append_json_string(j, specdec::to_string(result.stop_reason));
+  append_json_key(j, "telemetry");
+  j += s.to_json();
+  j += "}\n";
+  out << j;
 }
 
 // Runs `decoder.generate`, streaming decoded text to stdout as tokens are committed.
