@@ -28,6 +28,8 @@
 #include "specdec/testing/exactness.hpp"
 #include "specdec_serve/server.hpp"
 
+#include "near_tie_models.hpp"
+
 namespace {
 using namespace specdec;
 using hybrid::remote_verifier;
@@ -188,6 +190,26 @@ TEST(remote_verifier, a_server_that_dies_mid_generation_hands_over_to_the_device
   std::vector<token_id> want = cloud_part;
   want.insert(want.end(), device_part.begin(), device_part.end());
   EXPECT_EQ(got.tokens, want);
+}
+
+TEST(remote_verifier, greedy_near_ties_over_the_network_give_the_target_s_own_output) {
+  // Every state of the served target has its top two logits equal or one ulp apart, and
+  // the draft resolves each tie the other way: the server's greedy verdicts must still
+  // reproduce the target's own greedy path exactly (first maximum wins).
+  for (std::uint64_t seed : {1u, 2u}) {
+    auto [draft, target] = near_ties::near_tie_pair(7, seed, /*same_draft=*/false);
+    const auto tables = std::make_shared<near_ties::table_model>(target);
+    served<independent_batch<near_ties::table_model>> server([tables] { return *tables; });
+    const generation_options opts{.max_new_tokens = 40, .stop_at_eos = false};
+    for (const std::vector<token_id>& prompt : {std::vector<token_id>{0}, std::vector<token_id>{5, 1}}) {
+      const auto want = autoregressive_decoder(target).generate(prompt, opts).tokens;
+      basic_speculative_decoder dec(draft, fixed_gamma{.gamma = 4},
+                                    remote_verifier("127.0.0.1", server.srv.verify_port(), {.vocab = 7}));
+      const auto got = dec.generate(prompt, opts);
+      EXPECT_EQ(got.tokens, want) << "seed " << seed;
+      EXPECT_GT(got.stats.rollbacks, 0u) << "the flipped ties are rejected";
+    }
+  }
 }
 
 TEST(link_monitor, ewma_quantiles_and_estimate) {
