@@ -134,10 +134,13 @@ inline v4 hsum16x4(const v16& v0, const v16& v1, const v16& v2, const v16& v3) n
 
 }  // namespace specdec::cpu::detail
 
-// The instruction-set file: fmadd_lanes, pin_register, widen_*, SPECDEC_DETAIL_VNNI.
-#if defined(__x86_64__) && defined(__AVX512F__)
+// The instruction-set file: fmadd_lanes, pin_register, widen_*, SPECDEC_DETAIL_VNNI. The
+// vector files assume the scalar `fmadd` is fused too (FP_FAST_FMAF), so that vector and
+// scalar tails round alike; a compiler that does not define it (clang) gets the scalar
+// file, whose every multiply-add follows `fmadd`.
+#if defined(__x86_64__) && defined(__AVX512F__) && defined(FP_FAST_FMAF)
 #include "specdec/backend/cpu/detail/arch/avx512.hpp"
-#elif defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#elif defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__) && defined(FP_FAST_FMAF)
 #include "specdec/backend/cpu/detail/arch/avx2.hpp"
 #else
 #include "specdec/backend/cpu/detail/arch/scalar.hpp"
