@@ -27,6 +27,8 @@
 #include "specdec/testing/contracts.hpp"
 #include "specdec/testing/exactness.hpp"
 #include "specdec_serve/server.hpp"
+#define SPECDEC_SERVE_TESTS
+#include "serve_test_support.hpp"
 
 #include "near_tie_models.hpp"
 
@@ -38,14 +40,11 @@ using specdec::testing::markov_options;
 
 const std::string models = SPECDEC_MODELS_DIR;
 
+/// The tests' shared server options (ephemeral ports, no calibration), announcing 6
+/// drafts so that a decoder drafting 5 is never capped.
 serve::serve_options loopback_options() {
-  serve::serve_options o;
-  o.http_port = 0;
-  o.verify_port = 0;
-  o.http_threads = 2;
-  o.drain_seconds = 1.0;
+  serve::serve_options o = test_support::serve_options();
   o.engine.speculation.fixed = 6;
-  o.engine.speculation.calibrate = false;
   return o;
 }
 
