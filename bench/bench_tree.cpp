@@ -11,6 +11,7 @@
 //    and formats, i.e. chain and tree interleaved in one run, every size once per round,
 //    min over --repeats=R rounds (default 9) after a warm-up round. Printed as a table of
 //    microseconds and of ratios t(n) / t(1 token); --curve-csv=PATH also writes CSV.
+//    --curve-only skips part 1.
 #include <benchmark/benchmark.h>
 
 #include <cstdint>
@@ -98,13 +99,14 @@ int curve(std::size_t repeats, const std::string& csv_path) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool run_curve = true, has_filter = false;
+  bool run_curve = true, run_benchmarks = true, has_filter = false;
   std::size_t repeats = 9;
   std::string csv;
   std::vector<char*> args;
   for (int i = 0; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--no-curve") run_curve = false;
+    else if (a == "--curve-only") run_benchmarks = false;
     else if (a.rfind("--curve-csv=", 0) == 0) csv = a.substr(12);
     else if (a.rfind("--repeats=", 0) == 0) repeats = std::stoul(a.substr(10));
     else {
@@ -118,7 +120,7 @@ int main(int argc, char** argv) {
   register_benchmarks();
   benchmark::Initialize(&n, args.data());
   if (benchmark::ReportUnrecognizedArguments(n, args.data())) return 1;
-  benchmark::RunSpecifiedBenchmarks();
+  if (run_benchmarks) benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return run_curve ? curve(repeats, csv) : 0;
 }
