@@ -4,7 +4,8 @@
 /// fallback and rollback policies, distance metrics, arbiters, schedulers), the bundled
 /// policies, the single-sequence and batched decoders, telemetry, the batch scheduler and
 /// the device/cloud hybrid layer. It needs xtensor (the `specdec::specdec`
-/// CMake target), not Eigen: the CPU backend is `specdec/cpu.hpp`, and the test helpers
+/// CMake target), not Eigen: the CPU backend is `specdec/cpu.hpp`, the network clients of
+/// the hybrid layer (sockets, HTTP, JSON) are `specdec/net.hpp`, and the test helpers
 /// (`specdec/testing/...`) are included on their own.
 ///
 /// ```cpp
@@ -18,7 +19,8 @@
 /// }
 /// ```
 ///
-/// Every public header is listed here (tests/umbrella checks that none is missing).
+/// Every public header that needs no network is listed here; the others are in
+/// `specdec/net.hpp` (tests/umbrella checks that each is in exactly one of the two).
 #include "specdec/fwd.hpp"
 #include "specdec/error.hpp"
 #include "specdec/token.hpp"
@@ -50,11 +52,7 @@
 #include "specdec/hybrid/session.hpp"
 #include "specdec/hybrid/errors.hpp"
 #include "specdec/hybrid/wire.hpp"
-#include "specdec/hybrid/transport.hpp"
-#include "specdec/hybrid/verify_client.hpp"
-#include "specdec/hybrid/completion_client.hpp"
 #include "specdec/hybrid/link_monitor.hpp"
-#include "specdec/hybrid/remote_verifier.hpp"
 #include "specdec/privacy/policy.hpp"
 #include "specdec/privacy/recognizers.hpp"
 #include "specdec/privacy/detector.hpp"
