@@ -12,7 +12,6 @@
 
 #include <chrono>
 #include <cstdint>
-#include <fstream>
 #include <functional>
 #include <string>
 #include <thread>
@@ -117,19 +116,6 @@ void expect_serving(served& s) {
   EXPECT_FALSE(complete(s.srv.http_port(), hy::tls_client(device())).empty());
 }
 
-std::vector<std::vector<token_id>> held_out_prompts(cpu::tokenizer& tok, std::size_t n) {
-  std::vector<std::vector<token_id>> out;
-  std::ifstream f(models + "/kjv_val_openings.tsv");
-  std::string line;
-  while (out.size() < n && std::getline(f, line)) {
-    if (line.empty() || line[0] == '#') continue;
-    const auto tab = line.rfind('\t');
-    auto ids = tok.encode((tab == std::string::npos ? line : line.substr(tab + 1)).substr(0, 60));
-    if (ids.size() >= 2) out.push_back(std::move(ids));
-  }
-  return out;
-}
-
 }  // namespace
 
 TEST(tls, greedy_split_decoding_and_completions_over_mutual_tls_equal_the_target_s_greedy_output) {
@@ -137,8 +123,9 @@ TEST(tls, greedy_split_decoding_and_completions_over_mutual_tls_equal_the_target
   cpu::transformer little(models + "/kjv-little.bin", {.threads = 1});
   cpu::transformer big(models + "/kjv-big.bin", {.threads = 1});
   cpu::tokenizer tok(models + "/kjv2k-tokenizer.bin", big.vocab_size());
-  const auto prompts = held_out_prompts(tok, 3);
-  ASSERT_EQ(prompts.size(), 3u);
+  std::vector<std::vector<token_id>> prompts;
+  for (const char* text : {"In the beginning God", "And the LORD said unto Moses", "Blessed are they that"})
+    prompts.push_back(tok.encode(text));
   const hy::transport_security tls = hy::tls_client(device());
   const generation_options opts{.max_new_tokens = 32, .stop_at_eos = false};
   hy::remote_verifier cloud("127.0.0.1", server.srv.verify_port(),

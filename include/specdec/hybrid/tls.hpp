@@ -180,9 +180,10 @@ class tls_layer final : public stream_layer {
     return SSL_pending(ssl_) > 0 || BIO_ctrl_pending(in_) > 0;
   }
   void close(tcp_connection& s) noexcept override {
-    if (SSL_is_init_finished(ssl_) != 1) return;
+    if (failed_ || SSL_is_init_finished(ssl_) != 1) return;  // no close_notify after a fatal error
     ERR_clear_error();
     SSL_shutdown(ssl_);  // queues close_notify; the peer's answer is not awaited
+    ERR_clear_error();
     try {
       flush(s, std::chrono::steady_clock::now());
     } catch (...) {
@@ -199,6 +200,7 @@ class tls_layer final : public stream_layer {
       const int rc = op();
       const int err = rc > 0 ? SSL_ERROR_NONE : SSL_get_error(ssl_, rc);
       if (err == SSL_ERROR_SSL || err == SSL_ERROR_SYSCALL) {
+        failed_ = true;
         const std::string why = reason();
         try {
           flush(s, std::chrono::steady_clock::now());  // the alert, if OpenSSL wrote one
@@ -241,6 +243,7 @@ class tls_layer final : public stream_layer {
   SSL* ssl_ = nullptr;
   BIO* in_ = nullptr;   // socket -> OpenSSL
   BIO* out_ = nullptr;  // OpenSSL -> socket
+  bool failed_ = false;  // a fatal error: the session may not be used or shut down any more
 };
 
 }  // namespace detail
@@ -276,6 +279,7 @@ class tls_layer final : public stream_layer {
     const bool literal = ::inet_pton(AF_INET, expect.c_str(), &ip) == 1 || ::inet_pton(AF_INET6, expect.c_str(), &ip) == 1;
     // An IP literal must be among the certificate's IP addresses; a name among its DNS
     // names (and is sent as SNI, which may not carry an address).
+    SSL_set_hostflags(ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
     const bool ok = literal ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), expect.c_str()) == 1
                             : SSL_set1_host(ssl, expect.c_str()) == 1 &&
                                   SSL_set_tlsext_host_name(ssl, const_cast<char*>(expect.c_str())) == 1;
@@ -317,6 +321,7 @@ class tls_server {
   void configure(SSL_CTX& ctx) const {
     const char* who = "tls_server_options";
     SSL_CTX_set_min_proto_version(&ctx, TLS1_2_VERSION);
+    SSL_CTX_set_num_tickets(&ctx, 0);  // the device's clients do not resume sessions: tickets would be bytes for nothing
     detail::use_certificate(&ctx, options_.cert_file, options_.key_file, who);
     if (options_.client_ca_file.empty()) return;
     detail::trust(&ctx, options_.client_ca_file, who);
