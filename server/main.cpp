@@ -4,7 +4,8 @@
 //
 // HTTP on --port (POST /v1/completions, GET /v1/models, /health, /metrics); the verify
 // protocol of split speculative decoding on --verify-port (0 = ephemeral; /health says
-// which). SIGTERM or SIGINT drain in-flight work (--drain-seconds) and exit 0.
+// which). With --tls-cert and --tls-key both ports speak TLS only; without them only a
+// loopback --host is served, unless --allow-plaintext (docs/security.md). SIGTERM or SIGINT drain in-flight work (--drain-seconds) and exit 0.
 // docs/hybrid.md is the deployment guide.
 #include <signal.h>
 
@@ -74,7 +75,16 @@ int main(int argc, char** argv) {
         .add("--max-completions", "N", "completions running at once (default 64)", cli::store(eo.max_completions, count))
         .add("--http-threads", "N", "HTTP worker threads (default 16)", cli::store(so.http_threads, count))
         .add("--max-body-bytes", "N", "largest request body (default 1048576)", cli::store(so.http.max_body_bytes, count))
-        .add("--drain-seconds", "S", "graceful-stop wait for in-flight work (default 10)", cli::store(so.drain_seconds, secs));
+        .add("--drain-seconds", "S", "graceful-stop wait for in-flight work (default 10)", cli::store(so.drain_seconds, secs))
+        .add("--tls-cert", "PATH", "PEM certificate chain: both ports speak TLS only (with --tls-key)",
+             cli::store(so.tls.cert_file))
+        .add("--tls-key", "PATH", "PEM private key of --tls-cert", cli::store(so.tls.key_file))
+        .add("--tls-client-ca", "PATH", "PEM CA certificates: require client certificates they issued (mutual TLS)",
+             cli::store(so.tls.client_ca_file))
+        .add("--tls-handshake-timeout", "S", "seconds a client has to finish the TLS handshake on the verify port (default 10)",
+             cli::store(so.tls.handshake_timeout_seconds, secs))
+        .flag("--allow-plaintext", "serve without TLS on a non-loopback --host (e.g. behind a TLS proxy)",
+              so.allow_plaintext);
     if (!p.parse(argc, argv)) return 0;
     mo.threads = threads;
     if (fixed_draft) eo.speculation.fixed = *fixed_draft;
@@ -100,8 +110,9 @@ int main(int argc, char** argv) {
 
     serve::server<cpu::batched_transformer> srv(model, codec, so);
     srv.start();
-    std::fprintf(stderr, "specdec-serve: model %s (vocab %zu, context %zu) on http://%s:%u, verify port %u\n",
-                 eo.model_id.c_str(), model.vocab_size(), model.context_length(), so.host.c_str(),
+    std::fprintf(stderr, "specdec-serve: model %s (vocab %zu, context %zu) on %s://%s:%u, verify port %u\n",
+                 eo.model_id.c_str(), model.vocab_size(), model.context_length(),
+                 so.tls.cert_file.empty() ? "http" : "https", so.host.c_str(),
                  static_cast<unsigned>(srv.http_port()), static_cast<unsigned>(srv.verify_port()));
     std::string curve;
     for (const auto& [rows, secs] : srv.core().cost_points())

@@ -24,3 +24,4 @@
 #include "specdec/hybrid/verify_client.hpp"
 #include "specdec/hybrid/completion_client.hpp"
 #include "specdec/hybrid/remote_verifier.hpp"
+#include "specdec/hybrid/tls.hpp"

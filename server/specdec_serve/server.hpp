@@ -10,6 +10,11 @@
 /// `drain_seconds` to finish, then whatever remains fails cleanly (streams end with an
 /// error event and `[DONE]`, verify requests get `shutting_down`) and both ports close.
 ///
+/// Transport security: with `tls` (a certificate and key) both ports speak only TLS, and
+/// with `tls.client_ca_file` they require client certificates (mutual TLS). Without TLS
+/// the server binds only loopback addresses unless `allow_plaintext` is set (e.g. behind
+/// a TLS-terminating proxy): the constructor refuses anything else.
+///
 /// ```cpp
 /// specdec::cpu::batched_transformer model("models/kjv-big.bin", {.threads = 2});
 /// specdec::serve::server srv(model, {}, {.http_port = 0, .verify_port = 0});
@@ -29,6 +34,7 @@
 
 #include "specdec/batch.hpp"
 #include "specdec/error.hpp"
+#include "specdec/hybrid/tls.hpp"
 #include "specdec_serve/engine.hpp"
 #include "specdec_serve/http_api.hpp"
 #include "specdec_serve/metrics.hpp"
@@ -46,6 +52,10 @@ struct serve_options {
   engine_options engine{};
   http_options http{};
   listener_options listener{};     ///< host and port are taken from above
+  /// TLS on both ports when `tls.cert_file` is set (see the file comment).
+  hybrid::tls_server_options tls{};
+  /// Serve plain HTTP and plain verify traffic on a non-loopback `host`.
+  bool allow_plaintext = false;
 };
 
 template <batched_model B>
@@ -53,13 +63,15 @@ class server {
  public:
   server(B& model, text_codec codec, serve_options options)
       : options_(std::move(options)),
+        tls_(secure_setup(options_)),
         engine_(model, options_.engine, metrics_),
         http_api_(engine_, metrics_, std::move(codec), options_.http,
                   [this](json& h) {
                     h["verify_port"] = listener_.port();
                     h["step_time_curve"] = engine_.cost_points();  // [[rows, seconds], ...]
                   }),
-        listener_(engine_, metrics_, with_address(options_.listener)) {}
+        listener_(engine_, metrics_, with_address(options_.listener)),
+        http_(http_server(tls_)) {}
   server(const server&) = delete;
   server& operator=(const server&) = delete;
   ~server() { stop(); }
@@ -69,13 +81,13 @@ class server {
   void start() {
     engine_.start();
     listener_.start();
-    http_.new_task_queue = [n = options_.http_threads] { return new httplib::ThreadPool(n); };
-    http_.set_read_timeout(10, 0);
-    http_.set_write_timeout(10, 0);
-    http_.set_keep_alive_timeout(5);
-    http_api_.install(http_);
-    int port = options_.http_port == 0 ? http_.bind_to_any_port(options_.host)
-                                       : (http_.bind_to_port(options_.host, options_.http_port) ? options_.http_port : -1);
+    http_->new_task_queue = [n = options_.http_threads] { return new httplib::ThreadPool(n); };
+    http_->set_read_timeout(10, 0);
+    http_->set_write_timeout(10, 0);
+    http_->set_keep_alive_timeout(5);
+    http_api_.install(*http_);
+    int port = options_.http_port == 0 ? http_->bind_to_any_port(options_.host)
+                                       : (http_->bind_to_port(options_.host, options_.http_port) ? options_.http_port : -1);
     if (port <= 0) {
       listener_.stop();
       engine_.stop();
@@ -83,7 +95,7 @@ class server {
     }
     http_port_ = static_cast<std::uint16_t>(port);
     // bind_to_*port already listens: connections queue until the accept loop runs.
-    http_thread_ = std::thread([this] { http_.listen_after_bind(); });
+    http_thread_ = std::thread([this] { http_->listen_after_bind(); });
     running_ = true;
   }
 
@@ -100,7 +112,7 @@ class server {
     const auto until = clock::now() + std::chrono::seconds(2);
     while (http_api_.responses_in_flight() > 0 && clock::now() < until)
       std::this_thread::sleep_for(std::chrono::milliseconds(2));
-    http_.stop();
+    http_->stop();
     if (http_thread_.joinable()) http_thread_.join();
   }
 
@@ -114,15 +126,35 @@ class server {
   listener_options with_address(listener_options l) const {
     l.host = options_.host;
     l.port = options_.verify_port;
+    l.tls = tls_;
     return l;
+  }
+  /// The TLS configuration (loaded and checked), or null for plain TCP, which only a
+  /// loopback host or `allow_plaintext` permits.
+  static std::shared_ptr<const hybrid::tls_server> secure_setup(const serve_options& o) {
+    if (!o.tls.cert_file.empty() || !o.tls.key_file.empty() || !o.tls.client_ca_file.empty())
+      return std::make_shared<const hybrid::tls_server>(o.tls);
+    if (!o.allow_plaintext && !hybrid::is_loopback_host(o.host))
+      throw invalid_argument("specdec-serve: host = '" + o.host +
+                             "' is not a loopback address and TLS is off; expected a certificate and key "
+                             "(--tls-cert, --tls-key), or --allow-plaintext to serve plain HTTP beyond loopback");
+    return nullptr;
+  }
+  static std::unique_ptr<httplib::Server> http_server(const std::shared_ptr<const hybrid::tls_server>& tls) {
+    if (!tls) return std::make_unique<httplib::Server>();
+    return std::make_unique<httplib::SSLServer>([tls](SSL_CTX& ctx) {
+      tls->configure(ctx);  // the files loaded once already (tls_server's constructor): cannot fail now
+      return true;
+    });
   }
 
   serve_options options_;
+  std::shared_ptr<const hybrid::tls_server> tls_;
   metrics_registry metrics_;
   engine<B> engine_;
   http_api http_api_;
   verify_listener listener_;
-  httplib::Server http_;
+  std::unique_ptr<httplib::Server> http_;  // an httplib::SSLServer with TLS
   std::thread http_thread_;
   std::uint16_t http_port_ = 0;
   std::atomic<bool> running_{false};

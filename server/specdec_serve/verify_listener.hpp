@@ -10,6 +10,11 @@
 /// keeps the connection. Idle connections are closed after `idle_timeout_seconds` (the
 /// device reconnects and resumes its session).
 ///
+/// With `tls` set, every accepted connection is secured first, in its own thread and
+/// within the handshake timeout: a client that fails or never finishes the handshake is
+/// dropped (counted in `specdec_tls_handshake_failures_total`) and nothing is decoded
+/// from its bytes.
+///
 /// ```cpp
 /// specdec::serve::verify_listener vl(engine, metrics, {.port = 0});
 /// vl.start();
@@ -38,6 +43,7 @@
 #include <vector>
 
 #include "specdec/error.hpp"
+#include "specdec/hybrid/tls.hpp"
 #include "specdec/hybrid/transport.hpp"
 #include "specdec/hybrid/wire.hpp"
 #include "specdec_serve/metrics.hpp"
@@ -52,6 +58,7 @@ struct listener_options {
   std::size_t max_connections = 256;  ///< more are answered `overloaded` and closed
   double idle_timeout_seconds = 600.0;
   double write_timeout_seconds = 10.0;
+  std::shared_ptr<const hybrid::tls_server> tls{};  ///< set: TLS on every connection
 };
 
 class verify_listener {
@@ -61,6 +68,8 @@ class verify_listener {
     metrics_.describe("specdec_verify_bytes_total", "counter",
                       "Bytes on the verify port's sockets (framing included), by direction");
     metrics_.describe("specdec_verify_connections", "gauge", "Open connections on the verify port");
+    metrics_.describe("specdec_tls_handshake_failures_total", "counter",
+                      "Connections dropped because the TLS handshake failed or timed out, by port");
   }
   verify_listener(const verify_listener&) = delete;
   verify_listener& operator=(const verify_listener&) = delete;
@@ -145,6 +154,7 @@ class verify_listener {
       auto conn = std::make_shared<hybrid::tcp_connection>(fd, describe(addr));
       std::lock_guard lock(mu_);
       if (workers_.size() >= options_.max_connections) {
+        if (options_.tls) continue;  // no plaintext answer to a TLS client: just close
         try {
           hybrid::write_frame(*conn, error_message(hybrid::wire::error_code::overloaded,
                                                    "too many connections; decode on the device and retry later"),
@@ -197,6 +207,14 @@ class verify_listener {
   /// One connection's request loop.
   void serve(hybrid::tcp_connection& conn) {
     namespace wire = hybrid::wire;
+    if (options_.tls) {
+      try {
+        conn.secure(options_.tls->accept(conn, hybrid::deadline_after(options_.tls->options().handshake_timeout_seconds)));
+      } catch (const hybrid::link_unavailable&) {  // tls_error or link_timeout
+        metrics_.add("specdec_tls_handshake_failures_total", "port=\"verify\"", 1.0);
+        return;
+      }
+    }
     const wire::limits lim = service_.wire_limits();
     std::vector<std::uint8_t> buf;
     std::optional<wire::session_id> attached;

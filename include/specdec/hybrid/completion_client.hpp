@@ -1,11 +1,12 @@
 #pragma once
 /// \file hybrid/completion_client.hpp
 /// The device's cloud-only route: a blocking, streaming client of an OpenAI-compatible
-/// `POST /v1/completions` (such as `specdec-serve`'s), over plain HTTP/1.1 on the
-/// transport of transport.hpp. It sends token ids, asks for server-sent events and for
-/// the generated token ids (`return_token_ids`, a `specdec-serve` extension; other servers
-/// send text only), and hands each event to a callback as it arrives, so the device can
-/// show text at once and, if the link fails, continue from the last token it received.
+/// `POST /v1/completions` (such as `specdec-serve`'s), over HTTP/1.1 on the transport of
+/// transport.hpp (HTTPS with `completion_client_options::security`). It sends token ids,
+/// asks for server-sent events and for the generated token ids (`return_token_ids`, a
+/// `specdec-serve` extension; other servers send text only), and hands each event to a
+/// callback as it arrives, so the device can show text at once and, if the link fails,
+/// continue from the last token it received.
 ///
 /// The incremental parsers it is built on, `http_response_parser` and `sse_parser`, read
 /// untrusted bytes: both bound every line and the whole response, and reject malformed
@@ -296,6 +297,9 @@ struct completion_client_options {
   double read_timeout_seconds = 30.0;
   std::string model{};  ///< sent as "model" when non-empty
   http_limits limits{};
+  /// TLS (`tls_client(...)` from hybrid/tls.hpp) or plain TCP; plain TCP reaches only
+  /// loopback hosts unless `allow_plaintext` is set.
+  transport_security security{};
 };
 
 /// The streaming client of the file comment, plus `health()` (is the server back, and
@@ -397,7 +401,8 @@ class completion_client {
   /// `on_body(status, piece)` until `stop()` says enough. Returns the status.
   template <class OnBody, class Stop>
   int exchange(const std::string& request, privacy data, OnBody&& on_body, Stop&& stop) {
-    tcp_connection conn = tcp_connection::connect(host_, port_, options_.connect_timeout_seconds, data);
+    tcp_connection conn =
+        tcp_connection::connect(host_, port_, options_.connect_timeout_seconds, data, options_.security);
     std::optional<http_response_parser> http;
     http.emplace([&](std::string_view piece) { on_body(http->status(), piece); }, options_.limits);
     try {
@@ -409,6 +414,8 @@ class completion_client {
           n = conn.recv_some(buf, deadline_after(options_.read_timeout_seconds));
         } catch (const link_timeout&) {
           throw;
+        } catch (const tls_error&) {
+          throw;  // a broken secure channel is not the end of a body
         } catch (const link_unavailable&) {
           if (!http->headers_done()) throw;
           http->finish();  // a body delimited by the close, or a cut-short response

@@ -6,6 +6,7 @@
 /// |---------------------|-------------------------------------------------------------|-------------------------|
 /// | `link_unavailable`  | the remote side could not be reached or did not answer      | continue on the device  |
 /// | `link_timeout`      | (a `link_unavailable`) a deadline passed                    | continue on the device  |
+/// | `tls_error`         | (a `link_unavailable`) the connection could not be secured  | continue; fix the setup |
 /// | `protocol_error`    | the peer sent bytes that are not a valid message            | drop the connection     |
 /// | `remote_error`      | the server answered with an error (code + message)          | depends on `code()`     |
 /// | `privacy_violation` | a request marked local-only was about to leave the device   | a bug in the caller     |
@@ -40,6 +41,22 @@ class link_unavailable : public error {
 /// catch (const specdec::hybrid::link_timeout& e) { monitor.record_timeout(); }
 /// ```
 class link_timeout : public link_unavailable {
+ public:
+  using link_unavailable::link_unavailable;
+};
+
+/// The connection could not be secured, so nothing of the request was sent: the peer's
+/// certificate failed verification (unknown issuer, expired, not for this host name or
+/// IP address), the handshake failed (the peer does not speak TLS, or refused this
+/// client's certificate), or the connection would have been plain TCP to a non-loopback
+/// address without `allow_plaintext`. The message names the peer and the reason. Retrying
+/// does not help; the device continues on its own model like after any
+/// `link_unavailable`.
+///
+/// ```cpp
+/// catch (const specdec::hybrid::tls_error& e) { log_misconfiguration(e.what()); }
+/// ```
+class tls_error : public link_unavailable {
  public:
   using link_unavailable::link_unavailable;
 };

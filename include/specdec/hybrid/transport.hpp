@@ -7,7 +7,13 @@
 ///
 /// Every operation takes an absolute deadline; a missed deadline throws `link_timeout`, a
 /// refused / reset / closed connection `link_unavailable`, both naming the peer. Bytes are
-/// counted at the socket: exactly what `send` and `recv` moved, framing included.
+/// counted at the socket: exactly what `send` and `recv` moved, framing included (on a
+/// TLS connection that is the ciphertext, records and handshake included).
+///
+/// Plain TCP goes to loopback addresses only: `connect` refuses any other address with
+/// `tls_error` before it opens a socket, unless the caller secures the connection (a
+/// `transport_security` from hybrid/tls.hpp, which needs OpenSSL) or sets
+/// `allow_plaintext`. This header itself needs no TLS library.
 ///
 /// ```cpp
 /// using namespace specdec::hybrid;
@@ -16,6 +22,7 @@
 /// std::array<std::uint8_t, 64> buf;
 /// std::size_t n = c.recv_some(buf, deadline_after(1.0));
 /// ```
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -30,6 +37,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <functional>
+#include <memory>
 #include <span>
 #include <string>
 #include <string_view>
@@ -66,8 +75,70 @@ inline void check_may_leave(privacy p, const char* what) {
                             "for a request that may leave the device)");
 }
 
+/// Whether `a` is a loopback address: 127.0.0.0/8, ::1, or 127.0.0.0/8 mapped into IPv6.
+[[nodiscard]] inline bool is_loopback(const sockaddr* a) noexcept {
+  if (a->sa_family == AF_INET)
+    return (ntohl(reinterpret_cast<const sockaddr_in*>(a)->sin_addr.s_addr) >> 24) == 127;
+  if (a->sa_family != AF_INET6) return false;
+  const in6_addr& v6 = reinterpret_cast<const sockaddr_in6*>(a)->sin6_addr;
+  return IN6_IS_ADDR_LOOPBACK(&v6) || (IN6_IS_ADDR_V4MAPPED(&v6) && v6.s6_addr[12] == 127);
+}
+
+/// Whether `host` (a numeric address or a name) resolves, and only to loopback
+/// addresses: the hosts plain TCP may reach without `allow_plaintext`.
+///
+/// ```cpp
+/// assert(specdec::hybrid::is_loopback_host("127.0.0.1") && !specdec::hybrid::is_loopback_host("0.0.0.0"));
+/// ```
+[[nodiscard]] inline bool is_loopback_host(const std::string& host) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* res = nullptr;
+  if (::getaddrinfo(host.c_str(), nullptr, &hints, &res) != 0) return false;
+  bool all = res != nullptr;
+  for (addrinfo* a = res; a != nullptr; a = a->ai_next) all = all && is_loopback(a->ai_addr);
+  ::freeaddrinfo(res);
+  return all;
+}
+
+class tcp_connection;
+
+/// A layer that secures a `tcp_connection`'s bytes (TLS: hybrid/tls.hpp). It moves its
+/// records through the connection's own socket I/O (`send_raw` / `recv_raw`), so the
+/// connection's deadlines, errors and byte counters hold under it unchanged.
+class stream_layer {
+ public:
+  virtual ~stream_layer() = default;
+  /// Writes all of `data` (plaintext) by `until`.
+  virtual void send_all(tcp_connection& socket, std::span<const std::uint8_t> data, deadline until) = 0;
+  /// Reads at least one byte of plaintext (at most `buf.size()`) by `until`.
+  virtual std::size_t recv_some(tcp_connection& socket, std::span<std::uint8_t> buf, deadline until) = 0;
+  /// Whether plaintext or unread records wait inside the layer (readable without the socket).
+  [[nodiscard]] virtual bool buffered() const noexcept = 0;
+  /// An orderly end (TLS close_notify), best effort: never blocks, never throws.
+  virtual void close(tcp_connection& socket) noexcept = 0;
+};
+
+/// How a client secures its connections: the `security` member of `verify_client_options`
+/// and `completion_client_options`. The default is plain TCP, to loopback hosts only.
+///
+/// ```cpp
+/// specdec::hybrid::transport_security tls = specdec::hybrid::tls_client({.ca_file = "ca.pem"});  // tls.hpp
+/// specdec::hybrid::transport_security lan{.allow_plaintext = true};  // plain TCP beyond loopback, explicitly
+/// ```
+struct transport_security {
+  /// Secures a freshly connected socket to `host` by the deadline (the handshake) and
+  /// returns the layer; throws `tls_error` (or `link_timeout`). Empty: plain TCP.
+  std::function<std::unique_ptr<stream_layer>(tcp_connection&, const std::string& host, deadline)> handshake{};
+  /// Plain TCP to non-loopback addresses. Off (the default): refused before connecting.
+  bool allow_plaintext = false;
+};
+
 /// A connected TCP socket (non-blocking underneath, TCP_NODELAY so small frames are not
-/// held back), closed by the destructor. Move-only.
+/// held back), closed by the destructor, optionally secured by a `stream_layer` (TLS):
+/// `send_all` and `recv_some` then carry plaintext through the layer, while the byte
+/// counters keep counting what crossed the socket. Move-only.
 class tcp_connection {
  public:
   tcp_connection() = default;
@@ -79,6 +150,7 @@ class tcp_connection {
       close();
       fd_ = std::exchange(o.fd_, -1);
       peer_ = std::move(o.peer_);
+      layer_ = std::move(o.layer_);
       sent_ = o.sent_;
       received_ = o.received_;
     }
@@ -89,10 +161,13 @@ class tcp_connection {
   ~tcp_connection() { close(); }
 
   /// Connects to `host:port` within `timeout_seconds` (every address `getaddrinfo`
-  /// returns is tried in turn). Throws `privacy_violation` (before resolving anything)
-  /// unless `p` allows leaving the device, `link_timeout` or `link_unavailable`.
+  /// returns is tried in turn), then runs `security`'s handshake within the same time.
+  /// Throws `privacy_violation` (before resolving anything) unless `p` allows leaving the
+  /// device; `tls_error` before opening a socket when the connection would be plain TCP
+  /// to an address that is not loopback and `security.allow_plaintext` is off, or when
+  /// the handshake fails; `link_timeout` or `link_unavailable`.
   [[nodiscard]] static tcp_connection connect(const std::string& host, std::uint16_t port, double timeout_seconds,
-                                              privacy p) {
+                                              privacy p, const transport_security& security = {}) {
     check_may_leave(p, "tcp_connection::connect");
     const deadline until = deadline_after(timeout_seconds);
     const std::string peer = host + ":" + std::to_string(port);
@@ -102,6 +177,18 @@ class tcp_connection {
     addrinfo* res = nullptr;
     if (const int rc = ::getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &res); rc != 0)
       throw link_unavailable("tcp_connection::connect: cannot resolve " + peer + ": " + ::gai_strerror(rc));
+    if (!security.handshake && !security.allow_plaintext)
+      for (addrinfo* a = res; a != nullptr; a = a->ai_next)
+        if (!is_loopback(a->ai_addr)) {
+          ::freeaddrinfo(res);
+          throw tls_error("tcp_connection::connect: refusing plain TCP to " + peer +
+                          ", which is not a loopback address; nothing was sent (expected TLS, "
+                          "transport_security from hybrid/tls.hpp, or allow_plaintext = true)");
+        }
+    const auto finish = [&](tcp_connection c) {
+      if (security.handshake) c.layer_ = security.handshake(c, host, until);
+      return c;
+    };
     std::string last = "no address";
     bool timed_out = false;
     for (addrinfo* a = res; a != nullptr; a = a->ai_next) {
@@ -113,7 +200,7 @@ class tcp_connection {
       tcp_connection c(fd, peer);
       if (::connect(fd, a->ai_addr, a->ai_addrlen) == 0) {
         ::freeaddrinfo(res);
-        return c;
+        return finish(std::move(c));
       }
       if (errno != EINPROGRESS) {
         last = std::strerror(errno);
@@ -130,7 +217,7 @@ class tcp_connection {
       ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
       if (err == 0) {
         ::freeaddrinfo(res);
-        return c;
+        return finish(std::move(c));
       }
       last = std::strerror(err);
     }
@@ -144,12 +231,32 @@ class tcp_connection {
   [[nodiscard]] bool is_open() const noexcept { return fd_ >= 0; }
   [[nodiscard]] int fd() const noexcept { return fd_; }
   [[nodiscard]] const std::string& peer() const noexcept { return peer_; }
-  /// Bytes written to / read from the socket by this connection.
+  /// Bytes written to / read from the socket by this connection (with TLS: ciphertext).
   [[nodiscard]] std::uint64_t bytes_sent() const noexcept { return sent_; }
   [[nodiscard]] std::uint64_t bytes_received() const noexcept { return received_; }
+  /// Whether a layer (TLS) secures this connection.
+  [[nodiscard]] bool secured() const noexcept { return layer_ != nullptr; }
+  /// Puts `layer` (already handshaken, e.g. by hybrid/tls.hpp's `tls_server::accept`)
+  /// under `send_all` and `recv_some` from now on.
+  void secure(std::unique_ptr<stream_layer> layer) noexcept { layer_ = std::move(layer); }
 
-  /// Writes all of `data` by `until`.
+  /// Writes all of `data` by `until` (through the layer, if any).
   void send_all(std::span<const std::uint8_t> data, deadline until) {
+    if (layer_) layer_->send_all(*this, data, until);
+    else send_raw(data, until);
+  }
+  void send_all(std::string_view data, deadline until) {
+    send_all(std::span<const std::uint8_t>(reinterpret_cast<const std::uint8_t*>(data.data()), data.size()), until);
+  }
+
+  /// Reads at least one byte (at most `buf.size()`) by `until` (through the layer, if
+  /// any); the peer closing the connection throws `link_unavailable`.
+  std::size_t recv_some(std::span<std::uint8_t> buf, deadline until) {
+    return layer_ ? layer_->recv_some(*this, buf, until) : recv_raw(buf, until);
+  }
+
+  /// Writes all of `data` to the socket itself, below any layer, by `until`.
+  void send_raw(std::span<const std::uint8_t> data, deadline until) {
     std::size_t off = 0;
     while (off < data.size()) {
       require_open("send");
@@ -167,13 +274,10 @@ class tcp_connection {
       fail_errno("send");
     }
   }
-  void send_all(std::string_view data, deadline until) {
-    send_all(std::span<const std::uint8_t>(reinterpret_cast<const std::uint8_t*>(data.data()), data.size()), until);
-  }
 
-  /// Reads at least one byte (at most `buf.size()`) by `until`; the peer closing the
-  /// connection throws `link_unavailable`.
-  std::size_t recv_some(std::span<std::uint8_t> buf, deadline until) {
+  /// Reads at least one byte (at most `buf.size()`) from the socket itself, below any
+  /// layer, by `until`; the peer closing the connection throws `link_unavailable`.
+  std::size_t recv_raw(std::span<std::uint8_t> buf, deadline until) {
     for (;;) {
       require_open("recv");
       const ssize_t n = ::recv(fd_, buf.data(), buf.size(), 0);
@@ -192,14 +296,19 @@ class tcp_connection {
   }
 
   /// Whether bytes (or a close) are waiting to be read before `until`.
-  [[nodiscard]] bool wait_readable(deadline until) const { return is_open() && wait(POLLIN, until) != 0; }
+  [[nodiscard]] bool wait_readable(deadline until) const {
+    return is_open() && ((layer_ && layer_->buffered()) || wait(POLLIN, until) != 0);
+  }
 
   /// Shuts the socket down in both directions: a reader blocked in another thread wakes
   /// up and sees the connection closed. The descriptor stays owned until `close`.
   void shutdown() noexcept {
     if (fd_ >= 0) ::shutdown(fd_, SHUT_RDWR);
   }
+  /// Ends the layer (best effort) and closes the socket.
   void close() noexcept {
+    if (layer_ && fd_ >= 0) layer_->close(*this);
+    layer_.reset();
     if (fd_ >= 0) ::close(fd_);
     fd_ = -1;
   }
@@ -236,6 +345,7 @@ class tcp_connection {
 
   int fd_ = -1;
   std::string peer_;
+  std::unique_ptr<stream_layer> layer_;
   std::uint64_t sent_ = 0;
   std::uint64_t received_ = 0;
 };

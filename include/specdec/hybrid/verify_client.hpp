@@ -57,6 +57,9 @@ struct verify_client_options {
   /// Bounds on what the client accepts from the server (frame size, error text); the
   /// vocabulary bound is taken from the server's `session_opened`.
   wire::limits limits{};
+  /// TLS (`tls_client(...)` from hybrid/tls.hpp) or plain TCP; plain TCP reaches only
+  /// loopback hosts unless `allow_plaintext` is set.
+  transport_security security{};
 
   void validate() const {
     if (!(connect_timeout_seconds > 0.0) || !(request_timeout_seconds > 0.0))
@@ -216,6 +219,10 @@ class verify_client {
     for (std::size_t attempt = 0;; ++attempt) {
       try {
         return f();
+      } catch (const tls_error&) {
+        drop_connection();  // not transient: a certificate or setup problem, retrying cannot help
+        opened_ = false;
+        throw;
       } catch (const link_unavailable& e) {
         drop_connection();
         if (attempt >= options_.retries) {
@@ -241,7 +248,7 @@ class verify_client {
 
   void ensure_connected() {
     if (conn_.is_open()) return;
-    conn_ = tcp_connection::connect(host_, port_, options_.connect_timeout_seconds, privacy_);
+    conn_ = tcp_connection::connect(host_, port_, options_.connect_timeout_seconds, privacy_, options_.security);
     ++connects_;
     in_.clear();
     if (!opened_) return;
