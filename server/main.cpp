@@ -20,6 +20,7 @@
 #include "args.hpp"
 #include "specdec/backend/cpu/batched_transformer.hpp"
 #include "specdec/backend/cpu/tokenizer.hpp"
+#include "specdec_serve/auth.hpp"
 #include "specdec_serve/server.hpp"
 
 namespace {
@@ -37,7 +38,7 @@ extern "C" void on_signal(int) {
 int main(int argc, char** argv) {
   using namespace specdec;
   try {
-    std::string model_path, tokenizer_path, model_id;
+    std::string model_path, tokenizer_path, model_id, keys_path;
     cpu::transformer_options mo;
     serve::serve_options so;
     serve::engine_options& eo = so.engine;
@@ -74,12 +75,22 @@ int main(int argc, char** argv) {
         .add("--max-completions", "N", "completions running at once (default 64)", cli::store(eo.max_completions, count))
         .add("--http-threads", "N", "HTTP worker threads (default 16)", cli::store(so.http_threads, count))
         .add("--max-body-bytes", "N", "largest request body (default 1048576)", cli::store(so.http.max_body_bytes, count))
-        .add("--drain-seconds", "S", "graceful-stop wait for in-flight work (default 10)", cli::store(so.drain_seconds, secs));
+        .add("--drain-seconds", "S", "graceful-stop wait for in-flight work (default 10)", cli::store(so.drain_seconds, secs))
+        .add("--api-keys", "FILE", "require these API keys, with per-key limits (docs/security.md); default: open",
+             cli::store(keys_path))
+        .add("--http-request-timeout", "S", "seconds a connection has to send a whole HTTP request (default 30)",
+             cli::store(so.watchdog.request_timeout_seconds, secs))
+        .add("--verify-idle-seconds", "S", "an attached verify connection without a frame is closed (default 300)",
+             cli::store(so.listener.idle_timeout_seconds, secs))
+        .add("--verify-handshake-seconds", "S", "a new verify connection must send its first frame (default 10)",
+             cli::store(so.listener.handshake_timeout_seconds, secs));
     if (!p.parse(argc, argv)) return 0;
     mo.threads = threads;
     if (fixed_draft) eo.speculation.fixed = *fixed_draft;
     eo.speculation.calibrate = !no_calibrate;
     eo.model_id = model_id.empty() ? std::filesystem::path(model_path).stem().string() : model_id;
+    if (!keys_path.empty()) so.api_keys = serve::load_api_keys(keys_path);
+    const std::size_t key_count = so.api_keys.size();
 
     cpu::batched_transformer model(model_path, mo);
     std::unique_ptr<cpu::tokenizer> tok;
@@ -107,6 +118,11 @@ int main(int argc, char** argv) {
     for (const auto& [rows, secs] : srv.core().cost_points())
       curve += " " + std::to_string(static_cast<int>(rows + 0.5)) + ":" + std::to_string(secs * 1e3).substr(0, 6);
     if (!curve.empty()) std::fprintf(stderr, "specdec-serve: step time (rows:ms)%s\n", curve.c_str());
+    if (key_count > 0)
+      std::fprintf(stderr, "specdec-serve: %zu API keys from %s; both ports require one\n", key_count, keys_path.c_str());
+    else
+      std::fprintf(stderr, "specdec-serve: no --api-keys: both ports are open to anyone who can reach %s "
+                           "(for loopback development)\n", so.host.c_str());
     char c = 0;
     while (::read(stop_pipe[0], &c, 1) < 0 && errno == EINTR) {
     }
