@@ -552,6 +552,13 @@ class http_api {
                         {"text_offset", json::array()}};
     }
     [[nodiscard]] std::size_t logprob_entries() const { return logprobs.is_object() ? logprobs["tokens"].size() : 0; }
+    generation(const generation&) = delete;
+    generation& operator=(const generation&) = delete;
+    ~generation() {  // the request's tokens and text do not outlive it
+      wipe(req.params.prompt);
+      wipe(tokens);
+      wipe(echo);
+    }
   };
 
   /// Counts a response in `in_flight_` for as long as it lives.
