@@ -21,6 +21,7 @@
 #include "args.hpp"
 #include "specdec/backend/cpu/batched_transformer.hpp"
 #include "specdec/backend/cpu/tokenizer.hpp"
+#include "specdec_serve/auth.hpp"
 #include "specdec_serve/server.hpp"
 
 namespace {
@@ -38,7 +39,7 @@ extern "C" void on_signal(int) {
 int main(int argc, char** argv) {
   using namespace specdec;
   try {
-    std::string model_path, tokenizer_path, model_id;
+    std::string model_path, tokenizer_path, model_id, keys_path;
     cpu::transformer_options mo;
     serve::serve_options so;
     serve::engine_options& eo = so.engine;
@@ -84,12 +85,22 @@ int main(int argc, char** argv) {
         .add("--tls-handshake-timeout", "S", "seconds a client has to finish the TLS handshake on the verify port (default 10)",
              cli::store(so.tls.handshake_timeout_seconds, secs))
         .flag("--allow-plaintext", "serve without TLS on a non-loopback --host (e.g. behind a TLS proxy)",
-              so.allow_plaintext);
+              so.allow_plaintext)
+        .add("--api-keys", "FILE", "require these API keys, with per-key limits (docs/security.md); default: open",
+             cli::store(keys_path))
+        .add("--http-request-timeout", "S", "seconds a connection has to send a whole HTTP request (default 30)",
+             cli::store(so.watchdog.request_timeout_seconds, secs))
+        .add("--verify-idle-seconds", "S", "an attached verify connection without a frame is closed (default 300)",
+             cli::store(so.listener.idle_timeout_seconds, secs))
+        .add("--verify-handshake-seconds", "S", "a new verify connection must send its first frame (default 10)",
+             cli::store(so.listener.handshake_timeout_seconds, secs));
     if (!p.parse(argc, argv)) return 0;
     mo.threads = threads;
     if (fixed_draft) eo.speculation.fixed = *fixed_draft;
     eo.speculation.calibrate = !no_calibrate;
     eo.model_id = model_id.empty() ? std::filesystem::path(model_path).stem().string() : model_id;
+    if (!keys_path.empty()) so.api_keys = serve::load_api_keys(keys_path);
+    const std::size_t key_count = so.api_keys.size();
 
     cpu::batched_transformer model(model_path, mo);
     std::unique_ptr<cpu::tokenizer> tok;
@@ -118,6 +129,11 @@ int main(int argc, char** argv) {
     for (const auto& [rows, secs] : srv.core().cost_points())
       curve += " " + std::to_string(static_cast<int>(rows + 0.5)) + ":" + std::to_string(secs * 1e3).substr(0, 6);
     if (!curve.empty()) std::fprintf(stderr, "specdec-serve: step time (rows:ms)%s\n", curve.c_str());
+    if (key_count > 0)
+      std::fprintf(stderr, "specdec-serve: %zu API keys from %s; both ports require one\n", key_count, keys_path.c_str());
+    else
+      std::fprintf(stderr, "specdec-serve: no --api-keys: both ports are open to anyone who can reach %s "
+                           "(for loopback development)\n", so.host.c_str());
     char c = 0;
     while (::read(stop_pipe[0], &c, 1) < 0 && errno == EINTR) {
     }

@@ -2,13 +2,15 @@
 // Shared by the tests of the network clients and of specdec-serve (test_serve.cpp,
 // test_verify_client.cpp, test_completion_client.cpp): a bare loopback socket for
 // scripted peers, and (with specdec_serve/server.hpp included first) server options for
-// in-process runs on ephemeral loopback ports.
+// in-process runs on ephemeral loopback ports and a raw client of the verify port.
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <cstdint>
 #include <utility>
+#include <variant>
+#include <vector>
 
 namespace specdec::test_support {
 
@@ -27,6 +29,25 @@ inline std::pair<int, std::uint16_t> loopback_socket(bool listen = true) {
 }
 
 #ifdef SPECDEC_SERVE_TESTS
+/// A client of the verify port speaking raw frames, for scripted protocol tests.
+struct raw_connection {
+  hybrid::tcp_connection conn;
+  std::vector<std::uint8_t> buf;
+  explicit raw_connection(std::uint16_t port)
+      : conn(hybrid::tcp_connection::connect("127.0.0.1", port, 2.0, hybrid::privacy::may_leave_device)) {}
+  hybrid::wire::message ask(const hybrid::wire::message& m) {
+    hybrid::write_frame(conn, m, hybrid::deadline_after(5.0));
+    return receive();
+  }
+  hybrid::wire::message receive() { return hybrid::read_frame(conn, buf, {}, hybrid::deadline_after(5.0)).message; }
+};
+
+/// The error code of an `error_reply`, or 0 for any other message.
+inline hybrid::wire::error_code error_of(const hybrid::wire::message& m) {
+  const auto* e = std::get_if<hybrid::wire::error_reply>(&m);
+  return e != nullptr ? e->code : hybrid::wire::error_code{};
+}
+
 /// Both ports ephemeral, few threads, a fixed announcement (4 drafts) and no startup
 /// calibration, so tests are fast and deterministic.
 inline serve::serve_options serve_options() {

@@ -189,22 +189,8 @@ TEST(verify_client, sampled_verification_densifies_the_sent_support) {
 
 // ---- the raw protocol ----
 
-struct raw_connection {
-  hybrid::tcp_connection conn;
-  std::vector<std::uint8_t> buf;
-  explicit raw_connection(std::uint16_t port)
-      : conn(hybrid::tcp_connection::connect("127.0.0.1", port, 2.0, hybrid::privacy::may_leave_device)) {}
-  wire::message ask(const wire::message& m) {
-    hybrid::write_frame(conn, m, hybrid::deadline_after(5.0));
-    return receive();
-  }
-  wire::message receive() { return hybrid::read_frame(conn, buf, {}, hybrid::deadline_after(5.0)).message; }
-};
-
-wire::error_code error_of(const wire::message& m) {
-  const auto* e = std::get_if<wire::error_reply>(&m);
-  return e != nullptr ? e->code : wire::error_code{};
-}
+using test_support::raw_connection;
+using test_support::error_of;
 
 TEST(verify_protocol, replayed_sequence_numbers_are_answered_identically_and_applied_once) {
   const std::string path = models + "/stories260K.bin";

@@ -145,6 +145,30 @@ TEST(kv_formats, logits_stay_close_to_an_fp32_cache) {
   }
 }
 
+// A server reuses caches across clients: wipe() leaves no stored key or value behind.
+TEST(kv_formats, wipe_zeroes_every_position_in_every_format) {
+  for (const weight_format f : {weight_format::fp32, weight_format::bf16, weight_format::fp16}) {
+    specdec::cpu::kv_cache c(2, 8, 16, f);
+    std::vector<float> k(16, 0.75f), v(16, -1.5f);
+    for (std::size_t layer = 0; layer < 2; ++layer)
+      for (std::size_t pos = 0; pos < 8; ++pos) c.store(layer, pos, k.data(), v.data());
+    c.set_length(8);
+    const auto nonzero = [&] {
+      std::size_t n = 0;
+      for (std::size_t layer = 0; layer < 2; ++layer)
+        for (std::size_t pos = 0; pos < 8; ++pos)
+          for (std::size_t i = 0; i < 16; ++i)
+            n += f == weight_format::fp32 ? (c.key(layer, pos)[i] != 0.0f) + (c.value(layer, pos)[i] != 0.0f)
+                                          : (c.key16(layer, pos)[i] != 0) + (c.value16(layer, pos)[i] != 0);
+      return n;
+    };
+    EXPECT_EQ(nonzero(), 2u * 8 * 16 * 2);
+    c.wipe();
+    EXPECT_EQ(c.length(), 0u);
+    EXPECT_EQ(nonzero(), 0u) << specdec::cpu::to_string(f);
+  }
+}
+
 TEST(kv_formats, sizes_and_bad_formats) {
   specdec::cpu::kv_cache f32(6, 256, 128), f16(6, 256, 128, weight_format::fp16);
   // Cache-line aligned storage, like every buffer the kernels stream.

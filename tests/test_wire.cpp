@@ -32,10 +32,12 @@ std::vector<wire::message> samples() {
   wire::session_id id{};
   for (std::size_t i = 0; i < id.size(); ++i) id[i] = static_cast<std::uint8_t>(17 * i + 3);
   return {
-      wire::open_session{.params = {.temperature = 0.8f, .top_k = 40, .top_p = 0.9f}, .seed = 1ull << 40,
+      wire::open_session{.api_key = "sk-test-0123456789abcdef",
+                         .params = {.temperature = 0.8f, .top_k = 40, .top_p = 0.9f}, .seed = 1ull << 40,
                          .prefix = {1, 403, 2047, 0}},
+      wire::open_session{.version = 1, .prefix = {1, 2}},  // before keys: no key field
       wire::session_opened{.id = id, .vocab_size = 2048, .context_length = 256, .max_draft = 6, .draft_limit = 16},
-      wire::resume_session{.id = id},
+      wire::resume_session{.id = id, .api_key = "sk-test-0123456789abcdef"},
       wire::verify_request{.seq = 1, .committed = {1, 403}, .draft = {88, 12}},
       sampled_request(),
       wire::verdict{.seq = 300, .accepted = 2, .next = 1999, .max_draft = 0},
@@ -69,10 +71,18 @@ TEST(wire, byte_counts) {
                                               .draft_limit = 16})
                 .size(),
             24u);
-  EXPECT_EQ(wire::encode(wire::resume_session{}).size(), 18u);
+  // resume_session: len, type, 16-byte id, key length 1 + key bytes
+  EXPECT_EQ(wire::encode(wire::resume_session{}).size(), 19u);
+  EXPECT_EQ(wire::encode(wire::resume_session{.api_key = std::string(24, 'k')}).size(), 19u + 24);
   EXPECT_EQ(wire::encode(wire::close_session{}), (bytes{1, 7}));
-  // open_session: len, type, version, temperature 4, top_k 1, top_p 4, seed 1, n 1, ids
-  EXPECT_EQ(wire::encode(wire::open_session{.prefix = {1, 403}}).size(), 1u + 1 + 1 + 4 + 1 + 4 + 1 + 1 + 3);
+  // open_session: len, type, version, key length 1 + key, temperature 4, top_k 1, top_p 4, seed 1, n 1, ids
+  EXPECT_EQ(wire::encode(wire::open_session{.prefix = {1, 403}}).size(), 1u + 1 + 1 + 1 + 4 + 1 + 4 + 1 + 1 + 3);
+  EXPECT_EQ(wire::encode(wire::open_session{.api_key = std::string(24, 'k'), .prefix = {1, 403}}).size(),
+            1u + 1 + 1 + 1 + 24 + 4 + 1 + 4 + 1 + 1 + 3);
+  // version 1 (before keys) has no key field, and cannot carry one
+  EXPECT_EQ(wire::encode(wire::open_session{.version = 1, .prefix = {1, 403}}).size(), 1u + 1 + 1 + 4 + 1 + 4 + 1 + 1 + 3);
+  EXPECT_THROW((void)wire::encode(wire::open_session{.version = 1, .api_key = "k", .prefix = {1}}),
+               specdec::invalid_argument);
   // a support row: m, ids gap-coded (3: 1 byte, gap 3: 1, gap 122: 1), 3 x 4 bytes
   const bytes with_q = wire::encode(sampled_request());
   wire::verify_request no_q = sampled_request();
@@ -163,6 +173,15 @@ TEST(wire, rejects_bad_fields) {
   wire::detail::put_varint(e, 2000);
   e.resize(e.size() + 2000, 'x');
   expect_rejected(frame_of(6, e), "max_text");
+  // an API key longer than max_key (open_session of version 2, resume_session)
+  bytes k{2};
+  wire::detail::put_varint(k, 600);
+  k.resize(k.size() + 600, 'k');
+  expect_rejected(frame_of(1, k), "max_key");
+  bytes r(16, 0);
+  wire::detail::put_varint(r, 600);
+  r.resize(r.size() + 600, 'k');
+  expect_rejected(frame_of(3, r), "max_key");
   // session_opened announcing more than its limit
   bytes so(16, 0);
   so.insert(so.end(), {10, 10, 5, 4});

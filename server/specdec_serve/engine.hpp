@@ -30,8 +30,6 @@
 /// eng.start();
 /// auto stream = eng.submit({.prompt = {1, 403}, .max_tokens = 8});
 /// ```
-#include <sys/random.h>
-
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
@@ -93,20 +91,6 @@ struct engine_options {
     speculation.validate(draft_limit);
   }
 };
-
-/// `n` bytes from the kernel's CSPRNG (getrandom(2)); throws `error` if it fails.
-inline void secure_random(void* out, std::size_t n) {
-  auto* p = static_cast<unsigned char*>(out);
-  while (n > 0) {
-    const ssize_t got = ::getrandom(p, n, 0);
-    if (got < 0) {
-      if (errno == EINTR) continue;
-      throw error("secure_random: getrandom failed: " + std::string(std::strerror(errno)));
-    }
-    p += got;
-    n -= static_cast<std::size_t>(got);
-  }
-}
 
 /// The log-probabilities of `token` and of the `top` most likely tokens of a logits row.
 [[nodiscard]] inline token_logprobs logprobs_of(std::span<const float> row, token_id token, std::size_t top) {
@@ -211,43 +195,46 @@ class engine final : public completion_service, public session_service {
     return {.vocab_size = vocab_, .max_frame_bytes = std::size_t{1} << 22, .max_tokens = context_,
             .max_draft = options_.draft_limit, .max_support = vocab_};
   }
-  hybrid::wire::message open(hybrid::wire::open_session m) override {
+  hybrid::wire::message open(hybrid::wire::open_session m, principal who) override {
     if (draining_) return error_message(hybrid::wire::error_code::shutting_down, "the server is shutting down");
     if (m.version != hybrid::wire::protocol_version)
       return error_message(hybrid::wire::error_code::unsupported_version,
                            "protocol version " + std::to_string(m.version) + "; this server speaks " +
                                std::to_string(hybrid::wire::protocol_version));
-    return call(open_cmd{std::move(m), {}});
+    return call(open_cmd{std::move(m), who, {}});
   }
-  hybrid::wire::message resume(const hybrid::wire::session_id& id) override {
+  hybrid::wire::message resume(const hybrid::wire::session_id& id, principal who) override {
     if (draining_) return error_message(hybrid::wire::error_code::shutting_down, "the server is shutting down");
-    return call(resume_cmd{id, {}});
+    return call(resume_cmd{id, who, {}});
   }
-  hybrid::wire::message verify(const hybrid::wire::session_id& id, hybrid::wire::verify_request m,
+  hybrid::wire::message verify(const hybrid::wire::session_id& id, principal who, hybrid::wire::verify_request m,
                                std::uint64_t body_hash) override {
     if (draining_)
       return error_message(hybrid::wire::error_code::shutting_down, "the server is shutting down", m.seq);
     ++inflight_verifies_;
     const std::uint64_t seq = m.seq;
-    hybrid::wire::message r = call(verify_cmd{id, std::move(m), body_hash, clock::now(), {}});
+    hybrid::wire::message r = call(verify_cmd{id, who, std::move(m), body_hash, clock::now(), {}});
     --inflight_verifies_;
     if (auto* e = std::get_if<hybrid::wire::error_reply>(&r); e && e->seq == 0) e->seq = seq;
     return r;
   }
-  void close(const hybrid::wire::session_id& id) override { enqueue(close_cmd{id}); }
+  void close(const hybrid::wire::session_id& id, principal who) override { enqueue(close_cmd{id, who}); }
 
  private:
   // ---- commands from the front-end threads ----
   struct open_cmd {
     hybrid::wire::open_session msg;
+    principal who;
     std::shared_ptr<reply_slot> reply;
   };
   struct resume_cmd {
     hybrid::wire::session_id id;
+    principal who;
     std::shared_ptr<reply_slot> reply;
   };
   struct verify_cmd {
     hybrid::wire::session_id id;
+    principal who;
     hybrid::wire::verify_request req;
     std::uint64_t hash = 0;
     clock::time_point received;
@@ -255,6 +242,7 @@ class engine final : public completion_service, public session_service {
   };
   struct close_cmd {
     hybrid::wire::session_id id;
+    principal who;
   };
   struct completion_job {
     completion_params p;
@@ -274,6 +262,7 @@ class engine final : public completion_service, public session_service {
   // ---- scheduler-owned state ----
   struct session_state {
     hybrid::wire::session_id id{};
+    principal owner;  ///< only this key may resume, verify or close the session
     sequence_id seq = 0;
     sampling_params params{};
     random_source rng;
@@ -358,6 +347,14 @@ class engine final : public completion_service, public session_service {
                                      " sessions; decode on the device and retry later"));
       return;
     }
+    if (c.who.max_sessions > 0 && owned_by(c.who) >= c.who.max_sessions) expire_sessions(now);
+    if (c.who.max_sessions > 0 && owned_by(c.who) >= c.who.max_sessions) {
+      metrics_.add("specdec_verify_requests_total", "type=\"open\",result=\"rate_limited\"");
+      c.reply->set(error_message(hybrid::wire::error_code::rate_limited,
+                                 "this API key holds its maximum of " + std::to_string(c.who.max_sessions) +
+                                     " open sessions; close one or decode on the device"));
+      return;
+    }
     if (c.msg.prefix.empty() || c.msg.prefix.size() > context_) {
       c.reply->set(error_message(hybrid::wire::error_code::invalid_request,
                                  "open_session.prefix has " + std::to_string(c.msg.prefix.size()) +
@@ -366,6 +363,7 @@ class engine final : public completion_service, public session_service {
     }
     session_state s;
     secure_random(s.id.data(), s.id.size());
+    s.owner = c.who;
     s.params = c.msg.params;
     s.rng.reseed(c.msg.seed);
     s.committed = std::move(c.msg.prefix);
@@ -383,7 +381,7 @@ class engine final : public completion_service, public session_service {
     c.reply->set(opened(it->second, now));
   }
   void handle(resume_cmd& c) {
-    const auto it = sessions_.find(c.id);
+    const auto it = find_session(c.id, c.who);
     if (it == sessions_.end()) {
       metrics_.add("specdec_verify_requests_total", "type=\"resume\",result=\"unknown_session\"");
       c.reply->set(unknown(c.id));
@@ -394,7 +392,7 @@ class engine final : public completion_service, public session_service {
     c.reply->set(opened(it->second, it->second.last_active));
   }
   void handle(close_cmd& c) {
-    const auto it = sessions_.find(c.id);
+    const auto it = find_session(c.id, c.who);
     if (it == sessions_.end()) return;
     remove_session(it, "closed by the client");
   }
@@ -409,7 +407,7 @@ class engine final : public completion_service, public session_service {
   }
   void handle(verify_cmd& c) {
     using hybrid::wire::error_code;
-    const auto it = sessions_.find(c.id);
+    const auto it = find_session(c.id, c.who);
     if (it == sessions_.end()) {
       count_verify("unknown_session");
       c.reply->set(unknown(c.id));
@@ -467,6 +465,18 @@ class engine final : public completion_service, public session_service {
     s.job = std::move(c);
   }
 
+  /// The session `id` if `who` owns it; another key's session is not found, so its
+  /// existence is not revealed.
+  typename std::map<hybrid::wire::session_id, session_state>::iterator find_session(
+      const hybrid::wire::session_id& id, principal who) {
+    const auto it = sessions_.find(id);
+    return it != sessions_.end() && it->second.owner.same_key(who) ? it : sessions_.end();
+  }
+  [[nodiscard]] std::size_t owned_by(principal who) const {
+    return static_cast<std::size_t>(std::count_if(sessions_.begin(), sessions_.end(),
+                                                  [&](const auto& kv) { return kv.second.owner.same_key(who); }));
+  }
+
   hybrid::wire::message opened(const session_state& s, clock::time_point now) {
     return hybrid::wire::session_opened{s.id, static_cast<std::uint32_t>(vocab_), static_cast<std::uint32_t>(context_),
                                         static_cast<std::uint32_t>(announce(s, now, true)),
@@ -485,7 +495,9 @@ class engine final : public completion_service, public session_service {
     if (it->second.job)
       it->second.job->reply->set(error_message(hybrid::wire::error_code::unknown_session,
                                                std::string("the session ended: ") + why, it->second.job->req.seq));
-    model_.remove_sequence(it->second.seq);
+    model_.remove_sequence(it->second.seq);  // the backend zeroes the cache before reuse
+    wipe(it->second.committed);
+    wipe(it->second.kv);
     sessions_.erase(it);
     open_sessions_ = sessions_.size();
     metrics_.set("specdec_active_sessions", "", static_cast<double>(sessions_.size()));
@@ -613,6 +625,7 @@ class engine final : public completion_service, public session_service {
       if (parts_[i].completion != nullptr) after_completion(*parts_[i].completion, l, parts_[i].first);
       else after_session(*parts_[i].session, l, blocks_[i].tokens, parts_[i].verdict);
     }
+    for (std::size_t i = 0; i < scratch_used; ++i) wipe(scratch_[i]);  // copies of sessions' tokens
     drop_cancelled();
   }
 
@@ -647,6 +660,8 @@ class engine final : public completion_service, public session_service {
                                           [](const auto& j) { return !j->out->cancelled(); });
     for (auto d = it; d != completions_.end(); ++d) {
       model_.remove_sequence((*d)->seq);
+      wipe((*d)->tokens);
+      wipe((*d)->p.prompt);
       --active_completions_;
     }
     if (it != completions_.end()) {

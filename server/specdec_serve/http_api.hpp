@@ -12,6 +12,11 @@
 /// `return_token_ids` (each choice then carries `token_ids`, the generated ids, which
 /// the device's completion client needs to continue exactly where the cloud stopped).
 ///
+/// API keys (auth.hpp): with a non-empty `key_ring`, every route but `/health` needs
+/// `Authorization: Bearer KEY` (else 401 `invalid_api_key`, before the body is read) and
+/// draws one request from the key's token bucket (else 429 `rate_limit_exceeded` with
+/// `Retry-After`); a completion's `max_tokens` above the key's cap is a 400.
+///
 /// ```cpp
 /// httplib::Server http;
 /// specdec::serve::http_api api(engine, metrics, codec, {.max_body_bytes = 1 << 20});
@@ -30,7 +35,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
-#include <random>
+#include <cctype>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -39,6 +44,8 @@
 #include "specdec/error.hpp"
 #include "specdec/sampling.hpp"
 #include "specdec/token.hpp"
+#include "specdec_serve/auth.hpp"
+#include "specdec_serve/http_watchdog.hpp"
 #include "specdec_serve/metrics.hpp"
 #include "specdec_serve/services.hpp"
 
@@ -78,6 +85,7 @@ struct api_error {
   std::string code;
   [[nodiscard]] std::string type() const {
     if (status == 404) return "not_found_error";
+    if (status == 429) return "requests";  // OpenAI's type for request-rate limits
     if (status == 413) return "invalid_request_error";
     if (status >= 500) return "server_error";
     return "invalid_request_error";
@@ -190,7 +198,9 @@ class request_parser {
     }
   }
 
-  [[nodiscard]] completion_request parse(const std::string& body) const {
+  /// `max_tokens_cap` (0 = none) is the key's limit on `max_tokens` (a 400 above it; the
+  /// default of 16 is lowered to it).
+  [[nodiscard]] completion_request parse(const std::string& body, std::size_t max_tokens_cap = 0) const {
     const json j = parse_json(body);
     if (!j.is_object()) throw api_error{400, "the body must be a JSON object", "", ""};
     completion_request r;
@@ -202,7 +212,12 @@ class request_parser {
                         "model", "model_not_found"};
     }
     r.params.prompt = prompt(j);
-    r.params.max_tokens = static_cast<std::size_t>(integer(j, "max_tokens", 16, 0, 1 << 30));
+    const std::int64_t default_tokens = max_tokens_cap > 0 ? std::min<std::int64_t>(16, static_cast<std::int64_t>(max_tokens_cap)) : 16;
+    r.params.max_tokens = static_cast<std::size_t>(integer(j, "max_tokens", default_tokens, 0, 1 << 30));
+    if (max_tokens_cap > 0 && r.params.max_tokens > max_tokens_cap)
+      throw api_error{400, "max_tokens is " + std::to_string(r.params.max_tokens) + "; this API key may ask for at most " +
+                               std::to_string(max_tokens_cap) + " tokens per request",
+                      "max_tokens", "max_tokens_exceeded"};
     const double temperature = number(j, "temperature", 1.0, 0.0, 2.0);
     const double top_p = number(j, "top_p", 1.0, 0.0, 1.0);
     if (top_p <= 0.0) throw api_error{400, "top_p must be in (0, 1], got 0", "top_p", ""};
@@ -212,7 +227,7 @@ class request_parser {
       if (!s->is_number_integer()) throw wrong_type("seed", "an integer");
       r.params.seed = s->is_number_unsigned() ? s->get<std::uint64_t>() : static_cast<std::uint64_t>(s->get<std::int64_t>());
     } else {
-      r.params.seed = std::random_device{}() * 0x100000000ull + std::random_device{}();
+      secure_random(&r.params.seed, sizeof r.params.seed);
     }
     r.stream = boolean(j, "stream", false);
     r.echo = boolean(j, "echo", false);
@@ -363,23 +378,52 @@ class request_parser {
 /// fields to `/health` (e.g. the verify port).
 class http_api {
  public:
+  /// Without `keys` (or with an empty ring) every route is open to anyone who reaches it.
   http_api(completion_service& service, metrics_registry& metrics, text_codec codec, http_options options = {},
-           std::function<void(json&)> extra_health = {})
+           std::function<void(json&)> extra_health = {}, key_ring* keys = nullptr)
       : service_(service),
         metrics_(metrics),
         codec_(std::move(codec)),
         options_(options),
         extra_health_(std::move(extra_health)),
+        keys_(keys),
         model_(service.info()),
         parser_(model_, codec_, options_),
         created_(static_cast<std::int64_t>(std::time(nullptr))) {
     metrics_.describe("specdec_http_requests_total", "counter", "HTTP requests by route and status");
+    metrics_.describe("specdec_rejected_requests_total", "counter",
+                      "Requests refused for their API key, by port and reason (unauthorized, rate_limited)");
     metrics_.describe("specdec_http_request_seconds", "histogram", "HTTP request handling time by route (streams: to the last event)",
                       {0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30});
   }
 
-  void install(httplib::Server& s) {
+  /// Installs the routes on `s`; with a `watchdog`, reports each request's begin and end
+  /// to it (the watchdog's deadlines apply between requests).
+  void install(httplib::Server& s, http_watchdog* watchdog = nullptr) {
+    if (watchdog != nullptr)
+      s.set_post_routing_handler([watchdog](const httplib::Request& req, httplib::Response&) { watchdog->begin(req); });
     s.set_payload_max_length(options_.max_body_bytes);
+    // Runs after the headers and before the body is read: an unauthenticated or
+    // rate-limited client costs no body read.
+    s.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+      if (keys_ == nullptr || !keys_->enabled() || req.path == "/health") return httplib::Server::HandlerResponse::Unhandled;
+      const std::optional<principal> who = caller(req);
+      if (!who) {
+        res.set_header("WWW-Authenticate", "Bearer");
+        return refuse(res, api_error{401,
+                                     "a missing or unknown API key; send the header 'Authorization: Bearer KEY' "
+                                     "with a key of this server's --api-keys",
+                                     "", "invalid_api_key"},
+                      "unauthorized");
+      }
+      if (!keys_->admit(*who)) {
+        res.set_header("Retry-After", "1");
+        return refuse(res, api_error{429, "this API key's request rate is exhausted; retry later", "",
+                                     "rate_limit_exceeded"},
+                      "rate_limited");
+      }
+      return httplib::Server::HandlerResponse::Unhandled;
+    });
     s.set_error_handler(httplib::Server::HandlerWithResponse([this](const httplib::Request&, httplib::Response& res) {
       if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
       api_error e{res.status, "", "", ""};
@@ -402,7 +446,8 @@ class http_api {
       }
       reply(res, api_error{500, what, "", ""});
     });
-    s.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
+    s.set_logger([this, watchdog](const httplib::Request& req, const httplib::Response& res) {
+      if (watchdog != nullptr) watchdog->end(req);
       metrics_.add("specdec_http_requests_total",
                    "route=\"" + route_label(req.path) + "\",code=\"" + std::to_string(res.status) + "\"");
     });
@@ -442,6 +487,28 @@ class http_api {
   }
 
  private:
+  /// The principal of the request's bearer key (principal 0 on an open server).
+  [[nodiscard]] std::optional<principal> caller(const httplib::Request& req) const {
+    if (keys_ == nullptr) return principal{};
+    const std::string header = req.get_header_value("Authorization");
+    std::string_view h = header;
+    if (h.size() < 7 || !std::equal(h.begin(), h.begin() + 7, "bearer ", [](char a, char b) {
+          return std::tolower(static_cast<unsigned char>(a)) == b;
+        }))
+      h = {};
+    else
+      h.remove_prefix(7);
+    while (!h.empty() && h.front() == ' ') h.remove_prefix(1);
+    while (!h.empty() && h.back() == ' ') h.remove_suffix(1);
+    return keys_->authenticate(h);
+  }
+  httplib::Server::HandlerResponse refuse(httplib::Response& res, const api_error& e, const char* reason) {
+    metrics_.add("specdec_rejected_requests_total", std::string("port=\"http\",reason=\"") + reason + "\"");
+    res.set_header("Connection", "close");  // the body was not read: the stream cannot carry another request
+    reply(res, e);
+    return httplib::Server::HandlerResponse::Handled;
+  }
+
   static std::string route_label(const std::string& path) {
     for (const char* r : {"/v1/completions", "/v1/models", "/health", "/metrics"})
       if (path == r) return r;
@@ -485,6 +552,13 @@ class http_api {
                         {"text_offset", json::array()}};
     }
     [[nodiscard]] std::size_t logprob_entries() const { return logprobs.is_object() ? logprobs["tokens"].size() : 0; }
+    generation(const generation&) = delete;
+    generation& operator=(const generation&) = delete;
+    ~generation() {  // the request's tokens and text do not outlive it
+      wipe(req.params.prompt);
+      wipe(tokens);
+      wipe(echo);
+    }
   };
 
   /// Counts a response in `in_flight_` for as long as it lives.
@@ -500,7 +574,8 @@ class http_api {
     auto token = std::make_shared<in_flight_token>(in_flight_);  // held by the stream's provider too
     std::shared_ptr<generation> g;
     try {
-      completion_request r = parser_.parse(req.body);
+      const std::optional<principal> who = caller(req);
+      completion_request r = parser_.parse(req.body, who && keys_ != nullptr ? keys_->limits(*who).max_tokens : 0);
       if (!service_.accepting()) throw api_error{503, "the server is shutting down", "", "shutting_down"};
       auto stream = service_.submit(r.params);
       g = std::make_shared<generation>(std::move(r), std::move(stream), &codec_, "cmpl-" + random_id(),
@@ -674,9 +749,10 @@ class http_api {
   }
   static std::string random_id() {
     static constexpr char digits[] = "0123456789abcdef";
-    std::random_device rd;
+    std::uint8_t bytes[12];
+    secure_random(bytes, sizeof bytes);
     std::string s;
-    for (int i = 0; i < 24; ++i) s.push_back(digits[rd() & 15]);
+    for (std::uint8_t b : bytes) s.push_back(digits[b >> 4]), s.push_back(digits[b & 15]);
     return s;
   }
 
@@ -685,6 +761,7 @@ class http_api {
   text_codec codec_;
   http_options options_;
   std::function<void(json&)> extra_health_;
+  key_ring* keys_;
   model_info model_;
   request_parser parser_;
   std::int64_t created_;

@@ -5,6 +5,12 @@
 /// together. The program (server/main.cpp) and the tests (in process, on ephemeral
 /// loopback ports) both use it.
 ///
+/// API keys (auth.hpp): with `api_keys` non-empty both ports require one of them and
+/// enforce its limits; without, both are open (for loopback development). Slow clients:
+/// the HTTP port has read and write timeouts per operation, a keep-alive timeout and the
+/// watchdog (http_watchdog.hpp) bounding each whole request; the verify port has its
+/// handshake, idle and frame timeouts (verify_listener.hpp).
+///
 /// Graceful stop: new sessions, verify requests and completions are refused (503 /
 /// `shutting_down`, and `/health` turns 503 "draining"), in-flight work gets
 /// `drain_seconds` to finish, then whatever remains fails cleanly (streams end with an
@@ -26,16 +32,20 @@
 
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <thread>
 #include <utility>
+#include <vector>
 
 #include "specdec/batch.hpp"
 #include "specdec/error.hpp"
 #include "specdec/hybrid/tls.hpp"
+#include "specdec_serve/auth.hpp"
 #include "specdec_serve/engine.hpp"
+#include "specdec_serve/http_watchdog.hpp"
 #include "specdec_serve/http_api.hpp"
 #include "specdec_serve/metrics.hpp"
 #include "specdec_serve/verify_listener.hpp"
@@ -49,6 +59,10 @@ struct serve_options {
   std::uint16_t verify_port = 0;   ///< 0 = ephemeral (announced in /health as "verify_port")
   std::size_t http_threads = 16;   ///< HTTP worker threads (a streaming completion holds one)
   double drain_seconds = 10.0;     ///< how long a graceful stop waits for in-flight work
+  std::vector<api_key> api_keys{};  ///< empty = no authentication (see auth.hpp)
+  double http_io_timeout_seconds = 10.0;    ///< one read or write on an HTTP connection
+  double http_keep_alive_seconds = 5.0;     ///< an idle kept-alive HTTP connection
+  watchdog_options watchdog{};              ///< a whole HTTP request (headers and body)
   engine_options engine{};
   http_options http{};
   listener_options listener{};     ///< host and port are taken from above
@@ -64,13 +78,16 @@ class server {
   server(B& model, text_codec codec, serve_options options)
       : options_(std::move(options)),
         tls_(secure_setup(options_)),
+        keys_(std::move(options_.api_keys)),
+        watchdog_(options_.watchdog),
         engine_(model, options_.engine, metrics_),
         http_api_(engine_, metrics_, std::move(codec), options_.http,
                   [this](json& h) {
                     h["verify_port"] = listener_.port();
                     h["step_time_curve"] = engine_.cost_points();  // [[rows, seconds], ...]
-                  }),
-        listener_(engine_, metrics_, with_address(options_.listener)),
+                  },
+                  &keys_),
+        listener_(engine_, metrics_, with_address(options_.listener), &keys_),
         http_(http_server(tls_)) {}
   server(const server&) = delete;
   server& operator=(const server&) = delete;
@@ -82,10 +99,11 @@ class server {
     engine_.start();
     listener_.start();
     http_->new_task_queue = [n = options_.http_threads] { return new httplib::ThreadPool(n); };
-    http_->set_read_timeout(10, 0);
-    http_->set_write_timeout(10, 0);
-    http_->set_keep_alive_timeout(5);
-    http_api_.install(*http_);
+    const auto io = std::chrono::duration<double>(options_.http_io_timeout_seconds);
+    http_->set_read_timeout(io);
+    http_->set_write_timeout(io);
+    http_->set_keep_alive_timeout(static_cast<time_t>(std::max(1.0, std::ceil(options_.http_keep_alive_seconds))));
+    http_api_.install(*http_, &watchdog_);
     int port = options_.http_port == 0 ? http_->bind_to_any_port(options_.host)
                                        : (http_->bind_to_port(options_.host, options_.http_port) ? options_.http_port : -1);
     if (port <= 0) {
@@ -94,6 +112,7 @@ class server {
       throw error("specdec-serve: cannot bind HTTP on " + options_.host + ":" + std::to_string(options_.http_port));
     }
     http_port_ = static_cast<std::uint16_t>(port);
+    watchdog_.start(http_port_);
     // bind_to_*port already listens: connections queue until the accept loop runs.
     http_thread_ = std::thread([this] { http_->listen_after_bind(); });
     running_ = true;
@@ -114,6 +133,7 @@ class server {
       std::this_thread::sleep_for(std::chrono::milliseconds(2));
     http_->stop();
     if (http_thread_.joinable()) http_thread_.join();
+    watchdog_.stop();
   }
 
   [[nodiscard]] std::uint16_t http_port() const noexcept { return http_port_; }
@@ -121,6 +141,10 @@ class server {
   [[nodiscard]] bool running() const noexcept { return running_; }
   [[nodiscard]] metrics_registry& metrics() noexcept { return metrics_; }
   [[nodiscard]] engine<B>& core() noexcept { return engine_; }
+  /// Whether API keys are required.
+  [[nodiscard]] bool authenticating() const noexcept { return keys_.enabled(); }
+  /// HTTP connections the watchdog shut down for missing their deadline.
+  [[nodiscard]] std::size_t connections_cut() const noexcept { return watchdog_.cut(); }
 
  private:
   listener_options with_address(listener_options l) const {
@@ -150,6 +174,8 @@ class server {
 
   serve_options options_;
   std::shared_ptr<const hybrid::tls_server> tls_;
+  key_ring keys_;
+  http_watchdog watchdog_;
   metrics_registry metrics_;
   engine<B> engine_;
   http_api http_api_;

@@ -11,7 +11,11 @@
 /// while (stream->next(e, specdec::serve::clock::now() + std::chrono::seconds(1)) &&
 ///        e.what == specdec::serve::completion_event::kind::token) { use(e.token); }
 /// ```
+#include <sys/random.h>
+
 #include <atomic>
+#include <cerrno>
+#include <cstring>
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
@@ -32,6 +36,43 @@
 namespace specdec::serve {
 
 using clock = std::chrono::steady_clock;
+
+/// `n` bytes from the kernel's CSPRNG (getrandom(2)); throws `error` if it fails.
+inline void secure_random(void* out, std::size_t n) {
+  auto* p = static_cast<unsigned char*>(out);
+  while (n > 0) {
+    const ssize_t got = ::getrandom(p, n, 0);
+    if (got < 0) {
+      if (errno == EINTR) continue;
+      throw error("secure_random: getrandom failed: " + std::string(std::strerror(errno)));
+    }
+    p += got;
+    n -= static_cast<std::size_t>(got);
+  }
+}
+
+/// Overwrites a buffer's contents with zeros (stores the compiler may not drop), then
+/// empties it: an ended request's tokens or text do not linger in memory that is freed
+/// or reused later.
+///
+/// ```cpp
+/// std::vector<specdec::token_id> prompt{1, 403};
+/// specdec::serve::wipe(prompt);  // zeros, then empty
+/// ```
+template <class Buffer>
+void wipe(Buffer& b) noexcept {
+  if (!b.empty()) ::explicit_bzero(b.data(), b.size() * sizeof(*b.data()));
+  b.clear();
+}
+
+/// Who sent a request: the index + 1 of its API key (auth.hpp's `key_ring`), 0 on an
+/// open server. A session remembers the principal that opened it; only the same one may
+/// resume, verify or close it.
+struct principal {
+  std::uint32_t key = 0;
+  std::size_t max_sessions = 0;  ///< the key's quota of open sessions (0 = none)
+  [[nodiscard]] bool same_key(const principal& o) const noexcept { return key == o.key; }
+};
 
 /// The engine cannot take the request now (too many completions, or draining): HTTP 503.
 class unavailable : public error {
@@ -128,13 +169,15 @@ class session_service {
   virtual ~session_service() = default;
   /// The bounds the listener decodes requests with (vocabulary, draft limit, ...).
   [[nodiscard]] virtual hybrid::wire::limits wire_limits() const = 0;
-  virtual hybrid::wire::message open(hybrid::wire::open_session m) = 0;
-  virtual hybrid::wire::message resume(const hybrid::wire::session_id& id) = 0;
+  /// Opens a session owned by `who` (its quota of sessions enforced: `rate_limited`).
+  virtual hybrid::wire::message open(hybrid::wire::open_session m, principal who) = 0;
+  /// A session of another principal is answered exactly like one that does not exist.
+  virtual hybrid::wire::message resume(const hybrid::wire::session_id& id, principal who) = 0;
   /// `body_hash` identifies the request's bytes, so a replayed sequence number with a
   /// different body is told apart from a retry.
-  virtual hybrid::wire::message verify(const hybrid::wire::session_id& id, hybrid::wire::verify_request m,
-                                       std::uint64_t body_hash) = 0;
-  virtual void close(const hybrid::wire::session_id& id) = 0;
+  virtual hybrid::wire::message verify(const hybrid::wire::session_id& id, principal who,
+                                       hybrid::wire::verify_request m, std::uint64_t body_hash) = 0;
+  virtual void close(const hybrid::wire::session_id& id, principal who) = 0;
 };
 
 /// Where an engine's answer to a blocked front-end thread is delivered, once.

@@ -6,9 +6,18 @@
 /// go to that session. Requests are answered in order, one at a time.
 ///
 /// A frame that does not decode is answered with `error_reply{malformed}` and the
-/// connection is closed (the byte stream cannot be resynchronised); every other error
-/// keeps the connection. Idle connections are closed after `idle_timeout_seconds` (the
-/// device reconnects and resumes its session).
+/// connection is closed (the byte stream cannot be resynchronised); so is a missing or
+/// unknown API key (`unauthorized`); every other error keeps the connection.
+///
+/// Keys and limits (auth.hpp): `open_session` and `resume_session` carry the key; the
+/// connection then acts for that key, whose token bucket every open, resume and verify
+/// request draws from (`rate_limited` when empty). Only the key that opened a session may
+/// resume, verify or close it; for any other it does not exist (`unknown_session`).
+///
+/// Timeouts, so a slow or silent client cannot hold a thread: a new connection must send
+/// its first frame within `handshake_timeout_seconds`; an attached one is closed after
+/// `idle_timeout_seconds` without a frame (the device reconnects and resumes its session);
+/// a frame, once begun, must arrive whole within `frame_timeout_seconds`.
 ///
 /// With `tls` set, every accepted connection is secured first, in its own thread and
 /// within the handshake timeout: a client that fails or never finishes the handshake is
@@ -46,6 +55,7 @@
 #include "specdec/hybrid/tls.hpp"
 #include "specdec/hybrid/transport.hpp"
 #include "specdec/hybrid/wire.hpp"
+#include "specdec_serve/auth.hpp"
 #include "specdec_serve/metrics.hpp"
 #include "specdec_serve/services.hpp"
 
@@ -56,20 +66,26 @@ struct listener_options {
   std::string host = "127.0.0.1";     ///< address to bind ("0.0.0.0" for every interface)
   std::uint16_t port = 0;             ///< 0 = an ephemeral port (read it back with `port()`)
   std::size_t max_connections = 256;  ///< more are answered `overloaded` and closed
-  double idle_timeout_seconds = 600.0;
+  double handshake_timeout_seconds = 10.0;  ///< from accept to the first frame
+  double idle_timeout_seconds = 300.0;      ///< between two frames of an attached connection
+  double frame_timeout_seconds = 30.0;      ///< from a frame's first byte to its last
   double write_timeout_seconds = 10.0;
   std::shared_ptr<const hybrid::tls_server> tls{};  ///< set: TLS on every connection
 };
 
 class verify_listener {
  public:
-  verify_listener(session_service& service, metrics_registry& metrics, listener_options options = {})
-      : service_(service), metrics_(metrics), options_(std::move(options)) {
+  /// Without `keys` (or with an empty ring) the port is open to anyone who reaches it.
+  verify_listener(session_service& service, metrics_registry& metrics, listener_options options = {},
+                  key_ring* keys = nullptr)
+      : service_(service), metrics_(metrics), options_(std::move(options)), keys_(keys) {
     metrics_.describe("specdec_verify_bytes_total", "counter",
                       "Bytes on the verify port's sockets (framing included), by direction");
     metrics_.describe("specdec_verify_connections", "gauge", "Open connections on the verify port");
     metrics_.describe("specdec_tls_handshake_failures_total", "counter",
                       "Connections dropped because the TLS handshake failed or timed out, by port");
+    metrics_.describe("specdec_rejected_requests_total", "counter",
+                      "Requests refused for their API key, by port and reason (unauthorized, rate_limited)");
   }
   verify_listener(const verify_listener&) = delete;
   verify_listener& operator=(const verify_listener&) = delete;
@@ -218,10 +234,17 @@ class verify_listener {
     const wire::limits lim = service_.wire_limits();
     std::vector<std::uint8_t> buf;
     std::optional<wire::session_id> attached;
+    principal who;  // the key the connection acts for, once open/resume authenticated it
     while (!stopping_) {
       hybrid::received_frame f;
       try {
-        f = hybrid::read_frame(conn, buf, lim, hybrid::deadline_after(options_.idle_timeout_seconds));
+        if (buf.empty()) {  // wait for the next frame's first bytes
+          std::uint8_t chunk[4096];
+          const std::size_t n = conn.recv_some(chunk, hybrid::deadline_after(attached ? options_.idle_timeout_seconds
+                                                                                      : options_.handshake_timeout_seconds));
+          buf.insert(buf.end(), chunk, chunk + n);
+        }
+        f = hybrid::read_frame(conn, buf, lim, hybrid::deadline_after(options_.frame_timeout_seconds));
       } catch (const hybrid::protocol_error& e) {
         send(conn, error_message(wire::error_code::malformed, e.what()));
         return;
@@ -233,19 +256,35 @@ class verify_listener {
           [&](auto& m) -> wire::message {
             using T = std::decay_t<decltype(m)>;
             if constexpr (std::is_same_v<T, wire::open_session> || std::is_same_v<T, wire::resume_session>) {
+              const std::optional<principal> p = keys_ != nullptr ? keys_->authenticate(m.api_key) : principal{};
+              wipe(m.api_key);
+              if (!p) {
+                close_after = true;
+                return reject(wire::error_code::unauthorized, "unauthorized",
+                              "a missing or unknown API key; expected one of the server's --api-keys");
+              }
+              if (keys_ != nullptr && !keys_->admit(*p))
+                return reject(wire::error_code::rate_limited, "rate_limited",
+                              "the API key's request rate is exhausted; decode on the device and retry later");
               wire::message r;
-              if constexpr (std::is_same_v<T, wire::open_session>) r = service_.open(std::move(m));
-              else r = service_.resume(m.id);
-              if (const auto* o = std::get_if<wire::session_opened>(&r)) attached = o->id;
+              if constexpr (std::is_same_v<T, wire::open_session>) r = service_.open(std::move(m), *p);
+              else r = service_.resume(m.id, *p);
+              if (const auto* o = std::get_if<wire::session_opened>(&r)) {
+                attached = o->id;
+                who = *p;
+              }
               return r;
             } else if constexpr (std::is_same_v<T, wire::verify_request>) {
               if (!attached)
                 return error_message(wire::error_code::unknown_session,
                                      "no session on this connection; send open_session or resume_session first",
                                      m.seq);
-              return service_.verify(*attached, std::move(m), f.body_hash);
+              if (keys_ != nullptr && !keys_->admit(who))
+                return reject(wire::error_code::rate_limited, "rate_limited",
+                              "the API key's request rate is exhausted; decode on the device and retry later", m.seq);
+              return service_.verify(*attached, who, std::move(m), f.body_hash);
             } else if constexpr (std::is_same_v<T, wire::close_session>) {
-              if (attached) service_.close(*attached);
+              if (attached) service_.close(*attached, who);
               close_after = true;
               return wire::close_session{};
             } else {
@@ -261,6 +300,11 @@ class verify_listener {
       if (close_after) return;
     }
   }
+  hybrid::wire::message reject(hybrid::wire::error_code code, const char* reason, const char* text,
+                               std::uint64_t seq = 0) {
+    metrics_.add("specdec_rejected_requests_total", std::string("port=\"verify\",reason=\"") + reason + "\"");
+    return error_message(code, text, seq);
+  }
   bool send(hybrid::tcp_connection& conn, const hybrid::wire::message& m) {
     try {
       hybrid::write_frame(conn, m, hybrid::deadline_after(options_.write_timeout_seconds));
@@ -273,6 +317,7 @@ class verify_listener {
   session_service& service_;
   metrics_registry& metrics_;
   listener_options options_;
+  key_ring* keys_;
   int listen_fd_ = -1;
   int wake_[2] = {-1, -1};
   std::uint16_t port_ = 0;

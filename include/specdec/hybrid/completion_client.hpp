@@ -300,6 +300,9 @@ struct completion_client_options {
   /// TLS (`tls_client(...)` from hybrid/tls.hpp) or plain TCP; plain TCP reaches only
   /// loopback hosts unless `allow_plaintext` is set.
   transport_security security{};
+  /// Sent as `Authorization: Bearer KEY` when non-empty (`specdec-serve --api-keys`); a
+  /// wrong key makes `complete` throw `remote_error` with status 401.
+  std::string api_key{};
 };
 
 /// The streaming client of the file comment, plus `health()` (is the server back, and
@@ -308,15 +311,17 @@ struct completion_client_options {
 class completion_client {
  public:
   completion_client(std::string host, std::uint16_t port, completion_client_options options = {})
-      : host_(std::move(host)), port_(port), options_(std::move(options)) {}
+      : host_(std::move(host)), port_(port), options_(std::move(options)) {
+    check_api_key(options_.api_key, "completion_client_options.api_key");
+  }
 
   /// Runs `req` and calls `on_chunk(const completion_chunk&)` for each event with new
   /// text or tokens; if it returns something false-like the request is abandoned (the
   /// connection closed) and what arrived so far is returned with finish_reason
   /// "cancelled". Throws `privacy_violation` (nothing sent) for a local_only request,
   /// `link_unavailable` / `link_timeout` when the server cannot be reached or answers
-  /// 5xx, `remote_error` (with the HTTP status) for a 4xx answer, `protocol_error` for
-  /// malformed responses.
+  /// 5xx or 429 (rate limited: decode on the device for now), `remote_error` (with the
+  /// HTTP status) for another 4xx answer, `protocol_error` for malformed responses.
   template <class OnChunk = std::nullptr_t>
   completion_result complete(const completion_request& req, OnChunk&& on_chunk = nullptr) {
     check_may_leave(req.data, "completion_client::complete");
@@ -345,7 +350,7 @@ class completion_client {
     });
     const std::string head = "POST /v1/completions HTTP/1.1\r\nHost: " + host_ + ":" + std::to_string(port_) +
                              "\r\nContent-Type: application/json\r\nAccept: text/event-stream\r\nContent-Length: " +
-                             std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n";
+                             std::to_string(body.size()) + "\r\n" + authorization() + "Connection: close\r\n\r\n";
     std::string error_body;
     const int status = exchange(
         head + body, req.data,
@@ -480,7 +485,11 @@ class completion_client {
     }
     return chunk;
   }
-  /// Throws for a non-200 answer: 5xx -> link_unavailable (decode on the device),
+  /// The Authorization header line, or "" without a key.
+  [[nodiscard]] std::string authorization() const {
+    return options_.api_key.empty() ? std::string() : "Authorization: Bearer " + options_.api_key + "\r\n";
+  }
+  /// Throws for a non-200 answer: 5xx and 429 -> link_unavailable (decode on the device),
   /// otherwise remote_error with the server's message.
   [[noreturn]] void fail_status(int status, const std::string& body) const {
     std::string message = body.substr(0, 512);
@@ -491,7 +500,7 @@ class completion_client {
     }
     const std::string what = "completion_client: " + host_ + ":" + std::to_string(port_) + " answered " +
                              std::to_string(status) + ": " + message;
-    if (status >= 500) throw link_unavailable(what);
+    if (status >= 500 || status == 429) throw link_unavailable(what);
     throw remote_error(status, status, what);
   }
 

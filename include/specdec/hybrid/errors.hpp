@@ -78,7 +78,7 @@ class protocol_error : public error {
 /// (0 on the verify protocol).
 ///
 /// ```cpp
-/// catch (const specdec::hybrid::remote_error& e) { if (e.status() == 429) back_off(); }
+/// catch (const specdec::hybrid::remote_error& e) { if (e.status() == 401) ask_for_a_key(); }
 /// ```
 class remote_error : public error {
  public:

@@ -32,6 +32,8 @@
 #include <sys/types.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <chrono>
 #include <cstddef>
@@ -387,6 +389,31 @@ inline received_frame read_frame(tcp_connection& conn, std::vector<std::uint8_t>
     const std::size_t n = conn.recv_some(chunk, until);
     buf.insert(buf.end(), chunk, chunk + n);
   }
+}
+
+/// Whether `c` may appear in an API key: RFC 6750's bearer-token (token68) alphabet.
+///
+/// ```cpp
+/// bool ok = specdec::hybrid::api_key_char('-');  // true; ' ', '\r', ':' are not
+/// ```
+[[nodiscard]] inline bool api_key_char(char c) noexcept {
+  return std::isalnum(static_cast<unsigned char>(c)) != 0 || c == '-' || c == '.' || c == '_' || c == '~' ||
+         c == '+' || c == '/' || c == '=';
+}
+
+/// Throws `invalid_argument` naming `what` unless `key` is empty or a bearer token: 1 to
+/// `wire::limits{}.max_key` characters of `A-Z a-z 0-9 - . _ ~ + / =` (so it can neither
+/// break an HTTP header nor exceed what a server decodes).
+///
+/// ```cpp
+/// specdec::hybrid::check_api_key("sk-device-fleet-4f0c9a7d2b8e61f3", "api_key");  // fine
+/// ```
+inline void check_api_key(std::string_view key, const char* what) {
+  const bool ok = key.size() <= wire::limits{}.max_key && std::all_of(key.begin(), key.end(), api_key_char);
+  if (!ok)
+    throw invalid_argument(std::string(what) + ": a key of " + std::to_string(key.size()) +
+                           " bytes with characters outside A-Z a-z 0-9 - . _ ~ + / = or longer than " +
+                           std::to_string(wire::limits{}.max_key) + "; expected a bearer token");
 }
 
 /// Encodes `m` and writes it to `conn` by `until`.

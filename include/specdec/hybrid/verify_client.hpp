@@ -46,7 +46,8 @@ namespace specdec::hybrid {
 /// Deadlines and retries of a `verify_client`.
 ///
 /// ```cpp
-/// specdec::hybrid::verify_client_options o{.request_timeout_seconds = 0.5, .retries = 0};
+/// specdec::hybrid::verify_client_options o{.request_timeout_seconds = 0.5, .retries = 0,
+///                                          .api_key = "sk-device-fleet-4f0c9a7d2b8e61f3"};
 /// ```
 struct verify_client_options {
   double connect_timeout_seconds = 2.0;  ///< per connection attempt
@@ -60,12 +61,17 @@ struct verify_client_options {
   /// TLS (`tls_client(...)` from hybrid/tls.hpp) or plain TCP; plain TCP reaches only
   /// loopback hosts unless `allow_plaintext` is set.
   transport_security security{};
+  /// The server's API key (`specdec-serve --api-keys`), sent when a session is opened or
+  /// resumed; empty for an open server. A wrong key makes `open` throw `remote_error`
+  /// with code `wire::error_code::unauthorized`.
+  std::string api_key{};
 
   void validate() const {
     if (!(connect_timeout_seconds > 0.0) || !(request_timeout_seconds > 0.0))
       throw invalid_argument("verify_client_options: connect_timeout_seconds = " +
                              std::to_string(connect_timeout_seconds) + ", request_timeout_seconds = " +
                              std::to_string(request_timeout_seconds) + "; expected both > 0");
+    check_api_key(api_key, "verify_client_options.api_key");
   }
 };
 
@@ -253,7 +259,7 @@ class verify_client {
     in_.clear();
     if (!opened_) return;
     // A new connection to a live session: attach to it (or reopen if it is gone).
-    write_frame(conn_, wire::resume_session{session_}, deadline_after(options_.request_timeout_seconds));
+    write_frame(conn_, wire::resume_session{session_, options_.api_key}, deadline_after(options_.request_timeout_seconds));
     wire::message reply = receive();
     if (auto* e = std::get_if<wire::error_reply>(&reply); e && e->code == wire::error_code::unknown_session) {
       opened_ = false;
@@ -265,7 +271,7 @@ class verify_client {
 
   /// Opens a session with all committed tokens on the current connection.
   void open_session_now() {
-    wire::open_session o{.params = params_, .seed = seed_, .prefix = committed_};
+    wire::open_session o{.api_key = options_.api_key, .params = params_, .seed = seed_, .prefix = committed_};
     write_frame(conn_, o, deadline_after(options_.request_timeout_seconds));
     apply_opened(expect<wire::session_opened>(receive(), "open_session"));
     pending_.clear();
@@ -291,8 +297,9 @@ class verify_client {
   }
 
   /// The reply as a T, or the server's error as an exception: `link_unavailable` when it
-  /// cannot serve now (overloaded, shutting down, internal failure: decode on the device),
-  /// `remote_error` when the request itself was wrong.
+  /// cannot serve now (overloaded, shutting down, internal failure, the key's rate or
+  /// session quota exhausted: decode on the device), `remote_error` when the request
+  /// itself was wrong or the key is not accepted (`unauthorized`).
   template <class T>
   const T& expect(const wire::message& m, const char* request) {
     if (const T* t = std::get_if<T>(&m)) return *t;
@@ -300,7 +307,7 @@ class verify_client {
       const std::string what = std::string("verify_client: the server answered ") + request + " with " +
                                wire::to_string(e->code) + ": " + e->text;
       if (e->code == wire::error_code::overloaded || e->code == wire::error_code::shutting_down ||
-          e->code == wire::error_code::internal)
+          e->code == wire::error_code::internal || e->code == wire::error_code::rate_limited)
         throw link_unavailable(what);
       throw remote_error(static_cast<int>(e->code), 0, what);
     }

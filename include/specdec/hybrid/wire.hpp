@@ -17,13 +17,18 @@
 /// ## Messages (device -> server: open, resume, verify, close; server -> device: the rest)
 /// | type | message          | payload                                                                  |
 /// |------|------------------|--------------------------------------------------------------------------|
-/// | 1    | `open_session`   | version, temperature f32, top_k, top_p f32, seed, n, n token ids         |
+/// | 1    | `open_session`   | version, key length, key, temperature f32, top_k, top_p f32, seed, n, n ids |
 /// | 2    | `session_opened` | session id (16 bytes), vocab size, context length, max draft, draft limit |
-/// | 3    | `resume_session` | session id (16 bytes)                                                    |
+/// | 3    | `resume_session` | session id (16 bytes), key length, key bytes                             |
 /// | 4    | `verify_request` | seq, n, n committed ids, k, k draft ids, r (0 or k), r support rows      |
 /// | 5    | `verdict`        | seq, accepted, next token, max draft for the next round                  |
 /// | 6    | `error_reply`    | code, seq (0 if none), text length, text bytes                           |
 /// | 7    | `close_session`  | (empty)                                                                  |
+///
+/// The API key (`specdec-serve --api-keys`; empty on an open server) travels in
+/// `open_session` and `resume_session`, which attach a connection to a session; the
+/// connection's later requests act with that key. An `open_session` of version 1 (before
+/// keys) has no key field, so an old client still decodes and gets `unsupported_version`.
 ///
 /// A support row is the draft's truncated distribution at one draft position: m, then m
 /// token ids strictly increasing (the first as is, each next as the gap minus one), then
@@ -52,6 +57,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <variant>
 #include <vector>
@@ -65,7 +71,7 @@ namespace specdec::hybrid::wire {
 
 /// The protocol version an `open_session` carries; a server rejects others with
 /// `error_code::unsupported_version`.
-inline constexpr std::uint32_t protocol_version = 1;
+inline constexpr std::uint32_t protocol_version = 2;
 
 /// The first byte of a frame's body.
 ///
@@ -98,6 +104,8 @@ enum class error_code : std::uint32_t {
   overloaded = 6,           ///< the server holds its maximum number of sessions
   shutting_down = 7,        ///< the server is draining
   internal = 8,             ///< the server failed
+  unauthorized = 9,         ///< the API key is missing or not one the server knows
+  rate_limited = 10,        ///< the key's request rate or session quota is exhausted for now
 };
 
 /// The name of an error code ("unknown_session", ...), or "unknown" for other values.
@@ -111,6 +119,8 @@ enum class error_code : std::uint32_t {
     case error_code::overloaded: return "overloaded";
     case error_code::shutting_down: return "shutting_down";
     case error_code::internal: return "internal";
+    case error_code::unauthorized: return "unauthorized";
+    case error_code::rate_limited: return "rate_limited";
   }
   return "unknown";
 }
@@ -215,14 +225,16 @@ class sparse_rows {
 };
 
 /// Device -> server: start a session holding `prefix` (the committed tokens so far) in the
-/// server's cache, verifying with `params` and a random source seeded with `seed`.
+/// server's cache, verifying with `params` and a random source seeded with `seed`, owned
+/// by `api_key` (only that key may use it).
 struct open_session {
   std::uint32_t version = protocol_version;
+  std::string api_key{};
   sampling_params params{};
   std::uint64_t seed = 0;
   std::vector<token_id> prefix{};
   friend bool operator==(const open_session& a, const open_session& b) {
-    return a.version == b.version && a.params.temperature == b.params.temperature &&
+    return a.version == b.version && a.api_key == b.api_key && a.params.temperature == b.params.temperature &&
            a.params.top_k == b.params.top_k && a.params.top_p == b.params.top_p && a.seed == b.seed &&
            a.prefix == b.prefix;
   }
@@ -241,9 +253,11 @@ struct session_opened {
 };
 
 /// Device -> server: attach this connection to an existing session (after a reconnect).
-/// Answered by `session_opened` or by `error_reply{unknown_session}`.
+/// Answered by `session_opened` or by `error_reply{unknown_session}` (also when `api_key`
+/// is not the key that opened the session).
 struct resume_session {
   session_id id{};
+  std::string api_key{};
   friend bool operator==(const resume_session&, const resume_session&) = default;
 };
 
@@ -301,6 +315,7 @@ struct limits {
   std::size_t max_draft = 64;                          ///< draft ids in one verify request
   std::size_t max_support = std::size_t{1} << 16;      ///< entries of one support row
   std::size_t max_text = 1024;                         ///< bytes of an error text
+  std::size_t max_key = 512;                           ///< bytes of an API key
 };
 
 /// The tolerance on a support row's probability sum.
@@ -393,6 +408,17 @@ class reader {
   const char* message_;
 };
 
+/// A length-prefixed byte string.
+inline void put_bytes(std::vector<std::uint8_t>& out, std::string_view s) {
+  put_varint(out, s.size());
+  out.insert(out.end(), s.begin(), s.end());
+}
+inline std::string get_bytes(reader& r, const char* field, std::size_t max, const char* bound) {
+  std::string s(r.count(field, max, bound, 1), '\0');
+  r.raw(reinterpret_cast<std::uint8_t*>(s.data()), s.size(), field);
+  return s;
+}
+
 inline void put_tokens(std::vector<std::uint8_t>& out, std::span<const token_id> ids) {
   put_varint(out, ids.size());
   for (token_id t : ids) put_varint(out, static_cast<std::uint32_t>(t));
@@ -422,6 +448,12 @@ inline void put_body(std::vector<std::uint8_t>& out, const message& m) {
         using T = std::decay_t<decltype(x)>;
         if constexpr (std::is_same_v<T, open_session>) {
           put_varint(out, x.version);
+          if (x.version >= 2) {
+            put_bytes(out, x.api_key);
+          } else if (!x.api_key.empty()) {
+            throw invalid_argument("wire::encode: open_session of version " + std::to_string(x.version) +
+                                   " with an API key; version 1 has no key field, expected >= 2");
+          }
           put_f32(out, x.params.temperature);
           if (x.params.top_k < 0)
             throw invalid_argument("wire::encode: open_session.params.top_k = " + std::to_string(x.params.top_k) +
@@ -438,6 +470,7 @@ inline void put_body(std::vector<std::uint8_t>& out, const message& m) {
           put_varint(out, x.draft_limit);
         } else if constexpr (std::is_same_v<T, resume_session>) {
           out.insert(out.end(), x.id.begin(), x.id.end());
+          put_bytes(out, x.api_key);
         } else if constexpr (std::is_same_v<T, verify_request>) {
           if (x.q.rows() != 0 && x.q.rows() != x.draft.size())
             throw invalid_argument("wire::encode: verify_request.q has " + std::to_string(x.q.rows()) +
@@ -463,8 +496,7 @@ inline void put_body(std::vector<std::uint8_t>& out, const message& m) {
         } else if constexpr (std::is_same_v<T, error_reply>) {
           put_varint(out, static_cast<std::uint32_t>(x.code));
           put_varint(out, x.seq);
-          put_varint(out, x.text.size());
-          out.insert(out.end(), x.text.begin(), x.text.end());
+          put_bytes(out, x.text);
         } else {
           static_assert(std::is_same_v<T, close_session>);
         }
@@ -592,6 +624,7 @@ struct frame_header {
       detail::reader r(payload, "open_session");
       open_session m;
       m.version = detail::u32(r, "version");
+      if (m.version >= 2) m.api_key = detail::get_bytes(r, "api_key", lim.max_key, "max_key");
       m.params.temperature = r.f32("temperature");
       m.params.top_k = static_cast<int>(r.bounded("top_k", std::numeric_limits<int>::max(), "INT_MAX"));
       m.params.top_p = r.f32("top_p");
@@ -618,6 +651,7 @@ struct frame_header {
       detail::reader r(payload, "resume_session");
       resume_session m;
       r.raw(m.id.data(), m.id.size(), "id");
+      m.api_key = detail::get_bytes(r, "api_key", lim.max_key, "max_key");
       r.finish();
       return m;
     }
@@ -642,9 +676,7 @@ struct frame_header {
       error_reply m;
       m.code = static_cast<error_code>(detail::u32(r, "code"));
       m.seq = r.varint("seq");
-      const std::size_t n = r.count("text", lim.max_text, "max_text", 1);
-      m.text.resize(n);
-      r.raw(reinterpret_cast<std::uint8_t*>(m.text.data()), n, "text");
+      m.text = detail::get_bytes(r, "text", lim.max_text, "max_text");
       r.finish();
       return m;
     }

@@ -78,9 +78,10 @@ class batched_transformer {
       return cache;
     });
   }
-  /// Ends sequence `id`; its cache goes to the pool for later sequences.
+  /// Ends sequence `id`; its cache is zeroed (nothing of its tokens reaches the next
+  /// sequence that takes it) and goes to the pool for later sequences.
   void remove_sequence(sequence_id id) {
-    caches_.remove(id, "batched_transformer::remove_sequence", [](kv_cache& c) { c.set_length(0); });
+    caches_.remove(id, "batched_transformer::remove_sequence", [](kv_cache& c) { c.wipe(); });
   }
   [[nodiscard]] std::size_t cache_length(sequence_id id) const {
     return caches_.at(id, "batched_transformer::cache_length").length();

@@ -121,6 +121,15 @@ class kv_cache {
   }
   /// Sets the number of valid positions; the caller keeps it <= capacity().
   void set_length(std::size_t n) noexcept { length_ = n; }
+  /// Zeroes every stored key and value and empties the cache, so nothing of the tokens it
+  /// held survives into its next use (a server reusing caches across clients).
+  void wipe() noexcept {
+    std::fill(keys_.begin(), keys_.end(), 0.0f);
+    std::fill(values_.begin(), values_.end(), 0.0f);
+    std::fill(keys16_.begin(), keys16_.end(), std::uint16_t{0});
+    std::fill(values16_.begin(), values16_.end(), std::uint16_t{0});
+    length_ = 0;
+  }
 
   /// Writes the key and value (kv_dim floats each) of `pos` in `layer`, rounded to
   /// `format()`.
