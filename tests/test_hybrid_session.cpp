@@ -690,3 +690,31 @@ TEST(HybridSessionKjv, SpeculativeAndPrefixOnRealModels) {
 }
 
 }  // namespace
+
+// The request's privacy class is enforced below the arbiter: a local_only (or redactable:
+// the simulated cloud leg cannot redact) request runs on the device whatever route the
+// arbiter picks, and the link carries nothing; cloud_allowed uses the route.
+TEST(HybridSession, PrivacyClassKeepsRefusedRequestsOffTheLink) {
+  using specdec::privacy::privacy_class;
+  const std::vector<token_id> prompt{1, 4, 5};
+  for (const route r : {route::in_cloud(), route::speculative(3), route::cloud_prefix(2), route::on_device()}) {
+    for (const auto cls : {privacy_class::local_only, privacy_class::redactable, privacy_class::cloud_allowed}) {
+      auto device = draft_model(), cloud = target_model();
+      simulated_link link(link_config::wan(), 1);
+      session s(device, cloud, fixed_arbiter{r}, link, fixed_costs());
+      const auto res = s.run(prompt, no_eos(6), 0, cls);
+      const bool leaves = r.uses_cloud() && cls == privacy_class::cloud_allowed;
+      EXPECT_EQ(res.planned, r);
+      EXPECT_EQ(res.privacy_refused, r.uses_cloud() && !leaves) << to_string(r.kind);
+      EXPECT_EQ(res.bytes_up > 0, leaves) << to_string(r.kind);
+      EXPECT_EQ(link.counters().bytes_up > 0, leaves);
+      if (!leaves) {
+        EXPECT_EQ(res.bytes_down, 0u);
+        EXPECT_EQ(res.cloud_tokens, 0u);
+        EXPECT_EQ(res.legs, std::vector<route>{route::on_device()});
+        auto fresh = draft_model();
+        EXPECT_EQ(res.tokens, greedy(fresh, prompt, 6));
+      }
+    }
+  }
+}

@@ -23,6 +23,8 @@
 #include "specdec/decoder.hpp"
 #include "specdec/hybrid/link_monitor.hpp"
 #include "specdec/hybrid/remote_verifier.hpp"
+#include "specdec/hybrid/uplink.hpp"
+#include "specdec/privacy/detector.hpp"
 #include "specdec/testing/archetypes.hpp"
 #include "specdec/testing/contracts.hpp"
 #include "specdec/testing/exactness.hpp"
@@ -189,6 +191,41 @@ TEST(remote_verifier, a_server_that_dies_mid_generation_hands_over_to_the_device
   std::vector<token_id> want = cloud_part;
   want.insert(want.end(), device_part.begin(), device_part.end());
   EXPECT_EQ(got.tokens, want);
+}
+
+// The request's class, from the detector, travels with the verifier: a prompt with a
+// phone number is local_only, the remote verifier never connects, and failover_verifier
+// verifies the whole generation on the device. The next generation, declared and
+// detected cloud_allowed, verifies on the server again.
+TEST(remote_verifier, a_local_only_request_is_verified_on_the_device_without_connecting) {
+  cpu::transformer little(models + "/stories260K.bin", {.threads = 1});
+  cpu::transformer device_copy(models + "/stories260K.bin", {.threads = 1});
+  const privacy::pii_detector detector;
+  const auto d = detector.analyze("Call me at (415) 555-2671 tomorrow", privacy::privacy_class::cloud_allowed);
+  ASSERT_EQ(d.decision, privacy::privacy_class::local_only);
+  remote_verifier cloud("127.0.0.1", stories_server().srv.verify_port(),
+                        {.vocab = 512, .privacy = hybrid::request_privacy::of(d, hybrid::route::speculative(4))});
+  hybrid::failover_verifier v(std::move(cloud), local_verifier(device_copy, greedy_match{}), /*retry_seconds=*/0.0);
+  basic_speculative_decoder dec(little, fixed_gamma{.gamma = 4}, std::move(v));
+  const std::vector<token_id> prompt{1, 403, 407};
+  const generation_options opts{.max_new_tokens = 24, .stop_at_eos = false};
+  const auto got = dec.generate(prompt, opts);
+  autoregressive_decoder device_ar(device_copy);
+  EXPECT_EQ(got.tokens, device_ar.generate(prompt, opts).tokens);
+  EXPECT_TRUE(dec.verifier().refused());
+  ASSERT_EQ(dec.verifier().events().size(), 2u);
+  EXPECT_EQ(dec.verifier().events().back().by, hybrid::verified_by::backup);
+  EXPECT_EQ(dec.verifier().events().back().position, prompt.size());
+  EXPECT_EQ(dec.verifier().primary().client().bytes_sent(), 0u);
+  EXPECT_EQ(dec.verifier().primary().client().reconnects() + dec.verifier().primary().client().connected(), 0u);
+
+  const auto clean = detector.analyze("Once upon a time", privacy::privacy_class::cloud_allowed);
+  dec.verifier().primary().set_privacy(hybrid::request_privacy::of(clean, hybrid::route::speculative(4)));
+  const auto again = dec.generate(prompt, opts);
+  EXPECT_EQ(again.tokens, got.tokens);  // the same model on both sides
+  EXPECT_FALSE(dec.verifier().refused());
+  EXPECT_EQ(dec.verifier().events().size(), 1u);
+  EXPECT_GT(dec.verifier().primary().client().bytes_sent(), 0u);
 }
 
 TEST(remote_verifier, greedy_near_ties_over_the_network_give_the_target_s_own_output) {

@@ -25,3 +25,4 @@
 #include "specdec/hybrid/completion_client.hpp"
 #include "specdec/hybrid/remote_verifier.hpp"
 #include "specdec/hybrid/tls.hpp"
+#include "specdec/hybrid/network_session.hpp"

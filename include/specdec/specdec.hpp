@@ -53,6 +53,7 @@
 #include "specdec/hybrid/errors.hpp"
 #include "specdec/hybrid/wire.hpp"
 #include "specdec/hybrid/link_monitor.hpp"
+#include "specdec/hybrid/uplink.hpp"
 #include "specdec/privacy/policy.hpp"
 #include "specdec/privacy/recognizers.hpp"
 #include "specdec/privacy/detector.hpp"

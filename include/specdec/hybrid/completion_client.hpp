@@ -39,6 +39,7 @@
 #include "specdec/error.hpp"
 #include "specdec/hybrid/errors.hpp"
 #include "specdec/hybrid/transport.hpp"
+#include "specdec/hybrid/uplink.hpp"
 #include "specdec/sampling.hpp"
 #include "specdec/token.hpp"
 
@@ -259,7 +260,9 @@ struct completion_request {
   sampling_params params{};  ///< temperature 0 = greedy
   std::uint64_t seed = 0;
   std::vector<std::string> stop{};
-  privacy data = privacy::may_leave_device;  ///< local_only: refused before connecting
+  /// The request's class and route (uplink.hpp; unset route: cloud). A request that may not
+  /// leave the device under them is refused before connecting.
+  request_privacy data = privacy::may_leave_device;
 };
 
 /// What one server-sent event brought: new text and the new token ids.
@@ -303,6 +306,8 @@ struct completion_client_options {
   /// Sent as `Authorization: Bearer KEY` when non-empty (`specdec-serve --api-keys`); a
   /// wrong key makes `complete` throw `remote_error` with status 401.
   std::string api_key{};
+  /// Where every request sent is recorded (uplink.hpp); null: no log. Must outlive the client.
+  specdec::privacy::uplink_audit_log* audit = nullptr;
 };
 
 /// The streaming client of the file comment, plus `health()` (is the server back, and
@@ -318,13 +323,16 @@ class completion_client {
   /// Runs `req` and calls `on_chunk(const completion_chunk&)` for each event with new
   /// text or tokens; if it returns something false-like the request is abandoned (the
   /// connection closed) and what arrived so far is returned with finish_reason
-  /// "cancelled". Throws `privacy_violation` (nothing sent) for a local_only request,
+  /// "cancelled". Throws `privacy_violation` (nothing sent) for a request whose class and
+  /// route may not leave the device (the HTTP request, headers included, passes the gate
+  /// of uplink.hpp and is recorded in `options.audit` before it is written),
   /// `link_unavailable` / `link_timeout` when the server cannot be reached or answers
   /// 5xx or 429 (rate limited: decode on the device for now), `remote_error` (with the
   /// HTTP status) for another 4xx answer, `protocol_error` for malformed responses.
   template <class OnChunk = std::nullptr_t>
   completion_result complete(const completion_request& req, OnChunk&& on_chunk = nullptr) {
-    check_may_leave(req.data, "completion_client::complete");
+    const uplink_gate gate(host_ + ":" + std::to_string(port_), route::in_cloud(), req.data, options_.audit);
+    (void)gate.before_connect("completion_client::complete");
     const auto t0 = std::chrono::steady_clock::now();
     const std::string body = request_body(req);
     completion_result result;
@@ -353,7 +361,7 @@ class completion_client {
                              std::to_string(body.size()) + "\r\n" + authorization() + "Connection: close\r\n\r\n";
     std::string error_body;
     const int status = exchange(
-        head + body, req.data,
+        head + body, gate, req.prompt.size(),
         [&](int st, std::string_view piece) {
           if (st == 200) sse.feed(piece);
           else append_bounded(error_body, piece);
@@ -370,14 +378,17 @@ class completion_client {
 
   /// `GET /health`: whether the server takes work now (200 "ok"; 503 "draining" gives
   /// `ok == false`), and where its verify port is. Throws `link_unavailable` when it
-  /// cannot be reached, `protocol_error` for an answer that is not the health JSON.
+  /// cannot be reached, `protocol_error` for an answer that is not the health JSON. The
+  /// probe carries nothing of a request, so it is not gated by a request's class (only by
+  /// `data`), but it is recorded in `options.audit` (as `cloud_allowed`, route cloud).
   server_health health(privacy data = privacy::may_leave_device) {
     check_may_leave(data, "completion_client::health");
+    const uplink_gate gate(host_ + ":" + std::to_string(port_), route::in_cloud(), data, options_.audit);
     const std::string head = "GET /health HTTP/1.1\r\nHost: " + host_ + ":" + std::to_string(port_) +
                              "\r\nConnection: close\r\n\r\n";
     std::string body;
     const int status = exchange(
-        head, data, [&](int, std::string_view piece) { append_bounded(body, piece); }, [] { return false; });
+        head, gate, 0, [&](int, std::string_view piece) { append_bounded(body, piece); }, [] { return false; });
     if (status != 200 && status != 503) fail_status(status, body);
     server_health h;
     try {
@@ -402,15 +413,17 @@ class completion_client {
   static double seconds_since(std::chrono::steady_clock::time_point t0) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
-  /// Sends `request` on a new connection and reads the response: the body goes to
-  /// `on_body(status, piece)` until `stop()` says enough. Returns the status.
+  /// Sends `request` (carrying `tokens` token ids) on a new connection, through `gate`, and
+  /// reads the response: the body goes to `on_body(status, piece)` until `stop()` says
+  /// enough. Returns the status.
   template <class OnBody, class Stop>
-  int exchange(const std::string& request, privacy data, OnBody&& on_body, Stop&& stop) {
-    tcp_connection conn =
-        tcp_connection::connect(host_, port_, options_.connect_timeout_seconds, data, options_.security);
+  int exchange(const std::string& request, const uplink_gate& gate, std::size_t tokens, OnBody&& on_body, Stop&& stop) {
+    tcp_connection conn = tcp_connection::connect(host_, port_, options_.connect_timeout_seconds,
+                                                  gate.before_connect("completion_client::connect"), options_.security);
     std::optional<http_response_parser> http;
     http.emplace([&](std::string_view piece) { on_body(http->status(), piece); }, options_.limits);
     try {
+      gate.before_send(request, tokens);
       conn.send_all(request, deadline_after(options_.read_timeout_seconds));
       std::uint8_t buf[8192];
       while (!stop() && !http->complete()) {

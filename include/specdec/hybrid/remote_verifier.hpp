@@ -12,7 +12,9 @@
 /// `failover_verifier` keeps a generation going when the link fails: on a timeout, a
 /// refused connection or a server error it verifies with a backup verifier on the device
 /// (e.g. the device's own model), from the committed prefix, and tries the primary again
-/// after `retry_seconds`. No token is lost or duplicated: the committed sequence is the
+/// after `retry_seconds`. A request the privacy gate refuses (`privacy_violation`: its
+/// class may not leave the device on this route) is verified by the backup for the whole
+/// generation, without another attempt. No token is lost or duplicated: the committed sequence is the
 /// decoder's, and each verifier re-synchronises from it when it takes over.
 ///
 /// ```cpp
@@ -51,8 +53,10 @@ namespace specdec::hybrid {
 struct remote_verifier_options {
   std::size_t vocab = 0;      ///< the device draft's vocabulary; the server's must match (> 0)
   std::size_t context = 0;    ///< the most tokens S may hold on the device side (0 = the server's)
-  verify_client_options client{};
-  hybrid::privacy privacy = hybrid::privacy::may_leave_device;  ///< local_only: never connects
+  verify_client_options client{};  ///< `client.audit`: where every frame sent is recorded
+  /// The request's class (from the detector), route and detected spans (uplink.hpp): a
+  /// request that may not leave the device under them never connects.
+  request_privacy privacy = hybrid::privacy::may_leave_device;
 
   void validate() const {
     if (vocab == 0) specdec::detail::fail_knob("remote_verifier_options.vocab", "0", "the draft's vocabulary size (> 0)");
@@ -85,6 +89,12 @@ class remote_verifier {
 
   [[nodiscard]] verify_client& client() noexcept { return *client_; }
   [[nodiscard]] const link_monitor& monitor() const noexcept { return monitor_; }
+
+  /// The next generation's class and route (takes effect at the next `reset`, when the
+  /// session is reopened; the decoder resets its verifier at the start of every
+  /// generation).
+  void set_privacy(const request_privacy& p) { opt_.privacy = p; }
+  [[nodiscard]] const request_privacy& privacy() const noexcept { return opt_.privacy; }
 
   /// A new generation: ends the server's session (it keeps no state for a finished
   /// request), and the next `verify` opens a fresh one with S as its prefix.
@@ -194,6 +204,8 @@ class failover_verifier {
   [[nodiscard]] Backup& backup() noexcept { return backup_; }
   [[nodiscard]] const std::vector<failover_event>& events() const noexcept { return events_; }
   [[nodiscard]] bool on_backup() const noexcept { return on_backup_; }
+  /// Whether the privacy gate refused the primary in this generation.
+  [[nodiscard]] bool refused() const noexcept { return refused_; }
   /// The primary's draft cap while it verifies (see `remote_verifier::max_draft`).
   [[nodiscard]] std::size_t max_draft() const noexcept {
     if constexpr (requires { primary_.max_draft(); }) {
@@ -206,6 +218,7 @@ class failover_verifier {
     primary_.reset();
     backup_.reset();
     on_backup_ = false;
+    refused_ = false;
     events_.assign(1, failover_event{0, verified_by::primary});
   }
   void sync(std::span<const token_id> s) {
@@ -216,7 +229,7 @@ class failover_verifier {
   verdict verify(std::span<const token_id> s, const draft_block& d, const sampling_params& params,
                  random_source& rng) {
     if (events_.empty()) events_.push_back({0, verified_by::primary});
-    if (!on_backup_ || clock::now() >= retry_at_) {
+    if (!refused_ && (!on_backup_ || clock::now() >= retry_at_)) {
       try {
         if (on_backup_) primary_.reset();  // resynchronise from S
         const verdict v = primary_.verify(s, d, params, rng);
@@ -225,6 +238,9 @@ class failover_verifier {
       } catch (const link_unavailable&) {
         retry_at_ = clock::now() + std::chrono::duration_cast<clock::duration>(std::chrono::duration<double>(retry_seconds_));
         switch_to(true, s.size());  // the backup starts from the committed prefix
+      } catch (const privacy_violation&) {
+        refused_ = true;  // nothing was sent; the class does not change within a generation
+        switch_to(true, s.size());
       }
     }
     return backup_.verify(s, d, params, rng);
@@ -243,6 +259,7 @@ class failover_verifier {
   Backup backup_;
   double retry_seconds_;
   bool on_backup_ = false;
+  bool refused_ = false;  ///< the privacy gate refused this generation's primary
   clock::time_point retry_at_{};
   std::vector<failover_event> events_;
 };

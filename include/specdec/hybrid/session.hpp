@@ -18,6 +18,13 @@
 /// generated on the device (with the device's mean confidence over that segment) and may
 /// move the rest of the generation to another route.
 ///
+/// Each request carries a privacy class (privacy/policy.hpp; the caller's, most
+/// restrictive with the PII detector's decision). A leg whose route the class may not use
+/// (`privacy::may_leave_device` with a plain payload: `local_only` never, `redactable` not
+/// here either, since the simulated cloud leg cannot redact) runs on the device instead and
+/// the result says `privacy_refused`; the arbiter is not asked to know the rule. The real
+/// network path enforces the same rule in its transports (network_session.hpp).
+///
 /// ```cpp
 /// specdec::hybrid::simulated_link link(specdec::hybrid::link_config::wan(), /*seed=*/1);
 /// specdec::hybrid::session s(little, big, specdec::hybrid::confidence_arbiter{}, link,
@@ -47,6 +54,7 @@
 #include "specdec/hybrid/probe.hpp"
 #include "specdec/hybrid/remote_model.hpp"
 #include "specdec/model.hpp"
+#include "specdec/privacy/policy.hpp"
 #include "specdec/rollback.hpp"
 #include "specdec/sampling.hpp"
 #include "specdec/telemetry.hpp"
@@ -133,6 +141,7 @@ struct request_result {
   generation_stats stats;        ///< counters of all legs, method "hybrid"
   specdec::stop_reason stop_reason = specdec::stop_reason::none;  ///< as `generation_result::stop_reason`
   bool fell_back_to_device = false;  ///< a cloud-using leg lost the link
+  bool privacy_refused = false;      ///< the request's class kept a cloud-using leg on the device
   std::size_t segment_switches = 0;  ///< routes changed by `on_segment`
 
   [[nodiscard]] double bytes_per_token() const noexcept {
@@ -217,22 +226,26 @@ class session {
     return f;
   }
 
-  /// Features, the arbiter's route, execution: one request end to end.
+  /// Features, the arbiter's route, execution: one request end to end, of privacy class
+  /// `privacy` (see the file comment).
   [[nodiscard]] request_result run(std::span<const token_id> prompt, const generation_options& gen = {},
-                                   std::uint64_t request_id = 0) {
+                                   std::uint64_t request_id = 0,
+                                   specdec::privacy::privacy_class privacy = specdec::privacy::privacy_class::cloud_allowed) {
     const double t0 = link_.now();
     const link_counters c0 = link_.counters();
     const double dev0 = dev_.charged_seconds();
     request_features f = features(prompt, request_id);
     const route r = arbiter_.decide(f, link_estimate::of(link_.config()), opts_.limits);
-    return execute_from(prompt, gen, r, std::move(f), t0, c0, dev0);
+    return execute_from(prompt, gen, r, std::move(f), t0, c0, dev0, privacy);
   }
 
   /// Executes `r` for `prompt` without probing or asking the arbiter (`features` are
   /// copied into the result; the segment hook is still consulted).
   [[nodiscard]] request_result execute(std::span<const token_id> prompt, const generation_options& gen, route r,
-                                       request_features f = {}) {
-    return execute_from(prompt, gen, r, std::move(f), link_.now(), link_.counters(), dev_.charged_seconds());
+                                       request_features f = {},
+                                       specdec::privacy::privacy_class privacy =
+                                           specdec::privacy::privacy_class::cloud_allowed) {
+    return execute_from(prompt, gen, r, std::move(f), link_.now(), link_.counters(), dev_.charged_seconds(), privacy);
   }
 
  private:
@@ -244,7 +257,8 @@ class session {
   }
 
   [[nodiscard]] request_result execute_from(std::span<const token_id> prompt, const generation_options& gen, route r,
-                                            request_features f, double t0, link_counters c0, double dev0) {
+                                            request_features f, double t0, link_counters c0, double dev0,
+                                            specdec::privacy::privacy_class privacy) {
     validate_route(r);
     specdec::detail::validate_request(prompt, gen, device_.vocab_size(), context_length(), "hybrid::session");
     request_result res;
@@ -265,6 +279,11 @@ class session {
       if (prompt_.size() + res.tokens.size() >= context_length()) {
         res.stop_reason = stop_reason::context;
         break;
+      }
+      if (cur.uses_cloud() && !specdec::privacy::may_leave_device(privacy, cur)) {
+        res.privacy_refused = true;
+        segments = false;  // a segment hook could only ask for the cloud again
+        cur = route::on_device();
       }
       res.legs.push_back(cur);
       const std::uint64_t seed = leg_seed(res.features.request_id, leg_index++);

@@ -37,6 +37,7 @@
 #include "specdec/error.hpp"
 #include "specdec/hybrid/errors.hpp"
 #include "specdec/hybrid/transport.hpp"
+#include "specdec/hybrid/uplink.hpp"
 #include "specdec/hybrid/wire.hpp"
 #include "specdec/sampling.hpp"
 #include "specdec/token.hpp"
@@ -65,6 +66,8 @@ struct verify_client_options {
   /// resumed; empty for an open server. A wrong key makes `open` throw `remote_error`
   /// with code `wire::error_code::unauthorized`.
   std::string api_key{};
+  /// Where every frame sent is recorded (uplink.hpp); null: no log. Must outlive the client.
+  specdec::privacy::uplink_audit_log* audit = nullptr;
 
   void validate() const {
     if (!(connect_timeout_seconds > 0.0) || !(request_timeout_seconds > 0.0))
@@ -90,6 +93,7 @@ class verify_client {
   verify_client(std::string host, std::uint16_t port, verify_client_options options = {})
       : host_(std::move(host)), port_(port), options_(std::move(options)) {
     options_.validate();
+    gate_ = uplink_gate(host_ + ":" + std::to_string(port_), route::speculative(0), {}, options_.audit);
   }
   verify_client(const verify_client&) = delete;
   verify_client& operator=(const verify_client&) = delete;
@@ -97,14 +101,16 @@ class verify_client {
   ~verify_client() { close(); }
 
   /// Starts a session holding `prefix` (the committed tokens so far, non-empty) that
-  /// verifies with `params` and a server random source seeded with `seed`. A local_only
-  /// request throws `privacy_violation` before any connection is opened, and marks the
-  /// client so that no later call sends anything either. Throws `link_unavailable` (the
-  /// next `verify` retries the open), `remote_error` if the server refuses.
+  /// verifies with `params` and a server random source seeded with `seed`. A request whose
+  /// class and route `p` may not leave the device (uplink.hpp: local_only, redactable, or the
+  /// device route) throws `privacy_violation` before any connection is opened, and marks the
+  /// client so that no later call sends anything either. Every frame passes the gate and is
+  /// recorded in `options.audit`. Throws `link_unavailable` (the next `verify` retries the
+  /// open), `remote_error` if the server refuses.
   void open(std::span<const token_id> prefix, const sampling_params& params = {}, std::uint64_t seed = 0,
-            privacy p = privacy::may_leave_device) {
-    privacy_ = p;
-    check_may_leave(privacy_, "verify_client::open");
+            request_privacy p = privacy::may_leave_device) {
+    gate_ = uplink_gate(host_ + ":" + std::to_string(port_), route::speculative(0), p, options_.audit);
+    (void)gate_.before_connect("verify_client::open");
     params.validate();
     if (prefix.empty())
       throw invalid_argument("verify_client::open: empty prefix; expected the committed tokens (at least BOS)");
@@ -131,7 +137,7 @@ class verify_client {
   /// committed token).
   verify_verdict verify(std::span<const token_id> committed_delta, std::span<const token_id> draft,
                         const wire::sparse_rows* q = nullptr) {
-    check_may_leave(privacy_, "verify_client::verify");
+    (void)gate_.before_connect("verify_client::verify");
     if (committed_.empty())
       throw invalid_argument("verify_client::verify: no session; call open(prefix, ...) first");
     if (q != nullptr && q->rows() != 0 && q->rows() != draft.size())
@@ -159,7 +165,7 @@ class verify_client {
         fresh = false;
       }
       const auto t0 = std::chrono::steady_clock::now();
-      write_frame(conn_, request_, deadline_after(options_.request_timeout_seconds));
+      send(request_, request_.committed.size() + request_.draft.size());
       wire::message reply = receive();
       if (auto* e = std::get_if<wire::error_reply>(&reply); e && e->code == wire::error_code::unknown_session) {
         // The server lost the session: reopen with every committed token (pending_ included).
@@ -167,7 +173,7 @@ class verify_client {
         open_session_now();
         request_.seq = ++seq_;
         request_.committed.clear();
-        write_frame(conn_, request_, deadline_after(options_.request_timeout_seconds));
+        send(request_, request_.committed.size() + request_.draft.size());
         reply = receive();
       }
       const auto& r = expect<wire::verdict>(reply, "verify_request");
@@ -185,9 +191,9 @@ class verify_client {
 
   /// Ends the session and the connection (best effort, never throws).
   void close() noexcept {
-    if (conn_.is_open() && opened_ && privacy_ == privacy::may_leave_device) {
+    if (conn_.is_open() && opened_ && gate_.allows()) {
       try {
-        write_frame(conn_, wire::close_session{}, deadline_after(0.2));
+        send(wire::close_session{}, 0, 0.2);
       } catch (...) {
       }
     }
@@ -254,12 +260,13 @@ class verify_client {
 
   void ensure_connected() {
     if (conn_.is_open()) return;
-    conn_ = tcp_connection::connect(host_, port_, options_.connect_timeout_seconds, privacy_, options_.security);
+    conn_ = tcp_connection::connect(host_, port_, options_.connect_timeout_seconds,
+                                    gate_.before_connect("verify_client::connect"), options_.security);
     ++connects_;
     in_.clear();
     if (!opened_) return;
     // A new connection to a live session: attach to it (or reopen if it is gone).
-    write_frame(conn_, wire::resume_session{session_, options_.api_key}, deadline_after(options_.request_timeout_seconds));
+    send(wire::resume_session{session_, options_.api_key}, 0);
     wire::message reply = receive();
     if (auto* e = std::get_if<wire::error_reply>(&reply); e && e->code == wire::error_code::unknown_session) {
       opened_ = false;
@@ -272,7 +279,7 @@ class verify_client {
   /// Opens a session with all committed tokens on the current connection.
   void open_session_now() {
     wire::open_session o{.api_key = options_.api_key, .params = params_, .seed = seed_, .prefix = committed_};
-    write_frame(conn_, o, deadline_after(options_.request_timeout_seconds));
+    send(o, committed_.size());
     apply_opened(expect<wire::session_opened>(receive(), "open_session"));
     pending_.clear();
     seq_ = 0;
@@ -287,6 +294,15 @@ class verify_client {
     max_draft_ = s.max_draft;
     draft_limit_ = s.draft_limit;
     opened_ = true;
+  }
+
+  /// Encodes `m`, passes the frame through the uplink gate (recorded with `tokens` token
+  /// ids), then writes exactly those bytes.
+  void send(const wire::message& m, std::size_t tokens, double timeout_seconds = 0.0) {
+    out_.clear();
+    wire::encode_to(m, out_);
+    gate_.before_send(out_, tokens);
+    conn_.send_all(out_, deadline_after(timeout_seconds > 0.0 ? timeout_seconds : options_.request_timeout_seconds));
   }
 
   wire::message receive() {
@@ -327,9 +343,9 @@ class verify_client {
   std::string host_;
   std::uint16_t port_;
   verify_client_options options_;
-  privacy privacy_ = privacy::may_leave_device;
+  uplink_gate gate_;  ///< the request's class and route; every frame passes it
   tcp_connection conn_;
-  std::vector<std::uint8_t> in_;
+  std::vector<std::uint8_t> in_, out_;
   // The session as the server knows it.
   bool opened_ = false;
   wire::session_id session_{};

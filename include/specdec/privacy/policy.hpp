@@ -38,6 +38,7 @@
 
 #include "specdec/error.hpp"
 #include "specdec/hybrid/arbiter.hpp"
+#include "specdec/hybrid/errors.hpp"
 
 namespace specdec::privacy {
 
@@ -132,11 +133,13 @@ enum class payload_form : std::uint8_t {
 }
 
 /// Thrown when a message that `may_leave_device` refuses is about to be sent. Nothing was
-/// sent and nothing was recorded in the audit log.
-class privacy_violation : public error {
- public:
-  using error::error;
-};
+/// sent and nothing was recorded in the audit log. The same type as the network clients'
+/// `hybrid::privacy_violation`, so one handler catches a refusal from either layer.
+///
+/// ```cpp
+/// static_assert(std::is_same_v<specdec::privacy::privacy_violation, specdec::hybrid::privacy_violation>);
+/// ```
+using privacy_violation = hybrid::privacy_violation;
 
 /// Throws `privacy_violation` naming the class, route and form unless `may_leave_device`.
 ///
