@@ -236,7 +236,7 @@ TEST(serve_auth, http_needs_the_right_bearer_key) {
 }
 
 TEST(serve_auth, a_rate_limit_gives_429_then_recovers) {
-  served s(key_a + " rps=2 burst=2\n" + key_b + "\n");
+  served s(key_a + " rps=1 burst=2\n" + key_b + "\n");
   EXPECT_EQ(s.get("/v1/models", key_a), 200);
   EXPECT_EQ(s.get("/v1/models", key_a), 200);
   httplib::Headers h{{"Authorization", "Bearer " + key_a}};
@@ -251,7 +251,7 @@ TEST(serve_auth, a_rate_limit_gives_429_then_recovers) {
   // The device's client treats 429 as "not now": decode on the device.
   hybrid::completion_client c("127.0.0.1", s.srv.http_port(), {.api_key = key_a});
   EXPECT_THROW((void)c.complete({.prompt = {1, 403}, .max_tokens = 2}), hybrid::link_unavailable);
-  std::this_thread::sleep_for(std::chrono::milliseconds(700));  // > 1 token at 2/s
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));  // > 1 token at 1/s
   EXPECT_EQ(s.post(R"({"prompt": [1, 403], "max_tokens": 2})", key_a).first, 200);
   EXPECT_GE(s.srv.metrics().value("specdec_rejected_requests_total", "port=\"http\",reason=\"rate_limited\""), 2.0);
 }
