@@ -1,11 +1,17 @@
 #pragma once
 // Shared by the tests of the network clients and of specdec-serve (test_serve.cpp,
-// test_verify_client.cpp, test_completion_client.cpp): a bare loopback socket for
-// scripted peers, and (with specdec_serve/server.hpp included first) server options for
-// in-process runs on ephemeral loopback ports and a raw client of the verify port.
+// test_verify_client.cpp, test_completion_client.cpp, test_serve_auth.cpp): a bare
+// loopback socket for scripted peers, and (with specdec_serve/server.hpp included first)
+// server options for in-process runs on ephemeral loopback ports, a raw client of the
+// verify port, split greedy decoding through a verify_client, and waiting for a child.
 #include <netinet/in.h>
+#include <signal.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
+
+#include <chrono>
+#include <thread>
 
 #include <cstdint>
 #include <utility>
@@ -13,6 +19,22 @@
 #include <vector>
 
 namespace specdec::test_support {
+
+/// Waits up to `seconds` for child `pid` to exit (SIGKILL after that): its exit status,
+/// or -1 if it did not exit by itself or was killed by a signal.
+inline int wait_for_exit(pid_t pid, double seconds) {
+  int status = 0;
+  pid_t done = 0;
+  const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  while ((done = ::waitpid(pid, &status, WNOHANG)) == 0 && std::chrono::steady_clock::now() < until)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  if (done == 0) {
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, &status, 0);
+    return -1;
+  }
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
 
 /// A TCP socket bound to 127.0.0.1 on an ephemeral port, listening when `listen` is set:
 /// (descriptor, port). Closing it without listening leaves a port nothing answers on.
@@ -29,6 +51,12 @@ inline std::pair<int, std::uint16_t> loopback_socket(bool listen = true) {
 }
 
 #ifdef SPECDEC_SERVE_TESTS
+}  // namespace specdec::test_support
+#include "specdec/backend/cpu/transformer.hpp"
+#include "specdec/hybrid/verify_client.hpp"
+#include "specdec/sampling.hpp"
+namespace specdec::test_support {
+
 /// A client of the verify port speaking raw frames, for scripted protocol tests.
 struct raw_connection {
   hybrid::tcp_connection conn;
@@ -46,6 +74,45 @@ struct raw_connection {
 inline hybrid::wire::error_code error_of(const hybrid::wire::message& m) {
   const auto* e = std::get_if<hybrid::wire::error_reply>(&m);
   return e != nullptr ? e->code : hybrid::wire::error_code{};
+}
+
+// Greedy drafts from `draft` (re-fed the whole sequence each round); every `corrupt`-th
+// draft token is replaced by a wrong one so that rounds also end in rejections.
+std::vector<token_id> draft_greedy(cpu::transformer& draft, const std::vector<token_id>& seq, std::size_t k,
+                                   std::size_t corrupt = 0) {
+  std::vector<token_id> out;
+  draft.truncate(0);
+  logits_block l = draft.forward(seq);
+  for (std::size_t i = 0; i < k; ++i) {
+    token_id t = argmax(l.row(l.rows - 1));
+    if (corrupt != 0 && (seq.size() + i) % corrupt == 0) t = (t + 1) % static_cast<token_id>(draft.vocab_size());
+    out.push_back(t);
+    l = draft.forward(std::span<const token_id>(&out.back(), 1));
+  }
+  return out;
+}
+
+// Split greedy decoding through `c`: n new tokens after `prompt`, drafting at most the
+// announced number per round. `between(round)` runs before each round.
+template <class Between>
+std::vector<token_id> split_greedy(hybrid::verify_client& c, cpu::transformer& draft, const std::vector<token_id>& prompt,
+                                   std::size_t n, std::size_t corrupt, Between between) {
+  c.open(prompt);
+  std::vector<token_id> seq = prompt, delta;
+  for (std::size_t round = 0; seq.size() < prompt.size() + n; ++round) {
+    between(round);
+    const std::vector<token_id> d = draft_greedy(draft, seq, c.max_draft(), corrupt);
+    const hybrid::verify_verdict v = c.verify(delta, d);
+    delta.assign(d.begin(), d.begin() + static_cast<std::ptrdiff_t>(v.accepted));
+    delta.push_back(v.next);
+    seq.insert(seq.end(), delta.begin(), delta.end());
+  }
+  return {seq.begin() + static_cast<std::ptrdiff_t>(prompt.size()),
+          seq.begin() + static_cast<std::ptrdiff_t>(prompt.size() + n)};
+}
+std::vector<token_id> split_greedy(hybrid::verify_client& c, cpu::transformer& draft, const std::vector<token_id>& prompt,
+                                   std::size_t n, std::size_t corrupt = 0) {
+  return split_greedy(c, draft, prompt, n, corrupt, [](std::size_t) {});
 }
 
 /// Both ports ephemeral, few threads, a fixed announcement (4 drafts) and no startup

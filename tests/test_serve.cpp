@@ -409,15 +409,7 @@ TEST(serve, the_program_drains_and_exits_on_sigterm) {
   ASSERT_TRUE(h);
   EXPECT_EQ(h->status, 200);
   ASSERT_EQ(::kill(pid, SIGTERM), 0);
-  int status = 0;
-  pid_t done = 0;
-  for (int i = 0; i < 500 && done == 0; ++i) {
-    done = ::waitpid(pid, &status, WNOHANG);
-    if (done == 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  if (done == 0) ::kill(pid, SIGKILL), ::waitpid(pid, &status, 0);
-  EXPECT_EQ(done, pid) << "specdec-serve did not exit within 5 s of SIGTERM";
-  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  EXPECT_EQ(test_support::wait_for_exit(pid, 5.0), 0) << "specdec-serve did not exit with 0 within 5 s of SIGTERM";
   std::string rest;
   while (::read(err[0], &ch, 1) == 1) rest += ch;
   ::close(err[0]);

@@ -10,7 +10,9 @@
 #include <gtest/gtest.h>
 
 #include <netinet/in.h>
+#include <signal.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -88,32 +90,13 @@ std::vector<token_id> reference_greedy(const std::vector<token_id>& prompt, std:
   return ar.generate(prompt, {.max_new_tokens = n, .stop_at_eos = false}).tokens;
 }
 
-// Split greedy decoding through `c` (drafts from the target itself, every third one
-// corrupted so rounds also end in rejections); `between(round)` runs before each round.
+// Split greedy decoding through `c`, drafting with the target itself, every third draft
+// token corrupted so rounds also end in rejections; `between(round)` runs before each.
 template <class Between>
 std::vector<token_id> split_greedy(hybrid::verify_client& c, const std::vector<token_id>& prompt, std::size_t n,
                                    Between between) {
   cpu::transformer draft(model_path, {.threads = 1});
-  c.open(prompt);
-  std::vector<token_id> seq = prompt, delta;
-  for (std::size_t round = 0; seq.size() < prompt.size() + n; ++round) {
-    between(round);
-    std::vector<token_id> d;
-    draft.truncate(0);
-    logits_block l = draft.forward(seq);
-    for (std::size_t i = 0; i < c.max_draft(); ++i) {
-      token_id t = argmax(l.row(l.rows - 1));
-      if ((seq.size() + i) % 3 == 0) t = (t + 1) % static_cast<token_id>(draft.vocab_size());
-      d.push_back(t);
-      l = draft.forward(std::span<const token_id>(&d.back(), 1));
-    }
-    const hybrid::verify_verdict v = c.verify(delta, d);
-    delta.assign(d.begin(), d.begin() + static_cast<std::ptrdiff_t>(v.accepted));
-    delta.push_back(v.next);
-    seq.insert(seq.end(), delta.begin(), delta.end());
-  }
-  return {seq.begin() + static_cast<std::ptrdiff_t>(prompt.size()),
-          seq.begin() + static_cast<std::ptrdiff_t>(prompt.size() + n)};
+  return test_support::split_greedy(c, draft, prompt, n, 3, between);
 }
 
 // ---- the key file and the ring ----
@@ -253,7 +236,7 @@ TEST(serve_auth, http_needs_the_right_bearer_key) {
 }
 
 TEST(serve_auth, a_rate_limit_gives_429_then_recovers) {
-  served s(key_a + " rps=2 burst=2\n" + key_b + "\n");
+  served s(key_a + " rps=1 burst=2\n" + key_b + "\n");
   EXPECT_EQ(s.get("/v1/models", key_a), 200);
   EXPECT_EQ(s.get("/v1/models", key_a), 200);
   httplib::Headers h{{"Authorization", "Bearer " + key_a}};
@@ -268,7 +251,7 @@ TEST(serve_auth, a_rate_limit_gives_429_then_recovers) {
   // The device's client treats 429 as "not now": decode on the device.
   hybrid::completion_client c("127.0.0.1", s.srv.http_port(), {.api_key = key_a});
   EXPECT_THROW((void)c.complete({.prompt = {1, 403}, .max_tokens = 2}), hybrid::link_unavailable);
-  std::this_thread::sleep_for(std::chrono::milliseconds(700));  // > 1 token at 2/s
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));  // > 1 token at 1/s
   EXPECT_EQ(s.post(R"({"prompt": [1, 403], "max_tokens": 2})", key_a).first, 200);
   EXPECT_GE(s.srv.metrics().value("specdec_rejected_requests_total", "port=\"http\",reason=\"rate_limited\""), 2.0);
 }
@@ -507,12 +490,95 @@ TEST(serve_stateless, finished_requests_and_closed_sessions_leave_no_sequence) {
     hybrid::verify_client c("127.0.0.1", s.srv.verify_port(), {.api_key = key_b});
     (void)split_greedy(c, {1, 403, 407}, 8, [](std::size_t) {});
   }  // the destructor closes the session
+  // The engine updates these counters (atomics) after removing the sequences, so once
+  // they read 0 the model's sequence table is safe to read from this thread.
   const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-  while (s.model.sequence_count() != 0 && std::chrono::steady_clock::now() < until)
+  while ((s.srv.core().sessions() != 0 || s.srv.core().completions() != 0) && std::chrono::steady_clock::now() < until)
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  EXPECT_EQ(s.model.sequence_count(), 0u);
   EXPECT_EQ(s.srv.core().sessions(), 0u);
   EXPECT_EQ(s.srv.core().completions(), 0u);
+  EXPECT_EQ(s.model.sequence_count(), 0u);
 }
+
+#ifdef SPECDEC_SERVE_BINARY
+// The program: a bad key file stops it with the file and line; a good one is announced
+// and enforced; stderr never shows a key.
+struct child {
+  pid_t pid = -1;
+  int err = -1;
+  explicit child(const std::vector<std::string>& extra) {
+    int p[2];
+    if (::pipe(p) != 0) return;
+    pid = ::fork();
+    if (pid == 0) {
+      ::dup2(p[1], 2);
+      ::close(p[0]);
+      std::vector<std::string> args{SPECDEC_SERVE_BINARY, "--model", model_path, "--port", "0", "--no-calibrate",
+                                    "--http-threads", "2"};
+      args.insert(args.end(), extra.begin(), extra.end());
+      std::vector<char*> argv;
+      for (auto& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      ::execv(SPECDEC_SERVE_BINARY, argv.data());
+      ::_exit(127);
+    }
+    ::close(p[1]);
+    err = p[0];
+  }
+  std::string line() {
+    std::string l;
+    char ch = 0;
+    while (::read(err, &ch, 1) == 1 && ch != '\n') l += ch;
+    return l;
+  }
+  int wait(bool terminate) {
+    if (terminate) ::kill(pid, SIGTERM);
+    const int status = test_support::wait_for_exit(pid, 10.0);
+    ::close(err);
+    return status;
+  }
+};
+
+TEST(serve_auth, the_program_names_a_bad_key_file_line_and_enforces_a_good_one) {
+  const auto dir = std::filesystem::temp_directory_path();
+  const auto bad = dir / ("specdec_bad_keys_" + std::to_string(::getpid()) + ".txt");
+  const auto good = dir / ("specdec_good_keys_" + std::to_string(::getpid()) + ".txt");
+  std::ofstream(bad) << key_a << "\n" << key_b << " quota=3\n";
+  std::ofstream(good) << "# one key\n" << key_a << " name=alpha\n";
+  {
+    child c({"--api-keys", bad.string()});
+    const std::string msg = c.line();
+    EXPECT_EQ(c.wait(false), 1);
+    EXPECT_NE(msg.find(bad.string() + ":2"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("unknown limit 'quota'"), std::string::npos) << msg;
+    EXPECT_EQ(msg.find(key_b), std::string::npos) << msg;
+  }
+  {
+    child c({"--api-keys", good.string()});
+    std::string first = c.line(), all = first;
+    for (std::string l; all.find("API keys") == std::string::npos && !(l = c.line()).empty();) all += "\n" + l;
+    EXPECT_NE(all.find("1 API keys from " + good.string()), std::string::npos) << all;
+    EXPECT_EQ(all.find(key_a), std::string::npos) << all;
+    const auto at = first.find("127.0.0.1:");
+    ASSERT_NE(at, std::string::npos) << first;
+    httplib::Client http("127.0.0.1", std::stoi(first.substr(at + 10)));
+    auto no = http.Get("/v1/models");
+    auto yes = http.Get("/v1/models", httplib::Headers{{"Authorization", "Bearer " + key_a}});
+    ASSERT_TRUE(no && yes);
+    EXPECT_EQ(no->status, 401);
+    EXPECT_EQ(yes->status, 200);
+    EXPECT_EQ(c.wait(true), 0);
+  }
+  {
+    child c({});
+    std::string all;
+    for (std::string l; all.find("--api-keys") == std::string::npos && !(l = c.line()).empty();) all += l + "\n";
+    EXPECT_NE(all.find("no --api-keys: both ports are open"), std::string::npos) << all;
+    EXPECT_EQ(c.wait(true), 0);
+  }
+  std::filesystem::remove(bad);
+  std::filesystem::remove(good);
+}
+#endif
 
 }  // namespace

@@ -58,44 +58,8 @@ std::vector<token_id> reference_greedy(const std::string& checkpoint, const std:
   return ar.generate(prompt, {.max_new_tokens = n, .stop_at_eos = false}).tokens;
 }
 
-// Greedy drafts from `draft` (re-fed the whole sequence each round); every `corrupt`-th
-// draft token is replaced by a wrong one so that rounds also end in rejections.
-std::vector<token_id> draft_greedy(cpu::transformer& draft, const std::vector<token_id>& seq, std::size_t k,
-                                   std::size_t corrupt = 0) {
-  std::vector<token_id> out;
-  draft.truncate(0);
-  logits_block l = draft.forward(seq);
-  for (std::size_t i = 0; i < k; ++i) {
-    token_id t = argmax(l.row(l.rows - 1));
-    if (corrupt != 0 && (seq.size() + i) % corrupt == 0) t = (t + 1) % static_cast<token_id>(draft.vocab_size());
-    out.push_back(t);
-    l = draft.forward(std::span<const token_id>(&out.back(), 1));
-  }
-  return out;
-}
-
-// Split greedy decoding through `c`: n new tokens after `prompt`, drafting at most the
-// announced number per round. `between(round)` runs before each round.
-template <class Between>
-std::vector<token_id> split_greedy(verify_client& c, cpu::transformer& draft, const std::vector<token_id>& prompt,
-                                   std::size_t n, std::size_t corrupt, Between between) {
-  c.open(prompt);
-  std::vector<token_id> seq = prompt, delta;
-  for (std::size_t round = 0; seq.size() < prompt.size() + n; ++round) {
-    between(round);
-    const std::vector<token_id> d = draft_greedy(draft, seq, c.max_draft(), corrupt);
-    const hybrid::verify_verdict v = c.verify(delta, d);
-    delta.assign(d.begin(), d.begin() + static_cast<std::ptrdiff_t>(v.accepted));
-    delta.push_back(v.next);
-    seq.insert(seq.end(), delta.begin(), delta.end());
-  }
-  return {seq.begin() + static_cast<std::ptrdiff_t>(prompt.size()),
-          seq.begin() + static_cast<std::ptrdiff_t>(prompt.size() + n)};
-}
-std::vector<token_id> split_greedy(verify_client& c, cpu::transformer& draft, const std::vector<token_id>& prompt,
-                                   std::size_t n, std::size_t corrupt = 0) {
-  return split_greedy(c, draft, prompt, n, corrupt, [](std::size_t) {});
-}
+using test_support::draft_greedy;
+using test_support::split_greedy;
 
 TEST(verify_client, greedy_split_decoding_equals_the_targets_greedy_output_kjv) {
   const std::string big = models + "/kjv-big.bin";

@@ -13,7 +13,9 @@
 /// watchdog finds them itself: every `scan_seconds` it lists the process's sockets
 /// (`/proc/self/fd`) whose local port is the HTTP port, and matches them to requests by
 /// the peer address, which the handlers report through `begin` (the request was read) and
-/// `end` (its response was written).
+/// `end` (its response was written). A descriptor is shut down only while it is still a
+/// connection to the HTTP port from the same peer, checked in the same scan; the scan
+/// touches descriptors only through `getsockname`, `getpeername` and `shutdown`.
 ///
 /// ```cpp
 /// specdec::serve::http_watchdog dog({.request_timeout_seconds = 30});
@@ -25,7 +27,6 @@
 #include <dirent.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 
 #include <httplib.h>
 
@@ -111,9 +112,7 @@ class http_watchdog {
 
   /// The peer ("addr|port") of `fd` if it is a connected TCP socket on local port `port_`.
   [[nodiscard]] std::optional<std::string> peer_of(int fd) const {
-    struct stat st{};
-    if (::fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode)) return std::nullopt;
-    sockaddr_storage local{}, peer{};
+    sockaddr_storage local{}, peer{};  // getsockname fails (ENOTSOCK) on files and pipes
     socklen_t ll = sizeof local, pl = sizeof peer;
     if (::getsockname(fd, reinterpret_cast<sockaddr*>(&local), &ll) != 0 || port_of(local) != port_) return std::nullopt;
     if (::getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &pl) != 0) return std::nullopt;  // the listener
