@@ -208,12 +208,35 @@ class tls_layer final : public stream_layer {
         }
         throw tls_error("tls: " + std::string(stage) + " with " + peer_ + " failed: " + why);
       }
-      flush(s, until);
-      if (err == SSL_ERROR_NONE) return rc;
-      if (err == SSL_ERROR_ZERO_RETURN) throw link_unavailable("tls: " + peer_ + " closed the connection");
-      if (err == SSL_ERROR_WANT_READ) fill(s, until);
-      // SSL_ERROR_WANT_WRITE cannot last: the output buffer is memory and was just drained.
+      try {
+        flush(s, until);
+        if (err == SSL_ERROR_NONE) return rc;
+        if (err == SSL_ERROR_ZERO_RETURN) throw link_unavailable("tls: " + peer_ + " closed the connection");
+        if (err == SSL_ERROR_WANT_READ) fill(s, until);
+        // SSL_ERROR_WANT_WRITE cannot last: the output buffer is memory and was just drained.
+      } catch (const link_timeout&) {
+        throw;
+      } catch (const link_unavailable&) {
+        surface_alert(s, stage);
+        throw;
+      }
     }
+  }
+  /// The peer dropped the connection (reset, broken pipe, closed): if it said why first
+  /// in a TLS alert (a refused client certificate, say), throws that as `tls_error`.
+  void surface_alert(tcp_connection& s, const char* stage) {
+    if (failed_) return;
+    try {
+      while (s.is_open()) fill(s, std::chrono::steady_clock::now());  // what already arrived, without waiting
+    } catch (const link_unavailable&) {
+    }
+    if (BIO_ctrl_pending(in_) == 0) return;
+    ERR_clear_error();
+    std::uint8_t b = 0;
+    const int rc = SSL_peek(ssl_, &b, 1);
+    if (rc > 0 || SSL_get_error(ssl_, rc) != SSL_ERROR_SSL) return;
+    failed_ = true;
+    throw tls_error("tls: " + std::string(stage) + " with " + peer_ + " failed: " + reason());
   }
   /// Why the session failed: the certificate verdict if verification failed, else
   /// OpenSSL's error queue.
