@@ -331,6 +331,24 @@ TEST(tls, byte_counters_count_the_ciphertext_on_the_socket) {
   EXPECT_GT(c.bytes_received(), message.size() + 100);
 }
 
+TEST(tls, resumes_sessions_only_with_the_server_and_name_they_were_verified_for) {
+  served& s = mtls_server();
+  const hy::transport_security tls = hy::tls_client(device());
+  // Socket bytes of opening one session on a new connection to `host`.
+  const auto bytes = [&](const std::string& host, const hy::transport_security& security) {
+    hy::verify_client c(host, s.srv.verify_port(), verify_options(security));
+    c.open(std::vector<token_id>{1, 5, 9});
+    return c.bytes_sent() + c.bytes_received();
+  };
+  const std::uint64_t first = bytes("127.0.0.1", tls);
+  const std::uint64_t again = bytes("127.0.0.1", tls);
+  // Resumed: no certificates either way (each is several hundred bytes).
+  EXPECT_LT(again + 1000, first) << "first " << first << ", again " << again;
+  // Not offered to another name (a full handshake) nor by another client configuration.
+  EXPECT_GT(bytes("localhost", tls) + 200, first);
+  EXPECT_GT(bytes("127.0.0.1", hy::tls_client(device())) + 200, first);
+}
+
 TEST(tls, configuration_errors_name_the_file) {
   try {
     (void)hy::tls_client({.ca_file = "/nonexistent/ca.pem"});
