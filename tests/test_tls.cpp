@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <iostream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -132,18 +133,26 @@ TEST(tls, greedy_split_decoding_and_completions_over_mutual_tls_equal_the_target
                             {.vocab = little.vocab_size(), .client = verify_options(tls)});
   basic_speculative_decoder dec(little, fixed_gamma{.gamma = 4}, std::move(cloud));
   hy::completion_client http("127.0.0.1", server.srv.http_port(), {.security = tls});
+  std::size_t split_tokens = 0;
   for (const auto& p : prompts) {
     autoregressive_decoder ar(big);
     const auto want = ar.generate(p, opts).tokens;
     const auto got = dec.generate(p, opts);
     EXPECT_EQ(got.tokens, want);
     EXPECT_GT(got.stats.draft_tokens_accepted, 0u);
+    split_tokens += got.tokens.size();
     // The cloud-only route: the server's own greedy completion (it may stop at EOS).
     const hy::completion_result r = http.complete({.prompt = p, .max_tokens = 16});
     ASSERT_FALSE(r.tokens.empty());
     ASSERT_LE(r.tokens.size(), want.size());
     EXPECT_EQ(r.tokens, std::vector<token_id>(want.begin(), want.begin() + static_cast<std::ptrdiff_t>(r.tokens.size())));
   }
+  // Socket bytes (ciphertext, handshakes included) per generated token of split decoding.
+  const auto& c = dec.verifier().client();
+  const double per_token = static_cast<double>(c.bytes_sent() + c.bytes_received()) / static_cast<double>(split_tokens);
+  RecordProperty("tls_socket_bytes_per_token", std::to_string(per_token));
+  std::cout << "greedy split decoding over mutual TLS: " << per_token << " socket bytes per generated token ("
+            << split_tokens << " tokens, " << c.reconnects() + 1 << " connections)\n";
 }
 
 TEST(tls, rejects_a_server_certificate_from_an_unknown_ca) {
@@ -193,11 +202,11 @@ TEST(tls, mutual_tls_refuses_a_client_without_an_accepted_certificate) {
   const hy::transport_security anonymous = hy::tls_client({.ca_file = pki().ca});
   const hy::transport_security stranger = hy::tls_client(
       {.ca_file = pki().ca, .cert_file = pki().stranger.cert_file, .key_file = pki().stranger.key_file});
-  for (const auto* who : {&anonymous, &stranger}) {
-    // Under TLS 1.3 the client learns of the refusal when it reads: an alert, or the
-    // connection closing. Either way no session is opened and no completion is served.
-    EXPECT_THROW(open_session(s.srv.verify_port(), *who), hy::link_unavailable);
-    EXPECT_THROW(complete(s.srv.http_port(), *who), hy::link_unavailable);
+  // Under TLS 1.3 the client learns of the refusal after its handshake, from the
+  // server's alert when it next reads or writes.
+  for (const auto& [who, alert] : {std::pair{&anonymous, "certificate required"}, std::pair{&stranger, "unknown ca"}}) {
+    expect_tls_error([&] { open_session(s.srv.verify_port(), *who); }, alert, s.srv.verify_port());
+    expect_tls_error([&] { complete(s.srv.http_port(), *who); }, alert, s.srv.http_port());
   }
   EXPECT_EQ(handshake_failures(m, failures + 2), failures + 2);
   expect_serving(s);
@@ -320,6 +329,24 @@ TEST(tls, byte_counters_count_the_ciphertext_on_the_socket) {
   EXPECT_EQ(server_received, c.bytes_sent());
   EXPECT_GT(c.bytes_sent(), message.size() + 100);  // records and the handshake on top of the payload
   EXPECT_GT(c.bytes_received(), message.size() + 100);
+}
+
+TEST(tls, resumes_sessions_only_with_the_server_and_name_they_were_verified_for) {
+  served& s = mtls_server();
+  const hy::transport_security tls = hy::tls_client(device());
+  // Socket bytes of opening one session on a new connection to `host`.
+  const auto bytes = [&](const std::string& host, const hy::transport_security& security) {
+    hy::verify_client c(host, s.srv.verify_port(), verify_options(security));
+    c.open(std::vector<token_id>{1, 5, 9});
+    return c.bytes_sent() + c.bytes_received();
+  };
+  const std::uint64_t first = bytes("127.0.0.1", tls);
+  const std::uint64_t again = bytes("127.0.0.1", tls);
+  // Resumed: no certificates either way (each is several hundred bytes).
+  EXPECT_LT(again + 1000, first) << "first " << first << ", again " << again;
+  // Not offered to another name (a full handshake) nor by another client configuration.
+  EXPECT_GT(bytes("localhost", tls) + 200, first);
+  EXPECT_GT(bytes("127.0.0.1", hy::tls_client(device())) + 200, first);
 }
 
 TEST(tls, configuration_errors_name_the_file) {

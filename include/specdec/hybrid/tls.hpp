@@ -18,7 +18,9 @@
 /// server's certificate is always verified: against `ca_file` (else the system's default
 /// store), and for the host name or IP address connected to (or `server_name`). TLS 1.2 is
 /// the lowest version accepted. A client certificate (`cert_file`, `key_file`) enables
-/// mutual TLS.
+/// mutual TLS. Connections made with one `tls_client(...)` resume the last session with
+/// the same server and name (TLS 1.3 tickets, which `tls_server` keeps in its own session
+/// cache), so the certificates cross the link once, not per connection.
 ///
 /// Server side: `tls_server(options)` loads the certificate and key (and, for mutual TLS,
 /// the client CAs); `accept` secures an accepted connection within a deadline, and
@@ -39,7 +41,9 @@
 #include <climits>
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 #include <utility>
@@ -125,6 +129,25 @@ inline void trust(SSL_CTX* c, const std::string& ca_file, const char* who) {
                            "; expected a readable PEM file of CA certificates");
 }
 
+/// The sessions one `tls_client` may resume, one per server and expected name: a resumed
+/// handshake skips the certificates (about 2 KB with mutual TLS), which matters because
+/// each generation opens its own connection. A session is only offered to the server and
+/// for the name it was verified for.
+struct session_cache {
+  std::mutex mu;
+  std::map<std::string, std::shared_ptr<SSL_SESSION>> sessions;
+
+  [[nodiscard]] std::shared_ptr<SSL_SESSION> find(const std::string& key) {
+    std::lock_guard lock(mu);
+    const auto it = sessions.find(key);
+    return it == sessions.end() ? nullptr : it->second;
+  }
+  void store(const std::string& key, SSL_SESSION* s) {
+    std::lock_guard lock(mu);
+    sessions[key] = std::shared_ptr<SSL_SESSION>(s, SSL_SESSION_free);
+  }
+};
+
 /// OpenSSL over two memory buffers: records go to and come from the socket through the
 /// connection's raw I/O, so its deadlines and byte counters apply. One thread at a time.
 class tls_layer final : public stream_layer {
@@ -147,6 +170,26 @@ class tls_layer final : public stream_layer {
   ~tls_layer() override { SSL_free(ssl_); }
 
   [[nodiscard]] SSL* ssl() noexcept { return ssl_; }
+
+  /// Offers the session `cache` holds under `key` (if any) and stores the server's new
+  /// tickets there. Call before the handshake; the context must have
+  /// `new_session_callback` installed.
+  void resume_from(std::shared_ptr<session_cache> cache, std::string key) {
+    cache_ = std::move(cache);
+    cache_key_ = std::move(key);
+    SSL_set_ex_data(ssl_, ex_index(), this);
+    if (const auto s = cache_->find(cache_key_)) SSL_set_session(ssl_, s.get());
+  }
+  /// Whether the handshake resumed an earlier session.
+  [[nodiscard]] bool resumed() const noexcept { return SSL_session_reused(ssl_) == 1; }
+  /// For `SSL_CTX_sess_set_new_cb`: keeps a ticket the server sent (returns 1: the
+  /// cache now owns the reference).
+  static int new_session_callback(SSL* ssl, SSL_SESSION* session) {
+    auto* self = static_cast<tls_layer*>(SSL_get_ex_data(ssl, ex_index()));
+    if (self == nullptr || !self->cache_) return 0;
+    self->cache_->store(self->cache_key_, session);
+    return 1;
+  }
 
   /// The handshake, by `until`. The peer closing the connection during it is a
   /// `tls_error` too: a server that does not speak TLS, or refused this client.
@@ -208,12 +251,35 @@ class tls_layer final : public stream_layer {
         }
         throw tls_error("tls: " + std::string(stage) + " with " + peer_ + " failed: " + why);
       }
-      flush(s, until);
-      if (err == SSL_ERROR_NONE) return rc;
-      if (err == SSL_ERROR_ZERO_RETURN) throw link_unavailable("tls: " + peer_ + " closed the connection");
-      if (err == SSL_ERROR_WANT_READ) fill(s, until);
-      // SSL_ERROR_WANT_WRITE cannot last: the output buffer is memory and was just drained.
+      try {
+        flush(s, until);
+        if (err == SSL_ERROR_NONE) return rc;
+        if (err == SSL_ERROR_ZERO_RETURN) throw link_unavailable("tls: " + peer_ + " closed the connection");
+        if (err == SSL_ERROR_WANT_READ) fill(s, until);
+        // SSL_ERROR_WANT_WRITE cannot last: the output buffer is memory and was just drained.
+      } catch (const link_timeout&) {
+        throw;
+      } catch (const link_unavailable&) {
+        surface_alert(s, stage);
+        throw;
+      }
     }
+  }
+  /// The peer dropped the connection (reset, broken pipe, closed): if it said why first
+  /// in a TLS alert (a refused client certificate, say), throws that as `tls_error`.
+  void surface_alert(tcp_connection& s, const char* stage) {
+    if (failed_) return;
+    try {
+      while (s.is_open()) fill(s, std::chrono::steady_clock::now());  // what already arrived, without waiting
+    } catch (const link_unavailable&) {
+    }
+    if (BIO_ctrl_pending(in_) == 0) return;
+    ERR_clear_error();
+    std::uint8_t b = 0;
+    const int rc = SSL_peek(ssl_, &b, 1);
+    if (rc > 0 || SSL_get_error(ssl_, rc) != SSL_ERROR_SSL) return;
+    failed_ = true;
+    throw tls_error("tls: " + std::string(stage) + " with " + peer_ + " failed: " + reason());
   }
   /// Why the session failed: the certificate verdict if verification failed, else
   /// OpenSSL's error queue.
@@ -231,6 +297,10 @@ class tls_layer final : public stream_layer {
       s.send_raw(std::span<const std::uint8_t>(chunk, static_cast<std::size_t>(n)), until);
     }
   }
+  static int ex_index() {
+    static const int i = SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
+    return i;
+  }
   void fill(tcp_connection& s, deadline until) {
     std::uint8_t chunk[16384];
     const std::size_t n = s.recv_raw(chunk, until);
@@ -243,6 +313,8 @@ class tls_layer final : public stream_layer {
   SSL* ssl_ = nullptr;
   BIO* in_ = nullptr;   // socket -> OpenSSL
   BIO* out_ = nullptr;  // OpenSSL -> socket
+  std::shared_ptr<session_cache> cache_;
+  std::string cache_key_;
   bool failed_ = false;  // a fatal error: the session may not be used or shut down any more
 };
 
@@ -269,12 +341,16 @@ class tls_layer final : public stream_layer {
     detail::trust(ctx.get(), o.ca_file, who);
   }
   detail::use_certificate(ctx.get(), o.cert_file, o.key_file, who);
+  SSL_CTX_set_session_cache_mode(ctx.get(), SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+  SSL_CTX_sess_set_new_cb(ctx.get(), &detail::tls_layer::new_session_callback);
+  auto sessions = std::make_shared<detail::session_cache>();
   transport_security t;
-  t.handshake = [ctx, name = o.server_name](tcp_connection& s, const std::string& host,
-                                            deadline until) -> std::unique_ptr<stream_layer> {
+  t.handshake = [ctx, sessions, name = o.server_name](tcp_connection& s, const std::string& host,
+                                                      deadline until) -> std::unique_ptr<stream_layer> {
     auto layer = std::make_unique<detail::tls_layer>(ctx, s.peer());
     SSL* ssl = layer->ssl();
     const std::string& expect = name.empty() ? host : name;
+    layer->resume_from(sessions, s.peer() + " as " + expect);
     in6_addr ip{};
     const bool literal = ::inet_pton(AF_INET, expect.c_str(), &ip) == 1 || ::inet_pton(AF_INET6, expect.c_str(), &ip) == 1;
     // An IP literal must be among the certificate's IP addresses; a name among its DNS
@@ -321,7 +397,16 @@ class tls_server {
   void configure(SSL_CTX& ctx) const {
     const char* who = "tls_server_options";
     SSL_CTX_set_min_proto_version(&ctx, TLS1_2_VERSION);
-    SSL_CTX_set_num_tickets(&ctx, 0);  // the device's clients do not resume sessions: tickets would be bytes for nothing
+    // One ticket per connection (the device resumes its last session), stateful: the
+    // ticket is a short id into this server's session cache, not the encrypted session
+    // with the client's certificate inside, so resuming costs a few hundred bytes.
+    SSL_CTX_set_num_tickets(&ctx, 1);
+    SSL_CTX_set_options(&ctx, SSL_OP_NO_TICKET);
+    SSL_CTX_set_session_cache_mode(&ctx, SSL_SESS_CACHE_SERVER);
+    SSL_CTX_sess_set_cache_size(&ctx, 4096);  // bounded: older sessions are evicted (the device then handshakes in full)
+    // Resumption under client verification needs a session context (else OpenSSL refuses it).
+    static constexpr unsigned char context[] = "specdec-serve";
+    SSL_CTX_set_session_id_context(&ctx, context, sizeof context - 1);
     detail::use_certificate(&ctx, options_.cert_file, options_.key_file, who);
     if (options_.client_ca_file.empty()) return;
     detail::trust(&ctx, options_.client_ca_file, who);
