@@ -1,4 +1,4 @@
-// Tests for include/specdec/hybrid/remote_verifier.hpp (and link_monitor.hpp): split
+// Tests for include/specdec/hybrid/remote_verifier.hpp: split
 // speculative decoding over real loopback sockets against specdec-serve's engine, started
 // in process on ephemeral ports. Greedy output equals the target's own greedy output on
 // held-out prompts; sampled output over a served analytic model passes the library's
@@ -209,22 +209,6 @@ TEST(remote_verifier, greedy_near_ties_over_the_network_give_the_target_s_own_ou
       EXPECT_GT(got.stats.rollbacks, 0u) << "the flipped ties are rejected";
     }
   }
-}
-
-TEST(link_monitor, ewma_quantiles_and_estimate) {
-  hybrid::link_monitor m({.ewma_weight = 0.5, .window = 4});
-  EXPECT_EQ(m.estimate().rtt_seconds, hybrid::link_estimate{}.rtt_seconds);  // the prior
-  m.record(0.010, 100, 50);
-  m.record(0.030, 100, 50);
-  EXPECT_DOUBLE_EQ(m.rtt_ewma(), 0.020);
-  for (double r : {0.040, 0.050, 0.060}) m.record(r, 0, 0);  // the window keeps the last 4
-  EXPECT_DOUBLE_EQ(m.rtt_quantile(0.0), 0.030);
-  EXPECT_DOUBLE_EQ(m.rtt_quantile(1.0), 0.060);
-  EXPECT_DOUBLE_EQ(m.estimate().up_bps, 8.0 * 200 / 0.19);
-  m.record_failure();
-  EXPECT_EQ(m.failures(), 1u);
-  EXPECT_THROW(hybrid::link_monitor({.ewma_weight = 0.0}), invalid_argument);
-  EXPECT_THROW(m.record(-1.0, 0, 0), invalid_argument);
 }
 
 }  // namespace
