@@ -55,6 +55,8 @@
 #include "specdec/hybrid/completion_client.hpp"
 #include "specdec/hybrid/link_monitor.hpp"
 #include "specdec/hybrid/remote_verifier.hpp"
+#include "specdec/hybrid/pipelined.hpp"
+#include "specdec/hybrid/net_session.hpp"
 #include "specdec/privacy/policy.hpp"
 #include "specdec/privacy/recognizers.hpp"
 #include "specdec/privacy/detector.hpp"

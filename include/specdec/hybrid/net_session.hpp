@@ -46,6 +46,7 @@
 #include "specdec/hybrid/predictor.hpp"
 #include "specdec/hybrid/probe.hpp"
 #include "specdec/hybrid/remote_verifier.hpp"
+#include "specdec/hybrid/session.hpp"  // fixed_arbiter
 #include "specdec/model.hpp"
 #include "specdec/sampling.hpp"
 #include "specdec/token.hpp"
@@ -134,6 +135,13 @@ struct net_result {
 
 /// Runs hybrid requests against one server (see the file comment). Holds a reference to
 /// the device model (it must outlive the session) and one connection per client.
+///
+/// ```cpp
+/// specdec::hybrid::net_session s(little, specdec::hybrid::fixed_arbiter{specdec::hybrid::route::speculative(4)},
+///                                {.http_port = 8080, .verify_port = 8081}, {.retry_seconds = 10.0});
+/// auto r = s.execute(prompt, {.max_new_tokens = 32}, specdec::hybrid::route::cloud_prefix(8));
+/// double rtt = s.monitor().rtt_quantile(0.95);
+/// ```
 template <language_model Device, arbiter A, length_predictor LP = constant_length_predictor,
           difficulty_predictor DP = entropy_difficulty_predictor>
 class net_session {

@@ -83,6 +83,13 @@ struct pipeline_stats {
 /// The decoder of the file comment over a `verify_client` it owns. Throws what the client
 /// throws (`link_unavailable` when the server cannot be reached: the tokens already
 /// passed to `on_token` are committed, and a caller may continue on the device from them).
+///
+/// ```cpp
+/// specdec::hybrid::pipelined_split_decoder dec(little, "127.0.0.1", verify_port, {.gamma = 4, .client = {.retries = 2}});
+/// std::vector<specdec::token_id> out;
+/// try { dec.generate(prompt, {.max_new_tokens = 64}, [&](specdec::token_id t) { out.push_back(t); }); }
+/// catch (const specdec::hybrid::link_unavailable&) { /* continue on the device from prompt + out */ }
+/// ```
 template <language_model Draft>
 class pipelined_split_decoder {
  public:

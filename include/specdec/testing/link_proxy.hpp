@@ -74,6 +74,12 @@ struct link_proxy_options {
 
 /// The proxy of the file comment. Starts listening in its constructor and forwards until
 /// it is destroyed (or `stop` is called). Thread-safe: shaping may change while it runs.
+///
+/// ```cpp
+/// specdec::testing::link_proxy p("127.0.0.1", upstream_port);
+/// p.set_options({.one_way_delay_seconds = 0.075});  // RTT 150 ms from now on
+/// p.stall(0.5);                                     // half a second of silence
+/// ```
 class link_proxy {
  public:
   /// Forwards every connection made to `port()` to `upstream_host:upstream_port` (a
