@@ -50,6 +50,7 @@ struct options {
   std::vector<double> rtts_ms{0, 10, 30, 60, 150};
   std::vector<std::size_t> clients{1, 4, 16, 32};
   double load_rtt_ms = 0.0;
+  std::vector<std::string> routes;  ///< empty = all
   bool full = false;
 };
 
@@ -161,6 +162,7 @@ struct cell {
   double seconds = 0, bytes_up = 0, bytes_down = 0, forwards = 0, server_seconds = 0;
   double hidden_seconds = 0;  ///< pipelined: drafting overlapped with rounds whose guess held
   double rounds = 0;
+  std::size_t fallbacks = 0;  ///< requests that lost the link and finished on the device
   double physics_per_token = NAN;  ///< split: the route's per-token time at RTT 0 + RTT / tokens per round
   // The simulator's prediction for the same route and RTT.
   std::vector<double> sim_per_token, sim_ttft;
@@ -169,7 +171,7 @@ struct cell {
 };
 
 void header(std::ostream& out) {
-  out << "section,route,rtt_ms,clients,requests,tokens,greedy_identical_to_cloud,per_token_p50_ms,per_token_p95_ms,"
+  out << "section,route,rtt_ms,clients,requests,tokens,greedy_identical_to_cloud,fallbacks,per_token_p50_ms,per_token_p95_ms,"
          "ttft_p50_ms,tokens_per_s,bytes_up_per_token,bytes_down_per_token,forwards_per_token,tokens_per_round,"
          "hidden_ms_per_token,physics_per_token_ms,server_tokens_per_server_s,sim_per_token_p50_ms,sim_ttft_p50_ms,sim_bytes_per_token,"
          "sim_forwards_per_token,sim_error_pct\n";
@@ -179,8 +181,8 @@ void row(std::ostream& out, const cell& c) {
   const double p50 = quantile(c.per_token, 0.5) * 1e3, sim = quantile(c.sim_per_token, 0.5) * 1e3;
   char buf[1024];
   std::snprintf(buf, sizeof buf,
-                "%s,%s,%g,%zu,%zu,%zu,%d,%.2f,%.2f,%.1f,%.1f,%.1f,%.1f,%.3f,%.2f,%.3f,%.2f,%.1f,%.2f,%.1f,%.1f,%.3f,%.1f\n",
-                c.section.c_str(), c.route.c_str(), c.rtt_ms, c.clients, c.requests, c.tokens, c.identical, p50,
+                "%s,%s,%g,%zu,%zu,%zu,%d,%zu,%.2f,%.2f,%.1f,%.1f,%.1f,%.1f,%.3f,%.2f,%.3f,%.2f,%.1f,%.2f,%.1f,%.1f,%.3f,%.1f\n",
+                c.section.c_str(), c.route.c_str(), c.rtt_ms, c.clients, c.requests, c.tokens, c.identical, c.fallbacks, p50,
                 quantile(c.per_token, 0.95) * 1e3, quantile(c.ttft, 0.5) * 1e3, n / std::max(1e-9, c.seconds),
                 c.bytes_up / n, c.bytes_down / n, c.forwards / n, c.rounds > 0 ? n / c.rounds : NAN,
                 c.hidden_seconds / n * 1e3, c.physics_per_token * 1e3, c.server_seconds > 0 ? n / c.server_seconds : NAN, sim,
@@ -217,12 +219,14 @@ int main(int argc, char** argv) try {
       .add("--prefix", "K", "tokens the cloud writes on the prefix route (8)", store(o.prefix, count))
       .add("--rtts", "MS,...", "round-trip times through the proxy (0,10,30,60,150)",
            store(o.rtts_ms, cli::range<double>{.lo = 0, .hi = 10000}))
-      .add("--clients", "N,...", "concurrent clients of the load test (1,4,16,32)",
+      .add("--clients", "N,...", "concurrent clients of the load test (1,4,16,32; 0 = none)",
            store(o.clients, cli::between<std::size_t>(0, 256)))
       .add("--load-prompts", "N", "requests per client in the load test (2; --full: 4)", store(o.load_prompts, count))
       .add("--load-rtt", "MS", "RTT of the load test (0)", store(o.load_rtt_ms, cli::range<double>{.lo = 0, .hi = 10000}))
       .add("--server-threads", "N", "threads of the server's forward (1)",
            store(o.server_threads, cli::between<std::size_t>(1, 64)))
+      .add("--routes", "NAME,...", "only these routes (cloud is the greedy reference; default: all)",
+           [&o](std::string_view, std::string_view v) { o.routes = cli::split_list(v); })
       .flag("--full", "the documented run: 24 prompts, 64 tokens, 4 requests per load client", o.full);
   if (!p.parse(argc, argv)) return 0;
   if (o.full) {
@@ -264,6 +268,7 @@ int main(int argc, char** argv) try {
     const hy::net_endpoint ep{"127.0.0.1", http.port(), verify.port()};
     std::vector<std::vector<token_id>> cloud_tokens;
     for (const route_spec& rs : routes) {
+      if (!o.routes.empty() && std::find(o.routes.begin(), o.routes.end(), rs.name) == o.routes.end()) continue;
       hy::net_session s(little, hy::fixed_arbiter{rs.r}, ep,
                         {.sampling = rs.sampled ? sampled : specdec::sampling_params{}, .seed = 1,
                          .pipelined = rs.pipelined, .verify = {.retries = rs.cuts ? 4u : 1u}});
@@ -277,12 +282,17 @@ int main(int argc, char** argv) try {
       hy::simulated_link link(lc, 1);
       hy::session sim(sim_little, big, hy::fixed_arbiter{rs.r}, link,
                       {.sampling = rs.sampled ? sampled : specdec::sampling_params{}, .seed = 1, .charge_probe = false});
-      // Faults: the verify connection is cut every 250 ms; the client reconnects and resumes.
+      // Faults: the verify connection is cut every max(250 ms, 5 RTT) (a client needs two
+      // round trips to resume and resend); it reconnects, resumes and resends.
       std::atomic<bool> cutting{rs.cuts};
       std::thread cutter([&] {
+        const auto period = std::chrono::duration<double>(std::max(0.25, 5.0 * rtt_ms / 1e3));
+        auto next = std::chrono::steady_clock::now() + period;
         while (cutting.load()) {
-          std::this_thread::sleep_for(std::chrono::milliseconds(250));
-          if (cutting.load()) verify.disconnect_all();
+          std::this_thread::sleep_for(std::chrono::milliseconds(5));
+          if (std::chrono::steady_clock::now() < next) continue;
+          verify.disconnect_all();
+          next += std::chrono::duration_cast<std::chrono::steady_clock::duration>(period);
         }
       });
       const server_counters m0 = read_metrics(server.http_port);
@@ -299,8 +309,27 @@ int main(int argc, char** argv) try {
         c.bytes_down += static_cast<double>(r.bytes_down);
         c.rounds += static_cast<double>(r.verify_rounds);
         if (rs.name == "cloud") cloud_tokens.push_back(r.tokens);
-        if (rs.r.kind == hy::route_kind::speculative && !rs.sampled)
-          identical = identical && i < cloud_tokens.size() && r.tokens == cloud_tokens[i];
+        if (rs.r.kind == hy::route_kind::speculative && !rs.sampled && i < cloud_tokens.size()) {
+          // What the routes it used must produce: the cloud's greedy tokens, and after a
+          // fallback the device's greedy continuation of them.
+          std::vector<token_id> want(cloud_tokens[i].begin(),
+                                     cloud_tokens[i].begin() + static_cast<std::ptrdiff_t>(
+                                                                   std::min(r.cloud_tokens, cloud_tokens[i].size())));
+          if (r.fell_back_to_device) {
+            ++c.fallbacks;
+            std::vector<token_id> ctx = prompts[i];
+            ctx.insert(ctx.end(), want.begin(), want.end());
+            specdec::generation_options rest = gen;
+            rest.max_new_tokens = gen.max_new_tokens - want.size();
+            const auto more = specdec::autoregressive_decoder(sim_little).generate(ctx, rest).tokens;
+            want.insert(want.end(), more.begin(), more.end());
+          } else {
+            want = cloud_tokens[i];
+          }
+          identical = identical && r.tokens == want;
+        } else if (rs.r.kind == hy::route_kind::speculative && !rs.sampled) {
+          identical = false;  // no cloud-only reference (--routes without cloud)
+        }
         if (rs.pipelined || rs.cuts) continue;  // the simulator has neither
         const hy::request_result q = sim.execute(prompts[i], gen, rs.r);
         if (q.tokens.empty()) continue;
@@ -330,6 +359,7 @@ int main(int argc, char** argv) try {
   const hy::net_endpoint ep{"127.0.0.1", http.port(), verify.port()};
   std::vector<std::unique_ptr<transformer>> drafts;
   for (const std::size_t n : o.clients) {
+    if (n == 0) continue;  // --clients 0: no load test
     while (drafts.size() < n) drafts.push_back(std::make_unique<transformer>(o.models + "/kjv-little.bin",
                                                                              specdec::cpu::transformer_options{.threads = 1}));
     for (const bool split : {true, false}) {

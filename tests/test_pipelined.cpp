@@ -4,7 +4,6 @@
 // overlap really drafts ahead and some of it is used; the server's draft cap holds.
 #include <gtest/gtest.h>
 
-#include <fstream>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -25,17 +24,6 @@ using hybrid::pipelined_split_decoder;
 
 const std::string models = SPECDEC_MODELS_DIR;
 
-std::vector<std::vector<token_id>> held_out_prompts(cpu::tokenizer& tok, std::size_t n) {
-  std::vector<std::vector<token_id>> out;
-  std::ifstream f(models + "/kjv_val_openings.tsv");
-  std::string line;
-  while (out.size() < n && std::getline(f, line)) {
-    if (line.empty() || line[0] == '#') continue;
-    auto ids = tok.encode(line.substr(line.rfind('\t') + 1).substr(0, 60));
-    if (ids.size() >= 2) out.push_back(std::move(ids));
-  }
-  return out;
-}
 
 struct fixture {
   cpu::batched_transformer model{models + "/kjv-big.bin", cpu::transformer_options{.threads = 1}};
@@ -51,7 +39,7 @@ TEST(pipelined_split_decoder, greedy_output_is_the_target_s_with_and_without_ove
   cpu::transformer little(models + "/kjv-little.bin", {.threads = 1});
   cpu::transformer big(models + "/kjv-big.bin", {.threads = 1});
   cpu::tokenizer tok(models + "/kjv2k-tokenizer.bin", big.vocab_size());
-  const auto prompts = held_out_prompts(tok, 4);
+  const auto prompts = test_support::held_out_prompts(models, tok, 4);
   ASSERT_EQ(prompts.size(), 4u);
   const generation_options opts{.max_new_tokens = 40, .stop_at_eos = false};
   pipelined_split_decoder piped(little, "127.0.0.1", link.port(), {.gamma = 4});

@@ -81,26 +81,13 @@ SPECDEC_VERIFIER_CONTRACT_TESTS(remote, remote_verifier);
 
 namespace {
 
-std::vector<std::vector<token_id>> held_out_prompts(cpu::tokenizer& tok, std::size_t n) {
-  std::vector<std::vector<token_id>> out;
-  std::ifstream f(models + "/kjv_val_openings.tsv");
-  std::string line;
-  while (out.size() < n && std::getline(f, line)) {
-    if (line.empty() || line[0] == '#') continue;
-    const auto tab = line.rfind('\t');
-    const std::string text = tab == std::string::npos ? line : line.substr(tab + 1);
-    auto ids = tok.encode(text.substr(0, 60));
-    if (ids.size() >= 2) out.push_back(std::move(ids));
-  }
-  return out;
-}
 
 TEST(remote_verifier, greedy_split_decoding_equals_the_cloud_s_own_greedy_output) {
   served_cpu server(models + "/kjv-big.bin", cpu::transformer_options{.threads = 1});
   cpu::transformer little(models + "/kjv-little.bin", {.threads = 1});
   cpu::transformer big(models + "/kjv-big.bin", {.threads = 1});
   cpu::tokenizer tok(models + "/kjv2k-tokenizer.bin", big.vocab_size());
-  const auto prompts = held_out_prompts(tok, 6);
+  const auto prompts = test_support::held_out_prompts(models, tok, 6);
   ASSERT_GE(prompts.size(), 4u);
   const generation_options opts{.max_new_tokens = 48, .stop_at_eos = false};
   remote_verifier cloud("127.0.0.1", server.srv.verify_port(), {.vocab = little.vocab_size()});
