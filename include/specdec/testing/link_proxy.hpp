@@ -40,6 +40,7 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
@@ -131,7 +132,10 @@ class link_proxy {
     state_->stall_until = std::max(state_->stall_until, clock::now() + to_duration(seconds));
   }
   /// Resets every connection open now (both sides see it closed); new ones are accepted.
-  void disconnect_all() noexcept { state_->cut_generation.fetch_add(1); }
+  void disconnect_all() noexcept {
+    state_->cut_generation.fetch_add(1);
+    state_->wake_all();
+  }
 
   /// Connections accepted so far, and bytes delivered each way.
   [[nodiscard]] std::size_t connections() const noexcept { return state_->connections.load(); }
@@ -142,6 +146,7 @@ class link_proxy {
   void stop() noexcept {
     if (stopping_.exchange(true)) return;
     state_->stopping.store(true);
+    state_->wake_all();
     if (acceptor_.joinable()) acceptor_.join();
     if (listen_fd_ >= 0) ::close(listen_fd_);
     listen_fd_ = -1;
@@ -167,6 +172,16 @@ class link_proxy {
     std::atomic<std::uint64_t> bytes_up{0}, bytes_down{0};
     std::size_t active = 0;  ///< pump threads running (under mu)
     std::condition_variable idle;
+    std::vector<int> wakers;  ///< write ends of the pumps' wake-up pipes (under mu)
+
+    /// Wakes every pump from its poll (a cut or a stop); a full pipe is awake anyway.
+    void wake_all() noexcept {
+      std::lock_guard lock(mu);
+      for (const int fd : wakers) {
+        const char b = 1;
+        [[maybe_unused]] const ssize_t n = ::write(fd, &b, 1);
+      }
+    }
   };
 
   /// One direction of a connection: chunks in flight with their arrival times.
@@ -219,6 +234,18 @@ class link_proxy {
     }
     set_socket_options(client);
     set_socket_options(server);
+    // Cuts and stops wake the poll through this pipe, so an idle connection sleeps in poll
+    // until bytes arrive, a chunk falls due, or the proxy needs it.
+    int wake[2];
+    if (::pipe2(wake, O_CLOEXEC | O_NONBLOCK) != 0) {
+      ::close(server);
+      ::close(client);
+      return;
+    }
+    {
+      std::lock_guard lock(s->mu);
+      s->wakers.push_back(wake[1]);
+    }
     lane lanes[2];
     lanes[0].from = client, lanes[0].to = server, lanes[0].counter = &s->bytes_up;
     lanes[1].from = server, lanes[1].to = client, lanes[1].counter = &s->bytes_down;
@@ -232,14 +259,19 @@ class link_proxy {
         stall_until = s->stall_until;
       }
       // Deliver what is due.
-      auto wake = now + std::chrono::milliseconds(5);
-      pollfd p[4];
+      std::optional<clock::time_point> due;  // the next time something falls due
+      pollfd p[5];
       int n = 0;
+      p[n++] = pollfd{wake[0], POLLIN, 0};
       for (lane& l : lanes) {
+        bool full = false;  // the receiver's buffer is full: POLLOUT wakes us
         while (!l.queue.empty() && l.queue.front().first <= now && now >= stall_until) {
           auto& chunk = l.queue.front().second;
           const ssize_t w = ::send(l.to, chunk.data(), chunk.size(), MSG_NOSIGNAL);
-          if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+          if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            full = true;
+            break;
+          }
           if (w <= 0) {
             failed = true;
             break;
@@ -248,17 +280,23 @@ class link_proxy {
           chunk.erase(chunk.begin(), chunk.begin() + w);
           if (chunk.empty()) l.queue.pop_front();
         }
-        if (!l.queue.empty()) wake = std::min(wake, std::max(l.queue.front().first, stall_until));
+        if (!l.queue.empty() && !full) {
+          const auto t = std::max(l.queue.front().first, stall_until);
+          due = due ? std::min(*due, t) : t;
+        }
         if (l.eof && l.queue.empty() && !l.shut) {
           ::shutdown(l.to, SHUT_WR);
           l.shut = true;
         }
         if (!l.eof) p[n++] = pollfd{l.from, POLLIN, 0};
-        if (!l.queue.empty() && l.queue.front().first <= now && now >= stall_until) p[n++] = pollfd{l.to, POLLOUT, 0};
+        if (full) p[n++] = pollfd{l.to, POLLOUT, 0};
       }
       if (failed) break;
-      const auto left = std::chrono::duration_cast<std::chrono::microseconds>(wake - clock::now()).count();
-      const int ms = left <= 0 ? 0 : static_cast<int>((left + 999) / 1000);
+      int ms = -1;
+      if (due) {
+        const auto left = std::chrono::duration_cast<std::chrono::microseconds>(*due - clock::now()).count();
+        ms = left <= 0 ? 0 : static_cast<int>(std::min<std::int64_t>((left + 999) / 1000, 1 << 30));
+      }
       if (::poll(p, static_cast<nfds_t>(n), ms) < 0 && errno != EINTR) break;
       // Read what arrived and schedule it.
       for (lane& l : lanes) {
@@ -283,6 +321,12 @@ class link_proxy {
     }
     ::close(client);
     ::close(server);
+    {
+      std::lock_guard lock(s->mu);
+      std::erase(s->wakers, wake[1]);
+    }
+    ::close(wake[0]);
+    ::close(wake[1]);
   }
 
   /// When a chunk of `bytes` read now arrives at the far side (see the file comment).
