@@ -1,9 +1,10 @@
 #pragma once
 // Shared by the tests of the network clients and of specdec-serve (test_serve.cpp,
-// test_verify_client.cpp, test_completion_client.cpp, test_serve_auth.cpp): a bare
-// loopback socket for scripted peers, and (with specdec_serve/server.hpp included first)
-// server options for in-process runs on ephemeral loopback ports, a raw client of the
-// verify port, split greedy decoding through a verify_client, and waiting for a child.
+// test_verify_client.cpp, test_completion_client.cpp, test_serve_auth.cpp,
+// test_remote_verifier.cpp, test_pipelined.cpp, ...): a bare loopback socket for scripted
+// peers, held-out prompts, and (with specdec_serve/server.hpp included first) server
+// options for in-process runs on ephemeral loopback ports, a raw client of the verify
+// port, split greedy decoding through a verify_client, and waiting for a child.
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -14,6 +15,8 @@
 #include <thread>
 
 #include <cstdint>
+#include <fstream>
+#include <string>
 #include <utility>
 #include <variant>
 #include <vector>
@@ -48,6 +51,23 @@ inline std::pair<int, std::uint16_t> loopback_socket(bool listen = true) {
   socklen_t len = sizeof a;
   ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
   return {fd, ntohs(a.sin_port)};
+}
+
+/// The first 60 characters of up to `n` held-out KJV chapter openings
+/// (models/kjv_val_openings.tsv), encoded by `tok`; prompts shorter than 2 tokens skipped.
+template <class Tokenizer>
+std::vector<std::vector<std::int32_t>> held_out_prompts(const std::string& models_dir, Tokenizer& tok, std::size_t n) {
+  std::vector<std::vector<std::int32_t>> out;
+  std::ifstream f(models_dir + "/kjv_val_openings.tsv");
+  std::string line;
+  while (out.size() < n && std::getline(f, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    const auto tab = line.rfind('\t');
+    const std::string text = tab == std::string::npos ? line : line.substr(tab + 1);
+    auto ids = tok.encode(text.substr(0, 60));
+    if (ids.size() >= 2) out.emplace_back(ids.begin(), ids.end());
+  }
+  return out;
 }
 
 #ifdef SPECDEC_SERVE_TESTS

@@ -1,4 +1,4 @@
-// Tests for include/specdec/hybrid/remote_verifier.hpp (and link_monitor.hpp): split
+// Tests for include/specdec/hybrid/remote_verifier.hpp: split
 // speculative decoding over real loopback sockets against specdec-serve's engine, started
 // in process on ephemeral ports. Greedy output equals the target's own greedy output on
 // held-out prompts; sampled output over a served analytic model passes the library's
@@ -83,26 +83,13 @@ SPECDEC_VERIFIER_CONTRACT_TESTS(remote, remote_verifier);
 
 namespace {
 
-std::vector<std::vector<token_id>> held_out_prompts(cpu::tokenizer& tok, std::size_t n) {
-  std::vector<std::vector<token_id>> out;
-  std::ifstream f(models + "/kjv_val_openings.tsv");
-  std::string line;
-  while (out.size() < n && std::getline(f, line)) {
-    if (line.empty() || line[0] == '#') continue;
-    const auto tab = line.rfind('\t');
-    const std::string text = tab == std::string::npos ? line : line.substr(tab + 1);
-    auto ids = tok.encode(text.substr(0, 60));
-    if (ids.size() >= 2) out.push_back(std::move(ids));
-  }
-  return out;
-}
 
 TEST(remote_verifier, greedy_split_decoding_equals_the_cloud_s_own_greedy_output) {
   served_cpu server(models + "/kjv-big.bin", cpu::transformer_options{.threads = 1});
   cpu::transformer little(models + "/kjv-little.bin", {.threads = 1});
   cpu::transformer big(models + "/kjv-big.bin", {.threads = 1});
   cpu::tokenizer tok(models + "/kjv2k-tokenizer.bin", big.vocab_size());
-  const auto prompts = held_out_prompts(tok, 6);
+  const auto prompts = test_support::held_out_prompts(models, tok, 6);
   ASSERT_GE(prompts.size(), 4u);
   const generation_options opts{.max_new_tokens = 48, .stop_at_eos = false};
   remote_verifier cloud("127.0.0.1", server.srv.verify_port(), {.vocab = little.vocab_size()});
@@ -246,22 +233,6 @@ TEST(remote_verifier, greedy_near_ties_over_the_network_give_the_target_s_own_ou
       EXPECT_GT(got.stats.rollbacks, 0u) << "the flipped ties are rejected";
     }
   }
-}
-
-TEST(link_monitor, ewma_quantiles_and_estimate) {
-  hybrid::link_monitor m({.ewma_weight = 0.5, .window = 4});
-  EXPECT_EQ(m.estimate().rtt_seconds, hybrid::link_estimate{}.rtt_seconds);  // the prior
-  m.record(0.010, 100, 50);
-  m.record(0.030, 100, 50);
-  EXPECT_DOUBLE_EQ(m.rtt_ewma(), 0.020);
-  for (double r : {0.040, 0.050, 0.060}) m.record(r, 0, 0);  // the window keeps the last 4
-  EXPECT_DOUBLE_EQ(m.rtt_quantile(0.0), 0.030);
-  EXPECT_DOUBLE_EQ(m.rtt_quantile(1.0), 0.060);
-  EXPECT_DOUBLE_EQ(m.estimate().up_bps, 8.0 * 200 / 0.19);
-  m.record_failure();
-  EXPECT_EQ(m.failures(), 1u);
-  EXPECT_THROW(hybrid::link_monitor({.ewma_weight = 0.0}), invalid_argument);
-  EXPECT_THROW(m.record(-1.0, 0, 0), invalid_argument);
 }
 
 }  // namespace

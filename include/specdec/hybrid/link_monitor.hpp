@@ -1,15 +1,22 @@
 #pragma once
 /// \file hybrid/link_monitor.hpp
 /// What the device knows about its link, measured from the requests it really makes: the
-/// round-trip time (an EWMA and percentiles over a window), the throughput of the bytes
-/// it moved, and failures. `estimate()` turns it into the `link_estimate` an arbiter
-/// decides from, so routing reads a measurement, not a preset. The simulated link
-/// (link.hpp) stays for what-if studies.
+/// round-trip time (an EWMA and percentiles over a window), the bytes it moved, the link's
+/// capacity where the measurements show it, and failures. `estimate()` turns it into the
+/// `link_estimate` an arbiter decides from, so routing reads a measurement, not a preset.
+/// The clients feed it (`remote_verifier`, `pipelined_split_decoder`, `net_session`); the
+/// simulated link (link.hpp) stays for what-if studies.
+///
+/// Capacity: a round trip of b bytes takes about rtt0 + 8 b / bps, so over the window the
+/// slope of RTT against bytes is 8 / bps. Small messages of similar size do not show it
+/// (the slope drowns in RTT noise); the estimate then keeps the prior's rates rather than
+/// dividing bytes by time, which would mistake an idle link for a slow one.
 ///
 /// ```cpp
 /// specdec::hybrid::link_monitor mon;
 /// mon.record(0.031, /*bytes_up=*/40, /*bytes_down=*/12);
 /// specdec::hybrid::link_estimate e = mon.estimate();  // e.rtt_seconds ~ 0.031
+/// double p95 = mon.rtt_quantile(0.95);
 /// ```
 #include <algorithm>
 #include <cmath>
@@ -46,8 +53,14 @@ class link_monitor {
   void record(double rtt_seconds, std::uint64_t bytes_up, std::uint64_t bytes_down) {
     specdec::detail::check_non_negative("link_monitor::record rtt_seconds", rtt_seconds);
     ewma_ = samples_ == 0 ? rtt_seconds : (1.0 - opt_.ewma_weight) * ewma_ + opt_.ewma_weight * rtt_seconds;
-    if (window_.size() < opt_.window) window_.push_back(rtt_seconds);
-    else window_[samples_ % opt_.window] = rtt_seconds;
+    const double bytes = static_cast<double>(bytes_up + bytes_down);
+    if (window_.size() < opt_.window) {
+      window_.push_back(rtt_seconds);
+      sizes_.push_back(bytes);
+    } else {
+      window_[samples_ % opt_.window] = rtt_seconds;
+      sizes_[samples_ % opt_.window] = bytes;
+    }
     ++samples_;
     bytes_up_ += bytes_up;
     bytes_down_ += bytes_down;
@@ -72,22 +85,49 @@ class link_monitor {
     std::nth_element(s.begin(), s.begin() + static_cast<std::ptrdiff_t>(i), s.end());
     return s[i];
   }
-  /// The link as an arbiter sees it: the EWMA RTT and the measured byte rates over the
-  /// time spent in round trips (the prior's rates while too little has been measured).
+  /// Bits moved per second of round trips: how much of the link the requests used (not
+  /// its capacity); 0 before any sample.
+  [[nodiscard]] double goodput_bps() const noexcept {
+    return busy_seconds_ > 0.0 ? 8.0 * static_cast<double>(bytes_up_ + bytes_down_) / busy_seconds_ : 0.0;
+  }
+  /// The capacity the window shows (see the file comment), in bits per second, or 0 when
+  /// its RTTs do not grow with message size beyond three standard errors.
+  [[nodiscard]] double capacity_bps() const {
+    const std::size_t n = window_.size();
+    if (n < 8) return 0.0;
+    double mx = 0.0, my = 0.0;
+    for (std::size_t i = 0; i < n; ++i) mx += sizes_[i], my += window_[i];
+    mx /= static_cast<double>(n);
+    my /= static_cast<double>(n);
+    double sxx = 0.0, sxy = 0.0;
+    for (std::size_t i = 0; i < n; ++i) {
+      sxx += (sizes_[i] - mx) * (sizes_[i] - mx);
+      sxy += (sizes_[i] - mx) * (window_[i] - my);
+    }
+    if (!(sxx > 0.0)) return 0.0;
+    const double slope = sxy / sxx, intercept = my - slope * mx;
+    double sse = 0.0;
+    for (std::size_t i = 0; i < n; ++i) {
+      const double r = window_[i] - intercept - slope * sizes_[i];
+      sse += r * r;
+    }
+    const double se = std::sqrt(sse / static_cast<double>(n - 2) / sxx);
+    return slope > 0.0 && slope > 3.0 * se ? 8.0 / slope : 0.0;
+  }
+  /// The link as an arbiter sees it: the EWMA RTT, and the measured capacity for both
+  /// directions when the window shows one (the prior's rates otherwise).
   [[nodiscard]] link_estimate estimate() const {
     link_estimate e = opt_.prior;
     if (samples_ == 0) return e;
     e.rtt_seconds = ewma_;
-    if (busy_seconds_ > 0.0 && bytes_up_ > 0) e.up_bps = std::max(1.0, 8.0 * static_cast<double>(bytes_up_) / busy_seconds_);
-    if (busy_seconds_ > 0.0 && bytes_down_ > 0)
-      e.down_bps = std::max(1.0, 8.0 * static_cast<double>(bytes_down_) / busy_seconds_);
+    if (const double c = capacity_bps(); c > 0.0) e.up_bps = e.down_bps = c;
     return e;
   }
 
  private:
   link_monitor_options opt_;
   double ewma_ = 0.0;
-  std::vector<double> window_;
+  std::vector<double> window_, sizes_;  ///< RTTs and bytes of the last `window` samples
   std::size_t samples_ = 0, failures_ = 0;
   std::uint64_t bytes_up_ = 0, bytes_down_ = 0;
   double busy_seconds_ = 0.0;

@@ -57,6 +57,9 @@ struct remote_verifier_options {
   /// The request's class (from the detector), route and detected spans (uplink.hpp): a
   /// request that may not leave the device under them never connects.
   request_privacy privacy = hybrid::privacy::may_leave_device;
+  /// Fed with every round trip and failure (shared with whoever routes from it); null =
+  /// the verifier's own.
+  std::shared_ptr<link_monitor> monitor{};
 
   void validate() const {
     if (vocab == 0) specdec::detail::fail_knob("remote_verifier_options.vocab", "0", "the draft's vocabulary size (> 0)");
@@ -73,6 +76,7 @@ class remote_verifier {
   remote_verifier(std::string host, std::uint16_t port, remote_verifier_options o)
       : opt_(std::move(o)), client_(std::make_unique<verify_client>(std::move(host), port, opt_.client)) {
     opt_.validate();
+    if (!opt_.monitor) opt_.monitor = std::make_shared<link_monitor>();
   }
 
   [[nodiscard]] std::size_t vocab_size() const noexcept { return opt_.vocab; }
@@ -88,7 +92,7 @@ class remote_verifier {
   }
 
   [[nodiscard]] verify_client& client() noexcept { return *client_; }
-  [[nodiscard]] const link_monitor& monitor() const noexcept { return monitor_; }
+  [[nodiscard]] const link_monitor& monitor() const noexcept { return *opt_.monitor; }
 
   /// The next generation's class and route (takes effect at the next `reset`, when the
   /// session is reopened; the decoder resets its verifier at the start of every
@@ -142,10 +146,10 @@ class remote_verifier {
       }
       const verify_verdict r = client_->verify(s.subspan(sent_), d.tokens, q);
       sent_ = s.size();
-      monitor_.record(client_->last_rtt_seconds(), client_->bytes_sent() - up0, client_->bytes_received() - down0);
+      opt_.monitor->record(client_->last_rtt_seconds(), client_->bytes_sent() - up0, client_->bytes_received() - down0);
       return verdict{r.accepted, r.next, d.size() + 1, client_->last_rtt_seconds()};
     } catch (const link_unavailable&) {
-      monitor_.record_failure();
+      opt_.monitor->record_failure();
       opened_ = false;  // the next call reopens from the committed prefix
       sent_ = 0;
       throw;
@@ -155,7 +159,6 @@ class remote_verifier {
  private:
   remote_verifier_options opt_;
   std::unique_ptr<verify_client> client_;
-  link_monitor monitor_;
   wire::sparse_rows q_;
   bool opened_ = false;
   std::size_t sent_ = 0;  ///< tokens of S the server's session holds

@@ -1,0 +1,401 @@
+// specdec-hybrid-net: every device/cloud route over real sockets. Starts specdec-serve as a
+// child process on ephemeral loopback ports, puts the test proxy (testing/link_proxy.hpp)
+// in front of both of its ports to pay real round trips, and runs the held-out prompts
+// through each route at each RTT: per-token latency, time to first token, tokens/s, bytes
+// at the socket, server forwards per token, and beside each the simulator's prediction
+// (hybrid/link.hpp + hybrid/session.hpp on the virtual clock) for the same configuration.
+// Then the server under load: N concurrent device clients doing split decoding against
+// N doing cloud-only decoding, tokens per server-second read from the server's /metrics.
+// Output: CSV on stdout or --csv; a reduced run by default, --full for the documented one.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "args.hpp"
+#include "held_out_prompts.hpp"
+#include "specdec/backend/cpu/tokenizer.hpp"
+#include "specdec/backend/cpu/transformer.hpp"
+#include "specdec/hybrid/net_session.hpp"
+#include "specdec/hybrid/session.hpp"
+#include "specdec/hybrid/transport.hpp"
+#include "specdec/testing/link_proxy.hpp"
+
+namespace {
+using specdec::token_id;
+namespace hy = specdec::hybrid;
+using specdec::cpu::transformer;
+
+struct options {
+  std::string serve = SPECDEC_SERVE_BINARY;
+  std::string models = SPECDEC_MODELS_DIR;
+  std::string csv;
+  std::size_t prompts = 6, tokens = 32, words = 6, gamma = 4, prefix = 8, load_prompts = 2;
+  std::size_t server_threads = 1;
+  std::vector<double> rtts_ms{0, 10, 30, 60, 150};
+  std::vector<std::size_t> clients{1, 4, 16, 32};
+  double load_rtt_ms = 0.0;
+  std::vector<std::string> routes;  ///< empty = all
+  bool full = false;
+};
+
+/// specdec-serve as a child process; SIGTERM and wait on destruction.
+class child_server {
+ public:
+  child_server(const options& o) {
+    int err[2];
+    if (::pipe(err) != 0) throw specdec::error("pipe failed");
+    pid_ = ::fork();
+    if (pid_ < 0) throw specdec::error("fork failed");
+    if (pid_ == 0) {
+      ::dup2(err[1], 2);
+      ::close(err[0]);
+      ::close(err[1]);
+      const std::string threads = std::to_string(o.server_threads);
+      const std::string model = o.models + "/kjv-big.bin", tok = o.models + "/kjv2k-tokenizer.bin";
+      ::execl(o.serve.c_str(), o.serve.c_str(), "--model", model.c_str(), "--tokenizer", tok.c_str(), "--port", "0",
+              "--verify-port", "0", "--threads", threads.c_str(), "--max-sessions", "128", "--max-completions", "128",
+              "--http-threads", "48", static_cast<char*>(nullptr));
+      std::perror("exec specdec-serve");
+      ::_exit(127);
+    }
+    ::close(err[1]);
+    // Read stderr until the ports are printed; then keep draining it so the child never blocks.
+    std::string line;
+    char c;
+    while (::read(err[0], &c, 1) == 1) {
+      if (c != '\n') {
+        line += c;
+        continue;
+      }
+      std::cerr << line << '\n';
+      unsigned http = 0, verify = 0;
+      if (const auto at = line.find("on http://"); at != std::string::npos) {
+        const auto colon = line.find(':', at + 10);
+        if (std::sscanf(line.c_str() + colon + 1, "%u, verify port %u", &http, &verify) == 2) {
+          http_port = static_cast<std::uint16_t>(http);
+          verify_port = static_cast<std::uint16_t>(verify);
+          break;
+        }
+      }
+      line.clear();
+    }
+    if (http_port == 0) throw specdec::error("specdec-serve did not start (" + o.serve + ")");
+    drain_ = std::thread([fd = err[0]] {
+      char buf[4096];
+      while (::read(fd, buf, sizeof buf) > 0) {
+      }
+      ::close(fd);
+    });
+  }
+  ~child_server() {
+    ::kill(pid_, SIGTERM);
+    int status = 0;
+    ::waitpid(pid_, &status, 0);
+    if (drain_.joinable()) drain_.join();
+  }
+  std::uint16_t http_port = 0, verify_port = 0;
+
+ private:
+  pid_t pid_ = -1;
+  std::thread drain_;
+};
+
+/// Sum of the samples of Prometheus metric `name` (any labels) in `text`.
+double metric(const std::string& text, const std::string& name) {
+  double sum = 0.0;
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line))
+    if (line.compare(0, name.size(), name) == 0 && line.size() > name.size() &&
+        (line[name.size()] == ' ' || line[name.size()] == '{'))
+      sum += std::stod(line.substr(line.rfind(' ') + 1));
+  return sum;
+}
+
+struct server_counters {
+  double step_seconds = 0.0, steps = 0.0;
+};
+server_counters read_metrics(std::uint16_t port) {
+  auto c = hy::tcp_connection::connect("127.0.0.1", port, 2.0, hy::privacy::may_leave_device);
+  c.send_all(std::string_view("GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"), hy::deadline_after(5.0));
+  std::string text;
+  std::vector<std::uint8_t> buf(65536);
+  try {
+    for (;;) {
+      const std::size_t n = c.recv_some(buf, hy::deadline_after(5.0));
+      text.append(reinterpret_cast<const char*>(buf.data()), n);
+    }
+  } catch (const hy::link_unavailable&) {  // closed: the whole answer is in
+  }
+  return {metric(text, "specdec_step_seconds_sum"), metric(text, "specdec_step_seconds_count")};
+}
+
+double quantile(std::vector<double> v, double q) {
+  if (v.empty()) return NAN;
+  std::sort(v.begin(), v.end());
+  return v[std::min(v.size() - 1, static_cast<std::size_t>(q * static_cast<double>(v.size() - 1) + 0.5))];
+}
+
+/// One CSV row's numbers.
+struct cell {
+  std::string section, route;
+  double rtt_ms = 0;
+  std::size_t clients = 1, requests = 0, tokens = 0;
+  int identical = -1;  ///< greedy split vs cloud-only: 1 all prompts equal, 0 not, -1 n/a
+  std::vector<double> per_token, ttft;
+  double seconds = 0, bytes_up = 0, bytes_down = 0, forwards = 0, server_seconds = 0;
+  double hidden_seconds = 0;  ///< pipelined: drafting overlapped with rounds whose guess held
+  double rounds = 0;
+  std::size_t fallbacks = 0;  ///< requests that lost the link and finished on the device
+  double physics_per_token = NAN;  ///< split: the route's per-token time at RTT 0 + RTT / tokens per round
+  // The simulator's prediction for the same route and RTT.
+  std::vector<double> sim_per_token, sim_ttft;
+  double sim_bytes = 0, sim_forwards = 0;
+  std::size_t sim_tokens = 0;
+};
+
+void header(std::ostream& out) {
+  out << "section,route,rtt_ms,clients,requests,tokens,greedy_identical_to_cloud,fallbacks,per_token_p50_ms,per_token_p95_ms,"
+         "ttft_p50_ms,tokens_per_s,bytes_up_per_token,bytes_down_per_token,forwards_per_token,tokens_per_round,"
+         "hidden_ms_per_token,physics_per_token_ms,server_tokens_per_server_s,sim_per_token_p50_ms,sim_ttft_p50_ms,sim_bytes_per_token,"
+         "sim_forwards_per_token,sim_error_pct\n";
+}
+void row(std::ostream& out, const cell& c) {
+  const double n = std::max<double>(1.0, static_cast<double>(c.tokens));
+  const double p50 = quantile(c.per_token, 0.5) * 1e3, sim = quantile(c.sim_per_token, 0.5) * 1e3;
+  char buf[1024];
+  std::snprintf(buf, sizeof buf,
+                "%s,%s,%g,%zu,%zu,%zu,%d,%zu,%.2f,%.2f,%.1f,%.1f,%.1f,%.1f,%.3f,%.2f,%.3f,%.2f,%.1f,%.2f,%.1f,%.1f,%.3f,%.1f\n",
+                c.section.c_str(), c.route.c_str(), c.rtt_ms, c.clients, c.requests, c.tokens, c.identical, c.fallbacks, p50,
+                quantile(c.per_token, 0.95) * 1e3, quantile(c.ttft, 0.5) * 1e3, n / std::max(1e-9, c.seconds),
+                c.bytes_up / n, c.bytes_down / n, c.forwards / n, c.rounds > 0 ? n / c.rounds : NAN,
+                c.hidden_seconds / n * 1e3, c.physics_per_token * 1e3, c.server_seconds > 0 ? n / c.server_seconds : NAN, sim,
+                quantile(c.sim_ttft, 0.5) * 1e3, c.sim_tokens ? c.sim_bytes / static_cast<double>(c.sim_tokens) : NAN,
+                c.sim_tokens ? c.sim_forwards / static_cast<double>(c.sim_tokens) : NAN,
+                c.sim_per_token.empty() ? NAN : 100.0 * (sim - p50) / p50);
+  out << buf << std::flush;
+}
+
+struct route_spec {
+  std::string name;
+  hy::route r;
+  bool sampled = false, pipelined = false, cuts = false;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) try {
+  options o;
+  namespace cli = specdec::cli;
+  using cli::store;
+  const auto count = cli::between<std::size_t>(1, 1 << 16);
+  cli::parser p("specdec-hybrid-net",
+                "Every device/cloud route over real sockets through a delaying proxy, against specdec-serve "
+                "started as a child process; beside each measurement the simulator's prediction; then the server "
+                "under N concurrent clients (docs/hybrid.md, Measurements).");
+  p.add("--serve", "PATH", "the specdec-serve binary", store(o.serve))
+      .add("--models", "DIR", "directory of kjv-big.bin, kjv-little.bin, kjv2k-tokenizer.bin, kjv_val_openings.tsv",
+           store(o.models))
+      .add("--csv", "PATH", "write the CSV here (default: stdout)", store(o.csv))
+      .add("--prompts", "N", "held-out prompts per cell (6; --full: 24)", store(o.prompts, count))
+      .add("--tokens", "N", "tokens per request (32; --full: 64)", store(o.tokens, count))
+      .add("--gamma", "G", "drafts per split round (4)", store(o.gamma, cli::between<std::size_t>(1, 16)))
+      .add("--prefix", "K", "tokens the cloud writes on the prefix route (8)", store(o.prefix, count))
+      .add("--rtts", "MS,...", "round-trip times through the proxy (0,10,30,60,150)",
+           store(o.rtts_ms, cli::range<double>{.lo = 0, .hi = 10000}))
+      .add("--clients", "N,...", "concurrent clients of the load test (1,4,16,32; 0 = none)",
+           store(o.clients, cli::between<std::size_t>(0, 256)))
+      .add("--load-prompts", "N", "requests per client in the load test (2; --full: 4)", store(o.load_prompts, count))
+      .add("--load-rtt", "MS", "RTT of the load test (0)", store(o.load_rtt_ms, cli::range<double>{.lo = 0, .hi = 10000}))
+      .add("--server-threads", "N", "threads of the server's forward (1)",
+           store(o.server_threads, cli::between<std::size_t>(1, 64)))
+      .add("--routes", "NAME,...", "only these routes (cloud is the greedy reference; default: all)",
+           [&o](std::string_view, std::string_view v) { o.routes = cli::split_list(v); })
+      .flag("--full", "the documented run: 24 prompts, 64 tokens, 4 requests per load client", o.full);
+  if (!p.parse(argc, argv)) return 0;
+  if (o.full) {
+    o.prompts = std::max<std::size_t>(o.prompts, 24);
+    o.tokens = std::max<std::size_t>(o.tokens, 64);
+    o.load_prompts = std::max<std::size_t>(o.load_prompts, 4);
+  }
+  if (o.prefix >= o.tokens) throw specdec::invalid_argument("--prefix must be < --tokens, got " + std::to_string(o.prefix));
+  std::ofstream file;
+  cli::open_output("--csv", o.csv, file);
+  std::ostream& out = o.csv.empty() ? std::cout : file;
+  ::signal(SIGPIPE, SIG_IGN);
+
+  transformer little(o.models + "/kjv-little.bin", {.threads = 1});
+  transformer big(o.models + "/kjv-big.bin", {.threads = 1});
+  transformer sim_little(o.models + "/kjv-little.bin", {.threads = 1});
+  const specdec::cpu::tokenizer tok(o.models + "/kjv2k-tokenizer.bin", little.vocab_size());
+  std::vector<std::vector<token_id>> prompts;
+  for (const auto& text : specdec::bench::held_out_prompts(o.models + "/kjv_val_openings.tsv", o.prompts, o.words))
+    prompts.push_back(tok.encode(text));
+  const specdec::generation_options gen{.max_new_tokens = o.tokens};
+  const specdec::sampling_params sampled{.temperature = 0.8f, .top_p = 0.9f};
+
+  child_server server(o);
+  header(out);
+  const std::vector<route_spec> routes{
+      {"device", hy::route::on_device()},
+      {"cloud", hy::route::in_cloud()},
+      {"split_greedy", hy::route::speculative(o.gamma), false, false},
+      {"split_greedy_pipelined", hy::route::speculative(o.gamma), false, true},
+      {"split_sampled", hy::route::speculative(o.gamma), true, false},
+      {"cloud_prefix", hy::route::cloud_prefix(o.prefix)},
+      {"split_greedy_pipelined_cuts", hy::route::speculative(o.gamma), false, true, true},
+  };
+  std::map<std::string, double> at_zero;  // per-token p50 of each route at RTT 0
+  for (const double rtt_ms : o.rtts_ms) {
+    const specdec::testing::link_proxy_options shape{.one_way_delay_seconds = rtt_ms / 2e3};
+    specdec::testing::link_proxy http("127.0.0.1", server.http_port, shape), verify("127.0.0.1", server.verify_port, shape);
+    const hy::net_endpoint ep{"127.0.0.1", http.port(), verify.port()};
+    std::vector<std::vector<token_id>> cloud_tokens;
+    for (const route_spec& rs : routes) {
+      if (!o.routes.empty() && std::find(o.routes.begin(), o.routes.end(), rs.name) == o.routes.end()) continue;
+      hy::net_session s(little, hy::fixed_arbiter{rs.r}, ep,
+                        {.sampling = rs.sampled ? sampled : specdec::sampling_params{}, .seed = 1,
+                         .pipelined = rs.pipelined, .verify = {.retries = rs.cuts ? 4u : 1u}});
+      cell c{.section = "routes", .route = rs.name, .rtt_ms = rtt_ms};
+      // The simulator: the same route on the virtual clock, the same models in process,
+      // the link's RTT set to the proxy's, measured compute charged as it ran. Run prompt
+      // by prompt alternately with the real route, so both see the same machine load.
+      hy::link_config lc;
+      lc.rtt_seconds = rtt_ms / 1e3;
+      lc.up_bps = lc.down_bps = 1e10;  // loopback: no serialisation to speak of
+      hy::simulated_link link(lc, 1);
+      hy::session sim(sim_little, big, hy::fixed_arbiter{rs.r}, link,
+                      {.sampling = rs.sampled ? sampled : specdec::sampling_params{}, .seed = 1, .charge_probe = false});
+      // Faults: the verify connection is cut every max(250 ms, 5 RTT) (a client needs two
+      // round trips to resume and resend); it reconnects, resumes and resends.
+      std::atomic<bool> cutting{rs.cuts};
+      std::thread cutter([&] {
+        const auto period = std::chrono::duration<double>(std::max(0.25, 5.0 * rtt_ms / 1e3));
+        auto next = std::chrono::steady_clock::now() + period;
+        while (cutting.load()) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(5));
+          if (std::chrono::steady_clock::now() < next) continue;
+          verify.disconnect_all();
+          next += std::chrono::duration_cast<std::chrono::steady_clock::duration>(period);
+        }
+      });
+      const server_counters m0 = read_metrics(server.http_port);
+      bool identical = true;
+      for (std::size_t i = 0; i < prompts.size(); ++i) {
+        const hy::net_result r = s.execute(prompts[i], gen, rs.r);
+        if (r.tokens.empty()) continue;
+        ++c.requests;
+        c.tokens += r.tokens.size();
+        c.per_token.push_back(r.latency_seconds / static_cast<double>(r.tokens.size()));
+        c.ttft.push_back(r.ttft_seconds);
+        c.seconds += r.latency_seconds;
+        c.bytes_up += static_cast<double>(r.bytes_up);
+        c.bytes_down += static_cast<double>(r.bytes_down);
+        c.rounds += static_cast<double>(r.verify_rounds);
+        if (rs.name == "cloud") cloud_tokens.push_back(r.tokens);
+        if (rs.r.kind == hy::route_kind::speculative && !rs.sampled && i < cloud_tokens.size()) {
+          // What the routes it used must produce: the cloud's greedy tokens, and after a
+          // fallback the device's greedy continuation of them.
+          std::vector<token_id> want(cloud_tokens[i].begin(),
+                                     cloud_tokens[i].begin() + static_cast<std::ptrdiff_t>(
+                                                                   std::min(r.cloud_tokens, cloud_tokens[i].size())));
+          if (r.fell_back_to_device) {
+            ++c.fallbacks;
+            std::vector<token_id> ctx = prompts[i];
+            ctx.insert(ctx.end(), want.begin(), want.end());
+            specdec::generation_options rest = gen;
+            rest.max_new_tokens = gen.max_new_tokens - want.size();
+            const auto more = specdec::autoregressive_decoder(sim_little).generate(ctx, rest).tokens;
+            want.insert(want.end(), more.begin(), more.end());
+          } else {
+            want = cloud_tokens[i];
+          }
+          identical = identical && r.tokens == want;
+        } else if (rs.r.kind == hy::route_kind::speculative && !rs.sampled) {
+          identical = false;  // no cloud-only reference (--routes without cloud)
+        }
+        if (rs.pipelined || rs.cuts) continue;  // the simulator has neither
+        const hy::request_result q = sim.execute(prompts[i], gen, rs.r);
+        if (q.tokens.empty()) continue;
+        c.sim_per_token.push_back(q.latency_seconds / static_cast<double>(q.tokens.size()));
+        c.sim_ttft.push_back(q.ttft_seconds);
+        c.sim_bytes += static_cast<double>(q.bytes_up + q.bytes_down);
+        c.sim_forwards += static_cast<double>(q.cloud_calls);
+        c.sim_tokens += q.tokens.size();
+      }
+      cutting = false;
+      cutter.join();
+      const server_counters m1 = read_metrics(server.http_port);
+      c.forwards = m1.steps - m0.steps;
+      c.server_seconds = m1.step_seconds - m0.step_seconds;
+      if (rs.r.kind == hy::route_kind::speculative && !rs.sampled) c.identical = identical ? 1 : 0;
+      if (rs.pipelined && s.pipeline() != nullptr) c.hidden_seconds = s.pipeline()->hidden_draft_seconds;
+      if (rtt_ms == 0.0) at_zero[rs.name] = quantile(c.per_token, 0.5);
+      if (c.rounds > 0 && at_zero.count(rs.name) != 0)
+        c.physics_per_token = at_zero[rs.name] + rtt_ms / 1e3 * c.rounds / static_cast<double>(c.tokens);
+      row(out, c);
+    }
+  }
+
+  // The server under load: N clients at once, split greedy vs cloud-only.
+  const specdec::testing::link_proxy_options shape{.one_way_delay_seconds = o.load_rtt_ms / 2e3};
+  specdec::testing::link_proxy http("127.0.0.1", server.http_port, shape), verify("127.0.0.1", server.verify_port, shape);
+  const hy::net_endpoint ep{"127.0.0.1", http.port(), verify.port()};
+  std::vector<std::unique_ptr<transformer>> drafts;
+  for (const std::size_t n : o.clients) {
+    if (n == 0) continue;  // --clients 0: no load test
+    while (drafts.size() < n) drafts.push_back(std::make_unique<transformer>(o.models + "/kjv-little.bin",
+                                                                             specdec::cpu::transformer_options{.threads = 1}));
+    for (const bool split : {true, false}) {
+      cell c{.section = "load", .route = split ? "split_greedy" : "cloud", .rtt_ms = o.load_rtt_ms, .clients = n};
+      std::mutex mu;
+      const server_counters m0 = read_metrics(server.http_port);
+      const auto t0 = std::chrono::steady_clock::now();
+      std::vector<std::thread> threads;
+      for (std::size_t k = 0; k < n; ++k)
+        threads.emplace_back([&, k] {
+          hy::net_session s(*drafts[k], hy::fixed_arbiter{}, ep, {.pipelined = false});
+          for (std::size_t j = 0; j < o.load_prompts; ++j) {
+            const auto& prompt = prompts[(k + j) % prompts.size()];
+            const hy::net_result r =
+                s.execute(prompt, gen, split ? hy::route::speculative(o.gamma) : hy::route::in_cloud());
+            std::lock_guard lock(mu);
+            if (r.tokens.empty()) continue;
+            ++c.requests;
+            c.tokens += r.tokens.size();
+            c.per_token.push_back(r.latency_seconds / static_cast<double>(r.tokens.size()));
+            c.ttft.push_back(r.ttft_seconds);
+            c.bytes_up += static_cast<double>(r.bytes_up);
+            c.bytes_down += static_cast<double>(r.bytes_down);
+            c.rounds += static_cast<double>(r.verify_rounds);
+          }
+        });
+      for (auto& t : threads) t.join();
+      c.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      const server_counters m1 = read_metrics(server.http_port);
+      c.forwards = m1.steps - m0.steps;
+      c.server_seconds = m1.step_seconds - m0.step_seconds;
+      row(out, c);
+    }
+  }
+  return 0;
+} catch (const std::exception& e) {
+  std::cerr << "specdec-hybrid-net: " << e.what() << '\n';
+  return 1;
+}
