@@ -25,6 +25,5 @@
 #include "specdec/hybrid/completion_client.hpp"
 #include "specdec/hybrid/remote_verifier.hpp"
 #include "specdec/hybrid/tls.hpp"
-#include "specdec/hybrid/network_session.hpp"
 #include "specdec/hybrid/pipelined.hpp"
 #include "specdec/hybrid/net_session.hpp"

@@ -36,6 +36,7 @@
 #include "specdec/generation.hpp"
 #include "specdec/hybrid/errors.hpp"
 #include "specdec/hybrid/link_monitor.hpp"
+#include "specdec/hybrid/uplink.hpp"
 #include "specdec/hybrid/verify_client.hpp"
 #include "specdec/model.hpp"
 #include "specdec/sampling.hpp"
@@ -55,6 +56,10 @@ struct pipeline_options {
   verify_client_options client{};
   /// Fed with every round trip and failure; null = the decoder's own monitor.
   std::shared_ptr<link_monitor> monitor{};
+  /// The request's class, route and detected spans (uplink.hpp), read when a generation
+  /// opens its session: one that may not leave the device throws `privacy_violation`
+  /// from `generate` before any connection is opened.
+  request_privacy privacy = hybrid::privacy::may_leave_device;
 
   void validate() const {
     if (gamma == 0) specdec::detail::fail_knob("pipeline_options.gamma", "0", ">= 1");
@@ -202,7 +207,7 @@ class pipelined_split_decoder {
 
   void open() {
     try {
-      client_->open(seq_);
+      client_->open(seq_, {}, 0, opt_.privacy);
     } catch (const link_unavailable&) {
       opt_.monitor->record_failure();
       throw;
