@@ -4,7 +4,7 @@
 // loopback peer reads what a completion_client sends, and the audit record's byte count
 // and SHA-256 are those of what the peer read. Refused requests open no connection and
 // leave no record. (The same over every route and arbiter against the real server:
-// test_network_session.cpp.)
+// test_net_session.cpp.)
 #include <gtest/gtest.h>
 #include <poll.h>
 #include <sys/socket.h>

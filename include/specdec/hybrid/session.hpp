@@ -23,7 +23,7 @@
 /// (`privacy::may_leave_device` with a plain payload: `local_only` never, `redactable` not
 /// here either, since the simulated cloud leg cannot redact) runs on the device instead and
 /// the result says `privacy_refused`; the arbiter is not asked to know the rule. The real
-/// network path enforces the same rule in its transports (network_session.hpp).
+/// network path enforces the same rule in its transports (net_session.hpp).
 ///
 /// ```cpp
 /// specdec::hybrid::simulated_link link(specdec::hybrid::link_config::wan(), /*seed=*/1);
