@@ -123,15 +123,15 @@ struct hardware_aware_tree {
 
   /// Forgets what was learnt.
   void reset() {
-    trials_.clear();
-    hits_.clear();
+    observed.trials.clear();
+    observed.hits.clear();
   }
 
   /// The estimated acceptance of a rank-r child at depth d (see the struct comment).
   [[nodiscard]] double acceptance(std::size_t d, std::size_t r) const {
     double est = prior * std::pow(0.5, static_cast<double>(r));
     for (std::size_t k = 0; k <= d; ++k) {
-      const double t = at(trials_, k, r), h = at(hits_, k, r);
+      const double t = at(observed.trials, k, r), h = at(observed.hits, k, r);
       est = (h + prior_weight * est) / (t + prior_weight);
     }
     return est;
@@ -182,8 +182,8 @@ struct hardware_aware_tree {
     for (std::size_t j = 0; j < t.size(); ++j) {
       if (!reached(t.parent(j))) continue;
       const std::size_t d = t.depth(j), r = rank[j];
-      bump(trials_, d, r);
-      if (std::ranges::find(path, j) != path.end()) bump(hits_, d, r);
+      bump(observed.trials, d, r);
+      if (std::ranges::find(path, j) != path.end()) bump(observed.hits, d, r);
     }
   }
 
@@ -227,7 +227,13 @@ struct hardware_aware_tree {
     }
   }
 
-  std::vector<std::vector<double>> trials_, hits_;
+
+ public:
+  /// What `observe` learnt: trials[d][r] children of rank r at depth d whose parent was
+  /// reached, hits[d][r] of them accepted (public only so the struct stays an aggregate).
+  struct counts {
+    std::vector<std::vector<double>> trials, hits;
+  } observed{};
 };
 
 /// A `hardware_aware_tree` sized to this host: the target's verify-cost curve up to
