@@ -12,17 +12,34 @@
 //    min over --repeats=R rounds (default 9) after a warm-up round. Printed as a table of
 //    microseconds and of ratios t(n) / t(1 token); --curve-csv=PATH also writes CSV.
 //    --curve-only skips part 1.
+// 3. Decoding (--decode, or --decode-only to skip parts 1 and 2): kjv-little -> kjv-big
+//    (fp32, --threads=T, default 1), greedy and temperature 1, on held-out prompts
+//    (models/kjv_val_openings.tsv) and on two repetitive workloads built from them
+//    (quoted verses: a verse twice, then opened again; repeated lists: an opening four
+//    times), --prompts=N each (default 6), --max-new=M tokens (default 160), each
+//    prompt's fastest of --runs=R runs (default 3). Per configuration:
+//    tokens per target call, tokens/s, speed-up over autoregressive decoding of the same
+//    run, the time split, and (greedy) whether every output equals autoregressive
+//    greedy's. Configurations: the chain engine (speculative_decoder, gamma 1-8), the tree
+//    decoder with fixed shapes and with `measure_tree_policy`'s hardware-aware sizing,
+//    and on the repetitive workload the text-index drafter alone and combined.
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "held_out_prompts.hpp"
+#include "specdec/backend/cpu/tokenizer.hpp"
 #include "specdec/backend/cpu/transformer.hpp"
+#include "specdec/decoder.hpp"
 #include "specdec/tree.hpp"
+#include "specdec/tree_decoder.hpp"
 
 namespace {
 
@@ -96,17 +113,184 @@ int curve(std::size_t repeats, const std::string& csv_path) {
   return 0;
 }
 
+
+// ---- part 3: decoding ----
+
+using specdec::token_id;
+using prompt_set = std::vector<std::vector<token_id>>;
+
+std::shared_ptr<const specdec::cpu::checkpoint> kjv_little() {
+  static const auto ck = std::make_shared<const specdec::cpu::checkpoint>(
+      specdec::cpu::load_checkpoint(std::string(SPECDEC_MODELS_DIR) + "/kjv-little.bin"));
+  return ck;
+}
+
+/// One configuration's totals over a prompt set.
+struct totals {
+  std::string name;
+  bool chain = false, tree = false;
+  std::size_t tokens = 0, target_calls = 0;
+  double seconds = 0, target_s = 0, draft_s = 0;
+  bool identical = true;
+  [[nodiscard]] double per_call() const { return double(tokens) / double(std::max<std::size_t>(1, target_calls)); }
+  [[nodiscard]] double rate() const { return double(tokens) / seconds; }
+};
+
+using generator = std::function<specdec::generation_result(const std::vector<token_id>&, std::uint64_t)>;
+
+/// Runs `gen` on every prompt `runs` times (same seed: same tokens) and keeps each
+/// prompt's fastest run, so a busy phase of a shared machine hits fewer rows.
+totals run_config(const std::string& name, const prompt_set& prompts, const generator& gen,
+                  std::vector<std::vector<token_id>>* reference, std::size_t runs) {
+  totals t{name};
+  for (std::size_t i = 0; i < prompts.size(); ++i) {
+    specdec::generation_result r = gen(prompts[i], 1000 + i);
+    for (std::size_t k = 1; k < runs; ++k) {
+      specdec::generation_result again = gen(prompts[i], 1000 + i);
+      if (again.stats.total_seconds < r.stats.total_seconds) r = std::move(again);
+    }
+    t.tokens += r.stats.tokens_emitted;
+    t.target_calls += r.stats.target_calls;
+    t.seconds += r.stats.total_seconds;
+    t.target_s += r.stats.target_seconds;
+    t.draft_s += r.stats.draft_seconds;
+    if (reference) {
+      if (reference->size() <= i) reference->push_back(r.tokens);
+      else t.identical = t.identical && r.tokens == (*reference)[i];
+    }
+  }
+  return t;
+}
+
+void print_totals(const char* workload, float temperature, const std::vector<totals>& rows) {
+  const double base = rows.front().rate();
+  std::printf("\n%s, temperature %g (kjv-little -> kjv-big fp32)\n", workload, static_cast<double>(temperature));
+  std::printf("%-34s %8s %8s %8s %7s %7s %7s %s\n", "method", "tok/call", "tok/s", "speedup", "target", "draft",
+              "other", temperature == 0.0f ? "identical" : "");
+  const totals* best_chain = nullptr;
+  const totals* best_tree = nullptr;
+  for (const totals& t : rows) {
+    std::printf("%-34s %8.2f %8.1f %8.2f %6.0f%% %6.0f%% %6.0f%% %s\n", t.name.c_str(), t.per_call(), t.rate(),
+                t.rate() / base, 100 * t.target_s / t.seconds, 100 * t.draft_s / t.seconds,
+                100 * (t.seconds - t.target_s - t.draft_s) / t.seconds,
+                temperature == 0.0f ? (t.identical ? "yes" : "NO") : "");
+    if (t.chain && (!best_chain || t.rate() > best_chain->rate())) best_chain = &t;
+    if (t.tree && (!best_tree || t.rate() > best_tree->rate())) best_tree = &t;
+  }
+  if (best_chain && best_tree)
+    std::printf("best tree (%s) / best chain (%s): %.3fx tokens/s, %.2f vs %.2f tokens per target call\n",
+                best_tree->name.c_str(), best_chain->name.c_str(), best_tree->rate() / best_chain->rate(),
+                best_tree->per_call(), best_chain->per_call());
+}
+
+int decode(std::size_t threads, std::size_t n_prompts, std::size_t max_new, std::size_t runs) {
+  using specdec::cpu::transformer;
+  transformer big(kjv_big(), {.threads = threads}), little(kjv_little(), {.threads = threads});
+  const specdec::cpu::tokenizer tok(std::string(SPECDEC_MODELS_DIR) + "/kjv2k-tokenizer.bin",
+                                    static_cast<std::size_t>(kjv_big()->config.vocab_size));
+  const std::string tsv = std::string(SPECDEC_MODELS_DIR) + "/kjv_val_openings.tsv";
+  // Held-out openings; "quotes": a verse quoted twice, then opened again (as many as
+  // fit the context with max_new tokens); "lists": an opening repeated four times. The first two are plain
+  // text; the last two repeat themselves, the text index's case.
+  prompt_set plain, quotes, lists;
+  for (const auto& p : specdec::bench::held_out_prompts(tsv, n_prompts, 8)) plain.push_back(tok.encode(p));
+  for (const auto& p : specdec::bench::held_out_prompts(tsv, n_prompts, 6))
+    lists.push_back(tok.encode(p + "; " + p + "; " + p + "; " + p));
+  const std::size_t ctx = static_cast<std::size_t>(big.context_length());
+  for (const std::string& a : specdec::bench::held_out_prompts(tsv, n_prompts, 1000)) {
+    auto ids = tok.encode(a + "\n" + a + "\n" + a.substr(0, a.find(' ', 20)));
+    if (ids.size() + max_new < ctx) quotes.push_back(std::move(ids));
+  }
+  std::printf("\ndecoding: %zu held-out, %zu quote and %zu list prompts, %zu new tokens each, %zu thread(s), "
+              "context %zu\n", plain.size(), quotes.size(), lists.size(), max_new, threads, ctx);
+
+  const specdec::hardware_aware_tree sized =
+      specdec::measure_tree_policy(big, little, {.max_nodes = 24, .max_depth = 8, .max_branching = 4});
+  const specdec::hardware_aware_tree sized_text =
+      specdec::measure_tree_policy(big, {.max_nodes = 24, .max_depth = 12, .max_branching = 3});
+  std::printf("measured: draft forward = %.3f target tokens; t(9)/t(1) = %.2f, t(17)/t(1) = %.2f\n", sized.draft_cost,
+              sized.verify_cost[8], sized.verify_cost[16]);
+  const auto plan_text = [](const specdec::tree_plan& p) {
+    return std::to_string(p.nodes) + "/" + std::to_string(p.depth) + "/" + std::to_string(p.branching);
+  };
+  std::printf("hardware-aware first plan (nodes/depth/branching): model %s, text index %s\n",
+              plan_text(sized.plan()).c_str(), plan_text(sized_text.plan()).c_str());
+
+  for (float temperature : {0.0f, 1.0f}) {
+    const specdec::sampling_params params{.temperature = temperature};
+    const bool greedy = temperature == 0.0f;
+    const specdec::generation_options opts{.max_new_tokens = max_new, .stop_at_eos = false};
+    const char* names[] = {"held-out prompts", "quoted verses", "repeated lists"};
+    for (int workload = 0; workload < 3; ++workload) {
+      const prompt_set& prompts = workload == 0 ? plain : workload == 1 ? quotes : lists;
+      std::vector<std::vector<token_id>> reference;
+      std::vector<totals> rows;
+      auto* ref = greedy ? &reference : nullptr;
+      specdec::autoregressive_decoder ar(big, params);
+      rows.push_back(run_config("autoregressive", prompts, [&](const auto& p, std::uint64_t seed) {
+        ar.set_seed(seed);
+        return ar.generate(p, opts);
+      }, ref, runs));
+      for (std::size_t g = 1; g <= 8; ++g) {
+        const auto one = [&](auto rollback) {
+          specdec::speculative_decoder dec(little, big, specdec::fixed_gamma{.gamma = g}, rollback, params);
+          totals t = run_config("chain gamma " + std::to_string(g), prompts, [&](const auto& p, std::uint64_t seed) {
+            dec.set_seed(seed);
+            return dec.generate(p, opts);
+          }, ref, runs);
+          t.chain = true;
+          rows.push_back(t);
+        };
+        if (greedy) one(specdec::greedy_match{});
+        else one(specdec::rejection_sampling{});
+      }
+      const auto tree_row = [&](const std::string& name, auto& drafter, auto policy, bool is_tree) {
+        specdec::tree_decoder dec(drafter, big, policy, params);
+        totals t = run_config(name, prompts, [&](const auto& p, std::uint64_t seed) {
+          dec.set_seed(seed);
+          return dec.generate(p, opts);
+        }, ref, runs);
+        t.tree = is_tree;
+        t.chain = !is_tree;
+        rows.push_back(t);
+      };
+      specdec::model_tree_drafter md(little);
+      for (const specdec::fixed_tree shape : {specdec::fixed_tree{4, 4, 1}, specdec::fixed_tree{8, 4, 2},
+                                              specdec::fixed_tree{12, 6, 3}, specdec::fixed_tree{16, 6, 4},
+                                              specdec::fixed_tree{24, 8, 4}})
+        tree_row("tree " + plan_text(shape.plan()), md, shape, shape.branching > 1);
+      tree_row("tree hardware-aware", md, sized, true);
+      if (workload > 0) {
+        specdec::text_index_drafter text(big.vocab_size());
+        tree_row("text index chain 8/8/1", text, specdec::fixed_tree{8, 8, 1}, false);
+        tree_row("text index tree 16/8/3", text, specdec::fixed_tree{16, 8, 3}, true);
+        tree_row("text index hardware-aware", text, sized_text, true);
+        specdec::combined_tree_drafter both(little);
+        tree_row("combined 16/8/3", both, specdec::fixed_tree{16, 8, 3}, true);
+      }
+      print_totals(names[workload], temperature, rows);
+    }
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool run_curve = true, run_benchmarks = true, has_filter = false;
-  std::size_t repeats = 9;
+  bool run_curve = true, run_benchmarks = true, has_filter = false, run_decode = false;
+  std::size_t repeats = 9, threads = 1, prompts = 6, max_new = 160, runs = 3;
   std::string csv;
   std::vector<char*> args;
   for (int i = 0; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--no-curve") run_curve = false;
     else if (a == "--curve-only") run_benchmarks = false;
+    else if (a == "--decode") run_decode = true;
+    else if (a == "--decode-only") run_decode = true, run_curve = false, run_benchmarks = false;
+    else if (a.rfind("--threads=", 0) == 0) threads = std::stoul(a.substr(10));
+    else if (a.rfind("--prompts=", 0) == 0) prompts = std::stoul(a.substr(10));
+    else if (a.rfind("--max-new=", 0) == 0) max_new = std::stoul(a.substr(10));
+    else if (a.rfind("--runs=", 0) == 0) runs = std::max<std::size_t>(1, std::stoul(a.substr(7)));
     else if (a.rfind("--curve-csv=", 0) == 0) csv = a.substr(12);
     else if (a.rfind("--repeats=", 0) == 0) repeats = std::stoul(a.substr(10));
     else {
@@ -122,5 +306,6 @@ int main(int argc, char** argv) {
   if (benchmark::ReportUnrecognizedArguments(n, args.data())) return 1;
   if (run_benchmarks) benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
-  return run_curve ? curve(repeats, csv) : 0;
+  if (run_curve && curve(repeats, csv) != 0) return 1;
+  return run_decode ? decode(threads, prompts, max_new, runs) : 0;
 }
