@@ -205,9 +205,10 @@ int decode(std::size_t threads, std::size_t n_prompts, std::size_t max_new, std:
               "context %zu\n", plain.size(), quotes.size(), lists.size(), max_new, threads, ctx);
 
   const specdec::hardware_aware_tree sized =
-      specdec::measure_tree_policy(big, little, {.max_nodes = 24, .max_depth = 8, .max_branching = 4});
+      specdec::measure_tree_policy(big, little, {.max_nodes = 24, .max_depth = 8, .max_branching = 4},
+                                   {.repeats = 15});
   const specdec::hardware_aware_tree sized_text =
-      specdec::measure_tree_policy(big, {.max_nodes = 24, .max_depth = 12, .max_branching = 3});
+      specdec::measure_tree_policy(big, {.max_nodes = 24, .max_depth = 12, .max_branching = 3}, {.repeats = 15});
   std::printf("measured: draft forward = %.3f target tokens; t(9)/t(1) = %.2f, t(17)/t(1) = %.2f\n", sized.draft_cost,
               sized.verify_cost[8], sized.verify_cost[16]);
   const auto plan_text = [](const specdec::tree_plan& p) {
