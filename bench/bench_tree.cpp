@@ -138,28 +138,52 @@ struct totals {
 
 using generator = std::function<specdec::generation_result(const std::vector<token_id>&, std::uint64_t)>;
 
-/// Runs `gen` on every prompt `runs` times (same seed: same tokens) and keeps each
-/// prompt's fastest run, so a busy phase of a shared machine hits fewer rows.
-totals run_config(const std::string& name, const prompt_set& prompts, const generator& gen,
-                  std::vector<std::vector<token_id>>* reference, std::size_t runs) {
-  totals t{name};
-  for (std::size_t i = 0; i < prompts.size(); ++i) {
-    specdec::generation_result r = gen(prompts[i], 1000 + i);
-    for (std::size_t k = 1; k < runs; ++k) {
-      specdec::generation_result again = gen(prompts[i], 1000 + i);
-      if (again.stats.total_seconds < r.stats.total_seconds) r = std::move(again);
+/// A configuration to run: its name, whether it is a chain or a tree, and its generator.
+struct config {
+  std::string name;
+  bool chain = false, tree = false;
+  generator gen;
+};
+
+/// A generator over a decoder it owns (with whatever the decoder references).
+template <class Decoder, class... Owned>
+generator owning(std::shared_ptr<Decoder> dec, const specdec::generation_options& opts,
+                 std::shared_ptr<Owned>... owned) {
+  return [dec, opts, owned...](const std::vector<token_id>& p, std::uint64_t seed) {
+    dec->set_seed(seed);
+    return dec->generate(p, opts);
+  };
+}
+
+/// Runs every configuration on every prompt, `runs` rounds of all configurations in turn
+/// (so a busy phase of a shared machine hits all of them alike), and keeps each prompt's
+/// fastest run (the same seed gives the same tokens every round). Row 0 is the reference
+/// for output identity when `check_identity`.
+std::vector<totals> run_all(const std::vector<config>& configs, const prompt_set& prompts, std::size_t runs,
+                            bool check_identity) {
+  std::vector<std::vector<specdec::generation_result>> best(configs.size(),
+                                                            std::vector<specdec::generation_result>(prompts.size()));
+  for (std::size_t round = 0; round < runs; ++round)
+    for (std::size_t c = 0; c < configs.size(); ++c)
+      for (std::size_t i = 0; i < prompts.size(); ++i) {
+        specdec::generation_result r = configs[c].gen(prompts[i], 1000 + i);
+        if (round == 0 || r.stats.total_seconds < best[c][i].stats.total_seconds) best[c][i] = std::move(r);
+      }
+  std::vector<totals> rows;
+  for (std::size_t c = 0; c < configs.size(); ++c) {
+    totals t{configs[c].name, configs[c].chain, configs[c].tree};
+    for (std::size_t i = 0; i < prompts.size(); ++i) {
+      const specdec::generation_result& r = best[c][i];
+      t.tokens += r.stats.tokens_emitted;
+      t.target_calls += r.stats.target_calls;
+      t.seconds += r.stats.total_seconds;
+      t.target_s += r.stats.target_seconds;
+      t.draft_s += r.stats.draft_seconds;
+      t.identical = t.identical && (!check_identity || r.tokens == best[0][i].tokens);
     }
-    t.tokens += r.stats.tokens_emitted;
-    t.target_calls += r.stats.target_calls;
-    t.seconds += r.stats.total_seconds;
-    t.target_s += r.stats.target_seconds;
-    t.draft_s += r.stats.draft_seconds;
-    if (reference) {
-      if (reference->size() <= i) reference->push_back(r.tokens);
-      else t.identical = t.identical && r.tokens == (*reference)[i];
-    }
+    rows.push_back(t);
   }
-  return t;
+  return rows;
 }
 
 void print_totals(const char* workload, float temperature, const std::vector<totals>& rows) {
@@ -224,51 +248,43 @@ int decode(std::size_t threads, std::size_t n_prompts, std::size_t max_new, std:
     const char* names[] = {"held-out prompts", "quoted verses", "repeated lists"};
     for (int workload = 0; workload < 3; ++workload) {
       const prompt_set& prompts = workload == 0 ? plain : workload == 1 ? quotes : lists;
-      std::vector<std::vector<token_id>> reference;
-      std::vector<totals> rows;
-      auto* ref = greedy ? &reference : nullptr;
-      specdec::autoregressive_decoder ar(big, params);
-      rows.push_back(run_config("autoregressive", prompts, [&](const auto& p, std::uint64_t seed) {
-        ar.set_seed(seed);
-        return ar.generate(p, opts);
-      }, ref, runs));
+      std::vector<config> configs;
+      configs.push_back({"autoregressive", false, false,
+                         owning(std::make_shared<specdec::autoregressive_decoder<transformer>>(big, params), opts)});
       for (std::size_t g = 1; g <= 8; ++g) {
-        const auto one = [&](auto rollback) {
-          specdec::speculative_decoder dec(little, big, specdec::fixed_gamma{.gamma = g}, rollback, params);
-          totals t = run_config("chain gamma " + std::to_string(g), prompts, [&](const auto& p, std::uint64_t seed) {
-            dec.set_seed(seed);
-            return dec.generate(p, opts);
-          }, ref, runs);
-          t.chain = true;
-          rows.push_back(t);
+        const std::string name = "chain gamma " + std::to_string(g);
+        const specdec::fixed_gamma fg{.gamma = g};
+        const auto chain = [&](auto rollback) {
+          using decoder_t = specdec::speculative_decoder<transformer, transformer, specdec::fixed_gamma, decltype(rollback)>;
+          configs.push_back({name, true, false, owning(std::make_shared<decoder_t>(little, big, fg, rollback, params), opts)});
         };
-        if (greedy) one(specdec::greedy_match{});
-        else one(specdec::rejection_sampling{});
+        if (greedy) chain(specdec::greedy_match{});
+        else chain(specdec::rejection_sampling{});
       }
-      const auto tree_row = [&](const std::string& name, auto& drafter, auto policy, bool is_tree) {
-        specdec::tree_decoder dec(drafter, big, policy, params);
-        totals t = run_config(name, prompts, [&](const auto& p, std::uint64_t seed) {
-          dec.set_seed(seed);
-          return dec.generate(p, opts);
-        }, ref, runs);
-        t.tree = is_tree;
-        t.chain = !is_tree;
-        rows.push_back(t);
+      const auto tree_config = [&](const std::string& name, auto drafter, auto policy, bool is_tree) {
+        using drafter_t = typename decltype(drafter)::element_type;
+        auto dec = std::make_shared<specdec::tree_decoder<drafter_t, transformer, decltype(policy)>>(
+            *drafter, big, policy, params);
+        configs.push_back({name, !is_tree, is_tree, owning(dec, opts, drafter)});
       };
-      specdec::model_tree_drafter md(little);
-      for (const specdec::fixed_tree shape : {specdec::fixed_tree{4, 4, 1}, specdec::fixed_tree{8, 4, 2},
-                                              specdec::fixed_tree{12, 6, 3}, specdec::fixed_tree{16, 6, 4},
-                                              specdec::fixed_tree{24, 8, 4}})
-        tree_row("tree " + plan_text(shape.plan()), md, shape, shape.branching > 1);
-      tree_row("tree hardware-aware", md, sized, true);
+      const auto model = [&] { return std::make_shared<specdec::model_tree_drafter<transformer>>(little); };
+      for (const specdec::fixed_tree shape :
+           {specdec::fixed_tree{4, 4, 1}, specdec::fixed_tree{6, 4, 2}, specdec::fixed_tree{7, 4, 2},
+            specdec::fixed_tree{7, 3, 3}, specdec::fixed_tree{12, 6, 3}, specdec::fixed_tree{16, 6, 4},
+            specdec::fixed_tree{24, 8, 4}})
+        tree_config("tree " + plan_text(shape.plan()), model(), shape, shape.branching > 1);
+      tree_config("tree hardware-aware", model(), sized, true);
       if (workload > 0) {
-        specdec::text_index_drafter text(big.vocab_size());
-        tree_row("text index chain 8/8/1", text, specdec::fixed_tree{8, 8, 1}, false);
-        tree_row("text index tree 16/8/3", text, specdec::fixed_tree{16, 8, 3}, true);
-        tree_row("text index hardware-aware", text, sized_text, true);
-        specdec::combined_tree_drafter both(little);
-        tree_row("combined 16/8/3", both, specdec::fixed_tree{16, 8, 3}, true);
+        const auto text = [&] { return std::make_shared<specdec::text_index_drafter>(big.vocab_size()); };
+        tree_config("text index chain 7/7/1", text(), specdec::fixed_tree{7, 7, 1}, false);
+        tree_config("text index tree 7/5/2", text(), specdec::fixed_tree{7, 5, 2}, true);
+        tree_config("text index tree 16/8/3", text(), specdec::fixed_tree{16, 8, 3}, true);
+        tree_config("text index hardware-aware", text(), sized_text, true);
+        const auto both = [&] { return std::make_shared<specdec::combined_tree_drafter<transformer>>(little); };
+        tree_config("combined 7/5/2", both(), specdec::fixed_tree{7, 5, 2}, true);
+        tree_config("combined 16/8/3", both(), specdec::fixed_tree{16, 8, 3}, true);
       }
+      const std::vector<totals> rows = run_all(configs, prompts, runs, greedy);
       print_totals(names[workload], temperature, rows);
     }
   }

@@ -89,19 +89,13 @@ class tree_decoder : public detail::seeded_sampling {
     restart_rng();
     if constexpr (resettable<Policy>) policy_.reset();
 
-    generation_result result;
-    result.stats.method = "tree";
-    result.stats.prompt_tokens = prompt.size();
+    generation_result result{.stats = {.method = "tree", .prompt_tokens = prompt.size()}};
     seq_.assign(prompt.begin(), prompt.end());
     detail::committer<std::remove_reference_t<OnToken>> out(seq_, result, opts, on_token);
     generation_stats& st = result.stats;
     if (opts.max_new_tokens == 0) out.stop(stop_reason::max_tokens);
 
-    while (!out.stopped()) {
-      if (seq_.size() >= ctx) {
-        out.stop(stop_reason::context);
-        break;
-      }
+    while (out.room_left(ctx)) {
       // ---- 1. plan and draft -> tree_draft ----
       const tree_request req = request(policy_.plan(), out.remaining(), ctx, opts.stop_at_eos);
       const tree_draft& d = drafter_.draft(seq_, req, params_, rng_);
