@@ -17,7 +17,8 @@
 //    (models/kjv_val_openings.tsv) and on two repetitive workloads built from them
 //    (quoted verses: a verse twice, then opened again; repeated lists: an opening four
 //    times), --prompts=N each (default 6), --max-new=M tokens (default 160), each
-//    prompt's fastest of --runs=R runs (default 3). Per configuration:
+//    prompt's fastest of --runs=R runs (default 3), temperatures 0 and 1 (--temperature=T:
+//    only T). Per configuration:
 //    tokens per target call, tokens/s, speed-up over autoregressive decoding of the same
 //    run, the time split, and (greedy) whether every output equals autoregressive
 //    greedy's. Configurations: the chain engine (speculative_decoder, gamma 1-8), the tree
@@ -155,17 +156,17 @@ generator owning(std::shared_ptr<Decoder> dec, const specdec::generation_options
   };
 }
 
-/// Runs every configuration on every prompt, `runs` rounds of all configurations in turn
-/// (so a busy phase of a shared machine hits all of them alike), and keeps each prompt's
-/// fastest run (the same seed gives the same tokens every round). Row 0 is the reference
+/// Runs every configuration on every prompt: per prompt, `runs` rounds of all
+/// configurations in turn (so a busy phase of a shared machine hits all of them alike,
+/// within seconds of each other), keeping each prompt's fastest run (the same seed gives the same tokens every round). Row 0 is the reference
 /// for output identity when `check_identity`.
 std::vector<totals> run_all(const std::vector<config>& configs, const prompt_set& prompts, std::size_t runs,
                             bool check_identity) {
   std::vector<std::vector<specdec::generation_result>> best(configs.size(),
                                                             std::vector<specdec::generation_result>(prompts.size()));
-  for (std::size_t round = 0; round < runs; ++round)
-    for (std::size_t c = 0; c < configs.size(); ++c)
-      for (std::size_t i = 0; i < prompts.size(); ++i) {
+  for (std::size_t i = 0; i < prompts.size(); ++i)
+    for (std::size_t round = 0; round < runs; ++round)
+      for (std::size_t c = 0; c < configs.size(); ++c) {
         specdec::generation_result r = configs[c].gen(prompts[i], 1000 + i);
         if (round == 0 || r.stats.total_seconds < best[c][i].stats.total_seconds) best[c][i] = std::move(r);
       }
@@ -207,7 +208,8 @@ void print_totals(const char* workload, float temperature, const std::vector<tot
                 best_tree->per_call(), best_chain->per_call());
 }
 
-int decode(std::size_t threads, std::size_t n_prompts, std::size_t max_new, std::size_t runs) {
+int decode(std::size_t threads, std::size_t n_prompts, std::size_t max_new, std::size_t runs,
+           const std::vector<float>& temperatures) {
   using specdec::cpu::transformer;
   transformer big(kjv_big(), {.threads = threads}), little(kjv_little(), {.threads = threads});
   const specdec::cpu::tokenizer tok(std::string(SPECDEC_MODELS_DIR) + "/kjv2k-tokenizer.bin",
@@ -241,7 +243,7 @@ int decode(std::size_t threads, std::size_t n_prompts, std::size_t max_new, std:
   std::printf("hardware-aware first plan (nodes/depth/branching): model %s, text index %s\n",
               plan_text(sized.plan()).c_str(), plan_text(sized_text.plan()).c_str());
 
-  for (float temperature : {0.0f, 1.0f}) {
+  for (float temperature : temperatures) {
     const specdec::sampling_params params{.temperature = temperature};
     const bool greedy = temperature == 0.0f;
     const specdec::generation_options opts{.max_new_tokens = max_new, .stop_at_eos = false};
@@ -296,6 +298,7 @@ int decode(std::size_t threads, std::size_t n_prompts, std::size_t max_new, std:
 int main(int argc, char** argv) {
   bool run_curve = true, run_benchmarks = true, has_filter = false, run_decode = false;
   std::size_t repeats = 9, threads = 1, prompts = 6, max_new = 160, runs = 3;
+  std::vector<float> temperatures{0.0f, 1.0f};
   std::string csv;
   std::vector<char*> args;
   for (int i = 0; i < argc; ++i) {
@@ -307,6 +310,7 @@ int main(int argc, char** argv) {
     else if (a.rfind("--threads=", 0) == 0) threads = std::stoul(a.substr(10));
     else if (a.rfind("--prompts=", 0) == 0) prompts = std::stoul(a.substr(10));
     else if (a.rfind("--max-new=", 0) == 0) max_new = std::stoul(a.substr(10));
+    else if (a.rfind("--temperature=", 0) == 0) temperatures = {std::stof(a.substr(14))};
     else if (a.rfind("--runs=", 0) == 0) runs = std::max<std::size_t>(1, std::stoul(a.substr(7)));
     else if (a.rfind("--curve-csv=", 0) == 0) csv = a.substr(12);
     else if (a.rfind("--repeats=", 0) == 0) repeats = std::stoul(a.substr(10));
@@ -324,5 +328,5 @@ int main(int argc, char** argv) {
   if (run_benchmarks) benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   if (run_curve && curve(repeats, csv) != 0) return 1;
-  return run_decode ? decode(threads, prompts, max_new, runs) : 0;
+  return run_decode ? decode(threads, prompts, max_new, runs, temperatures) : 0;
 }

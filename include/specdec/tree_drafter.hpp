@@ -95,10 +95,12 @@ struct model_tree_options {
 };
 
 /// A draft `tree_model` expanded best-first into a tree (see the file comment). Scores:
-/// a node's cumulative draft probability (the plain softmax when greedy, q when
-/// sampling); a sampled child's token is drawn only when its slot is chosen (its value
-/// never decides whether it is included, which would bias the law `tree_draft`
-/// declares). Holds a reference to the draft model, which must outlive it.
+/// with top-k children, a node's cumulative draft probability (the plain softmax when
+/// greedy, q when sampling); with sampled children, the i-th child of a node of
+/// confidence c = max q is worth c (1 - c)^i times its parent (deep where the draft is
+/// sure, bushy where it is not). A sampled child's token is drawn only when its slot is
+/// chosen: its value never decides whether it is included, which would bias the law
+/// `tree_draft` declares. Holds a reference to the draft model, which must outlive it.
 ///
 /// ```cpp
 /// specdec::testing::markov_model little({.vocab = 6, .seed = 3, .noise_seed = 9, .noise = 0.5f});
@@ -265,11 +267,13 @@ class model_tree_drafter {
     return out_.tree.depth(node) + 1 < r.max_depth && !(r.stop_at_eos && out_.tree.token(node) == eos_token);
   }
 
-  void add_node(token_id t, std::int32_t parent, bool is_sampled) {
+  /// Adds node `t` under `parent` whose path is worth `cum` (its slot's score when
+  /// sampled, else the parent's value times the token's draft probability).
+  void add_node(token_id t, std::int32_t parent, bool is_sampled, double cum = -1.0) {
     const std::size_t ps = tree_draft::slot_of(parent);
     out_.add(t, parent, is_sampled);
     slot child;
-    child.cum = slots_[ps].cum * static_cast<double>(row(ps)[static_cast<std::size_t>(t)]);
+    child.cum = cum >= 0.0 ? cum : slots_[ps].cum * static_cast<double>(row(ps)[static_cast<std::size_t>(t)]);
     child.depth = slots_[ps].depth + 1;
     slots_[ps].kids.push_back(t);
     slots_.push_back(std::move(child));
@@ -298,11 +302,16 @@ class model_tree_drafter {
     if (!s.open || s.kids.size() >= r.branching || s.depth >= r.max_depth) return;
     const std::span<float> d = row(k);
     const auto taken = [&](std::size_t t) { return std::ranges::find(s.kids, static_cast<token_id>(t)) != s.kids.end(); };
-    if (sampled_) {  // the expected q of the next draw without replacement
-      double mass = 0.0, sq = 0.0;
-      for (std::size_t t = 0; t < d.size(); ++t)
-        if (!taken(t)) mass += d[t], sq += double(d[t]) * d[t];
-      if (mass > 0.0) s.score = s.cum * sq / mass;
+    if (sampled_) {
+      // The value of the i-th sampled child: c (1 - c)^i with c = max q, the node's
+      // confidence: a confident node's first child is likely accepted and its siblings
+      // rarely needed; an uncertain one branches. It reads no drawn value, only q.
+      float mass = 0.0f, c = 0.0f;
+      for (std::size_t t = 0; t < d.size(); ++t) {
+        c = std::max(c, d[t]);
+        if (!taken(t)) mass += d[t];
+      }
+      if (mass > 0.0f) s.score = s.cum * c * std::pow(1.0 - c, static_cast<double>(s.kids.size()));
       return;
     }
     float best = 0.0f;
@@ -314,12 +323,14 @@ class model_tree_drafter {
   /// Adds slot k's next child (drawn now when sampling) and returns its node index.
   std::size_t grow(std::size_t k, random_source& rng, const tree_request& r) {
     token_id t = slots_[k].next;
+    double cum = -1.0;
     if (sampled_) {
       rest_.assign(row(k).begin(), row(k).end());
       for (token_id x : slots_[k].kids) rest_[static_cast<std::size_t>(x)] = 0.0f;
       t = sample_from(rest_, rng.uniform());
+      cum = slots_[k].score;
     }
-    add_node(t, k == 0 ? no_parent : static_cast<std::int32_t>(k - 1), sampled_);
+    add_node(t, k == 0 ? no_parent : static_cast<std::int32_t>(k - 1), sampled_, cum);
     refresh(k, r);
     return out_.size() - 1;
   }
