@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "specdec/testing/archetypes.hpp"
+#include "specdec/testing/contracts.hpp"
 #include "specdec/tree_drafter.hpp"
 
 namespace {
@@ -39,6 +40,32 @@ bool siblings_distinct(const specdec::token_tree& t) {
   return true;
 }
 }  // namespace
+
+// The public tree-drafter contract on the three shipped drafters.
+namespace {
+markov_model& contract_draft() {
+  static markov_model m({.vocab = 12, .order = 2, .seed = 4});
+  return m;
+}
+}  // namespace
+template <>
+struct specdec::testing::tree_drafter_factory<specdec::text_index_drafter> {
+  static specdec::text_index_drafter make() { return specdec::text_index_drafter(12); }
+};
+template <>
+struct specdec::testing::tree_drafter_factory<specdec::model_tree_drafter<markov_model>> {
+  static specdec::model_tree_drafter<markov_model> make() {
+    return specdec::model_tree_drafter<markov_model>(contract_draft());
+  }
+};
+template <>
+struct specdec::testing::tree_drafter_factory<specdec::combined_tree_drafter<markov_model>> {
+  static specdec::combined_tree_drafter<markov_model> make() {
+    return specdec::combined_tree_drafter<markov_model>(contract_draft());
+  }
+};
+SPECDEC_TREE_DRAFTER_CONTRACT_TESTS(shipped, specdec::text_index_drafter, specdec::model_tree_drafter<markov_model>,
+                                    specdec::combined_tree_drafter<markov_model>);
 
 TEST(text_index_drafter, proposes_the_repeated_continuations_as_branches) {
   // "10 11 12 13" is followed once by 20 and later by 21; S ends in "10 11".
