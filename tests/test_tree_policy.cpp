@@ -85,6 +85,10 @@ TEST(hardware_aware_tree, rejects_bad_knobs_with_named_values) {
                specdec::invalid_argument);
   EXPECT_THROW((specdec::hardware_aware_tree{.verify_cost = curve(17, 0.1), .max_depth = 0}.plan()),
                specdec::invalid_argument);
+  EXPECT_THROW((void)(specdec::hardware_aware_tree{.verify_cost = curve(5, 0.1), .max_nodes = 4}.rate(5, 1)),
+               specdec::invalid_argument);
+  EXPECT_THROW((void)(specdec::hardware_aware_tree{.verify_cost = curve(5, 0.1), .max_nodes = 4}.rate(2, 0)),
+               specdec::invalid_argument);
 }
 
 TEST(measure_tree_policy, fills_the_curve_from_the_models_and_leaves_their_caches) {

@@ -139,7 +139,14 @@ struct hardware_aware_tree {
 
   /// Expected tokens per unit of target time of the best tree of `nodes` nodes and
   /// `branching`, with its depth in `depth_out` (nodes = 0: 1 / verify_cost[0]).
+  /// Throws `invalid_argument` for bad knobs (`validate`), or unless
+  /// `nodes < verify_cost.size()` and `branching >= 1`.
   [[nodiscard]] double rate(std::size_t nodes, std::size_t branching, std::size_t* depth_out = nullptr) const {
+    validate();
+    if (nodes >= verify_cost.size() || branching == 0)
+      throw invalid_argument("hardware_aware_tree::rate: nodes = " + std::to_string(nodes) + ", branching = " +
+                             std::to_string(branching) + "; expected nodes < verify_cost.size() = " +
+                             std::to_string(verify_cost.size()) + " and branching >= 1");
     std::vector<double> best(nodes + 1, 0.0);
     std::vector<std::size_t> depth(nodes + 1, 0);
     grow(branching, nodes, best, depth);
