@@ -163,6 +163,12 @@ class committer {
   }
 
   [[nodiscard]] bool stopped() const noexcept { return result_.stop_reason != stop_reason::none; }
+  /// Whether a decoding loop goes on: not stopped, and S below `context` tokens (else the
+  /// generation stops with `context`).
+  bool room_left(std::size_t context) noexcept {
+    if (!stopped() && seq_.size() >= context) stop(stop_reason::context);
+    return !stopped();
+  }
   /// Ends the generation with `why`; returns false (so `return out.stop(...)` reads as "stop").
   bool stop(stop_reason why) noexcept {
     result_.stop_reason = why;

@@ -4,7 +4,8 @@
 /// sequence S and a `draft_block` and returns a `verdict` (how many drafts survive, which
 /// token follows, what the target's pass cost). `local_verifier` is a target model plus a
 /// rollback policy, computed in this process; a remote verifier (a server over the
-/// network) and a tree verifier are further models of the same `verifier` concept.
+/// network) is a further model of the same `verifier` concept; token trees have their own
+/// verifier, `tree_verifier` (tree_verifier.hpp).
 ///
 /// `judge` is the one place where target rows become a verdict; `local_verifier`, the
 /// batched speculative decoder (one target forward for many sequences) and a serving

@@ -38,6 +38,7 @@
 /// | `SPECDEC_ROLLBACK_CONTRACT_TESTS`   | `rollback_policy` | `rollback_traits<R>`      |
 /// | `SPECDEC_DISTANCE_CONTRACT_TESTS`   | `distance_metric` | `distance_traits<D>`      |
 /// | `SPECDEC_VERIFIER_CONTRACT_TESTS`   | `verifier`        | `verifier_factory<V>`     |
+/// | `SPECDEC_TREE_DRAFTER_CONTRACT_TESTS` | `tree_drafter`  | `tree_drafter_factory<D>` |
 ///
 /// And for the statistical exactness harness of `testing/exactness.hpp`:
 /// `SPECDEC_EXPECT_EXACT(report)` and `SPECDEC_EXPECT_NOT_EXACT(report)` (a negative
@@ -104,6 +105,7 @@
 #include "specdec/testing/exactness.hpp"
 #include "specdec/token.hpp"
 #include "specdec/tree.hpp"
+#include "specdec/tree_drafter.hpp"
 #include "specdec/verifier.hpp"
 
 namespace specdec::testing {
@@ -150,6 +152,17 @@ struct tree_model_traits : default_tree_model_traits<M> {};
 /// ```
 template <class V>
 struct verifier_factory;
+
+/// How the tree drafter contract builds a drafter of type D. No default: specialise it
+/// with `static D make()` (a fresh drafter; a model it drafts with may live in a static).
+///
+/// ```cpp
+/// template <> struct specdec::testing::tree_drafter_factory<specdec::text_index_drafter> {
+///   static specdec::text_index_drafter make() { return specdec::text_index_drafter(32); }
+/// };
+/// ```
+template <class D>
+struct tree_drafter_factory;
 
 template <class P>
 struct default_fallback_traits {
@@ -696,6 +709,91 @@ REGISTER_TYPED_TEST_SUITE_P(specdec_tree_model_contract, satisfies_the_concept,
                             keep_path_then_forward_equals_a_fresh_model, truncate_ends_a_tree_without_keeping_nodes,
                             bad_trees_and_paths_throw_and_leave_the_model_alone);
 
+// ---- tree_drafter -------------------------------------------------------------------------
+
+template <class D>
+class specdec_tree_drafter_contract : public ::testing::Test {
+ protected:
+  /// Checks `d` against request `r` after S of `s_size` tokens in a vocabulary of `vocab`.
+  static void expect_within(const specdec::tree_draft& d, const specdec::tree_request& r, std::size_t s_size,
+                            std::size_t vocab, const std::string& what) {
+    EXPECT_EQ(d.position, s_size) << what;
+    EXPECT_LE(d.size(), r.drafts() ? r.max_nodes : 0) << what << ": more nodes than max_nodes";
+    EXPECT_LE(d.tree.height(), r.max_depth) << what << ": deeper than max_depth";
+    EXPECT_NO_THROW(d.check(vocab, "contract")) << what;
+    for (std::size_t n = 0; n <= d.size(); ++n) {
+      const auto kids = n == 0 ? d.tree.roots() : d.tree.children(n - 1);
+      EXPECT_LE(kids.size(), r.branching) << what << ": more children than branching";
+      for (std::size_t a = 0; a < kids.size(); ++a)
+        for (std::size_t b = a + 1; b < kids.size(); ++b)
+          EXPECT_NE(d.tree.token(kids[a]), d.tree.token(kids[b])) << what << ": two siblings share a token";
+      if (!d.has_distributions()) continue;
+      for (std::size_t k : kids)
+        if (d.sampled[k])
+          EXPECT_GT(d.q_row(n)[static_cast<std::size_t>(d.tree.token(k))], 0.0f)
+              << what << ": a sampled node has draft probability 0";
+    }
+  }
+  /// Runs `steps` steps of drafting, accepting the path to the last node and a next
+  /// token, as a decoder would; returns every tree's tokens.
+  static std::vector<std::vector<specdec::token_id>> run(D& drafter, const specdec::tree_request& r,
+                                                         const specdec::sampling_params& params, std::uint64_t seed,
+                                                         std::size_t steps) {
+    const std::size_t vocab = static_cast<std::size_t>(drafter.vocab_size());
+    std::vector<specdec::token_id> s = specdec::testing::some_tokens(vocab, 6, 1);
+    specdec::random_source rng(seed);
+    std::vector<std::vector<specdec::token_id>> out;
+    drafter.reset();
+    for (std::size_t step = 0; step < steps; ++step) {
+      const specdec::tree_draft& d = drafter.draft(s, r, params, rng);
+      expect_within(d, r, s.size(), vocab, "step " + std::to_string(step));
+      out.emplace_back(d.tree.tokens().begin(), d.tree.tokens().end());
+      std::vector<std::size_t> path;
+      if (!d.empty()) path = d.tree.path_to(d.size() - 1);
+      drafter.accept(path);
+      for (std::size_t n : path) s.push_back(d.tree.token(n));
+      s.push_back(static_cast<specdec::token_id>((step * 7 + 3) % vocab));
+    }
+    drafter.sync(s);
+    return out;
+  }
+};
+TYPED_TEST_SUITE_P(specdec_tree_drafter_contract);
+GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(specdec_tree_drafter_contract);
+
+TYPED_TEST_P(specdec_tree_drafter_contract, every_tree_stays_within_its_request) {
+  static_assert(specdec::tree_drafter<TypeParam>,
+                "specdec: the type given to SPECDEC_TREE_DRAFTER_CONTRACT_TESTS is not a specdec::tree_drafter");
+  TypeParam d = specdec::testing::tree_drafter_factory<TypeParam>::make();
+  for (const specdec::sampling_params& params :
+       {specdec::sampling_params{}, specdec::sampling_params{.temperature = 1.0f, .top_k = 5}})
+    for (const specdec::tree_request& r :
+         {specdec::tree_request{1, 1, 1}, specdec::tree_request{4, 4, 1}, specdec::tree_request{7, 3, 3},
+          specdec::tree_request{12, 5, 2}, specdec::tree_request{0, 3, 2}})
+      (void)TestFixture::run(d, r, params, 3, 6);
+}
+
+TYPED_TEST_P(specdec_tree_drafter_contract, reset_makes_it_reproducible) {
+  TypeParam d = specdec::testing::tree_drafter_factory<TypeParam>::make();
+  const specdec::tree_request r{8, 4, 2};
+  const specdec::sampling_params t1{.temperature = 1.0f};
+  const auto first = TestFixture::run(d, r, t1, 11, 5);
+  EXPECT_EQ(TestFixture::run(d, r, t1, 11, 5), first) << "the same S and seed after reset() must give the same trees";
+}
+
+TYPED_TEST_P(specdec_tree_drafter_contract, a_bad_request_throws_invalid_argument) {
+  TypeParam d = specdec::testing::tree_drafter_factory<TypeParam>::make();
+  d.reset();
+  specdec::random_source rng(1);
+  const auto s = specdec::testing::some_tokens(static_cast<std::size_t>(d.vocab_size()), 6, 1);
+  EXPECT_THROW((void)d.draft(s, specdec::tree_request{4, 2, 0}, specdec::sampling_params{}, rng),
+               specdec::invalid_argument)
+      << "branching 0 with a node budget";
+}
+
+REGISTER_TYPED_TEST_SUITE_P(specdec_tree_drafter_contract, every_tree_stays_within_its_request,
+                            reset_makes_it_reproducible, a_bad_request_throws_invalid_argument);
+
 // ---- fallback_policy ---------------------------------------------------------------------
 
 template <class P>
@@ -1176,6 +1274,19 @@ REGISTER_TYPED_TEST_SUITE_P(specdec_verifier_contract, satisfies_the_concept, gr
 #define SPECDEC_DISTANCE_CONTRACT_TESTS(prefix, ...) \
   using specdec_distance_contract_types_##prefix = ::testing::Types<__VA_ARGS__>;       \
   INSTANTIATE_TYPED_TEST_SUITE_P(prefix, specdec_distance_contract, specdec_distance_contract_types_##prefix)
+
+/// Runs the `tree_drafter` contract on each type (built by `tree_drafter_factory<D>`):
+/// every tree stays within its request (nodes, depth, branching, distinct siblings, ids
+/// in range, sampled nodes with positive q) over several steps of draft/accept, greedy
+/// and sampled; `reset()` makes the same S and seed give the same trees; branching 0
+/// with a node budget throws `invalid_argument`.
+///
+/// ```cpp
+/// SPECDEC_TREE_DRAFTER_CONTRACT_TESTS(text, specdec::text_index_drafter);
+/// ```
+#define SPECDEC_TREE_DRAFTER_CONTRACT_TESTS(prefix, ...) \
+  using specdec_tree_drafter_contract_types_##prefix = ::testing::Types<__VA_ARGS__>;       \
+  INSTANTIATE_TYPED_TEST_SUITE_P(prefix, specdec_tree_drafter_contract, specdec_tree_drafter_contract_types_##prefix)
 
 /// Runs the `verifier` contract on each type (built by `verifier_factory<V>`).
 ///
