@@ -89,7 +89,9 @@ class tree_decoder : public detail::seeded_sampling {
     restart_rng();
     if constexpr (resettable<Policy>) policy_.reset();
 
-    generation_result result{.stats = {.method = "tree", .prompt_tokens = prompt.size()}};
+    generation_result result;
+    result.stats.method = "tree";
+    result.stats.prompt_tokens = prompt.size();
     seq_.assign(prompt.begin(), prompt.end());
     detail::committer<std::remove_reference_t<OnToken>> out(seq_, result, opts, on_token);
     generation_stats& st = result.stats;

@@ -5,8 +5,8 @@
 // the encoder's canonical form).
 //
 // Build and run (self-contained; no CMake target):
-//   clang++-14 -std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -Iinclude \
-//     tests/fuzz/fuzz_wire.cpp -o build/fuzz_wire
+//   clang++-14 -std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -Iinclude
+//     tests/fuzz/fuzz_wire.cpp -o build/fuzz_wire   (one command)
 //   build/fuzz_wire -max_total_time=60 tests/fuzz/corpus/wire
 // (copy the corpus first if the fuzzer should not add files to the committed one).
 #include <cstddef>

@@ -728,10 +728,12 @@ class specdec_tree_drafter_contract : public ::testing::Test {
         for (std::size_t b = a + 1; b < kids.size(); ++b)
           EXPECT_NE(d.tree.token(kids[a]), d.tree.token(kids[b])) << what << ": two siblings share a token";
       if (!d.has_distributions()) continue;
-      for (std::size_t k : kids)
-        if (d.sampled[k])
+      for (std::size_t k : kids) {
+        if (d.sampled[k]) {
           EXPECT_GT(d.q_row(n)[static_cast<std::size_t>(d.tree.token(k))], 0.0f)
               << what << ": a sampled node has draft probability 0";
+        }
+      }
     }
   }
   /// Runs `steps` steps of drafting, accepting the path to the last node and a next
