@@ -58,6 +58,58 @@ struct linear_cost {
   }
 };
 
+/// t(rows) of a measured step-time curve given as (rows, seconds) points by increasing
+/// rows: linear between points, the first point's time below it, and proportional to
+/// the rows above the last (the compute-bound limit, the pessimistic side); 0 for no points.
+///
+/// ```cpp
+/// std::vector<std::pair<double, double>> p{{1, 1e-3}, {4, 2e-3}};
+/// double t = specdec::hybrid::step_time_at(p, 2.5);  // 1.5 ms
+/// double u = specdec::hybrid::step_time_at(p, 8);    // 4 ms
+/// ```
+[[nodiscard]] inline double step_time_at(const std::vector<std::pair<double, double>>& points, double rows) {
+  if (points.empty()) return 0.0;
+  if (rows <= points.front().first) return points.front().second;
+  for (std::size_t i = 1; i < points.size(); ++i) {
+    if (rows <= points[i].first) {
+      const double f = (rows - points[i - 1].first) / (points[i].first - points[i - 1].first);
+      return points[i - 1].second + f * (points[i].second - points[i - 1].second);
+    }
+  }
+  return points.back().second * rows / points.back().first;
+}
+
+/// A cost from a server's own measured step-time curve (`specdec-serve`'s `/health`
+/// reports it as `step_time_curve`, `server_health::step_time_curve` reads it): a forward
+/// of `block` tokens costs t(block) (`step_time_at`), whatever the cache holds. Charging
+/// it instead of timing a second in-process copy of the model makes a simulation predict
+/// the server it stands for, with the server's load, not the simulating process's.
+///
+/// ```cpp
+/// specdec::hybrid::step_time_cost c{.points = {{1, 1e-3}, {5, 1.2e-3}, {16, 3e-3}}};
+/// c.validate();
+/// double s = c(5, 100);  // 1.2 ms
+/// ```
+struct step_time_cost {
+  std::vector<std::pair<double, double>> points;  ///< (rows >= 1, seconds >= 0), rows increasing
+
+  [[nodiscard]] double operator()(std::size_t block, std::size_t /*cached*/) const {
+    return step_time_at(points, static_cast<double>(block));
+  }
+  void validate() const {
+    if (points.empty())
+      throw invalid_argument("step_time_cost.points is empty; expected at least one (rows, seconds) point");
+    for (std::size_t i = 0; i < points.size(); ++i) {
+      const std::string at = "step_time_cost.points[" + std::to_string(i) + "]";
+      if (!(points[i].first >= 1.0) || !std::isfinite(points[i].first) ||
+          (i > 0 && !(points[i].first > points[i - 1].first)))
+        throw invalid_argument(at + ".rows = " + std::to_string(points[i].first) +
+                               "; expected finite, >= 1 and above the previous point's rows");
+      detail::check_non_negative(at + ".seconds", points[i].second);
+    }
+  }
+};
+
 namespace detail {
 
 /// Runs `m.forward(tokens)` and returns (logits, real seconds it stands for).
