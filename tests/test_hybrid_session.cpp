@@ -300,6 +300,26 @@ TEST(StepTimeCost, InterpolatesTheMeasuredCurveAndRejectsBadPoints) {
   expect_bad({.points = {{1, -1e-3}}}, "points[0].seconds");
 }
 
+TEST(RemoteModel, OpensSessionCostsOneRoundTripPerLeg) {
+  auto cloud = target_model();
+  link_config cfg;
+  cfg.rtt_seconds = 0.010;
+  cfg.up_bps = cfg.down_bps = 1e30;
+  simulated_link link(cfg, 1);
+  remote_model remote(cloud, link, 1.0, {.opens_session = true}, linear_cost{.per_call = 1e-3});
+  const std::vector<token_id> block{1, 2, 3, 4, 5};  // 3 committed + 2 drafts
+  (void)remote.forward_drafts(block, 2);
+  EXPECT_EQ(remote.round_trips(), 2u);  // the open, then the verify round
+  EXPECT_NEAR(link.now(), 0.010 + 0.010 + 1e-3, kTol);
+  EXPECT_EQ(link.counters().bytes_up, 12u + 40u + 20u + 40u);  // 3 committed ids, then the block
+  remote.truncate(4);
+  (void)remote.forward_drafts(std::vector<token_id>{6, 7}, 1);  // same leg: no new open
+  EXPECT_EQ(remote.round_trips(), 3u);
+  remote.set_mode(remote_mode::verify);  // a new leg opens again
+  (void)remote.forward_drafts(std::vector<token_id>{0}, 0);
+  EXPECT_EQ(remote.round_trips(), 5u);
+}
+
 TEST(RemoteModel, StreamChargesTheCurveAndPipelinesTokensBehindOneRoundTrip) {
   // A stream of 3 tokens after a 3-token prompt at RTT 100 ms: the prompt goes up once,
   // the cloud computes t(3) then t(1) per token, and each token comes down as it is made;

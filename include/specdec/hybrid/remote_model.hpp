@@ -276,6 +276,11 @@ struct wire_format {
   payload_mode mode = payload_mode::token_ids;
   verify_site site = verify_site::cloud;
   std::size_t top_k = 16;  ///< >= 1 when mode == top_k
+  /// Whether a verify leg first opens a server-side session: one extra round trip, the
+  /// leg's committed prefix up as ids and an 8-byte reply down, before its first verify
+  /// round (`specdec-serve`'s protocol does this per request, wire.hpp's `open_session`).
+  /// False: the cloud holds the context already (the idealised protocol).
+  bool opens_session = false;
 
   [[nodiscard]] std::size_t uplink_bytes(std::size_t block_tokens, std::size_t drafted, std::size_t vocab) const {
     std::size_t b = payload_bytes::token_ids(block_tokens);
@@ -370,6 +375,7 @@ class remote_model {
   void set_mode(remote_mode m) noexcept {
     mode_ = m;
     stream_open_ = false;
+    session_open_ = false;
   }
   [[nodiscard]] const wire_format& wire() const noexcept { return wire_; }
   void set_wire(const wire_format& w) {
@@ -402,6 +408,12 @@ class remote_model {
     const std::size_t cached = cache_length();
     const std::size_t n = tokens.size();
     const std::size_t v = vocab_size();
+    if (wire_.opens_session && !session_open_) {
+      ++round_trips_;
+      if (!link_.send_up(payload_bytes::token_ids(cached + n - k)).delivered) fail("upload of a session open", cached);
+      if (!link_.send_down(payload_bytes::token_ids(2)).delivered) fail("download of a session reply", cached);
+      session_open_ = true;
+    }
     ++round_trips_;
     // Upload first: a block that never arrives is never computed.
     const send_result up = link_.send_up(wire_.uplink_bytes(n, k, v));
@@ -449,6 +461,7 @@ class remote_model {
   cost_function cost_;
   remote_mode mode_ = remote_mode::verify;
   bool stream_open_ = false;
+  bool session_open_ = false;  ///< `wire_format::opens_session`: this leg's session is open
   std::size_t stream_cached_ = 0;
   double cloud_time_ = 0.0;
   std::size_t round_trips_ = 0;
