@@ -313,7 +313,10 @@ int main(int argc, char** argv) try {
   };
   // The simulator's configuration: the link of an RTT over loopback (no serialisation to
   // speak of) with the per-message overhead, and the cloud charged the server's own
-  // step-time curve as /health reports it now (the server's load, not this process's).
+  // step-time curve as /health reports it (the server's load, not this process's),
+  // refreshed before every simulated request: the curve is an exponentially weighted
+  // estimate that moves with the server's load, and the request simulated next is the one
+  // the server has just served.
   const auto sim_link = [](double rtt_ms, double overhead) {
     hy::link_config lc;
     lc.rtt_seconds = rtt_ms / 1e3;
@@ -321,12 +324,17 @@ int main(int argc, char** argv) try {
     lc.message_overhead_seconds = overhead;
     return lc;
   };
+  const auto curve = std::make_shared<hy::step_time_cost>();
+  const auto refresh_curve = [&] {
+    if (auto p = hy::completion_client("127.0.0.1", server.http_port).health().step_time_curve; !p.empty())
+      curve->points = std::move(p);
+  };
   const auto sim_options = [&](bool is_sampled) {
     hy::session_options so{.sampling = is_sampled ? sampled : specdec::sampling_params{}, .seed = 1};
     so.charge_probe = false;
     so.wire.opens_session = true;  // specdec-serve's protocol: an open_session round trip per request
-    auto curve = hy::completion_client("127.0.0.1", server.http_port).health().step_time_curve;
-    if (!curve.empty()) so.cloud_cost = hy::step_time_cost{std::move(curve)};
+    refresh_curve();
+    if (!curve->points.empty()) so.cloud_cost = [curve](std::size_t b, std::size_t c) { return (*curve)(b, c); };
     return so;
   };
   // The per-message overhead (proxy hops, the server's listener and scheduler hand-offs,
@@ -354,6 +362,7 @@ int main(int argc, char** argv) try {
     for (std::size_t i = 0; i < std::min(o.calibration_prompts, prompts.size()); ++i) {
       const double real = s.execute(prompts[i], gen, r).latency_seconds;
       const auto k0 = link.counters();
+      refresh_curve();
       const double simulated = calibrated.execute(prompts[i], gen, r).latency_seconds;
       const auto messages = link.counters().messages_up + link.counters().messages_down - k0.messages_up - k0.messages_down;
       excess.push_back((real - simulated) / static_cast<double>(std::max<std::size_t>(1, messages)));
@@ -430,6 +439,7 @@ int main(int argc, char** argv) try {
           identical = false;  // no cloud-only reference (--routes without cloud)
         }
         if (rs.pipelined || rs.cuts) continue;  // the simulator has neither
+        refresh_curve();
         const hy::request_result q = sim.execute(prompts[i], gen, rs.r);
         if (q.tokens.empty()) continue;
         c.sim_per_token.push_back(q.latency_seconds / static_cast<double>(q.tokens.size()));
