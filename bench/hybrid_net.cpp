@@ -8,6 +8,7 @@
 // N doing cloud-only decoding, tokens per server-second read from the server's /metrics.
 // Output: CSV on stdout or --csv; a reduced run by default, --full for the documented one.
 #include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -31,6 +32,7 @@
 #include "held_out_prompts.hpp"
 #include "specdec/backend/cpu/tokenizer.hpp"
 #include "specdec/backend/cpu/transformer.hpp"
+#include "specdec/hybrid/completion_client.hpp"
 #include "specdec/hybrid/net_session.hpp"
 #include "specdec/hybrid/session.hpp"
 #include "specdec/hybrid/transport.hpp"
@@ -52,7 +54,31 @@ struct options {
   double load_rtt_ms = 0.0;
   std::vector<std::string> routes;  ///< empty = all
   bool full = false;
+  std::size_t load_repeats = 1;
+  double overhead_ms = -1;  ///< the simulator's per-message overhead; < 0 = calibrate at RTT 0
+  std::size_t calibration_prompts = 12;
+  bool pin = true;            ///< server on one CPU, this process on another (if there are two)
+  int server_cpu = -1, client_cpu = -1;  ///< chosen when pinning
 };
+
+/// The CPUs this process may run on, in order.
+std::vector<int> allowed_cpus() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  std::vector<int> cpus;
+  if (::sched_getaffinity(0, sizeof set, &set) != 0) return cpus;
+  for (int i = 0; i < CPU_SETSIZE; ++i)
+    if (CPU_ISSET(i, &set)) cpus.push_back(i);
+  return cpus;
+}
+/// Pins the calling thread (and the threads and children it creates afterwards) to `cpu`.
+void pin_to(int cpu) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  if (::sched_setaffinity(0, sizeof set, &set) != 0)
+    throw specdec::error("sched_setaffinity to CPU " + std::to_string(cpu) + " failed");
+}
 
 /// specdec-serve as a child process; SIGTERM and wait on destruction.
 class child_server {
@@ -63,6 +89,7 @@ class child_server {
     pid_ = ::fork();
     if (pid_ < 0) throw specdec::error("fork failed");
     if (pid_ == 0) {
+      if (o.server_cpu >= 0) pin_to(o.server_cpu);
       ::dup2(err[1], 2);
       ::close(err[0]);
       ::close(err[1]);
@@ -168,27 +195,29 @@ struct cell {
   std::vector<double> sim_per_token, sim_ttft;
   double sim_bytes = 0, sim_forwards = 0;
   std::size_t sim_tokens = 0;
+  double sim_overhead = NAN;  ///< the simulator's per-message overhead, seconds
+  std::size_t repeat = 0;     ///< load test: which repeat
 };
 
 void header(std::ostream& out) {
   out << "section,route,rtt_ms,clients,requests,tokens,greedy_identical_to_cloud,fallbacks,per_token_p50_ms,per_token_p95_ms,"
          "ttft_p50_ms,tokens_per_s,bytes_up_per_token,bytes_down_per_token,forwards_per_token,tokens_per_round,"
          "hidden_ms_per_token,physics_per_token_ms,server_tokens_per_server_s,sim_per_token_p50_ms,sim_ttft_p50_ms,sim_bytes_per_token,"
-         "sim_forwards_per_token,sim_error_pct\n";
+         "sim_forwards_per_token,sim_error_pct,sim_message_overhead_ms,repeat\n";
 }
 void row(std::ostream& out, const cell& c) {
   const double n = std::max<double>(1.0, static_cast<double>(c.tokens));
   const double p50 = quantile(c.per_token, 0.5) * 1e3, sim = quantile(c.sim_per_token, 0.5) * 1e3;
   char buf[1024];
   std::snprintf(buf, sizeof buf,
-                "%s,%s,%g,%zu,%zu,%zu,%d,%zu,%.2f,%.2f,%.1f,%.1f,%.1f,%.1f,%.3f,%.2f,%.3f,%.2f,%.1f,%.2f,%.1f,%.1f,%.3f,%.1f\n",
+                "%s,%s,%g,%zu,%zu,%zu,%d,%zu,%.2f,%.2f,%.1f,%.1f,%.1f,%.1f,%.3f,%.2f,%.3f,%.2f,%.1f,%.2f,%.1f,%.1f,%.3f,%.1f,%.3f,%zu\n",
                 c.section.c_str(), c.route.c_str(), c.rtt_ms, c.clients, c.requests, c.tokens, c.identical, c.fallbacks, p50,
                 quantile(c.per_token, 0.95) * 1e3, quantile(c.ttft, 0.5) * 1e3, n / std::max(1e-9, c.seconds),
                 c.bytes_up / n, c.bytes_down / n, c.forwards / n, c.rounds > 0 ? n / c.rounds : NAN,
                 c.hidden_seconds / n * 1e3, c.physics_per_token * 1e3, c.server_seconds > 0 ? n / c.server_seconds : NAN, sim,
                 quantile(c.sim_ttft, 0.5) * 1e3, c.sim_tokens ? c.sim_bytes / static_cast<double>(c.sim_tokens) : NAN,
                 c.sim_tokens ? c.sim_forwards / static_cast<double>(c.sim_tokens) : NAN,
-                c.sim_per_token.empty() ? NAN : 100.0 * (sim - p50) / p50);
+                c.sim_per_token.empty() ? NAN : 100.0 * (sim - p50) / p50, c.sim_overhead * 1e3, c.repeat);
   out << buf << std::flush;
 }
 
@@ -227,12 +256,33 @@ int main(int argc, char** argv) try {
            store(o.server_threads, cli::between<std::size_t>(1, 64)))
       .add("--routes", "NAME,...", "only these routes (cloud is the greedy reference; default: all)",
            [&o](std::string_view, std::string_view v) { o.routes = cli::split_list(v); })
-      .flag("--full", "the documented run: 24 prompts, 64 tokens, 4 requests per load client", o.full);
+      .add("--load-repeats", "N", "repeats of each load-test cell, ratios within one run (1; --full: 3)",
+           store(o.load_repeats, count))
+      .add("--message-overhead-ms", "MS",
+           "the simulator's per-message overhead (default: measured at RTT 0 before the table, then held fixed)",
+           store(o.overhead_ms, cli::range<double>{.lo = 0, .hi = 1000}))
+      .add("--pin-cpus", "on|off",
+           "server child on one CPU, this process (clients, proxy, simulator) on another (on when >= 2 CPUs)",
+           [&o](std::string_view name, std::string_view v) {
+             if (v != "on" && v != "off")
+               throw specdec::invalid_argument(std::string(name) + " must be on or off, got \"" + std::string(v) + "\"");
+             o.pin = v == "on";
+           })
+      .flag("--full", "the documented run: 24 prompts, 64 tokens, 4 requests per load client, 3 load repeats", o.full);
   if (!p.parse(argc, argv)) return 0;
   if (o.full) {
     o.prompts = std::max<std::size_t>(o.prompts, 24);
     o.tokens = std::max<std::size_t>(o.tokens, 64);
     o.load_prompts = std::max<std::size_t>(o.load_prompts, 4);
+    o.load_repeats = std::max<std::size_t>(o.load_repeats, 3);
+  }
+  if (const auto cpus = allowed_cpus(); o.pin && cpus.size() >= 2) {
+    o.server_cpu = cpus[0];
+    o.client_cpu = cpus[1];
+    pin_to(o.client_cpu);  // before any thread: every thread of this process inherits it
+    std::cerr << "specdec-hybrid-net: server pinned to CPU " << o.server_cpu << ", clients to CPU " << o.client_cpu << '\n';
+  } else {
+    std::cerr << "specdec-hybrid-net: not pinned (" << cpus.size() << " CPUs allowed)\n";
   }
   if (o.prefix >= o.tokens) throw specdec::invalid_argument("--prefix must be < --tokens, got " + std::to_string(o.prefix));
   std::ofstream file;
@@ -261,6 +311,66 @@ int main(int argc, char** argv) try {
       {"cloud_prefix", hy::route::cloud_prefix(o.prefix)},
       {"split_greedy_pipelined_cuts", hy::route::speculative(o.gamma), false, true, true},
   };
+  // The simulator's configuration: the link of an RTT over loopback (no serialisation to
+  // speak of) with the per-message overhead, and the cloud charged the server's own
+  // step-time curve as /health reports it (the server's load, not this process's),
+  // refreshed before every simulated request: the curve is an exponentially weighted
+  // estimate that moves with the server's load, and the request simulated next is the one
+  // the server has just served.
+  const auto sim_link = [](double rtt_ms, double overhead) {
+    hy::link_config lc;
+    lc.rtt_seconds = rtt_ms / 1e3;
+    lc.up_bps = lc.down_bps = 1e10;
+    lc.message_overhead_seconds = overhead;
+    return lc;
+  };
+  const auto curve = std::make_shared<hy::step_time_cost>();
+  const auto refresh_curve = [&] {
+    if (auto p = hy::completion_client("127.0.0.1", server.http_port).health().step_time_curve; !p.empty())
+      curve->points = std::move(p);
+  };
+  const auto sim_options = [&](bool is_sampled) {
+    hy::session_options so{.sampling = is_sampled ? sampled : specdec::sampling_params{}, .seed = 1};
+    so.charge_probe = false;
+    so.wire.opens_session = true;  // specdec-serve's protocol: an open_session round trip per request
+    refresh_curve();
+    if (!curve->points.empty()) so.cloud_cost = [curve](std::size_t b, std::size_t c) { return (*curve)(b, c); };
+    return so;
+  };
+  // The per-message overhead (proxy hops, the server's listener and scheduler hand-offs,
+  // framing): measured once at RTT 0 as the excess of real split greedy decoding over the
+  // simulator without it, per simulated message (the median over the calibration
+  // requests: other tenants of the host stall single requests), then held fixed for every
+  // route and RTT.
+  double overhead = o.overhead_ms / 1e3;
+  if (overhead < 0) {
+    specdec::testing::link_proxy http("127.0.0.1", server.http_port), verify("127.0.0.1", server.verify_port);
+    const hy::net_endpoint ep{"127.0.0.1", http.port(), verify.port()};
+    const hy::route r = hy::route::speculative(o.gamma);
+    hy::net_session s(little, hy::fixed_arbiter{r}, ep, {.seed = 1, .pipelined = false});
+    hy::simulated_link link(sim_link(0, 0), 1);
+    hy::session sim(sim_little, big, hy::fixed_arbiter{r}, link, sim_options(false));
+    // Warm-up: connections, the server's session caches and its step-time curve, this
+    // process's models (the first requests after the server starts run measurably slower).
+    for (std::size_t i = 0; i < std::min(o.calibration_prompts, prompts.size()); ++i) {
+      (void)s.execute(prompts[i], gen, r);
+      (void)sim.execute(prompts[i], gen, r);
+    }
+    // The curve as it stands after the warm-up, as every cell of the table reads it.
+    hy::session calibrated(sim_little, big, hy::fixed_arbiter{r}, link, sim_options(false));
+    std::vector<double> excess;  // per request: (real - simulated) seconds per simulated message
+    for (std::size_t i = 0; i < std::min(o.calibration_prompts, prompts.size()); ++i) {
+      const double real = s.execute(prompts[i], gen, r).latency_seconds;
+      const auto k0 = link.counters();
+      refresh_curve();
+      const double simulated = calibrated.execute(prompts[i], gen, r).latency_seconds;
+      const auto messages = link.counters().messages_up + link.counters().messages_down - k0.messages_up - k0.messages_down;
+      excess.push_back((real - simulated) / static_cast<double>(std::max<std::size_t>(1, messages)));
+    }
+    overhead = std::max(0.0, quantile(excess, 0.5));
+    std::cerr << "specdec-hybrid-net: simulator per-message overhead " << overhead * 1e3 << " ms (median over "
+              << excess.size() << " requests at RTT 0)\n";
+  }
   std::map<std::string, double> at_zero;  // per-token p50 of each route at RTT 0
   for (const double rtt_ms : o.rtts_ms) {
     const specdec::testing::link_proxy_options shape{.one_way_delay_seconds = rtt_ms / 2e3};
@@ -273,15 +383,13 @@ int main(int argc, char** argv) try {
                         {.sampling = rs.sampled ? sampled : specdec::sampling_params{}, .seed = 1,
                          .pipelined = rs.pipelined, .verify = {.retries = rs.cuts ? 4u : 1u}});
       cell c{.section = "routes", .route = rs.name, .rtt_ms = rtt_ms};
-      // The simulator: the same route on the virtual clock, the same models in process,
-      // the link's RTT set to the proxy's, measured compute charged as it ran. Run prompt
-      // by prompt alternately with the real route, so both see the same machine load.
-      hy::link_config lc;
-      lc.rtt_seconds = rtt_ms / 1e3;
-      lc.up_bps = lc.down_bps = 1e10;  // loopback: no serialisation to speak of
-      hy::simulated_link link(lc, 1);
-      hy::session sim(sim_little, big, hy::fixed_arbiter{rs.r}, link,
-                      {.sampling = rs.sampled ? sampled : specdec::sampling_params{}, .seed = 1, .charge_probe = false});
+      c.sim_overhead = overhead;
+      // The simulator: the same route on the virtual clock, the same models in process
+      // (the device's compute charged as it ran, the cloud's from the server's curve), the
+      // link's RTT set to the proxy's. Run prompt by prompt alternately with the real
+      // route, so both see the same machine load.
+      hy::simulated_link link(sim_link(rtt_ms, overhead), 1);
+      hy::session sim(sim_little, big, hy::fixed_arbiter{rs.r}, link, sim_options(rs.sampled));
       // Faults: the verify connection is cut every max(250 ms, 5 RTT) (a client needs two
       // round trips to resume and resend); it reconnects, resumes and resends.
       std::atomic<bool> cutting{rs.cuts};
@@ -331,6 +439,7 @@ int main(int argc, char** argv) try {
           identical = false;  // no cloud-only reference (--routes without cloud)
         }
         if (rs.pipelined || rs.cuts) continue;  // the simulator has neither
+        refresh_curve();
         const hy::request_result q = sim.execute(prompts[i], gen, rs.r);
         if (q.tokens.empty()) continue;
         c.sim_per_token.push_back(q.latency_seconds / static_cast<double>(q.tokens.size()));
@@ -358,12 +467,15 @@ int main(int argc, char** argv) try {
   specdec::testing::link_proxy http("127.0.0.1", server.http_port, shape), verify("127.0.0.1", server.verify_port, shape);
   const hy::net_endpoint ep{"127.0.0.1", http.port(), verify.port()};
   std::vector<std::unique_ptr<transformer>> drafts;
+  for (std::size_t repeat = 0; repeat < o.load_repeats; ++repeat)
   for (const std::size_t n : o.clients) {
     if (n == 0) continue;  // --clients 0: no load test
     while (drafts.size() < n) drafts.push_back(std::make_unique<transformer>(o.models + "/kjv-little.bin",
                                                                              specdec::cpu::transformer_options{.threads = 1}));
     for (const bool split : {true, false}) {
-      cell c{.section = "load", .route = split ? "split_greedy" : "cloud", .rtt_ms = o.load_rtt_ms, .clients = n};
+      cell c{.section = o.server_cpu >= 0 ? "load_pinned" : "load", .route = split ? "split_greedy" : "cloud",
+             .rtt_ms = o.load_rtt_ms, .clients = n};
+      c.repeat = repeat;
       std::mutex mu;
       const server_counters m0 = read_metrics(server.http_port);
       const auto t0 = std::chrono::steady_clock::now();

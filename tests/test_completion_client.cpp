@@ -210,7 +210,21 @@ TEST(completion_client, health) {
     EXPECT_FALSE(h.ok);
     EXPECT_EQ(h.status, "draining");
     EXPECT_EQ(h.verify_port, 4321);
+    EXPECT_TRUE(h.step_time_curve.empty());  // a server that reports none
     EXPECT_EQ(srv.request.rfind("GET /health HTTP/1.1\r\n", 0), 0u);
+  }
+  {  // specdec-serve's measured step-time curve, (rows, seconds) pairs
+    const std::string body = R"({"status":"ok","step_time_curve":[[1,0.001],[4.5,0.0025]]})";
+    scripted_server srv("HTTP/1.1 200 OK\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body);
+    const hybrid::server_health h = hybrid::completion_client("127.0.0.1", srv.port).health();
+    EXPECT_TRUE(h.ok);
+    const std::vector<std::pair<double, double>> want{{1.0, 0.001}, {4.5, 0.0025}};
+    EXPECT_EQ(h.step_time_curve, want);
+  }
+  {  // a curve of the wrong shape is not the health JSON
+    const std::string body = R"({"status":"ok","step_time_curve":[[1]]})";
+    scripted_server srv("HTTP/1.1 200 OK\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body);
+    EXPECT_THROW(hybrid::completion_client("127.0.0.1", srv.port).health(), hybrid::protocol_error);
   }
   {
     scripted_server srv("HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnope");

@@ -277,6 +277,69 @@ TEST(RemoteModel, StreamReopensAfterATruncate) {
   EXPECT_EQ(link.counters().messages_up, 2u);
 }
 
+TEST(StepTimeCost, InterpolatesTheMeasuredCurveAndRejectsBadPoints) {
+  const step_time_cost c{.points = {{1, 1e-3}, {4, 2.5e-3}, {16, 4e-3}}};
+  c.validate();
+  EXPECT_NEAR(c(1, 0), 1e-3, kTol);
+  EXPECT_NEAR(c(2, 50), 1.5e-3, kTol);   // linear between 1 and 4 rows
+  EXPECT_NEAR(c(10, 0), 3.25e-3, kTol);  // linear between 4 and 16 rows
+  EXPECT_NEAR(c(32, 0), 8e-3, kTol);     // proportional above the last point
+  EXPECT_NEAR(step_time_at({{2, 3e-3}}, 1), 3e-3, kTol);  // below the first: its time
+  EXPECT_EQ(step_time_at({}, 5), 0.0);
+  auto expect_bad = [](step_time_cost b, const std::string& what) {
+    try {
+      b.validate();
+      ADD_FAILURE() << "no throw for " << what;
+    } catch (const specdec::invalid_argument& e) {
+      EXPECT_NE(std::string(e.what()).find(what), std::string::npos) << e.what();
+    }
+  };
+  expect_bad({}, "points is empty");
+  expect_bad({.points = {{0.5, 1e-3}}}, "points[0].rows");
+  expect_bad({.points = {{2, 1e-3}, {2, 2e-3}}}, "points[1].rows");
+  expect_bad({.points = {{1, -1e-3}}}, "points[0].seconds");
+}
+
+TEST(RemoteModel, OpensSessionCostsOneRoundTripPerLeg) {
+  auto cloud = target_model();
+  link_config cfg;
+  cfg.rtt_seconds = 0.010;
+  cfg.up_bps = cfg.down_bps = 1e30;
+  simulated_link link(cfg, 1);
+  remote_model remote(cloud, link, 1.0, {.opens_session = true}, linear_cost{.per_call = 1e-3});
+  const std::vector<token_id> block{1, 2, 3, 4, 5};  // 3 committed + 2 drafts
+  (void)remote.forward_drafts(block, 2);
+  EXPECT_EQ(remote.round_trips(), 2u);  // the open, then the verify round
+  EXPECT_NEAR(link.now(), 0.010 + 0.010 + 1e-3, kTol);
+  EXPECT_EQ(link.counters().bytes_up, 12u + 40u + 20u + 40u);  // 3 committed ids, then the block
+  remote.truncate(4);
+  (void)remote.forward_drafts(std::vector<token_id>{6, 7}, 1);  // same leg: no new open
+  EXPECT_EQ(remote.round_trips(), 3u);
+  remote.set_mode(remote_mode::verify);  // a new leg opens again
+  (void)remote.forward_drafts(std::vector<token_id>{0}, 0);
+  EXPECT_EQ(remote.round_trips(), 5u);
+}
+
+TEST(RemoteModel, StreamChargesTheCurveAndPipelinesTokensBehindOneRoundTrip) {
+  // A stream of 3 tokens after a 3-token prompt at RTT 100 ms: the prompt goes up once,
+  // the cloud computes t(3) then t(1) per token, and each token comes down as it is made;
+  // the last arrives rtt/2 + overhead after it was computed: one RTT for the whole stream.
+  auto cloud = target_model();
+  link_config cfg;
+  cfg.rtt_seconds = 0.100;
+  cfg.up_bps = cfg.down_bps = 1e30;
+  cfg.message_overhead_seconds = 2e-4;
+  simulated_link link(cfg, 1);
+  remote_model remote(cloud, link, 1.0, {}, step_time_cost{.points = {{1, 1e-3}, {4, 2.5e-3}}});
+  remote.set_mode(remote_mode::stream);
+  const std::vector<token_id> prompt{1, 2, 3};
+  (void)remote.forward(prompt);
+  (void)specdec::forward_one(remote, 4);
+  (void)specdec::forward_one(remote, 5);
+  EXPECT_NEAR(link.now(), (0.050 + 2e-4) + 2e-3 + 1e-3 + 1e-3 + (0.050 + 2e-4), kTol);
+  EXPECT_NEAR(remote.charged_seconds(), 4e-3, kTol);
+}
+
 TEST(TimedModel, ChargesScaledCostsAndTracksConfidence) {
   auto m = target_model();
   simulated_link link(link_config::lan(), 1);

@@ -107,6 +107,41 @@ TEST(simulated_link, round_trip_and_advance) {
   EXPECT_THROW(link.advance(std::nan("")), specdec::invalid_argument);
 }
 
+TEST(simulated_link, message_overhead_is_charged_once_per_delivered_message) {
+  link_config cfg = link_config::wan();
+  cfg.message_overhead_seconds = 0.0004;
+  simulated_link link(cfg, 3);
+  // wan: 0.0075064 up, 0.00751856 down (above), each plus the overhead, once per message.
+  const auto up = link.send_up(payload_bytes::token_ids(10));
+  EXPECT_NEAR(up.delay_seconds, 0.0075064 + 0.0004, tol);
+  const auto rt = link.round_trip(payload_bytes::token_ids(10), payload_bytes::top_k(4, 8), 0.010);
+  EXPECT_NEAR(rt.total_seconds, 0.0075064 + 0.010 + 0.00751856 + 2 * 0.0004, tol);
+  EXPECT_NEAR(link.now(), 0.0075064 * 2 + 0.010 + 0.00751856 + 3 * 0.0004, tol);
+  // A lost attempt costs its timeout, the delivered one the overhead: once, not per attempt.
+  cfg = link_config::wan();
+  cfg.message_overhead_seconds = 0.0004;
+  cfg.loss_probability = 0.999999;
+  cfg.max_retransmits = 2;
+  simulated_link lossy(cfg, 1);
+  const auto lost = lossy.send_up(payload_bytes::token_ids(10));
+  EXPECT_FALSE(lost.delivered);
+  EXPECT_NEAR(lost.delay_seconds, 3 * cfg.retransmit_timeout_seconds, tol);
+  // The default is 0: a pure network link, delays as before.
+  EXPECT_EQ(link_config{}.message_overhead_seconds, 0.0);
+}
+
+TEST(simulated_link, pipelined_messages_pay_the_overhead_as_latency_not_in_series) {
+  // A stream: messages leave the sender 1 ms apart; each arrives rtt/2 + overhead later,
+  // so the last arrives one latency after it left, not one latency per message.
+  link_config cfg;
+  cfg.rtt_seconds = 0.100;
+  cfg.up_bps = cfg.down_bps = 1e30;  // no serialisation
+  cfg.message_overhead_seconds = 0.0005;
+  simulated_link link(cfg, 1);
+  for (int i = 1; i <= 10; ++i) (void)link.send_down_at(0.001 * i, 4);
+  EXPECT_NEAR(link.now(), 0.010 + 0.050 + 0.0005, 1e-12);
+}
+
 TEST(compute_model, scales_measured_time) {
   compute_model cm{.device_scale = 4.0, .cloud_scale = 0.25};
   EXPECT_EQ(cm.device(0.5), 2.0);
@@ -303,6 +338,11 @@ TEST(link_config, invalid_configs_throw_naming_the_field) {
   c = link_config::wan();
   c.rtt_seconds = nan;
   expect_invalid(c, "rtt_seconds");
+  c = link_config::wan();
+  c.message_overhead_seconds = -1e-3;
+  expect_invalid(c, "message_overhead_seconds");
+  c.message_overhead_seconds = nan;
+  expect_invalid(c, "message_overhead_seconds");
   c = link_config::wan();
   c.jitter_sigma = -0.1;
   expect_invalid(c, "jitter_sigma");

@@ -35,14 +35,15 @@
 #include <vector>
 
 #include "specdec/error.hpp"
+#include "specdec/hybrid/remote_model.hpp"
 
 namespace specdec::serve {
 
 /// Seconds of one batched forward as a function of its row count, learned from
 /// observations: one exponentially weighted mean (of rows and of seconds) per
-/// power-of-two bucket of rows, interpolated linearly between buckets. Above the largest
-/// observed bucket the time is extrapolated proportionally to the rows (the compute-bound
-/// limit, the pessimistic side); below the smallest it is that bucket's time.
+/// power-of-two bucket of rows, read between and beyond the buckets by
+/// `hybrid::step_time_at` (linear between them, proportional to the rows above the
+/// largest: the compute-bound limit, the pessimistic side).
 class cost_curve {
  public:
   static constexpr std::size_t buckets = 24;
@@ -67,19 +68,8 @@ class cost_curve {
       if (b.n > 0) p.emplace_back(b.rows, b.seconds);
     return p;
   }
-  /// t(rows); 0 when nothing was observed.
-  [[nodiscard]] double seconds(double rows) const {
-    const auto p = points();
-    if (p.empty()) return 0.0;
-    if (rows <= p.front().first) return p.front().second;
-    for (std::size_t i = 1; i < p.size(); ++i) {
-      if (rows <= p[i].first) {
-        const double f = (rows - p[i - 1].first) / (p[i].first - p[i - 1].first);
-        return p[i - 1].second + f * (p[i].second - p[i - 1].second);
-      }
-    }
-    return p.back().second * rows / p.back().first;
-  }
+  /// t(rows) (`hybrid::step_time_at` of the points); 0 when nothing was observed.
+  [[nodiscard]] double seconds(double rows) const { return hybrid::step_time_at(points(), rows); }
 
  private:
   struct bucket {

@@ -291,6 +291,10 @@ struct server_health {
   std::uint16_t verify_port = 0;  ///< where `verify_client` connects
   std::size_t vocab_size = 0;
   std::size_t context_length = 0;
+  /// The server's measured step-time curve, (rows, seconds of one batched forward) by
+  /// increasing rows (`specdec-serve` reports it; empty if the server does not): a
+  /// simulation charges it with `step_time_cost` (remote_model.hpp).
+  std::vector<std::pair<double, double>> step_time_curve;
 };
 
 /// Deadlines and bounds of a `completion_client`.
@@ -398,6 +402,8 @@ class completion_client {
       h.verify_port = j.value("verify_port", std::uint16_t{0});
       h.vocab_size = j.value("vocab_size", std::size_t{0});
       h.context_length = j.value("context_length", std::size_t{0});
+      if (j.contains("step_time_curve"))
+        h.step_time_curve = j.at("step_time_curve").get<std::vector<std::pair<double, double>>>();
     } catch (const nlohmann::json::exception& e) {
       throw protocol_error(std::string("completion_client::health: not the health JSON: ") + e.what());
     }

@@ -97,7 +97,11 @@ struct outage_window {
 /// still multiplies the state's RTT).
 ///
 /// One transmission attempt of `b` payload bytes takes `rtt / 2 + (b + header_bytes) * 8 /
-/// bandwidth`. A lost attempt costs `retransmit_timeout_seconds` and is retried, up to
+/// bandwidth`; a delivered message adds `message_overhead_seconds` once, the fixed time its
+/// endpoints spend handing it over (framing and parsing, socket and thread hand-offs, a
+/// proxy hop) that no RTT or bandwidth accounts for. It defaults to 0 (a pure network
+/// link); measure it on a real deployment as the excess of a round trip at RTT 0 over its
+/// compute, halved (two messages per round). A lost attempt costs `retransmit_timeout_seconds` and is retried, up to
 /// `max_retransmits` times; after that the send fails (`delivered = false`). A send that
 /// starts inside an outage window, or that draws an outage with `outage_probability`,
 /// fails after `outage_timeout_seconds`.
@@ -116,6 +120,7 @@ struct link_config {
   double up_bps = 100e6;                   ///< uplink bandwidth, bits/s
   double down_bps = 100e6;                 ///< downlink bandwidth, bits/s
   std::size_t header_bytes = 40;           ///< per-message (per-attempt) overhead bytes
+  double message_overhead_seconds = 0.0;   ///< per delivered message: endpoint handling time, >= 0
   double loss_probability = 0.0;           ///< per-attempt loss probability, [0, 1)
   double retransmit_timeout_seconds = 0.2;  ///< waited per lost attempt before retrying
   std::size_t max_retransmits = 8;         ///< retries after which the send fails
@@ -156,6 +161,7 @@ struct link_config {
     if (channel) channel->validate();
     detail::check_positive("link_config.up_bps", up_bps);
     detail::check_positive("link_config.down_bps", down_bps);
+    detail::check_non_negative("link_config.message_overhead_seconds", message_overhead_seconds);
     detail::check_below("link_config.loss_probability", loss_probability, 0.0, 1.0, "in [0, 1)");
     detail::check_non_negative("link_config.retransmit_timeout_seconds", retransmit_timeout_seconds);
     for (std::size_t i = 0; i < outages.size(); ++i) {
@@ -383,7 +389,7 @@ class simulated_link {
       byte_counter += bytes + config_.header_bytes;
       const bool lost = loss > 0.0 && rng_.bernoulli(loss);
       if (!lost) {
-        r.delay_seconds += rtt / 2.0 + serialisation;
+        r.delay_seconds += rtt / 2.0 + serialisation + config_.message_overhead_seconds;
         now_ += r.delay_seconds;
         return r;
       }

@@ -58,6 +58,58 @@ struct linear_cost {
   }
 };
 
+/// t(rows) of a measured step-time curve given as (rows, seconds) points by increasing
+/// rows: linear between points, the first point's time below it, and proportional to
+/// the rows above the last (the compute-bound limit, the pessimistic side); 0 for no points.
+///
+/// ```cpp
+/// std::vector<std::pair<double, double>> p{{1, 1e-3}, {4, 2e-3}};
+/// double t = specdec::hybrid::step_time_at(p, 2.5);  // 1.5 ms
+/// double u = specdec::hybrid::step_time_at(p, 8);    // 4 ms
+/// ```
+[[nodiscard]] inline double step_time_at(const std::vector<std::pair<double, double>>& points, double rows) {
+  if (points.empty()) return 0.0;
+  if (rows <= points.front().first) return points.front().second;
+  for (std::size_t i = 1; i < points.size(); ++i) {
+    if (rows <= points[i].first) {
+      const double f = (rows - points[i - 1].first) / (points[i].first - points[i - 1].first);
+      return points[i - 1].second + f * (points[i].second - points[i - 1].second);
+    }
+  }
+  return points.back().second * rows / points.back().first;
+}
+
+/// A cost from a server's own measured step-time curve (`specdec-serve`'s `/health`
+/// reports it as `step_time_curve`, `server_health::step_time_curve` reads it): a forward
+/// of `block` tokens costs t(block) (`step_time_at`), whatever the cache holds. Charging
+/// it instead of timing a second in-process copy of the model makes a simulation predict
+/// the server it stands for, with the server's load, not the simulating process's.
+///
+/// ```cpp
+/// specdec::hybrid::step_time_cost c{.points = {{1, 1e-3}, {5, 1.2e-3}, {16, 3e-3}}};
+/// c.validate();
+/// double s = c(5, 100);  // 1.2 ms
+/// ```
+struct step_time_cost {
+  std::vector<std::pair<double, double>> points;  ///< (rows >= 1, seconds >= 0), rows increasing
+
+  [[nodiscard]] double operator()(std::size_t block, std::size_t /*cached*/) const {
+    return step_time_at(points, static_cast<double>(block));
+  }
+  void validate() const {
+    if (points.empty())
+      throw invalid_argument("step_time_cost.points is empty; expected at least one (rows, seconds) point");
+    for (std::size_t i = 0; i < points.size(); ++i) {
+      const std::string at = "step_time_cost.points[" + std::to_string(i) + "]";
+      if (!(points[i].first >= 1.0) || !std::isfinite(points[i].first) ||
+          (i > 0 && !(points[i].first > points[i - 1].first)))
+        throw invalid_argument(at + ".rows = " + std::to_string(points[i].first) +
+                               "; expected finite, >= 1 and above the previous point's rows");
+      detail::check_non_negative(at + ".seconds", points[i].second);
+    }
+  }
+};
+
 namespace detail {
 
 /// Runs `m.forward(tokens)` and returns (logits, real seconds it stands for).
@@ -224,6 +276,11 @@ struct wire_format {
   payload_mode mode = payload_mode::token_ids;
   verify_site site = verify_site::cloud;
   std::size_t top_k = 16;  ///< >= 1 when mode == top_k
+  /// Whether a verify leg first opens a server-side session: one extra round trip, the
+  /// leg's committed prefix up as ids and an 8-byte reply down, before its first verify
+  /// round (`specdec-serve`'s protocol does this per request, wire.hpp's `open_session`).
+  /// False: the cloud holds the context already (the idealised protocol).
+  bool opens_session = false;
 
   [[nodiscard]] std::size_t uplink_bytes(std::size_t block_tokens, std::size_t drafted, std::size_t vocab) const {
     std::size_t b = payload_bytes::token_ids(block_tokens);
@@ -318,6 +375,7 @@ class remote_model {
   void set_mode(remote_mode m) noexcept {
     mode_ = m;
     stream_open_ = false;
+    session_open_ = false;
   }
   [[nodiscard]] const wire_format& wire() const noexcept { return wire_; }
   void set_wire(const wire_format& w) {
@@ -350,6 +408,12 @@ class remote_model {
     const std::size_t cached = cache_length();
     const std::size_t n = tokens.size();
     const std::size_t v = vocab_size();
+    if (wire_.opens_session && !session_open_) {
+      ++round_trips_;
+      if (!link_.send_up(payload_bytes::token_ids(cached + n - k)).delivered) fail("upload of a session open", cached);
+      if (!link_.send_down(payload_bytes::token_ids(2)).delivered) fail("download of a session reply", cached);
+      session_open_ = true;
+    }
     ++round_trips_;
     // Upload first: a block that never arrives is never computed.
     const send_result up = link_.send_up(wire_.uplink_bytes(n, k, v));
@@ -397,6 +461,7 @@ class remote_model {
   cost_function cost_;
   remote_mode mode_ = remote_mode::verify;
   bool stream_open_ = false;
+  bool session_open_ = false;  ///< `wire_format::opens_session`: this leg's session is open
   std::size_t stream_cached_ = 0;
   double cloud_time_ = 0.0;
   std::size_t round_trips_ = 0;

@@ -25,6 +25,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <ctime>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -292,12 +293,18 @@ class link_proxy {
         if (full) p[n++] = pollfd{l.to, POLLOUT, 0};
       }
       if (failed) break;
-      int ms = -1;
+      // Sleep until the next chunk is due to the nanosecond (ppoll, not poll's whole
+      // milliseconds: rounding up would add up to 1 ms to every delayed hop).
+      timespec wait{};
+      const timespec* timeout = nullptr;
       if (due) {
-        const auto left = std::chrono::duration_cast<std::chrono::microseconds>(*due - clock::now()).count();
-        ms = left <= 0 ? 0 : static_cast<int>(std::min<std::int64_t>((left + 999) / 1000, 1 << 30));
+        const auto left = std::max<std::int64_t>(
+            0, std::chrono::duration_cast<std::chrono::nanoseconds>(*due - clock::now()).count());
+        wait.tv_sec = static_cast<time_t>(std::min<std::int64_t>(left / 1'000'000'000, 1 << 30));
+        wait.tv_nsec = static_cast<long>(left % 1'000'000'000);
+        timeout = &wait;
       }
-      if (::poll(p, static_cast<nfds_t>(n), ms) < 0 && errno != EINTR) break;
+      if (::ppoll(p, static_cast<nfds_t>(n), timeout, nullptr) < 0 && errno != EINTR) break;
       // Read what arrived and schedule it.
       for (lane& l : lanes) {
         if (l.eof) continue;
