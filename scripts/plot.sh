@@ -24,25 +24,11 @@ done
 for f in specdec_bench.csv batch_bench.csv; do
   [ -f "$data/$f" ] || { echo "plot.sh: no $data/$f (scripts/figures.sh --record writes it)" >&2; exit 1; }
 done
-if ! command -v gnuplot >/dev/null 2>&1; then
-  echo "plot.sh: installing gnuplot-nox" >&2
-  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
-  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq gnuplot-nox >/dev/null
-fi
-mkdir -p "$out"
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+me=plot.sh
+csv=$data/specdec_bench.csv
+formats=png
+. "$(dirname "$0")/plot_common.sh"
 on=${host:+ (${host//\'/})}
-
-# The 1-based column of header NAME in CSV (empty if absent), so added columns do no harm.
-col() { head -1 "$2" | tr ',' '\n' | grep -nx "$1" | cut -d: -f1; }
-join_plots() { local IFS=','; echo "$*"; }
-render() {  # BASE GNUPLOT-COMMANDS
-  gnuplot -e "set terminal pngcairo size 900,580 font 'Helvetica,11'; set termoption noenhanced; \
-              set output '$out/$1.png'; $2" 2>/dev/null ||
-    gnuplot -e "set terminal png size 900,580; set output '$out/$1.png'; $2"
-  echo "plot.sh: wrote $out/$1.png"
-}
 
 # Speedup vs gamma: one series per (pair, formats, threads).
 csv=$data/specdec_bench.csv

@@ -2,14 +2,13 @@
 # Renders specdec-hybrid-net's CSV to docs/hybrid_net_simulator.svg: per-token p50 latency
 # of each simulated route against the RTT, measured (lines) and simulated (points).
 # Usage: scripts/plot_hybrid_net.sh hybrid_net.csv [output dir, default docs]
-# Needs gnuplot (Debian: gnuplot-nox).
+# Installs Debian's gnuplot-nox if gnuplot is missing (needs root or sudo).
 set -euo pipefail
 csv=${1:?usage: plot_hybrid_net.sh hybrid_net.csv [output dir]}
 out=${2:-$(cd "$(dirname "$0")/.." && pwd)/docs}
-command -v gnuplot >/dev/null || { echo "plot_hybrid_net.sh: gnuplot not found (apt-get install gnuplot-nox)" >&2; exit 1; }
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-col() { head -1 "$csv" | tr ',' '\n' | grep -nx "$1" | cut -d: -f1; }
+me=plot_hybrid_net.sh
+formats=svg
+. "$(dirname "$0")/plot_common.sh"
 c_sec=$(col section); c_route=$(col route); c_rtt=$(col rtt_ms); c_real=$(col per_token_p50_ms); c_sim=$(col sim_per_token_p50_ms)
 plots=()
 i=0
