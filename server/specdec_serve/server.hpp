@@ -115,6 +115,19 @@ class server {
     watchdog_.start(http_port_);
     // bind_to_*port already listens: connections queue until the accept loop runs.
     http_thread_ = std::thread([this] { http_->listen_after_bind(); });
+    // httplib's stop() does nothing until the accept loop has started, so a SIGTERM right
+    // after start() could leave the loop running and stop() joining it forever: start()
+    // returns only once the loop runs.
+    const auto until = clock::now() + std::chrono::seconds(10);
+    while (!http_->is_running() && clock::now() < until) std::this_thread::sleep_for(std::chrono::microseconds(200));
+    if (!http_->is_running()) {
+      http_->stop();
+      if (http_thread_.joinable()) http_thread_.join();
+      listener_.stop();
+      engine_.stop();
+      throw error("specdec-serve: the HTTP accept loop on " + options_.host + ":" + std::to_string(http_port_) +
+                  " did not start within 10 s");
+    }
     running_ = true;
   }
 
