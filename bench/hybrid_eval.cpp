@@ -25,9 +25,22 @@
 // routing_summary.json. With the models loaded it also runs the length-aware scheduler
 // on the test fold with true, predicted and constant lengths.
 //
-//   specdec-hybrid-eval [--out DIR] [--from-log CSV] [--limit N] [--words 6] [--tokens 64]
-//                       [--prefix 4] [--gamma 4] [--lookahead 8] [--bootstrap 2000] [--seed 1]
-//                       [--prompts TSV] [--device PATH] [--cloud PATH] [--tokenizer PATH]
+// Length workloads, where answer lengths vary for a reason: "finish the verse" (a held-out
+// verse's first k words, k random in 1 .. n-1, after the previous verse; the answer is
+// kjv-big's greedy continuation to its first sentence end, predicted from kjv-little's
+// probe, k and kjv-little's own answer length) and "finish the story" (a prefix of a story
+// stories260K sampled itself; the answer is its greedy continuation to the story's end).
+// Each gets a log (kjv_verses_length_log.csv, stories260K_length_log.csv; committed as
+// models/kjv_length_log.csv and models/stories260K_length_log.csv), linear predictors
+// fitted on the calibration fold against the constant on the test fold, and the
+// length-aware scheduler fed true, predicted and constant lengths.
+//
+//   specdec-hybrid-eval [--out DIR] [--from-log CSV [--length-log CSV] [--story-log CSV]]
+//                       [--length-only] [--limit N] [--words 6] [--tokens 48] [--prefix 4]
+//                       [--gamma 4] [--lookahead 8] [--bootstrap 2000] [--seed 1]
+//                       [--length-tokens 64] [--length-stops .?!] [--stories 2400]
+//                       [--story-tokens 300] [--prompts TSV] [--device PATH] [--cloud PATH]
+//                       [--tokenizer PATH]
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -84,6 +97,15 @@ struct eval_options {
   std::size_t lookahead = 8;
   std::size_t bootstrap = 2000;
   std::uint64_t seed = 1;
+  std::string length_log;        // --from-log mode: the length workload's committed log
+  std::size_t length_tokens = 64;  // cap of a "finish the sentence" answer
+  bool length_only = false;        // skip the routing requests
+  std::string length_stops = ".?!";  // characters that end a KJV length-workload answer
+  std::string story_model = SPECDEC_MODELS_DIR "/stories260K.bin";
+  std::string story_tokenizer = SPECDEC_MODELS_DIR "/tok512.bin";
+  std::size_t stories = 2400;        // stories sampled for the stories260K length workload
+  std::size_t story_tokens = 300;    // cap of a sampled story (its continuation gets the rest of the context)
+  std::string story_log;             // --from-log mode: the stories workload's committed log
 };
 
 // ---------------------------------------------------------------------------------------
@@ -239,6 +261,127 @@ std::vector<built_request> build_log(const eval_options& o, transformer& little,
 }
 
 // ---------------------------------------------------------------------------------------
+// Length workload: finish the verse's sentence from a variable number of its words
+
+struct length_request {
+  std::vector<token_id> prompt;
+  hy::logged_length log;
+};
+
+// Application features of the length workload, after the trajectory summaries in `extra`:
+// how many of the verse's words the prompt gives, and the device's own answer length.
+const std::vector<std::string> length_app_features{"words_given", "device_tokens"};
+
+// Every held-out verse with at least 2 words gives one request: the previous verse of its
+// chapter (if the prompt then still leaves room for the answer) plus its first k words, k
+// drawn uniformly from 1 .. n-1 by a hash of (seed, verse); the answer is each model's
+// greedy continuation to its first sentence end ('.', '?', '!'), EOS or --length-tokens.
+// Predicted: the cloud's answer length. Folds by chapter, as for the routing requests.
+std::vector<length_request> build_length_log(const eval_options& o, transformer& little, transformer& big,
+                                             const specdec::cpu::tokenizer& tok,
+                                             const specdec::generation_options& gen,
+                                             const std::vector<token_id>& stops) {
+  const auto verses = read_verses(o.prompts);
+  std::map<std::string, int> chapter_fold;
+  std::vector<length_request> out;
+  const std::size_t context = static_cast<std::size_t>(std::min(little.context_length(), big.context_length()));
+  for (std::size_t vi = 0; vi < verses.size(); ++vi) {
+    const verse& v = verses[vi];
+    if (!chapter_fold.count(v.chapter)) chapter_fold[v.chapter] = static_cast<int>(chapter_fold.size() % 2);
+    const auto w = words_of(v.text);
+    if (w.size() < 2) continue;
+    const std::size_t k = 1 + hy::detail::mix64(o.seed ^ hy::detail::mix64(vi)) % (w.size() - 1);
+    length_request b;
+    b.prompt = tok.encode(join(w, 0, k));
+    if (vi > 0 && verses[vi - 1].chapter == v.chapter) {
+      auto with_previous = tok.encode(verses[vi - 1].text + " " + join(w, 0, k));
+      if (with_previous.size() + gen.max_new_tokens <= context) b.prompt = std::move(with_previous);
+    }
+    if (b.prompt.size() + gen.max_new_tokens > context) continue;
+    hy::logged_length& r = b.log;
+    r.id = out.size();
+    r.fold = chapter_fold[v.chapter];
+    r.group = v.reference;
+    for (char& c : r.group)
+      if (c == ' ') c = '_';
+    r.group += ":" + std::to_string(v.number);
+    const auto rest = tok.encode(" " + join(w, k, w.size()), false);
+    r.reference_tokens = rest.size();
+    for (std::size_t i = 0; i < rest.size(); ++i)
+      if (std::find(stops.begin(), stops.end(), rest[i]) != stops.end()) {
+        r.reference_tokens = i + 1;
+        break;
+      }
+    specdec::autoregressive_decoder cloud_dec(big), device_dec(little);
+    r.target_tokens = cloud_dec.generate(b.prompt, gen).tokens.size();
+    const std::size_t device_tokens = device_dec.generate(b.prompt, gen).tokens.size();
+    r.features = hy::probe_trajectory(little, b.prompt, {.lookahead_tokens = o.lookahead, .stop_tokens = stops}).features;
+    r.features.extra.push_back(static_cast<float>(k));
+    r.features.extra.push_back(static_cast<float>(device_tokens));
+    out.push_back(std::move(b));
+    if (out.size() % 100 == 0) std::cerr << out.size() << " length requests\n";
+    if (o.limit && out.size() >= o.limit) break;
+  }
+  return out;
+}
+
+// Stories260K finishes its own stories: story s is sampled from BOS (temperature 1, seed
+// (--seed, s)) until it ends (stories longer than --story-tokens are skipped); the prompt
+// is BOS plus its first k tokens, k drawn uniformly from 1 .. length-2; the answer is the
+// model's greedy continuation to the story's end (capped at --story-tokens). Folds by
+// story parity.
+// The model is its own device: the rollout would be the answer, so it is no feature.
+const std::vector<std::string> story_app_features{"sentences_given"};
+
+// llama2.c's TinyStories models end a story by emitting BOS (the next story's start).
+// A continuation is capped where the longest prompt (BOS + --story-tokens - 1) meets the
+// context's end, so every prompt has the same cap.
+specdec::generation_options story_generation(const eval_options& o, std::size_t context) {
+  if (o.story_tokens + 16 > context)
+    throw specdec::invalid_argument("--story-tokens " + std::to_string(o.story_tokens) + " leaves no room in the " +
+                                    std::to_string(context) + "-token context; expected at most " +
+                                    std::to_string(context - 16));
+  return {.max_new_tokens = context - o.story_tokens, .stop_sequences = {{specdec::bos_token}}};
+}
+
+std::vector<length_request> build_story_log(const eval_options& o, transformer& model,
+                                            const specdec::cpu::tokenizer& tok) {
+  std::vector<length_request> out;
+  const specdec::generation_options sample{.max_new_tokens = o.story_tokens,
+                                           .stop_sequences = {{specdec::bos_token}}};
+  const specdec::generation_options gen = story_generation(o, model.context_length());
+  std::vector<token_id> sentence_ends;
+  for (std::size_t id = 3; id < model.vocab_size(); ++id)
+    if (tok.decode_piece(-1, static_cast<token_id>(id)).find_first_of(".?!") != std::string::npos)
+      sentence_ends.push_back(static_cast<token_id>(id));
+  for (std::size_t s = 0; s < o.stories; ++s) {
+    const std::vector<token_id> bos{specdec::bos_token};
+    specdec::autoregressive_decoder sampler(model, {.temperature = 1.0f}, hy::detail::mix64(o.seed) ^ s);
+    const auto story = sampler.generate(bos, sample);
+    if (story.stop_reason != specdec::stop_reason::stop_sequence || story.tokens.size() < 3) continue;
+    const std::size_t k = 1 + hy::detail::mix64(o.seed ^ hy::detail::mix64(s + 0x5707)) % (story.tokens.size() - 2);
+    length_request b;
+    b.prompt = bos;
+    b.prompt.insert(b.prompt.end(), story.tokens.begin(), story.tokens.begin() + static_cast<std::ptrdiff_t>(k));
+    hy::logged_length& r = b.log;
+    r.id = out.size();
+    r.fold = static_cast<int>(s % 2);
+    r.group = "story_" + std::to_string(s);
+    r.reference_tokens = story.tokens.size() - k;
+    specdec::autoregressive_decoder greedy(model);
+    r.target_tokens = greedy.generate(b.prompt, gen).tokens.size();
+    r.features = hy::probe_trajectory(model, b.prompt, {.lookahead_tokens = o.lookahead, .stop_tokens = {specdec::bos_token}}).features;
+    std::size_t sentences = 0;
+    for (std::size_t i = 1; i < b.prompt.size(); ++i)
+      sentences += std::find(sentence_ends.begin(), sentence_ends.end(), b.prompt[i]) != sentence_ends.end();
+    r.features.extra.push_back(static_cast<float>(sentences));
+    out.push_back(std::move(b));
+    if (out.size() % 100 == 0) std::cerr << out.size() << " story requests\n";
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------
 // Analysis
 
 std::vector<hy::request_features> features_of(const std::vector<hy::logged_request>& v) {
@@ -257,7 +400,7 @@ std::vector<hy::routing_outcome> outcomes_of(const std::vector<hy::logged_reques
 
 // The confidence arbiter calibrated on the draft's mean max-probability instead of entropy.
 struct max_prob_arbiter {
-  hy::confidence_arbiter inner{};
+  hy::confidence_arbiter inner{.read_lookahead = false};
   hy::route decide(const hy::request_features& f, const hy::link_estimate& l, const hy::budget& b) const {
     return inner.decide(f, l, b);
   }
@@ -472,7 +615,7 @@ json analyse(const eval_options& o, const std::vector<hy::logged_request>& log, 
     rscore.push_back(hy::detail::uniform_of(f, o.seed));
   }
   run("random", hy::random_arbiter{.seed = o.seed}, calp, rscore);
-  run("confidence", hy::confidence_arbiter{}, calp, escore);
+  run("confidence_prompt", hy::confidence_arbiter{.read_lookahead = false}, calp, escore);
   run("confidence_max_prob", max_prob_arbiter{}, calp, mscore);
   run("confidence_lookahead", hy::confidence_arbiter{.read_lookahead = true}, calp, tscore);
   run("logistic", logistic, calp, lscore);
@@ -557,7 +700,7 @@ json analyse(const eval_options& o, const std::vector<hy::logged_request>& log, 
     hy::budget b30p = t.price;
     b30p.max_cloud_fraction = 0.3;
     row("latency", lambda, 0.3, latency_for(t, lambda).calibrated(calp, t.link, b30p));
-    row("confidence", 0.0, 0.3, hy::confidence_arbiter{}.calibrated(calp, t.link, b30));
+    row("confidence_lookahead", 0.0, 0.3, hy::confidence_arbiter{.read_lookahead = true}.calibrated(calp, t.link, b30));
     row("logistic", 0.0, 0.3, logistic.calibrated(calp, t.link, b30));
     row("random", 0.0, 0.3, hy::random_arbiter{.seed = o.seed}.calibrated(calp, t.link, b30));
     row("device_only", 0.0, 0.0, hy::random_arbiter{.cloud_fraction = 0.0});
@@ -568,42 +711,138 @@ json analyse(const eval_options& o, const std::vector<hy::logged_request>& log, 
   return J;
 }
 
-// Length-aware scheduling of the test fold on the cloud model, static batches of 16.
-json schedule(const eval_options& o, const std::vector<built_request>& reqs, const std::vector<double>& predicted,
-              const std::vector<double>& constant, const specdec::generation_options& gen) {
-  std::vector<const built_request*> test;
-  for (const auto& r : reqs)
-    if (r.log.fold == 1) test.push_back(&r);
-  specdec::cpu::batched_transformer engine_model(o.cloud);
+// Length-aware scheduling of test prompts on the cloud model, static batches of 16: FIFO
+// against the length-aware scheduler fed each named vector of lengths (`lengths[0]` is
+// also FIFO's; it ignores them). Step counts are deterministic.
+using named_lengths = std::vector<std::pair<std::string, std::vector<double>>>;
+
+json schedule(const std::string& model, const std::vector<std::vector<token_id>>& prompts,
+              const specdec::generation_options& gen, const named_lengths& lengths) {
+  specdec::cpu::batched_transformer engine_model(model);
   specdec::batched_autoregressive_decoder engine(engine_model);
-  auto make = [&](auto length_of) {
+  auto make = [&](const std::vector<double>& length) {
     std::vector<specdec::scheduled_request> v;
-    for (std::size_t i = 0; i < test.size(); ++i) {
+    for (std::size_t i = 0; i < prompts.size(); ++i) {
       specdec::scheduled_request s;
-      s.request = {.prompt = test[i]->prompt, .options = gen, .id = i};
-      s.predicted_length = length_of(i);
+      s.request = {.prompt = prompts[i], .options = gen, .id = i};
+      s.predicted_length = length[i];
       v.push_back(std::move(s));
     }
     return v;
   };
+  // The memory budget is unlimited, so an under-predicted sequence keeps running: only the
+  // grouping of similar lengths into batches is measured, not requeueing costs.
   const specdec::scheduler_options so{.mode = specdec::batching_mode::static_batching, .max_batch = 16,
-                                      .memory_budget_bytes = 1e12, .kv_bytes_per_token = 1.0};
-  const auto fifo = specdec::simulate(engine, specdec::fifo_scheduler{}, make([&](std::size_t i) { return constant[i]; }), so);
+                                      .memory_budget_bytes = 1e12, .kv_bytes_per_token = 1.0,
+                                      .on_under_prediction = specdec::under_prediction_policy::continue_running};
+  const auto fifo = specdec::simulate(engine, specdec::fifo_scheduler{}, make(lengths.front().second), so);
   json J;
   J["fifo"] = {{"steps", fifo.steps}, {"tokens_per_step", fifo.tokens_per_step}, {"wasted_slot_steps", fifo.wasted_slot_steps}};
-  const std::pair<const char*, std::function<double(std::size_t)>> kinds[] = {
-      {"true_lengths", [&](std::size_t i) { return static_cast<double>(test[i]->log.cloud_tokens); }},
-      {"predicted_lengths", [&](std::size_t i) { return predicted[i]; }},
-      {"device_rollout_lengths", [&](std::size_t i) { return static_cast<double>(test[i]->log.device_tokens); }},
-      {"constant_lengths", [&](std::size_t i) { return constant[i]; }}};
-  for (const auto& [name, f] : kinds) {
-    const auto la = specdec::simulate(engine, specdec::length_aware_scheduler{}, make(f), so);
+  for (const auto& [name, length] : lengths) {
+    const auto la = specdec::simulate(engine, specdec::length_aware_scheduler{}, make(length), so);
     J[name] = {{"steps", la.steps},
                {"tokens_per_step", la.tokens_per_step},
                {"wasted_slot_steps", la.wasted_slot_steps},
                {"gain_over_fifo", la.tokens_per_step / fifo.tokens_per_step}};
   }
   return J;
+}
+
+// The length workload: predictors fitted on the calibration fold, errors on the test fold
+// against the constant (the calibration mean) with a bootstrap interval of the MAE ratio.
+// `test_lengths` receives the test fold's true and predicted lengths for the scheduler.
+json analyse_length(const eval_options& o, const hy::length_log& log, const std::string& target, std::size_t cap,
+                    named_lengths* test_lengths) {
+  auto [cal, test] = hy::split_folds(log.requests);
+  // Feature sets: each keeps the probe's summaries and some application features.
+  auto only = [](std::vector<hy::logged_length> v, std::vector<std::size_t> keep) {
+    std::vector<hy::request_features> f;
+    for (auto& r : v) {
+      std::vector<float> e(r.features.extra.begin(), r.features.extra.begin() + hy::trajectory_feature::count);
+      for (std::size_t k : keep) e.push_back(r.features.extra[k]);
+      r.features.extra = std::move(e);
+      f.push_back(std::move(r.features));
+    }
+    return f;
+  };
+  std::vector<double> cal_len, test_len;
+  for (const auto& r : cal) cal_len.push_back(static_cast<double>(r.target_tokens));
+  for (const auto& r : test) test_len.push_back(static_cast<double>(r.target_tokens));
+  const auto constant = hy::constant_length_predictor::fit(cal_len);
+  const std::vector<double> pc(test.size(), constant.length);
+  const auto ec = hy::prediction_error::of(pc, test_len);
+  json J;
+  J["target"] = target;
+  J["requests"] = log.requests.size();
+  J["calibration_requests"] = cal.size();
+  J["test_requests"] = test.size();
+  J["test_mean"] = std::accumulate(test_len.begin(), test_len.end(), 0.0) / double(test_len.size());
+  std::size_t capped = 0;
+  for (double l : test_len) capped += l >= double(cap);
+  J["test_capped_share"] = double(capped) / double(test_len.size());
+  J["predictors"]["constant"] = {{"mae", ec.mean_absolute_error}, {"within_20_percent", ec.within_20_percent},
+                                 {"mae_over_constant", 1.0}};
+  if (test_lengths) {
+    test_lengths->clear();
+    test_lengths->emplace_back("constant_lengths", pc);
+    test_lengths->emplace_back("true_lengths", test_len);
+  }
+  // Linear predictors on: the probe alone; each application feature alone (no probe);
+  // the probe and every application feature.
+  struct feature_set {
+    std::string name;
+    std::vector<std::size_t> keep;  // application features kept, as indices into `extra`
+    bool probe = true;
+  };
+  std::vector<feature_set> sets{{"linear_probe", {}}};
+  std::vector<std::size_t> all;
+  for (std::size_t j = 0; j < log.app_features.size(); ++j) {
+    all.push_back(hy::trajectory_feature::count + j);
+    sets.push_back({"linear_" + log.app_features[j] + "_only", {all.back()}, false});
+  }
+  if (!all.empty()) sets.push_back({"linear_probe_and_all", all});
+  for (const auto& [name, keep, probe] : sets) {
+    auto cal_f = only(cal, keep), test_f = only(test, keep);
+    if (!probe)  // the application features alone
+      for (auto* v : {&cal_f, &test_f})
+        for (auto& f : *v) f = {.extra = std::vector<float>(f.extra.end() - static_cast<std::ptrdiff_t>(keep.size()), f.extra.end())};
+    const auto p = hy::linear_length_predictor::fit(cal_f, cal_len, 1.0);
+    std::vector<double> pred;
+    for (const auto& f : test_f) pred.push_back(p.predict(f));
+    const auto e = hy::prediction_error::of(pred, test_len);
+    const auto ratio = hy::bootstrap(
+        test.size(),
+        [&](std::span<const std::size_t> ix) {
+          double a = 0, b = 0;
+          for (std::size_t i : ix) a += std::abs(pred[i] - test_len[i]), b += std::abs(pc[i] - test_len[i]);
+          return a / b;
+        },
+        o.bootstrap, 0.90, o.seed);
+    J["predictors"][name] = {{"mae", e.mean_absolute_error},
+                             {"within_20_percent", e.within_20_percent},
+                             {"mae_over_constant", ratio.estimate},
+                             {"mae_over_constant_90ci", {ratio.lower, ratio.upper}}};
+    if (test_lengths) test_lengths->emplace_back(name + "_lengths", pred);
+  }
+  return J;
+}
+
+// The routing section of the console summary.
+void print_routing(const json& J, std::size_t requests) {
+  const json& A = J["analysis"];
+  std::printf("%zu requests (%zu test); device good enough on %.0f%% of the test fold\n", requests,
+              A["test_requests"].get<std::size_t>(), 100.0 * A["device_ok_share"]["test"].get<double>());
+  std::printf("%-20s %7s %16s %7s %7s %7s\n", "arbiter", "APGR", "-0.5 (90% CI)", "CPT50", "CPT80", "AUC");
+  for (const auto& [name, r] : A["arbiters"].items())
+    std::printf("%-20s %7.3f %+6.3f [%+.3f,%+.3f] %7.3f %7.3f %7s\n", name.c_str(), r["apgr"].get<double>(),
+                r["apgr_minus_random"].get<double>(), r["apgr_minus_random_90ci"][0].get<double>(),
+                r["apgr_minus_random_90ci"][1].get<double>(), r["cpt50"].get<double>(), r["cpt80"].get<double>(),
+                r["auc"].is_null() ? "-" : std::to_string(r["auc"].get<double>()).substr(0, 5).c_str());
+  std::printf("length MAE: constant %.2f, linear probe %.2f, device rollout %.2f tokens\n",
+              A["length"]["constant"]["mae"].get<double>(), A["length"]["linear_probe"]["mae"].get<double>(),
+              A["length"]["device_rollout"]["mae"].get<double>());
+  std::printf("difficulty AUC: %s\n", A["difficulty_auc"].dump().c_str());
+  if (J.contains("scheduler")) std::printf("scheduler: %s\n", J["scheduler"].dump().c_str());
 }
 
 }  // namespace
@@ -619,6 +858,13 @@ int main(int argc, char** argv) try {
                 "tier latencies (docs/hybrid_routing.md).");
   p.add("--out", "DIR", "where the CSV/JSON results go", store(o.out))
       .add("--from-log", "CSV", "analyse a committed routing log instead of running the models", store(o.from_log))
+      .add("--length-log", "CSV", "with --from-log: also analyse a committed length-workload log", store(o.length_log))
+      .add("--length-tokens", "N", "cap of a length-workload answer (64)", store(o.length_tokens, count))
+      .add("--length-stops", "CHARS", "characters ending a KJV length-workload answer (.?!)", store(o.length_stops))
+      .add("--story-log", "CSV", "with --from-log: also analyse a committed stories260K length log", store(o.story_log))
+      .add("--stories", "N", "stories sampled for the stories260K length workload (2400)", store(o.stories, count))
+      .add("--story-tokens", "N", "cap of a sampled story; a continuation gets the rest of the context (300)", store(o.story_tokens, count))
+      .flag("--length-only", "run (or, with --from-log, analyse) only the length workload", o.length_only)
       .add("--limit", "N", "use at most N verses (0 = all)", store(o.limit, cli::between<std::size_t>(0, 1 << 20)))
       .add("--words", "N", "prompt words per verse (6)", store(o.words, count))
       .add("--tokens", "N", "tokens per answer (48)", store(o.tokens, count))
@@ -646,45 +892,105 @@ int main(int argc, char** argv) try {
   std::vector<built_request> built;
   std::unique_ptr<transformer> little, big;
   specdec::generation_options gen{.max_new_tokens = o.tokens};
+  // The length workloads: the KJV verses (kjv-big's answer, kjv-little's probe) and
+  // stories260K's own stories.
+  struct length_workload {
+    std::string name, target, model;
+    std::size_t cap = 0;
+    specdec::generation_options gen;
+    hy::length_log log;
+    std::vector<length_request> built;
+  };
+  transformer story_model(o.story_model);  // 1 MB; its context sets the continuations' cap
+  const auto story_gen = story_generation(o, story_model.context_length());
+  std::vector<length_workload> workloads{
+      {"kjv_verses", "kjv-big's greedy answer to its first sentence end", o.cloud, o.length_tokens,
+       {.max_new_tokens = o.length_tokens}, {}, {}},
+      {"stories260K", "stories260K's greedy continuation to the story's end", o.story_model,
+       story_gen.max_new_tokens, story_gen, {}, {}}};
   if (o.from_log.empty()) {
     little = std::make_unique<transformer>(o.device);
     big = std::make_unique<transformer>(o.cloud);
     const specdec::cpu::tokenizer tok(o.tokenizer, little->vocab_size());
-    std::vector<token_id> stops{specdec::eos_token};
-    for (std::size_t id = 3; id < little->vocab_size(); ++id)
-      if (tok.decode_piece(-1, static_cast<token_id>(id)).find_first_of(".?!:;") != std::string::npos) {
-        gen.stop_sequences.push_back({static_cast<token_id>(id)});
-        stops.push_back(static_cast<token_id>(id));
-      }
-    built = build_log(o, *little, *big, tok, gen, stops);
-    for (const auto& b : built) log.push_back(b.log);
-    std::ofstream f(std::filesystem::path(o.out) / "routing_log.csv");
-    hy::write_routing_log(f, log);
-    J["log"] = "generated";
+    // EOS and every token holding one of `ends` stop a generation.
+    auto stop_at = [&](const char* ends, specdec::generation_options& g) {
+      std::vector<token_id> stops{specdec::eos_token};
+      for (std::size_t id = 3; id < little->vocab_size(); ++id)
+        if (tok.decode_piece(-1, static_cast<token_id>(id)).find_first_of(ends) != std::string::npos) {
+          g.stop_sequences.push_back({static_cast<token_id>(id)});
+          stops.push_back(static_cast<token_id>(id));
+        }
+      return stops;
+    };
+    if (!o.length_only) {
+      const auto stops = stop_at(".?!:;", gen);
+      built = build_log(o, *little, *big, tok, gen, stops);
+      for (const auto& b : built) log.push_back(b.log);
+      std::ofstream f(std::filesystem::path(o.out) / "routing_log.csv");
+      hy::write_routing_log(f, log);
+      J["log"] = "generated";
+    }
+    auto& kjv = workloads[0];
+    kjv.built = build_length_log(o, *little, *big, tok, kjv.gen, stop_at(o.length_stops.c_str(), kjv.gen));
+    kjv.log.app_features = length_app_features;
+    auto& st = workloads[1];
+    st.built = build_story_log(o, story_model, specdec::cpu::tokenizer(o.story_tokenizer, story_model.vocab_size()));
+    st.log.app_features = story_app_features;
+    for (auto& w : workloads) {
+      for (const auto& b : w.built) w.log.requests.push_back(b.log);
+      std::ofstream lf(std::filesystem::path(o.out) / (w.name + "_length_log.csv"));
+      hy::write_length_log(lf, w.log);
+    }
   } else {
-    log = hy::read_routing_log(o.from_log);
-    J["log"] = o.from_log;
+    if (!o.length_only) {
+      log = hy::read_routing_log(o.from_log);
+      J["log"] = o.from_log;
+    }
+    if (!o.length_log.empty()) workloads[0].log = hy::read_length_log(o.length_log);
+    if (!o.story_log.empty()) workloads[1].log = hy::read_length_log(o.story_log);
   }
   std::vector<double> predicted, constant;
-  J["analysis"] = analyse(o, log, &predicted, &constant);
-  if (!built.empty()) J["scheduler"] = schedule(o, built, predicted, constant, gen);
+  if (!log.empty()) J["analysis"] = analyse(o, log, &predicted, &constant);
+  if (!built.empty()) {
+    std::vector<std::vector<token_id>> prompts;
+    std::vector<double> truth, rollout;
+    for (const auto& b : built)
+      if (b.log.fold == 1) {
+        prompts.push_back(b.prompt);
+        truth.push_back(static_cast<double>(b.log.cloud_tokens));
+        rollout.push_back(static_cast<double>(b.log.device_tokens));
+      }
+    J["scheduler"] = schedule(o.cloud, prompts, gen,
+                              {{"constant_lengths", constant},
+                               {"true_lengths", truth},
+                               {"predicted_lengths", predicted},
+                               {"device_rollout_lengths", rollout}});
+  }
+  for (const auto& w : workloads) {
+    if (w.log.requests.empty()) continue;
+    named_lengths test_lengths;
+    json L = analyse_length(o, w.log, w.target, w.cap, &test_lengths);
+    if (!w.built.empty()) {
+      std::vector<std::vector<token_id>> prompts;
+      for (const auto& b : w.built)
+        if (b.log.fold == 1) prompts.push_back(b.prompt);
+      L["scheduler"] = schedule(w.model, prompts, w.gen, test_lengths);
+    }
+    J["length_workloads"][w.name] = std::move(L);
+  }
   J["wall_seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();
   write_text(std::filesystem::path(o.out) / "routing_summary.json", J.dump(2) + "\n");
 
-  const json& A = J["analysis"];
-  std::printf("%zu requests (%zu test); device good enough on %.0f%% of the test fold\n", log.size(),
-              A["test_requests"].get<std::size_t>(), 100.0 * A["device_ok_share"]["test"].get<double>());
-  std::printf("%-20s %7s %16s %7s %7s %7s\n", "arbiter", "APGR", "-0.5 (90% CI)", "CPT50", "CPT80", "AUC");
-  for (const auto& [name, r] : A["arbiters"].items())
-    std::printf("%-20s %7.3f %+6.3f [%+.3f,%+.3f] %7.3f %7.3f %7s\n", name.c_str(), r["apgr"].get<double>(),
-                r["apgr_minus_random"].get<double>(), r["apgr_minus_random_90ci"][0].get<double>(),
-                r["apgr_minus_random_90ci"][1].get<double>(), r["cpt50"].get<double>(), r["cpt80"].get<double>(),
-                r["auc"].is_null() ? "-" : std::to_string(r["auc"].get<double>()).substr(0, 5).c_str());
-  std::printf("length MAE: constant %.2f, linear probe %.2f, device rollout %.2f tokens\n",
-              A["length"]["constant"]["mae"].get<double>(), A["length"]["linear_probe"]["mae"].get<double>(),
-              A["length"]["device_rollout"]["mae"].get<double>());
-  std::printf("difficulty AUC: %s\n", A["difficulty_auc"].dump().c_str());
-  if (J.contains("scheduler")) std::printf("scheduler: %s\n", J["scheduler"].dump().c_str());
+  if (J.contains("analysis")) print_routing(J, log.size());
+  const json workload_summaries = J.value("length_workloads", json::object());
+  for (const auto& [wname, L] : workload_summaries.items()) {
+    std::printf("length workload %s (%zu test requests, mean %.1f tokens):\n", wname.c_str(),
+                L["test_requests"].get<std::size_t>(), L["test_mean"].get<double>());
+    for (const auto& [name, e] : L["predictors"].items())
+      std::printf("  %-28s MAE %6.2f  x constant %.2f  within 20%% %.0f%%\n", name.c_str(), e["mae"].get<double>(),
+                  e["mae_over_constant"].get<double>(), 100.0 * e["within_20_percent"].get<double>());
+    if (L.contains("scheduler")) std::printf("  scheduler: %s\n", L["scheduler"].dump().c_str());
+  }
   std::printf("wrote %s/routing_{log,curves,latency,tradeoff}.csv and routing_summary.json (%.1f s)\n", o.out.c_str(),
               J["wall_seconds"].get<double>());
   return 0;

@@ -15,7 +15,7 @@ csv=$dir/routing_curves.csv
 c_arb=$(col arbiter); c_frac=$(col cloud_fraction); c_pgr=$(col pgr)
 plots=("x with lines dt 2 lc rgb 'gray' title 'random (expected)'")
 i=0
-for a in confidence confidence_lookahead logistic latency random oracle_label oracle_quality; do
+for a in confidence_prompt confidence_lookahead logistic latency random oracle_label oracle_quality; do
   i=$((i + 1))
   awk -F, -v A="$c_arb" -v f="$c_frac" -v p="$c_pgr" -v key="$a" 'NR > 1 && $A == key { print $f, $p }' "$csv" \
     | sort -n >"$tmp/p_$i.dat"
