@@ -730,11 +730,10 @@ json schedule(const std::string& model, const std::vector<std::vector<token_id>>
     }
     return v;
   };
-  // The memory budget is unlimited, so an under-predicted sequence keeps running: only the
-  // grouping of similar lengths into batches is measured, not requeueing costs.
+  // Unlimited memory; an under-predicted sequence is preempted and requeued with a larger
+  // prediction (the scheduler's default policy), under FIFO too.
   const specdec::scheduler_options so{.mode = specdec::batching_mode::static_batching, .max_batch = 16,
-                                      .memory_budget_bytes = 1e12, .kv_bytes_per_token = 1.0,
-                                      .on_under_prediction = specdec::under_prediction_policy::continue_running};
+                                      .memory_budget_bytes = 1e12, .kv_bytes_per_token = 1.0};
   const auto fifo = specdec::simulate(engine, specdec::fifo_scheduler{}, make(lengths.front().second), so);
   json J;
   J["fifo"] = {{"steps", fifo.steps}, {"tokens_per_step", fifo.tokens_per_step}, {"wasted_slot_steps", fifo.wasted_slot_steps}};

@@ -34,16 +34,18 @@ int main(int argc, char** argv) try {
   // 2. The network: a preset with its RTT, bandwidths, jitter and loss; seeded.
   hy::simulated_link link(hy::link_config::preset(preset), /*seed=*/1);
 
-  // 3. The arbiter: answer on the device when the small model is confident about the
-  //    prompt (mean entropy below 3.5 nats); otherwise draft on the device and let the
-  //    cloud verify (exact: the text is the cloud's). Every 8 device tokens the arbiter
-  //    looks again and hands an unconfident generation to the cloud.
+  // 3. The arbiter: answer on the device when the small model is confident about its own
+  //    first tokens (mean entropy below 3.5 nats over its 8-token look-ahead, which the
+  //    session probes because the rule `reads_lookahead`); otherwise draft on the device
+  //    and let the cloud verify (exact: the text is the cloud's). Every 8 device tokens the
+  //    arbiter looks again and hands an unconfident generation to the cloud.
   struct confident_or_speculate {
     hy::confidence_arbiter rule{.min_max_prob = 0.0f, .max_entropy = 3.5f};
     hy::route decide(const hy::request_features& f, const hy::link_estimate& l, const hy::budget& b) const {
       return rule.decide(f, l, b).uses_cloud() ? hy::route::speculative(4) : hy::route::on_device();
     }
     hy::route on_segment(const hy::segment_state& s) const { return rule.on_segment(s); }
+    bool reads_lookahead() const { return rule.reads_lookahead(); }
     void validate() const { rule.validate(); }
   };
 

@@ -129,7 +129,8 @@ struct maker<oracle_arbiter> {
 };
 template <>
 struct maker<confidence_arbiter> {
-  static confidence_arbiter make() { return {}; }
+  // The synthetic world's features summarise the prompt only (no look-ahead).
+  static confidence_arbiter make() { return {.read_lookahead = false}; }
 };
 template <>
 struct maker<latency_arbiter> {
@@ -396,7 +397,7 @@ TEST(link_estimate, of_a_gilbert_elliott_link_mixes_the_states) {
 
 TEST(confidence_arbiter, routes_on_confidence_prefix_and_segments) {
   confidence_arbiter a{.min_max_prob = 0.4f, .max_entropy = 2.0f, .max_first_token_entropy = 3.0f,
-                       .prefix_tokens = 16};
+                       .prefix_tokens = 16, .read_lookahead = false};
   a.validate();
   request_features f{.draft_mean_entropy = 1.0f, .draft_max_prob_mean = 0.7f, .draft_first_token_entropy = 1.0f};
   EXPECT_EQ(a.decide(f, lte_link, {}), route::on_device());
@@ -420,10 +421,30 @@ TEST(confidence_arbiter, routes_on_confidence_prefix_and_segments) {
   EXPECT_EQ(a.on_segment(s), route::in_cloud());  // once remote, stays remote
 }
 
+TEST(confidence_arbiter, reads_the_lookahead_by_default_and_says_so) {
+  const confidence_arbiter a{.min_max_prob = 0.4f, .max_entropy = 2.0f};
+  EXPECT_TRUE(reads_lookahead(a));
+  EXPECT_TRUE(reads_lookahead(budget_guard{a}));
+  EXPECT_FALSE(reads_lookahead(confidence_arbiter{.read_lookahead = false}));
+  EXPECT_FALSE(reads_lookahead(random_arbiter{}));
+  // Confident over the prompt, unconfident on its own first tokens: the default goes remote.
+  request_features f{.draft_mean_entropy = 0.5f, .draft_max_prob_mean = 0.9f};
+  f.extra.assign(trajectory_feature::count, 0.0f);
+  f.extra[trajectory_feature::mean_entropy] = 3.0f;
+  f.extra[trajectory_feature::min_max_prob] = 0.9f;
+  EXPECT_EQ(a.decide(f, lte_link, {}), route::in_cloud());
+  EXPECT_EQ((confidence_arbiter{.min_max_prob = 0.4f, .max_entropy = 2.0f, .read_lookahead = false}.decide(f, lte_link, {})),
+            route::on_device());
+  f.extra[trajectory_feature::mean_entropy] = 1.0f;
+  EXPECT_EQ(a.decide(f, lte_link, {}), route::on_device());
+  f.extra.clear();  // a probe_request probe: the default cannot read it and says why
+  expect_invalid([&] { (void)a.decide(f, lte_link, {}); }, "probe_trajectory");
+}
+
 TEST(confidence_arbiter, calibration_on_max_prob) {
   const auto& w = the_world();
   const budget b{.max_cloud_fraction = 0.2};
-  const auto a = confidence_arbiter{}.calibrated_on_max_prob(w.calibration, b);
+  const auto a = confidence_arbiter{.read_lookahead = false}.calibrated_on_max_prob(w.calibration, b);
   a.validate();
   EXPECT_LE(cloud_share(a, w.calibration, b), 0.2);
   EXPECT_NEAR(cloud_share(a, w.held_out, b), 0.2, 4 * std::sqrt(0.16 * 2.0 / sample_size));

@@ -197,6 +197,33 @@ TEST(HybridSession, EveryRoutePaysTheProbeExactlyOnce) {
   }
 }
 
+TEST(HybridSession, ALookaheadArbiterGetsTheTrajectoryProbePaidOnce) {
+  // The default confidence_arbiter reads the device's first tokens: the session runs
+  // probe_trajectory for it. A greedy device route replays the probe's forwards uncharged;
+  // the cloud route pays them on top of its unprobed cost: the prompt's forward plus one
+  // single-token forward per look-ahead token but the last.
+  const std::vector<token_id> prompt{1, 4, 5};
+  const confidence_arbiter always_device{.min_max_prob = 0.0f, .max_entropy = std::numeric_limits<float>::infinity()};
+  const confidence_arbiter always_cloud{.min_max_prob = 2.0f};
+  for (const auto& [arb, r] : {std::pair{always_device, route::on_device()}, std::pair{always_cloud, route::in_cloud()}}) {
+    auto device = draft_model(0.5f), cloud = target_model();
+    simulated_link l1(link_config::wan(), 9), l2(link_config::wan(), 9);
+    auto unprobed = fixed_costs();
+    unprobed.charge_probe = false;
+    session s1(device, cloud, arb, l1, fixed_costs());
+    session s2(device, cloud, fixed_arbiter{r}, l2, unprobed);
+    const auto a = s1.run(prompt, no_eos(10)), b = s2.run(prompt, no_eos(10));
+    ASSERT_EQ(a.planned, r);
+    EXPECT_EQ(a.tokens, b.tokens);
+    ASSERT_EQ(a.features.extra.size(), trajectory_feature::count);
+    const float stopped = a.features.extra[trajectory_feature::stopped_at];
+    const std::size_t lookahead = stopped > 0.0f ? static_cast<std::size_t>(stopped) : trajectory_options{}.lookahead_tokens;
+    const double probe = r == route::on_device() ? 0.0 : 1.3e-3 + static_cast<double>(lookahead - 1) * 1.1e-3;
+    EXPECT_NEAR(a.latency_seconds - b.latency_seconds, probe, kTol) << to_string(r.kind);
+    EXPECT_NEAR(a.device_seconds - b.device_seconds, probe, kTol) << to_string(r.kind);
+  }
+}
+
 TEST(TimedModel, PrepaidReplayIsFreeOnceAndInOrder) {
   auto m = draft_model();
   simulated_link clock(link_config::lan(), 1);
@@ -568,7 +595,9 @@ template <>
 oracle_arbiter make_arbiter() { return oracle_arbiter::from_labels({1, 0, 1, 0, 0, 1, 1, 0, 1, 0}); }
 template <>
 confidence_arbiter make_arbiter() {
-  return {.min_max_prob = 0.0f, .max_entropy = 1.2f, .max_first_token_entropy = 0.9f, .prefix_tokens = 3};
+  // Thresholds for the prompt probe of these test models.
+  return {.min_max_prob = 0.0f, .max_entropy = 1.2f, .max_first_token_entropy = 0.9f, .prefix_tokens = 3,
+          .read_lookahead = false};
 }
 template <>
 latency_arbiter make_arbiter() {

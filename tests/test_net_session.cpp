@@ -350,7 +350,9 @@ std::vector<erased_arbiter> arbiters() {
   out.push_back(erase("fixed cloud_prefix", hybrid::fixed_arbiter{route::cloud_prefix(3)}));
   out.push_back(erase("random", hybrid::random_arbiter{.cloud_fraction = 0.7, .seed = 5}));
   out.push_back(erase("oracle", hybrid::oracle_arbiter::from_labels(std::vector<int>(64, 0))));
-  out.push_back(erase("confidence", hybrid::confidence_arbiter{.min_max_prob = 2.0f, .prefix_tokens = 3}));
+  // (erased: the session cannot see that it reads the look-ahead, so it reads the prompt)
+  out.push_back(erase("confidence", hybrid::confidence_arbiter{.min_max_prob = 2.0f, .prefix_tokens = 3,
+                                                                .read_lookahead = false}));
   hybrid::logistic_arbiter logistic{.threshold = 2.0};  // P(device ok) < 2: always cloud
   logistic.train(std::vector<hybrid::request_features>{{.prompt_tokens = 4}, {.prompt_tokens = 40}}, {0, 1}, 20);
   out.push_back(erase("logistic", logistic));

@@ -256,7 +256,8 @@ TEST(uplink_gate, local_only_requests_send_zero_bytes_under_every_route_and_arbi
   std::mt19937_64 rng(17);
   // Arbiters of the library plus an adversarial one that returns any route at random.
   const specdec::hybrid::random_arbiter coin{.cloud_fraction = 0.7, .seed = 3};
-  const specdec::hybrid::confidence_arbiter nervous{.min_max_prob = 2.0f, .prefix_tokens = 8};  // never confident
+  const specdec::hybrid::confidence_arbiter nervous{.min_max_prob = 2.0f, .prefix_tokens = 8,
+                                                    .read_lookahead = false};  // never confident (prompt features)
   const specdec::hybrid::latency_arbiter latency{.costs = {.t_device_per_token = 1.0, .t_cloud_per_token = 0.001}};
   const route fixed[] = {route::on_device(), route::in_cloud(), route::speculative(4), route::cloud_prefix(16)};
   const pv::pii_detector strict;                                               // detected -> local_only

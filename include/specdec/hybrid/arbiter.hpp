@@ -401,17 +401,41 @@ struct oracle_arbiter {
   }
 };
 
+/// Whether arbiter `a` reads the look-ahead summaries of `probe_trajectory` (in
+/// `request_features::extra`), so that whoever probes requests for it (`session`,
+/// `net_session`) must run `probe_trajectory` rather than `probe_request`:
+/// `a.reads_lookahead()` where `a` has it, false otherwise.
+///
+/// ```cpp
+/// bool trajectory = specdec::hybrid::reads_lookahead(specdec::hybrid::confidence_arbiter{});  // true
+/// ```
+template <class A>
+[[nodiscard]] bool reads_lookahead(const A& a) {
+  if constexpr (requires {
+                  { a.reads_lookahead() } -> std::convertible_to<bool>;
+                })
+    return static_cast<bool>(a.reads_lookahead());
+  else
+    return false;
+}
+
 /// The device answers when the small model is confident: a request goes to the cloud if
-/// the draft's mean max-probability is below `min_max_prob` or its mean entropy above
-/// `max_entropy`. Optionally (GKT-style), a confident request whose *first* token is
+/// the device's max-probability is below `min_max_prob` or its mean entropy above
+/// `max_entropy`. By default it reads the device's confidence on its *own first tokens*
+/// (the look-ahead of `probe_trajectory`; sessions run that probe for it, see
+/// `reads_lookahead`): on held-out KJV requests that predicts which device answers fall
+/// short, where the confidence over the prompt does no better than a coin
+/// (docs/hybrid_routing.md). `read_lookahead = false` reads the prompt rows of
+/// `probe_request` instead. Optionally (GKT-style), a confident request whose *first* token is
 /// uncertain (`draft_first_token_entropy > max_first_token_entropy`) gets a cloud-written
 /// prefix of `prefix_tokens` tokens. Mid-generation, `on_segment` hands the rest of a
 /// generation to the cloud when the recent segment's confidence fails the same test.
 ///
 /// ```cpp
 /// specdec::hybrid::confidence_arbiter a{.min_max_prob = 0.4f, .max_entropy = 2.0f};
-/// auto r = a.decide(features, link, budget);
+/// auto r = a.decide(features, link, budget);  // features from probe_trajectory
 /// auto tuned = a.calibrated(sample, link, {.max_cloud_fraction = 0.2});  // entropy threshold
+/// specdec::hybrid::confidence_arbiter on_prompt{.read_lookahead = false};  // probe_request features
 /// ```
 struct confidence_arbiter {
   float min_max_prob = 0.5f;  ///< >= 0; 0 switches the rule off, > 1 sends everything to the cloud
@@ -419,9 +443,13 @@ struct confidence_arbiter {
   float max_first_token_entropy = std::numeric_limits<float>::infinity();  ///< not NaN
   std::size_t prefix_tokens = 0;  ///< 0 = never route to cloud_prefix
   /// Read the device's confidence on its own first tokens (the look-ahead rows of
-  /// `probe_trajectory`: `extra[trajectory_feature::mean_entropy]` and `::min_max_prob`)
-  /// instead of over the prompt. Requests without trajectory features then throw.
-  bool read_lookahead = false;
+  /// `probe_trajectory`: `extra[trajectory_feature::mean_entropy]` and `::min_max_prob`);
+  /// requests without trajectory features then throw. false = over the prompt
+  /// (`draft_mean_entropy`, `draft_max_prob_mean`).
+  bool read_lookahead = true;
+
+  /// Whether a probe for this arbiter must run `probe_trajectory` (see `reads_lookahead`).
+  [[nodiscard]] bool reads_lookahead() const noexcept { return read_lookahead; }
 
   /// Whether the device may answer; NaN confidence is never confident (goes remote).
   [[nodiscard]] bool confident(float max_prob_mean, float mean_entropy) const noexcept {
@@ -733,6 +761,7 @@ struct budget_guard {
     return r;
   }
   void validate() const { inner.validate(); }
+  [[nodiscard]] bool reads_lookahead() const { return hybrid::reads_lookahead(inner); }
   /// Forgets the decisions made so far.
   void reset() noexcept { decisions = cloud_decisions = 0; }
 };

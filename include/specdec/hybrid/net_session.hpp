@@ -229,9 +229,12 @@ class net_session {
     }
   }
 
-  /// The device's probe of the prompt plus the predictions.
+  /// The device's probe plus the predictions: `probe_trajectory` (default look-ahead,
+  /// stopping at EOS) if the arbiter `reads_lookahead`, else `probe_request`.
   [[nodiscard]] request_features features(std::span<const token_id> prompt, std::uint64_t request_id = 0) {
-    request_features f = probe_request(device_, prompt);
+    request_features f = reads_lookahead(arbiter_)
+                             ? probe_trajectory(device_, prompt, {.stop_tokens = {eos_token}}).features
+                             : probe_request(device_, prompt);
     f.request_id = request_id;
     f.predicted_length = static_cast<double>(length_.predict(f));
     f.predicted_difficulty = static_cast<double>(difficulty_.predict(f));

@@ -100,9 +100,10 @@ struct session_options {
   budget limits{};             ///< passed to the arbiter
   /// Consult a `segment_arbiter` after every `segment_tokens` device tokens; 0 = never.
   std::size_t segment_tokens = 16;
-  /// Charge the feature probe (one device forward of the prompt) to the clock, once: a
-  /// device leg that re-forwards the prompt from an empty cache is not charged for it
-  /// again (`timed_model::prepay`), so every route pays the probe exactly once.
+  /// Charge the feature probe (one device forward of the prompt, plus the look-ahead
+  /// tokens when the arbiter `reads_lookahead`) to the clock, once: a device leg that
+  /// re-forwards them from an empty cache is not charged for them again
+  /// (`timed_model::prepay`), so every route pays the probe exactly once.
   bool charge_probe = true;
 
   void validate() const {
@@ -216,10 +217,26 @@ class session {
     return std::min<std::size_t>(device_.context_length(), cloud_.context_length());
   }
 
-  /// Probes the device (charged to the clock if `charge_probe`) and fills the predictions.
+  /// Probes the device (charged to the clock if `charge_probe`) and fills the predictions:
+  /// `probe_trajectory` (with `trajectory_options`' default look-ahead, stopping at EOS) if
+  /// the arbiter `reads_lookahead`, else `probe_request`.
   [[nodiscard]] request_features features(std::span<const token_id> prompt, std::uint64_t request_id = 0) {
-    request_features f = opts_.charge_probe ? probe_request(dev_, prompt) : probe_request(device_, prompt);
-    if (opts_.charge_probe) dev_.prepay(prompt);  // a device leg replaying the prompt pays it once
+    request_features f;
+    if (reads_lookahead(arbiter_)) {
+      const trajectory_options t{.stop_tokens = {eos_token}};
+      trajectory_probe p = opts_.charge_probe ? probe_trajectory(dev_, prompt, t) : probe_trajectory(device_, prompt, t);
+      if (opts_.charge_probe) {
+        // What the probe forwarded: the prompt, then its look-ahead tokens but the last. A
+        // greedy device leg replays exactly these and pays them once.
+        std::vector<token_id> paid(prompt.begin(), prompt.end());
+        paid.insert(paid.end(), p.lookahead.begin(), p.lookahead.end() - 1);
+        dev_.prepay(paid);
+      }
+      f = std::move(p.features);
+    } else {
+      f = opts_.charge_probe ? probe_request(dev_, prompt) : probe_request(device_, prompt);
+      if (opts_.charge_probe) dev_.prepay(prompt);  // a device leg replaying the prompt pays it once
+    }
     f.request_id = request_id;
     f.predicted_length = static_cast<double>(length_.predict(f));
     f.predicted_difficulty = static_cast<double>(difficulty_.predict(f));
