@@ -148,6 +148,23 @@ std::string join(const std::vector<std::string>& w, std::size_t b, std::size_t e
   return s;
 }
 
+// A verse's log group: its reference without spaces, e.g. "Gen_7:4".
+std::string group_of(const verse& v) {
+  std::string g = v.reference;
+  for (char& c : g)
+    if (c == ' ') c = '_';
+  return g + ":" + std::to_string(v.number);
+}
+
+// The reference continuation's own length after word `from`, to its first stop token.
+std::size_t reference_length(const specdec::cpu::tokenizer& tok, const std::vector<std::string>& w, std::size_t from,
+                             const std::vector<token_id>& stops) {
+  const auto rest = tok.encode(" " + join(w, from, w.size()), false);
+  for (std::size_t i = 0; i < rest.size(); ++i)
+    if (std::find(stops.begin(), stops.end(), rest[i]) != stops.end()) return i + 1;
+  return rest.size();
+}
+
 // ---------------------------------------------------------------------------------------
 // Quality of an answer under the cloud model
 
@@ -207,18 +224,8 @@ std::vector<built_request> build_log(const eval_options& o, transformer& little,
     hy::logged_request& r = b.log;
     r.id = out.size();
     r.fold = chapter_fold[v.chapter];
-    r.group = v.reference;
-    for (char& c : r.group)
-      if (c == ' ') c = '_';
-    r.group += ":" + std::to_string(v.number);
-    // The reference continuation's own length, to its first sentence end.
-    const auto rest = tok.encode(" " + join(w, o.words, w.size()), false);
-    r.reference_tokens = rest.size();
-    for (std::size_t i = 0; i < rest.size(); ++i)
-      if (std::find(stops.begin(), stops.end(), rest[i]) != stops.end()) {
-        r.reference_tokens = i + 1;
-        break;
-      }
+    r.group = group_of(v);
+    r.reference_tokens = reference_length(tok, w, o.words, stops);
     specdec::autoregressive_decoder cloud_dec(big), device_dec(little);
     const auto cloud_out = cloud_dec.generate(b.prompt, gen).tokens;
     const auto device_out = device_dec.generate(b.prompt, gen).tokens;
@@ -301,17 +308,8 @@ std::vector<length_request> build_length_log(const eval_options& o, transformer&
     hy::logged_length& r = b.log;
     r.id = out.size();
     r.fold = chapter_fold[v.chapter];
-    r.group = v.reference;
-    for (char& c : r.group)
-      if (c == ' ') c = '_';
-    r.group += ":" + std::to_string(v.number);
-    const auto rest = tok.encode(" " + join(w, k, w.size()), false);
-    r.reference_tokens = rest.size();
-    for (std::size_t i = 0; i < rest.size(); ++i)
-      if (std::find(stops.begin(), stops.end(), rest[i]) != stops.end()) {
-        r.reference_tokens = i + 1;
-        break;
-      }
+    r.group = group_of(v);
+    r.reference_tokens = reference_length(tok, w, k, stops);
     specdec::autoregressive_decoder cloud_dec(big), device_dec(little);
     r.target_tokens = cloud_dec.generate(b.prompt, gen).tokens.size();
     const std::size_t device_tokens = device_dec.generate(b.prompt, gen).tokens.size();
