@@ -35,12 +35,12 @@ int main(int argc, char** argv) try {
   hy::simulated_link link(hy::link_config::preset(preset), /*seed=*/1);
 
   // 3. The arbiter: answer on the device when the small model is confident about its own
-  //    first tokens (mean entropy below 3.5 nats over its 8-token look-ahead, which the
+  //    first tokens (mean entropy below 3.8 nats over its 8-token look-ahead, which the
   //    session probes because the rule `reads_lookahead`); otherwise draft on the device
   //    and let the cloud verify (exact: the text is the cloud's). Every 8 device tokens the
   //    arbiter looks again and hands an unconfident generation to the cloud.
   struct confident_or_speculate {
-    hy::confidence_arbiter rule{.min_max_prob = 0.0f, .max_entropy = 3.5f};
+    hy::confidence_arbiter rule{.min_max_prob = 0.0f, .max_entropy = 3.8f};
     hy::route decide(const hy::request_features& f, const hy::link_estimate& l, const hy::budget& b) const {
       return rule.decide(f, l, b).uses_cloud() ? hy::route::speculative(4) : hy::route::on_device();
     }
@@ -60,8 +60,9 @@ int main(int argc, char** argv) try {
   for (const auto& text : prompts) {
     const auto prompt = tok.encode(text);
     const hy::request_result r = s.run(prompt, {.max_new_tokens = tokens}, id++);
-    std::printf("%s\n  route %-28s entropy %.2f  latency %6.1f ms  first token %5.1f ms  %5.1f B/token%s\n",
-                text.c_str(), r.route_trace().c_str(), r.features.draft_mean_entropy, 1e3 * r.latency_seconds,
+    std::printf("%s\n  route %-28s look-ahead entropy %.2f  latency %6.1f ms  first token %5.1f ms  %5.1f B/token%s\n",
+                text.c_str(), r.route_trace().c_str(), r.features.extra[hy::trajectory_feature::mean_entropy],
+                1e3 * r.latency_seconds,
                 1e3 * r.ttft_seconds, r.bytes_per_token(), r.fell_back_to_device ? "  (link lost: finished on device)" : "");
     std::printf("  -> %s\n\n", tok.decode(r.tokens).c_str());
   }
