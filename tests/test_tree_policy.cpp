@@ -264,6 +264,7 @@ TEST(measure_tree_policy, fills_the_curve_from_the_models_and_leaves_their_cache
   EXPECT_GT(p.draft_cost, 0.0);
   EXPECT_GT(p.target_token_seconds, 0.0);
   EXPECT_TRUE(p.level_drafter);
+  for (std::size_t n = 1; n < p.verify_cost.size(); ++n) EXPECT_GE(p.verify_cost[n], p.verify_cost[n - 1]) << n;
   EXPECT_NO_THROW((void)p.plan());
   EXPECT_EQ(target.cache_length(), 0u);
   EXPECT_EQ(draft.cache_length(), 0u);

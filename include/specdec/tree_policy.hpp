@@ -456,9 +456,11 @@ struct hardware_aware_tree {
 };
 
 /// A `hardware_aware_tree` sized to this host: the target's verify-cost curve up to
-/// `knobs.max_nodes + 1` tokens and, with a draft model, one draft forward's cost against
-/// one target token, both measured now (`measure_verify_cost`; each model's cache is
-/// left as it was).
+/// `knobs.max_nodes + 1` tokens (made non-decreasing) and, with a draft model, one draft
+/// forward's cost against one target token, both measured now (`measure_verify_cost`;
+/// each model's cache is left as it was), and `target_token_seconds`, so that the policy
+/// refines these costs from the decoder's step timings. The text-only overload models an
+/// id-only drafter (`level_drafter` off), the other a draft model (on).
 ///
 /// ```cpp
 /// auto policy = specdec::measure_tree_policy(big, little, {.max_nodes = 24, .max_depth = 8});
@@ -468,8 +470,11 @@ template <tree_model Target>
 hardware_aware_tree measure_tree_policy(Target& target, hardware_aware_tree knobs = {},
                                         verify_cost_options options = {}) {
   const verify_cost_curve t = measure_verify_cost(target, knobs.max_nodes + 1, options);
+  // A block never costs less than a smaller one: a size timed below a smaller size (a
+  // noisy measurement) takes the smaller size's cost.
   knobs.verify_cost.clear();
-  for (std::size_t n = 1; n <= knobs.max_nodes + 1; ++n) knobs.verify_cost.push_back(t.tree_ratio(n));
+  for (std::size_t n = 1; n <= knobs.max_nodes + 1; ++n)
+    knobs.verify_cost.push_back(std::max(t.tree_ratio(n), n == 1 ? 0.0 : knobs.verify_cost.back()));
   knobs.draft_cost = 0.0;
   knobs.level_drafter = false;
   knobs.target_token_seconds = t.chain[0];
