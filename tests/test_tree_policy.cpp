@@ -209,18 +209,31 @@ TEST(hardware_aware_tree, online_cost_estimates_converge_and_change_the_plan) {
   EXPECT_NEAR(p.token_seconds(), 0.8e-3, 1e-15);
   EXPECT_NEAR(p.draft_forward_cost(), 0.1, 1e-12);
   EXPECT_EQ(p.row_overhead(), 0.0);
+  EXPECT_EQ(p.learnt.token_steps, 0.0);
   // Not plain (the prompt rode along) or not learning: ignored.
   p.observe_cost({.nodes = 3, .target_rows = 40, .draft_forwards = 2, .target_seconds = 9e-3, .draft_seconds = 1e-3});
   EXPECT_NEAR(p.token_seconds(), 0.8e-3, 1e-15);
   // In the decoder one token takes 1 ms, a draft forward 1 ms, and the step's own work
-  // 0.02 ms per row.
-  for (int s = 0; s < 400; ++s)
-    p.observe_cost({.nodes = 3, .target_rows = 4, .draft_forwards = 2, .target_seconds = 1e-3,
-                    .draft_seconds = 2e-3, .other_seconds = 0.08e-3});
-  EXPECT_NEAR(p.token_seconds(), 1e-3, 1e-6);
-  EXPECT_NEAR(p.draft_forward_cost(), 1.0, 1e-3);
-  EXPECT_NEAR(p.row_overhead(), 0.02, 1e-4);
+  // 0.02 ms per row; in every tenth step the machine took the core away for 50 ms.
+  for (int s = 0; s < 400; ++s) {
+    const double stall = s % 10 == 9 ? 50e-3 : 0.0;
+    p.observe_cost({.nodes = 3, .target_rows = 4, .draft_forwards = 2, .target_seconds = 1e-3 + stall,
+                    .draft_seconds = 2e-3 + stall, .other_seconds = 0.08e-3 + stall});
+  }
+  // Steady state: ~50 decayed steps (100 draft forwards, 200 rows) against the measured
+  // values' one step; a stall counts as twice the estimate e, so e = (9 + 2e) / 10 ms:
+  // 1.125 ms for one token, as much for a draft forward (c_d stays 1), and the overhead
+  // at most a quarter token per row in a stalled step.
+  EXPECT_NEAR(p.token_seconds(), 1.125e-3, 0.02e-3);
+  EXPECT_NEAR(p.draft_forward_cost(), 1.0, 0.02);
+  EXPECT_GT(p.row_overhead(), 0.015);
+  EXPECT_LT(p.row_overhead(), 0.06);
   EXPECT_EQ(p.plan().nodes, 0u);
+  // A stall alone counts twice the estimate, not 50 ms.
+  specdec::hardware_aware_tree q = p;
+  q.reset();
+  q.observe_cost({.nodes = 3, .target_rows = 4, .draft_forwards = 2, .target_seconds = 50e-3});
+  EXPECT_NEAR(q.token_seconds(), (0.8e-3 + 2 * 0.8e-3) / 2, 1e-12);
   // Without learn_costs the measured values stand.
   p.reset();
   p.learn_costs = false;

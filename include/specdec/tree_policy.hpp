@@ -128,8 +128,12 @@ concept cost_observing_policy = tree_sizing_policy<P> && requires(P& p, const tr
 ///
 /// Online: `observe` updates a(d, r); `observe_cost` (with `learn_costs` and a measured
 /// `target_token_seconds`) re-estimates t(1), c_d and c_o from the step timings of plain
-/// steps, starting from the measured values as one pseudo-step. Both forget with `decay`
-/// per step. The curve's shape t(n)/t(1) stays the measured one.
+/// steps, each step's sample capped at twice the running estimate (a descheduled forward is
+/// no cost of the model; c_o at a quarter token per row), the measured values weighing
+/// as one step (or one draft forward) that never decays. Observations forget with
+/// `decay` per step, so a choice that stopped being observed (no draft: no verdicts, no
+/// draft timings) drifts back to the priors and is tried again. The curve's shape
+/// t(n)/t(1) stays the measured one.
 ///
 /// Example: with verify_cost = {1, 1.02, 1.05, 1.1, 1.8}, no draft cost, a(d, 0) = 0.6
 /// and a(d, 1) = 0.3, a chain of 3 emits 1 + 0.6 + 0.36 + 0.216 = 2.18 tokens for 1.1
@@ -214,15 +218,17 @@ struct hardware_aware_tree {
 
   /// One target token's seconds now: `target_token_seconds` refined by `observe_cost`.
   [[nodiscard]] double token_seconds() const noexcept {
-    return learnt.timed ? learnt.token_sum / learnt.token_steps : target_token_seconds;
+    return (target_token_seconds + learnt.token_sum) / (1.0 + learnt.token_steps);
   }
   /// c_d: one draft forward in target tokens (`draft_cost`, refined by `observe_cost`).
   [[nodiscard]] double draft_forward_cost() const noexcept {
-    return learnt.timed ? learnt.draft_sum / learnt.draft_forwards / token_seconds() : draft_cost;
+    if (!(learnt.draft_forwards > 0.0)) return draft_cost;
+    const double t1 = token_seconds();
+    return (draft_cost * t1 + learnt.draft_sum) / (1.0 + learnt.draft_forwards) / t1;
   }
   /// c_o: the step's own work per row in target tokens (0 until `observe_cost` says).
   [[nodiscard]] double row_overhead() const noexcept {
-    return learnt.timed && learnt.other_rows > 0.0 ? learnt.other_sum / learnt.other_rows / token_seconds() : 0.0;
+    return learnt.other_rows > 0.0 ? learnt.other_sum / (1.0 + learnt.other_rows) / token_seconds() : 0.0;
   }
 
   /// Expected tokens per target-token time of a step with a tree of `nodes` nodes and at
@@ -289,30 +295,28 @@ struct hardware_aware_tree {
       return;
     learned& l = learnt;
     ++l.version;
-    if (!l.timed) {  // the measured values, as one pseudo-step that decays like the others
-      l.timed = true;
-      l.token_sum = target_token_seconds;
-      l.token_steps = 1.0;
-      l.draft_sum = draft_cost * target_token_seconds;
-      l.draft_forwards = 1.0;
-    }
+    // A step's sample counts at most `spike` times the running estimate: a shared
+    // machine that takes the core away mid-forward must not make a cost look dear for
+    // the many steps the decay needs to forget it.
+    constexpr double spike = 2.0;
+    const double t1 = token_seconds(), per_forward = draft_forward_cost() * t1;
     for (double* x : {&l.token_sum, &l.token_steps, &l.draft_sum, &l.draft_forwards, &l.other_sum, &l.other_rows})
       *x *= decay;
-    l.token_sum += c.target_seconds / verify_cost[rows - 1];
+    l.token_sum += std::min(c.target_seconds / verify_cost[rows - 1], spike * t1);
     l.token_steps += 1.0;
     if (c.draft_forwards > 0) {
-      l.draft_sum += c.draft_seconds;
-      l.draft_forwards += static_cast<double>(c.draft_forwards);
+      const double n = static_cast<double>(c.draft_forwards);
+      l.draft_sum += n * std::min(c.draft_seconds / n, spike * per_forward);
+      l.draft_forwards += n;
     }
-    l.other_sum += c.other_seconds;
+    l.other_sum += std::min(c.other_seconds, 0.25 * t1 * static_cast<double>(rows));
     l.other_rows += static_cast<double>(rows);
   }
 
   /// What `observe` and `observe_cost` learnt (decayed sums): trials[d][r] children of
   /// rank r at depth d whose parent was reached, hits[d][r] of them accepted; the target's
   /// seconds per token-time and the steps they came from; the draft's seconds and
-  /// forwards; the steps' other seconds and rows (the timing sums start from the measured
-  /// values as one pseudo-step, `timed`). Public only so the struct stays an
+  /// forwards; the steps' other seconds and rows. Public only so the struct stays an
   /// aggregate.
   /// The last searched plan, the knobs it was searched with and `learned::version` then.
   struct plan_cache {
@@ -323,7 +327,6 @@ struct hardware_aware_tree {
   };
   struct learned {
     std::vector<std::vector<double>> trials, hits;
-    bool timed = false;  ///< observe_cost has seeded the sums below
     double token_sum = 0.0, token_steps = 0.0;
     double draft_sum = 0.0, draft_forwards = 0.0;
     double other_sum = 0.0, other_rows = 0.0;
