@@ -110,9 +110,14 @@ TEST(hardware_aware_tree, a_flat_curve_gives_a_big_tree_a_steep_one_a_chain_or_n
   // Each row costs a whole token: nothing pays.
   specdec::hardware_aware_tree linear{.verify_cost = curve(17, 1.0), .max_nodes = 16};
   EXPECT_EQ(linear.plan().nodes, 0u);
-  // A dear draft model: nothing pays either.
+  // A dear draft model: nothing pays either, but every 16th plan in a row drafts once,
+  // to measure the costs again.
   specdec::hardware_aware_tree slow_draft{.verify_cost = curve(17, 0.0), .draft_cost = 2.0, .max_nodes = 16};
+  for (int i = 1; i < 16; ++i) EXPECT_EQ(slow_draft.plan().nodes, 0u) << i;
+  EXPECT_GT(slow_draft.plan().nodes, 0u);
   EXPECT_EQ(slow_draft.plan().nodes, 0u);
+  slow_draft.probe_every = 0;
+  for (int i = 0; i < 40; ++i) EXPECT_EQ(slow_draft.plan().nodes, 0u) << i;
   // Rows at a quarter token each, a confident draft whose second choices are rarely
   // right: the best chain, (1 + 0.9 + ... + 0.9^k) / (1 + 0.25 k), is k = 6.
   specdec::hardware_aware_tree steep{.verify_cost = curve(17, 0.25), .max_nodes = 16, .max_depth = 8,

@@ -132,7 +132,8 @@ concept cost_observing_policy = tree_sizing_policy<P> && requires(P& p, const tr
 /// no cost of the model; c_o at a quarter token per row), the measured values weighing
 /// as one step (or one draft forward) that never decays. Observations forget with
 /// `decay` per step, so a choice that stopped being observed (no draft: no verdicts, no
-/// draft timings) drifts back to the priors and is tried again. The curve's shape
+/// draft timings) drifts back to the priors and is tried again; after `probe_every`
+/// no-draft plans in a row one step drafts anyway, to measure again. The curve's shape
 /// t(n)/t(1) stays the measured one.
 ///
 /// Example: with verify_cost = {1, 1.02, 1.05, 1.1, 1.8}, no draft cost, a(d, 0) = 0.6
@@ -173,6 +174,10 @@ struct hardware_aware_tree {
   /// `plan()` searches again once this many steps were observed since its last search
   /// (or when a knob changed); in between it returns that plan. >= 1 (1: every step).
   std::size_t replan_every = 8;
+  /// After this many no-draft plans in a row, one step drafts the best drafting shape, so
+  /// that its costs and acceptance are measured again (no draft measures neither);
+  /// 0: never.
+  std::size_t probe_every = 16;
   double target_token_seconds = 0.0;  ///< t(1) of the target, seconds (measure_tree_policy); 0 = unknown
 
   void validate() const {
@@ -251,13 +256,17 @@ struct hardware_aware_tree {
   [[nodiscard]] tree_plan plan() const {
     plan_cache& c = learnt.cache;
     knob_key(c.scratch);
-    if (c.valid && c.key == c.scratch && learnt.version - c.version < replan_every) return c.plan;
-    validate();
-    c.plan = search(any, any).plan;
-    c.key.swap(c.scratch);
-    c.version = learnt.version;
-    c.valid = true;
-    return c.plan;
+    if (!(c.valid && c.key == c.scratch && learnt.version - c.version < replan_every)) {
+      validate();
+      c.plan = search(any, any).plan;
+      c.key.swap(c.scratch);
+      c.version = learnt.version;
+      c.valid = true;
+    }
+    if (c.plan.nodes > 0 || probe_every == 0) return c.plan;
+    if (++c.idle < probe_every) return c.plan;
+    c.idle = 0;
+    return search(any, any, false).plan;
   }
 
   /// Counts, for every child of the root and of each accepted node, one trial at its
@@ -322,6 +331,7 @@ struct hardware_aware_tree {
   struct plan_cache {
     bool valid = false;
     std::size_t version = 0;
+    std::size_t idle = 0;  ///< no-draft plans returned in a row
     tree_plan plan{};
     std::vector<double> key{}, scratch{};
   };
@@ -417,8 +427,9 @@ struct hardware_aware_tree {
     }
   }
 
-  /// The best plan (or, with `only_nodes` / `only_branching` set, the best with those).
-  [[nodiscard]] choice search(std::size_t only_nodes, std::size_t only_branching) const {
+  /// The best plan (or, with `only_nodes` / `only_branching` set, the best with those;
+  /// without `none`, the best that drafts).
+  [[nodiscard]] choice search(std::size_t only_nodes, std::size_t only_branching, bool none = true) const {
     const std::size_t b_max = only_branching == any ? max_branching : only_branching;
     const std::size_t depth_max = std::min(max_depth, max_nodes);
     std::vector<std::vector<double>> a(depth_max, std::vector<double>(b_max));
@@ -433,7 +444,7 @@ struct hardware_aware_tree {
     const auto consider = [&](const tree_plan& p, double r) {
       if (r > best.rate * (1.0 + 1e-9)) best = {p, r};
     };
-    if (only_nodes == any || only_nodes == 0) consider({}, step_rate(0, 0.0, 0));
+    if (none && (only_nodes == any || only_nodes == 0)) consider({}, step_rate(0, 0.0, 0));
     if (only_nodes == 0) return best;
     const std::size_t n_lo = only_nodes == any ? 1 : only_nodes, n_hi = only_nodes == any ? max_nodes : only_nodes;
     growth g;
