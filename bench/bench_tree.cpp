@@ -12,25 +12,35 @@
 //    min over --repeats=R rounds (default 9) after a warm-up round. Printed as a table of
 //    microseconds and of ratios t(n) / t(1 token); --curve-csv=PATH also writes CSV.
 //    --curve-only skips part 1.
-// 3. Decoding (--decode, or --decode-only to skip parts 1 and 2): kjv-little -> kjv-big
-//    (fp32, --threads=T, default 1), greedy and temperature 1, on held-out prompts
-//    (models/kjv_val_openings.tsv) and on two repetitive workloads built from them
-//    (quoted verses: a verse twice, then opened again; repeated lists: an opening four
-//    times), --prompts=N each (default 6), --max-new=M tokens (default 160), each
-//    prompt's fastest of --runs=R runs (default 3), temperatures 0 and 1 (--temperature=T:
-//    only T). Per configuration:
-//    tokens per target call, tokens/s, speed-up over autoregressive decoding of the same
-//    run, the time split, and (greedy) whether every output equals autoregressive
-//    greedy's. Configurations: the chain engine (speculative_decoder, gamma 1-8), the tree
-//    decoder with fixed shapes and with `measure_tree_policy`'s hardware-aware sizing,
-//    and on the repetitive workload the text-index drafter alone and combined.
+// 3. Decoding (--decode, or --decode-only to skip parts 1 and 2): the kjv pair
+//    (kjv-little -> kjv-big fp32) and the self pair (kjv-big q8_0 -> kjv-big fp32;
+//    --pairs=little or --pairs=self: only one), --threads=T (default 1), greedy and
+//    temperature 1 (--temperature=T: only T), on held-out prompts
+//    (models/kjv_val_openings.tsv) and on two repetitive workloads built from them (quoted
+//    verses: a verse twice, then opened again; repeated lists: an opening four times),
+//    --prompts=N each (default 6), --max-new=M tokens (default 160), each prompt's fastest
+//    of --runs=R runs (default 3) by CPU time. Per configuration: tokens per target call,
+//    tokens per second of process CPU time (the speed compared: on a shared machine it
+//    leaves out the time the process waited for a core) and of wall time, speed-up over
+//    autoregressive decoding of the same run, the time split, and (greedy)
+//    whether every output equals autoregressive greedy's. Configurations: the chain engine
+//    (speculative_decoder, gamma 1-8), the tree decoder with fixed shapes and with
+//    `measure_tree_policy`'s hardware-aware sizing, and on the repetitive workloads the
+//    text-index drafter alone (chains, trees, hardware-aware; kjv pair only, it needs no
+//    draft) and combined with the draft model. The hardware-aware policies carry what
+//    they learnt across generations (`carry_over`). Each table ends with the hardware-aware
+//    policy against the best chain of the same run (">= 0.97x" or "BELOW"), the plans it
+//    made, what it learnt, and what it would plan on a host where a 16-token block costs
+//    1.5x one token.
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
+#include <ctime>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -126,23 +136,37 @@ std::shared_ptr<const specdec::cpu::checkpoint> kjv_little() {
   return ck;
 }
 
+/// What a configuration is, for the comparisons: the baseline, a chain, a fixed tree, or
+/// the hardware-aware policy, with a draft model or with the text index (or both).
+enum class role { baseline, model_chain, model_tree, model_sized, text_chain, text_tree, text_sized, combined };
+
 /// One configuration's totals over a prompt set.
 struct totals {
   std::string name;
-  bool chain = false, tree = false;
+  role kind = role::baseline;
   std::size_t tokens = 0, target_calls = 0;
-  double seconds = 0, target_s = 0, draft_s = 0;
+  double seconds = 0, cpu_seconds = 0, target_s = 0, draft_s = 0;
   bool identical = true;
   [[nodiscard]] double per_call() const { return double(tokens) / double(std::max<std::size_t>(1, target_calls)); }
-  [[nodiscard]] double rate() const { return double(tokens) / seconds; }
+  /// Tokens per second of the process's CPU time: on a shared machine the time this
+  /// process was descheduled does not count (wall time: `wall_rate`).
+  [[nodiscard]] double rate() const { return double(tokens) / cpu_seconds; }
+  [[nodiscard]] double wall_rate() const { return double(tokens) / seconds; }
 };
+
+/// The CPU time of this process so far (all its threads), seconds.
+double process_cpu_seconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+}
 
 using generator = std::function<specdec::generation_result(const std::vector<token_id>&, std::uint64_t)>;
 
-/// A configuration to run: its name, whether it is a chain or a tree, and its generator.
+/// A configuration to run: its name, its role and its generator.
 struct config {
   std::string name;
-  bool chain = false, tree = false;
+  role kind = role::baseline;
   generator gen;
 };
 
@@ -156,28 +180,68 @@ generator owning(std::shared_ptr<Decoder> dec, const specdec::generation_options
   };
 }
 
+std::string plan_text(const specdec::tree_plan& p) {
+  return std::to_string(p.nodes) + "/" + std::to_string(p.depth) + "/" + std::to_string(p.branching);
+}
+
+/// What a hardware-aware policy did over a configuration's runs: how often it planned
+/// each shape, and its state when its last generation ended.
+struct plan_log {
+  std::map<std::string, std::size_t> plans;
+  std::size_t steps = 0;
+  specdec::hardware_aware_tree last;
+};
+
+/// `hardware_aware_tree`, logging its plans (a `cost_observing_policy` like it).
+struct logged_policy {
+  specdec::hardware_aware_tree p;
+  std::shared_ptr<plan_log> log;
+  void validate() const { p.validate(); }
+  specdec::tree_plan plan() {
+    const specdec::tree_plan q = p.plan();
+    ++log->plans[plan_text(q)];
+    ++log->steps;
+    return q;
+  }
+  void observe(const specdec::token_tree& t, std::span<const std::size_t> path) { p.observe(t, path); }
+  void observe_cost(const specdec::tree_step_cost& c) { p.observe_cost(c); }
+  void reset() {
+    if (p.learnt.version > 0) log->last = p;
+    p.reset();  // keeps the learnt state (carry_over)
+  }
+};
+static_assert(specdec::cost_observing_policy<logged_policy>);
+
 /// Runs every configuration on every prompt: per prompt, `runs` rounds of all
 /// configurations in turn (so a busy phase of a shared machine hits all of them alike,
-/// within seconds of each other), keeping each prompt's fastest run (the same seed gives the same tokens every round). Row 0 is the reference
-/// for output identity when `check_identity`.
+/// within seconds of each other), keeping each prompt's fastest run (with a fixed plan,
+/// the same seed gives the same tokens every round). Row 0 is the reference for output
+/// identity when `check_identity`.
 std::vector<totals> run_all(const std::vector<config>& configs, const prompt_set& prompts, std::size_t runs,
                             bool check_identity) {
   std::vector<std::vector<specdec::generation_result>> best(configs.size(),
                                                             std::vector<specdec::generation_result>(prompts.size()));
+  std::vector<std::vector<double>> cpu(configs.size(), std::vector<double>(prompts.size()));
   for (std::size_t i = 0; i < prompts.size(); ++i)
     for (std::size_t round = 0; round < runs; ++round)
       for (std::size_t c = 0; c < configs.size(); ++c) {
+        const double t0 = process_cpu_seconds();
         specdec::generation_result r = configs[c].gen(prompts[i], 1000 + i);
-        if (round == 0 || r.stats.total_seconds < best[c][i].stats.total_seconds) best[c][i] = std::move(r);
+        const double t = process_cpu_seconds() - t0;
+        if (round == 0 || t < cpu[c][i]) {
+          best[c][i] = std::move(r);
+          cpu[c][i] = t;
+        }
       }
   std::vector<totals> rows;
   for (std::size_t c = 0; c < configs.size(); ++c) {
-    totals t{configs[c].name, configs[c].chain, configs[c].tree};
+    totals t{configs[c].name, configs[c].kind};
     for (std::size_t i = 0; i < prompts.size(); ++i) {
       const specdec::generation_result& r = best[c][i];
       t.tokens += r.stats.tokens_emitted;
       t.target_calls += r.stats.target_calls;
       t.seconds += r.stats.total_seconds;
+      t.cpu_seconds += cpu[c][i];
       t.target_s += r.stats.target_seconds;
       t.draft_s += r.stats.draft_seconds;
       t.identical = t.identical && (!check_identity || r.tokens == best[0][i].tokens);
@@ -187,37 +251,79 @@ std::vector<totals> run_all(const std::vector<config>& configs, const prompt_set
   return rows;
 }
 
-void print_totals(const char* workload, float temperature, const std::vector<totals>& rows) {
+/// The fastest row among those of the given roles (null if none).
+const totals* fastest(const std::vector<totals>& rows, std::initializer_list<role> kinds) {
+  const totals* best = nullptr;
+  for (const totals& t : rows)
+    if (std::ranges::find(kinds, t.kind) != kinds.end() && (!best || t.rate() > best->rate())) best = &t;
+  return best;
+}
+
+void print_totals(const std::string& title, float temperature, const std::vector<totals>& rows) {
   const double base = rows.front().rate();
-  std::printf("\n%s, temperature %g (kjv-little -> kjv-big fp32)\n", workload, static_cast<double>(temperature));
-  std::printf("%-34s %8s %8s %8s %7s %7s %7s %s\n", "method", "tok/call", "tok/s", "speedup", "target", "draft",
-              "other", temperature == 0.0f ? "identical" : "");
-  const totals* best_chain = nullptr;
-  const totals* best_tree = nullptr;
-  for (const totals& t : rows) {
-    std::printf("%-34s %8.2f %8.1f %8.2f %6.0f%% %6.0f%% %6.0f%% %s\n", t.name.c_str(), t.per_call(), t.rate(),
-                t.rate() / base, 100 * t.target_s / t.seconds, 100 * t.draft_s / t.seconds,
+  std::printf("\n%s, temperature %g\n", title.c_str(), static_cast<double>(temperature));
+  std::printf("%-34s %8s %8s %8s %8s %7s %7s %7s %s\n", "method", "tok/call", "tok/cpu-s", "tok/s", "speedup",
+              "target", "draft", "other", temperature == 0.0f ? "identical" : "");
+  for (const totals& t : rows)
+    std::printf("%-34s %8.2f %8.1f %8.1f %8.2f %6.0f%% %6.0f%% %6.0f%% %s\n", t.name.c_str(), t.per_call(), t.rate(),
+                t.wall_rate(), t.rate() / base, 100 * t.target_s / t.seconds, 100 * t.draft_s / t.seconds,
                 100 * (t.seconds - t.target_s - t.draft_s) / t.seconds,
                 temperature == 0.0f ? (t.identical ? "yes" : "NO") : "");
-    if (t.chain && (!best_chain || t.rate() > best_chain->rate())) best_chain = &t;
-    if (t.tree && (!best_tree || t.rate() > best_tree->rate())) best_tree = &t;
-  }
-  if (best_chain && best_tree)
-    std::printf("best tree (%s) / best chain (%s): %.3fx tokens/s, %.2f vs %.2f tokens per target call\n",
-                best_tree->name.c_str(), best_chain->name.c_str(), best_tree->rate() / best_chain->rate(),
-                best_tree->per_call(), best_chain->per_call());
+  const auto versus = [](const char* what, const totals* a, const totals* b) {
+    if (!a || !b) return;
+    const double r = a->rate() / b->rate();
+    std::printf("%s: %s / %s = %.3fx tokens per CPU second (%.2f vs %.2f tokens per target call): %s 0.97x\n", what,
+                a->name.c_str(), b->name.c_str(), r, a->per_call(), b->per_call(), r >= 0.97 ? ">=" : "BELOW");
+  };
+  const totals* model_chain = fastest(rows, {role::model_chain});
+  versus("hardware-aware vs best model chain", fastest(rows, {role::model_sized}), model_chain);
+  versus("best fixed tree vs best model chain", fastest(rows, {role::model_tree}), model_chain);
+  versus("text-index hardware-aware vs best text-index chain", fastest(rows, {role::text_sized}),
+         fastest(rows, {role::text_chain}));
+  versus("best hardware-aware vs best chain of any drafter", fastest(rows, {role::model_sized, role::text_sized}),
+         fastest(rows, {role::model_chain, role::text_chain}));
+}
+
+/// A policy's plans over a configuration's runs, most frequent first.
+void print_plans(const char* what, const plan_log& log) {
+  std::vector<std::pair<std::size_t, std::string>> v;
+  for (const auto& [plan, n] : log.plans) v.emplace_back(n, plan);
+  std::ranges::sort(v, std::greater<>{});
+  std::printf("%s plans (nodes/depth/branching, share of %zu steps):", what, log.steps);
+  for (std::size_t i = 0; i < std::min<std::size_t>(v.size(), 6); ++i)
+    std::printf(" %s %.0f%%", v[i].second.c_str(), 100.0 * double(v[i].first) / double(std::max<std::size_t>(1, log.steps)));
+  std::printf("\n");
+  if (log.last.verify_cost.empty()) return;  // no generation ended with learnt state
+  const specdec::hardware_aware_tree& h = log.last;
+  std::printf("  learnt at the end: a(d, 0) =");
+  for (std::size_t d = 0; d < 5; ++d) std::printf(" %.2f", h.acceptance(d, 0));
+  std::printf(", a(0, r) =");
+  for (std::size_t r = 1; r < 4; ++r) std::printf(" %.2f", h.acceptance(0, r));
+  std::printf(", draft forward %.3f, overhead %.4f per row (target tokens)\n", h.draft_forward_cost(), h.row_overhead());
+  // The same policy on a host where a 16-token block costs 1.5x one token (the cost
+  // growing linearly in the rows), with what it learnt here.
+  specdec::hardware_aware_tree cheap = h;
+  for (std::size_t n = 1; n <= cheap.verify_cost.size(); ++n)
+    cheap.verify_cost[n - 1] = 1.0 + 0.5 * static_cast<double>(n - 1) / 15.0;
+  const specdec::tree_plan q = cheap.plan();
+  double chain = 0.0;
+  for (std::size_t k = 0; k <= std::min(cheap.max_nodes, cheap.max_depth); ++k) chain = std::max(chain, cheap.rate(k, 1));
+  std::printf("  where t(16)/t(1) = 1.5: plan %s, modelled %.2f tokens per token-time vs %.2f for the best chain "
+              "(%.2fx)\n", plan_text(q).c_str(), cheap.rate(q.nodes, q.branching), chain,
+              cheap.rate(q.nodes, q.branching) / chain);
 }
 
 int decode(std::size_t threads, std::size_t n_prompts, std::size_t max_new, std::size_t runs,
-           const std::vector<float>& temperatures) {
+           const std::vector<float>& temperatures, const std::vector<std::string>& pairs) {
   using specdec::cpu::transformer;
   transformer big(kjv_big(), {.threads = threads}), little(kjv_little(), {.threads = threads});
+  transformer self(kjv_big(), {.threads = threads, .format = weight_format::q8_0});
   const specdec::cpu::tokenizer tok(std::string(SPECDEC_MODELS_DIR) + "/kjv2k-tokenizer.bin",
                                     static_cast<std::size_t>(kjv_big()->config.vocab_size));
   const std::string tsv = std::string(SPECDEC_MODELS_DIR) + "/kjv_val_openings.tsv";
-  // Held-out openings; "quotes": a verse quoted twice, then opened again (as many as
-  // fit the context with max_new tokens); "lists": an opening repeated four times. The first two are plain
-  // text; the last two repeat themselves, the text index's case.
+  // Held-out openings; "quotes": a verse quoted twice, then opened again (as many as fit
+  // the context with max_new tokens); "lists": an opening repeated four times. The first
+  // is plain text; the other two repeat themselves, the text index's case.
   prompt_set plain, quotes, lists;
   for (const auto& p : specdec::bench::held_out_prompts(tsv, n_prompts, 8)) plain.push_back(tok.encode(p));
   for (const auto& p : specdec::bench::held_out_prompts(tsv, n_prompts, 6))
@@ -230,64 +336,80 @@ int decode(std::size_t threads, std::size_t n_prompts, std::size_t max_new, std:
   std::printf("\ndecoding: %zu held-out, %zu quote and %zu list prompts, %zu new tokens each, %zu thread(s), "
               "context %zu\n", plain.size(), quotes.size(), lists.size(), max_new, threads, ctx);
 
-  const specdec::hardware_aware_tree sized =
-      specdec::measure_tree_policy(big, little, {.max_nodes = 24, .max_depth = 8, .max_branching = 4},
-                                   {.repeats = 15});
-  const specdec::hardware_aware_tree sized_text =
-      specdec::measure_tree_policy(big, {.max_nodes = 24, .max_depth = 12, .max_branching = 3}, {.repeats = 15});
-  std::printf("measured: draft forward = %.3f target tokens; t(9)/t(1) = %.2f, t(17)/t(1) = %.2f\n", sized.draft_cost,
-              sized.verify_cost[8], sized.verify_cost[16]);
-  const auto plan_text = [](const specdec::tree_plan& p) {
-    return std::to_string(p.nodes) + "/" + std::to_string(p.depth) + "/" + std::to_string(p.branching);
-  };
-  std::printf("hardware-aware first plan (nodes/depth/branching): model %s, text index %s\n",
-              plan_text(sized.plan()).c_str(), plan_text(sized_text.plan()).c_str());
+  // carry_over: a policy keeps what it learnt from one generation to the next, as a
+  // server's would; a generation of 160 tokens is only 20-60 steps, most of which it
+  // would otherwise spend leaving the prior.
+  const specdec::hardware_aware_tree knobs{.max_nodes = 24, .max_depth = 8, .max_branching = 4, .carry_over = true};
+  const specdec::hardware_aware_tree sized_text = specdec::measure_tree_policy(
+      big, {.max_nodes = 24, .max_depth = 12, .max_branching = 3, .carry_over = true}, {.repeats = 15});
+  std::printf("measured: t(5)/t(1) = %.2f, t(8)/t(1) = %.2f, t(9)/t(1) = %.2f, t(17)/t(1) = %.2f (tree forwards)\n",
+              sized_text.verify_cost[4], sized_text.verify_cost[7], sized_text.verify_cost[8],
+              sized_text.verify_cost[16]);
 
-  for (float temperature : temperatures) {
-    const specdec::sampling_params params{.temperature = temperature};
-    const bool greedy = temperature == 0.0f;
-    const specdec::generation_options opts{.max_new_tokens = max_new, .stop_at_eos = false};
-    const char* names[] = {"held-out prompts", "quoted verses", "repeated lists"};
-    for (int workload = 0; workload < 3; ++workload) {
-      const prompt_set& prompts = workload == 0 ? plain : workload == 1 ? quotes : lists;
-      std::vector<config> configs;
-      configs.push_back({"autoregressive", false, false,
-                         owning(std::make_shared<specdec::autoregressive_decoder<transformer>>(big, params), opts)});
-      for (std::size_t g = 1; g <= 8; ++g) {
-        const std::string name = "chain gamma " + std::to_string(g);
-        const specdec::fixed_gamma fg{.gamma = g};
-        const auto chain = [&](auto rollback) {
-          using decoder_t = specdec::speculative_decoder<transformer, transformer, specdec::fixed_gamma, decltype(rollback)>;
-          configs.push_back({name, true, false, owning(std::make_shared<decoder_t>(little, big, fg, rollback, params), opts)});
+  for (const std::string& pair : pairs) {
+    transformer& draft = pair == "self" ? self : little;
+    const char* pair_name = pair == "self" ? "kjv-big q8_0 -> kjv-big fp32" : "kjv-little -> kjv-big fp32";
+    const specdec::hardware_aware_tree sized = specdec::measure_tree_policy(big, draft, knobs, {.repeats = 15});
+    std::printf("\n== pair %s: a draft forward = %.3f target tokens (measured at start-up); first plans: "
+                "model %s, text index %s\n", pair_name, sized.draft_cost, plan_text(sized.plan()).c_str(),
+                plan_text(sized_text.plan()).c_str());
+    for (float temperature : temperatures) {
+      const specdec::sampling_params params{.temperature = temperature};
+      const bool greedy = temperature == 0.0f;
+      const specdec::generation_options opts{.max_new_tokens = max_new, .stop_at_eos = false};
+      const char* names[] = {"held-out prompts", "quoted verses", "repeated lists"};
+      for (int workload = 0; workload < 3; ++workload) {
+        const prompt_set& prompts = workload == 0 ? plain : workload == 1 ? quotes : lists;
+        const bool text = workload > 0 && pair != "self";  // the text index needs no draft: once
+        std::vector<config> configs;
+        configs.push_back({"autoregressive", role::baseline,
+                           owning(std::make_shared<specdec::autoregressive_decoder<transformer>>(big, params), opts)});
+        for (std::size_t g = 1; g <= 8; ++g) {
+          const std::string name = "chain gamma " + std::to_string(g);
+          const specdec::fixed_gamma fg{.gamma = g};
+          const auto chain = [&](auto rollback) {
+            using decoder_t =
+                specdec::speculative_decoder<transformer, transformer, specdec::fixed_gamma, decltype(rollback)>;
+            configs.push_back({name, role::model_chain,
+                               owning(std::make_shared<decoder_t>(draft, big, fg, rollback, params), opts)});
+          };
+          if (greedy) chain(specdec::greedy_match{});
+          else chain(specdec::rejection_sampling{});
+        }
+        const auto tree_config = [&](const std::string& name, auto drafter, auto policy, role kind) {
+          using drafter_t = typename decltype(drafter)::element_type;
+          auto dec = std::make_shared<specdec::tree_decoder<drafter_t, transformer, decltype(policy)>>(
+              *drafter, big, policy, params);
+          configs.push_back({name, kind, owning(dec, opts, drafter)});
         };
-        if (greedy) chain(specdec::greedy_match{});
-        else chain(specdec::rejection_sampling{});
+        const auto model = [&] { return std::make_shared<specdec::model_tree_drafter<transformer>>(draft); };
+        for (const specdec::fixed_tree shape :
+             {specdec::fixed_tree{4, 4, 1}, specdec::fixed_tree{6, 4, 2}, specdec::fixed_tree{7, 4, 2},
+              specdec::fixed_tree{7, 3, 3}, specdec::fixed_tree{12, 6, 3}, specdec::fixed_tree{24, 8, 4}})
+          tree_config("tree " + plan_text(shape.plan()), model(), shape,
+                      shape.branching > 1 ? role::model_tree : role::model_chain);
+        const auto log = std::make_shared<plan_log>();
+        tree_config("tree hardware-aware", model(), logged_policy{sized, log}, role::model_sized);
+        const auto text_log = std::make_shared<plan_log>();
+        if (text) {
+          const auto index = [&] { return std::make_shared<specdec::text_index_drafter>(big.vocab_size()); };
+          for (const specdec::fixed_tree shape : {specdec::fixed_tree{4, 4, 1}, specdec::fixed_tree{7, 7, 1},
+                                                  specdec::fixed_tree{12, 12, 1}})
+            tree_config("text index chain " + plan_text(shape.plan()), index(), shape, role::text_chain);
+          tree_config("text index tree 7/5/2", index(), specdec::fixed_tree{7, 5, 2}, role::text_tree);
+          tree_config("text index tree 16/8/3", index(), specdec::fixed_tree{16, 8, 3}, role::text_tree);
+          tree_config("text index hardware-aware", index(), logged_policy{sized_text, text_log}, role::text_sized);
+        }
+        if (workload > 0) {
+          const auto both = [&] { return std::make_shared<specdec::combined_tree_drafter<transformer>>(draft); };
+          tree_config("combined 7/5/2", both(), specdec::fixed_tree{7, 5, 2}, role::combined);
+          tree_config("combined 16/8/3", both(), specdec::fixed_tree{16, 8, 3}, role::combined);
+        }
+        const std::vector<totals> rows = run_all(configs, prompts, runs, greedy);
+        print_totals(std::string(names[workload]) + " (" + pair_name + ")", temperature, rows);
+        print_plans("  hardware-aware", *log);
+        if (text) print_plans("  text-index hardware-aware", *text_log);
       }
-      const auto tree_config = [&](const std::string& name, auto drafter, auto policy, bool is_tree) {
-        using drafter_t = typename decltype(drafter)::element_type;
-        auto dec = std::make_shared<specdec::tree_decoder<drafter_t, transformer, decltype(policy)>>(
-            *drafter, big, policy, params);
-        configs.push_back({name, !is_tree, is_tree, owning(dec, opts, drafter)});
-      };
-      const auto model = [&] { return std::make_shared<specdec::model_tree_drafter<transformer>>(little); };
-      for (const specdec::fixed_tree shape :
-           {specdec::fixed_tree{4, 4, 1}, specdec::fixed_tree{6, 4, 2}, specdec::fixed_tree{7, 4, 2},
-            specdec::fixed_tree{7, 3, 3}, specdec::fixed_tree{12, 6, 3}, specdec::fixed_tree{16, 6, 4},
-            specdec::fixed_tree{24, 8, 4}})
-        tree_config("tree " + plan_text(shape.plan()), model(), shape, shape.branching > 1);
-      tree_config("tree hardware-aware", model(), sized, true);
-      if (workload > 0) {
-        const auto text = [&] { return std::make_shared<specdec::text_index_drafter>(big.vocab_size()); };
-        tree_config("text index chain 7/7/1", text(), specdec::fixed_tree{7, 7, 1}, false);
-        tree_config("text index tree 7/5/2", text(), specdec::fixed_tree{7, 5, 2}, true);
-        tree_config("text index tree 16/8/3", text(), specdec::fixed_tree{16, 8, 3}, true);
-        tree_config("text index hardware-aware", text(), sized_text, true);
-        const auto both = [&] { return std::make_shared<specdec::combined_tree_drafter<transformer>>(little); };
-        tree_config("combined 7/5/2", both(), specdec::fixed_tree{7, 5, 2}, true);
-        tree_config("combined 16/8/3", both(), specdec::fixed_tree{16, 8, 3}, true);
-      }
-      const std::vector<totals> rows = run_all(configs, prompts, runs, greedy);
-      print_totals(names[workload], temperature, rows);
     }
   }
   return 0;
@@ -299,6 +421,7 @@ int main(int argc, char** argv) {
   bool run_curve = true, run_benchmarks = true, has_filter = false, run_decode = false;
   std::size_t repeats = 9, threads = 1, prompts = 6, max_new = 160, runs = 3;
   std::vector<float> temperatures{0.0f, 1.0f};
+  std::vector<std::string> pairs{"little", "self"};
   std::string csv;
   std::vector<char*> args;
   for (int i = 0; i < argc; ++i) {
@@ -311,6 +434,7 @@ int main(int argc, char** argv) {
     else if (a.rfind("--prompts=", 0) == 0) prompts = std::stoul(a.substr(10));
     else if (a.rfind("--max-new=", 0) == 0) max_new = std::stoul(a.substr(10));
     else if (a.rfind("--temperature=", 0) == 0) temperatures = {std::stof(a.substr(14))};
+    else if (a == "--pairs=little" || a == "--pairs=self") pairs = {a.substr(8)};
     else if (a.rfind("--runs=", 0) == 0) runs = std::max<std::size_t>(1, std::stoul(a.substr(7)));
     else if (a.rfind("--curve-csv=", 0) == 0) csv = a.substr(12);
     else if (a.rfind("--repeats=", 0) == 0) repeats = std::stoul(a.substr(10));
@@ -328,5 +452,5 @@ int main(int argc, char** argv) {
   if (run_benchmarks) benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   if (run_curve && curve(repeats, csv) != 0) return 1;
-  return run_decode ? decode(threads, prompts, max_new, runs, temperatures) : 0;
+  return run_decode ? decode(threads, prompts, max_new, runs, temperatures, pairs) : 0;
 }

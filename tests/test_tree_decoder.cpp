@@ -5,6 +5,7 @@
 // the committer's stop rules, statistics, cache sync and bad input.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdint>
 #include <fstream>
 #include <string>
@@ -87,6 +88,28 @@ TEST(tree_decoder, a_tree_yields_more_tokens_per_target_call_than_a_chain_of_its
   EXPECT_EQ(t.stats.tokens_emitted, 300u);
   EXPECT_GT(t.stats.draft_calls, 0u);
   EXPECT_LE(t.stats.per_position_proposed.size(), 4u);
+}
+
+// The hardware-aware policy in the loop: told every step's verdict and timing (so its
+// costs become the decoder's measured ones), its plans change nothing in greedy output.
+TEST(tree_decoder, a_hardware_aware_policy_learns_from_every_step_and_keeps_greedy_output) {
+  markov_model target({.vocab = 12, .seed = 5});
+  markov_model draft({.vocab = 12, .seed = 5, .noise_seed = 9, .noise = 1.2f});
+  const std::vector<token_id> prompt{1, 4};
+  const auto want = target_greedy(target, prompt, 120);
+  specdec::model_tree_drafter md(draft);
+  std::vector<double> flat(9, 1.0);
+  specdec::hardware_aware_tree policy{.verify_cost = flat, .draft_cost = 0.01, .max_nodes = 8, .max_depth = 4,
+                                      .replan_every = 1, .target_token_seconds = 1e-6};
+  specdec::tree_decoder dec(md, target, policy);
+  const auto r = dec.generate(prompt, {.max_new_tokens = 120, .stop_at_eos = false});
+  EXPECT_EQ(r.tokens, want);
+  const auto& learnt = dec.policy().learnt;
+  EXPECT_GT(learnt.token_steps, 0.0);
+  EXPECT_GT(learnt.version, r.stats.target_calls);  // observe and observe_cost per step
+  EXPECT_GT(learnt.draft_forwards, 0.0);
+  EXPECT_NE(dec.policy().token_seconds(), 1e-6);  // measured now, not the knob
+  EXPECT_TRUE(std::isfinite(dec.policy().draft_forward_cost()));
 }
 
 TEST(tree_decoder, commits_through_the_committer_and_syncs_both_caches) {

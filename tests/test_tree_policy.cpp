@@ -1,10 +1,14 @@
-// Tests for include/specdec/tree_policy.hpp: fixed_tree's knobs; hardware_aware_tree
-// picks a bushy tree where verifying many nodes is nearly free, a chain where siblings
-// are rarely accepted, no draft where every extra token costs a full forward; it learns
-// acceptance per depth and rank from verdicts; measure_tree_policy fills the curve from
-// the models; bad knobs (a zero budget among them) get clear errors.
+// Tests for include/specdec/tree_policy.hpp: fixed_tree's knobs; hardware_aware_tree picks
+// the analytically best shape for a given cost curve, draft cost and acceptance table
+// (worked out by hand below, in both the level-by-level and the free drafting model), a
+// big tree on a flat curve, a chain or no draft on a steep one; its online estimates
+// (acceptance per depth and rank, one token's time, the draft forward, the per-row
+// overhead) converge on synthetic streams and follow a change; measure_tree_policy fills
+// the curve from the models; bad knobs get clear errors.
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <random>
 #include <vector>
 
 #include "specdec/testing/archetypes.hpp"
@@ -13,6 +17,8 @@
 namespace {
 static_assert(specdec::tree_sizing_policy<specdec::fixed_tree>);
 static_assert(specdec::tree_sizing_policy<specdec::hardware_aware_tree>);
+static_assert(specdec::cost_observing_policy<specdec::hardware_aware_tree>);
+static_assert(!specdec::cost_observing_policy<specdec::fixed_tree>);
 
 std::vector<double> curve(std::size_t n, double per_token) {
   std::vector<double> c;
@@ -20,13 +26,24 @@ std::vector<double> curve(std::size_t n, double per_token) {
   return c;
 }
 
-// A tree where node 0 (rank 0 root) is accepted, then its rank-0 child.
+// The same a(d, 0), a(d, 1) at every depth.
+std::vector<std::vector<double>> table(std::size_t depth, double a0, double a1) {
+  return std::vector<std::vector<double>>(depth, std::vector<double>{a0, a1});
+}
+
+void expect_plan(const specdec::tree_plan& p, std::size_t nodes, std::size_t depth, std::size_t branching) {
+  EXPECT_EQ(p.nodes, nodes);
+  EXPECT_EQ(p.depth, depth);
+  EXPECT_EQ(p.branching, branching);
+}
+
+// Node 0 (rank 0 root) is accepted, then its rank-0 child.
 specdec::token_tree two_level() {
   specdec::token_tree t;
-  t.add(1);         // 0: rank 0, depth 0
-  t.add(2);         // 1: rank 1, depth 0
-  t.add(3, 0);      // 2: rank 0, depth 1
-  t.add(4, 0);      // 3: rank 1, depth 1
+  t.add(1);     // 0: rank 0, depth 0
+  t.add(2);     // 1: rank 1, depth 0
+  t.add(3, 0);  // 2: rank 0, depth 1
+  t.add(4, 0);  // 3: rank 1, depth 1
   return t;
 }
 }  // namespace
@@ -41,20 +58,85 @@ TEST(fixed_tree, plans_its_shape_and_rejects_bad_knobs) {
   EXPECT_THROW((specdec::fixed_tree{.nodes = 3, .depth = 2, .branching = 0}.validate()), specdec::invalid_argument);
 }
 
-TEST(hardware_aware_tree, sizes_the_tree_to_the_verify_cost) {
-  // Nearly free verification: a tree, as large as allowed, bushier than a chain.
-  specdec::hardware_aware_tree cheap{.verify_cost = curve(17, 0.01), .max_nodes = 16, .max_depth = 6};
-  const auto p = cheap.plan();
+// Free best-first (an id-only drafter), verify_cost {1, 1.02, 1.05, 1.1, 1.8}, a(d, 0) =
+// 0.6, a(d, 1) = 0.3. Per step (tokens / cost): no draft 1; one node 1.6 / 1.02; a chain
+// of 2 1.96 / 1.05 = 1.867; a chain of 3 (1 + 0.6 + 0.36 + 0.216) / 1.1 = 1.978; the root's
+// two children plus the first one's child (1 + 0.6 + 0.3 + 0.36) / 1.1 = 2.055; four
+// nodes at most 2.476 / 1.8. Best: that 3-node tree of height 2.
+TEST(hardware_aware_tree, picks_the_best_shape_of_a_free_drafter) {
+  specdec::hardware_aware_tree p{.verify_cost = {1.0, 1.02, 1.05, 1.1, 1.8}, .max_nodes = 4, .max_depth = 4,
+                                 .max_branching = 2, .prior_table = table(4, 0.6, 0.3), .level_drafter = false};
+  expect_plan(p.plan(), 3, 2, 2);
+  EXPECT_NEAR(p.rate(3, 2), 2.26 / 1.1, 1e-12);
+  EXPECT_NEAR(p.rate(3, 1), 2.176 / 1.1, 1e-12);
+  EXPECT_NEAR(p.rate(2, 1), 1.96 / 1.05, 1e-12);
+  EXPECT_NEAR(p.rate(0, 1), 1.0, 1e-12);
+  EXPECT_NEAR(p.acceptance(2, 1), 0.3, 1e-12);
+}
+
+// A draft model expanded level by level (rounds of ceil(N / D) nodes, one draft forward
+// per round that has a successor), flat verify cost, a(d, 0) = 0.7, a(d, 1) = 0.2, c_d the
+// draft forward. Candidates (tokens, draft forwards):
+//   1 node:                               1.7,   1
+//   chain of 2 / of 3:                    2.19,  2  /  2.533, 3
+//   2 roots (D = 1, one round of 2):      1.9,   1
+//   2 roots + a grandchild (D = 2, w = 2: the roots, then the best child): 2.39, 2
+// c_d = 0.1: 2.39 / 1.2 = 1.992 beats the chain of 3, 2.533 / 1.3 = 1.948 -> {3, 2, 2}.
+// c_d = 0.6: 1.9 / 1.6 = 1.1875 beats 2.39 / 2.2 and 1.7 / 1.6 -> {2, 1, 2}.
+// c_d = 1.0: the best, 1.9 / 2, is below 1 -> no draft.
+TEST(hardware_aware_tree, picks_the_best_shape_of_a_level_by_level_drafter) {
+  specdec::hardware_aware_tree p{.verify_cost = {1.0, 1.0, 1.0, 1.0}, .draft_cost = 0.1, .max_nodes = 3,
+                                 .max_depth = 3, .max_branching = 2, .prior_table = table(3, 0.7, 0.2)};
+  expect_plan(p.plan(), 3, 2, 2);
+  EXPECT_NEAR(p.rate(3, 2), 2.39 / 1.2, 1e-12);
+  EXPECT_NEAR(p.rate(3, 1), 2.533 / 1.3, 1e-12);
+  p.draft_cost = 0.6;
+  expect_plan(p.plan(), 2, 1, 2);
+  EXPECT_NEAR(p.rate(2, 2), 1.9 / 1.6, 1e-12);
+  p.draft_cost = 1.0;
+  EXPECT_EQ(p.plan().nodes, 0u);
+  // A chain longer than the depth allows does not exist.
+  p.max_depth = 2;
+  EXPECT_EQ(p.rate(3, 1), 0.0);
+}
+
+TEST(hardware_aware_tree, a_flat_curve_gives_a_big_tree_a_steep_one_a_chain_or_nothing) {
+  // Verifying more rows is free: as many nodes as allowed, in a tree.
+  specdec::hardware_aware_tree flat{.verify_cost = curve(17, 0.0), .max_nodes = 16, .max_depth = 6};
+  const auto p = flat.plan();
   EXPECT_EQ(p.nodes, 16u);
   EXPECT_GT(p.branching, 1u);
   EXPECT_LE(p.depth, 6u);
-  // Each extra token costs a whole forward: drafting never pays.
-  specdec::hardware_aware_tree dear{.verify_cost = curve(17, 1.0), .max_nodes = 16};
-  EXPECT_EQ(dear.plan().nodes, 0u);
-  // A dear draft model: drafting does not pay either.
-  specdec::hardware_aware_tree slow_draft{.verify_cost = curve(17, 0.01), .draft_cost = 2.0, .max_nodes = 16};
+  // Each row costs a whole token: nothing pays.
+  specdec::hardware_aware_tree linear{.verify_cost = curve(17, 1.0), .max_nodes = 16};
+  EXPECT_EQ(linear.plan().nodes, 0u);
+  // A dear draft model: nothing pays either, but every 16th plan in a row drafts once,
+  // to measure the costs again.
+  specdec::hardware_aware_tree slow_draft{.verify_cost = curve(17, 0.0), .draft_cost = 2.0, .max_nodes = 16};
+  for (int i = 1; i < 16; ++i) EXPECT_EQ(slow_draft.plan().nodes, 0u) << i;
+  EXPECT_GT(slow_draft.plan().nodes, 0u);
   EXPECT_EQ(slow_draft.plan().nodes, 0u);
-  // Siblings never accepted, first children always: a chain.
+  slow_draft.probe_every = 0;
+  for (int i = 0; i < 40; ++i) EXPECT_EQ(slow_draft.plan().nodes, 0u) << i;
+  // Rows at a quarter token each, a confident draft whose second choices are rarely
+  // right: the best chain, (1 + 0.9 + ... + 0.9^k) / (1 + 0.25 k), is k = 6.
+  specdec::hardware_aware_tree steep{.verify_cost = curve(17, 0.25), .max_nodes = 16, .max_depth = 8,
+                                     .prior_table = table(8, 0.9, 0.05)};
+  double best = 0.0;
+  std::size_t best_k = 0;
+  for (std::size_t k = 0; k <= 8; ++k) {
+    double tokens = 1.0;
+    for (std::size_t i = 1; i <= k; ++i) tokens += std::pow(0.9, static_cast<double>(i));
+    const double r = tokens / (1.0 + 0.25 * static_cast<double>(k));
+    if (r > best) best = r, best_k = k;
+  }
+  ASSERT_EQ(best_k, 6u);
+  expect_plan(steep.plan(), 6, 6, 1);
+  EXPECT_NEAR(steep.rate(6, 1), best, 1e-12);
+}
+
+TEST(hardware_aware_tree, learns_acceptance_per_depth_and_rank_from_verdicts) {
+  // Siblings never accepted, first children always: the plan becomes a chain.
   specdec::hardware_aware_tree learnt{.verify_cost = curve(17, 0.05), .max_nodes = 16, .max_depth = 8};
   const specdec::token_tree t = two_level();
   const std::vector<std::size_t> path{0, 2};
@@ -66,29 +148,131 @@ TEST(hardware_aware_tree, sizes_the_tree_to_the_verify_cost) {
   EXPECT_EQ(c.branching, 1u);
   EXPECT_EQ(c.nodes, c.depth);
   EXPECT_GE(c.nodes, 2u);
-  // The modelled rate of the chosen plan is no worse than a chain's or no draft's.
   EXPECT_GE(learnt.rate(c.nodes, c.branching), learnt.rate(0, 1));
   learnt.reset();
   EXPECT_NEAR(learnt.acceptance(0, 0), learnt.prior, 1e-12);
+  // carry_over keeps it.
+  learnt.carry_over = true;
+  learnt.observe(t, path);
+  learnt.reset();
+  EXPECT_GT(learnt.acceptance(0, 0), learnt.prior);
+}
+
+// A synthetic stream of greedy verdicts on one tree shape (two children per node, three
+// levels): at each reached node the rank-0 child is accepted with probability a0(d), else
+// the rank-1 one with a1(d), else the walk ends. The estimates converge on those values,
+// and after the stream's law changes they follow it (decay forgets the old steps).
+TEST(hardware_aware_tree, online_acceptance_estimates_converge_and_follow_a_change) {
+  specdec::token_tree t;  // node k's children: 2k + 1, 2k + 2 (a full binary tree of 3 levels)
+  t.add(0);
+  t.add(1);
+  for (std::size_t k = 0; k < 6; ++k) t.add(static_cast<specdec::token_id>(k + 2), static_cast<std::int32_t>(k / 2));
+  // parents: 2,3 -> 0; 4,5 -> 1; 6,7 -> 2 (depth 2 only under node 2).
+  std::mt19937_64 rng(7);
+  std::uniform_real_distribution<double> u(0.0, 1.0);
+  const auto stream = [&](specdec::hardware_aware_tree& p, const double (&a0)[3], const double (&a1)[3], int steps) {
+    for (int s = 0; s < steps; ++s) {
+      std::vector<std::size_t> path;
+      std::int32_t at = specdec::no_parent;
+      for (;;) {
+        std::vector<std::size_t> kids;
+        for (std::size_t j = 0; j < t.size(); ++j)
+          if (t.parent(j) == at) kids.push_back(j);
+        if (kids.empty()) break;
+        const std::size_t d = t.depth(kids[0]);
+        const double x = u(rng);
+        const std::size_t pick = x < a0[d] ? 0 : x < a0[d] + a1[d] ? 1 : 2;
+        if (pick >= kids.size()) break;
+        path.push_back(kids[pick]);
+        at = static_cast<std::int32_t>(kids[pick]);
+      }
+      p.observe(t, path);
+    }
+  };
+  specdec::hardware_aware_tree p{.verify_cost = curve(9, 0.1), .max_nodes = 8, .decay = 0.999};
+  const double a0[3] = {0.7, 0.55, 0.4}, a1[3] = {0.2, 0.25, 0.3};
+  stream(p, a0, a1, 6000);
+  for (std::size_t d = 0; d < 3; ++d) {
+    EXPECT_NEAR(p.acceptance(d, 0), a0[d], 0.05) << "depth " << d;
+    EXPECT_NEAR(p.acceptance(d, 1), a1[d], 0.05) << "depth " << d;
+  }
+  const double b0[3] = {0.3, 0.3, 0.3}, b1[3] = {0.1, 0.1, 0.1};
+  stream(p, b0, b1, 4000);
+  for (std::size_t d = 0; d < 2; ++d) {  // depth 2 is now reached in 9 % of the steps only
+    EXPECT_NEAR(p.acceptance(d, 0), b0[d], 0.05) << "depth " << d;
+    EXPECT_NEAR(p.acceptance(d, 1), b1[d], 0.05) << "depth " << d;
+  }
+}
+
+// Step timings re-estimate one token's time, the draft forward and the per-row overhead;
+// a draft that turns out dear in the running decoder moves the plan to no draft.
+TEST(hardware_aware_tree, online_cost_estimates_converge_and_change_the_plan) {
+  specdec::hardware_aware_tree p{.verify_cost = {1.0, 1.0, 1.0, 1.0}, .draft_cost = 0.1, .max_nodes = 3,
+                                 .max_depth = 3, .max_branching = 2, .prior_table = table(3, 0.7, 0.2),
+                                 .target_token_seconds = 0.8e-3};
+  expect_plan(p.plan(), 3, 2, 2);
+  EXPECT_NEAR(p.token_seconds(), 0.8e-3, 1e-15);
+  EXPECT_NEAR(p.draft_forward_cost(), 0.1, 1e-12);
+  EXPECT_EQ(p.row_overhead(), 0.0);
+  EXPECT_EQ(p.learnt.token_steps, 0.0);
+  // Not plain (the prompt rode along) or not learning: ignored.
+  p.observe_cost({.nodes = 3, .target_rows = 40, .draft_forwards = 2, .target_seconds = 9e-3, .draft_seconds = 1e-3});
+  EXPECT_NEAR(p.token_seconds(), 0.8e-3, 1e-15);
+  // In the decoder one token takes 1 ms, a draft forward 1 ms, and the step's own work
+  // 0.02 ms per row; in every tenth step the machine took the core away for 50 ms.
+  for (int s = 0; s < 400; ++s) {
+    const double stall = s % 10 == 9 ? 50e-3 : 0.0;
+    p.observe_cost({.nodes = 3, .target_rows = 4, .draft_forwards = 2, .target_seconds = 1e-3 + stall,
+                    .draft_seconds = 2e-3 + stall, .other_seconds = 0.08e-3 + stall});
+  }
+  // Steady state: ~50 decayed steps (100 draft forwards, 200 rows) against the measured
+  // values' one step; a stall counts as twice the estimate e, so e = (9 + 2e) / 10 ms:
+  // 1.125 ms for one token, as much for a draft forward (c_d stays 1), and the overhead
+  // at most a quarter token per row in a stalled step.
+  EXPECT_NEAR(p.token_seconds(), 1.125e-3, 0.02e-3);
+  EXPECT_NEAR(p.draft_forward_cost(), 1.0, 0.02);
+  EXPECT_GT(p.row_overhead(), 0.015);
+  EXPECT_LT(p.row_overhead(), 0.06);
+  EXPECT_EQ(p.plan().nodes, 0u);
+  // A stall alone counts twice the estimate, not 50 ms.
+  specdec::hardware_aware_tree q = p;
+  q.reset();
+  q.observe_cost({.nodes = 3, .target_rows = 4, .draft_forwards = 2, .target_seconds = 50e-3});
+  EXPECT_NEAR(q.token_seconds(), (0.8e-3 + 2 * 0.8e-3) / 2, 1e-12);
+  // Without learn_costs the measured values stand.
+  p.reset();
+  p.learn_costs = false;
+  p.observe_cost({.nodes = 3, .target_rows = 4, .draft_forwards = 2, .target_seconds = 1e-3, .draft_seconds = 2e-3});
+  EXPECT_NEAR(p.draft_forward_cost(), 0.1, 1e-12);
+  expect_plan(p.plan(), 3, 2, 2);
 }
 
 TEST(hardware_aware_tree, rejects_bad_knobs_with_named_values) {
-  EXPECT_THROW((specdec::hardware_aware_tree{.verify_cost = curve(17, 0.1), .max_nodes = 0}.plan()),
+  EXPECT_THROW((void)(specdec::hardware_aware_tree{.verify_cost = curve(17, 0.1), .max_nodes = 0}.plan()),
                specdec::invalid_argument);
-  EXPECT_THROW((specdec::hardware_aware_tree{.verify_cost = curve(4, 0.1), .max_nodes = 16}.plan()),
+  EXPECT_THROW((void)(specdec::hardware_aware_tree{.verify_cost = curve(4, 0.1), .max_nodes = 16}.plan()),
                specdec::invalid_argument);
-  EXPECT_THROW((specdec::hardware_aware_tree{.verify_cost = {1.0, -1.0}, .max_nodes = 1}.plan()),
+  EXPECT_THROW((void)(specdec::hardware_aware_tree{.verify_cost = {1.0, -1.0}, .max_nodes = 1}.plan()),
                specdec::invalid_argument);
-  EXPECT_THROW((specdec::hardware_aware_tree{.verify_cost = curve(17, 0.1), .draft_cost = -1.0}.plan()),
+  EXPECT_THROW((void)(specdec::hardware_aware_tree{.verify_cost = curve(17, 0.1), .draft_cost = -1.0}.plan()),
                specdec::invalid_argument);
-  EXPECT_THROW((specdec::hardware_aware_tree{.verify_cost = curve(17, 0.1), .prior = 1.0}.plan()),
+  EXPECT_THROW((void)(specdec::hardware_aware_tree{.verify_cost = curve(17, 0.1), .prior = 1.0}.plan()),
                specdec::invalid_argument);
-  EXPECT_THROW((specdec::hardware_aware_tree{.verify_cost = curve(17, 0.1), .max_depth = 0}.plan()),
+  EXPECT_THROW((void)(specdec::hardware_aware_tree{.verify_cost = curve(17, 0.1), .max_depth = 0}.plan()),
+               specdec::invalid_argument);
+  EXPECT_THROW((void)(specdec::hardware_aware_tree{.verify_cost = curve(17, 0.1), .prior_table = {{0.5, 1.5}}}.plan()),
+               specdec::invalid_argument);
+  EXPECT_THROW((void)(specdec::hardware_aware_tree{.verify_cost = curve(17, 0.1), .decay = 0.0}.plan()),
                specdec::invalid_argument);
   EXPECT_THROW((void)(specdec::hardware_aware_tree{.verify_cost = curve(5, 0.1), .max_nodes = 4}.rate(5, 1)),
                specdec::invalid_argument);
   EXPECT_THROW((void)(specdec::hardware_aware_tree{.verify_cost = curve(5, 0.1), .max_nodes = 4}.rate(2, 0)),
                specdec::invalid_argument);
+  try {
+    (void)specdec::hardware_aware_tree{.verify_cost = curve(17, 0.1), .prior_table = {{0.5, 1.5}}}.plan();
+  } catch (const specdec::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("prior_table[0][1]"), std::string::npos) << e.what();
+  }
 }
 
 TEST(measure_tree_policy, fills_the_curve_from_the_models_and_leaves_their_caches) {
@@ -97,7 +281,12 @@ TEST(measure_tree_policy, fills_the_curve_from_the_models_and_leaves_their_cache
   EXPECT_EQ(p.verify_cost.size(), 7u);
   EXPECT_GT(p.draft_cost, 0.0);
   EXPECT_GT(p.target_token_seconds, 0.0);
+  EXPECT_TRUE(p.level_drafter);
+  for (std::size_t n = 1; n < p.verify_cost.size(); ++n) EXPECT_GE(p.verify_cost[n], p.verify_cost[n - 1]) << n;
   EXPECT_NO_THROW((void)p.plan());
   EXPECT_EQ(target.cache_length(), 0u);
   EXPECT_EQ(draft.cache_length(), 0u);
+  const auto text = specdec::measure_tree_policy(target, {.max_nodes = 6}, {.position = 4, .repeats = 1});
+  EXPECT_FALSE(text.level_drafter);
+  EXPECT_EQ(text.draft_cost, 0.0);
 }

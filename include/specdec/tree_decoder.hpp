@@ -24,7 +24,8 @@
 /// forward each), `draft_calls` the draft forwards; `record_verification(height, a)`
 /// counts, per step with a non-empty tree, the tree's height as the positions proposed
 /// and the accepted path's length as those accepted (so `position_acceptance_rate(d)` is
-/// the rate at which depth d was reached among steps whose tree had that depth).
+/// the rate at which depth d was reached among steps whose tree had that depth). A policy
+/// with `observe_cost` (`cost_observing_policy`) is told each step's timing.
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
@@ -98,6 +99,7 @@ class tree_decoder : public detail::seeded_sampling {
     if (opts.max_new_tokens == 0) out.stop(stop_reason::max_tokens);
 
     while (out.room_left(ctx)) {
+      const auto t_step = detail::decoder_clock::now();
       // ---- 1. plan and draft -> tree_draft ----
       const tree_request req = request(policy_.plan(), out.remaining(), ctx, opts.stop_at_eos);
       const tree_draft& d = drafter_.draft(seq_, req, params_, rng_);
@@ -124,6 +126,12 @@ class tree_decoder : public detail::seeded_sampling {
         if (!(going = out.emit(d.tree.token(n)))) break;
       if (going) out.emit(v.next);
       if (st.awaiting_first_step()) st.record_step_end(detail::decoder_seconds_since(t_start));
+      if constexpr (cost_observing_policy<Policy>) {
+        const double step = detail::decoder_seconds_since(t_step);
+        policy_.observe_cost({.nodes = d.size(), .target_rows = v.target_rows, .draft_forwards = d.forwards,
+                              .target_seconds = v.target_seconds, .draft_seconds = d.seconds,
+                              .other_seconds = std::max(0.0, step - d.seconds - v.target_seconds)});
+      }
     }
     st.total_seconds = detail::decoder_seconds_since(t_start);
     st.policy_seconds = std::max(0.0, st.total_seconds - st.draft_seconds - st.target_seconds);

@@ -76,34 +76,109 @@ struct fixed_tree {
   void reset() noexcept {}
 };
 
-/// Sizes trees to the host. Model: a child of rank r (its index among its siblings) at
-/// depth d is accepted, given that its parent was, with probability a(d, r), estimated
-/// online from the verdicts (a Beta-style mean whose prior is the estimate one level up,
-/// `prior * 0.5^r` at depth 0). For each branching b = 1..max_branching the tree of N
-/// nodes with the most expected accepted tokens A(N) is built best-first (a node's value
-/// is the product of a along its path, and adding the most valuable open node is
-/// optimal because a child is never worth more than its parent); a step then emits A(N)
-/// + 1 tokens at a cost of `verify_cost[N]` (N nodes plus the committed token, in units
-/// of one target token) plus `draft_cost` per tree level. The plan maximises (A + 1) /
-/// cost over b and N = 0..max_nodes; N = 0 is plain decoding, b = 1 a chain.
+/// What one tree step cost, as the decoder timed it (`tree_decoder` reports it to a policy
+/// with `observe_cost`).
 ///
 /// ```cpp
-/// specdec::hardware_aware_tree p{.verify_cost = {1.0, 1.02, 1.05, 1.1, 1.2}, .draft_cost = 0.1,
-///                                .max_nodes = 4, .max_depth = 4, .max_branching = 2};
-/// p.validate();
-/// specdec::tree_plan plan = p.plan();
+/// specdec::tree_step_cost c{.nodes = 6, .target_rows = 7, .draft_forwards = 3,
+///                           .target_seconds = 9e-4, .draft_seconds = 2e-4, .other_seconds = 3e-5};
 /// ```
+struct tree_step_cost {
+  std::size_t nodes = 0;           ///< nodes of the verified tree (0: no draft)
+  /// Rows of the target's forward: nodes + 1 on a plain step, more when it also took
+  /// uncached context (the prompt, on a generation's first step).
+  std::size_t target_rows = 0;
+  std::size_t draft_forwards = 0;  ///< the step's draft forwards
+  double target_seconds = 0.0;     ///< the target's forward
+  double draft_seconds = 0.0;      ///< the draft forwards
+  double other_seconds = 0.0;      ///< the rest: planning, drafting's and verifying's own work, committing
+};
+
+/// A sizing policy that also learns from each step's timing: `p.observe_cost(c)` after
+/// every step (`tree_decoder` calls it when the policy has it).
+///
+/// ```cpp
+/// static_assert(specdec::cost_observing_policy<specdec::hardware_aware_tree>);
+/// ```
+template <class P>
+concept cost_observing_policy = tree_sizing_policy<P> && requires(P& p, const tree_step_cost& c) { p.observe_cost(c); };
+
+/// Sizes trees to the host (Sequoia's hardware-aware tree, in spirit), choosing each
+/// step's shape among all trees, chains and no draft by expected tokens per unit of time.
+///
+/// Acceptance: a child of rank r (its index among its siblings, the drafter's r-th
+/// choice) at depth d is accepted, given that its parent was, with probability a(d, r),
+/// a decayed Beta-style mean over the verdicts (`observe`) whose prior is `prior_table`'s
+/// entry, else the estimate one level up, else `prior * 0.5^r` at depth 0.
+///
+/// Shape: for each branching b and depth cap D the tree is grown as the drafter grows it:
+/// best-first by the product of a along a node's path, a node's children in rank order;
+/// with `level_drafter` (a draft model: `model_tree_drafter`, `combined_tree_drafter`) in
+/// rounds of w = ceil(N / D) nodes, a round's nodes taking children only after the draft
+/// forward that follows it, so N nodes cost F(N) draft forwards (the first one included);
+/// without (`text_index_drafter`) freely best-first, with no draft forward.
+///
+/// Time, in units of one target token t(1): verify_cost[N] (N nodes plus the committed
+/// token) + c_d F(N) + c_o (N + 1), with c_d one draft forward and c_o the per-row
+/// overhead of the step (planning, drafting's and verifying's own work). A step emits
+/// A(N) + 1 tokens, A(N) the tree's expected accepted nodes. The plan maximises
+/// (A + 1) / time over N = 0..max_nodes (0: no draft), b = 1..max_branching (1: a chain)
+/// and D = 1..max_depth; ties go to no draft, then to fewer branches, shallower, fewer
+/// nodes.
+///
+/// Online: `observe` updates a(d, r); `observe_cost` (with `learn_costs` and a measured
+/// `target_token_seconds`) re-estimates t(1), c_d and c_o from the step timings of plain
+/// steps, each step's sample capped at twice the running estimate (a descheduled forward is
+/// no cost of the model; c_o at a quarter token per row), the measured values weighing
+/// as one step (or one draft forward) that never decays. Observations forget with
+/// `decay` per step, so a choice that stopped being observed (no draft: no verdicts, no
+/// draft timings) drifts back to the priors and is tried again; after `probe_every`
+/// no-draft plans in a row one step drafts anyway, to measure again. The curve's shape
+/// t(n)/t(1) stays the measured one.
+///
+/// Example: with verify_cost = {1, 1.02, 1.05, 1.1, 1.8}, no draft cost, a(d, 0) = 0.6
+/// and a(d, 1) = 0.3, a chain of 3 emits 1 + 0.6 + 0.36 + 0.216 = 2.18 tokens for 1.1
+/// (1.98 per token-time), a tree of both children of the root and one grandchild
+/// 1 + 0.6 + 0.3 + 0.36 = 2.26 for the same 1.1 (2.05): the plan is that tree (3 nodes,
+/// depth 2, branching 2); a fourth node would cost 1.8.
+///
+/// ```cpp
+/// specdec::hardware_aware_tree p{.verify_cost = {1.0, 1.02, 1.05, 1.1, 1.8}, .max_nodes = 4,
+///                                .max_depth = 4, .max_branching = 2,
+///                                .prior_table = {{0.6, 0.3}, {0.6, 0.3}, {0.6, 0.3}, {0.6, 0.3}},
+///                                .level_drafter = false};
+/// specdec::tree_plan plan = p.plan();   // {3, 2, 2}
+/// ```
+///
+/// Across generations (`carry_over`, off by default) the decoder's `reset()` keeps the
+/// learnt state. Sampled output depends on the plans, so with learnt costs (or carried
+/// state) repeating a seed need not repeat the output; its law is the target's whatever
+/// the plan, and greedy output is the target's own.
 struct hardware_aware_tree {
   /// verify_cost[n - 1] = t(n) / t(1): one target forward of n tokens against one; at
   /// least max_nodes + 1 entries (measure_verify_cost's `tree_ratio`).
-  std::vector<double> verify_cost;
+  std::vector<double> verify_cost{};
   double draft_cost = 0.0;        ///< one draft forward, in units of one target token; >= 0
   std::size_t max_nodes = 16;     ///< >= 1
   std::size_t max_depth = 8;      ///< >= 1
   std::size_t max_branching = 4;  ///< >= 1
   double prior = 0.6;             ///< prior acceptance of the rank-0 child at depth 0; in (0, 1)
-  double prior_weight = 4.0;      ///< pseudo-observations of the prior; > 0
-  double target_token_seconds = 0.0;  ///< set by measure_tree_policy: t(1) of the target
+  /// Optional prior a(d, r) per depth (rows) and rank (columns), each in (0, 1); an entry
+  /// it lacks follows the rule above.
+  std::vector<std::vector<double>> prior_table{};
+  double prior_weight = 4.0;          ///< pseudo-observations of the prior; > 0
+  double decay = 0.98;                ///< per-step forgetting of counts and costs; in (0, 1]
+  bool level_drafter = true;          ///< the drafter expands level by level (see above)
+  bool learn_costs = true;            ///< re-estimate t(1), c_d and c_o from `observe_cost`
+  bool carry_over = false;            ///< `reset()` keeps the learnt state
+  /// `plan()` searches again once this many steps were observed since its last search
+  /// (or when a knob changed); in between it returns that plan. >= 1 (1: every step).
+  std::size_t replan_every = 8;
+  /// After this many no-draft plans in a row, one step drafts the best drafting shape, so
+  /// that its costs and acceptance are measured again (no draft measures neither);
+  /// 0: never.
+  std::size_t probe_every = 16;
+  double target_token_seconds = 0.0;  ///< t(1) of the target, seconds (measure_tree_policy); 0 = unknown
 
   void validate() const {
     if (max_nodes == 0) detail::fail_knob("hardware_aware_tree.max_nodes", "0", ">= 1 (a node budget)");
@@ -118,65 +193,89 @@ struct hardware_aware_tree {
     detail::check_non_negative("hardware_aware_tree.draft_cost", draft_cost);
     if (!(prior > 0.0 && prior < 1.0))
       detail::fail_knob("hardware_aware_tree.prior", detail::format_value(prior), "in (0, 1)");
+    for (std::size_t d = 0; d < prior_table.size(); ++d)
+      for (std::size_t r = 0; r < prior_table[d].size(); ++r)
+        if (!(prior_table[d][r] > 0.0 && prior_table[d][r] < 1.0))
+          detail::fail_knob("hardware_aware_tree.prior_table[" + std::to_string(d) + "][" + std::to_string(r) + "]",
+                            detail::format_value(prior_table[d][r]), "in (0, 1)");
     detail::check_positive("hardware_aware_tree.prior_weight", prior_weight);
+    if (!(decay > 0.0 && decay <= 1.0))
+      detail::fail_knob("hardware_aware_tree.decay", detail::format_value(decay), "in (0, 1]");
+    detail::check_non_negative("hardware_aware_tree.target_token_seconds", target_token_seconds);
+    if (replan_every == 0) detail::fail_knob("hardware_aware_tree.replan_every", "0", ">= 1 (1: every step)");
   }
 
-  /// Forgets what was learnt.
+  /// Forgets what was learnt, unless `carry_over`.
   void reset() {
-    observed.trials.clear();
-    observed.hits.clear();
+    if (!carry_over) learnt = {};
   }
 
   /// The estimated acceptance of a rank-r child at depth d (see the struct comment).
   [[nodiscard]] double acceptance(std::size_t d, std::size_t r) const {
     double est = prior * std::pow(0.5, static_cast<double>(r));
     for (std::size_t k = 0; k <= d; ++k) {
-      const double t = at(observed.trials, k, r), h = at(observed.hits, k, r);
+      if (k < prior_table.size() && r < prior_table[k].size()) est = prior_table[k][r];
+      const double t = at(learnt.trials, k, r), h = at(learnt.hits, k, r);
       est = (h + prior_weight * est) / (t + prior_weight);
     }
     return est;
   }
 
-  /// Expected tokens per unit of target time of the best tree of `nodes` nodes and
-  /// `branching`, with its depth in `depth_out` (nodes = 0: 1 / verify_cost[0]).
-  /// Throws `invalid_argument` for bad knobs (`validate`), or unless
-  /// `nodes < verify_cost.size()` and `branching >= 1`.
-  [[nodiscard]] double rate(std::size_t nodes, std::size_t branching, std::size_t* depth_out = nullptr) const {
-    validate();
-    if (nodes >= verify_cost.size() || branching == 0)
-      throw invalid_argument("hardware_aware_tree::rate: nodes = " + std::to_string(nodes) + ", branching = " +
-                             std::to_string(branching) + "; expected nodes < verify_cost.size() = " +
-                             std::to_string(verify_cost.size()) + " and branching >= 1");
-    std::vector<double> best(nodes + 1, 0.0);
-    std::vector<std::size_t> depth(nodes + 1, 0);
-    grow(branching, nodes, best, depth);
-    if (depth_out) *depth_out = depth[nodes];
-    return (best[nodes] + 1.0) / (verify_cost.at(nodes) + draft_cost * static_cast<double>(depth[nodes]));
+  /// One target token's seconds now: `target_token_seconds` refined by `observe_cost`.
+  [[nodiscard]] double token_seconds() const noexcept {
+    return (target_token_seconds + learnt.token_sum) / (1.0 + learnt.token_steps);
+  }
+  /// c_d: one draft forward in target tokens (`draft_cost`, refined by `observe_cost`).
+  [[nodiscard]] double draft_forward_cost() const noexcept {
+    if (!(learnt.draft_forwards > 0.0)) return draft_cost;
+    const double t1 = token_seconds();
+    return (draft_cost * t1 + learnt.draft_sum) / (1.0 + learnt.draft_forwards) / t1;
+  }
+  /// c_o: the step's own work per row in target tokens (0 until `observe_cost` says).
+  [[nodiscard]] double row_overhead() const noexcept {
+    return learnt.other_rows > 0.0 ? learnt.other_sum / (1.0 + learnt.other_rows) / token_seconds() : 0.0;
   }
 
-  /// The shape that maximises expected tokens per unit of time (ties: fewer nodes).
-  [[nodiscard]] tree_plan plan() const {
+  /// Expected tokens per target-token time of a step with a tree of `nodes` nodes and at
+  /// most `branching` children per node, its depth cap chosen best (returned in
+  /// `depth_out`); nodes = 0 is plain decoding, 0 when no such tree fits the knobs. Throws `invalid_argument` for bad knobs
+  /// (`validate`), or unless `nodes <= max_nodes` and `branching >= 1`.
+  [[nodiscard]] double rate(std::size_t nodes, std::size_t branching, std::size_t* depth_out = nullptr) const {
     validate();
-    tree_plan out{};
-    double best_rate = 1.0 / verify_cost[0];
-    std::vector<double> value(max_nodes + 1);
-    std::vector<std::size_t> depth(max_nodes + 1);
-    for (std::size_t b = 1; b <= max_branching; ++b) {
-      grow(b, max_nodes, value, depth);
-      for (std::size_t n = 1; n <= max_nodes; ++n) {
-        const double r = (value[n] + 1.0) / (verify_cost[n] + draft_cost * static_cast<double>(depth[n]));
-        if (r > best_rate * (1.0 + 1e-9)) {
-          best_rate = r;
-          out = {n, depth[n], b};
-        }
-      }
+    if (nodes > max_nodes || branching == 0)
+      throw invalid_argument("hardware_aware_tree::rate: nodes = " + std::to_string(nodes) + ", branching = " +
+                             std::to_string(branching) + "; expected nodes <= max_nodes = " +
+                             std::to_string(max_nodes) + " and branching >= 1");
+    const choice c = search(nodes, branching);
+    if (depth_out) *depth_out = c.plan.depth;
+    return c.rate;
+  }
+
+  /// The shape that maximises expected tokens per unit of time (see the struct comment),
+  /// searched again every `replan_every` observed steps.
+  [[nodiscard]] tree_plan plan() const {
+    plan_cache& c = learnt.cache;
+    knob_key(c.scratch);
+    if (!(c.valid && c.key == c.scratch && learnt.version - c.version < replan_every)) {
+      validate();
+      c.plan = search(any, any).plan;
+      c.key.swap(c.scratch);
+      c.version = learnt.version;
+      c.valid = true;
     }
-    return out;
+    if (c.plan.nodes > 0 || probe_every == 0) return c.plan;
+    if (++c.idle < probe_every) return c.plan;
+    c.idle = 0;
+    return search(any, any, false).plan;
   }
 
   /// Counts, for every child of the root and of each accepted node, one trial at its
-  /// (depth, rank), and one hit when it is on the accepted path.
+  /// (depth, rank), and one hit when it is on the accepted path (older counts decayed).
   void observe(const token_tree& t, std::span<const std::size_t> path) {
+    ++learnt.version;
+    for (auto* m : {&learnt.trials, &learnt.hits})
+      for (auto& row : *m)
+        for (double& x : row) x *= decay;
     std::vector<std::size_t> rank(t.size(), 0), kids(t.size() + 1, 0);
     for (std::size_t j = 0; j < t.size(); ++j) {
       const std::int32_t p = t.parent(j);
@@ -189,12 +288,82 @@ struct hardware_aware_tree {
     for (std::size_t j = 0; j < t.size(); ++j) {
       if (!reached(t.parent(j))) continue;
       const std::size_t d = t.depth(j), r = rank[j];
-      bump(observed.trials, d, r);
-      if (std::ranges::find(path, j) != path.end()) bump(observed.hits, d, r);
+      bump(learnt.trials, d, r);
+      if (std::ranges::find(path, j) != path.end()) bump(learnt.hits, d, r);
     }
   }
 
+  /// Re-estimates t(1), c_d and c_o from a plain step's timing (target_rows == nodes + 1,
+  /// within the curve); ignores other steps, and every step unless `learn_costs` and
+  /// `target_token_seconds > 0`.
+  void observe_cost(const tree_step_cost& c) {
+    const std::size_t rows = c.target_rows;
+    if (!learn_costs || !(target_token_seconds > 0.0) || rows != c.nodes + 1 || rows > verify_cost.size()) return;
+    if (!(c.target_seconds > 0.0) || !std::isfinite(c.target_seconds) || !(c.draft_seconds >= 0.0) ||
+        !std::isfinite(c.draft_seconds) || !(c.other_seconds >= 0.0) || !std::isfinite(c.other_seconds))
+      return;
+    learned& l = learnt;
+    ++l.version;
+    // A step's sample counts at most `spike` times the running estimate: a shared
+    // machine that takes the core away mid-forward must not make a cost look dear for
+    // the many steps the decay needs to forget it.
+    constexpr double spike = 2.0;
+    const double t1 = token_seconds(), per_forward = draft_forward_cost() * t1;
+    for (double* x : {&l.token_sum, &l.token_steps, &l.draft_sum, &l.draft_forwards, &l.other_sum, &l.other_rows})
+      *x *= decay;
+    l.token_sum += std::min(c.target_seconds / verify_cost[rows - 1], spike * t1);
+    l.token_steps += 1.0;
+    if (c.draft_forwards > 0) {
+      const double n = static_cast<double>(c.draft_forwards);
+      l.draft_sum += n * std::min(c.draft_seconds / n, spike * per_forward);
+      l.draft_forwards += n;
+    }
+    l.other_sum += std::min(c.other_seconds, 0.25 * t1 * static_cast<double>(rows));
+    l.other_rows += static_cast<double>(rows);
+  }
+
+  /// What `observe` and `observe_cost` learnt (decayed sums): trials[d][r] children of
+  /// rank r at depth d whose parent was reached, hits[d][r] of them accepted; the target's
+  /// seconds per token-time and the steps they came from; the draft's seconds and
+  /// forwards; the steps' other seconds and rows. Public only so the struct stays an
+  /// aggregate.
+  /// The last searched plan, the knobs it was searched with and `learned::version` then.
+  struct plan_cache {
+    bool valid = false;
+    std::size_t version = 0;
+    std::size_t idle = 0;  ///< no-draft plans returned in a row
+    tree_plan plan{};
+    std::vector<double> key{}, scratch{};
+  };
+  struct learned {
+    std::vector<std::vector<double>> trials, hits;
+    double token_sum = 0.0, token_steps = 0.0;
+    double draft_sum = 0.0, draft_forwards = 0.0;
+    double other_sum = 0.0, other_rows = 0.0;
+    std::size_t version = 0;  ///< observed steps
+    mutable plan_cache cache{};
+  } learnt{};
+
  private:
+  static constexpr std::size_t any = static_cast<std::size_t>(-1);
+  struct choice {
+    tree_plan plan;
+    double rate = 0.0;
+  };
+
+  /// Every knob the search reads, flattened (a changed knob means a new search).
+  void knob_key(std::vector<double>& k) const {
+    k.assign(verify_cost.begin(), verify_cost.end());
+    for (double x : {draft_cost, static_cast<double>(max_nodes), static_cast<double>(max_depth),
+                     static_cast<double>(max_branching), prior, prior_weight, level_drafter ? 1.0 : 0.0,
+                     learn_costs ? 1.0 : 0.0, target_token_seconds, static_cast<double>(prior_table.size())})
+      k.push_back(x);
+    for (const auto& row : prior_table) {
+      k.push_back(static_cast<double>(row.size()));
+      k.insert(k.end(), row.begin(), row.end());
+    }
+  }
+
   static double at(const std::vector<std::vector<double>>& m, std::size_t d, std::size_t r) {
     return d < m.size() && r < m[d].size() ? m[d][r] : 0.0;
   }
@@ -204,49 +373,108 @@ struct hardware_aware_tree {
     m[d][r] += 1.0;
   }
 
-  /// Best-first: value[n] = expected accepted tokens of the best n-node tree with at most
-  /// b children per node, depth[n] its height.
-  void grow(std::size_t b, std::size_t n_max, std::vector<double>& value, std::vector<std::size_t>& depth) const {
-    struct open_node {
-      double v;
-      std::size_t d;
-      bool operator<(const open_node& o) const { return v < o.v; }
+  /// One grown tree: value[n] its expected accepted nodes with n nodes, forwards[n] the
+  /// draft forwards that took (0: n nodes not reachable), height[n] its height.
+  struct growth {
+    std::vector<double> value;
+    std::vector<std::size_t> forwards, height;
+  };
+
+  /// Grows the tree of branching b and depth cap cap as the drafter would (see the struct
+  /// comment), `width` nodes per round (0: no rounds), up to n_max nodes.
+  void grow(const std::vector<std::vector<double>>& a, std::size_t b, std::size_t cap, std::size_t width,
+            std::size_t n_max, growth& g) const {
+    struct open_child {
+      double v;          // value of the child: its parent's value times a(d, r)
+      double parent_v;   // its parent's value (1 at the root)
+      std::size_t d, r;  // depth and rank
+      bool operator<(const open_child& o) const { return v < o.v; }
     };
-    std::vector<std::vector<double>> a(max_depth, std::vector<double>(b));
-    for (std::size_t d = 0; d < max_depth; ++d)
-      for (std::size_t r = 0; r < b; ++r) a[d][r] = acceptance(d, r);
-    std::priority_queue<open_node> q;
-    for (std::size_t r = 0; r < b; ++r) q.push({a[0][r], 0});
-    value[0] = 0.0;
-    depth[0] = 0;
-    for (std::size_t n = 1; n <= n_max; ++n) {
-      if (q.empty()) {
-        value[n] = value[n - 1];
-        depth[n] = depth[n - 1];
-        continue;
+    g.value.assign(n_max + 1, 0.0);
+    g.forwards.assign(n_max + 1, 0);
+    g.height.assign(n_max + 1, 0);
+    std::priority_queue<open_child> q;
+    std::vector<open_child> round;
+    q.push({a[0][0], 1.0, 0, 0});
+    std::size_t n = 0, forwards = width ? 1 : 0, height = 0;
+    double value = 0.0;
+    const auto open = [&](const open_child& c) {  // c was added and forwarded: its first child
+      if (c.d + 1 < cap) q.push({c.v * a[c.d + 1][0], c.v, c.d + 1, 0});
+    };
+    while (n < n_max && !q.empty()) {
+      round.clear();
+      while (n < n_max && !q.empty() && (width == 0 || round.size() < width)) {
+        const open_child c = q.top();
+        q.pop();
+        ++n;
+        value += c.v;
+        height = std::max(height, c.d + 1);
+        g.value[n] = value;
+        g.forwards[n] = forwards;
+        g.height[n] = height;
+        if (c.r + 1 < b) q.push({c.parent_v * a[c.d][c.r + 1], c.parent_v, c.d, c.r + 1});
+        if (width == 0) open(c);
+        else round.push_back(c);
       }
-      const open_node top = q.top();
-      q.pop();
-      value[n] = value[n - 1] + top.v;
-      depth[n] = std::max(depth[n - 1], top.d + 1);
-      if (top.d + 1 < max_depth)
-        for (std::size_t r = 0; r < b; ++r) q.push({top.v * a[top.d + 1][r], top.d + 1});
+      if (width == 0 || n >= n_max) break;
+      bool forwarded = false;
+      for (const open_child& c : round)
+        if (c.d + 1 < cap) {
+          open(c);
+          forwarded = true;
+        }
+      if (forwarded) ++forwards;
     }
   }
 
-
- public:
-  /// What `observe` learnt: trials[d][r] children of rank r at depth d whose parent was
-  /// reached, hits[d][r] of them accepted (public only so the struct stays an aggregate).
-  struct counts {
-    std::vector<std::vector<double>> trials, hits;
-  } observed{};
+  /// The best plan (or, with `only_nodes` / `only_branching` set, the best with those;
+  /// without `none`, the best that drafts).
+  [[nodiscard]] choice search(std::size_t only_nodes, std::size_t only_branching, bool none = true) const {
+    const std::size_t b_max = only_branching == any ? max_branching : only_branching;
+    const std::size_t depth_max = std::min(max_depth, max_nodes);
+    std::vector<std::vector<double>> a(depth_max, std::vector<double>(b_max));
+    for (std::size_t d = 0; d < depth_max; ++d)
+      for (std::size_t r = 0; r < b_max; ++r) a[d][r] = acceptance(d, r);
+    const double c_d = draft_forward_cost(), c_o = row_overhead();
+    const auto step_rate = [&](std::size_t n, double value, std::size_t forwards) {
+      return (value + 1.0) /
+             (verify_cost[n] + c_d * static_cast<double>(forwards) + c_o * static_cast<double>(n + 1));
+    };
+    choice best{{}, 0.0};
+    const auto consider = [&](const tree_plan& p, double r) {
+      if (r > best.rate * (1.0 + 1e-9)) best = {p, r};
+    };
+    if (none && (only_nodes == any || only_nodes == 0)) consider({}, step_rate(0, 0.0, 0));
+    if (only_nodes == 0) return best;
+    const std::size_t n_lo = only_nodes == any ? 1 : only_nodes, n_hi = only_nodes == any ? max_nodes : only_nodes;
+    growth g;
+    for (std::size_t b = only_branching == any ? 1 : only_branching; b <= b_max; ++b) {
+      if (!level_drafter) {
+        grow(a, b, depth_max, 0, n_hi, g);
+        for (std::size_t n = n_lo; n <= n_hi; ++n)
+          if (g.height[n] > 0) consider({n, g.height[n], b}, step_rate(n, g.value[n], 0));
+        continue;
+      }
+      for (std::size_t cap = 1; cap <= depth_max; ++cap)
+        for (std::size_t w = 1; (w - 1) * cap < n_hi; ++w) {
+          // The nodes N whose round width ceil(N / cap) is w.
+          const std::size_t lo = std::max(n_lo, (w - 1) * cap + 1), hi = std::min(n_hi, w * cap);
+          if (lo > hi) continue;
+          grow(a, b, cap, w, hi, g);
+          for (std::size_t n = lo; n <= hi; ++n)
+            if (g.forwards[n] > 0) consider({n, cap, b}, step_rate(n, g.value[n], g.forwards[n]));
+        }
+    }
+    return best;
+  }
 };
 
 /// A `hardware_aware_tree` sized to this host: the target's verify-cost curve up to
-/// `knobs.max_nodes + 1` tokens and, with a draft model, one draft forward's cost against
-/// one target token, both measured now (`measure_verify_cost`; each model's cache is
-/// left as it was).
+/// `knobs.max_nodes + 1` tokens (made non-decreasing) and, with a draft model, one draft
+/// forward's cost against one target token, both measured now (`measure_verify_cost`;
+/// each model's cache is left as it was), and `target_token_seconds`, so that the policy
+/// refines these costs from the decoder's step timings. The text-only overload models an
+/// id-only drafter (`level_drafter` off), the other a draft model (on).
 ///
 /// ```cpp
 /// auto policy = specdec::measure_tree_policy(big, little, {.max_nodes = 24, .max_depth = 8});
@@ -256,9 +484,13 @@ template <tree_model Target>
 hardware_aware_tree measure_tree_policy(Target& target, hardware_aware_tree knobs = {},
                                         verify_cost_options options = {}) {
   const verify_cost_curve t = measure_verify_cost(target, knobs.max_nodes + 1, options);
+  // A block never costs less than a smaller one: a size timed below a smaller size (a
+  // noisy measurement) takes the smaller size's cost.
   knobs.verify_cost.clear();
-  for (std::size_t n = 1; n <= knobs.max_nodes + 1; ++n) knobs.verify_cost.push_back(t.tree_ratio(n));
+  for (std::size_t n = 1; n <= knobs.max_nodes + 1; ++n)
+    knobs.verify_cost.push_back(std::max(t.tree_ratio(n), n == 1 ? 0.0 : knobs.verify_cost.back()));
   knobs.draft_cost = 0.0;
+  knobs.level_drafter = false;
   knobs.target_token_seconds = t.chain[0];
   return knobs;
 }
@@ -266,6 +498,7 @@ template <tree_model Target, tree_model Draft>
 hardware_aware_tree measure_tree_policy(Target& target, Draft& draft, hardware_aware_tree knobs = {},
                                         verify_cost_options options = {}) {
   knobs = measure_tree_policy(target, std::move(knobs), options);
+  knobs.level_drafter = true;
   knobs.draft_cost = measure_verify_cost(draft, 1, options).chain[0] / knobs.target_token_seconds;
   return knobs;
 }

@@ -288,9 +288,13 @@ class llama_engine {
           // hardware prefetchers follow slowly (see specdec-batch-bench,
           // bench/batch_bench.cpp). Single tokens and verify blocks read one cache that
           // is already hot, so they skip it.
-          if (k >= balanced_rows)
-            for (std::size_t p = 0; p <= pos; ++p)
+          if (k >= balanced_rows) {
+            const auto split = split_rows(values, pos + 1);
+            for (std::size_t p = 0; p < split.direct; ++p)
+              for (std::size_t j = 0; j < hs; j += lanes) split.head.prefetch_line(p, j);
+            for (std::size_t p = split.direct; p <= pos; ++p)
               for (std::size_t j = 0; j < hs; j += lanes) values.prefetch_line(p, j);
+          }
           matmul_rows(keys, pos + 1, hs, q_.data() + head_off, kv_mul, hs, att, seq);
           for (std::size_t m = 0; m < kv_mul; ++m) {
             float* a = att + m * seq;

@@ -12,6 +12,30 @@
 
 namespace specdec::cpu::detail {
 
+/// acc[m][c] += a_m[p] * (row p of `rows`, columns i + 16 c .. i + 16 c + 15): one step of
+/// `weighted_rows_sum_group`'s main loop.
+template <int M, class W>
+[[gnu::always_inline]] inline void add_weighted_row(v16 (&acc)[M][4], const float* a, std::size_t lda, std::size_t p,
+                                                    const W& rows, std::size_t i) noexcept {
+  v16 vv[4];
+  for (int c = 0; c < 4; ++c) {
+    rows.load(vv[c], p, i + c * lanes);
+    pin_register(vv[c]);
+  }
+  for (int m = 0; m < M; ++m) {
+    const float ap = a[static_cast<std::size_t>(m) * lda + p];
+    for (int c = 0; c < 4; ++c) acc[m][c] += ap * vv[c];
+  }
+}
+/// acc += ap * (row p of `rows`, columns i..i+15): one step of its 16-column loop.
+template <class W>
+[[gnu::always_inline]] inline void add_weighted_row(v16& acc, float ap, const W& rows, std::size_t p,
+                                                    std::size_t i) noexcept {
+  v16 vv;
+  rows.load(vv, p, i);
+  acc += ap * vv;
+}
+
 /// out_m[i] = sum over p < count of a_m[p] * v_p[i] for i < n and each of M weight vectors
 /// a_m = a + m * lda (output out_m = out + m * ldo), where v_p is row p of the row stream
 /// `v` (fp32, or a 16-bit KV cache decoded exactly to fp32 in registers): the
@@ -30,17 +54,9 @@ inline void weighted_rows_sum_group(const float* a, std::size_t lda, std::size_t
     v16 acc[M][4];
     for (int m = 0; m < M; ++m)
       for (int c = 0; c < 4; ++c) acc[m][c] = v16{};
-    for (std::size_t p = 0; p < count; ++p) {
-      v16 vv[4];
-      for (int c = 0; c < 4; ++c) {
-        v.load(vv[c], p, i + c * lanes);
-        pin_register(vv[c]);
-      }
-      for (int m = 0; m < M; ++m) {
-        const float ap = a[static_cast<std::size_t>(m) * lda + p];
-        for (int c = 0; c < 4; ++c) acc[m][c] += ap * vv[c];
-      }
-    }
+    const auto split = split_rows(v, count);
+    for (std::size_t p = 0; p < split.direct; ++p) add_weighted_row<M>(acc, a, lda, p, split.head, i);
+    for (std::size_t p = split.direct; p < count; ++p) add_weighted_row<M>(acc, a, lda, p, v, i);
     for (int m = 0; m < M; ++m)
       for (int c = 0; c < 4; ++c)
         store16(out + static_cast<std::size_t>(m) * ldo + i + c * lanes, acc[m][c]);
@@ -49,11 +65,9 @@ inline void weighted_rows_sum_group(const float* a, std::size_t lda, std::size_t
     for (int m = 0; m < M; ++m) {
       const float* am = a + static_cast<std::size_t>(m) * lda;
       v16 acc{};
-      for (std::size_t p = 0; p < count; ++p) {
-        v16 vv;
-        v.load(vv, p, i);
-        acc += am[p] * vv;
-      }
+      const auto split = split_rows(v, count);
+      for (std::size_t p = 0; p < split.direct; ++p) add_weighted_row(acc, am[p], split.head, p, i);
+      for (std::size_t p = split.direct; p < count; ++p) add_weighted_row(acc, am[p], v, p, i);
       store16(out + static_cast<std::size_t>(m) * ldo + i, acc);
     }
   }

@@ -52,6 +52,25 @@ struct gathered_rows {
   }
 };
 
+/// The rows 0..direct-1 of a row stream as a plain stream `head` (row p of the stream is
+/// row p of `head` there): all of a plain stream, and a `gathered_rows`' contiguous prefix
+/// as its base stream. Kernels run those rows through `head` (no per-row map lookup, so a
+/// tree node's long cached prefix runs the chain's code) and the rest through the stream
+/// itself, in one p order, so every sum they build is the same either way.
+template <class W>
+struct row_split {
+  W head;
+  std::size_t direct;
+};
+template <class W>
+[[nodiscard]] inline row_split<W> split_rows(const W& v, std::size_t count) noexcept {
+  return {v, count};
+}
+template <class B>
+[[nodiscard]] inline row_split<B> split_rows(const gathered_rows<B>& v, std::size_t count) noexcept {
+  return {v.base.advance(v.first), v.first < v.prefix ? std::min(count, v.prefix - v.first) : 0};
+}
+
 /// A tile's extra prefetching: none, or (`prefetch_next`) a share of the next row tile's
 /// rows, so that they arrive in L1 while this row tile computes (a row tile, the next
 /// one and a token tile's inputs fit a 48 KB L1, so the prefetch targets L1, not L2: the
@@ -256,11 +275,26 @@ inline void run_row_tiles(tile_family<Policies...>, const row_product<W>& m) noe
 template <class W>
 inline void matmul_rows(const W& w, std::size_t rows, std::size_t n, const float* x, std::size_t k,
                         std::size_t ldx, float* y, std::size_t ldy) noexcept {
-  if (k == 0) return;
+  if (k == 0 || rows == 0) return;
   const std::size_t tiles = token_tile_count(k, 3);
   const std::size_t per_tile = (k + tiles - 1) / tiles;  // the table's key
   const row_product<W> m{w, rows, n, x, k, ldx, y, ldy};
   choose_tiles(row_tile_table{}, per_tile, 0, [&](auto family) { run_row_tiles(family, m); });
+}
+/// matmul_rows over a `gathered_rows` stream: its contiguous prefix as the base stream
+/// (the chain's code, no per-row map lookup), then its mapped rows. Each result depends on
+/// its row's values only, so the split changes no bit.
+template <class B>
+inline void matmul_rows(const gathered_rows<B>& w, std::size_t rows, std::size_t n, const float* x, std::size_t k,
+                        std::size_t ldx, float* y, std::size_t ldy) noexcept {
+  const row_split<B> split = split_rows(w, rows);
+  const std::size_t direct = split.direct;
+  matmul_rows(split.head, direct, n, x, k, ldx, y, ldy);
+  if (rows > direct) {
+    const row_product<gathered_rows<B>> m{w.advance(direct), rows - direct, n, x, k, ldx, y + direct, ldy};
+    const std::size_t tiles = token_tile_count(k, 3);
+    choose_tiles(row_tile_table{}, (k + tiles - 1) / tiles, 0, [&](auto family) { run_row_tiles(family, m); });
+  }
 }
 
 }  // namespace specdec::cpu::detail
