@@ -63,3 +63,20 @@ inline void dpbusd_lanes(vi16& acc, const vi16& u, const vi16& s) noexcept {
 #else
 #define SPECDEC_DETAIL_VNNI 0
 #endif
+
+#if defined(__AVX512BF16__)
+#define SPECDEC_DETAIL_BF16_DOT 1
+
+namespace specdec::cpu::detail {
+
+/// acc[i] += a[2 i] b[2 i] + a[2 i + 1] b[2 i + 1] over the bf16 pairs held in each 32-bit
+/// lane: one vdpbf16ps. Its rounding (the instruction's own, with denormals flushed) is
+/// not `fmadd`'s, so no product kernel uses it; the compute probe (roofline.hpp) times it.
+inline void dpbf16_lanes(v16& acc, const vi16& a, const vi16& b) noexcept {
+  acc = (v16)_mm512_dpbf16_ps((__m512)acc, (__m512bh)a, (__m512bh)b);
+}
+
+}  // namespace specdec::cpu::detail
+#else
+#define SPECDEC_DETAIL_BF16_DOT 0
+#endif

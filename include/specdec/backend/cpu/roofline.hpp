@@ -1,0 +1,192 @@
+#pragma once
+/// \file backend/cpu/roofline.hpp
+/// This host's roofline, measured: the compute peak of the instructions the backend's
+/// kernels are made of (fp32 FMA; bf16 pair dot products where the build has
+/// AVX512_BF16; int8 dot products where it has AVX512-VNNI) and the read bandwidth of a
+/// stream, each on a given number of threads, and the bound
+/// min(peak, bandwidth x arithmetic intensity) that a product is held to. A kernel far
+/// below its bound is limited by something else than the machine (loads, shuffles,
+/// latency); one near it can only get faster by moving fewer bytes or fewer operations.
+///
+/// The peak loops run `peak_chains` independent accumulator chains through the vector
+/// layer's operations (arch/vector.hpp), enough to cover the FMA latency of every
+/// supported core with two FMA pipes, so they measure throughput, not latency.
+///
+/// ```cpp
+/// const specdec::cpu::compute_peak peak = specdec::cpu::measure_compute_peak(/*threads*/ 1, /*seconds*/ 0.01);
+/// const double bw = specdec::cpu::measure_read_bandwidth(std::size_t{8} << 20, /*threads*/ 1, /*passes*/ 2);
+/// // An fp32 weight product of a block of 8 tokens: 2 x 8 flops per 4-byte weight.
+/// const double bound = specdec::cpu::roofline(peak.fp32_flops, bw, 2.0 * 8 / 4);  // flop/s
+/// ```
+#include <algorithm>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "specdec/backend/cpu/detail/aligned.hpp"
+#include "specdec/backend/cpu/detail/arch/vector.hpp"
+#include "specdec/backend/cpu/detail/thread_pool.hpp"
+
+namespace specdec::cpu {
+
+/// Measured operations per second of one instruction kind, on `threads` threads.
+struct compute_peak {
+  std::size_t threads = 1;
+  double fp32_flops = 0;  ///< fp32 FMAs x 2 per second (every format but w8a8 computes in these)
+  double bf16_flops = 0;  ///< vdpbf16ps flops (2 pairs x 2 per fp32 lane) per second; 0: not in this build
+  double int8_ops = 0;    ///< vpdpbusd multiply-adds x 2 per second (w8a8's products); 0: not in this build
+};
+
+/// min(peak, bandwidth x intensity): the operations per second a kernel doing
+/// `intensity` operations per byte it streams can reach (peak in operations/s,
+/// bandwidth in bytes/s).
+[[nodiscard]] inline double roofline(double peak, double bandwidth, double intensity) noexcept {
+  return std::min(peak, bandwidth * intensity);
+}
+
+namespace detail {
+
+/// Independent chains per peak loop: 16 512-bit accumulators with AVX-512 (half the
+/// registers), 6 v16 (12 ymm of 16) otherwise.
+#if defined(__AVX512F__)
+inline constexpr int peak_chains = 16;
+#else
+inline constexpr int peak_chains = 6;
+#endif
+
+/// `steps` x peak_chains fp32 vector FMAs; returns a value depending on all of them.
+inline float fma_peak_loop(std::size_t steps) noexcept {
+  v16 acc[peak_chains], a, b;
+  splat(a, 1.0e-3f);
+  splat(b, 1.0e-3f);
+#pragma GCC unroll 16
+  for (int c = 0; c < peak_chains; ++c) splat(acc[c], static_cast<float>(c) * 0x1p-10f);  // distinct: no CSE
+  for (std::size_t s = 0; s < steps; ++s) {
+#pragma GCC unroll 16
+    for (int c = 0; c < peak_chains; ++c) fmadd_lanes(acc[c], a, b);
+  }
+  v16 sum{};
+#pragma GCC unroll 16
+  for (int c = 0; c < peak_chains; ++c) sum += acc[c];
+  return hsum16(sum);
+}
+
+#if SPECDEC_DETAIL_BF16_DOT
+/// `steps` x peak_chains vdpbf16ps.
+inline float bf16_peak_loop(std::size_t steps) noexcept {
+  v16 acc[peak_chains];
+  const vi16 pairs = vi16{} + 0x3a833a83;  // two bf16 values near 1e-3 per lane
+#pragma GCC unroll 16
+  for (int c = 0; c < peak_chains; ++c) splat(acc[c], static_cast<float>(c) * 0x1p-10f);  // distinct: no CSE
+  for (std::size_t s = 0; s < steps; ++s) {
+#pragma GCC unroll 16
+    for (int c = 0; c < peak_chains; ++c) dpbf16_lanes(acc[c], pairs, pairs);
+  }
+  v16 sum{};
+#pragma GCC unroll 16
+  for (int c = 0; c < peak_chains; ++c) sum += acc[c];
+  return hsum16(sum);
+}
+#endif
+
+#if SPECDEC_DETAIL_VNNI
+/// `steps` x peak_chains vpdpbusd.
+inline float int8_peak_loop(std::size_t steps) noexcept {
+  vi16 acc[peak_chains];
+  const vi16 ones = vi16{} + 0x01010101;
+#pragma GCC unroll 16
+  for (int c = 0; c < peak_chains; ++c) acc[c] = vi16{} + c;
+  for (std::size_t s = 0; s < steps; ++s) {
+#pragma GCC unroll 16
+    for (int c = 0; c < peak_chains; ++c) dpbusd_lanes(acc[c], ones, ones);
+  }
+  vi16 sum{};
+#pragma GCC unroll 16
+  for (int c = 0; c < peak_chains; ++c) sum += acc[c];
+  return static_cast<float>(sum[0]);
+}
+#endif
+
+inline double seconds_now() noexcept {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+/// Best rate (operations/s) of `loop(steps)` run on every thread of `pool` at once, each
+/// step doing `ops_per_step` operations per thread: the step count grows until one run
+/// lasts `seconds` / 4, then the best of four runs counts.
+template <class Loop>
+inline double best_rate(thread_pool& pool, double ops_per_step, double seconds, Loop&& loop) {
+  std::vector<float> sink(pool.size());
+  const auto timed = [&](std::size_t steps) {
+    const double t0 = seconds_now();
+    pool.run([&](std::size_t part, std::size_t) { sink[part] = loop(steps); });
+    return seconds_now() - t0;
+  };
+  std::size_t steps = 1024;
+  while (timed(steps) < seconds / 4 && steps < (std::size_t{1} << 40)) steps *= 2;
+  double best = 0;
+  for (int r = 0; r < 4; ++r) best = std::max(best, ops_per_step * double(steps) * double(pool.size()) / timed(steps));
+  volatile float keep = sink[0];
+  (void)keep;
+  return best;
+}
+
+/// Sum of n floats (n a multiple of 64) through four 16-lane accumulators: a read stream.
+inline float stream_read(const float* p, std::size_t n) noexcept {
+  v16 a0{}, a1{}, a2{}, a3{};
+  for (std::size_t i = 0; i + 64 <= n; i += 64) {
+    v16 x0, x1, x2, x3;
+    load16(x0, p + i);
+    load16(x1, p + i + 16);
+    load16(x2, p + i + 32);
+    load16(x3, p + i + 48);
+    a0 += x0, a1 += x1, a2 += x2, a3 += x3;
+  }
+  return hsum16(a0 + a1 + a2 + a3);
+}
+
+}  // namespace detail
+
+/// The compute peaks of this build's instructions on `threads` threads (0 = all cores),
+/// each timed for about `seconds`. The instruction kinds the build lacks read 0.
+[[nodiscard]] inline compute_peak measure_compute_peak(std::size_t threads = 1, double seconds = 0.05) {
+  auto pool = detail::shared_pool(threads);
+  compute_peak p;
+  p.threads = pool->size();
+  constexpr double chains = detail::peak_chains;
+  p.fp32_flops = detail::best_rate(*pool, chains * 16 * 2, seconds, detail::fma_peak_loop);
+#if SPECDEC_DETAIL_BF16_DOT
+  p.bf16_flops = detail::best_rate(*pool, chains * 16 * 4, seconds, detail::bf16_peak_loop);
+#endif
+#if SPECDEC_DETAIL_VNNI
+  p.int8_ops = detail::best_rate(*pool, chains * 64 * 2, seconds, detail::int8_peak_loop);
+#endif
+  return p;
+}
+
+/// Read bandwidth (bytes/s) of streaming a buffer of `bytes` (rounded up to 256) on
+/// `threads` threads (0 = all cores), each reading a contiguous share: the best of
+/// `passes` passes. Buffers well beyond the last-level cache measure DRAM; a buffer of a
+/// model's weight size measures what its decoding can stream (partly from the cache).
+[[nodiscard]] inline double measure_read_bandwidth(std::size_t bytes, std::size_t threads = 1, int passes = 5) {
+  auto pool = detail::shared_pool(threads);
+  detail::aligned_vector<float> buf((bytes + 255) / 256 * 64);
+  for (std::size_t i = 0; i < buf.size(); ++i) buf[i] = static_cast<float>(i & 1023);
+  std::vector<float> sink(pool->size());
+  double best = 0;
+  for (int p = 0; p < std::max(1, passes); ++p) {
+    const double t0 = detail::seconds_now();
+    pool->run([&](std::size_t part, std::size_t parts) {
+      std::size_t b, e;
+      detail::split_range(buf.size(), part, parts, 64, b, e);
+      sink[part] = detail::stream_read(buf.data() + b, e - b);
+    });
+    best = std::max(best, double(buf.size()) * sizeof(float) / (detail::seconds_now() - t0));
+  }
+  volatile float keep = sink[0];
+  (void)keep;
+  return best;
+}
+
+}  // namespace specdec::cpu
