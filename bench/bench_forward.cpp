@@ -165,7 +165,7 @@ double weight_macs(const specdec::cpu::model_config& c) {
 }
 
 struct summary_row {
-  std::string model, format;
+  std::string model, format, tiles;  // tiles: the configuration the model resolved
   std::size_t threads;
   double bytes, macs, bw_ws, peak;  // peak: of the instruction kind the format computes in
   std::array<double, n_shapes> t;   // summary_blocks, then summary_batches
@@ -242,7 +242,8 @@ int summary(const std::string& csv_path) {
         transformer m(load(model), {.threads = t, .format = f});
         specdec::cpu::batched_transformer bm(load(model), {.threads = t, .format = f});
         const auto& pk = t == 1 ? peak1 : peakall;
-        summary_row r{model, std::string(specdec::cpu::to_string(f)), t, double(m.weight_bytes_per_forward()),
+        summary_row r{model, std::string(specdec::cpu::to_string(f)), std::string(specdec::cpu::to_string(m.options().tiles)),
+                      t, double(m.weight_bytes_per_forward()),
                       weight_macs(m.config()), 0, f == weight_format::w8a8 && pk.int8_ops > 0 ? pk.int8_ops : pk.fp32_flops,
                       {}};
         r.t = time_shapes(m, bm, 15, 0.02);
@@ -262,11 +263,13 @@ int summary(const std::string& csv_path) {
   std::printf("\n== roofline: time and achieved fraction of min(peak, ws bandwidth x intensity) ==\n");
   std::printf("k<n>: a block of n tokens of one sequence; b<n>: n sequences of one token (batched_transformer).\n");
   std::printf("Peak: the fp32 FMA probe (int8 dot probe for w8a8). M/C: memory- or compute-bound roofline.\n");
-  std::printf("%-12s %-5s %3s", "model", "fmt", "thr");
+  std::printf("tiles: the tile configuration in effect (SPECDEC_TILES, else timed at the first load of the format).\n");
+  std::printf("%-12s %-5s %3s %5s", "model", "fmt", "thr", "tiles");
   for (std::size_t i = 0; i < n_shapes; ++i) std::printf(" %8s us  roof", shape_name(i).c_str());
   std::printf("\n");
   for (const auto& r : rows) {
-    std::printf("%-12s %-5s %3zu", r.model.c_str(), r.format.c_str(), r.threads);
+    std::printf("%-12s %-5s %3zu %5s", r.model.c_str(), r.format.c_str(), r.threads,
+                r.format == "w8a8" ? "i8" : r.tiles.c_str());
     for (std::size_t i = 0; i < n_shapes; ++i)
       std::printf(" %11.1f %3.0f%%%c", r.t[i] * 1e6, 100 * r.bound(i) / r.t[i], r.memory_bound(i) ? 'M' : 'C');
     std::printf("\n");
@@ -307,14 +310,14 @@ int summary(const std::string& csv_path) {
     std::ofstream csv(csv_path);
     csv << "model,format,threads,weight_bytes,t1_seconds,t5_seconds,block5_ratio,gbytes_per_s,bandwidth_1thread,"
            "bandwidth_all,fraction_of_bandwidth,working_set_bandwidth,fraction_of_working_set_bandwidth,"
-           "compute_peak_gops";
+           "compute_peak_gops,tiles";
     for (std::size_t i = 0; i < n_shapes; ++i) csv << ',' << shape_name(i) << "_seconds," << shape_name(i) << "_roofline";
     csv << '\n';
     for (const auto& r : rows) {
       csv << r.model << ',' << r.format << ',' << r.threads << ',' << r.bytes << ',' << r.t1() << ',' << r.t5() << ','
           << r.t5() / r.t1() << ',' << r.bytes / r.t1() / 1e9 << ',' << bw1 / 1e9 << ',' << bwall / 1e9 << ','
           << r.bytes / r.t1() / (r.threads == 1 ? bw1 : bwall) << ',' << r.bw_ws / 1e9 << ','
-          << r.bytes / r.t1() / r.bw_ws << ',' << r.peak / 1e9;
+          << r.bytes / r.t1() / r.bw_ws << ',' << r.peak / 1e9 << ',' << (r.format == "w8a8" ? "i8" : r.tiles);
       for (std::size_t i = 0; i < n_shapes; ++i) csv << ',' << r.t[i] << ',' << r.bound(i) / r.t[i];
       csv << '\n';
     }
