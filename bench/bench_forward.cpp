@@ -12,7 +12,7 @@
 //    memory-bandwidth probe (streaming read of a 1 GiB buffer, >> the L3, best of several
 //    passes), 1 thread and all threads; then for every model, format and thread count the
 //    forward time of blocks of 1, 5, 8 and 16 tokens and of batches of 8 and 16 sequences
-//    (measured interleaved, min over 15 repetitions: the machine may be shared), the
+//    (measured interleaved, min over 31 short repetitions: the machine may be shared), the
 //    weight bytes a forward streams, the achieved fraction (bytes / time) / bandwidth,
 //    the same against the bandwidth of streaming a buffer of the weights' own size (which
 //    partly fits the L3), each shape's fraction of its roofline min(peak, that
@@ -229,7 +229,7 @@ int summary(const std::string& csv_path) {
   const double bwall = specdec::cpu::measure_read_bandwidth(std::size_t{1} << 30, all, 5);
   std::printf("1 thread: %.2f GB/s   %zu threads: %.2f GB/s\n", bw1 / 1e9, all, bwall / 1e9);
 
-  std::printf("\n== forward at position 32, min over 15 repetitions ==\n");
+  std::printf("\n== forward at position 32, min over 31 repetitions of ~5 ms ==\n");
   std::printf("%-12s %-5s %3s %10s %10s %10s %9s %9s %8s %8s %8s\n", "model", "fmt", "thr", "weight MB", "t(1) us",
               "t(5) us", "t5/t1", "GB/s", "frac_bw", "ws GB/s", "frac_ws");
   std::vector<summary_row> rows;
@@ -246,7 +246,7 @@ int summary(const std::string& csv_path) {
                       t, double(m.weight_bytes_per_forward()),
                       weight_macs(m.config()), 0, f == weight_format::w8a8 && pk.int8_ops > 0 ? pk.int8_ops : pk.fp32_flops,
                       {}};
-        r.t = time_shapes(m, bm, 15, 0.02);
+        r.t = time_shapes(m, bm, 31, 0.005);
         // The bandwidth of streaming a buffer as large as the weights, over and over (as
         // decoding does): part of it may stay in the L3, so this bound is higher than
         // the DRAM bound for working sets near or below the L3 size.

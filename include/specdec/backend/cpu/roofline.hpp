@@ -55,56 +55,45 @@ inline constexpr int peak_chains = 16;
 inline constexpr int peak_chains = 6;
 #endif
 
-/// `steps` x peak_chains fp32 vector FMAs; returns a value depending on all of them.
-inline float fma_peak_loop(std::size_t steps) noexcept {
-  v16 acc[peak_chains], a, b;
-  splat(a, 1.0e-3f);
-  splat(b, 1.0e-3f);
+/// Runs `steps` rounds of step(acc[c]) over peak_chains independent accumulators, chain c
+/// starting at c x `start` in every lane (distinct, so that no two chains can be merged),
+/// and returns their lane-wise sum.
+template <class Acc, class Elem, class Step>
+inline Acc run_chains(std::size_t steps, Elem start, Step&& step) noexcept {
+  Acc acc[peak_chains];
 #pragma GCC unroll 16
-  for (int c = 0; c < peak_chains; ++c) splat(acc[c], static_cast<float>(c) * 0x1p-10f);  // distinct: no CSE
+  for (int c = 0; c < peak_chains; ++c) acc[c] = Acc{} + start * static_cast<Elem>(c);
   for (std::size_t s = 0; s < steps; ++s) {
 #pragma GCC unroll 16
-    for (int c = 0; c < peak_chains; ++c) fmadd_lanes(acc[c], a, b);
+    for (int c = 0; c < peak_chains; ++c) step(acc[c]);
   }
-  v16 sum{};
+  Acc sum{};
 #pragma GCC unroll 16
   for (int c = 0; c < peak_chains; ++c) sum += acc[c];
-  return hsum16(sum);
+  return sum;
+}
+
+/// `steps` x peak_chains fp32 vector FMAs; returns a value depending on all of them.
+inline float fma_peak_loop(std::size_t steps) noexcept {
+  v16 a, b;
+  splat(a, 1.0e-3f);
+  splat(b, 1.0e-3f);
+  return hsum16(run_chains<v16>(steps, 0x1p-10f, [&](v16& acc) { fmadd_lanes(acc, a, b); }));
 }
 
 #if SPECDEC_DETAIL_BF16_DOT
 /// `steps` x peak_chains vdpbf16ps.
 inline float bf16_peak_loop(std::size_t steps) noexcept {
-  v16 acc[peak_chains];
   const vi16 pairs = vi16{} + 0x3a833a83;  // two bf16 values near 1e-3 per lane
-#pragma GCC unroll 16
-  for (int c = 0; c < peak_chains; ++c) splat(acc[c], static_cast<float>(c) * 0x1p-10f);  // distinct: no CSE
-  for (std::size_t s = 0; s < steps; ++s) {
-#pragma GCC unroll 16
-    for (int c = 0; c < peak_chains; ++c) dpbf16_lanes(acc[c], pairs, pairs);
-  }
-  v16 sum{};
-#pragma GCC unroll 16
-  for (int c = 0; c < peak_chains; ++c) sum += acc[c];
-  return hsum16(sum);
+  return hsum16(run_chains<v16>(steps, 0x1p-10f, [&](v16& acc) { dpbf16_lanes(acc, pairs, pairs); }));
 }
 #endif
 
 #if SPECDEC_DETAIL_VNNI
 /// `steps` x peak_chains vpdpbusd.
 inline float int8_peak_loop(std::size_t steps) noexcept {
-  vi16 acc[peak_chains];
   const vi16 ones = vi16{} + 0x01010101;
-#pragma GCC unroll 16
-  for (int c = 0; c < peak_chains; ++c) acc[c] = vi16{} + c;
-  for (std::size_t s = 0; s < steps; ++s) {
-#pragma GCC unroll 16
-    for (int c = 0; c < peak_chains; ++c) dpbusd_lanes(acc[c], ones, ones);
-  }
-  vi16 sum{};
-#pragma GCC unroll 16
-  for (int c = 0; c < peak_chains; ++c) sum += acc[c];
-  return static_cast<float>(sum[0]);
+  return static_cast<float>(run_chains<vi16>(steps, 1, [&](vi16& acc) { dpbusd_lanes(acc, ones, ones); })[0]);
 }
 #endif
 
@@ -114,7 +103,9 @@ inline double seconds_now() noexcept {
 
 /// Best rate (operations/s) of `loop(steps)` run on every thread of `pool` at once, each
 /// step doing `ops_per_step` operations per thread: the step count grows until one run
-/// lasts `seconds` / 4, then the best of four runs counts.
+/// lasts a millisecond, then runs repeat for about `seconds` and the fastest counts. Many
+/// short runs, not a few long ones: on a shared machine a short run has a fair chance of
+/// running undisturbed, a long one hardly any.
 template <class Loop>
 inline double best_rate(thread_pool& pool, double ops_per_step, double seconds, Loop&& loop) {
   std::vector<float> sink(pool.size());
@@ -123,10 +114,11 @@ inline double best_rate(thread_pool& pool, double ops_per_step, double seconds, 
     pool.run([&](std::size_t part, std::size_t) { sink[part] = loop(steps); });
     return seconds_now() - t0;
   };
-  std::size_t steps = 1024;
-  while (timed(steps) < seconds / 4 && steps < (std::size_t{1} << 40)) steps *= 2;
+  std::size_t steps = 256;
+  while (timed(steps) < 1e-3 && steps < (std::size_t{1} << 40)) steps *= 2;
   double best = 0;
-  for (int r = 0; r < 4; ++r) best = std::max(best, ops_per_step * double(steps) * double(pool.size()) / timed(steps));
+  for (const double end = seconds_now() + seconds; best == 0 || seconds_now() < end;)
+    best = std::max(best, ops_per_step * double(steps) * double(pool.size()) / timed(steps));
   volatile float keep = sink[0];
   (void)keep;
   return best;

@@ -43,7 +43,7 @@ namespace specdec::cpu {
 /// | `1x6`  | 1 x 6                | 1 x 6, 2 token tiles | 1 x 6, 2 token tiles | 1 x 6, 3 token tiles |
 ///
 /// (A single token always takes 8 panels x 1, then 1 x 1; where one panel of the matrix
-/// fills half the L1, blocks of 2-8 take 1 x 8 in every table but `1x6`.) `automatic`: the SPECDEC_TILES
+/// fills half the L1, blocks of 2-8 take 1 x 8 in `4x6` and `2x12`.) `automatic`: the SPECDEC_TILES
 /// environment variable if set, else the fastest on this host, timed once per process
 /// and weight format at the first model load (see `transformer_options::tiles`).
 ///
@@ -202,11 +202,10 @@ using wide_block_tiles = tile_family<panel_policy<2, 12, true>, panel_policy<1, 
 /// 1 panel x 6 tokens: 12 + 2 + 1 ymm registers as two 256-bit halves, within AVX2's 16.
 using small_block_tiles = tile_family<panel_policy<1, 6, true>>;
 
-/// `tile_config::t2x8`: the same without the 4 x 6 tiles.
-using block8_tile_table = tile_table<tile_choice<1, 1, single_token_tiles>,  //
-                                     tile_choice<8, 2, block_tiles>,         //
-                                     tile_choice<8, 1, narrow_block_tiles>,  //
-                                     tile_choice<any_tokens, 1, block_tiles>>;
+/// `tile_config::t2x8`: 2 x 8 tiles for every block, whatever the L1 holds: 16
+/// independent accumulator chains per tile even where one panel fills half the L1 (a
+/// 1 x k tile has only k, fewer than two FMA pipes of latency 4 need for k < 8).
+using block8_tile_table = tile_table<tile_choice<1, 1, single_token_tiles>, tile_choice<any_tokens, 1, block_tiles>>;
 /// `tile_config::t2x12`: panel_tile_table with 2 x 12 tiles from 9 tokens on.
 using wide_tile_table = tile_table<tile_choice<1, 1, single_token_tiles>,  //
                                    tile_choice<6, 4, short_block_tiles>,   //
