@@ -28,6 +28,10 @@
 #include "specdec/backend/cpu/detail/arch/vector.hpp"
 #include "specdec/backend/cpu/detail/thread_pool.hpp"
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 namespace specdec::cpu {
 
 /// Measured operations per second of one instruction kind, on `threads` threads.
@@ -73,13 +77,37 @@ inline Acc run_chains(std::size_t steps, Elem start, Step&& step) noexcept {
   return sum;
 }
 
-/// `steps` x peak_chains fp32 vector FMAs; returns a value depending on all of them.
+/// `steps` x peak_chains fp32 vector FMAs (16 lanes each); returns a value depending on
+/// all of them.
+#if defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512F__)
+// Without AVX-512 GCC keeps a 64-byte vector in memory between operations, so chains of
+// v16 would time the stack: the same FMAs as 2 x peak_chains chains of 256-bit halves.
+inline float fma_peak_loop(std::size_t steps) noexcept {
+  const __m256 a = _mm256_set1_ps(1.0e-3f);
+  __m256 acc[2 * peak_chains];
+#pragma GCC unroll 16
+  for (int c = 0; c < 2 * peak_chains; ++c) acc[c] = _mm256_set1_ps(static_cast<float>(c / 2) * 0x1p-10f);
+  for (std::size_t s = 0; s < steps; ++s) {
+#pragma GCC unroll 16
+    for (int c = 0; c < 2 * peak_chains; ++c) acc[c] = _mm256_fmadd_ps(a, a, acc[c]);
+  }
+  v16 sum{};
+#pragma GCC unroll 16
+  for (int c = 0; c < peak_chains; ++c) {
+    v16 chain;
+    __builtin_memcpy(&chain, &acc[2 * c], sizeof(chain));
+    sum += chain;
+  }
+  return hsum16(sum);
+}
+#else
 inline float fma_peak_loop(std::size_t steps) noexcept {
   v16 a, b;
   splat(a, 1.0e-3f);
   splat(b, 1.0e-3f);
   return hsum16(run_chains<v16>(steps, 0x1p-10f, [&](v16& acc) { fmadd_lanes(acc, a, b); }));
 }
+#endif
 
 #if SPECDEC_DETAIL_BF16_DOT
 /// `steps` x peak_chains vdpbf16ps.

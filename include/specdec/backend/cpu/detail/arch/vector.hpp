@@ -155,10 +155,12 @@ namespace specdec::cpu::detail {
 /// rounded by the same rule as `fmadd` in every build and at every optimisation level
 /// (GCC contracts a vector `acc += w * x` into an FMA only from -O2 on, so an -O1 build
 /// would round it differently from `fmadd`; the result is unchanged where it did).
+#ifndef SPECDEC_DETAIL_FMADD_BROADCAST  // an instruction-set file may give its own
 inline void fmadd_lanes(v16& acc, const v16& w, float x) noexcept {
   v16 xv;
   splat(xv, x);
   fmadd_lanes(acc, w, xv);
 }
+#endif
 
 }  // namespace specdec::cpu::detail
