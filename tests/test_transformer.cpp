@@ -294,7 +294,7 @@ TEST(transformer, every_tile_configuration_gives_the_same_bits) {
 TEST(transformer, tile_configuration_is_resolved_at_load_and_overridable) {
   const auto ck = shared_checkpoint("stories260K.bin");
   ::unsetenv("SPECDEC_TILES");
-  // automatic: timed once per process and format, so two loads agree.
+  // automatic: timed once per process, format and model shape, so two loads agree.
   transformer a(ck, {.threads = 1}), b(ck, {.threads = 1});
   EXPECT_NE(a.options().tiles, specdec::cpu::tile_config::automatic);
   EXPECT_EQ(a.options().tiles, b.options().tiles);

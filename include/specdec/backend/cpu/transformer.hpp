@@ -59,7 +59,8 @@ struct transformer_options {
   std::size_t memory_limit = 0;
   /// The tile shapes of the weight products (see `tile_config`): `automatic` takes the
   /// SPECDEC_TILES environment variable, else the fastest on this host, timed once per
-  /// process and weight format at the first load. `options()` reports the one in effect.
+  /// process, weight format and model shape at the first load. `options()` reports the
+  /// one in effect.
   /// Results do not depend on it.
   tile_config tiles = tile_config::automatic;
 };
@@ -131,21 +132,29 @@ inline std::shared_ptr<const model_weights> shared_model_weights(const std::shar
 /// The tile configuration a model runs with: `requested` unless it is `automatic`; then
 /// the SPECDEC_TILES environment variable where it names one (an unknown name throws
 /// `invalid_argument` naming the variable); else the configuration timed fastest for
-/// this weight format (`fastest_tile_config` over layer 0's w1, the largest projection),
-/// once per process and format: the first model of a format times it, the others reuse
-/// it. Never a different result, only a different speed.
+/// this weight format and model shape (`fastest_tile_config` over layer 0's w1, the
+/// largest projection), once per process: the first model of a format and w1 shape
+/// times it, the others reuse it. Never a different result, only a different speed.
 inline tile_config resolve_tile_config(tile_config requested, const model_weights& w) {
   if (requested != tile_config::automatic) return requested;
   if (const char* env = std::getenv("SPECDEC_TILES"); env != nullptr && *env != '\0') {
     const tile_config c = parse_tile_config(env, "SPECDEC_TILES");
     if (c != tile_config::automatic) return c;
   }
+  if (w.layers.empty()) return tile_config::t4x6;
+  struct timed_choice {
+    weight_format format;
+    std::size_t rows, cols;
+    tile_config tiles;
+  };
   static std::mutex mutex;
-  static tile_config timed[5] = {};  // by weight format; automatic: not timed yet
+  static std::vector<timed_choice> timed;
+  const weight_matrix& w1 = w.layers[0].w1;
   const std::lock_guard<std::mutex> lock(mutex);
-  tile_config& c = timed[static_cast<std::size_t>(w.format)];
-  if (c == tile_config::automatic) c = w.layers.empty() ? tile_config::t4x6 : fastest_tile_config(w.layers[0].w1);
-  return c;
+  for (const timed_choice& t : timed)
+    if (t.format == w.format && t.rows == w1.rows() && t.cols == w1.cols()) return t.tiles;
+  timed.push_back({w.format, w1.rows(), w1.cols(), fastest_tile_config(w1)});
+  return timed.back().tiles;
 }
 
 /// The layer computation shared by `transformer` (one sequence: rows at consecutive

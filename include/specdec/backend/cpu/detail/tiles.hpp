@@ -43,9 +43,10 @@ namespace specdec::cpu {
 /// | `1x6`  | 1 x 6                | 1 x 6, 2 token tiles | 1 x 6, 2 token tiles | 1 x 6, 3 token tiles |
 ///
 /// (A single token always takes 8 panels x 1, then 1 x 1; where one panel of the matrix
-/// fills half the L1, blocks of 2-8 take 1 x 8 in `4x6` and `2x12`.) `automatic`: the SPECDEC_TILES
-/// environment variable if set, else the fastest on this host, timed once per process
-/// and weight format at the first model load (see `transformer_options::tiles`).
+/// fills half the L1, blocks of 2-8 take 1 x 8 in `4x6` and `2x12`.) `automatic`: the
+/// SPECDEC_TILES environment variable if set, else the fastest on this host, timed once
+/// per process, weight format and model shape at the first load (see
+/// `transformer_options::tiles`).
 ///
 /// ```cpp
 /// specdec::cpu::tile_config c = specdec::cpu::parse_tile_config("2x8");
