@@ -42,6 +42,7 @@ struct cli_options {
   specdec::cpu::weight_format draft_format = specdec::cpu::weight_format::fp32;
   specdec::cpu::weight_format kv_format = specdec::cpu::weight_format::fp32;
   specdec::cpu::weight_format draft_kv_format = specdec::cpu::weight_format::fp32;
+  specdec::cpu::tile_config tiles = specdec::cpu::tile_config::automatic;
 };
 
 // Parses argv into `o`; false when --help was printed.
@@ -102,7 +103,11 @@ bool parse(int argc, char** argv, cli_options& o) {
            cli::store_format(o.kv_format, /*kv=*/true))
       .add("--draft-kv-format", "F",
            "draft KV cache, as --kv-format (default fp32); like\n--draft-format it cannot change exact speculative output",
-           cli::store_format(o.draft_kv_format, /*kv=*/true));
+           cli::store_format(o.draft_kv_format, /*kv=*/true))
+      .add("--tiles", "NAME",
+           "tile shapes of both models' weight products: auto, 4x6, 2x8, 2x12\nor 1x6 (default auto: SPECDEC_TILES, else "
+           "timed at load);\nspeed only, never a different output",
+           [&o](std::string_view opt, std::string_view v) { o.tiles = specdec::cpu::parse_tile_config(v, opt); });
   if (!p.parse(argc, argv)) return false;
   if (o.method != "ar" && o.draft.empty())
     throw specdec::invalid_argument("--draft: --method " + o.method + " needs a draft model");
@@ -122,7 +127,7 @@ specdec::cpu::transformer load_model(const std::string& path, specdec::cpu::tran
 
 // The --stats-json document.
 void write_stats_json(std::ostream& out, const cli_options& o, std::size_t prompt_tokens,
-                      const specdec::generation_result& result) {
+                      const specdec::generation_result& result, std::string_view tiles, std::string_view draft_tiles) {
   // Strings go through the library's JSON writer (telemetry.hpp): a path may hold `"` or `\`.
   using namespace specdec::detail;
   const auto& s = result.stats;
@@ -133,6 +138,11 @@ void write_stats_json(std::ostream& out, const cli_options& o, std::size_t promp
   append_json_string(j, o.draft);
   append_json_key(j, "method");
   append_json_string(j, o.method);
+  // The tile configurations in effect (timed, SPECDEC_TILES or --tiles): speed only.
+  append_json_key(j, "tiles");
+  append_json_string(j, tiles);
+  append_json_key(j, "draft_tiles");
+  append_json_string(j, draft_tiles);
   append_json_key(j, "prompt_tokens");
   append_json_number(j, prompt_tokens);
   append_json_key(j, "generated_tokens");
@@ -176,7 +186,8 @@ int main(int argc, char** argv) try {
   using specdec::cpu::transformer;
   const std::size_t memory_limit = o.memory_limit_mb << 20;
   transformer target = load_model(o.model, {.threads = o.threads, .format = o.format, .kv_format = o.kv_format,
-                                            .memory_limit = memory_limit});
+                                            .memory_limit = memory_limit, .tiles = o.tiles});
+  std::string draft_tiles;
   specdec::cpu::tokenizer tok(o.tokenizer, target.vocab_size());
   const std::vector<specdec::token_id> prompt = tok.encode(o.prompt, /*add_bos=*/true);
   std::cerr << "specdec-generate: " << o.method << ", " << prompt.size() << " prompt tokens, model "
@@ -188,7 +199,9 @@ int main(int argc, char** argv) try {
     result = run(dec, tok, prompt, o);
   } else {
     transformer draft = load_model(o.draft, {.threads = o.threads, .format = o.draft_format,
-                                             .kv_format = o.draft_kv_format, .memory_limit = memory_limit});
+                                             .kv_format = o.draft_kv_format, .memory_limit = memory_limit,
+                                             .tiles = o.tiles});
+    draft_tiles = specdec::cpu::to_string(draft.options().tiles);
     // A draft with a shorter context would end the generation at its length, short of
     // what the target alone gives: refuse rather than return a silently shorter text.
     const std::size_t wanted = prompt.size() + o.max_new_tokens;
@@ -230,7 +243,7 @@ int main(int argc, char** argv) try {
             << (s.total_seconds > 0 ? double(result.tokens.size()) / s.total_seconds : 0.0)
             << " tokens/s), stop: " << result.stop_reason << "\n";
   if (stats.is_open()) {
-    write_stats_json(stats, o, prompt.size(), result);
+    write_stats_json(stats, o, prompt.size(), result, specdec::cpu::to_string(target.options().tiles), draft_tiles);
     stats.close();
     if (!stats) throw specdec::invalid_argument("--stats-json: writing '" + o.stats_json + "' failed");
   }

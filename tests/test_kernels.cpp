@@ -117,19 +117,22 @@ TEST(kernels, weight_products_are_one_in_order_multiply_add_chain_per_output) {
       for (float& v : x) v = u(rng);
       for (const auto f : {weight_format::fp32, weight_format::bf16, weight_format::fp16, weight_format::q8_0}) {
         const d::weight_matrix wm(w.data(), rows, n, f);
-        for (const std::size_t k : {1u, 2u, 3u, 4u, 5u, 6u, 7u, 8u, 9u, 16u, 17u}) {
-          std::vector<float> whole(k * rows), split(k * rows);
-          wm.matmul(0, rows, x.data(), k, n, whole.data(), rows);
-          const std::size_t cut = rows > 16 ? 16 : rows;
-          wm.matmul(0, cut, x.data(), k, n, split.data(), rows, true);
-          wm.matmul(cut, rows - cut, x.data(), k, n, split.data() + cut, rows);
-          for (std::size_t t = 0; t < k; ++t) {
-            for (std::size_t r = 0; r < rows; ++r) {
-              float chain = 0.0f;
-              for (std::size_t j = 0; j < n; ++j) chain = d::fmadd(wm.at(r, j), x[t * n + j], chain);
-              ASSERT_EQ(whole[t * rows + r], chain) << specdec::cpu::to_string(f) << " rows " << rows << " n " << n
-                                                    << " k " << k << " t " << t << " r " << r;
-              ASSERT_EQ(split[t * rows + r], chain) << specdec::cpu::to_string(f) << " split, k " << k;
+        for (const std::size_t k : {1u, 2u, 3u, 4u, 5u, 6u, 7u, 8u, 9u, 12u, 13u, 16u, 17u}) {
+          for (const auto tiles : specdec::cpu::tile_configs) {
+            std::vector<float> whole(k * rows), split(k * rows);
+            wm.matmul(0, rows, x.data(), k, n, whole.data(), rows, false, nullptr, tiles);
+            const std::size_t cut = rows > 16 ? 16 : rows;
+            wm.matmul(0, cut, x.data(), k, n, split.data(), rows, true, nullptr, tiles);
+            wm.matmul(cut, rows - cut, x.data(), k, n, split.data() + cut, rows, false, nullptr, tiles);
+            for (std::size_t t = 0; t < k; ++t) {
+              for (std::size_t r = 0; r < rows; ++r) {
+                float chain = 0.0f;
+                for (std::size_t j = 0; j < n; ++j) chain = d::fmadd(wm.at(r, j), x[t * n + j], chain);
+                ASSERT_EQ(whole[t * rows + r], chain) << specdec::cpu::to_string(f) << " rows " << rows << " n " << n
+                                                      << " k " << k << " t " << t << " r " << r << " tiles "
+                                                      << specdec::cpu::to_string(tiles);
+                ASSERT_EQ(split[t * rows + r], chain) << specdec::cpu::to_string(f) << " split, k " << k;
+              }
             }
           }
         }
@@ -382,6 +385,13 @@ void for_each_family(specdec::cpu::detail::tile_table<Choices...>, F&& f) {
   (f(typename Choices::family{}), ...);
 }
 
+// Every family of every tile configuration's weight-product table.
+template <class F>
+void for_each_panel_family(F&& f) {
+  for (const auto c : specdec::cpu::tile_configs)
+    specdec::cpu::detail::with_panel_table(c, [&](auto table) { for_each_family(table, f); });
+}
+
 TEST(kernels, every_tile_family_computes_every_output_by_the_summation_rule) {
   namespace d = specdec::cpu::detail;
   std::mt19937 rng(13);
@@ -398,7 +408,7 @@ TEST(kernels, every_tile_family_computes_every_output_by_the_summation_rule) {
     const std::size_t ldy = rows + 3;
     for (std::size_t k = 1; k <= kmax; ++k) {
       const auto check_panels = [&](const auto& stream, auto decode, const char* what) {
-        for_each_family(d::panel_tile_table{}, [&](auto family) {
+        for_each_panel_family([&](auto family) {
           std::vector<float> y(k * ldy, -7.0f);
           const std::size_t panels = (rows + 15) / 16;
           d::run_panel_tiles(family, d::panel_product<std::decay_t<decltype(stream)>>{

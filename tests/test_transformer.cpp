@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstdlib>
 #include <system_error>
 #include <thread>
 #include <cmath>
@@ -268,6 +269,51 @@ TEST(transformer, long_blocks_deep_in_the_context_are_bit_exact) {
     auto c = m.forward(std::span(seq).subspan(213, 7));
     expect_rows_equal<transformer>(c, 213, ref, "7-token block at 213");
   }
+}
+
+TEST(transformer, every_tile_configuration_gives_the_same_bits) {
+  // Blocks of 1..16 tokens (every token tile path of every table, tiles.hpp) under each
+  // configuration, against single-token forwards under another, in the formats whose
+  // products take the tables; batches share the engine and its products.
+  const auto ck = shared_checkpoint("kjv-little.bin");
+  for (const auto f : {weight_format::fp32, weight_format::bf16, weight_format::q8_0}) {
+    transformer ref_model(ck, {.threads = 1, .format = f, .tiles = specdec::cpu::tile_config::t4x6});
+    const auto seq = random_tokens(3 + 16 + 12, ref_model.vocab_size(), 9);
+    const auto ref = single_token_rows(ref_model, seq);
+    for (const auto tiles : specdec::cpu::tile_configs) {
+      SCOPED_TRACE(std::string(specdec::cpu::to_string(f)) + " tiles " + std::string(specdec::cpu::to_string(tiles)));
+      transformer m(ck, {.threads = 2, .format = f, .tiles = tiles});
+      EXPECT_EQ(m.options().tiles, tiles);
+      expect_rows_equal<transformer>(m.forward(std::span(seq).first(3)), 0, ref, "3-token block");
+      expect_rows_equal<transformer>(m.forward(std::span(seq).subspan(3, 16)), 3, ref, "16-token block");
+      expect_rows_equal<transformer>(m.forward(std::span(seq).subspan(19, 12)), 19, ref, "12-token block");
+    }
+  }
+}
+
+TEST(transformer, tile_configuration_is_resolved_at_load_and_overridable) {
+  const auto ck = shared_checkpoint("stories260K.bin");
+  ::unsetenv("SPECDEC_TILES");
+  // automatic: timed once per process, format and model shape, so two loads agree.
+  transformer a(ck, {.threads = 1}), b(ck, {.threads = 1});
+  EXPECT_NE(a.options().tiles, specdec::cpu::tile_config::automatic);
+  EXPECT_EQ(a.options().tiles, b.options().tiles);
+  // The environment variable overrides the timed choice, the option field both.
+  ::setenv("SPECDEC_TILES", "1x6", 1);
+  EXPECT_EQ(transformer(ck, {.threads = 1}).options().tiles, specdec::cpu::tile_config::t1x6);
+  EXPECT_EQ(transformer(ck, {.threads = 1, .tiles = specdec::cpu::tile_config::t2x12}).options().tiles,
+            specdec::cpu::tile_config::t2x12);
+  ::setenv("SPECDEC_TILES", "3x3", 1);
+  try {
+    transformer bad(ck, {.threads = 1});
+    ADD_FAILURE() << "an unknown SPECDEC_TILES was accepted";
+  } catch (const specdec::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("SPECDEC_TILES '3x3'"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("2x12"), std::string::npos) << e.what();
+  }
+  ::unsetenv("SPECDEC_TILES");
+  EXPECT_EQ(specdec::cpu::parse_tile_config("auto"), specdec::cpu::tile_config::automatic);
+  for (const auto c : specdec::cpu::tile_configs) EXPECT_EQ(specdec::cpu::parse_tile_config(specdec::cpu::to_string(c)), c);
 }
 
 TEST(transformer, several_instances_share_one_checkpoint) {

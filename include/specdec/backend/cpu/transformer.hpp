@@ -9,9 +9,11 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <filesystem>
 #include <limits>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 #include <type_traits>
@@ -55,6 +57,12 @@ struct transformer_options {
   /// the limit, instead of failing in the allocator. A `batched_transformer` counts the
   /// caches of all its sequences, pooled ones included.
   std::size_t memory_limit = 0;
+  /// The tile shapes of the weight products (see `tile_config`): `automatic` takes the
+  /// SPECDEC_TILES environment variable, else the fastest on this host, timed once per
+  /// process, weight format and model shape at the first load. `options()` reports the
+  /// one in effect.
+  /// Results do not depend on it.
+  tile_config tiles = tile_config::automatic;
 };
 
 namespace detail {
@@ -121,6 +129,34 @@ inline std::shared_ptr<const model_weights> shared_model_weights(const std::shar
       std::pair{ck.get(), f}, [&] { return std::make_shared<const model_weights>(ck, f); });
 }
 
+/// The tile configuration a model runs with: `requested` unless it is `automatic`; then
+/// the SPECDEC_TILES environment variable where it names one (an unknown name throws
+/// `invalid_argument` naming the variable); else the configuration timed fastest for
+/// this weight format and model shape (`fastest_tile_config` over layer 0's w1, the
+/// largest projection), once per process: the first model of a format and w1 shape
+/// times it, the others reuse it. Never a different result, only a different speed.
+inline tile_config resolve_tile_config(tile_config requested, const model_weights& w) {
+  if (requested != tile_config::automatic) return requested;
+  if (const char* env = std::getenv("SPECDEC_TILES"); env != nullptr && *env != '\0') {
+    const tile_config c = parse_tile_config(env, "SPECDEC_TILES");
+    if (c != tile_config::automatic) return c;
+  }
+  if (w.layers.empty()) return tile_config::t4x6;
+  struct timed_choice {
+    weight_format format;
+    std::size_t rows, cols;
+    tile_config tiles;
+  };
+  static std::mutex mutex;
+  static std::vector<timed_choice> timed;
+  const weight_matrix& w1 = w.layers[0].w1;
+  const std::lock_guard<std::mutex> lock(mutex);
+  for (const timed_choice& t : timed)
+    if (t.format == w.format && t.rows == w1.rows() && t.cols == w1.cols()) return t.tiles;
+  timed.push_back({w.format, w1.rows(), w1.cols(), fastest_tile_config(w1)});
+  return timed.back().tiles;
+}
+
 /// The layer computation shared by `transformer` (one sequence: rows at consecutive
 /// positions of one cache) and `batched_transformer` (rows of many sequences, each at its
 /// own position in its own cache): weights in the chosen format, the thread pool, the
@@ -151,6 +187,7 @@ class llama_engine {
     scratch_bytes_ = 4 * (att + rope);
     check_memory(0);
     weights_ = shared_model_weights(ck_, options.format);
+    options_.tiles = resolve_tile_config(options.tiles, *weights_);
     // Attention scratch: per thread, one row of seq_len scores for each query head of a
     // KV group.
     att_.resize(static_cast<std::size_t>(att));
@@ -343,8 +380,8 @@ class llama_engine {
       // (elementwise: any split gives the same bits).
       parallel_split(k * 2 * hid * dim, balance(k, unit_chunk), {units_of(L.w1)}, [&](std::size_t part) {
         for_rows(splits_[0], part, hid, [&](std::size_t r0, std::size_t r1, bool chunked) {
-          L.w1.matmul(r0, r1 - r0, xb_.data(), k, dim, hb_.data() + r0, hid, chunked, xq);
-          L.w3.matmul(r0, r1 - r0, xb_.data(), k, dim, hb2_.data() + r0, hid, chunked, xq);
+          L.w1.matmul(r0, r1 - r0, xb_.data(), k, dim, hb_.data() + r0, hid, chunked, xq, options_.tiles);
+          L.w3.matmul(r0, r1 - r0, xb_.data(), k, dim, hb2_.data() + r0, hid, chunked, xq, options_.tiles);
           for (std::size_t t = 0; t < k; ++t) swiglu(hb_.data() + t * hid + r0, hb2_.data() + t * hid + r0, r1 - r0);
         });
       });
@@ -426,10 +463,10 @@ class llama_engine {
 
   /// Part `part`'s rows of `w` under `split`: y[t][r] = w[r] . x[t] for those rows (x
   /// as quantized by `quantized` for w8a8 weights).
-  static void rows_part(work_split& split, std::size_t part, const weight_matrix& w, const float* x,
-                        std::size_t k, std::size_t ldx, float* y, std::size_t ldy, const i8_inputs* xq) {
+  void rows_part(work_split& split, std::size_t part, const weight_matrix& w, const float* x, std::size_t k,
+                 std::size_t ldx, float* y, std::size_t ldy, const i8_inputs* xq) const {
     for_rows(split, part, w.rows(), [&](std::size_t r0, std::size_t r1, bool chunked) {
-      w.matmul(r0, r1 - r0, x, k, ldx, y + r0, ldy, chunked, xq);
+      w.matmul(r0, r1 - r0, x, k, ldx, y + r0, ldy, chunked, xq, options_.tiles);
     });
   }
 

@@ -141,16 +141,19 @@ inline void run_panel_tiles(tile_family<Policies...>, const panel_product<W>& m)
 /// panel p0; output row stride ldy. `pf_panels` (at least the panels the rows span) says
 /// how many panels the stream has from p0: when the caller's next call continues after
 /// these rows (a thread's next chunk), the last tile prefetches its first panels. Tiles
-/// as `panel_tile_table` (tiles.hpp) chooses them; shapes never change a result.
+/// as the table of configuration `tiles` (tiles.hpp) chooses them; shapes never change a
+/// result.
 template <class W>
 inline void matmul_panels(const W& w, std::size_t p0, std::size_t rows, std::size_t n, const float* x,
-                          std::size_t k, std::size_t ldx, float* y, std::size_t ldy,
-                          std::size_t pf_panels = 0) noexcept {
+                          std::size_t k, std::size_t ldx, float* y, std::size_t ldy, std::size_t pf_panels = 0,
+                          tile_config tiles = tile_config::t4x6) noexcept {
   if (k == 0 || rows == 0) return;
   const std::size_t p_end = p0 + (rows + lanes - 1) / lanes;
   const panel_product<W> m{w, p0, p_end, rows, n, x, k, ldx, y, ldy, std::max(p_end, p0 + pf_panels)};
   const std::size_t l1_panels = std::max<std::size_t>(1, half_l1_bytes / std::max<std::size_t>(1, n * W::column_bytes));
-  choose_tiles(panel_tile_table{}, k, l1_panels, [&](auto family) { run_panel_tiles(family, m); });
+  with_panel_table(tiles, [&](auto table) {
+    choose_tiles(table, k, l1_panels, [&](auto family) { run_panel_tiles(family, m); });
+  });
 }
 
 }  // namespace specdec::cpu::detail

@@ -19,9 +19,67 @@
 /// ```
 #include <algorithm>
 #include <cstddef>
+#include <cstdint>
 #include <limits>
+#include <string>
+#include <string_view>
 
 #include "specdec/backend/cpu/detail/arch/vector.hpp"
+#include "specdec/error.hpp"
+
+namespace specdec::cpu {
+
+/// Which tile shapes the weight products of blocks and batches (fp32, bf16, fp16, q8_0;
+/// w8a8 has one table) run in. Every configuration computes the same bits (each output is
+/// one in-order multiply-add chain whatever the tile); they differ only in speed, which
+/// depends on the microarchitecture (FMA width and count, load ports, L1 size, registers:
+/// an AVX2 build has 16 of them, not 32). Named by the main block tile, panels x tokens:
+///
+/// | name   | blocks of 2-6 tokens | 7-8    | 9-12                 | 13-16                |
+/// | ---    | ---                  | ---    | ---                  | ---                  |
+/// | `4x6`  | 4 x 6, then 2 x 8    | 2 x 8  | 2 x 8, 2 token tiles | 2 x 8, 2 token tiles |
+/// | `2x8`  | 2 x 8                | 2 x 8  | 2 x 8, 2 token tiles | 2 x 8, 2 token tiles |
+/// | `2x12` | 4 x 6, then 2 x 8    | 2 x 8  | 2 x 12               | 2 x 12, 2 token tiles |
+/// | `1x6`  | 1 x 6                | 1 x 6, 2 token tiles | 1 x 6, 2 token tiles | 1 x 6, 3 token tiles |
+///
+/// (A single token always takes 8 panels x 1, then 1 x 1; where one panel of the matrix
+/// fills half the L1, blocks of 2-8 take 1 x 8 in `4x6` and `2x12`.) `automatic`: the
+/// SPECDEC_TILES environment variable if set, else the fastest on this host, timed once
+/// per process, weight format and model shape at the first load (see
+/// `transformer_options::tiles`).
+///
+/// ```cpp
+/// specdec::cpu::tile_config c = specdec::cpu::parse_tile_config("2x8");
+/// // specdec::cpu::transformer m("models/kjv-big.bin", {.tiles = c});
+/// ```
+enum class tile_config : std::uint8_t { automatic, t4x6, t2x8, t2x12, t1x6 };
+
+/// Every configuration but `automatic`, in the order `automatic` times them.
+inline constexpr tile_config tile_configs[] = {tile_config::t4x6, tile_config::t2x8, tile_config::t2x12,
+                                               tile_config::t1x6};
+
+/// "auto", "4x6", "2x8", "2x12" or "1x6".
+[[nodiscard]] inline std::string_view to_string(tile_config c) noexcept {
+  switch (c) {
+    case tile_config::automatic: return "auto";
+    case tile_config::t4x6: return "4x6";
+    case tile_config::t2x8: return "2x8";
+    case tile_config::t2x12: return "2x12";
+    case tile_config::t1x6: return "1x6";
+  }
+  return "?";
+}
+
+/// Parses a name as printed by `to_string`; throws `invalid_argument` naming `what` (the
+/// option or variable it came from), the value and the accepted names.
+[[nodiscard]] inline tile_config parse_tile_config(std::string_view s, std::string_view what = "tile configuration") {
+  if (s == "auto") return tile_config::automatic;
+  for (tile_config c : tile_configs)
+    if (s == to_string(c)) return c;
+  throw invalid_argument(std::string(what) + " '" + std::string(s) + "' is unknown; expected auto, 4x6, 2x8, 2x12 or 1x6");
+}
+
+}  // namespace specdec::cpu
 
 namespace specdec::cpu::detail {
 
@@ -138,6 +196,39 @@ using panel_tile_table = tile_table<tile_choice<1, 1, single_token_tiles>,  //
                                     tile_choice<8, 2, block_tiles>,         //
                                     tile_choice<8, 1, narrow_block_tiles>,  //
                                     tile_choice<any_tokens, 1, block_tiles>>;
+
+/// 2 panels x 12 tokens, then 1 x 12: blocks of 9-12 in one token tile, each panel read
+/// once (2 x 12 + 2 + 1 registers).
+using wide_block_tiles = tile_family<panel_policy<2, 12, true>, panel_policy<1, 12, true>>;
+/// 1 panel x 6 tokens: 12 + 2 + 1 ymm registers as two 256-bit halves, within AVX2's 16.
+using small_block_tiles = tile_family<panel_policy<1, 6, true>>;
+
+/// `tile_config::t2x8`: 2 x 8 tiles for every block, whatever the L1 holds: 16
+/// independent accumulator chains per tile even where one panel fills half the L1 (a
+/// 1 x k tile has only k, fewer than two FMA pipes of latency 4 need for k < 8).
+using block8_tile_table = tile_table<tile_choice<1, 1, single_token_tiles>, tile_choice<any_tokens, 1, block_tiles>>;
+/// `tile_config::t2x12`: panel_tile_table with 2 x 12 tiles from 9 tokens on.
+using wide_tile_table = tile_table<tile_choice<1, 1, single_token_tiles>,  //
+                                   tile_choice<6, 4, short_block_tiles>,   //
+                                   tile_choice<8, 2, block_tiles>,         //
+                                   tile_choice<8, 1, narrow_block_tiles>,  //
+                                   tile_choice<any_tokens, 1, wide_block_tiles>>;
+/// `tile_config::t1x6`: 1 x 6 tiles for every block.
+using small_tile_table = tile_table<tile_choice<1, 1, single_token_tiles>, tile_choice<any_tokens, 1, small_block_tiles>>;
+
+/// Calls f(Table{}) with the weight products' table of configuration `c` (`automatic`,
+/// unresolved, takes the default, `panel_tile_table`).
+template <class F>
+inline void with_panel_table(tile_config c, F&& f) {
+  switch (c) {
+    case tile_config::t2x8: return f(block8_tile_table{});
+    case tile_config::t2x12: return f(wide_tile_table{});
+    case tile_config::t1x6: return f(small_tile_table{});
+    case tile_config::automatic:
+    case tile_config::t4x6: break;
+  }
+  f(panel_tile_table{});
+}
 
 // ---- Attention scores (matmul_rows: one KV head's keys x its query heads) -------------
 

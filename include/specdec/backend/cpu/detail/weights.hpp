@@ -17,10 +17,12 @@
 /// and run as integer dot products (int8_products.hpp); batch-invariant by the same
 /// rules, not the same values as q8_0.
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <iterator>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -227,13 +229,15 @@ class weight_matrix {
   [[nodiscard]] std::size_t panels() const noexcept { return (rows_ + lanes - 1) / lanes; }
 
   /// Y[t][i] = W[row0 + i] . X[t] for i < nrows, t < k (see detail::matmul_panels); row0
-  /// is a multiple of 16. With `prefetch_on`, the last tiles prefetch the rows after
+  /// is a multiple of 16; tiles of configuration `tiles` (never a different result). With
+  /// `prefetch_on`, the last tiles prefetch the rows after
   /// row0 + nrows (if any), for a next call that continues there. A w8a8 matrix reads
   /// the inputs from `xq` (X quantized by `i8_inputs::quantize`, which a caller running
   /// several products over one X does once); without it, it quantizes X itself (which
   /// allocates, and so may throw).
   void matmul(std::size_t row0, std::size_t nrows, const float* x, std::size_t k, std::size_t ldx, float* y,
-              std::size_t ldy, bool prefetch_on = false, const i8_inputs* xq = nullptr) const {
+              std::size_t ldy, bool prefetch_on = false, const i8_inputs* xq = nullptr,
+              tile_config tiles = tile_config::t4x6) const {
     const std::size_t p0 = row0 / lanes, pf = prefetch_on ? panels() - p0 : 0;
     switch (format_) {
       case weight_format::w8a8: {
@@ -246,14 +250,14 @@ class weight_matrix {
         return matmul_i8(i8_view(), p0, nrows, *xq, k, y, ldy);
       }
       case weight_format::fp32:
-        return matmul_panels(f32_panels{f32_.data(), cols_}, p0, nrows, cols_, x, k, ldx, y, ldy, pf);
+        return matmul_panels(f32_panels{f32_.data(), cols_}, p0, nrows, cols_, x, k, ldx, y, ldy, pf, tiles);
       case weight_format::bf16:
-        return matmul_panels(u16_panels<bf16_code>{u16_.data(), cols_}, p0, nrows, cols_, x, k, ldx, y, ldy, pf);
+        return matmul_panels(u16_panels<bf16_code>{u16_.data(), cols_}, p0, nrows, cols_, x, k, ldx, y, ldy, pf, tiles);
       case weight_format::fp16:
-        return matmul_panels(u16_panels<fp16_code>{u16_.data(), cols_}, p0, nrows, cols_, x, k, ldx, y, ldy, pf);
+        return matmul_panels(u16_panels<fp16_code>{u16_.data(), cols_}, p0, nrows, cols_, x, k, ldx, y, ldy, pf, tiles);
       case weight_format::q8_0:
         return matmul_panels(q8_panels{q8_.data(), scales_.data(), cols_, q8_groups()}, p0, nrows, cols_, x, k, ldx,
-                             y, ldy, pf);
+                             y, ldy, pf, tiles);
     }
   }
 
@@ -267,6 +271,42 @@ class weight_matrix {
   aligned_vector<std::uint8_t> u8_;  ///< w8a8: q + 128 in i8_offset order
   aligned_vector<float> scales_;
 };
+
+/// The fastest tile configuration for the products of `w` on the calling core (w8a8,
+/// which has one table: `t4x6`). Every candidate of `tile_configs` runs blocks of 4, 8
+/// and 16 tokens over the whole matrix, the candidates interleaved, best of `reps` each;
+/// a candidate's score is the sum over the blocks of its time over the best time of that
+/// block, and the lowest score wins (ties: the earlier candidate). Every candidate gives
+/// the same results, so this chooses a speed, never a value.
+[[nodiscard]] inline tile_config fastest_tile_config(const weight_matrix& w, int reps = 5) {
+  if (w.format() == weight_format::w8a8 || w.rows() == 0 || w.cols() == 0) return tile_config::t4x6;
+  constexpr std::size_t blocks[] = {4, 8, 16};
+  constexpr std::size_t n_conf = std::size(tile_configs), n_blocks = std::size(blocks);
+  std::vector<float> x(blocks[n_blocks - 1] * w.cols()), y(blocks[n_blocks - 1] * w.rows());
+  for (std::size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(static_cast<int>(i % 61) - 30) / 32.0f;
+  double best[n_conf][n_blocks];
+  for (auto& row : best)
+    for (double& b : row) b = 1e300;
+  for (int r = 0; r < std::max(1, reps); ++r)
+    for (std::size_t c = 0; c < n_conf; ++c)
+      for (std::size_t b = 0; b < n_blocks; ++b) {
+        const auto t0 = std::chrono::steady_clock::now();
+        w.matmul(0, w.rows(), x.data(), blocks[b], w.cols(), y.data(), w.rows(), false, nullptr, tile_configs[c]);
+        best[c][b] = std::min(best[c][b], std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+      }
+  std::size_t winner = 0;
+  double winner_score = 1e300;
+  for (std::size_t c = 0; c < n_conf; ++c) {
+    double score = 0;
+    for (std::size_t b = 0; b < n_blocks; ++b) {
+      double fastest = best[0][b];
+      for (std::size_t o = 1; o < n_conf; ++o) fastest = std::min(fastest, best[o][b]);
+      score += best[c][b] / std::max(fastest, 1e-12);
+    }
+    if (score < winner_score) winner = c, winner_score = score;
+  }
+  return tile_configs[winner];
+}
 
 }  // namespace detail
 }  // namespace specdec::cpu

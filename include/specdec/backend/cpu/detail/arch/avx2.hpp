@@ -21,6 +21,20 @@ inline void fmadd_lanes(v16& acc, const v16& a, const v16& b) noexcept {
   __builtin_memcpy(&acc, c2, sizeof(acc));
 }
 
+/// acc[i] = fma(w[i], x, acc[i]): the weight products' form, x broadcast with vbroadcastss.
+/// (The generic form, vector.hpp's, would splat x through 16 scalar stores and one
+/// 64-byte reload that no store forwards: a stall in every step of the weight tiles.)
+#define SPECDEC_DETAIL_FMADD_BROADCAST 1
+inline void fmadd_lanes(v16& acc, const v16& w, float x) noexcept {
+  __m256 w2[2], c2[2];
+  __builtin_memcpy(w2, &w, sizeof(w));
+  __builtin_memcpy(c2, &acc, sizeof(acc));
+  const __m256 xv = _mm256_set1_ps(x);
+  c2[0] = _mm256_fmadd_ps(w2[0], xv, c2[0]);
+  c2[1] = _mm256_fmadd_ps(w2[1], xv, c2[1]);
+  __builtin_memcpy(&acc, c2, sizeof(acc));
+}
+
 /// No register constraint holds a 64-byte vector here: nothing to pin.
 inline void pin_register(v16&) noexcept {}
 
@@ -51,3 +65,4 @@ inline void widen_q8(v16& out, const std::int8_t* q, const float* s) noexcept {
 }  // namespace specdec::cpu::detail
 
 #define SPECDEC_DETAIL_VNNI 0
+#define SPECDEC_DETAIL_BF16_DOT 0

@@ -46,20 +46,29 @@ inline void widen_q8(v16& out, const std::int8_t* q, const float* s) noexcept {
   out = (v16)(_mm512_mul_ps(f, _mm512_loadu_ps(s)));
 }
 
-}  // namespace specdec::cpu::detail
-
 #if defined(__AVX512VNNI__)
 #define SPECDEC_DETAIL_VNNI 1
-
-namespace specdec::cpu::detail {
 
 /// acc[i] += sum over b < 4 of u[4 i + b] * s[4 i + b] for the 16 lanes, u unsigned and
 /// s signed bytes: one vpdpbusd, exact (no saturation in this form).
 inline void dpbusd_lanes(vi16& acc, const vi16& u, const vi16& s) noexcept {
   acc = (vi16)_mm512_dpbusd_epi32((__m512i)acc, (__m512i)u, (__m512i)s);
 }
-
-}  // namespace specdec::cpu::detail
 #else
 #define SPECDEC_DETAIL_VNNI 0
 #endif
+
+#if defined(__AVX512BF16__)
+#define SPECDEC_DETAIL_BF16_DOT 1
+
+/// acc[i] += a[2 i] b[2 i] + a[2 i + 1] b[2 i + 1] over the bf16 pairs held in each 32-bit
+/// lane: one vdpbf16ps. Its rounding (the instruction's own, with denormals flushed) is
+/// not `fmadd`'s, so no product kernel uses it; the compute probe (roofline.hpp) times it.
+inline void dpbf16_lanes(v16& acc, const vi16& a, const vi16& b) noexcept {
+  acc = (v16)_mm512_dpbf16_ps((__m512)acc, (__m512bh)a, (__m512bh)b);
+}
+#else
+#define SPECDEC_DETAIL_BF16_DOT 0
+#endif
+
+}  // namespace specdec::cpu::detail

@@ -48,3 +48,4 @@ inline void widen_q8(v16& out, const std::int8_t* q, const float* s) noexcept {
 }  // namespace specdec::cpu::detail
 
 #define SPECDEC_DETAIL_VNNI 0
+#define SPECDEC_DETAIL_BF16_DOT 0

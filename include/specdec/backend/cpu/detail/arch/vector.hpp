@@ -22,7 +22,9 @@
 ///   exactly; `widen_q8(out, q, s)`: out[i] = float(q[i]) * s[i], one rounding (GCC 12
 ///   lowers the generic vector conversions for these lane by lane);
 /// - `SPECDEC_DETAIL_VNNI` (1 or 0) and, where it is 1, `dpbusd_lanes` (integer dot
-///   products of unsigned by signed bytes, exact).
+///   products of unsigned by signed bytes, exact);
+/// - `SPECDEC_DETAIL_BF16_DOT` (1 or 0) and, where it is 1, `dpbf16_lanes` (bf16 pair dot
+///   products into fp32, AVX512_BF16; timed by the compute probe, used by no kernel).
 /// The results of the kernels therefore depend on whether the target has a fused
 /// multiply-add, not on which of these files computes them: the AVX-512, the AVX2 and
 /// the scalar build of a target with FMA give the same bits.
@@ -134,7 +136,8 @@ inline v4 hsum16x4(const v16& v0, const v16& v1, const v16& v2, const v16& v3) n
 
 }  // namespace specdec::cpu::detail
 
-// The instruction-set file: fmadd_lanes, pin_register, widen_*, SPECDEC_DETAIL_VNNI. The
+// The instruction-set file: fmadd_lanes, pin_register, widen_*, SPECDEC_DETAIL_VNNI,
+// SPECDEC_DETAIL_BF16_DOT. The
 // vector files assume the scalar `fmadd` is fused too (FP_FAST_FMAF), so that vector and
 // scalar tails round alike; a compiler that does not define it (clang) gets the scalar
 // file, whose every multiply-add follows `fmadd`.
@@ -152,10 +155,12 @@ namespace specdec::cpu::detail {
 /// rounded by the same rule as `fmadd` in every build and at every optimisation level
 /// (GCC contracts a vector `acc += w * x` into an FMA only from -O2 on, so an -O1 build
 /// would round it differently from `fmadd`; the result is unchanged where it did).
+#ifndef SPECDEC_DETAIL_FMADD_BROADCAST  // an instruction-set file may give its own
 inline void fmadd_lanes(v16& acc, const v16& w, float x) noexcept {
   v16 xv;
   splat(xv, x);
   fmadd_lanes(acc, w, xv);
 }
+#endif
 
 }  // namespace specdec::cpu::detail
