@@ -59,6 +59,7 @@ struct options {
   std::size_t calibration_prompts = 12;
   bool pin = true;            ///< server on one CPU, this process on another (if there are two)
   int server_cpu = -1, client_cpu = -1;  ///< chosen when pinning
+  std::string hold_fraction;  ///< the server's --hold-fraction (empty: its default)
 };
 
 /// The CPUs this process may run on, in order.
@@ -95,9 +96,15 @@ class child_server {
       ::close(err[1]);
       const std::string threads = std::to_string(o.server_threads);
       const std::string model = o.models + "/kjv-big.bin", tok = o.models + "/kjv2k-tokenizer.bin";
-      ::execl(o.serve.c_str(), o.serve.c_str(), "--model", model.c_str(), "--tokenizer", tok.c_str(), "--port", "0",
-              "--verify-port", "0", "--threads", threads.c_str(), "--max-sessions", "128", "--max-completions", "128",
-              "--http-threads", "48", static_cast<char*>(nullptr));
+      std::vector<const char*> args{o.serve.c_str(), "--model", model.c_str(), "--tokenizer", tok.c_str(),
+                                    "--port", "0", "--verify-port", "0", "--threads", threads.c_str(),
+                                    "--max-sessions", "128", "--max-completions", "128", "--http-threads", "48"};
+      if (!o.hold_fraction.empty()) {
+        args.push_back("--hold-fraction");
+        args.push_back(o.hold_fraction.c_str());
+      }
+      args.push_back(nullptr);
+      ::execv(o.serve.c_str(), const_cast<char* const*>(args.data()));
       std::perror("exec specdec-serve");
       ::_exit(127);
     }
@@ -157,6 +164,9 @@ double metric(const std::string& text, const std::string& name) {
 
 struct server_counters {
   double step_seconds = 0.0, steps = 0.0;
+  double sequences = 0.0;     ///< sequences (blocks) summed over the steps
+  double hold_seconds = 0.0;  ///< time the scheduler held steps for other sessions' verify blocks
+  double step_cpu_seconds = 0.0;  ///< the server's CPU time during its batched forwards
 };
 server_counters read_metrics(std::uint16_t port) {
   auto c = hy::tcp_connection::connect("127.0.0.1", port, 2.0, hy::privacy::may_leave_device);
@@ -170,7 +180,9 @@ server_counters read_metrics(std::uint16_t port) {
     }
   } catch (const hy::link_unavailable&) {  // closed: the whole answer is in
   }
-  return {metric(text, "specdec_step_seconds_sum"), metric(text, "specdec_step_seconds_count")};
+  return {metric(text, "specdec_step_seconds_sum"), metric(text, "specdec_step_seconds_count"),
+          metric(text, "specdec_batch_sequences_sum"), metric(text, "specdec_step_hold_seconds_total"),
+          metric(text, "specdec_step_cpu_seconds_total")};
 }
 
 double quantile(std::vector<double> v, double q) {
@@ -187,6 +199,8 @@ struct cell {
   int identical = -1;  ///< greedy split vs cloud-only: 1 all prompts equal, 0 not, -1 n/a
   std::vector<double> per_token, ttft;
   double seconds = 0, bytes_up = 0, bytes_down = 0, forwards = 0, server_seconds = 0;
+  double sequences = 0, hold_seconds = 0;  ///< the server's sequences over its steps, and its holds
+  double server_cpu_seconds = 0;           ///< the server's CPU time during its forwards
   double hidden_seconds = 0;  ///< pipelined: drafting overlapped with rounds whose guess held
   double rounds = 0;
   std::size_t fallbacks = 0;  ///< requests that lost the link and finished on the device
@@ -203,21 +217,23 @@ void header(std::ostream& out) {
   out << "section,route,rtt_ms,clients,requests,tokens,greedy_identical_to_cloud,fallbacks,per_token_p50_ms,per_token_p95_ms,"
          "ttft_p50_ms,tokens_per_s,bytes_up_per_token,bytes_down_per_token,forwards_per_token,tokens_per_round,"
          "hidden_ms_per_token,physics_per_token_ms,server_tokens_per_server_s,sim_per_token_p50_ms,sim_ttft_p50_ms,sim_bytes_per_token,"
-         "sim_forwards_per_token,sim_error_pct,sim_message_overhead_ms,repeat\n";
+         "sim_forwards_per_token,sim_error_pct,sim_message_overhead_ms,repeat,sequences_per_step,hold_ms_per_token,server_tokens_per_server_cpu_s\n";
 }
 void row(std::ostream& out, const cell& c) {
   const double n = std::max<double>(1.0, static_cast<double>(c.tokens));
   const double p50 = quantile(c.per_token, 0.5) * 1e3, sim = quantile(c.sim_per_token, 0.5) * 1e3;
   char buf[1024];
   std::snprintf(buf, sizeof buf,
-                "%s,%s,%g,%zu,%zu,%zu,%d,%zu,%.2f,%.2f,%.1f,%.1f,%.1f,%.1f,%.3f,%.2f,%.3f,%.2f,%.1f,%.2f,%.1f,%.1f,%.3f,%.1f,%.3f,%zu\n",
+                "%s,%s,%g,%zu,%zu,%zu,%d,%zu,%.2f,%.2f,%.1f,%.1f,%.1f,%.1f,%.3f,%.2f,%.3f,%.2f,%.1f,%.2f,%.1f,%.1f,%.3f,%.1f,%.3f,%zu,%.2f,%.3f,%.1f\n",
                 c.section.c_str(), c.route.c_str(), c.rtt_ms, c.clients, c.requests, c.tokens, c.identical, c.fallbacks, p50,
                 quantile(c.per_token, 0.95) * 1e3, quantile(c.ttft, 0.5) * 1e3, n / std::max(1e-9, c.seconds),
                 c.bytes_up / n, c.bytes_down / n, c.forwards / n, c.rounds > 0 ? n / c.rounds : NAN,
                 c.hidden_seconds / n * 1e3, c.physics_per_token * 1e3, c.server_seconds > 0 ? n / c.server_seconds : NAN, sim,
                 quantile(c.sim_ttft, 0.5) * 1e3, c.sim_tokens ? c.sim_bytes / static_cast<double>(c.sim_tokens) : NAN,
                 c.sim_tokens ? c.sim_forwards / static_cast<double>(c.sim_tokens) : NAN,
-                c.sim_per_token.empty() ? NAN : 100.0 * (sim - p50) / p50, c.sim_overhead * 1e3, c.repeat);
+                c.sim_per_token.empty() ? NAN : 100.0 * (sim - p50) / p50, c.sim_overhead * 1e3, c.repeat,
+                c.forwards > 0 ? c.sequences / c.forwards : NAN, c.hold_seconds / n * 1e3,
+                c.server_cpu_seconds > 0 ? n / c.server_cpu_seconds : NAN);
   out << buf << std::flush;
 }
 
@@ -261,6 +277,8 @@ int main(int argc, char** argv) try {
       .add("--message-overhead-ms", "MS",
            "the simulator's per-message overhead (default: measured at RTT 0 before the table, then held fixed)",
            store(o.overhead_ms, cli::range<double>{.lo = 0, .hi = 1000}))
+      .add("--hold-fraction", "F", "the server's --hold-fraction (default: the server's own default)",
+           store(o.hold_fraction))
       .add("--pin-cpus", "on|off",
            "server child on one CPU, this process (clients, proxy, simulator) on another (on when >= 2 CPUs)",
            [&o](std::string_view name, std::string_view v) {
@@ -382,7 +400,10 @@ int main(int argc, char** argv) try {
       hy::net_session s(little, hy::fixed_arbiter{rs.r}, ep,
                         {.sampling = rs.sampled ? sampled : specdec::sampling_params{}, .seed = 1,
                          .pipelined = rs.pipelined, .verify = {.retries = rs.cuts ? 4u : 1u}});
-      cell c{.section = "routes", .route = rs.name, .rtt_ms = rtt_ms};
+      cell c;
+      c.section = "routes";
+      c.route = rs.name;
+      c.rtt_ms = rtt_ms;
       c.sim_overhead = overhead;
       // The simulator: the same route on the virtual clock, the same models in process
       // (the device's compute charged as it ran, the cloud's from the server's curve), the
@@ -453,6 +474,9 @@ int main(int argc, char** argv) try {
       const server_counters m1 = read_metrics(server.http_port);
       c.forwards = m1.steps - m0.steps;
       c.server_seconds = m1.step_seconds - m0.step_seconds;
+      c.sequences = m1.sequences - m0.sequences;
+      c.hold_seconds = m1.hold_seconds - m0.hold_seconds;
+      c.server_cpu_seconds = m1.step_cpu_seconds - m0.step_cpu_seconds;
       if (rs.r.kind == hy::route_kind::speculative && !rs.sampled) c.identical = identical ? 1 : 0;
       if (rs.pipelined && s.pipeline() != nullptr) c.hidden_seconds = s.pipeline()->hidden_draft_seconds;
       if (rtt_ms == 0.0) at_zero[rs.name] = quantile(c.per_token, 0.5);
@@ -473,8 +497,11 @@ int main(int argc, char** argv) try {
     while (drafts.size() < n) drafts.push_back(std::make_unique<transformer>(o.models + "/kjv-little.bin",
                                                                              specdec::cpu::transformer_options{.threads = 1}));
     for (const bool split : {true, false}) {
-      cell c{.section = o.server_cpu >= 0 ? "load_pinned" : "load", .route = split ? "split_greedy" : "cloud",
-             .rtt_ms = o.load_rtt_ms, .clients = n};
+      cell c;
+      c.section = o.server_cpu >= 0 ? "load_pinned" : "load";
+      c.route = split ? "split_greedy" : "cloud";
+      c.rtt_ms = o.load_rtt_ms;
+      c.clients = n;
       c.repeat = repeat;
       std::mutex mu;
       const server_counters m0 = read_metrics(server.http_port);
@@ -503,6 +530,9 @@ int main(int argc, char** argv) try {
       const server_counters m1 = read_metrics(server.http_port);
       c.forwards = m1.steps - m0.steps;
       c.server_seconds = m1.step_seconds - m0.step_seconds;
+      c.sequences = m1.sequences - m0.sequences;
+      c.hold_seconds = m1.hold_seconds - m0.hold_seconds;
+      c.server_cpu_seconds = m1.step_cpu_seconds - m0.step_cpu_seconds;
       row(out, c);
     }
   }
