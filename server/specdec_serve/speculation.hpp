@@ -90,8 +90,8 @@ class cost_curve {
 
 /// The load the announcement is computed for.
 struct load {
-  std::size_t sessions = 1;     ///< split-decoding sessions verifying in one step (the asking one included)
-  std::size_t completions = 0;  ///< completion streams decoding
+  double sessions = 1.0;     ///< split-decoding sessions verifying in one step (the asking one included; a mean may be fractional)
+  double completions = 0.0;  ///< completion streams decoding
 };
 
 /// The batch the server actually forms: an exponentially weighted mean of the verify
@@ -104,7 +104,7 @@ struct load {
 /// specdec::serve::batch_estimate b;
 /// b.observe(2);
 /// b.observe(4);
-/// specdec::serve::load l = b.for_announcement(8, 0);  // sessions = 3: the mean batch, not the 8 active
+/// specdec::serve::load l = b.for_announcement(8, 0);  // sessions = 3.0: the mean batch, not the 8 active
 /// ```
 class batch_estimate {
  public:
@@ -119,14 +119,11 @@ class batch_estimate {
   /// The mean verify blocks per step (0 before any observation).
   [[nodiscard]] double blocks() const noexcept { return blocks_; }
   /// The load an announcement is priced with when `active` sessions are active and
-  /// `completions` streams decode: sessions = the measured batch rounded to the nearest
-  /// whole block, at least 1 and at most `active` (the active count while nothing is
-  /// measured).
+  /// `completions` streams decode: sessions = the measured mean batch, at least 1 and at
+  /// most `active` (the active count while nothing is measured).
   [[nodiscard]] load for_announcement(std::size_t active, std::size_t completions) const {
-    const std::size_t cap = std::max<std::size_t>(active, 1);
-    if (n_ == 0) return {cap, completions};
-    const auto measured = static_cast<std::size_t>(std::llround(blocks_));
-    return {std::clamp<std::size_t>(measured, 1, cap), completions};
+    const double cap = static_cast<double>(std::max<std::size_t>(active, 1));
+    return {n_ == 0 ? cap : std::clamp(blocks_, 1.0, cap), static_cast<double>(completions)};
   }
 
  private:
@@ -137,8 +134,8 @@ class batch_estimate {
 /// n* of the file comment; `max_draft` when the curve is still empty.
 [[nodiscard]] inline std::size_t choose_draft(const cost_curve& t, load l, double acceptance, std::size_t max_draft) {
   if (max_draft == 0 || t.empty()) return max_draft;
-  const double s = static_cast<double>(std::max<std::size_t>(l.sessions, 1));
-  const double c = static_cast<double>(l.completions);
+  const double s = std::max(l.sessions, 1.0);
+  const double c = std::max(l.completions, 0.0);
   const double a = std::clamp(acceptance, 0.0, 1.0);
   std::size_t best_n = 0;
   double best = (s + c) / t.seconds(s + c);
