@@ -56,6 +56,7 @@ struct options {
   bool full = false;
   std::size_t load_repeats = 1;
   double overhead_ms = -1;  ///< the simulator's per-message overhead; < 0 = calibrate at RTT 0
+  double request_overhead_ms = -1;  ///< the simulator's per-HTTP-request overhead; < 0 = calibrate at RTT 0
   std::size_t calibration_prompts = 12;
   bool pin = true;            ///< server on one CPU, this process on another (if there are two)
   int server_cpu = -1, client_cpu = -1;  ///< chosen when pinning
@@ -210,6 +211,7 @@ struct cell {
   double sim_bytes = 0, sim_forwards = 0;
   std::size_t sim_tokens = 0;
   double sim_overhead = NAN;  ///< the simulator's per-message overhead, seconds
+  double sim_request_overhead = NAN;  ///< the simulator's per-request overhead (HTTP route), seconds
   std::size_t repeat = 0;     ///< load test: which repeat
 };
 
@@ -217,14 +219,14 @@ void header(std::ostream& out) {
   out << "section,route,rtt_ms,clients,requests,tokens,greedy_identical_to_cloud,fallbacks,per_token_p50_ms,per_token_p95_ms,"
          "ttft_p50_ms,tokens_per_s,bytes_up_per_token,bytes_down_per_token,forwards_per_token,tokens_per_round,"
          "hidden_ms_per_token,physics_per_token_ms,server_tokens_per_server_s,sim_per_token_p50_ms,sim_ttft_p50_ms,sim_bytes_per_token,"
-         "sim_forwards_per_token,sim_error_pct,sim_message_overhead_ms,repeat,sequences_per_step,hold_ms_per_token,server_tokens_per_server_cpu_s\n";
+         "sim_forwards_per_token,sim_error_pct,sim_message_overhead_ms,repeat,sequences_per_step,hold_ms_per_token,server_tokens_per_server_cpu_s,sim_request_overhead_ms\n";
 }
 void row(std::ostream& out, const cell& c) {
   const double n = std::max<double>(1.0, static_cast<double>(c.tokens));
   const double p50 = quantile(c.per_token, 0.5) * 1e3, sim = quantile(c.sim_per_token, 0.5) * 1e3;
   char buf[1024];
   std::snprintf(buf, sizeof buf,
-                "%s,%s,%g,%zu,%zu,%zu,%d,%zu,%.2f,%.2f,%.1f,%.1f,%.1f,%.1f,%.3f,%.2f,%.3f,%.2f,%.1f,%.2f,%.1f,%.1f,%.3f,%.1f,%.3f,%zu,%.2f,%.3f,%.1f\n",
+                "%s,%s,%g,%zu,%zu,%zu,%d,%zu,%.2f,%.2f,%.1f,%.1f,%.1f,%.1f,%.3f,%.2f,%.3f,%.2f,%.1f,%.2f,%.1f,%.1f,%.3f,%.1f,%.3f,%zu,%.2f,%.3f,%.1f,%.3f\n",
                 c.section.c_str(), c.route.c_str(), c.rtt_ms, c.clients, c.requests, c.tokens, c.identical, c.fallbacks, p50,
                 quantile(c.per_token, 0.95) * 1e3, quantile(c.ttft, 0.5) * 1e3, n / std::max(1e-9, c.seconds),
                 c.bytes_up / n, c.bytes_down / n, c.forwards / n, c.rounds > 0 ? n / c.rounds : NAN,
@@ -233,7 +235,7 @@ void row(std::ostream& out, const cell& c) {
                 c.sim_tokens ? c.sim_forwards / static_cast<double>(c.sim_tokens) : NAN,
                 c.sim_per_token.empty() ? NAN : 100.0 * (sim - p50) / p50, c.sim_overhead * 1e3, c.repeat,
                 c.forwards > 0 ? c.sequences / c.forwards : NAN, c.hold_seconds / n * 1e3,
-                c.server_cpu_seconds > 0 ? n / c.server_cpu_seconds : NAN);
+                c.server_cpu_seconds > 0 ? n / c.server_cpu_seconds : NAN, c.sim_request_overhead * 1e3);
   out << buf << std::flush;
 }
 
@@ -279,6 +281,10 @@ int main(int argc, char** argv) try {
            store(o.overhead_ms, cli::range<double>{.lo = 0, .hi = 1000}))
       .add("--hold-fraction", "F", "the server's --hold-fraction (default: the server's own default)",
            store(o.hold_fraction))
+      .add("--request-overhead-ms", "MS",
+           "the simulator's per-request overhead of the HTTP route (default: measured at RTT 0 on cloud-only requests "
+           "after the per-message overhead, then held fixed)",
+           store(o.request_overhead_ms, cli::range<double>{.lo = 0, .hi = 1000}))
       .add("--pin-cpus", "on|off",
            "server child on one CPU, this process (clients, proxy, simulator) on another (on when >= 2 CPUs)",
            [&o](std::string_view name, std::string_view v) {
@@ -335,11 +341,12 @@ int main(int argc, char** argv) try {
   // refreshed before every simulated request: the curve is an exponentially weighted
   // estimate that moves with the server's load, and the request simulated next is the one
   // the server has just served.
-  const auto sim_link = [](double rtt_ms, double overhead) {
+  const auto sim_link = [](double rtt_ms, double overhead, double request_overhead) {
     hy::link_config lc;
     lc.rtt_seconds = rtt_ms / 1e3;
     lc.up_bps = lc.down_bps = 1e10;
     lc.message_overhead_seconds = overhead;
+    lc.request_overhead_seconds = request_overhead;
     return lc;
   };
   const auto curve = std::make_shared<hy::step_time_cost>();
@@ -366,7 +373,7 @@ int main(int argc, char** argv) try {
     const hy::net_endpoint ep{"127.0.0.1", http.port(), verify.port()};
     const hy::route r = hy::route::speculative(o.gamma);
     hy::net_session s(little, hy::fixed_arbiter{r}, ep, {.seed = 1, .pipelined = false});
-    hy::simulated_link link(sim_link(0, 0), 1);
+    hy::simulated_link link(sim_link(0, 0, 0), 1);
     hy::session sim(sim_little, big, hy::fixed_arbiter{r}, link, sim_options(false));
     // Warm-up: connections, the server's session caches and its step-time curve, this
     // process's models (the first requests after the server starts run measurably slower).
@@ -389,6 +396,32 @@ int main(int argc, char** argv) try {
     std::cerr << "specdec-hybrid-net: simulator per-message overhead " << overhead * 1e3 << " ms (median over "
               << excess.size() << " requests at RTT 0)\n";
   }
+  // The per-request overhead of the HTTP route (a new connection through the proxy, the
+  // server's worker hand-off, parsing, closing): measured the same way on cloud-only
+  // requests, after the per-message overhead, as the excess of a whole request over its
+  // simulation with the message overhead only (the median), then held fixed.
+  double request_overhead = o.request_overhead_ms / 1e3;
+  if (request_overhead < 0) {
+    specdec::testing::link_proxy http("127.0.0.1", server.http_port), verify("127.0.0.1", server.verify_port);
+    const hy::net_endpoint ep{"127.0.0.1", http.port(), verify.port()};
+    const hy::route r = hy::route::in_cloud();
+    hy::net_session s(little, hy::fixed_arbiter{r}, ep, {.seed = 1, .pipelined = false});
+    hy::simulated_link link(sim_link(0, overhead, 0), 1);
+    hy::session sim(sim_little, big, hy::fixed_arbiter{r}, link, sim_options(false));
+    const std::size_t n = std::min(o.calibration_prompts, prompts.size());
+    for (std::size_t i = 0; i < std::min<std::size_t>(4, n); ++i) (void)s.execute(prompts[i], gen, r);  // warm-up
+    std::vector<double> excess;  // per request: (real - simulated) seconds per simulated request
+    for (std::size_t i = 0; i < n; ++i) {
+      const double real = s.execute(prompts[i], gen, r).latency_seconds;
+      const auto k0 = link.counters().requests;
+      refresh_curve();
+      const double simulated = sim.execute(prompts[i], gen, r).latency_seconds;
+      excess.push_back((real - simulated) / static_cast<double>(std::max<std::size_t>(1, link.counters().requests - k0)));
+    }
+    request_overhead = std::max(0.0, quantile(excess, 0.5));
+    std::cerr << "specdec-hybrid-net: simulator per-request overhead " << request_overhead * 1e3 << " ms (median over "
+              << excess.size() << " cloud-only requests at RTT 0)\n";
+  }
   std::map<std::string, double> at_zero;  // per-token p50 of each route at RTT 0
   for (const double rtt_ms : o.rtts_ms) {
     const specdec::testing::link_proxy_options shape{.one_way_delay_seconds = rtt_ms / 2e3};
@@ -405,11 +438,12 @@ int main(int argc, char** argv) try {
       c.route = rs.name;
       c.rtt_ms = rtt_ms;
       c.sim_overhead = overhead;
+      c.sim_request_overhead = request_overhead;
       // The simulator: the same route on the virtual clock, the same models in process
       // (the device's compute charged as it ran, the cloud's from the server's curve), the
       // link's RTT set to the proxy's. Run prompt by prompt alternately with the real
       // route, so both see the same machine load.
-      hy::simulated_link link(sim_link(rtt_ms, overhead), 1);
+      hy::simulated_link link(sim_link(rtt_ms, overhead, request_overhead), 1);
       hy::session sim(sim_little, big, hy::fixed_arbiter{rs.r}, link, sim_options(rs.sampled));
       // Faults: the verify connection is cut every max(250 ms, 5 RTT) (a client needs two
       // round trips to resume and resend); it reconnects, resumes and resends.

@@ -340,6 +340,32 @@ TEST(RemoteModel, StreamChargesTheCurveAndPipelinesTokensBehindOneRoundTrip) {
   EXPECT_NEAR(remote.charged_seconds(), 4e-3, kTol);
 }
 
+TEST(RemoteModel, EachStreamOpensOneRequestAndVerifyRoundsNone) {
+  // The stream of the test above with a 3 ms request overhead: charged once, before the
+  // prompt goes up; a broken stream's new request pays it again; verify rounds never do.
+  auto cloud = target_model();
+  link_config cfg;
+  cfg.rtt_seconds = 0.100;
+  cfg.up_bps = cfg.down_bps = 1e30;
+  cfg.message_overhead_seconds = 2e-4;
+  cfg.request_overhead_seconds = 3e-3;
+  simulated_link link(cfg, 1);
+  remote_model remote(cloud, link, 1.0, {}, step_time_cost{.points = {{1, 1e-3}, {4, 2.5e-3}}});
+  remote.set_mode(remote_mode::stream);
+  const std::vector<token_id> prompt{1, 2, 3};
+  (void)remote.forward(prompt);
+  (void)specdec::forward_one(remote, 4);
+  (void)specdec::forward_one(remote, 5);
+  EXPECT_NEAR(link.now(), 3e-3 + (0.050 + 2e-4) + 2e-3 + 1e-3 + 1e-3 + (0.050 + 2e-4), kTol);
+  EXPECT_EQ(link.counters().requests, 1u);
+  remote.truncate(2);
+  (void)specdec::forward_one(remote, 6);
+  EXPECT_EQ(link.counters().requests, 2u);
+  remote.set_mode(remote_mode::verify);
+  (void)remote.forward_drafts(std::vector<token_id>{7, 8}, 1);
+  EXPECT_EQ(link.counters().requests, 2u);
+}
+
 TEST(TimedModel, ChargesScaledCostsAndTracksConfidence) {
   auto m = target_model();
   simulated_link link(link_config::lan(), 1);

@@ -9,14 +9,16 @@
 /// every block pays a forward of its own (a whole t(1..8) for a handful of rows on a
 /// bandwidth-bound model) and the server reads its weights once per session instead of
 /// once per step. So a verify block may be held, briefly, while other sessions' blocks
-/// are due, and they run together.
+/// are due, and they run together. The hold ends as soon as no block is due any more:
+/// every due block has arrived, or the sessions that have not sent theirs are overdue.
 ///
 /// The bound: the oldest waiting block is held at most `hold_fraction` of the expected
 /// time of the step it would join, t(rows once the due blocks are in) from the measured
 /// step-time curve, and never longer than `max_hold_seconds`. A session's block is due
-/// while the time since its last verdict is within `due_factor` times its own measured
-/// turnaround (verdict sent to next block received; a session with no turnaround yet
-/// counts as due). Nothing is held while a completion stream has work in the step (the
+/// while the time since the server last answered it (its verdict, or `session_opened`:
+/// a device sends its first block right after) is within `due_factor` times its own
+/// measured turnaround (answer sent to next block received; a session with no turnaround
+/// yet counts as due until the bound). Nothing is held while a completion stream has work in the step (the
 /// step runs for it anyway; a block that misses it joins the next one), nor when no block
 /// is due, nor before the curve has a point. Holding adds at most the bound to a round's latency and costs no forward: the
 /// server is idle while it holds.
@@ -31,6 +33,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <limits>
 #include <string>
 
 #include "specdec/error.hpp"
@@ -65,6 +68,9 @@ struct hold_view {
   std::size_t due_blocks = 0;         ///< sessions whose next block is due (`block_due`)
   std::size_t completions = 0;        ///< completion streams with work in the step
   double oldest_wait_seconds = 0.0;   ///< since the oldest waiting verify block arrived
+  /// How long the latest of the due blocks stays due (`due_for`; infinite if a due
+  /// session's turnaround is not measured yet).
+  double due_for_seconds = std::numeric_limits<double>::infinity();
 };
 
 /// Whether a session's next verify block is due: `since_verdict` seconds after its last
@@ -73,14 +79,21 @@ struct hold_view {
   return turnaround <= 0.0 || since_verdict <= p.due_factor * turnaround;
 }
 
-/// Seconds the step may still wait for due blocks; 0 = run it now. The due blocks are
+/// How much longer a block due by `block_due` stays due (infinite while the turnaround
+/// is not measured).
+[[nodiscard]] inline double due_for(const hold_policy& p, double since_verdict, double turnaround) {
+  return turnaround <= 0.0 ? std::numeric_limits<double>::infinity() : p.due_factor * turnaround - since_verdict;
+}
+
+/// Seconds the step may still wait for due blocks; 0 = run it now: the bound less the
+/// oldest block's wait, and no longer than the due blocks stay due. The due blocks are
 /// priced at the waiting blocks' mean rows.
 [[nodiscard]] inline double hold_seconds(const hold_policy& p, const cost_curve& t, const hold_view& v) {
   if (v.ready_blocks == 0 || v.due_blocks == 0 || v.completions > 0 || p.hold_fraction <= 0.0) return 0.0;
   const double per_block = static_cast<double>(v.ready_rows) / static_cast<double>(v.ready_blocks);
   const double rows = static_cast<double>(v.ready_rows) + per_block * static_cast<double>(v.due_blocks);
   const double bound = std::min(p.max_hold_seconds, p.hold_fraction * t.seconds(rows));
-  return std::max(0.0, bound - v.oldest_wait_seconds);
+  return std::max(0.0, std::min(bound - v.oldest_wait_seconds, v.due_for_seconds));
 }
 
 }  // namespace specdec::serve

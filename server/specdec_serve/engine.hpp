@@ -278,7 +278,7 @@ class engine final : public completion_service, public session_service {
     std::optional<verify_cmd> job;                    ///< the request being computed
     double accepted = 0.0, trials = 0.0;              ///< draft positions accepted / examined
     clock::time_point last_active, last_verify;
-    std::optional<clock::time_point> answered;  ///< when the last verdict was set
+    std::optional<clock::time_point> answered;  ///< when the server last answered it (opened, resumed, verdict)
     double turnaround = 0.0;  ///< seconds from a verdict to the next block (EWMA; 0 = not measured)
   };
   /// One block of a step.
@@ -352,6 +352,7 @@ class engine final : public completion_service, public session_service {
   [[nodiscard]] double hold_now(clock::time_point now) const {
     if (options_.hold.hold_fraction <= 0.0) return 0.0;
     hold_view v;
+    double latest_due = 0.0;  // how long the last of the due blocks stays due
     for (const auto& j : completions_)
       if (!j->out->cancelled()) ++v.completions;
     if (v.completions > 0) return 0.0;
@@ -365,13 +366,16 @@ class engine final : public completion_service, public session_service {
         if (!oldest || s.job->received < *oldest) oldest = s.job->received;
       } else if (unseen > 1) {
         v.ready_rows += std::min(options_.prefill_chunk, unseen - 1);
-      } else if (s.answered && now - s.last_verify <= window &&
-                 block_due(options_.hold, std::chrono::duration<double>(now - *s.answered).count(), s.turnaround)) {
+      } else if (s.answered && now - s.last_active <= window) {
+        const double since = std::chrono::duration<double>(now - *s.answered).count();
+        if (!block_due(options_.hold, since, s.turnaround)) continue;
         ++v.due_blocks;
+        latest_due = std::max(latest_due, due_for(options_.hold, since, s.turnaround));
       }
     }
     if (!oldest) return 0.0;
     v.oldest_wait_seconds = std::chrono::duration<double>(now - *oldest).count();
+    v.due_for_seconds = latest_due;
     std::lock_guard lock(curve_mu_);
     return hold_seconds(options_.hold, curve_, v);
   }
@@ -423,6 +427,7 @@ class engine final : public completion_service, public session_service {
     s.rng.reseed(c.msg.seed);
     s.committed = std::move(c.msg.prefix);
     s.last_active = now;
+    s.answered = now;  // the device sends its first block right after session_opened
     const sequence_id seq = model_.add_sequence();
     s.seq = seq;
     auto [it, inserted] = sessions_.emplace(s.id, std::move(s));
@@ -443,6 +448,7 @@ class engine final : public completion_service, public session_service {
       return;
     }
     it->second.last_active = clock::now();
+    it->second.answered = it->second.last_active;
     metrics_.add("specdec_verify_requests_total", "type=\"resume\",result=\"ok\"");
     c.reply->set(opened(it->second, it->second.last_active));
   }

@@ -316,7 +316,8 @@ enum class remote_mode {
   /// Every forward is one round trip: the block's ids (+ q) up, cloud compute, verdict or
   /// rows down (split speculative decoding; see `wire_format`).
   verify,
-  /// Autoregressive decoding in the cloud, streamed: the first forward uploads its block
+  /// Autoregressive decoding in the cloud, streamed: the first forward opens a request
+  /// (`simulated_link::open_request`, its `request_overhead_seconds`) and uploads its block
   /// (one round trip); each forward then costs cloud compute plus one streamed token id
   /// down, and single-token forwards that continue the stream upload nothing (the cloud
   /// produced that token itself). The cloud runs ahead of the device: token i reaches the
@@ -430,8 +431,9 @@ class remote_model {
     const std::size_t cached = cache_length();
     const std::size_t n = tokens.size();
     const bool continues = stream_open_ && n == 1 && cached == stream_cached_;
-    if (!continues) {
+    if (!continues) {  // a new stream: one request of its own (an HTTP request on the wire)
       ++round_trips_;
+      link_.open_request();
       const send_result up = link_.send_up(payload_bytes::token_ids(n));
       if (!up.delivered) fail("upload of a prompt", cached);
       cloud_time_ = link_.now();
