@@ -525,6 +525,12 @@ int main(int argc, char** argv) try {
   specdec::testing::link_proxy http("127.0.0.1", server.http_port, shape), verify("127.0.0.1", server.verify_port, shape);
   const hy::net_endpoint ep{"127.0.0.1", http.port(), verify.port()};
   std::vector<std::unique_ptr<transformer>> drafts;
+  {
+    std::cerr << "specdec-hybrid-net: the server's step-time curve before the load test (rows:ms)";
+    for (const auto& [rows, seconds] : hy::completion_client("127.0.0.1", server.http_port).health().step_time_curve)
+      std::cerr << ' ' << rows << ':' << seconds * 1e3;
+    std::cerr << '\n';
+  }
   for (std::size_t repeat = 0; repeat < o.load_repeats; ++repeat)
   for (const std::size_t n : o.clients) {
     if (n == 0) continue;  // --clients 0: no load test

@@ -362,7 +362,7 @@ TEST(RemoteModel, EachStreamOpensOneRequestAndVerifyRoundsNone) {
   (void)specdec::forward_one(remote, 6);
   EXPECT_EQ(link.counters().requests, 2u);
   remote.set_mode(remote_mode::verify);
-  (void)remote.forward_drafts(std::vector<token_id>{7, 8}, 1);
+  (void)remote.forward_drafts(std::vector<token_id>{6, 7}, 1);
   EXPECT_EQ(link.counters().requests, 2u);
 }
 
