@@ -57,6 +57,7 @@ struct options {
   std::size_t load_repeats = 1;
   double overhead_ms = -1;  ///< the simulator's per-message overhead; < 0 = calibrate at RTT 0
   double request_overhead_ms = -1;  ///< the simulator's per-HTTP-request overhead; < 0 = calibrate at RTT 0
+  double stream_message_ms = -1;    ///< the simulator's per-streamed-token cloud handling; < 0 = calibrate at RTT 0
   std::size_t calibration_prompts = 12;
   bool pin = true;            ///< server on one CPU, this process on another (if there are two)
   int server_cpu = -1, client_cpu = -1;  ///< chosen when pinning
@@ -212,6 +213,7 @@ struct cell {
   std::size_t sim_tokens = 0;
   double sim_overhead = NAN;  ///< the simulator's per-message overhead, seconds
   double sim_request_overhead = NAN;  ///< the simulator's per-request overhead (HTTP route), seconds
+  double sim_stream_message = NAN;    ///< the simulator's per-streamed-token cloud handling, seconds
   std::size_t repeat = 0;     ///< load test: which repeat
 };
 
@@ -219,14 +221,14 @@ void header(std::ostream& out) {
   out << "section,route,rtt_ms,clients,requests,tokens,greedy_identical_to_cloud,fallbacks,per_token_p50_ms,per_token_p95_ms,"
          "ttft_p50_ms,tokens_per_s,bytes_up_per_token,bytes_down_per_token,forwards_per_token,tokens_per_round,"
          "hidden_ms_per_token,physics_per_token_ms,server_tokens_per_server_s,sim_per_token_p50_ms,sim_ttft_p50_ms,sim_bytes_per_token,"
-         "sim_forwards_per_token,sim_error_pct,sim_message_overhead_ms,repeat,sequences_per_step,hold_ms_per_token,server_tokens_per_server_cpu_s,sim_request_overhead_ms\n";
+         "sim_forwards_per_token,sim_error_pct,sim_message_overhead_ms,repeat,sequences_per_step,hold_ms_per_token,server_tokens_per_server_cpu_s,sim_request_overhead_ms,sim_stream_message_ms\n";
 }
 void row(std::ostream& out, const cell& c) {
   const double n = std::max<double>(1.0, static_cast<double>(c.tokens));
   const double p50 = quantile(c.per_token, 0.5) * 1e3, sim = quantile(c.sim_per_token, 0.5) * 1e3;
   char buf[1024];
   std::snprintf(buf, sizeof buf,
-                "%s,%s,%g,%zu,%zu,%zu,%d,%zu,%.2f,%.2f,%.1f,%.1f,%.1f,%.1f,%.3f,%.2f,%.3f,%.2f,%.1f,%.2f,%.1f,%.1f,%.3f,%.1f,%.3f,%zu,%.2f,%.3f,%.1f,%.3f\n",
+                "%s,%s,%g,%zu,%zu,%zu,%d,%zu,%.2f,%.2f,%.1f,%.1f,%.1f,%.1f,%.3f,%.2f,%.3f,%.2f,%.1f,%.2f,%.1f,%.1f,%.3f,%.1f,%.3f,%zu,%.2f,%.3f,%.1f,%.3f,%.4f\n",
                 c.section.c_str(), c.route.c_str(), c.rtt_ms, c.clients, c.requests, c.tokens, c.identical, c.fallbacks, p50,
                 quantile(c.per_token, 0.95) * 1e3, quantile(c.ttft, 0.5) * 1e3, n / std::max(1e-9, c.seconds),
                 c.bytes_up / n, c.bytes_down / n, c.forwards / n, c.rounds > 0 ? n / c.rounds : NAN,
@@ -235,7 +237,8 @@ void row(std::ostream& out, const cell& c) {
                 c.sim_tokens ? c.sim_forwards / static_cast<double>(c.sim_tokens) : NAN,
                 c.sim_per_token.empty() ? NAN : 100.0 * (sim - p50) / p50, c.sim_overhead * 1e3, c.repeat,
                 c.forwards > 0 ? c.sequences / c.forwards : NAN, c.hold_seconds / n * 1e3,
-                c.server_cpu_seconds > 0 ? n / c.server_cpu_seconds : NAN, c.sim_request_overhead * 1e3);
+                c.server_cpu_seconds > 0 ? n / c.server_cpu_seconds : NAN, c.sim_request_overhead * 1e3,
+                c.sim_stream_message * 1e3);
   out << buf << std::flush;
 }
 
@@ -282,9 +285,13 @@ int main(int argc, char** argv) try {
       .add("--hold-fraction", "F", "the server's --hold-fraction (default: the server's own default)",
            store(o.hold_fraction))
       .add("--request-overhead-ms", "MS",
-           "the simulator's per-request overhead of the HTTP route (default: measured at RTT 0 on cloud-only requests "
-           "after the per-message overhead, then held fixed)",
+           "the simulator's per-request overhead of the HTTP route (default: measured at RTT 0 on cloud-only "
+           "requests' times to first token after the per-message overhead, then held fixed)",
            store(o.request_overhead_ms, cli::range<double>{.lo = 0, .hi = 1000}))
+      .add("--stream-message-ms", "MS",
+           "the simulator's per-streamed-token handling on the cloud (default: measured at RTT 0 on cloud-only "
+           "requests with the per-request overhead, then held fixed)",
+           store(o.stream_message_ms, cli::range<double>{.lo = 0, .hi = 1000}))
       .add("--pin-cpus", "on|off",
            "server child on one CPU, this process (clients, proxy, simulator) on another (on when >= 2 CPUs)",
            [&o](std::string_view name, std::string_view v) {
@@ -341,8 +348,9 @@ int main(int argc, char** argv) try {
   // refreshed before every simulated request: the curve is an exponentially weighted
   // estimate that moves with the server's load, and the request simulated next is the one
   // the server has just served.
-  const auto sim_link = [](double rtt_ms, double overhead, double request_overhead) {
+  const auto sim_link = [](double rtt_ms, double overhead, double request_overhead, double stream_message) {
     hy::link_config lc;
+    lc.stream_message_seconds = stream_message;
     lc.rtt_seconds = rtt_ms / 1e3;
     lc.up_bps = lc.down_bps = 1e10;
     lc.message_overhead_seconds = overhead;
@@ -373,7 +381,7 @@ int main(int argc, char** argv) try {
     const hy::net_endpoint ep{"127.0.0.1", http.port(), verify.port()};
     const hy::route r = hy::route::speculative(o.gamma);
     hy::net_session s(little, hy::fixed_arbiter{r}, ep, {.seed = 1, .pipelined = false});
-    hy::simulated_link link(sim_link(0, 0, 0), 1);
+    hy::simulated_link link(sim_link(0, 0, 0, 0), 1);
     hy::session sim(sim_little, big, hy::fixed_arbiter{r}, link, sim_options(false));
     // Warm-up: connections, the server's session caches and its step-time curve, this
     // process's models (the first requests after the server starts run measurably slower).
@@ -397,30 +405,38 @@ int main(int argc, char** argv) try {
               << excess.size() << " requests at RTT 0)\n";
   }
   // The per-request overhead of the HTTP route (a new connection through the proxy, the
-  // server's worker hand-off, parsing, closing): measured the same way on cloud-only
-  // requests, after the per-message overhead, as the excess of a whole request over its
-  // simulation with the message overhead only (the median), then held fixed.
-  double request_overhead = o.request_overhead_ms / 1e3;
-  if (request_overhead < 0) {
+  // server's worker hand-off, parsing): paid before the first token, so measured on
+  // cloud-only requests, after the per-message overhead, as the excess of the real time to
+  // first token over the simulated one with the message overhead only (the median), then
+  // held fixed. (A whole request's excess would also count the stream's per-token costs,
+  // which a request of a few cloud tokens does not pay.)
+  double request_overhead = o.request_overhead_ms / 1e3, stream_message = o.stream_message_ms / 1e3;
+  if (request_overhead < 0 || stream_message < 0) {
     specdec::testing::link_proxy http("127.0.0.1", server.http_port), verify("127.0.0.1", server.verify_port);
     const hy::net_endpoint ep{"127.0.0.1", http.port(), verify.port()};
     const hy::route r = hy::route::in_cloud();
     hy::net_session s(little, hy::fixed_arbiter{r}, ep, {.seed = 1, .pipelined = false});
-    hy::simulated_link link(sim_link(0, overhead, 0), 1);
+    hy::simulated_link link(sim_link(0, overhead, 0, 0), 1);
     hy::session sim(sim_little, big, hy::fixed_arbiter{r}, link, sim_options(false));
     const std::size_t n = std::min(o.calibration_prompts, prompts.size());
     for (std::size_t i = 0; i < std::min<std::size_t>(4, n); ++i) (void)s.execute(prompts[i], gen, r);  // warm-up
-    std::vector<double> excess;  // per request: (real - simulated) seconds per simulated request
+    std::vector<double> excess, rest;  // per request: real - simulated time to first token, and whole
+    std::vector<double> tokens;
     for (std::size_t i = 0; i < n; ++i) {
-      const double real = s.execute(prompts[i], gen, r).latency_seconds;
-      const auto k0 = link.counters().requests;
+      const hy::net_result real = s.execute(prompts[i], gen, r);
       refresh_curve();
-      const double simulated = sim.execute(prompts[i], gen, r).latency_seconds;
-      excess.push_back((real - simulated) / static_cast<double>(std::max<std::size_t>(1, link.counters().requests - k0)));
+      const hy::request_result q = sim.execute(prompts[i], gen, r);
+      excess.push_back(real.ttft_seconds - q.ttft_seconds);
+      rest.push_back(real.latency_seconds - q.latency_seconds);
+      tokens.push_back(static_cast<double>(std::max<std::size_t>(1, real.tokens.size())));
     }
-    request_overhead = std::max(0.0, quantile(excess, 0.5));
+    if (request_overhead < 0) request_overhead = std::max(0.0, quantile(excess, 0.5));
+    // What the stream loses per token beyond that: (whole excess - the request's) per token.
+    for (std::size_t i = 0; i < rest.size(); ++i) rest[i] = (rest[i] - request_overhead) / tokens[i];
+    if (stream_message < 0) stream_message = std::max(0.0, quantile(rest, 0.5));
     std::cerr << "specdec-hybrid-net: simulator per-request overhead " << request_overhead * 1e3 << " ms (median over "
-              << excess.size() << " cloud-only requests at RTT 0)\n";
+              << excess.size() << " cloud-only requests' times to first token at RTT 0), per streamed token "
+              << stream_message * 1e3 << " ms\n";
   }
   std::map<std::string, double> at_zero;  // per-token p50 of each route at RTT 0
   for (const double rtt_ms : o.rtts_ms) {
@@ -439,11 +455,12 @@ int main(int argc, char** argv) try {
       c.rtt_ms = rtt_ms;
       c.sim_overhead = overhead;
       c.sim_request_overhead = request_overhead;
+      c.sim_stream_message = stream_message;
       // The simulator: the same route on the virtual clock, the same models in process
       // (the device's compute charged as it ran, the cloud's from the server's curve), the
       // link's RTT set to the proxy's. Run prompt by prompt alternately with the real
       // route, so both see the same machine load.
-      hy::simulated_link link(sim_link(rtt_ms, overhead, request_overhead), 1);
+      hy::simulated_link link(sim_link(rtt_ms, overhead, request_overhead, stream_message), 1);
       hy::session sim(sim_little, big, hy::fixed_arbiter{rs.r}, link, sim_options(rs.sampled));
       // Faults: the verify connection is cut every max(250 ms, 5 RTT) (a client needs two
       // round trips to resume and resend); it reconnects, resumes and resends.

@@ -366,6 +366,27 @@ TEST(RemoteModel, EachStreamOpensOneRequestAndVerifyRoundsNone) {
   EXPECT_EQ(link.counters().requests, 2u);
 }
 
+TEST(RemoteModel, StreamMessagesCostTheCloudTimeInSeries) {
+  // The stream above with 0.5 ms of handling per streamed token on the cloud: each
+  // token leaves 0.5 ms later than the one before it would have, so the last arrives
+  // 3 * 0.5 ms later; the charged compute is unchanged.
+  auto cloud = target_model();
+  link_config cfg;
+  cfg.rtt_seconds = 0.100;
+  cfg.up_bps = cfg.down_bps = 1e30;
+  cfg.message_overhead_seconds = 2e-4;
+  cfg.stream_message_seconds = 5e-4;
+  simulated_link link(cfg, 1);
+  remote_model remote(cloud, link, 1.0, {}, step_time_cost{.points = {{1, 1e-3}, {4, 2.5e-3}}});
+  remote.set_mode(remote_mode::stream);
+  const std::vector<token_id> prompt{1, 2, 3};
+  (void)remote.forward(prompt);
+  (void)specdec::forward_one(remote, 4);
+  (void)specdec::forward_one(remote, 5);
+  EXPECT_NEAR(link.now(), (0.050 + 2e-4) + 2e-3 + 1e-3 + 1e-3 + 3 * 5e-4 + (0.050 + 2e-4), kTol);
+  EXPECT_NEAR(remote.charged_seconds(), 4e-3, kTol);
+}
+
 TEST(TimedModel, ChargesScaledCostsAndTracksConfidence) {
   auto m = target_model();
   simulated_link link(link_config::lan(), 1);

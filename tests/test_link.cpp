@@ -151,6 +151,7 @@ TEST(simulated_link, request_overhead_is_charged_once_per_request) {
   EXPECT_EQ(plain.now(), 0.0);
   EXPECT_EQ(plain.counters().requests, 1u);
   EXPECT_EQ(link_config{}.request_overhead_seconds, 0.0);
+  EXPECT_EQ(link_config{}.stream_message_seconds, 0.0);
 }
 
 TEST(simulated_link, pipelined_messages_pay_the_overhead_as_latency_not_in_series) {
@@ -371,6 +372,9 @@ TEST(link_config, invalid_configs_throw_naming_the_field) {
   expect_invalid(c, "request_overhead_seconds");
   c.request_overhead_seconds = nan;
   expect_invalid(c, "request_overhead_seconds");
+  c = link_config::wan();
+  c.stream_message_seconds = -1e-3;
+  expect_invalid(c, "stream_message_seconds");
   c = link_config::wan();
   c.jitter_sigma = -0.1;
   expect_invalid(c, "jitter_sigma");

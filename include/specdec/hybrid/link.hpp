@@ -103,10 +103,11 @@ struct outage_window {
 /// link); measure it on a real deployment as the excess of a round trip at RTT 0 over its
 /// compute, halved (two messages per round). A request that opens a connection of its own
 /// (`open_request`: the simulator calls it once per cloud stream, i.e. per HTTP request)
-/// adds `request_overhead_seconds` once, the fixed cost of setting up and tearing down that
-/// request beyond its messages (the connection through any proxy, the server's worker
-/// hand-off, header parsing); it defaults to 0, and is measured on a real deployment as the
-/// excess of a whole streamed request at RTT 0 over its simulation without it. A lost attempt costs `retransmit_timeout_seconds` and is retried, up to
+/// adds `request_overhead_seconds` once, the fixed cost of setting up that request beyond
+/// its messages (the connection through any proxy, the server's worker hand-off, header
+/// parsing); it defaults to 0, and is measured on a real deployment as the excess of a
+/// streamed request's time to first token at RTT 0 over its simulation without it. A lost
+/// attempt costs `retransmit_timeout_seconds` and is retried, up to
 /// `max_retransmits` times; after that the send fails (`delivered = false`). A send that
 /// starts inside an outage window, or that draws an outage with `outage_probability`,
 /// fails after `outage_timeout_seconds`.
@@ -126,7 +127,12 @@ struct link_config {
   double down_bps = 100e6;                 ///< downlink bandwidth, bits/s
   std::size_t header_bytes = 40;           ///< per-message (per-attempt) overhead bytes
   double message_overhead_seconds = 0.0;   ///< per delivered message: endpoint handling time, >= 0
-  double request_overhead_seconds = 0.0;   ///< per `open_request` (an HTTP request): set-up and tear-down, >= 0
+  double request_overhead_seconds = 0.0;   ///< per `open_request` (an HTTP request): its set-up, >= 0
+  /// Per message of a stream, the sender's own handling of it (formatting and writing an
+  /// event on the server's core), in series with producing the next one, >= 0. The link
+  /// does not charge it; a streaming sender (remote_model's stream mode) adds it to its
+  /// clock once per message.
+  double stream_message_seconds = 0.0;
   double loss_probability = 0.0;           ///< per-attempt loss probability, [0, 1)
   double retransmit_timeout_seconds = 0.2;  ///< waited per lost attempt before retrying
   std::size_t max_retransmits = 8;         ///< retries after which the send fails
@@ -169,6 +175,7 @@ struct link_config {
     detail::check_positive("link_config.down_bps", down_bps);
     detail::check_non_negative("link_config.message_overhead_seconds", message_overhead_seconds);
     detail::check_non_negative("link_config.request_overhead_seconds", request_overhead_seconds);
+    detail::check_non_negative("link_config.stream_message_seconds", stream_message_seconds);
     detail::check_below("link_config.loss_probability", loss_probability, 0.0, 1.0, "in [0, 1)");
     detail::check_non_negative("link_config.retransmit_timeout_seconds", retransmit_timeout_seconds);
     for (std::size_t i = 0; i < outages.size(); ++i) {
