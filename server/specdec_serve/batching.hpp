@@ -18,7 +18,8 @@
 /// while the time since the server last answered it (its verdict, or `session_opened`:
 /// a device sends its first block right after) is within `due_factor` times its own
 /// measured turnaround (answer sent to next block received; a session with no turnaround
-/// yet counts as due until the bound). Nothing is held while a completion stream has work in the step (the
+/// yet is due for `max_hold_seconds` after its answer, so one opened and abandoned holds
+/// nobody for long). Nothing is held while a completion stream has work in the step (the
 /// step runs for it anyway; a block that misses it joins the next one), nor when no block
 /// is due, nor before the curve has a point. Holding adds at most the bound to a round's latency and costs no forward: the
 /// server is idle while it holds.
@@ -68,21 +69,19 @@ struct hold_view {
   std::size_t due_blocks = 0;         ///< sessions whose next block is due (`block_due`)
   std::size_t completions = 0;        ///< completion streams with work in the step
   double oldest_wait_seconds = 0.0;   ///< since the oldest waiting verify block arrived
-  /// How long the latest of the due blocks stays due (`due_for`; infinite if a due
-  /// session's turnaround is not measured yet).
+  /// How long the latest of the due blocks stays due (`due_for`).
   double due_for_seconds = std::numeric_limits<double>::infinity();
 };
 
-/// Whether a session's next verify block is due: `since_verdict` seconds after its last
-/// verdict, with a measured turnaround of `turnaround` seconds (<= 0: not measured yet).
-[[nodiscard]] inline bool block_due(const hold_policy& p, double since_verdict, double turnaround) {
-  return turnaround <= 0.0 || since_verdict <= p.due_factor * turnaround;
-}
-
-/// How much longer a block due by `block_due` stays due (infinite while the turnaround
-/// is not measured).
+/// How much longer a session's next verify block is due, `since_verdict` seconds after
+/// the server last answered it, with a measured turnaround of `turnaround` seconds (<= 0:
+/// not measured yet, due for `max_hold_seconds`); negative: overdue.
 [[nodiscard]] inline double due_for(const hold_policy& p, double since_verdict, double turnaround) {
-  return turnaround <= 0.0 ? std::numeric_limits<double>::infinity() : p.due_factor * turnaround - since_verdict;
+  return (turnaround <= 0.0 ? p.max_hold_seconds : p.due_factor * turnaround) - since_verdict;
+}
+/// Whether that block is due (`due_for` >= 0).
+[[nodiscard]] inline bool block_due(const hold_policy& p, double since_verdict, double turnaround) {
+  return due_for(p, since_verdict, turnaround) >= 0.0;
 }
 
 /// Seconds the step may still wait for due blocks; 0 = run it now: the bound less the
