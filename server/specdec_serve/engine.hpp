@@ -30,10 +30,10 @@
 /// eng.start();
 /// auto stream = eng.submit({.prompt = {1, 403}, .max_tokens = 8});
 /// ```
-#include <algorithm>
-#include <atomic>
 #include <time.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <chrono>
@@ -279,7 +279,7 @@ class engine final : public completion_service, public session_service {
     double accepted = 0.0, trials = 0.0;              ///< draft positions accepted / examined
     clock::time_point last_active, last_verify;
     std::optional<clock::time_point> answered;  ///< when the server last answered it (opened, resumed, verdict)
-    double turnaround = 0.0;  ///< seconds from a verdict to the next block (EWMA; 0 = not measured)
+    double turnaround = 0.0;  ///< seconds from an answer to the next block (EWMA; 0 = not measured)
   };
   /// One block of a step.
   struct part {
