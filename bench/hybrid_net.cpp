@@ -56,9 +56,12 @@ struct options {
   bool full = false;
   std::size_t load_repeats = 1;
   double overhead_ms = -1;  ///< the simulator's per-message overhead; < 0 = calibrate at RTT 0
+  double request_overhead_ms = -1;  ///< the simulator's per-HTTP-request overhead; < 0 = calibrate at RTT 0
+  double stream_message_ms = -1;    ///< the simulator's per-streamed-token cloud handling; < 0 = calibrate at RTT 0
   std::size_t calibration_prompts = 12;
   bool pin = true;            ///< server on one CPU, this process on another (if there are two)
   int server_cpu = -1, client_cpu = -1;  ///< chosen when pinning
+  std::string hold_fraction;  ///< the server's --hold-fraction (empty: its default)
 };
 
 /// The CPUs this process may run on, in order.
@@ -95,9 +98,15 @@ class child_server {
       ::close(err[1]);
       const std::string threads = std::to_string(o.server_threads);
       const std::string model = o.models + "/kjv-big.bin", tok = o.models + "/kjv2k-tokenizer.bin";
-      ::execl(o.serve.c_str(), o.serve.c_str(), "--model", model.c_str(), "--tokenizer", tok.c_str(), "--port", "0",
-              "--verify-port", "0", "--threads", threads.c_str(), "--max-sessions", "128", "--max-completions", "128",
-              "--http-threads", "48", static_cast<char*>(nullptr));
+      std::vector<const char*> args{o.serve.c_str(), "--model", model.c_str(), "--tokenizer", tok.c_str(),
+                                    "--port", "0", "--verify-port", "0", "--threads", threads.c_str(),
+                                    "--max-sessions", "128", "--max-completions", "128", "--http-threads", "48"};
+      if (!o.hold_fraction.empty()) {
+        args.push_back("--hold-fraction");
+        args.push_back(o.hold_fraction.c_str());
+      }
+      args.push_back(nullptr);
+      ::execv(o.serve.c_str(), const_cast<char* const*>(args.data()));
       std::perror("exec specdec-serve");
       ::_exit(127);
     }
@@ -157,6 +166,9 @@ double metric(const std::string& text, const std::string& name) {
 
 struct server_counters {
   double step_seconds = 0.0, steps = 0.0;
+  double sequences = 0.0;     ///< sequences (blocks) summed over the steps
+  double hold_seconds = 0.0;  ///< time the scheduler held steps for other sessions' verify blocks
+  double step_cpu_seconds = 0.0;  ///< the server's CPU time during its batched forwards
 };
 server_counters read_metrics(std::uint16_t port) {
   auto c = hy::tcp_connection::connect("127.0.0.1", port, 2.0, hy::privacy::may_leave_device);
@@ -170,7 +182,9 @@ server_counters read_metrics(std::uint16_t port) {
     }
   } catch (const hy::link_unavailable&) {  // closed: the whole answer is in
   }
-  return {metric(text, "specdec_step_seconds_sum"), metric(text, "specdec_step_seconds_count")};
+  return {metric(text, "specdec_step_seconds_sum"), metric(text, "specdec_step_seconds_count"),
+          metric(text, "specdec_batch_sequences_sum"), metric(text, "specdec_step_hold_seconds_total"),
+          metric(text, "specdec_step_cpu_seconds_total")};
 }
 
 double quantile(std::vector<double> v, double q) {
@@ -187,6 +201,8 @@ struct cell {
   int identical = -1;  ///< greedy split vs cloud-only: 1 all prompts equal, 0 not, -1 n/a
   std::vector<double> per_token, ttft;
   double seconds = 0, bytes_up = 0, bytes_down = 0, forwards = 0, server_seconds = 0;
+  double sequences = 0, hold_seconds = 0;  ///< the server's sequences over its steps, and its holds
+  double server_cpu_seconds = 0;           ///< the server's CPU time during its forwards
   double hidden_seconds = 0;  ///< pipelined: drafting overlapped with rounds whose guess held
   double rounds = 0;
   std::size_t fallbacks = 0;  ///< requests that lost the link and finished on the device
@@ -196,6 +212,8 @@ struct cell {
   double sim_bytes = 0, sim_forwards = 0;
   std::size_t sim_tokens = 0;
   double sim_overhead = NAN;  ///< the simulator's per-message overhead, seconds
+  double sim_request_overhead = NAN;  ///< the simulator's per-request overhead (HTTP route), seconds
+  double sim_stream_message = NAN;    ///< the simulator's per-streamed-token cloud handling, seconds
   std::size_t repeat = 0;     ///< load test: which repeat
 };
 
@@ -203,21 +221,24 @@ void header(std::ostream& out) {
   out << "section,route,rtt_ms,clients,requests,tokens,greedy_identical_to_cloud,fallbacks,per_token_p50_ms,per_token_p95_ms,"
          "ttft_p50_ms,tokens_per_s,bytes_up_per_token,bytes_down_per_token,forwards_per_token,tokens_per_round,"
          "hidden_ms_per_token,physics_per_token_ms,server_tokens_per_server_s,sim_per_token_p50_ms,sim_ttft_p50_ms,sim_bytes_per_token,"
-         "sim_forwards_per_token,sim_error_pct,sim_message_overhead_ms,repeat\n";
+         "sim_forwards_per_token,sim_error_pct,sim_message_overhead_ms,repeat,sequences_per_step,hold_ms_per_token,server_tokens_per_server_cpu_s,sim_request_overhead_ms,sim_stream_message_ms\n";
 }
 void row(std::ostream& out, const cell& c) {
   const double n = std::max<double>(1.0, static_cast<double>(c.tokens));
   const double p50 = quantile(c.per_token, 0.5) * 1e3, sim = quantile(c.sim_per_token, 0.5) * 1e3;
   char buf[1024];
   std::snprintf(buf, sizeof buf,
-                "%s,%s,%g,%zu,%zu,%zu,%d,%zu,%.2f,%.2f,%.1f,%.1f,%.1f,%.1f,%.3f,%.2f,%.3f,%.2f,%.1f,%.2f,%.1f,%.1f,%.3f,%.1f,%.3f,%zu\n",
+                "%s,%s,%g,%zu,%zu,%zu,%d,%zu,%.2f,%.2f,%.1f,%.1f,%.1f,%.1f,%.3f,%.2f,%.3f,%.2f,%.1f,%.2f,%.1f,%.1f,%.3f,%.1f,%.3f,%zu,%.2f,%.3f,%.1f,%.3f,%.4f\n",
                 c.section.c_str(), c.route.c_str(), c.rtt_ms, c.clients, c.requests, c.tokens, c.identical, c.fallbacks, p50,
                 quantile(c.per_token, 0.95) * 1e3, quantile(c.ttft, 0.5) * 1e3, n / std::max(1e-9, c.seconds),
                 c.bytes_up / n, c.bytes_down / n, c.forwards / n, c.rounds > 0 ? n / c.rounds : NAN,
                 c.hidden_seconds / n * 1e3, c.physics_per_token * 1e3, c.server_seconds > 0 ? n / c.server_seconds : NAN, sim,
                 quantile(c.sim_ttft, 0.5) * 1e3, c.sim_tokens ? c.sim_bytes / static_cast<double>(c.sim_tokens) : NAN,
                 c.sim_tokens ? c.sim_forwards / static_cast<double>(c.sim_tokens) : NAN,
-                c.sim_per_token.empty() ? NAN : 100.0 * (sim - p50) / p50, c.sim_overhead * 1e3, c.repeat);
+                c.sim_per_token.empty() ? NAN : 100.0 * (sim - p50) / p50, c.sim_overhead * 1e3, c.repeat,
+                c.forwards > 0 ? c.sequences / c.forwards : NAN, c.hold_seconds / n * 1e3,
+                c.server_cpu_seconds > 0 ? n / c.server_cpu_seconds : NAN, c.sim_request_overhead * 1e3,
+                c.sim_stream_message * 1e3);
   out << buf << std::flush;
 }
 
@@ -261,6 +282,16 @@ int main(int argc, char** argv) try {
       .add("--message-overhead-ms", "MS",
            "the simulator's per-message overhead (default: measured at RTT 0 before the table, then held fixed)",
            store(o.overhead_ms, cli::range<double>{.lo = 0, .hi = 1000}))
+      .add("--hold-fraction", "F", "the server's --hold-fraction (default: the server's own default)",
+           store(o.hold_fraction))
+      .add("--request-overhead-ms", "MS",
+           "the simulator's per-request overhead of the HTTP route (default: measured at RTT 0 on cloud-only "
+           "requests' times to first token after the per-message overhead, then held fixed)",
+           store(o.request_overhead_ms, cli::range<double>{.lo = 0, .hi = 1000}))
+      .add("--stream-message-ms", "MS",
+           "the simulator's per-streamed-token handling on the cloud (default: measured at RTT 0 on cloud-only "
+           "requests with the per-request overhead, then held fixed)",
+           store(o.stream_message_ms, cli::range<double>{.lo = 0, .hi = 1000}))
       .add("--pin-cpus", "on|off",
            "server child on one CPU, this process (clients, proxy, simulator) on another (on when >= 2 CPUs)",
            [&o](std::string_view name, std::string_view v) {
@@ -317,11 +348,13 @@ int main(int argc, char** argv) try {
   // refreshed before every simulated request: the curve is an exponentially weighted
   // estimate that moves with the server's load, and the request simulated next is the one
   // the server has just served.
-  const auto sim_link = [](double rtt_ms, double overhead) {
+  const auto sim_link = [](double rtt_ms, double overhead, double request_overhead, double stream_message) {
     hy::link_config lc;
+    lc.stream_message_seconds = stream_message;
     lc.rtt_seconds = rtt_ms / 1e3;
     lc.up_bps = lc.down_bps = 1e10;
     lc.message_overhead_seconds = overhead;
+    lc.request_overhead_seconds = request_overhead;
     return lc;
   };
   const auto curve = std::make_shared<hy::step_time_cost>();
@@ -348,7 +381,7 @@ int main(int argc, char** argv) try {
     const hy::net_endpoint ep{"127.0.0.1", http.port(), verify.port()};
     const hy::route r = hy::route::speculative(o.gamma);
     hy::net_session s(little, hy::fixed_arbiter{r}, ep, {.seed = 1, .pipelined = false});
-    hy::simulated_link link(sim_link(0, 0), 1);
+    hy::simulated_link link(sim_link(0, 0, 0, 0), 1);
     hy::session sim(sim_little, big, hy::fixed_arbiter{r}, link, sim_options(false));
     // Warm-up: connections, the server's session caches and its step-time curve, this
     // process's models (the first requests after the server starts run measurably slower).
@@ -371,6 +404,40 @@ int main(int argc, char** argv) try {
     std::cerr << "specdec-hybrid-net: simulator per-message overhead " << overhead * 1e3 << " ms (median over "
               << excess.size() << " requests at RTT 0)\n";
   }
+  // The per-request overhead of the HTTP route (a new connection through the proxy, the
+  // server's worker hand-off, parsing): paid before the first token, so measured on
+  // cloud-only requests, after the per-message overhead, as the excess of the real time to
+  // first token over the simulated one with the message overhead only (the median), then
+  // held fixed. (A whole request's excess would also count the stream's per-token costs,
+  // which a request of a few cloud tokens does not pay.)
+  double request_overhead = o.request_overhead_ms / 1e3, stream_message = o.stream_message_ms / 1e3;
+  if (request_overhead < 0 || stream_message < 0) {
+    specdec::testing::link_proxy http("127.0.0.1", server.http_port), verify("127.0.0.1", server.verify_port);
+    const hy::net_endpoint ep{"127.0.0.1", http.port(), verify.port()};
+    const hy::route r = hy::route::in_cloud();
+    hy::net_session s(little, hy::fixed_arbiter{r}, ep, {.seed = 1, .pipelined = false});
+    hy::simulated_link link(sim_link(0, overhead, 0, 0), 1);
+    hy::session sim(sim_little, big, hy::fixed_arbiter{r}, link, sim_options(false));
+    const std::size_t n = std::min(o.calibration_prompts, prompts.size());
+    for (std::size_t i = 0; i < std::min<std::size_t>(4, n); ++i) (void)s.execute(prompts[i], gen, r);  // warm-up
+    std::vector<double> excess, rest;  // per request: real - simulated time to first token, and whole
+    std::vector<double> tokens;
+    for (std::size_t i = 0; i < n; ++i) {
+      const hy::net_result real = s.execute(prompts[i], gen, r);
+      refresh_curve();
+      const hy::request_result q = sim.execute(prompts[i], gen, r);
+      excess.push_back(real.ttft_seconds - q.ttft_seconds);
+      rest.push_back(real.latency_seconds - q.latency_seconds);
+      tokens.push_back(static_cast<double>(std::max<std::size_t>(1, real.tokens.size())));
+    }
+    if (request_overhead < 0) request_overhead = std::max(0.0, quantile(excess, 0.5));
+    // What the stream loses per token beyond that: (whole excess - the request's) per token.
+    for (std::size_t i = 0; i < rest.size(); ++i) rest[i] = (rest[i] - request_overhead) / tokens[i];
+    if (stream_message < 0) stream_message = std::max(0.0, quantile(rest, 0.5));
+    std::cerr << "specdec-hybrid-net: simulator per-request overhead " << request_overhead * 1e3 << " ms (median over "
+              << excess.size() << " cloud-only requests' times to first token at RTT 0), per streamed token "
+              << stream_message * 1e3 << " ms\n";
+  }
   std::map<std::string, double> at_zero;  // per-token p50 of each route at RTT 0
   for (const double rtt_ms : o.rtts_ms) {
     const specdec::testing::link_proxy_options shape{.one_way_delay_seconds = rtt_ms / 2e3};
@@ -382,13 +449,18 @@ int main(int argc, char** argv) try {
       hy::net_session s(little, hy::fixed_arbiter{rs.r}, ep,
                         {.sampling = rs.sampled ? sampled : specdec::sampling_params{}, .seed = 1,
                          .pipelined = rs.pipelined, .verify = {.retries = rs.cuts ? 4u : 1u}});
-      cell c{.section = "routes", .route = rs.name, .rtt_ms = rtt_ms};
+      cell c;
+      c.section = "routes";
+      c.route = rs.name;
+      c.rtt_ms = rtt_ms;
       c.sim_overhead = overhead;
+      c.sim_request_overhead = request_overhead;
+      c.sim_stream_message = stream_message;
       // The simulator: the same route on the virtual clock, the same models in process
       // (the device's compute charged as it ran, the cloud's from the server's curve), the
       // link's RTT set to the proxy's. Run prompt by prompt alternately with the real
       // route, so both see the same machine load.
-      hy::simulated_link link(sim_link(rtt_ms, overhead), 1);
+      hy::simulated_link link(sim_link(rtt_ms, overhead, request_overhead, stream_message), 1);
       hy::session sim(sim_little, big, hy::fixed_arbiter{rs.r}, link, sim_options(rs.sampled));
       // Faults: the verify connection is cut every max(250 ms, 5 RTT) (a client needs two
       // round trips to resume and resend); it reconnects, resumes and resends.
@@ -453,6 +525,9 @@ int main(int argc, char** argv) try {
       const server_counters m1 = read_metrics(server.http_port);
       c.forwards = m1.steps - m0.steps;
       c.server_seconds = m1.step_seconds - m0.step_seconds;
+      c.sequences = m1.sequences - m0.sequences;
+      c.hold_seconds = m1.hold_seconds - m0.hold_seconds;
+      c.server_cpu_seconds = m1.step_cpu_seconds - m0.step_cpu_seconds;
       if (rs.r.kind == hy::route_kind::speculative && !rs.sampled) c.identical = identical ? 1 : 0;
       if (rs.pipelined && s.pipeline() != nullptr) c.hidden_seconds = s.pipeline()->hidden_draft_seconds;
       if (rtt_ms == 0.0) at_zero[rs.name] = quantile(c.per_token, 0.5);
@@ -467,14 +542,23 @@ int main(int argc, char** argv) try {
   specdec::testing::link_proxy http("127.0.0.1", server.http_port, shape), verify("127.0.0.1", server.verify_port, shape);
   const hy::net_endpoint ep{"127.0.0.1", http.port(), verify.port()};
   std::vector<std::unique_ptr<transformer>> drafts;
+  {
+    std::cerr << "specdec-hybrid-net: the server's step-time curve before the load test (rows:ms)";
+    for (const auto& [rows, seconds] : hy::completion_client("127.0.0.1", server.http_port).health().step_time_curve)
+      std::cerr << ' ' << rows << ':' << seconds * 1e3;
+    std::cerr << '\n';
+  }
   for (std::size_t repeat = 0; repeat < o.load_repeats; ++repeat)
   for (const std::size_t n : o.clients) {
     if (n == 0) continue;  // --clients 0: no load test
     while (drafts.size() < n) drafts.push_back(std::make_unique<transformer>(o.models + "/kjv-little.bin",
                                                                              specdec::cpu::transformer_options{.threads = 1}));
     for (const bool split : {true, false}) {
-      cell c{.section = o.server_cpu >= 0 ? "load_pinned" : "load", .route = split ? "split_greedy" : "cloud",
-             .rtt_ms = o.load_rtt_ms, .clients = n};
+      cell c;
+      c.section = o.server_cpu >= 0 ? "load_pinned" : "load";
+      c.route = split ? "split_greedy" : "cloud";
+      c.rtt_ms = o.load_rtt_ms;
+      c.clients = n;
       c.repeat = repeat;
       std::mutex mu;
       const server_counters m0 = read_metrics(server.http_port);
@@ -503,6 +587,9 @@ int main(int argc, char** argv) try {
       const server_counters m1 = read_metrics(server.http_port);
       c.forwards = m1.steps - m0.steps;
       c.server_seconds = m1.step_seconds - m0.step_seconds;
+      c.sequences = m1.sequences - m0.sequences;
+      c.hold_seconds = m1.hold_seconds - m0.hold_seconds;
+      c.server_cpu_seconds = m1.step_cpu_seconds - m0.step_cpu_seconds;
       row(out, c);
     }
   }

@@ -69,6 +69,15 @@ int main(int argc, char** argv) {
         .add("--max-draft", "N", "most drafts the server announces per round (default 8)",
              cli::store(eo.speculation.max_draft, count))
         .add("--fixed-draft", "N", "always announce N drafts (no dynamic speculation)", cli::store(fixed_draft, count))
+        .add("--hold-fraction", "F",
+             "hold a verify block at most F of a step's time for other sessions' blocks (default 1; 0 = never)",
+             cli::store(eo.hold.hold_fraction, cli::range<double>{.lo = 0, .hi = 100}))
+        .add("--max-hold-ms", "MS", "never hold a verify block longer than this (default 10)",
+             [&eo](std::string_view name, std::string_view v) {
+               double ms = 0;
+               cli::store(ms, cli::range<double>{.lo = 0, .hi = 10000})(name, v);
+               eo.hold.max_hold_seconds = ms / 1e3;
+             })
         .flag("--no-calibrate", "learn the step-time curve online only (faster start)", no_calibrate)
         .add("--max-step-rows", "N", "rows of one batched forward (default 256)", cli::store(eo.max_step_rows, count))
         .add("--prefill-chunk", "N", "prompt tokens one sequence feeds per step (default 128)",

@@ -347,24 +347,63 @@ TEST(RemoteModel, OpensSessionCostsOneRoundTripPerLeg) {
   EXPECT_EQ(remote.round_trips(), 5u);
 }
 
+/// A stream of 3 tokens after a 3-token prompt at RTT 100 ms (no serialisation, 0.2 ms
+/// per message), the cloud charged t(1) = 1 ms, t(4) = 2.5 ms, with the given request
+/// overhead and per-streamed-token handling.
+struct stream_of_three {
+  markov_model cloud = target_model();
+  simulated_link link;
+  remote_model<markov_model> remote;
+  explicit stream_of_three(double request_overhead = 0.0, double stream_message = 0.0)
+      : link(config(request_overhead, stream_message), 1),
+        remote(cloud, link, 1.0, {}, step_time_cost{.points = {{1, 1e-3}, {4, 2.5e-3}}}) {
+    remote.set_mode(remote_mode::stream);
+    const std::vector<token_id> prompt{1, 2, 3};
+    (void)remote.forward(prompt);
+    (void)specdec::forward_one(remote, 4);
+    (void)specdec::forward_one(remote, 5);
+  }
+  static link_config config(double request_overhead, double stream_message) {
+    link_config cfg;
+    cfg.rtt_seconds = 0.100;
+    cfg.up_bps = cfg.down_bps = 1e30;
+    cfg.message_overhead_seconds = 2e-4;
+    cfg.request_overhead_seconds = request_overhead;
+    cfg.stream_message_seconds = stream_message;
+    return cfg;
+  }
+};
+
 TEST(RemoteModel, StreamChargesTheCurveAndPipelinesTokensBehindOneRoundTrip) {
-  // A stream of 3 tokens after a 3-token prompt at RTT 100 ms: the prompt goes up once,
-  // the cloud computes t(3) then t(1) per token, and each token comes down as it is made;
-  // the last arrives rtt/2 + overhead after it was computed: one RTT for the whole stream.
-  auto cloud = target_model();
-  link_config cfg;
-  cfg.rtt_seconds = 0.100;
-  cfg.up_bps = cfg.down_bps = 1e30;
-  cfg.message_overhead_seconds = 2e-4;
-  simulated_link link(cfg, 1);
-  remote_model remote(cloud, link, 1.0, {}, step_time_cost{.points = {{1, 1e-3}, {4, 2.5e-3}}});
-  remote.set_mode(remote_mode::stream);
-  const std::vector<token_id> prompt{1, 2, 3};
-  (void)remote.forward(prompt);
-  (void)specdec::forward_one(remote, 4);
-  (void)specdec::forward_one(remote, 5);
-  EXPECT_NEAR(link.now(), (0.050 + 2e-4) + 2e-3 + 1e-3 + 1e-3 + (0.050 + 2e-4), kTol);
-  EXPECT_NEAR(remote.charged_seconds(), 4e-3, kTol);
+  // The prompt goes up once, the cloud computes t(3) then t(1) per token, and each token
+  // comes down as it is made; the last arrives rtt/2 + overhead after it was computed:
+  // one RTT for the whole stream.
+  stream_of_three s;
+  EXPECT_NEAR(s.link.now(), (0.050 + 2e-4) + 2e-3 + 1e-3 + 1e-3 + (0.050 + 2e-4), kTol);
+  EXPECT_NEAR(s.remote.charged_seconds(), 4e-3, kTol);
+}
+
+TEST(RemoteModel, EachStreamOpensOneRequestAndVerifyRoundsNone) {
+  // With a 3 ms request overhead: charged once, before the prompt goes up; a broken
+  // stream's new request pays it again; verify rounds never do.
+  stream_of_three s(3e-3);
+  EXPECT_NEAR(s.link.now(), 3e-3 + (0.050 + 2e-4) + 2e-3 + 1e-3 + 1e-3 + (0.050 + 2e-4), kTol);
+  EXPECT_EQ(s.link.counters().requests, 1u);
+  s.remote.truncate(2);
+  (void)specdec::forward_one(s.remote, 6);
+  EXPECT_EQ(s.link.counters().requests, 2u);
+  s.remote.set_mode(remote_mode::verify);
+  (void)s.remote.forward_drafts(std::vector<token_id>{6, 7}, 1);
+  EXPECT_EQ(s.link.counters().requests, 2u);
+}
+
+TEST(RemoteModel, StreamMessagesCostTheCloudTimeInSeries) {
+  // With 0.5 ms of handling per streamed token on the cloud: each token leaves 0.5 ms
+  // later than the one before it would have, so the last arrives 3 * 0.5 ms later; the
+  // charged compute is unchanged.
+  stream_of_three s(0.0, 5e-4);
+  EXPECT_NEAR(s.link.now(), (0.050 + 2e-4) + 2e-3 + 1e-3 + 1e-3 + 3 * 5e-4 + (0.050 + 2e-4), kTol);
+  EXPECT_NEAR(s.remote.charged_seconds(), 4e-3, kTol);
 }
 
 TEST(TimedModel, ChargesScaledCostsAndTracksConfidence) {

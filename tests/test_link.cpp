@@ -130,6 +130,30 @@ TEST(simulated_link, message_overhead_is_charged_once_per_delivered_message) {
   EXPECT_EQ(link_config{}.message_overhead_seconds, 0.0);
 }
 
+TEST(simulated_link, request_overhead_is_charged_once_per_request) {
+  link_config cfg = link_config::wan();
+  cfg.request_overhead_seconds = 0.003;
+  simulated_link link(cfg, 3);
+  link.open_request();
+  EXPECT_NEAR(link.now(), 0.003, tol);
+  EXPECT_EQ(link.counters().requests, 1u);
+  EXPECT_EQ(link.counters().messages_up, 0u);  // no message of its own
+  // Its messages cost what they always cost (wan: 0.0075064 for 10 ids up).
+  const auto up = link.send_up(payload_bytes::token_ids(10));
+  EXPECT_NEAR(up.delay_seconds, 0.0075064, tol);
+  EXPECT_NEAR(link.now(), 0.003 + 0.0075064, tol);
+  link.open_request();
+  EXPECT_NEAR(link.now(), 0.006 + 0.0075064, tol);
+  EXPECT_EQ(link.counters().requests, 2u);
+  // The default is 0: opening a request costs nothing but is counted.
+  simulated_link plain(link_config::wan(), 3);
+  plain.open_request();
+  EXPECT_EQ(plain.now(), 0.0);
+  EXPECT_EQ(plain.counters().requests, 1u);
+  EXPECT_EQ(link_config{}.request_overhead_seconds, 0.0);
+  EXPECT_EQ(link_config{}.stream_message_seconds, 0.0);
+}
+
 TEST(simulated_link, pipelined_messages_pay_the_overhead_as_latency_not_in_series) {
   // A stream: messages leave the sender 1 ms apart; each arrives rtt/2 + overhead later,
   // so the last arrives one latency after it left, not one latency per message.
@@ -343,6 +367,14 @@ TEST(link_config, invalid_configs_throw_naming_the_field) {
   expect_invalid(c, "message_overhead_seconds");
   c.message_overhead_seconds = nan;
   expect_invalid(c, "message_overhead_seconds");
+  c = link_config::wan();
+  c.request_overhead_seconds = -1e-3;
+  expect_invalid(c, "request_overhead_seconds");
+  c.request_overhead_seconds = nan;
+  expect_invalid(c, "request_overhead_seconds");
+  c = link_config::wan();
+  c.stream_message_seconds = -1e-3;
+  expect_invalid(c, "stream_message_seconds");
   c = link_config::wan();
   c.jitter_sigma = -0.1;
   expect_invalid(c, "jitter_sigma");

@@ -56,7 +56,7 @@ TEST(speculation, announces_long_drafts_when_verification_is_nearly_free_and_non
   EXPECT_EQ(crowded, 0u);
   // The rule's promise: the chosen n serves at least as many tokens per second as n = 0.
   for (std::size_t s : {1u, 2u, 4u, 8u, 16u, 32u, 64u}) {
-    const std::size_t n = choose_draft(t, {.sessions = s, .completions = 3}, 0.6, 8);
+    const std::size_t n = choose_draft(t, {.sessions = static_cast<double>(s), .completions = 3}, 0.6, 8);
     const double rate_n = (static_cast<double>(s) * expected_tokens(n, 0.6) + 3) /
                           t.seconds(static_cast<double>(s * (n + 1) + 3));
     const double rate_0 = (static_cast<double>(s) + 3) / t.seconds(static_cast<double>(s + 3));
@@ -66,6 +66,44 @@ TEST(speculation, announces_long_drafts_when_verification_is_nearly_free_and_non
   EXPECT_LE(choose_draft(t, {.sessions = 4}, 0.1, 8), choose_draft(t, {.sessions = 4}, 0.9, 8));
   EXPECT_EQ(choose_draft(cost_curve{}, {.sessions = 4}, 0.7, 8), 8u);
   EXPECT_EQ(choose_draft(t, {.sessions = 1}, 0.7, 0), 0u);
+}
+
+TEST(batch_estimate, averages_the_verify_blocks_per_step) {
+  batch_estimate b;
+  EXPECT_TRUE(b.empty());
+  // Nothing measured: the active sessions, as many as there are (at least 1).
+  EXPECT_EQ(b.for_announcement(8, 2).sessions, 8.0);
+  EXPECT_EQ(b.for_announcement(8, 2).completions, 2.0);
+  EXPECT_EQ(b.for_announcement(0, 0).sessions, 1.0);
+  b.observe(0);  // a step without verify blocks says nothing about their batch
+  EXPECT_TRUE(b.empty());
+  b.observe(2);
+  b.observe(4);
+  EXPECT_DOUBLE_EQ(b.blocks(), 3.0);  // the first observations average plainly
+  EXPECT_EQ(b.for_announcement(8, 0).sessions, 3.0);
+  EXPECT_EQ(b.for_announcement(2, 0).sessions, 2.0);  // never more than are active
+  for (int i = 0; i < 8; ++i) b.observe(1);
+  EXPECT_NEAR(b.blocks(), (2.0 + 4.0 + 8.0) / 10.0, 1e-12);  // weights 1/n: the plain mean of the first 10
+  EXPECT_NEAR(b.for_announcement(8, 0).sessions, 1.4, 1e-12);
+  b.observe(30, 1.0);  // weight 1: the last step alone
+  EXPECT_DOUBLE_EQ(b.blocks(), 30.0);
+}
+
+TEST(speculation, announces_for_the_batch_the_server_forms_not_the_active_count) {
+  // Eight sessions active but each block runs alone: priced as one forward of 8 (n + 1)
+  // rows the drafts look costly (compute-bound); priced as the forward of one block that
+  // really runs they are nearly free.
+  const cost_curve t = cpu_like();
+  batch_estimate alone;
+  for (int i = 0; i < 5; ++i) alone.observe(1);
+  batch_estimate together;
+  for (int i = 0; i < 5; ++i) together.observe(64);
+  const std::size_t priced_alone = choose_draft(t, alone.for_announcement(64, 0), 0.7, 8);
+  const std::size_t priced_together = choose_draft(t, together.for_announcement(64, 0), 0.7, 8);
+  EXPECT_EQ(priced_alone, choose_draft(t, {.sessions = 1}, 0.7, 8));
+  EXPECT_EQ(priced_together, choose_draft(t, {.sessions = 64}, 0.7, 8));
+  EXPECT_EQ(priced_together, 0u);
+  EXPECT_GE(priced_alone, 6u);
 }
 
 TEST(speculation, options_are_validated) {

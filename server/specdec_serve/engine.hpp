@@ -30,6 +30,8 @@
 /// eng.start();
 /// auto stream = eng.submit({.prompt = {1, 403}, .max_tokens = 8});
 /// ```
+#include <time.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
@@ -59,6 +61,7 @@
 #include "specdec/rollback.hpp"
 #include "specdec/sampling.hpp"
 #include "specdec/token.hpp"
+#include "specdec_serve/batching.hpp"
 #include "specdec_serve/metrics.hpp"
 #include "specdec_serve/services.hpp"
 #include "specdec_serve/speculation.hpp"
@@ -79,6 +82,7 @@ struct engine_options {
   std::size_t prefill_chunk = 128;         ///< prompt / prefix tokens one sequence feeds per step
   std::size_t max_completions = 64;        ///< completions running at once
   speculation_options speculation{};
+  hold_policy hold{};                      ///< how long verify blocks wait for each other (batching.hpp)
 
   void validate() const {
     if (max_sessions == 0 || max_completions == 0 || draft_limit == 0 || prefill_chunk == 0 ||
@@ -89,6 +93,7 @@ struct engine_options {
                              std::to_string(draft_limit) + ", " + std::to_string(prefill_chunk) + ", " +
                              std::to_string(max_step_rows) + ", " + std::to_string(session_ttl_seconds));
     speculation.validate(draft_limit);
+    hold.validate();
   }
 };
 
@@ -273,6 +278,8 @@ class engine final : public completion_service, public session_service {
     std::optional<verify_cmd> job;                    ///< the request being computed
     double accepted = 0.0, trials = 0.0;              ///< draft positions accepted / examined
     clock::time_point last_active, last_verify;
+    std::optional<clock::time_point> answered;  ///< when the server last answered it (opened, resumed, verdict)
+    double turnaround = 0.0;  ///< seconds from an answer to the next block (EWMA; 0 = not measured)
   };
   /// One block of a step.
   struct part {
@@ -304,14 +311,21 @@ class engine final : public completion_service, public session_service {
 
   void run() {
     std::vector<command> cmds;
+    double hold = 0.0;  // seconds the next step may still wait for other sessions' verify blocks
     for (;;) {
       const bool busy = has_work();
+      const auto held_from = clock::now();
       {
         std::unique_lock lock(mu_);
-        if (!busy) cv_.wait_for(lock, std::chrono::milliseconds(200), [&] { return stop_ || !inbox_.empty(); });
+        const auto arrived = [&] { return stop_ || !inbox_.empty(); };
+        if (!busy) cv_.wait_for(lock, std::chrono::milliseconds(200), arrived);
+        else if (hold > 0.0) cv_.wait_for(lock, std::chrono::duration<double>(hold), arrived);
         if (stop_) return;
         cmds.swap(inbox_);
       }
+      if (busy && hold > 0.0)
+        metrics_.add("specdec_step_hold_seconds_total", "",
+                     std::chrono::duration<double>(clock::now() - held_from).count());
       for (auto& c : cmds) {
         try {
           std::visit([&](auto& x) { handle(x); }, c);
@@ -321,12 +335,57 @@ class engine final : public completion_service, public session_service {
       }
       cmds.clear();
       expire_sessions(clock::now());
+      // Decided after the commands, so a block that just arrived can wait for the others;
+      // the bound runs from the oldest waiting block, so holding ends.
+      hold = has_work() ? hold_now(clock::now()) : 0.0;
+      if (hold > 0.0) continue;
       try {
         step();
       } catch (const std::exception& e) {
         fail_step(e.what());
       }
     }
+  }
+
+  /// Seconds the next step may still wait for other sessions' verify blocks
+  /// (batching.hpp's `hold_seconds` over the scheduler's state).
+  [[nodiscard]] double hold_now(clock::time_point now) const {
+    if (options_.hold.hold_fraction <= 0.0) return 0.0;
+    hold_view v;
+    double latest_due = 0.0;  // how long the last of the due blocks stays due
+    for (const auto& j : completions_)
+      if (!j->out->cancelled()) ++v.completions;
+    if (v.completions > 0) return 0.0;
+    const auto window = std::chrono::duration<double>(options_.speculation.active_window_seconds);
+    std::optional<clock::time_point> oldest;
+    for (const auto& [id, s] : sessions_) {
+      const std::size_t unseen = s.committed.size() > s.kv.size() ? s.committed.size() - s.kv.size() : 0;
+      if (s.job) {
+        ++v.ready_blocks;
+        v.ready_rows += unseen + s.job->req.draft.size();
+        if (!oldest || s.job->received < *oldest) oldest = s.job->received;
+      } else if (unseen > 1) {
+        v.ready_rows += std::min(options_.prefill_chunk, unseen - 1);
+      } else if (s.answered && now - s.last_active <= window) {
+        const double since = std::chrono::duration<double>(now - *s.answered).count();
+        if (!block_due(options_.hold, since, s.turnaround)) continue;
+        ++v.due_blocks;
+        latest_due = std::max(latest_due, due_for(options_.hold, since, s.turnaround));
+      }
+    }
+    if (!oldest) return 0.0;
+    v.oldest_wait_seconds = std::chrono::duration<double>(now - *oldest).count();
+    v.due_for_seconds = latest_due;
+    std::lock_guard lock(curve_mu_);
+    return hold_seconds(options_.hold, curve_, v);
+  }
+
+  /// CPU seconds this process has used: the forward's CPU time, unlike its wall time, does
+  /// not grow when other processes share the server's cores.
+  static double process_cpu_seconds() noexcept {
+    timespec ts{};
+    if (::clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts) != 0) return 0.0;
+    return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
   }
 
   [[nodiscard]] bool has_work() const {
@@ -368,6 +427,7 @@ class engine final : public completion_service, public session_service {
     s.rng.reseed(c.msg.seed);
     s.committed = std::move(c.msg.prefix);
     s.last_active = now;
+    s.answered = now;  // the device sends its first block right after session_opened
     const sequence_id seq = model_.add_sequence();
     s.seq = seq;
     auto [it, inserted] = sessions_.emplace(s.id, std::move(s));
@@ -388,6 +448,7 @@ class engine final : public completion_service, public session_service {
       return;
     }
     it->second.last_active = clock::now();
+    it->second.answered = it->second.last_active;
     metrics_.add("specdec_verify_requests_total", "type=\"resume\",result=\"ok\"");
     c.reply->set(opened(it->second, it->second.last_active));
   }
@@ -462,6 +523,10 @@ class engine final : public completion_service, public session_service {
     s.last_hash = c.hash;
     s.last_reply.reset();
     s.last_verify = now;
+    if (s.answered) {
+      const double gap = std::chrono::duration<double>(c.received - *s.answered).count();
+      s.turnaround = s.turnaround > 0.0 ? s.turnaround + 0.25 * (gap - s.turnaround) : std::max(gap, 1e-6);
+    }
     s.job = std::move(c);
   }
 
@@ -522,10 +587,11 @@ class engine final : public completion_service, public session_service {
       n = *o.fixed;
     } else {
       const auto window = std::chrono::duration<double>(o.active_window_seconds);
-      load l{0, completions_.size()};
+      std::size_t active = 0;
       for (const auto& [id, t] : sessions_)
-        if (now - t.last_verify <= window) ++l.sessions;
-      if (counting_self && now - s.last_verify > window) ++l.sessions;
+        if (now - t.last_verify <= window) ++active;
+      if (counting_self && now - s.last_verify > window) ++active;
+      const load l = batch_.for_announcement(active, completions_.size());
       const double a = (s.accepted + o.prior_acceptance * o.prior_weight) / (s.trials + o.prior_weight);
       std::lock_guard lock(curve_mu_);
       n = choose_draft(curve_, l, a, o.max_draft);
@@ -610,9 +676,11 @@ class engine final : public completion_service, public session_service {
       drop_cancelled();
       return;
     }
+    const double cpu0 = process_cpu_seconds();
     const auto t0 = clock::now();
     const batch_logits out = model_.forward_batch(blocks_);
     const double dt = std::chrono::duration<double>(clock::now() - t0).count();
+    metrics_.add("specdec_step_cpu_seconds_total", "", std::max(0.0, process_cpu_seconds() - cpu0));
     {
       std::lock_guard lock(curve_mu_);
       curve_.observe(rows, dt);
@@ -620,6 +688,8 @@ class engine final : public completion_service, public session_service {
     metrics_.observe("specdec_step_seconds", "", dt);
     metrics_.observe("specdec_batch_rows", "", static_cast<double>(rows));
     metrics_.observe("specdec_batch_sequences", "", static_cast<double>(blocks_.size()));
+    batch_.observe(static_cast<std::size_t>(
+        std::count_if(parts_.begin(), parts_.end(), [](const part& p) { return p.verdict; })));
     for (std::size_t i = 0; i < parts_.size(); ++i) {
       const logits_block l = out.block(i);
       if (parts_[i].completion != nullptr) after_completion(*parts_[i].completion, l, parts_[i].first);
@@ -707,6 +777,7 @@ class engine final : public completion_service, public session_service {
     s.last_reply = reply;
     job.reply->set(std::move(reply));
     s.job.reset();
+    s.answered = clock::now();
   }
 
   // ---- failure paths ----
@@ -782,6 +853,10 @@ class engine final : public completion_service, public session_service {
     metrics_.describe("specdec_active_completions", "gauge", "Completions being generated");
     metrics_.describe("specdec_announced_max_draft", "gauge", "The draft length announced last (dynamic speculation)");
     metrics_.describe("specdec_step_seconds", "histogram", "Wall time of one batched forward", secs);
+    metrics_.describe("specdec_step_cpu_seconds_total", "counter",
+                      "CPU time the server process used during batched forwards (all its threads)");
+    metrics_.describe("specdec_step_hold_seconds_total", "counter",
+                      "Time the scheduler held steps so other sessions' verify blocks could join them");
     metrics_.describe("specdec_verify_seconds", "histogram",
                       "Server time of a verify request, from its arrival to its verdict", secs);
     metrics_.describe("specdec_batch_rows", "histogram", "Rows (tokens) per batched forward", counts);
@@ -813,6 +888,7 @@ class engine final : public completion_service, public session_service {
   std::vector<part> parts_;
   std::vector<std::vector<token_id>> scratch_;
   std::size_t rotation_ = 0;
+  batch_estimate batch_;  ///< verify blocks per step, as the steps ran
   std::vector<float> probs_, q_;
   specdec::detail::judge_buffers judge_buf_;
 };

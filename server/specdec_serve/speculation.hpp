@@ -4,8 +4,9 @@
 /// per round, from its measured step-time curve t(R) (seconds of one batched forward of R
 /// rows) and its current load.
 ///
-/// With S split-decoding sessions active, C completion streams decoding and a per-position
-/// acceptance rate a, a step in which every session verifies n drafts costs
+/// With S split-decoding sessions in a step (`batch_estimate`: the verify blocks per step
+/// the server measures, not the sessions merely active), C completion streams decoding
+/// and a per-position acceptance rate a, a step in which every session verifies n drafts costs
 /// t(S (n + 1) + C) and yields S E(n, a) + C tokens, E(n, a) = 1 + a + ... + a^n the
 /// expected tokens of a round. The server announces the n in [0, max_draft] that
 /// maximises tokens per server-second,
@@ -89,15 +90,52 @@ class cost_curve {
 
 /// The load the announcement is computed for.
 struct load {
-  std::size_t sessions = 1;     ///< split-decoding sessions active (the asking one included)
-  std::size_t completions = 0;  ///< completion streams decoding
+  double sessions = 1.0;     ///< split-decoding sessions verifying in one step (the asking one included; a mean may be fractional)
+  double completions = 0.0;  ///< completion streams decoding
+};
+
+/// The batch the server actually forms: an exponentially weighted mean of the verify
+/// blocks per step, over the steps that carry at least one. Sessions that are active are
+/// not necessarily in the same forward (their blocks arrive when their devices send them),
+/// and a step priced as if they were would cost less per row than the steps that run, so
+/// the announcement prices a step with this measured batch instead of the active count.
+///
+/// ```cpp
+/// specdec::serve::batch_estimate b;
+/// b.observe(2);
+/// b.observe(4);
+/// specdec::serve::load l = b.for_announcement(8, 0);  // sessions = 3.0: the mean batch, not the 8 active
+/// ```
+class batch_estimate {
+ public:
+  /// Records a step that carried `verify_blocks` (> 0) verify blocks. The first
+  /// observations are averaged plainly, later ones weighted by `weight`.
+  void observe(std::size_t verify_blocks, double weight = 0.1) {
+    if (verify_blocks == 0) return;
+    ++n_;
+    blocks_ += std::max(weight, 1.0 / static_cast<double>(n_)) * (static_cast<double>(verify_blocks) - blocks_);
+  }
+  [[nodiscard]] bool empty() const noexcept { return n_ == 0; }
+  /// The mean verify blocks per step (0 before any observation).
+  [[nodiscard]] double blocks() const noexcept { return blocks_; }
+  /// The load an announcement is priced with when `active` sessions are active and
+  /// `completions` streams decode: sessions = the measured mean batch, at least 1 and at
+  /// most `active` (the active count while nothing is measured).
+  [[nodiscard]] load for_announcement(std::size_t active, std::size_t completions) const {
+    const double cap = static_cast<double>(std::max<std::size_t>(active, 1));
+    return {n_ == 0 ? cap : std::clamp(blocks_, 1.0, cap), static_cast<double>(completions)};
+  }
+
+ private:
+  double blocks_ = 0.0;
+  std::size_t n_ = 0;
 };
 
 /// n* of the file comment; `max_draft` when the curve is still empty.
 [[nodiscard]] inline std::size_t choose_draft(const cost_curve& t, load l, double acceptance, std::size_t max_draft) {
   if (max_draft == 0 || t.empty()) return max_draft;
-  const double s = static_cast<double>(std::max<std::size_t>(l.sessions, 1));
-  const double c = static_cast<double>(l.completions);
+  const double s = std::max(l.sessions, 1.0);
+  const double c = std::max(l.completions, 0.0);
   const double a = std::clamp(acceptance, 0.0, 1.0);
   std::size_t best_n = 0;
   double best = (s + c) / t.seconds(s + c);

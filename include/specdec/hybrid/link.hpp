@@ -101,7 +101,13 @@ struct outage_window {
 /// endpoints spend handing it over (framing and parsing, socket and thread hand-offs, a
 /// proxy hop) that no RTT or bandwidth accounts for. It defaults to 0 (a pure network
 /// link); measure it on a real deployment as the excess of a round trip at RTT 0 over its
-/// compute, halved (two messages per round). A lost attempt costs `retransmit_timeout_seconds` and is retried, up to
+/// compute, halved (two messages per round). A request that opens a connection of its own
+/// (`open_request`: the simulator calls it once per cloud stream, i.e. per HTTP request)
+/// adds `request_overhead_seconds` once, the fixed cost of setting up that request beyond
+/// its messages (the connection through any proxy, the server's worker hand-off, header
+/// parsing); it defaults to 0, and is measured on a real deployment as the excess of a
+/// streamed request's time to first token at RTT 0 over its simulation without it. A lost
+/// attempt costs `retransmit_timeout_seconds` and is retried, up to
 /// `max_retransmits` times; after that the send fails (`delivered = false`). A send that
 /// starts inside an outage window, or that draws an outage with `outage_probability`,
 /// fails after `outage_timeout_seconds`.
@@ -121,6 +127,12 @@ struct link_config {
   double down_bps = 100e6;                 ///< downlink bandwidth, bits/s
   std::size_t header_bytes = 40;           ///< per-message (per-attempt) overhead bytes
   double message_overhead_seconds = 0.0;   ///< per delivered message: endpoint handling time, >= 0
+  double request_overhead_seconds = 0.0;   ///< per `open_request` (an HTTP request): its set-up, >= 0
+  /// Per message of a stream, the sender's own handling of it (formatting and writing an
+  /// event on the server's core), in series with producing the next one, >= 0. The link
+  /// does not charge it; a streaming sender (remote_model's stream mode) adds it to its
+  /// clock once per message.
+  double stream_message_seconds = 0.0;
   double loss_probability = 0.0;           ///< per-attempt loss probability, [0, 1)
   double retransmit_timeout_seconds = 0.2;  ///< waited per lost attempt before retrying
   std::size_t max_retransmits = 8;         ///< retries after which the send fails
@@ -162,6 +174,8 @@ struct link_config {
     detail::check_positive("link_config.up_bps", up_bps);
     detail::check_positive("link_config.down_bps", down_bps);
     detail::check_non_negative("link_config.message_overhead_seconds", message_overhead_seconds);
+    detail::check_non_negative("link_config.request_overhead_seconds", request_overhead_seconds);
+    detail::check_non_negative("link_config.stream_message_seconds", stream_message_seconds);
     detail::check_below("link_config.loss_probability", loss_probability, 0.0, 1.0, "in [0, 1)");
     detail::check_non_negative("link_config.retransmit_timeout_seconds", retransmit_timeout_seconds);
     for (std::size_t i = 0; i < outages.size(); ++i) {
@@ -269,6 +283,7 @@ struct link_counters {
   std::size_t timeouts = 0;         ///< sends that failed (outage or retries exhausted)
   std::size_t attempts = 0;         ///< transmission attempts, both directions
   std::size_t bad_state_attempts = 0;  ///< attempts made in the Gilbert-Elliott bad state
+  std::size_t requests = 0;            ///< `open_request` calls (requests with a connection of their own)
 };
 
 /// A seeded simulated link with a virtual clock. Every call is deterministic given the
@@ -306,6 +321,18 @@ class simulated_link {
   void advance(double seconds) {
     detail::check_non_negative("simulated_link::advance seconds", seconds);
     now_ += seconds;
+  }
+
+  /// A request with a connection of its own begins (an HTTP request): charges
+  /// `request_overhead_seconds` to the clock, once; its messages are sent as usual.
+  ///
+  /// ```cpp
+  /// link.open_request();
+  /// auto up = link.send_up(specdec::hybrid::payload_bytes::token_ids(12));  // the prompt
+  /// ```
+  void open_request() {
+    counters_.requests += 1;
+    now_ += config_.request_overhead_seconds;
   }
 
   /// Device -> cloud message of `bytes` payload bytes; advances the clock by the delay.

@@ -316,8 +316,10 @@ enum class remote_mode {
   /// Every forward is one round trip: the block's ids (+ q) up, cloud compute, verdict or
   /// rows down (split speculative decoding; see `wire_format`).
   verify,
-  /// Autoregressive decoding in the cloud, streamed: the first forward uploads its block
-  /// (one round trip); each forward then costs cloud compute plus one streamed token id
+  /// Autoregressive decoding in the cloud, streamed: the first forward opens a request
+  /// (`simulated_link::open_request`, its `request_overhead_seconds`) and uploads its block
+  /// (one round trip); each forward (plus `link_config::stream_message_seconds`, the cloud's
+  /// handling of the token's event) then costs cloud compute plus one streamed token id
   /// down, and single-token forwards that continue the stream upload nothing (the cloud
   /// produced that token itself). The cloud runs ahead of the device: token i reaches the
   /// device at (cloud time of token i) + its downlink delay, not after token i-1's delay.
@@ -430,14 +432,17 @@ class remote_model {
     const std::size_t cached = cache_length();
     const std::size_t n = tokens.size();
     const bool continues = stream_open_ && n == 1 && cached == stream_cached_;
-    if (!continues) {
+    if (!continues) {  // a new stream: one request of its own (an HTTP request on the wire)
       ++round_trips_;
+      link_.open_request();
       const send_result up = link_.send_up(payload_bytes::token_ids(n));
       if (!up.delivered) fail("upload of a prompt", cached);
       cloud_time_ = link_.now();
     }
     auto [out, real] = detail::metered_forward(inner_, tokens, cost_);
-    cloud_time_ += charge(real, n, /*on_clock=*/false);
+    // The cloud's clock: the forward, then handing the token's event over (serial with the
+    // next forward on the server's core).
+    cloud_time_ += charge(real, n, /*on_clock=*/false) + link_.config().stream_message_seconds;
     const send_result down = link_.send_down_at(cloud_time_, payload_bytes::token_ids(1));
     if (!down.delivered) fail("download of a streamed token", cached);
     stream_open_ = true;
