@@ -2,7 +2,8 @@
 /// \file cpu.hpp
 /// The generic library (`specdec/specdec.hpp`) and the reference CPU Llama backend in one
 /// include: checkpoints, the tokenizer, the KV cache, `cpu::transformer` (a
-/// `language_model`) and `cpu::batched_transformer` (a `batched_model`). It needs Eigen
+/// `language_model`), `cpu::batched_transformer` (a `batched_model`) and the roofline
+/// probes (`roofline.hpp`). It needs Eigen
 /// besides (the `specdec::cpu_backend` CMake target).
 ///
 /// ```cpp
@@ -21,3 +22,4 @@
 #include "specdec/backend/cpu/kv_cache.hpp"
 #include "specdec/backend/cpu/transformer.hpp"
 #include "specdec/backend/cpu/batched_transformer.hpp"
+#include "specdec/backend/cpu/roofline.hpp"
