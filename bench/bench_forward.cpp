@@ -29,7 +29,6 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
-#include <ctime>
 #include <fstream>
 #include <memory>
 #include <string>
@@ -39,6 +38,7 @@
 #include "specdec/backend/cpu/batched_transformer.hpp"
 #include "specdec/backend/cpu/roofline.hpp"
 #include "specdec/backend/cpu/transformer.hpp"
+#include "specdec/telemetry.hpp"
 
 namespace {
 
@@ -111,11 +111,7 @@ bool cpu_clock_for_one_thread = false;
 bool use_cpu_clock = false;  // for the forwards being timed now
 
 double now() {
-  if (use_cpu_clock) {
-    timespec ts{};
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
-  }
+  if (use_cpu_clock) return specdec::thread_cpu_seconds();
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 

@@ -37,7 +37,6 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
-#include <ctime>
 #include <fstream>
 #include <functional>
 #include <map>
@@ -50,6 +49,7 @@
 #include "specdec/backend/cpu/transformer.hpp"
 #include "specdec/decoder.hpp"
 #include "specdec/tree.hpp"
+#include "specdec/telemetry.hpp"
 #include "specdec/tree_decoder.hpp"
 
 namespace {
@@ -154,13 +154,6 @@ struct totals {
   [[nodiscard]] double wall_rate() const { return double(tokens) / seconds; }
 };
 
-/// The CPU time of this process so far (all its threads), seconds.
-double process_cpu_seconds() {
-  timespec ts{};
-  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
-}
-
 using generator = std::function<specdec::generation_result(const std::vector<token_id>&, std::uint64_t)>;
 
 /// A configuration to run: its name, its role and its generator.
@@ -225,9 +218,9 @@ std::vector<totals> run_all(const std::vector<config>& configs, const prompt_set
   for (std::size_t i = 0; i < prompts.size(); ++i)
     for (std::size_t round = 0; round < runs; ++round)
       for (std::size_t c = 0; c < configs.size(); ++c) {
-        const double t0 = process_cpu_seconds();
+        const double t0 = specdec::process_cpu_seconds();
         specdec::generation_result r = configs[c].gen(prompts[i], 1000 + i);
-        const double t = process_cpu_seconds() - t0;
+        const double t = specdec::process_cpu_seconds() - t0;
         if (round == 0 || t < cpu[c][i]) {
           best[c][i] = std::move(r);
           cpu[c][i] = t;

@@ -352,3 +352,19 @@ TEST(scoped_timer, adds_elapsed_time_on_destruction) {
 }
 
 }  // namespace
+
+TEST(cpu_clocks, count_this_process_and_this_thread_work) {
+  const double p0 = specdec::process_cpu_seconds(), t0 = specdec::thread_cpu_seconds();
+  ASSERT_GT(p0, 0.0);  // the process has run: a readable clock is never 0 here
+  ASSERT_GT(t0, 0.0);
+  // Work until the thread clock moves (a sleep would not move it).
+  volatile double sink = 0.0;
+  double t1 = t0;
+  for (int i = 0; t1 <= t0 + 1e-3 && i < 1000; ++i) {
+    for (int j = 0; j < 100000; ++j) sink = sink + 1e-9 * j;
+    t1 = specdec::thread_cpu_seconds();
+  }
+  EXPECT_GT(t1, t0 + 1e-3);
+  // The process clock counts this thread's work too, and neither runs backwards.
+  EXPECT_GE(specdec::process_cpu_seconds() - p0, t1 - t0 - 1e-4);
+}

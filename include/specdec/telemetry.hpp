@@ -3,6 +3,8 @@
 /// Per-generation statistics of a (speculative) decoder: how many drafts were proposed and
 /// accepted, at which draft positions, how often the models were called, and where the wall
 /// time went. Serialises to JSON for the benchmark scripts and prints a short summary.
+#include <time.h>
+
 #include <algorithm>
 #include <charconv>
 #include <chrono>
@@ -29,6 +31,34 @@ inline void add_elementwise(std::vector<std::size_t>& into, const std::vector<st
   for (std::size_t i = 0; i < from.size(); ++i) into[i] += from[i];
 }
 }  // namespace detail
+
+/// CPU seconds this process has used so far, all its threads (POSIX
+/// `CLOCK_PROCESS_CPUTIME_ID`; 0 where the clock cannot be read). Unlike wall time it does
+/// not grow while other processes hold the cores, so differences of it measure work on a
+/// shared machine (it still counts their effect on shared caches).
+///
+/// ```cpp
+/// const double c0 = specdec::process_cpu_seconds();
+/// // ... work ...
+/// const double used = specdec::process_cpu_seconds() - c0;
+/// ```
+[[nodiscard]] inline double process_cpu_seconds() noexcept {
+  timespec ts{};
+  if (::clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts) != 0) return 0.0;
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+}
+
+/// CPU seconds the calling thread has used so far (`CLOCK_THREAD_CPUTIME_ID`; 0 where
+/// the clock cannot be read): `process_cpu_seconds` for one thread's own work.
+///
+/// ```cpp
+/// const double c0 = specdec::thread_cpu_seconds();
+/// ```
+[[nodiscard]] inline double thread_cpu_seconds() noexcept {
+  timespec ts{};
+  if (::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0) return 0.0;
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+}
 
 /// Counters and timings of one generation (or, after `merge`, of several).
 ///

@@ -30,8 +30,6 @@
 /// eng.start();
 /// auto stream = eng.submit({.prompt = {1, 403}, .max_tokens = 8});
 /// ```
-#include <time.h>
-
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
@@ -60,6 +58,7 @@
 #include "specdec/hybrid/wire.hpp"
 #include "specdec/rollback.hpp"
 #include "specdec/sampling.hpp"
+#include "specdec/telemetry.hpp"
 #include "specdec/token.hpp"
 #include "specdec_serve/batching.hpp"
 #include "specdec_serve/metrics.hpp"
@@ -380,14 +379,6 @@ class engine final : public completion_service, public session_service {
     return hold_seconds(options_.hold, curve_, v);
   }
 
-  /// CPU seconds this process has used: the forward's CPU time, unlike its wall time, does
-  /// not grow when other processes share the server's cores.
-  static double process_cpu_seconds() noexcept {
-    timespec ts{};
-    if (::clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts) != 0) return 0.0;
-    return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
-  }
-
   [[nodiscard]] bool has_work() const {
     if (!completions_.empty()) return true;
     for (const auto& [id, s] : sessions_)
@@ -676,11 +667,12 @@ class engine final : public completion_service, public session_service {
       drop_cancelled();
       return;
     }
-    const double cpu0 = process_cpu_seconds();
+    // CPU time beside wall time: other processes on the server's cores inflate the latter.
+    const double cpu0 = specdec::process_cpu_seconds();
     const auto t0 = clock::now();
     const batch_logits out = model_.forward_batch(blocks_);
     const double dt = std::chrono::duration<double>(clock::now() - t0).count();
-    metrics_.add("specdec_step_cpu_seconds_total", "", std::max(0.0, process_cpu_seconds() - cpu0));
+    metrics_.add("specdec_step_cpu_seconds_total", "", std::max(0.0, specdec::process_cpu_seconds() - cpu0));
     {
       std::lock_guard lock(curve_mu_);
       curve_.observe(rows, dt);
