@@ -23,6 +23,7 @@
 #include "specdec/backend/cpu/checkpoint.hpp"
 #include "specdec/backend/cpu/detail/aligned.hpp"
 #include "specdec/backend/cpu/detail/kernels.hpp"
+#include "specdec/backend/cpu/detail/linkage.hpp"
 #include "specdec/backend/cpu/detail/shared_instance.hpp"
 #include "specdec/backend/cpu/detail/thread_pool.hpp"
 #include "specdec/backend/cpu/detail/weights.hpp"
@@ -262,143 +263,7 @@ class llama_engine {
   /// entries (from earlier calls, or from earlier rows of this call). The caller
   /// validated the tokens and positions and called `reserve_rows(tokens.size())`; cache
   /// lengths are the caller's business.
-  const float* forward_rows(std::span<const token_id> tokens, std::span<const row_target> rows) {
-    const std::size_t k = tokens.size();
-    const model_config& c = ck_->config;
-    const std::size_t dim = static_cast<std::size_t>(c.dim);
-    const std::size_t hid = static_cast<std::size_t>(c.hidden_dim);
-    const std::size_t kvd = static_cast<std::size_t>(c.kv_dim());
-    const std::size_t hs = static_cast<std::size_t>(c.head_size());
-    const std::size_t n_heads = static_cast<std::size_t>(c.n_heads);
-    const std::size_t kv_mul = static_cast<std::size_t>(c.n_heads / c.n_kv_heads);
-    const std::size_t n_kv_heads = static_cast<std::size_t>(c.n_kv_heads);
-    const std::size_t vocab = vocab_size();
-    const std::size_t seq = context_length();
-    const float att_scale = std::sqrt(static_cast<float>(hs));
-    std::size_t att_len = 0;  // sum of the rows' attention spans (for the work estimate)
-    for (std::size_t t = 0; t < k; ++t) att_len += rows[t].pos + 1;
-
-    for (std::size_t t = 0; t < k; ++t) {
-      const float* e = ck_->token_embedding() + static_cast<std::size_t>(tokens[t]) * dim;
-      std::copy(e, e + dim, x_.data() + t * dim);
-    }
-
-    for (int l = 0; l < c.n_layers; ++l) {
-      const std::size_t ul = static_cast<std::size_t>(l);
-      const model_weights::layer& L = weights_->layers[ul];
-      rmsnorm_rows(xb_.data(), x_.data(), ck_->rms_att(l), k, dim);
-      const i8_inputs* xq = quantized(xb_.data(), k, dim);
-      parallel_split(k * (dim + 2 * kvd) * dim, balance(k, unit_chunk),
-                     {units_of(L.wq), units_of(L.wk), units_of(L.wv)}, [&](std::size_t part) {
-        rows_part(splits_[0], part, L.wq, xb_.data(), k, dim, q_.data(), dim, xq);
-        rows_part(splits_[1], part, L.wk, xb_.data(), k, dim, k_.data(), kvd, xq);
-        rows_part(splits_[2], part, L.wv, xb_.data(), k, dim, v_.data(), kvd, xq);
-      });
-      // RoPE at each row's own position; then the row's key and value go to its cache.
-      for (std::size_t t = 0; t < k; ++t) {
-        const std::size_t r = rows[t].pos * (hs / 2);
-        float* key = k_.data() + t * kvd;
-        rope(q_.data() + t * dim, key, dim, kvd, hs, rope_cos_.data() + r, rope_sin_.data() + r);
-        rows[t].cache->store(ul, rows[t].slot(rows[t].pos), key, v_.data() + t * kvd);
-      }
-      // Causal attention: row t sees positions 0..pos of its own cache. The kv_mul query
-      // heads sharing a KV head are computed together, so each key and value row is read
-      // once for all of them: their scores are one small matmul (keys as the weight rows,
-      // the group's queries as its tokens) and their weighted value sums one pass. Work
-      // is split across threads by (row, KV head) pairs, balanced one pair at a time for
-      // big blocks (a batch's rows sit at different positions, so pairs differ in cost);
-      // each pair is computed by one thread in the same order whatever the split, and
-      // grouping changes no result. Pair i = t * n_kv_heads + g is query-head group g of
-      // row t; `att` holds kv_mul rows of seq scores (one scratch per part).
-      const auto attend_pair = [&](std::size_t i, float* att) {
-        const std::size_t t = i / n_kv_heads, g = i % n_kv_heads;
-        const kv_cache& cache = *rows[t].cache;
-        const std::size_t pos = rows[t].pos;
-        const std::size_t kv_off = g * hs;
-        const std::size_t head_off = t * dim + g * kv_mul * hs;  // the group's first head
-        // Keys and values as row streams of the cache's format (decoded to fp32 in
-        // registers, exactly), so the same tile kernels and summation orders apply.
-        const auto attend = [&](const auto& keys, const auto& values) {
-          // Big blocks (a batch: each row reads its own cache, which the weight stream
-          // has evicted) first ask for all value rows, so that their misses overlap the
-          // score computation: a head's row is 256 bytes at a 512-byte stride, which the
-          // hardware prefetchers follow slowly (see specdec-batch-bench,
-          // bench/batch_bench.cpp). Single tokens and verify blocks read one cache that
-          // is already hot, so they skip it.
-          if (k >= balanced_rows) {
-            const auto split = split_rows(values, pos + 1);
-            for (std::size_t p = 0; p < split.direct; ++p)
-              for (std::size_t j = 0; j < hs; j += lanes) split.head.prefetch_line(p, j);
-            for (std::size_t p = split.direct; p <= pos; ++p)
-              for (std::size_t j = 0; j < hs; j += lanes) values.prefetch_line(p, j);
-          }
-          matmul_rows(keys, pos + 1, hs, q_.data() + head_off, kv_mul, hs, att, seq);
-          for (std::size_t m = 0; m < kv_mul; ++m) {
-            float* a = att + m * seq;
-            for (std::size_t p = 0; p <= pos; ++p) a[p] /= att_scale;
-            softmax(a, pos + 1);
-          }
-          weighted_rows_sum_heads(kv_mul, att, seq, pos + 1, values, xb_.data() + head_off, hs, hs);
-        };
-        // A tree row reads its ancestors through its slot map (same values, same order).
-        const auto attend_rows = [&](const auto& keys, const auto& values) {
-          using K = std::decay_t<decltype(keys)>;
-          using V = std::decay_t<decltype(values)>;
-          if (rows[t].slots)
-            attend(gathered_rows<K>{keys, rows[t].prefix, rows[t].slots},
-                   gathered_rows<V>{values, rows[t].prefix, rows[t].slots});
-          else
-            attend(keys, values);
-        };
-        switch (cache.format()) {
-          case weight_format::fp32:
-            attend_rows(f32_rows{cache.key(ul, 0) + kv_off, kvd}, f32_rows{cache.value(ul, 0) + kv_off, kvd});
-            break;
-          case weight_format::bf16:
-            attend_rows(bf16_rows{cache.key16(ul, 0) + kv_off, kvd}, bf16_rows{cache.value16(ul, 0) + kv_off, kvd});
-            break;
-          default:
-            attend_rows(fp16_rows{cache.key16(ul, 0) + kv_off, kvd}, fp16_rows{cache.value16(ul, 0) + kv_off, kvd});
-            break;
-        }
-      };
-      parallel_split(n_heads * att_len * hs * 2, balance(k, 1), {k * n_kv_heads}, [&](std::size_t part) {
-        float* att = att_.data() + part * kv_mul * seq;
-        splits_[0].run(part, [&](std::size_t i0, std::size_t i1) {
-          for (std::size_t i = i0; i < i1; ++i) attend_pair(i, att);
-        });
-      });
-      xq = quantized(xb_.data(), k, dim);
-      parallel_split(k * dim * dim, balance(k, unit_chunk), {units_of(L.wo)}, [&](std::size_t part) {
-        rows_part(splits_[0], part, L.wo, xb_.data(), k, dim, xb2_.data(), dim, xq);
-      });
-      add_rows(x_.data(), xb2_.data(), k * dim);
-
-      rmsnorm_rows(xb_.data(), x_.data(), ck_->rms_ffn(l), k, dim);
-      xq = quantized(xb_.data(), k, dim);
-      // w1 and w3 in the same row chunks, each chunk's SwiGLU right after them
-      // (elementwise: any split gives the same bits).
-      parallel_split(k * 2 * hid * dim, balance(k, unit_chunk), {units_of(L.w1)}, [&](std::size_t part) {
-        for_rows(splits_[0], part, hid, [&](std::size_t r0, std::size_t r1, bool chunked) {
-          L.w1.matmul(r0, r1 - r0, xb_.data(), k, dim, hb_.data() + r0, hid, chunked, xq, options_.tiles);
-          L.w3.matmul(r0, r1 - r0, xb_.data(), k, dim, hb2_.data() + r0, hid, chunked, xq, options_.tiles);
-          for (std::size_t t = 0; t < k; ++t) swiglu(hb_.data() + t * hid + r0, hb2_.data() + t * hid + r0, r1 - r0);
-        });
-      });
-      xq = quantized(hb_.data(), k, hid);
-      parallel_split(k * dim * hid, balance(k, unit_chunk), {units_of(L.w2)}, [&](std::size_t part) {
-        rows_part(splits_[0], part, L.w2, hb_.data(), k, hid, xb2_.data(), dim, xq);
-      });
-      add_rows(x_.data(), xb2_.data(), k * dim);
-    }
-
-    rmsnorm_rows(xb_.data(), x_.data(), ck_->rms_final(), k, dim);
-    const i8_inputs* xq = quantized(xb_.data(), k, dim);
-    parallel_split(k * vocab * dim, balance(k, unit_chunk), {units_of(weights_->classifier)}, [&](std::size_t part) {
-      rows_part(splits_[0], part, weights_->classifier, xb_.data(), k, dim, logits_.data(), vocab, xq);
-    });
-    return logits_.data();
-  }
+  const float* forward_rows(std::span<const token_id> tokens, std::span<const row_target> rows);
 
  private:
   /// out[t] = w * (inv_rms(x[t]) * x[t]) for each of k rows (elementwise part via Eigen:
@@ -500,6 +365,147 @@ class llama_engine {
   i8_inputs xq_;  ///< w8a8: the current product's inputs, quantized
   std::vector<float> rope_cos_, rope_sin_;  ///< [seq_len][head_size / 2]
 };
+
+#if SPECDEC_CPU_DEFINITIONS
+SPECDEC_CPU_FUNC const float* llama_engine::forward_rows(std::span<const token_id> tokens,
+                                                        std::span<const row_target> rows) {
+  const std::size_t k = tokens.size();
+  const model_config& c = ck_->config;
+  const std::size_t dim = static_cast<std::size_t>(c.dim);
+  const std::size_t hid = static_cast<std::size_t>(c.hidden_dim);
+  const std::size_t kvd = static_cast<std::size_t>(c.kv_dim());
+  const std::size_t hs = static_cast<std::size_t>(c.head_size());
+  const std::size_t n_heads = static_cast<std::size_t>(c.n_heads);
+  const std::size_t kv_mul = static_cast<std::size_t>(c.n_heads / c.n_kv_heads);
+  const std::size_t n_kv_heads = static_cast<std::size_t>(c.n_kv_heads);
+  const std::size_t vocab = vocab_size();
+  const std::size_t seq = context_length();
+  const float att_scale = std::sqrt(static_cast<float>(hs));
+  std::size_t att_len = 0;  // sum of the rows' attention spans (for the work estimate)
+  for (std::size_t t = 0; t < k; ++t) att_len += rows[t].pos + 1;
+
+  for (std::size_t t = 0; t < k; ++t) {
+    const float* e = ck_->token_embedding() + static_cast<std::size_t>(tokens[t]) * dim;
+    std::copy(e, e + dim, x_.data() + t * dim);
+  }
+
+  for (int l = 0; l < c.n_layers; ++l) {
+    const std::size_t ul = static_cast<std::size_t>(l);
+    const model_weights::layer& L = weights_->layers[ul];
+    rmsnorm_rows(xb_.data(), x_.data(), ck_->rms_att(l), k, dim);
+    const i8_inputs* xq = quantized(xb_.data(), k, dim);
+    parallel_split(k * (dim + 2 * kvd) * dim, balance(k, unit_chunk),
+                   {units_of(L.wq), units_of(L.wk), units_of(L.wv)}, [&](std::size_t part) {
+      rows_part(splits_[0], part, L.wq, xb_.data(), k, dim, q_.data(), dim, xq);
+      rows_part(splits_[1], part, L.wk, xb_.data(), k, dim, k_.data(), kvd, xq);
+      rows_part(splits_[2], part, L.wv, xb_.data(), k, dim, v_.data(), kvd, xq);
+    });
+    // RoPE at each row's own position; then the row's key and value go to its cache.
+    for (std::size_t t = 0; t < k; ++t) {
+      const std::size_t r = rows[t].pos * (hs / 2);
+      float* key = k_.data() + t * kvd;
+      rope(q_.data() + t * dim, key, dim, kvd, hs, rope_cos_.data() + r, rope_sin_.data() + r);
+      rows[t].cache->store(ul, rows[t].slot(rows[t].pos), key, v_.data() + t * kvd);
+    }
+    // Causal attention: row t sees positions 0..pos of its own cache. The kv_mul query
+    // heads sharing a KV head are computed together, so each key and value row is read
+    // once for all of them: their scores are one small matmul (keys as the weight rows,
+    // the group's queries as its tokens) and their weighted value sums one pass. Work
+    // is split across threads by (row, KV head) pairs, balanced one pair at a time for
+    // big blocks (a batch's rows sit at different positions, so pairs differ in cost);
+    // each pair is computed by one thread in the same order whatever the split, and
+    // grouping changes no result. Pair i = t * n_kv_heads + g is query-head group g of
+    // row t; `att` holds kv_mul rows of seq scores (one scratch per part).
+    const auto attend_pair = [&](std::size_t i, float* att) {
+      const std::size_t t = i / n_kv_heads, g = i % n_kv_heads;
+      const kv_cache& cache = *rows[t].cache;
+      const std::size_t pos = rows[t].pos;
+      const std::size_t kv_off = g * hs;
+      const std::size_t head_off = t * dim + g * kv_mul * hs;  // the group's first head
+      // Keys and values as row streams of the cache's format (decoded to fp32 in
+      // registers, exactly), so the same tile kernels and summation orders apply.
+      const auto attend = [&](const auto& keys, const auto& values) {
+        // Big blocks (a batch: each row reads its own cache, which the weight stream
+        // has evicted) first ask for all value rows, so that their misses overlap the
+        // score computation: a head's row is 256 bytes at a 512-byte stride, which the
+        // hardware prefetchers follow slowly (see specdec-batch-bench,
+        // bench/batch_bench.cpp). Single tokens and verify blocks read one cache that
+        // is already hot, so they skip it.
+        if (k >= balanced_rows) {
+          const auto split = split_rows(values, pos + 1);
+          for (std::size_t p = 0; p < split.direct; ++p)
+            for (std::size_t j = 0; j < hs; j += lanes) split.head.prefetch_line(p, j);
+          for (std::size_t p = split.direct; p <= pos; ++p)
+            for (std::size_t j = 0; j < hs; j += lanes) values.prefetch_line(p, j);
+        }
+        matmul_rows(keys, pos + 1, hs, q_.data() + head_off, kv_mul, hs, att, seq);
+        for (std::size_t m = 0; m < kv_mul; ++m) {
+          float* a = att + m * seq;
+          for (std::size_t p = 0; p <= pos; ++p) a[p] /= att_scale;
+          softmax(a, pos + 1);
+        }
+        weighted_rows_sum_heads(kv_mul, att, seq, pos + 1, values, xb_.data() + head_off, hs, hs);
+      };
+      // A tree row reads its ancestors through its slot map (same values, same order).
+      const auto attend_rows = [&](const auto& keys, const auto& values) {
+        using K = std::decay_t<decltype(keys)>;
+        using V = std::decay_t<decltype(values)>;
+        if (rows[t].slots)
+          attend(gathered_rows<K>{keys, rows[t].prefix, rows[t].slots},
+                 gathered_rows<V>{values, rows[t].prefix, rows[t].slots});
+        else
+          attend(keys, values);
+      };
+      switch (cache.format()) {
+        case weight_format::fp32:
+          attend_rows(f32_rows{cache.key(ul, 0) + kv_off, kvd}, f32_rows{cache.value(ul, 0) + kv_off, kvd});
+          break;
+        case weight_format::bf16:
+          attend_rows(bf16_rows{cache.key16(ul, 0) + kv_off, kvd}, bf16_rows{cache.value16(ul, 0) + kv_off, kvd});
+          break;
+        default:
+          attend_rows(fp16_rows{cache.key16(ul, 0) + kv_off, kvd}, fp16_rows{cache.value16(ul, 0) + kv_off, kvd});
+          break;
+      }
+    };
+    parallel_split(n_heads * att_len * hs * 2, balance(k, 1), {k * n_kv_heads}, [&](std::size_t part) {
+      float* att = att_.data() + part * kv_mul * seq;
+      splits_[0].run(part, [&](std::size_t i0, std::size_t i1) {
+        for (std::size_t i = i0; i < i1; ++i) attend_pair(i, att);
+      });
+    });
+    xq = quantized(xb_.data(), k, dim);
+    parallel_split(k * dim * dim, balance(k, unit_chunk), {units_of(L.wo)}, [&](std::size_t part) {
+      rows_part(splits_[0], part, L.wo, xb_.data(), k, dim, xb2_.data(), dim, xq);
+    });
+    add_rows(x_.data(), xb2_.data(), k * dim);
+
+    rmsnorm_rows(xb_.data(), x_.data(), ck_->rms_ffn(l), k, dim);
+    xq = quantized(xb_.data(), k, dim);
+    // w1 and w3 in the same row chunks, each chunk's SwiGLU right after them
+    // (elementwise: any split gives the same bits).
+    parallel_split(k * 2 * hid * dim, balance(k, unit_chunk), {units_of(L.w1)}, [&](std::size_t part) {
+      for_rows(splits_[0], part, hid, [&](std::size_t r0, std::size_t r1, bool chunked) {
+        L.w1.matmul(r0, r1 - r0, xb_.data(), k, dim, hb_.data() + r0, hid, chunked, xq, options_.tiles);
+        L.w3.matmul(r0, r1 - r0, xb_.data(), k, dim, hb2_.data() + r0, hid, chunked, xq, options_.tiles);
+        for (std::size_t t = 0; t < k; ++t) swiglu(hb_.data() + t * hid + r0, hb2_.data() + t * hid + r0, r1 - r0);
+      });
+    });
+    xq = quantized(hb_.data(), k, hid);
+    parallel_split(k * dim * hid, balance(k, unit_chunk), {units_of(L.w2)}, [&](std::size_t part) {
+      rows_part(splits_[0], part, L.w2, hb_.data(), k, hid, xb2_.data(), dim, xq);
+    });
+    add_rows(x_.data(), xb2_.data(), k * dim);
+  }
+
+  rmsnorm_rows(xb_.data(), x_.data(), ck_->rms_final(), k, dim);
+  const i8_inputs* xq = quantized(xb_.data(), k, dim);
+  parallel_split(k * vocab * dim, balance(k, unit_chunk), {units_of(weights_->classifier)}, [&](std::size_t part) {
+    rows_part(splits_[0], part, weights_->classifier, xb_.data(), k, dim, logits_.data(), vocab, xq);
+  });
+  return logits_.data();
+}
+#endif  // SPECDEC_CPU_DEFINITIONS
 
 }  // namespace detail
 

@@ -29,6 +29,7 @@
 
 #include "specdec/backend/cpu/detail/aligned.hpp"
 #include "specdec/backend/cpu/detail/int8_products.hpp"
+#include "specdec/backend/cpu/detail/linkage.hpp"
 #include "specdec/backend/cpu/detail/arch/vector.hpp"
 #include "specdec/backend/cpu/detail/float16.hpp"
 #include "specdec/backend/cpu/detail/matmul.hpp"
@@ -237,29 +238,8 @@ class weight_matrix {
   /// allocates, and so may throw).
   void matmul(std::size_t row0, std::size_t nrows, const float* x, std::size_t k, std::size_t ldx, float* y,
               std::size_t ldy, bool prefetch_on = false, const i8_inputs* xq = nullptr,
-              tile_config tiles = tile_config::t4x6) const {
-    const std::size_t p0 = row0 / lanes, pf = prefetch_on ? panels() - p0 : 0;
-    switch (format_) {
-      case weight_format::w8a8: {
-        if (xq == nullptr) {
-          i8_inputs own;
-          own.reserve(k, cols_);
-          own.quantize(x, k, ldx, cols_);
-          return matmul_i8(i8_view(), p0, nrows, own, k, y, ldy);
-        }
-        return matmul_i8(i8_view(), p0, nrows, *xq, k, y, ldy);
-      }
-      case weight_format::fp32:
-        return matmul_panels(f32_panels{f32_.data(), cols_}, p0, nrows, cols_, x, k, ldx, y, ldy, pf, tiles);
-      case weight_format::bf16:
-        return matmul_panels(u16_panels<bf16_code>{u16_.data(), cols_}, p0, nrows, cols_, x, k, ldx, y, ldy, pf, tiles);
-      case weight_format::fp16:
-        return matmul_panels(u16_panels<fp16_code>{u16_.data(), cols_}, p0, nrows, cols_, x, k, ldx, y, ldy, pf, tiles);
-      case weight_format::q8_0:
-        return matmul_panels(q8_panels{q8_.data(), scales_.data(), cols_, q8_groups()}, p0, nrows, cols_, x, k, ldx,
-                             y, ldy, pf, tiles);
-    }
-  }
+              tile_config tiles = tile_config::t4x6) const;
+
 
  private:
   [[nodiscard]] std::size_t q8_groups() const noexcept { return i8_groups(cols_); }
@@ -271,6 +251,34 @@ class weight_matrix {
   aligned_vector<std::uint8_t> u8_;  ///< w8a8: q + 128 in i8_offset order
   aligned_vector<float> scales_;
 };
+
+#if SPECDEC_CPU_DEFINITIONS
+SPECDEC_CPU_FUNC void weight_matrix::matmul(std::size_t row0, std::size_t nrows, const float* x, std::size_t k,
+                                            std::size_t ldx, float* y, std::size_t ldy, bool prefetch_on,
+                                            const i8_inputs* xq, tile_config tiles) const {
+  const std::size_t p0 = row0 / lanes, pf = prefetch_on ? panels() - p0 : 0;
+  switch (format_) {
+    case weight_format::w8a8: {
+      if (xq == nullptr) {
+        i8_inputs own;
+        own.reserve(k, cols_);
+        own.quantize(x, k, ldx, cols_);
+        return matmul_i8(i8_view(), p0, nrows, own, k, y, ldy);
+      }
+      return matmul_i8(i8_view(), p0, nrows, *xq, k, y, ldy);
+    }
+    case weight_format::fp32:
+      return matmul_panels(f32_panels{f32_.data(), cols_}, p0, nrows, cols_, x, k, ldx, y, ldy, pf, tiles);
+    case weight_format::bf16:
+      return matmul_panels(u16_panels<bf16_code>{u16_.data(), cols_}, p0, nrows, cols_, x, k, ldx, y, ldy, pf, tiles);
+    case weight_format::fp16:
+      return matmul_panels(u16_panels<fp16_code>{u16_.data(), cols_}, p0, nrows, cols_, x, k, ldx, y, ldy, pf, tiles);
+    case weight_format::q8_0:
+      return matmul_panels(q8_panels{q8_.data(), scales_.data(), cols_, q8_groups()}, p0, nrows, cols_, x, k, ldx,
+                           y, ldy, pf, tiles);
+  }
+}
+#endif  // SPECDEC_CPU_DEFINITIONS
 
 /// The fastest tile configuration for the products of `w` on the calling core (w8a8,
 /// which has one table: `t4x6`). Every candidate of `tile_configs` runs blocks of 4, 8
