@@ -91,8 +91,8 @@ TEST(routing_log, malformed_files_fail_naming_what_is_wrong) {
   EXPECT_THROW(write_routing_log(sink, {r}), specdec::invalid_argument);
 }
 logged_length make_length(std::uint64_t id, int fold) {
-  logged_length r{.id = id, .fold = fold, .group = "story_" + std::to_string(id), .target_tokens = 40 + id,
-                  .reference_tokens = 30};
+  logged_length r{.id = id, .fold = fold, .group = "story_" + std::to_string(id), .features = {},
+                  .target_tokens = 40 + id, .reference_tokens = 30};
   r.features = {.prompt_tokens = 5 + id, .draft_mean_entropy = 0.5f, .draft_max_prob_mean = 0.75f,
                 .draft_first_token_entropy = 1.0f};
   r.features.extra.assign(trajectory_feature::count, 0.25f);
