@@ -23,6 +23,7 @@
 #include <limits>
 #include <string>
 #include <string_view>
+#include <type_traits>
 
 #include "specdec/backend/cpu/detail/arch/vector.hpp"
 #include "specdec/error.hpp"
@@ -42,8 +43,9 @@ namespace specdec::cpu {
 /// | `2x12` | 4 x 6, then 2 x 8    | 2 x 8  | 2 x 12               | 2 x 12, 2 token tiles |
 /// | `1x6`  | 1 x 6                | 1 x 6, 2 token tiles | 1 x 6, 2 token tiles | 1 x 6, 3 token tiles |
 ///
-/// (A single token always takes 8 panels x 1, then 1 x 1; where one panel of the matrix
-/// fills half the L1, blocks of 2-8 take 1 x 8 in `4x6` and `2x12`.) `automatic`: the
+/// (A single token always takes 8 panels x 1, 6 x 1 in an AVX2 build, then 1 x 1; where
+/// one panel of the matrix fills half the L1, blocks of 2-8 take 1 x 8 in `4x6` and
+/// `2x12`. With AVX2's 16 registers only `1x6` keeps its tiles in registers.) `automatic`: the
 /// SPECDEC_TILES environment variable if set, else the fastest on this host, timed once
 /// per process, weight format and model shape at the first load (see
 /// `transformer_options::tiles`).
@@ -174,7 +176,13 @@ inline void for_each_panel_tile(std::size_t& p, std::size_t first, std::size_t p
 /// One token: 8 panels, then single panels, without software prefetch: eight long
 /// sequential streams, which the hardware prefetchers follow (prefetching the next tile
 /// made it slower, see bench/bench_forward.cpp, k:1).
-using single_token_tiles = tile_family<panel_policy<8, 1>, panel_policy<1, 1>>;
+using wide_single_token_tiles = tile_family<panel_policy<8, 1>, panel_policy<1, 1>>;
+/// One token with AVX2's 16 ymm registers: 6 panels (12 accumulators, the broadcast and
+/// a decoded weight's temporaries; 8 panels would spill an accumulator every column).
+using avx2_single_token_tiles = tile_family<panel_policy<6, 1>, panel_policy<1, 1>>;
+/// The single-token family of this build's register file (arch/vector.hpp).
+using single_token_tiles =
+    std::conditional_t<(packet_registers >= 16), wide_single_token_tiles, avx2_single_token_tiles>;
 /// Up to 6 tokens where 4 panels fit half the L1 (the tile being read plus the one being
 /// prefetched within the L1): 4 panels x 6, then 2 x 8 and 1 x 8 for the rest.
 using short_block_tiles = tile_family<panel_policy<4, 6, true>, panel_policy<2, 8, true>, panel_policy<1, 8, true>>;
