@@ -243,10 +243,18 @@ inline void with_panel_table(tile_config c, F&& f) {
 /// The query heads (k of them) are cut into ceil(k / 3) near-equal token tiles, and the
 /// table is keyed on the tokens per token tile: rows in tiles of 12, 12 or 8 for 1, 2 or
 /// 3 tokens, then 4 and 1 for the rest (at most 3 x 12 + 12 + 1 + 1 registers).
-using row_tile_table =
+using wide_row_tile_table =
     tile_table<tile_choice<1, 0, tile_family<row_policy<12, 1>, row_policy<4, 3>, row_policy<1, 3>>>,
                tile_choice<2, 0, tile_family<row_policy<12, 2>, row_policy<4, 3>, row_policy<1, 3>>>,
                tile_choice<any_tokens, 0, tile_family<row_policy<8, 3>, row_policy<4, 3>, row_policy<1, 3>>>>;
+/// The same within AVX2's 8 packets (16 ymm): 4 rows x 1 token (4 accumulators, the
+/// input, a row), 2 x 2 and 1 x 3 (accumulators, the rows and an input).
+using avx2_row_tile_table =
+    tile_table<tile_choice<1, 0, tile_family<row_policy<4, 1>, row_policy<1, 1>>>,
+               tile_choice<2, 0, tile_family<row_policy<2, 2>, row_policy<1, 2>>>,
+               tile_choice<any_tokens, 0, tile_family<row_policy<1, 3>>>>;
+/// The attention scores' table of this build's register file (arch/vector.hpp).
+using row_tile_table = std::conditional_t<(packet_registers >= 16), wide_row_tile_table, avx2_row_tile_table>;
 
 // ---- w8a8 products (matmul_i8, AVX512-VNNI tiles) --------------------------------------
 
@@ -257,5 +265,10 @@ using i8_single_token_tiles = tile_family<panel_policy<8, 1>, panel_policy<4, 1>
 using i8_block_tiles = tile_family<panel_policy<2, 6>, panel_policy<1, 6>>;
 
 using i8_tile_table = tile_table<tile_choice<1, 0, i8_single_token_tiles>, tile_choice<any_tokens, 0, i8_block_tiles>>;
+
+/// Without VNNI, where the build has AVX2 (`SPECDEC_DETAIL_I8_SIGN_DOTS`): 1 panel x 4
+/// tokens (8 float accumulators, a group's integer sums, its scales and the products'
+/// temporaries within 16 ymm registers).
+using i8_sign_tile_policy = panel_policy<1, 4>;
 
 }  // namespace specdec::cpu::detail

@@ -74,17 +74,15 @@ enum class weight_format {
 
 namespace detail {
 
-/// Decoding of bf16 weights: 16 at a time into a vector (v16 or packet16), or one.
+/// Decoding of bf16 weights: 16 at a time into a vector, or one.
 struct bf16_code {
-  template <class V>
-  static void load(V& out, const std::uint16_t* p) noexcept { widen_bf16(out, p); }
+  static void load(packet16& out, const std::uint16_t* p) noexcept { widen_bf16(out, p); }
   static float one(std::uint16_t v) noexcept { return bf16_to_float(v); }
 };
 
-/// Decoding of fp16 weights: 16 at a time into a vector (v16 or packet16), or one.
+/// Decoding of fp16 weights: 16 at a time into a vector, or one.
 struct fp16_code {
-  template <class V>
-  static void load(V& out, const std::uint16_t* p) noexcept { widen_fp16(out, p); }
+  static void load(packet16& out, const std::uint16_t* p) noexcept { widen_fp16(out, p); }
   static float one(std::uint16_t v) noexcept { return fp16_to_float(v); }
 };
 
@@ -95,7 +93,7 @@ struct u16_rows {
   const std::uint16_t* w;
   std::size_t ld;
   [[nodiscard]] u16_rows advance(std::size_t rows) const noexcept { return {w + rows * ld, ld}; }
-  void load(v16& out, std::size_t r, std::size_t j) const noexcept { Code::load(out, w + r * ld + j); }
+  void load(packet16& out, std::size_t r, std::size_t j) const noexcept { Code::load(out, w + r * ld + j); }
   [[nodiscard]] float at(std::size_t r, std::size_t j) const noexcept { return Code::one(w[r * ld + j]); }
   /// Prefetches (into L1) the line holding element (r, j); one call per 64 bytes.
   [[gnu::always_inline]] void prefetch_line(std::size_t r, std::size_t j) const noexcept {
