@@ -145,7 +145,51 @@ inline void widen_q8(v16& out, const std::int8_t* q, const float* s) noexcept {
   from_packet(out, f);
 }
 
+// ---- w8a8 without VNNI: signed byte products through vpsignb + vpmaddubsw ----
+
+/// 16 32-bit integer sums in two ymm registers (lanes 0-7 in `lo`, 8-15 in `hi`): a
+/// panel's integer dot products in the w8a8 tiles. `ipacket16{}` is zero.
+struct ipacket16 {
+  __m256i lo, hi;
+};
+/// One input quad of a w8a8 product: 4 signed bytes (|x| <= 127) in every 32-bit lane, and
+/// their absolute values.
+struct i8_quad {
+  __m256i x, abs_x;
+};
+inline i8_quad load_i8_quad(const std::int8_t* p) noexcept {
+  std::int32_t four;
+  __builtin_memcpy(&four, p, sizeof(four));
+  const __m256i x = _mm256_set1_epi32(four);
+  return {x, _mm256_abs_epi8(x)};
+}
+
+/// acc[i] += sum over b < 4 of (u[4 i + b] - 128) x[b] for the 16 lanes (a panel's rows) of
+/// 64 bytes of biased w8a8 weights u (in [1, 255]), exactly: flipping the top bit unbiases
+/// a weight (q = u - 128 in [-127, 127]), vpsignb moves x's signs onto the weights, and
+/// vpmaddubsw multiplies them by |x| in pairs (|x q| <= 127^2, so a pair's sum fits 16
+/// bits: no saturation), summed into 32 bits by vpmaddwd with ones. The same integers
+/// as `dpbusd_lanes` minus the input's bias, which the VNNI tiles subtract.
+inline void add_i8_quad_dots(ipacket16& acc, const std::uint8_t* u, const i8_quad& x) noexcept {
+  const __m256i top = _mm256_set1_epi8(static_cast<char>(0x80)), ones = _mm256_set1_epi16(1);
+  const __m256i q0 = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(u)), top);
+  const __m256i q1 = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(u + 32)), top);
+  const __m256i p0 = _mm256_maddubs_epi16(x.abs_x, _mm256_sign_epi8(q0, x.x));
+  const __m256i p1 = _mm256_maddubs_epi16(x.abs_x, _mm256_sign_epi8(q1, x.x));
+  acc.lo = _mm256_add_epi32(acc.lo, _mm256_madd_epi16(p0, ones));
+  acc.hi = _mm256_add_epi32(acc.hi, _mm256_madd_epi16(p1, ones));
+}
+
+/// acc[i] = fma(float(is[i]), ws[i] * xs, acc[i]): a w8a8 group's step, float(is) exact
+/// (|is| < 2^24) and the scales' product rounded once, as in the portable path.
+inline void fmadd_i8_group(packet16& acc, const ipacket16& is, const packet16& ws, float xs) noexcept {
+  const __m256 x = _mm256_set1_ps(xs);
+  acc.lo = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is.lo), _mm256_mul_ps(ws.lo, x), acc.lo);
+  acc.hi = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is.hi), _mm256_mul_ps(ws.hi, x), acc.hi);
+}
+
 }  // namespace specdec::cpu::detail
 
 #define SPECDEC_DETAIL_VNNI 0
+#define SPECDEC_DETAIL_I8_SIGN_DOTS 1
 #define SPECDEC_DETAIL_BF16_DOT 0
