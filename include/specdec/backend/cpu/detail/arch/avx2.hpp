@@ -154,10 +154,10 @@ struct ipacket16 {
 };
 /// One input quad of a w8a8 product: 4 signed bytes (|x| <= 127) in every 32-bit lane, and
 /// their absolute values.
-struct i8_quad {
+struct i8_input_quad {
   __m256i x, abs_x;
 };
-inline i8_quad load_i8_quad(const std::int8_t* p) noexcept {
+inline i8_input_quad load_i8_quad(const std::int8_t* p) noexcept {
   std::int32_t four;
   __builtin_memcpy(&four, p, sizeof(four));
   const __m256i x = _mm256_set1_epi32(four);
@@ -170,7 +170,7 @@ inline i8_quad load_i8_quad(const std::int8_t* p) noexcept {
 /// vpmaddubsw multiplies them by |x| in pairs (|x q| <= 127^2, so a pair's sum fits 16
 /// bits: no saturation), summed into 32 bits by vpmaddwd with ones. The same integers
 /// as `dpbusd_lanes` minus the input's bias, which the VNNI tiles subtract.
-inline void add_i8_quad_dots(ipacket16& acc, const std::uint8_t* u, const i8_quad& x) noexcept {
+inline void add_i8_quad_dots(ipacket16& acc, const std::uint8_t* u, const i8_input_quad& x) noexcept {
   const __m256i top = _mm256_set1_epi8(static_cast<char>(0x80)), ones = _mm256_set1_epi16(1);
   const __m256i q0 = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(u)), top);
   const __m256i q1 = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(u + 32)), top);

@@ -30,8 +30,9 @@
 ///   lowers the generic vector conversions for these lane by lane);
 /// - `SPECDEC_DETAIL_VNNI` (1 or 0) and, where it is 1, `dpbusd_lanes` (integer dot
 ///   products of unsigned by signed bytes, exact); where it is 0, optionally
-///   `SPECDEC_DETAIL_I8_SIGN_DOTS` (AVX2: `ipacket16`, `i8_quad`, `add_i8_quad_dots` and
-///   `fmadd_i8_group`, the w8a8 products' steps in 256-bit integer instructions, exact);
+///   `SPECDEC_DETAIL_I8_SIGN_DOTS` (AVX2: `ipacket16`, `i8_input_quad`, `load_i8_quad`,
+///   `add_i8_quad_dots` and `fmadd_i8_group`, the w8a8 products' steps in 256-bit
+///   integer instructions, exact);
 /// - `SPECDEC_DETAIL_BF16_DOT` (1 or 0) and, where it is 1, `dpbf16_lanes` (bf16 pair dot
 ///   products into fp32, AVX512_BF16; timed by the compute probe, used by no kernel).
 /// The results of the kernels therefore depend on whether the target has a fused
