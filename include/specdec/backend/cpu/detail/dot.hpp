@@ -152,7 +152,8 @@ inline void dot_tile(const W& w, const float* x, std::size_t ldx, float* y, std:
       }
     }
   } else {
-    static_assert(R * T + T + 1 <= packet_registers, "dot_tile: R x T accumulators and T inputs must fit the registers");
+    static_assert(R * T + T + 1 <= packet_registers,
+                  "dot_tile: R x T accumulators and T inputs must fit the registers");
     for (std::size_t j = 0; j < n16; j += lanes) {
       packet16 xv[T];
       for (int t = 0; t < T; ++t) {
