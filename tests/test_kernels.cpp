@@ -377,9 +377,10 @@ TEST(kernels, vector_widening_equals_the_scalar_conversions) {
 // Every tile family of every selection table (tiles.hpp) computes every output of its
 // product exactly once and exactly as the summation rule says, whatever the table would
 // choose for the block: each family of the weight products over fp32 and bf16 panels
-// (the in-order fmadd chain), of the attention scores (`dot` per row and vector) and, with
-// VNNI, of the w8a8 products (the portable scalar path), for partial panels, every token
-// tile count up to 17, and nothing written past the product's rows.
+// (the in-order fmadd chain), of the attention scores (`dot` per row and vector, this
+// build's table and the AVX2 one) and of the w8a8 products (the portable scalar path: the
+// build's matmul_i8 and, with VNNI, every family), for partial panels, every token tile
+// count up to 17, and nothing written past the product's rows.
 template <class... Choices, class F>
 void for_each_family(specdec::cpu::detail::tile_table<Choices...>, F&& f) {
   (f(typename Choices::family{}), ...);
@@ -426,7 +427,7 @@ TEST(kernels, every_tile_family_computes_every_output_by_the_summation_rule) {
       check_panels(d::f32_panels{f32.data(), n}, [](float v) { return v; }, "fp32 panels");
       check_panels(d::u16_panels<d::bf16_code>{b16.data(), n},
                    [](float v) { return d::bf16_to_float(d::float_to_bf16(v)); }, "bf16 panels");
-      for_each_family(d::row_tile_table{}, [&](auto family) {
+      const auto check_rows = [&](auto family) {
         std::vector<float> y(k * ldy, -7.0f);
         const d::f32_rows keys{w.data(), n};
         d::run_row_tiles(family, d::row_product<d::f32_rows>{keys, rows, n, x.data(), k, n, y.data(), ldy});
@@ -435,14 +436,25 @@ TEST(kernels, every_tile_family_computes_every_output_by_the_summation_rule) {
             ASSERT_EQ(y[t * ldy + r], d::dot(w.data() + r * n, x.data() + t * n, n)) << "rows " << rows << " k " << k;
           for (std::size_t r = rows; r < ldy; ++r) ASSERT_EQ(y[t * ldy + r], -7.0f) << "row tiles wrote past the rows";
         }
-      });
-#if SPECDEC_DETAIL_VNNI
+      };
+      // This build's table and the AVX2 one (which fits every register file).
+      for_each_family(d::row_tile_table{}, check_rows);
+      for_each_family(d::avx2_row_tile_table{}, check_rows);
       const d::weight_matrix wm(w.data(), rows, n, weight_format::w8a8);
       d::i8_inputs in;
       in.reserve(k, n);
       in.quantize(x.data(), k, n, n);
       std::vector<float> want(k * ldy);
       d::i8_product_scalar(wm.i8_view(), 0, rows, in, 0, k, want.data(), ldy);
+      {  // the build's own path: VNNI tiles, AVX2 sign-dot tiles or the portable one
+        std::vector<float> y(k * ldy, -7.0f);
+        d::matmul_i8(wm.i8_view(), 0, rows, in, k, y.data(), ldy);
+        for (std::size_t t = 0; t < k; ++t) {
+          for (std::size_t r = 0; r < rows; ++r) ASSERT_EQ(y[t * ldy + r], want[t * ldy + r]) << "matmul_i8 rows " << rows << " k " << k;
+          for (std::size_t r = rows; r < ldy; ++r) ASSERT_EQ(y[t * ldy + r], -7.0f) << "matmul_i8 wrote past the rows";
+        }
+      }
+#if SPECDEC_DETAIL_VNNI
       for_each_family(d::i8_tile_table{}, [&](auto family) {
         std::vector<float> y(k * ldy, -7.0f);
         const d::i8_panels view = wm.i8_view();

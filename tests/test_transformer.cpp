@@ -13,6 +13,7 @@
 #include <thread>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <filesystem>
 #include <memory>
@@ -288,6 +289,68 @@ TEST(transformer, every_tile_configuration_gives_the_same_bits) {
       expect_rows_equal<transformer>(m.forward(std::span(seq).subspan(3, 16)), 3, ref, "16-token block");
       expect_rows_equal<transformer>(m.forward(std::span(seq).subspan(19, 12)), 19, ref, "12-token block");
     }
+  }
+}
+
+// FNV-1a over the bits of every logit of a block: a digest that changes with any bit.
+std::uint64_t logits_digest(const specdec::logits_block& out) {
+  std::uint64_t h = 0xcbf29ce484222325ull;
+  for (std::size_t i = 0; i < out.rows; ++i)
+    for (const float v : out.row(i)) {
+      std::uint32_t bits;
+      std::memcpy(&bits, &v, sizeof bits);
+      for (int b = 0; b < 4; ++b) h = (h ^ ((bits >> (8 * b)) & 0xffu)) * 0x100000001b3ull;
+    }
+  return h;
+}
+
+// Whether this translation unit fuses a vector `a * b + c` (GCC contracts it from -O2 on):
+// the elementwise kernels (exp16's polynomial) are written that way, so their bits are
+// an optimising build's.
+[[gnu::noinline]] bool contracts_vector_multiply_add() {
+  volatile float a = 1.0f + 0x1p-12f, c = -1.0f;
+  specdec::cpu::detail::v16 va, vc;
+  specdec::cpu::detail::splat(va, a);
+  specdec::cpu::detail::splat(vc, c);
+  const specdec::cpu::detail::v16 r = va * va + vc;
+  return r[0] == std::fma(float(a), float(a), float(c));
+}
+
+TEST(transformer, logits_are_the_avx512_builds_bit_for_bit) {
+  // The logits' bits depend on the checkpoint, the tokens, the formats and on whether the
+  // target has a fused multiply-add (arch/vector.hpp), never on the vector instruction
+  // set: these digests come from the -march=native build on an AVX-512 host, and an
+  // x86-64-v3 (AVX2 + FMA) build reproduces them, in every weight format (w8a8: the VNNI
+  // tiles there, the AVX2 or portable integer path here) and with a 16-bit KV cache.
+  // A change of the kernels' arithmetic changes them: recompute them with that build.
+#ifndef FP_FAST_FMAF
+  GTEST_SKIP() << "this target has no fused multiply-add: its logits round every multiply-add twice";
+#endif
+  if (!contracts_vector_multiply_add())
+    GTEST_SKIP() << "this build does not contract a * b + c (below -O2): exp16 rounds differently";
+  struct expected {
+    weight_format format, kv;
+    std::uint64_t digest;
+  };
+  const expected cases[] = {
+      {weight_format::fp32, weight_format::fp32, 0x1ad82e695455c47full},
+      {weight_format::bf16, weight_format::fp32, 0x2ff6690d3c0047cdull},
+      {weight_format::fp16, weight_format::fp32, 0x7ca097b429b285dfull},
+      {weight_format::q8_0, weight_format::fp32, 0xdf5cc39e0599ab7bull},
+      {weight_format::w8a8, weight_format::fp32, 0x950b185b1b0bb1f7ull},
+      {weight_format::fp32, weight_format::bf16, 0x6d657215b04a0c81ull},
+  };
+  const auto ck = shared_checkpoint("kjv-little.bin");
+  for (const expected& e : cases) {
+    transformer m(ck, {.threads = 2, .format = e.format, .kv_format = e.kv});
+    const auto seq = random_tokens(40, m.vocab_size(), 23);
+    (void)m.forward(std::span(seq).first(1));
+    std::uint64_t h = logits_digest(m.forward(std::span(seq).subspan(1, 23)));
+    h ^= logits_digest(m.forward(std::span(seq).subspan(24, 16))) * 3;
+    char hex[32];
+    std::snprintf(hex, sizeof hex, "0x%016llxull", static_cast<unsigned long long>(h));
+    EXPECT_EQ(h, e.digest) << specdec::cpu::to_string(e.format) << " weights, " << specdec::cpu::to_string(e.kv)
+                           << " KV cache: digest " << hex;
   }
 }
 

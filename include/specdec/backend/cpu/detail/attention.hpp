@@ -12,28 +12,33 @@
 
 namespace specdec::cpu::detail {
 
-/// acc[m][c] += a_m[p] * (row p of `rows`, columns i + 16 c .. i + 16 c + 15): one step of
-/// `weighted_rows_sum_group`'s main loop.
-template <int M, class W>
-[[gnu::always_inline]] inline void add_weighted_row(v16 (&acc)[M][4], const float* a, std::size_t lda, std::size_t p,
-                                                    const W& rows, std::size_t i) noexcept {
-  v16 vv[4];
-  for (int c = 0; c < 4; ++c) {
+/// Chunks of 16 columns that one step of `weighted_rows_sum_group` keeps per head: 4 where
+/// 32 registers hold M x 4 accumulators and the 4 loaded chunks (AVX-512), 1 with AVX2's
+/// 16 ymm (M x 2 accumulators, 2 for the chunk, 1 broadcast).
+inline constexpr int value_chunks = packet_registers >= 16 ? 4 : 1;
+
+/// acc[m][c] = fmadd(a_m[p], (row p of `rows`, columns i + 16 c .. i + 16 c + 15), acc[m][c]):
+/// one step of `weighted_rows_sum_group`'s main loop.
+template <int M, int C, class W>
+[[gnu::always_inline]] inline void add_weighted_row(packet16 (&acc)[M][C], const float* a, std::size_t lda,
+                                                    std::size_t p, const W& rows, std::size_t i) noexcept {
+  packet16 vv[C];
+  for (int c = 0; c < C; ++c) {
     rows.load(vv[c], p, i + c * lanes);
     pin_register(vv[c]);
   }
   for (int m = 0; m < M; ++m) {
     const float ap = a[static_cast<std::size_t>(m) * lda + p];
-    for (int c = 0; c < 4; ++c) acc[m][c] += ap * vv[c];
+    for (int c = 0; c < C; ++c) fmadd_lanes(acc[m][c], vv[c], ap);
   }
 }
-/// acc += ap * (row p of `rows`, columns i..i+15): one step of its 16-column loop.
+/// acc = fmadd(ap, (row p of `rows`, columns i..i+15), acc): one step of its 16-column loop.
 template <class W>
-[[gnu::always_inline]] inline void add_weighted_row(v16& acc, float ap, const W& rows, std::size_t p,
+[[gnu::always_inline]] inline void add_weighted_row(packet16& acc, float ap, const W& rows, std::size_t p,
                                                     std::size_t i) noexcept {
-  v16 vv;
+  packet16 vv;
   rows.load(vv, p, i);
-  acc += ap * vv;
+  fmadd_lanes(acc, vv, ap);
 }
 
 /// out_m[i] = sum over p < count of a_m[p] * v_p[i] for i < n and each of M weight vectors
@@ -41,30 +46,32 @@ template <class W>
 /// `v` (fp32, or a 16-bit KV cache decoded exactly to fp32 in registers): the
 /// attention-weighted sums of value rows for M query heads sharing one KV head (grouped-
 /// query attention), so each value row is loaded once for all M heads. Each element is
-/// one multiply-add chain in p order starting from 0, computed the same way whatever M
-/// (the vector `acc += a * v` is fused into an FMA or not by the same rule everywhere, see
-/// kernels.hpp): grouping changes no result. Up to 64 elements per head stay in
-/// registers instead of being stored and reloaded per p.
+/// one multiply-add chain in p order starting from 0 (`fmadd_lanes`, rounded like
+/// `fmadd`), computed the same way whatever M and `value_chunks`: grouping changes no
+/// result. Up to 16 `value_chunks` elements per head stay in registers instead of being
+/// stored and reloaded per p.
 template <int M, class W>
 inline void weighted_rows_sum_group(const float* a, std::size_t lda, std::size_t count, const W& v, float* out,
                                     std::size_t ldo, std::size_t n) noexcept {
-  static_assert(M >= 1 && M * 4 + 4 + M <= 32, "weighted_rows_sum_group: M heads x 4 chunks must fit the registers");
+  constexpr int C = value_chunks;
+  static_assert(M >= 1 && M * C + C + 1 <= packet_registers,
+                "weighted_rows_sum_group: M heads x value_chunks must fit the registers");
   std::size_t i = 0;
-  for (; i + 4 * lanes <= n; i += 4 * lanes) {
-    v16 acc[M][4];
+  for (; i + C * lanes <= n; i += C * lanes) {
+    packet16 acc[M][C];
     for (int m = 0; m < M; ++m)
-      for (int c = 0; c < 4; ++c) acc[m][c] = v16{};
+      for (int c = 0; c < C; ++c) acc[m][c] = packet16{};
     const auto split = split_rows(v, count);
-    for (std::size_t p = 0; p < split.direct; ++p) add_weighted_row<M>(acc, a, lda, p, split.head, i);
-    for (std::size_t p = split.direct; p < count; ++p) add_weighted_row<M>(acc, a, lda, p, v, i);
+    for (std::size_t p = 0; p < split.direct; ++p) add_weighted_row<M, C>(acc, a, lda, p, split.head, i);
+    for (std::size_t p = split.direct; p < count; ++p) add_weighted_row<M, C>(acc, a, lda, p, v, i);
     for (int m = 0; m < M; ++m)
-      for (int c = 0; c < 4; ++c)
+      for (int c = 0; c < C; ++c)
         store16(out + static_cast<std::size_t>(m) * ldo + i + c * lanes, acc[m][c]);
   }
   for (; i + lanes <= n; i += lanes) {
     for (int m = 0; m < M; ++m) {
       const float* am = a + static_cast<std::size_t>(m) * lda;
-      v16 acc{};
+      packet16 acc{};
       const auto split = split_rows(v, count);
       for (std::size_t p = 0; p < split.direct; ++p) add_weighted_row(acc, am[p], split.head, p, i);
       for (std::size_t p = split.direct; p < count; ++p) add_weighted_row(acc, am[p], v, p, i);

@@ -17,7 +17,7 @@ struct f32_rows {
   std::size_t ld;
   [[nodiscard]] f32_rows advance(std::size_t rows) const noexcept { return {w + rows * ld, ld}; }
   /// 16 elements of row r starting at column j.
-  void load(v16& out, std::size_t r, std::size_t j) const noexcept { load16(out, w + r * ld + j); }
+  void load(packet16& out, std::size_t r, std::size_t j) const noexcept { load16(out, w + r * ld + j); }
   [[nodiscard]] float at(std::size_t r, std::size_t j) const noexcept { return w[r * ld + j]; }
   /// Prefetches (into L1) the cache line holding element (r, j), j a multiple of 16.
   /// Always inlined, like every prefetch helper here: GCC 12 deduces that an out-of-line
@@ -45,7 +45,7 @@ struct gathered_rows {
     const std::size_t p = first + r;
     return p < prefix ? p : slots[p - prefix];
   }
-  void load(v16& out, std::size_t r, std::size_t j) const noexcept { base.load(out, slot(r), j); }
+  void load(packet16& out, std::size_t r, std::size_t j) const noexcept { base.load(out, slot(r), j); }
   [[nodiscard]] float at(std::size_t r, std::size_t j) const noexcept { return base.at(slot(r), j); }
   [[gnu::always_inline]] void prefetch_line(std::size_t r, std::size_t j) const noexcept {
     base.prefetch_line(slot(r), j);
@@ -121,19 +121,19 @@ struct prefetch_next {
 template <int R, int T, class W, class P = no_prefetch>
 inline void dot_tile(const W& w, const float* x, std::size_t ldx, float* y, std::size_t ldy,
                      std::size_t n, P pf = {}) noexcept {
-  v16 acc[R][T];
+  packet16 acc[R][T];
   for (int r = 0; r < R; ++r)
-    for (int t = 0; t < T; ++t) acc[r][t] = v16{};
+    for (int t = 0; t < T; ++t) acc[r][t] = packet16{};
   const std::size_t n16 = n - n % lanes;
   // Which operand stays in registers: all R decoded weight vectors (token-outer order)
   // when they fit next to the accumulators in the 32 AVX-512 registers, else the T input
   // vectors (row-outer order, one weight register at a time). Pinning R weights next to
   // R x T accumulators would spill an accumulator to the stack, putting a store-to-load
   // round trip into every iteration's dependency chain. Either order computes every
-  // accumulator identically.
-  if constexpr (R * T + R + 1 <= 32) {
+  // accumulator identically. (Counted in packets: 32 with AVX-512, 8 with AVX2.)
+  if constexpr (R * T + R + 1 <= packet_registers) {
     for (std::size_t j = 0; j < n16; j += lanes) {
-      v16 wv[R];
+      packet16 wv[R];
       const std::size_t pc = pf.column();
       for (int r = 0; r < R; ++r) {
         w.load(wv[r], static_cast<std::size_t>(r), j);
@@ -145,27 +145,28 @@ inline void dot_tile(const W& w, const float* x, std::size_t ldx, float* y, std:
         if (pc != no_column) pf.at(static_cast<std::size_t>(r), pc);
       }
       for (int t = 0; t < T; ++t) {
-        v16 xv;
+        packet16 xv;
         load16(xv, x + t * ldx + j);
         pin_register(xv);
-        for (int r = 0; r < R; ++r) acc[r][t] += wv[r] * xv;
+        for (int r = 0; r < R; ++r) fmadd_lanes(acc[r][t], wv[r], xv);
       }
     }
   } else {
-    static_assert(R * T + T + 1 <= 32, "dot_tile: R x T accumulators and T inputs must fit 32 registers");
+    static_assert(R * T + T + 1 <= packet_registers,
+                  "dot_tile: R x T accumulators and T inputs must fit the registers");
     for (std::size_t j = 0; j < n16; j += lanes) {
-      v16 xv[T];
+      packet16 xv[T];
       for (int t = 0; t < T; ++t) {
         load16(xv[t], x + t * ldx + j);
         pin_register(xv[t]);
       }
       const std::size_t pc = pf.column();
       for (int r = 0; r < R; ++r) {
-        v16 wv;
+        packet16 wv;
         w.load(wv, static_cast<std::size_t>(r), j);
         pin_register(wv);
         if (pc != no_column) pf.at(static_cast<std::size_t>(r), pc);
-        for (int t = 0; t < T; ++t) acc[r][t] += wv * xv[t];
+        for (int t = 0; t < T; ++t) fmadd_lanes(acc[r][t], wv, xv[t]);
       }
     }
   }

@@ -268,16 +268,68 @@ inline void run_i8_tiles(tile_family<Policies...>, const i8_product& m) noexcept
 }
 #endif
 
+#if !SPECDEC_DETAIL_VNNI && defined(SPECDEC_DETAIL_I8_SIGN_DOTS)
+/// Outputs of one panel x T tokens without VNNI (AVX2, see `add_i8_quad_dots`): per group,
+/// each token's 16 integer sums over the group's 8 quads (the group's 512 weight bytes
+/// stay in L1 from one token to the next), then acc = fmadd(float(isum), ws * xs, acc),
+/// the portable path's steps.
+template <int T>
+inline void i8_sign_tile(const i8_panels& w, std::size_t p0, const i8_inputs& x, std::size_t t0, float* y,
+                         std::size_t ldy, std::size_t rows) noexcept {
+  constexpr std::size_t quads_per_group = q8_group / i8_quad;
+  const std::size_t G = w.groups;
+  const std::uint8_t* up = w.u + p0 * G * quads_per_group * 64;
+  packet16 acc[1][T];
+#pragma GCC unroll 16
+  for (int t = 0; t < T; ++t) acc[0][t] = packet16{};
+  for (std::size_t g = 0; g < G; ++g) {
+    packet16 ws;
+    load16(ws, w.s + (p0 * G + g) * lanes);
+#pragma GCC unroll 16
+    for (int t = 0; t < T; ++t) {
+      const std::size_t xg = (t0 + static_cast<std::size_t>(t)) * G + g;
+      const std::int8_t* xq = x.q.data() + xg * q8_group;
+      ipacket16 is{};
+#pragma GCC unroll 8
+      for (std::size_t c = 0; c < quads_per_group; ++c)
+        add_i8_quad_dots(is, up + (g * quads_per_group + c) * 64, load_i8_quad(xq + c * i8_quad));
+      fmadd_i8_group(acc[0][t], is, ws, x.scale[xg]);
+    }
+  }
+  store_tile<1, T>(acc, y, ldy, rows);
+}
+
+/// i8_sign_tile<tokens> for a runtime tokens <= T.
+template <int T>
+inline void i8_sign_tile_upto(int tokens, const i8_panels& w, std::size_t p0, const i8_inputs& x, std::size_t t0,
+                              float* y, std::size_t ldy, std::size_t rows) noexcept {
+  if constexpr (T > 1) {
+    if (tokens < T) return i8_sign_tile_upto<T - 1>(tokens, w, p0, x, t0, y, ldy, rows);
+  }
+  i8_sign_tile<T>(w, p0, x, t0, y, ldy, rows);
+}
+#endif
+
 /// Y[t][i] = sum over groups of the w8a8 product of weight row 16 p0 + i and input row t
 /// (quantized by `x.quantize`), for i < rows, t < k; output row stride ldy. Tiles as
-/// `i8_tile_table` (tiles.hpp) chooses them where the target has VNNI, else the portable
-/// scalar path: the same values.
+/// `i8_tile_table` (tiles.hpp) chooses them where the target has VNNI, else in
+/// `i8_sign_tile_policy` tiles where it has AVX2, else the portable scalar path: the same
+/// values.
 inline void matmul_i8(const i8_panels& w, std::size_t p0, std::size_t rows, const i8_inputs& x, std::size_t k,
                       float* y, std::size_t ldy) noexcept {
   if (k == 0 || rows == 0) return;
 #if SPECDEC_DETAIL_VNNI
   const i8_product m{w, p0, p0 + (rows + lanes - 1) / lanes, rows, x, k, y, ldy};
   choose_tiles(i8_tile_table{}, k, 0, [&](auto family) { run_i8_tiles(family, m); });
+#elif defined(SPECDEC_DETAIL_I8_SIGN_DOTS)
+  using policy = i8_sign_tile_policy;
+  std::size_t p = p0;
+  for_each_panel_tile<policy>(p, p0, p0 + (rows + lanes - 1) / lanes, rows, k,
+                              [&](std::size_t pt, std::size_t r0, std::size_t tile_rows, std::size_t, std::size_t t0,
+                                  int tokens) {
+                                i8_sign_tile_upto<policy::tokens>(tokens, w, pt, x, t0, y + t0 * ldy + r0, ldy,
+                                                                  tile_rows);
+                              });
 #else
   i8_product_scalar(w, p0, rows, x, 0, k, y, ldy);
 #endif

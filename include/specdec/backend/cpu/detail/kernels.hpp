@@ -32,11 +32,9 @@
 /// - dot products (`dot`, `matmul_rows`: attention scores, sums of squares): one 16-lane
 ///   accumulator per (row, vector) pair, a fixed horizontal tree reduction, then a scalar
 ///   tail added in index order.
-/// The weight products' multiply-adds go through `fmadd_lanes`, which rounds like the
-/// scalar `fmadd` (fused where the target has an FMA) at every optimisation level. In the
-/// dot-product tiles and the attention's value sums the vector `acc += w * x` is
-/// contracted into an FMA (or not) by the same rule in every instantiation (a single-use
-/// multiply feeding an add, no vectoriser involved), and scalar tails go through `fmadd`.
+/// The products' multiply-adds (weight products, dot-product tiles, the attention's value
+/// sums) go through `fmadd_lanes`, which rounds like the scalar `fmadd` (fused where the
+/// target has an FMA) at every optimisation level, and scalar tails go through `fmadd`.
 /// So exactness across k holds in every build. Across builds, results depend on whether
 /// the target has an FMA, not on its vector width: an AVX-512 and an AVX2 + FMA
 /// (x86-64-v3) build give the same bits; a build without FMA (plain x86-64) rounds every

@@ -31,7 +31,7 @@ struct f32_panels {
   static constexpr std::size_t column_bytes = 64;  ///< bytes of one column of a panel
   const float* w;
   std::size_t n;  ///< columns
-  void load(v16& out, std::size_t p, std::size_t j) const noexcept { load16(out, w + (p * n + j) * lanes); }
+  void load(packet16& out, std::size_t p, std::size_t j) const noexcept { load16(out, w + (p * n + j) * lanes); }
   /// Prefetches (into L1) the line holding column j of panel p; one call per 64 bytes.
   [[gnu::always_inline]] void prefetch_line(std::size_t p, std::size_t j) const noexcept {
     __builtin_prefetch(w + (p * n + j) * lanes, 0, 3);
@@ -39,9 +39,9 @@ struct f32_panels {
 };
 
 /// Y[t][16 p + l] = acc[p][t][l] for the first `rows` (at most 16 P) rows: a panel tile's
-/// outputs, the last panel possibly partial.
-template <int P, int T>
-inline void store_tile(const v16 (&acc)[P][T], float* y, std::size_t ldy, std::size_t rows) noexcept {
+/// outputs, the last panel possibly partial (`V`: v16 or packet16).
+template <int P, int T, class V>
+inline void store_tile(const V (&acc)[P][T], float* y, std::size_t ldy, std::size_t rows) noexcept {
 #pragma GCC unroll 16
   for (int t = 0; t < T; ++t) {
     float* yt = y + static_cast<std::size_t>(t) * ldy;
@@ -64,13 +64,13 @@ inline void panel_tile(const W& w, std::size_t p0, std::size_t n, const float* x
   static_assert(P * T + P + 1 <= 32, "panel_tile: P x T accumulators, P weights and a broadcast must fit 32 registers");
   // The loops over panels and tokens are unrolled explicitly: at -O2 GCC otherwise kept
   // the accumulators in memory.
-  v16 acc[P][T];
+  packet16 acc[P][T];
 #pragma GCC unroll 16
   for (int p = 0; p < P; ++p)
 #pragma GCC unroll 16
-    for (int t = 0; t < T; ++t) acc[p][t] = v16{};
+    for (int t = 0; t < T; ++t) acc[p][t] = packet16{};
   for (std::size_t j = 0; j < n; ++j) {
-    v16 wv[P];
+    packet16 wv[P];
 #pragma GCC unroll 16
     for (int p = 0; p < P; ++p) {
       w.load(wv[p], p0 + static_cast<std::size_t>(p), j);

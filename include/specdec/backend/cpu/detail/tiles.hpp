@@ -23,6 +23,7 @@
 #include <limits>
 #include <string>
 #include <string_view>
+#include <type_traits>
 
 #include "specdec/backend/cpu/detail/arch/vector.hpp"
 #include "specdec/error.hpp"
@@ -42,10 +43,12 @@ namespace specdec::cpu {
 /// | `2x12` | 4 x 6, then 2 x 8    | 2 x 8  | 2 x 12               | 2 x 12, 2 token tiles |
 /// | `1x6`  | 1 x 6                | 1 x 6, 2 token tiles | 1 x 6, 2 token tiles | 1 x 6, 3 token tiles |
 ///
-/// (A single token always takes 8 panels x 1, then 1 x 1; where one panel of the matrix
-/// fills half the L1, blocks of 2-8 take 1 x 8 in `4x6` and `2x12`.) `automatic`: the
-/// SPECDEC_TILES environment variable if set, else the fastest on this host, timed once
-/// per process, weight format and model shape at the first load (see
+/// (A single token always takes 8 panels x 1, 6 x 1 in an AVX2 build, then 1 x 1; where
+/// one panel of the matrix fills half the L1, blocks of 2-8 take 1 x 8 in `4x6` and
+/// `2x12`. Within AVX2's 16 registers only `1x6` keeps a whole tile in registers; the
+/// others spill, which can still pay where decoding the weights dominates.)
+/// `automatic`: the SPECDEC_TILES environment variable if set, else the fastest on this
+/// host, timed once per process, weight format and model shape at the first load (see
 /// `transformer_options::tiles`).
 ///
 /// ```cpp
@@ -174,7 +177,13 @@ inline void for_each_panel_tile(std::size_t& p, std::size_t first, std::size_t p
 /// One token: 8 panels, then single panels, without software prefetch: eight long
 /// sequential streams, which the hardware prefetchers follow (prefetching the next tile
 /// made it slower, see bench/bench_forward.cpp, k:1).
-using single_token_tiles = tile_family<panel_policy<8, 1>, panel_policy<1, 1>>;
+using wide_single_token_tiles = tile_family<panel_policy<8, 1>, panel_policy<1, 1>>;
+/// One token with AVX2's 16 ymm registers: 6 panels (12 accumulators, the broadcast and
+/// a decoded weight's temporaries; 8 panels would spill an accumulator every column).
+using avx2_single_token_tiles = tile_family<panel_policy<6, 1>, panel_policy<1, 1>>;
+/// The single-token family of this build's register file (arch/vector.hpp).
+using single_token_tiles =
+    std::conditional_t<(packet_registers >= 16), wide_single_token_tiles, avx2_single_token_tiles>;
 /// Up to 6 tokens where 4 panels fit half the L1 (the tile being read plus the one being
 /// prefetched within the L1): 4 panels x 6, then 2 x 8 and 1 x 8 for the rest.
 using short_block_tiles = tile_family<panel_policy<4, 6, true>, panel_policy<2, 8, true>, panel_policy<1, 8, true>>;
@@ -235,10 +244,18 @@ inline void with_panel_table(tile_config c, F&& f) {
 /// The query heads (k of them) are cut into ceil(k / 3) near-equal token tiles, and the
 /// table is keyed on the tokens per token tile: rows in tiles of 12, 12 or 8 for 1, 2 or
 /// 3 tokens, then 4 and 1 for the rest (at most 3 x 12 + 12 + 1 + 1 registers).
-using row_tile_table =
+using wide_row_tile_table =
     tile_table<tile_choice<1, 0, tile_family<row_policy<12, 1>, row_policy<4, 3>, row_policy<1, 3>>>,
                tile_choice<2, 0, tile_family<row_policy<12, 2>, row_policy<4, 3>, row_policy<1, 3>>>,
                tile_choice<any_tokens, 0, tile_family<row_policy<8, 3>, row_policy<4, 3>, row_policy<1, 3>>>>;
+/// The same within AVX2's 8 packets (16 ymm): 4 rows x 1 token (4 accumulators, the
+/// input, a row), 2 x 2 and 1 x 3 (accumulators, the rows and an input).
+using avx2_row_tile_table =
+    tile_table<tile_choice<1, 0, tile_family<row_policy<4, 1>, row_policy<1, 1>>>,
+               tile_choice<2, 0, tile_family<row_policy<2, 2>, row_policy<1, 2>>>,
+               tile_choice<any_tokens, 0, tile_family<row_policy<1, 3>>>>;
+/// The attention scores' table of this build's register file (arch/vector.hpp).
+using row_tile_table = std::conditional_t<(packet_registers >= 16), wide_row_tile_table, avx2_row_tile_table>;
 
 // ---- w8a8 products (matmul_i8, AVX512-VNNI tiles) --------------------------------------
 
@@ -249,5 +266,10 @@ using i8_single_token_tiles = tile_family<panel_policy<8, 1>, panel_policy<4, 1>
 using i8_block_tiles = tile_family<panel_policy<2, 6>, panel_policy<1, 6>>;
 
 using i8_tile_table = tile_table<tile_choice<1, 0, i8_single_token_tiles>, tile_choice<any_tokens, 0, i8_block_tiles>>;
+
+/// Without VNNI, where the build has AVX2 (`SPECDEC_DETAIL_I8_SIGN_DOTS`): 1 panel x 4
+/// tokens (8 float accumulators, a group's integer sums, its scales and the products'
+/// temporaries within 16 ymm registers).
+using i8_sign_tile_policy = panel_policy<1, 4>;
 
 }  // namespace specdec::cpu::detail

@@ -77,13 +77,13 @@ namespace detail {
 
 /// Decoding of bf16 weights: 16 at a time into a vector, or one.
 struct bf16_code {
-  static void load(v16& out, const std::uint16_t* p) noexcept { widen_bf16(out, p); }
+  static void load(packet16& out, const std::uint16_t* p) noexcept { widen_bf16(out, p); }
   static float one(std::uint16_t v) noexcept { return bf16_to_float(v); }
 };
 
 /// Decoding of fp16 weights: 16 at a time into a vector, or one.
 struct fp16_code {
-  static void load(v16& out, const std::uint16_t* p) noexcept { widen_fp16(out, p); }
+  static void load(packet16& out, const std::uint16_t* p) noexcept { widen_fp16(out, p); }
   static float one(std::uint16_t v) noexcept { return fp16_to_float(v); }
 };
 
@@ -94,7 +94,7 @@ struct u16_rows {
   const std::uint16_t* w;
   std::size_t ld;
   [[nodiscard]] u16_rows advance(std::size_t rows) const noexcept { return {w + rows * ld, ld}; }
-  void load(v16& out, std::size_t r, std::size_t j) const noexcept { Code::load(out, w + r * ld + j); }
+  void load(packet16& out, std::size_t r, std::size_t j) const noexcept { Code::load(out, w + r * ld + j); }
   [[nodiscard]] float at(std::size_t r, std::size_t j) const noexcept { return Code::one(w[r * ld + j]); }
   /// Prefetches (into L1) the line holding element (r, j); one call per 64 bytes.
   [[gnu::always_inline]] void prefetch_line(std::size_t r, std::size_t j) const noexcept {
@@ -111,7 +111,7 @@ struct u16_panels {
   static constexpr std::size_t column_bytes = 32;  ///< bytes of one column of a panel
   const std::uint16_t* w;
   std::size_t n;
-  void load(v16& out, std::size_t p, std::size_t j) const noexcept { Code::load(out, w + (p * n + j) * lanes); }
+  void load(packet16& out, std::size_t p, std::size_t j) const noexcept { Code::load(out, w + (p * n + j) * lanes); }
   /// Prefetches (into L1) the line holding column j of panel p; one call per 64 bytes.
   [[gnu::always_inline]] void prefetch_line(std::size_t p, std::size_t j) const noexcept {
     if (j % 2 == 0) __builtin_prefetch(w + (p * n + j) * lanes, 0, 3);
@@ -127,7 +127,7 @@ struct q8_panels {
   const std::int8_t* q;
   const float* s;
   std::size_t n, groups;
-  void load(v16& out, std::size_t p, std::size_t j) const noexcept {
+  void load(packet16& out, std::size_t p, std::size_t j) const noexcept {
     widen_q8(out, q + (p * n + j) * lanes, s + (p * groups + j / q8_group) * lanes);
   }
   /// Prefetches (into L1) the lines holding column j of panel p and its scales; one call

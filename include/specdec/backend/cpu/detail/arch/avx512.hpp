@@ -13,6 +13,10 @@
 
 namespace specdec::cpu::detail {
 
+/// A zmm register holds a v16: the tiles compute in v16 itself, 32 registers of it.
+using packet16 = v16;
+inline constexpr int packet_registers = 32;
+
 /// acc[i] = fma(a[i], b[i], acc[i]): one vfmadd.
 inline void fmadd_lanes(v16& acc, const v16& a, const v16& b) noexcept {
   acc = (v16)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)acc);

@@ -10,6 +10,11 @@
 
 namespace specdec::cpu::detail {
 
+/// The tiles compute in v16 itself; whatever the compiler makes of it, its shapes are
+/// the AVX-512 ones (32 registers).
+using packet16 = v16;
+inline constexpr int packet_registers = 32;
+
 /// acc[i] = fmadd(a[i], b[i], acc[i]): std::fma per lane where the target has an FMA,
 /// else a multiply and an add (no FMA instruction exists then, so nothing can be
 /// contracted).

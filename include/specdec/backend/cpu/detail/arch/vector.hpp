@@ -15,6 +15,13 @@
 /// | arch/scalar.hpp   | anything else (plain C++ on the vector type) |
 ///
 /// Each of them defines, with the same result in every file:
+/// - `packet16`, the 16 floats the tiles of the products keep in registers (their
+///   accumulators, loaded weights and inputs): `v16` itself where one register holds it
+///   (AVX-512) or nothing better is known (scalar), two `__m256` on AVX2, where GCC keeps
+///   a `v16` in memory; `packet_registers`, how many packets the register file holds
+///   (tile shapes are chosen to fit it); and for packets the operations below plus
+///   `load16`, `store16`, `store_first`, `hsum16` and `hsum16x4`, with the `v16` forms'
+///   results;
 /// - `fmadd_lanes(acc, a, b)`: acc[i] = fmadd(a[i], b[i], acc[i]), rounded like the
 ///   scalar `fmadd` below;
 /// - `pin_register(v)`: keeps a loaded vector in a register (a hint, changes no value);
@@ -22,12 +29,16 @@
 ///   exactly; `widen_q8(out, q, s)`: out[i] = float(q[i]) * s[i], one rounding (GCC 12
 ///   lowers the generic vector conversions for these lane by lane);
 /// - `SPECDEC_DETAIL_VNNI` (1 or 0) and, where it is 1, `dpbusd_lanes` (integer dot
-///   products of unsigned by signed bytes, exact);
+///   products of unsigned by signed bytes, exact); where it is 0, optionally
+///   `SPECDEC_DETAIL_I8_SIGN_DOTS` (AVX2: `ipacket16`, `i8_input_quad`, `load_i8_quad`,
+///   `add_i8_quad_dots` and `fmadd_i8_group`, the w8a8 products' steps in 256-bit
+///   integer instructions, exact);
 /// - `SPECDEC_DETAIL_BF16_DOT` (1 or 0) and, where it is 1, `dpbf16_lanes` (bf16 pair dot
 ///   products into fp32, AVX512_BF16; timed by the compute probe, used by no kernel).
 /// The results of the kernels therefore depend on whether the target has a fused
 /// multiply-add, not on which of these files computes them: the AVX-512, the AVX2 and
-/// the scalar build of a target with FMA give the same bits.
+/// the scalar build of a target with FMA give the same bits (a packet's lane i is lane i
+/// of the `v16`, every reduction over the 16 lanes is hsum16's tree).
 ///
 /// ```cpp
 /// namespace d = specdec::cpu::detail;
@@ -36,6 +47,10 @@
 /// d::load16(wv, w);
 /// d::fmadd_lanes(acc, wv, 0.5f);  // acc[i] = fmadd(w[i], 0.5f, acc[i])
 /// d::store16(out, acc);
+/// d::packet16 p{}, wp;             // the same in registers: what a kernel's tile holds
+/// d::load16(wp, w);
+/// d::fmadd_lanes(p, wp, 0.5f);
+/// d::store16(out, p);
 /// ```
 #include <cmath>
 #include <cstddef>
