@@ -322,19 +322,8 @@ TEST(verify_client, open_and_verify_decodes_like_open_then_verify_and_recovers_f
     other.open(prompt);
     EXPECT_THROW(c.open_and_verify(prompt, std::vector<token_id>{5}), hybrid::link_unavailable);
   }
-  std::vector<token_id> seq = prompt, delta, d = draft_greedy(draft, seq, 4, /*corrupt=*/3);
-  hybrid::verify_verdict v = c.open_and_verify(prompt, d);
-  for (;;) {
-    delta.assign(d.begin(), d.begin() + static_cast<std::ptrdiff_t>(v.accepted));
-    delta.push_back(v.next);
-    seq.insert(seq.end(), delta.begin(), delta.end());
-    if (seq.size() >= prompt.size() + 40) break;
-    d = draft_greedy(draft, seq, v.max_draft, 3);
-    v = c.verify(delta, d);
-  }
-  seq.resize(prompt.size() + 40);
-  EXPECT_EQ(std::vector<token_id>(seq.begin() + static_cast<std::ptrdiff_t>(prompt.size()), seq.end()),
-            reference_greedy(path, prompt, 40));
+  const auto got = split_greedy(c, draft, prompt, 40, /*corrupt=*/3, [](std::size_t) {}, /*first_block=*/4);
+  EXPECT_EQ(got, reference_greedy(path, prompt, 40));
   EXPECT_EQ(c.reopens(), 0u);
 }
 
