@@ -62,6 +62,7 @@ struct options {
   bool pin = true;            ///< server on one CPU, this process on another (if there are two)
   int server_cpu = -1, client_cpu = -1;  ///< chosen when pinning
   std::string hold_fraction;  ///< the server's --hold-fraction (empty: its default)
+  bool anticipate = true;     ///< off: the server runs with --no-anticipate
 };
 
 /// The CPUs this process may run on, in order.
@@ -101,6 +102,7 @@ class child_server {
       std::vector<const char*> args{o.serve.c_str(), "--model", model.c_str(), "--tokenizer", tok.c_str(),
                                     "--port", "0", "--verify-port", "0", "--threads", threads.c_str(),
                                     "--max-sessions", "128", "--max-completions", "128", "--http-threads", "48"};
+      if (!o.anticipate) args.push_back("--no-anticipate");
       if (!o.hold_fraction.empty()) {
         args.push_back("--hold-fraction");
         args.push_back(o.hold_fraction.c_str());
@@ -265,6 +267,15 @@ struct route_spec {
   bool sampled = false, pipelined = false, cuts = false;
 };
 
+/// A command-line handler storing "on" / "off" in `target`.
+auto on_off(bool& target) {
+  return [&target](std::string_view name, std::string_view v) {
+    if (v != "on" && v != "off")
+      throw specdec::invalid_argument(std::string(name) + " must be on or off, got \"" + std::string(v) + "\"");
+    target = v == "on";
+  };
+}
+
 }  // namespace
 
 int main(int argc, char** argv) try {
@@ -311,11 +322,9 @@ int main(int argc, char** argv) try {
            store(o.stream_message_ms, cli::range<double>{.lo = 0, .hi = 1000}))
       .add("--pin-cpus", "on|off",
            "server child on one CPU, this process (clients, proxy, simulator) on another (on when >= 2 CPUs)",
-           [&o](std::string_view name, std::string_view v) {
-             if (v != "on" && v != "off")
-               throw specdec::invalid_argument(std::string(name) + " must be on or off, got \"" + std::string(v) + "\"");
-             o.pin = v == "on";
-           })
+           on_off(o.pin))
+      .add("--anticipate", "on|off", "the server's anticipation at 0 announced drafts (on; off: --no-anticipate)",
+           on_off(o.anticipate))
       .flag("--full", "the documented run: 24 prompts, 64 tokens, 4 requests per load client, 3 load repeats", o.full);
   if (!p.parse(argc, argv)) return 0;
   if (o.full) {

@@ -7,7 +7,9 @@
 /// sends, per draft position, the exact distribution the draft token was drawn from,
 /// restricted to its support (so a draft that samples with top-k / top-p sends k entries,
 /// not the vocabulary): rejection sampling is exact for any q the verifier knows exactly,
-/// so the output still follows the target's distribution.
+/// so the output still follows the target's distribution. A generation's first block goes
+/// out right behind its session's `open_session` (`verify_client::open_and_verify`): the
+/// open costs no round trip of its own.
 ///
 /// `failover_verifier` keeps a generation going when the link fails: on a timeout, a
 /// refused connection or a server error it verifies with a backup verifier on the device
