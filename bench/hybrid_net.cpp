@@ -391,11 +391,10 @@ int main(int argc, char** argv) try {
   const auto sim_options = [&](bool is_sampled) {
     hy::session_options so{.sampling = is_sampled ? sampled : specdec::sampling_params{}, .seed = 1};
     so.charge_probe = false;
-    // specdec-serve's protocol: an open_session round trip per request on the greedy route
-    // (pipelined_split_decoder opens, then verifies); the sampled route's remote_verifier
-    // sends its first block right behind open_session (open_and_verify): no round trip of
-    // its own, only the prefix's bytes, which the simulator leaves out.
-    so.wire.opens_session = !is_sampled;
+    // Both split routes send their first block right behind open_session
+    // (verify_client::open_and_verify): the open costs no round trip of its own, only the
+    // prefix's bytes, which the simulator leaves out.
+    so.wire.opens_session = false;
     refresh_curve();
     if (!curve->points.empty()) so.cloud_cost = [curve](std::size_t b, std::size_t c) { return (*curve)(b, c); };
     return so;
