@@ -138,27 +138,39 @@ using specdec::token_id;
 struct one_session {
   specdec::cpu::batched_transformer model{std::string(SPECDEC_MODELS_DIR) + "/stories260K.bin", {.threads = 1}};
   metrics_registry metrics;
+  bool anticipate;
   engine<specdec::cpu::batched_transformer> eng;
   wire::session_id id{};
-  one_session(std::size_t fixed, bool anticipate, specdec::sampling_params params = {}, std::uint64_t seed = 0)
-      : eng(model,
-            {.model_id = "m", .speculation = {.fixed = fixed, .calibrate = false, .anticipate = anticipate},
+  one_session(std::size_t fixed, bool anticipate_, specdec::sampling_params params = {}, std::uint64_t seed = 0)
+      : anticipate(anticipate_),
+        eng(model,
+            {.model_id = "m", .speculation = {.fixed = fixed, .calibrate = false, .anticipate = anticipate_},
              .hold = {.hold_fraction = 0.0}},
             metrics) {
     eng.start();
     const wire::message m = eng.open({.params = params, .seed = seed, .prefix = {1, 403, 87}}, {});
     id = std::get<wire::session_opened>(m).id;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));  // the prefix's prefill step
+    wait_for_forwards(1);  // the prefix's prefill step
   }
+  /// One request; returns once the anticipation it leads to (if any) has run, so the
+  /// next request finds it computed.
   wire::verdict round(std::uint64_t seq, std::vector<token_id> delta, std::vector<token_id> draft,
                       wire::sparse_rows q = {}) {
+    const double f0 = forwards(), h0 = hits();
     const wire::message m =
         eng.verify(id, {}, {.seq = seq, .committed = std::move(delta), .draft = std::move(draft), .q = std::move(q)}, seq);
-    // Time for a step: the anticipation (if any) runs before the next request arrives.
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    if (const auto* v = std::get_if<wire::verdict>(&m)) return *v;
-    ADD_FAILURE() << "no verdict: " << wire::name_of(m);
-    return {};
+    const auto* v = std::get_if<wire::verdict>(&m);
+    if (v == nullptr) {
+      ADD_FAILURE() << "no verdict: " << wire::name_of(m);
+      return {};
+    }
+    // A hit ran no forward of its own; the anticipation after a 0-draft verdict runs one.
+    if (anticipate && v->max_draft == 0 && v->next != specdec::eos_token)
+      wait_for_forwards(f0 + (hits() > h0 ? 0.0 : 1.0) + 1.0);
+    return *v;
+  }
+  void wait_for_forwards(double n) {
+    for (int i = 0; i < 1000 && forwards() < n; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
   double forwards() { return metrics.value("specdec_step_seconds"); }
   double hits() { return metrics.value("specdec_anticipations_total", "result=\"hit\""); }
@@ -242,6 +254,7 @@ TEST(anticipation, nothing_is_anticipated_while_drafts_are_announced) {
     delta.assign(draft.begin(), draft.begin() + static_cast<std::ptrdiff_t>(v.accepted));
     delta.push_back(v.next);
   }
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // time for a wrongly anticipated step to show
   EXPECT_EQ(s.hits() + s.misses(), 0.0);
   EXPECT_EQ(s.forwards() - f0, 4.0);  // one per request
 }
