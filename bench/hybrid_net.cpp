@@ -62,6 +62,7 @@ struct options {
   bool pin = true;            ///< server on one CPU, this process on another (if there are two)
   int server_cpu = -1, client_cpu = -1;  ///< chosen when pinning
   std::string hold_fraction;  ///< the server's --hold-fraction (empty: its default)
+  bool anticipate = true;     ///< off: the server runs with --no-anticipate
 };
 
 /// The CPUs this process may run on, in order.
@@ -101,6 +102,7 @@ class child_server {
       std::vector<const char*> args{o.serve.c_str(), "--model", model.c_str(), "--tokenizer", tok.c_str(),
                                     "--port", "0", "--verify-port", "0", "--threads", threads.c_str(),
                                     "--max-sessions", "128", "--max-completions", "128", "--http-threads", "48"};
+      if (!o.anticipate) args.push_back("--no-anticipate");
       if (!o.hold_fraction.empty()) {
         args.push_back("--hold-fraction");
         args.push_back(o.hold_fraction.c_str());
@@ -146,6 +148,20 @@ class child_server {
     if (drain_.joinable()) drain_.join();
   }
   std::uint16_t http_port = 0, verify_port = 0;
+  /// CPU seconds the server process used so far, all its threads (those that ended
+  /// included): forwards, message handling, HTTP and JSON, everything the server pays for.
+  [[nodiscard]] double cpu_seconds() const {
+    std::ifstream f("/proc/" + std::to_string(pid_) + "/stat");
+    std::string stat((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    const auto close = stat.rfind(')');  // the command name may hold spaces
+    if (close == std::string::npos) throw specdec::error("cannot read /proc/" + std::to_string(pid_) + "/stat");
+    std::istringstream in(stat.substr(close + 2));
+    std::string field;
+    double ticks = 0.0;
+    for (int i = 3; i <= 15 && in >> field; ++i)  // fields 14 and 15: utime, stime (clock ticks)
+      if (i >= 14) ticks += std::stod(field);
+    return ticks / static_cast<double>(::sysconf(_SC_CLK_TCK));
+  }
 
  private:
   pid_t pid_ = -1;
@@ -203,6 +219,7 @@ struct cell {
   double seconds = 0, bytes_up = 0, bytes_down = 0, forwards = 0, server_seconds = 0;
   double sequences = 0, hold_seconds = 0;  ///< the server's sequences over its steps, and its holds
   double server_cpu_seconds = 0;           ///< the server's CPU time during its forwards
+  double server_process_cpu_seconds = 0;   ///< the server process's CPU time over the whole cell
   double hidden_seconds = 0;  ///< pipelined: drafting overlapped with rounds whose guess held
   double rounds = 0;
   std::size_t fallbacks = 0;  ///< requests that lost the link and finished on the device
@@ -221,14 +238,15 @@ void header(std::ostream& out) {
   out << "section,route,rtt_ms,clients,requests,tokens,greedy_identical_to_cloud,fallbacks,per_token_p50_ms,per_token_p95_ms,"
          "ttft_p50_ms,tokens_per_s,bytes_up_per_token,bytes_down_per_token,forwards_per_token,tokens_per_round,"
          "hidden_ms_per_token,physics_per_token_ms,server_tokens_per_server_s,sim_per_token_p50_ms,sim_ttft_p50_ms,sim_bytes_per_token,"
-         "sim_forwards_per_token,sim_error_pct,sim_message_overhead_ms,repeat,sequences_per_step,hold_ms_per_token,server_tokens_per_server_cpu_s,sim_request_overhead_ms,sim_stream_message_ms\n";
+         "sim_forwards_per_token,sim_error_pct,sim_message_overhead_ms,repeat,sequences_per_step,hold_ms_per_token,server_tokens_per_server_cpu_s,sim_request_overhead_ms,sim_stream_message_ms,"
+         "server_tokens_per_process_cpu_s\n";
 }
 void row(std::ostream& out, const cell& c) {
   const double n = std::max<double>(1.0, static_cast<double>(c.tokens));
   const double p50 = quantile(c.per_token, 0.5) * 1e3, sim = quantile(c.sim_per_token, 0.5) * 1e3;
   char buf[1024];
   std::snprintf(buf, sizeof buf,
-                "%s,%s,%g,%zu,%zu,%zu,%d,%zu,%.2f,%.2f,%.1f,%.1f,%.1f,%.1f,%.3f,%.2f,%.3f,%.2f,%.1f,%.2f,%.1f,%.1f,%.3f,%.1f,%.3f,%zu,%.2f,%.3f,%.1f,%.3f,%.4f\n",
+                "%s,%s,%g,%zu,%zu,%zu,%d,%zu,%.2f,%.2f,%.1f,%.1f,%.1f,%.1f,%.3f,%.2f,%.3f,%.2f,%.1f,%.2f,%.1f,%.1f,%.3f,%.1f,%.3f,%zu,%.2f,%.3f,%.1f,%.3f,%.4f,%.1f\n",
                 c.section.c_str(), c.route.c_str(), c.rtt_ms, c.clients, c.requests, c.tokens, c.identical, c.fallbacks, p50,
                 quantile(c.per_token, 0.95) * 1e3, quantile(c.ttft, 0.5) * 1e3, n / std::max(1e-9, c.seconds),
                 c.bytes_up / n, c.bytes_down / n, c.forwards / n, c.rounds > 0 ? n / c.rounds : NAN,
@@ -238,7 +256,8 @@ void row(std::ostream& out, const cell& c) {
                 c.sim_per_token.empty() ? NAN : 100.0 * (sim - p50) / p50, c.sim_overhead * 1e3, c.repeat,
                 c.forwards > 0 ? c.sequences / c.forwards : NAN, c.hold_seconds / n * 1e3,
                 c.server_cpu_seconds > 0 ? n / c.server_cpu_seconds : NAN, c.sim_request_overhead * 1e3,
-                c.sim_stream_message * 1e3);
+                c.sim_stream_message * 1e3,
+                c.server_process_cpu_seconds > 0 ? n / c.server_process_cpu_seconds : NAN);
   out << buf << std::flush;
 }
 
@@ -247,6 +266,15 @@ struct route_spec {
   hy::route r;
   bool sampled = false, pipelined = false, cuts = false;
 };
+
+/// A command-line handler storing "on" / "off" in `target`.
+auto on_off(bool& target) {
+  return [&target](std::string_view name, std::string_view v) {
+    if (v != "on" && v != "off")
+      throw specdec::invalid_argument(std::string(name) + " must be on or off, got \"" + std::string(v) + "\"");
+    target = v == "on";
+  };
+}
 
 }  // namespace
 
@@ -294,11 +322,9 @@ int main(int argc, char** argv) try {
            store(o.stream_message_ms, cli::range<double>{.lo = 0, .hi = 1000}))
       .add("--pin-cpus", "on|off",
            "server child on one CPU, this process (clients, proxy, simulator) on another (on when >= 2 CPUs)",
-           [&o](std::string_view name, std::string_view v) {
-             if (v != "on" && v != "off")
-               throw specdec::invalid_argument(std::string(name) + " must be on or off, got \"" + std::string(v) + "\"");
-             o.pin = v == "on";
-           })
+           on_off(o.pin))
+      .add("--anticipate", "on|off", "the server's anticipation at 0 announced drafts (on; off: --no-anticipate)",
+           on_off(o.anticipate))
       .flag("--full", "the documented run: 24 prompts, 64 tokens, 4 requests per load client, 3 load repeats", o.full);
   if (!p.parse(argc, argv)) return 0;
   if (o.full) {
@@ -365,7 +391,10 @@ int main(int argc, char** argv) try {
   const auto sim_options = [&](bool is_sampled) {
     hy::session_options so{.sampling = is_sampled ? sampled : specdec::sampling_params{}, .seed = 1};
     so.charge_probe = false;
-    so.wire.opens_session = true;  // specdec-serve's protocol: an open_session round trip per request
+    // Both split routes send their first block right behind open_session
+    // (verify_client::open_and_verify): the open costs no round trip of its own, only the
+    // prefix's bytes, which the simulator leaves out.
+    so.wire.opens_session = false;
     refresh_curve();
     if (!curve->points.empty()) so.cloud_cost = [curve](std::size_t b, std::size_t c) { return (*curve)(b, c); };
     return so;
@@ -562,6 +591,7 @@ int main(int argc, char** argv) try {
       c.repeat = repeat;
       std::mutex mu;
       const server_counters m0 = read_metrics(server.http_port);
+      const double cpu0 = server.cpu_seconds();
       const auto t0 = std::chrono::steady_clock::now();
       std::vector<std::thread> threads;
       for (std::size_t k = 0; k < n; ++k)
@@ -590,6 +620,7 @@ int main(int argc, char** argv) try {
       c.sequences = m1.sequences - m0.sequences;
       c.hold_seconds = m1.hold_seconds - m0.hold_seconds;
       c.server_cpu_seconds = m1.step_cpu_seconds - m0.step_cpu_seconds;
+      c.server_process_cpu_seconds = server.cpu_seconds() - cpu0;
       row(out, c);
     }
   }

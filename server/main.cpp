@@ -45,7 +45,7 @@ int main(int argc, char** argv) {
     serve::engine_options& eo = so.engine;
     std::optional<std::size_t> fixed_draft;
     std::size_t threads = 0;
-    bool no_calibrate = false;
+    bool no_calibrate = false, no_anticipate = false;
     const auto count = cli::between<std::size_t>(0, std::size_t{1} << 30);
     const auto port = cli::between<std::uint16_t>(0, 65535);
     const auto secs = cli::above(0.0);
@@ -79,6 +79,7 @@ int main(int argc, char** argv) {
                eo.hold.max_hold_seconds = ms / 1e3;
              })
         .flag("--no-calibrate", "learn the step-time curve online only (faster start)", no_calibrate)
+        .flag("--no-anticipate", "do not decode ahead for sessions told to send no drafts (docs/hybrid.md)", no_anticipate)
         .add("--max-step-rows", "N", "rows of one batched forward (default 256)", cli::store(eo.max_step_rows, count))
         .add("--prefill-chunk", "N", "prompt tokens one sequence feeds per step (default 128)",
              cli::store(eo.prefill_chunk, count))
@@ -107,6 +108,7 @@ int main(int argc, char** argv) {
     mo.threads = threads;
     if (fixed_draft) eo.speculation.fixed = *fixed_draft;
     eo.speculation.calibrate = !no_calibrate;
+    eo.speculation.anticipate = !no_anticipate;
     eo.model_id = model_id.empty() ? std::filesystem::path(model_path).stem().string() : model_id;
     if (!keys_path.empty()) so.api_keys = serve::load_api_keys(keys_path);
     const std::size_t key_count = so.api_keys.size();

@@ -113,16 +113,19 @@ std::vector<token_id> draft_greedy(cpu::transformer& draft, const std::vector<to
 }
 
 // Split greedy decoding through `c`: n new tokens after `prompt`, drafting at most the
-// announced number per round. `between(round)` runs before each round.
+// announced number per round. `between(round)` runs before each round. With
+// `first_block` > 0 the session is opened together with a first block of that many drafts
+// (`open_and_verify`), else by `open` before the first round.
 template <class Between>
 std::vector<token_id> split_greedy(hybrid::verify_client& c, cpu::transformer& draft, const std::vector<token_id>& prompt,
-                                   std::size_t n, std::size_t corrupt, Between between) {
-  c.open(prompt);
+                                   std::size_t n, std::size_t corrupt, Between between, std::size_t first_block = 0) {
+  if (first_block == 0) c.open(prompt);
   std::vector<token_id> seq = prompt, delta;
   for (std::size_t round = 0; seq.size() < prompt.size() + n; ++round) {
     between(round);
-    const std::vector<token_id> d = draft_greedy(draft, seq, c.max_draft(), corrupt);
-    const hybrid::verify_verdict v = c.verify(delta, d);
+    const bool opening = round == 0 && first_block > 0;
+    const std::vector<token_id> d = draft_greedy(draft, seq, opening ? first_block : c.max_draft(), corrupt);
+    const hybrid::verify_verdict v = opening ? c.open_and_verify(prompt, d) : c.verify(delta, d);
     delta.assign(d.begin(), d.begin() + static_cast<std::ptrdiff_t>(v.accepted));
     delta.push_back(v.next);
     seq.insert(seq.end(), delta.begin(), delta.end());

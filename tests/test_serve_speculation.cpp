@@ -1,11 +1,22 @@
 // Tests for server/specdec_serve/speculation.hpp: the measured step-time curve
 // interpolates and extrapolates as documented, and the announced draft length follows
 // the throughput rule: long drafts when a verify block is nearly free, none once the
-// forward is compute-bound (so split decoding never costs the server throughput).
+// forward is compute-bound (so split decoding never costs the server throughput). Then
+// the engine's anticipation at n* = 0: the request that follows a 0-draft verdict is
+// answered from the row the engine ran ahead, with exactly the verdicts of an engine that
+// does not anticipate (greedy, and sampled with a request that breaks the anticipation),
+// and nothing is anticipated while drafts are announced.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cmath>
+#include <string>
+#include <thread>
+#include <variant>
+#include <vector>
 
+#include "specdec/backend/cpu/batched_transformer.hpp"
+#include "specdec_serve/engine.hpp"
 #include "specdec_serve/speculation.hpp"
 
 namespace {
@@ -117,6 +128,135 @@ TEST(speculation, options_are_validated) {
   o.fixed.reset();
   o.prior_acceptance = 2;
   EXPECT_THROW(o.validate(16), specdec::invalid_argument);
+}
+
+namespace wire = specdec::hybrid::wire;
+using specdec::token_id;
+
+/// An engine on stories260K announcing a fixed draft length, anticipating or not, and
+/// one session on it.
+struct one_session {
+  specdec::cpu::batched_transformer model{std::string(SPECDEC_MODELS_DIR) + "/stories260K.bin", {.threads = 1}};
+  metrics_registry metrics;
+  bool anticipate;
+  engine<specdec::cpu::batched_transformer> eng;
+  wire::session_id id{};
+  one_session(std::size_t fixed, bool anticipate_, specdec::sampling_params params = {}, std::uint64_t seed = 0)
+      : anticipate(anticipate_),
+        eng(model,
+            {.model_id = "m", .speculation = {.fixed = fixed, .calibrate = false, .anticipate = anticipate_},
+             .hold = {.hold_fraction = 0.0}},
+            metrics) {
+    eng.start();
+    const wire::message m = eng.open({.params = params, .seed = seed, .prefix = {1, 403, 87}}, {});
+    id = std::get<wire::session_opened>(m).id;
+    wait_for_forwards(1);  // the prefix's prefill step
+  }
+  /// One request; returns once the anticipation it leads to (if any) has run, so the
+  /// next request finds it computed.
+  wire::verdict round(std::uint64_t seq, std::vector<token_id> delta, std::vector<token_id> draft,
+                      wire::sparse_rows q = {}) {
+    const double f0 = forwards(), h0 = hits();
+    const wire::message m =
+        eng.verify(id, {}, {.seq = seq, .committed = std::move(delta), .draft = std::move(draft), .q = std::move(q)}, seq);
+    const auto* v = std::get_if<wire::verdict>(&m);
+    if (v == nullptr) {
+      ADD_FAILURE() << "no verdict: " << wire::name_of(m);
+      return {};
+    }
+    // A hit ran no forward of its own; the anticipation after a 0-draft verdict runs one.
+    if (anticipate && v->max_draft == 0 && v->next != specdec::eos_token)
+      wait_for_forwards(f0 + (hits() > h0 ? 0.0 : 1.0) + 1.0);
+    return *v;
+  }
+  void wait_for_forwards(double n) {
+    for (int i = 0; i < 1000 && forwards() < n; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  double forwards() { return metrics.value("specdec_step_seconds"); }
+  double hits() { return metrics.value("specdec_anticipations_total", "result=\"hit\""); }
+  double misses() { return metrics.value("specdec_anticipations_total", "result=\"miss\""); }
+};
+
+TEST(anticipation, answers_the_request_after_a_zero_draft_verdict_from_the_row_it_ran_ahead) {
+  constexpr std::uint64_t rounds = 8;
+  std::vector<token_id> got[2];
+  for (const bool anticipate : {true, false}) {
+    one_session s(0, anticipate);
+    const double f0 = s.forwards();
+    std::vector<token_id> delta;
+    double after_eos = 0;  // verdicts ending in EOS: the device stops, nothing is anticipated
+    for (std::uint64_t seq = 1; seq <= rounds; ++seq) {
+      const wire::verdict v = s.round(seq, delta, {});
+      EXPECT_EQ(v.max_draft, 0u);
+      EXPECT_EQ(v.accepted, 0u);
+      got[anticipate ? 0 : 1].push_back(v.next);
+      delta = {v.next};
+      after_eos += v.next == specdec::eos_token ? 1 : 0;
+    }
+    if (anticipate) {
+      // Every request but the first (and those after an EOS) is answered from the row
+      // anticipated after the previous verdict; the answers themselves run no forward, so
+      // the forwards are the first request's and one anticipation per verdict (the last
+      // one wasted: no request follows it).
+      const double last_eos = got[0].back() == specdec::eos_token ? 1 : 0;
+      EXPECT_EQ(s.hits(), static_cast<double>(rounds - 1) - (after_eos - last_eos));
+      EXPECT_EQ(s.misses(), 0.0);
+      EXPECT_EQ(s.forwards() - f0, static_cast<double>(rounds + 1) - after_eos);
+    } else {
+      EXPECT_EQ(s.hits() + s.misses(), 0.0);
+      EXPECT_EQ(s.forwards() - f0, static_cast<double>(rounds));
+    }
+  }
+  EXPECT_EQ(got[0], got[1]);  // the target's greedy continuation either way
+}
+
+TEST(anticipation, a_request_that_differs_restores_the_random_source_so_sampled_verdicts_are_unchanged) {
+  // A sampling session announced 0 drafts that sends drafts anyway in rounds 2 and 5: those
+  // requests miss the anticipation (its draw is undone), the others hit it.
+  const std::vector<std::size_t> drafts_in_round{0, 1, 0, 0, 2, 0, 0};
+  std::vector<std::pair<std::size_t, token_id>> got[2];
+  for (const bool anticipate : {true, false}) {
+    one_session s(0, anticipate, {.temperature = 1.0f}, 7);
+    std::vector<token_id> delta;
+    std::uint64_t seq = 0;
+    double hits = 0, misses = 0;  // expected: a request after a verdict other than EOS
+    for (const std::size_t k : drafts_in_round) {
+      if (seq > 0 && delta.back() != specdec::eos_token) (k == 0 ? hits : misses) += 1;
+      std::vector<token_id> draft;
+      wire::sparse_rows q;
+      for (std::size_t i = 0; i < k; ++i) {
+        const token_id x = static_cast<token_id>(100 + 37 * seq + i);
+        draft.push_back(x);
+        q.add_row(std::vector<token_id>{x, x + 1}, std::vector<float>{0.6f, 0.4f});
+      }
+      const wire::verdict v = s.round(++seq, delta, draft, q);
+      got[anticipate ? 0 : 1].emplace_back(v.accepted, v.next);
+      delta.assign(draft.begin(), draft.begin() + static_cast<std::ptrdiff_t>(v.accepted));
+      delta.push_back(v.next);
+    }
+    if (anticipate) {
+      EXPECT_EQ(s.hits(), hits);  // rounds 3, 4, 6 and 7 unless EOS came first
+      EXPECT_EQ(s.misses(), misses);
+      EXPECT_GE(misses, 1.0);
+    }
+  }
+  EXPECT_EQ(got[0], got[1]);
+}
+
+TEST(anticipation, nothing_is_anticipated_while_drafts_are_announced) {
+  one_session s(2, true);
+  const double f0 = s.forwards();
+  std::vector<token_id> delta;
+  for (std::uint64_t seq = 1; seq <= 4; ++seq) {
+    const std::vector<token_id> draft{static_cast<token_id>(40 + seq), static_cast<token_id>(41 + seq)};
+    const wire::verdict v = s.round(seq, delta, draft);
+    EXPECT_EQ(v.max_draft, 2u);
+    delta.assign(draft.begin(), draft.begin() + static_cast<std::ptrdiff_t>(v.accepted));
+    delta.push_back(v.next);
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // time for a wrongly anticipated step to show
+  EXPECT_EQ(s.hits() + s.misses(), 0.0);
+  EXPECT_EQ(s.forwards() - f0, 4.0);  // one per request
 }
 
 }  // namespace

@@ -4,7 +4,9 @@
 // replayed sequence numbers are answered identically and applied once; malformed frames,
 // unknown sessions and out-of-order sequence numbers get protocol errors while the server
 // keeps serving; expired sessions and dropped connections are recovered transparently; a
-// local_only request sends zero bytes; stopping the server fails in-flight work cleanly.
+// local_only request sends zero bytes; stopping the server fails in-flight work cleanly;
+// open_and_verify sends its first block right behind open_session and decodes exactly as
+// open then verify, also after a refused open.
 #include <gtest/gtest.h>
 
 #include <netinet/in.h>
@@ -18,6 +20,7 @@
 #include <string>
 #include <thread>
 #include <tuple>
+#include <variant>
 #include <vector>
 
 #include "specdec/backend/cpu/batched_transformer.hpp"
@@ -262,6 +265,66 @@ TEST(verify_client, a_dropped_connection_is_resumed_without_reapplying) {
   EXPECT_EQ(got, reference_greedy(path, prompt, 30));
   EXPECT_GE(c.reconnects(), 1u);
   EXPECT_EQ(c.reopens(), 0u);  // the session survived; the connection was resumed
+}
+
+TEST(verify_client, open_and_verify_sends_the_first_block_behind_open_session) {
+  // A scripted server that answers nothing until it has read two frames: a client that
+  // waited for session_opened before sending its request would time out here.
+  const auto [fd, port] = test_support::loopback_socket();
+  std::vector<wire::message> seen;
+  std::thread server([&, fd = fd] {
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, 5000) <= 0) return;
+    hybrid::tcp_connection conn(::accept4(fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
+    std::vector<std::uint8_t> buf;
+    try {
+      for (int i = 0; i < 2; ++i) seen.push_back(hybrid::read_frame(conn, buf, {}, hybrid::deadline_after(5.0)).message);
+      hybrid::write_frame(conn, wire::session_opened{{}, 512, 256, 3, 16}, hybrid::deadline_after(5.0));
+      hybrid::write_frame(conn, wire::verdict{1, 1, 42, 3}, hybrid::deadline_after(5.0));
+      (void)hybrid::read_frame(conn, buf, {}, hybrid::deadline_after(5.0));  // close_session
+    } catch (const std::exception&) {
+    }
+  });
+  {
+    verify_client c("127.0.0.1", port, {.request_timeout_seconds = 2.0, .retries = 0});
+    const hybrid::verify_verdict v = c.open_and_verify(std::vector<token_id>{1, 5, 7}, std::vector<token_id>{9, 10});
+    EXPECT_EQ(v.accepted, 1u);
+    EXPECT_EQ(v.next, 42);
+    EXPECT_EQ(v.max_draft, 3u);
+    EXPECT_TRUE(c.connected());
+    EXPECT_EQ(c.vocab_size(), 512u);
+    // The next round continues the session: seq 2.
+  }
+  server.join();
+  ::close(fd);
+  ASSERT_EQ(seen.size(), 2u);
+  ASSERT_TRUE(std::holds_alternative<wire::open_session>(seen[0]));
+  EXPECT_EQ(std::get<wire::open_session>(seen[0]).prefix, (std::vector<token_id>{1, 5, 7}));
+  ASSERT_TRUE(std::holds_alternative<wire::verify_request>(seen[1]));
+  const auto& r = std::get<wire::verify_request>(seen[1]);
+  EXPECT_EQ(r.seq, 1u);
+  EXPECT_TRUE(r.committed.empty());
+  EXPECT_EQ(r.draft, (std::vector<token_id>{9, 10}));
+}
+
+TEST(verify_client, open_and_verify_decodes_like_open_then_verify_and_recovers_from_a_refused_open) {
+  const std::string path = models + "/stories260K.bin";
+  serve::serve_options o = test_support::serve_options();
+  o.engine.max_sessions = 1;
+  served s(path, o);
+  cpu::transformer draft(path, {.threads = 1});
+  const std::vector<token_id> prompt{1, 403, 407, 261, 378};
+  verify_client c("127.0.0.1", s.srv.verify_port(), {.retries = 0});
+  {
+    // The server is full: the open is refused, and the answer to the request behind it
+    // (no session on the connection) must not be read as the next call's answer.
+    verify_client other("127.0.0.1", s.srv.verify_port());
+    other.open(prompt);
+    EXPECT_THROW(c.open_and_verify(prompt, std::vector<token_id>{5}), hybrid::link_unavailable);
+  }
+  const auto got = split_greedy(c, draft, prompt, 40, /*corrupt=*/3, [](std::size_t) {}, /*first_block=*/4);
+  EXPECT_EQ(got, reference_greedy(path, prompt, 40));
+  EXPECT_EQ(c.reopens(), 0u);
 }
 
 // A listener that counts every connection and byte it receives.

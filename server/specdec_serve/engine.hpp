@@ -19,6 +19,23 @@
 /// the cache: the next request's delta starts with exactly those tokens (then the verdict's
 /// next token), which are therefore not fed twice.
 ///
+/// ## Anticipation
+/// When a verdict announces 0 drafts, the device's next request is known if it follows the
+/// announcement: it commits exactly that verdict (its accepted drafts and next token) and
+/// carries no drafts. That request is then, per row, the work of one completion step, but a
+/// completion stream is in every step and a split session is not: its request waits for
+/// the device's round trip, then for the step in progress, then runs. So the engine
+/// anticipates it (`speculation_options::anticipate`): the next step feeds the verdict's
+/// token, as a completion stream would, and reads the next token from that row with the
+/// same rule (`judge` with no drafts) and random source. When the predicted request
+/// arrives it is answered at once from that token, and the session anticipates again while
+/// the announcement stays 0. Any other request discards the anticipation: the random
+/// source goes back to its state before the anticipated draw, and the cache keeps only
+/// its prefix shared with the request's committed tokens, as for every request. So a
+/// verdict is the same with or without anticipation, token for token; the price is one
+/// row per request that never comes (the device stopped), the gain that a session at
+/// n* = 0 is in every step, like a completion stream, and its answers wait for no step.
+///
 /// Sequence numbers: a session accepts seq = last + 1 (applied once) or seq = last with the
 /// same body (answered from the cached verdict, or re-pointed to the new connection while
 /// the original is still being computed); anything else is `bad_sequence`.
@@ -279,6 +296,11 @@ class engine final : public completion_service, public session_service {
     clock::time_point last_active, last_verify;
     std::optional<clock::time_point> answered;  ///< when the server last answered it (opened, resumed, verdict)
     double turnaround = 0.0;  ///< seconds from an answer to the next block (EWMA; 0 = not measured)
+    // Anticipation (file comment): the request a device following a 0-draft verdict sends next.
+    std::vector<token_id> expect;          ///< its committed tokens (the verdict's accepted drafts and next)
+    bool anticipating = false;             ///< the block feeding `expect` runs in the next step
+    std::optional<token_id> anticipated;   ///< that request's verdict token, once computed
+    random_source rng_before;              ///< `rng` before the anticipated draw (sampling sessions)
   };
   /// One block of a step.
   struct part {
@@ -286,6 +308,7 @@ class engine final : public completion_service, public session_service {
     session_state* session = nullptr;
     bool verdict = false;  ///< the block ends with a verify request's drafts
     std::size_t first = 0;  ///< completion: index of its first token in `tokens`
+    bool anticipation = false;  ///< the block feeds a session's `expect` (file comment)
   };
 
   template <class Cmd>
@@ -355,6 +378,8 @@ class engine final : public completion_service, public session_service {
     for (const auto& j : completions_)
       if (!j->out->cancelled()) ++v.completions;
     if (v.completions > 0) return 0.0;
+    for (const auto& [id, s] : sessions_)  // a step runs for them anyway, as for a completion
+      if (s.anticipating) return 0.0;
     const auto window = std::chrono::duration<double>(options_.speculation.active_window_seconds);
     std::optional<clock::time_point> oldest;
     for (const auto& [id, s] : sessions_) {
@@ -382,7 +407,7 @@ class engine final : public completion_service, public session_service {
   [[nodiscard]] bool has_work() const {
     if (!completions_.empty()) return true;
     for (const auto& [id, s] : sessions_)
-      if (s.job || s.committed.size() > s.kv.size() + 1) return true;
+      if (s.job || s.anticipating || s.committed.size() > s.kv.size() + 1) return true;
     return false;
   }
 
@@ -504,13 +529,29 @@ class engine final : public completion_service, public session_service {
       return reject(error_code::invalid_request,
                     "a sampling session verifies by rejection sampling and needs the draft's distribution: " +
                         std::to_string(c.req.q.rows()) + " support rows for " + std::to_string(k) + " drafts");
+    if (s.anticipated && k == 0 && std::ranges::equal(c.req.committed, s.expect)) {
+      // The anticipated request: its row ran already, the cache holds exactly S.
+      s.committed.insert(s.committed.end(), c.req.committed.begin(), c.req.committed.end());
+      accept_request(s, c, now);
+      const token_id next = *s.anticipated;
+      s.anticipated.reset();
+      metrics_.add("specdec_anticipations_total", "result=\"hit\"");
+      answer(s, *c.reply, c.received, seq, 0, next, {});
+      return;
+    }
+    drop_anticipation(s);
     // Accepted: apply the delta, keep the cached prefix it shares, queue the block.
     s.committed.insert(s.committed.end(), c.req.committed.begin(), c.req.committed.end());
     std::size_t keep = 0;
     while (keep < s.kv.size() && keep + 1 < s.committed.size() && s.kv[keep] == s.committed[keep]) ++keep;
     model_.truncate(s.seq, keep);
     s.kv.resize(keep);
-    s.last_seq = seq;
+    accept_request(s, c, now);
+    s.job = std::move(c);
+  }
+  /// Bookkeeping of a request that is applied (seq = last + 1, valid).
+  static void accept_request(session_state& s, const verify_cmd& c, clock::time_point now) {
+    s.last_seq = c.req.seq;
     s.last_hash = c.hash;
     s.last_reply.reset();
     s.last_verify = now;
@@ -518,7 +559,16 @@ class engine final : public completion_service, public session_service {
       const double gap = std::chrono::duration<double>(c.received - *s.answered).count();
       s.turnaround = s.turnaround > 0.0 ? s.turnaround + 0.25 * (gap - s.turnaround) : std::max(gap, 1e-6);
     }
-    s.job = std::move(c);
+  }
+  /// Forgets an anticipation the request did not match: the anticipated draw never
+  /// happened (the random source is restored); the cache is cut by the caller.
+  void drop_anticipation(session_state& s) {
+    if (s.anticipated) {
+      if (!s.params.greedy()) s.rng = s.rng_before;
+      metrics_.add("specdec_anticipations_total", "result=\"miss\"");
+    }
+    s.anticipated.reset();
+    s.anticipating = false;
   }
 
   /// The session `id` if `who` owns it; another key's session is not found, so its
@@ -554,6 +604,7 @@ class engine final : public completion_service, public session_service {
     model_.remove_sequence(it->second.seq);  // the backend zeroes the cache before reuse
     wipe(it->second.committed);
     wipe(it->second.kv);
+    wipe(it->second.expect);
     sessions_.erase(it);
     open_sessions_ = sessions_.size();
     metrics_.set("specdec_active_sessions", "", static_cast<double>(sessions_.size()));
@@ -646,7 +697,7 @@ class engine final : public completion_service, public session_service {
       const std::size_t unseen = s.committed.size() > s.kv.size() ? s.committed.size() - s.kv.size() : 0;
       std::vector<token_id>& buf = scratch_[scratch_used];
       buf.clear();
-      bool verdict = false;
+      bool verdict = false, anticipation = false;
       if (s.job && unseen <= options_.prefill_chunk + 1) {
         buf.assign(s.committed.begin() + static_cast<std::ptrdiff_t>(s.kv.size()), s.committed.end());
         buf.insert(buf.end(), s.job->req.draft.begin(), s.job->req.draft.end());
@@ -655,10 +706,17 @@ class engine final : public completion_service, public session_service {
         const std::size_t n = std::min(options_.prefill_chunk, unseen - 1);
         buf.assign(s.committed.begin() + static_cast<std::ptrdiff_t>(s.kv.size()),
                    s.committed.begin() + static_cast<std::ptrdiff_t>(s.kv.size() + n));
+      } else if (s.anticipating) {  // the cache holds S and `expect` but its last token
+        const std::size_t held = s.kv.size() - std::min(s.kv.size(), s.committed.size());
+        if (s.kv.size() >= s.committed.size() && held < s.expect.size())
+          buf.assign(s.expect.begin() + static_cast<std::ptrdiff_t>(held), s.expect.end());
+        else
+          s.anticipating = false;
+        anticipation = s.anticipating;
       }
       if (buf.empty() || !fits(buf.size())) continue;
       blocks_.push_back({s.seq, buf});
-      parts_.push_back({nullptr, &s, verdict, 0});
+      parts_.push_back({nullptr, &s, verdict, 0, anticipation});
       rows += buf.size();
       ++scratch_used;
     }
@@ -680,11 +738,13 @@ class engine final : public completion_service, public session_service {
     metrics_.observe("specdec_step_seconds", "", dt);
     metrics_.observe("specdec_batch_rows", "", static_cast<double>(rows));
     metrics_.observe("specdec_batch_sequences", "", static_cast<double>(blocks_.size()));
+    // Anticipations are split sessions' blocks too: the announcement prices all of them.
     batch_.observe(static_cast<std::size_t>(
-        std::count_if(parts_.begin(), parts_.end(), [](const part& p) { return p.verdict; })));
+        std::count_if(parts_.begin(), parts_.end(), [](const part& p) { return p.verdict || p.anticipation; })));
     for (std::size_t i = 0; i < parts_.size(); ++i) {
       const logits_block l = out.block(i);
       if (parts_[i].completion != nullptr) after_completion(*parts_[i].completion, l, parts_[i].first);
+      else if (parts_[i].anticipation) after_anticipation(*parts_[i].session, l, blocks_[i].tokens);
       else after_session(*parts_[i].session, l, blocks_[i].tokens, parts_[i].verdict);
     }
     for (std::size_t i = 0; i < scratch_used; ++i) wipe(scratch_[i]);  // copies of sessions' tokens
@@ -746,10 +806,7 @@ class engine final : public completion_service, public session_service {
       for (std::size_t i = 0; i < k; ++i) job.req.q.densify(i, std::span<float>(q_).subspan(i * vocab_, vocab_));
       d.q = q_;
     }
-    greedy_match greedy;
-    rejection_sampling sampled;
-    const specdec::verdict v = s.params.greedy() ? judge(greedy, rows, d, s.params, s.rng, judge_buf_, "specdec-serve")
-                                        : judge(sampled, rows, d, s.params, s.rng, judge_buf_, "specdec-serve");
+    const specdec::verdict v = judge_rows(s, rows, d);
     // Keep the accepted drafts cached: the next delta starts with them.
     const std::size_t keep = s.committed.size() + v.accepted;
     model_.truncate(s.seq, keep);
@@ -758,18 +815,51 @@ class engine final : public completion_service, public session_service {
       s.accepted += static_cast<double>(v.accepted);
       s.trials += static_cast<double>(v.accepted + (v.accepted < k ? 1 : 0));
     }
-    const auto now = clock::now();
     metrics_.add("specdec_tokens_total", "kind=\"drafted\"", static_cast<double>(k));
-    metrics_.add("specdec_tokens_total", "kind=\"accepted\"", static_cast<double>(v.accepted));
-    metrics_.add("specdec_tokens_total", "kind=\"verified\"", static_cast<double>(v.accepted + 1));
-    metrics_.observe("specdec_verify_seconds", "", std::chrono::duration<double>(now - job.received).count());
-    metrics_.add("specdec_verify_requests_total", "type=\"verify\",result=\"verdict\"");
-    hybrid::wire::message reply = hybrid::wire::verdict{job.req.seq, static_cast<std::uint32_t>(v.accepted), v.next,
-                                                        static_cast<std::uint32_t>(announce(s, now, false))};
-    s.last_reply = reply;
-    job.reply->set(std::move(reply));
+    const verify_cmd done = std::move(job);
     s.job.reset();
+    answer(s, *done.reply, done.received, done.req.seq, v.accepted, v.next,
+           std::span<const token_id>(done.req.draft).first(v.accepted));
+  }
+  /// The verdict rule of the session: greedy_match when greedy, rejection sampling with
+  /// its random source otherwise (`d.q` set when it has drafts).
+  specdec::verdict judge_rows(session_state& s, const logits_block& rows, const draft_block& d) {
+    greedy_match greedy;
+    rejection_sampling sampled;
+    return s.params.greedy() ? judge(greedy, rows, d, s.params, s.rng, judge_buf_, "specdec-serve")
+                             : judge(sampled, rows, d, s.params, s.rng, judge_buf_, "specdec-serve");
+  }
+  /// Sends the verdict of request `seq` (received at `received`) and, when it announces 0
+  /// drafts, anticipates the request that commits it (file comment).
+  void answer(session_state& s, reply_slot& slot, clock::time_point received, std::uint64_t seq, std::size_t accepted,
+              token_id next, std::span<const token_id> accepted_drafts) {
+    const auto now = clock::now();
+    metrics_.add("specdec_tokens_total", "kind=\"accepted\"", static_cast<double>(accepted));
+    metrics_.add("specdec_tokens_total", "kind=\"verified\"", static_cast<double>(accepted + 1));
+    metrics_.observe("specdec_verify_seconds", "", std::chrono::duration<double>(now - received).count());
+    metrics_.add("specdec_verify_requests_total", "type=\"verify\",result=\"verdict\"");
+    const std::size_t n = announce(s, now, false);
+    hybrid::wire::message reply =
+        hybrid::wire::verdict{seq, static_cast<std::uint32_t>(accepted), next, static_cast<std::uint32_t>(n)};
+    s.last_reply = reply;
+    slot.set(std::move(reply));
     s.answered = clock::now();
+    // The device stops at EOS, and a request past the context would be refused.
+    s.anticipating = n == 0 && options_.speculation.anticipate && next != eos_token &&
+                     s.committed.size() + accepted_drafts.size() + 1 <= context_;
+    s.anticipated.reset();
+    if (!s.anticipating) return;
+    s.expect.assign(accepted_drafts.begin(), accepted_drafts.end());
+    s.expect.push_back(next);
+  }
+  /// The anticipation block ran: its last row gives the anticipated request's verdict
+  /// (no drafts: the target's next token, by the session's rule and random source).
+  void after_anticipation(session_state& s, const logits_block& l, std::span<const token_id> fed) {
+    s.kv.insert(s.kv.end(), fed.begin(), fed.end());
+    s.anticipating = false;
+    if (!s.params.greedy()) s.rng_before = s.rng;
+    const logits_block row{l.data + (l.rows - 1) * vocab_, 1, vocab_};
+    s.anticipated = judge_rows(s, row, {.position = s.kv.size()}).next;
   }
 
   // ---- failure paths ----
@@ -780,9 +870,10 @@ class engine final : public completion_service, public session_service {
     }
     for (auto it = sessions_.begin(); it != sessions_.end();) {
       auto next = std::next(it);
-      if (it->second.job) {  // its cache state is unknown now: end the session, the client reopens
-        it->second.job->reply->set(
-            error_message(hybrid::wire::error_code::internal, "internal error: " + what, it->second.job->req.seq));
+      if (it->second.job || it->second.anticipating) {  // its cache is unknown now: end it, the client reopens
+        if (it->second.job)
+          it->second.job->reply->set(
+              error_message(hybrid::wire::error_code::internal, "internal error: " + what, it->second.job->req.seq));
         it->second.job.reset();
         remove_session(it, "internal error");
       }
@@ -847,6 +938,9 @@ class engine final : public completion_service, public session_service {
     metrics_.describe("specdec_step_seconds", "histogram", "Wall time of one batched forward", secs);
     metrics_.describe("specdec_step_cpu_seconds_total", "counter",
                       "CPU time the server process used during batched forwards (all its threads)");
+    metrics_.describe("specdec_anticipations_total", "counter",
+                      "Anticipated verify requests (after a 0-draft verdict) by result: hit (answered from the "
+                      "anticipated row) or miss (the request differed; the row was wasted)");
     metrics_.describe("specdec_step_hold_seconds_total", "counter",
                       "Time the scheduler held steps so other sessions' verify blocks could join them");
     metrics_.describe("specdec_verify_seconds", "histogram",

@@ -158,6 +158,10 @@ struct speculation_options {
   double prior_weight = 4.0;          ///< ... worth this many observed draft positions
   double active_window_seconds = 1.0; ///< a session counts as active this long after a verify
   bool calibrate = true;              ///< measure t(R) at startup (else learn it online only)
+  /// After a verdict announcing 0 drafts, decode the session's next token in the next
+  /// step, as a completion stream would, and answer the request that commits exactly
+  /// that verdict without drafts from it at once (engine.hpp, "Anticipation").
+  bool anticipate = true;
 
   void validate(std::size_t draft_limit) const {
     if (max_draft > draft_limit || (fixed && *fixed > draft_limit))

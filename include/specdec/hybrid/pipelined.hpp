@@ -12,8 +12,9 @@
 /// the server's verdicts commit tokens, and a greedy draft block after a given prefix is
 /// the same whether it was drafted early or late. What the overlap can hide is the
 /// drafting time of the rounds whose guess held (`pipeline_stats::hidden_draft_seconds`);
-/// the round trip itself is still paid once per round. Sampling is not pipelined here
-/// (use `basic_speculative_decoder` with `remote_verifier`).
+/// the round trip itself is still paid once per round. The session opens with the first
+/// block (`verify_client::open_and_verify`), so the open costs no round trip of its own.
+/// Sampling is not pipelined here (use `basic_speculative_decoder` with `remote_verifier`).
 ///
 /// ```cpp
 /// specdec::hybrid::pipelined_split_decoder dec(little, "127.0.0.1", verify_port, {.gamma = 4});
@@ -129,9 +130,14 @@ class pipelined_split_decoder {
     if (opts.max_new_tokens == 0) out.stop(stop_reason::max_tokens);
     if (out.stopped()) return finish(result, t_start);
 
-    open();
-    const std::size_t ctx = std::min<std::size_t>(
-        draft_.context_length(), client_->context_length() != 0 ? client_->context_length() : draft_.context_length());
+    // The session opens with the first block (`open_and_verify`: no round trip of its own),
+    // so the first block is drafted before this session's first announcement.
+    opened_ = false;
+    const auto context = [&] {
+      return std::min<std::size_t>(draft_.context_length(), client_->context_length() != 0 ? client_->context_length()
+                                                                                          : draft_.context_length());
+    };
+    std::size_t ctx = context();
     std::vector<token_id> delta, block, ahead;  // committed since the last request; in flight; pre-drafted
     bool have_block = false;
     while (!out.stopped() && seq_.size() < ctx) {
@@ -142,8 +148,9 @@ class pipelined_split_decoder {
       }
       // The request in flight; the continuation that assumes it accepts the whole block.
       const std::uint64_t up0 = client_->bytes_sent(), down0 = client_->bytes_received();
-      std::future<verify_verdict> pending =
-          std::async(std::launch::async, [this, &delta, &block] { return client_->verify(delta, block); });
+      std::future<verify_verdict> pending = std::async(std::launch::async, [this, &delta, &block] {
+        return opened_ ? client_->verify(delta, block) : client_->open_and_verify(seq_, block, nullptr, {}, 0, opt_.privacy);
+      });
       ahead.clear();
       double ahead_seconds = 0.0;
       const std::size_t after = seq_.size() + block.size() + 1;
@@ -166,6 +173,10 @@ class pipelined_split_decoder {
         throw;
       }
       stats_.wait_seconds += seconds_since(w0);
+      if (!opened_) {
+        opened_ = true;
+        ctx = context();  // the server's context is known now
+      }
       opt_.monitor->record(client_->last_rtt_seconds(), client_->bytes_sent() - up0,
                            client_->bytes_received() - down0);
       ++st.target_calls;
@@ -205,19 +216,12 @@ class pipelined_split_decoder {
     return r;
   }
 
-  void open() {
-    try {
-      client_->open(seq_, {}, 0, opt_.privacy);
-    } catch (const link_unavailable&) {
-      opt_.monitor->record_failure();
-      throw;
-    }
-  }
-
   /// Drafts to put in a block at committed length `at` with `remaining` tokens to go: at
   /// most gamma and the server's cap, leaving room for the verdict's own token.
   [[nodiscard]] std::size_t block_size(std::size_t remaining, std::size_t ctx, std::size_t at) const {
-    std::size_t n = std::min(opt_.gamma, client_->max_draft());
+    // Before the session's first verdict: gamma, within the server's limit if known.
+    const std::size_t cap = opened_ ? client_->max_draft() : client_->draft_limit() != 0 ? client_->draft_limit() : opt_.gamma;
+    std::size_t n = std::min(opt_.gamma, cap);
     n = std::min(n, remaining > 0 ? remaining - 1 : 0);
     n = std::min(n, ctx > at + 1 ? ctx - at - 1 : 0);
     return n;
@@ -253,6 +257,7 @@ class pipelined_split_decoder {
   std::unique_ptr<verify_client> client_;
   pipeline_stats stats_;
   std::vector<token_id> seq_, cache_, spec_;
+  bool opened_ = false;  ///< this generation's session answered its first block
 };
 
 }  // namespace specdec::hybrid

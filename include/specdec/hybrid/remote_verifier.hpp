@@ -7,7 +7,9 @@
 /// sends, per draft position, the exact distribution the draft token was drawn from,
 /// restricted to its support (so a draft that samples with top-k / top-p sends k entries,
 /// not the vocabulary): rejection sampling is exact for any q the verifier knows exactly,
-/// so the output still follows the target's distribution.
+/// so the output still follows the target's distribution. A generation's first block goes
+/// out right behind its session's `open_session` (`verify_client::open_and_verify`): the
+/// open costs no round trip of its own.
 ///
 /// `failover_verifier` keeps a generation going when the link fails: on a timeout, a
 /// refused connection or a server error it verifies with a backup verifier on the device
@@ -118,19 +120,10 @@ class remote_verifier {
                              std::to_string(sent_) + "; expected position == committed >= held");
     const std::uint64_t up0 = client_->bytes_sent(), down0 = client_->bytes_received();
     try {
-      if (!opened_) {
-        // The server's random source: derived from the decoder's, so a seed reproduces a
-        // run; greedy consumes no randomness.
-        const std::uint64_t seed =
-            params.greedy() ? 0 : static_cast<std::uint64_t>(rng.uniform() * 9007199254740992.0);
-        client_->open(s, params, seed, opt_.privacy);
-        if (client_->vocab_size() != opt_.vocab)
-          throw vocabulary_mismatch("remote_verifier: the server's model has a vocabulary of " +
-                                    std::to_string(client_->vocab_size()) + " tokens, the draft's " +
-                                    std::to_string(opt_.vocab) + "; expected the same vocabulary");
-        opened_ = true;
-        sent_ = s.size();
-      }
+      // The server's random source: derived from the decoder's, so a seed reproduces a run;
+      // greedy consumes no randomness.
+      const std::uint64_t seed =
+          opened_ || params.greedy() ? 0 : static_cast<std::uint64_t>(rng.uniform() * 9007199254740992.0);
       const wire::sparse_rows* q = nullptr;
       if (!params.greedy() && !d.empty()) {
         q_.clear();
@@ -144,7 +137,25 @@ class remote_verifier {
         }
         q = &q_;
       }
-      const verify_verdict r = client_->verify(s.subspan(sent_), d.tokens, q);
+      // A new session goes out with its first block: one round trip for both. Its drafts
+      // left before the server's vocabulary was known: a mismatch is reported as such even
+      // when the server refused them.
+      const auto check_vocabulary = [&] {
+        if (client_->vocab_size() != 0 && client_->vocab_size() != opt_.vocab)
+          throw vocabulary_mismatch("remote_verifier: the server's model has a vocabulary of " +
+                                    std::to_string(client_->vocab_size()) + " tokens, the draft's " +
+                                    std::to_string(opt_.vocab) + "; expected the same vocabulary");
+      };
+      verify_verdict r;
+      try {
+        r = opened_ ? client_->verify(s.subspan(sent_), d.tokens, q)
+                    : client_->open_and_verify(s, d.tokens, q, params, seed, opt_.privacy);
+      } catch (const remote_error&) {
+        if (!opened_) check_vocabulary();
+        throw;
+      }
+      if (!opened_) check_vocabulary();
+      opened_ = true;
       sent_ = s.size();
       opt_.monitor->record(client_->last_rtt_seconds(), client_->bytes_sent() - up0, client_->bytes_received() - down0);
       return verdict{r.accepted, r.next, d.size() + 1, client_->last_rtt_seconds()};

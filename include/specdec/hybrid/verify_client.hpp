@@ -8,6 +8,11 @@
 /// distributions). Verdicts come back with the number of drafts the server will verify in
 /// the next round (its dynamic speculation).
 ///
+/// `open_and_verify` opens the session and verifies the first block in ONE round trip: the
+/// request goes out right behind `open_session` (the server reads it once the session
+/// exists), so a request pays no round trip of its own for the open. Its block is drafted
+/// before the server announced a draft length; later rounds follow the announcements.
+///
 /// Faults: every request has a deadline. A lost connection is re-established and the
 /// request resent with the same sequence number (the server answers a replay from its
 /// cache, never applying it twice); a session the server no longer has (expired, evicted,
@@ -24,6 +29,9 @@
 /// std::vector<specdec::token_id> delta(draft.begin(), draft.begin() + v.accepted);
 /// delta.push_back(v.next);
 /// v = c.verify(delta, next_draft);
+///
+/// specdec::hybrid::verify_client d("127.0.0.1", port);
+/// v = d.open_and_verify(prompt, draft);  // open + first round: one round trip
 /// ```
 #include <chrono>
 #include <cstddef>
@@ -109,19 +117,36 @@ class verify_client {
   /// open), `remote_error` if the server refuses.
   void open(std::span<const token_id> prefix, const sampling_params& params = {}, std::uint64_t seed = 0,
             request_privacy p = privacy::may_leave_device) {
-    gate_ = uplink_gate(host_ + ":" + std::to_string(port_), route::speculative(0), p, options_.audit);
-    (void)gate_.before_connect("verify_client::open");
-    params.validate();
-    if (prefix.empty())
-      throw invalid_argument("verify_client::open: empty prefix; expected the committed tokens (at least BOS)");
-    committed_.assign(prefix.begin(), prefix.end());
-    params_ = params;
-    seed_ = seed;
-    opened_ = false;
-    pending_.clear();
+    begin_session(prefix, params, seed, p, "verify_client::open");
     with_retries("verify_client::open", [&] {
       ensure_connected();
       open_session_now();
+    });
+  }
+
+  /// `open(prefix, params, seed, p)` and then `verify({}, draft, q)` in one round trip (see
+  /// the file comment): both frames go out in one write. Throws as those two do; a refused
+  /// open also closes the connection (the request behind it is answered with an error).
+  verify_verdict open_and_verify(std::span<const token_id> prefix, std::span<const token_id> draft,
+                                 const wire::sparse_rows* q = nullptr, const sampling_params& params = {},
+                                 std::uint64_t seed = 0, request_privacy p = privacy::may_leave_device) {
+    begin_session(prefix, params, seed, p, "verify_client::open_and_verify");
+    set_block(draft, q, "verify_client::open_and_verify");
+    return with_retries("verify_client::open_and_verify", [&] {
+      ensure_connected();  // no session yet: nothing to resume
+      const auto t0 = std::chrono::steady_clock::now();
+      out_.clear();
+      stage(wire::open_session{.api_key = options_.api_key, .params = params_, .seed = seed_, .prefix = committed_},
+            committed_.size());
+      request_.seq = 1;
+      request_.committed.clear();
+      stage(request_, request_.draft.size());
+      flush();
+      const wire::message opened = receive();
+      if (std::holds_alternative<wire::error_reply>(opened)) drop_connection();  // its answer to the request follows
+      apply_opened(expect<wire::session_opened>(opened, "open_session"));
+      seq_ = 1;
+      return take_verdict(receive(), t0);
     });
   }
 
@@ -140,18 +165,9 @@ class verify_client {
     (void)gate_.before_connect("verify_client::verify");
     if (committed_.empty())
       throw invalid_argument("verify_client::verify: no session; call open(prefix, ...) first");
-    if (q != nullptr && q->rows() != 0 && q->rows() != draft.size())
-      throw invalid_argument("verify_client::verify: q has " + std::to_string(q->rows()) + " rows for " +
-                             std::to_string(draft.size()) + " draft tokens; expected one row per draft token");
-    if (draft_limit_ != 0 && draft.size() > draft_limit_)
-      throw invalid_argument("verify_client::verify: " + std::to_string(draft.size()) +
-                             " draft tokens; the server verifies at most draft_limit = " +
-                             std::to_string(draft_limit_));
+    set_block(draft, q, "verify_client::verify");
     committed_.insert(committed_.end(), committed_delta.begin(), committed_delta.end());
     pending_.insert(pending_.end(), committed_delta.begin(), committed_delta.end());
-    request_.draft.assign(draft.begin(), draft.end());
-    if (q != nullptr) request_.q = *q;
-    else request_.q.clear();
     bool fresh = true;  // a new sequence number for this call's first send
     const verify_verdict v = with_retries("verify_client::verify", [&] {
       ensure_connected();
@@ -176,14 +192,7 @@ class verify_client {
         send(request_, request_.committed.size() + request_.draft.size());
         reply = receive();
       }
-      const auto& r = expect<wire::verdict>(reply, "verify_request");
-      if (r.seq != request_.seq || r.accepted > request_.draft.size())
-        fail_protocol("verdict for seq " + std::to_string(r.seq) + " accepting " + std::to_string(r.accepted) +
-                      " of " + std::to_string(request_.draft.size()) + " drafts; expected seq " +
-                      std::to_string(request_.seq));
-      last_rtt_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      max_draft_ = std::min<std::size_t>(r.max_draft, draft_limit_);
-      return verify_verdict{r.accepted, r.next, max_draft_};
+      return take_verdict(reply, t0);
     });
     pending_.clear();
     return v;
@@ -258,6 +267,45 @@ class verify_client {
     throw link_unavailable(what);
   }
 
+  /// A new session's state on this side (`open`, `open_and_verify`); nothing is sent.
+  void begin_session(std::span<const token_id> prefix, const sampling_params& params, std::uint64_t seed,
+                     request_privacy p, const char* who) {
+    gate_ = uplink_gate(host_ + ":" + std::to_string(port_), route::speculative(0), p, options_.audit);
+    (void)gate_.before_connect(who);
+    params.validate();
+    if (prefix.empty())
+      throw invalid_argument(std::string(who) + ": empty prefix; expected the committed tokens (at least BOS)");
+    committed_.assign(prefix.begin(), prefix.end());
+    params_ = params;
+    seed_ = seed;
+    opened_ = false;
+    pending_.clear();
+  }
+  /// Checks and stores the block of the next request.
+  void set_block(std::span<const token_id> draft, const wire::sparse_rows* q, const char* who) {
+    if (q != nullptr && q->rows() != 0 && q->rows() != draft.size())
+      throw invalid_argument(std::string(who) + ": q has " + std::to_string(q->rows()) + " rows for " +
+                             std::to_string(draft.size()) + " draft tokens; expected one row per draft token");
+    if (draft_limit_ != 0 && draft.size() > draft_limit_)
+      throw invalid_argument(std::string(who) + ": " + std::to_string(draft.size()) +
+                             " draft tokens; the server verifies at most draft_limit = " +
+                             std::to_string(draft_limit_));
+    request_.draft.assign(draft.begin(), draft.end());
+    if (q != nullptr) request_.q = *q;
+    else request_.q.clear();
+  }
+  /// The verdict of `request_` in `reply` (sent at `t0`), checked; the announcement kept.
+  verify_verdict take_verdict(const wire::message& reply, std::chrono::steady_clock::time_point t0) {
+    const auto& r = expect<wire::verdict>(reply, "verify_request");
+    if (r.seq != request_.seq || r.accepted > request_.draft.size())
+      fail_protocol("verdict for seq " + std::to_string(r.seq) + " accepting " + std::to_string(r.accepted) +
+                    " of " + std::to_string(request_.draft.size()) + " drafts; expected seq " +
+                    std::to_string(request_.seq));
+    last_rtt_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    max_draft_ = std::min<std::size_t>(r.max_draft, draft_limit_);
+    return verify_verdict{r.accepted, r.next, max_draft_};
+  }
+
   void ensure_connected() {
     if (conn_.is_open()) return;
     conn_ = tcp_connection::connect(host_, port_, options_.connect_timeout_seconds,
@@ -300,8 +348,17 @@ class verify_client {
   /// ids), then writes exactly those bytes.
   void send(const wire::message& m, std::size_t tokens, double timeout_seconds = 0.0) {
     out_.clear();
+    stage(m, tokens);
+    flush(timeout_seconds);
+  }
+  /// Appends `m`'s frame to the pending output, through the gate (recorded with `tokens`).
+  void stage(const wire::message& m, std::size_t tokens) {
+    const std::size_t at = out_.size();
     wire::encode_to(m, out_);
-    gate_.before_send(out_, tokens);
+    gate_.before_send(std::span<const std::uint8_t>(out_).subspan(at), tokens);
+  }
+  /// Writes the pending output in one go.
+  void flush(double timeout_seconds = 0.0) {
     conn_.send_all(out_, deadline_after(timeout_seconds > 0.0 ? timeout_seconds : options_.request_timeout_seconds));
   }
 
