@@ -164,6 +164,29 @@ TEST(model_tree_drafter, greedy_expands_the_top_k_best_first_within_the_limits) 
                specdec::invalid_argument);
 }
 
+TEST(model_tree_drafter, a_greedy_chain_is_the_drafts_own_greedy_continuation) {
+  // Branching 1, greedy: the chain the chain engine drafts (each row's argmax), one draft
+  // forward per token but the last; with more nodes than the depth it stays one chain.
+  markov_model draft({.vocab = 10, .order = 2, .seed = 6});
+  specdec::model_tree_drafter md(draft);
+  specdec::random_source rng(1);
+  for (const std::size_t nodes : {5u, 9u}) {
+    md.reset();
+    std::vector<token_id> seq{1, 4, 2};
+    const specdec::tree_draft& d = md.draft(seq, {.max_nodes = nodes, .max_depth = 5, .branching = 1}, {}, rng);
+    ASSERT_EQ(d.size(), 5u);
+    EXPECT_EQ(d.tree.height(), 5u);
+    EXPECT_EQ(d.forwards, 5u);
+    for (std::size_t n = 0; n < d.size(); ++n) {
+      const auto l = draft.logits_after(seq);
+      const auto best = static_cast<token_id>(std::ranges::max_element(l) - l.begin());
+      EXPECT_EQ(d.tree.token(n), best) << "node " << n;
+      EXPECT_EQ(d.tree.parent(n), static_cast<std::int32_t>(n) - 1);
+      seq.push_back(best);
+    }
+  }
+}
+
 TEST(model_tree_drafter, sampling_draws_children_without_replacement_and_records_their_q_rows) {
   markov_model draft({.vocab = 5, .seed = 2});
   specdec::model_tree_drafter md(draft);
