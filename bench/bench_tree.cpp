@@ -296,6 +296,7 @@ void print_plans(const char* what, const plan_log& log) {
   // The same policy on a host where a 16-token block costs 1.5x one token (the cost
   // growing linearly in the rows), with what it learnt here.
   specdec::hardware_aware_tree cheap = h;
+  cheap.learn_curve = false;  // that host's curve, not the one learnt here
   for (std::size_t n = 1; n <= cheap.verify_cost.size(); ++n)
     cheap.verify_cost[n - 1] = 1.0 + 0.5 * static_cast<double>(n - 1) / 15.0;
   const specdec::tree_plan q = cheap.plan();
