@@ -6,7 +6,9 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <random>
 #include <set>
 #include <vector>
 
@@ -162,6 +164,22 @@ TEST(model_tree_drafter, greedy_expands_the_top_k_best_first_within_the_limits) 
   EXPECT_THROW(md.draft(s2, {.max_nodes = 4, .max_depth = 3, .branching = 0}, {}, rng), specdec::invalid_argument);
   EXPECT_THROW(md.draft(std::vector<token_id>{}, {.max_nodes = 4, .max_depth = 3}, {}, rng),
                specdec::invalid_argument);
+}
+
+TEST(model_tree_drafter, the_greedy_row_normaliser_matches_the_libm_sum) {
+  // Vocabularies with and without a 16-lane tail, logits spread over 0..-100 (the floor
+  // at exp(-87) included), against the double-precision sum.
+  std::mt19937 gen(5);
+  std::uniform_real_distribution<float> u(-100.0f, 0.0f);
+  for (const std::size_t n : {1u, 15u, 16u, 37u, 512u, 2048u}) {
+    std::vector<float> v(n);
+    for (float& x : v) x = u(gen);
+    v[n / 2] = 3.5f;
+    double exact = 0.0;
+    for (float x : v) exact += std::exp(std::max(static_cast<double>(x) - 3.5, -87.0));
+    EXPECT_NEAR(specdec::detail::sum_exp_below(v, 3.5f), exact, 1e-6 * exact) << n;
+  }
+  EXPECT_NEAR(specdec::detail::sum_exp_below(std::vector<float>(16, 0.0f), 0.0f), 16.0, 1e-5);
 }
 
 TEST(model_tree_drafter, a_greedy_chain_is_the_drafts_own_greedy_continuation) {

@@ -29,6 +29,8 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
+#include <limits>
 #include <span>
 #include <string>
 #include <unordered_map>
@@ -44,6 +46,43 @@
 #include "specdec/tree_verifier.hpp"
 
 namespace specdec {
+
+namespace detail {
+/// The sum of exp(v[i] - m) for m >= max(v) (each term in (0, 1]): the normaliser of a
+/// greedy draft row, whose probabilities only rank candidate children (no law is read
+/// from them). 16 lanes at a time with a polynomial exp (range-reduced to |f| <= ln 2 / 2,
+/// degree 6: relative error ~2e-7 per term) instead of a libm call per token; terms below
+/// exp(-87) count as exp(-87).
+///
+/// ```cpp
+/// std::vector<float> logits{1.0f, 3.0f, 2.0f};
+/// double z = specdec::detail::sum_exp_below(logits, 3.0f);  // e^-2 + 1 + e^-1
+/// ```
+[[nodiscard]] inline double sum_exp_below(std::span<const float> v, float m) {
+  typedef float lanes __attribute__((vector_size(64), aligned(4), may_alias));
+  typedef std::int32_t ints __attribute__((vector_size(64)));
+  const std::size_t n16 = v.size() - v.size() % 16;
+  lanes acc{};
+  for (std::size_t i = 0; i < n16; i += 16) {
+    lanes x = *reinterpret_cast<const lanes*>(v.data() + i) - m;
+    x = x < -87.0f ? lanes{} - 87.0f : x;
+    const lanes t = x * 1.44269504f;  // x = (k + f / ln 2) ln 2, k = round(t)
+    const lanes y = t + 0.5f;
+    ints k = __builtin_convertvector(y, ints);  // truncates: one too high where y < 0 is not whole
+    k += __builtin_convertvector(k, lanes) > y;  // true = -1
+    const lanes f = (t - __builtin_convertvector(k, lanes)) * 0.693147181f;
+    const lanes e = 1.0f + f * (1.0f + f * (0.5f + f * (1.0f / 6 + f * (1.0f / 24 + f * (1.0f / 120 + f * (1.0f / 720))))));
+    const ints bits = (k + 127) << 23;  // 2^k, k >= -126
+    lanes scale;
+    std::memcpy(&scale, &bits, sizeof scale);
+    acc += e * scale;
+  }
+  double z = 0.0;
+  for (int l = 0; l < 16; ++l) z += static_cast<double>(acc[l]);
+  for (std::size_t i = n16; i < v.size(); ++i) z += std::exp(static_cast<double>(std::max(v[i] - m, -87.0f)));
+  return z;
+}
+}  // namespace detail
 
 /// What a decoder asks of a tree drafter for one step: at most `max_nodes` nodes, no
 /// root-to-leaf path longer than `max_depth`, at most `branching` children per node (1 =
@@ -147,6 +186,7 @@ class model_tree_drafter {
     // score ever decides between slots: each row's argmax is all it needs, as in the
     // chain engine's greedy draft.
     argmax_only_ = params.greedy() && r.branching == 1 && n_seeds == 0;
+    greedy_ = params.greedy();
     if (!r.drafts()) return out_;
     if (fed_ >= s.size()) {
       draft_.truncate(s.size() - 1);
@@ -248,7 +288,8 @@ class model_tree_drafter {
     bool open = false;      ///< its row is known: it may take children
     double score = 0.0;     ///< value of its next child (0 = none left)
     token_id next = 0;      ///< top-k mode: that child's token
-    float conf = 0.0f;      ///< sampled mode: max q of its row
+    float conf = 0.0f;      ///< sampled mode: max q of its row; greedy: its max logit
+    double z = 1.0;         ///< greedy: the sum of exp(logit - conf) over its row
     std::size_t support = 0;  ///< sampled mode: tokens with q > 0 in its row
     std::vector<token_id> kids;
   };
@@ -279,9 +320,7 @@ class model_tree_drafter {
     const std::size_t ps = tree_draft::slot_of(parent);
     out_.add(t, parent, is_sampled);
     slot child;
-    child.cum = cum >= 0.0    ? cum
-                : argmax_only_ ? 1.0
-                               : slots_[ps].cum * static_cast<double>(row(ps)[static_cast<std::size_t>(t)]);
+    child.cum = cum >= 0.0 ? cum : argmax_only_ ? 1.0 : slots_[ps].cum * probability(ps, t);
     child.depth = slots_[ps].depth + 1;
     slots_[ps].kids.push_back(t);
     slots_.push_back(std::move(child));
@@ -289,16 +328,21 @@ class model_tree_drafter {
     dindex_.push_back(-1);
   }
 
-  /// Slot k's distribution: when sampling, the draft's q row itself (the row `tree_draft`
-  /// declares; a span into it is invalidated by the next `add_node`), else the plain
-  /// softmax kept for the scores.
+  /// Slot k's row: when sampling, the draft's q row itself (the row `tree_draft` declares;
+  /// a span into it is invalidated by the next `add_node`); when greedy, the logits (the
+  /// slot holds their max and normaliser); else the processed distribution.
   [[nodiscard]] std::span<float> row(std::size_t k) {
     return std::span<float>(sampled_ ? out_.q : dist_).subspan(k * vocab_size(), vocab_size());
   }
 
-  /// Stores slot k's distribution (q when sampling, else the plain softmax for scores;
-  /// only the argmax for a greedy chain) and opens it for children when its node may
-  /// have some.
+  /// The draft probability of token t after slot k (the plain softmax when greedy).
+  [[nodiscard]] double probability(std::size_t k, token_id t) {
+    const float x = row(k)[static_cast<std::size_t>(t)];
+    return greedy_ ? std::exp(static_cast<double>(x - slots_[k].conf)) / slots_[k].z : static_cast<double>(x);
+  }
+
+  /// Stores slot k's row (see `row`; only the argmax for a greedy chain) and opens it for
+  /// children when its node may have some.
   void set_row(std::size_t k, std::span<const float> logits, const sampling_params& params, const tree_request& r) {
     slots_[k].open = k == 0 || may_have_children(k - 1, r);
     if (argmax_only_) {
@@ -306,8 +350,13 @@ class model_tree_drafter {
       return;
     }
     const std::span<float> d = row(k);
-    if (params.greedy()) softmax(logits, d);
-    else make_distribution(logits, params, d);
+    if (greedy_) {  // scores need p(t) of a few tokens only: keep the logits and their normaliser
+      std::ranges::copy(logits, d.begin());
+      slots_[k].conf = logits[static_cast<std::size_t>(argmax(logits))];
+      slots_[k].z = detail::sum_exp_below(logits, slots_[k].conf);
+      return;
+    }
+    make_distribution(logits, params, d);
     if (!sampled_) return;
     slots_[k].conf = 0.0f;
     slots_[k].support = 0;
@@ -338,11 +387,20 @@ class model_tree_drafter {
       if (taken < s.support) s.score = s.cum * c * std::pow(1.0 - c, static_cast<double>(s.kids.size()));
       return;
     }
-    const auto taken = [&](std::size_t t) { return std::ranges::find(s.kids, static_cast<token_id>(t)) != s.kids.end(); };
-    float best = 0.0f;
-    for (std::size_t t = 0; t < d.size(); ++t)
-      if (d[t] > best && !taken(t)) best = d[t], s.next = static_cast<token_id>(t);
-    s.score = s.cum * best;
+    // The best token not yet a child: the row's argmax with the children masked below
+    // every value it can hold (a probability's 0, a logit's -inf).
+    const float masked = greedy_ ? -std::numeric_limits<float>::infinity() : -1.0f;
+    saved_.clear();
+    for (const token_id x : s.kids) {
+      saved_.push_back(d[static_cast<std::size_t>(x)]);
+      d[static_cast<std::size_t>(x)] = masked;
+    }
+    const token_id best = argmax(d);
+    const bool left = d[static_cast<std::size_t>(best)] != masked;
+    for (std::size_t i = 0; i < s.kids.size(); ++i) d[static_cast<std::size_t>(s.kids[i])] = saved_[i];
+    if (!left) return;
+    const double p = probability(k, best);
+    if (p > 0.0) s.next = best, s.score = s.cum * p;
   }
 
   /// Adds slot k's next child (drawn now when sampling) and returns its node index.
@@ -365,11 +423,12 @@ class model_tree_drafter {
   tree_draft out_;
   bool sampled_ = false, pending_ = false;
   bool argmax_only_ = false;       ///< greedy chain: rows give their argmax only (no dist_ rows)
+  bool greedy_ = false;            ///< greedy: dist_ rows hold logits
   std::size_t fed_ = 0;            ///< committed tokens in the draft's cache outside a pending tree
   std::size_t u_ = 0;              ///< unseen committed tokens fed as the pending tree's chain
   std::size_t pending_nodes_ = 0;  ///< nodes of the draft's pending tree
   std::vector<slot> slots_;        ///< slot 0: the root; slot j + 1: node j
-  std::vector<float> dist_, rest_;
+  std::vector<float> dist_, rest_, saved_;
   std::vector<std::int32_t> dindex_;  ///< node -> its index in the draft's pending tree (-1: not forwarded)
   std::vector<token_id> tokens_;
   std::vector<std::int32_t> parents_;
