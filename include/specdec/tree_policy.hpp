@@ -137,12 +137,16 @@ concept cost_observing_policy = tree_sizing_policy<P> && requires(P& p, const tr
 ///
 /// The curve's shape is learnt too (`learn_curve`): a start-up measurement on a loaded
 /// host can make one size look dear and the next one cheap. For each forward size n
-/// (rows) the policy keeps r(n), the decayed mean of the ratios t_step / t(1) it observed
-/// at that size blended with `verify_cost[n - 1]` as `curve_weight` pseudo-observations
-/// (`verify_ratio`); a size forgets only when it is observed again, so what it learnt of
-/// a size it stopped planning stands. The search reads r. Every `explore_every`-th
-/// drafting plan is instead the best tree of a neighbouring node count (+1, -1, +2, -2,
-/// in turn) so that the sizes next to the plan are measured as well.
+/// (rows) the policy keeps r(n) (`verify_ratio`), in units of the measured
+/// `target_token_seconds`, starting at `verify_cost[n - 1]`: a forward of that size
+/// observed at x = t_step / target_token_seconds sets r(n) = x when x < r(n), else
+/// raises it by at most `curve_rise` of itself. It is a forgetting minimum, as the
+/// start-up curve is a minimum over rounds: a busy machine only ever makes a forward
+/// slower, so a fast observation is the host's cost and a slow one may be a stall; a
+/// host that did become slower is followed within a few dozen steps. A size that is no
+/// longer planned keeps what was learnt of it. The search reads r. Every
+/// `explore_every`-th drafting plan is instead the best tree of a neighbouring node
+/// count (+1, -1, +2, -2, in turn) so that the sizes next to the plan are measured too.
 ///
 /// Example: with verify_cost = {1, 1.02, 1.05, 1.1, 1.8}, no draft cost, a(d, 0) = 0.6
 /// and a(d, 1) = 0.3, a chain of 3 emits 1 + 0.6 + 0.36 + 0.216 = 2.18 tokens for 1.1
@@ -190,7 +194,7 @@ struct hardware_aware_tree {
   /// Re-estimate the curve's shape from the forwards observed (`verify_ratio`); needs
   /// `target_token_seconds > 0`.
   bool learn_curve = true;
-  double curve_weight = 1.0;  ///< pseudo-observations of `verify_cost` at each size; > 0
+  double curve_rise = 0.02;  ///< the most r(n) rises per observation, a fraction of itself; in [0, 1]
   /// With `learn_curve`, every this-many-th drafting plan is the best tree of a
   /// neighbouring node count instead (see the struct comment); 0: never.
   std::size_t explore_every = 8;
@@ -217,7 +221,8 @@ struct hardware_aware_tree {
     if (!(decay > 0.0 && decay <= 1.0))
       detail::fail_knob("hardware_aware_tree.decay", detail::format_value(decay), "in (0, 1]");
     detail::check_non_negative("hardware_aware_tree.target_token_seconds", target_token_seconds);
-    detail::check_positive("hardware_aware_tree.curve_weight", curve_weight);
+    if (!(curve_rise >= 0.0 && curve_rise <= 1.0))
+      detail::fail_knob("hardware_aware_tree.curve_rise", detail::format_value(curve_rise), "in [0, 1]");
     if (replan_every == 0) detail::fail_knob("hardware_aware_tree.replan_every", "0", ">= 1 (1: every step)");
   }
 
@@ -242,8 +247,8 @@ struct hardware_aware_tree {
     return (target_token_seconds + learnt.token_sum) / (1.0 + learnt.token_steps);
   }
   /// r(rows): the verify cost of a forward of `rows` rows (nodes + 1) in units of one
-  /// target token, `verify_cost[rows - 1]` blended with the ratios observed at that size
-  /// (see the struct comment). Throws `invalid_argument` unless 1 <= rows <=
+  /// target token, `verify_cost[rows - 1]` followed by the forwards observed at that
+  /// size (see the struct comment). Throws `invalid_argument` unless 1 <= rows <=
   /// `verify_cost.size()`.
   [[nodiscard]] double verify_ratio(std::size_t rows) const {
     if (rows == 0 || rows > verify_cost.size())
@@ -355,12 +360,10 @@ struct hardware_aware_tree {
     const double t1 = token_seconds(), per_forward = draft_forward_cost() * t1, ratio = curve_at(rows - 1);
     const double target = std::min(c.target_seconds, spike * t1 * ratio);
     if (learn_curve) {
-      if (l.curve_sum.size() < verify_cost.size()) {
-        l.curve_sum.resize(verify_cost.size(), 0.0);
-        l.curve_steps.resize(verify_cost.size(), 0.0);
-      }
-      l.curve_sum[rows - 1] = decay * l.curve_sum[rows - 1] + target / t1;
-      l.curve_steps[rows - 1] = decay * l.curve_steps[rows - 1] + 1.0;
+      if (l.curve.size() != verify_cost.size()) l.curve = verify_cost;
+      double& r = l.curve[rows - 1];
+      const double x = c.target_seconds / target_token_seconds;
+      r = x < r ? x : std::min(x, r * (1.0 + curve_rise));
     }
     if (!learn_costs) return;
     for (double* x : {&l.token_sum, &l.token_steps, &l.draft_sum, &l.draft_forwards, &l.other_sum, &l.other_rows})
@@ -379,8 +382,8 @@ struct hardware_aware_tree {
   /// What `observe` and `observe_cost` learnt (decayed sums): trials[d][r] children of
   /// rank r at depth d whose parent was reached, hits[d][r] of them accepted; the target's
   /// seconds per token-time and the steps they came from; the draft's seconds and
-  /// forwards; the steps' other seconds and rows; per forward size (rows - 1) the
-  /// observed ratios and their count. Public only so the struct stays an aggregate.
+  /// forwards; the steps' other seconds and rows; the learnt curve. Public only so the
+  /// struct stays an aggregate.
   /// The last searched plan, the knobs it was searched with and `learned::version` then.
   struct plan_cache {
     bool valid = false;
@@ -396,7 +399,7 @@ struct hardware_aware_tree {
     double token_sum = 0.0, token_steps = 0.0;
     double draft_sum = 0.0, draft_forwards = 0.0;
     double other_sum = 0.0, other_rows = 0.0;
-    std::vector<double> curve_sum, curve_steps;
+    std::vector<double> curve;  ///< r(rows) at rows - 1 (empty: the start-up curve)
     std::size_t version = 0;  ///< observed steps
     mutable plan_cache cache{};
   } learnt{};
@@ -414,7 +417,7 @@ struct hardware_aware_tree {
     for (double x : {draft_cost, static_cast<double>(max_nodes), static_cast<double>(max_depth),
                      static_cast<double>(max_branching), prior, prior_weight, level_drafter ? 1.0 : 0.0,
                      learn_costs ? 1.0 : 0.0, target_token_seconds, static_cast<double>(prior_table.size()),
-                     learn_curve ? 1.0 : 0.0, curve_weight, static_cast<double>(explore_every)})
+                     learn_curve ? 1.0 : 0.0, curve_rise, static_cast<double>(explore_every)})
       k.push_back(x);
     for (const auto& row : prior_table) {
       k.push_back(static_cast<double>(row.size()));
@@ -422,11 +425,9 @@ struct hardware_aware_tree {
     }
   }
 
-  /// r at index i (rows i + 1): the start-up ratio blended with the observed ones.
+  /// r at index i (rows i + 1): the start-up ratio, or what was learnt of it.
   [[nodiscard]] double curve_at(std::size_t i) const {
-    const std::vector<double>& sum = learnt.curve_sum;
-    if (!learn_curve || i >= sum.size()) return verify_cost[i];
-    return (curve_weight * verify_cost[i] + sum[i]) / (curve_weight + learnt.curve_steps[i]);
+    return learn_curve && learnt.curve.size() == verify_cost.size() ? learnt.curve[i] : verify_cost[i];
   }
 
   static double at(const std::vector<std::vector<double>>& m, std::size_t d, std::size_t r) {
