@@ -77,7 +77,7 @@ struct fixed_tree {
 };
 
 /// What one tree step cost, as the decoder timed it (`tree_decoder` reports it to a policy
-/// with `observe_cost`).
+/// with `observe_cost`, in the calling thread's CPU time: see tree_decoder.hpp).
 ///
 /// ```cpp
 /// specdec::tree_step_cost c{.nodes = 6, .target_rows = 7, .draft_forwards = 3,
