@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cmath>
 #include <concepts>
+#include <limits>
 #include <cstddef>
 #include <queue>
 #include <utility>
@@ -137,14 +138,12 @@ concept cost_observing_policy = tree_sizing_policy<P> && requires(P& p, const tr
 ///
 /// The curve's shape is learnt too (`learn_curve`): a start-up measurement on a loaded
 /// host can make one size look dear and the next one cheap. For each forward size n
-/// (rows) the policy keeps r(n) (`verify_ratio`), in units of the measured
-/// `target_token_seconds`, starting at `verify_cost[n - 1]`: a forward of that size
-/// observed at x = t_step / target_token_seconds sets r(n) = x when x < r(n), else
-/// raises it by at most `curve_rise` of itself. It is a forgetting minimum, as the
-/// start-up curve is a minimum over rounds: a busy machine only ever makes a forward
-/// slower, so a fast observation is the host's cost and a slow one may be a stall; a
-/// host that did become slower is followed within a few dozen steps. A size that is no
-/// longer planned keeps what was learnt of it. The search reads r. Every
+/// (rows) the policy keeps r(n) (`verify_ratio`): the decayed mean of the observed
+/// x = t_step / t(1), each capped at twice r(n), blended with `verify_cost[n - 1]` as
+/// `curve_weight` observations. t(1) is the running one-token time (`token_seconds`,
+/// learnt through the start-up curve), so a host that became slower or faster as a
+/// whole moves t(1), not the shape; a size forgets only when it is observed again. The
+/// search reads r. Every
 /// `explore_every`-th drafting plan is instead the best tree of a neighbouring node
 /// count (+1, -1, +2, -2, in turn) so that the sizes next to the plan are measured too.
 ///
@@ -194,7 +193,7 @@ struct hardware_aware_tree {
   /// Re-estimate the curve's shape from the forwards observed (`verify_ratio`); needs
   /// `target_token_seconds > 0`.
   bool learn_curve = true;
-  double curve_rise = 0.02;  ///< the most r(n) rises per observation, a fraction of itself; in [0, 1]
+  double curve_weight = 1.0;  ///< observations the start-up ratio weighs as at each size; > 0
   /// With `learn_curve`, every this-many-th drafting plan is the best tree of a
   /// neighbouring node count instead (see the struct comment); 0: never.
   std::size_t explore_every = 8;
@@ -221,8 +220,7 @@ struct hardware_aware_tree {
     if (!(decay > 0.0 && decay <= 1.0))
       detail::fail_knob("hardware_aware_tree.decay", detail::format_value(decay), "in (0, 1]");
     detail::check_non_negative("hardware_aware_tree.target_token_seconds", target_token_seconds);
-    if (!(curve_rise >= 0.0 && curve_rise <= 1.0))
-      detail::fail_knob("hardware_aware_tree.curve_rise", detail::format_value(curve_rise), "in [0, 1]");
+    detail::check_positive("hardware_aware_tree.curve_weight", curve_weight);
     if (replan_every == 0) detail::fail_knob("hardware_aware_tree.replan_every", "0", ">= 1 (1: every step)");
   }
 
@@ -298,14 +296,19 @@ struct hardware_aware_tree {
       if (!learn_curve || !(target_token_seconds > 0.0) || explore_every == 0 || ++c.drafting < explore_every)
         return c.plan;
       c.drafting = 0;
-      // The neighbour sizes in turn: +1, -1, +2, -2 nodes (those within [1, max_nodes]).
+      // The neighbour sizes in turn: +1, -1, +2, -2 nodes (those within [1, max_nodes]),
+      // each only if it could win: were its forward to cost no more than the plan's, it
+      // would be within 5 % of the plan's rate (a bigger tree usually is; a tree that is
+      // worse whatever its forward costs is not worth a step).
+      const double best_rate = search(c.plan.nodes, c.plan.branching, false).rate;
+      const double plan_cost = curve_at(c.plan.nodes);
       for (std::size_t tries = 0; tries < 4; ++tries) {
         const std::size_t k = c.explored++ % 4;
         const std::size_t step = k / 2 + 1;
         const std::size_t n = k % 2 == 0 ? c.plan.nodes + step : c.plan.nodes - std::min(step, c.plan.nodes);
         if (n >= 1 && n <= max_nodes && n != c.plan.nodes) {
-          const choice e = search(n, any, false);
-          if (e.plan.nodes > 0) return e.plan;
+          const choice e = search(n, any, false, plan_cost);
+          if (e.plan.nodes > 0 && e.rate >= 0.95 * best_rate) return e.plan;
         }
       }
       return c.plan;
@@ -358,17 +361,18 @@ struct hardware_aware_tree {
     // the many steps the decay needs to forget it.
     constexpr double spike = 2.0;
     const double t1 = token_seconds(), per_forward = draft_forward_cost() * t1, ratio = curve_at(rows - 1);
-    const double target = std::min(c.target_seconds, spike * t1 * ratio);
     if (learn_curve) {
-      if (l.curve.size() != verify_cost.size()) l.curve = verify_cost;
-      double& r = l.curve[rows - 1];
-      const double x = c.target_seconds / target_token_seconds;
-      r = x < r ? x : std::min(x, r * (1.0 + curve_rise));
+      if (l.curve_sum.size() != verify_cost.size()) {
+        l.curve_sum.assign(verify_cost.size(), 0.0);
+        l.curve_steps.assign(verify_cost.size(), 0.0);
+      }
+      l.curve_sum[rows - 1] = decay * l.curve_sum[rows - 1] + std::min(c.target_seconds / t1, spike * ratio);
+      l.curve_steps[rows - 1] = decay * l.curve_steps[rows - 1] + 1.0;
     }
     if (!learn_costs) return;
     for (double* x : {&l.token_sum, &l.token_steps, &l.draft_sum, &l.draft_forwards, &l.other_sum, &l.other_rows})
       *x *= decay;
-    l.token_sum += target / ratio;
+    l.token_sum += std::min(c.target_seconds / verify_cost[rows - 1], spike * t1);
     l.token_steps += 1.0;
     if (c.draft_forwards > 0) {
       const double n = static_cast<double>(c.draft_forwards);
@@ -399,7 +403,7 @@ struct hardware_aware_tree {
     double token_sum = 0.0, token_steps = 0.0;
     double draft_sum = 0.0, draft_forwards = 0.0;
     double other_sum = 0.0, other_rows = 0.0;
-    std::vector<double> curve;  ///< r(rows) at rows - 1 (empty: the start-up curve)
+    std::vector<double> curve_sum, curve_steps;  ///< per size (rows - 1): decayed observed ratios, their count
     std::size_t version = 0;  ///< observed steps
     mutable plan_cache cache{};
   } learnt{};
@@ -417,7 +421,7 @@ struct hardware_aware_tree {
     for (double x : {draft_cost, static_cast<double>(max_nodes), static_cast<double>(max_depth),
                      static_cast<double>(max_branching), prior, prior_weight, level_drafter ? 1.0 : 0.0,
                      learn_costs ? 1.0 : 0.0, target_token_seconds, static_cast<double>(prior_table.size()),
-                     learn_curve ? 1.0 : 0.0, curve_rise, static_cast<double>(explore_every)})
+                     learn_curve ? 1.0 : 0.0, curve_weight, static_cast<double>(explore_every)})
       k.push_back(x);
     for (const auto& row : prior_table) {
       k.push_back(static_cast<double>(row.size()));
@@ -427,7 +431,8 @@ struct hardware_aware_tree {
 
   /// r at index i (rows i + 1): the start-up ratio, or what was learnt of it.
   [[nodiscard]] double curve_at(std::size_t i) const {
-    return learn_curve && learnt.curve.size() == verify_cost.size() ? learnt.curve[i] : verify_cost[i];
+    if (!learn_curve || learnt.curve_sum.size() != verify_cost.size()) return verify_cost[i];
+    return (curve_weight * verify_cost[i] + learnt.curve_sum[i]) / (curve_weight + learnt.curve_steps[i]);
   }
 
   static double at(const std::vector<std::vector<double>>& m, std::size_t d, std::size_t r) {
@@ -494,8 +499,10 @@ struct hardware_aware_tree {
   }
 
   /// The best plan (or, with `only_nodes` / `only_branching` set, the best with those;
-  /// without `none`, the best that drafts).
-  [[nodiscard]] choice search(std::size_t only_nodes, std::size_t only_branching, bool none = true) const {
+  /// without `none`, the best that drafts); a forward of `only_nodes` nodes costs at most
+  /// `cost_cap`.
+  [[nodiscard]] choice search(std::size_t only_nodes, std::size_t only_branching, bool none = true,
+                              double cost_cap = std::numeric_limits<double>::infinity()) const {
     const std::size_t b_max = only_branching == any ? max_branching : only_branching;
     const std::size_t depth_max = std::min(max_depth, max_nodes);
     std::vector<std::vector<double>> a(depth_max, std::vector<double>(b_max));
@@ -504,6 +511,7 @@ struct hardware_aware_tree {
     const double c_d = draft_forward_cost(), c_o = row_overhead();
     std::vector<double> cost(max_nodes + 1);
     for (std::size_t n = 0; n <= max_nodes; ++n) cost[n] = curve_at(n);
+    if (only_nodes != any) cost[only_nodes] = std::min(cost[only_nodes], cost_cap);
     const auto step_rate = [&](std::size_t n, double value, std::size_t forwards) {
       return (value + 1.0) / (cost[n] + c_d * static_cast<double>(forwards) + c_o * static_cast<double>(n + 1));
     };
