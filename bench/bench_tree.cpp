@@ -24,14 +24,16 @@
 //    leaves out the time the process waited for a core) and of wall time, speed-up over
 //    autoregressive decoding of the same run, the time split, and (greedy)
 //    whether every output equals autoregressive greedy's. Configurations: the chain engine
-//    (speculative_decoder, gamma 1-8), the tree decoder with fixed shapes and with
+//    (speculative_decoder, gamma 1-8), the tree decoder with fixed shapes (up to 32 nodes
+//    of depth 8, the most tokens per target call) and with
 //    `measure_tree_policy`'s hardware-aware sizing, and on the repetitive workloads the
 //    text-index drafter alone (chains, trees, hardware-aware; kjv pair only, it needs no
 //    draft) and combined with the draft model. The hardware-aware policies carry what
 //    they learnt across generations (`carry_over`). Each table ends with the hardware-aware
-//    policy against the best chain of the same run (">= 0.97x" or "BELOW"), the plans it
-//    made, what it learnt, and what it would plan on a host where a 16-token block costs
-//    1.5x one token.
+//    policy against the best chain of the same run (">= 0.97x" or "BELOW"), the
+//    configuration with the most tokens per target call, the plans the policy made, what it
+//    learnt (the verify-cost curve too) and what it would plan on a host where a
+//    16-token block costs 1.5x one token.
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -275,6 +277,8 @@ void print_totals(const std::string& title, float temperature, const std::vector
          fastest(rows, {role::text_chain}));
   versus("best hardware-aware vs best chain of any drafter", fastest(rows, {role::model_sized, role::text_sized}),
          fastest(rows, {role::model_chain, role::text_chain}));
+  const auto most = std::ranges::max_element(rows, {}, &totals::per_call);
+  std::printf("most tokens per target call: %s, %.2f\n", most->name.c_str(), most->per_call());
 }
 
 /// A policy's plans over a configuration's runs, most frequent first.
@@ -293,9 +297,14 @@ void print_plans(const char* what, const plan_log& log) {
   std::printf(", a(0, r) =");
   for (std::size_t r = 1; r < 4; ++r) std::printf(" %.2f", h.acceptance(0, r));
   std::printf(", draft forward %.3f, overhead %.4f per row (target tokens)\n", h.draft_forward_cost(), h.row_overhead());
+  std::printf("  verify cost t(n)/t(1), learnt (start-up):");
+  for (std::size_t n : {2, 5, 8, 9, 13, 17})
+    if (n <= h.verify_cost.size()) std::printf(" %zu: %.2f (%.2f)", n, h.verify_ratio(n), h.verify_cost[n - 1]);
+  std::printf("\n");
   // The same policy on a host where a 16-token block costs 1.5x one token (the cost
   // growing linearly in the rows), with what it learnt here.
   specdec::hardware_aware_tree cheap = h;
+  cheap.learn_curve = false;  // that host's curve, not the one learnt here
   for (std::size_t n = 1; n <= cheap.verify_cost.size(); ++n)
     cheap.verify_cost[n - 1] = 1.0 + 0.5 * static_cast<double>(n - 1) / 15.0;
   const specdec::tree_plan q = cheap.plan();
@@ -378,7 +387,8 @@ int decode(std::size_t threads, std::size_t n_prompts, std::size_t max_new, std:
         const auto model = [&] { return std::make_shared<specdec::model_tree_drafter<transformer>>(draft); };
         for (const specdec::fixed_tree shape :
              {specdec::fixed_tree{4, 4, 1}, specdec::fixed_tree{6, 4, 2}, specdec::fixed_tree{7, 4, 2},
-              specdec::fixed_tree{7, 3, 3}, specdec::fixed_tree{12, 6, 3}, specdec::fixed_tree{24, 8, 4}})
+              specdec::fixed_tree{7, 3, 3}, specdec::fixed_tree{12, 6, 3}, specdec::fixed_tree{24, 8, 4},
+              specdec::fixed_tree{32, 8, 4}})
           tree_config("tree " + plan_text(shape.plan()), model(), shape,
                       shape.branching > 1 ? role::model_tree : role::model_chain);
         const auto log = std::make_shared<plan_log>();

@@ -6,7 +6,9 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <random>
 #include <set>
 #include <vector>
 
@@ -162,6 +164,45 @@ TEST(model_tree_drafter, greedy_expands_the_top_k_best_first_within_the_limits) 
   EXPECT_THROW(md.draft(s2, {.max_nodes = 4, .max_depth = 3, .branching = 0}, {}, rng), specdec::invalid_argument);
   EXPECT_THROW(md.draft(std::vector<token_id>{}, {.max_nodes = 4, .max_depth = 3}, {}, rng),
                specdec::invalid_argument);
+}
+
+TEST(model_tree_drafter, the_greedy_row_normaliser_matches_the_libm_sum) {
+  // Vocabularies with and without a 16-lane tail, logits spread over 0..-100 (the floor
+  // at exp(-87) included), against the double-precision sum.
+  std::mt19937 gen(5);
+  std::uniform_real_distribution<float> u(-100.0f, 0.0f);
+  for (const std::size_t n : {1u, 15u, 16u, 37u, 512u, 2048u}) {
+    std::vector<float> v(n);
+    for (float& x : v) x = u(gen);
+    v[n / 2] = 3.5f;
+    double exact = 0.0;
+    for (float x : v) exact += std::exp(std::max(static_cast<double>(x) - 3.5, -87.0));
+    EXPECT_NEAR(specdec::detail::sum_exp_below(v, 3.5f), exact, 1e-6 * exact) << n;
+  }
+  EXPECT_NEAR(specdec::detail::sum_exp_below(std::vector<float>(16, 0.0f), 0.0f), 16.0, 1e-5);
+}
+
+TEST(model_tree_drafter, a_greedy_chain_is_the_drafts_own_greedy_continuation) {
+  // Branching 1, greedy: the chain the chain engine drafts (each row's argmax), one draft
+  // forward per token but the last; with more nodes than the depth it stays one chain.
+  markov_model draft({.vocab = 10, .order = 2, .seed = 6});
+  specdec::model_tree_drafter md(draft);
+  specdec::random_source rng(1);
+  for (const std::size_t nodes : {5u, 9u}) {
+    md.reset();
+    std::vector<token_id> seq{1, 4, 2};
+    const specdec::tree_draft& d = md.draft(seq, {.max_nodes = nodes, .max_depth = 5, .branching = 1}, {}, rng);
+    ASSERT_EQ(d.size(), 5u);
+    EXPECT_EQ(d.tree.height(), 5u);
+    EXPECT_EQ(d.forwards, 5u);
+    for (std::size_t n = 0; n < d.size(); ++n) {
+      const auto l = draft.logits_after(seq);
+      const auto best = static_cast<token_id>(std::ranges::max_element(l) - l.begin());
+      EXPECT_EQ(d.tree.token(n), best) << "node " << n;
+      EXPECT_EQ(d.tree.parent(n), static_cast<std::int32_t>(n) - 1);
+      seq.push_back(best);
+    }
+  }
 }
 
 TEST(model_tree_drafter, sampling_draws_children_without_replacement_and_records_their_q_rows) {

@@ -7,6 +7,7 @@
 // the curve from the models; bad knobs get clear errors.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <vector>
@@ -209,7 +210,7 @@ TEST(hardware_aware_tree, online_acceptance_estimates_converge_and_follow_a_chan
 TEST(hardware_aware_tree, online_cost_estimates_converge_and_change_the_plan) {
   specdec::hardware_aware_tree p{.verify_cost = {1.0, 1.0, 1.0, 1.0}, .draft_cost = 0.1, .max_nodes = 3,
                                  .max_depth = 3, .max_branching = 2, .prior_table = table(3, 0.7, 0.2),
-                                 .target_token_seconds = 0.8e-3};
+                                 .target_token_seconds = 0.8e-3, .learn_curve = false};
   expect_plan(p.plan(), 3, 2, 2);
   EXPECT_NEAR(p.token_seconds(), 0.8e-3, 1e-15);
   EXPECT_NEAR(p.draft_forward_cost(), 0.1, 1e-12);
@@ -245,6 +246,99 @@ TEST(hardware_aware_tree, online_cost_estimates_converge_and_change_the_plan) {
   p.observe_cost({.nodes = 3, .target_rows = 4, .draft_forwards = 2, .target_seconds = 1e-3, .draft_seconds = 2e-3});
   EXPECT_NEAR(p.draft_forward_cost(), 0.1, 1e-12);
   expect_plan(p.plan(), 3, 2, 2);
+}
+
+// The curve's shape: each forward size's ratio is the start-up ratio, weighing as
+// curve_weight observations, blended with the decayed ratios t_step / t(1) observed at
+// that size (each capped at twice the estimate); other sizes keep theirs.
+TEST(hardware_aware_tree, online_curve_estimate_blends_the_start_up_ratio_with_the_observed_ones) {
+  specdec::hardware_aware_tree p{.verify_cost = {1.0, 1.5, 1.5, 1.5}, .max_nodes = 3, .max_depth = 3,
+                                 .max_branching = 2, .decay = 0.5, .learn_costs = false,
+                                 .target_token_seconds = 1e-3, .curve_weight = 2.0};
+  EXPECT_EQ(p.verify_ratio(3), 1.5);
+  p.observe_cost({.nodes = 2, .target_rows = 3, .target_seconds = 1.2e-3});
+  p.observe_cost({.nodes = 2, .target_rows = 3, .target_seconds = 1.2e-3});
+  // Decayed: sum 0.5 * 1.2 + 1.2 = 1.8 of 0.5 + 1 = 1.5 steps, beside 2 x 1.5.
+  EXPECT_NEAR(p.verify_ratio(3), (2 * 1.5 + 1.8) / (2 + 1.5), 1e-12);
+  EXPECT_EQ(p.verify_ratio(1), 1.0);
+  EXPECT_EQ(p.verify_ratio(2), 1.5);
+  EXPECT_EQ(p.verify_ratio(4), 1.5);
+  EXPECT_NEAR(p.token_seconds(), 1e-3, 1e-15);  // learn_costs off: t(1) stands
+  // A stalled forward counts as twice the estimate.
+  const double before = p.verify_ratio(3);
+  p.observe_cost({.nodes = 2, .target_rows = 3, .target_seconds = 50e-3});
+  EXPECT_NEAR(p.verify_ratio(3), (2 * 1.5 + 0.5 * 1.8 + 2 * before) / (2 + 0.5 * 1.5 + 1), 1e-12);
+  // A step whose forward also took the prompt says nothing of the curve.
+  const double now = p.verify_ratio(3);
+  p.observe_cost({.nodes = 2, .target_rows = 30, .target_seconds = 9e-3});
+  EXPECT_EQ(p.verify_ratio(3), now);
+  // A host twice as slow as a whole moves t(1) (learnt through the start-up curve), not
+  // the shape: size 2 observed at 2 x 1.5 ms reads as 1.5.
+  specdec::hardware_aware_tree q{.verify_cost = {1.0, 1.5, 1.5}, .max_nodes = 2, .max_depth = 2,
+                                 .max_branching = 1, .decay = 1.0, .target_token_seconds = 1e-3};
+  for (int i = 0; i < 400; ++i) q.observe_cost({.nodes = 1, .target_rows = 2, .target_seconds = 3e-3});
+  EXPECT_NEAR(q.token_seconds(), 2e-3, 0.01e-3);
+  EXPECT_NEAR(q.verify_ratio(2), 1.5, 0.02);
+  // Off: the start-up curve; reset: forgotten.
+  p.learn_curve = false;
+  EXPECT_EQ(p.verify_ratio(3), 1.5);
+  p.learn_curve = true;
+  EXPECT_EQ(p.verify_ratio(3), now);
+  p.reset();
+  EXPECT_EQ(p.verify_ratio(3), 1.5);
+  EXPECT_THROW((void)p.verify_ratio(0), specdec::invalid_argument);
+  EXPECT_THROW((void)p.verify_ratio(5), specdec::invalid_argument);
+  EXPECT_THROW((void)(specdec::hardware_aware_tree{.verify_cost = curve(17, 0.1), .curve_weight = 0.0}.plan()),
+               specdec::invalid_argument);
+}
+
+// A start-up curve measured on a loaded host made 5-8 rows look 1.5x as dear as they are:
+// the policy plans small trees at first, then, from the forwards it runs (its own plans
+// and the neighbour sizes it explores), learns the host's curve and ends on the plan the
+// true curve gives.
+TEST(hardware_aware_tree, a_distorted_start_up_curve_is_corrected_by_the_forwards_it_runs) {
+  std::vector<double> truth, distorted;
+  for (std::size_t rows = 1; rows <= 13; ++rows) {
+    truth.push_back(rows <= 8 ? 1.0 + 0.02 * static_cast<double>(rows - 1) : 1.9 + 0.02 * static_cast<double>(rows - 9));
+    distorted.push_back(rows >= 5 && rows <= 8 ? 1.5 * truth.back() : truth.back());
+  }
+  const specdec::hardware_aware_tree knobs{.verify_cost = truth, .max_nodes = 12, .max_depth = 12,
+                                           .max_branching = 2, .prior_table = table(12, 0.75, 0.25),
+                                           .level_drafter = false, .target_token_seconds = 1e-3};
+  specdec::hardware_aware_tree true_host = knobs;
+  true_host.learn_curve = false;
+  const specdec::tree_plan best = true_host.plan();
+  EXPECT_GE(best.nodes, 4u);
+  EXPECT_LE(best.nodes, 7u);
+  specdec::hardware_aware_tree p = knobs;
+  p.verify_cost = distorted;
+  EXPECT_LT(p.plan().nodes, 4u);
+  std::size_t explorations = 0;
+  for (int step = 0; step < 3000; ++step) {
+    const specdec::tree_plan q = p.plan();
+    explorations += q.nodes != p.learnt.cache.plan.nodes ? 1 : 0;
+    p.observe_cost({.nodes = q.nodes, .target_rows = q.nodes + 1, .target_seconds = 1e-3 * truth[q.nodes]});
+  }
+  EXPECT_GT(explorations, 0u);
+  EXPECT_LE(explorations, 3000u / 8);  // one plan in explore_every
+  // The sizes the distortion hit that the plan and its explored neighbours keep
+  // measuring, against the plan's: their true ratios.
+  for (std::size_t rows = std::max<std::size_t>(5, best.nodes - 1); rows <= 8; ++rows)
+    EXPECT_NEAR(p.verify_ratio(rows) / p.verify_ratio(best.nodes + 1), truth[rows - 1] / truth[best.nodes], 0.03)
+        << rows << " rows";
+  specdec::hardware_aware_tree settled = p;
+  settled.explore_every = 0;
+  const specdec::tree_plan learnt = settled.plan();
+  expect_plan(learnt, best.nodes, best.depth, best.branching);
+  // Without learning the curve it stays where the distorted curve put it.
+  specdec::hardware_aware_tree fixed = knobs;
+  fixed.verify_cost = distorted;
+  fixed.learn_curve = false;
+  for (int step = 0; step < 3000; ++step) {
+    const specdec::tree_plan q = fixed.plan();
+    fixed.observe_cost({.nodes = q.nodes, .target_rows = q.nodes + 1, .target_seconds = 1e-3 * truth[q.nodes]});
+  }
+  EXPECT_LT(fixed.plan().nodes, 4u);
 }
 
 TEST(hardware_aware_tree, rejects_bad_knobs_with_named_values) {

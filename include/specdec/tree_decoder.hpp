@@ -25,7 +25,10 @@
 /// counts, per step with a non-empty tree, the tree's height as the positions proposed
 /// and the accepted path's length as those accepted (so `position_acceptance_rate(d)` is
 /// the rate at which depth d was reached among steps whose tree had that depth). A policy
-/// with `observe_cost` (`cost_observing_policy`) is told each step's timing.
+/// with `observe_cost` (`cost_observing_policy`) is told each step's cost in the calling
+/// thread's CPU time (wall time where that clock cannot be read): a shared machine that
+/// takes the core away mid-forward makes no size of forward look dear; `draft_seconds`
+/// is planning and drafting, `target_seconds` verifying, `other_seconds` committing.
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
@@ -100,6 +103,8 @@ class tree_decoder : public detail::seeded_sampling {
 
     while (out.room_left(ctx)) {
       const auto t_step = detail::decoder_clock::now();
+      [[maybe_unused]] double cpu[3] = {};  // thread CPU seconds at the step's start, after drafting, after verifying
+      if constexpr (cost_observing_policy<Policy>) cpu[0] = thread_cpu_seconds();
       // ---- 1. plan and draft -> tree_draft ----
       const tree_request req = request(policy_.plan(), out.remaining(), ctx, opts.stop_at_eos);
       const tree_draft& d = drafter_.draft(seq_, req, params_, rng_);
@@ -111,7 +116,9 @@ class tree_decoder : public detail::seeded_sampling {
                     " nodes and height " + std::to_string(req.max_depth));
 
       // ---- 2. verify -> tree_verdict ----
+      if constexpr (cost_observing_policy<Policy>) cpu[1] = thread_cpu_seconds();
       const tree_verdict v = verifier_.verify(seq_, d, params_, rng_);
+      if constexpr (cost_observing_policy<Policy>) cpu[2] = thread_cpu_seconds();
       drafter_.accept(v.path);
       ++st.target_calls;
       st.target_seconds += v.target_seconds;
@@ -127,10 +134,18 @@ class tree_decoder : public detail::seeded_sampling {
       if (going) out.emit(v.next);
       if (st.awaiting_first_step()) st.record_step_end(detail::decoder_seconds_since(t_start));
       if constexpr (cost_observing_policy<Policy>) {
-        const double step = detail::decoder_seconds_since(t_step);
-        policy_.observe_cost({.nodes = d.size(), .target_rows = v.target_rows, .draft_forwards = d.forwards,
-                              .target_seconds = v.target_seconds, .draft_seconds = d.seconds,
-                              .other_seconds = std::max(0.0, step - d.seconds - v.target_seconds)});
+        tree_step_cost c{.nodes = d.size(), .target_rows = v.target_rows, .draft_forwards = d.forwards};
+        if (const double end = thread_cpu_seconds(); cpu[0] > 0.0) {
+          c.draft_seconds = cpu[1] - cpu[0];
+          c.target_seconds = cpu[2] - cpu[1];
+          c.other_seconds = end - cpu[2];
+        } else {
+          const double step = detail::decoder_seconds_since(t_step);
+          c.draft_seconds = d.seconds;
+          c.target_seconds = v.target_seconds;
+          c.other_seconds = std::max(0.0, step - d.seconds - v.target_seconds);
+        }
+        policy_.observe_cost(c);
       }
     }
     st.total_seconds = detail::decoder_seconds_since(t_start);

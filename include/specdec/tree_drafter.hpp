@@ -29,6 +29,8 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
+#include <limits>
 #include <span>
 #include <string>
 #include <unordered_map>
@@ -44,6 +46,43 @@
 #include "specdec/tree_verifier.hpp"
 
 namespace specdec {
+
+namespace detail {
+/// The sum of exp(v[i] - m) for m >= max(v) (each term in (0, 1]): the normaliser of a
+/// greedy draft row, whose probabilities only rank candidate children (no law is read
+/// from them). 16 lanes at a time with a polynomial exp (range-reduced to |f| <= ln 2 / 2,
+/// degree 6: relative error ~2e-7 per term) instead of a libm call per token; terms below
+/// exp(-87) count as exp(-87).
+///
+/// ```cpp
+/// std::vector<float> logits{1.0f, 3.0f, 2.0f};
+/// double z = specdec::detail::sum_exp_below(logits, 3.0f);  // e^-2 + 1 + e^-1
+/// ```
+[[nodiscard]] inline double sum_exp_below(std::span<const float> v, float m) {
+  typedef float lanes __attribute__((vector_size(64), aligned(4), may_alias));
+  typedef std::int32_t ints __attribute__((vector_size(64)));
+  const std::size_t n16 = v.size() - v.size() % 16;
+  lanes acc{};
+  for (std::size_t i = 0; i < n16; i += 16) {
+    lanes x = *reinterpret_cast<const lanes*>(v.data() + i) - m;
+    x = x < -87.0f ? lanes{} - 87.0f : x;
+    const lanes t = x * 1.44269504f;  // x = (k + f / ln 2) ln 2, k = round(t)
+    const lanes y = t + 0.5f;
+    ints k = __builtin_convertvector(y, ints);  // truncates: one too high where y < 0 is not whole
+    k += __builtin_convertvector(k, lanes) > y;  // true = -1
+    const lanes f = (t - __builtin_convertvector(k, lanes)) * 0.693147181f;
+    const lanes e = 1.0f + f * (1.0f + f * (0.5f + f * (1.0f / 6 + f * (1.0f / 24 + f * (1.0f / 120 + f * (1.0f / 720))))));
+    const ints bits = (k + 127) << 23;  // 2^k, k >= -126
+    lanes scale;
+    std::memcpy(&scale, &bits, sizeof scale);
+    acc += e * scale;
+  }
+  double z = 0.0;
+  for (int l = 0; l < 16; ++l) z += static_cast<double>(acc[l]);
+  for (std::size_t i = n16; i < v.size(); ++i) z += std::exp(static_cast<double>(std::max(v[i] - m, -87.0f)));
+  return z;
+}
+}  // namespace detail
 
 /// What a decoder asks of a tree drafter for one step: at most `max_nodes` nodes, no
 /// root-to-leaf path longer than `max_depth`, at most `branching` children per node (1 =
@@ -142,6 +181,12 @@ class model_tree_drafter {
     const std::size_t vocab = vocab_size();
     sampled_ = !params.greedy() && opt_.sample_children;
     out_.clear(s.size(), sampled_ ? vocab : 0);
+    const std::size_t n_seeds = seeds ? std::min(seeds->size(), r.max_nodes) : 0;
+    // A greedy chain (one child per node, no seeds) has one open slot at a time, so no
+    // score ever decides between slots: each row's argmax is all it needs, as in the
+    // chain engine's greedy draft.
+    argmax_only_ = params.greedy() && r.branching == 1 && n_seeds == 0;
+    greedy_ = params.greedy();
     if (!r.drafts()) return out_;
     if (fed_ >= s.size()) {
       draft_.truncate(s.size() - 1);
@@ -152,7 +197,6 @@ class model_tree_drafter {
     tokens_.assign(s.begin() + static_cast<std::ptrdiff_t>(fed_), s.end());
     parents_.resize(u_);
     for (std::size_t i = 0; i < u_; ++i) parents_[i] = static_cast<std::int32_t>(i) - 1;
-    const std::size_t n_seeds = seeds ? std::min(seeds->size(), r.max_nodes) : 0;
     for (std::size_t j = 0; j < n_seeds; ++j) {
       if (seeds->depth(j) >= r.max_depth)
         throw invalid_argument(std::string(who) + ": seed node " + std::to_string(j) + " has depth " +
@@ -167,7 +211,7 @@ class model_tree_drafter {
     pending_ = true;
     pending_nodes_ = tokens_.size();
     slots_.assign(1, slot{});
-    dist_.assign(vocab, 0.0f);
+    dist_.assign(argmax_only_ || sampled_ ? 0 : vocab, 0.0f);
     dindex_.clear();
     set_row(0, first.row(u_ - 1), params, r);
     for (std::size_t j = 0; j < n_seeds; ++j) {
@@ -244,6 +288,9 @@ class model_tree_drafter {
     bool open = false;      ///< its row is known: it may take children
     double score = 0.0;     ///< value of its next child (0 = none left)
     token_id next = 0;      ///< top-k mode: that child's token
+    float conf = 0.0f;      ///< sampled mode: max q of its row; greedy: its max logit
+    double z = 1.0;         ///< greedy: the sum of exp(logit - conf) over its row
+    std::size_t support = 0;  ///< sampled mode: tokens with q > 0 in its row
     std::vector<token_id> kids;
   };
 
@@ -273,26 +320,50 @@ class model_tree_drafter {
     const std::size_t ps = tree_draft::slot_of(parent);
     out_.add(t, parent, is_sampled);
     slot child;
-    child.cum = cum >= 0.0 ? cum : slots_[ps].cum * static_cast<double>(row(ps)[static_cast<std::size_t>(t)]);
+    child.cum = cum >= 0.0 ? cum : argmax_only_ ? 1.0 : slots_[ps].cum * probability(ps, t);
     child.depth = slots_[ps].depth + 1;
     slots_[ps].kids.push_back(t);
     slots_.push_back(std::move(child));
-    dist_.resize(slots_.size() * vocab_size(), 0.0f);
+    if (!argmax_only_ && !sampled_) dist_.resize(slots_.size() * vocab_size(), 0.0f);
     dindex_.push_back(-1);
   }
 
+  /// Slot k's row: when sampling, the draft's q row itself (the row `tree_draft` declares;
+  /// a span into it is invalidated by the next `add_node`); when greedy, the logits (the
+  /// slot holds their max and normaliser); else the processed distribution.
   [[nodiscard]] std::span<float> row(std::size_t k) {
-    return std::span<float>(dist_).subspan(k * vocab_size(), vocab_size());
+    return std::span<float>(sampled_ ? out_.q : dist_).subspan(k * vocab_size(), vocab_size());
   }
 
-  /// Stores slot k's distribution (q when sampling, else the plain softmax for scores)
-  /// and opens it for children when its node may have some.
+  /// The draft probability of token t after slot k (the plain softmax when greedy).
+  [[nodiscard]] double probability(std::size_t k, token_id t) {
+    const float x = row(k)[static_cast<std::size_t>(t)];
+    return greedy_ ? std::exp(static_cast<double>(x - slots_[k].conf)) / slots_[k].z : static_cast<double>(x);
+  }
+
+  /// Stores slot k's row (see `row`; only the argmax for a greedy chain) and opens it for
+  /// children when its node may have some.
   void set_row(std::size_t k, std::span<const float> logits, const sampling_params& params, const tree_request& r) {
-    const std::span<float> d = row(k);
-    if (params.greedy()) softmax(logits, d);
-    else make_distribution(logits, params, d);
-    if (sampled_) std::ranges::copy(d, out_.q.begin() + static_cast<std::ptrdiff_t>(k * vocab_size()));
     slots_[k].open = k == 0 || may_have_children(k - 1, r);
+    if (argmax_only_) {
+      slots_[k].next = argmax(logits);
+      return;
+    }
+    const std::span<float> d = row(k);
+    if (greedy_) {  // scores need p(t) of a few tokens only: keep the logits and their normaliser
+      std::ranges::copy(logits, d.begin());
+      slots_[k].conf = logits[static_cast<std::size_t>(argmax(logits))];
+      slots_[k].z = detail::sum_exp_below(logits, slots_[k].conf);
+      return;
+    }
+    make_distribution(logits, params, d);
+    if (!sampled_) return;
+    slots_[k].conf = 0.0f;
+    slots_[k].support = 0;
+    for (const float x : d) {
+      slots_[k].conf = std::max(slots_[k].conf, x);
+      slots_[k].support += x > 0.0f ? 1 : 0;
+    }
   }
 
   /// Recomputes slot k's next child and its score.
@@ -300,24 +371,36 @@ class model_tree_drafter {
     slot& s = slots_[k];
     s.score = 0.0;
     if (!s.open || s.kids.size() >= r.branching || s.depth >= r.max_depth) return;
+    if (argmax_only_) {  // the child is the argmax `set_row` stored; its value is never compared
+      s.score = 1.0;
+      return;
+    }
     const std::span<float> d = row(k);
-    const auto taken = [&](std::size_t t) { return std::ranges::find(s.kids, static_cast<token_id>(t)) != s.kids.end(); };
     if (sampled_) {
       // The value of the i-th sampled child: c (1 - c)^i with c = max q, the node's
       // confidence: a confident node's first child is likely accepted and its siblings
-      // rarely needed; an uncertain one branches. It reads no drawn value, only q.
-      float mass = 0.0f, c = 0.0f;
-      for (std::size_t t = 0; t < d.size(); ++t) {
-        c = std::max(c, d[t]);
-        if (!taken(t)) mass += d[t];
-      }
-      if (mass > 0.0f) s.score = s.cum * c * std::pow(1.0 - c, static_cast<double>(s.kids.size()));
+      // rarely needed; an uncertain one branches. It reads no drawn value, only q. A
+      // child is left to draw while some token outside the node's children has q > 0.
+      std::size_t taken = 0;
+      for (const token_id x : s.kids) taken += d[static_cast<std::size_t>(x)] > 0.0f ? 1 : 0;
+      const double c = s.conf;
+      if (taken < s.support) s.score = s.cum * c * std::pow(1.0 - c, static_cast<double>(s.kids.size()));
       return;
     }
-    float best = 0.0f;
-    for (std::size_t t = 0; t < d.size(); ++t)
-      if (d[t] > best && !taken(t)) best = d[t], s.next = static_cast<token_id>(t);
-    s.score = s.cum * best;
+    // The best token not yet a child: the row's argmax with the children masked below
+    // every value it can hold (a probability's 0, a logit's -inf).
+    const float masked = greedy_ ? -std::numeric_limits<float>::infinity() : -1.0f;
+    saved_.clear();
+    for (const token_id x : s.kids) {
+      saved_.push_back(d[static_cast<std::size_t>(x)]);
+      d[static_cast<std::size_t>(x)] = masked;
+    }
+    const token_id best = argmax(d);
+    const bool left = d[static_cast<std::size_t>(best)] != masked;
+    for (std::size_t i = 0; i < s.kids.size(); ++i) d[static_cast<std::size_t>(s.kids[i])] = saved_[i];
+    if (!left) return;
+    const double p = probability(k, best);
+    if (p > 0.0) s.next = best, s.score = s.cum * p;
   }
 
   /// Adds slot k's next child (drawn now when sampling) and returns its node index.
@@ -339,11 +422,13 @@ class model_tree_drafter {
   model_tree_options opt_;
   tree_draft out_;
   bool sampled_ = false, pending_ = false;
+  bool argmax_only_ = false;       ///< greedy chain: rows give their argmax only (no dist_ rows)
+  bool greedy_ = false;            ///< greedy: dist_ rows hold logits
   std::size_t fed_ = 0;            ///< committed tokens in the draft's cache outside a pending tree
   std::size_t u_ = 0;              ///< unseen committed tokens fed as the pending tree's chain
   std::size_t pending_nodes_ = 0;  ///< nodes of the draft's pending tree
   std::vector<slot> slots_;        ///< slot 0: the root; slot j + 1: node j
-  std::vector<float> dist_, rest_;
+  std::vector<float> dist_, rest_, saved_;
   std::vector<std::int32_t> dindex_;  ///< node -> its index in the draft's pending tree (-1: not forwarded)
   std::vector<token_id> tokens_;
   std::vector<std::int32_t> parents_;

@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cmath>
 #include <concepts>
+#include <limits>
 #include <cstddef>
 #include <queue>
 #include <utility>
@@ -77,7 +78,7 @@ struct fixed_tree {
 };
 
 /// What one tree step cost, as the decoder timed it (`tree_decoder` reports it to a policy
-/// with `observe_cost`).
+/// with `observe_cost`, in the calling thread's CPU time: see tree_decoder.hpp).
 ///
 /// ```cpp
 /// specdec::tree_step_cost c{.nodes = 6, .target_rows = 7, .draft_forwards = 3,
@@ -133,8 +134,18 @@ concept cost_observing_policy = tree_sizing_policy<P> && requires(P& p, const tr
 /// as one step (or one draft forward) that never decays. Observations forget with
 /// `decay` per step, so a choice that stopped being observed (no draft: no verdicts, no
 /// draft timings) drifts back to the priors and is tried again; after `probe_every`
-/// no-draft plans in a row one step drafts anyway, to measure again. The curve's shape
-/// t(n)/t(1) stays the measured one.
+/// no-draft plans in a row one step drafts anyway, to measure again.
+///
+/// The curve's shape is learnt too (`learn_curve`): a start-up measurement on a loaded
+/// host can make one size look dear and the next one cheap. For each forward size n
+/// (rows) the policy keeps r(n) (`verify_ratio`): the decayed mean of the observed
+/// x = t_step / t(1), each capped at twice r(n), blended with `verify_cost[n - 1]` as
+/// `curve_weight` observations. t(1) is the running one-token time (`token_seconds`,
+/// learnt through the start-up curve), so a host that became slower or faster as a
+/// whole moves t(1), not the shape; a size forgets only when it is observed again. The
+/// search reads r. Every
+/// `explore_every`-th drafting plan is instead the best tree of a neighbouring node
+/// count (+1, -1, +2, -2, in turn) so that the sizes next to the plan are measured too.
 ///
 /// Example: with verify_cost = {1, 1.02, 1.05, 1.1, 1.8}, no draft cost, a(d, 0) = 0.6
 /// and a(d, 1) = 0.3, a chain of 3 emits 1 + 0.6 + 0.36 + 0.216 = 2.18 tokens for 1.1
@@ -179,6 +190,13 @@ struct hardware_aware_tree {
   /// 0: never.
   std::size_t probe_every = 16;
   double target_token_seconds = 0.0;  ///< t(1) of the target, seconds (measure_tree_policy); 0 = unknown
+  /// Re-estimate the curve's shape from the forwards observed (`verify_ratio`); needs
+  /// `target_token_seconds > 0`.
+  bool learn_curve = true;
+  double curve_weight = 1.0;  ///< observations the start-up ratio weighs as at each size; > 0
+  /// With `learn_curve`, every this-many-th drafting plan is the best tree of a
+  /// neighbouring node count instead (see the struct comment); 0: never.
+  std::size_t explore_every = 8;
 
   void validate() const {
     if (max_nodes == 0) detail::fail_knob("hardware_aware_tree.max_nodes", "0", ">= 1 (a node budget)");
@@ -202,6 +220,7 @@ struct hardware_aware_tree {
     if (!(decay > 0.0 && decay <= 1.0))
       detail::fail_knob("hardware_aware_tree.decay", detail::format_value(decay), "in (0, 1]");
     detail::check_non_negative("hardware_aware_tree.target_token_seconds", target_token_seconds);
+    detail::check_positive("hardware_aware_tree.curve_weight", curve_weight);
     if (replan_every == 0) detail::fail_knob("hardware_aware_tree.replan_every", "0", ">= 1 (1: every step)");
   }
 
@@ -224,6 +243,16 @@ struct hardware_aware_tree {
   /// One target token's seconds now: `target_token_seconds` refined by `observe_cost`.
   [[nodiscard]] double token_seconds() const noexcept {
     return (target_token_seconds + learnt.token_sum) / (1.0 + learnt.token_steps);
+  }
+  /// r(rows): the verify cost of a forward of `rows` rows (nodes + 1) in units of one
+  /// target token, `verify_cost[rows - 1]` followed by the forwards observed at that
+  /// size (see the struct comment). Throws `invalid_argument` unless 1 <= rows <=
+  /// `verify_cost.size()`.
+  [[nodiscard]] double verify_ratio(std::size_t rows) const {
+    if (rows == 0 || rows > verify_cost.size())
+      throw invalid_argument("hardware_aware_tree::verify_ratio: rows = " + std::to_string(rows) +
+                             "; expected 1 <= rows <= verify_cost.size() = " + std::to_string(verify_cost.size()));
+    return curve_at(rows - 1);
   }
   /// c_d: one draft forward in target tokens (`draft_cost`, refined by `observe_cost`).
   [[nodiscard]] double draft_forward_cost() const noexcept {
@@ -263,7 +292,28 @@ struct hardware_aware_tree {
       c.version = learnt.version;
       c.valid = true;
     }
-    if (c.plan.nodes > 0 || probe_every == 0) return c.plan;
+    if (c.plan.nodes > 0) {
+      if (!learn_curve || !(target_token_seconds > 0.0) || explore_every == 0 || ++c.drafting < explore_every)
+        return c.plan;
+      c.drafting = 0;
+      // The neighbour sizes in turn: +1, -1, +2, -2 nodes (those within [1, max_nodes]),
+      // each only if it could win: were its forward to cost no more than the plan's, it
+      // would be within 5 % of the plan's rate (a bigger tree usually is; a tree that is
+      // worse whatever its forward costs is not worth a step).
+      const double best_rate = search(c.plan.nodes, c.plan.branching, false).rate;
+      const double plan_cost = curve_at(c.plan.nodes);
+      for (std::size_t tries = 0; tries < 4; ++tries) {
+        const std::size_t k = c.explored++ % 4;
+        const std::size_t step = k / 2 + 1;
+        const std::size_t n = k % 2 == 0 ? c.plan.nodes + step : c.plan.nodes - std::min(step, c.plan.nodes);
+        if (n >= 1 && n <= max_nodes && n != c.plan.nodes) {
+          const choice e = search(n, any, false, plan_cost);
+          if (e.plan.nodes > 0 && e.rate >= 0.95 * best_rate) return e.plan;
+        }
+      }
+      return c.plan;
+    }
+    if (probe_every == 0) return c.plan;
     if (++c.idle < probe_every) return c.plan;
     c.idle = 0;
     return search(any, any, false).plan;
@@ -293,12 +343,14 @@ struct hardware_aware_tree {
     }
   }
 
-  /// Re-estimates t(1), c_d and c_o from a plain step's timing (target_rows == nodes + 1,
-  /// within the curve); ignores other steps, and every step unless `learn_costs` and
-  /// `target_token_seconds > 0`.
+  /// Re-estimates t(1), c_d and c_o (`learn_costs`) and r(rows) (`learn_curve`) from a
+  /// plain step's timing (target_rows == nodes + 1, within the curve); ignores other
+  /// steps, and every step unless `target_token_seconds > 0`.
   void observe_cost(const tree_step_cost& c) {
     const std::size_t rows = c.target_rows;
-    if (!learn_costs || !(target_token_seconds > 0.0) || rows != c.nodes + 1 || rows > verify_cost.size()) return;
+    if (!(learn_costs || learn_curve) || !(target_token_seconds > 0.0) || rows != c.nodes + 1 ||
+        rows > verify_cost.size())
+      return;
     if (!(c.target_seconds > 0.0) || !std::isfinite(c.target_seconds) || !(c.draft_seconds >= 0.0) ||
         !std::isfinite(c.draft_seconds) || !(c.other_seconds >= 0.0) || !std::isfinite(c.other_seconds))
       return;
@@ -308,7 +360,16 @@ struct hardware_aware_tree {
     // machine that takes the core away mid-forward must not make a cost look dear for
     // the many steps the decay needs to forget it.
     constexpr double spike = 2.0;
-    const double t1 = token_seconds(), per_forward = draft_forward_cost() * t1;
+    const double t1 = token_seconds(), per_forward = draft_forward_cost() * t1, ratio = curve_at(rows - 1);
+    if (learn_curve) {
+      if (l.curve_sum.size() != verify_cost.size()) {
+        l.curve_sum.assign(verify_cost.size(), 0.0);
+        l.curve_steps.assign(verify_cost.size(), 0.0);
+      }
+      l.curve_sum[rows - 1] = decay * l.curve_sum[rows - 1] + std::min(c.target_seconds / t1, spike * ratio);
+      l.curve_steps[rows - 1] = decay * l.curve_steps[rows - 1] + 1.0;
+    }
+    if (!learn_costs) return;
     for (double* x : {&l.token_sum, &l.token_steps, &l.draft_sum, &l.draft_forwards, &l.other_sum, &l.other_rows})
       *x *= decay;
     l.token_sum += std::min(c.target_seconds / verify_cost[rows - 1], spike * t1);
@@ -325,13 +386,15 @@ struct hardware_aware_tree {
   /// What `observe` and `observe_cost` learnt (decayed sums): trials[d][r] children of
   /// rank r at depth d whose parent was reached, hits[d][r] of them accepted; the target's
   /// seconds per token-time and the steps they came from; the draft's seconds and
-  /// forwards; the steps' other seconds and rows. Public only so the struct stays an
-  /// aggregate.
+  /// forwards; the steps' other seconds and rows; the learnt curve. Public only so the
+  /// struct stays an aggregate.
   /// The last searched plan, the knobs it was searched with and `learned::version` then.
   struct plan_cache {
     bool valid = false;
     std::size_t version = 0;
-    std::size_t idle = 0;  ///< no-draft plans returned in a row
+    std::size_t idle = 0;      ///< no-draft plans returned in a row
+    std::size_t drafting = 0;  ///< drafting plans returned since the last exploration
+    std::size_t explored = 0;  ///< explorations so far (which neighbour is next)
     tree_plan plan{};
     std::vector<double> key{}, scratch{};
   };
@@ -340,6 +403,7 @@ struct hardware_aware_tree {
     double token_sum = 0.0, token_steps = 0.0;
     double draft_sum = 0.0, draft_forwards = 0.0;
     double other_sum = 0.0, other_rows = 0.0;
+    std::vector<double> curve_sum, curve_steps;  ///< per size (rows - 1): decayed observed ratios, their count
     std::size_t version = 0;  ///< observed steps
     mutable plan_cache cache{};
   } learnt{};
@@ -356,12 +420,19 @@ struct hardware_aware_tree {
     k.assign(verify_cost.begin(), verify_cost.end());
     for (double x : {draft_cost, static_cast<double>(max_nodes), static_cast<double>(max_depth),
                      static_cast<double>(max_branching), prior, prior_weight, level_drafter ? 1.0 : 0.0,
-                     learn_costs ? 1.0 : 0.0, target_token_seconds, static_cast<double>(prior_table.size())})
+                     learn_costs ? 1.0 : 0.0, target_token_seconds, static_cast<double>(prior_table.size()),
+                     learn_curve ? 1.0 : 0.0, curve_weight, static_cast<double>(explore_every)})
       k.push_back(x);
     for (const auto& row : prior_table) {
       k.push_back(static_cast<double>(row.size()));
       k.insert(k.end(), row.begin(), row.end());
     }
+  }
+
+  /// r at index i (rows i + 1): the start-up ratio, or what was learnt of it.
+  [[nodiscard]] double curve_at(std::size_t i) const {
+    if (!learn_curve || learnt.curve_sum.size() != verify_cost.size()) return verify_cost[i];
+    return (curve_weight * verify_cost[i] + learnt.curve_sum[i]) / (curve_weight + learnt.curve_steps[i]);
   }
 
   static double at(const std::vector<std::vector<double>>& m, std::size_t d, std::size_t r) {
@@ -428,17 +499,21 @@ struct hardware_aware_tree {
   }
 
   /// The best plan (or, with `only_nodes` / `only_branching` set, the best with those;
-  /// without `none`, the best that drafts).
-  [[nodiscard]] choice search(std::size_t only_nodes, std::size_t only_branching, bool none = true) const {
+  /// without `none`, the best that drafts); a forward of `only_nodes` nodes costs at most
+  /// `cost_cap`.
+  [[nodiscard]] choice search(std::size_t only_nodes, std::size_t only_branching, bool none = true,
+                              double cost_cap = std::numeric_limits<double>::infinity()) const {
     const std::size_t b_max = only_branching == any ? max_branching : only_branching;
     const std::size_t depth_max = std::min(max_depth, max_nodes);
     std::vector<std::vector<double>> a(depth_max, std::vector<double>(b_max));
     for (std::size_t d = 0; d < depth_max; ++d)
       for (std::size_t r = 0; r < b_max; ++r) a[d][r] = acceptance(d, r);
     const double c_d = draft_forward_cost(), c_o = row_overhead();
+    std::vector<double> cost(max_nodes + 1);
+    for (std::size_t n = 0; n <= max_nodes; ++n) cost[n] = curve_at(n);
+    if (only_nodes != any) cost[only_nodes] = std::min(cost[only_nodes], cost_cap);
     const auto step_rate = [&](std::size_t n, double value, std::size_t forwards) {
-      return (value + 1.0) /
-             (verify_cost[n] + c_d * static_cast<double>(forwards) + c_o * static_cast<double>(n + 1));
+      return (value + 1.0) / (cost[n] + c_d * static_cast<double>(forwards) + c_o * static_cast<double>(n + 1));
     };
     choice best{{}, 0.0};
     const auto consider = [&](const tree_plan& p, double r) {
