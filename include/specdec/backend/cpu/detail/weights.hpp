@@ -4,13 +4,16 @@
 /// and q8_0 (int8 with one fp32 scale per group of 32 consecutive weights of a row, like
 /// llama.cpp's Q8_0), converted once at load time into panels of 16 rows (see
 /// matmul_panels in matmul.hpp). Each format is a "panel stream" that the tile kernels
-/// decode to fp32 in registers: the decoded value of a weight
-/// is an exact function of its stored bits (bf16/fp16 widen exactly; q8_0 is the single
-/// correctly rounded product float(q) * scale), so the fixed summation order of the fp32
-/// kernels, and with it batch invariance, carries over unchanged to every format.
+/// decode to fp32 in registers: the decoded value of a weight is an exact function of its
+/// stored bits (bf16/fp16 widen exactly), so the fixed summation order of the fp32
+/// kernels, and with it batch invariance, carries over unchanged to bf16 and fp16. q8_0
+/// is a grouped stream (`grouped_panels`, matmul.hpp): each group of 32 columns is one
+/// in-order chain over float(q) (exact), scaled once per group by one FMA into the
+/// output's chain over the groups (`grouped_panel_tile`); a fixed order too, so just as
+/// batch-invariant, and one rounding per group where a decoded weight had one per weight.
 ///
 /// The decoding, 16 values at a time, is the vector layer's `widen_bf16`, `widen_fp16` and
-/// `widen_q8` (arch/vector.hpp): AVX-512 or AVX2 instructions where the target has them,
+/// `widen_i8` (arch/vector.hpp): AVX-512 or AVX2 instructions where the target has them,
 /// scalar code elsewhere, the same values in every build.
 ///
 /// w8a8 is the exception: q8_0's weights, but its products also quantize their inputs
@@ -117,18 +120,24 @@ struct u16_panels {
   }
 };
 
-/// q8_0 panel stream: int8 weights panel-major (column j of panel p: 16 bytes at
-/// q + (p n + j) 16) and the fp32 scales of the 16 rows side by side per group of 32
-/// columns (s + (p groups + j / 32) 16); weight = float(q) * scale, one rounding, the
-/// same value the row's own group scale gives it.
+/// q8_0 panel stream, grouped (`grouped_panels`, matmul.hpp): int8 weights panel-major
+/// (column j of panel p: 16 bytes at q + (p n + j) 16), loaded as float(q), and the fp32
+/// scales of the 16 rows side by side per group of 32 columns (s + (p groups + g) 16),
+/// applied once per group to the group's partial sum (`grouped_panel_tile`).
 struct q8_panels {
   static constexpr std::size_t column_bytes = 18;  ///< 16 weights and 1/32 of 16 scales
+  static constexpr std::size_t group = q8_group;
   const std::int8_t* q;
   const float* s;
   std::size_t n, groups;
-  void load(v16& out, std::size_t p, std::size_t j) const noexcept {
-    widen_q8(out, q + (p * n + j) * lanes, s + (p * groups + j / q8_group) * lanes);
-  }
+  void load(v16& out, std::size_t p, std::size_t j) const noexcept { widen_i8(out, q + (p * n + j) * lanes); }
+  /// Panel p's columns: load(out, j) is load(out, p, j).
+  struct cursor {
+    const std::int8_t* q = nullptr;
+    void load(v16& out, std::size_t j) const noexcept { widen_i8(out, q + j * lanes); }
+  };
+  [[nodiscard]] cursor columns(std::size_t p) const noexcept { return {q + p * n * lanes}; }
+  void load_scales(v16& out, std::size_t p, std::size_t g) const noexcept { load16(out, s + (p * groups + g) * lanes); }
   /// Prefetches (into L1) the lines holding column j of panel p and its scales; one call
   /// per 64 bytes of each.
   [[gnu::always_inline]] void prefetch_line(std::size_t p, std::size_t j) const noexcept {
@@ -207,7 +216,8 @@ class weight_matrix {
   [[nodiscard]] std::size_t bytes() const noexcept {
     return f32_.size() * 4 + u16_.size() * 2 + q8_.size() + u8_.size() + scales_.size() * 4;
   }
-  /// The decoded weight (r, c), for tests and tools.
+  /// The decoded weight (r, c), for tests and tools (q8_0 and w8a8: float(q) x scale,
+  /// one rounding; their products apply the scale to a group's sum instead).
   [[nodiscard]] float at(std::size_t r, std::size_t c) const noexcept {
     const std::size_t i = panel_offset(r, c, cols_);
     switch (format_) {

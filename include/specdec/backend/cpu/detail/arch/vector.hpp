@@ -20,7 +20,9 @@
 /// - `pin_register(v)`: keeps a loaded vector in a register (a hint, changes no value);
 /// - `widen_bf16(out, p)`, `widen_fp16(out, p)`: 16 bf16 or IEEE half values to fp32,
 ///   exactly; `widen_q8(out, q, s)`: out[i] = float(q[i]) * s[i], one rounding (GCC 12
-///   lowers the generic vector conversions for these lane by lane);
+///   lowers the generic vector conversions for these lane by lane); optionally
+///   `widen_i8(out, q)`: out[i] = float(q[i]), exactly (defined below from `widen_q8`
+///   with unit scales where the file has no faster form: the same values);
 /// - `SPECDEC_DETAIL_VNNI` (1 or 0) and, where it is 1, `dpbusd_lanes` (integer dot
 ///   products of unsigned by signed bytes, exact);
 /// - `SPECDEC_DETAIL_BF16_DOT` (1 or 0) and, where it is 1, `dpbf16_lanes` (bf16 pair dot
@@ -155,6 +157,14 @@ namespace specdec::cpu::detail {
 /// rounded by the same rule as `fmadd` in every build and at every optimisation level
 /// (GCC contracts a vector `acc += w * x` into an FMA only from -O2 on, so an -O1 build
 /// would round it differently from `fmadd`; the result is unchanged where it did).
+/// out[i] = float(q[i]) for 16 int8 values, exactly (float(q) * 1 is float(q)).
+#ifndef SPECDEC_DETAIL_WIDEN_I8
+inline void widen_i8(v16& out, const std::int8_t* q) noexcept {
+  static constexpr float ones[lanes] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+  widen_q8(out, q, ones);
+}
+#endif
+
 #ifndef SPECDEC_DETAIL_FMADD_BROADCAST  // an instruction-set file may give its own
 inline void fmadd_lanes(v16& acc, const v16& w, float x) noexcept {
   v16 xv;
