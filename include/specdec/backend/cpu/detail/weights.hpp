@@ -26,6 +26,7 @@
 #include <cstdint>
 #include <cstring>
 #include <iterator>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -282,17 +283,28 @@ class weight_matrix {
   aligned_vector<float> scales_;
 };
 
-/// The fastest tile configuration for the products of `w` on the calling core (w8a8,
-/// which has one table: `t4x6`). Every candidate of `tile_configs` runs blocks of 4, 8
-/// and 16 tokens over the whole matrix, the candidates interleaved, best of `reps` each;
-/// a candidate's score is the sum over the blocks of its time over the best time of that
-/// block, and the lowest score wins (ties: the earlier candidate). Every candidate gives
-/// the same results, so this chooses a speed, never a value.
-[[nodiscard]] inline tile_config fastest_tile_config(const weight_matrix& w, int reps = 5) {
-  if (w.format() == weight_format::w8a8 || w.rows() == 0 || w.cols() == 0) return tile_config::t4x6;
+/// The fastest tile configuration for the products of the matrices `ws` (one weight
+/// format) on the calling core (w8a8, which has one table: `t4x6`). Every candidate of
+/// `tile_configs` runs blocks of 4, 8 and 16 tokens through every matrix in turn, the
+/// candidates interleaved, best of `reps` each; a candidate's score is the sum over the
+/// blocks of its time over the best time of that block, and the lowest score wins (ties:
+/// the earlier candidate). Which tiles win depends on where the weights come from: a
+/// matrix that stays in the L2 favours the most accumulator chains, weights streamed
+/// from beyond the caches the tiles whose prefetching fits the L1 (kjv-big fp32: 2 x 8
+/// beats 1 x 8 at 8 tokens from the L2, loses in a forward), so a model passes as many
+/// of its matrices as a forward streams past its caches. Every candidate gives the same
+/// results, so this chooses a speed, never a value.
+[[nodiscard]] inline tile_config fastest_tile_config(std::span<const weight_matrix* const> ws, int reps = 5) {
+  std::size_t max_rows = 0, max_cols = 0;
+  for (const weight_matrix* w : ws) {
+    if (w->format() == weight_format::w8a8) return tile_config::t4x6;
+    max_rows = std::max(max_rows, w->rows());
+    max_cols = std::max(max_cols, w->cols());
+  }
+  if (max_rows == 0 || max_cols == 0) return tile_config::t4x6;
   constexpr std::size_t blocks[] = {4, 8, 16};
   constexpr std::size_t n_conf = std::size(tile_configs), n_blocks = std::size(blocks);
-  std::vector<float> x(blocks[n_blocks - 1] * w.cols()), y(blocks[n_blocks - 1] * w.rows());
+  std::vector<float> x(blocks[n_blocks - 1] * max_cols), y(blocks[n_blocks - 1] * max_rows);
   for (std::size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(static_cast<int>(i % 61) - 30) / 32.0f;
   double best[n_conf][n_blocks];
   for (auto& row : best)
@@ -301,7 +313,8 @@ class weight_matrix {
     for (std::size_t c = 0; c < n_conf; ++c)
       for (std::size_t b = 0; b < n_blocks; ++b) {
         const auto t0 = std::chrono::steady_clock::now();
-        w.matmul(0, w.rows(), x.data(), blocks[b], w.cols(), y.data(), w.rows(), false, nullptr, tile_configs[c]);
+        for (const weight_matrix* w : ws)
+          w->matmul(0, w->rows(), x.data(), blocks[b], w->cols(), y.data(), w->rows(), false, nullptr, tile_configs[c]);
         best[c][b] = std::min(best[c][b], std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
       }
   std::size_t winner = 0;
@@ -316,6 +329,11 @@ class weight_matrix {
     if (score < winner_score) winner = c, winner_score = score;
   }
   return tile_configs[winner];
+}
+/// fastest_tile_config over one matrix.
+[[nodiscard]] inline tile_config fastest_tile_config(const weight_matrix& w, int reps = 5) {
+  const weight_matrix* one = &w;
+  return fastest_tile_config(std::span(&one, 1), reps);
 }
 
 }  // namespace detail
