@@ -219,7 +219,7 @@ TEST(kernels, w8a8_products_follow_the_integer_group_rule) {
         wm.matmul(0, cut, x.data(), k, n, split.data(), rows, true, &in);
         wm.matmul(cut, rows - cut, x.data(), k, n, split.data() + cut, rows, false, &in);
         for (std::size_t t = 0; t < k; ++t)
-          for (std::size_t j = 0; j < groups * 32; ++j) ASSERT_EQ(int(in.q_at(t, j)), xq[t][j]) << t << "," << j;
+          for (std::size_t j = 0; j < groups * 32; ++j) ASSERT_EQ(int(in.q[t * groups * 32 + j]), xq[t][j]) << t << "," << j;
         for (std::size_t t = 0; t < k; ++t) {
           for (std::size_t r = 0; r < rows; ++r) {
             float acc = 0.0f;
@@ -266,11 +266,12 @@ TEST(kernels, w8a8_input_quantization_rounds_to_nearest_even_and_tolerates_nan) 
     d::i8_inputs in;
     in.reserve(1, n);
     in.quantize(x.data(), 1, n, n);
+    const std::int8_t* q = in.q.data() + g0;
     const int want[] = {127, 2, 4, -2, 0, 0, 127};
-    for (std::size_t i = 0; i < 7; ++i) EXPECT_EQ(int(in.q_at(0, g0 + i)), want[i]) << "n " << n << " i " << i;
-    for (std::size_t i = 7; i < 32; ++i) EXPECT_EQ(int(in.q_at(0, g0 + i)), 0) << i;
-    EXPECT_EQ(in.scale_at(0, g0 / 32), 1.0f);
-    EXPECT_EQ(in.bias_at(0, g0 / 32), 128 * (127 + 2 + 4 - 2 + 127));
+    for (int i = 0; i < 7; ++i) EXPECT_EQ(int(q[i]), want[i]) << "n " << n << " i " << i;
+    for (std::size_t i = 7; i < 32; ++i) EXPECT_EQ(int(q[i]), 0) << i;
+    EXPECT_EQ(in.scale[g0 / 32], 1.0f);
+    EXPECT_EQ(in.bias[g0 / 32], 128 * (127 + 2 + 4 - 2 + 127));
   }
 }
 

@@ -54,41 +54,29 @@ inline constexpr std::size_t i8_quad = 4;
 /// Rows of inputs quantized for w8a8 products: row t, group g has scale d = max|x| / 127
 /// and values q = round-to-nearest-even(x / d) in [-127, 127] (0 for a zero group), as
 /// the weights are quantized (weights.hpp), plus the VNNI correction 128 * sum(q).
-/// Stored token-interleaved, as the tiles read them: for each 4 columns (one VNNI
-/// operand), the 4 bytes of every row side by side, and per group every row's scale and
-/// correction side by side, so one pointer with constant offsets reaches a tile's tokens.
 /// Storage is sized by `reserve` and reused: `quantize` never allocates within it.
 struct i8_inputs {
-  aligned_vector<std::int8_t> q;      ///< [groups * 8][rows][4]: `q_at`
-  aligned_vector<float> scale;        ///< [groups][rows]: `scale_at`
-  aligned_vector<std::int32_t> bias;  ///< [groups][rows]: 128 * sum of the group's q, `bias_at`
-  std::size_t rows = 0;               ///< rows of the last `quantize`
+  aligned_vector<std::int8_t> q;      ///< [rows][groups * 32]
+  aligned_vector<float> scale;        ///< [rows][groups]
+  aligned_vector<std::int32_t> bias;  ///< [rows][groups]: 128 * sum of the group's q
 
   /// Room for `rows` rows of up to `cols` columns.
-  void reserve(std::size_t rows_, std::size_t cols) {
+  void reserve(std::size_t rows, std::size_t cols) {
     const std::size_t g = i8_groups(cols);
-    if (q.size() < rows_ * g * q8_group) q.resize(rows_ * g * q8_group);
-    if (scale.size() < rows_ * g) scale.resize(rows_ * g), bias.resize(rows_ * g);
+    if (q.size() < rows * g * q8_group) q.resize(rows * g * q8_group);
+    if (scale.size() < rows * g) scale.resize(rows * g), bias.resize(rows * g);
   }
-
-  /// Quantized value of row t, column j (zero in the padding of a partial last group).
-  [[nodiscard]] std::int8_t q_at(std::size_t t, std::size_t j) const noexcept {
-    return q[((j / i8_quad) * rows + t) * i8_quad + j % i8_quad];
-  }
-  [[nodiscard]] float scale_at(std::size_t t, std::size_t g) const noexcept { return scale[g * rows + t]; }
-  [[nodiscard]] std::int32_t bias_at(std::size_t t, std::size_t g) const noexcept { return bias[g * rows + t]; }
 
   /// Quantizes k rows of n floats (row stride ldx), after `reserve(k, n)`. Whole groups
   /// go through 16-lane vectors, a partial last group through scalar code; both give
   /// the same values (max is exact in any order, the rest is elementwise).
   void quantize(const float* x, std::size_t k, std::size_t ldx, std::size_t n) noexcept {
     const std::size_t groups = i8_groups(n);
-    rows = k;
     for (std::size_t t = 0; t < k; ++t) {
       const float* xt = x + t * ldx;
       for (std::size_t g = 0; g < groups; ++g) {
         const std::size_t j0 = g * q8_group;
-        alignas(16) std::int8_t qg[q8_group];
+        std::int8_t* qg = q.data() + (t * groups + g) * q8_group;
         std::int32_t sum = 0;
         float d = 0.0f;
         if (j0 + q8_group <= n) {
@@ -104,10 +92,8 @@ struct i8_inputs {
             sum += v;
           }
         }
-        for (std::size_t c = 0; c < q8_group / i8_quad; ++c)
-          __builtin_memcpy(q.data() + ((g * (q8_group / i8_quad) + c) * k + t) * i8_quad, qg + c * i8_quad, i8_quad);
-        scale[g * k + t] = d;
-        bias[g * k + t] = 128 * sum;
+        scale[t * groups + g] = d;
+        bias[t * groups + g] = 128 * sum;
       }
     }
   }
@@ -122,14 +108,8 @@ struct i8_inputs {
     const v16 aa = a < zero ? -a : a, ab = b < zero ? -b : b;
     v16 m = aa > zero ? aa : zero;  // NaN compares false: skipped, as in the scalar loop
     m = ab > m ? ab : m;
-    // The maximum of the 16 lanes by a halving tree (no NaN and no -0 is left in m, so
-    // the maximum is exact in any order), not a 16-long dependent chain.
-    const v8 m8a = __builtin_shufflevector(m, m, 0, 1, 2, 3, 4, 5, 6, 7);
-    const v8 m8b = __builtin_shufflevector(m, m, 8, 9, 10, 11, 12, 13, 14, 15);
-    const v8 m8 = m8a > m8b ? m8a : m8b;
-    const v4 m4a = __builtin_shufflevector(m8, m8, 0, 1, 2, 3), m4b = __builtin_shufflevector(m8, m8, 4, 5, 6, 7);
-    const v4 m4 = m4a > m4b ? m4a : m4b;
-    const float amax = std::max(std::max(m4[0], m4[1]), std::max(m4[2], m4[3]));
+    float amax = 0.0f;
+    for (std::size_t i = 0; i < lanes; ++i) amax = std::max(amax, m[i]);
     const float d = amax / 127.0f;
     const float id = d > 0.0f ? 1.0f / d : 0.0f;
     // q8_round in 16 lanes: round to nearest even by adding and removing 1.5 * 2^23
@@ -147,13 +127,7 @@ struct i8_inputs {
       const vi8x16 q8 = __builtin_convertvector(qi, vi8x16);
       __builtin_memcpy(qg + h * lanes, &q8, sizeof(q8));
     }
-    // Integer sums are exact in any order: halves, then quarters, then the last four.
-    typedef int vi8 __attribute__((vector_size(32)));
-    typedef int vi4 __attribute__((vector_size(16)));
-    const vi8 s8 = __builtin_shufflevector(s, s, 0, 1, 2, 3, 4, 5, 6, 7) +
-                   __builtin_shufflevector(s, s, 8, 9, 10, 11, 12, 13, 14, 15);
-    const vi4 s4 = __builtin_shufflevector(s8, s8, 0, 1, 2, 3) + __builtin_shufflevector(s8, s8, 4, 5, 6, 7);
-    sum += s4[0] + s4[1] + s4[2] + s4[3];
+    for (std::size_t i = 0; i < lanes; ++i) sum += s[i];
     return d;
   }
 };
@@ -179,14 +153,16 @@ inline void i8_product_scalar(const i8_panels& w, std::size_t p0, std::size_t ro
                               std::size_t t0, std::size_t tokens, float* y, std::size_t ldy) noexcept {
   const std::size_t G = w.groups;
   for (std::size_t t = 0; t < tokens; ++t) {
+    const std::int8_t* xq = x.q.data() + (t0 + t) * G * q8_group;
+    const float* xs = x.scale.data() + (t0 + t) * G;
     for (std::size_t i = 0; i < rows; ++i) {
       const std::size_t r = p0 * lanes + i;
       float acc = 0.0f;
       for (std::size_t g = 0; g < G; ++g) {
         std::int32_t s = 0;
         for (std::size_t j = g * q8_group; j < (g + 1) * q8_group; ++j)
-          s += (static_cast<std::int32_t>(w.u[i8_offset(r, j, G)]) - 128) * x.q_at(t0 + t, j);
-        const float d = w.s[((r / lanes) * G + g) * lanes + r % lanes] * x.scale_at(t0 + t, g);
+          s += (static_cast<std::int32_t>(w.u[i8_offset(r, j, G)]) - 128) * xq[j];
+        const float d = w.s[((r / lanes) * G + g) * lanes + r % lanes] * xs[g];
         acc = fmadd(static_cast<float>(s), d, acc);
       }
       y[t * ldy + i] = acc;
@@ -196,78 +172,60 @@ inline void i8_product_scalar(const i8_panels& w, std::size_t p0, std::size_t ro
 
 #if SPECDEC_DETAIL_VNNI
 /// Outputs of P panels x T tokens (rows: at most 16 P valid rows from the tile's first).
-/// The integer sums of a group and the float accumulators both live in registers (2 P T,
-/// next to P weights and a broadcast); every input a tile reads is reached from one
-/// pointer per kind with constant offsets (the token-interleaved `i8_inputs`).
 template <int P, int T>
 inline void i8_tile(const i8_panels& w, std::size_t p0, const i8_inputs& x, std::size_t t0, float* y,
                     std::size_t ldy, std::size_t rows) noexcept {
-  static_assert(2 * P * T + P + 1 <= 32,
-                "i8_tile: P x T integer sums and float accumulators, P weights and a broadcast must fit 32 registers");
-  constexpr std::size_t quads_per_group = q8_group / i8_quad;
+  static_assert(2 * P * T + P + 2 <= 32, "i8_tile: P x T int and float accumulators and P weights must fit 32 registers");
   const std::size_t G = w.groups;
+  const std::size_t quads = G * (q8_group / i8_quad);
   v16 acc[P][T];
 #pragma GCC unroll 16
   for (int p = 0; p < P; ++p)
 #pragma GCC unroll 16
     for (int t = 0; t < T; ++t) acc[p][t] = v16{};
   const std::uint8_t* up[P];
-  const float* wsp[P];
 #pragma GCC unroll 16
-  for (int p = 0; p < P; ++p) {
-    up[p] = w.u + (p0 + static_cast<std::size_t>(p)) * G * q8_group * lanes;
-    wsp[p] = w.s + (p0 + static_cast<std::size_t>(p)) * G * lanes;
-  }
-  // The tile's first token's quantized inputs (then the others', i8_quad bytes apart),
-  // scales and VNNI corrections (then the others'), advanced quad by quad, group by group.
-  const std::size_t k = x.rows;
-  const std::int8_t* xq = x.q.data() + t0 * i8_quad;
-  const float* xs = x.scale.data() + t0;
-  const std::int32_t* xb = x.bias.data() + t0;
+  for (int p = 0; p < P; ++p) up[p] = w.u + (p0 + static_cast<std::size_t>(p)) * quads * 64;
   for (std::size_t g = 0; g < G; ++g) {
     // Each integer sum starts at minus its input group's VNNI correction: integer sums
     // are exact in any order, so this is isum_g, one subtraction per output fewer.
     vi16 is[P][T];
 #pragma GCC unroll 16
     for (int t = 0; t < T; ++t) {
-      const vi16 neg_bias = vi16{} - xb[t];
+      const vi16 neg_bias = vi16{} - x.bias[(t0 + static_cast<std::size_t>(t)) * G + g];
 #pragma GCC unroll 16
       for (int p = 0; p < P; ++p) is[p][t] = neg_bias;
     }
 #pragma GCC unroll 8
-    for (std::size_t c = 0; c < quads_per_group; ++c) {
+    for (std::size_t c = 0; c < q8_group / i8_quad; ++c) {
+      const std::size_t quad = g * (q8_group / i8_quad) + c;
       vi16 wv[P];
 #pragma GCC unroll 16
-      for (int p = 0; p < P; ++p) load_bytes64(wv[p], up[p] + c * 64);
+      for (int p = 0; p < P; ++p) load_bytes64(wv[p], up[p] + quad * 64);
 #pragma GCC unroll 16
       for (int t = 0; t < T; ++t) {
         std::int32_t four;
-        __builtin_memcpy(&four, xq + (c * k + static_cast<std::size_t>(t)) * i8_quad, 4);
-        const vi16 xv = vi16{} + four;
+        __builtin_memcpy(&four, x.q.data() + (t0 + static_cast<std::size_t>(t)) * G * q8_group + quad * i8_quad, 4);
+        const vi16 xb = vi16{} + four;
 #pragma GCC unroll 16
-        for (int p = 0; p < P; ++p) dpbusd_lanes(is[p][t], wv[p], xv);
+        for (int p = 0; p < P; ++p) dpbusd_lanes(is[p][t], wv[p], xb);
       }
     }
+    v16 ws[P];
 #pragma GCC unroll 16
-    for (int p = 0; p < P; ++p) {
-      v16 ws;
-      load16(ws, wsp[p]);
+    for (int p = 0; p < P; ++p) load16(ws[p], w.s + ((p0 + static_cast<std::size_t>(p)) * G + g) * lanes);
 #pragma GCC unroll 16
-      for (int t = 0; t < T; ++t) {
-        v16 sx;
-        splat(sx, xs[t]);
+    for (int t = 0; t < T; ++t) {
+      const std::size_t xi = (t0 + static_cast<std::size_t>(t)) * G + g;
+      v16 xs;
+      splat(xs, x.scale[xi]);
+#pragma GCC unroll 16
+      for (int p = 0; p < P; ++p) {
         // float(isum) exactly (|isum| < 2^24), times the one rounded product of the scales.
-        fmadd_lanes(acc[p][t], __builtin_convertvector(is[p][t], v16), ws * sx);
+        const v16 f = __builtin_convertvector(is[p][t], v16);
+        fmadd_lanes(acc[p][t], f, ws[p] * xs);
       }
     }
-#pragma GCC unroll 16
-    for (int p = 0; p < P; ++p) {
-      up[p] += quads_per_group * 64;
-      wsp[p] += lanes;
-    }
-    xq += quads_per_group * k * i8_quad;
-    xs += k;
-    xb += k;
   }
   store_tile<P, T>(acc, y, ldy, rows);
 }

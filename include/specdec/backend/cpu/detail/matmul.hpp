@@ -20,8 +20,7 @@ namespace specdec::cpu::detail {
 // multiplied into the 16-row accumulators of every panel of the tile. Each output is one
 // multiply-add chain over j = 0 .. n - 1 in order, from 0 (as llama2.c's scalar loop sums
 // it), whatever the tile shape, the number of tokens, the thread split or the rows' place
-// in a tile, so k-token blocks equal k single-token forwards bit for bit (grouped streams,
-// q8_0, keep a fixed order of their own, `grouped_panel_tile`). Against the
+// in a tile, so k-token blocks equal k single-token forwards bit for bit. Against the
 // row-major dot-product tiles (`matmul_rows`, still used for attention, where the "weight
 // rows" are the KV cache) there is no horizontal reduction per output and one broadcast
 // feeds a whole panel, and the single-token stream is a few long sequential panels instead
@@ -241,8 +240,7 @@ inline void run_panel_tiles(tile_family<Policies...>, const panel_product<W>& m)
 }
 
 /// Y[t][i] = sum_j W[16 p0 + i][j] X[t][j] for i < rows, t < k over a panel stream `w`
-/// (fp32, or a 16-bit format decoded exactly to fp32 in registers: one in-order chain
-/// per output; or q8_0, grouped: see grouped_panel_tile), starting at
+/// (fp32, or a 16-bit or q8_0 format decoded exactly to fp32 in registers), starting at
 /// panel p0; output row stride ldy. `pf_panels` (at least the panels the rows span) says
 /// how many panels the stream has from p0: when the caller's next call continues after
 /// these rows (a thread's next chunk), the last tile prefetches its first panels. Tiles

@@ -244,9 +244,9 @@ using row_tile_table =
 
 /// One token: 8 panels, then 4, 2 and 1.
 using i8_single_token_tiles = tile_family<panel_policy<8, 1>, panel_policy<4, 1>, panel_policy<2, 1>, panel_policy<1, 1>>;
-/// More tokens: 2 panels x 7 tokens, then 1 x 7 (integer sums and float accumulators:
-/// 2 P T + P + 1 registers).
-using i8_block_tiles = tile_family<panel_policy<2, 7>, panel_policy<1, 7>>;
+/// More tokens: 2 panels x 6 tokens, then 1 x 6 (int and float accumulators: 2 P T + P + 2
+/// registers).
+using i8_block_tiles = tile_family<panel_policy<2, 6>, panel_policy<1, 6>>;
 
 using i8_tile_table = tile_table<tile_choice<1, 0, i8_single_token_tiles>, tile_choice<any_tokens, 0, i8_block_tiles>>;
 
