@@ -23,6 +23,37 @@
 namespace {
 using namespace cpu_fixtures;
 
+// The 8-bit formats' quantization of a row, written out from its definition: per group of
+// 32 (the last one possibly partial) scale = max|v| / 127, q = nearest-even(v * (1 /
+// scale)) clamped to [-127, 127]; q is padded with zeros to whole groups.
+void quantize_q8(const float* v, std::size_t n, std::vector<int>& q, std::vector<float>& scale) {
+  const std::size_t groups = (n + 31) / 32;
+  q.assign(groups * 32, 0);
+  scale.assign(groups, 0.0f);
+  for (std::size_t g = 0; g < groups; ++g) {
+    float amax = 0.0f;
+    for (std::size_t j = g * 32; j < std::min(n, g * 32 + 32); ++j) amax = std::max(amax, std::abs(v[j]));
+    scale[g] = amax / 127.0f;
+    const float inv = scale[g] > 0.0f ? 1.0f / scale[g] : 0.0f;
+    for (std::size_t j = g * 32; j < std::min(n, g * 32 + 32); ++j)
+      q[j] = static_cast<int>(std::clamp(std::nearbyint(v[j] * inv), -127.0f, 127.0f));
+  }
+}
+
+// The q8_0 product rule (detail::grouped_panel_tile), written out: per group of 32 columns
+// in order, part = the in-order fmadd chain of float(q) x input from 0, then acc =
+// fmadd(part, scale, acc) from 0.
+float q8_0_chain(const std::vector<int>& q, const std::vector<float>& scale, const float* x, std::size_t n) {
+  float acc = 0.0f;
+  for (std::size_t g = 0; g * 32 < n; ++g) {
+    float part = 0.0f;
+    for (std::size_t j = g * 32; j < std::min(n, g * 32 + 32); ++j)
+      part = specdec::cpu::detail::fmadd(static_cast<float>(q[j]), x[j], part);
+    acc = specdec::cpu::detail::fmadd(part, scale[g], acc);
+  }
+  return acc;
+}
+
 // Grouped-query attention reads each value row once for all heads of a KV group. Grouping
 // must change no bit: every head's outputs equal the one-head kernel's, for any group size
 // (1..4 use one register tile, 5 and 7 split into 4 + 1 and 4 + 3) and widths that
@@ -100,7 +131,7 @@ TEST(kernels, matmul_results_do_not_depend_on_buffer_alignment) {
 
 // The summation order every weight product keeps (detail::matmul_panels): output (t, r)
 // is one multiply-add chain over the columns in order, starting from 0, over the
-// decoded weights. Checked bit for bit against that chain written out one element at a
+// decoded weights (q8_0: the grouped rule of q8_0_chain, over its quantized weights). Checked bit for bit against that chain written out one element at a
 // time, for row counts with partial 16-row panels, every tile path (1-9, 16, 17 tokens),
 // every weight format, and products cut into two calls at a panel boundary (as the
 // thread split cuts them). The chain is written with detail::fmadd (a fused multiply-add
@@ -115,8 +146,15 @@ TEST(kernels, weight_products_are_one_in_order_multiply_add_chain_per_output) {
       std::vector<float> w(rows * n), x(17 * n);
       for (float& v : w) v = u(rng);
       for (float& v : x) v = u(rng);
+      std::vector<std::vector<int>> wq(rows);
+      std::vector<std::vector<float>> ws(rows);
+      for (std::size_t r = 0; r < rows; ++r) quantize_q8(w.data() + r * n, n, wq[r], ws[r]);
       for (const auto f : {weight_format::fp32, weight_format::bf16, weight_format::fp16, weight_format::q8_0}) {
         const d::weight_matrix wm(w.data(), rows, n, f);
+        if (f == weight_format::q8_0) {  // the stored weights decode to q * scale
+          for (std::size_t r = 0; r < rows; ++r)
+            for (std::size_t j = 0; j < n; ++j) ASSERT_EQ(wm.at(r, j), float(wq[r][j]) * ws[r][j / 32]) << r << "," << j;
+        }
         for (const std::size_t k : {1u, 2u, 3u, 4u, 5u, 6u, 7u, 8u, 9u, 12u, 13u, 16u, 17u}) {
           for (const auto tiles : specdec::cpu::tile_configs) {
             std::vector<float> whole(k * rows), split(k * rows);
@@ -127,7 +165,9 @@ TEST(kernels, weight_products_are_one_in_order_multiply_add_chain_per_output) {
             for (std::size_t t = 0; t < k; ++t) {
               for (std::size_t r = 0; r < rows; ++r) {
                 float chain = 0.0f;
-                for (std::size_t j = 0; j < n; ++j) chain = d::fmadd(wm.at(r, j), x[t * n + j], chain);
+                if (f == weight_format::q8_0) chain = q8_0_chain(wq[r], ws[r], x.data() + t * n, n);
+                else
+                  for (std::size_t j = 0; j < n; ++j) chain = d::fmadd(wm.at(r, j), x[t * n + j], chain);
                 ASSERT_EQ(whole[t * rows + r], chain) << specdec::cpu::to_string(f) << " rows " << rows << " n " << n
                                                       << " k " << k << " t " << t << " r " << r << " tiles "
                                                       << specdec::cpu::to_string(tiles);
@@ -150,19 +190,7 @@ TEST(kernels, weight_products_are_one_in_order_multiply_add_chain_per_output) {
 // exactly that.
 TEST(kernels, w8a8_products_follow_the_integer_group_rule) {
   namespace d = specdec::cpu::detail;
-  const auto quantize = [](const float* v, std::size_t n, std::vector<int>& q, std::vector<float>& scale) {
-    const std::size_t groups = (n + 31) / 32;
-    q.assign(groups * 32, 0);
-    scale.assign(groups, 0.0f);
-    for (std::size_t g = 0; g < groups; ++g) {
-      float amax = 0.0f;
-      for (std::size_t j = g * 32; j < std::min(n, g * 32 + 32); ++j) amax = std::max(amax, std::abs(v[j]));
-      scale[g] = amax / 127.0f;
-      const float inv = scale[g] > 0.0f ? 1.0f / scale[g] : 0.0f;
-      for (std::size_t j = g * 32; j < std::min(n, g * 32 + 32); ++j)
-        q[j] = static_cast<int>(std::clamp(std::nearbyint(v[j] * inv), -127.0f, 127.0f));
-    }
-  };
+  const auto quantize = quantize_q8;
   std::mt19937 rng(9);
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);
   for (const std::size_t rows : {1u, 16u, 37u, 130u}) {
@@ -377,10 +405,11 @@ TEST(kernels, vector_widening_equals_the_scalar_conversions) {
 // Every tile family of every selection table (tiles.hpp) computes every output of its
 // product exactly once and exactly as the summation rule says, whatever the table would
 // choose for the block: each family of the weight products over fp32 and bf16 panels
-// (the in-order fmadd chain), of the attention scores (`dot` per row and vector, this
-// build's table and the AVX2 one) and of the w8a8 products (the portable scalar path: the
-// build's matmul_i8 and, with VNNI, every family), for partial panels, every token tile
-// count up to 17, and nothing written past the product's rows.
+// (the in-order fmadd chain) and q8_0 panels (the grouped rule), of the attention scores
+// (`dot` per row and vector, this build's table and the AVX2 one) and of the w8a8 products
+// (the portable scalar path: the build's matmul_i8 and, with VNNI, every family), for
+// partial panels, every token tile count up to 17, and nothing written past the product's
+// rows.
 template <class... Choices, class F>
 void for_each_family(specdec::cpu::detail::tile_table<Choices...>, F&& f) {
   (f(typename Choices::family{}), ...);
@@ -406,27 +435,41 @@ TEST(kernels, every_tile_family_computes_every_output_by_the_summation_rule) {
     const auto f32 = d::to_panels<float>(rows, n, [&](std::size_t r, std::size_t j) { return w[r * n + j]; });
     const auto b16 =
         d::to_panels<std::uint16_t>(rows, n, [&](std::size_t r, std::size_t j) { return d::float_to_bf16(w[r * n + j]); });
+    std::vector<std::vector<int>> wq(rows);
+    std::vector<std::vector<float>> ws(rows);
+    for (std::size_t r = 0; r < rows; ++r) quantize_q8(w.data() + r * n, n, wq[r], ws[r]);
+    const std::size_t groups = (n + 31) / 32;
+    const auto q8 = d::to_panels<std::int8_t>(rows, n, [&](std::size_t r, std::size_t j) { return std::int8_t(wq[r][j]); });
+    const auto q8s = d::to_panels<float>(rows, groups, [&](std::size_t r, std::size_t g) { return ws[r][g]; });
     const std::size_t ldy = rows + 3;
     for (std::size_t k = 1; k <= kmax; ++k) {
-      const auto check_panels = [&](const auto& stream, auto decode, const char* what) {
+      // want(t, r): output (t, r) by the stream's summation rule.
+      const auto check_panels = [&](const auto& stream, auto want, const char* what) {
         for_each_panel_family([&](auto family) {
           std::vector<float> y(k * ldy, -7.0f);
           const std::size_t panels = (rows + 15) / 16;
           d::run_panel_tiles(family, d::panel_product<std::decay_t<decltype(stream)>>{
                                          stream, 0, panels, rows, n, x.data(), k, n, y.data(), ldy, panels});
           for (std::size_t t = 0; t < k; ++t) {
-            for (std::size_t r = 0; r < rows; ++r) {
-              float chain = 0.0f;
-              for (std::size_t j = 0; j < n; ++j) chain = d::fmadd(decode(w[r * n + j]), x[t * n + j], chain);
-              ASSERT_EQ(y[t * ldy + r], chain) << what << " rows " << rows << " k " << k << " t " << t << " r " << r;
-            }
+            for (std::size_t r = 0; r < rows; ++r)
+              ASSERT_EQ(y[t * ldy + r], want(t, r)) << what << " rows " << rows << " k " << k << " t " << t << " r " << r;
             for (std::size_t r = rows; r < ldy; ++r) ASSERT_EQ(y[t * ldy + r], -7.0f) << what << " wrote past the rows";
           }
         });
       };
-      check_panels(d::f32_panels{f32.data(), n}, [](float v) { return v; }, "fp32 panels");
+      const auto chain = [&](auto decode) {
+        return [&, decode](std::size_t t, std::size_t r) {
+          float c = 0.0f;
+          for (std::size_t j = 0; j < n; ++j) c = d::fmadd(decode(w[r * n + j]), x[t * n + j], c);
+          return c;
+        };
+      };
+      check_panels(d::f32_panels{f32.data(), n}, chain([](float v) { return v; }), "fp32 panels");
       check_panels(d::u16_panels<d::bf16_code>{b16.data(), n},
-                   [](float v) { return d::bf16_to_float(d::float_to_bf16(v)); }, "bf16 panels");
+                   chain([](float v) { return d::bf16_to_float(d::float_to_bf16(v)); }), "bf16 panels");
+      check_panels(d::q8_panels{q8.data(), q8s.data(), n, groups},
+                   [&](std::size_t t, std::size_t r) { return q8_0_chain(wq[r], ws[r], x.data() + t * n, n); },
+                   "q8_0 panels");
       const auto check_rows = [&](auto family) {
         std::vector<float> y(k * ldy, -7.0f);
         const d::f32_rows keys{w.data(), n};

@@ -133,9 +133,16 @@ inline std::shared_ptr<const model_weights> shared_model_weights(const std::shar
 /// The tile configuration a model runs with: `requested` unless it is `automatic`; then
 /// the SPECDEC_TILES environment variable where it names one (an unknown name throws
 /// `invalid_argument` naming the variable); else the configuration timed fastest for
-/// this weight format and model shape (`fastest_tile_config` over layer 0's w1, the
-/// largest projection), once per process: the first model of a format and w1 shape
-/// times it, the others reuse it. Never a different result, only a different speed.
+/// this weight format and model shape (`fastest_tile_config` over the layers' matrices
+/// in forward order, as many layers as make `tile_timing_bytes`, so that the weights
+/// stream from beyond the caches as in a forward), once per process: the first model of
+/// a format and w1 shape times it, the others reuse it. Never a different result, only
+/// a different speed.
+/// Weight bytes the tile timing at load streams per candidate and block (whole layers,
+/// at least one): more than the last-level caches of the hosts this was tuned on, and
+/// little enough that timing stays a fraction of a second.
+inline constexpr std::size_t tile_timing_bytes = std::size_t{48} << 20;
+
 inline tile_config resolve_tile_config(tile_config requested, const model_weights& w) {
   if (requested != tile_config::automatic) return requested;
   if (const char* env = std::getenv("SPECDEC_TILES"); env != nullptr && *env != '\0') {
@@ -154,7 +161,16 @@ inline tile_config resolve_tile_config(tile_config requested, const model_weight
   const std::lock_guard<std::mutex> lock(mutex);
   for (const timed_choice& t : timed)
     if (t.format == w.format && t.rows == w1.rows() && t.cols == w1.cols()) return t.tiles;
-  timed.push_back({w.format, w1.rows(), w1.cols(), fastest_tile_config(w1)});
+  std::vector<const weight_matrix*> streamed;
+  std::size_t bytes = 0;
+  for (const auto& l : w.layers) {
+    if (bytes >= tile_timing_bytes) break;
+    for (const weight_matrix* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w1, &l.w2, &l.w3}) {
+      streamed.push_back(m);
+      bytes += m->bytes();
+    }
+  }
+  timed.push_back({w.format, w1.rows(), w1.cols(), fastest_tile_config(streamed)});
   return timed.back().tiles;
 }
 

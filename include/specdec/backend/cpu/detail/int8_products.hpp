@@ -5,8 +5,8 @@
 /// (one fp32 scale per 32 inputs of a row, as llama.cpp's q8_0 matrix products do), so
 /// that each group's 32 multiply-adds are one exact integer dot product. With
 /// AVX512-VNNI one `vpdpbusd` does 64 of them (4 columns x 16 rows of a panel), against
-/// one fp32 FMA per 16 multiply-adds plus three instructions to widen and scale each 16
-/// int8 weights in the q8_0 format: a kjv-little forward takes a fraction of the
+/// one fp32 FMA per 16 multiply-adds plus two instructions to widen each 16 int8 weights
+/// in the q8_0 format: a kjv-little forward takes a fraction of the
 /// instructions, and its weights (1.2 MB) fit a core's L2 next to its KV cache, where
 /// fp32 (4.3 MB) and bf16 (2.1 MB) do not. It is a format for drafts (docs/performance.md):
 /// their numerics decide only which tokens they propose, never the exact output.

@@ -3,6 +3,7 @@
 /// Weight products over panel-major weights (`matmul_panels`, every weight format but
 /// w8a8, whose integer products are in int8_products.hpp).
 #include <algorithm>
+#include <concepts>
 #include <cstddef>
 
 #include "specdec/backend/cpu/detail/arch/vector.hpp"
@@ -54,6 +55,104 @@ inline void store_tile(const V (&acc)[P][T], float* y, std::size_t ldy, std::siz
   }
 }
 
+/// A panel stream whose columns come in groups of `W::group`, each with one scale per row
+/// (q8_0): `load` gives the unscaled values and `load_scales(v, p, g)` the 16 rows' scales
+/// of group g. Its products follow the grouped rule of `grouped_panel_tile`, not the plain
+/// chain over decoded weights.
+template <class W>
+concept grouped_panels = requires(const W& w, packet16& v) {
+  { W::group } -> std::convertible_to<std::size_t>;
+  w.load_scales(v, std::size_t{}, std::size_t{});
+  w.columns(std::size_t{}).load(v, std::size_t{});  // panel p's column j, by a cursor
+};
+
+/// panel_tile's grouped form: output (t, r) is, over the groups g in order,
+///   acc = fmadd(part_g, scale[r][g], acc),  acc from 0,
+/// where part_g is the in-order multiply-add chain, from 0, of the group's unscaled
+/// weights times the inputs (the columns 32 g .. min(n, 32 g + 32) - 1 for q8_0). One
+/// conversion per 16 weights and one scale FMA per group and output, against q8_0's
+/// former rule (every weight scaled, one rounded multiply per 16 weights on the FMA
+/// pipes); llama.cpp's q8_0 products also apply the block scale to a partial sum. Every
+/// step depends on the output's row, token and column order only, so every tile shape,
+/// block size and thread split gives the same bits. The partial sums live in registers
+/// (P T + P + 1, as panel_tile's accumulators), the accumulators in the L1: each is read
+/// and written once per group, as the addend of its scale FMA.
+template <int P, int T, bool Prefetch, class W>
+inline void grouped_panel_tile(const W& w, std::size_t p0, std::size_t n, const float* x, std::size_t ldx, float* y,
+                               std::size_t ldy, std::size_t rows, std::size_t pf) noexcept {
+  static_assert(P * T + P + 1 <= 32, "grouped_panel_tile: P x T partial sums, P weights and a broadcast must fit 32 registers");
+  alignas(64) float acc_mem[P * T * lanes] = {};
+  // Opaque to the optimiser, so that it keeps the accumulators in memory instead of
+  // spilling the partial sums to make room for them.
+  float* acc_p = acc_mem;
+  asm("" : "+r"(acc_p));
+  using cursor = decltype(w.columns(std::size_t{}));
+  cursor cols[P];
+#pragma GCC unroll 16
+  for (int p = 0; p < P; ++p) cols[p] = w.columns(p0 + static_cast<std::size_t>(p));
+  // The loops below run whole 4-column steps (one 64-byte line of a q8_0 panel, one
+  // prefetch each), then the last columns of a partial group one at a time.
+  constexpr std::size_t step = 4;
+  static_assert(W::group % step == 0);
+  for (std::size_t j0 = 0, g = 0; j0 < n; j0 += W::group, ++g) {
+    const std::size_t j1 = std::min(n, j0 + W::group);
+    packet16 part[P][T];
+#pragma GCC unroll 16
+    for (int p = 0; p < P; ++p)
+#pragma GCC unroll 16
+      for (int t = 0; t < T; ++t) part[p][t] = packet16{};
+    const auto column = [&](std::size_t j) __attribute__((always_inline)) {
+      packet16 wv[P];
+#pragma GCC unroll 16
+      for (int p = 0; p < P; ++p) {
+        cols[p].load(wv[p], j);
+        if constexpr (T > 1) pin_register(wv[p]);
+      }
+#pragma GCC unroll 16
+      for (int t = 0; t < T; ++t) {
+        const float xs = x[static_cast<std::size_t>(t) * ldx + j];
+#pragma GCC unroll 16
+        for (int p = 0; p < P; ++p) fmadd_lanes(part[p][t], wv[p], xs);
+      }
+    };
+    std::size_t j = j0;
+    for (; j + step <= j1; j += step) {
+      if constexpr (Prefetch) {
+#pragma GCC unroll 16
+        for (int p = 0; p < P; ++p) w.prefetch_line(pf + static_cast<std::size_t>(p), j);
+      }
+#pragma GCC unroll 4
+      for (std::size_t u = 0; u < step; ++u) column(j + u);
+    }
+    for (; j < j1; ++j) {
+      if constexpr (Prefetch) {
+#pragma GCC unroll 16
+        for (int p = 0; p < P; ++p) w.prefetch_line(pf + static_cast<std::size_t>(p), j);
+      }
+      column(j);
+    }
+#pragma GCC unroll 16
+    for (int p = 0; p < P; ++p) {
+      packet16 sc;
+      w.load_scales(sc, p0 + static_cast<std::size_t>(p), g);
+#pragma GCC unroll 16
+      for (int t = 0; t < T; ++t) {
+        float* a = acc_p + (p * T + t) * static_cast<int>(lanes);
+        packet16 acc;
+        load16(acc, a);
+        fmadd_lanes(acc, part[p][t], sc);
+        store16(a, acc);
+      }
+    }
+  }
+  packet16 acc[P][T];
+#pragma GCC unroll 16
+  for (int p = 0; p < P; ++p)
+#pragma GCC unroll 16
+    for (int t = 0; t < T; ++t) load16(acc[p][t], acc_p + (p * T + t) * static_cast<int>(lanes));
+  store_tile<P, T>(acc, y, ldy, rows);
+}
+
 /// Y[t][16 (p0 + p) + l] for the P panels p0 .. p0 + P - 1 and T tokens: `rows` (at most
 /// 16 P) output rows from the tile's first are written (the last panel of a matrix may be
 /// partial; its padding rows are zero and not written). With `Prefetch`, the loop also
@@ -61,6 +160,9 @@ inline void store_tile(const V (&acc)[P][T], float* y, std::size_t ldy, std::siz
 template <int P, int T, bool Prefetch, class W>
 inline void panel_tile(const W& w, std::size_t p0, std::size_t n, const float* x, std::size_t ldx, float* y,
                        std::size_t ldy, std::size_t rows, std::size_t pf) noexcept {
+  if constexpr (grouped_panels<W>) {
+    return grouped_panel_tile<P, T, Prefetch>(w, p0, n, x, ldx, y, ldy, rows, pf);
+  } else {
   static_assert(P * T + P + 1 <= 32, "panel_tile: P x T accumulators, P weights and a broadcast must fit 32 registers");
   // The loops over panels and tokens are unrolled explicitly: at -O2 GCC otherwise kept
   // the accumulators in memory.
@@ -85,6 +187,7 @@ inline void panel_tile(const W& w, std::size_t p0, std::size_t n, const float* x
     }
   }
   store_tile<P, T>(acc, y, ldy, rows);
+  }
 }
 
 /// panel_tile<P, tokens> for a runtime tokens <= T.

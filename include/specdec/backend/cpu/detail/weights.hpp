@@ -4,13 +4,16 @@
 /// and q8_0 (int8 with one fp32 scale per group of 32 consecutive weights of a row, like
 /// llama.cpp's Q8_0), converted once at load time into panels of 16 rows (see
 /// matmul_panels in matmul.hpp). Each format is a "panel stream" that the tile kernels
-/// decode to fp32 in registers: the decoded value of a weight
-/// is an exact function of its stored bits (bf16/fp16 widen exactly; q8_0 is the single
-/// correctly rounded product float(q) * scale), so the fixed summation order of the fp32
-/// kernels, and with it batch invariance, carries over unchanged to every format.
+/// decode to fp32 in registers: the decoded value of a weight is an exact function of its
+/// stored bits (bf16/fp16 widen exactly), so the fixed summation order of the fp32
+/// kernels, and with it batch invariance, carries over unchanged to bf16 and fp16. q8_0
+/// is a grouped stream (`grouped_panels`, matmul.hpp): each group of 32 columns is one
+/// in-order chain over float(q) (exact), scaled once per group by one FMA into the
+/// output's chain over the groups (`grouped_panel_tile`); a fixed order too, so just as
+/// batch-invariant, and one rounding per group where a decoded weight had one per weight.
 ///
 /// The decoding, 16 values at a time, is the vector layer's `widen_bf16`, `widen_fp16` and
-/// `widen_q8` (arch/vector.hpp): AVX-512 or AVX2 instructions where the target has them,
+/// `widen_i8` (arch/vector.hpp): AVX-512 or AVX2 instructions where the target has them,
 /// scalar code elsewhere, the same values in every build.
 ///
 /// w8a8 is the exception: q8_0's weights, but its products also quantize their inputs
@@ -23,6 +26,7 @@
 #include <cstdint>
 #include <cstring>
 #include <iterator>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -118,17 +122,25 @@ struct u16_panels {
   }
 };
 
-/// q8_0 panel stream: int8 weights panel-major (column j of panel p: 16 bytes at
-/// q + (p n + j) 16) and the fp32 scales of the 16 rows side by side per group of 32
-/// columns (s + (p groups + j / 32) 16); weight = float(q) * scale, one rounding, the
-/// same value the row's own group scale gives it.
+/// q8_0 panel stream, grouped (`grouped_panels`, matmul.hpp): int8 weights panel-major
+/// (column j of panel p: 16 bytes at q + (p n + j) 16), loaded as float(q), and the fp32
+/// scales of the 16 rows side by side per group of 32 columns (s + (p groups + g) 16),
+/// applied once per group to the group's partial sum (`grouped_panel_tile`).
 struct q8_panels {
   static constexpr std::size_t column_bytes = 18;  ///< 16 weights and 1/32 of 16 scales
+  static constexpr std::size_t group = q8_group;
   const std::int8_t* q;
   const float* s;
   std::size_t n, groups;
-  void load(packet16& out, std::size_t p, std::size_t j) const noexcept {
-    widen_q8(out, q + (p * n + j) * lanes, s + (p * groups + j / q8_group) * lanes);
+  void load(packet16& out, std::size_t p, std::size_t j) const noexcept { widen_i8(out, q + (p * n + j) * lanes); }
+  /// Panel p's columns: load(out, j) is load(out, p, j).
+  struct cursor {
+    const std::int8_t* q = nullptr;
+    void load(packet16& out, std::size_t j) const noexcept { widen_i8(out, q + j * lanes); }
+  };
+  [[nodiscard]] cursor columns(std::size_t p) const noexcept { return {q + p * n * lanes}; }
+  void load_scales(packet16& out, std::size_t p, std::size_t g) const noexcept {
+    load16(out, s + (p * groups + g) * lanes);
   }
   /// Prefetches (into L1) the lines holding column j of panel p and its scales; one call
   /// per 64 bytes of each.
@@ -208,7 +220,8 @@ class weight_matrix {
   [[nodiscard]] std::size_t bytes() const noexcept {
     return f32_.size() * 4 + u16_.size() * 2 + q8_.size() + u8_.size() + scales_.size() * 4;
   }
-  /// The decoded weight (r, c), for tests and tools.
+  /// The decoded weight (r, c), for tests and tools (q8_0 and w8a8: float(q) x scale,
+  /// one rounding; their products apply the scale to a group's sum instead).
   [[nodiscard]] float at(std::size_t r, std::size_t c) const noexcept {
     const std::size_t i = panel_offset(r, c, cols_);
     switch (format_) {
@@ -280,17 +293,28 @@ SPECDEC_CPU_FUNC void weight_matrix::matmul(std::size_t row0, std::size_t nrows,
 }
 #endif  // SPECDEC_CPU_DEFINITIONS
 
-/// The fastest tile configuration for the products of `w` on the calling core (w8a8,
-/// which has one table: `t4x6`). Every candidate of `tile_configs` runs blocks of 4, 8
-/// and 16 tokens over the whole matrix, the candidates interleaved, best of `reps` each;
-/// a candidate's score is the sum over the blocks of its time over the best time of that
-/// block, and the lowest score wins (ties: the earlier candidate). Every candidate gives
-/// the same results, so this chooses a speed, never a value.
-[[nodiscard]] inline tile_config fastest_tile_config(const weight_matrix& w, int reps = 5) {
-  if (w.format() == weight_format::w8a8 || w.rows() == 0 || w.cols() == 0) return tile_config::t4x6;
+/// The fastest tile configuration for the products of the matrices `ws` (one weight
+/// format) on the calling core (w8a8, which has one table: `t4x6`). Every candidate of
+/// `tile_configs` runs blocks of 4, 8 and 16 tokens through every matrix in turn, the
+/// candidates interleaved, best of `reps` each; a candidate's score is the sum over the
+/// blocks of its time over the best time of that block, and the lowest score wins (ties:
+/// the earlier candidate). Which tiles win depends on where the weights come from: a
+/// matrix that stays in the L2 favours the most accumulator chains, weights streamed
+/// from beyond the caches the tiles whose prefetching fits the L1 (kjv-big fp32: 2 x 8
+/// beats 1 x 8 at 8 tokens from the L2, loses in a forward), so a model passes as many
+/// of its matrices as a forward streams past its caches. Every candidate gives the same
+/// results, so this chooses a speed, never a value.
+[[nodiscard]] inline tile_config fastest_tile_config(std::span<const weight_matrix* const> ws, int reps = 5) {
+  std::size_t max_rows = 0, max_cols = 0;
+  for (const weight_matrix* w : ws) {
+    if (w->format() == weight_format::w8a8) return tile_config::t4x6;
+    max_rows = std::max(max_rows, w->rows());
+    max_cols = std::max(max_cols, w->cols());
+  }
+  if (max_rows == 0 || max_cols == 0) return tile_config::t4x6;
   constexpr std::size_t blocks[] = {4, 8, 16};
   constexpr std::size_t n_conf = std::size(tile_configs), n_blocks = std::size(blocks);
-  std::vector<float> x(blocks[n_blocks - 1] * w.cols()), y(blocks[n_blocks - 1] * w.rows());
+  std::vector<float> x(blocks[n_blocks - 1] * max_cols), y(blocks[n_blocks - 1] * max_rows);
   for (std::size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(static_cast<int>(i % 61) - 30) / 32.0f;
   double best[n_conf][n_blocks];
   for (auto& row : best)
@@ -299,7 +323,8 @@ SPECDEC_CPU_FUNC void weight_matrix::matmul(std::size_t row0, std::size_t nrows,
     for (std::size_t c = 0; c < n_conf; ++c)
       for (std::size_t b = 0; b < n_blocks; ++b) {
         const auto t0 = std::chrono::steady_clock::now();
-        w.matmul(0, w.rows(), x.data(), blocks[b], w.cols(), y.data(), w.rows(), false, nullptr, tile_configs[c]);
+        for (const weight_matrix* w : ws)
+          w->matmul(0, w->rows(), x.data(), blocks[b], w->cols(), y.data(), w->rows(), false, nullptr, tile_configs[c]);
         best[c][b] = std::min(best[c][b], std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
       }
   std::size_t winner = 0;
@@ -314,6 +339,11 @@ SPECDEC_CPU_FUNC void weight_matrix::matmul(std::size_t row0, std::size_t nrows,
     if (score < winner_score) winner = c, winner_score = score;
   }
   return tile_configs[winner];
+}
+/// fastest_tile_config over one matrix.
+[[nodiscard]] inline tile_config fastest_tile_config(const weight_matrix& w, int reps = 5) {
+  const weight_matrix* one = &w;
+  return fastest_tile_config(std::span(&one, 1), reps);
 }
 
 }  // namespace detail

@@ -78,6 +78,14 @@ inline void widen_q8(packet16& out, const std::int8_t* q, const float* s) noexce
   out.hi = _mm256_mul_ps(hi, _mm256_loadu_ps(s + 8));
 }
 
+/// out[i] = float(q[i]), exactly: per half, vpmovsxbd and vcvtdq2ps (q8_0's grouped products).
+#define SPECDEC_DETAIL_WIDEN_I8 1
+inline void widen_i8(packet16& out, const std::int8_t* q) noexcept {
+  const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q));
+  out.lo = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes));
+  out.hi = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(bytes, 8)));
+}
+
 /// hsum16's tree on a packet: a = lo + hi, then a[i] + a[i + 4], then (b0 + b2) + (b1 + b3).
 inline float hsum16(const packet16& v) noexcept {
   const __m256 a = _mm256_add_ps(v.lo, v.hi);

@@ -50,6 +50,13 @@ inline void widen_q8(v16& out, const std::int8_t* q, const float* s) noexcept {
   out = (v16)(_mm512_mul_ps(f, _mm512_loadu_ps(s)));
 }
 
+/// out[i] = float(q[i]), exactly: vpmovsxbd, vcvtdq2ps (q8_0's grouped products).
+#define SPECDEC_DETAIL_WIDEN_I8 1
+inline void widen_i8(v16& out, const std::int8_t* q) noexcept {
+  out = (v16)_mm512_maskz_cvtepi32_ps(
+      0xffff, _mm512_maskz_cvtepi8_epi32(0xffff, _mm_loadu_si128(reinterpret_cast<const __m128i*>(q))));
+}
+
 #if defined(__AVX512VNNI__)
 #define SPECDEC_DETAIL_VNNI 1
 

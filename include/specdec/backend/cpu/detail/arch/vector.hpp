@@ -27,7 +27,9 @@
 /// - `pin_register(v)`: keeps a loaded vector in a register (a hint, changes no value);
 /// - `widen_bf16(out, p)`, `widen_fp16(out, p)`: 16 bf16 or IEEE half values to fp32,
 ///   exactly; `widen_q8(out, q, s)`: out[i] = float(q[i]) * s[i], one rounding (GCC 12
-///   lowers the generic vector conversions for these lane by lane);
+///   lowers the generic vector conversions for these lane by lane); optionally
+///   `widen_i8(out, q)`: out[i] = float(q[i]), exactly (defined below from `widen_q8`
+///   with unit scales where the file has no faster form: the same values);
 /// - `SPECDEC_DETAIL_VNNI` (1 or 0) and, where it is 1, `dpbusd_lanes` (integer dot
 ///   products of unsigned by signed bytes, exact); where it is 0, optionally
 ///   `SPECDEC_DETAIL_I8_SIGN_DOTS` (AVX2: `ipacket16`, `i8_input_quad`, `load_i8_quad`,
@@ -165,6 +167,14 @@ inline v4 hsum16x4(const v16& v0, const v16& v1, const v16& v2, const v16& v3) n
 #endif
 
 namespace specdec::cpu::detail {
+
+/// out[i] = float(q[i]) for 16 int8 values, exactly (float(q) * 1 is float(q)).
+#ifndef SPECDEC_DETAIL_WIDEN_I8
+inline void widen_i8(v16& out, const std::int8_t* q) noexcept {
+  static constexpr float ones[lanes] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+  widen_q8(out, q, ones);
+}
+#endif
 
 /// acc[i] = fmadd(w[i], x, acc[i]) for the 16 lanes: the weight products' multiply-add,
 /// rounded by the same rule as `fmadd` in every build and at every optimisation level
