@@ -29,23 +29,42 @@ names=("$@")
 if [ ${#names[@]} -eq 0 ]; then
   for f in tests/fuzz/fuzz_*.cpp; do names+=("$(basename "$f" .cpp | sed 's/^fuzz_//')"); done
 fi
-status=0
+# The harnesses run side by side, one per core (each is single-threaded), so the wall time
+# is about seconds x harnesses / cores.
+jobs=${SPECDEC_FUZZ_JOBS:-$(nproc 2>/dev/null || echo 2)}
+run_one() {
+  local name=$1 work=build-fuzz/corpus/$1 crashes=build-fuzz/crashes/$1
+  mkdir -p "$work" "$crashes"
+  # New inputs go to build-fuzz/corpus/NAME (the committed seeds stay as they are).
+  if ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+      "build-fuzz/bin/fuzz_$name" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+      -artifact_prefix="$crashes/" "$work" "tests/fuzz/corpus/$name" 2> "build-fuzz/fuzz_$name.log"; then
+    echo 0 > "build-fuzz/fuzz_$name.status"
+  else
+    echo 1 > "build-fuzz/fuzz_$name.status"
+  fi
+}
+ran=()
 for name in "${names[@]}"; do
-  work=build-fuzz/corpus/$name crashes=build-fuzz/crashes/$name
   if [ ! -x "build-fuzz/bin/fuzz_$name" ]; then
     echo "== fuzz_$name was not built (see the CMake output for the missing dependency); skipped" >&2
     continue
   fi
-  mkdir -p "$work" "$crashes"
+  while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n || true; done
   echo "== fuzz_$name for ${seconds} s" >&2
-  # New inputs go to build-fuzz/corpus/NAME (the committed seeds stay as they are).
-  if ! ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
-      "build-fuzz/bin/fuzz_$name" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
-      -artifact_prefix="$crashes/" "$work" "tests/fuzz/corpus/$name" 2> "build-fuzz/fuzz_$name.log"; then
+  rm -f "build-fuzz/fuzz_$name.status"
+  run_one "$name" &
+  ran+=("$name")
+done
+wait
+status=0
+for name in "${ran[@]}"; do
+  if [ "$(cat "build-fuzz/fuzz_$name.status" 2>/dev/null)" != 0 ]; then
     tail -n 60 "build-fuzz/fuzz_$name.log" >&2
-    echo "fuzz.sh: fuzz_$name failed; reproducer in $crashes/" >&2
+    echo "fuzz.sh: fuzz_$name failed; reproducer in build-fuzz/crashes/$name/" >&2
     status=1
   else
+    echo "== fuzz_$name:" >&2
     grep -E "stat::number_of_executed_units|stat::peak_rss_mb" "build-fuzz/fuzz_$name.log" >&2 || true
   fi
 done
