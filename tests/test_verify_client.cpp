@@ -322,6 +322,9 @@ TEST(verify_client, open_and_verify_decodes_like_open_then_verify_and_recovers_f
     other.open(prompt);
     EXPECT_THROW(c.open_and_verify(prompt, std::vector<token_id>{5}), hybrid::link_unavailable);
   }
+  // `other` closed its session on the way out; the server applies the close in its own time.
+  for (int i = 0; i < 500 && s.srv.metrics().value("specdec_active_sessions") > 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
   const auto got = split_greedy(c, draft, prompt, 40, /*corrupt=*/3, [](std::size_t) {}, /*first_block=*/4);
   EXPECT_EQ(got, reference_greedy(path, prompt, 40));
   EXPECT_EQ(c.reopens(), 0u);
