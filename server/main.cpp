@@ -78,6 +78,13 @@ int main(int argc, char** argv) {
                cli::store(ms, cli::range<double>{.lo = 0, .hi = 10000})(name, v);
                eo.hold.max_hold_seconds = ms / 1e3;
              })
+        .add("--busy-gap-ms", "MS",
+             "the step-time curve learns only from forwards starting within MS of the previous one (default 1)",
+             [&eo](std::string_view name, std::string_view v) {
+               double ms = 0;
+               cli::store(ms, cli::range<double>{.lo = 0, .hi = 1e6})(name, v);
+               eo.speculation.busy_gap_seconds = ms / 1e3;
+             })
         .flag("--no-calibrate", "learn the step-time curve online only (faster start)", no_calibrate)
         .flag("--no-anticipate", "do not decode ahead for sessions told to send no drafts (docs/hybrid.md)", no_anticipate)
         .add("--max-step-rows", "N", "rows of one batched forward (default 256)", cli::store(eo.max_step_rows, count))

@@ -79,42 +79,45 @@ TEST(speculation, announces_long_drafts_when_verification_is_nearly_free_and_non
   EXPECT_EQ(choose_draft(t, {.sessions = 1}, 0.7, 0), 0u);
 }
 
-TEST(batch_estimate, averages_the_verify_blocks_per_step) {
-  batch_estimate b;
-  EXPECT_TRUE(b.empty());
-  // Nothing measured: the active sessions, as many as there are (at least 1).
-  EXPECT_EQ(b.for_announcement(8, 2).sessions, 8.0);
-  EXPECT_EQ(b.for_announcement(8, 2).completions, 2.0);
-  EXPECT_EQ(b.for_announcement(0, 0).sessions, 1.0);
-  b.observe(0);  // a step without verify blocks says nothing about their batch
-  EXPECT_TRUE(b.empty());
-  b.observe(2);
-  b.observe(4);
-  EXPECT_DOUBLE_EQ(b.blocks(), 3.0);  // the first observations average plainly
-  EXPECT_EQ(b.for_announcement(8, 0).sessions, 3.0);
-  EXPECT_EQ(b.for_announcement(2, 0).sessions, 2.0);  // never more than are active
-  for (int i = 0; i < 8; ++i) b.observe(1);
-  EXPECT_NEAR(b.blocks(), (2.0 + 4.0 + 8.0) / 10.0, 1e-12);  // weights 1/n: the plain mean of the first 10
-  EXPECT_NEAR(b.for_announcement(8, 0).sessions, 1.4, 1e-12);
-  b.observe(30, 1.0);  // weight 1: the last step alone
-  EXPECT_DOUBLE_EQ(b.blocks(), 30.0);
+TEST(speculation, announces_for_the_batch_the_server_forms_not_the_active_count) {
+  // 64 sessions active but each device answers 100 steps later: priced as one forward of
+  // 64 (n + 1) rows the drafts look costly (compute-bound); priced as the forward of the
+  // blocks that really meet they are nearly free.
+  const cost_curve t = cpu_like();
+  const std::vector<double> slow(64, 100 * t.seconds(128));
+  const std::vector<double> fast(64, 1e-6);
+  const auto priced = [&](const std::vector<double>& r) {
+    return choose_draft(t, {.sessions = std::max(1.0, expected_batch(r, t.seconds(128), false))}, 0.7, 8);
+  };
+  EXPECT_EQ(priced(slow), choose_draft(t, {.sessions = 1}, 0.7, 8));
+  EXPECT_EQ(priced(fast), choose_draft(t, {.sessions = 64}, 0.7, 8));
+  EXPECT_EQ(priced(fast), 0u);
+  EXPECT_GE(priced(slow), 6u);
 }
 
-TEST(speculation, announces_for_the_batch_the_server_forms_not_the_active_count) {
-  // Eight sessions active but each block runs alone: priced as one forward of 8 (n + 1)
-  // rows the drafts look costly (compute-bound); priced as the forward of one block that
-  // really runs they are nearly free.
+TEST(speculation, prices_no_drafts_with_the_batch_undrafted_sessions_form) {
+  // Four sessions per step while they draft (each waits for its device's round trip), but
+  // sixteen once they send none (anticipated like completion streams): drafting would
+  // pay against the batch of four, not against the batch of sixteen.
   const cost_curve t = cpu_like();
-  batch_estimate alone;
-  for (int i = 0; i < 5; ++i) alone.observe(1);
-  batch_estimate together;
-  for (int i = 0; i < 5; ++i) together.observe(64);
-  const std::size_t priced_alone = choose_draft(t, alone.for_announcement(64, 0), 0.7, 8);
-  const std::size_t priced_together = choose_draft(t, together.for_announcement(64, 0), 0.7, 8);
-  EXPECT_EQ(priced_alone, choose_draft(t, {.sessions = 1}, 0.7, 8));
-  EXPECT_EQ(priced_together, choose_draft(t, {.sessions = 64}, 0.7, 8));
-  EXPECT_EQ(priced_together, 0u);
-  EXPECT_GE(priced_alone, 6u);
+  const std::size_t priced_alike = choose_draft(t, {.sessions = 4}, 0.7, 8);
+  const std::size_t priced_apart = choose_draft(t, {.sessions = 4, .undrafted_sessions = 16.0}, 0.7, 8);
+  EXPECT_GE(priced_alike, 2u);
+  EXPECT_EQ(priced_apart, 0u);
+  // The same as pricing both regimes alike when the batches are equal.
+  EXPECT_EQ(choose_draft(t, {.sessions = 4, .undrafted_sessions = 4.0}, 0.7, 8), priced_alike);
+  // A smaller undrafted batch only makes drafting look better.
+  EXPECT_GE(choose_draft(t, {.sessions = 16, .undrafted_sessions = 2.0}, 0.7, 8),
+            choose_draft(t, {.sessions = 16}, 0.7, 8));
+}
+
+TEST(speculation, the_expected_batch_counts_each_session_by_how_often_its_device_keeps_up) {
+  const std::vector<double> r{0.0005, 0.004, 0.0, 0.002};  // the third is not measured yet
+  // Anticipated (n = 0): a row every max(step, turnaround).
+  EXPECT_DOUBLE_EQ(expected_batch(r, 0.002, true), 1.0 + 0.5 + 1.0 + 1.0);
+  // Drafting (or not anticipated): every request also waits for a step.
+  EXPECT_DOUBLE_EQ(expected_batch(r, 0.002, false), 0.002 / 0.0025 + 0.002 / 0.006 + 1.0 + 0.5);
+  EXPECT_DOUBLE_EQ(expected_batch({}, 0.002, true), 0.0);
 }
 
 TEST(speculation, options_are_validated) {
@@ -127,6 +130,9 @@ TEST(speculation, options_are_validated) {
   EXPECT_THROW(o.validate(16), specdec::invalid_argument);
   o.fixed.reset();
   o.prior_acceptance = 2;
+  EXPECT_THROW(o.validate(16), specdec::invalid_argument);
+  o.prior_acceptance = 0.6;
+  o.busy_gap_seconds = -1;
   EXPECT_THROW(o.validate(16), specdec::invalid_argument);
 }
 
@@ -176,6 +182,44 @@ struct one_session {
   double hits() { return metrics.value("specdec_anticipations_total", "result=\"hit\""); }
   double misses() { return metrics.value("specdec_anticipations_total", "result=\"miss\""); }
 };
+
+TEST(speculation, the_curve_learns_only_from_forwards_that_follow_another_closely) {
+  // Rounds 30 ms apart: every forward starts after the server idled. With the default gap
+  // only the first (the prefix's two rows, while the curve is empty) reaches the curve; with
+  // an unbounded gap all of them do.
+  for (const double gap : {0.001, 1e9}) {
+    specdec::cpu::batched_transformer model{std::string(SPECDEC_MODELS_DIR) + "/stories260K.bin", {.threads = 1}};
+    metrics_registry metrics;
+    engine<specdec::cpu::batched_transformer> eng(
+        model,
+        {.model_id = "m",
+         .speculation = {.fixed = 0, .calibrate = false, .busy_gap_seconds = gap, .anticipate = false},
+         .hold = {.hold_fraction = 0.0}},
+        metrics);
+    eng.start();
+    const wire::message m = eng.open({.prefix = {1, 403, 87}}, {});
+    const wire::session_id id = std::get<wire::session_opened>(m).id;
+    std::vector<token_id> delta;
+    for (std::uint64_t seq = 1; seq <= 5; ++seq) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(30));
+      const wire::message r = eng.verify(id, {}, {.seq = seq, .committed = delta, .draft = {}}, seq);
+      ASSERT_TRUE(std::holds_alternative<wire::verdict>(r)) << wire::name_of(r);
+      delta = {std::get<wire::verdict>(r).next};
+    }
+    eng.stop();
+    const double forwards = metrics.value("specdec_step_seconds");
+    EXPECT_GE(forwards, 5.0);
+    const auto points = eng.cost_points();
+    if (gap < 1.0) {
+      ASSERT_EQ(points.size(), 1u);
+      EXPECT_EQ(points[0].first, 2.0);
+      EXPECT_EQ(metrics.value("specdec_steps_after_idle_total"), forwards - 1);
+    } else {
+      EXPECT_EQ(points.size(), 2u);  // 2 rows, then 1 row per round
+      EXPECT_EQ(metrics.value("specdec_steps_after_idle_total"), 0.0);
+    }
+  }
+}
 
 TEST(anticipation, answers_the_request_after_a_zero_draft_verdict_from_the_row_it_ran_ahead) {
   constexpr std::uint64_t rounds = 8;

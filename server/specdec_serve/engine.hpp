@@ -629,13 +629,20 @@ class engine final : public completion_service, public session_service {
       n = *o.fixed;
     } else {
       const auto window = std::chrono::duration<double>(o.active_window_seconds);
-      std::size_t active = 0;
+      turnarounds_.clear();
       for (const auto& [id, t] : sessions_)
-        if (now - t.last_verify <= window) ++active;
-      if (counting_self && now - s.last_verify > window) ++active;
-      const load l = batch_.for_announcement(active, completions_.size());
+        if (now - t.last_verify <= window || (counting_self && &t == &s)) turnarounds_.push_back(t.turnaround);
+      const double active = static_cast<double>(turnarounds_.size());
+      const double c = static_cast<double>(completions_.size());
+      load l{.sessions = std::max(active, 1.0), .completions = c};
       const double a = (s.accepted + o.prior_acceptance * o.prior_weight) / (s.trials + o.prior_weight);
       std::lock_guard lock(curve_mu_);
+      if (!curve_.empty()) {
+        // Each regime's batch for a step of every active session (one draft each when
+        // drafting) and completion: an upper bound of the step's time.
+        l.sessions = std::max(1.0, expected_batch(turnarounds_, curve_.seconds(2 * active + c), false));
+        l.undrafted_sessions = std::max(1.0, expected_batch(turnarounds_, curve_.seconds(active + c), o.anticipate));
+      }
       n = choose_draft(curve_, l, a, o.max_draft);
     }
     metrics_.set("specdec_announced_max_draft", "", static_cast<double>(n));
@@ -729,18 +736,21 @@ class engine final : public completion_service, public session_service {
     const double cpu0 = specdec::process_cpu_seconds();
     const auto t0 = clock::now();
     const batch_logits out = model_.forward_batch(blocks_);
-    const double dt = std::chrono::duration<double>(clock::now() - t0).count();
+    const auto t1 = clock::now();
+    const double dt = std::chrono::duration<double>(t1 - t0).count();
     metrics_.add("specdec_step_cpu_seconds_total", "", std::max(0.0, specdec::process_cpu_seconds() - cpu0));
+    const bool busy = last_forward_end_ && std::chrono::duration<double>(t0 - *last_forward_end_).count() <=
+                                               options_.speculation.busy_gap_seconds;
+    last_forward_end_ = t1;
     {
+      // An idle-gapped forward overstates t(rows), which still beats an empty curve.
       std::lock_guard lock(curve_mu_);
-      curve_.observe(rows, dt);
+      if (busy || curve_.empty()) curve_.observe(rows, dt);
+      else metrics_.add("specdec_steps_after_idle_total", "", 1.0);
     }
     metrics_.observe("specdec_step_seconds", "", dt);
     metrics_.observe("specdec_batch_rows", "", static_cast<double>(rows));
     metrics_.observe("specdec_batch_sequences", "", static_cast<double>(blocks_.size()));
-    // Anticipations are split sessions' blocks too: the announcement prices all of them.
-    batch_.observe(static_cast<std::size_t>(
-        std::count_if(parts_.begin(), parts_.end(), [](const part& p) { return p.verdict || p.anticipation; })));
     for (std::size_t i = 0; i < parts_.size(); ++i) {
       const logits_block l = out.block(i);
       if (parts_[i].completion != nullptr) after_completion(*parts_[i].completion, l, parts_[i].first);
@@ -938,6 +948,9 @@ class engine final : public completion_service, public session_service {
     metrics_.describe("specdec_step_seconds", "histogram", "Wall time of one batched forward", secs);
     metrics_.describe("specdec_step_cpu_seconds_total", "counter",
                       "CPU time the server process used during batched forwards (all its threads)");
+    metrics_.describe("specdec_steps_after_idle_total", "counter",
+                      "Batched forwards that started more than busy_gap_seconds after the previous one "
+                      "ended (not learnt by the step-time curve)");
     metrics_.describe("specdec_anticipations_total", "counter",
                       "Anticipated verify requests (after a 0-draft verdict) by result: hit (answered from the "
                       "anticipated row) or miss (the request differed; the row was wasted)");
@@ -966,6 +979,7 @@ class engine final : public completion_service, public session_service {
 
   mutable std::mutex curve_mu_;
   cost_curve curve_;  ///< guarded by curve_mu_
+  std::optional<clock::time_point> last_forward_end_;  ///< of the last step (scheduler thread only)
 
   // Scheduler thread only.
   std::map<hybrid::wire::session_id, session_state> sessions_;
@@ -974,7 +988,7 @@ class engine final : public completion_service, public session_service {
   std::vector<part> parts_;
   std::vector<std::vector<token_id>> scratch_;
   std::size_t rotation_ = 0;
-  batch_estimate batch_;  ///< verify blocks per step, as the steps ran
+  std::vector<double> turnarounds_;  ///< scratch of `announce`
   std::vector<float> probs_, q_;
   specdec::detail::judge_buffers judge_buf_;
 };

@@ -4,14 +4,21 @@
 /// per round, from its measured step-time curve t(R) (seconds of one batched forward of R
 /// rows) and its current load.
 ///
-/// With S split-decoding sessions in a step (`batch_estimate`: the verify blocks per step
-/// the server measures, not the sessions merely active), C completion streams decoding
-/// and a per-position acceptance rate a, a step in which every session verifies n drafts costs
-/// t(S (n + 1) + C) and yields S E(n, a) + C tokens, E(n, a) = 1 + a + ... + a^n the
+/// With S_n split-decoding sessions in a step when they verify n drafts each, C completion
+/// streams decoding and a per-position acceptance rate a, such a step costs
+/// t(S_n (n + 1) + C) and yields S_n E(n, a) + C tokens, E(n, a) = 1 + a + ... + a^n the
 /// expected tokens of a round. The server announces the n in [0, max_draft] that
 /// maximises tokens per server-second,
 ///
-///     n* = argmax_n (S E(n, a) + C) / t(S (n + 1) + C),
+///     n* = argmax_n (S_n E(n, a) + C) / t(S_n (n + 1) + C).
+///
+/// S_n is not the count of sessions merely active: a session joins the steps its device
+/// keeps up with (`expected_batch`, from each session's measured turnaround). Drafting
+/// sessions wait for their devices between rounds; at n = 0 the engine anticipates each
+/// session's next row, so the session joins every step its device keeps up with, as a
+/// completion stream does. Both batches are predicted rather than measured because the
+/// regime not in force cannot be measured, and a measurement kept from an earlier load
+/// would hold the announcement in whichever regime it was measured.
 ///
 /// so n* = 0 (plain decoding through the verify protocol, one row per token) whenever no
 /// draft length would serve more tokens per second than none: under load split decoding
@@ -32,6 +39,7 @@
 #include <cmath>
 #include <cstddef>
 #include <optional>
+#include <span>
 #include <utility>
 #include <vector>
 
@@ -90,46 +98,35 @@ class cost_curve {
 
 /// The load the announcement is computed for.
 struct load {
-  double sessions = 1.0;     ///< split-decoding sessions verifying in one step (the asking one included; a mean may be fractional)
+  double sessions = 1.0;     ///< split-decoding sessions verifying drafts in one step (S_n, n > 0; the asking one included; may be fractional)
   double completions = 0.0;  ///< completion streams decoding
+  /// Sessions in one step when none drafts (S_0 of the file comment); absent: `sessions`.
+  std::optional<double> undrafted_sessions{};
 };
 
-/// The batch the server actually forms: an exponentially weighted mean of the verify
-/// blocks per step, over the steps that carry at least one. Sessions that are active are
-/// not necessarily in the same forward (their blocks arrive when their devices send them),
-/// and a step priced as if they were would cost less per row than the steps that run, so
-/// the announcement prices a step with this measured batch instead of the active count.
+/// The sessions expected in one step (S_n of the file comment) of `step_seconds`, from each
+/// active session's turnaround (its device's time from a verdict to its next request; <= 0:
+/// not measured yet, counts fully). `anticipated` (n = 0 with anticipation): the session's
+/// next row is computed in the step after its verdict and its request answered from it, so
+/// it yields a row every max(step, turnaround). Otherwise (drafting, or anticipation off)
+/// its request also waits for a step: one block every turnaround + step.
 ///
 /// ```cpp
-/// specdec::serve::batch_estimate b;
-/// b.observe(2);
-/// b.observe(4);
-/// specdec::serve::load l = b.for_announcement(8, 0);  // sessions = 3.0: the mean batch, not the 8 active
+/// std::vector<double> turnarounds{0.0005, 0.004};  // seconds
+/// double s0 = specdec::serve::expected_batch(turnarounds, 0.002, true);   // 1 + 0.5
+/// double s1 = specdec::serve::expected_batch(turnarounds, 0.002, false);  // 0.8 + 0.33
 /// ```
-class batch_estimate {
- public:
-  /// Records a step that carried `verify_blocks` (> 0) verify blocks. The first
-  /// observations are averaged plainly, later ones weighted by `weight`.
-  void observe(std::size_t verify_blocks, double weight = 0.1) {
-    if (verify_blocks == 0) return;
-    ++n_;
-    blocks_ += std::max(weight, 1.0 / static_cast<double>(n_)) * (static_cast<double>(verify_blocks) - blocks_);
+[[nodiscard]] inline double expected_batch(std::span<const double> turnarounds, double step_seconds, bool anticipated) {
+  double s = 0.0;
+  for (const double r : turnarounds) {
+    if (!(r > 0.0) || !(step_seconds > 0.0)) {
+      s += 1.0;
+      continue;
+    }
+    s += std::min(1.0, step_seconds / (anticipated ? r : r + step_seconds));
   }
-  [[nodiscard]] bool empty() const noexcept { return n_ == 0; }
-  /// The mean verify blocks per step (0 before any observation).
-  [[nodiscard]] double blocks() const noexcept { return blocks_; }
-  /// The load an announcement is priced with when `active` sessions are active and
-  /// `completions` streams decode: sessions = the measured mean batch, at least 1 and at
-  /// most `active` (the active count while nothing is measured).
-  [[nodiscard]] load for_announcement(std::size_t active, std::size_t completions) const {
-    const double cap = static_cast<double>(std::max<std::size_t>(active, 1));
-    return {n_ == 0 ? cap : std::clamp(blocks_, 1.0, cap), static_cast<double>(completions)};
-  }
-
- private:
-  double blocks_ = 0.0;
-  std::size_t n_ = 0;
-};
+  return s;
+}
 
 /// n* of the file comment; `max_draft` when the curve is still empty.
 [[nodiscard]] inline std::size_t choose_draft(const cost_curve& t, load l, double acceptance, std::size_t max_draft) {
@@ -137,8 +134,9 @@ class batch_estimate {
   const double s = std::max(l.sessions, 1.0);
   const double c = std::max(l.completions, 0.0);
   const double a = std::clamp(acceptance, 0.0, 1.0);
+  const double s0 = std::max(l.undrafted_sessions.value_or(s), 1.0);
   std::size_t best_n = 0;
-  double best = (s + c) / t.seconds(s + c);
+  double best = (s0 + c) / t.seconds(s0 + c);
   for (std::size_t n = 1; n <= max_draft; ++n) {
     const double g = (s * expected_tokens(n, a) + c) / t.seconds(s * static_cast<double>(n + 1) + c);
     if (g > best) best = g, best_n = n;
@@ -158,6 +156,15 @@ struct speculation_options {
   double prior_weight = 4.0;          ///< ... worth this many observed draft positions
   double active_window_seconds = 1.0; ///< a session counts as active this long after a verify
   bool calibrate = true;              ///< measure t(R) at startup (else learn it online only)
+  /// The curve learns only from forwards that start at most this long after the previous
+  /// forward ended. A forward after the server idled pays a wake-up that a busy server
+  /// does not (on a shared host the idle core's caches, and the L3 share holding the
+  /// weights, go to other work: kjv-big's one-token forward after 3 ms or more of idling
+  /// takes about twice its back-to-back time). That cost does not grow with the rows, so
+  /// learnt from idle-gapped forwards the curve makes extra rows look cheap, and the
+  /// announcement is priced for a loaded server, where forwards run back to back. (While
+  /// the curve is empty every forward is learnt.)
+  double busy_gap_seconds = 0.001;
   /// After a verdict announcing 0 drafts, decode the session's next token in the next
   /// step, as a completion stream would, and answer the request that commits exactly
   /// that verdict without drafts from it at once (engine.hpp, "Anticipation").
@@ -169,9 +176,9 @@ struct speculation_options {
                              (fixed ? ", fixed = " + std::to_string(*fixed) : std::string()) +
                              "; expected at most draft_limit = " + std::to_string(draft_limit));
     if (!(prior_acceptance >= 0.0 && prior_acceptance <= 1.0) || !(prior_weight > 0.0) ||
-        !(active_window_seconds > 0.0))
-      throw invalid_argument("speculation_options: prior_acceptance in [0, 1], prior_weight > 0 and "
-                             "active_window_seconds > 0 expected");
+        !(active_window_seconds > 0.0) || !(busy_gap_seconds >= 0.0))
+      throw invalid_argument("speculation_options: prior_acceptance in [0, 1], prior_weight > 0, "
+                             "active_window_seconds > 0 and busy_gap_seconds >= 0 expected");
   }
 };
 
