@@ -395,6 +395,9 @@ int main(int argc, char** argv) try {
     // (verify_client::open_and_verify): the open costs no round trip of its own, only the
     // prefix's bytes, which the simulator leaves out.
     so.wire.opens_session = false;
+    // The in-process decoder's sampling and verification (top-p over the vocabulary for q
+    // and p) is work the device and the server do in series with every round.
+    so.charge_decoder_work = true;
     refresh_curve();
     if (!curve->points.empty()) so.cloud_cost = [curve](std::size_t b, std::size_t c) { return (*curve)(b, c); };
     return so;

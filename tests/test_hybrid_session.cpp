@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -616,6 +617,32 @@ TEST(HybridSession, SampledSpeculativeIsReproducibleAndCountsQPayload) {
   const std::size_t drafted = a.stats.draft_tokens_proposed;
   const std::size_t ids = a.cloud_forward_tokens;
   EXPECT_EQ(a.bytes_up, 4 * ids + 32 * drafted + 40 * a.round_trips);
+}
+
+TEST(HybridSession, ChargesTheDecodersOwnWorkWhenAsked) {
+  // Forwards cost fixed virtual times; the decoder's sampling and verification around them
+  // is charged as it ran, and only when asked: the same tokens, a later finish, by no more
+  // than the whole run's wall time.
+  const std::vector<token_id> prompt{1, 4, 5};
+  auto once = [&](bool charge, double& wall) {
+    auto device = draft_model(0.8f), cloud = target_model();
+    simulated_link link(link_config::wan(), 3);
+    auto o = fixed_costs();
+    o.sampling.temperature = 1.0f;
+    o.seed = 21;
+    o.charge_decoder_work = charge;
+    session s(device, cloud, fixed_arbiter{route::speculative(3)}, link, o);
+    const auto t0 = std::chrono::steady_clock::now();
+    auto r = s.run(prompt, no_eos(24));
+    wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return r;
+  };
+  double wall_off = 0, wall_on = 0;
+  const auto off = once(false, wall_off), on = once(true, wall_on);
+  EXPECT_EQ(on.tokens, off.tokens);
+  EXPECT_GT(on.latency_seconds, off.latency_seconds);
+  EXPECT_LE(on.latency_seconds - off.latency_seconds, wall_on);
+  EXPECT_EQ(on.cloud_seconds, off.cloud_seconds);  // the forwards' charges are unchanged
 }
 
 // ---------------------------------------------------------------------------------------

@@ -112,21 +112,26 @@ struct step_time_cost {
 
 namespace detail {
 
-/// Runs `m.forward(tokens)` and returns (logits, real seconds it stands for).
+/// What `metered_forward` returns: the logits, the seconds the forward stands for (the
+/// cost function's, else its wall time) and its wall time in this process.
+struct metered {
+  logits_block out;
+  double seconds = 0.0;
+  double wall_seconds = 0.0;
+};
+
+/// Runs `m.forward(tokens)` and meters it (`metered`).
 template <language_model M>
-std::pair<logits_block, double> metered_forward(M& m, std::span<const token_id> tokens, const cost_function& cost) {
+metered metered_forward(M& m, std::span<const token_id> tokens, const cost_function& cost) {
   const std::size_t cached = static_cast<std::size_t>(m.cache_length());
-  if (cost) {
-    logits_block out = m.forward(tokens);
-    const double s = cost(tokens.size(), cached);
-    if (!(s >= 0.0) || !std::isfinite(s))
-      throw invalid_argument("cost_function returned " + std::to_string(s) +
-                             " seconds; expected a finite value >= 0");
-    return {out, s};
-  }
   const auto t0 = std::chrono::steady_clock::now();
   logits_block out = m.forward(tokens);
-  return {out, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()};
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (!cost) return {out, wall, wall};
+  const double s = cost(tokens.size(), cached);
+  if (!(s >= 0.0) || !std::isfinite(s))
+    throw invalid_argument("cost_function returned " + std::to_string(s) + " seconds; expected a finite value >= 0");
+  return {out, s, wall};
 }
 
 }  // namespace detail
@@ -165,7 +170,8 @@ class timed_model {
                          std::equal(tokens.begin(), tokens.end(), prepaid_.begin() + static_cast<std::ptrdiff_t>(at));
     if (prepaid) credit_pos_ += tokens.size();
     else prepaid_.clear();
-    auto [out, real] = detail::metered_forward(inner_, tokens, cost_);
+    auto [out, real, wall] = detail::metered_forward(inner_, tokens, cost_);
+    forward_wall_seconds_ += wall;
     const double charged = prepaid ? 0.0 : real * scale_;
     clock_.advance(charged);
     charged_seconds_ += charged;
@@ -183,6 +189,8 @@ class timed_model {
 
   [[nodiscard]] M& inner() noexcept { return inner_; }
   [[nodiscard]] double scale() const noexcept { return scale_; }
+  /// Wall seconds the inner model's forwards took in this process (whatever was charged).
+  [[nodiscard]] double forward_wall_seconds() const noexcept { return forward_wall_seconds_; }
   /// Virtual seconds charged so far.
   [[nodiscard]] double charged_seconds() const noexcept { return charged_seconds_; }
   [[nodiscard]] std::size_t calls() const noexcept { return calls_; }
@@ -219,6 +227,7 @@ class timed_model {
   double scale_;
   cost_function cost_;
   double charged_seconds_ = 0.0;
+  double forward_wall_seconds_ = 0.0;
   std::size_t calls_ = 0;
   std::size_t tokens_ = 0;
   bool track_confidence_ = false;
@@ -392,6 +401,8 @@ class remote_model {
   [[nodiscard]] std::size_t tokens() const noexcept { return tokens_; }
   /// Drafted tokens sent for verification.
   [[nodiscard]] std::size_t drafted_tokens() const noexcept { return drafted_; }
+  /// Wall seconds the inner model's forwards took in this process (whatever was charged).
+  [[nodiscard]] double forward_wall_seconds() const noexcept { return forward_wall_seconds_; }
   /// Virtual cloud compute seconds charged.
   [[nodiscard]] double charged_seconds() const noexcept { return charged_seconds_; }
   /// Sends that failed (each threw `link_unavailable`).
@@ -420,7 +431,8 @@ class remote_model {
     // Upload first: a block that never arrives is never computed.
     const send_result up = link_.send_up(wire_.uplink_bytes(n, k, v));
     if (!up.delivered) fail("upload of a verification block", cached);
-    auto [out, real] = detail::metered_forward(inner_, tokens, cost_);
+    auto [out, real, wall] = detail::metered_forward(inner_, tokens, cost_);
+    forward_wall_seconds_ += wall;
     charge(real, n);
     drafted_ += k;
     const send_result down = link_.send_down(wire_.downlink_bytes(k, v));
@@ -439,7 +451,8 @@ class remote_model {
       if (!up.delivered) fail("upload of a prompt", cached);
       cloud_time_ = link_.now();
     }
-    auto [out, real] = detail::metered_forward(inner_, tokens, cost_);
+    auto [out, real, wall] = detail::metered_forward(inner_, tokens, cost_);
+    forward_wall_seconds_ += wall;
     // The cloud's clock: the forward, then handing the token's event over (serial with the
     // next forward on the server's core).
     cloud_time_ += charge(real, n, /*on_clock=*/false) + link_.config().stream_message_seconds;
@@ -475,6 +488,7 @@ class remote_model {
   std::size_t drafted_ = 0;
   std::size_t failures_ = 0;
   double charged_seconds_ = 0.0;
+  double forward_wall_seconds_ = 0.0;
 };
 
 template <class M>

@@ -34,6 +34,7 @@
 ///           << r.bytes_per_token() << " B/token\n";
 /// ```
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <concepts>
 #include <cstddef>
@@ -105,6 +106,12 @@ struct session_options {
   /// re-forwards them from an empty cache is not charged for them again
   /// (`timed_model::prepay`), so every route pays the probe exactly once.
   bool charge_probe = true;
+  /// Charge to the clock, after each speculative leg, the wall time its in-process decoder
+  /// spent outside the two models' forwards: sampling the draft's q, the target's p and
+  /// the verdict (in a deployment on the device and on the server, in series with every
+  /// round). Negligible for greedy verification (an argmax per row), not for sampled
+  /// verification with top-p over a large vocabulary.
+  bool charge_decoder_work = false;
 
   void validate() const {
     sampling.validate();
@@ -457,14 +464,27 @@ class session {
     const auto p = leg_prompt();
     remote_.set_mode(remote_mode::verify);
     auto on_token = [&](token_id t) { return commit(t, true); };
+    // The decoder's own work: its wall time less both models' forwards (charged apart).
+    const auto t0 = std::chrono::steady_clock::now();
+    const double forwards0 = dev_.forward_wall_seconds() + remote_.forward_wall_seconds();
+    const auto charge_work = [&] {
+      if (!opts_.charge_decoder_work) return;
+      const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      link_.advance(std::max(0.0, wall - (dev_.forward_wall_seconds() + remote_.forward_wall_seconds() - forwards0)));
+    };
     try {
+      generation_result g;
       if (opts_.sampling.greedy()) {
         speculative_decoder dec(dev_, remote_, fixed_gamma{gamma}, greedy_match{}, opts_.sampling, seed);
-        return finish_leg(dec.generate(p, leg_options(gen_->max_new_tokens), on_token), false);
+        g = dec.generate(p, leg_options(gen_->max_new_tokens), on_token);
+      } else {
+        speculative_decoder dec(dev_, remote_, fixed_gamma{gamma}, rejection_sampling{}, opts_.sampling, seed);
+        g = dec.generate(p, leg_options(gen_->max_new_tokens), on_token);
       }
-      speculative_decoder dec(dev_, remote_, fixed_gamma{gamma}, rejection_sampling{}, opts_.sampling, seed);
-      return finish_leg(dec.generate(p, leg_options(gen_->max_new_tokens), on_token), false);
+      charge_work();
+      return finish_leg(g, false);
     } catch (const link_unavailable&) {
+      charge_work();
       return res_->stop_reason == stop_reason::none ? leg_end::link_lost : leg_end::done;
     }
   }
