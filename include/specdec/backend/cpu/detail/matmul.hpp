@@ -77,7 +77,8 @@ template <int P, class W>
 template <int P, class W>
 [[nodiscard]] constexpr std::size_t prefetch_lead_columns(std::size_t lead_bytes, std::size_t n) noexcept {
   if (lead_bytes == 0) return 0;
-  return std::clamp<std::size_t>(lead_bytes / (static_cast<std::size_t>(P) * W::column_bytes), 1, std::max<std::size_t>(n, 1));
+  const std::size_t columns = lead_bytes / (static_cast<std::size_t>(P) * W::column_bytes);
+  return std::clamp<std::size_t>(columns, 1, std::max<std::size_t>(n, 1));
 }
 
 /// A panel stream whose columns come in groups of `W::group`, each with one scale per row
@@ -184,8 +185,8 @@ inline void grouped_panel_tile(const W& w, std::size_t p0, std::size_t n, const 
 /// stack, storing them every column, which halved its speed; a tile is n columns of P x T
 /// FMAs, so the call costs nothing.
 template <int P, int T, bool Prefetch, std::size_t LeadBytes, class W>
-[[gnu::noinline]] inline void panel_tile(const W& w, std::size_t p0, std::size_t n, const float* x, std::size_t ldx, float* y,
-                       std::size_t ldy, std::size_t rows, std::size_t pf) noexcept {
+[[gnu::noinline]] inline void panel_tile(const W& w, std::size_t p0, std::size_t n, const float* x, std::size_t ldx,
+                                         float* y, std::size_t ldy, std::size_t rows, std::size_t pf) noexcept {
   if constexpr (grouped_panels<W>) {
     return grouped_panel_tile<P, T, Prefetch, LeadBytes>(w, p0, n, x, ldx, y, ldy, rows, pf);
   } else {

@@ -46,8 +46,9 @@ namespace specdec::cpu {
 /// (A single token always takes 8 panels x 1, 6 x 1 in an AVX2 build, then 1 x 1; where
 /// one panel of the matrix fills half the L1, blocks of 2-8 take 1 x 8 in `4x6` and
 /// `2x12`, blocks of 2-4 in `2x8`. `2x8`'s blocks of 5 and more prefetch a fixed 16 KB
-/// ahead of their reads, the others' the next tile's panels. Within AVX2's 16 registers only `1x6` keeps a whole tile in registers; the
-/// others spill, which can still pay where decoding the weights dominates.)
+/// ahead of their reads, the others' the next tile's panels. Within AVX2's 16 registers
+/// only `1x6` keeps a whole tile in registers; the others spill, which can still pay
+/// where decoding the weights dominates.)
 /// `automatic`: the SPECDEC_TILES environment variable if set, else the fastest on this
 /// host, timed once per process, weight format and model shape at the first load (see
 /// `transformer_options::tiles`).
