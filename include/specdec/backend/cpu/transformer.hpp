@@ -445,9 +445,18 @@ SPECDEC_CPU_FUNC const float* llama_engine::forward_rows(std::span<const token_i
         // has evicted) first ask for all value rows, so that their misses overlap the
         // score computation: a head's row is 256 bytes at a 512-byte stride, which the
         // hardware prefetchers follow slowly (see specdec-batch-bench,
-        // bench/batch_bench.cpp). Single tokens and verify blocks read one cache that
-        // is already hot, so they skip it.
+        // bench/batch_bench.cpp). The first row of each sequence in the block asks for
+        // its key rows too, before them, so that the scores do not wait for one row
+        // tile's misses after another. Single tokens and verify blocks read one cache
+        // that is already hot, so they skip both.
         if (k >= balanced_rows) {
+          if (t == 0 || rows[t].cache != rows[t - 1].cache) {
+            const auto ks = split_rows(keys, pos + 1);
+            for (std::size_t p = 0; p < ks.direct; ++p)
+              for (std::size_t j = 0; j < hs; j += lanes) ks.head.prefetch_line(p, j);
+            for (std::size_t p = ks.direct; p <= pos; ++p)
+              for (std::size_t j = 0; j < hs; j += lanes) keys.prefetch_line(p, j);
+          }
           const auto split = split_rows(values, pos + 1);
           for (std::size_t p = 0; p < split.direct; ++p)
             for (std::size_t j = 0; j < hs; j += lanes) split.head.prefetch_line(p, j);

@@ -55,6 +55,32 @@ inline void store_tile(const V (&acc)[P][T], float* y, std::size_t ldy, std::siz
   }
 }
 
+/// The prefetches of column j of a tile over panels p0 .. p0 + P - 1 (n columns) whose
+/// next tile starts at panel `pf` (0: no next tile to prefetch). `lead` 0: column j of
+/// the next tile's panels. Otherwise column j + lead of the tile's own panels, and past
+/// their end the next tile's columns, the same distance ahead (`lead` <= n).
+template <int P, class W>
+[[gnu::always_inline]] inline void prefetch_column(const W& w, std::size_t p0, std::size_t pf, std::size_t n,
+                                                   std::size_t lead, std::size_t j) noexcept {
+  const std::size_t a = j + lead;
+  if (lead != 0 && a < n) {
+#pragma GCC unroll 16
+    for (int p = 0; p < P; ++p) w.prefetch_line(p0 + static_cast<std::size_t>(p), a);
+  } else if (pf != 0) {
+#pragma GCC unroll 16
+    for (int p = 0; p < P; ++p) w.prefetch_line(pf + static_cast<std::size_t>(p), a - n * (lead != 0));
+  }
+}
+
+/// The lead in columns of a tile of P panels that prefetches `lead_bytes` ahead (see
+/// `panel_policy`): at least one column, at most the whole panel; 0 for lead_bytes 0.
+template <int P, class W>
+[[nodiscard]] constexpr std::size_t prefetch_lead_columns(std::size_t lead_bytes, std::size_t n) noexcept {
+  if (lead_bytes == 0) return 0;
+  const std::size_t columns = lead_bytes / (static_cast<std::size_t>(P) * W::column_bytes);
+  return std::clamp<std::size_t>(columns, 1, std::max<std::size_t>(n, 1));
+}
+
 /// A panel stream whose columns come in groups of `W::group`, each with one scale per row
 /// (q8_0): `load` gives the unscaled values and `load_scales(v, p, g)` the 16 rows' scales
 /// of group g. Its products follow the grouped rule of `grouped_panel_tile`, not the plain
@@ -77,7 +103,7 @@ concept grouped_panels = requires(const W& w, packet16& v) {
 /// block size and thread split gives the same bits. The partial sums live in registers
 /// (P T + P + 1, as panel_tile's accumulators), the accumulators in the L1: each is read
 /// and written once per group, as the addend of its scale FMA.
-template <int P, int T, bool Prefetch, class W>
+template <int P, int T, bool Prefetch, std::size_t LeadBytes, class W>
 inline void grouped_panel_tile(const W& w, std::size_t p0, std::size_t n, const float* x, std::size_t ldx, float* y,
                                std::size_t ldy, std::size_t rows, std::size_t pf) noexcept {
   static_assert(P * T + P + 1 <= 32, "grouped_panel_tile: P x T partial sums, P weights and a broadcast must fit 32 registers");
@@ -94,6 +120,8 @@ inline void grouped_panel_tile(const W& w, std::size_t p0, std::size_t n, const 
   // prefetch each), then the last columns of a partial group one at a time.
   constexpr std::size_t step = 4;
   static_assert(W::group % step == 0);
+  // A multiple of the step, so that every prefetch lands on a line's first column.
+  const std::size_t lead = prefetch_lead_columns<P, W>(LeadBytes, n) / step * step;
   for (std::size_t j0 = 0, g = 0; j0 < n; j0 += W::group, ++g) {
     const std::size_t j1 = std::min(n, j0 + W::group);
     packet16 part[P][T];
@@ -117,18 +145,12 @@ inline void grouped_panel_tile(const W& w, std::size_t p0, std::size_t n, const 
     };
     std::size_t j = j0;
     for (; j + step <= j1; j += step) {
-      if constexpr (Prefetch) {
-#pragma GCC unroll 16
-        for (int p = 0; p < P; ++p) w.prefetch_line(pf + static_cast<std::size_t>(p), j);
-      }
+      if constexpr (Prefetch) prefetch_column<P>(w, p0, pf, n, lead, j);
 #pragma GCC unroll 4
       for (std::size_t u = 0; u < step; ++u) column(j + u);
     }
     for (; j < j1; ++j) {
-      if constexpr (Prefetch) {
-#pragma GCC unroll 16
-        for (int p = 0; p < P; ++p) w.prefetch_line(pf + static_cast<std::size_t>(p), j);
-      }
+      if constexpr (Prefetch) prefetch_column<P>(w, p0, pf, n, lead, j);
       column(j);
     }
 #pragma GCC unroll 16
@@ -156,13 +178,19 @@ inline void grouped_panel_tile(const W& w, std::size_t p0, std::size_t n, const 
 /// Y[t][16 (p0 + p) + l] for the P panels p0 .. p0 + P - 1 and T tokens: `rows` (at most
 /// 16 P) output rows from the tile's first are written (the last panel of a matrix may be
 /// partial; its padding rows are zero and not written). With `Prefetch`, the loop also
-/// prefetches column j of panels `pf .. pf + P - 1` (the next tile) as it goes.
-template <int P, int T, bool Prefetch, class W>
-inline void panel_tile(const W& w, std::size_t p0, std::size_t n, const float* x, std::size_t ldx, float* y,
-                       std::size_t ldy, std::size_t rows, std::size_t pf) noexcept {
+/// prefetches as it goes (`prefetch_column`): with LeadBytes 0 column j of panels
+/// `pf .. pf + P - 1` (the next tile), else LeadBytes ahead of its reads, into the next
+/// tile at `pf` (0: none) past its own panels' end. Never inlined: inlined into a large
+/// caller (a header-only program's main), GCC 12 kept a 2 x 8 tile's accumulators on the
+/// stack, storing them every column, which halved its speed; a tile is n columns of P x T
+/// FMAs, so the call costs nothing.
+template <int P, int T, bool Prefetch, std::size_t LeadBytes, class W>
+[[gnu::noinline]] inline void panel_tile(const W& w, std::size_t p0, std::size_t n, const float* x, std::size_t ldx,
+                                         float* y, std::size_t ldy, std::size_t rows, std::size_t pf) noexcept {
   if constexpr (grouped_panels<W>) {
-    return grouped_panel_tile<P, T, Prefetch>(w, p0, n, x, ldx, y, ldy, rows, pf);
+    return grouped_panel_tile<P, T, Prefetch, LeadBytes>(w, p0, n, x, ldx, y, ldy, rows, pf);
   } else {
+  const std::size_t lead = prefetch_lead_columns<P, W>(LeadBytes, n);
   static_assert(P * T + P + 1 <= 32, "panel_tile: P x T accumulators, P weights and a broadcast must fit 32 registers");
   // The loops over panels and tokens are unrolled explicitly: at -O2 GCC otherwise kept
   // the accumulators in memory.
@@ -177,8 +205,8 @@ inline void panel_tile(const W& w, std::size_t p0, std::size_t n, const float* x
     for (int p = 0; p < P; ++p) {
       w.load(wv[p], p0 + static_cast<std::size_t>(p), j);
       if constexpr (T > 1) pin_register(wv[p]);
-      if constexpr (Prefetch) w.prefetch_line(pf + static_cast<std::size_t>(p), j);
     }
+    if constexpr (Prefetch) prefetch_column<P>(w, p0, pf, n, lead, j);
 #pragma GCC unroll 16
     for (int t = 0; t < T; ++t) {
       const float xs = x[static_cast<std::size_t>(t) * ldx + j];
@@ -191,13 +219,13 @@ inline void panel_tile(const W& w, std::size_t p0, std::size_t n, const float* x
 }
 
 /// panel_tile<P, tokens> for a runtime tokens <= T.
-template <int P, int T, bool Prefetch, class W>
+template <int P, int T, bool Prefetch, std::size_t LeadBytes, class W>
 inline void panel_tile_upto(int tokens, const W& w, std::size_t p0, std::size_t n, const float* x, std::size_t ldx,
                             float* y, std::size_t ldy, std::size_t rows, std::size_t pf) noexcept {
   if constexpr (T > 1) {
-    if (tokens < T) return panel_tile_upto<P, T - 1, Prefetch>(tokens, w, p0, n, x, ldx, y, ldy, rows, pf);
+    if (tokens < T) return panel_tile_upto<P, T - 1, Prefetch, LeadBytes>(tokens, w, p0, n, x, ldx, y, ldy, rows, pf);
   }
-  panel_tile<P, T, Prefetch>(w, p0, n, x, ldx, y, ldy, rows, pf);
+  panel_tile<P, T, Prefetch, LeadBytes>(w, p0, n, x, ldx, y, ldy, rows, pf);
 }
 
 /// The operands of one `matmul_panels` call: panels [first, p_end) of `w` (n columns),
@@ -216,18 +244,21 @@ struct panel_product {
 /// Panels [p, p_end) in tiles of Policy::panels (advancing p past the whole tiles) for all
 /// k tokens, cut into ceil(k / Policy::tokens) near-equal token tiles. With
 /// Policy::prefetch, the first token tile of a row tile prefetches the next tile's panels
-/// when they exist below `pf_end`.
+/// when they exist below `pf_end`; with a lead (Policy::lead_bytes), every token tile
+/// also prefetches its own panels ahead of its reads.
 template <class Policy, class W>
 inline void panel_tiles(std::size_t& p, const panel_product<W>& m) noexcept {
   constexpr int P = Policy::panels, T = Policy::tokens;
+  constexpr std::size_t lead = Policy::lead_bytes;
   const auto tile = [&](std::size_t pt, std::size_t r0, std::size_t rows, std::size_t ti, std::size_t t0, int tokens) {
     const float* xt = m.x + t0 * m.ldx;
     float* yt = m.y + t0 * m.ldy + r0;
     if constexpr (Policy::prefetch) {
-      if (ti == 0 && pt + 2 * P <= m.pf_end)
-        return panel_tile_upto<P, T, true>(tokens, m.w, pt, m.n, xt, m.ldx, yt, m.ldy, rows, pt + P);
+      const bool next = ti == 0 && pt + 2 * P <= m.pf_end;
+      if (next || lead != 0)
+        return panel_tile_upto<P, T, true, lead>(tokens, m.w, pt, m.n, xt, m.ldx, yt, m.ldy, rows, next ? pt + P : 0);
     }
-    panel_tile_upto<P, T, false>(tokens, m.w, pt, m.n, xt, m.ldx, yt, m.ldy, rows, 0);
+    panel_tile_upto<P, T, false, 0>(tokens, m.w, pt, m.n, xt, m.ldx, yt, m.ldy, rows, 0);
   };
   for_each_panel_tile<Policy>(p, m.first, m.p_end, m.rows, m.k, tile);
 }

@@ -39,14 +39,16 @@ namespace specdec::cpu {
 /// | name   | blocks of 2-6 tokens | 7-8    | 9-12                 | 13-16                |
 /// | ---    | ---                  | ---    | ---                  | ---                  |
 /// | `4x6`  | 4 x 6, then 2 x 8    | 2 x 8  | 2 x 8, 2 token tiles | 2 x 8, 2 token tiles |
-/// | `2x8`  | 2 x 8                | 2 x 8  | 2 x 8, 2 token tiles | 2 x 8, 2 token tiles |
+/// | `2x8`  | as `4x6` up to 4, then 2 x 8 | 2 x 8 | 2 x 12          | 2 x 12, 2 token tiles |
 /// | `2x12` | 4 x 6, then 2 x 8    | 2 x 8  | 2 x 12               | 2 x 12, 2 token tiles |
 /// | `1x6`  | 1 x 6                | 1 x 6, 2 token tiles | 1 x 6, 2 token tiles | 1 x 6, 3 token tiles |
 ///
 /// (A single token always takes 8 panels x 1, 6 x 1 in an AVX2 build, then 1 x 1; where
 /// one panel of the matrix fills half the L1, blocks of 2-8 take 1 x 8 in `4x6` and
-/// `2x12`. Within AVX2's 16 registers only `1x6` keeps a whole tile in registers; the
-/// others spill, which can still pay where decoding the weights dominates.)
+/// `2x12`, blocks of 2-4 in `2x8`. `2x8`'s blocks of 5 and more prefetch a fixed 16 KB
+/// ahead of their reads, the others' the next tile's panels. Within AVX2's 16 registers
+/// only `1x6` keeps a whole tile in registers; the others spill, which can still pay
+/// where decoding the weights dominates.)
 /// `automatic`: the SPECDEC_TILES environment variable if set, else the fastest on this
 /// host, timed once per process, weight format and model shape at the first load (see
 /// `transformer_options::tiles`).
@@ -91,14 +93,20 @@ namespace specdec::cpu::detail {
 inline constexpr std::size_t half_l1_bytes = 24 * 1024;
 
 /// A tile of a weight product over panel-major weights (matmul.hpp, int8_products.hpp):
-/// `panels` panels of 16 weight rows x `tokens` input rows. With `prefetch`, the first
-/// token tile of each row tile prefetches the next row tile's panels into L1 while it
-/// computes.
-template <int Panels, int Tokens, bool Prefetch = false>
+/// `panels` panels of 16 weight rows x `tokens` input rows. With `prefetch`, the tile
+/// prefetches weights into L1 while it computes: with `lead_bytes` 0, the first token
+/// tile of each row tile prefetches the next row tile's panels at the column it reads
+/// (a whole tile ahead); with `lead_bytes` > 0, every token tile prefetches its own
+/// panels `lead_bytes` ahead of what it reads (lead_bytes / (panels x column bytes)
+/// columns, at most the whole panel), and the first token tile continues into the next
+/// row tile's first columns, so that the prefetched lines are a fixed distance ahead
+/// whatever the tile's shape.
+template <int Panels, int Tokens, bool Prefetch = false, std::size_t LeadBytes = 0>
 struct panel_policy {
   static constexpr int panels = Panels;
   static constexpr int tokens = Tokens;
   static constexpr bool prefetch = Prefetch;
+  static constexpr std::size_t lead_bytes = LeadBytes;
 };
 
 /// A tile of a row-major dot-product (dot.hpp, `matmul_rows`): `rows` rows x `tokens`
@@ -192,6 +200,20 @@ using short_block_tiles = tile_family<panel_policy<4, 6, true>, panel_policy<2, 
 using block_tiles = tile_family<panel_policy<2, 8, true>, panel_policy<1, 8, true>>;
 /// 1 panel x 8 tokens: rows so long that one panel fills half the L1.
 using narrow_block_tiles = tile_family<panel_policy<1, 8, true>>;
+/// How far ahead of their reads the `2x8` configuration's tiles prefetch (lead_bytes of
+/// `panel_policy`): far enough that a line requested from memory arrives before it is
+/// read (several hundred nanoseconds of a compute-bound tile's stream), near enough
+/// that it is still in a 48 KB L1 then, whatever the tile's panels and the rows' length.
+inline constexpr std::size_t prefetch_lead_bytes = 16 * 1024;
+/// 2 panels x 8 tokens, then 1 x 8, prefetching `prefetch_lead_bytes` ahead: 16
+/// independent accumulator chains per tile, and a prefetch distance that does not
+/// depend on how many panels fit the L1.
+using lead_block_tiles = tile_family<panel_policy<2, 8, true, prefetch_lead_bytes>,
+                                     panel_policy<1, 8, true, prefetch_lead_bytes>>;
+/// 2 panels x 12 tokens, then 1 x 12, prefetching `prefetch_lead_bytes` ahead: blocks of
+/// 9-12 in one token tile (each panel read once), 13-24 in two.
+using lead_wide_block_tiles = tile_family<panel_policy<2, 12, true, prefetch_lead_bytes>,
+                                          panel_policy<1, 12, true, prefetch_lead_bytes>>;
 
 /// The weight products' choice, by tokens in the block and panels that fit half the L1
 /// (`half_l1_bytes / (columns x column bytes)`, at least 1; kjv-big's 384 columns: 1 in
@@ -212,10 +234,20 @@ using wide_block_tiles = tile_family<panel_policy<2, 12, true>, panel_policy<1, 
 /// 1 panel x 6 tokens: 12 + 2 + 1 ymm registers as two 256-bit halves, within AVX2's 16.
 using small_block_tiles = tile_family<panel_policy<1, 6, true>>;
 
-/// `tile_config::t2x8`: 2 x 8 tiles for every block, whatever the L1 holds: 16
-/// independent accumulator chains per tile even where one panel fills half the L1 (a
-/// 1 x k tile has only k, fewer than two FMA pipes of latency 4 need for k < 8).
-using block8_tile_table = tile_table<tile_choice<1, 1, single_token_tiles>, tile_choice<any_tokens, 1, block_tiles>>;
+/// `tile_config::t2x8`: blocks of up to 4 tokens as `panel_tile_table` (bound by the
+/// weight stream, which one long prefetch stream per tile keeps fastest); from 5 tokens
+/// on 2 x 8 tiles whatever the L1 holds, 16 independent accumulator chains even where
+/// one panel fills half the L1 (a 1 x k tile has only k, fewer than two FMA pipes of
+/// latency 4 need for k < 8), and 2 x 12 for 9-12 tokens, all prefetching a fixed
+/// distance ahead (`prefetch_lead_bytes`): a whole 2-panel tile ahead, the prefetched
+/// lines and the ones being read overflow a 48 KB L1 where a panel is 24 KB (kjv-big
+/// fp32).
+using block8_tile_table = tile_table<tile_choice<1, 1, single_token_tiles>,  //
+                                     tile_choice<4, 4, short_block_tiles>,   //
+                                     tile_choice<4, 2, block_tiles>,         //
+                                     tile_choice<4, 1, narrow_block_tiles>,  //
+                                     tile_choice<8, 1, lead_block_tiles>,    //
+                                     tile_choice<any_tokens, 1, lead_wide_block_tiles>>;
 /// `tile_config::t2x12`: panel_tile_table with 2 x 12 tiles from 9 tokens on.
 using wide_tile_table = tile_table<tile_choice<1, 1, single_token_tiles>,  //
                                    tile_choice<6, 4, short_block_tiles>,   //
