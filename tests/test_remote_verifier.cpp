@@ -117,6 +117,30 @@ TEST(remote_verifier, greedy_split_decoding_equals_the_cloud_s_own_greedy_output
   EXPECT_GT(dec.verifier().monitor().estimate().rtt_seconds, 0.0);
 }
 
+TEST(remote_verifier, a_new_request_starts_from_the_last_announcement) {
+  // A server that wants no drafts (as under load): the first request's first block carries
+  // the decoder's gamma (nothing announced yet), every later block none, the next
+  // request's first block included; the output is the target's greedy output throughout.
+  cpu::batched_transformer model(models + "/stories260K.bin", cpu::transformer_options{.threads = 1});
+  serve::serve_options o = test_support::serve_options();
+  o.engine.speculation.fixed = 0;
+  serve::server<cpu::batched_transformer> srv(model, {}, std::move(o));
+  srv.start();
+  cpu::transformer draft(models + "/stories260K.bin", {.threads = 1});
+  basic_speculative_decoder dec(draft, fixed_gamma{.gamma = 3},
+                                remote_verifier("127.0.0.1", srv.verify_port(), {.vocab = draft.vocab_size()}));
+  const generation_options opts{.max_new_tokens = 12, .stop_at_eos = false};
+  const std::vector<token_id> prompt{1, 403, 407};
+  autoregressive_decoder ar(draft);
+  const auto want = ar.generate(prompt, opts).tokens;
+  const auto first = dec.generate(prompt, opts);
+  EXPECT_EQ(first.tokens, want);
+  EXPECT_EQ(first.stats.draft_tokens_proposed, 3u);
+  const auto second = dec.generate(prompt, opts);
+  EXPECT_EQ(second.tokens, want);
+  EXPECT_EQ(second.stats.draft_tokens_proposed, 0u);
+}
+
 TEST(remote_verifier, sampled_split_decoding_passes_the_exactness_harness) {
   // The library's exactness battery (testing/exactness.hpp) with an analytic target served
   // over the network: the device drafts 5 tokens from a perturbed copy and sends each

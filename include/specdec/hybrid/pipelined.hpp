@@ -219,8 +219,9 @@ class pipelined_split_decoder {
   /// Drafts to put in a block at committed length `at` with `remaining` tokens to go: at
   /// most gamma and the server's cap, leaving room for the verdict's own token.
   [[nodiscard]] std::size_t block_size(std::size_t remaining, std::size_t ctx, std::size_t at) const {
-    // Before the session's first verdict: gamma, within the server's limit if known.
-    const std::size_t cap = opened_ ? client_->max_draft() : client_->draft_limit() != 0 ? client_->draft_limit() : opt_.gamma;
+    // Before the session's first verdict: the last announcement this client received (the
+    // server's load of a moment ago; the first verdict corrects it), gamma before any.
+    const std::size_t cap = opened_ || client_->draft_limit() != 0 ? client_->max_draft() : opt_.gamma;
     std::size_t n = std::min(opt_.gamma, cap);
     n = std::min(n, remaining > 0 ? remaining - 1 : 0);
     n = std::min(n, ctx > at + 1 ? ctx - at - 1 : 0);

@@ -88,9 +88,12 @@ class remote_verifier {
   }
   /// Committed tokens the server's session holds.
   [[nodiscard]] std::size_t cache_length() const noexcept { return sent_; }
-  /// The most drafts the server verifies next round (its dynamic speculation).
+  /// The most drafts the server verifies next round (its dynamic speculation). Before a
+  /// session's first verdict: the last announcement this client received (a new request
+  /// starts at the server's load of a moment ago, and its first verdict corrects it), or
+  /// no cap before any.
   [[nodiscard]] std::size_t max_draft() const noexcept {
-    return opened_ ? client_->max_draft() : std::size_t{1} << 20;
+    return opened_ || client_->draft_limit() != 0 ? client_->max_draft() : std::size_t{1} << 20;
   }
 
   [[nodiscard]] verify_client& client() noexcept { return *client_; }

@@ -217,7 +217,8 @@ class verify_client {
   [[nodiscard]] std::uint64_t bytes_received() const noexcept { return received_ + conn_.bytes_received(); }
   /// Seconds from sending the last successful verify request to its verdict.
   [[nodiscard]] double last_rtt_seconds() const noexcept { return last_rtt_; }
-  /// Drafts the server will verify next round (0: it wants plain decoding for now).
+  /// Drafts the server will verify next round (0: it wants plain decoding for now); after
+  /// a session ends, its last announcement (a new session may start from it).
   [[nodiscard]] std::size_t max_draft() const noexcept { return max_draft_; }
   /// The most drafts one request may carry (0 before the first `session_opened`).
   [[nodiscard]] std::size_t draft_limit() const noexcept { return draft_limit_; }
