@@ -185,6 +185,9 @@ struct server_counters {
   double sequences = 0.0;     ///< sequences (blocks) summed over the steps
   double hold_seconds = 0.0;  ///< time the scheduler held steps for other sessions' verify blocks
   double step_cpu_seconds = 0.0;  ///< the server's CPU time during its batched forwards
+  double rows = 0.0;              ///< rows (tokens) summed over the steps
+  double drafted = 0.0;           ///< draft tokens verify requests carried
+  double misses = 0.0;            ///< anticipated rows no request used
 };
 server_counters read_metrics(std::uint16_t port) {
   auto c = hy::tcp_connection::connect("127.0.0.1", port, 2.0, hy::privacy::may_leave_device);
@@ -200,7 +203,8 @@ server_counters read_metrics(std::uint16_t port) {
   }
   return {metric(text, "specdec_step_seconds_sum"), metric(text, "specdec_step_seconds_count"),
           metric(text, "specdec_batch_sequences_sum"), metric(text, "specdec_step_hold_seconds_total"),
-          metric(text, "specdec_step_cpu_seconds_total")};
+          metric(text, "specdec_step_cpu_seconds_total"), metric(text, "specdec_batch_rows_sum"),
+          metric(text, "specdec_tokens_total{kind=\"drafted\"}"), metric(text, "specdec_anticipations_total{result=\"miss\"}")};
 }
 
 double quantile(std::vector<double> v, double q) {
@@ -220,6 +224,8 @@ struct cell {
   double sequences = 0, hold_seconds = 0;  ///< the server's sequences over its steps, and its holds
   double server_cpu_seconds = 0;           ///< the server's CPU time during its forwards
   double server_process_cpu_seconds = 0;   ///< the server process's CPU time over the whole cell
+  double server_rows = 0;                  ///< rows of the server's forwards during the cell
+  double server_drafted = 0, server_misses = 0;  ///< drafts verified, anticipations unused
   double hidden_seconds = 0;  ///< pipelined: drafting overlapped with rounds whose guess held
   double rounds = 0;
   std::size_t fallbacks = 0;  ///< requests that lost the link and finished on the device
@@ -239,14 +245,14 @@ void header(std::ostream& out) {
          "ttft_p50_ms,tokens_per_s,bytes_up_per_token,bytes_down_per_token,forwards_per_token,tokens_per_round,"
          "hidden_ms_per_token,physics_per_token_ms,server_tokens_per_server_s,sim_per_token_p50_ms,sim_ttft_p50_ms,sim_bytes_per_token,"
          "sim_forwards_per_token,sim_error_pct,sim_message_overhead_ms,repeat,sequences_per_step,hold_ms_per_token,server_tokens_per_server_cpu_s,sim_request_overhead_ms,sim_stream_message_ms,"
-         "server_tokens_per_process_cpu_s\n";
+         "server_tokens_per_process_cpu_s,server_rows_per_token,drafted_per_token,anticipation_misses_per_token\n";
 }
 void row(std::ostream& out, const cell& c) {
   const double n = std::max<double>(1.0, static_cast<double>(c.tokens));
   const double p50 = quantile(c.per_token, 0.5) * 1e3, sim = quantile(c.sim_per_token, 0.5) * 1e3;
   char buf[1024];
   std::snprintf(buf, sizeof buf,
-                "%s,%s,%g,%zu,%zu,%zu,%d,%zu,%.2f,%.2f,%.1f,%.1f,%.1f,%.1f,%.3f,%.2f,%.3f,%.2f,%.1f,%.2f,%.1f,%.1f,%.3f,%.1f,%.3f,%zu,%.2f,%.3f,%.1f,%.3f,%.4f,%.1f\n",
+                "%s,%s,%g,%zu,%zu,%zu,%d,%zu,%.2f,%.2f,%.1f,%.1f,%.1f,%.1f,%.3f,%.2f,%.3f,%.2f,%.1f,%.2f,%.1f,%.1f,%.3f,%.1f,%.3f,%zu,%.2f,%.3f,%.1f,%.3f,%.4f,%.1f,%.3f,%.3f,%.3f\n",
                 c.section.c_str(), c.route.c_str(), c.rtt_ms, c.clients, c.requests, c.tokens, c.identical, c.fallbacks, p50,
                 quantile(c.per_token, 0.95) * 1e3, quantile(c.ttft, 0.5) * 1e3, n / std::max(1e-9, c.seconds),
                 c.bytes_up / n, c.bytes_down / n, c.forwards / n, c.rounds > 0 ? n / c.rounds : NAN,
@@ -257,7 +263,9 @@ void row(std::ostream& out, const cell& c) {
                 c.forwards > 0 ? c.sequences / c.forwards : NAN, c.hold_seconds / n * 1e3,
                 c.server_cpu_seconds > 0 ? n / c.server_cpu_seconds : NAN, c.sim_request_overhead * 1e3,
                 c.sim_stream_message * 1e3,
-                c.server_process_cpu_seconds > 0 ? n / c.server_process_cpu_seconds : NAN);
+                c.server_process_cpu_seconds > 0 ? n / c.server_process_cpu_seconds : NAN,
+                c.forwards > 0 ? c.server_rows / n : NAN, c.forwards > 0 ? c.server_drafted / n : NAN,
+                c.forwards > 0 ? c.server_misses / n : NAN);
   out << buf << std::flush;
 }
 
@@ -560,6 +568,9 @@ int main(int argc, char** argv) try {
       c.sequences = m1.sequences - m0.sequences;
       c.hold_seconds = m1.hold_seconds - m0.hold_seconds;
       c.server_cpu_seconds = m1.step_cpu_seconds - m0.step_cpu_seconds;
+      c.server_rows = m1.rows - m0.rows;
+      c.server_drafted = m1.drafted - m0.drafted;
+      c.server_misses = m1.misses - m0.misses;
       if (rs.r.kind == hy::route_kind::speculative && !rs.sampled) c.identical = identical ? 1 : 0;
       if (rs.pipelined && s.pipeline() != nullptr) c.hidden_seconds = s.pipeline()->hidden_draft_seconds;
       if (rtt_ms == 0.0) at_zero[rs.name] = quantile(c.per_token, 0.5);
@@ -624,6 +635,9 @@ int main(int argc, char** argv) try {
       c.hold_seconds = m1.hold_seconds - m0.hold_seconds;
       c.server_cpu_seconds = m1.step_cpu_seconds - m0.step_cpu_seconds;
       c.server_process_cpu_seconds = server.cpu_seconds() - cpu0;
+      c.server_rows = m1.rows - m0.rows;
+      c.server_drafted = m1.drafted - m0.drafted;
+      c.server_misses = m1.misses - m0.misses;
       row(out, c);
     }
   }
