@@ -79,6 +79,27 @@ TEST(speculation, announces_long_drafts_when_verification_is_nearly_free_and_non
   EXPECT_EQ(choose_draft(t, {.sessions = 1}, 0.7, 0), 0u);
 }
 
+TEST(batch_estimate, averages_the_verify_blocks_per_step) {
+  batch_estimate b;
+  EXPECT_TRUE(b.empty());
+  // Nothing measured: the active sessions, as many as there are (at least 1).
+  EXPECT_EQ(b.for_announcement(8, 2).sessions, 8.0);
+  EXPECT_EQ(b.for_announcement(8, 2).completions, 2.0);
+  EXPECT_EQ(b.for_announcement(0, 0).sessions, 1.0);
+  b.observe(0);  // a step without verify blocks says nothing about their batch
+  EXPECT_TRUE(b.empty());
+  b.observe(2);
+  b.observe(4);
+  EXPECT_DOUBLE_EQ(b.blocks(), 3.0);  // the first observations average plainly
+  EXPECT_EQ(b.for_announcement(8, 0).sessions, 3.0);
+  EXPECT_EQ(b.for_announcement(2, 0).sessions, 2.0);  // never more than are active
+  for (int i = 0; i < 8; ++i) b.observe(1);
+  EXPECT_NEAR(b.blocks(), (2.0 + 4.0 + 8.0) / 10.0, 1e-12);  // weights 1/n: the plain mean of the first 10
+  EXPECT_NEAR(b.for_announcement(8, 0).sessions, 1.4, 1e-12);
+  b.observe(30, 1.0);  // weight 1: the last step alone
+  EXPECT_DOUBLE_EQ(b.blocks(), 30.0);
+}
+
 TEST(speculation, announces_for_the_batch_the_server_forms_not_the_active_count) {
   // 64 sessions active but each device answers 100 steps later: priced as one forward of
   // 64 (n + 1) rows the drafts look costly (compute-bound); priced as the forward of the

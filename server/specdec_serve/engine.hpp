@@ -640,7 +640,8 @@ class engine final : public completion_service, public session_service {
       if (!curve_.empty()) {
         // Each regime's batch for a step of every active session (one draft each when
         // drafting) and completion: an upper bound of the step's time.
-        l.sessions = std::max(1.0, expected_batch(turnarounds_, curve_.seconds(2 * active + c), false));
+        const double measured = drafting_batch_.empty() ? 0.0 : drafting_batch_.for_announcement(turnarounds_.size(), 0).sessions;
+        l.sessions = std::max({1.0, measured, expected_batch(turnarounds_, curve_.seconds(2 * active + c), false)});
         l.undrafted_sessions = std::max(1.0, expected_batch(turnarounds_, curve_.seconds(active + c), o.anticipate));
       }
       n = choose_draft(curve_, l, a, o.max_draft);
@@ -751,6 +752,9 @@ class engine final : public completion_service, public session_service {
     metrics_.observe("specdec_step_seconds", "", dt);
     metrics_.observe("specdec_batch_rows", "", static_cast<double>(rows));
     metrics_.observe("specdec_batch_sequences", "", static_cast<double>(blocks_.size()));
+    drafting_batch_.observe(static_cast<std::size_t>(std::count_if(parts_.begin(), parts_.end(), [](const part& p) {
+      return p.verdict && !p.session->job->req.draft.empty();
+    })));
     for (std::size_t i = 0; i < parts_.size(); ++i) {
       const logits_block l = out.block(i);
       if (parts_[i].completion != nullptr) after_completion(*parts_[i].completion, l, parts_[i].first);
@@ -989,6 +993,7 @@ class engine final : public completion_service, public session_service {
   std::vector<std::vector<token_id>> scratch_;
   std::size_t rotation_ = 0;
   std::vector<double> turnarounds_;  ///< scratch of `announce`
+  batch_estimate drafting_batch_;    ///< verify blocks with drafts per step, as the steps ran
   std::vector<float> probs_, q_;
   specdec::detail::judge_buffers judge_buf_;
 };

@@ -13,7 +13,8 @@
 ///     n* = argmax_n (S_n E(n, a) + C) / t(S_n (n + 1) + C).
 ///
 /// S_n is not the count of sessions merely active: a session joins the steps its device
-/// keeps up with (`expected_batch`, from each session's measured turnaround). Drafting
+/// keeps up with (`expected_batch`, from each session's measured turnaround; for drafting
+/// at least the batch measured while sessions drafted, `batch_estimate`). Drafting
 /// sessions wait for their devices between rounds; at n = 0 the engine anticipates each
 /// session's next row, so the session joins every step its device keeps up with, as a
 /// completion stream does. Both batches are predicted rather than measured because the
@@ -127,6 +128,44 @@ struct load {
   }
   return s;
 }
+
+/// The batch drafting sessions actually form: an exponentially weighted mean of the verify
+/// blocks with drafts per step, over the steps that carry at least one. It complements
+/// `expected_batch`, which does not see the hold policy lining blocks up: the announcement
+/// prices drafting with the larger of the two (a measurement kept from a lighter load is
+/// too small, and then the prediction is the better bound; neither exceeds the sessions
+/// active).
+///
+/// ```cpp
+/// specdec::serve::batch_estimate b;
+/// b.observe(2);
+/// b.observe(4);
+/// specdec::serve::load l = b.for_announcement(8, 0);  // sessions = 3.0: the mean batch, not the 8 active
+/// ```
+class batch_estimate {
+ public:
+  /// Records a step that carried `verify_blocks` (> 0) verify blocks. The first
+  /// observations are averaged plainly, later ones weighted by `weight`.
+  void observe(std::size_t verify_blocks, double weight = 0.1) {
+    if (verify_blocks == 0) return;
+    ++n_;
+    blocks_ += std::max(weight, 1.0 / static_cast<double>(n_)) * (static_cast<double>(verify_blocks) - blocks_);
+  }
+  [[nodiscard]] bool empty() const noexcept { return n_ == 0; }
+  /// The mean verify blocks per step (0 before any observation).
+  [[nodiscard]] double blocks() const noexcept { return blocks_; }
+  /// The load an announcement is priced with when `active` sessions are active and
+  /// `completions` streams decode: sessions = the measured mean batch, at least 1 and at
+  /// most `active` (the active count while nothing is measured).
+  [[nodiscard]] load for_announcement(std::size_t active, std::size_t completions) const {
+    const double cap = static_cast<double>(std::max<std::size_t>(active, 1));
+    return {n_ == 0 ? cap : std::clamp(blocks_, 1.0, cap), static_cast<double>(completions)};
+  }
+
+ private:
+  double blocks_ = 0.0;
+  std::size_t n_ = 0;
+};
 
 /// n* of the file comment; `max_draft` when the curve is still empty.
 [[nodiscard]] inline std::size_t choose_draft(const cost_curve& t, load l, double acceptance, std::size_t max_draft) {
