@@ -66,13 +66,40 @@ TEST(fixed_tree, plans_its_shape_and_rejects_bad_knobs) {
 // nodes at most 2.476 / 1.8. Best: that 3-node tree of height 2.
 TEST(hardware_aware_tree, picks_the_best_shape_of_a_free_drafter) {
   specdec::hardware_aware_tree p{.verify_cost = {1.0, 1.02, 1.05, 1.1, 1.8}, .max_nodes = 4, .max_depth = 4,
-                                 .max_branching = 2, .prior_table = table(4, 0.6, 0.3), .level_drafter = false};
+                                 .max_branching = 2, .prior_table = table(4, 0.6, 0.3), .level_drafter = false,
+                                 .tree_margin = 0.0};
   expect_plan(p.plan(), 3, 2, 2);
   EXPECT_NEAR(p.rate(3, 2), 2.26 / 1.1, 1e-12);
   EXPECT_NEAR(p.rate(3, 1), 2.176 / 1.1, 1e-12);
   EXPECT_NEAR(p.rate(2, 1), 1.96 / 1.05, 1e-12);
   EXPECT_NEAR(p.rate(0, 1), 1.0, 1e-12);
   EXPECT_NEAR(p.acceptance(2, 1), 0.3, 1e-12);
+}
+
+// tree_margin: the 3-node tree of the test above beats the chain of 3 by 3.9 % (2.26 /
+// 1.1 against 2.176 / 1.1); a margin of 3 % keeps the tree, of 5 % (or the default 10 %)
+// plans that chain. A tree far ahead of every chain (a flat curve, siblings as likely as
+// first children) stays a tree under the default margin; a margin never turns a chain
+// or no draft into anything else.
+TEST(hardware_aware_tree, plans_a_tree_only_if_it_beats_the_best_chain_by_the_margin) {
+  specdec::hardware_aware_tree p{.verify_cost = {1.0, 1.02, 1.05, 1.1, 1.8}, .max_nodes = 4, .max_depth = 4,
+                                 .max_branching = 2, .prior_table = table(4, 0.6, 0.3), .level_drafter = false,
+                                 .tree_margin = 0.03};
+  expect_plan(p.plan(), 3, 2, 2);
+  p.tree_margin = 0.05;
+  expect_plan(p.plan(), 3, 3, 1);
+  EXPECT_NEAR(p.rate(3, 2), 2.26 / 1.1, 1e-12);  // rate() of a given branching ignores the margin
+  p.tree_margin = specdec::hardware_aware_tree{}.tree_margin;
+  expect_plan(p.plan(), 3, 3, 1);
+  specdec::hardware_aware_tree flat{.verify_cost = curve(9, 0.0), .max_nodes = 8, .max_depth = 4, .max_branching = 2,
+                                    .prior_table = table(4, 0.5, 0.5), .level_drafter = false};
+  EXPECT_EQ(flat.plan().branching, 2u);
+  EXPECT_EQ(flat.plan().nodes, 8u);
+  specdec::hardware_aware_tree steep{.verify_cost = curve(9, 1.0), .max_nodes = 8, .tree_margin = 5.0};
+  EXPECT_EQ(steep.plan().nodes, 0u);
+  EXPECT_THROW((void)(specdec::hardware_aware_tree{.verify_cost = curve(9, 0.1), .max_nodes = 8,
+                                                   .tree_margin = -0.1}.plan()),
+               specdec::invalid_argument);
 }
 
 // A draft model expanded level by level (rounds of ceil(N / D) nodes, one draft forward
@@ -87,7 +114,8 @@ TEST(hardware_aware_tree, picks_the_best_shape_of_a_free_drafter) {
 // c_d = 1.0: the best, 1.9 / 2, is below 1 -> no draft.
 TEST(hardware_aware_tree, picks_the_best_shape_of_a_level_by_level_drafter) {
   specdec::hardware_aware_tree p{.verify_cost = {1.0, 1.0, 1.0, 1.0}, .draft_cost = 0.1, .max_nodes = 3,
-                                 .max_depth = 3, .max_branching = 2, .prior_table = table(3, 0.7, 0.2)};
+                                 .max_depth = 3, .max_branching = 2, .prior_table = table(3, 0.7, 0.2),
+                                 .tree_margin = 0.0};
   expect_plan(p.plan(), 3, 2, 2);
   EXPECT_NEAR(p.rate(3, 2), 2.39 / 1.2, 1e-12);
   EXPECT_NEAR(p.rate(3, 1), 2.533 / 1.3, 1e-12);
@@ -210,7 +238,7 @@ TEST(hardware_aware_tree, online_acceptance_estimates_converge_and_follow_a_chan
 TEST(hardware_aware_tree, online_cost_estimates_converge_and_change_the_plan) {
   specdec::hardware_aware_tree p{.verify_cost = {1.0, 1.0, 1.0, 1.0}, .draft_cost = 0.1, .max_nodes = 3,
                                  .max_depth = 3, .max_branching = 2, .prior_table = table(3, 0.7, 0.2),
-                                 .target_token_seconds = 0.8e-3, .learn_curve = false};
+                                 .target_token_seconds = 0.8e-3, .learn_curve = false, .tree_margin = 0.0};
   expect_plan(p.plan(), 3, 2, 2);
   EXPECT_NEAR(p.token_seconds(), 0.8e-3, 1e-15);
   EXPECT_NEAR(p.draft_forward_cost(), 0.1, 1e-12);

@@ -166,18 +166,26 @@ concept cost_observing_policy = tree_sizing_policy<P> && requires(P& p, const tr
 /// acceptance estimates and plan; `observe` updates the class of the last plan. Costs and
 /// the curve are shared.
 ///
+/// Trees against chains (`tree_margin`): a plan with branches is chosen only if its rate
+/// beats the best chain's (or no draft's) by `tree_margin` of it. The model counts a
+/// tree's rows and draft forwards but not all of its own work (a sibling's draft row, its
+/// sampled draw, the sibling rule), and a chain's acceptance per depth is learnt from far
+/// more verdicts than a sibling's: where the tree's edge is within that error, the chain
+/// is the safer plan.
+///
 /// Example: with verify_cost = {1, 1.02, 1.05, 1.1, 1.8}, no draft cost, a(d, 0) = 0.6
 /// and a(d, 1) = 0.3, a chain of 3 emits 1 + 0.6 + 0.36 + 0.216 = 2.18 tokens for 1.1
 /// (1.98 per token-time), a tree of both children of the root and one grandchild
-/// 1 + 0.6 + 0.3 + 0.36 = 2.26 for the same 1.1 (2.05): the plan is that tree (3 nodes,
-/// depth 2, branching 2); a fourth node would cost 1.8.
+/// 1 + 0.6 + 0.3 + 0.36 = 2.26 for the same 1.1 (2.05, 3.9 % more): without a margin the
+/// plan is that tree (3 nodes, depth 2, branching 2), with the default 10 % the chain; a
+/// fourth node would cost 1.8.
 ///
 /// ```cpp
 /// specdec::hardware_aware_tree p{.verify_cost = {1.0, 1.02, 1.05, 1.1, 1.8}, .max_nodes = 4,
 ///                                .max_depth = 4, .max_branching = 2,
 ///                                .prior_table = {{0.6, 0.3}, {0.6, 0.3}, {0.6, 0.3}, {0.6, 0.3}},
-///                                .level_drafter = false};
-/// specdec::tree_plan plan = p.plan();   // {3, 2, 2}
+///                                .level_drafter = false, .tree_margin = 0.0};
+/// specdec::tree_plan plan = p.plan();   // {3, 2, 2}; {3, 3, 1} with tree_margin = 0.1
 /// ```
 ///
 /// Across generations (`carry_over`, off by default) the decoder's `reset()` keeps the
@@ -220,9 +228,8 @@ struct hardware_aware_tree {
   /// were observed (decayed): once its cost is known, the search weighs it as it is.
   double explore_until = 16.0;
   /// A plan with branches must beat the best chain (or no draft) by this fraction of its
-  /// rate, else the chain is planned: a tree's own work per node (drafting its siblings'
-  /// rows, the sibling rule) is only partly in the cost model. >= 0.
-  double tree_margin = 0.0;
+  /// rate, else the chain is planned (see the struct comment). >= 0.
+  double tree_margin = 0.1;
   /// Context classes (`plan(context)`): class k holds the contexts c with
   /// context_bounds[k - 1] <= c < context_bounds[k] (class 0: c < context_bounds[0]), each
   /// with its own acceptance estimates and plan; strictly increasing; empty: one class.
