@@ -226,7 +226,7 @@ struct hardware_aware_tree {
   std::size_t explore_every = 8;
   /// A neighbouring size is explored only while fewer than this many forwards of its size
   /// were observed (decayed): once its cost is known, the search weighs it as it is.
-  double explore_until = 16.0;
+  double explore_until = 4.0;
   /// A plan with branches must beat the best chain (or no draft) by this fraction of its
   /// rate, else the chain is planned (see the struct comment). >= 0.
   double tree_margin = 0.1;
