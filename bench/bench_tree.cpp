@@ -19,7 +19,9 @@
 //    (models/kjv_val_openings.tsv) and on two repetitive workloads built from them (quoted
 //    verses: a verse twice, then opened again; repeated lists: an opening four times),
 //    --prompts=N each (default 6), --max-new=M tokens (default 160), each prompt's fastest
-//    of --runs=R runs (default 3) by CPU time. Per configuration: tokens per target call,
+//    of --runs=R runs (default 3) by CPU time, the rounds interleaving every configuration
+//    per prompt; --only=REGEX runs only the configurations whose name matches (and the
+//    autoregressive baseline). Per configuration: tokens per target call,
 //    tokens per second of process CPU time (the speed compared: on a shared machine it
 //    leaves out the time the process waited for a core) and of wall time, speed-up over
 //    autoregressive decoding of the same run, the time split, and (greedy)
@@ -33,16 +35,22 @@
 //    policy against the best chain of the same run (">= 0.97x" or "BELOW"), the
 //    configuration with the most tokens per target call, the plans the policy made, what it
 //    learnt (the verify-cost curve too) and what it would plan on a host where a
-//    16-token block costs 1.5x one token.
+//    16-token block costs 1.5x one token, and the run-to-run noise: how far each
+//    configuration's total CPU time over the even rounds' fastest runs is from the odd
+//    rounds' (two independent measurements of the same figure).
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
+#include <array>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <fstream>
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
+#include <regex>
 #include <string>
 #include <vector>
 
@@ -149,6 +157,9 @@ struct totals {
   std::size_t tokens = 0, target_calls = 0;
   double seconds = 0, cpu_seconds = 0, target_s = 0, draft_s = 0;
   bool identical = true;
+  /// CPU seconds of each prompt's fastest run among the even rounds and among the odd
+  /// ones (both 0 with one round): two independent measurements.
+  std::array<double, 2> half_cpu{0.0, 0.0};
   [[nodiscard]] double per_call() const { return double(tokens) / double(std::max<std::size_t>(1, target_calls)); }
   /// Tokens per second of the process's CPU time: on a shared machine the time this
   /// process was descheduled does not count (wall time: `wall_rate`).
@@ -192,8 +203,9 @@ struct logged_policy {
   specdec::hardware_aware_tree p;
   std::shared_ptr<plan_log> log;
   void validate() const { p.validate(); }
-  specdec::tree_plan plan() {
-    const specdec::tree_plan q = p.plan();
+  specdec::tree_plan plan() { return plan(0); }
+  specdec::tree_plan plan(std::size_t context) {
+    const specdec::tree_plan q = p.plan(context);
     ++log->plans[plan_text(q)];
     ++log->steps;
     return q;
@@ -217,17 +229,25 @@ std::vector<totals> run_all(const std::vector<config>& configs, const prompt_set
   std::vector<std::vector<specdec::generation_result>> best(configs.size(),
                                                             std::vector<specdec::generation_result>(prompts.size()));
   std::vector<std::vector<double>> cpu(configs.size(), std::vector<double>(prompts.size()));
-  for (std::size_t i = 0; i < prompts.size(); ++i)
+  // Each prompt's fastest run among the even rounds and among the odd ones: two
+  // independent measurements whose disagreement is the run-to-run noise.
+  std::vector<std::array<double, 2>> half(configs.size(), {0.0, 0.0});
+  for (std::size_t i = 0; i < prompts.size(); ++i) {
+    std::vector<std::array<double, 2>> fastest_half(configs.size(), {1e300, 1e300});
     for (std::size_t round = 0; round < runs; ++round)
       for (std::size_t c = 0; c < configs.size(); ++c) {
         const double t0 = specdec::process_cpu_seconds();
         specdec::generation_result r = configs[c].gen(prompts[i], 1000 + i);
         const double t = specdec::process_cpu_seconds() - t0;
+        fastest_half[c][round % 2] = std::min(fastest_half[c][round % 2], t);
         if (round == 0 || t < cpu[c][i]) {
           best[c][i] = std::move(r);
           cpu[c][i] = t;
         }
       }
+    for (std::size_t c = 0; c < configs.size(); ++c)
+      for (std::size_t h = 0; h < 2; ++h) half[c][h] += fastest_half[c][h];
+  }
   std::vector<totals> rows;
   for (std::size_t c = 0; c < configs.size(); ++c) {
     totals t{configs[c].name, configs[c].kind};
@@ -241,6 +261,7 @@ std::vector<totals> run_all(const std::vector<config>& configs, const prompt_set
       t.draft_s += r.stats.draft_seconds;
       t.identical = t.identical && (!check_identity || r.tokens == best[0][i].tokens);
     }
+    if (runs >= 2) t.half_cpu = half[c];
     rows.push_back(t);
   }
   return rows;
@@ -277,6 +298,36 @@ void print_totals(const std::string& title, float temperature, const std::vector
          fastest(rows, {role::text_chain}));
   versus("best hardware-aware vs best chain of any drafter", fastest(rows, {role::model_sized, role::text_sized}),
          fastest(rows, {role::model_chain, role::text_chain}));
+  if (rows.front().half_cpu[1] > 0.0) {
+    std::vector<double> noise;
+    for (const totals& t : rows) noise.push_back(std::abs(t.half_cpu[0] / t.half_cpu[1] - 1.0));
+    std::ranges::sort(noise);
+    std::printf("run-to-run noise: the even and odd rounds' CPU times differ by %.1f%% (median configuration), "
+                "%.1f%% at most\n", 100 * noise[noise.size() / 2], 100 * noise.back());
+    // The best chain picked on one half of the rounds and timed on the other (and the
+    // other way round): the max over many noisy chains no longer favours the chains.
+    const auto held_out = [&](std::initializer_list<role> sized, std::initializer_list<role> chains) {
+      double sum = 0.0;
+      for (std::size_t pick = 0; pick < 2; ++pick) {
+        const totals *a = nullptr, *b = nullptr;
+        for (const totals& t : rows) {
+          const bool is_a = std::ranges::find(sized, t.kind) != sized.end();
+          const bool is_b = std::ranges::find(chains, t.kind) != chains.end();
+          if (is_a && (!a || t.half_cpu[pick] < a->half_cpu[pick])) a = &t;
+          if (is_b && (!b || t.half_cpu[pick] < b->half_cpu[pick])) b = &t;
+        }
+        if (!a || !b) return;
+        sum += b->half_cpu[1 - pick] / a->half_cpu[1 - pick];
+      }
+      std::printf("  picked on one half of the rounds, timed on the other: %.3fx\n", sum / 2);
+    };
+    std::printf("hardware-aware vs best model chain,");
+    held_out({role::model_sized}, {role::model_chain});
+    if (fastest(rows, {role::text_sized})) {
+      std::printf("text-index hardware-aware vs best text-index chain,");
+      held_out({role::text_sized}, {role::text_chain});
+    }
+  }
   const auto most = std::ranges::max_element(rows, {}, &totals::per_call);
   std::printf("most tokens per target call: %s, %.2f\n", most->name.c_str(), most->per_call());
 }
@@ -297,6 +348,12 @@ void print_plans(const char* what, const plan_log& log) {
   std::printf(", a(0, r) =");
   for (std::size_t r = 1; r < 4; ++r) std::printf(" %.2f", h.acceptance(0, r));
   std::printf(", draft forward %.3f, overhead %.4f per row (target tokens)\n", h.draft_forward_cost(), h.row_overhead());
+  for (std::size_t k = 0; k < h.context_bounds.size(); ++k) {  // per context class (a text index's match length)
+    std::printf("  after a match of %zu+ tokens: a(d, 0) =", h.context_bounds[k]);
+    for (std::size_t d = 0; d < 12; d += d < 4 ? 1 : 4) std::printf(" %zu: %.2f", d, h.acceptance(d, 0, h.context_bounds[k]));
+    const specdec::tree_plan q = h.plan(h.context_bounds[k]);
+    std::printf(", plan %s\n", plan_text(q).c_str());
+  }
   std::printf("  verify cost t(n)/t(1), learnt (start-up):");
   for (std::size_t n : {2, 5, 8, 9, 13, 17})
     if (n <= h.verify_cost.size()) std::printf(" %zu: %.2f (%.2f)", n, h.verify_ratio(n), h.verify_cost[n - 1]);
@@ -316,7 +373,7 @@ void print_plans(const char* what, const plan_log& log) {
 }
 
 int decode(std::size_t threads, std::size_t n_prompts, std::size_t max_new, std::size_t runs,
-           const std::vector<float>& temperatures, const std::vector<std::string>& pairs) {
+           const std::vector<float>& temperatures, const std::vector<std::string>& pairs, const std::regex* only) {
   using specdec::cpu::transformer;
   transformer big(kjv_big(), {.threads = threads}), little(kjv_little(), {.threads = threads});
   transformer self(kjv_big(), {.threads = threads, .format = weight_format::q8_0});
@@ -343,7 +400,7 @@ int decode(std::size_t threads, std::size_t n_prompts, std::size_t max_new, std:
   // would otherwise spend leaving the prior.
   const specdec::hardware_aware_tree knobs{.max_nodes = 24, .max_depth = 8, .max_branching = 4, .carry_over = true};
   const specdec::hardware_aware_tree sized_text = specdec::measure_tree_policy(
-      big, {.max_nodes = 24, .max_depth = 12, .max_branching = 3, .carry_over = true}, {.repeats = 15});
+      big, {.max_nodes = 24, .max_depth = 24, .max_branching = 3, .carry_over = true}, {.repeats = 15});
   std::printf("measured: t(5)/t(1) = %.2f, t(8)/t(1) = %.2f, t(9)/t(1) = %.2f, t(17)/t(1) = %.2f (tree forwards)\n",
               sized_text.verify_cost[4], sized_text.verify_cost[7], sized_text.verify_cost[8],
               sized_text.verify_cost[16]);
@@ -386,9 +443,9 @@ int decode(std::size_t threads, std::size_t n_prompts, std::size_t max_new, std:
         };
         const auto model = [&] { return std::make_shared<specdec::model_tree_drafter<transformer>>(draft); };
         for (const specdec::fixed_tree shape :
-             {specdec::fixed_tree{4, 4, 1}, specdec::fixed_tree{6, 4, 2}, specdec::fixed_tree{7, 4, 2},
-              specdec::fixed_tree{7, 3, 3}, specdec::fixed_tree{12, 6, 3}, specdec::fixed_tree{24, 8, 4},
-              specdec::fixed_tree{32, 8, 4}})
+             {specdec::fixed_tree{4, 4, 1}, specdec::fixed_tree{7, 7, 1}, specdec::fixed_tree{6, 4, 2},
+              specdec::fixed_tree{7, 4, 2}, specdec::fixed_tree{7, 3, 3}, specdec::fixed_tree{12, 6, 3},
+              specdec::fixed_tree{24, 8, 4}, specdec::fixed_tree{32, 8, 4}})
           tree_config("tree " + plan_text(shape.plan()), model(), shape,
                       shape.branching > 1 ? role::model_tree : role::model_chain);
         const auto log = std::make_shared<plan_log>();
@@ -408,6 +465,10 @@ int decode(std::size_t threads, std::size_t n_prompts, std::size_t max_new, std:
           tree_config("combined 7/5/2", both(), specdec::fixed_tree{7, 5, 2}, role::combined);
           tree_config("combined 16/8/3", both(), specdec::fixed_tree{16, 8, 3}, role::combined);
         }
+        if (only)  // the baseline (row 0) always runs
+          configs.erase(std::remove_if(configs.begin() + 1, configs.end(),
+                                       [&](const config& c) { return !std::regex_search(c.name, *only); }),
+                        configs.end());
         const std::vector<totals> rows = run_all(configs, prompts, runs, greedy);
         print_totals(std::string(names[workload]) + " (" + pair_name + ")", temperature, rows);
         print_plans("  hardware-aware", *log);
@@ -426,6 +487,7 @@ int main(int argc, char** argv) {
   std::vector<float> temperatures{0.0f, 1.0f};
   std::vector<std::string> pairs{"little", "self"};
   std::string csv;
+  std::optional<std::regex> only;
   std::vector<char*> args;
   for (int i = 0; i < argc; ++i) {
     const std::string a = argv[i];
@@ -441,6 +503,7 @@ int main(int argc, char** argv) {
     else if (a.rfind("--runs=", 0) == 0) runs = std::max<std::size_t>(1, std::stoul(a.substr(7)));
     else if (a.rfind("--curve-csv=", 0) == 0) csv = a.substr(12);
     else if (a.rfind("--repeats=", 0) == 0) repeats = std::stoul(a.substr(10));
+    else if (a.rfind("--only=", 0) == 0) only = std::regex(a.substr(7));
     else {
       if (a.rfind("--benchmark_filter", 0) == 0) has_filter = true;
       args.push_back(argv[i]);
@@ -455,5 +518,5 @@ int main(int argc, char** argv) {
   if (run_benchmarks) benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   if (run_curve && curve(repeats, csv) != 0) return 1;
-  return run_decode ? decode(threads, prompts, max_new, runs, temperatures, pairs) : 0;
+  return run_decode ? decode(threads, prompts, max_new, runs, temperatures, pairs, only ? &*only : nullptr) : 0;
 }

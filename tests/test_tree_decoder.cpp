@@ -112,6 +112,26 @@ TEST(tree_decoder, a_hardware_aware_policy_learns_from_every_step_and_keeps_gree
   EXPECT_TRUE(std::isfinite(dec.policy().draft_forward_cost()));
 }
 
+// A text index's match length is the policy's context: the decoder plans each step by
+// it, the classes learn apart (greedy output loops, so short matches come first, then
+// long ones), and greedy output stays the target's.
+TEST(tree_decoder, plans_a_text_index_by_its_match_length_and_keeps_greedy_output) {
+  markov_model target({.vocab = 12, .seed = 5});
+  const std::vector<token_id> prompt{1, 4};
+  const auto want = target_greedy(target, prompt, 120);
+  specdec::text_index_drafter td(12);
+  specdec::hardware_aware_tree policy{.verify_cost = std::vector<double>(9, 1.0), .max_nodes = 8, .max_depth = 8,
+                                      .level_drafter = false, .replan_every = 1,
+                                      .context_bounds = specdec::text_context_bounds()};
+  specdec::tree_decoder dec(td, target, policy);
+  const auto r = dec.generate(prompt, {.max_new_tokens = 120, .stop_at_eos = false});
+  EXPECT_EQ(r.tokens, want);
+  std::size_t classes = 0;
+  for (const auto& t : dec.policy().learnt.trials) classes += !t.empty() && t[0][0] > 0.0 ? 1 : 0;
+  EXPECT_GE(classes, 2u);
+  EXPECT_LT(r.stats.target_calls, 60u);  // the loop is drafted whole
+}
+
 TEST(tree_decoder, commits_through_the_committer_and_syncs_both_caches) {
   markov_model target({.vocab = 9, .seed = 4});
   markov_model draft({.vocab = 9, .seed = 4, .noise_seed = 2, .noise = 0.5f});

@@ -107,6 +107,32 @@ TEST(text_index_drafter, proposes_the_repeated_continuations_as_branches) {
   EXPECT_TRUE(std::ranges::all_of(d.sampled, [](std::uint8_t f) { return f == 0; }));
 }
 
+static_assert(specdec::context_drafter<specdec::text_index_drafter>);
+
+// The match is measured beyond max_ngram, the furthest-reaching occurrence comes first,
+// and a continuation that runs into the end of S repeats the loop it found.
+TEST(text_index_drafter, measures_its_match_and_continues_a_loop_past_the_end) {
+  specdec::text_index_drafter lookup(32, {.max_ngram = 2});
+  // "5 6" occurs twice before the end: the first occurrence agrees with the end 3 tokens
+  // back (3 5 6), the more recent one only 2 (7 5 6).
+  const std::vector<token_id> s{1, 3, 5, 6, 8, 9, 7, 5, 6, 4, 2, 3, 5, 6};
+  EXPECT_EQ(lookup.context(s), 3u);
+  const specdec::token_tree& t = lookup.propose(s, {.max_nodes = 8, .max_depth = 3, .branching = 2});
+  ASSERT_EQ(t.roots().size(), 2u);
+  EXPECT_EQ(t.token(t.roots()[0]), 8);  // the furthest-reaching match's continuation first
+  EXPECT_EQ(t.token(t.roots()[1]), 4);
+  // A loop of period 3: the chain goes round it, past the end of S.
+  const std::vector<token_id> loop{1, 5, 6, 7, 5, 6, 7, 5, 6};
+  EXPECT_EQ(lookup.context(loop), 5u);
+  const specdec::token_tree& c = lookup.propose(loop, {.max_nodes = 7, .max_depth = 7, .branching = 1});
+  EXPECT_EQ(c.path_tokens(c.size() - 1), (std::vector<token_id>{7, 5, 6, 7, 5, 6, 7}));
+  // max_match caps the measurement; nothing repeats: 0.
+  specdec::text_index_drafter capped(32, {.max_ngram = 2, .max_match = 2});
+  EXPECT_EQ(capped.context(loop), 2u);
+  EXPECT_EQ(lookup.context(std::vector<token_id>{1, 2, 3}), 0u);
+  EXPECT_THROW(specdec::text_index_drafter(8, {.max_ngram = 4, .max_match = 3}), specdec::invalid_argument);
+}
+
 TEST(text_index_drafter, rejects_bad_options_requests_and_ids) {
   EXPECT_THROW(specdec::text_index_drafter(0), specdec::invalid_argument);
   EXPECT_THROW(specdec::text_index_drafter(8, {.max_ngram = 2, .min_ngram = 0}), specdec::invalid_argument);

@@ -66,13 +66,40 @@ TEST(fixed_tree, plans_its_shape_and_rejects_bad_knobs) {
 // nodes at most 2.476 / 1.8. Best: that 3-node tree of height 2.
 TEST(hardware_aware_tree, picks_the_best_shape_of_a_free_drafter) {
   specdec::hardware_aware_tree p{.verify_cost = {1.0, 1.02, 1.05, 1.1, 1.8}, .max_nodes = 4, .max_depth = 4,
-                                 .max_branching = 2, .prior_table = table(4, 0.6, 0.3), .level_drafter = false};
+                                 .max_branching = 2, .prior_table = table(4, 0.6, 0.3), .level_drafter = false,
+                                 .tree_margin = 0.0};
   expect_plan(p.plan(), 3, 2, 2);
   EXPECT_NEAR(p.rate(3, 2), 2.26 / 1.1, 1e-12);
   EXPECT_NEAR(p.rate(3, 1), 2.176 / 1.1, 1e-12);
   EXPECT_NEAR(p.rate(2, 1), 1.96 / 1.05, 1e-12);
   EXPECT_NEAR(p.rate(0, 1), 1.0, 1e-12);
   EXPECT_NEAR(p.acceptance(2, 1), 0.3, 1e-12);
+}
+
+// tree_margin: the 3-node tree of the test above beats the chain of 3 by 3.9 % (2.26 /
+// 1.1 against 2.176 / 1.1); a margin of 3 % keeps the tree, of 5 % (or the default 10 %)
+// plans that chain. A tree far ahead of every chain (a flat curve, siblings as likely as
+// first children) stays a tree under the default margin; a margin never turns a chain
+// or no draft into anything else.
+TEST(hardware_aware_tree, plans_a_tree_only_if_it_beats_the_best_chain_by_the_margin) {
+  specdec::hardware_aware_tree p{.verify_cost = {1.0, 1.02, 1.05, 1.1, 1.8}, .max_nodes = 4, .max_depth = 4,
+                                 .max_branching = 2, .prior_table = table(4, 0.6, 0.3), .level_drafter = false,
+                                 .tree_margin = 0.03};
+  expect_plan(p.plan(), 3, 2, 2);
+  p.tree_margin = 0.05;
+  expect_plan(p.plan(), 3, 3, 1);
+  EXPECT_NEAR(p.rate(3, 2), 2.26 / 1.1, 1e-12);  // rate() of a given branching ignores the margin
+  p.tree_margin = specdec::hardware_aware_tree{}.tree_margin;
+  expect_plan(p.plan(), 3, 3, 1);
+  specdec::hardware_aware_tree flat{.verify_cost = curve(9, 0.0), .max_nodes = 8, .max_depth = 4, .max_branching = 2,
+                                    .prior_table = table(4, 0.5, 0.5), .level_drafter = false};
+  EXPECT_EQ(flat.plan().branching, 2u);
+  EXPECT_EQ(flat.plan().nodes, 8u);
+  specdec::hardware_aware_tree steep{.verify_cost = curve(9, 1.0), .max_nodes = 8, .tree_margin = 5.0};
+  EXPECT_EQ(steep.plan().nodes, 0u);
+  EXPECT_THROW((void)(specdec::hardware_aware_tree{.verify_cost = curve(9, 0.1), .max_nodes = 8,
+                                                   .tree_margin = -0.1}.plan()),
+               specdec::invalid_argument);
 }
 
 // A draft model expanded level by level (rounds of ceil(N / D) nodes, one draft forward
@@ -87,7 +114,8 @@ TEST(hardware_aware_tree, picks_the_best_shape_of_a_free_drafter) {
 // c_d = 1.0: the best, 1.9 / 2, is below 1 -> no draft.
 TEST(hardware_aware_tree, picks_the_best_shape_of_a_level_by_level_drafter) {
   specdec::hardware_aware_tree p{.verify_cost = {1.0, 1.0, 1.0, 1.0}, .draft_cost = 0.1, .max_nodes = 3,
-                                 .max_depth = 3, .max_branching = 2, .prior_table = table(3, 0.7, 0.2)};
+                                 .max_depth = 3, .max_branching = 2, .prior_table = table(3, 0.7, 0.2),
+                                 .tree_margin = 0.0};
   expect_plan(p.plan(), 3, 2, 2);
   EXPECT_NEAR(p.rate(3, 2), 2.39 / 1.2, 1e-12);
   EXPECT_NEAR(p.rate(3, 1), 2.533 / 1.3, 1e-12);
@@ -210,7 +238,7 @@ TEST(hardware_aware_tree, online_acceptance_estimates_converge_and_follow_a_chan
 TEST(hardware_aware_tree, online_cost_estimates_converge_and_change_the_plan) {
   specdec::hardware_aware_tree p{.verify_cost = {1.0, 1.0, 1.0, 1.0}, .draft_cost = 0.1, .max_nodes = 3,
                                  .max_depth = 3, .max_branching = 2, .prior_table = table(3, 0.7, 0.2),
-                                 .target_token_seconds = 0.8e-3, .learn_curve = false};
+                                 .target_token_seconds = 0.8e-3, .learn_curve = false, .tree_margin = 0.0};
   expect_plan(p.plan(), 3, 2, 2);
   EXPECT_NEAR(p.token_seconds(), 0.8e-3, 1e-15);
   EXPECT_NEAR(p.draft_forward_cost(), 0.1, 1e-12);
@@ -310,19 +338,24 @@ TEST(hardware_aware_tree, a_distorted_start_up_curve_is_corrected_by_the_forward
   const specdec::tree_plan best = true_host.plan();
   EXPECT_GE(best.nodes, 4u);
   EXPECT_LE(best.nodes, 7u);
-  specdec::hardware_aware_tree p = knobs;
-  p.verify_cost = distorted;
-  EXPECT_LT(p.plan().nodes, 4u);
+  const auto run = [&](double explore_until, std::size_t& explorations) {
+    specdec::hardware_aware_tree p = knobs;
+    p.verify_cost = distorted;
+    p.explore_until = explore_until;
+    EXPECT_LT(p.plan().nodes, 4u);
+    for (int step = 0; step < 3000; ++step) {
+      const specdec::tree_plan q = p.plan();
+      explorations += q.nodes != p.learnt.cache.at(0).plan.nodes ? 1 : 0;
+      p.observe_cost({.nodes = q.nodes, .target_rows = q.nodes + 1, .target_seconds = 1e-3 * truth[q.nodes]});
+    }
+    return p;
+  };
+  // Exploring for ever: the sizes the distortion hit that the plan and its explored
+  // neighbours keep measuring, against the plan's, take their true ratios.
   std::size_t explorations = 0;
-  for (int step = 0; step < 3000; ++step) {
-    const specdec::tree_plan q = p.plan();
-    explorations += q.nodes != p.learnt.cache.plan.nodes ? 1 : 0;
-    p.observe_cost({.nodes = q.nodes, .target_rows = q.nodes + 1, .target_seconds = 1e-3 * truth[q.nodes]});
-  }
+  const specdec::hardware_aware_tree p = run(1e9, explorations);
   EXPECT_GT(explorations, 0u);
   EXPECT_LE(explorations, 3000u / 8);  // one plan in explore_every
-  // The sizes the distortion hit that the plan and its explored neighbours keep
-  // measuring, against the plan's: their true ratios.
   for (std::size_t rows = std::max<std::size_t>(5, best.nodes - 1); rows <= 8; ++rows)
     EXPECT_NEAR(p.verify_ratio(rows) / p.verify_ratio(best.nodes + 1), truth[rows - 1] / truth[best.nodes], 0.03)
         << rows << " rows";
@@ -330,6 +363,14 @@ TEST(hardware_aware_tree, a_distorted_start_up_curve_is_corrected_by_the_forward
   settled.explore_every = 0;
   const specdec::tree_plan learnt = settled.plan();
   expect_plan(learnt, best.nodes, best.depth, best.branching);
+  // Exploring each neighbour only until explore_until forwards of its size were seen
+  // (the default): a few dozen explorations, and the same plan in the end.
+  std::size_t few = 0;
+  specdec::hardware_aware_tree q = run(specdec::hardware_aware_tree{}.explore_until, few);
+  EXPECT_GT(few, 0u);
+  EXPECT_LT(few, explorations / 3);
+  q.explore_every = 0;
+  expect_plan(q.plan(), best.nodes, best.depth, best.branching);
   // Without learning the curve it stays where the distorted curve put it.
   specdec::hardware_aware_tree fixed = knobs;
   fixed.verify_cost = distorted;
@@ -339,6 +380,81 @@ TEST(hardware_aware_tree, a_distorted_start_up_curve_is_corrected_by_the_forward
     fixed.observe_cost({.nodes = q.nodes, .target_rows = q.nodes + 1, .target_seconds = 1e-3 * truth[q.nodes]});
   }
   EXPECT_LT(fixed.plan().nodes, 4u);
+}
+
+// Exploration pays only while a neighbour's cost is unknown: chains only, a(d, 0) = 0.5,
+// forwards of up to 6 rows cost one token and of 7+ rows 1.5. The plan is the chain of 5
+// (1.96875 tokens per token-time; 6 nodes give 1.984 / 1.5), and each neighbour (4, 6, 3,
+// 7 nodes) could win were its forward as cheap: 1.9375, 1.984, 1.875 and 1.992 are
+// within 5 % of 1.96875. Every second drafting plan explores one, until each has been
+// observed explore_until = 4 times (no decay): 16 explorations, then none.
+TEST(hardware_aware_tree, explores_a_neighbouring_size_only_until_its_cost_is_measured) {
+  std::vector<double> truth;
+  for (std::size_t rows = 1; rows <= 9; ++rows) truth.push_back(rows <= 6 ? 1.0 : 1.5);
+  const specdec::hardware_aware_tree knobs{.verify_cost = truth, .max_nodes = 8, .max_depth = 8,
+                                           .max_branching = 1, .prior_table = table(8, 0.5, 0.25),
+                                           .decay = 1.0, .level_drafter = false, .learn_costs = false,
+                                           .target_token_seconds = 1e-3, .explore_every = 2,
+                                           .explore_until = 4.0};
+  const auto explorations = [&](specdec::hardware_aware_tree p, int steps) {
+    expect_plan(p.plan(), 5, 5, 1);
+    std::size_t n = 0;
+    for (int step = 0; step < steps; ++step) {
+      const specdec::tree_plan q = p.plan();
+      n += q.nodes != 5 ? 1 : 0;
+      p.observe_cost({.nodes = q.nodes, .target_rows = q.nodes + 1, .target_seconds = 1e-3 * truth[q.nodes]});
+    }
+    return n;
+  };
+  EXPECT_EQ(explorations(knobs, 200), 16u);
+  specdec::hardware_aware_tree always = knobs;
+  always.explore_until = 1e9;
+  EXPECT_EQ(explorations(always, 200), 100u);
+  specdec::hardware_aware_tree never = knobs;
+  never.explore_until = 0.0;
+  EXPECT_EQ(explorations(never, 200), 0u);
+}
+
+// Context classes (a text index's match length), chains only, no decay: continuations of
+// long matches (context >= 8) always accepted, of short ones (1-7) never, 100 times each.
+// Each class learns its own table, (hits + 4 x 0.6) / (trials + 4), and plans by it: the
+// longest chain after a long match (a(d, 0) = 102.4 / 104), no draft after a short one
+// (a(0, 0) = 2.4 / 104: one node returns 1.023 tokens for a forward of 1.05); the class
+// of context 0, never observed, keeps the prior's plan.
+TEST(hardware_aware_tree, plans_each_context_class_by_its_own_acceptance) {
+  specdec::hardware_aware_tree p{.verify_cost = curve(9, 0.05), .max_nodes = 8, .max_depth = 8, .max_branching = 1,
+                                 .decay = 1.0, .level_drafter = false, .context_bounds = {1, 8}};
+  const specdec::tree_plan before = p.plan(0);
+  EXPECT_EQ(p.context_class(0), 0u);
+  EXPECT_EQ(p.context_class(7), 1u);
+  EXPECT_EQ(p.context_class(8), 2u);
+  EXPECT_EQ(p.context_class(100), 2u);
+  specdec::token_tree chain;
+  chain.add(1);
+  for (std::int32_t j = 0; j < 7; ++j) chain.add(static_cast<specdec::token_id>(j + 2), j);
+  const std::vector<std::size_t> all{0, 1, 2, 3, 4, 5, 6, 7}, none{};
+  for (int i = 0; i < 100; ++i) {
+    (void)p.plan(12);
+    p.observe(chain, all);
+    (void)p.plan(3);
+    p.observe(chain, none);
+  }
+  EXPECT_NEAR(p.acceptance(0, 0, 12), 102.4 / 104, 1e-12);
+  EXPECT_GT(p.acceptance(7, 0, 9), 0.98);
+  EXPECT_NEAR(p.acceptance(0, 0, 3), 2.4 / 104, 1e-12);
+  EXPECT_NEAR(p.acceptance(0, 0, 0), p.prior, 1e-12);
+  expect_plan(p.plan(12), 8, 8, 1);
+  EXPECT_EQ(p.plan(3).nodes, 0u);
+  const specdec::tree_plan after = p.plan(0);
+  expect_plan(after, before.nodes, before.depth, before.branching);
+  // One class: the contexts share one table.
+  specdec::hardware_aware_tree one{.verify_cost = curve(9, 0.05), .max_nodes = 8, .level_drafter = false};
+  (void)one.plan(12);
+  one.observe(chain, all);
+  EXPECT_EQ(one.acceptance(0, 0, 3), one.acceptance(0, 0, 12));
+  EXPECT_THROW((void)(specdec::hardware_aware_tree{.verify_cost = curve(9, 0.05), .max_nodes = 8,
+                                                   .context_bounds = {4, 4}}.plan()),
+               specdec::invalid_argument);
 }
 
 TEST(hardware_aware_tree, rejects_bad_knobs_with_named_values) {

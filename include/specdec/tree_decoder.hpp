@@ -28,7 +28,9 @@
 /// with `observe_cost` (`cost_observing_policy`) is told each step's cost in the calling
 /// thread's CPU time (wall time where that clock cannot be read): a shared machine that
 /// takes the core away mid-forward makes no size of forward look dear; `draft_seconds`
-/// is planning and drafting, `target_seconds` verifying, `other_seconds` committing.
+/// is planning and drafting, `target_seconds` verifying, `other_seconds` committing. A
+/// `context_sizing_policy` over a `context_drafter` plans each step by the drafter's
+/// `context(S)`.
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
@@ -106,7 +108,12 @@ class tree_decoder : public detail::seeded_sampling {
       [[maybe_unused]] double cpu[3] = {};  // thread CPU seconds at the step's start, after drafting, after verifying
       if constexpr (cost_observing_policy<Policy>) cpu[0] = thread_cpu_seconds();
       // ---- 1. plan and draft -> tree_draft ----
-      const tree_request req = request(policy_.plan(), out.remaining(), ctx, opts.stop_at_eos);
+      const tree_plan plan = [&] {
+        if constexpr (context_drafter<Drafter> && context_sizing_policy<Policy>)
+          return policy_.plan(static_cast<std::size_t>(drafter_.context(seq_)));
+        else return policy_.plan();
+      }();
+      const tree_request req = request(plan, out.remaining(), ctx, opts.stop_at_eos);
       const tree_draft& d = drafter_.draft(seq_, req, params_, rng_);
       st.draft_calls += d.forwards;
       st.draft_seconds += d.seconds;

@@ -125,6 +125,18 @@ concept tree_drafter =
       d.sync(s);
     };
 
+/// A tree drafter that can say, before drafting, how promising the next draft looks:
+/// `d.context(S)` (for `text_index_drafter` the length of its longest earlier match, 0:
+/// none), which a `context_sizing_policy` plans by.
+///
+/// ```cpp
+/// static_assert(specdec::context_drafter<specdec::text_index_drafter>);
+/// ```
+template <class D>
+concept context_drafter = tree_drafter<D> && requires(D& d, std::span<const token_id> s) {
+  { d.context(s) } -> std::convertible_to<std::size_t>;
+};
+
 /// Knobs of a `model_tree_drafter`.
 struct model_tree_options {
   /// When sampling: draw each node's children from the draft's processed q without
@@ -445,6 +457,10 @@ struct text_index_options {
   std::size_t max_ngram = 4;    ///< longest suffix of S looked up first
   std::size_t min_ngram = 1;    ///< shortest suffix tried; >= 1
   std::size_t max_matches = 8;  ///< earlier occurrences read per suffix length, most recent first
+  /// How far back a match is followed (beyond `max_ngram`) to measure its length: the
+  /// `context` a sizing policy reads, and the order of the longest suffix's occurrences.
+  /// >= max_ngram.
+  std::size_t max_match = 64;
 };
 
 /// An id-only tree drafter over the text itself (prompt lookup grown into a tree, as
@@ -457,13 +473,23 @@ struct text_index_options {
 /// continuations needs.
 ///
 /// `propose` looks up the suffixes of S from `max_ngram` down to `min_ngram` tokens; the
-/// continuations of their earlier occurrences (the longest suffix's first, most recent
-/// first) are inserted into a trie under the request's limits, so distinct continuations
-/// become branches and shared prefixes one path. It proposes no distribution: the
-/// verifier treats its nodes as deterministic proposals (exact in greedy and sampling).
+/// continuations of their earlier occurrences are inserted into a trie under the
+/// request's limits, so distinct continuations become branches and shared prefixes one
+/// path: the longest suffix's first, among them the one whose match reaches furthest back
+/// (measured up to `max_match` tokens; ties: the most recent), then the rest most recent
+/// first. A continuation that runs into the end of S repeats the text after the match (an
+/// occurrence p tokens back predicts a loop of period p), so a repeat of a short line is
+/// proposed beyond one period. It proposes no distribution: the verifier treats its nodes
+/// as deterministic proposals (exact in greedy and sampling).
+///
+/// `context(S)` is the length of the furthest-reaching match (0: none): a policy with
+/// `plan(context)` (`hardware_aware_tree`'s `context_bounds`) sizes the step by what
+/// continuations of matches that long were accepted before; `tree_decoder` asks for it
+/// before planning.
 ///
 /// ```cpp
 /// specdec::text_index_drafter lookup(/*vocab=*/32000);
+/// std::size_t matched = lookup.context(seq);   // tokens of the longest earlier match
 /// const specdec::token_tree& t = lookup.propose(seq, {.max_nodes = 16, .max_depth = 8, .branching = 3});
 /// ```
 class text_index_drafter {
@@ -474,6 +500,9 @@ class text_index_drafter {
       throw invalid_argument("text_index_options: expected 1 <= min_ngram <= max_ngram, got min_ngram = " +
                              std::to_string(o.min_ngram) + ", max_ngram = " + std::to_string(o.max_ngram));
     if (o.max_matches == 0) throw invalid_argument("text_index_options.max_matches is 0; expected >= 1");
+    if (o.max_match < o.max_ngram)
+      throw invalid_argument("text_index_options.max_match = " + std::to_string(o.max_match) +
+                             "; expected >= max_ngram = " + std::to_string(o.max_ngram));
   }
 
   [[nodiscard]] std::size_t vocab_size() const noexcept { return vocab_; }
@@ -483,6 +512,7 @@ class text_index_drafter {
   void reset() {
     text_.clear();
     index_.clear();
+    matched_ = no_match;
   }
 
   /// Brings the index up to S: appends the tokens after those indexed, or re-indexes
@@ -500,6 +530,14 @@ class text_index_drafter {
     }
   }
 
+  /// The length of S's furthest-reaching earlier match, up to `max_match` tokens (0: no
+  /// suffix of S of at least `min_ngram` tokens occurred before).
+  [[nodiscard]] std::size_t context(std::span<const token_id> s) {
+    index(s);
+    find_matches();
+    return matches_.empty() ? 0 : matches_.front().length;
+  }
+
   /// The trie of continuations of S's matching suffixes under `r` (see the class comment).
   const token_tree& propose(std::span<const token_id> s, const tree_request& r) {
     r.check("text_index_drafter::propose");
@@ -507,22 +545,10 @@ class text_index_drafter {
     tree_.clear();
     kids_.clear();
     if (!r.drafts()) return tree_;
-    const std::size_t len = text_.size();
-    std::uint64_t h = seed;
-    hashes_.clear();
-    for (std::size_t n = 1; n <= std::min(opt_.max_ngram, len); ++n) hashes_.push_back(h = mix(h, text_[len - n]));
-    for (std::size_t n = hashes_.size(); n >= opt_.min_ngram && tree_.size() < r.max_nodes; --n) {
-      const auto hit = index_.find(hashes_[n - 1]);
-      if (hit == index_.end()) continue;
-      std::size_t used = 0;
-      for (auto it = hit->second.rbegin(); it != hit->second.rend() && used < opt_.max_matches; ++it) {
-        const std::size_t e = *it;
-        if (e >= len || !std::ranges::equal(std::span<const token_id>(text_).subspan(e - n, n),
-                                            std::span<const token_id>(text_).last(n)))
-          continue;  // the suffix itself, or a hash collision
-        ++used;
-        insert(std::span<const token_id>(text_).subspan(e, std::min(r.max_depth, len - e)), r);
-      }
+    find_matches();
+    for (const match& m : matches_) {
+      if (tree_.size() >= r.max_nodes) break;
+      insert(m.end, r);
     }
     return tree_;
   }
@@ -540,15 +566,58 @@ class text_index_drafter {
 
  private:
   static constexpr std::uint64_t seed = 0x9e3779b97f4a7c15ull;
+  static constexpr std::size_t no_match = static_cast<std::size_t>(-1);
   static std::uint64_t mix(std::uint64_t h, token_id t) noexcept {
     h ^= static_cast<std::uint64_t>(static_cast<std::uint32_t>(t)) + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
     return h * 0xff51afd7ed558ccdull;
   }
 
-  /// Adds `cont` below the root as a path, sharing existing prefixes, within the limits.
-  void insert(std::span<const token_id> cont, const tree_request& r) {
+  /// An earlier occurrence of a suffix of the text: where it ends (its continuation
+  /// starts) and how many tokens before that agree with the text's end.
+  struct match {
+    std::size_t end = 0, length = 0;
+  };
+
+  /// Fills matches_ for the indexed text (once per text length): the occurrences of its
+  /// suffixes from `max_ngram` down to `min_ngram` tokens, up to `max_matches` per length
+  /// most recent first, the longest suffix's ordered by how far back they agree.
+  void find_matches() {
+    const std::size_t len = text_.size();
+    if (matched_ == len) return;
+    matched_ = len;
+    matches_.clear();
+    std::uint64_t h = seed;
+    hashes_.clear();
+    for (std::size_t n = 1; n <= std::min(opt_.max_ngram, len); ++n) hashes_.push_back(h = mix(h, text_[len - n]));
+    const std::span<const token_id> text(text_);
+    for (std::size_t n = hashes_.size(); n >= opt_.min_ngram && n >= 1; --n) {
+      const auto hit = index_.find(hashes_[n - 1]);
+      if (hit == index_.end()) continue;
+      const std::size_t first = matches_.size();
+      std::size_t used = 0;
+      for (auto it = hit->second.rbegin(); it != hit->second.rend() && used < opt_.max_matches; ++it) {
+        const std::size_t e = *it;
+        if (e >= len || !std::ranges::equal(text.subspan(e - n, n), text.last(n)))
+          continue;  // the suffix itself, or a hash collision
+        ++used;
+        std::size_t m = n;
+        if (first == 0)  // the longest suffix's occurrences: how far back they agree
+          while (m < opt_.max_match && m < e && text_[e - 1 - m] == text_[len - 1 - m]) ++m;
+        matches_.push_back({e, m});
+      }
+      std::stable_sort(matches_.begin() + static_cast<std::ptrdiff_t>(first), matches_.end(),
+                       [](const match& a, const match& b) { return a.length > b.length; });
+    }
+  }
+
+  /// Adds the continuation after an occurrence ending at `e` below the root as a path,
+  /// sharing existing prefixes, within the limits; past the text's end it repeats the
+  /// text from `e` (period len - e).
+  void insert(std::size_t e, const tree_request& r) {
+    const std::size_t period = text_.size() - e;
     std::int32_t at = no_parent;
-    for (const token_id t : cont) {
+    for (std::size_t k = 0; k < r.max_depth; ++k) {
+      const token_id t = text_[e + k % period];
       if (r.stop_at_eos && at != no_parent && tree_.token(static_cast<std::size_t>(at)) == eos_token) return;
       const std::size_t ks = tree_draft::slot_of(at);
       if (kids_.size() <= ks) kids_.resize(ks + 1);
@@ -569,6 +638,8 @@ class text_index_drafter {
   std::vector<token_id> text_;
   std::unordered_map<std::uint64_t, std::vector<std::uint32_t>> index_;
   std::vector<std::uint64_t> hashes_;
+  std::vector<match> matches_;
+  std::size_t matched_ = no_match;  ///< text length matches_ was found for
   token_tree tree_;
   std::vector<std::vector<std::size_t>> kids_;  ///< per slot (root, then node j + 1): children
   tree_draft out_;

@@ -17,7 +17,6 @@
 #include <concepts>
 #include <limits>
 #include <cstddef>
-#include <queue>
 #include <utility>
 #include <span>
 #include <string>
@@ -53,6 +52,18 @@ template <class P>
 concept tree_sizing_policy = requires(P& p, const token_tree& t, std::span<const std::size_t> path) {
   { p.plan() } -> std::same_as<tree_plan>;
   p.observe(t, path);
+};
+
+/// A sizing policy that also plans by the drafter's context: `p.plan(c)` for a drafter
+/// whose `context(S)` is c (`context_drafter`, e.g. a text index's match length);
+/// `tree_decoder` calls it instead of `plan()` when both sides have it.
+///
+/// ```cpp
+/// static_assert(specdec::context_sizing_policy<specdec::hardware_aware_tree>);
+/// ```
+template <class P>
+concept context_sizing_policy = tree_sizing_policy<P> && requires(P& p, std::size_t c) {
+  { p.plan(c) } -> std::same_as<tree_plan>;
 };
 
 /// The same shape every step.
@@ -145,20 +156,36 @@ concept cost_observing_policy = tree_sizing_policy<P> && requires(P& p, const tr
 /// whole moves t(1), not the shape; a size forgets only when it is observed again. The
 /// search reads r. Every
 /// `explore_every`-th drafting plan is instead the best tree of a neighbouring node
-/// count (+1, -1, +2, -2, in turn) so that the sizes next to the plan are measured too.
+/// count (+1, -1, +2, -2, in turn) so that the sizes next to the plan are measured too,
+/// as long as such a size is both unmeasured (fewer than `explore_until` forwards of it
+/// observed) and could win (were its forward as cheap as the plan's, within 5 % of the
+/// plan's rate); a measured size is weighed by the search as it is, at no exploration
+/// cost.
+///
+/// Context (`context_bounds`): with `plan(c)`, each class of contexts has its own
+/// acceptance estimates and plan; `observe` updates the class of the last plan. Costs and
+/// the curve are shared.
+///
+/// Trees against chains (`tree_margin`): a plan with branches is chosen only if its rate
+/// beats the best chain's (or no draft's) by `tree_margin` of it. The model counts a
+/// tree's rows and draft forwards but not all of its own work (a sibling's draft row, its
+/// sampled draw, the sibling rule), and a chain's acceptance per depth is learnt from far
+/// more verdicts than a sibling's: where the tree's edge is within that error, the chain
+/// is the safer plan.
 ///
 /// Example: with verify_cost = {1, 1.02, 1.05, 1.1, 1.8}, no draft cost, a(d, 0) = 0.6
 /// and a(d, 1) = 0.3, a chain of 3 emits 1 + 0.6 + 0.36 + 0.216 = 2.18 tokens for 1.1
 /// (1.98 per token-time), a tree of both children of the root and one grandchild
-/// 1 + 0.6 + 0.3 + 0.36 = 2.26 for the same 1.1 (2.05): the plan is that tree (3 nodes,
-/// depth 2, branching 2); a fourth node would cost 1.8.
+/// 1 + 0.6 + 0.3 + 0.36 = 2.26 for the same 1.1 (2.05, 3.9 % more): without a margin the
+/// plan is that tree (3 nodes, depth 2, branching 2), with the default 10 % the chain; a
+/// fourth node would cost 1.8.
 ///
 /// ```cpp
 /// specdec::hardware_aware_tree p{.verify_cost = {1.0, 1.02, 1.05, 1.1, 1.8}, .max_nodes = 4,
 ///                                .max_depth = 4, .max_branching = 2,
 ///                                .prior_table = {{0.6, 0.3}, {0.6, 0.3}, {0.6, 0.3}, {0.6, 0.3}},
-///                                .level_drafter = false};
-/// specdec::tree_plan plan = p.plan();   // {3, 2, 2}
+///                                .level_drafter = false, .tree_margin = 0.0};
+/// specdec::tree_plan plan = p.plan();   // {3, 2, 2}; {3, 3, 1} with tree_margin = 0.1
 /// ```
 ///
 /// Across generations (`carry_over`, off by default) the decoder's `reset()` keeps the
@@ -197,6 +224,19 @@ struct hardware_aware_tree {
   /// With `learn_curve`, every this-many-th drafting plan is the best tree of a
   /// neighbouring node count instead (see the struct comment); 0: never.
   std::size_t explore_every = 8;
+  /// A neighbouring size is explored only while fewer than this many forwards of its size
+  /// were observed (decayed): once its cost is known, the search weighs it as it is.
+  double explore_until = 4.0;
+  /// A plan with branches must beat the best chain (or no draft) by this fraction of its
+  /// rate, else the chain is planned (see the struct comment). >= 0.
+  double tree_margin = 0.1;
+  /// Context classes (`plan(context)`): class k holds the contexts c with
+  /// context_bounds[k - 1] <= c < context_bounds[k] (class 0: c < context_bounds[0]), each
+  /// with its own acceptance estimates and plan; strictly increasing; empty: one class.
+  /// `tree_decoder` passes a drafter's `context(S)` (`text_index_drafter`: the length of
+  /// its longest match), so continuations of long matches are sized by how often
+  /// continuations of long matches were accepted, short ones by short ones.
+  std::vector<std::size_t> context_bounds{};
 
   void validate() const {
     if (max_nodes == 0) detail::fail_knob("hardware_aware_tree.max_nodes", "0", ">= 1 (a node budget)");
@@ -222,6 +262,14 @@ struct hardware_aware_tree {
     detail::check_non_negative("hardware_aware_tree.target_token_seconds", target_token_seconds);
     detail::check_positive("hardware_aware_tree.curve_weight", curve_weight);
     if (replan_every == 0) detail::fail_knob("hardware_aware_tree.replan_every", "0", ">= 1 (1: every step)");
+    detail::check_non_negative("hardware_aware_tree.explore_until", explore_until);
+    detail::check_non_negative("hardware_aware_tree.tree_margin", tree_margin);
+    for (std::size_t k = 1; k < context_bounds.size(); ++k)
+      if (context_bounds[k] <= context_bounds[k - 1])
+        detail::fail_knob("hardware_aware_tree.context_bounds[" + std::to_string(k) + "]",
+                          std::to_string(context_bounds[k]),
+                          "> context_bounds[" + std::to_string(k - 1) + "] = " + std::to_string(context_bounds[k - 1]) +
+                              " (strictly increasing)");
   }
 
   /// Forgets what was learnt, unless `carry_over`.
@@ -229,15 +277,17 @@ struct hardware_aware_tree {
     if (!carry_over) learnt = {};
   }
 
-  /// The estimated acceptance of a rank-r child at depth d (see the struct comment).
-  [[nodiscard]] double acceptance(std::size_t d, std::size_t r) const {
-    double est = prior * std::pow(0.5, static_cast<double>(r));
-    for (std::size_t k = 0; k <= d; ++k) {
-      if (k < prior_table.size() && r < prior_table[k].size()) est = prior_table[k][r];
-      const double t = at(learnt.trials, k, r), h = at(learnt.hits, k, r);
-      est = (h + prior_weight * est) / (t + prior_weight);
-    }
-    return est;
+  /// The class of a context (see `context_bounds`).
+  [[nodiscard]] std::size_t context_class(std::size_t context) const noexcept {
+    return static_cast<std::size_t>(std::ranges::upper_bound(context_bounds, context) - context_bounds.begin());
+  }
+
+  /// The estimated acceptance of a rank-r child at depth d (see the struct comment), in
+  /// the class of the last plan's context.
+  [[nodiscard]] double acceptance(std::size_t d, std::size_t r) const { return acceptance_in(learnt.context, d, r); }
+  /// The same in the class of `context`.
+  [[nodiscard]] double acceptance(std::size_t d, std::size_t r, std::size_t context) const {
+    return acceptance_in(context_class(context), d, r);
   }
 
   /// One target token's seconds now: `target_token_seconds` refined by `observe_cost`.
@@ -281,9 +331,14 @@ struct hardware_aware_tree {
   }
 
   /// The shape that maximises expected tokens per unit of time (see the struct comment),
-  /// searched again every `replan_every` observed steps.
-  [[nodiscard]] tree_plan plan() const {
-    plan_cache& c = learnt.cache;
+  /// searched again every `replan_every` observed steps; for the class of context 0.
+  [[nodiscard]] tree_plan plan() const { return plan(0); }
+  /// The same for the class of `context`, whose acceptance estimates the next `observe`
+  /// updates.
+  [[nodiscard]] tree_plan plan(std::size_t context) const {
+    learnt.context = context_class(context);
+    if (learnt.cache.size() <= learnt.context) learnt.cache.resize(learnt.context + 1);
+    plan_cache& c = learnt.cache[learnt.context];
     knob_key(c.scratch);
     if (!(c.valid && c.key == c.scratch && learnt.version - c.version < replan_every)) {
       validate();
@@ -306,7 +361,7 @@ struct hardware_aware_tree {
         const std::size_t k = c.explored++ % 4;
         const std::size_t step = k / 2 + 1;
         const std::size_t n = k % 2 == 0 ? c.plan.nodes + step : c.plan.nodes - std::min(step, c.plan.nodes);
-        if (n >= 1 && n <= max_nodes && n != c.plan.nodes) {
+        if (n >= 1 && n <= max_nodes && n != c.plan.nodes && observed_forwards(n + 1) < explore_until) {
           const choice e = search(n, any, false, plan_cost);
           if (e.plan.nodes > 0 && e.rate >= 0.95 * best_rate) return e.plan;
         }
@@ -320,12 +375,16 @@ struct hardware_aware_tree {
   }
 
   /// Counts, for every child of the root and of each accepted node, one trial at its
-  /// (depth, rank), and one hit when it is on the accepted path (older counts decayed).
+  /// (depth, rank), and one hit when it is on the accepted path (older counts decayed),
+  /// in the class of the last plan's context.
   void observe(const token_tree& t, std::span<const std::size_t> path) {
     ++learnt.version;
-    for (auto* m : {&learnt.trials, &learnt.hits})
-      for (auto& row : *m)
+    const std::size_t cls = learnt.context;
+    for (auto* m : {&learnt.trials, &learnt.hits}) {
+      if (m->size() <= cls) m->resize(cls + 1);
+      for (auto& row : (*m)[cls])
         for (double& x : row) x *= decay;
+    }
     std::vector<std::size_t> rank(t.size(), 0), kids(t.size() + 1, 0);
     for (std::size_t j = 0; j < t.size(); ++j) {
       const std::int32_t p = t.parent(j);
@@ -338,8 +397,8 @@ struct hardware_aware_tree {
     for (std::size_t j = 0; j < t.size(); ++j) {
       if (!reached(t.parent(j))) continue;
       const std::size_t d = t.depth(j), r = rank[j];
-      bump(learnt.trials, d, r);
-      if (std::ranges::find(path, j) != path.end()) bump(learnt.hits, d, r);
+      bump(learnt.trials[cls], d, r);
+      if (std::ranges::find(path, j) != path.end()) bump(learnt.hits[cls], d, r);
     }
   }
 
@@ -383,8 +442,9 @@ struct hardware_aware_tree {
     l.other_rows += static_cast<double>(rows);
   }
 
-  /// What `observe` and `observe_cost` learnt (decayed sums): trials[d][r] children of
-  /// rank r at depth d whose parent was reached, hits[d][r] of them accepted; the target's
+  /// What `observe` and `observe_cost` learnt (decayed sums): trials[k][d][r] children of
+  /// rank r at depth d whose parent was reached in context class k, hits[k][d][r] of them
+  /// accepted; the target's
   /// seconds per token-time and the steps they came from; the draft's seconds and
   /// forwards; the steps' other seconds and rows; the learnt curve. Public only so the
   /// struct stays an aggregate.
@@ -399,13 +459,14 @@ struct hardware_aware_tree {
     std::vector<double> key{}, scratch{};
   };
   struct learned {
-    std::vector<std::vector<double>> trials, hits;
+    std::vector<std::vector<std::vector<double>>> trials, hits;
     double token_sum = 0.0, token_steps = 0.0;
     double draft_sum = 0.0, draft_forwards = 0.0;
     double other_sum = 0.0, other_rows = 0.0;
     std::vector<double> curve_sum, curve_steps;  ///< per size (rows - 1): decayed observed ratios, their count
     std::size_t version = 0;  ///< observed steps
-    mutable plan_cache cache{};
+    mutable std::size_t context = 0;  ///< the class of the last plan's context
+    mutable std::vector<plan_cache> cache{};  ///< per context class
   } learnt{};
 
  private:
@@ -421,12 +482,32 @@ struct hardware_aware_tree {
     for (double x : {draft_cost, static_cast<double>(max_nodes), static_cast<double>(max_depth),
                      static_cast<double>(max_branching), prior, prior_weight, level_drafter ? 1.0 : 0.0,
                      learn_costs ? 1.0 : 0.0, target_token_seconds, static_cast<double>(prior_table.size()),
-                     learn_curve ? 1.0 : 0.0, curve_weight, static_cast<double>(explore_every)})
+                     learn_curve ? 1.0 : 0.0, curve_weight, static_cast<double>(explore_every), explore_until,
+                     tree_margin})
       k.push_back(x);
+    for (std::size_t b : context_bounds) k.push_back(static_cast<double>(b));
     for (const auto& row : prior_table) {
       k.push_back(static_cast<double>(row.size()));
       k.insert(k.end(), row.begin(), row.end());
     }
+  }
+
+  [[nodiscard]] double acceptance_in(std::size_t cls, std::size_t d, std::size_t r) const {
+    static const std::vector<std::vector<double>> none;
+    const auto& trials = cls < learnt.trials.size() ? learnt.trials[cls] : none;
+    const auto& hits = cls < learnt.hits.size() ? learnt.hits[cls] : none;
+    double est = prior * std::pow(0.5, static_cast<double>(r));
+    for (std::size_t k = 0; k <= d; ++k) {
+      if (k < prior_table.size() && r < prior_table[k].size()) est = prior_table[k][r];
+      const double t = at(trials, k, r), h = at(hits, k, r);
+      est = (h + prior_weight * est) / (t + prior_weight);
+    }
+    return est;
+  }
+
+  /// Forwards of `rows` rows observed (decayed; 0 unless `learn_curve`).
+  [[nodiscard]] double observed_forwards(std::size_t rows) const {
+    return rows - 1 < learnt.curve_steps.size() ? learnt.curve_steps[rows - 1] : 0.0;
   }
 
   /// r at index i (rows i + 1): the start-up ratio, or what was learnt of it.
@@ -444,46 +525,55 @@ struct hardware_aware_tree {
     m[d][r] += 1.0;
   }
 
+  /// A node that may be added next: its value (its parent's value times a(d, r)), its
+  /// parent's value (1 at the root), its depth and rank.
+  struct open_child {
+    double v, parent_v;
+    std::size_t d, r;
+    bool operator<(const open_child& o) const { return v < o.v; }
+  };
   /// One grown tree: value[n] its expected accepted nodes with n nodes, forwards[n] the
-  /// draft forwards that took (0: n nodes not reachable), height[n] its height.
+  /// draft forwards that took (0: n nodes not reachable), height[n] its height; the heap
+  /// and round are scratch, kept across the search's many trees.
   struct growth {
     std::vector<double> value;
     std::vector<std::size_t> forwards, height;
+    std::vector<open_child> heap, round;
   };
 
   /// Grows the tree of branching b and depth cap cap as the drafter would (see the struct
   /// comment), `width` nodes per round (0: no rounds), up to n_max nodes.
   void grow(const std::vector<std::vector<double>>& a, std::size_t b, std::size_t cap, std::size_t width,
             std::size_t n_max, growth& g) const {
-    struct open_child {
-      double v;          // value of the child: its parent's value times a(d, r)
-      double parent_v;   // its parent's value (1 at the root)
-      std::size_t d, r;  // depth and rank
-      bool operator<(const open_child& o) const { return v < o.v; }
-    };
     g.value.assign(n_max + 1, 0.0);
     g.forwards.assign(n_max + 1, 0);
     g.height.assign(n_max + 1, 0);
-    std::priority_queue<open_child> q;
-    std::vector<open_child> round;
-    q.push({a[0][0], 1.0, 0, 0});
+    std::vector<open_child>& q = g.heap;
+    std::vector<open_child>& round = g.round;
+    q.clear();
+    const auto push = [&](const open_child& c) {
+      q.push_back(c);
+      std::push_heap(q.begin(), q.end());
+    };
+    push({a[0][0], 1.0, 0, 0});
     std::size_t n = 0, forwards = width ? 1 : 0, height = 0;
     double value = 0.0;
     const auto open = [&](const open_child& c) {  // c was added and forwarded: its first child
-      if (c.d + 1 < cap) q.push({c.v * a[c.d + 1][0], c.v, c.d + 1, 0});
+      if (c.d + 1 < cap) push({c.v * a[c.d + 1][0], c.v, c.d + 1, 0});
     };
     while (n < n_max && !q.empty()) {
       round.clear();
       while (n < n_max && !q.empty() && (width == 0 || round.size() < width)) {
-        const open_child c = q.top();
-        q.pop();
+        std::pop_heap(q.begin(), q.end());
+        const open_child c = q.back();
+        q.pop_back();
         ++n;
         value += c.v;
         height = std::max(height, c.d + 1);
         g.value[n] = value;
         g.forwards[n] = forwards;
         g.height[n] = height;
-        if (c.r + 1 < b) q.push({c.parent_v * a[c.d][c.r + 1], c.parent_v, c.d, c.r + 1});
+        if (c.r + 1 < b) push({c.parent_v * a[c.d][c.r + 1], c.parent_v, c.d, c.r + 1});
         if (width == 0) open(c);
         else round.push_back(c);
       }
@@ -515,9 +605,10 @@ struct hardware_aware_tree {
     const auto step_rate = [&](std::size_t n, double value, std::size_t forwards) {
       return (value + 1.0) / (cost[n] + c_d * static_cast<double>(forwards) + c_o * static_cast<double>(n + 1));
     };
-    choice best{{}, 0.0};
+    choice best{{}, 0.0}, chain{{}, 0.0};  // chain: the best without branches (no draft included)
     const auto consider = [&](const tree_plan& p, double r) {
       if (r > best.rate * (1.0 + 1e-9)) best = {p, r};
+      if (p.branching == 1 && r > chain.rate * (1.0 + 1e-9)) chain = {p, r};
     };
     if (none && (only_nodes == any || only_nodes == 0)) consider({}, step_rate(0, 0.0, 0));
     if (only_nodes == 0) return best;
@@ -540,16 +631,28 @@ struct hardware_aware_tree {
             if (g.forwards[n] > 0) consider({n, cap, b}, step_rate(n, g.value[n], g.forwards[n]));
         }
     }
+    if (only_branching == any && best.plan.branching > 1 && chain.rate > 0.0 &&
+        best.rate < chain.rate * (1.0 + tree_margin))
+      return chain;
     return best;
   }
 };
+
+/// The context classes `measure_tree_policy` gives an id-only drafter by default: match
+/// lengths 0 (none), 1, 2-3, 4-7, 8-15, 16-31, 32+ tokens (`text_index_drafter::context`).
+///
+/// ```cpp
+/// specdec::hardware_aware_tree p{.context_bounds = specdec::text_context_bounds()};
+/// ```
+[[nodiscard]] inline std::vector<std::size_t> text_context_bounds() { return {1, 2, 4, 8, 16, 32}; }
 
 /// A `hardware_aware_tree` sized to this host: the target's verify-cost curve up to
 /// `knobs.max_nodes + 1` tokens (made non-decreasing) and, with a draft model, one draft
 /// forward's cost against one target token, both measured now (`measure_verify_cost`;
 /// each model's cache is left as it was), and `target_token_seconds`, so that the policy
 /// refines these costs from the decoder's step timings. The text-only overload models an
-/// id-only drafter (`level_drafter` off), the other a draft model (on).
+/// id-only drafter (`level_drafter` off; `context_bounds`, unless given, the match-length
+/// classes of `text_context_bounds`), the other a draft model (on).
 ///
 /// ```cpp
 /// auto policy = specdec::measure_tree_policy(big, little, {.max_nodes = 24, .max_depth = 8});
@@ -566,13 +669,16 @@ hardware_aware_tree measure_tree_policy(Target& target, hardware_aware_tree knob
     knobs.verify_cost.push_back(std::max(t.tree_ratio(n), n == 1 ? 0.0 : knobs.verify_cost.back()));
   knobs.draft_cost = 0.0;
   knobs.level_drafter = false;
+  if (knobs.context_bounds.empty()) knobs.context_bounds = text_context_bounds();
   knobs.target_token_seconds = t.chain[0];
   return knobs;
 }
 template <tree_model Target, tree_model Draft>
 hardware_aware_tree measure_tree_policy(Target& target, Draft& draft, hardware_aware_tree knobs = {},
                                         verify_cost_options options = {}) {
+  std::vector<std::size_t> bounds = std::move(knobs.context_bounds);  // a draft model has no context
   knobs = measure_tree_policy(target, std::move(knobs), options);
+  knobs.context_bounds = std::move(bounds);
   knobs.level_drafter = true;
   knobs.draft_cost = measure_verify_cost(draft, 1, options).chain[0] / knobs.target_token_seconds;
   return knobs;
