@@ -49,6 +49,20 @@ struct served {
   }
 };
 
+// stories260K served with the tests' options changed by `tweak`, and the same model as
+// the device's draft.
+struct stories_pair {
+  const std::string path = models + "/stories260K.bin";
+  served s;
+  cpu::transformer draft{path, {.threads = 1}};
+  template <class F>
+  explicit stories_pair(F tweak) : s(path, [&] {
+    serve::serve_options o = test_support::serve_options();
+    tweak(o);
+    return o;
+  }()) {}
+};
+
 // The target's own greedy continuation of `prompt` (n tokens, EOS not special).
 std::vector<token_id> reference_greedy(cpu::transformer& target, const std::vector<token_id>& prompt, std::size_t n) {
   autoregressive_decoder ar(target);
@@ -236,11 +250,8 @@ TEST(verify_protocol, bad_requests_get_errors_and_the_server_keeps_serving) {
 }
 
 TEST(verify_client, an_expired_session_is_reopened_with_the_committed_prefix) {
-  const std::string path = models + "/stories260K.bin";
-  serve::serve_options o = test_support::serve_options();
-  o.engine.session_ttl_seconds = 0.05;
-  served s(path, o);
-  cpu::transformer draft(path, {.threads = 1});
+  stories_pair t([](serve::serve_options& o) { o.engine.session_ttl_seconds = 0.05; });
+  auto& [path, s, draft] = t;
   const std::vector<token_id> prompt{1, 403, 407, 261, 378};
   verify_client c("127.0.0.1", s.srv.verify_port());
   const auto got = split_greedy(c, draft, prompt, 30, 3, [](std::size_t round) {
@@ -252,11 +263,9 @@ TEST(verify_client, an_expired_session_is_reopened_with_the_committed_prefix) {
 }
 
 TEST(verify_client, a_dropped_connection_is_resumed_without_reapplying) {
-  const std::string path = models + "/stories260K.bin";
-  serve::serve_options o = test_support::serve_options();
-  o.listener.idle_timeout_seconds = 0.15;  // the server hangs up on idle connections
-  served s(path, o);
-  cpu::transformer draft(path, {.threads = 1});
+  // The server hangs up on idle connections.
+  stories_pair t([](serve::serve_options& o) { o.listener.idle_timeout_seconds = 0.15; });
+  auto& [path, s, draft] = t;
   const std::vector<token_id> prompt{1, 403, 407};
   verify_client c("127.0.0.1", s.srv.verify_port(), {.retries = 2});
   const auto got = split_greedy(c, draft, prompt, 30, 3, [](std::size_t round) {
@@ -308,11 +317,8 @@ TEST(verify_client, open_and_verify_sends_the_first_block_behind_open_session) {
 }
 
 TEST(verify_client, open_and_verify_decodes_like_open_then_verify_and_recovers_from_a_refused_open) {
-  const std::string path = models + "/stories260K.bin";
-  serve::serve_options o = test_support::serve_options();
-  o.engine.max_sessions = 1;
-  served s(path, o);
-  cpu::transformer draft(path, {.threads = 1});
+  stories_pair t([](serve::serve_options& o) { o.engine.max_sessions = 1; });
+  auto& [path, s, draft] = t;
   const std::vector<token_id> prompt{1, 403, 407, 261, 378};
   verify_client c("127.0.0.1", s.srv.verify_port(), {.retries = 0});
   {
