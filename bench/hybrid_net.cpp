@@ -63,6 +63,7 @@ struct options {
   int server_cpu = -1, client_cpu = -1;  ///< chosen when pinning
   std::string hold_fraction;  ///< the server's --hold-fraction (empty: its default)
   bool anticipate = true;     ///< off: the server runs with --no-anticipate
+  std::vector<std::string> server_args;  ///< more arguments for specdec-serve, verbatim
 };
 
 /// The CPUs this process may run on, in order.
@@ -107,6 +108,7 @@ class child_server {
         args.push_back("--hold-fraction");
         args.push_back(o.hold_fraction.c_str());
       }
+      for (const std::string& a : o.server_args) args.push_back(a.c_str());
       args.push_back(nullptr);
       ::execv(o.serve.c_str(), const_cast<char* const*>(args.data()));
       std::perror("exec specdec-serve");
@@ -331,6 +333,8 @@ int main(int argc, char** argv) try {
       .add("--pin-cpus", "on|off",
            "server child on one CPU, this process (clients, proxy, simulator) on another (on when >= 2 CPUs)",
            on_off(o.pin))
+      .add("--server-arg", "ARG", "one more argument for specdec-serve, verbatim (repeatable, e.g. --server-arg --fixed-draft --server-arg 1)",
+           [&o](std::string_view, std::string_view v) { o.server_args.emplace_back(v); })
       .add("--anticipate", "on|off", "the server's anticipation at 0 announced drafts (on; off: --no-anticipate)",
            on_off(o.anticipate))
       .flag("--full", "the documented run: 24 prompts, 64 tokens, 4 requests per load client, 3 load repeats", o.full);

@@ -85,6 +85,9 @@ int main(int argc, char** argv) {
                cli::store(ms, cli::range<double>{.lo = 0, .hi = 1e6})(name, v);
                eo.speculation.busy_gap_seconds = ms / 1e3;
              })
+        .add("--calibration-position", "N",
+             "cached tokens each start-up calibration sequence attends to (default 32)",
+             cli::store(eo.speculation.calibration_position, cli::between<std::size_t>(0, 1 << 20)))
         .flag("--no-calibrate", "learn the step-time curve online only (faster start)", no_calibrate)
         .flag("--no-anticipate", "do not decode ahead for sessions told to send no drafts (docs/hybrid.md)", no_anticipate)
         .add("--max-step-rows", "N", "rows of one batched forward (default 256)", cli::store(eo.max_step_rows, count))

@@ -40,6 +40,43 @@ TEST(cost_curve, interpolates_and_extrapolates) {
   EXPECT_EQ(t.points().size(), 2u);
 }
 
+// With a calibrated shape the online observations learn one load level: the knee stays
+// where it was measured (an octave's mean seconds would draw a line across it).
+TEST(cost_curve, keeps_the_calibrated_knee_and_learns_the_load_level_online) {
+  cost_curve t;
+  // 1 ms up to 8 rows, then 0.2 ms per row more: flat, then compute-bound.
+  std::vector<std::pair<double, double>> shape;
+  for (std::size_t r = 1; r <= 32; ++r)
+    shape.emplace_back(static_cast<double>(r), 0.001 + 0.0002 * static_cast<double>(r > 8 ? r - 8 : 0));
+  t.calibrate(shape);
+  EXPECT_FALSE(t.empty());
+  EXPECT_DOUBLE_EQ(t.seconds(8), 0.001);
+  EXPECT_DOUBLE_EQ(t.seconds(12), 0.0018);
+  EXPECT_DOUBLE_EQ(t.seconds(64), 0.0058 * 2);  // beyond the shape: proportional to rows
+  EXPECT_EQ(t.points().size(), 32u);
+  // Under load forwards take 1.5x their calibrated time (one observation 2x, one 1x).
+  t.observe(4, 0.002);
+  t.observe(12, 0.0018);
+  EXPECT_DOUBLE_EQ(t.level(), 1.5);
+  for (int i = 0; i < 30; ++i) t.observe(10, 1.5 * 0.0014);
+  EXPECT_NEAR(t.level(), 1.5, 1e-12);
+  EXPECT_NEAR(t.seconds(8), 0.0015, 1e-12);  // the knee where it was measured
+  EXPECT_NEAR(t.seconds(12), 1.5 * 0.0018, 1e-12);
+  // Bucket means alone (no shape) put these 8-15-row forwards at one point, (10.0x rows,
+  // 2.1 ms), and read t(8) off the line from the 4-row bucket: above the 1.5 ms measured.
+  cost_curve plain;
+  plain.observe(4, 0.0015);
+  for (int i = 0; i < 30; ++i) plain.observe(10, 1.5 * 0.0014);
+  EXPECT_GT(plain.seconds(8), 0.0017);
+  // The points report the shape's rows at their current times.
+  const auto p = t.points();
+  EXPECT_DOUBLE_EQ(p[11].first, 12.0);
+  EXPECT_NEAR(p[11].second, t.seconds(12), 1e-15);
+  // Observations decay towards the recent level.
+  for (int i = 0; i < 100; ++i) t.observe(6, 0.001);
+  EXPECT_NEAR(t.level(), 1.0, 1e-4);
+}
+
 TEST(speculation, expected_tokens) {
   EXPECT_DOUBLE_EQ(expected_tokens(0, 0.5), 1.0);
   EXPECT_DOUBLE_EQ(expected_tokens(3, 0.5), 1.875);

@@ -650,34 +650,49 @@ class engine final : public completion_service, public session_service {
     return n;
   }
 
-  /// Times forwards of 1, 2, 4, ... rows (blocks of at most 8 rows, as verify blocks are)
-  /// before serving, so the first announcements already rest on measurements.
+  /// Times forwards of every row count up to 32, then of 64, 128, ... rows, before
+  /// serving: the shape of the step-time curve (`cost_curve::calibrate`), so the first
+  /// announcements already rest on measurements and the knee stays where it was measured.
+  /// The blocks look like verify steps: sequences of 2 rows (blocks of 8 beyond 32 rows),
+  /// each after `calibration_position` cached tokens, whose attention a step pays too.
   void calibrate() {
-    std::vector<token_id> ones(8, bos_token);
-    for (std::size_t rows = 1; rows <= options_.max_step_rows; rows *= 2) {
-      const std::size_t seqs = (rows + 7) / 8;
-      std::vector<sequence_id> ids;
-      std::vector<sequence_block> blocks;
-      for (std::size_t i = 0; i < seqs; ++i) {
-        ids.push_back(model_.add_sequence());
-        const std::size_t n = std::min<std::size_t>(8, rows - 8 * i);
-        blocks.push_back({ids.back(), std::span<const token_id>(ones.data(), n)});
+    const speculation_options& o = options_.speculation;
+    const std::size_t position = std::min(o.calibration_position, context_ > 8 ? context_ - 8 : 0);
+    const std::vector<token_id> tokens(std::max<std::size_t>(position, 8), bos_token);
+    std::vector<sequence_id> ids;
+    std::vector<std::pair<double, double>> shape;
+    try {
+      for (std::size_t rows = 1; rows <= options_.max_step_rows; rows = rows < 32 ? rows + 1 : 2 * rows) {
+        const std::size_t per_seq = rows <= 32 ? 2 : 8;
+        std::vector<sequence_block> blocks;
+        for (std::size_t i = 0; i * per_seq < rows; ++i) {
+          if (i == ids.size()) {
+            ids.push_back(model_.add_sequence());
+            for (std::size_t fed = 0; fed < position; fed += options_.prefill_chunk) {
+              const std::size_t n = std::min(options_.prefill_chunk, position - fed);
+              const sequence_block prefill{ids.back(), std::span<const token_id>(tokens.data(), n)};
+              (void)model_.forward_batch(std::span<const sequence_block>(&prefill, 1));
+            }
+          }
+          blocks.push_back({ids[i], std::span<const token_id>(tokens.data(), std::min(per_seq, rows - i * per_seq))});
+        }
+        // The fastest of 5 (after a warm-up): a shared machine's other tenants only add time;
+        // the online observations then scale the curve to the load actually seen.
+        double best = 1e30;
+        for (int rep = 0; rep < 6; ++rep) {
+          for (const sequence_block& b : blocks) model_.truncate(b.id, position);
+          const auto t0 = clock::now();
+          (void)model_.forward_batch(blocks);
+          if (rep > 0) best = std::min(best, std::chrono::duration<double>(clock::now() - t0).count());
+        }
+        shape.emplace_back(static_cast<double>(rows), best);
       }
-      // The fastest of 5 (after a warm-up): a shared machine's other tenants only add time;
-      // the online observations then pull the curve towards the load actually seen.
-      double best = 1e30;
-      for (int rep = 0; rep < 6; ++rep) {
-        for (sequence_id id : ids) model_.truncate(id, 0);
-        const auto t0 = clock::now();
-        (void)model_.forward_batch(blocks);
-        if (rep > 0) best = std::min(best, std::chrono::duration<double>(clock::now() - t0).count());
-      }
-      {
-        std::lock_guard lock(curve_mu_);
-        curve_.observe(rows, best);
-      }
-      for (sequence_id id : ids) model_.remove_sequence(id);
+    } catch (const resource_error&) {
+      // No memory for more calibration sequences: the shape ends at the rows measured.
     }
+    for (sequence_id id : ids) model_.remove_sequence(id);
+    std::lock_guard lock(curve_mu_);
+    curve_.calibrate(std::move(shape));
   }
 
   // ---- one batched step ----

@@ -49,17 +49,33 @@
 
 namespace specdec::serve {
 
-/// Seconds of one batched forward as a function of its row count, learned from
-/// observations: one exponentially weighted mean (of rows and of seconds) per
-/// power-of-two bucket of rows, read between and beyond the buckets by
-/// `hybrid::step_time_at` (linear between them, proportional to the rows above the
-/// largest: the compute-bound limit, the pessimistic side).
+/// Seconds of one batched forward as a function of its row count. Two parts:
+///
+/// - a calibrated shape (`calibrate`): t(R) timed once per row count at start-up, dense
+///   where the announcement decides (every R up to a few dozen rows). The knee where the
+///   forward turns from streaming weights to compute-bound lies there, between row counts
+///   the announcement compares (S sessions x 2 rows against S x 3);
+/// - online observations: one exponentially weighted mean of measured over calibrated
+///   time (the load level), and one mean (rows, seconds) per power-of-two bucket of rows.
+///
+/// With a shape, t(R) is the shape times the load level: the level is learnt online while
+/// the knee stays where it was measured. One level for all rows, because a ratio per
+/// bucket learnt from noisy steps bends the curve (a bucket of small steps measured on a
+/// busy moment makes more rows look free). Without a shape, t(R) is
+/// `hybrid::step_time_at` of the buckets' means (linear between them, proportional to the
+/// rows above the largest: the compute-bound limit, the pessimistic side); an octave's
+/// mean sits at its mean rows, so that line cuts across the knee.
 class cost_curve {
  public:
   static constexpr std::size_t buckets = 24;
 
-  /// Records one forward of `rows` rows that took `seconds`. The first observations of a
-  /// bucket are averaged plainly, later ones weighted by `weight` (recent load counts).
+  /// Sets the calibrated shape: (rows, seconds) points (read like `hybrid::step_time_at`).
+  void calibrate(std::vector<std::pair<double, double>> shape) {
+    std::sort(shape.begin(), shape.end());
+    shape_ = std::move(shape);
+  }
+  /// Records one forward of `rows` rows that took `seconds`. The first observations are
+  /// averaged plainly, later ones weighted by `weight` (recent load counts).
   void observe(std::size_t rows, double seconds, double weight = 0.1) {
     if (rows == 0 || !(seconds >= 0.0) || !std::isfinite(seconds)) return;
     bucket& b = b_[std::min<std::size_t>(static_cast<std::size_t>(std::log2(static_cast<double>(rows))), buckets - 1)];
@@ -67,25 +83,42 @@ class cost_curve {
     const double w = std::max(weight, 1.0 / static_cast<double>(b.n));
     b.rows += w * (static_cast<double>(rows) - b.rows);
     b.seconds += w * (seconds - b.seconds);
+    if (const double base = hybrid::step_time_at(shape_, static_cast<double>(rows)); base > 0.0) {
+      ++level_n_;
+      level_ += std::max(weight, 1.0 / static_cast<double>(level_n_)) * (seconds / base - level_);
+    }
   }
   [[nodiscard]] bool empty() const noexcept {
-    return std::none_of(b_.begin(), b_.end(), [](const bucket& b) { return b.n > 0; });
+    return shape_.empty() && std::none_of(b_.begin(), b_.end(), [](const bucket& b) { return b.n > 0; });
   }
-  /// The curve's (rows, seconds) points, by increasing rows.
+  /// Measured over calibrated time (1 before any observation, or without a shape).
+  [[nodiscard]] double level() const noexcept { return level_; }
+  /// The curve's (rows, seconds) points, by increasing rows: the calibrated shape's rows
+  /// at their current t(R), or without a shape the buckets' means.
   [[nodiscard]] std::vector<std::pair<double, double>> points() const {
     std::vector<std::pair<double, double>> p;
+    if (!shape_.empty()) {
+      for (const auto& [rows, secs] : shape_) p.emplace_back(rows, secs * level_);
+      return p;
+    }
     for (const bucket& b : b_)
       if (b.n > 0) p.emplace_back(b.rows, b.seconds);
     return p;
   }
-  /// t(rows) (`hybrid::step_time_at` of the points); 0 when nothing was observed.
-  [[nodiscard]] double seconds(double rows) const { return hybrid::step_time_at(points(), rows); }
+  /// t(rows); 0 when nothing was calibrated or observed.
+  [[nodiscard]] double seconds(double rows) const {
+    if (shape_.empty()) return hybrid::step_time_at(points(), rows);
+    return hybrid::step_time_at(shape_, rows) * level_;
+  }
 
  private:
   struct bucket {
     double rows = 0.0, seconds = 0.0;
     std::size_t n = 0;
   };
+  std::vector<std::pair<double, double>> shape_;
+  double level_ = 1.0;
+  std::size_t level_n_ = 0;
   std::array<bucket, buckets> b_{};
 };
 
@@ -195,6 +228,9 @@ struct speculation_options {
   double prior_weight = 4.0;          ///< ... worth this many observed draft positions
   double active_window_seconds = 1.0; ///< a session counts as active this long after a verify
   bool calibrate = true;              ///< measure t(R) at startup (else learn it online only)
+  /// Cached tokens each calibration sequence attends to (clamped to the context): the
+  /// shape is measured where verify blocks sit, not at an empty cache.
+  std::size_t calibration_position = 32;
   /// The curve learns only from forwards that start at most this long after the previous
   /// forward ended. A forward after the server idled pays a wake-up that a busy server
   /// does not (on a shared host the idle core's caches, and the L3 share holding the
