@@ -64,6 +64,7 @@ struct options {
   std::string hold_fraction;  ///< the server's --hold-fraction (empty: its default)
   bool anticipate = true;     ///< off: the server runs with --no-anticipate
   std::vector<std::string> server_args;  ///< more arguments for specdec-serve, verbatim
+  specdec::cpu::weight_format draft_format = specdec::cpu::weight_format::fp32;  ///< the devices' kjv-little
 };
 
 /// The CPUs this process may run on, in order.
@@ -333,6 +334,8 @@ int main(int argc, char** argv) try {
       .add("--pin-cpus", "on|off",
            "server child on one CPU, this process (clients, proxy, simulator) on another (on when >= 2 CPUs)",
            on_off(o.pin))
+      .add("--draft-format", "F", "the devices' kjv-little weights: fp32, bf16, fp16, q8_0 or w8a8 (fp32)",
+           cli::store_format(o.draft_format))
       .add("--server-arg", "ARG", "one more argument for specdec-serve, verbatim (repeatable, e.g. --server-arg --fixed-draft --server-arg 1)",
            [&o](std::string_view, std::string_view v) { o.server_args.emplace_back(v); })
       .add("--anticipate", "on|off", "the server's anticipation at 0 announced drafts (on; off: --no-anticipate)",
@@ -359,9 +362,9 @@ int main(int argc, char** argv) try {
   std::ostream& out = o.csv.empty() ? std::cout : file;
   ::signal(SIGPIPE, SIG_IGN);
 
-  transformer little(o.models + "/kjv-little.bin", {.threads = 1});
+  transformer little(o.models + "/kjv-little.bin", {.threads = 1, .format = o.draft_format});
   transformer big(o.models + "/kjv-big.bin", {.threads = 1});
-  transformer sim_little(o.models + "/kjv-little.bin", {.threads = 1});
+  transformer sim_little(o.models + "/kjv-little.bin", {.threads = 1, .format = o.draft_format});
   const specdec::cpu::tokenizer tok(o.models + "/kjv2k-tokenizer.bin", little.vocab_size());
   std::vector<std::vector<token_id>> prompts;
   for (const auto& text : specdec::bench::held_out_prompts(o.models + "/kjv_val_openings.tsv", o.prompts, o.words))
@@ -598,8 +601,8 @@ int main(int argc, char** argv) try {
   for (std::size_t repeat = 0; repeat < o.load_repeats; ++repeat)
   for (const std::size_t n : o.clients) {
     if (n == 0) continue;  // --clients 0: no load test
-    while (drafts.size() < n) drafts.push_back(std::make_unique<transformer>(o.models + "/kjv-little.bin",
-                                                                             specdec::cpu::transformer_options{.threads = 1}));
+    while (drafts.size() < n) drafts.push_back(std::make_unique<transformer>(
+        o.models + "/kjv-little.bin", specdec::cpu::transformer_options{.threads = 1, .format = o.draft_format}));
     for (const bool split : {true, false}) {
       cell c;
       c.section = o.server_cpu >= 0 ? "load_pinned" : "load";
