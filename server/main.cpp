@@ -146,6 +146,9 @@ int main(int argc, char** argv) {
                  eo.model_id.c_str(), model.vocab_size(), model.context_length(),
                  so.tls.cert_file.empty() ? "http" : "https", so.host.c_str(),
                  static_cast<unsigned>(srv.http_port()), static_cast<unsigned>(srv.verify_port()));
+    if (!so.tls.cert_file.empty())
+      std::fprintf(stderr, "specdec-serve: TLS public key pin %s (a device's tls_client_options::pinned_keys)\n",
+                   hybrid::public_key_pin(so.tls.cert_file).c_str());
     std::string curve;
     for (const auto& [rows, secs] : srv.core().cost_points())
       curve += " " + std::to_string(static_cast<int>(rows + 0.5)) + ":" + std::to_string(secs * 1e3).substr(0, 6);

@@ -4,10 +4,13 @@
 // cloud completions give the target's own greedy tokens; an unknown CA, an expired
 // certificate, a certificate for another name or address, a client without an accepted
 // certificate, and plain/TLS mismatches each fail cleanly (and the server keeps serving);
-// plain TCP goes only to loopback; a client that never handshakes is dropped; the byte
+// plain TCP goes only to loopback; a client that never handshakes is dropped; pinned keys
+// admit the server and refuse another key its CA certified; the byte
 // counters count the ciphertext on the socket.
 #include <gtest/gtest.h>
 
+#include <openssl/evp.h>
+#include <openssl/pem.h>
 #include <poll.h>
 
 #include <chrono>
@@ -365,4 +368,58 @@ TEST(tls, configuration_errors_name_the_file) {
     EXPECT_NE(std::string(e.what()).find("matching cert_file"), std::string::npos) << e.what();
   }
   EXPECT_THROW(hy::tls_server({.cert_file = pki().server.cert_file}), invalid_argument);
+  // Pins: the form public_key_pin gives, else an error naming the option and the entry.
+  for (const std::string& bad : std::vector<std::string>{"sha256/AAAA", "md5//" + std::string(43, 'A') + "=", "sha256//" + std::string(43, '!') + "="}) {
+    try {
+      (void)hy::tls_client({.ca_file = pki().ca, .pinned_keys = {bad}});
+      ADD_FAILURE() << "a malformed pin was accepted: " << bad;
+    } catch (const invalid_argument& e) {
+      EXPECT_NE(std::string(e.what()).find("pinned_keys entry '" + bad + "'"), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_THROW((void)hy::public_key_pin("/nonexistent/server.pem"), invalid_argument);
+  EXPECT_THROW((void)hy::public_key_pin(pki().server.key_file), invalid_argument);  // a key, not a certificate
+}
+
+/// The pin of the public half of the PEM private key in `key_file`: the same digest as
+/// `public_key_pin` of its certificate, reached from the key instead.
+std::string pin_of_key_file(const std::string& key_file) {
+  const std::unique_ptr<BIO, decltype(&BIO_free)> in(BIO_new_file(key_file.c_str(), "r"), &BIO_free);
+  const std::unique_ptr<EVP_PKEY, decltype(&EVP_PKEY_free)> key(PEM_read_bio_PrivateKey(in.get(), nullptr, nullptr, nullptr),
+                                                               &EVP_PKEY_free);
+  unsigned char* der = nullptr;
+  const int n = i2d_PUBKEY(key.get(), &der);
+  unsigned char digest[32];
+  unsigned int len = 0;
+  EVP_Digest(der, static_cast<std::size_t>(n), digest, &len, EVP_sha256(), nullptr);
+  OPENSSL_free(der);
+  unsigned char b64[45];
+  EVP_EncodeBlock(b64, digest, 32);
+  return "sha256//" + std::string(reinterpret_cast<const char*>(b64), 44);
+}
+
+TEST(tls, pinned_keys_admit_the_server_s_key_and_refuse_another_key_its_ca_certified) {
+  served& s = mtls_server();
+  const std::string pin = hy::public_key_pin(pki().server.cert_file);
+  EXPECT_EQ(pin, pin_of_key_file(pki().server.key_file));
+  const std::string other = hy::public_key_pin(pki().other_names.cert_file);
+  EXPECT_NE(pin, other);
+  hy::tls_client_options o = device();
+  o.pinned_keys = {other, pin};  // the current key and, say, the next one
+  const hy::transport_security pinned = hy::tls_client(o);
+  for (int i = 0; i < 2; ++i) {  // the second connection resumes the first's session
+    EXPECT_NO_THROW(open_session(s.srv.verify_port(), pinned));
+    EXPECT_FALSE(complete(s.srv.http_port(), pinned).empty());
+  }
+  // A certificate the trusted CA issued for this address, but not with a pinned key: the
+  // chain and name checks pass, the pin refuses it, also when a session is resumed.
+  o.pinned_keys = {other};
+  const hy::transport_security wrong = hy::tls_client(o);
+  for (int i = 0; i < 2; ++i) {
+    expect_tls_error([&] { open_session(s.srv.verify_port(), wrong); }, "is " + pin + ", not among tls_client_options.pinned_keys",
+                     s.srv.verify_port());
+    expect_tls_error([&] { complete(s.srv.http_port(), wrong); }, "not among tls_client_options.pinned_keys",
+                     s.srv.http_port());
+  }
+  expect_serving(s);
 }

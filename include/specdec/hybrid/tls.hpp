@@ -18,7 +18,10 @@
 /// server's certificate is always verified: against `ca_file` (else the system's default
 /// store), and for the host name or IP address connected to (or `server_name`). TLS 1.2 is
 /// the lowest version accepted. A client certificate (`cert_file`, `key_file`) enables
-/// mutual TLS. Connections made with one `tls_client(...)` resume the last session with
+/// mutual TLS. `pinned_keys` additionally pins the server's public key (`public_key_pin`
+/// of its certificate): a device that ships with the pins of its server's keys refuses a
+/// certificate that a trusted but wrong CA issued. Connections made with one
+/// `tls_client(...)` resume the last session with
 /// the same server and name (TLS 1.3 tickets, which `tls_server` keeps in its own session
 /// cache), so the certificates cross the link once, not per connection.
 ///
@@ -34,6 +37,9 @@
 /// ```
 #include <arpa/inet.h>
 #include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/sha.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
@@ -46,7 +52,9 @@
 #include <mutex>
 #include <span>
 #include <string>
+#include <string_view>
 #include <utility>
+#include <vector>
 
 #include "specdec/error.hpp"
 #include "specdec/hybrid/errors.hpp"
@@ -64,6 +72,11 @@ struct tls_client_options {
   std::string server_name{};  ///< the DNS name or IP the server's certificate must carry; empty: the host connected to
   std::string cert_file{};    ///< PEM certificate (chain) of this client, for mutual TLS; with `key_file`
   std::string key_file{};     ///< PEM private key of `cert_file`
+  /// Non-empty: the server's leaf public key must also be one of these pins,
+  /// "sha256//" + base64 of the SHA-256 of its DER SubjectPublicKeyInfo (curl's
+  /// --pinnedpubkey form; `public_key_pin` computes one). List the next key's pin beside
+  /// the current one before the server's key rotates.
+  std::vector<std::string> pinned_keys{};
 };
 
 /// The server's TLS settings.
@@ -120,6 +133,28 @@ inline void use_certificate(SSL_CTX* c, const std::string& cert, const std::stri
   if (SSL_CTX_use_PrivateKey_file(c, key.c_str(), SSL_FILETYPE_PEM) != 1)
     throw invalid_argument(std::string(who) + ": key_file = '" + key + "': " + openssl_reasons() +
                            "; expected a readable PEM private key matching cert_file = '" + cert + "'");
+}
+
+/// "sha256//" + base64(SHA-256(DER SubjectPublicKeyInfo)) of `cert`'s public key.
+[[nodiscard]] inline std::string key_pin(X509* cert) {
+  unsigned char* der = nullptr;
+  const int n = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(cert), &der);
+  if (n <= 0) throw tls_error("tls: cannot encode a certificate's public key: " + openssl_reasons());
+  unsigned char digest[SHA256_DIGEST_LENGTH];
+  SHA256(der, static_cast<std::size_t>(n), digest);
+  OPENSSL_free(der);
+  unsigned char b64[4 * ((SHA256_DIGEST_LENGTH + 2) / 3) + 1];
+  const int len = EVP_EncodeBlock(b64, digest, SHA256_DIGEST_LENGTH);
+  return "sha256//" + std::string(reinterpret_cast<const char*>(b64), static_cast<std::size_t>(len));
+}
+
+/// Whether `pin` has the form `key_pin` produces: "sha256//", 43 base64 characters, "=".
+[[nodiscard]] inline bool well_formed_pin(const std::string& pin) {
+  constexpr std::string_view prefix = "sha256//";
+  if (pin.size() != prefix.size() + 44 || pin.compare(0, prefix.size(), prefix) != 0 || pin.back() != '=') return false;
+  return std::all_of(pin.begin() + static_cast<std::ptrdiff_t>(prefix.size()), pin.end() - 1, [](char c) {
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '+' || c == '/';
+  });
 }
 
 inline void trust(SSL_CTX* c, const std::string& ca_file, const char* who) {
@@ -341,12 +376,17 @@ class tls_layer final : public stream_layer {
     detail::trust(ctx.get(), o.ca_file, who);
   }
   detail::use_certificate(ctx.get(), o.cert_file, o.key_file, who);
+  for (const std::string& pin : o.pinned_keys)
+    if (!detail::well_formed_pin(pin))
+      throw invalid_argument(std::string(who) + ": pinned_keys entry '" + pin +
+                             "'; expected \"sha256//\" and the base64 of a SHA-256 digest (44 characters), as "
+                             "public_key_pin gives");
   SSL_CTX_set_session_cache_mode(ctx.get(), SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
   SSL_CTX_sess_set_new_cb(ctx.get(), &detail::tls_layer::new_session_callback);
   auto sessions = std::make_shared<detail::session_cache>();
   transport_security t;
-  t.handshake = [ctx, sessions, name = o.server_name](tcp_connection& s, const std::string& host,
-                                                      deadline until) -> std::unique_ptr<stream_layer> {
+  t.handshake = [ctx, sessions, name = o.server_name, pins = o.pinned_keys](
+                    tcp_connection& s, const std::string& host, deadline until) -> std::unique_ptr<stream_layer> {
     auto layer = std::make_unique<detail::tls_layer>(ctx, s.peer());
     SSL* ssl = layer->ssl();
     const std::string& expect = name.empty() ? host : name;
@@ -364,9 +404,44 @@ class tls_layer final : public stream_layer {
                              "; expected a DNS name or an IP address");
     SSL_set_connect_state(ssl);
     layer->handshake(s, until);
+    if (!pins.empty()) {
+      // After the chain and name checks (a resumed session carries the certificate it
+      // was verified with); before a byte of the request.
+#if OPENSSL_VERSION_NUMBER >= 0x30000000L
+      const std::unique_ptr<X509, decltype(&X509_free)> cert(SSL_get1_peer_certificate(ssl), &X509_free);
+#else
+      const std::unique_ptr<X509, decltype(&X509_free)> cert(SSL_get_peer_certificate(ssl), &X509_free);
+#endif
+      const std::string pin = cert ? detail::key_pin(cert.get()) : std::string("(no certificate)");
+      if (std::find(pins.begin(), pins.end(), pin) == pins.end()) {
+        layer->close(s);
+        throw tls_error("tls: the public key of " + s.peer() + " is " + pin +
+                        ", not among tls_client_options.pinned_keys; expected one of the " +
+                        std::to_string(pins.size()) + " pinned keys");
+      }
+    }
     return layer;
   };
   return t;
+}
+
+/// The pin of the first certificate in the PEM file `cert_file` (a server's leaf):
+/// "sha256//" + base64 of the SHA-256 of its DER SubjectPublicKeyInfo, for
+/// `tls_client_options::pinned_keys`. `specdec-serve` prints its own at start-up. Throws
+/// `invalid_argument` naming the file if it holds no PEM certificate.
+///
+/// ```cpp
+/// std::string pin = specdec::hybrid::public_key_pin("server.pem");  // "sha256//r8u..."
+/// auto tls = specdec::hybrid::tls_client({.ca_file = "ca.pem", .pinned_keys = {pin}});
+/// ```
+[[nodiscard]] inline std::string public_key_pin(const std::string& cert_file) {
+  const std::unique_ptr<BIO, decltype(&BIO_free)> in(BIO_new_file(cert_file.c_str(), "r"), &BIO_free);
+  const std::unique_ptr<X509, decltype(&X509_free)> cert(
+      in ? PEM_read_bio_X509(in.get(), nullptr, nullptr, nullptr) : nullptr, &X509_free);
+  if (!cert)
+    throw invalid_argument("public_key_pin: cert_file = '" + cert_file + "': " + detail::openssl_reasons() +
+                           "; expected a readable PEM certificate");
+  return detail::key_pin(cert.get());
 }
 
 /// The server's TLS: the certificate and key (and for mutual TLS the client CAs) loaded
