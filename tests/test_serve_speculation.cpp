@@ -53,7 +53,6 @@ TEST(cost_curve, keeps_the_calibrated_knee_and_learns_the_load_level_online) {
   EXPECT_DOUBLE_EQ(t.seconds(8), 0.001);
   EXPECT_DOUBLE_EQ(t.seconds(12), 0.0018);
   EXPECT_DOUBLE_EQ(t.seconds(64), 0.0058 * 2);  // beyond the shape: proportional to rows
-  EXPECT_EQ(t.points().size(), 32u);
   // Under load forwards take 1.5x their calibrated time (one observation 2x, one 1x).
   t.observe(4, 0.002);
   t.observe(12, 0.0018);
@@ -70,11 +69,29 @@ TEST(cost_curve, keeps_the_calibrated_knee_and_learns_the_load_level_online) {
   EXPECT_GT(plain.seconds(8), 0.0017);
   // The points report the shape's rows at their current times.
   const auto p = t.points();
-  EXPECT_DOUBLE_EQ(p[11].first, 12.0);
-  EXPECT_NEAR(p[11].second, t.seconds(12), 1e-15);
+  EXPECT_DOUBLE_EQ(p.back().first, 32.0);
+  EXPECT_NEAR(p.back().second, t.seconds(32), 1e-15);
   // Observations decay towards the recent level.
   for (int i = 0; i < 100; ++i) t.observe(6, 0.001);
   EXPECT_NEAR(t.level(), 1.0, 1e-4);
+}
+
+// Calibration timings taken while another tenant ran have bumps; the shape is their lower
+// convex hull, non-decreasing, so a bump neither stays in the curve nor moves the knee.
+TEST(cost_curve, calibrates_the_lower_convex_hull_of_its_timings) {
+  std::vector<std::pair<double, double>> timings;
+  for (std::size_t r = 1; r <= 32; ++r)
+    timings.emplace_back(static_cast<double>(r), 0.001 + 0.0002 * static_cast<double>(r > 8 ? r - 8 : 0));
+  timings[9].second *= 1.6;    // 10 rows during a burst
+  timings[4].second *= 1.3;    // 5 rows too
+  timings[0].second = 0.0012;  // 1 row slower than 2 (a cold first forward)
+  cost_curve t;
+  t.calibrate(timings);
+  EXPECT_NEAR(t.seconds(10), 0.0014, 1e-12);
+  EXPECT_NEAR(t.seconds(5), 0.001, 1e-12);
+  EXPECT_NEAR(t.seconds(12), 0.0018, 1e-12);
+  for (double r = 1; r < 40; r += 0.5) EXPECT_LE(t.seconds(r), t.seconds(r + 0.5)) << r;  // non-decreasing
+  EXPECT_NEAR(t.seconds(1), 0.001, 1e-12);  // no more than 2 rows
 }
 
 TEST(speculation, expected_tokens) {

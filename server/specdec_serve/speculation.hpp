@@ -69,10 +69,27 @@ class cost_curve {
  public:
   static constexpr std::size_t buckets = 24;
 
-  /// Sets the calibrated shape: (rows, seconds) points (read like `hybrid::step_time_at`).
-  void calibrate(std::vector<std::pair<double, double>> shape) {
-    std::sort(shape.begin(), shape.end());
-    shape_ = std::move(shape);
+  /// Sets the calibrated shape from (rows, seconds) timings: their lower convex hull, made
+  /// non-decreasing from the right (read like `hybrid::step_time_at`). A forward's time is flat while it
+  /// streams its weights and grows linearly once compute-bound, a convex curve, and a
+  /// shared host's other tenants only ever add time: one timing taken during a burst would
+  /// otherwise put a bump in the curve (and a knee where there is none) for good, since
+  /// the online observations learn only the level.
+  void calibrate(std::vector<std::pair<double, double>> timings) {
+    std::sort(timings.begin(), timings.end());
+    std::vector<std::pair<double, double>> hull;
+    const auto cross = [](const auto& o, const auto& a, const auto& b) {
+      return (a.first - o.first) * (b.second - o.second) - (a.second - o.second) * (b.first - o.first);
+    };
+    for (const auto& p : timings) {
+      if (!hull.empty() && hull.back().first == p.first) continue;  // the lower of equal rows came first
+      while (hull.size() >= 2 && cross(hull[hull.size() - 2], hull.back(), p) <= 0.0) hull.pop_back();
+      hull.push_back(p);
+    }
+    // Non-decreasing: fewer rows never cost more than more rows (a first forward slower
+    // than the next is noise, as the hull assumes of every timing).
+    for (std::size_t i = hull.size(); i-- > 1;) hull[i - 1].second = std::min(hull[i - 1].second, hull[i].second);
+    shape_ = std::move(hull);
   }
   /// Records one forward of `rows` rows that took `seconds`. The first observations are
   /// averaged plainly, later ones weighted by `weight` (recent load counts).
