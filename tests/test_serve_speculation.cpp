@@ -330,28 +330,22 @@ TEST(anticipation, answers_the_request_after_a_zero_draft_verdict_from_the_row_i
 }
 
 TEST(anticipation, a_request_that_differs_restores_the_random_source_so_sampled_verdicts_are_unchanged) {
-  // A sampling session announced 0 drafts that sends drafts anyway in rounds 2 and 5: those
-  // requests miss the anticipation (its draw is undone), the others hit it.
-  const std::vector<std::size_t> drafts_in_round{0, 1, 0, 0, 2, 0, 0};
+  // A sampling session announced 0 drafts whose device commits another token than the
+  // verdict's in rounds 2 and 5 (as after continuing on its own model): those requests
+  // miss the anticipation (its draw is undone), the others hit it.
+  const std::vector<bool> diverge_in_round{false, true, false, false, true, false, false};
   std::vector<std::pair<std::size_t, token_id>> got[2];
   for (const bool anticipate : {true, false}) {
     one_session s(0, anticipate, {.temperature = 1.0f}, 7);
     std::vector<token_id> delta;
     std::uint64_t seq = 0;
     double hits = 0, misses = 0;  // expected: a request after a verdict other than EOS
-    for (const std::size_t k : drafts_in_round) {
-      if (seq > 0 && delta.back() != specdec::eos_token) (k == 0 ? hits : misses) += 1;
-      std::vector<token_id> draft;
-      wire::sparse_rows q;
-      for (std::size_t i = 0; i < k; ++i) {
-        const token_id x = static_cast<token_id>(100 + 37 * seq + i);
-        draft.push_back(x);
-        q.add_row(std::vector<token_id>{x, x + 1}, std::vector<float>{0.6f, 0.4f});
-      }
-      const wire::verdict v = s.round(++seq, delta, draft, q);
+    for (const bool diverge : diverge_in_round) {
+      if (diverge) delta.back() = static_cast<token_id>(100 + 37 * seq);
+      if (seq > 0 && got[anticipate ? 0 : 1].back().second != specdec::eos_token) (diverge ? misses : hits) += 1;
+      const wire::verdict v = s.round(++seq, delta, {});
       got[anticipate ? 0 : 1].emplace_back(v.accepted, v.next);
-      delta.assign(draft.begin(), draft.begin() + static_cast<std::ptrdiff_t>(v.accepted));
-      delta.push_back(v.next);
+      delta = {v.next};
     }
     if (anticipate) {
       EXPECT_EQ(s.hits(), hits);  // rounds 3, 4, 6 and 7 unless EOS came first
@@ -360,6 +354,32 @@ TEST(anticipation, a_request_that_differs_restores_the_random_source_so_sampled_
     }
   }
   EXPECT_EQ(got[0], got[1]);
+}
+
+TEST(speculation, the_announcement_binds_drafts_beyond_it_are_not_examined) {
+  // Announced 0 (and, in the other session, 2), a device sends 4 drafts: the verdict is
+  // that of the announced prefix of the block, whatever the drafts beyond it say.
+  for (const std::size_t announced : {0u, 2u}) {
+    one_session s(announced, false);
+    // The target's greedy continuation of the prefix, from a session announced 0.
+    one_session ref(0, false);
+    std::vector<token_id> g, delta;
+    for (std::uint64_t seq = 1; g.size() < 6; ++seq) {
+      g.push_back(ref.round(seq, delta, {}).next);
+      delta = {g.back()};
+    }
+    ASSERT_EQ(s.round(1, {}, {}).next, g[0]);
+    // Drafts: the target's next 4 tokens with the last two made wrong: examined in full,
+    // the verdict would accept 2 and correct the third.
+    std::vector<token_id> draft(g.begin() + 1, g.begin() + 5);
+    draft[2] = static_cast<token_id>((draft[2] + 1) % 512);
+    draft[3] = static_cast<token_id>((draft[3] + 1) % 512);
+    const double before = s.metrics.value("specdec_drafts_unexamined_total");
+    const wire::verdict v = s.round(2, {g[0]}, draft);
+    EXPECT_EQ(v.accepted, announced);  // every examined draft is the target's
+    EXPECT_EQ(v.next, g[1 + announced]);
+    EXPECT_EQ(s.metrics.value("specdec_drafts_unexamined_total") - before, static_cast<double>(4 - announced));
+  }
 }
 
 TEST(anticipation, nothing_is_anticipated_while_drafts_are_announced) {

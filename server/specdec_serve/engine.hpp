@@ -36,6 +36,13 @@
 /// row per request that never comes (the device stopped), the gain that a session at
 /// n* = 0 is in every step, like a completion stream, and its answers wait for no step.
 ///
+/// ## The announcement binds
+/// A request verifies at most the drafts last announced to its session (`max_draft` of its
+/// `session_opened` or last verdict); drafts beyond are not examined, and the verdict is
+/// that of the shorter block (its `next` follows the last examined draft). A device sends
+/// its session's first block with the open, before any announcement reaches it, with as
+/// many drafts as it likes; on a loaded server those rows would cost every session.
+///
 /// Sequence numbers: a session accepts seq = last + 1 (applied once) or seq = last with the
 /// same body (answered from the cached verdict, or re-pointed to the new connection while
 /// the original is still being computed); anything else is `bad_sequence`.
@@ -296,6 +303,7 @@ class engine final : public completion_service, public session_service {
     clock::time_point last_active, last_verify;
     std::optional<clock::time_point> answered;  ///< when the server last answered it (opened, resumed, verdict)
     double turnaround = 0.0;  ///< seconds from an answer to the next block (EWMA; 0 = not measured)
+    std::size_t announced = 0;  ///< max_draft last told to the device (session_opened or verdict)
     // Anticipation (file comment): the request a device following a 0-draft verdict sends next.
     std::vector<token_id> expect;          ///< its committed tokens (the verdict's accepted drafts and next)
     bool anticipating = false;             ///< the block feeding `expect` runs in the next step
@@ -518,6 +526,15 @@ class engine final : public completion_service, public session_service {
       return reject(error_code::bad_sequence, "seq " + std::to_string(seq) + "; expected " +
                                                   std::to_string(s.last_seq + 1) + " (next) or " +
                                                   std::to_string(s.last_seq) + " (a retry)");
+    if (c.req.draft.size() > s.announced) {  // "The announcement binds"
+      metrics_.add("specdec_drafts_unexamined_total", "", static_cast<double>(c.req.draft.size() - s.announced));
+      c.req.draft.resize(s.announced);
+      if (c.req.q.rows() > s.announced) {
+        hybrid::wire::sparse_rows q;
+        for (std::size_t r = 0; r < s.announced; ++r) q.add_row(c.req.q.ids(r), c.req.q.probs(r));
+        c.req.q = std::move(q);
+      }
+    }
     const std::size_t k = c.req.draft.size();
     const std::size_t n = s.committed.size() + c.req.committed.size();
     if (n == 0) return reject(error_code::invalid_request, "no committed tokens; expected at least one");
@@ -583,9 +600,10 @@ class engine final : public completion_service, public session_service {
                                                   [&](const auto& kv) { return kv.second.owner.same_key(who); }));
   }
 
-  hybrid::wire::message opened(const session_state& s, clock::time_point now) {
+  hybrid::wire::message opened(session_state& s, clock::time_point now) {
+    s.announced = announce(s, now, true);
     return hybrid::wire::session_opened{s.id, static_cast<std::uint32_t>(vocab_), static_cast<std::uint32_t>(context_),
-                                        static_cast<std::uint32_t>(announce(s, now, true)),
+                                        static_cast<std::uint32_t>(s.announced),
                                         static_cast<std::uint32_t>(options_.draft_limit)};
   }
   static hybrid::wire::message unknown(const hybrid::wire::session_id& id) {
@@ -868,6 +886,7 @@ class engine final : public completion_service, public session_service {
     metrics_.observe("specdec_verify_seconds", "", std::chrono::duration<double>(now - received).count());
     metrics_.add("specdec_verify_requests_total", "type=\"verify\",result=\"verdict\"");
     const std::size_t n = announce(s, now, false);
+    s.announced = n;
     hybrid::wire::message reply =
         hybrid::wire::verdict{seq, static_cast<std::uint32_t>(accepted), next, static_cast<std::uint32_t>(n)};
     s.last_reply = reply;
@@ -964,6 +983,8 @@ class engine final : public completion_service, public session_service {
     metrics_.describe("specdec_active_sessions", "gauge", "Open verify sessions");
     metrics_.describe("specdec_active_completions", "gauge", "Completions being generated");
     metrics_.describe("specdec_announced_max_draft", "gauge", "The draft length announced last (dynamic speculation)");
+    metrics_.describe("specdec_drafts_unexamined_total", "counter",
+                      "Draft tokens beyond the session's announcement, not verified (the announcement binds)");
     metrics_.describe("specdec_step_seconds", "histogram", "Wall time of one batched forward", secs);
     metrics_.describe("specdec_step_cpu_seconds_total", "counter",
                       "CPU time the server process used during batched forwards (all its threads)");
