@@ -117,37 +117,83 @@ inline void weighted_rows_sum_heads(std::size_t heads, const float* a, std::size
   weighted_rows_sum_heads(heads, a, lda, count, f32_rows{v, ldv}, out, ldo, n);
 }
 
-/// In-place softmax over x[0..n): max (exact in any order), e^(x - max) by `exp16`, their
-/// sum in 16 lanes in index order (lane i % 16, the tail padded with zeros) reduced by
-/// `hsum16`'s tree, then a division per element. The order depends on n only.
-inline void softmax(float* x, std::size_t n) noexcept {
-  // The maximum in 16 lanes (a scalar loop is one long dependency chain; GCC does not
-  // vectorise a float max reduction without -ffast-math). Max is exact in any order.
+namespace softmax_detail {
+/// The first n < 16 floats at p in lanes 0..n-1, zeros in the others.
+inline void load_first(v16& v, const float* p, std::size_t n) noexcept {
+  v = v16{};
+  __builtin_memcpy(&v, p, n * sizeof(float));
+}
+/// The softmax of `softmax` / `scaled_softmax`, over the scores divided by `divisor`
+/// first when `Scaled`.
+template <bool Scaled>
+inline void softmax(float* x, std::size_t n, float divisor) noexcept {
+  const std::size_t full = n - n % lanes, tail = n - full;
+  // Pass 1: the division (elementwise: vector or scalar, the same correctly rounded
+  // quotient) and the maximum in 16 lanes (a scalar loop is one long dependency chain;
+  // GCC does not vectorise a float max reduction without -ffast-math). Max is exact in
+  // any order.
   v16 vmax = v16{} - __builtin_inff();
-  std::size_t i = 0;
-  for (; i + lanes <= n; i += lanes) {
+  v16 d;
+  splat(d, divisor);
+  for (std::size_t i = 0; i < full; i += lanes) {
     v16 v;
     load16(v, x + i);
+    if constexpr (Scaled) {
+      v = v / d;
+      store16(x + i, v);
+    }
     vmax = v > vmax ? v : vmax;
   }
+  if constexpr (Scaled)
+    for (std::size_t i = full; i < n; ++i) x[i] /= divisor;
   float mx = x[0];
   for (std::size_t j = 0; j < lanes; ++j) mx = std::max(mx, vmax[j]);
-  for (; i < n; ++i) mx = std::max(mx, x[i]);
-  for (std::size_t j = 0; j < n; ++j) x[j] -= mx;
-  exp_inplace(x, n);
-  v16 acc{};
-  for (i = 0; i + lanes <= n; i += lanes) {
+  for (std::size_t i = full; i < n; ++i) mx = std::max(mx, x[i]);
+  // Pass 2: e^(x - max) by `exp16` and their sum in 16 lanes in index order (the tail's
+  // unused lanes add zeros), reduced by `hsum16`'s tree.
+  v16 m, acc{};
+  splat(m, mx);
+  for (std::size_t i = 0; i < full; i += lanes) {
     v16 v;
     load16(v, x + i);
+    v = v - m;
+    exp16(v);
+    store16(x + i, v);
     acc += v;
   }
-  if (i < n) {
-    v16 v{};
-    __builtin_memcpy(&v, x + i, (n - i) * sizeof(float));
-    acc += v;
+  if (tail != 0) {
+    v16 v;
+    load_first(v, x + full, tail);
+    v = v - m;
+    exp16(v);
+    store_first(x + full, v, tail);
+    const vi16 lane{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+    acc += lane < static_cast<int>(tail) ? v : v16{};
   }
   const float sum = hsum16(acc);
-  for (std::size_t j = 0; j < n; ++j) x[j] /= sum;
+  // Pass 3: the division by the sum.
+  v16 s;
+  splat(s, sum);
+  for (std::size_t i = 0; i < full; i += lanes) {
+    v16 v;
+    load16(v, x + i);
+    store16(x + i, v / s);
+  }
+  for (std::size_t i = full; i < n; ++i) x[i] /= sum;
+}
+}  // namespace softmax_detail
+
+/// In-place softmax over x[0..n), n >= 1: max (exact in any order), e^(x - max) by
+/// `exp16`, their sum in 16 lanes in index order (lane i % 16, the tail padded with
+/// zeros) reduced by `hsum16`'s tree, then a division per element. The order depends on
+/// n only.
+inline void softmax(float* x, std::size_t n) noexcept { softmax_detail::softmax<false>(x, n, 1.0f); }
+
+/// The attention's softmax of scores divided by `divisor` (sqrt(head_size)): x[j] /=
+/// divisor for each j, then `softmax`, the same bits, with the division folded into the
+/// maximum's pass.
+inline void scaled_softmax(float* x, std::size_t n, float divisor) noexcept {
+  softmax_detail::softmax<true>(x, n, divisor);
 }
 
 /// The rotation of pair i (0 <= i < head_size/2) of every head at position `pos`, as
