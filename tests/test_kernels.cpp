@@ -322,7 +322,8 @@ TEST(kernels, vector_exp_is_within_two_ulp_and_elementwise) {
 }
 
 // The softmax sum runs in 16 lanes by index and one fixed tree, so the result depends on
-// the values and the length only (not on the buffer's alignment), and the SiLU gate is
+// the values and the length only (not on the buffer's alignment; the attention's scaled
+// form divides first, with the same bits), and the SiLU gate is
 // elementwise, so any slicing of a hidden row (threads split it) gives the same bits.
 TEST(kernels, softmax_and_swiglu_are_fixed_order_and_accurate) {
   namespace d = specdec::cpu::detail;
@@ -347,6 +348,19 @@ TEST(kernels, softmax_and_swiglu_are_fixed_order_and_accurate) {
       std::copy(x.begin(), x.end(), b.begin() + off);
       d::softmax(b.data() + off, n);
       ASSERT_TRUE(std::equal(a.begin(), a.end(), b.begin() + off)) << "n " << n << " offset " << off;
+    }
+  }
+  // The attention's scaled_softmax is the division of every score, then softmax, bit for
+  // bit, for every length (whole vectors, a tail, both) and divisor.
+  for (std::size_t n : {1u, 5u, 16u, 17u, 33u, 48u, 221u}) {
+    for (float divisor : {8.0f, std::sqrt(48.0f), 0.75f}) {
+      std::vector<float> x(n);
+      for (float& v : x) v = u(rng) * 4.0f;
+      std::vector<float> want = x, got = x;
+      for (float& v : want) v /= divisor;
+      d::softmax(want.data(), n);
+      d::scaled_softmax(got.data(), n, divisor);
+      ASSERT_EQ(got, want) << "n " << n << " divisor " << divisor;
     }
   }
   const std::size_t hid = 101;

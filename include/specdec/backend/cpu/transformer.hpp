@@ -464,11 +464,7 @@ SPECDEC_CPU_FUNC const float* llama_engine::forward_rows(std::span<const token_i
             for (std::size_t j = 0; j < hs; j += lanes) values.prefetch_line(p, j);
         }
         matmul_rows(keys, pos + 1, hs, q_.data() + head_off, kv_mul, hs, att, seq);
-        for (std::size_t m = 0; m < kv_mul; ++m) {
-          float* a = att + m * seq;
-          for (std::size_t p = 0; p <= pos; ++p) a[p] /= att_scale;
-          softmax(a, pos + 1);
-        }
+        scaled_softmax_rows(att, seq, kv_mul, pos + 1, att_scale);
         weighted_rows_sum_heads(kv_mul, att, seq, pos + 1, values, xb_.data() + head_off, hs, hs);
       };
       // A tree row reads its ancestors through its slot map (same values, same order).

@@ -117,37 +117,117 @@ inline void weighted_rows_sum_heads(std::size_t heads, const float* a, std::size
   weighted_rows_sum_heads(heads, a, lda, count, f32_rows{v, ldv}, out, ldo, n);
 }
 
-/// In-place softmax over x[0..n): max (exact in any order), e^(x - max) by `exp16`, their
-/// sum in 16 lanes in index order (lane i % 16, the tail padded with zeros) reduced by
-/// `hsum16`'s tree, then a division per element. The order depends on n only.
-inline void softmax(float* x, std::size_t n) noexcept {
-  // The maximum in 16 lanes (a scalar loop is one long dependency chain; GCC does not
-  // vectorise a float max reduction without -ffast-math). Max is exact in any order.
-  v16 vmax = v16{} - __builtin_inff();
-  std::size_t i = 0;
-  for (; i + lanes <= n; i += lanes) {
-    v16 v;
-    load16(v, x + i);
-    vmax = v > vmax ? v : vmax;
+namespace softmax_detail {
+/// The largest of the 16 lanes (exact: a maximum does not depend on the order).
+inline float max16(const v16& v) noexcept {
+  const v8 a0 = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7);
+  const v8 a1 = __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+  const v8 a = a0 > a1 ? a0 : a1;
+  const v4 b0 = __builtin_shufflevector(a, a, 0, 1, 2, 3), b1 = __builtin_shufflevector(a, a, 4, 5, 6, 7);
+  const v4 b = b0 > b1 ? b0 : b1;
+  return std::max(std::max(b[0], b[1]), std::max(b[2], b[3]));
+}
+/// The softmax of `softmax` over M rows x + m ld side by side (their passes interleaved:
+/// each pass is a chain of dependent steps, which M independent rows overlap), over the
+/// scores divided by `divisor` first when `Scaled`. Every row's operations are those of
+/// a single row.
+template <int M, bool Scaled>
+inline void softmax_rows(float* x, std::size_t ld, std::size_t n, float divisor) noexcept {
+  const std::size_t full = n - n % lanes, tail = n - full;
+  // Pass 1: the division (elementwise: vector or scalar, the same correctly rounded
+  // quotient) and the maximum in 16 lanes, then across them (GCC does not vectorise a
+  // float max reduction without -ffast-math). Max is exact in any order.
+  v16 vmax[M], d;
+  splat(d, divisor);
+  for (int m = 0; m < M; ++m) vmax[m] = v16{} - __builtin_inff();
+  for (std::size_t i = 0; i < full; i += lanes)
+    for (int m = 0; m < M; ++m) {
+      float* xm = x + static_cast<std::size_t>(m) * ld;
+      v16 v;
+      load16(v, xm + i);
+      if constexpr (Scaled) {
+        v = v / d;
+        store16(xm + i, v);
+      }
+      vmax[m] = v > vmax[m] ? v : vmax[m];
+    }
+  v16 mx[M];
+  for (int m = 0; m < M; ++m) {
+    float* xm = x + static_cast<std::size_t>(m) * ld;
+    if constexpr (Scaled)
+      for (std::size_t i = full; i < n; ++i) xm[i] /= divisor;
+    float mm = std::max(xm[0], max16(vmax[m]));
+    for (std::size_t i = full; i < n; ++i) mm = std::max(mm, xm[i]);
+    splat(mx[m], mm);
   }
-  float mx = x[0];
-  for (std::size_t j = 0; j < lanes; ++j) mx = std::max(mx, vmax[j]);
-  for (; i < n; ++i) mx = std::max(mx, x[i]);
-  for (std::size_t j = 0; j < n; ++j) x[j] -= mx;
-  exp_inplace(x, n);
-  v16 acc{};
-  for (i = 0; i + lanes <= n; i += lanes) {
-    v16 v;
-    load16(v, x + i);
-    acc += v;
+  // Pass 2: e^(x - max) by `exp16` and their sum in 16 lanes in index order (the tail's
+  // unused lanes add zeros), reduced by `hsum16`'s tree.
+  v16 acc[M];
+  for (int m = 0; m < M; ++m) acc[m] = v16{};
+  for (std::size_t i = 0; i < full; i += lanes)
+    for (int m = 0; m < M; ++m) {
+      float* xm = x + static_cast<std::size_t>(m) * ld;
+      v16 v;
+      load16(v, xm + i);
+      v = v - mx[m];
+      exp16(v);
+      store16(xm + i, v);
+      acc[m] += v;
+    }
+  if (tail != 0) {
+    const vi16 lane{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+    for (int m = 0; m < M; ++m) {
+      float* xm = x + static_cast<std::size_t>(m) * ld;
+      v16 v;
+      load_first(v, xm + full, tail);
+      v = v - mx[m];
+      exp16(v);
+      store_first(xm + full, v, tail);
+      acc[m] += lane < static_cast<int>(tail) ? v : v16{};
+    }
   }
-  if (i < n) {
-    v16 v{};
-    __builtin_memcpy(&v, x + i, (n - i) * sizeof(float));
-    acc += v;
+  // Pass 3: the division by the sum.
+  v16 sum[M];
+  for (int m = 0; m < M; ++m) splat(sum[m], hsum16(acc[m]));
+  for (std::size_t i = 0; i < full; i += lanes)
+    for (int m = 0; m < M; ++m) {
+      float* xm = x + static_cast<std::size_t>(m) * ld;
+      v16 v;
+      load16(v, xm + i);
+      store16(xm + i, v / sum[m]);
+    }
+  for (int m = 0; m < M; ++m) {
+    float* xm = x + static_cast<std::size_t>(m) * ld;
+    for (std::size_t i = full; i < n; ++i) xm[i] /= sum[m][0];
   }
-  const float sum = hsum16(acc);
-  for (std::size_t j = 0; j < n; ++j) x[j] /= sum;
+}
+}  // namespace softmax_detail
+
+/// In-place softmax over x[0..n), n >= 1: max (exact in any order), e^(x - max) by
+/// `exp16`, their sum in 16 lanes in index order (lane i % 16, the tail padded with
+/// zeros) reduced by `hsum16`'s tree, then a division per element. The order depends on
+/// n only.
+inline void softmax(float* x, std::size_t n) noexcept { softmax_detail::softmax_rows<1, false>(x, 0, n, 1.0f); }
+
+/// The attention's softmax of scores divided by `divisor` (sqrt(head_size)): x[j] /=
+/// divisor for each j, then `softmax`, the same bits, with the division folded into the
+/// maximum's pass.
+inline void scaled_softmax(float* x, std::size_t n, float divisor) noexcept {
+  softmax_detail::softmax_rows<1, true>(x, 0, n, divisor);
+}
+
+/// scaled_softmax over each of `rows` rows x + m ld (m < rows), up to 4 at a time side by
+/// side: the query heads of one KV head, whose passes then overlap. The same bits as one
+/// row at a time.
+inline void scaled_softmax_rows(float* x, std::size_t ld, std::size_t rows, std::size_t n, float divisor) noexcept {
+  std::size_t m = 0;
+  for (; m + 4 <= rows; m += 4) softmax_detail::softmax_rows<4, true>(x + m * ld, ld, n, divisor);
+  switch (rows - m) {
+    case 3: softmax_detail::softmax_rows<3, true>(x + m * ld, ld, n, divisor); break;
+    case 2: softmax_detail::softmax_rows<2, true>(x + m * ld, ld, n, divisor); break;
+    case 1: softmax_detail::softmax_rows<1, true>(x + m * ld, ld, n, divisor); break;
+    default: break;
+  }
 }
 
 /// The rotation of pair i (0 <= i < head_size/2) of every head at position `pos`, as

@@ -22,6 +22,17 @@ inline void fmadd_lanes(v16& acc, const v16& a, const v16& b) noexcept {
   acc = (v16)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)acc);
 }
 
+/// The first n < 16 floats of v stored at p, and loaded from p into lanes 0..n-1 with
+/// zeros in the others: one masked store or load each (nothing past p + n is touched,
+/// and no copy through the stack, which a following full-width load could not forward).
+#define SPECDEC_DETAIL_MASKED_TAILS 1
+inline void store_first(float* p, const v16& v, std::size_t n) noexcept {
+  _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1), (__m512)v);
+}
+inline void load_first(v16& v, const float* p, std::size_t n) noexcept {
+  v = (v16)_mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), p);
+}
+
 /// Keeps a loaded vector in a register: without this GCC folds the load into every FMA
 /// that uses it as a memory operand, doubling the loads of the inner loop (load ports,
 /// not FMAs, then bound the block forward). The empty asm changes no value. (Not for

@@ -21,7 +21,8 @@
 ///   a `v16` in memory; `packet_registers`, how many packets the register file holds
 ///   (tile shapes are chosen to fit it); and for packets the operations below plus
 ///   `load16`, `store16`, `store_first`, `hsum16` and `hsum16x4`, with the `v16` forms'
-///   results;
+///   results; optionally `SPECDEC_DETAIL_MASKED_TAILS` with `store_first` and
+///   `load_first` for `v16` (the first n lanes; defined below by copies otherwise);
 /// - `fmadd_lanes(acc, a, b)`: acc[i] = fmadd(a[i], b[i], acc[i]), rounded like the
 ///   scalar `fmadd` below;
 /// - `pin_register(v)`: keeps a loaded vector in a register (a hint, changes no value);
@@ -75,6 +76,10 @@ typedef float v4 __attribute__((vector_size(16)));
 
 inline constexpr std::size_t lanes = 16;
 
+/// A v4 at any float-aligned address (and allowed to alias floats).
+typedef float v4_unaligned __attribute__((vector_size(16), aligned(4), may_alias));
+/// One 4-float store (vector-typed, like `store16`).
+inline void store4(float* p, const v4& v) noexcept { *reinterpret_cast<v4_unaligned*>(p) = v; }
 /// A v16 at any float-aligned address (and allowed to alias floats).
 typedef float v16_unaligned __attribute__((vector_size(64), aligned(4), may_alias));
 /// A vi16 at any address (and allowed to alias any bytes).
@@ -96,12 +101,6 @@ inline void load_bytes64(vi16& v, const void* p) noexcept { v = *static_cast<con
 /// takes its address, and GCC then keeps a tile's accumulators in memory too, storing
 /// every one of them on every column.
 inline void store16(float* p, const v16& v) noexcept { *reinterpret_cast<v16_unaligned*>(p) = v; }
-/// The first n < 16 floats of v, through a copy whose address may be taken (not the
-/// caller's accumulator's).
-inline void store_first(float* p, const v16& v, std::size_t n) noexcept {
-  const v16 copy = v;
-  __builtin_memcpy(p, &copy, n * sizeof(float));
-}
 /// v[i] = x in every lane, exactly (also -0.0f and NaN payloads).
 inline void splat(v16& v, float x) noexcept { v = v16{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }
 
@@ -167,6 +166,21 @@ inline v4 hsum16x4(const v16& v0, const v16& v1, const v16& v2, const v16& v3) n
 #endif
 
 namespace specdec::cpu::detail {
+
+#ifndef SPECDEC_DETAIL_MASKED_TAILS  // an instruction-set file may give masked forms
+/// The first n < 16 floats of v, through a copy whose address may be taken (not the
+/// caller's accumulator's).
+inline void store_first(float* p, const v16& v, std::size_t n) noexcept {
+  const v16 copy = v;
+  __builtin_memcpy(p, &copy, n * sizeof(float));
+}
+/// The first n < 16 floats at p in lanes 0..n-1, zeros in the others (nothing past
+/// p + n is read).
+inline void load_first(v16& v, const float* p, std::size_t n) noexcept {
+  v = v16{};
+  __builtin_memcpy(&v, p, n * sizeof(float));
+}
+#endif
 
 /// out[i] = float(q[i]) for 16 int8 values, exactly (float(q) * 1 is float(q)).
 #ifndef SPECDEC_DETAIL_WIDEN_I8
