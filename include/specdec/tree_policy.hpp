@@ -173,6 +173,25 @@ concept cost_observing_policy = tree_sizing_policy<P> && requires(P& p, const tr
 /// more verdicts than a sibling's: where the tree's edge is within that error, the chain
 /// is the safer plan.
 ///
+/// Trees against chains, measured (`realised_steps`): the model can be wrong in ways it
+/// cannot see, so where it plans a tree, the realised rate decides. Each context class
+/// keeps, from `observe_cost`, the committed tokens per second of step time (target,
+/// draft and the step's own work, each step capped at twice its arm's mean) of the steps
+/// it planned as chains (no draft included) and of those it planned as trees, decayed by
+/// `decay` per step of that arm. With timings (`target_token_seconds > 0`) a tree the
+/// model prefers is planned only after `realised_steps` (decayed) chain steps and then as
+/// many tree steps were measured (the chain first: a cold start costs no tree), and from
+/// then on only while the trees' realised rate beats the chains' by `realised_margin`;
+/// else the model's best chain is planned. Every `recheck_every`-th such decision plays
+/// the other arm once, so that the loser's rate stays measured and the policy changes its
+/// mind when the text does.
+///
+/// Hysteresis (`switch_margin`): once both forward sizes are measured (`explore_until`
+/// forwards of each observed), a new search replaces the plan of its class by one of the
+/// same branching only if the new one's rate beats the old one's (as modelled now) by
+/// `switch_margin` of it: chain lengths whose rates differ by less than the step-time
+/// noise they are learnt from do not take turns.
+///
 /// Example: with verify_cost = {1, 1.02, 1.05, 1.1, 1.8}, no draft cost, a(d, 0) = 0.6
 /// and a(d, 1) = 0.3, a chain of 3 emits 1 + 0.6 + 0.36 + 0.216 = 2.18 tokens for 1.1
 /// (1.98 per token-time), a tree of both children of the root and one grandchild
@@ -230,6 +249,17 @@ struct hardware_aware_tree {
   /// A plan with branches must beat the best chain (or no draft) by this fraction of its
   /// rate, else the chain is planned (see the struct comment). >= 0.
   double tree_margin = 0.1;
+  /// Measured chain and tree steps (decayed) each arm needs before the realised rates
+  /// decide between them (see the struct comment); 0: the model alone decides.
+  std::size_t realised_steps = 8;
+  /// A tree is planned only while its realised rate beats the chain's by this fraction. >= 0.
+  double realised_margin = 0.02;
+  /// Every this-many-th decision between a tree and the chain plays the losing arm, so
+  /// its rate stays measured; 0: never (the loser keeps its last rate).
+  std::size_t recheck_every = 8;
+  /// A new plan of the same branching replaces the old one only if its modelled rate is
+  /// higher by this fraction of the old one's (see the struct comment). >= 0.
+  double switch_margin = 0.02;
   /// Context classes (`plan(context)`): class k holds the contexts c with
   /// context_bounds[k - 1] <= c < context_bounds[k] (class 0: c < context_bounds[0]), each
   /// with its own acceptance estimates and plan; strictly increasing; empty: one class.
@@ -264,6 +294,8 @@ struct hardware_aware_tree {
     if (replan_every == 0) detail::fail_knob("hardware_aware_tree.replan_every", "0", ">= 1 (1: every step)");
     detail::check_non_negative("hardware_aware_tree.explore_until", explore_until);
     detail::check_non_negative("hardware_aware_tree.tree_margin", tree_margin);
+    detail::check_non_negative("hardware_aware_tree.realised_margin", realised_margin);
+    detail::check_non_negative("hardware_aware_tree.switch_margin", switch_margin);
     for (std::size_t k = 1; k < context_bounds.size(); ++k)
       if (context_bounds[k] <= context_bounds[k - 1])
         detail::fail_knob("hardware_aware_tree.context_bounds[" + std::to_string(k) + "]",
@@ -342,36 +374,55 @@ struct hardware_aware_tree {
     knob_key(c.scratch);
     if (!(c.valid && c.key == c.scratch && learnt.version - c.version < replan_every)) {
       validate();
-      c.plan = search(any, any).plan;
+      const bool same_knobs = c.valid && c.key == c.scratch;
+      c.plan = settle(same_knobs, c.plan, search(any, any));
+      c.chain = c.plan.branching > 1 ? settle(same_knobs, c.chain, search(any, 1)) : c.plan;
       c.key.swap(c.scratch);
       c.version = learnt.version;
       c.valid = true;
     }
-    if (c.plan.nodes > 0) {
+    const tree_plan p = measured_arm(c);
+    learnt.tree_arm = p.nodes > 0 && p.branching > 1;
+    if (p.nodes > 0) {
       if (!learn_curve || !(target_token_seconds > 0.0) || explore_every == 0 || ++c.drafting < explore_every)
-        return c.plan;
+        return p;
       c.drafting = 0;
       // The neighbour sizes in turn: +1, -1, +2, -2 nodes (those within [1, max_nodes]),
       // each only if it could win: were its forward to cost no more than the plan's, it
       // would be within 5 % of the plan's rate (a bigger tree usually is; a tree that is
-      // worse whatever its forward costs is not worth a step).
-      const double best_rate = search(c.plan.nodes, c.plan.branching, false).rate;
-      const double plan_cost = curve_at(c.plan.nodes);
+      // worse whatever its forward costs is not worth a step). Trees only while the
+      // realised rates allow them.
+      const std::size_t shapes = p.branching == 1 ? 1 : any;
+      const double best_rate = search(p.nodes, p.branching, false).rate;
+      const double plan_cost = curve_at(p.nodes);
       for (std::size_t tries = 0; tries < 4; ++tries) {
         const std::size_t k = c.explored++ % 4;
         const std::size_t step = k / 2 + 1;
-        const std::size_t n = k % 2 == 0 ? c.plan.nodes + step : c.plan.nodes - std::min(step, c.plan.nodes);
-        if (n >= 1 && n <= max_nodes && n != c.plan.nodes && observed_forwards(n + 1) < explore_until) {
-          const choice e = search(n, any, false, plan_cost);
-          if (e.plan.nodes > 0 && e.rate >= 0.95 * best_rate) return e.plan;
+        const std::size_t n = k % 2 == 0 ? p.nodes + step : p.nodes - std::min(step, p.nodes);
+        if (n >= 1 && n <= max_nodes && n != p.nodes && observed_forwards(n + 1) < explore_until) {
+          const choice e = search(n, shapes, false, plan_cost);
+          if (e.plan.nodes > 0 && e.rate >= 0.95 * best_rate) {
+            learnt.tree_arm = e.plan.branching > 1;
+            return e.plan;
+          }
         }
       }
-      return c.plan;
+      return p;
     }
-    if (probe_every == 0) return c.plan;
-    if (++c.idle < probe_every) return c.plan;
+    if (probe_every == 0) return p;
+    if (++c.idle < probe_every) return p;
     c.idle = 0;
-    return search(any, any, false).plan;
+    const tree_plan probe = search(any, any, false).plan;
+    learnt.tree_arm = probe.branching > 1;
+    return probe;
+  }
+
+  /// The realised rate (committed tokens per second of step time) of the steps planned as
+  /// chains (arm 0, no draft included) or as trees (arm 1) in the class of `context` (see
+  /// the struct comment); 0 until such a step was observed.
+  [[nodiscard]] double realised_rate(bool trees, std::size_t context = 0) const {
+    const std::size_t cls = context_class(context);
+    return cls < learnt.cache.size() ? learnt.cache[cls].realised[trees ? 1 : 0].rate() : 0.0;
   }
 
   /// Counts, for every child of the root and of each accepted node, one trial at its
@@ -379,6 +430,7 @@ struct hardware_aware_tree {
   /// in the class of the last plan's context.
   void observe(const token_tree& t, std::span<const std::size_t> path) {
     ++learnt.version;
+    learnt.step_tokens = path.size() + 1;
     const std::size_t cls = learnt.context;
     for (auto* m : {&learnt.trials, &learnt.hits}) {
       if (m->size() <= cls) m->resize(cls + 1);
@@ -403,17 +455,18 @@ struct hardware_aware_tree {
   }
 
   /// Re-estimates t(1), c_d and c_o (`learn_costs`) and r(rows) (`learn_curve`) from a
-  /// plain step's timing (target_rows == nodes + 1, within the curve); ignores other
-  /// steps, and every step unless `target_token_seconds > 0`.
+  /// plain step's timing (target_rows == nodes + 1, within the curve), and the realised
+  /// rate of the last plan's arm (`realised_steps`); ignores other steps, and learns no
+  /// cost unless `target_token_seconds > 0`.
   void observe_cost(const tree_step_cost& c) {
     const std::size_t rows = c.target_rows;
-    if (!(learn_costs || learn_curve) || !(target_token_seconds > 0.0) || rows != c.nodes + 1 ||
-        rows > verify_cost.size())
-      return;
+    if (rows != c.nodes + 1 || rows > verify_cost.size()) return;
     if (!(c.target_seconds > 0.0) || !std::isfinite(c.target_seconds) || !(c.draft_seconds >= 0.0) ||
         !std::isfinite(c.draft_seconds) || !(c.other_seconds >= 0.0) || !std::isfinite(c.other_seconds))
       return;
     learned& l = learnt;
+    if (realised_steps > 0) realise(c);  // read by the gate every call, not by the search
+    if (!(learn_costs || learn_curve) || !(target_token_seconds > 0.0)) return;
     ++l.version;
     // A step's sample counts at most `spike` times the running estimate: a shared
     // machine that takes the core away mid-forward must not make a cost look dear for
@@ -455,7 +508,15 @@ struct hardware_aware_tree {
     std::size_t idle = 0;      ///< no-draft plans returned in a row
     std::size_t drafting = 0;  ///< drafting plans returned since the last exploration
     std::size_t explored = 0;  ///< explorations so far (which neighbour is next)
+    std::size_t decided = 0;   ///< decisions between a tree and the chain by realised rate
     tree_plan plan{};
+    tree_plan chain{};  ///< the best chain (or no draft) when `plan` is a tree, else `plan`
+    /// Decayed committed tokens, step seconds and steps of the steps planned as chains
+    /// (no draft included) and as trees.
+    struct arm {
+      double tokens = 0.0, seconds = 0.0, steps = 0.0;
+      [[nodiscard]] double rate() const noexcept { return seconds > 0.0 ? tokens / seconds : 0.0; }
+    } realised[2]{};
     std::vector<double> key{}, scratch{};
   };
   struct learned {
@@ -466,6 +527,8 @@ struct hardware_aware_tree {
     std::vector<double> curve_sum, curve_steps;  ///< per size (rows - 1): decayed observed ratios, their count
     std::size_t version = 0;  ///< observed steps
     mutable std::size_t context = 0;  ///< the class of the last plan's context
+    mutable bool tree_arm = false;    ///< the last plan has branches
+    std::size_t step_tokens = 1;      ///< the last verified path's length + 1
     mutable std::vector<plan_cache> cache{};  ///< per context class
   } learnt{};
 
@@ -483,13 +546,58 @@ struct hardware_aware_tree {
                      static_cast<double>(max_branching), prior, prior_weight, level_drafter ? 1.0 : 0.0,
                      learn_costs ? 1.0 : 0.0, target_token_seconds, static_cast<double>(prior_table.size()),
                      learn_curve ? 1.0 : 0.0, curve_weight, static_cast<double>(explore_every), explore_until,
-                     tree_margin})
+                     tree_margin, switch_margin})
       k.push_back(x);
     for (std::size_t b : context_bounds) k.push_back(static_cast<double>(b));
     for (const auto& row : prior_table) {
       k.push_back(static_cast<double>(row.size()));
       k.insert(k.end(), row.begin(), row.end());
     }
+  }
+
+  static bool same(const tree_plan& a, const tree_plan& b) noexcept {
+    return a.nodes == b.nodes && a.depth == b.depth && a.branching == b.branching;
+  }
+
+  /// Hysteresis (`switch_margin`): `found` replaces `old`, a plan of the same branching
+  /// searched with the same knobs, only if its rate beats old's by the margin, or if the
+  /// forward size of either is not yet measured (`explore_until` forwards of it observed;
+  /// the plan must be free to move while the curve is being learnt).
+  [[nodiscard]] tree_plan settle(bool same_knobs, const tree_plan& old, const choice& found) const {
+    if (!same_knobs || !(switch_margin > 0.0) || same(old, found.plan) || old.branching != found.plan.branching ||
+        old.nodes > max_nodes || observed_forwards(old.nodes + 1) < std::max(explore_until, 1.0) ||
+        observed_forwards(found.plan.nodes + 1) < std::max(explore_until, 1.0))
+      return found.plan;
+    const choice kept = search(old.nodes, old.branching, old.nodes == 0);
+    return kept.rate > 0.0 && found.rate <= kept.rate * (1.0 + switch_margin) ? kept.plan : found.plan;
+  }
+
+  /// The plan of class c as the realised rates allow it (see the struct comment): the
+  /// model's tree, or its best chain.
+  [[nodiscard]] tree_plan measured_arm(plan_cache& c) const {
+    if (c.plan.branching == 1 || c.plan.nodes == 0 || realised_steps == 0 || !(target_token_seconds > 0.0))
+      return c.plan;
+    const double need = static_cast<double>(realised_steps);
+    if (c.realised[0].steps < need) return c.chain;  // the chain first: a cold start costs no tree
+    if (c.realised[1].steps < need) return c.plan;
+    const bool tree_wins = c.realised[1].rate() > c.realised[0].rate() * (1.0 + realised_margin);
+    const bool recheck = recheck_every > 0 && ++c.decided % recheck_every == 0;
+    return tree_wins != recheck ? c.plan : c.chain;
+  }
+
+  /// Adds a plain step to its arm's realised rate in the class of the last plan (a tree
+  /// plan whose draft came out empty counts as a tree step of one token).
+  void realise(const tree_step_cost& c) {
+    if (learnt.cache.size() <= learnt.context) learnt.cache.resize(learnt.context + 1);
+    plan_cache::arm& a = learnt.cache[learnt.context].realised[learnt.tree_arm ? 1 : 0];
+    const double tokens = c.nodes > 0 ? static_cast<double>(learnt.step_tokens) : 1.0;
+    double seconds = c.target_seconds + c.draft_seconds + c.other_seconds;
+    // As for the costs: a step the machine stalled counts at most twice its arm's mean.
+    if (a.steps > 0.0) seconds = std::min(seconds, 2.0 * a.seconds / a.steps);
+    a.tokens = decay * a.tokens + tokens;
+    a.seconds = decay * a.seconds + seconds;
+    a.steps = decay * a.steps + 1.0;
+    learnt.step_tokens = 1;
   }
 
   [[nodiscard]] double acceptance_in(std::size_t cls, std::size_t d, std::size_t r) const {
