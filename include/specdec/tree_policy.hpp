@@ -729,15 +729,24 @@ struct hardware_aware_tree {
           if (g.height[n] > 0) consider({n, g.height[n], b}, step_rate(n, g.value[n], 0));
         continue;
       }
-      for (std::size_t cap = 1; cap <= depth_max; ++cap)
-        for (std::size_t w = 1; (w - 1) * cap < n_hi; ++w) {
+      for (std::size_t cap = 1; cap <= depth_max; ++cap) {
+        // No tree of branching b and height cap holds more than b + b^2 + ... + b^cap
+        // nodes: larger N are unreachable, and growing towards them is wasted work.
+        std::size_t top = 0;
+        for (std::size_t k = 0, level = 1; k < cap && top < n_hi; ++k) {
+          level = std::min(level * b, n_hi);
+          top += level;
+        }
+        top = std::min(top, n_hi);
+        for (std::size_t w = 1; (w - 1) * cap < top; ++w) {
           // The nodes N whose round width ceil(N / cap) is w.
-          const std::size_t lo = std::max(n_lo, (w - 1) * cap + 1), hi = std::min(n_hi, w * cap);
+          const std::size_t lo = std::max(n_lo, (w - 1) * cap + 1), hi = std::min(top, w * cap);
           if (lo > hi) continue;
           grow(a, b, cap, w, hi, g);
           for (std::size_t n = lo; n <= hi; ++n)
             if (g.forwards[n] > 0) consider({n, cap, b}, step_rate(n, g.value[n], g.forwards[n]));
         }
+      }
     }
     if (only_branching == any && best.plan.branching > 1 && chain.rate > 0.0 &&
         best.rate < chain.rate * (1.0 + tree_margin))
