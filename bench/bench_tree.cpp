@@ -28,7 +28,8 @@
 //    whether every output equals autoregressive greedy's. Configurations: the chain engine
 //    (speculative_decoder, gamma 1-8), the tree decoder with fixed shapes (up to 32 nodes
 //    of depth 8, the most tokens per target call) and with
-//    `measure_tree_policy`'s hardware-aware sizing, and on the repetitive workloads the
+//    `measure_tree_policy`'s hardware-aware sizing (and the same deciding by its model
+//    alone: no realised-rate gate, no hysteresis), and on the repetitive workloads the
 //    text-index drafter alone (chains, trees, hardware-aware; kjv pair only, it needs no
 //    draft) and combined with the draft model. The hardware-aware policies carry what
 //    they learnt across generations (`carry_over`). Each table ends with the hardware-aware
@@ -147,8 +148,10 @@ std::shared_ptr<const specdec::cpu::checkpoint> kjv_little() {
 }
 
 /// What a configuration is, for the comparisons: the baseline, a chain, a fixed tree, or
-/// the hardware-aware policy, with a draft model or with the text index (or both).
-enum class role { baseline, model_chain, model_tree, model_sized, text_chain, text_tree, text_sized, combined };
+/// the hardware-aware policy, with a draft model or with the text index (or both);
+/// model_only: the hardware-aware policy deciding by its model alone (no realised-rate gate,
+/// no hysteresis), beside the real one, so the table shows what measurement adds.
+enum class role { baseline, model_chain, model_tree, model_sized, model_only, text_chain, text_tree, text_sized, combined };
 
 /// One configuration's totals over a prompt set.
 struct totals {
@@ -293,6 +296,7 @@ void print_totals(const std::string& title, float temperature, const std::vector
   };
   const totals* model_chain = fastest(rows, {role::model_chain});
   versus("hardware-aware vs best model chain", fastest(rows, {role::model_sized}), model_chain);
+  versus("hardware-aware by its model alone vs best model chain", fastest(rows, {role::model_only}), model_chain);
   versus("best fixed tree vs best model chain", fastest(rows, {role::model_tree}), model_chain);
   versus("text-index hardware-aware vs best text-index chain", fastest(rows, {role::text_sized}),
          fastest(rows, {role::text_chain}));
@@ -323,6 +327,10 @@ void print_totals(const std::string& title, float temperature, const std::vector
     };
     std::printf("hardware-aware vs best model chain,");
     held_out({role::model_sized}, {role::model_chain});
+    if (fastest(rows, {role::model_only})) {
+      std::printf("hardware-aware by its model alone vs best model chain,");
+      held_out({role::model_only}, {role::model_chain});
+    }
     if (fastest(rows, {role::text_sized})) {
       std::printf("text-index hardware-aware vs best text-index chain,");
       held_out({role::text_sized}, {role::text_chain});
@@ -452,6 +460,12 @@ int decode(std::size_t threads, std::size_t n_prompts, std::size_t max_new, std:
                       shape.branching > 1 ? role::model_tree : role::model_chain);
         const auto log = std::make_shared<plan_log>();
         tree_config("tree hardware-aware", model(), logged_policy{sized, log}, role::model_sized);
+        specdec::hardware_aware_tree model_only = sized;
+        model_only.realised_steps = 0;
+        model_only.switch_margin = 0.0;
+        const auto model_only_log = std::make_shared<plan_log>();
+        tree_config("tree hardware-aware, model alone", model(), logged_policy{model_only, model_only_log},
+                    role::model_only);
         const auto text_log = std::make_shared<plan_log>();
         if (text) {
           const auto index = [&] { return std::make_shared<specdec::text_index_drafter>(big.vocab_size()); };
@@ -474,6 +488,7 @@ int decode(std::size_t threads, std::size_t n_prompts, std::size_t max_new, std:
         const std::vector<totals> rows = run_all(configs, prompts, runs, greedy);
         print_totals(std::string(names[workload]) + " (" + pair_name + ")", temperature, rows);
         print_plans("  hardware-aware", *log);
+        print_plans("  hardware-aware by its model alone", *model_only_log);
         if (text) print_plans("  text-index hardware-aware", *text_log);
       }
     }

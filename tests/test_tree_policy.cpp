@@ -324,8 +324,8 @@ TEST(hardware_aware_tree, online_curve_estimate_blends_the_start_up_ratio_with_t
 // A start-up curve measured on a loaded host made 5-8 rows look 1.5x as dear as they are:
 // the policy plans small trees at first, then, from the forwards it runs (its own plans
 // and the neighbour sizes it explores), learns the host's curve and ends on the plan the
-// true curve gives (hysteresis off: with it the plan may stop within switch_margin of
-// that, see the hysteresis test).
+// true curve gives (the model's own plan: no hysteresis, which may stop within
+// switch_margin of it, and no rivals measured against it; see their tests).
 TEST(hardware_aware_tree, a_distorted_start_up_curve_is_corrected_by_the_forwards_it_runs) {
   std::vector<double> truth, distorted;
   for (std::size_t rows = 1; rows <= 13; ++rows) {
@@ -335,7 +335,7 @@ TEST(hardware_aware_tree, a_distorted_start_up_curve_is_corrected_by_the_forward
   const specdec::hardware_aware_tree knobs{.verify_cost = truth, .max_nodes = 12, .max_depth = 12,
                                            .max_branching = 2, .prior_table = table(12, 0.75, 0.25),
                                            .level_drafter = false, .target_token_seconds = 1e-3,
-                                           .switch_margin = 0.0};  // to the exact best: no hysteresis
+                                           .switch_margin = 0.0, .rival_band = 0.0};  // the model's own plan
   specdec::hardware_aware_tree true_host = knobs;
   true_host.learn_curve = false;
   const specdec::tree_plan best = true_host.plan();
@@ -398,7 +398,7 @@ TEST(hardware_aware_tree, explores_a_neighbouring_size_only_until_its_cost_is_me
                                            .max_branching = 1, .prior_table = table(8, 0.5, 0.25),
                                            .decay = 1.0, .level_drafter = false, .learn_costs = false,
                                            .target_token_seconds = 1e-3, .explore_every = 2,
-                                           .explore_until = 4.0};
+                                           .explore_until = 4.0, .rival_band = 0.0};  // explorations only
   const auto explorations = [&](specdec::hardware_aware_tree p, int steps) {
     expect_plan(p.plan(), 5, 5, 1);
     std::size_t n = 0;
@@ -541,7 +541,8 @@ TEST(hardware_aware_tree, changes_among_measured_chain_lengths_only_for_more_tha
   const specdec::hardware_aware_tree knobs{.verify_cost = cost, .max_nodes = 5, .max_depth = 5, .max_branching = 1,
                                            .prior_table = table(5, 0.6, 0.3), .decay = 1.0,
                                            .level_drafter = false, .learn_costs = false, .replan_every = 1,
-                                           .target_token_seconds = 1e-3, .explore_every = 0, .explore_until = 1.0};
+                                           .target_token_seconds = 1e-3, .explore_every = 0, .explore_until = 1.0,
+                                           .rival_band = 0.0};  // the model's plan, no rivals measured
   const auto run = [&](double margin, std::vector<double> ratios) {
     specdec::hardware_aware_tree p = knobs;
     p.switch_margin = margin;
@@ -560,6 +561,53 @@ TEST(hardware_aware_tree, changes_among_measured_chain_lengths_only_for_more_tha
   EXPECT_EQ(run(0.02, {1.13, 1.0}), (std::vector<std::size_t>{3, 4}));
   EXPECT_EQ(run(0.0, {1.13, 1.0}), (std::vector<std::size_t>{4, 4}));
   EXPECT_THROW((void)(specdec::hardware_aware_tree{.verify_cost = cost, .max_nodes = 5, .switch_margin = -0.1}.plan()),
+               specdec::invalid_argument);
+}
+
+// Rival chain lengths measured: the costs of the test above before any forward was
+// observed, acceptance pinned at 0.6 (a prior that weighs 1e9 verdicts), no decay. The
+// model's best chain, 3 nodes (2.176 tokens for 1.1: 1.978), has one rival within
+// rival_band = 5 %: 4 nodes (2.3056 for 1.17: 1.971; 2 nodes, 1.867, is outside). Each is
+// measured for 8 steps (3 first), then each decision takes the higher expected tokens
+// per measured second of step, every 8th the other one. A draft model's tokens per step
+// are the model's: with 4 nodes timed at 1 ms a step and 3 at 1.1 ms, 4 runs in
+// 8 + 80 - 10 = 78 of 96 steps; timed at 1.3 ms, in 8 + 10 = 18. An id-only drafter's are
+// the realised ones: 3 tokens a step with 4 nodes against 2 with 3, both in 1.1 ms, 78.
+TEST(hardware_aware_tree, measures_the_chain_lengths_the_model_rates_alike_and_keeps_the_faster) {
+  const specdec::hardware_aware_tree knobs{.verify_cost = {1.0, 1.02, 1.05, 1.1, 1.17, 2.0}, .max_nodes = 5,
+                                           .max_depth = 5, .max_branching = 1, .prior_table = table(5, 0.6, 0.3),
+                                           .prior_weight = 1e9, .decay = 1.0, .learn_costs = false,
+                                           .replan_every = 1, .target_token_seconds = 1e-3, .learn_curve = false};
+  specdec::token_tree chain;
+  chain.add(1);
+  for (std::int32_t j = 0; j < 3; ++j) chain.add(static_cast<specdec::token_id>(j + 2), j);
+  const std::vector<std::size_t> one{0}, two{0, 1};
+  const auto stream = [&](specdec::hardware_aware_tree p, double seconds_4, bool two_with_4) {
+    std::size_t fours = 0;
+    for (int s = 0; s < 96; ++s) {
+      const specdec::tree_plan q = p.plan();
+      EXPECT_TRUE(q.nodes == 3 || q.nodes == 4) << q.nodes;
+      EXPECT_EQ(q.branching, 1u);
+      const bool four = q.nodes == 4;
+      fours += four ? 1 : 0;
+      p.observe(chain, four && two_with_4 ? two : one);
+      p.observe_cost({.nodes = q.nodes, .target_rows = q.nodes + 1, .target_seconds = four ? seconds_4 : 1.1e-3});
+    }
+    return fours;
+  };
+  EXPECT_EQ(stream(knobs, 1e-3, false), 78u);
+  EXPECT_EQ(stream(knobs, 1.3e-3, false), 18u);
+  specdec::hardware_aware_tree off = knobs;
+  off.rival_band = 0.0;
+  EXPECT_EQ(stream(off, 1e-3, false), 0u);  // the model's chain of 3 alone
+  specdec::hardware_aware_tree ids = knobs;
+  ids.level_drafter = false;
+  // 4 nodes: 3 tokens in 1.1 ms (2.73 per ms) against 3 nodes' 2 in 1.1 ms (1.82).
+  EXPECT_EQ(stream(ids, 1.1e-3, true), 78u);
+  // Equal tokens, equal time: the model's own chain keeps the ties.
+  EXPECT_EQ(stream(ids, 1.1e-3, false), 18u);
+  EXPECT_THROW((void)(specdec::hardware_aware_tree{.verify_cost = curve(9, 0.1), .max_nodes = 8, .rival_band = -1.0}
+                          .plan()),
                specdec::invalid_argument);
 }
 

@@ -186,6 +186,16 @@ concept cost_observing_policy = tree_sizing_policy<P> && requires(P& p, const tr
 /// the other arm once, so that the loser's rate stays measured and the policy changes its
 /// mind when the text does.
 ///
+/// Chain lengths the model rates alike, measured (`rival_band`): with realised rates on,
+/// the chains one node shorter and longer than the model's best chain whose modelled
+/// rates are within `rival_band` of it are its rivals. Each is planned for
+/// `realised_steps` steps, then the chain with the most expected tokens per measured
+/// second of step (decayed mean over the steps planned at that length; the tokens are
+/// the model's for a draft model, which drafts what was planned, and the realised ones
+/// for an id-only drafter, which may draft less), every `recheck_every`-th decision
+/// another one in turn. The step's own costs that the model splits into forwards and
+/// rows are measured whole here.
+///
 /// Hysteresis (`switch_margin`): once both forward sizes are measured (`explore_until`
 /// forwards of each observed), a new search replaces the plan of its class by one of the
 /// same branching only if the new one's rate beats the old one's (as modelled now) by
@@ -260,6 +270,11 @@ struct hardware_aware_tree {
   /// A new plan of the same branching replaces the old one only if its modelled rate is
   /// higher by this fraction of the old one's (see the struct comment). >= 0.
   double switch_margin = 0.02;
+  /// With realised rates on (`realised_steps`), the chains one node shorter and longer
+  /// than the model's best chain whose modelled rates are within this fraction of it are
+  /// its rivals, and measured step times decide among them (see the struct comment); 0:
+  /// none. >= 0.
+  double rival_band = 0.05;
   /// Context classes (`plan(context)`): class k holds the contexts c with
   /// context_bounds[k - 1] <= c < context_bounds[k] (class 0: c < context_bounds[0]), each
   /// with its own acceptance estimates and plan; strictly increasing; empty: one class.
@@ -296,6 +311,7 @@ struct hardware_aware_tree {
     detail::check_non_negative("hardware_aware_tree.tree_margin", tree_margin);
     detail::check_non_negative("hardware_aware_tree.realised_margin", realised_margin);
     detail::check_non_negative("hardware_aware_tree.switch_margin", switch_margin);
+    detail::check_non_negative("hardware_aware_tree.rival_band", rival_band);
     for (std::size_t k = 1; k < context_bounds.size(); ++k)
       if (context_bounds[k] <= context_bounds[k - 1])
         detail::fail_knob("hardware_aware_tree.context_bounds[" + std::to_string(k) + "]",
@@ -377,12 +393,17 @@ struct hardware_aware_tree {
       const bool same_knobs = c.valid && c.key == c.scratch;
       c.plan = settle(same_knobs, c.plan, search(any, any));
       c.chain = c.plan.branching > 1 ? settle(same_knobs, c.chain, search(any, 1)) : c.plan;
+      find_rivals(c);
       c.key.swap(c.scratch);
       c.version = learnt.version;
       c.valid = true;
     }
-    const tree_plan p = measured_arm(c);
-    learnt.tree_arm = p.nodes > 0 && p.branching > 1;
+    const auto remember = [&](const tree_plan& q) {
+      learnt.tree_arm = q.nodes > 0 && q.branching > 1;
+      learnt.planned = q.nodes;
+      return q;
+    };
+    const tree_plan p = remember(measured_arm(c));
     if (p.nodes > 0) {
       if (!learn_curve || !(target_token_seconds > 0.0) || explore_every == 0 || ++c.drafting < explore_every)
         return p;
@@ -401,10 +422,7 @@ struct hardware_aware_tree {
         const std::size_t n = k % 2 == 0 ? p.nodes + step : p.nodes - std::min(step, p.nodes);
         if (n >= 1 && n <= max_nodes && n != p.nodes && observed_forwards(n + 1) < explore_until) {
           const choice e = search(n, shapes, false, plan_cost);
-          if (e.plan.nodes > 0 && e.rate >= 0.95 * best_rate) {
-            learnt.tree_arm = e.plan.branching > 1;
-            return e.plan;
-          }
+          if (e.plan.nodes > 0 && e.rate >= 0.95 * best_rate) return remember(e.plan);
         }
       }
       return p;
@@ -412,9 +430,7 @@ struct hardware_aware_tree {
     if (probe_every == 0) return p;
     if (++c.idle < probe_every) return p;
     c.idle = 0;
-    const tree_plan probe = search(any, any, false).plan;
-    learnt.tree_arm = probe.branching > 1;
-    return probe;
+    return remember(search(any, any, false).plan);
   }
 
   /// The realised rate (committed tokens per second of step time) of the steps planned as
@@ -517,6 +533,15 @@ struct hardware_aware_tree {
       double tokens = 0.0, seconds = 0.0, steps = 0.0;
       [[nodiscard]] double rate() const noexcept { return seconds > 0.0 ? tokens / seconds : 0.0; }
     } realised[2]{};
+    std::vector<arm> lengths{};  ///< the same per planned chain length (nodes; 0: no draft)
+    /// The model's best chain and its rivals (`rival_band`), with their expected tokens per
+    /// step; empty: no rivals.
+    struct candidate {
+      tree_plan plan;
+      double tokens = 0.0;
+    };
+    std::vector<candidate> candidates{};
+    std::size_t measured = 0;  ///< decisions among the candidates
     std::vector<double> key{}, scratch{};
   };
   struct learned {
@@ -528,6 +553,7 @@ struct hardware_aware_tree {
     std::size_t version = 0;  ///< observed steps
     mutable std::size_t context = 0;  ///< the class of the last plan's context
     mutable bool tree_arm = false;    ///< the last plan has branches
+    mutable std::size_t planned = 0;  ///< the last plan's nodes
     std::size_t step_tokens = 1;      ///< the last verified path's length + 1
     mutable std::vector<plan_cache> cache{};  ///< per context class
   } learnt{};
@@ -537,6 +563,7 @@ struct hardware_aware_tree {
   struct choice {
     tree_plan plan;
     double rate = 0.0;
+    double tokens = 0.0;  ///< expected tokens per step (accepted + 1)
   };
 
   /// Every knob the search reads, flattened (a changed knob means a new search).
@@ -546,7 +573,7 @@ struct hardware_aware_tree {
                      static_cast<double>(max_branching), prior, prior_weight, level_drafter ? 1.0 : 0.0,
                      learn_costs ? 1.0 : 0.0, target_token_seconds, static_cast<double>(prior_table.size()),
                      learn_curve ? 1.0 : 0.0, curve_weight, static_cast<double>(explore_every), explore_until,
-                     tree_margin, switch_margin})
+                     tree_margin, switch_margin, rival_band})
       k.push_back(x);
     for (std::size_t b : context_bounds) k.push_back(static_cast<double>(b));
     for (const auto& row : prior_table) {
@@ -575,14 +602,63 @@ struct hardware_aware_tree {
   /// The plan of class c as the realised rates allow it (see the struct comment): the
   /// model's tree, or its best chain.
   [[nodiscard]] tree_plan measured_arm(plan_cache& c) const {
-    if (c.plan.branching == 1 || c.plan.nodes == 0 || realised_steps == 0 || !(target_token_seconds > 0.0))
-      return c.plan;
+    if (realised_steps == 0 || !(target_token_seconds > 0.0)) return c.plan;
+    if (c.plan.branching == 1 || c.plan.nodes == 0) return measured_chain(c);
     const double need = static_cast<double>(realised_steps);
-    if (c.realised[0].steps < need) return c.chain;  // the chain first: a cold start costs no tree
+    if (c.realised[0].steps < need) return measured_chain(c);  // the chain first: a cold start costs no tree
     if (c.realised[1].steps < need) return c.plan;
     const bool tree_wins = c.realised[1].rate() > c.realised[0].rate() * (1.0 + realised_margin);
     const bool recheck = recheck_every > 0 && ++c.decided % recheck_every == 0;
-    return tree_wins != recheck ? c.plan : c.chain;
+    return tree_wins != recheck ? c.plan : measured_chain(c);
+  }
+
+  /// The chain of class c among the model's best and its rivals: each measured for
+  /// `realised_steps` steps first, then the one whose expected tokens per measured second
+  /// of step is highest, every `recheck_every`-th decision another one in turn.
+  [[nodiscard]] tree_plan measured_chain(plan_cache& c) const {
+    const std::size_t k = c.candidates.size();
+    if (k < 2) return c.chain;
+    const auto arm_of = [&](std::size_t nodes) -> const plan_cache::arm& {
+      static const plan_cache::arm none{};
+      return nodes < c.lengths.size() ? c.lengths[nodes] : none;
+    };
+    for (const auto& x : c.candidates)
+      if (arm_of(x.plan.nodes).steps < static_cast<double>(realised_steps)) return x.plan;
+    std::size_t best = 0;
+    double best_rate = 0.0;
+    for (std::size_t i = 0; i < k; ++i) {
+      const plan_cache::arm& a = arm_of(c.candidates[i].plan.nodes);
+      // A draft model drafts the planned chain, so its tokens per step are the model's (far
+      // less noisy than the realised ones); an id-only drafter may draft less than planned.
+      const double tokens = level_drafter ? c.candidates[i].tokens : a.tokens / a.steps;
+      const double r = a.seconds > 0.0 ? tokens * a.steps / a.seconds : 0.0;
+      if (r > best_rate) {
+        best = i;
+        best_rate = r;
+      }
+    }
+    if (recheck_every > 0 && ++c.measured % recheck_every == 0)
+      best = (best + 1 + (c.measured / recheck_every) % (k - 1)) % k;
+    return c.candidates[best].plan;
+  }
+
+  /// The rivals of class c's best chain (`rival_band`): the chains one node shorter and
+  /// longer whose modelled rates are within the band of it.
+  void find_rivals(plan_cache& c) const {
+    c.candidates.clear();
+    if (realised_steps == 0 || !(target_token_seconds > 0.0) || !(rival_band > 0.0)) return;
+    const std::size_t n = c.chain.nodes, longest = std::min(max_nodes, max_depth);
+    const choice mine = search(n, 1, n == 0);
+    if (!(mine.rate > 0.0)) return;
+    c.candidates.push_back({c.chain, mine.tokens});
+    for (std::size_t m : {n - 1, n + 1}) {
+      if (n == 0 && m != 1) continue;  // n - 1 wrapped
+      if (m > longest) continue;
+      const choice r = search(m, 1, m == 0);
+      if (r.plan.nodes == m && r.rate > 0.0 && r.rate * (1.0 + rival_band) >= mine.rate)
+        c.candidates.push_back({r.plan, r.tokens});
+    }
+    if (c.candidates.size() < 2) c.candidates.clear();
   }
 
   /// Adds a plain step to its arm's realised rate in the class of the last plan (a tree
@@ -598,6 +674,16 @@ struct hardware_aware_tree {
     a.seconds = decay * a.seconds + seconds;
     a.steps = decay * a.steps + 1.0;
     learnt.step_tokens = 1;
+    // A chain step also counts for the length planned (whatever the drafter made of it).
+    if (learnt.tree_arm) return;
+    std::vector<plan_cache::arm>& lengths = learnt.cache[learnt.context].lengths;
+    if (lengths.size() <= learnt.planned) lengths.resize(learnt.planned + 1);
+    plan_cache::arm& l = lengths[learnt.planned];
+    double s = c.target_seconds + c.draft_seconds + c.other_seconds;
+    if (l.steps > 0.0) s = std::min(s, 2.0 * l.seconds / l.steps);
+    l.tokens = decay * l.tokens + tokens;
+    l.seconds = decay * l.seconds + s;
+    l.steps = decay * l.steps + 1.0;
   }
 
   [[nodiscard]] double acceptance_in(std::size_t cls, std::size_t d, std::size_t r) const {
@@ -710,15 +796,15 @@ struct hardware_aware_tree {
     std::vector<double> cost(max_nodes + 1);
     for (std::size_t n = 0; n <= max_nodes; ++n) cost[n] = curve_at(n);
     if (only_nodes != any) cost[only_nodes] = std::min(cost[only_nodes], cost_cap);
-    const auto step_rate = [&](std::size_t n, double value, std::size_t forwards) {
-      return (value + 1.0) / (cost[n] + c_d * static_cast<double>(forwards) + c_o * static_cast<double>(n + 1));
-    };
     choice best{{}, 0.0}, chain{{}, 0.0};  // chain: the best without branches (no draft included)
-    const auto consider = [&](const tree_plan& p, double r) {
-      if (r > best.rate * (1.0 + 1e-9)) best = {p, r};
-      if (p.branching == 1 && r > chain.rate * (1.0 + 1e-9)) chain = {p, r};
+    const auto consider = [&](const tree_plan& p, double value, std::size_t forwards) {
+      const std::size_t n = p.nodes;
+      const double r =
+          (value + 1.0) / (cost[n] + c_d * static_cast<double>(forwards) + c_o * static_cast<double>(n + 1));
+      if (r > best.rate * (1.0 + 1e-9)) best = {p, r, value + 1.0};
+      if (p.branching == 1 && r > chain.rate * (1.0 + 1e-9)) chain = {p, r, value + 1.0};
     };
-    if (none && (only_nodes == any || only_nodes == 0)) consider({}, step_rate(0, 0.0, 0));
+    if (none && (only_nodes == any || only_nodes == 0)) consider({}, 0.0, 0);
     if (only_nodes == 0) return best;
     const std::size_t n_lo = only_nodes == any ? 1 : only_nodes, n_hi = only_nodes == any ? max_nodes : only_nodes;
     growth g;
@@ -726,7 +812,7 @@ struct hardware_aware_tree {
       if (!level_drafter) {
         grow(a, b, depth_max, 0, n_hi, g);
         for (std::size_t n = n_lo; n <= n_hi; ++n)
-          if (g.height[n] > 0) consider({n, g.height[n], b}, step_rate(n, g.value[n], 0));
+          if (g.height[n] > 0) consider({n, g.height[n], b}, g.value[n], 0);
         continue;
       }
       for (std::size_t cap = 1; cap <= depth_max; ++cap) {
@@ -744,7 +830,7 @@ struct hardware_aware_tree {
           if (lo > hi) continue;
           grow(a, b, cap, w, hi, g);
           for (std::size_t n = lo; n <= hi; ++n)
-            if (g.forwards[n] > 0) consider({n, cap, b}, step_rate(n, g.value[n], g.forwards[n]));
+            if (g.forwards[n] > 0) consider({n, cap, b}, g.value[n], g.forwards[n]);
         }
       }
     }
