@@ -356,8 +356,8 @@ void print_plans(const char* what, const plan_log& log) {
   std::printf(", a(0, r) =");
   for (std::size_t r = 1; r < 4; ++r) std::printf(" %.2f", h.acceptance(0, r));
   std::printf(", draft forward %.3f, overhead %.4f per row (target tokens)\n", h.draft_forward_cost(), h.row_overhead());
-  std::printf("  realised tokens per CPU second, chains %.0f, trees %.0f (context class 0)\n", h.realised_rate(false),
-              h.realised_rate(true));
+  std::printf("  realised tokens per target-token time, chains %.2f, trees %.2f (context class 0)\n",
+              h.realised_rate(false), h.realised_rate(true));
   for (std::size_t k = 0; k < h.context_bounds.size(); ++k) {  // per context class (a text index's match length)
     std::printf("  after a match of %zu+ tokens: a(d, 0) =", h.context_bounds[k]);
     for (std::size_t d = 0; d < 12; d += d < 4 ? 1 : 4) std::printf(" %zu: %.2f", d, h.acceptance(d, 0, h.context_bounds[k]));

@@ -175,8 +175,9 @@ concept cost_observing_policy = tree_sizing_policy<P> && requires(P& p, const tr
 ///
 /// Trees against chains, measured (`realised_steps`): the model can be wrong in ways it
 /// cannot see, so where it plans a tree, the realised rate decides. Each context class
-/// keeps, from `observe_cost`, the committed tokens per second of step time (target,
-/// draft and the step's own work, each step capped at twice its arm's mean) of the steps
+/// keeps, from `observe_cost`, the committed tokens per step time (target, draft and the
+/// step's own work, over the running t(1) then, so that a host slower for a while as a
+/// whole charges no arm; each step capped at twice its arm's mean) of the steps
 /// it planned as chains (no draft included) and of those it planned as trees, decayed by
 /// `decay` per step of that arm. With timings (`target_token_seconds > 0`) a tree the
 /// model prefers is planned only after `realised_steps` (decayed) chain steps and then as
@@ -190,7 +191,7 @@ concept cost_observing_policy = tree_sizing_policy<P> && requires(P& p, const tr
 /// the chains one node shorter and longer than the model's best chain whose modelled
 /// rates are within `rival_band` of it are its rivals. Each is planned for
 /// `realised_steps` steps, then the chain with the most expected tokens per measured
-/// second of step (decayed mean over the steps planned at that length; the tokens are
+/// step time (decayed mean over the steps planned at that length; the tokens are
 /// the model's for a draft model, which drafts what was planned, and the realised ones
 /// for an id-only drafter, which may draft less), every `recheck_every`-th decision
 /// another one in turn. The step's own costs that the model splits into forwards and
@@ -433,9 +434,10 @@ struct hardware_aware_tree {
     return remember(search(any, any, false).plan);
   }
 
-  /// The realised rate (committed tokens per second of step time) of the steps planned as
-  /// chains (arm 0, no draft included) or as trees (arm 1) in the class of `context` (see
-  /// the struct comment); 0 until such a step was observed.
+  /// The realised rate (committed tokens per step time, in units of the running t(1) at
+  /// each step, or seconds while `target_token_seconds` is 0) of the steps planned as
+  /// chains (no draft included) or as trees in the class of `context` (see the struct
+  /// comment); 0 until such a step was observed.
   [[nodiscard]] double realised_rate(bool trees, std::size_t context = 0) const {
     const std::size_t cls = context_class(context);
     return cls < learnt.cache.size() ? learnt.cache[cls].realised[trees ? 1 : 0].rate() : 0.0;
@@ -532,6 +534,14 @@ struct hardware_aware_tree {
     struct arm {
       double tokens = 0.0, seconds = 0.0, steps = 0.0;
       [[nodiscard]] double rate() const noexcept { return seconds > 0.0 ? tokens / seconds : 0.0; }
+      /// One step, the older ones decayed; as for the costs, a step the machine stalled
+      /// counts at most twice the mean.
+      void add(double step_tokens, double step_seconds, double decay) noexcept {
+        if (steps > 0.0) step_seconds = std::min(step_seconds, 2.0 * seconds / steps);
+        tokens = decay * tokens + step_tokens;
+        seconds = decay * seconds + step_seconds;
+        steps = decay * steps + 1.0;
+      }
     } realised[2]{};
     std::vector<arm> lengths{};  ///< the same per planned chain length (nodes; 0: no draft)
     /// The model's best chain and its rivals (`rival_band`), with their expected tokens per
@@ -665,25 +675,18 @@ struct hardware_aware_tree {
   /// plan whose draft came out empty counts as a tree step of one token).
   void realise(const tree_step_cost& c) {
     if (learnt.cache.size() <= learnt.context) learnt.cache.resize(learnt.context + 1);
-    plan_cache::arm& a = learnt.cache[learnt.context].realised[learnt.tree_arm ? 1 : 0];
+    plan_cache& k = learnt.cache[learnt.context];
     const double tokens = c.nodes > 0 ? static_cast<double>(learnt.step_tokens) : 1.0;
-    double seconds = c.target_seconds + c.draft_seconds + c.other_seconds;
-    // As for the costs: a step the machine stalled counts at most twice its arm's mean.
-    if (a.steps > 0.0) seconds = std::min(seconds, 2.0 * a.seconds / a.steps);
-    a.tokens = decay * a.tokens + tokens;
-    a.seconds = decay * a.seconds + seconds;
-    a.steps = decay * a.steps + 1.0;
+    // In units of the running t(1): a shared host that slows down for a while as a whole
+    // (another process on the core's sibling, say) charges no arm that ran then.
+    const double t1 = target_token_seconds > 0.0 ? token_seconds() : 1.0;
+    const double seconds = (c.target_seconds + c.draft_seconds + c.other_seconds) / t1;
     learnt.step_tokens = 1;
+    k.realised[learnt.tree_arm ? 1 : 0].add(tokens, seconds, decay);
     // A chain step also counts for the length planned (whatever the drafter made of it).
     if (learnt.tree_arm) return;
-    std::vector<plan_cache::arm>& lengths = learnt.cache[learnt.context].lengths;
-    if (lengths.size() <= learnt.planned) lengths.resize(learnt.planned + 1);
-    plan_cache::arm& l = lengths[learnt.planned];
-    double s = c.target_seconds + c.draft_seconds + c.other_seconds;
-    if (l.steps > 0.0) s = std::min(s, 2.0 * l.seconds / l.steps);
-    l.tokens = decay * l.tokens + tokens;
-    l.seconds = decay * l.seconds + s;
-    l.steps = decay * l.steps + 1.0;
+    if (k.lengths.size() <= learnt.planned) k.lengths.resize(learnt.planned + 1);
+    k.lengths[learnt.planned].add(tokens, seconds, decay);
   }
 
   [[nodiscard]] double acceptance_in(std::size_t cls, std::size_t d, std::size_t r) const {
