@@ -372,6 +372,8 @@ void print_plans(const char* what, const plan_log& log) {
   // growing linearly in the rows), with what it learnt here.
   specdec::hardware_aware_tree cheap = h;
   cheap.learn_curve = false;  // that host's curve, not the one learnt here
+  cheap.realised_steps = 0;   // nor the rates realised here: the model's plan for that host
+  cheap.switch_margin = 0.0;
   for (std::size_t n = 1; n <= cheap.verify_cost.size(); ++n)
     cheap.verify_cost[n - 1] = 1.0 + 0.5 * static_cast<double>(n - 1) / 15.0;
   const specdec::tree_plan q = cheap.plan();
