@@ -578,7 +578,8 @@ TEST(hardware_aware_tree, measures_the_chain_lengths_the_model_rates_alike_and_k
   const specdec::hardware_aware_tree knobs{.verify_cost = {1.0, 1.02, 1.05, 1.1, 1.17, 2.0}, .max_nodes = 5,
                                            .max_depth = 5, .max_branching = 1, .prior_table = table(5, 0.6, 0.3),
                                            .prior_weight = 1e9, .decay = 1.0, .learn_costs = false,
-                                           .replan_every = 1, .target_token_seconds = 1e-3, .learn_curve = false};
+                                           .replan_every = 1, .target_token_seconds = 1e-3, .learn_curve = false,
+                                           .rival_band = 0.05};
   specdec::token_tree chain;
   chain.add(1);
   for (std::int32_t j = 0; j < 3; ++j) chain.add(static_cast<specdec::token_id>(j + 2), j);

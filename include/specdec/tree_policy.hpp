@@ -274,8 +274,9 @@ struct hardware_aware_tree {
   /// With realised rates on (`realised_steps`), the chains one node shorter and longer
   /// than the model's best chain whose modelled rates are within this fraction of it are
   /// its rivals, and measured step times decide among them (see the struct comment); 0:
-  /// none. >= 0.
-  double rival_band = 0.05;
+  /// none (the default: measuring each rival costs steps that a run as long as
+  /// bench_tree's did not win back, e.g. 0.05). >= 0.
+  double rival_band = 0.0;
   /// Context classes (`plan(context)`): class k holds the contexts c with
   /// context_bounds[k - 1] <= c < context_bounds[k] (class 0: c < context_bounds[0]), each
   /// with its own acceptance estimates and plan; strictly increasing; empty: one class.
