@@ -28,7 +28,8 @@
 //    whether every output equals autoregressive greedy's. Configurations: the chain engine
 //    (speculative_decoder, gamma 1-8), the tree decoder with fixed shapes (up to 32 nodes
 //    of depth 8, the most tokens per target call) and with
-//    `measure_tree_policy`'s hardware-aware sizing, and on the repetitive workloads the
+//    `measure_tree_policy`'s hardware-aware sizing (and the same deciding by its model
+//    alone: no realised-rate gate, no hysteresis), and on the repetitive workloads the
 //    text-index drafter alone (chains, trees, hardware-aware; kjv pair only, it needs no
 //    draft) and combined with the draft model. The hardware-aware policies carry what
 //    they learnt across generations (`carry_over`). Each table ends with the hardware-aware
@@ -147,8 +148,10 @@ std::shared_ptr<const specdec::cpu::checkpoint> kjv_little() {
 }
 
 /// What a configuration is, for the comparisons: the baseline, a chain, a fixed tree, or
-/// the hardware-aware policy, with a draft model or with the text index (or both).
-enum class role { baseline, model_chain, model_tree, model_sized, text_chain, text_tree, text_sized, combined };
+/// the hardware-aware policy, with a draft model or with the text index (or both);
+/// model_only: the hardware-aware policy deciding by its model alone (no realised-rate gate,
+/// no hysteresis), beside the real one, so the table shows what measurement adds.
+enum class role { baseline, model_chain, model_tree, model_sized, model_only, text_chain, text_tree, text_sized, combined };
 
 /// One configuration's totals over a prompt set.
 struct totals {
@@ -293,6 +296,7 @@ void print_totals(const std::string& title, float temperature, const std::vector
   };
   const totals* model_chain = fastest(rows, {role::model_chain});
   versus("hardware-aware vs best model chain", fastest(rows, {role::model_sized}), model_chain);
+  versus("hardware-aware by its model alone vs best model chain", fastest(rows, {role::model_only}), model_chain);
   versus("best fixed tree vs best model chain", fastest(rows, {role::model_tree}), model_chain);
   versus("text-index hardware-aware vs best text-index chain", fastest(rows, {role::text_sized}),
          fastest(rows, {role::text_chain}));
@@ -323,6 +327,10 @@ void print_totals(const std::string& title, float temperature, const std::vector
     };
     std::printf("hardware-aware vs best model chain,");
     held_out({role::model_sized}, {role::model_chain});
+    if (fastest(rows, {role::model_only})) {
+      std::printf("hardware-aware by its model alone vs best model chain,");
+      held_out({role::model_only}, {role::model_chain});
+    }
     if (fastest(rows, {role::text_sized})) {
       std::printf("text-index hardware-aware vs best text-index chain,");
       held_out({role::text_sized}, {role::text_chain});
@@ -348,6 +356,8 @@ void print_plans(const char* what, const plan_log& log) {
   std::printf(", a(0, r) =");
   for (std::size_t r = 1; r < 4; ++r) std::printf(" %.2f", h.acceptance(0, r));
   std::printf(", draft forward %.3f, overhead %.4f per row (target tokens)\n", h.draft_forward_cost(), h.row_overhead());
+  std::printf("  realised tokens per target-token time, chains %.2f, trees %.2f (context class 0)\n",
+              h.realised_rate(false), h.realised_rate(true));
   for (std::size_t k = 0; k < h.context_bounds.size(); ++k) {  // per context class (a text index's match length)
     std::printf("  after a match of %zu+ tokens: a(d, 0) =", h.context_bounds[k]);
     for (std::size_t d = 0; d < 12; d += d < 4 ? 1 : 4) std::printf(" %zu: %.2f", d, h.acceptance(d, 0, h.context_bounds[k]));
@@ -362,6 +372,8 @@ void print_plans(const char* what, const plan_log& log) {
   // growing linearly in the rows), with what it learnt here.
   specdec::hardware_aware_tree cheap = h;
   cheap.learn_curve = false;  // that host's curve, not the one learnt here
+  cheap.realised_steps = 0;   // nor the rates realised here: the model's plan for that host
+  cheap.switch_margin = 0.0;
   for (std::size_t n = 1; n <= cheap.verify_cost.size(); ++n)
     cheap.verify_cost[n - 1] = 1.0 + 0.5 * static_cast<double>(n - 1) / 15.0;
   const specdec::tree_plan q = cheap.plan();
@@ -450,6 +462,12 @@ int decode(std::size_t threads, std::size_t n_prompts, std::size_t max_new, std:
                       shape.branching > 1 ? role::model_tree : role::model_chain);
         const auto log = std::make_shared<plan_log>();
         tree_config("tree hardware-aware", model(), logged_policy{sized, log}, role::model_sized);
+        specdec::hardware_aware_tree model_only = sized;
+        model_only.realised_steps = 0;
+        model_only.switch_margin = 0.0;
+        const auto model_only_log = std::make_shared<plan_log>();
+        tree_config("tree hardware-aware, model alone", model(), logged_policy{model_only, model_only_log},
+                    role::model_only);
         const auto text_log = std::make_shared<plan_log>();
         if (text) {
           const auto index = [&] { return std::make_shared<specdec::text_index_drafter>(big.vocab_size()); };
@@ -472,6 +490,7 @@ int decode(std::size_t threads, std::size_t n_prompts, std::size_t max_new, std:
         const std::vector<totals> rows = run_all(configs, prompts, runs, greedy);
         print_totals(std::string(names[workload]) + " (" + pair_name + ")", temperature, rows);
         print_plans("  hardware-aware", *log);
+        print_plans("  hardware-aware by its model alone", *model_only_log);
         if (text) print_plans("  text-index hardware-aware", *text_log);
       }
     }

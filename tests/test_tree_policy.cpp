@@ -238,7 +238,8 @@ TEST(hardware_aware_tree, online_acceptance_estimates_converge_and_follow_a_chan
 TEST(hardware_aware_tree, online_cost_estimates_converge_and_change_the_plan) {
   specdec::hardware_aware_tree p{.verify_cost = {1.0, 1.0, 1.0, 1.0}, .draft_cost = 0.1, .max_nodes = 3,
                                  .max_depth = 3, .max_branching = 2, .prior_table = table(3, 0.7, 0.2),
-                                 .target_token_seconds = 0.8e-3, .learn_curve = false, .tree_margin = 0.0};
+                                 .target_token_seconds = 0.8e-3, .learn_curve = false, .tree_margin = 0.0,
+                                 .realised_steps = 0};  // the model's plan, not the realised rates
   expect_plan(p.plan(), 3, 2, 2);
   EXPECT_NEAR(p.token_seconds(), 0.8e-3, 1e-15);
   EXPECT_NEAR(p.draft_forward_cost(), 0.1, 1e-12);
@@ -323,7 +324,8 @@ TEST(hardware_aware_tree, online_curve_estimate_blends_the_start_up_ratio_with_t
 // A start-up curve measured on a loaded host made 5-8 rows look 1.5x as dear as they are:
 // the policy plans small trees at first, then, from the forwards it runs (its own plans
 // and the neighbour sizes it explores), learns the host's curve and ends on the plan the
-// true curve gives.
+// true curve gives (the model's own plan: no hysteresis, which may stop within
+// switch_margin of it, and no rivals measured against it; see their tests).
 TEST(hardware_aware_tree, a_distorted_start_up_curve_is_corrected_by_the_forwards_it_runs) {
   std::vector<double> truth, distorted;
   for (std::size_t rows = 1; rows <= 13; ++rows) {
@@ -332,7 +334,8 @@ TEST(hardware_aware_tree, a_distorted_start_up_curve_is_corrected_by_the_forward
   }
   const specdec::hardware_aware_tree knobs{.verify_cost = truth, .max_nodes = 12, .max_depth = 12,
                                            .max_branching = 2, .prior_table = table(12, 0.75, 0.25),
-                                           .level_drafter = false, .target_token_seconds = 1e-3};
+                                           .level_drafter = false, .target_token_seconds = 1e-3,
+                                           .switch_margin = 0.0, .rival_band = 0.0};  // the model's own plan
   specdec::hardware_aware_tree true_host = knobs;
   true_host.learn_curve = false;
   const specdec::tree_plan best = true_host.plan();
@@ -395,7 +398,7 @@ TEST(hardware_aware_tree, explores_a_neighbouring_size_only_until_its_cost_is_me
                                            .max_branching = 1, .prior_table = table(8, 0.5, 0.25),
                                            .decay = 1.0, .level_drafter = false, .learn_costs = false,
                                            .target_token_seconds = 1e-3, .explore_every = 2,
-                                           .explore_until = 4.0};
+                                           .explore_until = 4.0, .rival_band = 0.0};  // explorations only
   const auto explorations = [&](specdec::hardware_aware_tree p, int steps) {
     expect_plan(p.plan(), 5, 5, 1);
     std::size_t n = 0;
@@ -454,6 +457,159 @@ TEST(hardware_aware_tree, plans_each_context_class_by_its_own_acceptance) {
   EXPECT_EQ(one.acceptance(0, 0, 3), one.acceptance(0, 0, 12));
   EXPECT_THROW((void)(specdec::hardware_aware_tree{.verify_cost = curve(9, 0.05), .max_nodes = 8,
                                                    .context_bounds = {4, 4}}.plan()),
+               specdec::invalid_argument);
+}
+
+// The realised rates overrule the model. The free drafter of the first test (the model's
+// plan: the tree {3, 2, 2}, its best chain {3, 3, 1}), its acceptance pinned (a prior that
+// weighs 1e9 verdicts), no decay, no exploration. A synthetic stream commits `tokens` per
+// step in `seconds`: the first 8 steps are the chain (a cold start costs no tree), the
+// next 8 the tree; from then on every decision goes to the faster arm, except every 8th,
+// which plays the other. Over 96 steps: a tree that commits 2 tokens in 1.2 ms against
+// the chain's 2 in 1 ms runs in 8 + 80 / 8 = 18 steps; one that commits 3 tokens in
+// 1.1 ms runs in 8 + 80 - 10 = 78.
+TEST(hardware_aware_tree, a_tree_the_model_prefers_runs_only_while_its_realised_rate_beats_the_chain) {
+  const specdec::hardware_aware_tree knobs{.verify_cost = {1.0, 1.02, 1.05, 1.1, 1.8}, .max_nodes = 4,
+                                           .max_depth = 4, .max_branching = 2, .prior_table = table(4, 0.6, 0.3),
+                                           .prior_weight = 1e9, .decay = 1.0, .level_drafter = false,
+                                           .learn_costs = false, .replan_every = 1, .target_token_seconds = 1e-3,
+                                           .learn_curve = false, .tree_margin = 0.0};
+  specdec::token_tree t;
+  t.add(1);
+  t.add(2, 0);
+  t.add(3, 1);
+  const std::vector<std::size_t> one{0}, two{0, 1};
+  // Runs `steps` steps; returns how many were trees, and checks every plan is one of the two.
+  const auto stream = [&](specdec::hardware_aware_tree& p, int steps, double tree_seconds, bool tree_two) {
+    std::size_t trees = 0;
+    for (int s = 0; s < steps; ++s) {
+      const specdec::tree_plan q = p.plan();
+      const bool tree = q.branching > 1;
+      if (tree) expect_plan(q, 3, 2, 2);
+      else expect_plan(q, 3, 3, 1);
+      trees += tree ? 1 : 0;
+      p.observe(t, tree && tree_two ? two : one);
+      p.observe_cost({.nodes = 3, .target_rows = 4, .target_seconds = tree ? tree_seconds : 1e-3});
+    }
+    return trees;
+  };
+  specdec::hardware_aware_tree slower = knobs;
+  EXPECT_EQ(stream(slower, 96, 1.2e-3, false), 18u);
+  // Tokens per step time in units of t(1) = 1 ms (learn_costs is off).
+  EXPECT_NEAR(slower.realised_rate(false), 2.0, 1e-9);
+  EXPECT_NEAR(slower.realised_rate(true), 2.0 / 1.2, 1e-9);
+  specdec::hardware_aware_tree faster = knobs;
+  EXPECT_EQ(stream(faster, 96, 1.1e-3, true), 78u);
+  EXPECT_NEAR(faster.realised_rate(true), 3.0 / 1.1, 1e-9);
+  // A tree 1 % faster than the chain is within realised_margin (2 %): it runs only in its
+  // first 8 steps and the 10 rechecks.
+  specdec::hardware_aware_tree close = knobs;
+  EXPECT_EQ(stream(close, 96, 1e-3 / 1.01, false), 18u);
+  // Without timings, or with realised_steps = 0, the model alone decides.
+  specdec::hardware_aware_tree untimed = knobs;
+  untimed.target_token_seconds = 0.0;
+  EXPECT_EQ(stream(untimed, 20, 1.2e-3, false), 20u);
+  specdec::hardware_aware_tree off = knobs;
+  off.realised_steps = 0;
+  EXPECT_EQ(stream(off, 20, 1.2e-3, false), 20u);
+  // When the text changes, the rechecks let it change its mind: with decay 0.9 per step of
+  // an arm, a tree that turns from slower to faster is back in most steps within 100.
+  specdec::hardware_aware_tree changing = knobs;
+  changing.decay = 0.9;
+  EXPECT_LE(stream(changing, 200, 1.2e-3, false), 40u);
+  (void)stream(changing, 100, 1.1e-3, true);
+  EXPECT_GE(stream(changing, 40, 1.1e-3, true), 34u);
+  // A stalled step counts at most twice its arm's mean: one 50 ms chain step does not
+  // turn the decision to the slower tree.
+  specdec::hardware_aware_tree stalled = knobs;
+  EXPECT_EQ(stream(stalled, 16, 1.2e-3, false), 8u);
+  stalled.observe(t, one);
+  (void)stalled.plan();
+  stalled.observe_cost({.nodes = 3, .target_rows = 4, .target_seconds = 50e-3});
+  EXPECT_GT(stalled.realised_rate(false), stalled.realised_rate(true));
+}
+
+// Hysteresis among measured chain lengths: a(d, 0) = 0.6, verify cost 1, 1.02, 1.05, 1.1,
+// 1.17, 2 (0-5 nodes), no draft cost. The chain of 3 (2.176 / 1.1 = 1.978) leads the chain
+// of 4 (2.3056 / 1.17 = 1.971). Once both sizes are measured (one forward each, at its
+// start-up ratio), forwards of 5 rows timed at 1.13 and then 1.0 tokens bring r(5) to
+// (1.17 + 1.17 + 1.13) / 3 = 1.1567 (4 nodes: 1.993, 0.8 % above the chain of 3) and then
+// to 4.47 / 4 = 1.1175 (2.063, 4.3 % above): with switch_margin = 2 % the plan stays the
+// chain of 3 after the first and moves to the chain of 4 after the second; without, it
+// moves at once.
+TEST(hardware_aware_tree, changes_among_measured_chain_lengths_only_for_more_than_the_switch_margin) {
+  std::vector<double> cost{1.0, 1.02, 1.05, 1.1, 1.17, 2.0};
+  const specdec::hardware_aware_tree knobs{.verify_cost = cost, .max_nodes = 5, .max_depth = 5, .max_branching = 1,
+                                           .prior_table = table(5, 0.6, 0.3), .decay = 1.0,
+                                           .level_drafter = false, .learn_costs = false, .replan_every = 1,
+                                           .target_token_seconds = 1e-3, .explore_every = 0, .explore_until = 1.0,
+                                           .rival_band = 0.0};  // the model's plan, no rivals measured
+  const auto run = [&](double margin, std::vector<double> ratios) {
+    specdec::hardware_aware_tree p = knobs;
+    p.switch_margin = margin;
+    // Both sizes measured at their start-up ratios: the curve, and so the plan, unchanged.
+    p.observe_cost({.nodes = 3, .target_rows = 4, .target_seconds = 1.1e-3});
+    expect_plan(p.plan(), 3, 3, 1);
+    p.observe_cost({.nodes = 4, .target_rows = 5, .target_seconds = 1.17e-3});
+    expect_plan(p.plan(), 3, 3, 1);
+    std::vector<std::size_t> plans;
+    for (double x : ratios) {
+      p.observe_cost({.nodes = 4, .target_rows = 5, .target_seconds = x * 1e-3});
+      plans.push_back(p.plan().nodes);
+    }
+    return plans;
+  };
+  EXPECT_EQ(run(0.02, {1.13, 1.0}), (std::vector<std::size_t>{3, 4}));
+  EXPECT_EQ(run(0.0, {1.13, 1.0}), (std::vector<std::size_t>{4, 4}));
+  EXPECT_THROW((void)(specdec::hardware_aware_tree{.verify_cost = cost, .max_nodes = 5, .switch_margin = -0.1}.plan()),
+               specdec::invalid_argument);
+}
+
+// Rival chain lengths measured: the costs of the test above before any forward was
+// observed, acceptance pinned at 0.6 (a prior that weighs 1e9 verdicts), no decay. The
+// model's best chain, 3 nodes (2.176 tokens for 1.1: 1.978), has one rival within
+// rival_band = 5 %: 4 nodes (2.3056 for 1.17: 1.971; 2 nodes, 1.867, is outside). Each is
+// measured for 8 steps (3 first), then each decision takes the higher expected tokens
+// per measured second of step, every 8th the other one. A draft model's tokens per step
+// are the model's: with 4 nodes timed at 1 ms a step and 3 at 1.1 ms, 4 runs in
+// 8 + 80 - 10 = 78 of 96 steps; timed at 1.3 ms, in 8 + 10 = 18. An id-only drafter's are
+// the realised ones: 3 tokens a step with 4 nodes against 2 with 3, both in 1.1 ms, 78.
+TEST(hardware_aware_tree, measures_the_chain_lengths_the_model_rates_alike_and_keeps_the_faster) {
+  const specdec::hardware_aware_tree knobs{.verify_cost = {1.0, 1.02, 1.05, 1.1, 1.17, 2.0}, .max_nodes = 5,
+                                           .max_depth = 5, .max_branching = 1, .prior_table = table(5, 0.6, 0.3),
+                                           .prior_weight = 1e9, .decay = 1.0, .learn_costs = false,
+                                           .replan_every = 1, .target_token_seconds = 1e-3, .learn_curve = false,
+                                           .rival_band = 0.05};
+  specdec::token_tree chain;
+  chain.add(1);
+  for (std::int32_t j = 0; j < 3; ++j) chain.add(static_cast<specdec::token_id>(j + 2), j);
+  const std::vector<std::size_t> one{0}, two{0, 1};
+  const auto stream = [&](specdec::hardware_aware_tree p, double seconds_4, bool two_with_4) {
+    std::size_t fours = 0;
+    for (int s = 0; s < 96; ++s) {
+      const specdec::tree_plan q = p.plan();
+      EXPECT_TRUE(q.nodes == 3 || q.nodes == 4) << q.nodes;
+      EXPECT_EQ(q.branching, 1u);
+      const bool four = q.nodes == 4;
+      fours += four ? 1 : 0;
+      p.observe(chain, four && two_with_4 ? two : one);
+      p.observe_cost({.nodes = q.nodes, .target_rows = q.nodes + 1, .target_seconds = four ? seconds_4 : 1.1e-3});
+    }
+    return fours;
+  };
+  EXPECT_EQ(stream(knobs, 1e-3, false), 78u);
+  EXPECT_EQ(stream(knobs, 1.3e-3, false), 18u);
+  specdec::hardware_aware_tree off = knobs;
+  off.rival_band = 0.0;
+  EXPECT_EQ(stream(off, 1e-3, false), 0u);  // the model's chain of 3 alone
+  specdec::hardware_aware_tree ids = knobs;
+  ids.level_drafter = false;
+  // 4 nodes: 3 tokens in 1.1 ms (2.73 per ms) against 3 nodes' 2 in 1.1 ms (1.82).
+  EXPECT_EQ(stream(ids, 1.1e-3, true), 78u);
+  // Equal tokens, 4 nodes slower: 18.
+  EXPECT_EQ(stream(ids, 1.3e-3, false), 18u);
+  EXPECT_THROW((void)(specdec::hardware_aware_tree{.verify_cost = curve(9, 0.1), .max_nodes = 8, .rival_band = -1.0}
+                          .plan()),
                specdec::invalid_argument);
 }
 

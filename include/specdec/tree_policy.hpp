@@ -173,6 +173,36 @@ concept cost_observing_policy = tree_sizing_policy<P> && requires(P& p, const tr
 /// more verdicts than a sibling's: where the tree's edge is within that error, the chain
 /// is the safer plan.
 ///
+/// Trees against chains, measured (`realised_steps`): the model can be wrong in ways it
+/// cannot see, so where it plans a tree, the realised rate decides. Each context class
+/// keeps, from `observe_cost`, the committed tokens per step time (target, draft and the
+/// step's own work, over the running t(1) then, so that a host slower for a while as a
+/// whole charges no arm; each step capped at twice its arm's mean) of the steps
+/// it planned as chains (no draft included) and of those it planned as trees, decayed by
+/// `decay` per step of that arm. With timings (`target_token_seconds > 0`) a tree the
+/// model prefers is planned only after `realised_steps` (decayed) chain steps and then as
+/// many tree steps were measured (the chain first: a cold start costs no tree), and from
+/// then on only while the trees' realised rate beats the chains' by `realised_margin`;
+/// else the model's best chain is planned. Every `recheck_every`-th such decision plays
+/// the other arm once, so that the loser's rate stays measured and the policy changes its
+/// mind when the text does.
+///
+/// Chain lengths the model rates alike, measured (`rival_band`): with realised rates on,
+/// the chains one node shorter and longer than the model's best chain whose modelled
+/// rates are within `rival_band` of it are its rivals. Each is planned for
+/// `realised_steps` steps, then the chain with the most expected tokens per measured
+/// step time (decayed mean over the steps planned at that length; the tokens are
+/// the model's for a draft model, which drafts what was planned, and the realised ones
+/// for an id-only drafter, which may draft less), every `recheck_every`-th decision
+/// another one in turn. The step's own costs that the model splits into forwards and
+/// rows are measured whole here.
+///
+/// Hysteresis (`switch_margin`): once both forward sizes are measured (`explore_until`
+/// forwards of each observed), a new search replaces the plan of its class by one of the
+/// same branching only if the new one's rate beats the old one's (as modelled now) by
+/// `switch_margin` of it: chain lengths whose rates differ by less than the step-time
+/// noise they are learnt from do not take turns.
+///
 /// Example: with verify_cost = {1, 1.02, 1.05, 1.1, 1.8}, no draft cost, a(d, 0) = 0.6
 /// and a(d, 1) = 0.3, a chain of 3 emits 1 + 0.6 + 0.36 + 0.216 = 2.18 tokens for 1.1
 /// (1.98 per token-time), a tree of both children of the root and one grandchild
@@ -230,6 +260,23 @@ struct hardware_aware_tree {
   /// A plan with branches must beat the best chain (or no draft) by this fraction of its
   /// rate, else the chain is planned (see the struct comment). >= 0.
   double tree_margin = 0.1;
+  /// Measured chain and tree steps (decayed) each arm needs before the realised rates
+  /// decide between them (see the struct comment); 0: the model alone decides.
+  std::size_t realised_steps = 8;
+  /// A tree is planned only while its realised rate beats the chain's by this fraction. >= 0.
+  double realised_margin = 0.02;
+  /// Every this-many-th decision between a tree and the chain plays the losing arm, so
+  /// its rate stays measured; 0: never (the loser keeps its last rate).
+  std::size_t recheck_every = 8;
+  /// A new plan of the same branching replaces the old one only if its modelled rate is
+  /// higher by this fraction of the old one's (see the struct comment). >= 0.
+  double switch_margin = 0.02;
+  /// With realised rates on (`realised_steps`), the chains one node shorter and longer
+  /// than the model's best chain whose modelled rates are within this fraction of it are
+  /// its rivals, and measured step times decide among them (see the struct comment); 0:
+  /// none (the default: measuring each rival costs steps that a run as long as
+  /// bench_tree's did not win back, e.g. 0.05). >= 0.
+  double rival_band = 0.0;
   /// Context classes (`plan(context)`): class k holds the contexts c with
   /// context_bounds[k - 1] <= c < context_bounds[k] (class 0: c < context_bounds[0]), each
   /// with its own acceptance estimates and plan; strictly increasing; empty: one class.
@@ -264,6 +311,9 @@ struct hardware_aware_tree {
     if (replan_every == 0) detail::fail_knob("hardware_aware_tree.replan_every", "0", ">= 1 (1: every step)");
     detail::check_non_negative("hardware_aware_tree.explore_until", explore_until);
     detail::check_non_negative("hardware_aware_tree.tree_margin", tree_margin);
+    detail::check_non_negative("hardware_aware_tree.realised_margin", realised_margin);
+    detail::check_non_negative("hardware_aware_tree.switch_margin", switch_margin);
+    detail::check_non_negative("hardware_aware_tree.rival_band", rival_band);
     for (std::size_t k = 1; k < context_bounds.size(); ++k)
       if (context_bounds[k] <= context_bounds[k - 1])
         detail::fail_knob("hardware_aware_tree.context_bounds[" + std::to_string(k) + "]",
@@ -342,36 +392,56 @@ struct hardware_aware_tree {
     knob_key(c.scratch);
     if (!(c.valid && c.key == c.scratch && learnt.version - c.version < replan_every)) {
       validate();
-      c.plan = search(any, any).plan;
+      const bool same_knobs = c.valid && c.key == c.scratch;
+      c.plan = settle(same_knobs, c.plan, search(any, any));
+      c.chain = c.plan.branching > 1 ? settle(same_knobs, c.chain, search(any, 1)) : c.plan;
+      find_rivals(c);
       c.key.swap(c.scratch);
       c.version = learnt.version;
       c.valid = true;
     }
-    if (c.plan.nodes > 0) {
+    const auto remember = [&](const tree_plan& q) {
+      learnt.tree_arm = q.nodes > 0 && q.branching > 1;
+      learnt.planned = q.nodes;
+      return q;
+    };
+    const tree_plan p = remember(measured_arm(c));
+    if (p.nodes > 0) {
       if (!learn_curve || !(target_token_seconds > 0.0) || explore_every == 0 || ++c.drafting < explore_every)
-        return c.plan;
+        return p;
       c.drafting = 0;
       // The neighbour sizes in turn: +1, -1, +2, -2 nodes (those within [1, max_nodes]),
       // each only if it could win: were its forward to cost no more than the plan's, it
       // would be within 5 % of the plan's rate (a bigger tree usually is; a tree that is
-      // worse whatever its forward costs is not worth a step).
-      const double best_rate = search(c.plan.nodes, c.plan.branching, false).rate;
-      const double plan_cost = curve_at(c.plan.nodes);
+      // worse whatever its forward costs is not worth a step). Trees only while the
+      // realised rates allow them.
+      const std::size_t shapes = p.branching == 1 ? 1 : any;
+      const double best_rate = search(p.nodes, p.branching, false).rate;
+      const double plan_cost = curve_at(p.nodes);
       for (std::size_t tries = 0; tries < 4; ++tries) {
         const std::size_t k = c.explored++ % 4;
         const std::size_t step = k / 2 + 1;
-        const std::size_t n = k % 2 == 0 ? c.plan.nodes + step : c.plan.nodes - std::min(step, c.plan.nodes);
-        if (n >= 1 && n <= max_nodes && n != c.plan.nodes && observed_forwards(n + 1) < explore_until) {
-          const choice e = search(n, any, false, plan_cost);
-          if (e.plan.nodes > 0 && e.rate >= 0.95 * best_rate) return e.plan;
+        const std::size_t n = k % 2 == 0 ? p.nodes + step : p.nodes - std::min(step, p.nodes);
+        if (n >= 1 && n <= max_nodes && n != p.nodes && observed_forwards(n + 1) < explore_until) {
+          const choice e = search(n, shapes, false, plan_cost);
+          if (e.plan.nodes > 0 && e.rate >= 0.95 * best_rate) return remember(e.plan);
         }
       }
-      return c.plan;
+      return p;
     }
-    if (probe_every == 0) return c.plan;
-    if (++c.idle < probe_every) return c.plan;
+    if (probe_every == 0) return p;
+    if (++c.idle < probe_every) return p;
     c.idle = 0;
-    return search(any, any, false).plan;
+    return remember(search(any, any, false).plan);
+  }
+
+  /// The realised rate (committed tokens per step time, in units of the running t(1) at
+  /// each step, or seconds while `target_token_seconds` is 0) of the steps planned as
+  /// chains (no draft included) or as trees in the class of `context` (see the struct
+  /// comment); 0 until such a step was observed.
+  [[nodiscard]] double realised_rate(bool trees, std::size_t context = 0) const {
+    const std::size_t cls = context_class(context);
+    return cls < learnt.cache.size() ? learnt.cache[cls].realised[trees ? 1 : 0].rate() : 0.0;
   }
 
   /// Counts, for every child of the root and of each accepted node, one trial at its
@@ -379,6 +449,7 @@ struct hardware_aware_tree {
   /// in the class of the last plan's context.
   void observe(const token_tree& t, std::span<const std::size_t> path) {
     ++learnt.version;
+    learnt.step_tokens = path.size() + 1;
     const std::size_t cls = learnt.context;
     for (auto* m : {&learnt.trials, &learnt.hits}) {
       if (m->size() <= cls) m->resize(cls + 1);
@@ -403,17 +474,18 @@ struct hardware_aware_tree {
   }
 
   /// Re-estimates t(1), c_d and c_o (`learn_costs`) and r(rows) (`learn_curve`) from a
-  /// plain step's timing (target_rows == nodes + 1, within the curve); ignores other
-  /// steps, and every step unless `target_token_seconds > 0`.
+  /// plain step's timing (target_rows == nodes + 1, within the curve), and the realised
+  /// rate of the last plan's arm (`realised_steps`); ignores other steps, and learns no
+  /// cost unless `target_token_seconds > 0`.
   void observe_cost(const tree_step_cost& c) {
     const std::size_t rows = c.target_rows;
-    if (!(learn_costs || learn_curve) || !(target_token_seconds > 0.0) || rows != c.nodes + 1 ||
-        rows > verify_cost.size())
-      return;
+    if (rows != c.nodes + 1 || rows > verify_cost.size()) return;
     if (!(c.target_seconds > 0.0) || !std::isfinite(c.target_seconds) || !(c.draft_seconds >= 0.0) ||
         !std::isfinite(c.draft_seconds) || !(c.other_seconds >= 0.0) || !std::isfinite(c.other_seconds))
       return;
     learned& l = learnt;
+    if (realised_steps > 0) realise(c);  // read by the gate every call, not by the search
+    if (!(learn_costs || learn_curve) || !(target_token_seconds > 0.0)) return;
     ++l.version;
     // A step's sample counts at most `spike` times the running estimate: a shared
     // machine that takes the core away mid-forward must not make a cost look dear for
@@ -455,7 +527,32 @@ struct hardware_aware_tree {
     std::size_t idle = 0;      ///< no-draft plans returned in a row
     std::size_t drafting = 0;  ///< drafting plans returned since the last exploration
     std::size_t explored = 0;  ///< explorations so far (which neighbour is next)
+    std::size_t decided = 0;   ///< decisions between a tree and the chain by realised rate
     tree_plan plan{};
+    tree_plan chain{};  ///< the best chain (or no draft) when `plan` is a tree, else `plan`
+    /// Decayed committed tokens, step seconds and steps of the steps planned as chains
+    /// (no draft included) and as trees.
+    struct arm {
+      double tokens = 0.0, seconds = 0.0, steps = 0.0;
+      [[nodiscard]] double rate() const noexcept { return seconds > 0.0 ? tokens / seconds : 0.0; }
+      /// One step, the older ones decayed; as for the costs, a step the machine stalled
+      /// counts at most twice the mean.
+      void add(double step_tokens, double step_seconds, double decay) noexcept {
+        if (steps > 0.0) step_seconds = std::min(step_seconds, 2.0 * seconds / steps);
+        tokens = decay * tokens + step_tokens;
+        seconds = decay * seconds + step_seconds;
+        steps = decay * steps + 1.0;
+      }
+    } realised[2]{};
+    std::vector<arm> lengths{};  ///< the same per planned chain length (nodes; 0: no draft)
+    /// The model's best chain and its rivals (`rival_band`), with their expected tokens per
+    /// step; empty: no rivals.
+    struct candidate {
+      tree_plan plan;
+      double tokens = 0.0;
+    };
+    std::vector<candidate> candidates{};
+    std::size_t measured = 0;  ///< decisions among the candidates
     std::vector<double> key{}, scratch{};
   };
   struct learned {
@@ -466,6 +563,9 @@ struct hardware_aware_tree {
     std::vector<double> curve_sum, curve_steps;  ///< per size (rows - 1): decayed observed ratios, their count
     std::size_t version = 0;  ///< observed steps
     mutable std::size_t context = 0;  ///< the class of the last plan's context
+    mutable bool tree_arm = false;    ///< the last plan has branches
+    mutable std::size_t planned = 0;  ///< the last plan's nodes
+    std::size_t step_tokens = 1;      ///< the last verified path's length + 1
     mutable std::vector<plan_cache> cache{};  ///< per context class
   } learnt{};
 
@@ -474,6 +574,7 @@ struct hardware_aware_tree {
   struct choice {
     tree_plan plan;
     double rate = 0.0;
+    double tokens = 0.0;  ///< expected tokens per step (accepted + 1)
   };
 
   /// Every knob the search reads, flattened (a changed knob means a new search).
@@ -483,13 +584,110 @@ struct hardware_aware_tree {
                      static_cast<double>(max_branching), prior, prior_weight, level_drafter ? 1.0 : 0.0,
                      learn_costs ? 1.0 : 0.0, target_token_seconds, static_cast<double>(prior_table.size()),
                      learn_curve ? 1.0 : 0.0, curve_weight, static_cast<double>(explore_every), explore_until,
-                     tree_margin})
+                     tree_margin, switch_margin, rival_band})
       k.push_back(x);
     for (std::size_t b : context_bounds) k.push_back(static_cast<double>(b));
     for (const auto& row : prior_table) {
       k.push_back(static_cast<double>(row.size()));
       k.insert(k.end(), row.begin(), row.end());
     }
+  }
+
+  static bool same(const tree_plan& a, const tree_plan& b) noexcept {
+    return a.nodes == b.nodes && a.depth == b.depth && a.branching == b.branching;
+  }
+
+  /// Hysteresis (`switch_margin`): `found` replaces `old`, a plan of the same branching
+  /// searched with the same knobs, only if its rate beats old's by the margin, or if the
+  /// forward size of either is not yet measured (`explore_until` forwards of it observed;
+  /// the plan must be free to move while the curve is being learnt).
+  [[nodiscard]] tree_plan settle(bool same_knobs, const tree_plan& old, const choice& found) const {
+    if (!same_knobs || !(switch_margin > 0.0) || same(old, found.plan) || old.branching != found.plan.branching ||
+        old.nodes > max_nodes || observed_forwards(old.nodes + 1) < std::max(explore_until, 1.0) ||
+        observed_forwards(found.plan.nodes + 1) < std::max(explore_until, 1.0))
+      return found.plan;
+    const choice kept = search(old.nodes, old.branching, old.nodes == 0);
+    return kept.rate > 0.0 && found.rate <= kept.rate * (1.0 + switch_margin) ? kept.plan : found.plan;
+  }
+
+  /// The plan of class c as the realised rates allow it (see the struct comment): the
+  /// model's tree, or its best chain.
+  [[nodiscard]] tree_plan measured_arm(plan_cache& c) const {
+    if (realised_steps == 0 || !(target_token_seconds > 0.0)) return c.plan;
+    if (c.plan.branching == 1 || c.plan.nodes == 0) return measured_chain(c);
+    const double need = static_cast<double>(realised_steps);
+    if (c.realised[0].steps < need) return measured_chain(c);  // the chain first: a cold start costs no tree
+    if (c.realised[1].steps < need) return c.plan;
+    const bool tree_wins = c.realised[1].rate() > c.realised[0].rate() * (1.0 + realised_margin);
+    const bool recheck = recheck_every > 0 && ++c.decided % recheck_every == 0;
+    return tree_wins != recheck ? c.plan : measured_chain(c);
+  }
+
+  /// The chain of class c among the model's best and its rivals: each measured for
+  /// `realised_steps` steps first, then the one whose expected tokens per measured second
+  /// of step is highest, every `recheck_every`-th decision another one in turn.
+  [[nodiscard]] tree_plan measured_chain(plan_cache& c) const {
+    const std::size_t k = c.candidates.size();
+    if (k < 2) return c.chain;
+    const auto arm_of = [&](std::size_t nodes) -> const plan_cache::arm& {
+      static const plan_cache::arm none{};
+      return nodes < c.lengths.size() ? c.lengths[nodes] : none;
+    };
+    for (const auto& x : c.candidates)
+      if (arm_of(x.plan.nodes).steps < static_cast<double>(realised_steps)) return x.plan;
+    std::size_t best = 0;
+    double best_rate = 0.0;
+    for (std::size_t i = 0; i < k; ++i) {
+      const plan_cache::arm& a = arm_of(c.candidates[i].plan.nodes);
+      // A draft model drafts the planned chain, so its tokens per step are the model's (far
+      // less noisy than the realised ones); an id-only drafter may draft less than planned.
+      const double tokens = level_drafter ? c.candidates[i].tokens : a.tokens / a.steps;
+      const double r = a.seconds > 0.0 ? tokens * a.steps / a.seconds : 0.0;
+      if (r > best_rate) {
+        best = i;
+        best_rate = r;
+      }
+    }
+    if (recheck_every > 0 && ++c.measured % recheck_every == 0)
+      best = (best + 1 + (c.measured / recheck_every) % (k - 1)) % k;
+    return c.candidates[best].plan;
+  }
+
+  /// The rivals of class c's best chain (`rival_band`): the chains one node shorter and
+  /// longer whose modelled rates are within the band of it.
+  void find_rivals(plan_cache& c) const {
+    c.candidates.clear();
+    if (realised_steps == 0 || !(target_token_seconds > 0.0) || !(rival_band > 0.0)) return;
+    const std::size_t n = c.chain.nodes, longest = std::min(max_nodes, max_depth);
+    const choice mine = search(n, 1, n == 0);
+    if (!(mine.rate > 0.0)) return;
+    c.candidates.push_back({c.chain, mine.tokens});
+    for (std::size_t m : {n - 1, n + 1}) {
+      if (n == 0 && m != 1) continue;  // n - 1 wrapped
+      if (m > longest) continue;
+      const choice r = search(m, 1, m == 0);
+      if (r.plan.nodes == m && r.rate > 0.0 && r.rate * (1.0 + rival_band) >= mine.rate)
+        c.candidates.push_back({r.plan, r.tokens});
+    }
+    if (c.candidates.size() < 2) c.candidates.clear();
+  }
+
+  /// Adds a plain step to its arm's realised rate in the class of the last plan (a tree
+  /// plan whose draft came out empty counts as a tree step of one token).
+  void realise(const tree_step_cost& c) {
+    if (learnt.cache.size() <= learnt.context) learnt.cache.resize(learnt.context + 1);
+    plan_cache& k = learnt.cache[learnt.context];
+    const double tokens = c.nodes > 0 ? static_cast<double>(learnt.step_tokens) : 1.0;
+    // In units of the running t(1): a shared host that slows down for a while as a whole
+    // (another process on the core's sibling, say) charges no arm that ran then.
+    const double t1 = target_token_seconds > 0.0 ? token_seconds() : 1.0;
+    const double seconds = (c.target_seconds + c.draft_seconds + c.other_seconds) / t1;
+    learnt.step_tokens = 1;
+    k.realised[learnt.tree_arm ? 1 : 0].add(tokens, seconds, decay);
+    // A chain step also counts for the length planned (whatever the drafter made of it).
+    if (learnt.tree_arm) return;
+    if (k.lengths.size() <= learnt.planned) k.lengths.resize(learnt.planned + 1);
+    k.lengths[learnt.planned].add(tokens, seconds, decay);
   }
 
   [[nodiscard]] double acceptance_in(std::size_t cls, std::size_t d, std::size_t r) const {
@@ -602,15 +800,15 @@ struct hardware_aware_tree {
     std::vector<double> cost(max_nodes + 1);
     for (std::size_t n = 0; n <= max_nodes; ++n) cost[n] = curve_at(n);
     if (only_nodes != any) cost[only_nodes] = std::min(cost[only_nodes], cost_cap);
-    const auto step_rate = [&](std::size_t n, double value, std::size_t forwards) {
-      return (value + 1.0) / (cost[n] + c_d * static_cast<double>(forwards) + c_o * static_cast<double>(n + 1));
-    };
     choice best{{}, 0.0}, chain{{}, 0.0};  // chain: the best without branches (no draft included)
-    const auto consider = [&](const tree_plan& p, double r) {
-      if (r > best.rate * (1.0 + 1e-9)) best = {p, r};
-      if (p.branching == 1 && r > chain.rate * (1.0 + 1e-9)) chain = {p, r};
+    const auto consider = [&](const tree_plan& p, double value, std::size_t forwards) {
+      const std::size_t n = p.nodes;
+      const double r =
+          (value + 1.0) / (cost[n] + c_d * static_cast<double>(forwards) + c_o * static_cast<double>(n + 1));
+      if (r > best.rate * (1.0 + 1e-9)) best = {p, r, value + 1.0};
+      if (p.branching == 1 && r > chain.rate * (1.0 + 1e-9)) chain = {p, r, value + 1.0};
     };
-    if (none && (only_nodes == any || only_nodes == 0)) consider({}, step_rate(0, 0.0, 0));
+    if (none && (only_nodes == any || only_nodes == 0)) consider({}, 0.0, 0);
     if (only_nodes == 0) return best;
     const std::size_t n_lo = only_nodes == any ? 1 : only_nodes, n_hi = only_nodes == any ? max_nodes : only_nodes;
     growth g;
@@ -618,18 +816,27 @@ struct hardware_aware_tree {
       if (!level_drafter) {
         grow(a, b, depth_max, 0, n_hi, g);
         for (std::size_t n = n_lo; n <= n_hi; ++n)
-          if (g.height[n] > 0) consider({n, g.height[n], b}, step_rate(n, g.value[n], 0));
+          if (g.height[n] > 0) consider({n, g.height[n], b}, g.value[n], 0);
         continue;
       }
-      for (std::size_t cap = 1; cap <= depth_max; ++cap)
-        for (std::size_t w = 1; (w - 1) * cap < n_hi; ++w) {
+      for (std::size_t cap = 1; cap <= depth_max; ++cap) {
+        // No tree of branching b and height cap holds more than b + b^2 + ... + b^cap
+        // nodes: larger N are unreachable, and growing towards them is wasted work.
+        std::size_t top = 0;
+        for (std::size_t k = 0, level = 1; k < cap && top < n_hi; ++k) {
+          level = std::min(level * b, n_hi);
+          top += level;
+        }
+        top = std::min(top, n_hi);
+        for (std::size_t w = 1; (w - 1) * cap < top; ++w) {
           // The nodes N whose round width ceil(N / cap) is w.
-          const std::size_t lo = std::max(n_lo, (w - 1) * cap + 1), hi = std::min(n_hi, w * cap);
+          const std::size_t lo = std::max(n_lo, (w - 1) * cap + 1), hi = std::min(top, w * cap);
           if (lo > hi) continue;
           grow(a, b, cap, w, hi, g);
           for (std::size_t n = lo; n <= hi; ++n)
-            if (g.forwards[n] > 0) consider({n, cap, b}, step_rate(n, g.value[n], g.forwards[n]));
+            if (g.forwards[n] > 0) consider({n, cap, b}, g.value[n], g.forwards[n]);
         }
+      }
     }
     if (only_branching == any && best.plan.branching > 1 && chain.rate > 0.0 &&
         best.rate < chain.rate * (1.0 + tree_margin))
