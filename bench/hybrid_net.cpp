@@ -362,9 +362,10 @@ int main(int argc, char** argv) try {
   std::ostream& out = o.csv.empty() ? std::cout : file;
   ::signal(SIGPIPE, SIG_IGN);
 
-  transformer little(o.models + "/kjv-little.bin", {.threads = 1, .format = o.draft_format});
+  const specdec::cpu::transformer_options device_options{.threads = 1, .format = o.draft_format};
+  transformer little(o.models + "/kjv-little.bin", device_options);
   transformer big(o.models + "/kjv-big.bin", {.threads = 1});
-  transformer sim_little(o.models + "/kjv-little.bin", {.threads = 1, .format = o.draft_format});
+  transformer sim_little(o.models + "/kjv-little.bin", device_options);
   const specdec::cpu::tokenizer tok(o.models + "/kjv2k-tokenizer.bin", little.vocab_size());
   std::vector<std::vector<token_id>> prompts;
   for (const auto& text : specdec::bench::held_out_prompts(o.models + "/kjv_val_openings.tsv", o.prompts, o.words))
@@ -601,8 +602,7 @@ int main(int argc, char** argv) try {
   for (std::size_t repeat = 0; repeat < o.load_repeats; ++repeat)
   for (const std::size_t n : o.clients) {
     if (n == 0) continue;  // --clients 0: no load test
-    while (drafts.size() < n) drafts.push_back(std::make_unique<transformer>(
-        o.models + "/kjv-little.bin", specdec::cpu::transformer_options{.threads = 1, .format = o.draft_format}));
+    while (drafts.size() < n) drafts.push_back(std::make_unique<transformer>(o.models + "/kjv-little.bin", device_options));
     for (const bool split : {true, false}) {
       cell c;
       c.section = o.server_cpu >= 0 ? "load_pinned" : "load";

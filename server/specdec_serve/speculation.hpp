@@ -55,8 +55,9 @@ namespace specdec::serve {
 ///   where the announcement decides (every R up to a few dozen rows). The knee where the
 ///   forward turns from streaming weights to compute-bound lies there, between row counts
 ///   the announcement compares (S sessions x 2 rows against S x 3);
-/// - online observations: one exponentially weighted mean of measured over calibrated
-///   time (the load level), and one mean (rows, seconds) per power-of-two bucket of rows.
+/// - online observations: with a shape, one exponentially weighted mean of measured over
+///   calibrated time (the load level); without, one mean (rows, seconds) per
+///   power-of-two bucket of rows.
 ///
 /// With a shape, t(R) is the shape times the load level: the level is learnt online while
 /// the knee stays where it was measured. One level for all rows, because a ratio per
@@ -70,7 +71,8 @@ class cost_curve {
   static constexpr std::size_t buckets = 24;
 
   /// Sets the calibrated shape from (rows, seconds) timings: their lower convex hull, made
-  /// non-decreasing from the right (read like `hybrid::step_time_at`). A forward's time is flat while it
+  /// non-decreasing from the right (read like `hybrid::step_time_at`); call it before
+  /// observing (observations without a shape feed only the buckets). A forward's time is flat while it
   /// streams its weights and grows linearly once compute-bound, a convex curve, and a
   /// shared host's other tenants only ever add time: one timing taken during a burst would
   /// otherwise put a bump in the curve (and a knee where there is none) for good, since
@@ -95,15 +97,16 @@ class cost_curve {
   /// averaged plainly, later ones weighted by `weight` (recent load counts).
   void observe(std::size_t rows, double seconds, double weight = 0.1) {
     if (rows == 0 || !(seconds >= 0.0) || !std::isfinite(seconds)) return;
+    if (const double base = hybrid::step_time_at(shape_, static_cast<double>(rows)); base > 0.0) {
+      ++level_n_;  // with a shape only the level is read
+      level_ += std::max(weight, 1.0 / static_cast<double>(level_n_)) * (seconds / base - level_);
+      return;
+    }
     bucket& b = b_[std::min<std::size_t>(static_cast<std::size_t>(std::log2(static_cast<double>(rows))), buckets - 1)];
     ++b.n;
     const double w = std::max(weight, 1.0 / static_cast<double>(b.n));
     b.rows += w * (static_cast<double>(rows) - b.rows);
     b.seconds += w * (seconds - b.seconds);
-    if (const double base = hybrid::step_time_at(shape_, static_cast<double>(rows)); base > 0.0) {
-      ++level_n_;
-      level_ += std::max(weight, 1.0 / static_cast<double>(level_n_)) * (seconds / base - level_);
-    }
   }
   [[nodiscard]] bool empty() const noexcept {
     return shape_.empty() && std::none_of(b_.begin(), b_.end(), [](const bucket& b) { return b.n > 0; });
