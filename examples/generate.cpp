@@ -105,7 +105,7 @@ bool parse(int argc, char** argv, cli_options& o) {
            "draft KV cache, as --kv-format (default fp32); like\n--draft-format it cannot change exact speculative output",
            cli::store_format(o.draft_kv_format, /*kv=*/true))
       .add("--tiles", "NAME",
-           "tile shapes of both models' weight products: auto, 4x6, 2x8, 2x12\nor 1x6 (default auto: SPECDEC_TILES, else "
+           "tile shapes of both models' weight products: auto, 4x6, 2x8, 2x12,\n1x6 or 2x8l2 (default auto: SPECDEC_TILES, else "
            "timed at load);\nspeed only, never a different output",
            [&o](std::string_view opt, std::string_view v) { o.tiles = specdec::cpu::parse_tile_config(v, opt); });
   if (!p.parse(argc, argv)) return false;

@@ -33,9 +33,11 @@ struct f32_panels {
   const float* w;
   std::size_t n;  ///< columns
   void load(packet16& out, std::size_t p, std::size_t j) const noexcept { load16(out, w + (p * n + j) * lanes); }
-  /// Prefetches (into L1) the line holding column j of panel p; one call per 64 bytes.
+  /// Prefetches (into the cache `L`) the line holding column j of panel p; one call per
+  /// 64 bytes.
+  template <prefetch_level L = prefetch_level::l1>
   [[gnu::always_inline]] void prefetch_line(std::size_t p, std::size_t j) const noexcept {
-    __builtin_prefetch(w + (p * n + j) * lanes, 0, 3);
+    __builtin_prefetch(w + (p * n + j) * lanes, 0, prefetch_locality(L));
   }
 };
 
@@ -58,17 +60,18 @@ inline void store_tile(const V (&acc)[P][T], float* y, std::size_t ldy, std::siz
 /// The prefetches of column j of a tile over panels p0 .. p0 + P - 1 (n columns) whose
 /// next tile starts at panel `pf` (0: no next tile to prefetch). `lead` 0: column j of
 /// the next tile's panels. Otherwise column j + lead of the tile's own panels, and past
-/// their end the next tile's columns, the same distance ahead (`lead` <= n).
-template <int P, class W>
+/// their end the next tile's columns, the same distance ahead (`lead` <= n). Into the
+/// cache `L`.
+template <int P, prefetch_level L, class W>
 [[gnu::always_inline]] inline void prefetch_column(const W& w, std::size_t p0, std::size_t pf, std::size_t n,
                                                    std::size_t lead, std::size_t j) noexcept {
   const std::size_t a = j + lead;
   if (lead != 0 && a < n) {
 #pragma GCC unroll 16
-    for (int p = 0; p < P; ++p) w.prefetch_line(p0 + static_cast<std::size_t>(p), a);
+    for (int p = 0; p < P; ++p) w.template prefetch_line<L>(p0 + static_cast<std::size_t>(p), a);
   } else if (pf != 0) {
 #pragma GCC unroll 16
-    for (int p = 0; p < P; ++p) w.prefetch_line(pf + static_cast<std::size_t>(p), a - n * (lead != 0));
+    for (int p = 0; p < P; ++p) w.template prefetch_line<L>(pf + static_cast<std::size_t>(p), a - n * (lead != 0));
   }
 }
 
@@ -103,7 +106,7 @@ concept grouped_panels = requires(const W& w, packet16& v) {
 /// block size and thread split gives the same bits. The partial sums live in registers
 /// (P T + P + 1, as panel_tile's accumulators), the accumulators in the L1: each is read
 /// and written once per group, as the addend of its scale FMA.
-template <int P, int T, bool Prefetch, std::size_t LeadBytes, class W>
+template <int P, int T, bool Prefetch, std::size_t LeadBytes, prefetch_level L, class W>
 inline void grouped_panel_tile(const W& w, std::size_t p0, std::size_t n, const float* x, std::size_t ldx, float* y,
                                std::size_t ldy, std::size_t rows, std::size_t pf) noexcept {
   static_assert(P * T + P + 1 <= 32, "grouped_panel_tile: P x T partial sums, P weights and a broadcast must fit 32 registers");
@@ -145,12 +148,12 @@ inline void grouped_panel_tile(const W& w, std::size_t p0, std::size_t n, const 
     };
     std::size_t j = j0;
     for (; j + step <= j1; j += step) {
-      if constexpr (Prefetch) prefetch_column<P>(w, p0, pf, n, lead, j);
+      if constexpr (Prefetch) prefetch_column<P, L>(w, p0, pf, n, lead, j);
 #pragma GCC unroll 4
       for (std::size_t u = 0; u < step; ++u) column(j + u);
     }
     for (; j < j1; ++j) {
-      if constexpr (Prefetch) prefetch_column<P>(w, p0, pf, n, lead, j);
+      if constexpr (Prefetch) prefetch_column<P, L>(w, p0, pf, n, lead, j);
       column(j);
     }
 #pragma GCC unroll 16
@@ -180,15 +183,15 @@ inline void grouped_panel_tile(const W& w, std::size_t p0, std::size_t n, const 
 /// partial; its padding rows are zero and not written). With `Prefetch`, the loop also
 /// prefetches as it goes (`prefetch_column`): with LeadBytes 0 column j of panels
 /// `pf .. pf + P - 1` (the next tile), else LeadBytes ahead of its reads, into the next
-/// tile at `pf` (0: none) past its own panels' end. Never inlined: inlined into a large
+/// tile at `pf` (0: none) past its own panels' end, into the cache `L`. Never inlined: inlined into a large
 /// caller (a header-only program's main), GCC 12 kept a 2 x 8 tile's accumulators on the
 /// stack, storing them every column, which halved its speed; a tile is n columns of P x T
 /// FMAs, so the call costs nothing.
-template <int P, int T, bool Prefetch, std::size_t LeadBytes, class W>
+template <int P, int T, bool Prefetch, std::size_t LeadBytes, prefetch_level L, class W>
 [[gnu::noinline]] inline void panel_tile(const W& w, std::size_t p0, std::size_t n, const float* x, std::size_t ldx,
                                          float* y, std::size_t ldy, std::size_t rows, std::size_t pf) noexcept {
   if constexpr (grouped_panels<W>) {
-    return grouped_panel_tile<P, T, Prefetch, LeadBytes>(w, p0, n, x, ldx, y, ldy, rows, pf);
+    return grouped_panel_tile<P, T, Prefetch, LeadBytes, L>(w, p0, n, x, ldx, y, ldy, rows, pf);
   } else {
   const std::size_t lead = prefetch_lead_columns<P, W>(LeadBytes, n);
   static_assert(P * T + P + 1 <= 32, "panel_tile: P x T accumulators, P weights and a broadcast must fit 32 registers");
@@ -206,7 +209,7 @@ template <int P, int T, bool Prefetch, std::size_t LeadBytes, class W>
       w.load(wv[p], p0 + static_cast<std::size_t>(p), j);
       if constexpr (T > 1) pin_register(wv[p]);
     }
-    if constexpr (Prefetch) prefetch_column<P>(w, p0, pf, n, lead, j);
+    if constexpr (Prefetch) prefetch_column<P, L>(w, p0, pf, n, lead, j);
 #pragma GCC unroll 16
     for (int t = 0; t < T; ++t) {
       const float xs = x[static_cast<std::size_t>(t) * ldx + j];
@@ -219,13 +222,13 @@ template <int P, int T, bool Prefetch, std::size_t LeadBytes, class W>
 }
 
 /// panel_tile<P, tokens> for a runtime tokens <= T.
-template <int P, int T, bool Prefetch, std::size_t LeadBytes, class W>
+template <int P, int T, bool Prefetch, std::size_t LeadBytes, prefetch_level L, class W>
 inline void panel_tile_upto(int tokens, const W& w, std::size_t p0, std::size_t n, const float* x, std::size_t ldx,
                             float* y, std::size_t ldy, std::size_t rows, std::size_t pf) noexcept {
   if constexpr (T > 1) {
-    if (tokens < T) return panel_tile_upto<P, T - 1, Prefetch, LeadBytes>(tokens, w, p0, n, x, ldx, y, ldy, rows, pf);
+    if (tokens < T) return panel_tile_upto<P, T - 1, Prefetch, LeadBytes, L>(tokens, w, p0, n, x, ldx, y, ldy, rows, pf);
   }
-  panel_tile<P, T, Prefetch, LeadBytes>(w, p0, n, x, ldx, y, ldy, rows, pf);
+  panel_tile<P, T, Prefetch, LeadBytes, L>(w, p0, n, x, ldx, y, ldy, rows, pf);
 }
 
 /// The operands of one `matmul_panels` call: panels [first, p_end) of `w` (n columns),
@@ -256,9 +259,10 @@ inline void panel_tiles(std::size_t& p, const panel_product<W>& m) noexcept {
     if constexpr (Policy::prefetch) {
       const bool next = ti == 0 && pt + 2 * P <= m.pf_end;
       if (next || lead != 0)
-        return panel_tile_upto<P, T, true, lead>(tokens, m.w, pt, m.n, xt, m.ldx, yt, m.ldy, rows, next ? pt + P : 0);
+        return panel_tile_upto<P, T, true, lead, Policy::level>(tokens, m.w, pt, m.n, xt, m.ldx, yt, m.ldy, rows,
+                                                                next ? pt + P : 0);
     }
-    panel_tile_upto<P, T, false, 0>(tokens, m.w, pt, m.n, xt, m.ldx, yt, m.ldy, rows, 0);
+    panel_tile_upto<P, T, false, 0, prefetch_level::l1>(tokens, m.w, pt, m.n, xt, m.ldx, yt, m.ldy, rows, 0);
   };
   for_each_panel_tile<Policy>(p, m.first, m.p_end, m.rows, m.k, tile);
 }

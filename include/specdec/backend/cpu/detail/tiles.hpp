@@ -43,10 +43,16 @@ namespace specdec::cpu {
 /// | `2x12` | 4 x 6, then 2 x 8    | 2 x 8  | 2 x 12               | 2 x 12, 2 token tiles |
 /// | `1x6`  | 1 x 6                | 1 x 6, 2 token tiles | 1 x 6, 2 token tiles | 1 x 6, 3 token tiles |
 ///
-/// (A single token always takes 8 panels x 1, 6 x 1 in an AVX2 build, then 1 x 1; where
+/// | `2x8l2` | 4 x 6 up to 4 tokens, then 2 x 8 | 2 x 8 | 2 x 8, 2 token tiles | 2 x 8, 2 token tiles |
+///
+/// (A single token takes 8 panels x 1, 6 x 1 in an AVX2 build, then 1 x 1; where
 /// one panel of the matrix fills half the L1, blocks of 2-8 take 1 x 8 in `4x6` and
 /// `2x12`, blocks of 2-4 in `2x8`. `2x8`'s blocks of 5 and more prefetch a fixed 16 KB
-/// ahead of their reads, the others' the next tile's panels. Within AVX2's 16 registers
+/// ahead of their reads, the others' the next tile's panels. `2x8l2` prefetches into the
+/// L2 instead, 16 KB ahead, in every block size including a single token, and leaves
+/// the last step into the L1 to the hardware: on a core whose L1 misses allow few
+/// software prefetches in flight (AMD Zen 4), a stream prefetched into the L1 stalls the
+/// FMAs it should hide under. Within AVX2's 16 registers
 /// only `1x6` keeps a whole tile in registers; the others spill, which can still pay
 /// where decoding the weights dominates.)
 /// `automatic`: the SPECDEC_TILES environment variable if set, else the fastest on this
@@ -57,13 +63,13 @@ namespace specdec::cpu {
 /// specdec::cpu::tile_config c = specdec::cpu::parse_tile_config("2x8");
 /// // specdec::cpu::transformer m("models/kjv-big.bin", {.tiles = c});
 /// ```
-enum class tile_config : std::uint8_t { automatic, t4x6, t2x8, t2x12, t1x6 };
+enum class tile_config : std::uint8_t { automatic, t4x6, t2x8, t2x12, t1x6, t2x8_l2 };
 
 /// Every configuration but `automatic`, in the order `automatic` times them.
 inline constexpr tile_config tile_configs[] = {tile_config::t4x6, tile_config::t2x8, tile_config::t2x12,
-                                               tile_config::t1x6};
+                                               tile_config::t1x6, tile_config::t2x8_l2};
 
-/// "auto", "4x6", "2x8", "2x12" or "1x6".
+/// "auto", "4x6", "2x8", "2x12", "1x6" or "2x8l2".
 [[nodiscard]] inline std::string_view to_string(tile_config c) noexcept {
   switch (c) {
     case tile_config::automatic: return "auto";
@@ -71,6 +77,7 @@ inline constexpr tile_config tile_configs[] = {tile_config::t4x6, tile_config::t
     case tile_config::t2x8: return "2x8";
     case tile_config::t2x12: return "2x12";
     case tile_config::t1x6: return "1x6";
+    case tile_config::t2x8_l2: return "2x8l2";
   }
   return "?";
 }
@@ -81,7 +88,7 @@ inline constexpr tile_config tile_configs[] = {tile_config::t4x6, tile_config::t
   if (s == "auto") return tile_config::automatic;
   for (tile_config c : tile_configs)
     if (s == to_string(c)) return c;
-  throw invalid_argument(std::string(what) + " '" + std::string(s) + "' is unknown; expected auto, 4x6, 2x8, 2x12 or 1x6");
+  throw invalid_argument(std::string(what) + " '" + std::string(s) + "' is unknown; expected auto, 4x6, 2x8, 2x12, 1x6 or 2x8l2");
 }
 
 }  // namespace specdec::cpu
@@ -92,6 +99,13 @@ namespace specdec::cpu::detail {
 /// changes only their cost, never a result.
 inline constexpr std::size_t half_l1_bytes = 24 * 1024;
 
+/// The cache a tile's software prefetches fill: the L1 (`prefetcht0`) or the L2
+/// (`prefetcht1`, the L1 then filled by the hardware prefetcher or the load itself).
+enum class prefetch_level : std::uint8_t { l1, l2 };
+
+/// The locality argument of `__builtin_prefetch` that fills `level`.
+[[nodiscard]] constexpr int prefetch_locality(prefetch_level level) noexcept { return level == prefetch_level::l1 ? 3 : 2; }
+
 /// A tile of a weight product over panel-major weights (matmul.hpp, int8_products.hpp):
 /// `panels` panels of 16 weight rows x `tokens` input rows. With `prefetch`, the tile
 /// prefetches weights into L1 while it computes: with `lead_bytes` 0, the first token
@@ -101,12 +115,15 @@ inline constexpr std::size_t half_l1_bytes = 24 * 1024;
 /// columns, at most the whole panel), and the first token tile continues into the next
 /// row tile's first columns, so that the prefetched lines are a fixed distance ahead
 /// whatever the tile's shape.
-template <int Panels, int Tokens, bool Prefetch = false, std::size_t LeadBytes = 0>
+/// `Level` is the cache the prefetches fill (`prefetch_level`).
+template <int Panels, int Tokens, bool Prefetch = false, std::size_t LeadBytes = 0,
+          prefetch_level Level = prefetch_level::l1>
 struct panel_policy {
   static constexpr int panels = Panels;
   static constexpr int tokens = Tokens;
   static constexpr bool prefetch = Prefetch;
   static constexpr std::size_t lead_bytes = LeadBytes;
+  static constexpr prefetch_level level = Level;
 };
 
 /// A tile of a row-major dot-product (dot.hpp, `matmul_rows`): `rows` rows x `tokens`
@@ -248,6 +265,23 @@ using block8_tile_table = tile_table<tile_choice<1, 1, single_token_tiles>,  //
                                      tile_choice<4, 1, narrow_block_tiles>,  //
                                      tile_choice<8, 1, lead_block_tiles>,    //
                                      tile_choice<any_tokens, 1, lead_wide_block_tiles>>;
+/// `tile_config::t2x8_l2`'s tiles: every one prefetches into the L2, `prefetch_lead_bytes`
+/// ahead of its reads (a single token too: the hardware prefetchers alone then leave
+/// part of the stream's latency exposed). One token in 8 panels (6 with AVX2's
+/// registers), 2-4 tokens in 4 x 6 tiles, more in 2 x 8 tiles over token tiles of at
+/// most 8.
+using l2_single_token_tiles =
+    tile_family<panel_policy<(packet_registers >= 16 ? 8 : 6), 1, true, prefetch_lead_bytes, prefetch_level::l2>,
+                panel_policy<1, 1, true, prefetch_lead_bytes, prefetch_level::l2>>;
+using l2_short_block_tiles = tile_family<panel_policy<4, 6, true, prefetch_lead_bytes, prefetch_level::l2>,
+                                         panel_policy<1, 6, true, prefetch_lead_bytes, prefetch_level::l2>>;
+using l2_block_tiles = tile_family<panel_policy<2, 8, true, prefetch_lead_bytes, prefetch_level::l2>,
+                                   panel_policy<1, 8, true, prefetch_lead_bytes, prefetch_level::l2>>;
+/// `tile_config::t2x8_l2`.
+using l2_tile_table = tile_table<tile_choice<1, 1, l2_single_token_tiles>,  //
+                                 tile_choice<4, 1, l2_short_block_tiles>,   //
+                                 tile_choice<any_tokens, 1, l2_block_tiles>>;
+
 /// `tile_config::t2x12`: panel_tile_table with 2 x 12 tiles from 9 tokens on.
 using wide_tile_table = tile_table<tile_choice<1, 1, single_token_tiles>,  //
                                    tile_choice<6, 4, short_block_tiles>,   //
@@ -265,6 +299,7 @@ inline void with_panel_table(tile_config c, F&& f) {
     case tile_config::t2x8: return f(block8_tile_table{});
     case tile_config::t2x12: return f(wide_tile_table{});
     case tile_config::t1x6: return f(small_tile_table{});
+    case tile_config::t2x8_l2: return f(l2_tile_table{});
     case tile_config::automatic:
     case tile_config::t4x6: break;
   }

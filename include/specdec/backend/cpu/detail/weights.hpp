@@ -116,9 +116,11 @@ struct u16_panels {
   const std::uint16_t* w;
   std::size_t n;
   void load(packet16& out, std::size_t p, std::size_t j) const noexcept { Code::load(out, w + (p * n + j) * lanes); }
-  /// Prefetches (into L1) the line holding column j of panel p; one call per 64 bytes.
+  /// Prefetches (into the cache `L`) the line holding column j of panel p; one call per
+  /// 64 bytes.
+  template <prefetch_level L = prefetch_level::l1>
   [[gnu::always_inline]] void prefetch_line(std::size_t p, std::size_t j) const noexcept {
-    if (j % 2 == 0) __builtin_prefetch(w + (p * n + j) * lanes, 0, 3);
+    if (j % 2 == 0) __builtin_prefetch(w + (p * n + j) * lanes, 0, prefetch_locality(L));
   }
 };
 
@@ -142,11 +144,12 @@ struct q8_panels {
   void load_scales(packet16& out, std::size_t p, std::size_t g) const noexcept {
     load16(out, s + (p * groups + g) * lanes);
   }
-  /// Prefetches (into L1) the lines holding column j of panel p and its scales; one call
-  /// per 64 bytes of each.
+  /// Prefetches (into the cache `L`) the lines holding column j of panel p and its
+  /// scales; one call per 64 bytes of each.
+  template <prefetch_level L = prefetch_level::l1>
   [[gnu::always_inline]] void prefetch_line(std::size_t p, std::size_t j) const noexcept {
-    if (j % 4 == 0) __builtin_prefetch(q + (p * n + j) * lanes, 0, 3);
-    if (j % q8_group == 0) __builtin_prefetch(s + (p * groups + j / q8_group) * lanes, 0, 3);
+    if (j % 4 == 0) __builtin_prefetch(q + (p * n + j) * lanes, 0, prefetch_locality(L));
+    if (j % q8_group == 0) __builtin_prefetch(s + (p * groups + j / q8_group) * lanes, 0, prefetch_locality(L));
   }
 };
 
@@ -295,7 +298,7 @@ SPECDEC_CPU_FUNC void weight_matrix::matmul(std::size_t row0, std::size_t nrows,
 
 /// The fastest tile configuration for the products of the matrices `ws` (one weight
 /// format) on the calling core (w8a8, which has one table: `t4x6`). Every candidate of
-/// `tile_configs` runs blocks of 4, 8 and 16 tokens through every matrix in turn, the
+/// `tile_configs` runs 1 token and blocks of 4, 8 and 16 through every matrix in turn, the
 /// candidates interleaved, best of `reps` each; a candidate's score is the sum over the
 /// blocks of its time over the best time of that block, and the lowest score wins (ties:
 /// the earlier candidate). Which tiles win depends on where the weights come from: a
@@ -312,7 +315,7 @@ SPECDEC_CPU_FUNC void weight_matrix::matmul(std::size_t row0, std::size_t nrows,
     max_cols = std::max(max_cols, w->cols());
   }
   if (max_rows == 0 || max_cols == 0) return tile_config::t4x6;
-  constexpr std::size_t blocks[] = {4, 8, 16};
+  constexpr std::size_t blocks[] = {1, 4, 8, 16};
   constexpr std::size_t n_conf = std::size(tile_configs), n_blocks = std::size(blocks);
   std::vector<float> x(blocks[n_blocks - 1] * max_cols), y(blocks[n_blocks - 1] * max_rows);
   for (std::size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(static_cast<int>(i % 61) - 30) / 32.0f;
