@@ -97,7 +97,7 @@ expect_equal("${method}" "sd" "--stats-json method")
 # tiles: the configuration the models resolved (timed or SPECDEC_TILES), never "auto".
 string(JSON tiles GET "${json}" tiles)
 string(JSON draft_tiles GET "${json}" draft_tiles)
-if(NOT tiles MATCHES "^(4x6|2x8|2x12|1x6)$" OR NOT draft_tiles MATCHES "^(4x6|2x8|2x12|1x6)$")
+if(NOT tiles MATCHES "^(4x6|2x8|2x12|1x6|2x8l2)$" OR NOT draft_tiles MATCHES "^(4x6|2x8|2x12|1x6|2x8l2)$")
   message(FATAL_ERROR "--stats-json: tiles '${tiles}', draft_tiles '${draft_tiles}'; expected a resolved configuration")
 endif()
 # --tiles chooses one; the output is the same whatever it is.
