@@ -231,6 +231,44 @@ TEST(model_tree_drafter, a_greedy_chain_is_the_drafts_own_greedy_continuation) {
   }
 }
 
+TEST(model_tree_drafter, reports_the_committed_tokens_its_first_forward_caught_up_on) {
+  // context_rows: the committed tokens the first forward took before the tree: the whole
+  // prompt at the start, 1 after a step whose chain was accepted up to a forwarded node
+  // (the next token only), 2 after one accepted to its unforwarded leaf, and every token
+  // committed since the last draft after steps that drafted nothing.
+  markov_model draft({.vocab = 10, .order = 2, .seed = 6});
+  specdec::model_tree_drafter md(draft);
+  specdec::random_source rng(1);
+  const specdec::tree_request chain{.max_nodes = 3, .max_depth = 3, .branching = 1};
+  std::vector<token_id> seq{1, 4, 2};
+  const specdec::tree_draft* d = &md.draft(seq, chain, {}, rng);
+  EXPECT_EQ(d->context_rows, 3u);
+  // The first node accepted (it was forwarded), then the target's next token.
+  seq.push_back(d->tree.token(0));
+  md.accept(std::vector<std::size_t>{0});
+  seq.push_back(7);
+  d = &md.draft(seq, chain, {}, rng);
+  EXPECT_EQ(d->context_rows, 1u);
+  // All three accepted: the leaf was never forwarded.
+  for (std::size_t n = 0; n < 3; ++n) seq.push_back(d->tree.token(n));
+  md.accept(std::vector<std::size_t>{0, 1, 2});
+  seq.push_back(3);
+  d = &md.draft(seq, chain, {}, rng);
+  EXPECT_EQ(d->context_rows, 2u);
+  md.accept({});  // the first node rejected: the target's token instead
+  seq.push_back(4);
+  // Three steps that drafted nothing, each committing the target's token.
+  for (token_id t : {5, 6, 8}) {
+    seq.push_back(t);
+    d = &md.draft(seq, {.max_nodes = 0, .max_depth = 0, .branching = 1}, {}, rng);
+    EXPECT_EQ(d->context_rows, 0u);
+    md.accept({});
+  }
+  seq.push_back(9);
+  d = &md.draft(seq, chain, {}, rng);
+  EXPECT_EQ(d->context_rows, 5u);  // the rejected step's next token, three undrafted steps' and this one's
+}
+
 TEST(model_tree_drafter, sampling_draws_children_without_replacement_and_records_their_q_rows) {
   markov_model draft({.vocab = 5, .seed = 2});
   specdec::model_tree_drafter md(draft);

@@ -277,6 +277,33 @@ TEST(hardware_aware_tree, online_cost_estimates_converge_and_change_the_plan) {
   expect_plan(p.plan(), 3, 2, 2);
 }
 
+// A step whose first draft forward caught up on committed tokens the draft had not seen
+// (after steps that drafted nothing) is no sample of a draft forward's cost; a policy that
+// learnt from those probes alone priced drafting out for good (the self pair at
+// temperature 1 on the Zen 4 host: 3.3 target tokens per draft forward, no draft in 94 %
+// of the steps, 0.62x of the best chain).
+TEST(hardware_aware_tree, a_draft_forward_that_caught_up_is_no_sample_of_the_draft_cost) {
+  specdec::hardware_aware_tree p{.verify_cost = {1.0, 1.0, 1.0, 1.0}, .draft_cost = 0.1, .max_nodes = 3,
+                                 .max_depth = 3, .max_branching = 1, .prior_table = table(3, 0.7, 0.2),
+                                 .target_token_seconds = 1e-3, .learn_curve = false, .tree_margin = 0.0,
+                                 .realised_steps = 0};
+  ASSERT_EQ(specdec::hardware_aware_tree::max_draft_context_rows, 2u);
+  specdec::hardware_aware_tree q = p;
+  // One draft forward that also took 9 committed tokens: 2 ms, twenty times a plain one.
+  for (int s = 0; s < 50; ++s)
+    p.observe_cost({.nodes = 1, .target_rows = 2, .draft_forwards = 1, .draft_context_rows = 9,
+                    .target_seconds = 1e-3, .draft_seconds = 2e-3});
+  EXPECT_NEAR(p.draft_forward_cost(), 0.1, 1e-12);
+  EXPECT_GT(p.plan().nodes, 0u);
+  // The same timings from forwards that took 2 committed tokens are samples: each counts
+  // at most twice the estimate, so 50 of them lift it far enough to stop drafting.
+  for (int s = 0; s < 50; ++s)
+    q.observe_cost({.nodes = 1, .target_rows = 2, .draft_forwards = 1, .draft_context_rows = 2,
+                    .target_seconds = 1e-3, .draft_seconds = 2e-3});
+  EXPECT_GT(q.draft_forward_cost(), 1.0);
+  EXPECT_EQ(q.plan().nodes, 0u);
+}
+
 // The curve's shape: each forward size's ratio is the start-up ratio, weighing as
 // curve_weight observations, blended with the decayed ratios t_step / t(1) observed at
 // that size (each capped at twice the estimate); other sizes keep theirs.

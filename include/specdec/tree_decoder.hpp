@@ -141,7 +141,10 @@ class tree_decoder : public detail::seeded_sampling {
       if (going) out.emit(v.next);
       if (st.awaiting_first_step()) st.record_step_end(detail::decoder_seconds_since(t_start));
       if constexpr (cost_observing_policy<Policy>) {
-        tree_step_cost c{.nodes = d.size(), .target_rows = v.target_rows, .draft_forwards = d.forwards};
+        tree_step_cost c{.nodes = d.size(),
+                         .target_rows = v.target_rows,
+                         .draft_forwards = d.forwards,
+                         .draft_context_rows = d.context_rows};
         if (const double end = thread_cpu_seconds(); cpu[0] > 0.0) {
           c.draft_seconds = cpu[1] - cpu[0];
           c.target_seconds = cpu[2] - cpu[1];

@@ -205,6 +205,7 @@ class model_tree_drafter {
       fed_ = s.size() - 1;
     }
     u_ = s.size() - fed_;
+    out_.context_rows = u_;
     // The first forward: the unseen committed tokens as a chain, then the seeds.
     tokens_.assign(s.begin() + static_cast<std::ptrdiff_t>(fed_), s.end());
     parents_.resize(u_);

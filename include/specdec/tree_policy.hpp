@@ -101,6 +101,9 @@ struct tree_step_cost {
   /// uncached context (the prompt, on a generation's first step).
   std::size_t target_rows = 0;
   std::size_t draft_forwards = 0;  ///< the step's draft forwards
+  /// Committed tokens the first draft forward took before the tree (`tree_draft::
+  /// context_rows`; 0: not reported).
+  std::size_t draft_context_rows = 0;
   double target_seconds = 0.0;     ///< the target's forward
   double draft_seconds = 0.0;      ///< the draft forwards
   double other_seconds = 0.0;      ///< the rest: planning, drafting's and verifying's own work, committing
@@ -140,7 +143,8 @@ concept cost_observing_policy = tree_sizing_policy<P> && requires(P& p, const tr
 ///
 /// Online: `observe` updates a(d, r); `observe_cost` (with `learn_costs` and a measured
 /// `target_token_seconds`) re-estimates t(1), c_d and c_o from the step timings of plain
-/// steps, each step's sample capped at twice the running estimate (a descheduled forward is
+/// steps (c_d only from steps whose first draft forward took at most
+/// `max_draft_context_rows` committed tokens), each step's sample capped at twice the running estimate (a descheduled forward is
 /// no cost of the model; c_o at a quarter token per row), the measured values weighing
 /// as one step (or one draft forward) that never decays. Observations forget with
 /// `decay` per step, so a choice that stopped being observed (no draft: no verdicts, no
@@ -223,6 +227,10 @@ concept cost_observing_policy = tree_sizing_policy<P> && requires(P& p, const tr
 /// state) repeating a seed need not repeat the output; its law is the target's whatever
 /// the plan, and greedy output is the target's own.
 struct hardware_aware_tree {
+  /// The most committed tokens a step's first draft forward may take for the step to be
+  /// a sample of the draft's cost (`observe_cost`): the next token and an accepted leaf
+  /// the draft never forwarded.
+  static constexpr std::size_t max_draft_context_rows = 2;
   /// verify_cost[n - 1] = t(n) / t(1): one target forward of n tokens against one; at
   /// least max_nodes + 1 entries (measure_verify_cost's `tree_ratio`).
   std::vector<double> verify_cost{};
@@ -505,7 +513,11 @@ struct hardware_aware_tree {
       *x *= decay;
     l.token_sum += std::min(c.target_seconds / verify_cost[rows - 1], spike * t1);
     l.token_steps += 1.0;
-    if (c.draft_forwards > 0) {
+    // A first draft forward that also caught up on committed tokens (after steps that
+    // drafted nothing) is no sample of a draft forward, as a prompt step is none of a
+    // verify block: after a run of no-draft plans every probe is such a step, and
+    // learning from them alone would price drafting out for good.
+    if (c.draft_forwards > 0 && c.draft_context_rows <= max_draft_context_rows) {
       const double n = static_cast<double>(c.draft_forwards);
       l.draft_sum += n * std::min(c.draft_seconds / n, spike * per_forward);
       l.draft_forwards += n;

@@ -62,6 +62,10 @@ struct tree_draft {
   std::size_t position = 0;           ///< |S| when the tree is verified
   std::size_t forwards = 0;           ///< draft forwards that built the tree (telemetry)
   double seconds = 0.0;               ///< their wall time (telemetry)
+  /// Committed tokens the first draft forward took before the tree's nodes (telemetry):
+  /// 1 or 2 after a step that drafted (its next token, an accepted leaf never
+  /// forwarded), more after steps that drafted nothing or at a generation's start.
+  std::size_t context_rows = 0;
 
   [[nodiscard]] std::size_t size() const noexcept { return tree.size(); }
   [[nodiscard]] bool empty() const noexcept { return tree.empty(); }
@@ -90,6 +94,7 @@ struct tree_draft {
     position = pos;
     forwards = 0;
     seconds = 0.0;
+    context_rows = 0;
   }
 
   /// Throws `invalid_argument` or `token_out_of_range` (prefixed with `who`) unless the
