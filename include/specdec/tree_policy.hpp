@@ -101,8 +101,8 @@ struct tree_step_cost {
   /// uncached context (the prompt, on a generation's first step).
   std::size_t target_rows = 0;
   std::size_t draft_forwards = 0;  ///< the step's draft forwards
-  /// Committed tokens the first draft forward took before the tree (`tree_draft::
-  /// context_rows`; 0: not reported).
+  /// Committed tokens the first draft forward took before the tree
+  /// (`tree_draft::context_rows`; 0: not reported).
   std::size_t draft_context_rows = 0;
   double target_seconds = 0.0;     ///< the target's forward
   double draft_seconds = 0.0;      ///< the draft forwards
@@ -144,8 +144,9 @@ concept cost_observing_policy = tree_sizing_policy<P> && requires(P& p, const tr
 /// Online: `observe` updates a(d, r); `observe_cost` (with `learn_costs` and a measured
 /// `target_token_seconds`) re-estimates t(1), c_d and c_o from the step timings of plain
 /// steps (c_d only from steps whose first draft forward took at most
-/// `max_draft_context_rows` committed tokens), each step's sample capped at twice the running estimate (a descheduled forward is
-/// no cost of the model; c_o at a quarter token per row), the measured values weighing
+/// `max_draft_context_rows` committed tokens), each step's sample capped at twice the
+/// running estimate (a descheduled forward is no cost of the model; c_o at a quarter
+/// token per row), the measured values weighing
 /// as one step (or one draft forward) that never decays. Observations forget with
 /// `decay` per step, so a choice that stopped being observed (no draft: no verdicts, no
 /// draft timings) drifts back to the priors and is tried again; after `probe_every`

@@ -183,10 +183,10 @@ inline void grouped_panel_tile(const W& w, std::size_t p0, std::size_t n, const 
 /// partial; its padding rows are zero and not written). With `Prefetch`, the loop also
 /// prefetches as it goes (`prefetch_column`): with LeadBytes 0 column j of panels
 /// `pf .. pf + P - 1` (the next tile), else LeadBytes ahead of its reads, into the next
-/// tile at `pf` (0: none) past its own panels' end, into the cache `L`. Never inlined: inlined into a large
-/// caller (a header-only program's main), GCC 12 kept a 2 x 8 tile's accumulators on the
-/// stack, storing them every column, which halved its speed; a tile is n columns of P x T
-/// FMAs, so the call costs nothing.
+/// tile at `pf` (0: none) past its own panels' end; into the cache `L`. Never inlined:
+/// inlined into a large caller (a header-only program's main), GCC 12 kept a 2 x 8
+/// tile's accumulators on the stack, storing them every column, which halved its speed;
+/// a tile is n columns of P x T FMAs, so the call costs nothing.
 template <int P, int T, bool Prefetch, std::size_t LeadBytes, prefetch_level L, class W>
 [[gnu::noinline]] inline void panel_tile(const W& w, std::size_t p0, std::size_t n, const float* x, std::size_t ldx,
                                          float* y, std::size_t ldy, std::size_t rows, std::size_t pf) noexcept {
@@ -226,7 +226,8 @@ template <int P, int T, bool Prefetch, std::size_t LeadBytes, prefetch_level L, 
 inline void panel_tile_upto(int tokens, const W& w, std::size_t p0, std::size_t n, const float* x, std::size_t ldx,
                             float* y, std::size_t ldy, std::size_t rows, std::size_t pf) noexcept {
   if constexpr (T > 1) {
-    if (tokens < T) return panel_tile_upto<P, T - 1, Prefetch, LeadBytes, L>(tokens, w, p0, n, x, ldx, y, ldy, rows, pf);
+    if (tokens < T)
+      return panel_tile_upto<P, T - 1, Prefetch, LeadBytes, L>(tokens, w, p0, n, x, ldx, y, ldy, rows, pf);
   }
   panel_tile<P, T, Prefetch, LeadBytes, L>(w, p0, n, x, ldx, y, ldy, rows, pf);
 }

@@ -42,7 +42,6 @@ namespace specdec::cpu {
 /// | `2x8`  | as `4x6` up to 4, then 2 x 8 | 2 x 8 | 2 x 12          | 2 x 12, 2 token tiles |
 /// | `2x12` | 4 x 6, then 2 x 8    | 2 x 8  | 2 x 12               | 2 x 12, 2 token tiles |
 /// | `1x6`  | 1 x 6                | 1 x 6, 2 token tiles | 1 x 6, 2 token tiles | 1 x 6, 3 token tiles |
-///
 /// | `2x8l2` | 8 x 2, then 4 x 6 up to 4, then 2 x 8 | 2 x 8 | 2 x 8, 2 token tiles | 2 x 8, 2 token tiles |
 ///
 /// (A single token takes 8 panels x 1, 6 x 1 in an AVX2 build, then 1 x 1; where
@@ -52,9 +51,9 @@ namespace specdec::cpu {
 /// L2 instead, 16 KB ahead, in every block size including a single token, and leaves
 /// the last step into the L1 to the hardware: on a core whose L1 misses allow few
 /// software prefetches in flight (AMD Zen 4), a stream prefetched into the L1 stalls the
-/// FMAs it should hide under. Within AVX2's 16 registers
-/// only `1x6` keeps a whole tile in registers; the others spill, which can still pay
-/// where decoding the weights dominates.)
+/// FMAs it should hide under. Within AVX2's 16 registers only `1x6` keeps a whole tile
+/// in registers; the others spill, which can still pay where decoding the weights
+/// dominates.)
 /// `automatic`: the SPECDEC_TILES environment variable if set, else the fastest on this
 /// host, timed once per process, weight format and model shape at the first load (see
 /// `transformer_options::tiles`).
@@ -88,7 +87,8 @@ inline constexpr tile_config tile_configs[] = {tile_config::t4x6, tile_config::t
   if (s == "auto") return tile_config::automatic;
   for (tile_config c : tile_configs)
     if (s == to_string(c)) return c;
-  throw invalid_argument(std::string(what) + " '" + std::string(s) + "' is unknown; expected auto, 4x6, 2x8, 2x12, 1x6 or 2x8l2");
+  throw invalid_argument(std::string(what) + " '" + std::string(s) +
+                         "' is unknown; expected auto, 4x6, 2x8, 2x12, 1x6 or 2x8l2");
 }
 
 }  // namespace specdec::cpu
@@ -104,7 +104,9 @@ inline constexpr std::size_t half_l1_bytes = 24 * 1024;
 enum class prefetch_level : std::uint8_t { l1, l2 };
 
 /// The locality argument of `__builtin_prefetch` that fills `level`.
-[[nodiscard]] constexpr int prefetch_locality(prefetch_level level) noexcept { return level == prefetch_level::l1 ? 3 : 2; }
+[[nodiscard]] constexpr int prefetch_locality(prefetch_level level) noexcept {
+  return level == prefetch_level::l1 ? 3 : 2;
+}
 
 /// A tile of a weight product over panel-major weights (matmul.hpp, int8_products.hpp):
 /// `panels` panels of 16 weight rows x `tokens` input rows. With `prefetch`, the tile
