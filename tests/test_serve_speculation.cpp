@@ -215,21 +215,26 @@ namespace wire = specdec::hybrid::wire;
 using specdec::token_id;
 
 /// An engine on stories260K announcing a fixed draft length, anticipating or not, and
-/// one session on it.
+/// one session on it (prefix of 3 tokens, ending at `final_length` if not 0).
 struct one_session {
   specdec::cpu::batched_transformer model{std::string(SPECDEC_MODELS_DIR) + "/stories260K.bin", {.threads = 1}};
   metrics_registry metrics;
   bool anticipate;
+  std::uint64_t final_length;
+  std::size_t sent = 3;  ///< committed tokens the server was told (the prefix, then every delta)
   engine<specdec::cpu::batched_transformer> eng;
   wire::session_id id{};
-  one_session(std::size_t fixed, bool anticipate_, specdec::sampling_params params = {}, std::uint64_t seed = 0)
+  one_session(std::size_t fixed, bool anticipate_, specdec::sampling_params params = {}, std::uint64_t seed = 0,
+              std::uint64_t final_length_ = 0)
       : anticipate(anticipate_),
+        final_length(final_length_),
         eng(model,
             {.model_id = "m", .speculation = {.fixed = fixed, .calibrate = false, .anticipate = anticipate_},
              .hold = {.hold_fraction = 0.0}},
             metrics) {
     eng.start();
-    const wire::message m = eng.open({.params = params, .seed = seed, .prefix = {1, 403, 87}}, {});
+    const wire::message m =
+        eng.open({.params = params, .seed = seed, .final_length = final_length, .prefix = {1, 403, 87}}, {});
     id = std::get<wire::session_opened>(m).id;
     wait_for_forwards(1);  // the prefix's prefill step
   }
@@ -238,6 +243,7 @@ struct one_session {
   wire::verdict round(std::uint64_t seq, std::vector<token_id> delta, std::vector<token_id> draft,
                       wire::sparse_rows q = {}) {
     const double f0 = forwards(), h0 = hits();
+    const std::size_t delta_size = delta.size();
     const wire::message m =
         eng.verify(id, {}, {.seq = seq, .committed = std::move(delta), .draft = std::move(draft), .q = std::move(q)}, seq);
     const auto* v = std::get_if<wire::verdict>(&m);
@@ -245,8 +251,11 @@ struct one_session {
       ADD_FAILURE() << "no verdict: " << wire::name_of(m);
       return {};
     }
-    // A hit ran no forward of its own; the anticipation after a 0-draft verdict runs one.
-    if (anticipate && v->max_draft == 0 && v->next != specdec::eos_token)
+    // A hit ran no forward of its own; the anticipation after a 0-draft verdict runs one,
+    // unless the device stops there (EOS, its final length).
+    sent += delta_size;
+    const bool more = final_length == 0 || sent + v->accepted + 1 < final_length;
+    if (anticipate && v->max_draft == 0 && v->next != specdec::eos_token && more)
       wait_for_forwards(f0 + (hits() > h0 ? 0.0 : 1.0) + 1.0);
     return *v;
   }
@@ -327,6 +336,33 @@ TEST(anticipation, answers_the_request_after_a_zero_draft_verdict_from_the_row_i
     }
   }
   EXPECT_EQ(got[0], got[1]);  // the target's greedy continuation either way
+}
+
+TEST(anticipation, no_row_is_anticipated_past_the_final_length_the_device_announced) {
+  // Eight 0-draft rounds of a device that commits 3 + 8 tokens: told so at the open, the
+  // server anticipates after every verdict but the last; not told, it computes one more
+  // row, which the session's end leaves unused.
+  constexpr std::uint64_t rounds = 8;
+  for (const std::uint64_t final_length : {std::uint64_t{0}, 3 + rounds}) {
+    one_session s(0, true, {}, 0, final_length);
+    const double f0 = s.forwards();
+    std::vector<token_id> delta;
+    bool eos = false;
+    for (std::uint64_t seq = 1; seq <= rounds && !eos; ++seq) {
+      const wire::verdict v = s.round(seq, delta, {});
+      delta = {v.next};
+      eos = v.next == specdec::eos_token;  // the device stops: nothing is anticipated
+    }
+    if (eos) GTEST_SKIP() << "EOS within " << rounds << " tokens of the prefix";
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));  // time for a wrong anticipation to show
+    const double wasted = final_length == 0 ? 1.0 : 0.0;
+    EXPECT_EQ(s.hits(), static_cast<double>(rounds - 1));
+    EXPECT_EQ(s.forwards() - f0, static_cast<double>(rounds) + wasted);  // the first request's, then anticipations
+    s.eng.close(s.id, {});
+    for (int i = 0; i < 200 && s.metrics.value("specdec_active_sessions") > 0; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    EXPECT_EQ(s.metrics.value("specdec_anticipations_total", "result=\"unused\""), wasted) << final_length;
+  }
 }
 
 TEST(anticipation, a_request_that_differs_restores_the_random_source_so_sampled_verdicts_are_unchanged) {

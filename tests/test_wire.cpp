@@ -34,7 +34,8 @@ std::vector<wire::message> samples() {
   return {
       wire::open_session{.api_key = "sk-test-0123456789abcdef",
                          .params = {.temperature = 0.8f, .top_k = 40, .top_p = 0.9f}, .seed = 1ull << 40,
-                         .prefix = {1, 403, 2047, 0}},
+                         .final_length = 68, .prefix = {1, 403, 2047, 0}},
+      wire::open_session{.version = 2, .api_key = "k", .prefix = {1, 2}},  // before the final length
       wire::open_session{.version = 1, .prefix = {1, 2}},  // before keys: no key field
       wire::session_opened{.id = id, .vocab_size = 2048, .context_length = 256, .max_draft = 6, .draft_limit = 16},
       wire::resume_session{.id = id, .api_key = "sk-test-0123456789abcdef"},
@@ -75,10 +76,18 @@ TEST(wire, byte_counts) {
   EXPECT_EQ(wire::encode(wire::resume_session{}).size(), 19u);
   EXPECT_EQ(wire::encode(wire::resume_session{.api_key = std::string(24, 'k')}).size(), 19u + 24);
   EXPECT_EQ(wire::encode(wire::close_session{}), (bytes{1, 7}));
-  // open_session: len, type, version, key length 1 + key, temperature 4, top_k 1, top_p 4, seed 1, n 1, ids
-  EXPECT_EQ(wire::encode(wire::open_session{.prefix = {1, 403}}).size(), 1u + 1 + 1 + 1 + 4 + 1 + 4 + 1 + 1 + 3);
+  // open_session: len, type, version, key length 1 + key, temperature 4, top_k 1, top_p 4, seed 1,
+  // final length 1 (0, or 68: a 4-token prompt and 64 new tokens), n 1, ids
+  EXPECT_EQ(wire::encode(wire::open_session{.prefix = {1, 403}}).size(), 1u + 1 + 1 + 1 + 4 + 1 + 4 + 1 + 1 + 1 + 3);
+  EXPECT_EQ(wire::encode(wire::open_session{.final_length = 68, .prefix = {1, 403}}).size(),
+            1u + 1 + 1 + 1 + 4 + 1 + 4 + 1 + 1 + 1 + 3);
   EXPECT_EQ(wire::encode(wire::open_session{.api_key = std::string(24, 'k'), .prefix = {1, 403}}).size(),
-            1u + 1 + 1 + 1 + 24 + 4 + 1 + 4 + 1 + 1 + 3);
+            1u + 1 + 1 + 1 + 24 + 4 + 1 + 4 + 1 + 1 + 1 + 3);
+  // version 2 (before the final length) has no final length field, and cannot carry one
+  EXPECT_EQ(wire::encode(wire::open_session{.version = 2, .prefix = {1, 403}}).size(),
+            1u + 1 + 1 + 1 + 4 + 1 + 4 + 1 + 1 + 3);
+  EXPECT_THROW((void)wire::encode(wire::open_session{.version = 2, .final_length = 9, .prefix = {1}}),
+               specdec::invalid_argument);
   // version 1 (before keys) has no key field, and cannot carry one
   EXPECT_EQ(wire::encode(wire::open_session{.version = 1, .prefix = {1, 403}}).size(), 1u + 1 + 1 + 4 + 1 + 4 + 1 + 1 + 3);
   EXPECT_THROW((void)wire::encode(wire::open_session{.version = 1, .api_key = "k", .prefix = {1}}),
@@ -168,6 +177,15 @@ TEST(wire, rejects_bad_fields) {
   expect_rejected(open_with(1.0f, 0, 0.0f), "top_p");
   expect_rejected(open_with(-1.0f, 0, 1.0f), "temperature");
   expect_rejected(open_with(1.0f, 1ull << 40, 1.0f), "top_k");
+  // version 3: the final length follows the seed
+  bytes v3{3, 0};  // version 3, no key
+  wire::detail::put_f32(v3, 1.0f);
+  v3.push_back(0);
+  wire::detail::put_f32(v3, 1.0f);
+  v3.push_back(0);  // seed, then the frame ends
+  expect_rejected(frame_of(1, v3), "final_length");
+  v3.insert(v3.end(), {68, 1, 1});  // final length 68, one prefix token
+  EXPECT_EQ(std::get<wire::open_session>(wire::decode_frame(frame_of(1, v3), lim)).final_length, 68u);
   // error text longer than max_text
   bytes e{5, 0};
   wire::detail::put_varint(e, 2000);

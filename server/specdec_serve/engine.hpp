@@ -35,6 +35,9 @@
 /// verdict is the same with or without anticipation, token for token; the price is one
 /// row per request that never comes (the device stopped), the gain that a session at
 /// n* = 0 is in every step, like a completion stream, and its answers wait for no step.
+/// A device that says where it stops (`open_session::final_length`: its prompt plus its
+/// budget) is not anticipated past it, so a generation that ends at its budget costs no
+/// such row; one that ends at EOS costs none either (the verdict's token is EOS).
 ///
 /// ## The announcement binds
 /// A request verifies at most the drafts last announced to its session (`max_draft` of its
@@ -225,9 +228,10 @@ class engine final : public completion_service, public session_service {
   }
   hybrid::wire::message open(hybrid::wire::open_session m, principal who) override {
     if (draining_) return error_message(hybrid::wire::error_code::shutting_down, "the server is shutting down");
-    if (m.version != hybrid::wire::protocol_version)
+    if (m.version < hybrid::wire::oldest_protocol_version || m.version > hybrid::wire::protocol_version)
       return error_message(hybrid::wire::error_code::unsupported_version,
                            "protocol version " + std::to_string(m.version) + "; this server speaks " +
+                               std::to_string(hybrid::wire::oldest_protocol_version) + " to " +
                                std::to_string(hybrid::wire::protocol_version));
     return call(open_cmd{std::move(m), who, {}});
   }
@@ -296,6 +300,7 @@ class engine final : public completion_service, public session_service {
     random_source rng;
     std::vector<token_id> committed;  ///< the device's committed tokens, as told so far
     std::vector<token_id> kv;         ///< the tokens in this session's cache
+    std::uint64_t final_length = 0;   ///< open_session::final_length: no request past it (0: not said)
     std::uint64_t last_seq = 0, last_hash = 0;
     std::optional<hybrid::wire::message> last_reply;  ///< the answer to last_seq, once computed
     std::optional<verify_cmd> job;                    ///< the request being computed
@@ -450,6 +455,7 @@ class engine final : public completion_service, public session_service {
     s.params = c.msg.params;
     s.rng.reseed(c.msg.seed);
     s.committed = std::move(c.msg.prefix);
+    s.final_length = c.msg.final_length;
     s.last_active = now;
     s.answered = now;  // the device sends its first block right after session_opened
     const sequence_id seq = model_.add_sequence();
@@ -619,6 +625,7 @@ class engine final : public completion_service, public session_service {
     if (it->second.job)
       it->second.job->reply->set(error_message(hybrid::wire::error_code::unknown_session,
                                                std::string("the session ended: ") + why, it->second.job->req.seq));
+    if (it->second.anticipated) metrics_.add("specdec_anticipations_total", "result=\"unused\"");
     model_.remove_sequence(it->second.seq);  // the backend zeroes the cache before reuse
     wipe(it->second.committed);
     wipe(it->second.kv);
@@ -892,9 +899,11 @@ class engine final : public completion_service, public session_service {
     s.last_reply = reply;
     slot.set(std::move(reply));
     s.answered = clock::now();
-    // The device stops at EOS, and a request past the context would be refused.
-    s.anticipating = n == 0 && options_.speculation.anticipate && next != eos_token &&
-                     s.committed.size() + accepted_drafts.size() + 1 <= context_;
+    // The device stops at EOS and at the final length it announced, and a request past the
+    // context would be refused.
+    const std::size_t after = s.committed.size() + accepted_drafts.size() + 1;
+    s.anticipating = n == 0 && options_.speculation.anticipate && next != eos_token && after <= context_ &&
+                     (s.final_length == 0 || after < s.final_length);
     s.anticipated.reset();
     if (!s.anticipating) return;
     s.expect.assign(accepted_drafts.begin(), accepted_drafts.end());
@@ -993,7 +1002,8 @@ class engine final : public completion_service, public session_service {
                       "ended (not learnt by the step-time curve)");
     metrics_.describe("specdec_anticipations_total", "counter",
                       "Anticipated verify requests (after a 0-draft verdict) by result: hit (answered from the "
-                      "anticipated row) or miss (the request differed; the row was wasted)");
+                      "anticipated row), miss (the request differed; the row was wasted) or unused (the session "
+                      "ended first; the row was wasted)");
     metrics_.describe("specdec_step_hold_seconds_total", "counter",
                       "Time the scheduler held steps so other sessions' verify blocks could join them");
     metrics_.describe("specdec_verify_seconds", "histogram",

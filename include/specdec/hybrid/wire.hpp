@@ -17,7 +17,7 @@
 /// ## Messages (device -> server: open, resume, verify, close; server -> device: the rest)
 /// | type | message          | payload                                                                  |
 /// |------|------------------|--------------------------------------------------------------------------|
-/// | 1    | `open_session`   | version, key length, key, temperature f32, top_k, top_p f32, seed, n, n ids |
+/// | 1    | `open_session`   | version, key length, key, temperature f32, top_k, top_p f32, seed, final length, n, n ids |
 /// | 2    | `session_opened` | session id (16 bytes), vocab size, context length, max draft, draft limit |
 /// | 3    | `resume_session` | session id (16 bytes), key length, key bytes                             |
 /// | 4    | `verify_request` | seq, n, n committed ids, k, k draft ids, r (0 or k), r support rows      |
@@ -28,7 +28,8 @@
 /// The API key (`specdec-serve --api-keys`; empty on an open server) travels in
 /// `open_session` and `resume_session`, which attach a connection to a session; the
 /// connection's later requests act with that key. An `open_session` of version 1 (before
-/// keys) has no key field, so an old client still decodes and gets `unsupported_version`.
+/// keys) has no key field, so an old client still decodes and gets `unsupported_version`;
+/// version 2 has no final length (it decodes as 0, "not said").
 ///
 /// A support row is the draft's truncated distribution at one draft position: m, then m
 /// token ids strictly increasing (the first as is, each next as the gap minus one), then
@@ -69,9 +70,11 @@
 
 namespace specdec::hybrid::wire {
 
-/// The protocol version an `open_session` carries; a server rejects others with
-/// `error_code::unsupported_version`.
-inline constexpr std::uint32_t protocol_version = 2;
+/// The protocol version an `open_session` carries; a server rejects versions outside
+/// [oldest_protocol_version, protocol_version] with `error_code::unsupported_version`.
+inline constexpr std::uint32_t protocol_version = 3;
+/// The oldest version a server still speaks: 2 (before `open_session::final_length`).
+inline constexpr std::uint32_t oldest_protocol_version = 2;
 
 /// The first byte of a frame's body.
 ///
@@ -226,17 +229,20 @@ class sparse_rows {
 
 /// Device -> server: start a session holding `prefix` (the committed tokens so far) in the
 /// server's cache, verifying with `params` and a random source seeded with `seed`, owned
-/// by `api_key` (only that key may use it).
+/// by `api_key` (only that key may use it). `final_length` (version 3) is a hint: the
+/// committed length at which the device ends this generation (its prompt plus its token
+/// budget), 0 when it does not say; the server anticipates no request past it.
 struct open_session {
   std::uint32_t version = protocol_version;
   std::string api_key{};
   sampling_params params{};
   std::uint64_t seed = 0;
+  std::uint64_t final_length = 0;
   std::vector<token_id> prefix{};
   friend bool operator==(const open_session& a, const open_session& b) {
     return a.version == b.version && a.api_key == b.api_key && a.params.temperature == b.params.temperature &&
            a.params.top_k == b.params.top_k && a.params.top_p == b.params.top_p && a.seed == b.seed &&
-           a.prefix == b.prefix;
+           a.final_length == b.final_length && a.prefix == b.prefix;
   }
 };
 
@@ -461,6 +467,12 @@ inline void put_body(std::vector<std::uint8_t>& out, const message& m) {
           put_varint(out, static_cast<std::uint64_t>(x.params.top_k));
           put_f32(out, x.params.top_p);
           put_varint(out, x.seed);
+          if (x.version >= 3) {
+            put_varint(out, x.final_length);
+          } else if (x.final_length != 0) {
+            throw invalid_argument("wire::encode: open_session of version " + std::to_string(x.version) +
+                                   " with a final_length; versions before 3 have no such field");
+          }
           put_tokens(out, x.prefix);
         } else if constexpr (std::is_same_v<T, session_opened>) {
           out.insert(out.end(), x.id.begin(), x.id.end());
@@ -630,6 +642,7 @@ struct frame_header {
       m.params.top_p = r.f32("top_p");
       detail::check_sampling(r, m.params);
       m.seed = r.varint("seed");
+      if (m.version >= 3) m.final_length = r.varint("final_length");
       m.prefix = detail::get_tokens(r, "prefix", lim.max_tokens, "max_tokens", lim.vocab_size);
       r.finish();
       return m;
