@@ -746,6 +746,25 @@ TEST(decoder_errors, context_edge) {
   }
 }
 
+/// A local verifier that records the decoder's `expect_length` calls.
+struct length_recording_verifier : specdec::local_verifier<markov_model, specdec::greedy_match> {
+  using local_verifier::local_verifier;
+  std::vector<std::size_t> told;
+  void expect_length(std::size_t n) { told.push_back(n); }
+};
+static_assert(specdec::length_aware_verifier<length_recording_verifier>);
+
+TEST(decoder_verifiers, a_length_aware_verifier_is_told_where_each_generation_ends) {
+  markov_model t({.vocab = 6, .seed = 1, .context = 10});
+  markov_model d({.vocab = 6, .seed = 1, .noise_seed = 2, .noise = 0.7f, .context = 12});
+  specdec::basic_speculative_decoder dec(d, gamma_policy(3), length_recording_verifier(t, specdec::greedy_match{}));
+  const std::vector<token_id> prompt(4, 1);
+  (void)dec.generate(prompt, {.max_new_tokens = 3, .stop_at_eos = false});
+  (void)dec.generate(prompt, {.max_new_tokens = 100, .stop_at_eos = false});  // the context ends it first
+  (void)dec.generate(std::vector<token_id>(2, 1), {.max_new_tokens = 0});
+  EXPECT_EQ(dec.verifier().told, (std::vector<std::size_t>{7, 10, 2}));
+}
+
 // ---------------------------------------------------------------------------------------
 // Streaming and stopping.
 TEST(decoder_streaming, callback_sees_the_result_tokens_in_order_and_can_stop) {

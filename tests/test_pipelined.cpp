@@ -4,8 +4,10 @@
 // overlap really drafts ahead and some of it is used; the server's draft cap holds.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <iostream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "specdec/backend/cpu/batched_transformer.hpp"
@@ -88,6 +90,25 @@ TEST(pipelined_split_decoder, cut_connections_and_the_server_s_draft_cap) {
   EXPECT_GT(dec.client().reconnects(), 0u);
   EXPECT_LE(dec.pipeline().drafted, 2 * dec.pipeline().rounds);
   EXPECT_EQ(got.stats.draft_tokens_proposed, dec.pipeline().drafted);
+}
+
+TEST(pipelined_split_decoder, the_server_computes_nothing_past_where_the_generation_ends) {
+  // Announced 0 drafts, the server anticipates each next request; told the generation's
+  // end with the open (open_session.final_length), it runs no row after the last verdict.
+  serve::serve_options o = test_support::serve_options();
+  o.engine.speculation.fixed = 0;
+  fixture f(o);
+  cpu::transformer little(models + "/kjv-little.bin", {.threads = 1});
+  const generation_options opts{.max_new_tokens = 16, .stop_at_eos = false};
+  pipelined_split_decoder dec(little, "127.0.0.1", f.srv.verify_port(), {.gamma = 4});
+  for (const std::vector<token_id>& p : {std::vector<token_id>{1, 450, 1171}, std::vector<token_id>{1, 450}})
+    EXPECT_EQ(dec.generate(p, opts).tokens.size(), 16u);
+  auto& m = f.srv.metrics();
+  for (int i = 0; i < 400 && m.value("specdec_active_sessions") > 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  EXPECT_EQ(m.value("specdec_active_sessions"), 0.0);
+  EXPECT_GT(m.value("specdec_anticipations_total", "result=\"hit\""), 0.0);
+  EXPECT_EQ(m.value("specdec_anticipations_total", "result=\"unused\""), 0.0);
 }
 
 TEST(pipelined_split_decoder, bad_input_and_an_unreachable_server) {

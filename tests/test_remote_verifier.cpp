@@ -14,6 +14,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "specdec/backend/cpu/batched_transformer.hpp"
@@ -139,6 +140,32 @@ TEST(remote_verifier, a_new_request_starts_from_the_last_announcement) {
   const auto second = dec.generate(prompt, opts);
   EXPECT_EQ(second.tokens, want);
   EXPECT_EQ(second.stats.draft_tokens_proposed, 0u);
+}
+
+TEST(remote_verifier, the_server_computes_nothing_past_where_the_decoder_said_it_stops) {
+  // Announced 0 drafts, the server anticipates each next request (docs/hybrid.md); the
+  // decoder tells it where each generation ends (open_session.final_length), so no row is
+  // computed after a generation's last verdict: every anticipation is used.
+  cpu::batched_transformer model(models + "/stories260K.bin", cpu::transformer_options{.threads = 1});
+  serve::serve_options o = test_support::serve_options();
+  o.engine.speculation.fixed = 0;
+  serve::server<cpu::batched_transformer> srv(model, {}, std::move(o));
+  srv.start();
+  cpu::transformer draft(models + "/stories260K.bin", {.threads = 1});
+  const generation_options opts{.max_new_tokens = 12, .stop_at_eos = false};
+  const std::vector<token_id> prompt{1, 403, 407};
+  {
+    basic_speculative_decoder dec(draft, fixed_gamma{.gamma = 3},
+                                  remote_verifier("127.0.0.1", srv.verify_port(), {.vocab = draft.vocab_size()}));
+    for (int i = 0; i < 3; ++i) EXPECT_EQ(dec.generate(prompt, opts).tokens.size(), 12u);
+  }  // the last session closes with the decoder
+  auto& m = srv.metrics();
+  for (int i = 0; i < 400 && m.value("specdec_active_sessions") > 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  EXPECT_EQ(m.value("specdec_active_sessions"), 0.0);
+  EXPECT_GT(m.value("specdec_anticipations_total", "result=\"hit\""), 0.0);
+  EXPECT_EQ(m.value("specdec_anticipations_total", "result=\"unused\""), 0.0);
+  EXPECT_EQ(m.value("specdec_anticipations_total", "result=\"miss\""), 0.0);
 }
 
 TEST(remote_verifier, sampled_split_decoding_passes_the_exactness_harness) {

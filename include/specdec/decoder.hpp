@@ -200,6 +200,8 @@ class basic_speculative_decoder : public detail::seeded_sampling {
     if constexpr (language_model<Draft>) draft_.truncate(0);
     else if constexpr (resettable<Draft>) draft_.reset();
     verifier_.reset();
+    if constexpr (length_aware_verifier<Verifier>)
+      verifier_.expect_length(prompt.size() + std::min(opts.max_new_tokens, ctx - prompt.size()));
     restart_rng();
     drafter_.reset();
 

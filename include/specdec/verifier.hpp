@@ -79,6 +79,23 @@ concept verifier = has_vocabulary<V> && has_context<V> &&
                      { V::exact } -> std::convertible_to<bool>;
                    };
 
+/// A verifier that is told where a generation ends: after `reset()`, the decoder calls
+/// `v.expect_length(n)` with the committed length at which it will stop at the latest (the
+/// prompt plus the token budget, within the context). A hint for planning, never a
+/// promise: S may end earlier (EOS, a stop) and the verifier must stay correct if it
+/// grows further. `hybrid::remote_verifier` passes it to the server, which then computes
+/// nothing for a round that cannot come.
+///
+/// ```cpp
+/// template <specdec::verifier V>
+/// void start(V& v, std::size_t prompt, std::size_t budget) {
+///   v.reset();
+///   if constexpr (specdec::length_aware_verifier<V>) v.expect_length(prompt + budget);
+/// }
+/// ```
+template <class V>
+concept length_aware_verifier = verifier<V> && requires(V& v, std::size_t n) { v.expect_length(n); };
+
 namespace detail {
 
 /// Throws `error` unless the logits `l` that `what` returned (e.g. "speculative_decoder:

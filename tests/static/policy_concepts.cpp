@@ -88,4 +88,14 @@ static_assert(!specdec::verifier<verify_returns_result>);
 static_assert(!specdec::verifier<verifier_base>);
 static_assert(specdec::verifier<specdec::local_verifier<specdec::testing::markov_model, specdec::greedy_match>>);
 static_assert(!specdec::verifier<specdec::testing::markov_model>);
+// length_aware_verifier: a verifier with expect_length(n)
+struct length_aware : complete_verifier {
+  void expect_length(std::size_t) {}
+};
+struct length_without_verify : verifier_base {
+  void expect_length(std::size_t) {}
+};
+static_assert(specdec::length_aware_verifier<length_aware>);
+static_assert(!specdec::length_aware_verifier<complete_verifier>);
+static_assert(!specdec::length_aware_verifier<length_without_verify>);  // not a verifier
 }  // namespace

@@ -111,7 +111,12 @@ class remote_verifier {
     if (opened_) client_->close();
     opened_ = false;
     sent_ = 0;
+    client_->expect_length(0);
   }
+  /// Where the generation that follows `reset()` ends at the latest (the decoder's
+  /// `length_aware_verifier` call): sent with the session's open, so that the server
+  /// computes no round past it.
+  void expect_length(std::size_t n) noexcept { client_->expect_length(n); }
   /// Nothing to bring along: the server session holds what was sent.
   void sync(std::span<const token_id>) noexcept {}
 
@@ -236,7 +241,17 @@ class failover_verifier {
     backup_.reset();
     on_backup_ = false;
     refused_ = false;
+    final_length_ = 0;
     events_.assign(1, failover_event{0, verified_by::primary});
+  }
+  /// The generation's end (`length_aware_verifier`), passed on to whichever verifier takes
+  /// it, and again to the primary each time it resumes after the backup.
+  void expect_length(std::size_t n)
+    requires(specdec::length_aware_verifier<Primary> || specdec::length_aware_verifier<Backup>)
+  {
+    final_length_ = n;
+    if constexpr (specdec::length_aware_verifier<Primary>) primary_.expect_length(n);
+    if constexpr (specdec::length_aware_verifier<Backup>) backup_.expect_length(n);
   }
   void sync(std::span<const token_id> s) {
     if (on_backup_) backup_.sync(s);
@@ -248,7 +263,11 @@ class failover_verifier {
     if (events_.empty()) events_.push_back({0, verified_by::primary});
     if (!refused_ && (!on_backup_ || clock::now() >= retry_at_)) {
       try {
-        if (on_backup_) primary_.reset();  // resynchronise from S
+        if (on_backup_) {  // resynchronise from S
+          primary_.reset();
+          if constexpr (specdec::length_aware_verifier<Primary>)
+            if (final_length_ != 0) primary_.expect_length(final_length_);
+        }
         const verdict v = primary_.verify(s, d, params, rng);
         switch_to(false, s.size());
         return v;
@@ -277,6 +296,7 @@ class failover_verifier {
   double retry_seconds_;
   bool on_backup_ = false;
   bool refused_ = false;  ///< the privacy gate refused this generation's primary
+  std::size_t final_length_ = 0;  ///< the generation's end, once told (0: not told)
   clock::time_point retry_at_{};
   std::vector<failover_event> events_;
 };

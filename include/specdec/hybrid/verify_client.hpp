@@ -136,7 +136,8 @@ class verify_client {
       ensure_connected();  // no session yet: nothing to resume
       const auto t0 = std::chrono::steady_clock::now();
       out_.clear();
-      stage(wire::open_session{.api_key = options_.api_key, .params = params_, .seed = seed_, .prefix = committed_},
+      stage(wire::open_session{.api_key = options_.api_key, .params = params_, .seed = seed_,
+                               .final_length = final_length_, .prefix = committed_},
             committed_.size());
       request_.seq = 1;
       request_.committed.clear();
@@ -220,6 +221,11 @@ class verify_client {
   /// Drafts the server will verify next round (0: it wants plain decoding for now); after
   /// a session ends, its last announcement (a new session may start from it).
   [[nodiscard]] std::size_t max_draft() const noexcept { return max_draft_; }
+  /// The committed length at which the device ends its generation (prompt plus budget;
+  /// 0: not said), sent with every later open, reopens included
+  /// (`wire::open_session::final_length`): the server then computes no round past it.
+  void expect_length(std::uint64_t final_length) noexcept { final_length_ = final_length; }
+  [[nodiscard]] std::uint64_t expected_length() const noexcept { return final_length_; }
   /// The most drafts one request may carry (0 before the first `session_opened`).
   [[nodiscard]] std::size_t draft_limit() const noexcept { return draft_limit_; }
   [[nodiscard]] std::size_t vocab_size() const noexcept { return vocab_; }
@@ -327,7 +333,8 @@ class verify_client {
 
   /// Opens a session with all committed tokens on the current connection.
   void open_session_now() {
-    wire::open_session o{.api_key = options_.api_key, .params = params_, .seed = seed_, .prefix = committed_};
+    wire::open_session o{.api_key = options_.api_key, .params = params_, .seed = seed_,
+                         .final_length = final_length_, .prefix = committed_};
     send(o, committed_.size());
     apply_opened(expect<wire::session_opened>(receive(), "open_session"));
     pending_.clear();
@@ -411,6 +418,7 @@ class verify_client {
   std::size_t vocab_ = 0, context_ = 0, max_draft_ = 0, draft_limit_ = 0;
   sampling_params params_{};
   std::uint64_t seed_ = 0;
+  std::uint64_t final_length_ = 0;
   std::vector<token_id> committed_;  ///< every committed token (prefix + deltas)
   std::vector<token_id> pending_;    ///< committed tokens not yet delivered to the session
   wire::verify_request request_;
