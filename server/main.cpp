@@ -69,6 +69,9 @@ int main(int argc, char** argv) {
         .add("--max-draft", "N", "most drafts the server announces per round (default 8)",
              cli::store(eo.speculation.max_draft, count))
         .add("--fixed-draft", "N", "always announce N drafts (no dynamic speculation)", cli::store(fixed_draft, count))
+        .add("--min-draft-gain", "G",
+             "announce drafts only when they promise G times the tokens per second of none (default 1.2)",
+             cli::store(eo.speculation.min_gain, cli::range<double>{.lo = 1, .hi = 100}))
         .add("--hold-fraction", "F",
              "hold a verify block at most F of a step's time for other sessions' blocks (default 1; 0 = never)",
              cli::store(eo.hold.hold_fraction, cli::range<double>{.lo = 0, .hi = 100}))

@@ -127,6 +127,20 @@ TEST(speculation, announces_long_drafts_when_verification_is_nearly_free_and_non
     const double rate_0 = (static_cast<double>(s) + 3) / t.seconds(static_cast<double>(s + 3));
     EXPECT_GE(rate_n, rate_0) << s;
   }
+  // A draft length must promise min_gain times n = 0's rate: at 1 session drafting
+  // promises far more and stays; where its best promise is a few percent, none is announced.
+  EXPECT_EQ(choose_draft(t, {.sessions = 1}, 0.7, 8, 1.2), alone);
+  std::size_t drafting = 0;
+  for (std::size_t s : {4u, 8u, 16u, 24u, 32u}) {
+    const std::size_t n = choose_draft(t, {.sessions = static_cast<double>(s)}, 0.6, 8);
+    if (n == 0) continue;
+    ++drafting;
+    const double gain = (static_cast<double>(s) * expected_tokens(n, 0.6)) / t.seconds(static_cast<double>(s * (n + 1))) /
+                        (static_cast<double>(s) / t.seconds(static_cast<double>(s)));
+    EXPECT_EQ(choose_draft(t, {.sessions = static_cast<double>(s)}, 0.6, 8, gain * 0.999), n) << s;
+    EXPECT_EQ(choose_draft(t, {.sessions = static_cast<double>(s)}, 0.6, 8, gain * 1.001), 0u) << s;
+  }
+  EXPECT_GE(drafting, 2u);
   // Low acceptance makes drafting pointless sooner; no measurement yet = the maximum.
   EXPECT_LE(choose_draft(t, {.sessions = 4}, 0.1, 8), choose_draft(t, {.sessions = 4}, 0.9, 8));
   EXPECT_EQ(choose_draft(cost_curve{}, {.sessions = 4}, 0.7, 8), 8u);
@@ -208,6 +222,9 @@ TEST(speculation, options_are_validated) {
   EXPECT_THROW(o.validate(16), specdec::invalid_argument);
   o.prior_acceptance = 0.6;
   o.busy_gap_seconds = -1;
+  EXPECT_THROW(o.validate(16), specdec::invalid_argument);
+  o.busy_gap_seconds = 0.001;
+  o.min_gain = 0.9;  // below 1 would trade throughput for drafting
   EXPECT_THROW(o.validate(16), specdec::invalid_argument);
 }
 
