@@ -322,6 +322,27 @@ TEST(speculation, the_curve_learns_only_from_forwards_that_follow_another_closel
   }
 }
 
+TEST(speculation, the_start_up_calibration_times_every_row_count_up_to_the_step_limit) {
+  // Rounds over all row counts (1..32 rows, then doubling, within max_step_rows): the curve
+  // is the lower convex hull of the fastest timing of each, starting at 1 row, increasing.
+  specdec::cpu::batched_transformer model{std::string(SPECDEC_MODELS_DIR) + "/stories260K.bin", {.threads = 1}};
+  metrics_registry metrics;
+  engine<specdec::cpu::batched_transformer> eng(
+      model, {.model_id = "m", .max_step_rows = 48, .speculation = {.calibrate = true}}, metrics);
+  eng.start();
+  const auto points = eng.cost_points();
+  eng.stop();
+  ASSERT_GE(points.size(), 2u);
+  EXPECT_EQ(points.front().first, 1.0);
+  EXPECT_LE(points.back().first, 48.0);
+  EXPECT_GE(points.back().first, 16.0);  // a hull reaching well past the knee region
+  for (std::size_t i = 1; i < points.size(); ++i) {
+    EXPECT_GT(points[i].first, points[i - 1].first);
+    EXPECT_GE(points[i].second, points[i - 1].second);
+    EXPECT_GT(points[i].second, 0.0);
+  }
+}
+
 TEST(anticipation, answers_the_request_after_a_zero_draft_verdict_from_the_row_it_ran_ahead) {
   constexpr std::uint64_t rounds = 8;
   std::vector<token_id> got[2];

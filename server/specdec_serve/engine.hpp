@@ -685,7 +685,7 @@ class engine final : public completion_service, public session_service {
     const std::size_t position = std::min(o.calibration_position, context_ > 8 ? context_ - 8 : 0);
     const std::vector<token_id> tokens(std::max<std::size_t>(position, 8), bos_token);
     std::vector<sequence_id> ids;
-    std::vector<std::pair<double, double>> shape;
+    std::vector<std::pair<std::size_t, std::vector<sequence_block>>> shapes;  // rows, blocks
     try {
       for (std::size_t rows = 1; rows <= options_.max_step_rows; rows = rows < 32 ? rows + 1 : 2 * rows) {
         const std::size_t per_seq = rows <= 32 ? 2 : 8;
@@ -701,20 +701,32 @@ class engine final : public completion_service, public session_service {
           }
           blocks.push_back({ids[i], std::span<const token_id>(tokens.data(), std::min(per_seq, rows - i * per_seq))});
         }
-        // The fastest of 5 (after a warm-up): a shared machine's other tenants only add time;
-        // the online observations then scale the curve to the load actually seen.
-        double best = 1e30;
-        for (int rep = 0; rep < 6; ++rep) {
-          for (const sequence_block& b : blocks) model_.truncate(b.id, position);
-          const auto t0 = clock::now();
-          (void)model_.forward_batch(blocks);
-          if (rep > 0) best = std::min(best, std::chrono::duration<double>(clock::now() - t0).count());
-        }
-        shape.emplace_back(static_cast<double>(rows), best);
+        shapes.emplace_back(rows, std::move(blocks));
       }
     } catch (const resource_error&) {
-      // No memory for more calibration sequences: the shape ends at the rows measured.
+      // No memory for more calibration sequences: the shape ends at the rows set up.
     }
+    // The fastest of 5 rounds over every row count (after a warm-up round): a shared
+    // machine's other tenants only add time, and a moment of theirs then slows one round of
+    // every row count rather than all timings of a few (which would bend the curve's
+    // shape, and the announcements with it); the online observations scale the curve to
+    // the load actually seen.
+    std::vector<double> best(shapes.size(), 1e30);
+    for (int rep = 0; rep < 6; ++rep) {
+      for (std::size_t i = 0; i < shapes.size(); ++i) {
+        for (const sequence_block& b : shapes[i].second) model_.truncate(b.id, position);
+        const auto t0 = clock::now();
+        try {
+          (void)model_.forward_batch(shapes[i].second);
+        } catch (const resource_error&) {  // no memory for a step this large: the shape ends below it
+          shapes.resize(i);
+          break;
+        }
+        if (rep > 0) best[i] = std::min(best[i], std::chrono::duration<double>(clock::now() - t0).count());
+      }
+    }
+    std::vector<std::pair<double, double>> shape;
+    for (std::size_t i = 0; i < shapes.size(); ++i) shape.emplace_back(static_cast<double>(shapes[i].first), best[i]);
     for (sequence_id id : ids) model_.remove_sequence(id);
     std::lock_guard lock(curve_mu_);
     curve_.calibrate(std::move(shape));
