@@ -122,42 +122,28 @@ TEST(remote_verifier, a_new_request_starts_from_the_last_announcement) {
   // A server that wants no drafts (as under load): the first request's first block carries
   // the decoder's gamma (nothing announced yet), every later block none, the next
   // request's first block included; the output is the target's greedy output throughout.
+  // At 0 drafts the server anticipates each next request (docs/hybrid.md); the decoder
+  // tells it where each generation ends (open_session.final_length), so no row is computed
+  // after a generation's last verdict: every anticipation is used.
   cpu::batched_transformer model(models + "/stories260K.bin", cpu::transformer_options{.threads = 1});
   serve::serve_options o = test_support::serve_options();
   o.engine.speculation.fixed = 0;
   serve::server<cpu::batched_transformer> srv(model, {}, std::move(o));
   srv.start();
   cpu::transformer draft(models + "/stories260K.bin", {.threads = 1});
-  basic_speculative_decoder dec(draft, fixed_gamma{.gamma = 3},
-                                remote_verifier("127.0.0.1", srv.verify_port(), {.vocab = draft.vocab_size()}));
   const generation_options opts{.max_new_tokens = 12, .stop_at_eos = false};
   const std::vector<token_id> prompt{1, 403, 407};
   autoregressive_decoder ar(draft);
   const auto want = ar.generate(prompt, opts).tokens;
-  const auto first = dec.generate(prompt, opts);
-  EXPECT_EQ(first.tokens, want);
-  EXPECT_EQ(first.stats.draft_tokens_proposed, 3u);
-  const auto second = dec.generate(prompt, opts);
-  EXPECT_EQ(second.tokens, want);
-  EXPECT_EQ(second.stats.draft_tokens_proposed, 0u);
-}
-
-TEST(remote_verifier, the_server_computes_nothing_past_where_the_decoder_said_it_stops) {
-  // Announced 0 drafts, the server anticipates each next request (docs/hybrid.md); the
-  // decoder tells it where each generation ends (open_session.final_length), so no row is
-  // computed after a generation's last verdict: every anticipation is used.
-  cpu::batched_transformer model(models + "/stories260K.bin", cpu::transformer_options{.threads = 1});
-  serve::serve_options o = test_support::serve_options();
-  o.engine.speculation.fixed = 0;
-  serve::server<cpu::batched_transformer> srv(model, {}, std::move(o));
-  srv.start();
-  cpu::transformer draft(models + "/stories260K.bin", {.threads = 1});
-  const generation_options opts{.max_new_tokens = 12, .stop_at_eos = false};
-  const std::vector<token_id> prompt{1, 403, 407};
   {
     basic_speculative_decoder dec(draft, fixed_gamma{.gamma = 3},
                                   remote_verifier("127.0.0.1", srv.verify_port(), {.vocab = draft.vocab_size()}));
-    for (int i = 0; i < 3; ++i) EXPECT_EQ(dec.generate(prompt, opts).tokens.size(), 12u);
+    const auto first = dec.generate(prompt, opts);
+    EXPECT_EQ(first.tokens, want);
+    EXPECT_EQ(first.stats.draft_tokens_proposed, 3u);
+    const auto second = dec.generate(prompt, opts);
+    EXPECT_EQ(second.tokens, want);
+    EXPECT_EQ(second.stats.draft_tokens_proposed, 0u);
   }  // the last session closes with the decoder
   auto& m = srv.metrics();
   for (int i = 0; i < 400 && m.value("specdec_active_sessions") > 0; ++i)
