@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <concepts>
 #include <cstddef>
+#include <cstring>
+#include <vector>
 
 #include "specdec/backend/cpu/detail/arch/vector.hpp"
 #include "specdec/backend/cpu/detail/tiles.hpp"
@@ -291,6 +293,20 @@ inline void matmul_panels(const W& w, std::size_t p0, std::size_t rows, std::siz
   const panel_product<W> m{w, p0, p_end, rows, n, x, k, ldx, y, ldy, std::max(p_end, p0 + pf_panels)};
   const std::size_t l1_panels = std::max<std::size_t>(1, half_l1_bytes / std::max<std::size_t>(1, n * W::column_bytes));
   with_panel_table(tiles, [&](auto table) {
+    constexpr std::size_t pad = pad_blocks_to<decltype(table)>;
+    if constexpr (pad > 1) {
+      if (k > 1 && k < pad) {
+        // Padded (tiles.hpp, `pad_blocks_to`): inputs and outputs in per-thread scratch.
+        thread_local std::vector<float> xs, ys;
+        xs.resize(pad * n);
+        ys.resize(pad * rows);
+        for (std::size_t t = 0; t < pad; ++t) std::memcpy(xs.data() + t * n, x + (t < k ? t : 0) * ldx, n * sizeof(float));
+        const panel_product<W> mp{w, p0, p_end, rows, n, xs.data(), pad, n, ys.data(), rows, m.pf_end};
+        choose_tiles(table, pad, l1_panels, [&](auto family) { run_panel_tiles(family, mp); });
+        for (std::size_t t = 0; t < k; ++t) std::memcpy(y + t * ldy, ys.data() + t * rows, rows * sizeof(float));
+        return;
+      }
+    }
     choose_tiles(table, k, l1_panels, [&](auto family) { run_panel_tiles(family, m); });
   });
 }

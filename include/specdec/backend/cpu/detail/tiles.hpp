@@ -42,7 +42,7 @@ namespace specdec::cpu {
 /// | `2x8`  | as `4x6` up to 4, then 2 x 8 | 2 x 8 | 2 x 12          | 2 x 12, 2 token tiles |
 /// | `2x12` | 4 x 6, then 2 x 8    | 2 x 8  | 2 x 12               | 2 x 12, 2 token tiles |
 /// | `1x6`  | 1 x 6                | 1 x 6, 2 token tiles | 1 x 6, 2 token tiles | 1 x 6, 3 token tiles |
-/// | `2x8l2` | 8 x 2, then 4 x 6 up to 4, then 2 x 8 | 2 x 8 | 2 x 8, 2 token tiles | 2 x 8, 2 token tiles |
+/// | `2x8l2` | 4 x 6 up to 4 (2-3 padded to 4), then 2 x 8 | 2 x 8 | 2 x 8, 2 token tiles | 2 x 8, 2 token tiles |
 ///
 /// (A single token takes 8 panels x 1, 6 x 1 in an AVX2 build, then 1 x 1; where
 /// one panel of the matrix fills half the L1, blocks of 2-8 take 1 x 8 in `4x6` and
@@ -270,19 +270,29 @@ using block8_tile_table = tile_table<tile_choice<1, 1, single_token_tiles>,  //
 /// `tile_config::t2x8_l2`'s tiles: every one prefetches into the L2, `prefetch_lead_bytes`
 /// ahead of its reads (a single token too: the hardware prefetchers alone then leave
 /// part of the stream's latency exposed). One token in 8 panels (6 with AVX2's
-/// registers), 2 tokens in 8 x 2 tiles (a 4 x 2 tile's blocks of 2 were 10-15 % slower on
-/// the Zen 4 host), 3-4 in 4 x 6 tiles, more in 2 x 8 tiles over token tiles of at most 8.
+/// registers), 2-4 tokens in 4 x 6 tiles (2 and 3 padded to 4: `pad_blocks_to`), more in
+/// 2 x 8 tiles over token tiles of at most 8.
 template <int Panels, int Tokens>
 using l2_policy = panel_policy<Panels, Tokens, true, prefetch_lead_bytes, prefetch_level::l2>;
 using l2_single_token_tiles = tile_family<l2_policy<(packet_registers >= 16 ? 8 : 6), 1>, l2_policy<1, 1>>;
-using l2_two_token_tiles = tile_family<l2_policy<8, 2>, l2_policy<2, 2>, l2_policy<1, 2>>;
 using l2_short_block_tiles = tile_family<l2_policy<4, 6>, l2_policy<1, 6>>;
 using l2_block_tiles = tile_family<l2_policy<2, 8>, l2_policy<1, 8>>;
 /// `tile_config::t2x8_l2`.
 using l2_tile_table = tile_table<tile_choice<1, 1, l2_single_token_tiles>,  //
-                                 tile_choice<2, 1, l2_two_token_tiles>,     //
                                  tile_choice<4, 1, l2_short_block_tiles>,   //
                                  tile_choice<any_tokens, 1, l2_block_tiles>>;
+
+/// Blocks of 2 .. P - 1 tokens that a table's products run as blocks of P =
+/// `pad_blocks_to<Table>` (0: none): the added rows repeat the block's first and their
+/// outputs are dropped, so every kept output is the same chain as without them. Where a
+/// tile streams weights from memory faster when it does more FMAs per weight it reads, a
+/// padded block costs less than the block itself: on the AMD EPYC family 25 model 17
+/// host (Zen 4; `2x8l2`, kjv-big fp32, 1 thread) forwards of 2 and 3 tokens took 1.15x and
+/// 1.20-1.21x one token's time against 1.07-1.09x for 4, and 1.03x and 1.05x padded.
+template <class Table>
+inline constexpr std::size_t pad_blocks_to = 0;
+template <>
+inline constexpr std::size_t pad_blocks_to<l2_tile_table> = 4;
 
 /// `tile_config::t2x12`: panel_tile_table with 2 x 12 tiles from 9 tokens on.
 using wide_tile_table = tile_table<tile_choice<1, 1, single_token_tiles>,  //
