@@ -287,8 +287,9 @@ using l2_tile_table = tile_table<tile_choice<1, 1, l2_single_token_tiles>,  //
 /// outputs are dropped, so every kept output is the same chain as without them. Where a
 /// tile streams weights from memory faster when it does more FMAs per weight it reads, a
 /// padded block costs less than the block itself: on the AMD EPYC family 25 model 17
-/// host (Zen 4; `2x8l2`, kjv-big fp32, 1 thread) forwards of 2 and 3 tokens took 1.15x and
-/// 1.20-1.21x one token's time against 1.07-1.09x for 4, and 1.03x and 1.05x padded.
+/// host (Zen 4; `2x8l2`, kjv-big fp32, 1 thread, four runs) forwards of 2 and 3 tokens took
+/// 1.08-1.16x and 1.09-1.24x one token's time (4 tokens: 0.99-1.09x), padded 1.03-1.06x
+/// and 1.05-1.07x.
 template <class Table>
 inline constexpr std::size_t pad_blocks_to = 0;
 template <>
