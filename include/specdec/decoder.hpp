@@ -201,7 +201,7 @@ class basic_speculative_decoder : public detail::seeded_sampling {
     else if constexpr (resettable<Draft>) draft_.reset();
     verifier_.reset();
     if constexpr (length_aware_verifier<Verifier>)
-      verifier_.expect_length(prompt.size() + std::min(opts.max_new_tokens, ctx - prompt.size()));
+      verifier_.expect_length(detail::final_length(prompt, opts, ctx));
     restart_rng();
     drafter_.reset();
 

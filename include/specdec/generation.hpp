@@ -103,6 +103,13 @@ bool invoke_on_token(F& f, token_id t) {
   }
 }
 
+/// The committed length at which a generation of `opts` after `prompt` ends at the
+/// latest within `context` tokens (prompt < context, as `validate_request` checks).
+[[nodiscard]] inline std::size_t final_length(std::span<const token_id> prompt, const generation_options& opts,
+                                              std::size_t context) noexcept {
+  return prompt.size() + std::min(opts.max_new_tokens, context - prompt.size());
+}
+
 /// Checks a request before any model runs: a non-empty prompt of in-range ids that leaves
 /// room for one generated token, and non-empty in-range stop sequences.
 inline void validate_request(std::span<const token_id> prompt, const generation_options& opts,

@@ -133,7 +133,7 @@ class pipelined_split_decoder {
     // The session opens with the first block (`open_and_verify`: no round trip of its own),
     // so the first block is drafted before this session's first announcement.
     opened_ = false;
-    client_->expect_length(prompt.size() + std::min(opts.max_new_tokens, draft_.context_length() - prompt.size()));
+    client_->expect_length(specdec::detail::final_length(prompt, opts, draft_.context_length()));
     const auto context = [&] {
       return std::min<std::size_t>(draft_.context_length(), client_->context_length() != 0 ? client_->context_length()
                                                                                           : draft_.context_length());

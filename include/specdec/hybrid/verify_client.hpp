@@ -225,7 +225,6 @@ class verify_client {
   /// 0: not said), sent with every later open, reopens included
   /// (`wire::open_session::final_length`): the server then computes no round past it.
   void expect_length(std::uint64_t final_length) noexcept { final_length_ = final_length; }
-  [[nodiscard]] std::uint64_t expected_length() const noexcept { return final_length_; }
   /// The most drafts one request may carry (0 before the first `session_opened`).
   [[nodiscard]] std::size_t draft_limit() const noexcept { return draft_limit_; }
   [[nodiscard]] std::size_t vocab_size() const noexcept { return vocab_; }

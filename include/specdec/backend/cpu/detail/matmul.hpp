@@ -290,9 +290,13 @@ inline void matmul_panels(const W& w, std::size_t p0, std::size_t rows, std::siz
                           tile_config tiles = tile_config::t4x6) noexcept {
   if (k == 0 || rows == 0) return;
   const std::size_t p_end = p0 + (rows + lanes - 1) / lanes;
-  const panel_product<W> m{w, p0, p_end, rows, n, x, k, ldx, y, ldy, std::max(p_end, p0 + pf_panels)};
+  const std::size_t pf_end = std::max(p_end, p0 + pf_panels);
   const std::size_t l1_panels = std::max<std::size_t>(1, half_l1_bytes / std::max<std::size_t>(1, n * W::column_bytes));
   with_panel_table(tiles, [&](auto table) {
+    const auto run = [&](const float* xt, std::size_t kt, std::size_t ldxt, float* yt, std::size_t ldyt) {
+      const panel_product<W> m{w, p0, p_end, rows, n, xt, kt, ldxt, yt, ldyt, pf_end};
+      choose_tiles(table, kt, l1_panels, [&](auto family) { run_panel_tiles(family, m); });
+    };
     constexpr std::size_t pad = pad_blocks_to<decltype(table)>;
     if constexpr (pad > 1) {
       if (k > 1 && k < pad) {
@@ -301,13 +305,12 @@ inline void matmul_panels(const W& w, std::size_t p0, std::size_t rows, std::siz
         xs.resize(pad * n);
         ys.resize(pad * rows);
         for (std::size_t t = 0; t < pad; ++t) std::memcpy(xs.data() + t * n, x + (t < k ? t : 0) * ldx, n * sizeof(float));
-        const panel_product<W> mp{w, p0, p_end, rows, n, xs.data(), pad, n, ys.data(), rows, m.pf_end};
-        choose_tiles(table, pad, l1_panels, [&](auto family) { run_panel_tiles(family, mp); });
+        run(xs.data(), pad, n, ys.data(), rows);
         for (std::size_t t = 0; t < k; ++t) std::memcpy(y + t * ldy, ys.data() + t * rows, rows * sizeof(float));
         return;
       }
     }
-    choose_tiles(table, k, l1_panels, [&](auto family) { run_panel_tiles(family, m); });
+    run(x, k, ldx, y, ldy);
   });
 }
 
