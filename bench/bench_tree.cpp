@@ -35,8 +35,9 @@
 //    they learnt across generations (`carry_over`). Each table ends with the hardware-aware
 //    policy against the best chain of the same run (">= 0.97x" or "BELOW"), the
 //    configuration with the most tokens per target call, the plans the policy made, what it
-//    learnt (the verify-cost curve too) and what it would plan on a host where a
-//    16-token block costs 1.5x one token, and the run-to-run noise: how far each
+//    learnt (the verify-cost curve and the modelled rate of chains of 0-6 nodes too) and
+//    what it would plan on a host where a 16-token block costs 1.5x one token, and the
+//    run-to-run noise: how far each
 //    configuration's total CPU time over the even rounds' fastest runs is from the odd
 //    rounds' (two independent measurements of the same figure).
 #include <benchmark/benchmark.h>
@@ -358,6 +359,9 @@ void print_plans(const char* what, const plan_log& log) {
   std::printf(", draft forward %.3f, overhead %.4f per row (target tokens)\n", h.draft_forward_cost(), h.row_overhead());
   std::printf("  realised tokens per target-token time, chains %.2f, trees %.2f (context class 0)\n",
               h.realised_rate(false), h.realised_rate(true));
+  std::printf("  modelled chains (nodes: tokens per token-time):");
+  for (std::size_t k = 0; k <= std::min<std::size_t>(6, h.max_nodes); ++k) std::printf(" %zu: %.3f", k, h.rate(k, 1));
+  std::printf("\n");
   for (std::size_t k = 0; k < h.context_bounds.size(); ++k) {  // per context class (a text index's match length)
     std::printf("  after a match of %zu+ tokens: a(d, 0) =", h.context_bounds[k]);
     for (std::size_t d = 0; d < 12; d += d < 4 ? 1 : 4) std::printf(" %zu: %.2f", d, h.acceptance(d, 0, h.context_bounds[k]));
@@ -365,7 +369,7 @@ void print_plans(const char* what, const plan_log& log) {
     std::printf(", plan %s\n", plan_text(q).c_str());
   }
   std::printf("  verify cost t(n)/t(1), learnt (start-up):");
-  for (std::size_t n : {2, 5, 8, 9, 13, 17})
+  for (std::size_t n : {2, 3, 4, 5, 6, 8, 9, 13, 17})
     if (n <= h.verify_cost.size()) std::printf(" %zu: %.2f (%.2f)", n, h.verify_ratio(n), h.verify_cost[n - 1]);
   std::printf("\n");
   // The same policy on a host where a 16-token block costs 1.5x one token (the cost
