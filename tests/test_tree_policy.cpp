@@ -592,6 +592,37 @@ TEST(hardware_aware_tree, changes_among_measured_chain_lengths_only_for_more_tha
                specdec::invalid_argument);
 }
 
+// A size the plan does not use is sampled only now and then, and a few dear samples must
+// not price it out for good: the costs of the test above, acceptance pinned at 0.6. The
+// plan is the chain of 3 (4 rows at 1.1: 1.978 tokens per token-time; the chain of 4,
+// 1.971, is next). Three forwards of 4 rows timed at 1.5 make r(4) = (1.1 + 3 x 1.5) / 4
+// = 1.4, yet the search prices 4 rows at 1.1 until they were observed trust_after = 8
+// times; then r(4) = (1.1 + 8 x 1.5) / 9 = 1.456 and the chain of 4 is planned. With
+// trust_after = 0 the three samples move the plan at once.
+TEST(hardware_aware_tree, prices_a_size_at_its_start_up_ratio_until_it_was_observed_trust_after_times) {
+  const specdec::hardware_aware_tree knobs{.verify_cost = {1.0, 1.02, 1.05, 1.1, 1.17, 2.0}, .max_nodes = 5,
+                                           .max_depth = 5, .max_branching = 1, .prior_table = table(5, 0.6, 0.3),
+                                           .decay = 1.0, .level_drafter = false, .learn_costs = false,
+                                           .replan_every = 1, .target_token_seconds = 1e-3, .explore_every = 0,
+                                           .explore_until = 1.0, .rival_band = 0.0};
+  const auto plans = [&](double trust_after) {
+    specdec::hardware_aware_tree p = knobs;
+    p.trust_after = trust_after;
+    std::vector<std::size_t> out{p.plan().nodes};
+    for (int i = 0; i < 8; ++i) {
+      p.observe_cost({.nodes = 3, .target_rows = 4, .target_seconds = 1.5e-3});
+      out.push_back(p.plan().nodes);
+    }
+    EXPECT_NEAR(p.verify_ratio(4), (1.1 + 8 * 1.5) / 9, 1e-12);  // the learnt ratio, whatever the search reads
+    return out;
+  };
+  EXPECT_EQ(plans(8.0), (std::vector<std::size_t>{3, 3, 3, 3, 3, 3, 3, 3, 4}));
+  EXPECT_EQ(plans(0.0), (std::vector<std::size_t>{3, 4, 4, 4, 4, 4, 4, 4, 4}));
+  EXPECT_THROW((void)(specdec::hardware_aware_tree{.verify_cost = knobs.verify_cost, .max_nodes = 5,
+                                                   .trust_after = -1.0}.plan()),
+               specdec::invalid_argument);
+}
+
 // Rival chain lengths measured: the costs of the test above before any forward was
 // observed, acceptance pinned at 0.6 (a prior that weighs 1e9 verdicts), no decay. The
 // model's best chain, 3 nodes (2.176 tokens for 1.1: 1.978), has one rival within

@@ -159,7 +159,11 @@ concept cost_observing_policy = tree_sizing_policy<P> && requires(P& p, const tr
 /// `curve_weight` observations. t(1) is the running one-token time (`token_seconds`,
 /// learnt through the start-up curve), so a host that became slower or faster as a
 /// whole moves t(1), not the shape; a size forgets only when it is observed again. The
-/// search reads r. Every
+/// search reads r, except that a size observed fewer than `trust_after` times (decayed)
+/// costs it no more than its start-up ratio: a size the plan does not use is sampled
+/// only by explorations and plan changes, few and often dearer than the same size in a
+/// run of steps (docs/performance.md), and a size once sampled dear would otherwise never
+/// be planned, and so never measured, again. Every
 /// `explore_every`-th drafting plan is instead the best tree of a neighbouring node
 /// count (+1, -1, +2, -2, in turn) so that the sizes next to the plan are measured too,
 /// as long as such a size is both unmeasured (fewer than `explore_until` forwards of it
@@ -266,6 +270,9 @@ struct hardware_aware_tree {
   /// A neighbouring size is explored only while fewer than this many forwards of its size
   /// were observed (decayed): once its cost is known, the search weighs it as it is.
   double explore_until = 4.0;
+  /// Forwards of a size (decayed) the search needs before it prices the size above its
+  /// start-up ratio (see the struct comment); 0: at once. >= 0.
+  double trust_after = 8.0;
   /// A plan with branches must beat the best chain (or no draft) by this fraction of its
   /// rate, else the chain is planned (see the struct comment). >= 0.
   double tree_margin = 0.1;
@@ -319,6 +326,7 @@ struct hardware_aware_tree {
     detail::check_positive("hardware_aware_tree.curve_weight", curve_weight);
     if (replan_every == 0) detail::fail_knob("hardware_aware_tree.replan_every", "0", ">= 1 (1: every step)");
     detail::check_non_negative("hardware_aware_tree.explore_until", explore_until);
+    detail::check_non_negative("hardware_aware_tree.trust_after", trust_after);
     detail::check_non_negative("hardware_aware_tree.tree_margin", tree_margin);
     detail::check_non_negative("hardware_aware_tree.realised_margin", realised_margin);
     detail::check_non_negative("hardware_aware_tree.switch_margin", switch_margin);
@@ -596,7 +604,7 @@ struct hardware_aware_tree {
     for (double x : {draft_cost, static_cast<double>(max_nodes), static_cast<double>(max_depth),
                      static_cast<double>(max_branching), prior, prior_weight, level_drafter ? 1.0 : 0.0,
                      learn_costs ? 1.0 : 0.0, target_token_seconds, static_cast<double>(prior_table.size()),
-                     learn_curve ? 1.0 : 0.0, curve_weight, static_cast<double>(explore_every), explore_until,
+                     learn_curve ? 1.0 : 0.0, curve_weight, static_cast<double>(explore_every), explore_until, trust_after,
                      tree_margin, switch_margin, rival_band})
       k.push_back(x);
     for (std::size_t b : context_bounds) k.push_back(static_cast<double>(b));
@@ -721,6 +729,13 @@ struct hardware_aware_tree {
     return rows - 1 < learnt.curve_steps.size() ? learnt.curve_steps[rows - 1] : 0.0;
   }
 
+  /// What the search prices a forward of i + 1 rows at: r, or the start-up ratio if that
+  /// is lower and the size has been observed fewer than `trust_after` times.
+  [[nodiscard]] double search_ratio(std::size_t i) const {
+    const double r = curve_at(i);
+    return observed_forwards(i + 1) < trust_after ? std::min(r, verify_cost[i]) : r;
+  }
+
   /// r at index i (rows i + 1): the start-up ratio, or what was learnt of it.
   [[nodiscard]] double curve_at(std::size_t i) const {
     if (!learn_curve || learnt.curve_sum.size() != verify_cost.size()) return verify_cost[i];
@@ -811,7 +826,7 @@ struct hardware_aware_tree {
       for (std::size_t r = 0; r < b_max; ++r) a[d][r] = acceptance(d, r);
     const double c_d = draft_forward_cost(), c_o = row_overhead();
     std::vector<double> cost(max_nodes + 1);
-    for (std::size_t n = 0; n <= max_nodes; ++n) cost[n] = curve_at(n);
+    for (std::size_t n = 0; n <= max_nodes; ++n) cost[n] = search_ratio(n);
     if (only_nodes != any) cost[only_nodes] = std::min(cost[only_nodes], cost_cap);
     choice best{{}, 0.0}, chain{{}, 0.0};  // chain: the best without branches (no draft included)
     const auto consider = [&](const tree_plan& p, double value, std::size_t forwards) {
