@@ -105,6 +105,8 @@ int main(int argc, char** argv) {
         .add("--tls-key", "PATH", "PEM private key of --tls-cert", cli::store(so.tls.key_file))
         .add("--tls-client-ca", "PATH", "PEM CA certificates: require client certificates they issued (mutual TLS)",
              cli::store(so.tls.client_ca_file))
+        .add("--tls-client-crl", "PATH", "PEM CRLs of the --tls-client-ca CAs: refuse revoked client certificates",
+             cli::store(so.tls.client_crl_file))
         .add("--tls-handshake-timeout", "S", "seconds a client has to finish the TLS handshake on the verify port (default 10)",
              cli::store(so.tls.handshake_timeout_seconds, secs))
         .flag("--allow-plaintext", "serve without TLS on a non-loopback --host (e.g. behind a TLS proxy)",

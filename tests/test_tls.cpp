@@ -5,8 +5,9 @@
 // certificate, a certificate for another name or address, a client without an accepted
 // certificate, and plain/TLS mismatches each fail cleanly (and the server keeps serving);
 // plain TCP goes only to loopback; a client that never handshakes is dropped; pinned keys
-// admit the server and refuse another key its CA certified; the byte
-// counters count the ciphertext on the socket.
+// admit the server and refuse another key its CA certified; revocation lists refuse a
+// revoked server or client certificate; the byte counters count the ciphertext on the
+// socket.
 #include <gtest/gtest.h>
 
 #include <openssl/evp.h>
@@ -352,6 +353,35 @@ TEST(tls, resumes_sessions_only_with_the_server_and_name_they_were_verified_for)
   EXPECT_GT(bytes("127.0.0.1", hy::tls_client(device())) + 200, first);
 }
 
+// Revocation: the device checks the server's chain against crl_file (fail-closed: a
+// chain no CRL of its issuer covers is refused too), the server a client certificate
+// against client_crl_file.
+TEST(tls, certificate_revocation_lists_refuse_revoked_certificates_on_both_sides) {
+  served& s = mtls_server();
+  hy::tls_client_options o = device();
+  o.crl_file = pki().crl_nothing_revoked;  // positive control: the CA's CRL, the server not on it
+  EXPECT_NO_THROW(open_session(s.srv.verify_port(), hy::tls_client(o)));
+  EXPECT_FALSE(complete(s.srv.http_port(), hy::tls_client(o)).empty());
+  o.crl_file = pki().crl_server_revoked;
+  expect_tls_error([&] { open_session(s.srv.verify_port(), hy::tls_client(o)); }, "certificate revoked",
+                   s.srv.verify_port());
+  expect_tls_error([&] { complete(s.srv.http_port(), hy::tls_client(o)); }, "certificate revoked", s.srv.http_port());
+  o.crl_file = pki().crl_other_ca;  // no CRL of the server's CA
+  expect_tls_error([&] { open_session(s.srv.verify_port(), hy::tls_client(o)); }, "unable to get certificate CRL",
+                   s.srv.verify_port());
+
+  serve::serve_options checked = tls_options(pki().server, pki().ca);
+  checked.tls.client_crl_file = pki().crl_client_revoked;
+  served r(models + "/stories260K.bin", checked);
+  EXPECT_NO_THROW(open_session(r.srv.verify_port(), hy::tls_client(device())));
+  EXPECT_FALSE(complete(r.srv.http_port(), hy::tls_client(device())).empty());
+  const hy::transport_security revoked = hy::tls_client(
+      {.ca_file = pki().ca, .cert_file = pki().revoked_client.cert_file, .key_file = pki().revoked_client.key_file});
+  expect_tls_error([&] { open_session(r.srv.verify_port(), revoked); }, "revoked", r.srv.verify_port());
+  expect_tls_error([&] { complete(r.srv.http_port(), revoked); }, "revoked", r.srv.http_port());
+  EXPECT_NO_THROW(open_session(r.srv.verify_port(), hy::tls_client(device())));  // still serving
+}
+
 TEST(tls, configuration_errors_name_the_file) {
   try {
     (void)hy::tls_client({.ca_file = "/nonexistent/ca.pem"});
@@ -377,6 +407,25 @@ TEST(tls, configuration_errors_name_the_file) {
       EXPECT_NE(std::string(e.what()).find("pinned_keys entry '" + bad + "'"), std::string::npos) << e.what();
     }
   }
+  // CRL files: missing, or holding no CRL (a certificate), named; a client CRL needs the client CAs.
+  for (const std::string& bad : {std::string("/nonexistent/crl.pem"), pki().ca}) {
+    try {
+      (void)hy::tls_client({.ca_file = pki().ca, .crl_file = bad});
+      ADD_FAILURE() << "a CRL file without a CRL was accepted: " << bad;
+    } catch (const invalid_argument& e) {
+      EXPECT_NE(std::string(e.what()).find("crl_file = '" + bad + "'"), std::string::npos) << e.what();
+    }
+  }
+  try {
+    hy::tls_server s({.cert_file = pki().server.cert_file, .key_file = pki().server.key_file,
+                      .client_crl_file = pki().crl_client_revoked});
+    ADD_FAILURE() << "client_crl_file without client_ca_file was accepted";
+  } catch (const invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("without client_ca_file"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(hy::tls_server({.cert_file = pki().server.cert_file, .key_file = pki().server.key_file,
+                               .client_ca_file = pki().ca, .client_crl_file = pki().client.cert_file}),
+               invalid_argument);
   EXPECT_THROW((void)hy::public_key_pin("/nonexistent/server.pem"), invalid_argument);
   EXPECT_THROW((void)hy::public_key_pin(pki().server.key_file), invalid_argument);  // a key, not a certificate
 }

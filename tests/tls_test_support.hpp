@@ -1,9 +1,10 @@
 #pragma once
 // Certificates for the TLS tests, generated at test time with OpenSSL's API (nothing
 // secret is committed): a CA, a server certificate for 127.0.0.1 and localhost, an expired
-// one, one for other names, a client certificate (all issued by the CA) and an unrelated
-// second CA. Keys are EC P-256 (fast to make). Written as PEM files into a fresh
-// directory, removed again by the destructor.
+// one, one for other names, two client certificates (all issued by the CA), an unrelated
+// second CA and a client certificate it issued, and certificate revocation lists. Keys
+// are EC P-256 (fast to make). Written as PEM files into a fresh directory, removed again
+// by the destructor.
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
@@ -12,6 +13,7 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <initializer_list>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -33,12 +35,19 @@ class test_pki {
     const issued other_root = make("unrelated test CA", nullptr, -day, 30 * day, kind::ca, "");
     ca = save("ca", ca_root).cert_file;
     other_ca = save("other_ca", other_root).cert_file;
-    server = save("server", make("127.0.0.1", &ca_root, -day, 30 * day, kind::server, "IP:127.0.0.1,DNS:localhost"));
+    const issued server_cert = make("127.0.0.1", &ca_root, -day, 30 * day, kind::server, "IP:127.0.0.1,DNS:localhost");
+    server = save("server", server_cert);
     expired = save("expired", make("127.0.0.1", &ca_root, -3 * day, -day, kind::server, "IP:127.0.0.1,DNS:localhost"));
     other_names = save("other_names", make("cloud.example", &ca_root, -day, 30 * day, kind::server,
                                            "DNS:cloud.example,IP:10.9.8.7"));
     client = save("client", make("device 1", &ca_root, -day, 30 * day, kind::client, ""));
     stranger = save("stranger", make("device 2", &other_root, -day, 30 * day, kind::client, ""));
+    const issued revoked_cert = make("device 3", &ca_root, -day, 30 * day, kind::client, "");
+    revoked_client = save("revoked_client", revoked_cert);
+    crl_nothing_revoked = crl("crl_none", ca_root, {});
+    crl_server_revoked = crl("crl_server", ca_root, {&server_cert});
+    crl_client_revoked = crl("crl_client", ca_root, {&revoked_cert});
+    crl_other_ca = crl("crl_other", other_root, {});
   }
   test_pki(const test_pki&) = delete;
   test_pki& operator=(const test_pki&) = delete;
@@ -53,6 +62,11 @@ class test_pki {
   pem_files other_names;     ///< for cloud.example and 10.9.8.7 only
   pem_files client;          ///< a client certificate issued by `ca`
   pem_files stranger;        ///< a client certificate issued by `other_ca`
+  pem_files revoked_client;  ///< a client certificate issued by `ca`, revoked by `crl_client_revoked`
+  std::string crl_nothing_revoked;  ///< `ca`'s CRL (PEM), revoking nothing
+  std::string crl_server_revoked;   ///< `ca`'s CRL revoking `server`
+  std::string crl_client_revoked;   ///< `ca`'s CRL revoking `revoked_client`
+  std::string crl_other_ca;         ///< `other_ca`'s CRL, revoking nothing (no CRL of `ca`)
 
  private:
   enum class kind { ca, server, client };
@@ -107,6 +121,32 @@ class test_pki {
     EVP_PKEY* signing_key = issuer != nullptr ? issuer->key.get() : out.key.get();
     check(X509_sign(x, signing_key, EVP_sha256()) > 0, "signing");
     return out;
+  }
+  /// `ca`'s CRL, valid from an hour ago for 30 days, revoking `revoked`; its PEM file.
+  std::string crl(const std::string& stem, const issued& ca, std::initializer_list<const issued*> revoked) const {
+    const std::unique_ptr<X509_CRL, decltype(&X509_CRL_free)> c(X509_CRL_new(), &X509_CRL_free);
+    const std::unique_ptr<ASN1_TIME, decltype(&ASN1_TIME_free)> last(X509_gmtime_adj(nullptr, -3600), &ASN1_TIME_free);
+    const std::unique_ptr<ASN1_TIME, decltype(&ASN1_TIME_free)> next(X509_gmtime_adj(nullptr, 30L * 24 * 3600),
+                                                                      &ASN1_TIME_free);
+    check(c && last && next && X509_CRL_set_version(c.get(), 1) == 1 &&
+              X509_CRL_set_issuer_name(c.get(), X509_get_subject_name(ca.cert.get())) == 1 &&
+              X509_CRL_set1_lastUpdate(c.get(), last.get()) == 1 && X509_CRL_set1_nextUpdate(c.get(), next.get()) == 1,
+          "CRL");
+    for (const issued* r : revoked) {
+      X509_REVOKED* entry = X509_REVOKED_new();
+      const bool ok = entry != nullptr &&
+                      X509_REVOKED_set_serialNumber(entry, X509_get_serialNumber(r->cert.get())) == 1 &&
+                      X509_REVOKED_set_revocationDate(entry, last.get()) == 1 && X509_CRL_add0_revoked(c.get(), entry) == 1;
+      if (!ok) X509_REVOKED_free(entry);
+      check(ok, "revoking a certificate");
+    }
+    check(X509_CRL_sort(c.get()) == 1 && X509_CRL_sign(c.get(), ca.key.get(), EVP_sha256()) > 0, "signing a CRL");
+    const std::string path = (dir_ / (stem + ".pem")).string();
+    std::FILE* f = std::fopen(path.c_str(), "w");
+    const bool ok = f != nullptr && PEM_write_X509_CRL(f, c.get()) == 1;
+    if (f != nullptr) std::fclose(f);
+    check(ok, "writing a CRL");
+    return path;
   }
   pem_files save(const std::string& stem, const issued& c) const {
     pem_files f{(dir_ / (stem + ".pem")).string(), (dir_ / (stem + ".key")).string()};

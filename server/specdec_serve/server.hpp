@@ -169,7 +169,8 @@ class server {
   /// The TLS configuration (loaded and checked), or null for plain TCP, which only a
   /// loopback host or `allow_plaintext` permits.
   static std::shared_ptr<const hybrid::tls_server> secure_setup(const serve_options& o) {
-    if (!o.tls.cert_file.empty() || !o.tls.key_file.empty() || !o.tls.client_ca_file.empty())
+    if (!o.tls.cert_file.empty() || !o.tls.key_file.empty() || !o.tls.client_ca_file.empty() ||
+        !o.tls.client_crl_file.empty())
       return std::make_shared<const hybrid::tls_server>(o.tls);
     if (!o.allow_plaintext && !hybrid::is_loopback_host(o.host))
       throw invalid_argument("specdec-serve: host = '" + o.host +

@@ -20,14 +20,16 @@
 /// the lowest version accepted. A client certificate (`cert_file`, `key_file`) enables
 /// mutual TLS. `pinned_keys` additionally pins the server's public key (`public_key_pin`
 /// of its certificate): a device that ships with the pins of its server's keys refuses a
-/// certificate that a trusted but wrong CA issued. Connections made with one
+/// certificate that a trusted but wrong CA issued. `crl_file` checks the chain against
+/// certificate revocation lists (OCSP is not spoken). Connections made with one
 /// `tls_client(...)` resume the last session with
 /// the same server and name (TLS 1.3 tickets, which `tls_server` keeps in its own session
 /// cache), so the certificates cross the link once, not per connection.
 ///
 /// Server side: `tls_server(options)` loads the certificate and key (and, for mutual TLS,
-/// the client CAs); `accept` secures an accepted connection within a deadline, and
-/// `configure` sets up another library's `SSL_CTX` (cpp-httplib's `SSLServer`) the same way.
+/// the client CAs and optionally their CRLs); `accept` secures an accepted connection
+/// within a deadline, and `configure` sets up another library's `SSL_CTX` (cpp-httplib's
+/// `SSLServer`) the same way.
 ///
 /// ```cpp
 /// namespace hy = specdec::hybrid;
@@ -77,6 +79,11 @@ struct tls_client_options {
   /// --pinnedpubkey form; `public_key_pin` computes one). List the next key's pin beside
   /// the current one before the server's key rotates.
   std::vector<std::string> pinned_keys{};
+  /// Non-empty: a PEM file of certificate revocation lists; every certificate of the
+  /// server's chain below the trusted root must be covered by an unexpired CRL of its
+  /// issuer in it and not be revoked, else the handshake fails (revocation is then
+  /// checked fail-closed, as far as the file is current: it is read once).
+  std::string crl_file{};
 };
 
 /// The server's TLS settings.
@@ -89,6 +96,9 @@ struct tls_server_options {
   std::string cert_file{};       ///< PEM certificate chain of the server (leaf first)
   std::string key_file{};        ///< PEM private key of `cert_file`
   std::string client_ca_file{};  ///< non-empty: require a client certificate issued by these CAs
+  /// Non-empty (with `client_ca_file`): a PEM file of CRLs; a client certificate must be
+  /// covered by an unexpired CRL of its issuer in it and not be revoked (read at start).
+  std::string client_crl_file{};
   /// A client that has not completed the handshake by then is dropped (it cannot hold a
   /// connection thread by never handshaking).
   double handshake_timeout_seconds = 10.0;
@@ -162,6 +172,18 @@ inline void trust(SSL_CTX* c, const std::string& ca_file, const char* who) {
   if (SSL_CTX_load_verify_locations(c, ca_file.c_str(), nullptr) != 1)
     throw invalid_argument(std::string(who) + ": ca_file = '" + ca_file + "': " + openssl_reasons() +
                            "; expected a readable PEM file of CA certificates");
+}
+
+/// Loads the CRLs of the PEM file `crl_file` into `c`'s store and checks every
+/// certificate of a peer's chain against them (`field` names the option in errors).
+inline void check_revocation(SSL_CTX* c, const std::string& crl_file, const char* who, const char* field) {
+  ERR_clear_error();
+  X509_STORE* store = SSL_CTX_get_cert_store(c);
+  X509_LOOKUP* lookup = store != nullptr ? X509_STORE_add_lookup(store, X509_LOOKUP_file()) : nullptr;
+  if (lookup == nullptr || X509_load_crl_file(lookup, crl_file.c_str(), X509_FILETYPE_PEM) <= 0)
+    throw invalid_argument(std::string(who) + ": " + field + " = '" + crl_file + "': " + openssl_reasons() +
+                           "; expected a readable PEM file of certificate revocation lists");
+  X509_STORE_set_flags(store, X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL);
 }
 
 /// The sessions one `tls_client` may resume, one per server and expected name: a resumed
@@ -376,6 +398,7 @@ class tls_layer final : public stream_layer {
     detail::trust(ctx.get(), o.ca_file, who);
   }
   detail::use_certificate(ctx.get(), o.cert_file, o.key_file, who);
+  if (!o.crl_file.empty()) detail::check_revocation(ctx.get(), o.crl_file, who, "crl_file");
   for (const std::string& pin : o.pinned_keys)
     if (!detail::well_formed_pin(pin))
       throw invalid_argument(std::string(who) + ": pinned_keys entry '" + pin +
@@ -467,8 +490,8 @@ class tls_server {
   }
 
   /// Sets `ctx` up as this server: TLS 1.2 or later, the certificate and key, and with
-  /// `client_ca_file` a required client certificate. Throws `invalid_argument` naming a
-  /// file that cannot be loaded.
+  /// `client_ca_file` a required client certificate (checked against `client_crl_file`
+  /// when set). Throws `invalid_argument` naming a file that cannot be loaded.
   void configure(SSL_CTX& ctx) const {
     const char* who = "tls_server_options";
     SSL_CTX_set_min_proto_version(&ctx, TLS1_2_VERSION);
@@ -483,8 +506,15 @@ class tls_server {
     static constexpr unsigned char context[] = "specdec-serve";
     SSL_CTX_set_session_id_context(&ctx, context, sizeof context - 1);
     detail::use_certificate(&ctx, options_.cert_file, options_.key_file, who);
-    if (options_.client_ca_file.empty()) return;
+    if (options_.client_ca_file.empty()) {
+      if (!options_.client_crl_file.empty())
+        throw invalid_argument(std::string(who) + ": client_crl_file = '" + options_.client_crl_file +
+                               "' without client_ca_file; expected the CAs of the client certificates too");
+      return;
+    }
     detail::trust(&ctx, options_.client_ca_file, who);
+    if (!options_.client_crl_file.empty())
+      detail::check_revocation(&ctx, options_.client_crl_file, who, "client_crl_file");
     STACK_OF(X509_NAME)* names = SSL_load_client_CA_file(options_.client_ca_file.c_str());
     if (names == nullptr)
       throw invalid_argument(std::string(who) + ": client_ca_file = '" + options_.client_ca_file +
