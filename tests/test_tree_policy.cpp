@@ -623,6 +623,34 @@ TEST(hardware_aware_tree, prices_a_size_at_its_start_up_ratio_until_it_was_obser
                specdec::invalid_argument);
 }
 
+// replan_every counts steps, each told to the policy by observe (the verdicts) and
+// observe_cost (the timing): a prior that makes the chain of 8 the plan, then every draft
+// rejected at its root, which a search would answer with a shorter plan at once. The
+// plan changes at the 8th step's plan(), not at the 4th.
+TEST(hardware_aware_tree, searches_again_every_replan_every_steps) {
+  specdec::hardware_aware_tree p{.verify_cost = curve(9, 0.05), .max_nodes = 8, .max_depth = 8, .max_branching = 1,
+                                 .prior = 0.9, .prior_weight = 0.5, .level_drafter = false, .replan_every = 8,
+                                 .target_token_seconds = 1e-3, .learn_curve = false, .realised_steps = 0,
+                                 .switch_margin = 0.0};
+  const std::size_t first = p.plan().nodes;
+  EXPECT_EQ(first, 8u);
+  std::size_t changed_at = 0;
+  for (std::size_t step = 0; step < 12 && changed_at == 0; ++step) {
+    const specdec::tree_plan q = p.plan();
+    if (q.nodes != first) {
+      changed_at = step;
+      break;
+    }
+    specdec::token_tree chain;
+    for (std::size_t i = 0; i < q.nodes; ++i)
+      chain.add(static_cast<specdec::token_id>(i + 1), i == 0 ? specdec::no_parent : static_cast<std::int32_t>(i - 1));
+    p.observe(chain, std::vector<std::size_t>{});
+    p.observe_cost({.nodes = q.nodes, .target_rows = q.nodes + 1, .draft_forwards = 0,
+                    .target_seconds = 1e-3 * (1.0 + 0.05 * static_cast<double>(q.nodes))});
+  }
+  EXPECT_EQ(changed_at, 8u);
+}
+
 // Rival chain lengths measured: the costs of the test above before any forward was
 // observed, acceptance pinned at 0.6 (a prior that weighs 1e9 verdicts), no decay. The
 // model's best chain, 3 nodes (2.176 tokens for 1.1: 1.978), has one rival within

@@ -466,6 +466,7 @@ struct hardware_aware_tree {
   /// in the class of the last plan's context.
   void observe(const token_tree& t, std::span<const std::size_t> path) {
     ++learnt.version;
+    learnt.step_counted = true;
     learnt.step_tokens = path.size() + 1;
     const std::size_t cls = learnt.context;
     for (auto* m : {&learnt.trials, &learnt.hits}) {
@@ -495,6 +496,8 @@ struct hardware_aware_tree {
   /// rate of the last plan's arm (`realised_steps`); ignores other steps, and learns no
   /// cost unless `target_token_seconds > 0`.
   void observe_cost(const tree_step_cost& c) {
+    // A step `observe` was told of is counted once (`replan_every` counts steps).
+    const bool counted = std::exchange(learnt.step_counted, false);
     const std::size_t rows = c.target_rows;
     if (rows != c.nodes + 1 || rows > verify_cost.size()) return;
     if (!(c.target_seconds > 0.0) || !std::isfinite(c.target_seconds) || !(c.draft_seconds >= 0.0) ||
@@ -503,7 +506,7 @@ struct hardware_aware_tree {
     learned& l = learnt;
     if (realised_steps > 0) realise(c);  // read by the gate every call, not by the search
     if (!(learn_costs || learn_curve) || !(target_token_seconds > 0.0)) return;
-    ++l.version;
+    if (!counted) ++l.version;
     // A step's sample counts at most `spike` times the running estimate: a shared
     // machine that takes the core away mid-forward must not make a cost look dear for
     // the many steps the decay needs to forget it.
@@ -583,6 +586,7 @@ struct hardware_aware_tree {
     double other_sum = 0.0, other_rows = 0.0;
     std::vector<double> curve_sum, curve_steps;  ///< per size (rows - 1): decayed observed ratios, their count
     std::size_t version = 0;  ///< observed steps
+    bool step_counted = false;  ///< `observe` counted the step whose `observe_cost` comes next
     mutable std::size_t context = 0;  ///< the class of the last plan's context
     mutable bool tree_arm = false;    ///< the last plan has branches
     mutable std::size_t planned = 0;  ///< the last plan's nodes
