@@ -136,7 +136,8 @@ class test_pki {
       X509_REVOKED* entry = X509_REVOKED_new();
       const bool ok = entry != nullptr &&
                       X509_REVOKED_set_serialNumber(entry, X509_get_serialNumber(r->cert.get())) == 1 &&
-                      X509_REVOKED_set_revocationDate(entry, last.get()) == 1 && X509_CRL_add0_revoked(c.get(), entry) == 1;
+                      X509_REVOKED_set_revocationDate(entry, last.get()) == 1 &&
+                      X509_CRL_add0_revoked(c.get(), entry) == 1;
       if (!ok) X509_REVOKED_free(entry);
       check(ok, "revoking a certificate");
     }

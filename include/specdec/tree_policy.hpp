@@ -608,8 +608,8 @@ struct hardware_aware_tree {
     for (double x : {draft_cost, static_cast<double>(max_nodes), static_cast<double>(max_depth),
                      static_cast<double>(max_branching), prior, prior_weight, level_drafter ? 1.0 : 0.0,
                      learn_costs ? 1.0 : 0.0, target_token_seconds, static_cast<double>(prior_table.size()),
-                     learn_curve ? 1.0 : 0.0, curve_weight, static_cast<double>(explore_every), explore_until, trust_after,
-                     tree_margin, switch_margin, rival_band})
+                     learn_curve ? 1.0 : 0.0, curve_weight, static_cast<double>(explore_every), explore_until,
+                     trust_after, tree_margin, switch_margin, rival_band})
       k.push_back(x);
     for (std::size_t b : context_bounds) k.push_back(static_cast<double>(b));
     for (const auto& row : prior_table) {
