@@ -38,6 +38,14 @@ void expect_plan(const specdec::tree_plan& p, std::size_t nodes, std::size_t dep
   EXPECT_EQ(p.branching, branching);
 }
 
+// A chain of n nodes: tokens 1..n, each the child of the one before.
+specdec::token_tree chain_of(std::size_t n) {
+  specdec::token_tree t;
+  for (std::size_t i = 0; i < n; ++i)
+    t.add(static_cast<specdec::token_id>(i + 1), i == 0 ? specdec::no_parent : static_cast<std::int32_t>(i - 1));
+  return t;
+}
+
 // Node 0 (rank 0 root) is accepted, then its rank-0 child.
 specdec::token_tree two_level() {
   specdec::token_tree t;
@@ -459,9 +467,7 @@ TEST(hardware_aware_tree, plans_each_context_class_by_its_own_acceptance) {
   EXPECT_EQ(p.context_class(7), 1u);
   EXPECT_EQ(p.context_class(8), 2u);
   EXPECT_EQ(p.context_class(100), 2u);
-  specdec::token_tree chain;
-  chain.add(1);
-  for (std::int32_t j = 0; j < 7; ++j) chain.add(static_cast<specdec::token_id>(j + 2), j);
+  const specdec::token_tree chain = chain_of(8);
   const std::vector<std::size_t> all{0, 1, 2, 3, 4, 5, 6, 7}, none{};
   for (int i = 0; i < 100; ++i) {
     (void)p.plan(12);
@@ -641,10 +647,7 @@ TEST(hardware_aware_tree, searches_again_every_replan_every_steps) {
       changed_at = step;
       break;
     }
-    specdec::token_tree chain;
-    for (std::size_t i = 0; i < q.nodes; ++i)
-      chain.add(static_cast<specdec::token_id>(i + 1), i == 0 ? specdec::no_parent : static_cast<std::int32_t>(i - 1));
-    p.observe(chain, std::vector<std::size_t>{});
+    p.observe(chain_of(q.nodes), std::vector<std::size_t>{});
     p.observe_cost({.nodes = q.nodes, .target_rows = q.nodes + 1, .draft_forwards = 0,
                     .target_seconds = 1e-3 * (1.0 + 0.05 * static_cast<double>(q.nodes))});
   }
@@ -666,9 +669,7 @@ TEST(hardware_aware_tree, measures_the_chain_lengths_the_model_rates_alike_and_k
                                            .prior_weight = 1e9, .decay = 1.0, .learn_costs = false,
                                            .replan_every = 1, .target_token_seconds = 1e-3, .learn_curve = false,
                                            .rival_band = 0.05};
-  specdec::token_tree chain;
-  chain.add(1);
-  for (std::int32_t j = 0; j < 3; ++j) chain.add(static_cast<specdec::token_id>(j + 2), j);
+  const specdec::token_tree chain = chain_of(4);
   const std::vector<std::size_t> one{0}, two{0, 1};
   const auto stream = [&](specdec::hardware_aware_tree p, double seconds_4, bool two_with_4) {
     std::size_t fours = 0;
