@@ -187,14 +187,17 @@ inline void dot_tile(const W& w, const float* x, std::size_t ldx, float* y, std:
       }
     }
     constexpr int R4 = R - R % 4;
+    // (if constexpr: at -O0 GCC warns of the memcpy below for R < 4, loop or no loop)
+    if constexpr (R4 > 0) {
 #pragma GCC unroll 16
-    for (int r = 0; r < R4; r += 4) {
-      const v4 h = hsum16x4(acc[r][t], acc[r + 1][t], acc[r + 2][t], acc[r + 3][t]);
-      // The four sums plus their tails in one vector add and store (lane by lane the
-      // scalar adds' results; the build vectorises no straight-line code by itself).
-      v4 tail;
-      __builtin_memcpy(&tail, tails + r, sizeof tail);
-      store4(yt + r, h + tail);
+      for (int r = 0; r < R4; r += 4) {
+        const v4 h = hsum16x4(acc[r][t], acc[r + 1][t], acc[r + 2][t], acc[r + 3][t]);
+        // The four sums plus their tails in one vector add and store (lane by lane the
+        // scalar adds' results; the build vectorises no straight-line code by itself).
+        v4 tail;
+        __builtin_memcpy(&tail, tails + r, sizeof tail);
+        store4(yt + r, h + tail);
+      }
     }
 #pragma GCC unroll 4
     for (int r = R4; r < R; ++r) yt[r] = hsum16(acc[r][t]) + tails[r];

@@ -39,7 +39,7 @@ struct f32_panels {
   /// 64 bytes.
   template <prefetch_level L = prefetch_level::l1>
   [[gnu::always_inline]] void prefetch_line(std::size_t p, std::size_t j) const noexcept {
-    __builtin_prefetch(w + (p * n + j) * lanes, 0, prefetch_locality(L));
+    __builtin_prefetch(w + (p * n + j) * lanes, 0, locality_of<L>);
   }
 };
 

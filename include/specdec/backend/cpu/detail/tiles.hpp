@@ -107,6 +107,10 @@ enum class prefetch_level : std::uint8_t { l1, l2 };
 [[nodiscard]] constexpr int prefetch_locality(prefetch_level level) noexcept {
   return level == prefetch_level::l1 ? 3 : 2;
 }
+/// The same as a constant: `__builtin_prefetch` needs one, and at -O0 GCC 12 does not
+/// always fold the call there (tests/test_kernels.cpp did not compile unoptimised).
+template <prefetch_level L>
+inline constexpr int locality_of = prefetch_locality(L);
 
 /// A tile of a weight product over panel-major weights (matmul.hpp, int8_products.hpp):
 /// `panels` panels of 16 weight rows x `tokens` input rows. With `prefetch`, the tile

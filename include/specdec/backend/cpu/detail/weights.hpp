@@ -120,7 +120,7 @@ struct u16_panels {
   /// 64 bytes.
   template <prefetch_level L = prefetch_level::l1>
   [[gnu::always_inline]] void prefetch_line(std::size_t p, std::size_t j) const noexcept {
-    if (j % 2 == 0) __builtin_prefetch(w + (p * n + j) * lanes, 0, prefetch_locality(L));
+    if (j % 2 == 0) __builtin_prefetch(w + (p * n + j) * lanes, 0, locality_of<L>);
   }
 };
 
@@ -148,8 +148,8 @@ struct q8_panels {
   /// scales; one call per 64 bytes of each.
   template <prefetch_level L = prefetch_level::l1>
   [[gnu::always_inline]] void prefetch_line(std::size_t p, std::size_t j) const noexcept {
-    if (j % 4 == 0) __builtin_prefetch(q + (p * n + j) * lanes, 0, prefetch_locality(L));
-    if (j % q8_group == 0) __builtin_prefetch(s + (p * groups + j / q8_group) * lanes, 0, prefetch_locality(L));
+    if (j % 4 == 0) __builtin_prefetch(q + (p * n + j) * lanes, 0, locality_of<L>);
+    if (j % q8_group == 0) __builtin_prefetch(s + (p * groups + j / q8_group) * lanes, 0, locality_of<L>);
   }
 };
 
