@@ -14,14 +14,15 @@ cd "$(dirname "$0")/.."
 # otherwise test a build configured without tests.
 configure_stage() {  # STAGE DIR
   case "$1" in
-    demo) cmake -S . -B "$2" -DCMAKE_BUILD_TYPE=Release -DSPECDEC_SANITIZE=OFF -DSPECDEC_NATIVE=ON \
+    demo) cmake -S . -B "$2" -DCMAKE_BUILD_TYPE=Release -DSPECDEC_SANITIZE=OFF -DSPECDEC_NATIVE=ON -DSPECDEC_TEST_CXX_FLAGS= \
             -DSPECDEC_BUILD_TESTS=OFF -DSPECDEC_BUILD_BENCH=OFF -DSPECDEC_BUILD_EXAMPLES=ON >/dev/null ;;
-    test) cmake -S . -B "$2" -DCMAKE_BUILD_TYPE=Release -DSPECDEC_SANITIZE=OFF -DSPECDEC_NATIVE=ON \
+    test) cmake -S . -B "$2" -DCMAKE_BUILD_TYPE=Release -DSPECDEC_SANITIZE=OFF -DSPECDEC_NATIVE=ON -DSPECDEC_TEST_CXX_FLAGS= \
             -DSPECDEC_BUILD_TESTS=ON -DSPECDEC_BUILD_BENCH=ON -DSPECDEC_BUILD_EXAMPLES=ON >/dev/null ;;
     # -O1 -g1: sanitizer builds are compile-bound here; -O1 halves the build of the heaviest
-    # test files against -O2 -g, and -g1 still gives file:line stack traces.
+    # test files against -O2 -g, and -g1 still gives file:line stack traces. The test
+    # programs at -O0 halve it again; the compiled backend they run keeps -O1.
     asan) cmake -S . -B "$2" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1" \
-            -DSPECDEC_SANITIZE=ON -DSPECDEC_NATIVE=ON \
+            -DSPECDEC_TEST_CXX_FLAGS=-O0 -DSPECDEC_SANITIZE=ON -DSPECDEC_NATIVE=ON \
             -DSPECDEC_BUILD_TESTS=ON -DSPECDEC_BUILD_BENCH=OFF -DSPECDEC_BUILD_EXAMPLES=OFF >/dev/null ;;
     *) echo "bootstrap: unknown stage '$1'; expected demo, test or asan" >&2; return 2 ;;
   esac

@@ -21,7 +21,10 @@ shift || true
 cxx=${SPECDEC_FUZZ_CXX:-clang++-14}
 command -v "$cxx" >/dev/null || { echo "fuzz.sh: $cxx not found (apt-get install clang-14 libclang-rt-14-dev)" >&2; exit 1; }
 
-cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER="$cxx" -DSPECDEC_FUZZ=ON \
+# -O1 -g1 and no NDEBUG: the library's assertions stay armed, and fuzz_checkpoint (every
+# weight format's kernels under ASan and coverage) compiles in 2.5 minutes, not 3.
+cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1" \
+  -DCMAKE_CXX_COMPILER="$cxx" -DSPECDEC_FUZZ=ON \
   -DSPECDEC_BUILD_TESTS=OFF -DSPECDEC_BUILD_BENCH=OFF -DSPECDEC_BUILD_EXAMPLES=OFF -DSPECDEC_BUILD_SERVER=OFF >/dev/null
 cmake --build build-fuzz -j"$(nproc 2>/dev/null || echo 2)"
 
