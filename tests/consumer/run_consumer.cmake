@@ -1,7 +1,14 @@
 # ctest driver: build and run the consumer project one way (MODE), from scratch each time.
 # Inputs: MODE, SOURCE_DIR (specdec source), BINARY_DIR (specdec build), WORK_DIR.
 file(REMOVE_RECURSE ${WORK_DIR})
-set(args -DSPECDEC_CONSUME=${MODE} -DSPECDEC_SOURCE_DIR=${SOURCE_DIR} -DCMAKE_BUILD_TYPE=Release)
+set(args -DSPECDEC_CONSUME=${MODE} -DSPECDEC_SOURCE_DIR=${SOURCE_DIR})
+# add_subdirectory builds as a user's Debug build for their own machine does (-O0 -g
+# -march=native): the header-only backend's vector kernels, unoptimised.
+if(MODE STREQUAL "add_subdirectory")
+  list(APPEND args -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS=-march=native)
+else()
+  list(APPEND args -DCMAKE_BUILD_TYPE=Release)
+endif()
 if(MODE STREQUAL "find_package")
   execute_process(COMMAND ${CMAKE_COMMAND} --install ${BINARY_DIR} --prefix ${WORK_DIR}/prefix
                   RESULT_VARIABLE rc OUTPUT_QUIET)
