@@ -28,6 +28,10 @@
 /// std::uint16_t http = srv.http_port(), verify = srv.verify_port();
 /// srv.stop();
 /// ```
+// The CPU backend before httplib.h: glibc's resolv.h, which httplib includes, defines a
+// macro _res, a parameter name in Eigen's headers.
+#include "specdec/backend/cpu/batched_transformer.hpp"
+
 #include <httplib.h>
 
 #include <atomic>
@@ -75,79 +79,16 @@ struct serve_options {
 template <batched_model B>
 class server {
  public:
-  server(B& model, text_codec codec, serve_options options)
-      : options_(std::move(options)),
-        tls_(secure_setup(options_)),
-        keys_(std::move(options_.api_keys)),
-        watchdog_(options_.watchdog),
-        engine_(model, options_.engine, metrics_),
-        http_api_(engine_, metrics_, std::move(codec), options_.http,
-                  [this](json& h) {
-                    h["verify_port"] = listener_.port();
-                    h["step_time_curve"] = engine_.cost_points();  // [[rows, seconds], ...]
-                  },
-                  &keys_),
-        listener_(engine_, metrics_, with_address(options_.listener), &keys_),
-        http_(http_server(tls_)) {}
+  server(B& model, text_codec codec, serve_options options);
   server(const server&) = delete;
   server& operator=(const server&) = delete;
-  ~server() { stop(); }
+  ~server();
 
   /// Calibrates the engine, binds both ports (throws `error` naming the address if one
   /// cannot be bound) and starts serving.
-  void start() {
-    engine_.start();
-    listener_.start();
-    http_->new_task_queue = [n = options_.http_threads] { return new httplib::ThreadPool(n); };
-    const auto io = std::chrono::duration<double>(options_.http_io_timeout_seconds);
-    http_->set_read_timeout(io);
-    http_->set_write_timeout(io);
-    http_->set_keep_alive_timeout(static_cast<time_t>(std::max(1.0, std::ceil(options_.http_keep_alive_seconds))));
-    http_api_.install(*http_, &watchdog_);
-    int port = options_.http_port == 0 ? http_->bind_to_any_port(options_.host)
-                                       : (http_->bind_to_port(options_.host, options_.http_port) ? options_.http_port : -1);
-    if (port <= 0) {
-      listener_.stop();
-      engine_.stop();
-      throw error("specdec-serve: cannot bind HTTP on " + options_.host + ":" + std::to_string(options_.http_port));
-    }
-    http_port_ = static_cast<std::uint16_t>(port);
-    watchdog_.start(http_port_);
-    // bind_to_*port already listens: connections queue until the accept loop runs.
-    http_thread_ = std::thread([this] { http_->listen_after_bind(); });
-    // httplib's stop() does nothing until the accept loop has started, so a SIGTERM right
-    // after start() could leave the loop running and stop() joining it forever: start()
-    // returns only once the loop runs.
-    const auto until = clock::now() + std::chrono::seconds(10);
-    while (!http_->is_running() && clock::now() < until) std::this_thread::sleep_for(std::chrono::microseconds(200));
-    if (!http_->is_running()) {
-      http_->stop();
-      if (http_thread_.joinable()) http_thread_.join();
-      listener_.stop();
-      engine_.stop();
-      throw error("specdec-serve: the HTTP accept loop on " + options_.host + ":" + std::to_string(http_port_) +
-                  " did not start within 10 s");
-    }
-    running_ = true;
-  }
-
+  void start();
   /// The graceful stop of the file comment. Idempotent.
-  void stop() {
-    if (!running_.exchange(false)) return;
-    engine_.begin_drain();
-    engine_.wait_idle(clock::now() + std::chrono::duration_cast<clock::duration>(
-                                         std::chrono::duration<double>(options_.drain_seconds)));
-    engine_.stop();  // every stream now has its last event queued
-    listener_.stop();
-    // Let the HTTP workers write those last events before the server closes the sockets
-    // (httplib abandons a chunked response that is still being written when stopped).
-    const auto until = clock::now() + std::chrono::seconds(2);
-    while (http_api_.responses_in_flight() > 0 && clock::now() < until)
-      std::this_thread::sleep_for(std::chrono::milliseconds(2));
-    http_->stop();
-    if (http_thread_.joinable()) http_thread_.join();
-    watchdog_.stop();
-  }
+  void stop();
 
   [[nodiscard]] std::uint16_t http_port() const noexcept { return http_port_; }
   [[nodiscard]] std::uint16_t verify_port() const noexcept { return listener_.port(); }
@@ -199,5 +140,90 @@ class server {
   std::uint16_t http_port_ = 0;
   std::atomic<bool> running_{false};
 };
+
+
+// The members that build, start and stop everything are defined out of the class: with
+// the explicit instantiation declaration below, a translation unit that runs a server of
+// the CPU backend compiles none of the engine, the HTTP API or the listener; the one
+// definition is server/server.cpp's (the CMake target specdec_serve_core).
+template <batched_model B>
+server<B>::server(B& model, text_codec codec, serve_options options)
+    : options_(std::move(options)),
+      tls_(secure_setup(options_)),
+      keys_(std::move(options_.api_keys)),
+      watchdog_(options_.watchdog),
+      engine_(model, options_.engine, metrics_),
+      http_api_(engine_, metrics_, std::move(codec), options_.http,
+                [this](json& h) {
+                  h["verify_port"] = listener_.port();
+                  h["step_time_curve"] = engine_.cost_points();  // [[rows, seconds], ...]
+                },
+                &keys_),
+      listener_(engine_, metrics_, with_address(options_.listener), &keys_),
+      http_(http_server(tls_)) {}
+
+template <batched_model B>
+server<B>::~server() {
+  stop();
+}
+
+template <batched_model B>
+void server<B>::start() {
+  engine_.start();
+  listener_.start();
+  http_->new_task_queue = [n = options_.http_threads] { return new httplib::ThreadPool(n); };
+  const auto io = std::chrono::duration<double>(options_.http_io_timeout_seconds);
+  http_->set_read_timeout(io);
+  http_->set_write_timeout(io);
+  http_->set_keep_alive_timeout(static_cast<time_t>(std::max(1.0, std::ceil(options_.http_keep_alive_seconds))));
+  http_api_.install(*http_, &watchdog_);
+  int port = options_.http_port == 0 ? http_->bind_to_any_port(options_.host)
+                                     : (http_->bind_to_port(options_.host, options_.http_port) ? options_.http_port : -1);
+  if (port <= 0) {
+    listener_.stop();
+    engine_.stop();
+    throw error("specdec-serve: cannot bind HTTP on " + options_.host + ":" + std::to_string(options_.http_port));
+  }
+  http_port_ = static_cast<std::uint16_t>(port);
+  watchdog_.start(http_port_);
+  // bind_to_*port already listens: connections queue until the accept loop runs.
+  http_thread_ = std::thread([this] { http_->listen_after_bind(); });
+  // httplib's stop() does nothing until the accept loop has started, so a SIGTERM right
+  // after start() could leave the loop running and stop() joining it forever: start()
+  // returns only once the loop runs.
+  const auto until = clock::now() + std::chrono::seconds(10);
+  while (!http_->is_running() && clock::now() < until) std::this_thread::sleep_for(std::chrono::microseconds(200));
+  if (!http_->is_running()) {
+    http_->stop();
+    if (http_thread_.joinable()) http_thread_.join();
+    listener_.stop();
+    engine_.stop();
+    throw error("specdec-serve: the HTTP accept loop on " + options_.host + ":" + std::to_string(http_port_) +
+                " did not start within 10 s");
+  }
+  running_ = true;
+}
+
+template <batched_model B>
+void server<B>::stop() {
+  if (!running_.exchange(false)) return;
+  engine_.begin_drain();
+  engine_.wait_idle(clock::now() + std::chrono::duration_cast<clock::duration>(
+                                       std::chrono::duration<double>(options_.drain_seconds)));
+  engine_.stop();  // every stream now has its last event queued
+  listener_.stop();
+  // Let the HTTP workers write those last events before the server closes the sockets
+  // (httplib abandons a chunked response that is still being written when stopped).
+  const auto until = clock::now() + std::chrono::seconds(2);
+  while (http_api_.responses_in_flight() > 0 && clock::now() < until)
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  http_->stop();
+  if (http_thread_.joinable()) http_thread_.join();
+  watchdog_.stop();
+}
+
+#if !defined(SPECDEC_SERVE_CORE_SOURCE)
+extern template class server<cpu::batched_transformer>;
+#endif
 
 }  // namespace specdec::serve
