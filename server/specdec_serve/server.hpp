@@ -144,8 +144,9 @@ class server {
 
 // The members that build, start and stop everything are defined out of the class: with
 // the explicit instantiation declaration below, a translation unit that runs a server of
-// the CPU backend compiles none of the engine, the HTTP API or the listener; the one
-// definition is server/server.cpp's (the CMake target specdec_serve_core).
+// the CPU backend compiles the engine, the HTTP API and the listener only where it calls
+// them itself; the one definition is server/server.cpp's (the CMake target
+// specdec_serve_core).
 template <batched_model B>
 server<B>::server(B& model, text_codec codec, serve_options options)
     : options_(std::move(options)),
