@@ -13,7 +13,8 @@
 # - `<!-- snippet: skip -->` leaves a block out (for output samples, never for code).
 #
 # Files are rewritten only when their content changes, so unchanged snippets are not
-# recompiled.
+# recompiled. Call it from the directory that defines the target: it marks the complete
+# translation units SKIP_UNITY_BUILD_INCLUSION, a directory-scoped source property.
 function(specdec_extract_snippets md out_dir out_var)
   file(READ "${md}" text)
   get_filename_component(stem "${md}" NAME_WE)
@@ -86,6 +87,12 @@ ${body}}
     endif()
     if(NOT old STREQUAL content)
       file(WRITE "${path}" "${content}")
+    endif()
+    if(kind STREQUAL "file")
+      # A complete translation unit is compiled on its own, so a missing #include in it
+      # is not hidden by another block's (fragments may share a unity batch: their
+      # prelude includes every public header anyway).
+      set_source_files_properties("${path}" PROPERTIES SKIP_UNITY_BUILD_INCLUSION ON)
     endif()
     list(APPEND produced "${path}")
   endwhile()
