@@ -156,7 +156,8 @@ int main(int argc, char** argv) {
                    hybrid::public_key_pin(so.tls.cert_file).c_str());
     std::string curve;
     for (const auto& [rows, secs] : srv.core().cost_points())
-      curve += " " + std::to_string(static_cast<int>(rows + 0.5)) + ":" + std::to_string(secs * 1e3).substr(0, 6);
+      curve.append(" ").append(std::to_string(static_cast<int>(rows + 0.5))).append(":").append(
+          std::to_string(secs * 1e3).substr(0, 6));
     if (!curve.empty()) std::fprintf(stderr, "specdec-serve: step time (rows:ms)%s\n", curve.c_str());
     if (key_count > 0)
       std::fprintf(stderr, "specdec-serve: %zu API keys from %s; both ports require one\n", key_count, keys_path.c_str());

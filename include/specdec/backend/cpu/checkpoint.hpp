@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "specdec/backend/cpu/detail/aligned.hpp"
+#include "specdec/backend/cpu/detail/linkage.hpp"
 #include "specdec/error.hpp"
 
 namespace specdec::cpu {
@@ -286,7 +287,9 @@ inline void finish_payload(checkpoint& ck) {
 /// specdec::cpu::checkpoint ck = specdec::cpu::load_checkpoint("models/kjv-little.bin");
 /// assert(ck.config.dim == 128 && ck.config.shared_classifier);
 /// ```
-inline checkpoint load_checkpoint(const std::filesystem::path& file) {
+SPECDEC_CPU_FUNC checkpoint load_checkpoint(const std::filesystem::path& file);
+#if SPECDEC_CPU_DEFINITIONS
+SPECDEC_CPU_FUNC checkpoint load_checkpoint(const std::filesystem::path& file) {
   const std::string path = file.string();
   std::error_code ec;
   if (!std::filesystem::exists(file, ec)) {
@@ -320,6 +323,7 @@ inline checkpoint load_checkpoint(const std::filesystem::path& file) {
   detail::finish_payload(ck);
   return ck;
 }
+#endif  // SPECDEC_CPU_DEFINITIONS
 
 /// The checkpoint held in memory in `bytes` (a whole llama2.c file), validated exactly as
 /// `load_checkpoint` validates a file; errors name `name` in place of a path.
@@ -329,7 +333,9 @@ inline checkpoint load_checkpoint(const std::filesystem::path& file) {
 /// std::vector<unsigned char> bytes(std::istreambuf_iterator<char>(in), {});
 /// specdec::cpu::checkpoint ck = specdec::cpu::parse_checkpoint(bytes, "stories260K (in memory)");
 /// ```
-inline checkpoint parse_checkpoint(std::span<const unsigned char> bytes, const std::string& name) {
+SPECDEC_CPU_FUNC checkpoint parse_checkpoint(std::span<const unsigned char> bytes, const std::string& name);
+#if SPECDEC_CPU_DEFINITIONS
+SPECDEC_CPU_FUNC checkpoint parse_checkpoint(std::span<const unsigned char> bytes, const std::string& name) {
   constexpr std::size_t header_bytes = detail::checkpoint_header_bytes;
   if (bytes.size() < header_bytes) {
     detail::checkpoint_fail(name, "truncated header: expected at least " + std::to_string(header_bytes) +
@@ -344,5 +350,6 @@ inline checkpoint parse_checkpoint(std::span<const unsigned char> bytes, const s
   detail::finish_payload(ck);
   return ck;
 }
+#endif  // SPECDEC_CPU_DEFINITIONS
 
 }  // namespace specdec::cpu

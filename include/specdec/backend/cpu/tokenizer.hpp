@@ -26,6 +26,7 @@
 #include <utility>
 #include <vector>
 
+#include "specdec/backend/cpu/detail/linkage.hpp"
 #include "specdec/error.hpp"
 #include "specdec/fwd.hpp"
 #include "specdec/token.hpp"
@@ -200,57 +201,12 @@ class tokenizer {
   static std::string where(const std::string& path) { return "specdec::cpu::tokenizer: '" + path + "': "; }
   static std::string where(const std::filesystem::path& path) { return where(path.string()); }
 
-  static void check_vocab_size(const std::string& path, std::size_t vocab_size) {
-    if (vocab_size < min_vocab_size) {
-      throw invalid_argument(where(path) + "vocab_size = " + std::to_string(vocab_size) +
-                             " is too small; expected at least " +
-                             std::to_string(min_vocab_size) +
-                             " (<unk>, BOS, EOS and the 256 byte-fallback pieces)");
-    }
-    if (vocab_size > static_cast<std::size_t>(std::numeric_limits<token_id>::max())) {
-      throw invalid_argument(where(path) + "vocab_size = " + std::to_string(vocab_size) +
-                             " does not fit token_id; expected at most " +
-                             std::to_string(std::numeric_limits<token_id>::max()));
-    }
-  }
+  static void check_vocab_size(const std::string& path, std::size_t vocab_size);
 
   /// The bytes of the regular file `path`, read only after its size was checked against
   /// the most a tokenizer of `vocab_size` entries can take: a special file (/dev/zero, a
   /// pipe) or an oversized file is rejected before anything is read.
-  static std::vector<char> read_file(const std::filesystem::path& path, std::size_t vocab_size) {
-    std::error_code ec;
-    if (std::filesystem::is_directory(path, ec)) {
-      throw tokenizer_error(where(path) +
-                            "is a directory; expected a llama2.c tokenizer.bin file");
-    }
-    // Checked before opening: opening a pipe would block until a writer comes.
-    if (std::filesystem::exists(path, ec) && !std::filesystem::is_regular_file(path, ec)) {
-      throw tokenizer_error(where(path) + "is not a regular file (a device, pipe or socket); expected a "
-                            "llama2.c tokenizer.bin file");
-    }
-    std::ifstream in(path, std::ios::binary);
-    if (!in) {
-      throw tokenizer_error(where(path) +
-                            "cannot open the file; expected a readable llama2.c tokenizer.bin");
-    }
-    const std::uintmax_t size = std::filesystem::file_size(path, ec);
-    if (ec) throw tokenizer_error(where(path) + "cannot determine the file size: " + ec.message());
-    // Header + vocab_size entries of an 8-byte score and length plus at most
-    // max_token_length_limit bytes each (vocab_size < 2^31, so this cannot overflow).
-    const std::uintmax_t most = 4 + std::uintmax_t(vocab_size) * (8 + max_token_length_limit);
-    if (size > most) {
-      throw vocabulary_mismatch(where(path) + "file is " + std::to_string(size) + " bytes; expected at most " +
-                                std::to_string(most) + " for vocab_size = " + std::to_string(vocab_size) +
-                                " entries (the file is not this model's tokenizer)");
-    }
-    std::vector<char> bytes(static_cast<std::size_t>(size));
-    if (!in.read(bytes.data(), static_cast<std::streamsize>(size)) || in.peek() != std::char_traits<char>::eof()) {
-      throw tokenizer_error(where(path) + "read " + std::to_string(in.gcount()) + " bytes of the file's " +
-                            std::to_string(size) + " (it changed while being read?); expected a readable, "
-                            "unchanging llama2.c tokenizer.bin");
-    }
-    return bytes;
-  }
+  static std::vector<char> read_file(const std::filesystem::path& path, std::size_t vocab_size);
 
   template <class T>
   static T read_le(const char* p) noexcept {
@@ -265,82 +221,7 @@ class tokenizer {
     return std::string{'<', '0', 'x', hex[b >> 4], hex[b & 15], '>'};
   }
 
-  void load(const std::string& path, std::string_view bytes, std::size_t vocab_size) {
-    const std::size_t size = bytes.size();
-    if (size < 4) {
-      throw tokenizer_error(where(path) + "file is " + std::to_string(size) +
-                            " bytes; expected at least 4 (the uint32 max_token_length header)");
-    }
-    const std::uint32_t max_len = read_le<std::uint32_t>(bytes.data());
-    if (max_len == 0 || max_len > max_token_length_limit) {
-      throw tokenizer_error(where(path) + "header max_token_length = " + std::to_string(max_len) +
-                            "; expected 1 <= max_token_length <= " +
-                            std::to_string(max_token_length_limit) +
-                            " (corrupt file or not a llama2.c tokenizer.bin)");
-    }
-    max_token_length_ = max_len;
-    // Each entry takes at least 8 bytes, so this never over-reserves for a short file.
-    const std::size_t expect = std::min(vocab_size, (size - 4) / 8 + 1);
-    pieces_.reserve(expect);
-    scores_.reserve(expect);
-    std::size_t off = 4;
-    std::size_t entry_off = off;
-    const auto entry = [&](std::size_t i) {
-      return "entry " + std::to_string(i) + " of vocab_size = " + std::to_string(vocab_size) +
-             " (at byte offset " + std::to_string(entry_off) + "): ";
-    };
-    for (std::size_t i = 0; i < vocab_size; ++i) {
-      entry_off = off;
-      if (size - off < 8) {
-        throw tokenizer_error(where(path) + entry(i) + "file ends with " +
-                              std::to_string(size - off) +
-                              " bytes left; expected 8 (float32 score + uint32 length). The file "
-                              "holds fewer tokens than the model's vocab_size");
-      }
-      const float score = read_le<float>(bytes.data() + off);
-      const std::uint32_t len = read_le<std::uint32_t>(bytes.data() + off + 4);
-      if (!std::isfinite(score)) {
-        throw tokenizer_error(where(path) + entry(i) + "score is " + std::to_string(score) +
-                              "; expected a finite float");
-      }
-      if (len > max_len) {
-        throw tokenizer_error(where(path) + entry(i) + "piece length " + std::to_string(len) +
-                              " exceeds the header's max_token_length = " +
-                              std::to_string(max_len) + "; expected length <= max_token_length");
-      }
-      off += 8;
-      if (size - off < len) {
-        throw tokenizer_error(where(path) + entry(i) + "file ends with " +
-                              std::to_string(size - off) + " bytes left; expected " +
-                              std::to_string(len) +
-                              " bytes of piece text. The file holds fewer tokens than the "
-                              "model's vocab_size");
-      }
-      pieces_.emplace_back(bytes.data() + off, len);
-      scores_.push_back(score);
-      off += len;
-    }
-    if (off != size) {
-      throw vocabulary_mismatch(where(path) + std::to_string(size - off) +
-                                " bytes remain after the vocab_size = " +
-                                std::to_string(vocab_size) +
-                                " entries; expected the file to end there. The tokenizer holds "
-                                "more tokens than the model's vocabulary");
-    }
-    for (unsigned b = 0; b < 256; ++b) {
-      const std::size_t id = b + static_cast<std::size_t>(byte_fallback_offset);
-      if (pieces_[id] != byte_piece(b)) {
-        throw tokenizer_error(where(path) + "piece " + std::to_string(id) + " is '" +
-                              pieces_[id] + "'; expected the byte-fallback piece '" +
-                              byte_piece(b) + "' (ids 3..258 must be <0x00>..<0xFF>)");
-      }
-    }
-    lookup_.reserve(vocab_size - min_vocab_size);
-    for (std::size_t id = min_vocab_size; id < vocab_size; ++id) {
-      // First occurrence wins if a (non-SentencePiece) file repeats a piece.
-      lookup_.try_emplace(pieces_[id], static_cast<token_id>(id));
-    }
-  }
+  void load(const std::string& path, std::string_view bytes, std::size_t vocab_size);
 
   /// Bytes in the UTF-8 character starting at `s[i]`: the lead byte's length if the
   /// continuation bytes are there, else 1 (a stray byte, encoded through byte fallback).
@@ -384,70 +265,7 @@ class tokenizer {
     }
   };
 
-  void encode_into(std::string_view s, std::vector<token_id>& out) const {
-    // Symbols index into s through uint32 offsets.
-    if (s.size() > 0xFFFFFFFFu / 2) {
-      throw invalid_argument("specdec::cpu::tokenizer::encode: text of " +
-                             std::to_string(s.size()) + " bytes; expected less than 2 GiB");
-    }
-    std::vector<symbol> syms;
-    syms.reserve(s.size());
-    for (std::size_t i = 0; i < s.size();) {
-      const std::size_t n = utf8_char_length(s, i);
-      const auto id = find(s.substr(i, n));
-      const auto k = static_cast<std::int32_t>(syms.size());
-      syms.push_back({static_cast<std::uint32_t>(i), static_cast<std::uint32_t>(n), k - 1, k + 1,
-                      id ? *id : -1});
-      i += n;
-    }
-    if (syms.empty()) return;
-    syms.back().next = -1;
-
-    std::vector<candidate> storage;
-    storage.reserve(syms.size());
-    std::priority_queue<candidate, std::vector<candidate>, candidate_order> queue(
-        candidate_order{}, std::move(storage));
-    const auto try_pair = [&](std::int32_t l, std::int32_t r) {
-      if (l < 0 || r < 0) return;
-      const symbol& a = syms[static_cast<std::size_t>(l)];
-      const symbol& b = syms[static_cast<std::size_t>(r)];
-      if (a.id < 0 || b.id < 0) return;  // byte-fallback characters never merge
-      const std::uint32_t len = a.len + b.len;
-      if (len > max_token_length_) return;
-      if (auto id = find(s.substr(a.start, len))) {
-        queue.push({scores_[static_cast<std::size_t>(*id)], a.start, l, r, len, *id});
-      }
-    };
-    for (std::size_t k = 0; k + 1 < syms.size(); ++k) {
-      try_pair(static_cast<std::int32_t>(k), static_cast<std::int32_t>(k + 1));
-    }
-    while (!queue.empty()) {
-      const candidate c = queue.top();
-      queue.pop();
-      symbol& a = syms[static_cast<std::size_t>(c.left)];
-      symbol& b = syms[static_cast<std::size_t>(c.right)];
-      // Stale if either side has been merged since (the combined span changed).
-      if (a.len == 0 || b.len == 0 || a.next != c.right || a.len + b.len != c.len) continue;
-      a.len = c.len;
-      a.id = c.id;
-      a.next = b.next;
-      if (b.next >= 0) syms[static_cast<std::size_t>(b.next)].prev = c.left;
-      b.len = 0;
-      try_pair(a.prev, c.left);
-      try_pair(c.left, a.next);
-    }
-    for (std::int32_t k = 0; k >= 0; k = syms[static_cast<std::size_t>(k)].next) {
-      const symbol& x = syms[static_cast<std::size_t>(k)];
-      if (x.id >= 0) {
-        out.push_back(x.id);
-      } else {
-        for (std::uint32_t j = 0; j < x.len; ++j) {
-          out.push_back(static_cast<token_id>(static_cast<unsigned char>(s[x.start + j])) +
-                        byte_fallback_offset);
-        }
-      }
-    }
-  }
+  void encode_into(std::string_view s, std::vector<token_id>& out) const;
 
   /// Appends the text of `tok` (already range-checked) after `prev`.
   void append_piece(std::string& out, token_id prev, token_id tok) const {
@@ -463,5 +281,200 @@ class tokenizer {
     }
   }
 };
+
+// The parsing and encoding functions, compiled in every translation unit or once
+// (detail/linkage.hpp).
+#if SPECDEC_CPU_DEFINITIONS
+SPECDEC_CPU_FUNC void tokenizer::check_vocab_size(const std::string& path, std::size_t vocab_size) {
+  if (vocab_size < min_vocab_size) {
+    throw invalid_argument(where(path) + "vocab_size = " + std::to_string(vocab_size) +
+                           " is too small; expected at least " +
+                           std::to_string(min_vocab_size) +
+                           " (<unk>, BOS, EOS and the 256 byte-fallback pieces)");
+  }
+  if (vocab_size > static_cast<std::size_t>(std::numeric_limits<token_id>::max())) {
+    throw invalid_argument(where(path) + "vocab_size = " + std::to_string(vocab_size) +
+                           " does not fit token_id; expected at most " +
+                           std::to_string(std::numeric_limits<token_id>::max()));
+  }
+}
+
+SPECDEC_CPU_FUNC std::vector<char> tokenizer::read_file(const std::filesystem::path& path, std::size_t vocab_size) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) {
+    throw tokenizer_error(where(path) +
+                          "is a directory; expected a llama2.c tokenizer.bin file");
+  }
+  // Checked before opening: opening a pipe would block until a writer comes.
+  if (std::filesystem::exists(path, ec) && !std::filesystem::is_regular_file(path, ec)) {
+    throw tokenizer_error(where(path) + "is not a regular file (a device, pipe or socket); expected a "
+                          "llama2.c tokenizer.bin file");
+  }
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    throw tokenizer_error(where(path) +
+                          "cannot open the file; expected a readable llama2.c tokenizer.bin");
+  }
+  const std::uintmax_t size = std::filesystem::file_size(path, ec);
+  if (ec) throw tokenizer_error(where(path) + "cannot determine the file size: " + ec.message());
+  // Header + vocab_size entries of an 8-byte score and length plus at most
+  // max_token_length_limit bytes each (vocab_size < 2^31, so this cannot overflow).
+  const std::uintmax_t most = 4 + std::uintmax_t(vocab_size) * (8 + max_token_length_limit);
+  if (size > most) {
+    throw vocabulary_mismatch(where(path) + "file is " + std::to_string(size) + " bytes; expected at most " +
+                              std::to_string(most) + " for vocab_size = " + std::to_string(vocab_size) +
+                              " entries (the file is not this model's tokenizer)");
+  }
+  std::vector<char> bytes(static_cast<std::size_t>(size));
+  if (!in.read(bytes.data(), static_cast<std::streamsize>(size)) || in.peek() != std::char_traits<char>::eof()) {
+    throw tokenizer_error(where(path) + "read " + std::to_string(in.gcount()) + " bytes of the file's " +
+                          std::to_string(size) + " (it changed while being read?); expected a readable, "
+                          "unchanging llama2.c tokenizer.bin");
+  }
+  return bytes;
+}
+
+SPECDEC_CPU_FUNC void tokenizer::load(const std::string& path, std::string_view bytes, std::size_t vocab_size) {
+  const std::size_t size = bytes.size();
+  if (size < 4) {
+    throw tokenizer_error(where(path) + "file is " + std::to_string(size) +
+                          " bytes; expected at least 4 (the uint32 max_token_length header)");
+  }
+  const std::uint32_t max_len = read_le<std::uint32_t>(bytes.data());
+  if (max_len == 0 || max_len > max_token_length_limit) {
+    throw tokenizer_error(where(path) + "header max_token_length = " + std::to_string(max_len) +
+                          "; expected 1 <= max_token_length <= " +
+                          std::to_string(max_token_length_limit) +
+                          " (corrupt file or not a llama2.c tokenizer.bin)");
+  }
+  max_token_length_ = max_len;
+  // Each entry takes at least 8 bytes, so this never over-reserves for a short file.
+  const std::size_t expect = std::min(vocab_size, (size - 4) / 8 + 1);
+  pieces_.reserve(expect);
+  scores_.reserve(expect);
+  std::size_t off = 4;
+  std::size_t entry_off = off;
+  const auto entry = [&](std::size_t i) {
+    return "entry " + std::to_string(i) + " of vocab_size = " + std::to_string(vocab_size) +
+           " (at byte offset " + std::to_string(entry_off) + "): ";
+  };
+  for (std::size_t i = 0; i < vocab_size; ++i) {
+    entry_off = off;
+    if (size - off < 8) {
+      throw tokenizer_error(where(path) + entry(i) + "file ends with " +
+                            std::to_string(size - off) +
+                            " bytes left; expected 8 (float32 score + uint32 length). The file "
+                            "holds fewer tokens than the model's vocab_size");
+    }
+    const float score = read_le<float>(bytes.data() + off);
+    const std::uint32_t len = read_le<std::uint32_t>(bytes.data() + off + 4);
+    if (!std::isfinite(score)) {
+      throw tokenizer_error(where(path) + entry(i) + "score is " + std::to_string(score) +
+                            "; expected a finite float");
+    }
+    if (len > max_len) {
+      throw tokenizer_error(where(path) + entry(i) + "piece length " + std::to_string(len) +
+                            " exceeds the header's max_token_length = " +
+                            std::to_string(max_len) + "; expected length <= max_token_length");
+    }
+    off += 8;
+    if (size - off < len) {
+      throw tokenizer_error(where(path) + entry(i) + "file ends with " +
+                            std::to_string(size - off) + " bytes left; expected " +
+                            std::to_string(len) +
+                            " bytes of piece text. The file holds fewer tokens than the "
+                            "model's vocab_size");
+    }
+    pieces_.emplace_back(bytes.data() + off, len);
+    scores_.push_back(score);
+    off += len;
+  }
+  if (off != size) {
+    throw vocabulary_mismatch(where(path) + std::to_string(size - off) +
+                              " bytes remain after the vocab_size = " +
+                              std::to_string(vocab_size) +
+                              " entries; expected the file to end there. The tokenizer holds "
+                              "more tokens than the model's vocabulary");
+  }
+  for (unsigned b = 0; b < 256; ++b) {
+    const std::size_t id = b + static_cast<std::size_t>(byte_fallback_offset);
+    if (pieces_[id] != byte_piece(b)) {
+      throw tokenizer_error(where(path) + "piece " + std::to_string(id) + " is '" +
+                            pieces_[id] + "'; expected the byte-fallback piece '" +
+                            byte_piece(b) + "' (ids 3..258 must be <0x00>..<0xFF>)");
+    }
+  }
+  lookup_.reserve(vocab_size - min_vocab_size);
+  for (std::size_t id = min_vocab_size; id < vocab_size; ++id) {
+    // First occurrence wins if a (non-SentencePiece) file repeats a piece.
+    lookup_.try_emplace(pieces_[id], static_cast<token_id>(id));
+  }
+}
+
+SPECDEC_CPU_FUNC void tokenizer::encode_into(std::string_view s, std::vector<token_id>& out) const {
+  // Symbols index into s through uint32 offsets.
+  if (s.size() > 0xFFFFFFFFu / 2) {
+    throw invalid_argument("specdec::cpu::tokenizer::encode: text of " +
+                           std::to_string(s.size()) + " bytes; expected less than 2 GiB");
+  }
+  std::vector<symbol> syms;
+  syms.reserve(s.size());
+  for (std::size_t i = 0; i < s.size();) {
+    const std::size_t n = utf8_char_length(s, i);
+    const auto id = find(s.substr(i, n));
+    const auto k = static_cast<std::int32_t>(syms.size());
+    syms.push_back({static_cast<std::uint32_t>(i), static_cast<std::uint32_t>(n), k - 1, k + 1,
+                    id ? *id : -1});
+    i += n;
+  }
+  if (syms.empty()) return;
+  syms.back().next = -1;
+
+  std::vector<candidate> storage;
+  storage.reserve(syms.size());
+  std::priority_queue<candidate, std::vector<candidate>, candidate_order> queue(
+      candidate_order{}, std::move(storage));
+  const auto try_pair = [&](std::int32_t l, std::int32_t r) {
+    if (l < 0 || r < 0) return;
+    const symbol& a = syms[static_cast<std::size_t>(l)];
+    const symbol& b = syms[static_cast<std::size_t>(r)];
+    if (a.id < 0 || b.id < 0) return;  // byte-fallback characters never merge
+    const std::uint32_t len = a.len + b.len;
+    if (len > max_token_length_) return;
+    if (auto id = find(s.substr(a.start, len))) {
+      queue.push({scores_[static_cast<std::size_t>(*id)], a.start, l, r, len, *id});
+    }
+  };
+  for (std::size_t k = 0; k + 1 < syms.size(); ++k) {
+    try_pair(static_cast<std::int32_t>(k), static_cast<std::int32_t>(k + 1));
+  }
+  while (!queue.empty()) {
+    const candidate c = queue.top();
+    queue.pop();
+    symbol& a = syms[static_cast<std::size_t>(c.left)];
+    symbol& b = syms[static_cast<std::size_t>(c.right)];
+    // Stale if either side has been merged since (the combined span changed).
+    if (a.len == 0 || b.len == 0 || a.next != c.right || a.len + b.len != c.len) continue;
+    a.len = c.len;
+    a.id = c.id;
+    a.next = b.next;
+    if (b.next >= 0) syms[static_cast<std::size_t>(b.next)].prev = c.left;
+    b.len = 0;
+    try_pair(a.prev, c.left);
+    try_pair(c.left, a.next);
+  }
+  for (std::int32_t k = 0; k >= 0; k = syms[static_cast<std::size_t>(k)].next) {
+    const symbol& x = syms[static_cast<std::size_t>(k)];
+    if (x.id >= 0) {
+      out.push_back(x.id);
+    } else {
+      for (std::uint32_t j = 0; j < x.len; ++j) {
+        out.push_back(static_cast<token_id>(static_cast<unsigned char>(s[x.start + j])) +
+                      byte_fallback_offset);
+      }
+    }
+  }
+}
+#endif  // SPECDEC_CPU_DEFINITIONS
 
 }  // namespace specdec::cpu

@@ -97,19 +97,7 @@ struct model_weights {
   std::vector<layer> layers;
   weight_matrix classifier;
 
-  model_weights(std::shared_ptr<const checkpoint> ck, weight_format f) : source(std::move(ck)), format(f) {
-    const model_config& c = source->config;
-    const std::size_t dim = static_cast<std::size_t>(c.dim);
-    const std::size_t hid = static_cast<std::size_t>(c.hidden_dim);
-    const std::size_t kvd = static_cast<std::size_t>(c.kv_dim());
-    layers.reserve(static_cast<std::size_t>(c.n_layers));
-    for (int l = 0; l < c.n_layers; ++l)
-      layers.push_back({weight_matrix(source->wq(l), dim, dim, f), weight_matrix(source->wk(l), kvd, dim, f),
-                        weight_matrix(source->wv(l), kvd, dim, f), weight_matrix(source->wo(l), dim, dim, f),
-                        weight_matrix(source->w1(l), hid, dim, f), weight_matrix(source->w2(l), dim, hid, f),
-                        weight_matrix(source->w3(l), hid, dim, f)});
-    classifier = weight_matrix(source->classifier(), static_cast<std::size_t>(c.vocab_size), dim, f);
-  }
+  model_weights(std::shared_ptr<const checkpoint> ck, weight_format f);
   /// Bytes one forward streams through the weight products.
   [[nodiscard]] std::size_t bytes() const noexcept {
     std::size_t b = classifier.bytes();
@@ -143,36 +131,7 @@ inline std::shared_ptr<const model_weights> shared_model_weights(const std::shar
 /// little enough that timing stays a fraction of a second.
 inline constexpr std::size_t tile_timing_bytes = std::size_t{48} << 20;
 
-inline tile_config resolve_tile_config(tile_config requested, const model_weights& w) {
-  if (requested != tile_config::automatic) return requested;
-  if (const char* env = std::getenv("SPECDEC_TILES"); env != nullptr && *env != '\0') {
-    const tile_config c = parse_tile_config(env, "SPECDEC_TILES");
-    if (c != tile_config::automatic) return c;
-  }
-  if (w.layers.empty()) return tile_config::t4x6;
-  struct timed_choice {
-    weight_format format;
-    std::size_t rows, cols;
-    tile_config tiles;
-  };
-  static std::mutex mutex;
-  static std::vector<timed_choice> timed;
-  const weight_matrix& w1 = w.layers[0].w1;
-  const std::lock_guard<std::mutex> lock(mutex);
-  for (const timed_choice& t : timed)
-    if (t.format == w.format && t.rows == w1.rows() && t.cols == w1.cols()) return t.tiles;
-  std::vector<const weight_matrix*> streamed;
-  std::size_t bytes = 0;
-  for (const auto& l : w.layers) {
-    if (bytes >= tile_timing_bytes) break;
-    for (const weight_matrix* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w1, &l.w2, &l.w3}) {
-      streamed.push_back(m);
-      bytes += m->bytes();
-    }
-  }
-  timed.push_back({w.format, w1.rows(), w1.cols(), fastest_tile_config(streamed)});
-  return timed.back().tiles;
-}
+SPECDEC_CPU_FUNC tile_config resolve_tile_config(tile_config requested, const model_weights& w);
 
 /// The layer computation shared by `transformer` (one sequence: rows at consecutive
 /// positions of one cache) and `batched_transformer` (rows of many sequences, each at its
@@ -182,42 +141,7 @@ inline tile_config resolve_tile_config(tile_config requested, const model_weight
 /// a row's logits depend only on its token, its position and its cache's contents.
 class llama_engine {
  public:
-  llama_engine(std::shared_ptr<const checkpoint> ckpt, transformer_options options, const char* who)
-      : ck_(std::move(ckpt)), options_(options) {
-    if (!ck_) throw invalid_argument(std::string(who) + ": checkpoint pointer is null; expected loaded weights");
-    check_kv_format(options.kv_format, std::string(who) + ": transformer_options::kv_format");
-    const model_config& c = ck_->config;
-    pool_ = shared_pool(options.threads);
-    options_.threads = pool_->size();
-    // Sizes that scale with seq_len and n_layers, checked against the limit before any
-    // of them is allocated (the weights are bounded by the file's size already).
-    const std::uint64_t seq = static_cast<std::uint64_t>(c.seq_len);
-    const std::size_t half = static_cast<std::size_t>(c.head_size() / 2);
-    std::uint64_t att = 0, rope = 0;
-    memory_limit_ = options.memory_limit != 0 ? options.memory_limit : available_memory();
-    cache_bytes_ = kv_cache::bytes(static_cast<std::size_t>(c.n_layers), static_cast<std::size_t>(c.seq_len),
-                                   static_cast<std::size_t>(c.kv_dim()), options.kv_format);
-    const std::uint64_t unbounded = std::numeric_limits<std::uint64_t>::max() / 16;  // 4 * (att + rope) fits
-    if (!checked_product(seq, static_cast<std::uint64_t>(c.n_heads / c.n_kv_heads), pool_->size(), unbounded, att) ||
-        !checked_product(seq, half, 2, unbounded, rope))
-      att = rope = unbounded;
-    scratch_bytes_ = 4 * (att + rope);
-    check_memory(0);
-    weights_ = shared_model_weights(ck_, options.format);
-    options_.tiles = resolve_tile_config(options.tiles, *weights_);
-    // Attention scratch: per thread, one row of seq_len scores for each query head of a
-    // KV group.
-    att_.resize(static_cast<std::size_t>(att));
-    // RoPE angles depend only on (position, pair): tabulate them once instead of per
-    // token, layer and head (same float computation, so the same values as run.c's).
-    rope_cos_.resize(static_cast<std::size_t>(c.seq_len) * half);
-    rope_sin_.resize(rope_cos_.size());
-    for (std::size_t pos = 0; pos < static_cast<std::size_t>(c.seq_len); ++pos)
-      for (std::size_t i = 0; i < half; ++i)
-        rope_angle(pos, i, static_cast<std::size_t>(c.head_size()), rope_cos_[pos * half + i],
-                   rope_sin_[pos * half + i]);
-    reserve_rows(std::min<std::size_t>(8, static_cast<std::size_t>(c.seq_len)));
-  }
+  llama_engine(std::shared_ptr<const checkpoint> ckpt, transformer_options options, const char* who);
 
   [[nodiscard]] std::size_t vocab_size() const noexcept { return static_cast<std::size_t>(ck_->config.vocab_size); }
   [[nodiscard]] std::size_t context_length() const noexcept { return static_cast<std::size_t>(ck_->config.seq_len); }
@@ -237,40 +161,13 @@ class llama_engine {
   }
   /// Throws `resource_error` naming the checkpoint, the sizes and the limit unless
   /// `caches` KV caches plus the per-context scratch fit the memory limit.
-  void check_memory(std::uint64_t caches) const {
-    std::uint64_t need = 0;
-    const bool fits = checked_product(caches, cache_bytes_, 1, memory_limit_, need) &&
-                      scratch_bytes_ <= memory_limit_ - need;
-    if (fits) return;
-    const model_config& c = ck_->config;
-    throw resource_error(
-        "checkpoint '" + ck_->path + "': " + std::to_string(caches) + " KV cache(s) of n_layers " +
-        std::to_string(c.n_layers) + " x seq_len " + std::to_string(c.seq_len) + " x kv_dim " +
-        std::to_string(c.kv_dim()) + " in " + std::string(to_string(options_.kv_format)) + " (" +
-        std::to_string(cache_bytes_) + " bytes each) and " + std::to_string(scratch_bytes_) +
-        " bytes of attention and RoPE scratch exceed the memory limit of " + std::to_string(memory_limit_) +
-        " bytes; expected at most that (transformer_options::memory_limit, default: the available memory; a "
-        "16-bit kv_format halves the caches)");
-  }
+  void check_memory(std::uint64_t caches) const;
   /// The logits buffer (valid rows: those of the last `forward_rows`).
   [[nodiscard]] const float* logits() const noexcept { return logits_.data(); }
 
   /// Sizes the per-row scratch buffers for at least `rows` rows, growing geometrically so
   /// that a sequence of forwards allocates O(log rows) times. Call before touching state.
-  void reserve_rows(std::size_t rows) {
-    if (rows <= rows_) return;
-    const std::size_t cap = std::min(std::max(rows, 2 * rows_), std::max(rows, context_length()));
-    const model_config& c = ck_->config;
-    const std::size_t dim = static_cast<std::size_t>(c.dim);
-    const std::size_t hid = static_cast<std::size_t>(c.hidden_dim);
-    const std::size_t kvd = static_cast<std::size_t>(c.kv_dim());
-    aligned_vector<float> x(cap * dim), xb(cap * dim), xb2(cap * dim), q(cap * dim), kk(cap * kvd), vv(cap * kvd);
-    aligned_vector<float> hb(cap * hid), hb2(cap * hid), logits(cap * vocab_size());
-    x_.swap(x), xb_.swap(xb), xb2_.swap(xb2), q_.swap(q), k_.swap(kk), v_.swap(vv), hb_.swap(hb), hb2_.swap(hb2);
-    logits_.swap(logits);
-    if (options_.format == weight_format::w8a8) xq_.reserve(cap, std::max(dim, hid));
-    rows_ = cap;
-  }
+  void reserve_rows(std::size_t rows);
 
   /// Runs `tokens.size()` rows through the network and returns their logits (row-major,
   /// `vocab_size()` each, valid until the next call). Row t writes its key and value at
@@ -383,6 +280,121 @@ class llama_engine {
 };
 
 #if SPECDEC_CPU_DEFINITIONS
+SPECDEC_CPU_FUNC model_weights::model_weights(std::shared_ptr<const checkpoint> ck, weight_format f)
+    : source(std::move(ck)), format(f) {
+  const model_config& c = source->config;
+  const std::size_t dim = static_cast<std::size_t>(c.dim);
+  const std::size_t hid = static_cast<std::size_t>(c.hidden_dim);
+  const std::size_t kvd = static_cast<std::size_t>(c.kv_dim());
+  layers.reserve(static_cast<std::size_t>(c.n_layers));
+  for (int l = 0; l < c.n_layers; ++l)
+    layers.push_back({weight_matrix(source->wq(l), dim, dim, f), weight_matrix(source->wk(l), kvd, dim, f),
+                      weight_matrix(source->wv(l), kvd, dim, f), weight_matrix(source->wo(l), dim, dim, f),
+                      weight_matrix(source->w1(l), hid, dim, f), weight_matrix(source->w2(l), dim, hid, f),
+                      weight_matrix(source->w3(l), hid, dim, f)});
+  classifier = weight_matrix(source->classifier(), static_cast<std::size_t>(c.vocab_size), dim, f);
+}
+
+SPECDEC_CPU_FUNC tile_config resolve_tile_config(tile_config requested, const model_weights& w) {
+  if (requested != tile_config::automatic) return requested;
+  if (const char* env = std::getenv("SPECDEC_TILES"); env != nullptr && *env != '\0') {
+    const tile_config c = parse_tile_config(env, "SPECDEC_TILES");
+    if (c != tile_config::automatic) return c;
+  }
+  if (w.layers.empty()) return tile_config::t4x6;
+  struct timed_choice {
+    weight_format format;
+    std::size_t rows, cols;
+    tile_config tiles;
+  };
+  static std::mutex mutex;
+  static std::vector<timed_choice> timed;
+  const weight_matrix& w1 = w.layers[0].w1;
+  const std::lock_guard<std::mutex> lock(mutex);
+  for (const timed_choice& t : timed)
+    if (t.format == w.format && t.rows == w1.rows() && t.cols == w1.cols()) return t.tiles;
+  std::vector<const weight_matrix*> streamed;
+  std::size_t bytes = 0;
+  for (const auto& l : w.layers) {
+    if (bytes >= tile_timing_bytes) break;
+    for (const weight_matrix* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w1, &l.w2, &l.w3}) {
+      streamed.push_back(m);
+      bytes += m->bytes();
+    }
+  }
+  timed.push_back({w.format, w1.rows(), w1.cols(), fastest_tile_config(streamed)});
+  return timed.back().tiles;
+}
+
+SPECDEC_CPU_FUNC llama_engine::llama_engine(std::shared_ptr<const checkpoint> ckpt, transformer_options options,
+                                            const char* who)
+    : ck_(std::move(ckpt)), options_(options) {
+  if (!ck_) throw invalid_argument(std::string(who) + ": checkpoint pointer is null; expected loaded weights");
+  check_kv_format(options.kv_format, std::string(who) + ": transformer_options::kv_format");
+  const model_config& c = ck_->config;
+  pool_ = shared_pool(options.threads);
+  options_.threads = pool_->size();
+  // Sizes that scale with seq_len and n_layers, checked against the limit before any
+  // of them is allocated (the weights are bounded by the file's size already).
+  const std::uint64_t seq = static_cast<std::uint64_t>(c.seq_len);
+  const std::size_t half = static_cast<std::size_t>(c.head_size() / 2);
+  std::uint64_t att = 0, rope = 0;
+  memory_limit_ = options.memory_limit != 0 ? options.memory_limit : available_memory();
+  cache_bytes_ = kv_cache::bytes(static_cast<std::size_t>(c.n_layers), static_cast<std::size_t>(c.seq_len),
+                                 static_cast<std::size_t>(c.kv_dim()), options.kv_format);
+  const std::uint64_t unbounded = std::numeric_limits<std::uint64_t>::max() / 16;  // 4 * (att + rope) fits
+  if (!checked_product(seq, static_cast<std::uint64_t>(c.n_heads / c.n_kv_heads), pool_->size(), unbounded, att) ||
+      !checked_product(seq, half, 2, unbounded, rope))
+    att = rope = unbounded;
+  scratch_bytes_ = 4 * (att + rope);
+  check_memory(0);
+  weights_ = shared_model_weights(ck_, options.format);
+  options_.tiles = resolve_tile_config(options.tiles, *weights_);
+  // Attention scratch: per thread, one row of seq_len scores for each query head of a
+  // KV group.
+  att_.resize(static_cast<std::size_t>(att));
+  // RoPE angles depend only on (position, pair): tabulate them once instead of per
+  // token, layer and head (same float computation, so the same values as run.c's).
+  rope_cos_.resize(static_cast<std::size_t>(c.seq_len) * half);
+  rope_sin_.resize(rope_cos_.size());
+  for (std::size_t pos = 0; pos < static_cast<std::size_t>(c.seq_len); ++pos)
+    for (std::size_t i = 0; i < half; ++i)
+      rope_angle(pos, i, static_cast<std::size_t>(c.head_size()), rope_cos_[pos * half + i],
+                 rope_sin_[pos * half + i]);
+  reserve_rows(std::min<std::size_t>(8, static_cast<std::size_t>(c.seq_len)));
+}
+
+SPECDEC_CPU_FUNC void llama_engine::check_memory(std::uint64_t caches) const {
+  std::uint64_t need = 0;
+  const bool fits = checked_product(caches, cache_bytes_, 1, memory_limit_, need) &&
+                    scratch_bytes_ <= memory_limit_ - need;
+  if (fits) return;
+  const model_config& c = ck_->config;
+  throw resource_error(
+      "checkpoint '" + ck_->path + "': " + std::to_string(caches) + " KV cache(s) of n_layers " +
+      std::to_string(c.n_layers) + " x seq_len " + std::to_string(c.seq_len) + " x kv_dim " +
+      std::to_string(c.kv_dim()) + " in " + std::string(to_string(options_.kv_format)) + " (" +
+      std::to_string(cache_bytes_) + " bytes each) and " + std::to_string(scratch_bytes_) +
+      " bytes of attention and RoPE scratch exceed the memory limit of " + std::to_string(memory_limit_) +
+      " bytes; expected at most that (transformer_options::memory_limit, default: the available memory; a "
+      "16-bit kv_format halves the caches)");
+}
+
+SPECDEC_CPU_FUNC void llama_engine::reserve_rows(std::size_t rows) {
+  if (rows <= rows_) return;
+  const std::size_t cap = std::min(std::max(rows, 2 * rows_), std::max(rows, context_length()));
+  const model_config& c = ck_->config;
+  const std::size_t dim = static_cast<std::size_t>(c.dim);
+  const std::size_t hid = static_cast<std::size_t>(c.hidden_dim);
+  const std::size_t kvd = static_cast<std::size_t>(c.kv_dim());
+  aligned_vector<float> x(cap * dim), xb(cap * dim), xb2(cap * dim), q(cap * dim), kk(cap * kvd), vv(cap * kvd);
+  aligned_vector<float> hb(cap * hid), hb2(cap * hid), logits(cap * vocab_size());
+  x_.swap(x), xb_.swap(xb), xb2_.swap(xb2), q_.swap(q), k_.swap(kk), v_.swap(vv), hb_.swap(hb), hb2_.swap(hb2);
+  logits_.swap(logits);
+  if (options_.format == weight_format::w8a8) xq_.reserve(cap, std::max(dim, hid));
+  rows_ = cap;
+}
+
 SPECDEC_CPU_FUNC const float* llama_engine::forward_rows(std::span<const token_id> tokens,
                                                         std::span<const row_target> rows) {
   const std::size_t k = tokens.size();

@@ -7,8 +7,11 @@
 /// The forward pass (`llama_engine::forward_rows`) and the weight products
 /// (`weight_matrix::matmul`) instantiate every kernel of every weight format and tile
 /// configuration: most of the machine code, and of the compile time, of a translation
-/// unit that runs a model. Defining `SPECDEC_CPU_COMPILED_LIB` makes them declarations
-/// only, defined by one translation unit of the program. The code, and so every result,
+/// unit that runs a model. Loading one (`load_checkpoint`, `parse_checkpoint`, the
+/// weight conversion, the engine's constructor and scratch, the tile timing, the
+/// tokenizer's parser and encoder) is most of the rest. Defining
+/// `SPECDEC_CPU_COMPILED_LIB` makes all of them declarations only, defined by one
+/// translation unit of the program. The code, and so every result,
 /// is the same in both modes; a program must use one mode in all of its translation units.
 ///
 /// The one translation unit (specdec's own is src/cpu_compiled.cpp, the CMake target

@@ -174,47 +174,7 @@ template <class T, class Conv>
 class weight_matrix {
  public:
   weight_matrix() = default;
-  weight_matrix(const float* src, std::size_t rows, std::size_t cols, weight_format f)
-      : format_(f), rows_(rows), cols_(cols) {
-    const auto at = [&](std::size_t r, std::size_t j) { return src[r * cols + j]; };
-    switch (f) {
-      case weight_format::fp32: f32_ = to_panels<float>(rows, cols, at); break;
-      case weight_format::bf16:
-        u16_ = to_panels<std::uint16_t>(rows, cols, [&](std::size_t r, std::size_t j) { return float_to_bf16(at(r, j)); });
-        break;
-      case weight_format::fp16:
-        u16_ = to_panels<std::uint16_t>(rows, cols, [&](std::size_t r, std::size_t j) { return float_to_fp16(at(r, j)); });
-        break;
-      case weight_format::q8_0:
-      case weight_format::w8a8: {
-        // Per row and group of 32 columns: scale = max |w| / 127, q = round(w / scale).
-        const std::size_t groups = q8_groups();
-        std::vector<float> scale(rows * groups);
-        for (std::size_t r = 0; r < rows; ++r)
-          for (std::size_t g = 0; g < groups; ++g) {
-            float amax = 0.0f;
-            for (std::size_t j = g * q8_group; j < std::min(cols, (g + 1) * q8_group); ++j)
-              amax = std::max(amax, std::abs(at(r, j)));
-            scale[r * groups + g] = amax / 127.0f;
-          }
-        const auto quantized = [&](std::size_t r, std::size_t j) {
-          const float sc = scale[r * groups + j / q8_group];
-          return q8_round(at(r, j) * (sc > 0.0f ? 1.0f / sc : 0.0f));
-        };
-        if (f == weight_format::q8_0) {
-          q8_ = to_panels<std::int8_t>(rows, cols, quantized);
-        } else {
-          // Biased by 128 in VNNI order (int8_products.hpp); padding rows and columns 0.
-          u8_.assign(panels() * groups * q8_group * lanes, std::uint8_t{128});
-          for (std::size_t r = 0; r < rows; ++r)
-            for (std::size_t j = 0; j < cols; ++j)
-              u8_[i8_offset(r, j, groups)] = static_cast<std::uint8_t>(quantized(r, j) + 128);
-        }
-        scales_ = to_panels<float>(rows, groups, [&](std::size_t r, std::size_t g) { return scale[r * groups + g]; });
-        break;
-      }
-    }
-  }
+  weight_matrix(const float* src, std::size_t rows, std::size_t cols, weight_format f);
 
   [[nodiscard]] weight_format format() const noexcept { return format_; }
   [[nodiscard]] std::size_t rows() const noexcept { return rows_; }
@@ -269,6 +229,48 @@ class weight_matrix {
 };
 
 #if SPECDEC_CPU_DEFINITIONS
+SPECDEC_CPU_FUNC weight_matrix::weight_matrix(const float* src, std::size_t rows, std::size_t cols, weight_format f)
+    : format_(f), rows_(rows), cols_(cols) {
+  const auto at = [&](std::size_t r, std::size_t j) { return src[r * cols + j]; };
+  switch (f) {
+    case weight_format::fp32: f32_ = to_panels<float>(rows, cols, at); break;
+    case weight_format::bf16:
+      u16_ = to_panels<std::uint16_t>(rows, cols, [&](std::size_t r, std::size_t j) { return float_to_bf16(at(r, j)); });
+      break;
+    case weight_format::fp16:
+      u16_ = to_panels<std::uint16_t>(rows, cols, [&](std::size_t r, std::size_t j) { return float_to_fp16(at(r, j)); });
+      break;
+    case weight_format::q8_0:
+    case weight_format::w8a8: {
+      // Per row and group of 32 columns: scale = max |w| / 127, q = round(w / scale).
+      const std::size_t groups = q8_groups();
+      std::vector<float> scale(rows * groups);
+      for (std::size_t r = 0; r < rows; ++r)
+        for (std::size_t g = 0; g < groups; ++g) {
+          float amax = 0.0f;
+          for (std::size_t j = g * q8_group; j < std::min(cols, (g + 1) * q8_group); ++j)
+            amax = std::max(amax, std::abs(at(r, j)));
+          scale[r * groups + g] = amax / 127.0f;
+        }
+      const auto quantized = [&](std::size_t r, std::size_t j) {
+        const float sc = scale[r * groups + j / q8_group];
+        return q8_round(at(r, j) * (sc > 0.0f ? 1.0f / sc : 0.0f));
+      };
+      if (f == weight_format::q8_0) {
+        q8_ = to_panels<std::int8_t>(rows, cols, quantized);
+      } else {
+        // Biased by 128 in VNNI order (int8_products.hpp); padding rows and columns 0.
+        u8_.assign(panels() * groups * q8_group * lanes, std::uint8_t{128});
+        for (std::size_t r = 0; r < rows; ++r)
+          for (std::size_t j = 0; j < cols; ++j)
+            u8_[i8_offset(r, j, groups)] = static_cast<std::uint8_t>(quantized(r, j) + 128);
+      }
+      scales_ = to_panels<float>(rows, groups, [&](std::size_t r, std::size_t g) { return scale[r * groups + g]; });
+      break;
+    }
+  }
+}
+
 SPECDEC_CPU_FUNC void weight_matrix::matmul(std::size_t row0, std::size_t nrows, const float* x, std::size_t k,
                                             std::size_t ldx, float* y, std::size_t ldy, bool prefetch_on,
                                             const i8_inputs* xq, tile_config tiles) const {
@@ -310,7 +312,9 @@ SPECDEC_CPU_FUNC void weight_matrix::matmul(std::size_t row0, std::size_t nrows,
 /// gain would outweigh the blocks the choice is for (on the Zen 4 host `2x8l2`'s single
 /// bf16 token is up to 20 % faster, where `1x6` runs bf16 blocks of 5 15 % faster). Every
 /// candidate gives the same results, so this chooses a speed, never a value.
-[[nodiscard]] inline tile_config fastest_tile_config(std::span<const weight_matrix* const> ws, int reps = 5) {
+[[nodiscard]] SPECDEC_CPU_FUNC tile_config fastest_tile_config(std::span<const weight_matrix* const> ws, int reps = 5);
+#if SPECDEC_CPU_DEFINITIONS
+SPECDEC_CPU_FUNC tile_config fastest_tile_config(std::span<const weight_matrix* const> ws, int reps) {
   std::size_t max_rows = 0, max_cols = 0;
   for (const weight_matrix* w : ws) {
     if (w->format() == weight_format::w8a8) return tile_config::t4x6;
@@ -346,6 +350,7 @@ SPECDEC_CPU_FUNC void weight_matrix::matmul(std::size_t row0, std::size_t nrows,
   }
   return tile_configs[winner];
 }
+#endif  // SPECDEC_CPU_DEFINITIONS
 /// fastest_tile_config over one matrix.
 [[nodiscard]] inline tile_config fastest_tile_config(const weight_matrix& w, int reps = 5) {
   const weight_matrix* one = &w;
