@@ -10,6 +10,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <optional>
 #include <string>
 #include <thread>
 #include <variant>
@@ -328,7 +329,7 @@ TEST(speculation, the_start_up_calibration_times_every_row_count_up_to_the_step_
   specdec::cpu::batched_transformer model{std::string(SPECDEC_MODELS_DIR) + "/stories260K.bin", {.threads = 1}};
   metrics_registry metrics;
   engine<specdec::cpu::batched_transformer> eng(
-      model, {.model_id = "m", .max_step_rows = 48, .speculation = {.calibrate = true}}, metrics);
+      model, {.model_id = "m", .max_step_rows = 48, .speculation = {.fixed = std::nullopt, .calibrate = true}}, metrics);
   eng.start();
   const auto points = eng.cost_points();
   eng.stop();
