@@ -154,7 +154,9 @@ struct fallback_traits<expected_speedup_gamma> : default_fallback_traits<expecte
             {{.decay = 1.5}, "decay"},
             {{.decay = nan_d}, "decay"},
             {{.cost_ratio = -0.5}, "cost_ratio"},
-            {{.cost_ratio = nan_d}, "cost_ratio"}};
+            {{.cost_ratio = nan_d}, "cost_ratio"},
+            {{.block_seconds_prior = {0.01, 0.0}}, "block_seconds_prior[1]"},
+            {{.block_seconds_prior = {nan_d}}, "block_seconds_prior[0]"}};
   }
 };
 }  // namespace specdec::testing
@@ -530,6 +532,44 @@ TEST(expected_speedup_gamma, block_cost_estimate_falls_back_to_the_nearest_timed
   EXPECT_DOUBLE_EQ(policy.block_cost_estimate(99), 0.04);
   policy.reset();
   EXPECT_EQ(policy.block_cost_estimate(3), 0.0);
+}
+
+// With a start-up curve, an untimed size is the nearest timed size's cost scaled by the
+// curve's ratio of the two; timed sizes keep their learnt cost.
+TEST(expected_speedup_gamma, block_cost_estimate_scales_untimed_sizes_by_the_start_up_curve) {
+  esg policy{.decay = 1.0, .block_seconds_prior = {0.001, 0.0013, 0.0013, 0.0011, 0.0013}};
+  policy.observe({.proposed = 2, .accepted = 2, .draft_seconds = 0.002, .draft_forwards = 2,
+                  .target_seconds = 0.026, .target_rows = 3});
+  EXPECT_DOUBLE_EQ(policy.block_cost_estimate(3), 0.026);              // timed: as learnt
+  EXPECT_DOUBLE_EQ(policy.block_cost_estimate(4), 0.026 * 11.0 / 13.0);  // cheaper, as the curve says
+  EXPECT_DOUBLE_EQ(policy.block_cost_estimate(1), 0.026 * 10.0 / 13.0);
+  EXPECT_DOUBLE_EQ(policy.block_cost_estimate(7), 0.026);  // beyond the curve: the nearest size
+}
+
+// A block cost that is not monotone in the block size, as the Zen 4 host's (3 rows 1.63
+// ms, 4 rows 1.38 ms, 5 rows 1.65 ms, one token 1.25 ms; a draft forward 0.03 ms): the
+// best draft is 3 tokens. The default prior starts the policy at gamma 4: it times
+// 5-row blocks first and, without the curve, prices an untimed 4-row block like the
+// nearest timed one, 5 rows, so gamma 3 never looks better than 4 and it is never tried;
+// with the start-up curve it settles on gamma 3.
+TEST(expected_speedup_gamma, a_start_up_curve_finds_a_cheaper_larger_block) {
+  const double a = 0.72, d = 0.00003;
+  const auto T = [](std::size_t k) {
+    constexpr double ms[] = {1.25, 1.63, 1.63, 1.38, 1.65, 1.72, 1.80, 1.90, 2.00};
+    return 1e-3 * (k <= 9 ? ms[k - 1] : 2.0 + 0.1 * double(k - 9));
+  };
+  const std::size_t truth = true_best_gamma(a, [&](std::size_t g) { return double(g) * d + T(g + 1); });
+  ASSERT_EQ(truth, 3u);
+  const auto outcome = [&](int, std::size_t proposed, std::size_t accepted) {
+    return specdec::step_outcome{.proposed = proposed, .accepted = accepted, .draft_seconds = d * double(proposed),
+                                 .draft_forwards = proposed, .target_seconds = T(proposed + 1),
+                                 .target_rows = proposed + 1};
+  };
+  std::vector<double> curve;
+  for (std::size_t k = 1; k <= 17; ++k) curve.push_back(T(k));
+  ASSERT_EQ(esg{}.current_gamma(), 4u);
+  EXPECT_EQ(settled_gamma(esg{.block_seconds_prior = curve}, a, 5, outcome), truth);
+  EXPECT_NE(settled_gamma(esg{}, a, 5, outcome), truth);
 }
 
 // Short generations, each preceded by reset() as the decoders do, on the self-speculative

@@ -387,6 +387,12 @@ struct adaptive_gamma {
 /// where an unseen T(k) is taken from the nearest smaller seen size (or the nearest larger
 /// one): optimistic, so the policy tries one size past what it knows, measures it, and
 /// returns if it was dearer. With equal T(k) for all k this is the same argmax as S(g).
+/// That guess fails where a smaller block costs more than a larger one (on the AMD Zen 4
+/// host, tiles timed at load can run 3 rows slower than 4): a policy that has verified
+/// only 3 and 6 prices 4 at the dear 3 and never tries it. With `block_seconds_prior` (the
+/// backend's curve measured at start-up) an unseen T(k) is the nearest seen size j's
+/// learnt cost scaled by prior(k) / prior(j): the shape from the start-up measurement,
+/// the level from the loop (which runs at other positions and cache states).
 ///
 /// Across generations (`carry_over`, off by default): the decoders call `reset()` before
 /// every generation, so each one starts again from the prior. A generation of ~100
@@ -411,6 +417,10 @@ struct expected_speedup_gamma {
   double decay = 0.98;            ///< per-step forgetting factor of the counts; in (0, 1]
   double cost_ratio = 0;          ///< draft/target cost per forward; 0 = measure online; finite, >= 0
   bool learn_block_cost = true;   ///< with c measured online: learn the verify cost per block size
+  /// Optional start-up costs of verify blocks: [k - 1] the seconds of a k-token block
+  /// (e.g. `measure_verify_cost(target, max_gamma + 1).chain`, tree.hpp); only their
+  /// ratios are used (see the type's doc). Each entry finite and > 0; empty: none.
+  std::vector<double> block_seconds_prior{};
   bool carry_over = false;        ///< `reset()` keeps the learnt state (see the type's doc)
 
   /// The cost ratio assumed before any timing has been observed (when `cost_ratio` is 0).
@@ -466,6 +476,10 @@ struct expected_speedup_gamma {
       fail_knob("expected_speedup_gamma.decay", detail::format_value(decay), "in (0, 1]");
     check_range("expected_speedup_gamma.cost_ratio", cost_ratio, 0.0, big,
                 "finite and >= 0 (0 = measure online)");
+    for (std::size_t i = 0; i < block_seconds_prior.size(); ++i)
+      if (!(block_seconds_prior[i] > 0.0 && block_seconds_prior[i] <= big))
+        fail_knob("expected_speedup_gamma.block_seconds_prior[" + std::to_string(i) + "]",
+                  detail::format_value(block_seconds_prior[i]), "finite and > 0 (seconds of a block)");
   }
 
   /// The draft length of the next step.
@@ -482,11 +496,17 @@ struct expected_speedup_gamma {
     const auto& cnt = state_.block_calls;
     const auto mean = [&](std::size_t i) { return sec[i] / cnt[i]; };
     if (cnt.empty()) return 0.0;
+    // The nearest timed size j scaled to k by the start-up curve where it covers both.
+    const auto scaled = [&](std::size_t j) {
+      const auto& prior = block_seconds_prior;
+      if (j == k || k == 0 || j == 0 || k > prior.size() || j > prior.size()) return mean(j);
+      return mean(j) * prior[k - 1] / prior[j - 1];
+    };
     const std::size_t top = std::min(k, cnt.size() - 1);
     for (std::size_t i = top + 1; i-- > 0;)
-      if (cnt[i] > 0.0) return mean(i);
+      if (cnt[i] > 0.0) return scaled(i);
     for (std::size_t i = top + 1; i < cnt.size(); ++i)
-      if (cnt[i] > 0.0) return mean(i);
+      if (cnt[i] > 0.0) return scaled(i);
     return 0.0;
   }
   /// Posterior mean of the per-token acceptance rate.
