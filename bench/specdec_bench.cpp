@@ -315,6 +315,15 @@ pair_result run_pair(const bench_options& o, const std::string& pair, std::size_
                            [&](const auto& p) { return dec.generate(p, gen); }, base_greedy));
   }
   {
+    // Seeded with the target's verify-cost curve measured here: an untimed block size is
+    // priced by the curve's shape, not as the nearest timed size.
+    const std::vector<double> curve = specdec::measure_verify_cost(target, 17).chain;
+    specdec::speculative_decoder dec(draft, target, specdec::expected_speedup_gamma{.block_seconds_prior = curve},
+                                     specdec::greedy_match{}, greedy, 1);
+    runs.push_back(measure("sd", "greedy expected_speedup_gamma(curve)", encoded, o.repeats,
+                           [&](const auto& p) { return dec.generate(p, gen); }, base_greedy));
+  }
+  {
     // The same policy serving all the prompts in turn, learning across them (carry_over).
     // measure() runs each prompt `repeats` times in a row, so the first repeat of a prompt
     // already starts from what the earlier prompts taught.
