@@ -103,14 +103,11 @@ inline constexpr std::size_t half_l1_bytes = 24 * 1024;
 /// (`prefetcht1`, the L1 then filled by the hardware prefetcher or the load itself).
 enum class prefetch_level : std::uint8_t { l1, l2 };
 
-/// The locality argument of `__builtin_prefetch` that fills `level`.
-[[nodiscard]] constexpr int prefetch_locality(prefetch_level level) noexcept {
-  return level == prefetch_level::l1 ? 3 : 2;
-}
-/// The same as a constant: `__builtin_prefetch` needs one, and at -O0 GCC 12 does not
-/// always fold the call there (tests/test_kernels.cpp did not compile unoptimised).
+/// The locality argument of `__builtin_prefetch` that fills level L, as a variable: the
+/// builtin needs a constant, and at -O0 GCC 12 does not always fold a constexpr call
+/// there (tests/test_kernels.cpp did not compile unoptimised).
 template <prefetch_level L>
-inline constexpr int locality_of = prefetch_locality(L);
+inline constexpr int locality_of = L == prefetch_level::l1 ? 3 : 2;
 
 /// A tile of a weight product over panel-major weights (matmul.hpp, int8_products.hpp):
 /// `panels` panels of 16 weight rows x `tokens` input rows. With `prefetch`, the tile
