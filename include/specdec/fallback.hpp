@@ -477,9 +477,8 @@ struct expected_speedup_gamma {
     check_range("expected_speedup_gamma.cost_ratio", cost_ratio, 0.0, big,
                 "finite and >= 0 (0 = measure online)");
     for (std::size_t i = 0; i < block_seconds_prior.size(); ++i)
-      if (!(block_seconds_prior[i] > 0.0 && block_seconds_prior[i] <= big))
-        fail_knob("expected_speedup_gamma.block_seconds_prior[" + std::to_string(i) + "]",
-                  detail::format_value(block_seconds_prior[i]), "finite and > 0 (seconds of a block)");
+      detail::check_positive("expected_speedup_gamma.block_seconds_prior[" + std::to_string(i) + "]",
+                             block_seconds_prior[i]);
   }
 
   /// The draft length of the next step.
