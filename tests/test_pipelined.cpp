@@ -107,7 +107,11 @@ TEST(pipelined_split_decoder, the_server_computes_nothing_past_where_the_generat
   for (int i = 0; i < 400 && m.value("specdec_active_sessions") > 0; ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   EXPECT_EQ(m.value("specdec_active_sessions"), 0.0);
-  EXPECT_GT(m.value("specdec_anticipations_total", "result=\"hit\""), 0.0);
+  // Used by the request it anticipated (hit), or made that request's own block when the
+  // request came before the row ran (early: a matter of timing).
+  EXPECT_GT(m.value("specdec_anticipations_total", "result=\"hit\"") +
+                m.value("specdec_anticipations_total", "result=\"early\""),
+            0.0);
   EXPECT_EQ(m.value("specdec_anticipations_total", "result=\"unused\""), 0.0);
 }
 

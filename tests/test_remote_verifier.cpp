@@ -124,7 +124,8 @@ TEST(remote_verifier, a_new_request_starts_from_the_last_announcement) {
   // request's first block included; the output is the target's greedy output throughout.
   // At 0 drafts the server anticipates each next request (docs/hybrid.md); the decoder
   // tells it where each generation ends (open_session.final_length), so no row is computed
-  // after a generation's last verdict: every anticipation is used.
+  // after a generation's last verdict: every anticipation is used, by a request that finds
+  // its row (hit) or, when it arrives before the row ran, makes it its own block (early).
   cpu::batched_transformer model(models + "/stories260K.bin", cpu::transformer_options{.threads = 1});
   serve::serve_options o = test_support::serve_options();
   o.engine.speculation.fixed = 0;
@@ -135,6 +136,8 @@ TEST(remote_verifier, a_new_request_starts_from_the_last_announcement) {
   const std::vector<token_id> prompt{1, 403, 407};
   autoregressive_decoder ar(draft);
   const auto want = ar.generate(prompt, opts).tokens;
+  ASSERT_EQ(std::ranges::count(want, eos_token), 0);  // no verdict ends in EOS: each but the last is anticipated
+  std::size_t anticipated = 0;                         // requests that follow a verdict of their generation
   {
     basic_speculative_decoder dec(draft, fixed_gamma{.gamma = 3},
                                   remote_verifier("127.0.0.1", srv.verify_port(), {.vocab = draft.vocab_size()}));
@@ -144,12 +147,16 @@ TEST(remote_verifier, a_new_request_starts_from_the_last_announcement) {
     const auto second = dec.generate(prompt, opts);
     EXPECT_EQ(second.tokens, want);
     EXPECT_EQ(second.stats.draft_tokens_proposed, 0u);
+    anticipated = first.stats.target_calls + second.stats.target_calls - 2;
   }  // the last session closes with the decoder
   auto& m = srv.metrics();
   for (int i = 0; i < 400 && m.value("specdec_active_sessions") > 0; ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   EXPECT_EQ(m.value("specdec_active_sessions"), 0.0);
-  EXPECT_GT(m.value("specdec_anticipations_total", "result=\"hit\""), 0.0);
+  EXPECT_GT(anticipated, 0u);
+  EXPECT_EQ(m.value("specdec_anticipations_total", "result=\"hit\"") +
+                m.value("specdec_anticipations_total", "result=\"early\""),
+            static_cast<double>(anticipated));
   EXPECT_EQ(m.value("specdec_anticipations_total", "result=\"unused\""), 0.0);
   EXPECT_EQ(m.value("specdec_anticipations_total", "result=\"miss\""), 0.0);
 }

@@ -29,7 +29,8 @@
 /// token, as a completion stream would, and reads the next token from that row with the
 /// same rule (`judge` with no drafts) and random source. When the predicted request
 /// arrives it is answered at once from that token, and the session anticipates again while
-/// the announcement stays 0. Any other request discards the anticipation: the random
+/// the announcement stays 0 (arrived before that step ran, it makes the row its own
+/// block). Any other request discards the anticipation: the random
 /// source goes back to its state before the anticipated draw, and the cache keeps only
 /// its prefix shared with the request's committed tokens, as for every request. So a
 /// verdict is the same with or without anticipation, token for token; the price is one
@@ -562,6 +563,10 @@ class engine final : public completion_service, public session_service {
       answer(s, *c.reply, c.received, seq, 0, next, {});
       return;
     }
+    // The anticipated request, come before its row ran (the engine was still answering
+    // others): that row becomes its own block, nothing wasted and nothing gained.
+    if (s.anticipating && k == 0 && std::ranges::equal(c.req.committed, s.expect))
+      metrics_.add("specdec_anticipations_total", "result=\"early\"");
     drop_anticipation(s);
     // Accepted: apply the delta, keep the cached prefix it shares, queue the block.
     s.committed.insert(s.committed.end(), c.req.committed.begin(), c.req.committed.end());
@@ -1014,8 +1019,9 @@ class engine final : public completion_service, public session_service {
                       "ended (not learnt by the step-time curve)");
     metrics_.describe("specdec_anticipations_total", "counter",
                       "Anticipated verify requests (after a 0-draft verdict) by result: hit (answered from the "
-                      "anticipated row), miss (the request differed; the row was wasted) or unused (the session "
-                      "ended first; the row was wasted)");
+                      "anticipated row), early (it came before that row ran, which became its own block), miss "
+                      "(the request differed; the row was wasted) or unused (the session ended first; the row was "
+                      "wasted)");
     metrics_.describe("specdec_step_hold_seconds_total", "counter",
                       "Time the scheduler held steps so other sessions' verify blocks could join them");
     metrics_.describe("specdec_verify_seconds", "histogram",
