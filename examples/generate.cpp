@@ -25,6 +25,7 @@
 #include "specdec/rollback.hpp"
 #include "specdec/sampling.hpp"
 #include "specdec/telemetry.hpp"
+#include "specdec/tree.hpp"
 
 namespace {
 
@@ -78,7 +79,8 @@ bool parse(int argc, char** argv, cli_options& o) {
       .add("--gamma", "K",
            "sd: draft length, >= 1 (default 4);\nbild: cap on consecutive draft steps, 0 = no cap (default 10)",
            store(o.gamma, cli::between<std::size_t>(0, 1024)))
-      .flag("--adaptive", "sd: choose the draft length online from the measured acceptance rate", o.adaptive)
+      .flag("--adaptive", "sd: choose the draft length online from the measured acceptance rate and\nblock costs (priced by the target's verify-cost curve, timed at start-up)",
+            o.adaptive)
       .add("--fallback-threshold", "A", "bild: fall back when the draft's max probability < A (default 0.6)",
            store(o.fallback_threshold, cli::between(0.0f, 1.0f)))
       .add("--rollback-threshold", "A", "bild: roll back where distance > A (default 5.0)",
@@ -214,8 +216,15 @@ int main(int argc, char** argv) try {
           std::to_string(draft.context_length() > prompt.size() ? draft.context_length() - prompt.size() : 0));
     if (o.method == "sd") {
       if (o.adaptive) {
-        specdec::speculative_decoder dec(draft, target, specdec::expected_speedup_gamma{},
-                                         specdec::rejection_sampling{}, o.sampling, o.seed);
+        // Seeded with the target's verify-cost curve, measured here (about half a second on
+        // kjv-big): a draft length the loop has not yet timed is priced by the host's curve,
+        // which is not monotone on every host (fallback.hpp), not as the nearest timed one.
+        specdec::expected_speedup_gamma policy;
+        const specdec::verify_cost_options at;
+        if (target.context_length() >= at.position + policy.max_gamma + 1)
+          policy.block_seconds_prior = specdec::measure_verify_cost(target, policy.max_gamma + 1, at).chain;
+        specdec::speculative_decoder dec(draft, target, std::move(policy), specdec::rejection_sampling{}, o.sampling,
+                                         o.seed);
         result = run(dec, tok, prompt, o);
       } else {
         specdec::speculative_decoder dec(draft, target, specdec::fixed_gamma{.gamma = o.gamma.value_or(4)},
