@@ -79,7 +79,9 @@ bool parse(int argc, char** argv, cli_options& o) {
       .add("--gamma", "K",
            "sd: draft length, >= 1 (default 4);\nbild: cap on consecutive draft steps, 0 = no cap (default 10)",
            store(o.gamma, cli::between<std::size_t>(0, 1024)))
-      .flag("--adaptive", "sd: choose the draft length online from the measured acceptance rate and\nblock costs (priced by the target's verify-cost curve, timed at start-up)",
+      .flag("--adaptive",
+            "sd: choose the draft length online from the measured acceptance rate and\n"
+            "block costs (priced by the target's verify-cost curve, timed at start-up)",
             o.adaptive)
       .add("--fallback-threshold", "A", "bild: fall back when the draft's max probability < A (default 0.6)",
            store(o.fallback_threshold, cli::between(0.0f, 1.0f)))
