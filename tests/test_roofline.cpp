@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstddef>
+#include <cstring>
 #include <vector>
 
 #include "specdec/backend/cpu/detail/float16.hpp"
@@ -21,17 +22,23 @@ TEST(roofline, is_the_lesser_of_the_peak_and_the_bandwidth_times_the_intensity) 
 }
 
 TEST(roofline, fma_loop_runs_every_chain_for_every_step) {
-  // Chain c starts at c 2^-10 and adds fma(1e-3, 1e-3, .) once per step; the loop sums
-  // the chains lane-wise, then the 16 equal lanes by hsum16's tree.
+  // Every accumulator register is a chain of its own, started at a distinct value (equal
+  // ones could be merged into fewer FMAs than counted): with AVX-512 chain c is one v16
+  // starting at c 2^-10 in every lane; without it two 8-lane registers 2c and 2c + 1
+  // (lanes 0-7 and 8-15 of v16 chain c), register r starting at r 2^-10. Each adds
+  // fma(1e-3, 1e-3, .) once per step; the loop sums the chains lane-wise, then the lanes
+  // by hsum16's tree.
   const std::size_t steps = 37;
-  float lane = 0;
-  for (int c = 0; c < d::peak_chains; ++c) {
-    float chain = static_cast<float>(c) * 0x1p-10f;
-    for (std::size_t s = 0; s < steps; ++s) chain = d::fmadd(1.0e-3f, 1.0e-3f, chain);
-    lane += chain;
-  }
+  const auto chain = [&](int r) {
+    float x = static_cast<float>(r) * 0x1p-10f;
+    for (std::size_t s = 0; s < steps; ++s) x = d::fmadd(1.0e-3f, 1.0e-3f, x);
+    return x;
+  };
+  float lanes[16] = {};
+  for (int c = 0; c < d::peak_chains; ++c)
+    for (int l = 0; l < 16; ++l) lanes[l] += chain(d::fma_peak_halves ? 2 * c + l / 8 : c);
   d::v16 v;
-  d::splat(v, lane);
+  std::memcpy(&v, lanes, sizeof v);
   EXPECT_EQ(d::fma_peak_loop(steps), d::hsum16(v));
   EXPECT_NE(d::fma_peak_loop(steps), d::fma_peak_loop(steps - 1));
 }

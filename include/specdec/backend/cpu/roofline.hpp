@@ -81,12 +81,16 @@ inline Acc run_chains(std::size_t steps, Elem start, Step&& step) noexcept {
 /// all of them.
 #if defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512F__)
 // Without AVX-512 GCC keeps a 64-byte vector in memory between operations, so chains of
-// v16 would time the stack: the same FMAs as 2 x peak_chains chains of 256-bit halves.
+// v16 would time the stack: the same FMAs as 2 x peak_chains chains of 256-bit halves,
+// register r starting at r 2^-10 (lanes 0-7 of v16 chain c: register 2c, lanes 8-15:
+// 2c + 1). Two halves that started equal would stay equal, and GCC would compute one and
+// copy it: half the FMAs counted, at the chains' latency, not the pipes' throughput.
+inline constexpr bool fma_peak_halves = true;
 inline float fma_peak_loop(std::size_t steps) noexcept {
   const __m256 a = _mm256_set1_ps(1.0e-3f);
   __m256 acc[2 * peak_chains];
 #pragma GCC unroll 16
-  for (int c = 0; c < 2 * peak_chains; ++c) acc[c] = _mm256_set1_ps(static_cast<float>(c / 2) * 0x1p-10f);
+  for (int c = 0; c < 2 * peak_chains; ++c) acc[c] = _mm256_set1_ps(static_cast<float>(c) * 0x1p-10f);
   for (std::size_t s = 0; s < steps; ++s) {
 #pragma GCC unroll 16
     for (int c = 0; c < 2 * peak_chains; ++c) acc[c] = _mm256_fmadd_ps(a, a, acc[c]);
@@ -101,6 +105,7 @@ inline float fma_peak_loop(std::size_t steps) noexcept {
   return hsum16(sum);
 }
 #else
+inline constexpr bool fma_peak_halves = false;  ///< chain c: one v16, c 2^-10 in every lane
 inline float fma_peak_loop(std::size_t steps) noexcept {
   v16 a, b;
   splat(a, 1.0e-3f);
