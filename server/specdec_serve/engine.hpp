@@ -553,7 +553,8 @@ class engine final : public completion_service, public session_service {
       return reject(error_code::invalid_request,
                     "a sampling session verifies by rejection sampling and needs the draft's distribution: " +
                         std::to_string(c.req.q.rows()) + " support rows for " + std::to_string(k) + " drafts");
-    if (s.anticipated && k == 0 && std::ranges::equal(c.req.committed, s.expect)) {
+    const bool expected = k == 0 && std::ranges::equal(c.req.committed, s.expect);  // the anticipated request
+    if (s.anticipated && expected) {
       // The anticipated request: its row ran already, the cache holds exactly S.
       s.committed.insert(s.committed.end(), c.req.committed.begin(), c.req.committed.end());
       accept_request(s, c, now);
@@ -563,11 +564,7 @@ class engine final : public completion_service, public session_service {
       answer(s, *c.reply, c.received, seq, 0, next, {});
       return;
     }
-    // The anticipated request, come before its row ran (the engine was still answering
-    // others): that row becomes its own block, nothing wasted and nothing gained.
-    if (s.anticipating && k == 0 && std::ranges::equal(c.req.committed, s.expect))
-      metrics_.add("specdec_anticipations_total", "result=\"early\"");
-    drop_anticipation(s);
+    drop_anticipation(s, expected);
     // Accepted: apply the delta, keep the cached prefix it shares, queue the block.
     s.committed.insert(s.committed.end(), c.req.committed.begin(), c.req.committed.end());
     std::size_t keep = 0;
@@ -588,12 +585,17 @@ class engine final : public completion_service, public session_service {
       s.turnaround = s.turnaround > 0.0 ? s.turnaround + 0.25 * (gap - s.turnaround) : std::max(gap, 1e-6);
     }
   }
-  /// Forgets an anticipation the request did not match: the anticipated draw never
-  /// happened (the random source is restored); the cache is cut by the caller.
-  void drop_anticipation(session_state& s) {
+  /// Forgets the anticipation of a request that is not answered from it: the anticipated
+  /// draw never happened (the random source is restored); the cache is cut by the
+  /// caller. Counted as a miss when its row ran, as early when the `expected` request
+  /// came before the row ran (the engine was still answering others: the row becomes
+  /// that request's own block, nothing wasted and nothing gained).
+  void drop_anticipation(session_state& s, bool expected) {
     if (s.anticipated) {
       if (!s.params.greedy()) s.rng = s.rng_before;
       metrics_.add("specdec_anticipations_total", "result=\"miss\"");
+    } else if (s.anticipating && expected) {
+      metrics_.add("specdec_anticipations_total", "result=\"early\"");
     }
     s.anticipated.reset();
     s.anticipating = false;
