@@ -317,7 +317,7 @@ pair_result run_pair(const bench_options& o, const std::string& pair, std::size_
   {
     // Seeded with the target's verify-cost curve measured here: an untimed block size is
     // priced by the curve's shape, not as the nearest timed size.
-    const std::vector<double> curve = specdec::measure_verify_cost(target, 17).chain;
+    const std::vector<double> curve = specdec::measure_verify_cost(target, 17, {.trees = false}).chain;
     specdec::speculative_decoder dec(draft, target, specdec::expected_speedup_gamma{.block_seconds_prior = curve},
                                      specdec::greedy_match{}, greedy, 1);
     runs.push_back(measure("sd", "greedy expected_speedup_gamma(curve)", encoded, o.repeats,

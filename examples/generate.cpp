@@ -218,11 +218,11 @@ int main(int argc, char** argv) try {
           std::to_string(draft.context_length() > prompt.size() ? draft.context_length() - prompt.size() : 0));
     if (o.method == "sd") {
       if (o.adaptive) {
-        // Seeded with the target's verify-cost curve, measured here (about half a second on
-        // kjv-big): a draft length the loop has not yet timed is priced by the host's curve,
-        // which is not monotone on every host (fallback.hpp), not as the nearest timed one.
+        // Seeded with the target's verify-cost curve of chain blocks, measured here: a draft
+        // length the loop has not yet timed is priced by the host's curve, which is not
+        // monotone on every host (fallback.hpp), not as the nearest timed one.
         specdec::expected_speedup_gamma policy;
-        const specdec::verify_cost_options at;
+        const specdec::verify_cost_options at{.trees = false};
         if (target.context_length() >= at.position + policy.max_gamma + 1)
           policy.block_seconds_prior = specdec::measure_verify_cost(target, policy.max_gamma + 1, at).chain;
         specdec::speculative_decoder dec(draft, target, std::move(policy), specdec::rejection_sampling{}, o.sampling,

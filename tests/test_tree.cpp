@@ -218,6 +218,15 @@ TEST(measure_verify_cost, times_every_size_and_leaves_the_cache_as_it_was) {
   EXPECT_EQ(c.chain_ratio(1), 1.0);
   EXPECT_EQ(m.cache_length(), prompt.size());
   EXPECT_TRUE(specdec::testing::same_bits(specdec::testing::copy_rows(specdec::forward_one(m, 3)), before));
+  // Chain blocks only: no tree is timed, and a tree ratio is refused, not read past the end.
+  const std::size_t held = m.cache_length();
+  const specdec::verify_cost_curve chains =
+      specdec::measure_verify_cost(m, 4, {.position = 16, .repeats = 2, .trees = false});
+  ASSERT_EQ(chains.chain.size(), 4u);
+  EXPECT_TRUE(chains.tree.empty());
+  for (std::size_t n = 1; n <= 4; ++n) EXPECT_GT(chains.chain[n - 1], 0.0) << n;
+  EXPECT_THROW((void)chains.tree_ratio(1), specdec::invalid_argument);
+  EXPECT_EQ(m.cache_length(), held);
   EXPECT_THROW((void)specdec::measure_verify_cost(m, 0), specdec::invalid_argument);
   EXPECT_THROW((void)specdec::measure_verify_cost(m, 4, {.repeats = 0}), specdec::invalid_argument);
   EXPECT_THROW((void)specdec::measure_verify_cost(m, 4, {.position = m.context_length()}), specdec::context_overflow);

@@ -418,7 +418,7 @@ struct expected_speedup_gamma {
   double cost_ratio = 0;          ///< draft/target cost per forward; 0 = measure online; finite, >= 0
   bool learn_block_cost = true;   ///< with c measured online: learn the verify cost per block size
   /// Optional start-up costs of verify blocks: [k - 1] the seconds of a k-token block
-  /// (e.g. `measure_verify_cost(target, max_gamma + 1).chain`, tree.hpp); only their
+  /// (e.g. `measure_verify_cost(target, max_gamma + 1, {.trees = false}).chain`, tree.hpp); only their
   /// ratios are used (see the type's doc). Each entry finite and > 0; empty: none.
   std::vector<double> block_seconds_prior{};
   bool carry_over = false;        ///< `reset()` keeps the learnt state (see the type's doc)

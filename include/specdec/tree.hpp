@@ -336,8 +336,14 @@ struct verify_cost_curve {
   std::vector<double> tree;
   /// chain[n - 1] / chain[0]: what a chain block of n costs against one token.
   [[nodiscard]] double chain_ratio(std::size_t n) const { return chain.at(n - 1) / chain.at(0); }
-  /// tree[n - 1] / chain[0]: what a tree of n nodes costs against one token.
-  [[nodiscard]] double tree_ratio(std::size_t n) const { return tree.at(n - 1) / chain.at(0); }
+  /// tree[n - 1] / chain[0]: what a tree of n nodes costs against one token. Throws
+  /// `invalid_argument` for a curve measured without trees (`verify_cost_options::trees`).
+  [[nodiscard]] double tree_ratio(std::size_t n) const {
+    if (tree.empty() && !chain.empty())
+      throw invalid_argument("verify_cost_curve::tree_ratio: the curve holds no trees (measured with "
+                             "verify_cost_options::trees = false)");
+    return tree.at(n - 1) / chain.at(0);
+  }
 };
 
 /// Knobs of `measure_verify_cost`.
@@ -348,6 +354,9 @@ struct verify_cost_options {
   /// Rounds over all sizes; each size's time is its minimum over the rounds (the first
   /// round, a warm-up, is not counted). At least 1.
   std::size_t repeats = 5;
+  /// Also time trees (`verify_cost_curve::tree`); false: chain blocks only, `tree` left
+  /// empty, in half the time (a chain policy's curve, or one forward's cost).
+  bool trees = true;
 };
 
 /// Measures the verify-cost curve of `m`: for n = 1..max_n, the seconds of a chain block
@@ -387,22 +396,22 @@ verify_cost_curve measure_verify_cost(M& m, std::size_t max_n, verify_cost_optio
   const auto seconds = [](clock::time_point a, clock::time_point b) {
     return std::chrono::duration<double>(b - a).count();
   };
-  verify_cost_curve out{std::vector<double>(max_n, std::numeric_limits<double>::infinity()),
-                        std::vector<double>(max_n, std::numeric_limits<double>::infinity())};
+  constexpr double unset = std::numeric_limits<double>::infinity();
+  verify_cost_curve out{std::vector<double>(max_n, unset), std::vector<double>(options.trees ? max_n : 0, unset)};
   for (std::size_t round = 0; round <= options.repeats; ++round) {
     for (std::size_t n = 1; n <= max_n; ++n) {
       const auto t0 = clock::now();
       (void)m.forward(std::span<const token_id>(tokens).first(n));
       const auto t1 = clock::now();
       m.truncate(at);
+      if (round > 0) out.chain[n - 1] = std::min(out.chain[n - 1], seconds(t0, t1));
+      if (!options.trees) continue;
       const auto t2 = clock::now();
       (void)m.forward_tree(std::span<const token_id>(tokens).first(n),
                            std::span<const std::int32_t>(parents).first(n));
       const auto t3 = clock::now();
       m.truncate(at);
-      if (round == 0) continue;
-      out.chain[n - 1] = std::min(out.chain[n - 1], seconds(t0, t1));
-      out.tree[n - 1] = std::min(out.tree[n - 1], seconds(t2, t3));
+      if (round > 0) out.tree[n - 1] = std::min(out.tree[n - 1], seconds(t2, t3));
     }
   }
   m.truncate(start);

@@ -919,6 +919,7 @@ hardware_aware_tree measure_tree_policy(Target& target, Draft& draft, hardware_a
   knobs = measure_tree_policy(target, std::move(knobs), options);
   knobs.context_bounds = std::move(bounds);
   knobs.level_drafter = true;
+  options.trees = false;  // one draft forward of one token
   knobs.draft_cost = measure_verify_cost(draft, 1, options).chain[0] / knobs.target_token_seconds;
   return knobs;
 }
