@@ -43,6 +43,7 @@ namespace specdec::cpu {
 /// | `2x12` | 4 x 6, then 2 x 8    | 2 x 8  | 2 x 12               | 2 x 12, 2 token tiles |
 /// | `1x6`  | 1 x 6                | 1 x 6, 2 token tiles | 1 x 6, 2 token tiles | 1 x 6, 3 token tiles |
 /// | `2x8l2` | 4 x 6 up to 4 (2-3 padded to 4), then 2 x 8 | 2 x 8 | 2 x 8, 2 token tiles | 2 x 8, 2 token tiles |
+/// | `2x8l2`, AVX2 | 1 x 6 (2-3 padded to 4) | 1 x 6, 2 token tiles | 1 x 6, 2 token tiles | 1 x 6, 3 token tiles |
 ///
 /// (A single token takes 8 panels x 1, 6 x 1 in an AVX2 build, then 1 x 1; where
 /// one panel of the matrix fills half the L1, blocks of 2-8 take 1 x 8 in `4x6` and
@@ -51,9 +52,9 @@ namespace specdec::cpu {
 /// L2 instead, 16 KB ahead, in every block size including a single token, and leaves
 /// the last step into the L1 to the hardware: on a core whose L1 misses allow few
 /// software prefetches in flight (AMD Zen 4), a stream prefetched into the L1 stalls the
-/// FMAs it should hide under. Within AVX2's 16 registers only `1x6` keeps a whole tile
-/// in registers; the others spill, which can still pay where decoding the weights
-/// dominates.)
+/// FMAs it should hide under. Within AVX2's 16 registers only `1x6` and `2x8l2` (its AVX2
+/// row) keep a whole tile in registers; the others spill, which can still pay where
+/// decoding the weights dominates.)
 /// `automatic`: the SPECDEC_TILES environment variable if set, else the fastest on this
 /// host, timed once per process, weight format and model shape at the first load (see
 /// `transformer_options::tiles`).
@@ -272,16 +273,26 @@ using block8_tile_table = tile_table<tile_choice<1, 1, single_token_tiles>,  //
 /// ahead of its reads (a single token too: the hardware prefetchers alone then leave
 /// part of the stream's latency exposed). One token in 8 panels (6 with AVX2's
 /// registers), 2-4 tokens in 4 x 6 tiles (2 and 3 padded to 4: `pad_blocks_to`), more in
-/// 2 x 8 tiles over token tiles of at most 8.
+/// 2 x 8 tiles over token tiles of at most 8. With AVX2's 16 registers every block takes
+/// 1 x 6 tiles instead (`avx2_l2_tile_table`): 4 x 6 and 2 x 8 would spill accumulators
+/// every column, and a 1 x 6 tile that prefetches its own panel into the L2 keeps a 32 KB
+/// L1 for the panel it reads, where `1x6`'s whole next panel ahead (24 KB for kjv-big
+/// fp32) does not fit beside it.
 template <int Panels, int Tokens>
 using l2_policy = panel_policy<Panels, Tokens, true, prefetch_lead_bytes, prefetch_level::l2>;
 using l2_single_token_tiles = tile_family<l2_policy<(packet_registers >= 16 ? 8 : 6), 1>, l2_policy<1, 1>>;
 using l2_short_block_tiles = tile_family<l2_policy<4, 6>, l2_policy<1, 6>>;
 using l2_block_tiles = tile_family<l2_policy<2, 8>, l2_policy<1, 8>>;
-/// `tile_config::t2x8_l2`.
-using l2_tile_table = tile_table<tile_choice<1, 1, l2_single_token_tiles>,  //
-                                 tile_choice<4, 1, l2_short_block_tiles>,   //
-                                 tile_choice<any_tokens, 1, l2_block_tiles>>;
+using l2_small_block_tiles = tile_family<l2_policy<1, 6>>;
+/// `tile_config::t2x8_l2` with 32 vector registers.
+using wide_l2_tile_table = tile_table<tile_choice<1, 1, l2_single_token_tiles>,  //
+                                      tile_choice<4, 1, l2_short_block_tiles>,   //
+                                      tile_choice<any_tokens, 1, l2_block_tiles>>;
+/// `tile_config::t2x8_l2` with AVX2's 16: 1 x 6 tiles for every block (2-3 tokens padded to 4).
+using avx2_l2_tile_table = tile_table<tile_choice<1, 1, l2_single_token_tiles>,  //
+                                      tile_choice<any_tokens, 1, l2_small_block_tiles>>;
+/// `tile_config::t2x8_l2`: the table of this build's register file (arch/vector.hpp).
+using l2_tile_table = std::conditional_t<(packet_registers >= 16), wide_l2_tile_table, avx2_l2_tile_table>;
 
 /// Blocks of 2 .. P - 1 tokens that a table's products run as blocks of P =
 /// `pad_blocks_to<Table>` (0: none): the added rows repeat the block's first and their
