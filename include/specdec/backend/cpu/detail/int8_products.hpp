@@ -68,8 +68,8 @@ struct i8_inputs {
   }
 
   /// Quantizes k rows of n floats (row stride ldx), after `reserve(k, n)`. Whole groups
-  /// go through 16-lane vectors, a partial last group through scalar code; both give
-  /// the same values (max is exact in any order, the rest is elementwise).
+  /// go through vectors (`quantize_group`), a partial last group through scalar code;
+  /// both give the same values (max is exact in any order, the rest is elementwise).
   void quantize(const float* x, std::size_t k, std::size_t ldx, std::size_t n) noexcept {
     const std::size_t groups = i8_groups(n);
     for (std::size_t t = 0; t < k; ++t) {
@@ -99,35 +99,47 @@ struct i8_inputs {
   }
 
  private:
+  /// The quantizer's vectors: 16 lanes where a register holds them (AVX-512, and the
+  /// scalar build, which has no better choice), 8 with AVX2, where GCC keeps a 16-lane
+  /// vector in memory (arch/avx2.hpp). The values are the same either way: the maximum
+  /// is exact in any order, the rest is elementwise and the integer sum exact.
+  static constexpr std::size_t q_lanes = packet_registers >= 16 ? 16 : 8;
+  typedef float qf __attribute__((vector_size(q_lanes * 4)));
+  typedef float qf_unaligned __attribute__((vector_size(q_lanes * 4), aligned(4), may_alias));
+  typedef std::int32_t qi __attribute__((vector_size(q_lanes * 4)));
+  typedef std::int8_t qb __attribute__((vector_size(q_lanes)));
+
   /// One whole group of 32: writes q, adds sum(q) to `sum`, returns the scale.
   static float quantize_group(const float* x, std::int8_t* qg, std::int32_t& sum) noexcept {
-    v16 a, b;
-    load16(a, x);
-    load16(b, x + lanes);
-    const v16 zero{};
-    const v16 aa = a < zero ? -a : a, ab = b < zero ? -b : b;
-    v16 m = aa > zero ? aa : zero;  // NaN compares false: skipped, as in the scalar loop
-    m = ab > m ? ab : m;
+    constexpr std::size_t parts = q8_group / q_lanes;
+    qf v[parts];
+    const qf zero{};
+    qf m = zero;
+    for (std::size_t h = 0; h < parts; ++h) {
+      v[h] = *reinterpret_cast<const qf_unaligned*>(x + h * q_lanes);
+      const qf a = v[h] < zero ? -v[h] : v[h];
+      m = a > m ? a : m;  // NaN compares false: skipped, as in the scalar loop
+    }
     float amax = 0.0f;
-    for (std::size_t i = 0; i < lanes; ++i) amax = std::max(amax, m[i]);
+    for (std::size_t i = 0; i < q_lanes; ++i) amax = std::max(amax, m[i]);
     const float d = amax / 127.0f;
     const float id = d > 0.0f ? 1.0f / d : 0.0f;
-    // q8_round in 16 lanes: round to nearest even by adding and removing 1.5 * 2^23
+    // q8_round in every lane: round to nearest even by adding and removing 1.5 * 2^23
     // (exact for |r| <= 127, the same result as nearbyint in the default rounding mode).
     constexpr float magic = 12582912.0f;
-    vi16 s{};
-    for (int h = 0; h < 2; ++h) {
-      v16 r = (h == 0 ? a : b) * id;
+    qi s{};
+    for (std::size_t h = 0; h < parts; ++h) {
+      qf r = v[h] * id;
       r = r == r ? r : zero;
       r = r < zero - 127.0f ? zero - 127.0f : r;
       r = r > zero + 127.0f ? zero + 127.0f : r;
       r = (r + magic) - magic;
-      const vi16 qi = __builtin_convertvector(r, vi16);
-      s += qi;
-      const vi8x16 q8 = __builtin_convertvector(qi, vi8x16);
-      __builtin_memcpy(qg + h * lanes, &q8, sizeof(q8));
+      const qi q = __builtin_convertvector(r, qi);
+      s += q;
+      const qb q8 = __builtin_convertvector(q, qb);
+      __builtin_memcpy(qg + h * q_lanes, &q8, sizeof(q8));
     }
-    for (std::size_t i = 0; i < lanes; ++i) sum += s[i];
+    for (std::size_t i = 0; i < q_lanes; ++i) sum += s[i];
     return d;
   }
 };

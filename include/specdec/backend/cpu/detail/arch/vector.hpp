@@ -69,8 +69,6 @@ namespace specdec::cpu::detail {
 typedef float v16 __attribute__((vector_size(64)));
 /// 16 32-bit integers (exponent bits in `exp16`, integer dot products in the w8a8 tiles).
 typedef int vi16 __attribute__((vector_size(64)));
-/// 16 signed bytes (quantized inputs).
-typedef std::int8_t vi8x16 __attribute__((vector_size(16)));
 typedef float v8 __attribute__((vector_size(32)));
 typedef float v4 __attribute__((vector_size(16)));
 
