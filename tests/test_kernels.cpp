@@ -275,7 +275,7 @@ TEST(kernels, w8a8_input_quantization_rounds_to_nearest_even_and_tolerates_nan) 
   }
 }
 
-// exp16 replaces std::exp in the softmax and SiLU: it must stay within 2 ulp of the
+// exp_lanes replaces std::exp in the softmax and SiLU: it must stay within 2 ulp of the
 // correctly rounded e^x over the range it computes, give 0 / +inf / NaN outside it, and
 // depend on the value only, whatever lane (or tail position) the value lands in.
 TEST(kernels, vector_exp_is_within_two_ulp_and_elementwise) {
@@ -298,7 +298,7 @@ TEST(kernels, vector_exp_is_within_two_ulp_and_elementwise) {
     worst = std::max(worst, ulps(got[i], want));
     ASSERT_LE(ulps(got[i], want), 2) << "exp(" << xs[i] << ") = " << got[i] << ", want " << want;
   }
-  std::printf("exp16: max %d ulp over %zu values\n", worst, xs.size());
+  std::printf("exp_lanes: max %d ulp over %zu values\n", worst, xs.size());
   // Outside the range, and special values.
   std::vector<float> sp = {-86.6f, -1000.0f, -INFINITY, 88.1f, 1000.0f, INFINITY, NAN};
   d::exp_inplace(sp.data(), sp.size());
@@ -365,7 +365,7 @@ TEST(kernels, softmax_and_swiglu_are_fixed_order_and_accurate) {
   }
   const std::size_t hid = 101;
   std::vector<float> h(hid), g(hid);
-  for (float& v : h) v = u(rng) * 8.0f;  // reaches both ends of exp16's range
+  for (float& v : h) v = u(rng) * 8.0f;  // reaches both ends of exp_lanes's range
   for (float& v : g) v = u(rng);
   std::vector<float> whole = h;
   d::swiglu(whole.data(), g.data(), hid);

@@ -305,7 +305,7 @@ std::uint64_t logits_digest(const specdec::logits_block& out) {
 }
 
 // Whether this translation unit fuses a vector `a * b + c` (GCC contracts it from -O2 on):
-// the elementwise kernels (exp16's polynomial) are written that way, so their bits are
+// the elementwise kernels (exp_lanes's polynomial) are written that way, so their bits are
 // an optimising build's.
 [[gnu::noinline]] bool contracts_vector_multiply_add() {
   volatile float a = 1.0f + 0x1p-12f, c = -1.0f;
@@ -327,7 +327,7 @@ TEST(transformer, logits_are_the_avx512_builds_bit_for_bit) {
   GTEST_SKIP() << "this target has no fused multiply-add: its logits round every multiply-add twice";
 #endif
   if (!contracts_vector_multiply_add())
-    GTEST_SKIP() << "this build does not contract a * b + c (below -O2): exp16 rounds differently";
+    GTEST_SKIP() << "this build does not contract a * b + c (below -O2): exp_lanes rounds differently";
   struct expected {
     weight_format format, kv;
     std::uint64_t digest;

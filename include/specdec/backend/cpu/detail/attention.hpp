@@ -118,93 +118,101 @@ inline void weighted_rows_sum_heads(std::size_t heads, const float* a, std::size
 }
 
 namespace softmax_detail {
-/// The largest of the 16 lanes (exact: a maximum does not depend on the order).
-inline float max16(const v16& v) noexcept {
-  const v8 a0 = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7);
-  const v8 a1 = __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
-  const v8 a = a0 > a1 ? a0 : a1;
+/// The largest of the lanes (exact: a maximum does not depend on the order).
+inline float max_lanes(const v8& a) noexcept {
   const v4 b0 = __builtin_shufflevector(a, a, 0, 1, 2, 3), b1 = __builtin_shufflevector(a, a, 4, 5, 6, 7);
   const v4 b = b0 > b1 ? b0 : b1;
   return std::max(std::max(b[0], b[1]), std::max(b[2], b[3]));
 }
+inline float max_lanes(const v16& v) noexcept {
+  const v8 a0 = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7);
+  const v8 a1 = __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+  return max_lanes(a0 > a1 ? a0 : a1);
+}
 /// The softmax of `softmax` over M rows x + m ld side by side (their passes interleaved:
 /// each pass is a chain of dependent steps, which M independent rows overlap), over the
 /// scores divided by `divisor` first when `Scaled`. Every row's operations are those of
-/// a single row.
+/// a single row. The passes compute in `elem_vec`s; the sum keeps 16 lanes (element i
+/// in lane i % 16) as lanes / elem_lanes vectors, so its order is the same in every build.
 template <int M, bool Scaled>
 inline void softmax_rows(float* x, std::size_t ld, std::size_t n, float divisor) noexcept {
+  using V = elem_vec;
+  constexpr std::size_t W = elem_lanes;
+  constexpr std::size_t H = lanes / W;  // vectors per 16 lanes
   const std::size_t full = n - n % lanes, tail = n - full;
+  const auto row = [&](int m) { return x + static_cast<std::size_t>(m) * ld; };
   // Pass 1: the division (elementwise: vector or scalar, the same correctly rounded
-  // quotient) and the maximum in 16 lanes, then across them (GCC does not vectorise a
+  // quotient) and the maximum in vector lanes, then across them (GCC does not vectorise a
   // float max reduction without -ffast-math). Max is exact in any order.
-  v16 vmax[M], d;
-  splat(d, divisor);
-  for (int m = 0; m < M; ++m) vmax[m] = v16{} - __builtin_inff();
-  for (std::size_t i = 0; i < full; i += lanes)
+  const V d = splat_lanes<V>(divisor);
+  V vmax[M];
+  for (int m = 0; m < M; ++m) vmax[m] = V{} - __builtin_inff();
+  for (std::size_t i = 0; i < full; i += W)
     for (int m = 0; m < M; ++m) {
-      float* xm = x + static_cast<std::size_t>(m) * ld;
-      v16 v;
-      load16(v, xm + i);
+      V v = load_lanes<V>(row(m) + i);
       if constexpr (Scaled) {
         v = v / d;
-        store16(xm + i, v);
+        store_lanes(row(m) + i, v);
       }
       vmax[m] = v > vmax[m] ? v : vmax[m];
     }
-  v16 mx[M];
+  V mx[M];
   for (int m = 0; m < M; ++m) {
-    float* xm = x + static_cast<std::size_t>(m) * ld;
+    float* xm = row(m);
     if constexpr (Scaled)
       for (std::size_t i = full; i < n; ++i) xm[i] /= divisor;
-    float mm = std::max(xm[0], max16(vmax[m]));
+    float mm = std::max(xm[0], max_lanes(vmax[m]));
     for (std::size_t i = full; i < n; ++i) mm = std::max(mm, xm[i]);
-    splat(mx[m], mm);
+    mx[m] = splat_lanes<V>(mm);
   }
-  // Pass 2: e^(x - max) by `exp16` and their sum in 16 lanes in index order (the tail's
-  // unused lanes add zeros), reduced by `hsum16`'s tree.
-  v16 acc[M];
-  for (int m = 0; m < M; ++m) acc[m] = v16{};
+  // Pass 2: e^(x - max) by `exp_lanes` and their sum in 16 lanes in index order (the
+  // tail's unused lanes add zeros), reduced by `hsum16`'s tree.
+  V acc[M][H];
+  for (int m = 0; m < M; ++m)
+    for (std::size_t h = 0; h < H; ++h) acc[m][h] = V{};
   for (std::size_t i = 0; i < full; i += lanes)
-    for (int m = 0; m < M; ++m) {
-      float* xm = x + static_cast<std::size_t>(m) * ld;
-      v16 v;
-      load16(v, xm + i);
-      v = v - mx[m];
-      exp16(v);
-      store16(xm + i, v);
-      acc[m] += v;
-    }
+    for (int m = 0; m < M; ++m)
+      for (std::size_t h = 0; h < H; ++h) {
+        float* at = row(m) + i + h * W;
+        V v = load_lanes<V>(at) - mx[m];
+        exp_lanes(v);
+        store_lanes(at, v);
+        acc[m][h] += v;
+      }
   if (tail != 0) {
-    const vi16 lane{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
-    for (int m = 0; m < M; ++m) {
-      float* xm = x + static_cast<std::size_t>(m) * ld;
-      v16 v;
-      load_first(v, xm + full, tail);
-      v = v - mx[m];
-      exp16(v);
-      store_first(xm + full, v, tail);
-      acc[m] += lane < static_cast<int>(tail) ? v : v16{};
-    }
+    using VI = typename int_lanes<V>::type;
+    VI lane;
+    for (std::size_t l = 0; l < W; ++l) lane[l] = static_cast<int>(l);
+    for (int m = 0; m < M; ++m)
+      for (std::size_t h = 0; h < H && h * W < tail; ++h) {
+        float* at = row(m) + full + h * W;
+        const std::size_t count = std::min(W, tail - h * W);
+        V v;
+        load_first(v, at, count);
+        v = v - mx[m];
+        exp_lanes(v);
+        store_first(at, v, count);
+        acc[m][h] += lane < static_cast<int>(count) ? v : V{};
+      }
   }
   // Pass 3: the division by the sum.
-  v16 sum[M];
-  for (int m = 0; m < M; ++m) splat(sum[m], hsum16(acc[m]));
-  for (std::size_t i = 0; i < full; i += lanes)
-    for (int m = 0; m < M; ++m) {
-      float* xm = x + static_cast<std::size_t>(m) * ld;
-      v16 v;
-      load16(v, xm + i);
-      store16(xm + i, v / sum[m]);
-    }
+  V sum[M];
   for (int m = 0; m < M; ++m) {
-    float* xm = x + static_cast<std::size_t>(m) * ld;
+    v16 all;
+    __builtin_memcpy(&all, acc[m], sizeof(all));
+    sum[m] = splat_lanes<V>(hsum16(all));
+  }
+  for (std::size_t i = 0; i < full; i += W)
+    for (int m = 0; m < M; ++m) store_lanes(row(m) + i, load_lanes<V>(row(m) + i) / sum[m]);
+  for (int m = 0; m < M; ++m) {
+    float* xm = row(m);
     for (std::size_t i = full; i < n; ++i) xm[i] /= sum[m][0];
   }
 }
 }  // namespace softmax_detail
 
 /// In-place softmax over x[0..n), n >= 1: max (exact in any order), e^(x - max) by
-/// `exp16`, their sum in 16 lanes in index order (lane i % 16, the tail padded with
+/// `exp_lanes`, their sum in 16 lanes in index order (lane i % 16, the tail padded with
 /// zeros) reduced by `hsum16`'s tree, then a division per element. The order depends on
 /// n only.
 inline void softmax(float* x, std::size_t n) noexcept { softmax_detail::softmax_rows<1, false>(x, 0, n, 1.0f); }

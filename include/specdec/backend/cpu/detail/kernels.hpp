@@ -16,7 +16,7 @@
 ///   fp16, q8_0); int8_products.hpp: the w8a8 format's integer products (`matmul_i8`);
 /// - dot.hpp: row-major dot-product tiles (`dot`, `matmul_rows`: attention scores);
 /// - attention.hpp: RoPE, the scores' softmax, the weighted sums of value rows;
-/// - activations.hpp: RMSNorm's scale, `exp16`, SwiGLU.
+/// - activations.hpp: RMSNorm's scale, `exp_lanes` (e^x), SwiGLU.
 ///
 /// Why not Eigen's GEMM/GEMV for the projections: Eigen picks different kernels (and so
 /// different summation orders) for matrix-vector and matrix-matrix products and for

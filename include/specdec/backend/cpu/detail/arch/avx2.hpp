@@ -39,6 +39,19 @@ inline void store_first(float* p, const packet16& v, std::size_t n) noexcept {
   __builtin_memcpy(p, copy, n * sizeof(float));
 }
 
+/// The first n <= 8 floats of an `elem_vec` (v8) stored at p, and loaded from p into
+/// lanes 0..n-1 with zeros in the others: one masked store or load each (vmaskmovps:
+/// nothing past p + n is touched).
+inline __m256i first_lanes_mask(std::size_t n) noexcept {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+inline void store_first(float* p, const v8& v, std::size_t n) noexcept {
+  _mm256_maskstore_ps(p, first_lanes_mask(n), (__m256)v);
+}
+inline void load_first(v8& v, const float* p, std::size_t n) noexcept {
+  v = (v8)_mm256_maskload_ps(p, first_lanes_mask(n));
+}
+
 /// acc[i] = fma(a[i], b[i], acc[i]): one vfmadd per half.
 inline void fmadd_lanes(packet16& acc, const packet16& a, const packet16& b) noexcept {
   acc.lo = _mm256_fmadd_ps(a.lo, b.lo, acc.lo);

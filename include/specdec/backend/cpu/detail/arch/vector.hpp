@@ -22,7 +22,8 @@
 ///   (tile shapes are chosen to fit it); and for packets the operations below plus
 ///   `load16`, `store16`, `store_first`, `hsum16` and `hsum16x4`, with the `v16` forms'
 ///   results; optionally `SPECDEC_DETAIL_MASKED_TAILS` with `store_first` and
-///   `load_first` for `v16` (the first n lanes; defined below by copies otherwise);
+///   `load_first` for `v16` (the first n lanes; defined below by copies otherwise), and
+///   both for `v8` where that is the build's `elem_vec` (AVX2);
 /// - `fmadd_lanes(acc, a, b)`: acc[i] = fmadd(a[i], b[i], acc[i]), rounded like the
 ///   scalar `fmadd` below;
 /// - `pin_register(v)`: keeps a loaded vector in a register (a hint, changes no value);
@@ -58,6 +59,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 #if defined(__FAST_MATH__)
 #warning "specdec cpu backend: -ffast-math allows reassociation; block and single-token forwards may then differ in the last bits"
@@ -67,7 +69,7 @@ namespace specdec::cpu::detail {
 
 /// 16 floats: the vector every kernel computes in.
 typedef float v16 __attribute__((vector_size(64)));
-/// 16 32-bit integers (exponent bits in `exp16`, integer dot products in the w8a8 tiles).
+/// 16 32-bit integers (exponent bits in `exp_lanes`, integer dot products in the w8a8 tiles).
 typedef int vi16 __attribute__((vector_size(64)));
 typedef float v8 __attribute__((vector_size(32)));
 typedef float v4 __attribute__((vector_size(16)));
@@ -199,5 +201,45 @@ inline void fmadd_lanes(v16& acc, const v16& w, float x) noexcept {
   fmadd_lanes(acc, w, xv);
 }
 #endif
+
+/// The vector the elementwise kernels (e^x, SwiGLU, the softmax's passes) compute in:
+/// `v16` where a register holds it, `v8` with AVX2, where GCC keeps a `v16` in memory and
+/// stores and reloads it around every operation. Each lane's operations are the same
+/// whatever the width, so results do not depend on it; a sum over lanes keeps 16 lanes'
+/// order (`softmax_rows`).
+using elem_vec = std::conditional_t<(packet_registers >= 16), v16, v8>;
+inline constexpr std::size_t elem_lanes = sizeof(elem_vec) / sizeof(float);
+static_assert(lanes % elem_lanes == 0);
+/// 8 32-bit integers (`v8`'s exponent bits in `exp_lanes`).
+typedef int vi8 __attribute__((vector_size(32)));
+/// The integer vector of a float vector's lane count.
+template <class V>
+struct int_lanes;
+template <>
+struct int_lanes<v16> {
+  using type = vi16;
+};
+template <>
+struct int_lanes<v8> {
+  using type = vi8;
+};
+/// x in every lane of a float vector V, exactly (also -0.0f and NaN payloads).
+template <class V>
+inline V splat_lanes(float x) noexcept {
+  V v;
+  for (std::size_t i = 0; i < sizeof(V) / sizeof(float); ++i) v[i] = x;
+  return v;
+}
+/// A float vector V (`v16`, `v8`) at any float-aligned address, and its store.
+template <class V>
+inline V load_lanes(const float* p) noexcept {
+  typedef float unaligned __attribute__((vector_size(sizeof(V)), aligned(4), may_alias));
+  return *reinterpret_cast<const unaligned*>(p);
+}
+template <class V>
+inline void store_lanes(float* p, const V& v) noexcept {
+  typedef float unaligned __attribute__((vector_size(sizeof(V)), aligned(4), may_alias));
+  *reinterpret_cast<unaligned*>(p) = v;
+}
 
 }  // namespace specdec::cpu::detail
