@@ -118,17 +118,6 @@ inline void weighted_rows_sum_heads(std::size_t heads, const float* a, std::size
 }
 
 namespace softmax_detail {
-/// The largest of the lanes (exact: a maximum does not depend on the order).
-inline float max_lanes(const v8& a) noexcept {
-  const v4 b0 = __builtin_shufflevector(a, a, 0, 1, 2, 3), b1 = __builtin_shufflevector(a, a, 4, 5, 6, 7);
-  const v4 b = b0 > b1 ? b0 : b1;
-  return std::max(std::max(b[0], b[1]), std::max(b[2], b[3]));
-}
-inline float max_lanes(const v16& v) noexcept {
-  const v8 a0 = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7);
-  const v8 a1 = __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
-  return max_lanes(a0 > a1 ? a0 : a1);
-}
 /// The softmax of `softmax` over M rows x + m ld side by side (their passes interleaved:
 /// each pass is a chain of dependent steps, which M independent rows overlap), over the
 /// scores divided by `divisor` first when `Scaled`. Every row's operations are those of

@@ -120,9 +120,7 @@ struct i8_inputs {
       const qf a = v[h] < zero ? -v[h] : v[h];
       m = a > m ? a : m;  // NaN compares false: skipped, as in the scalar loop
     }
-    float amax = 0.0f;
-    for (std::size_t i = 0; i < q_lanes; ++i) amax = std::max(amax, m[i]);
-    const float d = amax / 127.0f;
+    const float d = max_lanes(m) / 127.0f;
     const float id = d > 0.0f ? 1.0f / d : 0.0f;
     // q8_round in every lane: round to nearest even by adding and removing 1.5 * 2^23
     // (exact for |r| <= 127, the same result as nearbyint in the default rounding mode).

@@ -56,6 +56,7 @@
 /// d::fmadd_lanes(p, wp, 0.5f);
 /// d::store16(out, p);
 /// ```
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -229,6 +230,18 @@ inline V splat_lanes(float x) noexcept {
   V v;
   for (std::size_t i = 0; i < sizeof(V) / sizeof(float); ++i) v[i] = x;
   return v;
+}
+/// The largest of a vector's lanes, none of them NaN (exact: a maximum does not depend on
+/// the order; GCC does not vectorise a float max reduction without -ffast-math).
+inline float max_lanes(const v8& a) noexcept {
+  const v4 b0 = __builtin_shufflevector(a, a, 0, 1, 2, 3), b1 = __builtin_shufflevector(a, a, 4, 5, 6, 7);
+  const v4 b = b0 > b1 ? b0 : b1;
+  return std::max(std::max(b[0], b[1]), std::max(b[2], b[3]));
+}
+inline float max_lanes(const v16& v) noexcept {
+  const v8 a0 = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7);
+  const v8 a1 = __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+  return max_lanes(a0 > a1 ? a0 : a1);
 }
 /// A float vector V (`v16`, `v8`) at any float-aligned address, and its store.
 template <class V>
