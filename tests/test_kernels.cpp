@@ -271,7 +271,7 @@ TEST(kernels, w8a8_input_quantization_rounds_to_nearest_even_and_tolerates_nan) 
     for (int i = 0; i < 7; ++i) EXPECT_EQ(int(q[i]), want[i]) << "n " << n << " i " << i;
     for (std::size_t i = 7; i < 32; ++i) EXPECT_EQ(int(q[i]), 0) << i;
     EXPECT_EQ(in.scale[g0 / 32], 1.0f);
-    EXPECT_EQ(in.bias[g0 / 32], 128 * (127 + 2 + 4 - 2 + 127));
+    EXPECT_EQ(in.correction[g0 / 32], -128 * (127 + 2 + 4 - 2 + 127));
   }
 }
 

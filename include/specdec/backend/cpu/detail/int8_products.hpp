@@ -22,7 +22,7 @@
 ///
 /// VNNI multiplies unsigned by signed bytes (and only the signed operand can be broadcast
 /// from memory), so weights are stored biased, u = q + 128 in [1, 255], and each input
-/// group carries its correction 128 * sum(q_x): isum = sum(u * q_x) - 128 * sum(q_x).
+/// group carries its correction c = -128 * sum(q_x): isum = c + sum(u * q_x).
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
@@ -53,18 +53,20 @@ inline constexpr std::size_t i8_quad = 4;
 
 /// Rows of inputs quantized for w8a8 products: row t, group g has scale d = max|x| / 127
 /// and values q = round-to-nearest-even(x / d) in [-127, 127] (0 for a zero group), as
-/// the weights are quantized (weights.hpp), plus the VNNI correction 128 * sum(q).
+/// the weights are quantized (weights.hpp), plus the VNNI correction -128 * sum(q).
 /// Storage is sized by `reserve` and reused: `quantize` never allocates within it.
 struct i8_inputs {
   aligned_vector<std::int8_t> q;      ///< [rows][groups * 32]
   aligned_vector<float> scale;        ///< [rows][groups]
-  aligned_vector<std::int32_t> bias;  ///< [rows][groups]: 128 * sum of the group's q
+  /// [rows][groups]: -128 * sum of the group's q, where a VNNI tile's integer sum starts
+  /// (stored negated, so that the tile broadcasts it straight from memory).
+  aligned_vector<std::int32_t> correction;
 
   /// Room for `rows` rows of up to `cols` columns.
   void reserve(std::size_t rows, std::size_t cols) {
     const std::size_t g = i8_groups(cols);
     if (q.size() < rows * g * q8_group) q.resize(rows * g * q8_group);
-    if (scale.size() < rows * g) scale.resize(rows * g), bias.resize(rows * g);
+    if (scale.size() < rows * g) scale.resize(rows * g), correction.resize(rows * g);
   }
 
   /// Quantizes k rows of n floats (row stride ldx), after `reserve(k, n)`. Whole groups
@@ -93,7 +95,7 @@ struct i8_inputs {
           }
         }
         scale[t * groups + g] = d;
-        bias[t * groups + g] = 128 * sum;
+        correction[t * groups + g] = -128 * sum;
       }
     }
   }
@@ -197,14 +199,14 @@ inline void i8_tile(const i8_panels& w, std::size_t p0, const i8_inputs& x, std:
 #pragma GCC unroll 16
   for (int p = 0; p < P; ++p) up[p] = w.u + (p0 + static_cast<std::size_t>(p)) * quads * 64;
   for (std::size_t g = 0; g < G; ++g) {
-    // Each integer sum starts at minus its input group's VNNI correction: integer sums
+    // Each integer sum starts at its input group's VNNI correction: integer sums
     // are exact in any order, so this is isum_g, one subtraction per output fewer.
     vi16 is[P][T];
 #pragma GCC unroll 16
     for (int t = 0; t < T; ++t) {
-      const vi16 neg_bias = vi16{} - x.bias[(t0 + static_cast<std::size_t>(t)) * G + g];
+      const vi16 start = vi16{} + x.correction[(t0 + static_cast<std::size_t>(t)) * G + g];
 #pragma GCC unroll 16
-      for (int p = 0; p < P; ++p) is[p][t] = neg_bias;
+      for (int p = 0; p < P; ++p) is[p][t] = start;
     }
 #pragma GCC unroll 8
     for (std::size_t c = 0; c < q8_group / i8_quad; ++c) {
