@@ -43,6 +43,16 @@ using specdec::token_id;
 namespace hy = specdec::hybrid;
 using specdec::cpu::transformer;
 
+/// A session's options, built as a named object: GCC 12 warns that the std::function
+/// members of a designated-initializer temporary "may be used uninitialized" when it
+/// inlines their destructors (a false positive).
+hy::net_session_options session_options(std::uint64_t seed, bool pipelined) {
+  hy::net_session_options o;
+  o.seed = seed;
+  o.pipelined = pipelined;
+  return o;
+}
+
 struct options {
   std::string serve = SPECDEC_SERVE_BINARY;
   std::string models = SPECDEC_MODELS_DIR;
@@ -428,7 +438,7 @@ int main(int argc, char** argv) try {
     specdec::testing::link_proxy http("127.0.0.1", server.http_port), verify("127.0.0.1", server.verify_port);
     const hy::net_endpoint ep{"127.0.0.1", http.port(), verify.port()};
     const hy::route r = hy::route::speculative(o.gamma);
-    hy::net_session s(little, hy::fixed_arbiter{r}, ep, {.seed = 1, .pipelined = false});
+    hy::net_session s(little, hy::fixed_arbiter{r}, ep, session_options(1, false));
     hy::simulated_link link(sim_link(0, 0, 0, 0), 1);
     hy::session sim(sim_little, big, hy::fixed_arbiter{r}, link, sim_options(false));
     // Warm-up: connections, the server's session caches and its step-time curve, this
@@ -463,7 +473,7 @@ int main(int argc, char** argv) try {
     specdec::testing::link_proxy http("127.0.0.1", server.http_port), verify("127.0.0.1", server.verify_port);
     const hy::net_endpoint ep{"127.0.0.1", http.port(), verify.port()};
     const hy::route r = hy::route::in_cloud();
-    hy::net_session s(little, hy::fixed_arbiter{r}, ep, {.seed = 1, .pipelined = false});
+    hy::net_session s(little, hy::fixed_arbiter{r}, ep, session_options(1, false));
     hy::simulated_link link(sim_link(0, overhead, 0, 0), 1);
     hy::session sim(sim_little, big, hy::fixed_arbiter{r}, link, sim_options(false));
     const std::size_t n = std::min(o.calibration_prompts, prompts.size());
@@ -494,9 +504,10 @@ int main(int argc, char** argv) try {
     std::vector<std::vector<token_id>> cloud_tokens;
     for (const route_spec& rs : routes) {
       if (!o.routes.empty() && std::find(o.routes.begin(), o.routes.end(), rs.name) == o.routes.end()) continue;
-      hy::net_session s(little, hy::fixed_arbiter{rs.r}, ep,
-                        {.sampling = rs.sampled ? sampled : specdec::sampling_params{}, .seed = 1,
-                         .pipelined = rs.pipelined, .verify = {.retries = rs.cuts ? 4u : 1u}});
+      hy::net_session_options so = session_options(1, rs.pipelined);
+      so.sampling = rs.sampled ? sampled : specdec::sampling_params{};
+      so.verify.retries = rs.cuts ? 4u : 1u;
+      hy::net_session s(little, hy::fixed_arbiter{rs.r}, ep, so);
       cell c;
       c.section = "routes";
       c.route = rs.name;
@@ -617,7 +628,7 @@ int main(int argc, char** argv) try {
       std::vector<std::thread> threads;
       for (std::size_t k = 0; k < n; ++k)
         threads.emplace_back([&, k] {
-          hy::net_session s(*drafts[k], hy::fixed_arbiter{}, ep, {.pipelined = false});
+          hy::net_session s(*drafts[k], hy::fixed_arbiter{}, ep, session_options(0, false));
           for (std::size_t j = 0; j < o.load_prompts; ++j) {
             const auto& prompt = prompts[(k + j) % prompts.size()];
             const hy::net_result r =
