@@ -3,9 +3,11 @@
 #   scripts/bootstrap.sh demo   install what is missing, build, run the demo on the bundled models
 #   scripts/bootstrap.sh test   install what is missing, build, run the whole test suite,
 #                               then again under AddressSanitizer + UndefinedBehaviorSanitizer,
-#                               then the threaded tests under ThreadSanitizer
+#                               then the threaded tests under ThreadSanitizer, the kernels'
+#                               tests in the portable x86-64-v3 build, and the fuzzers
 #   scripts/bootstrap.sh configure STAGE DIR   only STAGE's cmake configure line, into DIR
-#                               (STAGE: demo, test, asan; tests/bootstrap checks the stages)
+#                               (STAGE: demo, test, asan, portable; tests/bootstrap checks
+#                               the stages)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,7 +27,12 @@ configure_stage() {  # STAGE DIR
     asan) cmake -S . -B "$2" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1" \
             -DSPECDEC_TEST_CXX_FLAGS=-O0 -DSPECDEC_SANITIZE=ON -DSPECDEC_NATIVE=ON \
             -DSPECDEC_BUILD_TESTS=ON -DSPECDEC_BUILD_BENCH=OFF -DSPECDEC_BUILD_EXAMPLES=OFF >/dev/null ;;
-    *) echo "bootstrap: unknown stage '$1'; expected demo, test or asan" >&2; return 2 ;;
+    # The portable build (AVX2 + FMA, no AVX-512) of the kernels' tests: its tiles, integer
+    # dot products and 8-lane elementwise kernels run nowhere else, and its logits must be
+    # the AVX-512 build's bit for bit (test_transformer).
+    portable) cmake -S . -B "$2" -DCMAKE_BUILD_TYPE=Release -DSPECDEC_SANITIZE=OFF -DSPECDEC_MARCH=x86-64-v3 \
+            -DSPECDEC_TEST_CXX_FLAGS=-O2 -DSPECDEC_BUILD_TESTS=ON -DSPECDEC_BUILD_BENCH=OFF -DSPECDEC_BUILD_EXAMPLES=OFF >/dev/null ;;
+    *) echo "bootstrap: unknown stage '$1'; expected demo, test, asan or portable" >&2; return 2 ;;
   esac
 }
 if [ "${1:-}" = configure ]; then
@@ -88,6 +95,12 @@ case "$mode" in
       -DSPECDEC_TSAN=ON -DSPECDEC_SANITIZE=OFF -DSPECDEC_BUILD_TESTS=ON -DSPECDEC_BUILD_BENCH=OFF -DSPECDEC_BUILD_EXAMPLES=OFF >/dev/null
     cmake --build build-tsan -j"$jobs" --target test_thread_pool
     TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 ./build-tsan/bin/test_thread_pool
+    if [ "$(uname -m)" = x86_64 ]; then
+      echo "== the kernels' tests in the portable x86-64-v3 build" >&2
+      configure_stage portable build-v3
+      cmake --build build-v3 -j"$jobs" --target test_kernels test_transformer test_roofline
+      ctest --test-dir build-v3 --output-on-failure --no-tests=error -j"$jobs" -R '^test_(kernels|transformer|roofline)$'
+    fi
     scripts/fuzz.sh 30  # libFuzzer harnesses of tests/fuzz, 30 s each
     ;;
   *)

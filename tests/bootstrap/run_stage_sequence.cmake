@@ -42,8 +42,9 @@ if(rc EQUAL 0)
   message(FATAL_ERROR "ctest --no-tests=error passed on a build without tests")
 endif()
 
-# 2. test, in the same build/ after the demo, then the sanitizer stage in build-asan/.
-foreach(stage_dir test:build asan:build-asan)
+# 2. test, in the same build/ after the demo, then the sanitizer stage in build-asan/ and
+#    the portable stage in build-v3/.
+foreach(stage_dir test:build asan:build-asan portable:build-v3)
   string(REPLACE ":" ";" pair ${stage_dir})
   list(GET pair 0 stage)
   list(GET pair 1 dir)
