@@ -2,7 +2,8 @@
 /// \file backend/cpu/detail/arch/vector.hpp
 /// The backend's one vector layer: every kernel computes in `v16`, 16 floats written with
 /// GCC/Clang vector extensions (one AVX-512 register, two AVX2 registers, or whatever the
-/// compiler makes of it elsewhere), through the operations declared here. This is the
+/// compiler makes of it elsewhere), through the operations declared here, or in the
+/// packets and `elem_vec`s below where a build keeps a `v16` in memory. This is the
 /// only place that knows instruction sets, in the manner of Eigen's arch/*/PacketMath.h:
 /// the generic part is here, and the few operations whose instruction decides the
 /// rounding or the speed come from exactly one instruction-set file, chosen at compile
