@@ -101,25 +101,21 @@ struct i8_inputs {
   }
 
  private:
-  /// The quantizer's vectors: 16 lanes where a register holds them (AVX-512, and the
-  /// scalar build, which has no better choice), 8 with AVX2, where GCC keeps a 16-lane
-  /// vector in memory (arch/avx2.hpp). The values are the same either way: the maximum
-  /// is exact in any order, the rest is elementwise and the integer sum exact.
-  static constexpr std::size_t q_lanes = packet_registers >= 16 ? 16 : 8;
-  typedef float qf __attribute__((vector_size(q_lanes * 4)));
-  typedef float qf_unaligned __attribute__((vector_size(q_lanes * 4), aligned(4), may_alias));
-  typedef std::int32_t qi __attribute__((vector_size(q_lanes * 4)));
-  typedef std::int8_t qb __attribute__((vector_size(q_lanes)));
+  /// The quantizer's bytes: one `elem_vec`'s lanes of int8. It computes in `elem_vec`s
+  /// (16 lanes where a register holds them, 8 with AVX2); the values are the same either
+  /// way: the maximum is exact in any order, the rest is elementwise, the integer sum exact.
+  typedef std::int8_t elem_bytes __attribute__((vector_size(elem_lanes)));
 
   /// One whole group of 32: writes q, adds sum(q) to `sum`, returns the scale.
   static float quantize_group(const float* x, std::int8_t* qg, std::int32_t& sum) noexcept {
-    constexpr std::size_t parts = q8_group / q_lanes;
-    qf v[parts];
-    const qf zero{};
-    qf m = zero;
+    using VI = int_lanes<elem_vec>::type;
+    constexpr std::size_t parts = q8_group / elem_lanes;
+    elem_vec v[parts];
+    const elem_vec zero{};
+    elem_vec m = zero;
     for (std::size_t h = 0; h < parts; ++h) {
-      v[h] = *reinterpret_cast<const qf_unaligned*>(x + h * q_lanes);
-      const qf a = v[h] < zero ? -v[h] : v[h];
+      v[h] = load_lanes<elem_vec>(x + h * elem_lanes);
+      const elem_vec a = v[h] < zero ? -v[h] : v[h];
       m = a > m ? a : m;  // NaN compares false: skipped, as in the scalar loop
     }
     const float d = max_lanes(m) / 127.0f;
@@ -127,19 +123,19 @@ struct i8_inputs {
     // q8_round in every lane: round to nearest even by adding and removing 1.5 * 2^23
     // (exact for |r| <= 127, the same result as nearbyint in the default rounding mode).
     constexpr float magic = 12582912.0f;
-    qi s{};
+    VI s{};
     for (std::size_t h = 0; h < parts; ++h) {
-      qf r = v[h] * id;
+      elem_vec r = v[h] * id;
       r = r == r ? r : zero;
       r = r < zero - 127.0f ? zero - 127.0f : r;
       r = r > zero + 127.0f ? zero + 127.0f : r;
       r = (r + magic) - magic;
-      const qi q = __builtin_convertvector(r, qi);
+      const VI q = __builtin_convertvector(r, VI);
       s += q;
-      const qb q8 = __builtin_convertvector(q, qb);
-      __builtin_memcpy(qg + h * q_lanes, &q8, sizeof(q8));
+      const elem_bytes q8 = __builtin_convertvector(q, elem_bytes);
+      __builtin_memcpy(qg + h * elem_lanes, &q8, sizeof(q8));
     }
-    for (std::size_t i = 0; i < q_lanes; ++i) sum += s[i];
+    for (std::size_t i = 0; i < elem_lanes; ++i) sum += s[i];
     return d;
   }
 };

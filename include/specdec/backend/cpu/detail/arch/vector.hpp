@@ -204,11 +204,11 @@ inline void fmadd_lanes(v16& acc, const v16& w, float x) noexcept {
 }
 #endif
 
-/// The vector the elementwise kernels (e^x, SwiGLU, the softmax's passes) compute in:
-/// `v16` where a register holds it, `v8` with AVX2, where GCC keeps a `v16` in memory and
-/// stores and reloads it around every operation. Each lane's operations are the same
-/// whatever the width, so results do not depend on it; a sum over lanes keeps 16 lanes'
-/// order (`softmax_rows`).
+/// The vector the elementwise kernels (e^x, SwiGLU, the softmax's passes, w8a8's input
+/// quantizer) compute in: `v16` where a register holds it, `v8` with AVX2, where GCC keeps
+/// a `v16` in memory and stores and reloads it around every operation. Each lane's
+/// operations are the same whatever the width, so results do not depend on it; a sum over
+/// lanes keeps 16 lanes' order (`softmax_rows`).
 using elem_vec = std::conditional_t<(packet_registers >= 16), v16, v8>;
 inline constexpr std::size_t elem_lanes = sizeof(elem_vec) / sizeof(float);
 static_assert(lanes % elem_lanes == 0);
