@@ -70,10 +70,10 @@ inline void exp_inplace(float* x, std::size_t n) noexcept {
     store_lanes(x + i, v);
   }
   if (i < n) {
-    elem_vec v{};
-    __builtin_memcpy(&v, x + i, (n - i) * sizeof(float));
+    elem_vec v;
+    load_first(v, x + i, n - i);
     exp_lanes(v);
-    __builtin_memcpy(x + i, &v, (n - i) * sizeof(float));
+    store_first(x + i, v, n - i);
   }
 }
 
@@ -95,11 +95,11 @@ inline void swiglu(float* hb, const float* hb2, std::size_t n) noexcept {
     store_lanes(hb + i, val);
   }
   if (i < n) {
-    elem_vec val{}, gate{};
-    __builtin_memcpy(&val, hb + i, (n - i) * sizeof(float));
-    __builtin_memcpy(&gate, hb2 + i, (n - i) * sizeof(float));
+    elem_vec val, gate;
+    load_first(val, hb + i, n - i);
+    load_first(gate, hb2 + i, n - i);
     silu_times(val, gate);
-    __builtin_memcpy(hb + i, &val, (n - i) * sizeof(float));
+    store_first(hb + i, val, n - i);
   }
 }
 
