@@ -72,6 +72,10 @@ int main(int argc, char** argv) {
         .add("--min-draft-gain", "G",
              "announce drafts only when they promise G times the tokens per second of none (default 1.2)",
              cli::store(eo.speculation.min_gain, cli::range<double>{.lo = 1, .hi = 100}))
+        .add("--keep-draft-gain", "G",
+             "a session drafting keeps drafting while drafts promise G times the tokens per second of none "
+             "(1 <= G <= --min-draft-gain; default 1)",
+             cli::store(eo.speculation.keep_gain, cli::range<double>{.lo = 1, .hi = 100}))
         .add("--hold-fraction", "F",
              "hold a verify block at most F of a step's time for other sessions' blocks (default 1; 0 = never)",
              cli::store(eo.hold.hold_fraction, cli::range<double>{.lo = 0, .hi = 100}))

@@ -148,6 +148,30 @@ TEST(speculation, announces_long_drafts_when_verification_is_nearly_free_and_non
   EXPECT_EQ(choose_draft(t, {.sessions = 1}, 0.7, 0), 0u);
 }
 
+TEST(speculation, a_drafting_session_keeps_drafting_down_to_keep_gain) {
+  const cost_curve t = cpu_like();
+  speculation_options o;
+  o.min_gain = 1.2;
+  o.keep_gain = 1.0;
+  EXPECT_EQ(o.gain_threshold(0), 1.2);
+  EXPECT_EQ(o.gain_threshold(1), 1.0);
+  EXPECT_EQ(o.gain_threshold(8), 1.0);
+  // A load whose best draft length promises between keep_gain and min_gain: a session at
+  // n = 0 stays there, one drafting goes on drafting (the boundary would otherwise split
+  // the sessions between the regimes).
+  bool found = false;
+  for (double s = 1.0; s <= 64.0 && !found; s += 0.25) {
+    const std::size_t n = choose_draft(t, {.sessions = s}, 0.6, 8);
+    if (n == 0) continue;
+    const double gain = (s * expected_tokens(n, 0.6)) / t.seconds(s * static_cast<double>(n + 1)) / (s / t.seconds(s));
+    if (gain >= o.min_gain || gain < o.keep_gain) continue;
+    found = true;
+    EXPECT_EQ(choose_draft(t, {.sessions = s}, 0.6, 8, o.gain_threshold(0)), 0u) << s;
+    EXPECT_EQ(choose_draft(t, {.sessions = s}, 0.6, 8, o.gain_threshold(n)), n) << s;
+  }
+  EXPECT_TRUE(found) << "no load on the test curve promises a gain between keep_gain and min_gain";
+}
+
 TEST(batch_estimate, averages_the_verify_blocks_per_step) {
   batch_estimate b;
   EXPECT_TRUE(b.empty());
@@ -227,6 +251,13 @@ TEST(speculation, options_are_validated) {
   o.busy_gap_seconds = 0.001;
   o.min_gain = 0.9;  // below 1 would trade throughput for drafting
   EXPECT_THROW(o.validate(16), specdec::invalid_argument);
+  o.min_gain = 1.2;
+  o.keep_gain = 1.3;  // above min_gain, a drafting session would stop where a new one starts
+  EXPECT_THROW(o.validate(16), specdec::invalid_argument);
+  o.keep_gain = 0.95;
+  EXPECT_THROW(o.validate(16), specdec::invalid_argument);
+  o.keep_gain = 1.2;
+  EXPECT_NO_THROW(o.validate(16));
 }
 
 namespace wire = specdec::hybrid::wire;
