@@ -15,7 +15,9 @@
 /// and 0 unless that maximum beats n = 0 by `speculation_options::min_gain`: at n = 0 (with
 /// anticipation) a session costs one row per token like a completion stream, parity with
 /// cloud-only by construction, while a drafting regime's gain rests on predicted batches
-/// and acceptance, whose errors a small predicted gain does not survive.
+/// and acceptance, whose errors a small predicted gain does not survive. A session already
+/// drafting needs only `keep_gain` (<= min_gain) to go on: sessions split between the two
+/// regimes serve less than either (`speculation_options::keep_gain`).
 ///
 /// S_n is not the count of sessions merely active: a session joins the steps its device
 /// keeps up with (`expected_batch`, from each session's measured turnaround; for drafting
