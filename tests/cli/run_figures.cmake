@@ -27,7 +27,10 @@ foreach(row IN LISTS rows)
   string(REPLACE "\t" ";" f "${row}")
   list(GET f 1 host)
   list(GET f 3 value)
-  if(value STREQUAL "-" OR out MATCHES "this host: ${host} \\[")
+  # This host's own rows are not repeated (a literal search: host names hold regex
+  # characters, "Intel(R) Xeon(R) Processor").
+  string(FIND "${out}" "this host: ${host} [" at_this_host)
+  if(value STREQUAL "-" OR NOT at_this_host EQUAL -1)
     continue()
   endif()
   string(FIND "${out}" "  ${value}" at_value)
