@@ -412,7 +412,10 @@ class engine final : public completion_service, public session_service {
       }
     }
     if (!oldest) return 0.0;
-    v.oldest_wait_seconds = std::chrono::duration<double>(now - *oldest).count();
+    // A block that arrived during a step could not have run before it ended: it has
+    // waited since then, not since its arrival (batching.hpp).
+    const clock::time_point waits_from = last_forward_end_ ? std::max(*oldest, *last_forward_end_) : *oldest;
+    v.oldest_wait_seconds = std::chrono::duration<double>(now - waits_from).count();
     v.due_for_seconds = latest_due;
     std::lock_guard lock(curve_mu_);
     return hold_seconds(options_.hold, curve_, v);
