@@ -15,8 +15,10 @@
 /// The bound: the oldest waiting block is held at most `hold_fraction` of the expected
 /// time of the step it would join, t(rows once the due blocks are in) from the measured
 /// step-time curve, and never longer than `max_hold_seconds`, counted from when it could
-/// first have run (`hold_view::oldest_wait_seconds`: from its arrival, or from the end of
-/// the step it arrived during). A session's block is due
+/// first have run: from its arrival, or from the end of the step it arrived during
+/// (counted from arrival, a block that came in mid-step has used its hold when the step
+/// ends, runs without the sessions just answered, and the sessions settle into two groups
+/// taking turns). A session's block is due
 /// while the time since the server last answered it (its verdict, or `session_opened`:
 /// a device sends its first block right after) is within `due_factor` times its own
 /// measured turnaround (answer sent to next block received; a session with no turnaround
@@ -71,9 +73,7 @@ struct hold_view {
   std::size_t due_blocks = 0;         ///< sessions whose next block is due (`block_due`)
   std::size_t completions = 0;        ///< completion streams with work in the step
   /// Since the oldest waiting verify block could first have run: its arrival, or the end
-  /// of the step it arrived during (counted from arrival, a block that came in mid-step
-  /// has used its hold when the step ends, runs without the sessions just answered, and
-  /// the sessions settle into two groups taking turns).
+  /// of the step it arrived during (the file comment's bound).
   double oldest_wait_seconds = 0.0;
   /// How long the latest of the due blocks stays due (`due_for`).
   double due_for_seconds = std::numeric_limits<double>::infinity();
