@@ -102,6 +102,8 @@ int main(int argc, char** argv) {
              cli::store(eo.prefill_chunk, count))
         .add("--max-completions", "N", "completions running at once (default 64)", cli::store(eo.max_completions, count))
         .add("--http-threads", "N", "HTTP worker threads (default 16)", cli::store(so.http_threads, count))
+        .add("--http-backlog", "N", "connections the HTTP port queues before they are accepted (default 512)",
+             cli::store(so.http_backlog, cli::between<int>(1, 1 << 20)))
         .add("--max-body-bytes", "N", "largest request body (default 1048576)", cli::store(so.http.max_body_bytes, count))
         .add("--drain-seconds", "S", "graceful-stop wait for in-flight work (default 10)", cli::store(so.drain_seconds, secs))
         .add("--tls-cert", "PATH", "PEM certificate chain: both ports speak TLS only (with --tls-key)",

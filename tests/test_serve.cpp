@@ -7,10 +7,14 @@
 // serving; /v1/models, /health and /metrics answer; a stop drains cleanly.
 #include <gtest/gtest.h>
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -312,6 +316,71 @@ TEST(serve, models_health_and_metrics) {
                            "specdec_active_sessions 0", "# TYPE specdec_verify_seconds histogram",
                            "specdec_batch_rows_count"})
     EXPECT_NE(x->body.find(want), std::string::npos) << want;
+}
+
+// The HTTP port's listening socket in this process, found by its port (-1 if none).
+int listening_socket(std::uint16_t port) {
+  for (int fd = 0; fd < 4096; ++fd) {
+    int listening = 0;
+    socklen_t n = sizeof listening;
+    sockaddr_storage a{};
+    socklen_t len = sizeof a;
+    if (::getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &n) != 0 || !listening ||
+        ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0)
+      continue;
+    const std::uint16_t p = a.ss_family == AF_INET ? ntohs(reinterpret_cast<const sockaddr_in&>(a).sin_port)
+                            : a.ss_family == AF_INET6 ? ntohs(reinterpret_cast<const sockaddr_in6&>(a).sin6_port)
+                                                      : 0;
+    if (p == port) return fd;
+  }
+  return -1;
+}
+
+TEST(serve, the_http_port_queues_a_burst_of_connections_and_is_not_shared) {
+  serve::serve_options o = test_support::serve_options();
+  o.http_backlog = 300;
+  served s("stories260K", "tok512.bin", o);
+  // Linux reports a listening socket's backlog as tcpi_sacked; httplib alone would leave 5,
+  // and a burst of more devices than that waits for the kernel's 1 s SYN retry.
+  const int fd = listening_socket(s.srv.http_port());
+  ASSERT_GE(fd, 0);
+  tcp_info info{};
+  socklen_t len = sizeof info;
+  ASSERT_EQ(::getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len), 0);
+  int somaxconn = 4096;
+  if (std::FILE* f = std::fopen("/proc/sys/net/core/somaxconn", "r")) {
+    if (std::fscanf(f, "%d", &somaxconn) != 1) somaxconn = 4096;
+    std::fclose(f);
+  }
+  EXPECT_EQ(info.tcpi_sacked, static_cast<std::uint32_t>(std::min(300, somaxconn)));
+  // 40 connections at once, each answered.
+  std::vector<std::thread> burst;
+  std::atomic<int> ok{0};
+  for (int i = 0; i < 40; ++i)
+    burst.emplace_back([&] {
+      httplib::Client c("127.0.0.1", s.srv.http_port());
+      c.set_connection_timeout(0, 500'000);  // well below the 1 s SYN retry
+      if (auto r = c.Get("/health"); r && r->status == 200) ++ok;
+    });
+  for (auto& t : burst) t.join();
+  EXPECT_EQ(ok.load(), 40);
+  // A second server on the same port fails to bind (SO_REUSEPORT would let it share).
+  serve::serve_options same = test_support::serve_options();
+  same.http_port = s.srv.http_port();
+  cpu::batched_transformer m2(models + "/stories260K.bin", {.threads = 1});
+  serve::server<cpu::batched_transformer> second(m2, served::codec(s.tok), same);
+  try {
+    second.start();
+    ADD_FAILURE() << "a second server bound port " << same.http_port;
+  } catch (const specdec::error& e) {
+    EXPECT_NE(std::string(e.what()).find("cannot bind HTTP on 127.0.0.1:" + std::to_string(same.http_port)),
+              std::string::npos)
+        << e.what();
+  }
+  same.http_port = 0;
+  same.http_backlog = 0;
+  serve::server<cpu::batched_transformer> bad(m2, served::codec(s.tok), same);
+  EXPECT_THROW(bad.start(), specdec::invalid_argument);
 }
 
 TEST(serve, metrics_registry_renders_prometheus_text) {

@@ -33,6 +33,7 @@
 #include "specdec/backend/cpu/batched_transformer.hpp"
 
 #include <httplib.h>
+#include <sys/socket.h>
 
 #include <atomic>
 #include <chrono>
@@ -62,6 +63,9 @@ struct serve_options {
   std::uint16_t http_port = 8080;  ///< 0 = ephemeral
   std::uint16_t verify_port = 0;   ///< 0 = ephemeral (announced in /health as "verify_port")
   std::size_t http_threads = 16;   ///< HTTP worker threads (a streaming completion holds one)
+  /// Connections the HTTP port queues before its accept loop takes them (the kernel caps
+  /// it at net.core.somaxconn). >= 1.
+  int http_backlog = 512;
   double drain_seconds = 10.0;     ///< how long a graceful stop waits for in-flight work
   std::vector<api_key> api_keys{};  ///< empty = no authentication (see auth.hpp)
   double http_io_timeout_seconds = 10.0;    ///< one read or write on an HTTP connection
@@ -138,6 +142,7 @@ class server {
   std::unique_ptr<httplib::Server> http_;  // an httplib::SSLServer with TLS
   std::thread http_thread_;
   std::uint16_t http_port_ = 0;
+  int http_socket_ = -1;  // the HTTP port's listening socket (httplib owns it)
   std::atomic<bool> running_{false};
 };
 
@@ -170,9 +175,23 @@ server<B>::~server() {
 
 template <batched_model B>
 void server<B>::start() {
+  if (options_.http_backlog < 1)
+    throw invalid_argument("serve_options.http_backlog = " + std::to_string(options_.http_backlog) + "; expected >= 1");
   engine_.start();
   listener_.start();
   http_->new_task_queue = [n = options_.http_threads] { return new httplib::ThreadPool(n); };
+  // Debian's httplib (a compiled library) listens with a backlog of 5: a burst of more
+  // devices connecting at once than that, while the accept loop waits for a CPU the
+  // forward keeps busy, overflows the queue, and each dropped SYN is retried only after
+  // the kernel's 1 s timeout. The socket is remembered here and listened on again with
+  // the wanted backlog once bound (on Linux a second listen() changes only the backlog).
+  // SO_REUSEADDR, not httplib's default SO_REUSEPORT: a second server on a port in use
+  // must fail to bind, not quietly take half of its connections.
+  http_->set_socket_options([this](socket_t fd) {
+    http_socket_ = fd;
+    const int yes = 1;
+    ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+  });
   const auto io = std::chrono::duration<double>(options_.http_io_timeout_seconds);
   http_->set_read_timeout(io);
   http_->set_write_timeout(io);
@@ -186,6 +205,12 @@ void server<B>::start() {
     throw error("specdec-serve: cannot bind HTTP on " + options_.host + ":" + std::to_string(options_.http_port));
   }
   http_port_ = static_cast<std::uint16_t>(port);
+  if (::listen(http_socket_, options_.http_backlog) != 0) {
+    listener_.stop();
+    engine_.stop();
+    throw error("specdec-serve: cannot listen on " + options_.host + ":" + std::to_string(http_port_) +
+                " with a backlog of " + std::to_string(options_.http_backlog));
+  }
   watchdog_.start(http_port_);
   // bind_to_*port already listens: connections queue until the accept loop runs.
   http_thread_ = std::thread([this] { http_->listen_after_bind(); });
