@@ -77,28 +77,21 @@ class cost_curve {
  public:
   static constexpr std::size_t buckets = 24;
 
-  /// Sets the calibrated shape from (rows, seconds) timings: their lower convex hull, made
-  /// non-decreasing from the right (read like `hybrid::step_time_at`); call it before
-  /// observing (observations without a shape feed only the buckets). A forward's time is flat while it
-  /// streams its weights and grows linearly once compute-bound, a convex curve, and a
-  /// shared host's other tenants only ever add time: one timing taken during a burst would
-  /// otherwise put a bump in the curve (and a knee where there is none) for good, since
-  /// the online observations learn only the level.
+  /// Sets the calibrated shape from (rows, seconds) timings: each made no slower than any
+  /// timing of more rows (read like `hybrid::step_time_at`); call it before observing
+  /// (observations without a shape feed only the buckets). Fewer rows never cost more than
+  /// more rows, so a timing above a later one is noise (a shared host's other tenants only
+  /// ever add time) and would otherwise put a bump in the curve for good, since the online
+  /// observations learn only the level. The steps of a real curve stay: a kernel that
+  /// runs its rows in tiles of 8 makes 9 rows cost about what 16 do, which a convex fit
+  /// drawn across the step prices too low.
   void calibrate(std::vector<std::pair<double, double>> timings) {
-    std::sort(timings.begin(), timings.end());
-    std::vector<std::pair<double, double>> hull;
-    const auto cross = [](const auto& o, const auto& a, const auto& b) {
-      return (a.first - o.first) * (b.second - o.second) - (a.second - o.second) * (b.first - o.first);
-    };
-    for (const auto& p : timings) {
-      if (!hull.empty() && hull.back().first == p.first) continue;  // the lower of equal rows came first
-      while (hull.size() >= 2 && cross(hull[hull.size() - 2], hull.back(), p) <= 0.0) hull.pop_back();
-      hull.push_back(p);
-    }
-    // Non-decreasing: fewer rows never cost more than more rows (a first forward slower
-    // than the next is noise, as the hull assumes of every timing).
-    for (std::size_t i = hull.size(); i-- > 1;) hull[i - 1].second = std::min(hull[i - 1].second, hull[i].second);
-    shape_ = std::move(hull);
+    std::sort(timings.begin(), timings.end());  // of equal rows the lower first: kept below
+    std::vector<std::pair<double, double>> shape;
+    for (const auto& p : timings)
+      if (shape.empty() || shape.back().first != p.first) shape.push_back(p);
+    for (std::size_t i = shape.size(); i-- > 1;) shape[i - 1].second = std::min(shape[i - 1].second, shape[i].second);
+    shape_ = std::move(shape);
   }
   /// Records one forward of `rows` rows that took `seconds`. The first observations are
   /// averaged plainly, later ones weighted by `weight` (recent load counts).
