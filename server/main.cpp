@@ -73,7 +73,7 @@ int main(int argc, char** argv) {
              "announce drafts only when they promise G times the tokens per second of none (default 1.2)",
              cli::store(eo.speculation.min_gain, cli::range<double>{.lo = 1, .hi = 100}))
         .add("--keep-draft-gain", "G",
-             "a session drafting keeps drafting while drafts promise G times the tokens per second of none "
+             "once drafting, go on announcing drafts while they promise G times the tokens per second of none "
              "(1 <= G <= --min-draft-gain; default 1)",
              cli::store(eo.speculation.keep_gain, cli::range<double>{.lo = 1, .hi = 100}))
         .add("--hold-fraction", "F",

@@ -190,6 +190,20 @@ TEST(speculation, a_drafting_session_keeps_drafting_down_to_keep_gain) {
   EXPECT_TRUE(found) << "no load on the test curve promises a gain between keep_gain and min_gain";
 }
 
+TEST(speculation, pools_the_acceptance_of_the_active_sessions) {
+  speculation_options o;
+  o.prior_acceptance = 0.6;
+  o.prior_weight = 4.0;
+  EXPECT_DOUBLE_EQ(pooled_acceptance({}, o), 0.6);
+  const std::vector<draft_record> active{{9, 10}, {1, 10}};
+  EXPECT_DOUBLE_EQ(pooled_acceptance(active, o), (10.0 + 2.4) / 24.0);
+  // One rate for all: the session accepting 90 % and the one accepting 10 % are priced alike.
+  const std::vector<draft_record> swapped{{1, 10}, {9, 10}};
+  EXPECT_DOUBLE_EQ(pooled_acceptance(swapped, o), pooled_acceptance(active, o));
+  // Many positions outweigh the prior.
+  EXPECT_NEAR(pooled_acceptance(std::vector<draft_record>{{7000, 10000}}, o), 0.7, 1e-3);
+}
+
 TEST(batch_estimate, averages_the_verify_blocks_per_step) {
   batch_estimate b;
   EXPECT_TRUE(b.empty());

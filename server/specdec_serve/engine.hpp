@@ -665,12 +665,16 @@ class engine final : public completion_service, public session_service {
     } else {
       const auto window = std::chrono::duration<double>(o.active_window_seconds);
       turnarounds_.clear();
+      pooled_.clear();
       for (const auto& [id, t] : sessions_)
-        if (now - t.last_verify <= window || (counting_self && &t == &s)) turnarounds_.push_back(t.turnaround);
+        if (now - t.last_verify <= window || (counting_self && &t == &s)) {
+          turnarounds_.push_back(t.turnaround);
+          pooled_.push_back({t.accepted, t.trials});
+        }
       const double active = static_cast<double>(turnarounds_.size());
       const double c = static_cast<double>(completions_.size());
       load l{.sessions = std::max(active, 1.0), .completions = c};
-      const double a = (s.accepted + o.prior_acceptance * o.prior_weight) / (s.trials + o.prior_weight);
+      const double a = pooled_acceptance(pooled_, o);
       std::lock_guard lock(curve_mu_);
       if (!curve_.empty()) {
         // Each regime's batch for a step of every active session (one draft each when
@@ -679,7 +683,8 @@ class engine final : public completion_service, public session_service {
         l.sessions = std::max({1.0, measured, expected_batch(turnarounds_, curve_.seconds(2 * active + c), false)});
         l.undrafted_sessions = std::max(1.0, expected_batch(turnarounds_, curve_.seconds(active + c), o.anticipate));
       }
-      n = choose_draft(curve_, l, a, o.max_draft, o.gain_threshold(s.announced));
+      n = choose_draft(curve_, l, a, o.max_draft, o.gain_threshold(announced_));
+      announced_ = n;
     }
     metrics_.set("specdec_announced_max_draft", "", static_cast<double>(n));
     return n;
@@ -1062,6 +1067,8 @@ class engine final : public completion_service, public session_service {
   std::vector<std::vector<token_id>> scratch_;
   std::size_t rotation_ = 0;
   std::vector<double> turnarounds_;  ///< scratch of `announce`
+  std::vector<draft_record> pooled_;  ///< scratch of `announce`
+  std::size_t announced_ = 0;  ///< the rule's last announcement, to any session (hysteresis)
   batch_estimate drafting_batch_;    ///< verify blocks with drafts per step, as the steps ran
   std::vector<float> probs_, q_;
   specdec::detail::judge_buffers judge_buf_;

@@ -5,7 +5,8 @@
 /// rows) and its current load.
 ///
 /// With S_n split-decoding sessions in a step when they verify n drafts each, C completion
-/// streams decoding and a per-position acceptance rate a, such a step costs
+/// streams decoding and a per-position acceptance rate a (pooled over the active sessions:
+/// every session is told the same n, `pooled_acceptance`), such a step costs
 /// t(S_n (n + 1) + C) and yields S_n E(n, a) + C tokens, E(n, a) = 1 + a + ... + a^n the
 /// expected tokens of a round. The server announces the n in [0, max_draft] that
 /// maximises tokens per server-second,
@@ -15,9 +16,9 @@
 /// and 0 unless that maximum beats n = 0 by `speculation_options::min_gain`: at n = 0 (with
 /// anticipation) a session costs one row per token like a completion stream, parity with
 /// cloud-only by construction, while a drafting regime's gain rests on predicted batches
-/// and acceptance, whose errors a small predicted gain does not survive. A session already
-/// drafting needs only `keep_gain` (<= min_gain) to go on: sessions split between the two
-/// regimes serve less than either (`speculation_options::keep_gain`).
+/// and acceptance, whose errors a small predicted gain does not survive. Once drafting,
+/// drafting goes on while it promises `keep_gain` (<= min_gain): hysteresis
+/// (`speculation_options::keep_gain`).
 ///
 /// S_n is not the count of sessions merely active: a session joins the steps its device
 /// keeps up with (`expected_batch`, from each session's measured turnaround; for drafting
@@ -220,6 +221,12 @@ class batch_estimate {
   std::size_t n_ = 0;
 };
 
+/// One session's draft positions so far: accepted, and examined.
+struct draft_record {
+  double accepted = 0.0;
+  double trials = 0.0;
+};
+
 /// n* of the file comment; `max_draft` when the curve is still empty. A draft length is
 /// chosen only if its predicted tokens per second are at least `min_gain` times n = 0's.
 [[nodiscard]] inline std::size_t choose_draft(const cost_curve& t, load l, double acceptance, std::size_t max_draft,
@@ -254,13 +261,12 @@ struct speculation_options {
   /// 4 clients at RTT 0, a predicted gain of about 10 % for one draft served 0.76-0.85x
   /// of cloud-only, where announcing none serves it at parity.
   double min_gain = 1.2;
-  /// A session whose last announcement was a draft length keeps one while it promises at
-  /// least this many times n = 0's rate (1 <= keep_gain <= min_gain): hysteresis. Sessions
-  /// split between the two regimes serve less than either: the anticipated ones run a step
-  /// at once, so the drafting ones' blocks are never held for each other, and each joins
-  /// about every other step. On the Intel Xeon family 6 model 207 host, 4 clients at RTT
-  /// 0, the announcement flipping at min_gain served 0.84-1.20x of cloud-only, every
-  /// session held at 1 draft 1.47-1.49x, at 2 drafts 1.33-1.76x (docs/hybrid.md).
+  /// While the last announcement was a draft length, drafting goes on as long as it
+  /// promises at least this many times n = 0's rate (1 <= keep_gain <= min_gain):
+  /// hysteresis. A rule flipping between the regimes serves less than either: anticipated
+  /// sessions run a step at once, so drafting sessions' blocks are never held for each
+  /// other (on the Intel Xeon family 6 model 207 host, 4 clients at RTT 0, flipping at
+  /// min_gain served 0.84-1.20x of cloud-only, 1 draft throughout 1.47-1.49x).
   double keep_gain = 1.0;
   double active_window_seconds = 1.0; ///< a session counts as active this long after a verify
   bool calibrate = true;              ///< measure t(R) at startup (else learn it online only)
@@ -281,7 +287,7 @@ struct speculation_options {
   /// that verdict without drafts from it at once (engine.hpp, "Anticipation").
   bool anticipate = true;
 
-  /// The gain a draft length must promise a session whose last announcement was `last`:
+  /// The gain a draft length must promise when the last announcement was `last`:
   /// `min_gain` to start drafting, `keep_gain` to go on.
   [[nodiscard]] double gain_threshold(std::size_t last) const noexcept { return last > 0 ? keep_gain : min_gain; }
 
@@ -298,5 +304,24 @@ struct speculation_options {
                              "1 <= keep_gain <= min_gain expected");
   }
 };
+
+/// The acceptance rate the announcement is priced with: the draft positions of every
+/// active session pooled, with `prior_acceptance` worth `prior_weight` positions. One rate
+/// and one hysteresis state for all sessions, so every session is told the same draft
+/// length at a given load: each step's rows are a multiple of the sessions in it. Priced
+/// one session at a time, a session accepting more than the others was told one draft more,
+/// and the steps mixed blocks of 2 and 3 rows whose row counts fall between the kernel's
+/// tiles (on the Intel Xeon family 6 model 207 host, 4 clients at RTT 0: 1.28-1.46x of
+/// cloud-only, where every session at 1 draft served 1.64-1.73x; docs/hybrid.md).
+///
+/// ```cpp
+/// std::vector<specdec::serve::draft_record> active{{9, 10}, {1, 10}};
+/// double a = specdec::serve::pooled_acceptance(active, {});  // (10 + 0.6 * 4) / 24
+/// ```
+[[nodiscard]] inline double pooled_acceptance(std::span<const draft_record> active, const speculation_options& o) {
+  double accepted = o.prior_acceptance * o.prior_weight, trials = o.prior_weight;
+  for (const draft_record& r : active) accepted += r.accepted, trials += r.trials;
+  return accepted / trials;
+}
 
 }  // namespace specdec::serve
