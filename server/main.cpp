@@ -76,6 +76,9 @@ int main(int argc, char** argv) {
              "once drafting, go on announcing drafts while they promise G times the tokens per second of none "
              "(1 <= G <= --min-draft-gain; default 1)",
              cli::store(eo.speculation.keep_gain, cli::range<double>{.lo = 1, .hi = 100}))
+        .add("--switch-draft-gain", "G",
+             "while drafting, change the draft length only for G times the last one's tokens per second (default 1.1)",
+             cli::store(eo.speculation.switch_gain, cli::range<double>{.lo = 1, .hi = 100}))
         .add("--hold-fraction", "F",
              "hold a verify block at most F of a step's time for other sessions' blocks (default 1; 0 = never)",
              cli::store(eo.hold.hold_fraction, cli::range<double>{.lo = 0, .hi = 100}))

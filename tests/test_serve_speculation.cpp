@@ -190,6 +190,38 @@ TEST(speculation, a_drafting_session_keeps_drafting_down_to_keep_gain) {
   EXPECT_TRUE(found) << "no load on the test curve promises a gain between keep_gain and min_gain";
 }
 
+TEST(speculation, a_drafting_length_changes_only_for_switch_gain) {
+  // The tiled kernel's curve: 1 ms up to 8 rows, 0.6 ms more per 8 rows after.
+  std::vector<std::pair<double, double>> timings;
+  for (std::size_t r = 1; r <= 32; ++r)
+    timings.emplace_back(static_cast<double>(r), 0.001 + 0.0006 * static_cast<double>((r - 1) / 8));
+  cost_curve t;
+  t.calibrate(timings);
+  speculation_options o;
+  o.switch_gain = 1.1;
+  bool small = false, large = false;
+  for (double s = 1.0; s <= 16.0; s += 0.25) {
+    const load l{.sessions = s};
+    const std::size_t n = choose_draft(t, l, 0.7, o.max_draft, o.keep_gain);
+    if (n < 2) continue;
+    // From one draft less (still worth keeping): the better length wins only by 10 %.
+    const std::size_t last = n - 1;
+    if (predicted_rate(t, l, 0.7, last) < o.keep_gain * predicted_rate(t, l, 0.7, 0)) continue;
+    const double gain = predicted_rate(t, l, 0.7, n) / predicted_rate(t, l, 0.7, last);
+    EXPECT_GT(gain, 1.0);
+    EXPECT_EQ(o.next_draft(t, l, 0.7, last), gain >= 1.1 ? n : last) << s;
+    (gain >= 1.1 ? large : small) = true;
+    // From none, or with no hysteresis between lengths, n* itself.
+    EXPECT_EQ(o.next_draft(t, l, 0.7, 0), choose_draft(t, l, 0.7, o.max_draft, o.min_gain)) << s;
+    speculation_options free = o;
+    free.switch_gain = 1.0;
+    EXPECT_EQ(free.next_draft(t, l, 0.7, last), n) << s;
+  }
+  EXPECT_TRUE(small && large) << "the test curve should offer gains on both sides of switch_gain";
+  // Drafting that no longer promises keep_gain stops whatever the last length.
+  EXPECT_EQ(o.next_draft(t, {.sessions = 64}, 0.7, 3), choose_draft(t, {.sessions = 64}, 0.7, o.max_draft, o.keep_gain));
+}
+
 TEST(speculation, pools_the_acceptance_of_the_active_sessions) {
   speculation_options o;
   o.prior_acceptance = 0.6;
@@ -289,6 +321,10 @@ TEST(speculation, options_are_validated) {
   o.keep_gain = 0.95;
   EXPECT_THROW(o.validate(16), specdec::invalid_argument);
   o.keep_gain = 1.2;
+  EXPECT_NO_THROW(o.validate(16));
+  o.switch_gain = 0.9;  // below 1 a worse length would replace the last one
+  EXPECT_THROW(o.validate(16), specdec::invalid_argument);
+  o.switch_gain = 1.1;
   EXPECT_NO_THROW(o.validate(16));
 }
 

@@ -683,7 +683,7 @@ class engine final : public completion_service, public session_service {
         l.sessions = std::max({1.0, measured, expected_batch(turnarounds_, curve_.seconds(2 * active + c), false)});
         l.undrafted_sessions = std::max(1.0, expected_batch(turnarounds_, curve_.seconds(active + c), o.anticipate));
       }
-      n = choose_draft(curve_, l, a, o.max_draft, o.gain_threshold(announced_));
+      n = o.next_draft(curve_, l, a, announced_);
       announced_ = n;
     }
     metrics_.set("specdec_announced_max_draft", "", static_cast<double>(n));

@@ -227,22 +227,25 @@ struct draft_record {
   double trials = 0.0;
 };
 
+/// Predicted tokens per second of a step in which the sessions verify `n` drafts each
+/// (the file comment's (S_n E(n, a) + C) / t(S_n (n + 1) + C)); 0 on an empty curve.
+[[nodiscard]] inline double predicted_rate(const cost_curve& t, const load& l, double acceptance, std::size_t n) {
+  const double c = std::max(l.completions, 0.0);
+  const double s = n == 0 ? std::max(l.undrafted_sessions.value_or(l.sessions), 1.0) : std::max(l.sessions, 1.0);
+  const double secs = t.seconds(s * static_cast<double>(n + 1) + c);
+  return secs > 0.0 ? (s * expected_tokens(n, std::clamp(acceptance, 0.0, 1.0)) + c) / secs : 0.0;
+}
+
 /// n* of the file comment; `max_draft` when the curve is still empty. A draft length is
 /// chosen only if its predicted tokens per second are at least `min_gain` times n = 0's.
 [[nodiscard]] inline std::size_t choose_draft(const cost_curve& t, load l, double acceptance, std::size_t max_draft,
                                               double min_gain = 1.0) {
   if (max_draft == 0 || t.empty()) return max_draft;
-  const double s = std::max(l.sessions, 1.0);
-  const double c = std::max(l.completions, 0.0);
-  const double a = std::clamp(acceptance, 0.0, 1.0);
-  const double s0 = std::max(l.undrafted_sessions.value_or(s), 1.0);
+  const double plain = predicted_rate(t, l, acceptance, 0);
   std::size_t best_n = 0;
-  const double plain = (s0 + c) / t.seconds(s0 + c);
   double best = plain;
-  for (std::size_t n = 1; n <= max_draft; ++n) {
-    const double g = (s * expected_tokens(n, a) + c) / t.seconds(s * static_cast<double>(n + 1) + c);
-    if (g > best) best = g, best_n = n;
-  }
+  for (std::size_t n = 1; n <= max_draft; ++n)
+    if (const double g = predicted_rate(t, l, acceptance, n); g > best) best = g, best_n = n;
   return best >= min_gain * plain ? best_n : 0;
 }
 
@@ -268,6 +271,13 @@ struct speculation_options {
   /// other (on the Intel Xeon family 6 model 207 host, 4 clients at RTT 0, flipping at
   /// min_gain served 0.84-1.20x of cloud-only, 1 draft throughout 1.47-1.49x).
   double keep_gain = 1.0;
+  /// While drafting, another draft length replaces the last one only if it promises at
+  /// least this many times the last one's rate (>= 1): a predicted batch that wavers
+  /// between 3 and 4 sessions otherwise moves the length between 1 and 3 drafts, and
+  /// every step that mixes them has rows past a multiple of its sessions (on the Intel
+  /// Xeon family 6 model 207 host, 4 clients, 1 draft throughout served 1.64-1.73x of
+  /// cloud-only, lengths moving between 1 and 3 1.34-1.48x).
+  double switch_gain = 1.1;
   double active_window_seconds = 1.0; ///< a session counts as active this long after a verify
   bool calibrate = true;              ///< measure t(R) at startup (else learn it online only)
   /// Cached tokens each calibration sequence attends to (clamped to the context): the
@@ -291,6 +301,22 @@ struct speculation_options {
   /// `min_gain` to start drafting, `keep_gain` to go on.
   [[nodiscard]] double gain_threshold(std::size_t last) const noexcept { return last > 0 ? keep_gain : min_gain; }
 
+  /// The draft length to announce after `last` (dynamic rule, not `fixed`): `choose_draft`
+  /// with `gain_threshold(last)`, except that a drafting `last` still promising
+  /// `keep_gain` stays unless the new length promises `switch_gain` times its rate.
+  ///
+  /// ```cpp
+  /// specdec::serve::speculation_options o;
+  /// std::size_t n = o.next_draft(curve, {.sessions = 4}, 0.7, 1);  // 1 unless another length is 10 % better
+  /// ```
+  [[nodiscard]] std::size_t next_draft(const cost_curve& t, const load& l, double acceptance, std::size_t last) const {
+    const std::size_t n = choose_draft(t, l, acceptance, max_draft, gain_threshold(last));
+    if (last == 0 || n == 0 || n == last || last > max_draft || t.empty()) return n;
+    const double kept = predicted_rate(t, l, acceptance, last);
+    if (kept < keep_gain * predicted_rate(t, l, acceptance, 0)) return n;
+    return predicted_rate(t, l, acceptance, n) >= switch_gain * kept ? n : last;
+  }
+
   void validate(std::size_t draft_limit) const {
     if (max_draft > draft_limit || (fixed && *fixed > draft_limit))
       throw invalid_argument("speculation_options: max_draft = " + std::to_string(max_draft) +
@@ -298,10 +324,10 @@ struct speculation_options {
                              "; expected at most draft_limit = " + std::to_string(draft_limit));
     if (!(prior_acceptance >= 0.0 && prior_acceptance <= 1.0) || !(prior_weight > 0.0) ||
         !(active_window_seconds > 0.0) || !(busy_gap_seconds >= 0.0) || !(min_gain >= 1.0) ||
-        !(keep_gain >= 1.0 && keep_gain <= min_gain))
+        !(keep_gain >= 1.0 && keep_gain <= min_gain) || !(switch_gain >= 1.0))
       throw invalid_argument("speculation_options: prior_acceptance in [0, 1], prior_weight > 0, "
                              "active_window_seconds > 0, busy_gap_seconds >= 0, min_gain >= 1 and "
-                             "1 <= keep_gain <= min_gain expected");
+                             "1 <= keep_gain <= min_gain, switch_gain >= 1 expected");
   }
 };
 
