@@ -353,6 +353,11 @@ TEST(serve, the_http_port_queues_a_burst_of_connections_and_is_not_shared) {
     std::fclose(f);
   }
   EXPECT_EQ(info.tcpi_sacked, static_cast<std::uint32_t>(std::min(300, somaxconn)));
+  // The verify port queues as many as its own option says (512 by default).
+  const int vfd = listening_socket(s.srv.verify_port());
+  ASSERT_GE(vfd, 0);
+  ASSERT_EQ(::getsockopt(vfd, IPPROTO_TCP, TCP_INFO, &info, &len), 0);
+  EXPECT_EQ(info.tcpi_sacked, static_cast<std::uint32_t>(std::min(512, somaxconn)));
   // 40 connections at once, each answered.
   std::vector<std::thread> burst;
   std::atomic<int> ok{0};
@@ -381,6 +386,10 @@ TEST(serve, the_http_port_queues_a_burst_of_connections_and_is_not_shared) {
   same.http_backlog = 0;
   serve::server<cpu::batched_transformer> bad(m2, served::codec(s.tok), same);
   EXPECT_THROW(bad.start(), specdec::invalid_argument);
+  same.http_backlog = 512;
+  same.listener.backlog = 0;
+  serve::server<cpu::batched_transformer> bad_verify(m2, served::codec(s.tok), same);
+  EXPECT_THROW(bad_verify.start(), specdec::invalid_argument);
 }
 
 TEST(serve, metrics_registry_renders_prometheus_text) {

@@ -66,6 +66,9 @@ struct listener_options {
   std::string host = "127.0.0.1";     ///< address to bind ("0.0.0.0" for every interface)
   std::uint16_t port = 0;             ///< 0 = an ephemeral port (read it back with `port()`)
   std::size_t max_connections = 256;  ///< more are answered `overloaded` and closed
+  /// Connections the port queues before the accept loop takes them (capped by
+  /// net.core.somaxconn): a burst beyond it waits for the kernel's 1 s SYN retry. >= 1.
+  int backlog = 512;
   double handshake_timeout_seconds = 10.0;  ///< from accept to the first frame
   double idle_timeout_seconds = 300.0;      ///< between two frames of an attached connection
   double frame_timeout_seconds = 30.0;      ///< from a frame's first byte to its last
@@ -94,6 +97,8 @@ class verify_listener {
   /// Binds, listens and starts accepting. Throws `error` naming the address if it cannot.
   void start() {
     if (listen_fd_ >= 0) return;
+    if (options_.backlog < 1)
+      throw invalid_argument("listener_options.backlog = " + std::to_string(options_.backlog) + "; expected >= 1");
     addrinfo hints{};
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
@@ -106,7 +111,7 @@ class verify_listener {
     const int fd = ::socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     int one = 1;
     if (fd >= 0) ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (fd < 0 || ::bind(fd, res->ai_addr, res->ai_addrlen) != 0 || ::listen(fd, 128) != 0) {
+    if (fd < 0 || ::bind(fd, res->ai_addr, res->ai_addrlen) != 0 || ::listen(fd, options_.backlog) != 0) {
       const std::string why = std::strerror(errno);
       if (fd >= 0) ::close(fd);
       ::freeaddrinfo(res);
