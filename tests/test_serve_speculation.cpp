@@ -95,13 +95,20 @@ TEST(cost_curve, calibrates_the_non_decreasing_envelope_of_its_timings) {
   EXPECT_NEAR(t.seconds(1), 0.001, 1e-12);  // no more than 2 rows
 }
 
+// Timings of a kernel that runs rows in tiles of 8: 1 ms up to 8 rows, 0.6 ms more per 8
+// rows after.
+std::vector<std::pair<double, double>> tiled_timings() {
+  std::vector<std::pair<double, double>> timings;
+  for (std::size_t r = 1; r <= 32; ++r)
+    timings.emplace_back(static_cast<double>(r), 0.001 + 0.0006 * static_cast<double>((r - 1) / 8));
+  return timings;
+}
+
 // A kernel that runs rows in tiles of 8: 9 rows cost what 16 do. The steps stay in the
 // curve, so one draft each for 4 sessions (8 rows) beats two (12 rows) as it does in the
 // forwards; a convex fit across the step would price 12 rows at about 1.2 ms, not 1.6.
 TEST(cost_curve, keeps_the_steps_of_a_tiled_kernel) {
-  std::vector<std::pair<double, double>> timings;
-  for (std::size_t r = 1; r <= 32; ++r)
-    timings.emplace_back(static_cast<double>(r), 0.001 + 0.0006 * static_cast<double>((r - 1) / 8));
+  std::vector<std::pair<double, double>> timings = tiled_timings();
   timings[10].second *= 0.97;  // noise within a step stays below the next step
   cost_curve t;
   t.calibrate(timings);
@@ -191,12 +198,8 @@ TEST(speculation, a_drafting_session_keeps_drafting_down_to_keep_gain) {
 }
 
 TEST(speculation, a_drafting_length_changes_only_for_switch_gain) {
-  // The tiled kernel's curve: 1 ms up to 8 rows, 0.6 ms more per 8 rows after.
-  std::vector<std::pair<double, double>> timings;
-  for (std::size_t r = 1; r <= 32; ++r)
-    timings.emplace_back(static_cast<double>(r), 0.001 + 0.0006 * static_cast<double>((r - 1) / 8));
   cost_curve t;
-  t.calibrate(timings);
+  t.calibrate(tiled_timings());
   speculation_options o;
   o.switch_gain = 1.1;
   bool small = false, large = false;

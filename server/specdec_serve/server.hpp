@@ -175,9 +175,8 @@ server<B>::~server() {
 
 template <batched_model B>
 void server<B>::start() {
-  if (options_.http_backlog < 1 || options_.listener.backlog < 1)
-    throw invalid_argument("serve_options.http_backlog = " + std::to_string(options_.http_backlog) +
-                           ", listener.backlog = " + std::to_string(options_.listener.backlog) + "; expected >= 1");
+  if (options_.http_backlog < 1)
+    throw invalid_argument("serve_options.http_backlog = " + std::to_string(options_.http_backlog) + "; expected >= 1");
   engine_.start();
   listener_.start();
   http_->new_task_queue = [n = options_.http_threads] { return new httplib::ThreadPool(n); };

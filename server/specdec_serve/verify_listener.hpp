@@ -82,6 +82,8 @@ class verify_listener {
   verify_listener(session_service& service, metrics_registry& metrics, listener_options options = {},
                   key_ring* keys = nullptr)
       : service_(service), metrics_(metrics), options_(std::move(options)), keys_(keys) {
+    if (options_.backlog < 1)
+      throw invalid_argument("listener_options.backlog = " + std::to_string(options_.backlog) + "; expected >= 1");
     metrics_.describe("specdec_verify_bytes_total", "counter",
                       "Bytes on the verify port's sockets (framing included), by direction");
     metrics_.describe("specdec_verify_connections", "gauge", "Open connections on the verify port");
@@ -97,8 +99,6 @@ class verify_listener {
   /// Binds, listens and starts accepting. Throws `error` naming the address if it cannot.
   void start() {
     if (listen_fd_ >= 0) return;
-    if (options_.backlog < 1)
-      throw invalid_argument("listener_options.backlog = " + std::to_string(options_.backlog) + "; expected >= 1");
     addrinfo hints{};
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
