@@ -30,8 +30,8 @@
 /// would hold the announcement in whichever regime it was measured.
 ///
 /// so n* = 0 (plain decoding through the verify protocol, one row per token) whenever no
-/// draft length would serve more tokens per second than none: under load split decoding
-/// never costs the server throughput. At batch 1 on a bandwidth-bound model t(n + 1)
+/// draft length would serve more tokens per second than none: under load drafting never
+/// costs the server rows (the verify protocol's own cost per token remains). At batch 1 on a bandwidth-bound model t(n + 1)
 /// barely exceeds t(1) and n* is large; as the batch grows the forward turns compute-bound,
 /// t(S (n + 1)) approaches (n + 1) t(S) and n* falls to 0.
 ///
