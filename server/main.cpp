@@ -100,6 +100,9 @@ int main(int argc, char** argv) {
              cli::store(eo.speculation.calibration_position, cli::between<std::size_t>(0, 1 << 20)))
         .flag("--no-calibrate", "learn the step-time curve online only (faster start)", no_calibrate)
         .flag("--no-anticipate", "do not decode ahead for sessions told to send no drafts (docs/hybrid.md)", no_anticipate)
+        .add("--run-ahead", "N",
+             "tokens decoded ahead of a session told to send no drafts, sent with its next verdict (default 32)",
+             cli::store(eo.speculation.run_ahead, cli::between<std::size_t>(1, std::size_t{1} << 20)))
         .add("--max-step-rows", "N", "rows of one batched forward (default 256)", cli::store(eo.max_step_rows, count))
         .add("--prefill-chunk", "N", "prompt tokens one sequence feeds per step (default 128)",
              cli::store(eo.prefill_chunk, count))

@@ -126,6 +126,9 @@ TEST(remote_verifier, a_new_request_starts_from_the_last_announcement) {
   // tells it where each generation ends (open_session.final_length), so no row is computed
   // after a generation's last verdict: every anticipation is used, by a request that finds
   // its row (hit) or, when it arrives before the row ran, makes it its own block (early).
+  // The session runs ahead (protocol version 4): a verdict carries every token decoded
+  // since the last one, so each token comes from exactly one verdict's accepted drafts,
+  // next or following tokens.
   cpu::batched_transformer model(models + "/stories260K.bin", cpu::transformer_options{.threads = 1});
   serve::serve_options o = test_support::serve_options();
   o.engine.speculation.fixed = 0;
@@ -138,6 +141,7 @@ TEST(remote_verifier, a_new_request_starts_from_the_last_announcement) {
   const auto want = ar.generate(prompt, opts).tokens;
   ASSERT_EQ(std::ranges::count(want, eos_token), 0);  // no verdict ends in EOS: each but the last is anticipated
   std::size_t anticipated = 0;                         // requests that follow a verdict of their generation
+  std::size_t calls = 0, accepted = 0;
   {
     basic_speculative_decoder dec(draft, fixed_gamma{.gamma = 3},
                                   remote_verifier("127.0.0.1", srv.verify_port(), {.vocab = draft.vocab_size()}));
@@ -148,6 +152,8 @@ TEST(remote_verifier, a_new_request_starts_from_the_last_announcement) {
     EXPECT_EQ(second.tokens, want);
     EXPECT_EQ(second.stats.draft_tokens_proposed, 0u);
     anticipated = first.stats.target_calls + second.stats.target_calls - 2;
+    calls = first.stats.target_calls + second.stats.target_calls;
+    accepted = first.stats.draft_tokens_accepted + second.stats.draft_tokens_accepted;
   }  // the last session closes with the decoder
   auto& m = srv.metrics();
   for (int i = 0; i < 400 && m.value("specdec_active_sessions") > 0; ++i)
@@ -159,6 +165,9 @@ TEST(remote_verifier, a_new_request_starts_from_the_last_announcement) {
             static_cast<double>(anticipated));
   EXPECT_EQ(m.value("specdec_anticipations_total", "result=\"unused\""), 0.0);
   EXPECT_EQ(m.value("specdec_anticipations_total", "result=\"miss\""), 0.0);
+  EXPECT_EQ(static_cast<double>(2 * want.size()),
+            static_cast<double>(calls + accepted) + m.value("specdec_run_ahead_tokens_total", "result=\"sent\""));
+  EXPECT_EQ(m.value("specdec_run_ahead_tokens_total", "result=\"discarded\""), 0.0);
 }
 
 TEST(remote_verifier, sampled_split_decoding_passes_the_exactness_harness) {

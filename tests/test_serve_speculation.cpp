@@ -336,25 +336,30 @@ using specdec::token_id;
 
 /// An engine on stories260K announcing a fixed draft length, anticipating or not, and
 /// one session on it (prefix of 3 tokens, ending at `final_length` if not 0).
+/// One session on its own engine. Opened with protocol version 3 unless told otherwise:
+/// anticipated one token deep; version 4 sessions run `run_ahead` tokens ahead.
 struct one_session {
   specdec::cpu::batched_transformer model{std::string(SPECDEC_MODELS_DIR) + "/stories260K.bin", {.threads = 1}};
   metrics_registry metrics;
   bool anticipate;
   std::uint64_t final_length;
+  std::size_t depth;     ///< tokens anticipated past a verdict
   std::size_t sent = 3;  ///< committed tokens the server was told (the prefix, then every delta)
   engine<specdec::cpu::batched_transformer> eng;
   wire::session_id id{};
   one_session(std::size_t fixed, bool anticipate_, specdec::sampling_params params = {}, std::uint64_t seed = 0,
-              std::uint64_t final_length_ = 0)
+              std::uint64_t final_length_ = 0, std::uint32_t version = 3, std::size_t run_ahead = 4)
       : anticipate(anticipate_),
         final_length(final_length_),
+        depth(version >= 4 ? run_ahead : 1),
         eng(model,
-            {.model_id = "m", .speculation = {.fixed = fixed, .calibrate = false, .anticipate = anticipate_},
+            {.model_id = "m",
+             .speculation = {.fixed = fixed, .calibrate = false, .anticipate = anticipate_, .run_ahead = run_ahead},
              .hold = {.hold_fraction = 0.0}},
             metrics) {
     eng.start();
-    const wire::message m =
-        eng.open({.params = params, .seed = seed, .final_length = final_length, .prefix = {1, 403, 87}}, {});
+    const wire::message m = eng.open(
+        {.version = version, .params = params, .seed = seed, .final_length = final_length, .prefix = {1, 403, 87}}, {});
     id = std::get<wire::session_opened>(m).id;
     wait_for_forwards(1);  // the prefix's prefill step
   }
@@ -371,12 +376,14 @@ struct one_session {
       ADD_FAILURE() << "no verdict: " << wire::name_of(m);
       return {};
     }
-    // A hit ran no forward of its own; the anticipation after a 0-draft verdict runs one,
-    // unless the device stops there (EOS, its final length).
+    // A hit ran no forward of its own; the anticipation after a 0-draft verdict runs
+    // `depth` (one a token), unless the device stops first (EOS, its final length).
     sent += delta_size;
-    const bool more = final_length == 0 || sent + v->accepted + 1 < final_length;
-    if (anticipate && v->max_draft == 0 && v->next != specdec::eos_token && more)
-      wait_for_forwards(f0 + (hits() > h0 ? 0.0 : 1.0) + 1.0);
+    const std::size_t after = sent + v->accepted + 1 + v->following.size();
+    const token_id last = v->following.empty() ? v->next : v->following.back();
+    const std::size_t more = final_length == 0 ? depth : std::min<std::size_t>(depth, final_length > after ? final_length - after : 0);
+    if (anticipate && v->max_draft == 0 && last != specdec::eos_token && more > 0)
+      wait_for_forwards(f0 + (hits() > h0 ? 0.0 : 1.0) + static_cast<double>(more));
     return *v;
   }
   void wait_for_forwards(double n) {
@@ -576,6 +583,75 @@ TEST(anticipation, nothing_is_anticipated_while_drafts_are_announced) {
   std::this_thread::sleep_for(std::chrono::milliseconds(100));  // time for a wrongly anticipated step to show
   EXPECT_EQ(s.hits() + s.misses(), 0.0);
   EXPECT_EQ(s.forwards() - f0, 4.0);  // one per request
+}
+
+TEST(run_ahead, a_version_4_session_gets_the_tokens_decoded_ahead_with_its_next_verdict) {
+  // A device that commits 3 + 1 + 2 R tokens, announced 0 drafts: its first request is
+  // computed as usual; meanwhile the engine decodes R tokens ahead, which the next verdict
+  // carries (next and R - 1 following), and so on to the final length. Every token costs
+  // one row, as in a completion stream; none is decoded for nothing.
+  constexpr std::size_t run_ahead = 4;
+  constexpr std::uint64_t final_length = 3 + 1 + 2 * run_ahead;
+  one_session ref(0, false);  // the target's greedy continuation, one token a round
+  std::vector<token_id> want, delta;
+  for (std::uint64_t seq = 1; want.size() < final_length - 3; ++seq) {
+    want.push_back(ref.round(seq, delta, {}).next);
+    delta = {want.back()};
+  }
+  if (std::ranges::count(want, specdec::eos_token) > 0) GTEST_SKIP() << "EOS within the generation";
+
+  one_session s(0, true, {}, 0, final_length, 4, run_ahead);
+  const double f0 = s.forwards();
+  std::vector<token_id> got;
+  std::vector<std::size_t> following;
+  delta.clear();
+  for (std::uint64_t seq = 1; got.size() < want.size() && seq <= 8; ++seq) {
+    const wire::verdict v = s.round(seq, delta, {});
+    EXPECT_EQ(v.accepted, 0u);
+    delta = {v.next};
+    delta.insert(delta.end(), v.following.begin(), v.following.end());
+    got.insert(got.end(), delta.begin(), delta.end());
+    following.push_back(v.following.size());
+  }
+  EXPECT_EQ(got, want);
+  EXPECT_EQ(following, (std::vector<std::size_t>{0, run_ahead - 1, run_ahead - 1}));
+  EXPECT_EQ(s.hits(), 2.0);
+  EXPECT_EQ(s.forwards() - f0, static_cast<double>(want.size()));  // one row a token
+  EXPECT_EQ(s.metrics.value("specdec_run_ahead_tokens_total", "result=\"sent\""), 2.0 * (run_ahead - 1));
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // time for a row past the final length to show
+  EXPECT_EQ(s.forwards() - f0, static_cast<double>(want.size()));
+}
+
+TEST(run_ahead, sampled_tokens_are_drawn_as_one_token_rounds_draw_them_even_after_a_divergence) {
+  // A sampling session of version 4 runs 3 tokens ahead; in its third round the device
+  // commits another token in place of the verdict's last (as after continuing on its own
+  // model): that request misses, its run-ahead is discarded and its draws undone. Replayed
+  // one token a round without anticipation, with the same seed and the same committed
+  // tokens, the server draws every verdict token at the same position again.
+  constexpr std::size_t run_ahead = 3;
+  const specdec::sampling_params params{.temperature = 1.0f};
+  one_session s(0, true, params, 7, 0, 4, run_ahead);
+  std::vector<token_id> drawn, committed, delta;
+  for (std::uint64_t seq = 1; seq <= 6; ++seq) {
+    const wire::verdict v = s.round(seq, delta, {});
+    delta = {v.next};
+    delta.insert(delta.end(), v.following.begin(), v.following.end());
+    drawn.insert(drawn.end(), delta.begin(), delta.end());
+    if (seq == 3) delta.back() = static_cast<token_id>((delta.back() + 101) % 512);
+    committed.insert(committed.end(), delta.begin(), delta.end());
+    if (std::ranges::count(delta, specdec::eos_token) > 0) break;
+  }
+  EXPECT_GE(s.misses(), 1.0);
+  EXPECT_GE(s.hits(), 2.0);
+  EXPECT_GT(s.metrics.value("specdec_run_ahead_tokens_total", "result=\"discarded\""), 0.0);
+  EXPECT_GT(drawn.size(), 6u);  // verdicts carried following tokens
+
+  one_session ref(0, false, params, 7);
+  delta.clear();
+  for (std::size_t i = 0; i < drawn.size(); ++i) {
+    EXPECT_EQ(ref.round(i + 1, delta, {}).next, drawn[i]) << "token " << i;
+    delta = {committed[i]};
+  }
 }
 
 }  // namespace

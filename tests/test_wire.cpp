@@ -42,6 +42,7 @@ std::vector<wire::message> samples() {
       wire::verify_request{.seq = 1, .committed = {1, 403}, .draft = {88, 12}},
       sampled_request(),
       wire::verdict{.seq = 300, .accepted = 2, .next = 1999, .max_draft = 0},
+      wire::verdict{.seq = 301, .next = 5, .following = {6, 2047, 0}},  // run ahead (version 4 sessions)
       wire::error_reply{.code = wire::error_code::unknown_session, .seq = 9, .text = "no such session"},
       wire::close_session{},
   };
@@ -67,6 +68,8 @@ TEST(wire, byte_counts) {
             1u + 1 + 1 + 1 + 6 + 1 + 8 + 1);
   // verdict: len, type, seq, accepted, next (2 bytes), max_draft
   EXPECT_EQ(wire::encode(wire::verdict{.seq = 5, .accepted = 3, .next = 1000, .max_draft = 4}).size(), 7u);
+  // ... then, only when there are following tokens, m and the ids (1000: 2 bytes, 7: 1)
+  EXPECT_EQ(wire::encode(wire::verdict{.seq = 5, .next = 1000, .following = {1000, 7}}).size(), 7u + 1 + 3);
   // session_opened: len, type, 16-byte id, vocab 2048 (2), context 256 (2), 1, 1
   EXPECT_EQ(wire::encode(wire::session_opened{.vocab_size = 2048, .context_length = 256, .max_draft = 4,
                                               .draft_limit = 16})
@@ -206,6 +209,17 @@ TEST(wire, rejects_bad_fields) {
   expect_rejected(frame_of(2, so), "draft_limit");
   // verdict accepting more than max_draft
   expect_rejected(frame_of(5, {1, 17, 3, 0}), "accepted");
+  // following tokens: an explicit empty list (the encoder writes none), an id past the
+  // vocabulary, more than max_following, a count beyond the bytes present
+  EXPECT_EQ(std::get<wire::verdict>(wire::decode_frame(frame_of(5, {1, 0, 3, 0, 2, 4, 5}), lim)).following,
+            (std::vector<token_id>{4, 5}));
+  expect_rejected(frame_of(5, {1, 0, 3, 0, 0}), "following");
+  expect_rejected(frame_of(5, {1, 0, 3, 0, 1, 0x80, 0x10}), "following");
+  bytes many{1, 0, 3, 0};
+  wire::detail::put_varint(many, 1025);
+  many.resize(many.size() + 1025, 1);
+  expect_rejected(frame_of(5, many), "max_following");
+  expect_rejected(frame_of(5, {1, 0, 3, 0, 9, 1}), "following");
 }
 
 // A verify_request whose one draft token 7 has the support row built by `row`.

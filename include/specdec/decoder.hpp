@@ -113,7 +113,8 @@ inline double decoder_seconds_since(decoder_clock::time_point t0) {
 ///    fallback policy asking for the target is emitted unverified: the big model runs
 ///    only on fallback. Exact policies always verify, so their output has exactly the
 ///    target's distribution (and, greedy, exactly the target's greedy tokens).
-/// 3. Commit: accepted drafts and the next token are emitted in order (callback, EOS,
+/// 3. Commit: accepted drafts, the next token and the verdict's `following` tokens (a remote
+///    verifier's run-ahead) are emitted in order (callback, EOS,
 ///    stop sequences, budget); each cache is cut back to the part that agrees with S.
 ///
 /// Policies: `validate()` is called (when present) by the constructor and `reset()` (when
@@ -244,7 +245,7 @@ class basic_speculative_decoder : public detail::seeded_sampling {
       }
 
       // ---- 3. commit ----
-      if (out.emit_all(d.tokens.first(v.accepted))) out.emit(v.next);
+      if (out.emit_all(d.tokens.first(v.accepted)) && out.emit(v.next)) out.emit_all(v.following);
       rewind_draft(seq_.size() - 1);
       if (st.awaiting_first_step()) st.record_step_end(detail::decoder_seconds_since(t_start));
     }

@@ -37,24 +37,29 @@ namespace specdec {
 
 /// The outcome of verifying one `draft_block`: drafts `[0, accepted)` survive and `next`
 /// follows them (the replacement for the first rejected draft, or the bonus token when
-/// all survived; for an empty block simply the target's next token). The cost fields are
-/// for telemetry and adaptive policies.
+/// all survived; for an empty block simply the target's next token). `following` are
+/// more target tokens after `next`, drawn by the same rule: a verifier that decoded ahead
+/// while it waited (`hybrid::remote_verifier` on a server running a session ahead at zero
+/// drafts) returns them, a local verifier never does. The cost fields are for telemetry
+/// and adaptive policies.
 ///
 /// ```cpp
 /// seq.insert(seq.end(), d.tokens.begin(), d.tokens.begin() + v.accepted);
 /// seq.push_back(v.next);
+/// seq.insert(seq.end(), v.following.begin(), v.following.end());
 /// ```
 struct verdict {
   std::size_t accepted = 0;
   token_id next = 0;
   std::size_t target_rows = 0;  ///< rows of the target pass that produced it (0 = not reported)
   double target_seconds = 0.0;  ///< wall time of that pass (for a remote verifier: the round trip)
+  std::vector<token_id> following{};  ///< target tokens after `next` (empty unless decoded ahead)
 };
 
 /// A verifier: `v.verify(S, d, params, rng)` verifies draft block `d` (`d.position ==
 /// S.size()`) after the committed sequence S and returns a `verdict` with `accepted <=
 /// d.size()` and `0 <= next < vocab_size()`. Between two calls S grows only by a prefix of
-/// the previous verdict's tokens (drafts then next); `reset()` starts a new generation
+/// the previous verdict's tokens (drafts, next, then following); `reset()` starts a new generation
 /// (any S may follow), and `sync(S)` brings whatever state the verifier keeps to "S minus
 /// its last token" when a generation ends. `V::exact` says whether the emitted tokens
 /// follow the target's distribution exactly.
@@ -66,7 +71,8 @@ struct verdict {
 ///   const specdec::verdict r = v.verify(seq, d, params, rng);
 ///   seq.insert(seq.end(), d.tokens.begin(), d.tokens.begin() + static_cast<std::ptrdiff_t>(r.accepted));
 ///   seq.push_back(r.next);
-///   return r.accepted + 1;
+///   seq.insert(seq.end(), r.following.begin(), r.following.end());
+///   return r.accepted + 1 + r.following.size();
 /// }
 /// ```
 template <class V>

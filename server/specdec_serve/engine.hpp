@@ -40,6 +40,20 @@
 /// budget) is not anticipated past it, so a generation that ends at its budget costs no
 /// such row; one that ends at EOS costs none either (the verdict's token is EOS).
 ///
+/// ## Run-ahead
+/// One token deep, a session is in a step only if its device's round trip is shorter than
+/// the step: over a 30 ms link it is in one step of ten, and its device gets one token per
+/// round trip. A session opened with protocol version 4 is decoded further: each step
+/// feeds the last token of the chain `expect` + `ahead` and appends the next one to
+/// `ahead`, up to `speculation_options::run_ahead` tokens, EOS or the final length; the
+/// anticipated request's verdict then carries `ahead` (its first token as `next`, the rest
+/// as `following`), and the chain goes on from there. Every token of `ahead` is drawn as the
+/// request that commits its predecessor would draw it, in order, from the same random
+/// source, so the verdicts commit the same tokens as one-deep anticipation would; a request
+/// that differs discards `ahead` and restores the random source to its state before
+/// `ahead`'s first draw. The price is at most `run_ahead` rows decoded for nothing when a
+/// device stops early (a stop sequence) or starts drafting again.
+///
 /// ## The announcement binds
 /// A request verifies at most the drafts last announced to its session (`max_draft` of its
 /// `session_opened` or last verdict); drafts beyond are not examined, and the verdict is
@@ -310,11 +324,13 @@ class engine final : public completion_service, public session_service {
     std::optional<clock::time_point> answered;  ///< when the server last answered it (opened, resumed, verdict)
     double turnaround = 0.0;  ///< seconds from an answer to the next block (EWMA; 0 = not measured)
     std::size_t announced = 0;  ///< max_draft last told to the device (session_opened or verdict)
-    // Anticipation (file comment): the request a device following a 0-draft verdict sends next.
-    std::vector<token_id> expect;          ///< its committed tokens (the verdict's accepted drafts and next)
-    bool anticipating = false;             ///< the block feeding `expect` runs in the next step
-    std::optional<token_id> anticipated;   ///< that request's verdict token, once computed
-    random_source rng_before;              ///< `rng` before the anticipated draw (sampling sessions)
+    // Anticipation and run-ahead (file comment): the request a device following a 0-draft
+    // verdict sends next, and the tokens decoded for its verdict.
+    std::vector<token_id> expect;  ///< its committed tokens (the last verdict's accepted drafts, next, following)
+    bool anticipating = false;     ///< the next step feeds the chain `expect` + `ahead` and decodes one more
+    std::vector<token_id> ahead;   ///< tokens decoded past `expect`; the cache holds all but the last
+    random_source rng_before;      ///< `rng` before the first draw of `ahead` (sampling sessions)
+    bool continues = false;        ///< opened with protocol version >= 4: its verdicts may carry `following`
   };
   /// One block of a step.
   struct part {
@@ -460,6 +476,7 @@ class engine final : public completion_service, public session_service {
     s.rng.reseed(c.msg.seed);
     s.committed = std::move(c.msg.prefix);
     s.final_length = c.msg.final_length;
+    s.continues = c.msg.version >= 4;
     s.last_active = now;
     s.answered = now;  // the device sends its first block right after session_opened
     const sequence_id seq = model_.add_sequence();
@@ -557,14 +574,17 @@ class engine final : public completion_service, public session_service {
                     "a sampling session verifies by rejection sampling and needs the draft's distribution: " +
                         std::to_string(c.req.q.rows()) + " support rows for " + std::to_string(k) + " drafts");
     const bool expected = k == 0 && std::ranges::equal(c.req.committed, s.expect);  // the anticipated request
-    if (s.anticipated && expected) {
-      // The anticipated request: its row ran already, the cache holds exactly S.
+    if (!s.ahead.empty() && expected) {
+      // The anticipated request: its rows ran already; the cache holds S and all of
+      // `ahead` but its last token, which the run-ahead feeds next.
       s.committed.insert(s.committed.end(), c.req.committed.begin(), c.req.committed.end());
       accept_request(s, c, now);
-      const token_id next = *s.anticipated;
-      s.anticipated.reset();
+      std::vector<token_id> ahead = std::move(s.ahead);
+      s.ahead.clear();
       metrics_.add("specdec_anticipations_total", "result=\"hit\"");
-      answer(s, *c.reply, c.received, seq, 0, next, {});
+      if (ahead.size() > 1) metrics_.add("specdec_run_ahead_tokens_total", "result=\"sent\"", static_cast<double>(ahead.size() - 1));
+      answer(s, *c.reply, c.received, seq, 0, ahead.front(), {}, std::span<const token_id>(ahead).subspan(1));
+      wipe(ahead);
       return;
     }
     drop_anticipation(s, expected);
@@ -594,13 +614,15 @@ class engine final : public completion_service, public session_service {
   /// came before the row ran (the engine was still answering others: the row becomes
   /// that request's own block, nothing wasted and nothing gained).
   void drop_anticipation(session_state& s, bool expected) {
-    if (s.anticipated) {
+    if (!s.ahead.empty()) {
       if (!s.params.greedy()) s.rng = s.rng_before;
       metrics_.add("specdec_anticipations_total", "result=\"miss\"");
+      metrics_.add("specdec_run_ahead_tokens_total", "result=\"discarded\"", static_cast<double>(s.ahead.size()));
     } else if (s.anticipating && expected) {
       metrics_.add("specdec_anticipations_total", "result=\"early\"");
     }
-    s.anticipated.reset();
+    wipe(s.ahead);
+    s.ahead.clear();
     s.anticipating = false;
   }
 
@@ -635,11 +657,12 @@ class engine final : public completion_service, public session_service {
     if (it->second.job)
       it->second.job->reply->set(error_message(hybrid::wire::error_code::unknown_session,
                                                std::string("the session ended: ") + why, it->second.job->req.seq));
-    if (it->second.anticipated) metrics_.add("specdec_anticipations_total", "result=\"unused\"");
+    if (!it->second.ahead.empty()) metrics_.add("specdec_anticipations_total", "result=\"unused\"");
     model_.remove_sequence(it->second.seq);  // the backend zeroes the cache before reuse
     wipe(it->second.committed);
     wipe(it->second.kv);
     wipe(it->second.expect);
+    wipe(it->second.ahead);
     sessions_.erase(it);
     open_sessions_ = sessions_.size();
     metrics_.set("specdec_active_sessions", "", static_cast<double>(sessions_.size()));
@@ -665,10 +688,14 @@ class engine final : public completion_service, public session_service {
     } else {
       const auto window = std::chrono::duration<double>(o.active_window_seconds);
       turnarounds_.clear();
+      undrafted_turnarounds_.clear();
       pooled_.clear();
       for (const auto& [id, t] : sessions_)
         if (now - t.last_verify <= window || (counting_self && &t == &s)) {
           turnarounds_.push_back(t.turnaround);
+          // Run R tokens ahead, a session yields R rows per turnaround (expected_batch).
+          const std::size_t depth = o.anticipate && t.continues ? o.run_ahead : 1;
+          undrafted_turnarounds_.push_back(t.turnaround / static_cast<double>(depth));
           pooled_.push_back({t.accepted, t.trials});
         }
       const double active = static_cast<double>(turnarounds_.size());
@@ -681,7 +708,8 @@ class engine final : public completion_service, public session_service {
         // drafting) and completion: an upper bound of the step's time.
         const double measured = drafting_batch_.empty() ? 0.0 : drafting_batch_.for_announcement(turnarounds_.size(), 0).sessions;
         l.sessions = std::max({1.0, measured, expected_batch(turnarounds_, curve_.seconds(2 * active + c), false)});
-        l.undrafted_sessions = std::max(1.0, expected_batch(turnarounds_, curve_.seconds(active + c), o.anticipate));
+        l.undrafted_sessions =
+            std::max(1.0, expected_batch(undrafted_turnarounds_, curve_.seconds(active + c), o.anticipate));
       }
       n = o.next_draft(curve_, l, a, announced_);
       announced_ = n;
@@ -781,12 +809,15 @@ class engine final : public completion_service, public session_service {
         const std::size_t n = std::min(options_.prefill_chunk, unseen - 1);
         buf.assign(s.committed.begin() + static_cast<std::ptrdiff_t>(s.kv.size()),
                    s.committed.begin() + static_cast<std::ptrdiff_t>(s.kv.size() + n));
-      } else if (s.anticipating) {  // the cache holds S and `expect` but its last token
+      } else if (s.anticipating) {  // the cache holds S and the chain `expect` + `ahead` but its last token
         const std::size_t held = s.kv.size() - std::min(s.kv.size(), s.committed.size());
-        if (s.kv.size() >= s.committed.size() && held < s.expect.size())
-          buf.assign(s.expect.begin() + static_cast<std::ptrdiff_t>(held), s.expect.end());
-        else
+        const std::size_t chain = s.expect.size() + s.ahead.size();
+        if (s.kv.size() >= s.committed.size() && held < chain) {
+          for (std::size_t i = held; i < chain; ++i)
+            buf.push_back(i < s.expect.size() ? s.expect[i] : s.ahead[i - s.expect.size()]);
+        } else {
           s.anticipating = false;
+        }
         anticipation = s.anticipating;
       }
       if (buf.empty() || !fits(buf.size())) continue;
@@ -913,37 +944,46 @@ class engine final : public completion_service, public session_service {
   /// Sends the verdict of request `seq` (received at `received`) and, when it announces 0
   /// drafts, anticipates the request that commits it (file comment).
   void answer(session_state& s, reply_slot& slot, clock::time_point received, std::uint64_t seq, std::size_t accepted,
-              token_id next, std::span<const token_id> accepted_drafts) {
+              token_id next, std::span<const token_id> accepted_drafts, std::span<const token_id> following = {}) {
     const auto now = clock::now();
     metrics_.add("specdec_tokens_total", "kind=\"accepted\"", static_cast<double>(accepted));
-    metrics_.add("specdec_tokens_total", "kind=\"verified\"", static_cast<double>(accepted + 1));
+    metrics_.add("specdec_tokens_total", "kind=\"verified\"", static_cast<double>(accepted + 1 + following.size()));
     metrics_.observe("specdec_verify_seconds", "", std::chrono::duration<double>(now - received).count());
     metrics_.add("specdec_verify_requests_total", "type=\"verify\",result=\"verdict\"");
     const std::size_t n = announce(s, now, false);
     s.announced = n;
     hybrid::wire::message reply =
-        hybrid::wire::verdict{seq, static_cast<std::uint32_t>(accepted), next, static_cast<std::uint32_t>(n)};
+        hybrid::wire::verdict{seq, static_cast<std::uint32_t>(accepted), next, static_cast<std::uint32_t>(n),
+                              std::vector<token_id>(following.begin(), following.end())};
     s.last_reply = reply;
     slot.set(std::move(reply));
     s.answered = clock::now();
-    // The device stops at EOS and at the final length it announced, and a request past the
-    // context would be refused.
-    const std::size_t after = s.committed.size() + accepted_drafts.size() + 1;
-    s.anticipating = n == 0 && options_.speculation.anticipate && next != eos_token && after <= context_ &&
-                     (s.final_length == 0 || after < s.final_length);
-    s.anticipated.reset();
-    if (!s.anticipating) return;
     s.expect.assign(accepted_drafts.begin(), accepted_drafts.end());
     s.expect.push_back(next);
+    s.expect.insert(s.expect.end(), following.begin(), following.end());
+    s.ahead.clear();
+    s.anticipating = n == 0 && options_.speculation.anticipate && decodes_further(s);
   }
-  /// The anticipation block ran: its last row gives the anticipated request's verdict
-  /// (no drafts: the target's next token, by the session's rule and random source).
+  /// Whether the device, once it committed `expect` and `ahead`, asks for another token: it
+  /// stops at EOS and at the final length it announced, and a request past the context
+  /// would be refused. Bounded by the run-ahead depth (one token for sessions older than
+  /// protocol version 4, whose verdicts carry none).
+  [[nodiscard]] bool decodes_further(const session_state& s) const {
+    const std::size_t depth = s.continues ? options_.speculation.run_ahead : 1;
+    const std::size_t length = s.committed.size() + s.expect.size() + s.ahead.size();
+    const token_id last = s.ahead.empty() ? s.expect.back() : s.ahead.back();
+    return s.ahead.size() < depth && last != eos_token && length <= context_ &&
+           (s.final_length == 0 || length < s.final_length);
+  }
+  /// The anticipation block ran: its last row gives the next token of the chain (no
+  /// drafts: the target's next token, by the session's rule and random source), which the
+  /// anticipated request's verdict carries.
   void after_anticipation(session_state& s, const logits_block& l, std::span<const token_id> fed) {
     s.kv.insert(s.kv.end(), fed.begin(), fed.end());
-    s.anticipating = false;
-    if (!s.params.greedy()) s.rng_before = s.rng;
+    if (s.ahead.empty() && !s.params.greedy()) s.rng_before = s.rng;
     const logits_block row{l.data + (l.rows - 1) * vocab_, 1, vocab_};
-    s.anticipated = judge_rows(s, row, {.position = s.kv.size()}).next;
+    s.ahead.push_back(judge_rows(s, row, {.position = s.kv.size()}).next);
+    s.anticipating = decodes_further(s);
   }
 
   // ---- failure paths ----
@@ -1015,7 +1055,7 @@ class engine final : public completion_service, public session_service {
     metrics_.describe("specdec_sessions_expired_total", "counter", "Verify sessions removed after their idle TTL");
     metrics_.describe("specdec_tokens_total", "counter",
                       "Tokens by kind: prompt (completions), generated (completions), drafted, accepted and "
-                      "verified (= accepted + next) in verify rounds");
+                      "verified (= accepted + next + following) in verify rounds");
     metrics_.describe("specdec_active_sessions", "gauge", "Open verify sessions");
     metrics_.describe("specdec_active_completions", "gauge", "Completions being generated");
     metrics_.describe("specdec_announced_max_draft", "gauge", "The draft length announced last (dynamic speculation)");
@@ -1032,6 +1072,9 @@ class engine final : public completion_service, public session_service {
                       "anticipated row), early (it came before that row ran, which became its own block), miss "
                       "(the request differed; the row was wasted) or unused (the session ended first; the row was "
                       "wasted)");
+    metrics_.describe("specdec_run_ahead_tokens_total", "counter",
+                      "Tokens decoded ahead of a session's request by result: sent (as a verdict's following "
+                      "tokens) or discarded (the request differed)");
     metrics_.describe("specdec_step_hold_seconds_total", "counter",
                       "Time the scheduler held steps so other sessions' verify blocks could join them");
     metrics_.describe("specdec_verify_seconds", "histogram",
@@ -1066,7 +1109,7 @@ class engine final : public completion_service, public session_service {
   std::vector<part> parts_;
   std::vector<std::vector<token_id>> scratch_;
   std::size_t rotation_ = 0;
-  std::vector<double> turnarounds_;  ///< scratch of `announce`
+  std::vector<double> turnarounds_, undrafted_turnarounds_;  ///< scratch of `announce`
   std::vector<draft_record> pooled_;  ///< scratch of `announce`
   std::size_t announced_ = 0;  ///< the rule's last announcement, to any session (hysteresis)
   batch_estimate drafting_batch_;    ///< verify blocks with drafts per step, as the steps ran

@@ -164,7 +164,9 @@ struct load {
 /// not measured yet, counts fully). `anticipated` (n = 0 with anticipation): the session's
 /// next row is computed in the step after its verdict and its request answered from it, so
 /// it yields a row every max(step, turnaround). Otherwise (drafting, or anticipation off)
-/// its request also waits for a step: one block every turnaround + step.
+/// its request also waits for a step: one block every turnaround + step. A session run
+/// R tokens ahead (`speculation_options::run_ahead`) yields R rows per turnaround: pass
+/// its turnaround divided by R.
 ///
 /// ```cpp
 /// std::vector<double> turnarounds{0.0005, 0.004};  // seconds
@@ -297,6 +299,13 @@ struct speculation_options {
   /// step, as a completion stream would, and answer the request that commits exactly
   /// that verdict without drafts from it at once (engine.hpp, "Anticipation").
   bool anticipate = true;
+  /// With `anticipate`, the most tokens the engine decodes past a session's last verdict
+  /// before its device's next request (>= 1), if the session was opened with protocol
+  /// version 4: that request's verdict carries them all as `following` tokens (engine.hpp,
+  /// "Run-ahead"), so the session is in every step however long its round trip, as a
+  /// completion stream is. Older sessions are anticipated one token deep. The bound is
+  /// what a device that stops early (a stop sequence) leaves decoded for nothing.
+  std::size_t run_ahead = 32;
 
   /// The gain a draft length must promise when the last announcement was `last`:
   /// `min_gain` to start drafting, `keep_gain` to go on.
@@ -325,10 +334,10 @@ struct speculation_options {
                              "; expected at most draft_limit = " + std::to_string(draft_limit));
     if (!(prior_acceptance >= 0.0 && prior_acceptance <= 1.0) || !(prior_weight > 0.0) ||
         !(active_window_seconds > 0.0) || !(busy_gap_seconds >= 0.0) || !(min_gain >= 1.0) ||
-        !(keep_gain >= 1.0 && keep_gain <= min_gain) || !(switch_gain >= 1.0))
+        !(keep_gain >= 1.0 && keep_gain <= min_gain) || !(switch_gain >= 1.0) || run_ahead < 1)
       throw invalid_argument("speculation_options: prior_acceptance in [0, 1], prior_weight > 0, "
                              "active_window_seconds > 0, busy_gap_seconds >= 0, min_gain >= 1 and "
-                             "1 <= keep_gain <= min_gain, switch_gain >= 1 expected");
+                             "1 <= keep_gain <= min_gain, switch_gain >= 1, run_ahead >= 1 expected");
   }
 };
 

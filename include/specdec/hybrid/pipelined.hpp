@@ -156,7 +156,8 @@ class pipelined_split_decoder {
       double ahead_seconds = 0.0;
       const std::size_t after = seq_.size() + block.size() + 1;
       const std::size_t left = out.remaining() > block.size() + 1 ? out.remaining() - block.size() - 1 : 0;
-      if (opt_.overlap && left > 0 && after < ctx) {
+      // At a cap of 0 drafts there is no next block to pre-draft, only a guess to waste.
+      if (opt_.overlap && left > 0 && after < ctx && block_size(left, ctx, after) > 0) {
         const auto t0 = clock::now();
         spec_.assign(seq_.begin(), seq_.end());
         spec_.insert(spec_.end(), block.begin(), block.end());
@@ -186,10 +187,13 @@ class pipelined_split_decoder {
       stats_.drafted += block.size();
       stats_.accepted += v.accepted;
       if (!block.empty()) st.record_verification(block.size(), v.accepted);
-      const bool hit = !ahead.empty() && v.accepted == block.size() && v.next == ahead.front();
+      // A continuation assumes the verdict ends at `next`: following tokens void it.
+      const bool hit = !ahead.empty() && v.accepted == block.size() && v.next == ahead.front() && v.following.empty();
       delta.assign(block.begin(), block.begin() + static_cast<std::ptrdiff_t>(v.accepted));
       delta.push_back(v.next);
-      if (out.emit_all(std::span<const token_id>(block).first(v.accepted))) out.emit(v.next);
+      delta.insert(delta.end(), v.following.begin(), v.following.end());
+      if (out.emit_all(std::span<const token_id>(block).first(v.accepted)) && out.emit(v.next))
+        out.emit_all(v.following);
       if (st.awaiting_first_step()) st.record_step_end(seconds_since(t_start));
       have_block = hit && !out.stopped();
       if (have_block) {

@@ -166,7 +166,7 @@ class remote_verifier {
       opened_ = true;
       sent_ = s.size();
       opt_.monitor->record(client_->last_rtt_seconds(), client_->bytes_sent() - up0, client_->bytes_received() - down0);
-      return verdict{r.accepted, r.next, d.size() + 1, client_->last_rtt_seconds()};
+      return verdict{r.accepted, r.next, d.size() + 1, client_->last_rtt_seconds(), std::move(r.following)};
     } catch (const link_unavailable&) {
       opt_.monitor->record_failure();
       opened_ = false;  // the next call reopens from the committed prefix

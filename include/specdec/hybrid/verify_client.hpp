@@ -86,12 +86,14 @@ struct verify_client_options {
   }
 };
 
-/// The server's answer to one round: keep `accepted` drafts, then `next`; draft at most
-/// `max_draft` tokens next round.
+/// The server's answer to one round: keep `accepted` drafts, then `next`, then
+/// `following` (the server's run-ahead after a request without drafts); draft at most
+/// `max_draft` tokens next round. The next request's delta commits all of them.
 struct verify_verdict {
   std::size_t accepted = 0;
   token_id next = 0;
   std::size_t max_draft = 0;
+  std::vector<token_id> following{};
 };
 
 /// A blocking client of the verify protocol (see the file comment). Not thread-safe: one
@@ -307,9 +309,13 @@ class verify_client {
       fail_protocol("verdict for seq " + std::to_string(r.seq) + " accepting " + std::to_string(r.accepted) +
                     " of " + std::to_string(request_.draft.size()) + " drafts; expected seq " +
                     std::to_string(request_.seq));
+    if (!r.following.empty() && !request_.draft.empty())
+      fail_protocol("verdict for seq " + std::to_string(r.seq) + " with " + std::to_string(r.following.size()) +
+                    " following tokens after a request with " + std::to_string(request_.draft.size()) +
+                    " drafts; expected following tokens only after a request without drafts");
     last_rtt_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     max_draft_ = std::min<std::size_t>(r.max_draft, draft_limit_);
-    return verify_verdict{r.accepted, r.next, max_draft_};
+    return verify_verdict{r.accepted, r.next, max_draft_, r.following};
   }
 
   void ensure_connected() {

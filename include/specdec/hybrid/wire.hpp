@@ -21,7 +21,7 @@
 /// | 2    | `session_opened` | session id (16 bytes), vocab size, context length, max draft, draft limit |
 /// | 3    | `resume_session` | session id (16 bytes), key length, key bytes                             |
 /// | 4    | `verify_request` | seq, n, n committed ids, k, k draft ids, r (0 or k), r support rows      |
-/// | 5    | `verdict`        | seq, accepted, next token, max draft for the next round                  |
+/// | 5    | `verdict`        | seq, accepted, next token, max draft for the next round, [m >= 1, m following ids] |
 /// | 6    | `error_reply`    | code, seq (0 if none), text length, text bytes                           |
 /// | 7    | `close_session`  | (empty)                                                                  |
 ///
@@ -29,7 +29,11 @@
 /// `open_session` and `resume_session`, which attach a connection to a session; the
 /// connection's later requests act with that key. An `open_session` of version 1 (before
 /// keys) has no key field, so an old client still decodes and gets `unsupported_version`;
-/// version 2 has no final length (it decodes as 0, "not said").
+/// version 2 has no final length (it decodes as 0, "not said"). A session opened with
+/// version 4 may get verdicts with `following` tokens (the server's run-ahead at zero
+/// drafts); one opened with an older version never does, so its client decodes every
+/// verdict it is sent. A verdict without following tokens ends after `max_draft`: the
+/// field costs nothing when unused.
 ///
 /// A support row is the draft's truncated distribution at one draft position: m, then m
 /// token ids strictly increasing (the first as is, each next as the gap minus one), then
@@ -72,7 +76,7 @@ namespace specdec::hybrid::wire {
 
 /// The protocol version an `open_session` carries; a server rejects versions outside
 /// [oldest_protocol_version, protocol_version] with `error_code::unsupported_version`.
-inline constexpr std::uint32_t protocol_version = 3;
+inline constexpr std::uint32_t protocol_version = 4;
 /// The oldest version a server still speaks: 2 (before `open_session::final_length`).
 inline constexpr std::uint32_t oldest_protocol_version = 2;
 
@@ -282,11 +286,16 @@ struct verify_request {
 
 /// Server -> device: the first `accepted` drafts of request `seq` survive and `next`
 /// follows them; `max_draft` is what the server will verify in the next round.
+/// `following` (sessions of version 4, only when the request had no drafts) are the
+/// target's tokens after `next`, decoded by the session's own rule and random source
+/// while the device's request was on its way: the device commits them as it commits
+/// `next`, and its next request's delta includes them.
 struct verdict {
   std::uint64_t seq = 0;
   std::uint32_t accepted = 0;
   token_id next = 0;
   std::uint32_t max_draft = 0;
+  std::vector<token_id> following{};
   friend bool operator==(const verdict&, const verdict&) = default;
 };
 
@@ -319,6 +328,7 @@ struct limits {
   std::size_t max_frame_bytes = std::size_t{1} << 20;  ///< L of a frame (type + payload)
   std::size_t max_tokens = std::size_t{1} << 16;       ///< ids in a prefix or a committed delta
   std::size_t max_draft = 64;                          ///< draft ids in one verify request
+  std::size_t max_following = 1024;                    ///< a verdict's following ids
   std::size_t max_support = std::size_t{1} << 16;      ///< entries of one support row
   std::size_t max_text = 1024;                         ///< bytes of an error text
   std::size_t max_key = 512;                           ///< bytes of an API key
@@ -505,6 +515,7 @@ inline void put_body(std::vector<std::uint8_t>& out, const message& m) {
           put_varint(out, x.accepted);
           put_varint(out, static_cast<std::uint32_t>(x.next));
           put_varint(out, x.max_draft);
+          if (!x.following.empty()) put_tokens(out, x.following);
         } else if constexpr (std::is_same_v<T, error_reply>) {
           put_varint(out, static_cast<std::uint32_t>(x.code));
           put_varint(out, x.seq);
@@ -681,6 +692,10 @@ struct frame_header {
       m.accepted = static_cast<std::uint32_t>(r.bounded("accepted", lim.max_draft, "max_draft"));
       m.next = r.token("next", lim.vocab_size);
       m.max_draft = detail::u32(r, "max_draft");
+      if (r.remaining() != 0) {  // present only when non-empty: the encoder writes no m = 0
+        m.following = detail::get_tokens(r, "following", lim.max_following, "max_following", lim.vocab_size);
+        if (m.following.empty()) r.fail("following", "0 tokens; an empty list is not written");
+      }
       r.finish();
       return m;
     }
