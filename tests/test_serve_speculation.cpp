@@ -381,7 +381,8 @@ struct one_session {
     sent += delta_size;
     const std::size_t after = sent + v->accepted + 1 + v->following.size();
     const token_id last = v->following.empty() ? v->next : v->following.back();
-    const std::size_t more = final_length == 0 ? depth : std::min<std::size_t>(depth, final_length > after ? final_length - after : 0);
+    const std::size_t left = final_length > after ? final_length - after : 0;
+    const std::size_t more = final_length == 0 ? depth : std::min<std::size_t>(depth, left);
     if (anticipate && v->max_draft == 0 && last != specdec::eos_token && more > 0)
       wait_for_forwards(f0 + (hits() > h0 ? 0.0 : 1.0) + static_cast<double>(more));
     return *v;

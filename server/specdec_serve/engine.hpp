@@ -582,7 +582,8 @@ class engine final : public completion_service, public session_service {
       std::vector<token_id> ahead = std::move(s.ahead);
       s.ahead.clear();
       metrics_.add("specdec_anticipations_total", "result=\"hit\"");
-      if (ahead.size() > 1) metrics_.add("specdec_run_ahead_tokens_total", "result=\"sent\"", static_cast<double>(ahead.size() - 1));
+      if (ahead.size() > 1)
+        metrics_.add("specdec_run_ahead_tokens_total", "result=\"sent\"", static_cast<double>(ahead.size() - 1));
       answer(s, *c.reply, c.received, seq, 0, ahead.front(), {}, std::span<const token_id>(ahead).subspan(1));
       wipe(ahead);
       return;

@@ -24,7 +24,8 @@
 /// keeps up with (`expected_batch`, from each session's measured turnaround; for drafting
 /// at least the batch measured while sessions drafted, `batch_estimate`). Drafting
 /// sessions wait for their devices between rounds; at n = 0 the engine anticipates each
-/// session's next row, so the session joins every step its device keeps up with, as a
+/// session's next row, so the session joins every step its device keeps up with, and
+/// every step when it runs the session ahead (`speculation_options::run_ahead`), as a
 /// completion stream does. Both batches are predicted rather than measured because the
 /// regime not in force cannot be measured, and a measurement kept from an earlier load
 /// would hold the announcement in whichever regime it was measured.
