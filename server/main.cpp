@@ -103,6 +103,9 @@ int main(int argc, char** argv) {
         .add("--run-ahead", "N",
              "tokens decoded ahead of a session told to send no drafts, sent with its next verdict (default 32)",
              cli::store(eo.speculation.run_ahead, cli::between<std::size_t>(1, std::size_t{1} << 20)))
+        .add("--run-ahead-reply", "N",
+             "a request of a session run ahead waits until N tokens are decoded ahead (default 4)",
+             cli::store(eo.speculation.run_ahead_reply, cli::between<std::size_t>(1, std::size_t{1} << 20)))
         .add("--max-step-rows", "N", "rows of one batched forward (default 256)", cli::store(eo.max_step_rows, count))
         .add("--prefill-chunk", "N", "prompt tokens one sequence feeds per step (default 128)",
              cli::store(eo.prefill_chunk, count))

@@ -348,13 +348,18 @@ struct one_session {
   engine<specdec::cpu::batched_transformer> eng;
   wire::session_id id{};
   one_session(std::size_t fixed, bool anticipate_, specdec::sampling_params params = {}, std::uint64_t seed = 0,
-              std::uint64_t final_length_ = 0, std::uint32_t version = 3, std::size_t run_ahead = 4)
+              std::uint64_t final_length_ = 0, std::uint32_t version = 3, std::size_t run_ahead = 4,
+              std::size_t run_ahead_reply = 4)
       : anticipate(anticipate_),
         final_length(final_length_),
         depth(version >= 4 ? run_ahead : 1),
         eng(model,
             {.model_id = "m",
-             .speculation = {.fixed = fixed, .calibrate = false, .anticipate = anticipate_, .run_ahead = run_ahead},
+             .speculation = {.fixed = fixed,
+                             .calibrate = false,
+                             .anticipate = anticipate_,
+                             .run_ahead = run_ahead,
+                             .run_ahead_reply = run_ahead_reply},
              .hold = {.hold_fraction = 0.0}},
             metrics) {
     eng.start();
@@ -653,6 +658,41 @@ TEST(run_ahead, sampled_tokens_are_drawn_as_one_token_rounds_draw_them_even_afte
     EXPECT_EQ(ref.round(i + 1, delta, {}).next, drawn[i]) << "token " << i;
     delta = {committed[i]};
   }
+}
+
+TEST(run_ahead, a_request_waits_until_run_ahead_reply_tokens_are_decoded_ahead) {
+  // A device that asks again as soon as a token is decoded ahead (as at RTT 0, where it
+  // would otherwise ask for every token) gets 4 tokens a verdict: the request waits for
+  // them. The last verdict carries what is left before the final length.
+  constexpr std::size_t reply = 4;
+  constexpr std::uint64_t final_length = 3 + 1 + 3 * reply + 2;
+  one_session ref(0, false);
+  std::vector<token_id> want, delta;
+  for (std::uint64_t seq = 1; want.size() < final_length - 3; ++seq) {
+    want.push_back(ref.round(seq, delta, {}).next);
+    delta = {want.back()};
+  }
+  if (std::ranges::count(want, specdec::eos_token) > 0) GTEST_SKIP() << "EOS within the generation";
+
+  one_session s(0, true, {}, 0, final_length, 4, /*run_ahead=*/16, reply);
+  std::vector<token_id> got;
+  std::vector<std::size_t> sizes;
+  delta.clear();
+  for (std::uint64_t seq = 1; got.size() < want.size() && seq <= 8; ++seq) {
+    const double f0 = s.forwards();
+    const wire::message m = s.eng.verify(s.id, {}, {.seq = seq, .committed = delta}, seq);
+    const auto* v = std::get_if<wire::verdict>(&m);
+    ASSERT_NE(v, nullptr) << wire::name_of(m);
+    delta = {v->next};
+    delta.insert(delta.end(), v->following.begin(), v->following.end());
+    got.insert(got.end(), delta.begin(), delta.end());
+    sizes.push_back(delta.size());
+    if (got.size() < want.size()) s.wait_for_forwards(f0 + (seq == 1 ? 2.0 : 1.0));  // one token decoded ahead
+  }
+  EXPECT_EQ(got, want);
+  EXPECT_EQ(sizes.front(), 1u);  // the first request is computed as it comes
+  for (std::size_t i = 1; i + 1 < sizes.size(); ++i) EXPECT_GE(sizes[i], reply) << "verdict " << i;
+  EXPECT_LE(sizes.size(), 5u);
 }
 
 }  // namespace

@@ -331,6 +331,7 @@ class engine final : public completion_service, public session_service {
     std::vector<token_id> ahead;   ///< tokens decoded past `expect`; the cache holds all but the last
     random_source rng_before;      ///< `rng` before the first draw of `ahead` (sampling sessions)
     bool continues = false;        ///< opened with protocol version >= 4: its verdicts may carry `following`
+    bool parked = false;           ///< `job` is the anticipated request, answered once `ahead` is long enough
   };
   /// One block of a step.
   struct part {
@@ -576,16 +577,18 @@ class engine final : public completion_service, public session_service {
     const bool expected = k == 0 && std::ranges::equal(c.req.committed, s.expect);  // the anticipated request
     if (!s.ahead.empty() && expected) {
       // The anticipated request: its rows ran already; the cache holds S and all of
-      // `ahead` but its last token, which the run-ahead feeds next.
+      // `ahead` but its last token, which the run-ahead feeds next. Committed now, the
+      // chain is `ahead` alone until the verdict hands it over.
       s.committed.insert(s.committed.end(), c.req.committed.begin(), c.req.committed.end());
+      s.expect.clear();
       accept_request(s, c, now);
-      std::vector<token_id> ahead = std::move(s.ahead);
-      s.ahead.clear();
       metrics_.add("specdec_anticipations_total", "result=\"hit\"");
-      if (ahead.size() > 1)
-        metrics_.add("specdec_run_ahead_tokens_total", "result=\"sent\"", static_cast<double>(ahead.size() - 1));
-      answer(s, *c.reply, c.received, seq, 0, ahead.front(), {}, std::span<const token_id>(ahead).subspan(1));
-      wipe(ahead);
+      if (s.anticipating && s.ahead.size() < options_.speculation.run_ahead_reply) {
+        s.job = std::move(c);  // "Run-ahead": answered when `ahead` is long enough
+        s.parked = true;
+        return;
+      }
+      reply_ahead(s, *c.reply, c.received, seq);
       return;
     }
     drop_anticipation(s, expected);
@@ -802,7 +805,7 @@ class engine final : public completion_service, public session_service {
       std::vector<token_id>& buf = scratch_[scratch_used];
       buf.clear();
       bool verdict = false, anticipation = false;
-      if (s.job && unseen <= options_.prefill_chunk + 1) {
+      if (s.job && !s.parked && unseen <= options_.prefill_chunk + 1) {
         buf.assign(s.committed.begin() + static_cast<std::ptrdiff_t>(s.kv.size()), s.committed.end());
         buf.insert(buf.end(), s.job->req.draft.begin(), s.job->req.draft.end());
         verdict = true;
@@ -818,6 +821,7 @@ class engine final : public completion_service, public session_service {
             buf.push_back(i < s.expect.size() ? s.expect[i] : s.ahead[i - s.expect.size()]);
         } else {
           s.anticipating = false;
+          release_parked(s);
         }
         anticipation = s.anticipating;
       }
@@ -985,6 +989,26 @@ class engine final : public completion_service, public session_service {
     const logits_block row{l.data + (l.rows - 1) * vocab_, 1, vocab_};
     s.ahead.push_back(judge_rows(s, row, {.position = s.kv.size()}).next);
     s.anticipating = decodes_further(s);
+    release_parked(s);
+  }
+  /// Answers a parked anticipated request once `ahead` holds `run_ahead_reply` tokens or
+  /// the run-ahead stopped (depth, EOS, final length).
+  void release_parked(session_state& s) {
+    if (!s.parked || (s.anticipating && s.ahead.size() < options_.speculation.run_ahead_reply)) return;
+    const verify_cmd job = std::move(*s.job);
+    s.job.reset();
+    s.parked = false;
+    reply_ahead(s, *job.reply, job.received, job.req.seq);
+  }
+  /// The verdict of the anticipated request: `ahead`'s first token as next, the rest as
+  /// following tokens.
+  void reply_ahead(session_state& s, reply_slot& slot, clock::time_point received, std::uint64_t seq) {
+    std::vector<token_id> ahead = std::move(s.ahead);
+    s.ahead.clear();
+    if (ahead.size() > 1)
+      metrics_.add("specdec_run_ahead_tokens_total", "result=\"sent\"", static_cast<double>(ahead.size() - 1));
+    answer(s, slot, received, seq, 0, ahead.front(), {}, std::span<const token_id>(ahead).subspan(1));
+    wipe(ahead);
   }
 
   // ---- failure paths ----

@@ -307,6 +307,11 @@ struct speculation_options {
   /// completion stream is. Older sessions are anticipated one token deep. The bound is
   /// what a device that stops early (a stop sequence) leaves decoded for nothing.
   std::size_t run_ahead = 32;
+  /// A request of such a session that arrives while fewer than this many tokens are
+  /// decoded ahead waits for them (or for the run-ahead to stop), so at RTT 0, where each
+  /// device would ask for every token, a request and its two server wake-ups carry this
+  /// many (>= 1; 1 answers at once). The tokens come in chunks, at the same rate.
+  std::size_t run_ahead_reply = 4;
 
   /// The gain a draft length must promise when the last announcement was `last`:
   /// `min_gain` to start drafting, `keep_gain` to go on.
@@ -335,10 +340,11 @@ struct speculation_options {
                              "; expected at most draft_limit = " + std::to_string(draft_limit));
     if (!(prior_acceptance >= 0.0 && prior_acceptance <= 1.0) || !(prior_weight > 0.0) ||
         !(active_window_seconds > 0.0) || !(busy_gap_seconds >= 0.0) || !(min_gain >= 1.0) ||
-        !(keep_gain >= 1.0 && keep_gain <= min_gain) || !(switch_gain >= 1.0) || run_ahead < 1)
+        !(keep_gain >= 1.0 && keep_gain <= min_gain) || !(switch_gain >= 1.0) || run_ahead < 1 ||
+        run_ahead_reply < 1)
       throw invalid_argument("speculation_options: prior_acceptance in [0, 1], prior_weight > 0, "
                              "active_window_seconds > 0, busy_gap_seconds >= 0, min_gain >= 1 and "
-                             "1 <= keep_gain <= min_gain, switch_gain >= 1, run_ahead >= 1 expected");
+                             "1 <= keep_gain <= min_gain, switch_gain >= 1, run_ahead >= 1, run_ahead_reply >= 1 expected");
   }
 };
 
