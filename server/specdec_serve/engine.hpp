@@ -52,7 +52,11 @@
 /// source, so the verdicts commit the same tokens as one-deep anticipation would; a request
 /// that differs discards `ahead` and restores the random source to its state before
 /// `ahead`'s first draw. The price is at most `run_ahead` rows decoded for nothing when a
-/// device stops early (a stop sequence) or starts drafting again.
+/// device stops early (a stop sequence) or starts drafting again. The anticipated request
+/// that finds fewer than `speculation_options::run_ahead_reply` tokens in `ahead` is
+/// parked (`parked`: it is the session's `job`, committed, not a block to verify) and
+/// answered once there are that many or the run-ahead stopped, so a device that asks
+/// again at once (RTT 0) costs one request per few tokens, not one per token.
 ///
 /// ## The announcement binds
 /// A request verifies at most the drafts last announced to its session (`max_draft` of its
