@@ -128,6 +128,7 @@ std::vector<token_id> split_greedy(hybrid::verify_client& c, cpu::transformer& d
     const hybrid::verify_verdict v = opening ? c.open_and_verify(prompt, d) : c.verify(delta, d);
     delta.assign(d.begin(), d.begin() + static_cast<std::ptrdiff_t>(v.accepted));
     delta.push_back(v.next);
+    delta.insert(delta.end(), v.following.begin(), v.following.end());  // a run-ahead at 0 drafts
     seq.insert(seq.end(), delta.begin(), delta.end());
   }
   return {seq.begin() + static_cast<std::ptrdiff_t>(prompt.size()),

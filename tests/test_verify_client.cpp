@@ -316,6 +316,37 @@ TEST(verify_client, open_and_verify_sends_the_first_block_behind_open_session) {
   EXPECT_EQ(r.draft, (std::vector<token_id>{9, 10}));
 }
 
+TEST(verify_client, following_tokens_come_only_after_a_request_without_drafts) {
+  // A scripted server: the first request (no drafts) is answered with two following
+  // tokens, which the client returns; the second (one draft) with one, which no server
+  // may send: a protocol error.
+  const auto [fd, port] = test_support::loopback_socket();
+  std::thread server([&, fd = fd] {
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, 5000) <= 0) return;
+    hybrid::tcp_connection conn(::accept4(fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
+    std::vector<std::uint8_t> buf;
+    try {
+      for (int i = 0; i < 2; ++i) (void)hybrid::read_frame(conn, buf, {}, hybrid::deadline_after(5.0));
+      hybrid::write_frame(conn, wire::session_opened{{}, 512, 256, 0, 16}, hybrid::deadline_after(5.0));
+      hybrid::write_frame(conn, wire::verdict{1, 0, 42, 1, {43, 44}}, hybrid::deadline_after(5.0));
+      (void)hybrid::read_frame(conn, buf, {}, hybrid::deadline_after(5.0));
+      hybrid::write_frame(conn, wire::verdict{2, 0, 7, 0, {8}}, hybrid::deadline_after(5.0));
+      (void)hybrid::read_frame(conn, buf, {}, hybrid::deadline_after(2.0));
+    } catch (const std::exception&) {
+    }
+  });
+  {
+    verify_client c("127.0.0.1", port, {.request_timeout_seconds = 2.0, .retries = 0});
+    const hybrid::verify_verdict v = c.open_and_verify(std::vector<token_id>{1, 5, 7}, {});
+    EXPECT_EQ(v.next, 42);
+    EXPECT_EQ(v.following, (std::vector<token_id>{43, 44}));
+    EXPECT_THROW((void)c.verify(std::vector<token_id>{42, 43, 44}, std::vector<token_id>{9}), hybrid::protocol_error);
+  }
+  server.join();
+  ::close(fd);
+}
+
 TEST(verify_client, open_and_verify_decodes_like_open_then_verify_and_recovers_from_a_refused_open) {
   stories_pair t([](serve::serve_options& o) { o.engine.max_sessions = 1; });
   auto& [path, s, draft] = t;
