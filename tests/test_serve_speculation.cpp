@@ -339,7 +339,7 @@ using specdec::token_id;
 /// One session on its own engine. Opened with protocol version 3 unless told otherwise:
 /// anticipated one token deep; version 4 sessions run `run_ahead` tokens ahead.
 struct one_session {
-  specdec::cpu::batched_transformer model{std::string(SPECDEC_MODELS_DIR) + "/stories260K.bin", {.threads = 1}};
+  specdec::cpu::batched_transformer model;
   metrics_registry metrics;
   bool anticipate;
   std::uint64_t final_length;
@@ -349,8 +349,9 @@ struct one_session {
   wire::session_id id{};
   one_session(std::size_t fixed, bool anticipate_, specdec::sampling_params params = {}, std::uint64_t seed = 0,
               std::uint64_t final_length_ = 0, std::uint32_t version = 3, std::size_t run_ahead = 4,
-              std::size_t run_ahead_reply = 4)
-      : anticipate(anticipate_),
+              std::size_t run_ahead_reply = 4, const char* model_file = "stories260K.bin")
+      : model(std::string(SPECDEC_MODELS_DIR) + "/" + model_file, {.threads = 1}),
+        anticipate(anticipate_),
         final_length(final_length_),
         depth(version >= 4 ? run_ahead : 1),
         eng(model,
@@ -693,6 +694,43 @@ TEST(run_ahead, a_request_waits_until_run_ahead_reply_tokens_are_decoded_ahead) 
   EXPECT_EQ(sizes.front(), 1u);  // the first request is computed as it comes
   for (std::size_t i = 1; i + 1 < sizes.size(); ++i) EXPECT_GE(sizes[i], reply) << "verdict " << i;
   EXPECT_LE(sizes.size(), 5u);
+}
+
+TEST(run_ahead, a_request_near_the_final_length_waits_for_the_rest_when_the_device_is_slow_to_ask) {
+  // A device whose turnaround is long (1 s from its first verdict to its second request;
+  // meanwhile the run-ahead stops at its depth of 32): its third request finds the
+  // run-ahead 30 steps of kjv-big (a few ms each) from the final length, far sooner than
+  // the device's next request would come, and waits for all of it. Told to reply with any
+  // token at once (`run_ahead_reply` 1), the only reason to wait is the tail; without it
+  // the third verdict carries the few tokens decoded by then.
+  constexpr std::size_t run_ahead = 32;
+  constexpr std::uint64_t final_length = 3 + 1 + run_ahead + 30;
+  one_session ref(0, false, {}, 0, 0, 3, 4, 4, "kjv-big.bin");
+  std::vector<token_id> want, delta;
+  for (std::uint64_t seq = 1; want.size() < final_length - 3; ++seq) {
+    want.push_back(ref.round(seq, delta, {}).next);
+    delta = {want.back()};
+  }
+  if (std::ranges::count(want, specdec::eos_token) > 0) GTEST_SKIP() << "EOS within the generation";
+
+  one_session s(0, true, {}, 0, final_length, 4, run_ahead, /*run_ahead_reply=*/1, "kjv-big.bin");
+  std::vector<token_id> got;
+  std::vector<std::size_t> sizes;
+  delta.clear();
+  for (std::uint64_t seq = 1; seq <= 3; ++seq) {
+    const double f0 = s.forwards();
+    const wire::message m = s.eng.verify(s.id, {}, {.seq = seq, .committed = delta}, seq);
+    const auto* v = std::get_if<wire::verdict>(&m);
+    ASSERT_NE(v, nullptr) << wire::name_of(m);
+    delta = {v->next};
+    delta.insert(delta.end(), v->following.begin(), v->following.end());
+    got.insert(got.end(), delta.begin(), delta.end());
+    sizes.push_back(delta.size());
+    if (seq == 1) std::this_thread::sleep_for(std::chrono::seconds(1));
+    if (seq == 2) s.wait_for_forwards(f0 + 1.0);  // one token decoded ahead
+  }
+  EXPECT_EQ(got, want);
+  EXPECT_EQ(sizes, (std::vector<std::size_t>{1, run_ahead, 30}));
 }
 
 }  // namespace

@@ -56,7 +56,9 @@
 /// that finds fewer than `speculation_options::run_ahead_reply` tokens in `ahead` is
 /// parked (`parked`: it is the session's `job`, committed, not a block to verify) and
 /// answered once there are that many or the run-ahead stopped, so a device that asks
-/// again at once (RTT 0) costs one request per few tokens, not one per token.
+/// again at once (RTT 0) costs one request per few tokens, not one per token. It also
+/// waits when the run-ahead will reach the device's final length before the device's next
+/// request would arrive: a generation's last tokens then leave as they are decoded.
 ///
 /// ## The announcement binds
 /// A request verifies at most the drafts last announced to its session (`max_draft` of its
@@ -335,7 +337,7 @@ class engine final : public completion_service, public session_service {
     std::vector<token_id> ahead;   ///< tokens decoded past `expect`; the cache holds all but the last
     random_source rng_before;      ///< `rng` before the first draw of `ahead` (sampling sessions)
     bool continues = false;        ///< opened with protocol version >= 4: its verdicts may carry `following`
-    bool parked = false;           ///< `job` is the anticipated request, answered once `ahead` is long enough
+    bool parked = false;           ///< `job` is the anticipated request, answered when `waits_for_more` says
   };
   /// One block of a step.
   struct part {
@@ -587,7 +589,7 @@ class engine final : public completion_service, public session_service {
       s.expect.clear();
       accept_request(s, c, now);
       metrics_.add("specdec_anticipations_total", "result=\"hit\"");
-      if (s.anticipating && s.ahead.size() < options_.speculation.run_ahead_reply) {
+      if (waits_for_more(s)) {
         s.job = std::move(c);  // "Run-ahead": answered when `ahead` is long enough
         s.parked = true;
         return;
@@ -611,7 +613,9 @@ class engine final : public completion_service, public session_service {
     s.last_hash = c.hash;
     s.last_reply.reset();
     s.last_verify = now;
-    if (s.answered) {
+    // A device sends its first block behind the open (open_and_verify): the gap from the
+    // open to it measures no round trip.
+    if (s.answered && c.req.seq > 1) {
       const double gap = std::chrono::duration<double>(c.received - *s.answered).count();
       s.turnaround = s.turnaround > 0.0 ? s.turnaround + 0.25 * (gap - s.turnaround) : std::max(gap, 1e-6);
     }
@@ -698,12 +702,23 @@ class engine final : public completion_service, public session_service {
       turnarounds_.clear();
       undrafted_turnarounds_.clear();
       pooled_.clear();
+      // A session whose turnaround is not measured yet (before its second request) is
+      // priced with the mean of those measured: its device most likely sits behind the
+      // same kind of link, and counted as always present, a new request on a slow link
+      // would make drafting look as cheap as at RTT 0.
+      double measured_sum = 0.0;
+      std::size_t measured_n = 0;
+      for (const auto& [id, t] : sessions_)
+        if ((now - t.last_verify <= window || (counting_self && &t == &s)) && t.turnaround > 0.0)
+          measured_sum += t.turnaround, ++measured_n;
+      const double prior = measured_n > 0 ? measured_sum / static_cast<double>(measured_n) : 0.0;
       for (const auto& [id, t] : sessions_)
         if (now - t.last_verify <= window || (counting_self && &t == &s)) {
-          turnarounds_.push_back(t.turnaround);
+          const double r = t.turnaround > 0.0 ? t.turnaround : prior;
+          turnarounds_.push_back(r);
           // Run R tokens ahead, a session yields R rows per turnaround (expected_batch).
           const std::size_t depth = o.anticipate && t.continues ? o.run_ahead : 1;
-          undrafted_turnarounds_.push_back(t.turnaround / static_cast<double>(depth));
+          undrafted_turnarounds_.push_back(r / static_cast<double>(depth));
           pooled_.push_back({t.accepted, t.trials});
         }
       const double active = static_cast<double>(turnarounds_.size());
@@ -850,6 +865,7 @@ class engine final : public completion_service, public session_service {
     const bool busy = last_forward_end_ && std::chrono::duration<double>(t0 - *last_forward_end_).count() <=
                                                options_.speculation.busy_gap_seconds;
     last_forward_end_ = t1;
+    step_pace_ = step_pace_ > 0.0 ? step_pace_ + 0.25 * (dt - step_pace_) : dt;
     {
       // An idle-gapped forward overstates t(rows), which still beats an empty curve.
       std::lock_guard lock(curve_mu_);
@@ -995,10 +1011,23 @@ class engine final : public completion_service, public session_service {
     s.anticipating = decodes_further(s);
     release_parked(s);
   }
-  /// Answers a parked anticipated request once `ahead` holds `run_ahead_reply` tokens or
-  /// the run-ahead stopped (depth, EOS, final length).
+  /// Whether the anticipated request of `s`, committed, waits for more of the run-ahead:
+  /// while `ahead` is shorter than `run_ahead_reply`, and while the run-ahead will reach
+  /// the device's final length before the device's next request would come (within its
+  /// turnaround at the steps' recent pace). Answered now, a generation's last tokens would
+  /// wait for that request; answered at the end, they leave as they are decoded, as a
+  /// stream's do. Never once the run-ahead stopped (depth, EOS, final length).
+  [[nodiscard]] bool waits_for_more(const session_state& s) const {
+    if (!s.anticipating) return false;
+    if (s.ahead.size() < options_.speculation.run_ahead_reply) return true;
+    if (s.final_length == 0 || !(s.turnaround > 0.0)) return false;
+    const std::size_t length = s.committed.size() + s.expect.size() + s.ahead.size();
+    return length >= s.final_length ||
+           static_cast<double>(s.final_length - length) * step_pace_ <= s.turnaround;
+  }
+  /// Answers a parked anticipated request once it waits for no more (`waits_for_more`).
   void release_parked(session_state& s) {
-    if (!s.parked || (s.anticipating && s.ahead.size() < options_.speculation.run_ahead_reply)) return;
+    if (!s.parked || waits_for_more(s)) return;
     const verify_cmd job = std::move(*s.job);
     s.job.reset();
     s.parked = false;
@@ -1130,6 +1159,7 @@ class engine final : public completion_service, public session_service {
   mutable std::mutex curve_mu_;
   cost_curve curve_;  ///< guarded by curve_mu_
   std::optional<clock::time_point> last_forward_end_;  ///< of the last step (scheduler thread only)
+  double step_pace_ = 0.0;  ///< wall time of a step's forward (EWMA), the run-ahead's pace
 
   // Scheduler thread only.
   std::map<hybrid::wire::session_id, session_state> sessions_;
