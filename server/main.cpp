@@ -102,7 +102,7 @@ int main(int argc, char** argv) {
         .flag("--no-anticipate", "do not decode ahead for sessions told to send no drafts (docs/hybrid.md)", no_anticipate)
         .add("--run-ahead", "N",
              "tokens decoded ahead of a session told to send no drafts, sent with its next verdict (default 32)",
-             cli::store(eo.speculation.run_ahead, cli::between<std::size_t>(1, std::size_t{1} << 20)))
+             cli::store(eo.speculation.run_ahead, cli::between<std::size_t>(1, 1025)))
         .add("--run-ahead-reply", "N",
              "a request of a session run ahead waits until N tokens are decoded ahead (default 4)",
              cli::store(eo.speculation.run_ahead_reply, cli::between<std::size_t>(1, std::size_t{1} << 20)))

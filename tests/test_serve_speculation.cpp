@@ -329,14 +329,22 @@ TEST(speculation, options_are_validated) {
   EXPECT_THROW(o.validate(16), specdec::invalid_argument);
   o.switch_gain = 1.1;
   EXPECT_NO_THROW(o.validate(16));
+  o.run_ahead = 0;
+  EXPECT_THROW(o.validate(16), specdec::invalid_argument);
+  o.run_ahead = specdec::hybrid::wire::limits{}.max_following + 2;  // more than a verdict carries
+  EXPECT_THROW(o.validate(16), specdec::invalid_argument);
+  o.run_ahead = specdec::hybrid::wire::limits{}.max_following + 1;
+  EXPECT_NO_THROW(o.validate(16));
+  o.run_ahead_reply = 0;
+  EXPECT_THROW(o.validate(16), specdec::invalid_argument);
 }
 
 namespace wire = specdec::hybrid::wire;
 using specdec::token_id;
 
-/// An engine on stories260K announcing a fixed draft length, anticipating or not, and
-/// one session on it (prefix of 3 tokens, ending at `final_length` if not 0).
-/// One session on its own engine. Opened with protocol version 3 unless told otherwise:
+/// An engine on stories260K (or `model_file`) announcing a fixed draft length,
+/// anticipating or not, and one session on it (prefix of 3 tokens, ending at
+/// `final_length` if not 0). Opened with protocol version 3 unless told otherwise:
 /// anticipated one token deep; version 4 sessions run `run_ahead` tokens ahead.
 struct one_session {
   specdec::cpu::batched_transformer model;

@@ -55,6 +55,7 @@
 
 #include "specdec/error.hpp"
 #include "specdec/hybrid/remote_model.hpp"
+#include "specdec/hybrid/wire.hpp"
 
 namespace specdec::serve {
 
@@ -305,7 +306,8 @@ struct speculation_options {
   /// version 4: that request's verdict carries them all as `following` tokens (engine.hpp,
   /// "Run-ahead"), so the session is in every step however long its round trip, as a
   /// completion stream is. Older sessions are anticipated one token deep. The bound is
-  /// what a device that stops early (a stop sequence) leaves decoded for nothing.
+  /// what a device that stops early (a stop sequence) leaves decoded for nothing; at most
+  /// `wire::limits::max_following` + 1, what one verdict carries.
   std::size_t run_ahead = 32;
   /// A request of such a session that arrives while fewer than this many tokens are
   /// decoded ahead waits for them (or for the run-ahead to stop), so at RTT 0, where each
@@ -341,10 +343,12 @@ struct speculation_options {
     if (!(prior_acceptance >= 0.0 && prior_acceptance <= 1.0) || !(prior_weight > 0.0) ||
         !(active_window_seconds > 0.0) || !(busy_gap_seconds >= 0.0) || !(min_gain >= 1.0) ||
         !(keep_gain >= 1.0 && keep_gain <= min_gain) || !(switch_gain >= 1.0) || run_ahead < 1 ||
-        run_ahead_reply < 1)
+        run_ahead > hybrid::wire::limits{}.max_following + 1 || run_ahead_reply < 1)
       throw invalid_argument("speculation_options: prior_acceptance in [0, 1], prior_weight > 0, "
                              "active_window_seconds > 0, busy_gap_seconds >= 0, min_gain >= 1 and "
-                             "1 <= keep_gain <= min_gain, switch_gain >= 1, run_ahead >= 1, run_ahead_reply >= 1 expected");
+                             "1 <= keep_gain <= min_gain, switch_gain >= 1, 1 <= run_ahead <= " +
+                             std::to_string(hybrid::wire::limits{}.max_following + 1) +
+                             " (a verdict's next and following tokens), run_ahead_reply >= 1 expected");
   }
 };
 
