@@ -401,6 +401,28 @@ struct one_session {
       wait_for_forwards(f0 + (hits() > h0 ? 0.0 : 1.0) + static_cast<double>(more));
     return *v;
   }
+  /// One request with no drafts, sent at once (no waiting for what it leads to): the
+  /// tokens its verdict commits (next, then following), empty on an error reply.
+  std::vector<token_id> ask(std::uint64_t seq, std::vector<token_id> delta) {
+    const wire::message m = eng.verify(id, {}, {.seq = seq, .committed = std::move(delta)}, seq);
+    const auto* v = std::get_if<wire::verdict>(&m);
+    if (v == nullptr) {
+      ADD_FAILURE() << "no verdict: " << wire::name_of(m);
+      return {};
+    }
+    std::vector<token_id> t{v->next};
+    t.insert(t.end(), v->following.begin(), v->following.end());
+    return t;
+  }
+  /// The target's greedy continuation of the prefix, n tokens, one request a token.
+  std::vector<token_id> greedy_continuation(std::size_t n) {
+    std::vector<token_id> out, delta;
+    for (std::uint64_t seq = 1; out.size() < n; ++seq) {
+      out.push_back(round(seq, delta, {}).next);
+      delta = {out.back()};
+    }
+    return out;
+  }
   void wait_for_forwards(double n) {
     for (int i = 0; i < 1000 && forwards() < n; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
@@ -607,19 +629,13 @@ TEST(run_ahead, a_version_4_session_gets_the_tokens_decoded_ahead_with_its_next_
   // one row, as in a completion stream; none is decoded for nothing.
   constexpr std::size_t run_ahead = 4;
   constexpr std::uint64_t final_length = 3 + 1 + 2 * run_ahead;
-  one_session ref(0, false);  // the target's greedy continuation, one token a round
-  std::vector<token_id> want, delta;
-  for (std::uint64_t seq = 1; want.size() < final_length - 3; ++seq) {
-    want.push_back(ref.round(seq, delta, {}).next);
-    delta = {want.back()};
-  }
+  const std::vector<token_id> want = one_session(0, false).greedy_continuation(final_length - 3);
   if (std::ranges::count(want, specdec::eos_token) > 0) GTEST_SKIP() << "EOS within the generation";
 
   one_session s(0, true, {}, 0, final_length, 4, run_ahead);
   const double f0 = s.forwards();
-  std::vector<token_id> got;
+  std::vector<token_id> got, delta;
   std::vector<std::size_t> following;
-  delta.clear();
   for (std::uint64_t seq = 1; got.size() < want.size() && seq <= 8; ++seq) {
     const wire::verdict v = s.round(seq, delta, {});
     EXPECT_EQ(v.accepted, 0u);
@@ -675,25 +691,16 @@ TEST(run_ahead, a_request_waits_until_run_ahead_reply_tokens_are_decoded_ahead) 
   // them. The last verdict carries what is left before the final length.
   constexpr std::size_t reply = 4;
   constexpr std::uint64_t final_length = 3 + 1 + 3 * reply + 2;
-  one_session ref(0, false);
-  std::vector<token_id> want, delta;
-  for (std::uint64_t seq = 1; want.size() < final_length - 3; ++seq) {
-    want.push_back(ref.round(seq, delta, {}).next);
-    delta = {want.back()};
-  }
+  const std::vector<token_id> want = one_session(0, false).greedy_continuation(final_length - 3);
   if (std::ranges::count(want, specdec::eos_token) > 0) GTEST_SKIP() << "EOS within the generation";
 
   one_session s(0, true, {}, 0, final_length, 4, /*run_ahead=*/16, reply);
-  std::vector<token_id> got;
+  std::vector<token_id> got, delta;
   std::vector<std::size_t> sizes;
-  delta.clear();
   for (std::uint64_t seq = 1; got.size() < want.size() && seq <= 8; ++seq) {
     const double f0 = s.forwards();
-    const wire::message m = s.eng.verify(s.id, {}, {.seq = seq, .committed = delta}, seq);
-    const auto* v = std::get_if<wire::verdict>(&m);
-    ASSERT_NE(v, nullptr) << wire::name_of(m);
-    delta = {v->next};
-    delta.insert(delta.end(), v->following.begin(), v->following.end());
+    delta = s.ask(seq, delta);
+    ASSERT_FALSE(delta.empty());
     got.insert(got.end(), delta.begin(), delta.end());
     sizes.push_back(delta.size());
     if (got.size() < want.size()) s.wait_for_forwards(f0 + (seq == 1 ? 2.0 : 1.0));  // one token decoded ahead
@@ -713,25 +720,17 @@ TEST(run_ahead, a_request_near_the_final_length_waits_for_the_rest_when_the_devi
   // the third verdict carries the few tokens decoded by then.
   constexpr std::size_t run_ahead = 32;
   constexpr std::uint64_t final_length = 3 + 1 + run_ahead + 30;
-  one_session ref(0, false, {}, 0, 0, 3, 4, 4, "kjv-big.bin");
-  std::vector<token_id> want, delta;
-  for (std::uint64_t seq = 1; want.size() < final_length - 3; ++seq) {
-    want.push_back(ref.round(seq, delta, {}).next);
-    delta = {want.back()};
-  }
+  const std::vector<token_id> want =
+      one_session(0, false, {}, 0, 0, 3, 4, 4, "kjv-big.bin").greedy_continuation(final_length - 3);
   if (std::ranges::count(want, specdec::eos_token) > 0) GTEST_SKIP() << "EOS within the generation";
 
   one_session s(0, true, {}, 0, final_length, 4, run_ahead, /*run_ahead_reply=*/1, "kjv-big.bin");
-  std::vector<token_id> got;
+  std::vector<token_id> got, delta;
   std::vector<std::size_t> sizes;
-  delta.clear();
   for (std::uint64_t seq = 1; seq <= 3; ++seq) {
     const double f0 = s.forwards();
-    const wire::message m = s.eng.verify(s.id, {}, {.seq = seq, .committed = delta}, seq);
-    const auto* v = std::get_if<wire::verdict>(&m);
-    ASSERT_NE(v, nullptr) << wire::name_of(m);
-    delta = {v->next};
-    delta.insert(delta.end(), v->following.begin(), v->following.end());
+    delta = s.ask(seq, delta);
+    ASSERT_FALSE(delta.empty());
     got.insert(got.end(), delta.begin(), delta.end());
     sizes.push_back(delta.size());
     if (seq == 1) std::this_thread::sleep_for(std::chrono::seconds(1));

@@ -276,23 +276,32 @@ TEST(verify_client, a_dropped_connection_is_resumed_without_reapplying) {
   EXPECT_EQ(c.reopens(), 0u);  // the session survived; the connection was resumed
 }
 
-TEST(verify_client, open_and_verify_sends_the_first_block_behind_open_session) {
-  // A scripted server that answers nothing until it has read two frames: a client that
-  // waited for session_opened before sending its request would time out here.
-  const auto [fd, port] = test_support::loopback_socket();
-  std::vector<wire::message> seen;
-  std::thread server([&, fd = fd] {
+// A scripted server: accepts one connection on `fd` within 5 s and runs `script` on it;
+// the connection's end (or a timeout) ends the script quietly.
+template <class Script>
+std::thread scripted_server(int fd, Script script) {
+  return std::thread([fd, script = std::move(script)]() mutable {
     pollfd p{fd, POLLIN, 0};
     if (::poll(&p, 1, 5000) <= 0) return;
     hybrid::tcp_connection conn(::accept4(fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
     std::vector<std::uint8_t> buf;
     try {
-      for (int i = 0; i < 2; ++i) seen.push_back(hybrid::read_frame(conn, buf, {}, hybrid::deadline_after(5.0)).message);
-      hybrid::write_frame(conn, wire::session_opened{{}, 512, 256, 3, 16}, hybrid::deadline_after(5.0));
-      hybrid::write_frame(conn, wire::verdict{1, 1, 42, 3}, hybrid::deadline_after(5.0));
-      (void)hybrid::read_frame(conn, buf, {}, hybrid::deadline_after(5.0));  // close_session
+      script(conn, buf);
     } catch (const std::exception&) {
     }
+  });
+}
+
+TEST(verify_client, open_and_verify_sends_the_first_block_behind_open_session) {
+  // A scripted server that answers nothing until it has read two frames: a client that
+  // waited for session_opened before sending its request would time out here.
+  const auto [fd, port] = test_support::loopback_socket();
+  std::vector<wire::message> seen;
+  std::thread server = scripted_server(fd, [&](hybrid::tcp_connection& conn, std::vector<std::uint8_t>& buf) {
+    for (int i = 0; i < 2; ++i) seen.push_back(hybrid::read_frame(conn, buf, {}, hybrid::deadline_after(5.0)).message);
+    hybrid::write_frame(conn, wire::session_opened{{}, 512, 256, 3, 16}, hybrid::deadline_after(5.0));
+    hybrid::write_frame(conn, wire::verdict{1, 1, 42, 3}, hybrid::deadline_after(5.0));
+    (void)hybrid::read_frame(conn, buf, {}, hybrid::deadline_after(5.0));  // close_session
   });
   {
     verify_client c("127.0.0.1", port, {.request_timeout_seconds = 2.0, .retries = 0});
@@ -321,20 +330,13 @@ TEST(verify_client, following_tokens_come_only_after_a_request_without_drafts) {
   // tokens, which the client returns; the second (one draft) with one, which no server
   // may send: a protocol error.
   const auto [fd, port] = test_support::loopback_socket();
-  std::thread server([&, fd = fd] {
-    pollfd p{fd, POLLIN, 0};
-    if (::poll(&p, 1, 5000) <= 0) return;
-    hybrid::tcp_connection conn(::accept4(fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
-    std::vector<std::uint8_t> buf;
-    try {
-      for (int i = 0; i < 2; ++i) (void)hybrid::read_frame(conn, buf, {}, hybrid::deadline_after(5.0));
-      hybrid::write_frame(conn, wire::session_opened{{}, 512, 256, 0, 16}, hybrid::deadline_after(5.0));
-      hybrid::write_frame(conn, wire::verdict{1, 0, 42, 1, {43, 44}}, hybrid::deadline_after(5.0));
-      (void)hybrid::read_frame(conn, buf, {}, hybrid::deadline_after(5.0));
-      hybrid::write_frame(conn, wire::verdict{2, 0, 7, 0, {8}}, hybrid::deadline_after(5.0));
-      (void)hybrid::read_frame(conn, buf, {}, hybrid::deadline_after(2.0));
-    } catch (const std::exception&) {
-    }
+  std::thread server = scripted_server(fd, [](hybrid::tcp_connection& conn, std::vector<std::uint8_t>& buf) {
+    for (int i = 0; i < 2; ++i) (void)hybrid::read_frame(conn, buf, {}, hybrid::deadline_after(5.0));
+    hybrid::write_frame(conn, wire::session_opened{{}, 512, 256, 0, 16}, hybrid::deadline_after(5.0));
+    hybrid::write_frame(conn, wire::verdict{1, 0, 42, 1, {43, 44}}, hybrid::deadline_after(5.0));
+    (void)hybrid::read_frame(conn, buf, {}, hybrid::deadline_after(5.0));
+    hybrid::write_frame(conn, wire::verdict{2, 0, 7, 0, {8}}, hybrid::deadline_after(5.0));
+    (void)hybrid::read_frame(conn, buf, {}, hybrid::deadline_after(2.0));
   });
   {
     verify_client c("127.0.0.1", port, {.request_timeout_seconds = 2.0, .retries = 0});
