@@ -634,7 +634,6 @@ class engine final : public completion_service, public session_service {
       metrics_.add("specdec_anticipations_total", "result=\"early\"");
     }
     wipe(s.ahead);
-    s.ahead.clear();
     s.anticipating = false;
   }
 
@@ -989,13 +988,17 @@ class engine final : public completion_service, public session_service {
     s.ahead.clear();
     s.anticipating = n == 0 && options_.speculation.anticipate && decodes_further(s);
   }
+  /// The device's committed length once it has committed `expect` and `ahead`.
+  [[nodiscard]] static std::size_t length_once_committed(const session_state& s) noexcept {
+    return s.committed.size() + s.expect.size() + s.ahead.size();
+  }
   /// Whether the device, once it committed `expect` and `ahead`, asks for another token: it
   /// stops at EOS and at the final length it announced, and a request past the context
   /// would be refused. Bounded by the run-ahead depth (one token for sessions older than
   /// protocol version 4, whose verdicts carry none).
   [[nodiscard]] bool decodes_further(const session_state& s) const {
     const std::size_t depth = s.continues ? options_.speculation.run_ahead : 1;
-    const std::size_t length = s.committed.size() + s.expect.size() + s.ahead.size();
+    const std::size_t length = length_once_committed(s);
     const token_id last = s.ahead.empty() ? s.expect.back() : s.ahead.back();
     return s.ahead.size() < depth && last != eos_token && length <= context_ &&
            (s.final_length == 0 || length < s.final_length);
@@ -1021,7 +1024,7 @@ class engine final : public completion_service, public session_service {
     if (!s.anticipating) return false;
     if (s.ahead.size() < options_.speculation.run_ahead_reply) return true;
     if (s.final_length == 0 || !(s.turnaround > 0.0)) return false;
-    const std::size_t length = s.committed.size() + s.expect.size() + s.ahead.size();
+    const std::size_t length = length_once_committed(s);
     return length >= s.final_length ||
            static_cast<double>(s.final_length - length) * step_pace_ <= s.turnaround;
   }
