@@ -469,6 +469,36 @@ TEST(speculation, the_curve_learns_only_from_forwards_that_follow_another_closel
   }
 }
 
+TEST(speculation, no_drafts_are_announced_before_any_round_trip_is_measured) {
+  // Dynamic announcements on a curve of one point (the prefill's step; busy_gap 0 keeps
+  // every later step out of it), so drafting looks free. The first verdict of the only
+  // session comes before any turnaround was measured: 0 drafts, where over a slow link a
+  // drafting round would leave the session out of the steps for a round trip. Its next
+  // request measures one: then the rule announces drafts.
+  specdec::cpu::batched_transformer model{std::string(SPECDEC_MODELS_DIR) + "/stories260K.bin", {.threads = 1}};
+  metrics_registry metrics;
+  engine<specdec::cpu::batched_transformer> eng(
+      model,
+      {.model_id = "m",
+       .speculation = {.fixed = std::nullopt, .calibrate = false, .busy_gap_seconds = 0.0, .anticipate = false},
+       .hold = {.hold_fraction = 0.0}},
+      metrics);
+  eng.start();
+  const wire::message m = eng.open({.prefix = {1, 403, 87}}, {});
+  const wire::session_id id = std::get<wire::session_opened>(m).id;
+  EXPECT_EQ(std::get<wire::session_opened>(m).max_draft, 0u);
+  const wire::message r1 = eng.verify(id, {}, {.seq = 1, .committed = {}, .draft = {}}, 1);
+  ASSERT_TRUE(std::holds_alternative<wire::verdict>(r1)) << wire::name_of(r1);
+  EXPECT_EQ(std::get<wire::verdict>(r1).max_draft, 0u);
+  EXPECT_EQ(metrics.value("specdec_announced_max_draft"), 0.0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  const wire::message r2 =
+      eng.verify(id, {}, {.seq = 2, .committed = {std::get<wire::verdict>(r1).next}, .draft = {}}, 2);
+  ASSERT_TRUE(std::holds_alternative<wire::verdict>(r2)) << wire::name_of(r2);
+  EXPECT_GT(std::get<wire::verdict>(r2).max_draft, 0u);
+  eng.stop();
+}
+
 TEST(speculation, the_start_up_calibration_times_every_row_count_up_to_the_step_limit) {
   // Rounds over all row counts (1..32 rows, then doubling, within max_step_rows): the curve
   // is the fastest timing of each, no slower than those of more rows, from 1 row up.

@@ -711,6 +711,14 @@ class engine final : public completion_service, public session_service {
         if ((now - t.last_verify <= window || (counting_self && &t == &s)) && t.turnaround > 0.0)
           measured_sum += t.turnaround, ++measured_n;
       const double prior = measured_n > 0 ? measured_sum / static_cast<double>(measured_n) : 0.0;
+      // No round trip measured at all, this session's or another's: no drafts. Drafting
+      // on a slow link leaves the session out of every step for a round trip (a drafting
+      // session is not run ahead), while a request without drafts on a fast link costs
+      // one round at one token a forward; the next request measures the turnaround.
+      if (measured_n == 0) {
+        metrics_.set("specdec_announced_max_draft", "", 0.0);
+        return 0;
+      }
       for (const auto& [id, t] : sessions_)
         if (now - t.last_verify <= window || (counting_self && &t == &s)) {
           const double r = t.turnaround > 0.0 ? t.turnaround : prior;
