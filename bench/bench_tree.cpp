@@ -39,8 +39,12 @@
 //    what it would plan on a host where a 16-token block costs 1.5x one token, and the
 //    run-to-run noise: how far each
 //    configuration's total CPU time over the even rounds' fastest runs is from the odd
-//    rounds' (two independent measurements of the same figure).
+//    rounds' (two independent measurements of the same figure). With one thread the
+//    process stays on the CPU it started on (--pin-cpu=off: it may move): a move starts
+//    the next forwards on cold caches, which the hardware-aware policies would learn as
+//    the cost of whatever size ran then.
 #include <benchmark/benchmark.h>
+#include <sched.h>
 
 #include <algorithm>
 #include <array>
@@ -505,7 +509,7 @@ int decode(std::size_t threads, std::size_t n_prompts, std::size_t max_new, std:
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool run_curve = true, run_benchmarks = true, has_filter = false, run_decode = false;
+  bool run_curve = true, run_benchmarks = true, has_filter = false, run_decode = false, pin = true;
   std::size_t repeats = 9, threads = 1, prompts = 6, max_new = 160, runs = 3;
   std::vector<float> temperatures{0.0f, 1.0f};
   std::vector<std::string> pairs{"little", "self"};
@@ -527,6 +531,7 @@ int main(int argc, char** argv) {
     else if (a.rfind("--curve-csv=", 0) == 0) csv = a.substr(12);
     else if (a.rfind("--repeats=", 0) == 0) repeats = std::stoul(a.substr(10));
     else if (a.rfind("--only=", 0) == 0) only = std::regex(a.substr(7));
+    else if (a == "--pin-cpu=off") pin = false;
     else {
       if (a.rfind("--benchmark_filter", 0) == 0) has_filter = true;
       args.push_back(argv[i]);
@@ -541,5 +546,14 @@ int main(int argc, char** argv) {
   if (run_benchmarks) benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   if (run_curve && curve(repeats, csv) != 0) return 1;
+  if (run_decode && pin && threads == 1) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    const int cpu = sched_getcpu();
+    if (cpu >= 0) {
+      CPU_SET(cpu, &set);
+      if (sched_setaffinity(0, sizeof set, &set) == 0) std::printf("decoding pinned to CPU %d\n", cpu);
+    }
+  }
   return run_decode ? decode(threads, prompts, max_new, runs, temperatures, pairs, only ? &*only : nullptr) : 0;
 }
