@@ -701,16 +701,18 @@ class engine final : public completion_service, public session_service {
       turnarounds_.clear();
       undrafted_turnarounds_.clear();
       pooled_.clear();
-      // A session whose turnaround is not measured yet (before its second request) is
-      // priced with the mean of those measured: its device most likely sits behind the
-      // same kind of link, and counted as always present, a new request on a slow link
-      // would make drafting look as cheap as at RTT 0.
+      // One pass over the active sessions: each one's turnaround (0: not measured yet,
+      // before its second request), its run-ahead depth (in undrafted_turnarounds_ until
+      // the turnarounds are known) and its acceptance.
       double measured_sum = 0.0;
       std::size_t measured_n = 0;
       for (const auto& [id, t] : sessions_)
-        if ((now - t.last_verify <= window || (counting_self && &t == &s)) && t.turnaround > 0.0)
-          measured_sum += t.turnaround, ++measured_n;
-      const double prior = measured_n > 0 ? measured_sum / static_cast<double>(measured_n) : 0.0;
+        if (now - t.last_verify <= window || (counting_self && &t == &s)) {
+          turnarounds_.push_back(t.turnaround);
+          undrafted_turnarounds_.push_back(static_cast<double>(o.anticipate && t.continues ? o.run_ahead : 1));
+          pooled_.push_back({t.accepted, t.trials});
+          if (t.turnaround > 0.0) measured_sum += t.turnaround, ++measured_n;
+        }
       // No round trip measured at all, this session's or another's: no drafts. Drafting
       // on a slow link leaves the session out of every step for a round trip (a drafting
       // session is not run ahead), while a request without drafts on a fast link costs
@@ -719,15 +721,15 @@ class engine final : public completion_service, public session_service {
         metrics_.set("specdec_announced_max_draft", "", 0.0);
         return 0;
       }
-      for (const auto& [id, t] : sessions_)
-        if (now - t.last_verify <= window || (counting_self && &t == &s)) {
-          const double r = t.turnaround > 0.0 ? t.turnaround : prior;
-          turnarounds_.push_back(r);
-          // Run R tokens ahead, a session yields R rows per turnaround (expected_batch).
-          const std::size_t depth = o.anticipate && t.continues ? o.run_ahead : 1;
-          undrafted_turnarounds_.push_back(r / static_cast<double>(depth));
-          pooled_.push_back({t.accepted, t.trials});
-        }
+      // A session not measured yet is priced with the mean of those measured: its device
+      // most likely sits behind the same kind of link, and counted as always present, a
+      // new request on a slow link would make drafting look as cheap as at RTT 0. Run R
+      // tokens ahead, a session yields R rows per turnaround (expected_batch).
+      const double prior = measured_sum / static_cast<double>(measured_n);
+      for (std::size_t i = 0; i < turnarounds_.size(); ++i) {
+        if (!(turnarounds_[i] > 0.0)) turnarounds_[i] = prior;
+        undrafted_turnarounds_[i] = turnarounds_[i] / undrafted_turnarounds_[i];
+      }
       const double active = static_cast<double>(turnarounds_.size());
       const double c = static_cast<double>(completions_.size());
       load l{.sessions = std::max(active, 1.0), .completions = c};
