@@ -79,6 +79,13 @@ int main(int argc, char** argv) {
         .add("--switch-draft-gain", "G",
              "while drafting, change the draft length only for G times the last one's tokens per second (default 1.1)",
              cli::store(eo.speculation.switch_gain, cli::range<double>{.lo = 1, .hi = 100}))
+        .add("--device-draft-gain", "G",
+             "announce no drafts while the devices would get their tokens G times faster without (default: off)",
+             [&eo](std::string_view name, std::string_view v) {
+               double g = 0;
+               cli::store(g, cli::range<double>{.lo = 1, .hi = 100})(name, v);
+               eo.speculation.device_gain = g;
+             })
         .add("--hold-fraction", "F",
              "hold a verify block at most F of a step's time for other sessions' blocks (default 1; 0 = never)",
              cli::store(eo.hold.hold_fraction, cli::range<double>{.lo = 0, .hi = 100}))

@@ -301,6 +301,27 @@ TEST(speculation, the_expected_batch_counts_each_session_by_how_often_its_device
   EXPECT_DOUBLE_EQ(expected_batch({}, 0.002, true), 0.0);
 }
 
+TEST(speculation, the_devices_rate_counts_tokens_per_round_trip_when_drafting_and_a_token_a_step_run_ahead) {
+  const cost_curve t = cpu_like();  // 1 row: 1.05 ms, 4 rows: 1.2 ms
+  const double e = expected_tokens(3, 0.7);
+  for (const double r : {0.030, 0.0005}) {
+    const std::vector<double> turnaround{r}, ahead{r / 32};
+    // Drafting 3: E(3, a) tokens every turnaround plus a step of 4 rows.
+    EXPECT_NEAR(device_rate(t, {.sessions = 1}, 0.7, 3, turnaround, false), e / (r + 0.0012), 1e-6) << r;
+    // Run 32 ahead: a token a step, at most 32 a turnaround; not anticipated: one a round.
+    EXPECT_NEAR(device_rate(t, {.sessions = 1}, 0.7, 0, ahead, true), 1.0 / std::max(0.00105, r / 32), 1e-6) << r;
+    EXPECT_NEAR(device_rate(t, {.sessions = 1}, 0.7, 0, turnaround, false), 1.0 / (r + 0.00105), 1e-6) << r;
+  }
+  // Over 30 ms the device gets about 12 times the tokens run ahead; over 0.5 ms drafting
+  // gets more. Two sessions get twice one's, an empty curve nothing.
+  const std::vector<double> slow{0.030}, slow_ahead{0.030 / 32}, two{0.030, 0.030};
+  EXPECT_GT(device_rate(t, {.sessions = 1}, 0.7, 0, slow_ahead, true),
+            10 * device_rate(t, {.sessions = 1}, 0.7, 3, slow, false));
+  EXPECT_NEAR(device_rate(t, {.sessions = 1}, 0.7, 3, two, false), 2 * device_rate(t, {.sessions = 1}, 0.7, 3, slow, false),
+              1e-9);
+  EXPECT_EQ(device_rate(cost_curve{}, {.sessions = 1}, 0.7, 3, slow, false), 0.0);
+}
+
 TEST(speculation, options_are_validated) {
   speculation_options o;
   EXPECT_NO_THROW(o.validate(16));
@@ -472,9 +493,9 @@ TEST(speculation, the_curve_learns_only_from_forwards_that_follow_another_closel
 TEST(speculation, no_drafts_are_announced_before_any_round_trip_is_measured) {
   // Dynamic announcements on a curve of one point (the prefill's step; busy_gap 0 keeps
   // every later step out of it), so drafting looks free. The first verdict of the only
-  // session comes before any turnaround was measured: 0 drafts, where over a slow link a
-  // drafting round would leave the session out of the steps for a round trip. Its next
-  // request measures one: then the rule announces drafts.
+  // session comes before any turnaround was ever measured: 0 drafts, where over a slow
+  // link a drafting round would leave the session out of the steps for a round trip. Its
+  // next request measures one: then the rule announces drafts.
   specdec::cpu::batched_transformer model{std::string(SPECDEC_MODELS_DIR) + "/stories260K.bin", {.threads = 1}};
   metrics_registry metrics;
   engine<specdec::cpu::batched_transformer> eng(
@@ -496,7 +517,50 @@ TEST(speculation, no_drafts_are_announced_before_any_round_trip_is_measured) {
       eng.verify(id, {}, {.seq = 2, .committed = {std::get<wire::verdict>(r1).next}, .draft = {}}, 2);
   ASSERT_TRUE(std::holds_alternative<wire::verdict>(r2)) << wire::name_of(r2);
   EXPECT_GT(std::get<wire::verdict>(r2).max_draft, 0u);
+  // Closed, the session leaves its turnaround behind: the next session's first verdict
+  // is priced with it, as drafts.
+  eng.close(id, {});
+  const wire::message m2 = eng.open({.prefix = {1, 403, 87}}, {});
+  const wire::session_id id2 = std::get<wire::session_opened>(m2).id;
+  const wire::message r3 = eng.verify(id2, {}, {.seq = 1, .committed = {}, .draft = {}}, 1);
+  ASSERT_TRUE(std::holds_alternative<wire::verdict>(r3)) << wire::name_of(r3);
+  EXPECT_GT(std::get<wire::verdict>(r3).max_draft, 0u);
   eng.stop();
+}
+
+TEST(speculation, no_drafts_are_announced_while_the_devices_get_their_tokens_faster_without) {
+  // The curve of the test above (one point: drafting looks free to the server). A device
+  // that asks again 30 ms after each verdict gets E(8, a) tokens a round trip drafting and
+  // a token a step run ahead: with device_gain 1.2 the announcement stays 0; with the
+  // rule off (the default) it is drafts.
+  for (const std::optional<double> gain : {std::optional<double>{1.2}, std::optional<double>{}}) {
+    specdec::cpu::batched_transformer model{std::string(SPECDEC_MODELS_DIR) + "/stories260K.bin", {.threads = 1}};
+    metrics_registry metrics;
+    engine<specdec::cpu::batched_transformer> eng(
+        model,
+        {.model_id = "m",
+         .speculation = {.fixed = std::nullopt, .device_gain = gain, .calibrate = false, .busy_gap_seconds = 0.0},
+         .hold = {.hold_fraction = 0.0}},
+        metrics);
+    eng.start();
+    const wire::message m = eng.open({.prefix = {1, 403, 87}}, {});
+    const wire::session_id id = std::get<wire::session_opened>(m).id;
+    std::vector<token_id> delta;
+    std::size_t announced = 0;
+    for (std::uint64_t seq = 1; seq <= 3; ++seq) {
+      const wire::message r = eng.verify(id, {}, {.seq = seq, .committed = delta, .draft = {}}, seq);
+      ASSERT_TRUE(std::holds_alternative<wire::verdict>(r)) << wire::name_of(r);
+      const auto& v = std::get<wire::verdict>(r);
+      delta = {v.next};
+      delta.insert(delta.end(), v.following.begin(), v.following.end());
+      announced = v.max_draft;
+      if (seq == 1) EXPECT_EQ(announced, 0u);  // nothing measured yet
+      std::this_thread::sleep_for(std::chrono::milliseconds(30));
+    }
+    eng.stop();
+    if (gain) EXPECT_EQ(announced, 0u);
+    else EXPECT_GT(announced, 0u);
+  }
 }
 
 TEST(speculation, the_start_up_calibration_times_every_row_count_up_to_the_step_limit) {

@@ -608,7 +608,7 @@ class engine final : public completion_service, public session_service {
     s.job = std::move(c);
   }
   /// Bookkeeping of a request that is applied (seq = last + 1, valid).
-  static void accept_request(session_state& s, const verify_cmd& c, clock::time_point now) {
+  void accept_request(session_state& s, const verify_cmd& c, clock::time_point now) {
     s.last_seq = c.req.seq;
     s.last_hash = c.hash;
     s.last_reply.reset();
@@ -618,6 +618,7 @@ class engine final : public completion_service, public session_service {
     if (s.answered && c.req.seq > 1) {
       const double gap = std::chrono::duration<double>(c.received - *s.answered).count();
       s.turnaround = s.turnaround > 0.0 ? s.turnaround + 0.25 * (gap - s.turnaround) : std::max(gap, 1e-6);
+      recent_turnaround_ = s.turnaround;
     }
   }
   /// Forgets the anticipation of a request that is not answered from it: the anticipated
@@ -713,19 +714,20 @@ class engine final : public completion_service, public session_service {
           pooled_.push_back({t.accepted, t.trials});
           if (t.turnaround > 0.0) measured_sum += t.turnaround, ++measured_n;
         }
-      // No round trip measured at all, this session's or another's: no drafts. Drafting
-      // on a slow link leaves the session out of every step for a round trip (a drafting
-      // session is not run ahead), while a request without drafts on a fast link costs
-      // one round at one token a forward; the next request measures the turnaround.
-      if (measured_n == 0) {
+      // A session not measured yet is priced with the mean of the active ones measured,
+      // else with the last turnaround measured on any session: its device most likely
+      // sits behind the same kind of link, and counted as always present, a new request
+      // on a slow link would make drafting look as cheap as at RTT 0. With no round trip
+      // ever measured: no drafts. Drafting on a slow link leaves the session out of every
+      // step for a round trip (a drafting session is not run ahead), while a request
+      // without drafts on a fast link costs one round at one token a forward; the next
+      // request measures the turnaround.
+      if (measured_n == 0 && !(recent_turnaround_ > 0.0)) {
         metrics_.set("specdec_announced_max_draft", "", 0.0);
         return 0;
       }
-      // A session not measured yet is priced with the mean of those measured: its device
-      // most likely sits behind the same kind of link, and counted as always present, a
-      // new request on a slow link would make drafting look as cheap as at RTT 0. Run R
-      // tokens ahead, a session yields R rows per turnaround (expected_batch).
-      const double prior = measured_sum / static_cast<double>(measured_n);
+      const double prior = measured_n > 0 ? measured_sum / static_cast<double>(measured_n) : recent_turnaround_;
+      // Run R tokens ahead, a session yields R rows per turnaround (expected_batch).
       for (std::size_t i = 0; i < turnarounds_.size(); ++i) {
         if (!(turnarounds_[i] > 0.0)) turnarounds_[i] = prior;
         undrafted_turnarounds_[i] = turnarounds_[i] / undrafted_turnarounds_[i];
@@ -744,6 +746,12 @@ class engine final : public completion_service, public session_service {
             std::max(1.0, expected_batch(undrafted_turnarounds_, curve_.seconds(active + c), o.anticipate));
       }
       n = o.next_draft(curve_, l, a, announced_);
+      // The devices' side (`device_gain`, off by default): no drafts while they would get
+      // their tokens device_gain times faster without (low load over a slow link).
+      if (n > 0 && o.device_gain && !curve_.empty() &&
+          device_rate(curve_, l, a, 0, undrafted_turnarounds_, o.anticipate) >=
+              *o.device_gain * device_rate(curve_, l, a, n, turnarounds_, false))
+        n = 0;
       announced_ = n;
     }
     metrics_.set("specdec_announced_max_draft", "", static_cast<double>(n));
@@ -1182,6 +1190,7 @@ class engine final : public completion_service, public session_service {
   std::vector<std::vector<token_id>> scratch_;
   std::size_t rotation_ = 0;
   std::vector<double> turnarounds_, undrafted_turnarounds_;  ///< scratch of `announce`
+  double recent_turnaround_ = 0.0;  ///< the last turnaround measured on any session (0: none yet)
   std::vector<draft_record> pooled_;  ///< scratch of `announce`
   std::size_t announced_ = 0;  ///< the rule's last announcement, to any session (hysteresis)
   batch_estimate drafting_batch_;    ///< verify blocks with drafts per step, as the steps ran

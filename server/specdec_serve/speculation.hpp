@@ -240,6 +240,37 @@ struct draft_record {
   return secs > 0.0 ? (s * expected_tokens(n, std::clamp(acceptance, 0.0, 1.0)) + c) / secs : 0.0;
 }
 
+/// Tokens per second the devices of the active sessions receive, summed, when every
+/// session verifies `n` drafts: a drafting session gets E(n, a) tokens every turnaround
+/// plus a step of the drafting batch; at n = 0, `anticipated` (run ahead), a token every
+/// step, at most one every `turnarounds[i]` (pass each turnaround divided by the session's
+/// run-ahead depth, as for `expected_batch`), else one every turnaround plus a step. The
+/// server's rate (`predicted_rate`) counts tokens per second of forwards and leaves out
+/// the time a device's round trip keeps the server waiting, so at low load over a slow
+/// link the two disagree: drafting saves forwards while each round trip yields a few
+/// tokens, where run ahead the device gets a token a step. 0 on an empty curve.
+///
+/// ```cpp
+/// std::vector<double> r{0.030};  // one session, 30 ms from a verdict to its next request
+/// double drafting = specdec::serve::device_rate(curve, {.sessions = 1}, 0.7, 3, r, false);
+/// std::vector<double> r_ahead{0.030 / 32};
+/// double ahead = specdec::serve::device_rate(curve, {.sessions = 1}, 0.7, 0, r_ahead, true);  // far more
+/// ```
+[[nodiscard]] inline double device_rate(const cost_curve& t, const load& l, double acceptance, std::size_t n,
+                                        std::span<const double> turnarounds, bool anticipated) {
+  const double c = std::max(l.completions, 0.0);
+  const double s = n == 0 ? std::max(l.undrafted_sessions.value_or(l.sessions), 1.0) : std::max(l.sessions, 1.0);
+  const double step = t.seconds(s * static_cast<double>(n + 1) + c);
+  if (!(step > 0.0)) return 0.0;
+  const double e = expected_tokens(n, std::clamp(acceptance, 0.0, 1.0));
+  double sum = 0.0;
+  for (const double r : turnarounds) {
+    const double wait = std::max(r, 0.0);
+    sum += n == 0 && anticipated ? 1.0 / std::max(step, wait) : e / (wait + step);
+  }
+  return sum;
+}
+
 /// n* of the file comment; `max_draft` when the curve is still empty. A draft length is
 /// chosen only if its predicted tokens per second are at least `min_gain` times n = 0's.
 [[nodiscard]] inline std::size_t choose_draft(const cost_curve& t, load l, double acceptance, std::size_t max_draft,
@@ -283,6 +314,15 @@ struct speculation_options {
   /// clients, the rule without it announced 2 to 4 drafts in about a tenth of the rounds
   /// of a run whose best length was 1).
   double switch_gain = 1.1;
+  /// When set (>= 1), drafts are not announced while the devices would receive their
+  /// tokens this many times faster without them (`device_rate`): at low load over a slow
+  /// link, a drafting round yields a few tokens a round trip where a session run ahead
+  /// gets a token a step, and the server, idle between round trips, has forwards to
+  /// spare. Off by default: the announcement maximises the server's tokens per second,
+  /// and the simulator (hybrid/link.hpp) models split rounds as drafting rounds. (On the
+  /// Intel Xeon family 6 model 207 host, 1 client over a 30 ms link: 2.05-2.10 ms per
+  /// token with 1.2, as cloud-only's 2.10, against 9-10 ms drafting.)
+  std::optional<double> device_gain{};
   double active_window_seconds = 1.0; ///< a session counts as active this long after a verify
   bool calibrate = true;              ///< measure t(R) at startup (else learn it online only)
   /// Cached tokens each calibration sequence attends to (clamped to the context): the
@@ -342,11 +382,12 @@ struct speculation_options {
                              "; expected at most draft_limit = " + std::to_string(draft_limit));
     if (!(prior_acceptance >= 0.0 && prior_acceptance <= 1.0) || !(prior_weight > 0.0) ||
         !(active_window_seconds > 0.0) || !(busy_gap_seconds >= 0.0) || !(min_gain >= 1.0) ||
-        !(keep_gain >= 1.0 && keep_gain <= min_gain) || !(switch_gain >= 1.0) || run_ahead < 1 ||
+        !(keep_gain >= 1.0 && keep_gain <= min_gain) || !(switch_gain >= 1.0) || (device_gain && !(*device_gain >= 1.0)) ||
+        run_ahead < 1 ||
         run_ahead > hybrid::wire::limits{}.max_following + 1 || run_ahead_reply < 1)
       throw invalid_argument("speculation_options: prior_acceptance in [0, 1], prior_weight > 0, "
                              "active_window_seconds > 0, busy_gap_seconds >= 0, min_gain >= 1 and "
-                             "1 <= keep_gain <= min_gain, switch_gain >= 1, 1 <= run_ahead <= " +
+                             "1 <= keep_gain <= min_gain, switch_gain >= 1, device_gain unset or >= 1, 1 <= run_ahead <= " +
                              std::to_string(hybrid::wire::limits{}.max_following + 1) +
                              " (a verdict's next and following tokens), run_ahead_reply >= 1 expected");
   }
