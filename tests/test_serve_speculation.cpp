@@ -452,22 +452,28 @@ struct one_session {
   double misses() { return metrics.value("specdec_anticipations_total", "result=\"miss\""); }
 };
 
+/// An engine on stories260K announcing by `o` (blocks never held), started; `open` opens
+/// a session on it with a prefix of 3 tokens.
+struct bare_engine {
+  specdec::cpu::batched_transformer model{std::string(SPECDEC_MODELS_DIR) + "/stories260K.bin", {.threads = 1}};
+  metrics_registry metrics;
+  engine<specdec::cpu::batched_transformer> eng;
+  explicit bare_engine(const speculation_options& o)
+      : eng(model, {.model_id = "m", .speculation = o, .hold = {.hold_fraction = 0.0}}, metrics) {
+    eng.start();
+  }
+  wire::session_opened open() { return std::get<wire::session_opened>(eng.open({.prefix = {1, 403, 87}}, {})); }
+};
+
 TEST(speculation, the_curve_learns_only_from_forwards_that_follow_another_closely) {
   // Rounds 30 ms apart: every forward starts after the server idled. With the default gap
   // only the first (the prefix's two rows, while the curve is empty) reaches the curve; with
   // an unbounded gap all of them do.
   for (const double gap : {0.001, 1e9}) {
-    specdec::cpu::batched_transformer model{std::string(SPECDEC_MODELS_DIR) + "/stories260K.bin", {.threads = 1}};
-    metrics_registry metrics;
-    engine<specdec::cpu::batched_transformer> eng(
-        model,
-        {.model_id = "m",
-         .speculation = {.fixed = 0, .calibrate = false, .busy_gap_seconds = gap, .anticipate = false},
-         .hold = {.hold_fraction = 0.0}},
-        metrics);
-    eng.start();
-    const wire::message m = eng.open({.prefix = {1, 403, 87}}, {});
-    const wire::session_id id = std::get<wire::session_opened>(m).id;
+    bare_engine b({.fixed = 0, .calibrate = false, .busy_gap_seconds = gap, .anticipate = false});
+    auto& eng = b.eng;
+    auto& metrics = b.metrics;
+    const wire::session_id id = b.open().id;
     std::vector<token_id> delta;
     for (std::uint64_t seq = 1; seq <= 5; ++seq) {
       std::this_thread::sleep_for(std::chrono::milliseconds(30));
@@ -496,22 +502,15 @@ TEST(speculation, no_drafts_are_announced_before_any_round_trip_is_measured) {
   // session comes before any turnaround was ever measured: 0 drafts, where over a slow
   // link a drafting round would leave the session out of the steps for a round trip. Its
   // next request measures one: then the rule announces drafts.
-  specdec::cpu::batched_transformer model{std::string(SPECDEC_MODELS_DIR) + "/stories260K.bin", {.threads = 1}};
-  metrics_registry metrics;
-  engine<specdec::cpu::batched_transformer> eng(
-      model,
-      {.model_id = "m",
-       .speculation = {.fixed = std::nullopt, .calibrate = false, .busy_gap_seconds = 0.0, .anticipate = false},
-       .hold = {.hold_fraction = 0.0}},
-      metrics);
-  eng.start();
-  const wire::message m = eng.open({.prefix = {1, 403, 87}}, {});
-  const wire::session_id id = std::get<wire::session_opened>(m).id;
-  EXPECT_EQ(std::get<wire::session_opened>(m).max_draft, 0u);
+  bare_engine b({.fixed = std::nullopt, .calibrate = false, .busy_gap_seconds = 0.0, .anticipate = false});
+  auto& eng = b.eng;
+  const wire::session_opened opened = b.open();
+  const wire::session_id id = opened.id;
+  EXPECT_EQ(opened.max_draft, 0u);
   const wire::message r1 = eng.verify(id, {}, {.seq = 1, .committed = {}, .draft = {}}, 1);
   ASSERT_TRUE(std::holds_alternative<wire::verdict>(r1)) << wire::name_of(r1);
   EXPECT_EQ(std::get<wire::verdict>(r1).max_draft, 0u);
-  EXPECT_EQ(metrics.value("specdec_announced_max_draft"), 0.0);
+  EXPECT_EQ(b.metrics.value("specdec_announced_max_draft"), 0.0);
   std::this_thread::sleep_for(std::chrono::milliseconds(2));
   const wire::message r2 =
       eng.verify(id, {}, {.seq = 2, .committed = {std::get<wire::verdict>(r1).next}, .draft = {}}, 2);
@@ -520,8 +519,7 @@ TEST(speculation, no_drafts_are_announced_before_any_round_trip_is_measured) {
   // Closed, the session leaves its turnaround behind: the next session's first verdict
   // is priced with it, as drafts.
   eng.close(id, {});
-  const wire::message m2 = eng.open({.prefix = {1, 403, 87}}, {});
-  const wire::session_id id2 = std::get<wire::session_opened>(m2).id;
+  const wire::session_id id2 = b.open().id;
   const wire::message r3 = eng.verify(id2, {}, {.seq = 1, .committed = {}, .draft = {}}, 1);
   ASSERT_TRUE(std::holds_alternative<wire::verdict>(r3)) << wire::name_of(r3);
   EXPECT_GT(std::get<wire::verdict>(r3).max_draft, 0u);
@@ -534,17 +532,9 @@ TEST(speculation, no_drafts_are_announced_while_the_devices_get_their_tokens_fas
   // a token a step run ahead: with device_gain 1.2 the announcement stays 0; with the
   // rule off (the default) it is drafts.
   for (const std::optional<double> gain : {std::optional<double>{1.2}, std::optional<double>{}}) {
-    specdec::cpu::batched_transformer model{std::string(SPECDEC_MODELS_DIR) + "/stories260K.bin", {.threads = 1}};
-    metrics_registry metrics;
-    engine<specdec::cpu::batched_transformer> eng(
-        model,
-        {.model_id = "m",
-         .speculation = {.fixed = std::nullopt, .device_gain = gain, .calibrate = false, .busy_gap_seconds = 0.0},
-         .hold = {.hold_fraction = 0.0}},
-        metrics);
-    eng.start();
-    const wire::message m = eng.open({.prefix = {1, 403, 87}}, {});
-    const wire::session_id id = std::get<wire::session_opened>(m).id;
+    bare_engine b({.fixed = std::nullopt, .device_gain = gain, .calibrate = false, .busy_gap_seconds = 0.0});
+    auto& eng = b.eng;
+    const wire::session_id id = b.open().id;
     std::vector<token_id> delta;
     std::size_t announced = 0;
     for (std::uint64_t seq = 1; seq <= 3; ++seq) {
