@@ -358,6 +358,11 @@ TEST(speculation, options_are_validated) {
   EXPECT_NO_THROW(o.validate(16));
   o.run_ahead_reply = 0;
   EXPECT_THROW(o.validate(16), specdec::invalid_argument);
+  o.run_ahead_reply = 4;
+  o.device_gain = 0.5;
+  EXPECT_THROW(o.validate(16), specdec::invalid_argument);
+  o.device_gain = 1.2;
+  EXPECT_NO_THROW(o.validate(16));
 }
 
 namespace wire = specdec::hybrid::wire;

@@ -319,9 +319,8 @@ struct speculation_options {
   /// link, a drafting round yields a few tokens a round trip where a session run ahead
   /// gets a token a step, and the server, idle between round trips, has forwards to
   /// spare. Off by default: the announcement maximises the server's tokens per second,
-  /// and the simulator (hybrid/link.hpp) models split rounds as drafting rounds. (On the
-  /// Intel Xeon family 6 model 207 host, 1 client over a 30 ms link: 2.05-2.10 ms per
-  /// token with 1.2, as cloud-only's 2.10, against 9-10 ms drafting.)
+  /// and the simulator (hybrid/session.hpp over hybrid/link.hpp) models split rounds as
+  /// drafting rounds (docs/hybrid.md, "Dynamic speculation", has the measured effect).
   std::optional<double> device_gain{};
   double active_window_seconds = 1.0; ///< a session counts as active this long after a verify
   bool calibrate = true;              ///< measure t(R) at startup (else learn it online only)
@@ -382,12 +381,13 @@ struct speculation_options {
                              "; expected at most draft_limit = " + std::to_string(draft_limit));
     if (!(prior_acceptance >= 0.0 && prior_acceptance <= 1.0) || !(prior_weight > 0.0) ||
         !(active_window_seconds > 0.0) || !(busy_gap_seconds >= 0.0) || !(min_gain >= 1.0) ||
-        !(keep_gain >= 1.0 && keep_gain <= min_gain) || !(switch_gain >= 1.0) || (device_gain && !(*device_gain >= 1.0)) ||
-        run_ahead < 1 ||
+        !(keep_gain >= 1.0 && keep_gain <= min_gain) || !(switch_gain >= 1.0) ||
+        (device_gain && !(*device_gain >= 1.0)) || run_ahead < 1 ||
         run_ahead > hybrid::wire::limits{}.max_following + 1 || run_ahead_reply < 1)
       throw invalid_argument("speculation_options: prior_acceptance in [0, 1], prior_weight > 0, "
                              "active_window_seconds > 0, busy_gap_seconds >= 0, min_gain >= 1 and "
-                             "1 <= keep_gain <= min_gain, switch_gain >= 1, device_gain unset or >= 1, 1 <= run_ahead <= " +
+                             "1 <= keep_gain <= min_gain, switch_gain >= 1, device_gain unset or >= 1, "
+                             "1 <= run_ahead <= " +
                              std::to_string(hybrid::wire::limits{}.max_following + 1) +
                              " (a verdict's next and following tokens), run_ahead_reply >= 1 expected");
   }
