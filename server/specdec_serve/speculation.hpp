@@ -30,6 +30,12 @@
 /// regime not in force cannot be measured, and a measurement kept from an earlier load
 /// would hold the announcement in whichever regime it was measured.
 ///
+/// The rule counts tokens per second of forwards, not what the devices receive: at low
+/// load over a slow link drafting saves forwards while each round trip yields a few
+/// tokens, where a session run ahead gets a token a step. `device_rate` predicts the
+/// devices' side; with `speculation_options::device_gain` set, drafts are not announced
+/// while it favours none by that factor.
+///
 /// so n* = 0 (plain decoding through the verify protocol, one row per token) whenever no
 /// draft length would serve more tokens per second than none: under load drafting never
 /// costs the server rows (the verify protocol's own cost per token remains). At batch 1 on a bandwidth-bound model t(n + 1)
