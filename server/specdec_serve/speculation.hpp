@@ -237,11 +237,17 @@ struct draft_record {
   double trials = 0.0;
 };
 
+/// S_n of the file comment: the sessions in a step when they verify `n` drafts each (at
+/// least 1).
+[[nodiscard]] inline double sessions_in_step(const load& l, std::size_t n) {
+  return std::max(n == 0 ? l.undrafted_sessions.value_or(l.sessions) : l.sessions, 1.0);
+}
+
 /// Predicted tokens per second of a step in which the sessions verify `n` drafts each
 /// (the file comment's (S_n E(n, a) + C) / t(S_n (n + 1) + C)); 0 on an empty curve.
 [[nodiscard]] inline double predicted_rate(const cost_curve& t, const load& l, double acceptance, std::size_t n) {
   const double c = std::max(l.completions, 0.0);
-  const double s = n == 0 ? std::max(l.undrafted_sessions.value_or(l.sessions), 1.0) : std::max(l.sessions, 1.0);
+  const double s = sessions_in_step(l, n);
   const double secs = t.seconds(s * static_cast<double>(n + 1) + c);
   return secs > 0.0 ? (s * expected_tokens(n, std::clamp(acceptance, 0.0, 1.0)) + c) / secs : 0.0;
 }
@@ -264,9 +270,7 @@ struct draft_record {
 /// ```
 [[nodiscard]] inline double device_rate(const cost_curve& t, const load& l, double acceptance, std::size_t n,
                                         std::span<const double> turnarounds, bool anticipated) {
-  const double c = std::max(l.completions, 0.0);
-  const double s = n == 0 ? std::max(l.undrafted_sessions.value_or(l.sessions), 1.0) : std::max(l.sessions, 1.0);
-  const double step = t.seconds(s * static_cast<double>(n + 1) + c);
+  const double step = t.seconds(sessions_in_step(l, n) * static_cast<double>(n + 1) + std::max(l.completions, 0.0));
   if (!(step > 0.0)) return 0.0;
   const double e = expected_tokens(n, std::clamp(acceptance, 0.0, 1.0));
   double sum = 0.0;
