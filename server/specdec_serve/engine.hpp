@@ -694,67 +694,66 @@ class engine final : public completion_service, public session_service {
   // ---- dynamic speculation ----
   std::size_t announce(const session_state& s, clock::time_point now, bool counting_self) {
     const speculation_options& o = options_.speculation;
-    std::size_t n = 0;
-    if (o.fixed) {
-      n = *o.fixed;
-    } else {
-      const auto window = std::chrono::duration<double>(o.active_window_seconds);
-      turnarounds_.clear();
-      undrafted_turnarounds_.clear();
-      pooled_.clear();
-      // One pass over the active sessions: each one's turnaround (0: not measured yet,
-      // before its second request), its run-ahead depth (in undrafted_turnarounds_ until
-      // the turnarounds are known) and its acceptance.
-      double measured_sum = 0.0;
-      std::size_t measured_n = 0;
-      for (const auto& [id, t] : sessions_)
-        if (now - t.last_verify <= window || (counting_self && &t == &s)) {
-          turnarounds_.push_back(t.turnaround);
-          undrafted_turnarounds_.push_back(static_cast<double>(o.anticipate && t.continues ? o.run_ahead : 1));
-          pooled_.push_back({t.accepted, t.trials});
-          if (t.turnaround > 0.0) measured_sum += t.turnaround, ++measured_n;
-        }
-      // A session not measured yet is priced with the mean of the active ones measured,
-      // else with the last turnaround measured on any session: its device most likely
-      // sits behind the same kind of link, and counted as always present, a new request
-      // on a slow link would make drafting look as cheap as at RTT 0. With no round trip
-      // ever measured: no drafts. Drafting on a slow link leaves the session out of every
-      // step for a round trip (a drafting session is not run ahead), while a request
-      // without drafts on a fast link costs one round at one token a forward; the next
-      // request measures the turnaround.
-      if (measured_n == 0 && !(recent_turnaround_ > 0.0)) {
-        metrics_.set("specdec_announced_max_draft", "", 0.0);
-        return 0;
-      }
-      const double prior = measured_n > 0 ? measured_sum / static_cast<double>(measured_n) : recent_turnaround_;
-      // Run R tokens ahead, a session yields R rows per turnaround (expected_batch).
-      for (std::size_t i = 0; i < turnarounds_.size(); ++i) {
-        if (!(turnarounds_[i] > 0.0)) turnarounds_[i] = prior;
-        undrafted_turnarounds_[i] = turnarounds_[i] / undrafted_turnarounds_[i];
-      }
-      const double active = static_cast<double>(turnarounds_.size());
-      const double c = static_cast<double>(completions_.size());
-      load l{.sessions = std::max(active, 1.0), .completions = c};
-      const double a = pooled_acceptance(pooled_, o);
-      std::lock_guard lock(curve_mu_);
-      if (!curve_.empty()) {
-        // Each regime's batch for a step of every active session (one draft each when
-        // drafting) and completion: an upper bound of the step's time.
-        const double measured = drafting_batch_.empty() ? 0.0 : drafting_batch_.for_announcement(turnarounds_.size(), 0).sessions;
-        l.sessions = std::max({1.0, measured, expected_batch(turnarounds_, curve_.seconds(2 * active + c), false)});
-        l.undrafted_sessions =
-            std::max(1.0, expected_batch(undrafted_turnarounds_, curve_.seconds(active + c), o.anticipate));
-      }
-      n = o.next_draft(curve_, l, a, announced_);
-      // The devices' side (`device_gain`, off by default): no drafts while they would get
-      // their tokens device_gain times faster without (low load over a slow link).
-      if (n > 0 && o.device_gain && !curve_.empty() &&
-          device_rate(curve_, l, a, 0, undrafted_turnarounds_, o.anticipate) >=
-              *o.device_gain * device_rate(curve_, l, a, n, turnarounds_, false))
-        n = 0;
-      announced_ = n;
-    }
+    const std::size_t n = o.fixed ? *o.fixed : dynamic_draft(s, now, counting_self);
     metrics_.set("specdec_announced_max_draft", "", static_cast<double>(n));
+    return n;
+  }
+  /// The dynamic rule's announcement (speculation.hpp; docs/hybrid.md, "Dynamic
+  /// speculation") for session `s`, which counts as active when `counting_self`.
+  std::size_t dynamic_draft(const session_state& s, clock::time_point now, bool counting_self) {
+    const speculation_options& o = options_.speculation;
+    const auto window = std::chrono::duration<double>(o.active_window_seconds);
+    turnarounds_.clear();
+    undrafted_turnarounds_.clear();
+    pooled_.clear();
+    // One pass over the active sessions: each one's turnaround (0: not measured yet,
+    // before its second request), its run-ahead depth (in undrafted_turnarounds_ until
+    // the turnarounds are known) and its acceptance.
+    double measured_sum = 0.0;
+    std::size_t measured_n = 0;
+    for (const auto& [id, t] : sessions_)
+      if (now - t.last_verify <= window || (counting_self && &t == &s)) {
+        turnarounds_.push_back(t.turnaround);
+        undrafted_turnarounds_.push_back(static_cast<double>(o.anticipate && t.continues ? o.run_ahead : 1));
+        pooled_.push_back({t.accepted, t.trials});
+        if (t.turnaround > 0.0) measured_sum += t.turnaround, ++measured_n;
+      }
+    // A session not measured yet is priced with the mean of the active ones measured,
+    // else with the last turnaround measured on any session: its device most likely
+    // sits behind the same kind of link, and counted as always present, a new request
+    // on a slow link would make drafting look as cheap as at RTT 0. With no round trip
+    // ever measured: no drafts. Drafting on a slow link leaves the session out of every
+    // step for a round trip (a drafting session is not run ahead), while a request
+    // without drafts on a fast link costs one round at one token a forward; the next
+    // request measures the turnaround.
+    if (measured_n == 0 && !(recent_turnaround_ > 0.0)) return 0;
+    const double prior = measured_n > 0 ? measured_sum / static_cast<double>(measured_n) : recent_turnaround_;
+    // Run R tokens ahead, a session yields R rows per turnaround (expected_batch).
+    for (std::size_t i = 0; i < turnarounds_.size(); ++i) {
+      if (!(turnarounds_[i] > 0.0)) turnarounds_[i] = prior;
+      undrafted_turnarounds_[i] = turnarounds_[i] / undrafted_turnarounds_[i];
+    }
+    const double active = static_cast<double>(turnarounds_.size());
+    const double c = static_cast<double>(completions_.size());
+    load l{.sessions = std::max(active, 1.0), .completions = c};
+    const double a = pooled_acceptance(pooled_, o);
+    std::lock_guard lock(curve_mu_);
+    if (!curve_.empty()) {
+      // Each regime's batch for a step of every active session (one draft each when
+      // drafting) and completion: an upper bound of the step's time.
+      const double measured = drafting_batch_.empty() ? 0.0 : drafting_batch_.for_announcement(turnarounds_.size(), 0).sessions;
+      l.sessions = std::max({1.0, measured, expected_batch(turnarounds_, curve_.seconds(2 * active + c), false)});
+      l.undrafted_sessions =
+          std::max(1.0, expected_batch(undrafted_turnarounds_, curve_.seconds(active + c), o.anticipate));
+    }
+    std::size_t n = o.next_draft(curve_, l, a, announced_);
+    // The devices' side (`device_gain`, off by default): no drafts while they would get
+    // their tokens device_gain times faster without (low load over a slow link).
+    if (n > 0 && o.device_gain && !curve_.empty() &&
+        device_rate(curve_, l, a, 0, undrafted_turnarounds_, o.anticipate) >=
+            *o.device_gain * device_rate(curve_, l, a, n, turnarounds_, false))
+      n = 0;
+    announced_ = n;
     return n;
   }
 
