@@ -60,6 +60,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu_affinity.hpp"
 #include "held_out_prompts.hpp"
 #include "specdec/backend/cpu/tokenizer.hpp"
 #include "specdec/backend/cpu/transformer.hpp"
@@ -546,13 +547,11 @@ int main(int argc, char** argv) {
   if (run_benchmarks) benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   if (run_curve && curve(repeats, csv) != 0) return 1;
-  if (run_decode && pin && threads == 1) {
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    const int cpu = sched_getcpu();
-    if (cpu >= 0) {
-      CPU_SET(cpu, &set);
-      if (sched_setaffinity(0, sizeof set, &set) == 0) std::printf("decoding pinned to CPU %d\n", cpu);
+  if (const int cpu = sched_getcpu(); run_decode && pin && threads == 1 && cpu >= 0) {
+    try {
+      specdec::bench::pin_to(cpu);
+      std::printf("decoding pinned to CPU %d\n", cpu);
+    } catch (const specdec::error&) {  // unpinned, as with --pin-cpu=off
     }
   }
   return run_decode ? decode(threads, prompts, max_new, runs, temperatures, pairs, only ? &*only : nullptr) : 0;

@@ -8,7 +8,6 @@
 // N doing cloud-only decoding, tokens per server-second read from the server's /metrics.
 // Output: CSV on stdout or --csv; a reduced run by default, --full for the documented one.
 #include <fcntl.h>
-#include <sched.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -29,6 +28,7 @@
 #include <vector>
 
 #include "args.hpp"
+#include "cpu_affinity.hpp"
 #include "held_out_prompts.hpp"
 #include "specdec/backend/cpu/tokenizer.hpp"
 #include "specdec/backend/cpu/transformer.hpp"
@@ -77,24 +77,8 @@ struct options {
   specdec::cpu::weight_format draft_format = specdec::cpu::weight_format::fp32;  ///< the devices' kjv-little
 };
 
-/// The CPUs this process may run on, in order.
-std::vector<int> allowed_cpus() {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  std::vector<int> cpus;
-  if (::sched_getaffinity(0, sizeof set, &set) != 0) return cpus;
-  for (int i = 0; i < CPU_SETSIZE; ++i)
-    if (CPU_ISSET(i, &set)) cpus.push_back(i);
-  return cpus;
-}
-/// Pins the calling thread (and the threads and children it creates afterwards) to `cpu`.
-void pin_to(int cpu) {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  CPU_SET(cpu, &set);
-  if (::sched_setaffinity(0, sizeof set, &set) != 0)
-    throw specdec::error("sched_setaffinity to CPU " + std::to_string(cpu) + " failed");
-}
+using specdec::bench::allowed_cpus;
+using specdec::bench::pin_to;
 
 /// specdec-serve as a child process; SIGTERM and wait on destruction.
 class child_server {
