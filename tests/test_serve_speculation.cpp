@@ -549,12 +549,17 @@ TEST(speculation, no_drafts_are_announced_while_the_devices_get_their_tokens_fas
       delta = {v.next};
       delta.insert(delta.end(), v.following.begin(), v.following.end());
       announced = v.max_draft;
-      if (seq == 1) EXPECT_EQ(announced, 0u);  // nothing measured yet
+      if (seq == 1) {
+        EXPECT_EQ(announced, 0u);  // nothing measured yet
+      }
       std::this_thread::sleep_for(std::chrono::milliseconds(30));
     }
     eng.stop();
-    if (gain) EXPECT_EQ(announced, 0u);
-    else EXPECT_GT(announced, 0u);
+    if (gain) {
+      EXPECT_EQ(announced, 0u);
+    } else {
+      EXPECT_GT(announced, 0u);
+    }
   }
 }
 
