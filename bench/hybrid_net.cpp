@@ -21,6 +21,7 @@
 #include <iostream>
 #include <map>
 #include <memory>
+#include <optional>
 #include <mutex>
 #include <sstream>
 #include <string>
@@ -226,7 +227,7 @@ struct cell {
   double hidden_seconds = 0;  ///< pipelined: drafting overlapped with rounds whose guess held
   double rounds = 0;
   std::size_t fallbacks = 0;  ///< requests that lost the link and finished on the device
-  double physics_per_token = NAN;  ///< split: the route's per-token time at RTT 0 + RTT / tokens per round
+  double physics_per_token = NAN;  ///< split, drafting: the route's per-token time at RTT 0 + RTT / tokens per round
   // The simulator's prediction for the same route and RTT.
   std::vector<double> sim_per_token, sim_ttft;
   double sim_bytes = 0, sim_forwards = 0;
@@ -394,9 +395,11 @@ int main(int argc, char** argv) try {
     return lc;
   };
   const auto curve = std::make_shared<hy::step_time_cost>();
+  std::optional<hy::run_ahead_rule> run_ahead;  // the server's, as /health reports it
   const auto refresh_curve = [&] {
-    if (auto p = hy::completion_client("127.0.0.1", server.http_port).health().step_time_curve; !p.empty())
-      curve->points = std::move(p);
+    hy::server_health h = hy::completion_client("127.0.0.1", server.http_port).health();
+    if (!h.step_time_curve.empty()) curve->points = std::move(h.step_time_curve);
+    run_ahead = h.run_ahead;
   };
   const auto sim_options = [&](bool is_sampled) {
     hy::session_options so{.sampling = is_sampled ? sampled : specdec::sampling_params{}, .seed = 1};
@@ -409,7 +412,10 @@ int main(int argc, char** argv) try {
     // and p) is work the device and the server do in series with every round.
     so.charge_decoder_work = true;
     refresh_curve();
-    if (!curve->points.empty()) so.cloud_cost = [curve](std::size_t b, std::size_t c) { return (*curve)(b, c); };
+    if (!curve->points.empty()) {
+      so.cloud_cost = [curve](std::size_t b, std::size_t c) { return (*curve)(b, c); };
+      so.run_ahead = run_ahead;  // the server's choice between drafting and running ahead
+    }
     return so;
   };
   // The per-message overhead (proxy hops, the server's listener and scheduler hand-offs,
@@ -577,7 +583,11 @@ int main(int argc, char** argv) try {
       if (rs.r.kind == hy::route_kind::speculative && !rs.sampled) c.identical = identical ? 1 : 0;
       if (rs.pipelined && s.pipeline() != nullptr) c.hidden_seconds = s.pipeline()->hidden_draft_seconds;
       if (rtt_ms == 0.0) at_zero[rs.name] = quantile(c.per_token, 0.5);
-      if (c.rounds > 0 && at_zero.count(rs.name) != 0)
+      // The physics of drafting rounds, each a round trip after the compute: not of a session
+      // the server ran ahead (rounds of more than gamma + 1 tokens), whose round trips
+      // overlap the server's decoding (the simulator models that regime).
+      const bool drafting = c.rounds > 0 && static_cast<double>(c.tokens) <= c.rounds * static_cast<double>(o.gamma + 1);
+      if (drafting && at_zero.count(rs.name) != 0)
         c.physics_per_token = at_zero[rs.name] + rtt_ms / 1e3 * c.rounds / static_cast<double>(c.tokens);
       row(out, c);
     }

@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -405,6 +406,102 @@ TEST(RemoteModel, StreamMessagesCostTheCloudTimeInSeries) {
   stream_of_three s(0.0, 5e-4);
   EXPECT_NEAR(s.link.now(), (0.050 + 2e-4) + 2e-3 + 1e-3 + 1e-3 + 3 * 5e-4 + (0.050 + 2e-4), kTol);
   EXPECT_NEAR(s.remote.charged_seconds(), 4e-3, kTol);
+}
+
+// ---------------------------------------------------------------------------------------
+// Run-ahead: the cloud decodes on its own clock and each verdict carries what was decoded
+// by the time its request arrived.
+
+// RTT 100 ms, 0.2 ms per message, a cloud forward of `per_forward` seconds whatever its
+// size, `forwards` forwards (the prompt's, then one per token) of a session run at most
+// `depth` tokens ahead.
+struct run_ahead_of {
+  markov_model cloud = target_model();
+  simulated_link link;
+  remote_model<markov_model> remote;
+  run_ahead_of(std::size_t depth, std::size_t forwards, double per_forward = 0.010)
+      : link(stream_of_three::config(0.0, 0.0), 1), remote(cloud, link, 1.0, {}, linear_cost{.per_call = per_forward}) {
+    remote.set_mode(remote_mode::run_ahead);
+    remote.set_run_ahead_depth(depth);
+    (void)remote.forward(std::vector<token_id>{1, 2, 3});
+    for (std::size_t i = 1; i < forwards; ++i) (void)specdec::forward_one(remote, static_cast<token_id>(i % 8));
+  }
+};
+
+TEST(RemoteModel, RunAheadVerdictsCarryWhatWasDecodedWhenTheRequestArrived) {
+  // The first round: up 50.2 ms, the forward, the verdict leaves at 60.2 ms and arrives at
+  // 110.4 ms. The device's next request reaches the cloud at 160.6 ms, by when tokens 2 to
+  // 11 are decoded (70.2 to 160.2 ms): one verdict carries all ten, arriving at 210.8 ms.
+  run_ahead_of eleven(32, 11);
+  EXPECT_NEAR(eleven.link.now(), 0.2108, kTol);
+  EXPECT_EQ(eleven.remote.round_trips(), 2u);
+  EXPECT_EQ(eleven.link.counters().messages_down, 2u);
+  const std::size_t verdict = payload_bytes::token_ids(2) + link_config{}.header_bytes;
+  EXPECT_EQ(eleven.link.counters().bytes_down, 2 * verdict + 9 * payload_bytes::token_ids(1));
+  // Token 12 (done at 170.2 ms) waits for the next request: 260.0 + 0.2 ms, down at 311.2 ms.
+  run_ahead_of twelve(32, 12);
+  EXPECT_NEAR(twelve.link.now(), 0.3112, kTol);
+  EXPECT_EQ(twelve.remote.round_trips(), 3u);
+  EXPECT_NEAR(twelve.remote.charged_seconds(), 12 * 0.010, kTol);
+}
+
+TEST(RemoteModel, RunAheadStopsDepthTokensPastTheLastVerdict) {
+  // Four deep: the second verdict carries tokens 2 to 5; token 6 starts when that verdict
+  // leaves (160.6 ms), so the third carries 6 to 9 (leaving at 261.0 ms) and token 10 is
+  // decoded from 261.0 ms and leaves with the fourth request, 361.4 ms, arriving 411.6 ms.
+  // Thirty-two deep, the second verdict carries all nine.
+  run_ahead_of deep4(4, 10), deep32(32, 10);
+  EXPECT_NEAR(deep4.link.now(), 0.4116, kTol);
+  EXPECT_EQ(deep4.remote.round_trips(), 4u);
+  EXPECT_NEAR(deep32.link.now(), 0.2108, kTol);
+  EXPECT_EQ(deep32.remote.round_trips(), 2u);
+}
+
+TEST(RemoteModel, ARunAheadRequestFindingNothingDecodedWaitsForTheNextToken) {
+  // A 150 ms forward, longer than the round trip: the first verdict leaves at 200.2 ms
+  // (arriving 250.4); the next request arrives at 300.6 ms and waits for token 2 (350.2
+  // ms), arriving 400.4 ms; token 3 likewise leaves at 500.2 ms, arriving 550.4 ms: a
+  // token a forward, each half a round trip after it was decoded.
+  run_ahead_of slow(32, 3, 0.150);
+  EXPECT_NEAR(slow.link.now(), 0.5504, kTol);
+  EXPECT_EQ(slow.remote.round_trips(), 3u);
+}
+
+// Split greedy decoding of 40 tokens, 4 drafts a round, over a link of `rtt` seconds: a
+// device draft forward costs 0.1 ms, a cloud forward of n rows 2 ms + 0.5 ms n.
+request_result split_over(double rtt, std::optional<run_ahead_rule> rule) {
+  auto device = draft_model(0.3f), cloud = target_model();
+  link_config cfg;
+  cfg.rtt_seconds = rtt;
+  cfg.up_bps = cfg.down_bps = 1e30;
+  simulated_link link(cfg, 1);
+  session_options o;
+  o.device_cost = linear_cost{.per_call = 1e-4};
+  o.cloud_cost = linear_cost{.per_call = 2e-3, .per_token = 5e-4};
+  o.charge_probe = false;
+  o.run_ahead = rule;
+  session s(device, cloud, fixed_arbiter{route::speculative(4)}, link, o);
+  return s.execute(std::vector<token_id>{1, 2, 3}, no_eos(40), route::speculative(4));
+}
+
+TEST(HybridSession, TheServersRunAheadRuleIsModelledPerLink) {
+  auto cloud = target_model();
+  const auto want = greedy(cloud, {1, 2, 3}, 40);
+  // 100 ms: drafting rounds give 2.3 tokens (a = 0.6) per 105 ms, run ahead a token every
+  // 3.1 ms (32 per round trip): the rule runs the leg ahead, a few round trips in all.
+  const request_result ahead = split_over(0.100, run_ahead_rule{}), drafting = split_over(0.100, std::nullopt);
+  EXPECT_EQ(ahead.tokens, want);
+  EXPECT_EQ(drafting.tokens, want);
+  EXPECT_LE(ahead.round_trips, 4u);
+  EXPECT_GT(drafting.round_trips, 8u);
+  EXPECT_LT(ahead.latency_seconds, drafting.latency_seconds / 4);
+  EXPECT_EQ(ahead.route_trace(), "speculative(4)");
+  // RTT 0: drafting (2.1 ms a token) is not twice as slow as a token a 2.5 ms step: the
+  // rule changes nothing.
+  const request_result near = split_over(0.0, run_ahead_rule{}), plain = split_over(0.0, std::nullopt);
+  EXPECT_EQ(near.tokens, want);
+  EXPECT_EQ(near.round_trips, plain.round_trips);
+  EXPECT_DOUBLE_EQ(near.latency_seconds, plain.latency_seconds);
 }
 
 TEST(TimedModel, ChargesScaledCostsAndTracksConfidence) {
@@ -815,6 +912,14 @@ TEST(HybridSession, BadKnobsThrowNamingTheKnob) {
     (void)s.execute(std::vector<token_id>{1}, no_eos(4), route::cloud_prefix(0));
   }, "prefix_tokens");
   expect_msg([&] { session_options o; o.sampling.temperature = -1; o.validate(); }, "sampling_params.temperature");
+  expect_msg([&] { session_options o; o.run_ahead = run_ahead_rule{}; o.validate(); }, "cloud_cost");
+  expect_msg([&] { session_options o; o.run_ahead_acceptance = 1.5; o.validate(); }, "run_ahead_acceptance");
+  expect_msg([&] {
+    session_options o = fixed_costs();
+    o.run_ahead = run_ahead_rule{.depth = 0};
+    o.validate();
+  }, "depth = 0");
+  expect_msg([&] { remote_model<markov_model> r(cloud, link); r.set_run_ahead_depth(0); }, "run_ahead_depth");
   markov_model small({.vocab = 5});
   EXPECT_THROW((session(device, small, fixed_arbiter{}, link)), specdec::vocabulary_mismatch);
 }

@@ -53,6 +53,7 @@
 #include "specdec/hybrid/routing_metrics.hpp"
 #include "specdec/hybrid/routing_log.hpp"
 #include "specdec/hybrid/remote_model.hpp"
+#include "specdec/hybrid/run_ahead.hpp"
 #include "specdec/hybrid/session.hpp"
 #include "specdec/hybrid/errors.hpp"
 #include "specdec/hybrid/wire.hpp"

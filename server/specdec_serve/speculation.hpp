@@ -61,6 +61,7 @@
 
 #include "specdec/error.hpp"
 #include "specdec/hybrid/remote_model.hpp"
+#include "specdec/hybrid/run_ahead.hpp"
 #include "specdec/hybrid/wire.hpp"
 
 namespace specdec::serve {
@@ -151,13 +152,8 @@ class cost_curve {
   std::array<bucket, buckets> b_{};
 };
 
-/// E(n, a) = 1 + a + ... + a^n: expected tokens of a round with n drafts, each accepted
-/// with probability a independently (the verdict's own token included).
-[[nodiscard]] inline double expected_tokens(std::size_t n, double a) {
-  double e = 0.0, ai = 1.0;
-  for (std::size_t i = 0; i <= n; ++i, ai *= a) e += ai;
-  return e;
-}
+/// E(n, a) of the file comment (hybrid/run_ahead.hpp).
+using hybrid::expected_tokens;
 
 /// The load the announcement is computed for.
 struct load {
@@ -272,12 +268,10 @@ struct draft_record {
                                         std::span<const double> turnarounds, bool anticipated) {
   const double step = t.seconds(sessions_in_step(l, n) * static_cast<double>(n + 1) + std::max(l.completions, 0.0));
   if (!(step > 0.0)) return 0.0;
-  const double e = expected_tokens(n, std::clamp(acceptance, 0.0, 1.0));
   double sum = 0.0;
-  for (const double r : turnarounds) {
-    const double wait = std::max(r, 0.0);
-    sum += n == 0 && anticipated ? 1.0 / std::max(step, wait) : e / (wait + step);
-  }
+  for (const double r : turnarounds)
+    sum += 1.0 / (n == 0 && anticipated ? hybrid::run_ahead_seconds_per_token(r, step, 1)
+                                        : hybrid::drafting_seconds_per_token(r, step, n, acceptance));
   return sum;
 }
 
@@ -328,9 +322,9 @@ struct speculation_options {
   /// tokens this many times faster without them (`device_rate`): at low load over a slow
   /// link, a drafting round yields a few tokens a round trip where a session run ahead
   /// gets a token a step, and the server, idle between round trips, has forwards to
-  /// spare. Off by default: the announcement maximises the server's tokens per second,
-  /// and the simulator (hybrid/session.hpp over hybrid/link.hpp) models split rounds as
-  /// drafting rounds (docs/hybrid.md, "Dynamic speculation", has the measured effect).
+  /// spare. Off by default: the announcement maximises the server's tokens per second.
+  /// `/health` reports the rule (with `run_ahead`) so that a simulation of this server
+  /// (hybrid/session.hpp, `session_options::run_ahead`) makes the same choice.
   std::optional<double> device_gain{};
   double active_window_seconds = 1.0; ///< a session counts as active this long after a verify
   bool calibrate = true;              ///< measure t(R) at startup (else learn it online only)

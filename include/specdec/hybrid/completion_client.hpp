@@ -38,6 +38,7 @@
 
 #include "specdec/error.hpp"
 #include "specdec/hybrid/errors.hpp"
+#include "specdec/hybrid/run_ahead.hpp"
 #include "specdec/hybrid/transport.hpp"
 #include "specdec/hybrid/uplink.hpp"
 #include "specdec/sampling.hpp"
@@ -295,6 +296,10 @@ struct server_health {
   /// increasing rows (`specdec-serve` reports it; empty if the server does not): a
   /// simulation charges it with `step_time_cost` (remote_model.hpp).
   std::vector<std::pair<double, double>> step_time_curve;
+  /// When a split session is run ahead instead of drafting (`specdec-serve
+  /// --device-draft-gain`; absent: the server announces drafts by its own throughput
+  /// only): a simulation models it with `session_options::run_ahead`.
+  std::optional<run_ahead_rule> run_ahead;
 };
 
 /// Deadlines and bounds of a `completion_client`.
@@ -404,6 +409,16 @@ class completion_client {
       h.context_length = j.value("context_length", std::size_t{0});
       if (j.contains("step_time_curve"))
         h.step_time_curve = j.at("step_time_curve").get<std::vector<std::pair<double, double>>>();
+      if (j.contains("run_ahead")) {
+        const auto& r = j.at("run_ahead");
+        h.run_ahead = run_ahead_rule{.depth = r.at("depth").get<std::size_t>(),
+                                     .device_gain = r.at("device_gain").get<double>()};
+        try {
+          h.run_ahead->validate();
+        } catch (const invalid_argument& e) {
+          throw protocol_error(std::string("completion_client::health: run_ahead: ") + e.what());
+        }
+      }
     } catch (const nlohmann::json::exception& e) {
       throw protocol_error(std::string("completion_client::health: not the health JSON: ") + e.what());
     }

@@ -346,6 +346,10 @@ class simulated_link {
     return send(bytes, config_.down_bps, counters_.bytes_down);
   }
 
+  /// `bytes` more payload on the last message down, counted but not timed: tokens that
+  /// join a verdict before it leaves (`remote_mode::run_ahead`).
+  void extend_down(std::size_t bytes) noexcept { counters_.bytes_down += bytes; }
+
   /// A cloud -> device message that leaves the cloud at virtual time `start_seconds`,
   /// which may lie before `now()`: the messages of a pipelined stream, whose sender runs
   /// ahead of the device's clock. The delay is drawn as for `send_down` (outage windows

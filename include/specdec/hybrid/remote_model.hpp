@@ -333,6 +333,14 @@ enum class remote_mode {
   /// produced that token itself). The cloud runs ahead of the device: token i reaches the
   /// device at (cloud time of token i) + its downlink delay, not after token i-1's delay.
   stream,
+  /// Split decoding without drafts, the cloud running the session ahead (specdec-serve's
+  /// run-ahead, hybrid/run_ahead.hpp): the first forward is a verify round of its block
+  /// (no drafts); afterwards the cloud decodes on its own clock, a token a forward, at most
+  /// `run_ahead_depth()` past the last verdict it sent, and the device asks again as soon
+  /// as a verdict arrives. Each verdict leaves when its request reaches the cloud, carrying
+  /// every token decoded by then, or, if none is, with the next one as it is decoded (4
+  /// bytes down per carried token beyond the verdict's own).
+  run_ahead,
 };
 
 /// The cloud side of a hybrid run: a `language_model` whose forwards run `M` (the cloud
@@ -374,10 +382,14 @@ class remote_model {
     return forward_drafts(tokens, tokens.empty() ? 0 : tokens.size() - 1);
   }
   /// A forward whose last `drafts` tokens are drafted (verify mode: the payload carries
-  /// their q or rows); in stream mode the same as `forward`.
+  /// their q or rows); in the other modes the same as `forward`.
   logits_block forward_drafts(std::span<const token_id> tokens, std::size_t drafts) {
-    return mode_ == remote_mode::verify ? forward_verify(tokens, std::min(drafts, tokens.size()))
-                                        : forward_stream(tokens);
+    switch (mode_) {
+      case remote_mode::verify: return forward_verify(tokens, std::min(drafts, tokens.size()));
+      case remote_mode::stream: return forward_stream(tokens);
+      case remote_mode::run_ahead: break;
+    }
+    return forward_run_ahead(tokens);
   }
 
   [[nodiscard]] M& inner() noexcept { return inner_; }
@@ -387,6 +399,13 @@ class remote_model {
     mode_ = m;
     stream_open_ = false;
     session_open_ = false;
+  }
+  /// The most tokens the cloud decodes past its last verdict in `run_ahead` mode (>= 1;
+  /// 32 unless set, specdec-serve's default).
+  [[nodiscard]] std::size_t run_ahead_depth() const noexcept { return run_ahead_depth_; }
+  void set_run_ahead_depth(std::size_t depth) {
+    if (depth == 0) throw invalid_argument("remote_model run_ahead_depth must be >= 1, got 0");
+    run_ahead_depth_ = depth;
   }
   [[nodiscard]] const wire_format& wire() const noexcept { return wire_; }
   void set_wire(const wire_format& w) {
@@ -421,12 +440,7 @@ class remote_model {
     const std::size_t cached = cache_length();
     const std::size_t n = tokens.size();
     const std::size_t v = vocab_size();
-    if (wire_.opens_session && !session_open_) {
-      ++round_trips_;
-      if (!link_.send_up(payload_bytes::token_ids(cached + n - k)).delivered) fail("upload of a session open", cached);
-      if (!link_.send_down(payload_bytes::token_ids(2)).delivered) fail("download of a session reply", cached);
-      session_open_ = true;
-    }
+    open_session(cached, n - k);
     ++round_trips_;
     // Upload first: a block that never arrives is never computed.
     const send_result up = link_.send_up(wire_.uplink_bytes(n, k, v));
@@ -463,6 +477,57 @@ class remote_model {
     return out;
   }
 
+  logits_block forward_run_ahead(std::span<const token_id> tokens) {
+    const std::size_t cached = cache_length();
+    const std::size_t n = tokens.size();
+    const std::size_t v = vocab_size();
+    if (!(stream_open_ && n == 1 && cached == stream_cached_)) {
+      // The session's first round: the block up, the forward, the verdict down, in series.
+      open_session(cached, n);
+      ++round_trips_;
+      if (!link_.send_up(wire_.uplink_bytes(n, 0, v)).delivered) fail("upload of a verification block", cached);
+      auto [out, real, wall] = detail::metered_forward(inner_, tokens, cost_);
+      forward_wall_seconds_ += wall;
+      charge(real, n);
+      cloud_time_ = reply_leaves_ = link_.now();
+      reply_tokens_ = 1;
+      if (!link_.send_down(wire_.downlink_bytes(0, v)).delivered) fail("download of a verdict", cached);
+      stream_open_ = true;
+      stream_cached_ = cache_length();
+      return out;
+    }
+    auto [out, real, wall] = detail::metered_forward(inner_, tokens, cost_);
+    forward_wall_seconds_ += wall;
+    // The cloud stops `run_ahead_depth_` tokens past its last verdict until the pending
+    // request takes them.
+    const double start = reply_tokens_ >= run_ahead_depth_ ? std::max(cloud_time_, reply_leaves_) : cloud_time_;
+    cloud_time_ = start + charge(real, n, /*on_clock=*/false);
+    if (cloud_time_ <= reply_leaves_ && reply_tokens_ < run_ahead_depth_) {
+      ++reply_tokens_;  // decoded before the pending request arrived: its verdict carries it
+      link_.extend_down(payload_bytes::token_ids(1));
+    } else {
+      // The device asked again when the last verdict arrived (the clock's now); a request
+      // that finds nothing decoded waits for this token.
+      ++round_trips_;
+      if (!link_.send_up(wire_.uplink_bytes(0, 0, v)).delivered) fail("upload of a verification request", cached);
+      reply_leaves_ = std::max(link_.now(), cloud_time_);
+      reply_tokens_ = 1;
+      if (!link_.send_down_at(reply_leaves_, wire_.downlink_bytes(0, v)).delivered) fail("download of a verdict", cached);
+    }
+    stream_cached_ = cache_length();
+    return out;
+  }
+
+  /// `wire_format::opens_session`: one round trip opening the leg's session, the
+  /// committed prefix up (`cached` cached tokens and the block's `committed` ones).
+  void open_session(std::size_t cached, std::size_t committed) {
+    if (!wire_.opens_session || session_open_) return;
+    ++round_trips_;
+    if (!link_.send_up(payload_bytes::token_ids(cached + committed)).delivered) fail("upload of a session open", cached);
+    if (!link_.send_down(payload_bytes::token_ids(2)).delivered) fail("download of a session reply", cached);
+    session_open_ = true;
+  }
+
   double charge(double real, std::size_t n, bool on_clock = true) {
     const double s = real * scale_;
     if (on_clock) link_.advance(s);
@@ -482,6 +547,9 @@ class remote_model {
   bool session_open_ = false;  ///< `wire_format::opens_session`: this leg's session is open
   std::size_t stream_cached_ = 0;
   double cloud_time_ = 0.0;
+  std::size_t run_ahead_depth_ = 32;
+  double reply_leaves_ = 0.0;    ///< run_ahead: when the latest verdict leaves the cloud
+  std::size_t reply_tokens_ = 0;  ///< run_ahead: tokens it carries
   std::size_t round_trips_ = 0;
   std::size_t calls_ = 0;
   std::size_t tokens_ = 0;

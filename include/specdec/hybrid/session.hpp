@@ -9,7 +9,7 @@
 /// |-------------------|---------------------------------------------------------------------|
 /// | `device`          | `autoregressive_decoder` on the device                              |
 /// | `cloud`           | `autoregressive_decoder` on the cloud, prompt up, tokens streamed down |
-/// | `speculative(g)`  | `speculative_decoder(device, cloud, fixed_gamma{g}, greedy_match or rejection_sampling)` |
+/// | `speculative(g)`  | `speculative_decoder(device, cloud, fixed_gamma{g}, greedy_match or rejection_sampling)`; with `session_options::run_ahead`, when the server would run the session ahead, `autoregressive_decoder` on the cloud in `remote_mode::run_ahead` |
 /// | `cloud_prefix(k)` | the cloud streams the first k tokens, the device completes (GKT)    |
 ///
 /// If the link fails during a cloud-using leg (`link_unavailable`), the device continues
@@ -40,6 +40,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <optional>
 #include <span>
 #include <string>
 #include <type_traits>
@@ -54,6 +55,7 @@
 #include "specdec/hybrid/predictor.hpp"
 #include "specdec/hybrid/probe.hpp"
 #include "specdec/hybrid/remote_model.hpp"
+#include "specdec/hybrid/run_ahead.hpp"
 #include "specdec/model.hpp"
 #include "specdec/privacy/policy.hpp"
 #include "specdec/rollback.hpp"
@@ -112,12 +114,31 @@ struct session_options {
   /// round). Negligible for greedy verification (an argmax per row), not for sampled
   /// verification with top-p over a large vocabulary.
   bool charge_decoder_work = false;
+  /// The server's run-ahead (specdec-serve's `--device-draft-gain` and `--run-ahead`).
+  /// Unset: a speculative leg drafts its route's gamma every round, as from a server that
+  /// always announces drafts. Set: the leg runs ahead (`remote_mode::run_ahead`, no drafts)
+  /// when the rule prefers it (hybrid/run_ahead.hpp), priced with the link's expected
+  /// round trip plus two messages' overhead as the turnaround, the cloud's step times from
+  /// `cloud_cost` (required), the device's draft forwards from `device_cost` (left out
+  /// when empty) and `run_ahead_acceptance`.
+  std::optional<run_ahead_rule> run_ahead{};
+  /// The per-position acceptance drafting is priced with in that choice (specdec-serve's
+  /// prior for a new session), in [0, 1].
+  double run_ahead_acceptance = 0.6;
 
   void validate() const {
     sampling.validate();
     compute.validate();
     wire.validate();
     limits.validate();
+    if (run_ahead) {
+      run_ahead->validate();
+      if (!cloud_cost)
+        throw invalid_argument("session_options.run_ahead needs cloud_cost (the server's step times) to price the choice");
+    }
+    if (!(run_ahead_acceptance >= 0.0 && run_ahead_acceptance <= 1.0))
+      throw invalid_argument("session_options.run_ahead_acceptance must be in [0, 1], got " +
+                             std::to_string(run_ahead_acceptance));
   }
 };
 
@@ -444,9 +465,11 @@ class session {
     return finish_leg(g, false);
   }
 
-  leg_end run_cloud(std::uint64_t seed, std::size_t cap) {
+  /// Autoregressive decoding in the cloud: streamed (cloud and cloud_prefix routes) or,
+  /// for a speculative leg the server runs ahead, `remote_mode::run_ahead`.
+  leg_end run_cloud(std::uint64_t seed, std::size_t cap, remote_mode mode = remote_mode::stream) {
     const auto p = leg_prompt();
-    remote_.set_mode(remote_mode::stream);
+    remote_.set_mode(mode);
     autoregressive_decoder<remote_model<Cloud>> dec(remote_, opts_.sampling, seed);
     auto on_token = [&](token_id t) { return commit(t, true); };
     const bool capped = cap < gen_->max_new_tokens - res_->tokens.size();
@@ -460,7 +483,25 @@ class session {
     }
   }
 
+  /// Whether the modelled server runs this speculative leg ahead (`session_options::run_ahead`).
+  [[nodiscard]] bool runs_ahead(std::size_t gamma) const {
+    if (!opts_.run_ahead) return false;
+    const link_config& c = link_.config();
+    const std::size_t cached = prompt_.size() + res_->tokens.size();
+    const double turnaround = link_estimate::of(c).rtt_seconds + 2.0 * c.message_overhead_seconds;
+    const auto step = [&](std::size_t rows) { return opts_.cloud_cost(rows, cached) * opts_.compute.cloud_scale; };
+    const double drafts =
+        opts_.device_cost ? static_cast<double>(gamma) * opts_.device_cost(1, cached) * opts_.compute.device_scale : 0.0;
+    return opts_.run_ahead->prefers_run_ahead(
+        drafting_seconds_per_token(turnaround + drafts, step(gamma + 1), gamma, opts_.run_ahead_acceptance),
+        run_ahead_seconds_per_token(turnaround, step(1), opts_.run_ahead->depth));
+  }
+
   leg_end run_speculative(std::uint64_t seed, std::size_t gamma) {
+    if (runs_ahead(gamma)) {
+      remote_.set_run_ahead_depth(opts_.run_ahead->depth);
+      return run_cloud(seed, gen_->max_new_tokens, remote_mode::run_ahead);
+    }
     const auto p = leg_prompt();
     remote_.set_mode(remote_mode::verify);
     auto on_token = [&](token_id t) { return commit(t, true); };
