@@ -80,8 +80,13 @@ int main(int argc, char** argv) {
              "while drafting, change the draft length only for G times the last one's tokens per second (default 1.1)",
              cli::store(eo.speculation.switch_gain, cli::range<double>{.lo = 1, .hi = 100}))
         .add("--device-draft-gain", "G",
-             "announce no drafts while the devices would get their tokens G times faster without (default: off)",
+             "announce no drafts while the devices would get their tokens G times faster without (default 2; "
+             "off: by the server's tokens per second alone)",
              [&eo](std::string_view name, std::string_view v) {
+               if (v == "off") {
+                 eo.speculation.device_gain.reset();
+                 return;
+               }
                double g = 0;
                cli::store(g, cli::range<double>{.lo = 1, .hi = 100})(name, v);
                eo.speculation.device_gain = g;

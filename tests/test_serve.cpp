@@ -190,6 +190,10 @@ TEST(serve, the_completion_client_streams_exact_tokens) {
   EXPECT_TRUE(h.ok);
   EXPECT_EQ(h.verify_port, s.srv.verify_port());
   EXPECT_EQ(h.model, "stories260K");
+  // ... and the rule that runs a split session ahead, which a simulation of it models.
+  ASSERT_TRUE(h.run_ahead.has_value());
+  EXPECT_EQ(h.run_ahead->depth, 32u);
+  EXPECT_DOUBLE_EQ(h.run_ahead->device_gain, 2.0);
   // Cancelling from the callback abandons the request; the server frees it.
   const auto cut = c.complete({.prompt = prompt, .max_tokens = 400}, [](const hybrid::completion_chunk&) { return false; });
   EXPECT_EQ(cut.finish_reason, "cancelled");

@@ -534,8 +534,8 @@ TEST(speculation, no_drafts_are_announced_before_any_round_trip_is_measured) {
 TEST(speculation, no_drafts_are_announced_while_the_devices_get_their_tokens_faster_without) {
   // The curve of the test above (one point: drafting looks free to the server). A device
   // that asks again 30 ms after each verdict gets E(8, a) tokens a round trip drafting and
-  // a token a step run ahead: with device_gain 1.2 the announcement stays 0; with the
-  // rule off (the default) it is drafts.
+  // a token a step run ahead: with device_gain 1.2 (the default) the announcement stays
+  // 0; with the rule off it is drafts.
   for (const std::optional<double> gain : {std::optional<double>{1.2}, std::optional<double>{}}) {
     bare_engine b({.fixed = std::nullopt, .device_gain = gain, .calibrate = false, .busy_gap_seconds = 0.0});
     auto& eng = b.eng;
