@@ -21,8 +21,8 @@
 #include <iostream>
 #include <map>
 #include <memory>
-#include <optional>
 #include <mutex>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <thread>

@@ -747,7 +747,7 @@ class engine final : public completion_service, public session_service {
           std::max(1.0, expected_batch(undrafted_turnarounds_, curve_.seconds(active + c), o.anticipate));
     }
     std::size_t n = o.next_draft(curve_, l, a, announced_);
-    // The devices' side (`device_gain`, off by default): no drafts while they would get
+    // The devices' side (`device_gain`, 2 by default): no drafts while they would get
     // their tokens device_gain times faster without (low load over a slow link).
     if (n > 0 && o.device_gain && !curve_.empty() &&
         device_rate(curve_, l, a, 0, undrafted_turnarounds_, o.anticipate) >=
