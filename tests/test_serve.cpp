@@ -465,6 +465,7 @@ TEST(serve, an_expired_drain_fails_the_stream_cleanly) {
 
 #ifdef SPECDEC_SERVE_BINARY
 TEST(serve, the_program_drains_and_exits_on_sigterm) {
+  // Also: the command line reaches the engine (--device-draft-gain off).
   int err[2];
   ASSERT_EQ(::pipe(err), 0);
   const pid_t pid = ::fork();
@@ -474,7 +475,7 @@ TEST(serve, the_program_drains_and_exits_on_sigterm) {
     ::close(err[0]);
     const std::string model = models + "/stories260K.bin", tok = models + "/tok512.bin";
     ::execl(SPECDEC_SERVE_BINARY, SPECDEC_SERVE_BINARY, "--model", model.c_str(), "--tokenizer", tok.c_str(), "--port",
-            "0", "--no-calibrate", "--http-threads", "2", static_cast<char*>(nullptr));
+            "0", "--no-calibrate", "--http-threads", "2", "--device-draft-gain", "off", static_cast<char*>(nullptr));
     ::_exit(127);
   }
   ::close(err[1]);
@@ -489,6 +490,8 @@ TEST(serve, the_program_drains_and_exits_on_sigterm) {
   auto h = c.Get("/health");
   ASSERT_TRUE(h);
   EXPECT_EQ(h->status, 200);
+  // --device-draft-gain off: no run-ahead rule to report (the default's is tested above).
+  EXPECT_FALSE(json::parse(h->body).contains("run_ahead")) << h->body;
   ASSERT_EQ(::kill(pid, SIGTERM), 0);
   EXPECT_EQ(test_support::wait_for_exit(pid, 5.0), 0) << "specdec-serve did not exit with 0 within 5 s of SIGTERM";
   std::string rest;
