@@ -318,6 +318,37 @@ TEST(latency_arbiter, speculative_on_a_fast_link_cloud_on_a_slow_one) {
   EXPECT_EQ(a.decide(f, slow, {}), route::on_device());
 }
 
+TEST(latency_arbiter, a_server_that_runs_sessions_ahead_is_priced_as_it_serves) {
+  // A 5 ms cloud forward over LTE (RTT 60 ms), acceptance 0.8, L = 100, 4 drafts:
+  //   setup    = 0.06 + 3200 / 20e6 + 100 * 0.0001 = 0.07016
+  //   drafting: turnaround = 0.02 + 0.06 + 128 / 20e6 + 160 / 50e6 = 0.0800096, a round
+  //             0.0850096 for 3.3616 tokens: 0.0252884 a token (gamma 1..3 slower still)
+  //   run ahead: max(0.005 + 32 / 50e6, 0.06 / 32) = 0.00500064 a token, over 5x faster:
+  //             T = setup + 100 * 0.00500064 = 0.570224, as T_cloud (0.570224).
+  latency_arbiter a{.costs = {.t_device_per_token = 0.005, .t_cloud_per_token = 0.005,
+                              .cloud_prefill_seconds_per_token = 0.0001},
+                    .max_gamma = 4};
+  request_features f{.prompt_tokens = 100, .draft_max_prob_mean = 0.8f, .predicted_length = 100};
+  const link_estimate slow = link_estimate::of(link_config::lte());
+  const route_costs drafting = a.estimate(f, slow, {});
+  EXPECT_NEAR(drafting.speculative, 0.07016 + 100 * 0.0850096 / 3.3616, 1e-5);
+  a.run_ahead = run_ahead_rule{.depth = 32, .device_gain = 2.0};
+  a.validate();
+  const route_costs ahead = a.estimate(f, slow, {});
+  EXPECT_NEAR(ahead.speculative, 0.570224, 1e-6);
+  EXPECT_NEAR(ahead.cloud, 0.570224, 1e-6);
+  // Money: a cloud forward per token, 100 of them, as the cloud route pays.
+  const budget pricey{.cost_per_cloud_token = 0.01, .lambda = 1.0};
+  EXPECT_NEAR(a.estimate(f, slow, pricey).speculative, 0.570224 + 1.0, 1e-6);
+  // On a 2 ms link drafting is 1.3-1.6x slower: the rule leaves the price alone.
+  const link_estimate fast{.rtt_seconds = 0.002, .up_bps = 1e9, .down_bps = 1e9};
+  latency_arbiter plain = a;
+  plain.run_ahead.reset();
+  EXPECT_DOUBLE_EQ(a.estimate(f, fast, {}).speculative, plain.estimate(f, fast, {}).speculative);
+  a.run_ahead->device_gain = 0.5;
+  EXPECT_THROW(a.validate(), specdec::invalid_argument);
+}
+
 TEST(latency_arbiter, cloud_estimate_equals_the_simulated_link_without_headers) {
   // The estimate's T_cloud is what a lossless simulated link charges for: upload the
   // prompt ids, prefill and decode in the cloud, download the answer's ids (headers 0).

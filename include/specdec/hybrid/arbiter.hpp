@@ -24,6 +24,7 @@
 #include <functional>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -34,6 +35,7 @@
 #include "specdec/hybrid/calibration.hpp"
 #include "specdec/hybrid/link.hpp"
 #include "specdec/hybrid/predictor.hpp"
+#include "specdec/hybrid/run_ahead.hpp"
 #include "specdec/hybrid/training.hpp"
 
 namespace specdec::hybrid {
@@ -547,6 +549,14 @@ struct route_costs {
 ///     T_prefix(k)   = setup + k' t_cloud + 32 k' / down_bps + m k' + (L - k') t_dev
 ///                     + lambda d (1 - prefix_quality_share),   k' = min(k, L)
 ///
+/// With `run_ahead` (the server's rule, `completion_client::health().run_ahead`), a gamma
+/// whose drafting rounds the rule would replace by running the session ahead is priced as
+/// the server then serves it (hybrid/run_ahead.hpp): every token a cloud forward,
+///
+///     T_spec(gamma) = setup + L (max(t_cloud + 32 / down_bps, RTT / depth) + m),
+///
+/// the rule comparing that pace with the drafting round's (both without m).
+///
 /// (token ids are 4 bytes = 32 bits). The device's prefill of the prompt is the probe,
 /// paid by every route, so it is not part of the comparison. Speculative decoding is
 /// exact, so it carries no quality penalty; E(gamma) = (1 - a^(gamma+1)) / (1 - a) is the
@@ -576,6 +586,9 @@ struct latency_arbiter {
   bool allow_cloud_prefix = false;
   std::size_t prefix_tokens = 4;        ///< >= 1 when allow_cloud_prefix
   double prefix_quality_share = 0.5;    ///< in [0, 1]
+  /// The server's choice between drafting and running a split session ahead (specdec-serve
+  /// reports it in `/health`); unset: speculative routes are priced as drafting rounds.
+  std::optional<run_ahead_rule> run_ahead{};
 
   /// An arbiter for a device tier and a remote (edge or cloud) tier reached over `link`:
   /// per-token times from the decode rates; the remote's time to first token, less one
@@ -607,10 +620,16 @@ struct latency_arbiter {
       const double a = std::clamp(static_cast<double>(f.draft_max_prob_mean), 0.0, 0.99);
       for (std::size_t g = 1; g <= max_gamma; ++g) {
         const double gd = static_cast<double>(g);
-        const double tokens_per_round = (1.0 - std::pow(a, gd + 1.0)) / (1.0 - a);
-        const double round = gd * costs.t_device_per_token + l.rtt_seconds + 32.0 * gd / l.up_bps +
-                             costs.t_cloud_per_token + 32.0 * (gd + 1.0) / l.down_bps + money;
-        const double t = setup + (L / tokens_per_round) * round;
+        const double turnaround =
+            gd * costs.t_device_per_token + l.rtt_seconds + 32.0 * gd / l.up_bps + 32.0 * (gd + 1.0) / l.down_bps;
+        double per_token = drafting_seconds_per_token(turnaround, costs.t_cloud_per_token + money, g, a);
+        if (run_ahead) {
+          const double ahead =
+              run_ahead_seconds_per_token(l.rtt_seconds, costs.t_cloud_per_token + 32.0 / l.down_bps, run_ahead->depth);
+          if (run_ahead->prefers_run_ahead(drafting_seconds_per_token(turnaround, costs.t_cloud_per_token, g, a), ahead))
+            per_token = ahead + money;
+        }
+        const double t = setup + L * per_token;
         if (t < c.speculative) {
           c.speculative = t;
           c.best_gamma = g;
@@ -645,6 +664,7 @@ struct latency_arbiter {
     if (allow_cloud_prefix && prefix_tokens < 1)
       throw invalid_argument("latency_arbiter.prefix_tokens must be >= 1 when allow_cloud_prefix, got 0");
     detail::check_range("latency_arbiter.prefix_quality_share", prefix_quality_share, 0.0, 1.0, "in [0, 1]");
+    if (run_ahead) run_ahead->validate();
   }
   /// A copy whose `cloud_bias_seconds` is the smallest non-negative value that sends at
   /// most `b.max_cloud_fraction` of `sample` to the cloud.
