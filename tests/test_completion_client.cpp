@@ -223,14 +223,16 @@ TEST(completion_client, health) {
     EXPECT_FALSE(h.run_ahead.has_value());  // a server without the rule
   }
   {  // specdec-serve's run-ahead rule
-    const std::string body = R"({"status":"ok","run_ahead":{"depth":16,"device_gain":1.5}})";
+    const std::string body = R"({"status":"ok","run_ahead":{"depth":16,"device_gain":1.5,"reply":2}})";
     scripted_server srv("HTTP/1.1 200 OK\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body);
     const hybrid::server_health h = hybrid::completion_client("127.0.0.1", srv.port).health();
     ASSERT_TRUE(h.run_ahead.has_value());
     EXPECT_EQ(h.run_ahead->depth, 16u);
     EXPECT_DOUBLE_EQ(h.run_ahead->device_gain, 1.5);
+    EXPECT_EQ(h.run_ahead->reply, 2u);
   }
-  for (const std::string rule : {R"({"depth":0,"device_gain":1.5})", R"({"depth":4,"device_gain":0.5})", R"({"depth":4})"}) {
+  for (const std::string rule : {R"({"depth":0,"device_gain":1.5,"reply":4})", R"({"depth":4,"device_gain":0.5,"reply":4})",
+                            R"({"depth":4,"device_gain":1.5})"}) {
     // an invalid or incomplete rule is not the health JSON
     const std::string body = R"({"status":"ok","run_ahead":)" + rule + "}";
     scripted_server srv("HTTP/1.1 200 OK\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body);

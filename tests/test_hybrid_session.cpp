@@ -413,16 +413,17 @@ TEST(RemoteModel, StreamMessagesCostTheCloudTimeInSeries) {
 // by the time its request arrived.
 
 // RTT 100 ms, 0.2 ms per message, a cloud forward of `per_forward` seconds whatever its
-// size, `forwards` forwards (the prompt's, then one per token) of a session run at most
-// `depth` tokens ahead.
+// size, `forwards` forwards (the prompt's, then one per token) of a session run ahead by
+// `rule` in a leg of at most `max_tokens` tokens.
 struct run_ahead_of {
   markov_model cloud = target_model();
   simulated_link link;
   remote_model<markov_model> remote;
-  run_ahead_of(std::size_t depth, std::size_t forwards, double per_forward = 0.010)
+  run_ahead_of(run_ahead_rule rule, std::size_t forwards, double per_forward = 0.010,
+               std::size_t max_tokens = std::numeric_limits<std::size_t>::max())
       : link(stream_of_three::config(0.0, 0.0), 1), remote(cloud, link, 1.0, {}, linear_cost{.per_call = per_forward}) {
     remote.set_mode(remote_mode::run_ahead);
-    remote.set_run_ahead_depth(depth);
+    remote.set_run_ahead(rule, max_tokens);
     (void)remote.forward(std::vector<token_id>{1, 2, 3});
     for (std::size_t i = 1; i < forwards; ++i) (void)specdec::forward_one(remote, static_cast<token_id>(i % 8));
   }
@@ -432,14 +433,14 @@ TEST(RemoteModel, RunAheadVerdictsCarryWhatWasDecodedWhenTheRequestArrived) {
   // The first round: up 50.2 ms, the forward, the verdict leaves at 60.2 ms and arrives at
   // 110.4 ms. The device's next request reaches the cloud at 160.6 ms, by when tokens 2 to
   // 11 are decoded (70.2 to 160.2 ms): one verdict carries all ten, arriving at 210.8 ms.
-  run_ahead_of eleven(32, 11);
+  run_ahead_of eleven({}, 11);
   EXPECT_NEAR(eleven.link.now(), 0.2108, kTol);
   EXPECT_EQ(eleven.remote.round_trips(), 2u);
   EXPECT_EQ(eleven.link.counters().messages_down, 2u);
   const std::size_t verdict = payload_bytes::token_ids(2) + link_config{}.header_bytes;
   EXPECT_EQ(eleven.link.counters().bytes_down, 2 * verdict + 9 * payload_bytes::token_ids(1));
   // Token 12 (done at 170.2 ms) waits for the next request: 260.0 + 0.2 ms, down at 311.2 ms.
-  run_ahead_of twelve(32, 12);
+  run_ahead_of twelve({}, 12);
   EXPECT_NEAR(twelve.link.now(), 0.3112, kTol);
   EXPECT_EQ(twelve.remote.round_trips(), 3u);
   EXPECT_NEAR(twelve.remote.charged_seconds(), 12 * 0.010, kTol);
@@ -450,21 +451,37 @@ TEST(RemoteModel, RunAheadStopsDepthTokensPastTheLastVerdict) {
   // leaves (160.6 ms), so the third carries 6 to 9 (leaving at 261.0 ms) and token 10 is
   // decoded from 261.0 ms and leaves with the fourth request, 361.4 ms, arriving 411.6 ms.
   // Thirty-two deep, the second verdict carries all nine.
-  run_ahead_of deep4(4, 10), deep32(32, 10);
+  run_ahead_of deep4({.depth = 4}, 10), deep32({.depth = 32}, 10);
   EXPECT_NEAR(deep4.link.now(), 0.4116, kTol);
   EXPECT_EQ(deep4.remote.round_trips(), 4u);
   EXPECT_NEAR(deep32.link.now(), 0.2108, kTol);
   EXPECT_EQ(deep32.remote.round_trips(), 2u);
 }
 
-TEST(RemoteModel, ARunAheadRequestFindingNothingDecodedWaitsForTheNextToken) {
-  // A 150 ms forward, longer than the round trip: the first verdict leaves at 200.2 ms
-  // (arriving 250.4); the next request arrives at 300.6 ms and waits for token 2 (350.2
-  // ms), arriving 400.4 ms; token 3 likewise leaves at 500.2 ms, arriving 550.4 ms: a
-  // token a forward, each half a round trip after it was decoded.
-  run_ahead_of slow(32, 3, 0.150);
-  EXPECT_NEAR(slow.link.now(), 0.5504, kTol);
-  EXPECT_EQ(slow.remote.round_trips(), 3u);
+TEST(RemoteModel, ARunAheadRequestFindingTooFewTokensWaitsForThem) {
+  // A 150 ms forward, longer than the round trip; 5 tokens. The first verdict leaves at
+  // 200.2 ms (arriving 250.4). Answered at once (reply 1), each request waits for the next
+  // token: token 2 leaves at 350.2 ms, 3 at 500.2, 4 at 650.2, 5 at 800.2, arriving 850.4
+  // ms, five round trips. Waiting for 4 tokens (the default), the second request (at
+  // 300.6 ms) leaves with tokens 2 to 5 at 800.2 ms: the same last arrival, two round trips.
+  run_ahead_of single({.reply = 1}, 5, 0.150, 5), four({}, 5, 0.150, 5);
+  EXPECT_NEAR(single.link.now(), 0.8504, kTol);
+  EXPECT_EQ(single.remote.round_trips(), 5u);
+  EXPECT_NEAR(four.link.now(), 0.8504, kTol);
+  EXPECT_EQ(four.remote.round_trips(), 2u);
+}
+
+TEST(RemoteModel, ARunAheadRequestWaitsForTheLastTokensDueWithinItsTurnaround) {
+  // 15 tokens, 10 ms a forward: the second request arrives at 160.6 ms, 100.4 ms after the
+  // first verdict left, with tokens 2 to 11 decoded; the last 4 are due in 40 ms, within
+  // that turnaround, so the verdict waits for token 15 (200.2 ms) and arrives at 250.4 ms.
+  // Without a final length it leaves at once with ten and a third round trip carries the
+  // rest (311.2 ms).
+  run_ahead_of tail({}, 15, 0.010, 15), open({}, 15);
+  EXPECT_NEAR(tail.link.now(), 0.2504, kTol);
+  EXPECT_EQ(tail.remote.round_trips(), 2u);
+  EXPECT_NEAR(open.link.now(), 0.3112, kTol);
+  EXPECT_EQ(open.remote.round_trips(), 3u);
 }
 
 // Split greedy decoding of 40 tokens, 4 drafts a round, over a link of `rtt` seconds: a
@@ -919,7 +936,7 @@ TEST(HybridSession, BadKnobsThrowNamingTheKnob) {
     o.run_ahead = run_ahead_rule{.depth = 0};
     o.validate();
   }, "depth = 0");
-  expect_msg([&] { remote_model<markov_model> r(cloud, link); r.set_run_ahead_depth(0); }, "run_ahead_depth");
+  expect_msg([&] { remote_model<markov_model> r(cloud, link); r.set_run_ahead({.reply = 0}); }, "reply = 0");
   markov_model small({.vocab = 5});
   EXPECT_THROW((session(device, small, fixed_arbiter{}, link)), specdec::vocabulary_mismatch);
 }

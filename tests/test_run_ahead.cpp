@@ -56,6 +56,7 @@ TEST(run_ahead, bad_knobs_throw_naming_them) {
   };
   EXPECT_NE(message({.depth = 0}).find("depth = 0"), std::string::npos);
   EXPECT_NE(message({.device_gain = 0.9}).find("device_gain = 0.9"), std::string::npos);
+  EXPECT_NE(message({.reply = 0}).find("reply = 0"), std::string::npos);
   EXPECT_EQ(message({}), "");
 }
 

@@ -194,6 +194,7 @@ TEST(serve, the_completion_client_streams_exact_tokens) {
   ASSERT_TRUE(h.run_ahead.has_value());
   EXPECT_EQ(h.run_ahead->depth, 32u);
   EXPECT_DOUBLE_EQ(h.run_ahead->device_gain, 2.0);
+  EXPECT_EQ(h.run_ahead->reply, 4u);
   // Cancelling from the callback abandons the request; the server frees it.
   const auto cut = c.complete({.prompt = prompt, .max_tokens = 400}, [](const hybrid::completion_chunk&) { return false; });
   EXPECT_EQ(cut.finish_reason, "cancelled");

@@ -165,7 +165,8 @@ server<B>::server(B& model, text_codec codec, serve_options options)
                   h["step_time_curve"] = engine_.cost_points();  // [[rows, seconds], ...]
                   // The rule a simulation of this server models (hybrid::run_ahead_rule).
                   if (const speculation_options& o = options_.engine.speculation; o.device_gain && o.anticipate)
-                    h["run_ahead"] = {{"depth", o.run_ahead}, {"device_gain", *o.device_gain}};
+                    h["run_ahead"] = {
+                        {"depth", o.run_ahead}, {"device_gain", *o.device_gain}, {"reply", o.run_ahead_reply}};
                 },
                 &keys_),
       listener_(engine_, metrics_, with_address(options_.listener), &keys_),

@@ -412,7 +412,8 @@ class completion_client {
       if (j.contains("run_ahead")) {
         const auto& r = j.at("run_ahead");
         h.run_ahead = run_ahead_rule{.depth = r.at("depth").get<std::size_t>(),
-                                     .device_gain = r.at("device_gain").get<double>()};
+                                     .device_gain = r.at("device_gain").get<double>(),
+                                     .reply = r.at("reply").get<std::size_t>()};
         try {
           h.run_ahead->validate();
         } catch (const invalid_argument& e) {

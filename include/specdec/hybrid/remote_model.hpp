@@ -25,6 +25,7 @@
 #include "specdec/error.hpp"
 #include "specdec/hybrid/errors.hpp"
 #include "specdec/hybrid/link.hpp"
+#include "specdec/hybrid/run_ahead.hpp"
 #include "specdec/model.hpp"
 #include "specdec/sampling.hpp"
 #include "specdec/token.hpp"
@@ -333,13 +334,15 @@ enum class remote_mode {
   /// produced that token itself). The cloud runs ahead of the device: token i reaches the
   /// device at (cloud time of token i) + its downlink delay, not after token i-1's delay.
   stream,
-  /// Split decoding without drafts, the cloud running the session ahead (specdec-serve's
-  /// run-ahead, hybrid/run_ahead.hpp): the first forward is a verify round of its block
-  /// (no drafts); afterwards the cloud decodes on its own clock, a token a forward, at most
-  /// `run_ahead_depth()` past the last verdict it sent, and the device asks again as soon
-  /// as a verdict arrives. Each verdict leaves when its request reaches the cloud, carrying
-  /// every token decoded by then, or, if none is, with the next one as it is decoded (4
-  /// bytes down per carried token beyond the verdict's own).
+  /// Split decoding without drafts, the cloud running the session ahead as `set_run_ahead`'s
+  /// rule says (specdec-serve's run-ahead, hybrid/run_ahead.hpp): the first forward is a
+  /// verify round of its block (no drafts); afterwards the cloud decodes on its own clock,
+  /// a token a forward, at most `depth` past the last verdict it sent, and the device asks
+  /// again as soon as a verdict arrives. A verdict leaves when its request reaches the
+  /// cloud with every token decoded by then, or later: once `reply` tokens are decoded, or
+  /// the leg's last token when the rest is due within the request's turnaround (the time
+  /// since the last verdict left), counted at this forward's cost per token (4 bytes down
+  /// per carried token beyond the verdict's own).
   run_ahead,
 };
 
@@ -400,12 +403,13 @@ class remote_model {
     stream_open_ = false;
     session_open_ = false;
   }
-  /// The most tokens the cloud decodes past its last verdict in `run_ahead` mode (>= 1;
-  /// 32 unless set, specdec-serve's default).
-  [[nodiscard]] std::size_t run_ahead_depth() const noexcept { return run_ahead_depth_; }
-  void set_run_ahead_depth(std::size_t depth) {
-    if (depth == 0) throw invalid_argument("remote_model run_ahead_depth must be >= 1, got 0");
-    run_ahead_depth_ = depth;
+  /// How `run_ahead` mode serves (specdec-serve's defaults unless set), and the most
+  /// tokens the leg will produce (its final length; unset: no last tokens to wait for).
+  void set_run_ahead(const run_ahead_rule& rule,
+                     std::size_t max_tokens = std::numeric_limits<std::size_t>::max()) {
+    rule.validate();
+    ahead_rule_ = rule;
+    ahead_max_tokens_ = max_tokens;
   }
   [[nodiscard]] const wire_format& wire() const noexcept { return wire_; }
   void set_wire(const wire_format& w) {
@@ -490,7 +494,7 @@ class remote_model {
       forward_wall_seconds_ += wall;
       charge(real, n);
       cloud_time_ = reply_leaves_ = link_.now();
-      reply_tokens_ = 1;
+      reply_tokens_ = reply_carries_ = ahead_produced_ = 1;
       if (!link_.send_down(wire_.downlink_bytes(0, v)).delivered) fail("download of a verdict", cached);
       stream_open_ = true;
       stream_cached_ = cache_length();
@@ -498,19 +502,33 @@ class remote_model {
     }
     auto [out, real, wall] = detail::metered_forward(inner_, tokens, cost_);
     forward_wall_seconds_ += wall;
-    // The cloud stops `run_ahead_depth_` tokens past its last verdict until the pending
-    // request takes them.
-    const double start = reply_tokens_ >= run_ahead_depth_ ? std::max(cloud_time_, reply_leaves_) : cloud_time_;
-    cloud_time_ = start + charge(real, n, /*on_clock=*/false);
-    if (cloud_time_ <= reply_leaves_ && reply_tokens_ < run_ahead_depth_) {
-      ++reply_tokens_;  // decoded before the pending request arrived: its verdict carries it
+    ++ahead_produced_;
+    // The cloud stops `depth` tokens past its last verdict until the pending request takes them.
+    const double start = reply_tokens_ >= ahead_rule_.depth ? std::max(cloud_time_, reply_leaves_) : cloud_time_;
+    const double per_token = charge(real, n, /*on_clock=*/false);
+    cloud_time_ = start + per_token;
+    if (reply_tokens_ < reply_carries_) {
+      ++reply_tokens_;  // decoded before the pending verdict leaves: it carries this token
       link_.extend_down(payload_bytes::token_ids(1));
     } else {
-      // The device asked again when the last verdict arrived (the clock's now); a request
-      // that finds nothing decoded waits for this token.
+      // The device asked again when the last verdict arrived (the clock's now).
       ++round_trips_;
       if (!link_.send_up(wire_.uplink_bytes(0, 0, v)).delivered) fail("upload of a verification request", cached);
-      reply_leaves_ = std::max(link_.now(), cloud_time_);
+      const double arrives = link_.now(), turnaround = arrives - reply_leaves_;
+      // This token and the leg's rest; those decoded by the request's arrival; then the
+      // server's reasons to hold the request.
+      const std::size_t left =
+          ahead_max_tokens_ >= ahead_produced_ ? ahead_max_tokens_ - ahead_produced_ + 1 : std::size_t{1};
+      const std::size_t cap = std::min(left, ahead_rule_.depth);
+      std::size_t carries = 0;
+      if (cloud_time_ <= arrives) {
+        const double decoded = per_token > 0.0 ? 1.0 + std::floor((arrives - cloud_time_) / per_token) : 1e300;
+        carries = static_cast<std::size_t>(std::min(decoded, static_cast<double>(cap)));
+      }
+      carries = std::max(carries, std::min(ahead_rule_.reply, left));
+      if (static_cast<double>(left - carries) * per_token <= turnaround) carries = left;
+      reply_carries_ = std::min(carries, ahead_rule_.depth);
+      reply_leaves_ = std::max(arrives, cloud_time_ + static_cast<double>(reply_carries_ - 1) * per_token);
       reply_tokens_ = 1;
       if (!link_.send_down_at(reply_leaves_, wire_.downlink_bytes(0, v)).delivered) fail("download of a verdict", cached);
     }
@@ -547,9 +565,12 @@ class remote_model {
   bool session_open_ = false;  ///< `wire_format::opens_session`: this leg's session is open
   std::size_t stream_cached_ = 0;
   double cloud_time_ = 0.0;
-  std::size_t run_ahead_depth_ = 32;
-  double reply_leaves_ = 0.0;    ///< run_ahead: when the latest verdict leaves the cloud
-  std::size_t reply_tokens_ = 0;  ///< run_ahead: tokens it carries
+  run_ahead_rule ahead_rule_{};
+  std::size_t ahead_max_tokens_ = std::numeric_limits<std::size_t>::max();
+  std::size_t ahead_produced_ = 0;  ///< run_ahead: tokens of the leg so far
+  double reply_leaves_ = 0.0;       ///< run_ahead: when the latest verdict leaves the cloud
+  std::size_t reply_carries_ = 0;   ///< run_ahead: the tokens it carries
+  std::size_t reply_tokens_ = 0;    ///< run_ahead: of which forwarded so far
   std::size_t round_trips_ = 0;
   std::size_t calls_ = 0;
   std::size_t tokens_ = 0;

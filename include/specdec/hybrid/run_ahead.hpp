@@ -66,8 +66,10 @@ namespace specdec::hybrid {
 }
 
 /// When a split session runs ahead instead of drafting: when its device would receive its
-/// tokens `device_gain` times faster that way. `depth` is the most tokens decoded past a
-/// verdict (specdec-serve's `--run-ahead`).
+/// tokens `device_gain` times faster that way; and how the server then serves it
+/// (specdec-serve's `--run-ahead` and `--run-ahead-reply`): at most `depth` tokens decoded
+/// past a verdict, and a request that finds fewer than `reply` decoded waits for them, as
+/// it waits for the generation's last tokens when they are due within its turnaround.
 ///
 /// ```cpp
 /// specdec::hybrid::run_ahead_rule rule{.depth = 32, .device_gain = 1.2};
@@ -77,15 +79,17 @@ namespace specdec::hybrid {
 struct run_ahead_rule {
   std::size_t depth = 32;    ///< tokens decoded past the last verdict, >= 1
   double device_gain = 2.0;  ///< run ahead when it is this many times faster, >= 1 (specdec-serve's default)
+  std::size_t reply = 4;     ///< a request waits for this many decoded tokens, >= 1
 
   /// Whether run ahead wins, given both regimes' seconds per token.
   [[nodiscard]] bool prefers_run_ahead(double drafting_seconds, double run_ahead_seconds) const noexcept {
     return drafting_seconds >= device_gain * run_ahead_seconds;
   }
   void validate() const {
-    if (depth < 1 || !(device_gain >= 1.0))
-      throw invalid_argument("run_ahead_rule: depth >= 1 and device_gain >= 1 expected, got depth = " +
-                             std::to_string(depth) + ", device_gain = " + std::to_string(device_gain));
+    if (depth < 1 || !(device_gain >= 1.0) || reply < 1)
+      throw invalid_argument("run_ahead_rule: depth >= 1, device_gain >= 1 and reply >= 1 expected, got depth = " +
+                             std::to_string(depth) + ", device_gain = " + std::to_string(device_gain) +
+                             ", reply = " + std::to_string(reply));
   }
 };
 

@@ -499,7 +499,7 @@ class session {
 
   leg_end run_speculative(std::uint64_t seed, std::size_t gamma) {
     if (runs_ahead(gamma)) {
-      remote_.set_run_ahead_depth(opts_.run_ahead->depth);
+      remote_.set_run_ahead(*opts_.run_ahead, gen_->max_new_tokens - res_->tokens.size());
       return run_cloud(seed, gen_->max_new_tokens, remote_mode::run_ahead);
     }
     const auto p = leg_prompt();
