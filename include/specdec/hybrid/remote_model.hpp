@@ -440,7 +440,9 @@ class remote_model {
                            std::to_string(link_.now()) + " s (outage or retransmit limit); expected a delivered message");
   }
 
-  logits_block forward_verify(std::span<const token_id> tokens, std::size_t k) {
+  /// One verify round; `verdict_leaves`, when given, receives the time the verdict leaves
+  /// the cloud.
+  logits_block forward_verify(std::span<const token_id> tokens, std::size_t k, double* verdict_leaves = nullptr) {
     const std::size_t cached = cache_length();
     const std::size_t n = tokens.size();
     const std::size_t v = vocab_size();
@@ -453,6 +455,7 @@ class remote_model {
     forward_wall_seconds_ += wall;
     charge(real, n);
     drafted_ += k;
+    if (verdict_leaves != nullptr) *verdict_leaves = link_.now();
     const send_result down = link_.send_down(wire_.downlink_bytes(k, v));
     if (!down.delivered) fail("download of a verdict", cached);
     return out;
@@ -486,16 +489,10 @@ class remote_model {
     const std::size_t n = tokens.size();
     const std::size_t v = vocab_size();
     if (!(stream_open_ && n == 1 && cached == stream_cached_)) {
-      // The session's first round: the block up, the forward, the verdict down, in series.
-      open_session(cached, n);
-      ++round_trips_;
-      if (!link_.send_up(wire_.uplink_bytes(n, 0, v)).delivered) fail("upload of a verification block", cached);
-      auto [out, real, wall] = detail::metered_forward(inner_, tokens, cost_);
-      forward_wall_seconds_ += wall;
-      charge(real, n);
-      cloud_time_ = reply_leaves_ = link_.now();
+      // The session's first round: a verify round without drafts.
+      logits_block out = forward_verify(tokens, 0, &reply_leaves_);
+      cloud_time_ = reply_leaves_;
       reply_tokens_ = reply_carries_ = ahead_produced_ = 1;
-      if (!link_.send_down(wire_.downlink_bytes(0, v)).delivered) fail("download of a verdict", cached);
       stream_open_ = true;
       stream_cached_ = cache_length();
       return out;
