@@ -20,7 +20,11 @@ if(NOT n EQUAL 4)
   message(FATAL_ERROR "figures.sh printed ${n} 'this host' values; expected 4 (one per figure):\n${out}")
 endif()
 # Every measured committed row appears, as "  VALUE[x]  HOST".
-file(STRINGS ${SOURCE_DIR}/docs/bench/figures.tsv rows)
+# Read whole and split by hand: file(STRINGS) would also split a row at a ';' in its notes.
+file(READ ${SOURCE_DIR}/docs/bench/figures.tsv tsv)
+string(REPLACE ";" "," tsv "${tsv}")
+string(REGEX REPLACE "\n$" "" tsv "${tsv}")
+string(REPLACE "\n" ";" rows "${tsv}")
 list(POP_FRONT rows)
 set(checked 0)
 foreach(row IN LISTS rows)
