@@ -121,6 +121,13 @@ int main(int argc, char** argv) {
         .add("--max-step-rows", "N", "rows of one batched forward (default 256)", cli::store(eo.max_step_rows, count))
         .add("--prefill-chunk", "N", "prompt tokens one sequence feeds per step (default 128)",
              cli::store(eo.prefill_chunk, count))
+        .add("--first-block-wait-ms", "MS",
+             "a new session's prefix waits this long for its first verify block, to be fed with it (default 2)",
+             [&eo](std::string_view name, std::string_view v) {
+               double ms = 0;
+               cli::store(ms, cli::range<double>{.lo = 0, .hi = 1e4})(name, v);
+               eo.first_block_wait_seconds = ms / 1e3;
+             })
         .add("--max-completions", "N", "completions running at once (default 64)", cli::store(eo.max_completions, count))
         .add("--http-threads", "N", "HTTP worker threads (default 16)", cli::store(so.http_threads, count))
         .add("--http-backlog", "N", "connections the HTTP port queues before they are accepted (default 512)",

@@ -466,7 +466,8 @@ TEST(serve, an_expired_drain_fails_the_stream_cleanly) {
 
 #ifdef SPECDEC_SERVE_BINARY
 TEST(serve, the_program_drains_and_exits_on_sigterm) {
-  // Also: the command line reaches the engine (--device-draft-gain off).
+  // Also: the command line reaches the engine (--device-draft-gain off; --first-block-wait-ms
+  // is accepted, or the program would exit before it serves).
   int err[2];
   ASSERT_EQ(::pipe(err), 0);
   const pid_t pid = ::fork();
@@ -476,7 +477,8 @@ TEST(serve, the_program_drains_and_exits_on_sigterm) {
     ::close(err[0]);
     const std::string model = models + "/stories260K.bin", tok = models + "/tok512.bin";
     ::execl(SPECDEC_SERVE_BINARY, SPECDEC_SERVE_BINARY, "--model", model.c_str(), "--tokenizer", tok.c_str(), "--port",
-            "0", "--no-calibrate", "--http-threads", "2", "--device-draft-gain", "off", static_cast<char*>(nullptr));
+            "0", "--no-calibrate", "--http-threads", "2", "--device-draft-gain", "off", "--first-block-wait-ms", "5",
+            static_cast<char*>(nullptr));
     ::_exit(127);
   }
   ::close(err[1]);

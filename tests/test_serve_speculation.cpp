@@ -470,6 +470,51 @@ struct bare_engine {
   wire::session_opened open() { return std::get<wire::session_opened>(eng.open({.prefix = {1, 403, 87}}, {})); }
 };
 
+TEST(engine, a_new_sessions_prefix_waits_for_its_first_block_and_is_fed_with_it) {
+  // A wait far longer than the test: the prefix (3 tokens) is not fed alone. The first
+  // block then takes the whole first round: one forward of the prefix's 3 rows, where
+  // without the wait the engine feeds 2 rows at once and the block's 1 row in a second.
+  specdec::cpu::batched_transformer model{std::string(SPECDEC_MODELS_DIR) + "/stories260K.bin", {.threads = 1}};
+  metrics_registry metrics;
+  engine<specdec::cpu::batched_transformer> eng(
+      model,
+      {.model_id = "m", .first_block_wait_seconds = 60.0, .speculation = {.fixed = 0}, .hold = {.hold_fraction = 0.0}},
+      metrics);
+  eng.start();
+  const auto opened = std::get<wire::session_opened>(eng.open({.prefix = {1, 403, 87}}, {}));
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_EQ(metrics.value("specdec_step_seconds"), 0.0) << "the prefix was fed before its first block came";
+  const wire::message r = eng.verify(opened.id, {}, {.seq = 1, .committed = {}, .draft = {}}, 1);
+  ASSERT_TRUE(std::holds_alternative<wire::verdict>(r)) << wire::name_of(r);
+  EXPECT_EQ(metrics.value("specdec_step_seconds"), 1.0);
+  EXPECT_EQ(metrics.sum("specdec_batch_rows"), 3.0);
+  eng.stop();
+}
+
+TEST(engine, a_new_sessions_prefix_is_fed_alone_once_the_wait_is_over) {
+  // No block comes: the engine wakes at the end of the wait (not at its 200 ms idle tick)
+  // and feeds the prefix but its last token; the first block then feeds that one.
+  specdec::cpu::batched_transformer model{std::string(SPECDEC_MODELS_DIR) + "/stories260K.bin", {.threads = 1}};
+  metrics_registry metrics;
+  engine<specdec::cpu::batched_transformer> eng(
+      model,
+      {.model_id = "m", .first_block_wait_seconds = 0.02, .speculation = {.fixed = 0}, .hold = {.hold_fraction = 0.0}},
+      metrics);
+  eng.start();
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto opened = std::get<wire::session_opened>(eng.open({.prefix = {1, 403, 87}}, {}));
+  for (int i = 0; i < 1000 && metrics.value("specdec_step_seconds") < 1.0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  ASSERT_EQ(metrics.value("specdec_step_seconds"), 1.0);
+  EXPECT_GE(waited, 0.02);
+  EXPECT_EQ(metrics.sum("specdec_batch_rows"), 2.0);
+  const wire::message r = eng.verify(opened.id, {}, {.seq = 1, .committed = {}, .draft = {}}, 1);
+  ASSERT_TRUE(std::holds_alternative<wire::verdict>(r)) << wire::name_of(r);
+  EXPECT_EQ(metrics.sum("specdec_batch_rows"), 3.0);
+  eng.stop();
+}
+
 TEST(speculation, the_curve_learns_only_from_forwards_that_follow_another_closely) {
   // Rounds 30 ms apart: every forward starts after the server idled. With the default gap
   // only the first (the prefix's two rows, while the curve is empty) reaches the curve; with

@@ -19,6 +19,13 @@
 /// the cache: the next request's delta starts with exactly those tokens (then the verdict's
 /// next token), which are therefore not fed twice.
 ///
+/// A new session's prefix (at most `prefill_chunk` + 1 tokens) is not fed on its own at
+/// once: the device sends its first block right behind `open_session`, and the prefix
+/// waits up to `engine_options::first_block_wait_seconds` to be fed in that block, so the
+/// first round is one forward, not a prefill step and then the block's. Past the wait (a
+/// client that opens and drafts before it sends) it is prefilled alone, as a longer
+/// prefix is at once.
+///
 /// ## Anticipation
 /// When a verdict announces 0 drafts, the device's next request is known if it follows the
 /// announcement: it commits exactly that verdict (its accepted drafts and next token) and
@@ -127,18 +134,25 @@ struct engine_options {
   std::size_t draft_limit = 16;            ///< drafts one verify request may carry
   std::size_t max_step_rows = 256;         ///< rows of one batched forward (more work waits a step)
   std::size_t prefill_chunk = 128;         ///< prompt / prefix tokens one sequence feeds per step
+  /// A session just opened with a prefix of at most `prefill_chunk` + 1 tokens waits this
+  /// long for its first verify block before its prefix is fed alone: a device sends that
+  /// block right behind `open_session`, and fed with it the prefix costs one step of the
+  /// session's first round instead of two. >= 0 (0: feed at once).
+  double first_block_wait_seconds = 0.002;
   std::size_t max_completions = 64;        ///< completions running at once
   speculation_options speculation{};
   hold_policy hold{};                      ///< how long verify blocks wait for each other (batching.hpp)
 
   void validate() const {
     if (max_sessions == 0 || max_completions == 0 || draft_limit == 0 || prefill_chunk == 0 ||
-        max_step_rows < draft_limit + 1 || !(session_ttl_seconds > 0.0))
+        max_step_rows < draft_limit + 1 || !(session_ttl_seconds > 0.0) || !(first_block_wait_seconds >= 0.0))
       throw invalid_argument("engine_options: max_sessions, max_completions, draft_limit, prefill_chunk >= 1, "
-                             "max_step_rows >= draft_limit + 1 and session_ttl_seconds > 0 expected; got " +
+                             "max_step_rows >= draft_limit + 1, session_ttl_seconds > 0 and "
+                             "first_block_wait_seconds >= 0 expected; got " +
                              std::to_string(max_sessions) + ", " + std::to_string(max_completions) + ", " +
                              std::to_string(draft_limit) + ", " + std::to_string(prefill_chunk) + ", " +
-                             std::to_string(max_step_rows) + ", " + std::to_string(session_ttl_seconds));
+                             std::to_string(max_step_rows) + ", " + std::to_string(session_ttl_seconds) + ", " +
+                             std::to_string(first_block_wait_seconds));
     speculation.validate(draft_limit);
     hold.validate();
   }
@@ -328,6 +342,9 @@ class engine final : public completion_service, public session_service {
     double accepted = 0.0, trials = 0.0;              ///< draft positions accepted / examined
     clock::time_point last_active, last_verify;
     std::optional<clock::time_point> answered;  ///< when the server last answered it (opened, resumed, verdict)
+    /// Opened: its prefix is not fed alone before this, unless a block came
+    /// (`engine_options::first_block_wait_seconds`).
+    std::optional<clock::time_point> first_block_by;
     double turnaround = 0.0;  ///< seconds from an answer to the next block (EWMA; 0 = not measured)
     std::size_t announced = 0;  ///< max_draft last told to the device (session_opened or verdict)
     // Anticipation and run-ahead (file comment): the request a device following a 0-draft
@@ -377,7 +394,11 @@ class engine final : public completion_service, public session_service {
       {
         std::unique_lock lock(mu_);
         const auto arrived = [&] { return stop_ || !inbox_.empty(); };
-        if (!busy) cv_.wait_for(lock, std::chrono::milliseconds(200), arrived);
+        if (!busy) {
+          auto until = held_from + std::chrono::milliseconds(200);
+          if (const auto due = next_first_block_deadline(held_from)) until = std::min(until, *due);
+          cv_.wait_until(lock, until, arrived);
+        }
         else if (hold > 0.0) cv_.wait_for(lock, std::chrono::duration<double>(hold), arrived);
         if (stop_) return;
         cmds.swap(inbox_);
@@ -425,7 +446,7 @@ class engine final : public completion_service, public session_service {
         ++v.ready_blocks;
         v.ready_rows += unseen + s.job->req.draft.size();
         if (!oldest || s.job->received < *oldest) oldest = s.job->received;
-      } else if (unseen > 1) {
+      } else if (unseen > 1 && !awaits_first_block(s, now)) {
         v.ready_rows += std::min(options_.prefill_chunk, unseen - 1);
       } else if (s.answered && now - s.last_active <= window) {
         const double since = std::chrono::duration<double>(now - *s.answered).count();
@@ -446,9 +467,22 @@ class engine final : public completion_service, public session_service {
 
   [[nodiscard]] bool has_work() const {
     if (!completions_.empty()) return true;
+    const auto now = clock::now();
     for (const auto& [id, s] : sessions_)
-      if (s.job || s.anticipating || s.committed.size() > s.kv.size() + 1) return true;
+      if (s.job || s.anticipating || (s.committed.size() > s.kv.size() + 1 && !awaits_first_block(s, now)))
+        return true;
     return false;
+  }
+  /// Whether the prefix of `s` waits for its first block (`first_block_by`).
+  [[nodiscard]] static bool awaits_first_block(const session_state& s, clock::time_point now) noexcept {
+    return !s.job && s.first_block_by && now < *s.first_block_by;
+  }
+  /// The earliest `first_block_by` still ahead: the engine wakes then to feed that prefix.
+  [[nodiscard]] std::optional<clock::time_point> next_first_block_deadline(clock::time_point now) const {
+    std::optional<clock::time_point> due;
+    for (const auto& [id, s] : sessions_)
+      if (awaits_first_block(s, now) && (!due || *s.first_block_by < *due)) due = s.first_block_by;
+    return due;
   }
 
   // ---- commands ----
@@ -486,6 +520,9 @@ class engine final : public completion_service, public session_service {
     s.continues = c.msg.version >= 4;
     s.last_active = now;
     s.answered = now;  // the device sends its first block right after session_opened
+    if (s.committed.size() <= options_.prefill_chunk + 1 && options_.first_block_wait_seconds > 0.0)
+      s.first_block_by = now + std::chrono::duration_cast<clock::duration>(
+                                   std::chrono::duration<double>(options_.first_block_wait_seconds));
     const sequence_id seq = model_.add_sequence();
     s.seq = seq;
     auto [it, inserted] = sessions_.emplace(s.id, std::move(s));
@@ -816,6 +853,7 @@ class engine final : public completion_service, public session_service {
 
   // ---- one batched step ----
   void step() {
+    const auto started = clock::now();
     blocks_.clear();
     parts_.clear();
     scratch_.resize(sessions_.size() + 1);
@@ -844,7 +882,7 @@ class engine final : public completion_service, public session_service {
         buf.assign(s.committed.begin() + static_cast<std::ptrdiff_t>(s.kv.size()), s.committed.end());
         buf.insert(buf.end(), s.job->req.draft.begin(), s.job->req.draft.end());
         verdict = true;
-      } else if (unseen > 1) {  // prefill: feed all but the last committed token, in chunks
+      } else if (unseen > 1 && !awaits_first_block(s, started)) {  // prefill: all but the last committed token, in chunks
         const std::size_t n = std::min(options_.prefill_chunk, unseen - 1);
         buf.assign(s.committed.begin() + static_cast<std::ptrdiff_t>(s.kv.size()),
                    s.committed.begin() + static_cast<std::ptrdiff_t>(s.kv.size() + n));
