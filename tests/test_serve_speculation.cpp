@@ -10,6 +10,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <limits>
 #include <optional>
 #include <string>
 #include <thread>
@@ -489,6 +490,12 @@ TEST(engine, a_new_sessions_prefix_waits_for_its_first_block_and_is_fed_with_it)
   EXPECT_EQ(metrics.value("specdec_step_seconds"), 1.0);
   EXPECT_EQ(metrics.sum("specdec_batch_rows"), 3.0);
   eng.stop();
+}
+
+TEST(engine, the_first_block_wait_is_checked) {
+  for (const double ok : {0.0, 0.002, 3600.0}) EXPECT_NO_THROW((engine_options{.first_block_wait_seconds = ok}.validate()));
+  for (const double bad : {-0.001, 3601.0, std::numeric_limits<double>::infinity(), std::nan("")})
+    EXPECT_THROW((engine_options{.first_block_wait_seconds = bad}.validate()), specdec::invalid_argument) << bad;
 }
 
 TEST(engine, a_new_sessions_prefix_is_fed_alone_once_the_wait_is_over) {

@@ -137,7 +137,7 @@ struct engine_options {
   /// A session just opened with a prefix of at most `prefill_chunk` + 1 tokens waits this
   /// long for its first verify block before its prefix is fed alone: a device sends that
   /// block right behind `open_session`, and fed with it the prefix costs one step of the
-  /// session's first round instead of two. >= 0 (0: feed at once).
+  /// session's first round instead of two. In [0, 3600] (0: feed at once).
   double first_block_wait_seconds = 0.002;
   std::size_t max_completions = 64;        ///< completions running at once
   speculation_options speculation{};
@@ -145,10 +145,11 @@ struct engine_options {
 
   void validate() const {
     if (max_sessions == 0 || max_completions == 0 || draft_limit == 0 || prefill_chunk == 0 ||
-        max_step_rows < draft_limit + 1 || !(session_ttl_seconds > 0.0) || !(first_block_wait_seconds >= 0.0))
+        max_step_rows < draft_limit + 1 || !(session_ttl_seconds > 0.0) ||
+        !(first_block_wait_seconds >= 0.0 && first_block_wait_seconds <= 3600.0))
       throw invalid_argument("engine_options: max_sessions, max_completions, draft_limit, prefill_chunk >= 1, "
                              "max_step_rows >= draft_limit + 1, session_ttl_seconds > 0 and "
-                             "first_block_wait_seconds >= 0 expected; got " +
+                             "0 <= first_block_wait_seconds <= 3600 expected; got " +
                              std::to_string(max_sessions) + ", " + std::to_string(max_completions) + ", " +
                              std::to_string(draft_limit) + ", " + std::to_string(prefill_chunk) + ", " +
                              std::to_string(max_step_rows) + ", " + std::to_string(session_ttl_seconds) + ", " +
