@@ -458,14 +458,21 @@ struct one_session {
   double misses() { return metrics.value("specdec_anticipations_total", "result=\"miss\""); }
 };
 
-/// An engine on stories260K announcing by `o` (blocks never held), started; `open` opens
-/// a session on it with a prefix of 3 tokens.
+/// An engine on stories260K announcing by `o` (blocks never held; a new session's prefix
+/// waits `first_block_wait` seconds for its first block), started; `open` opens a session
+/// on it with a prefix of 3 tokens.
 struct bare_engine {
   specdec::cpu::batched_transformer model{std::string(SPECDEC_MODELS_DIR) + "/stories260K.bin", {.threads = 1}};
   metrics_registry metrics;
   engine<specdec::cpu::batched_transformer> eng;
-  explicit bare_engine(const speculation_options& o)
-      : eng(model, {.model_id = "m", .speculation = o, .hold = {.hold_fraction = 0.0}}, metrics) {
+  explicit bare_engine(const speculation_options& o,
+                       double first_block_wait = engine_options{}.first_block_wait_seconds)
+      : eng(model,
+            {.model_id = "m",
+             .first_block_wait_seconds = first_block_wait,
+             .speculation = o,
+             .hold = {.hold_fraction = 0.0}},
+            metrics) {
     eng.start();
   }
   wire::session_opened open() { return std::get<wire::session_opened>(eng.open({.prefix = {1, 403, 87}}, {})); }
@@ -475,21 +482,15 @@ TEST(engine, a_new_sessions_prefix_waits_for_its_first_block_and_is_fed_with_it)
   // A wait far longer than the test: the prefix (3 tokens) is not fed alone. The first
   // block then takes the whole first round: one forward of the prefix's 3 rows, where
   // without the wait the engine feeds 2 rows at once and the block's 1 row in a second.
-  specdec::cpu::batched_transformer model{std::string(SPECDEC_MODELS_DIR) + "/stories260K.bin", {.threads = 1}};
-  metrics_registry metrics;
-  engine<specdec::cpu::batched_transformer> eng(
-      model,
-      {.model_id = "m", .first_block_wait_seconds = 60.0, .speculation = {.fixed = 0}, .hold = {.hold_fraction = 0.0}},
-      metrics);
-  eng.start();
-  const auto opened = std::get<wire::session_opened>(eng.open({.prefix = {1, 403, 87}}, {}));
+  bare_engine b({.fixed = 0}, 60.0);
+  const wire::session_id id = b.open().id;
   std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  EXPECT_EQ(metrics.value("specdec_step_seconds"), 0.0) << "the prefix was fed before its first block came";
-  const wire::message r = eng.verify(opened.id, {}, {.seq = 1, .committed = {}, .draft = {}}, 1);
+  EXPECT_EQ(b.metrics.value("specdec_step_seconds"), 0.0) << "the prefix was fed before its first block came";
+  const wire::message r = b.eng.verify(id, {}, {.seq = 1, .committed = {}, .draft = {}}, 1);
   ASSERT_TRUE(std::holds_alternative<wire::verdict>(r)) << wire::name_of(r);
-  EXPECT_EQ(metrics.value("specdec_step_seconds"), 1.0);
-  EXPECT_EQ(metrics.sum("specdec_batch_rows"), 3.0);
-  eng.stop();
+  EXPECT_EQ(b.metrics.value("specdec_step_seconds"), 1.0);
+  EXPECT_EQ(b.metrics.sum("specdec_batch_rows"), 3.0);
+  b.eng.stop();
 }
 
 TEST(engine, the_first_block_wait_is_checked) {
@@ -501,25 +502,19 @@ TEST(engine, the_first_block_wait_is_checked) {
 TEST(engine, a_new_sessions_prefix_is_fed_alone_once_the_wait_is_over) {
   // No block comes: the engine wakes at the end of the wait (not at its 200 ms idle tick)
   // and feeds the prefix but its last token; the first block then feeds that one.
-  specdec::cpu::batched_transformer model{std::string(SPECDEC_MODELS_DIR) + "/stories260K.bin", {.threads = 1}};
-  metrics_registry metrics;
-  engine<specdec::cpu::batched_transformer> eng(
-      model,
-      {.model_id = "m", .first_block_wait_seconds = 0.02, .speculation = {.fixed = 0}, .hold = {.hold_fraction = 0.0}},
-      metrics);
-  eng.start();
+  bare_engine b({.fixed = 0}, 0.02);
   const auto t0 = std::chrono::steady_clock::now();
-  const auto opened = std::get<wire::session_opened>(eng.open({.prefix = {1, 403, 87}}, {}));
-  for (int i = 0; i < 1000 && metrics.value("specdec_step_seconds") < 1.0; ++i)
+  const wire::session_id id = b.open().id;
+  for (int i = 0; i < 1000 && b.metrics.value("specdec_step_seconds") < 1.0; ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  ASSERT_EQ(metrics.value("specdec_step_seconds"), 1.0);
+  ASSERT_EQ(b.metrics.value("specdec_step_seconds"), 1.0);
   EXPECT_GE(waited, 0.02);
-  EXPECT_EQ(metrics.sum("specdec_batch_rows"), 2.0);
-  const wire::message r = eng.verify(opened.id, {}, {.seq = 1, .committed = {}, .draft = {}}, 1);
+  EXPECT_EQ(b.metrics.sum("specdec_batch_rows"), 2.0);
+  const wire::message r = b.eng.verify(id, {}, {.seq = 1, .committed = {}, .draft = {}}, 1);
   ASSERT_TRUE(std::holds_alternative<wire::verdict>(r)) << wire::name_of(r);
-  EXPECT_EQ(metrics.sum("specdec_batch_rows"), 3.0);
-  eng.stop();
+  EXPECT_EQ(b.metrics.sum("specdec_batch_rows"), 3.0);
+  b.eng.stop();
 }
 
 TEST(speculation, the_curve_learns_only_from_forwards_that_follow_another_closely) {
