@@ -666,7 +666,7 @@ int main(int argc, char** argv) try {
       row(out, c);
     }
   }
-  // A repeat that stalled (another tenant, a page-cache flush) moves its own ratio by
+  // A repeat that another tenant of the host stalled moves its own ratio by
   // several percent; the pooled ratio weighs every repeat by its tokens.
   for (const auto& [n, p] : pool) {
     const auto ratio = [&](double pooled::*seconds) {
