@@ -304,13 +304,11 @@ SPECDEC_CPU_FUNC void weight_matrix::matmul(std::size_t row0, std::size_t nrows,
 /// tables tell apart: 2-6, 7-8, 9-12, 13-16) through every matrix in turn, the candidates
 /// interleaved, best of `reps` each; a candidate's score is the sum over the blocks of its
 /// time over the best time of that block, and the lowest score wins (ties: the earlier
-/// candidate). A range left out goes unweighed: on the Intel Xeon family 6 model 207 host
-/// `2x8` runs kjv-big fp32 forwards of 9-12 rows 20-25 % faster than `2x8l2` (one 2 x 12
-/// tile against two token tiles of 2 x 8) and 4 rows 11 % slower; timed at 4, 8 and 16
-/// only, the choice between them went either way from one load to the next. Which tiles
-/// win depends on where the weights come from: a matrix that stays in the L2 favours the
-/// most accumulator chains, weights streamed
-/// from beyond the caches the tiles whose prefetching fits the L1 (kjv-big fp32: 2 x 8
+/// candidate). A range left out would go unweighed, and a configuration that wins only
+/// there (`2x8`'s one 2 x 12 tile for 9-12 tokens against two token tiles of 2 x 8) could
+/// lose the choice to one that wins elsewhere (docs/performance.md, the tile timing). Which
+/// tiles win depends on where the weights come from: a matrix that stays in the L2
+/// favours the most accumulator chains, weights streamed from beyond the caches the tiles whose prefetching fits the L1 (kjv-big fp32: 2 x 8
 /// beats 1 x 8 at 8 tokens from the L2, loses in a forward), so a model passes as many
 /// of its matrices as a forward streams past its caches. A single token is not timed: a
 /// configuration's single-token tiles come with its blocks, and a memory-bound token's
