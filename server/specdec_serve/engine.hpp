@@ -474,6 +474,10 @@ class engine final : public completion_service, public session_service {
         return true;
     return false;
   }
+  /// Whether `unseen` committed tokens are fed in one block with a request's drafts (more
+  /// are prefilled in chunks first); a new session's prefix waits for its first block
+  /// only then.
+  [[nodiscard]] bool rides_with_block(std::size_t unseen) const noexcept { return unseen <= options_.prefill_chunk + 1; }
   /// Whether the prefix of `s` waits for its first block (`first_block_by`).
   [[nodiscard]] static bool awaits_first_block(const session_state& s, clock::time_point now) noexcept {
     return !s.job && s.first_block_by && now < *s.first_block_by;
@@ -521,7 +525,7 @@ class engine final : public completion_service, public session_service {
     s.continues = c.msg.version >= 4;
     s.last_active = now;
     s.answered = now;  // the device sends its first block right after session_opened
-    if (s.committed.size() <= options_.prefill_chunk + 1 && options_.first_block_wait_seconds > 0.0)
+    if (rides_with_block(s.committed.size()) && options_.first_block_wait_seconds > 0.0)
       s.first_block_by = now + std::chrono::duration_cast<clock::duration>(
                                    std::chrono::duration<double>(options_.first_block_wait_seconds));
     const sequence_id seq = model_.add_sequence();
@@ -879,7 +883,7 @@ class engine final : public completion_service, public session_service {
       std::vector<token_id>& buf = scratch_[scratch_used];
       buf.clear();
       bool verdict = false, anticipation = false;
-      if (s.job && !s.parked && unseen <= options_.prefill_chunk + 1) {
+      if (s.job && !s.parked && rides_with_block(unseen)) {
         buf.assign(s.committed.begin() + static_cast<std::ptrdiff_t>(s.kv.size()), s.committed.end());
         buf.insert(buf.end(), s.job->req.draft.begin(), s.job->req.draft.end());
         verdict = true;
