@@ -450,10 +450,19 @@ struct one_session {
     }
     return out;
   }
+  /// Waits (up to 30 s) until `n` forwards ran and the engine applied their results. A
+  /// step is counted before its results are applied (so that an answer's step is counted
+  /// when the answer arrives); the engine handles commands between steps, so the answer
+  /// to one, a resume of no session, comes after the counted steps are applied.
   void wait_for_forwards(double n) {
-    for (int i = 0; i < 1000 && forwards() < n; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (forwards() < n && std::chrono::steady_clock::now() < until)
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    (void)eng.resume(wire::session_id{}, {});
   }
   double forwards() { return metrics.value("specdec_step_seconds"); }
+  /// Mean wall seconds of a forward so far.
+  double step_seconds() { return metrics.sum("specdec_step_seconds") / std::max(1.0, forwards()); }
   double hits() { return metrics.value("specdec_anticipations_total", "result=\"hit\""); }
   double misses() { return metrics.value("specdec_anticipations_total", "result=\"miss\""); }
 };
@@ -839,12 +848,12 @@ TEST(run_ahead, a_request_waits_until_run_ahead_reply_tokens_are_decoded_ahead) 
   std::vector<token_id> got, delta;
   std::vector<std::size_t> sizes;
   for (std::uint64_t seq = 1; got.size() < want.size() && seq <= 8; ++seq) {
-    const double f0 = s.forwards();
     delta = s.ask(seq, delta);
     ASSERT_FALSE(delta.empty());
     got.insert(got.end(), delta.begin(), delta.end());
     sizes.push_back(delta.size());
-    if (got.size() < want.size()) s.wait_for_forwards(f0 + (seq == 1 ? 2.0 : 1.0));  // one token decoded ahead
+    // The verdict's step is counted: one more decodes a token ahead.
+    if (got.size() < want.size()) s.wait_for_forwards(s.forwards() + 1.0);
   }
   EXPECT_EQ(got, want);
   EXPECT_EQ(sizes.front(), 1u);  // the first request is computed as it comes
@@ -853,14 +862,15 @@ TEST(run_ahead, a_request_waits_until_run_ahead_reply_tokens_are_decoded_ahead) 
 }
 
 TEST(run_ahead, a_request_near_the_final_length_waits_for_the_rest_when_the_device_is_slow_to_ask) {
-  // A device whose turnaround is long (1 s from its first verdict to its second request;
-  // meanwhile the run-ahead stops at its depth of 32): its third request finds the
-  // run-ahead 30 steps of kjv-big (a few ms each) from the final length, far sooner than
-  // the device's next request would come, and waits for all of it. Told to reply with any
-  // token at once (`run_ahead_reply` 1), the only reason to wait is the tail; without it
-  // the third verdict carries the few tokens decoded by then.
-  constexpr std::size_t run_ahead = 32;
-  constexpr std::uint64_t final_length = 3 + 1 + run_ahead + 30;
+  // A device whose turnaround is long (from its first verdict to its second request, the
+  // run-ahead reaches its depth of 32, then the device waits 40 of its steps more, at
+  // least 1 s): its third request finds the run-ahead a tail of 12 steps of kjv-big from
+  // the final length, far sooner than the device's next request would come, and waits for
+  // all of it. Told to reply with any token at once (`run_ahead_reply` 1), the only reason
+  // to wait is the tail; without it the third verdict carries the token or two decoded by
+  // then. The turnaround is counted in steps so that a slow host (a sanitizer's) keeps it.
+  constexpr std::size_t run_ahead = 32, tail = 12;
+  constexpr std::uint64_t final_length = 3 + 1 + run_ahead + tail;
   const std::vector<token_id> want =
       one_session(0, false, {}, 0, 0, 3, 4, 4, "kjv-big.bin").greedy_continuation(final_length - 3);
   if (std::ranges::count(want, specdec::eos_token) > 0) GTEST_SKIP() << "EOS within the generation";
@@ -869,16 +879,19 @@ TEST(run_ahead, a_request_near_the_final_length_waits_for_the_rest_when_the_devi
   std::vector<token_id> got, delta;
   std::vector<std::size_t> sizes;
   for (std::uint64_t seq = 1; seq <= 3; ++seq) {
-    const double f0 = s.forwards();
     delta = s.ask(seq, delta);
     ASSERT_FALSE(delta.empty());
     got.insert(got.end(), delta.begin(), delta.end());
     sizes.push_back(delta.size());
-    if (seq == 1) std::this_thread::sleep_for(std::chrono::seconds(1));
-    if (seq == 2) s.wait_for_forwards(f0 + 1.0);  // one token decoded ahead
+    if (seq == 1) {
+      s.wait_for_forwards(s.forwards() + static_cast<double>(run_ahead));
+      std::this_thread::sleep_for(std::max<std::chrono::duration<double>>(
+          std::chrono::seconds(1), std::chrono::duration<double>(40.0 * s.step_seconds())));
+    }
+    if (seq == 2) s.wait_for_forwards(s.forwards() + 1.0);  // one token decoded ahead
   }
   EXPECT_EQ(got, want);
-  EXPECT_EQ(sizes, (std::vector<std::size_t>{1, run_ahead, 30}));
+  EXPECT_EQ(sizes, (std::vector<std::size_t>{1, run_ahead, tail}));
 }
 
 }  // namespace
