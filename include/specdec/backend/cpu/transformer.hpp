@@ -669,7 +669,10 @@ class transformer {
       // slots_[at + j] = slot of the node's ancestor at depth j (the node itself at j = d).
       std::size_t a = node;
       for (std::size_t j = d + 1; j-- > 0; a = static_cast<std::size_t>(tree_.nodes.parent(a))) slots_[at + j] = b + a;
-      targets_[i] = {&cache_, b + d, slots_.data() + at, b};
+      // A node whose index is its depth has the nodes 0..d-1 as its ancestors, at the
+      // slots of their positions: it reads the cache as a chain row does, through the
+      // chain's code (the same values in the same order).
+      targets_[i] = {&cache_, b + d, node == d ? nullptr : slots_.data() + at, b};
       at += d + 1;
     }
     const float* logits = engine_.forward_rows(tokens, targets_);
