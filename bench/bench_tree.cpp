@@ -20,7 +20,7 @@
 //    verses: a verse twice, then opened again; repeated lists: an opening four times),
 //    --prompts=N each (default 6), --max-new=M tokens (default 160), each prompt's fastest
 //    of --runs=R runs (default 3) by CPU time, the rounds interleaving every configuration
-//    per prompt; --only=REGEX runs only the configurations whose name matches (and the
+//    per prompt, each round in its own order; --only=REGEX runs only the configurations whose name matches (and the
 //    autoregressive baseline). Per configuration: tokens per target call,
 //    tokens per second of process CPU time (the speed compared: on a shared machine it
 //    leaves out the time the process waited for a core) and of wall time, speed-up over
@@ -55,7 +55,9 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <numeric>
 #include <optional>
+#include <random>
 #include <regex>
 #include <string>
 #include <vector>
@@ -231,8 +233,11 @@ static_assert(specdec::cost_observing_policy<logged_policy>);
 /// Runs every configuration on every prompt: per prompt, `runs` rounds of all
 /// configurations in turn (so a busy phase of a shared machine hits all of them alike,
 /// within seconds of each other), keeping each prompt's fastest run (with a fixed plan,
-/// the same seed gives the same tokens every round). Row 0 is the reference for output
-/// identity when `check_identity`.
+/// the same seed gives the same tokens every round). Each round runs them in its own
+/// order (a seeded shuffle): a configuration that always ran right after the tree of 32
+/// nodes ran up to 10 % slower in every round (its target forwards, same plans), an
+/// effect of the sequence that no configuration should carry alone. Row 0 is the
+/// reference for output identity when `check_identity`.
 std::vector<totals> run_all(const std::vector<config>& configs, const prompt_set& prompts, std::size_t runs,
                             bool check_identity) {
   std::vector<std::vector<specdec::generation_result>> best(configs.size(),
@@ -241,10 +246,14 @@ std::vector<totals> run_all(const std::vector<config>& configs, const prompt_set
   // Each prompt's fastest run among the even rounds and among the odd ones: two
   // independent measurements whose disagreement is the run-to-run noise.
   std::vector<std::array<double, 2>> half(configs.size(), {0.0, 0.0});
+  std::vector<std::size_t> order(configs.size());
+  std::iota(order.begin(), order.end(), std::size_t{0});
+  std::mt19937_64 shuffler(20261207);
   for (std::size_t i = 0; i < prompts.size(); ++i) {
     std::vector<std::array<double, 2>> fastest_half(configs.size(), {1e300, 1e300});
-    for (std::size_t round = 0; round < runs; ++round)
-      for (std::size_t c = 0; c < configs.size(); ++c) {
+    for (std::size_t round = 0; round < runs; ++round) {
+      std::ranges::shuffle(order, shuffler);
+      for (const std::size_t c : order) {
         const double t0 = specdec::process_cpu_seconds();
         specdec::generation_result r = configs[c].gen(prompts[i], 1000 + i);
         const double t = specdec::process_cpu_seconds() - t0;
@@ -254,6 +263,7 @@ std::vector<totals> run_all(const std::vector<config>& configs, const prompt_set
           cpu[c][i] = t;
         }
       }
+    }
     for (std::size_t c = 0; c < configs.size(); ++c)
       for (std::size_t h = 0; h < 2; ++h) half[c][h] += fastest_half[c][h];
   }
