@@ -650,12 +650,17 @@ class transformer {
     tree_.check(cache_.length(), tokens, parents, vocab_size(), context_length(), who);
     if (n == 0) return {engine_.logits(), 0, vocab_size()};
     // Allocations (may throw) before the cache changes: the row scratch, the nodes and,
-    // per node, its ancestors' slots (depth + 1 of them).
+    // per node off the first chain, its ancestors' slots (depth + 1 of them).
     engine_.reserve_rows(n);
     tree_.extend(cache_.length(), tokens, parents, vocab_size(), context_length(), who);
     const std::size_t b = tree_.base;
+    // A node whose index is its depth has the nodes 0..d-1 as its ancestors, at the slots
+    // of their positions: it reads the cache as a chain row does, through the chain's
+    // code (the same values in the same order), and needs no slot map.
+    const auto on_first_chain = [&](std::size_t node) { return node == tree_.nodes.depth(node); };
     std::size_t total = 0;
-    for (std::size_t i = 0; i < n; ++i) total += tree_.nodes.depth(first + i) + 1;
+    for (std::size_t i = 0; i < n; ++i)
+      if (!on_first_chain(first + i)) total += tree_.nodes.depth(first + i) + 1;
     try {
       slots_.resize(total);
       targets_.resize(n);
@@ -666,13 +671,14 @@ class transformer {
     for (std::size_t i = 0, at = 0; i < n; ++i) {
       const std::size_t node = first + i;
       const std::size_t d = tree_.nodes.depth(node);
+      if (on_first_chain(node)) {
+        targets_[i] = {&cache_, b + d};
+        continue;
+      }
       // slots_[at + j] = slot of the node's ancestor at depth j (the node itself at j = d).
       std::size_t a = node;
       for (std::size_t j = d + 1; j-- > 0; a = static_cast<std::size_t>(tree_.nodes.parent(a))) slots_[at + j] = b + a;
-      // A node whose index is its depth has the nodes 0..d-1 as its ancestors, at the
-      // slots of their positions: it reads the cache as a chain row does, through the
-      // chain's code (the same values in the same order).
-      targets_[i] = {&cache_, b + d, node == d ? nullptr : slots_.data() + at, b};
+      targets_[i] = {&cache_, b + d, slots_.data() + at, b};
       at += d + 1;
     }
     const float* logits = engine_.forward_rows(tokens, targets_);
@@ -704,7 +710,7 @@ class transformer {
   kv_cache cache_;
   std::vector<detail::row_target> targets_;
   specdec::pending_tree tree_;       ///< the token tree forwarded since the last keep_path / truncate
-  std::vector<std::size_t> slots_;   ///< forward_tree: each node's ancestors' slots, root first
+  std::vector<std::size_t> slots_;   ///< forward_tree: the ancestors' slots, root first, of each node off the first chain
 };
 
 static_assert(specdec::language_model<transformer>);
