@@ -20,11 +20,11 @@
 //    verses: a verse twice, then opened again; repeated lists: an opening four times),
 //    --prompts=N each (default 6), --max-new=M tokens (default 160), each prompt's fastest
 //    of --runs=R runs (default 3) by CPU time, the rounds interleaving every configuration
-//    per prompt, each round in its own order; --only=REGEX runs only the configurations whose name matches (and the
-//    autoregressive baseline). Per configuration: tokens per target call,
-//    tokens per second of process CPU time (the speed compared: on a shared machine it
-//    leaves out the time the process waited for a core) and of wall time, speed-up over
-//    autoregressive decoding of the same run, the time split, and (greedy)
+//    per prompt, each round in its own order; --only=REGEX runs only the configurations
+//    whose name matches (and the autoregressive baseline). Per configuration: tokens per
+//    target call, tokens per second of process CPU time (the speed compared: on a shared
+//    machine it leaves out the time the process waited for a core) and of wall time,
+//    speed-up over autoregressive decoding of the same run, the time split, and (greedy)
 //    whether every output equals autoregressive greedy's. Configurations: the chain engine
 //    (speculative_decoder, gamma 1-8), the tree decoder with fixed shapes (up to 32 nodes
 //    of depth 8, the most tokens per target call) and with

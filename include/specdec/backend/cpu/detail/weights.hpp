@@ -308,9 +308,10 @@ SPECDEC_CPU_FUNC void weight_matrix::matmul(std::size_t row0, std::size_t nrows,
 /// there (`2x8`'s one 2 x 12 tile for 9-12 tokens against two token tiles of 2 x 8) could
 /// lose the choice to one that wins elsewhere (docs/performance.md, the tile timing). Which
 /// tiles win depends on where the weights come from: a matrix that stays in the L2
-/// favours the most accumulator chains, weights streamed from beyond the caches the tiles whose prefetching fits the L1 (kjv-big fp32: 2 x 8
-/// beats 1 x 8 at 8 tokens from the L2, loses in a forward), so a model passes as many
-/// of its matrices as a forward streams past its caches. A single token is not timed: a
+/// favours the most accumulator chains, weights streamed from beyond the caches the tiles
+/// whose prefetching fits the L1 (kjv-big fp32: 2 x 8 beats 1 x 8 at 8 tokens from the
+/// L2, loses in a forward), so a model passes as many of its matrices as a forward
+/// streams past its caches. A single token is not timed: a
 /// configuration's single-token tiles come with its blocks, and a memory-bound token's
 /// gain would outweigh the blocks the choice is for (on the Zen 4 host `2x8l2`'s single
 /// bf16 token is up to 20 % faster, where `1x6` runs bf16 blocks of 5 15 % faster). Every
