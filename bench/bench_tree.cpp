@@ -371,7 +371,8 @@ void print_plans(const char* what, const plan_log& log) {
   for (std::size_t d = 0; d < 5; ++d) std::printf(" %.2f", h.acceptance(d, 0));
   std::printf(", a(0, r) =");
   for (std::size_t r = 1; r < 4; ++r) std::printf(" %.2f", h.acceptance(0, r));
-  std::printf(", draft forward %.3f, overhead %.4f per row (target tokens)\n", h.draft_forward_cost(), h.row_overhead());
+  std::printf(", draft forwards: a step's first %.3f, later ones %.3f, overhead %.4f per row (target tokens)\n",
+              h.first_draft_cost(), h.draft_forward_cost(), h.row_overhead());
   std::printf("  realised tokens per target-token time, chains %.2f, trees %.2f (context class 0)\n",
               h.realised_rate(false), h.realised_rate(true));
   std::printf("  modelled chains (nodes: tokens per token-time):");

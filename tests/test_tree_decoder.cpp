@@ -108,8 +108,10 @@ TEST(tree_decoder, a_hardware_aware_policy_learns_from_every_step_and_keeps_gree
   EXPECT_GT(learnt.token_steps, 0.0);
   EXPECT_EQ(learnt.version, r.stats.target_calls);  // every step counted once, told by observe and observe_cost
   EXPECT_GT(learnt.draft_forwards, 0.0);
+  EXPECT_GT(learnt.first_steps, 0.0);  // the decoder reports each step's first draft forward
   EXPECT_NE(dec.policy().token_seconds(), 1e-6);  // measured now, not the knob
   EXPECT_TRUE(std::isfinite(dec.policy().draft_forward_cost()));
+  EXPECT_TRUE(std::isfinite(dec.policy().first_draft_cost()));
 }
 
 // A text index's match length is the policy's context: the decoder plans each step by

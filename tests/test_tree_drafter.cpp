@@ -221,6 +221,9 @@ TEST(model_tree_drafter, a_greedy_chain_is_the_drafts_own_greedy_continuation) {
     ASSERT_EQ(d.size(), 5u);
     EXPECT_EQ(d.tree.height(), 5u);
     EXPECT_EQ(d.forwards, 5u);
+    // The first forward's time is reported apart, as a part of the five's.
+    EXPECT_GT(d.first_seconds, 0.0);
+    EXPECT_LT(d.first_seconds, d.seconds);
     for (std::size_t n = 0; n < d.size(); ++n) {
       const auto l = draft.logits_after(seq);
       const auto best = static_cast<token_id>(std::ranges::max_element(l) - l.begin());

@@ -312,6 +312,38 @@ TEST(hardware_aware_tree, a_draft_forward_that_caught_up_is_no_sample_of_the_dra
   EXPECT_EQ(q.plan().nodes, 0u);
 }
 
+// A step's first draft forward reads the draft's weights back after the target's forward
+// streamed its own through the caches, and costs several later forwards where the caches
+// hold neither model whole. Priced apart, it no longer makes a longer chain's extra
+// forwards look dear; the same steps reported without the split teach one mean cost, and
+// that policy plans a shorter chain.
+TEST(hardware_aware_tree, a_steps_first_draft_forward_is_priced_apart_from_the_later_ones) {
+  specdec::hardware_aware_tree p{.verify_cost = {1.0, 1.0, 1.0, 1.0, 1.0}, .draft_cost = 0.05, .max_nodes = 4,
+                                 .max_depth = 4, .max_branching = 1, .prior_table = table(4, 0.7, 0.2),
+                                 .target_token_seconds = 1e-3, .learn_curve = false, .tree_margin = 0.0,
+                                 .realised_steps = 0};
+  specdec::hardware_aware_tree mean = p;
+  EXPECT_NEAR(p.first_draft_cost(), 0.05, 1e-12);  // the start-up cost until steps say otherwise
+  // Chains of 2 nodes: one token 1 ms, the first draft forward 0.4 ms, the second 0.05 ms.
+  for (int s = 0; s < 300; ++s) {
+    p.observe_cost({.nodes = 2, .target_rows = 3, .draft_forwards = 2, .draft_context_rows = 1,
+                    .target_seconds = 1e-3, .draft_seconds = 0.45e-3, .first_draft_seconds = 0.4e-3});
+    mean.observe_cost({.nodes = 2, .target_rows = 3, .draft_forwards = 2, .draft_context_rows = 1,
+                       .target_seconds = 1e-3, .draft_seconds = 0.45e-3});
+  }
+  EXPECT_NEAR(p.first_draft_cost(), 0.4, 0.01);
+  EXPECT_NEAR(p.draft_forward_cost(), 0.05, 1e-3);
+  EXPECT_NEAR(p.drafting_cost(4), 0.4 + 3 * 0.05, 0.01);
+  EXPECT_EQ(p.drafting_cost(0), 0.0);
+  EXPECT_NEAR(mean.first_draft_cost(), 0.225, 0.005);
+  EXPECT_NEAR(mean.draft_forward_cost(), 0.225, 0.005);
+  // a = 0.7 at every depth, a flat curve: 4 nodes emit 2.77 tokens for 1 + 0.4 + 3 x 0.05
+  // (1.80 per token-time) against 3 nodes' 2.53 for 1.5 (1.69); at one mean cost of 0.225,
+  // 3 nodes (1.52) beat 4 (1.47).
+  expect_plan(p.plan(), 4, 4, 1);
+  expect_plan(mean.plan(), 3, 3, 1);
+}
+
 // The curve's shape: each forward size's ratio is the start-up ratio, weighing as
 // curve_weight observations, blended with the decayed ratios t_step / t(1) observed at
 // that size (each capped at twice the estimate); other sizes keep theirs.

@@ -155,6 +155,9 @@ class tree_decoder : public detail::seeded_sampling {
           c.target_seconds = v.target_seconds;
           c.other_seconds = std::max(0.0, step - d.seconds - v.target_seconds);
         }
+        // The first forward's share of the drafting time, as the drafter's own wall-time
+        // split gives it (the CPU clock times the whole phase, not each forward).
+        if (d.seconds > 0.0) c.first_draft_seconds = c.draft_seconds * std::min(1.0, d.first_seconds / d.seconds);
         policy_.observe_cost(c);
       }
     }

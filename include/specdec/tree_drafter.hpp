@@ -314,7 +314,7 @@ class model_tree_drafter {
       scoped_timer t(seconds);
       rows = draft_.forward_tree(tokens, parents);
     }
-    ++out_.forwards;
+    if (out_.forwards++ == 0) out_.first_seconds = seconds;
     out_.seconds += seconds;
     if (rows.rows != tokens.size() || rows.vocab != vocab_size())
       throw error("model_tree_drafter: the draft's forward_tree returned " + std::to_string(rows.rows) + " rows of " +

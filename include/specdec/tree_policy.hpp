@@ -107,6 +107,9 @@ struct tree_step_cost {
   double target_seconds = 0.0;     ///< the target's forward
   double draft_seconds = 0.0;      ///< the draft forwards
   double other_seconds = 0.0;      ///< the rest: planning, drafting's and verifying's own work, committing
+  /// Of `draft_seconds`, the step's first draft forward (0: not reported; the policy then
+  /// prices every draft forward alike).
+  double first_draft_seconds = 0.0;
 };
 
 /// A sizing policy that also learns from each step's timing: `p.observe_cost(c)` after
@@ -134,17 +137,24 @@ concept cost_observing_policy = tree_sizing_policy<P> && requires(P& p, const tr
 /// without (`text_index_drafter`) freely best-first, with no draft forward.
 ///
 /// Time, in units of one target token t(1): verify_cost[N] (N nodes plus the committed
-/// token) + c_d F(N) + c_o (N + 1), with c_d one draft forward and c_o the per-row
-/// overhead of the step (planning, drafting's and verifying's own work). A step emits
+/// token) + c_1 + c_d (F(N) - 1) (none when F(N) = 0) + c_o (N + 1), with c_1 the step's
+/// first draft forward, c_d each later one and c_o the per-row overhead of the step
+/// (planning, drafting's and verifying's own work). The first forward is priced apart
+/// because it reads the draft's weights back after the target's forward streamed its own
+/// through the caches, and so costs more than a later one where the caches hold neither
+/// model whole; one mean cost learnt from short chains would price every longer chain's
+/// extra forwards as dear as a first. A step emits
 /// A(N) + 1 tokens, A(N) the tree's expected accepted nodes. The plan maximises
 /// (A + 1) / time over N = 0..max_nodes (0: no draft), b = 1..max_branching (1: a chain)
 /// and D = 1..max_depth; ties go to no draft, then to fewer branches, shallower, fewer
 /// nodes.
 ///
 /// Online: `observe` updates a(d, r); `observe_cost` (with `learn_costs` and a measured
-/// `target_token_seconds`) re-estimates t(1), c_d and c_o from the step timings of plain
-/// steps (c_d only from steps whose first draft forward took at most
-/// `max_draft_context_rows` committed tokens), each step's sample capped at twice the
+/// `target_token_seconds`) re-estimates t(1), c_1, c_d and c_o from the step timings of
+/// plain steps (c_1 and c_d only from steps whose first draft forward took at most
+/// `max_draft_context_rows` committed tokens; c_1 from `first_draft_seconds`, c_d from
+/// the rest of the drafting time; both from the mean forward when a step does not report
+/// its first), each step's sample capped at twice the
 /// running estimate (a descheduled forward is no cost of the model; c_o at a quarter
 /// token per row), the measured values weighing
 /// as one step (or one draft forward) that never decays. Observations forget with
@@ -371,11 +381,23 @@ struct hardware_aware_tree {
                              "; expected 1 <= rows <= verify_cost.size() = " + std::to_string(verify_cost.size()));
     return curve_at(rows - 1);
   }
-  /// c_d: one draft forward in target tokens (`draft_cost`, refined by `observe_cost`).
+  /// c_d: a step's draft forward after its first, in target tokens (`draft_cost`, refined
+  /// by `observe_cost`).
   [[nodiscard]] double draft_forward_cost() const noexcept {
     if (!(learnt.draft_forwards > 0.0)) return draft_cost;
     const double t1 = token_seconds();
     return (draft_cost * t1 + learnt.draft_sum) / (1.0 + learnt.draft_forwards) / t1;
+  }
+  /// c_1: a step's first draft forward, in target tokens (`draft_cost`, refined by
+  /// `observe_cost`).
+  [[nodiscard]] double first_draft_cost() const noexcept {
+    if (!(learnt.first_steps > 0.0)) return draft_cost;
+    const double t1 = token_seconds();
+    return (draft_cost * t1 + learnt.first_sum) / (1.0 + learnt.first_steps) / t1;
+  }
+  /// What F draft forwards of one step cost, in target tokens: c_1 + c_d (F - 1), 0 for none.
+  [[nodiscard]] double drafting_cost(std::size_t forwards) const noexcept {
+    return forwards == 0 ? 0.0 : first_draft_cost() + draft_forward_cost() * static_cast<double>(forwards - 1);
   }
   /// c_o: the step's own work per row in target tokens (0 until `observe_cost` says).
   [[nodiscard]] double row_overhead() const noexcept {
@@ -511,7 +533,8 @@ struct hardware_aware_tree {
     // machine that takes the core away mid-forward must not make a cost look dear for
     // the many steps the decay needs to forget it.
     constexpr double spike = 2.0;
-    const double t1 = token_seconds(), per_forward = draft_forward_cost() * t1, ratio = curve_at(rows - 1);
+    const double t1 = token_seconds(), per_forward = draft_forward_cost() * t1, first = first_draft_cost() * t1,
+                 ratio = curve_at(rows - 1);
     if (learn_curve) {
       if (l.curve_sum.size() != verify_cost.size()) {
         l.curve_sum.assign(verify_cost.size(), 0.0);
@@ -521,7 +544,8 @@ struct hardware_aware_tree {
       l.curve_steps[rows - 1] = decay * l.curve_steps[rows - 1] + 1.0;
     }
     if (!learn_costs) return;
-    for (double* x : {&l.token_sum, &l.token_steps, &l.draft_sum, &l.draft_forwards, &l.other_sum, &l.other_rows})
+    for (double* x : {&l.token_sum, &l.token_steps, &l.draft_sum, &l.draft_forwards, &l.first_sum, &l.first_steps,
+                      &l.other_sum, &l.other_rows})
       *x *= decay;
     l.token_sum += std::min(c.target_seconds / verify_cost[rows - 1], spike * t1);
     l.token_steps += 1.0;
@@ -531,8 +555,18 @@ struct hardware_aware_tree {
     // learning from them alone would price drafting out for good.
     if (c.draft_forwards > 0 && c.draft_context_rows <= max_draft_context_rows) {
       const double n = static_cast<double>(c.draft_forwards);
-      l.draft_sum += n * std::min(c.draft_seconds / n, spike * per_forward);
-      l.draft_forwards += n;
+      const bool split = c.first_draft_seconds > 0.0 && std::isfinite(c.first_draft_seconds) &&
+                         c.first_draft_seconds <= c.draft_seconds;
+      const double head = split ? c.first_draft_seconds : c.draft_seconds / n;
+      l.first_sum += std::min(head, spike * first);
+      l.first_steps += 1.0;
+      if (!split) {
+        l.draft_sum += n * std::min(head, spike * per_forward);
+        l.draft_forwards += n;
+      } else if (c.draft_forwards > 1) {
+        l.draft_sum += (n - 1.0) * std::min((c.draft_seconds - head) / (n - 1.0), spike * per_forward);
+        l.draft_forwards += n - 1.0;
+      }
     }
     l.other_sum += std::min(c.other_seconds, 0.25 * t1 * static_cast<double>(rows));
     l.other_rows += static_cast<double>(rows);
@@ -582,7 +616,8 @@ struct hardware_aware_tree {
   struct learned {
     std::vector<std::vector<std::vector<double>>> trials, hits;
     double token_sum = 0.0, token_steps = 0.0;
-    double draft_sum = 0.0, draft_forwards = 0.0;
+    double draft_sum = 0.0, draft_forwards = 0.0;  ///< later draft forwards (c_d)
+    double first_sum = 0.0, first_steps = 0.0;     ///< the steps' first draft forwards (c_1)
     double other_sum = 0.0, other_rows = 0.0;
     std::vector<double> curve_sum, curve_steps;  ///< per size (rows - 1): decayed observed ratios, their count
     std::size_t version = 0;  ///< observed steps
@@ -828,7 +863,7 @@ struct hardware_aware_tree {
     std::vector<std::vector<double>> a(depth_max, std::vector<double>(b_max));
     for (std::size_t d = 0; d < depth_max; ++d)
       for (std::size_t r = 0; r < b_max; ++r) a[d][r] = acceptance(d, r);
-    const double c_d = draft_forward_cost(), c_o = row_overhead();
+    const double c_1 = first_draft_cost(), c_d = draft_forward_cost(), c_o = row_overhead();
     std::vector<double> cost(max_nodes + 1);
     for (std::size_t n = 0; n <= max_nodes; ++n) cost[n] = search_ratio(n);
     if (only_nodes != any) cost[only_nodes] = std::min(cost[only_nodes], cost_cap);
@@ -836,7 +871,8 @@ struct hardware_aware_tree {
     const auto consider = [&](const tree_plan& p, double value, std::size_t forwards) {
       const std::size_t n = p.nodes;
       const double r =
-          (value + 1.0) / (cost[n] + c_d * static_cast<double>(forwards) + c_o * static_cast<double>(n + 1));
+          (value + 1.0) / (cost[n] + (forwards == 0 ? 0.0 : c_1 + c_d * static_cast<double>(forwards - 1)) +
+                           c_o * static_cast<double>(n + 1));
       if (r > best.rate * (1.0 + 1e-9)) best = {p, r, value + 1.0};
       if (p.branching == 1 && r > chain.rate * (1.0 + 1e-9)) chain = {p, r, value + 1.0};
     };

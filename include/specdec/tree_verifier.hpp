@@ -62,6 +62,10 @@ struct tree_draft {
   std::size_t position = 0;           ///< |S| when the tree is verified
   std::size_t forwards = 0;           ///< draft forwards that built the tree (telemetry)
   double seconds = 0.0;               ///< their wall time (telemetry)
+  /// Of `seconds`, the first draft forward's (telemetry): it reads the draft's weights back
+  /// after the target's forward streamed its own through the caches, so on a host whose
+  /// caches hold neither model whole it costs more than a later one.
+  double first_seconds = 0.0;
   /// Committed tokens the first draft forward took before the tree's nodes (telemetry):
   /// 1 or 2 after a step that drafted (its next token, an accepted leaf never
   /// forwarded), more after steps that drafted nothing or at a generation's start.
@@ -94,6 +98,7 @@ struct tree_draft {
     position = pos;
     forwards = 0;
     seconds = 0.0;
+    first_seconds = 0.0;
     context_rows = 0;
   }
 
