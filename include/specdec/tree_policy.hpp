@@ -143,11 +143,10 @@ concept cost_observing_policy = tree_sizing_policy<P> && requires(P& p, const tr
 /// because it reads the draft's weights back after the target's forward streamed its own
 /// through the caches, and so costs more than a later one where the caches hold neither
 /// model whole; one mean cost learnt from short chains would price every longer chain's
-/// extra forwards as dear as a first. A step emits
-/// A(N) + 1 tokens, A(N) the tree's expected accepted nodes. The plan maximises
-/// (A + 1) / time over N = 0..max_nodes (0: no draft), b = 1..max_branching (1: a chain)
-/// and D = 1..max_depth; ties go to no draft, then to fewer branches, shallower, fewer
-/// nodes.
+/// extra forwards as dear as a first. A step emits A(N) + 1 tokens, A(N) the tree's
+/// expected accepted nodes. The plan maximises (A + 1) / time over N = 0..max_nodes (0:
+/// no draft), b = 1..max_branching (1: a chain) and D = 1..max_depth; ties go to no draft,
+/// then to fewer branches, shallower, fewer nodes.
 ///
 /// Online: `observe` updates a(d, r); `observe_cost` (with `learn_costs` and a measured
 /// `target_token_seconds`) re-estimates t(1), c_1, c_d and c_o from the step timings of
@@ -513,10 +512,10 @@ struct hardware_aware_tree {
     }
   }
 
-  /// Re-estimates t(1), c_d and c_o (`learn_costs`) and r(rows) (`learn_curve`) from a
-  /// plain step's timing (target_rows == nodes + 1, within the curve), and the realised
-  /// rate of the last plan's arm (`realised_steps`); ignores other steps, and learns no
-  /// cost unless `target_token_seconds > 0`.
+  /// Re-estimates t(1), c_1, c_d and c_o (`learn_costs`) and r(rows) (`learn_curve`)
+  /// from a plain step's timing (target_rows == nodes + 1, within the curve), and the
+  /// realised rate of the last plan's arm (`realised_steps`); ignores other steps, and
+  /// learns no cost unless `target_token_seconds > 0`.
   void observe_cost(const tree_step_cost& c) {
     // A step `observe` was told of is counted once (`replan_every` counts steps).
     const bool counted = std::exchange(learnt.step_counted, false);
