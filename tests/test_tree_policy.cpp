@@ -335,6 +335,8 @@ TEST(hardware_aware_tree, a_steps_first_draft_forward_is_priced_apart_from_the_l
   EXPECT_NEAR(p.draft_forward_cost(), 0.05, 1e-3);
   EXPECT_NEAR(p.drafting_cost(4), 0.4 + 3 * 0.05, 0.01);
   EXPECT_EQ(p.drafting_cost(0), 0.0);
+  // The search charges the same: a chain of 4 at a = 0.7 emits 1 + 0.7 + ... + 0.7^4 tokens.
+  EXPECT_NEAR(p.rate(4, 1), (1.0 + 0.7 + 0.49 + 0.343 + 0.2401) / (1.0 + p.drafting_cost(4)), 1e-9);
   EXPECT_NEAR(mean.first_draft_cost(), 0.225, 0.005);
   EXPECT_NEAR(mean.draft_forward_cost(), 0.225, 0.005);
   // a = 0.7 at every depth, a flat curve: 4 nodes emit 2.77 tokens for 1 + 0.4 + 3 x 0.05
