@@ -313,7 +313,7 @@ TEST(hardware_aware_tree, a_draft_forward_that_caught_up_is_no_sample_of_the_dra
 }
 
 // A step's first draft forward reads the draft's weights back after the target's forward
-// streamed its own through the caches, and costs several later forwards where the caches
+// streamed its own through the caches, and costs more than a later one where the caches
 // hold neither model whole. Priced apart, it no longer makes a longer chain's extra
 // forwards look dear; the same steps reported without the split teach one mean cost, and
 // that policy plans a shorter chain.

@@ -396,7 +396,7 @@ struct hardware_aware_tree {
   }
   /// What F draft forwards of one step cost, in target tokens: c_1 + c_d (F - 1), 0 for none.
   [[nodiscard]] double drafting_cost(std::size_t forwards) const noexcept {
-    return forwards == 0 ? 0.0 : first_draft_cost() + draft_forward_cost() * static_cast<double>(forwards - 1);
+    return drafting_time(first_draft_cost(), draft_forward_cost(), forwards);
   }
   /// c_o: the step's own work per row in target tokens (0 until `observe_cost` says).
   [[nodiscard]] double row_overhead() const noexcept {
@@ -630,6 +630,10 @@ struct hardware_aware_tree {
 
  private:
   static constexpr std::size_t any = static_cast<std::size_t>(-1);
+  /// F draft forwards of one step at c_1 for the first and c_d for each later one.
+  static constexpr double drafting_time(double c_1, double c_d, std::size_t forwards) noexcept {
+    return forwards == 0 ? 0.0 : c_1 + c_d * static_cast<double>(forwards - 1);
+  }
   struct choice {
     tree_plan plan;
     double rate = 0.0;
@@ -870,8 +874,7 @@ struct hardware_aware_tree {
     const auto consider = [&](const tree_plan& p, double value, std::size_t forwards) {
       const std::size_t n = p.nodes;
       const double r =
-          (value + 1.0) / (cost[n] + (forwards == 0 ? 0.0 : c_1 + c_d * static_cast<double>(forwards - 1)) +
-                           c_o * static_cast<double>(n + 1));
+          (value + 1.0) / (cost[n] + drafting_time(c_1, c_d, forwards) + c_o * static_cast<double>(n + 1));
       if (r > best.rate * (1.0 + 1e-9)) best = {p, r, value + 1.0};
       if (p.branching == 1 && r > chain.rate * (1.0 + 1e-9)) chain = {p, r, value + 1.0};
     };
