@@ -491,7 +491,8 @@ TEST(engine, a_new_sessions_prefix_waits_for_its_first_block_and_is_fed_with_it)
   // A wait far longer than the test: the prefix (3 tokens) is not fed alone. The first
   // block then takes the whole first round: one forward of the prefix's 3 rows, where
   // without the wait the engine feeds 2 rows at once and the block's 1 row in a second.
-  bare_engine b({.fixed = 0}, 60.0);
+  // No anticipation: the forwards it runs ahead after the verdict would race the counts.
+  bare_engine b({.fixed = 0, .anticipate = false}, 60.0);
   const wire::session_id id = b.open().id;
   std::this_thread::sleep_for(std::chrono::milliseconds(50));
   EXPECT_EQ(b.metrics.value("specdec_step_seconds"), 0.0) << "the prefix was fed before its first block came";
@@ -510,8 +511,9 @@ TEST(engine, the_first_block_wait_is_checked) {
 
 TEST(engine, a_new_sessions_prefix_is_fed_alone_once_the_wait_is_over) {
   // No block comes: the engine wakes at the end of the wait (not at its 200 ms idle tick)
-  // and feeds the prefix but its last token; the first block then feeds that one.
-  bare_engine b({.fixed = 0}, 0.02);
+  // and feeds the prefix but its last token; the first block then feeds that one. No
+  // anticipation, as above.
+  bare_engine b({.fixed = 0, .anticipate = false}, 0.02);
   const auto t0 = std::chrono::steady_clock::now();
   const wire::session_id id = b.open().id;
   for (int i = 0; i < 1000 && b.metrics.value("specdec_step_seconds") < 1.0; ++i)
