@@ -300,8 +300,9 @@ SPECDEC_CPU_FUNC void weight_matrix::matmul(std::size_t row0, std::size_t nrows,
 
 /// The fastest tile configuration for the products of the matrices `ws` (one weight
 /// format) on the calling core (w8a8, which has one table: `t4x6`). Every candidate of
-/// `tile_configs` runs blocks of 4, 8, 12 and 16 tokens (one in each block-size range the
-/// tables tell apart: 2-6, 7-8, 9-12, 13-16) through every matrix in turn, the candidates
+/// `tile_configs` runs blocks of 4, 5, 8, 12 and 16 tokens (one in each block-size range
+/// the tables tell apart: 2-4, 5-6, 7-8, 9-12, 13-16; `2x8` and `2x8l2` leave 4 x 6 from 5
+/// tokens on) through every matrix in turn, the candidates
 /// interleaved, best of `reps` each; a candidate's score is the sum over the blocks of its
 /// time over the best time of that block, and the lowest score wins (ties: the earlier
 /// candidate). A range left out would go unweighed, and a configuration that wins only
@@ -326,7 +327,7 @@ SPECDEC_CPU_FUNC tile_config fastest_tile_config(std::span<const weight_matrix* 
     max_cols = std::max(max_cols, w->cols());
   }
   if (max_rows == 0 || max_cols == 0) return tile_config::t4x6;
-  constexpr std::size_t blocks[] = {4, 8, 12, 16};
+  constexpr std::size_t blocks[] = {4, 5, 8, 12, 16};
   constexpr std::size_t n_conf = std::size(tile_configs), n_blocks = std::size(blocks);
   std::vector<float> x(blocks[n_blocks - 1] * max_cols), y(blocks[n_blocks - 1] * max_rows);
   for (std::size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(static_cast<int>(i % 61) - 30) / 32.0f;
