@@ -76,7 +76,12 @@ struct options {
   std::string hold_fraction;  ///< the server's --hold-fraction (empty: its default)
   bool anticipate = true;     ///< off: the server runs with --no-anticipate
   std::vector<std::string> server_args;  ///< more arguments for specdec-serve, verbatim
-  specdec::cpu::weight_format draft_format = specdec::cpu::weight_format::fp32;  ///< the devices' kjv-little
+  /// The devices' kjv-little. w8a8, the draft format a device would run (docs/performance.md),
+  /// whose 1.2 MB stay in the client CPU's L2: in fp32 (4.3 MB) the devices' drafting streams
+  /// through the L3 it shares with the server and slows the server's split steps, a cost
+  /// that devices on their own machines do not put on a server (measured: docs/hybrid.md,
+  /// the 4-client goal).
+  specdec::cpu::weight_format draft_format = specdec::cpu::weight_format::w8a8;
 };
 
 using specdec::bench::allowed_cpus;
@@ -330,7 +335,7 @@ int main(int argc, char** argv) try {
       .add("--pin-cpus", "on|off",
            "server child on one CPU, this process (clients, proxy, simulator) on another (on when >= 2 CPUs)",
            on_off(o.pin))
-      .add("--draft-format", "F", "the devices' kjv-little weights: fp32, bf16, fp16, q8_0 or w8a8 (fp32)",
+      .add("--draft-format", "F", "the devices' kjv-little weights: fp32, bf16, fp16, q8_0 or w8a8 (w8a8)",
            cli::store_format(o.draft_format))
       .add("--server-arg", "ARG", "one more argument for specdec-serve, verbatim (repeatable, e.g. --server-arg --fixed-draft --server-arg 1)",
            [&o](std::string_view, std::string_view v) { o.server_args.emplace_back(v); })
