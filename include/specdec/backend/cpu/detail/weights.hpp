@@ -298,25 +298,24 @@ SPECDEC_CPU_FUNC void weight_matrix::matmul(std::size_t row0, std::size_t nrows,
 }
 #endif  // SPECDEC_CPU_DEFINITIONS
 
-/// The fastest tile configuration for the products of the matrices `ws` (one weight
-/// format) on the calling core (w8a8, which has one table: `t4x6`). Every candidate of
+/// The fastest tile configuration for the products of the matrices `ws` (one weight format)
+/// on the calling core (w8a8, which has one table: `t4x6`). Every candidate of
 /// `tile_configs` runs blocks of 4, 5, 8, 12 and 16 tokens (one in each block-size range
 /// the tables tell apart: 2-4, 5-6, 7-8, 9-12, 13-16; `2x8` and `2x8l2` leave 4 x 6 from 5
-/// tokens on) through every matrix in turn, the candidates
-/// interleaved, best of `reps` each; a candidate's score is the sum over the blocks of its
-/// time over the best time of that block, and the lowest score wins (ties: the earlier
-/// candidate). A range left out would go unweighed, and a configuration that wins only
-/// there (`2x8`'s one 2 x 12 tile for 9-12 tokens against two token tiles of 2 x 8) could
-/// lose the choice to one that wins elsewhere (docs/performance.md, the tile timing). Which
-/// tiles win depends on where the weights come from: a matrix that stays in the L2
-/// favours the most accumulator chains, weights streamed from beyond the caches the tiles
-/// whose prefetching fits the L1 (kjv-big fp32: 2 x 8 beats 1 x 8 at 8 tokens from the
-/// L2, loses in a forward), so a model passes as many of its matrices as a forward
-/// streams past its caches. A single token is not timed: a
-/// configuration's single-token tiles come with its blocks, and a memory-bound token's
-/// gain would outweigh the blocks the choice is for (on the Zen 4 host `2x8l2`'s single
-/// bf16 token is up to 20 % faster, where `1x6` runs bf16 blocks of 5 15 % faster). Every
-/// candidate gives the same results, so this chooses a speed, never a value.
+/// tokens on) through every matrix in turn, the candidates interleaved, best of `reps`
+/// each; a candidate's score is the sum over the blocks of its time over the best time of
+/// that block, and the lowest score wins (ties: the earlier candidate). A range left out
+/// would go unweighed, and a configuration that wins only there (`2x8`'s one 2 x 12 tile
+/// for 9-12 tokens against two token tiles of 2 x 8) could lose the choice to one that wins
+/// elsewhere (docs/performance.md, the tile timing). Which tiles win depends on where the
+/// weights come from: a matrix that stays in the L2 favours the most accumulator chains,
+/// weights streamed from beyond the caches the tiles whose prefetching fits the L1 (kjv-big
+/// fp32: 2 x 8 beats 1 x 8 at 8 tokens from the L2, loses in a forward), so a model passes
+/// as many of its matrices as a forward streams past its caches. A single token is not
+/// timed: a configuration's single-token tiles come with its blocks, and a memory-bound
+/// token's gain would outweigh the blocks the choice is for (on the Zen 4 host `2x8l2`'s
+/// single bf16 token is up to 20 % faster, where `1x6` runs bf16 blocks of 5 15 % faster).
+/// Every candidate gives the same results, so this chooses a speed, never a value.
 [[nodiscard]] SPECDEC_CPU_FUNC tile_config fastest_tile_config(std::span<const weight_matrix* const> ws, int reps = 5);
 #if SPECDEC_CPU_DEFINITIONS
 SPECDEC_CPU_FUNC tile_config fastest_tile_config(std::span<const weight_matrix* const> ws, int reps) {
