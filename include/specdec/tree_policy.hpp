@@ -383,16 +383,12 @@ struct hardware_aware_tree {
   /// c_d: a step's draft forward after its first, in target tokens (`draft_cost`, refined
   /// by `observe_cost`).
   [[nodiscard]] double draft_forward_cost() const noexcept {
-    if (!(learnt.draft_forwards > 0.0)) return draft_cost;
-    const double t1 = token_seconds();
-    return (draft_cost * t1 + learnt.draft_sum) / (1.0 + learnt.draft_forwards) / t1;
+    return learnt_draft_cost(learnt.draft_sum, learnt.draft_forwards);
   }
   /// c_1: a step's first draft forward, in target tokens (`draft_cost`, refined by
   /// `observe_cost`).
   [[nodiscard]] double first_draft_cost() const noexcept {
-    if (!(learnt.first_steps > 0.0)) return draft_cost;
-    const double t1 = token_seconds();
-    return (draft_cost * t1 + learnt.first_sum) / (1.0 + learnt.first_steps) / t1;
+    return learnt_draft_cost(learnt.first_sum, learnt.first_steps);
   }
   /// What F draft forwards of one step cost, in target tokens: c_1 + c_d (F - 1), 0 for none.
   [[nodiscard]] double drafting_cost(std::size_t forwards) const noexcept {
@@ -630,6 +626,13 @@ struct hardware_aware_tree {
 
  private:
   static constexpr std::size_t any = static_cast<std::size_t>(-1);
+  /// A draft forward's cost in target tokens from `count` decayed observations summing to
+  /// `sum` seconds, `draft_cost` weighing as one more (`draft_cost` alone before any).
+  [[nodiscard]] double learnt_draft_cost(double sum, double count) const noexcept {
+    if (!(count > 0.0)) return draft_cost;
+    const double t1 = token_seconds();
+    return (draft_cost * t1 + sum) / (1.0 + count) / t1;
+  }
   /// F draft forwards of one step at c_1 for the first and c_d for each later one.
   static constexpr double drafting_time(double c_1, double c_d, std::size_t forwards) noexcept {
     return forwards == 0 ? 0.0 : c_1 + c_d * static_cast<double>(forwards - 1);
