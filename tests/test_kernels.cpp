@@ -275,6 +275,51 @@ TEST(kernels, w8a8_input_quantization_rounds_to_nearest_even_and_tolerates_nan) 
   }
 }
 
+// Rows of 4 and more whole groups are quantized four groups at a time, their scales in
+// one pass and their values in a second; the rest one group at a time. Every group, in
+// every position of a quad, of a row and of a block of rows, must give the definition's
+// values: scale, q and the VNNI correction -128 * sum(q).
+TEST(kernels, w8a8_input_quantization_is_the_same_in_every_position) {
+  namespace d = specdec::cpu::detail;
+  std::mt19937 rng(23);
+  std::uniform_real_distribution<float> u(-4.0f, 4.0f);
+  for (const std::size_t n : {128u, 160u, 172u, 256u, 288u, 300u}) {
+    for (const std::size_t k : {1u, 3u}) {
+      const std::size_t ldx = n + 5, groups = (n + 31) / 32;
+      std::vector<float> x(k * ldx, 1e30f);  // the gap between rows is never read
+      for (std::size_t t = 0; t < k; ++t) {
+        for (std::size_t j = 0; j < n; ++j) {
+          float& v = x[t * ldx + j];
+          switch (rng() % 8) {
+            case 0: v = 0.0f; break;
+            case 1: v = -0.0f; break;
+            case 2: v = std::ldexp(u(rng), static_cast<int>(rng() % 60) - 30); break;  // scales far apart
+            default: v = u(rng);
+          }
+        }
+        for (std::size_t j = 64; j < std::min<std::size_t>(n, 96); ++j) x[t * ldx + j] = 0.0f;  // an all-zero group
+      }
+      d::i8_inputs in;
+      in.reserve(k, n);
+      in.quantize(x.data(), k, ldx, n);
+      for (std::size_t t = 0; t < k; ++t) {
+        std::vector<int> q;
+        std::vector<float> scale;
+        quantize_q8(x.data() + t * ldx, n, q, scale);
+        for (std::size_t g = 0; g < groups; ++g) {
+          ASSERT_EQ(in.scale[t * groups + g], scale[g]) << "n " << n << " t " << t << " g " << g;
+          int sum = 0;
+          for (std::size_t j = g * 32; j < g * 32 + 32; ++j) {
+            ASSERT_EQ(int(in.q[t * groups * 32 + j]), q[j]) << "n " << n << " t " << t << " j " << j;
+            sum += q[j];
+          }
+          ASSERT_EQ(in.correction[t * groups + g], -128 * sum) << "n " << n << " t " << t << " g " << g;
+        }
+      }
+    }
+  }
+}
+
 // exp_lanes replaces std::exp in the softmax and SiLU: it must stay within 2 ulp of the
 // correctly rounded e^x over the range it computes, give 0 / +inf / NaN outside it, and
 // depend on the value only, whatever lane (or tail position) the value lands in.

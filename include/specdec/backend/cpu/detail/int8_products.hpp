@@ -70,18 +70,31 @@ struct i8_inputs {
   }
 
   /// Quantizes k rows of n floats (row stride ldx), after `reserve(k, n)`. Whole groups
-  /// go through vectors (`quantize_group`), a partial last group through scalar code;
-  /// both give the same values (max is exact in any order, the rest is elementwise).
+  /// go through vectors, four at a time (`quad_scales`, then `round_quad`) and one at a
+  /// time (`quantize_group`), a partial last group through scalar code; all give the same
+  /// values (max is exact in any order, the rest is elementwise).
   void quantize(const float* x, std::size_t k, std::size_t ldx, std::size_t n) noexcept {
-    const std::size_t groups = i8_groups(n);
+    const std::size_t groups = i8_groups(n), whole = n / q8_group, quads = whole / 4 * 4;
+    // Two passes over the rows: the quads' scales, then their values. A quad's values wait
+    // for its scale's reduction and two divisions; in one pass that chain would hold back
+    // each next quad.
+    for (std::size_t t = 0; t < k; ++t)
+      for (std::size_t g = 0; g < quads; g += 4) quad_scales(x + t * ldx + g * q8_group, scale.data() + t * groups + g);
+    for (std::size_t t = 0; t < k; ++t)
+      for (std::size_t g = 0; g < quads; g += 4)
+        round_quad(x + t * ldx + g * q8_group, scale.data() + t * groups + g, q.data() + (t * groups + g) * q8_group,
+                   correction.data() + t * groups + g);
     for (std::size_t t = 0; t < k; ++t) {
       const float* xt = x + t * ldx;
-      for (std::size_t g = 0; g < groups; ++g) {
+      std::int8_t* qt = q.data() + t * groups * q8_group;
+      float* st = scale.data() + t * groups;
+      std::int32_t* ct = correction.data() + t * groups;
+      for (std::size_t g = quads; g < groups; ++g) {
         const std::size_t j0 = g * q8_group;
-        std::int8_t* qg = q.data() + (t * groups + g) * q8_group;
+        std::int8_t* qg = qt + j0;
         std::int32_t sum = 0;
         float d = 0.0f;
-        if (j0 + q8_group <= n) {
+        if (g < whole) {
           d = quantize_group(xt + j0, qg, sum);
         } else {
           float amax = 0.0f;  // NaN is skipped here (and quantized to 0 below)
@@ -94,8 +107,8 @@ struct i8_inputs {
             sum += v;
           }
         }
-        scale[t * groups + g] = d;
-        correction[t * groups + g] = -128 * sum;
+        st[g] = d;
+        ct[g] = -128 * sum;
       }
     }
   }
@@ -105,36 +118,100 @@ struct i8_inputs {
   /// (16 lanes where a register holds them, 8 with AVX2); the values are the same either
   /// way: the maximum is exact in any order, the rest is elementwise, the integer sum exact.
   typedef std::int8_t elem_bytes __attribute__((vector_size(elem_lanes)));
+  using elem_ints = int_lanes<elem_vec>::type;
+  typedef std::int32_t vi4 __attribute__((vector_size(16)));
 
-  /// One whole group of 32: writes q, adds sum(q) to `sum`, returns the scale.
-  static float quantize_group(const float* x, std::int8_t* qg, std::int32_t& sum) noexcept {
-    using VI = int_lanes<elem_vec>::type;
-    constexpr std::size_t parts = q8_group / elem_lanes;
-    elem_vec v[parts];
-    const elem_vec zero{};
-    elem_vec m = zero;
-    for (std::size_t h = 0; h < parts; ++h) {
-      v[h] = load_lanes<elem_vec>(x + h * elem_lanes);
-      const elem_vec a = v[h] < zero ? -v[h] : v[h];
-      m = a > m ? a : m;  // NaN compares false: skipped, as in the scalar loop
+  /// Lane g: op over the lanes of m[g], for op exact in any order (max of non-NaN values,
+  /// integer sum). Four groups' reductions share their shuffles: three or four
+  /// shuffle-and-op steps for four groups, where reducing each alone takes four per group.
+  template <class V, class Op>
+  static auto reduce_quad(const V (&m)[4], Op op) noexcept {
+    if constexpr (sizeof(V) / sizeof(m[0][0]) == 16) {
+      const V a = op(__builtin_shufflevector(m[0], m[1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23),
+                     __builtin_shufflevector(m[0], m[1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31));
+      const V b = op(__builtin_shufflevector(m[2], m[3], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23),
+                     __builtin_shufflevector(m[2], m[3], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31));
+      // lanes 4 g .. 4 g + 3: group g
+      const V c = op(__builtin_shufflevector(a, b, 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27),
+                     __builtin_shufflevector(a, b, 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31));
+      const auto e = op(__builtin_shufflevector(c, c, 0, 1, 4, 5, 8, 9, 12, 13),
+                        __builtin_shufflevector(c, c, 2, 3, 6, 7, 10, 11, 14, 15));
+      return op(__builtin_shufflevector(e, e, 0, 2, 4, 6), __builtin_shufflevector(e, e, 1, 3, 5, 7));
+    } else {
+      static_assert(sizeof(V) / sizeof(m[0][0]) == 8, "reduce_quad: 8 or 16 lanes");
+      const V a = op(__builtin_shufflevector(m[0], m[1], 0, 1, 2, 3, 8, 9, 10, 11),
+                     __builtin_shufflevector(m[0], m[1], 4, 5, 6, 7, 12, 13, 14, 15));
+      const V b = op(__builtin_shufflevector(m[2], m[3], 0, 1, 2, 3, 8, 9, 10, 11),
+                     __builtin_shufflevector(m[2], m[3], 4, 5, 6, 7, 12, 13, 14, 15));
+      // lanes 2 g, 2 g + 1: group g
+      const V c = op(__builtin_shufflevector(a, b, 0, 1, 4, 5, 8, 9, 12, 13),
+                     __builtin_shufflevector(a, b, 2, 3, 6, 7, 10, 11, 14, 15));
+      return op(__builtin_shufflevector(c, c, 0, 2, 4, 6), __builtin_shufflevector(c, c, 1, 3, 5, 7));
     }
-    const float d = max_lanes(m) / 127.0f;
-    const float id = d > 0.0f ? 1.0f / d : 0.0f;
+  }
+
+  /// The 32 values of one group, times id, as int8 stored at qg; adds them to s.
+  static void round_group(const float* x, float id, std::int8_t* qg, elem_ints& s) noexcept {
+    constexpr std::size_t parts = q8_group / elem_lanes;
+    const elem_vec zero{};
     // q8_round in every lane: round to nearest even by adding and removing 1.5 * 2^23
     // (exact for |r| <= 127, the same result as nearbyint in the default rounding mode).
     constexpr float magic = 12582912.0f;
-    VI s{};
+#pragma GCC unroll 4
     for (std::size_t h = 0; h < parts; ++h) {
-      elem_vec r = v[h] * id;
+      elem_vec r = load_lanes<elem_vec>(x + h * elem_lanes) * id;
       r = r == r ? r : zero;
       r = r < zero - 127.0f ? zero - 127.0f : r;
       r = r > zero + 127.0f ? zero + 127.0f : r;
       r = (r + magic) - magic;
-      const VI q = __builtin_convertvector(r, VI);
-      s += q;
-      const elem_bytes q8 = __builtin_convertvector(q, elem_bytes);
+      const elem_ints qi = __builtin_convertvector(r, elem_ints);
+      s += qi;
+      const elem_bytes q8 = __builtin_convertvector(qi, elem_bytes);
       __builtin_memcpy(qg + h * elem_lanes, &q8, sizeof(q8));
     }
+  }
+
+  /// Lanes of the largest |x| over a group (NaN skipped), to be reduced over lanes.
+  static elem_vec group_amax(const float* x) noexcept {
+    constexpr std::size_t parts = q8_group / elem_lanes;
+    const elem_vec zero{};
+    elem_vec m = zero;
+#pragma GCC unroll 4
+    for (std::size_t h = 0; h < parts; ++h) {
+      const elem_vec v = load_lanes<elem_vec>(x + h * elem_lanes);
+      const elem_vec a = v < zero ? -v : v;
+      m = a > m ? a : m;  // NaN compares false: skipped, as in the scalar loop
+    }
+    return m;
+  }
+
+  /// The scales of four whole groups.
+  static void quad_scales(const float* x, float* scale4) noexcept {
+    elem_vec m[4];  // unrolled: the arrays stay in registers, not in misaligned stack slots
+#pragma GCC unroll 4
+    for (int g = 0; g < 4; ++g) m[g] = group_amax(x + g * q8_group);
+    store4(scale4, reduce_quad(m, [](auto u, auto v) { return u > v ? u : v; }) / 127.0f);
+  }
+
+  /// The values and corrections of four whole groups whose scales are stored.
+  static void round_quad(const float* x, const float* scale4, std::int8_t* q4, std::int32_t* correction4) noexcept {
+    v4 d;
+    __builtin_memcpy(&d, scale4, sizeof(d));
+    const v4 zero{};
+    const v4 id = d > zero ? 1.0f / d : zero;
+    elem_ints s[4] = {};
+#pragma GCC unroll 4
+    for (int g = 0; g < 4; ++g) round_group(x + g * q8_group, id[g], q4 + g * q8_group, s[g]);
+    const vi4 c = reduce_quad(s, [](auto u, auto v) { return u + v; }) * -128;
+    __builtin_memcpy(correction4, &c, sizeof(c));
+  }
+
+  /// One whole group of 32: writes q, adds sum(q) to `sum`, returns the scale.
+  static float quantize_group(const float* x, std::int8_t* qg, std::int32_t& sum) noexcept {
+    const float d = max_lanes(group_amax(x)) / 127.0f;
+    const float id = d > 0.0f ? 1.0f / d : 0.0f;
+    elem_ints s{};
+    round_group(x, id, qg, s);
     for (std::size_t i = 0; i < elem_lanes; ++i) sum += s[i];
     return d;
   }
