@@ -23,6 +23,14 @@
 //    the thread's CPU clock (for a machine other processes keep busy; see `now`);
 //    --summary-models=a,b, --summary-formats=a,b and --summary-threads=1 (or =all) limit
 //    the summary's rows (the probes always run; the goals need kjv-big fp32 and q8_0).
+// 3. `after_draft/kjv-big/fp32/k:5` (opt-in: --benchmark_filter=after_draft): what a
+//    draft's forwards between two target forwards cost the target, as in speculative
+//    decoding's loop. Steady runs of 24 rounds per condition (4 one-token forwards of
+//    kjv-little in w8a8, bf16 or fp32, or none, then the timed 5-token kjv-big forward),
+//    conditions in turn, the first 4 rounds of each run not counted (a run's first
+//    forwards still carry the previous condition's effect); counters: the median target
+//    forward after no draft (none_us) and each format's median over it (w8a8_x, ...), and
+//    each draft's own 4 forwards (w8a8_draft_us, ...).
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -106,6 +114,55 @@ void register_forward_benchmarks() {
       }
     }
   }
+}
+
+void bm_after_draft(benchmark::State& state) {
+  using clock = std::chrono::steady_clock;
+  transformer target(load("kjv-big"), {.threads = 1, .format = weight_format::fp32});
+  const weight_format draft_formats[] = {weight_format::w8a8, weight_format::bf16, weight_format::fp32};
+  std::vector<std::unique_ptr<transformer>> drafts;
+  for (weight_format f : draft_formats)
+    drafts.push_back(std::make_unique<transformer>(load("kjv-little"), specdec::cpu::transformer_options{.threads = 1, .format = f}));
+  prime(target);
+  for (auto& d : drafts) prime(*d);
+  const auto block = make_block(5, target.vocab_size(), 5), one = make_block(1, target.vocab_size(), 9);
+  constexpr int run = 24, settle = 4, drafted = 4;
+  std::vector<double> after[4], own[4];  // 0: no draft, 1 + i: draft_formats[i]
+  const auto median = [](std::vector<double> v) {
+    std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(v.size() / 2), v.end());
+    return v[v.size() / 2];
+  };
+  for (auto _ : state) {
+    for (int c = 0; c < 4; ++c) {
+      for (int r = 0; r < run; ++r) {
+        const auto t0 = clock::now();
+        if (c > 0) {
+          for (int i = 0; i < drafted; ++i) benchmark::DoNotOptimize(drafts[c - 1]->forward(one).data);
+          drafts[c - 1]->truncate(prompt_len);
+        }
+        const auto t1 = clock::now();
+        benchmark::DoNotOptimize(target.forward(block).data);
+        const auto t2 = clock::now();
+        target.truncate(prompt_len);
+        if (r < settle) continue;
+        after[c].push_back(std::chrono::duration<double>(t2 - t1).count());
+        own[c].push_back(std::chrono::duration<double>(t1 - t0).count());
+      }
+    }
+  }
+  const double none = median(after[0]);
+  state.counters["none_us"] = none * 1e6;
+  for (int i = 0; i < 3; ++i) {
+    const std::string f(specdec::cpu::to_string(draft_formats[i]));
+    state.counters[f + "_x"] = median(after[i + 1]) / none;
+    state.counters[f + "_draft_us"] = median(own[i + 1]) * 1e6;
+  }
+}
+
+void register_after_draft_benchmark() {
+  benchmark::RegisterBenchmark("after_draft/kjv-big/fp32/k:5", bm_after_draft)
+      ->Iterations(8)
+      ->Unit(benchmark::kMillisecond);
 }
 
 // --cpu-time: 1-thread forwards are timed by the calling thread's CPU clock, which stops
@@ -428,6 +485,7 @@ int main(int argc, char** argv) {
   if (!has_filter) args.push_back(default_filter.data());
   int n = static_cast<int>(args.size());
   register_forward_benchmarks();
+  register_after_draft_benchmark();
   benchmark::Initialize(&n, args.data());
   if (benchmark::ReportUnrecognizedArguments(n, args.data())) return 1;
   benchmark::RunSpecifiedBenchmarks();
