@@ -122,7 +122,8 @@ void bm_after_draft(benchmark::State& state) {
   const weight_format draft_formats[] = {weight_format::w8a8, weight_format::bf16, weight_format::fp32};
   std::vector<std::unique_ptr<transformer>> drafts;
   for (weight_format f : draft_formats)
-    drafts.push_back(std::make_unique<transformer>(load("kjv-little"), specdec::cpu::transformer_options{.threads = 1, .format = f}));
+    drafts.push_back(
+        std::make_unique<transformer>(load("kjv-little"), specdec::cpu::transformer_options{.threads = 1, .format = f}));
   prime(target);
   for (auto& d : drafts) prime(*d);
   const auto block = make_block(5, target.vocab_size(), 5), one = make_block(1, target.vocab_size(), 9);
