@@ -76,11 +76,11 @@ struct options {
   std::string hold_fraction;  ///< the server's --hold-fraction (empty: its default)
   bool anticipate = true;     ///< off: the server runs with --no-anticipate
   std::vector<std::string> server_args;  ///< more arguments for specdec-serve, verbatim
-  /// The devices' kjv-little. w8a8, the draft format a device would run (docs/performance.md),
-  /// whose 1.2 MB stay in the client CPU's L2: in fp32 (4.3 MB) the devices' drafting streams
-  /// through the L3 it shares with the server and slows the server's split steps, a cost
-  /// that devices on their own machines do not put on a server (measured: docs/hybrid.md,
-  /// the 4-client goal).
+  /// The devices' kjv-little. w8a8, the draft format a device would run (docs/performance.md):
+  /// 1.2 MB of weights where fp32 has 4.3 MB, whose drafting streams through the L3 the
+  /// devices share with the server and slows the server's split steps, a cost that devices
+  /// on their own machines do not put on a server (measured: docs/hybrid.md, the 4-client
+  /// goal).
   specdec::cpu::weight_format draft_format = specdec::cpu::weight_format::w8a8;
 };
 
